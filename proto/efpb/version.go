@@ -1,0 +1,16 @@
+// Package efpb holds edgefleet's wire messages, generated from
+// proto/edgefleet.proto, and the protocol version. Every package that reads or
+// writes MQTT payloads imports it; nothing here depends on the rest of the tree.
+package efpb
+
+// ProtocolVersion is the wire protocol version this build speaks. Messages
+// carry it; a receiver refuses a higher major version than it knows.
+// History: proto/HISTORY.md.
+const ProtocolVersion = 1
+
+// Payload types of the signed DSSE envelopes.
+const (
+	PayloadTypeTrustBundle = "application/vnd.edgefleet.trustbundle+protobuf"
+	PayloadTypeManifest    = "application/vnd.edgefleet.manifest+protobuf"
+	PayloadTypeDesired     = "application/vnd.edgefleet.desired+protobuf"
+)
