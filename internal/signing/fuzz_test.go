@@ -1,0 +1,111 @@
+package signing_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/edgefleet/edgefleet/internal/signing"
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+// FuzzVerifyEnvelope feeds arbitrary bytes, decoded as an Envelope, to
+// VerifyManifest. It must never panic, every refusal must wrap one of the
+// sentinel errors, and an accepted manifest must be unexpired. The keys are
+// deterministic, so the seeds (and testdata/fuzz/FuzzVerifyEnvelope) hold
+// validly signed envelopes the fuzzer can mutate.
+func FuzzVerifyEnvelope(f *testing.F) {
+	fl := newFleet(f)
+	m := testManifest()
+	for _, env := range []*efpb.Envelope{
+		signMsg(f, efpb.PayloadTypeManifest, m, fl.release),
+		signMsg(f, efpb.PayloadTypeManifest, m, fl.control),
+		signMsg(f, efpb.PayloadTypeDesired, testDesired(), fl.control),
+		fl.bundleEnv,
+		{PayloadType: efpb.PayloadTypeManifest},
+	} {
+		b, err := proto.Marshal(env)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	sentinels := []error{
+		signing.ErrUnsigned, signing.ErrWrongPayloadType, signing.ErrThreshold, signing.ErrExpired,
+		signing.ErrMalformed, signing.ErrProtocolVersion,
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		env := &efpb.Envelope{}
+		if err := proto.Unmarshal(data, env); err != nil {
+			return
+		}
+		got, err := fl.v.VerifyManifest(env, testNow)
+		if err != nil {
+			for _, s := range sentinels {
+				if errors.Is(err, s) {
+					return
+				}
+			}
+			t.Fatalf("VerifyManifest error %q wraps no sentinel", err)
+		}
+		if got == nil || got.ExpiresUnix <= testNow.Unix() {
+			t.Fatalf("VerifyManifest accepted %v", got)
+		}
+	})
+}
+
+// TestFuzzSeedsReachPastSignatures keeps the committed corpus meaningful:
+// its signed seeds must still carry valid release signatures (so the fuzzer
+// mutates envelopes that get past the signature check), and each must meet
+// the fate its name says.
+func TestFuzzSeedsReachPastSignatures(t *testing.T) {
+	fl := newFleet(t)
+	tests := []struct {
+		file string
+		want error // nil: accepted
+	}{
+		{"valid_release", nil},
+		{"valid_duplicate_sig", nil},
+		{"expired_manifest", signing.ErrExpired},
+		{"no_expiry", signing.ErrMalformed},
+		{"protocol_v2", signing.ErrProtocolVersion},
+		{"signed_garbage", signing.ErrMalformed},
+		{"signed_by_control", signing.ErrThreshold},
+		{"too_many_signatures", signing.ErrMalformed},
+		{"unsigned", signing.ErrUnsigned},
+		{"trust_bundle", signing.ErrWrongPayloadType},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			env := &efpb.Envelope{}
+			require.NoError(t, proto.Unmarshal(readCorpusBytes(t, filepath.Join("testdata", "fuzz", "FuzzVerifyEnvelope", tt.file)), env))
+			_, err := fl.v.VerifyManifest(env, testNow)
+			if tt.want == nil {
+				assert.NoError(t, err)
+			} else {
+				assert.ErrorIs(t, err, tt.want)
+			}
+		})
+	}
+}
+
+// readCorpusBytes reads a one-value "go test fuzz v1" file holding []byte.
+func readCorpusBytes(t *testing.T, path string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	header, body, ok := strings.Cut(strings.TrimSpace(string(data)), "\n")
+	require.True(t, ok && header == "go test fuzz v1", "%s: not a corpus file", path)
+	lit, ok := strings.CutPrefix(body, "[]byte(")
+	require.True(t, ok, "%s: not a []byte value", path)
+	s, err := strconv.Unquote(strings.TrimSuffix(lit, ")"))
+	require.NoError(t, err, "%s", path)
+	return []byte(s)
+}

@@ -1,0 +1,312 @@
+package efpb_test
+
+import (
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+// fixtures is the one table of canonical encodings: a populated value of
+// every wire message and its exact bytes under deterministic marshalling.
+// It drives TestFixturesEncode, TestFixturesDecode and the fuzz seeds.
+//
+// The hex was produced once by marshalling the values and pasted here. If a
+// change makes this table fail, the encoding changed: read proto/HISTORY.md.
+// Never edit a hex string to make a test pass; a new field gets a new
+// fixture entry (TestFixturesCoverEveryField insists on it).
+var fixtures = []struct {
+	name string
+	msg  proto.Message
+	hex  string
+}{
+	{
+		name: "Envelope",
+		msg: &efpb.Envelope{
+			PayloadType: efpb.PayloadTypeManifest,
+			Payload:     []byte{0x08, 0x01, 0x12, 0x05, 'f', 'r', 'a', 'u', 'd'},
+			Signatures: []*efpb.Signature{
+				{Keyid: "21fe31df", Sig: []byte{0xde, 0xad, 0xbe, 0xef}},
+				{Keyid: "0a0b0c0d", Sig: []byte{0x01}},
+			},
+		},
+		hex: "0a2b6170706c69636174696f6e2f766e642e65646765666c6565742e6d616e69" +
+			"666573742b70726f746f62756612090801120566726175641a100a0832316665" +
+			"333164661204deadbeef1a0d0a083061306230633064120101",
+	},
+	{
+		name: "TrustBundle",
+		msg: &efpb.TrustBundle{
+			ProtocolVersion: 1,
+			Version:         3,
+			CreatedUnix:     1795608000,
+			ExpiresUnix:     1827144000,
+			Keys: []*efpb.PublicKey{
+				{Keyid: "aa01", Algorithm: "ed25519", PublicKey: []byte{1, 2, 3, 4}},
+				{Keyid: "bb02", Algorithm: "ed25519", PublicKey: []byte{5, 6, 7, 8}},
+			},
+			Roles: []*efpb.RoleKeys{
+				{Role: efpb.Role_ROLE_ROOT, Keyids: []string{"aa01"}, Threshold: 1},
+				{Role: efpb.Role_ROLE_RELEASE, Keyids: []string{"aa01", "bb02"}, Threshold: 2},
+				{Role: efpb.Role_ROLE_CONTROL, Keyids: []string{"bb02"}},
+			},
+		},
+		hex: "0801100318c09b9bd80620c082a0e7062a150a04616130311207656432353531" +
+			"391a04010203042a150a04626230321207656432353531391a0405060708320a" +
+			"0801120461613031180132100802120461613031120462623032180232080803" +
+			"120462623032",
+	},
+	{
+		name: "Manifest",
+		msg: &efpb.Manifest{
+			ProtocolVersion: 1,
+			Name:            "fraud",
+			Version:         "1.2.0",
+			Sha256:          []byte{0xab, 0xcd},
+			Size:            70000,
+			ChunkSize:       65536,
+			ChunkSha256:     [][]byte{{0x01, 0x02}, {0x03, 0x04}},
+			Inputs:          []*efpb.TensorSpec{{Name: "features", Datatype: "FP32", Shape: []int64{-1, 4}}},
+			Outputs:         []*efpb.TensorSpec{{Name: "probability", Datatype: "FP32", Shape: []int64{-1, 1}}},
+			Reference: []*efpb.FeatureStats{{
+				Name: "amount", Mean: 52.5, Stddev: 10.25, Min: -5, Max: 1000,
+				BinEdges: []float64{10, 100}, BinFractions: []float64{0.25, 0.5, 0.25},
+			}},
+			TestVectors: []*efpb.TestVector{{
+				Inputs:   []*efpb.Tensor{{Name: "features", Shape: []int64{1, 4}, Data: []float32{1, -2, 0.5, 4}}},
+				Expected: []*efpb.Tensor{{Name: "probability", Shape: []int64{1, 1}, Data: []float32{0.75}}},
+			}},
+			Tolerance: 0.001,
+			Training: &efpb.TrainingInfo{
+				Algorithm:     "logreg",
+				Seed:          42,
+				Params:        []*efpb.KeyValue{{Key: "l2", Value: "0.01"}},
+				DatasetSha256: "9f86d081",
+				DatasetRows:   10000,
+				Metrics:       []*efpb.Metric{{Name: "accuracy", Value: 0.97}},
+				TrainedUnix:   1795600000,
+			},
+			CreatedUnix: 1795608000,
+			ExpiresUnix: 1827144000,
+			Runtime:     "onnxruntime",
+			Opset:       17,
+			Hardware:    []string{"rpi4", "x86_64"},
+			Description: "fraud detector",
+		},
+		hex: "0801120566726175641a05312e322e302202abcd28f0a204308080043a020102" +
+			"3a020304421d0a0866656174757265731204465033321a0bffffffffffffffff" +
+			"ff01044a200a0b70726f626162696c6974791204465033321a0bffffffffffff" +
+			"ffffff010152580a06616d6f756e74110000000000404a401900000000008024" +
+			"402100000000000014c0290000000000408f4032100000000000002440000000" +
+			"00000059403a18000000000000d03f000000000000e03f000000000000d03f5a" +
+			"3b0a200a086665617475726573120201041a100000803f000000c00000003f00" +
+			"00804012170a0b70726f626162696c697479120201011a040000403f656f1283" +
+			"3a6a3e0a066c6f67726567102a1a0a0a026c321204302e303122083966383664" +
+			"30383128904e32130a086163637572616379110ad7a3703d0aef3f3880dd9ad8" +
+			"0670c09b9bd80678c082a0e70682010b6f6e6e7872756e74696d658801119201" +
+			"04727069349201067838365f36349a010e6672617564206465746563746f72",
+	},
+	{
+		name: "DesiredState",
+		msg: &efpb.DesiredState{
+			ProtocolVersion: 1,
+			DeviceId:        "dev-001",
+			Generation:      12,
+			Models:          []*efpb.ModelAssignment{{Name: "fraud", Version: "1.1.0", Sha256: []byte{0xab, 0xcd}}},
+			IssuedUnix:      1795608000,
+			ExpiresUnix:     1795694400,
+			RolloutId:       "ro-7",
+		},
+		hex: "080112076465762d303031180c22120a0566726175641205312e312e301a02ab" +
+			"cd28c09b9bd80630c0bea0d8063a04726f2d37",
+	},
+	{
+		name: "Chunk",
+		msg:  &efpb.Chunk{Name: "fraud", Version: "1.2.0", Index: 300, Data: []byte{0x00, 0xff, 0x10}},
+		hex:  "0a0566726175641205312e322e3018ac02220300ff10",
+	},
+	{
+		name: "FetchRequest",
+		msg:  &efpb.FetchRequest{DeviceId: "dev-001", Name: "fraud", Version: "1.2.0", Missing: []uint32{0, 1, 200}},
+		hex:  "0a076465762d303031120566726175641a05312e322e3022040001c801",
+	},
+	{
+		name: "StatusEvent",
+		msg: &efpb.StatusEvent{
+			ProtocolVersion: 1,
+			DeviceId:        "dev-001",
+			Seq:             5,
+			TimeUnixMs:      1795608000123,
+			Generation:      12,
+			ModelName:       "fraud",
+			ModelVersion:    "1.2.0",
+			State:           efpb.ModelState_MODEL_STATE_FAILED,
+			Reason:          "test vector 0: output differs by 0.5",
+			ChunksHave:      2,
+			ChunksTotal:     2,
+			ActiveVersion:   "1.1.0",
+		},
+		hex: "080112076465762d303031180520fbecce94a134280c320566726175643a0531" +
+			"2e322e3040064a247465737420766563746f7220303a206f7574707574206469" +
+			"666665727320627920302e35500258026205312e312e30",
+	},
+	{
+		name: "Telemetry",
+		msg: &efpb.Telemetry{
+			ProtocolVersion: 1,
+			DeviceId:        "dev-001",
+			Seq:             99,
+			TimeUnixMs:      1795608000123,
+			Generation:      12,
+			Models: []*efpb.ActiveModel{{
+				Name: "fraud", Version: "1.1.0", State: efpb.ModelState_MODEL_STATE_ACTIVE,
+				Inferences: 1000, Errors: 2, Rejects: 3,
+			}},
+			AgentVersion:    "0.1.0",
+			UptimeSeconds:   3600,
+			RssBytes:        25 << 20,
+			DroppedPayloads: 1,
+		},
+		hex: "080112076465762d303031186320fbecce94a134280c32170a05667261756412" +
+			"05312e312e30180520e807280230033a05302e312e3040901c488080c00c5001",
+	},
+	{
+		name: "Presence",
+		msg:  &efpb.Presence{DeviceId: "dev-001", Online: true, TimeUnixMs: 1795608000123, AgentVersion: "0.1.0"},
+		hex:  "0a076465762d303031100118fbecce94a1342205302e312e30",
+	},
+}
+
+// fixtureBytes decodes a fixture's hex.
+func fixtureBytes(tb testing.TB, name, h string) []byte {
+	tb.Helper()
+	b, err := hex.DecodeString(h)
+	require.NoError(tb, err, "fixture %s: bad hex", name)
+	return b
+}
+
+// fixtureOf returns the bytes of the fixture for message type name.
+func fixtureOf(tb testing.TB, name string) []byte {
+	tb.Helper()
+	for _, fx := range fixtures {
+		if fx.name == name {
+			return fixtureBytes(tb, fx.name, fx.hex)
+		}
+	}
+	tb.Fatalf("no fixture named %s", name)
+	return nil
+}
+
+func TestFixturesEncode(t *testing.T) {
+	for _, fx := range fixtures {
+		t.Run(fx.name, func(t *testing.T) {
+			got, err := proto.MarshalOptions{Deterministic: true}.Marshal(fx.msg)
+			require.NoError(t, err)
+			assert.Equal(t, fx.hex, hex.EncodeToString(got), "Marshal(%s) changed: the wire encoding is not what protocol version %d fixed", fx.name, efpb.ProtocolVersion)
+		})
+	}
+}
+
+func TestFixturesDecode(t *testing.T) {
+	for _, fx := range fixtures {
+		t.Run(fx.name, func(t *testing.T) {
+			got := fx.msg.ProtoReflect().New().Interface()
+			require.NoError(t, proto.Unmarshal(fixtureBytes(t, fx.name, fx.hex), got))
+			assert.True(t, proto.Equal(fx.msg, got), "Unmarshal(%s) = %v, want %v", fx.name, got, fx.msg)
+			assert.Empty(t, got.ProtoReflect().GetUnknown(), "every fixture byte must decode into a known field")
+		})
+	}
+}
+
+// TestFixturesNamedForTheirType keeps the table honest: one entry per wire
+// message type, named for it.
+func TestFixturesNamedForTheirType(t *testing.T) {
+	want := []string{"Envelope", "TrustBundle", "Manifest", "DesiredState", "Chunk", "FetchRequest", "StatusEvent", "Telemetry", "Presence"}
+	var got []string
+	for _, fx := range fixtures {
+		assert.Equal(t, fx.name, string(fx.msg.ProtoReflect().Descriptor().Name()))
+		got = append(got, fx.name)
+	}
+	assert.ElementsMatch(t, want, got)
+}
+
+// TestFixturesCoverEveryField fails when a field is added to the .proto but
+// no fixture sets it: every field of every message in edgefleet.proto must
+// be populated somewhere in the table, so its encoding is pinned.
+func TestFixturesCoverEveryField(t *testing.T) {
+	covered := make(map[protoreflect.FullName]bool)
+	var walk func(m protoreflect.Message)
+	walk = func(m protoreflect.Message) {
+		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			covered[fd.FullName()] = true
+			if fd.Kind() != protoreflect.MessageKind {
+				return true
+			}
+			if fd.IsList() {
+				for i := range v.List().Len() {
+					walk(v.List().Get(i).Message())
+				}
+				return true
+			}
+			walk(v.Message())
+			return true
+		})
+	}
+	for _, fx := range fixtures {
+		walk(fx.msg.ProtoReflect())
+	}
+	msgs := efpb.File_proto_edgefleet_proto.Messages()
+	require.Positive(t, msgs.Len())
+	for i := range msgs.Len() {
+		fields := msgs.Get(i).Fields()
+		for j := range fields.Len() {
+			fd := fields.Get(j)
+			assert.True(t, covered[fd.FullName()], "no fixture sets %s (field %d); add it to fixtures", fd.FullName(), fd.Number())
+		}
+	}
+}
+
+// TestFixturesIgnoreUnknownFields is the forward-compatibility rule: a
+// reader of this version decodes a message from a newer writer that carries
+// fields it does not know, and keeps them when it re-encodes (a relay must
+// not strip them).
+func TestFixturesIgnoreUnknownFields(t *testing.T) {
+	for _, fx := range fixtures {
+		t.Run(fx.name, func(t *testing.T) {
+			b := fixtureBytes(t, fx.name, fx.hex)
+			b = protowire.AppendTag(b, 1000, protowire.VarintType)
+			b = protowire.AppendVarint(b, 7)
+			b = protowire.AppendTag(b, 1001, protowire.BytesType)
+			b = protowire.AppendBytes(b, []byte("from the future"))
+
+			got := fx.msg.ProtoReflect().New().Interface()
+			require.NoError(t, proto.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(b, got))
+			assert.True(t, proto.Equal(fx.msg, got), "known fields must decode unchanged")
+
+			kept := fx.msg.ProtoReflect().New().Interface()
+			require.NoError(t, proto.Unmarshal(b, kept))
+			again, err := proto.MarshalOptions{Deterministic: true}.Marshal(kept)
+			require.NoError(t, err)
+			assert.Equal(t, hex.EncodeToString(b), hex.EncodeToString(again), "unknown fields must survive a re-encode")
+		})
+	}
+}
+
+// TestHistoryDocumentsProtocolVersion: bumping efpb.ProtocolVersion needs a
+// section in proto/HISTORY.md.
+func TestHistoryDocumentsProtocolVersion(t *testing.T) {
+	history, err := os.ReadFile("../HISTORY.md")
+	require.NoError(t, err)
+	heading := fmt.Sprintf("## Version %d ", efpb.ProtocolVersion)
+	assert.True(t, strings.Contains(string(history), heading),
+		"proto/HISTORY.md has no %q section for efpb.ProtocolVersion", heading)
+}
