@@ -1,0 +1,530 @@
+package oip
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"strings"
+
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+// ServerName is reported by GET /v2.
+const ServerName = "edgefleet-agent"
+
+// Limits and defaults of HandlerOptions.
+const (
+	DefaultMaxBodyBytes = 4 << 20
+	DefaultMaxBatch     = 1024
+	// MaxIDBytes bounds a client-supplied request id.
+	MaxIDBytes = 256
+)
+
+// HandlerOptions configure NewHandler; zero values take the documented defaults.
+type HandlerOptions struct {
+	// MaxBodyBytes bounds an inference request body (413 above). Default 4 MiB.
+	MaxBodyBytes int64
+	// MaxBatch bounds the first dimension of every input. Default 1024.
+	MaxBatch int
+	// NewID makes the id of a request that has none. Default: 16 random
+	// bytes in hex.
+	NewID func() string
+	// Logger receives request failures; nil discards.
+	Logger *slog.Logger
+	// ServerVersion is reported by GET /v2. Default "dev".
+	ServerVersion string
+	// Extensions are reported by GET /v2 (e.g. the agent's feedback route).
+	Extensions []string
+}
+
+// randomID returns 16 random bytes in hex.
+func randomID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	return hex.EncodeToString(b[:])
+}
+
+type handler struct {
+	b    Backend
+	opts HandlerOptions
+	log  *slog.Logger
+	mux  *http.ServeMux
+}
+
+// NewHandler returns the Open Inference Protocol REST API over b:
+//
+//	GET  /v2                                          server metadata
+//	GET  /v2/health/live, /v2/health/ready            liveness, readiness (503 when not ready)
+//	GET  /v2/models/{name}[/versions/{version}]       model metadata
+//	GET  /v2/models/{name}[/versions/{version}]/ready model readiness
+//	POST /v2/models/{name}[/versions/{version}]/infer inference
+//
+// Inference requests are validated against the model's schema before the
+// backend sees them. Every response, errors included, is JSON; errors are
+// ErrorResponse bodies naming what was wrong.
+func NewHandler(b Backend, opts HandlerOptions) http.Handler {
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = DefaultMaxBatch
+	}
+	if opts.NewID == nil {
+		opts.NewID = randomID
+	}
+	if opts.ServerVersion == "" {
+		opts.ServerVersion = "dev"
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	h := &handler{b: b, opts: opts, log: log.With("component", "oip"), mux: http.NewServeMux()}
+	routes := []struct {
+		method, path string
+		fn           http.HandlerFunc
+	}{
+		{"GET", "/v2", h.serverMetadata},
+		{"GET", "/v2/health/live", h.live},
+		{"GET", "/v2/health/ready", h.ready},
+		{"GET", "/v2/models/{name}", h.modelMetadata},
+		{"GET", "/v2/models/{name}/versions/{version}", h.modelMetadata},
+		{"GET", "/v2/models/{name}/ready", h.modelReady},
+		{"GET", "/v2/models/{name}/versions/{version}/ready", h.modelReady},
+		{"POST", "/v2/models/{name}/infer", h.infer},
+		{"POST", "/v2/models/{name}/versions/{version}/infer", h.infer},
+	}
+	for _, rt := range routes {
+		h.mux.HandleFunc(rt.method+" "+rt.path, rt.fn)
+		// The method-less pattern is less specific: it only sees the
+		// other methods, and answers them in JSON rather than text.
+		allow := rt.method
+		if allow == "GET" {
+			allow = "GET, HEAD"
+		}
+		h.mux.HandleFunc(rt.path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", allow)
+			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s is not allowed on %s; use %s", r.Method, r.URL.Path, rt.method))
+		})
+	}
+	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
+	})
+	return h.mux
+}
+
+func (h *handler) serverMetadata(w http.ResponseWriter, _ *http.Request) {
+	ext := h.opts.Extensions
+	if ext == nil {
+		ext = []string{}
+	}
+	writeJSON(w, http.StatusOK, ServerMetadata{Name: ServerName, Version: h.opts.ServerVersion, Extensions: ext})
+}
+
+func (h *handler) live(w http.ResponseWriter, _ *http.Request) {
+	t := true
+	writeJSON(w, http.StatusOK, healthResponse{Live: &t})
+}
+
+func (h *handler) ready(w http.ResponseWriter, _ *http.Request) {
+	if !h.b.Ready() {
+		writeError(w, http.StatusServiceUnavailable, "server is not ready")
+		return
+	}
+	t := true
+	writeJSON(w, http.StatusOK, healthResponse{Ready: &t})
+}
+
+// lookup resolves the {name} and optional {version} path values to the
+// active model, writing the error response when there is none.
+func (h *handler) lookup(w http.ResponseWriter, r *http.Request) (ModelInfo, bool) {
+	name := r.PathValue("name")
+	if !h.b.Ready() {
+		writeError(w, http.StatusServiceUnavailable, "server is not ready")
+		return ModelInfo{}, false
+	}
+	info, ok := h.b.Model(name)
+	if !ok {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("model %q not found", name))
+		return ModelInfo{}, false
+	}
+	if v := r.PathValue("version"); v != "" && v != info.Version {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("model %q version %q is not active (active version: %q)", name, v, info.Version))
+		return ModelInfo{}, false
+	}
+	return info, true
+}
+
+func (h *handler) modelMetadata(w http.ResponseWriter, r *http.Request) {
+	info, ok := h.lookup(w, r)
+	if !ok {
+		return
+	}
+	md := ModelMetadata{
+		Name:     info.Name,
+		Platform: info.Platform,
+		Inputs:   tensorMetadata(info.Inputs),
+		Outputs:  tensorMetadata(info.Outputs),
+	}
+	if info.Version != "" {
+		md.Versions = []string{info.Version}
+	}
+	writeJSON(w, http.StatusOK, md)
+}
+
+func (h *handler) modelReady(w http.ResponseWriter, r *http.Request) {
+	if _, ok := h.lookup(w, r); !ok {
+		return
+	}
+	t := true
+	writeJSON(w, http.StatusOK, healthResponse{Ready: &t})
+}
+
+func (h *handler) infer(w http.ResponseWriter, r *http.Request) {
+	info, ok := h.lookup(w, r)
+	if !ok {
+		return
+	}
+	req, herr := h.readRequest(w, r)
+	if herr != nil {
+		writeError(w, herr.status, herr.msg)
+		return
+	}
+	inputs, want, herr := h.validate(req, info)
+	if herr != nil {
+		h.log.Debug("rejected inference request", "model", info.Name, "status", herr.status, "reason", herr.msg)
+		writeError(w, herr.status, herr.msg)
+		return
+	}
+	id := req.ID
+	if id == "" {
+		id = h.opts.NewID()
+	}
+
+	version, outs, err := h.b.Infer(r.Context(), info.Name, inputs)
+	if err != nil {
+		h.inferFailed(w, r, info, id, err)
+		return
+	}
+	if v := r.PathValue("version"); v != "" && v != version {
+		writeError(w, http.StatusConflict, fmt.Sprintf("model %q version %q was replaced by %q during the request; retry", info.Name, v, version))
+		return
+	}
+	resp := InferResponse{ModelName: info.Name, ModelVersion: version, ID: id}
+	resp.Outputs, err = responseOutputs(outs, want)
+	if err != nil {
+		h.log.Warn("backend returned bad outputs", "model", info.Name, "version", version, "id", id, "err", err)
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (h *handler) inferFailed(w http.ResponseWriter, r *http.Request, info ModelInfo, id string, err error) {
+	switch {
+	case errors.Is(err, ErrInvalidInput):
+		writeError(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, ErrModelNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, ErrNotReady):
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+	case r.Context().Err() != nil && errors.Is(err, context.Canceled):
+		// The client went away; nobody reads the answer.
+		h.log.Debug("inference canceled", "model", info.Name, "id", id)
+		writeError(w, http.StatusServiceUnavailable, "request canceled")
+	default:
+		h.log.Warn("inference failed", "model", info.Name, "version", info.Version, "id", id, "err", err)
+		writeError(w, http.StatusInternalServerError, "inference failed: "+err.Error())
+	}
+}
+
+// httpError is a response status with the message sent to the client.
+type httpError struct {
+	status int
+	msg    string
+}
+
+func badRequest(format string, args ...any) *httpError {
+	return &httpError{status: http.StatusBadRequest, msg: fmt.Sprintf(format, args...)}
+}
+
+// readRequest reads and strictly decodes the body.
+func (h *handler) readRequest(w http.ResponseWriter, r *http.Request) (*InferRequest, *httpError) {
+	tooBig := &httpError{status: http.StatusRequestEntityTooLarge,
+		msg: fmt.Sprintf("request body exceeds the limit of %d bytes", h.opts.MaxBodyBytes)}
+	if r.ContentLength > h.opts.MaxBodyBytes {
+		return nil, tooBig
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.MaxBodyBytes))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return nil, tooBig
+		}
+		return nil, badRequest("reading request body: %v", err)
+	}
+	return decodeRequest(body)
+}
+
+// decodeRequest decodes an InferRequest, rejecting unknown fields and
+// trailing data.
+func decodeRequest(body []byte) (*InferRequest, *httpError) {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil, badRequest("request body is empty; send an inference request JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	var req InferRequest
+	if err := dec.Decode(&req); err != nil {
+		return nil, badRequest("%s", describeJSONError(err))
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, badRequest("invalid JSON: unexpected data after the request object")
+	}
+	return &req, nil
+}
+
+func describeJSONError(err error) string {
+	if se, ok := errors.AsType[*json.SyntaxError](err); ok {
+		return fmt.Sprintf("invalid JSON at byte %d: %s", se.Offset, se.Error())
+	}
+	if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
+		if te.Field == "" {
+			return fmt.Sprintf("invalid request: the body must be a JSON object, not %s", te.Value)
+		}
+		return fmt.Sprintf("invalid request: field %q must be %s, not %s", te.Field, jsonKind(te.Type.String()), te.Value)
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return "invalid JSON: the body ends early"
+	}
+	return "invalid request: " + strings.TrimPrefix(err.Error(), "json: ")
+}
+
+// jsonKind names a Go type the way a client thinks of it.
+func jsonKind(goType string) string {
+	switch {
+	case strings.HasPrefix(goType, "[]"), goType == "json.RawMessage":
+		return "an array"
+	case strings.HasPrefix(goType, "map["), strings.HasPrefix(goType, "oip."):
+		return "an object"
+	case goType == "string":
+		return "a string"
+	case strings.HasPrefix(goType, "int"), strings.HasPrefix(goType, "float"):
+		return "a number"
+	default:
+		return goType
+	}
+}
+
+// validate checks req against the model and returns its inputs as tensors
+// in the model's input order, plus the requested output names (nil: all).
+func (h *handler) validate(req *InferRequest, info ModelInfo) ([]Tensor, []string, *httpError) {
+	if len(req.ID) > MaxIDBytes {
+		return nil, nil, badRequest("id is %d bytes long; at most %d are allowed", len(req.ID), MaxIDBytes)
+	}
+	if v, ok := req.Parameters["binary_data_output"].(bool); ok && v {
+		return nil, nil, badRequest("parameter binary_data_output: the binary tensor data extension is not supported; request JSON data")
+	}
+	if len(req.Inputs) == 0 {
+		return nil, nil, badRequest("request has no inputs; model %q needs %s", info.Name, specNames(info.Inputs))
+	}
+	specs := make(map[string]int, len(info.Inputs))
+	for i, s := range info.Inputs {
+		specs[s.GetName()] = i
+	}
+	tensors := make([]Tensor, len(info.Inputs))
+	given := make([]bool, len(info.Inputs))
+	for n, in := range req.Inputs {
+		if in.Name == "" {
+			return nil, nil, badRequest("inputs[%d] has no name", n)
+		}
+		idx, ok := specs[in.Name]
+		if !ok {
+			return nil, nil, badRequest("input %q is not an input of model %q (inputs: %s)", in.Name, info.Name, specNames(info.Inputs))
+		}
+		if given[idx] {
+			return nil, nil, badRequest("input %q is given more than once", in.Name)
+		}
+		given[idx] = true
+		t, herr := h.validateInput(in, info.Inputs[idx])
+		if herr != nil {
+			return nil, nil, herr
+		}
+		tensors[idx] = t
+	}
+	for i, ok := range given {
+		if !ok {
+			return nil, nil, badRequest("missing input %q (model %q needs %s)", info.Inputs[i].GetName(), info.Name, specNames(info.Inputs))
+		}
+	}
+	want, herr := requestedOutputs(req.Outputs, info)
+	if herr != nil {
+		return nil, nil, herr
+	}
+	return tensors, want, nil
+}
+
+func (h *handler) validateInput(in RequestInput, spec *efpb.TensorSpec) (Tensor, *httpError) {
+	if in.Datatype != DatatypeFP32 {
+		return Tensor{}, badRequest("input %q: datatype %q is not supported; only FP32 is supported", in.Name, in.Datatype)
+	}
+	if _, ok := in.Parameters["binary_data_size"]; ok {
+		return Tensor{}, badRequest("input %q: the binary tensor data extension is not supported; send data as a JSON array", in.Name)
+	}
+	if in.Shape == nil {
+		return Tensor{}, badRequest("input %q has no shape", in.Name)
+	}
+	for i, d := range in.Shape {
+		if d < 0 {
+			return Tensor{}, badRequest("input %q: shape %s has negative dimension %d; request shapes must be concrete", in.Name, fmtShape(in.Shape), i)
+		}
+	}
+	if ms := spec.GetShape(); len(ms) > 0 {
+		if len(in.Shape) != len(ms) {
+			return Tensor{}, badRequest("input %q: shape %s has rank %d but the model wants rank %d (model shape %s, -1 = any size)",
+				in.Name, fmtShape(in.Shape), len(in.Shape), len(ms), fmtShape(ms))
+		}
+		for i, d := range ms {
+			if d >= 0 && in.Shape[i] != d {
+				return Tensor{}, badRequest("input %q: shape %s has %d at dimension %d but the model wants %d (model shape %s, -1 = any size)",
+					in.Name, fmtShape(in.Shape), in.Shape[i], i, d, fmtShape(ms))
+			}
+		}
+	}
+	if len(in.Shape) > 0 && in.Shape[0] > int64(h.opts.MaxBatch) {
+		return Tensor{}, badRequest("input %q: batch size %d (shape[0]) exceeds the limit of %d", in.Name, in.Shape[0], h.opts.MaxBatch)
+	}
+	product, ok := elementCount(in.Shape, h.opts.MaxBodyBytes)
+	if !ok {
+		return Tensor{}, badRequest("input %q: shape %s has more elements than a request of at most %d bytes can carry",
+			in.Name, fmtShape(in.Shape), h.opts.MaxBodyBytes)
+	}
+	if len(in.Data) == 0 || string(in.Data) == "null" {
+		return Tensor{}, badRequest("input %q has no data", in.Name)
+	}
+	data, err := decodeFP32(in.Data, in.Shape, product)
+	if err != nil {
+		return Tensor{}, badRequest("input %q: %v", in.Name, err)
+	}
+	return Tensor{Name: in.Name, Shape: in.Shape, Data: data}, nil
+}
+
+func requestedOutputs(outs []RequestOutput, info ModelInfo) ([]string, *httpError) {
+	if len(outs) == 0 {
+		return nil, nil
+	}
+	known := make(map[string]bool, len(info.Outputs))
+	for _, s := range info.Outputs {
+		known[s.GetName()] = true
+	}
+	want := make([]string, 0, len(outs))
+	seen := make(map[string]bool, len(outs))
+	for i, o := range outs {
+		switch {
+		case o.Name == "":
+			return nil, badRequest("outputs[%d] has no name", i)
+		case len(known) > 0 && !known[o.Name]:
+			return nil, badRequest("requested output %q is not an output of model %q (outputs: %s)", o.Name, info.Name, specNames(info.Outputs))
+		case seen[o.Name]:
+			return nil, badRequest("output %q is requested more than once", o.Name)
+		}
+		if v, ok := o.Parameters["binary_data"].(bool); ok && v {
+			return nil, badRequest("output %q: the binary tensor data extension is not supported; request JSON data", o.Name)
+		}
+		seen[o.Name] = true
+		want = append(want, o.Name)
+	}
+	return want, nil
+}
+
+// responseOutputs converts the backend's outputs, keeping only want (in its
+// order) when given, and checks they can be sent.
+func responseOutputs(outs []Tensor, want []string) ([]ResponseOutput, error) {
+	if want != nil {
+		byName := make(map[string]Tensor, len(outs))
+		for _, o := range outs {
+			byName[o.Name] = o
+		}
+		sel := make([]Tensor, 0, len(want))
+		for _, n := range want {
+			o, ok := byName[n]
+			if !ok {
+				return nil, fmt.Errorf("model did not produce the requested output %q", n)
+			}
+			sel = append(sel, o)
+		}
+		outs = sel
+	}
+	res := make([]ResponseOutput, 0, len(outs))
+	for _, o := range outs {
+		n, ok := elementCount(o.Shape, math.MaxInt64)
+		for _, d := range o.Shape {
+			ok = ok && d >= 0
+		}
+		if !ok || n != int64(len(o.Data)) {
+			return nil, fmt.Errorf("model returned output %q with %d values for shape %s", o.Name, len(o.Data), fmtShape(o.Shape))
+		}
+		for _, v := range o.Data {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return nil, fmt.Errorf("model produced a non-finite value (%v) in output %q", v, o.Name)
+			}
+		}
+		shape, data := o.Shape, o.Data
+		if shape == nil {
+			shape = []int64{}
+		}
+		if data == nil {
+			data = []float32{}
+		}
+		res = append(res, ResponseOutput{Name: o.Name, Shape: shape, Datatype: DatatypeFP32, Data: data})
+	}
+	return res, nil
+}
+
+// specNames lists tensor names for messages: "x", "y".
+func specNames(specs []*efpb.TensorSpec) string {
+	if len(specs) == 0 {
+		return "none"
+	}
+	names := make([]string, len(specs))
+	for i, s := range specs {
+		names[i] = fmt.Sprintf("%q", s.GetName())
+	}
+	return strings.Join(names, ", ")
+}
+
+func tensorMetadata(specs []*efpb.TensorSpec) []TensorMetadata {
+	md := make([]TensorMetadata, len(specs))
+	for i, s := range specs {
+		shape := s.GetShape()
+		if shape == nil {
+			shape = []int64{}
+		}
+		md[i] = TensorMetadata{Name: s.GetName(), Datatype: s.GetDatatype(), Shape: shape}
+	}
+	return md
+}
+
+// writeJSON encodes v fully before writing, so a failure is a clean 500.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b, _ = json.Marshal(ErrorResponse{Error: "encoding response: " + err.Error()})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, ErrorResponse{Error: msg})
+}

@@ -1,0 +1,122 @@
+// Package oip implements the Open Inference Protocol (KServe v2) REST API:
+// wire types, an http.Handler that validates requests against a model's
+// schema before handing FP32 tensors to a Backend, and a small client.
+// Imported by the agent (local inference server), the demo and fleet-sim.
+package oip
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+)
+
+// DatatypeFP32 is the only tensor datatype served for now.
+const DatatypeFP32 = "FP32"
+
+// InferRequest is the body of POST /v2/models/{name}/infer.
+type InferRequest struct {
+	ID         string          `json:"id,omitempty"`
+	Parameters map[string]any  `json:"parameters,omitempty"`
+	Inputs     []RequestInput  `json:"inputs"`
+	Outputs    []RequestOutput `json:"outputs,omitempty"`
+}
+
+// RequestInput is one input tensor. Data holds the JSON array as sent: flat
+// in row-major order, or nested to match Shape; the handler accepts both.
+// Build one from Go values with NewFP32Input.
+type RequestInput struct {
+	Name       string          `json:"name"`
+	Shape      []int64         `json:"shape"`
+	Datatype   string          `json:"datatype"`
+	Parameters map[string]any  `json:"parameters,omitempty"`
+	Data       json.RawMessage `json:"data"`
+}
+
+// NewFP32Input returns an FP32 input with flat data. It fails on NaN or
+// infinite values, which JSON cannot carry.
+func NewFP32Input(name string, shape []int64, data []float32) (RequestInput, error) {
+	for i, v := range data {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return RequestInput{}, fmt.Errorf("oip: input %q: element %d is %v; only finite values can be sent", name, i, v)
+		}
+	}
+	if data == nil {
+		data = []float32{}
+	}
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return RequestInput{}, fmt.Errorf("oip: input %q: %w", name, err)
+	}
+	return RequestInput{Name: name, Shape: shape, Datatype: DatatypeFP32, Data: raw}, nil
+}
+
+// RequestOutput names an output the client wants; when a request lists
+// none, every output is returned.
+type RequestOutput struct {
+	Name       string         `json:"name"`
+	Parameters map[string]any `json:"parameters,omitempty"`
+}
+
+// InferResponse is the body of a successful inference. ID is the request's
+// id, or one the server generated: feedback labels are joined on it.
+type InferResponse struct {
+	ModelName    string           `json:"model_name"`
+	ModelVersion string           `json:"model_version,omitempty"`
+	ID           string           `json:"id"`
+	Parameters   map[string]any   `json:"parameters,omitempty"`
+	Outputs      []ResponseOutput `json:"outputs"`
+}
+
+// ResponseOutput is one output tensor, data flat in row-major order.
+type ResponseOutput struct {
+	Name       string         `json:"name"`
+	Shape      []int64        `json:"shape"`
+	Datatype   string         `json:"datatype"`
+	Parameters map[string]any `json:"parameters,omitempty"`
+	Data       []float32      `json:"data"`
+}
+
+// Output returns the output named name, or false.
+func (r *InferResponse) Output(name string) (ResponseOutput, bool) {
+	for _, o := range r.Outputs {
+		if o.Name == name {
+			return o, true
+		}
+	}
+	return ResponseOutput{}, false
+}
+
+// ServerMetadata is the body of GET /v2.
+type ServerMetadata struct {
+	Name       string   `json:"name"`
+	Version    string   `json:"version"`
+	Extensions []string `json:"extensions"`
+}
+
+// ModelMetadata is the body of GET /v2/models/{name}.
+type ModelMetadata struct {
+	Name     string           `json:"name"`
+	Versions []string         `json:"versions,omitempty"`
+	Platform string           `json:"platform"`
+	Inputs   []TensorMetadata `json:"inputs"`
+	Outputs  []TensorMetadata `json:"outputs"`
+}
+
+// TensorMetadata describes one model input or output; -1 in Shape is a
+// dynamic axis.
+type TensorMetadata struct {
+	Name     string  `json:"name"`
+	Datatype string  `json:"datatype"`
+	Shape    []int64 `json:"shape"`
+}
+
+// ErrorResponse is the body of every non-2xx response.
+type ErrorResponse struct {
+	Error string `json:"error"`
+}
+
+// healthResponse is the body of the health and model-ready endpoints.
+type healthResponse struct {
+	Live  *bool `json:"live,omitempty"`
+	Ready *bool `json:"ready,omitempty"`
+}
