@@ -1,0 +1,92 @@
+package broker
+
+import (
+	"bytes"
+	"log/slog"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/edgefleet/edgefleet/internal/topics"
+)
+
+// hook enforces device authentication and the topic ACL. mochi refuses
+// every connection unless a hook allows it, and its inline client bypasses
+// hooks for publishes, so the control plane is unaffected.
+type hook struct {
+	mqtt.HookBase
+	scheme topics.Scheme
+	auth   Authenticator
+	log    *slog.Logger
+}
+
+func (h *hook) ID() string { return "edgefleet-auth" }
+
+func (h *hook) Provides(b byte) bool {
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPacketRead}, []byte{b})
+}
+
+// OnConnectAuthenticate admits a device: username is a valid device id, the
+// client id equals it (so no device can take over another's session), the
+// will (if any) is a topic the device may publish and not retained, and the
+// Authenticator accepts the password. A refusal is CONNACK 0x86 (bad
+// username or password), which mochi sends to MQTT 3.1.1 clients as 0x05
+// (not authorized).
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	user := string(pk.Connect.Username)
+	refuse := func(reason string) bool {
+		h.log.Info("connection refused", "reason", reason, "username", user, "client", pk.Connect.ClientIdentifier, "remote", cl.Net.Remote)
+		return false
+	}
+	switch {
+	case topics.ValidDeviceID(user) != nil:
+		return refuse("username is not a valid device id")
+	case user == mqtt.InlineClientId:
+		return refuse("username is reserved")
+	case pk.Connect.ClientIdentifier != user:
+		return refuse("client id differs from username")
+	case pk.Connect.WillFlag && pk.Connect.WillRetain:
+		return refuse("retained will")
+	case pk.Connect.WillFlag && !h.scheme.DeviceMayPublish(user, pk.Connect.WillTopic, false):
+		return refuse("will topic not allowed")
+	case !h.auth.AuthenticateDevice(user, pk.Connect.Password):
+		return refuse("bad credentials")
+	}
+	h.log.Debug("device connected", "device", user, "remote", cl.Net.Remote)
+	return true
+}
+
+// OnACLCheck applies topics.Scheme's device ACL. topic is a topic name for
+// publishes and deliveries and a filter for subscribes. A refused QoS 0
+// publish is dropped; a refused QoS 1+ publish from an MQTT 3.1.1 client
+// disconnects it (mochi's behaviour); a refused subscription gets 0x80.
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if cl.Net.Inline {
+		return true
+	}
+	dev := cl.ID
+	if dev != string(cl.Properties.Username) {
+		return false
+	}
+	var ok bool
+	if write {
+		ok = h.scheme.DeviceMayPublish(dev, topic, false)
+	} else {
+		ok = h.scheme.DeviceMaySubscribe(dev, topic)
+	}
+	if !ok {
+		h.log.Debug("acl refused", "device", dev, "topic", topic, "write", write)
+	}
+	return ok
+}
+
+// OnPacketRead refuses retained publishes from devices (only the control
+// plane retains). Rejecting the packet here ends the connection, the same
+// outcome as an ACL refusal, and nothing is retained or delivered.
+func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Retain && !cl.Net.Inline {
+		h.log.Info("retained publish refused, disconnecting", "device", cl.ID, "topic", pk.TopicName)
+		return pk, packets.ErrRejectPacket
+	}
+	return pk, nil
+}
