@@ -1,0 +1,586 @@
+package cli
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/internal/fraud"
+	"github.com/edgefleet/edgefleet/internal/labels"
+	"github.com/edgefleet/edgefleet/internal/signing"
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+func (a *app) keysInit(args []string) error {
+	fs := a.flagSet("edgefleet keys init")
+	dir := fs.String("dir", "", "directory to create the keys in (required)")
+	ttl := fs.Duration("ttl", controlplane.DefaultTrustBundleTTL, "validity of the trust bundle")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("keys init takes no arguments, got %q", pos)
+	}
+	if *dir == "" {
+		return usagef("keys init needs --dir")
+	}
+	if *ttl <= 0 {
+		return usagef("--ttl must be positive")
+	}
+	root, err := controlplane.InitKeys(*dir, time.Now(), *ttl)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(a.stdout, "Created the fleet keys in %s.\n\n", *dir)
+	fmt.Fprintf(a.stdout, "Keep %s offline: it signs trust bundles and is needed only to change keys.\n", controlplane.RootKeyFile)
+	fmt.Fprintf(a.stdout, "Copy %s, %s, %s and %s to the control plane's <data-dir>/keys/.\n\n",
+		controlplane.ReleaseKeyFile, controlplane.ControlKeyFile, controlplane.RootPubFile, controlplane.TrustBundleFile)
+	fmt.Fprintf(a.stdout, "Root public key (devices are provisioned with it):\n%s", signing.EncodePublicKeyPEM(root))
+	return nil
+}
+
+func (a *app) modelTrain(args []string) error {
+	fs := a.flagSet("edgefleet model train")
+	out := fs.String("out", "", "output ONNX file (required); metadata goes to <out>.meta.json")
+	seed := fs.Uint64("seed", 1, "data generator seed")
+	rows := fs.Int("rows", 0, "generated rows, train and test (default 20000)")
+	drift := fs.String("drift", "", "data shift, comma-separated: pattern=classic|card-testing, amount_scale=F,\nhour_shift=N, distance_scale=F, foreign_rate=F, fraud_rate=F, label_noise=F")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("model train takes no arguments, got %q", pos)
+	}
+	if *out == "" {
+		return usagef("model train needs --out FILE")
+	}
+	params, err := parseDrift(*drift)
+	if err != nil {
+		return err
+	}
+	art, err := fraud.TrainArtifact(fraud.TrainConfig{Seed: *seed, Rows: *rows, Params: params})
+	if err != nil {
+		return err
+	}
+	meta, err := protojson.MarshalOptions{Multiline: true, UseProtoNames: true}.Marshal(art.Metadata())
+	if err != nil {
+		return fmt.Errorf("encode metadata: %w", err)
+	}
+	metaPath := *out + ".meta.json"
+	if err := os.WriteFile(*out, art.ONNX, 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(metaPath, append(meta, '\n'), 0o644); err != nil {
+		return err
+	}
+	sum := sha256.Sum256(art.ONNX)
+	fmt.Fprintf(a.stdout, "wrote %s (%d bytes, sha256 %s) and %s\n", *out, len(art.ONNX), hex.EncodeToString(sum[:6]), metaPath)
+	t := art.Test
+	fmt.Fprintf(a.stdout, "test set (%d rows): accuracy %.4f  precision %.4f  recall %.4f  AUC %.4f  (majority baseline %.4f)\n",
+		t.Rows, t.Accuracy, t.Precision, t.Recall, t.AUC, t.BaselineAccuracy)
+	return nil
+}
+
+// parseDrift parses the --drift list into generator parameters.
+func parseDrift(s string) (fraud.Params, error) {
+	var p fraud.Params
+	if strings.TrimSpace(s) == "" {
+		return p, nil
+	}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok {
+			return p, usagef("--drift %q: want key=value terms, got %q", s, kv)
+		}
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		float := func(dst *float64) error {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				return usagef("--drift %s=%q: not a number", k, v)
+			}
+			*dst = f
+			return nil
+		}
+		var err error
+		switch k {
+		case "pattern":
+			switch v {
+			case fraud.PatternClassic.String():
+				p.Pattern = fraud.PatternClassic
+			case fraud.PatternCardTesting.String():
+				p.Pattern = fraud.PatternCardTesting
+			default:
+				return p, usagef("--drift pattern=%q: want classic or card-testing", v)
+			}
+		case "hour_shift":
+			n, perr := strconv.Atoi(v)
+			if perr != nil {
+				return p, usagef("--drift hour_shift=%q: not an integer", v)
+			}
+			p.HourShift = n
+		case "amount_scale":
+			err = float(&p.AmountScale)
+		case "distance_scale":
+			err = float(&p.DistanceScale)
+		case "foreign_rate":
+			err = float(&p.ForeignRate)
+		case "fraud_rate":
+			err = float(&p.FraudRate)
+		case "label_noise":
+			err = float(&p.LabelNoise)
+		default:
+			return p, usagef("--drift: unknown key %q (want pattern, amount_scale, hour_shift, distance_scale, foreign_rate, fraud_rate, label_noise)", k)
+		}
+		if err != nil {
+			return p, err
+		}
+	}
+	return p, nil
+}
+
+func (a *app) modelPush(ctx context.Context, args []string) error {
+	fs := a.flagSet("edgefleet model push")
+	a.globalFlags(fs)
+	name := fs.String("name", "", "model name (required)")
+	version := fs.String("version", "", "model version (required; versions are immutable)")
+	file := fs.String("file", "", "ONNX file (required)")
+	meta := fs.String("meta", "", "metadata JSON (default <file>.meta.json when it exists)")
+	force := fs.Bool("force", false, "store the version even if its test vectors fail (agents will refuse it)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("model push takes no arguments, got %q", pos)
+	}
+	if *name == "" || *version == "" || *file == "" {
+		return usagef("model push needs --name, --version and --file")
+	}
+	metaPath := *meta
+	if metaPath == "" {
+		if _, err := os.Stat(*file + ".meta.json"); err == nil {
+			metaPath = *file + ".meta.json"
+		}
+	}
+	c, err := a.client()
+	if err != nil {
+		return err
+	}
+	model, err := os.Open(*file)
+	if err != nil {
+		return err
+	}
+	defer model.Close()
+	var metaData []byte
+	if metaPath != "" {
+		if metaData, err = os.ReadFile(metaPath); err != nil {
+			return err
+		}
+	}
+
+	// Stream the multipart body: models can be hundreds of MiB.
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	written := make(chan error, 1)
+	go func() {
+		err := writeUpload(mw, model, filepath.Base(*file), metaData)
+		_ = pw.CloseWithError(err)
+		written <- err
+	}()
+	path := "/api/v1/models/" + url.PathEscape(*name) + "/versions/" + url.PathEscape(*version)
+	if *force {
+		path += "?force=true"
+	}
+	var mv controlplane.ModelVersion
+	err = c.do(ctx, "POST", path, pr, mw.FormDataContentType(), &mv)
+	_ = pr.CloseWithError(errors.New("upload finished")) // unblocks the writer if the server stopped reading
+	<-written
+	if err != nil {
+		return fmt.Errorf("push %s@%s: %w", *name, *version, err)
+	}
+	fmt.Fprintf(a.stdout, "pushed %s@%s: %d bytes, %d chunks, sha256 %s\n", mv.Name, mv.Version, mv.Size, mv.ChunkCount, mv.SHA256)
+	if metaPath != "" {
+		fmt.Fprintf(a.stdout, "metadata from %s\n", metaPath)
+	}
+	if mv.Checks.Passed {
+		fmt.Fprintf(a.stdout, "checks passed: %d test vectors\n", mv.Checks.TestVectors)
+	} else {
+		fmt.Fprintf(a.stdout, "checks FAILED (stored because of --force; agents will refuse it): %s\n", mv.Checks.Error)
+	}
+	return nil
+}
+
+func writeUpload(mw *multipart.Writer, model io.Reader, filename string, meta []byte) error {
+	fw, err := mw.CreateFormFile("model", filename)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(fw, model); err != nil {
+		return err
+	}
+	if meta != nil {
+		if err := mw.WriteField("metadata", string(meta)); err != nil {
+			return err
+		}
+	}
+	return mw.Close()
+}
+
+func (a *app) models(ctx context.Context, args []string) error {
+	fs := a.flagSet("edgefleet models")
+	a.globalFlags(fs)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("models takes no arguments, got %q", pos)
+	}
+	c, err := a.client()
+	if err != nil {
+		return err
+	}
+	var list []controlplane.ModelVersion
+	if err := c.doJSON(ctx, "GET", "/api/v1/models", nil, &list); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tVERSION\tSIZE\tCHUNKS\tSHA256\tCHECKS\tCREATED")
+	for _, m := range list {
+		checks := fmt.Sprintf("passed (%d vectors)", m.Checks.TestVectors)
+		if !m.Checks.Passed {
+			checks = "FAILED (forced)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", m.Name, m.Version, m.Size, m.ChunkCount, short(m.SHA256), checks, m.Created.Local().Format(time.DateTime))
+	}
+	return tw.Flush()
+}
+
+// agentConfig is the agent's YAML configuration, with exactly the keys
+// agent.Config reads.
+type agentConfig struct {
+	DeviceID        string `yaml:"device_id"`
+	BrokerURL       string `yaml:"broker_url"`
+	Username        string `yaml:"username"`
+	Password        string `yaml:"password"`
+	RootPublicKey   string `yaml:"root_public_key"`
+	DataDir         string `yaml:"data_dir"`
+	InferenceListen string `yaml:"inference_listen"`
+	TopicPrefix     string `yaml:"topic_prefix"`
+}
+
+func (a *app) deviceAdd(ctx context.Context, args []string) error {
+	fs := a.flagSet("edgefleet device add")
+	a.globalFlags(fs)
+	var lbls stringList
+	fs.Var(&lbls, "label", "label key=value (repeatable)")
+	configOut := fs.String("config-out", "", "write a ready agent config (YAML, mode 0600) to this file")
+	dataDir := fs.String("data-dir", "/var/lib/edgefleet-agent", "the agent's data_dir in the config")
+	inference := fs.String("inference-listen", "127.0.0.1:8081", "the agent's inference_listen in the config (empty disables the local API)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("device add takes one device id, got %d arguments", len(pos))
+	}
+	id := pos[0]
+	m := map[string]string{}
+	for _, l := range lbls {
+		k, v, err := labels.ParseLabel(l)
+		if err != nil {
+			return usagef("--label: %v", err)
+		}
+		if _, dup := m[k]; dup {
+			return usagef("--label %s given twice", k)
+		}
+		m[k] = v
+	}
+	// Check the config can be written before registering: the password is
+	// shown once and must not be lost to a typo in a path.
+	var cfgFile *os.File
+	if *configOut != "" {
+		if cfgFile, err = os.OpenFile(*configOut, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
+			return fmt.Errorf("--config-out: %w (nothing was registered)", err)
+		}
+		defer cfgFile.Close()
+	}
+	c, err := a.client()
+	if err != nil {
+		removeEmpty(cfgFile)
+		return err
+	}
+	var creds controlplane.DeviceCredentials
+	if err := c.doJSON(ctx, "POST", "/api/v1/devices", controlplane.RegisterDeviceRequest{ID: id, Labels: m}, &creds); err != nil {
+		removeEmpty(cfgFile)
+		return fmt.Errorf("add device %s: %w", id, err)
+	}
+	fmt.Fprintf(a.stdout, "device %s registered. Credentials (the password is shown only this once):\n", creds.ID)
+	fmt.Fprintf(a.stdout, "  username:     %s\n  password:     %s\n  broker_url:   %s\n  topic_prefix: %s\n", creds.Username, creds.Password, creds.BrokerURL, creds.TopicPrefix)
+	if cfgFile == nil {
+		fmt.Fprintf(a.stdout, "  root_public_key:\n%s", indent(creds.RootPublicKey, "    "))
+		return nil
+	}
+	cfg, err := yaml.Marshal(agentConfig{
+		DeviceID:        creds.ID,
+		BrokerURL:       creds.BrokerURL,
+		Username:        creds.Username,
+		Password:        creds.Password,
+		RootPublicKey:   creds.RootPublicKey,
+		DataDir:         *dataDir,
+		InferenceListen: *inference,
+		TopicPrefix:     creds.TopicPrefix,
+	})
+	if err == nil {
+		_, err = cfgFile.Write(cfg)
+	}
+	if err == nil {
+		err = cfgFile.Sync()
+	}
+	if err != nil {
+		return fmt.Errorf("device %s is registered, but writing %s failed: %w; use the credentials above", id, *configOut, err)
+	}
+	fmt.Fprintf(a.stdout, "agent config written to %s (it holds the password: keep it private)\n", *configOut)
+	return nil
+}
+
+// removeEmpty removes a config file created for a registration that failed.
+func removeEmpty(f *os.File) {
+	if f != nil {
+		_ = f.Close()
+		_ = os.Remove(f.Name())
+	}
+}
+
+func (a *app) devices(ctx context.Context, args []string) error {
+	fs := a.flagSet("edgefleet devices")
+	a.globalFlags(fs)
+	selector := fs.String("selector", "", "only devices matching this label selector (k=v,k!=v)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("devices takes no arguments, got %q", pos)
+	}
+	path := "/api/v1/devices"
+	if *selector != "" {
+		if _, err := labels.Parse(*selector); err != nil {
+			return usagef("--selector: %v", err)
+		}
+		path += "?selector=" + url.QueryEscape(*selector)
+	}
+	c, err := a.client()
+	if err != nil {
+		return err
+	}
+	var list []controlplane.Device
+	if err := c.doJSON(ctx, "GET", path, nil, &list); err != nil {
+		return err
+	}
+	now := time.Now()
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tLABELS\tONLINE\tDESIRED\tACTIVE\tSTATE\tLAST SEEN")
+	for _, d := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, formatLabels(d.Labels), yesNo(d.Online),
+			formatDesired(d.Desired), formatActive(d.Reported), formatState(d.Reported), formatAgo(now, d.LastSeen))
+	}
+	return tw.Flush()
+}
+
+func formatLabels(m map[string]string) string {
+	if len(m) == 0 {
+		return "-"
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + m[k]
+	}
+	return strings.Join(parts, ",")
+}
+
+func formatDesired(d *controlplane.DesiredSummary) string {
+	if d == nil || len(d.Models) == 0 {
+		return "-"
+	}
+	parts := make([]string, len(d.Models))
+	for i, m := range d.Models {
+		parts[i] = m.Name + "@" + m.Version
+	}
+	return fmt.Sprintf("%s (%d)", strings.Join(parts, ","), d.Generation)
+}
+
+func reportedNames(r map[string]*controlplane.ModelStatus) []string {
+	names := make([]string, 0, len(r))
+	for n := range r {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func formatActive(r map[string]*controlplane.ModelStatus) string {
+	var parts []string
+	for _, n := range reportedNames(r) {
+		if v := r[n].ActiveVersion; v != "" {
+			parts = append(parts, n+"@"+v)
+		}
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ",")
+}
+
+func formatState(r map[string]*controlplane.ModelStatus) string {
+	var parts []string
+	for _, n := range reportedNames(r) {
+		st := r[n]
+		s := st.State
+		if st.State == "downloading" && st.ChunksTotal > 0 {
+			s += fmt.Sprintf(" %d/%d", st.ChunksHave, st.ChunksTotal)
+		}
+		if len(r) > 1 {
+			s = n + ":" + s
+		}
+		parts = append(parts, s)
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ",")
+}
+
+func formatAgo(now, t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	d := now.Sub(t)
+	switch {
+	case d < time.Second:
+		return "just now"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds ago", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm ago", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh ago", int(d.Hours()))
+	}
+	return t.Local().Format(time.DateTime)
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func (a *app) deploy(ctx context.Context, args []string) error {
+	fs := a.flagSet("edgefleet deploy")
+	a.globalFlags(fs)
+	var devices stringList
+	fs.Var(&devices, "device", "target device id (repeatable)")
+	selector := fs.String("selector", "", "target devices by label selector (k=v,k!=v)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("deploy takes one NAME@VERSION, got %d arguments", len(pos))
+	}
+	name, version, ok := strings.Cut(pos[0], "@")
+	if !ok || name == "" || version == "" {
+		return usagef("deploy %q: want NAME@VERSION, e.g. fraud@v2", pos[0])
+	}
+	switch {
+	case len(devices) == 0 && *selector == "":
+		return usagef("deploy needs --device ID (repeatable) or --selector k=v")
+	case len(devices) > 0 && *selector != "":
+		return usagef("give --device or --selector, not both")
+	}
+	if *selector != "" {
+		if _, err := labels.Parse(*selector); err != nil {
+			return usagef("--selector: %v", err)
+		}
+	}
+	c, err := a.client()
+	if err != nil {
+		return err
+	}
+	var res controlplane.DeployResult
+	req := controlplane.DeployRequest{Model: name, Version: version, Devices: devices, Selector: *selector}
+	if err := c.doJSON(ctx, "POST", "/api/v1/deployments", req, &res); err != nil {
+		return fmt.Errorf("deploy %s@%s: %w", name, version, err)
+	}
+	fmt.Fprintf(a.stdout, "deployed %s@%s to %d device(s):\n", res.Model, res.Version, len(res.Devices))
+	failed := 0
+	for _, d := range res.Devices {
+		if d.PublishError != "" {
+			failed++
+			fmt.Fprintf(a.stdout, "  %s  generation %d  (stored; publish failed: %s)\n", d.ID, d.Generation, d.PublishError)
+			continue
+		}
+		fmt.Fprintf(a.stdout, "  %s  generation %d\n", d.ID, d.Generation)
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d desired state(s) stored but not yet published; they are sent again when the broker connection is back", failed)
+	}
+	return nil
+}
+
+func (a *app) version(args []string) error {
+	fs := a.flagSet("edgefleet version")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("version takes no arguments")
+	}
+	v, rev := "devel", ""
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			v = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				rev = " " + s.Value[:12]
+			}
+		}
+	}
+	fmt.Fprintf(a.stdout, "edgefleet %s%s (protocol %d, %s %s/%s)\n", v, rev, efpb.ProtocolVersion, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return nil
+}
+
+func short(hexSum string) string {
+	if len(hexSum) > 12 {
+		return hexSum[:12]
+	}
+	return hexSum
+}

@@ -1,0 +1,132 @@
+package controlplane
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/edgefleet/edgefleet/internal/topics"
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+// mosquitto runs a real mosquitto (the external broker edgefleet supports)
+// on a free 127.0.0.1 port. mosquitto cannot listen on port 0 and report
+// the port, so the port is reserved by binding :0 first and released just
+// before mosquitto binds it.
+type mosquitto struct {
+	t         *testing.T
+	bin, conf string
+	port      int
+	cmd       *exec.Cmd
+}
+
+func startMosquitto(t *testing.T) *mosquitto {
+	t.Helper()
+	bin, err := exec.LookPath("mosquitto")
+	if err != nil {
+		if _, err = os.Stat("/usr/sbin/mosquitto"); err != nil {
+			t.Skip("mosquitto is not installed (Debian package mosquitto)")
+		}
+		bin = "/usr/sbin/mosquitto"
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := l.Addr().(*net.TCPAddr).Port
+	require.NoError(t, l.Close())
+	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
+	require.NoError(t, os.WriteFile(conf, fmt.Appendf(nil,
+		"listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n", port), 0o644))
+	m := &mosquitto{t: t, bin: bin, conf: conf, port: port}
+	m.start()
+	t.Cleanup(m.stop)
+	return m
+}
+
+func (m *mosquitto) url() string { return fmt.Sprintf("tcp://127.0.0.1:%d", m.port) }
+
+func (m *mosquitto) start() {
+	m.t.Helper()
+	m.cmd = exec.Command(m.bin, "-c", m.conf)
+	require.NoError(m.t, m.cmd.Start())
+	require.Eventually(m.t, func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", m.port))
+		if err != nil {
+			return false
+		}
+		_ = c.Close()
+		return true
+	}, 10*time.Second, 10*time.Millisecond, "mosquitto did not start listening")
+}
+
+// stop ends the mosquitto process this test started (by its pid) and waits.
+func (m *mosquitto) stop() {
+	if m.cmd == nil {
+		return
+	}
+	_ = m.cmd.Process.Kill()
+	_ = m.cmd.Wait()
+	m.cmd = nil
+}
+
+func TestExternalBroker(t *testing.T) {
+	mq := startMosquitto(t)
+	ts := newTestServer(t, func(o *Options) { o.MQTTURL = mq.url() })
+	assert.Equal(t, mq.url(), ts.BrokerURL())
+	creds := ts.register("dev-1", nil)
+	assert.Equal(t, mq.url(), creds.BrokerURL)
+	a := trainedModel(t, 1)
+	ts.mustUpload("fraud", "v1", a)
+	ts.deploy(DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
+
+	c := deviceClient(t, creds)
+	sc := topics.Scheme{Prefix: creds.TopicPrefix}
+	v := agentVerifier(t, creds, receive(t, subscribe(t, c, sc.Trust()), "trust bundle"))
+	d, err := v.VerifyDesired(mustEnvelope(t, receive(t, subscribe(t, c, sc.Desired("dev-1")), "desired").payload), time.Now())
+	require.NoError(t, err)
+	assert.Equal(t, uint64(1), d.Generation)
+
+	// Fetch → chunks, and status ingest, through mosquitto.
+	chunks := subscribe(t, c, sc.Chunks("fraud", "v1"))
+	req, err := proto.Marshal(&efpb.FetchRequest{DeviceId: "dev-1", Name: "fraud", Version: "v1"})
+	require.NoError(t, err)
+	publish(t, c, sc.Fetch("dev-1"), req)
+	ch := &efpb.Chunk{}
+	require.NoError(t, proto.Unmarshal(receive(t, chunks, "chunk").payload, ch))
+	sum := sha256.Sum256(ch.Data)
+	assert.Equal(t, sha256.Sum256(a.ONNX), sum, "the model is one chunk")
+	st, err := proto.Marshal(&efpb.StatusEvent{DeviceId: "dev-1", ModelName: "fraud", ModelVersion: "v1", ActiveVersion: "v1", State: efpb.ModelState_MODEL_STATE_ACTIVE})
+	require.NoError(t, err)
+	publish(t, c, sc.Status("dev-1"), st)
+	require.Eventually(t, func() bool {
+		dev, _ := ts.reg.get("dev-1")
+		return dev.Reported["fraud"] != nil && dev.Reported["fraud"].State == "active"
+	}, 10*time.Second, 5*time.Millisecond)
+
+	// mosquitto restarts without persistence: its retained store is empty
+	// until the control plane reconnects and publishes everything again.
+	mq.stop()
+	mq.start()
+	c2, err := dialDevice(mq.url(), "dev-1b", "")
+	require.NoError(t, err)
+	defer c2.Disconnect(50)
+	manifests := subscribe(t, c2, sc.Manifest("fraud", "v1"))
+	msg := receive(t, manifests, "manifest republished after the broker restarted")
+	_, err = v.VerifyManifest(mustEnvelope(t, msg.payload), time.Now())
+	require.NoError(t, err)
+
+	// The control plane's subscriptions were re-made on reconnect.
+	st, err = proto.Marshal(&efpb.StatusEvent{DeviceId: "dev-1b", ModelName: "fraud", State: efpb.ModelState_MODEL_STATE_FAILED})
+	require.NoError(t, err)
+	before := ts.Dropped()
+	publish(t, c2, sc.Status("dev-1b"), st) // an unregistered device: counted and dropped
+	require.Eventually(t, func() bool { return ts.Dropped() == before+1 }, 10*time.Second, 5*time.Millisecond)
+}

@@ -1,0 +1,292 @@
+package controlplane
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"mime/multipart"
+	"net/http"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/edgefleet/edgefleet/internal/fraud"
+	"github.com/edgefleet/edgefleet/internal/infer"
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+// testRuntime is one onnxruntime handle shared by the package's tests
+// (onnxruntime's environment is process-wide anyway).
+var testRuntime *infer.Runtime
+
+func TestMain(m *testing.M) {
+	path, err := infer.FindLibrary("")
+	if err == nil {
+		testRuntime, err = infer.NewRuntime(path, nil)
+	}
+	if err != nil {
+		// Fail loudly: these tests need the real onnxruntime (make deps).
+		_, _ = os.Stderr.WriteString("controlplane tests: onnxruntime: " + err.Error() + "\n")
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = testRuntime.Close()
+	os.Exit(code)
+}
+
+// testLogger discards logs unless EDGEFLEET_TEST_LOG is set.
+func testLogger() *slog.Logger {
+	if os.Getenv("EDGEFLEET_TEST_LOG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testServer struct {
+	*Server
+	t     testing.TB
+	dir   string
+	token string
+
+	stopOnce sync.Once
+	cancel   context.CancelFunc
+	done     chan error
+}
+
+// newTestServer runs a real control plane (badger, embedded broker,
+// onnxruntime) on 127.0.0.1 ports chosen by the kernel, waits until it is
+// ready, and stops it at cleanup. mod adjusts the options.
+func newTestServer(t testing.TB, mod func(*Options)) *testServer {
+	t.Helper()
+	opts := Options{
+		DataDir:    t.TempDir(),
+		APIListen:  "127.0.0.1:0",
+		MQTTListen: "127.0.0.1:0",
+		Runtime:    testRuntime,
+		Logger:     testLogger(),
+	}
+	if mod != nil {
+		mod(&opts)
+	}
+	ts := &testServer{t: t, dir: opts.DataDir, done: make(chan error, 1)}
+	prev := opts.OnInitialToken
+	opts.OnInitialToken = func(tok string) {
+		ts.token = tok
+		if prev != nil {
+			prev(tok)
+		}
+	}
+	s, err := New(opts)
+	require.NoError(t, err)
+	ts.Server = s
+	ctx, cancel := context.WithCancel(context.Background())
+	ts.cancel = cancel
+	go func() { ts.done <- s.Run(ctx) }()
+	select {
+	case <-s.Ready():
+	case err := <-ts.done:
+		cancel()
+		require.FailNow(t, "control plane stopped before it was ready", "%v", err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		require.FailNow(t, "control plane not ready after 30s")
+	}
+	t.Cleanup(ts.stop)
+	return ts
+}
+
+// stop shuts the server down and checks Run returned nil. Idempotent.
+func (ts *testServer) stop() {
+	ts.stopOnce.Do(func() {
+		ts.cancel()
+		select {
+		case err := <-ts.done:
+			require.NoError(ts.t, err, "Run")
+		case <-time.After(30 * time.Second):
+			require.FailNow(ts.t, "Run did not return 30s after cancel")
+		}
+	})
+}
+
+// do sends an API request with the server's token and returns the status
+// and body.
+func (ts *testServer) do(method, path string, body io.Reader, header ...string) (int, []byte) {
+	ts.t.Helper()
+	return ts.doToken(ts.token, method, path, body, header...)
+}
+
+func (ts *testServer) doToken(token, method, path string, body io.Reader, header ...string) (int, []byte) {
+	ts.t.Helper()
+	req, err := http.NewRequest(method, ts.APIURL()+path, body)
+	require.NoError(ts.t, err)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(ts.t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(ts.t, err)
+	return resp.StatusCode, b
+}
+
+// doJSON sends v as JSON and decodes a 2xx answer into out (if non-nil).
+func (ts *testServer) doJSON(method, path string, v, out any) (int, []byte) {
+	ts.t.Helper()
+	var body io.Reader
+	if v != nil {
+		b, err := json.Marshal(v)
+		require.NoError(ts.t, err)
+		body = bytes.NewReader(b)
+	}
+	code, b := ts.do(method, path, body, "Content-Type", "application/json")
+	if out != nil && code/100 == 2 {
+		require.NoError(ts.t, json.Unmarshal(b, out), "decode %s", b)
+	}
+	return code, b
+}
+
+func (ts *testServer) register(id string, lbls map[string]string) DeviceCredentials {
+	ts.t.Helper()
+	var creds DeviceCredentials
+	code, body := ts.doJSON("POST", "/api/v1/devices", RegisterDeviceRequest{ID: id, Labels: lbls}, &creds)
+	require.Equal(ts.t, http.StatusCreated, code, "register %s: %s", id, body)
+	return creds
+}
+
+// upload pushes a model version with optional metadata.
+func (ts *testServer) upload(name, version string, model []byte, meta *efpb.Manifest, force bool) (int, []byte) {
+	ts.t.Helper()
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	fw, err := mw.CreateFormFile("model", "model.onnx")
+	require.NoError(ts.t, err)
+	_, err = fw.Write(model)
+	require.NoError(ts.t, err)
+	if meta != nil {
+		mj, err := protojson.Marshal(meta)
+		require.NoError(ts.t, err)
+		require.NoError(ts.t, mw.WriteField("metadata", string(mj)))
+	}
+	require.NoError(ts.t, mw.Close())
+	path := "/api/v1/models/" + name + "/versions/" + version
+	if force {
+		path += "?force=true"
+	}
+	return ts.do("POST", path, &buf, "Content-Type", mw.FormDataContentType())
+}
+
+func (ts *testServer) mustUpload(name, version string, a *fraud.Artifact) ModelVersion {
+	ts.t.Helper()
+	code, body := ts.upload(name, version, a.ONNX, a.Metadata(), false)
+	require.Equal(ts.t, http.StatusCreated, code, "upload: %s", body)
+	var mv ModelVersion
+	require.NoError(ts.t, json.Unmarshal(body, &mv))
+	return mv
+}
+
+func (ts *testServer) deploy(req DeployRequest) DeployResult {
+	ts.t.Helper()
+	var res DeployResult
+	code, body := ts.doJSON("POST", "/api/v1/deployments", req, &res)
+	require.Equal(ts.t, http.StatusOK, code, "deploy: %s", body)
+	return res
+}
+
+// artifacts are trained once per test binary: training is deterministic.
+var artifacts = struct {
+	sync.Mutex
+	m map[uint64]*fraud.Artifact
+}{m: map[uint64]*fraud.Artifact{}}
+
+func trainedModel(t testing.TB, seed uint64) *fraud.Artifact {
+	t.Helper()
+	artifacts.Lock()
+	defer artifacts.Unlock()
+	if a := artifacts.m[seed]; a != nil {
+		return a
+	}
+	a, err := fraud.TrainArtifact(fraud.TrainConfig{Seed: seed, Rows: 2000, Now: func() time.Time { return time.Unix(1_700_000_000, 0) }})
+	require.NoError(t, err)
+	artifacts.m[seed] = a
+	return a
+}
+
+// deviceClient connects to the broker as a registered device.
+func deviceClient(t testing.TB, creds DeviceCredentials) paho.Client {
+	t.Helper()
+	c, err := dialDevice(creds.BrokerURL, creds.Username, creds.Password)
+	require.NoError(t, err, "device %s connect", creds.ID)
+	t.Cleanup(func() { c.Disconnect(50) })
+	return c
+}
+
+func dialDevice(url, user, password string) (paho.Client, error) {
+	o := paho.NewClientOptions().
+		AddBroker(url).
+		SetClientID(user).
+		SetUsername(user).
+		SetPassword(password).
+		SetProtocolVersion(4).
+		SetCleanSession(true).
+		SetAutoReconnect(false).
+		SetConnectRetry(false).
+		SetOrderMatters(false).
+		SetConnectTimeout(10 * time.Second)
+	c := paho.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(15 * time.Second) {
+		return nil, context.DeadlineExceeded
+	}
+	return c, tok.Error()
+}
+
+type message struct {
+	topic    string
+	payload  []byte
+	retained bool
+}
+
+// subscribe subscribes c to filter and returns the messages it receives.
+func subscribe(t testing.TB, c paho.Client, filter string) <-chan message {
+	t.Helper()
+	ch := make(chan message, 4096)
+	tok := c.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) {
+		select {
+		case ch <- message{topic: m.Topic(), payload: bytes.Clone(m.Payload()), retained: m.Retained()}:
+		default:
+		}
+	})
+	require.True(t, tok.WaitTimeout(10*time.Second), "subscribe %s", filter)
+	require.NoError(t, tok.Error(), "subscribe %s", filter)
+	return ch
+}
+
+func publish(t testing.TB, c paho.Client, topic string, payload []byte) {
+	t.Helper()
+	tok := c.Publish(topic, 1, false, payload)
+	require.True(t, tok.WaitTimeout(10*time.Second), "publish %s", topic)
+	require.NoError(t, tok.Error(), "publish %s", topic)
+}
+
+// receive waits for the next message on ch.
+func receive(t testing.TB, ch <-chan message, what string) message {
+	t.Helper()
+	select {
+	case m := <-ch:
+		return m
+	case <-time.After(15 * time.Second):
+		require.FailNow(t, "timed out waiting for "+what)
+		return message{}
+	}
+}

@@ -1,0 +1,121 @@
+package controlplane
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/edgefleet/edgefleet/internal/topics"
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+func TestInProcessOperations(t *testing.T) {
+	notReady, err := New(Options{DataDir: t.TempDir()})
+	require.NoError(t, err)
+	_, err = notReady.Devices("")
+	assert.ErrorIs(t, err, errNotReady)
+
+	ts := newTestServer(t, nil)
+	ctx := context.Background()
+	creds, err := ts.RegisterDevice("dev-1", map[string]string{"ring": "canary"})
+	require.NoError(t, err)
+	assert.Equal(t, ts.BrokerURL(), creds.BrokerURL)
+	_, err = ts.RegisterDevice("dev-1", nil)
+	assert.ErrorIs(t, err, ErrExists)
+	_, err = ts.RegisterDevice("dev 2", nil)
+	assert.ErrorIs(t, err, ErrInvalid)
+
+	a := trainedModel(t, 1)
+	bad := a.Metadata()
+	bad.Size = 1
+	_, err = ts.AddModelVersion(ctx, "fraud", "v1", a.ONNX, bad, false)
+	assert.ErrorIs(t, err, ErrInvalid)
+	assert.ErrorContains(t, err, "metadata sets size")
+	mv, err := ts.AddModelVersion(ctx, "fraud", "v1", a.ONNX, a.Metadata(), false)
+	require.NoError(t, err)
+	assert.True(t, mv.Checks.Passed)
+
+	res, err := ts.Deploy(ctx, DeployRequest{Model: "fraud", Version: "v1", Selector: "ring=canary"})
+	require.NoError(t, err)
+	assert.Equal(t, []DeployedDevice{{ID: "dev-1", Generation: 1}}, res.Devices)
+
+	devs, err := ts.Devices("ring!=canary")
+	require.NoError(t, err)
+	assert.Empty(t, devs)
+	d, err := ts.Device("dev-1")
+	require.NoError(t, err)
+	assert.Equal(t, uint64(1), d.Desired.Generation)
+	_, err = ts.Device("dev-9")
+	assert.ErrorIs(t, err, ErrNotFound)
+}
+
+func TestTelemetryLastSeenPersistenceIsThrottled(t *testing.T) {
+	clock := newTestClock(time.Now())
+	ts := newTestServer(t, func(o *Options) { o.Clock = clock.Now })
+	ts.register("dev-1", nil)
+	sc := topics.Scheme{Prefix: ts.scheme.Prefix}
+	tel, err := proto.Marshal(&efpb.Telemetry{DeviceId: "dev-1", Seq: 1})
+	require.NoError(t, err)
+	stored := func() time.Time {
+		t.Helper()
+		var d Device
+		require.NoError(t, ts.kv.GetJSON(prefixDevices+"dev-1", &d))
+		return d.LastSeen
+	}
+
+	// Registration wrote the record just now: the first telemetry is within
+	// the window, so only memory changes.
+	t0 := clock.Add(time.Second)
+	ts.onTelemetry(sc.Telemetry("dev-1"), tel)
+	d, _ := ts.reg.get("dev-1")
+	assert.True(t, d.LastSeen.Equal(t0), "in memory last_seen is always current")
+	assert.True(t, stored().IsZero())
+
+	t1 := clock.Add(lastSeenPersistEvery)
+	ts.onTelemetry(sc.Telemetry("dev-1"), tel)
+	assert.True(t, stored().Equal(t1), "persisted once the window passed")
+
+	clock.Add(10 * time.Second)
+	ts.onTelemetry(sc.Telemetry("dev-1"), tel)
+	assert.True(t, stored().Equal(t1), "not again within the window")
+
+	// A status event is a change: written through at once.
+	t3 := clock.Add(time.Second)
+	st, err := proto.Marshal(&efpb.StatusEvent{DeviceId: "dev-1", ModelName: "fraud", State: efpb.ModelState_MODEL_STATE_ACTIVE})
+	require.NoError(t, err)
+	ts.onStatus(sc.Status("dev-1"), st)
+	assert.True(t, stored().Equal(t3))
+}
+
+// testClock is a settable clock safe for concurrent use.
+type testClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newTestClock(t time.Time) *testClock { return &testClock{now: t.UTC()} }
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// Add moves the clock forward and returns the new time.
+func (c *testClock) Add(d time.Duration) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	return c.now
+}
+
+func (c *testClock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = t.UTC()
+}

@@ -1,0 +1,352 @@
+package controlplane
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/edgefleet/edgefleet/internal/labels"
+	"github.com/edgefleet/edgefleet/internal/store"
+	"github.com/edgefleet/edgefleet/internal/topics"
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+// Store layout of the registry, in the "cp" namespace:
+//
+//	devices/{id}  Device as JSON (without Desired and Online)
+//	creds/{id}    credential: salt and sha256(salt || password)
+//	desired/{id}  desiredRecord: newest generation and its signed envelope
+const (
+	prefixDevices = "devices/"
+	prefixCreds   = "creds/"
+	prefixDesired = "desired/"
+)
+
+// Bounds on what a device can make the control plane remember.
+const (
+	maxReportedModels = 16  // model names per device in Reported/Telemetry
+	maxReasonLen      = 512 // bytes of a status reason kept
+	maxAgentVersion   = 64  // bytes of an agent version kept
+	// lastSeenPersistEvery bounds badger writes caused by telemetry: the
+	// in-memory last_seen is always current, the stored one at most this old.
+	lastSeenPersistEvery = 30 * time.Second
+)
+
+// credential is a device's MQTT password, hashed. The password is 32 random
+// bytes the control plane generated, so one salted sha256 is enough: there
+// is nothing to brute-force that a slow KDF would protect (KDFs exist for
+// low-entropy human passwords) and the broker checks it on every connect.
+type credential struct {
+	Salt []byte `json:"salt"`
+	Hash []byte `json:"hash"`
+}
+
+func hashPassword(salt, password []byte) []byte {
+	h := sha256.New()
+	h.Write(salt)
+	h.Write(password)
+	return h.Sum(nil)
+}
+
+// desiredRecord is a device's newest desired state. The envelope is the
+// source of truth; Device.Desired is decoded from it.
+type desiredRecord struct {
+	Generation uint64 `json:"generation"`
+	Envelope   []byte `json:"envelope"`
+}
+
+type deviceEntry struct {
+	dev         Device
+	cred        credential
+	lastPersist time.Time // when dev was last written to the store
+}
+
+// registry is the set of registered devices: kept in memory (every lookup
+// the broker and the ingest path make is a map read) and written through to
+// the store.
+type registry struct {
+	kv    *store.KV
+	clock func() time.Time
+
+	// mu guards devices and every field of the entries. It is held across
+	// the write-through to the store so that the stored order of a device's
+	// updates is the order they were applied in. Lock order: Server.deployMu
+	// before registry.mu.
+	mu      sync.RWMutex
+	devices map[string]*deviceEntry
+}
+
+// loadRegistry reads every device, credential and desired state.
+func loadRegistry(kv *store.KV, clock func() time.Time) (*registry, error) {
+	r := &registry{kv: kv, clock: clock, devices: map[string]*deviceEntry{}}
+	err := kv.Scan(prefixDevices, func(key string, val []byte) error {
+		var d Device
+		if err := json.Unmarshal(val, &d); err != nil {
+			return fmt.Errorf("decode %s: %w", key, err)
+		}
+		d.Online = false
+		d.Desired = nil
+		r.devices[d.ID] = &deviceEntry{dev: d}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load devices: %w", err)
+	}
+	err = kv.Scan(prefixCreds, func(key string, val []byte) error {
+		e := r.devices[strings.TrimPrefix(key, prefixCreds)]
+		if e == nil {
+			return nil // a registration that did not complete
+		}
+		if err := json.Unmarshal(val, &e.cred); err != nil {
+			return fmt.Errorf("decode %s: %w", key, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load devices: %w", err)
+	}
+	err = kv.Scan(prefixDesired, func(key string, val []byte) error {
+		e := r.devices[strings.TrimPrefix(key, prefixDesired)]
+		if e == nil {
+			return nil
+		}
+		var rec desiredRecord
+		if err := json.Unmarshal(val, &rec); err != nil {
+			return fmt.Errorf("decode %s: %w", key, err)
+		}
+		sum, err := summarizeDesired(rec.Envelope)
+		if err != nil {
+			return fmt.Errorf("decode %s: %w", key, err)
+		}
+		e.dev.Desired = sum
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load devices: %w", err)
+	}
+	return r, nil
+}
+
+// summarizeDesired decodes the payload of a desired-state envelope we signed.
+func summarizeDesired(envBytes []byte) (*DesiredSummary, error) {
+	env := &efpb.Envelope{}
+	if err := proto.Unmarshal(envBytes, env); err != nil {
+		return nil, fmt.Errorf("desired state envelope: %w", err)
+	}
+	d := &efpb.DesiredState{}
+	if err := proto.Unmarshal(env.Payload, d); err != nil {
+		return nil, fmt.Errorf("desired state payload: %w", err)
+	}
+	return desiredSummary(d), nil
+}
+
+func desiredSummary(d *efpb.DesiredState) *DesiredSummary {
+	s := &DesiredSummary{
+		Generation: d.Generation,
+		Models:     make([]Assignment, 0, len(d.Models)),
+		Issued:     time.Unix(d.IssuedUnix, 0).UTC(),
+		Expires:    time.Unix(d.ExpiresUnix, 0).UTC(),
+	}
+	for _, m := range d.Models {
+		s.Models = append(s.Models, Assignment{Name: m.Name, Version: m.Version})
+	}
+	return s
+}
+
+// register creates a device with a fresh random password and returns it.
+func (r *registry) register(id string, lbls map[string]string) (password string, err error) {
+	if err := topics.ValidDeviceID(id); err != nil {
+		return "", newErr(ErrInvalid, "%v", err)
+	}
+	if err := labels.ValidLabels(lbls); err != nil {
+		return "", newErr(ErrInvalid, "labels: %v", err)
+	}
+	raw := make([]byte, 32)
+	salt := make([]byte, 16)
+	if _, err := rand.Read(raw); err != nil {
+		return "", fmt.Errorf("register device: %w", err)
+	}
+	if _, err := rand.Read(salt); err != nil {
+		return "", fmt.Errorf("register device: %w", err)
+	}
+	password = base64.RawURLEncoding.EncodeToString(raw)
+	cred := credential{Salt: salt, Hash: hashPassword(salt, []byte(password))}
+	dev := Device{ID: id, Labels: maps.Clone(lbls), Created: r.clock().UTC()}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.devices[id]; ok {
+		return "", newErr(ErrExists, "device %q is already registered", id)
+	}
+	err = r.kv.Update(func(tx *store.Tx) error {
+		if _, err := tx.Get(prefixDevices + id); err == nil {
+			return newErr(ErrExists, "device %q is already registered", id)
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		if err := tx.SetJSON(prefixDevices+id, &dev); err != nil {
+			return err
+		}
+		return tx.SetJSON(prefixCreds+id, &cred)
+	}, true)
+	if err != nil {
+		return "", fmt.Errorf("register device %s: %w", id, err)
+	}
+	r.devices[id] = &deviceEntry{dev: dev, cred: cred, lastPersist: dev.Created}
+	return password, nil
+}
+
+// AuthenticateDevice implements broker.Authenticator: username is the
+// device id, password the one generated at registration.
+func (r *registry) AuthenticateDevice(username string, password []byte) bool {
+	r.mu.RLock()
+	e := r.devices[username]
+	var cred credential
+	if e != nil {
+		cred = e.cred
+	}
+	r.mu.RUnlock()
+	if e == nil || len(cred.Hash) == 0 {
+		return false
+	}
+	return subtle.ConstantTimeCompare(hashPassword(cred.Salt, password), cred.Hash) == 1
+}
+
+// get returns a copy of one device.
+func (r *registry) get(id string) (Device, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	e := r.devices[id]
+	if e == nil {
+		return Device{}, false
+	}
+	return cloneDevice(&e.dev), true
+}
+
+func (r *registry) exists(id string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.devices[id] != nil
+}
+
+// list returns copies of the devices matching sel (nil: all), by id.
+func (r *registry) list(sel *labels.Selector) []Device {
+	r.mu.RLock()
+	out := make([]Device, 0, len(r.devices))
+	for _, e := range r.devices {
+		if sel == nil || sel.Match(e.dev.Labels) {
+			out = append(out, cloneDevice(&e.dev))
+		}
+	}
+	r.mu.RUnlock()
+	slices.SortFunc(out, func(a, b Device) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// ids returns the ids of the devices matching sel, sorted.
+func (r *registry) ids(sel labels.Selector) []string {
+	r.mu.RLock()
+	var out []string
+	for id, e := range r.devices {
+		if sel.Match(e.dev.Labels) {
+			out = append(out, id)
+		}
+	}
+	r.mu.RUnlock()
+	slices.Sort(out)
+	return out
+}
+
+func (r *registry) counts() (total, online int) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for _, e := range r.devices {
+		if e.dev.Online {
+			online++
+		}
+	}
+	return len(r.devices), online
+}
+
+func cloneDevice(d *Device) Device {
+	c := *d
+	c.Labels = maps.Clone(d.Labels)
+	if d.Desired != nil {
+		ds := *d.Desired
+		ds.Models = slices.Clone(d.Desired.Models)
+		c.Desired = &ds
+	}
+	if d.Reported != nil {
+		c.Reported = make(map[string]*ModelStatus, len(d.Reported))
+		for k, v := range d.Reported {
+			vv := *v
+			c.Reported[k] = &vv
+		}
+	}
+	if d.Telemetry != nil {
+		t := *d.Telemetry
+		t.Models = slices.Clone(d.Telemetry.Models)
+		c.Telemetry = &t
+	}
+	return c
+}
+
+// setDesired records the summary of a newly issued desired state.
+func (r *registry) setDesired(id string, sum *DesiredSummary) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.devices[id]; e != nil {
+		e.dev.Desired = sum
+	}
+}
+
+// update applies fn to a device under the lock and writes the device
+// through when fn asks for it (persist) or when lastSeenPersistEvery has
+// passed since the last write. It reports false when the device is unknown.
+func (r *registry) update(id string, fn func(d *Device, now time.Time) (persist bool)) (bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.devices[id]
+	if e == nil {
+		return false, nil
+	}
+	now := r.clock().UTC()
+	persist := fn(&e.dev, now)
+	if !persist && now.Sub(e.lastPersist) < lastSeenPersistEvery {
+		return true, nil
+	}
+	stored := e.dev
+	stored.Online, stored.Desired = false, nil // not persisted: see loadRegistry
+	if err := r.kv.SetJSON(prefixDevices+id, &stored, false); err != nil {
+		return true, fmt.Errorf("persist device %s: %w", id, err)
+	}
+	e.lastPersist = now
+	return true, nil
+}
+
+// modelStateName turns MODEL_STATE_ROLLED_BACK into "rolled-back".
+func modelStateName(s efpb.ModelState) string {
+	name, ok := efpb.ModelState_name[int32(s)]
+	if !ok {
+		return fmt.Sprintf("state(%d)", int32(s))
+	}
+	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(name, "MODEL_STATE_")), "_", "-")
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "")
+}

@@ -1,0 +1,162 @@
+package controlplane
+
+import (
+	"crypto/ed25519"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/edgefleet/edgefleet/internal/signing"
+	"github.com/edgefleet/edgefleet/internal/topics"
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+func TestRestartRestoresState(t *testing.T) {
+	dir := t.TempDir()
+	first := newTestServer(t, func(o *Options) { o.DataDir = dir })
+	token := first.token
+	creds := first.register("dev-1", map[string]string{"site": "berlin"})
+	first.mustUpload("fraud", "v1", trainedModel(t, 1))
+	first.deploy(DeployRequest{Model: "fraud", Version: "v1", Selector: "site=berlin"})
+	first.stop()
+
+	calls := 0
+	second := newTestServer(t, func(o *Options) {
+		o.DataDir = dir
+		o.OnInitialToken = func(string) { calls++ }
+	})
+	assert.Zero(t, calls, "the admin token is generated once, at the first start")
+	second.token = token
+	code, body := second.do("GET", "/api/v1/devices/dev-1", nil)
+	require.Equal(t, http.StatusOK, code, "the first token still works: %s", body)
+
+	// The embedded broker starts empty: trust, manifest and desired state
+	// must have been published again, retained. The device's credentials
+	// (and the broker URL, which changed with the port) still work.
+	creds.BrokerURL = second.BrokerURL()
+	c := deviceClient(t, creds)
+	sc := topics.Scheme{Prefix: creds.TopicPrefix}
+	v := agentVerifier(t, creds, receive(t, subscribe(t, c, sc.Trust()), "trust bundle"))
+	mmsg := receive(t, subscribe(t, c, sc.Manifest("fraud", "v1")), "manifest")
+	assert.True(t, mmsg.retained)
+	_, err := v.VerifyManifest(mustEnvelope(t, mmsg.payload), time.Now())
+	require.NoError(t, err)
+	dmsg := receive(t, subscribe(t, c, sc.Desired("dev-1")), "desired state")
+	assert.True(t, dmsg.retained)
+	d, err := v.VerifyDesired(mustEnvelope(t, dmsg.payload), time.Now())
+	require.NoError(t, err)
+	assert.Equal(t, uint64(1), d.Generation)
+
+	dev, ok := second.reg.get("dev-1")
+	require.True(t, ok)
+	assert.Equal(t, map[string]string{"site": "berlin"}, dev.Labels)
+	require.NotNil(t, dev.Desired)
+	assert.Equal(t, uint64(1), dev.Desired.Generation)
+
+	// Generations continue where they were: never reused.
+	res := second.deploy(DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
+	assert.Equal(t, uint64(2), res.Devices[0].Generation)
+
+	// Versions stay immutable across restarts.
+	code, _ = second.upload("fraud", "v1", trainedModel(t, 1).ONNX, trainedModel(t, 1).Metadata(), false)
+	assert.Equal(t, http.StatusConflict, code)
+}
+
+func TestServeWithoutRootPrivateKey(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys")
+	rootPub, err := InitKeys(keys, time.Now(), 0)
+	require.NoError(t, err)
+	_, err = InitKeys(keys, time.Now(), 0)
+	require.ErrorContains(t, err, "refusing to replace keys")
+	// Production layout: root.key never reaches the control plane.
+	require.NoError(t, os.Rename(filepath.Join(keys, RootKeyFile), filepath.Join(t.TempDir(), RootKeyFile)))
+
+	ts := newTestServer(t, func(o *Options) { o.DataDir = dir })
+	creds := ts.register("dev-1", nil)
+	got, err := signing.ParsePublicKeyPEM([]byte(creds.RootPublicKey))
+	require.NoError(t, err)
+	assert.Equal(t, rootPub, got)
+	ts.mustUpload("fraud", "v1", trainedModel(t, 1))
+	ts.deploy(DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
+}
+
+func TestKeysMismatchIsRefused(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(t *testing.T, keys string)
+		want   string
+	}{
+		{"control key not in bundle", func(t *testing.T, keys string) {
+			k, err := signing.GenerateKey(nil)
+			require.NoError(t, err)
+			require.NoError(t, os.Remove(filepath.Join(keys, ControlKeyFile)))
+			require.NoError(t, signing.WritePrivateKeyFile(filepath.Join(keys, ControlKeyFile), k))
+		}, "control.key (key id"},
+		{"bundle signed by another root", func(t *testing.T, keys string) {
+			other, err := signing.GenerateKey(nil)
+			require.NoError(t, err)
+			require.NoError(t, os.Remove(filepath.Join(keys, RootKeyFile)))
+			require.NoError(t, signing.WritePublicKeyFile(filepath.Join(keys, RootPubFile), other.Public))
+		}, "does not verify with the root public key"},
+		{"missing release key", func(t *testing.T, keys string) {
+			require.NoError(t, os.Remove(filepath.Join(keys, ReleaseKeyFile)))
+		}, "missing release.key"},
+		{"corrupt bundle", func(t *testing.T, keys string) {
+			require.NoError(t, os.WriteFile(filepath.Join(keys, TrustBundleFile), []byte("garbage"), 0o644))
+		}, "trust.bundle is not a trust bundle envelope"},
+		{"expired bundle", func(t *testing.T, keys string) {
+			root, err := signing.ReadPrivateKeyFile(filepath.Join(keys, RootKeyFile))
+			require.NoError(t, err)
+			rel, err := signing.ReadPrivateKeyFile(filepath.Join(keys, ReleaseKeyFile))
+			require.NoError(t, err)
+			ctl, err := signing.ReadPrivateKeyFile(filepath.Join(keys, ControlKeyFile))
+			require.NoError(t, err)
+			b := signing.NewTrustBundle(1, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour),
+				[]ed25519.PublicKey{root.Public}, []ed25519.PublicKey{rel.Public}, []ed25519.PublicKey{ctl.Public})
+			env, err := signing.SignTrustBundle(b, root)
+			require.NoError(t, err)
+			raw, err := proto.Marshal(env)
+			require.NoError(t, err)
+			require.NoError(t, os.WriteFile(filepath.Join(keys, TrustBundleFile), raw, 0o644))
+		}, "expired"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			keys := filepath.Join(dir, "keys")
+			_, err := InitKeys(keys, time.Now(), 0)
+			require.NoError(t, err)
+			tt.mutate(t, keys)
+			_, err = New(Options{DataDir: dir})
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tt.want)
+		})
+	}
+}
+
+func TestInitKeysBundle(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	rootPub, err := InitKeys(dir, now, 24*time.Hour)
+	require.NoError(t, err)
+	for _, f := range []string{RootKeyFile, ReleaseKeyFile, ControlKeyFile} {
+		st, err := os.Stat(filepath.Join(dir, f))
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o600), st.Mode().Perm(), f)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, TrustBundleFile))
+	require.NoError(t, err)
+	env := &efpb.Envelope{}
+	require.NoError(t, proto.Unmarshal(raw, env))
+	b, err := signing.NewVerifier(rootPub).UpdateTrustBundle(env, now)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(1), b.Version)
+	assert.Equal(t, now.Add(24*time.Hour).Unix(), b.ExpiresUnix)
+}

@@ -1,0 +1,156 @@
+package controlplane
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// The REST API's JSON documents. The CLI decodes the same types, so the two
+// cannot drift apart; docs/openapi.yaml describes them.
+
+// RegisterDeviceRequest is the body of POST /api/v1/devices.
+type RegisterDeviceRequest struct {
+	ID     string            `json:"id"`
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// DeviceCredentials is the answer to a device registration: everything an
+// agent needs to connect. The password is shown once; only its salted hash
+// is stored.
+type DeviceCredentials struct {
+	ID            string `json:"id"`
+	Username      string `json:"username"`
+	Password      string `json:"password"`
+	BrokerURL     string `json:"broker_url"`
+	TopicPrefix   string `json:"topic_prefix"`
+	RootPublicKey string `json:"root_public_key"`
+}
+
+// Device is the control plane's view of one device.
+type Device struct {
+	ID      string            `json:"id"`
+	Labels  map[string]string `json:"labels,omitempty"`
+	Created time.Time         `json:"created"`
+	// Desired is the newest desired state issued to the device, if any.
+	Desired *DesiredSummary `json:"desired,omitempty"`
+	// Reported is the latest status event per model name.
+	Reported map[string]*ModelStatus `json:"reported,omitempty"`
+	// Online is what the device's presence and traffic say since this
+	// control plane started (every device starts offline).
+	Online       bool              `json:"online"`
+	LastSeen     time.Time         `json:"last_seen,omitzero"`
+	AgentVersion string            `json:"agent_version,omitempty"`
+	Telemetry    *TelemetrySummary `json:"telemetry,omitempty"`
+}
+
+// DesiredSummary is the decoded content of a device's newest desired state.
+type DesiredSummary struct {
+	Generation uint64       `json:"generation"`
+	Models     []Assignment `json:"models"`
+	Issued     time.Time    `json:"issued"`
+	Expires    time.Time    `json:"expires"`
+}
+
+// Assignment names one model version a device should run.
+type Assignment struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+}
+
+// ModelStatus is a device's latest reported lifecycle state of one model.
+type ModelStatus struct {
+	// State is idle, downloading, verifying, staging, active, failed or
+	// rolled-back.
+	State string `json:"state"`
+	// TargetVersion is the version the event is about; ActiveVersion is what
+	// serves inference after it.
+	TargetVersion string    `json:"target_version,omitempty"`
+	ActiveVersion string    `json:"active_version,omitempty"`
+	Reason        string    `json:"reason,omitempty"`
+	ChunksHave    uint32    `json:"chunks_have,omitempty"`
+	ChunksTotal   uint32    `json:"chunks_total,omitempty"`
+	Generation    uint64    `json:"generation"`
+	Seq           uint64    `json:"seq"`
+	Updated       time.Time `json:"updated"`
+}
+
+// TelemetrySummary is the latest telemetry report of a device.
+type TelemetrySummary struct {
+	Seq             uint64             `json:"seq"`
+	Received        time.Time          `json:"received"`
+	Generation      uint64             `json:"generation"`
+	UptimeSeconds   uint64             `json:"uptime_seconds"`
+	RSSBytes        uint64             `json:"rss_bytes"`
+	DroppedPayloads uint64             `json:"dropped_payloads"`
+	Models          []ActiveModelStats `json:"models,omitempty"`
+}
+
+// ActiveModelStats are a device's counters for one loaded model.
+type ActiveModelStats struct {
+	Name       string `json:"name"`
+	Version    string `json:"version"`
+	State      string `json:"state"`
+	Inferences uint64 `json:"inferences"`
+	Errors     uint64 `json:"errors"`
+	Rejects    uint64 `json:"rejects"`
+}
+
+// ModelVersion describes an uploaded model version.
+type ModelVersion struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	// SHA256 is the hex digest of the ONNX bytes.
+	SHA256     string       `json:"sha256"`
+	Size       uint64       `json:"size"`
+	ChunkSize  uint32       `json:"chunk_size"`
+	ChunkCount uint32       `json:"chunk_count"`
+	Created    time.Time    `json:"created"`
+	Expires    time.Time    `json:"expires"`
+	Checks     UploadChecks `json:"checks"`
+	// Manifest is the signed manifest's payload as protojson; only in the
+	// answer for a single version.
+	Manifest json.RawMessage `json:"manifest,omitempty"`
+}
+
+// UploadChecks records what the control plane checked at upload.
+type UploadChecks struct {
+	// TestVectors is the number of test vectors run.
+	TestVectors int `json:"test_vectors"`
+	// Passed reports whether the model loaded and matched every vector.
+	Passed bool `json:"passed"`
+	// Forced reports that the upload was accepted with ?force=true although
+	// the checks failed.
+	Forced bool `json:"forced,omitempty"`
+	// Error is why the checks failed.
+	Error string `json:"error,omitempty"`
+}
+
+// DeployRequest is the body of POST /api/v1/deployments: a model version and
+// either explicit device ids or a label selector.
+type DeployRequest struct {
+	Model    string   `json:"model"`
+	Version  string   `json:"version"`
+	Devices  []string `json:"devices,omitempty"`
+	Selector string   `json:"selector,omitempty"`
+}
+
+// DeployResult lists the devices a deployment issued desired states to.
+type DeployResult struct {
+	Model   string           `json:"model"`
+	Version string           `json:"version"`
+	Devices []DeployedDevice `json:"devices"`
+}
+
+// DeployedDevice is one device's new desired-state generation. PublishError
+// is set when the state was stored but could not be published yet; it is
+// published again when the control plane (re)connects to the broker.
+type DeployedDevice struct {
+	ID           string `json:"id"`
+	Generation   uint64 `json:"generation"`
+	PublishError string `json:"publish_error,omitempty"`
+}
+
+// ErrorResponse is the body of every 4xx and 5xx answer.
+type ErrorResponse struct {
+	Error string `json:"error"`
+}
