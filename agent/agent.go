@@ -1,0 +1,375 @@
+// Package agent is the edgefleet device agent as a library: it follows the
+// signed desired state from the control plane, downloads and verifies model
+// versions, activates them only after they pass their checks, serves local
+// inference and reports back. cmd/edgefleet-agent is its thin main; fleet-sim
+// runs many agents in one process through this same package.
+package agent
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/edgefleet/edgefleet/internal/infer"
+	"github.com/edgefleet/edgefleet/internal/mqttc"
+	"github.com/edgefleet/edgefleet/internal/oip"
+	"github.com/edgefleet/edgefleet/internal/signing"
+	"github.com/edgefleet/edgefleet/internal/store"
+	"github.com/edgefleet/edgefleet/internal/topics"
+	"github.com/edgefleet/edgefleet/internal/transfer"
+)
+
+// Options configure an Agent. Zero values take the documented defaults.
+type Options struct {
+	DeviceID  string
+	BrokerURL string
+	// Username defaults to DeviceID; the broker requires them equal.
+	Username string
+	Password string
+	TLS      *tls.Config
+	// TopicPrefix defaults to "ef/v1".
+	TopicPrefix string
+	// RootPublicKey is required: the only key the agent trusts on its own.
+	RootPublicKey ed25519.PublicKey
+	// Hardware is this device's class, matched against a manifest's
+	// hardware list. Default: runtime.GOARCH.
+	Hardware string
+
+	// DataDir holds model files (DataDir/models) and, unless Store is set,
+	// the badger state (DataDir/state).
+	DataDir string
+	// Store, if set, is used instead of a badger of the agent's own
+	// (fleet-sim shares one badger between agents through namespaces).
+	Store *store.KV
+	// Runtime, if set, is a shared onnxruntime; else the agent opens one
+	// from ORTLibrary (empty: searched, see infer.FindLibrary).
+	Runtime    *infer.Runtime
+	ORTLibrary string
+
+	// InferenceListen is the address of the local Open Inference Protocol
+	// API, e.g. 127.0.0.1:8081; empty disables it.
+	InferenceListen string
+
+	// HeartbeatInterval between telemetry reports. Default 30s.
+	HeartbeatInterval time.Duration
+	// FetchRetryInterval is how long a download may make no progress before
+	// the agent asks for its missing chunks again. Default 5s.
+	FetchRetryInterval time.Duration
+	// MaxActivationAttempts caps how often the agent tries to stage one
+	// version across restarts before it abandons it. Default 3.
+	MaxActivationAttempts int
+	// Limits bound what a manifest may declare.
+	Limits transfer.Limits
+
+	// Version is the agent's own version, reported in telemetry.
+	Version string
+	// Clock returns the current time. Default time.Now.
+	Clock  func() time.Time
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() error {
+	if o.DeviceID == "" {
+		return errors.New("agent: DeviceID is required")
+	}
+	if err := topics.ValidDeviceID(o.DeviceID); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	if o.BrokerURL == "" {
+		return errors.New("agent: BrokerURL is required")
+	}
+	if len(o.RootPublicKey) != ed25519.PublicKeySize {
+		return errors.New("agent: RootPublicKey is required: an agent trusts nothing without the fleet's root key")
+	}
+	if o.DataDir == "" {
+		return errors.New("agent: DataDir is required")
+	}
+	if o.Username == "" {
+		o.Username = o.DeviceID
+	}
+	if o.Hardware == "" {
+		o.Hardware = runtime.GOARCH
+	}
+	if o.HeartbeatInterval <= 0 {
+		o.HeartbeatInterval = 30 * time.Second
+	}
+	if o.FetchRetryInterval <= 0 {
+		o.FetchRetryInterval = 5 * time.Second
+	}
+	if o.MaxActivationAttempts <= 0 {
+		o.MaxActivationAttempts = 3
+	}
+	if o.Version == "" {
+		o.Version = "dev"
+	}
+	if o.Clock == nil {
+		o.Clock = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return nil
+}
+
+// Agent is one device agent. Create it with New and run it with Run.
+type Agent struct {
+	opts    Options
+	log     *slog.Logger
+	topics  topics.Scheme
+	verify  *signing.Verifier
+	started time.Time
+
+	// Set in open, released in close; owned by Run.
+	kv     *store.KV
+	ownDB  *store.DB
+	rt     *infer.Runtime
+	ownRT  bool
+	infLn  net.Listener
+	events chan event
+
+	// mu guards slots (the map, not the slot contents) and client.
+	mu     sync.RWMutex
+	slots  map[string]*slot
+	client *mqttc.Client
+
+	// u is the update state: touched only by the Run goroutine.
+	u updater
+
+	// crashAt, when set by tests, is called at named points of an update
+	// so a test can kill the process exactly there.
+	crashAt func(point string)
+
+	gen      atomic.Uint64 // mirror of u.generation for Generation()
+	dropped  atomic.Uint64 // malformed or unexpected MQTT payloads
+	refused  atomic.Uint64 // well-formed documents refused by a check
+	ready    chan struct{}
+	runOnce  atomic.Bool
+	infAddr  atomic.Value // string
+	statusMu sync.Mutex   // serialises seq allocation with its reservation
+	seq      uint64       // guarded by statusMu
+	seqLimit uint64       // guarded by statusMu: reserved on disk
+}
+
+// New checks the options and returns an agent ready to Run.
+func New(opts Options) (*Agent, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		opts:   opts,
+		log:    opts.Logger.With("component", "agent", "device", opts.DeviceID),
+		topics: topics.Scheme{Prefix: opts.TopicPrefix},
+		verify: signing.NewVerifier(opts.RootPublicKey),
+		slots:  map[string]*slot{},
+		events: make(chan event, 1024),
+		ready:  make(chan struct{}),
+	}
+	a.u.subs = map[string]bool{}
+	return a, nil
+}
+
+// Ready is closed once the agent has restored its state, loaded its
+// committed models and (if configured) listens for inference.
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// InferenceAddr is the bound address of the inference API ("" if disabled).
+// Valid once Ready is closed.
+func (a *Agent) InferenceAddr() string {
+	s, _ := a.infAddr.Load().(string)
+	return s
+}
+
+// Dropped counts MQTT payloads that could not be decoded or were not meant
+// for this agent; they are dropped, never acted on.
+func (a *Agent) Dropped() uint64 { return a.dropped.Load() }
+
+// Refused counts signed documents that failed a check (signature, expiry,
+// replay, hash, test vectors ...).
+func (a *Agent) Refused() uint64 { return a.refused.Load() }
+
+// Run restores state, serves inference, keeps the broker connection and
+// follows the desired state until ctx ends. It returns nil after a clean
+// shutdown; a second Run on the same Agent is an error.
+func (a *Agent) Run(ctx context.Context) error {
+	if !a.runOnce.CompareAndSwap(false, true) {
+		return errors.New("agent: Run called twice")
+	}
+	a.started = a.opts.Clock()
+	if err := a.open(); err != nil {
+		a.close()
+		return err
+	}
+	defer a.close()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel() // runs before wg.Wait: stop everything, then wait
+
+	if a.infLn != nil {
+		srv := &http.Server{
+			Handler:           oip.NewHandler(backend{a}, oip.HandlerOptions{Logger: a.log}),
+			ReadHeaderTimeout: 10 * time.Second,
+		}
+		wg.Go(func() {
+			if err := srv.Serve(a.infLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				a.log.Error("inference server stopped", "err", err)
+			}
+		})
+		wg.Go(func() {
+			<-ctx.Done()
+			sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+			defer c()
+			_ = srv.Shutdown(sctx)
+		})
+	}
+	close(a.ready)
+	a.log.Info("agent started", "inference", a.InferenceAddr(), "broker", a.opts.BrokerURL)
+
+	wg.Go(func() { a.connectLoop(ctx) })
+	a.updateLoop(ctx)
+	return nil
+}
+
+// open restores everything the agent needs before it talks to anyone.
+func (a *Agent) open() error {
+	if a.opts.Store != nil {
+		a.kv = a.opts.Store
+	} else {
+		db, err := store.Open(store.Options{
+			Dir:     filepath.Join(a.opts.DataDir, "state"),
+			Profile: store.ProfileDevice,
+			Logger:  a.opts.Logger,
+		})
+		if err != nil {
+			return fmt.Errorf("agent: open state: %w", err)
+		}
+		a.ownDB = db
+		a.kv = db.Namespace("agent")
+	}
+	if a.opts.Runtime != nil {
+		a.rt = a.opts.Runtime
+	} else {
+		lib, err := infer.FindLibrary(a.opts.ORTLibrary)
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		rt, err := infer.NewRuntime(lib, a.opts.Logger)
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		a.rt, a.ownRT = rt, true
+	}
+	if err := a.restore(); err != nil {
+		return err
+	}
+	if a.opts.InferenceListen != "" {
+		ln, err := net.Listen("tcp", a.opts.InferenceListen)
+		if err != nil {
+			return fmt.Errorf("agent: inference listen: %w", err)
+		}
+		a.infLn = ln
+		a.infAddr.Store(ln.Addr().String())
+	}
+	return nil
+}
+
+// close releases what open acquired; safe after a partial open.
+func (a *Agent) close() {
+	a.mu.Lock()
+	c := a.client
+	a.client = nil
+	slots := a.slots
+	a.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+	for _, s := range slots {
+		s.closeDownload()
+		if m := s.serving.Swap(nil); m != nil {
+			m.close()
+		}
+	}
+	if a.infLn != nil {
+		_ = a.infLn.Close() // already closed by Shutdown when it served
+	}
+	if a.ownRT && a.rt != nil {
+		_ = a.rt.Close()
+	}
+	if a.ownDB != nil {
+		_ = a.ownDB.Close()
+	}
+}
+
+// connectLoop dials the broker until the first connection succeeds; the
+// client reconnects by itself after that. Refused credentials are retried
+// slowly: a device may be re-provisioned while it runs.
+func (a *Agent) connectLoop(ctx context.Context) {
+	backoff := time.Second
+	for {
+		c, err := mqttc.Connect(ctx, mqttc.Options{
+			BrokerURL: a.opts.BrokerURL,
+			ClientID:  a.opts.DeviceID,
+			Username:  a.opts.Username,
+			Password:  a.opts.Password,
+			TLS:       a.opts.TLS,
+			Will:      a.presenceMessage(false),
+			MayPublish: func(topic string, retained bool) bool {
+				return a.topics.DeviceMayPublish(a.opts.DeviceID, topic, retained)
+			},
+			OnConnect: func(ctx context.Context, _ *mqttc.Client) {
+				a.send(ctx, event{kind: evConnected})
+			},
+			Logger: a.opts.Logger,
+		})
+		if err == nil {
+			a.mu.Lock()
+			a.client = c
+			a.mu.Unlock()
+			// OnConnect may have fired before the client was stored.
+			a.send(ctx, event{kind: evConnected})
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, mqttc.ErrRefused) {
+			backoff = max(backoff, 30*time.Second)
+		}
+		a.log.Warn("broker connect failed", "err", err, "retry_in", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 2*time.Minute)
+	}
+}
+
+func (a *Agent) mqtt() *mqttc.Client {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.client
+}
+
+// send hands an event to the update loop, giving up when ctx ends.
+func (a *Agent) send(ctx context.Context, ev event) {
+	select {
+	case a.events <- ev:
+	case <-ctx.Done():
+	}
+}

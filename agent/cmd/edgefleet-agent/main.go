@@ -1,0 +1,68 @@
+// Command edgefleet-agent runs the edgefleet device agent: flags and the
+// config file become agent.Options, signals become cancellation.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/edgefleet/edgefleet/agent"
+)
+
+// version is stamped at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	fs := flag.NewFlagSet("edgefleet-agent", flag.ContinueOnError)
+	configPath := fs.String("config", "/etc/edgefleet/agent.yaml", "agent config file (YAML)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return 2
+	}
+	if *showVersion {
+		fmt.Println("edgefleet-agent", version)
+		return 0
+	}
+	cfg, err := agent.LoadConfig(*configPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "edgefleet-agent:", err)
+		return 1
+	}
+	opts, err := cfg.Options()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "edgefleet-agent:", err)
+		return 1
+	}
+	var level slog.Level
+	if cfg.LogLevel != "" {
+		if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+			fmt.Fprintf(os.Stderr, "edgefleet-agent: log_level %q: %v\n", cfg.LogLevel, err)
+			return 1
+		}
+	}
+	opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	opts.Version = version
+
+	a, err := agent.New(opts)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "edgefleet-agent:", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := a.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		fmt.Fprintln(os.Stderr, "edgefleet-agent:", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,111 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/edgefleet/edgefleet/internal/signing"
+)
+
+// Config is the agent's configuration file (YAML). It is what
+// `edgefleet device add --config-out` writes and what the install script
+// places on a device. Unknown keys are errors, reported with their line.
+type Config struct {
+	DeviceID string `yaml:"device_id"`
+	// BrokerURL is the MQTT broker, e.g. tcp://cp.example:1883.
+	BrokerURL string `yaml:"broker_url"`
+	// Username defaults to DeviceID.
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	// RootPublicKey is the PEM of the fleet's root public key: the only key
+	// an agent is provisioned with; every other key comes from the
+	// root-signed trust bundle.
+	RootPublicKey string `yaml:"root_public_key"`
+	// DataDir holds the agent's state and model files.
+	DataDir string `yaml:"data_dir"`
+	// InferenceListen is the local inference API address; empty disables it.
+	InferenceListen string `yaml:"inference_listen"`
+	TopicPrefix     string `yaml:"topic_prefix"`
+	// Hardware is the device class matched against a manifest's hardware
+	// list; defaults to the GOARCH of the binary.
+	Hardware string `yaml:"hardware"`
+	// ONNXRuntimeLibrary is the path of libonnxruntime.so.1; empty searches
+	// next to the binary and in the usual places.
+	ONNXRuntimeLibrary string `yaml:"onnxruntime_library"`
+	// HeartbeatInterval between telemetry reports, e.g. "30s".
+	HeartbeatInterval string `yaml:"heartbeat_interval"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `yaml:"log_level"`
+}
+
+// LoadConfig reads and strictly decodes a config file.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	return ParseConfig(b)
+}
+
+// ParseConfig strictly decodes a config document: unknown keys and a second
+// document are errors.
+func ParseConfig(b []byte) (*Config, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	var extra any
+	if err := dec.Decode(&extra); err == nil {
+		return nil, errors.New("agent config: more than one YAML document")
+	}
+	return &c, nil
+}
+
+// Options turns the file into agent Options, checking what the agent cannot
+// run without.
+func (c *Config) Options() (Options, error) {
+	var o Options
+	if c.DeviceID == "" {
+		return o, errors.New("agent config: device_id is required")
+	}
+	if c.BrokerURL == "" {
+		return o, errors.New("agent config: broker_url is required (e.g. tcp://control-plane:1883)")
+	}
+	if c.RootPublicKey == "" {
+		return o, errors.New("agent config: root_public_key is required: paste the PEM of the fleet's root public key from the provisioning bundle")
+	}
+	root, err := signing.ParsePublicKeyPEM([]byte(c.RootPublicKey))
+	if err != nil {
+		return o, fmt.Errorf("agent config: root_public_key: %w", err)
+	}
+	if c.DataDir == "" {
+		return o, errors.New("agent config: data_dir is required")
+	}
+	var hb time.Duration
+	if c.HeartbeatInterval != "" {
+		hb, err = time.ParseDuration(c.HeartbeatInterval)
+		if err != nil || hb <= 0 {
+			return o, fmt.Errorf("agent config: heartbeat_interval %q is not a positive duration", c.HeartbeatInterval)
+		}
+	}
+	return Options{
+		DeviceID:          c.DeviceID,
+		BrokerURL:         c.BrokerURL,
+		Username:          c.Username,
+		Password:          c.Password,
+		RootPublicKey:     root,
+		DataDir:           c.DataDir,
+		InferenceListen:   c.InferenceListen,
+		TopicPrefix:       c.TopicPrefix,
+		Hardware:          c.Hardware,
+		ORTLibrary:        c.ONNXRuntimeLibrary,
+		HeartbeatInterval: hb,
+	}, nil
+}

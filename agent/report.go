@@ -1,0 +1,150 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"os"
+	"strconv"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/edgefleet/edgefleet/internal/mqttc"
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+// publish sends one QoS 1 report. Reports made while disconnected are not
+// queued: the agent reports its full state again on every connect.
+func (a *Agent) publish(ctx context.Context, topic string, payload []byte) {
+	c := a.mqtt()
+	if c == nil || !c.IsConnected() {
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := c.Publish(pctx, topic, 1, false, payload); err != nil {
+		a.log.Debug("publish failed", "topic", topic, "err", err)
+	}
+}
+
+// reportSlot reports where a slot stands now: the update in progress, the
+// last failure of the current generation, or the active version.
+func (a *Agent) reportSlot(ctx context.Context, s *slot) {
+	if t := s.st.Target; t != nil {
+		st := efpb.ModelState_MODEL_STATE_DOWNLOADING
+		switch t.Phase {
+		case phaseVerifying:
+			st = efpb.ModelState_MODEL_STATE_VERIFYING
+		case phaseStaging:
+			st = efpb.ModelState_MODEL_STATE_STAGING
+		}
+		a.report(ctx, s, st, t.Version, "")
+		return
+	}
+	if f := s.st.LastFailure; f != nil && f.Generation == a.u.generation {
+		a.report(ctx, s, efpb.ModelState_MODEL_STATE_FAILED, f.Version, f.Reason)
+		return
+	}
+	if s.st.Active != nil {
+		a.report(ctx, s, efpb.ModelState_MODEL_STATE_ACTIVE, s.st.Active.Version, "")
+		return
+	}
+	a.report(ctx, s, efpb.ModelState_MODEL_STATE_IDLE, "", "")
+}
+
+func (a *Agent) report(ctx context.Context, s *slot, state efpb.ModelState, version, reason string) {
+	ev := &efpb.StatusEvent{ModelName: s.name, ModelVersion: version, State: state, Reason: reason}
+	if s.asm != nil {
+		ev.ChunksHave, ev.ChunksTotal = uint32(s.asm.Have()), uint32(s.asm.Total())
+	}
+	if s.st.Active != nil {
+		ev.ActiveVersion = s.st.Active.Version
+	}
+	a.reportEvent(ctx, ev)
+}
+
+// reportEvent fills the envelope fields common to every status event.
+func (a *Agent) reportEvent(ctx context.Context, ev *efpb.StatusEvent) {
+	ev.ProtocolVersion = efpb.ProtocolVersion
+	ev.DeviceId = a.opts.DeviceID
+	ev.Seq = a.nextSeq()
+	ev.TimeUnixMs = a.opts.Clock().UnixMilli()
+	ev.Generation = a.u.generation
+	b, err := proto.Marshal(ev)
+	if err != nil {
+		a.log.Error("encode status", "err", err)
+		return
+	}
+	a.publish(ctx, a.topics.Status(a.opts.DeviceID), b)
+}
+
+func (a *Agent) sendTelemetry(ctx context.Context) {
+	t := &efpb.Telemetry{
+		ProtocolVersion: efpb.ProtocolVersion,
+		DeviceId:        a.opts.DeviceID,
+		Seq:             a.nextSeq(),
+		TimeUnixMs:      a.opts.Clock().UnixMilli(),
+		Generation:      a.u.generation,
+		AgentVersion:    a.opts.Version,
+		UptimeSeconds:   uint64(a.opts.Clock().Sub(a.started).Seconds()),
+		RssBytes:        readRSS(),
+		DroppedPayloads: a.dropped.Load(),
+	}
+	for _, s := range a.slotList() {
+		am := &efpb.ActiveModel{Name: s.name, State: efpb.ModelState_MODEL_STATE_IDLE, Rejects: s.rejects.Load()}
+		if m := s.serving.Load(); m != nil {
+			am.Version, am.State = m.version, efpb.ModelState_MODEL_STATE_ACTIVE
+			am.Inferences, am.Errors = m.inferences.Load(), m.errors.Load()
+		}
+		t.Models = append(t.Models, am)
+	}
+	b, err := proto.Marshal(t)
+	if err != nil {
+		a.log.Error("encode telemetry", "err", err)
+		return
+	}
+	a.publish(ctx, a.topics.Telemetry(a.opts.DeviceID), b)
+}
+
+func (a *Agent) presenceMessage(online bool) *mqttc.Message {
+	b, _ := proto.Marshal(&efpb.Presence{
+		DeviceId:     a.opts.DeviceID,
+		Online:       online,
+		TimeUnixMs:   a.opts.Clock().UnixMilli(),
+		AgentVersion: a.opts.Version,
+	})
+	return &mqttc.Message{Topic: a.topics.Presence(a.opts.DeviceID), Payload: b, QoS: 1}
+}
+
+// publishPresence announces online on connect and offline on a clean stop;
+// the broker publishes the offline will when the agent vanishes.
+func (a *Agent) publishPresence(online bool) {
+	msg := a.presenceMessage(online)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	a.publish(ctx, msg.Topic, msg.Payload)
+}
+
+// readRSS returns the resident set size of this process (0 if unknown).
+func readRSS() uint64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		line := sc.Bytes()
+		if !bytes.HasPrefix(line, []byte("VmRSS:")) {
+			continue
+		}
+		f := bytes.Fields(line[len("VmRSS:"):])
+		if len(f) >= 1 {
+			kb, err := strconv.ParseUint(string(f[0]), 10, 64)
+			if err == nil {
+				return kb * 1024
+			}
+		}
+	}
+	return 0
+}

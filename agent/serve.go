@@ -1,0 +1,151 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/edgefleet/edgefleet/internal/infer"
+	"github.com/edgefleet/edgefleet/internal/oip"
+	"github.com/edgefleet/edgefleet/internal/transfer"
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+// servedModel is one loaded version answering inference. Inferences hold mu
+// shared; close takes it exclusively, so a swap waits for requests in flight
+// on the old session and none fails.
+type servedModel struct {
+	version  string
+	manifest *efpb.Manifest
+
+	mu     sync.RWMutex
+	closed bool // guarded by mu
+	sess   *infer.Session
+
+	inferences atomic.Uint64
+	errors     atomic.Uint64
+}
+
+func (m *servedModel) close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
+	m.closed = true
+	_ = m.sess.Close()
+}
+
+// slot is one model name on the device.
+type slot struct {
+	name string
+	// serving is read by inference requests and swapped by the update loop.
+	serving atomic.Pointer[servedModel]
+	rejects atomic.Uint64 // requests refused before inference (bad input)
+	snap    atomic.Pointer[ModelStatus]
+
+	// Below: owned by the update loop.
+	st           slotState
+	asm          *transfer.Assembler
+	file         *os.File
+	manifest     *efpb.Manifest // the target's verified manifest
+	lastProgress int64          // unix nanos of the last chunk added
+	badChunks    int            // chunks refused in this download
+}
+
+func (s *slot) closeDownload() {
+	if s.file != nil {
+		_ = s.file.Close()
+		s.file = nil
+	}
+	s.asm = nil
+	s.badChunks = 0
+}
+
+// acquire returns the serving model with its read lock held; the caller
+// must release it. It retries when it races with a swap.
+func (s *slot) acquire() (*servedModel, bool) {
+	for {
+		m := s.serving.Load()
+		if m == nil {
+			return nil, false
+		}
+		m.mu.RLock()
+		if !m.closed {
+			return m, true
+		}
+		m.mu.RUnlock()
+	}
+}
+
+func (a *Agent) slot(name string) *slot {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.slots[name]
+}
+
+// backend adapts the agent to the Open Inference Protocol handler.
+type backend struct{ a *Agent }
+
+var _ oip.Backend = backend{}
+
+func (b backend) Ready() bool {
+	b.a.mu.RLock()
+	defer b.a.mu.RUnlock()
+	for _, s := range b.a.slots {
+		if s.serving.Load() != nil {
+			return true
+		}
+	}
+	return false
+}
+
+func (b backend) Model(name string) (oip.ModelInfo, bool) {
+	s := b.a.slot(name)
+	if s == nil {
+		return oip.ModelInfo{}, false
+	}
+	m := s.serving.Load()
+	if m == nil {
+		return oip.ModelInfo{}, false
+	}
+	return oip.ModelInfo{
+		Name:     name,
+		Version:  m.version,
+		Platform: "onnxruntime_onnx",
+		Inputs:   m.manifest.GetInputs(),
+		Outputs:  m.manifest.GetOutputs(),
+	}, true
+}
+
+var errNoModel = errors.New("no active model")
+
+func (b backend) Infer(ctx context.Context, name string, in []oip.Tensor) (string, []oip.Tensor, error) {
+	s := b.a.slot(name)
+	if s == nil {
+		return "", nil, fmt.Errorf("model %q: %w", name, errNoModel)
+	}
+	m, ok := s.acquire()
+	if !ok {
+		return "", nil, fmt.Errorf("model %q: %w", name, errNoModel)
+	}
+	defer m.mu.RUnlock()
+	inputs := make([]infer.Tensor, len(in))
+	for i, t := range in {
+		inputs[i] = infer.Tensor{Name: t.Name, Shape: t.Shape, Data: t.Data}
+	}
+	outs, err := m.sess.Run(inputs)
+	if err != nil {
+		m.errors.Add(1)
+		return m.version, nil, err
+	}
+	m.inferences.Add(1)
+	res := make([]oip.Tensor, len(outs))
+	for i, t := range outs {
+		res[i] = oip.Tensor{Name: t.Name, Shape: t.Shape, Data: t.Data}
+	}
+	return m.version, res, nil
+}

@@ -1,0 +1,169 @@
+package agent
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/edgefleet/edgefleet/internal/store"
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+// Keys of the agent's persisted state, inside its store namespace.
+const (
+	keyTrust      = "trust"      // newest accepted trust bundle envelope
+	keyGeneration = "generation" // highest accepted desired-state generation
+	keyDesired    = "desired"    // the desired-state envelope of that generation
+	keySeq        = "seq"        // reserved upper bound of report sequence numbers
+	keySlotPrefix = "slot/"      // slot/<model name> → slotState JSON
+)
+
+// phase is where an update of one slot stands. Every phase is persisted
+// before the agent acts on it, so a restart resumes it.
+type phase string
+
+const (
+	phaseManifest    phase = "manifest"    // waiting for the signed manifest
+	phaseDownloading phase = "downloading" // fetching chunks into <sha>.part
+	phaseVerifying   phase = "verifying"   // whole-file hash, then rename to <sha>.onnx
+	phaseStaging     phase = "staging"     // load, test vectors, warm, then commit
+)
+
+// modelRef names one version on disk together with its signed manifest.
+type modelRef struct {
+	Version  string `json:"version"`
+	SHA256   string `json:"sha256"`             // hex of the model bytes
+	Manifest []byte `json:"manifest,omitempty"` // signed envelope, proto bytes
+}
+
+type target struct {
+	modelRef
+	Generation uint64 `json:"generation"`
+	Phase      phase  `json:"phase"`
+	// Attempts counts staging attempts across restarts (crash-loop cap).
+	Attempts int `json:"attempts"`
+	// Rollback is set when the target is the previous version reactivated
+	// from disk.
+	Rollback bool `json:"rollback,omitempty"`
+}
+
+type failure struct {
+	Version    string `json:"version"`
+	SHA256     string `json:"sha256"`
+	Generation uint64 `json:"generation"`
+	Reason     string `json:"reason"`
+}
+
+// slotState is the persisted state of one model name: the committed
+// version, the one before it (kept on disk for rollback) and the update in
+// progress, if any.
+type slotState struct {
+	Active      *modelRef `json:"active,omitempty"`
+	Previous    *modelRef `json:"previous,omitempty"`
+	Target      *target   `json:"target,omitempty"`
+	LastFailure *failure  `json:"last_failure,omitempty"`
+}
+
+func slotKey(name string) string { return keySlotPrefix + name }
+
+func (a *Agent) saveSlot(name string, st *slotState) error {
+	if s := a.slot(name); s != nil {
+		s.snapshot()
+	}
+	if err := a.kv.SetJSON(slotKey(name), st, true); err != nil {
+		return fmt.Errorf("persist slot %s: %w", name, err)
+	}
+	return nil
+}
+
+func (a *Agent) loadSlots() (map[string]*slotState, error) {
+	out := map[string]*slotState{}
+	err := a.kv.Scan(keySlotPrefix, func(key string, _ []byte) error {
+		name := strings.TrimPrefix(key, keySlotPrefix)
+		st := &slotState{}
+		if err := a.kv.GetJSON(key, st); err != nil {
+			return fmt.Errorf("slot %s: %w", name, err)
+		}
+		out[name] = st
+		return nil
+	})
+	return out, err
+}
+
+func (a *Agent) loadGeneration() (uint64, []byte, error) {
+	b, err := a.kv.Get(keyGeneration)
+	if errors.Is(err, store.ErrNotFound) {
+		return 0, nil, nil
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	if len(b) != 8 {
+		return 0, nil, fmt.Errorf("stored generation has %d bytes, want 8", len(b))
+	}
+	d, err := a.kv.Get(keyDesired)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return 0, nil, err
+	}
+	return binary.BigEndian.Uint64(b), d, nil
+}
+
+// saveGeneration records an accepted desired state atomically with its
+// generation, synced: a replay after a crash is still refused.
+func (a *Agent) saveGeneration(gen uint64, env []byte) error {
+	return a.kv.Update(func(tx *store.Tx) error {
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], gen)
+		if err := tx.Set(keyGeneration, b[:]); err != nil {
+			return err
+		}
+		return tx.Set(keyDesired, env)
+	}, true)
+}
+
+func decodeEnvelope(b []byte) (*efpb.Envelope, error) {
+	env := &efpb.Envelope{}
+	if err := proto.Unmarshal(b, env); err != nil {
+		return nil, fmt.Errorf("decode envelope: %w", err)
+	}
+	return env, nil
+}
+
+// reserveSeq hands out report sequence numbers that keep increasing across
+// restarts. Blocks of seqBlock numbers are reserved on disk, so a crash
+// skips numbers but never repeats one.
+const seqBlock = 1024
+
+func (a *Agent) nextSeq() uint64 {
+	a.statusMu.Lock()
+	defer a.statusMu.Unlock()
+	a.seq++
+	if a.seq >= a.seqLimit {
+		a.seqLimit = a.seq + seqBlock
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], a.seqLimit)
+		if err := a.kv.SetSync(keySeq, b[:]); err != nil {
+			a.log.Warn("persist report sequence", "err", err)
+		}
+	}
+	return a.seq
+}
+
+func (a *Agent) restoreSeq() error {
+	b, err := a.kv.Get(keySeq)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if len(b) != 8 {
+		return fmt.Errorf("stored seq has %d bytes, want 8", len(b))
+	}
+	a.seq = binary.BigEndian.Uint64(b)
+	a.seqLimit = a.seq
+	return nil
+}

@@ -1,0 +1,786 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/edgefleet/edgefleet/internal/mqttc"
+	"github.com/edgefleet/edgefleet/internal/store"
+	"github.com/edgefleet/edgefleet/internal/transfer"
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+type evKind int
+
+const (
+	evConnected evKind = iota
+	evTrust
+	evDesired
+	evManifest
+	evChunk
+)
+
+type event struct {
+	kind    evKind
+	topic   string
+	payload []byte
+}
+
+// updater is the state of the update loop; only the Run goroutine touches it.
+type updater struct {
+	generation     uint64          // highest accepted desired-state generation
+	desired        []byte          // its envelope bytes
+	pendingDesired []byte          // received before any trust bundle
+	subs           map[string]bool // filters currently subscribed
+}
+
+// maxFetchBatch bounds the chunk indexes asked for in one fetch request.
+const maxFetchBatch = 2048
+
+// restore loads the persisted state and the committed models. It runs
+// before the agent talks to anyone, so a device serves its last good model
+// even when the broker is unreachable at boot.
+func (a *Agent) restore() error {
+	switch b, err := a.kv.Get(keyTrust); {
+	case err == nil:
+		env, derr := decodeEnvelope(b)
+		if derr == nil {
+			_, derr = a.verify.RestoreTrustBundle(env)
+		}
+		if derr != nil {
+			// Not fatal: the control plane publishes a current bundle.
+			a.log.Warn("stored trust bundle not usable", "err", derr)
+		}
+	case !errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("agent: restore trust: %w", err)
+	}
+	gen, desired, err := a.loadGeneration()
+	if err != nil {
+		return fmt.Errorf("agent: restore generation: %w", err)
+	}
+	a.u.generation, a.u.desired = gen, desired
+	a.gen.Store(gen)
+	if err := a.restoreSeq(); err != nil {
+		return fmt.Errorf("agent: restore seq: %w", err)
+	}
+	states, err := a.loadSlots()
+	if err != nil {
+		return fmt.Errorf("agent: restore slots: %w", err)
+	}
+	for name, st := range states {
+		s := &slot{name: name, st: *st}
+		a.slots[name] = s
+		s.snapshot()
+		a.loadCommitted(s)
+	}
+	return nil
+}
+
+// loadCommitted starts serving a slot's committed version, falling back to
+// the previous one if the active one no longer loads.
+func (a *Agent) loadCommitted(s *slot) {
+	if s.st.Active == nil {
+		return
+	}
+	m, err := a.loadModel(s.name, s.st.Active)
+	if err == nil {
+		s.serving.Store(m)
+		return
+	}
+	a.log.Error("committed model does not load", "model", s.name, "version", s.st.Active.Version, "err", err)
+	failed, prev := s.st.Active, s.st.Previous
+	s.st.Active, s.st.Previous = nil, nil
+	if prev != nil {
+		if pm, perr := a.loadModel(s.name, prev); perr == nil {
+			s.serving.Store(pm)
+			s.st.Active = prev
+		}
+	}
+	s.st.LastFailure = &failure{Version: failed.Version, SHA256: failed.SHA256, Generation: a.u.generation,
+		Reason: fmt.Sprintf("committed version no longer loads: %v", err)}
+	if err := a.saveSlot(s.name, &s.st); err != nil {
+		a.log.Error("persist fallback", "err", err)
+	}
+}
+
+// loadModel reads a version from disk, checks its bytes against the signed
+// manifest, loads it, runs its test vectors and warms it.
+func (a *Agent) loadModel(name string, ref *modelRef) (*servedModel, error) {
+	m, err := manifestOf(ref.Manifest)
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(a.modelPath(name, ref.SHA256))
+	if err != nil {
+		return nil, fmt.Errorf("read model: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	if hex.EncodeToString(sum[:]) != ref.SHA256 || uint64(len(b)) != m.GetSize() {
+		return nil, fmt.Errorf("model file %s is corrupt: sha256 or size differs from the manifest", ref.SHA256)
+	}
+	sess, err := a.rt.Load(b, tensorNames(m.GetInputs()), tensorNames(m.GetOutputs()))
+	if err != nil {
+		return nil, fmt.Errorf("load model: %w", err)
+	}
+	if err := sess.Check(m.GetTestVectors(), m.GetTolerance()); err != nil {
+		_ = sess.Close()
+		return nil, fmt.Errorf("test vectors: %w", err)
+	}
+	if err := sess.Warm(); err != nil {
+		_ = sess.Close()
+		return nil, fmt.Errorf("warm up: %w", err)
+	}
+	return &servedModel{version: ref.Version, manifest: m, sess: sess}, nil
+}
+
+// manifestOf decodes an already accepted manifest envelope. Its signature
+// was checked when it was accepted; a committed model keeps serving after
+// its manifest expires (expiry guards new updates, not the last good one).
+func manifestOf(env []byte) (*efpb.Manifest, error) {
+	e, err := decodeEnvelope(env)
+	if err != nil {
+		return nil, err
+	}
+	m := &efpb.Manifest{}
+	if err := proto.Unmarshal(e.GetPayload(), m); err != nil {
+		return nil, fmt.Errorf("decode manifest: %w", err)
+	}
+	return m, nil
+}
+
+func tensorNames(ts []*efpb.TensorSpec) []string {
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = t.GetName()
+	}
+	return out
+}
+
+func (a *Agent) modelDir(name string) string {
+	return filepath.Join(a.opts.DataDir, "models", name)
+}
+
+func (a *Agent) modelPath(name, sha string) string {
+	return filepath.Join(a.modelDir(name), sha+".onnx")
+}
+
+func (a *Agent) partPath(name, sha string) string {
+	return filepath.Join(a.modelDir(name), sha+".part")
+}
+
+// updateLoop owns every state transition. MQTT handlers only send events.
+func (a *Agent) updateLoop(ctx context.Context) {
+	for _, s := range a.slotList() {
+		a.resume(ctx, s)
+	}
+	hb := time.NewTicker(a.opts.HeartbeatInterval)
+	defer hb.Stop()
+	retry := time.NewTicker(a.opts.FetchRetryInterval)
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			a.publishPresence(false)
+			return
+		case ev := <-a.events:
+			a.handle(ctx, ev)
+		case <-hb.C:
+			a.sendTelemetry(ctx)
+		case <-retry.C:
+			a.retryStalled(ctx)
+		}
+	}
+}
+
+func (a *Agent) handle(ctx context.Context, ev event) {
+	switch ev.kind {
+	case evConnected:
+		a.onConnected(ctx)
+	case evTrust:
+		a.handleTrust(ctx, ev.payload)
+	case evDesired:
+		a.handleDesired(ctx, ev.payload)
+	case evManifest:
+		a.handleManifest(ctx, ev.topic, ev.payload)
+	case evChunk:
+		a.handleChunk(ctx, ev.payload)
+	}
+}
+
+func (a *Agent) slotList() []*slot {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	out := make([]*slot, 0, len(a.slots))
+	for _, s := range a.slots {
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(x, y *slot) int { return cmpString(x.name, y.name) })
+	return out
+}
+
+func cmpString(x, y string) int {
+	switch {
+	case x < y:
+		return -1
+	case x > y:
+		return 1
+	}
+	return 0
+}
+
+// resume continues an update interrupted by a restart.
+func (a *Agent) resume(ctx context.Context, s *slot) {
+	t := s.st.Target
+	if t == nil {
+		return
+	}
+	a.log.Info("resuming update", "model", s.name, "version", t.Version, "phase", t.Phase)
+	switch t.Phase {
+	case phaseManifest:
+		// Subscribed on connect.
+	case phaseDownloading:
+		a.openDownload(ctx, s)
+	case phaseVerifying:
+		if fileExists(a.modelPath(s.name, t.SHA256)) {
+			t.Phase = phaseStaging
+			a.commitSlot(s)
+			a.stage(ctx, s)
+			return
+		}
+		a.openDownload(ctx, s)
+	case phaseStaging:
+		a.stage(ctx, s)
+	}
+}
+
+func (a *Agent) onConnected(ctx context.Context) {
+	if a.mqtt() == nil {
+		return
+	}
+	a.ensureSub(ctx, a.topics.Trust(), evTrust)
+	a.ensureSub(ctx, a.topics.Desired(a.opts.DeviceID), evDesired)
+	a.publishPresence(true)
+	for _, s := range a.slotList() {
+		if t := s.st.Target; t != nil {
+			switch t.Phase {
+			case phaseManifest:
+				a.ensureSub(ctx, a.topics.Manifest(s.name, t.Version), evManifest)
+			case phaseDownloading:
+				if s.asm != nil {
+					a.ensureSub(ctx, a.topics.Chunks(s.name, t.Version), evChunk)
+					a.requestMissing(ctx, s)
+				}
+			}
+		}
+		a.reportSlot(ctx, s)
+	}
+	a.sendTelemetry(ctx)
+}
+
+func (a *Agent) ensureSub(ctx context.Context, filter string, kind evKind) {
+	if a.u.subs[filter] {
+		return
+	}
+	c := a.mqtt()
+	if c == nil {
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err := c.Subscribe(sctx, filter, 1, func(m mqttc.Message) {
+		a.send(ctx, event{kind: kind, topic: m.Topic, payload: m.Payload})
+	})
+	if err != nil {
+		a.log.Warn("subscribe failed", "filter", filter, "err", err)
+		return
+	}
+	a.u.subs[filter] = true
+}
+
+func (a *Agent) unsub(ctx context.Context, filter string) {
+	if !a.u.subs[filter] {
+		return
+	}
+	delete(a.u.subs, filter)
+	if c := a.mqtt(); c != nil {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := c.Unsubscribe(sctx, filter); err != nil {
+			a.log.Debug("unsubscribe failed", "filter", filter, "err", err)
+		}
+	}
+}
+
+func (a *Agent) handleTrust(ctx context.Context, payload []byte) {
+	env, err := decodeEnvelope(payload)
+	if err != nil {
+		a.drop("trust", err)
+		return
+	}
+	if _, err := a.verify.UpdateTrustBundle(env, a.opts.Clock()); err != nil {
+		a.refused.Add(1)
+		a.log.Warn("trust bundle refused", "err", err)
+		return
+	}
+	if err := a.kv.SetSync(keyTrust, payload); err != nil {
+		a.log.Error("persist trust bundle", "err", err)
+	}
+	if p := a.u.pendingDesired; p != nil {
+		a.u.pendingDesired = nil
+		a.handleDesired(ctx, p)
+	}
+}
+
+func (a *Agent) handleDesired(ctx context.Context, payload []byte) {
+	env, err := decodeEnvelope(payload)
+	if err != nil {
+		a.drop("desired", err)
+		return
+	}
+	if a.verify.Bundle() == nil {
+		a.u.pendingDesired = payload
+		return
+	}
+	ds, err := a.verify.VerifyDesired(env, a.opts.Clock())
+	if err != nil {
+		a.refuse(ctx, "", fmt.Sprintf("desired state refused: %v", err))
+		return
+	}
+	if ds.GetDeviceId() != a.opts.DeviceID {
+		a.refuse(ctx, "", fmt.Sprintf("desired state refused: it is for device %q", ds.GetDeviceId()))
+		return
+	}
+	switch gen := ds.GetGeneration(); {
+	case gen < a.u.generation:
+		a.refuse(ctx, "", fmt.Sprintf("desired state refused: generation %d is older than the accepted generation %d (replay)", gen, a.u.generation))
+		return
+	case gen == a.u.generation:
+		if bytes.Equal(payload, a.u.desired) {
+			return // the retained copy, redelivered on reconnect
+		}
+		a.refuse(ctx, "", fmt.Sprintf("desired state refused: generation %d was already accepted with different content", gen))
+		return
+	}
+	for _, as := range ds.GetModels() {
+		if err := transfer.ValidName(as.GetName()); err != nil {
+			a.refuse(ctx, "", fmt.Sprintf("desired state refused: %v", err))
+			return
+		}
+		if len(as.GetSha256()) != sha256.Size {
+			a.refuse(ctx, as.GetName(), "desired state refused: assignment has no sha256")
+			return
+		}
+	}
+	if err := a.saveGeneration(ds.GetGeneration(), payload); err != nil {
+		a.log.Error("persist desired state", "err", err)
+		return // not acted on: it would not survive a restart
+	}
+	a.u.generation, a.u.desired = ds.GetGeneration(), payload
+	a.gen.Store(ds.GetGeneration())
+	a.apply(ctx, ds)
+}
+
+// apply moves every slot towards the desired assignments.
+func (a *Agent) apply(ctx context.Context, ds *efpb.DesiredState) {
+	want := map[string]bool{}
+	for _, as := range ds.GetModels() {
+		want[as.GetName()] = true
+		s := a.slotFor(as.GetName())
+		sha := hex.EncodeToString(as.GetSha256())
+		switch {
+		case s.st.Active != nil && s.st.Active.SHA256 == sha:
+			if s.st.Target != nil {
+				a.dropTarget(ctx, s)
+				a.commitSlot(s)
+			}
+			a.reportSlot(ctx, s)
+		case s.st.Target != nil && s.st.Target.SHA256 == sha:
+			s.st.Target.Generation = ds.GetGeneration()
+			a.commitSlot(s)
+		case s.st.Previous != nil && s.st.Previous.SHA256 == sha:
+			a.dropTarget(ctx, s)
+			s.st.Target = &target{modelRef: *s.st.Previous, Generation: ds.GetGeneration(), Phase: phaseStaging, Rollback: true}
+			a.commitSlot(s)
+			a.stage(ctx, s)
+		default:
+			a.dropTarget(ctx, s)
+			s.st.Target = &target{modelRef: modelRef{Version: as.GetVersion(), SHA256: sha},
+				Generation: ds.GetGeneration(), Phase: phaseManifest}
+			a.commitSlot(s)
+			a.ensureSub(ctx, a.topics.Manifest(s.name, as.GetVersion()), evManifest)
+		}
+	}
+	for _, s := range a.slotList() {
+		if !want[s.name] {
+			a.removeSlot(ctx, s)
+		}
+	}
+}
+
+func (a *Agent) slotFor(name string) *slot {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := a.slots[name]
+	if s == nil {
+		s = &slot{name: name}
+		a.slots[name] = s
+	}
+	return s
+}
+
+func (a *Agent) handleManifest(ctx context.Context, topic string, payload []byte) {
+	tp, err := a.topics.Parse(topic)
+	if err != nil {
+		a.drop("manifest", err)
+		return
+	}
+	s := a.slot(tp.Model)
+	if s == nil || s.st.Target == nil || s.st.Target.Phase != phaseManifest || s.st.Target.Version != tp.Version {
+		return // not (or no longer) wanted
+	}
+	env, err := decodeEnvelope(payload)
+	if err != nil {
+		a.drop("manifest", err)
+		return
+	}
+	m, err := a.checkManifest(env, tp.Model, s.st.Target)
+	if err != nil {
+		a.failTarget(ctx, s, err.Error())
+		return
+	}
+	a.unsub(ctx, topic)
+	s.st.Target.Manifest = payload
+	s.st.Target.Phase = phaseDownloading
+	s.manifest = m
+	a.commitSlot(s)
+	a.openDownload(ctx, s)
+}
+
+// checkManifest applies every check a manifest must pass before a single
+// byte of its model is fetched.
+func (a *Agent) checkManifest(env *efpb.Envelope, name string, t *target) (*efpb.Manifest, error) {
+	m, err := a.verify.VerifyManifest(env, a.opts.Clock())
+	if err != nil {
+		return nil, fmt.Errorf("manifest refused: %w", err)
+	}
+	if m.GetName() != name || m.GetVersion() != t.Version {
+		return nil, fmt.Errorf("manifest refused: it describes %s@%s, not %s@%s", m.GetName(), m.GetVersion(), name, t.Version)
+	}
+	if got := hex.EncodeToString(m.GetSha256()); got != t.SHA256 {
+		return nil, fmt.Errorf("manifest refused: it lists sha256 %s but the desired state names %s", got, t.SHA256)
+	}
+	if err := transfer.ValidateManifest(m, a.opts.Limits); err != nil {
+		return nil, fmt.Errorf("manifest refused: %w", err)
+	}
+	if hw := m.GetHardware(); len(hw) > 0 && !slices.Contains(hw, a.opts.Hardware) {
+		return nil, fmt.Errorf("manifest refused: model is built for %v, this device is %s", hw, a.opts.Hardware)
+	}
+	if rt := m.GetRuntime(); rt != "" && rt != "onnxruntime" {
+		return nil, fmt.Errorf("manifest refused: runtime %q is not supported (want onnxruntime)", rt)
+	}
+	return m, nil
+}
+
+// openDownload opens (or reopens after a restart) the partial file; the
+// assembler rescans it, so a resumed download keeps every intact chunk.
+func (a *Agent) openDownload(ctx context.Context, s *slot) {
+	t := s.st.Target
+	if s.manifest == nil {
+		m, err := manifestOf(t.Manifest)
+		if err != nil {
+			a.failTarget(ctx, s, fmt.Sprintf("stored manifest unreadable: %v", err))
+			return
+		}
+		s.manifest = m
+	}
+	if fileExists(a.modelPath(s.name, t.SHA256)) {
+		t.Phase = phaseStaging
+		a.commitSlot(s)
+		a.stage(ctx, s)
+		return
+	}
+	if err := os.MkdirAll(a.modelDir(s.name), 0o750); err != nil {
+		a.failTarget(ctx, s, fmt.Sprintf("model dir: %v", err))
+		return
+	}
+	f, err := os.OpenFile(a.partPath(s.name, t.SHA256), os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		a.failTarget(ctx, s, fmt.Sprintf("open download: %v", err))
+		return
+	}
+	asm, err := transfer.NewAssembler(s.manifest, f)
+	if err != nil {
+		_ = f.Close()
+		a.failTarget(ctx, s, fmt.Sprintf("open download: %v", err))
+		return
+	}
+	s.file, s.asm = f, asm
+	s.lastProgress = a.opts.Clock().UnixNano()
+	if asm.Complete() {
+		a.finishDownload(ctx, s)
+		return
+	}
+	a.reportSlot(ctx, s)
+	a.ensureSub(ctx, a.topics.Chunks(s.name, t.Version), evChunk)
+	a.requestMissing(ctx, s)
+}
+
+// requestMissing asks the control plane for the chunks still missing. The
+// chunk subscription is in place before the request goes out.
+func (a *Agent) requestMissing(ctx context.Context, s *slot) {
+	if s.asm == nil || !a.u.subs[a.topics.Chunks(s.name, s.st.Target.Version)] {
+		return
+	}
+	missing := s.asm.Missing(maxFetchBatch)
+	if len(missing) == 0 {
+		return
+	}
+	req := &efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: s.name, Version: s.st.Target.Version, Missing: missing}
+	b, err := proto.Marshal(req)
+	if err != nil {
+		a.log.Error("encode fetch request", "err", err)
+		return
+	}
+	s.lastProgress = a.opts.Clock().UnixNano()
+	a.publish(ctx, a.topics.Fetch(a.opts.DeviceID), b)
+}
+
+func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
+	c := &efpb.Chunk{}
+	if err := proto.Unmarshal(payload, c); err != nil {
+		a.drop("chunk", err)
+		return
+	}
+	s := a.slot(c.GetName())
+	if s == nil || s.asm == nil || s.st.Target == nil || s.st.Target.Version != c.GetVersion() {
+		return // another agent's fetch, or a late duplicate
+	}
+	added, err := s.asm.Add(c.GetIndex(), c.GetData())
+	if err != nil {
+		a.refused.Add(1)
+		s.badChunks++
+		a.log.Warn("chunk refused", "model", s.name, "version", c.GetVersion(), "index", c.GetIndex(), "err", err)
+		if limit := max(16, 2*s.asm.Total()); s.badChunks > limit {
+			a.failTarget(ctx, s, fmt.Sprintf("download refused: %d chunks did not match the signed manifest (last: %v)", s.badChunks, err))
+		}
+		return // fetched again on the next retry
+	}
+	if !added {
+		return
+	}
+	s.lastProgress = a.opts.Clock().UnixNano()
+	a.crashPoint("chunk")
+	if s.asm.Complete() {
+		a.finishDownload(ctx, s)
+	}
+}
+
+// retryStalled asks again for chunks of downloads that made no progress.
+func (a *Agent) retryStalled(ctx context.Context) {
+	now := a.opts.Clock().UnixNano()
+	for _, s := range a.slotList() {
+		if s.asm == nil || s.st.Target == nil {
+			continue
+		}
+		if time.Duration(now-s.lastProgress) >= a.opts.FetchRetryInterval {
+			a.ensureSub(ctx, a.topics.Chunks(s.name, s.st.Target.Version), evChunk)
+			a.requestMissing(ctx, s)
+		}
+	}
+}
+
+func (a *Agent) finishDownload(ctx context.Context, s *slot) {
+	t := s.st.Target
+	a.unsub(ctx, a.topics.Chunks(s.name, t.Version))
+	t.Phase = phaseVerifying
+	a.commitSlot(s)
+	a.reportSlot(ctx, s)
+	if err := s.asm.Verify(); err != nil {
+		s.closeDownload()
+		_ = os.Remove(a.partPath(s.name, t.SHA256))
+		a.failTarget(ctx, s, fmt.Sprintf("model bytes do not match the manifest: %v", err))
+		return
+	}
+	err := s.file.Sync()
+	s.closeDownload()
+	if err == nil {
+		err = os.Rename(a.partPath(s.name, t.SHA256), a.modelPath(s.name, t.SHA256))
+	}
+	if err == nil {
+		err = syncDir(a.modelDir(s.name))
+	}
+	if err != nil {
+		a.failTarget(ctx, s, fmt.Sprintf("store model: %v", err))
+		return
+	}
+	a.crashPoint("verified")
+	t.Phase = phaseStaging
+	a.commitSlot(s)
+	a.stage(ctx, s)
+}
+
+// stage loads the target next to the serving model, checks it, commits it
+// and only then swaps it in: requests in flight finish on the old session.
+func (a *Agent) stage(ctx context.Context, s *slot) {
+	t := s.st.Target
+	t.Attempts++
+	a.commitSlot(s) // persisted before acting: a crash loop is counted
+	if t.Attempts > a.opts.MaxActivationAttempts {
+		a.failTarget(ctx, s, fmt.Sprintf("abandoned after %d activation attempts: the agent restarted while activating it", t.Attempts-1))
+		return
+	}
+	a.reportSlot(ctx, s)
+	m, err := a.loadModel(s.name, &t.modelRef)
+	if err != nil {
+		a.failTarget(ctx, s, err.Error())
+		return
+	}
+	newState := slotState{Active: &modelRef{Version: t.Version, SHA256: t.SHA256, Manifest: t.Manifest}, Previous: s.st.Previous}
+	if old := s.st.Active; old != nil && old.SHA256 != t.SHA256 {
+		newState.Previous = old
+	}
+	if newState.Previous != nil && newState.Previous.SHA256 == t.SHA256 {
+		newState.Previous = nil
+	}
+	a.crashPoint("staged")
+	prevState := s.st
+	s.st = newState
+	if err := a.saveSlot(s.name, &s.st); err != nil {
+		s.st = prevState
+		m.close()
+		a.log.Error("commit failed; keeping the current version", "model", s.name, "err", err)
+		return
+	}
+	a.crashPoint("committed")
+	if old := s.serving.Swap(m); old != nil {
+		old.close()
+	}
+	s.manifest = nil
+	a.cleanFiles(s)
+	reason := ""
+	if t.Rollback {
+		reason = "reactivated the previous version from disk"
+	}
+	a.log.Info("model active", "model", s.name, "version", t.Version, "generation", t.Generation)
+	a.report(ctx, s, efpb.ModelState_MODEL_STATE_ACTIVE, t.Version, reason)
+}
+
+// failTarget abandons the update in progress, records why, and leaves the
+// committed version serving.
+func (a *Agent) failTarget(ctx context.Context, s *slot, reason string) {
+	t := s.st.Target
+	if t == nil {
+		return
+	}
+	a.refused.Add(1)
+	a.dropTarget(ctx, s)
+	s.st.LastFailure = &failure{Version: t.Version, SHA256: t.SHA256, Generation: t.Generation, Reason: reason}
+	a.commitSlot(s)
+	a.log.Warn("update refused; current version keeps serving", "model", s.name, "version", t.Version, "reason", reason)
+	a.report(ctx, s, efpb.ModelState_MODEL_STATE_FAILED, t.Version, reason)
+}
+
+// dropTarget stops the update in progress (without persisting) and removes
+// its files unless they belong to a committed version.
+func (a *Agent) dropTarget(ctx context.Context, s *slot) {
+	t := s.st.Target
+	if t == nil {
+		return
+	}
+	s.closeDownload()
+	s.manifest = nil
+	a.unsub(ctx, a.topics.Manifest(s.name, t.Version))
+	a.unsub(ctx, a.topics.Chunks(s.name, t.Version))
+	s.st.Target = nil
+	a.cleanFiles(s)
+}
+
+func (a *Agent) removeSlot(ctx context.Context, s *slot) {
+	a.dropTarget(ctx, s)
+	if m := s.serving.Swap(nil); m != nil {
+		m.close()
+	}
+	if err := a.kv.Delete(slotKey(s.name)); err != nil {
+		a.log.Error("remove slot", "model", s.name, "err", err)
+	}
+	_ = os.RemoveAll(a.modelDir(s.name))
+	a.mu.Lock()
+	delete(a.slots, s.name)
+	a.mu.Unlock()
+	a.log.Info("model removed", "model", s.name)
+	a.report(ctx, s, efpb.ModelState_MODEL_STATE_IDLE, "", "no longer assigned")
+}
+
+// cleanFiles removes every file of the slot except the active and previous
+// versions and the download in progress.
+func (a *Agent) cleanFiles(s *slot) {
+	keep := map[string]bool{}
+	if r := s.st.Active; r != nil {
+		keep[r.SHA256+".onnx"] = true
+	}
+	if r := s.st.Previous; r != nil {
+		keep[r.SHA256+".onnx"] = true
+	}
+	if t := s.st.Target; t != nil {
+		keep[t.SHA256+".part"] = true
+		keep[t.SHA256+".onnx"] = true
+	}
+	entries, err := os.ReadDir(a.modelDir(s.name))
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !keep[e.Name()] {
+			_ = os.Remove(filepath.Join(a.modelDir(s.name), e.Name()))
+		}
+	}
+}
+
+// commitSlot persists a slot's state (synced). Failing to persist is logged:
+// the next transition tries again, and a restart resumes from what is on disk.
+func (a *Agent) commitSlot(s *slot) {
+	if err := a.saveSlot(s.name, &s.st); err != nil {
+		a.log.Error("persist slot", "model", s.name, "err", err)
+	}
+}
+
+func (a *Agent) drop(what string, err error) {
+	a.dropped.Add(1)
+	a.log.Warn("malformed payload dropped", "topic_kind", what, "err", err)
+}
+
+func (a *Agent) refuse(ctx context.Context, model, reason string) {
+	a.refused.Add(1)
+	a.log.Warn("refused", "model", model, "reason", reason)
+	a.reportEvent(ctx, &efpb.StatusEvent{ModelName: model, State: efpb.ModelState_MODEL_STATE_FAILED, Reason: reason})
+}
+
+func (a *Agent) crashPoint(name string) {
+	if a.crashAt != nil {
+		a.crashAt(name)
+	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
