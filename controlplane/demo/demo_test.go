@@ -1,0 +1,38 @@
+package demo
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestDemo builds the real binaries and runs the whole demo: what `make
+// demo` does on a user's machine, minus the Makefile.
+func TestDemo(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds binaries and runs processes")
+	}
+	bin := t.TempDir()
+	for pkg, name := range map[string]string{
+		"github.com/edgefleet/edgefleet/controlplane/cmd/edgefleet": "edgefleet",
+		"github.com/edgefleet/edgefleet/agent/cmd/edgefleet-agent":  "edgefleet-agent",
+	} {
+		out, err := exec.Command("go", "build", "-o", filepath.Join(bin, name), pkg).CombinedOutput()
+		require.NoError(t, err, "go build %s: %s", pkg, out)
+	}
+	var out bytes.Buffer
+	err := Run(context.Background(), Options{BinDir: bin, WorkDir: filepath.Join(t.TempDir(), "demo"), Out: &out})
+	require.NoError(t, err, "demo output:\n%s", out.String())
+	text := out.String()
+	assert.Contains(t, text, "all 3 devices report fraud@1.0.0 active")
+	assert.Contains(t, text, "all 3 devices report fraud@2.0.0 active")
+	assert.Regexp(t, `\d+ inference requests during the switch, 0 failed`, text)
+	assert.Regexp(t, `electronics, 3am, risky merchant, abroad\s+fraud probability (0\.9\d\d|1\.000)\s+FRAUD`, text)
+	assert.Regexp(t, `coffee, 8am, local shop, old card\s+fraud probability 0\.0\d\d\s+ok`, text)
+	assert.Contains(t, text, "Demo finished in")
+}
