@@ -246,15 +246,29 @@ func TestAgentDropsMalformedPayloads(t *testing.T) {
 	h.desire("dev-1", assign(h.publishModel("fraud", "2.0.0", v2, v2.ONNX, nil, nil)))
 	require.Eventually(t, func() bool { return len(h.fetchesFor("dev-1")) >= 2 }, 10*time.Second, 10*time.Millisecond)
 
+	// And a second model whose manifest was never published, so the agent
+	// listens on that manifest topic.
+	h.desire("dev-1", assign(h.manifestFor("fraud", "2.0.0", v2, v2.ONNX)),
+		&efpb.ModelAssignment{Name: "other", Version: "9.9.9", Sha256: make([]byte, 32)})
+	require.Eventually(t, func() bool {
+		for _, s := range a.Status() {
+			if s.Name == "other" && s.Phase == "manifest" {
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, 10*time.Millisecond)
+
 	garbage := []byte{0xff, 0xff, 0xff, 0x0f, 0x01} // field 2^25, wire type 7: not protobuf
 	for _, topic := range []string{
 		h.scheme.Trust(),
 		h.scheme.Desired("dev-1"),
 		h.scheme.Chunks("fraud", "2.0.0"),
+		h.scheme.Manifest("other", "9.9.9"),
 	} {
 		require.NoError(t, h.broker.Publish(topic, garbage, false, 1))
 	}
-	require.Eventually(t, func() bool { return a.Dropped() >= 3 }, 10*time.Second, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return a.Dropped() >= 4 }, 10*time.Second, 10*time.Millisecond,
 		"every malformed payload is counted (got %d)", a.Dropped())
 	_, version := score(t, a, sampleRows(t, 1))
 	assert.Equal(t, "1.0.0", version, "and the agent keeps serving")
