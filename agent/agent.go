@@ -66,6 +66,11 @@ type Options struct {
 	// FetchRetryInterval is how long a download may make no progress before
 	// the agent asks for its missing chunks again. Default 5s.
 	FetchRetryInterval time.Duration
+	// HealthPeriod is how long a newly activated version serves on trial
+	// before it is committed: an inference error or MaxActivationAttempts
+	// restarts during the period make the agent return to the previous
+	// version by itself. 0 commits as soon as the version passed its checks.
+	HealthPeriod time.Duration
 	// MaxActivationAttempts caps how often the agent tries to stage one
 	// version across restarts before it abandons it. Default 3.
 	MaxActivationAttempts int

@@ -39,6 +39,9 @@ type Config struct {
 	ONNXRuntimeLibrary string `yaml:"onnxruntime_library"`
 	// HeartbeatInterval between telemetry reports, e.g. "30s".
 	HeartbeatInterval string `yaml:"heartbeat_interval"`
+	// HealthPeriod a new version serves on trial before it is committed,
+	// e.g. "30s"; empty or "0s" commits once its checks pass.
+	HealthPeriod string `yaml:"health_period"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
 }
@@ -95,7 +98,15 @@ func (c *Config) Options() (Options, error) {
 			return o, fmt.Errorf("agent config: heartbeat_interval %q is not a positive duration", c.HeartbeatInterval)
 		}
 	}
+	var health time.Duration
+	if c.HealthPeriod != "" {
+		health, err = time.ParseDuration(c.HealthPeriod)
+		if err != nil || health < 0 {
+			return o, fmt.Errorf("agent config: health_period %q is not a duration", c.HealthPeriod)
+		}
+	}
 	return Options{
+		HealthPeriod:      health,
 		DeviceID:          c.DeviceID,
 		BrokerURL:         c.BrokerURL,
 		Username:          c.Username,

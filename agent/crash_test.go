@@ -86,7 +86,7 @@ type child struct {
 }
 
 // writeChildConfig writes the agent config file a child reads.
-func (h *harness) writeChildConfig(t *testing.T, id, dir string) (path, inference string) {
+func (h *harness) writeChildConfig(t *testing.T, id, dir string, extra ...string) (path, inference string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -94,6 +94,9 @@ func (h *harness) writeChildConfig(t *testing.T, id, dir string) (path, inferenc
 	require.NoError(t, ln.Close())
 	cfg := fmt.Sprintf("device_id: %s\nbroker_url: %s\npassword: %s\ndata_dir: %s\ninference_listen: %s\nheartbeat_interval: 1s\nroot_public_key: |\n%s",
 		id, h.broker.URL(), h.device(id), dir, inference, indent(string(signing.EncodePublicKeyPEM(h.root.Public))))
+	for _, line := range extra {
+		cfg += line + "\n"
+	}
 	path = filepath.Join(t.TempDir(), "agent.yaml")
 	require.NoError(t, os.WriteFile(path, []byte(cfg), 0o600))
 	return path, inference

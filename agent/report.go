@@ -42,8 +42,16 @@ func (a *Agent) reportSlot(ctx context.Context, s *slot) {
 		a.report(ctx, s, st, t.Version, "")
 		return
 	}
+	if s.st.Trial != nil && s.st.Active != nil {
+		a.report(ctx, s, efpb.ModelState_MODEL_STATE_PENDING, s.st.Active.Version, "serving on trial (health period)")
+		return
+	}
 	if f := s.st.LastFailure; f != nil && f.Generation == a.u.generation {
-		a.report(ctx, s, efpb.ModelState_MODEL_STATE_FAILED, f.Version, f.Reason)
+		st := efpb.ModelState_MODEL_STATE_FAILED
+		if f.RolledBack {
+			st = efpb.ModelState_MODEL_STATE_ROLLED_BACK
+		}
+		a.report(ctx, s, st, f.Version, f.Reason)
 		return
 	}
 	if s.st.Active != nil {

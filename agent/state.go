@@ -55,6 +55,21 @@ type failure struct {
 	SHA256     string `json:"sha256"`
 	Generation uint64 `json:"generation"`
 	Reason     string `json:"reason"`
+	// RolledBack is set when the version had been serving (on trial) and
+	// the agent returned to the previous one.
+	RolledBack bool `json:"rolled_back,omitempty"`
+}
+
+// trial marks the active version as serving on probation: committed to
+// disk, but the agent returns to the previous version by itself if it
+// misbehaves before the health period ends.
+type trial struct {
+	// Since is when the period (re)started, in unix nanoseconds; a restart
+	// starts it again.
+	Since      int64  `json:"since"`
+	Generation uint64 `json:"generation"`
+	// Starts counts how often the trial began, across restarts.
+	Starts int `json:"starts"`
 }
 
 // slotState is the persisted state of one model name: the committed
@@ -64,6 +79,7 @@ type slotState struct {
 	Active      *modelRef `json:"active,omitempty"`
 	Previous    *modelRef `json:"previous,omitempty"`
 	Target      *target   `json:"target,omitempty"`
+	Trial       *trial    `json:"trial,omitempty"`
 	LastFailure *failure  `json:"last_failure,omitempty"`
 }
 

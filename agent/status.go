@@ -11,6 +11,8 @@ type ModelStatus struct {
 	Previous string // kept on disk for rollback
 	Target   string // update in progress
 	Phase    string
+	// OnTrial is set while Active serves during its health period.
+	OnTrial bool
 	// FailedVersion and FailureReason describe the last refused update.
 	FailedVersion string
 	FailureReason string
@@ -49,6 +51,7 @@ func (s *slot) snapshot() {
 	if t := s.st.Target; t != nil {
 		ms.Target, ms.Phase = t.Version, string(t.Phase)
 	}
+	ms.OnTrial = s.st.Trial != nil
 	if f := s.st.LastFailure; f != nil {
 		ms.FailedVersion, ms.FailureReason = f.Version, f.Reason
 	}

@@ -92,6 +92,18 @@ func (a *Agent) loadCommitted(s *slot) {
 	if s.st.Active == nil {
 		return
 	}
+	if tr := s.st.Trial; tr != nil {
+		tr.Starts++
+		if tr.Starts > a.opts.MaxActivationAttempts {
+			a.endTrialAtStart(s, fmt.Sprintf("abandoned after %d restarts during its health period", tr.Starts-1))
+			return
+		}
+		tr.Since = a.opts.Clock().UnixNano()
+		if err := a.saveSlot(s.name, &s.st); err != nil {
+			a.log.Error("persist trial restart", "err", err)
+		}
+		a.crashPoint("trial")
+	}
 	m, err := a.loadModel(s.name, s.st.Active)
 	if err == nil {
 		s.serving.Store(m)
@@ -185,7 +197,11 @@ func (a *Agent) updateLoop(ctx context.Context) {
 	}
 	hb := time.NewTicker(a.opts.HeartbeatInterval)
 	defer hb.Stop()
-	retry := time.NewTicker(a.opts.FetchRetryInterval)
+	tick := a.opts.FetchRetryInterval
+	if hp := a.opts.HealthPeriod; hp > 0 {
+		tick = min(tick, max(hp/4, 10*time.Millisecond))
+	}
+	retry := time.NewTicker(tick)
 	defer retry.Stop()
 	for {
 		select {
@@ -198,6 +214,7 @@ func (a *Agent) updateLoop(ctx context.Context) {
 			a.sendTelemetry(ctx)
 		case <-retry.C:
 			a.retryStalled(ctx)
+			a.checkTrials(ctx)
 		}
 	}
 }
@@ -652,6 +669,9 @@ func (a *Agent) stage(ctx context.Context, s *slot) {
 	if newState.Previous != nil && newState.Previous.SHA256 == t.SHA256 {
 		newState.Previous = nil
 	}
+	if a.opts.HealthPeriod > 0 {
+		newState.Trial = &trial{Since: a.opts.Clock().UnixNano(), Generation: t.Generation, Starts: 1}
+	}
 	a.crashPoint("staged")
 	prevState := s.st
 	s.st = newState
@@ -670,6 +690,12 @@ func (a *Agent) stage(ctx context.Context, s *slot) {
 	reason := ""
 	if t.Rollback {
 		reason = "reactivated the previous version from disk"
+	}
+	if s.st.Trial != nil {
+		a.crashPoint("trial")
+		a.log.Info("model serving on trial", "model", s.name, "version", t.Version, "health_period", a.opts.HealthPeriod)
+		a.report(ctx, s, efpb.ModelState_MODEL_STATE_PENDING, t.Version, "serving on trial (health period)")
+		return
 	}
 	a.log.Info("model active", "model", s.name, "version", t.Version, "generation", t.Generation)
 	a.report(ctx, s, efpb.ModelState_MODEL_STATE_ACTIVE, t.Version, reason)

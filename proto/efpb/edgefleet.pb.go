@@ -88,6 +88,9 @@ const (
 	ModelState_MODEL_STATE_ACTIVE      ModelState = 5
 	ModelState_MODEL_STATE_FAILED      ModelState = 6
 	ModelState_MODEL_STATE_ROLLED_BACK ModelState = 7
+	// PENDING: serving on trial during the agent's health period; it becomes
+	// ACTIVE (committed) or ROLLED_BACK when the period ends.
+	ModelState_MODEL_STATE_PENDING ModelState = 8
 )
 
 // Enum value maps for ModelState.
@@ -101,6 +104,7 @@ var (
 		5: "MODEL_STATE_ACTIVE",
 		6: "MODEL_STATE_FAILED",
 		7: "MODEL_STATE_ROLLED_BACK",
+		8: "MODEL_STATE_PENDING",
 	}
 	ModelState_value = map[string]int32{
 		"MODEL_STATE_UNSPECIFIED": 0,
@@ -111,6 +115,7 @@ var (
 		"MODEL_STATE_ACTIVE":      5,
 		"MODEL_STATE_FAILED":      6,
 		"MODEL_STATE_ROLLED_BACK": 7,
+		"MODEL_STATE_PENDING":     8,
 	}
 )
 
@@ -1650,8 +1655,14 @@ type Telemetry struct {
 	UptimeSeconds   uint64                 `protobuf:"varint,8,opt,name=uptime_seconds,json=uptimeSeconds,proto3" json:"uptime_seconds,omitempty"`
 	RssBytes        uint64                 `protobuf:"varint,9,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
 	DroppedPayloads uint64                 `protobuf:"varint,10,opt,name=dropped_payloads,json=droppedPayloads,proto3" json:"dropped_payloads,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// monitoring holds one report per model version that served in the
+	// window since the previous telemetry message (added 2026-11-25).
+	Monitoring []*MonitorReport `protobuf:"bytes,11,rep,name=monitoring,proto3" json:"monitoring,omitempty"`
+	// reports_dropped counts telemetry messages the agent's store-and-forward
+	// outbox dropped (oldest first) because it was full; cumulative.
+	ReportsDropped uint64 `protobuf:"varint,12,opt,name=reports_dropped,json=reportsDropped,proto3" json:"reports_dropped,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Telemetry) Reset() {
@@ -1754,6 +1765,298 @@ func (x *Telemetry) GetDroppedPayloads() uint64 {
 	return 0
 }
 
+func (x *Telemetry) GetMonitoring() []*MonitorReport {
+	if x != nil {
+		return x.Monitoring
+	}
+	return nil
+}
+
+func (x *Telemetry) GetReportsDropped() uint64 {
+	if x != nil {
+		return x.ReportsDropped
+	}
+	return 0
+}
+
+// MonitorReport is what one model version saw on a device in one window:
+// mergeable counts only, so the control plane can add reports of many
+// devices and windows. Sketch bins are those of the manifest's reference
+// statistics (features), ten equal bins on [0, 1] (predictions) and the
+// agent's latency buckets, whose edges are sent along.
+type MonitorReport struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	ModelName         string                 `protobuf:"bytes,1,opt,name=model_name,json=modelName,proto3" json:"model_name,omitempty"`
+	ModelVersion      string                 `protobuf:"bytes,2,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
+	WindowStartUnixMs int64                  `protobuf:"varint,3,opt,name=window_start_unix_ms,json=windowStartUnixMs,proto3" json:"window_start_unix_ms,omitempty"`
+	WindowEndUnixMs   int64                  `protobuf:"varint,4,opt,name=window_end_unix_ms,json=windowEndUnixMs,proto3" json:"window_end_unix_ms,omitempty"`
+	// rows is the number of input rows (a batch counts each row).
+	Rows             uint64           `protobuf:"varint,5,opt,name=rows,proto3" json:"rows,omitempty"`
+	Features         []*FeatureSketch `protobuf:"bytes,6,rep,name=features,proto3" json:"features,omitempty"`
+	PredictionCounts []uint64         `protobuf:"varint,7,rep,packed,name=prediction_counts,json=predictionCounts,proto3" json:"prediction_counts,omitempty"`
+	LatencyEdgesUs   []float64        `protobuf:"fixed64,8,rep,packed,name=latency_edges_us,json=latencyEdgesUs,proto3" json:"latency_edges_us,omitempty"`
+	LatencyCounts    []uint64         `protobuf:"varint,9,rep,packed,name=latency_counts,json=latencyCounts,proto3" json:"latency_counts,omitempty"`
+	// Ground truth joined to predictions in this window.
+	Labelled uint64 `protobuf:"varint,10,opt,name=labelled,proto3" json:"labelled,omitempty"`
+	Correct  uint64 `protobuf:"varint,11,opt,name=correct,proto3" json:"correct,omitempty"`
+	// binary is set for a model with one output value per row (a
+	// probability); then tp..tn use the threshold 0.5 and the calibration
+	// bins (ten on [0, 1] by predicted probability) hold labelled rows and
+	// how many of them were positive.
+	Binary               bool     `protobuf:"varint,12,opt,name=binary,proto3" json:"binary,omitempty"`
+	Tp                   uint64   `protobuf:"varint,13,opt,name=tp,proto3" json:"tp,omitempty"`
+	Fp                   uint64   `protobuf:"varint,14,opt,name=fp,proto3" json:"fp,omitempty"`
+	Fn                   uint64   `protobuf:"varint,15,opt,name=fn,proto3" json:"fn,omitempty"`
+	Tn                   uint64   `protobuf:"varint,16,opt,name=tn,proto3" json:"tn,omitempty"`
+	CalibrationCounts    []uint64 `protobuf:"varint,17,rep,packed,name=calibration_counts,json=calibrationCounts,proto3" json:"calibration_counts,omitempty"`
+	CalibrationPositives []uint64 `protobuf:"varint,18,rep,packed,name=calibration_positives,json=calibrationPositives,proto3" json:"calibration_positives,omitempty"`
+	// Labels for unknown (or expired) inference ids, and repeated labels.
+	UnknownLabels   uint64 `protobuf:"varint,19,opt,name=unknown_labels,json=unknownLabels,proto3" json:"unknown_labels,omitempty"`
+	DuplicateLabels uint64 `protobuf:"varint,20,opt,name=duplicate_labels,json=duplicateLabels,proto3" json:"duplicate_labels,omitempty"`
+	Errors          uint64 `protobuf:"varint,21,opt,name=errors,proto3" json:"errors,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *MonitorReport) Reset() {
+	*x = MonitorReport{}
+	mi := &file_proto_edgefleet_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MonitorReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MonitorReport) ProtoMessage() {}
+
+func (x *MonitorReport) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MonitorReport.ProtoReflect.Descriptor instead.
+func (*MonitorReport) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *MonitorReport) GetModelName() string {
+	if x != nil {
+		return x.ModelName
+	}
+	return ""
+}
+
+func (x *MonitorReport) GetModelVersion() string {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return ""
+}
+
+func (x *MonitorReport) GetWindowStartUnixMs() int64 {
+	if x != nil {
+		return x.WindowStartUnixMs
+	}
+	return 0
+}
+
+func (x *MonitorReport) GetWindowEndUnixMs() int64 {
+	if x != nil {
+		return x.WindowEndUnixMs
+	}
+	return 0
+}
+
+func (x *MonitorReport) GetRows() uint64 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *MonitorReport) GetFeatures() []*FeatureSketch {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
+func (x *MonitorReport) GetPredictionCounts() []uint64 {
+	if x != nil {
+		return x.PredictionCounts
+	}
+	return nil
+}
+
+func (x *MonitorReport) GetLatencyEdgesUs() []float64 {
+	if x != nil {
+		return x.LatencyEdgesUs
+	}
+	return nil
+}
+
+func (x *MonitorReport) GetLatencyCounts() []uint64 {
+	if x != nil {
+		return x.LatencyCounts
+	}
+	return nil
+}
+
+func (x *MonitorReport) GetLabelled() uint64 {
+	if x != nil {
+		return x.Labelled
+	}
+	return 0
+}
+
+func (x *MonitorReport) GetCorrect() uint64 {
+	if x != nil {
+		return x.Correct
+	}
+	return 0
+}
+
+func (x *MonitorReport) GetBinary() bool {
+	if x != nil {
+		return x.Binary
+	}
+	return false
+}
+
+func (x *MonitorReport) GetTp() uint64 {
+	if x != nil {
+		return x.Tp
+	}
+	return 0
+}
+
+func (x *MonitorReport) GetFp() uint64 {
+	if x != nil {
+		return x.Fp
+	}
+	return 0
+}
+
+func (x *MonitorReport) GetFn() uint64 {
+	if x != nil {
+		return x.Fn
+	}
+	return 0
+}
+
+func (x *MonitorReport) GetTn() uint64 {
+	if x != nil {
+		return x.Tn
+	}
+	return 0
+}
+
+func (x *MonitorReport) GetCalibrationCounts() []uint64 {
+	if x != nil {
+		return x.CalibrationCounts
+	}
+	return nil
+}
+
+func (x *MonitorReport) GetCalibrationPositives() []uint64 {
+	if x != nil {
+		return x.CalibrationPositives
+	}
+	return nil
+}
+
+func (x *MonitorReport) GetUnknownLabels() uint64 {
+	if x != nil {
+		return x.UnknownLabels
+	}
+	return 0
+}
+
+func (x *MonitorReport) GetDuplicateLabels() uint64 {
+	if x != nil {
+		return x.DuplicateLabels
+	}
+	return 0
+}
+
+func (x *MonitorReport) GetErrors() uint64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+// FeatureSketch is the count of live values per reference bin of one input
+// feature (len(bin_edges)+1 counts); nan counts values that were NaN.
+type FeatureSketch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Counts        []uint64               `protobuf:"varint,2,rep,packed,name=counts,proto3" json:"counts,omitempty"`
+	Nan           uint64                 `protobuf:"varint,3,opt,name=nan,proto3" json:"nan,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeatureSketch) Reset() {
+	*x = FeatureSketch{}
+	mi := &file_proto_edgefleet_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeatureSketch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeatureSketch) ProtoMessage() {}
+
+func (x *FeatureSketch) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeatureSketch.ProtoReflect.Descriptor instead.
+func (*FeatureSketch) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *FeatureSketch) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FeatureSketch) GetCounts() []uint64 {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+func (x *FeatureSketch) GetNan() uint64 {
+	if x != nil {
+		return x.Nan
+	}
+	return 0
+}
+
 // Presence is retained; the broker publishes the offline form as the will.
 type Presence struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1767,7 +2070,7 @@ type Presence struct {
 
 func (x *Presence) Reset() {
 	*x = Presence{}
-	mi := &file_proto_edgefleet_proto_msgTypes[20]
+	mi := &file_proto_edgefleet_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1779,7 +2082,7 @@ func (x *Presence) String() string {
 func (*Presence) ProtoMessage() {}
 
 func (x *Presence) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[20]
+	mi := &file_proto_edgefleet_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1792,7 +2095,7 @@ func (x *Presence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Presence.ProtoReflect.Descriptor instead.
 func (*Presence) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{20}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Presence) GetDeviceId() string {
@@ -1963,7 +2266,7 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"inferences\x18\x04 \x01(\x04R\n" +
 	"inferences\x12\x16\n" +
 	"\x06errors\x18\x05 \x01(\x04R\x06errors\x12\x18\n" +
-	"\arejects\x18\x06 \x01(\x04R\arejects\"\xee\x02\n" +
+	"\arejects\x18\x06 \x01(\x04R\arejects\"\xd4\x03\n" +
 	"\tTelemetry\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x10\n" +
@@ -1978,7 +2281,39 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x0euptime_seconds\x18\b \x01(\x04R\ruptimeSeconds\x12\x1b\n" +
 	"\trss_bytes\x18\t \x01(\x04R\brssBytes\x12)\n" +
 	"\x10dropped_payloads\x18\n" +
-	" \x01(\x04R\x0fdroppedPayloads\"\x86\x01\n" +
+	" \x01(\x04R\x0fdroppedPayloads\x12;\n" +
+	"\n" +
+	"monitoring\x18\v \x03(\v2\x1b.edgefleet.v1.MonitorReportR\n" +
+	"monitoring\x12'\n" +
+	"\x0freports_dropped\x18\f \x01(\x04R\x0ereportsDropped\"\xd8\x05\n" +
+	"\rMonitorReport\x12\x1d\n" +
+	"\n" +
+	"model_name\x18\x01 \x01(\tR\tmodelName\x12#\n" +
+	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\x12/\n" +
+	"\x14window_start_unix_ms\x18\x03 \x01(\x03R\x11windowStartUnixMs\x12+\n" +
+	"\x12window_end_unix_ms\x18\x04 \x01(\x03R\x0fwindowEndUnixMs\x12\x12\n" +
+	"\x04rows\x18\x05 \x01(\x04R\x04rows\x127\n" +
+	"\bfeatures\x18\x06 \x03(\v2\x1b.edgefleet.v1.FeatureSketchR\bfeatures\x12+\n" +
+	"\x11prediction_counts\x18\a \x03(\x04R\x10predictionCounts\x12(\n" +
+	"\x10latency_edges_us\x18\b \x03(\x01R\x0elatencyEdgesUs\x12%\n" +
+	"\x0elatency_counts\x18\t \x03(\x04R\rlatencyCounts\x12\x1a\n" +
+	"\blabelled\x18\n" +
+	" \x01(\x04R\blabelled\x12\x18\n" +
+	"\acorrect\x18\v \x01(\x04R\acorrect\x12\x16\n" +
+	"\x06binary\x18\f \x01(\bR\x06binary\x12\x0e\n" +
+	"\x02tp\x18\r \x01(\x04R\x02tp\x12\x0e\n" +
+	"\x02fp\x18\x0e \x01(\x04R\x02fp\x12\x0e\n" +
+	"\x02fn\x18\x0f \x01(\x04R\x02fn\x12\x0e\n" +
+	"\x02tn\x18\x10 \x01(\x04R\x02tn\x12-\n" +
+	"\x12calibration_counts\x18\x11 \x03(\x04R\x11calibrationCounts\x123\n" +
+	"\x15calibration_positives\x18\x12 \x03(\x04R\x14calibrationPositives\x12%\n" +
+	"\x0eunknown_labels\x18\x13 \x01(\x04R\runknownLabels\x12)\n" +
+	"\x10duplicate_labels\x18\x14 \x01(\x04R\x0fduplicateLabels\x12\x16\n" +
+	"\x06errors\x18\x15 \x01(\x04R\x06errors\"M\n" +
+	"\rFeatureSketch\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06counts\x18\x02 \x03(\x04R\x06counts\x12\x10\n" +
+	"\x03nan\x18\x03 \x01(\x04R\x03nan\"\x86\x01\n" +
 	"\bPresence\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x16\n" +
 	"\x06online\x18\x02 \x01(\bR\x06online\x12 \n" +
@@ -1989,7 +2324,7 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tROLE_ROOT\x10\x01\x12\x10\n" +
 	"\fROLE_RELEASE\x10\x02\x12\x10\n" +
-	"\fROLE_CONTROL\x10\x03*\xdd\x01\n" +
+	"\fROLE_CONTROL\x10\x03*\xf6\x01\n" +
 	"\n" +
 	"ModelState\x12\x1b\n" +
 	"\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
@@ -1999,7 +2334,8 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x13MODEL_STATE_STAGING\x10\x04\x12\x16\n" +
 	"\x12MODEL_STATE_ACTIVE\x10\x05\x12\x16\n" +
 	"\x12MODEL_STATE_FAILED\x10\x06\x12\x1b\n" +
-	"\x17MODEL_STATE_ROLLED_BACK\x10\aB0Z.github.com/edgefleet/edgefleet/proto/efpb;efpbb\x06proto3"
+	"\x17MODEL_STATE_ROLLED_BACK\x10\a\x12\x17\n" +
+	"\x13MODEL_STATE_PENDING\x10\bB0Z.github.com/edgefleet/edgefleet/proto/efpb;efpbb\x06proto3"
 
 var (
 	file_proto_edgefleet_proto_rawDescOnce sync.Once
@@ -2014,7 +2350,7 @@ func file_proto_edgefleet_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_edgefleet_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_proto_edgefleet_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_proto_edgefleet_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_proto_edgefleet_proto_goTypes = []any{
 	(Role)(0),               // 0: edgefleet.v1.Role
 	(ModelState)(0),         // 1: edgefleet.v1.ModelState
@@ -2038,7 +2374,9 @@ var file_proto_edgefleet_proto_goTypes = []any{
 	(*StatusEvent)(nil),     // 19: edgefleet.v1.StatusEvent
 	(*ActiveModel)(nil),     // 20: edgefleet.v1.ActiveModel
 	(*Telemetry)(nil),       // 21: edgefleet.v1.Telemetry
-	(*Presence)(nil),        // 22: edgefleet.v1.Presence
+	(*MonitorReport)(nil),   // 22: edgefleet.v1.MonitorReport
+	(*FeatureSketch)(nil),   // 23: edgefleet.v1.FeatureSketch
+	(*Presence)(nil),        // 24: edgefleet.v1.Presence
 }
 var file_proto_edgefleet_proto_depIdxs = []int32{
 	3,  // 0: edgefleet.v1.Envelope.signatures:type_name -> edgefleet.v1.Signature
@@ -2058,11 +2396,13 @@ var file_proto_edgefleet_proto_depIdxs = []int32{
 	1,  // 14: edgefleet.v1.StatusEvent.state:type_name -> edgefleet.v1.ModelState
 	1,  // 15: edgefleet.v1.ActiveModel.state:type_name -> edgefleet.v1.ModelState
 	20, // 16: edgefleet.v1.Telemetry.models:type_name -> edgefleet.v1.ActiveModel
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	22, // 17: edgefleet.v1.Telemetry.monitoring:type_name -> edgefleet.v1.MonitorReport
+	23, // 18: edgefleet.v1.MonitorReport.features:type_name -> edgefleet.v1.FeatureSketch
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_proto_edgefleet_proto_init() }
@@ -2076,7 +2416,7 @@ func file_proto_edgefleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_edgefleet_proto_rawDesc), len(file_proto_edgefleet_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
