@@ -14,6 +14,7 @@ import (
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/oip"
 	"github.com/edgefleet/edgefleet/internal/signing"
+	"github.com/edgefleet/edgefleet/internal/transfer"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
@@ -289,4 +290,26 @@ func TestConfigNeedsRootKey(t *testing.T) {
 	_, err = New(Options{DeviceID: "d1", BrokerURL: "tcp://127.0.0.1:1", DataDir: t.TempDir()})
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "RootPublicKey is required")
+}
+
+// TestAgentFetchesLargeModelInWindows: a model of 200+ chunks is fetched
+// with at most fetchWindow chunks in flight, so a broker's per-client queue
+// never overflows, and it activates.
+func TestAgentFetchesLargeModelInWindows(t *testing.T) {
+	v1, _ := testModels(t)
+	h := newHarness(t)
+	a := h.startAgent(t, h.agentOptions(t, "dev-1", t.TempDir()))
+	model := padded(v1.ONNX, 200*transfer.DefaultChunkSize)
+	m := h.publishModel("fraud", "1.0.0", v1, model, nil, nil)
+	require.Greater(t, len(m.ChunkSha256), 200)
+	h.desire("dev-1", assign(m))
+	waitServing(t, a, "fraud", "1.0.0")
+
+	requested := 0
+	for _, f := range h.fetchesFor("dev-1") {
+		assert.LessOrEqual(t, len(f.Missing), fetchWindow, "a fetch request stays within the window")
+		requested += len(f.Missing)
+	}
+	t.Logf("%d chunks, %d fetch requests asking for %d chunks", len(m.ChunkSha256), len(h.fetchesFor("dev-1")), requested)
+	assert.GreaterOrEqual(t, requested, len(m.ChunkSha256))
 }

@@ -54,6 +54,7 @@ type slot struct {
 	manifest     *efpb.Manifest // the target's verified manifest
 	lastProgress int64          // unix nanos of the last chunk added
 	badChunks    int            // chunks refused in this download
+	inflight     map[uint32]bool
 }
 
 func (s *slot) closeDownload() {
@@ -63,6 +64,7 @@ func (s *slot) closeDownload() {
 	}
 	s.asm = nil
 	s.badChunks = 0
+	s.inflight = nil
 }
 
 // acquire returns the serving model with its read lock held; the caller

@@ -44,8 +44,11 @@ type updater struct {
 	subs           map[string]bool // filters currently subscribed
 }
 
-// maxFetchBatch bounds the chunk indexes asked for in one fetch request.
-const maxFetchBatch = 2048
+// fetchWindow bounds the chunks a download has asked for and not yet
+// received. It stays below the broker's per-client queue (256 messages in
+// the embedded broker): a larger burst would be dropped and wait for a
+// retry. The window is topped up as chunks arrive.
+const fetchWindow = 128
 
 // restore loads the persisted state and the committed models. It runs
 // before the agent talks to anyone, so a device serves its last good model
@@ -295,7 +298,7 @@ func (a *Agent) onConnected(ctx context.Context) {
 			case phaseDownloading:
 				if s.asm != nil {
 					a.ensureSub(ctx, a.topics.Chunks(s.name, t.Version), evChunk)
-					a.requestMissing(ctx, s)
+					a.requestMissing(ctx, s, true)
 				}
 			}
 		}
@@ -549,16 +552,29 @@ func (a *Agent) openDownload(ctx context.Context, s *slot) {
 	}
 	a.reportSlot(ctx, s)
 	a.ensureSub(ctx, a.topics.Chunks(s.name, t.Version), evChunk)
-	a.requestMissing(ctx, s)
+	a.requestMissing(ctx, s, true)
 }
 
-// requestMissing asks the control plane for the chunks still missing. The
-// chunk subscription is in place before the request goes out.
-func (a *Agent) requestMissing(ctx context.Context, s *slot) {
+// requestMissing asks the control plane for missing chunks, keeping at most
+// fetchWindow in flight; restart forgets what is in flight (after a stall,
+// a reconnect or a restart). The chunk subscription is in place before the
+// request goes out.
+func (a *Agent) requestMissing(ctx context.Context, s *slot, restart bool) {
 	if s.asm == nil || !a.u.subs[a.topics.Chunks(s.name, s.st.Target.Version)] {
 		return
 	}
-	missing := s.asm.Missing(maxFetchBatch)
+	if restart || s.inflight == nil {
+		s.inflight = map[uint32]bool{}
+	} else if len(s.inflight) > fetchWindow/2 {
+		return // enough on the way
+	}
+	var missing []uint32
+	for _, idx := range s.asm.Missing(len(s.inflight) + fetchWindow) {
+		if !s.inflight[idx] && len(s.inflight) < fetchWindow {
+			s.inflight[idx] = true
+			missing = append(missing, idx)
+		}
+	}
 	if len(missing) == 0 {
 		return
 	}
@@ -596,10 +612,13 @@ func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
 		return
 	}
 	s.lastProgress = a.opts.Clock().UnixNano()
+	delete(s.inflight, c.GetIndex())
 	a.crashPoint("chunk")
 	if s.asm.Complete() {
 		a.finishDownload(ctx, s)
+		return
 	}
+	a.requestMissing(ctx, s, false)
 }
 
 // retryStalled asks again for chunks of downloads that made no progress.
@@ -611,7 +630,7 @@ func (a *Agent) retryStalled(ctx context.Context) {
 		}
 		if time.Duration(now-s.lastProgress) >= a.opts.FetchRetryInterval {
 			a.ensureSub(ctx, a.topics.Chunks(s.name, s.st.Target.Version), evChunk)
-			a.requestMissing(ctx, s)
+			a.requestMissing(ctx, s, true)
 		}
 	}
 }
