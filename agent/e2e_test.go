@@ -54,25 +54,7 @@ func startFleet(t *testing.T) *fleet {
 		OnInitialToken: func(tok string) { tokenOnce.Do(func() { tokenCh <- tok }) },
 	})
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cp.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			assert.NoError(t, err)
-		case <-time.After(20 * time.Second):
-			t.Error("control plane did not stop within 20s")
-		}
-	})
-	select {
-	case <-cp.Ready():
-	case err := <-done:
-		t.Fatalf("control plane stopped: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("control plane not ready within 30s")
-	}
+	agent.RunInTest(t, "control plane", cp.Run, cp.Ready())
 	f.cp, f.token = cp, <-tokenCh
 	return f
 }
@@ -108,23 +90,7 @@ func (f *fleet) addAgent(id string, labels ...string) *agent.Agent {
 	opts.FetchRetryInterval = 300 * time.Millisecond
 	a, err := agent.New(opts)
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			assert.NoError(t, err)
-		case <-time.After(20 * time.Second):
-			t.Error("agent did not stop within 20s")
-		}
-	})
-	select {
-	case <-a.Ready():
-	case err := <-done:
-		t.Fatalf("agent stopped: %v", err)
-	}
+	agent.RunInTest(t, "agent "+id, a.Run, a.Ready())
 	return a
 }
 

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
@@ -237,25 +236,7 @@ func (h *harness) startAgent(t *testing.T, opts Options) *Agent {
 	t.Helper()
 	a, err := New(opts)
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(20 * time.Second):
-			t.Error("agent did not stop within 20s")
-		}
-	})
-	select {
-	case <-a.Ready():
-	case err := <-done:
-		t.Fatalf("agent stopped before ready: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("agent not ready within 20s")
-	}
+	RunInTest(t, "agent "+opts.DeviceID, a.Run, a.Ready())
 	return a
 }
 
