@@ -25,6 +25,7 @@ const (
 	dropInvalid         = "invalid"
 	dropUnknownModel    = "unknown_model"
 	dropStore           = "store_error"
+	dropStale           = "stale"
 )
 
 // drop counts and logs a payload the control plane will not act on. Logs
@@ -87,6 +88,10 @@ func (s *Server) onStatus(topic string, payload []byte) {
 		s.drop(kind, dropProtocolVersion, topic, fmt.Errorf("protocol_version %d", ev.ProtocolVersion))
 		return
 	}
+	if ev.ModelName == "" {
+		s.onRefusal(kind, topic, dev, ev)
+		return
+	}
 	if err := topics.ValidModelName(ev.ModelName); err != nil {
 		s.drop(kind, dropInvalid, topic, err)
 		return
@@ -100,10 +105,16 @@ func (s *Server) onStatus(topic string, payload []byte) {
 			return
 		}
 	}
-	tooMany := false
+	tooMany, stale := false, false
 	known, err := s.reg.update(dev, func(d *Device, now time.Time) bool {
 		d.Online, d.LastSeen = true, now
 		st := d.Reported[ev.ModelName]
+		if st != nil && ev.Seq != 0 && ev.Seq <= st.Seq {
+			// Sequence numbers only grow on a device (across restarts
+			// too): an older event arriving late must not undo a newer one.
+			stale = true
+			return false
+		}
 		if st == nil {
 			if len(d.Reported) >= maxReportedModels {
 				tooMany = true
@@ -133,11 +144,39 @@ func (s *Server) onStatus(topic string, payload []byte) {
 		s.drop(kind, dropUnknownDevice, topic, nil)
 	case tooMany:
 		s.drop(kind, dropInvalid, topic, fmt.Errorf("device reports more than %d models", maxReportedModels))
+	case stale:
+		s.drop(kind, dropStale, topic, fmt.Errorf("seq %d is not newer than the recorded one", ev.Seq))
 	case err != nil:
 		s.drop(kind, dropStore, topic, err)
 		s.log.Error("store device status failed", "device", dev, "err", err)
 	default:
 		s.log.Debug("device status", "device", dev, "model", ev.ModelName, "version", ev.ModelVersion, "state", modelStateName(ev.State), "reason", ev.Reason)
+	}
+}
+
+// onRefusal records a status event that names no model: the device
+// refused something device-wide (a desired state) and says why.
+func (s *Server) onRefusal(kind topics.Kind, topic, dev string, ev *efpb.StatusEvent) {
+	stale := false
+	known, err := s.reg.update(dev, func(d *Device, now time.Time) bool {
+		d.Online, d.LastSeen = true, now
+		if r := d.LastRefusal; r != nil && ev.Seq != 0 && ev.Seq <= r.Seq {
+			stale = true
+			return false
+		}
+		d.LastRefusal = &Refusal{Reason: truncate(ev.Reason, maxReasonLen), Generation: ev.Generation, Seq: ev.Seq, Time: now}
+		return true
+	})
+	switch {
+	case !known:
+		s.drop(kind, dropUnknownDevice, topic, nil)
+	case stale:
+		s.drop(kind, dropStale, topic, fmt.Errorf("seq %d is not newer than the recorded one", ev.Seq))
+	case err != nil:
+		s.drop(kind, dropStore, topic, err)
+		s.log.Error("store device refusal failed", "device", dev, "err", err)
+	default:
+		s.log.Warn("device refused a document", "device", dev, "reason", ev.Reason, "generation", ev.Generation)
 	}
 }
 

@@ -393,6 +393,25 @@ func TestDeviceReportsAreRecorded(t *testing.T) {
 	require.NoError(t, ts.kv.GetJSON(prefixDevices+"dev-1", &stored))
 	assert.Equal(t, "rolled-back", stored.Reported["fraud"].State)
 
+	// An older event arriving late does not undo the newer one.
+	dropped := ts.Dropped()
+	publish(t, c, sc.Status("dev-1"), enc(&efpb.StatusEvent{
+		ProtocolVersion: 1, DeviceId: "dev-1", Seq: 5, ModelName: "fraud", ModelVersion: "v2",
+		State: efpb.ModelState_MODEL_STATE_DOWNLOADING, ActiveVersion: "v1",
+	}))
+	require.Eventually(t, func() bool { return ts.Dropped() > dropped }, 10*time.Second, 5*time.Millisecond)
+	d, _ = ts.reg.get("dev-1")
+	assert.Equal(t, "rolled-back", d.Reported["fraud"].State, "a stale event is dropped")
+
+	// A device-level refusal (no model) is recorded, not dropped.
+	publish(t, c, sc.Status("dev-1"), enc(&efpb.StatusEvent{
+		ProtocolVersion: 1, DeviceId: "dev-1", Seq: 8, Generation: 2,
+		State: efpb.ModelState_MODEL_STATE_FAILED, Reason: "desired state refused: generation 1 is older than the accepted generation 2 (replay)",
+	}))
+	require.Eventually(t, func() bool { d, _ := ts.reg.get("dev-1"); return d.LastRefusal != nil }, 10*time.Second, 5*time.Millisecond)
+	d, _ = ts.reg.get("dev-1")
+	assert.Contains(t, d.LastRefusal.Reason, "replay")
+
 	publish(t, c, sc.Presence("dev-1"), enc(&efpb.Presence{DeviceId: "dev-1", Online: false}))
 	require.Eventually(t, func() bool { d, _ := ts.reg.get("dev-1"); return !d.Online }, 10*time.Second, 5*time.Millisecond)
 }

@@ -294,6 +294,10 @@ func cloneDevice(d *Device) Device {
 			c.Reported[k] = &vv
 		}
 	}
+	if d.LastRefusal != nil {
+		r := *d.LastRefusal
+		c.LastRefusal = &r
+	}
 	if d.Telemetry != nil {
 		t := *d.Telemetry
 		t.Models = slices.Clone(d.Telemetry.Models)

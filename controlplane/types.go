@@ -37,10 +37,22 @@ type Device struct {
 	Reported map[string]*ModelStatus `json:"reported,omitempty"`
 	// Online is what the device's presence and traffic say since this
 	// control plane started (every device starts offline).
+	// LastRefusal is the newest device-level refusal the device reported
+	// (a desired state refused as replayed, expired or badly signed).
+	LastRefusal  *Refusal          `json:"last_refusal,omitempty"`
 	Online       bool              `json:"online"`
 	LastSeen     time.Time         `json:"last_seen,omitzero"`
 	AgentVersion string            `json:"agent_version,omitempty"`
 	Telemetry    *TelemetrySummary `json:"telemetry,omitempty"`
+}
+
+// Refusal is a device-level refusal: something the device was sent and
+// would not act on, with its reason.
+type Refusal struct {
+	Reason     string    `json:"reason"`
+	Generation uint64    `json:"generation"`
+	Seq        uint64    `json:"seq"`
+	Time       time.Time `json:"time"`
 }
 
 // DesiredSummary is the decoded content of a device's newest desired state.
