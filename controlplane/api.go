@@ -42,13 +42,21 @@ func (s *Server) routes() []route {
 		{"GET", "/api/v1/models", http.HandlerFunc(s.handleListModels)},
 		{"POST", "/api/v1/models/{name}/versions/{version}", http.HandlerFunc(s.handleUploadModel)},
 		{"GET", "/api/v1/models/{name}/versions/{version}", http.HandlerFunc(s.handleGetModel)},
+		{"GET", "/api/v1/models/{name}/versions/{version}/metrics", http.HandlerFunc(s.handleModelMetrics)},
 		{"POST", "/api/v1/deployments", http.HandlerFunc(s.handleDeploy)},
+		{"POST", "/api/v1/devices/{id}/revoke", http.HandlerFunc(s.handleRevokeDevice)},
+		{"POST", "/api/v1/enrollments", http.HandlerFunc(s.handleCreateEnrollment)},
+		{"POST", "/api/v1/enroll", http.HandlerFunc(s.handleEnroll)},
+		{"POST", "/api/v1/tokens", http.HandlerFunc(s.handleCreateToken)},
+		{"GET", "/api/v1/tokens", http.HandlerFunc(s.handleListTokens)},
+		{"DELETE", "/api/v1/tokens/{id}", http.HandlerFunc(s.handleRevokeToken)},
+		{"GET", "/api/v1/audit", http.HandlerFunc(s.handleAudit)},
 		{"GET", "/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})},
-	}
+	}, s.rolloutRoutes()...)
 }
 
-// handler returns the REST API: every route needs the admin bearer token
-// except GET /healthz.
+// handler returns the REST API: every route needs a bearer token whose
+// role allows it (requiredRole), except GET /healthz and POST /api/v1/enroll.
 func (s *Server) handler() http.Handler {
 	mux := http.NewServeMux()
 	for _, r := range s.routes() {

@@ -18,7 +18,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane/audit"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
+	"github.com/edgefleet/edgefleet/controlplane/monitor"
+	"github.com/edgefleet/edgefleet/controlplane/rollout"
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
 	"github.com/edgefleet/edgefleet/internal/store"
@@ -81,6 +84,15 @@ type Options struct {
 	Clock func() time.Time
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
+	// RolloutInterval is how often rollouts are evaluated besides after
+	// each device status event; default DefaultRolloutInterval.
+	RolloutInterval time.Duration
+	// RolloutMetrics feeds the rollouts' quality gates (accuracy, drift);
+	// nil leaves those gates waiting for figures.
+	RolloutMetrics rollout.Metrics
+	// Monitor configures model monitoring: alert rules, the retrain
+	// webhook, history retention (monitoring.go).
+	Monitor MonitorOptions
 	// OnInitialToken is called once, during Run, when the admin API token
 	// was generated (the first start on an empty DataDir). The token is
 	// never shown again; only its hash is stored.
@@ -119,6 +131,21 @@ type Server struct {
 	runtime    *infer.Runtime
 	runtimeErr error
 	tokenHash  []byte
+	// audit records every mutating API call and automatic decision;
+	// security holds API tokens, enrollments and the auth-failure limiter
+	// (auth.go).
+	audit    *audit.Log
+	security *security
+	// rollouts is the rollout engine; rolloutKick wakes its goroutine
+	// (rollouts.go).
+	rollouts    *rollout.Engine
+	rolloutKick chan struct{}
+	// monitor aggregates device monitoring reports; alerter and webhook
+	// raise alerts from it (monitoring.go).
+	monitor    *monitor.Aggregator
+	alerter    *monitor.Alerter
+	webhook    *monitor.Webhook
+	monMetrics *monitorMetrics
 
 	// addrMu guards apiURL and brokerURL, which tests may poll before Ready.
 	addrMu    sync.Mutex
@@ -290,6 +317,12 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		}
 	}
 
+	if err := s.openMonitoring(); err != nil {
+		return fmt.Errorf("controlplane: %w", err)
+	}
+	if err := s.openRollouts(); err != nil {
+		return fmt.Errorf("controlplane: %w", err)
+	}
 	if err := s.startBus(ctx); err != nil {
 		return fmt.Errorf("controlplane: %w", err)
 	}
@@ -315,6 +348,8 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		defer wg.Done()
 		s.runRenew(ctx)
 	}()
+	s.runRollouts(ctx, &wg)
+	s.runMonitoring(ctx, &wg)
 
 	ln, err := net.Listen("tcp", s.opts.APIListen)
 	if err != nil {
@@ -438,7 +473,7 @@ func (s *Server) subscribe(ctx context.Context) error {
 		filter string
 		h      func(string, []byte)
 	}{
-		{s.scheme.AllStatus(), s.onStatus},
+		{s.scheme.AllStatus(), s.onStatusRollouts},
 		{s.scheme.AllTelemetry(), s.onTelemetry},
 		{s.scheme.AllFetch(), s.onFetch},
 		{s.scheme.AllPresence(), s.onPresence},

@@ -40,6 +40,19 @@ Commands:
   devices [--selector S]    list devices and their state
   deploy NAME@VERSION (--device ID ... | --selector k=v[,k!=v])
                             issue signed desired states
+  rollout create NAME@VERSION --selector S --stage canary:N|percent:P|devices:A,B|group:k=v ...
+         [--bake 30s] [--max-failure-rate F] [--max-offline F] [--max-accuracy-drop D]
+         [--max-drift X] [--on-breach pause|rollback] [--auto-promote]
+         [--start-at T] [--window HH:MM-HH:MM ...] [--max-per-minute N]
+                            start a staged rollout
+  rollout get ID | list     per-stage progress and gate figures
+  rollout pause|resume|promote|abort ID
+  rollout rollback ID [--selector S | --device D]
+                            roll back the rollout, one label group or one device
+  audit [--action A] [--target T] [--limit N]
+                            read the audit log
+  metrics NAME@VERSION [--by site|cohort|device] [--since 24h]
+                            accuracy, drift and latency in the field, with sparklines
   demo [--work-dir D]       run the end-to-end demo (control plane, 3 agents, 2 model versions)
   version                   print the version
 
@@ -157,12 +170,29 @@ func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
 		if err != nil {
 			return err
 		}
-		if s != "add" {
-			return usagef("unknown command \"device %s\" (want device add)", s)
+		switch s {
+		case "add":
+			return a.deviceAdd(ctx, rest)
+		case "enroll":
+			return a.deviceEnroll(ctx, rest)
+		case "revoke":
+			return a.deviceRevoke(ctx, rest)
 		}
-		return a.deviceAdd(ctx, rest)
+		return usagef("unknown command \"device %s\" (want device add, enroll or revoke)", s)
+	case "token":
+		s, rest, err := sub()
+		if err != nil {
+			return err
+		}
+		return a.tokenCmd(ctx, s, rest)
 	case "devices":
 		return a.devices(ctx, args)
+	case "rollout":
+		return a.rollout(ctx, args)
+	case "audit":
+		return a.auditCmd(ctx, args)
+	case "metrics":
+		return a.metricsCmd(ctx, args)
 	case "deploy":
 		return a.deploy(ctx, args)
 	case "version":

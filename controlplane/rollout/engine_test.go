@@ -1,0 +1,708 @@
+package rollout
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/edgefleet/edgefleet/controlplane/audit"
+	"github.com/edgefleet/edgefleet/internal/store"
+)
+
+// fakeFleet is the devices' side: desired states the fake issuer wrote and
+// the reports a test makes them send. Devices and the desired-state path
+// are outside this package, so they are faked; the store and audit log are
+// real.
+type fakeFleet struct {
+	mu      sync.Mutex
+	devs    map[string]*Device
+	gen     map[string]uint64
+	history map[string][]string // versions issued per device, in order
+}
+
+func newFakeFleet() *fakeFleet {
+	return &fakeFleet{devs: map[string]*Device{}, gen: map[string]uint64{}, history: map[string][]string{}}
+}
+
+// add registers online devices running version with the labels.
+func (f *fakeFleet) add(version string, lbls map[string]string, ids ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, id := range ids {
+		f.gen[id]++
+		f.devs[id] = &Device{ID: id, Labels: maps.Clone(lbls), Online: true, Desired: version,
+			Report: Report{State: "active", ActiveVersion: version, TargetVersion: version, Generation: f.gen[id]}}
+	}
+}
+
+func (f *fakeFleet) Devices(string) []Device {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]Device, 0, len(f.devs))
+	for _, d := range f.devs {
+		c := *d
+		c.Labels = maps.Clone(d.Labels)
+		out = append(out, c)
+	}
+	return out
+}
+
+func (f *fakeFleet) Assign(_ context.Context, _, version string, ids []string) (map[string]uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]uint64{}
+	for _, id := range ids {
+		d := f.devs[id]
+		if d == nil {
+			return nil, fmt.Errorf("unknown device %s", id)
+		}
+		f.gen[id]++
+		d.Desired = version
+		out[id] = f.gen[id]
+		f.history[id] = append(f.history[id], version)
+	}
+	return out, nil
+}
+
+// settle makes every online device report the outcome of its desired
+// state: active, or failed (staying on its active version) when bad says so.
+func (f *fakeFleet) settle(bad func(id, version string) bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for id, d := range f.devs {
+		if !d.Online || d.Desired == d.Report.ActiveVersion && d.Report.State == "active" {
+			continue
+		}
+		if bad != nil && bad(id, d.Desired) {
+			d.Report = Report{State: "failed", TargetVersion: d.Desired, ActiveVersion: d.Report.ActiveVersion, Reason: "test vectors failed", Generation: f.gen[id]}
+			continue
+		}
+		d.Report = Report{State: "active", TargetVersion: d.Desired, ActiveVersion: d.Desired, Generation: f.gen[id]}
+	}
+}
+
+func (f *fakeFleet) setOnline(id string, online bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.devs[id].Online = online
+}
+
+func (f *fakeFleet) issued(id string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.history[id])
+}
+
+// on returns the ids whose desired version is v, sorted.
+func (f *fakeFleet) on(v string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for id, d := range f.devs {
+		if d.Desired == v {
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+type fakeMetrics struct {
+	mu  sync.Mutex
+	fig map[string]Figures
+}
+
+func (m *fakeMetrics) VersionMetrics(_, version string, _ []string) (Figures, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f, ok := m.fig[version]
+	return f, ok
+}
+
+func (m *fakeMetrics) set(version string, f Figures) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.fig[version] = f
+}
+
+type env struct {
+	t       *testing.T
+	kv      *store.KV
+	fleet   *fakeFleet
+	clock   *fakeClock
+	metrics *fakeMetrics
+	audit   *audit.Log
+	e       *Engine
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	db, err := store.Open(store.Options{Dir: t.TempDir(), Profile: store.ProfileServer})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	clock := &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	al, err := audit.Open(db.Namespace("audit"), clock.Now)
+	require.NoError(t, err)
+	v := &env{t: t, kv: db.Namespace("rollouts"), fleet: newFakeFleet(), clock: clock,
+		metrics: &fakeMetrics{fig: map[string]Figures{}}, audit: al}
+	v.e = v.engine()
+	return v
+}
+
+func (v *env) engine() *Engine {
+	v.t.Helper()
+	e, err := New(Options{KV: v.kv, Issuer: v.fleet, Fleet: v.fleet, Metrics: v.metrics, Audit: v.audit, Clock: v.clock.Now})
+	require.NoError(v.t, err)
+	return e
+}
+
+func (v *env) get(id string) *Status {
+	v.t.Helper()
+	st, err := v.e.Get(id, true)
+	require.NoError(v.t, err)
+	return st
+}
+
+func (v *env) actions(id string) []string {
+	v.t.Helper()
+	list, err := v.audit.List(audit.Query{Target: id})
+	require.NoError(v.t, err)
+	var out []string
+	for _, e := range list {
+		out = append(out, e.Action)
+	}
+	return out
+}
+
+func ptr(f float64) *float64 { return &f }
+
+func devIDs(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s%02d", prefix, i)
+	}
+	return out
+}
+
+func threeStages(bake time.Duration) Spec {
+	return Spec{
+		Model: "fraud", Version: "2.0.0", Selector: "fleet=demo",
+		Stages:      []Stage{{Canary: 1}, {Percent: 50}, {Percent: 100}},
+		Bake:        Duration(bake),
+		Gates:       Gates{MaxFailureRate: ptr(0.2)},
+		AutoPromote: true,
+	}
+}
+
+func TestPromotionThroughStagesRespectsBakeTime(t *testing.T) {
+	v := newEnv(t)
+	ids := devIDs("d", 10)
+	v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, ids...)
+	v.fleet.add("1.0.0", map[string]string{"fleet": "other"}, "x1")
+	ctx := context.Background()
+
+	r, err := v.e.Create(ctx, threeStages(30*time.Second), "admin")
+	require.NoError(t, err)
+	assert.Len(t, v.fleet.on("2.0.0"), 1, "the canary stage assigns one device")
+
+	v.fleet.settle(nil)
+	v.clock.Advance(29 * time.Second)
+	v.e.Tick(ctx)
+	st := v.get(r.ID)
+	assert.Equal(t, 0, st.Stage, "bake time not over: still the canary")
+	assert.Contains(t, st.Progress[0].Waiting, "bake time")
+
+	v.clock.Advance(time.Second)
+	v.e.Tick(ctx)
+	st = v.get(r.ID)
+	assert.Equal(t, 1, st.Stage)
+	assert.Equal(t, "passed", st.Progress[0].Result)
+	require.Len(t, st.Progress[0].Gates, 1)
+	assert.Equal(t, GatePass, st.Progress[0].Gates[0].Status)
+	assert.Len(t, v.fleet.on("2.0.0"), 5, "50% of 10")
+
+	v.fleet.settle(nil)
+	v.clock.Advance(30 * time.Second)
+	v.e.Tick(ctx)
+	assert.Len(t, v.fleet.on("2.0.0"), 10)
+	v.fleet.settle(nil)
+	v.clock.Advance(30 * time.Second)
+	v.e.Tick(ctx)
+	st = v.get(r.ID)
+	assert.Equal(t, StateCompleted, st.State)
+	assert.Equal(t, Counts{Assigned: 1, Active: 1}, st.Stages[0].Devices)
+	assert.Equal(t, Counts{Assigned: 4, Active: 4}, st.Stages[1].Devices)
+	assert.Equal(t, Counts{Assigned: 5, Active: 5}, st.Stages[2].Devices)
+	for _, id := range ids {
+		assert.Equal(t, []string{"2.0.0"}, v.fleet.issued(id), "device %s got exactly one instruction", id)
+		assert.Equal(t, "1.0.0", st.Devices[id].Previous)
+	}
+	assert.Empty(t, v.fleet.issued("x1"), "outside the selector")
+	assert.Equal(t, []string{"rollout.create", "rollout.start", "rollout.stage_passed", "rollout.promote",
+		"rollout.stage_passed", "rollout.promote", "rollout.stage_passed", "rollout.completed"}, v.actions(r.ID))
+}
+
+func TestMinDevicesAndManualPromotion(t *testing.T) {
+	v := newEnv(t)
+	ids := devIDs("d", 10)
+	v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, ids...)
+	ctx := context.Background()
+	spec := Spec{Model: "fraud", Version: "2.0.0", Selector: "fleet=demo",
+		Stages: []Stage{{Percent: 50, MinDevices: 4}, {Percent: 100}}, Bake: Duration(time.Second)}
+	r, err := v.e.Create(ctx, spec, "admin")
+	require.NoError(t, err)
+	cohort := v.fleet.on("2.0.0")
+	require.Len(t, cohort, 5)
+
+	// Three of five report: below min_devices 4.
+	v.fleet.settle(nil)
+	for _, id := range cohort[3:] { // these two are still downloading
+		v.fleet.mu.Lock()
+		v.fleet.devs[id].Report = Report{State: "downloading", TargetVersion: "2.0.0", ActiveVersion: "1.0.0", Generation: v.fleet.gen[id]}
+		v.fleet.mu.Unlock()
+	}
+	v.clock.Advance(time.Minute)
+	v.e.Tick(ctx)
+	st := v.get(r.ID)
+	assert.Equal(t, StateRunning, st.State)
+	assert.Equal(t, "3 of 4 devices reported", st.Progress[0].Waiting)
+	assert.Equal(t, Counts{Assigned: 5, Active: 3, Downloading: 2}, st.Stages[0].Devices)
+
+	v.fleet.settle(nil)
+	v.e.Tick(ctx)
+	st = v.get(r.ID)
+	assert.Equal(t, StateWaitingPromotion, st.State, "no auto-promote: waits for an operator")
+	v.clock.Advance(time.Hour)
+	v.e.Tick(ctx)
+	assert.Len(t, v.fleet.on("2.0.0"), 5, "nothing more assigned without promote")
+
+	st, err = v.e.Promote(ctx, r.ID, "alice")
+	require.NoError(t, err)
+	assert.Equal(t, 1, st.Stage)
+	assert.Len(t, v.fleet.on("2.0.0"), 10)
+	_, err = v.e.Resume(ctx, r.ID, "alice")
+	assert.ErrorIs(t, err, ErrState)
+}
+
+func TestFailureRateBreach(t *testing.T) {
+	for _, action := range []string{OnBreachPause, OnBreachRollback} {
+		t.Run(action, func(t *testing.T) {
+			v := newEnv(t)
+			ids := devIDs("d", 10)
+			v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, ids...)
+			ctx := context.Background()
+			spec := threeStages(10 * time.Second)
+			spec.Stages[0].Canary = 2
+			spec.OnBreach = action
+			r, err := v.e.Create(ctx, spec, "admin")
+			require.NoError(t, err)
+			canary := v.fleet.on("2.0.0")
+			require.Len(t, canary, 2)
+			// One of two canaries fails: 0.5 > 0.2.
+			v.fleet.settle(func(id, version string) bool { return id == canary[0] && version == "2.0.0" })
+			v.clock.Advance(10 * time.Second)
+			v.e.Tick(ctx)
+			v.e.Tick(ctx)
+			st := v.get(r.ID)
+			require.NotEmpty(t, st.Progress[0].Gates)
+			g := st.Progress[0].Gates[0]
+			assert.Equal(t, GateResult{Gate: "failure_rate", Limit: 0.2, Value: 0.5, Status: GateBreach,
+				Detail: "1 of 2 reporting devices failed: 0.5 > 0.2"}, g)
+			assert.Contains(t, st.Reason, "failure_rate")
+			for _, id := range ids {
+				if !slices.Contains(canary, id) {
+					assert.Empty(t, v.fleet.issued(id), "device %s outside the canary got an instruction", id)
+				}
+			}
+			if action == OnBreachPause {
+				assert.Equal(t, StatePaused, st.State)
+				for _, id := range canary {
+					assert.Equal(t, []string{"2.0.0"}, v.fleet.issued(id))
+				}
+				assert.Contains(t, v.actions(r.ID), "rollout.pause")
+				return
+			}
+			assert.Equal(t, StateFailed, st.State)
+			for _, id := range canary {
+				assert.Equal(t, []string{"2.0.0", "1.0.0"}, v.fleet.issued(id), "canary %s returns to 1.0.0", id)
+				assert.True(t, st.Devices[id].RolledBack)
+			}
+			assert.Equal(t, Counts{Assigned: 2, RolledBack: 2}, st.Stages[0].Devices)
+			entries, err := v.audit.List(audit.Query{Action: "rollout.gate_breached"})
+			require.NoError(t, err)
+			require.Len(t, entries, 1)
+			assert.Equal(t, "system", entries[0].Actor)
+			assert.Contains(t, entries[0].Result, "0.5 > 0.2")
+			assert.NotNil(t, entries[0].Details["gates"], "the figures are in the audit entry")
+		})
+	}
+}
+
+func TestAccuracyDropRollsBack(t *testing.T) {
+	v := newEnv(t)
+	ids := devIDs("d", 4)
+	v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, ids...)
+	ctx := context.Background()
+	spec := threeStages(time.Second)
+	spec.OnBreach = OnBreachRollback
+	spec.Gates = Gates{MaxAccuracyDrop: ptr(0.02), MaxDriftScore: ptr(0.5), MinLabelled: 200}
+	r, err := v.e.Create(ctx, spec, "admin")
+	require.NoError(t, err)
+	v.fleet.settle(nil)
+	v.metrics.set("1.0.0", Figures{Accuracy: 0.95, Labelled: 5000})
+	v.metrics.set("2.0.0", Figures{Accuracy: 0.80, Labelled: 150, DriftScore: 0.1})
+	v.clock.Advance(time.Minute)
+	v.e.Tick(ctx)
+	st := v.get(r.ID)
+	assert.Equal(t, StateRunning, st.State, "too few labelled predictions to judge")
+	assert.Contains(t, st.Progress[0].Waiting, "need 200 each")
+
+	v.metrics.set("2.0.0", Figures{Accuracy: 0.80, Labelled: 400, DriftScore: 0.1})
+	v.e.Tick(ctx)
+	st = v.get(r.ID)
+	assert.Equal(t, StateFailed, st.State)
+	assert.Contains(t, st.Reason, "accuracy_drop")
+	assert.Contains(t, st.Reason, "accuracy 2.0.0 0.8000 (400 labelled) vs 1.0.0 0.9500 (5000 labelled)")
+	assert.Len(t, v.fleet.on("1.0.0"), 4, "the canary returned to 1.0.0")
+}
+
+func TestDriftAndGoodQualityPass(t *testing.T) {
+	v := newEnv(t)
+	v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, devIDs("d", 3)...)
+	ctx := context.Background()
+	spec := threeStages(time.Second)
+	spec.Stages = spec.Stages[:1]
+	spec.Gates = Gates{MaxAccuracyDrop: ptr(0.02), MaxDriftScore: ptr(0.5), MinLabelled: 10}
+	r, err := v.e.Create(ctx, spec, "admin")
+	require.NoError(t, err)
+	v.fleet.settle(nil)
+	v.metrics.set("1.0.0", Figures{Accuracy: 0.90, Labelled: 50})
+	v.metrics.set("2.0.0", Figures{Accuracy: 0.89, Labelled: 50, DriftScore: 0.7})
+	v.clock.Advance(time.Minute)
+	v.e.Tick(ctx)
+	st := v.get(r.ID)
+	assert.Equal(t, StatePaused, st.State, "drift 0.7 > 0.5 pauses (default on_breach)")
+	assert.Contains(t, st.Reason, "drift_score")
+
+	v.metrics.set("2.0.0", Figures{Accuracy: 0.89, Labelled: 50, DriftScore: 0.2})
+	_, err = v.e.Resume(ctx, r.ID, "alice")
+	require.NoError(t, err)
+	v.e.Tick(ctx)
+	assert.Equal(t, StateRunning, v.get(r.ID).State, "resume restarts the bake time")
+	v.clock.Advance(time.Minute)
+	v.e.Tick(ctx)
+	st = v.get(r.ID)
+	assert.Equal(t, StateCompleted, st.State)
+	require.Len(t, st.Progress[0].Gates, 2)
+	assert.InDelta(t, 0.01, st.Progress[0].Gates[0].Value, 1e-9)
+}
+
+func TestPauseResumeAbort(t *testing.T) {
+	v := newEnv(t)
+	v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, devIDs("d", 10)...)
+	ctx := context.Background()
+	r, err := v.e.Create(ctx, threeStages(time.Second), "admin")
+	require.NoError(t, err)
+	st, err := v.e.Pause(ctx, r.ID, "alice")
+	require.NoError(t, err)
+	assert.Equal(t, StatePaused, st.State)
+	assert.Equal(t, "paused by alice", st.Reason)
+	v.fleet.settle(nil)
+	v.clock.Advance(time.Hour)
+	v.e.Tick(ctx)
+	assert.Len(t, v.fleet.on("2.0.0"), 1, "paused: no promotion")
+	_, err = v.e.Pause(ctx, r.ID, "alice")
+	assert.ErrorIs(t, err, ErrState)
+
+	_, err = v.e.Resume(ctx, r.ID, "alice")
+	require.NoError(t, err)
+	v.e.Tick(ctx)
+	assert.Len(t, v.fleet.on("2.0.0"), 1, "resume restarts the bake time")
+	v.clock.Advance(time.Second)
+	v.e.Tick(ctx)
+	assert.Len(t, v.fleet.on("2.0.0"), 5)
+
+	st, err = v.e.Abort(ctx, r.ID, "alice")
+	require.NoError(t, err)
+	assert.Equal(t, StateAborted, st.State)
+	v.fleet.settle(nil)
+	v.clock.Advance(time.Hour)
+	v.e.Tick(ctx)
+	assert.Len(t, v.fleet.on("2.0.0"), 5, "aborted: devices keep what they got, nothing more")
+	_, err = v.e.Resume(ctx, r.ID, "alice")
+	assert.ErrorIs(t, err, ErrState)
+	acts := v.actions(r.ID)
+	assert.Contains(t, acts, "rollout.pause")
+	assert.Contains(t, acts, "rollout.resume")
+	assert.Contains(t, acts, "rollout.abort")
+
+	_, err = v.e.Create(ctx, threeStages(time.Second), "admin")
+	assert.NoError(t, err, "an aborted rollout does not block a new one")
+	_, err = v.e.Create(ctx, threeStages(time.Second), "admin")
+	assert.ErrorIs(t, err, ErrState, "one unfinished rollout per model")
+}
+
+func TestManualRollbackOfOneGroupAndDevice(t *testing.T) {
+	v := newEnv(t)
+	a, b := devIDs("a", 4), devIDs("b", 4)
+	v.fleet.add("1.0.0", map[string]string{"fleet": "demo", "site": "a"}, a...)
+	v.fleet.add("1.0.0", map[string]string{"fleet": "demo", "site": "b"}, b...)
+	ctx := context.Background()
+	spec := threeStages(time.Second)
+	spec.Stages = []Stage{{Selector: "site=a"}, {Selector: "site=b"}}
+	r, err := v.e.Create(ctx, spec, "admin")
+	require.NoError(t, err)
+	assert.Equal(t, a, v.fleet.on("2.0.0"), "stage 1 is the site=a group")
+	v.fleet.settle(nil)
+	v.clock.Advance(time.Second)
+	v.e.Tick(ctx)
+	require.Len(t, v.fleet.on("2.0.0"), 8)
+	v.fleet.settle(nil)
+
+	st, err := v.e.Rollback(ctx, r.ID, RollbackRequest{Selector: "site=b"}, "alice")
+	require.NoError(t, err)
+	assert.Equal(t, StateRunning, st.State, "a group rollback leaves the rollout running")
+	assert.Equal(t, a, v.fleet.on("2.0.0"))
+	assert.Equal(t, b, v.fleet.on("1.0.0"))
+	v.fleet.settle(nil)
+	v.clock.Advance(time.Second)
+	v.e.Tick(ctx)
+	st = v.get(r.ID)
+	assert.Equal(t, StateCompleted, st.State)
+	for _, id := range b {
+		assert.Equal(t, []string{"2.0.0", "1.0.0"}, v.fleet.issued(id), "%s is not re-assigned", id)
+	}
+
+	_, err = v.e.Rollback(ctx, r.ID, RollbackRequest{Device: a[0]}, "alice")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"2.0.0", "1.0.0"}, v.fleet.issued(a[0]))
+	_, err = v.e.Rollback(ctx, r.ID, RollbackRequest{Device: a[0]}, "alice")
+	assert.ErrorIs(t, err, ErrState)
+	_, err = v.e.Rollback(ctx, r.ID, RollbackRequest{Device: "nope"}, "alice")
+	assert.ErrorIs(t, err, ErrInvalid)
+	_, err = v.e.Rollback(ctx, r.ID, RollbackRequest{Selector: "site=zzz"}, "alice")
+	assert.ErrorIs(t, err, ErrInvalid)
+
+	st, err = v.e.Rollback(ctx, r.ID, RollbackRequest{}, "alice")
+	require.NoError(t, err)
+	assert.Equal(t, StateRolledBack, st.State)
+	assert.Empty(t, v.fleet.on("2.0.0"))
+}
+
+func TestDynamicTargetsAndOfflineDevices(t *testing.T) {
+	v := newEnv(t)
+	v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, devIDs("d", 4)...)
+	ctx := context.Background()
+	spec := threeStages(time.Second)
+	spec.Stages = []Stage{{Canary: 1}, {Percent: 100}}
+	spec.Gates.MaxOfflineFraction = ptr(0.5)
+	r, err := v.e.Create(ctx, spec, "admin")
+	require.NoError(t, err)
+	v.fleet.settle(nil)
+	v.clock.Advance(time.Second)
+	v.e.Tick(ctx)
+	require.Len(t, v.fleet.on("2.0.0"), 4)
+
+	// A stage-2 device goes offline before it reported: it keeps its
+	// assignment and the default min_devices counts only online devices.
+	off := ""
+	for id, rec := range v.get(r.ID).Devices {
+		if rec.Stage == 1 {
+			off = id
+		}
+	}
+	require.NotEmpty(t, off)
+	v.fleet.setOnline(off, false)
+	v.fleet.settle(nil)
+	v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, "late")
+	v.e.Tick(ctx)
+	assert.Contains(t, v.fleet.on("2.0.0"), "late", "a device joining the selector follows the current stage")
+	st := v.get(r.ID)
+	assert.Equal(t, StateRunning, st.State, "late has not reported yet")
+	v.fleet.settle(nil)
+	v.clock.Advance(time.Second)
+	v.e.Tick(ctx)
+	st = v.get(r.ID)
+	assert.Equal(t, StateCompleted, st.State, st.Progress[1].Waiting)
+	assert.Equal(t, Counts{Assigned: 4, Active: 3, Pending: 1, Offline: 1}, st.Stages[1].Devices)
+	assert.Equal(t, "2.0.0", st.Devices[off].Issued, "the offline device keeps its assignment")
+}
+
+func TestRestartContinuesWhereItWas(t *testing.T) {
+	v := newEnv(t)
+	ids := devIDs("d", 10)
+	v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, ids...)
+	ctx := context.Background()
+	r, err := v.e.Create(ctx, threeStages(10*time.Second), "admin")
+	require.NoError(t, err)
+	v.fleet.settle(nil)
+	v.clock.Advance(10 * time.Second)
+	v.e.Tick(ctx)
+	before := v.get(r.ID)
+	require.Equal(t, 1, before.Stage)
+
+	v.e = v.engine() // a control-plane restart: same store, new engine
+	after := v.get(r.ID)
+	assert.Equal(t, before.Rollout.Stage, after.Stage)
+	assert.Equal(t, before.Devices, after.Devices)
+	assert.Equal(t, before.Progress, after.Progress)
+	v.e.Tick(ctx)
+	v.fleet.settle(nil)
+	v.clock.Advance(10 * time.Second)
+	v.e.Tick(ctx)
+	v.fleet.settle(nil)
+	v.clock.Advance(10 * time.Second)
+	v.e.Tick(ctx)
+	assert.Equal(t, StateCompleted, v.get(r.ID).State)
+	for _, id := range ids {
+		assert.Equal(t, []string{"2.0.0"}, v.fleet.issued(id), "no device gets a second instruction")
+	}
+}
+
+func TestUndeliveredIntentIsNotIssuedTwice(t *testing.T) {
+	// A crash between issuing and saving: the record says not issued, the
+	// device's desired state already names the version.
+	v := newEnv(t)
+	v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, "d1")
+	ctx := context.Background()
+	r, err := v.e.Create(ctx, threeStages(time.Second), "admin")
+	require.NoError(t, err)
+	require.Equal(t, []string{"2.0.0"}, v.fleet.issued("d1"))
+	st := v.get(r.ID)
+	rec := st.Devices["d1"]
+	rec.Issued = ""
+	st.Rollout.Devices = map[string]*DeviceRecord{"d1": rec}
+	require.NoError(t, v.kv.SetJSON(keyPrefix+r.ID, &st.Rollout, true))
+	v.e = v.engine()
+	v.e.Tick(ctx)
+	assert.Equal(t, []string{"2.0.0"}, v.fleet.issued("d1"))
+	assert.Equal(t, "2.0.0", v.get(r.ID).Devices["d1"].Issued)
+}
+
+func TestStableRandomOrder(t *testing.T) {
+	ids := devIDs("d", 50)
+	o1 := order("r-1", ids)
+	assert.Equal(t, o1, order("r-1", slices.Clone(ids)), "same rollout, same order")
+	rev := slices.Clone(ids)
+	slices.Reverse(rev)
+	assert.Equal(t, o1, order("r-1", rev), "input order does not matter")
+	assert.NotEqual(t, ids, o1, "not creation order")
+	assert.NotEqual(t, o1, order("r-2", ids), "another rollout, another order")
+	assert.ElementsMatch(t, ids, o1)
+	// Adding devices keeps the relative order of the others.
+	more := order("r-1", append(slices.Clone(ids), devIDs("e", 10)...))
+	var filtered []string
+	for _, id := range more {
+		if id[0] == 'd' {
+			filtered = append(filtered, id)
+		}
+	}
+	assert.Equal(t, o1, filtered)
+}
+
+func TestSpecValidation(t *testing.T) {
+	ok := func() Spec { return threeStages(time.Second) }
+	tests := []struct {
+		name string
+		mod  func(*Spec)
+		want string
+	}{
+		{"no selector", func(s *Spec) { s.Selector = "" }, "selector is required"},
+		{"bad selector", func(s *Spec) { s.Selector = "a==" }, "selector"},
+		{"no stages", func(s *Spec) { s.Stages = nil }, "at least one stage"},
+		{"two kinds", func(s *Spec) { s.Stages[0].Percent = 10 }, "stage 1: give exactly one of"},
+		{"no kind", func(s *Spec) { s.Stages[1] = Stage{} }, "stage 2: give exactly one of"},
+		{"percent range", func(s *Spec) { s.Stages[2].Percent = 120 }, "stage 3: percent 120"},
+		{"on breach", func(s *Spec) { s.OnBreach = "explode" }, "on_breach \"explode\""},
+		{"rate", func(s *Spec) { s.Gates.MaxFailureRate = ptr(1.5) }, "max_failure_rate 1.5"},
+		{"negative bake", func(s *Spec) { s.Stages[0].Bake = -1 }, "must not be negative"},
+		{"model", func(s *Spec) { s.Model = "" }, "model and version"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := ok()
+			tt.mod(&s)
+			err := s.Validate()
+			require.ErrorIs(t, err, ErrInvalid)
+			assert.Contains(t, err.Error(), tt.want)
+		})
+	}
+	s := ok()
+	s.Bake, s.OnBreach = 0, ""
+	require.NoError(t, s.Validate())
+	assert.Equal(t, Duration(DefaultBake), s.Bake)
+	assert.Equal(t, OnBreachPause, s.OnBreach)
+	assert.Equal(t, "stage 1", s.Stages[0].Name)
+}
+
+func TestScheduleStartWindowAndRate(t *testing.T) {
+	v := newEnv(t) // the clock starts at 12:00 UTC
+	ids := devIDs("d", 6)
+	v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, ids...)
+	ctx := context.Background()
+	spec := Spec{Model: "fraud", Version: "2.0.0", Selector: "fleet=demo",
+		Stages: []Stage{{Percent: 100}}, Bake: Duration(time.Second),
+		StartAt:      v.clock.Now().Add(time.Hour),
+		Windows:      []string{"13:30-14:00", "23:00-01:00"},
+		MaxPerMinute: 4,
+	}
+	r, err := v.e.Create(ctx, spec, "admin")
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, v.get(r.ID).State)
+	assert.Empty(t, v.fleet.on("2.0.0"), "before start_at")
+
+	v.clock.Advance(time.Hour) // 13:00: started, outside the windows
+	v.e.Tick(ctx)
+	assert.Equal(t, StateRunning, v.get(r.ID).State)
+	assert.Empty(t, v.fleet.on("2.0.0"), "outside the maintenance windows")
+
+	v.clock.Advance(30 * time.Minute) // 13:30: inside
+	v.e.Tick(ctx)
+	assert.Len(t, v.fleet.on("2.0.0"), 4, "at most 4 per minute")
+	v.fleet.settle(nil)
+	v.clock.Advance(30 * time.Second)
+	v.e.Tick(ctx)
+	st := v.get(r.ID)
+	assert.Equal(t, StateRunning, st.State, "not every device of the stage is assigned yet")
+	assert.Contains(t, st.Progress[0].Waiting, "at most 4 per minute")
+	v.clock.Advance(30 * time.Second)
+	v.e.Tick(ctx)
+	assert.Len(t, v.fleet.on("2.0.0"), 6)
+	v.fleet.settle(nil)
+	v.clock.Advance(29 * time.Minute) // 14:29: outside again
+	v.e.Tick(ctx)
+	st = v.get(r.ID)
+	assert.Equal(t, StateRunning, st.State)
+	assert.Contains(t, st.Progress[0].Waiting, "outside the maintenance windows")
+	v.clock.Advance(9 * time.Hour) // 23:29: inside the window that wraps midnight
+	v.e.Tick(ctx)
+	assert.Equal(t, StateCompleted, v.get(r.ID).State)
+
+	bad := Spec{Model: "fraud", Version: "2.0.0", Selector: "fleet=demo", Stages: []Stage{{Percent: 100}}, Windows: []string{"25:00-01:00"}}
+	assert.ErrorIs(t, bad.Validate(), ErrInvalid)
+}

@@ -1,0 +1,229 @@
+package rollout
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/edgefleet/edgefleet/internal/labels"
+)
+
+// Status is a rollout with its per-stage progress, as the API shows it.
+type Status struct {
+	Rollout
+	Stages []StageStatus `json:"stages"`
+}
+
+// StageStatus is one stage's spec, devices by class and gate results.
+type StageStatus struct {
+	Index int    `json:"index"`
+	Name  string `json:"name"`
+	Kind  string `json:"kind"`
+	// Current marks the stage the rollout is in.
+	Current bool `json:"current,omitempty"`
+	StageProgress
+	// Devices counts the devices this stage assigned.
+	Devices Counts `json:"devices"`
+}
+
+// Get returns one rollout's status. withDevices includes the per-device
+// records.
+func (e *Engine) Get(id string, withDevices bool) (*Status, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	r := e.rollouts[id]
+	if r == nil {
+		return nil, fmt.Errorf("%w: no rollout %q", ErrNotFound, id)
+	}
+	return e.status(r, withDevices), nil
+}
+
+// List returns every rollout's status (without device records), oldest first.
+func (e *Engine) List() []*Status {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []*Status
+	for _, r := range e.sorted() {
+		out = append(out, e.status(r, false))
+	}
+	return out
+}
+
+func (e *Engine) status(r *Rollout, withDevices bool) *Status {
+	devs := e.modelFleet(r.Spec.Model)
+	c := r.clone()
+	if !withDevices {
+		c.Devices = nil
+	}
+	st := &Status{Rollout: *c, Stages: make([]StageStatus, len(r.Spec.Stages))}
+	for i, s := range r.Spec.Stages {
+		st.Stages[i] = StageStatus{
+			Index:         i + 1,
+			Name:          s.Name,
+			Kind:          s.Kind(),
+			Current:       i == r.Stage && !r.State.Terminal(),
+			StageProgress: r.Progress[i],
+		}
+	}
+	for id, rec := range r.Devices {
+		if rec.Stage < len(st.Stages) {
+			d := devs[id]
+			st.Stages[rec.Stage].Devices.add(classify(rec, d), d.Online)
+		}
+	}
+	return st
+}
+
+// op runs fn on rollout id under the lock, then advances and saves it.
+func (e *Engine) op(ctx context.Context, id string, fn func(r *Rollout) error) (*Status, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	r := e.rollouts[id]
+	if r == nil {
+		return nil, fmt.Errorf("%w: no rollout %q", ErrNotFound, id)
+	}
+	if err := fn(r); err != nil {
+		return nil, err
+	}
+	e.advance(ctx, r)
+	return e.status(r, false), nil
+}
+
+func stateErr(r *Rollout, op string) error {
+	return fmt.Errorf("%w: cannot %s rollout %s: it is %s", ErrState, op, r.ID, r.State)
+}
+
+// Pause stops a rollout from assigning devices and advancing stages;
+// devices keep what they were given.
+func (e *Engine) Pause(ctx context.Context, id, actor string) (*Status, error) {
+	return e.op(ctx, id, func(r *Rollout) error {
+		switch r.State {
+		case StatePending, StateRunning, StateWaitingPromotion:
+		default:
+			return stateErr(r, "pause")
+		}
+		r.State, r.Reason = StatePaused, "paused by "+actor
+		e.record(actor, "rollout.pause", r, "ok", map[string]any{"stage": r.Stage + 1})
+		return nil
+	})
+}
+
+// Resume continues a paused rollout; the current stage's bake time starts
+// again, so its gates are judged on fresh figures.
+func (e *Engine) Resume(ctx context.Context, id, actor string) (*Status, error) {
+	return e.op(ctx, id, func(r *Rollout) error {
+		if r.State != StatePaused {
+			return stateErr(r, "resume")
+		}
+		now := e.opts.Clock().UTC()
+		r.State, r.Reason = StateRunning, ""
+		p := &r.Progress[r.Stage]
+		p.Started, p.Finished, p.Result, p.Waiting = now, time.Time{}, "", ""
+		e.record(actor, "rollout.resume", r, "ok", map[string]any{"stage": r.Stage + 1})
+		return nil
+	})
+}
+
+// Promote moves to the next stage (or completes the rollout after the
+// last), whether or not the current stage's gates passed; the audit entry
+// records the gate figures at that moment.
+func (e *Engine) Promote(ctx context.Context, id, actor string) (*Status, error) {
+	return e.op(ctx, id, func(r *Rollout) error {
+		switch r.State {
+		case StateRunning, StateWaitingPromotion:
+		default:
+			return stateErr(r, "promote")
+		}
+		now := e.opts.Clock().UTC()
+		p := &r.Progress[r.Stage]
+		if p.Result == "" {
+			p.Result = "promoted"
+		}
+		p.Finished, p.Waiting = now, ""
+		e.record(actor, "rollout.promote_requested", r, "ok", gateDetails(r.Stage, p.Gates))
+		e.next(r, now, actor)
+		return nil
+	})
+}
+
+// Abort stops a rollout for good; devices keep what they were given.
+func (e *Engine) Abort(ctx context.Context, id, actor string) (*Status, error) {
+	return e.op(ctx, id, func(r *Rollout) error {
+		if r.State.Terminal() {
+			return stateErr(r, "abort")
+		}
+		r.State, r.Reason = StateAborted, "aborted by "+actor
+		e.record(actor, "rollout.abort", r, "ok", map[string]any{"stage": r.Stage + 1})
+		return nil
+	})
+}
+
+// RollbackRequest narrows a rollback: Selector picks a label group of the
+// rollout's devices, Device one device; both empty rolls back everything.
+type RollbackRequest struct {
+	Selector string `json:"selector,omitempty"`
+	Device   string `json:"device,omitempty"`
+}
+
+// Rollback sends devices that got the version back to the version they
+// had before (a new desired-state generation naming it). A whole-rollout
+// rollback ends the rollout (rolled-back); a partial one takes the devices
+// out of it and leaves its state alone.
+func (e *Engine) Rollback(ctx context.Context, id string, req RollbackRequest, actor string) (*Status, error) {
+	var match func(id string, rec *DeviceRecord) bool
+	bindFleet := func(map[string]Device) {}
+	scope := "rollout"
+	switch {
+	case req.Selector != "" && req.Device != "":
+		return nil, invalidf("give selector or device, not both")
+	case req.Selector != "":
+		sel, err := labels.Parse(req.Selector)
+		if err != nil {
+			return nil, invalidf("selector: %v", err)
+		}
+		scope = "group " + sel.String()
+		var devs map[string]Device // fetched under the lock, in op
+		match = func(id string, _ *DeviceRecord) bool { return sel.Match(devs[id].Labels) }
+		bindFleet = func(m map[string]Device) { devs = m }
+	case req.Device != "":
+		scope = "device " + req.Device
+		match = func(id string, _ *DeviceRecord) bool { return id == req.Device }
+	default:
+		match = func(string, *DeviceRecord) bool { return true }
+	}
+	return e.op(ctx, id, func(r *Rollout) error {
+		if req.Device != "" {
+			rec := r.Devices[req.Device]
+			if rec == nil {
+				return invalidf("device %q was not assigned by rollout %s", req.Device, r.ID)
+			}
+			if rec.RolledBack {
+				return fmt.Errorf("%w: device %q is already rolled back", ErrState, req.Device)
+			}
+		}
+		bindFleet(e.modelFleet(r.Spec.Model))
+		n, skipped := e.rollBack(r, match)
+		if n == 0 && (req.Selector != "" || req.Device != "") {
+			return invalidf("no device of rollout %s matches %s (or all are rolled back already)", r.ID, scope)
+		}
+		if req.Selector == "" && req.Device == "" {
+			if r.State == StateRolledBack {
+				return stateErr(r, "roll back")
+			}
+			r.State, r.Reason = StateRolledBack, "rolled back by "+actor
+		}
+		e.record(actor, "rollout.rollback", r, "ok", map[string]any{"scope": scope, "devices": n, "without_previous": skipped})
+		return nil
+	})
+}
+
+// Devices returns the ids a rollout assigned, sorted; for tests and tools.
+func (s *Status) DeviceIDs() []string {
+	ids := make([]string, 0, len(s.Devices))
+	for id := range s.Devices {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
