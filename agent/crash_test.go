@@ -273,3 +273,36 @@ func TestAgentAbandonsCrashLoopingVersion(t *testing.T) {
 	assert.Contains(t, h.lastStatus("dev-1", "fraud").Reason, "abandoned after 3 activation attempts")
 	c.stop(t)
 }
+
+// TestAgentKilledDuringRollback kills the agent at each persisted step of
+// reactivating the previous version from disk; after a restart it ends on
+// that version, with no download.
+func TestAgentKilledDuringRollback(t *testing.T) {
+	v1, v2 := testModels(t)
+	for _, point := range []string{"staged", "committed"} {
+		t.Run(point, func(t *testing.T) {
+			h := newHarness(t)
+			dir := t.TempDir()
+			cfg, inference := h.writeChildConfig(t, "dev-1", dir)
+			// v1 and v2 pass the point once each; the rollback to v1 dies at it.
+			first := startChild(t, cfg, inference, point+":3")
+			m1 := h.publishModel("fraud", "1.0.0", v1, v1.ONNX, nil, nil)
+			h.desire("dev-1", assign(m1))
+			h.waitReported(t, "dev-1", efpb.ModelState_MODEL_STATE_ACTIVE, "1.0.0")
+			h.desire("dev-1", assign(h.publishModel("fraud", "2.0.0", v2, v2.ONNX, nil, nil)))
+			h.waitReported(t, "dev-1", efpb.ModelState_MODEL_STATE_ACTIVE, "2.0.0")
+			fetches := len(h.fetchesFor("dev-1"))
+
+			h.desire("dev-1", assign(m1)) // rollback: a newer generation naming v1
+			first.waitKilled(t)
+			second := startChild(t, cfg, inference, "")
+			h.waitReported(t, "dev-1", efpb.ModelState_MODEL_STATE_ACTIVE, "1.0.0")
+			assert.Len(t, h.fetchesFor("dev-1"), fetches, "the rollback needed no download")
+			c := &oip.Client{BaseURL: "http://" + inference}
+			md, err := c.Metadata(context.Background(), "fraud")
+			require.NoError(t, err)
+			assert.Equal(t, []string{"1.0.0"}, md.Versions)
+			second.stop(t)
+		})
+	}
+}
