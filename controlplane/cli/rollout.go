@@ -125,6 +125,8 @@ func (a *app) rolloutCreate(ctx context.Context, args []string) error {
 	var windows stringList
 	fs.Var(&windows, "window", "daily maintenance window in UTC, HH:MM-HH:MM (repeatable); waves advance only inside one")
 	perMinute := fs.Int("max-per-minute", 0, "assign at most N devices per minute (0: no limit)")
+	sites := fs.String("sites", "", "site-aware waves: spread (every wave across the sites) or one-at-a-time (site by site)")
+	siteLabel := fs.String("site-label", "", "the device label naming the site (default site)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -145,6 +147,8 @@ func (a *app) rolloutCreate(ctx context.Context, args []string) error {
 		AutoPromote:  *auto,
 		Windows:      windows,
 		MaxPerMinute: *perMinute,
+		Sites:        *sites,
+		SiteLabel:    *siteLabel,
 	}
 	if *startAt != "" {
 		t, err := time.Parse(time.RFC3339, *startAt)

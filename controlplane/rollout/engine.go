@@ -287,6 +287,41 @@ func order(rolloutID string, ids []string) []string {
 	return out
 }
 
+// siteOrder rearranges a stable order so that every prefix of it (a wave)
+// is site-aware: "spread" takes devices from each site in turn, "one-at-a-
+// time" takes whole sites in turn. Sites themselves are in a stable random
+// order, and within a site the device order is kept.
+func siteOrder(rolloutID string, ordered []string, devs map[string]Device, mode, label string) []string {
+	if mode == "" {
+		return ordered
+	}
+	bySite := map[string][]string{}
+	var sites []string
+	for _, id := range ordered {
+		site := devs[id].Labels[label]
+		if _, ok := bySite[site]; !ok {
+			sites = append(sites, site)
+		}
+		bySite[site] = append(bySite[site], id)
+	}
+	sites = order(rolloutID+"\x00sites", sites)
+	out := make([]string, 0, len(ordered))
+	if mode == SitesOneAtATime {
+		for _, site := range sites {
+			out = append(out, bySite[site]...)
+		}
+		return out
+	}
+	for i := 0; len(out) < len(ordered); i++ {
+		for _, site := range sites {
+			if ids := bySite[site]; i < len(ids) {
+				out = append(out, ids[i])
+			}
+		}
+	}
+	return out
+}
+
 // targets returns the ids matching the rollout's selector, sorted.
 func (r *Rollout) targets(devs map[string]Device) []string {
 	sel, err := labels.Parse(r.Spec.Selector)
@@ -321,7 +356,7 @@ func (e *Engine) assign(r *Rollout, devs map[string]Device, now time.Time) (comp
 		budget = r.Spec.MaxPerMinute - r.RateCount
 	}
 	targets := r.targets(devs)
-	ordered := order(r.ID, targets)
+	ordered := siteOrder(r.ID, order(r.ID, targets), devs, r.Spec.Sites, r.Spec.SiteLabel)
 	inTarget := make(map[string]bool, len(targets))
 	for _, id := range targets {
 		inTarget[id] = true

@@ -706,3 +706,47 @@ func TestScheduleStartWindowAndRate(t *testing.T) {
 	bad := Spec{Model: "fraud", Version: "2.0.0", Selector: "fleet=demo", Stages: []Stage{{Percent: 100}}, Windows: []string{"25:00-01:00"}}
 	assert.ErrorIs(t, bad.Validate(), ErrInvalid)
 }
+
+func TestSiteAwareWaves(t *testing.T) {
+	for _, tc := range []struct {
+		mode      string
+		canary    int
+		wantSites int // distinct sites in the first wave
+	}{
+		{SitesSpread, 3, 3},
+		{SitesOneAtATime, 4, 1},
+		{"", 12, 3},
+	} {
+		t.Run("sites="+tc.mode, func(t *testing.T) {
+			v := newEnv(t)
+			for _, site := range []string{"a", "b", "c"} {
+				v.fleet.add("1.0.0", map[string]string{"fleet": "demo", "site": site}, devIDs(site, 4)...)
+			}
+			spec := threeStages(time.Minute)
+			spec.Stages = []Stage{{Canary: tc.canary}, {Percent: 100}}
+			spec.Sites = tc.mode
+			r, err := v.e.Create(context.Background(), spec, "ops")
+			require.NoError(t, err)
+			v.e.Tick(context.Background())
+
+			st := v.get(r.ID)
+			sites := map[string]int{}
+			for id, rec := range st.Rollout.Devices {
+				if rec.Stage == 0 {
+					sites[id[:1]]++
+				}
+			}
+			assert.Len(t, sites, tc.wantSites, "first wave by site: %v", sites)
+			if tc.mode == SitesSpread {
+				for site, n := range sites {
+					assert.Equal(t, 1, n, "site %s", site)
+				}
+			}
+		})
+	}
+	v := newEnv(t)
+	spec := threeStages(time.Minute)
+	spec.Sites = "everywhere"
+	_, err := v.e.Create(context.Background(), spec, "ops")
+	assert.ErrorIs(t, err, ErrInvalid)
+}

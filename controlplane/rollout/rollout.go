@@ -163,7 +163,20 @@ type Spec struct {
 	// MaxPerMinute limits how many devices are assigned per minute; 0
 	// means no limit.
 	MaxPerMinute int `json:"max_devices_per_minute,omitempty"`
+	// Sites makes waves site-aware: SitesSpread spreads every wave across
+	// the sites, SitesOneAtATime fills one site before the next. Empty
+	// ignores sites.
+	Sites string `json:"sites,omitempty"`
+	// SiteLabel is the device label naming the site; default "site".
+	SiteLabel string `json:"site_label,omitempty"`
 }
+
+// Site-aware wave orders.
+const (
+	SitesSpread      = "spread"
+	SitesOneAtATime  = "one-at-a-time"
+	defaultSiteLabel = "site"
+)
 
 // Limits of the schedule.
 const maxWindows = 24
@@ -256,6 +269,14 @@ func (s *Spec) Validate() error {
 	}
 	if s.MaxPerMinute < 0 {
 		return invalidf("max_devices_per_minute %d is negative", s.MaxPerMinute)
+	}
+	switch s.Sites {
+	case "", SitesSpread, SitesOneAtATime:
+	default:
+		return invalidf("sites %q: want %q or %q", s.Sites, SitesSpread, SitesOneAtATime)
+	}
+	if s.Sites != "" && s.SiteLabel == "" {
+		s.SiteLabel = defaultSiteLabel
 	}
 	if err := s.Gates.validate("gates"); err != nil {
 		return err
