@@ -44,6 +44,13 @@ type Config struct {
 	HealthPeriod string `yaml:"health_period"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
+	// TLS to the broker (tls:// broker_url): TLSCAFile is the PEM CA bundle
+	// that signed the broker's certificate (empty: the system roots);
+	// TLSCertFile/TLSKeyFile are this device's client certificate and key
+	// for mutual TLS (the certificate's common name is the device id).
+	TLSCAFile   string `yaml:"tls_ca_file,omitempty"`
+	TLSCertFile string `yaml:"tls_cert_file,omitempty"`
+	TLSKeyFile  string `yaml:"tls_key_file,omitempty"`
 }
 
 // LoadConfig reads and strictly decodes a config file.
@@ -105,7 +112,12 @@ func (c *Config) Options() (Options, error) {
 			return o, fmt.Errorf("agent config: health_period %q is not a duration", c.HealthPeriod)
 		}
 	}
+	tlsCfg, err := c.tlsConfig()
+	if err != nil {
+		return o, err
+	}
 	return Options{
+		TLS:               tlsCfg,
 		HealthPeriod:      health,
 		DeviceID:          c.DeviceID,
 		BrokerURL:         c.BrokerURL,

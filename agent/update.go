@@ -348,8 +348,7 @@ func (a *Agent) handleTrust(ctx context.Context, payload []byte) {
 		return
 	}
 	if _, err := a.verify.UpdateTrustBundle(env, a.opts.Clock()); err != nil {
-		a.refused.Add(1)
-		a.log.Warn("trust bundle refused", "err", err)
+		a.refuse(ctx, "", fmt.Sprintf("trust bundle refused: %v", err))
 		return
 	}
 	if err := a.kv.SetSync(keyTrust, payload); err != nil {
@@ -486,6 +485,11 @@ func (a *Agent) handleManifest(ctx context.Context, topic string, payload []byte
 	a.openDownload(ctx, s)
 }
 
+// MaxONNXOpset is the highest default-domain ONNX opset the bundled
+// onnxruntime (1.24) runs; a manifest declaring a higher one is refused
+// before any byte is fetched.
+const MaxONNXOpset = 24
+
 // checkManifest applies every check a manifest must pass before a single
 // byte of its model is fetched.
 func (a *Agent) checkManifest(env *efpb.Envelope, name string, t *target) (*efpb.Manifest, error) {
@@ -507,6 +511,9 @@ func (a *Agent) checkManifest(env *efpb.Envelope, name string, t *target) (*efpb
 	}
 	if rt := m.GetRuntime(); rt != "" && rt != "onnxruntime" {
 		return nil, fmt.Errorf("manifest refused: runtime %q is not supported (want onnxruntime)", rt)
+	}
+	if op := m.GetOpset(); op > MaxONNXOpset {
+		return nil, fmt.Errorf("manifest refused: model needs ONNX opset %d, this runtime supports up to %d", op, MaxONNXOpset)
 	}
 	return m, nil
 }

@@ -240,8 +240,8 @@ func (s *Server) publishRetained(ctx context.Context) error {
 func (s *Server) renew(ctx context.Context) error {
 	now := s.clock()
 	for _, rec := range s.models.all() {
-		if rec.Expires.Sub(now) >= s.opts.ManifestTTL/3 {
-			continue
+		if rec.Expires.Sub(now) >= s.opts.ManifestTTL/3 && signedBy(rec.Envelope, s.keys.release.ID) {
+			continue // re-signed when expiring or after a release-key rotation
 		}
 		if err := s.renewManifest(ctx, rec, now); err != nil {
 			return err
@@ -252,7 +252,7 @@ func (s *Server) renew(ctx context.Context) error {
 	defer s.deployMu.Unlock()
 	var due []string
 	for _, d := range s.reg.list(nil) {
-		if d.Desired != nil && d.Desired.Expires.Sub(now) < s.opts.DesiredTTL/3 {
+		if d.Desired != nil && (d.Desired.Expires.Sub(now) < s.opts.DesiredTTL/3 || s.desiredSignedByOldKey(d.ID)) {
 			due = append(due, d.ID)
 		}
 	}

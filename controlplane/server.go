@@ -80,6 +80,10 @@ type Options struct {
 	// transfer.DefaultLimits().MaxModelSize (256 MiB). Agents enforce their
 	// own limit, so raising it here alone does not help.
 	MaxModelSize uint64
+	// MQTTTLS, if set, makes the embedded broker serve TLS (mutual TLS when
+	// it requires client certificates: see broker.TLSConfig). Devices are
+	// then told a tls:// broker URL.
+	MQTTTLS *tls.Config
 	// Clock is the time source; default time.Now.
 	Clock func() time.Time
 	// Logger receives logs; nil discards them.
@@ -305,6 +309,9 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if s.models, err = loadModels(s.kv); err != nil {
 		return fmt.Errorf("controlplane: %w", err)
 	}
+	if err := s.openSecurity(); err != nil {
+		return fmt.Errorf("controlplane: %w", err)
+	}
 
 	s.runtime = s.opts.Runtime
 	if s.runtime == nil {
@@ -445,6 +452,7 @@ func (s *Server) startBus(ctx context.Context) error {
 		Addr:   s.opts.MQTTListen,
 		Scheme: s.scheme,
 		Auth:   s.reg,
+		TLS:    s.opts.MQTTTLS,
 		Logger: s.opts.Logger,
 	})
 	if err != nil {

@@ -3,11 +3,9 @@ package controlplane
 import (
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/edgefleet/edgefleet/internal/store"
 )
@@ -42,15 +40,4 @@ func ensureAdminToken(kv *store.KV) (hash []byte, token string, err error) {
 		return nil, "", fmt.Errorf("admin token: %w", err)
 	}
 	return sum[:], token, nil
-}
-
-// tokenMatches compares a bearer token with the stored hash in constant
-// time (hashing first makes the comparison length-independent too).
-func tokenMatches(hash []byte, authorization string) bool {
-	token, ok := strings.CutPrefix(authorization, "Bearer ")
-	if !ok {
-		return false
-	}
-	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
-	return subtle.ConstantTimeCompare(sum[:], hash) == 1
 }

@@ -49,6 +49,8 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		return refuse("retained will")
 	case pk.Connect.WillFlag && !h.scheme.DeviceMayPublish(user, pk.Connect.WillTopic, false):
 		return refuse("will topic not allowed")
+	case !certIdentityMatches(cl, user):
+		return refuse("client certificate common name differs from the client id")
 	case !h.auth.AuthenticateDevice(user, pk.Connect.Password):
 		return refuse("bad credentials")
 	}

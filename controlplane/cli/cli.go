@@ -37,6 +37,13 @@ Commands:
   models                    list model versions
   device add ID [--label k=v ...] [--config-out agent.yaml]
                             register a device and print its credentials once
+  device enroll ID [--label k=v ...] [--ttl 1h]
+                            issue a one-time enrollment token for edgefleet-agent enroll
+  device revoke ID          revoke a device's credentials and disconnect it
+  token create --name N --role viewer|operator|admin
+                            create an API token (shown once)
+  token list                list API tokens
+  token revoke ID           revoke an API token
   devices [--selector S]    list devices and their state
   deploy NAME@VERSION (--device ID ... | --selector k=v[,k!=v])
                             issue signed desired states
@@ -58,7 +65,7 @@ Commands:
 
 Global flags (also accepted after the command):
   --api URL          control plane API (env EDGEFLEET_API, default http://127.0.0.1:8080)
-  --token TOKEN      admin API token (env EDGEFLEET_TOKEN)
+  --token TOKEN      API token (env EDGEFLEET_TOKEN; edgefleet token create makes more)
   --token-file PATH  file holding the token (env EDGEFLEET_TOKEN_FILE); serve writes it
 
 Run "edgefleet <command> -h" for the flags of a command.
@@ -222,8 +229,8 @@ func (a *app) globalFlags(fs *flag.FlagSet) {
 		}
 	}
 	fs.StringVar(&a.api, "api", a.api, "control plane API URL (env "+EnvAPI+")")
-	fs.StringVar(&a.token, "token", a.token, "admin API token (env "+EnvToken+")")
-	fs.StringVar(&a.tokenFile, "token-file", a.tokenFile, "file holding the admin API token (env "+EnvTokenFile+")")
+	fs.StringVar(&a.token, "token", a.token, "API token (env "+EnvToken+")")
+	fs.StringVar(&a.tokenFile, "token-file", a.tokenFile, "file holding the API token (env "+EnvTokenFile+")")
 }
 
 // parse parses a command's flags, allowing flags and positional arguments

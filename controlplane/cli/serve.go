@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/broker"
 )
 
 func (a *app) serve(ctx context.Context, args []string) error {
@@ -29,6 +30,10 @@ func (a *app) serve(ctx context.Context, args []string) error {
 	fs.StringVar(&opts.PublicMQTTURL, "public-mqtt-url", "", "broker URL devices are told (default: the broker's own URL)")
 	fs.StringVar(&opts.TopicPrefix, "topic-prefix", "", "MQTT topic prefix (default ef/v1)")
 	fs.StringVar(&opts.ORTLibrary, "ort-lib", "", "path of libonnxruntime.so.1 (default: search; env EDGEFLEET_ORT_LIB)")
+	var tlsCert, tlsKey, clientCA string
+	fs.StringVar(&tlsCert, "mqtt-tls-cert", "", "PEM certificate (chain) for the embedded broker: serve MQTT over TLS")
+	fs.StringVar(&tlsKey, "mqtt-tls-key", "", "PEM private key of --mqtt-tls-cert")
+	fs.StringVar(&clientCA, "mqtt-client-ca", "", "PEM CA bundle: require device client certificates whose common name is the device id (mutual TLS)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
 	fs.Usage = func() {
@@ -41,6 +46,14 @@ func (a *app) serve(ctx context.Context, args []string) error {
 	}
 	if len(pos) > 0 {
 		return usagef("serve takes no arguments, got %q", pos)
+	}
+	if tlsCert != "" || tlsKey != "" || clientCA != "" {
+		if opts.MQTTURL != "" {
+			return usagef("--mqtt-tls-* configure the embedded broker; with --mqtt-url configure TLS on that broker")
+		}
+		if opts.MQTTTLS, err = broker.TLSConfig(tlsCert, tlsKey, clientCA); err != nil {
+			return usagef("%v", err)
+		}
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {

@@ -23,6 +23,9 @@ func main() {
 }
 
 func run() int {
+	if len(os.Args) > 1 && os.Args[1] == "enroll" {
+		return runEnroll(os.Args[2:])
+	}
 	fs := flag.NewFlagSet("edgefleet-agent", flag.ContinueOnError)
 	configPath := fs.String("config", "/etc/edgefleet/agent.yaml", "agent config file (YAML)")
 	showVersion := fs.Bool("version", false, "print the version and exit")

@@ -1,0 +1,387 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/audit"
+)
+
+// Auth-failure rate limit per remote address: a bucket of authBurst
+// failures refilled at authRefill per second. Successful requests cost
+// nothing; a client whose bucket is empty gets 429 with Retry-After before
+// its token is even looked at.
+const (
+	authBurst       = 10
+	authRefill      = 1.0 / 6 // one failure every 6 s in the long run
+	maxLimitBuckets = 10000
+	maxAuditErrBody = 1 << 10
+)
+
+// security is the API's authentication state, created by openSecurity.
+type security struct {
+	tokens  *tokenStore
+	enrolls *enrollStore
+	limiter *failLimiter
+}
+
+// openSecurity opens the audit log, the token store (turning the
+// first-start admin token into the admin token "initial") and the
+// enrollment store. Called by Run once the store is open.
+func (s *Server) openSecurity() error {
+	var err error
+	if s.audit == nil {
+		if s.audit, err = audit.Open(s.db.Namespace("audit"), s.clock); err != nil {
+			return err
+		}
+	}
+	sec := &security{limiter: newFailLimiter(s.clock, authBurst, authRefill)}
+	if sec.tokens, err = loadTokens(s.kv, s.tokenHash, s.clock); err != nil {
+		return err
+	}
+	sec.enrolls = &enrollStore{kv: s.kv, clock: s.clock}
+	s.security = sec
+	return nil
+}
+
+type principalKey struct{}
+
+// PrincipalFrom returns the API token a request authenticated with.
+func PrincipalFrom(ctx context.Context) (APIToken, bool) {
+	p, ok := ctx.Value(principalKey{}).(APIToken)
+	return p, ok
+}
+
+// Actor names who made a request, for audit entries: the API token's name,
+// or "anonymous" on the unauthenticated endpoints (health, enroll).
+func Actor(ctx context.Context) string {
+	if p, ok := PrincipalFrom(ctx); ok {
+		return p.Name
+	}
+	return "anonymous"
+}
+
+// publicRoute reports the endpoints that need no API token: the health
+// check and the enrollment exchange (its enrollment token is the credential).
+func publicRoute(method, path string) bool {
+	return (method == http.MethodGet && path == "/healthz") ||
+		(method == http.MethodPost && path == "/api/v1/enroll")
+}
+
+// requiredRole is the role a route needs. Reading needs viewer, except
+// tokens and enrollments (admin) and the audit log (operator); registering,
+// revoking or deleting devices and anything under enrollments, tokens and
+// keys needs admin; every other change (deployments, models, rollouts,
+// per-device rollbacks) needs operator.
+func requiredRole(method, pattern string) Role {
+	if publicRoute(method, pattern) {
+		return ""
+	}
+	adminArea := false
+	for _, p := range []string{"/api/v1/tokens", "/api/v1/enrollments", "/api/v1/keys"} {
+		if pattern == p || strings.HasPrefix(pattern, p+"/") {
+			adminArea = true
+		}
+	}
+	read := method == http.MethodGet || method == http.MethodHead
+	switch {
+	case adminArea:
+		return RoleAdmin
+	case read && (pattern == "/api/v1/audit" || strings.HasPrefix(pattern, "/api/v1/audit/")):
+		return RoleOperator
+	case read:
+		return RoleViewer
+	case pattern == "/api/v1/devices", pattern == "/api/v1/devices/{id}/revoke",
+		method == http.MethodDelete && strings.HasPrefix(pattern, "/api/v1/devices/"):
+		// Identity: registering, revoking and deleting devices. Other
+		// device actions (a rollback of one device) are operator work.
+		return RoleAdmin
+	}
+	return RoleOperator
+}
+
+// authenticateRequest resolves the bearer token to an API token and puts it
+// in the request's context; failures are rate limited per remote address.
+func (s *Server) authenticateRequest(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if publicRoute(r.Method, r.URL.Path) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		remote := remoteHost(r)
+		if wait := s.security.limiter.blocked(remote); wait > 0 {
+			tooManyFailures(w, wait)
+			return
+		}
+		auth := r.Header.Get("Authorization")
+		secret, ok := strings.CutPrefix(auth, "Bearer ")
+		var tok APIToken
+		if ok {
+			tok, ok = s.security.tokens.lookup(strings.TrimSpace(secret))
+		}
+		if !ok {
+			s.security.limiter.fail(remote)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="edgefleet"`)
+			msg := "invalid API token"
+			if auth == "" {
+				msg = "missing API token: send Authorization: Bearer <token> (the token serve printed at first start, or one from edgefleet token create)"
+			}
+			writeJSON(w, http.StatusUnauthorized, ErrorResponse{Error: msg})
+			return
+		}
+		authed := r.WithContext(context.WithValue(r.Context(), principalKey{}, tok))
+		next.ServeHTTP(w, authed)
+		r.Pattern = authed.Pattern // the mux set it on the copy; instrument reads it
+	})
+}
+
+func tooManyFailures(w http.ResponseWriter, wait time.Duration) {
+	secs := int(math.Ceil(wait.Seconds()))
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	writeJSON(w, http.StatusTooManyRequests, ErrorResponse{Error: fmt.Sprintf("too many failed authentication attempts from this address; retry in %d s", secs)})
+}
+
+// authorize wraps one route: it checks the token's role against the
+// route's and writes an audit entry for every call that may change state
+// (who, what, when, result).
+func (s *Server) authorize(method, pattern string, h http.Handler) http.Handler {
+	need := requiredRole(method, pattern)
+	mutating := method != http.MethodGet && method != http.MethodHead
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if need != "" {
+			p, ok := PrincipalFrom(r.Context())
+			if !ok || !p.Role.Allows(need) {
+				msg := fmt.Sprintf("token %q has role %s; %s %s needs %s", p.Name, p.Role, method, pattern, need)
+				if mutating {
+					s.record(r, method, pattern, http.StatusForbidden, msg)
+				}
+				writeJSON(w, http.StatusForbidden, ErrorResponse{Error: msg})
+				return
+			}
+		}
+		if !mutating {
+			h.ServeHTTP(w, r)
+			return
+		}
+		aw := &auditWriter{ResponseWriter: w, code: http.StatusOK}
+		h.ServeHTTP(aw, r)
+		msg := ""
+		if aw.code >= 400 {
+			var e ErrorResponse
+			if json.Unmarshal(aw.errBody, &e) == nil {
+				msg = e.Error
+			}
+		}
+		s.record(r, method, pattern, aw.code, msg)
+	})
+}
+
+// record writes one API call to the audit log. A failure to audit is
+// logged: the call already happened.
+func (s *Server) record(r *http.Request, method, pattern string, code int, errMsg string) {
+	result := "ok"
+	if code >= 400 {
+		result = fmt.Sprintf("HTTP %d: %s", code, errMsg)
+	}
+	e := audit.Entry{
+		Actor:   Actor(r.Context()),
+		Action:  "api." + method + " " + pattern,
+		Target:  r.URL.Path,
+		Result:  result,
+		Details: map[string]any{"status": code, "remote": remoteHost(r)},
+	}
+	if p, ok := PrincipalFrom(r.Context()); ok {
+		e.Details["token_id"] = p.ID
+	}
+	if _, err := s.audit.Record(e); err != nil {
+		s.log.Error("audit record failed", "action", e.Action, "err", err)
+	}
+}
+
+// auditWriter captures the status and the start of an error body.
+type auditWriter struct {
+	http.ResponseWriter
+	code        int
+	wroteHeader bool
+	errBody     []byte
+}
+
+func (w *auditWriter) WriteHeader(code int) {
+	if !w.wroteHeader {
+		w.code, w.wroteHeader = code, true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *auditWriter) Write(b []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.code >= 400 && len(w.errBody) < maxAuditErrBody {
+		n := min(len(b), maxAuditErrBody-len(w.errBody))
+		w.errBody = append(w.errBody, b[:n]...)
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *auditWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func remoteHost(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// failLimiter is a token bucket of allowed failures per key.
+type failLimiter struct {
+	clock func() time.Time
+	burst float64
+	rate  float64 // failures per second refilled
+
+	mu      sync.Mutex // guards buckets
+	buckets map[string]*bucket
+}
+
+type bucket struct {
+	level float64 // failures still allowed
+	last  time.Time
+}
+
+func newFailLimiter(clock func() time.Time, burst int, rate float64) *failLimiter {
+	return &failLimiter{clock: clock, burst: float64(burst), rate: rate, buckets: map[string]*bucket{}}
+}
+
+// refill brings b up to now; callers hold mu.
+func (l *failLimiter) refill(b *bucket, now time.Time) {
+	if dt := now.Sub(b.last).Seconds(); dt > 0 {
+		b.level = math.Min(l.burst, b.level+dt*l.rate)
+	}
+	b.last = now
+}
+
+// blocked returns how long key must wait before its next attempt (0: it may try).
+func (l *failLimiter) blocked(key string) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.buckets[key]
+	if b == nil {
+		return 0
+	}
+	l.refill(b, l.clock())
+	if b.level >= 1 {
+		return 0
+	}
+	return time.Duration((1 - b.level) / l.rate * float64(time.Second))
+}
+
+// fail spends one allowed failure of key.
+func (l *failLimiter) fail(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.clock()
+	b := l.buckets[key]
+	if b == nil {
+		if len(l.buckets) >= maxLimitBuckets {
+			l.evict(now)
+		}
+		b = &bucket{level: l.burst, last: now}
+		l.buckets[key] = b
+	}
+	l.refill(b, now)
+	b.level = math.Max(0, b.level-1)
+}
+
+// evict drops buckets that have refilled (they hold no information), and
+// if that is not enough, arbitrary ones; callers hold mu.
+func (l *failLimiter) evict(now time.Time) {
+	for k, b := range l.buckets {
+		l.refill(b, now)
+		if b.level >= l.burst {
+			delete(l.buckets, k)
+		}
+	}
+	for k := range l.buckets {
+		if len(l.buckets) < maxLimitBuckets/2 {
+			break
+		}
+		delete(l.buckets, k)
+	}
+}
+
+// Token and audit endpoints.
+
+func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
+	var req CreateTokenRequest
+	if err := decodeJSON(w, r, maxRegisterBody, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	role, err := ParseRole(req.Role)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	tok, err := s.security.tokens.create(req.Name, role, Actor(r.Context()))
+	if err != nil {
+		s.logIfInternal(err, "create token")
+		writeError(w, err)
+		return
+	}
+	w.Header().Set("Location", "/api/v1/tokens/"+tok.ID)
+	writeJSON(w, http.StatusCreated, tok)
+}
+
+func (s *Server) handleListTokens(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, s.security.tokens.list())
+}
+
+func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
+	tok, err := s.security.tokens.revoke(r.PathValue("id"))
+	if err != nil {
+		s.logIfInternal(err, "revoke token")
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, tok)
+}
+
+func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	aq := audit.Query{Action: q.Get("action"), Target: q.Get("target")}
+	if v := q.Get("since"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			writeError(w, newErr(ErrInvalid, "query parameter since=%q: want an RFC 3339 time such as 2026-01-02T15:04:05Z", v))
+			return
+		}
+		aq.Since = t
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 10000 {
+			writeError(w, newErr(ErrInvalid, "query parameter limit=%q: want 1..10000", v))
+			return
+		}
+		aq.Limit = n
+	}
+	list, err := s.audit.List(aq)
+	if err != nil {
+		s.logIfInternal(err, "list audit")
+		writeError(w, err)
+		return
+	}
+	if list == nil {
+		list = []audit.Entry{}
+	}
+	writeJSON(w, http.StatusOK, list)
+}

@@ -1,0 +1,200 @@
+package controlplane
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/edgefleet/edgefleet/controlplane/audit"
+)
+
+func (ts *testServer) createToken(name string, role Role) CreatedToken {
+	ts.t.Helper()
+	var tok CreatedToken
+	code, body := ts.doJSON("POST", "/api/v1/tokens", CreateTokenRequest{Name: name, Role: string(role)}, &tok)
+	require.Equal(ts.t, http.StatusCreated, code, "create token %s: %s", name, body)
+	require.True(ts.t, strings.HasPrefix(tok.Token, TokenPrefix))
+	return tok
+}
+
+func TestTokenRoles(t *testing.T) {
+	ts := newTestServer(t, nil)
+	viewer := ts.createToken("grafana", RoleViewer)
+	operator := ts.createToken("ci-deployer", RoleOperator)
+	admin2 := ts.createToken("second-admin", RoleAdmin)
+
+	deploy := `{"model":"nope","version":"v1","devices":["x"]}`
+	tests := []struct {
+		name, token, method, path, body string
+		want                            int
+	}{
+		{"viewer reads devices", viewer.Token, "GET", "/api/v1/devices", "", http.StatusOK},
+		{"viewer reads metrics", viewer.Token, "GET", "/metrics", "", http.StatusOK},
+		{"viewer cannot deploy", viewer.Token, "POST", "/api/v1/deployments", deploy, http.StatusForbidden},
+		{"viewer cannot list tokens", viewer.Token, "GET", "/api/v1/tokens", "", http.StatusForbidden},
+		{"viewer cannot read audit", viewer.Token, "GET", "/api/v1/audit", "", http.StatusForbidden},
+		{"operator deploys (404: no such model)", operator.Token, "POST", "/api/v1/deployments", deploy, http.StatusNotFound},
+		{"operator reads audit", operator.Token, "GET", "/api/v1/audit", "", http.StatusOK},
+		{"operator cannot register devices", operator.Token, "POST", "/api/v1/devices", `{"id":"d1"}`, http.StatusForbidden},
+		{"operator cannot create tokens", operator.Token, "POST", "/api/v1/tokens", `{"name":"x","role":"admin"}`, http.StatusForbidden},
+		{"operator cannot enroll", operator.Token, "POST", "/api/v1/enrollments", `{"device_id":"d1"}`, http.StatusForbidden},
+		{"operator cannot revoke devices", operator.Token, "POST", "/api/v1/devices/d1/revoke", "", http.StatusForbidden},
+		{"admin registers devices", admin2.Token, "POST", "/api/v1/devices", `{"id":"d1"}`, http.StatusCreated},
+		{"admin lists tokens", admin2.Token, "GET", "/api/v1/tokens", "", http.StatusOK},
+		{"bad role", ts.token, "POST", "/api/v1/tokens", `{"name":"x","role":"root"}`, http.StatusBadRequest},
+		{"bad name", ts.token, "POST", "/api/v1/tokens", `{"name":"a b","role":"viewer"}`, http.StatusBadRequest},
+		{"duplicate name", ts.token, "POST", "/api/v1/tokens", `{"name":"grafana","role":"viewer"}`, http.StatusConflict},
+		{"unknown field", ts.token, "POST", "/api/v1/tokens", `{"name":"y","role":"viewer","admin":true}`, http.StatusBadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, body := ts.doToken(tt.token, tt.method, tt.path, strings.NewReader(tt.body), "Content-Type", "application/json")
+			assert.Equal(t, tt.want, code, "%s %s: %s", tt.method, tt.path, body)
+			if code == http.StatusForbidden {
+				assert.Contains(t, errorMessage(t, body), "needs ")
+			}
+		})
+	}
+
+	// The list has no secrets; "initial" is the first-start token.
+	code, body := ts.do("GET", "/api/v1/tokens", nil)
+	require.Equal(t, http.StatusOK, code)
+	assert.NotContains(t, string(body), viewer.Token)
+	assert.NotContains(t, string(body), "hash")
+	var list []APIToken
+	require.NoError(t, json.Unmarshal(body, &list))
+	names := map[string]Role{}
+	for _, tok := range list {
+		names[tok.Name] = tok.Role
+	}
+	assert.Equal(t, map[string]Role{InitialTokenName: RoleAdmin, "grafana": RoleViewer, "ci-deployer": RoleOperator, "second-admin": RoleAdmin}, names)
+
+	// Revoked tokens stop working at once; the last admin token stays.
+	code, body = ts.do("DELETE", "/api/v1/tokens/"+viewer.ID, nil)
+	require.Equal(t, http.StatusOK, code, "%s", body)
+	code, _ = ts.doToken(viewer.Token, "GET", "/api/v1/devices", nil)
+	assert.Equal(t, http.StatusUnauthorized, code)
+	code, _ = ts.do("DELETE", "/api/v1/tokens/"+viewer.ID, nil)
+	assert.Equal(t, http.StatusNotFound, code)
+	code, body = ts.doToken(admin2.Token, "DELETE", "/api/v1/tokens/initial", nil)
+	require.Equal(t, http.StatusOK, code, "%s", body)
+	code, body = ts.doToken(admin2.Token, "DELETE", "/api/v1/tokens/"+admin2.ID, nil)
+	assert.Equal(t, http.StatusBadRequest, code)
+	assert.Contains(t, errorMessage(t, body), "last admin token")
+	code, _ = ts.do("GET", "/api/v1/devices", nil)
+	assert.Equal(t, http.StatusUnauthorized, code, "the revoked initial token")
+
+	// Every mutating call is audited with who, what and the result.
+	entries, err := ts.audit.List(audit.Query{Action: "api."})
+	require.NoError(t, err)
+	type row struct{ actor, action, result string }
+	var got []row
+	for _, e := range entries {
+		got = append(got, row{e.Actor, e.Action, e.Result})
+	}
+	assert.Contains(t, got, row{"initial", "api.POST /api/v1/tokens", "ok"})
+	assert.Contains(t, got, row{"second-admin", "api.POST /api/v1/devices", "ok"})
+	assert.Contains(t, got, row{"ci-deployer", "api.POST /api/v1/deployments", `HTTP 404: model nope version v1 does not exist; upload it first`})
+	assert.Contains(t, got, row{"grafana", "api.POST /api/v1/deployments", `HTTP 403: token "grafana" has role viewer; POST /api/v1/deployments needs operator`})
+	assert.Contains(t, got, row{"second-admin", "api.DELETE /api/v1/tokens/{id}", "ok"})
+
+	// The audit log is readable over the API, filtered.
+	var viaAPI []audit.Entry
+	code, body = ts.doToken(operator.Token, "GET", "/api/v1/audit?action=api.POST+/api/v1/devices", nil)
+	require.Equal(t, http.StatusOK, code, "%s", body)
+	require.NoError(t, json.Unmarshal(body, &viaAPI))
+	require.Len(t, viaAPI, 2, "the refused and the accepted registration")
+	assert.Equal(t, "ci-deployer", viaAPI[0].Actor)
+	assert.Equal(t, "second-admin", viaAPI[1].Actor)
+	assert.Equal(t, "ok", viaAPI[1].Result)
+	code, _ = ts.doToken(operator.Token, "GET", "/api/v1/audit?since=yesterday", nil)
+	assert.Equal(t, http.StatusBadRequest, code)
+}
+
+func TestTokensSurviveRestart(t *testing.T) {
+	dir := t.TempDir()
+	first := newTestServer(t, func(o *Options) { o.DataDir = dir })
+	op := first.createToken("op", RoleOperator)
+	first.stop()
+
+	second := newTestServer(t, func(o *Options) { o.DataDir = dir })
+	code, _ := second.doToken(op.Token, "GET", "/api/v1/devices", nil)
+	assert.Equal(t, http.StatusOK, code)
+	code, _ = second.doToken(op.Token, "POST", "/api/v1/devices", strings.NewReader(`{"id":"x"}`))
+	assert.Equal(t, http.StatusForbidden, code, "the role is kept")
+	assert.Len(t, second.security.tokens.list(), 2)
+}
+
+func TestAuthFailuresAreRateLimited(t *testing.T) {
+	clock := newTestClock(time.Now())
+	ts := newTestServer(t, func(o *Options) { o.Clock = clock.Now })
+	bad := TokenPrefix + strings.Repeat("0", 64)
+	for i := range authBurst {
+		code, _ := ts.doToken(bad, "GET", "/api/v1/devices", nil)
+		require.Equal(t, http.StatusUnauthorized, code, "attempt %d", i+1)
+	}
+	req, err := http.NewRequest("GET", ts.APIURL()+"/api/v1/devices", nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+ts.token)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusTooManyRequests, resp.StatusCode, "even a good token waits once the address is blocked")
+	assert.Equal(t, "6", resp.Header.Get("Retry-After"))
+	// Enrollment exchanges share the limit.
+	code, _ := ts.doToken("", "POST", "/api/v1/enroll", strings.NewReader(`{"token":"x"}`))
+	assert.Equal(t, http.StatusTooManyRequests, code)
+
+	clock.Add(6 * time.Second) // one failure refilled
+	code, _ = ts.do("GET", "/api/v1/devices", nil)
+	assert.Equal(t, http.StatusOK, code)
+	code, _ = ts.doToken(bad, "GET", "/api/v1/devices", nil)
+	assert.Equal(t, http.StatusUnauthorized, code)
+	code, _ = ts.doToken(bad, "GET", "/api/v1/devices", nil)
+	assert.Equal(t, http.StatusTooManyRequests, code)
+	// The health check is never limited.
+	code, _ = ts.doToken("", "GET", "/healthz", nil)
+	assert.Equal(t, http.StatusOK, code)
+}
+
+func TestFailLimiterBoundsMemory(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	l := newFailLimiter(func() time.Time { return now }, 3, 1)
+	for i := range maxLimitBuckets + 10 {
+		l.fail("10.0." + strings.Repeat("x", i%7) + string(rune('a'+i%26)) + "." + time.Duration(i).String())
+	}
+	assert.LessOrEqual(t, len(l.buckets), maxLimitBuckets)
+}
+
+func TestRequiredRole(t *testing.T) {
+	tests := []struct {
+		method, pattern string
+		want            Role
+	}{
+		{"GET", "/healthz", ""},
+		{"POST", "/api/v1/enroll", ""},
+		{"GET", "/api/v1/devices", RoleViewer},
+		{"GET", "/metrics", RoleViewer},
+		{"POST", "/api/v1/devices", RoleAdmin},
+		{"POST", "/api/v1/devices/{id}/revoke", RoleAdmin},
+		{"GET", "/api/v1/tokens", RoleAdmin},
+		{"DELETE", "/api/v1/tokens/{id}", RoleAdmin},
+		{"POST", "/api/v1/enrollments", RoleAdmin},
+		{"POST", "/api/v1/keys/rotate", RoleAdmin},
+		{"GET", "/api/v1/audit", RoleOperator},
+		{"POST", "/api/v1/deployments", RoleOperator},
+		{"POST", "/api/v1/models/{name}/versions/{version}", RoleOperator},
+		{"POST", "/api/v1/rollouts/{id}/pause", RoleOperator},
+		{"GET", "/api/v1/rollouts", RoleViewer},
+		{"POST", "/api/v1/devices/{id}/rollback", RoleOperator},
+		{"DELETE", "/api/v1/devices/{id}", RoleAdmin},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.want, requiredRole(tt.method, tt.pattern), "requiredRole(%s, %s)", tt.method, tt.pattern)
+	}
+}

@@ -1,0 +1,153 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/edgefleet/edgefleet/agent"
+)
+
+func (ts *testServer) enrollment(req EnrollmentRequest) Enrollment {
+	ts.t.Helper()
+	var e Enrollment
+	code, body := ts.doJSON("POST", "/api/v1/enrollments", req, &e)
+	require.Equal(ts.t, http.StatusCreated, code, "enrollment: %s", body)
+	return e
+}
+
+// exchange posts an enrollment token without any API token, as the agent does.
+func (ts *testServer) exchange(token string) (int, DeviceCredentials, string) {
+	ts.t.Helper()
+	code, body := ts.doToken("", "POST", "/api/v1/enroll", strings.NewReader(`{"token":"`+token+`"}`), "Content-Type", "application/json")
+	var creds DeviceCredentials
+	if code == http.StatusOK {
+		require.NoError(ts.t, json.Unmarshal(body, &creds))
+		return code, creds, ""
+	}
+	return code, creds, errorMessage(ts.t.(*testing.T), body)
+}
+
+func TestEnrollmentIsOneTimeAndExpires(t *testing.T) {
+	clock := newTestClock(time.Now())
+	ts := newTestServer(t, func(o *Options) { o.Clock = clock.Now })
+
+	e := ts.enrollment(EnrollmentRequest{DeviceID: "cam-1", Labels: map[string]string{"site": "berlin"}, TTL: "30m"})
+	assert.True(t, strings.HasPrefix(e.Token, EnrollTokenPrefix))
+	assert.False(t, e.Reenroll)
+
+	code, creds, msg := ts.exchange(e.Token)
+	require.Equal(t, http.StatusOK, code, msg)
+	assert.Equal(t, "cam-1", creds.ID)
+	assert.Equal(t, ts.BrokerURL(), creds.BrokerURL)
+	assert.Equal(t, ts.RootPublicKeyPEM(), creds.RootPublicKey)
+	dev, err := ts.Device("cam-1")
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"site": "berlin"}, dev.Labels)
+	deviceClient(t, creds) // the credentials work
+
+	code, _, msg = ts.exchange(e.Token)
+	assert.Equal(t, http.StatusGone, code)
+	assert.Contains(t, msg, "already used")
+
+	late := ts.enrollment(EnrollmentRequest{DeviceID: "cam-2"})
+	clock.Add(DefaultEnrollmentTTL)
+	code, _, msg = ts.exchange(late.Token)
+	assert.Equal(t, http.StatusGone, code)
+	assert.Contains(t, msg, "expired")
+	assert.False(t, ts.reg.exists("cam-2"))
+
+	code, _, msg = ts.exchange(EnrollTokenPrefix + strings.Repeat("a", 64))
+	assert.Equal(t, http.StatusUnauthorized, code)
+	assert.Contains(t, msg, "unknown")
+	code, _, _ = ts.exchange("ef_not-an-enrollment-token")
+	assert.Equal(t, http.StatusUnauthorized, code)
+
+	for _, tt := range []struct {
+		name string
+		req  EnrollmentRequest
+	}{
+		{"bad id", EnrollmentRequest{DeviceID: "a/b"}},
+		{"ttl too long", EnrollmentRequest{DeviceID: "x", TTL: "720h"}},
+		{"ttl garbage", EnrollmentRequest{DeviceID: "x", TTL: "soon"}},
+		{"labels on existing device", EnrollmentRequest{DeviceID: "cam-1", Labels: map[string]string{"a": "b"}}},
+	} {
+		code, body := ts.doJSON("POST", "/api/v1/enrollments", tt.req, nil)
+		assert.Equal(t, http.StatusBadRequest, code, "%s: %s", tt.name, body)
+	}
+}
+
+func TestRevokeDisconnectsAndReenrollRestores(t *testing.T) {
+	ts := newTestServer(t, nil)
+	creds := ts.register("dev-1", nil)
+	c := deviceClient(t, creds)
+	require.True(t, c.IsConnected())
+
+	var res RevokeResult
+	code, body := ts.doJSON("POST", "/api/v1/devices/dev-1/revoke", nil, &res)
+	require.Equal(t, http.StatusOK, code, "%s", body)
+	assert.True(t, res.Disconnected)
+	require.Eventually(t, func() bool { return !c.IsConnected() }, 10*time.Second, 10*time.Millisecond)
+	_, err := dialDevice(creds.BrokerURL, creds.Username, creds.Password)
+	require.Error(t, err, "a revoked device cannot reconnect")
+
+	code, _ = ts.doJSON("POST", "/api/v1/devices/nope/revoke", nil, nil)
+	assert.Equal(t, http.StatusNotFound, code)
+
+	// Revocation survives a restart of the registry.
+	reg, err := loadRegistry(ts.kv, ts.clock)
+	require.NoError(t, err)
+	assert.False(t, reg.AuthenticateDevice("dev-1", []byte(creds.Password)))
+
+	// Enrolling the device again issues new credentials; the old ones stay dead.
+	e := ts.enrollment(EnrollmentRequest{DeviceID: "dev-1"})
+	assert.True(t, e.Reenroll)
+	code, fresh, msg := ts.exchange(e.Token)
+	require.Equal(t, http.StatusOK, code, msg)
+	assert.NotEqual(t, creds.Password, fresh.Password)
+	deviceClient(t, fresh)
+	_, err = dialDevice(creds.BrokerURL, creds.Username, creds.Password)
+	assert.Error(t, err)
+}
+
+// TestAgentEnrollWritesWorkingConfig runs the agent's side of enrollment
+// (agent.Enroll + WriteConfig, what `edgefleet-agent enroll` does) against
+// a real control plane and connects with the written config.
+func TestAgentEnrollWritesWorkingConfig(t *testing.T) {
+	ts := newTestServer(t, nil)
+	e := ts.enrollment(EnrollmentRequest{DeviceID: "edge-7", Labels: map[string]string{"site": "lyon"}})
+	out := filepath.Join(t.TempDir(), "agent.yaml")
+	ctx := context.Background()
+
+	cfg, err := agent.Enroll(ctx, agent.EnrollOptions{ControlPlane: ts.APIURL(), Token: e.Token, DataDir: "/var/lib/x"})
+	require.NoError(t, err)
+	require.NoError(t, agent.WriteConfig(out, cfg, false))
+	fi, err := os.Stat(out)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	loaded, err := agent.LoadConfig(out)
+	require.NoError(t, err)
+	opts, err := loaded.Options()
+	require.NoError(t, err)
+	assert.Equal(t, "edge-7", opts.DeviceID)
+	assert.Equal(t, ts.BrokerURL(), opts.BrokerURL)
+	c, err := dialDevice(opts.BrokerURL, loaded.Username, loaded.Password)
+	require.NoError(t, err, "the enrolled credentials connect")
+	c.Disconnect(50)
+
+	assert.ErrorContains(t, agent.WriteConfig(out, cfg, false), "exists")
+
+	_, err = agent.Enroll(ctx, agent.EnrollOptions{ControlPlane: ts.APIURL(), Token: e.Token, DataDir: "/var/lib/x"})
+	require.ErrorIs(t, err, agent.ErrEnrollRefused)
+	assert.ErrorContains(t, err, "already used")
+	_, err = agent.Enroll(ctx, agent.EnrollOptions{ControlPlane: "ftp://x", Token: e.Token, DataDir: "/x"})
+	assert.ErrorContains(t, err, "want an http")
+}

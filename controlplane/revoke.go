@@ -1,0 +1,93 @@
+package controlplane
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"net/http"
+
+	"github.com/edgefleet/edgefleet/internal/store"
+)
+
+// RevokeResult is the answer to POST /api/v1/devices/{id}/revoke.
+type RevokeResult struct {
+	ID string `json:"id"`
+	// Disconnected reports that a live session was closed (embedded broker
+	// only; an external broker's ACL/password file must be updated there).
+	Disconnected bool `json:"disconnected"`
+}
+
+// setPassword gives a registered device a new random password, replacing
+// the old one, and returns it.
+func (r *registry) setPassword(id string) (string, error) {
+	raw := make([]byte, 32)
+	salt := make([]byte, 16)
+	if _, err := rand.Read(raw); err != nil {
+		return "", fmt.Errorf("set password: %w", err)
+	}
+	if _, err := rand.Read(salt); err != nil {
+		return "", fmt.Errorf("set password: %w", err)
+	}
+	password := base64.RawURLEncoding.EncodeToString(raw)
+	cred := credential{Salt: salt, Hash: hashPassword(salt, []byte(password))}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.devices[id]
+	if e == nil {
+		return "", newErr(ErrNotFound, "device %q is not registered", id)
+	}
+	if err := r.kv.SetJSON(prefixCreds+id, &cred, true); err != nil {
+		return "", fmt.Errorf("set password %s: %w", id, err)
+	}
+	e.cred = cred
+	return password, nil
+}
+
+// revokeCredential deletes a device's password: AuthenticateDevice refuses
+// it from now on (also after a restart). The device record stays, so its
+// history remains and it can be enrolled again.
+func (r *registry) revokeCredential(id string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.devices[id]
+	if e == nil {
+		return newErr(ErrNotFound, "device %q is not registered", id)
+	}
+	if err := r.kv.Update(func(tx *store.Tx) error { return tx.Delete(prefixCreds + id) }, true); err != nil {
+		return fmt.Errorf("revoke %s: %w", id, err)
+	}
+	e.cred = credential{}
+	return nil
+}
+
+// disconnectDevice closes a device's broker session (embedded broker only).
+func (s *Server) disconnectDevice(id string) bool {
+	if eb, ok := s.bus.(*embeddedBus); ok {
+		return eb.b.Disconnect(id)
+	}
+	return false
+}
+
+// RevokeDevice revokes a device's credentials and disconnects it: it
+// cannot reconnect until it is enrolled again.
+func (s *Server) RevokeDevice(id string) (RevokeResult, error) {
+	if !s.isReady() {
+		return RevokeResult{}, errNotReady
+	}
+	if err := s.reg.revokeCredential(id); err != nil {
+		return RevokeResult{}, err
+	}
+	res := RevokeResult{ID: id, Disconnected: s.disconnectDevice(id)}
+	s.log.Info("device credentials revoked", "device", id, "disconnected", res.Disconnected)
+	return res, nil
+}
+
+func (s *Server) handleRevokeDevice(w http.ResponseWriter, r *http.Request) {
+	res, err := s.RevokeDevice(r.PathValue("id"))
+	if err != nil {
+		s.logIfInternal(err, "revoke device")
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
