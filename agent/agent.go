@@ -77,6 +77,22 @@ type Options struct {
 	// Limits bound what a manifest may declare.
 	Limits transfer.Limits
 
+	// DisableMonitoring turns off per-inference monitoring (drift
+	// sketches, latency, label joins); telemetry then carries no reports.
+	DisableMonitoring bool
+	// LabelCapacity bounds the predictions kept per model for delayed
+	// labels; the oldest is dropped first. Default DefaultLabelCapacity.
+	LabelCapacity int
+	// LabelTTL is how long a prediction waits for its label. Default
+	// DefaultLabelTTL.
+	LabelTTL time.Duration
+	// OutboxMaxReports and OutboxMaxBytes bound the telemetry reports kept
+	// on disk while the broker is unreachable; when full the oldest is
+	// dropped and counted. Defaults DefaultOutboxMaxReports and
+	// DefaultOutboxMaxBytes.
+	OutboxMaxReports int
+	OutboxMaxBytes   int64
+
 	// Version is the agent's own version, reported in telemetry.
 	Version string
 	// Clock returns the current time. Default time.Now.
@@ -148,6 +164,9 @@ type Agent struct {
 	slots  map[string]*slot
 	client *mqttc.Client
 
+	mon    *monitors // nil when monitoring is disabled; see monitor.go
+	outbox *outbox   // set in open; see outbox.go
+
 	// u is the update state: touched only by the Run goroutine.
 	u updater
 
@@ -181,6 +200,9 @@ func New(opts Options) (*Agent, error) {
 		ready:  make(chan struct{}),
 	}
 	a.u.subs = map[string]bool{}
+	if !opts.DisableMonitoring {
+		a.mon = newMonitors(&a.opts)
+	}
 	return a, nil
 }
 
@@ -225,7 +247,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	if a.infLn != nil {
 		srv := &http.Server{
-			Handler:           oip.NewHandler(backend{a}, oip.HandlerOptions{Logger: a.log}),
+			Handler:           oip.NewHandler(backend{a}, oip.HandlerOptions{Logger: a.log, Extensions: []string{oip.FeedbackExtension}}),
 			ReadHeaderTimeout: 10 * time.Second,
 		}
 		wg.Go(func() {
@@ -244,6 +266,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent started", "inference", a.InferenceAddr(), "broker", a.opts.BrokerURL)
 
 	wg.Go(func() { a.connectLoop(ctx) })
+	wg.Go(func() { a.outbox.run(ctx, time.Second, a.sendQueued) })
 	a.updateLoop(ctx)
 	return nil
 }
@@ -280,6 +303,11 @@ func (a *Agent) open() error {
 	if err := a.restore(); err != nil {
 		return err
 	}
+	ob, err := openOutbox(a.kv.Namespace("outbox"), a.opts.OutboxMaxReports, a.opts.OutboxMaxBytes, a.log)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.outbox = ob
 	if a.opts.InferenceListen != "" {
 		ln, err := net.Listen("tcp", a.opts.InferenceListen)
 		if err != nil {

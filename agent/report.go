@@ -14,8 +14,9 @@ import (
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
-// publish sends one QoS 1 report. Reports made while disconnected are not
-// queued: the agent reports its full state again on every connect.
+// publish sends one QoS 1 report. Status reports made while disconnected
+// are not queued: the agent reports its full state again on every connect.
+// Telemetry is queued instead (outbox.go).
 func (a *Agent) publish(ctx context.Context, topic string, payload []byte) {
 	c := a.mqtt()
 	if c == nil || !c.IsConnected() {
@@ -107,12 +108,19 @@ func (a *Agent) sendTelemetry(ctx context.Context) {
 		}
 		t.Models = append(t.Models, am)
 	}
+	if a.mon != nil {
+		t.Monitoring = a.mon.collect(a.opts.Clock())
+	}
+	t.ReportsDropped = a.outbox.Dropped()
 	b, err := proto.Marshal(t)
 	if err != nil {
 		a.log.Error("encode telemetry", "err", err)
 		return
 	}
-	a.publish(ctx, a.topics.Telemetry(a.opts.DeviceID), b)
+	// Store and forward (outbox.go): queued on disk, sent in order.
+	if err := a.outbox.push(t.Seq, b); err != nil {
+		a.log.Error("queue telemetry", "err", err)
+	}
 }
 
 func (a *Agent) presenceMessage(online bool) *mqttc.Message {

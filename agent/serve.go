@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/oip"
@@ -27,6 +28,7 @@ type servedModel struct {
 
 	inferences atomic.Uint64
 	errors     atomic.Uint64
+	mon        atomic.Pointer[modelMonitor] // set on first use, see monitor.go
 }
 
 func (m *servedModel) close() {
@@ -139,9 +141,11 @@ func (b backend) Infer(ctx context.Context, name string, in []oip.Tensor) (strin
 	for i, t := range in {
 		inputs[i] = infer.Tensor{Name: t.Name, Shape: t.Shape, Data: t.Data}
 	}
+	start := time.Now()
 	outs, err := m.sess.Run(inputs)
 	if err != nil {
 		m.errors.Add(1)
+		b.a.observeError(name, m)
 		return m.version, nil, err
 	}
 	m.inferences.Add(1)
@@ -149,5 +153,6 @@ func (b backend) Infer(ctx context.Context, name string, in []oip.Tensor) (strin
 	for i, t := range outs {
 		res[i] = oip.Tensor{Name: t.Name, Shape: t.Shape, Data: t.Data}
 	}
+	b.a.observe(ctx, name, m, in, res, time.Since(start))
 	return m.version, res, nil
 }

@@ -211,6 +211,7 @@ func (s *Server) onTelemetry(topic string, payload []byte) {
 			Rejects:    m.Rejects,
 		})
 	}
+	s.ingestMonitoring(dev, t) // monitoring.go
 	known, err := s.reg.update(dev, func(d *Device, now time.Time) bool {
 		d.Online, d.LastSeen = true, now
 		if t.AgentVersion != "" {

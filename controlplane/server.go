@@ -231,6 +231,7 @@ func New(opts Options) (*Server, error) {
 			return float64(s.models.count())
 		},
 	)
+	s.monMetrics = newMonitorMetrics(s.metrics.reg)
 	return s, nil
 }
 
@@ -327,6 +328,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if err := s.openMonitoring(); err != nil {
 		return fmt.Errorf("controlplane: %w", err)
 	}
+	closers = append(closers, s.flushMonitoring) // after the bus stopped delivering
 	if err := s.openRollouts(); err != nil {
 		return fmt.Errorf("controlplane: %w", err)
 	}

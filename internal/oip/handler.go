@@ -66,6 +66,7 @@ type handler struct {
 //	GET  /v2/models/{name}[/versions/{version}]       model metadata
 //	GET  /v2/models/{name}[/versions/{version}]/ready model readiness
 //	POST /v2/models/{name}[/versions/{version}]/infer inference
+//	POST /v2/models/{name}/feedback                   ground-truth labels (see FeedbackBackend)
 //
 // Inference requests are validated against the model's schema before the
 // backend sees them. Every response, errors included, is JSON; errors are
@@ -101,6 +102,7 @@ func NewHandler(b Backend, opts HandlerOptions) http.Handler {
 		{"GET", "/v2/models/{name}/versions/{version}/ready", h.modelReady},
 		{"POST", "/v2/models/{name}/infer", h.infer},
 		{"POST", "/v2/models/{name}/versions/{version}/infer", h.infer},
+		{"POST", "/v2/models/{name}/feedback", h.feedback},
 	}
 	for _, rt := range routes {
 		h.mux.HandleFunc(rt.method+" "+rt.path, rt.fn)
@@ -209,7 +211,7 @@ func (h *handler) infer(w http.ResponseWriter, r *http.Request) {
 		id = h.opts.NewID()
 	}
 
-	version, outs, err := h.b.Infer(r.Context(), info.Name, inputs)
+	version, outs, err := h.b.Infer(WithInferenceID(r.Context(), id), info.Name, inputs)
 	if err != nil {
 		h.inferFailed(w, r, info, id, err)
 		return

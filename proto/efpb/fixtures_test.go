@@ -180,6 +180,35 @@ var fixtures = []struct {
 			"05312e312e30180520e807280230033a05302e312e3040901c488080c00c5001",
 	},
 	{
+		// A second Telemetry: the monitoring fields (added 2026-11-25).
+		name: "Telemetry",
+		msg: &efpb.Telemetry{
+			ProtocolVersion: 1,
+			DeviceId:        "dev-002",
+			Seq:             100,
+			TimeUnixMs:      1795608030123,
+			Monitoring: []*efpb.MonitorReport{{
+				ModelName: "fraud", ModelVersion: "1.0.0",
+				WindowStartUnixMs: 1795608000123, WindowEndUnixMs: 1795608030123,
+				Rows:             40,
+				Features:         []*efpb.FeatureSketch{{Name: "amount", Counts: []uint64{10, 20, 10}, Nan: 1}},
+				PredictionCounts: []uint64{30, 10},
+				LatencyEdgesUs:   []float64{100, 1000},
+				LatencyCounts:    []uint64{5, 30, 5},
+				Labelled:         20, Correct: 18, Binary: true,
+				Tp: 2, Fp: 1, Fn: 1, Tn: 16,
+				CalibrationCounts: []uint64{17, 3}, CalibrationPositives: []uint64{1, 2},
+				UnknownLabels: 4, DuplicateLabels: 5, Errors: 6,
+			}},
+			ReportsDropped: 7,
+		},
+		hex: "080112076465762d303032186420abd7d094a1345a6c0a056672617564120531" +
+			"2e302e3018fbecce94a13420abd7d094a1342828320f0a06616d6f756e741203" +
+			"0a140a18013a021e0a421000000000000059400000000000408f404a03051e05" +
+			"5014581260016802700178018001108a010211039201020102980104a00105a8" +
+			"01066007",
+	},
+	{
 		name: "Presence",
 		msg:  &efpb.Presence{DeviceId: "dev-001", Online: true, TimeUnixMs: 1795608000123, AgentVersion: "0.1.0"},
 		hex:  "0a076465762d303031100118fbecce94a1342205302e312e30",
@@ -230,7 +259,7 @@ func TestFixturesDecode(t *testing.T) {
 // TestFixturesNamedForTheirType keeps the table honest: one entry per wire
 // message type, named for it.
 func TestFixturesNamedForTheirType(t *testing.T) {
-	want := []string{"Envelope", "TrustBundle", "Manifest", "DesiredState", "Chunk", "FetchRequest", "StatusEvent", "Telemetry", "Presence"}
+	want := []string{"Envelope", "TrustBundle", "Manifest", "DesiredState", "Chunk", "FetchRequest", "StatusEvent", "Telemetry", "Telemetry", "Presence"}
 	var got []string
 	for _, fx := range fixtures {
 		assert.Equal(t, fx.name, string(fx.msg.ProtoReflect().Descriptor().Name()))

@@ -1,0 +1,499 @@
+// Package monitor is the control plane's model-monitoring store: it ingests
+// the agents' monitoring reports (deduplicated by device and sequence
+// number), aggregates them per model version × site × cohort × device in
+// time buckets kept in badger (raw minutes for a day, hourly rollups for a
+// month), answers metric queries (accuracy, PSI/KS per feature, prediction
+// drift, latency quantiles), and evaluates alert rules that write audit
+// events and call a signed retrain webhook. The controlplane package owns
+// one Aggregator; the rollout engine reads it through VersionMetrics.
+package monitor
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/edgefleet/edgefleet/internal/store"
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+// Defaults of zero Options fields.
+const (
+	DefaultRawBucket       = time.Minute
+	DefaultRawRetention    = 24 * time.Hour
+	DefaultRollupRetention = 30 * 24 * time.Hour
+	DefaultGateWindow      = time.Hour
+	rollupBucket           = time.Hour
+	// maxFeatures and maxBins bound what one report may carry.
+	maxFeatures = 256
+	maxBins     = 1024
+)
+
+// ErrInvalidReport is wrapped by Ingest errors about a malformed report.
+var ErrInvalidReport = errors.New("monitor: invalid report")
+
+// Options configure an Aggregator. Zero values take the defaults above.
+type Options struct {
+	// KV is the aggregator's own store namespace. Required.
+	KV *store.KV
+	// Clock is the time source; default time.Now.
+	Clock func() time.Time
+	// Logger; nil discards.
+	Logger *slog.Logger
+	// RawBucket is the width of a raw bucket; default one minute.
+	RawBucket time.Duration
+	// RawRetention is how long raw buckets are kept before Sweep rolls them
+	// up into hourly buckets; default 24h.
+	RawRetention time.Duration
+	// RollupRetention is how long hourly buckets are kept; default 30 days.
+	RollupRetention time.Duration
+	// GateWindow is the time range VersionMetrics looks back; default 1h.
+	GateWindow time.Duration
+	// FlushEvery and FlushInterval batch ingest writes: reports are merged
+	// in memory and written in one transaction once FlushEvery telemetry
+	// messages are pending or FlushInterval passed since the last write
+	// (checked at ingest; the owner also calls Flush periodically and at
+	// shutdown). Defaults 256 and one second; FlushEvery 1 writes each
+	// message at once.
+	FlushEvery    int
+	FlushInterval time.Duration
+	// Reference returns the reference feature statistics of a model
+	// version (from its manifest); nil or false means none (no input drift).
+	Reference func(model, version string) ([]*efpb.FeatureStats, bool)
+	// Site returns the site label of a device ("" if none).
+	Site func(device string) string
+	// Cohort returns the rollout cohort (stage) a device is in for a model
+	// version ("" if none); nil means none.
+	Cohort func(device, model, version string) string
+}
+
+// Aggregator ingests and answers monitoring data. Safe for concurrent use.
+type Aggregator struct {
+	opts Options
+	log  *slog.Logger
+
+	// mu serialises ingest and sweep read-modify-writes of buckets and
+	// guards lastSeq and the counters.
+	mu       sync.Mutex
+	lastSeq  map[string]uint64 // device → highest ingested telemetry seq
+	pending  map[string]*cell  // cell key → counts not yet written
+	pendSeq  map[string]uint64 // device → seq to write with pending
+	pendN    int               // telemetry messages in pending
+	flushed  time.Time         // last write
+	ingested uint64
+	dups     uint64
+	dropped  map[string]uint64 // device → reports its outbox dropped (cumulative)
+}
+
+// Open returns the aggregator over opts.KV, recovering the last sequence
+// number of every device.
+func Open(opts Options) (*Aggregator, error) {
+	if opts.KV == nil {
+		return nil, errors.New("monitor: KV is required")
+	}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
+	if opts.RawBucket <= 0 {
+		opts.RawBucket = DefaultRawBucket
+	}
+	if opts.RawRetention <= 0 {
+		opts.RawRetention = DefaultRawRetention
+	}
+	if opts.RollupRetention <= 0 {
+		opts.RollupRetention = DefaultRollupRetention
+	}
+	if opts.GateWindow <= 0 {
+		opts.GateWindow = DefaultGateWindow
+	}
+	if opts.FlushEvery <= 0 {
+		opts.FlushEvery = 256
+	}
+	if opts.FlushInterval <= 0 {
+		opts.FlushInterval = time.Second
+	}
+	if opts.Site == nil {
+		opts.Site = func(string) string { return "" }
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	a := &Aggregator{opts: opts, log: log.With("component", "monitor"), lastSeq: map[string]uint64{}, dropped: map[string]uint64{},
+		pending: map[string]*cell{}, pendSeq: map[string]uint64{}, flushed: opts.Clock()}
+	err := opts.KV.Scan(seqPrefix, func(key string, val []byte) error {
+		if len(val) == 8 {
+			a.lastSeq[key[len(seqPrefix):]] = binary.BigEndian.Uint64(val)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("monitor: open: %w", err)
+	}
+	return a, nil
+}
+
+// Key layout:
+//
+//	s/<device>                                     last ingested seq (8 bytes)
+//	r/<model>/<version>/<bucket unix %016x>/<device>  raw cell (JSON)
+//	h/<model>/<version>/<bucket unix %016x>/<device>  hourly cell (JSON)
+const (
+	seqPrefix    = "s/"
+	rawPrefix    = "r/"
+	hourlyPrefix = "h/"
+)
+
+func cellKey(prefix, model, version string, bucket time.Time, device string) string {
+	return fmt.Sprintf("%s%s/%s/%016x/%s", prefix, model, version, bucket.Unix(), device)
+}
+
+// parseCellKey splits a cell key (without its r/ or h/ prefix).
+func parseCellKey(rest string) (model, version string, bucket time.Time, device string, ok bool) {
+	parts := strings.SplitN(rest, "/", 4)
+	if len(parts) != 4 {
+		return "", "", time.Time{}, "", false
+	}
+	sec, err := strconv.ParseInt(parts[2], 16, 64)
+	if err != nil {
+		return "", "", time.Time{}, "", false
+	}
+	return parts[0], parts[1], time.Unix(sec, 0).UTC(), parts[3], true
+}
+
+// cell is the sum of the reports of one device for one model version in
+// one bucket. Counts only, so cells merge by addition.
+type cell struct {
+	Site    string `json:"site,omitempty"`
+	Cohort  string `json:"cohort,omitempty"`
+	Reports uint64 `json:"reports"`
+	Counts
+}
+
+// Counts are mergeable monitoring counts.
+type Counts struct {
+	Rows      uint64              `json:"rows"`
+	Errors    uint64              `json:"errors,omitempty"`
+	Labelled  uint64              `json:"labelled,omitempty"`
+	Correct   uint64              `json:"correct,omitempty"`
+	Binary    bool                `json:"binary,omitempty"`
+	TP        uint64              `json:"tp,omitempty"`
+	FP        uint64              `json:"fp,omitempty"`
+	FN        uint64              `json:"fn,omitempty"`
+	TN        uint64              `json:"tn,omitempty"`
+	Unknown   uint64              `json:"unknown_labels,omitempty"`
+	Duplicate uint64              `json:"duplicate_labels,omitempty"`
+	Features  map[string][]uint64 `json:"features,omitempty"`
+	Pred      []uint64            `json:"pred,omitempty"`
+	LatEdges  []float64           `json:"lat_edges,omitempty"`
+	Lat       []uint64            `json:"lat,omitempty"`
+	CalN      []uint64            `json:"cal_n,omitempty"`
+	CalPos    []uint64            `json:"cal_pos,omitempty"`
+}
+
+func addSlice(dst []uint64, src []uint64) []uint64 {
+	if len(src) == 0 {
+		return dst
+	}
+	if len(dst) == 0 {
+		return append([]uint64(nil), src...)
+	}
+	if len(dst) != len(src) {
+		return dst // bins changed: keep the first (cannot happen within a version)
+	}
+	for i, v := range src {
+		dst[i] += v
+	}
+	return dst
+}
+
+// Add merges o into c.
+func (c *Counts) Add(o *Counts) {
+	c.Rows += o.Rows
+	c.Errors += o.Errors
+	c.Labelled += o.Labelled
+	c.Correct += o.Correct
+	c.Binary = c.Binary || o.Binary
+	c.TP += o.TP
+	c.FP += o.FP
+	c.FN += o.FN
+	c.TN += o.TN
+	c.Unknown += o.Unknown
+	c.Duplicate += o.Duplicate
+	for name, v := range o.Features {
+		if c.Features == nil {
+			c.Features = map[string][]uint64{}
+		}
+		c.Features[name] = addSlice(c.Features[name], v)
+	}
+	c.Pred = addSlice(c.Pred, o.Pred)
+	if len(c.LatEdges) == 0 {
+		c.LatEdges = o.LatEdges
+	}
+	c.Lat = addSlice(c.Lat, o.Lat)
+	c.CalN = addSlice(c.CalN, o.CalN)
+	c.CalPos = addSlice(c.CalPos, o.CalPos)
+}
+
+// countsOf checks a report and converts it.
+func countsOf(r *efpb.MonitorReport) (*Counts, error) {
+	if len(r.Features) > maxFeatures {
+		return nil, fmt.Errorf("%w: %d features, at most %d", ErrInvalidReport, len(r.Features), maxFeatures)
+	}
+	for _, s := range [][]uint64{r.PredictionCounts, r.LatencyCounts, r.CalibrationCounts, r.CalibrationPositives} {
+		if len(s) > maxBins {
+			return nil, fmt.Errorf("%w: %d bins, at most %d", ErrInvalidReport, len(s), maxBins)
+		}
+	}
+	if len(r.LatencyCounts) != 0 && len(r.LatencyCounts) != len(r.LatencyEdgesUs)+1 {
+		return nil, fmt.Errorf("%w: %d latency counts for %d edges", ErrInvalidReport, len(r.LatencyCounts), len(r.LatencyEdgesUs))
+	}
+	if r.Correct > r.Labelled {
+		return nil, fmt.Errorf("%w: %d correct of %d labelled", ErrInvalidReport, r.Correct, r.Labelled)
+	}
+	c := &Counts{
+		Rows: r.Rows, Errors: r.Errors, Labelled: r.Labelled, Correct: r.Correct, Binary: r.Binary,
+		TP: r.Tp, FP: r.Fp, FN: r.Fn, TN: r.Tn, Unknown: r.UnknownLabels, Duplicate: r.DuplicateLabels,
+		Pred: r.PredictionCounts, LatEdges: r.LatencyEdgesUs, Lat: r.LatencyCounts,
+		CalN: r.CalibrationCounts, CalPos: r.CalibrationPositives,
+	}
+	for _, f := range r.Features {
+		if len(f.Counts) > maxBins || f.Name == "" {
+			return nil, fmt.Errorf("%w: feature %q with %d bins", ErrInvalidReport, f.Name, len(f.Counts))
+		}
+		if c.Features == nil {
+			c.Features = map[string][]uint64{}
+		}
+		c.Features[f.Name] = f.Counts
+	}
+	return c, nil
+}
+
+// Ingest adds the monitoring reports of one telemetry message from device.
+// A message whose seq is not above the device's last one is a duplicate
+// (the agent resends what was not acknowledged): it is counted and
+// ignored, and Ingest returns dup = true. validName checks model names and
+// versions (they become key parts).
+func (a *Aggregator) Ingest(device string, seq uint64, t *efpb.Telemetry, validName func(model, version string) error) (dup bool, err error) {
+	cells := map[string]*cell{}
+	now := a.opts.Clock()
+	for _, r := range t.GetMonitoring() {
+		if err := validName(r.ModelName, r.ModelVersion); err != nil {
+			return false, fmt.Errorf("%w: %v", ErrInvalidReport, err)
+		}
+		c, err := countsOf(r)
+		if err != nil {
+			return false, err
+		}
+		// The bucket is the window's end as the device saw it, but never in
+		// the future nor older than raw retention (clock skew).
+		at := time.UnixMilli(r.WindowEndUnixMs)
+		if at.After(now) || at.Before(now.Add(-a.opts.RawRetention)) {
+			at = now
+		}
+		key := cellKey(rawPrefix, r.ModelName, r.ModelVersion, at.Truncate(a.opts.RawBucket), device)
+		ce := cells[key]
+		if ce == nil {
+			ce = &cell{Site: a.opts.Site(device)}
+			if a.opts.Cohort != nil {
+				ce.Cohort = a.opts.Cohort(device, r.ModelName, r.ModelVersion)
+			}
+			cells[key] = ce
+		}
+		ce.Reports++
+		ce.Add(c)
+	}
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if seq <= a.lastSeq[device] {
+		a.dups++
+		return true, nil
+	}
+	a.dropped[device] = t.GetReportsDropped()
+	for key, ce := range cells {
+		if p := a.pending[key]; p != nil {
+			p.Reports += ce.Reports
+			p.Add(&ce.Counts)
+		} else {
+			a.pending[key] = ce
+		}
+	}
+	a.lastSeq[device] = seq
+	a.pendSeq[device] = seq
+	a.pendN++
+	a.ingested++
+	if a.pendN >= a.opts.FlushEvery || now.Sub(a.flushed) >= a.opts.FlushInterval {
+		if err := a.flushLocked(now); err != nil {
+			return false, err
+		}
+	}
+	return false, nil
+}
+
+// Flush writes the pending reports.
+func (a *Aggregator) Flush() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.flushLocked(a.opts.Clock())
+}
+
+// flushLocked writes pending cells (merged into what is stored) and the
+// devices' sequence numbers in one transaction; on failure they stay
+// pending for the next attempt. a.mu is held.
+func (a *Aggregator) flushLocked(now time.Time) error {
+	a.flushed = now
+	if a.pendN == 0 {
+		return nil
+	}
+	err := a.opts.KV.Update(func(tx *store.Tx) error {
+		for key, ce := range a.pending {
+			var old cell
+			err := tx.GetJSON(key, &old)
+			switch {
+			case err == nil:
+				old.Reports += ce.Reports
+				old.Add(&ce.Counts)
+				if err := tx.SetJSON(key, &old); err != nil {
+					return err
+				}
+				continue
+			case !errors.Is(err, store.ErrNotFound):
+				return err
+			}
+			if err := tx.SetJSON(key, ce); err != nil {
+				return err
+			}
+		}
+		for dev, seq := range a.pendSeq {
+			var b [8]byte
+			binary.BigEndian.PutUint64(b[:], seq)
+			if err := tx.Set(seqPrefix+dev, b[:]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, false)
+	if err != nil {
+		return fmt.Errorf("monitor: ingest: %w", err)
+	}
+	clear(a.pending)
+	clear(a.pendSeq)
+	a.pendN = 0
+	return nil
+}
+
+// Stats are ingest counters since start.
+type Stats struct {
+	Ingested   uint64 // telemetry messages aggregated
+	Duplicates uint64 // dropped as already seen
+}
+
+// Stats returns the ingest counters.
+func (a *Aggregator) Stats() Stats {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return Stats{Ingested: a.ingested, Duplicates: a.dups}
+}
+
+// ReportsDropped is the number of reports device's outbox dropped because
+// it was full, as it last said.
+func (a *Aggregator) ReportsDropped(device string) uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.dropped[device]
+}
+
+// Sweep rolls raw buckets older than RawRetention up into hourly buckets
+// and deletes hourly buckets older than RollupRetention. The control plane
+// calls it periodically; tests call it with an injected clock.
+func (a *Aggregator) Sweep() error {
+	if err := a.Flush(); err != nil {
+		return err
+	}
+	now := a.opts.Clock()
+	rawCut := now.Add(-a.opts.RawRetention)
+	hourCut := now.Add(-a.opts.RollupRetention)
+	type move struct {
+		key, hourKey string
+		c            cell
+	}
+	var moves []move
+	err := a.opts.KV.Scan(rawPrefix, func(key string, val []byte) error {
+		model, version, bucket, device, ok := parseCellKey(key[len(rawPrefix):])
+		if !ok || !bucket.Before(rawCut) {
+			return nil
+		}
+		var c cell
+		if err := json.Unmarshal(val, &c); err != nil {
+			return fmt.Errorf("decode %s: %w", key, err)
+		}
+		moves = append(moves, move{key: key, hourKey: cellKey(hourlyPrefix, model, version, bucket.Truncate(rollupBucket), device), c: c})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("monitor: sweep: %w", err)
+	}
+	var expired []string
+	err = a.opts.KV.Scan(hourlyPrefix, func(key string, _ []byte) error {
+		if _, _, bucket, _, ok := parseCellKey(key[len(hourlyPrefix):]); ok && bucket.Add(rollupBucket).Before(hourCut) {
+			expired = append(expired, key)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("monitor: sweep: %w", err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	const batch = 200
+	for len(moves) > 0 {
+		n := min(batch, len(moves))
+		part := moves[:n]
+		moves = moves[n:]
+		err := a.opts.KV.Update(func(tx *store.Tx) error {
+			for _, m := range part {
+				var h cell
+				if err := tx.GetJSON(m.hourKey, &h); err != nil && !errors.Is(err, store.ErrNotFound) {
+					return err
+				}
+				h.Site, h.Cohort = m.c.Site, m.c.Cohort
+				h.Reports += m.c.Reports
+				h.Add(&m.c.Counts)
+				if err := tx.SetJSON(m.hourKey, &h); err != nil {
+					return err
+				}
+				if err := tx.Delete(m.key); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, false)
+		if err != nil {
+			return fmt.Errorf("monitor: rollup: %w", err)
+		}
+	}
+	for len(expired) > 0 {
+		n := min(batch, len(expired))
+		part := expired[:n]
+		expired = expired[n:]
+		err := a.opts.KV.Update(func(tx *store.Tx) error {
+			for _, k := range part {
+				if err := tx.Delete(k); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, false)
+		if err != nil {
+			return fmt.Errorf("monitor: retention: %w", err)
+		}
+	}
+	return nil
+}

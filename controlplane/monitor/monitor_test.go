@@ -1,0 +1,327 @@
+package monitor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/edgefleet/edgefleet/controlplane/audit"
+	"github.com/edgefleet/edgefleet/internal/drift"
+	"github.com/edgefleet/edgefleet/internal/store"
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+var reference = []*efpb.FeatureStats{
+	{Name: "amount", BinEdges: []float64{10, 100}, BinFractions: []float64{0.25, 0.5, 0.25}},
+}
+
+var sites = map[string]string{"a1": "alpha", "a2": "alpha", "b1": "beta"}
+
+type fixture struct {
+	agg *Aggregator
+	clk *clock
+	db  *store.DB
+	dir string
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{clk: &clock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}, dir: t.TempDir()}
+	f.open(t)
+	return f
+}
+
+func (f *fixture) open(t *testing.T) {
+	t.Helper()
+	db, err := store.Open(store.Options{Dir: f.dir, Profile: store.ProfileServer})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	f.db = db
+	f.agg, err = Open(Options{
+		KV:        db.Namespace("monitor"),
+		Clock:     f.clk.Now,
+		Reference: func(m, v string) ([]*efpb.FeatureStats, bool) { return reference, m == "fraud" },
+		Site:      func(d string) string { return sites[d] },
+	})
+	require.NoError(t, err)
+}
+
+func validName(m, v string) error {
+	if m == "" || v == "" {
+		return errors.New("empty model name or version")
+	}
+	return nil
+}
+
+// report is one window: amounts counted in the reference bins, labels.
+func report(f *fixture, amount []uint64, labelled, correct uint64) *efpb.Telemetry {
+	var rows uint64
+	for _, c := range amount {
+		rows += c
+	}
+	return &efpb.Telemetry{Monitoring: []*efpb.MonitorReport{{
+		ModelName: "fraud", ModelVersion: "1.0.0",
+		WindowEndUnixMs:  f.clk.Now().UnixMilli(),
+		Rows:             rows,
+		Features:         []*efpb.FeatureSketch{{Name: "amount", Counts: amount}},
+		PredictionCounts: []uint64{rows, 0},
+		LatencyEdgesUs:   []float64{100, 1000},
+		LatencyCounts:    []uint64{0, rows, 0},
+		Labelled:         labelled, Correct: correct, Binary: true,
+		Tp: correct / 2, Tn: correct - correct/2, Fp: labelled - correct,
+	}}}
+}
+
+func TestIngestDedupQueryBySite(t *testing.T) {
+	f := newFixture(t)
+	ingest := func(dev string, seq uint64, tm *efpb.Telemetry) bool {
+		t.Helper()
+		dup, err := f.agg.Ingest(dev, seq, tm, validName)
+		require.NoError(t, err)
+		return dup
+	}
+	// Alpha sees the reference distribution, beta has drifted to big amounts.
+	assert.False(t, ingest("a1", 1, report(f, []uint64{25, 50, 25}, 100, 90)))
+	assert.False(t, ingest("a2", 7, report(f, []uint64{25, 50, 25}, 100, 90)))
+	assert.False(t, ingest("b1", 3, report(f, []uint64{5, 25, 70}, 100, 60)))
+	assert.True(t, ingest("b1", 3, report(f, []uint64{5, 25, 70}, 100, 60)), "same seq again")
+	assert.True(t, ingest("b1", 2, report(f, []uint64{5, 25, 70}, 100, 60)), "older seq")
+	assert.Equal(t, Stats{Ingested: 3, Duplicates: 2}, f.agg.Stats())
+
+	_, err := f.agg.Ingest("b1", 9, &efpb.Telemetry{Monitoring: []*efpb.MonitorReport{{ModelName: "fraud", ModelVersion: "1.0.0", Labelled: 1, Correct: 2}}}, validName)
+	assert.ErrorIs(t, err, ErrInvalidReport)
+
+	res, err := f.agg.Query(Query{Model: "fraud", Version: "1.0.0", By: BySite, To: f.clk.Now().Add(time.Minute)})
+	require.NoError(t, err)
+	assert.EqualValues(t, 300, res.Total.Rows)
+	assert.EqualValues(t, 3, res.Total.Devices)
+	require.NotNil(t, res.Total.Accuracy)
+	assert.InDelta(t, 0.8, *res.Total.Accuracy, 1e-9)
+	require.Len(t, res.Groups, 2)
+	alpha, beta := res.Groups[0], res.Groups[1]
+	assert.Equal(t, "alpha", alpha.Key)
+	assert.Equal(t, 2, alpha.Devices)
+	assert.InDelta(t, 0, alpha.MaxPSI, 1e-9)
+	assert.InDelta(t, 0.9, *alpha.Accuracy, 1e-9)
+	// Beta: PSI computed from the fractions directly.
+	ref := []float64{0.25, 0.5, 0.25}
+	wantPSI := drift.PSI(ref, []float64{0.05, 0.25, 0.7})
+	assert.Greater(t, wantPSI, 0.25)
+	assert.InDelta(t, wantPSI, beta.MaxPSI, 1e-9)
+	assert.Equal(t, "amount", beta.MaxPSIFeature)
+	require.Len(t, beta.Features, 1)
+	assert.InDelta(t, 0.45, beta.Features[0].KS, 1e-9) // CDFs .25/.75 vs .05/.30
+	assert.InDelta(t, 0.6, *beta.Accuracy, 1e-9)
+	require.NotNil(t, beta.Precision)
+	assert.InDelta(t, 30.0/(30+40), *beta.Precision, 1e-9)
+	assert.Greater(t, alpha.LatencyP50Ms, 0.1)
+	assert.Less(t, alpha.LatencyP99Ms, 1.0+1e-9)
+	assert.Len(t, res.Devices, 3)
+
+	// VersionMetrics for the rollout gates.
+	g, ok := f.agg.VersionMetrics("fraud", "1.0.0", []string{"b1"})
+	require.True(t, ok)
+	assert.InDelta(t, 0.6, g.Accuracy, 1e-9)
+	assert.Equal(t, 100, g.Labelled)
+	assert.InDelta(t, wantPSI, g.DriftScore, 1e-9)
+	_, ok = f.agg.VersionMetrics("fraud", "9.9.9", nil)
+	assert.False(t, ok)
+
+	_, err = f.agg.Query(Query{Model: "fraud", Version: "1.0.0", By: "colour"})
+	assert.ErrorContains(t, err, "colour")
+
+	// Sequence numbers survive a restart: a resent report stays a duplicate.
+	require.NoError(t, f.db.Close())
+	f.open(t)
+	dup, err := f.agg.Ingest("b1", 3, report(f, []uint64{5, 25, 70}, 100, 60), validName)
+	require.NoError(t, err)
+	assert.True(t, dup)
+}
+
+func TestSweepRollsUpAndExpires(t *testing.T) {
+	f := newFixture(t)
+	start := f.clk.Now()
+	for i := range 6 { // one report every 10 minutes in one hour
+		_, err := f.agg.Ingest("a1", uint64(i+1), report(f, []uint64{1, 2, 1}, 4, 3), validName)
+		require.NoError(t, err)
+		f.clk.Add(10 * time.Minute)
+	}
+	countKeys := func(prefix string) int {
+		n := 0
+		require.NoError(t, f.agg.opts.KV.Scan(prefix, func(string, []byte) error { n++; return nil }))
+		return n
+	}
+	q := Query{Model: "fraud", Version: "1.0.0", From: start.Add(-time.Hour), To: start.Add(2 * time.Hour)}
+	before, err := f.agg.Query(q)
+	require.NoError(t, err)
+	require.NoError(t, f.agg.Sweep())
+	assert.Equal(t, 6, countKeys(rawPrefix), "fresh raw buckets stay")
+
+	f.clk.Add(25 * time.Hour)
+	require.NoError(t, f.agg.Sweep())
+	assert.Zero(t, countKeys(rawPrefix))
+	assert.Equal(t, 1, countKeys(hourlyPrefix), "six raw buckets of one hour became one rollup")
+	after, err := f.agg.Query(q)
+	require.NoError(t, err)
+	assert.Equal(t, before.Total.Rows, after.Total.Rows)
+	assert.Equal(t, before.Total.Labelled, after.Total.Labelled)
+	assert.Equal(t, before.Total.Correct, after.Total.Correct)
+	assert.Equal(t, before.Total.Reports, after.Total.Reports)
+	assert.InDelta(t, before.Total.MaxPSI, after.Total.MaxPSI, 1e-12)
+
+	f.clk.Add(30 * 24 * time.Hour)
+	require.NoError(t, f.agg.Sweep())
+	assert.Zero(t, countKeys(hourlyPrefix), "rollups older than the retention are deleted")
+}
+
+// hookServer is a webhook receiver on 127.0.0.1 that fails the first
+// failFirst requests.
+type hookServer struct {
+	mu        sync.Mutex
+	failFirst int
+	calls     int
+	bodies    [][]byte
+	sigs      []string
+}
+
+func (h *hookServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	b, _ := io.ReadAll(r.Body)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.calls++
+	if h.calls <= h.failFirst {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	h.bodies = append(h.bodies, b)
+	h.sigs = append(h.sigs, r.Header.Get(SignatureHeader))
+}
+
+func startHook(t *testing.T, h *hookServer) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := httptest.NewUnstartedServer(h)
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+func TestAlertsAuditAndSignedWebhookWithRetries(t *testing.T) {
+	f := newFixture(t)
+	h := &hookServer{failFirst: 2}
+	secret := []byte("s3cret")
+	hook, err := NewWebhook(WebhookOptions{URL: startHook(t, h), Secret: secret, MinBackoff: 10 * time.Millisecond})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); hook.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	log, err := audit.Open(f.db.Namespace("audit"), f.clk.Now)
+	require.NoError(t, err)
+	al := NewAlerter(f.agg, Rules{Window: 10 * time.Minute, MaxPSI: 0.2, MinRows: 50, MinAccuracy: 0.7, MaxAccuracyDrop: 0.1, MinLabels: 20}, log, hook)
+
+	// Previous window: both sites fine.
+	_, err = f.agg.Ingest("a1", 1, report(f, []uint64{25, 50, 25}, 100, 90), validName)
+	require.NoError(t, err)
+	_, err = f.agg.Ingest("b1", 1, report(f, []uint64{25, 50, 25}, 100, 90), validName)
+	require.NoError(t, err)
+	f.clk.Add(10 * time.Minute)
+	raised, err := al.Evaluate()
+	require.NoError(t, err)
+	assert.Empty(t, raised)
+
+	// Current window: beta drifts and loses accuracy; alpha stays fine;
+	// a third site has too few rows to judge.
+	f.clk.Add(time.Minute)
+	_, err = f.agg.Ingest("a1", 2, report(f, []uint64{25, 50, 25}, 100, 88), validName)
+	require.NoError(t, err)
+	_, err = f.agg.Ingest("b1", 2, report(f, []uint64{5, 25, 70}, 100, 60), validName)
+	require.NoError(t, err)
+	sites["c1"] = "gamma"
+	defer delete(sites, "c1")
+	_, err = f.agg.Ingest("c1", 1, report(f, []uint64{0, 0, 10}, 10, 1), validName)
+	require.NoError(t, err)
+
+	raised, err = al.Evaluate()
+	require.NoError(t, err)
+	rules := map[string]Alert{}
+	for _, a := range raised {
+		assert.Equal(t, "beta", a.Site, "only the drifted site alerts: %+v", a)
+		rules[a.Rule] = a
+	}
+	require.Len(t, rules, 3, "feature_drift, low_accuracy, accuracy_drop: %+v", raised)
+	assert.Equal(t, "amount", rules["feature_drift"].Feature)
+	assert.InDelta(t, 0.6, rules["low_accuracy"].Value, 1e-9)
+	assert.InDelta(t, 0.3, rules["accuracy_drop"].Value, 1e-9)
+
+	// Raised once while it holds.
+	again, err := al.Evaluate()
+	require.NoError(t, err)
+	assert.Empty(t, again)
+
+	entries, err := log.List(audit.Query{Action: "monitor."})
+	require.NoError(t, err)
+	assert.Len(t, entries, 3)
+	for _, e := range entries {
+		assert.Equal(t, "fraud@1.0.0", e.Target)
+		assert.Equal(t, "system", e.Actor)
+	}
+
+	require.Eventually(t, func() bool { d, _, _ := hook.Counts(); return d == 3 }, 10*time.Second, 10*time.Millisecond)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	assert.Equal(t, 5, h.calls, "two failed attempts were retried")
+	for i, b := range h.bodies {
+		assert.Equal(t, Sign(secret, b), h.sigs[i], "HMAC-SHA256 of the body")
+		var got Alert
+		require.NoError(t, json.Unmarshal(b, &got))
+		assert.Equal(t, "fraud", got.Model)
+		assert.Equal(t, "beta", got.Site)
+	}
+}
+
+func TestWebhookGivesUpAfterAttempts(t *testing.T) {
+	h := &hookServer{failFirst: 100}
+	hook, err := NewWebhook(WebhookOptions{URL: startHook(t, h), Secret: []byte("k"), Attempts: 3, MinBackoff: time.Millisecond})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); hook.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	hook.Send(Alert{Rule: "low_accuracy"})
+	require.Eventually(t, func() bool { _, f, _ := hook.Counts(); return f == 1 }, 5*time.Second, 5*time.Millisecond)
+	h.mu.Lock()
+	assert.Equal(t, 3, h.calls)
+	h.mu.Unlock()
+	_, err = NewWebhook(WebhookOptions{URL: "http://127.0.0.1:1"})
+	assert.ErrorContains(t, err, "secret")
+}

@@ -1,0 +1,355 @@
+package monitor
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/rollout"
+	"github.com/edgefleet/edgefleet/internal/drift"
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+// Group-by dimensions of a Query.
+const (
+	BySite   = "site"
+	ByCohort = "cohort"
+	ByDevice = "device"
+)
+
+// Query selects the data of one model version.
+type Query struct {
+	Model, Version string
+	// From and To bound the buckets (From inclusive, To exclusive); zero
+	// From means To minus a day, zero To means now.
+	From, To time.Time
+	// By groups the figures: "", BySite, ByCohort or ByDevice.
+	By string
+	// Devices, if set, restricts the query to these devices.
+	Devices []string
+	// Points is the number of points of the time series; default 24.
+	Points int
+}
+
+// Result is the answer to a Query.
+type Result struct {
+	Model   string    `json:"model"`
+	Version string    `json:"version"`
+	From    time.Time `json:"from"`
+	To      time.Time `json:"to"`
+	By      string    `json:"by,omitempty"`
+	Total   Figures   `json:"total"`
+	// Groups are the figures per value of By (sorted by key).
+	Groups []Group `json:"groups,omitempty"`
+	// Devices are the figures per device.
+	Devices []Group `json:"devices"`
+	// Series is the version's accuracy and drift over time.
+	Series []Point `json:"series"`
+}
+
+// Group is the figures of one group.
+type Group struct {
+	Key string `json:"key"`
+	Figures
+}
+
+// Point is one step of the time series.
+type Point struct {
+	Time     time.Time `json:"time"`
+	Rows     uint64    `json:"rows"`
+	Accuracy *float64  `json:"accuracy,omitempty"`
+	MaxPSI   *float64  `json:"max_psi,omitempty"`
+}
+
+// Figures are what a set of counts says.
+type Figures struct {
+	Devices  int    `json:"devices"`
+	Reports  uint64 `json:"reports"`
+	Rows     uint64 `json:"rows"`
+	Errors   uint64 `json:"errors"`
+	Labelled uint64 `json:"labelled"`
+	Correct  uint64 `json:"correct"`
+	// Accuracy is correct/labelled (absent without labels).
+	Accuracy  *float64 `json:"accuracy,omitempty"`
+	Precision *float64 `json:"precision,omitempty"`
+	Recall    *float64 `json:"recall,omitempty"`
+	F1        *float64 `json:"f1,omitempty"`
+	// UnknownLabels and DuplicateLabels were not joined on the devices.
+	UnknownLabels   uint64 `json:"unknown_labels"`
+	DuplicateLabels uint64 `json:"duplicate_labels"`
+	// Features is the drift of each input feature from the manifest's
+	// reference statistics.
+	Features []FeatureDrift `json:"features,omitempty"`
+	// MaxPSI is the largest feature PSI, and MaxPSIFeature its feature.
+	MaxPSI        float64 `json:"max_psi"`
+	MaxPSIFeature string  `json:"max_psi_feature,omitempty"`
+	// PredictionPSI and PredictionKS compare this group's prediction
+	// distribution with the whole version's over the same range (the
+	// manifest carries no reference prediction distribution); MeanScore is
+	// the mean predicted score (bin midpoints).
+	PredictionPSI float64 `json:"prediction_psi"`
+	PredictionKS  float64 `json:"prediction_ks"`
+	MeanScore     float64 `json:"mean_score"`
+	// LatencyP50Ms and LatencyP99Ms are estimated from the histogram.
+	LatencyP50Ms float64 `json:"latency_p50_ms"`
+	LatencyP99Ms float64 `json:"latency_p99_ms"`
+	// Calibration is the observed positive rate per predicted-probability
+	// decile (binary models; -1 where a decile has no labels).
+	Calibration []float64 `json:"calibration,omitempty"`
+}
+
+// FeatureDrift is one feature's distance from its reference.
+type FeatureDrift struct {
+	Name string  `json:"name"`
+	Rows uint64  `json:"rows"`
+	PSI  float64 `json:"psi"`
+	KS   float64 `json:"ks"`
+}
+
+type bucketCell struct {
+	at     time.Time
+	device string
+	c      cell
+}
+
+// cells returns every cell of a model version in [from, to).
+func (a *Aggregator) cells(model, version string, from, to time.Time, devices []string) ([]bucketCell, error) {
+	if err := a.Flush(); err != nil {
+		return nil, err
+	}
+	var out []bucketCell
+	for _, p := range []string{hourlyPrefix, rawPrefix} {
+		prefix := p + model + "/" + version + "/"
+		err := a.opts.KV.Scan(prefix, func(key string, val []byte) error {
+			_, _, at, dev, ok := parseCellKey(key[len(p):])
+			if !ok || at.Before(from) || !at.Before(to) {
+				return nil
+			}
+			if devices != nil && !slices.Contains(devices, dev) {
+				return nil
+			}
+			bc := bucketCell{at: at, device: dev}
+			if err := json.Unmarshal(val, &bc.c); err != nil {
+				return fmt.Errorf("decode %s: %w", key, err)
+			}
+			out = append(out, bc)
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("monitor: query: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// Query computes the figures of q.
+func (a *Aggregator) Query(q Query) (*Result, error) {
+	switch q.By {
+	case "", BySite, ByCohort, ByDevice:
+	default:
+		return nil, fmt.Errorf("monitor: cannot group by %q (use site, cohort or device)", q.By)
+	}
+	if q.To.IsZero() {
+		q.To = a.opts.Clock()
+	}
+	if q.From.IsZero() {
+		q.From = q.To.Add(-24 * time.Hour)
+	}
+	if !q.From.Before(q.To) {
+		return nil, fmt.Errorf("monitor: from %s is not before to %s", q.From.Format(time.RFC3339), q.To.Format(time.RFC3339))
+	}
+	if q.Points <= 0 {
+		q.Points = 24
+	}
+	cells, err := a.cells(q.Model, q.Version, q.From, q.To, q.Devices)
+	if err != nil {
+		return nil, err
+	}
+	var ref []*efpb.FeatureStats
+	if a.opts.Reference != nil {
+		ref, _ = a.opts.Reference(q.Model, q.Version)
+	}
+	res := &Result{Model: q.Model, Version: q.Version, From: q.From, To: q.To, By: q.By, Devices: []Group{}, Series: []Point{}}
+
+	var total Counts
+	var totalReports uint64
+	groups := map[string]*Counts{}
+	groupReports := map[string]uint64{}
+	groupDevices := map[string]map[string]bool{}
+	perDev := map[string]*Counts{}
+	devReports := map[string]uint64{}
+	step := q.To.Sub(q.From) / time.Duration(q.Points)
+	if step <= 0 {
+		step = time.Minute
+	}
+	series := make([]Counts, q.Points)
+	allDevices := map[string]bool{}
+	for _, bc := range cells {
+		total.Add(&bc.c.Counts)
+		totalReports += bc.c.Reports
+		allDevices[bc.device] = true
+		if perDev[bc.device] == nil {
+			perDev[bc.device] = &Counts{}
+		}
+		perDev[bc.device].Add(&bc.c.Counts)
+		devReports[bc.device] += bc.c.Reports
+		if q.By != "" {
+			key := bc.device
+			switch q.By {
+			case BySite:
+				key = bc.c.Site
+			case ByCohort:
+				key = bc.c.Cohort
+			}
+			if groups[key] == nil {
+				groups[key] = &Counts{}
+				groupDevices[key] = map[string]bool{}
+			}
+			groups[key].Add(&bc.c.Counts)
+			groupReports[key] += bc.c.Reports
+			groupDevices[key][bc.device] = true
+		}
+		if i := int(bc.at.Sub(q.From) / step); i >= 0 && i < q.Points {
+			series[i].Add(&bc.c.Counts)
+		}
+	}
+	res.Total = figures(&total, ref, total.Pred)
+	res.Total.Reports, res.Total.Devices = totalReports, len(allDevices)
+	for _, k := range sortedKeys(groups) {
+		f := figures(groups[k], ref, total.Pred)
+		f.Reports, f.Devices = groupReports[k], len(groupDevices[k])
+		res.Groups = append(res.Groups, Group{Key: k, Figures: f})
+	}
+	for _, k := range sortedKeys(perDev) {
+		f := figures(perDev[k], ref, total.Pred)
+		f.Reports, f.Devices = devReports[k], 1
+		res.Devices = append(res.Devices, Group{Key: k, Figures: f})
+	}
+	for i := range series {
+		p := Point{Time: q.From.Add(time.Duration(i) * step), Rows: series[i].Rows}
+		if series[i].Labelled > 0 {
+			v := float64(series[i].Correct) / float64(series[i].Labelled)
+			p.Accuracy = &v
+		}
+		if series[i].Rows > 0 && len(ref) > 0 {
+			f := figures(&series[i], ref, nil)
+			p.MaxPSI = &f.MaxPSI
+		}
+		res.Series = append(res.Series, p)
+	}
+	return res, nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func ptr(v float64) *float64 { return &v }
+
+// figures computes what c says; ref are the reference statistics and
+// basePred the prediction counts the group is compared with.
+func figures(c *Counts, ref []*efpb.FeatureStats, basePred []uint64) Figures {
+	f := Figures{
+		Rows: c.Rows, Errors: c.Errors, Labelled: c.Labelled, Correct: c.Correct,
+		UnknownLabels: c.Unknown, DuplicateLabels: c.Duplicate,
+	}
+	if c.Labelled > 0 {
+		f.Accuracy = ptr(float64(c.Correct) / float64(c.Labelled))
+	}
+	if c.Binary && c.Labelled > 0 {
+		if c.TP+c.FP > 0 {
+			f.Precision = ptr(float64(c.TP) / float64(c.TP+c.FP))
+		}
+		if c.TP+c.FN > 0 {
+			f.Recall = ptr(float64(c.TP) / float64(c.TP+c.FN))
+		}
+		if f.Precision != nil && f.Recall != nil && *f.Precision+*f.Recall > 0 {
+			f.F1 = ptr(2 * *f.Precision * *f.Recall / (*f.Precision + *f.Recall))
+		}
+		if len(c.CalN) > 0 && len(c.CalN) == len(c.CalPos) {
+			f.Calibration = make([]float64, len(c.CalN))
+			for i, n := range c.CalN {
+				f.Calibration[i] = -1
+				if n > 0 {
+					f.Calibration[i] = float64(c.CalPos[i]) / float64(n)
+				}
+			}
+		}
+	}
+	for _, fs := range ref {
+		counts, ok := c.Features[fs.GetName()]
+		if !ok {
+			continue
+		}
+		refFr, err := drift.ReferenceFractions(fs)
+		if err != nil || len(refFr) != len(counts) {
+			continue
+		}
+		var n uint64
+		for _, v := range counts {
+			n += v
+		}
+		if n == 0 {
+			continue
+		}
+		live := drift.Fractions(counts)
+		fd := FeatureDrift{Name: fs.GetName(), Rows: n, PSI: drift.PSI(refFr, live), KS: drift.KS(refFr, live)}
+		f.Features = append(f.Features, fd)
+		if fd.PSI > f.MaxPSI {
+			f.MaxPSI, f.MaxPSIFeature = fd.PSI, fd.Name
+		}
+	}
+	if len(c.Pred) > 0 {
+		fr := drift.Fractions(c.Pred)
+		for i, v := range fr {
+			f.MeanScore += v * (float64(i) + 0.5) / float64(len(fr))
+		}
+		if len(basePred) == len(c.Pred) {
+			base := drift.Fractions(basePred)
+			f.PredictionPSI, f.PredictionKS = drift.PSI(base, fr), drift.KS(base, fr)
+		}
+	}
+	if len(c.Lat) > 0 {
+		f.LatencyP50Ms = nanToZero(drift.Quantile(c.LatEdges, c.Lat, 0.5) / 1000)
+		f.LatencyP99Ms = nanToZero(drift.Quantile(c.LatEdges, c.Lat, 0.99) / 1000)
+	}
+	return f
+}
+
+func nanToZero(v float64) float64 {
+	if math.IsNaN(v) {
+		return 0
+	}
+	return v
+}
+
+// VersionMetrics answers the rollout engine's quality gates: the accuracy,
+// labelled count and drift score (largest feature PSI) of a model version
+// on devices (nil: every device) over the last GateWindow. ok is false when nothing was
+// reported. *Aggregator implements rollout.Metrics.
+func (a *Aggregator) VersionMetrics(model, version string, devices []string) (rollout.Figures, bool) {
+	now := a.opts.Clock()
+	res, err := a.Query(Query{Model: model, Version: version, From: now.Add(-a.opts.GateWindow), To: now.Add(time.Nanosecond), Devices: devices, Points: 1})
+	if err != nil {
+		a.log.Warn("version metrics", "model", model, "version", version, "err", err)
+		return rollout.Figures{}, false
+	}
+	if res.Total.Reports == 0 {
+		return rollout.Figures{}, false
+	}
+	f := rollout.Figures{Labelled: int(res.Total.Labelled), DriftScore: res.Total.MaxPSI}
+	if res.Total.Accuracy != nil {
+		f.Accuracy = *res.Total.Accuracy
+	}
+	return f, true
+}
+
+var _ rollout.Metrics = (*Aggregator)(nil)
