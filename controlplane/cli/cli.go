@@ -31,6 +31,8 @@ Usage: edgefleet [global flags] <command> [flags] [args]
 Commands:
   serve                     run the control plane (API, embedded MQTT broker)
   keys init --dir DIR       create root, release and control keys and a trust bundle
+  keys rotate --role release|control|root --dir DIR
+                            replace a key; writes the next root-signed trust bundle
   model train --out F       train the fraud example model (writes F and F.meta.json)
   model push --name N --version V --file F [--meta M] [--force]
                             upload a model version
@@ -154,10 +156,13 @@ func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
 		if err != nil {
 			return err
 		}
-		if s != "init" {
-			return usagef("unknown command \"keys %s\" (want keys init)", s)
+		switch s {
+		case "init":
+			return a.keysInit(rest)
+		case "rotate":
+			return a.keysRotate(rest)
 		}
-		return a.keysInit(rest)
+		return usagef("unknown command \"keys %s\" (want keys init or keys rotate)", s)
 	case "model":
 		s, rest, err := sub()
 		if err != nil {
