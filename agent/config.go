@@ -42,6 +42,18 @@ type Config struct {
 	// HealthPeriod a new version serves on trial before it is committed,
 	// e.g. "30s"; empty or "0s" commits once its checks pass.
 	HealthPeriod string `yaml:"health_period"`
+	// DisableMonitoring turns off per-inference drift and accuracy
+	// monitoring.
+	DisableMonitoring bool `yaml:"disable_monitoring"`
+	// LabelCapacity bounds the predictions kept per model while they wait
+	// for a ground-truth label; LabelTTL is how long one waits, e.g. "24h".
+	LabelCapacity int    `yaml:"label_capacity"`
+	LabelTTL      string `yaml:"label_ttl"`
+	// OutboxMaxReports and OutboxMaxBytes bound the telemetry kept while
+	// the broker is unreachable; beyond them the oldest is dropped and
+	// the loss reported.
+	OutboxMaxReports int   `yaml:"outbox_max_reports"`
+	OutboxMaxBytes   int64 `yaml:"outbox_max_bytes"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
 	// TLS to the broker (tls:// broker_url): TLSCAFile is the PEM CA bundle
@@ -98,19 +110,20 @@ func (c *Config) Options() (Options, error) {
 	if c.DataDir == "" {
 		return o, errors.New("agent config: data_dir is required")
 	}
-	var hb time.Duration
-	if c.HeartbeatInterval != "" {
-		hb, err = time.ParseDuration(c.HeartbeatInterval)
-		if err != nil || hb <= 0 {
-			return o, fmt.Errorf("agent config: heartbeat_interval %q is not a positive duration", c.HeartbeatInterval)
-		}
+	hb, err := configDuration("heartbeat_interval", c.HeartbeatInterval)
+	if err != nil {
+		return o, err
 	}
-	var health time.Duration
-	if c.HealthPeriod != "" {
-		health, err = time.ParseDuration(c.HealthPeriod)
-		if err != nil || health < 0 {
-			return o, fmt.Errorf("agent config: health_period %q is not a duration", c.HealthPeriod)
-		}
+	health, err := configDuration("health_period", c.HealthPeriod)
+	if err != nil {
+		return o, err
+	}
+	labelTTL, err := configDuration("label_ttl", c.LabelTTL)
+	if err != nil {
+		return o, err
+	}
+	if c.LabelCapacity < 0 || c.OutboxMaxReports < 0 || c.OutboxMaxBytes < 0 {
+		return o, errors.New("agent config: label_capacity, outbox_max_reports and outbox_max_bytes must not be negative")
 	}
 	tlsCfg, err := c.tlsConfig()
 	if err != nil {
@@ -130,5 +143,23 @@ func (c *Config) Options() (Options, error) {
 		Hardware:          c.Hardware,
 		ORTLibrary:        c.ONNXRuntimeLibrary,
 		HeartbeatInterval: hb,
+		DisableMonitoring: c.DisableMonitoring,
+		LabelCapacity:     c.LabelCapacity,
+		LabelTTL:          labelTTL,
+		OutboxMaxReports:  c.OutboxMaxReports,
+		OutboxMaxBytes:    c.OutboxMaxBytes,
 	}, nil
+}
+
+// configDuration parses an optional duration key; empty means zero (the
+// option's default).
+func configDuration(key, v string) (time.Duration, error) {
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("agent config: %s %q is not a duration (e.g. 30s)", key, v)
+	}
+	return d, nil
 }

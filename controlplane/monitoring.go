@@ -76,6 +76,14 @@ func (s *Server) openMonitoring() error {
 			d, _ := s.reg.get(dev)
 			return d.Labels[mo.SiteLabel]
 		},
+		// s.rollouts is set by openRollouts before the bus delivers the
+		// first report, and never changes after.
+		Cohort: func(dev, model, version string) string {
+			if s.rollouts == nil {
+				return ""
+			}
+			return s.rollouts.Cohort(dev, model, version)
+		},
 	})
 	if err != nil {
 		return err

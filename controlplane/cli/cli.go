@@ -21,7 +21,9 @@ const (
 	EnvTokenFile = "EDGEFLEET_TOKEN_FILE"
 	// EnvMQTTPassword is serve's password on an external broker.
 	EnvMQTTPassword = "EDGEFLEET_MQTT_PASSWORD"
-	DefaultAPI      = "http://127.0.0.1:8080"
+	// EnvWebhookSecretFile names serve's webhook signing-key file.
+	EnvWebhookSecretFile = "EDGEFLEET_WEBHOOK_SECRET_FILE"
+	DefaultAPI           = "http://127.0.0.1:8080"
 )
 
 const usageText = `edgefleet: control plane for signed ONNX model delivery to edge devices

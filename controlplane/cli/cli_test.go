@@ -249,6 +249,9 @@ func TestCLIUsageAndOfflineCommands(t *testing.T) {
 		{"unreachable", []string{"devices", "--api", "http://127.0.0.1:1", "--token", "t"}, 1, "cannot reach the control plane"},
 		{"both token flags", []string{"devices", "--token", "a", "--token-file", "b"}, 2, "not both"},
 		{"bad log level", []string{"serve", "--log-level", "loud"}, 2, "--log-level"},
+		{"negative alert threshold", []string{"serve", "--alert-max-psi", "-1"}, 2, "must not be negative"},
+		{"webhook secret without url", []string{"serve", "--webhook-secret-file", "/nonexistent"}, 2, "needs --webhook-url"},
+		{"missing webhook secret", []string{"serve", "--webhook-url", "http://127.0.0.1:1/hook", "--webhook-secret-file", "/nonexistent"}, 1, "webhook secret"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -36,6 +37,15 @@ func (a *app) serve(ctx context.Context, args []string) error {
 	fs.StringVar(&clientCA, "mqtt-client-ca", "", "PEM CA bundle: require device client certificates whose common name is the device id (mutual TLS)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
+	rules := &opts.Monitor.Rules
+	fs.Float64Var(&rules.MaxPSI, "alert-max-psi", 0, "alert when a feature's PSI exceeds this (e.g. 0.25; 0: off)")
+	fs.Float64Var(&rules.MinAccuracy, "alert-min-accuracy", 0, "alert when accuracy falls below this (0: off)")
+	fs.Float64Var(&rules.MaxAccuracyDrop, "alert-max-accuracy-drop", 0, "alert when accuracy drops by more than this vs the previous window (0: off)")
+	fs.DurationVar(&rules.Window, "alert-window", 0, "time window the alert rules evaluate (default 15m)")
+	fs.StringVar(&opts.Monitor.WebhookURL, "webhook-url", "", "POST every alert here as signed JSON (the retrain hook)")
+	var webhookSecretFile string
+	fs.StringVar(&webhookSecretFile, "webhook-secret-file", a.getenv(EnvWebhookSecretFile),
+		"file holding the webhook's HMAC-SHA256 key (env "+EnvWebhookSecretFile+")")
 	fs.Usage = func() {
 		fmt.Fprintln(a.stderr, "Usage: edgefleet serve [flags]\n\nRuns the control plane until interrupted. At the first start it generates the fleet's keys\nand an admin API token, printed once (and written to --token-file if given).\n\nFlags:")
 		fs.PrintDefaults()
@@ -53,6 +63,23 @@ func (a *app) serve(ctx context.Context, args []string) error {
 		}
 		if opts.MQTTTLS, err = broker.TLSConfig(tlsCert, tlsKey, clientCA); err != nil {
 			return usagef("%v", err)
+		}
+	}
+	for _, v := range []float64{rules.MaxPSI, rules.MinAccuracy, rules.MaxAccuracyDrop} {
+		if v < 0 {
+			return usagef("--alert-* thresholds must not be negative, got %v", v)
+		}
+	}
+	if webhookSecretFile != "" {
+		if opts.Monitor.WebhookURL == "" {
+			return usagef("--webhook-secret-file needs --webhook-url")
+		}
+		secret, err := os.ReadFile(webhookSecretFile)
+		if err != nil {
+			return fmt.Errorf("webhook secret: %w", err)
+		}
+		if opts.Monitor.WebhookSecret = bytes.TrimSpace(secret); len(opts.Monitor.WebhookSecret) == 0 {
+			return fmt.Errorf("webhook secret file %s is empty", webhookSecretFile)
 		}
 	}
 	var level slog.Level

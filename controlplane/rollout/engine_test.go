@@ -750,3 +750,23 @@ func TestSiteAwareWaves(t *testing.T) {
 	_, err := v.e.Create(context.Background(), spec, "ops")
 	assert.ErrorIs(t, err, ErrInvalid)
 }
+
+func TestCohortNamesTheStage(t *testing.T) {
+	v := newEnv(t)
+	v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, devIDs("d", 4)...)
+	spec := threeStages(time.Minute)
+	spec.Stages[0].Name = "canary"
+	r, err := v.e.Create(context.Background(), spec, "ops")
+	require.NoError(t, err)
+	v.e.Tick(context.Background())
+	canary := v.fleet.on("2.0.0")
+	require.Len(t, canary, 1)
+
+	assert.Equal(t, r.ID+"/canary", v.e.Cohort(canary[0], "fraud", "2.0.0"))
+	assert.Empty(t, v.e.Cohort(canary[0], "fraud", "1.0.0"), "another version")
+	for _, id := range devIDs("d", 4) {
+		if id != canary[0] {
+			assert.Empty(t, v.e.Cohort(id, "fraud", "2.0.0"), "%s is not in the rollout yet", id)
+		}
+	}
+}

@@ -227,3 +227,27 @@ func (s *Status) DeviceIDs() []string {
 	sort.Strings(ids)
 	return ids
 }
+
+// Cohort names the rollout stage that put device on model@version, as
+// "<rollout id>/<stage name>", or "" when no rollout did (or the device was
+// rolled back). Monitoring groups figures by it, so the quality of a
+// canary can be told apart from the rest of the fleet.
+func (e *Engine) Cohort(device, model, version string) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, r := range e.rollouts {
+		if r.Spec.Model != model || r.Spec.Version != version {
+			continue
+		}
+		rec := r.Devices[device]
+		if rec == nil || rec.RolledBack || rec.Stage < 0 || rec.Stage >= len(r.Spec.Stages) {
+			continue
+		}
+		name := r.Spec.Stages[rec.Stage].Name
+		if name == "" {
+			name = fmt.Sprintf("stage %d", rec.Stage+1)
+		}
+		return r.ID + "/" + name
+	}
+	return ""
+}

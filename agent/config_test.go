@@ -1,0 +1,50 @@
+package agent
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/edgefleet/edgefleet/internal/signing"
+)
+
+func TestConfigOptions(t *testing.T) {
+	root, err := signing.GenerateKey(nil)
+	require.NoError(t, err)
+	base := fmt.Sprintf("device_id: d1\nbroker_url: tcp://127.0.0.1:1883\ndata_dir: /tmp/d1\nroot_public_key: |\n%s",
+		indent(string(signing.EncodePublicKeyPEM(root.Public))))
+
+	cfg, err := ParseConfig([]byte(base + "heartbeat_interval: 10s\nhealth_period: 30s\nlabel_ttl: 2h\nlabel_capacity: 500\n" +
+		"outbox_max_reports: 20\noutbox_max_bytes: 65536\ndisable_monitoring: true\n"))
+	require.NoError(t, err)
+	o, err := cfg.Options()
+	require.NoError(t, err)
+	assert.Equal(t, 10*time.Second, o.HeartbeatInterval)
+	assert.Equal(t, 30*time.Second, o.HealthPeriod)
+	assert.Equal(t, 2*time.Hour, o.LabelTTL)
+	assert.Equal(t, 500, o.LabelCapacity)
+	assert.Equal(t, 20, o.OutboxMaxReports)
+	assert.Equal(t, int64(65536), o.OutboxMaxBytes)
+	assert.True(t, o.DisableMonitoring)
+	assert.Equal(t, root.Public, o.RootPublicKey)
+
+	for line, want := range map[string]string{
+		"health_period: soon\n":    "health_period \"soon\" is not a duration",
+		"label_ttl: -1h\n":         "label_ttl \"-1h\" is not a duration",
+		"heartbeat_interval: 1x\n": "heartbeat_interval",
+		"outbox_max_reports: -3\n": "must not be negative",
+		"label_capacity: lots\n":   "cannot unmarshal",
+		"device_id: d2\n":          "already defined",
+		"unknown_key: 1\n":         "field unknown_key not found",
+	} {
+		cfg, err := ParseConfig([]byte(base + line))
+		if err == nil {
+			_, err = cfg.Options()
+		}
+		require.Error(t, err, "config with %q", line)
+		assert.Contains(t, err.Error(), want, "config with %q", line)
+	}
+}
