@@ -14,7 +14,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"path/filepath"
 	"runtime"
 	"sync"
@@ -60,6 +59,10 @@ type Options struct {
 	// InferenceListen is the address of the local Open Inference Protocol
 	// API, e.g. 127.0.0.1:8081; empty disables it.
 	InferenceListen string
+
+	// MetricsListen is the address of an optional Prometheus endpoint
+	// (GET /metrics), e.g. 127.0.0.1:9101; empty disables it.
+	MetricsListen string
 
 	// HeartbeatInterval between telemetry reports. Default 30s.
 	HeartbeatInterval time.Duration
@@ -152,12 +155,13 @@ type Agent struct {
 	started time.Time
 
 	// Set in open, released in close; owned by Run.
-	kv     *store.KV
-	ownDB  *store.DB
-	rt     *infer.Runtime
-	ownRT  bool
-	infLn  net.Listener
-	events chan event
+	kv        *store.KV
+	ownDB     *store.DB
+	rt        *infer.Runtime
+	ownRT     bool
+	infLn     net.Listener
+	metricsLn net.Listener
+	events    chan event
 
 	// mu guards slots (the map, not the slot contents) and client.
 	mu     sync.RWMutex
@@ -217,6 +221,15 @@ func (a *Agent) InferenceAddr() string {
 	return s
 }
 
+// MetricsAddr is the bound address of the metrics endpoint ("" if
+// disabled). Valid once Ready is closed.
+func (a *Agent) MetricsAddr() string {
+	if a.metricsLn == nil {
+		return ""
+	}
+	return a.metricsLn.Addr().String()
+}
+
 // Dropped counts MQTT payloads that could not be decoded or were not meant
 // for this agent; they are dropped, never acted on.
 func (a *Agent) Dropped() uint64 { return a.dropped.Load() }
@@ -243,24 +256,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	defer cancel() // runs before wg.Wait: stop everything, then wait
+	defer cancel()                   // runs before wg.Wait: stop everything, then wait
+	a.startSystemdNotify(ctx, wg.Go) // sdnotify.go: READY/WATCHDOG/STOPPING under systemd
 
 	if a.infLn != nil {
-		srv := &http.Server{
-			Handler:           oip.NewHandler(backend{a}, oip.HandlerOptions{Logger: a.log, Extensions: []string{oip.FeedbackExtension}}),
-			ReadHeaderTimeout: 10 * time.Second,
-		}
-		wg.Go(func() {
-			if err := srv.Serve(a.infLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				a.log.Error("inference server stopped", "err", err)
-			}
-		})
-		wg.Go(func() {
-			<-ctx.Done()
-			sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
-			defer c()
-			_ = srv.Shutdown(sctx)
-		})
+		a.serveHTTP(ctx, &wg, "inference", a.infLn,
+			oip.NewHandler(backend{a}, oip.HandlerOptions{Logger: a.log, Extensions: []string{oip.FeedbackExtension}}))
+	}
+	if a.metricsLn != nil {
+		a.serveHTTP(ctx, &wg, "metrics", a.metricsLn, a.metricsHandler())
 	}
 	close(a.ready)
 	a.log.Info("agent started", "inference", a.InferenceAddr(), "broker", a.opts.BrokerURL)
@@ -316,6 +320,13 @@ func (a *Agent) open() error {
 		a.infLn = ln
 		a.infAddr.Store(ln.Addr().String())
 	}
+	if a.opts.MetricsListen != "" {
+		ln, err := net.Listen("tcp", a.opts.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("agent: metrics listen: %w", err)
+		}
+		a.metricsLn = ln
+	}
 	return nil
 }
 
@@ -335,8 +346,10 @@ func (a *Agent) close() {
 			m.close()
 		}
 	}
-	if a.infLn != nil {
-		_ = a.infLn.Close() // already closed by Shutdown when it served
+	for _, ln := range []net.Listener{a.infLn, a.metricsLn} {
+		if ln != nil {
+			_ = ln.Close() // already closed by Shutdown when it served
+		}
 	}
 	if a.ownRT && a.rt != nil {
 		_ = a.rt.Close()

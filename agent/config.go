@@ -30,7 +30,10 @@ type Config struct {
 	DataDir string `yaml:"data_dir"`
 	// InferenceListen is the local inference API address; empty disables it.
 	InferenceListen string `yaml:"inference_listen"`
-	TopicPrefix     string `yaml:"topic_prefix"`
+	// MetricsListen is an optional Prometheus endpoint address; empty
+	// disables it.
+	MetricsListen string `yaml:"metrics_listen"`
+	TopicPrefix   string `yaml:"topic_prefix"`
 	// Hardware is the device class matched against a manifest's hardware
 	// list; defaults to the GOARCH of the binary.
 	Hardware string `yaml:"hardware"`
@@ -139,6 +142,7 @@ func (c *Config) Options() (Options, error) {
 		RootPublicKey:     root,
 		DataDir:           c.DataDir,
 		InferenceListen:   c.InferenceListen,
+		MetricsListen:     c.MetricsListen,
 		TopicPrefix:       c.TopicPrefix,
 		Hardware:          c.Hardware,
 		ORTLibrary:        c.ONNXRuntimeLibrary,

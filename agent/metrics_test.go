@@ -1,0 +1,46 @@
+package agent
+
+import (
+	"io"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestAgentMetricsEndpoint(t *testing.T) {
+	v1, _ := testModels(t)
+	h := newHarness(t)
+	opts := h.agentOptions(t, "dev-1", t.TempDir())
+	opts.MetricsListen = "127.0.0.1:0"
+	a := h.startAgent(t, opts)
+	h.desire("dev-1", assign(h.publishModel("fraud", "1.0.0", v1, v1.ONNX, nil, nil)))
+	waitServing(t, a, "fraud", "1.0.0")
+	for range 3 {
+		score(t, a, sampleRows(t, 1))
+	}
+
+	resp, err := http.Get("http://" + a.MetricsAddr() + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	text := string(b)
+	assert.Contains(t, text, `edgefleet_agent_inferences_total{model="fraud",version="1.0.0"} 3`)
+	assert.Contains(t, text, `edgefleet_agent_inference_errors_total{model="fraud",version="1.0.0"} 0`)
+	assert.Contains(t, text, `edgefleet_agent_model_info{active="1.0.0",model="fraud",on_trial="false",previous="",serving="1.0.0",target=""} 1`)
+	assert.Contains(t, text, "edgefleet_agent_desired_generation 1")
+
+	if path, err := exec.LookPath("promtool"); err == nil {
+		cmd := exec.Command(path, "check", "metrics")
+		cmd.Stdin = strings.NewReader(text)
+		out, err := cmd.CombinedOutput()
+		assert.NoError(t, err, "promtool check metrics: %s", out)
+	} else {
+		t.Log("promtool not installed (Debian package prometheus): exposition lint skipped")
+	}
+}
