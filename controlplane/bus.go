@@ -48,9 +48,10 @@ type externalBus struct {
 	url string
 	c   *mqttc.Client
 
-	// reconnects is closed-over state for OnConnect: mu guards first.
-	mu    sync.Mutex
-	first bool
+	// mu guards first (closed-over state for OnConnect) and ingest.
+	mu     sync.Mutex
+	first  bool
+	ingest []*mqttc.Client // shared-subscription ingest connections
 }
 
 // dialExternal connects to url. onReconnect runs after every reconnect but
@@ -85,7 +86,46 @@ func (e *externalBus) Subscribe(ctx context.Context, filter string, h func(topic
 
 func (e *externalBus) URL() string { return e.url }
 
+// ingestGroup names the shared subscription the ingest connections split;
+// maxIngestConnections bounds how many there may be.
+const (
+	ingestGroup          = "edgefleet-ingest"
+	maxIngestConnections = 64
+)
+
+// addIngest opens n more connections that share one subscription of
+// filter ("$share/edgefleet-ingest/<filter>"): the broker hands each
+// message to one of them, so ingest runs on n connections and n handler
+// goroutines instead of one. The broker must support MQTT shared
+// subscriptions (mosquitto 2, EMQX).
+func (e *externalBus) addIngest(ctx context.Context, o mqttc.Options, n int, filter string, h func(topic string, payload []byte)) error {
+	base := o.ClientID
+	for i := range n {
+		o.ClientID = fmt.Sprintf("%s-ingest-%d", base, i)
+		o.OnConnect = nil
+		c, err := mqttc.Connect(ctx, o)
+		if err != nil {
+			return fmt.Errorf("ingest connection %d to %s: %w", i, o.BrokerURL, err)
+		}
+		e.mu.Lock()
+		e.ingest = append(e.ingest, c)
+		e.mu.Unlock()
+		shared := "$share/" + ingestGroup + "/" + filter
+		if err := c.Subscribe(ctx, shared, 1, func(m mqttc.Message) { h(m.Topic, m.Payload) }); err != nil {
+			return fmt.Errorf("ingest connection %d: subscribe %s: %w", i, shared, err)
+		}
+	}
+	return nil
+}
+
 func (e *externalBus) Close() error {
+	e.mu.Lock()
+	ingest := e.ingest
+	e.ingest = nil
+	e.mu.Unlock()
+	for _, c := range ingest {
+		c.Close()
+	}
 	e.c.Close()
 	return nil
 }

@@ -60,6 +60,12 @@ type Options struct {
 	MQTTURL  string
 	Username string
 	Password string
+	// IngestConnections, with MQTTURL, receives telemetry over this many
+	// extra connections sharing one MQTT shared subscription
+	// ($share/edgefleet-ingest/...), so a busy fleet's reports are decoded
+	// and aggregated in parallel. Needs a broker with shared subscriptions
+	// (mosquitto 2, EMQX). 0 or 1: the main connection receives telemetry.
+	IngestConnections int
 	// PublicMQTTURL is the broker URL devices are told at registration;
 	// default the embedded broker's URL, or MQTTURL.
 	PublicMQTTURL string
@@ -187,6 +193,12 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.MQTTURL == "" && opts.Username != "" {
 		return nil, errors.New("controlplane: Username is for an external broker (MQTTURL); the embedded broker needs none")
+	}
+	switch n := opts.IngestConnections; {
+	case n < 0 || n > maxIngestConnections:
+		return nil, fmt.Errorf("controlplane: IngestConnections %d: want 0 to %d", n, maxIngestConnections)
+	case n > 1 && opts.MQTTURL == "":
+		return nil, errors.New("controlplane: IngestConnections is for an external broker (MQTTURL); the embedded broker delivers in process")
 	}
 	if opts.TopicPrefix == "" {
 		opts.TopicPrefix = topics.DefaultPrefix
@@ -419,14 +431,15 @@ func (s *Server) startBus(ctx context.Context) error {
 		if clientID == "" {
 			clientID = DefaultMQTTClientID
 		}
-		eb, err := dialExternal(ctx, mqttc.Options{
+		mo := mqttc.Options{
 			BrokerURL: s.opts.MQTTURL,
 			ClientID:  clientID,
 			Username:  s.opts.Username,
 			Password:  s.opts.Password,
 			QueueSize: 4096,
 			Logger:    s.opts.Logger,
-		}, func(ctx context.Context) {
+		}
+		eb, err := dialExternal(ctx, mo, func(ctx context.Context) {
 			select { // before Ready, startBus publishes itself
 			case <-s.ready:
 			case <-ctx.Done():
@@ -447,6 +460,12 @@ func (s *Server) startBus(ctx context.Context) error {
 		if err := s.subscribe(ctx); err != nil {
 			_ = eb.Close()
 			return err
+		}
+		if n := s.opts.IngestConnections; n > 1 {
+			if err := eb.addIngest(ctx, mo, n, s.scheme.AllTelemetry(), s.onTelemetry); err != nil {
+				_ = eb.Close()
+				return err
+			}
 		}
 		return nil
 	}
@@ -485,13 +504,18 @@ func (s *Server) subscribe(ctx context.Context) error {
 		h      func(string, []byte)
 	}{
 		{s.scheme.AllStatus(), s.onStatusRollouts},
-		{s.scheme.AllTelemetry(), s.onTelemetry},
 		{s.scheme.AllFetch(), s.onFetch},
 		{s.scheme.AllPresence(), s.onPresence},
 	} {
 		if err := s.bus.Subscribe(ctx, sub.filter, sub.h); err != nil {
 			return fmt.Errorf("subscribe %s: %w", sub.filter, err)
 		}
+	}
+	if s.opts.MQTTURL != "" && s.opts.IngestConnections > 1 {
+		return nil // telemetry arrives on the shared ingest connections
+	}
+	if err := s.bus.Subscribe(ctx, s.scheme.AllTelemetry(), s.onTelemetry); err != nil {
+		return fmt.Errorf("subscribe %s: %w", s.scheme.AllTelemetry(), err)
 	}
 	return nil
 }

@@ -28,6 +28,7 @@ func (a *app) serve(ctx context.Context, args []string) error {
 	fs.StringVar(&opts.MQTTURL, "mqtt-url", "", "external MQTT broker (tcp://host:1883) instead of the embedded one")
 	fs.StringVar(&opts.Username, "mqtt-username", "", "the control plane's username on the external broker")
 	fs.StringVar(&opts.Password, "mqtt-password", a.getenv(EnvMQTTPassword), "its password (env "+EnvMQTTPassword+")")
+	fs.IntVar(&opts.IngestConnections, "ingest-connections", 0, "with --mqtt-url: receive telemetry over N connections sharing one MQTT shared subscription (mosquitto 2, EMQX)")
 	fs.StringVar(&opts.PublicMQTTURL, "public-mqtt-url", "", "broker URL devices are told (default: the broker's own URL)")
 	fs.StringVar(&opts.TopicPrefix, "topic-prefix", "", "MQTT topic prefix (default ef/v1)")
 	fs.StringVar(&opts.ORTLibrary, "ort-lib", "", "path of libonnxruntime.so.1 (default: search; env EDGEFLEET_ORT_LIB)")

@@ -9,7 +9,6 @@
 package monitor
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -79,13 +78,13 @@ type Aggregator struct {
 	log  *slog.Logger
 
 	// mu serialises ingest and sweep read-modify-writes of buckets and
-	// guards lastSeq and the counters.
+	// guards seqs and the counters.
 	mu       sync.Mutex
-	lastSeq  map[string]uint64 // device → highest ingested telemetry seq
-	pending  map[string]*cell  // cell key → counts not yet written
-	pendSeq  map[string]uint64 // device → seq to write with pending
-	pendN    int               // telemetry messages in pending
-	flushed  time.Time         // last write
+	seqs     map[string]*seqWindow // device → telemetry seqs ingested
+	pending  map[string]*cell      // cell key → counts not yet written
+	pendSeq  map[string]bool       // devices whose window to write with pending
+	pendN    int                   // telemetry messages in pending
+	flushed  time.Time             // last write
 	ingested uint64
 	dups     uint64
 	dropped  map[string]uint64 // device → reports its outbox dropped (cumulative)
@@ -125,11 +124,11 @@ func Open(opts Options) (*Aggregator, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a := &Aggregator{opts: opts, log: log.With("component", "monitor"), lastSeq: map[string]uint64{}, dropped: map[string]uint64{},
-		pending: map[string]*cell{}, pendSeq: map[string]uint64{}, flushed: opts.Clock()}
+	a := &Aggregator{opts: opts, log: log.With("component", "monitor"), seqs: map[string]*seqWindow{}, dropped: map[string]uint64{},
+		pending: map[string]*cell{}, pendSeq: map[string]bool{}, flushed: opts.Clock()}
 	err := opts.KV.Scan(seqPrefix, func(key string, val []byte) error {
-		if len(val) == 8 {
-			a.lastSeq[key[len(seqPrefix):]] = binary.BigEndian.Uint64(val)
+		if w, ok := unmarshalSeqWindow(val); ok {
+			a.seqs[key[len(seqPrefix):]] = &w
 		}
 		return nil
 	})
@@ -312,7 +311,12 @@ func (a *Aggregator) Ingest(device string, seq uint64, t *efpb.Telemetry, validN
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if seq <= a.lastSeq[device] {
+	w := a.seqs[device]
+	if w == nil {
+		w = &seqWindow{}
+		a.seqs[device] = w
+	}
+	if !w.add(seq) {
 		a.dups++
 		return true, nil
 	}
@@ -325,8 +329,7 @@ func (a *Aggregator) Ingest(device string, seq uint64, t *efpb.Telemetry, validN
 			a.pending[key] = ce
 		}
 	}
-	a.lastSeq[device] = seq
-	a.pendSeq[device] = seq
+	a.pendSeq[device] = true
 	a.pendN++
 	a.ingested++
 	if a.pendN >= a.opts.FlushEvery || now.Sub(a.flushed) >= a.opts.FlushInterval {
@@ -371,10 +374,8 @@ func (a *Aggregator) flushLocked(now time.Time) error {
 				return err
 			}
 		}
-		for dev, seq := range a.pendSeq {
-			var b [8]byte
-			binary.BigEndian.PutUint64(b[:], seq)
-			if err := tx.Set(seqPrefix+dev, b[:]); err != nil {
+		for dev := range a.pendSeq {
+			if err := tx.Set(seqPrefix+dev, a.seqs[dev].marshal()); err != nil {
 				return err
 			}
 		}
