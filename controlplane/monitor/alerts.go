@@ -12,10 +12,12 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/audit"
+	"github.com/edgefleet/edgefleet/internal/store"
 )
 
 // Rules say when monitoring raises an alert. A zero threshold disables its
@@ -90,7 +92,31 @@ func NewAlerter(agg *Aggregator, rules Rules, auditor Auditor, hook *Webhook) *A
 	if rules.MinLabels == 0 {
 		rules.MinLabels = 50
 	}
-	return &Alerter{agg: agg, rules: rules, audit: auditor, hook: hook, log: agg.log, active: map[string]bool{}}
+	al := &Alerter{agg: agg, rules: rules, audit: auditor, hook: hook, log: agg.log, active: map[string]bool{}}
+	// Alerts still holding when the control plane stopped are not raised
+	// (nor sent to the webhook) again after it restarts.
+	var keys []string
+	switch err := agg.opts.KV.GetJSON(keyActiveAlerts, &keys); {
+	case err == nil:
+		for _, k := range keys {
+			al.active[k] = true
+		}
+	case !errors.Is(err, store.ErrNotFound):
+		al.log.Warn("active alerts not restored; they may be raised again", "err", err)
+	}
+	return al
+}
+
+// saveActive persists the alerts holding now; al.mu must be held.
+func (al *Alerter) saveActive() {
+	keys := make([]string, 0, len(al.active))
+	for k := range al.active {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	if err := al.agg.opts.KV.SetJSON(keyActiveAlerts, keys, true); err != nil {
+		al.log.Warn("persist active alerts", "err", err)
+	}
 }
 
 // versions lists the model versions with raw data since from.
@@ -175,10 +201,15 @@ func (al *Alerter) Evaluate() ([]Alert, error) {
 		}
 	}
 	al.mu.Lock()
+	changed := len(raised) > 0
 	for k := range al.active {
 		if !holding[k] {
 			delete(al.active, k)
+			changed = true
 		}
+	}
+	if changed {
+		al.saveActive()
 	}
 	al.mu.Unlock()
 	for _, c := range raised {

@@ -140,13 +140,15 @@ func Open(opts Options) (*Aggregator, error) {
 
 // Key layout:
 //
-//	s/<device>                                     last ingested seq (8 bytes)
+//	s/<device>                                     seqs ingested (seqWindow)
 //	r/<model>/<version>/<bucket unix %016x>/<device>  raw cell (JSON)
 //	h/<model>/<version>/<bucket unix %016x>/<device>  hourly cell (JSON)
+//	a/active                                       alerts holding now (JSON)
 const (
-	seqPrefix    = "s/"
-	rawPrefix    = "r/"
-	hourlyPrefix = "h/"
+	seqPrefix       = "s/"
+	rawPrefix       = "r/"
+	hourlyPrefix    = "h/"
+	keyActiveAlerts = "a/active"
 )
 
 func cellKey(prefix, model, version string, bucket time.Time, device string) string {

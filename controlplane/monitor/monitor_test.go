@@ -284,10 +284,14 @@ func TestAlertsAuditAndSignedWebhookWithRetries(t *testing.T) {
 	assert.InDelta(t, 0.6, rules["low_accuracy"].Value, 1e-9)
 	assert.InDelta(t, 0.3, rules["accuracy_drop"].Value, 1e-9)
 
-	// Raised once while it holds.
+	// Raised once while it holds, also by an alerter made after a
+	// control-plane restart.
 	again, err := al.Evaluate()
 	require.NoError(t, err)
 	assert.Empty(t, again)
+	restarted, err := NewAlerter(f.agg, al.rules, log, nil).Evaluate()
+	require.NoError(t, err)
+	assert.Empty(t, restarted, "alerts holding before the restart are not raised again")
 
 	entries, err := log.List(audit.Query{Action: "monitor."})
 	require.NoError(t, err)
