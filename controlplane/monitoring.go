@@ -76,6 +76,10 @@ func (s *Server) openMonitoring() error {
 			d, _ := s.reg.get(dev)
 			return d.Labels[mo.SiteLabel]
 		},
+		Labels: func(dev string) map[string]string {
+			d, _ := s.reg.get(dev)
+			return d.Labels
+		},
 		// s.rollouts is set by openRollouts before the bus delivers the
 		// first report, and never changes after.
 		Cohort: func(dev, model, version string) string {

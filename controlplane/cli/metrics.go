@@ -32,10 +32,8 @@ func (a *app) metricsCmd(ctx context.Context, args []string) error {
 	if !ok || name == "" || version == "" {
 		return usagef("metrics %q: want NAME@VERSION, e.g. fraud@1.0.0", pos[0])
 	}
-	switch *by {
-	case "", monitor.BySite, monitor.ByCohort, monitor.ByDevice:
-	default:
-		return usagef("--by %q: want site, cohort or device", *by)
+	if err := monitor.ValidBy(*by); err != nil {
+		return usagef("--by %q: want site, cohort, device or label:<key>", *by)
 	}
 	if *since <= 0 {
 		return usagef("--since %v: want a positive duration", *since)

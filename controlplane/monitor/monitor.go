@@ -67,6 +67,8 @@ type Options struct {
 	Reference func(model, version string) ([]*efpb.FeatureStats, bool)
 	// Site returns the site label of a device ("" if none).
 	Site func(device string) string
+	// Labels returns a device's labels now, for queries grouped by label.
+	Labels func(device string) map[string]string
 	// Cohort returns the rollout cohort (stage) a device is in for a model
 	// version ("" if none); nil means none.
 	Cohort func(device, model, version string) string

@@ -69,6 +69,7 @@ func (f *fixture) open(t *testing.T) {
 		Clock:     f.clk.Now,
 		Reference: func(m, v string) ([]*efpb.FeatureStats, bool) { return reference, m == "fraud" },
 		Site:      func(d string) string { return sites[d] },
+		Labels:    func(d string) map[string]string { return map[string]string{"hw": "hw-" + d[:1]} },
 	})
 	require.NoError(t, err)
 }
@@ -355,4 +356,27 @@ func TestIngestAcceptsLateReportsOnce(t *testing.T) {
 	dup, err = again.Ingest("a1", 6, report(f, []uint64{25, 50, 25}, 10, 9), validName)
 	require.NoError(t, err)
 	assert.False(t, dup)
+}
+
+func TestQueryByLabel(t *testing.T) {
+	f := newFixture(t)
+	for i, dev := range []string{"a1", "a2", "b1"} {
+		_, err := f.agg.Ingest(dev, uint64(i+1), report(f, []uint64{25, 50, 25}, 100, 90), validName)
+		require.NoError(t, err)
+	}
+	res, err := f.agg.Query(Query{Model: "fraud", Version: "1.0.0", By: "label:hw", To: f.clk.Now().Add(time.Minute)})
+	require.NoError(t, err)
+	byKey := map[string]Group{}
+	for _, g := range res.Groups {
+		byKey[g.Key] = g
+	}
+	require.Len(t, byKey, 2, "groups: %+v", res.Groups)
+	assert.Equal(t, 2, byKey["hw-a"].Devices)
+	assert.EqualValues(t, 200, byKey["hw-a"].Rows)
+	assert.Equal(t, 1, byKey["hw-b"].Devices)
+
+	for _, by := range []string{"label:", "hardware", "label:a,b"} {
+		_, err := f.agg.Query(Query{Model: "fraud", Version: "1.0.0", By: by})
+		assert.Error(t, err, "by %q", by)
+	}
 }

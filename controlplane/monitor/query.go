@@ -6,6 +6,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
@@ -13,12 +14,26 @@ import (
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
-// Group-by dimensions of a Query.
+// Group-by dimensions of a Query. ByLabelPrefix + a label key ("label:hw")
+// groups by that device label, as the devices are labelled now.
 const (
-	BySite   = "site"
-	ByCohort = "cohort"
-	ByDevice = "device"
+	BySite        = "site"
+	ByCohort      = "cohort"
+	ByDevice      = "device"
+	ByLabelPrefix = "label:"
 )
+
+// ValidBy checks a group-by dimension.
+func ValidBy(by string) error {
+	switch by {
+	case "", BySite, ByCohort, ByDevice:
+		return nil
+	}
+	if key, ok := strings.CutPrefix(by, ByLabelPrefix); ok && key != "" && !strings.ContainsAny(key, " ,=") {
+		return nil
+	}
+	return fmt.Errorf("monitor: cannot group by %q (use site, cohort, device or label:<key>)", by)
+}
 
 // Query selects the data of one model version.
 type Query struct {
@@ -147,11 +162,10 @@ func (a *Aggregator) cells(model, version string, from, to time.Time, devices []
 
 // Query computes the figures of q.
 func (a *Aggregator) Query(q Query) (*Result, error) {
-	switch q.By {
-	case "", BySite, ByCohort, ByDevice:
-	default:
-		return nil, fmt.Errorf("monitor: cannot group by %q (use site, cohort or device)", q.By)
+	if err := ValidBy(q.By); err != nil {
+		return nil, err
 	}
+	labelKey, byLabel := strings.CutPrefix(q.By, ByLabelPrefix)
 	if q.To.IsZero() {
 		q.To = a.opts.Clock()
 	}
@@ -198,11 +212,16 @@ func (a *Aggregator) Query(q Query) (*Result, error) {
 		devReports[bc.device] += bc.c.Reports
 		if q.By != "" {
 			key := bc.device
-			switch q.By {
-			case BySite:
+			switch {
+			case q.By == BySite:
 				key = bc.c.Site
-			case ByCohort:
+			case q.By == ByCohort:
 				key = bc.c.Cohort
+			case byLabel:
+				key = ""
+				if a.opts.Labels != nil {
+					key = a.opts.Labels(bc.device)[labelKey]
+				}
 			}
 			if groups[key] == nil {
 				groups[key] = &Counts{}
