@@ -79,5 +79,63 @@ fuzz: deps
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
+.PHONY: sim bench-fleet
+## sim: every committed fleet-sim scenario, short and large (reports in .sim/)
+sim: build
+	@for f in fleet-sim/scenarios/*.yaml; do \
+		echo "== $$f"; $(BIN)/fleet-sim run $$f --quiet --report .sim/$$(basename $$f .yaml) || exit 1; \
+	done
+
+## bench-fleet: fleet-sim rollout fan-out and scale benchmarks (figures in docs/benchmarks.md)
+FLEET_FANOUT_N ?= 100,1000
+FLEET_SCALE_N  ?= 100,1000,5000
+bench-fleet: build
+	$(BIN)/fleet-sim bench fanout --n $(FLEET_FANOUT_N)
+	$(BIN)/fleet-sim bench scale --n $(FLEET_SCALE_N)
+
 clean:
 	rm -rf $(BIN) .demo
+
+## cross: agent tarballs for linux/amd64 and linux/arm64 (cgo; Debian cross
+## compilers) with onnxruntime, config example, unit, install.sh; dist/SHA256SUMS
+DIST        := $(CURDIR)/dist
+CROSS_ARCHS ?= amd64 arm64
+CROSS_FLAGS := -trimpath -ldflags "-s -w $(LDFLAGS)"
+.PHONY: cross test-cross test-deploy dist
+cross: deps
+	@command -v aarch64-linux-gnu-gcc >/dev/null || sh scripts/install-cross.sh
+	@mkdir -p $(DIST)
+	@set -e; for arch in $(CROSS_ARCHS); do \
+		case $$arch in amd64) cc=x86_64-linux-gnu-gcc; ort=x64;; arm64) cc=aarch64-linux-gnu-gcc; ort=arm64;; \
+			*) echo "cross: unsupported arch $$arch"; exit 1;; esac; \
+		echo "== linux/$$arch ($$cc)"; \
+		CGO_ENABLED=1 GOOS=linux GOARCH=$$arch CC=$$cc $(GO) build $(CROSS_FLAGS) \
+			-o $(DIST)/.build/$$arch/edgefleet-agent ./agent/cmd/edgefleet-agent; \
+		sh scripts/package-agent.sh $(VERSION) $$arch $(DIST)/.build/$$arch/edgefleet-agent \
+			third_party/onnxruntime/linux-$$ort/libonnxruntime.so.1 $(DIST); \
+	done
+	@cd $(DIST) && sha256sum edgefleet-*.tar.gz > SHA256SUMS && cat SHA256SUMS
+	@ls -l $(DIST)/.build/*/edgefleet-agent $(DIST)/*.tar.gz
+
+## test-cross: the arm64 agent under qemu-user: --version, onnxruntime, an inference
+test-cross:
+	$(MAKE) cross CROSS_ARCHS=arm64
+	@command -v qemu-aarch64 >/dev/null || sh scripts/install-cross.sh
+	EDGEFLEET_CROSS_TARBALL=$(DIST)/edgefleet-agent-$(VERSION)-linux-arm64.tar.gz \
+		$(GO) test -count=1 -timeout 10m -run 'TestCross' -v ./deploy/deploytest/
+
+## test-deploy: the deployment kit's tests (also part of make test)
+test-deploy: deps
+	$(GO) test $(TEST_FLAGS) ./deploy/...
+
+## dist: cross tarballs plus the control plane (linux/amd64 + arm64) with its unit and broker configs
+dist: cross
+	@set -e; for arch in $(CROSS_ARCHS); do \
+		case $$arch in amd64) cc=x86_64-linux-gnu-gcc; ort=x64;; arm64) cc=aarch64-linux-gnu-gcc; ort=arm64;; esac; \
+		d=$(DIST)/.build/edgefleet-$(VERSION)-linux-$$arch; rm -rf $$d; mkdir -p $$d/bin $$d/lib $$d/systemd; \
+		CGO_ENABLED=1 GOOS=linux GOARCH=$$arch CC=$$cc $(GO) build $(CROSS_FLAGS) -o $$d/bin/edgefleet ./controlplane/cmd/edgefleet; \
+		cp third_party/onnxruntime/linux-$$ort/libonnxruntime.so.1 $$d/lib/; \
+		cp deploy/systemd/edgefleet.service $$d/systemd/; cp -r deploy/mosquitto $$d/; \
+		tar --owner=0 --group=0 --numeric-owner --sort=name -C $(DIST)/.build -czf $(DIST)/edgefleet-$(VERSION)-linux-$$arch.tar.gz edgefleet-$(VERSION)-linux-$$arch; \
+	done
+	@cd $(DIST) && sha256sum edgefleet-*.tar.gz > SHA256SUMS && cat SHA256SUMS

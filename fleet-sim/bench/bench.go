@@ -1,0 +1,77 @@
+// Package bench runs fleet-sim's benchmarks: rollout fan-out against a raw
+// MQTT baseline through a broker of the same code and settings, and
+// per-agent memory and goroutines at scale. fleet-sim's main imports it.
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Main runs `fleet-sim bench fanout|scale [flags]` and returns the exit
+// code.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || (args[0] != "fanout" && args[0] != "scale") {
+		fmt.Fprintln(stderr, "usage: fleet-sim bench fanout|scale [--n 100,1000] [--model-bytes N] [--work-dir D] [--report FILE]")
+		return 2
+	}
+	fs := flag.NewFlagSet("fleet-sim bench "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	ns := fs.String("n", "100,1000", "fleet sizes, comma separated")
+	modelBytes := fs.Int("model-bytes", 1<<20, "fanout: model size in bytes (a fraud model padded with an ONNX doc_string)")
+	proxyMax := fs.Int("proxy-max", 2000, "fanout: count bytes on the wire through the proxy up to this N (it doubles the sockets)")
+	fetchRetry := fs.Duration("fetch-retry", 2*time.Second, "fanout: the agents' fetch retry interval")
+	workDir := fs.String("work-dir", "", "state directory (default: a temporary one)")
+	ortLib := fs.String("ort-lib", "", "path of libonnxruntime.so.1")
+	heapProfile := fs.String("heap-profile", "", "scale: write a heap profile at the largest N to this file")
+	report := fs.String("report", "", "also write the results as JSON to this file")
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	var sizes []int
+	for _, s := range strings.Split(*ns, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n <= 0 {
+			fmt.Fprintf(stderr, "fleet-sim bench: --n: %q is not a positive number\n", s)
+			return 2
+		}
+		sizes = append(sizes, n)
+	}
+	dir := *workDir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "fleet-sim-bench-*")
+		if err != nil {
+			fmt.Fprintf(stderr, "fleet-sim bench: %v\n", err)
+			return 2
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	}
+	var results any
+	var err error
+	switch args[0] {
+	case "fanout":
+		results, err = Fanout(ctx, FanoutOptions{Sizes: sizes, ModelBytes: *modelBytes, ProxyMax: *proxyMax, FetchRetry: *fetchRetry, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
+	case "scale":
+		results, err = Scale(ctx, ScaleOptions{Sizes: sizes, HeapProfile: *heapProfile, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "fleet-sim bench: %v\n", err)
+		return 1
+	}
+	if *report != "" {
+		b, _ := json.MarshalIndent(results, "", "  ")
+		if err := os.WriteFile(*report, append(b, '\n'), 0o644); err != nil {
+			fmt.Fprintf(stderr, "fleet-sim bench: %v\n", err)
+			return 1
+		}
+	}
+	return 0
+}

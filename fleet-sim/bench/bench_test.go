@@ -1,0 +1,45 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestFanoutSmall(t *testing.T) {
+	res, err := Fanout(context.Background(), FanoutOptions{Sizes: []int{3}, ModelBytes: 200_000, ProxyMax: 10,
+		FetchRetry: 300 * time.Millisecond, Dir: t.TempDir(), Progress: io.Discard})
+	require.NoError(t, err)
+	require.Len(t, res, 1)
+	r := res[0]
+	assert.Equal(t, 3, r.N)
+	assert.InDelta(t, 200_000, float64(r.ModelBytes), 100)
+	assert.Equal(t, uint32(4), r.Chunks, "200 kB in 64 KiB chunks")
+	assert.Positive(t, r.Rollout)
+	assert.Positive(t, r.Baseline)
+	assert.Zero(t, r.BaselineMissing, "every raw subscriber got every chunk")
+	assert.GreaterOrEqual(t, r.ChunkPublishes, float64(r.Chunks), "read from /metrics")
+	assert.GreaterOrEqual(t, r.WireBytesPerAgent, 1.0, "each agent received at least the model")
+	assert.LessOrEqual(t, r.FirstActive, r.MedianActive)
+}
+
+func TestScaleSmall(t *testing.T) {
+	res, err := Scale(context.Background(), ScaleOptions{Sizes: []int{3}, Dir: t.TempDir(), Progress: io.Discard})
+	require.NoError(t, err)
+	require.Len(t, res, 1)
+	assert.Positive(t, res[0].GoroutinesPerAgent)
+	assert.Positive(t, res[0].HeapBytes)
+}
+
+func TestMainUsage(t *testing.T) {
+	for _, args := range [][]string{nil, {"nope"}, {"fanout", "--n", "0"}, {"scale", "--n", "x"}} {
+		var out, errOut bytes.Buffer
+		assert.Equal(t, 2, Main(context.Background(), args, &out, &errOut), "Main(%q)", args)
+		assert.NotEmpty(t, errOut.String())
+	}
+}

@@ -1,0 +1,357 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/broker"
+	"github.com/edgefleet/edgefleet/fleet-sim/scenario"
+	"github.com/edgefleet/edgefleet/fleet-sim/sim"
+	"github.com/edgefleet/edgefleet/internal/fraud"
+	"github.com/edgefleet/edgefleet/internal/infer"
+	"github.com/edgefleet/edgefleet/internal/topics"
+	"github.com/edgefleet/edgefleet/internal/transfer"
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+// FanoutOptions configure Fanout.
+type FanoutOptions struct {
+	Sizes      []int
+	ModelBytes int
+	// ProxyMax is the largest N measured through the counting proxy.
+	ProxyMax int
+	// FetchRetry is the agents' FetchRetryInterval; default 2s.
+	FetchRetry time.Duration
+	Dir        string
+	ORTLibrary string
+	Progress   io.Writer
+}
+
+// FanoutResult is one fleet size's rollout against its baseline.
+type FanoutResult struct {
+	N          int     `json:"n"`
+	ModelBytes uint64  `json:"model_bytes"`
+	Chunks     uint32  `json:"chunks"`
+	ChunkSize  uint32  `json:"chunk_size"`
+	Rollout    float64 `json:"rollout_seconds"` // deploy → every agent serving the version
+	// FirstActive, MedianActive and P90Active are when the first, the
+	// median and the 90th-percentile agent served the version.
+	FirstActive  float64 `json:"first_active_seconds"`
+	MedianActive float64 `json:"median_active_seconds"`
+	P90Active    float64 `json:"p90_active_seconds"`
+	// ChunkPublishes is how many chunk publishes the control plane made
+	// for the version (the model has Chunks chunks).
+	ChunkPublishes float64 `json:"chunk_publishes"`
+	Baseline       float64 `json:"baseline_seconds"` // first publish → every raw subscriber has every chunk
+	Ratio          float64 `json:"ratio"`
+	// WireBytesPerAgent is the mean bytes each agent received from the
+	// broker during the rollout (MQTT framing and every message, measured
+	// by the proxy) divided by the model size; 0 when not measured.
+	WireBytesPerAgent float64 `json:"wire_bytes_per_agent_over_model_size,omitempty"`
+	// BaselineDropped counts chunk deliveries the raw subscribers missed.
+	BaselineMissing uint64  `json:"baseline_missing_deliveries"`
+	StartSeconds    float64 `json:"fleet_start_seconds"`
+}
+
+// Fanout measures, per fleet size, how long a ModelBytes model takes from
+// deploy to active on every agent, and the same bytes in the same chunks
+// from one publisher to N raw subscribers.
+func Fanout(ctx context.Context, o FanoutOptions) ([]FanoutResult, error) {
+	lib, err := infer.FindLibrary(o.ORTLibrary)
+	if err != nil {
+		return nil, err
+	}
+	rt, err := infer.NewRuntime(lib, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer rt.Close()
+	small, err := fraud.TrainArtifact(fraud.TrainConfig{Seed: 1, Rows: 4000})
+	if err != nil {
+		return nil, err
+	}
+	big, err := fraud.TrainArtifact(fraud.TrainConfig{Seed: 2, Rows: 4000})
+	if err != nil {
+		return nil, err
+	}
+	model := scenario.PadONNX(big.ONNX, max(o.ModelBytes-len(big.ONNX)-8, 0))
+	fmt.Fprintf(o.Progress, "| N | model bytes | chunks | rollout s (first / median / p90 / all) | raw baseline s | ratio | chunk publishes | wire bytes per agent / model |\n|---|---|---|---|---|---|---|---|\n")
+	var out []FanoutResult
+	for _, n := range o.Sizes {
+		r, err := fanoutOne(ctx, o, n, rt, small, big, model)
+		if err != nil {
+			return out, fmt.Errorf("fanout N=%d: %w", n, err)
+		}
+		wire := "-"
+		if r.WireBytesPerAgent > 0 {
+			wire = fmt.Sprintf("%.3f", r.WireBytesPerAgent)
+		}
+		fmt.Fprintf(o.Progress, "| %d | %d | %d | %.2f / %.2f / %.2f / %.2f | %.2f | %.2f | %.0f | %s |\n", r.N, r.ModelBytes, r.Chunks,
+			r.FirstActive, r.MedianActive, r.P90Active, r.Rollout, r.Baseline, r.Ratio, r.ChunkPublishes, wire)
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func devicesFor(n int) []sim.Device {
+	per := min(n, 25)
+	sites := (n + per - 1) / per
+	devs, _ := sim.FleetSpec{Sites: sites, DevicesPerSite: per}.Expand()
+	return devs[:n]
+}
+
+func fanoutOne(ctx context.Context, o FanoutOptions, n int, rt *infer.Runtime, small, big *fraud.Artifact, model []byte) (FanoutResult, error) {
+	r := FanoutResult{N: n}
+	devs := devicesFor(n)
+	f, err := sim.New(sim.Options{
+		Dir:                filepath.Join(o.Dir, fmt.Sprintf("fanout-%d", n)),
+		Devices:            devs,
+		Runtime:            rt,
+		Proxy:              n <= o.ProxyMax,
+		HeartbeatInterval:  time.Minute,
+		FetchRetryInterval: o.FetchRetry,
+	})
+	if err != nil {
+		return r, err
+	}
+	defer f.Stop()
+	t0 := time.Now()
+	if err := f.Start(ctx); err != nil {
+		return r, err
+	}
+	r.StartSeconds = time.Since(t0).Seconds()
+	cp := f.ControlPlane()
+	all := make([]string, n)
+	for i, d := range devs {
+		all[i] = d.ID
+	}
+	// Warm up: every agent connected, trusting, serving a small v1.
+	if _, err := cp.AddModelVersion(ctx, "fraud", "1", small.ONNX, small.Metadata(), false); err != nil {
+		return r, err
+	}
+	if _, err := cp.Deploy(ctx, controlplane.DeployRequest{Model: "fraud", Version: "1", Devices: all}); err != nil {
+		return r, err
+	}
+	if err := waitServing(ctx, f, "fraud", "1", 10*time.Minute); err != nil {
+		return r, err
+	}
+	mv, err := cp.AddModelVersion(ctx, "fraud", "2", model, big.Metadata(), false)
+	if err != nil {
+		return r, err
+	}
+	r.ModelBytes, r.Chunks, r.ChunkSize = mv.Size, mv.ChunkCount, mv.ChunkSize
+	inBefore := proxyIn(f)
+	pubBefore := chunkPublishes(f)
+	t0 = time.Now()
+	if _, err := cp.Deploy(ctx, controlplane.DeployRequest{Model: "fraud", Version: "2", Devices: all}); err != nil {
+		return r, err
+	}
+	times, err := waitServingTimes(ctx, f, "fraud", "2", t0, 10*time.Minute)
+	if err != nil {
+		return r, err
+	}
+	r.Rollout = time.Since(t0).Seconds()
+	slices.Sort(times)
+	r.FirstActive, r.MedianActive, r.P90Active = times[0], times[len(times)/2], times[len(times)*9/10]
+	r.ChunkPublishes = chunkPublishes(f) - pubBefore
+	if f.Proxy() != nil {
+		r.WireBytesPerAgent = float64(proxyIn(f)-inBefore) / float64(n) / float64(mv.Size)
+	}
+	if err := f.StopAgents(); err != nil {
+		return r, err
+	}
+	base, missing, err := rawBaseline(ctx, devs, model, mv.ChunkSize)
+	if err != nil {
+		return r, fmt.Errorf("baseline: %w", err)
+	}
+	r.Baseline, r.BaselineMissing = base, missing
+	r.Ratio = r.Rollout / r.Baseline
+	return r, f.Stop()
+}
+
+func proxyIn(f *sim.Fleet) uint64 {
+	p := f.Proxy()
+	if p == nil {
+		return 0
+	}
+	var in uint64
+	for _, m := range f.Members() {
+		i, _ := p.Bytes(m.Device.ID)
+		in += i
+	}
+	return in
+}
+
+// waitServing polls until every agent serves model@version.
+func waitServing(ctx context.Context, f *sim.Fleet, model, version string, timeout time.Duration) error {
+	_, err := waitServingTimes(ctx, f, model, version, time.Now(), timeout)
+	return err
+}
+
+// waitServingTimes polls until every agent serves model@version and
+// returns when (seconds since t0) each was first seen serving it.
+func waitServingTimes(ctx context.Context, f *sim.Fleet, model, version string, t0 time.Time, timeout time.Duration) ([]float64, error) {
+	deadline := time.Now().Add(timeout)
+	seen := map[string]float64{}
+	for {
+		done := 0
+		for _, m := range f.Members() {
+			if _, ok := seen[m.Device.ID]; ok {
+				done++
+				continue
+			}
+			if scenario.Status(m, model).Serving == version {
+				seen[m.Device.ID] = time.Since(t0).Seconds()
+				done++
+			}
+		}
+		if done == len(f.Members()) {
+			out := make([]float64, 0, len(seen))
+			for _, v := range seen {
+				out = append(out, v)
+			}
+			return out, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("only %d of %d agents serve %s@%s after %v", done, len(f.Members()), model, version, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(5 * time.Millisecond): // polling: agents have no change feed
+		}
+	}
+}
+
+// chunkPublishes reads edgefleet_chunk_publishes_total from the in-process
+// control plane's /metrics (-1 if unavailable).
+func chunkPublishes(f *sim.Fleet) float64 {
+	srv := f.Server()
+	if srv == nil {
+		return -1
+	}
+	req, err := http.NewRequest("GET", srv.APIURL()+"/metrics", nil)
+	if err != nil {
+		return -1
+	}
+	req.Header.Set("Authorization", "Bearer "+f.APIToken())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "edgefleet_chunk_publishes_total "); ok {
+			x, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil {
+				return x
+			}
+		}
+	}
+	return -1
+}
+
+type allowAll struct{}
+
+func (allowAll) AuthenticateDevice(string, []byte) bool { return true }
+
+// rawBaseline starts a broker of the same package and settings as the
+// control plane's embedded one, connects one raw paho subscriber per
+// device to the chunk topic, publishes the model's chunks through the
+// broker's inline client (the control plane's own publish path) and
+// returns the time until every subscriber has every chunk.
+func rawBaseline(ctx context.Context, devs []sim.Device, model []byte, chunkSize uint32) (seconds float64, missing uint64, err error) {
+	scheme := topics.Scheme{Prefix: topics.DefaultPrefix}
+	b, err := broker.New(broker.Options{Addr: "127.0.0.1:0", Scheme: scheme, Auth: allowAll{}})
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := b.Start(); err != nil {
+		return 0, 0, err
+	}
+	defer b.Close()
+	topic := scheme.Chunks("baseline", "1")
+	chunks := transfer.ChunkCount(uint64(len(model)), chunkSize)
+	var payloads [][]byte
+	for i := range uint32(chunks) {
+		data, err := transfer.ChunkData(model, chunkSize, i)
+		if err != nil {
+			return 0, 0, err
+		}
+		p, _ := proto.Marshal(&efpb.Chunk{Name: "baseline", Version: "1", Index: i, Data: data})
+		payloads = append(payloads, p)
+	}
+	var received atomic.Uint64
+	want := uint64(len(devs)) * uint64(chunks)
+	allDone := make(chan struct{})
+	var doneOnce sync.Once
+	clients := make([]paho.Client, len(devs))
+	defer func() {
+		for _, c := range clients {
+			if c != nil {
+				c.Disconnect(0)
+			}
+		}
+	}()
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	errs := make([]error, len(devs))
+	for i, d := range devs {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			o := paho.NewClientOptions().AddBroker(b.URL()).SetClientID(d.ID).SetUsername(d.ID).SetPassword("x").
+				SetProtocolVersion(4).SetAutoReconnect(false).SetCleanSession(true).SetOrderMatters(false)
+			c := paho.NewClient(o)
+			if t := c.Connect(); !t.WaitTimeout(30*time.Second) || t.Error() != nil {
+				errs[i] = fmt.Errorf("connect %s: %v", d.ID, t.Error())
+				return
+			}
+			clients[i] = c
+			t := c.Subscribe(topic, 1, func(paho.Client, paho.Message) {
+				if received.Add(1) == want {
+					doneOnce.Do(func() { close(allDone) })
+				}
+			})
+			if !t.WaitTimeout(30*time.Second) || t.Error() != nil {
+				errs[i] = fmt.Errorf("subscribe %s: %v", d.ID, t.Error())
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return 0, 0, err
+	}
+	t0 := time.Now()
+	for _, p := range payloads {
+		if err := b.Publish(topic, p, false, 1); err != nil {
+			return 0, 0, err
+		}
+	}
+	select {
+	case <-allDone:
+	case <-time.After(2 * time.Minute):
+		return time.Since(t0).Seconds(), want - received.Load(), nil
+	case <-ctx.Done():
+		return 0, 0, ctx.Err()
+	}
+	return time.Since(t0).Seconds(), 0, nil
+}

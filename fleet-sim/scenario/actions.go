@@ -1,0 +1,501 @@
+package scenario
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/fleet-sim/sim"
+	"github.com/edgefleet/edgefleet/internal/fraud"
+)
+
+func registerBuiltins(r *Registry) {
+	r.RegisterAction("push_model", func() Action { return &PushModel{} })
+	r.RegisterAction("deploy", func() Action { return &Deploy{} })
+	r.RegisterAction("wait_active", func() Action { return &WaitActive{} })
+	r.RegisterAction("wait_phase", func() Action { return &WaitPhase{} })
+	r.RegisterAction("restart", func() Action { return &Restart{} })
+	r.RegisterAction("disconnect", func() Action { return &Disconnect{} })
+	r.RegisterAction("corrupt_chunks", func() Action { return &CorruptChunks{} })
+	r.RegisterAction("throttle", func() Action { return &Throttle{} })
+	r.RegisterAction("shift_traffic", func() Action { return &ShiftTraffic{} })
+	r.RegisterAction("sleep", func() Action { return &Sleep{} })
+
+	r.RegisterAssertion("all_active", func() Assertion { return &AllActive{} })
+	r.RegisterAssertion("never_ran", func() Assertion { return &NeverRan{} })
+	r.RegisterAssertion("no_failed_inference", func() Assertion { return &NoFailedInference{} })
+	r.RegisterAssertion("all_committed", func() Assertion { return &AllCommitted{} })
+	r.RegisterAssertion("all_refused", func() Assertion { return &AllRefused{} })
+	registerRollouts(r)
+}
+
+// Pick chooses devices: those matching Selector ("" all), then Count of
+// them or a Fraction (0..1] of them, spread evenly; neither means all.
+type Pick struct {
+	Selector string  `yaml:"selector"`
+	Count    int     `yaml:"count"`
+	Fraction float64 `yaml:"fraction"`
+}
+
+func (p Pick) validate() error {
+	if p.Count < 0 || p.Fraction < 0 || p.Fraction > 1 {
+		return fmt.Errorf("count %d must be ≥ 0 and fraction %v in [0, 1]", p.Count, p.Fraction)
+	}
+	if p.Count > 0 && p.Fraction > 0 {
+		return errors.New("give count or fraction, not both")
+	}
+	return nil
+}
+
+// pick returns the chosen members among those that keep returns true for
+// (nil keeps all).
+func (p Pick) pick(env *Env, keep func(*sim.Member) bool) ([]*sim.Member, error) {
+	all, err := env.Select(p.Selector)
+	if err != nil {
+		return nil, err
+	}
+	var cands []*sim.Member
+	for _, m := range all {
+		if keep == nil || keep(m) {
+			cands = append(cands, m)
+		}
+	}
+	n := len(cands)
+	switch {
+	case p.Count > 0:
+		n = min(p.Count, len(cands))
+	case p.Fraction > 0:
+		n = int(float64(len(cands))*p.Fraction + 0.5)
+	}
+	if n == len(cands) {
+		return cands, nil
+	}
+	out := make([]*sim.Member, 0, n)
+	for i := range n {
+		out = append(out, cands[i*len(cands)/n])
+	}
+	return out, nil
+}
+
+func ids(ms []*sim.Member) []string {
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = m.Device.ID
+	}
+	return out
+}
+
+// PushModel trains a fraud model and uploads it as a new version.
+type PushModel struct {
+	Model   string `yaml:"model"`
+	Version string `yaml:"version"`
+	Seed    uint64 `yaml:"seed"`
+	// Rows of synthetic data to train on; default 4000.
+	Rows   int    `yaml:"rows"`
+	Params Params `yaml:"params"`
+	// PadBytes appends an ONNX doc_string of this many bytes, to make the
+	// model as large as a real one (1048576 for 1 MiB).
+	PadBytes int `yaml:"pad_bytes"`
+	// BadTestVectors inverts the expected outputs of the test vectors, so
+	// every agent must refuse the version (the upload is forced).
+	BadTestVectors bool `yaml:"bad_test_vectors"`
+	// Force uploads even if the control plane's checks fail.
+	Force bool `yaml:"force"`
+}
+
+// Validate implements the optional validation.
+func (p *PushModel) Validate(*Scenario) error {
+	if p.Model == "" || p.Version == "" {
+		return errors.New("model and version are required")
+	}
+	if p.PadBytes < 0 || p.PadBytes > 256<<20 {
+		return fmt.Errorf("pad_bytes %d is outside [0, 256 MiB]", p.PadBytes)
+	}
+	_, err := p.Params.Fraud()
+	return err
+}
+
+// Run implements Action.
+func (p *PushModel) Run(ctx context.Context, env *Env) (string, error) {
+	params, err := p.Params.Fraud()
+	if err != nil {
+		return "", err
+	}
+	rows := p.Rows
+	if rows == 0 {
+		rows = 4000
+	}
+	art, err := fraud.TrainArtifact(fraud.TrainConfig{Seed: p.Seed, Rows: rows, Params: params})
+	if err != nil {
+		return "", err
+	}
+	model := art.ONNX
+	if p.PadBytes > 0 {
+		model = PadONNX(model, p.PadBytes)
+	}
+	meta := art.Metadata()
+	if p.BadTestVectors {
+		for _, v := range meta.TestVectors {
+			for _, t := range v.Expected {
+				for i, x := range t.Data {
+					t.Data[i] = 1 - x
+				}
+			}
+		}
+	}
+	mv, err := env.Fleet.ControlPlane().AddModelVersion(ctx, p.Model, p.Version, model, meta, p.Force || p.BadTestVectors)
+	if err != nil {
+		return "", err
+	}
+	env.Models[p.Model+"@"+p.Version] = art
+	checks := "checks passed"
+	if !mv.Checks.Passed {
+		checks = "checks failed (forced): " + mv.Checks.Error
+	}
+	return fmt.Sprintf("%s@%s: %d bytes, %d chunks, test accuracy %.4f; %s", p.Model, p.Version, mv.Size, mv.ChunkCount, art.Test.Accuracy, checks), nil
+}
+
+// PadONNX returns model with an ONNX ModelProto doc_string (field 6) of n
+// bytes appended: a valid model of about len(model)+n bytes.
+func PadONNX(model []byte, n int) []byte {
+	out := protowire.AppendTag(append([]byte(nil), model...), 6, protowire.BytesType)
+	return protowire.AppendString(out, strings.Repeat("x", n))
+}
+
+// Deploy issues desired states for a model version to a selector or to
+// devices.
+type Deploy struct {
+	Model    string   `yaml:"model"`
+	Version  string   `yaml:"version"`
+	Selector string   `yaml:"selector"`
+	Devices  []string `yaml:"devices"`
+}
+
+// Validate implements the optional validation.
+func (d *Deploy) Validate(*Scenario) error {
+	if d.Model == "" || d.Version == "" {
+		return errors.New("model and version are required")
+	}
+	return nil
+}
+
+// Run implements Action.
+func (d *Deploy) Run(ctx context.Context, env *Env) (string, error) {
+	req := controlplane.DeployRequest{Model: d.Model, Version: d.Version, Selector: d.Selector, Devices: d.Devices}
+	if req.Selector == "" && len(req.Devices) == 0 {
+		req.Devices = ids(env.Fleet.Members()) // the whole fleet
+	}
+	res, err := env.Fleet.ControlPlane().Deploy(ctx, req)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%s@%s issued to %d devices", d.Model, d.Version, len(res.Devices)), nil
+}
+
+// WaitActive waits until every selected device serves model@version.
+type WaitActive struct {
+	Model    string        `yaml:"model"`
+	Version  string        `yaml:"version"`
+	Selector string        `yaml:"selector"`
+	Timeout  time.Duration `yaml:"timeout"`
+}
+
+// Validate implements the optional validation.
+func (w *WaitActive) Validate(*Scenario) error {
+	if w.Model == "" || w.Version == "" {
+		return errors.New("model and version are required")
+	}
+	return nil
+}
+
+// Run implements Action.
+func (w *WaitActive) Run(ctx context.Context, env *Env) (string, error) {
+	start := time.Now()
+	check := &AllActive{Model: w.Model, Version: w.Version, Selector: w.Selector}
+	var why string
+	err := poll(ctx, orDefault(w.Timeout, time.Minute), func() bool {
+		var ok bool
+		ok, why = check.Check(env)
+		return ok
+	})
+	if err != nil {
+		return "", fmt.Errorf("not every device active on %s@%s after %v: %s", w.Model, w.Version, orDefault(w.Timeout, time.Minute), why)
+	}
+	ms, _ := env.Select(w.Selector)
+	return fmt.Sprintf("%d devices active on %s@%s after %.2fs", len(ms), w.Model, w.Version, time.Since(start).Seconds()), nil
+}
+
+// WaitPhase waits until enough selected devices are in an update phase
+// (manifest, downloading, verifying, staging) of model (and version).
+type WaitPhase struct {
+	Model   string        `yaml:"model"`
+	Version string        `yaml:"version"`
+	Phase   string        `yaml:"phase"`
+	Pick    Pick          `yaml:",inline"`
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// Validate implements the optional validation.
+func (w *WaitPhase) Validate(*Scenario) error {
+	if w.Model == "" || w.Phase == "" {
+		return errors.New("model and phase are required")
+	}
+	return w.Pick.validate()
+}
+
+// Run implements Action.
+func (w *WaitPhase) Run(ctx context.Context, env *Env) (string, error) {
+	all, err := env.Select(w.Pick.Selector)
+	if err != nil {
+		return "", err
+	}
+	want := len(all)
+	switch {
+	case w.Pick.Count > 0:
+		want = min(w.Pick.Count, len(all))
+	case w.Pick.Fraction > 0:
+		want = int(float64(len(all))*w.Pick.Fraction + 0.5)
+	}
+	var have int
+	err = poll(ctx, orDefault(w.Timeout, time.Minute), func() bool {
+		have = 0
+		for _, m := range all {
+			s := Status(m, w.Model)
+			if s.Phase == w.Phase && (w.Version == "" || s.Target == w.Version) {
+				have++
+			}
+		}
+		return have >= want
+	})
+	if err != nil {
+		return "", fmt.Errorf("only %d of the %d wanted devices reached phase %s of %s", have, want, w.Phase, w.Model)
+	}
+	return fmt.Sprintf("%d devices in phase %s", have, w.Phase), nil
+}
+
+// Restart stops agents and starts them again on the same state (as after a
+// crash or a reboot). With Phase set, only devices in that update phase of
+// Model are picked: "restart mid-download".
+type Restart struct {
+	Pick  Pick   `yaml:",inline"`
+	Model string `yaml:"model"`
+	Phase string `yaml:"phase"`
+}
+
+// Validate implements the optional validation.
+func (r *Restart) Validate(*Scenario) error {
+	if r.Phase != "" && r.Model == "" {
+		return errors.New("phase needs model")
+	}
+	return r.Pick.validate()
+}
+
+// Run implements Action.
+func (r *Restart) Run(ctx context.Context, env *Env) (string, error) {
+	var keep func(*sim.Member) bool
+	if r.Phase != "" {
+		keep = func(m *sim.Member) bool { return Status(m, r.Model).Phase == r.Phase }
+	}
+	ms, err := r.Pick.pick(env, keep)
+	if err != nil {
+		return "", err
+	}
+	if len(ms) == 0 {
+		return "", errors.New("no device matched")
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(ms))
+	sem := make(chan struct{}, 32)
+	for i, m := range ms {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			errs[i] = env.Fleet.Restart(ctx, m.Device.ID)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return "", err
+	}
+	what := ""
+	if r.Phase != "" {
+		what = " while " + r.Phase
+	}
+	return fmt.Sprintf("restarted %d agents%s", len(ms), what), nil
+}
+
+func needProxy(sc *Scenario) error {
+	if !sc.Network.Proxy {
+		return errors.New("needs network: {proxy: true}")
+	}
+	return nil
+}
+
+// Disconnect cuts the picked devices' broker connections and keeps their
+// links down for Down (0: they may reconnect at once). Many devices at once
+// make a reconnect storm.
+type Disconnect struct {
+	Pick Pick          `yaml:",inline"`
+	Down time.Duration `yaml:"down"`
+}
+
+// Validate implements the optional validation.
+func (d *Disconnect) Validate(sc *Scenario) error {
+	if err := needProxy(sc); err != nil {
+		return err
+	}
+	return d.Pick.validate()
+}
+
+// Run implements Action.
+func (d *Disconnect) Run(_ context.Context, env *Env) (string, error) {
+	ms, err := d.Pick.pick(env, nil)
+	if err != nil {
+		return "", err
+	}
+	n := env.Fleet.Proxy().Disconnect(ids(ms), d.Down)
+	return fmt.Sprintf("cut %d connections of %d devices, down for %v", n, len(ms), d.Down), nil
+}
+
+// CorruptChunks flips a byte in the next Chunks chunk publishes each picked
+// device receives.
+type CorruptChunks struct {
+	Pick   Pick `yaml:",inline"`
+	Chunks int  `yaml:"chunks"`
+}
+
+// Validate implements the optional validation.
+func (c *CorruptChunks) Validate(sc *Scenario) error {
+	if err := needProxy(sc); err != nil {
+		return err
+	}
+	if c.Chunks < 0 {
+		return errors.New("chunks must be ≥ 0")
+	}
+	return c.Pick.validate()
+}
+
+// Run implements Action.
+func (c *CorruptChunks) Run(_ context.Context, env *Env) (string, error) {
+	ms, err := c.Pick.pick(env, nil)
+	if err != nil {
+		return "", err
+	}
+	n := max(c.Chunks, 1)
+	env.Fleet.Proxy().CorruptChunks(ids(ms), n)
+	return fmt.Sprintf("the next %d chunk publishes to %d devices will be corrupted", n, len(ms)), nil
+}
+
+// Throttle caps the picked devices' download bandwidth (a slow link).
+type Throttle struct {
+	Pick           Pick `yaml:",inline"`
+	BytesPerSecond int  `yaml:"bytes_per_second"`
+}
+
+// Validate implements the optional validation.
+func (t *Throttle) Validate(sc *Scenario) error {
+	if err := needProxy(sc); err != nil {
+		return err
+	}
+	if t.BytesPerSecond < 0 {
+		return errors.New("bytes_per_second must be ≥ 0 (0 removes the cap)")
+	}
+	return t.Pick.validate()
+}
+
+// Run implements Action.
+func (t *Throttle) Run(_ context.Context, env *Env) (string, error) {
+	ms, err := t.Pick.pick(env, nil)
+	if err != nil {
+		return "", err
+	}
+	env.Fleet.Proxy().Throttle(ids(ms), t.BytesPerSecond)
+	return fmt.Sprintf("%d devices capped at %d B/s", len(ms), t.BytesPerSecond), nil
+}
+
+// ShiftTraffic changes the picked devices' transaction distribution
+// (injected drift).
+type ShiftTraffic struct {
+	Pick   Pick   `yaml:",inline"`
+	Params Params `yaml:"params"`
+}
+
+// Validate implements the optional validation.
+func (s *ShiftTraffic) Validate(sc *Scenario) error {
+	if sc.Traffic == nil {
+		return errors.New("needs a traffic section")
+	}
+	if _, err := s.Params.Fraud(); err != nil {
+		return err
+	}
+	return s.Pick.validate()
+}
+
+// Run implements Action.
+func (s *ShiftTraffic) Run(_ context.Context, env *Env) (string, error) {
+	ms, err := s.Pick.pick(env, nil)
+	if err != nil {
+		return "", err
+	}
+	p, err := s.Params.Fraud()
+	if err != nil {
+		return "", err
+	}
+	if err := env.Traffic.ShiftParams(ids(ms), p); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("traffic of %d devices shifted", len(ms)), nil
+}
+
+// Sleep waits.
+type Sleep struct {
+	For time.Duration `yaml:"for"`
+}
+
+// Run implements Action.
+func (s *Sleep) Run(ctx context.Context, _ *Env) (string, error) {
+	t := time.NewTimer(s.For)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return "", nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// pollInterval is how often waits re-check the fleet.
+const pollInterval = 25 * time.Millisecond
+
+// poll calls cond until it is true, timeout passes or ctx ends.
+func poll(ctx context.Context, timeout time.Duration, cond func() bool) error {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		if cond() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			return errors.New("timed out")
+		case <-tick.C:
+		}
+	}
+}

@@ -1,0 +1,224 @@
+package scenario
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/fleet-sim/sim"
+	"github.com/edgefleet/edgefleet/internal/fraud"
+	"github.com/edgefleet/edgefleet/internal/labels"
+)
+
+// Env is what actions and assertions work on: the running fleet, its
+// traffic, and what the recorder saw.
+type Env struct {
+	Fleet    *sim.Fleet
+	Scenario *Scenario
+	// Traffic is nil when the scenario has none.
+	Traffic *sim.Traffic
+	// Start is when the timeline started.
+	Start time.Time
+	// Progress receives one-line progress messages (never nil).
+	Progress io.Writer
+
+	// Models holds the artifacts pushed so far by "name@version"; only the
+	// timeline goroutine touches it.
+	Models map[string]*fraud.Artifact
+
+	rec *recorder
+	// rollouts maps scenario rollout names to ids; only the Run goroutine
+	// (timeline, then assertions) touches it.
+	rollouts map[string]string
+	// mu guards figures.
+	mu      sync.Mutex
+	figures map[string]any
+}
+
+// Since is the time since the timeline started.
+func (e *Env) Since() time.Duration { return time.Since(e.Start) }
+
+// SetFigure records a named figure for the report.
+func (e *Env) SetFigure(name string, v any) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.figures[name] = v
+}
+
+// Select returns the members whose labels match selector ("" is all).
+func (e *Env) Select(selector string) ([]*sim.Member, error) {
+	if selector == "" {
+		return e.Fleet.Members(), nil
+	}
+	sel, err := labels.Parse(selector)
+	if err != nil {
+		return nil, fmt.Errorf("selector %q: %w", selector, err)
+	}
+	var out []*sim.Member
+	for _, m := range e.Fleet.Members() {
+		if sel.Match(m.Device.Labels) {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
+// Status is the live status of model on the member's current agent.
+func Status(m *sim.Member, model string) agent.ModelStatus {
+	if a := m.Agent(); a != nil {
+		for _, s := range a.Status() {
+			if s.Name == model {
+				return s
+			}
+		}
+	}
+	return agent.ModelStatus{Name: model}
+}
+
+// FirstServing is when (since Start) the recorder first saw the device
+// serve model@version.
+func (e *Env) FirstServing(id, model, version string) (time.Duration, bool) {
+	return e.rec.firstServing(id, model+"@"+version)
+}
+
+// EverRan returns the devices the recorder ever saw serving or committed on
+// model@version.
+func (e *Env) EverRan(model, version string) []string {
+	return e.rec.everRan(model + "@" + version)
+}
+
+// Sample is the fleet at one moment: devices per served "model@version"
+// ("model@-" for none) and per update phase.
+type Sample struct {
+	T       float64        `json:"t"`
+	Serving map[string]int `json:"serving"`
+	Phases  map[string]int `json:"phases,omitempty"`
+}
+
+// recorder samples every agent's status on an interval.
+type recorder struct {
+	start time.Time
+	// mu guards everything below.
+	mu      sync.Mutex
+	first   map[string]map[string]time.Duration // device → model@version → first seen serving
+	ever    map[string]map[string]bool          // model@version → devices
+	tried   map[string]map[string]bool          // model@version → devices that targeted, served or refused it
+	samples []Sample
+	models  map[string]bool // model names seen
+}
+
+func newRecorder(start time.Time) *recorder {
+	return &recorder{start: start, first: map[string]map[string]time.Duration{}, ever: map[string]map[string]bool{}, tried: map[string]map[string]bool{}, models: map[string]bool{}}
+}
+
+// maxSamples bounds the report; beyond it every other sample is dropped.
+const maxSamples = 4000
+
+func (r *recorder) sample(f *sim.Fleet, trafficModel string) {
+	now := time.Since(r.start)
+	s := Sample{T: now.Seconds(), Serving: map[string]int{}, Phases: map[string]int{}}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, m := range f.Members() {
+		a := m.Agent()
+		if a == nil {
+			continue
+		}
+		st := a.Status()
+		seen := false
+		for _, ms := range st {
+			r.models[ms.Name] = true
+			if ms.Name == trafficModel {
+				seen = true
+			}
+			key := ms.Name + "@" + ms.Serving
+			if ms.Serving == "" {
+				key = ms.Name + "@-"
+			}
+			s.Serving[key]++
+			if ms.Phase != "" {
+				s.Phases[ms.Phase]++
+			}
+			for _, v := range []string{ms.Serving, ms.Active, ms.Target, ms.FailedVersion} {
+				if v == "" {
+					continue
+				}
+				k := ms.Name + "@" + v
+				if r.tried[k] == nil {
+					r.tried[k] = map[string]bool{}
+				}
+				r.tried[k][m.Device.ID] = true
+			}
+			for _, v := range []string{ms.Serving, ms.Active} {
+				if v == "" {
+					continue
+				}
+				k := ms.Name + "@" + v
+				if r.ever[k] == nil {
+					r.ever[k] = map[string]bool{}
+				}
+				r.ever[k][m.Device.ID] = true
+			}
+			if ms.Serving != "" {
+				k := ms.Name + "@" + ms.Serving
+				if r.first[m.Device.ID] == nil {
+					r.first[m.Device.ID] = map[string]time.Duration{}
+				}
+				if _, ok := r.first[m.Device.ID][k]; !ok {
+					r.first[m.Device.ID][k] = now
+				}
+			}
+		}
+		if !seen && trafficModel != "" {
+			s.Serving[trafficModel+"@-"]++
+		}
+	}
+	r.samples = append(r.samples, s)
+	if len(r.samples) > maxSamples {
+		kept := r.samples[:0]
+		for i, x := range r.samples {
+			if i%2 == 0 || i == len(r.samples)-1 {
+				kept = append(kept, x)
+			}
+		}
+		r.samples = kept
+	}
+}
+
+func (r *recorder) firstServing(id, key string) (time.Duration, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d, ok := r.first[id][key]
+	return d, ok
+}
+
+func (r *recorder) everRan(key string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, 0, len(r.ever[key]))
+	for id := range r.ever[key] {
+		out = append(out, id)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (r *recorder) attemptedBy(key string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, 0, len(r.tried[key]))
+	for id := range r.tried[key] {
+		out = append(out, id)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (r *recorder) allSamples() []Sample {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Sample(nil), r.samples...)
+}

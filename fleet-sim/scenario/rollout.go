@@ -1,0 +1,262 @@
+package scenario
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/rollout"
+)
+
+// Staged rollouts (controlplane/rollout), for the in-process control
+// plane. A rollout is named in the scenario; the name maps to the id the
+// control plane gave it.
+
+func registerRollouts(r *Registry) {
+	r.RegisterAction("create_rollout", func() Action { return &CreateRollout{} })
+	r.RegisterAction("rollout_action", func() Action { return &RolloutAction{} })
+	r.RegisterAction("wait_rollout", func() Action { return &WaitRollout{} })
+	r.RegisterAssertion("rollout_state", func() Assertion { return &RolloutState{} })
+	r.RegisterAssertion("max_attempted", func() Assertion { return &MaxAttempted{} })
+}
+
+// RolloutSpec is a rollout.Spec written in YAML: the same keys as the
+// REST API's JSON (model, version, selector, stages, bake, gates,
+// on_breach, auto_promote, ...), checked strictly.
+type RolloutSpec struct {
+	spec rollout.Spec
+}
+
+// UnmarshalYAML decodes the mapping through JSON so the API's own field
+// names and types apply; unknown keys are errors.
+func (s *RolloutSpec) UnmarshalYAML(n *yaml.Node) error {
+	var generic any
+	if err := n.Decode(&generic); err != nil {
+		return err
+	}
+	b, err := json.Marshal(jsonable(generic))
+	if err != nil {
+		return fmt.Errorf("line %d: rollout spec: %v", n.Line, err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s.spec); err != nil {
+		return fmt.Errorf("line %d: rollout spec: %v", n.Line, err)
+	}
+	return nil
+}
+
+// jsonable turns yaml's map[string]any trees into JSON-encodable values.
+func jsonable(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			x[k] = jsonable(e)
+		}
+		return x
+	case []any:
+		for i, e := range x {
+			x[i] = jsonable(e)
+		}
+		return x
+	default:
+		return v
+	}
+}
+
+func server(env *Env) (*controlplane.Server, error) {
+	if s := env.Fleet.Server(); s != nil {
+		return s, nil
+	}
+	return nil, errors.New("rollout actions need the in-process control plane (not --api)")
+}
+
+// CreateRollout starts a staged rollout.
+type CreateRollout struct {
+	// Name is how later steps refer to the rollout.
+	Name string      `yaml:"name"`
+	Spec RolloutSpec `yaml:"spec"`
+}
+
+// Validate implements the optional validation.
+func (c *CreateRollout) Validate(*Scenario) error {
+	if c.Name == "" {
+		return errors.New("name is required")
+	}
+	return c.Spec.spec.Validate()
+}
+
+// Run implements Action.
+func (c *CreateRollout) Run(ctx context.Context, env *Env) (string, error) {
+	srv, err := server(env)
+	if err != nil {
+		return "", err
+	}
+	st, err := srv.CreateRollout(ctx, c.Spec.spec, "fleet-sim")
+	if err != nil {
+		return "", err
+	}
+	env.rollouts[c.Name] = st.ID
+	return fmt.Sprintf("rollout %s (%s) of %s@%s: %d stages, %s", c.Name, st.ID, c.Spec.spec.Model, c.Spec.spec.Version, len(st.Stages), st.State), nil
+}
+
+func rolloutID(env *Env, name string) (string, error) {
+	id, ok := env.rollouts[name]
+	if !ok {
+		return "", fmt.Errorf("no rollout named %q was created before this step", name)
+	}
+	return id, nil
+}
+
+// RolloutAction pauses, resumes, promotes, aborts or rolls back a rollout.
+type RolloutAction struct {
+	Rollout string `yaml:"rollout"`
+	Action  string `yaml:"action"`
+	// Selector or Device narrow a rollback.
+	Selector string `yaml:"selector"`
+	Device   string `yaml:"device"`
+}
+
+// Validate implements the optional validation.
+func (r *RolloutAction) Validate(*Scenario) error {
+	if r.Rollout == "" || r.Action == "" {
+		return errors.New("rollout and action are required")
+	}
+	return nil
+}
+
+// Run implements Action.
+func (r *RolloutAction) Run(ctx context.Context, env *Env) (string, error) {
+	srv, err := server(env)
+	if err != nil {
+		return "", err
+	}
+	id, err := rolloutID(env, r.Rollout)
+	if err != nil {
+		return "", err
+	}
+	st, err := srv.RolloutAction(ctx, id, r.Action, rollout.RollbackRequest{Selector: r.Selector, Device: r.Device}, "fleet-sim")
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("rollout %s: %s → %s", r.Rollout, r.Action, st.State), nil
+}
+
+// WaitRollout waits until a rollout is in one of States.
+type WaitRollout struct {
+	Rollout string        `yaml:"rollout"`
+	States  []string      `yaml:"states"`
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// Validate implements the optional validation.
+func (w *WaitRollout) Validate(*Scenario) error {
+	if w.Rollout == "" || len(w.States) == 0 {
+		return errors.New("rollout and states are required")
+	}
+	return nil
+}
+
+// Run implements Action.
+func (w *WaitRollout) Run(ctx context.Context, env *Env) (string, error) {
+	check := &RolloutState{Rollout: w.Rollout, States: w.States}
+	var why string
+	start := time.Now()
+	err := poll(ctx, orDefault(w.Timeout, time.Minute), func() bool {
+		var ok bool
+		ok, why = check.Check(env)
+		return ok
+	})
+	if err != nil {
+		return "", fmt.Errorf("after %v: %s", orDefault(w.Timeout, time.Minute), why)
+	}
+	return fmt.Sprintf("rollout %s reached %v after %.2fs", w.Rollout, w.States, time.Since(start).Seconds()), nil
+}
+
+// RolloutState: the rollout is (eventually, with Within) in one of States.
+type RolloutState struct {
+	Rollout string        `yaml:"rollout"`
+	States  []string      `yaml:"states"`
+	Within  time.Duration `yaml:"within"`
+}
+
+// Validate implements the optional validation.
+func (r *RolloutState) Validate(*Scenario) error {
+	if r.Rollout == "" || len(r.States) == 0 {
+		return errors.New("rollout and states are required")
+	}
+	return nil
+}
+
+// Deadline implements Assertion.
+func (r *RolloutState) Deadline() time.Duration { return r.Within }
+
+// Check implements Assertion.
+func (r *RolloutState) Check(env *Env) (bool, string) {
+	srv, err := server(env)
+	if err != nil {
+		return false, err.Error()
+	}
+	id, err := rolloutID(env, r.Rollout)
+	if err != nil {
+		return false, err.Error()
+	}
+	st, err := srv.Rollout(id, false)
+	if err != nil {
+		return false, err.Error()
+	}
+	if slices.Contains(r.States, string(st.State)) {
+		return true, ""
+	}
+	var stages []string
+	for _, s := range st.Stages {
+		stages = append(stages, fmt.Sprintf("%s %+v", s.Name, s.Devices))
+	}
+	why := fmt.Sprintf("rollout %s is %s, want one of %v", r.Rollout, st.State, r.States)
+	if st.Reason != "" {
+		why += " (" + st.Reason + ")"
+	}
+	return false, why + "; stages: " + strings.Join(stages, "; ")
+}
+
+// MaxAttempted: at most Max (and at least Min) devices ever targeted,
+// served or refused model@version (as sampled): "no device outside the
+// canary got v2, and the canary did".
+type MaxAttempted struct {
+	Model   string `yaml:"model"`
+	Version string `yaml:"version"`
+	Max     int    `yaml:"max"`
+	Min     int    `yaml:"min"`
+}
+
+// Validate implements the optional validation.
+func (m *MaxAttempted) Validate(*Scenario) error {
+	if m.Model == "" || m.Version == "" || m.Max < 0 || m.Min < 0 || m.Min > m.Max {
+		return errors.New("model and version are required, 0 ≤ min ≤ max")
+	}
+	return nil
+}
+
+// Deadline implements Assertion.
+func (m *MaxAttempted) Deadline() time.Duration { return 0 }
+
+// Check implements Assertion.
+func (m *MaxAttempted) Check(env *Env) (bool, string) {
+	got := env.rec.attemptedBy(m.Model + "@" + m.Version)
+	if len(got) > m.Max {
+		shown := got[:min(len(got), 10)]
+		return false, fmt.Sprintf("%d devices got %s@%s, want at most %d: %v", len(got), m.Model, m.Version, m.Max, shown)
+	}
+	if len(got) < m.Min {
+		return false, fmt.Sprintf("only %d devices got %s@%s, want at least %d: %v", len(got), m.Model, m.Version, m.Min, got)
+	}
+	return true, ""
+}

@@ -1,0 +1,292 @@
+package scenario
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/edgefleet/edgefleet/fleet-sim/sim"
+	"github.com/edgefleet/edgefleet/internal/fraud"
+	"github.com/edgefleet/edgefleet/internal/infer"
+)
+
+// RunOptions configure Run. Zero values are documented defaults.
+type RunOptions struct {
+	// WorkDir holds the fleet's state; default a temporary directory that
+	// is removed afterwards.
+	WorkDir string
+	// Remote, if set, runs against an external control plane.
+	Remote *sim.RemoteControlPlane
+	// Runtime is a shared onnxruntime (tests); nil opens one.
+	Runtime    *infer.Runtime
+	ORTLibrary string
+	// Progress receives one line per step and a status line per
+	// ProgressInterval (default 1s); nil discards.
+	Progress         io.Writer
+	ProgressInterval time.Duration
+	// Logger receives the simulator's and control plane's logs,
+	// AgentLogger the agents'; nil discards.
+	Logger      *slog.Logger
+	AgentLogger *slog.Logger
+}
+
+// Run runs a scenario: it starts the fleet, runs the timeline with traffic
+// and the recorder going, checks the assertions, stops everything and
+// checks for leaks. The error is for failures to run at all; a run whose
+// assertions or steps failed returns a Report with Passed false.
+func Run(ctx context.Context, sc *Scenario, opts RunOptions) (*Report, error) {
+	var progress io.Writer = io.Discard
+	if opts.Progress != nil {
+		progress = &lockedWriter{w: opts.Progress}
+	}
+	if opts.ProgressInterval <= 0 {
+		opts.ProgressInterval = time.Second
+	}
+	dir := opts.WorkDir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "fleet-sim-*")
+		if err != nil {
+			return nil, fmt.Errorf("scenario: %w", err)
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	}
+	devices, err := sc.Fleet.Expand()
+	if err != nil {
+		return nil, fmt.Errorf("scenario: %w", err)
+	}
+	f, err := sim.New(sim.Options{
+		Dir:                filepath.Join(dir, "fleet"),
+		Devices:            devices,
+		Remote:             opts.Remote,
+		Runtime:            opts.Runtime,
+		ORTLibrary:         opts.ORTLibrary,
+		Proxy:              sc.Network.Proxy,
+		HeartbeatInterval:  sc.Agent.Heartbeat,
+		FetchRetryInterval: sc.Agent.FetchRetry,
+		Logger:             opts.Logger,
+		AgentLogger:        opts.AgentLogger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("scenario: %w", err)
+	}
+	rep := &Report{Scenario: sc.Name, File: sc.File, Devices: len(devices), Started: time.Now().UTC()}
+	fmt.Fprintf(progress, "fleet-sim: %s: starting %d agents\n", sc.Name, len(devices))
+	ctx, cancel := context.WithTimeout(ctx, sc.Timeout)
+	defer cancel()
+	startBegin := time.Now()
+	if err := f.Start(ctx); err != nil {
+		_ = f.Stop()
+		return nil, fmt.Errorf("scenario: start fleet: %w", err)
+	}
+	rep.StartSeconds = time.Since(startBegin).Seconds()
+	fmt.Fprintf(progress, "fleet-sim: %d agents ready in %.2fs\n", len(devices), rep.StartSeconds)
+
+	env := &Env{Fleet: f, Scenario: sc, Start: time.Now(), Progress: progress,
+		Models: map[string]*fraud.Artifact{}, figures: map[string]any{}, rollouts: map[string]string{}}
+	env.rec = newRecorder(env.Start)
+	if t := sc.Traffic; t != nil {
+		tp, _ := t.Params.Fraud() // validated at load
+		sites := map[string]fraud.Params{}
+		for s, p := range t.Sites {
+			sites[s], _ = p.Fraud()
+		}
+		tr, err := f.StartTraffic(sim.TrafficOptions{Model: t.Model, Rate: t.Rate, Seed: t.Seed, Params: tp, SiteParams: sites})
+		if err != nil {
+			_ = f.Stop()
+			return nil, fmt.Errorf("scenario: %w", err)
+		}
+		env.Traffic = tr
+	}
+	trafficModel := ""
+	if sc.Traffic != nil {
+		trafficModel = sc.Traffic.Model
+	}
+
+	// The recorder and progress printer run until the assertions are done.
+	bgCtx, bgStop := context.WithCancel(context.Background())
+	var bg sync.WaitGroup
+	bg.Go(func() {
+		tick := time.NewTicker(sc.SampleInterval)
+		defer tick.Stop()
+		env.rec.sample(f, trafficModel)
+		for {
+			select {
+			case <-bgCtx.Done():
+				env.rec.sample(f, trafficModel)
+				return
+			case <-tick.C:
+				env.rec.sample(f, trafficModel)
+			}
+		}
+	})
+	bg.Go(func() {
+		tick := time.NewTicker(opts.ProgressInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-bgCtx.Done():
+				return
+			case <-tick.C:
+				fmt.Fprintln(progress, env.statusLine())
+			}
+		}
+	})
+
+	rep.Steps = runTimeline(ctx, env, progress)
+	rep.Assertions = runAssertions(ctx, env, progress)
+
+	bgStop()
+	bg.Wait()
+	if env.Traffic != nil {
+		env.Traffic.Stop()
+		st := env.Traffic.Stats()
+		rep.Inference = &st
+	}
+	rep.Samples = env.rec.allSamples()
+	rep.Figures = env.figures
+	rep.Restarts = 0
+	for _, m := range f.Members() {
+		rep.Restarts += m.Restarts()
+	}
+	if p := f.Proxy(); p != nil {
+		var in, out uint64
+		for _, m := range f.Members() {
+			i, o := p.Bytes(m.Device.ID)
+			in, out = in+i, out+o
+		}
+		rep.Network = &NetworkFigures{BytesToDevices: in, BytesFromDevices: out, Connections: p.Accepted(), CorruptedChunks: p.Corrupted()}
+	}
+	rep.DurationSeconds = env.Since().Seconds()
+
+	fmt.Fprintf(progress, "fleet-sim: stopping %d agents\n", len(devices))
+	if err := f.Stop(); err != nil {
+		rep.Errors = append(rep.Errors, "stop: "+err.Error())
+	}
+	leak, err := f.LeakCheck(10 * time.Second)
+	rep.Leak = &leak
+	if err != nil {
+		rep.Errors = append(rep.Errors, err.Error())
+	}
+	rep.Passed = len(rep.Errors) == 0
+	for _, s := range rep.Steps {
+		if s.Error != "" {
+			rep.Passed = false
+		}
+	}
+	for _, a := range rep.Assertions {
+		if !a.Passed {
+			rep.Passed = false
+		}
+	}
+	return rep, nil
+}
+
+func runTimeline(ctx context.Context, env *Env, progress io.Writer) []StepResult {
+	var out []StepResult
+	for i, st := range env.Scenario.Timeline {
+		r := StepResult{Index: i + 1, Line: st.Line, Action: st.Kind, Name: st.Name, At: st.At.Seconds()}
+		if wait := st.At - env.Since(); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			r.Error = "scenario timeout before this step: " + err.Error()
+			out = append(out, r)
+			break
+		}
+		r.Started = env.Since().Seconds()
+		detail, err := st.Action.Run(ctx, env)
+		r.Took = env.Since().Seconds() - r.Started
+		r.Detail = detail
+		if err != nil {
+			r.Error = err.Error()
+		}
+		out = append(out, r)
+		if err != nil {
+			fmt.Fprintf(progress, "fleet-sim: %6.2fs step %d %s (line %d) FAILED: %v\n", r.Started, r.Index, st.Kind, st.Line, err)
+			break // later steps assume this one worked
+		}
+		fmt.Fprintf(progress, "fleet-sim: %6.2fs step %d %s: %s\n", r.Started, r.Index, st.Kind, detail)
+	}
+	return out
+}
+
+func runAssertions(ctx context.Context, env *Env, progress io.Writer) []AssertionResult {
+	var out []AssertionResult
+	for _, c := range env.Scenario.Assertions {
+		r := AssertionResult{Kind: c.Kind, Line: c.Line}
+		var why string
+		check := func() bool {
+			var ok bool
+			ok, why = c.Assertion.Check(env)
+			return ok
+		}
+		r.Passed = check()
+		if !r.Passed {
+			if rest := c.Assertion.Deadline() - env.Since(); rest > 0 {
+				r.Passed = poll(ctx, rest, check) == nil
+			}
+		}
+		if !r.Passed {
+			r.Explanation = why
+			fmt.Fprintf(progress, "fleet-sim: FAIL %s (line %d): %s\n", c.Kind, c.Line, why)
+		} else {
+			fmt.Fprintf(progress, "fleet-sim: ok   %s (line %d)\n", c.Kind, c.Line)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// statusLine summarises the fleet now: versions served and phases.
+func (e *Env) statusLine() string {
+	s := e.rec.allSamplesLast()
+	line := fmt.Sprintf("fleet-sim: %6.2fs", e.Since().Seconds())
+	for _, k := range sortedKeys(s.Serving) {
+		line += fmt.Sprintf(" %s=%d", k, s.Serving[k])
+	}
+	for _, k := range sortedKeys(s.Phases) {
+		line += fmt.Sprintf(" [%s %d]", k, s.Phases[k])
+	}
+	if e.Traffic != nil {
+		st := e.Traffic.Stats()
+		line += fmt.Sprintf(" inferences ok=%d failed=%d", st.OK, st.Failed)
+	}
+	return line
+}
+
+func (r *recorder) allSamplesLast() Sample {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.samples) == 0 {
+		return Sample{}
+	}
+	return r.samples[len(r.samples)-1]
+}
+
+// ErrFailed is returned by Summary's callers when a report did not pass.
+var ErrFailed = errors.New("scenario failed")
+
+// lockedWriter serialises progress lines from the timeline and the status
+// printer.
+type lockedWriter struct {
+	mu sync.Mutex // guards w
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}

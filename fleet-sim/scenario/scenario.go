@@ -1,0 +1,372 @@
+// Package scenario loads fleet-sim scenario files (YAML, strictly decoded),
+// runs their timeline of actions against a sim.Fleet, checks their
+// assertions and writes a JSON report with an SVG chart of the versions
+// active over time. Actions and assertions come from a Registry, so new
+// features (rollouts, drift) add their own. fleet-sim's main imports it.
+package scenario
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/edgefleet/edgefleet/fleet-sim/sim"
+	"github.com/edgefleet/edgefleet/internal/fraud"
+)
+
+// Scenario is one scenario file.
+type Scenario struct {
+	Name        string        `yaml:"name"`
+	Description string        `yaml:"description"`
+	Fleet       sim.FleetSpec `yaml:"fleet"`
+	Agent       AgentSpec     `yaml:"agent"`
+	Network     NetworkSpec   `yaml:"network"`
+	Traffic     *TrafficSpec  `yaml:"traffic"`
+	// Timeout bounds the whole run; default 5m.
+	Timeout time.Duration `yaml:"timeout"`
+	// SampleInterval is how often every agent's state is recorded; default
+	// 100ms.
+	SampleInterval time.Duration `yaml:"sample_interval"`
+	Timeline       []Step        `yaml:"timeline"`
+	Assertions     []Check       `yaml:"assertions"`
+
+	// File is where the scenario was read from.
+	File string `yaml:"-"`
+}
+
+// AgentSpec tunes every agent.
+type AgentSpec struct {
+	Heartbeat  time.Duration `yaml:"heartbeat"`
+	FetchRetry time.Duration `yaml:"fetch_retry"`
+}
+
+// NetworkSpec configures the simulated network.
+type NetworkSpec struct {
+	// Proxy routes every agent through the fault-injecting proxy; the
+	// disconnect, corrupt_chunks and throttle actions need it.
+	Proxy bool `yaml:"proxy"`
+}
+
+// TrafficSpec is synthetic inference traffic.
+type TrafficSpec struct {
+	Model string  `yaml:"model"`
+	Rate  float64 `yaml:"rate"`
+	Seed  uint64  `yaml:"seed"`
+	// Params shape every site's transactions; Sites override per site.
+	Params Params            `yaml:"params"`
+	Sites  map[string]Params `yaml:"sites"`
+}
+
+// Params are the fraud generator's knobs (see fraud.Params).
+type Params struct {
+	FraudRate     float64 `yaml:"fraud_rate"`
+	AmountScale   float64 `yaml:"amount_scale"`
+	HourShift     int     `yaml:"hour_shift"`
+	DistanceScale float64 `yaml:"distance_scale"`
+	ForeignRate   float64 `yaml:"foreign_rate"`
+	// Pattern is classic (default) or card-testing.
+	Pattern string `yaml:"pattern"`
+}
+
+// Fraud converts p, naming a bad pattern.
+func (p Params) Fraud() (fraud.Params, error) {
+	out := fraud.Params{FraudRate: p.FraudRate, AmountScale: p.AmountScale, HourShift: p.HourShift,
+		DistanceScale: p.DistanceScale, ForeignRate: p.ForeignRate}
+	switch p.Pattern {
+	case "", "classic":
+	case "card-testing":
+		out.Pattern = fraud.PatternCardTesting
+	default:
+		return out, fmt.Errorf("pattern %q: want classic or card-testing", p.Pattern)
+	}
+	if _, err := fraud.NewGenerator(0, out); err != nil {
+		return out, err
+	}
+	return out, nil
+}
+
+// Step is one timeline entry: when, and one action with its parameters.
+type Step struct {
+	// At is the offset from the start of the run; a step whose time has
+	// passed runs as soon as the one before it finished.
+	At     time.Duration
+	Name   string
+	Kind   string
+	Line   int
+	Action Action
+}
+
+// Check is one assertion with its parameters.
+type Check struct {
+	Kind      string
+	Line      int
+	Assertion Assertion
+}
+
+// ErrInvalid is wrapped by every error about a scenario file's content.
+var ErrInvalid = errors.New("invalid scenario")
+
+// Load reads and strictly decodes a scenario file: unknown keys, unknown
+// actions and bad values are errors that name the file and line.
+func Load(path string, reg *Registry) (*Scenario, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("scenario: %w", err)
+	}
+	sc, err := Parse(data, reg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	sc.File = path
+	return sc, nil
+}
+
+// Parse decodes a scenario document; see Load.
+func Parse(data []byte, reg *Registry) (*Scenario, error) {
+	var root yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&root); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if len(root.Content) == 0 || root.Content[0].Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("%w: line %d: the document must be a mapping", ErrInvalid, root.Line)
+	}
+	doc := root.Content[0]
+	var timeline, checks *yaml.Node
+	rest := &yaml.Node{Kind: yaml.MappingNode, Line: doc.Line}
+	for i := 0; i+1 < len(doc.Content); i += 2 {
+		switch k := doc.Content[i]; k.Value {
+		case "timeline":
+			timeline = doc.Content[i+1]
+		case "assertions":
+			checks = doc.Content[i+1]
+		default:
+			rest.Content = append(rest.Content, k, doc.Content[i+1])
+		}
+	}
+	sc := &Scenario{}
+	if err := strictDecode(rest, sc); err != nil {
+		return nil, err
+	}
+	if timeline != nil {
+		steps, err := decodeSteps(timeline, reg)
+		if err != nil {
+			return nil, err
+		}
+		sc.Timeline = steps
+	}
+	if checks != nil {
+		cs, err := decodeChecks(checks, reg)
+		if err != nil {
+			return nil, err
+		}
+		sc.Assertions = cs
+	}
+	if err := sc.validate(); err != nil {
+		return nil, err
+	}
+	return sc, nil
+}
+
+func (sc *Scenario) validate() error {
+	bad := func(line int, format string, args ...any) error {
+		return fmt.Errorf("%w: line %d: %s", ErrInvalid, line, fmt.Sprintf(format, args...))
+	}
+	if sc.Name == "" {
+		return bad(1, "name is required")
+	}
+	if _, err := sc.Fleet.Expand(); err != nil {
+		return fmt.Errorf("%w: fleet: %v", ErrInvalid, err)
+	}
+	if sc.Timeout == 0 {
+		sc.Timeout = 5 * time.Minute
+	}
+	if sc.SampleInterval == 0 {
+		sc.SampleInterval = 100 * time.Millisecond
+	}
+	if sc.Timeout < 0 || sc.SampleInterval < 10*time.Millisecond {
+		return bad(1, "timeout must be positive and sample_interval at least 10ms")
+	}
+	if t := sc.Traffic; t != nil {
+		if t.Model == "" || !(t.Rate > 0 && t.Rate <= 100) {
+			return bad(1, "traffic needs a model and a rate in (0, 100] inferences per second per device")
+		}
+		if _, err := t.Params.Fraud(); err != nil {
+			return bad(1, "traffic params: %v", err)
+		}
+		for site, p := range t.Sites {
+			if _, err := p.Fraud(); err != nil {
+				return bad(1, "traffic site %s: %v", site, err)
+			}
+		}
+	}
+	var last time.Duration
+	for i, st := range sc.Timeline {
+		if st.At < last {
+			return bad(st.Line, "step %d (%s) is at %v, before the step above it (%v); steps run in order", i+1, st.Kind, st.At, last)
+		}
+		last = st.At
+		if v, ok := st.Action.(interface{ Validate(*Scenario) error }); ok {
+			if err := v.Validate(sc); err != nil {
+				return bad(st.Line, "%s: %v", st.Kind, err)
+			}
+		}
+	}
+	for _, c := range sc.Assertions {
+		if v, ok := c.Assertion.(interface{ Validate(*Scenario) error }); ok {
+			if err := v.Validate(sc); err != nil {
+				return bad(c.Line, "%s: %v", c.Kind, err)
+			}
+		}
+	}
+	return nil
+}
+
+// decodeSteps decodes the timeline: a list of mappings, each with an
+// optional at and name and exactly one action key.
+func decodeSteps(n *yaml.Node, reg *Registry) ([]Step, error) {
+	if n.Kind != yaml.SequenceNode {
+		return nil, fmt.Errorf("%w: line %d: timeline must be a list of steps", ErrInvalid, n.Line)
+	}
+	var out []Step
+	for i, item := range n.Content {
+		if item.Kind != yaml.MappingNode {
+			return nil, fmt.Errorf("%w: line %d: step %d must be a mapping such as {at: 1s, deploy: {...}}", ErrInvalid, item.Line, i+1)
+		}
+		st := Step{Line: item.Line}
+		for j := 0; j+1 < len(item.Content); j += 2 {
+			k, v := item.Content[j], item.Content[j+1]
+			switch k.Value {
+			case "at":
+				if err := v.Decode(&st.At); err != nil || st.At < 0 {
+					return nil, fmt.Errorf("%w: line %d: at %q is not a duration such as 1.5s", ErrInvalid, v.Line, v.Value)
+				}
+			case "name":
+				st.Name = v.Value
+			default:
+				if st.Kind != "" {
+					return nil, fmt.Errorf("%w: line %d: step %d has two actions (%s and %s); one per step", ErrInvalid, k.Line, i+1, st.Kind, k.Value)
+				}
+				mk, ok := reg.actions[k.Value]
+				if !ok {
+					return nil, fmt.Errorf("%w: line %d: unknown action %q (known: %s)", ErrInvalid, k.Line, k.Value, strings.Join(reg.ActionNames(), ", "))
+				}
+				a := mk()
+				if err := strictDecode(v, a); err != nil {
+					return nil, fmt.Errorf("%w (in action %s)", err, k.Value)
+				}
+				st.Kind, st.Action = k.Value, a
+			}
+		}
+		if st.Kind == "" {
+			return nil, fmt.Errorf("%w: line %d: step %d has no action (known: %s)", ErrInvalid, item.Line, i+1, strings.Join(reg.ActionNames(), ", "))
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+func decodeChecks(n *yaml.Node, reg *Registry) ([]Check, error) {
+	if n.Kind != yaml.SequenceNode {
+		return nil, fmt.Errorf("%w: line %d: assertions must be a list", ErrInvalid, n.Line)
+	}
+	var out []Check
+	for i, item := range n.Content {
+		if item.Kind != yaml.MappingNode || len(item.Content) != 2 {
+			return nil, fmt.Errorf("%w: line %d: assertion %d must be one key such as {all_active: {...}}", ErrInvalid, item.Line, i+1)
+		}
+		k, v := item.Content[0], item.Content[1]
+		mk, ok := reg.assertions[k.Value]
+		if !ok {
+			return nil, fmt.Errorf("%w: line %d: unknown assertion %q (known: %s)", ErrInvalid, k.Line, k.Value, strings.Join(reg.AssertionNames(), ", "))
+		}
+		a := mk()
+		if err := strictDecode(v, a); err != nil {
+			return nil, fmt.Errorf("%w (in assertion %s)", err, k.Value)
+		}
+		out = append(out, Check{Kind: k.Value, Line: k.Line, Assertion: a})
+	}
+	return out, nil
+}
+
+// strictDecode decodes n into v after checking that every mapping key in n
+// names a field of the matching struct (by yaml tag), reporting the line of
+// the first unknown key.
+func strictDecode(n *yaml.Node, v any) error {
+	if err := checkKeys(n, reflect.TypeOf(v)); err != nil {
+		return err
+	}
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return nil // "action: {}" or "action:" with no parameters
+	}
+	if err := n.Decode(v); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return nil
+}
+
+var (
+	durationType    = reflect.TypeOf(time.Duration(0))
+	unmarshalerType = reflect.TypeOf((*yaml.Unmarshaler)(nil)).Elem()
+)
+
+// yamlFields collects the yaml keys of struct type t, following inline
+// fields.
+func yamlFields(t reflect.Type, into map[string]reflect.Type) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		switch {
+		case !f.IsExported() || tag == "-":
+		case opts == "inline" && f.Type.Kind() == reflect.Struct:
+			yamlFields(f.Type, into)
+		case tag != "":
+			into[tag] = f.Type
+		}
+	}
+}
+
+func checkKeys(n *yaml.Node, t reflect.Type) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch {
+	case t == durationType || reflect.PointerTo(t).Implements(unmarshalerType):
+		return nil // decoded (and checked) by its own UnmarshalYAML
+	case t.Kind() == reflect.Struct && n.Kind == yaml.MappingNode:
+		fields := map[string]reflect.Type{}
+		yamlFields(t, fields)
+		names := slices.Sorted(maps.Keys(fields))
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i]
+			ft, ok := fields[k.Value]
+			if !ok {
+				return fmt.Errorf("%w: line %d: unknown key %q (known: %s)", ErrInvalid, k.Line, k.Value, strings.Join(names, ", "))
+			}
+			if err := checkKeys(n.Content[i+1], ft); err != nil {
+				return err
+			}
+		}
+	case t.Kind() == reflect.Map && n.Kind == yaml.MappingNode:
+		for i := 1; i < len(n.Content); i += 2 {
+			if err := checkKeys(n.Content[i], t.Elem()); err != nil {
+				return err
+			}
+		}
+	case t.Kind() == reflect.Slice && n.Kind == yaml.SequenceNode:
+		for _, c := range n.Content {
+			if err := checkKeys(c, t.Elem()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

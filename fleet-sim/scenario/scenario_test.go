@@ -1,0 +1,152 @@
+package scenario
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/edgefleet/edgefleet/internal/infer"
+)
+
+const minimal = `name: t
+fleet: {sites: 1, devices_per_site: 2}
+`
+
+func TestParseRejectsBadFiles(t *testing.T) {
+	reg := NewRegistry()
+	tests := []struct {
+		name, doc, want string
+	}{
+		{"unknown top-level key", minimal + "fleeet: {}\n", `line 3: unknown key "fleeet"`},
+		{"unknown fleet key", "name: t\nfleet: {sites: 1, devices_per_site: 2, sitez: 3}\n", `line 2: unknown key "sitez"`},
+		{"unknown action", minimal + "timeline:\n  - launch: {}\n", `line 4: unknown action "launch"`},
+		{"unknown action key", minimal + "timeline:\n  - deploy:\n      model: fraud\n      version: 1\n      selctor: a=b\n", `line 7: unknown key "selctor"`},
+		{"inline pick key accepted, bad one refused", minimal + "network: {proxy: true}\ntimeline:\n  - disconnect: {fraction: 0.5, downn: 1s}\n", `line 5: unknown key "downn"`},
+		{"two actions in a step", minimal + "timeline:\n  - deploy: {model: a, version: b}\n    sleep: {for: 1s}\n", "two actions"},
+		{"step without action", minimal + "timeline:\n  - at: 1s\n", "no action"},
+		{"bad duration", minimal + "timeline:\n  - at: soon\n    sleep: {for: 1s}\n", `at "soon"`},
+		{"steps out of order", minimal + "timeline:\n  - at: 2s\n    sleep: {}\n  - at: 1s\n    sleep: {}\n", "before the step above it"},
+		{"missing params", minimal + "timeline:\n  - deploy: {model: fraud}\n", "line 4: deploy: model and version are required"},
+		{"fault without proxy", minimal + "timeline:\n  - disconnect: {fraction: 0.5}\n", "needs network: {proxy: true}"},
+		{"unknown assertion", minimal + "assertions:\n  - everything_fine: {}\n", `unknown assertion "everything_fine"`},
+		{"bad fleet", "name: t\nfleet: {sites: 0, devices_per_site: 2}\n", "must both be positive"},
+		{"no name", "fleet: {sites: 1, devices_per_site: 2}\n", "name is required"},
+		{"bad pattern", minimal + "traffic: {model: fraud, rate: 1, params: {pattern: weird}}\n", `pattern "weird"`},
+		{"not a mapping", "- a\n", "must be a mapping"},
+		{"unknown rollout spec key", minimal + "timeline:\n  - create_rollout:\n      name: r\n      spec: {model: fraud, version: 2.0.0, stagez: []}\n", `line 6: rollout spec: json: unknown field "stagez"`},
+		{"invalid rollout spec", minimal + "timeline:\n  - create_rollout:\n      name: r\n      spec: {model: fraud, version: 2.0.0}\n", "line 4: create_rollout:"},
+		{"unknown create_rollout key", minimal + "timeline:\n  - create_rollout: {name: r, spek: {}}\n", `unknown key "spek"`},
+		{"inference assertion without traffic", minimal + "assertions:\n  - no_failed_inference: {}\n", "needs a traffic section"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.doc), reg)
+			require.Error(t, err)
+			assert.ErrorIs(t, err, ErrInvalid)
+			assert.Contains(t, err.Error(), tt.want)
+		})
+	}
+}
+
+func TestParseDecodesSteps(t *testing.T) {
+	sc, err := Parse([]byte(minimal+`network: {proxy: true}
+timeline:
+  - push_model: {model: fraud, version: 1.0.0, seed: 3, pad_bytes: 100, params: {amount_scale: 2}}
+  - at: 1.5s
+    name: storm
+    disconnect: {selector: site=site-1, fraction: 0.5, down: 2s}
+assertions:
+  - all_active: {model: fraud, version: 1.0.0, within: 30s}
+`), NewRegistry())
+	require.NoError(t, err)
+	require.Len(t, sc.Timeline, 2)
+	push := sc.Timeline[0].Action.(*PushModel)
+	assert.Equal(t, 100, push.PadBytes)
+	assert.Equal(t, 2.0, push.Params.AmountScale)
+	d := sc.Timeline[1]
+	assert.Equal(t, 1500*time.Millisecond, d.At)
+	assert.Equal(t, "storm", d.Name)
+	dis := d.Action.(*Disconnect)
+	assert.Equal(t, Pick{Selector: "site=site-1", Fraction: 0.5}, dis.Pick)
+	assert.Equal(t, 2*time.Second, dis.Down)
+	require.Len(t, sc.Assertions, 1)
+	assert.Equal(t, 30*time.Second, sc.Assertions[0].Assertion.Deadline())
+	assert.Equal(t, 5*time.Minute, sc.Timeout, "default")
+}
+
+func TestNiceStep(t *testing.T) {
+	for _, tt := range []struct{ in, want float64 }{{0.7, 1}, {1.2, 2}, {3, 5}, {7, 10}, {0.03, 0.05}, {140, 200}} {
+		assert.InDelta(t, tt.want, niceStep(tt.in), 1e-9, "niceStep(%v)", tt.in)
+	}
+}
+
+// TestCommittedScenarios runs every short committed scenario (those not
+// named *-large.yaml) end to end: real control plane, broker, badger,
+// onnxruntime and agents.
+func TestCommittedScenarios(t *testing.T) {
+	files, err := filepath.Glob("../scenarios/*.yaml")
+	require.NoError(t, err)
+	require.NotEmpty(t, files)
+	lib, err := infer.FindLibrary("")
+	require.NoError(t, err)
+	rt, err := infer.NewRuntime(lib, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = rt.Close() })
+	for _, file := range files {
+		if strings.HasSuffix(file, "-large.yaml") {
+			continue
+		}
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			sc, err := Load(file, NewRegistry())
+			require.NoError(t, err)
+			var progress strings.Builder
+			rep, err := Run(context.Background(), sc, RunOptions{WorkDir: t.TempDir(), Runtime: rt, Progress: &progress})
+			require.NoError(t, err)
+			dir := t.TempDir()
+			require.NoError(t, rep.WriteFiles(dir))
+			var sum strings.Builder
+			rep.Summary(&sum)
+			assert.True(t, rep.Passed, "%s\n%s", sum.String(), progress.String())
+			assert.NotEmpty(t, rep.Samples)
+			svg, err := os.ReadFile(filepath.Join(dir, "chart.svg"))
+			require.NoError(t, err)
+			assert.Contains(t, string(svg), "<polyline")
+			assert.Contains(t, string(svg), "fraud@")
+		})
+	}
+}
+
+// TestFailingAssertionIsExplained runs a tiny fleet whose assertion cannot
+// hold and checks the verdict names the devices and what they run.
+func TestFailingAssertionIsExplained(t *testing.T) {
+	sc, err := Parse([]byte(`name: fails
+fleet: {sites: 1, devices_per_site: 2}
+agent: {heartbeat: 1s, fetch_retry: 500ms}
+timeline:
+  - push_model: {model: fraud, version: 1.0.0, seed: 1}
+  - deploy: {model: fraud, version: 1.0.0, devices: [dev-1-1]}
+  - wait_active: {model: fraud, version: 1.0.0, selector: "hw=x86", timeout: 100ms}
+assertions:
+  - all_active: {model: fraud, version: 1.0.0}
+  - never_ran: {model: fraud, version: 1.0.0, outside: "site=nowhere"}
+`), NewRegistry())
+	require.NoError(t, err)
+	rep, err := Run(context.Background(), sc, RunOptions{WorkDir: t.TempDir()})
+	require.NoError(t, err)
+	assert.False(t, rep.Passed)
+	require.Len(t, rep.Steps, 3)
+	assert.Contains(t, rep.Steps[2].Error, "dev-1-2", "the wait names the device that never got the version")
+	require.Len(t, rep.Assertions, 2)
+	assert.False(t, rep.Assertions[0].Passed)
+	assert.Contains(t, rep.Assertions[0].Explanation, "1 of 2 devices are not on fraud@1.0.0: dev-1-2 serves \"\"")
+	assert.False(t, rep.Assertions[1].Passed)
+	assert.Contains(t, rep.Assertions[1].Explanation, "dev-1-1")
+	require.NotNil(t, rep.Leak)
+	assert.Empty(t, rep.Errors, "no leak")
+}

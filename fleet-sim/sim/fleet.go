@@ -1,0 +1,531 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/internal/infer"
+	"github.com/edgefleet/edgefleet/internal/signing"
+	"github.com/edgefleet/edgefleet/internal/store"
+)
+
+// Options configure a Fleet. Zero values are documented defaults.
+type Options struct {
+	// Dir holds the control plane's data, the shared badger and each
+	// agent's model files (Dir/agents/<id>). Required.
+	Dir string
+	// Devices to run. Required.
+	Devices []Device
+	// Remote, if set, is an external control plane; nil runs one in-process
+	// with its embedded broker on 127.0.0.1.
+	Remote *RemoteControlPlane
+	// BrokerURL overrides the broker URL agents use (default: the one in
+	// the device credentials).
+	BrokerURL string
+	// Runtime is a shared onnxruntime; nil opens one from ORTLibrary (""
+	// searches, see infer.FindLibrary) and closes it in Stop.
+	Runtime    *infer.Runtime
+	ORTLibrary string
+	// Proxy puts a counting, fault-injecting TCP proxy between the agents
+	// and the broker. It costs two goroutines and two sockets per agent;
+	// network faults and per-agent byte counts need it.
+	Proxy bool
+	// InMemoryStore keeps the shared agent state in memory (benchmarks);
+	// default a badger on disk under Dir/state with synced commits.
+	InMemoryStore bool
+	// HeartbeatInterval and FetchRetryInterval are passed to every agent;
+	// defaults 5s and 1s.
+	HeartbeatInterval  time.Duration
+	FetchRetryInterval time.Duration
+	// StartParallel is how many agents start at once; default 32.
+	StartParallel int
+	// Logger receives the simulator's and the control plane's logs;
+	// AgentLogger the agents' (both nil: discarded).
+	Logger      *slog.Logger
+	AgentLogger *slog.Logger
+}
+
+// Fleet is a running simulated fleet. Start it, use it, Stop it, then
+// call LeakCheck.
+type Fleet struct {
+	opts Options
+	log  *slog.Logger
+
+	cp      ControlPlane
+	server  *controlplane.Server // in-process only
+	token   chan string          // the in-process control plane's admin token
+	cpStop  context.CancelFunc
+	cpDone  chan error
+	db      *store.DB
+	kv      *store.KV
+	rt      *infer.Runtime
+	ownRT   bool
+	proxy   *Proxy
+	members []*Member
+	byID    map[string]*Member
+
+	baseline        int // goroutines before Start
+	brokerPort      int
+	brokerConnsLeft int // established broker connections after the agents stopped (-1: unknown)
+	stopOnce        sync.Once
+	stopErr         error
+}
+
+// Member is one device of the fleet and its current agent (a restart
+// replaces the agent).
+type Member struct {
+	Device Device
+	opts   agent.Options
+
+	// mu guards cur, cancel, done and restarts.
+	mu       sync.Mutex
+	cur      *agent.Agent
+	cancel   context.CancelFunc
+	done     chan error
+	restarts int
+}
+
+// Agent is the member's current agent: the last one that became ready
+// (during a restart, the stopped one), or nil before the first.
+func (m *Member) Agent() *agent.Agent {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cur
+}
+
+// Restarts is how often the member's agent was restarted.
+func (m *Member) Restarts() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.restarts
+}
+
+// New checks opts. It starts nothing; Start does.
+func New(opts Options) (*Fleet, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("sim: Dir is required")
+	}
+	if len(opts.Devices) == 0 {
+		return nil, errors.New("sim: no devices")
+	}
+	if opts.HeartbeatInterval <= 0 {
+		opts.HeartbeatInterval = 5 * time.Second
+	}
+	if opts.FetchRetryInterval <= 0 {
+		opts.FetchRetryInterval = time.Second
+	}
+	if opts.StartParallel <= 0 {
+		opts.StartParallel = 32
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	f := &Fleet{opts: opts, log: log.With("component", "sim"), byID: map[string]*Member{}, brokerConnsLeft: -1, token: make(chan string, 1)}
+	for _, d := range opts.Devices {
+		if _, dup := f.byID[d.ID]; dup {
+			return nil, fmt.Errorf("sim: device %q twice", d.ID)
+		}
+		m := &Member{Device: d}
+		f.members = append(f.members, m)
+		f.byID[d.ID] = m
+	}
+	return f, nil
+}
+
+// ControlPlane is the control plane the fleet talks to (valid after Start).
+func (f *Fleet) ControlPlane() ControlPlane { return f.cp }
+
+// Server is the in-process control plane, or nil with a remote one.
+func (f *Fleet) Server() *controlplane.Server { return f.server }
+
+// APIToken is the in-process control plane's admin API token ("" with a
+// remote one).
+func (f *Fleet) APIToken() string {
+	select {
+	case t := <-f.token:
+		f.token <- t
+		return t
+	default:
+		return ""
+	}
+}
+
+// Runtime is the shared onnxruntime.
+func (f *Fleet) Runtime() *infer.Runtime { return f.rt }
+
+// Proxy is the network proxy, or nil when Options.Proxy is off.
+func (f *Fleet) Proxy() *Proxy { return f.proxy }
+
+// Members returns every member, in device order.
+func (f *Fleet) Members() []*Member { return f.members }
+
+// Member returns the member with id, or nil.
+func (f *Fleet) Member(id string) *Member { return f.byID[id] }
+
+// Start starts the control plane (in-process mode), registers every
+// device, and starts every agent; it returns once all agents are ready.
+// On error the caller must still call Stop.
+func (f *Fleet) Start(ctx context.Context) error {
+	f.baseline = runtime.NumGoroutine()
+	if err := os.MkdirAll(f.opts.Dir, 0o700); err != nil {
+		return fmt.Errorf("sim: %w", err)
+	}
+	if f.opts.Runtime != nil {
+		f.rt = f.opts.Runtime
+	} else {
+		lib, err := infer.FindLibrary(f.opts.ORTLibrary)
+		if err != nil {
+			return fmt.Errorf("sim: %w", err)
+		}
+		rt, err := infer.NewRuntime(lib, f.opts.Logger)
+		if err != nil {
+			return fmt.Errorf("sim: %w", err)
+		}
+		f.rt, f.ownRT = rt, true
+	}
+	if err := f.startControlPlane(ctx); err != nil {
+		return err
+	}
+	db, err := store.Open(store.Options{
+		Dir:      f.storeDir(),
+		InMemory: f.opts.InMemoryStore,
+		Profile:  store.ProfileServer,
+		Logger:   f.opts.Logger,
+	})
+	if err != nil {
+		return fmt.Errorf("sim: shared agent store: %w", err)
+	}
+	f.db, f.kv = db, db.Namespace("agents")
+
+	if err := f.register(ctx); err != nil {
+		return err
+	}
+	return f.startAgents(ctx)
+}
+
+func (f *Fleet) storeDir() string {
+	if f.opts.InMemoryStore {
+		return ""
+	}
+	return filepath.Join(f.opts.Dir, "state")
+}
+
+func (f *Fleet) startControlPlane(ctx context.Context) error {
+	if f.opts.Remote != nil {
+		f.cp = f.opts.Remote
+		return nil
+	}
+	srv, err := controlplane.New(controlplane.Options{
+		DataDir:    filepath.Join(f.opts.Dir, "cp"),
+		APIListen:  "127.0.0.1:0",
+		MQTTListen: "127.0.0.1:0",
+		Runtime:    f.rt,
+		Logger:     f.opts.Logger,
+		OnInitialToken: func(tok string) {
+			select {
+			case f.token <- tok:
+			default:
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("sim: %w", err)
+	}
+	cctx, cancel := context.WithCancel(context.Background())
+	f.cpStop, f.cpDone = cancel, make(chan error, 1)
+	go func() { f.cpDone <- srv.Run(cctx) }() // owned by Stop, which waits on cpDone
+	select {
+	case <-srv.Ready():
+	case err := <-f.cpDone:
+		f.cpDone <- err
+		return fmt.Errorf("sim: control plane stopped: %w", err)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	f.server, f.cp = srv, srv
+	return nil
+}
+
+// register registers every device and prepares its agent options.
+func (f *Fleet) register(ctx context.Context) error {
+	var root []byte
+	for i, m := range f.members {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		creds, err := f.cp.RegisterDevice(m.Device.ID, m.Device.Labels)
+		if err != nil {
+			return fmt.Errorf("sim: register %s: %w", m.Device.ID, err)
+		}
+		if i == 0 {
+			if err := f.startProxy(creds.BrokerURL); err != nil {
+				return err
+			}
+			root = []byte(creds.RootPublicKey)
+		}
+		pub, err := signing.ParsePublicKeyPEM(root)
+		if err != nil {
+			return fmt.Errorf("sim: root public key of %s: %w", m.Device.ID, err)
+		}
+		broker := creds.BrokerURL
+		switch {
+		case f.proxy != nil:
+			broker = f.proxy.URL()
+		case f.opts.BrokerURL != "":
+			broker = f.opts.BrokerURL
+		}
+		m.opts = agent.Options{
+			DeviceID:           m.Device.ID,
+			BrokerURL:          broker,
+			Username:           creds.Username,
+			Password:           creds.Password,
+			TopicPrefix:        creds.TopicPrefix,
+			RootPublicKey:      pub,
+			Hardware:           m.Device.Labels["hw"],
+			DataDir:            filepath.Join(f.opts.Dir, "agents", m.Device.ID),
+			Store:              f.kv.Namespace(m.Device.ID),
+			Runtime:            f.rt,
+			HeartbeatInterval:  f.opts.HeartbeatInterval,
+			FetchRetryInterval: f.opts.FetchRetryInterval,
+			Version:            "fleet-sim",
+			Logger:             f.opts.AgentLogger,
+		}
+	}
+	return nil
+}
+
+func (f *Fleet) startProxy(brokerURL string) error {
+	target := f.opts.BrokerURL
+	if target == "" {
+		target = brokerURL
+	}
+	u, err := url.Parse(target)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("sim: broker URL %q: want tcp://host:port", target)
+	}
+	if p := u.Port(); p != "" {
+		_, _ = fmt.Sscan(p, &f.brokerPort)
+	}
+	if !f.opts.Proxy {
+		return nil
+	}
+	if u.Scheme != "tcp" && u.Scheme != "mqtt" {
+		return fmt.Errorf("sim: the proxy speaks plain TCP; broker URL %q is %s", target, u.Scheme)
+	}
+	p, err := NewProxy(u.Host, f.opts.Logger)
+	if err != nil {
+		return fmt.Errorf("sim: %w", err)
+	}
+	f.proxy = p
+	return nil
+}
+
+// startAgents starts every agent, StartParallel at a time.
+func (f *Fleet) startAgents(ctx context.Context) error {
+	sem := make(chan struct{}, f.opts.StartParallel)
+	var wg sync.WaitGroup
+	errs := make([]error, len(f.members))
+	for i, m := range f.members {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return ctx.Err()
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			errs[i] = m.start(ctx)
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// start runs a new agent for the member and waits until it is ready.
+func (m *Member) start(ctx context.Context) error {
+	a, err := agent.New(m.opts)
+	if err != nil {
+		return fmt.Errorf("sim: agent %s: %w", m.Device.ID, err)
+	}
+	actx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(actx) }() // owned by stop, which waits on done
+	m.mu.Lock()
+	m.cancel, m.done = cancel, done
+	m.mu.Unlock()
+	select {
+	case <-a.Ready():
+		// Published only now: Agent.Status races with the agent's restore
+		// before Ready.
+		m.mu.Lock()
+		m.cur = a
+		m.mu.Unlock()
+		return nil
+	case err := <-done:
+		done <- err
+		return fmt.Errorf("sim: agent %s stopped while starting: %w", m.Device.ID, err)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// agentStopTimeout bounds how long one agent may take to stop.
+const agentStopTimeout = 30 * time.Second
+
+// stop stops the member's agent and waits for it; it is a no-op when the
+// agent is not running.
+func (m *Member) stop() error {
+	m.mu.Lock()
+	cancel, done := m.cancel, m.done
+	m.cancel, m.done = nil, nil
+	m.mu.Unlock()
+	if cancel == nil {
+		return nil
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("sim: agent %s: %w", m.Device.ID, err)
+		}
+		return nil
+	case <-time.After(agentStopTimeout):
+		return fmt.Errorf("sim: agent %s did not stop within %v", m.Device.ID, agentStopTimeout)
+	}
+}
+
+// Restart stops the device's agent (as a process kill would, without a
+// final report) and starts a fresh one on the same state and files.
+func (f *Fleet) Restart(ctx context.Context, id string) error {
+	m := f.byID[id]
+	if m == nil {
+		return fmt.Errorf("sim: restart: no device %q", id)
+	}
+	if err := m.stop(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.restarts++
+	m.mu.Unlock()
+	return m.start(ctx)
+}
+
+// StopAgents stops every agent and waits for them, leaving the control
+// plane running (benchmarks measure a baseline after the agents).
+func (f *Fleet) StopAgents() error {
+	var errs []error
+	var mu sync.Mutex
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for _, m := range f.members {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := m.stop(); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Stop stops every agent, the proxy, the in-process control plane, the
+// shared store and (if the fleet opened it) the runtime, and waits for all
+// of them. It is idempotent.
+func (f *Fleet) Stop() error {
+	f.stopOnce.Do(func() {
+		var errs []error
+		if err := f.StopAgents(); err != nil {
+			errs = append(errs, err)
+		}
+		if f.proxy != nil {
+			f.proxy.Close()
+		}
+		if f.opts.Remote != nil {
+			f.opts.Remote.CloseIdleConnections()
+		}
+		if f.server != nil && f.brokerPort > 0 {
+			f.brokerConnsLeft = waitBrokerConns(f.brokerPort, 5*time.Second)
+		}
+		if f.cpStop != nil {
+			f.cpStop()
+			select {
+			case err := <-f.cpDone:
+				if err != nil {
+					errs = append(errs, fmt.Errorf("sim: control plane: %w", err))
+				}
+			case <-time.After(30 * time.Second):
+				errs = append(errs, errors.New("sim: control plane did not stop within 30s"))
+			}
+		}
+		if f.db != nil {
+			if err := f.db.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("sim: close store: %w", err))
+			}
+		}
+		if f.ownRT && f.rt != nil {
+			if err := f.rt.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("sim: close runtime: %w", err))
+			}
+		}
+		f.stopErr = errors.Join(errs...)
+	})
+	return f.stopErr
+}
+
+// LeakReport is what LeakCheck found.
+type LeakReport struct {
+	GoroutinesBefore int `json:"goroutines_before"`
+	GoroutinesAfter  int `json:"goroutines_after"`
+	// BrokerConns is the number of client connections the in-process
+	// broker still had once every agent stopped (-1: not measured).
+	BrokerConns int `json:"broker_connections_after_agents_stopped"`
+	// ProxyConns is the number of proxied connections still open.
+	ProxyConns int `json:"proxy_connections_open"`
+}
+
+// ErrLeak is wrapped by LeakCheck's error.
+var ErrLeak = errors.New("leak")
+
+// LeakCheck, after Stop, waits up to timeout for the goroutine count to
+// return to what it was before Start, and checks that no broker or proxy
+// connection is left.
+func (f *Fleet) LeakCheck(timeout time.Duration) (LeakReport, error) {
+	r := LeakReport{GoroutinesBefore: f.baseline, BrokerConns: f.brokerConnsLeft}
+	if f.proxy != nil {
+		r.ProxyConns = f.proxy.Open()
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		r.GoroutinesAfter = runtime.NumGoroutine()
+		if r.GoroutinesAfter <= r.GoroutinesBefore || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // polling: nothing signals "goroutines exited"
+	}
+	var errs []error
+	if r.GoroutinesAfter > r.GoroutinesBefore {
+		errs = append(errs, fmt.Errorf("%w: %d goroutines after the run, %d before", ErrLeak, r.GoroutinesAfter, r.GoroutinesBefore))
+	}
+	if r.BrokerConns > 0 {
+		errs = append(errs, fmt.Errorf("%w: the broker still had %d client connections after every agent stopped", ErrLeak, r.BrokerConns))
+	}
+	if r.ProxyConns > 0 {
+		errs = append(errs, fmt.Errorf("%w: %d proxied connections still open", ErrLeak, r.ProxyConns))
+	}
+	return r, errors.Join(errs...)
+}

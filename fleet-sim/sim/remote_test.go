@@ -1,0 +1,100 @@
+package sim
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/internal/fraud"
+	"github.com/edgefleet/edgefleet/internal/infer"
+)
+
+// TestFleetAgainstRemoteControlPlane runs a small fleet through the proxy
+// against a control plane reached only by its REST API and broker URL, as
+// `fleet-sim run --api` does, and checks traffic, the proxy's faults and
+// the leak check.
+func TestFleetAgainstRemoteControlPlane(t *testing.T) {
+	lib, err := infer.FindLibrary("")
+	require.NoError(t, err)
+	rt, err := infer.NewRuntime(lib, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = rt.Close() })
+
+	tokens := make(chan string, 1)
+	cp, err := controlplane.New(controlplane.Options{
+		DataDir: filepath.Join(t.TempDir(), "cp"), APIListen: "127.0.0.1:0", MQTTListen: "127.0.0.1:0", Runtime: rt,
+		OnInitialToken: func(tok string) { tokens <- tok },
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cp.Run(ctx) }()
+	t.Cleanup(func() { cancel(); assert.NoError(t, <-done) })
+	select {
+	case <-cp.Ready():
+	case err := <-done:
+		t.Fatalf("control plane stopped: %v", err)
+	}
+	remote := &RemoteControlPlane{APIURL: cp.APIURL(), Token: <-tokens}
+
+	devs, err := FleetSpec{Sites: 1, DevicesPerSite: 3}.Expand()
+	require.NoError(t, err)
+	f, err := New(Options{Dir: t.TempDir(), Devices: devs, Remote: remote, Runtime: rt, Proxy: true,
+		HeartbeatInterval: time.Second, FetchRetryInterval: 300 * time.Millisecond})
+	require.NoError(t, err)
+	require.NoError(t, f.Start(context.Background()))
+	t.Cleanup(func() { _ = f.Stop() })
+	assert.Nil(t, f.Server(), "remote mode runs no control plane")
+
+	art, err := fraud.TrainArtifact(fraud.TrainConfig{Seed: 1, Rows: 1000})
+	require.NoError(t, err)
+	mv, err := remote.AddModelVersion(context.Background(), "fraud", "1.0.0", art.ONNX, art.Metadata(), false)
+	require.NoError(t, err)
+	assert.True(t, mv.Checks.Passed)
+	_, err = remote.AddModelVersion(context.Background(), "fraud", "1.0.0", art.ONNX, art.Metadata(), false)
+	assert.ErrorContains(t, err, "409", "versions are immutable; the API's reason comes through")
+
+	tr, err := f.StartTraffic(TrafficOptions{Model: "fraud", Rate: 20, Seed: 1})
+	require.NoError(t, err)
+	res, err := remote.Deploy(context.Background(), controlplane.DeployRequest{Model: "fraud", Version: "1.0.0", Selector: "site=site-1"})
+	require.NoError(t, err)
+	require.Len(t, res.Devices, 3)
+	require.Eventually(t, func() bool {
+		list, err := remote.Devices("site=site-1")
+		if err != nil || len(list) != 3 {
+			return false
+		}
+		for _, d := range list {
+			if r := d.Reported["fraud"]; r == nil || r.ActiveVersion != "1.0.0" || r.State != "active" {
+				return false
+			}
+		}
+		return true
+	}, 30*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return tr.Stats().OK >= 30 }, 10*time.Second, 10*time.Millisecond)
+
+	// A cut link with refused reconnects for a moment: the device comes back.
+	before := f.Proxy().Accepted()
+	assert.Equal(t, 1, f.Proxy().Disconnect([]string{"dev-1-2"}, 200*time.Millisecond))
+	require.Eventually(t, func() bool { return f.Proxy().Accepted() >= before+2 && f.Proxy().Open() == 3 }, 30*time.Second, 20*time.Millisecond,
+		"dev-1-2 is refused at least once, then reconnects")
+	in, out := f.Proxy().Bytes("dev-1-2")
+	assert.Greater(t, in, uint64(len(art.ONNX)), "the model crossed the proxy")
+	assert.Positive(t, out)
+
+	tr.Stop()
+	st := tr.Stats()
+	assert.Zero(t, st.Failed, st.FirstFailure)
+	assert.Equal(t, st.OK, st.ByVersion["1.0.0"])
+
+	require.NoError(t, f.Stop())
+	rep, err := f.LeakCheck(10 * time.Second)
+	assert.NoError(t, err)
+	assert.Equal(t, -1, rep.BrokerConns, "not measured for a remote broker")
+	assert.Zero(t, rep.ProxyConns)
+}

@@ -1,0 +1,217 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/edgefleet/edgefleet/internal/fraud"
+	"github.com/edgefleet/edgefleet/internal/oip"
+)
+
+// TrafficOptions describe synthetic inference traffic: every device scores
+// Rate fraud-like transactions per second on model Model through its
+// agent's in-process inference path.
+type TrafficOptions struct {
+	Model string
+	// Rate is inferences per second per device, > 0 and ≤ 100.
+	Rate float64
+	// Seed seeds the transaction generators.
+	Seed uint64
+	// Params shape the transactions; SiteParams override them per site
+	// label.
+	Params     fraud.Params
+	SiteParams map[string]fraud.Params
+	// Workers is how many goroutines share the devices; default 4.
+	Workers int
+}
+
+// TrafficStats count inference outcomes.
+type TrafficStats struct {
+	OK uint64 `json:"ok"`
+	// NotServing counts requests made while the device had no active
+	// model (before its first deployment); they are not failures.
+	NotServing uint64 `json:"not_serving"`
+	// Failed counts every other error: these are the failures the
+	// scenario assertions care about.
+	Failed    uint64            `json:"failed"`
+	ByVersion map[string]uint64 `json:"by_version"`
+	// FirstFailure describes the first failed inference.
+	FirstFailure string `json:"first_failure,omitempty"`
+}
+
+// Traffic drives synthetic inference through a fleet's agents.
+type Traffic struct {
+	f    *Fleet
+	opts TrafficOptions
+
+	ok, notServing, failed atomic.Uint64
+	// mu guards byVersion, firstFailure and params.
+	mu           sync.Mutex
+	byVersion    map[string]uint64
+	firstFailure string
+	params       map[string]fraud.Params // device → params override (ShiftParams)
+	paramsGen    atomic.Uint64
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+}
+
+// StartTraffic starts the traffic; Stop ends it.
+func (f *Fleet) StartTraffic(opts TrafficOptions) (*Traffic, error) {
+	if opts.Model == "" {
+		return nil, errors.New("sim: traffic: model is required")
+	}
+	if !(opts.Rate > 0 && opts.Rate <= 100) {
+		return nil, fmt.Errorf("sim: traffic: rate %v per device per second is outside (0, 100]", opts.Rate)
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 4
+	}
+	if _, err := fraud.NewGenerator(opts.Seed, opts.Params); err != nil {
+		return nil, fmt.Errorf("sim: traffic: %w", err)
+	}
+	for site, p := range opts.SiteParams {
+		if _, err := fraud.NewGenerator(opts.Seed, p); err != nil {
+			return nil, fmt.Errorf("sim: traffic: site %s: %w", site, err)
+		}
+	}
+	t := &Traffic{f: f, opts: opts, byVersion: map[string]uint64{}, params: map[string]fraud.Params{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.cancel = cancel
+	workers := min(opts.Workers, len(f.members))
+	for w := range workers {
+		var mine []*Member
+		for i := w; i < len(f.members); i += workers {
+			mine = append(mine, f.members[i])
+		}
+		t.wg.Go(func() { t.run(ctx, uint64(w), mine) })
+	}
+	return t, nil
+}
+
+// ShiftParams changes the transaction distribution of the given devices
+// from now on (injected drift).
+func (t *Traffic) ShiftParams(devices []string, p fraud.Params) error {
+	if _, err := fraud.NewGenerator(0, p); err != nil {
+		return fmt.Errorf("sim: shift traffic: %w", err)
+	}
+	t.mu.Lock()
+	for _, d := range devices {
+		t.params[d] = p
+	}
+	t.mu.Unlock()
+	t.paramsGen.Add(1)
+	return nil
+}
+
+// Stop ends the traffic and waits for it. It is idempotent.
+func (t *Traffic) Stop() {
+	t.once.Do(func() {
+		t.cancel()
+		t.wg.Wait()
+	})
+}
+
+// Stats returns the counts so far.
+func (t *Traffic) Stats() TrafficStats {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := TrafficStats{
+		OK: t.ok.Load(), NotServing: t.notServing.Load(), Failed: t.failed.Load(),
+		ByVersion: make(map[string]uint64, len(t.byVersion)), FirstFailure: t.firstFailure,
+	}
+	for k, v := range t.byVersion {
+		s.ByVersion[k] = v
+	}
+	return s
+}
+
+// paramsFor returns the device's current transaction parameters.
+func (t *Traffic) paramsFor(m *Member) fraud.Params {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p, ok := t.params[m.Device.ID]; ok {
+		return p
+	}
+	if p, ok := t.opts.SiteParams[m.Device.Labels["site"]]; ok {
+		return p
+	}
+	return t.opts.Params
+}
+
+// run drives the worker's devices. Devices with the same parameters share
+// one generator per worker: a generator calibrates itself on thousands of
+// rows when created, too slow to do per device in a large fleet.
+func (t *Traffic) run(ctx context.Context, w uint64, mine []*Member) {
+	gens := make([]*fraud.Generator, len(mine))
+	var seenGen uint64 = ^uint64(0)
+	period := time.Duration(float64(time.Second) / t.opts.Rate)
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if g := t.paramsGen.Load(); g != seenGen {
+			seenGen = g
+			byParams := map[fraud.Params]*fraud.Generator{}
+			for i, m := range mine {
+				p := t.paramsFor(m)
+				if byParams[p] == nil {
+					// Params were checked when they were set.
+					byParams[p], _ = fraud.NewGenerator(t.opts.Seed*1_000_003+w*10_007+uint64(len(byParams)), p)
+				}
+				gens[i] = byParams[p]
+			}
+		}
+		for i, m := range mine {
+			if ctx.Err() != nil {
+				return
+			}
+			row, _ := gens[i].Next()
+			t.infer(ctx, m, row)
+		}
+	}
+}
+
+func (t *Traffic) infer(ctx context.Context, m *Member, row fraud.Row) {
+	a := m.Agent()
+	if a == nil {
+		return
+	}
+	version, outs, err := a.Infer(ctx, t.opts.Model, []oip.Tensor{{Name: fraud.InputName, Shape: []int64{1, fraud.NumFeatures}, Data: row[:]}})
+	switch {
+	case err != nil && strings.Contains(err.Error(), "no active model"):
+		t.notServing.Add(1)
+	case err != nil:
+		if ctx.Err() != nil {
+			return
+		}
+		t.failed.Add(1)
+		t.mu.Lock()
+		if t.firstFailure == "" {
+			t.firstFailure = fmt.Sprintf("%s: %v", m.Device.ID, err)
+		}
+		t.mu.Unlock()
+	case len(outs) != 1 || len(outs[0].Data) != 1 || !(outs[0].Data[0] >= 0 && outs[0].Data[0] <= 1):
+		t.failed.Add(1)
+		t.mu.Lock()
+		if t.firstFailure == "" {
+			t.firstFailure = fmt.Sprintf("%s: version %s answered %v, want one probability", m.Device.ID, version, outs)
+		}
+		t.mu.Unlock()
+	default:
+		t.ok.Add(1)
+		t.mu.Lock()
+		t.byVersion[version]++
+		t.mu.Unlock()
+	}
+}
