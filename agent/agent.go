@@ -29,6 +29,11 @@ import (
 	"github.com/edgefleet/edgefleet/internal/transfer"
 )
 
+// eventQueue bounds the events waiting for the update loop. The MQTT
+// client queues more in front of it, so it stays small: fleet-sim runs
+// thousands of agents and each one pays for it.
+const eventQueue = 64
+
 // Options configure an Agent. Zero values take the documented defaults.
 type Options struct {
 	DeviceID  string
@@ -200,7 +205,7 @@ func New(opts Options) (*Agent, error) {
 		topics: topics.Scheme{Prefix: opts.TopicPrefix},
 		verify: signing.NewVerifier(opts.RootPublicKey),
 		slots:  map[string]*slot{},
-		events: make(chan event, 1024),
+		events: make(chan event, eventQueue),
 		ready:  make(chan struct{}),
 	}
 	a.u.subs = map[string]bool{}

@@ -82,7 +82,9 @@ func (a *Agent) restore() error {
 	}
 	for name, st := range states {
 		s := &slot{name: name, st: *st}
+		a.mu.Lock()
 		a.slots[name] = s
+		a.mu.Unlock()
 		s.snapshot()
 		a.loadCommitted(s)
 	}
@@ -143,7 +145,9 @@ func (a *Agent) loadModel(name string, ref *modelRef) (*servedModel, error) {
 	if hex.EncodeToString(sum[:]) != ref.SHA256 || uint64(len(b)) != m.GetSize() {
 		return nil, fmt.Errorf("model file %s is corrupt: sha256 or size differs from the manifest", ref.SHA256)
 	}
-	sess, err := a.rt.Load(b, tensorNames(m.GetInputs()), tensorNames(m.GetOutputs()))
+	// Shared: agents in one process (fleet-sim) hold one onnxruntime
+	// session per version; on a device it is simply this agent's.
+	sess, err := a.rt.LoadShared(b, tensorNames(m.GetInputs()), tensorNames(m.GetOutputs()))
 	if err != nil {
 		return nil, fmt.Errorf("load model: %w", err)
 	}

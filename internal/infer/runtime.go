@@ -6,11 +6,14 @@
 package infer
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 
 	ort "github.com/yalue/onnxruntime_go"
@@ -63,8 +66,9 @@ type Runtime struct {
 	life   sync.RWMutex
 	closed bool // guarded by life
 
-	mu       sync.Mutex            // guards sessions
-	sessions map[*Session]struct{} // open sessions; nil once closed
+	mu       sync.Mutex              // guards sessions, shared and every sessionCore.refs
+	sessions map[*Session]struct{}   // open sessions; nil once closed
+	shared   map[string]*sessionCore // LoadShared cores by key
 }
 
 // NewRuntime loads onnxruntime from libPath ("" means FindLibrary("")) and
@@ -120,6 +124,7 @@ func NewRuntime(libPath string, logger *slog.Logger) (*Runtime, error) {
 		libPath:  abs,
 		version:  ortEnv.version,
 		sessions: map[*Session]struct{}{},
+		shared:   map[string]*sessionCore{},
 	}, nil
 }
 
@@ -221,6 +226,39 @@ func (r *Runtime) inspect(model []byte) (ins, outs []ort.InputOutputInfo, err er
 // spinning: each Run computes on its caller's goroutine, so concurrency is
 // the caller's (concurrent Run calls are safe).
 func (r *Runtime) Load(model []byte, inputs, outputs []string) (*Session, error) {
+	return r.load(model, inputs, outputs, "")
+}
+
+// LoadShared is Load, except that every LoadShared of the same model bytes
+// and names shares one onnxruntime session while any of them is open (each
+// gets its own Session to close). Many agents in one process (fleet-sim)
+// then hold one session per model version instead of one each.
+func (r *Runtime) LoadShared(model []byte, inputs, outputs []string) (*Session, error) {
+	sum := sha256.Sum256(model)
+	key := hex.EncodeToString(sum[:]) + "|" + strings.Join(inputs, ",") + "|" + strings.Join(outputs, ",")
+	r.mu.Lock()
+	if c := r.shared[key]; c != nil && r.sessions != nil {
+		if s := r.handleLocked(c); s != nil {
+			r.mu.Unlock()
+			return s, nil
+		}
+	}
+	r.mu.Unlock()
+	return r.load(model, inputs, outputs, key)
+}
+
+// handleLocked opens one more Session on core c; r.mu is held.
+func (r *Runtime) handleLocked(c *sessionCore) *Session {
+	if c.refs == 0 {
+		return nil // being destroyed
+	}
+	c.refs++
+	s := &Session{rt: r, inputs: c.inputs, outputs: c.outputs, core: c}
+	r.sessions[s] = struct{}{}
+	return s
+}
+
+func (r *Runtime) load(model []byte, inputs, outputs []string, key string) (*Session, error) {
 	r.life.RLock()
 	defer r.life.RUnlock()
 	if r.closed {
@@ -269,20 +307,42 @@ func (r *Runtime) Load(model []byte, inputs, outputs []string) (*Session, error)
 	if err != nil {
 		return nil, fmt.Errorf("infer: load: %w: %v", ErrInvalidModel, err)
 	}
-	s := &Session{rt: r, inputs: inSpecs, outputs: outSpecs, dyn: dyn}
-
+	c := &sessionCore{key: key, dyn: dyn, inputs: inSpecs, outputs: outSpecs}
 	r.mu.Lock()
+	if key != "" {
+		if other := r.shared[key]; other != nil {
+			// Loaded concurrently by someone else: share theirs.
+			if s := r.handleLocked(other); s != nil {
+				r.mu.Unlock()
+				_ = dyn.Destroy()
+				return s, nil
+			}
+		}
+		r.shared[key] = c
+	}
+	c.refs = 1
+	s := &Session{rt: r, inputs: inSpecs, outputs: outSpecs, core: c}
 	r.sessions[s] = struct{}{}
 	r.mu.Unlock()
 	r.logger.Debug("session loaded", "inputs", names(inSpecs), "outputs", names(outSpecs), "model_bytes", len(model))
 	return s, nil
 }
 
-// forget drops a closed session from r's set.
-func (r *Runtime) forget(s *Session) {
+// release drops a closed Session from r's set and reports whether it was
+// the last one on its core (which the caller then destroys).
+func (r *Runtime) release(s *Session) bool {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	delete(r.sessions, s)
-	r.mu.Unlock()
+	c := s.core
+	c.refs--
+	if c.refs > 0 {
+		return false
+	}
+	if c.key != "" && r.shared[c.key] == c {
+		delete(r.shared, c.key)
+	}
+	return true
 }
 
 // pick selects the named values (all when names is empty) and checks they

@@ -6,6 +6,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	ort "github.com/yalue/onnxruntime_go"
 	"google.golang.org/protobuf/proto"
@@ -30,9 +31,21 @@ type Session struct {
 	rt      *Runtime
 	inputs  []*efpb.TensorSpec // in session feed order; never modified
 	outputs []*efpb.TensorSpec // in session fetch order; never modified
+	core    *sessionCore
+	closed  atomic.Bool
+}
 
-	mu  sync.RWMutex                // held shared by runs, exclusively by Close
-	dyn *ort.DynamicAdvancedSession // guarded by mu; nil once closed
+// sessionCore is one onnxruntime session. Sessions from LoadShared share
+// a core; it is destroyed when the last of them closes.
+type sessionCore struct {
+	key string // the share key; "" for a session from Load
+
+	mu  sync.RWMutex                // held shared by runs, exclusively to destroy
+	dyn *ort.DynamicAdvancedSession // guarded by mu; nil once destroyed
+
+	refs int // open Sessions on this core; guarded by the Runtime's mu
+
+	inputs, outputs []*efpb.TensorSpec // shared by its Sessions; never modified
 }
 
 // Inputs returns the session's inputs (copies).
@@ -56,9 +69,13 @@ func cloneSpecs(specs []*efpb.TensorSpec) []*efpb.TensorSpec {
 // wrapping ErrBadInput that names the problem. Run does not keep or modify
 // the input data.
 func (s *Session) Run(inputs []Tensor) ([]Tensor, error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.dyn == nil {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("infer: run: session %w", ErrClosed)
+	}
+	c := s.core
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.dyn == nil {
 		return nil, fmt.Errorf("infer: run: session %w", ErrClosed)
 	}
 	ordered, err := s.order(inputs)
@@ -89,7 +106,7 @@ func (s *Session) Run(inputs []Tensor) ([]Tensor, error) {
 			}
 		}
 	}()
-	if err := s.dyn.Run(values, outs); err != nil {
+	if err := c.dyn.Run(values, outs); err != nil {
 		return nil, fmt.Errorf("infer: run: %w", err)
 	}
 	result := make([]Tensor, len(outs))
@@ -283,19 +300,26 @@ func (s *Session) Warm() error {
 	return nil
 }
 
-// Close releases the session, waiting for runs in flight. Idempotent.
+// Close releases the session. The onnxruntime session behind it is
+// destroyed, after the runs in flight, when no other Session shares it.
+// Idempotent.
 func (s *Session) Close() error {
-	// Destroy under the lock: Runtime.Close relies on a returned Close
-	// meaning the C session is gone before it releases the environment.
-	s.mu.Lock()
-	if s.dyn == nil {
-		s.mu.Unlock()
+	if !s.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	err := s.dyn.Destroy()
-	s.dyn = nil
-	s.mu.Unlock()
-	s.rt.forget(s)
+	if !s.rt.release(s) {
+		return nil // another Session still uses the core
+	}
+	// Destroy under the lock: Runtime.Close relies on a returned Close
+	// meaning the C session is gone before it releases the environment.
+	c := s.core
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dyn == nil {
+		return nil
+	}
+	err := c.dyn.Destroy()
+	c.dyn = nil
 	if err != nil {
 		return fmt.Errorf("infer: close session: %w", err)
 	}

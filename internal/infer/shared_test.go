@@ -1,0 +1,70 @@
+package infer
+
+import (
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/edgefleet/edgefleet/internal/fraud"
+)
+
+func TestLoadSharedSharesOneSessionPerModel(t *testing.T) {
+	r := newRuntime(t)
+	a := testArtifact(t)
+	in, out := []string{fraud.InputName}, []string{fraud.OutputName}
+	g, err := fraud.NewGenerator(7, fraud.Params{})
+	require.NoError(t, err)
+	rows := rowsTensor(g.Generate(4).Rows)
+
+	// Many agents load the same version at once.
+	sessions := make([]*Session, 8)
+	var wg sync.WaitGroup
+	for i := range sessions {
+		wg.Go(func() {
+			s, err := r.LoadShared(a.ONNX, in, out)
+			assert.NoError(t, err)
+			sessions[i] = s
+		})
+	}
+	wg.Wait()
+	core := sessions[0].core
+	for _, s := range sessions {
+		require.NotNil(t, s)
+		assert.Same(t, core, s.core, "one onnxruntime session for the version")
+	}
+	assert.Equal(t, len(sessions), core.refs)
+
+	// Closing some leaves the others serving; a closed one refuses.
+	for _, s := range sessions[:7] {
+		require.NoError(t, s.Close())
+	}
+	_, err = sessions[0].Run([]Tensor{rows})
+	assert.ErrorIs(t, err, ErrClosed)
+	got, err := sessions[7].Run([]Tensor{rows})
+	require.NoError(t, err)
+	assert.Len(t, got[0].Data, 4)
+
+	// The last close destroys it; the next LoadShared makes a new one.
+	require.NoError(t, sessions[7].Close())
+	assert.Nil(t, core.dyn)
+	again, err := r.LoadShared(a.ONNX, in, out)
+	require.NoError(t, err)
+	defer again.Close()
+	assert.NotSame(t, core, again.core)
+
+	// Other bytes, or a plain Load, get sessions of their own.
+	other := padded(a.ONNX)
+	s2, err := r.LoadShared(other, in, out)
+	require.NoError(t, err)
+	defer s2.Close()
+	assert.NotSame(t, again.core, s2.core)
+	plain := loadFraud(t, r)
+	assert.NotSame(t, again.core, plain.core)
+}
+
+// padded is the same model with a different doc string (ONNX field 6).
+func padded(model []byte) []byte {
+	return append(append([]byte(nil), model...), 0x32, 0x01, 'x')
+}
