@@ -2,7 +2,9 @@ package controlplane
 
 import (
 	"context"
+	"slices"
 	"sync"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -20,6 +22,11 @@ type chunkKey struct{ name, version string }
 // time, so one large download does not starve another.
 type chunkQueue struct {
 	wake chan struct{} // capacity 1: "there may be work"
+	// window is how long a version's first request waits for more before
+	// its chunks go out: agents that start a download together (a deploy
+	// to many devices) are then served by one publish of each chunk
+	// instead of one per trickle of requests.
+	window time.Duration
 
 	// mu guards pending and ring.
 	mu      sync.Mutex
@@ -29,20 +36,21 @@ type chunkQueue struct {
 
 type pendingChunks struct {
 	queued map[uint32]bool
-	order  []uint32 // FIFO of queued indexes
+	order  []uint32  // FIFO of queued indexes
+	ready  time.Time // not published before this
 }
 
-func newChunkQueue() *chunkQueue {
-	return &chunkQueue{wake: make(chan struct{}, 1), pending: map[chunkKey]*pendingChunks{}}
+func newChunkQueue(window time.Duration) *chunkQueue {
+	return &chunkQueue{wake: make(chan struct{}, 1), window: window, pending: map[chunkKey]*pendingChunks{}}
 }
 
 // enqueue queues indexes (all already validated) and reports how many
 // were new; the rest coalesced with queued requests.
-func (q *chunkQueue) enqueue(k chunkKey, indexes []uint32) int {
+func (q *chunkQueue) enqueue(k chunkKey, indexes []uint32, now time.Time) int {
 	q.mu.Lock()
 	p := q.pending[k]
 	if p == nil {
-		p = &pendingChunks{queued: map[uint32]bool{}}
+		p = &pendingChunks{queued: map[uint32]bool{}, ready: now.Add(q.window)}
 		q.pending[k] = p
 		q.ring = append(q.ring, k)
 	}
@@ -68,16 +76,31 @@ func (q *chunkQueue) enqueue(k chunkKey, indexes []uint32) int {
 	return added
 }
 
-// next dequeues the next chunk to publish. A chunk asked for again after it
-// was dequeued is queued anew: its publish may already be past that asker.
-func (q *chunkQueue) next() (chunkKey, uint32, bool) {
+// next dequeues the next chunk to publish: the first version in service
+// order whose collection window has passed. With none ready it returns how
+// long until one is (0 when nothing is queued). A chunk asked for again
+// after it was dequeued is queued anew: its publish may already be past
+// that asker.
+func (q *chunkQueue) next(now time.Time) (chunkKey, uint32, bool, time.Duration) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(q.ring) == 0 {
-		return chunkKey{}, 0, false
+	at := -1
+	var wait time.Duration
+	for i, k := range q.ring {
+		d := q.pending[k].ready.Sub(now)
+		if d <= 0 {
+			at = i
+			break
+		}
+		if wait == 0 || d < wait {
+			wait = d
+		}
 	}
-	k := q.ring[0]
-	q.ring = q.ring[1:]
+	if at < 0 {
+		return chunkKey{}, 0, false, wait
+	}
+	k := q.ring[at]
+	q.ring = slices.Delete(q.ring, at, at+1)
 	p := q.pending[k]
 	idx := p.order[0]
 	p.order = p.order[1:]
@@ -87,7 +110,7 @@ func (q *chunkQueue) next() (chunkKey, uint32, bool) {
 	} else {
 		q.ring = append(q.ring, k)
 	}
-	return k, idx, true
+	return k, idx, true, 0
 }
 
 // queued is the number of chunks waiting (for tests and metrics).
@@ -104,14 +127,26 @@ func (q *chunkQueue) queued() int {
 // runChunks is the one worker that publishes queued chunks until ctx ends.
 func (s *Server) runChunks(ctx context.Context) {
 	for {
-		k, idx, ok := s.chunks.next()
+		k, idx, ok, wait := s.chunks.next(s.clock())
 		if !ok {
+			var later <-chan time.Time
+			var timer *time.Timer
+			if wait > 0 {
+				timer = time.NewTimer(wait)
+				later = timer.C
+			}
 			select {
 			case <-ctx.Done():
-				return
 			case <-s.chunks.wake:
-				continue
+			case <-later:
 			}
+			if timer != nil {
+				timer.Stop()
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			continue
 		}
 		if ctx.Err() != nil {
 			return

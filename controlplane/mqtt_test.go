@@ -223,11 +223,12 @@ func addRawModel(t *testing.T, ts *testServer, name, version string, model []byt
 }
 
 func TestChunkQueueCoalesces(t *testing.T) {
-	q := newChunkQueue()
+	q := newChunkQueue(0)
+	now := time.Now()
 	a, b := chunkKey{"fraud", "v1"}, chunkKey{"fraud", "v2"}
-	assert.Equal(t, 3, q.enqueue(a, []uint32{0, 1, 2}))
-	assert.Equal(t, 1, q.enqueue(a, []uint32{2, 1, 3}), "queued chunks coalesce")
-	assert.Equal(t, 2, q.enqueue(b, []uint32{0, 0, 1}))
+	assert.Equal(t, 3, q.enqueue(a, []uint32{0, 1, 2}, now))
+	assert.Equal(t, 1, q.enqueue(a, []uint32{2, 1, 3}, now), "queued chunks coalesce")
+	assert.Equal(t, 2, q.enqueue(b, []uint32{0, 0, 1}, now))
 	assert.Equal(t, 6, q.queued())
 
 	type item struct {
@@ -236,7 +237,7 @@ func TestChunkQueueCoalesces(t *testing.T) {
 	}
 	var order []item
 	for {
-		k, i, ok := q.next()
+		k, i, ok, _ := q.next(now)
 		if !ok {
 			break
 		}
@@ -244,12 +245,43 @@ func TestChunkQueueCoalesces(t *testing.T) {
 		if len(order) == 1 {
 			// Asked again after dequeue: queued anew (the publish may be
 			// past the asker).
-			assert.Equal(t, 1, q.enqueue(a, []uint32{0}))
+			assert.Equal(t, 1, q.enqueue(a, []uint32{0}, now))
 		}
 	}
 	assert.Equal(t, []item{{a, 0}, {b, 0}, {a, 1}, {b, 1}, {a, 2}, {a, 3}, {a, 0}}, order, "versions are served round-robin")
-	assert.Equal(t, 0, q.enqueue(a, nil))
+	assert.Equal(t, 0, q.enqueue(a, nil, now))
 	assert.Equal(t, 0, q.queued())
+}
+
+func TestChunkQueueCollectsBeforeTheFirstPublish(t *testing.T) {
+	q := newChunkQueue(200 * time.Millisecond)
+	t0 := time.Now()
+	a, b := chunkKey{"fraud", "v1"}, chunkKey{"fraud", "v2"}
+	q.enqueue(a, []uint32{0, 1}, t0)
+	_, _, ok, wait := q.next(t0.Add(50 * time.Millisecond))
+	assert.False(t, ok, "inside the window nothing goes out")
+	assert.Equal(t, 150*time.Millisecond, wait)
+	// Requests inside the window join the same round.
+	assert.Equal(t, 1, q.enqueue(a, []uint32{1, 2}, t0.Add(100*time.Millisecond)))
+	q.enqueue(b, []uint32{0}, t0.Add(150*time.Millisecond))
+
+	var got []uint32
+	for {
+		k, i, ok, _ := q.next(t0.Add(250 * time.Millisecond))
+		if !ok {
+			break
+		}
+		assert.Equal(t, a, k, "v2's window is still open")
+		got = append(got, i)
+	}
+	assert.Equal(t, []uint32{0, 1, 2}, got)
+	k, i, ok, _ := q.next(t0.Add(400 * time.Millisecond))
+	require.True(t, ok)
+	assert.Equal(t, b, k)
+	assert.Equal(t, uint32(0), i)
+	_, _, ok, wait = q.next(t0.Add(time.Second))
+	assert.False(t, ok)
+	assert.Zero(t, wait, "nothing queued: wait for a wake-up")
 }
 
 func TestMalformedPayloadsAreDropped(t *testing.T) {

@@ -36,6 +36,8 @@ const (
 	DefaultMQTTListen  = broker.DefaultAddr
 	DefaultManifestTTL = 90 * 24 * time.Hour
 	DefaultDesiredTTL  = 30 * 24 * time.Hour
+	// DefaultChunkBatchWindow: see Options.ChunkBatchWindow.
+	DefaultChunkBatchWindow = 150 * time.Millisecond
 	// DefaultMQTTClientID is the control plane's client id on an external broker.
 	DefaultMQTTClientID = "edgefleet-control-plane"
 
@@ -60,6 +62,11 @@ type Options struct {
 	MQTTURL  string
 	Username string
 	Password string
+	// ChunkBatchWindow is how long the first fetch request for a version
+	// waits for others before its chunks are published, so that devices
+	// starting a download together share one publish of each chunk.
+	// Default DefaultChunkBatchWindow; negative publishes at once.
+	ChunkBatchWindow time.Duration
 	// IngestConnections, with MQTTURL, receives telemetry over this many
 	// extra connections sharing one MQTT shared subscription
 	// ($share/edgefleet-ingest/...), so a busy fleet's reports are decoded
@@ -191,6 +198,12 @@ func New(opts Options) (*Server, error) {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
+	switch {
+	case opts.ChunkBatchWindow == 0:
+		opts.ChunkBatchWindow = DefaultChunkBatchWindow
+	case opts.ChunkBatchWindow < 0:
+		opts.ChunkBatchWindow = 0
+	}
 	if opts.MQTTURL == "" && opts.Username != "" {
 		return nil, errors.New("controlplane: Username is for an external broker (MQTTURL); the embedded broker needs none")
 	}
@@ -230,7 +243,7 @@ func New(opts Options) (*Server, error) {
 		scheme: scheme,
 		clock:  opts.Clock,
 		keys:   keys,
-		chunks: newChunkQueue(),
+		chunks: newChunkQueue(opts.ChunkBatchWindow),
 		blobs:  newBlobCache(blobCacheBytes),
 		ready:  make(chan struct{}),
 	}
