@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"errors"
+	"github.com/edgefleet/edgefleet/controlplane/audit"
 
 	"github.com/edgefleet/edgefleet/internal/labels"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -106,4 +107,13 @@ func (s *Server) countUpload(rec *modelRecord) {
 		result = "forced"
 	}
 	s.metrics.uploads.WithLabelValues(result).Inc()
+}
+
+// Audit returns the audit entries matching q, oldest first: operator
+// actions, rollout decisions and monitoring alerts with their figures.
+func (s *Server) Audit(q audit.Query) ([]audit.Entry, error) {
+	if !s.isReady() {
+		return nil, errNotReady
+	}
+	return s.audit.List(q)
 }

@@ -26,6 +26,7 @@ func registerRollouts(r *Registry) {
 	r.RegisterAction("wait_rollout", func() Action { return &WaitRollout{} })
 	r.RegisterAssertion("rollout_state", func() Assertion { return &RolloutState{} })
 	r.RegisterAssertion("max_attempted", func() Assertion { return &MaxAttempted{} })
+	r.RegisterAssertion("alerts", func() Assertion { return &Alerts{} })
 }
 
 // RolloutSpec is a rollout.Spec written in YAML: the same keys as the

@@ -70,6 +70,7 @@ func Run(ctx context.Context, sc *Scenario, opts RunOptions) (*Report, error) {
 		Proxy:              sc.Network.Proxy,
 		HeartbeatInterval:  sc.Agent.Heartbeat,
 		FetchRetryInterval: sc.Agent.FetchRetry,
+		Monitor:            sc.Monitor.options(),
 		Logger:             opts.Logger,
 		AgentLogger:        opts.AgentLogger,
 	})

@@ -30,6 +30,8 @@ type Scenario struct {
 	Agent       AgentSpec     `yaml:"agent"`
 	Network     NetworkSpec   `yaml:"network"`
 	Traffic     *TrafficSpec  `yaml:"traffic"`
+	// Monitor sets the control plane's alert rules (drift and accuracy).
+	Monitor *MonitorSpec `yaml:"monitor"`
 	// Timeout bounds the whole run; default 5m.
 	Timeout time.Duration `yaml:"timeout"`
 	// SampleInterval is how often every agent's state is recorded; default
@@ -194,6 +196,9 @@ func (sc *Scenario) validate() error {
 	}
 	if sc.Timeout < 0 || sc.SampleInterval < 10*time.Millisecond {
 		return bad(1, "timeout must be positive and sample_interval at least 10ms")
+	}
+	if err := sc.Monitor.validate(); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	if t := sc.Traffic; t != nil {
 		if t.Model == "" || !(t.Rate > 0 && t.Rate <= 100) {

@@ -49,6 +49,9 @@ type Options struct {
 	FetchRetryInterval time.Duration
 	// StartParallel is how many agents start at once; default 32.
 	StartParallel int
+	// Monitor configures the in-process control plane's alert rules and
+	// how often it evaluates them.
+	Monitor controlplane.MonitorOptions
 	// Logger receives the simulator's and the control plane's logs;
 	// AgentLogger the agents' (both nil: discarded).
 	Logger      *slog.Logger
@@ -232,6 +235,7 @@ func (f *Fleet) startControlPlane(ctx context.Context) error {
 		MQTTListen: "127.0.0.1:0",
 		Runtime:    f.rt,
 		Logger:     f.opts.Logger,
+		Monitor:    f.opts.Monitor,
 		OnInitialToken: func(tok string) {
 			select {
 			case f.token <- tok:

@@ -1,0 +1,139 @@
+package scenario
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/audit"
+	"github.com/edgefleet/edgefleet/controlplane/monitor"
+)
+
+// MonitorSpec sets the in-process control plane's alert rules.
+type MonitorSpec struct {
+	// Interval between alert evaluations; default 1s in a scenario.
+	Interval time.Duration `yaml:"interval"`
+	// Window the rules evaluate; default 30s in a scenario.
+	Window          time.Duration `yaml:"window"`
+	MaxPSI          float64       `yaml:"max_psi"`
+	MinAccuracy     float64       `yaml:"min_accuracy"`
+	MaxAccuracyDrop float64       `yaml:"max_accuracy_drop"`
+	MinRows         uint64        `yaml:"min_rows"`
+	MinLabels       uint64        `yaml:"min_labels"`
+}
+
+func (m *MonitorSpec) options() controlplane.MonitorOptions {
+	if m == nil {
+		return controlplane.MonitorOptions{}
+	}
+	o := controlplane.MonitorOptions{Interval: m.Interval, Rules: monitor.Rules{
+		Window: m.Window, MaxPSI: m.MaxPSI, MinAccuracy: m.MinAccuracy, MaxAccuracyDrop: m.MaxAccuracyDrop,
+		MinRows: m.MinRows, MinLabels: m.MinLabels,
+	}}
+	if o.Interval == 0 {
+		o.Interval = time.Second
+	}
+	if o.Rules.Window == 0 {
+		o.Rules.Window = 30 * time.Second
+	}
+	return o
+}
+
+func (m *MonitorSpec) validate() error {
+	if m == nil {
+		return nil
+	}
+	if m.Interval < 0 || m.Window < 0 || m.MaxPSI < 0 || m.MinAccuracy < 0 || m.MaxAccuracyDrop < 0 {
+		return errors.New("monitor: durations and thresholds must not be negative")
+	}
+	return nil
+}
+
+// Alerts checks the monitoring alerts the control plane raised (its audit
+// log): every site in Sites has an alert of Rule for Model, no site in
+// Quiet has one.
+type Alerts struct {
+	Rule   string        `yaml:"rule"` // feature_drift, low_accuracy or accuracy_drop; "" any
+	Model  string        `yaml:"model"`
+	Sites  []string      `yaml:"sites"`
+	Quiet  []string      `yaml:"quiet"`
+	Within time.Duration `yaml:"within"`
+}
+
+// Validate implements the optional validation.
+func (a *Alerts) Validate(sc *Scenario) error {
+	if a.Model == "" || (len(a.Sites) == 0 && len(a.Quiet) == 0) {
+		return errors.New("model and sites or quiet are required")
+	}
+	if sc.Monitor == nil {
+		return errors.New("needs a monitor section (alert rules)")
+	}
+	switch a.Rule {
+	case "", "feature_drift", "low_accuracy", "accuracy_drop":
+	default:
+		return fmt.Errorf("rule %q: want feature_drift, low_accuracy or accuracy_drop", a.Rule)
+	}
+	return nil
+}
+
+// Deadline implements Assertion.
+func (a *Alerts) Deadline() time.Duration { return a.Within }
+
+// Check implements Assertion.
+func (a *Alerts) Check(env *Env) (bool, string) {
+	srv, err := server(env)
+	if err != nil {
+		return false, err.Error()
+	}
+	action := "monitor.alert."
+	if a.Rule != "" {
+		action += a.Rule
+	}
+	entries, err := srv.Audit(audit.Query{Action: action})
+	if err != nil {
+		return false, err.Error()
+	}
+	alerted := map[string]int{}
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Target, a.Model+"@") {
+			continue
+		}
+		if site, ok := e.Details["site"].(string); ok {
+			alerted[site]++
+		}
+	}
+	env.SetFigure("alerts_by_site", alerted)
+	var missing, noisy []string
+	for _, s := range a.Sites {
+		if alerted[s] == 0 {
+			missing = append(missing, s)
+		}
+	}
+	for _, s := range a.Quiet {
+		if alerted[s] > 0 {
+			noisy = append(noisy, s)
+		}
+	}
+	if len(missing) == 0 && len(noisy) == 0 {
+		return true, ""
+	}
+	var why []string
+	if len(missing) > 0 {
+		why = append(why, fmt.Sprintf("no %s alert for %v", ruleName(a.Rule), missing))
+	}
+	if len(noisy) > 0 {
+		slices.Sort(noisy)
+		why = append(why, fmt.Sprintf("alerts for sites that should stay quiet: %v", noisy))
+	}
+	return false, strings.Join(why, "; ") + fmt.Sprintf(" (alerts by site: %v)", alerted)
+}
+
+func ruleName(r string) string {
+	if r == "" {
+		return "monitoring"
+	}
+	return r
+}
