@@ -64,6 +64,7 @@ Commands:
                             read the audit log
   metrics NAME@VERSION [--by site|cohort|device] [--since 24h]
                             accuracy, drift and latency in the field, with sparklines
+  broker acl [--out F]      print the deny-by-default mosquitto ACL for an external broker
   demo [--work-dir D]       run the end-to-end demo (control plane, 3 agents, 2 model versions)
   version                   print the version
 
@@ -213,6 +214,15 @@ func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
 		return a.version(args)
 	case "demo":
 		return a.demoCmd(ctx, args)
+	case "broker":
+		s, rest, err := sub()
+		if err != nil {
+			return err
+		}
+		if s != "acl" {
+			return usagef("unknown command \"broker %s\" (want broker acl)", s)
+		}
+		return a.brokerACL(rest)
 	case "help":
 		fmt.Fprint(a.stdout, usageText)
 		return nil

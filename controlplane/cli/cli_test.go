@@ -302,3 +302,18 @@ func TestParseDrift(t *testing.T) {
 		assert.Error(t, err, "parseDrift(%q)", bad)
 	}
 }
+
+func TestBrokerACLMatchesTheShippedFile(t *testing.T) {
+	code, stdout, stderr := cli(t, "broker", "acl", "--control-user", "edgefleet-cp")
+	require.Equal(t, 0, code, stderr)
+	shipped, err := os.ReadFile("../../deploy/mosquitto/acl.conf")
+	require.NoError(t, err)
+	assert.Equal(t, string(shipped), stdout, "deploy/mosquitto/acl.conf is what edgefleet broker acl prints")
+
+	code, _, stderr = cli(t, "broker", "acl", "--control-user", "bad user")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, "control")
+	code, _, stderr = cli(t, "broker", "passwords")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, "want broker acl")
+}
