@@ -137,3 +137,50 @@ func ruleName(r string) string {
 	}
 	return r
 }
+
+// NoTelemetryLost: every selected agent's store-and-forward outbox has
+// drained and dropped nothing, and the control plane aggregated reports.
+// After an outage this says every report made meanwhile was delivered.
+type NoTelemetryLost struct {
+	Selector string        `yaml:"selector"`
+	Within   time.Duration `yaml:"within"`
+}
+
+// Deadline implements Assertion.
+func (a *NoTelemetryLost) Deadline() time.Duration { return a.Within }
+
+// Check implements Assertion.
+func (a *NoTelemetryLost) Check(env *Env) (bool, string) {
+	ms, err := env.Select(a.Selector)
+	if err != nil {
+		return false, err.Error()
+	}
+	var bad offenders
+	var queued, dropped uint64
+	for _, m := range ms {
+		ag := m.Agent()
+		if ag == nil {
+			bad.add("%s has no running agent", m.Device.ID)
+			continue
+		}
+		q, d := ag.QueuedReports(), ag.ReportsDropped()
+		queued += uint64(q)
+		dropped += d
+		if q > 0 || d > 0 {
+			bad.add("%s: %d reports still queued, %d dropped", m.Device.ID, q, d)
+		}
+	}
+	env.SetFigure("telemetry_queued", queued)
+	env.SetFigure("telemetry_dropped", dropped)
+	if bad.n > 0 {
+		return false, fmt.Sprintf("%d of %d devices have undelivered or lost telemetry: %s", bad.n, len(ms), &bad)
+	}
+	if srv, err := server(env); err == nil {
+		st := srv.Monitor().Stats()
+		env.SetFigure("telemetry_ingested", st.Ingested)
+		if st.Ingested == 0 {
+			return false, "the control plane aggregated no monitoring reports"
+		}
+	}
+	return true, ""
+}

@@ -27,6 +27,7 @@ func registerRollouts(r *Registry) {
 	r.RegisterAssertion("rollout_state", func() Assertion { return &RolloutState{} })
 	r.RegisterAssertion("max_attempted", func() Assertion { return &MaxAttempted{} })
 	r.RegisterAssertion("alerts", func() Assertion { return &Alerts{} })
+	r.RegisterAssertion("no_telemetry_lost", func() Assertion { return &NoTelemetryLost{} })
 }
 
 // RolloutSpec is a rollout.Spec written in YAML: the same keys as the
