@@ -188,6 +188,9 @@ type RolloutState struct {
 	Rollout string        `yaml:"rollout"`
 	States  []string      `yaml:"states"`
 	Within  time.Duration `yaml:"within"`
+	// Reason, if set, must appear in the rollout's reason (e.g. the gate
+	// that stopped it).
+	Reason string `yaml:"reason"`
 }
 
 // Validate implements the optional validation.
@@ -216,7 +219,10 @@ func (r *RolloutState) Check(env *Env) (bool, string) {
 		return false, err.Error()
 	}
 	if slices.Contains(r.States, string(st.State)) {
-		return true, ""
+		if r.Reason == "" || strings.Contains(st.Reason, r.Reason) {
+			return true, ""
+		}
+		return false, fmt.Sprintf("rollout %s is %s as wanted, but its reason %q does not mention %q", r.Rollout, st.State, st.Reason, r.Reason)
 	}
 	var stages []string
 	for _, s := range st.Stages {

@@ -98,7 +98,8 @@ func Run(ctx context.Context, sc *Scenario, opts RunOptions) (*Report, error) {
 		for s, p := range t.Sites {
 			sites[s], _ = p.Fraud()
 		}
-		tr, err := f.StartTraffic(sim.TrafficOptions{Model: t.Model, Rate: t.Rate, Seed: t.Seed, Params: tp, SiteParams: sites})
+		tr, err := f.StartTraffic(sim.TrafficOptions{Model: t.Model, Rate: t.Rate, Seed: t.Seed, Params: tp, SiteParams: sites,
+			LabelFraction: t.LabelFraction, LabelDelay: t.LabelDelay})
 		if err != nil {
 			_ = f.Stop()
 			return nil, fmt.Errorf("scenario: %w", err)

@@ -65,6 +65,10 @@ type TrafficSpec struct {
 	// Params shape every site's transactions; Sites override per site.
 	Params Params            `yaml:"params"`
 	Sites  map[string]Params `yaml:"sites"`
+	// LabelFraction of the inferences get their true label fed back
+	// LabelDelay later (ground truth arriving in the field).
+	LabelFraction float64       `yaml:"label_fraction"`
+	LabelDelay    time.Duration `yaml:"label_delay"`
 }
 
 // Params are the fraud generator's knobs (see fraud.Params).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,19 @@ type TrafficOptions struct {
 	SiteParams map[string]fraud.Params
 	// Workers is how many goroutines share the devices; default 4.
 	Workers int
+	// LabelFraction of the inferences get their true label fed back
+	// (POST /v2/models/{name}/feedback, in process) LabelDelay later, as
+	// ground truth arrives in the field; 0 sends none.
+	LabelFraction float64
+	LabelDelay    time.Duration
+}
+
+// pendingLabel is a ground-truth label waiting for its delay to pass.
+type pendingLabel struct {
+	m     *Member
+	id    string
+	fraud bool
+	due   time.Time
 }
 
 // TrafficStats count inference outcomes.
@@ -40,6 +54,8 @@ type TrafficStats struct {
 	// scenario assertions care about.
 	Failed    uint64            `json:"failed"`
 	ByVersion map[string]uint64 `json:"by_version"`
+	// Labelled counts ground-truth labels the agents accepted.
+	Labelled uint64 `json:"labelled"`
 	// FirstFailure describes the first failed inference.
 	FirstFailure string `json:"first_failure,omitempty"`
 }
@@ -49,7 +65,7 @@ type Traffic struct {
 	f    *Fleet
 	opts TrafficOptions
 
-	ok, notServing, failed atomic.Uint64
+	ok, notServing, failed, labelled atomic.Uint64
 	// mu guards byVersion, firstFailure and params.
 	mu           sync.Mutex
 	byVersion    map[string]uint64
@@ -72,6 +88,9 @@ func (f *Fleet) StartTraffic(opts TrafficOptions) (*Traffic, error) {
 	}
 	if opts.Workers <= 0 {
 		opts.Workers = 4
+	}
+	if opts.LabelFraction < 0 || opts.LabelFraction > 1 || opts.LabelDelay < 0 {
+		return nil, fmt.Errorf("sim: traffic: label fraction %v must be in [0, 1] and label delay %v not negative", opts.LabelFraction, opts.LabelDelay)
 	}
 	if _, err := fraud.NewGenerator(opts.Seed, opts.Params); err != nil {
 		return nil, fmt.Errorf("sim: traffic: %w", err)
@@ -123,7 +142,7 @@ func (t *Traffic) Stats() TrafficStats {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := TrafficStats{
-		OK: t.ok.Load(), NotServing: t.notServing.Load(), Failed: t.failed.Load(),
+		OK: t.ok.Load(), NotServing: t.notServing.Load(), Failed: t.failed.Load(), Labelled: t.labelled.Load(),
 		ByVersion: make(map[string]uint64, len(t.byVersion)), FirstFailure: t.firstFailure,
 	}
 	for k, v := range t.byVersion {
@@ -151,6 +170,9 @@ func (t *Traffic) paramsFor(m *Member) fraud.Params {
 func (t *Traffic) run(ctx context.Context, w uint64, mine []*Member) {
 	gens := make([]*fraud.Generator, len(mine))
 	var seenGen uint64 = ^uint64(0)
+	var labels []pendingLabel // in due order: one delay for all
+	var seq uint64
+	pick := rand.New(rand.NewPCG(t.opts.Seed, w))
 	period := time.Duration(float64(time.Second) / t.opts.Rate)
 	tick := time.NewTicker(period)
 	defer tick.Stop()
@@ -172,20 +194,57 @@ func (t *Traffic) run(ctx context.Context, w uint64, mine []*Member) {
 				gens[i] = byParams[p]
 			}
 		}
+		now := time.Now()
 		for i, m := range mine {
 			if ctx.Err() != nil {
 				return
 			}
-			row, _ := gens[i].Next()
-			t.infer(ctx, m, row)
+			row, isFraud := gens[i].Next()
+			seq++
+			id := fmt.Sprintf("%s-%d-%d", m.Device.ID, w, seq)
+			if t.infer(oip.WithInferenceID(ctx, id), m, row) && t.opts.LabelFraction > 0 && pick.Float64() < t.opts.LabelFraction {
+				labels = append(labels, pendingLabel{m: m, id: id, fraud: isFraud, due: now.Add(t.opts.LabelDelay)})
+			}
 		}
+		labels = t.sendDueLabels(ctx, labels, now)
 	}
 }
 
-func (t *Traffic) infer(ctx context.Context, m *Member, row fraud.Row) {
+// sendDueLabels feeds back the labels whose delay has passed, one batch per
+// device, and returns the rest.
+func (t *Traffic) sendDueLabels(ctx context.Context, labels []pendingLabel, now time.Time) []pendingLabel {
+	n := 0
+	for n < len(labels) && !labels[n].due.After(now) {
+		n++
+	}
+	if n == 0 {
+		return labels
+	}
+	byMember := map[*Member][]oip.Label{}
+	for _, l := range labels[:n] {
+		v := int64(0)
+		if l.fraud {
+			v = 1
+		}
+		byMember[l.m] = append(byMember[l.m], oip.Label{ID: l.id, Label: &v})
+	}
+	for m, ls := range byMember {
+		a := m.Agent()
+		if a == nil {
+			continue
+		}
+		res, err := a.Feedback(ctx, t.opts.Model, ls)
+		if err == nil {
+			t.labelled.Add(uint64(res.Accepted))
+		}
+	}
+	return labels[n:]
+}
+
+func (t *Traffic) infer(ctx context.Context, m *Member, row fraud.Row) (ok bool) {
 	a := m.Agent()
 	if a == nil {
-		return
+		return false
 	}
 	version, outs, err := a.Infer(ctx, t.opts.Model, []oip.Tensor{{Name: fraud.InputName, Shape: []int64{1, fraud.NumFeatures}, Data: row[:]}})
 	switch {
@@ -213,5 +272,7 @@ func (t *Traffic) infer(ctx context.Context, m *Member, row fraud.Row) {
 		t.mu.Lock()
 		t.byVersion[version]++
 		t.mu.Unlock()
+		return true
 	}
+	return false
 }
