@@ -26,6 +26,7 @@ func registerBuiltins(r *Registry) {
 	r.RegisterAction("throttle", func() Action { return &Throttle{} })
 	r.RegisterAction("shift_traffic", func() Action { return &ShiftTraffic{} })
 	r.RegisterAction("sleep", func() Action { return &Sleep{} })
+	r.RegisterAction("skew_clock", func() Action { return &SkewClock{} })
 
 	r.RegisterAssertion("all_active", func() Assertion { return &AllActive{} })
 	r.RegisterAssertion("never_ran", func() Assertion { return &NeverRan{} })
@@ -498,4 +499,30 @@ func poll(ctx context.Context, timeout time.Duration, cond func() bool) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// SkewClock sets the picked devices' clocks off by By (negative: behind).
+type SkewClock struct {
+	Pick Pick          `yaml:",inline"`
+	By   time.Duration `yaml:"by"`
+}
+
+// Validate implements the optional validation.
+func (s *SkewClock) Validate(*Scenario) error {
+	if s.By == 0 {
+		return errors.New("by is required (e.g. 10m or -2h)")
+	}
+	return s.Pick.validate()
+}
+
+// Run implements Action.
+func (s *SkewClock) Run(_ context.Context, env *Env) (string, error) {
+	ms, err := s.Pick.pick(env, nil)
+	if err != nil {
+		return "", err
+	}
+	for _, m := range ms {
+		m.SkewClock(s.By)
+	}
+	return fmt.Sprintf("clocks of %d devices set %v off", len(ms), s.By), nil
 }

@@ -184,3 +184,51 @@ func (a *NoTelemetryLost) Check(env *Env) (bool, string) {
 	}
 	return true, ""
 }
+
+// RefusedDesired: the control plane recorded, for every selected device, a
+// device-level refusal (a desired state refused) whose reason contains
+// Reason — e.g. "expired" for a clock far ahead.
+type RefusedDesired struct {
+	Selector string        `yaml:"selector"`
+	Reason   string        `yaml:"reason"`
+	Within   time.Duration `yaml:"within"`
+}
+
+// Validate implements the optional validation.
+func (a *RefusedDesired) Validate(*Scenario) error {
+	if a.Reason == "" {
+		return errors.New("reason is required")
+	}
+	return nil
+}
+
+// Deadline implements Assertion.
+func (a *RefusedDesired) Deadline() time.Duration { return a.Within }
+
+// Check implements Assertion.
+func (a *RefusedDesired) Check(env *Env) (bool, string) {
+	srv, err := server(env)
+	if err != nil {
+		return false, err.Error()
+	}
+	ms, err := env.Select(a.Selector)
+	if err != nil {
+		return false, err.Error()
+	}
+	var bad offenders
+	for _, m := range ms {
+		d, err := srv.Device(m.Device.ID)
+		switch {
+		case err != nil:
+			bad.add("%s: %v", m.Device.ID, err)
+		case d.LastRefusal == nil:
+			bad.add("%s reported no refusal", m.Device.ID)
+		case !strings.Contains(d.LastRefusal.Reason, a.Reason):
+			bad.add("%s refused with %q", m.Device.ID, d.LastRefusal.Reason)
+		}
+	}
+	if bad.n > 0 {
+		return false, fmt.Sprintf("%d of %d devices did not refuse a desired state for %q: %s", bad.n, len(ms), a.Reason, &bad)
+	}
+	return true, ""
+}

@@ -28,6 +28,7 @@ func registerRollouts(r *Registry) {
 	r.RegisterAssertion("max_attempted", func() Assertion { return &MaxAttempted{} })
 	r.RegisterAssertion("alerts", func() Assertion { return &Alerts{} })
 	r.RegisterAssertion("no_telemetry_lost", func() Assertion { return &NoTelemetryLost{} })
+	r.RegisterAssertion("refused_desired", func() Assertion { return &RefusedDesired{} })
 }
 
 // RolloutSpec is a rollout.Spec written in YAML: the same keys as the

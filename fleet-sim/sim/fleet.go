@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent"
@@ -89,6 +90,7 @@ type Fleet struct {
 type Member struct {
 	Device Device
 	opts   agent.Options
+	skew   atomic.Int64 // clock skew in nanoseconds (SkewClock)
 
 	// mu guards cur, cancel, done and restarts.
 	mu       sync.Mutex
@@ -304,10 +306,18 @@ func (f *Fleet) register(ctx context.Context) error {
 			FetchRetryInterval: f.opts.FetchRetryInterval,
 			Version:            "fleet-sim",
 			Logger:             f.opts.AgentLogger,
+			Clock:              m.now,
 		}
 	}
 	return nil
 }
+
+// now is the member's clock: the real time plus its injected skew.
+func (m *Member) now() time.Time { return time.Now().Add(time.Duration(m.skew.Load())) }
+
+// SkewClock sets how far the member's clock is off (negative: behind). It
+// takes effect at once, also on a running agent.
+func (m *Member) SkewClock(d time.Duration) { m.skew.Store(int64(d)) }
 
 func (f *Fleet) startProxy(brokerURL string) error {
 	target := f.opts.BrokerURL
