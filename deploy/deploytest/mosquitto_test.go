@@ -82,26 +82,65 @@ func startMosquitto(t *testing.T, controlPassword string) *mosquittoProc {
 	require.NoError(t, os.Chmod(m.passwd, 0o644))
 	tmpl, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy/mosquitto/mosquitto-test.conf"))
 	require.NoError(t, err)
-	conf := strings.NewReplacer("@PORT@", fmt.Sprint(m.port), "@PASSWD@", m.passwd, "@ACL@", aclPath).Replace(string(tmpl))
 	m.conf = filepath.Join(m.dir, "mosquitto.conf")
-	require.NoError(t, os.WriteFile(m.conf, []byte(conf), 0o644))
-
-	m.cmd = exec.Command(m.bin, "-c", m.conf)
 	logf, err := os.Create(filepath.Join(m.dir, "mosquitto.log"))
 	require.NoError(t, err)
-	m.cmd.Stdout, m.cmd.Stderr = logf, logf
-	require.NoError(t, m.cmd.Start())
 	t.Cleanup(func() {
-		_ = m.cmd.Process.Kill() // the mosquitto this test started, by pid
-		_ = m.cmd.Wait()
 		_ = logf.Close()
 		if t.Failed() {
 			b, _ := os.ReadFile(logf.Name())
 			t.Logf("mosquitto log:\n%s", b)
 		}
 	})
-	waitListening(t, m.port)
-	return m
+	// mosquitto cannot listen on port 0: the free port is reserved and
+	// handed over, and another test may take it in between; a start whose
+	// process exits is retried on a new port.
+	for attempt := 1; ; attempt++ {
+		conf := strings.NewReplacer("@PORT@", fmt.Sprint(m.port), "@PASSWD@", m.passwd, "@ACL@", aclPath).Replace(string(tmpl))
+		require.NoError(t, os.WriteFile(m.conf, []byte(conf), 0o644))
+		cmd := exec.Command(m.bin, "-c", m.conf)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		require.NoError(t, cmd.Start())
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		if listeningOrExited(done, m.port) {
+			m.cmd = cmd
+			t.Cleanup(func() {
+				_ = cmd.Process.Kill() // the mosquitto this test started, by pid
+				<-done
+			})
+			return m
+		}
+		_ = cmd.Process.Kill()
+		<-done
+		require.Less(t, attempt, 3, "mosquitto did not start (its log follows)")
+		m.port = freePort(t)
+	}
+}
+
+// listeningOrExited waits until every port accepts connections (true) or
+// the process exits or 10 s pass (false).
+func listeningOrExited(exited <-chan struct{}, ports ...int) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			return false
+		default:
+		}
+		up := 0
+		for _, p := range ports {
+			if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+				_ = c.Close()
+				up++
+			}
+		}
+		if up == len(ports) {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return false
 }
 
 func waitListening(t *testing.T, port int) {
@@ -274,35 +313,49 @@ func TestMosquittoProductionConfig(t *testing.T) {
 
 	prod, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy/mosquitto/mosquitto.conf"))
 	require.NoError(t, err)
-	tlsPort, plainPort := freePort(t), freePort(t)
-	conf := strings.NewReplacer(
-		"/etc/mosquitto/edgefleet.passwd", passwd,
-		"/etc/mosquitto/edgefleet.acl", filepath.Join(dir, "acl"),
-		"/etc/mosquitto/certs/server.crt", crt,
-		"/etc/mosquitto/certs/server.key", key,
-		"/etc/mosquitto/certs/ca.crt", crt,
-		"/var/lib/mosquitto/", filepath.Join(dir, "data")+"/",
-		"listener 8883\n", fmt.Sprintf("listener %d 127.0.0.1\n", tlsPort),
-		"listener 1883 127.0.0.1\n", fmt.Sprintf("listener %d 127.0.0.1\n", plainPort),
-	).Replace(string(prod))
-	for _, want := range []string{passwd, crt, key, fmt.Sprint(tlsPort), fmt.Sprint(plainPort), filepath.Join(dir, "data")} {
-		require.Contains(t, conf, want, "the production config changed shape: update this test's replacements")
-	}
-	confPath := filepath.Join(dir, "mosquitto.conf")
-	require.NoError(t, os.WriteFile(confPath, []byte(conf), 0o644))
+	// mosquitto cannot listen on port 0: free ports are reserved, released
+	// and handed over, and a test in another package may take one in
+	// between. A start whose process exits is retried on new ports.
+	var tlsPort, plainPort int
+	var exited chan struct{}
+	var out *strings.Builder
+	for attempt := 1; ; attempt++ {
+		tlsPort, plainPort = freePort(t), freePort(t)
+		conf := strings.NewReplacer(
+			"/etc/mosquitto/edgefleet.passwd", passwd,
+			"/etc/mosquitto/edgefleet.acl", filepath.Join(dir, "acl"),
+			"/etc/mosquitto/certs/server.crt", crt,
+			"/etc/mosquitto/certs/server.key", key,
+			"/etc/mosquitto/certs/ca.crt", crt,
+			"/var/lib/mosquitto/", filepath.Join(dir, "data")+"/",
+			"listener 8883\n", fmt.Sprintf("listener %d 127.0.0.1\n", tlsPort),
+			"listener 1883 127.0.0.1\n", fmt.Sprintf("listener %d 127.0.0.1\n", plainPort),
+		).Replace(string(prod))
+		for _, want := range []string{passwd, crt, key, fmt.Sprint(tlsPort), fmt.Sprint(plainPort), filepath.Join(dir, "data")} {
+			require.Contains(t, conf, want, "the production config changed shape: update this test's replacements")
+		}
+		confPath := filepath.Join(dir, "mosquitto.conf")
+		require.NoError(t, os.WriteFile(confPath, []byte(conf), 0o644))
 
-	cmd := exec.Command(bin, "-c", confPath)
-	out := &strings.Builder{}
-	cmd.Stdout, cmd.Stderr = out, out
-	require.NoError(t, cmd.Start())
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill() // the mosquitto this test started, by pid
-		<-exited
-	})
-	waitListening(t, tlsPort)
-	waitListening(t, plainPort)
+		cmd := exec.Command(bin, "-c", confPath)
+		out = &strings.Builder{}
+		cmd.Stdout, cmd.Stderr = out, out
+		require.NoError(t, cmd.Start())
+		done := make(chan struct{})
+		exited = done
+		go func() { _ = cmd.Wait(); close(done) }()
+		if listeningOrExited(done, tlsPort, plainPort) {
+			t.Cleanup(func() {
+				_ = cmd.Process.Kill() // the mosquitto this test started, by pid
+				<-done
+			})
+			break
+		}
+		_ = cmd.Process.Kill()
+		<-done
+		require.Less(t, attempt, 3, "mosquitto with the production config did not start:\n%s", out.String())
+		t.Logf("mosquitto attempt %d did not start (retrying on new ports):\n%s", attempt, out.String())
+	}
 
 	// No control plane publishes here, so a subscription that was accepted
 	// times out (mosquitto_sub exits 27); a refused login or a TLS failure

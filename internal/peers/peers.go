@@ -292,6 +292,11 @@ func (n *Node) Holders(modelKey string, index uint32) []string {
 // Fetch asks peer for chunk index of modelKey. The bytes are unverified:
 // the caller must check them against the signed manifest.
 func (n *Node) Fetch(ctx context.Context, peer, modelKey string, index uint32) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		// Checked first: once the request is out, a fast answer and the
+		// cancellation race in the select below.
+		return nil, fmt.Errorf("peers fetch %s chunk %d from %q: %w", short(modelKey), index, peer, err)
+	}
 	var target *memberlist.Node
 	for _, m := range n.ml.Members() {
 		if m.Name == peer && m.Name != n.opts.Name {
