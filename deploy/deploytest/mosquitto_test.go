@@ -143,18 +143,6 @@ func listeningOrExited(exited <-chan struct{}, ports ...int) bool {
 	return false
 }
 
-func waitListening(t *testing.T, port int) {
-	t.Helper()
-	require.Eventually(t, func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			return false
-		}
-		_ = c.Close()
-		return true
-	}, 10*time.Second, 10*time.Millisecond, "nothing listens on port %d", port)
-}
-
 func (m *mosquittoProc) url() string { return fmt.Sprintf("tcp://127.0.0.1:%d", m.port) }
 
 // addUsers writes device credentials into the password file and makes
