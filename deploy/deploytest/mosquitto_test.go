@@ -47,11 +47,22 @@ func mosquittoBin(t *testing.T) string {
 // listen on port 0 and report the port.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	port := l.Addr().(*net.TCPAddr).Port
-	require.NoError(t, l.Close())
-	return port
+	return freePorts(t, 1)[0]
+}
+
+// freePorts reserves n distinct free ports: all listeners stay open until
+// every port is known (closing one before asking for the next can give
+// the same port twice).
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	ports := make([]int, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+	}
+	return ports
 }
 
 // mosquittoProc is a mosquitto this test started, with the config from
@@ -308,7 +319,8 @@ func TestMosquittoProductionConfig(t *testing.T) {
 	var exited chan struct{}
 	var out *strings.Builder
 	for attempt := 1; ; attempt++ {
-		tlsPort, plainPort = freePort(t), freePort(t)
+		ps := freePorts(t, 2)
+		tlsPort, plainPort = ps[0], ps[1]
 		conf := strings.NewReplacer(
 			"/etc/mosquitto/edgefleet.passwd", passwd,
 			"/etc/mosquitto/edgefleet.acl", filepath.Join(dir, "acl"),
@@ -342,7 +354,7 @@ func TestMosquittoProductionConfig(t *testing.T) {
 		_ = cmd.Process.Kill()
 		<-done
 		require.Less(t, attempt, 3, "mosquitto with the production config did not start:\n%s", out.String())
-		t.Logf("mosquitto attempt %d did not start (retrying on new ports):\n%s", attempt, out.String())
+		t.Logf("mosquitto attempt %d on ports %d and %d did not start (retrying on new ports):\n%s", attempt, tlsPort, plainPort, out.String())
 	}
 
 	// No control plane publishes here, so a subscription that was accepted
