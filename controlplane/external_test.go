@@ -3,6 +3,7 @@ package controlplane
 import (
 	"crypto/sha256"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -41,10 +42,18 @@ func startMosquitto(t *testing.T) *mosquitto {
 		}
 		bin = "/usr/sbin/mosquitto"
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	port := l.Addr().(*net.TCPAddr).Port
-	require.NoError(t, l.Close())
+	// A port below the kernel's ephemeral range: one from ":0" may still
+	// be in TIME_WAIT from an outgoing connection, which mosquitto's bind
+	// refuses ("Address already in use").
+	port := 0
+	for tries := 0; port == 0; tries++ {
+		require.Less(t, tries, 1000, "no free port below the ephemeral range")
+		p := 20000 + rand.IntN(12000)
+		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+			require.NoError(t, l.Close())
+			port = p
+		}
+	}
 	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
 	require.NoError(t, os.WriteFile(conf, fmt.Appendf(nil,
 		"listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n", port), 0o644))

@@ -3,6 +3,7 @@ package deploytest
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -50,17 +51,24 @@ func freePort(t *testing.T) int {
 	return freePorts(t, 1)[0]
 }
 
-// freePorts reserves n distinct free ports: all listeners stay open until
-// every port is known (closing one before asking for the next can give
-// the same port twice).
+// freePorts reserves n distinct free ports for a server that cannot bind
+// port 0 (mosquitto). They are taken below the kernel's ephemeral range:
+// a port from ":0" may still be in TIME_WAIT from an outgoing connection
+// (a full test run makes thousands), which Go's listener tolerates but
+// mosquitto's bind refuses with "Address already in use". All listeners
+// stay open until every port is known.
 func freePorts(t *testing.T, n int) []int {
 	t.Helper()
-	ports := make([]int, n)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
+	ports := make([]int, 0, n)
+	for tries := 0; len(ports) < n; tries++ {
+		require.Less(t, tries, 1000, "no free port below the ephemeral range")
+		p := 20000 + rand.IntN(12000) // 20000-31999, under Linux's default 32768
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
 		defer l.Close()
-		ports[i] = l.Addr().(*net.TCPAddr).Port
+		ports = append(ports, p)
 	}
 	return ports
 }
@@ -354,7 +362,9 @@ func TestMosquittoProductionConfig(t *testing.T) {
 		_ = cmd.Process.Kill()
 		<-done
 		require.Less(t, attempt, 3, "mosquitto with the production config did not start:\n%s", out.String())
-		t.Logf("mosquitto attempt %d on ports %d and %d did not start (retrying on new ports):\n%s", attempt, tlsPort, plainPort, out.String())
+		ss, _ := exec.Command("ss", "-ltnp").CombinedOutput() // who holds what, for the log
+		t.Logf("mosquitto attempt %d on ports %d and %d did not start (retrying on new ports):\n%s\nlistening sockets:\n%s\nconfig:\n%s",
+			attempt, tlsPort, plainPort, out.String(), ss, conf)
 	}
 
 	// No control plane publishes here, so a subscription that was accepted
