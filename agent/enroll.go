@@ -15,6 +15,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/edgefleet/edgefleet/internal/atomicfile"
 	"github.com/edgefleet/edgefleet/internal/signing"
 )
 
@@ -148,31 +149,8 @@ func WriteConfig(path string, cfg *Config, overwrite bool) error {
 	if err != nil {
 		return fmt.Errorf("write config: %w", err)
 	}
-	dir, base := ".", path
-	if i := strings.LastIndexByte(path, '/'); i >= 0 {
-		dir, base = path[:i+1], path[i+1:]
-	}
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
+	if err := atomicfile.Write(path, b, 0o600); err != nil {
 		return fmt.Errorf("write config: %w", err)
-	}
-	tmp := f.Name()
-	_, werr := f.Write(b)
-	if werr == nil {
-		werr = f.Chmod(0o600)
-	}
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Rename(tmp, path)
-	}
-	if werr != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write config: %w", werr)
 	}
 	return nil
 }

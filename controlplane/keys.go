@@ -15,6 +15,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/internal/atomicfile"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -82,7 +83,7 @@ func InitKeys(dir string, now time.Time, ttl time.Duration) (rootPub ed25519.Pub
 	if err := signing.WritePublicKeyFile(filepath.Join(dir, RootPubFile), root.Public); err != nil {
 		return nil, fmt.Errorf("init keys: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, TrustBundleFile), envBytes, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, TrustBundleFile), envBytes, 0o644); err != nil {
 		return nil, fmt.Errorf("init keys: %w", err)
 	}
 	return root.Public, nil
@@ -190,45 +191,6 @@ func (ks *keySet) checkRole(role efpb.Role, key *signing.KeyPair, file string) e
 		}
 	}
 	return fmt.Errorf("load keys: %s (key id %s) is not listed for %s in %s", file, key.ID, role, TrustBundleFile)
-}
-
-// writeFileAtomic writes data to path through a temporary file in the same
-// directory, fsyncs it, renames it into place and fsyncs the directory: a
-// crash leaves either the old file or the new one, never a torn one.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	fail := func(err error) error {
-		_ = f.Close()
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fail(err)
-	}
-	if err := f.Chmod(perm); err != nil {
-		return fail(err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := f.Close(); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync() // best effort: not every filesystem syncs directories
-		_ = d.Close()
-	}
-	return nil
 }
 
 // readFileMax reads path, refusing files larger than limit.

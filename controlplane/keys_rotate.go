@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/internal/atomicfile"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -104,7 +105,7 @@ func RotateKey(dir string, role efpb.Role, now time.Time, ttl time.Duration) (*e
 	if err := signing.WritePrivateKeyFile(keyPath+".new", fresh); err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
-	if err := writeFileAtomic(bundlePath+".new", envBytes, 0o644); err != nil {
+	if err := atomicfile.Write(bundlePath+".new", envBytes, 0o644); err != nil {
 		_ = os.Remove(keyPath + ".new")
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/internal/atomicfile"
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/internal/store"
@@ -347,7 +348,7 @@ func (s *Server) writeBlob(sum string, model []byte) error {
 	if _, err := os.Stat(path); err == nil {
 		return nil // content-addressed: same name, same bytes
 	}
-	return writeFileAtomic(path, model, 0o644)
+	return atomicfile.Write(path, model, 0o644)
 }
 
 // readBlob reads a model file and checks it still hashes to its name.

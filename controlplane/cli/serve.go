@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
+	"github.com/edgefleet/edgefleet/internal/atomicfile"
 )
 
 func (a *app) serve(ctx context.Context, args []string) error {
@@ -141,30 +141,7 @@ func (a *app) serve(ctx context.Context, args []string) error {
 // writeSecret writes a file readable only by its owner, replacing any
 // previous content atomically.
 func writeSecret(path, content string) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, werr := f.WriteString(content)
-	if werr == nil {
-		werr = f.Chmod(0o600)
-	}
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Rename(tmp, path)
-	}
-	if werr != nil {
-		_ = os.Remove(tmp)
-		return werr
-	}
-	return nil
+	return atomicfile.Write(path, []byte(content), 0o600)
 }
 
 // indent indents s's lines by prefix.
