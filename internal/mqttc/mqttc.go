@@ -208,6 +208,7 @@ func Connect(ctx context.Context, opts Options) (*Client, error) {
 		SetProtocolVersion(4).
 		SetCleanSession(true).
 		SetResumeSubs(false).
+		SetStore(newCopyStore()). // see store.go: avoids a paho data race on reconnect
 		// Our paho callbacks only do a non-blocking enqueue, so ordered
 		// delivery cannot stall paho; with OrderMatters(false) paho would
 		// spawn an unowned goroutine per message and lose ordering.
