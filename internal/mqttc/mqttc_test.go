@@ -158,6 +158,11 @@ func TestQueueFullDropsAndCounts(t *testing.T) {
 	opts.QueueSize = 2
 	c := connect(t, opts)
 	release := make(chan struct{})
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	// Registered after connect, so it runs before the client's cleanup: a
+	// failed check below must not leave Close waiting on a blocked handler.
+	t.Cleanup(unblock)
 	var handled atomic.Int64
 	require.NoError(t, c.Subscribe(context.Background(), scheme.Desired("d1"), 1, func(Message) {
 		<-release
@@ -168,7 +173,7 @@ func TestQueueFullDropsAndCounts(t *testing.T) {
 	}
 	// The handler is stuck; paho keeps going and the excess is dropped.
 	require.Eventually(t, func() bool { return c.Dropped() >= 17 }, waitFor, 5*time.Millisecond, "dropped %d", c.Dropped())
-	close(release)
+	unblock()
 	require.Eventually(t, func() bool { return handled.Load()+int64(c.Dropped()) == 20 }, waitFor, 5*time.Millisecond)
 	assert.True(t, c.IsConnected())
 }
