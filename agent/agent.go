@@ -299,11 +299,7 @@ func (a *Agent) open() error {
 	if a.opts.Runtime != nil {
 		a.rt = a.opts.Runtime
 	} else {
-		lib, err := infer.FindLibrary(a.opts.ORTLibrary)
-		if err != nil {
-			return fmt.Errorf("agent: %w", err)
-		}
-		rt, err := infer.NewRuntime(lib, a.opts.Logger)
+		rt, err := infer.NewRuntime(a.opts.ORTLibrary, a.opts.Logger)
 		if err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}

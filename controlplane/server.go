@@ -342,7 +342,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 
 	s.runtime = s.opts.Runtime
 	if s.runtime == nil {
-		s.runtime, s.runtimeErr = openRuntime(s.opts.ORTLibrary, s.opts.Logger)
+		s.runtime, s.runtimeErr = infer.NewRuntime(s.opts.ORTLibrary, s.opts.Logger)
 		if s.runtimeErr != nil {
 			s.log.Warn("onnxruntime unavailable: model uploads will be refused", "err", s.runtimeErr)
 		} else {
@@ -548,12 +548,4 @@ func (s *Server) runRenew(ctx context.Context) {
 		case <-t.C:
 		}
 	}
-}
-
-func openRuntime(lib string, logger *slog.Logger) (*infer.Runtime, error) {
-	path, err := infer.FindLibrary(lib)
-	if err != nil {
-		return nil, err
-	}
-	return infer.NewRuntime(path, logger)
 }

@@ -71,11 +71,7 @@ type FanoutResult struct {
 // deploy to active on every agent, and the same bytes in the same chunks
 // from one publisher to N raw subscribers.
 func Fanout(ctx context.Context, o FanoutOptions) ([]FanoutResult, error) {
-	lib, err := infer.FindLibrary(o.ORTLibrary)
-	if err != nil {
-		return nil, err
-	}
-	rt, err := infer.NewRuntime(lib, nil)
+	rt, err := infer.NewRuntime(o.ORTLibrary, nil)
 	if err != nil {
 		return nil, err
 	}

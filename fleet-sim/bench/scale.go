@@ -48,11 +48,7 @@ type ScaleResult struct {
 // model to all of them, and measures live heap, goroutines and RSS against
 // the process before the fleet started.
 func Scale(ctx context.Context, o ScaleOptions) ([]ScaleResult, error) {
-	lib, err := infer.FindLibrary(o.ORTLibrary)
-	if err != nil {
-		return nil, err
-	}
-	rt, err := infer.NewRuntime(lib, nil)
+	rt, err := infer.NewRuntime(o.ORTLibrary, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -189,11 +189,7 @@ func (f *Fleet) Start(ctx context.Context) error {
 	if f.opts.Runtime != nil {
 		f.rt = f.opts.Runtime
 	} else {
-		lib, err := infer.FindLibrary(f.opts.ORTLibrary)
-		if err != nil {
-			return fmt.Errorf("sim: %w", err)
-		}
-		rt, err := infer.NewRuntime(lib, f.opts.Logger)
+		rt, err := infer.NewRuntime(f.opts.ORTLibrary, f.opts.Logger)
 		if err != nil {
 			return fmt.Errorf("sim: %w", err)
 		}

@@ -71,7 +71,8 @@ type Runtime struct {
 	shared   map[string]*sessionCore // LoadShared cores by key
 }
 
-// NewRuntime loads onnxruntime from libPath ("" means FindLibrary("")) and
+// NewRuntime loads onnxruntime from the library FindLibrary(libPath) finds
+// ("" searches the usual places) and
 // returns a Runtime sharing the process-wide environment. All Runtimes in a
 // process must use the same library file; a different path is
 // ErrLibraryConflict. A nil logger discards logs.
@@ -80,13 +81,11 @@ func NewRuntime(libPath string, logger *slog.Logger) (*Runtime, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("component", "infer")
-	if libPath == "" {
-		found, err := FindLibrary("")
-		if err != nil {
-			return nil, fmt.Errorf("infer: new runtime: %w", err)
-		}
-		libPath = found
+	found, err := FindLibrary(libPath)
+	if err != nil {
+		return nil, fmt.Errorf("infer: new runtime: %w", err)
 	}
+	libPath = found
 	if !isFile(libPath) {
 		return nil, fmt.Errorf("infer: new runtime: %w: %s does not exist or is not a file", ErrLibraryNotFound, libPath)
 	}
