@@ -640,3 +640,27 @@ func TestDashboardAndAlertMetricsExist(t *testing.T) {
 		assert.Contains(t, used, fleet, "the dashboard covers %s", fleet)
 	}
 }
+
+// TestMosquittoListenerOptionsFollowAListener: in mosquitto 2, a listener
+// option written before the first listener line opens a default plain
+// listener on 0.0.0.0:1883 — unencrypted MQTT on every interface, and a
+// clash with an explicit 1883 listener.
+func TestMosquittoListenerOptionsFollowAListener(t *testing.T) {
+	listenerOptions := []string{"use_username_as_clientid", "protocol", "certfile", "keyfile", "cafile", "tls_version",
+		"require_certificate", "use_identity_as_username", "max_connections", "socket_domain", "bind_interface"}
+	for _, file := range []string{"mosquitto/mosquitto.conf", "mosquitto/mosquitto-test.conf", "compose/mosquitto.conf", "k8s/mosquitto.yaml"} {
+		seenListener := false
+		for i, line := range strings.Split(string(deployFile(t, file)), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 0 || strings.HasPrefix(f[0], "#") {
+				continue
+			}
+			if f[0] == "listener" {
+				seenListener = true
+			}
+			if !seenListener && slices.Contains(listenerOptions, f[0]) {
+				t.Errorf("deploy/%s:%d: %q comes before any listener line (mosquitto would open 0.0.0.0:1883)", file, i+1, f[0])
+			}
+		}
+	}
+}
