@@ -32,8 +32,10 @@ const (
 // are debug level: a misbehaving device must not flood the log, and the
 // counter says how much was dropped and why.
 func (s *Server) drop(kind topics.Kind, reason, topic string, err error) {
-	s.dropped.Add(1)
+	// The labelled counter first: whoever sees the total move can rely on
+	// the breakdown already holding this drop.
 	s.metrics.dropped.WithLabelValues(kind.String(), reason).Inc()
+	s.dropped.Add(1)
 	s.log.Debug("device payload dropped", "topic", topic, "reason", reason, "err", err)
 }
 

@@ -70,6 +70,7 @@ type Stats struct {
 	Relayed    uint64 // announcements relayed on
 	Served     uint64 // chunks served to peers
 	Dropped    uint64 // requests dropped because the serve queue was full
+	Unanswered uint64 // requests from a sender that is not (yet) a member
 }
 
 // holding is what one peer announced for one model.
@@ -88,7 +89,7 @@ type Node struct {
 	seq    atomic.Uint64
 	nextID atomic.Uint64
 
-	malformed, foreign, relayed, served, dropped atomic.Uint64
+	malformed, foreign, relayed, served, dropped, unanswered atomic.Uint64
 
 	// mu guards holders, seen, pending and closed.
 	mu      sync.Mutex
@@ -209,6 +210,7 @@ func (n *Node) Stats() Stats {
 		Relayed:    n.relayed.Load(),
 		Served:     n.served.Load(),
 		Dropped:    n.dropped.Load(),
+		Unanswered: n.unanswered.Load(),
 	}
 }
 
@@ -382,6 +384,11 @@ func (n *Node) serve(req request) {
 		}
 	}
 	if target == nil {
+		// Only members get answers, so a request cannot aim chunks at an
+		// arbitrary address. A peer that has just joined may not be
+		// merged into this node's view yet; it times out and retries.
+		n.unanswered.Add(1)
+		n.log.Debug("request from a non-member left unanswered", "peer", req.From)
 		return
 	}
 	buf, err := encode(kindResponse, resp)

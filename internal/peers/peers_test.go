@@ -107,7 +107,10 @@ func TestFetch(t *testing.T) {
 	store.put(key, 2, []byte("chunk-two"))
 	a := newNode(t, "a", "s1", &store)
 	b := newNode(t, "b", "s1", nil, a.Addr())
+	// Both views: a answers only members it knows, and b's Join can return
+	// before a has merged b's state.
 	waitMembers(t, b, 1)
+	waitMembers(t, a, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -270,4 +273,18 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 func stacks() string {
 	buf := make([]byte, 1<<20)
 	return string(buf[:runtime.Stack(buf, true)])
+}
+
+func TestRequestFromNonMemberIsNotAnswered(t *testing.T) {
+	var store chunkStore
+	store.put(key, 0, []byte("chunk"))
+	a := newNode(t, "a", "s1", &store)
+	// y is of the same site but never joined: a must not send it chunks.
+	y := newNode(t, "y", "s1", nil)
+	to := &memberlist.Node{Name: "a", Addr: a.ml.LocalNode().Addr, Port: a.ml.LocalNode().Port}
+	req, err := encode(kindRequest, request{ID: 1, From: "y", Site: "s1", Key: key, Index: 0})
+	require.NoError(t, err)
+	require.NoError(t, y.ml.SendReliable(to, req))
+	require.Eventually(t, func() bool { return a.Stats().Unanswered == 1 }, 5*time.Second, 20*time.Millisecond)
+	assert.Zero(t, a.Stats().Served)
 }
