@@ -17,7 +17,6 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/edgefleet/edgefleet/internal/topics"
@@ -180,7 +179,7 @@ func (b *Broker) Start() error {
 	case stateClosed:
 		return fmt.Errorf("broker: start: %w", ErrClosed)
 	}
-	l := listeners.NewTCP(listeners.Config{Type: listeners.TypeTCP, ID: "tcp", Address: b.opts.Addr, TLSConfig: b.opts.TLS})
+	l := newTCPListener("tcp", b.opts.Addr, b.opts.TLS)
 	if err := b.srv.AddListener(l); err != nil {
 		return fmt.Errorf("broker: start: listen %s: %w", b.opts.Addr, err)
 	}
@@ -223,8 +222,9 @@ func (b *Broker) Close() error {
 	b.mu.Unlock()
 
 	close(b.closed)
-	// mochi's Close closes the listeners, disconnects clients and waits for
-	// their connection goroutines.
+	// mochi's Close disconnects clients and closes the listener, which
+	// (tcpListener) closes connections still before CONNECT and waits for
+	// every connection goroutine.
 	err := b.srv.Close()
 	for _, s := range subs {
 		s.stop()

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -481,4 +483,43 @@ func TestAddrInUse(t *testing.T) {
 	require.NoError(t, err)
 	assert.Error(t, b2.Start())
 	require.NoError(t, b2.Close())
+}
+
+// A connection that never completes its CONNECT (or its TLS handshake) must
+// not hold up Close: mochi's own listener left such connections out of its
+// shutdown, so Close waited on them for as long as the peer kept quiet.
+func TestCloseDoesNotWaitForSilentConnections(t *testing.T) {
+	before := runtime.NumGoroutine()
+	b, err := New(Options{Addr: "127.0.0.1:0", Auth: testDevices})
+	require.NoError(t, err)
+	require.NoError(t, b.Start())
+	d := mustDial(t, b, "d1")
+
+	var silent []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", b.Addr())
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		silent = append(silent, c)
+	}
+	_, err = silent[0].Write([]byte{0x10, 0x20}) // half a CONNECT header
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return b.Clients() == 1 }, 5*time.Second, 10*time.Millisecond)
+
+	closed := make(chan error, 1)
+	go func() { closed <- b.Close() }()
+	select {
+	case err := <-closed:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close is still waiting for connections that never sent CONNECT")
+	}
+	d.waitLost(t, "broker closed")
+	for _, c := range silent {
+		require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+		_, err := c.Read(make([]byte, 1))
+		assert.Error(t, err, "the broker closed its end")
+	}
+	require.Eventually(t, func() bool { return runtime.NumGoroutine() <= before+2 }, 5*time.Second, 20*time.Millisecond,
+		"goroutines: %d before, %d after close", before, runtime.NumGoroutine())
 }
