@@ -241,7 +241,7 @@ func TestAgentDropsMalformedPayloads(t *testing.T) {
 		require.NoError(t, h.broker.Publish(topic, garbage, false, 1))
 	}
 	require.Eventually(t, func() bool { return a.Dropped() >= 4 }, 10*time.Second, 10*time.Millisecond,
-		"every malformed payload is counted (got %d)", a.Dropped())
+		"every malformed payload is counted (got %d; status %+v)", a.Dropped(), a.Status())
 	_, version := score(t, a, sampleRows(t, 1))
 	assert.Equal(t, "1.0.0", version, "and the agent keeps serving")
 }

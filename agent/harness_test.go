@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -305,9 +306,38 @@ func sha256hex(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
+// testLogger sends the agent's log to the test's own output, which go test
+// prints only when the test fails: a flaky failure then explains itself.
+// EDGEFLEET_TEST_LOG=1 adds debug records.
 func testLogger(t *testing.T) *slog.Logger {
+	level := slog.LevelInfo
 	if os.Getenv("EDGEFLEET_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test", t.Name())
+		level = slog.LevelDebug
 	}
-	return nil
+	w := &testWriter{t: t}
+	t.Cleanup(w.stop)
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// testWriter forwards lines to t.Log until the test ends; goroutines that
+// outlive it (a stopping agent) must not call t.Log afterwards.
+type testWriter struct {
+	t    *testing.T
+	mu   sync.Mutex
+	done bool
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+func (w *testWriter) stop() {
+	w.mu.Lock()
+	w.done = true
+	w.mu.Unlock()
 }
