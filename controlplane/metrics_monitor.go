@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -12,10 +13,7 @@ import (
 type monitorMetrics struct {
 	ingested   prometheus.Counter
 	duplicates prometheus.Counter
-	accuracy   *prometheus.GaugeVec // model, version
-	labelled   *prometheus.GaugeVec // model, version
-	psi        *prometheus.GaugeVec // model, version, feature
-	predPSI    *prometheus.GaugeVec // model, version, site
+	gauges     *versionGauges
 }
 
 // gaugeWindow is the time range the per-version gauges summarise.
@@ -31,25 +29,51 @@ func newMonitorMetrics(reg *prometheus.Registry) *monitorMetrics {
 			Name: "edgefleet_monitor_reports_duplicate_total",
 			Help: "Telemetry messages with monitoring reports dropped as already ingested (same device and seq).",
 		}),
-		accuracy: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "edgefleet_model_accuracy",
-			Help: "Accuracy of a model version from delayed labels over the last 15 minutes.",
-		}, []string{"model", "version"}),
-		labelled: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "edgefleet_model_labelled_rows",
-			Help: "Labelled rows behind edgefleet_model_accuracy.",
-		}, []string{"model", "version"}),
-		psi: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "edgefleet_model_feature_psi",
-			Help: "Population stability index of an input feature vs the manifest's reference over the last 15 minutes.",
-		}, []string{"model", "version", "feature"}),
-		predPSI: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "edgefleet_model_site_max_psi",
-			Help: "Largest feature PSI of a model version at one site over the last 15 minutes.",
-		}, []string{"model", "version", "site"}),
+		gauges: &versionGauges{
+			accuracy: prometheus.NewDesc("edgefleet_model_accuracy",
+				"Accuracy of a model version from delayed labels over the last 15 minutes.", []string{"model", "version"}, nil),
+			labelled: prometheus.NewDesc("edgefleet_model_labelled_rows",
+				"Labelled rows behind edgefleet_model_accuracy.", []string{"model", "version"}, nil),
+			psi: prometheus.NewDesc("edgefleet_model_feature_psi",
+				"Population stability index of an input feature vs the manifest's reference over the last 15 minutes.", []string{"model", "version", "feature"}, nil),
+			sitePSI: prometheus.NewDesc("edgefleet_model_site_max_psi",
+				"Largest feature PSI of a model version at one site over the last 15 minutes.", []string{"model", "version", "site"}, nil),
+		},
 	}
-	reg.MustRegister(m.ingested, m.duplicates, m.accuracy, m.labelled, m.psi, m.predPSI)
+	reg.MustRegister(m.ingested, m.duplicates, m.gauges)
 	return m
+}
+
+// versionGauges are the per-version monitoring gauges. A refresh builds a
+// whole new set and swaps it in, so a scrape sees either the old set or
+// the new one, never a half-reset one with series missing.
+type versionGauges struct {
+	accuracy, labelled, psi, sitePSI *prometheus.Desc
+
+	mu   sync.Mutex
+	snap []prometheus.Metric
+}
+
+func (g *versionGauges) Describe(ch chan<- *prometheus.Desc) {
+	ch <- g.accuracy
+	ch <- g.labelled
+	ch <- g.psi
+	ch <- g.sitePSI
+}
+
+func (g *versionGauges) Collect(ch chan<- prometheus.Metric) {
+	g.mu.Lock()
+	snap := g.snap
+	g.mu.Unlock()
+	for _, m := range snap {
+		ch <- m
+	}
+}
+
+func (g *versionGauges) set(snap []prometheus.Metric) {
+	g.mu.Lock()
+	g.snap = snap
+	g.mu.Unlock()
 }
 
 // refreshMonitorGauges recomputes the per-version gauges.
@@ -60,25 +84,26 @@ func (s *Server) refreshMonitorGauges() {
 		s.log.Error("monitoring gauges", "err", err)
 		return
 	}
-	m := s.monMetrics
-	m.accuracy.Reset()
-	m.labelled.Reset()
-	m.psi.Reset()
-	m.predPSI.Reset()
+	g := s.monMetrics.gauges
+	var snap []prometheus.Metric
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		snap = append(snap, prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...))
+	}
 	for _, v := range vs {
 		res, err := s.monitor.Query(monitor.Query{Model: v[0], Version: v[1], From: now.Add(-gaugeWindow), To: now.Add(time.Nanosecond), By: monitor.BySite, Points: 1})
 		if err != nil {
 			continue
 		}
 		if res.Total.Accuracy != nil {
-			m.accuracy.WithLabelValues(v[0], v[1]).Set(*res.Total.Accuracy)
+			gauge(g.accuracy, *res.Total.Accuracy, v[0], v[1])
 		}
-		m.labelled.WithLabelValues(v[0], v[1]).Set(float64(res.Total.Labelled))
+		gauge(g.labelled, float64(res.Total.Labelled), v[0], v[1])
 		for _, f := range res.Total.Features {
-			m.psi.WithLabelValues(v[0], v[1], f.Name).Set(f.PSI)
+			gauge(g.psi, f.PSI, v[0], v[1], f.Name)
 		}
-		for _, g := range res.Groups {
-			m.predPSI.WithLabelValues(v[0], v[1], g.Key).Set(g.MaxPSI)
+		for _, grp := range res.Groups {
+			gauge(g.sitePSI, grp.MaxPSI, v[0], v[1], grp.Key)
 		}
 	}
+	g.set(snap)
 }
