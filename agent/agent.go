@@ -42,6 +42,10 @@ type Options struct {
 	Username string
 	Password string
 	TLS      *tls.Config
+	// MQTTDial, if set, opens the MQTT connection instead of dialling
+	// BrokerURL (fleet-sim connects agents to its embedded broker in
+	// memory); BrokerURL is then only a name in logs and may be empty.
+	MQTTDial func(ctx context.Context) (net.Conn, error)
 	// TopicPrefix defaults to "ef/v1".
 	TopicPrefix string
 	// RootPublicKey is required: the only key the agent trusts on its own.
@@ -115,7 +119,7 @@ func (o *Options) setDefaults() error {
 	if err := topics.ValidDeviceID(o.DeviceID); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	if o.BrokerURL == "" {
+	if o.BrokerURL == "" && o.MQTTDial == nil {
 		return errors.New("agent: BrokerURL is required")
 	}
 	if len(o.RootPublicKey) != ed25519.PublicKeySize {
@@ -372,6 +376,7 @@ func (a *Agent) connectLoop(ctx context.Context) {
 			Username:  a.opts.Username,
 			Password:  a.opts.Password,
 			TLS:       a.opts.TLS,
+			Dial:      a.opts.MQTTDial,
 			Will:      a.presenceMessage(false),
 			MayPublish: func(topic string, retained bool) bool {
 				return a.topics.DeviceMayPublish(a.opts.DeviceID, topic, retained)

@@ -98,6 +98,10 @@ type Options struct {
 	// it requires client certificates: see broker.TLSConfig). Devices are
 	// then told a tls:// broker URL.
 	MQTTTLS *tls.Config
+	// MQTTInMemory also serves the embedded broker inside the process
+	// (DialBroker): fleet-sim connects thousands of in-process agents that
+	// way, past the process's descriptor limit. No effect with MQTTURL.
+	MQTTInMemory bool
 	// Clock is the time source; default time.Now.
 	Clock func() time.Time
 	// Logger receives logs; nil discards them.
@@ -169,6 +173,7 @@ type Server struct {
 	addrMu    sync.Mutex
 	apiURL    string
 	brokerURL string
+	embedded  *broker.Broker // nil with an external broker
 }
 
 // New checks opts, applies defaults and loads (or, on an empty DataDir,
@@ -279,6 +284,30 @@ func (s *Server) APIURL() string {
 	s.addrMu.Lock()
 	defer s.addrMu.Unlock()
 	return s.apiURL
+}
+
+// DialBroker connects to the embedded broker in memory (Options.MQTTInMemory);
+// the connection then speaks MQTT with device credentials like a TCP one.
+func (s *Server) DialBroker(ctx context.Context) (net.Conn, error) {
+	s.addrMu.Lock()
+	b := s.embedded
+	s.addrMu.Unlock()
+	if b == nil {
+		return nil, errors.New("controlplane: dial broker: no embedded broker (yet)")
+	}
+	return b.DialInMemory(ctx)
+}
+
+// BrokerInMemoryConns is the number of in-memory broker connection ends
+// still open (two per connection), for leak checks.
+func (s *Server) BrokerInMemoryConns() int64 {
+	s.addrMu.Lock()
+	b := s.embedded
+	s.addrMu.Unlock()
+	if b == nil {
+		return 0
+	}
+	return b.InMemoryConns()
 }
 
 // BrokerURL is the URL devices use to reach the broker (PublicMQTTURL, or
@@ -484,16 +513,20 @@ func (s *Server) startBus(ctx context.Context) error {
 	}
 
 	b, err := broker.New(broker.Options{
-		Addr:   s.opts.MQTTListen,
-		Scheme: s.scheme,
-		Auth:   s.reg,
-		TLS:    s.opts.MQTTTLS,
-		Logger: s.opts.Logger,
+		Addr:     s.opts.MQTTListen,
+		Scheme:   s.scheme,
+		Auth:     s.reg,
+		TLS:      s.opts.MQTTTLS,
+		InMemory: s.opts.MQTTInMemory,
+		Logger:   s.opts.Logger,
 	})
 	if err != nil {
 		return err
 	}
 	s.bus = &embeddedBus{b: b}
+	s.addrMu.Lock()
+	s.embedded = b
+	s.addrMu.Unlock()
 	// Retained state and subscriptions go in before the listener opens, so
 	// the first device to connect already finds everything.
 	if err := s.publishRetained(ctx); err != nil {

@@ -7,11 +7,13 @@ package broker
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +21,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/edgefleet/edgefleet/internal/memnet"
 	"github.com/edgefleet/edgefleet/internal/topics"
 )
 
@@ -69,6 +72,10 @@ type Options struct {
 	SubscriptionQueue int
 	// TLS, if set, makes the listener speak TLS.
 	TLS *tls.Config
+	// InMemory adds a second listener inside the process (DialInMemory):
+	// the same MQTT, authentication and ACL without sockets. fleet-sim uses
+	// it to run more agents than the process may open descriptors.
+	InMemory bool
 	// Logger receives broker logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -89,6 +96,8 @@ type Broker struct {
 	subWG  sync.WaitGroup // inline subscription delivery goroutines
 	dropQ  atomic.Uint64  // messages dropped by full subscription queues
 	closed chan struct{}  // closed by Close
+
+	mem *memnet.Listener // Options.InMemory, else nil
 
 	mu      sync.Mutex // guards the fields below
 	state   state
@@ -179,9 +188,15 @@ func (b *Broker) Start() error {
 	case stateClosed:
 		return fmt.Errorf("broker: start: %w", ErrClosed)
 	}
-	l := newTCPListener("tcp", b.opts.Addr, b.opts.TLS)
+	l := newConnListener("tcp", tcpListen(b.opts.Addr, b.opts.TLS))
 	if err := b.srv.AddListener(l); err != nil {
 		return fmt.Errorf("broker: start: listen %s: %w", b.opts.Addr, err)
+	}
+	if b.opts.InMemory {
+		b.mem = memnet.Listen("embedded-broker")
+		if err := b.srv.AddListener(newConnListener("memory", func() (net.Listener, error) { return b.mem, nil })); err != nil {
+			return fmt.Errorf("broker: start: in-memory listener: %w", err)
+		}
 	}
 	if err := b.srv.Serve(); err != nil {
 		return fmt.Errorf("broker: start: %w", err)
@@ -200,6 +215,36 @@ func (b *Broker) Addr() string {
 }
 
 // URL is the broker URL for MQTT clients: tcp://addr, or tls://addr with TLS.
+// DialInMemory connects to the in-memory listener (Options.InMemory); the
+// connection then speaks MQTT like a TCP one, starting with CONNECT.
+func (b *Broker) DialInMemory(ctx context.Context) (net.Conn, error) {
+	b.mu.Lock()
+	m, st := b.mem, b.state
+	b.mu.Unlock()
+	switch {
+	case st == stateClosed:
+		return nil, fmt.Errorf("broker: dial in memory: %w", ErrClosed)
+	case m == nil:
+		return nil, errors.New("broker: dial in memory: not started with Options.InMemory")
+	}
+	c, err := m.Dial(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("broker: dial in memory: %w", err)
+	}
+	return c, nil
+}
+
+// InMemoryConns is the number of in-memory connection ends still open (two
+// per live connection; 0 without Options.InMemory).
+func (b *Broker) InMemoryConns() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.mem == nil {
+		return 0
+	}
+	return b.mem.Open()
+}
+
 func (b *Broker) URL() string {
 	scheme := "tcp://"
 	if b.opts.TLS != nil {

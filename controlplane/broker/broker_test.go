@@ -2,9 +2,11 @@ package broker
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"runtime"
 	"sync"
 	"testing"
@@ -522,4 +524,42 @@ func TestCloseDoesNotWaitForSilentConnections(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { return runtime.NumGoroutine() <= before+2 }, 5*time.Second, 20*time.Millisecond,
 		"goroutines: %d before, %d after close", before, runtime.NumGoroutine())
+}
+
+func TestInMemoryListener(t *testing.T) {
+	b := newTestBroker(t, func(o *Options) { o.InMemory = true })
+	inMemory := func(o *paho.ClientOptions) {
+		o.SetCustomOpenConnectionFn(func(*url.URL, paho.ClientOptions) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+			defer cancel()
+			return b.DialInMemory(ctx)
+		})
+	}
+	// The same authentication as over TCP.
+	_, err := dial(t, b, "d1", "d1", "wrong", inMemory)
+	require.Error(t, err, "a wrong password is refused in memory too")
+
+	var s topics.Scheme
+	rec := record(t, b, s.AllStatus())
+	d, err := dial(t, b, "d1", "d1", testDevices["d1"], inMemory)
+	require.NoError(t, err)
+	tok := d.publish(t, s.Status("d1"), 1, false, []byte("up"))
+	require.True(t, tok.WaitTimeout(waitFor))
+	require.NoError(t, tok.Error())
+	assert.Equal(t, []received{{s.Status("d1"), "up", "d1"}}, rec.waitLen(t, 1),
+		"the in-memory client is the device it authenticated as")
+
+	// And the same ACL.
+	assert.Equal(t, byte(0x80), d.subscribe(t, s.Status("d2")), "another device's topic is refused")
+	assert.Equal(t, int64(2), b.InMemoryConns())
+
+	require.NoError(t, b.Close())
+	d.waitLost(t, "broker closed")
+	assert.Zero(t, b.InMemoryConns(), "Close closes every in-memory connection")
+	_, err = b.DialInMemory(context.Background())
+	assert.ErrorIs(t, err, ErrClosed)
+
+	plain := newTestBroker(t, nil)
+	_, err = plain.DialInMemory(context.Background())
+	assert.ErrorContains(t, err, "InMemory")
 }

@@ -9,7 +9,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 )
 
-// tcpListener is a mochi listener that owns its connection goroutines.
+// connListener is a mochi listener over any net.Listener (TCP, TLS, or
+// memnet) that owns its connection goroutines.
 //
 // mochi's own TCP listener starts one goroutine per accepted connection and
 // forgets it; that goroutine calls ClientsWg.Add only once it runs, so a
@@ -19,9 +20,9 @@ import (
 // This listener counts each goroutine before starting it, closes every
 // connection it accepted when it is closed, and waits for their goroutines,
 // so that by the time mochi waits on ClientsWg nothing can Add to it.
-type tcpListener struct {
-	id, addr string
-	tlsConf  *tls.Config
+type connListener struct {
+	id     string
+	listen func() (net.Listener, error)
 
 	log    *slog.Logger
 	ln     net.Listener
@@ -34,37 +35,56 @@ type tcpListener struct {
 	wg      sync.WaitGroup // connection goroutines
 }
 
-var _ listeners.Listener = (*tcpListener)(nil)
+var _ listeners.Listener = (*connListener)(nil)
 
-func newTCPListener(id, addr string, tlsConf *tls.Config) *tcpListener {
-	return &tcpListener{id: id, addr: addr, tlsConf: tlsConf, served: make(chan struct{}), conns: map[net.Conn]struct{}{}}
+// newConnListener makes a listener that opens its net.Listener with listen
+// when mochi initialises it.
+func newConnListener(id string, listen func() (net.Listener, error)) *connListener {
+	return &connListener{id: id, listen: listen, served: make(chan struct{}), conns: map[net.Conn]struct{}{}}
 }
 
-func (l *tcpListener) ID() string       { return l.id }
-func (l *tcpListener) Protocol() string { return "tcp" }
+// tcpListen listens on addr, with TLS when conf is set.
+func tcpListen(addr string, conf *tls.Config) func() (net.Listener, error) {
+	return func() (net.Listener, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		if conf != nil {
+			ln = tls.NewListener(ln, conf)
+		}
+		return ln, nil
+	}
+}
+
+func (l *connListener) ID() string { return l.id }
+
+func (l *connListener) Protocol() string {
+	if l.ln != nil {
+		return l.ln.Addr().Network()
+	}
+	return "tcp"
+}
 
 // Address is the bound address once Init has run.
-func (l *tcpListener) Address() string {
+func (l *connListener) Address() string {
 	if l.ln != nil {
 		return l.ln.Addr().String()
 	}
-	return l.addr
+	return ""
 }
 
-func (l *tcpListener) Init(log *slog.Logger) error {
+func (l *connListener) Init(log *slog.Logger) error {
 	l.log = log
-	ln, err := net.Listen("tcp", l.addr)
+	ln, err := l.listen()
 	if err != nil {
 		return err
-	}
-	if l.tlsConf != nil {
-		ln = tls.NewListener(ln, l.tlsConf)
 	}
 	l.ln = ln
 	return nil
 }
 
-func (l *tcpListener) Serve(establish listeners.EstablishFn) {
+func (l *connListener) Serve(establish listeners.EstablishFn) {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -104,7 +124,7 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 
 // Close disconnects the listener's clients, stops accepting, closes the
 // connections still being established and waits for all their goroutines.
-func (l *tcpListener) Close(closeClients listeners.CloseFn) {
+func (l *connListener) Close(closeClients listeners.CloseFn) {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()

@@ -28,6 +28,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	modelBytes := fs.Int("model-bytes", 1<<20, "fanout: model size in bytes (a fraud model padded with an ONNX doc_string)")
 	proxyMax := fs.Int("proxy-max", 2000, "fanout: count bytes on the wire through the proxy up to this N (it doubles the sockets)")
 	fetchRetry := fs.Duration("fetch-retry", 2*time.Second, "fanout: the agents' fetch retry interval")
+	transport := fs.String("transport", "memory", "how agents (and the baseline's subscribers) reach the broker: memory or tcp")
 	workDir := fs.String("work-dir", "", "state directory (default: a temporary one)")
 	ortLib := fs.String("ort-lib", "", "path of libonnxruntime.so.1")
 	heapProfile := fs.String("heap-profile", "", "scale: write a heap profile at the largest N to this file")
@@ -58,9 +59,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch args[0] {
 	case "fanout":
-		results, err = Fanout(ctx, FanoutOptions{Sizes: sizes, ModelBytes: *modelBytes, ProxyMax: *proxyMax, FetchRetry: *fetchRetry, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
+		results, err = Fanout(ctx, FanoutOptions{Sizes: sizes, ModelBytes: *modelBytes, ProxyMax: *proxyMax, FetchRetry: *fetchRetry, Transport: *transport, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
 	case "scale":
-		results, err = Scale(ctx, ScaleOptions{Sizes: sizes, HeapProfile: *heapProfile, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
+		results, err = Scale(ctx, ScaleOptions{Sizes: sizes, Transport: *transport, HeapProfile: *heapProfile, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "fleet-sim bench: %v\n", err)

@@ -9,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/edgefleet/edgefleet/fleet-sim/sim"
 )
 
 func TestFanoutSmall(t *testing.T) {
@@ -29,7 +31,8 @@ func TestFanoutSmall(t *testing.T) {
 }
 
 func TestScaleSmall(t *testing.T) {
-	res, err := Scale(context.Background(), ScaleOptions{Sizes: []int{3}, Dir: t.TempDir(), Progress: io.Discard})
+	// Over TCP here; TestFanoutSmall covers the in-memory transport.
+	res, err := Scale(context.Background(), ScaleOptions{Sizes: []int{3}, Transport: sim.TransportTCP, Dir: t.TempDir(), Progress: io.Discard})
 	require.NoError(t, err)
 	require.Len(t, res, 1)
 	assert.Positive(t, res[0].GoroutinesPerAgent)

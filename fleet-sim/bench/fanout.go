@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -36,6 +38,9 @@ type FanoutOptions struct {
 	ProxyMax int
 	// FetchRetry is the agents' FetchRetryInterval; default 2s.
 	FetchRetry time.Duration
+	// Transport is sim.TransportTCP or sim.TransportMemory (default);
+	// the baseline's subscribers connect the same way.
+	Transport  string
 	Dir        string
 	ORTLibrary string
 	Progress   io.Writer
@@ -71,6 +76,9 @@ type FanoutResult struct {
 // deploy to active on every agent, and the same bytes in the same chunks
 // from one publisher to N raw subscribers.
 func Fanout(ctx context.Context, o FanoutOptions) ([]FanoutResult, error) {
+	if o.Transport == "" {
+		o.Transport = sim.TransportMemory
+	}
 	rt, err := infer.NewRuntime(o.ORTLibrary, nil)
 	if err != nil {
 		return nil, err
@@ -118,6 +126,7 @@ func fanoutOne(ctx context.Context, o FanoutOptions, n int, rt *infer.Runtime, s
 		Devices:            devs,
 		Runtime:            rt,
 		Proxy:              n <= o.ProxyMax,
+		Transport:          o.Transport,
 		HeartbeatInterval:  time.Minute,
 		FetchRetryInterval: o.FetchRetry,
 	})
@@ -170,7 +179,7 @@ func fanoutOne(ctx context.Context, o FanoutOptions, n int, rt *infer.Runtime, s
 	if err := f.StopAgents(); err != nil {
 		return r, err
 	}
-	base, missing, err := rawBaseline(ctx, devs, model, mv.ChunkSize)
+	base, missing, err := rawBaseline(ctx, devs, model, mv.ChunkSize, o.Transport == sim.TransportMemory)
 	if err != nil {
 		return r, fmt.Errorf("baseline: %w", err)
 	}
@@ -274,9 +283,9 @@ func (allowAll) AuthenticateDevice(string, []byte) bool { return true }
 // device to the chunk topic, publishes the model's chunks through the
 // broker's inline client (the control plane's own publish path) and
 // returns the time until every subscriber has every chunk.
-func rawBaseline(ctx context.Context, devs []sim.Device, model []byte, chunkSize uint32) (seconds float64, missing uint64, err error) {
+func rawBaseline(ctx context.Context, devs []sim.Device, model []byte, chunkSize uint32, inMemory bool) (seconds float64, missing uint64, err error) {
 	scheme := topics.Scheme{Prefix: topics.DefaultPrefix}
-	b, err := broker.New(broker.Options{Addr: "127.0.0.1:0", Scheme: scheme, Auth: allowAll{}})
+	b, err := broker.New(broker.Options{Addr: "127.0.0.1:0", Scheme: scheme, Auth: allowAll{}, InMemory: inMemory})
 	if err != nil {
 		return 0, 0, err
 	}
@@ -316,6 +325,9 @@ func rawBaseline(ctx context.Context, devs []sim.Device, model []byte, chunkSize
 			defer func() { <-sem }()
 			o := paho.NewClientOptions().AddBroker(b.URL()).SetClientID(d.ID).SetUsername(d.ID).SetPassword("x").
 				SetProtocolVersion(4).SetAutoReconnect(false).SetCleanSession(true).SetOrderMatters(false)
+			if inMemory {
+				o.SetCustomOpenConnectionFn(func(*url.URL, paho.ClientOptions) (net.Conn, error) { return b.DialInMemory(ctx) })
+			}
 			c := paho.NewClient(o)
 			if t := c.Connect(); !t.WaitTimeout(30*time.Second) || t.Error() != nil {
 				errs[i] = fmt.Errorf("connect %s: %v", d.ID, t.Error())

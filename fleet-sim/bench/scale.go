@@ -21,7 +21,9 @@ import (
 
 // ScaleOptions configure Scale.
 type ScaleOptions struct {
-	Sizes      []int
+	Sizes []int
+	// Transport is sim.TransportTCP or sim.TransportMemory (default).
+	Transport  string
 	Dir        string
 	ORTLibrary string
 	Progress   io.Writer
@@ -48,6 +50,9 @@ type ScaleResult struct {
 // model to all of them, and measures live heap, goroutines and RSS against
 // the process before the fleet started.
 func Scale(ctx context.Context, o ScaleOptions) ([]ScaleResult, error) {
+	if o.Transport == "" {
+		o.Transport = sim.TransportMemory
+	}
 	rt, err := infer.NewRuntime(o.ORTLibrary, nil)
 	if err != nil {
 		return nil, err
@@ -114,6 +119,7 @@ func scaleOne(ctx context.Context, o ScaleOptions, n int, rt *infer.Runtime, art
 		Dir:                filepath.Join(o.Dir, fmt.Sprintf("scale-%d", n)),
 		Devices:            devs,
 		Runtime:            rt,
+		Transport:          o.Transport,
 		HeartbeatInterval:  time.Minute,
 		FetchRetryInterval: 2 * time.Second,
 	})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -37,10 +38,16 @@ type Options struct {
 	// searches, see infer.FindLibrary) and closes it in Stop.
 	Runtime    *infer.Runtime
 	ORTLibrary string
-	// Proxy puts a counting, fault-injecting TCP proxy between the agents
-	// and the broker. It costs two goroutines and two sockets per agent;
-	// network faults and per-agent byte counts need it.
+	// Proxy puts a counting, fault-injecting proxy between the agents and
+	// the broker. It costs two goroutines per agent (and two sockets over
+	// TCP); network faults and per-agent byte counts need it.
 	Proxy bool
+	// Transport is how agents reach the in-process broker: TransportTCP
+	// (default: loopback sockets, two descriptors per agent) or
+	// TransportMemory (in-memory connections to the same broker, same MQTT
+	// bytes, no descriptors: for fleets beyond the descriptor limit).
+	// An external control plane needs TCP.
+	Transport string
 	// InMemoryStore keeps the shared agent state in memory (benchmarks);
 	// default a badger on disk under Dir/state with synced commits.
 	InMemoryStore bool
@@ -58,6 +65,12 @@ type Options struct {
 	Logger      *slog.Logger
 	AgentLogger *slog.Logger
 }
+
+// Transports for Options.Transport.
+const (
+	TransportTCP    = "tcp"
+	TransportMemory = "memory"
+)
 
 // Fleet is a running simulated fleet. Start it, use it, Stop it, then
 // call LeakCheck.
@@ -131,6 +144,20 @@ func New(opts Options) (*Fleet, error) {
 	}
 	if opts.StartParallel <= 0 {
 		opts.StartParallel = 32
+	}
+	switch opts.Transport {
+	case "":
+		opts.Transport = TransportTCP
+	case TransportTCP:
+	case TransportMemory:
+		if opts.Remote != nil {
+			return nil, errors.New("sim: the memory transport needs the in-process control plane (an external one is reached over TCP)")
+		}
+		if opts.BrokerURL != "" {
+			return nil, errors.New("sim: BrokerURL and the memory transport exclude each other")
+		}
+	default:
+		return nil, fmt.Errorf("sim: transport %q, want %q or %q", opts.Transport, TransportTCP, TransportMemory)
 	}
 	log := opts.Logger
 	if log == nil {
@@ -231,9 +258,11 @@ func (f *Fleet) startControlPlane(ctx context.Context) error {
 		DataDir:    filepath.Join(f.opts.Dir, "cp"),
 		APIListen:  "127.0.0.1:0",
 		MQTTListen: "127.0.0.1:0",
-		Runtime:    f.rt,
-		Logger:     f.opts.Logger,
-		Monitor:    f.opts.Monitor,
+		// Listening on TCP as well lets tools (mosquitto_sub) look in.
+		MQTTInMemory: f.opts.Transport == TransportMemory,
+		Runtime:      f.rt,
+		Logger:       f.opts.Logger,
+		Monitor:      f.opts.Monitor,
 		OnInitialToken: func(tok string) {
 			select {
 			case f.token <- tok:
@@ -281,15 +310,23 @@ func (f *Fleet) register(ctx context.Context) error {
 			return fmt.Errorf("sim: root public key of %s: %w", m.Device.ID, err)
 		}
 		broker := creds.BrokerURL
+		var dial func(context.Context) (net.Conn, error)
 		switch {
 		case f.proxy != nil:
 			broker = f.proxy.URL()
 		case f.opts.BrokerURL != "":
 			broker = f.opts.BrokerURL
 		}
+		if f.opts.Transport == TransportMemory {
+			dial = f.server.DialBroker
+			if f.proxy != nil {
+				dial = f.proxy.Dial
+			}
+		}
 		m.opts = agent.Options{
 			DeviceID:           m.Device.ID,
 			BrokerURL:          broker,
+			MQTTDial:           dial,
 			Username:           creds.Username,
 			Password:           creds.Password,
 			TopicPrefix:        creds.TopicPrefix,
@@ -328,6 +365,10 @@ func (f *Fleet) startProxy(brokerURL string) error {
 		_, _ = fmt.Sscan(p, &f.brokerPort)
 	}
 	if !f.opts.Proxy {
+		return nil
+	}
+	if f.opts.Transport == TransportMemory {
+		f.proxy = NewMemoryProxy(f.server.DialBroker, f.opts.Logger)
 		return nil
 	}
 	if u.Scheme != "tcp" && u.Scheme != "mqtt" {
@@ -468,7 +509,10 @@ func (f *Fleet) Stop() error {
 		if f.opts.Remote != nil {
 			f.opts.Remote.CloseIdleConnections()
 		}
-		if f.server != nil && f.brokerPort > 0 {
+		switch {
+		case f.server != nil && f.opts.Transport == TransportMemory:
+			f.brokerConnsLeft = waitMemoryConns(f.server, 5*time.Second)
+		case f.server != nil && f.brokerPort > 0:
 			f.brokerConnsLeft = waitBrokerConns(f.brokerPort, 5*time.Second)
 		}
 		if f.cpStop != nil {
@@ -495,6 +539,19 @@ func (f *Fleet) Stop() error {
 		f.stopErr = errors.Join(errs...)
 	})
 	return f.stopErr
+}
+
+// waitMemoryConns polls until the broker's in-memory connections are
+// closed or timeout passes, and returns how many connections are left.
+func waitMemoryConns(srv *controlplane.Server, timeout time.Duration) int {
+	deadline := time.Now().Add(timeout)
+	for {
+		n := srv.BrokerInMemoryConns()
+		if n <= 0 || time.Now().After(deadline) {
+			return int(n+1) / 2 // two ends per connection; a half-closed one counts
+		}
+		time.Sleep(20 * time.Millisecond) // polling: nothing signals "closed"
+	}
 }
 
 // LeakReport is what LeakCheck found.

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -12,17 +13,20 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/edgefleet/edgefleet/internal/memnet"
 )
 
-// Proxy is a TCP proxy between agents and the MQTT broker that understands
+// Proxy is a proxy (TCP or in-memory) between agents and the MQTT broker that understands
 // just enough MQTT to know which device a connection belongs to (the
 // CONNECT client id) and where publish payloads are. It counts bytes per
 // device in both directions and injects faults: dropped connections,
 // refused reconnects for a while, and corrupted chunk payloads.
 type Proxy struct {
-	target string
-	ln     net.Listener
-	log    *slog.Logger
+	dial func(ctx context.Context) (net.Conn, error) // to the broker
+	ln   net.Listener
+	mem  *memnet.Listener // ln when the agents connect in memory
+	log  *slog.Logger
 
 	// mu guards conns, down and corrupt.
 	mu      sync.Mutex
@@ -62,11 +66,26 @@ func NewProxy(target string, log *slog.Logger) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
+	var d net.Dialer
+	return newProxy(ln, func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", target) }, log), nil
+}
+
+// NewMemoryProxy accepts in-memory connections (Dial) and forwards each
+// to a connection from dialBroker: agents and broker in one process, with
+// the proxy's faults and counters and no sockets.
+func NewMemoryProxy(dialBroker func(ctx context.Context) (net.Conn, error), log *slog.Logger) *Proxy {
+	mem := memnet.Listen("fleet-sim-proxy")
+	p := newProxy(mem, dialBroker, log)
+	p.mem = mem
+	return p
+}
+
+func newProxy(ln net.Listener, dial func(ctx context.Context) (net.Conn, error), log *slog.Logger) *Proxy {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	p := &Proxy{
-		target:  target,
+		dial:    dial,
 		ln:      ln,
 		log:     log.With("component", "sim-proxy"),
 		conns:   map[*proxyConn]struct{}{},
@@ -76,11 +95,25 @@ func NewProxy(target string, log *slog.Logger) (*Proxy, error) {
 	}
 	p.wg.Add(1)
 	go p.accept()
-	return p, nil
+	return p
 }
 
-// URL is the broker URL agents should use: tcp://127.0.0.1:port.
-func (p *Proxy) URL() string { return "tcp://" + p.ln.Addr().String() }
+// URL is the broker URL agents are given: the listening address, or for an
+// in-memory proxy only a name (they connect with Dial).
+func (p *Proxy) URL() string {
+	if p.mem != nil {
+		return "tcp://fleet-sim-proxy.in-process"
+	}
+	return "tcp://" + p.ln.Addr().String()
+}
+
+// Dial connects to an in-memory proxy (NewMemoryProxy).
+func (p *Proxy) Dial(ctx context.Context) (net.Conn, error) {
+	if p.mem == nil {
+		return nil, errors.New("proxy: Dial needs an in-memory proxy")
+	}
+	return p.mem.Dial(ctx)
+}
 
 // Close stops accepting, drops every connection and waits for the proxy's
 // goroutines. It is idempotent.
@@ -215,7 +248,9 @@ func (p *Proxy) serve(pc *proxyConn) {
 	if isDown {
 		return // a dead link: the client sees the connection close
 	}
-	server, err := net.DialTimeout("tcp", p.target, 10*time.Second)
+	dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	server, err := p.dial(dctx)
+	cancel()
 	if err != nil {
 		return
 	}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -72,6 +73,10 @@ type Options struct {
 	Username string
 	Password string
 	TLS      *tls.Config
+	// Dial, if set, opens the connection instead of dialling BrokerURL
+	// (which is then only a name in logs; "" means "tcp://in-process").
+	// fleet-sim connects agents to the embedded broker in memory with it.
+	Dial func(ctx context.Context) (net.Conn, error)
 	// Will is the last will published by the broker if the connection dies;
 	// it is checked like a publish (size, topic, MayPublish).
 	Will *Message
@@ -99,6 +104,9 @@ type Options struct {
 }
 
 func (o Options) withDefaults() (Options, error) {
+	if o.Dial != nil && o.BrokerURL == "" {
+		o.BrokerURL = "tcp://in-process"
+	}
 	u, err := url.Parse(o.BrokerURL)
 	if err != nil {
 		return o, fmt.Errorf("broker url %q: %w", o.BrokerURL, err)
@@ -225,6 +233,13 @@ func Connect(ctx context.Context, opts Options) (*Client, error) {
 		SetReconnectingHandler(func(paho.Client, *paho.ClientOptions) { c.log.Debug("reconnecting") })
 	if w := opts.Will; w != nil {
 		po.SetBinaryWill(w.Topic, w.Payload, w.QoS, w.Retained)
+	}
+	if dial := opts.Dial; dial != nil {
+		po.SetCustomOpenConnectionFn(func(*url.URL, paho.ClientOptions) (net.Conn, error) {
+			dctx, cancel := context.WithTimeout(c.ctx, opts.ConnectTimeout)
+			defer cancel()
+			return dial(dctx)
+		})
 	}
 	c.pc = paho.NewClient(po)
 

@@ -482,3 +482,48 @@ func TestSubscribeWhileReceiving(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { return received.Load()+int64(c.Dropped()) == 2000 }, waitFor, 5*time.Millisecond)
 }
+
+func TestDialInMemoryAndReconnect(t *testing.T) {
+	b, err := broker.New(broker.Options{Addr: "127.0.0.1:0", Auth: devices, InMemory: true})
+	require.NoError(t, err)
+	require.NoError(t, b.Start())
+	t.Cleanup(func() { assert.NoError(t, b.Close()) })
+
+	var mu sync.Mutex
+	var conns []net.Conn
+	opts := deviceOptions("", "d1")
+	opts.Dial = func(ctx context.Context) (net.Conn, error) {
+		c, err := b.DialInMemory(ctx)
+		if err == nil {
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+		return c, err
+	}
+	c := connect(t, opts)
+	ctx := context.Background()
+	var in inbox
+	require.NoError(t, c.Subscribe(ctx, scheme.Desired("d1"), 1, in.handle))
+	require.NoError(t, b.Publish(scheme.Desired("d1"), []byte("gen-1"), false, 1))
+	in.waitLen(t, 1)
+
+	// Cut the connection: the client dials again and re-subscribes.
+	mu.Lock()
+	require.Len(t, conns, 1)
+	require.NoError(t, conns[0].Close())
+	mu.Unlock()
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(conns) == 2 && c.IsConnected()
+	}, waitFor, 5*time.Millisecond, "reconnected through Dial")
+	require.Eventually(t, func() bool {
+		_ = b.Publish(scheme.Desired("d1"), []byte("gen-2"), false, 1)
+		return len(in.get()) >= 2
+	}, waitFor, 50*time.Millisecond, "the subscription was made again")
+	assert.Equal(t, []byte("gen-2"), in.get()[1].Payload)
+	c.Close()
+	require.Eventually(t, func() bool { return b.InMemoryConns() == 0 }, waitFor, 5*time.Millisecond,
+		"in-memory connections left: %d", b.InMemoryConns())
+}
