@@ -1,6 +1,7 @@
 package scenario
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -221,4 +222,44 @@ func (r *recorder) allSamples() []Sample {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]Sample(nil), r.samples...)
+}
+
+// TargetChecker is implemented by actions and assertions whose validity
+// depends on where the control plane runs: remote is true for an external
+// one (RunOptions.Remote), where whatever needs the in-process control
+// plane's internals or its embedded broker (restarting the broker, say)
+// must return an error saying why. Run asks before it starts anything.
+type TargetChecker interface {
+	CheckTarget(sc *Scenario, remote bool) error
+}
+
+// CheckTarget reports, all at once, what in sc cannot run against the
+// in-process control plane (remote false) or an external one (remote true).
+// Run calls it first; the errors wrap ErrInvalid and name the step's or
+// assertion's line and kind.
+func (sc *Scenario) CheckTarget(remote bool) error {
+	var errs []error
+	where := "against the in-process control plane"
+	if remote {
+		where = "against an external control plane (--api)"
+	}
+	if remote && sc.Monitor != nil {
+		errs = append(errs, fmt.Errorf("%w: monitor: cannot run %s: its alert rules are set where it runs (edgefleet serve --alert-max-psi, --alert-min-accuracy, ...), "+
+			"not over the API; remove the section (alerts then checks the rules the control plane runs with) or run in-process", ErrInvalid, where))
+	}
+	for _, st := range sc.Timeline {
+		if tc, ok := st.Action.(TargetChecker); ok {
+			if err := tc.CheckTarget(sc, remote); err != nil {
+				errs = append(errs, fmt.Errorf("%w: line %d: action %s cannot run %s: %v", ErrInvalid, st.Line, st.Kind, where, err))
+			}
+		}
+	}
+	for _, c := range sc.Assertions {
+		if tc, ok := c.Assertion.(TargetChecker); ok {
+			if err := tc.CheckTarget(sc, remote); err != nil {
+				errs = append(errs, fmt.Errorf("%w: line %d: assertion %s cannot run %s: %v", ErrInvalid, c.Line, c.Kind, where, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }

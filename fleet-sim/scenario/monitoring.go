@@ -1,6 +1,7 @@
 package scenario
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -12,7 +13,9 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
 )
 
-// MonitorSpec sets the in-process control plane's alert rules.
+// MonitorSpec sets the in-process control plane's alert rules (an external
+// control plane's are its own configuration: Scenario.CheckTarget refuses
+// the section with RunOptions.Remote).
 type MonitorSpec struct {
 	// Interval between alert evaluations; default 1s in a scenario.
 	Interval time.Duration `yaml:"interval"`
@@ -54,7 +57,8 @@ func (m *MonitorSpec) validate() error {
 
 // Alerts checks the monitoring alerts the control plane raised (its audit
 // log): every site in Sites has an alert of Rule for Model, no site in
-// Quiet has one.
+// Quiet has one. In-process it needs the scenario's monitor section;
+// against an external control plane the rules are the ones it runs with.
 type Alerts struct {
 	Rule   string        `yaml:"rule"` // feature_drift, low_accuracy or accuracy_drop; "" any
 	Model  string        `yaml:"model"`
@@ -64,12 +68,9 @@ type Alerts struct {
 }
 
 // Validate implements the optional validation.
-func (a *Alerts) Validate(sc *Scenario) error {
+func (a *Alerts) Validate(*Scenario) error {
 	if a.Model == "" || (len(a.Sites) == 0 && len(a.Quiet) == 0) {
 		return errors.New("model and sites or quiet are required")
-	}
-	if sc.Monitor == nil {
-		return errors.New("needs a monitor section (alert rules)")
 	}
 	switch a.Rule {
 	case "", "feature_drift", "low_accuracy", "accuracy_drop":
@@ -79,20 +80,25 @@ func (a *Alerts) Validate(sc *Scenario) error {
 	return nil
 }
 
+// CheckTarget implements TargetChecker: the in-process control plane
+// raises no alert without the scenario's rules.
+func (a *Alerts) CheckTarget(sc *Scenario, remote bool) error {
+	if !remote && sc.Monitor == nil {
+		return errors.New("needs a monitor section (alert rules)")
+	}
+	return nil
+}
+
 // Deadline implements Assertion.
 func (a *Alerts) Deadline() time.Duration { return a.Within }
 
 // Check implements Assertion.
 func (a *Alerts) Check(env *Env) (bool, string) {
-	srv, err := server(env)
-	if err != nil {
-		return false, err.Error()
-	}
 	action := "monitor.alert."
 	if a.Rule != "" {
 		action += a.Rule
 	}
-	entries, err := srv.Audit(audit.Query{Action: action})
+	entries, err := env.Fleet.ControlPlane().Audit(audit.Query{Action: action})
 	if err != nil {
 		return false, err.Error()
 	}
@@ -175,12 +181,15 @@ func (a *NoTelemetryLost) Check(env *Env) (bool, string) {
 	if bad.n > 0 {
 		return false, fmt.Sprintf("%d of %d devices have undelivered or lost telemetry: %s", bad.n, len(ms), &bad)
 	}
-	if srv, err := server(env); err == nil {
-		st := srv.Monitor().Stats()
-		env.SetFigure("telemetry_ingested", st.Ingested)
-		if st.Ingested == 0 {
-			return false, "the control plane aggregated no monitoring reports"
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := env.Fleet.MonitorStats(ctx)
+	if err != nil {
+		return false, fmt.Sprintf("monitoring counters: %v", err)
+	}
+	env.SetFigure("telemetry_ingested", st.Ingested)
+	if st.Ingested == 0 {
+		return false, "the control plane aggregated no monitoring reports"
 	}
 	return true, ""
 }
@@ -207,17 +216,13 @@ func (a *RefusedDesired) Deadline() time.Duration { return a.Within }
 
 // Check implements Assertion.
 func (a *RefusedDesired) Check(env *Env) (bool, string) {
-	srv, err := server(env)
-	if err != nil {
-		return false, err.Error()
-	}
 	ms, err := env.Select(a.Selector)
 	if err != nil {
 		return false, err.Error()
 	}
 	var bad offenders
 	for _, m := range ms {
-		d, err := srv.Device(m.Device.ID)
+		d, err := env.Fleet.ControlPlane().Device(m.Device.ID)
 		switch {
 		case err != nil:
 			bad.add("%s: %v", m.Device.ID, err)

@@ -16,9 +16,10 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
 )
 
-// Staged rollouts (controlplane/rollout), for the in-process control
-// plane. A rollout is named in the scenario; the name maps to the id the
-// control plane gave it.
+// Staged rollouts (controlplane/rollout), through the fleet's control
+// plane: the in-process one, or an external one's REST API. A rollout is
+// named in the scenario; the name maps to the id the control plane gave
+// it.
 
 func registerRollouts(r *Registry) {
 	r.RegisterAction("create_rollout", func() Action { return &CreateRollout{} })
@@ -75,13 +76,6 @@ func jsonable(v any) any {
 	}
 }
 
-func server(env *Env) (*controlplane.Server, error) {
-	if s := env.Fleet.Server(); s != nil {
-		return s, nil
-	}
-	return nil, errors.New("rollout actions need the in-process control plane (not --api)")
-}
-
 // CreateRollout starts a staged rollout.
 type CreateRollout struct {
 	// Name is how later steps refer to the rollout.
@@ -99,11 +93,7 @@ func (c *CreateRollout) Validate(*Scenario) error {
 
 // Run implements Action.
 func (c *CreateRollout) Run(ctx context.Context, env *Env) (string, error) {
-	srv, err := server(env)
-	if err != nil {
-		return "", err
-	}
-	st, err := srv.CreateRollout(ctx, c.Spec.spec, "fleet-sim")
+	st, err := env.Fleet.ControlPlane().CreateRollout(ctx, c.Spec.spec, "fleet-sim")
 	if err != nil {
 		return "", err
 	}
@@ -133,20 +123,25 @@ func (r *RolloutAction) Validate(*Scenario) error {
 	if r.Rollout == "" || r.Action == "" {
 		return errors.New("rollout and action are required")
 	}
+	switch r.Action {
+	case controlplane.RolloutPause, controlplane.RolloutResume, controlplane.RolloutPromote, controlplane.RolloutAbort:
+		if r.Selector != "" || r.Device != "" {
+			return fmt.Errorf("selector and device narrow a rollback only, not %s", r.Action)
+		}
+	case controlplane.RolloutRollback:
+	default:
+		return fmt.Errorf("action %q: want pause, resume, promote, abort or rollback", r.Action)
+	}
 	return nil
 }
 
 // Run implements Action.
 func (r *RolloutAction) Run(ctx context.Context, env *Env) (string, error) {
-	srv, err := server(env)
-	if err != nil {
-		return "", err
-	}
 	id, err := rolloutID(env, r.Rollout)
 	if err != nil {
 		return "", err
 	}
-	st, err := srv.RolloutAction(ctx, id, r.Action, rollout.RollbackRequest{Selector: r.Selector, Device: r.Device}, "fleet-sim")
+	st, err := env.Fleet.ControlPlane().RolloutAction(ctx, id, r.Action, rollout.RollbackRequest{Selector: r.Selector, Device: r.Device}, "fleet-sim")
 	if err != nil {
 		return "", err
 	}
@@ -207,15 +202,11 @@ func (r *RolloutState) Deadline() time.Duration { return r.Within }
 
 // Check implements Assertion.
 func (r *RolloutState) Check(env *Env) (bool, string) {
-	srv, err := server(env)
-	if err != nil {
-		return false, err.Error()
-	}
 	id, err := rolloutID(env, r.Rollout)
 	if err != nil {
 		return false, err.Error()
 	}
-	st, err := srv.Rollout(id, false)
+	st, err := env.Fleet.ControlPlane().Rollout(id, false)
 	if err != nil {
 		return false, err.Error()
 	}

@@ -41,6 +41,9 @@ type RunOptions struct {
 // checks for leaks. The error is for failures to run at all; a run whose
 // assertions or steps failed returns a Report with Passed false.
 func Run(ctx context.Context, sc *Scenario, opts RunOptions) (*Report, error) {
+	if err := sc.CheckTarget(opts.Remote != nil); err != nil {
+		return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
+	}
 	var progress io.Writer = io.Discard
 	if opts.Progress != nil {
 		progress = &lockedWriter{w: opts.Progress}

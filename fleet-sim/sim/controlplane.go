@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -16,17 +18,32 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/audit"
+	"github.com/edgefleet/edgefleet/controlplane/monitor"
+	"github.com/edgefleet/edgefleet/controlplane/rollout"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
-// ControlPlane is what the simulator asks of a control plane. The
-// in-process *controlplane.Server has these methods; RemoteControlPlane
-// speaks the REST API of an external one.
+// ControlPlane is what the simulator and its scenarios ask of a control
+// plane. The in-process *controlplane.Server has these methods;
+// RemoteControlPlane speaks the REST API of an external one. What only
+// the in-process one can do (its broker, its alert rules) is not here;
+// Fleet.MonitorStats covers the monitoring counters of both.
 type ControlPlane interface {
 	RegisterDevice(id string, labels map[string]string) (controlplane.DeviceCredentials, error)
 	AddModelVersion(ctx context.Context, name, version string, model []byte, meta *efpb.Manifest, force bool) (controlplane.ModelVersion, error)
 	Deploy(ctx context.Context, req controlplane.DeployRequest) (*controlplane.DeployResult, error)
 	Devices(selector string) ([]controlplane.Device, error)
+	Device(id string) (controlplane.Device, error)
+	// CreateRollout, Rollout and RolloutAction are the staged-rollout
+	// operations; actor names who acted in the audit log (an external
+	// control plane records the API token's name instead).
+	CreateRollout(ctx context.Context, spec rollout.Spec, actor string) (*rollout.Status, error)
+	Rollout(id string, withDevices bool) (*rollout.Status, error)
+	RolloutAction(ctx context.Context, id, action string, req rollout.RollbackRequest, actor string) (*rollout.Status, error)
+	// Audit returns audit entries (operator actions, rollout decisions,
+	// monitoring alerts), oldest first.
+	Audit(q audit.Query) ([]audit.Entry, error)
 }
 
 var _ ControlPlane = (*controlplane.Server)(nil)
@@ -158,4 +175,132 @@ func (r *RemoteControlPlane) Devices(selector string) ([]controlplane.Device, er
 	var out []controlplane.Device
 	err := r.do(context.Background(), "GET", "/api/v1/devices?selector="+url.QueryEscape(selector), nil, "", &out)
 	return out, err
+}
+
+// Device implements ControlPlane.
+func (r *RemoteControlPlane) Device(id string) (controlplane.Device, error) {
+	var d controlplane.Device
+	err := r.do(context.Background(), "GET", "/api/v1/devices/"+url.PathEscape(id), nil, "", &d)
+	return d, err
+}
+
+// CreateRollout implements ControlPlane; the audit log names the API
+// token, not actor.
+func (r *RemoteControlPlane) CreateRollout(ctx context.Context, spec rollout.Spec, _ string) (*rollout.Status, error) {
+	var st rollout.Status
+	if err := r.doJSON(ctx, "POST", "/api/v1/rollouts", spec, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// Rollout implements ControlPlane.
+func (r *RemoteControlPlane) Rollout(id string, withDevices bool) (*rollout.Status, error) {
+	path := "/api/v1/rollouts/" + url.PathEscape(id)
+	if withDevices {
+		path += "?devices=true"
+	}
+	var st rollout.Status
+	if err := r.do(context.Background(), "GET", path, nil, "", &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// RolloutAction implements ControlPlane: POST /api/v1/rollouts/{id}/{action}
+// (pause, resume, promote, abort or rollback); the audit log names the API
+// token, not actor.
+func (r *RemoteControlPlane) RolloutAction(ctx context.Context, id, action string, req rollout.RollbackRequest, _ string) (*rollout.Status, error) {
+	path := "/api/v1/rollouts/" + url.PathEscape(id) + "/" + url.PathEscape(action)
+	var st rollout.Status
+	var err error
+	if req == (rollout.RollbackRequest{}) {
+		err = r.do(ctx, "POST", path, nil, "", &st)
+	} else {
+		err = r.doJSON(ctx, "POST", path, req, &st)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// Audit implements ControlPlane: GET /api/v1/audit.
+func (r *RemoteControlPlane) Audit(q audit.Query) ([]audit.Entry, error) {
+	v := url.Values{}
+	if q.Action != "" {
+		v.Set("action", q.Action)
+	}
+	if q.Target != "" {
+		v.Set("target", q.Target)
+	}
+	if !q.Since.IsZero() {
+		v.Set("since", q.Since.UTC().Format(time.RFC3339))
+	}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	path := "/api/v1/audit"
+	if len(v) > 0 {
+		path += "?" + v.Encode()
+	}
+	var out []audit.Entry
+	err := r.do(context.Background(), "GET", path, nil, "", &out)
+	return out, err
+}
+
+// Prometheus series MonitorStats reads from an external control plane.
+const (
+	metricIngested   = "edgefleet_monitor_reports_ingested_total"
+	metricDuplicates = "edgefleet_monitor_reports_duplicate_total"
+)
+
+// MonitorStats returns the control plane's monitoring ingest counters
+// (since it started) from its Prometheus endpoint, GET /metrics.
+func (r *RemoteControlPlane) MonitorStats(ctx context.Context) (monitor.Stats, error) {
+	hc := r.client()
+	req, err := http.NewRequestWithContext(ctx, "GET", strings.TrimSuffix(r.APIURL, "/")+"/metrics", nil)
+	if err != nil {
+		return monitor.Stats{}, fmt.Errorf("GET /metrics: %w", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+r.Token)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return monitor.Stats{}, fmt.Errorf("GET /metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return monitor.Stats{}, fmt.Errorf("GET /metrics: HTTP %d", resp.StatusCode)
+	}
+	var st monitor.Stats
+	var seen bool
+	sc := bufio.NewScanner(io.LimitReader(resp.Body, maxAnswer))
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		name, value, ok := strings.Cut(sc.Text(), " ")
+		if !ok || strings.HasPrefix(name, "#") {
+			continue
+		}
+		var dst *uint64
+		switch name {
+		case metricIngested:
+			dst, seen = &st.Ingested, true
+		case metricDuplicates:
+			dst = &st.Duplicates
+		default:
+			continue
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+		if err != nil {
+			return monitor.Stats{}, fmt.Errorf("GET /metrics: %s %q: %w", name, value, err)
+		}
+		*dst = uint64(f)
+	}
+	if err := sc.Err(); err != nil {
+		return monitor.Stats{}, fmt.Errorf("GET /metrics: read answer: %w", err)
+	}
+	if !seen {
+		return monitor.Stats{}, fmt.Errorf("GET /metrics: no %s series (not an edgefleet control plane?)", metricIngested)
+	}
+	return st, nil
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/audit"
+	"github.com/edgefleet/edgefleet/controlplane/rollout"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/infer"
 )
@@ -78,6 +80,23 @@ func TestFleetAgainstRemoteControlPlane(t *testing.T) {
 	}, 30*time.Second, 20*time.Millisecond)
 	require.Eventually(t, func() bool { return tr.Stats().OK >= 30 }, 10*time.Second, 10*time.Millisecond)
 
+	// What scenarios read back over the API: a device, the audit log and
+	// the monitoring counters (from /metrics).
+	assert.True(t, f.Remote())
+	d, err := remote.Device("dev-1-2")
+	require.NoError(t, err)
+	assert.Equal(t, "site-1", d.Labels["site"])
+	_, err = remote.Device("dev-9-9")
+	assert.ErrorContains(t, err, "404")
+	entries, err := remote.Audit(audit.Query{Action: "api.POST /api/v1/deployments", Since: time.Now().Add(-time.Hour), Limit: 5})
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+	assert.Equal(t, "ok", entries[0].Result)
+	require.Eventually(t, func() bool {
+		st, err := f.MonitorStats(context.Background())
+		return err == nil && st.Ingested > 0
+	}, 30*time.Second, 50*time.Millisecond, "the agents' monitoring reports reach the control plane")
+
 	// A cut link with refused reconnects for a moment: the device comes back.
 	before := f.Proxy().Accepted()
 	assert.Equal(t, 1, f.Proxy().Disconnect([]string{"dev-1-2"}, 200*time.Millisecond))
@@ -91,6 +110,26 @@ func TestFleetAgainstRemoteControlPlane(t *testing.T) {
 	st := tr.Stats()
 	assert.Zero(t, st.Failed, st.FirstFailure)
 	assert.Equal(t, st.OK, st.ByVersion["1.0.0"])
+
+	// Rollouts over the API (after the traffic: the canary may get 2.0.0).
+	_, err = remote.AddModelVersion(context.Background(), "fraud", "2.0.0", art.ONNX, art.Metadata(), false)
+	require.NoError(t, err)
+	one := 1.0
+	ro, err := remote.CreateRollout(context.Background(), rollout.Spec{Model: "fraud", Version: "2.0.0", Selector: "site=site-1",
+		Stages: []rollout.Stage{{Canary: 1}, {Percent: 100}}, Gates: rollout.Gates{MaxFailureRate: &one}}, "ignored")
+	require.NoError(t, err)
+	_, err = remote.RolloutAction(context.Background(), ro.ID, "pause", rollout.RollbackRequest{}, "ignored")
+	require.NoError(t, err)
+	got, err := remote.Rollout(ro.ID, true)
+	require.NoError(t, err)
+	assert.Equal(t, rollout.StatePaused, got.State)
+	_, err = remote.RolloutAction(context.Background(), ro.ID, "promote", rollout.RollbackRequest{}, "ignored")
+	assert.ErrorContains(t, err, "409", "a paused rollout cannot be promoted")
+	_, err = remote.RolloutAction(context.Background(), ro.ID, "rollback", rollout.RollbackRequest{Device: "dev-9-9"}, "ignored")
+	assert.ErrorContains(t, err, `device "dev-9-9" was not assigned`, "the narrowing body reached the API")
+	got, err = remote.RolloutAction(context.Background(), ro.ID, "rollback", rollout.RollbackRequest{}, "ignored")
+	require.NoError(t, err)
+	assert.Equal(t, rollout.StateRolledBack, got.State)
 
 	require.NoError(t, f.Stop())
 	rep, err := f.LeakCheck(10 * time.Second)
