@@ -187,6 +187,9 @@ type Agent struct {
 	// so a test can kill the process exactly there.
 	crashAt func(point string)
 
+	// phaseHook is the PhaseHook set by SetPhaseHook (nil: none).
+	phaseHook atomic.Pointer[PhaseHook]
+
 	gen      atomic.Uint64 // mirror of u.generation for Generation()
 	dropped  atomic.Uint64 // malformed or unexpected MQTT payloads
 	refused  atomic.Uint64 // well-formed documents refused by a check
@@ -424,4 +427,25 @@ func (a *Agent) send(ctx context.Context, ev event) {
 	case a.events <- ev:
 	case <-ctx.Done():
 	}
+}
+
+// PhaseHook is called by the update loop each time an update of model to
+// version enters phase "downloading" (its manifest was accepted),
+// "verifying" (every chunk is in) or "staging" (the file is complete: next
+// come loading, test vectors, warm-up and the commit), after the phase is
+// persisted and before the agent acts on it. The update loop waits for it.
+// If ctx ends while it runs (the agent is being stopped), the agent goes no
+// further, as if the process had been killed right there, and the next
+// agent on the same state resumes that phase. It is for fault injection:
+// fleet-sim holds agents at a phase and restarts them there.
+type PhaseHook func(ctx context.Context, model, version, phase string)
+
+// SetPhaseHook sets the hook called as updates enter a phase (nil removes
+// it). It may be called on a running agent.
+func (a *Agent) SetPhaseHook(h PhaseHook) {
+	if h == nil {
+		a.phaseHook.Store(nil)
+		return
+	}
+	a.phaseHook.Store(&h)
 }

@@ -486,6 +486,9 @@ func (a *Agent) handleManifest(ctx context.Context, topic string, payload []byte
 	s.st.Target.Phase = phaseDownloading
 	s.manifest = m
 	a.commitSlot(s)
+	if a.enterPhase(ctx, s) {
+		return
+	}
 	a.openDownload(ctx, s)
 }
 
@@ -652,6 +655,9 @@ func (a *Agent) finishDownload(ctx context.Context, s *slot) {
 	t.Phase = phaseVerifying
 	a.commitSlot(s)
 	a.reportSlot(ctx, s)
+	if a.enterPhase(ctx, s) {
+		return // the download stays open until the agent closes it
+	}
 	if err := s.asm.Verify(); err != nil {
 		s.closeDownload()
 		_ = os.Remove(a.partPath(s.name, t.SHA256))
@@ -687,6 +693,9 @@ func (a *Agent) stage(ctx context.Context, s *slot) {
 		return
 	}
 	a.reportSlot(ctx, s)
+	if a.enterPhase(ctx, s) {
+		return
+	}
 	m, err := a.loadModel(s.name, &t.modelRef)
 	if err != nil {
 		a.failTarget(ctx, s, err.Error())
@@ -819,6 +828,19 @@ func (a *Agent) refuse(ctx context.Context, model, reason string) {
 	a.refused.Add(1)
 	a.log.Warn("refused", "model", model, "reason", reason)
 	a.reportEvent(ctx, &efpb.StatusEvent{ModelName: model, State: efpb.ModelState_MODEL_STATE_FAILED, Reason: reason})
+}
+
+// enterPhase calls the PhaseHook, if any, for the phase the update of s has
+// just persisted. It reports whether the agent is stopping and must not act
+// on the phase: a restart resumes it from the persisted state.
+func (a *Agent) enterPhase(ctx context.Context, s *slot) (stop bool) {
+	h := a.phaseHook.Load()
+	if h == nil {
+		return false
+	}
+	t := s.st.Target
+	(*h)(ctx, s.name, t.Version, string(t.Phase))
+	return ctx.Err() != nil
 }
 
 func (a *Agent) crashPoint(name string) {

@@ -4,15 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/fleet-sim/sim"
 	"github.com/edgefleet/edgefleet/internal/fraud"
+	"github.com/edgefleet/edgefleet/internal/oip"
 )
 
 func registerBuiltins(r *Registry) {
@@ -27,12 +31,15 @@ func registerBuiltins(r *Registry) {
 	r.RegisterAction("shift_traffic", func() Action { return &ShiftTraffic{} })
 	r.RegisterAction("sleep", func() Action { return &Sleep{} })
 	r.RegisterAction("skew_clock", func() Action { return &SkewClock{} })
+	r.RegisterAction("hold_at_phase", func() Action { return &HoldAtPhase{} })
+	r.RegisterAction("restart_held", func() Action { return &RestartHeld{} })
 
 	r.RegisterAssertion("all_active", func() Assertion { return &AllActive{} })
 	r.RegisterAssertion("never_ran", func() Assertion { return &NeverRan{} })
 	r.RegisterAssertion("no_failed_inference", func() Assertion { return &NoFailedInference{} })
 	r.RegisterAssertion("all_committed", func() Assertion { return &AllCommitted{} })
 	r.RegisterAssertion("all_refused", func() Assertion { return &AllRefused{} })
+	r.RegisterAssertion("interrupted", func() Assertion { return &Interrupted{} })
 	registerRollouts(r)
 }
 
@@ -525,4 +532,299 @@ func (s *SkewClock) Run(_ context.Context, env *Env) (string, error) {
 		m.SkewClock(s.By)
 	}
 	return fmt.Sprintf("clocks of %d devices set %v off", len(ms), s.By), nil
+}
+
+// holdPhases are the update phases an agent can be held at: the ones it
+// enters through agent.PhaseHook.
+var holdPhases = []string{"downloading", "verifying", "staging"}
+
+// HoldAtPhase arms the picked devices' current agents: as an agent's update
+// of Model (to Version, if set) enters Phase, it stops right there (the
+// phase persisted, nothing of it done yet, its committed version still
+// serving) until restart_held restarts it. Armed before the deploy, the
+// fault hits every picked agent at that exact point, which polling could
+// not: staging (load in onnxruntime, test vectors, warm-up, commit) takes
+// milliseconds. "Restart mid-activation" is hold_at_phase with phase
+// staging, then restart_held. A device restarted in between loses the arm.
+type HoldAtPhase struct {
+	Pick    Pick   `yaml:",inline"`
+	Model   string `yaml:"model"`
+	Version string `yaml:"version"`
+	Phase   string `yaml:"phase"`
+
+	// held is this run's record, set by Run.
+	held *heldAgents
+}
+
+// heldAgents records what the hooks of one hold_at_phase step saw.
+type heldAgents struct {
+	model, version, phase string
+	armed                 []*sim.Member
+
+	// mu guards held and interrupted.
+	mu          sync.Mutex
+	held        map[string]time.Time // device → when its agent was held
+	interrupted map[string]bool      // device → its held agent was stopped
+}
+
+// hook is the agent.PhaseHook of device id's agent.
+func (h *heldAgents) hook(id string) agent.PhaseHook {
+	return func(ctx context.Context, model, version, phase string) {
+		if model != h.model || (h.version != "" && version != h.version) || phase != h.phase {
+			return
+		}
+		h.mu.Lock()
+		_, again := h.held[id]
+		if !again {
+			h.held[id] = time.Now()
+		}
+		h.mu.Unlock()
+		if again {
+			return
+		}
+		<-ctx.Done() // the agent is being stopped: it goes no further
+		h.mu.Lock()
+		h.interrupted[id] = true
+		h.mu.Unlock()
+	}
+}
+
+func (h *heldAgents) isHeld(id string) (time.Time, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	t, ok := h.held[id]
+	return t, ok
+}
+
+func (h *heldAgents) isInterrupted(id string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.interrupted[id]
+}
+
+func (h *heldAgents) interruptedCount() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.interrupted)
+}
+
+// Validate implements the optional validation.
+func (h *HoldAtPhase) Validate(*Scenario) error {
+	if h.Model == "" || !slices.Contains(holdPhases, h.Phase) {
+		return fmt.Errorf("model and a phase (one of %s) are required", strings.Join(holdPhases, ", "))
+	}
+	return h.Pick.validate()
+}
+
+// Run implements Action.
+func (h *HoldAtPhase) Run(_ context.Context, env *Env) (string, error) {
+	h.held = nil
+	ms, err := h.Pick.pick(env, nil)
+	if err != nil {
+		return "", err
+	}
+	if len(ms) == 0 {
+		return "", errors.New("no device matched")
+	}
+	rec := &heldAgents{model: h.Model, version: h.Version, phase: h.Phase, armed: ms,
+		held: map[string]time.Time{}, interrupted: map[string]bool{}}
+	for _, m := range ms {
+		a := m.Agent()
+		if a == nil {
+			return "", fmt.Errorf("%s has no running agent", m.Device.ID)
+		}
+		a.SetPhaseHook(rec.hook(m.Device.ID))
+	}
+	h.held = rec
+	return fmt.Sprintf("%d agents will stop as they enter %s of %s", len(ms), h.Phase, h.target()), nil
+}
+
+func (h *HoldAtPhase) target() string {
+	if h.Version == "" {
+		return h.Model
+	}
+	return h.Model + "@" + h.Version
+}
+
+// holdsBefore returns the hold_at_phase steps of this run above the step
+// whose action is a.
+func holdsBefore(sc *Scenario, a Action) []*HoldAtPhase {
+	var out []*HoldAtPhase
+	for _, st := range sc.Timeline {
+		if st.Action == a {
+			break
+		}
+		if h, ok := st.Action.(*HoldAtPhase); ok {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// RestartHeld waits until every agent armed by the hold_at_phase steps
+// above it is held at its phase, checks that each still serves its
+// committed version and reports that phase, restarts them all (as a crash
+// would: the new agent resumes from the persisted phase), and checks that
+// each held agent was stopped right there. Agents that never reach their
+// phase within Timeout (default 1m) make it fail, after the held ones are
+// restarted. The report's figures get interrupted_<phase>: how many agents
+// were interrupted in that phase.
+type RestartHeld struct {
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// Validate implements the optional validation.
+func (r *RestartHeld) Validate(sc *Scenario) error {
+	if len(holdsBefore(sc, r)) == 0 {
+		return errors.New("needs a hold_at_phase step above it")
+	}
+	return nil
+}
+
+// Run implements Action.
+func (r *RestartHeld) Run(ctx context.Context, env *Env) (string, error) {
+	var recs []*heldAgents
+	total := 0
+	for _, h := range holdsBefore(env.Scenario, r) {
+		if h.held != nil {
+			recs = append(recs, h.held)
+			total += len(h.held.armed)
+		}
+	}
+	if total == 0 {
+		return "", errors.New("no agent is armed")
+	}
+	waitErr := poll(ctx, orDefault(r.Timeout, time.Minute), func() bool {
+		for _, rec := range recs {
+			for _, m := range rec.armed {
+				if _, ok := rec.isHeld(m.Device.ID); !ok {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	type job struct {
+		rec *heldAgents
+		m   *sim.Member
+	}
+	var jobs []job
+	var missed, wrong offenders
+	byPhase := map[string]int{}
+	var first, last time.Time
+	for _, rec := range recs {
+		for _, m := range rec.armed {
+			at, ok := rec.isHeld(m.Device.ID)
+			if !ok {
+				missed.add("%s", describe(m, rec.model))
+				continue
+			}
+			if first.IsZero() || at.Before(first) {
+				first = at
+			}
+			if at.After(last) {
+				last = at
+			}
+			// Held: its status is stable until the restart, and its
+			// committed version (if any) answers.
+			s := Status(m, rec.model)
+			if s.Phase != rec.phase || s.Serving != s.Active || (s.Active != "" && s.Active == s.Target) {
+				wrong.add("%s", describe(m, rec.model))
+			} else if s.Active != "" {
+				if v, err := inferOnce(ctx, m, rec.model); err != nil || v != s.Active {
+					wrong.add("%s answered %q (%v) while held", describe(m, rec.model), v, err)
+				}
+			}
+			jobs = append(jobs, job{rec, m})
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(jobs))
+	sem := make(chan struct{}, 32)
+	for i, j := range jobs {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			id := j.m.Device.ID
+			if err := env.Fleet.Restart(ctx, id); err != nil {
+				errs[i] = err
+				return
+			}
+			// Restart waited for the old agent to stop, so its hook returned.
+			if !j.rec.isInterrupted(id) {
+				errs[i] = fmt.Errorf("%s was restarted but its held agent was not stopped at %s", id, j.rec.phase)
+			}
+		})
+	}
+	wg.Wait()
+	for _, rec := range recs {
+		byPhase[rec.phase] += rec.interruptedCount()
+	}
+	for _, p := range slices.Sorted(maps.Keys(byPhase)) {
+		env.SetFigure("interrupted_"+p, byPhase[p])
+	}
+	if wrong.n > 0 {
+		errs = append(errs, fmt.Errorf("%d held agents did not show their phase with the committed version answering: %s", wrong.n, wrong.String()))
+	}
+	if missed.n > 0 {
+		errs = append(errs, fmt.Errorf("%d of %d armed agents never reached their phase (%v): %s", missed.n, total, waitErr, missed.String()))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return "", err
+	}
+	var parts []string
+	for _, p := range slices.Sorted(maps.Keys(byPhase)) {
+		parts = append(parts, fmt.Sprintf("%d in %s", byPhase[p], p))
+	}
+	return fmt.Sprintf("restarted %d held agents (%s), each answering with its committed version while held; held from %.2fs to %.2fs",
+		len(jobs), strings.Join(parts, ", "), first.Sub(env.Start).Seconds(), last.Sub(env.Start).Seconds()), nil
+}
+
+// inferOnce runs one fraud inference (all features zero) on the member's
+// current agent and returns the version that answered.
+func inferOnce(ctx context.Context, m *sim.Member, model string) (string, error) {
+	a := m.Agent()
+	if a == nil {
+		return "", errors.New("no agent")
+	}
+	v, _, err := a.Infer(ctx, model, []oip.Tensor{{Name: fraud.InputName, Shape: []int64{1, fraud.NumFeatures}, Data: make([]float32, fraud.NumFeatures)}})
+	return v, err
+}
+
+// Interrupted: at least Min agents were restarted while held at Phase (by
+// hold_at_phase and restart_held), so the fault really hit.
+type Interrupted struct {
+	Phase string `yaml:"phase"`
+	Min   int    `yaml:"min"`
+}
+
+// Validate implements the optional validation.
+func (i *Interrupted) Validate(sc *Scenario) error {
+	if !slices.Contains(holdPhases, i.Phase) || i.Min < 1 {
+		return fmt.Errorf("a phase (one of %s) and min ≥ 1 are required", strings.Join(holdPhases, ", "))
+	}
+	for _, h := range holdsBefore(sc, nil) {
+		if h.Phase == i.Phase {
+			return nil
+		}
+	}
+	return fmt.Errorf("no hold_at_phase step holds agents at %s", i.Phase)
+}
+
+// Deadline implements Assertion.
+func (i *Interrupted) Deadline() time.Duration { return 0 }
+
+// Check implements Assertion.
+func (i *Interrupted) Check(env *Env) (bool, string) {
+	n, armed := 0, 0
+	for _, h := range holdsBefore(env.Scenario, nil) {
+		if h.held != nil && h.Phase == i.Phase {
+			n += h.held.interruptedCount()
+			armed += len(h.held.armed)
+		}
+	}
+	if n < i.Min {
+		return false, fmt.Sprintf("only %d agents (of %d armed) were interrupted in %s, want at least %d", n, armed, i.Phase, i.Min)
+	}
+	return true, ""
 }

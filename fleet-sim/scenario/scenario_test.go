@@ -152,3 +152,58 @@ assertions:
 	require.NotNil(t, rep.Leak)
 	assert.Empty(t, rep.Errors, "no leak")
 }
+
+func TestParseRejectsBadHolds(t *testing.T) {
+	reg := NewRegistry()
+	hold := "  - hold_at_phase: {model: fraud, version: 2.0.0, phase: staging}\n"
+	for _, tt := range []struct{ name, doc, want string }{
+		{"unknown phase", minimal + "timeline:\n  - hold_at_phase: {model: fraud, phase: activating}\n", "line 4: hold_at_phase: model and a phase (one of downloading, verifying, staging) are required"},
+		{"restart_held alone", minimal + "timeline:\n  - restart_held: {}\n", "line 4: restart_held: needs a hold_at_phase step above it"},
+		{"restart_held before the hold", minimal + "timeline:\n  - restart_held: {}\n" + hold, "line 4: restart_held: needs a hold_at_phase step above it"},
+		{"interrupted at a phase nobody holds", minimal + "timeline:\n" + hold + "assertions:\n  - interrupted: {phase: verifying, min: 1}\n", "no hold_at_phase step holds agents at verifying"},
+		{"interrupted without min", minimal + "timeline:\n" + hold + "assertions:\n  - interrupted: {phase: staging}\n", "min ≥ 1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.doc), reg)
+			require.Error(t, err)
+			assert.ErrorIs(t, err, ErrInvalid)
+			assert.Contains(t, err.Error(), tt.want)
+		})
+	}
+}
+
+// TestScenarioActivationHoldMissFails: an armed agent whose update never
+// enters staging (it is not deployed to) makes restart_held fail naming it,
+// after restarting the one that was held, and the interrupted assertion
+// fails with the count: a mid-activation scenario cannot pass without the
+// fault.
+func TestScenarioActivationHoldMissFails(t *testing.T) {
+	sc, err := Parse([]byte(`name: miss
+fleet: {sites: 1, devices_per_site: 2}
+agent: {heartbeat: 1s, fetch_retry: 500ms}
+timeline:
+  - push_model: {model: fraud, version: 1.0.0, seed: 1}
+  - deploy: {model: fraud, version: 1.0.0}
+  - wait_active: {model: fraud, version: 1.0.0, timeout: 30s}
+  - hold_at_phase: {model: fraud, version: 2.0.0, phase: staging}
+  - push_model: {model: fraud, version: 2.0.0, seed: 2}
+  - deploy: {model: fraud, version: 2.0.0, devices: [dev-1-1]}
+  - restart_held: {timeout: 2s}
+assertions:
+  - interrupted: {phase: staging, min: 2}
+`), NewRegistry())
+	require.NoError(t, err)
+	rep, err := Run(context.Background(), sc, RunOptions{WorkDir: t.TempDir()})
+	require.NoError(t, err)
+	assert.False(t, rep.Passed)
+	require.Len(t, rep.Steps, 7)
+	assert.Contains(t, rep.Steps[6].Error, "1 of 2 armed agents never reached their phase")
+	assert.Contains(t, rep.Steps[6].Error, "dev-1-2 serves \"1.0.0\"")
+	assert.NotContains(t, rep.Steps[6].Error, "dev-1-1")
+	assert.Equal(t, map[string]any{"interrupted_staging": 1}, rep.Figures)
+	assert.Equal(t, 1, rep.Restarts)
+	require.Len(t, rep.Assertions, 1)
+	assert.False(t, rep.Assertions[0].Passed)
+	assert.Equal(t, "only 1 agents (of 2 armed) were interrupted in staging, want at least 2", rep.Assertions[0].Explanation)
+	assert.Empty(t, rep.Errors, "no leak: the agent still armed stops cleanly")
+}
