@@ -147,7 +147,7 @@ func (a *Agent) loadModel(name string, ref *modelRef) (*servedModel, error) {
 	}
 	// Shared: agents in one process (fleet-sim) hold one onnxruntime
 	// session per version; on a device it is simply this agent's.
-	sess, err := a.rt.LoadShared(b, tensorNames(m.GetInputs()), tensorNames(m.GetOutputs()))
+	sess, err := a.rt.LoadSharedSum(b, sum, tensorNames(m.GetInputs()), tensorNames(m.GetOutputs()))
 	if err != nil {
 		return nil, fmt.Errorf("load model: %w", err)
 	}

@@ -233,7 +233,15 @@ func (r *Runtime) Load(model []byte, inputs, outputs []string) (*Session, error)
 // gets its own Session to close). Many agents in one process (fleet-sim)
 // then hold one session per model version instead of one each.
 func (r *Runtime) LoadShared(model []byte, inputs, outputs []string) (*Session, error) {
-	sum := sha256.Sum256(model)
+	return r.LoadSharedSum(model, sha256.Sum256(model), inputs, outputs)
+}
+
+// LoadSharedSum is LoadShared for a caller that has just computed sum =
+// sha256(model) itself (the agent verifies every model file against its
+// manifest before loading it), saving one more pass over the bytes. A wrong
+// sum would hand out another model's session: never pass one from
+// elsewhere.
+func (r *Runtime) LoadSharedSum(model []byte, sum [sha256.Size]byte, inputs, outputs []string) (*Session, error) {
 	key := hex.EncodeToString(sum[:]) + "|" + strings.Join(inputs, ",") + "|" + strings.Join(outputs, ",")
 	r.mu.Lock()
 	if c := r.shared[key]; c != nil && r.sessions != nil {

@@ -1,6 +1,7 @@
 package infer
 
 import (
+	"crypto/sha256"
 	"sync"
 	"testing"
 
@@ -62,6 +63,12 @@ func TestLoadSharedSharesOneSessionPerModel(t *testing.T) {
 	assert.NotSame(t, again.core, s2.core)
 	plain := loadFraud(t, r)
 	assert.NotSame(t, again.core, plain.core)
+
+	// LoadSharedSum with the bytes' own sum joins the same session.
+	joined, err := r.LoadSharedSum(a.ONNX, sha256.Sum256(a.ONNX), in, out)
+	require.NoError(t, err)
+	defer joined.Close()
+	assert.Same(t, again.core, joined.core)
 }
 
 // padded is the same model with a different doc string (ONNX field 6).
