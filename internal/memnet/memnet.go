@@ -23,6 +23,15 @@ type Addr string
 func (a Addr) Network() string { return "memnet" }
 func (a Addr) String() string  { return string(a) }
 
+// DefaultBuffer is how many bytes a connection buffers in each direction
+// before Write blocks, like a socket's send and receive buffers. Without
+// it (net.Pipe) a writer waits for the reader on every byte, and two peers
+// that each write while the other's reader is busy handing off deadlock:
+// mochi's writer blocked on paho's reader, paho's reader on its own
+// writer's PUBACK, that writer on mochi's reader, which waits for mochi's
+// write lock. Memory is only held while bytes are in flight.
+const DefaultBuffer = 256 << 10
+
 // Listener accepts connections made by Dial.
 type Listener struct {
 	addr    Addr
@@ -43,9 +52,7 @@ func Listen(name string) *Listener {
 // Dial connects to the listener. It blocks until Accept takes the
 // connection, ctx ends or the listener closes.
 func (l *Listener) Dial(ctx context.Context) (net.Conn, error) {
-	client, server := net.Pipe()
-	c := &conn{Conn: client, l: l, local: Addr("client"), remote: l.addr}
-	s := &conn{Conn: server, l: l, local: l.addr, remote: Addr("client")}
+	c, s := newPair(l, Addr("client"), l.addr, DefaultBuffer)
 	l.open.Add(2)
 	select {
 	case l.accept <- s:
@@ -87,20 +94,3 @@ func (l *Listener) Dialled() uint64 { return l.dialled.Load() }
 // Open is the number of connection ends (client and server side) not yet
 // closed: 2 per live connection. A leak check compares it with zero.
 func (l *Listener) Open() int64 { return l.open.Load() }
-
-// conn is one end of a pipe, with addresses and open-count bookkeeping.
-type conn struct {
-	net.Conn
-	l             *Listener
-	local, remote Addr
-	once          sync.Once
-}
-
-func (c *conn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() { c.l.open.Add(-1) })
-	return err
-}
-
-func (c *conn) LocalAddr() net.Addr  { return c.local }
-func (c *conn) RemoteAddr() net.Addr { return c.remote }

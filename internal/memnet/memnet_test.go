@@ -86,3 +86,136 @@ func TestDialEnds(t *testing.T) {
 	assert.ErrorIs(t, err, ErrClosed)
 	require.NoError(t, l.Close())
 }
+
+func pair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	l := Listen("x")
+	t.Cleanup(func() { l.Close() })
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		s, _ := l.Accept()
+		accepted <- s
+	}()
+	c, err := l.Dial(context.Background())
+	require.NoError(t, err)
+	s := <-accepted
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c, s
+}
+
+// Writes complete into the buffer while the peer is busy, as with a
+// socket; only a full buffer makes the writer wait.
+func TestWritesAreBuffered(t *testing.T) {
+	c, s := pair(t)
+	// Both ends write before either reads: with net.Pipe this deadlocks.
+	msg := make([]byte, DefaultBuffer/2)
+	for i := range msg {
+		msg[i] = byte(i)
+	}
+	n, err := c.Write(msg)
+	require.NoError(t, err)
+	assert.Equal(t, len(msg), n)
+	_, err = s.Write([]byte("ack"))
+	require.NoError(t, err)
+
+	// The buffer bounds what is in flight.
+	_, err = c.Write(make([]byte, DefaultBuffer/2))
+	require.NoError(t, err)
+	require.NoError(t, c.SetWriteDeadline(time.Now().Add(20*time.Millisecond)))
+	n, err = c.Write([]byte("more"))
+	assert.ErrorIs(t, err, os.ErrDeadlineExceeded, "full: the writer waits")
+	assert.Zero(t, n)
+	require.NoError(t, c.SetWriteDeadline(time.Time{}))
+
+	got := make([]byte, len(msg))
+	_, err = io.ReadFull(s, got)
+	require.NoError(t, err)
+	assert.Equal(t, msg, got)
+	n, err = c.Write([]byte("more"))
+	require.NoError(t, err, "room again once the peer read")
+	assert.Equal(t, 4, n)
+	ack := make([]byte, 3)
+	_, err = io.ReadFull(c, ack)
+	require.NoError(t, err)
+	assert.Equal(t, "ack", string(ack))
+}
+
+func TestCloseSemantics(t *testing.T) {
+	c, s := pair(t)
+	_, err := c.Write([]byte("last words"))
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+
+	got, err := io.ReadAll(s)
+	require.NoError(t, err, "the peer reads what was written, then EOF")
+	assert.Equal(t, "last words", string(got))
+	_, err = s.Write([]byte("x"))
+	assert.ErrorIs(t, err, io.ErrClosedPipe, "writing to a closed peer fails")
+	_, err = c.Read(make([]byte, 1))
+	assert.ErrorIs(t, err, net.ErrClosed)
+	_, err = c.Write([]byte("x"))
+	assert.ErrorIs(t, err, net.ErrClosed)
+	assert.ErrorIs(t, c.SetDeadline(time.Now()), net.ErrClosed)
+}
+
+// Close wakes a blocked reader and a blocked writer on the same end.
+func TestCloseWakesBlockedCalls(t *testing.T) {
+	c, _ := pair(t)
+	_, err := c.Write(make([]byte, DefaultBuffer))
+	require.NoError(t, err)
+	errs := make(chan error, 2)
+	go func() { _, err := c.Read(make([]byte, 1)); errs <- err }()
+	go func() { _, err := c.Write([]byte("x")); errs <- err }()
+	time.Sleep(20 * time.Millisecond) // let both block
+	require.NoError(t, c.Close())
+	for range 2 {
+		select {
+		case err := <-errs:
+			assert.ErrorIs(t, err, net.ErrClosed)
+		case <-time.After(5 * time.Second):
+			t.Fatal("a blocked call did not return after Close")
+		}
+	}
+}
+
+// Both directions at once, in random-sized writes and reads.
+func TestConcurrentStreams(t *testing.T) {
+	c, s := pair(t)
+	const size = 3 << 20
+	src := make([]byte, size)
+	for i := range src {
+		src[i] = byte(i*31 + i>>8)
+	}
+	stream := func(w net.Conn, r net.Conn) error {
+		errc := make(chan error, 1)
+		go func() {
+			rest := src
+			for step := 1; len(rest) > 0; step = step*7%65521 + 1 {
+				n := min(step, len(rest))
+				if _, err := w.Write(rest[:n]); err != nil {
+					errc <- err
+					return
+				}
+				rest = rest[n:]
+			}
+			errc <- nil
+		}()
+		got := make([]byte, size)
+		if _, err := io.ReadFull(r, got); err != nil {
+			return err
+		}
+		if err := <-errc; err != nil {
+			return err
+		}
+		if string(got) != string(src) {
+			return io.ErrUnexpectedEOF
+		}
+		return nil
+	}
+	done := make(chan error, 2)
+	go func() { done <- stream(c, s) }()
+	go func() { done <- stream(s, c) }()
+	for range 2 {
+		require.NoError(t, <-done)
+	}
+}
