@@ -107,7 +107,10 @@ type Options struct {
 
 	// Version is the agent's own version, reported in telemetry.
 	Version string
-	// Clock returns the current time. Default time.Now.
+	// Clock returns the current wall-clock time, used for what is judged
+	// against wall time: signature expiry, trial periods, report and label
+	// timestamps. Intervals (fetch stalls, heartbeats) use real elapsed
+	// time. Default time.Now.
 	Clock  func() time.Time
 	Logger *slog.Logger
 }

@@ -54,7 +54,7 @@ type slot struct {
 	asm          *transfer.Assembler
 	file         *os.File
 	manifest     *efpb.Manifest // the target's verified manifest
-	lastProgress int64          // unix nanos of the last chunk added
+	lastProgress time.Time      // last chunk added (monotonic: for stall detection, not the wall clock)
 	badChunks    int            // chunks refused in this download
 	inflight     map[uint32]bool
 }

@@ -559,7 +559,7 @@ func (a *Agent) openDownload(ctx context.Context, s *slot) {
 		return
 	}
 	s.file, s.asm = f, asm
-	s.lastProgress = a.opts.Clock().UnixNano()
+	s.lastProgress = time.Now()
 	if asm.Complete() {
 		a.finishDownload(ctx, s)
 		return
@@ -598,7 +598,7 @@ func (a *Agent) requestMissing(ctx context.Context, s *slot, restart bool) {
 		a.log.Error("encode fetch request", "err", err)
 		return
 	}
-	s.lastProgress = a.opts.Clock().UnixNano()
+	s.lastProgress = time.Now()
 	a.publish(ctx, a.topics.Fetch(a.opts.DeviceID), b)
 }
 
@@ -625,7 +625,7 @@ func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
 	if !added {
 		return
 	}
-	s.lastProgress = a.opts.Clock().UnixNano()
+	s.lastProgress = time.Now()
 	delete(s.inflight, c.GetIndex())
 	a.crashPoint("chunk")
 	if s.asm.Complete() {
@@ -637,12 +637,14 @@ func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
 
 // retryStalled asks again for chunks of downloads that made no progress.
 func (a *Agent) retryStalled(ctx context.Context) {
-	now := a.opts.Clock().UnixNano()
+	// Real elapsed time, not Options.Clock: a wall clock that jumps (NTP,
+	// an injected skew, fleet-sim's sped-up clock) must not make a download
+	// that is progressing look stalled, nor a stalled one look fresh.
 	for _, s := range a.slotList() {
 		if s.asm == nil || s.st.Target == nil {
 			continue
 		}
-		if time.Duration(now-s.lastProgress) >= a.opts.FetchRetryInterval {
+		if time.Since(s.lastProgress) >= a.opts.FetchRetryInterval {
 			a.ensureSub(ctx, a.topics.Chunks(s.name, s.st.Target.Version), evChunk)
 			a.requestMissing(ctx, s, true)
 		}

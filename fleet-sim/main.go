@@ -23,9 +23,10 @@ import (
 )
 
 const usage = `usage:
-  fleet-sim run SCENARIO.yaml [--report DIR] [--work-dir DIR] [--api URL --token T] [--quiet] [--log-level L]
+  fleet-sim run SCENARIO.yaml [--report DIR] [--work-dir DIR] [--api URL --token T] [--speed N] [--quiet] [--log-level L]
   fleet-sim bench fanout [--n 100,1000] [--model-bytes 1048576] [--report FILE]
   fleet-sim bench scale  [--n 100,1000] [--report FILE]
+  fleet-sim bench telemetry [--n 100,1000] [--duration 30s] [--rate 2] [--in-memory-store] [--report FILE]
   fleet-sim actions      (lists scenario actions and assertions)
 exit codes: 0 passed, 1 a step or assertion failed, 2 usage or setup error`
 
@@ -68,6 +69,7 @@ func runScenario(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	ortLib := fs.String("ort-lib", "", "path of libonnxruntime.so.1 (default: searched)")
 	quiet := fs.Bool("quiet", false, "no progress output")
 	logLevel := fs.String("log-level", "", "log the simulator and control plane at this level to stderr (debug, info, warn, error)")
+	speed := fs.Float64("speed", 0, "simulated clock speed, 1 to 3600 simulated seconds per real second (default: the scenario's clock: {speed: N}, else 1)")
 	// Flags may follow the scenario file.
 	var file string
 	rest := args
@@ -92,6 +94,12 @@ func runScenario(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	if err != nil {
 		fmt.Fprintf(stderr, "fleet-sim: %v\n", err)
 		return 2
+	}
+	if *speed != 0 {
+		if err := sc.SetSpeed(*speed); err != nil {
+			fmt.Fprintf(stderr, "fleet-sim: %s: --speed: %v\n", file, err)
+			return 2
+		}
 	}
 	opts := scenario.RunOptions{WorkDir: *workDir, ORTLibrary: *ortLib, Progress: stdout}
 	if *quiet {

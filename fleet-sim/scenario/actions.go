@@ -224,19 +224,20 @@ func (w *WaitActive) Validate(*Scenario) error {
 
 // Run implements Action.
 func (w *WaitActive) Run(ctx context.Context, env *Env) (string, error) {
-	start := time.Now()
+	start := env.Since()
 	check := &AllActive{Model: w.Model, Version: w.Version, Selector: w.Selector}
 	var why string
-	err := poll(ctx, orDefault(w.Timeout, time.Minute), func() bool {
+	bound, named := env.waitBound(w.Timeout)
+	err := poll(ctx, bound, func() bool {
 		var ok bool
 		ok, why = check.Check(env)
 		return ok
 	})
 	if err != nil {
-		return "", fmt.Errorf("not every device active on %s@%s after %v: %s", w.Model, w.Version, orDefault(w.Timeout, time.Minute), why)
+		return "", fmt.Errorf("not every device active on %s@%s after %s: %s", w.Model, w.Version, named, why)
 	}
 	ms, _ := env.Select(w.Selector)
-	return fmt.Sprintf("%d devices active on %s@%s after %.2fs", len(ms), w.Model, w.Version, time.Since(start).Seconds()), nil
+	return fmt.Sprintf("%d devices active on %s@%s after %.2fs", len(ms), w.Model, w.Version, (env.Since() - start).Seconds()), nil
 }
 
 // WaitPhase waits until enough selected devices are in an update phase
@@ -271,7 +272,8 @@ func (w *WaitPhase) Run(ctx context.Context, env *Env) (string, error) {
 		want = int(float64(len(all))*w.Pick.Fraction + 0.5)
 	}
 	var have int
-	err = poll(ctx, orDefault(w.Timeout, time.Minute), func() bool {
+	bound, named := env.waitBound(w.Timeout)
+	err = poll(ctx, bound, func() bool {
 		have = 0
 		for _, m := range all {
 			s := Status(m, w.Model)
@@ -282,7 +284,7 @@ func (w *WaitPhase) Run(ctx context.Context, env *Env) (string, error) {
 		return have >= want
 	})
 	if err != nil {
-		return "", fmt.Errorf("only %d of the %d wanted devices reached phase %s of %s", have, want, w.Phase, w.Model)
+		return "", fmt.Errorf("only %d of the %d wanted devices reached phase %s of %s after %s", have, want, w.Phase, w.Model, named)
 	}
 	return fmt.Sprintf("%d devices in phase %s", have, w.Phase), nil
 }
@@ -346,8 +348,8 @@ func needProxy(sc *Scenario) error {
 }
 
 // Disconnect cuts the picked devices' broker connections and keeps their
-// links down for Down (0: they may reconnect at once). Many devices at once
-// make a reconnect storm.
+// links down for Down (simulated time; 0: they may reconnect at once). Many
+// devices at once make a reconnect storm.
 type Disconnect struct {
 	Pick Pick          `yaml:",inline"`
 	Down time.Duration `yaml:"down"`
@@ -367,7 +369,7 @@ func (d *Disconnect) Run(_ context.Context, env *Env) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	n := env.Fleet.Proxy().Disconnect(ids(ms), d.Down)
+	n := env.Fleet.Proxy().Disconnect(ids(ms), env.Real(d.Down))
 	return fmt.Sprintf("cut %d connections of %d devices, down for %v", n, len(ms), d.Down), nil
 }
 
@@ -461,14 +463,14 @@ func (s *ShiftTraffic) Run(_ context.Context, env *Env) (string, error) {
 	return fmt.Sprintf("traffic of %d devices shifted", len(ms)), nil
 }
 
-// Sleep waits.
+// Sleep waits For, in simulated time.
 type Sleep struct {
 	For time.Duration `yaml:"for"`
 }
 
 // Run implements Action.
-func (s *Sleep) Run(ctx context.Context, _ *Env) (string, error) {
-	t := time.NewTimer(s.For)
+func (s *Sleep) Run(ctx context.Context, env *Env) (string, error) {
+	t := time.NewTimer(env.Real(s.For))
 	defer t.Stop()
 	select {
 	case <-t.C:
@@ -478,17 +480,11 @@ func (s *Sleep) Run(ctx context.Context, _ *Env) (string, error) {
 	}
 }
 
-func orDefault(d, def time.Duration) time.Duration {
-	if d <= 0 {
-		return def
-	}
-	return d
-}
-
 // pollInterval is how often waits re-check the fleet.
 const pollInterval = 25 * time.Millisecond
 
-// poll calls cond until it is true, timeout passes or ctx ends.
+// poll calls cond until it is true, timeout (real time: convert a
+// scenario's with Env.Real or Env.waitBound) passes or ctx ends.
 func poll(ctx context.Context, timeout time.Duration, cond func() bool) error {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -563,7 +559,7 @@ type heldAgents struct {
 
 	// mu guards held and interrupted.
 	mu          sync.Mutex
-	held        map[string]time.Time // device → when its agent was held
+	held        map[string]time.Time // device → when (real) its agent was held
 	interrupted map[string]bool      // device → its held agent was stopped
 }
 
@@ -694,7 +690,8 @@ func (r *RestartHeld) Run(ctx context.Context, env *Env) (string, error) {
 	if total == 0 {
 		return "", errors.New("no agent is armed")
 	}
-	waitErr := poll(ctx, orDefault(r.Timeout, time.Minute), func() bool {
+	bound, _ := env.waitBound(r.Timeout)
+	waitErr := poll(ctx, bound, func() bool {
 		for _, rec := range recs {
 			for _, m := range rec.armed {
 				if _, ok := rec.isHeld(m.Device.ID); !ok {
@@ -777,7 +774,7 @@ func (r *RestartHeld) Run(ctx context.Context, env *Env) (string, error) {
 		parts = append(parts, fmt.Sprintf("%d in %s", byPhase[p], p))
 	}
 	return fmt.Sprintf("restarted %d held agents (%s), each answering with its committed version while held; held from %.2fs to %.2fs",
-		len(jobs), strings.Join(parts, ", "), first.Sub(env.Start).Seconds(), last.Sub(env.Start).Seconds()), nil
+		len(jobs), strings.Join(parts, ", "), env.Clock.Simulated(first.Sub(env.Start)).Seconds(), env.Clock.Simulated(last.Sub(env.Start)).Seconds()), nil
 }
 
 // inferOnce runs one fraud inference (all features zero) on the member's

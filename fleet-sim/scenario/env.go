@@ -21,8 +21,11 @@ type Env struct {
 	Scenario *Scenario
 	// Traffic is nil when the scenario has none.
 	Traffic *sim.Traffic
-	// Start is when the timeline started.
+	// Start is when the timeline started, in real time.
 	Start time.Time
+	// Clock is the fleet's simulated clock (nil: real time). Scenario
+	// durations are simulated: convert them with Real before waiting.
+	Clock *sim.Clock
 	// Progress receives one-line progress messages (never nil).
 	Progress io.Writer
 
@@ -39,8 +42,27 @@ type Env struct {
 	figures map[string]any
 }
 
-// Since is the time since the timeline started.
-func (e *Env) Since() time.Duration { return time.Since(e.Start) }
+// Since is the simulated time since the timeline started.
+func (e *Env) Since() time.Duration { return e.Clock.Simulated(time.Since(e.Start)) }
+
+// Real is the real time a simulated duration d takes.
+func (e *Env) Real(d time.Duration) time.Duration { return e.Clock.Real(d) }
+
+// defaultWait bounds a wait whose step gives no timeout: a minute of real
+// time, whatever the clock's speed (a simulated minute may be a blink).
+const defaultWait = time.Minute
+
+// waitBound is the real time a wait with timeout (simulated; 0: the
+// default) may take, and the timeout as an error message names it.
+func (e *Env) waitBound(timeout time.Duration) (time.Duration, string) {
+	if timeout <= 0 {
+		if e.Clock.Speed() != 1 {
+			return defaultWait, defaultWait.String() + " of real time"
+		}
+		return defaultWait, defaultWait.String()
+	}
+	return e.Real(timeout), timeout.String()
+}
 
 // SetFigure records a named figure for the report.
 func (e *Env) SetFigure(name string, v any) {
@@ -92,16 +114,19 @@ func (e *Env) EverRan(model, version string) []string {
 }
 
 // Sample is the fleet at one moment: devices per served "model@version"
-// ("model@-" for none) and per update phase.
+// ("model@-" for none) and per update phase. T is in (simulated) seconds
+// since the timeline started.
 type Sample struct {
 	T       float64        `json:"t"`
 	Serving map[string]int `json:"serving"`
 	Phases  map[string]int `json:"phases,omitempty"`
 }
 
-// recorder samples every agent's status on an interval.
+// recorder samples every agent's status on an interval; its times are
+// simulated.
 type recorder struct {
-	start time.Time
+	start time.Time // real
+	clock *sim.Clock
 	// mu guards everything below.
 	mu      sync.Mutex
 	first   map[string]map[string]time.Duration // device → model@version → first seen serving
@@ -111,15 +136,15 @@ type recorder struct {
 	models  map[string]bool // model names seen
 }
 
-func newRecorder(start time.Time) *recorder {
-	return &recorder{start: start, first: map[string]map[string]time.Duration{}, ever: map[string]map[string]bool{}, tried: map[string]map[string]bool{}, models: map[string]bool{}}
+func newRecorder(start time.Time, clock *sim.Clock) *recorder {
+	return &recorder{start: start, clock: clock, first: map[string]map[string]time.Duration{}, ever: map[string]map[string]bool{}, tried: map[string]map[string]bool{}, models: map[string]bool{}}
 }
 
 // maxSamples bounds the report; beyond it every other sample is dropped.
 const maxSamples = 4000
 
 func (r *recorder) sample(f *sim.Fleet, trafficModel string) {
-	now := time.Since(r.start)
+	now := r.clock.Simulated(time.Since(r.start))
 	s := Sample{T: now.Seconds(), Serving: map[string]int{}, Phases: map[string]int{}}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -242,6 +267,10 @@ func (sc *Scenario) CheckTarget(remote bool) error {
 	where := "against the in-process control plane"
 	if remote {
 		where = "against an external control plane (--api)"
+	}
+	if remote && sc.Clock.Speed > 1 {
+		errs = append(errs, fmt.Errorf("%w: clock: speed %v cannot run %s: its clock is its own and runs in real time, so bake times, "+
+			"rate limits, windows and expiries would not pass faster there; run in-process or at speed 1", ErrInvalid, sc.Clock.Speed, where))
 	}
 	if remote && sc.Monitor != nil {
 		errs = append(errs, fmt.Errorf("%w: monitor: cannot run %s: its alert rules are set where it runs (edgefleet serve --alert-max-psi, --alert-min-accuracy, ...), "+

@@ -17,9 +17,11 @@ import (
 // control plane's are its own configuration: Scenario.CheckTarget refuses
 // the section with RunOptions.Remote).
 type MonitorSpec struct {
-	// Interval between alert evaluations; default 1s in a scenario.
+	// Interval between alert evaluations, in real time (a ticker); default
+	// 1s in a scenario.
 	Interval time.Duration `yaml:"interval"`
-	// Window the rules evaluate; default 30s in a scenario.
+	// Window the rules evaluate, on the control plane's clock (simulated
+	// time); default 30s in a scenario.
 	Window          time.Duration `yaml:"window"`
 	MaxPSI          float64       `yaml:"max_psi"`
 	MinAccuracy     float64       `yaml:"min_accuracy"`

@@ -15,15 +15,20 @@ import (
 	"github.com/edgefleet/edgefleet/fleet-sim/sim"
 )
 
-// Report is the outcome of one run, written as report.json.
+// Report is the outcome of one run, written as report.json. Its times
+// are simulated (see ClockSpec) except fleet_start_seconds and those named
+// real; ClockSpeed and RealSeconds (the run in real time) are set only
+// when the clock was sped up.
 type Report struct {
 	Scenario        string            `json:"scenario"`
 	File            string            `json:"file,omitempty"`
 	Passed          bool              `json:"passed"`
 	Started         time.Time         `json:"started"`
 	Devices         int               `json:"devices"`
+	ClockSpeed      float64           `json:"clock_speed,omitempty"`
 	StartSeconds    float64           `json:"fleet_start_seconds"`
 	DurationSeconds float64           `json:"duration_seconds"`
+	RealSeconds     float64           `json:"real_seconds,omitempty"`
 	Steps           []StepResult      `json:"steps"`
 	Assertions      []AssertionResult `json:"assertions"`
 	Inference       *sim.TrafficStats `json:"inference,omitempty"`
@@ -35,18 +40,20 @@ type Report struct {
 	Samples         []Sample          `json:"samples"`
 }
 
-// StepResult is one timeline step as it ran; times are seconds since the
-// timeline started.
+// StepResult is one timeline step as it ran; times are (simulated) seconds
+// since the timeline started, and with a clock speed also real ones.
 type StepResult struct {
-	Index   int     `json:"index"`
-	Line    int     `json:"line"`
-	Action  string  `json:"action"`
-	Name    string  `json:"name,omitempty"`
-	At      float64 `json:"at"`
-	Started float64 `json:"started"`
-	Took    float64 `json:"took"`
-	Detail  string  `json:"detail,omitempty"`
-	Error   string  `json:"error,omitempty"`
+	Index       int     `json:"index"`
+	Line        int     `json:"line"`
+	Action      string  `json:"action"`
+	Name        string  `json:"name,omitempty"`
+	At          float64 `json:"at"`
+	Started     float64 `json:"started"`
+	Took        float64 `json:"took"`
+	RealStarted float64 `json:"real_started,omitempty"`
+	RealTook    float64 `json:"real_took,omitempty"`
+	Detail      string  `json:"detail,omitempty"`
+	Error       string  `json:"error,omitempty"`
 }
 
 // AssertionResult is one assertion's verdict.
@@ -95,7 +102,11 @@ func (r *Report) Summary(w io.Writer) {
 	if !r.Passed {
 		verdict = "FAILED"
 	}
-	fmt.Fprintf(w, "scenario %s: %s (%d devices, %.1fs)\n", r.Scenario, verdict, r.Devices, r.DurationSeconds)
+	if r.ClockSpeed > 0 {
+		fmt.Fprintf(w, "scenario %s: %s (%d devices, %.1fs simulated in %.1fs at %g× real time)\n", r.Scenario, verdict, r.Devices, r.DurationSeconds, r.RealSeconds, r.ClockSpeed)
+	} else {
+		fmt.Fprintf(w, "scenario %s: %s (%d devices, %.1fs)\n", r.Scenario, verdict, r.Devices, r.DurationSeconds)
+	}
 	for _, s := range r.Steps {
 		if s.Error != "" {
 			fmt.Fprintf(w, "  step %d %s (line %d) failed: %s\n", s.Index, s.Action, s.Line, s.Error)
@@ -169,7 +180,11 @@ func (r *Report) WriteSVG(w io.Writer) error {
 	for t := 0.0; t <= maxT+1e-9; t += step {
 		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">%gs</text>`+"\n", x(t), top+plotH+18, roundTo(t, step))
 	}
-	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">seconds since the timeline started</text>`+"\n", left+plotW/2, height-8)
+	axis := "seconds since the timeline started"
+	if r.ClockSpeed > 0 {
+		axis = fmt.Sprintf("simulated seconds since the timeline started (clock at %g× real time)", r.ClockSpeed)
+	}
+	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", left+plotW/2, height-8, axis)
 	// Step markers.
 	for _, s := range r.Steps {
 		color := "#999"

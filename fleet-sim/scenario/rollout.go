@@ -13,6 +13,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/audit"
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
 )
 
@@ -27,6 +28,7 @@ func registerRollouts(r *Registry) {
 	r.RegisterAction("wait_rollout", func() Action { return &WaitRollout{} })
 	r.RegisterAssertion("rollout_state", func() Assertion { return &RolloutState{} })
 	r.RegisterAssertion("max_attempted", func() Assertion { return &MaxAttempted{} })
+	r.RegisterAssertion("rollout_stage_times", func() Assertion { return &RolloutStageTimes{} })
 	r.RegisterAssertion("alerts", func() Assertion { return &Alerts{} })
 	r.RegisterAssertion("no_telemetry_lost", func() Assertion { return &NoTelemetryLost{} })
 	r.RegisterAssertion("refused_desired", func() Assertion { return &RefusedDesired{} })
@@ -167,16 +169,17 @@ func (w *WaitRollout) Validate(*Scenario) error {
 func (w *WaitRollout) Run(ctx context.Context, env *Env) (string, error) {
 	check := &RolloutState{Rollout: w.Rollout, States: w.States}
 	var why string
-	start := time.Now()
-	err := poll(ctx, orDefault(w.Timeout, time.Minute), func() bool {
+	start := env.Since()
+	bound, named := env.waitBound(w.Timeout)
+	err := poll(ctx, bound, func() bool {
 		var ok bool
 		ok, why = check.Check(env)
 		return ok
 	})
 	if err != nil {
-		return "", fmt.Errorf("after %v: %s", orDefault(w.Timeout, time.Minute), why)
+		return "", fmt.Errorf("after %s: %s", named, why)
 	}
-	return fmt.Sprintf("rollout %s reached %v after %.2fs", w.Rollout, w.States, time.Since(start).Seconds()), nil
+	return fmt.Sprintf("rollout %s reached %v after %.2fs", w.Rollout, w.States, (env.Since() - start).Seconds()), nil
 }
 
 // RolloutState: the rollout is (eventually, with Within) in one of States.
@@ -257,6 +260,82 @@ func (m *MaxAttempted) Check(env *Env) (bool, string) {
 	}
 	if len(got) < m.Min {
 		return false, fmt.Sprintf("only %d devices got %s@%s, want at least %d: %v", len(got), m.Model, m.Version, m.Min, got)
+	}
+	return true, ""
+}
+
+// RolloutStageTimes: every stage of the rollout passed and took between
+// Min and Max (0: no bound) on the control plane's clock, from its start
+// to the decision that it passed (its rollout state), and the audit log
+// agrees: each stage's rollout.stage_passed entry is stamped at least Min
+// after that stage started. With a simulated clock it shows that bake
+// times were honoured in simulated time. The report's figures get
+// rollout_<name>_stage_seconds.
+type RolloutStageTimes struct {
+	Rollout string        `yaml:"rollout"`
+	Min     time.Duration `yaml:"min"`
+	Max     time.Duration `yaml:"max"`
+	Within  time.Duration `yaml:"within"`
+}
+
+// Validate implements the optional validation.
+func (r *RolloutStageTimes) Validate(*Scenario) error {
+	if r.Rollout == "" || r.Min < 0 || r.Max < 0 || (r.Max > 0 && r.Max < r.Min) {
+		return errors.New("rollout is required, 0 ≤ min ≤ max (max 0: no bound)")
+	}
+	return nil
+}
+
+// Deadline implements Assertion.
+func (r *RolloutStageTimes) Deadline() time.Duration { return r.Within }
+
+// Check implements Assertion.
+func (r *RolloutStageTimes) Check(env *Env) (bool, string) {
+	id, err := rolloutID(env, r.Rollout)
+	if err != nil {
+		return false, err.Error()
+	}
+	st, err := env.Fleet.ControlPlane().Rollout(id, false)
+	if err != nil {
+		return false, err.Error()
+	}
+	var bad offenders
+	secs := map[string]float64{}
+	for _, s := range st.Stages {
+		if s.Result != "passed" || s.Started.IsZero() || s.Finished.IsZero() {
+			bad.add("stage %s has not passed (result %q, waiting %q)", s.Name, s.Result, s.Waiting)
+			continue
+		}
+		d := s.Finished.Sub(s.Started)
+		secs[s.Name] = d.Seconds()
+		switch {
+		case d < r.Min:
+			bad.add("stage %s passed %v after it started, before %v", s.Name, d, r.Min)
+		case r.Max > 0 && d > r.Max:
+			bad.add("stage %s passed %v after it started, later than %v", s.Name, d, r.Max)
+		}
+	}
+	env.SetFigure("rollout_"+r.Rollout+"_stage_seconds", secs)
+	if bad.n > 0 {
+		return false, fmt.Sprintf("rollout %s (%s): %s", r.Rollout, st.State, &bad)
+	}
+	// The audit log stamps an entry when it is written, just after the
+	// decision it records.
+	entries, err := env.Fleet.ControlPlane().Audit(audit.Query{Action: "rollout.stage_passed", Target: id})
+	if err != nil {
+		return false, err.Error()
+	}
+	if len(entries) != len(st.Stages) {
+		return false, fmt.Sprintf("rollout %s: the audit log has %d rollout.stage_passed entries for %d stages", r.Rollout, len(entries), len(st.Stages))
+	}
+	for i, e := range entries {
+		s := st.Stages[i]
+		if d := e.Time.Sub(s.Started); d < r.Min {
+			bad.add("stage %s: audited as passed %v after it started, before %v", s.Name, d, r.Min)
+		}
+	}
+	if bad.n > 0 {
+		return false, fmt.Sprintf("rollout %s (%s): %s", r.Rollout, st.State, &bad)
 	}
 	return true, ""
 }

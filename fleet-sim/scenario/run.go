@@ -64,6 +64,12 @@ func Run(ctx context.Context, sc *Scenario, opts RunOptions) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("scenario: %w", err)
 	}
+	var clock *sim.Clock // nil: real time
+	if sc.Clock.Speed > 1 {
+		if clock, err = sim.NewClock(sc.Clock.Speed); err != nil {
+			return nil, fmt.Errorf("scenario: %w", err)
+		}
+	}
 	f, err := sim.New(sim.Options{
 		Dir:                filepath.Join(dir, "fleet"),
 		Devices:            devices,
@@ -74,6 +80,7 @@ func Run(ctx context.Context, sc *Scenario, opts RunOptions) (*Report, error) {
 		HeartbeatInterval:  sc.Agent.Heartbeat,
 		FetchRetryInterval: sc.Agent.FetchRetry,
 		Monitor:            sc.Monitor.options(),
+		Clock:              clock,
 		Logger:             opts.Logger,
 		AgentLogger:        opts.AgentLogger,
 	})
@@ -81,8 +88,12 @@ func Run(ctx context.Context, sc *Scenario, opts RunOptions) (*Report, error) {
 		return nil, fmt.Errorf("scenario: %w", err)
 	}
 	rep := &Report{Scenario: sc.Name, File: sc.File, Devices: len(devices), Started: time.Now().UTC()}
+	if clock != nil {
+		rep.ClockSpeed = clock.Speed()
+		fmt.Fprintf(progress, "fleet-sim: %s: simulated clock at %g× real time\n", sc.Name, clock.Speed())
+	}
 	fmt.Fprintf(progress, "fleet-sim: %s: starting %d agents\n", sc.Name, len(devices))
-	ctx, cancel := context.WithTimeout(ctx, sc.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, clock.Real(sc.Timeout))
 	defer cancel()
 	startBegin := time.Now()
 	if err := f.Start(ctx); err != nil {
@@ -92,9 +103,9 @@ func Run(ctx context.Context, sc *Scenario, opts RunOptions) (*Report, error) {
 	rep.StartSeconds = time.Since(startBegin).Seconds()
 	fmt.Fprintf(progress, "fleet-sim: %d agents ready in %.2fs\n", len(devices), rep.StartSeconds)
 
-	env := &Env{Fleet: f, Scenario: sc, Start: time.Now(), Progress: progress,
+	env := &Env{Fleet: f, Scenario: sc, Start: time.Now(), Clock: clock, Progress: progress,
 		Models: map[string]*fraud.Artifact{}, figures: map[string]any{}, rollouts: map[string]string{}}
-	env.rec = newRecorder(env.Start)
+	env.rec = newRecorder(env.Start, clock)
 	if t := sc.Traffic; t != nil {
 		tp, _ := t.Params.Fraud() // validated at load
 		sites := map[string]fraud.Params{}
@@ -169,6 +180,9 @@ func Run(ctx context.Context, sc *Scenario, opts RunOptions) (*Report, error) {
 		rep.Network = &NetworkFigures{BytesToDevices: in, BytesFromDevices: out, Connections: p.Accepted(), CorruptedChunks: p.Corrupted()}
 	}
 	rep.DurationSeconds = env.Since().Seconds()
+	if clock != nil {
+		rep.RealSeconds = time.Since(env.Start).Seconds()
+	}
 
 	fmt.Fprintf(progress, "fleet-sim: stopping %d agents\n", len(devices))
 	if err := f.Stop(); err != nil {
@@ -198,7 +212,7 @@ func runTimeline(ctx context.Context, env *Env, progress io.Writer) []StepResult
 	for i, st := range env.Scenario.Timeline {
 		r := StepResult{Index: i + 1, Line: st.Line, Action: st.Kind, Name: st.Name, At: st.At.Seconds()}
 		if wait := st.At - env.Since(); wait > 0 {
-			t := time.NewTimer(wait)
+			t := time.NewTimer(env.Real(wait))
 			select {
 			case <-t.C:
 			case <-ctx.Done():
@@ -210,19 +224,24 @@ func runTimeline(ctx context.Context, env *Env, progress io.Writer) []StepResult
 			out = append(out, r)
 			break
 		}
+		realStart := time.Now()
 		r.Started = env.Since().Seconds()
 		detail, err := st.Action.Run(ctx, env)
 		r.Took = env.Since().Seconds() - r.Started
+		if env.Clock != nil {
+			r.RealStarted = realStart.Sub(env.Start).Seconds()
+			r.RealTook = time.Since(realStart).Seconds()
+		}
 		r.Detail = detail
 		if err != nil {
 			r.Error = err.Error()
 		}
 		out = append(out, r)
 		if err != nil {
-			fmt.Fprintf(progress, "fleet-sim: %6.2fs step %d %s (line %d) FAILED: %v\n", r.Started, r.Index, st.Kind, st.Line, err)
+			fmt.Fprintf(progress, "fleet-sim: %s step %d %s (line %d) FAILED: %v\n", env.stamp(r.Started, r.RealStarted), r.Index, st.Kind, st.Line, err)
 			break // later steps assume this one worked
 		}
-		fmt.Fprintf(progress, "fleet-sim: %6.2fs step %d %s: %s\n", r.Started, r.Index, st.Kind, detail)
+		fmt.Fprintf(progress, "fleet-sim: %s step %d %s: %s\n", env.stamp(r.Started, r.RealStarted), r.Index, st.Kind, detail)
 	}
 	return out
 }
@@ -240,7 +259,7 @@ func runAssertions(ctx context.Context, env *Env, progress io.Writer) []Assertio
 		r.Passed = check()
 		if !r.Passed {
 			if rest := c.Assertion.Deadline() - env.Since(); rest > 0 {
-				r.Passed = poll(ctx, rest, check) == nil
+				r.Passed = poll(ctx, env.Real(rest), check) == nil
 			}
 		}
 		if !r.Passed {
@@ -257,7 +276,7 @@ func runAssertions(ctx context.Context, env *Env, progress io.Writer) []Assertio
 // statusLine summarises the fleet now: versions served and phases.
 func (e *Env) statusLine() string {
 	s := e.rec.allSamplesLast()
-	line := fmt.Sprintf("fleet-sim: %6.2fs", e.Since().Seconds())
+	line := "fleet-sim: " + e.stamp(e.Since().Seconds(), time.Since(e.Start).Seconds())
 	for _, k := range sortedKeys(s.Serving) {
 		line += fmt.Sprintf(" %s=%d", k, s.Serving[k])
 	}
@@ -269,6 +288,15 @@ func (e *Env) statusLine() string {
 		line += fmt.Sprintf(" inferences ok=%d failed=%d", st.OK, st.Failed)
 	}
 	return line
+}
+
+// stamp formats a moment of the timeline for progress lines: simulated
+// seconds, and the real ones when the clock is sped up.
+func (e *Env) stamp(simulated, wall float64) string {
+	if e.Clock == nil {
+		return fmt.Sprintf("%6.2fs", simulated)
+	}
+	return fmt.Sprintf("%8.1fs (real %6.2fs)", simulated, wall)
 }
 
 func (r *recorder) allSamplesLast() Sample {

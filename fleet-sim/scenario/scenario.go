@@ -32,16 +32,80 @@ type Scenario struct {
 	Traffic     *TrafficSpec  `yaml:"traffic"`
 	// Monitor sets the control plane's alert rules (drift and accuracy).
 	Monitor *MonitorSpec `yaml:"monitor"`
-	// Timeout bounds the whole run; default 5m.
+	// Clock speeds up the simulated time (see ClockSpec).
+	Clock ClockSpec `yaml:"clock"`
+	// Timeout bounds the whole run, in simulated time; default 5m of real
+	// time (5m × the clock's speed).
 	Timeout time.Duration `yaml:"timeout"`
-	// SampleInterval is how often every agent's state is recorded; default
-	// 100ms.
+	// SampleInterval is how often every agent's state is recorded, in real
+	// time; default 100ms.
 	SampleInterval time.Duration `yaml:"sample_interval"`
 	Timeline       []Step        `yaml:"timeline"`
 	Assertions     []Check       `yaml:"assertions"`
 
 	// File is where the scenario was read from.
 	File string `yaml:"-"`
+	// defaultTimeout: Timeout was not given (it follows the speed).
+	defaultTimeout bool
+}
+
+// ClockSpec is the simulated clock: the in-process control plane and every
+// agent run on a clock Speed times faster than real time (sim.Clock), and
+// the scenario's durations (at, timeouts, sleeps, within, label_delay,
+// disconnect's down, rollout specs, monitor window) are simulated time.
+// Cadences stay real: sample_interval, agent heartbeat and fetch_retry,
+// monitor interval, traffic rate. An external control plane (--api) keeps
+// its own clock, so a speed above 1 is refused there.
+type ClockSpec struct {
+	// Speed is simulated seconds per real second, 1 (default) to
+	// sim.MaxSpeed.
+	Speed float64 `yaml:"speed"`
+}
+
+const (
+	// defaultTimeout is the real time a run may take when the scenario
+	// gives no timeout.
+	defaultTimeout = 5 * time.Minute
+	// minRealTimeout: with a sped-up clock, a timeout shorter than this
+	// in real time cannot even start the fleet.
+	minRealTimeout = 10 * time.Second
+)
+
+// SetSpeed overrides the clock's speed (fleet-sim run --speed) and checks
+// what depends on it; a default timeout follows the new speed. On error
+// sc is left as it was.
+func (sc *Scenario) SetSpeed(speed float64) error {
+	was, timeout := sc.Clock.Speed, sc.Timeout
+	sc.Clock.Speed = speed
+	if err := sc.applyClock(); err != nil {
+		sc.Clock.Speed, sc.Timeout = was, timeout
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return nil
+}
+
+// applyClock defaults and checks the clock's speed and the timeout that
+// depends on it.
+func (sc *Scenario) applyClock() error {
+	if sc.Clock.Speed == 0 {
+		sc.Clock.Speed = 1
+	}
+	speed := sc.Clock.Speed
+	if !(speed >= 1 && speed <= sim.MaxSpeed) {
+		return fmt.Errorf("clock: speed %v is outside [1, %d] (simulated seconds per real second)", speed, sim.MaxSpeed)
+	}
+	if sc.Timeout == 0 || sc.defaultTimeout {
+		sc.Timeout = time.Duration(float64(defaultTimeout) * speed)
+		sc.defaultTimeout = true
+	}
+	if sc.Timeout < 0 {
+		return errors.New("timeout must be positive")
+	}
+	if wall := time.Duration(float64(sc.Timeout) / speed); speed > 1 && wall < minRealTimeout {
+		return fmt.Errorf("timeout %v is simulated time: at clock speed %v it is %v of real time, too short to start the fleet; give at least %v (or leave it out)",
+			sc.Timeout, speed, wall.Round(time.Millisecond), time.Duration(float64(minRealTimeout)*speed))
+	}
+	return nil
 }
 
 // AgentSpec tunes every agent.
@@ -192,14 +256,14 @@ func (sc *Scenario) validate() error {
 	if _, err := sc.Fleet.Expand(); err != nil {
 		return fmt.Errorf("%w: fleet: %v", ErrInvalid, err)
 	}
-	if sc.Timeout == 0 {
-		sc.Timeout = 5 * time.Minute
+	if err := sc.applyClock(); err != nil {
+		return bad(1, "%v", err)
 	}
 	if sc.SampleInterval == 0 {
 		sc.SampleInterval = 100 * time.Millisecond
 	}
-	if sc.Timeout < 0 || sc.SampleInterval < 10*time.Millisecond {
-		return bad(1, "timeout must be positive and sample_interval at least 10ms")
+	if sc.SampleInterval < 10*time.Millisecond {
+		return bad(1, "sample_interval must be at least 10ms")
 	}
 	if err := sc.Monitor.validate(); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalid, err)

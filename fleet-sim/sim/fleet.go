@@ -60,6 +60,10 @@ type Options struct {
 	// Monitor configures the in-process control plane's alert rules and
 	// how often it evaluates them.
 	Monitor controlplane.MonitorOptions
+	// Clock is the in-process control plane's and every agent's time
+	// source (an agent adds its skew, see Member.SkewClock); nil is real
+	// time. An external control plane keeps its own clock.
+	Clock *Clock
 	// Logger receives the simulator's and the control plane's logs;
 	// AgentLogger the agents' (both nil: discarded).
 	Logger      *slog.Logger
@@ -104,6 +108,7 @@ type Member struct {
 	Device Device
 	opts   agent.Options
 	skew   atomic.Int64 // clock skew in nanoseconds (SkewClock)
+	clock  *Clock       // Options.Clock
 
 	// mu guards cur, cancel, done and restarts.
 	mu       sync.Mutex
@@ -145,6 +150,9 @@ func New(opts Options) (*Fleet, error) {
 	if opts.StartParallel <= 0 {
 		opts.StartParallel = 32
 	}
+	if opts.Remote != nil && opts.Clock.Speed() != 1 {
+		return nil, errors.New("sim: a sped-up clock needs the in-process control plane (an external one keeps its own time)")
+	}
 	switch opts.Transport {
 	case "":
 		opts.Transport = TransportTCP
@@ -168,7 +176,7 @@ func New(opts Options) (*Fleet, error) {
 		if _, dup := f.byID[d.ID]; dup {
 			return nil, fmt.Errorf("sim: device %q twice", d.ID)
 		}
-		m := &Member{Device: d}
+		m := &Member{Device: d, clock: opts.Clock}
 		f.members = append(f.members, m)
 		f.byID[d.ID] = m
 	}
@@ -270,6 +278,10 @@ func (f *Fleet) startControlPlane(ctx context.Context) error {
 		Runtime:      f.rt,
 		Logger:       f.opts.Logger,
 		Monitor:      f.opts.Monitor,
+		Clock:        f.opts.Clock.Now,
+		// Rollouts are evaluated on a real-time tick: faster at speed, so
+		// a bake time ends about when it should in simulated time.
+		RolloutInterval: max(f.opts.Clock.Real(controlplane.DefaultRolloutInterval), 50*time.Millisecond),
 		OnInitialToken: func(tok string) {
 			select {
 			case f.token <- tok:
@@ -352,8 +364,9 @@ func (f *Fleet) register(ctx context.Context) error {
 	return nil
 }
 
-// now is the member's clock: the real time plus its injected skew.
-func (m *Member) now() time.Time { return time.Now().Add(time.Duration(m.skew.Load())) }
+// now is the member's clock: the fleet's (Options.Clock) plus its injected
+// skew.
+func (m *Member) now() time.Time { return m.clock.Now().Add(time.Duration(m.skew.Load())) }
 
 // SkewClock sets how far the member's clock is off (negative: behind). It
 // takes effect at once, also on a running agent.

@@ -19,7 +19,8 @@ import (
 // agent's in-process inference path.
 type TrafficOptions struct {
 	Model string
-	// Rate is inferences per second per device, > 0 and ≤ 100.
+	// Rate is inferences per second per device, > 0 and ≤ 100, in real
+	// time (inference takes real time): Rate/Speed per simulated second.
 	Rate float64
 	// Seed seeds the transaction generators.
 	Seed uint64
@@ -31,7 +32,8 @@ type TrafficOptions struct {
 	Workers int
 	// LabelFraction of the inferences get their true label fed back
 	// (POST /v2/models/{name}/feedback, in process) LabelDelay later, as
-	// ground truth arrives in the field; 0 sends none.
+	// ground truth arrives in the field; 0 sends none. LabelDelay passes on
+	// the fleet's clock (Options.Clock): it is simulated time.
 	LabelFraction float64
 	LabelDelay    time.Duration
 }
@@ -41,7 +43,7 @@ type pendingLabel struct {
 	m     *Member
 	id    string
 	fraud bool
-	due   time.Time
+	due   time.Time // on the fleet's clock
 }
 
 // TrafficStats count inference outcomes.
@@ -194,7 +196,7 @@ func (t *Traffic) run(ctx context.Context, w uint64, mine []*Member) {
 				gens[i] = byParams[p]
 			}
 		}
-		now := time.Now()
+		now := t.f.opts.Clock.Now()
 		for i, m := range mine {
 			if ctx.Err() != nil {
 				return
