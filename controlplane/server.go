@@ -425,14 +425,6 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
-	serveErr := make(chan error, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			serveErr <- err
-		}
-	}()
 	closers = append(closers, func() {
 		sctx, scancel := context.WithTimeout(context.Background(), shutdownTimeout)
 		defer scancel()
@@ -450,9 +442,19 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	}
 	s.addrMu.Unlock()
 
+	// The initial token is handed out before the API answers anything: a
+	// client that sees /healthz can rely on the token file being written.
 	if token != "" && s.opts.OnInitialToken != nil {
 		s.opts.OnInitialToken(token)
 	}
+	serveErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			serveErr <- err
+		}
+	}()
 	close(s.ready)
 	s.log.Info("control plane ready", "api", s.APIURL(), "broker", s.bus.URL(), "devices", len(s.reg.list(nil)), "model_versions", s.models.count())
 
