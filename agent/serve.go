@@ -56,7 +56,11 @@ type slot struct {
 	manifest     *efpb.Manifest // the target's verified manifest
 	lastProgress time.Time      // last chunk added (monotonic: for stall detection, not the wall clock)
 	badChunks    int            // chunks refused in this download
-	inflight     map[uint32]bool
+	// verified holds the target's bytes between finishDownload, which read
+	// and hashed them, and stage, which loads them without a second pass;
+	// nil otherwise (stage after a restart reads and checks the file).
+	verified []byte
+	inflight map[uint32]bool
 }
 
 func (s *slot) closeDownload() {

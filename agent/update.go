@@ -133,17 +133,35 @@ func (a *Agent) loadCommitted(s *slot) {
 // loadModel reads a version from disk, checks its bytes against the signed
 // manifest, loads it, runs its test vectors and warms it.
 func (a *Agent) loadModel(name string, ref *modelRef) (*servedModel, error) {
+	return a.loadModelBytes(name, ref, nil)
+}
+
+// loadModelBytes is loadModel for bytes the caller has just read from the
+// model file and checked against ref (verified non-nil), or nil to read and
+// check the file here.
+func (a *Agent) loadModelBytes(name string, ref *modelRef, verified []byte) (*servedModel, error) {
 	m, err := manifestOf(ref.Manifest)
 	if err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(a.modelPath(name, ref.SHA256))
-	if err != nil {
-		return nil, fmt.Errorf("read model: %w", err)
+	b := verified
+	var sum [sha256.Size]byte
+	if b != nil {
+		if _, err := hex.Decode(sum[:], []byte(ref.SHA256)); err != nil {
+			return nil, fmt.Errorf("model %s: bad sha256: %w", ref.Version, err)
+		}
+	} else {
+		b, err = os.ReadFile(a.modelPath(name, ref.SHA256))
+		if err != nil {
+			return nil, fmt.Errorf("read model: %w", err)
+		}
+		sum = sha256.Sum256(b)
+		if hex.EncodeToString(sum[:]) != ref.SHA256 {
+			return nil, fmt.Errorf("model file %s is corrupt: sha256 differs from the manifest", ref.SHA256)
+		}
 	}
-	sum := sha256.Sum256(b)
-	if hex.EncodeToString(sum[:]) != ref.SHA256 || uint64(len(b)) != m.GetSize() {
-		return nil, fmt.Errorf("model file %s is corrupt: sha256 or size differs from the manifest", ref.SHA256)
+	if uint64(len(b)) != m.GetSize() {
+		return nil, fmt.Errorf("model file %s is corrupt: %d bytes, the manifest says %d", ref.SHA256, len(b), m.GetSize())
 	}
 	// Shared: agents in one process (fleet-sim) hold one onnxruntime
 	// session per version; on a device it is simply this agent's.
@@ -660,13 +678,14 @@ func (a *Agent) finishDownload(ctx context.Context, s *slot) {
 	if a.enterPhase(ctx, s) {
 		return // the download stays open until the agent closes it
 	}
-	if err := s.asm.Verify(); err != nil {
+	verified, err := s.asm.ReadVerified()
+	if err != nil {
 		s.closeDownload()
 		_ = os.Remove(a.partPath(s.name, t.SHA256))
 		a.failTarget(ctx, s, fmt.Sprintf("model bytes do not match the manifest: %v", err))
 		return
 	}
-	err := s.file.Sync()
+	err = s.file.Sync()
 	s.closeDownload()
 	if err == nil {
 		err = os.Rename(a.partPath(s.name, t.SHA256), a.modelPath(s.name, t.SHA256))
@@ -681,6 +700,7 @@ func (a *Agent) finishDownload(ctx context.Context, s *slot) {
 	a.crashPoint("verified")
 	t.Phase = phaseStaging
 	a.commitSlot(s)
+	s.verified = verified
 	a.stage(ctx, s)
 }
 
@@ -688,6 +708,8 @@ func (a *Agent) finishDownload(ctx context.Context, s *slot) {
 // and only then swaps it in: requests in flight finish on the old session.
 func (a *Agent) stage(ctx context.Context, s *slot) {
 	t := s.st.Target
+	verified := s.verified // set by finishDownload only; never kept past here
+	s.verified = nil
 	t.Attempts++
 	a.commitSlot(s) // persisted before acting: a crash loop is counted
 	if t.Attempts > a.opts.MaxActivationAttempts {
@@ -698,7 +720,7 @@ func (a *Agent) stage(ctx context.Context, s *slot) {
 	if a.enterPhase(ctx, s) {
 		return
 	}
-	m, err := a.loadModel(s.name, &t.modelRef)
+	m, err := a.loadModelBytes(s.name, &t.modelRef, verified)
 	if err != nil {
 		a.failTarget(ctx, s, err.Error())
 		return

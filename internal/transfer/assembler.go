@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"os"
 	"sync"
 
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -62,11 +64,21 @@ func NewAssembler(m *efpb.Manifest, f File) (*Assembler, error) {
 	for i, h := range m.ChunkSha256 {
 		a.hashes[i] = bytes.Clone(h)
 	}
+	// An empty file (a download starting) holds no chunk: rescanning it
+	// would read and hash the whole model's worth of zeros.
+	fresh := false
+	if st, ok := f.(interface{ Stat() (os.FileInfo, error) }); ok {
+		if fi, err := st.Stat(); err == nil && fi.Size() == 0 {
+			fresh = true
+		}
+	}
 	if err := f.Truncate(int64(m.Size)); err != nil {
 		return nil, fmt.Errorf("new assembler %s %s: size file: %w", m.Name, m.Version, err)
 	}
-	if err := a.rescan(); err != nil {
-		return nil, fmt.Errorf("new assembler %s %s: %w", m.Name, m.Version, err)
+	if !fresh {
+		if err := a.rescan(); err != nil {
+			return nil, fmt.Errorf("new assembler %s %s: %w", m.Name, m.Version, err)
+		}
 	}
 	return a, nil
 }
@@ -136,7 +148,8 @@ func (a *Assembler) chunkLen(index uint32) uint64 {
 
 // Add checks chunk index against the manifest and writes it. It checks the
 // index and the exact length (only the last chunk may be short) before
-// hashing. added is false when the chunk was already present. Errors:
+// hashing. added is false when the chunk was already present: a duplicate
+// is dropped without being hashed or written. Errors:
 // ErrChunkRange, ErrChunkSize, ErrChunkHash (untrusted data; nothing is
 // written), or a write error.
 func (a *Assembler) Add(index uint32, data []byte) (added bool, err error) {
@@ -145,6 +158,14 @@ func (a *Assembler) Add(index uint32, data []byte) (added bool, err error) {
 	}
 	if want := a.chunkLen(index); uint64(len(data)) != want {
 		return false, fmt.Errorf("add chunk %d: %w: %d bytes, want %d", index, ErrChunkSize, len(data), want)
+	}
+	// A duplicate (a chunk republished for a later device) is dropped
+	// before it is hashed: on a shared chunk topic that is the common case.
+	a.mu.Lock()
+	dup := a.present[index]
+	a.mu.Unlock()
+	if dup {
+		return false, nil
 	}
 	sum := sha256.Sum256(data)
 	if !bytes.Equal(sum[:], a.hashes[index]) {
@@ -210,26 +231,38 @@ func (a *Assembler) Complete() bool { return a.Have() == a.Total() }
 // ErrIncomplete while chunks are missing. A mismatch with every chunk present
 // means the manifest's chunk hashes and file hash disagree: discard the file.
 func (a *Assembler) Verify() error {
+	_, err := a.ReadVerified()
+	return err
+}
+
+// ReadVerified is Verify that also returns the model bytes it read and
+// hashed, so that the caller can load them without reading and hashing the
+// file once more.
+func (a *Assembler) ReadVerified() ([]byte, error) {
 	if have, total := a.Have(), a.Total(); have != total {
-		return fmt.Errorf("verify model: %w: %d of %d chunks present", ErrIncomplete, have, total)
+		return nil, fmt.Errorf("verify model: %w: %d of %d chunks present", ErrIncomplete, have, total)
 	}
 	if err := a.f.Sync(); err != nil {
-		return fmt.Errorf("verify model: sync: %w", err)
+		return nil, fmt.Errorf("verify model: sync: %w", err)
 	}
-	h := sha256.New()
-	n, err := io.Copy(h, io.NewSectionReader(a.f, 0, int64(a.size)))
-	if err != nil {
-		return fmt.Errorf("verify model: read: %w", err)
+	if a.size > math.MaxInt-1 {
+		return nil, fmt.Errorf("verify model: %d bytes do not fit in memory", a.size)
 	}
-	if uint64(n) != a.size {
-		return fmt.Errorf("verify model: %w: file has %d bytes, manifest says %d", ErrModelHash, n, a.size)
+	// One byte more than the manifest says, to notice a longer file.
+	b := make([]byte, a.size+1)
+	n, err := a.f.ReadAt(b, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("verify model: read: %w", err)
 	}
-	var probe [1]byte
-	if extra, _ := a.f.ReadAt(probe[:], int64(a.size)); extra != 0 {
-		return fmt.Errorf("verify model: %w: file is longer than the manifest's %d bytes", ErrModelHash, a.size)
+	switch {
+	case uint64(n) < a.size:
+		return nil, fmt.Errorf("verify model: %w: file has %d bytes, manifest says %d", ErrModelHash, n, a.size)
+	case uint64(n) > a.size:
+		return nil, fmt.Errorf("verify model: %w: file is longer than the manifest's %d bytes", ErrModelHash, a.size)
 	}
-	if !bytes.Equal(h.Sum(nil), a.sum) {
-		return fmt.Errorf("verify model: %w: sha256 %x, manifest says %x", ErrModelHash, h.Sum(nil), a.sum)
+	b = b[:n:n]
+	if sum := sha256.Sum256(b); !bytes.Equal(sum[:], a.sum) {
+		return nil, fmt.Errorf("verify model: %w: sha256 %x, manifest says %x", ErrModelHash, sum, a.sum)
 	}
-	return nil
+	return b, nil
 }

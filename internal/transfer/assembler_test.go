@@ -113,15 +113,20 @@ func TestAssemblerAddRefusals(t *testing.T) {
 		})
 	}
 
-	// A bad copy of a chunk already present is still reported.
-	a, err := transfer.NewAssembler(m, transfer.NewMemFile())
+	// A copy of a chunk already present is dropped unread, good or bad:
+	// nothing is written, and duplicates (republished for later devices)
+	// cost no hashing.
+	f := transfer.NewMemFile()
+	a, err := transfer.NewAssembler(m, f)
 	require.NoError(t, err)
 	added, err := a.Add(1, chunk(t, model, 1))
 	require.NoError(t, err)
 	require.True(t, added)
+	before := f.Bytes()
 	added, err = a.Add(1, wrong)
-	assert.ErrorIs(t, err, transfer.ErrChunkHash)
+	assert.NoError(t, err)
 	assert.False(t, added)
+	assert.Equal(t, before, f.Bytes(), "the present chunk is untouched")
 	assert.True(t, a.Has(1))
 	assert.False(t, a.Has(0))
 	assert.False(t, a.Has(99))
@@ -325,4 +330,33 @@ func FuzzAssemblerAdd(f *testing.F) {
 			t.Fatalf("chunk %d not written where it belongs", index)
 		}
 	})
+}
+
+// countingFile counts reads of an *os.File.
+type countingFile struct {
+	*os.File
+	reads int
+}
+
+func (c *countingFile) ReadAt(b []byte, off int64) (int, error) {
+	c.reads++
+	return c.File.ReadAt(b, off)
+}
+
+func TestAssemblerFreshFileIsNotRescanned(t *testing.T) {
+	model := testModel(4*testChunk + 10)
+	f, _ := tempFile(t)
+	cf := &countingFile{File: f}
+	a, err := transfer.NewAssembler(validManifest(model, testChunk), cf)
+	require.NoError(t, err)
+	assert.Zero(t, cf.reads, "an empty file holds no chunk: nothing to read and hash")
+	assert.Zero(t, a.Have())
+	for i := range a.Total() {
+		_, err := a.Add(uint32(i), chunk(t, model, uint32(i)))
+		require.NoError(t, err)
+	}
+	got, err := a.ReadVerified()
+	require.NoError(t, err)
+	assert.Equal(t, model, got, "the verified bytes are the model")
+	assert.Equal(t, len(got), cap(got), "no spare capacity to append into")
 }
