@@ -22,37 +22,84 @@ type chunkKey struct{ name, version string }
 // time, so one large download does not starve another.
 type chunkQueue struct {
 	wake chan struct{} // capacity 1: "there may be work"
-	// window is how long a version's first request waits for more before
-	// its chunks go out: agents that start a download together (a deploy
-	// to many devices) are then served by one publish of each chunk
-	// instead of one per trickle of requests.
-	window time.Duration
+	// A version's first request waits for more before its chunks go out:
+	// agents that start a download together (a deploy to many devices)
+	// are then served by one publish of each chunk instead of one per
+	// trickle of requests. The round goes out once no request came for
+	// window, and at the latest maxWait after the first: a deploy to
+	// thousands of devices brings their requests in over a second or two,
+	// and every chunk published too early is published again, to every
+	// subscriber, for the devices that asked after it.
+	window, maxWait time.Duration
 
-	// mu guards pending and ring.
+	// mu guards pending, ring and expected.
 	mu      sync.Mutex
 	pending map[chunkKey]*pendingChunks
 	ring    []chunkKey // versions with queued chunks, in service order
+	// expected counts the devices just told to download a version (a
+	// deploy or a rollout wave): its round goes out as soon as that many
+	// have asked, instead of on a quiet window that a burst of requests
+	// with one gap in it would end too early.
+	expected map[chunkKey]*expectation
+}
+
+type expectation struct {
+	devices int
+	until   time.Time // the expectation lapses then (maxWait after it was made)
 }
 
 type pendingChunks struct {
 	queued map[uint32]bool
-	order  []uint32  // FIFO of queued indexes
-	ready  time.Time // not published before this
+	order  []uint32        // FIFO of queued indexes
+	first  time.Time       // the round's first request
+	ready  time.Time       // not published before this
+	asked  map[string]bool // devices that asked in this round
 }
 
-func newChunkQueue(window time.Duration) *chunkQueue {
-	return &chunkQueue{wake: make(chan struct{}, 1), window: window, pending: map[chunkKey]*pendingChunks{}}
+// newChunkQueue makes a queue whose rounds wait for a quiet window, at
+// most maxWait (at least window) after their first request.
+func newChunkQueue(window, maxWait time.Duration) *chunkQueue {
+	return &chunkQueue{wake: make(chan struct{}, 1), window: window, maxWait: max(window, maxWait),
+		pending: map[chunkKey]*pendingChunks{}, expected: map[chunkKey]*expectation{}}
+}
+
+// expect records that devices were just told to download k: the next round
+// of k waits (within maxWait) until that many devices asked.
+func (q *chunkQueue) expect(k chunkKey, devices int, now time.Time) {
+	if devices <= 0 {
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	e := q.expected[k]
+	if e == nil || now.After(e.until) {
+		e = &expectation{}
+		q.expected[k] = e
+	}
+	e.devices += devices
+	e.until = now.Add(q.maxWait)
+	for k, e := range q.expected { // forget lapsed ones
+		if now.After(e.until) {
+			delete(q.expected, k)
+		}
+	}
 }
 
 // enqueue queues indexes (all already validated) and reports how many
 // were new; the rest coalesced with queued requests.
-func (q *chunkQueue) enqueue(k chunkKey, indexes []uint32, now time.Time) int {
+func (q *chunkQueue) enqueue(k chunkKey, device string, indexes []uint32, now time.Time) int {
 	q.mu.Lock()
 	p := q.pending[k]
+	collecting := p != nil && now.Before(p.ready) // a round already going out is not held up
 	if p == nil {
-		p = &pendingChunks{queued: map[uint32]bool{}, ready: now.Add(q.window)}
+		p = &pendingChunks{queued: map[uint32]bool{}, first: now, asked: map[string]bool{}}
 		q.pending[k] = p
 		q.ring = append(q.ring, k)
+		collecting = true
+	}
+	if collecting {
+		p.asked[device] = true
+		p.ready = q.readyAt(k, p, now)
 	}
 	added := 0
 	for _, i := range indexes {
@@ -113,6 +160,31 @@ func (q *chunkQueue) next(now time.Time) (chunkKey, uint32, bool, time.Duration)
 	return k, idx, true, 0
 }
 
+// readyAt is when a collecting round of k goes out, given a request now:
+// with an expectation, once every expected device asked (or maxWait after
+// the first request); without one, once requests paused for window.
+func (q *chunkQueue) readyAt(k chunkKey, p *pendingChunks, now time.Time) time.Time {
+	if q.window == 0 {
+		return now // batching off
+	}
+	latest := p.first.Add(q.maxWait)
+	if e := q.expected[k]; e != nil && !now.After(e.until) {
+		if len(p.asked) >= e.devices {
+			delete(q.expected, k) // fulfilled: later requests are stragglers
+			return now
+		}
+		return minTime(latest, e.until)
+	}
+	return minTime(now.Add(q.window), latest)
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
 // queued is the number of chunks waiting (for tests and metrics).
 func (q *chunkQueue) queued() int {
 	q.mu.Lock()
@@ -127,7 +199,8 @@ func (q *chunkQueue) queued() int {
 // runChunks is the one worker that publishes queued chunks until ctx ends.
 func (s *Server) runChunks(ctx context.Context) {
 	for {
-		k, idx, ok, wait := s.chunks.next(s.clock())
+		// Real time, not s.clock(): batching is about network arrivals.
+		k, idx, ok, wait := s.chunks.next(time.Now())
 		if !ok {
 			var later <-chan time.Time
 			var timer *time.Timer
@@ -183,4 +256,22 @@ func (s *Server) publishChunk(ctx context.Context, k chunkKey, idx uint32) {
 	}
 	s.metrics.chunks.Inc()
 	s.metrics.chunkBytes.Add(float64(len(data)))
+}
+
+// expectFetches tells the chunk queue how many of the devices just given
+// model@version will ask for its chunks: those online that do not already
+// serve it (offline ones ask when they come back, in a round of their own).
+func (s *Server) expectFetches(model, version string, ids []string) {
+	n := 0
+	for _, id := range ids {
+		d, ok := s.reg.get(id)
+		if !ok || !d.Online {
+			continue
+		}
+		if r := d.Reported[model]; r != nil && r.ActiveVersion == version {
+			continue
+		}
+		n++
+	}
+	s.chunks.expect(chunkKey{model, version}, n, time.Now())
 }

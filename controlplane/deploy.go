@@ -59,6 +59,7 @@ func (s *Server) deploy(ctx context.Context, req DeployRequest) (*DeployResult, 
 		return nil, fmt.Errorf("deploy %s %s: %w", req.Model, req.Version, err)
 	}
 	res := &DeployResult{Model: req.Model, Version: req.Version, Devices: make([]DeployedDevice, 0, len(issued))}
+	s.expectFetches(req.Model, req.Version, issuedIDs(issued))
 	for _, d := range issued {
 		dd := DeployedDevice{ID: d.id, Generation: d.gen}
 		if err := s.bus.Publish(ctx, s.scheme.Desired(d.id), d.env, true); err != nil {
@@ -302,4 +303,12 @@ func (s *Server) renewManifest(ctx context.Context, rec *modelRecord, now time.T
 	}
 	s.log.Info("manifest renewed", "model", rec.Name, "version", rec.Version, "expires", next.Expires)
 	return nil
+}
+
+func issuedIDs(issued []issuedState) []string {
+	ids := make([]string, len(issued))
+	for i, d := range issued {
+		ids[i] = d.id
+	}
+	return ids
 }

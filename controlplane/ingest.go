@@ -294,6 +294,6 @@ func (s *Server) onFetch(topic string, payload []byte) {
 			return
 		}
 	}
-	added := s.chunks.enqueue(chunkKey{req.Name, req.Version}, missing, s.clock())
+	added := s.chunks.enqueue(chunkKey{req.Name, req.Version}, dev, missing, time.Now())
 	s.log.Debug("fetch request", "device", dev, "model", req.Name, "version", req.Version, "asked", len(missing), "queued", added)
 }

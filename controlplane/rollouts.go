@@ -82,6 +82,7 @@ func (i rolloutIssuer) Assign(ctx context.Context, model, version string, ids []
 		return nil, err
 	}
 	gens := make(map[string]uint64, len(issued))
+	s.expectFetches(model, version, issuedIDs(issued))
 	for _, d := range issued {
 		gens[d.id] = d.gen
 		// A failed publish is not fatal: the state is stored and published

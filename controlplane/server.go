@@ -36,8 +36,10 @@ const (
 	DefaultMQTTListen  = broker.DefaultAddr
 	DefaultManifestTTL = 90 * 24 * time.Hour
 	DefaultDesiredTTL  = 30 * 24 * time.Hour
-	// DefaultChunkBatchWindow: see Options.ChunkBatchWindow.
+	// DefaultChunkBatchWindow and DefaultChunkBatchMax: see
+	// Options.ChunkBatchWindow.
 	DefaultChunkBatchWindow = 150 * time.Millisecond
+	DefaultChunkBatchMax    = 2 * time.Second
 	// DefaultMQTTClientID is the control plane's client id on an external broker.
 	DefaultMQTTClientID = "edgefleet-control-plane"
 
@@ -62,11 +64,14 @@ type Options struct {
 	MQTTURL  string
 	Username string
 	Password string
-	// ChunkBatchWindow is how long the first fetch request for a version
-	// waits for others before its chunks are published, so that devices
-	// starting a download together share one publish of each chunk.
-	// Default DefaultChunkBatchWindow; negative publishes at once.
+	// ChunkBatchWindow is how long fetch requests for a version are
+	// collected before its chunks are published, so that devices starting
+	// a download together share one publish of each chunk: the chunks go
+	// out once no new request came for ChunkBatchWindow, and at the latest
+	// ChunkBatchMax after the first. Defaults DefaultChunkBatchWindow and
+	// DefaultChunkBatchMax; a negative window publishes at once.
 	ChunkBatchWindow time.Duration
+	ChunkBatchMax    time.Duration
 	// IngestConnections, with MQTTURL, receives telemetry over this many
 	// extra connections sharing one MQTT shared subscription
 	// ($share/edgefleet-ingest/...), so a busy fleet's reports are decoded
@@ -209,6 +214,9 @@ func New(opts Options) (*Server, error) {
 	case opts.ChunkBatchWindow < 0:
 		opts.ChunkBatchWindow = 0
 	}
+	if opts.ChunkBatchMax == 0 {
+		opts.ChunkBatchMax = DefaultChunkBatchMax
+	}
 	if opts.MQTTURL == "" && opts.Username != "" {
 		return nil, errors.New("controlplane: Username is for an external broker (MQTTURL); the embedded broker needs none")
 	}
@@ -248,7 +256,7 @@ func New(opts Options) (*Server, error) {
 		scheme: scheme,
 		clock:  opts.Clock,
 		keys:   keys,
-		chunks: newChunkQueue(opts.ChunkBatchWindow),
+		chunks: newChunkQueue(opts.ChunkBatchWindow, opts.ChunkBatchMax),
 		blobs:  newBlobCache(blobCacheBytes),
 		ready:  make(chan struct{}),
 	}

@@ -237,7 +237,7 @@ func waitServingTimes(ctx context.Context, f *sim.Fleet, model, version string, 
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(5 * time.Millisecond): // polling: agents have no change feed
+		case <-time.After(20 * time.Millisecond): // polling (agents have no change feed); each poll costs N Status calls
 		}
 	}
 }
