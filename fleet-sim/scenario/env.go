@@ -272,6 +272,9 @@ func (sc *Scenario) CheckTarget(remote bool) error {
 		errs = append(errs, fmt.Errorf("%w: clock: speed %v cannot run %s: its clock is its own and runs in real time, so bake times, "+
 			"rate limits, windows and expiries would not pass faster there; run in-process or at speed 1", ErrInvalid, sc.Clock.Speed, where))
 	}
+	if remote && sc.Network.Transport == sim.TransportMemory {
+		errs = append(errs, fmt.Errorf("%w: network: transport memory cannot run %s: in-memory connections reach only the in-process broker", ErrInvalid, where))
+	}
 	if remote && sc.Monitor != nil {
 		errs = append(errs, fmt.Errorf("%w: monitor: cannot run %s: its alert rules are set where it runs (edgefleet serve --alert-max-psi, --alert-min-accuracy, ...), "+
 			"not over the API; remove the section (alerts then checks the rules the control plane runs with) or run in-process", ErrInvalid, where))

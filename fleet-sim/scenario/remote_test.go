@@ -153,6 +153,7 @@ func TestRemoteRefusesInProcessOnly(t *testing.T) {
 	sc, err := Parse([]byte(`name: in-process-only
 fleet: {sites: 1, devices_per_site: 2}
 monitor: {max_psi: 0.25}
+network: {transport: memory}
 timeline:
   - push_model: {model: fraud, version: 1.0.0}
   - restart_broker: {}
@@ -164,7 +165,8 @@ assertions:
 	_, err = Run(context.Background(), sc, RunOptions{WorkDir: t.TempDir(), Remote: remote})
 	require.Error(t, err)
 	assert.ErrorIs(t, err, ErrInvalid)
-	assert.Contains(t, err.Error(), "line 6: action restart_broker cannot run against an external control plane (--api): it restarts the embedded broker")
+	assert.Contains(t, err.Error(), "network: transport memory cannot run against an external control plane")
+	assert.Contains(t, err.Error(), "line 7: action restart_broker cannot run against an external control plane (--api): it restarts the embedded broker")
 	assert.Contains(t, err.Error(), "monitor: cannot run against an external control plane (--api): its alert rules are set where it runs")
 	assert.NotContains(t, err.Error(), "assertion alerts", "the alerts assertion itself works remotely")
 	assert.NotContains(t, err.Error(), "start fleet")

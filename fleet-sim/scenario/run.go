@@ -77,6 +77,7 @@ func Run(ctx context.Context, sc *Scenario, opts RunOptions) (*Report, error) {
 		Runtime:            opts.Runtime,
 		ORTLibrary:         opts.ORTLibrary,
 		Proxy:              sc.Network.Proxy,
+		Transport:          sc.Network.Transport,
 		HeartbeatInterval:  sc.Agent.Heartbeat,
 		FetchRetryInterval: sc.Agent.FetchRetry,
 		Monitor:            sc.Monitor.options(),

@@ -119,6 +119,10 @@ type NetworkSpec struct {
 	// Proxy routes every agent through the fault-injecting proxy; the
 	// disconnect, corrupt_chunks and throttle actions need it.
 	Proxy bool `yaml:"proxy"`
+	// Transport is how agents reach the in-process broker: tcp (default,
+	// loopback sockets) or memory (in-memory connections carrying the same
+	// MQTT, no descriptors: for fleets of thousands; see sim.Options).
+	Transport string `yaml:"transport"`
 }
 
 // TrafficSpec is synthetic inference traffic.
@@ -258,6 +262,11 @@ func (sc *Scenario) validate() error {
 	}
 	if err := sc.applyClock(); err != nil {
 		return bad(1, "%v", err)
+	}
+	switch sc.Network.Transport {
+	case "", sim.TransportTCP, sim.TransportMemory:
+	default:
+		return bad(1, "network: transport %q, want %s or %s", sc.Network.Transport, sim.TransportTCP, sim.TransportMemory)
 	}
 	if sc.SampleInterval == 0 {
 		sc.SampleInterval = 100 * time.Millisecond

@@ -43,6 +43,7 @@ func TestParseRejectsBadFiles(t *testing.T) {
 		{"invalid rollout spec", minimal + "timeline:\n  - create_rollout:\n      name: r\n      spec: {model: fraud, version: 2.0.0}\n", "line 4: create_rollout:"},
 		{"unknown create_rollout key", minimal + "timeline:\n  - create_rollout: {name: r, spek: {}}\n", `unknown key "spek"`},
 		{"inference assertion without traffic", minimal + "assertions:\n  - no_failed_inference: {}\n", "needs a traffic section"},
+		{"unknown transport", minimal + "network: {transport: udp}\n", `network: transport "udp", want tcp or memory`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
