@@ -621,20 +621,22 @@ func (a *Agent) requestMissing(ctx context.Context, s *slot, restart bool) {
 }
 
 func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
-	c := &efpb.Chunk{}
-	if err := proto.Unmarshal(payload, c); err != nil {
+	// A view, not a copy: c.Data aliases the payload, which is this
+	// handler's alone, and is written out before the handler returns.
+	c, err := efpb.DecodeChunkView(payload)
+	if err != nil {
 		a.drop("chunk", err)
 		return
 	}
-	s := a.slot(c.GetName())
-	if s == nil || s.asm == nil || s.st.Target == nil || s.st.Target.Version != c.GetVersion() {
+	s := a.slot(c.Name)
+	if s == nil || s.asm == nil || s.st.Target == nil || s.st.Target.Version != c.Version {
 		return // another agent's fetch, or a late duplicate
 	}
-	added, err := s.asm.Add(c.GetIndex(), c.GetData())
+	added, err := s.asm.Add(c.Index, c.Data)
 	if err != nil {
 		a.refused.Add(1)
 		s.badChunks++
-		a.log.Warn("chunk refused", "model", s.name, "version", c.GetVersion(), "index", c.GetIndex(), "err", err)
+		a.log.Warn("chunk refused", "model", s.name, "version", c.Version, "index", c.Index, "err", err)
 		if limit := max(16, 2*s.asm.Total()); s.badChunks > limit {
 			a.failTarget(ctx, s, fmt.Sprintf("download refused: %d chunks did not match the signed manifest (last: %v)", s.badChunks, err))
 		}
@@ -644,7 +646,7 @@ func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
 		return
 	}
 	s.lastProgress = time.Now()
-	delete(s.inflight, c.GetIndex())
+	delete(s.inflight, c.Index)
 	a.crashPoint("chunk")
 	if s.asm.Complete() {
 		a.finishDownload(ctx, s)

@@ -68,3 +68,27 @@ func FuzzDecodeTelemetry(f *testing.F) {
 func FuzzDecodePresence(f *testing.F) {
 	fuzzDecode(f, "Presence", func() proto.Message { return &efpb.Presence{} })
 }
+
+// DecodeChunkView must agree with proto.Unmarshal on every input: the same
+// bytes are accepted or refused, and decode to the same fields.
+func FuzzDecodeChunkView(f *testing.F) {
+	f.Add(fixtureOf(f, "Chunk"))
+	f.Add([]byte{})
+	f.Add([]byte{0x0a, 0x02, 0xff, 0xfe})             // name, not UTF-8
+	f.Add([]byte{0x18, 0x80, 0x80, 0x80, 0x80, 0x10}) // index beyond uint32
+	f.Add([]byte{0x22, 0x03, 'a', 'b', 'c', 0x22, 0x01, 'z', 0x0d, 1, 2, 3, 4})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		want := &efpb.Chunk{}
+		wantErr := proto.Unmarshal(data, want)
+		got, err := efpb.DecodeChunkView(data)
+		if (err == nil) != (wantErr == nil) {
+			t.Fatalf("DecodeChunkView error %v, proto.Unmarshal error %v", err, wantErr)
+		}
+		if err != nil {
+			return
+		}
+		if got.Name != want.Name || got.Version != want.Version || got.Index != want.Index || string(got.Data) != string(want.Data) {
+			t.Fatalf("DecodeChunkView %+v, proto.Unmarshal %v", got, want)
+		}
+	})
+}
