@@ -83,8 +83,8 @@ func TestRemoteRefusesClockSpeed(t *testing.T) {
 	assert.NoError(t, sc.CheckTarget(false))
 }
 
-// TestSimulatedClockRun runs a small fleet at 600× real time: a 10-minute
-// sleep takes a real second, labels delayed 10 simulated minutes arrive,
+// TestSimulatedClockRun runs a small fleet at 600× real time: a 30-minute
+// sleep takes three real seconds, labels delayed 10 simulated minutes arrive,
 // the report's times are simulated with the real ones beside them, and a
 // rollout whose stage bakes 5 minutes fails rollout_stage_times with a
 // 30-minute minimum (the assertion can fail).
@@ -100,7 +100,7 @@ timeline:
       name: v1
       spec: {model: fraud, version: 1.0.0, selector: "site!=none", bake: 5m, gates: {max_failure_rate: 0}, stages: [{name: all, percent: 100}]}
   - wait_rollout: {rollout: v1, states: [completed], timeout: 2h}
-  - sleep: {for: 10m}
+  - sleep: {for: 30m}   # 3 real seconds: labels due 10 simulated minutes (1 s) after their prediction arrive with room
 assertions:
   - rollout_state: {rollout: v1, states: [completed]}
   - rollout_stage_times: {rollout: v1, min: 30m}
@@ -123,8 +123,8 @@ assertions:
 	assert.GreaterOrEqual(t, stages["all"], 300.0, "the 5-minute bake was honoured")
 
 	sleep := rep.Steps[3]
-	assert.GreaterOrEqual(t, sleep.Took, 600.0, "10 simulated minutes")
-	assert.GreaterOrEqual(t, sleep.RealTook, 1.0, "a real second at 600×")
+	assert.GreaterOrEqual(t, sleep.Took, 1800.0, "30 simulated minutes")
+	assert.GreaterOrEqual(t, sleep.RealTook, 3.0, "three real seconds at 600×")
 	assert.Less(t, sleep.RealTook, sleep.Took)
 	assert.Equal(t, 600.0, rep.ClockSpeed)
 	assert.Greater(t, rep.DurationSeconds, rep.RealSeconds*100, "the run's time is simulated, its real time beside it")

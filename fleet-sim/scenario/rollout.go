@@ -111,6 +111,15 @@ func rolloutID(env *Env, name string) (string, error) {
 	return id, nil
 }
 
+// rolloutStatus is the named rollout's status (without its devices).
+func rolloutStatus(env *Env, name string) (*rollout.Status, error) {
+	id, err := rolloutID(env, name)
+	if err != nil {
+		return nil, err
+	}
+	return env.Fleet.ControlPlane().Rollout(id, false)
+}
+
 // RolloutAction pauses, resumes, promotes, aborts or rolls back a rollout.
 type RolloutAction struct {
 	Rollout string `yaml:"rollout"`
@@ -205,11 +214,7 @@ func (r *RolloutState) Deadline() time.Duration { return r.Within }
 
 // Check implements Assertion.
 func (r *RolloutState) Check(env *Env) (bool, string) {
-	id, err := rolloutID(env, r.Rollout)
-	if err != nil {
-		return false, err.Error()
-	}
-	st, err := env.Fleet.ControlPlane().Rollout(id, false)
+	st, err := rolloutStatus(env, r.Rollout)
 	if err != nil {
 		return false, err.Error()
 	}
@@ -291,11 +296,7 @@ func (r *RolloutStageTimes) Deadline() time.Duration { return r.Within }
 
 // Check implements Assertion.
 func (r *RolloutStageTimes) Check(env *Env) (bool, string) {
-	id, err := rolloutID(env, r.Rollout)
-	if err != nil {
-		return false, err.Error()
-	}
-	st, err := env.Fleet.ControlPlane().Rollout(id, false)
+	st, err := rolloutStatus(env, r.Rollout)
 	if err != nil {
 		return false, err.Error()
 	}
@@ -321,7 +322,7 @@ func (r *RolloutStageTimes) Check(env *Env) (bool, string) {
 	}
 	// The audit log stamps an entry when it is written, just after the
 	// decision it records.
-	entries, err := env.Fleet.ControlPlane().Audit(audit.Query{Action: "rollout.stage_passed", Target: id})
+	entries, err := env.Fleet.ControlPlane().Audit(audit.Query{Action: "rollout.stage_passed", Target: st.ID})
 	if err != nil {
 		return false, err.Error()
 	}

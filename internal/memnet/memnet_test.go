@@ -48,21 +48,10 @@ func TestDialAcceptRoundTrip(t *testing.T) {
 }
 
 func TestDeadlines(t *testing.T) {
-	l := Listen("x")
-	defer l.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		s, _ := l.Accept()
-		accepted <- s
-	}()
-	c, err := l.Dial(context.Background())
-	require.NoError(t, err)
-	defer c.Close()
-	s := <-accepted
-	defer s.Close()
+	c, s := pair(t)
 
 	require.NoError(t, c.SetReadDeadline(time.Now().Add(20*time.Millisecond)))
-	_, err = c.Read(make([]byte, 1))
+	_, err := c.Read(make([]byte, 1))
 	assert.ErrorIs(t, err, os.ErrDeadlineExceeded, "a quiet peer does not block a reader with a deadline")
 
 	require.NoError(t, c.SetReadDeadline(time.Time{}))
