@@ -28,6 +28,11 @@ func TestFanoutSmall(t *testing.T) {
 	assert.GreaterOrEqual(t, r.ChunkPublishes, float64(r.Chunks), "read from /metrics")
 	assert.GreaterOrEqual(t, r.WireBytesPerAgent, 1.0, "each agent received at least the model")
 	assert.LessOrEqual(t, r.FirstActive, r.MedianActive)
+	for _, phase := range []string{"downloading", "verifying", "staging", "active"} {
+		require.Contains(t, r.Phases, phase, "every agent passed through %s", phase)
+	}
+	assert.Less(t, r.Phases["downloading"].Median, r.Phases["verifying"].Median)
+	assert.LessOrEqual(t, r.Phases["staging"].Last, r.Phases["active"].Last)
 }
 
 func TestScaleSmall(t *testing.T) {

@@ -70,6 +70,62 @@ type FanoutResult struct {
 	// BaselineDropped counts chunk deliveries the raw subscribers missed.
 	BaselineMissing uint64  `json:"baseline_missing_deliveries"`
 	StartSeconds    float64 `json:"fleet_start_seconds"`
+	// Phases says where the rollout's time went: for each phase an update
+	// passes (downloading: desired state and manifest accepted, chunks
+	// asked for; verifying: every chunk in; staging: file verified and
+	// stored), when the median and the last agent entered it, in seconds
+	// since the deploy; "active" is when they served the version.
+	Phases map[string]PhaseTimes `json:"phases"`
+}
+
+// PhaseTimes are the median and last entry into a phase.
+type PhaseTimes struct {
+	Median float64 `json:"median_seconds"`
+	Last   float64 `json:"last_seconds"`
+}
+
+// phaseClock records when each agent enters each phase of one update,
+// through the agents' phase hook (no polling).
+type phaseClock struct {
+	t0 time.Time
+	mu sync.Mutex
+	at map[string][]float64 // phase → seconds since t0, one per agent
+}
+
+func watchPhases(f *sim.Fleet, model, version string, t0 time.Time) *phaseClock {
+	pc := &phaseClock{t0: t0, at: map[string][]float64{}}
+	for _, m := range f.Members() {
+		if a := m.Agent(); a != nil {
+			a.SetPhaseHook(func(_ context.Context, mod, ver, phase string) {
+				if mod != model || ver != version {
+					return
+				}
+				pc.mu.Lock()
+				pc.at[phase] = append(pc.at[phase], time.Since(pc.t0).Seconds())
+				pc.mu.Unlock()
+			})
+		}
+	}
+	return pc
+}
+
+func (pc *phaseClock) times(active []float64) map[string]PhaseTimes {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	out := map[string]PhaseTimes{}
+	summarise := func(name string, v []float64) {
+		if len(v) == 0 {
+			return
+		}
+		v = slices.Clone(v)
+		slices.Sort(v)
+		out[name] = PhaseTimes{Median: v[len(v)/2], Last: v[len(v)-1]}
+	}
+	for phase, v := range pc.at {
+		summarise(phase, v)
+	}
+	summarise("active", active)
+	return out
 }
 
 // Fanout measures, per fleet size, how long a ModelBytes model takes from
@@ -106,6 +162,13 @@ func Fanout(ctx context.Context, o FanoutOptions) ([]FanoutResult, error) {
 		}
 		fmt.Fprintf(o.Progress, "| %d | %d | %d | %.2f / %.2f / %.2f / %.2f | %.2f | %.2f | %.0f | %s |\n", r.N, r.ModelBytes, r.Chunks,
 			r.FirstActive, r.MedianActive, r.P90Active, r.Rollout, r.Baseline, r.Ratio, r.ChunkPublishes, wire)
+		var ph []string
+		for _, name := range []string{"downloading", "verifying", "staging", "active"} {
+			if p, ok := r.Phases[name]; ok {
+				ph = append(ph, fmt.Sprintf("%s %.2f / %.2f", name, p.Median, p.Last))
+			}
+		}
+		fmt.Fprintf(o.Progress, "|   | phases entered, s since deploy (median / last): %s |\n", strings.Join(ph, "; "))
 		out = append(out, r)
 	}
 	return out, nil
@@ -162,6 +225,7 @@ func fanoutOne(ctx context.Context, o FanoutOptions, n int, rt *infer.Runtime, s
 	inBefore := proxyIn(f)
 	pubBefore := chunkPublishes(f)
 	t0 = time.Now()
+	phases := watchPhases(f, "fraud", "2", t0)
 	if _, err := cp.Deploy(ctx, controlplane.DeployRequest{Model: "fraud", Version: "2", Devices: all}); err != nil {
 		return r, err
 	}
@@ -170,6 +234,7 @@ func fanoutOne(ctx context.Context, o FanoutOptions, n int, rt *infer.Runtime, s
 		return r, err
 	}
 	r.Rollout = time.Since(t0).Seconds()
+	r.Phases = phases.times(times)
 	slices.Sort(times)
 	r.FirstActive, r.MedianActive, r.P90Active = times[0], times[len(times)/2], times[len(times)*9/10]
 	r.ChunkPublishes = chunkPublishes(f) - pubBefore
