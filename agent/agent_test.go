@@ -236,12 +236,14 @@ func TestAgentDropsMalformedPayloads(t *testing.T) {
 		h.scheme.Trust(),
 		h.scheme.Desired("dev-1"),
 		h.scheme.Chunks("fraud", "2.0.0"),
-		h.scheme.Manifest("other", "9.9.9"),
 	} {
 		require.NoError(t, h.broker.Publish(topic, garbage, false, 1))
 	}
-	require.Eventually(t, func() bool { return a.Dropped() >= 4 }, 10*time.Second, 10*time.Millisecond,
-		"every malformed payload is counted (got %d; status %+v)", a.Dropped(), a.Status())
+	// Retained, as manifests are: the agent reports the manifest phase
+	// before its SUBACK is back, and would miss a plain publish made then.
+	require.NoError(t, h.broker.Publish(h.scheme.Manifest("other", "9.9.9"), garbage, true, 1))
+	assert.Eventually(t, func() bool { return a.Dropped() >= 4 }, 10*time.Second, 10*time.Millisecond)
+	require.GreaterOrEqual(t, a.Dropped(), uint64(4), "every malformed payload is counted (status %+v)", a.Status())
 	_, version := score(t, a, sampleRows(t, 1))
 	assert.Equal(t, "1.0.0", version, "and the agent keeps serving")
 }
