@@ -114,7 +114,10 @@ func (q *chunkQueue) enqueue(k chunkKey, device string, indexes []uint32, now ti
 		q.ring = q.ring[:len(q.ring)-1]
 	}
 	q.mu.Unlock()
-	if added > 0 {
+	// Wake the worker for new chunks, and for a round whose time changed:
+	// the last expected device asking for chunks already queued adds none
+	// but makes the round due now.
+	if added > 0 || collecting {
 		select {
 		case q.wake <- struct{}{}:
 		default:

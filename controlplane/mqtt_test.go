@@ -328,7 +328,16 @@ func TestChunkQueueWaitsForTheExpectedDevices(t *testing.T) {
 	q.enqueue(k, "dev-2", []uint32{0, 1}, at(800))
 	_, _, ok, _ = q.next(at(850))
 	assert.False(t, ok)
+	select { // drain: the worker has seen the earlier requests
+	case <-q.wake:
+	default:
+	}
 	q.enqueue(k, "dev-3", []uint32{0, 1}, at(900))
+	select {
+	case <-q.wake:
+	default:
+		t.Fatal("the worker is not woken: the last device's request adds no chunk but makes the round due")
+	}
 	_, i, ok, _ := q.next(at(900))
 	require.True(t, ok, "the last expected device asked: out at once")
 	assert.Equal(t, uint32(0), i)
