@@ -32,7 +32,7 @@ func (f rolloutFleet) Devices(model string) []rollout.Device {
 	list := f.s.reg.list(nil)
 	out := make([]rollout.Device, len(list))
 	for i, d := range list {
-		rd := rollout.Device{ID: d.ID, Labels: d.Labels, Online: d.Online}
+		rd := rollout.Device{ID: d.ID, Labels: d.Labels, Online: d.Online, Unknown: !d.Online && d.LastSeen.Before(f.s.runStart)}
 		if d.Desired != nil {
 			for _, a := range d.Desired.Models {
 				if a.Name == model {

@@ -134,12 +134,13 @@ type Server struct {
 	clock  func() time.Time
 	keys   *keySet
 
-	metrics *metrics
-	dropped atomic.Uint64
-	chunks  *chunkQueue
-	blobs   *blobCache
-	ready   chan struct{}
-	started atomic.Bool
+	metrics  *metrics
+	dropped  atomic.Uint64
+	chunks   *chunkQueue
+	blobs    *blobCache
+	ready    chan struct{}
+	started  atomic.Bool
+	runStart time.Time // when New ran: devices not seen since have an unknown presence
 
 	// deployMu serialises desired-state issuing and publishing (see
 	// issueDesired). Lock order: deployMu, then registry.mu.
@@ -251,14 +252,15 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
 	s := &Server{
-		opts:   opts,
-		log:    log,
-		scheme: scheme,
-		clock:  opts.Clock,
-		keys:   keys,
-		chunks: newChunkQueue(opts.ChunkBatchWindow, opts.ChunkBatchMax),
-		blobs:  newBlobCache(blobCacheBytes),
-		ready:  make(chan struct{}),
+		opts:     opts,
+		log:      log,
+		scheme:   scheme,
+		clock:    opts.Clock,
+		runStart: opts.Clock(),
+		keys:     keys,
+		chunks:   newChunkQueue(opts.ChunkBatchWindow, opts.ChunkBatchMax),
+		blobs:    newBlobCache(blobCacheBytes),
+		ready:    make(chan struct{}),
 	}
 	s.metrics = newMetrics(
 		func() float64 { t, _ := s.deviceCounts(); return float64(t) },

@@ -40,6 +40,10 @@ type Device struct {
 	ID     string
 	Labels map[string]string
 	Online bool
+	// Unknown marks an offline device the control plane has not heard
+	// from since it started: its presence is not known yet. During
+	// Options.PresenceGrace a stage waits for such devices.
+	Unknown bool
 	// Desired is the version of the model in the device's newest desired
 	// state ("" none).
 	Desired string
@@ -91,15 +95,27 @@ type Options struct {
 	Audit Auditor
 	// Clock is the time source; default time.Now.
 	Clock func() time.Time
+	// PresenceGrace is how long after New a stage with Unknown devices
+	// waits instead of passing without them: a control plane that just
+	// (re)started knows no device as online until it hears from it, and
+	// would otherwise pass a stage on the few that reported first.
+	// Default DefaultPresenceGrace; negative disables.
+	PresenceGrace time.Duration
 	// Logger; nil discards.
 	Logger *slog.Logger
 }
+
+// DefaultPresenceGrace: see Options.PresenceGrace. Agents announce
+// themselves on connect and send a heartbeat every few seconds.
+const DefaultPresenceGrace = 30 * time.Second
 
 // Engine runs rollouts. The server calls Tick periodically (and after
 // device status changes); operations may be called concurrently.
 type Engine struct {
 	opts Options
 	log  *slog.Logger
+
+	started time.Time // New, on opts.Clock
 
 	// mu guards rollouts and saved, and serialises ticks and operations.
 	// Lock order: Engine.mu before anything the Issuer and Fleet take.
@@ -118,12 +134,19 @@ func New(opts Options) (*Engine, error) {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
+	switch {
+	case opts.PresenceGrace == 0:
+		opts.PresenceGrace = DefaultPresenceGrace
+	case opts.PresenceGrace < 0:
+		opts.PresenceGrace = 0
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	e := &Engine{
 		opts:     opts,
+		started:  opts.Clock(),
 		log:      log.With("component", "rollout"),
 		rollouts: map[string]*Rollout{},
 		saved:    map[string][]byte{},
@@ -631,6 +654,7 @@ func (e *Engine) evaluate(r *Rollout, devs map[string]Device, now time.Time) ([]
 	var c Counts
 	var cohort, active []string
 	prevCount := map[string]int{}
+	unknown := 0
 	for id, rec := range r.Devices {
 		if rec.RolledBack {
 			continue
@@ -638,6 +662,9 @@ func (e *Engine) evaluate(r *Rollout, devs map[string]Device, now time.Time) ([]
 		d := devs[id]
 		class := classify(rec, d)
 		c.add(class, d.Online)
+		if !d.Online && d.Unknown && class != classRolledBack {
+			unknown++
+		}
 		cohort = append(cohort, id)
 		if class == classActive {
 			active = append(active, id)
@@ -655,6 +682,10 @@ func (e *Engine) evaluate(r *Rollout, devs map[string]Device, now time.Time) ([]
 	}
 	if len(cohort) == 0 {
 		return nil, "no devices in the cohort yet", nil
+	}
+	if left := e.started.Add(e.opts.PresenceGrace).Sub(now); left > 0 && unknown > 0 {
+		return nil, fmt.Sprintf("%d devices not heard from since the control plane started (%s left to reconnect)",
+			unknown, left.Round(time.Millisecond)), nil
 	}
 	need := r.Spec.Stages[r.Stage].MinDevices
 	if need == 0 {

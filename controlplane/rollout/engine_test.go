@@ -770,3 +770,53 @@ func TestCohortNamesTheStage(t *testing.T) {
 		}
 	}
 }
+
+// A control plane that just restarted has heard from no device yet: a
+// stage must not pass on the few that happen to report first, while the
+// rest are "offline" only because they have not reconnected. Devices that
+// never come back hold it for PresenceGrace only.
+func TestStageWaitsForDevicesAfterARestart(t *testing.T) {
+	for _, back := range []bool{true, false} {
+		v := newEnv(t)
+		ids := devIDs("d", 4)
+		v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, ids...)
+		ctx := context.Background()
+		spec := threeStages(time.Second)
+		spec.Stages = []Stage{{Percent: 100}}
+		r, err := v.e.Create(ctx, spec, "admin")
+		require.NoError(t, err)
+		v.fleet.mu.Lock()
+		for _, id := range ids[1:] {
+			v.fleet.devs[id].Online, v.fleet.devs[id].Unknown = false, true
+		}
+		v.fleet.mu.Unlock()
+		v.fleet.settle(nil) // only d-1 is connected: it alone gets there
+
+		// The restart, past the bake time.
+		v.clock.Advance(2 * time.Second)
+		v.e = v.engine()
+		v.e.Tick(ctx)
+		st := v.get(r.ID)
+		require.Equal(t, StateRunning, st.State, "back=%v: 3 devices not heard from yet", back)
+		assert.Contains(t, st.Progress[0].Waiting, "3 devices not heard from since the control plane started")
+
+		if back {
+			v.fleet.mu.Lock()
+			for _, id := range ids[1:] {
+				v.fleet.devs[id].Online, v.fleet.devs[id].Unknown = true, false
+			}
+			v.fleet.mu.Unlock()
+			v.fleet.settle(nil)
+			v.e.Tick(ctx)
+			st = v.get(r.ID)
+			assert.Equal(t, StateCompleted, st.State)
+			assert.Equal(t, 4, st.Stages[0].Devices.Active, "the stage passed on all four")
+			continue
+		}
+		v.clock.Advance(DefaultPresenceGrace)
+		v.e.Tick(ctx)
+		st = v.get(r.ID)
+		assert.Equal(t, StateCompleted, st.State, "after the grace the offline devices keep their assignment and do not block")
+		assert.Equal(t, 3, st.Stages[0].Devices.Offline)
+	}
+}
