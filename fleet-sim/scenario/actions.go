@@ -26,6 +26,7 @@ func registerBuiltins(r *Registry) {
 	r.RegisterAction("wait_phase", func() Action { return &WaitPhase{} })
 	r.RegisterAction("restart", func() Action { return &Restart{} })
 	r.RegisterAction("disconnect", func() Action { return &Disconnect{} })
+	r.RegisterAction("restart_control_plane", func() Action { return &RestartControlPlane{} })
 	r.RegisterAction("corrupt_chunks", func() Action { return &CorruptChunks{} })
 	r.RegisterAction("throttle", func() Action { return &Throttle{} })
 	r.RegisterAction("shift_traffic", func() Action { return &ShiftTraffic{} })

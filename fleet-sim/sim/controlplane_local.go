@@ -18,9 +18,9 @@ func (f *Fleet) Remote() bool { return f.opts.Remote != nil }
 // it started: the in-process aggregator's, or an external control plane's
 // Prometheus counters. Valid after Start.
 func (f *Fleet) MonitorStats(ctx context.Context) (monitor.Stats, error) {
-	switch {
-	case f.server != nil:
-		m := f.server.Monitor()
+	switch srv := f.Server(); {
+	case srv != nil:
+		m := srv.Monitor()
 		if m == nil {
 			return monitor.Stats{}, errors.New("sim: the control plane's monitoring is not running")
 		}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,8 +83,12 @@ type Fleet struct {
 	opts Options
 	log  *slog.Logger
 
+	// cpMu guards cp, server, cpStop and cpDone: RestartControlPlane
+	// replaces them while agents and scenario steps use them.
+	cpMu    sync.Mutex
 	cp      ControlPlane
-	server  *controlplane.Server // in-process only
+	server  *controlplane.Server // in-process only; nil while restarting
+	cpOpts  controlplane.Options // in-process: how it was started
 	token   chan string          // the in-process control plane's admin token
 	cpStop  context.CancelFunc
 	cpDone  chan error
@@ -184,10 +189,18 @@ func New(opts Options) (*Fleet, error) {
 }
 
 // ControlPlane is the control plane the fleet talks to (valid after Start).
-func (f *Fleet) ControlPlane() ControlPlane { return f.cp }
+func (f *Fleet) ControlPlane() ControlPlane {
+	f.cpMu.Lock()
+	defer f.cpMu.Unlock()
+	return f.cp
+}
 
 // Server is the in-process control plane, or nil with a remote one.
-func (f *Fleet) Server() *controlplane.Server { return f.server }
+func (f *Fleet) Server() *controlplane.Server {
+	f.cpMu.Lock()
+	defer f.cpMu.Unlock()
+	return f.server
+}
 
 // APIToken is the in-process control plane's admin API token ("" with a
 // remote one).
@@ -269,7 +282,7 @@ func (f *Fleet) startControlPlane(ctx context.Context) error {
 		f.cp = f.opts.Remote
 		return nil
 	}
-	srv, err := controlplane.New(controlplane.Options{
+	f.cpOpts = controlplane.Options{
 		DataDir:    filepath.Join(f.opts.Dir, "cp"),
 		APIListen:  "127.0.0.1:0",
 		MQTTListen: "127.0.0.1:0",
@@ -288,23 +301,95 @@ func (f *Fleet) startControlPlane(ctx context.Context) error {
 			default:
 			}
 		},
-	})
+	}
+	return f.runControlPlane(ctx)
+}
+
+// runControlPlane starts the in-process control plane with f.cpOpts and
+// waits until it is ready.
+func (f *Fleet) runControlPlane(ctx context.Context) error {
+	srv, err := controlplane.New(f.cpOpts)
 	if err != nil {
 		return fmt.Errorf("sim: %w", err)
 	}
 	cctx, cancel := context.WithCancel(context.Background())
-	f.cpStop, f.cpDone = cancel, make(chan error, 1)
-	go func() { f.cpDone <- srv.Run(cctx) }() // owned by Stop, which waits on cpDone
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(cctx) }() // owned by Stop (or a restart), which waits on done
+	f.cpMu.Lock()
+	f.cpStop, f.cpDone = cancel, done
+	f.cpMu.Unlock()
 	select {
 	case <-srv.Ready():
-	case err := <-f.cpDone:
-		f.cpDone <- err
+	case err := <-done:
+		done <- err
 		return fmt.Errorf("sim: control plane stopped: %w", err)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	f.cpMu.Lock()
 	f.server, f.cp = srv, srv
+	f.cpMu.Unlock()
 	return nil
+}
+
+// stopControlPlane stops the in-process control plane and waits for it.
+func (f *Fleet) stopControlPlane() error {
+	f.cpMu.Lock()
+	stop, done := f.cpStop, f.cpDone
+	f.cpStop, f.cpDone = nil, nil
+	f.cpMu.Unlock()
+	if stop == nil {
+		return nil
+	}
+	stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("sim: control plane: %w", err)
+		}
+		return nil
+	case <-time.After(30 * time.Second):
+		return errors.New("sim: control plane did not stop within 30s")
+	}
+}
+
+// RestartControlPlane stops the in-process control plane, and with it its
+// embedded broker, keeps it down for down, and starts it again on the same
+// data and the same API and broker addresses, as an operator's restart or
+// a crash would. Agents lose their connection and reconnect; everything
+// the control plane knows comes back from its store.
+func (f *Fleet) RestartControlPlane(ctx context.Context, down time.Duration) error {
+	srv := f.Server()
+	if srv == nil {
+		return errors.New("sim: no in-process control plane to restart")
+	}
+	api, broker := srv.APIURL(), srv.BrokerURL()
+	if err := f.stopControlPlane(); err != nil {
+		return err
+	}
+	f.cpMu.Lock()
+	f.server = nil // DialBroker fails while it is down, as a dial would
+	f.cpMu.Unlock()
+	// The same addresses: agents reconnect where they were.
+	f.cpOpts.APIListen = strings.TrimPrefix(api, "http://")
+	if u, err := url.Parse(broker); err == nil && u.Host != "" {
+		f.cpOpts.MQTTListen = u.Host
+	}
+	select {
+	case <-time.After(down):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return f.runControlPlane(ctx)
+}
+
+// dialBroker connects in memory to the current in-process broker.
+func (f *Fleet) dialBroker(ctx context.Context) (net.Conn, error) {
+	srv := f.Server()
+	if srv == nil {
+		return nil, errors.New("sim: the control plane is down")
+	}
+	return srv.DialBroker(ctx)
 }
 
 // register registers every device and prepares its agent options.
@@ -314,7 +399,7 @@ func (f *Fleet) register(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		creds, err := f.cp.RegisterDevice(m.Device.ID, m.Device.Labels)
+		creds, err := f.ControlPlane().RegisterDevice(m.Device.ID, m.Device.Labels)
 		if err != nil {
 			return fmt.Errorf("sim: register %s: %w", m.Device.ID, err)
 		}
@@ -337,7 +422,7 @@ func (f *Fleet) register(ctx context.Context) error {
 			broker = f.opts.BrokerURL
 		}
 		if f.opts.Transport == TransportMemory {
-			dial = f.server.DialBroker
+			dial = f.dialBroker
 			if f.proxy != nil {
 				dial = f.proxy.Dial
 			}
@@ -388,7 +473,7 @@ func (f *Fleet) startProxy(brokerURL string) error {
 		return nil
 	}
 	if f.opts.Transport == TransportMemory {
-		f.proxy = NewMemoryProxy(f.server.DialBroker, f.opts.Logger)
+		f.proxy = NewMemoryProxy(f.dialBroker, f.opts.Logger)
 		return nil
 	}
 	if u.Scheme != "tcp" && u.Scheme != "mqtt" {
@@ -530,22 +615,14 @@ func (f *Fleet) Stop() error {
 		if f.opts.Remote != nil {
 			f.opts.Remote.CloseIdleConnections()
 		}
-		switch {
-		case f.server != nil && f.opts.Transport == TransportMemory:
-			f.brokerConnsLeft = waitMemoryConns(f.server, 5*time.Second)
-		case f.server != nil && f.brokerPort > 0:
+		switch srv := f.Server(); {
+		case srv != nil && f.opts.Transport == TransportMemory:
+			f.brokerConnsLeft = waitMemoryConns(srv, 5*time.Second)
+		case srv != nil && f.brokerPort > 0:
 			f.brokerConnsLeft = waitBrokerConns(f.brokerPort, 5*time.Second)
 		}
-		if f.cpStop != nil {
-			f.cpStop()
-			select {
-			case err := <-f.cpDone:
-				if err != nil {
-					errs = append(errs, fmt.Errorf("sim: control plane: %w", err))
-				}
-			case <-time.After(30 * time.Second):
-				errs = append(errs, errors.New("sim: control plane did not stop within 30s"))
-			}
+		if err := f.stopControlPlane(); err != nil {
+			errs = append(errs, err)
 		}
 		if f.db != nil {
 			if err := f.db.Close(); err != nil {
