@@ -97,6 +97,7 @@ FLEET_SCALE_N  ?= 100,1000,5000
 bench-fleet: build
 	$(BIN)/fleet-sim bench fanout --n $(FLEET_FANOUT_N)
 	$(BIN)/fleet-sim bench scale --n $(FLEET_SCALE_N)
+	$(BIN)/fleet-sim bench telemetry --n 100,1000
 
 clean:
 	rm -rf $(BIN) .demo

@@ -26,7 +26,7 @@ const usage = `usage:
   fleet-sim run SCENARIO.yaml [--report DIR] [--work-dir DIR] [--api URL --token T] [--speed N] [--quiet] [--log-level L]
   fleet-sim bench fanout [--n 100,1000] [--model-bytes 1048576] [--report FILE]
   fleet-sim bench scale  [--n 100,1000] [--report FILE]
-  fleet-sim bench telemetry [--n 100,1000] [--duration 30s] [--rate 2] [--in-memory-store] [--report FILE]
+  fleet-sim bench telemetry [--n 100,1000] [--duration 30s] [--rate 2] [--agent-store-on-disk] [--report FILE]
   fleet-sim actions      (lists scenario actions and assertions)
 exit codes: 0 passed, 1 a step or assertion failed, 2 usage or setup error`
 

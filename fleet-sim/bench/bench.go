@@ -10,16 +10,17 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
 )
 
-// Main runs `fleet-sim bench fanout|scale [flags]` and returns the exit
-// code.
+// Main runs `fleet-sim bench fanout|scale|telemetry [flags]` and returns
+// the exit code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || (args[0] != "fanout" && args[0] != "scale") {
-		fmt.Fprintln(stderr, "usage: fleet-sim bench fanout|scale [--n 100,1000] [--model-bytes N] [--work-dir D] [--report FILE]")
+	if len(args) == 0 || (args[0] != "fanout" && args[0] != "scale" && args[0] != "telemetry") {
+		fmt.Fprintln(stderr, "usage: fleet-sim bench fanout|scale|telemetry [--n 100,1000] [--model-bytes N] [--duration 30s] [--work-dir D] [--report FILE]")
 		return 2
 	}
 	fs := flag.NewFlagSet("fleet-sim bench "+args[0], flag.ContinueOnError)
@@ -33,8 +34,20 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	ortLib := fs.String("ort-lib", "", "path of libonnxruntime.so.1")
 	heapProfile := fs.String("heap-profile", "", "scale: write a heap profile at the largest N to this file")
 	report := fs.String("report", "", "also write the results as JSON to this file")
+	cpuProfile := fs.String("cpu-profile", "", "write a CPU profile of the whole run to this file")
+	duration := fs.Duration("duration", 30*time.Second, "telemetry: measured window once every agent reports")
+	rate := fs.Float64("rate", 2, "telemetry: inferences per device per second (so reports carry monitoring)")
+	diskStore := fs.Bool("agent-store-on-disk", false, "telemetry: the agents' shared store (their outboxes) in badger on disk with synced commits, not in memory")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
+	}
+	if *cpuProfile != "" {
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(stderr, "fleet-sim bench: %v\n", err)
+			return 2
+		}
+		defer stop()
 	}
 	var sizes []int
 	for _, s := range strings.Split(*ns, ",") {
@@ -62,6 +75,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		results, err = Fanout(ctx, FanoutOptions{Sizes: sizes, ModelBytes: *modelBytes, ProxyMax: *proxyMax, FetchRetry: *fetchRetry, Transport: *transport, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
 	case "scale":
 		results, err = Scale(ctx, ScaleOptions{Sizes: sizes, Transport: *transport, HeapProfile: *heapProfile, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
+	case "telemetry":
+		results, err = Telemetry(ctx, TelemetryOptions{Sizes: sizes, Duration: *duration, Rate: *rate, StoreOnDisk: *diskStore, Transport: *transport,
+			Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "fleet-sim bench: %v\n", err)
@@ -75,4 +91,20 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	return 0
+}
+
+// startCPUProfile profiles the process into path until the returned stop.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}, nil
 }
