@@ -4,19 +4,25 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/fleet-sim/sim"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/oip"
+	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
 func registerBuiltins(r *Registry) {
@@ -100,7 +106,8 @@ func ids(ms []*sim.Member) []string {
 	return out
 }
 
-// PushModel trains a fraud model and uploads it as a new version.
+// PushModel uploads a new model version: the built-in fraud model, trained
+// on the spot, or the ONNX model in File with the metadata in Meta.
 type PushModel struct {
 	Model   string `yaml:"model"`
 	Version string `yaml:"version"`
@@ -116,22 +123,126 @@ type PushModel struct {
 	BadTestVectors bool `yaml:"bad_test_vectors"`
 	// Force uploads even if the control plane's checks fail.
 	Force bool `yaml:"force"`
+	// File is an ONNX model to upload instead of training the fraud model,
+	// relative to the scenario file; it excludes seed, rows, params and
+	// bad_test_vectors.
+	File string `yaml:"file"`
+	// Meta is File's metadata: the manifest fields as JSON (inputs,
+	// outputs, reference statistics, test vectors, tolerance ...), what
+	// edgefleet model push --meta uploads and edgefleet model train writes.
+	// Default: <file>.meta.json when it exists, else none.
+	Meta string `yaml:"meta"`
+
+	// onnx and meta are File's and Meta's content, read at load.
+	onnx []byte
+	meta *efpb.Manifest
 }
 
-// Validate implements the optional validation.
-func (p *PushModel) Validate(*Scenario) error {
+const (
+	// maxModelFile bounds push_model's file.
+	maxModelFile = 256 << 20
+	// maxMetaFile bounds push_model's meta (the control plane's limit).
+	maxMetaFile = 8 << 20
+)
+
+// Validate implements the optional validation; it reads File and Meta.
+func (p *PushModel) Validate(sc *Scenario) error {
 	if p.Model == "" || p.Version == "" {
 		return errors.New("model and version are required")
 	}
 	if p.PadBytes < 0 || p.PadBytes > 256<<20 {
 		return fmt.Errorf("pad_bytes %d is outside [0, 256 MiB]", p.PadBytes)
 	}
-	_, err := p.Params.Fraud()
-	return err
+	if p.File == "" {
+		if p.Meta != "" {
+			return errors.New("meta needs file")
+		}
+		_, err := p.Params.Fraud()
+		return err
+	}
+	if p.Seed != 0 || p.Rows != 0 || p.Params != (Params{}) || p.BadTestVectors {
+		return errors.New("file excludes seed, rows, params and bad_test_vectors (they train the built-in fraud model)")
+	}
+	return p.load(sc)
+}
+
+// load reads File and Meta.
+func (p *PushModel) load(sc *Scenario) error {
+	path := sc.path(p.File)
+	model, err := readBounded(path, maxModelFile)
+	if err != nil {
+		return fmt.Errorf("file: %w", err)
+	}
+	metaPath := sc.path(p.Meta)
+	if p.Meta == "" {
+		metaPath = path + ".meta.json"
+		if _, err := os.Stat(metaPath); errors.Is(err, fs.ErrNotExist) {
+			p.onnx, p.meta = model, nil
+			return nil
+		}
+	}
+	data, err := readBounded(metaPath, maxMetaFile)
+	if err != nil {
+		return fmt.Errorf("meta: %w", err)
+	}
+	meta := &efpb.Manifest{}
+	if err := protojson.Unmarshal(data, meta); err != nil {
+		return fmt.Errorf("meta %s is not a manifest JSON document (as edgefleet model train writes): %w", metaPath, err)
+	}
+	p.onnx, p.meta = model, meta
+	return nil
+}
+
+// readBounded reads a file of at most limit bytes.
+func readBounded(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
+	}
+	return data, nil
+}
+
+// input returns the model's input tensor and its feature names (nil when
+// the metadata does not name them), for csv traffic: one FP32 input of
+// shape [N, k].
+func (p *PushModel) input() (*efpb.TensorSpec, []string, error) {
+	if p.File == "" {
+		return &efpb.TensorSpec{Name: fraud.InputName, Datatype: "FP32", Shape: []int64{-1, fraud.NumFeatures}}, fraud.FeatureNames(), nil
+	}
+	if p.meta == nil {
+		return nil, nil, fmt.Errorf("%s has no metadata (no meta given and no %s.meta.json); csv traffic needs its input declared there (FP32, shape [-1, features])", p.File, p.File)
+	}
+	ins := p.meta.GetInputs()
+	if len(ins) != 1 {
+		return nil, nil, fmt.Errorf("the metadata of %s declares %d inputs; csv traffic needs exactly one (FP32, shape [N, features])", p.File, len(ins))
+	}
+	in := ins[0]
+	if in.GetDatatype() != "FP32" || len(in.GetShape()) != 2 || in.GetShape()[1] == 0 || in.GetShape()[1] < -1 || (in.GetShape()[0] != -1 && in.GetShape()[0] != 1) {
+		return nil, nil, fmt.Errorf("input %s of %s is %s %v; csv traffic needs FP32 of shape [-1, features] (or [1, features])", in.GetName(), p.File, in.GetDatatype(), in.GetShape())
+	}
+	var names []string
+	for _, ref := range p.meta.GetReference() {
+		names = append(names, ref.GetName())
+	}
+	if w := in.GetShape()[1]; len(names) == 0 || (w > 0 && int64(len(names)) != w) || slices.Contains(names, "") {
+		names = nil // unnamed: the csv's columns, in order
+	}
+	return in, names, nil
 }
 
 // Run implements Action.
 func (p *PushModel) Run(ctx context.Context, env *Env) (string, error) {
+	if p.File != "" {
+		return p.runFile(ctx, env)
+	}
 	params, err := p.Params.Fraud()
 	if err != nil {
 		return "", err
@@ -168,6 +279,32 @@ func (p *PushModel) Run(ctx context.Context, env *Env) (string, error) {
 		checks = "checks failed (forced): " + mv.Checks.Error
 	}
 	return fmt.Sprintf("%s@%s: %d bytes, %d chunks, test accuracy %.4f; %s", p.Model, p.Version, mv.Size, mv.ChunkCount, art.Test.Accuracy, checks), nil
+}
+
+// runFile uploads File with Meta.
+func (p *PushModel) runFile(ctx context.Context, env *Env) (string, error) {
+	if p.onnx == nil {
+		if err := p.load(env.Scenario); err != nil {
+			return "", err
+		}
+	}
+	model := p.onnx
+	if p.PadBytes > 0 {
+		model = PadONNX(model, p.PadBytes)
+	}
+	var meta *efpb.Manifest
+	if p.meta != nil {
+		meta = proto.CloneOf(p.meta)
+	}
+	mv, err := env.Fleet.ControlPlane().AddModelVersion(ctx, p.Model, p.Version, model, meta, p.Force)
+	if err != nil {
+		return "", err
+	}
+	checks := "checks passed"
+	if !mv.Checks.Passed {
+		checks = "checks failed (forced): " + mv.Checks.Error
+	}
+	return fmt.Sprintf("%s@%s from %s: %d bytes, %d chunks; %s", p.Model, p.Version, p.File, mv.Size, mv.ChunkCount, checks), nil
 }
 
 // PadONNX returns model with an ONNX ModelProto doc_string (field 6) of n
@@ -431,10 +568,16 @@ func (t *Throttle) Run(_ context.Context, env *Env) (string, error) {
 }
 
 // ShiftTraffic changes the picked devices' transaction distribution
-// (injected drift).
+// (injected drift): new fraud parameters, or, when the traffic replays a
+// CSV, the rows of another CSV (relative to the scenario file, with the
+// same columns).
 type ShiftTraffic struct {
 	Pick   Pick   `yaml:",inline"`
 	Params Params `yaml:"params"`
+	CSV    string `yaml:"csv"`
+
+	// csv holds CSV's rows, read at load.
+	csv *sim.CSVData
 }
 
 // Validate implements the optional validation.
@@ -442,10 +585,32 @@ func (s *ShiftTraffic) Validate(sc *Scenario) error {
 	if sc.Traffic == nil {
 		return errors.New("needs a traffic section")
 	}
+	switch {
+	case sc.Traffic.CSV != "" && s.CSV == "":
+		return errors.New("the traffic replays a csv: shift it with csv (other rows), not params")
+	case sc.Traffic.CSV == "" && s.CSV != "":
+		return errors.New("csv needs traffic from a csv (traffic: {csv: ...})")
+	case s.CSV != "" && s.Params != (Params{}):
+		return errors.New("give csv or params, not both")
+	}
 	if _, err := s.Params.Fraud(); err != nil {
 		return err
 	}
 	return s.Pick.validate()
+}
+
+// loadFiles implements fileLoader.
+func (s *ShiftTraffic) loadFiles(sc *Scenario) error {
+	if s.CSV == "" {
+		return nil
+	}
+	t := sc.Traffic.csv
+	d, err := sim.LoadCSV(sc.path(s.CSV), sim.CSVOptions{Input: t.Input, Features: t.Features, Label: sc.Traffic.LabelColumn})
+	if err != nil {
+		return err
+	}
+	s.csv = d
+	return nil
 }
 
 // Run implements Action.
@@ -453,6 +618,15 @@ func (s *ShiftTraffic) Run(_ context.Context, env *Env) (string, error) {
 	ms, err := s.Pick.pick(env, nil)
 	if err != nil {
 		return "", err
+	}
+	if s.CSV != "" {
+		if s.csv == nil {
+			return "", errors.New("csv was not read: the scenario was not loaded")
+		}
+		if err := env.Traffic.ShiftCSV(ids(ms), s.csv); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%d devices now replay %s", len(ms), s.CSV), nil
 	}
 	p, err := s.Params.Fraud()
 	if err != nil {

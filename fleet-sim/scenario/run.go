@@ -114,7 +114,7 @@ func Run(ctx context.Context, sc *Scenario, opts RunOptions) (*Report, error) {
 			sites[s], _ = p.Fraud()
 		}
 		tr, err := f.StartTraffic(sim.TrafficOptions{Model: t.Model, Rate: t.Rate, Seed: t.Seed, Params: tp, SiteParams: sites,
-			LabelFraction: t.LabelFraction, LabelDelay: t.LabelDelay})
+			LabelFraction: t.LabelFraction, LabelDelay: t.LabelDelay, CSV: t.csv})
 		if err != nil {
 			_ = f.Stop()
 			return nil, fmt.Errorf("scenario: %w", err)

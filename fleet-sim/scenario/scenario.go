@@ -11,15 +11,18 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/edgefleet/edgefleet/fleet-sim/sim"
 	"github.com/edgefleet/edgefleet/internal/fraud"
+	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
 // Scenario is one scenario file.
@@ -47,6 +50,8 @@ type Scenario struct {
 	File string `yaml:"-"`
 	// defaultTimeout: Timeout was not given (it follows the speed).
 	defaultTimeout bool
+	// trafficLine is the line of the traffic key.
+	trafficLine int
 }
 
 // ClockSpec is the simulated clock: the in-process control plane and every
@@ -125,7 +130,8 @@ type NetworkSpec struct {
 	Transport string `yaml:"transport"`
 }
 
-// TrafficSpec is synthetic inference traffic.
+// TrafficSpec is synthetic inference traffic: fraud transactions from the
+// built-in generator, or the rows of a CSV file for any model.
 type TrafficSpec struct {
 	Model string  `yaml:"model"`
 	Rate  float64 `yaml:"rate"`
@@ -137,6 +143,20 @@ type TrafficSpec struct {
 	// LabelDelay later (ground truth arriving in the field).
 	LabelFraction float64       `yaml:"label_fraction"`
 	LabelDelay    time.Duration `yaml:"label_delay"`
+	// CSV replays the rows of a CSV file (relative to the scenario file)
+	// instead of generating fraud transactions; it excludes params and
+	// sites. Its header names the columns: one per input feature of the
+	// model, named as in the reference statistics of the model's metadata
+	// (any order, other columns ignored). One row is one request; every
+	// device replays the rows in order, looped, from its own offset (seeded
+	// by seed). See sim.LoadCSV for the checks.
+	CSV string `yaml:"csv"`
+	// LabelColumn names the CSV column holding each row's true class (an
+	// integer), fed back for label_fraction of the inferences.
+	LabelColumn string `yaml:"label_column"`
+
+	// csv holds the rows, read at load.
+	csv *sim.CSVData
 }
 
 // Params are the fraud generator's knobs (see fraud.Params).
@@ -195,16 +215,21 @@ func Load(path string, reg *Registry) (*Scenario, error) {
 	if err != nil {
 		return nil, fmt.Errorf("scenario: %w", err)
 	}
-	sc, err := Parse(data, reg)
+	sc, err := parse(data, reg, path)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	sc.File = path
 	return sc, nil
 }
 
-// Parse decodes a scenario document; see Load.
+// Parse decodes a scenario document; see Load. Files it names (push_model's
+// file, traffic's csv) are relative to the working directory.
 func Parse(data []byte, reg *Registry) (*Scenario, error) {
+	return parse(data, reg, "")
+}
+
+// parse decodes a scenario document read from file ("" when it was not).
+func parse(data []byte, reg *Registry, file string) (*Scenario, error) {
 	var root yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&root); err != nil {
@@ -216,6 +241,7 @@ func Parse(data []byte, reg *Registry) (*Scenario, error) {
 	doc := root.Content[0]
 	var timeline, checks *yaml.Node
 	rest := &yaml.Node{Kind: yaml.MappingNode, Line: doc.Line}
+	trafficLine := 1
 	for i := 0; i+1 < len(doc.Content); i += 2 {
 		switch k := doc.Content[i]; k.Value {
 		case "timeline":
@@ -223,10 +249,13 @@ func Parse(data []byte, reg *Registry) (*Scenario, error) {
 		case "assertions":
 			checks = doc.Content[i+1]
 		default:
+			if k.Value == "traffic" {
+				trafficLine = k.Line
+			}
 			rest.Content = append(rest.Content, k, doc.Content[i+1])
 		}
 	}
-	sc := &Scenario{}
+	sc := &Scenario{File: file, trafficLine: trafficLine}
 	if err := strictDecode(rest, sc); err != nil {
 		return nil, err
 	}
@@ -279,7 +308,10 @@ func (sc *Scenario) validate() error {
 	}
 	if t := sc.Traffic; t != nil {
 		if t.Model == "" || !(t.Rate > 0 && t.Rate <= 100) {
-			return bad(1, "traffic needs a model and a rate in (0, 100] inferences per second per device")
+			return bad(sc.trafficLine, "traffic needs a model and a rate in (0, 100] inferences per second per device")
+		}
+		if err := t.validateCSV(); err != nil {
+			return bad(sc.trafficLine, "traffic: %v", err)
 		}
 		if _, err := t.Params.Fraud(); err != nil {
 			return bad(1, "traffic params: %v", err)
@@ -298,6 +330,21 @@ func (sc *Scenario) validate() error {
 		last = st.At
 		if v, ok := st.Action.(interface{ Validate(*Scenario) error }); ok {
 			if err := v.Validate(sc); err != nil {
+				return bad(st.Line, "%s: %v", st.Kind, err)
+			}
+		}
+	}
+	// Files are read once every step is valid: traffic's csv needs the
+	// input of the model push_model uploads, a shift_traffic csv the
+	// traffic's columns.
+	if t := sc.Traffic; t != nil && t.CSV != "" {
+		if err := t.loadCSV(sc); err != nil {
+			return bad(sc.trafficLine, "traffic: %v", err)
+		}
+	}
+	for _, st := range sc.Timeline {
+		if l, ok := st.Action.(fileLoader); ok {
+			if err := l.loadFiles(sc); err != nil {
 				return bad(st.Line, "%s: %v", st.Kind, err)
 			}
 		}
@@ -451,4 +498,84 @@ func checkKeys(n *yaml.Node, t reflect.Type) error {
 		}
 	}
 	return nil
+}
+
+// fileLoader is an action that reads files its scenario names, once the
+// whole scenario is valid.
+type fileLoader interface {
+	loadFiles(sc *Scenario) error
+}
+
+// path resolves a file named in the scenario: relative to the scenario
+// file's directory (the working directory when it was not read from one).
+func (sc *Scenario) path(name string) string {
+	if filepath.IsAbs(name) || sc.File == "" {
+		return name
+	}
+	return filepath.Join(filepath.Dir(sc.File), name)
+}
+
+// validateCSV checks the traffic's fields, before any file is read.
+func (t *TrafficSpec) validateCSV() error {
+	if t.CSV == "" {
+		if t.LabelColumn != "" {
+			return errors.New("label_column needs csv")
+		}
+		return nil
+	}
+	if t.Params != (Params{}) || len(t.Sites) > 0 {
+		return errors.New("csv excludes params and sites (they shape the built-in fraud transactions); give other sites other rows with shift_traffic's csv")
+	}
+	if t.LabelFraction > 0 && t.LabelColumn == "" {
+		return errors.New("label_fraction needs label_column: the csv column with each row's true class")
+	}
+	return nil
+}
+
+// loadCSV reads the traffic's rows, with the columns of the model's input.
+func (t *TrafficSpec) loadCSV(sc *Scenario) error {
+	input, features, err := sc.modelInput(t.Model)
+	if err != nil {
+		return err
+	}
+	d, err := sim.LoadCSV(sc.path(t.CSV), sim.CSVOptions{Input: input.GetName(), Features: features, Label: t.LabelColumn})
+	if err != nil {
+		return err
+	}
+	if w := input.GetShape()[1]; w > 0 && int64(len(d.Features)) != w {
+		return fmt.Errorf("csv %s has %d feature columns (%s), model %s's input %s takes %d; name the features in the metadata's reference statistics to pick columns",
+			d.File, len(d.Features), strings.Join(d.Features, ", "), t.Model, input.GetName(), w)
+	}
+	t.csv = d
+	return nil
+}
+
+// modelInput returns the input tensor of model, as the scenario's
+// push_model steps upload it, and its feature names (nil when the
+// metadata does not name them: the csv's columns are then the features).
+func (sc *Scenario) modelInput(model string) (*efpb.TensorSpec, []string, error) {
+	var input *efpb.TensorSpec
+	var features []string
+	from := ""
+	for _, st := range sc.Timeline {
+		p, ok := st.Action.(*PushModel)
+		if !ok || p.Model != model {
+			continue
+		}
+		in, names, err := p.input()
+		if err != nil {
+			return nil, nil, fmt.Errorf("csv traffic of model %s: push_model at line %d: %w", model, st.Line, err)
+		}
+		if input == nil {
+			input, features, from = in, names, fmt.Sprintf("line %d", st.Line)
+			continue
+		}
+		if !proto.Equal(in, input) || !slices.Equal(names, features) {
+			return nil, nil, fmt.Errorf("csv traffic of model %s: push_model at line %d has another input than the one at %s; one csv cannot feed both", model, st.Line, from)
+		}
+	}
+	if input == nil {
+		return nil, nil, fmt.Errorf("csv traffic of model %s needs a push_model step of that model (its metadata gives the input)", model)
+	}
+	return input, features, nil
 }

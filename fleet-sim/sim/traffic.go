@@ -36,13 +36,19 @@ type TrafficOptions struct {
 	// the fleet's clock (Options.Clock): it is simulated time.
 	LabelFraction float64
 	LabelDelay    time.Duration
+	// CSV, when set, replaces the fraud transactions: every device replays
+	// its rows in order, looped, from its own offset (seeded by Seed), and
+	// labels come from its label column (none without one). Params and
+	// SiteParams are then unused, and any answer of the model counts as
+	// OK (the fraud traffic wants one probability).
+	CSV *CSVData
 }
 
 // pendingLabel is a ground-truth label waiting for its delay to pass.
 type pendingLabel struct {
 	m     *Member
 	id    string
-	fraud bool
+	label int64
 	due   time.Time // on the fleet's clock
 }
 
@@ -68,12 +74,14 @@ type Traffic struct {
 	opts TrafficOptions
 
 	ok, notServing, failed, labelled atomic.Uint64
-	// mu guards byVersion, firstFailure and params.
+	// mu guards byVersion, firstFailure, params and csv.
 	mu           sync.Mutex
 	byVersion    map[string]uint64
 	firstFailure string
 	params       map[string]fraud.Params // device → params override (ShiftParams)
-	paramsGen    atomic.Uint64
+	csv          map[string]*CSVData     // device → rows override (ShiftCSV)
+	// paramsGen counts the changes of params and csv.
+	paramsGen atomic.Uint64
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -102,7 +110,12 @@ func (f *Fleet) StartTraffic(opts TrafficOptions) (*Traffic, error) {
 			return nil, fmt.Errorf("sim: traffic: site %s: %w", site, err)
 		}
 	}
-	t := &Traffic{f: f, opts: opts, byVersion: map[string]uint64{}, params: map[string]fraud.Params{}}
+	if opts.CSV != nil {
+		if err := opts.CSV.check(); err != nil {
+			return nil, fmt.Errorf("sim: traffic: %w", err)
+		}
+	}
+	t := &Traffic{f: f, opts: opts, byVersion: map[string]uint64{}, params: map[string]fraud.Params{}, csv: map[string]*CSVData{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.cancel = cancel
 	workers := min(opts.Workers, len(f.members))
@@ -121,6 +134,9 @@ func (f *Fleet) StartTraffic(opts TrafficOptions) (*Traffic, error) {
 func (t *Traffic) ShiftParams(devices []string, p fraud.Params) error {
 	if _, err := fraud.NewGenerator(0, p); err != nil {
 		return fmt.Errorf("sim: shift traffic: %w", err)
+	}
+	if t.opts.CSV != nil {
+		return errors.New("sim: shift traffic: the traffic replays a csv: shift it to another csv (ShiftCSV), not to fraud parameters")
 	}
 	t.mu.Lock()
 	for _, d := range devices {
@@ -166,11 +182,57 @@ func (t *Traffic) paramsFor(m *Member) fraud.Params {
 	return t.opts.Params
 }
 
-// run drives the worker's devices. Devices with the same parameters share
-// one generator per worker: a generator calibrates itself on thousands of
-// rows when created, too slow to do per device in a large fleet.
+// source yields the requests of one worker's devices; only that worker
+// uses it.
+type source interface {
+	// refresh takes up the devices' current data (ShiftParams, ShiftCSV).
+	refresh()
+	// next returns the next request of the worker's device i, and its true
+	// label if it has one.
+	next(i int) (in []oip.Tensor, label int64, labelled bool)
+}
+
+// fraudSource generates fraud transactions. Devices with the same
+// parameters share one generator per worker: a generator calibrates itself
+// on thousands of rows when created, too slow to do per device in a large
+// fleet.
+type fraudSource struct {
+	t    *Traffic
+	w    uint64
+	mine []*Member
+	gens []*fraud.Generator
+}
+
+func (s *fraudSource) refresh() {
+	if s.gens == nil {
+		s.gens = make([]*fraud.Generator, len(s.mine))
+	}
+	byParams := map[fraud.Params]*fraud.Generator{}
+	for i, m := range s.mine {
+		p := s.t.paramsFor(m)
+		if byParams[p] == nil {
+			// Params were checked when they were set.
+			byParams[p], _ = fraud.NewGenerator(s.t.opts.Seed*1_000_003+s.w*10_007+uint64(len(byParams)), p)
+		}
+		s.gens[i] = byParams[p]
+	}
+}
+
+func (s *fraudSource) next(i int) ([]oip.Tensor, int64, bool) {
+	row, isFraud := s.gens[i].Next()
+	label := int64(0)
+	if isFraud {
+		label = 1
+	}
+	return []oip.Tensor{{Name: fraud.InputName, Shape: []int64{1, fraud.NumFeatures}, Data: row[:]}}, label, true
+}
+
+// run drives the worker's devices.
 func (t *Traffic) run(ctx context.Context, w uint64, mine []*Member) {
-	gens := make([]*fraud.Generator, len(mine))
+	var src source = &fraudSource{t: t, w: w, mine: mine}
+	if t.opts.CSV != nil {
+		src = &csvSource{t: t, mine: mine}
+	}
 	var seenGen uint64 = ^uint64(0)
 	var labels []pendingLabel // in due order: one delay for all
 	var seq uint64
@@ -186,26 +248,18 @@ func (t *Traffic) run(ctx context.Context, w uint64, mine []*Member) {
 		}
 		if g := t.paramsGen.Load(); g != seenGen {
 			seenGen = g
-			byParams := map[fraud.Params]*fraud.Generator{}
-			for i, m := range mine {
-				p := t.paramsFor(m)
-				if byParams[p] == nil {
-					// Params were checked when they were set.
-					byParams[p], _ = fraud.NewGenerator(t.opts.Seed*1_000_003+w*10_007+uint64(len(byParams)), p)
-				}
-				gens[i] = byParams[p]
-			}
+			src.refresh()
 		}
 		now := t.f.opts.Clock.Now()
 		for i, m := range mine {
 			if ctx.Err() != nil {
 				return
 			}
-			row, isFraud := gens[i].Next()
+			in, label, labelled := src.next(i)
 			seq++
 			id := fmt.Sprintf("%s-%d-%d", m.Device.ID, w, seq)
-			if t.infer(oip.WithInferenceID(ctx, id), m, row) && t.opts.LabelFraction > 0 && pick.Float64() < t.opts.LabelFraction {
-				labels = append(labels, pendingLabel{m: m, id: id, fraud: isFraud, due: now.Add(t.opts.LabelDelay)})
+			if t.infer(oip.WithInferenceID(ctx, id), m, in) && labelled && t.opts.LabelFraction > 0 && pick.Float64() < t.opts.LabelFraction {
+				labels = append(labels, pendingLabel{m: m, id: id, label: label, due: now.Add(t.opts.LabelDelay)})
 			}
 		}
 		labels = t.sendDueLabels(ctx, labels, now)
@@ -224,10 +278,7 @@ func (t *Traffic) sendDueLabels(ctx context.Context, labels []pendingLabel, now 
 	}
 	byMember := map[*Member][]oip.Label{}
 	for _, l := range labels[:n] {
-		v := int64(0)
-		if l.fraud {
-			v = 1
-		}
+		v := l.label
 		byMember[l.m] = append(byMember[l.m], oip.Label{ID: l.id, Label: &v})
 	}
 	for m, ls := range byMember {
@@ -243,12 +294,12 @@ func (t *Traffic) sendDueLabels(ctx context.Context, labels []pendingLabel, now 
 	return labels[n:]
 }
 
-func (t *Traffic) infer(ctx context.Context, m *Member, row fraud.Row) (ok bool) {
+func (t *Traffic) infer(ctx context.Context, m *Member, in []oip.Tensor) (ok bool) {
 	a := m.Agent()
 	if a == nil {
 		return false
 	}
-	version, outs, err := a.Infer(ctx, t.opts.Model, []oip.Tensor{{Name: fraud.InputName, Shape: []int64{1, fraud.NumFeatures}, Data: row[:]}})
+	version, outs, err := a.Infer(ctx, t.opts.Model, in)
 	switch {
 	case err != nil && strings.Contains(err.Error(), "no active model"):
 		t.notServing.Add(1)
@@ -262,11 +313,12 @@ func (t *Traffic) infer(ctx context.Context, m *Member, row fraud.Row) (ok bool)
 			t.firstFailure = fmt.Sprintf("%s: %v", m.Device.ID, err)
 		}
 		t.mu.Unlock()
-	case len(outs) != 1 || len(outs[0].Data) != 1 || !(outs[0].Data[0] >= 0 && outs[0].Data[0] <= 1):
+	case t.opts.CSV == nil && (len(outs) != 1 || len(outs[0].Data) != 1 || !(outs[0].Data[0] >= 0 && outs[0].Data[0] <= 1)),
+		t.opts.CSV != nil && len(outs) == 0:
 		t.failed.Add(1)
 		t.mu.Lock()
 		if t.firstFailure == "" {
-			t.firstFailure = fmt.Sprintf("%s: version %s answered %v, want one probability", m.Device.ID, version, outs)
+			t.firstFailure = fmt.Sprintf("%s: version %s answered %v, want %s", m.Device.ID, version, outs, t.wantOutput())
 		}
 		t.mu.Unlock()
 	default:
@@ -277,4 +329,12 @@ func (t *Traffic) infer(ctx context.Context, m *Member, row fraud.Row) (ok bool)
 		return true
 	}
 	return false
+}
+
+// wantOutput says what infer accepts as an answer.
+func (t *Traffic) wantOutput() string {
+	if t.opts.CSV != nil {
+		return "an output"
+	}
+	return "one probability"
 }
