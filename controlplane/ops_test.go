@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/controlplane/monitor"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -118,4 +119,11 @@ func (c *testClock) Set(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.now = t.UTC()
+}
+
+func TestAlertWindowShorterThanTheBucketsIsRefused(t *testing.T) {
+	_, err := New(Options{DataDir: t.TempDir(), Monitor: MonitorOptions{Rules: monitor.Rules{Window: 20 * time.Second}}})
+	assert.ErrorContains(t, err, "alert window 20s is shorter than the 1m0s resolution")
+	_, err = New(Options{DataDir: t.TempDir(), Monitor: MonitorOptions{Rules: monitor.Rules{Window: time.Minute}}})
+	assert.NoError(t, err)
 }

@@ -218,6 +218,13 @@ func New(opts Options) (*Server, error) {
 	if opts.ChunkBatchMax == 0 {
 		opts.ChunkBatchMax = DefaultChunkBatchMax
 	}
+	// Metrics are stored in one-minute buckets and a window counts the
+	// buckets that start inside it: a shorter window would see the current
+	// bucket only during its first seconds.
+	if w := opts.Monitor.Rules.Window; w > 0 && w < monitor.DefaultRawBucket {
+		return nil, fmt.Errorf("controlplane: alert window %v is shorter than the %v resolution of the stored metrics; use at least %v",
+			w, monitor.DefaultRawBucket, monitor.DefaultRawBucket)
+	}
 	if opts.MQTTURL == "" && opts.Username != "" {
 		return nil, errors.New("controlplane: Username is for an external broker (MQTTURL); the embedded broker needs none")
 	}

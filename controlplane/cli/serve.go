@@ -42,7 +42,7 @@ func (a *app) serve(ctx context.Context, args []string) error {
 	fs.Float64Var(&rules.MaxPSI, "alert-max-psi", 0, "alert when a feature's PSI exceeds this (e.g. 0.25; 0: off)")
 	fs.Float64Var(&rules.MinAccuracy, "alert-min-accuracy", 0, "alert when accuracy falls below this (0: off)")
 	fs.Float64Var(&rules.MaxAccuracyDrop, "alert-max-accuracy-drop", 0, "alert when accuracy drops by more than this vs the previous window (0: off)")
-	fs.DurationVar(&rules.Window, "alert-window", 0, "time window the alert rules evaluate (default 15m)")
+	fs.DurationVar(&rules.Window, "alert-window", 0, "time window the alert rules evaluate, at least 1m (default 15m)")
 	fs.StringVar(&opts.Monitor.WebhookURL, "webhook-url", "", "POST every alert here as signed JSON (the retrain hook)")
 	var webhookSecretFile string
 	fs.StringVar(&webhookSecretFile, "webhook-secret-file", a.getenv(EnvWebhookSecretFile),

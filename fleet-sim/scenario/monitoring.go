@@ -54,6 +54,10 @@ func (m *MonitorSpec) validate() error {
 	if m.Interval < 0 || m.Window < 0 || m.MaxPSI < 0 || m.MinAccuracy < 0 || m.MaxAccuracyDrop < 0 {
 		return errors.New("monitor: durations and thresholds must not be negative")
 	}
+	if m.Window > 0 && m.Window < monitor.DefaultRawBucket {
+		return fmt.Errorf("monitor: window %v is shorter than the control plane's %v metric buckets; use at least %v",
+			m.Window, monitor.DefaultRawBucket, monitor.DefaultRawBucket)
+	}
 	return nil
 }
 

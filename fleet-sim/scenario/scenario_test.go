@@ -44,6 +44,7 @@ func TestParseRejectsBadFiles(t *testing.T) {
 		{"unknown create_rollout key", minimal + "timeline:\n  - create_rollout: {name: r, spek: {}}\n", `unknown key "spek"`},
 		{"inference assertion without traffic", minimal + "assertions:\n  - no_failed_inference: {}\n", "needs a traffic section"},
 		{"unknown transport", minimal + "network: {transport: udp}\n", `network: transport "udp", want tcp or memory`},
+		{"alert window under a bucket", minimal + "monitor: {window: 20s, max_psi: 0.2}\n", "window 20s is shorter than the control plane's 1m0s metric buckets"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
