@@ -543,7 +543,9 @@ func declaredMetrics(t *testing.T) map[string]bool {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join(repoRoot(t), "controlplane", "*.go"))
 	require.NoError(t, err)
-	re := regexp.MustCompile(`Name:\s*"(edgefleet_[a-z0-9_]+)"`)
+	// Metric names as declared: a Name: field of *Opts, or the first
+	// argument of prometheus.NewDesc (collectors that build their own).
+	re := regexp.MustCompile(`(?:Name:\s*|NewDesc\(\s*)"(edgefleet_[a-z0-9_]+)"`)
 	out := map[string]bool{}
 	for _, f := range files {
 		if strings.HasSuffix(f, "_test.go") {
