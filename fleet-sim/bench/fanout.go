@@ -203,18 +203,9 @@ func fanoutOne(ctx context.Context, o FanoutOptions, n int, rt *infer.Runtime, s
 	}
 	r.StartSeconds = time.Since(t0).Seconds()
 	cp := f.ControlPlane()
-	all := make([]string, n)
-	for i, d := range devs {
-		all[i] = d.ID
-	}
+	all := memberIDs(f)
 	// Warm up: every agent connected, trusting, serving a small v1.
-	if _, err := cp.AddModelVersion(ctx, "fraud", "1", small.ONNX, small.Metadata(), false); err != nil {
-		return r, err
-	}
-	if _, err := cp.Deploy(ctx, controlplane.DeployRequest{Model: "fraud", Version: "1", Devices: all}); err != nil {
-		return r, err
-	}
-	if err := waitServing(ctx, f, "fraud", "1", 10*time.Minute); err != nil {
+	if err := deployAll(ctx, f, "1", small, 10*time.Minute); err != nil {
 		return r, err
 	}
 	mv, err := cp.AddModelVersion(ctx, "fraud", "2", model, big.Metadata(), false)
@@ -264,6 +255,29 @@ func proxyIn(f *sim.Fleet) uint64 {
 		in += i
 	}
 	return in
+}
+
+// memberIDs are the fleet's device ids.
+func memberIDs(f *sim.Fleet) []string {
+	ms := f.Members()
+	ids := make([]string, len(ms))
+	for i, m := range ms {
+		ids[i] = m.Device.ID
+	}
+	return ids
+}
+
+// deployAll uploads art as fraud@version, deploys it to every device and
+// waits until every agent serves it.
+func deployAll(ctx context.Context, f *sim.Fleet, version string, art *fraud.Artifact, timeout time.Duration) error {
+	cp := f.ControlPlane()
+	if _, err := cp.AddModelVersion(ctx, "fraud", version, art.ONNX, art.Metadata(), false); err != nil {
+		return err
+	}
+	if _, err := cp.Deploy(ctx, controlplane.DeployRequest{Model: "fraud", Version: version, Devices: memberIDs(f)}); err != nil {
+		return err
+	}
+	return waitServing(ctx, f, "fraud", version, timeout)
 }
 
 // waitServing polls until every agent serves model@version.

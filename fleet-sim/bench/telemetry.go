@@ -264,18 +264,7 @@ func telemetryOne(ctx context.Context, o TelemetryOptions, n int, rt *infer.Runt
 	}
 	r.StartSeconds = time.Since(t0).Seconds()
 	srv := f.Server()
-	cp := f.ControlPlane()
-	all := make([]string, n)
-	for i, d := range devs {
-		all[i] = d.ID
-	}
-	if _, err := cp.AddModelVersion(ctx, "fraud", "1", art.ONNX, art.Metadata(), false); err != nil {
-		return r, err
-	}
-	if _, err := cp.Deploy(ctx, controlplane.DeployRequest{Model: "fraud", Version: "1", Devices: all}); err != nil {
-		return r, err
-	}
-	if err := waitServing(ctx, f, "fraud", "1", 15*time.Minute); err != nil {
+	if err := deployAll(ctx, f, "1", art, 15*time.Minute); err != nil {
 		return r, err
 	}
 	r.DeploySeconds = time.Since(t0).Seconds() - r.StartSeconds
@@ -517,14 +506,7 @@ func telemetryPayloadSize(ctx context.Context, o TelemetryOptions, rt *infer.Run
 	if err := f.Start(ctx); err != nil {
 		return 0, err
 	}
-	cp := f.ControlPlane()
-	if _, err := cp.AddModelVersion(ctx, "fraud", "1", art.ONNX, art.Metadata(), false); err != nil {
-		return 0, err
-	}
-	if _, err := cp.Deploy(ctx, controlplane.DeployRequest{Model: "fraud", Version: "1", Devices: []string{devs[0].ID, devs[1].ID}}); err != nil {
-		return 0, err
-	}
-	if err := waitServing(ctx, f, "fraud", "1", time.Minute); err != nil {
+	if err := deployAll(ctx, f, "1", art, time.Minute); err != nil {
 		return 0, err
 	}
 	tr, err := f.StartTraffic(sim.TrafficOptions{Model: "fraud", Rate: o.Rate, Seed: 1})
