@@ -316,6 +316,9 @@ func TestMetrics(t *testing.T) {
 		"edgefleet_model_versions 0",
 		`edgefleet_api_requests_total{code="201",route="POST /api/v1/devices"} 1`,
 		`edgefleet_api_requests_total{code="404",route="GET /api/v1/devices/{id}"} 1`,
+		// The embedded broker's drops are visible (none here).
+		"edgefleet_broker_subscription_dropped_total 0",
+		"edgefleet_broker_client_dropped_total 0",
 	} {
 		assert.Contains(t, text, want)
 	}

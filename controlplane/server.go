@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/edgefleet/edgefleet/controlplane/audit"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
@@ -280,7 +282,29 @@ func New(opts Options) (*Server, error) {
 		},
 	)
 	s.monMetrics = newMonitorMetrics(s.metrics.reg)
+	s.metrics.reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "edgefleet_broker_subscription_dropped_total",
+			Help: "Device messages the embedded broker dropped because a control-plane subscription's queue was full (ingest falling behind).",
+		}, func() float64 { return s.brokerDrops(func(b *broker.Broker) uint64 { return b.Dropped() }) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "edgefleet_broker_client_dropped_total",
+			Help: "Messages the embedded broker dropped instead of sending them to a device whose outbound queue was full.",
+		}, func() float64 { return s.brokerDrops(func(b *broker.Broker) uint64 { return b.ClientDropped() }) }),
+	)
 	return s, nil
+}
+
+// brokerDrops reads a drop counter of the embedded broker (0 with an
+// external broker, or before it started).
+func (s *Server) brokerDrops(count func(*broker.Broker) uint64) float64 {
+	s.addrMu.Lock()
+	b := s.embedded
+	s.addrMu.Unlock()
+	if b == nil {
+		return 0
+	}
+	return float64(count(b))
 }
 
 func (s *Server) deviceCounts() (total, online int) {

@@ -527,7 +527,7 @@ func TestPrometheusConfig(t *testing.T) {
 	require.NoError(t, os.WriteFile(path, []byte(conf), 0o644))
 	code, out := runCode(t, promtool, "check", "config", path)
 	assert.Equal(t, 0, code, "promtool check config:\n%s", out)
-	assert.Contains(t, out, "4 rules found", "the alert rules were checked too")
+	assert.Contains(t, out, "5 rules found", "the alert rules were checked too")
 
 	bad := filepath.Join(dir, "bad.yml")
 	require.NoError(t, os.WriteFile(bad, []byte(strings.Replace(conf, "scrape_interval", "scrape_intervall", 1)), 0o644))
