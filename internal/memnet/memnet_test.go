@@ -208,3 +208,27 @@ func TestConcurrentStreams(t *testing.T) {
 		require.NoError(t, <-done)
 	}
 }
+
+// Small messages reuse the buffer: a write and its read allocate nothing
+// once the buffer exists; a large one is released when drained.
+func TestBufferReuse(t *testing.T) {
+	b := newBuffer(DefaultBuffer)
+	msg, out := make([]byte, 200), make([]byte, 200)
+	// Interleaved partial reads move the read offset; writes compact.
+	_, _, _ = b.write(msg)
+	allocs := testing.AllocsPerRun(100, func() {
+		_, _, _ = b.write(msg)
+		_, _, _ = b.read(out[:150])
+		_, _, _ = b.read(out[:50])
+	})
+	assert.Zero(t, allocs)
+	_, _, _ = b.read(out) // drain
+	big := make([]byte, 64<<10)
+	_, _, _ = b.write(big)
+	for {
+		if _, ok, _ := b.read(big); !ok {
+			break
+		}
+	}
+	assert.Nil(t, b.buf, "a drained large buffer is released")
+}

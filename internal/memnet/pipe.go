@@ -12,7 +12,8 @@ import (
 // not yet read by the other, at most max of them.
 type buffer struct {
 	mu       sync.Mutex
-	data     []byte
+	buf      []byte // buf[r:] is unread
+	r        int
 	max      int
 	eof      bool          // the writing end closed: reads drain, then io.EOF
 	gone     bool          // the reading end closed: writes fail
@@ -31,27 +32,29 @@ func signal(c chan struct{}) {
 	}
 }
 
-// keepCap is the largest drained buffer kept for reuse; a larger one is
-// released so that idle connections hold no memory.
+// keepCap is the largest drained buffer kept for reuse (small messages
+// then cost no allocation); a larger one is released so that an idle
+// connection holds at most this much.
 const keepCap = 4 << 10
 
 // read copies buffered bytes into p; ok is false when none are there.
 func (b *buffer) read(p []byte) (n int, ok bool, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if len(b.data) == 0 {
+	if b.r == len(b.buf) {
 		if b.eof {
 			return 0, true, io.EOF
 		}
 		return 0, false, nil
 	}
-	n = copy(p, b.data)
-	b.data = b.data[n:]
-	if len(b.data) == 0 {
-		if cap(b.data) > keepCap {
-			b.data = nil
+	n = copy(p, b.buf[b.r:])
+	b.r += n
+	if b.r == len(b.buf) {
+		b.r = 0
+		if cap(b.buf) > keepCap {
+			b.buf = nil
 		} else {
-			b.data = b.data[:0:0]
+			b.buf = b.buf[:0]
 		}
 	} else {
 		signal(b.readable) // another reader may wait too
@@ -67,14 +70,21 @@ func (b *buffer) write(p []byte) (n int, ok bool, err error) {
 	if b.gone {
 		return 0, true, io.ErrClosedPipe
 	}
-	room := b.max - len(b.data)
+	held := len(b.buf) - b.r
+	room := b.max - held
 	if room <= 0 {
 		return 0, false, nil
 	}
 	n = min(room, len(p))
-	b.data = append(b.data, p[:n]...)
+	if b.r > 0 && len(b.buf)+n > cap(b.buf) {
+		// Move the unread bytes to the front rather than grow.
+		copy(b.buf, b.buf[b.r:])
+		b.buf = b.buf[:held]
+		b.r = 0
+	}
+	b.buf = append(b.buf, p[:n]...)
 	signal(b.readable)
-	if n < len(p) || len(b.data) < b.max {
+	if held+n < b.max {
 		signal(b.writable)
 	}
 	return n, true, nil
@@ -90,7 +100,7 @@ func (b *buffer) closeWriter() {
 func (b *buffer) closeReader() {
 	b.mu.Lock()
 	b.gone = true
-	b.data = nil
+	b.buf, b.r = nil, 0
 	b.mu.Unlock()
 	signal(b.writable)
 }
