@@ -295,12 +295,18 @@ func New(opts Options) (*Server, error) {
 	return s, nil
 }
 
+// embeddedBroker is the embedded broker once started (nil before, and
+// with an external broker).
+func (s *Server) embeddedBroker() *broker.Broker {
+	s.addrMu.Lock()
+	defer s.addrMu.Unlock()
+	return s.embedded
+}
+
 // brokerDrops reads a drop counter of the embedded broker (0 with an
 // external broker, or before it started).
 func (s *Server) brokerDrops(count func(*broker.Broker) uint64) float64 {
-	s.addrMu.Lock()
-	b := s.embedded
-	s.addrMu.Unlock()
+	b := s.embeddedBroker()
 	if b == nil {
 		return 0
 	}
@@ -330,9 +336,7 @@ func (s *Server) APIURL() string {
 // DialBroker connects to the embedded broker in memory (Options.MQTTInMemory);
 // the connection then speaks MQTT with device credentials like a TCP one.
 func (s *Server) DialBroker(ctx context.Context) (net.Conn, error) {
-	s.addrMu.Lock()
-	b := s.embedded
-	s.addrMu.Unlock()
+	b := s.embeddedBroker()
 	if b == nil {
 		return nil, errors.New("controlplane: dial broker: no embedded broker (yet)")
 	}
@@ -342,9 +346,7 @@ func (s *Server) DialBroker(ctx context.Context) (net.Conn, error) {
 // BrokerInMemoryConns is the number of in-memory broker connection ends
 // still open (two per connection), for leak checks.
 func (s *Server) BrokerInMemoryConns() int64 {
-	s.addrMu.Lock()
-	b := s.embedded
-	s.addrMu.Unlock()
+	b := s.embeddedBroker()
 	if b == nil {
 		return 0
 	}

@@ -197,11 +197,9 @@ func fanoutOne(ctx context.Context, o FanoutOptions, n int, rt *infer.Runtime, s
 		return r, err
 	}
 	defer f.Stop()
-	t0 := time.Now()
-	if err := f.Start(ctx); err != nil {
+	if r.StartSeconds, err = startTimed(ctx, f); err != nil {
 		return r, err
 	}
-	r.StartSeconds = time.Since(t0).Seconds()
 	cp := f.ControlPlane()
 	all := memberIDs(f)
 	// Warm up: every agent connected, trusting, serving a small v1.
@@ -215,7 +213,7 @@ func fanoutOne(ctx context.Context, o FanoutOptions, n int, rt *infer.Runtime, s
 	r.ModelBytes, r.Chunks, r.ChunkSize = mv.Size, mv.ChunkCount, mv.ChunkSize
 	inBefore := proxyIn(f)
 	pubBefore := chunkPublishes(f)
-	t0 = time.Now()
+	t0 := time.Now()
 	phases := watchPhases(f, "fraud", "2", t0)
 	if _, err := cp.Deploy(ctx, controlplane.DeployRequest{Model: "fraud", Version: "2", Devices: all}); err != nil {
 		return r, err
@@ -255,6 +253,28 @@ func proxyIn(f *sim.Fleet) uint64 {
 		in += i
 	}
 	return in
+}
+
+// startTimed starts the fleet and returns how long that took in seconds.
+func startTimed(ctx context.Context, f *sim.Fleet) (float64, error) {
+	t0 := time.Now()
+	err := f.Start(ctx)
+	return time.Since(t0).Seconds(), err
+}
+
+// runtimeAndModel opens the shared onnxruntime and trains the small fraud
+// model the scale and telemetry benchmarks deploy.
+func runtimeAndModel(ortLib string) (*infer.Runtime, *fraud.Artifact, error) {
+	rt, err := infer.NewRuntime(ortLib, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	art, err := fraud.TrainArtifact(fraud.TrainConfig{Seed: 1, Rows: 4000})
+	if err != nil {
+		_ = rt.Close()
+		return nil, nil, err
+	}
+	return rt, art, nil
 }
 
 // memberIDs are the fleet's device ids.

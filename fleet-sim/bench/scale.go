@@ -63,15 +63,11 @@ func Scale(ctx context.Context, o ScaleOptions) ([]ScaleResult, error) {
 	if o.Transport == "" {
 		o.Transport = sim.TransportMemory
 	}
-	rt, err := infer.NewRuntime(o.ORTLibrary, nil)
+	rt, art, err := runtimeAndModel(o.ORTLibrary)
 	if err != nil {
 		return nil, err
 	}
 	defer rt.Close()
-	art, err := fraud.TrainArtifact(fraud.TrainConfig{Seed: 1, Rows: 4000})
-	if err != nil {
-		return nil, err
-	}
 	fmt.Fprintf(o.Progress, "| N | start s | deploy→all active s | fixed heap | agents' heap in use | heap in use / agent | live heap / agent | stacks / agent | goroutines / agent | RSS / agent |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	var out []ScaleResult
 	for _, n := range o.Sizes {

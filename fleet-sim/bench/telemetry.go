@@ -139,15 +139,11 @@ func (o *TelemetryOptions) defaults() {
 // the same package and settings to one counting subscriber.
 func Telemetry(ctx context.Context, o TelemetryOptions) ([]TelemetryResult, error) {
 	o.defaults()
-	rt, err := infer.NewRuntime(o.ORTLibrary, nil)
+	rt, art, err := runtimeAndModel(o.ORTLibrary)
 	if err != nil {
 		return nil, err
 	}
 	defer rt.Close()
-	art, err := fraud.TrainArtifact(fraud.TrainConfig{Seed: 1, Rows: 4000})
-	if err != nil {
-		return nil, err
-	}
 	size, err := telemetryPayloadSize(ctx, o, rt, art)
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: payload size: %w", err)
@@ -258,16 +254,15 @@ func telemetryOne(ctx context.Context, o TelemetryOptions, n int, rt *infer.Runt
 		return r, err
 	}
 	defer f.Stop()
-	t0 := time.Now()
-	if err := f.Start(ctx); err != nil {
+	if r.StartSeconds, err = startTimed(ctx, f); err != nil {
 		return r, err
 	}
-	r.StartSeconds = time.Since(t0).Seconds()
 	srv := f.Server()
+	t0 := time.Now()
 	if err := deployAll(ctx, f, "1", art, 15*time.Minute); err != nil {
 		return r, err
 	}
-	r.DeploySeconds = time.Since(t0).Seconds() - r.StartSeconds
+	r.DeploySeconds = time.Since(t0).Seconds()
 	tr, err := f.StartTraffic(sim.TrafficOptions{Model: "fraud", Rate: o.Rate, Seed: 1})
 	if err != nil {
 		return r, err
