@@ -583,12 +583,6 @@ func telemetryBaseline(ctx context.Context, devs []sim.Device, size int, interva
 				c.Disconnect(0)
 			}
 		}
-		// mochi v2.7.9 can deadlock when the broker closes while clients
-		// are still being removed (Clients.GetByListener read-locks twice,
-		// a concurrent Delete waits to write): let them go first.
-		for deadline := time.Now().Add(30 * time.Second); (b.Clients() > 0 || b.InMemoryConns() > 0) && time.Now().Before(deadline); {
-			time.Sleep(10 * time.Millisecond) // polling: the broker has no "all gone" signal
-		}
 	}()
 	t0 := time.Now()
 	sem := make(chan struct{}, 32)
