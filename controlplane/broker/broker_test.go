@@ -551,7 +551,11 @@ func TestInMemoryListener(t *testing.T) {
 
 	// And the same ACL.
 	assert.Equal(t, byte(0x80), d.subscribe(t, s.Status("d2")), "another device's topic is refused")
-	assert.Equal(t, int64(2), b.InMemoryConns())
+	// The refused connection's ends close asynchronously after its CONNACK
+	// (seen still counted on a busy machine): wait for them, then check
+	// that exactly the live connection's two ends remain.
+	assert.Eventually(t, func() bool { return b.InMemoryConns() == 2 }, waitFor, 5*time.Millisecond,
+		"the refused connection's ends are closed; the live one's two remain")
 
 	require.NoError(t, b.Close())
 	d.waitLost(t, "broker closed")
