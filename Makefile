@@ -14,7 +14,7 @@ BIN         := $(CURDIR)/bin
 TEST_FLAGS  ?= -race -count=1 -timeout 12m
 export EDGEFLEET_ORT_LIB := $(ORT_LIB)
 
-.PHONY: all deps build proto proto-check demo test test-short lint fmt fuzz bench clean
+.PHONY: all deps build proto proto-check demo test test-stress test-short lint fmt fuzz bench clean
 
 all: build
 
@@ -56,6 +56,14 @@ demo: build
 test: deps lint
 	$(GO) test $(TEST_FLAGS) $$($(GO) list ./... | grep -v /deploy/)
 	$(GO) test $(TEST_FLAGS) ./deploy/...
+
+## test-stress: the load rehearsal: make test 10 times beside a CPU and disk
+## load, stopping at the first failure (scripts/test-stress.sh --help for
+## the other loads: two runs at once, make sim beside make test)
+STRESS_RUNS ?= 10
+STRESS_LOAD ?= cpu
+test-stress:
+	scripts/test-stress.sh --runs $(STRESS_RUNS) --load $(STRESS_LOAD)
 
 ## test-short: tests without the race detector, for a quick loop
 test-short: deps
