@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
 	--runs) runs="$2"; shift 2 ;;
 	--load) load="$2"; shift 2 ;;
 	--log-dir) logdir="$2"; shift 2 ;;
-	-h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "test-stress: unknown argument $1 (see --help)" >&2; exit 2 ;;
 	esac
 done
