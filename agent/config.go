@@ -15,50 +15,52 @@ import (
 // Config is the agent's configuration file (YAML). It is what
 // `edgefleet device add --config-out` writes and what the install script
 // places on a device. Unknown keys are errors, reported with their line.
+// A written config leaves out keys holding their zero value, which is also
+// what a missing key decodes to.
 type Config struct {
-	DeviceID string `yaml:"device_id"`
+	DeviceID string `yaml:"device_id,omitempty"`
 	// BrokerURL is the MQTT broker, e.g. tcp://cp.example:1883.
-	BrokerURL string `yaml:"broker_url"`
+	BrokerURL string `yaml:"broker_url,omitempty"`
 	// Username defaults to DeviceID.
-	Username string `yaml:"username"`
-	Password string `yaml:"password"`
+	Username string `yaml:"username,omitempty"`
+	Password string `yaml:"password,omitempty"`
 	// RootPublicKey is the PEM of the fleet's root public key: the only key
 	// an agent is provisioned with; every other key comes from the
 	// root-signed trust bundle.
-	RootPublicKey string `yaml:"root_public_key"`
+	RootPublicKey string `yaml:"root_public_key,omitempty"`
 	// DataDir holds the agent's state and model files.
-	DataDir string `yaml:"data_dir"`
+	DataDir string `yaml:"data_dir,omitempty"`
 	// InferenceListen is the local inference API address; empty disables it.
-	InferenceListen string `yaml:"inference_listen"`
+	InferenceListen string `yaml:"inference_listen,omitempty"`
 	// MetricsListen is an optional Prometheus endpoint address; empty
 	// disables it.
-	MetricsListen string `yaml:"metrics_listen"`
-	TopicPrefix   string `yaml:"topic_prefix"`
+	MetricsListen string `yaml:"metrics_listen,omitempty"`
+	TopicPrefix   string `yaml:"topic_prefix,omitempty"`
 	// Hardware is the device class matched against a manifest's hardware
 	// list; defaults to the GOARCH of the binary.
-	Hardware string `yaml:"hardware"`
+	Hardware string `yaml:"hardware,omitempty"`
 	// ONNXRuntimeLibrary is the path of libonnxruntime.so.1; empty searches
 	// next to the binary and in the usual places.
-	ONNXRuntimeLibrary string `yaml:"onnxruntime_library"`
+	ONNXRuntimeLibrary string `yaml:"onnxruntime_library,omitempty"`
 	// HeartbeatInterval between telemetry reports, e.g. "30s".
-	HeartbeatInterval string `yaml:"heartbeat_interval"`
+	HeartbeatInterval string `yaml:"heartbeat_interval,omitempty"`
 	// HealthPeriod a new version serves on trial before it is committed,
 	// e.g. "30s"; empty or "0s" commits once its checks pass.
-	HealthPeriod string `yaml:"health_period"`
+	HealthPeriod string `yaml:"health_period,omitempty"`
 	// DisableMonitoring turns off per-inference drift and accuracy
 	// monitoring.
-	DisableMonitoring bool `yaml:"disable_monitoring"`
+	DisableMonitoring bool `yaml:"disable_monitoring,omitempty"`
 	// LabelCapacity bounds the predictions kept per model while they wait
 	// for a ground-truth label; LabelTTL is how long one waits, e.g. "24h".
-	LabelCapacity int    `yaml:"label_capacity"`
-	LabelTTL      string `yaml:"label_ttl"`
+	LabelCapacity int    `yaml:"label_capacity,omitempty"`
+	LabelTTL      string `yaml:"label_ttl,omitempty"`
 	// OutboxMaxReports and OutboxMaxBytes bound the telemetry kept while
 	// the broker is unreachable; beyond them the oldest is dropped and
 	// the loss reported.
-	OutboxMaxReports int   `yaml:"outbox_max_reports"`
-	OutboxMaxBytes   int64 `yaml:"outbox_max_bytes"`
+	OutboxMaxReports int   `yaml:"outbox_max_reports,omitempty"`
+	OutboxMaxBytes   int64 `yaml:"outbox_max_bytes,omitempty"`
 	// LogLevel is debug, info, warn or error.
-	LogLevel string `yaml:"log_level"`
+	LogLevel string `yaml:"log_level,omitempty"`
 	// TLS to the broker (tls:// broker_url): TLSCAFile is the PEM CA bundle
 	// that signed the broker's certificate (empty: the system roots);
 	// TLSCertFile/TLSKeyFile are this device's client certificate and key

@@ -19,6 +19,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/infer"
@@ -153,7 +154,7 @@ func TestMonitoringDriftAtOneSiteRaisesAlertAndWebhook(t *testing.T) {
 	assert.Equal(t, 400, res.Accepted)
 
 	// The control plane shows drift at south only.
-	var got *monitor.Result
+	var got *api.ModelMetrics
 	require.Eventually(t, func() bool {
 		got, err = f.cp.Monitor().Query(monitor.Query{Model: "fraud", Version: "1.0.0", By: monitor.BySite, To: time.Now().Add(time.Minute)})
 		return err == nil && got.Total.Rows == 1200 && got.Total.Labelled == 1200

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/transfer"
 )
 
@@ -24,54 +25,60 @@ const (
 	multipartOverhead = 64 << 10
 )
 
-// route is one REST endpoint; docs/openapi.yaml documents exactly these
-// (a test keeps the two in step).
-type route struct {
-	method, path string
-	h            http.Handler
-}
-
-func (s *Server) routes() []route {
-	return append([]route{
-		{"GET", "/healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+// handlers maps every route of api.Routes (by its Key) to its handler.
+func (s *Server) handlers() map[string]http.Handler {
+	hs := map[string]http.Handler{
+		"GET " + api.PathHealth: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-		})},
-		{"POST", "/api/v1/devices", http.HandlerFunc(s.handleRegisterDevice)},
-		{"GET", "/api/v1/devices", http.HandlerFunc(s.handleListDevices)},
-		{"GET", "/api/v1/devices/{id}", http.HandlerFunc(s.handleGetDevice)},
-		{"GET", "/api/v1/models", http.HandlerFunc(s.handleListModels)},
-		{"POST", "/api/v1/models/{name}/versions/{version}", http.HandlerFunc(s.handleUploadModel)},
-		{"GET", "/api/v1/models/{name}/versions/{version}", http.HandlerFunc(s.handleGetModel)},
-		{"GET", "/api/v1/models/{name}/versions/{version}/metrics", http.HandlerFunc(s.handleModelMetrics)},
-		{"POST", "/api/v1/deployments", http.HandlerFunc(s.handleDeploy)},
-		{"POST", "/api/v1/devices/{id}/revoke", http.HandlerFunc(s.handleRevokeDevice)},
-		{"POST", "/api/v1/enrollments", http.HandlerFunc(s.handleCreateEnrollment)},
-		{"POST", "/api/v1/enroll", http.HandlerFunc(s.handleEnroll)},
-		{"POST", "/api/v1/tokens", http.HandlerFunc(s.handleCreateToken)},
-		{"GET", "/api/v1/tokens", http.HandlerFunc(s.handleListTokens)},
-		{"DELETE", "/api/v1/tokens/{id}", http.HandlerFunc(s.handleRevokeToken)},
-		{"GET", "/api/v1/audit", http.HandlerFunc(s.handleAudit)},
-		{"GET", "/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})},
-	}, s.rolloutRoutes()...)
-}
-
-// handler returns the REST API: every route needs a bearer token whose
-// role allows it (requiredRole), except GET /healthz and POST /api/v1/enroll.
-func (s *Server) handler() http.Handler {
-	mux := http.NewServeMux()
-	for _, r := range s.routes() {
-		mux.Handle(r.method+" "+r.path, s.authorize(r.method, r.path, r.h))
+		}),
+		"GET " + api.PathMetrics:       promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}),
+		"POST " + api.PathDevices:      http.HandlerFunc(s.handleRegisterDevice),
+		"GET " + api.PathDevices:       http.HandlerFunc(s.handleListDevices),
+		"GET " + api.PathDevice:        http.HandlerFunc(s.handleGetDevice),
+		"POST " + api.PathDeviceRevoke: http.HandlerFunc(s.handleRevokeDevice),
+		"GET " + api.PathModels:        http.HandlerFunc(s.handleListModels),
+		"POST " + api.PathModelVersion: http.HandlerFunc(s.handleUploadModel),
+		"GET " + api.PathModelVersion:  http.HandlerFunc(s.handleGetModel),
+		"GET " + api.PathModelMetrics:  http.HandlerFunc(s.handleModelMetrics),
+		"POST " + api.PathDeployments:  http.HandlerFunc(s.handleDeploy),
+		"POST " + api.PathEnrollments:  http.HandlerFunc(s.handleCreateEnrollment),
+		"POST " + api.PathEnroll:       http.HandlerFunc(s.handleEnroll),
+		"POST " + api.PathTokens:       http.HandlerFunc(s.handleCreateToken),
+		"GET " + api.PathTokens:        http.HandlerFunc(s.handleListTokens),
+		"DELETE " + api.PathToken:      http.HandlerFunc(s.handleRevokeToken),
+		"GET " + api.PathAudit:         http.HandlerFunc(s.handleAudit),
+		"POST " + api.PathRollouts:     http.HandlerFunc(s.handleCreateRollout),
+		"GET " + api.PathRollouts:      http.HandlerFunc(s.handleListRollouts),
+		"GET " + api.PathRollout:       http.HandlerFunc(s.handleGetRollout),
 	}
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, newErr(ErrNotFound, "no endpoint %s %s (see docs/openapi.yaml)", r.Method, r.URL.Path))
-	})
-	return s.instrument(s.authenticate(mux))
+	for _, a := range api.RolloutActions() {
+		hs["POST "+api.PathRolloutAction(a)] = s.rolloutActionHandler(a)
+	}
+	return hs
 }
 
-// authenticate resolves the bearer token to an API token (auth.go); the
-// health check and the enrollment exchange need none.
-func (s *Server) authenticate(next http.Handler) http.Handler {
-	return s.authenticateRequest(next)
+// handler returns the REST API: exactly the routes of api.Routes, each
+// behind authentication (unless public) and its role check. A route
+// without a handler, or a handler without a route, is an error: the table
+// and the server cannot drift apart.
+func (s *Server) handler() (http.Handler, error) {
+	hs := s.handlers()
+	mux := http.NewServeMux()
+	for _, rt := range api.Routes() {
+		h, ok := hs[rt.Key()]
+		if !ok {
+			return nil, fmt.Errorf("api: route %s has no handler", rt.Key())
+		}
+		delete(hs, rt.Key())
+		mux.Handle(rt.Key(), s.authorize(rt, h))
+	}
+	for key := range hs {
+		return nil, fmt.Errorf("api: handler %s is not in api.Routes", key)
+	}
+	mux.Handle("/", s.authenticated(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, newErr(api.ErrNotFound, "no endpoint %s %s (see docs/openapi.yaml)", r.Method, r.URL.Path))
+	})))
+	return s.instrument(mux), nil
 }
 
 // instrument counts requests by route pattern and status code.
@@ -118,7 +125,7 @@ func writeError(w http.ResponseWriter, err error) {
 		// running the control plane sees them there too.
 		msg = "internal error: " + msg
 	}
-	writeJSON(w, code, ErrorResponse{Error: msg})
+	writeJSON(w, code, api.ErrorResponse{Error: msg})
 }
 
 // decodeJSON strictly decodes one JSON value of at most limit bytes into v:
@@ -136,7 +143,7 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) erro
 		if err != nil {
 			return jsonError(err, limit)
 		}
-		return newErr(ErrInvalid, "request body holds more than one JSON value")
+		return newErr(api.ErrInvalid, "request body holds more than one JSON value")
 	}
 	return nil
 }
@@ -147,22 +154,22 @@ func jsonError(err error, limit int64) error {
 	var tooBig *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooBig):
-		return newErr(ErrTooLarge, "request body exceeds %d bytes", limit)
+		return newErr(api.ErrTooLarge, "request body exceeds %d bytes", limit)
 	case errors.Is(err, io.EOF):
-		return newErr(ErrInvalid, "request body is empty; want a JSON object")
+		return newErr(api.ErrInvalid, "request body is empty; want a JSON object")
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		return newErr(ErrInvalid, "malformed JSON: the body ends in the middle of a value")
+		return newErr(api.ErrInvalid, "malformed JSON: the body ends in the middle of a value")
 	case errors.As(err, &syn):
-		return newErr(ErrInvalid, "malformed JSON at byte %d: %v", syn.Offset, syn)
+		return newErr(api.ErrInvalid, "malformed JSON at byte %d: %v", syn.Offset, syn)
 	case errors.As(err, &typ):
 		if typ.Field == "" {
-			return newErr(ErrInvalid, "request body must be a JSON object, got %s", typ.Value)
+			return newErr(api.ErrInvalid, "request body must be a JSON object, got %s", typ.Value)
 		}
-		return newErr(ErrInvalid, "field %q must be %s, got %s", typ.Field, jsonTypeName(typ.Type.String()), typ.Value)
+		return newErr(api.ErrInvalid, "field %q must be %s, got %s", typ.Field, jsonTypeName(typ.Type.String()), typ.Value)
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return newErr(ErrInvalid, "unknown field %s in request body", strings.TrimPrefix(err.Error(), "json: unknown field "))
+		return newErr(api.ErrInvalid, "unknown field %s in request body", strings.TrimPrefix(err.Error(), "json: unknown field "))
 	}
-	return newErr(ErrInvalid, "malformed JSON: %v", err)
+	return newErr(api.ErrInvalid, "malformed JSON: %v", err)
 }
 
 func jsonTypeName(goType string) string {
@@ -182,13 +189,13 @@ func jsonTypeName(goType string) string {
 }
 
 func (s *Server) handleRegisterDevice(w http.ResponseWriter, r *http.Request) {
-	var req RegisterDeviceRequest
+	var req api.RegisterDeviceRequest
 	if err := decodeJSON(w, r, maxRegisterBody, &req); err != nil {
 		writeError(w, err)
 		return
 	}
 	if req.ID == "" {
-		writeError(w, newErr(ErrInvalid, "field \"id\" is required"))
+		writeError(w, newErr(api.ErrInvalid, "field \"id\" is required"))
 		return
 	}
 	creds, err := s.RegisterDevice(req.ID, req.Labels)
@@ -221,7 +228,7 @@ func (s *Server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleListModels(w http.ResponseWriter, _ *http.Request) {
 	recs := s.models.all()
-	out := make([]ModelVersion, len(recs))
+	out := make([]api.ModelVersion, len(recs))
 	for i, rec := range recs {
 		out[i] = rec.ModelVersion
 	}
@@ -232,7 +239,7 @@ func (s *Server) handleGetModel(w http.ResponseWriter, r *http.Request) {
 	name, version := r.PathValue("name"), r.PathValue("version")
 	rec := s.models.get(name, version)
 	if rec == nil {
-		writeError(w, newErr(ErrNotFound, "model %s version %s does not exist", name, version))
+		writeError(w, newErr(api.ErrNotFound, "model %s version %s does not exist", name, version))
 		return
 	}
 	mv, err := s.withManifest(rec)
@@ -245,7 +252,7 @@ func (s *Server) handleGetModel(w http.ResponseWriter, r *http.Request) {
 }
 
 // withManifest returns the record with its manifest payload as protojson.
-func (s *Server) withManifest(rec *modelRecord) (ModelVersion, error) {
+func (s *Server) withManifest(rec *modelRecord) (api.ModelVersion, error) {
 	mv := rec.ModelVersion
 	m, err := decodeManifest(rec)
 	if err != nil {
@@ -286,26 +293,26 @@ func (s *Server) handleUploadModel(w http.ResponseWriter, r *http.Request) {
 // (names, existence, force flag) come before the body is read.
 func (s *Server) upload(w http.ResponseWriter, r *http.Request, name, version string) (*modelRecord, error) {
 	if err := transfer.ValidName(name); err != nil {
-		return nil, newErr(ErrInvalid, "%v", err)
+		return nil, newErr(api.ErrInvalid, "%v", err)
 	}
 	if err := transfer.ValidVersion(version); err != nil {
-		return nil, newErr(ErrInvalid, "%v", err)
+		return nil, newErr(api.ErrInvalid, "%v", err)
 	}
 	if s.models.get(name, version) != nil {
-		return nil, newErr(ErrExists, "model %s version %s already exists; versions are immutable, upload a new version", name, version)
+		return nil, newErr(api.ErrExists, "model %s version %s already exists; versions are immutable, upload a new version", name, version)
 	}
 	force := false
 	if q := r.URL.Query().Get("force"); q != "" {
 		var err error
 		if force, err = strconv.ParseBool(q); err != nil {
-			return nil, newErr(ErrInvalid, "query parameter force=%q: want true or false", q)
+			return nil, newErr(api.ErrInvalid, "query parameter force=%q: want true or false", q)
 		}
 	}
 	limit := int64(s.opts.MaxModelSize) + maxMetadataSize + multipartOverhead
 	r.Body = http.MaxBytesReader(w, r.Body, limit)
 	mr, err := r.MultipartReader()
 	if err != nil {
-		return nil, newErr(ErrInvalid, "request must be multipart/form-data with a \"model\" part (ONNX bytes) and an optional \"metadata\" part (JSON): %v", err)
+		return nil, newErr(api.ErrInvalid, "request must be multipart/form-data with a \"model\" part (ONNX bytes) and an optional \"metadata\" part (JSON): %v", err)
 	}
 	var model, metadata []byte
 	var haveModel, haveMeta bool
@@ -320,7 +327,7 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request, name, version st
 		switch p.FormName() {
 		case "model":
 			if haveModel {
-				return nil, newErr(ErrInvalid, "the \"model\" part appears twice")
+				return nil, newErr(api.ErrInvalid, "the \"model\" part appears twice")
 			}
 			haveModel = true
 			if model, err = readPart(p, int64(s.opts.MaxModelSize), "model", limit); err != nil {
@@ -328,18 +335,18 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request, name, version st
 			}
 		case "metadata":
 			if haveMeta {
-				return nil, newErr(ErrInvalid, "the \"metadata\" part appears twice")
+				return nil, newErr(api.ErrInvalid, "the \"metadata\" part appears twice")
 			}
 			haveMeta = true
 			if metadata, err = readPart(p, maxMetadataSize, "metadata", limit); err != nil {
 				return nil, err
 			}
 		default:
-			return nil, newErr(ErrInvalid, "unknown multipart part %q; want \"model\" and optionally \"metadata\"", p.FormName())
+			return nil, newErr(api.ErrInvalid, "unknown multipart part %q; want \"model\" and optionally \"metadata\"", p.FormName())
 		}
 	}
 	if !haveModel {
-		return nil, newErr(ErrInvalid, "the \"model\" part (ONNX bytes) is missing")
+		return nil, newErr(api.ErrInvalid, "the \"model\" part (ONNX bytes) is missing")
 	}
 	meta, err := parseMetadata(metadata)
 	if err != nil {
@@ -354,7 +361,7 @@ func readPart(p *multipart.Part, max int64, what string, bodyLimit int64) ([]byt
 		return nil, multipartError(err, bodyLimit)
 	}
 	if int64(len(data)) > max {
-		return nil, newErr(ErrTooLarge, "%s is larger than %d bytes", what, max)
+		return nil, newErr(api.ErrTooLarge, "%s is larger than %d bytes", what, max)
 	}
 	return data, nil
 }
@@ -362,13 +369,13 @@ func readPart(p *multipart.Part, max int64, what string, bodyLimit int64) ([]byt
 func multipartError(err error, limit int64) error {
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
-		return newErr(ErrTooLarge, "request body exceeds %d bytes", limit)
+		return newErr(api.ErrTooLarge, "request body exceeds %d bytes", limit)
 	}
-	return newErr(ErrInvalid, "malformed multipart body: %v", err)
+	return newErr(api.ErrInvalid, "malformed multipart body: %v", err)
 }
 
 func (s *Server) handleDeploy(w http.ResponseWriter, r *http.Request) {
-	var req DeployRequest
+	var req api.DeployRequest
 	if err := decodeJSON(w, r, maxDeployBody, &req); err != nil {
 		writeError(w, err)
 		return

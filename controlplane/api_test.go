@@ -13,13 +13,14 @@ import (
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
 func errorMessage(t *testing.T, body []byte) string {
 	t.Helper()
-	var e ErrorResponse
+	var e api.ErrorResponse
 	require.NoError(t, json.Unmarshal(body, &e), "error body %q", body)
 	require.NotEmpty(t, e.Error, "error body %q", body)
 	return e.Error
@@ -27,7 +28,7 @@ func errorMessage(t *testing.T, body []byte) string {
 
 func TestAPIAuth(t *testing.T) {
 	ts := newTestServer(t, nil)
-	require.True(t, strings.HasPrefix(ts.token, TokenPrefix), "token %q", ts.token)
+	require.True(t, strings.HasPrefix(ts.token, api.TokenPrefix), "token %q", ts.token)
 
 	tests := []struct {
 		name, token, method, path string
@@ -35,7 +36,7 @@ func TestAPIAuth(t *testing.T) {
 	}{
 		{"health needs no token", "", "GET", "/healthz", http.StatusOK},
 		{"no token", "", "GET", "/api/v1/devices", http.StatusUnauthorized},
-		{"wrong token", TokenPrefix + strings.Repeat("0", 64), "GET", "/api/v1/devices", http.StatusUnauthorized},
+		{"wrong token", api.TokenPrefix + strings.Repeat("0", 64), "GET", "/api/v1/devices", http.StatusUnauthorized},
 		{"token with a different case", strings.ToUpper(ts.token), "GET", "/api/v1/devices", http.StatusUnauthorized},
 		{"metrics need the token", "", "GET", "/metrics", http.StatusUnauthorized},
 		{"unknown route without token", "", "GET", "/nope", http.StatusUnauthorized},
@@ -70,11 +71,11 @@ func TestRegisterDevice(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, ts.keys.rootPub, root)
 
-	code, body := ts.doJSON("POST", "/api/v1/devices", RegisterDeviceRequest{ID: "dev-1"}, nil)
+	code, body := ts.doJSON("POST", "/api/v1/devices", api.RegisterDeviceRequest{ID: "dev-1"}, nil)
 	assert.Equal(t, http.StatusConflict, code)
 	assert.Contains(t, errorMessage(t, body), `"dev-1" is already registered`)
 
-	var d Device
+	var d api.Device
 	code, body = ts.doJSON("GET", "/api/v1/devices/dev-1", nil, &d)
 	require.Equal(t, http.StatusOK, code, "%s", body)
 	assert.Equal(t, map[string]string{"site": "berlin"}, d.Labels)
@@ -84,7 +85,7 @@ func TestRegisterDevice(t *testing.T) {
 	assert.Contains(t, errorMessage(t, body), `"dev-2" is not registered`)
 
 	ts.register("dev-2", map[string]string{"site": "paris"})
-	var list []Device
+	var list []api.Device
 	code, _ = ts.doJSON("GET", "/api/v1/devices", nil, &list)
 	require.Equal(t, http.StatusOK, code)
 	require.Len(t, list, 2)
@@ -138,7 +139,7 @@ func TestMalformedRequests(t *testing.T) {
 			assert.Contains(t, errorMessage(t, body), tt.msg)
 		})
 	}
-	var list []Device
+	var list []api.Device
 	ts.doJSON("GET", "/api/v1/devices", nil, &list)
 	assert.Len(t, list, 1, "no malformed request may register a device")
 }
@@ -149,19 +150,19 @@ func TestDeployErrors(t *testing.T) {
 	ts.mustUpload("fraud", "v1", trainedModel(t, 1))
 	tests := []struct {
 		name string
-		req  DeployRequest
+		req  api.DeployRequest
 		want int
 		msg  string
 	}{
-		{"no targets", DeployRequest{Model: "fraud", Version: "v1"}, 400, "give the target devices"},
-		{"both targets", DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}, Selector: "site=berlin"}, 400, "not both"},
-		{"bad selector", DeployRequest{Model: "fraud", Version: "v1", Selector: "site=="}, 400, "single '='"},
-		{"selector stray comma", DeployRequest{Model: "fraud", Version: "v1", Selector: "site=berlin,"}, 400, "empty term"},
-		{"selector matches nothing", DeployRequest{Model: "fraud", Version: "v1", Selector: "site=paris"}, 400, `selector "site=paris" matches no registered device`},
-		{"unknown device", DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1", "dev-7"}}, 404, "unknown devices: dev-7"},
-		{"invalid device id", DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev 1"}}, 400, `device id "dev 1"`},
-		{"unknown model", DeployRequest{Model: "fraud", Version: "v9", Devices: []string{"dev-1"}}, 404, "model fraud version v9 does not exist"},
-		{"invalid model name", DeployRequest{Model: "../x", Version: "v1", Devices: []string{"dev-1"}}, 400, "model name"},
+		{"no targets", api.DeployRequest{Model: "fraud", Version: "v1"}, 400, "give the target devices"},
+		{"both targets", api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}, Selector: "site=berlin"}, 400, "not both"},
+		{"bad selector", api.DeployRequest{Model: "fraud", Version: "v1", Selector: "site=="}, 400, "single '='"},
+		{"selector stray comma", api.DeployRequest{Model: "fraud", Version: "v1", Selector: "site=berlin,"}, 400, "empty term"},
+		{"selector matches nothing", api.DeployRequest{Model: "fraud", Version: "v1", Selector: "site=paris"}, 400, `selector "site=paris" matches no registered device`},
+		{"unknown device", api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1", "dev-7"}}, 404, "unknown devices: dev-7"},
+		{"invalid device id", api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev 1"}}, 400, `device id "dev 1"`},
+		{"unknown model", api.DeployRequest{Model: "fraud", Version: "v9", Devices: []string{"dev-1"}}, 404, "model fraud version v9 does not exist"},
+		{"invalid model name", api.DeployRequest{Model: "../x", Version: "v1", Devices: []string{"dev-1"}}, 400, "model name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -223,7 +224,7 @@ func TestUploadRejections(t *testing.T) {
 	assert.Equal(t, http.StatusBadRequest, code, "%s", body)
 	assert.Contains(t, errorMessage(t, body), "must start with a letter or digit")
 
-	var models []ModelVersion
+	var models []api.ModelVersion
 	ts.doJSON("GET", "/api/v1/models", nil, &models)
 	assert.Empty(t, models, "no rejected upload may be stored")
 
@@ -258,7 +259,7 @@ func TestUploadFailingTestVectors(t *testing.T) {
 
 	code, body = ts.upload("fraud", "v2", a.ONNX, bad, true)
 	require.Equal(t, http.StatusCreated, code, "%s", body)
-	var mv ModelVersion
+	var mv api.ModelVersion
 	require.NoError(t, json.Unmarshal(body, &mv))
 	assert.False(t, mv.Checks.Passed)
 	assert.True(t, mv.Checks.Forced)
@@ -284,7 +285,7 @@ func TestUploadAndGetModel(t *testing.T) {
 	assert.Equal(t, len(a.TestVectors), mv.Checks.TestVectors)
 	assert.Equal(t, uint64(len(a.ONNX)), mv.Size)
 
-	var got ModelVersion
+	var got api.ModelVersion
 	code, body := ts.doJSON("GET", "/api/v1/models/fraud/versions/v1", nil, &got)
 	require.Equal(t, http.StatusOK, code, "%s", body)
 	var manifest map[string]any
@@ -351,10 +352,16 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 			documented[strings.ToUpper(method)+" "+path] = true
 		}
 	}
-	s := &Server{metrics: newMetrics(func() float64 { return 0 }, func() float64 { return 0 }, func() float64 { return 0 })}
 	served := map[string]bool{}
-	for _, r := range s.routes() {
-		served[r.method+" "+r.path] = true
+	for _, r := range api.Routes() {
+		served[r.Key()] = true
 	}
-	assert.Equal(t, served, documented, "docs/openapi.yaml and Server.routes differ")
+	// The server has a handler for exactly the table's routes.
+	s := &Server{metrics: newMetrics(func() float64 { return 0 }, func() float64 { return 0 }, func() float64 { return 0 })}
+	handlers := map[string]bool{}
+	for key := range s.handlers() {
+		handlers[key] = true
+	}
+	assert.Equal(t, served, handlers, "api.Routes and Server.handlers differ")
+	assert.Equal(t, served, documented, "docs/openapi.yaml and api.Routes differ")
 }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/audit"
 )
 
@@ -55,8 +56,8 @@ func (s *Server) openSecurity() error {
 type principalKey struct{}
 
 // PrincipalFrom returns the API token a request authenticated with.
-func PrincipalFrom(ctx context.Context) (APIToken, bool) {
-	p, ok := ctx.Value(principalKey{}).(APIToken)
+func PrincipalFrom(ctx context.Context) (api.APIToken, bool) {
+	p, ok := ctx.Value(principalKey{}).(api.APIToken)
 	return p, ok
 }
 
@@ -69,53 +70,11 @@ func Actor(ctx context.Context) string {
 	return "anonymous"
 }
 
-// publicRoute reports the endpoints that need no API token: the health
-// check and the enrollment exchange (its enrollment token is the credential).
-func publicRoute(method, path string) bool {
-	return (method == http.MethodGet && path == "/healthz") ||
-		(method == http.MethodPost && path == "/api/v1/enroll")
-}
-
-// requiredRole is the role a route needs. Reading needs viewer, except
-// tokens and enrollments (admin) and the audit log (operator); registering,
-// revoking or deleting devices and anything under enrollments, tokens and
-// keys needs admin; every other change (deployments, models, rollouts,
-// per-device rollbacks) needs operator.
-func requiredRole(method, pattern string) Role {
-	if publicRoute(method, pattern) {
-		return ""
-	}
-	adminArea := false
-	for _, p := range []string{"/api/v1/tokens", "/api/v1/enrollments", "/api/v1/keys"} {
-		if pattern == p || strings.HasPrefix(pattern, p+"/") {
-			adminArea = true
-		}
-	}
-	read := method == http.MethodGet || method == http.MethodHead
-	switch {
-	case adminArea:
-		return RoleAdmin
-	case read && (pattern == "/api/v1/audit" || strings.HasPrefix(pattern, "/api/v1/audit/")):
-		return RoleOperator
-	case read:
-		return RoleViewer
-	case pattern == "/api/v1/devices", pattern == "/api/v1/devices/{id}/revoke",
-		method == http.MethodDelete && strings.HasPrefix(pattern, "/api/v1/devices/"):
-		// Identity: registering, revoking and deleting devices. Other
-		// device actions (a rollback of one device) are operator work.
-		return RoleAdmin
-	}
-	return RoleOperator
-}
-
-// authenticateRequest resolves the bearer token to an API token and puts it
-// in the request's context; failures are rate limited per remote address.
-func (s *Server) authenticateRequest(next http.Handler) http.Handler {
+// authenticated resolves the bearer token to an API token and puts it in
+// the request's context before calling next; failures are rate limited
+// per remote address.
+func (s *Server) authenticated(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if publicRoute(r.Method, r.URL.Path) {
-			next.ServeHTTP(w, r)
-			return
-		}
 		remote := remoteHost(r)
 		if wait := s.security.limiter.blocked(remote); wait > 0 {
 			tooManyFailures(w, wait)
@@ -123,7 +82,7 @@ func (s *Server) authenticateRequest(next http.Handler) http.Handler {
 		}
 		auth := r.Header.Get("Authorization")
 		secret, ok := strings.CutPrefix(auth, "Bearer ")
-		var tok APIToken
+		var tok api.APIToken
 		if ok {
 			tok, ok = s.security.tokens.lookup(strings.TrimSpace(secret))
 		}
@@ -134,38 +93,38 @@ func (s *Server) authenticateRequest(next http.Handler) http.Handler {
 			if auth == "" {
 				msg = "missing API token: send Authorization: Bearer <token> (the token serve printed at first start, or one from edgefleet token create)"
 			}
-			writeJSON(w, http.StatusUnauthorized, ErrorResponse{Error: msg})
+			writeJSON(w, http.StatusUnauthorized, api.ErrorResponse{Error: msg})
 			return
 		}
-		authed := r.WithContext(context.WithValue(r.Context(), principalKey{}, tok))
-		next.ServeHTTP(w, authed)
-		r.Pattern = authed.Pattern // the mux set it on the copy; instrument reads it
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, tok)))
 	})
 }
 
 func tooManyFailures(w http.ResponseWriter, wait time.Duration) {
 	secs := int(math.Ceil(wait.Seconds()))
 	w.Header().Set("Retry-After", strconv.Itoa(secs))
-	writeJSON(w, http.StatusTooManyRequests, ErrorResponse{Error: fmt.Sprintf("too many failed authentication attempts from this address; retry in %d s", secs)})
+	writeJSON(w, http.StatusTooManyRequests, api.ErrorResponse{Error: fmt.Sprintf("too many failed authentication attempts from this address; retry in %d s", secs)})
 }
 
-// authorize wraps one route: it checks the token's role against the
-// route's and writes an audit entry for every call that may change state
-// (who, what, when, result).
-func (s *Server) authorize(method, pattern string, h http.Handler) http.Handler {
-	need := requiredRole(method, pattern)
+// authorize wraps one route: a public route runs as it is; any other
+// authenticates the token, checks its role against the route's and writes
+// an audit entry for every call that may change state (who, what, when,
+// result).
+func (s *Server) authorize(rt api.Route, h http.Handler) http.Handler {
+	if rt.Public {
+		return h
+	}
+	method, pattern, need := rt.Method, rt.Pattern, rt.Role
 	mutating := method != http.MethodGet && method != http.MethodHead
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if need != "" {
-			p, ok := PrincipalFrom(r.Context())
-			if !ok || !p.Role.Allows(need) {
-				msg := fmt.Sprintf("token %q has role %s; %s %s needs %s", p.Name, p.Role, method, pattern, need)
-				if mutating {
-					s.record(r, method, pattern, http.StatusForbidden, msg)
-				}
-				writeJSON(w, http.StatusForbidden, ErrorResponse{Error: msg})
-				return
+	return s.authenticated(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, ok := PrincipalFrom(r.Context())
+		if !ok || !p.Role.Allows(need) {
+			msg := fmt.Sprintf("token %q has role %s; %s %s needs %s", p.Name, p.Role, method, pattern, need)
+			if mutating {
+				s.record(r, method, pattern, http.StatusForbidden, msg)
 			}
+			writeJSON(w, http.StatusForbidden, api.ErrorResponse{Error: msg})
+			return
 		}
 		if !mutating {
 			h.ServeHTTP(w, r)
@@ -175,13 +134,13 @@ func (s *Server) authorize(method, pattern string, h http.Handler) http.Handler 
 		h.ServeHTTP(aw, r)
 		msg := ""
 		if aw.code >= 400 {
-			var e ErrorResponse
+			var e api.ErrorResponse
 			if json.Unmarshal(aw.errBody, &e) == nil {
 				msg = e.Error
 			}
 		}
 		s.record(r, method, pattern, aw.code, msg)
-	})
+	}))
 }
 
 // record writes one API call to the audit log. A failure to audit is
@@ -321,12 +280,12 @@ func (l *failLimiter) evict(now time.Time) {
 // Token and audit endpoints.
 
 func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
-	var req CreateTokenRequest
+	var req api.CreateTokenRequest
 	if err := decodeJSON(w, r, maxRegisterBody, &req); err != nil {
 		writeError(w, err)
 		return
 	}
-	role, err := ParseRole(req.Role)
+	role, err := api.ParseRole(req.Role)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -361,7 +320,7 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("since"); v != "" {
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {
-			writeError(w, newErr(ErrInvalid, "query parameter since=%q: want an RFC 3339 time such as 2026-01-02T15:04:05Z", v))
+			writeError(w, newErr(api.ErrInvalid, "query parameter since=%q: want an RFC 3339 time such as 2026-01-02T15:04:05Z", v))
 			return
 		}
 		aq.Since = t
@@ -369,7 +328,7 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 10000 {
-			writeError(w, newErr(ErrInvalid, "query parameter limit=%q: want 1..10000", v))
+			writeError(w, newErr(api.ErrInvalid, "query parameter limit=%q: want 1..10000", v))
 			return
 		}
 		aq.Limit = n
@@ -380,8 +339,5 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	if list == nil {
-		list = []audit.Entry{}
-	}
-	writeJSON(w, http.StatusOK, list)
+	writeJSON(w, http.StatusOK, auditViews(list))
 }

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+
+	"github.com/edgefleet/edgefleet/controlplane/api"
 )
 
 // FuzzAPIJSONBodies feeds arbitrary bytes to the strict decoder of every
@@ -25,7 +27,7 @@ func FuzzAPIJSONBodies(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		targets := []any{
-			&RegisterDeviceRequest{}, &DeployRequest{}, &CreateTokenRequest{}, &EnrollmentRequest{}, &EnrollRequest{},
+			&api.RegisterDeviceRequest{}, &api.DeployRequest{}, &api.CreateTokenRequest{}, &api.EnrollmentRequest{}, &api.EnrollRequest{},
 		}
 		for _, v := range targets {
 			r := httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(body))
@@ -33,8 +35,8 @@ func FuzzAPIJSONBodies(f *testing.F) {
 			if err == nil {
 				continue
 			}
-			var oe *opError
-			if !errors.As(err, &oe) || oe.msg == "" {
+			var oe *api.Error
+			if !errors.As(err, &oe) || oe.Msg == "" {
 				t.Fatalf("decode %T: error %v is not a user-facing error", v, err)
 			}
 			if code := httpStatus(err); code/100 != 4 {

@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -10,23 +11,24 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/audit"
 )
 
-func (ts *testServer) createToken(name string, role Role) CreatedToken {
+func (ts *testServer) createToken(name string, role api.Role) api.CreatedToken {
 	ts.t.Helper()
-	var tok CreatedToken
-	code, body := ts.doJSON("POST", "/api/v1/tokens", CreateTokenRequest{Name: name, Role: string(role)}, &tok)
+	var tok api.CreatedToken
+	code, body := ts.doJSON("POST", "/api/v1/tokens", api.CreateTokenRequest{Name: name, Role: string(role)}, &tok)
 	require.Equal(ts.t, http.StatusCreated, code, "create token %s: %s", name, body)
-	require.True(ts.t, strings.HasPrefix(tok.Token, TokenPrefix))
+	require.True(ts.t, strings.HasPrefix(tok.Token, api.TokenPrefix))
 	return tok
 }
 
 func TestTokenRoles(t *testing.T) {
 	ts := newTestServer(t, nil)
-	viewer := ts.createToken("grafana", RoleViewer)
-	operator := ts.createToken("ci-deployer", RoleOperator)
-	admin2 := ts.createToken("second-admin", RoleAdmin)
+	viewer := ts.createToken("grafana", api.RoleViewer)
+	operator := ts.createToken("ci-deployer", api.RoleOperator)
+	admin2 := ts.createToken("second-admin", api.RoleAdmin)
 
 	deploy := `{"model":"nope","version":"v1","devices":["x"]}`
 	tests := []struct {
@@ -66,13 +68,13 @@ func TestTokenRoles(t *testing.T) {
 	require.Equal(t, http.StatusOK, code)
 	assert.NotContains(t, string(body), viewer.Token)
 	assert.NotContains(t, string(body), "hash")
-	var list []APIToken
+	var list []api.APIToken
 	require.NoError(t, json.Unmarshal(body, &list))
-	names := map[string]Role{}
+	names := map[string]api.Role{}
 	for _, tok := range list {
 		names[tok.Name] = tok.Role
 	}
-	assert.Equal(t, map[string]Role{InitialTokenName: RoleAdmin, "grafana": RoleViewer, "ci-deployer": RoleOperator, "second-admin": RoleAdmin}, names)
+	assert.Equal(t, map[string]api.Role{api.InitialTokenName: api.RoleAdmin, "grafana": api.RoleViewer, "ci-deployer": api.RoleOperator, "second-admin": api.RoleAdmin}, names)
 
 	// Revoked tokens stop working at once; the last admin token stays.
 	code, body = ts.do("DELETE", "/api/v1/tokens/"+viewer.ID, nil)
@@ -119,7 +121,7 @@ func TestTokenRoles(t *testing.T) {
 func TestTokensSurviveRestart(t *testing.T) {
 	dir := t.TempDir()
 	first := newTestServer(t, func(o *Options) { o.DataDir = dir })
-	op := first.createToken("op", RoleOperator)
+	op := first.createToken("op", api.RoleOperator)
 	first.stop()
 
 	second := newTestServer(t, func(o *Options) { o.DataDir = dir })
@@ -133,7 +135,7 @@ func TestTokensSurviveRestart(t *testing.T) {
 func TestAuthFailuresAreRateLimited(t *testing.T) {
 	clock := newTestClock(time.Now())
 	ts := newTestServer(t, func(o *Options) { o.Clock = clock.Now })
-	bad := TokenPrefix + strings.Repeat("0", 64)
+	bad := api.TokenPrefix + strings.Repeat("0", 64)
 	for i := range authBurst {
 		code, _ := ts.doToken(bad, "GET", "/api/v1/devices", nil)
 		require.Equal(t, http.StatusUnauthorized, code, "attempt %d", i+1)
@@ -146,7 +148,7 @@ func TestAuthFailuresAreRateLimited(t *testing.T) {
 	resp.Body.Close()
 	assert.Equal(t, http.StatusTooManyRequests, resp.StatusCode, "even a good token waits once the address is blocked")
 	assert.Equal(t, "6", resp.Header.Get("Retry-After"))
-	// Enrollment exchanges share the limit.
+	// api.Enrollment exchanges share the limit.
 	code, _ := ts.doToken("", "POST", "/api/v1/enroll", strings.NewReader(`{"token":"x"}`))
 	assert.Equal(t, http.StatusTooManyRequests, code)
 
@@ -171,30 +173,47 @@ func TestFailLimiterBoundsMemory(t *testing.T) {
 	assert.LessOrEqual(t, len(l.buckets), maxLimitBuckets)
 }
 
-func TestRequiredRole(t *testing.T) {
-	tests := []struct {
-		method, pattern string
-		want            Role
-	}{
-		{"GET", "/healthz", ""},
-		{"POST", "/api/v1/enroll", ""},
-		{"GET", "/api/v1/devices", RoleViewer},
-		{"GET", "/metrics", RoleViewer},
-		{"POST", "/api/v1/devices", RoleAdmin},
-		{"POST", "/api/v1/devices/{id}/revoke", RoleAdmin},
-		{"GET", "/api/v1/tokens", RoleAdmin},
-		{"DELETE", "/api/v1/tokens/{id}", RoleAdmin},
-		{"POST", "/api/v1/enrollments", RoleAdmin},
-		{"POST", "/api/v1/keys/rotate", RoleAdmin},
-		{"GET", "/api/v1/audit", RoleOperator},
-		{"POST", "/api/v1/deployments", RoleOperator},
-		{"POST", "/api/v1/models/{name}/versions/{version}", RoleOperator},
-		{"POST", "/api/v1/rollouts/{id}/pause", RoleOperator},
-		{"GET", "/api/v1/rollouts", RoleViewer},
-		{"POST", "/api/v1/devices/{id}/rollback", RoleOperator},
-		{"DELETE", "/api/v1/devices/{id}", RoleAdmin},
+// TestEveryRouteEnforcesItsRole calls every route the server serves with
+// no token and with a token of each role: a role below the route's gets
+// 403, one at or above it gets past the check, and only the public routes
+// answer without a token.
+func TestEveryRouteEnforcesItsRole(t *testing.T) {
+	clock := newTestClock(time.Now()) // moved on after each refused call: the failure limit refills
+	ts := newTestServer(t, func(o *Options) { o.Clock = clock.Now })
+	tokens := map[api.Role]string{api.RoleAdmin: ts.token}
+	for _, r := range []api.Role{api.RoleViewer, api.RoleOperator} {
+		tokens[r] = ts.createToken("role-"+string(r), r).Token
 	}
-	for _, tt := range tests {
-		assert.Equal(t, tt.want, requiredRole(tt.method, tt.pattern), "requiredRole(%s, %s)", tt.method, tt.pattern)
+	fill := strings.NewReplacer("{id}", "nope", "{name}", "nope", "{version}", "v0")
+	for _, rt := range api.Routes() {
+		path := fill.Replace(rt.Pattern)
+		t.Run(rt.Key(), func(t *testing.T) {
+			call := func(token string) (int, string) {
+				var body io.Reader
+				if rt.Method == http.MethodPost {
+					body = strings.NewReader("{}")
+				}
+				code, b := ts.doToken(token, rt.Method, path, body, "Content-Type", "application/json")
+				clock.Add(time.Minute)
+				return code, string(b)
+			}
+			if rt.Public {
+				_, body := call("")
+				assert.NotContains(t, body, "API token", "a public route needs no API token")
+				return
+			}
+			require.True(t, rt.Role.Valid(), "route has no role")
+			code, body := call("")
+			assert.Equal(t, http.StatusUnauthorized, code, "no token")
+			assert.Contains(t, body, "missing API token")
+			for _, role := range []api.Role{api.RoleViewer, api.RoleOperator, api.RoleAdmin} {
+				code, _ := call(tokens[role])
+				if role.Allows(rt.Role) {
+					assert.NotContains(t, []int{http.StatusUnauthorized, http.StatusForbidden}, code, "role %s", role)
+				} else {
+					assert.Equal(t, http.StatusForbidden, code, "role %s", role)
+				}
+			}
+		})
 	}
 }

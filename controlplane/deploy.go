@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/labels"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/internal/store"
@@ -25,16 +26,16 @@ const maxDeployDevices = 100_000
 
 // deploy issues a new desired state to every target device: the device's
 // assignment for req.Model becomes req.Version, other assignments stay.
-func (s *Server) deploy(ctx context.Context, req DeployRequest) (*DeployResult, error) {
+func (s *Server) deploy(ctx context.Context, req api.DeployRequest) (*api.DeployResult, error) {
 	if err := transfer.ValidName(req.Model); err != nil {
-		return nil, newErr(ErrInvalid, "model: %v", err)
+		return nil, newErr(api.ErrInvalid, "model: %v", err)
 	}
 	if err := transfer.ValidVersion(req.Version); err != nil {
-		return nil, newErr(ErrInvalid, "version: %v", err)
+		return nil, newErr(api.ErrInvalid, "version: %v", err)
 	}
 	rec := s.models.get(req.Model, req.Version)
 	if rec == nil {
-		return nil, newErr(ErrNotFound, "model %s version %s does not exist; upload it first", req.Model, req.Version)
+		return nil, newErr(api.ErrNotFound, "model %s version %s does not exist; upload it first", req.Model, req.Version)
 	}
 	sum, err := hex.DecodeString(rec.SHA256)
 	if err != nil {
@@ -58,10 +59,10 @@ func (s *Server) deploy(ctx context.Context, req DeployRequest) (*DeployResult, 
 	if err != nil {
 		return nil, fmt.Errorf("deploy %s %s: %w", req.Model, req.Version, err)
 	}
-	res := &DeployResult{Model: req.Model, Version: req.Version, Devices: make([]DeployedDevice, 0, len(issued))}
+	res := &api.DeployResult{Model: req.Model, Version: req.Version, Devices: make([]api.DeployedDevice, 0, len(issued))}
 	s.expectFetches(req.Model, req.Version, issuedIDs(issued))
 	for _, d := range issued {
-		dd := DeployedDevice{ID: d.id, Generation: d.gen}
+		dd := api.DeployedDevice{ID: d.id, Generation: d.gen}
 		if err := s.bus.Publish(ctx, s.scheme.Desired(d.id), d.env, true); err != nil {
 			dd.PublishError = err.Error()
 			s.log.Error("publish desired state failed", "device", d.id, "generation", d.gen, "err", err)
@@ -73,23 +74,23 @@ func (s *Server) deploy(ctx context.Context, req DeployRequest) (*DeployResult, 
 }
 
 // deployTargets resolves the explicit device list or the selector.
-func (s *Server) deployTargets(req DeployRequest) ([]string, error) {
+func (s *Server) deployTargets(req api.DeployRequest) ([]string, error) {
 	switch {
 	case len(req.Devices) > 0 && req.Selector != "":
-		return nil, newErr(ErrInvalid, "give either devices or selector, not both")
+		return nil, newErr(api.ErrInvalid, "give either devices or selector, not both")
 	case len(req.Devices) == 0 && req.Selector == "":
-		return nil, newErr(ErrInvalid, "give the target devices as devices (a list of ids) or selector (e.g. \"site=berlin\")")
+		return nil, newErr(api.ErrInvalid, "give the target devices as devices (a list of ids) or selector (e.g. \"site=berlin\")")
 	case len(req.Devices) > maxDeployDevices:
-		return nil, newErr(ErrInvalid, "%d devices listed, max %d; use a selector", len(req.Devices), maxDeployDevices)
+		return nil, newErr(api.ErrInvalid, "%d devices listed, max %d; use a selector", len(req.Devices), maxDeployDevices)
 	}
 	if req.Selector != "" {
 		sel, err := labels.Parse(req.Selector)
 		if err != nil {
-			return nil, newErr(ErrInvalid, "%v", err)
+			return nil, newErr(api.ErrInvalid, "%v", err)
 		}
 		ids := s.reg.ids(sel)
 		if len(ids) == 0 {
-			return nil, newErr(ErrInvalid, "selector %q matches no registered device", sel.String())
+			return nil, newErr(api.ErrInvalid, "selector %q matches no registered device", sel.String())
 		}
 		return ids, nil
 	}
@@ -99,7 +100,7 @@ func (s *Server) deployTargets(req DeployRequest) ([]string, error) {
 	var unknown []string
 	for _, id := range ids {
 		if err := topics.ValidDeviceID(id); err != nil {
-			return nil, newErr(ErrInvalid, "devices: %v", err)
+			return nil, newErr(api.ErrInvalid, "devices: %v", err)
 		}
 		if !s.reg.exists(id) {
 			unknown = append(unknown, id)
@@ -109,7 +110,7 @@ func (s *Server) deployTargets(req DeployRequest) ([]string, error) {
 		if len(unknown) > 10 {
 			unknown = append(unknown[:10], fmt.Sprintf("and %d more", len(unknown)-10))
 		}
-		return nil, newErr(ErrNotFound, "unknown devices: %s", strings.Join(unknown, ", "))
+		return nil, newErr(api.ErrNotFound, "unknown devices: %s", strings.Join(unknown, ", "))
 	}
 	return ids, nil
 }
@@ -129,10 +130,10 @@ type issuedState struct {
 func (s *Server) issueDesired(ids []string, change func([]*efpb.ModelAssignment) []*efpb.ModelAssignment) ([]issuedState, error) {
 	now := s.clock()
 	out := make([]issuedState, 0, len(ids))
-	sums := make([]*DesiredSummary, 0, len(ids))
+	sums := make([]*api.DesiredSummary, 0, len(ids))
 	for _, id := range ids {
 		var st issuedState
-		var sum *DesiredSummary
+		var sum *api.DesiredSummary
 		err := s.kv.Update(func(tx *store.Tx) error {
 			var prev desiredRecord
 			var cur []*efpb.ModelAssignment

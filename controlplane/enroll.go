@@ -12,19 +12,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/labels"
 	"github.com/edgefleet/edgefleet/internal/store"
 	"github.com/edgefleet/edgefleet/internal/topics"
 )
 
-// Enrollment token lifetimes.
+// api.Enrollment token lifetimes.
 const (
-	DefaultEnrollmentTTL = time.Hour
-	MinEnrollmentTTL     = time.Minute
-	MaxEnrollmentTTL     = 7 * 24 * time.Hour
-	// EnrollTokenPrefix starts every enrollment token.
-	EnrollTokenPrefix = "efe_"
-
 	prefixEnroll  = "enroll/" // enroll/{sha256 hex of the token} → enrollRecord
 	maxEnrollBody = 64 << 10
 )
@@ -36,31 +31,6 @@ var (
 	ErrEnrollUsed    = errors.New("enrollment token already used")
 	ErrEnrollExpired = errors.New("enrollment token expired")
 )
-
-// EnrollmentRequest is the body of POST /api/v1/enrollments.
-type EnrollmentRequest struct {
-	DeviceID string            `json:"device_id"`
-	Labels   map[string]string `json:"labels,omitempty"`
-	// TTL is how long the token may be used, as a Go duration ("1h");
-	// default 1h, 1m..168h.
-	TTL string `json:"ttl,omitempty"`
-}
-
-// Enrollment is the answer to POST /api/v1/enrollments: a one-time token,
-// shown once; only its sha256 is stored.
-type Enrollment struct {
-	DeviceID string    `json:"device_id"`
-	Token    string    `json:"token"`
-	Expires  time.Time `json:"expires"`
-	// Reenroll is true when the device exists: the exchange replaces its
-	// credentials (the old password stops working).
-	Reenroll bool `json:"reenroll,omitempty"`
-}
-
-// EnrollRequest is the body of POST /api/v1/enroll, sent by the agent.
-type EnrollRequest struct {
-	Token string `json:"token"`
-}
 
 type enrollRecord struct {
 	DeviceID  string            `json:"device_id"`
@@ -86,72 +56,72 @@ func enrollKey(token string) string {
 
 // CreateEnrollment issues a one-time enrollment token for a device id; by
 // names who asked (for the record).
-func (s *Server) CreateEnrollment(req EnrollmentRequest, by string) (Enrollment, error) {
+func (s *Server) CreateEnrollment(req api.EnrollmentRequest, by string) (api.Enrollment, error) {
 	if !s.isReady() {
-		return Enrollment{}, errNotReady
+		return api.Enrollment{}, errNotReady
 	}
 	if err := topics.ValidDeviceID(req.DeviceID); err != nil {
-		return Enrollment{}, newErr(ErrInvalid, "device_id: %v", err)
+		return api.Enrollment{}, newErr(api.ErrInvalid, "device_id: %v", err)
 	}
 	if err := labels.ValidLabels(req.Labels); err != nil {
-		return Enrollment{}, newErr(ErrInvalid, "labels: %v", err)
+		return api.Enrollment{}, newErr(api.ErrInvalid, "labels: %v", err)
 	}
-	ttl := DefaultEnrollmentTTL
+	ttl := api.DefaultEnrollmentTTL
 	if req.TTL != "" {
 		var err error
 		if ttl, err = time.ParseDuration(req.TTL); err != nil {
-			return Enrollment{}, newErr(ErrInvalid, "ttl %q: want a duration such as 1h or 30m", req.TTL)
+			return api.Enrollment{}, newErr(api.ErrInvalid, "ttl %q: want a duration such as 1h or 30m", req.TTL)
 		}
 	}
-	if ttl < MinEnrollmentTTL || ttl > MaxEnrollmentTTL {
-		return Enrollment{}, newErr(ErrInvalid, "ttl %v: want %v..%v", ttl, MinEnrollmentTTL, MaxEnrollmentTTL)
+	if ttl < api.MinEnrollmentTTL || ttl > api.MaxEnrollmentTTL {
+		return api.Enrollment{}, newErr(api.ErrInvalid, "ttl %v: want %v..%v", ttl, api.MinEnrollmentTTL, api.MaxEnrollmentTTL)
 	}
 	exists := s.reg.exists(req.DeviceID)
 	if exists && len(req.Labels) > 0 {
-		return Enrollment{}, newErr(ErrInvalid, "device %q exists; enrollment re-issues its credentials but cannot change its labels", req.DeviceID)
+		return api.Enrollment{}, newErr(api.ErrInvalid, "device %q exists; enrollment re-issues its credentials but cannot change its labels", req.DeviceID)
 	}
 	raw := make([]byte, 32)
 	if _, err := rand.Read(raw); err != nil {
-		return Enrollment{}, fmt.Errorf("create enrollment: %w", err)
+		return api.Enrollment{}, fmt.Errorf("create enrollment: %w", err)
 	}
-	token := EnrollTokenPrefix + hex.EncodeToString(raw)
+	token := api.EnrollTokenPrefix + hex.EncodeToString(raw)
 	now := s.clock().UTC()
 	rec := enrollRecord{DeviceID: req.DeviceID, Labels: maps.Clone(req.Labels), Created: now, Expires: now.Add(ttl), CreatedBy: by}
 	if err := s.kv.SetJSON(enrollKey(token), &rec, true); err != nil {
-		return Enrollment{}, fmt.Errorf("create enrollment: %w", err)
+		return api.Enrollment{}, fmt.Errorf("create enrollment: %w", err)
 	}
 	s.log.Info("enrollment issued", "device", req.DeviceID, "expires", rec.Expires, "by", by)
-	return Enrollment{DeviceID: req.DeviceID, Token: token, Expires: rec.Expires, Reenroll: exists}, nil
+	return api.Enrollment{DeviceID: req.DeviceID, Token: token, Expires: rec.Expires, Reenroll: exists}, nil
 }
 
 // Enroll exchanges an enrollment token, once, for the device's credentials.
 // A new device is registered; an existing one gets a new password and its
 // current session is disconnected.
-func (s *Server) Enroll(token string) (DeviceCredentials, error) {
+func (s *Server) Enroll(token string) (api.DeviceCredentials, error) {
 	if !s.isReady() {
-		return DeviceCredentials{}, errNotReady
+		return api.DeviceCredentials{}, errNotReady
 	}
 	es := s.security.enrolls
-	if !strings.HasPrefix(token, EnrollTokenPrefix) || len(token) != len(EnrollTokenPrefix)+64 {
-		return DeviceCredentials{}, fmt.Errorf("enroll: %w: not an enrollment token (want %s followed by 64 hex digits)", ErrEnrollUnknown, EnrollTokenPrefix)
+	if !strings.HasPrefix(token, api.EnrollTokenPrefix) || len(token) != len(api.EnrollTokenPrefix)+64 {
+		return api.DeviceCredentials{}, fmt.Errorf("enroll: %w: not an enrollment token (want %s followed by 64 hex digits)", ErrEnrollUnknown, api.EnrollTokenPrefix)
 	}
 	key := enrollKey(token)
 	es.mu.Lock()
 	defer es.mu.Unlock()
 	var rec enrollRecord
 	if err := s.kv.GetJSON(key, &rec); errors.Is(err, store.ErrNotFound) {
-		return DeviceCredentials{}, fmt.Errorf("enroll: %w: ask the operator for a new one (edgefleet device enroll)", ErrEnrollUnknown)
+		return api.DeviceCredentials{}, fmt.Errorf("enroll: %w: ask the operator for a new one (edgefleet device enroll)", ErrEnrollUnknown)
 	} else if err != nil {
-		return DeviceCredentials{}, fmt.Errorf("enroll: %w", err)
+		return api.DeviceCredentials{}, fmt.Errorf("enroll: %w", err)
 	}
 	now := es.clock().UTC()
 	switch {
 	case !rec.Used.IsZero():
-		return DeviceCredentials{}, fmt.Errorf("enroll: %w (at %s) by device %s; enrollment tokens work once: ask the operator for a new one", ErrEnrollUsed, rec.Used.Format(time.RFC3339), rec.DeviceID)
+		return api.DeviceCredentials{}, fmt.Errorf("enroll: %w (at %s) by device %s; enrollment tokens work once: ask the operator for a new one", ErrEnrollUsed, rec.Used.Format(time.RFC3339), rec.DeviceID)
 	case !now.Before(rec.Expires):
-		return DeviceCredentials{}, fmt.Errorf("enroll: %w at %s; ask the operator for a new one", ErrEnrollExpired, rec.Expires.Format(time.RFC3339))
+		return api.DeviceCredentials{}, fmt.Errorf("enroll: %w at %s; ask the operator for a new one", ErrEnrollExpired, rec.Expires.Format(time.RFC3339))
 	}
-	var creds DeviceCredentials
+	var creds api.DeviceCredentials
 	var err error
 	if s.reg.exists(rec.DeviceID) {
 		var pw string
@@ -163,18 +133,18 @@ func (s *Server) Enroll(token string) (DeviceCredentials, error) {
 		creds, err = s.RegisterDevice(rec.DeviceID, rec.Labels)
 	}
 	if err != nil {
-		return DeviceCredentials{}, fmt.Errorf("enroll %s: %w", rec.DeviceID, err)
+		return api.DeviceCredentials{}, fmt.Errorf("enroll %s: %w", rec.DeviceID, err)
 	}
 	rec.Used = now
 	if err := s.kv.SetJSON(key, &rec, true); err != nil {
-		return DeviceCredentials{}, fmt.Errorf("enroll: %w", err)
+		return api.DeviceCredentials{}, fmt.Errorf("enroll: %w", err)
 	}
 	s.log.Info("device enrolled", "device", rec.DeviceID)
 	return creds, nil
 }
 
-func (s *Server) credentials(id, password string) DeviceCredentials {
-	return DeviceCredentials{
+func (s *Server) credentials(id, password string) api.DeviceCredentials {
+	return api.DeviceCredentials{
 		ID:            id,
 		Username:      id,
 		Password:      password,
@@ -185,7 +155,7 @@ func (s *Server) credentials(id, password string) DeviceCredentials {
 }
 
 func (s *Server) handleCreateEnrollment(w http.ResponseWriter, r *http.Request) {
-	var req EnrollmentRequest
+	var req api.EnrollmentRequest
 	if err := decodeJSON(w, r, maxEnrollBody, &req); err != nil {
 		writeError(w, err)
 		return
@@ -207,7 +177,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		tooManyFailures(w, wait)
 		return
 	}
-	var req EnrollRequest
+	var req api.EnrollRequest
 	if err := decodeJSON(w, r, maxEnrollBody, &req); err != nil {
 		s.security.limiter.fail(remote)
 		writeError(w, err)
@@ -223,10 +193,10 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, creds)
 	case errors.Is(err, ErrEnrollUnknown):
 		s.security.limiter.fail(remote)
-		writeJSON(w, http.StatusUnauthorized, ErrorResponse{Error: msg})
+		writeJSON(w, http.StatusUnauthorized, api.ErrorResponse{Error: msg})
 	case errors.Is(err, ErrEnrollUsed), errors.Is(err, ErrEnrollExpired):
 		s.security.limiter.fail(remote)
-		writeJSON(w, http.StatusGone, ErrorResponse{Error: msg})
+		writeJSON(w, http.StatusGone, api.ErrorResponse{Error: msg})
 	default:
 		s.logIfInternal(err, "enroll")
 		writeError(w, err)

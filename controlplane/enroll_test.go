@@ -14,21 +14,22 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/controlplane/api"
 )
 
-func (ts *testServer) enrollment(req EnrollmentRequest) Enrollment {
+func (ts *testServer) enrollment(req api.EnrollmentRequest) api.Enrollment {
 	ts.t.Helper()
-	var e Enrollment
+	var e api.Enrollment
 	code, body := ts.doJSON("POST", "/api/v1/enrollments", req, &e)
 	require.Equal(ts.t, http.StatusCreated, code, "enrollment: %s", body)
 	return e
 }
 
 // exchange posts an enrollment token without any API token, as the agent does.
-func (ts *testServer) exchange(token string) (int, DeviceCredentials, string) {
+func (ts *testServer) exchange(token string) (int, api.DeviceCredentials, string) {
 	ts.t.Helper()
 	code, body := ts.doToken("", "POST", "/api/v1/enroll", strings.NewReader(`{"token":"`+token+`"}`), "Content-Type", "application/json")
-	var creds DeviceCredentials
+	var creds api.DeviceCredentials
 	if code == http.StatusOK {
 		require.NoError(ts.t, json.Unmarshal(body, &creds))
 		return code, creds, ""
@@ -40,8 +41,8 @@ func TestEnrollmentIsOneTimeAndExpires(t *testing.T) {
 	clock := newTestClock(time.Now())
 	ts := newTestServer(t, func(o *Options) { o.Clock = clock.Now })
 
-	e := ts.enrollment(EnrollmentRequest{DeviceID: "cam-1", Labels: map[string]string{"site": "berlin"}, TTL: "30m"})
-	assert.True(t, strings.HasPrefix(e.Token, EnrollTokenPrefix))
+	e := ts.enrollment(api.EnrollmentRequest{DeviceID: "cam-1", Labels: map[string]string{"site": "berlin"}, TTL: "30m"})
+	assert.True(t, strings.HasPrefix(e.Token, api.EnrollTokenPrefix))
 	assert.False(t, e.Reenroll)
 
 	code, creds, msg := ts.exchange(e.Token)
@@ -58,14 +59,14 @@ func TestEnrollmentIsOneTimeAndExpires(t *testing.T) {
 	assert.Equal(t, http.StatusGone, code)
 	assert.Contains(t, msg, "already used")
 
-	late := ts.enrollment(EnrollmentRequest{DeviceID: "cam-2"})
-	clock.Add(DefaultEnrollmentTTL)
+	late := ts.enrollment(api.EnrollmentRequest{DeviceID: "cam-2"})
+	clock.Add(api.DefaultEnrollmentTTL)
 	code, _, msg = ts.exchange(late.Token)
 	assert.Equal(t, http.StatusGone, code)
 	assert.Contains(t, msg, "expired")
 	assert.False(t, ts.reg.exists("cam-2"))
 
-	code, _, msg = ts.exchange(EnrollTokenPrefix + strings.Repeat("a", 64))
+	code, _, msg = ts.exchange(api.EnrollTokenPrefix + strings.Repeat("a", 64))
 	assert.Equal(t, http.StatusUnauthorized, code)
 	assert.Contains(t, msg, "unknown")
 	code, _, _ = ts.exchange("ef_not-an-enrollment-token")
@@ -73,12 +74,12 @@ func TestEnrollmentIsOneTimeAndExpires(t *testing.T) {
 
 	for _, tt := range []struct {
 		name string
-		req  EnrollmentRequest
+		req  api.EnrollmentRequest
 	}{
-		{"bad id", EnrollmentRequest{DeviceID: "a/b"}},
-		{"ttl too long", EnrollmentRequest{DeviceID: "x", TTL: "720h"}},
-		{"ttl garbage", EnrollmentRequest{DeviceID: "x", TTL: "soon"}},
-		{"labels on existing device", EnrollmentRequest{DeviceID: "cam-1", Labels: map[string]string{"a": "b"}}},
+		{"bad id", api.EnrollmentRequest{DeviceID: "a/b"}},
+		{"ttl too long", api.EnrollmentRequest{DeviceID: "x", TTL: "720h"}},
+		{"ttl garbage", api.EnrollmentRequest{DeviceID: "x", TTL: "soon"}},
+		{"labels on existing device", api.EnrollmentRequest{DeviceID: "cam-1", Labels: map[string]string{"a": "b"}}},
 	} {
 		code, body := ts.doJSON("POST", "/api/v1/enrollments", tt.req, nil)
 		assert.Equal(t, http.StatusBadRequest, code, "%s: %s", tt.name, body)
@@ -91,7 +92,7 @@ func TestRevokeDisconnectsAndReenrollRestores(t *testing.T) {
 	c := deviceClient(t, creds)
 	require.True(t, c.IsConnected())
 
-	var res RevokeResult
+	var res api.RevokeResult
 	code, body := ts.doJSON("POST", "/api/v1/devices/dev-1/revoke", nil, &res)
 	require.Equal(t, http.StatusOK, code, "%s", body)
 	assert.True(t, res.Disconnected)
@@ -108,7 +109,7 @@ func TestRevokeDisconnectsAndReenrollRestores(t *testing.T) {
 	assert.False(t, reg.AuthenticateDevice("dev-1", []byte(creds.Password)))
 
 	// Enrolling the device again issues new credentials; the old ones stay dead.
-	e := ts.enrollment(EnrollmentRequest{DeviceID: "dev-1"})
+	e := ts.enrollment(api.EnrollmentRequest{DeviceID: "dev-1"})
 	assert.True(t, e.Reenroll)
 	code, fresh, msg := ts.exchange(e.Token)
 	require.Equal(t, http.StatusOK, code, msg)
@@ -123,7 +124,7 @@ func TestRevokeDisconnectsAndReenrollRestores(t *testing.T) {
 // a real control plane and connects with the written config.
 func TestAgentEnrollWritesWorkingConfig(t *testing.T) {
 	ts := newTestServer(t, nil)
-	e := ts.enrollment(EnrollmentRequest{DeviceID: "edge-7", Labels: map[string]string{"site": "lyon"}})
+	e := ts.enrollment(api.EnrollmentRequest{DeviceID: "edge-7", Labels: map[string]string{"site": "lyon"}})
 	out := filepath.Join(t.TempDir(), "agent.yaml")
 	ctx := context.Background()
 

@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
 )
 
@@ -85,7 +86,7 @@ func TestEnrolledAgentOverMutualTLS(t *testing.T) {
 	ts := newTestServer(t, func(o *Options) { o.MQTTTLS = tlsCfg })
 	require.Regexp(t, `^tls://`, ts.BrokerURL())
 
-	e := ts.enrollment(EnrollmentRequest{DeviceID: "tls-1"})
+	e := ts.enrollment(api.EnrollmentRequest{DeviceID: "tls-1"})
 	cert, key := p.issue("tls-1", false)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -115,14 +116,14 @@ func TestEnrolledAgentOverMutualTLS(t *testing.T) {
 	})
 
 	ts.mustUpload("fraud", "v1", trainedModel(t, 1))
-	ts.deploy(DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"tls-1"}})
+	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"tls-1"}})
 	require.Eventually(t, func() bool {
 		d, err := ts.Device("tls-1")
-		return err == nil && d.Reported["fraud"] != nil && d.Reported["fraud"].State == "active"
+		return err == nil && d.Reported["fraud"] != nil && d.Reported["fraud"].State == api.ModelActive
 	}, 30*time.Second, 20*time.Millisecond, "the agent activates v1 over mutual TLS")
 
 	// tls-2 is enrolled (valid password) but presents tls-1's certificate.
-	e2 := ts.enrollment(EnrollmentRequest{DeviceID: "tls-2"})
+	e2 := ts.enrollment(api.EnrollmentRequest{DeviceID: "tls-2"})
 	cfg2, err := agent.Enroll(ctx, agent.EnrollOptions{ControlPlane: ts.APIURL(), Token: e2.Token,
 		DataDir: t.TempDir(), TLSCAFile: p.caFile(), TLSCertFile: cert, TLSKeyFile: key})
 	require.NoError(t, err)

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -97,7 +98,7 @@ func TestExternalBroker(t *testing.T) {
 	assert.Equal(t, mq.url(), creds.BrokerURL)
 	a := trainedModel(t, 1)
 	ts.mustUpload("fraud", "v1", a)
-	ts.deploy(DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
+	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
 
 	c := deviceClient(t, creds)
 	sc := topics.Scheme{Prefix: creds.TopicPrefix}
@@ -120,7 +121,7 @@ func TestExternalBroker(t *testing.T) {
 	publish(t, c, sc.Status("dev-1"), st)
 	require.Eventually(t, func() bool {
 		dev, _ := ts.reg.get("dev-1")
-		return dev.Reported["fraud"] != nil && dev.Reported["fraud"].State == "active"
+		return dev.Reported["fraud"] != nil && dev.Reported["fraud"].State == api.ModelActive
 	}, 10*time.Second, 5*time.Millisecond)
 
 	// mosquitto restarts without persistence: its retained store is empty

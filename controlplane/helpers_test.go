@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -156,10 +157,10 @@ func (ts *testServer) doJSON(method, path string, v, out any) (int, []byte) {
 	return code, b
 }
 
-func (ts *testServer) register(id string, lbls map[string]string) DeviceCredentials {
+func (ts *testServer) register(id string, lbls map[string]string) api.DeviceCredentials {
 	ts.t.Helper()
-	var creds DeviceCredentials
-	code, body := ts.doJSON("POST", "/api/v1/devices", RegisterDeviceRequest{ID: id, Labels: lbls}, &creds)
+	var creds api.DeviceCredentials
+	code, body := ts.doJSON("POST", "/api/v1/devices", api.RegisterDeviceRequest{ID: id, Labels: lbls}, &creds)
 	require.Equal(ts.t, http.StatusCreated, code, "register %s: %s", id, body)
 	return creds
 }
@@ -186,18 +187,18 @@ func (ts *testServer) upload(name, version string, model []byte, meta *efpb.Mani
 	return ts.do("POST", path, &buf, "Content-Type", mw.FormDataContentType())
 }
 
-func (ts *testServer) mustUpload(name, version string, a *fraud.Artifact) ModelVersion {
+func (ts *testServer) mustUpload(name, version string, a *fraud.Artifact) api.ModelVersion {
 	ts.t.Helper()
 	code, body := ts.upload(name, version, a.ONNX, a.Metadata(), false)
 	require.Equal(ts.t, http.StatusCreated, code, "upload: %s", body)
-	var mv ModelVersion
+	var mv api.ModelVersion
 	require.NoError(ts.t, json.Unmarshal(body, &mv))
 	return mv
 }
 
-func (ts *testServer) deploy(req DeployRequest) DeployResult {
+func (ts *testServer) deploy(req api.DeployRequest) api.DeployResult {
 	ts.t.Helper()
-	var res DeployResult
+	var res api.DeployResult
 	code, body := ts.doJSON("POST", "/api/v1/deployments", req, &res)
 	require.Equal(ts.t, http.StatusOK, code, "deploy: %s", body)
 	return res
@@ -223,7 +224,7 @@ func trainedModel(t testing.TB, seed uint64) *fraud.Artifact {
 }
 
 // deviceClient connects to the broker as a registered device.
-func deviceClient(t testing.TB, creds DeviceCredentials) paho.Client {
+func deviceClient(t testing.TB, creds api.DeviceCredentials) paho.Client {
 	t.Helper()
 	c, err := dialDevice(creds.BrokerURL, creds.Username, creds.Password)
 	require.NoError(t, err, "device %s connect", creds.ID)

@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -108,7 +109,7 @@ func (s *Server) onStatus(topic string, payload []byte) {
 		}
 	}
 	tooMany, stale := false, false
-	known, err := s.reg.update(dev, func(d *Device, now time.Time) bool {
+	known, err := s.reg.update(dev, func(d *api.Device, now time.Time) bool {
 		d.Online, d.LastSeen = true, now
 		st := d.Reported[ev.ModelName]
 		if st != nil && ev.Seq != 0 && ev.Seq <= st.Seq {
@@ -123,13 +124,13 @@ func (s *Server) onStatus(topic string, payload []byte) {
 				return false
 			}
 			if d.Reported == nil {
-				d.Reported = map[string]*ModelStatus{}
+				d.Reported = map[string]*api.ModelStatus{}
 			}
-			st = &ModelStatus{}
+			st = &api.ModelStatus{}
 			d.Reported[ev.ModelName] = st
 		}
-		*st = ModelStatus{
-			State:         modelStateName(ev.State),
+		*st = api.ModelStatus{
+			State:         api.ModelStateOf(ev.State),
 			TargetVersion: ev.ModelVersion,
 			ActiveVersion: ev.ActiveVersion,
 			Reason:        truncate(ev.Reason, maxReasonLen),
@@ -152,7 +153,7 @@ func (s *Server) onStatus(topic string, payload []byte) {
 		s.drop(kind, dropStore, topic, err)
 		s.log.Error("store device status failed", "device", dev, "err", err)
 	default:
-		s.log.Debug("device status", "device", dev, "model", ev.ModelName, "version", ev.ModelVersion, "state", modelStateName(ev.State), "reason", ev.Reason)
+		s.log.Debug("device status", "device", dev, "model", ev.ModelName, "version", ev.ModelVersion, "state", api.ModelStateOf(ev.State), "reason", ev.Reason)
 	}
 }
 
@@ -160,13 +161,13 @@ func (s *Server) onStatus(topic string, payload []byte) {
 // refused something device-wide (a desired state) and says why.
 func (s *Server) onRefusal(kind topics.Kind, topic, dev string, ev *efpb.StatusEvent) {
 	stale := false
-	known, err := s.reg.update(dev, func(d *Device, now time.Time) bool {
+	known, err := s.reg.update(dev, func(d *api.Device, now time.Time) bool {
 		d.Online, d.LastSeen = true, now
 		if r := d.LastRefusal; r != nil && ev.Seq != 0 && ev.Seq <= r.Seq {
 			stale = true
 			return false
 		}
-		d.LastRefusal = &Refusal{Reason: truncate(ev.Reason, maxReasonLen), Generation: ev.Generation, Seq: ev.Seq, Time: now}
+		d.LastRefusal = &api.Refusal{Reason: truncate(ev.Reason, maxReasonLen), Generation: ev.Generation, Seq: ev.Seq, Time: now}
 		return true
 	})
 	switch {
@@ -193,7 +194,7 @@ func (s *Server) onTelemetry(topic string, payload []byte) {
 		s.drop(kind, dropProtocolVersion, topic, fmt.Errorf("protocol_version %d", t.ProtocolVersion))
 		return
 	}
-	sum := &TelemetrySummary{
+	sum := &api.TelemetrySummary{
 		Seq:             t.Seq,
 		Generation:      t.Generation,
 		UptimeSeconds:   t.UptimeSeconds,
@@ -204,17 +205,17 @@ func (s *Server) onTelemetry(topic string, payload []byte) {
 		if i == maxReportedModels {
 			break
 		}
-		sum.Models = append(sum.Models, ActiveModelStats{
+		sum.Models = append(sum.Models, api.ActiveModelStats{
 			Name:       truncate(m.Name, topics.MaxNameLen),
 			Version:    truncate(m.Version, topics.MaxNameLen),
-			State:      modelStateName(m.State),
+			State:      api.ModelStateOf(m.State),
 			Inferences: m.Inferences,
 			Errors:     m.Errors,
 			Rejects:    m.Rejects,
 		})
 	}
 	s.ingestMonitoring(dev, t) // monitoring.go
-	known, err := s.reg.update(dev, func(d *Device, now time.Time) bool {
+	known, err := s.reg.update(dev, func(d *api.Device, now time.Time) bool {
 		d.Online, d.LastSeen = true, now
 		if t.AgentVersion != "" {
 			d.AgentVersion = truncate(t.AgentVersion, maxAgentVersion)
@@ -238,7 +239,7 @@ func (s *Server) onPresence(topic string, payload []byte) {
 	if !ok {
 		return
 	}
-	known, err := s.reg.update(dev, func(d *Device, now time.Time) bool {
+	known, err := s.reg.update(dev, func(d *api.Device, now time.Time) bool {
 		changed := d.Online != p.Online
 		d.Online, d.LastSeen = p.Online, now
 		if p.AgentVersion != "" {

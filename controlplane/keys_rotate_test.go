@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -21,7 +22,7 @@ func TestRotatedKeysArePublishedAndDocumentsResigned(t *testing.T) {
 	first := newTestServer(t, func(o *Options) { o.DataDir = dir })
 	creds := first.register("dev-1", nil)
 	first.mustUpload("fraud", "v1", trainedModel(t, 1))
-	first.deploy(DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
+	first.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
 	c := deviceClient(t, creds)
 	sc := topics.Scheme{Prefix: creds.TopicPrefix}
 	device := agentVerifier(t, creds, receive(t, subscribe(t, c, sc.Trust()), "trust bundle v1"))

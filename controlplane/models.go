@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/atomicfile"
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/signing"
@@ -41,7 +42,7 @@ const prefixModels = "models/"
 
 // modelRecord is a stored model version.
 type modelRecord struct {
-	ModelVersion
+	api.ModelVersion
 	// Envelope is the release-signed manifest envelope (protobuf bytes),
 	// exactly as published.
 	Envelope []byte `json:"envelope"`
@@ -122,7 +123,7 @@ func parseMetadata(data []byte) (*efpb.Manifest, error) {
 		return m, nil
 	}
 	if err := (protojson.UnmarshalOptions{}).Unmarshal(data, m); err != nil {
-		return nil, newErr(ErrInvalid, "metadata is not a valid manifest JSON document: %v", err)
+		return nil, newErr(api.ErrInvalid, "metadata is not a valid manifest JSON document: %v", err)
 	}
 	if err := checkMetadataFields(m); err != nil {
 		return nil, err
@@ -153,10 +154,10 @@ func checkMetadataFields(m *efpb.Manifest) error {
 		}
 	}
 	if len(set) > 0 {
-		return newErr(ErrInvalid, "metadata sets %s; the control plane computes these fields (name and version come from the URL): remove them", strings.Join(set, ", "))
+		return newErr(api.ErrInvalid, "metadata sets %s; the control plane computes these fields (name and version come from the URL): remove them", strings.Join(set, ", "))
 	}
 	if m.Runtime != "" && m.Runtime != "onnxruntime" {
-		return newErr(ErrInvalid, "metadata runtime %q: only \"onnxruntime\" is supported", m.Runtime)
+		return newErr(api.ErrInvalid, "metadata runtime %q: only \"onnxruntime\" is supported", m.Runtime)
 	}
 	return nil
 }
@@ -168,17 +169,17 @@ func reconcileSchema(what string, declared, actual []*efpb.TensorSpec) ([]*efpb.
 		return actual, nil
 	}
 	if len(declared) != len(actual) {
-		return nil, newErr(ErrInvalid, "metadata declares %d %ss, the model has %d (%s)", len(declared), what, len(actual), specNames(actual))
+		return nil, newErr(api.ErrInvalid, "metadata declares %d %ss, the model has %d (%s)", len(declared), what, len(actual), specNames(actual))
 	}
 	for i, d := range declared {
 		a := actual[i]
 		switch {
 		case d.Name != a.Name:
-			return nil, newErr(ErrInvalid, "metadata %ss[%d] is %q, the model's is %q", what, i, d.Name, a.Name)
+			return nil, newErr(api.ErrInvalid, "metadata %ss[%d] is %q, the model's is %q", what, i, d.Name, a.Name)
 		case d.Datatype != a.Datatype:
-			return nil, newErr(ErrInvalid, "metadata %s %q has datatype %q, the model's is %q", what, d.Name, d.Datatype, a.Datatype)
+			return nil, newErr(api.ErrInvalid, "metadata %s %q has datatype %q, the model's is %q", what, d.Name, d.Datatype, a.Datatype)
 		case !slices.Equal(d.Shape, a.Shape):
-			return nil, newErr(ErrInvalid, "metadata %s %q has shape %v, the model's is %v (-1 is a dynamic dimension)", what, d.Name, d.Shape, a.Shape)
+			return nil, newErr(api.ErrInvalid, "metadata %s %q has shape %v, the model's is %v (-1 is a dynamic dimension)", what, d.Name, d.Shape, a.Shape)
 		}
 	}
 	return declared, nil
@@ -217,22 +218,22 @@ func tensorNames(specs []*efpb.TensorSpec) []string {
 // model version.
 func (s *Server) addModelVersion(ctx context.Context, name, version string, model []byte, meta *efpb.Manifest, force bool) (*modelRecord, error) {
 	if err := transfer.ValidName(name); err != nil {
-		return nil, newErr(ErrInvalid, "%v", err)
+		return nil, newErr(api.ErrInvalid, "%v", err)
 	}
 	if err := transfer.ValidVersion(version); err != nil {
-		return nil, newErr(ErrInvalid, "%v", err)
+		return nil, newErr(api.ErrInvalid, "%v", err)
 	}
 	if s.models.get(name, version) != nil {
-		return nil, newErr(ErrExists, "model %s version %s already exists; versions are immutable, upload a new version", name, version)
+		return nil, newErr(api.ErrExists, "model %s version %s already exists; versions are immutable, upload a new version", name, version)
 	}
 	if len(model) == 0 {
-		return nil, newErr(ErrInvalid, "model is empty")
+		return nil, newErr(api.ErrInvalid, "model is empty")
 	}
 	if uint64(len(model)) > s.opts.MaxModelSize {
-		return nil, newErr(ErrTooLarge, "model is %d bytes, max %d", len(model), s.opts.MaxModelSize)
+		return nil, newErr(api.ErrTooLarge, "model is %d bytes, max %d", len(model), s.opts.MaxModelSize)
 	}
 	if s.runtime == nil {
-		return nil, newErr(ErrUnavailable, "model uploads need onnxruntime to check models, and it did not load: %v", s.runtimeErr)
+		return nil, newErr(api.ErrUnavailable, "model uploads need onnxruntime to check models, and it did not load: %v", s.runtimeErr)
 	}
 	if meta == nil {
 		meta = &efpb.Manifest{}
@@ -240,7 +241,7 @@ func (s *Server) addModelVersion(ctx context.Context, name, version string, mode
 	m := proto.CloneOf(meta)
 	ins, outs, err := s.runtime.Inspect(model)
 	if err != nil {
-		return nil, newErr(ErrInvalid, "model is not a loadable ONNX model: %v", err)
+		return nil, newErr(api.ErrInvalid, "model is not a loadable ONNX model: %v", err)
 	}
 	if m.Inputs, err = reconcileSchema("input", m.Inputs, ins); err != nil {
 		return nil, err
@@ -258,13 +259,13 @@ func (s *Server) addModelVersion(ctx context.Context, name, version string, mode
 	m.ExpiresUnix = now.Add(s.opts.ManifestTTL).Unix()
 	transfer.FillManifest(m, model, transfer.DefaultChunkSize)
 	if err := transfer.ValidateManifest(m, transfer.Limits{MaxModelSize: s.opts.MaxModelSize}); err != nil {
-		return nil, newErr(ErrInvalid, "%v", err)
+		return nil, newErr(api.ErrInvalid, "%v", err)
 	}
 
-	checks := UploadChecks{TestVectors: len(m.TestVectors), Passed: true}
+	checks := api.UploadChecks{TestVectors: len(m.TestVectors), Passed: true}
 	if err := runChecks(s.runtime, model, m); err != nil {
 		if !force {
-			return nil, newErr(ErrChecksFailed, "model %s %s failed its checks: %v (upload with force=true, or `edgefleet model push --force`, to store it anyway)", name, version, err)
+			return nil, newErr(api.ErrChecksFailed, "model %s %s failed its checks: %v (upload with force=true, or `edgefleet model push --force`, to store it anyway)", name, version, err)
 		}
 		checks.Passed, checks.Forced, checks.Error = false, true, err.Error()
 		s.log.Warn("model failed its checks; stored because force was set", "model", name, "version", version, "err", err)
@@ -286,7 +287,7 @@ func (s *Server) addModelVersion(ctx context.Context, name, version string, mode
 		return nil, fmt.Errorf("add model %s %s: %w", name, version, err)
 	}
 	rec := &modelRecord{
-		ModelVersion: ModelVersion{
+		ModelVersion: api.ModelVersion{
 			Name:       name,
 			Version:    version,
 			SHA256:     sum,
@@ -306,7 +307,7 @@ func (s *Server) addModelVersion(ctx context.Context, name, version string, mode
 	defer s.uploadMu.Unlock()
 	err = s.kv.Update(func(tx *store.Tx) error {
 		if _, err := tx.Get(modelKey(name, version)); err == nil {
-			return newErr(ErrExists, "model %s version %s already exists; versions are immutable, upload a new version", name, version)
+			return newErr(api.ErrExists, "model %s version %s already exists; versions are immutable, upload a new version", name, version)
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
 		}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -198,7 +199,7 @@ func (s *Server) EvaluateAlerts() ([]monitor.Alert, error) {
 func (s *Server) handleModelMetrics(w http.ResponseWriter, r *http.Request) {
 	name, version := r.PathValue("name"), r.PathValue("version")
 	if s.models.get(name, version) == nil {
-		writeError(w, fmt.Errorf("model %s version %s: %w", name, version, ErrNotFound))
+		writeError(w, fmt.Errorf("model %s version %s: %w", name, version, api.ErrNotFound))
 		return
 	}
 	q := monitor.Query{Model: name, Version: version, By: r.URL.Query().Get("by")}
@@ -209,7 +210,7 @@ func (s *Server) handleModelMetrics(w http.ResponseWriter, r *http.Request) {
 		if v := r.URL.Query().Get(p.key); v != "" {
 			t, err := time.Parse(time.RFC3339, v)
 			if err != nil {
-				writeError(w, fmt.Errorf("%w: %s %q is not an RFC 3339 time (e.g. 2026-11-25T12:00:00Z)", ErrInvalid, p.key, v))
+				writeError(w, fmt.Errorf("%w: %s %q is not an RFC 3339 time (e.g. 2026-11-25T12:00:00Z)", api.ErrInvalid, p.key, v))
 				return
 			}
 			*p.dst = t
@@ -218,14 +219,14 @@ func (s *Server) handleModelMetrics(w http.ResponseWriter, r *http.Request) {
 	if v := r.URL.Query().Get("points"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 1000 {
-			writeError(w, fmt.Errorf("%w: points %q must be a number from 1 to 1000", ErrInvalid, v))
+			writeError(w, fmt.Errorf("%w: points %q must be a number from 1 to 1000", api.ErrInvalid, v))
 			return
 		}
 		q.Points = n
 	}
 	res, err := s.monitor.Query(q)
 	if err != nil {
-		writeError(w, fmt.Errorf("%w: %v", ErrInvalid, err))
+		writeError(w, fmt.Errorf("%w: %v", api.ErrInvalid, err))
 		return
 	}
 	writeJSON(w, http.StatusOK, res)

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/internal/transfer"
@@ -22,7 +23,7 @@ import (
 
 // agentVerifier builds what an agent trusts: the root key from its
 // credentials, then the trust bundle it finds retained on the trust topic.
-func agentVerifier(t *testing.T, creds DeviceCredentials, trust message) *signing.Verifier {
+func agentVerifier(t *testing.T, creds api.DeviceCredentials, trust message) *signing.Verifier {
 	t.Helper()
 	root, err := signing.ParsePublicKeyPEM([]byte(creds.RootPublicKey))
 	require.NoError(t, err)
@@ -94,8 +95,8 @@ func TestDeployPublishesSignedDesiredState(t *testing.T) {
 		return d
 	}
 
-	res := ts.deploy(DeployRequest{Model: "fraud", Version: "v1", Selector: "site=berlin"})
-	assert.Equal(t, []DeployedDevice{{ID: "dev-1", Generation: 1}, {ID: "dev-2", Generation: 1}}, res.Devices)
+	res := ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Selector: "site=berlin"})
+	assert.Equal(t, []api.DeployedDevice{{ID: "dev-1", Generation: 1}, {ID: "dev-2", Generation: 1}}, res.Devices)
 	d := next(1)
 	sum1 := sha256.Sum256(a1.ONNX)
 	require.Len(t, d.Models, 1)
@@ -103,22 +104,22 @@ func TestDeployPublishesSignedDesiredState(t *testing.T) {
 	assert.Equal(t, "v1", d.Models[0].Version)
 	assert.Equal(t, sum1[:], d.Models[0].Sha256)
 
-	res = ts.deploy(DeployRequest{Model: "fraud", Version: "v2", Selector: "hw=arm64,site!=paris"})
-	assert.Equal(t, []DeployedDevice{{ID: "dev-1", Generation: 2}}, res.Devices)
+	res = ts.deploy(api.DeployRequest{Model: "fraud", Version: "v2", Selector: "hw=arm64,site!=paris"})
+	assert.Equal(t, []api.DeployedDevice{{ID: "dev-1", Generation: 2}}, res.Devices)
 	d = next(2)
 	require.Len(t, d.Models, 1)
 	assert.Equal(t, "v2", d.Models[0].Version)
 
 	// Another model name is added; the fraud assignment stays.
-	res = ts.deploy(DeployRequest{Model: "scorer", Version: "v1", Devices: []string{"dev-1", "dev-1"}})
-	assert.Equal(t, []DeployedDevice{{ID: "dev-1", Generation: 3}}, res.Devices)
+	res = ts.deploy(api.DeployRequest{Model: "scorer", Version: "v1", Devices: []string{"dev-1", "dev-1"}})
+	assert.Equal(t, []api.DeployedDevice{{ID: "dev-1", Generation: 3}}, res.Devices)
 	d = next(3)
 	require.Len(t, d.Models, 2)
 	assert.Equal(t, [2]string{"fraud", "v2"}, [2]string{d.Models[0].Name, d.Models[0].Version})
 	assert.Equal(t, [2]string{"scorer", "v1"}, [2]string{d.Models[1].Name, d.Models[1].Version})
 
 	// Rollback is a new, higher generation naming the older version.
-	ts.deploy(DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
+	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
 	d = next(4)
 	assert.Equal(t, "v1", d.Models[0].Version)
 
@@ -126,7 +127,7 @@ func TestDeployPublishesSignedDesiredState(t *testing.T) {
 	require.True(t, ok)
 	require.NotNil(t, dev.Desired)
 	assert.Equal(t, uint64(4), dev.Desired.Generation)
-	assert.Equal(t, []Assignment{{"fraud", "v1"}, {"scorer", "v1"}}, dev.Desired.Models)
+	assert.Equal(t, []api.Assignment{{Name: "fraud", Version: "v1"}, {Name: "scorer", Version: "v1"}}, dev.Desired.Models)
 	dev2, _ := ts.reg.get("dev-2")
 	assert.Equal(t, uint64(1), dev2.Desired.Generation)
 	dev3, _ := ts.reg.get("dev-3")
@@ -218,7 +219,7 @@ func addRawModel(t *testing.T, ts *testServer, name, version string, model []byt
 	require.NoError(t, err)
 	sum := hex.EncodeToString(m.Sha256)
 	require.NoError(t, ts.writeBlob(sum, model))
-	rec := &modelRecord{ModelVersion: ModelVersion{Name: name, Version: version, SHA256: sum, Size: m.Size,
+	rec := &modelRecord{ModelVersion: api.ModelVersion{Name: name, Version: version, SHA256: sum, Size: m.Size,
 		ChunkSize: m.ChunkSize, ChunkCount: uint32(len(m.ChunkSha256)), Created: time.Now()}, Envelope: envBytes}
 	require.NoError(t, ts.kv.SetJSON(modelKey(name, version), rec, true))
 	ts.models.put(rec)
@@ -483,11 +484,11 @@ func TestDeviceReportsAreRecorded(t *testing.T) {
 		return d.Telemetry != nil && d.Reported["fraud"] != nil
 	}, 10*time.Second, 5*time.Millisecond)
 
-	var d Device
+	var d api.Device
 	code, body := ts.doJSON("GET", "/api/v1/devices/dev-1", nil, &d)
 	require.Equal(t, 200, code, "%s", body)
 	st := d.Reported["fraud"]
-	assert.Equal(t, "rolled-back", st.State)
+	assert.Equal(t, api.ModelRolledBack, st.State)
 	assert.Equal(t, "v2", st.TargetVersion)
 	assert.Equal(t, "v1", st.ActiveVersion)
 	assert.Equal(t, "test vector 0 mismatch", st.Reason)
@@ -495,13 +496,13 @@ func TestDeviceReportsAreRecorded(t *testing.T) {
 	assert.True(t, d.Online)
 	assert.Equal(t, "0.1.1", d.AgentVersion)
 	assert.Equal(t, uint64(42), d.Telemetry.Models[0].Inferences)
-	assert.Equal(t, "active", d.Telemetry.Models[0].State)
+	assert.Equal(t, api.ModelActive, d.Telemetry.Models[0].State)
 	assert.False(t, d.LastSeen.IsZero())
 
 	// The status was written through to the store.
-	var stored Device
+	var stored api.Device
 	require.NoError(t, ts.kv.GetJSON(prefixDevices+"dev-1", &stored))
-	assert.Equal(t, "rolled-back", stored.Reported["fraud"].State)
+	assert.Equal(t, api.ModelRolledBack, stored.Reported["fraud"].State)
 
 	// An older event arriving late does not undo the newer one.
 	dropped := ts.Dropped()
@@ -511,7 +512,7 @@ func TestDeviceReportsAreRecorded(t *testing.T) {
 	}))
 	require.Eventually(t, func() bool { return ts.Dropped() > dropped }, 10*time.Second, 5*time.Millisecond)
 	d, _ = ts.reg.get("dev-1")
-	assert.Equal(t, "rolled-back", d.Reported["fraud"].State, "a stale event is dropped")
+	assert.Equal(t, api.ModelRolledBack, d.Reported["fraud"].State, "a stale event is dropped")
 
 	// A device-level refusal (no model) is recorded, not dropped.
 	publish(t, c, sc.Status("dev-1"), enc(&efpb.StatusEvent{
@@ -532,7 +533,7 @@ func TestRenewExtendsExpiringDocuments(t *testing.T) {
 	ts := newTestServer(t, func(o *Options) { o.Clock = clock.Now })
 	ts.register("dev-1", nil)
 	ts.mustUpload("fraud", "v1", trainedModel(t, 1))
-	ts.deploy(DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
+	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
 	before := ts.models.get("fraud", "v1")
 
 	// Nothing is due yet.
@@ -551,6 +552,6 @@ func TestRenewExtendsExpiringDocuments(t *testing.T) {
 	assert.Equal(t, before.SHA256, hex.EncodeToString(m.Sha256), "same model")
 	d, _ = ts.reg.get("dev-1")
 	assert.Equal(t, uint64(2), d.Desired.Generation, "re-issued with the next generation")
-	assert.Equal(t, []Assignment{{"fraud", "v1"}}, d.Desired.Models)
+	assert.Equal(t, []api.Assignment{{Name: "fraud", Version: "v1"}}, d.Desired.Models)
 	assert.Equal(t, later.Add(DefaultDesiredTTL).Unix(), d.Desired.Expires.Unix())
 }

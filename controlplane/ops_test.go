@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -27,23 +28,23 @@ func TestInProcessOperations(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, ts.BrokerURL(), creds.BrokerURL)
 	_, err = ts.RegisterDevice("dev-1", nil)
-	assert.ErrorIs(t, err, ErrExists)
+	assert.ErrorIs(t, err, api.ErrExists)
 	_, err = ts.RegisterDevice("dev 2", nil)
-	assert.ErrorIs(t, err, ErrInvalid)
+	assert.ErrorIs(t, err, api.ErrInvalid)
 
 	a := trainedModel(t, 1)
 	bad := a.Metadata()
 	bad.Size = 1
 	_, err = ts.AddModelVersion(ctx, "fraud", "v1", a.ONNX, bad, false)
-	assert.ErrorIs(t, err, ErrInvalid)
+	assert.ErrorIs(t, err, api.ErrInvalid)
 	assert.ErrorContains(t, err, "metadata sets size")
 	mv, err := ts.AddModelVersion(ctx, "fraud", "v1", a.ONNX, a.Metadata(), false)
 	require.NoError(t, err)
 	assert.True(t, mv.Checks.Passed)
 
-	res, err := ts.Deploy(ctx, DeployRequest{Model: "fraud", Version: "v1", Selector: "ring=canary"})
+	res, err := ts.Deploy(ctx, api.DeployRequest{Model: "fraud", Version: "v1", Selector: "ring=canary"})
 	require.NoError(t, err)
-	assert.Equal(t, []DeployedDevice{{ID: "dev-1", Generation: 1}}, res.Devices)
+	assert.Equal(t, []api.DeployedDevice{{ID: "dev-1", Generation: 1}}, res.Devices)
 
 	devs, err := ts.Devices("ring!=canary")
 	require.NoError(t, err)
@@ -52,7 +53,7 @@ func TestInProcessOperations(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, uint64(1), d.Desired.Generation)
 	_, err = ts.Device("dev-9")
-	assert.ErrorIs(t, err, ErrNotFound)
+	assert.ErrorIs(t, err, api.ErrNotFound)
 }
 
 func TestTelemetryLastSeenPersistenceIsThrottled(t *testing.T) {
@@ -64,7 +65,7 @@ func TestTelemetryLastSeenPersistenceIsThrottled(t *testing.T) {
 	require.NoError(t, err)
 	stored := func() time.Time {
 		t.Helper()
-		var d Device
+		var d api.Device
 		require.NoError(t, ts.kv.GetJSON(prefixDevices+"dev-1", &d))
 		return d.LastSeen
 	}

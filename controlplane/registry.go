@@ -16,6 +16,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/labels"
 	"github.com/edgefleet/edgefleet/internal/store"
 	"github.com/edgefleet/edgefleet/internal/topics"
@@ -24,7 +25,7 @@ import (
 
 // Store layout of the registry, in the "cp" namespace:
 //
-//	devices/{id}  Device as JSON (without Desired and Online)
+//	devices/{id}  api.Device as JSON (without Desired and Online)
 //	creds/{id}    credential: salt and sha256(salt || password)
 //	desired/{id}  desiredRecord: newest generation and its signed envelope
 const (
@@ -60,14 +61,14 @@ func hashPassword(salt, password []byte) []byte {
 }
 
 // desiredRecord is a device's newest desired state. The envelope is the
-// source of truth; Device.Desired is decoded from it.
+// source of truth; api.Device.Desired is decoded from it.
 type desiredRecord struct {
 	Generation uint64 `json:"generation"`
 	Envelope   []byte `json:"envelope"`
 }
 
 type deviceEntry struct {
-	dev         Device
+	dev         api.Device
 	cred        credential
 	lastPersist time.Time // when dev was last written to the store
 }
@@ -91,7 +92,7 @@ type registry struct {
 func loadRegistry(kv *store.KV, clock func() time.Time) (*registry, error) {
 	r := &registry{kv: kv, clock: clock, devices: map[string]*deviceEntry{}}
 	err := kv.Scan(prefixDevices, func(key string, val []byte) error {
-		var d Device
+		var d api.Device
 		if err := json.Unmarshal(val, &d); err != nil {
 			return fmt.Errorf("decode %s: %w", key, err)
 		}
@@ -139,7 +140,7 @@ func loadRegistry(kv *store.KV, clock func() time.Time) (*registry, error) {
 }
 
 // summarizeDesired decodes the payload of a desired-state envelope we signed.
-func summarizeDesired(envBytes []byte) (*DesiredSummary, error) {
+func summarizeDesired(envBytes []byte) (*api.DesiredSummary, error) {
 	env := &efpb.Envelope{}
 	if err := proto.Unmarshal(envBytes, env); err != nil {
 		return nil, fmt.Errorf("desired state envelope: %w", err)
@@ -151,15 +152,15 @@ func summarizeDesired(envBytes []byte) (*DesiredSummary, error) {
 	return desiredSummary(d), nil
 }
 
-func desiredSummary(d *efpb.DesiredState) *DesiredSummary {
-	s := &DesiredSummary{
+func desiredSummary(d *efpb.DesiredState) *api.DesiredSummary {
+	s := &api.DesiredSummary{
 		Generation: d.Generation,
-		Models:     make([]Assignment, 0, len(d.Models)),
+		Models:     make([]api.Assignment, 0, len(d.Models)),
 		Issued:     time.Unix(d.IssuedUnix, 0).UTC(),
 		Expires:    time.Unix(d.ExpiresUnix, 0).UTC(),
 	}
 	for _, m := range d.Models {
-		s.Models = append(s.Models, Assignment{Name: m.Name, Version: m.Version})
+		s.Models = append(s.Models, api.Assignment{Name: m.Name, Version: m.Version})
 	}
 	return s
 }
@@ -167,10 +168,10 @@ func desiredSummary(d *efpb.DesiredState) *DesiredSummary {
 // register creates a device with a fresh random password and returns it.
 func (r *registry) register(id string, lbls map[string]string) (password string, err error) {
 	if err := topics.ValidDeviceID(id); err != nil {
-		return "", newErr(ErrInvalid, "%v", err)
+		return "", newErr(api.ErrInvalid, "%v", err)
 	}
 	if err := labels.ValidLabels(lbls); err != nil {
-		return "", newErr(ErrInvalid, "labels: %v", err)
+		return "", newErr(api.ErrInvalid, "labels: %v", err)
 	}
 	raw := make([]byte, 32)
 	salt := make([]byte, 16)
@@ -182,16 +183,16 @@ func (r *registry) register(id string, lbls map[string]string) (password string,
 	}
 	password = base64.RawURLEncoding.EncodeToString(raw)
 	cred := credential{Salt: salt, Hash: hashPassword(salt, []byte(password))}
-	dev := Device{ID: id, Labels: maps.Clone(lbls), Created: r.clock().UTC()}
+	dev := api.Device{ID: id, Labels: maps.Clone(lbls), Created: r.clock().UTC()}
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, ok := r.devices[id]; ok {
-		return "", newErr(ErrExists, "device %q is already registered", id)
+		return "", newErr(api.ErrExists, "device %q is already registered", id)
 	}
 	err = r.kv.Update(func(tx *store.Tx) error {
 		if _, err := tx.Get(prefixDevices + id); err == nil {
-			return newErr(ErrExists, "device %q is already registered", id)
+			return newErr(api.ErrExists, "device %q is already registered", id)
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
@@ -224,12 +225,12 @@ func (r *registry) AuthenticateDevice(username string, password []byte) bool {
 }
 
 // get returns a copy of one device.
-func (r *registry) get(id string) (Device, bool) {
+func (r *registry) get(id string) (api.Device, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	e := r.devices[id]
 	if e == nil {
-		return Device{}, false
+		return api.Device{}, false
 	}
 	return cloneDevice(&e.dev), true
 }
@@ -241,16 +242,16 @@ func (r *registry) exists(id string) bool {
 }
 
 // list returns copies of the devices matching sel (nil: all), by id.
-func (r *registry) list(sel *labels.Selector) []Device {
+func (r *registry) list(sel *labels.Selector) []api.Device {
 	r.mu.RLock()
-	out := make([]Device, 0, len(r.devices))
+	out := make([]api.Device, 0, len(r.devices))
 	for _, e := range r.devices {
 		if sel == nil || sel.Match(e.dev.Labels) {
 			out = append(out, cloneDevice(&e.dev))
 		}
 	}
 	r.mu.RUnlock()
-	slices.SortFunc(out, func(a, b Device) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(out, func(a, b api.Device) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 
@@ -279,7 +280,7 @@ func (r *registry) counts() (total, online int) {
 	return len(r.devices), online
 }
 
-func cloneDevice(d *Device) Device {
+func cloneDevice(d *api.Device) api.Device {
 	c := *d
 	c.Labels = maps.Clone(d.Labels)
 	if d.Desired != nil {
@@ -288,7 +289,7 @@ func cloneDevice(d *Device) Device {
 		c.Desired = &ds
 	}
 	if d.Reported != nil {
-		c.Reported = make(map[string]*ModelStatus, len(d.Reported))
+		c.Reported = make(map[string]*api.ModelStatus, len(d.Reported))
 		for k, v := range d.Reported {
 			vv := *v
 			c.Reported[k] = &vv
@@ -307,7 +308,7 @@ func cloneDevice(d *Device) Device {
 }
 
 // setDesired records the summary of a newly issued desired state.
-func (r *registry) setDesired(id string, sum *DesiredSummary) {
+func (r *registry) setDesired(id string, sum *api.DesiredSummary) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if e := r.devices[id]; e != nil {
@@ -318,7 +319,7 @@ func (r *registry) setDesired(id string, sum *DesiredSummary) {
 // update applies fn to a device under the lock and writes the device
 // through when fn asks for it (persist) or when lastSeenPersistEvery has
 // passed since the last write. It reports false when the device is unknown.
-func (r *registry) update(id string, fn func(d *Device, now time.Time) (persist bool)) (bool, error) {
+func (r *registry) update(id string, fn func(d *api.Device, now time.Time) (persist bool)) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := r.devices[id]
@@ -337,15 +338,6 @@ func (r *registry) update(id string, fn func(d *Device, now time.Time) (persist 
 	}
 	e.lastPersist = now
 	return true, nil
-}
-
-// modelStateName turns MODEL_STATE_ROLLED_BACK into "rolled-back".
-func modelStateName(s efpb.ModelState) string {
-	name, ok := efpb.ModelState_name[int32(s)]
-	if !ok {
-		return fmt.Sprintf("state(%d)", int32(s))
-	}
-	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(name, "MODEL_STATE_")), "_", "-")
 }
 
 func truncate(s string, n int) string {

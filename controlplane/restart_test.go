@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -23,7 +24,7 @@ func TestRestartRestoresState(t *testing.T) {
 	token := first.token
 	creds := first.register("dev-1", map[string]string{"site": "berlin"})
 	first.mustUpload("fraud", "v1", trainedModel(t, 1))
-	first.deploy(DeployRequest{Model: "fraud", Version: "v1", Selector: "site=berlin"})
+	first.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Selector: "site=berlin"})
 	first.stop()
 
 	calls := 0
@@ -60,7 +61,7 @@ func TestRestartRestoresState(t *testing.T) {
 	assert.Equal(t, uint64(1), dev.Desired.Generation)
 
 	// Generations continue where they were: never reused.
-	res := second.deploy(DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
+	res := second.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
 	assert.Equal(t, uint64(2), res.Devices[0].Generation)
 
 	// Versions stay immutable across restarts.
@@ -84,7 +85,7 @@ func TestServeWithoutRootPrivateKey(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, rootPub, got)
 	ts.mustUpload("fraud", "v1", trainedModel(t, 1))
-	ts.deploy(DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
+	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
 }
 
 func TestKeysMismatchIsRefused(t *testing.T) {

@@ -6,16 +6,9 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/store"
 )
-
-// RevokeResult is the answer to POST /api/v1/devices/{id}/revoke.
-type RevokeResult struct {
-	ID string `json:"id"`
-	// Disconnected reports that a live session was closed (embedded broker
-	// only; an external broker's ACL/password file must be updated there).
-	Disconnected bool `json:"disconnected"`
-}
 
 // setPassword gives a registered device a new random password, replacing
 // the old one, and returns it.
@@ -34,7 +27,7 @@ func (r *registry) setPassword(id string) (string, error) {
 	defer r.mu.Unlock()
 	e := r.devices[id]
 	if e == nil {
-		return "", newErr(ErrNotFound, "device %q is not registered", id)
+		return "", newErr(api.ErrNotFound, "device %q is not registered", id)
 	}
 	if err := r.kv.SetJSON(prefixCreds+id, &cred, true); err != nil {
 		return "", fmt.Errorf("set password %s: %w", id, err)
@@ -51,7 +44,7 @@ func (r *registry) revokeCredential(id string) error {
 	defer r.mu.Unlock()
 	e := r.devices[id]
 	if e == nil {
-		return newErr(ErrNotFound, "device %q is not registered", id)
+		return newErr(api.ErrNotFound, "device %q is not registered", id)
 	}
 	if err := r.kv.Update(func(tx *store.Tx) error { return tx.Delete(prefixCreds + id) }, true); err != nil {
 		return fmt.Errorf("revoke %s: %w", id, err)
@@ -70,14 +63,14 @@ func (s *Server) disconnectDevice(id string) bool {
 
 // RevokeDevice revokes a device's credentials and disconnects it: it
 // cannot reconnect until it is enrolled again.
-func (s *Server) RevokeDevice(id string) (RevokeResult, error) {
+func (s *Server) RevokeDevice(id string) (api.RevokeResult, error) {
 	if !s.isReady() {
-		return RevokeResult{}, errNotReady
+		return api.RevokeResult{}, errNotReady
 	}
 	if err := s.reg.revokeCredential(id); err != nil {
-		return RevokeResult{}, err
+		return api.RevokeResult{}, err
 	}
-	res := RevokeResult{ID: id, Disconnected: s.disconnectDevice(id)}
+	res := api.RevokeResult{ID: id, Disconnected: s.disconnectDevice(id)}
 	s.log.Info("device credentials revoked", "device", id, "disconnected", res.Disconnected)
 	return res, nil
 }

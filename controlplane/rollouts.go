@@ -3,7 +3,6 @@ package controlplane
 import (
 	"context"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -13,6 +12,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
 	"github.com/edgefleet/edgefleet/internal/labels"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -152,131 +152,87 @@ func (s *Server) onStatusRollouts(topic string, payload []byte) {
 	}
 }
 
-// rolloutError turns the engine's errors into the API's kinds; errors.Is
-// holds for both.
-type rolloutError struct {
-	kind, err error
-}
-
-func (e *rolloutError) Error() string   { return e.err.Error() }
-func (e *rolloutError) Unwrap() []error { return []error{e.kind, e.err} }
-
-func mapRolloutErr(err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, rollout.ErrInvalid):
-		return &rolloutError{ErrInvalid, err}
-	case errors.Is(err, rollout.ErrNotFound):
-		return &rolloutError{ErrNotFound, err}
-	case errors.Is(err, rollout.ErrState):
-		return &rolloutError{ErrExists, err} // 409 Conflict
-	}
-	return err
-}
-
 // CreateRollout checks and starts a rollout, as POST /api/v1/rollouts does.
 // actor is who asked (for the audit log).
-func (s *Server) CreateRollout(ctx context.Context, spec rollout.Spec, actor string) (*rollout.Status, error) {
+func (s *Server) CreateRollout(ctx context.Context, spec api.RolloutSpec, actor string) (*api.Rollout, error) {
 	if !s.isReady() {
 		return nil, errNotReady
 	}
 	if err := spec.Validate(); err != nil {
-		return nil, mapRolloutErr(err)
+		return nil, err
 	}
 	if s.models.get(spec.Model, spec.Version) == nil {
-		return nil, newErr(ErrNotFound, "model %s version %s does not exist; upload it first", spec.Model, spec.Version)
+		return nil, newErr(api.ErrNotFound, "model %s version %s does not exist; upload it first", spec.Model, spec.Version)
 	}
 	sel, err := labels.Parse(spec.Selector)
 	if err != nil {
-		return nil, newErr(ErrInvalid, "selector: %v", err)
+		return nil, newErr(api.ErrInvalid, "selector: %v", err)
 	}
 	if len(s.reg.ids(sel)) == 0 {
-		return nil, newErr(ErrInvalid, "selector %q matches no registered device", sel.String())
+		return nil, newErr(api.ErrInvalid, "selector %q matches no registered device", sel.String())
 	}
 	r, err := s.rollouts.Create(ctx, spec, actor)
 	if err != nil {
-		return nil, mapRolloutErr(err)
+		return nil, err
 	}
 	s.log.Info("rollout created", "rollout", r.ID, "model", spec.Model, "version", spec.Version, "actor", actor)
 	st, err := s.rollouts.Get(r.ID, false)
-	return st, mapRolloutErr(err)
+	return st, err
 }
 
 // Rollout returns one rollout's status; withDevices adds per-device records.
-func (s *Server) Rollout(id string, withDevices bool) (*rollout.Status, error) {
+func (s *Server) Rollout(id string, withDevices bool) (*api.Rollout, error) {
 	if !s.isReady() {
 		return nil, errNotReady
 	}
 	st, err := s.rollouts.Get(id, withDevices)
-	return st, mapRolloutErr(err)
+	return st, err
 }
 
 // Rollouts lists every rollout, oldest first.
-func (s *Server) Rollouts() ([]*rollout.Status, error) {
+func (s *Server) Rollouts() ([]*api.Rollout, error) {
 	if !s.isReady() {
 		return nil, errNotReady
 	}
 	return s.rollouts.List(), nil
 }
 
-// Rollout actions of RolloutAction.
-const (
-	RolloutPause    = "pause"
-	RolloutResume   = "resume"
-	RolloutPromote  = "promote"
-	RolloutAbort    = "abort"
-	RolloutRollback = "rollback"
-)
-
 // RolloutAction pauses, resumes, promotes, aborts or rolls back a rollout;
 // req narrows a rollback to a label group or one device.
-func (s *Server) RolloutAction(ctx context.Context, id, action string, req rollout.RollbackRequest, actor string) (*rollout.Status, error) {
+func (s *Server) RolloutAction(ctx context.Context, id string, action api.RolloutAction, req api.RollbackRequest, actor string) (*api.Rollout, error) {
 	if !s.isReady() {
 		return nil, errNotReady
 	}
-	if action != RolloutRollback && (req.Selector != "" || req.Device != "") {
-		return nil, newErr(ErrInvalid, "selector and device apply to rollback only")
+	if action != api.ActionRollback && (req.Selector != "" || req.Device != "") {
+		return nil, newErr(api.ErrInvalid, "selector and device apply to rollback only")
 	}
-	var st *rollout.Status
+	var st *api.Rollout
 	var err error
 	switch action {
-	case RolloutPause:
+	case api.ActionPause:
 		st, err = s.rollouts.Pause(ctx, id, actor)
-	case RolloutResume:
+	case api.ActionResume:
 		st, err = s.rollouts.Resume(ctx, id, actor)
-	case RolloutPromote:
+	case api.ActionPromote:
 		st, err = s.rollouts.Promote(ctx, id, actor)
-	case RolloutAbort:
+	case api.ActionAbort:
 		st, err = s.rollouts.Abort(ctx, id, actor)
-	case RolloutRollback:
+	case api.ActionRollback:
 		st, err = s.rollouts.Rollback(ctx, id, req, actor)
 	default:
-		return nil, newErr(ErrInvalid, "unknown rollout action %q (want pause, resume, promote, abort or rollback)", action)
+		return nil, newErr(api.ErrInvalid, "unknown rollout action %q (want pause, resume, promote, abort or rollback)", action)
 	}
 	if err != nil {
-		return nil, mapRolloutErr(err)
+		return nil, err
 	}
-	s.log.Info("rollout "+action, "rollout", id, "actor", actor, "state", st.State)
+	s.log.Info("rollout "+string(action), "rollout", id, "actor", actor, "state", st.State)
 	return st, nil
 }
 
 // Rollout endpoints.
 
-func (s *Server) rolloutRoutes() []route {
-	rs := []route{
-		{"POST", "/api/v1/rollouts", http.HandlerFunc(s.handleCreateRollout)},
-		{"GET", "/api/v1/rollouts", http.HandlerFunc(s.handleListRollouts)},
-		{"GET", "/api/v1/rollouts/{id}", http.HandlerFunc(s.handleGetRollout)},
-	}
-	for _, a := range []string{RolloutPause, RolloutResume, RolloutPromote, RolloutAbort, RolloutRollback} {
-		rs = append(rs, route{"POST", "/api/v1/rollouts/{id}/" + a, s.rolloutActionHandler(a)})
-	}
-	return rs
-}
-
 func (s *Server) handleCreateRollout(w http.ResponseWriter, r *http.Request) {
-	var spec rollout.Spec
+	var spec api.RolloutSpec
 	if err := decodeJSON(w, r, maxRolloutBody, &spec); err != nil {
 		writeError(w, err)
 		return
@@ -298,7 +254,7 @@ func (s *Server) handleListRollouts(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	if list == nil {
-		list = []*rollout.Status{}
+		list = []*api.Rollout{}
 	}
 	writeJSON(w, http.StatusOK, list)
 }
@@ -311,7 +267,7 @@ func (s *Server) handleGetRollout(w http.ResponseWriter, r *http.Request) {
 			withDevices = true
 		case "false", "0":
 		default:
-			writeError(w, newErr(ErrInvalid, "query parameter devices=%q: want true or false", v))
+			writeError(w, newErr(api.ErrInvalid, "query parameter devices=%q: want true or false", v))
 			return
 		}
 	}
@@ -323,9 +279,9 @@ func (s *Server) handleGetRollout(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
-func (s *Server) rolloutActionHandler(action string) http.Handler {
+func (s *Server) rolloutActionHandler(action api.RolloutAction) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req rollout.RollbackRequest
+		var req api.RollbackRequest
 		if r.ContentLength != 0 {
 			if err := decodeJSON(w, r, maxRegisterBody, &req); err != nil {
 				// An empty body (chunked, no bytes) is fine: nothing to narrow.
@@ -337,7 +293,7 @@ func (s *Server) rolloutActionHandler(action string) http.Handler {
 		}
 		st, err := s.RolloutAction(r.Context(), r.PathValue("id"), action, req, Actor(r.Context()))
 		if err != nil {
-			s.logIfInternal(err, "rollout "+action)
+			s.logIfInternal(err, "rollout "+string(action))
 			writeError(w, err)
 			return
 		}

@@ -285,7 +285,7 @@ func New(opts Options) (*Server, error) {
 	s.metrics.reg.MustRegister(
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "edgefleet_broker_subscription_dropped_total",
-			Help: "Device messages the embedded broker dropped because a control-plane subscription's queue was full (ingest falling behind).",
+			Help: "api.Device messages the embedded broker dropped because a control-plane subscription's queue was full (ingest falling behind).",
 		}, func() float64 { return s.brokerDrops(func(b *broker.Broker) uint64 { return b.Dropped() }) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "edgefleet_broker_client_dropped_total",
@@ -458,12 +458,16 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	s.runRollouts(ctx, &wg)
 	s.runMonitoring(ctx, &wg)
 
+	handler, err := s.handler()
+	if err != nil {
+		return fmt.Errorf("controlplane: %w", err)
+	}
 	ln, err := net.Listen("tcp", s.opts.APIListen)
 	if err != nil {
 		return fmt.Errorf("controlplane: api listen %s: %w", s.opts.APIListen, err)
 	}
 	srv := &http.Server{
-		Handler:           s.handler(),
+		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),

@@ -7,15 +7,12 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/store"
 )
 
 // keyAdminToken holds the sha256 of the admin API token (never the token).
 const keyAdminToken = "admin/token_sha256"
-
-// TokenPrefix starts every admin API token, so a leaked token is easy to
-// recognise in logs and secret scanners.
-const TokenPrefix = "ef_"
 
 // ensureAdminToken returns the stored token hash, generating a token first
 // when none exists; token is non-empty only when it was just generated.
@@ -34,7 +31,7 @@ func ensureAdminToken(kv *store.KV) (hash []byte, token string, err error) {
 	if _, err := rand.Read(raw); err != nil {
 		return nil, "", fmt.Errorf("admin token: %w", err)
 	}
-	token = TokenPrefix + hex.EncodeToString(raw)
+	token = api.TokenPrefix + hex.EncodeToString(raw)
 	sum := sha256.Sum256([]byte(token))
 	if err := kv.SetSync(keyAdminToken, sum[:]); err != nil {
 		return nil, "", fmt.Errorf("admin token: %w", err)

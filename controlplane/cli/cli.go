@@ -136,7 +136,7 @@ func run(ctx context.Context, args []string, getenv env, stdout, stderr io.Write
 	case errors.Is(err, errFlagParse):
 		return 2 // the flag package already printed the problem and usage
 	default:
-		fmt.Fprintf(stderr, "edgefleet: %s\n", oneLine(err.Error()))
+		fmt.Fprintf(stderr, "edgefleet: %s\n", oneLine(hint(err, a.api).Error()))
 		return 1
 	}
 }

@@ -4,11 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"io"
-	"mime/multipart"
-	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -22,7 +18,10 @@ import (
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/client"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/labels"
 	"github.com/edgefleet/edgefleet/internal/signing"
@@ -198,23 +197,9 @@ func (a *app) modelPush(ctx context.Context, args []string) error {
 		}
 	}
 
-	// Stream the multipart body: models can be hundreds of MiB.
-	pr, pw := io.Pipe()
-	mw := multipart.NewWriter(pw)
-	written := make(chan error, 1)
-	go func() {
-		err := writeUpload(mw, model, filepath.Base(*file), metaData)
-		_ = pw.CloseWithError(err)
-		written <- err
-	}()
-	path := "/api/v1/models/" + url.PathEscape(*name) + "/versions/" + url.PathEscape(*version)
-	if *force {
-		path += "?force=true"
-	}
-	var mv controlplane.ModelVersion
-	err = c.do(ctx, "POST", path, pr, mw.FormDataContentType(), &mv)
-	_ = pr.CloseWithError(errors.New("upload finished")) // unblocks the writer if the server stopped reading
-	<-written
+	// The client streams the model: it can be hundreds of MiB.
+	mv, err := c.UploadModel(ctx, client.Upload{Name: *name, Version: *version, Model: model,
+		Filename: filepath.Base(*file), Metadata: metaData, Force: *force})
 	if err != nil {
 		return fmt.Errorf("push %s@%s: %w", *name, *version, err)
 	}
@@ -228,22 +213,6 @@ func (a *app) modelPush(ctx context.Context, args []string) error {
 		fmt.Fprintf(a.stdout, "checks FAILED (stored because of --force; agents will refuse it): %s\n", mv.Checks.Error)
 	}
 	return nil
-}
-
-func writeUpload(mw *multipart.Writer, model io.Reader, filename string, meta []byte) error {
-	fw, err := mw.CreateFormFile("model", filename)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(fw, model); err != nil {
-		return err
-	}
-	if meta != nil {
-		if err := mw.WriteField("metadata", string(meta)); err != nil {
-			return err
-		}
-	}
-	return mw.Close()
 }
 
 func (a *app) models(ctx context.Context, args []string) error {
@@ -260,8 +229,8 @@ func (a *app) models(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	var list []controlplane.ModelVersion
-	if err := c.doJSON(ctx, "GET", "/api/v1/models", nil, &list); err != nil {
+	list, err := c.Models(ctx)
+	if err != nil {
 		return err
 	}
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
@@ -274,19 +243,6 @@ func (a *app) models(ctx context.Context, args []string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", m.Name, m.Version, m.Size, m.ChunkCount, short(m.SHA256), checks, m.Created.Local().Format(time.DateTime))
 	}
 	return tw.Flush()
-}
-
-// agentConfig is the agent's YAML configuration, with exactly the keys
-// agent.Config reads.
-type agentConfig struct {
-	DeviceID        string `yaml:"device_id"`
-	BrokerURL       string `yaml:"broker_url"`
-	Username        string `yaml:"username"`
-	Password        string `yaml:"password"`
-	RootPublicKey   string `yaml:"root_public_key"`
-	DataDir         string `yaml:"data_dir"`
-	InferenceListen string `yaml:"inference_listen"`
-	TopicPrefix     string `yaml:"topic_prefix"`
 }
 
 func (a *app) deviceAdd(ctx context.Context, args []string) error {
@@ -330,8 +286,8 @@ func (a *app) deviceAdd(ctx context.Context, args []string) error {
 		removeEmpty(cfgFile)
 		return err
 	}
-	var creds controlplane.DeviceCredentials
-	if err := c.doJSON(ctx, "POST", "/api/v1/devices", controlplane.RegisterDeviceRequest{ID: id, Labels: m}, &creds); err != nil {
+	creds, err := c.RegisterDevice(ctx, id, m)
+	if err != nil {
 		removeEmpty(cfgFile)
 		return fmt.Errorf("add device %s: %w", id, err)
 	}
@@ -341,16 +297,7 @@ func (a *app) deviceAdd(ctx context.Context, args []string) error {
 		fmt.Fprintf(a.stdout, "  root_public_key:\n%s", indent(creds.RootPublicKey, "    "))
 		return nil
 	}
-	cfg, err := yaml.Marshal(agentConfig{
-		DeviceID:        creds.ID,
-		BrokerURL:       creds.BrokerURL,
-		Username:        creds.Username,
-		Password:        creds.Password,
-		RootPublicKey:   creds.RootPublicKey,
-		DataDir:         *dataDir,
-		InferenceListen: *inference,
-		TopicPrefix:     creds.TopicPrefix,
-	})
+	cfg, err := yaml.Marshal(agent.ConfigFor(creds, *dataDir, *inference))
 	if err == nil {
 		_, err = cfgFile.Write(cfg)
 	}
@@ -383,19 +330,17 @@ func (a *app) devices(ctx context.Context, args []string) error {
 	if len(pos) > 0 {
 		return usagef("devices takes no arguments, got %q", pos)
 	}
-	path := "/api/v1/devices"
 	if *selector != "" {
 		if _, err := labels.Parse(*selector); err != nil {
 			return usagef("--selector: %v", err)
 		}
-		path += "?selector=" + url.QueryEscape(*selector)
 	}
 	c, err := a.client()
 	if err != nil {
 		return err
 	}
-	var list []controlplane.Device
-	if err := c.doJSON(ctx, "GET", path, nil, &list); err != nil {
+	list, err := c.Devices(ctx, *selector)
+	if err != nil {
 		return err
 	}
 	now := time.Now()
@@ -424,7 +369,7 @@ func formatLabels(m map[string]string) string {
 	return strings.Join(parts, ",")
 }
 
-func formatDesired(d *controlplane.DesiredSummary) string {
+func formatDesired(d *api.DesiredSummary) string {
 	if d == nil || len(d.Models) == 0 {
 		return "-"
 	}
@@ -435,7 +380,7 @@ func formatDesired(d *controlplane.DesiredSummary) string {
 	return fmt.Sprintf("%s (%d)", strings.Join(parts, ","), d.Generation)
 }
 
-func reportedNames(r map[string]*controlplane.ModelStatus) []string {
+func reportedNames(r map[string]*api.ModelStatus) []string {
 	names := make([]string, 0, len(r))
 	for n := range r {
 		names = append(names, n)
@@ -444,7 +389,7 @@ func reportedNames(r map[string]*controlplane.ModelStatus) []string {
 	return names
 }
 
-func formatActive(r map[string]*controlplane.ModelStatus) string {
+func formatActive(r map[string]*api.ModelStatus) string {
 	var parts []string
 	for _, n := range reportedNames(r) {
 		if v := r[n].ActiveVersion; v != "" {
@@ -457,12 +402,12 @@ func formatActive(r map[string]*controlplane.ModelStatus) string {
 	return strings.Join(parts, ",")
 }
 
-func formatState(r map[string]*controlplane.ModelStatus) string {
+func formatState(r map[string]*api.ModelStatus) string {
 	var parts []string
 	for _, n := range reportedNames(r) {
 		st := r[n]
-		s := st.State
-		if st.State == "downloading" && st.ChunksTotal > 0 {
+		s := string(st.State)
+		if st.State == api.ModelDownloading && st.ChunksTotal > 0 {
 			s += fmt.Sprintf(" %d/%d", st.ChunksHave, st.ChunksTotal)
 		}
 		if len(r) > 1 {
@@ -533,9 +478,9 @@ func (a *app) deploy(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	var res controlplane.DeployResult
-	req := controlplane.DeployRequest{Model: name, Version: version, Devices: devices, Selector: *selector}
-	if err := c.doJSON(ctx, "POST", "/api/v1/deployments", req, &res); err != nil {
+	req := api.DeployRequest{Model: name, Version: version, Devices: devices, Selector: *selector}
+	res, err := c.Deploy(ctx, req)
+	if err != nil {
 		return fmt.Errorf("deploy %s@%s: %w", name, version, err)
 	}
 	fmt.Fprintf(a.stdout, "deployed %s@%s to %d device(s):\n", res.Model, res.Version, len(res.Devices))

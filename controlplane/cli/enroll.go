@@ -3,9 +3,8 @@ package cli
 import (
 	"context"
 	"fmt"
-	"net/url"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/labels"
 )
 
@@ -38,8 +37,8 @@ func (a *app) deviceEnroll(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	var e controlplane.Enrollment
-	if err := c.doJSON(ctx, "POST", "/api/v1/enrollments", controlplane.EnrollmentRequest{DeviceID: pos[0], Labels: m, TTL: *ttl}, &e); err != nil {
+	e, err := c.CreateEnrollment(ctx, api.EnrollmentRequest{DeviceID: pos[0], Labels: m, TTL: *ttl})
+	if err != nil {
 		return fmt.Errorf("enroll device %s: %w", pos[0], err)
 	}
 	what := "new device"
@@ -66,8 +65,8 @@ func (a *app) deviceRevoke(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	var res controlplane.RevokeResult
-	if err := c.doJSON(ctx, "POST", "/api/v1/devices/"+url.PathEscape(pos[0])+"/revoke", nil, &res); err != nil {
+	res, err := c.RevokeDevice(ctx, pos[0])
+	if err != nil {
 		return fmt.Errorf("revoke device %s: %w", pos[0], err)
 	}
 	state := "it was not connected"

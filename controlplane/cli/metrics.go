@@ -4,12 +4,11 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"net/url"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
 )
 
@@ -41,28 +40,20 @@ func (a *app) metricsCmd(ctx context.Context, args []string) error {
 	if *points < 1 || *points > 200 {
 		return usagef("--points %d: want 1..200", *points)
 	}
-	q := url.Values{}
 	now := time.Now().UTC()
-	q.Set("from", now.Add(-*since).Format(time.RFC3339))
-	q.Set("to", now.Add(time.Minute).Format(time.RFC3339))
-	q.Set("points", strconv.Itoa(*points))
-	if *by != "" {
-		q.Set("by", *by)
-	}
 	c, err := a.client()
 	if err != nil {
 		return err
 	}
-	var res monitor.Result
-	path := "/api/v1/models/" + url.PathEscape(name) + "/versions/" + url.PathEscape(version) + "/metrics?" + q.Encode()
-	if err := c.doJSON(ctx, "GET", path, nil, &res); err != nil {
+	res, err := c.ModelMetrics(ctx, name, version, api.MetricsQuery{From: now.Add(-*since), To: now.Add(time.Minute), By: *by, Points: *points})
+	if err != nil {
 		return err
 	}
-	writeMetrics(a, &res)
+	writeMetrics(a, res)
 	return nil
 }
 
-func writeMetrics(a *app, res *monitor.Result) {
+func writeMetrics(a *app, res *api.ModelMetrics) {
 	fmt.Fprintf(a.stdout, "%s@%s  %s .. %s\n\n", res.Model, res.Version, res.From.Format(time.RFC3339), res.To.Format(time.RFC3339))
 	rows := res.Groups
 	col := strings.ToUpper(res.By)
@@ -71,7 +62,7 @@ func writeMetrics(a *app, res *monitor.Result) {
 	}
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "%s\tDEVICES\tROWS\tLABELLED\tACCURACY\tF1\tMAX PSI (FEATURE)\tPRED PSI\tP50 ms\tP99 ms\n", col)
-	line := func(key string, f monitor.Figures) {
+	line := func(key string, f api.MetricsFigures) {
 		if key == "" {
 			key = "-"
 		}
@@ -83,7 +74,7 @@ func writeMetrics(a *app, res *monitor.Result) {
 			pct(f.Accuracy), num(f.F1), psi, f.PredictionPSI, f.LatencyP50Ms, f.LatencyP99Ms)
 	}
 	for _, g := range rows {
-		line(g.Key, g.Figures)
+		line(g.Key, g.MetricsFigures)
 	}
 	line("TOTAL", res.Total)
 	_ = tw.Flush()

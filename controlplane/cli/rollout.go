@@ -3,14 +3,12 @@ package cli
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/edgefleet/edgefleet/controlplane/audit"
-	"github.com/edgefleet/edgefleet/controlplane/rollout"
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/labels"
 )
 
@@ -28,20 +26,20 @@ func (a *app) rollout(ctx context.Context, args []string) error {
 	case "list":
 		return a.rolloutList(ctx, rest)
 	case "pause", "resume", "promote", "abort", "rollback":
-		return a.rolloutAction(ctx, sub, rest)
+		return a.rolloutAction(ctx, api.RolloutAction(sub), rest)
 	}
 	return usagef("unknown command \"rollout %s\" (want create, get, list, pause, resume, promote, abort or rollback)", sub)
 }
 
 // parseStage reads --stage: canary:N, percent:P, devices:a,b or group:k=v,
 // optionally followed by /bake=DUR and /min=N.
-func parseStage(s string) (rollout.Stage, error) {
+func parseStage(s string) (api.RolloutStage, error) {
 	parts := strings.Split(s, "/")
 	kind, val, ok := strings.Cut(parts[0], ":")
 	if !ok || val == "" {
-		return rollout.Stage{}, fmt.Errorf("--stage %q: want canary:N, percent:P, devices:ID,ID or group:k=v", s)
+		return api.RolloutStage{}, fmt.Errorf("--stage %q: want canary:N, percent:P, devices:ID,ID or group:k=v", s)
 	}
-	var st rollout.Stage
+	var st api.RolloutStage
 	switch kind {
 	case "canary":
 		n, err := strconv.Atoi(val)
@@ -73,7 +71,7 @@ func parseStage(s string) (rollout.Stage, error) {
 			if err != nil || d < 0 {
 				return st, fmt.Errorf("--stage %q: bake=%q: want a duration such as 30s", s, v)
 			}
-			st.Bake = rollout.Duration(d)
+			st.Bake = api.Duration(d)
 		case "min":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 0 {
@@ -138,11 +136,11 @@ func (a *app) rolloutCreate(ctx context.Context, args []string) error {
 	if !ok || name == "" || version == "" {
 		return usagef("rollout create %q: want NAME@VERSION, e.g. fraud@2.0.0", pos[0])
 	}
-	spec := rollout.Spec{
+	spec := api.RolloutSpec{
 		Model: name, Version: version, Selector: *selector,
-		Bake:     rollout.Duration(*bake),
+		Bake:     api.Duration(*bake),
 		OnBreach: *onBreach,
-		Gates: rollout.Gates{MaxFailureRate: failRate.v, MaxOfflineFraction: offline.v,
+		Gates: api.Gates{MaxFailureRate: failRate.v, MaxOfflineFraction: offline.v,
 			MaxAccuracyDrop: accDrop.v, MaxDriftScore: drift.v, MinLabelled: *minLabelled},
 		AutoPromote:  *auto,
 		Windows:      windows,
@@ -174,8 +172,8 @@ func (a *app) rolloutCreate(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	var st rollout.Status
-	if err := c.doJSON(ctx, "POST", "/api/v1/rollouts", spec, &st); err != nil {
+	st, err := c.CreateRollout(ctx, spec)
+	if err != nil {
 		return fmt.Errorf("rollout create %s@%s: %w", name, version, err)
 	}
 	fmt.Fprintf(a.stdout, "rollout %s created: %s@%s to %s, %d stage(s), state %s\n", st.ID, name, version, spec.Selector, len(spec.Stages), st.State)
@@ -196,15 +194,15 @@ func (a *app) rolloutGet(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	var st rollout.Status
-	if err := c.doJSON(ctx, "GET", "/api/v1/rollouts/"+url.PathEscape(pos[0]), nil, &st); err != nil {
+	st, err := c.Rollout(ctx, pos[0], false)
+	if err != nil {
 		return fmt.Errorf("rollout get %s: %w", pos[0], err)
 	}
-	a.printRollout(&st)
+	a.printRollout(st)
 	return nil
 }
 
-func (a *app) printRollout(st *rollout.Status) {
+func (a *app) printRollout(st *api.Rollout) {
 	w := a.stdout
 	fmt.Fprintf(w, "rollout %s  %s@%s  selector %s\n", st.ID, st.Spec.Model, st.Spec.Version, st.Spec.Selector)
 	fmt.Fprintf(w, "state:   %s", st.State)
@@ -244,7 +242,7 @@ func (a *app) printRollout(st *rollout.Status) {
 }
 
 // stageLabel is "2", or "2 (name)" for a stage with its own name.
-func stageLabel(s rollout.StageStatus) string {
+func stageLabel(s api.StageStatus) string {
 	if s.Name == "" || s.Name == fmt.Sprintf("stage %d", s.Index) {
 		return strconv.Itoa(s.Index)
 	}
@@ -265,8 +263,8 @@ func (a *app) rolloutList(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	var list []rollout.Status
-	if err := c.doJSON(ctx, "GET", "/api/v1/rollouts", nil, &list); err != nil {
+	list, err := c.Rollouts(ctx)
+	if err != nil {
 		return fmt.Errorf("rollout list: %w", err)
 	}
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
@@ -283,11 +281,11 @@ func (a *app) rolloutList(ctx context.Context, args []string) error {
 	return tw.Flush()
 }
 
-func (a *app) rolloutAction(ctx context.Context, action string, args []string) error {
-	fs := a.flagSet("edgefleet rollout " + action)
+func (a *app) rolloutAction(ctx context.Context, action api.RolloutAction, args []string) error {
+	fs := a.flagSet("edgefleet rollout " + string(action))
 	a.globalFlags(fs)
 	var selector, device *string
-	if action == "rollback" {
+	if action == api.ActionRollback {
 		selector = fs.String("selector", "", "roll back only the rollout's devices matching this label selector")
 		device = fs.String("device", "", "roll back only this device")
 	}
@@ -298,8 +296,8 @@ func (a *app) rolloutAction(ctx context.Context, action string, args []string) e
 	if len(pos) != 1 {
 		return usagef("rollout %s takes one rollout id", action)
 	}
-	var body any
-	if action == "rollback" {
+	var req api.RollbackRequest
+	if action == api.ActionRollback {
 		if *selector != "" && *device != "" {
 			return usagef("give --selector or --device, not both")
 		}
@@ -308,14 +306,14 @@ func (a *app) rolloutAction(ctx context.Context, action string, args []string) e
 				return usagef("--selector: %v", err)
 			}
 		}
-		body = rollout.RollbackRequest{Selector: *selector, Device: *device}
+		req = api.RollbackRequest{Selector: *selector, Device: *device}
 	}
 	c, err := a.client()
 	if err != nil {
 		return err
 	}
-	var st rollout.Status
-	if err := c.doJSON(ctx, "POST", "/api/v1/rollouts/"+url.PathEscape(pos[0])+"/"+action, body, &st); err != nil {
+	st, err := c.RolloutAction(ctx, pos[0], action, req)
+	if err != nil {
 		return fmt.Errorf("rollout %s %s: %w", action, pos[0], err)
 	}
 	fmt.Fprintf(a.stdout, "rollout %s: %s, stage %d of %d\n", st.ID, st.State, st.Stage+1, len(st.Stages))
@@ -339,20 +337,12 @@ func (a *app) auditCmd(ctx context.Context, args []string) error {
 	if *limit < 1 || *limit > 10000 {
 		return usagef("--limit %d: want 1..10000", *limit)
 	}
-	q := url.Values{}
-	q.Set("limit", strconv.Itoa(*limit))
-	if *action != "" {
-		q.Set("action", *action)
-	}
-	if *target != "" {
-		q.Set("target", *target)
-	}
 	c, err := a.client()
 	if err != nil {
 		return err
 	}
-	var list []audit.Entry
-	if err := c.doJSON(ctx, "GET", "/api/v1/audit?"+q.Encode(), nil, &list); err != nil {
+	list, err := c.Audit(ctx, api.AuditQuery{Action: *action, Target: *target, Limit: *limit})
+	if err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)

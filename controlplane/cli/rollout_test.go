@@ -9,26 +9,26 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/edgefleet/edgefleet/controlplane/rollout"
+	"github.com/edgefleet/edgefleet/controlplane/api"
 )
 
 func TestParseStage(t *testing.T) {
 	tests := []struct {
 		in      string
-		want    rollout.Stage
+		want    api.RolloutStage
 		wantErr string
 	}{
-		{"canary:2", rollout.Stage{Canary: 2}, ""},
-		{"percent:12.5%", rollout.Stage{Percent: 12.5}, ""},
-		{"devices:d1,d2", rollout.Stage{Devices: []string{"d1", "d2"}}, ""},
-		{"group:site=b/bake=10m/min=3", rollout.Stage{Selector: "site=b", Bake: rollout.Duration(10 * time.Minute), MinDevices: 3}, ""},
-		{"canary:0", rollout.Stage{}, "canary wants a device count"},
-		{"percent:101", rollout.Stage{}, "percent wants a number"},
-		{"group:site==b", rollout.Stage{}, "group:site==b"},
-		{"wave:3", rollout.Stage{}, "unknown kind \"wave\""},
-		{"canary", rollout.Stage{}, "want canary:N"},
-		{"canary:1/bake=soon", rollout.Stage{}, "bake=\"soon\""},
-		{"canary:1/speed=2", rollout.Stage{}, "unknown option \"speed\""},
+		{"canary:2", api.RolloutStage{Canary: 2}, ""},
+		{"percent:12.5%", api.RolloutStage{Percent: 12.5}, ""},
+		{"devices:d1,d2", api.RolloutStage{Devices: []string{"d1", "d2"}}, ""},
+		{"group:site=b/bake=10m/min=3", api.RolloutStage{Selector: "site=b", Bake: api.Duration(10 * time.Minute), MinDevices: 3}, ""},
+		{"canary:0", api.RolloutStage{}, "canary wants a device count"},
+		{"percent:101", api.RolloutStage{}, "percent wants a number"},
+		{"group:site==b", api.RolloutStage{}, "group:site==b"},
+		{"wave:3", api.RolloutStage{}, "unknown kind \"wave\""},
+		{"canary", api.RolloutStage{}, "want canary:N"},
+		{"canary:1/bake=soon", api.RolloutStage{}, "bake=\"soon\""},
+		{"canary:1/speed=2", api.RolloutStage{}, "unknown option \"speed\""},
 	}
 	for _, tt := range tests {
 		got, err := parseStage(tt.in)

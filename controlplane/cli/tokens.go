@@ -3,10 +3,9 @@ package cli
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"text/tabwriter"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/api"
 )
 
 // tokenCmd runs `token create|list|revoke`.
@@ -30,15 +29,15 @@ func (a *app) tokenCmd(ctx context.Context, sub string, args []string) error {
 		if *name == "" || *role == "" {
 			return usagef("token create needs --name and --role (viewer, operator or admin)")
 		}
-		if _, err := controlplane.ParseRole(*role); err != nil {
+		if _, err := api.ParseRole(*role); err != nil {
 			return usagef("--role: %v", err)
 		}
 		c, err := a.client()
 		if err != nil {
 			return err
 		}
-		var tok controlplane.CreatedToken
-		if err := c.doJSON(ctx, "POST", "/api/v1/tokens", controlplane.CreateTokenRequest{Name: *name, Role: *role}, &tok); err != nil {
+		tok, err := c.CreateToken(ctx, *name, api.Role(*role))
+		if err != nil {
 			return fmt.Errorf("create token: %w", err)
 		}
 		fmt.Fprintf(a.stdout, "token %s (id %s, role %s) created; the secret is shown only this once:\n\n    %s\n\n", tok.Name, tok.ID, tok.Role, tok.Token)
@@ -51,8 +50,8 @@ func (a *app) tokenCmd(ctx context.Context, sub string, args []string) error {
 		if err != nil {
 			return err
 		}
-		var list []controlplane.APIToken
-		if err := c.doJSON(ctx, "GET", "/api/v1/tokens", nil, &list); err != nil {
+		list, err := c.Tokens(ctx)
+		if err != nil {
 			return fmt.Errorf("list tokens: %w", err)
 		}
 		tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
@@ -73,8 +72,8 @@ func (a *app) tokenCmd(ctx context.Context, sub string, args []string) error {
 		if err != nil {
 			return err
 		}
-		var tok controlplane.APIToken
-		if err := c.doJSON(ctx, "DELETE", "/api/v1/tokens/"+url.PathEscape(pos[0]), nil, &tok); err != nil {
+		tok, err := c.RevokeToken(ctx, pos[0])
+		if err != nil {
 			return fmt.Errorf("revoke token: %w", err)
 		}
 		fmt.Fprintf(a.stdout, "token %s (%s, role %s) revoked\n", tok.ID, tok.Name, tok.Role)

@@ -6,7 +6,6 @@ package demo
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,7 +20,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/client"
 	"github.com/edgefleet/edgefleet/internal/oip"
 )
 
@@ -42,6 +42,7 @@ type run struct {
 	token   string
 	api     string
 	mqtt    string
+	cp      *client.Client // the control plane's API, once its token is known
 	procs   []*proc
 	out     io.Writer
 	outMu   sync.Mutex
@@ -238,14 +239,11 @@ func (r *run) startControlPlane(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := waitFor(ctx, 30*time.Second, p, func() bool {
-		resp, err := http.Get(r.api + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}); err != nil {
+	health, err := client.New(r.api, client.Options{})
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	if err := waitFor(ctx, 30*time.Second, p, func() bool { return health.Health(ctx) == nil }); err != nil {
 		return fmt.Errorf("demo: control plane did not become healthy (see %s): %w", r.path("controlplane.log"), err)
 	}
 	tok, err := os.ReadFile(tokenFile)
@@ -253,6 +251,9 @@ func (r *run) startControlPlane(ctx context.Context) error {
 		return fmt.Errorf("demo: read admin token: %w", err)
 	}
 	r.token = strings.TrimSpace(string(tok))
+	if r.cp, err = client.New(r.api, client.Options{Token: r.token}); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
 	r.say("   API %s, MQTT %s, admin token written to %s (shown once, stored hashed)", r.api, r.mqtt, tokenFile)
 	return nil
 }
@@ -374,12 +375,12 @@ func (r *run) waitActive(ctx context.Context, model, version string) error {
 			active, states := 0, []string{}
 			for _, d := range devs {
 				rep := d.Reported[model]
-				if rep != nil && rep.ActiveVersion == version && rep.State == "active" {
+				if rep != nil && rep.ActiveVersion == version && rep.State == api.ModelActive {
 					active++
 				}
 				state := "pending"
 				if rep != nil {
-					state = rep.State
+					state = string(rep.State)
 				}
 				s := fmt.Sprintf("%s=%s", d.ID, state)
 				if rep != nil && rep.Reason != "" {
@@ -405,22 +406,8 @@ func (r *run) waitActive(ctx context.Context, model, version string) error {
 	}
 }
 
-func (r *run) listDevices(ctx context.Context) ([]controlplane.Device, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.api+"/api/v1/devices", nil)
-	req.Header.Set("Authorization", "Bearer "+r.token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("list devices: %s", resp.Status)
-	}
-	var devs []controlplane.Device
-	if err := json.NewDecoder(resp.Body).Decode(&devs); err != nil {
-		return nil, err
-	}
-	return devs, nil
+func (r *run) listDevices(ctx context.Context) ([]api.Device, error) {
+	return r.cp.Devices(ctx, "")
 }
 
 // transactions are readable examples; the feature order is the model's.

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/audit"
 	"github.com/edgefleet/edgefleet/internal/store"
 )
@@ -158,9 +159,9 @@ func (al *Alerter) Evaluate() ([]Alert, error) {
 		if err != nil {
 			return nil, err
 		}
-		prevBySite := map[string]Figures{}
+		prevBySite := map[string]api.MetricsFigures{}
 		for _, g := range prev.Groups {
-			prevBySite[g.Key] = g.Figures
+			prevBySite[g.Key] = g.MetricsFigures
 		}
 		for _, g := range cur.Groups {
 			base := Alert{Model: mv[0], Version: mv[1], Site: g.Key, Rows: g.Rows, Labelled: g.Labelled, From: from, To: now, Time: now}

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/audit"
 	"github.com/edgefleet/edgefleet/internal/drift"
 	"github.com/edgefleet/edgefleet/internal/store"
@@ -366,7 +367,7 @@ func TestQueryByLabel(t *testing.T) {
 	}
 	res, err := f.agg.Query(Query{Model: "fraud", Version: "1.0.0", By: "label:hw", To: f.clk.Now().Add(time.Minute)})
 	require.NoError(t, err)
-	byKey := map[string]Group{}
+	byKey := map[string]api.MetricsGroup{}
 	for _, g := range res.Groups {
 		byKey[g.Key] = g
 	}

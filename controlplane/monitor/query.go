@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
 	"github.com/edgefleet/edgefleet/internal/drift"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -17,10 +18,10 @@ import (
 // Group-by dimensions of a Query. ByLabelPrefix + a label key ("label:hw")
 // groups by that device label, as the devices are labelled now.
 const (
-	BySite        = "site"
-	ByCohort      = "cohort"
-	ByDevice      = "device"
-	ByLabelPrefix = "label:"
+	BySite        = api.GroupBySite
+	ByCohort      = api.GroupByCohort
+	ByDevice      = api.GroupByDevice
+	ByLabelPrefix = api.GroupByLabelPrefix
 )
 
 // ValidBy checks a group-by dimension.
@@ -47,81 +48,6 @@ type Query struct {
 	Devices []string
 	// Points is the number of points of the time series; default 24.
 	Points int
-}
-
-// Result is the answer to a Query.
-type Result struct {
-	Model   string    `json:"model"`
-	Version string    `json:"version"`
-	From    time.Time `json:"from"`
-	To      time.Time `json:"to"`
-	By      string    `json:"by,omitempty"`
-	Total   Figures   `json:"total"`
-	// Groups are the figures per value of By (sorted by key).
-	Groups []Group `json:"groups,omitempty"`
-	// Devices are the figures per device.
-	Devices []Group `json:"devices"`
-	// Series is the version's accuracy and drift over time.
-	Series []Point `json:"series"`
-}
-
-// Group is the figures of one group.
-type Group struct {
-	Key string `json:"key"`
-	Figures
-}
-
-// Point is one step of the time series.
-type Point struct {
-	Time     time.Time `json:"time"`
-	Rows     uint64    `json:"rows"`
-	Accuracy *float64  `json:"accuracy,omitempty"`
-	MaxPSI   *float64  `json:"max_psi,omitempty"`
-}
-
-// Figures are what a set of counts says.
-type Figures struct {
-	Devices  int    `json:"devices"`
-	Reports  uint64 `json:"reports"`
-	Rows     uint64 `json:"rows"`
-	Errors   uint64 `json:"errors"`
-	Labelled uint64 `json:"labelled"`
-	Correct  uint64 `json:"correct"`
-	// Accuracy is correct/labelled (absent without labels).
-	Accuracy  *float64 `json:"accuracy,omitempty"`
-	Precision *float64 `json:"precision,omitempty"`
-	Recall    *float64 `json:"recall,omitempty"`
-	F1        *float64 `json:"f1,omitempty"`
-	// UnknownLabels and DuplicateLabels were not joined on the devices.
-	UnknownLabels   uint64 `json:"unknown_labels"`
-	DuplicateLabels uint64 `json:"duplicate_labels"`
-	// Features is the drift of each input feature from the manifest's
-	// reference statistics.
-	Features []FeatureDrift `json:"features,omitempty"`
-	// MaxPSI is the largest feature PSI, and MaxPSIFeature its feature.
-	MaxPSI        float64 `json:"max_psi"`
-	MaxPSIFeature string  `json:"max_psi_feature,omitempty"`
-	// PredictionPSI and PredictionKS compare this group's prediction
-	// distribution with the whole version's over the same range (the
-	// manifest carries no reference prediction distribution); MeanScore is
-	// the mean predicted score (bin midpoints).
-	PredictionPSI float64 `json:"prediction_psi"`
-	PredictionKS  float64 `json:"prediction_ks"`
-	MeanScore     float64 `json:"mean_score"`
-	// LatencyP50Ms and LatencyP99Ms are estimated from the histogram.
-	LatencyP50Ms float64 `json:"latency_p50_ms"`
-	LatencyP99Ms float64 `json:"latency_p99_ms"`
-	// Calibration is the observed positive rate per predicted-probability
-	// decile (binary models; -1 where a decile has no labels).
-	Calibration []float64 `json:"calibration,omitempty"`
-}
-
-// FeatureDrift is one feature's distance from its reference.
-type FeatureDrift struct {
-	Name string  `json:"name"`
-	Rows uint64  `json:"rows"`
-	PSI  float64 `json:"psi"`
-	KS   float64 `json:"ks"`
 }
 
 type bucketCell struct {
@@ -161,7 +87,7 @@ func (a *Aggregator) cells(model, version string, from, to time.Time, devices []
 }
 
 // Query computes the figures of q.
-func (a *Aggregator) Query(q Query) (*Result, error) {
+func (a *Aggregator) Query(q Query) (*api.ModelMetrics, error) {
 	if err := ValidBy(q.By); err != nil {
 		return nil, err
 	}
@@ -186,7 +112,7 @@ func (a *Aggregator) Query(q Query) (*Result, error) {
 	if a.opts.Reference != nil {
 		ref, _ = a.opts.Reference(q.Model, q.Version)
 	}
-	res := &Result{Model: q.Model, Version: q.Version, From: q.From, To: q.To, By: q.By, Devices: []Group{}, Series: []Point{}}
+	res := &api.ModelMetrics{Model: q.Model, Version: q.Version, From: q.From, To: q.To, By: q.By, Devices: []api.MetricsGroup{}, Series: []api.MetricsPoint{}}
 
 	var total Counts
 	var totalReports uint64
@@ -240,15 +166,15 @@ func (a *Aggregator) Query(q Query) (*Result, error) {
 	for _, k := range sortedKeys(groups) {
 		f := figures(groups[k], ref, total.Pred)
 		f.Reports, f.Devices = groupReports[k], len(groupDevices[k])
-		res.Groups = append(res.Groups, Group{Key: k, Figures: f})
+		res.Groups = append(res.Groups, api.MetricsGroup{Key: k, MetricsFigures: f})
 	}
 	for _, k := range sortedKeys(perDev) {
 		f := figures(perDev[k], ref, total.Pred)
 		f.Reports, f.Devices = devReports[k], 1
-		res.Devices = append(res.Devices, Group{Key: k, Figures: f})
+		res.Devices = append(res.Devices, api.MetricsGroup{Key: k, MetricsFigures: f})
 	}
 	for i := range series {
-		p := Point{Time: q.From.Add(time.Duration(i) * step), Rows: series[i].Rows}
+		p := api.MetricsPoint{Time: q.From.Add(time.Duration(i) * step), Rows: series[i].Rows}
 		if series[i].Labelled > 0 {
 			v := float64(series[i].Correct) / float64(series[i].Labelled)
 			p.Accuracy = &v
@@ -275,8 +201,8 @@ func ptr(v float64) *float64 { return &v }
 
 // figures computes what c says; ref are the reference statistics and
 // basePred the prediction counts the group is compared with.
-func figures(c *Counts, ref []*efpb.FeatureStats, basePred []uint64) Figures {
-	f := Figures{
+func figures(c *Counts, ref []*efpb.FeatureStats, basePred []uint64) api.MetricsFigures {
+	f := api.MetricsFigures{
 		Rows: c.Rows, Errors: c.Errors, Labelled: c.Labelled, Correct: c.Correct,
 		UnknownLabels: c.Unknown, DuplicateLabels: c.Duplicate,
 	}
@@ -320,7 +246,7 @@ func figures(c *Counts, ref []*efpb.FeatureStats, basePred []uint64) Figures {
 			continue
 		}
 		live := drift.Fractions(counts)
-		fd := FeatureDrift{Name: fs.GetName(), Rows: n, PSI: drift.PSI(refFr, live), KS: drift.KS(refFr, live)}
+		fd := api.FeatureDrift{Name: fs.GetName(), Rows: n, PSI: drift.PSI(refFr, live), KS: drift.KS(refFr, live)}
 		f.Features = append(f.Features, fd)
 		if fd.PSI > f.MaxPSI {
 			f.MaxPSI, f.MaxPSIFeature = fd.PSI, fd.Name

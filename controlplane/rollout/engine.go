@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
+
 	"github.com/edgefleet/edgefleet/controlplane/audit"
 	"github.com/edgefleet/edgefleet/internal/labels"
 	"github.com/edgefleet/edgefleet/internal/store"
@@ -52,9 +54,7 @@ type Device struct {
 
 // Report is a device's latest status for the model.
 type Report struct {
-	// State is idle, downloading, verifying, staging, active, failed or
-	// rolled-back.
-	State         string
+	State         api.ModelState
 	ActiveVersion string
 	TargetVersion string
 	Reason        string
@@ -176,7 +176,7 @@ func newID() string {
 
 // Create validates spec, stores a new rollout and starts it. A model may
 // have one unfinished rollout at a time.
-func (e *Engine) Create(ctx context.Context, spec Spec, actor string) (*Rollout, error) {
+func (e *Engine) Create(ctx context.Context, spec api.RolloutSpec, actor string) (*Rollout, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
@@ -191,10 +191,10 @@ func (e *Engine) Create(ctx context.Context, spec Spec, actor string) (*Rollout,
 	r := &Rollout{
 		ID:       newID(),
 		Spec:     spec,
-		State:    StatePending,
+		State:    api.RolloutPending,
 		Created:  now,
 		Updated:  now,
-		Progress: make([]StageProgress, len(spec.Stages)),
+		Progress: make([]api.StageProgress, len(spec.Stages)),
 		Devices:  map[string]*DeviceRecord{},
 	}
 	if err := e.save(r); err != nil {
@@ -258,25 +258,25 @@ func (e *Engine) modelFleet(model string) map[string]Device {
 func (e *Engine) advance(ctx context.Context, r *Rollout) {
 	devs := e.modelFleet(r.Spec.Model)
 	now := e.opts.Clock().UTC()
-	if r.State == StatePending && now.Before(r.Spec.StartAt) {
+	if r.State == api.RolloutPending && now.Before(r.Spec.StartAt) {
 		r.Progress[0].Waiting = "start at " + r.Spec.StartAt.UTC().Format(time.RFC3339)
 	}
-	if r.State == StatePending && !now.Before(r.Spec.StartAt) {
+	if r.State == api.RolloutPending && !now.Before(r.Spec.StartAt) {
 		r.Progress[0].Waiting = ""
-		r.State = StateRunning
+		r.State = api.RolloutRunning
 		r.Stage = 0
 		r.Progress[0].Started = now
 		e.record(ActorSystem, "rollout.start", r, "ok", nil)
 	}
 	complete := false
-	if r.State == StateRunning || r.State == StateWaitingPromotion {
+	if r.State == api.RolloutRunning || r.State == api.RolloutWaitingPromotion {
 		complete = e.assign(r, devs, now)
 	}
 	e.deliver(ctx, r, devs)
-	if r.State == StateRunning {
+	if r.State == api.RolloutRunning {
 		stage := r.Stage
 		e.evaluateStage(ctx, r, devs, now, complete)
-		if r.State == StateRunning && r.Stage != stage {
+		if r.State == api.RolloutRunning && r.Stage != stage {
 			// Promoted: the next stage's devices go out now, not a tick later.
 			e.assign(r, devs, now)
 			e.deliver(ctx, r, devs)
@@ -329,7 +329,7 @@ func siteOrder(rolloutID string, ordered []string, devs map[string]Device, mode,
 	}
 	sites = order(rolloutID+"\x00sites", sites)
 	out := make([]string, 0, len(ordered))
-	if mode == SitesOneAtATime {
+	if mode == api.SitesOneAtATime {
 		for _, site := range sites {
 			out = append(out, bySite[site]...)
 		}
@@ -367,7 +367,7 @@ func (r *Rollout) targets(devs map[string]Device) []string {
 // It reports false when it could not assign everything the stages want
 // (outside a maintenance window, or over MaxPerMinute).
 func (e *Engine) assign(r *Rollout, devs map[string]Device, now time.Time) (complete bool) {
-	if !r.Spec.inWindow(now) {
+	if !r.Spec.InWindow(now) {
 		return false
 	}
 	budget := math.MaxInt
@@ -505,60 +505,53 @@ func (e *Engine) deliver(ctx context.Context, r *Rollout, devs map[string]Device
 	}
 }
 
-// Device classes in stage progress.
+// class is where an assigned device stands with the rollout's version, as
+// counted in a stage's api.DeviceCounts.
+type class int
+
 const (
-	classPending     = "pending"
-	classDownloading = "downloading"
-	classActive      = "active"
-	classFailed      = "failed"
-	classRolledBack  = "rolled-back"
+	classPending class = iota
+	classDownloading
+	classActive
+	classFailed
+	classRolledBack
 )
 
-func classify(rec *DeviceRecord, d Device) string {
+func classify(rec *DeviceRecord, d Device) class {
 	if rec.RolledBack {
 		return classRolledBack
 	}
 	rep := d.Report
 	switch {
-	case rep.State == "active" && rep.ActiveVersion == rec.Want:
+	case rep.State == api.ModelActive && rep.ActiveVersion == rec.Want:
 		return classActive
 	case rep.TargetVersion != rec.Want || (rep.Generation != 0 && rep.Generation < rec.Generation):
 		return classPending
-	case rep.State == "failed" || rep.State == "rolled-back":
+	case rep.State.Refused():
 		return classFailed
-	case rep.State == "downloading" || rep.State == "verifying" || rep.State == "staging":
+	case rep.State.InProgress():
 		return classDownloading
 	}
 	return classPending
 }
 
-// Counts are devices by class.
-type Counts struct {
-	Assigned    int `json:"assigned"`
-	Pending     int `json:"pending"`
-	Downloading int `json:"downloading"`
-	Active      int `json:"active"`
-	Failed      int `json:"failed"`
-	RolledBack  int `json:"rolled_back"`
-	Offline     int `json:"offline"`
-}
-
-func (c *Counts) add(class string, online bool) {
-	c.Assigned++
-	switch class {
+// count adds one device of class c to counts.
+func count(counts *api.DeviceCounts, c class, online bool) {
+	counts.Assigned++
+	switch c {
 	case classPending:
-		c.Pending++
+		counts.Pending++
 	case classDownloading:
-		c.Downloading++
+		counts.Downloading++
 	case classActive:
-		c.Active++
+		counts.Active++
 	case classFailed:
-		c.Failed++
+		counts.Failed++
 	case classRolledBack:
-		c.RolledBack++
+		counts.RolledBack++
 	}
-	if !online && class != classRolledBack {
-		c.Offline++
+	if !online && c != classRolledBack {
+		counts.Offline++
 	}
 }
 
@@ -574,7 +567,7 @@ func (e *Engine) evaluateStage(ctx context.Context, r *Rollout, devs map[string]
 	if waiting != "" {
 		return
 	}
-	if !r.Spec.inWindow(now) {
+	if !r.Spec.InWindow(now) {
 		p.Waiting = "outside the maintenance windows " + strings.Join(r.Spec.Windows, ", ") + " (UTC)"
 		return
 	}
@@ -582,7 +575,7 @@ func (e *Engine) evaluateStage(ctx context.Context, r *Rollout, devs map[string]
 		p.Waiting = fmt.Sprintf("assigning the stage's devices (at most %d per minute)", r.Spec.MaxPerMinute)
 		return
 	}
-	p.Result, p.Finished = "passed", now
+	p.Result, p.Finished = api.StagePassed, now
 	e.record(ActorSystem, "rollout.stage_passed", r, "ok", gateDetails(r.Stage, results))
 	e.next(r, now, ActorSystem)
 }
@@ -591,40 +584,40 @@ func (e *Engine) evaluateStage(ctx context.Context, r *Rollout, devs map[string]
 // one, promotes when AutoPromote (or when an operator promotes), else waits.
 func (e *Engine) next(r *Rollout, now time.Time, actor string) {
 	if r.Stage == len(r.Spec.Stages)-1 {
-		r.State, r.Reason = StateCompleted, ""
+		r.State, r.Reason = api.RolloutCompleted, ""
 		e.record(actor, "rollout.completed", r, "ok", nil)
 		return
 	}
 	if actor == ActorSystem && !r.Spec.AutoPromote {
-		r.State = StateWaitingPromotion
+		r.State = api.RolloutWaitingPromotion
 		r.Progress[r.Stage].Waiting = "promote"
 		return
 	}
 	r.Stage++
-	r.State, r.Reason = StateRunning, ""
+	r.State, r.Reason = api.RolloutRunning, ""
 	r.Progress[r.Stage].Started = now
 	e.record(actor, "rollout.promote", r, "ok", map[string]any{"stage": r.Stage + 1, "name": r.Spec.Stages[r.Stage].Name})
 }
 
-func (e *Engine) onBreach(ctx context.Context, r *Rollout, devs map[string]Device, g *GateResult, now time.Time) {
+func (e *Engine) onBreach(ctx context.Context, r *Rollout, devs map[string]Device, g *api.GateResult, now time.Time) {
 	p := &r.Progress[r.Stage]
-	p.Result, p.Finished = "breached", now
+	p.Result, p.Finished = api.StageBreached, now
 	reason := fmt.Sprintf("%s: gate %s breached: %s", r.Spec.Stages[r.Stage].Name, g.Gate, g.Detail)
 	details := gateDetails(r.Stage, p.Gates)
 	details["on_breach"] = r.Spec.OnBreach
 	e.record(ActorSystem, "rollout.gate_breached", r, reason, details)
-	if r.Spec.OnBreach == OnBreachRollback {
+	if r.Spec.OnBreach == api.OnBreachRollback {
 		n, skipped := e.rollBack(r, func(string, *DeviceRecord) bool { return true })
-		r.State, r.Reason = StateFailed, reason+"; rolled back"
+		r.State, r.Reason = api.RolloutFailed, reason+"; rolled back"
 		e.record(ActorSystem, "rollout.rollback", r, "ok", map[string]any{"devices": n, "without_previous": skipped, "reason": reason})
 		e.deliver(ctx, r, devs)
 		return
 	}
-	r.State, r.Reason = StatePaused, reason
+	r.State, r.Reason = api.RolloutPaused, reason
 	e.record(ActorSystem, "rollout.pause", r, "ok", map[string]any{"reason": reason})
 }
 
-func gateDetails(stage int, results []GateResult) map[string]any {
+func gateDetails(stage int, results []api.GateResult) map[string]any {
 	return map[string]any{"stage": stage + 1, "gates": results}
 }
 
@@ -650,8 +643,8 @@ func (e *Engine) rollBack(r *Rollout, match func(id string, rec *DeviceRecord) b
 
 // evaluate returns the current stage's gate results, what it still waits
 // for ("" nothing) and the first breached gate.
-func (e *Engine) evaluate(r *Rollout, devs map[string]Device, now time.Time) ([]GateResult, string, *GateResult) {
-	var c Counts
+func (e *Engine) evaluate(r *Rollout, devs map[string]Device, now time.Time) ([]api.GateResult, string, *api.GateResult) {
+	var c api.DeviceCounts
 	var cohort, active []string
 	prevCount := map[string]int{}
 	unknown := 0
@@ -660,13 +653,13 @@ func (e *Engine) evaluate(r *Rollout, devs map[string]Device, now time.Time) ([]
 			continue
 		}
 		d := devs[id]
-		class := classify(rec, d)
-		c.add(class, d.Online)
-		if !d.Online && d.Unknown && class != classRolledBack {
+		cl := classify(rec, d)
+		count(&c, cl, d.Online)
+		if !d.Online && d.Unknown && cl != classRolledBack {
 			unknown++
 		}
 		cohort = append(cohort, id)
-		if class == classActive {
+		if cl == classActive {
 			active = append(active, id)
 		}
 		if rec.Previous != "" && rec.Previous != rec.Want {
@@ -697,18 +690,18 @@ func (e *Engine) evaluate(r *Rollout, devs map[string]Device, now time.Time) ([]
 	}
 
 	g := r.gates(r.Stage)
-	var results []GateResult
-	var breach *GateResult
+	var results []api.GateResult
+	var breach *api.GateResult
 	waiting := ""
-	check := func(res GateResult) {
+	check := func(res api.GateResult) {
 		results = append(results, res)
 		switch res.Status {
-		case GateBreach:
+		case api.GateBreach:
 			if breach == nil {
 				b := res
 				breach = &b
 			}
-		case GateWaiting:
+		case api.GateWaiting:
 			if waiting == "" {
 				waiting = res.Gate + ": " + res.Detail
 			}
@@ -741,9 +734,9 @@ func (e *Engine) evaluate(r *Rollout, devs map[string]Device, now time.Time) ([]
 			}
 			switch {
 			case base == "":
-				check(GateResult{Gate: "accuracy_drop", Limit: *g.MaxAccuracyDrop, Status: GatePass, Detail: "no replaced version to compare with"})
+				check(api.GateResult{Gate: "accuracy_drop", Limit: *g.MaxAccuracyDrop, Status: api.GatePass, Detail: "no replaced version to compare with"})
 			case !ok || !bok || cur.Labelled < minL || bf.Labelled < minL:
-				check(GateResult{Gate: "accuracy_drop", Limit: *g.MaxAccuracyDrop, Status: GateWaiting,
+				check(api.GateResult{Gate: "accuracy_drop", Limit: *g.MaxAccuracyDrop, Status: api.GateWaiting,
 					Detail: fmt.Sprintf("labelled predictions: %s %d, %s %d, need %d each", r.Spec.Version, cur.Labelled, base, bf.Labelled, minL)})
 			default:
 				drop := bf.Accuracy - cur.Accuracy
@@ -753,7 +746,7 @@ func (e *Engine) evaluate(r *Rollout, devs map[string]Device, now time.Time) ([]
 		}
 		if g.MaxDriftScore != nil {
 			if !ok {
-				check(GateResult{Gate: "drift_score", Limit: *g.MaxDriftScore, Status: GateWaiting, Detail: "no drift figures yet"})
+				check(api.GateResult{Gate: "drift_score", Limit: *g.MaxDriftScore, Status: api.GateWaiting, Detail: "no drift figures yet"})
 			} else {
 				check(limitGate("drift_score", cur.DriftScore, *g.MaxDriftScore, fmt.Sprintf("drift score %.4f", cur.DriftScore)))
 			}
@@ -762,13 +755,13 @@ func (e *Engine) evaluate(r *Rollout, devs map[string]Device, now time.Time) ([]
 	return results, waiting, breach
 }
 
-func limitGate(name string, v, limit float64, detail string) GateResult {
-	st := GatePass
+func limitGate(name string, v, limit float64, detail string) api.GateResult {
+	st := api.GatePass
 	if v > limit {
-		st = GateBreach
+		st = api.GateBreach
 		detail = fmt.Sprintf("%s: %.4g > %.4g", detail, v, limit)
 	}
-	return GateResult{Gate: name, Limit: limit, Value: v, Status: st, Detail: detail}
+	return api.GateResult{Gate: name, Limit: limit, Value: v, Status: st, Detail: detail}
 }
 
 func mostCommon(m map[string]int) string {

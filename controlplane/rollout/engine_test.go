@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/audit"
 	"github.com/edgefleet/edgefleet/internal/store"
 )
@@ -78,7 +79,7 @@ func (f *fakeFleet) settle(bad func(id, version string) bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for id, d := range f.devs {
-		if !d.Online || d.Desired == d.Report.ActiveVersion && d.Report.State == "active" {
+		if !d.Online || d.Desired == d.Report.ActiveVersion && d.Report.State == api.ModelActive {
 			continue
 		}
 		if bad != nil && bad(id, d.Desired) {
@@ -181,7 +182,7 @@ func (v *env) engine() *Engine {
 	return e
 }
 
-func (v *env) get(id string) *Status {
+func (v *env) get(id string) *api.Rollout {
 	v.t.Helper()
 	st, err := v.e.Get(id, true)
 	require.NoError(v.t, err)
@@ -209,12 +210,12 @@ func devIDs(prefix string, n int) []string {
 	return out
 }
 
-func threeStages(bake time.Duration) Spec {
-	return Spec{
+func threeStages(bake time.Duration) api.RolloutSpec {
+	return api.RolloutSpec{
 		Model: "fraud", Version: "2.0.0", Selector: "fleet=demo",
-		Stages:      []Stage{{Canary: 1}, {Percent: 50}, {Percent: 100}},
-		Bake:        Duration(bake),
-		Gates:       Gates{MaxFailureRate: ptr(0.2)},
+		Stages:      []api.RolloutStage{{Canary: 1}, {Percent: 50}, {Percent: 100}},
+		Bake:        api.Duration(bake),
+		Gates:       api.Gates{MaxFailureRate: ptr(0.2)},
 		AutoPromote: true,
 	}
 }
@@ -235,15 +236,15 @@ func TestPromotionThroughStagesRespectsBakeTime(t *testing.T) {
 	v.e.Tick(ctx)
 	st := v.get(r.ID)
 	assert.Equal(t, 0, st.Stage, "bake time not over: still the canary")
-	assert.Contains(t, st.Progress[0].Waiting, "bake time")
+	assert.Contains(t, st.Stages[0].Waiting, "bake time")
 
 	v.clock.Advance(time.Second)
 	v.e.Tick(ctx)
 	st = v.get(r.ID)
 	assert.Equal(t, 1, st.Stage)
-	assert.Equal(t, "passed", st.Progress[0].Result)
-	require.Len(t, st.Progress[0].Gates, 1)
-	assert.Equal(t, GatePass, st.Progress[0].Gates[0].Status)
+	assert.Equal(t, "passed", st.Stages[0].Result)
+	require.Len(t, st.Stages[0].Gates, 1)
+	assert.Equal(t, api.GatePass, st.Stages[0].Gates[0].Status)
 	assert.Len(t, v.fleet.on("2.0.0"), 5, "50% of 10")
 
 	v.fleet.settle(nil)
@@ -254,10 +255,10 @@ func TestPromotionThroughStagesRespectsBakeTime(t *testing.T) {
 	v.clock.Advance(30 * time.Second)
 	v.e.Tick(ctx)
 	st = v.get(r.ID)
-	assert.Equal(t, StateCompleted, st.State)
-	assert.Equal(t, Counts{Assigned: 1, Active: 1}, st.Stages[0].Devices)
-	assert.Equal(t, Counts{Assigned: 4, Active: 4}, st.Stages[1].Devices)
-	assert.Equal(t, Counts{Assigned: 5, Active: 5}, st.Stages[2].Devices)
+	assert.Equal(t, api.RolloutCompleted, st.State)
+	assert.Equal(t, api.DeviceCounts{Assigned: 1, Active: 1}, st.Stages[0].Devices)
+	assert.Equal(t, api.DeviceCounts{Assigned: 4, Active: 4}, st.Stages[1].Devices)
+	assert.Equal(t, api.DeviceCounts{Assigned: 5, Active: 5}, st.Stages[2].Devices)
 	for _, id := range ids {
 		assert.Equal(t, []string{"2.0.0"}, v.fleet.issued(id), "device %s got exactly one instruction", id)
 		assert.Equal(t, "1.0.0", st.Devices[id].Previous)
@@ -272,8 +273,8 @@ func TestMinDevicesAndManualPromotion(t *testing.T) {
 	ids := devIDs("d", 10)
 	v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, ids...)
 	ctx := context.Background()
-	spec := Spec{Model: "fraud", Version: "2.0.0", Selector: "fleet=demo",
-		Stages: []Stage{{Percent: 50, MinDevices: 4}, {Percent: 100}}, Bake: Duration(time.Second)}
+	spec := api.RolloutSpec{Model: "fraud", Version: "2.0.0", Selector: "fleet=demo",
+		Stages: []api.RolloutStage{{Percent: 50, MinDevices: 4}, {Percent: 100}}, Bake: api.Duration(time.Second)}
 	r, err := v.e.Create(ctx, spec, "admin")
 	require.NoError(t, err)
 	cohort := v.fleet.on("2.0.0")
@@ -289,14 +290,14 @@ func TestMinDevicesAndManualPromotion(t *testing.T) {
 	v.clock.Advance(time.Minute)
 	v.e.Tick(ctx)
 	st := v.get(r.ID)
-	assert.Equal(t, StateRunning, st.State)
-	assert.Equal(t, "3 of 4 devices reported", st.Progress[0].Waiting)
-	assert.Equal(t, Counts{Assigned: 5, Active: 3, Downloading: 2}, st.Stages[0].Devices)
+	assert.Equal(t, api.RolloutRunning, st.State)
+	assert.Equal(t, "3 of 4 devices reported", st.Stages[0].Waiting)
+	assert.Equal(t, api.DeviceCounts{Assigned: 5, Active: 3, Downloading: 2}, st.Stages[0].Devices)
 
 	v.fleet.settle(nil)
 	v.e.Tick(ctx)
 	st = v.get(r.ID)
-	assert.Equal(t, StateWaitingPromotion, st.State, "no auto-promote: waits for an operator")
+	assert.Equal(t, api.RolloutWaitingPromotion, st.State, "no auto-promote: waits for an operator")
 	v.clock.Advance(time.Hour)
 	v.e.Tick(ctx)
 	assert.Len(t, v.fleet.on("2.0.0"), 5, "nothing more assigned without promote")
@@ -310,7 +311,7 @@ func TestMinDevicesAndManualPromotion(t *testing.T) {
 }
 
 func TestFailureRateBreach(t *testing.T) {
-	for _, action := range []string{OnBreachPause, OnBreachRollback} {
+	for _, action := range []string{api.OnBreachPause, api.OnBreachRollback} {
 		t.Run(action, func(t *testing.T) {
 			v := newEnv(t)
 			ids := devIDs("d", 10)
@@ -329,9 +330,9 @@ func TestFailureRateBreach(t *testing.T) {
 			v.e.Tick(ctx)
 			v.e.Tick(ctx)
 			st := v.get(r.ID)
-			require.NotEmpty(t, st.Progress[0].Gates)
-			g := st.Progress[0].Gates[0]
-			assert.Equal(t, GateResult{Gate: "failure_rate", Limit: 0.2, Value: 0.5, Status: GateBreach,
+			require.NotEmpty(t, st.Stages[0].Gates)
+			g := st.Stages[0].Gates[0]
+			assert.Equal(t, api.GateResult{Gate: "failure_rate", Limit: 0.2, Value: 0.5, Status: api.GateBreach,
 				Detail: "1 of 2 reporting devices failed: 0.5 > 0.2"}, g)
 			assert.Contains(t, st.Reason, "failure_rate")
 			for _, id := range ids {
@@ -339,20 +340,20 @@ func TestFailureRateBreach(t *testing.T) {
 					assert.Empty(t, v.fleet.issued(id), "device %s outside the canary got an instruction", id)
 				}
 			}
-			if action == OnBreachPause {
-				assert.Equal(t, StatePaused, st.State)
+			if action == api.OnBreachPause {
+				assert.Equal(t, api.RolloutPaused, st.State)
 				for _, id := range canary {
 					assert.Equal(t, []string{"2.0.0"}, v.fleet.issued(id))
 				}
 				assert.Contains(t, v.actions(r.ID), "rollout.pause")
 				return
 			}
-			assert.Equal(t, StateFailed, st.State)
+			assert.Equal(t, api.RolloutFailed, st.State)
 			for _, id := range canary {
 				assert.Equal(t, []string{"2.0.0", "1.0.0"}, v.fleet.issued(id), "canary %s returns to 1.0.0", id)
 				assert.True(t, st.Devices[id].RolledBack)
 			}
-			assert.Equal(t, Counts{Assigned: 2, RolledBack: 2}, st.Stages[0].Devices)
+			assert.Equal(t, api.DeviceCounts{Assigned: 2, RolledBack: 2}, st.Stages[0].Devices)
 			entries, err := v.audit.List(audit.Query{Action: "rollout.gate_breached"})
 			require.NoError(t, err)
 			require.Len(t, entries, 1)
@@ -369,8 +370,8 @@ func TestAccuracyDropRollsBack(t *testing.T) {
 	v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, ids...)
 	ctx := context.Background()
 	spec := threeStages(time.Second)
-	spec.OnBreach = OnBreachRollback
-	spec.Gates = Gates{MaxAccuracyDrop: ptr(0.02), MaxDriftScore: ptr(0.5), MinLabelled: 200}
+	spec.OnBreach = api.OnBreachRollback
+	spec.Gates = api.Gates{MaxAccuracyDrop: ptr(0.02), MaxDriftScore: ptr(0.5), MinLabelled: 200}
 	r, err := v.e.Create(ctx, spec, "admin")
 	require.NoError(t, err)
 	v.fleet.settle(nil)
@@ -379,13 +380,13 @@ func TestAccuracyDropRollsBack(t *testing.T) {
 	v.clock.Advance(time.Minute)
 	v.e.Tick(ctx)
 	st := v.get(r.ID)
-	assert.Equal(t, StateRunning, st.State, "too few labelled predictions to judge")
-	assert.Contains(t, st.Progress[0].Waiting, "need 200 each")
+	assert.Equal(t, api.RolloutRunning, st.State, "too few labelled predictions to judge")
+	assert.Contains(t, st.Stages[0].Waiting, "need 200 each")
 
 	v.metrics.set("2.0.0", Figures{Accuracy: 0.80, Labelled: 400, DriftScore: 0.1})
 	v.e.Tick(ctx)
 	st = v.get(r.ID)
-	assert.Equal(t, StateFailed, st.State)
+	assert.Equal(t, api.RolloutFailed, st.State)
 	assert.Contains(t, st.Reason, "accuracy_drop")
 	assert.Contains(t, st.Reason, "accuracy 2.0.0 0.8000 (400 labelled) vs 1.0.0 0.9500 (5000 labelled)")
 	assert.Len(t, v.fleet.on("1.0.0"), 4, "the canary returned to 1.0.0")
@@ -397,7 +398,7 @@ func TestDriftAndGoodQualityPass(t *testing.T) {
 	ctx := context.Background()
 	spec := threeStages(time.Second)
 	spec.Stages = spec.Stages[:1]
-	spec.Gates = Gates{MaxAccuracyDrop: ptr(0.02), MaxDriftScore: ptr(0.5), MinLabelled: 10}
+	spec.Gates = api.Gates{MaxAccuracyDrop: ptr(0.02), MaxDriftScore: ptr(0.5), MinLabelled: 10}
 	r, err := v.e.Create(ctx, spec, "admin")
 	require.NoError(t, err)
 	v.fleet.settle(nil)
@@ -406,20 +407,20 @@ func TestDriftAndGoodQualityPass(t *testing.T) {
 	v.clock.Advance(time.Minute)
 	v.e.Tick(ctx)
 	st := v.get(r.ID)
-	assert.Equal(t, StatePaused, st.State, "drift 0.7 > 0.5 pauses (default on_breach)")
+	assert.Equal(t, api.RolloutPaused, st.State, "drift 0.7 > 0.5 pauses (default on_breach)")
 	assert.Contains(t, st.Reason, "drift_score")
 
 	v.metrics.set("2.0.0", Figures{Accuracy: 0.89, Labelled: 50, DriftScore: 0.2})
 	_, err = v.e.Resume(ctx, r.ID, "alice")
 	require.NoError(t, err)
 	v.e.Tick(ctx)
-	assert.Equal(t, StateRunning, v.get(r.ID).State, "resume restarts the bake time")
+	assert.Equal(t, api.RolloutRunning, v.get(r.ID).State, "resume restarts the bake time")
 	v.clock.Advance(time.Minute)
 	v.e.Tick(ctx)
 	st = v.get(r.ID)
-	assert.Equal(t, StateCompleted, st.State)
-	require.Len(t, st.Progress[0].Gates, 2)
-	assert.InDelta(t, 0.01, st.Progress[0].Gates[0].Value, 1e-9)
+	assert.Equal(t, api.RolloutCompleted, st.State)
+	require.Len(t, st.Stages[0].Gates, 2)
+	assert.InDelta(t, 0.01, st.Stages[0].Gates[0].Value, 1e-9)
 }
 
 func TestPauseResumeAbort(t *testing.T) {
@@ -430,7 +431,7 @@ func TestPauseResumeAbort(t *testing.T) {
 	require.NoError(t, err)
 	st, err := v.e.Pause(ctx, r.ID, "alice")
 	require.NoError(t, err)
-	assert.Equal(t, StatePaused, st.State)
+	assert.Equal(t, api.RolloutPaused, st.State)
 	assert.Equal(t, "paused by alice", st.Reason)
 	v.fleet.settle(nil)
 	v.clock.Advance(time.Hour)
@@ -449,7 +450,7 @@ func TestPauseResumeAbort(t *testing.T) {
 
 	st, err = v.e.Abort(ctx, r.ID, "alice")
 	require.NoError(t, err)
-	assert.Equal(t, StateAborted, st.State)
+	assert.Equal(t, api.RolloutAborted, st.State)
 	v.fleet.settle(nil)
 	v.clock.Advance(time.Hour)
 	v.e.Tick(ctx)
@@ -474,7 +475,7 @@ func TestManualRollbackOfOneGroupAndDevice(t *testing.T) {
 	v.fleet.add("1.0.0", map[string]string{"fleet": "demo", "site": "b"}, b...)
 	ctx := context.Background()
 	spec := threeStages(time.Second)
-	spec.Stages = []Stage{{Selector: "site=a"}, {Selector: "site=b"}}
+	spec.Stages = []api.RolloutStage{{Selector: "site=a"}, {Selector: "site=b"}}
 	r, err := v.e.Create(ctx, spec, "admin")
 	require.NoError(t, err)
 	assert.Equal(t, a, v.fleet.on("2.0.0"), "stage 1 is the site=a group")
@@ -484,33 +485,33 @@ func TestManualRollbackOfOneGroupAndDevice(t *testing.T) {
 	require.Len(t, v.fleet.on("2.0.0"), 8)
 	v.fleet.settle(nil)
 
-	st, err := v.e.Rollback(ctx, r.ID, RollbackRequest{Selector: "site=b"}, "alice")
+	st, err := v.e.Rollback(ctx, r.ID, api.RollbackRequest{Selector: "site=b"}, "alice")
 	require.NoError(t, err)
-	assert.Equal(t, StateRunning, st.State, "a group rollback leaves the rollout running")
+	assert.Equal(t, api.RolloutRunning, st.State, "a group rollback leaves the rollout running")
 	assert.Equal(t, a, v.fleet.on("2.0.0"))
 	assert.Equal(t, b, v.fleet.on("1.0.0"))
 	v.fleet.settle(nil)
 	v.clock.Advance(time.Second)
 	v.e.Tick(ctx)
 	st = v.get(r.ID)
-	assert.Equal(t, StateCompleted, st.State)
+	assert.Equal(t, api.RolloutCompleted, st.State)
 	for _, id := range b {
 		assert.Equal(t, []string{"2.0.0", "1.0.0"}, v.fleet.issued(id), "%s is not re-assigned", id)
 	}
 
-	_, err = v.e.Rollback(ctx, r.ID, RollbackRequest{Device: a[0]}, "alice")
+	_, err = v.e.Rollback(ctx, r.ID, api.RollbackRequest{Device: a[0]}, "alice")
 	require.NoError(t, err)
 	assert.Equal(t, []string{"2.0.0", "1.0.0"}, v.fleet.issued(a[0]))
-	_, err = v.e.Rollback(ctx, r.ID, RollbackRequest{Device: a[0]}, "alice")
+	_, err = v.e.Rollback(ctx, r.ID, api.RollbackRequest{Device: a[0]}, "alice")
 	assert.ErrorIs(t, err, ErrState)
-	_, err = v.e.Rollback(ctx, r.ID, RollbackRequest{Device: "nope"}, "alice")
-	assert.ErrorIs(t, err, ErrInvalid)
-	_, err = v.e.Rollback(ctx, r.ID, RollbackRequest{Selector: "site=zzz"}, "alice")
-	assert.ErrorIs(t, err, ErrInvalid)
+	_, err = v.e.Rollback(ctx, r.ID, api.RollbackRequest{Device: "nope"}, "alice")
+	assert.ErrorIs(t, err, api.ErrInvalid)
+	_, err = v.e.Rollback(ctx, r.ID, api.RollbackRequest{Selector: "site=zzz"}, "alice")
+	assert.ErrorIs(t, err, api.ErrInvalid)
 
-	st, err = v.e.Rollback(ctx, r.ID, RollbackRequest{}, "alice")
+	st, err = v.e.Rollback(ctx, r.ID, api.RollbackRequest{}, "alice")
 	require.NoError(t, err)
-	assert.Equal(t, StateRolledBack, st.State)
+	assert.Equal(t, api.RolloutRolledBack, st.State)
 	assert.Empty(t, v.fleet.on("2.0.0"))
 }
 
@@ -519,7 +520,7 @@ func TestDynamicTargetsAndOfflineDevices(t *testing.T) {
 	v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, devIDs("d", 4)...)
 	ctx := context.Background()
 	spec := threeStages(time.Second)
-	spec.Stages = []Stage{{Canary: 1}, {Percent: 100}}
+	spec.Stages = []api.RolloutStage{{Canary: 1}, {Percent: 100}}
 	spec.Gates.MaxOfflineFraction = ptr(0.5)
 	r, err := v.e.Create(ctx, spec, "admin")
 	require.NoError(t, err)
@@ -543,13 +544,13 @@ func TestDynamicTargetsAndOfflineDevices(t *testing.T) {
 	v.e.Tick(ctx)
 	assert.Contains(t, v.fleet.on("2.0.0"), "late", "a device joining the selector follows the current stage")
 	st := v.get(r.ID)
-	assert.Equal(t, StateRunning, st.State, "late has not reported yet")
+	assert.Equal(t, api.RolloutRunning, st.State, "late has not reported yet")
 	v.fleet.settle(nil)
 	v.clock.Advance(time.Second)
 	v.e.Tick(ctx)
 	st = v.get(r.ID)
-	assert.Equal(t, StateCompleted, st.State, st.Progress[1].Waiting)
-	assert.Equal(t, Counts{Assigned: 4, Active: 3, Pending: 1, Offline: 1}, st.Stages[1].Devices)
+	assert.Equal(t, api.RolloutCompleted, st.State, st.Stages[1].Waiting)
+	assert.Equal(t, api.DeviceCounts{Assigned: 4, Active: 3, Pending: 1, Offline: 1}, st.Stages[1].Devices)
 	assert.Equal(t, "2.0.0", st.Devices[off].Issued, "the offline device keeps its assignment")
 }
 
@@ -568,9 +569,9 @@ func TestRestartContinuesWhereItWas(t *testing.T) {
 
 	v.e = v.engine() // a control-plane restart: same store, new engine
 	after := v.get(r.ID)
-	assert.Equal(t, before.Rollout.Stage, after.Stage)
+	assert.Equal(t, before.Stage, after.Stage)
 	assert.Equal(t, before.Devices, after.Devices)
-	assert.Equal(t, before.Progress, after.Progress)
+	assert.Equal(t, before.Stages, after.Stages)
 	v.e.Tick(ctx)
 	v.fleet.settle(nil)
 	v.clock.Advance(10 * time.Second)
@@ -578,7 +579,7 @@ func TestRestartContinuesWhereItWas(t *testing.T) {
 	v.fleet.settle(nil)
 	v.clock.Advance(10 * time.Second)
 	v.e.Tick(ctx)
-	assert.Equal(t, StateCompleted, v.get(r.ID).State)
+	assert.Equal(t, api.RolloutCompleted, v.get(r.ID).State)
 	for _, id := range ids {
 		assert.Equal(t, []string{"2.0.0"}, v.fleet.issued(id), "no device gets a second instruction")
 	}
@@ -593,11 +594,11 @@ func TestUndeliveredIntentIsNotIssuedTwice(t *testing.T) {
 	r, err := v.e.Create(ctx, threeStages(time.Second), "admin")
 	require.NoError(t, err)
 	require.Equal(t, []string{"2.0.0"}, v.fleet.issued("d1"))
-	st := v.get(r.ID)
-	rec := st.Devices["d1"]
-	rec.Issued = ""
-	st.Rollout.Devices = map[string]*DeviceRecord{"d1": rec}
-	require.NoError(t, v.kv.SetJSON(keyPrefix+r.ID, &st.Rollout, true))
+	var stored Rollout
+	require.NoError(t, v.kv.GetJSON(keyPrefix+r.ID, &stored))
+	require.Equal(t, "2.0.0", stored.Devices["d1"].Issued)
+	stored.Devices["d1"].Issued = ""
+	require.NoError(t, v.kv.SetJSON(keyPrefix+r.ID, &stored, true))
 	v.e = v.engine()
 	v.e.Tick(ctx)
 	assert.Equal(t, []string{"2.0.0"}, v.fleet.issued("d1"))
@@ -625,60 +626,25 @@ func TestStableRandomOrder(t *testing.T) {
 	assert.Equal(t, o1, filtered)
 }
 
-func TestSpecValidation(t *testing.T) {
-	ok := func() Spec { return threeStages(time.Second) }
-	tests := []struct {
-		name string
-		mod  func(*Spec)
-		want string
-	}{
-		{"no selector", func(s *Spec) { s.Selector = "" }, "selector is required"},
-		{"bad selector", func(s *Spec) { s.Selector = "a==" }, "selector"},
-		{"no stages", func(s *Spec) { s.Stages = nil }, "at least one stage"},
-		{"two kinds", func(s *Spec) { s.Stages[0].Percent = 10 }, "stage 1: give exactly one of"},
-		{"no kind", func(s *Spec) { s.Stages[1] = Stage{} }, "stage 2: give exactly one of"},
-		{"percent range", func(s *Spec) { s.Stages[2].Percent = 120 }, "stage 3: percent 120"},
-		{"on breach", func(s *Spec) { s.OnBreach = "explode" }, "on_breach \"explode\""},
-		{"rate", func(s *Spec) { s.Gates.MaxFailureRate = ptr(1.5) }, "max_failure_rate 1.5"},
-		{"negative bake", func(s *Spec) { s.Stages[0].Bake = -1 }, "must not be negative"},
-		{"model", func(s *Spec) { s.Model = "" }, "model and version"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s := ok()
-			tt.mod(&s)
-			err := s.Validate()
-			require.ErrorIs(t, err, ErrInvalid)
-			assert.Contains(t, err.Error(), tt.want)
-		})
-	}
-	s := ok()
-	s.Bake, s.OnBreach = 0, ""
-	require.NoError(t, s.Validate())
-	assert.Equal(t, Duration(DefaultBake), s.Bake)
-	assert.Equal(t, OnBreachPause, s.OnBreach)
-	assert.Equal(t, "stage 1", s.Stages[0].Name)
-}
-
 func TestScheduleStartWindowAndRate(t *testing.T) {
 	v := newEnv(t) // the clock starts at 12:00 UTC
 	ids := devIDs("d", 6)
 	v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, ids...)
 	ctx := context.Background()
-	spec := Spec{Model: "fraud", Version: "2.0.0", Selector: "fleet=demo",
-		Stages: []Stage{{Percent: 100}}, Bake: Duration(time.Second),
+	spec := api.RolloutSpec{Model: "fraud", Version: "2.0.0", Selector: "fleet=demo",
+		Stages: []api.RolloutStage{{Percent: 100}}, Bake: api.Duration(time.Second),
 		StartAt:      v.clock.Now().Add(time.Hour),
 		Windows:      []string{"13:30-14:00", "23:00-01:00"},
 		MaxPerMinute: 4,
 	}
 	r, err := v.e.Create(ctx, spec, "admin")
 	require.NoError(t, err)
-	assert.Equal(t, StatePending, v.get(r.ID).State)
+	assert.Equal(t, api.RolloutPending, v.get(r.ID).State)
 	assert.Empty(t, v.fleet.on("2.0.0"), "before start_at")
 
 	v.clock.Advance(time.Hour) // 13:00: started, outside the windows
 	v.e.Tick(ctx)
-	assert.Equal(t, StateRunning, v.get(r.ID).State)
+	assert.Equal(t, api.RolloutRunning, v.get(r.ID).State)
 	assert.Empty(t, v.fleet.on("2.0.0"), "outside the maintenance windows")
 
 	v.clock.Advance(30 * time.Minute) // 13:30: inside
@@ -688,8 +654,8 @@ func TestScheduleStartWindowAndRate(t *testing.T) {
 	v.clock.Advance(30 * time.Second)
 	v.e.Tick(ctx)
 	st := v.get(r.ID)
-	assert.Equal(t, StateRunning, st.State, "not every device of the stage is assigned yet")
-	assert.Contains(t, st.Progress[0].Waiting, "at most 4 per minute")
+	assert.Equal(t, api.RolloutRunning, st.State, "not every device of the stage is assigned yet")
+	assert.Contains(t, st.Stages[0].Waiting, "at most 4 per minute")
 	v.clock.Advance(30 * time.Second)
 	v.e.Tick(ctx)
 	assert.Len(t, v.fleet.on("2.0.0"), 6)
@@ -697,14 +663,14 @@ func TestScheduleStartWindowAndRate(t *testing.T) {
 	v.clock.Advance(29 * time.Minute) // 14:29: outside again
 	v.e.Tick(ctx)
 	st = v.get(r.ID)
-	assert.Equal(t, StateRunning, st.State)
-	assert.Contains(t, st.Progress[0].Waiting, "outside the maintenance windows")
+	assert.Equal(t, api.RolloutRunning, st.State)
+	assert.Contains(t, st.Stages[0].Waiting, "outside the maintenance windows")
 	v.clock.Advance(9 * time.Hour) // 23:29: inside the window that wraps midnight
 	v.e.Tick(ctx)
-	assert.Equal(t, StateCompleted, v.get(r.ID).State)
+	assert.Equal(t, api.RolloutCompleted, v.get(r.ID).State)
 
-	bad := Spec{Model: "fraud", Version: "2.0.0", Selector: "fleet=demo", Stages: []Stage{{Percent: 100}}, Windows: []string{"25:00-01:00"}}
-	assert.ErrorIs(t, bad.Validate(), ErrInvalid)
+	bad := api.RolloutSpec{Model: "fraud", Version: "2.0.0", Selector: "fleet=demo", Stages: []api.RolloutStage{{Percent: 100}}, Windows: []string{"25:00-01:00"}}
+	assert.ErrorIs(t, bad.Validate(), api.ErrInvalid)
 }
 
 func TestSiteAwareWaves(t *testing.T) {
@@ -713,8 +679,8 @@ func TestSiteAwareWaves(t *testing.T) {
 		canary    int
 		wantSites int // distinct sites in the first wave
 	}{
-		{SitesSpread, 3, 3},
-		{SitesOneAtATime, 4, 1},
+		{api.SitesSpread, 3, 3},
+		{api.SitesOneAtATime, 4, 1},
 		{"", 12, 3},
 	} {
 		t.Run("sites="+tc.mode, func(t *testing.T) {
@@ -723,7 +689,7 @@ func TestSiteAwareWaves(t *testing.T) {
 				v.fleet.add("1.0.0", map[string]string{"fleet": "demo", "site": site}, devIDs(site, 4)...)
 			}
 			spec := threeStages(time.Minute)
-			spec.Stages = []Stage{{Canary: tc.canary}, {Percent: 100}}
+			spec.Stages = []api.RolloutStage{{Canary: tc.canary}, {Percent: 100}}
 			spec.Sites = tc.mode
 			r, err := v.e.Create(context.Background(), spec, "ops")
 			require.NoError(t, err)
@@ -731,13 +697,13 @@ func TestSiteAwareWaves(t *testing.T) {
 
 			st := v.get(r.ID)
 			sites := map[string]int{}
-			for id, rec := range st.Rollout.Devices {
+			for id, rec := range st.Devices {
 				if rec.Stage == 0 {
 					sites[id[:1]]++
 				}
 			}
 			assert.Len(t, sites, tc.wantSites, "first wave by site: %v", sites)
-			if tc.mode == SitesSpread {
+			if tc.mode == api.SitesSpread {
 				for site, n := range sites {
 					assert.Equal(t, 1, n, "site %s", site)
 				}
@@ -748,7 +714,7 @@ func TestSiteAwareWaves(t *testing.T) {
 	spec := threeStages(time.Minute)
 	spec.Sites = "everywhere"
 	_, err := v.e.Create(context.Background(), spec, "ops")
-	assert.ErrorIs(t, err, ErrInvalid)
+	assert.ErrorIs(t, err, api.ErrInvalid)
 }
 
 func TestCohortNamesTheStage(t *testing.T) {
@@ -782,7 +748,7 @@ func TestStageWaitsForDevicesAfterARestart(t *testing.T) {
 		v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, ids...)
 		ctx := context.Background()
 		spec := threeStages(time.Second)
-		spec.Stages = []Stage{{Percent: 100}}
+		spec.Stages = []api.RolloutStage{{Percent: 100}}
 		r, err := v.e.Create(ctx, spec, "admin")
 		require.NoError(t, err)
 		v.fleet.mu.Lock()
@@ -797,8 +763,8 @@ func TestStageWaitsForDevicesAfterARestart(t *testing.T) {
 		v.e = v.engine()
 		v.e.Tick(ctx)
 		st := v.get(r.ID)
-		require.Equal(t, StateRunning, st.State, "back=%v: 3 devices not heard from yet", back)
-		assert.Contains(t, st.Progress[0].Waiting, "3 devices not heard from since the control plane started")
+		require.Equal(t, api.RolloutRunning, st.State, "back=%v: 3 devices not heard from yet", back)
+		assert.Contains(t, st.Stages[0].Waiting, "3 devices not heard from since the control plane started")
 
 		if back {
 			v.fleet.mu.Lock()
@@ -809,14 +775,14 @@ func TestStageWaitsForDevicesAfterARestart(t *testing.T) {
 			v.fleet.settle(nil)
 			v.e.Tick(ctx)
 			st = v.get(r.ID)
-			assert.Equal(t, StateCompleted, st.State)
+			assert.Equal(t, api.RolloutCompleted, st.State)
 			assert.Equal(t, 4, st.Stages[0].Devices.Active, "the stage passed on all four")
 			continue
 		}
 		v.clock.Advance(DefaultPresenceGrace)
 		v.e.Tick(ctx)
 		st = v.get(r.ID)
-		assert.Equal(t, StateCompleted, st.State, "after the grace the offline devices keep their assignment and do not block")
+		assert.Equal(t, api.RolloutCompleted, st.State, "after the grace the offline devices keep their assignment and do not block")
 		assert.Equal(t, 3, st.Stages[0].Devices.Offline)
 	}
 }

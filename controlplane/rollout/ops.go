@@ -3,62 +3,50 @@ package rollout
 import (
 	"context"
 	"fmt"
-	"sort"
 	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/api"
 
 	"github.com/edgefleet/edgefleet/internal/labels"
 )
 
-// Status is a rollout with its per-stage progress, as the API shows it.
-type Status struct {
-	Rollout
-	Stages []StageStatus `json:"stages"`
-}
-
-// StageStatus is one stage's spec, devices by class and gate results.
-type StageStatus struct {
-	Index int    `json:"index"`
-	Name  string `json:"name"`
-	Kind  string `json:"kind"`
-	// Current marks the stage the rollout is in.
-	Current bool `json:"current,omitempty"`
-	StageProgress
-	// Devices counts the devices this stage assigned.
-	Devices Counts `json:"devices"`
-}
-
 // Get returns one rollout's status. withDevices includes the per-device
 // records.
-func (e *Engine) Get(id string, withDevices bool) (*Status, error) {
+func (e *Engine) Get(id string, withDevices bool) (*api.Rollout, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	r := e.rollouts[id]
 	if r == nil {
-		return nil, fmt.Errorf("%w: no rollout %q", ErrNotFound, id)
+		return nil, api.Errorf(api.ErrNotFound, "no rollout %q", id)
 	}
 	return e.status(r, withDevices), nil
 }
 
 // List returns every rollout's status (without device records), oldest first.
-func (e *Engine) List() []*Status {
+func (e *Engine) List() []*api.Rollout {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	var out []*Status
+	var out []*api.Rollout
 	for _, r := range e.sorted() {
 		out = append(out, e.status(r, false))
 	}
 	return out
 }
 
-func (e *Engine) status(r *Rollout, withDevices bool) *Status {
+// status is the API's view of r; callers hold mu.
+func (e *Engine) status(r *Rollout, withDevices bool) *api.Rollout {
 	devs := e.modelFleet(r.Spec.Model)
 	c := r.clone()
-	if !withDevices {
-		c.Devices = nil
+	st := &api.Rollout{ID: c.ID, Spec: c.Spec, State: c.State, Reason: c.Reason, Stage: c.Stage,
+		Created: c.Created, Updated: c.Updated, Stages: make([]api.StageStatus, len(r.Spec.Stages))}
+	if withDevices && len(c.Devices) > 0 {
+		st.Devices = make(map[string]api.RolloutDevice, len(c.Devices))
+		for id, rec := range c.Devices {
+			st.Devices[id] = api.RolloutDevice(*rec)
+		}
 	}
-	st := &Status{Rollout: *c, Stages: make([]StageStatus, len(r.Spec.Stages))}
 	for i, s := range r.Spec.Stages {
-		st.Stages[i] = StageStatus{
+		st.Stages[i] = api.StageStatus{
 			Index:         i + 1,
 			Name:          s.Name,
 			Kind:          s.Kind(),
@@ -69,19 +57,19 @@ func (e *Engine) status(r *Rollout, withDevices bool) *Status {
 	for id, rec := range r.Devices {
 		if rec.Stage < len(st.Stages) {
 			d := devs[id]
-			st.Stages[rec.Stage].Devices.add(classify(rec, d), d.Online)
+			count(&st.Stages[rec.Stage].Devices, classify(rec, d), d.Online)
 		}
 	}
 	return st
 }
 
 // op runs fn on rollout id under the lock, then advances and saves it.
-func (e *Engine) op(ctx context.Context, id string, fn func(r *Rollout) error) (*Status, error) {
+func (e *Engine) op(ctx context.Context, id string, fn func(r *Rollout) error) (*api.Rollout, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	r := e.rollouts[id]
 	if r == nil {
-		return nil, fmt.Errorf("%w: no rollout %q", ErrNotFound, id)
+		return nil, api.Errorf(api.ErrNotFound, "no rollout %q", id)
 	}
 	if err := fn(r); err != nil {
 		return nil, err
@@ -96,14 +84,14 @@ func stateErr(r *Rollout, op string) error {
 
 // Pause stops a rollout from assigning devices and advancing stages;
 // devices keep what they were given.
-func (e *Engine) Pause(ctx context.Context, id, actor string) (*Status, error) {
+func (e *Engine) Pause(ctx context.Context, id, actor string) (*api.Rollout, error) {
 	return e.op(ctx, id, func(r *Rollout) error {
 		switch r.State {
-		case StatePending, StateRunning, StateWaitingPromotion:
+		case api.RolloutPending, api.RolloutRunning, api.RolloutWaitingPromotion:
 		default:
 			return stateErr(r, "pause")
 		}
-		r.State, r.Reason = StatePaused, "paused by "+actor
+		r.State, r.Reason = api.RolloutPaused, "paused by "+actor
 		e.record(actor, "rollout.pause", r, "ok", map[string]any{"stage": r.Stage + 1})
 		return nil
 	})
@@ -111,13 +99,13 @@ func (e *Engine) Pause(ctx context.Context, id, actor string) (*Status, error) {
 
 // Resume continues a paused rollout; the current stage's bake time starts
 // again, so its gates are judged on fresh figures.
-func (e *Engine) Resume(ctx context.Context, id, actor string) (*Status, error) {
+func (e *Engine) Resume(ctx context.Context, id, actor string) (*api.Rollout, error) {
 	return e.op(ctx, id, func(r *Rollout) error {
-		if r.State != StatePaused {
+		if r.State != api.RolloutPaused {
 			return stateErr(r, "resume")
 		}
 		now := e.opts.Clock().UTC()
-		r.State, r.Reason = StateRunning, ""
+		r.State, r.Reason = api.RolloutRunning, ""
 		p := &r.Progress[r.Stage]
 		p.Started, p.Finished, p.Result, p.Waiting = now, time.Time{}, "", ""
 		e.record(actor, "rollout.resume", r, "ok", map[string]any{"stage": r.Stage + 1})
@@ -128,17 +116,17 @@ func (e *Engine) Resume(ctx context.Context, id, actor string) (*Status, error) 
 // Promote moves to the next stage (or completes the rollout after the
 // last), whether or not the current stage's gates passed; the audit entry
 // records the gate figures at that moment.
-func (e *Engine) Promote(ctx context.Context, id, actor string) (*Status, error) {
+func (e *Engine) Promote(ctx context.Context, id, actor string) (*api.Rollout, error) {
 	return e.op(ctx, id, func(r *Rollout) error {
 		switch r.State {
-		case StateRunning, StateWaitingPromotion:
+		case api.RolloutRunning, api.RolloutWaitingPromotion:
 		default:
 			return stateErr(r, "promote")
 		}
 		now := e.opts.Clock().UTC()
 		p := &r.Progress[r.Stage]
 		if p.Result == "" {
-			p.Result = "promoted"
+			p.Result = api.StagePromoted
 		}
 		p.Finished, p.Waiting = now, ""
 		e.record(actor, "rollout.promote_requested", r, "ok", gateDetails(r.Stage, p.Gates))
@@ -148,29 +136,22 @@ func (e *Engine) Promote(ctx context.Context, id, actor string) (*Status, error)
 }
 
 // Abort stops a rollout for good; devices keep what they were given.
-func (e *Engine) Abort(ctx context.Context, id, actor string) (*Status, error) {
+func (e *Engine) Abort(ctx context.Context, id, actor string) (*api.Rollout, error) {
 	return e.op(ctx, id, func(r *Rollout) error {
 		if r.State.Terminal() {
 			return stateErr(r, "abort")
 		}
-		r.State, r.Reason = StateAborted, "aborted by "+actor
+		r.State, r.Reason = api.RolloutAborted, "aborted by "+actor
 		e.record(actor, "rollout.abort", r, "ok", map[string]any{"stage": r.Stage + 1})
 		return nil
 	})
-}
-
-// RollbackRequest narrows a rollback: Selector picks a label group of the
-// rollout's devices, Device one device; both empty rolls back everything.
-type RollbackRequest struct {
-	Selector string `json:"selector,omitempty"`
-	Device   string `json:"device,omitempty"`
 }
 
 // Rollback sends devices that got the version back to the version they
 // had before (a new desired-state generation naming it). A whole-rollout
 // rollback ends the rollout (rolled-back); a partial one takes the devices
 // out of it and leaves its state alone.
-func (e *Engine) Rollback(ctx context.Context, id string, req RollbackRequest, actor string) (*Status, error) {
+func (e *Engine) Rollback(ctx context.Context, id string, req api.RollbackRequest, actor string) (*api.Rollout, error) {
 	var match func(id string, rec *DeviceRecord) bool
 	bindFleet := func(map[string]Device) {}
 	scope := "rollout"
@@ -208,24 +189,14 @@ func (e *Engine) Rollback(ctx context.Context, id string, req RollbackRequest, a
 			return invalidf("no device of rollout %s matches %s (or all are rolled back already)", r.ID, scope)
 		}
 		if req.Selector == "" && req.Device == "" {
-			if r.State == StateRolledBack {
+			if r.State == api.RolloutRolledBack {
 				return stateErr(r, "roll back")
 			}
-			r.State, r.Reason = StateRolledBack, "rolled back by "+actor
+			r.State, r.Reason = api.RolloutRolledBack, "rolled back by "+actor
 		}
 		e.record(actor, "rollout.rollback", r, "ok", map[string]any{"scope": scope, "devices": n, "without_previous": skipped})
 		return nil
 	})
-}
-
-// Devices returns the ids a rollout assigned, sorted; for tests and tools.
-func (s *Status) DeviceIDs() []string {
-	ids := make([]string, 0, len(s.Devices))
-	for id := range s.Devices {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	return ids
 }
 
 // Cohort names the rollout stage that put device on model@version, as

@@ -3,358 +3,27 @@
 // stage on install results and field quality, and pauses or rolls back on a
 // breach. State is persisted in a store namespace and every decision is
 // audited. Only the controlplane package imports it; it reaches devices
-// through the Issuer and Fleet interfaces it declares.
+// through the Issuer and Fleet interfaces it declares. Specs and answers
+// are the api package's types (api.RolloutSpec, api.Rollout).
 package rollout
 
 import (
 	"encoding/json"
-	"errors"
-	"fmt"
-	"math"
-	"strings"
 	"time"
 
-	"github.com/edgefleet/edgefleet/internal/labels"
+	"github.com/edgefleet/edgefleet/controlplane/api"
 )
 
-// Sentinel errors, for branching with errors.Is.
-var (
-	// ErrInvalid: a spec or request is malformed.
-	ErrInvalid = errors.New("invalid rollout request")
-	// ErrNotFound: no rollout with that id.
-	ErrNotFound = errors.New("rollout not found")
-	// ErrState: the operation is not possible in the rollout's state.
-	ErrState = errors.New("not possible in this rollout state")
-)
+// Errors wrap the api kinds: api.ErrInvalid for a malformed spec or
+// request, api.ErrNotFound for an unknown rollout, and ErrState (an
+// api.ErrExists, answered 409) for an operation its state does not allow.
+var ErrState = &api.Error{Kind: api.ErrExists, Msg: "not possible in this rollout state"}
 
-func invalidf(format string, args ...any) error {
-	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
-}
+func invalidf(format string, args ...any) error { return api.Errorf(api.ErrInvalid, format, args...) }
 
-// State is a rollout's lifecycle state.
-type State string
-
-// Rollout states. Completed, Aborted, RolledBack and Failed are terminal.
-const (
-	StatePending          State = "pending"
-	StateRunning          State = "running"
-	StatePaused           State = "paused"
-	StateWaitingPromotion State = "waiting-promotion"
-	StateCompleted        State = "completed"
-	StateAborted          State = "aborted"
-	StateRolledBack       State = "rolled-back"
-	StateFailed           State = "failed"
-)
-
-// Terminal reports whether nothing more happens to a rollout in state s.
-func (s State) Terminal() bool {
-	switch s {
-	case StateCompleted, StateAborted, StateRolledBack, StateFailed:
-		return true
-	}
-	return false
-}
-
-// Breach actions.
-const (
-	OnBreachPause    = "pause"
-	OnBreachRollback = "rollback"
-)
-
-// Limits of a spec.
-const (
-	MaxStages        = 32
-	MaxStageDevices  = 10_000
-	maxNameLen       = 128
-	DefaultBake      = 5 * time.Minute
-	defaultMinLabels = 100
-)
-
-// Duration is a time.Duration written as a Go duration string ("30s") in
-// JSON; a number is taken as nanoseconds.
-type Duration time.Duration
-
-// MarshalJSON writes "30s".
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
-
-// UnmarshalJSON reads "30s" or a number of nanoseconds.
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err == nil {
-		v, err := time.ParseDuration(s)
-		if err != nil {
-			return fmt.Errorf("duration %q: want e.g. \"30s\" or \"5m\"", s)
-		}
-		*d = Duration(v)
-		return nil
-	}
-	var n int64
-	if err := json.Unmarshal(b, &n); err != nil {
-		return fmt.Errorf("duration %s: want a string such as \"30s\"", b)
-	}
-	*d = Duration(n)
-	return nil
-}
-
-// Stage is one wave. Exactly one of Canary, Devices, Percent and Selector
-// says which devices it adds; a stage's cohort is cumulative (it includes
-// every earlier stage's devices).
-type Stage struct {
-	// Name is shown in status; default "stage N".
-	Name string `json:"name,omitempty"`
-	// Canary is a number of devices, picked in the rollout's stable random
-	// order.
-	Canary int `json:"canary,omitempty"`
-	// Devices are explicit device ids (only those matching the rollout's
-	// selector are used).
-	Devices []string `json:"devices,omitempty"`
-	// Percent of the target devices, in the stable random order (0 < p <= 100).
-	Percent float64 `json:"percent,omitempty"`
-	// Selector is a label group within the target, e.g. "site=b".
-	Selector string `json:"selector,omitempty"`
-	// Bake is how long the stage runs before its gates are evaluated;
-	// 0 means the rollout's Bake.
-	Bake Duration `json:"bake,omitempty"`
-	// MinDevices is how many devices must have reported on the version
-	// (active or failed) before the gates are evaluated; 0 means every
-	// online device of the cohort (and at least one).
-	MinDevices int `json:"min_devices,omitempty"`
-	// Gates override the rollout's gates for this stage.
-	Gates *Gates `json:"gates,omitempty"`
-}
-
-// Gates are the checks a stage must pass. Nil limits are not checked.
-type Gates struct {
-	// MaxFailureRate is the highest allowed fraction of reporting devices
-	// that failed to install or activate the version.
-	MaxFailureRate *float64 `json:"max_failure_rate,omitempty"`
-	// MaxOfflineFraction is the highest allowed fraction of the cohort offline.
-	MaxOfflineFraction *float64 `json:"max_offline_fraction,omitempty"`
-	// MaxAccuracyDrop is how much lower than the replaced version's the
-	// new version's accuracy may be (0.02 = two points).
-	MaxAccuracyDrop *float64 `json:"max_accuracy_drop,omitempty"`
-	// MaxDriftScore is the highest allowed drift score of the new version.
-	MaxDriftScore *float64 `json:"max_drift_score,omitempty"`
-	// MinLabelled is how many labelled predictions the quality gates need
-	// (for each of the two versions compared); 0 means 100.
-	MinLabelled int `json:"min_labelled,omitempty"`
-}
-
-// Spec is what an operator asks for.
-type Spec struct {
-	Model    string  `json:"model"`
-	Version  string  `json:"version"`
-	Selector string  `json:"selector"`
-	Stages   []Stage `json:"stages"`
-	// Bake is the default bake time of a stage; default DefaultBake.
-	Bake  Duration `json:"bake,omitempty"`
-	Gates Gates    `json:"gates"`
-	// OnBreach is "pause" (default) or "rollback".
-	OnBreach string `json:"on_breach,omitempty"`
-	// AutoPromote moves to the next stage when one passes; otherwise the
-	// rollout waits for promote.
-	AutoPromote bool `json:"auto_promote,omitempty"`
-	// StartAt delays the first stage; zero starts at once.
-	StartAt time.Time `json:"start_at,omitzero"`
-	// Windows are daily maintenance windows in UTC, "HH:MM-HH:MM" (may
-	// wrap midnight). When set, devices are only assigned and stages only
-	// pass inside a window; breaches are acted on at any time.
-	Windows []string `json:"windows,omitempty"`
-	// MaxPerMinute limits how many devices are assigned per minute; 0
-	// means no limit.
-	MaxPerMinute int `json:"max_devices_per_minute,omitempty"`
-	// Sites makes waves site-aware: SitesSpread spreads every wave across
-	// the sites, SitesOneAtATime fills one site before the next. Empty
-	// ignores sites.
-	Sites string `json:"sites,omitempty"`
-	// SiteLabel is the device label naming the site; default "site".
-	SiteLabel string `json:"site_label,omitempty"`
-}
-
-// Site-aware wave orders.
-const (
-	SitesSpread      = "spread"
-	SitesOneAtATime  = "one-at-a-time"
-	defaultSiteLabel = "site"
-)
-
-// Limits of the schedule.
-const maxWindows = 24
-
-// parseWindow reads "HH:MM-HH:MM" as minutes after midnight.
-func parseWindow(w string) (from, to int, err error) {
-	a, b, ok := strings.Cut(w, "-")
-	if !ok {
-		return 0, 0, fmt.Errorf("window %q: want HH:MM-HH:MM (UTC)", w)
-	}
-	parse := func(s string) (int, error) {
-		t, err := time.Parse("15:04", strings.TrimSpace(s))
-		if err != nil {
-			return 0, fmt.Errorf("window %q: %q is not HH:MM", w, s)
-		}
-		return t.Hour()*60 + t.Minute(), nil
-	}
-	if from, err = parse(a); err != nil {
-		return 0, 0, err
-	}
-	if to, err = parse(b); err != nil {
-		return 0, 0, err
-	}
-	if from == to {
-		return 0, 0, fmt.Errorf("window %q is empty", w)
-	}
-	return from, to, nil
-}
-
-// inWindow reports whether t falls in one of s's windows (true without any).
-func (s *Spec) inWindow(t time.Time) bool {
-	if len(s.Windows) == 0 {
-		return true
-	}
-	t = t.UTC()
-	m := t.Hour()*60 + t.Minute()
-	for _, w := range s.Windows {
-		from, to, err := parseWindow(w)
-		if err != nil {
-			continue
-		}
-		if from < to && m >= from && m < to || from > to && (m >= from || m < to) {
-			return true
-		}
-	}
-	return false
-}
-
-// Validate checks s and fills defaults; errors wrap ErrInvalid and name
-// the field.
-func (s *Spec) Validate() error {
-	if s.Model == "" || s.Version == "" {
-		return invalidf("model and version are required")
-	}
-	if len(s.Model) > maxNameLen || len(s.Version) > maxNameLen {
-		return invalidf("model or version longer than %d characters", maxNameLen)
-	}
-	if s.Selector == "" {
-		return invalidf("selector is required (e.g. \"fleet=demo\"); it picks the target devices")
-	}
-	if _, err := labels.Parse(s.Selector); err != nil {
-		return invalidf("selector: %v", err)
-	}
-	if len(s.Stages) == 0 {
-		return invalidf("at least one stage is required (e.g. canary 1, then percent 100)")
-	}
-	if len(s.Stages) > MaxStages {
-		return invalidf("%d stages, max %d", len(s.Stages), MaxStages)
-	}
-	switch s.OnBreach {
-	case "":
-		s.OnBreach = OnBreachPause
-	case OnBreachPause, OnBreachRollback:
-	default:
-		return invalidf("on_breach %q: want \"pause\" or \"rollback\"", s.OnBreach)
-	}
-	if s.Bake < 0 {
-		return invalidf("bake %v is negative", time.Duration(s.Bake))
-	}
-	if s.Bake == 0 {
-		s.Bake = Duration(DefaultBake)
-	}
-	if len(s.Windows) > maxWindows {
-		return invalidf("%d windows, max %d", len(s.Windows), maxWindows)
-	}
-	for _, w := range s.Windows {
-		if _, _, err := parseWindow(w); err != nil {
-			return invalidf("%v", err)
-		}
-	}
-	if s.MaxPerMinute < 0 {
-		return invalidf("max_devices_per_minute %d is negative", s.MaxPerMinute)
-	}
-	switch s.Sites {
-	case "", SitesSpread, SitesOneAtATime:
-	default:
-		return invalidf("sites %q: want %q or %q", s.Sites, SitesSpread, SitesOneAtATime)
-	}
-	if s.Sites != "" && s.SiteLabel == "" {
-		s.SiteLabel = defaultSiteLabel
-	}
-	if err := s.Gates.validate("gates"); err != nil {
-		return err
-	}
-	for i := range s.Stages {
-		st := &s.Stages[i]
-		where := fmt.Sprintf("stage %d", i+1)
-		kinds := 0
-		if st.Canary != 0 {
-			kinds++
-			if st.Canary < 0 {
-				return invalidf("%s: canary %d is negative", where, st.Canary)
-			}
-		}
-		if len(st.Devices) > 0 {
-			kinds++
-			if len(st.Devices) > MaxStageDevices {
-				return invalidf("%s: %d devices, max %d", where, len(st.Devices), MaxStageDevices)
-			}
-		}
-		if st.Percent != 0 {
-			kinds++
-			if math.IsNaN(st.Percent) || st.Percent <= 0 || st.Percent > 100 {
-				return invalidf("%s: percent %v must be in (0, 100]", where, st.Percent)
-			}
-		}
-		if st.Selector != "" {
-			kinds++
-			if _, err := labels.Parse(st.Selector); err != nil {
-				return invalidf("%s: selector: %v", where, err)
-			}
-		}
-		if kinds != 1 {
-			return invalidf("%s: give exactly one of canary, devices, percent or selector", where)
-		}
-		if st.Bake < 0 || st.MinDevices < 0 {
-			return invalidf("%s: bake and min_devices must not be negative", where)
-		}
-		if st.Gates != nil {
-			if err := st.Gates.validate(where + " gates"); err != nil {
-				return err
-			}
-		}
-		if st.Name == "" {
-			st.Name = fmt.Sprintf("stage %d", i+1)
-		}
-	}
-	return nil
-}
-
-func (g *Gates) validate(where string) error {
-	for _, f := range []struct {
-		name string
-		v    *float64
-	}{
-		{"max_failure_rate", g.MaxFailureRate},
-		{"max_offline_fraction", g.MaxOfflineFraction},
-	} {
-		if f.v != nil && (math.IsNaN(*f.v) || *f.v < 0 || *f.v > 1) {
-			return invalidf("%s: %s %v must be a fraction in [0, 1]", where, f.name, *f.v)
-		}
-	}
-	for _, f := range []struct {
-		name string
-		v    *float64
-	}{
-		{"max_accuracy_drop", g.MaxAccuracyDrop},
-		{"max_drift_score", g.MaxDriftScore},
-	} {
-		if f.v != nil && (math.IsNaN(*f.v) || math.IsInf(*f.v, 0) || *f.v < 0) {
-			return invalidf("%s: %s %v must be a non-negative number", where, f.name, *f.v)
-		}
-	}
-	if g.MinLabelled < 0 {
-		return invalidf("%s: min_labelled %d is negative", where, g.MinLabelled)
-	}
-	return nil
-}
+// defaultMinLabels is how many labelled predictions a quality gate needs
+// when the spec does not say (api.Gates.MinLabelled).
+const defaultMinLabels = 100
 
 // DeviceRecord is what a rollout remembers about one device it assigned.
 type DeviceRecord struct {
@@ -375,45 +44,17 @@ type DeviceRecord struct {
 	RolledBack bool `json:"rolled_back,omitempty"`
 }
 
-// GateResult is one gate's last evaluation.
-type GateResult struct {
-	Gate   string  `json:"gate"`
-	Limit  float64 `json:"limit"`
-	Value  float64 `json:"value"`
-	Status string  `json:"status"` // pass, breach or waiting
-	Detail string  `json:"detail,omitempty"`
-}
-
-// Gate statuses.
-const (
-	GatePass    = "pass"
-	GateBreach  = "breach"
-	GateWaiting = "waiting"
-)
-
-// StageProgress is what happened in one stage.
-type StageProgress struct {
-	Started  time.Time `json:"started,omitzero"`
-	Finished time.Time `json:"finished,omitzero"`
-	// Result is "", "passed", "promoted" (by an operator), "breached".
-	Result string `json:"result,omitempty"`
-	// Gates is the last evaluation (kept when the stage finished).
-	Gates []GateResult `json:"gates,omitempty"`
-	// Waiting says what the stage waits for, if anything.
-	Waiting string `json:"waiting,omitempty"`
-}
-
 // Rollout is a rollout's persisted state.
 type Rollout struct {
-	ID      string    `json:"id"`
-	Spec    Spec      `json:"spec"`
-	State   State     `json:"state"`
-	Reason  string    `json:"reason,omitempty"`
-	Stage   int       `json:"stage"` // index of the current stage
-	Created time.Time `json:"created"`
-	Updated time.Time `json:"updated"`
+	ID      string           `json:"id"`
+	Spec    api.RolloutSpec  `json:"spec"`
+	State   api.RolloutState `json:"state"`
+	Reason  string           `json:"reason,omitempty"`
+	Stage   int              `json:"stage"` // index of the current stage
+	Created time.Time        `json:"created"`
+	Updated time.Time        `json:"updated"`
 	// Progress has one entry per stage.
-	Progress []StageProgress `json:"progress"`
+	Progress []api.StageProgress `json:"progress"`
 	// RateMinute and RateCount count assignments in the current minute
 	// (for MaxPerMinute).
 	RateMinute time.Time `json:"rate_minute,omitzero"`
@@ -429,7 +70,7 @@ func (r *Rollout) clone() *Rollout {
 	return c
 }
 
-func (r *Rollout) gates(stage int) Gates {
+func (r *Rollout) gates(stage int) api.Gates {
 	if g := r.Spec.Stages[stage].Gates; g != nil {
 		return *g
 	}
@@ -441,18 +82,4 @@ func (r *Rollout) bake(stage int) time.Duration {
 		return time.Duration(b)
 	}
 	return time.Duration(r.Spec.Bake)
-}
-
-// StageKind describes what a stage adds, for display: "canary 1",
-// "percent 50", "devices d1,d2", "group site=b".
-func (s Stage) Kind() string {
-	switch {
-	case s.Canary > 0:
-		return fmt.Sprintf("canary %d", s.Canary)
-	case len(s.Devices) > 0:
-		return "devices " + strings.Join(s.Devices, ",")
-	case s.Percent > 0:
-		return fmt.Sprintf("percent %g", s.Percent)
-	}
-	return "group " + s.Selector
 }

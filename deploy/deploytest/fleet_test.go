@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/cli"
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/oip"
@@ -133,7 +134,7 @@ func (c *controlPlane) waitActive(device, version string, within time.Duration) 
 			return false
 		}
 		rep := d.Reported["fraud"]
-		return rep != nil && rep.State == "active" && rep.ActiveVersion == version
+		return rep != nil && rep.State == api.ModelActive && rep.ActiveVersion == version
 	}, within, 50*time.Millisecond, "device %s never reported fraud@%s active", device, version)
 }
 

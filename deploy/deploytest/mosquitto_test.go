@@ -19,6 +19,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -287,7 +288,7 @@ func TestMosquittoEndToEnd(t *testing.T) {
 	d1, err := cp.srv.Device("dev-1")
 	require.NoError(t, err)
 	assert.Nil(t, d1.Reported["forged"], "the ACL stopped dev-2 writing dev-1's status")
-	assert.Equal(t, "active", d1.Reported["fraud"].State)
+	assert.Equal(t, api.ModelActive, d1.Reported["fraud"].State)
 }
 
 // TestMosquittoProductionConfig starts mosquitto with deploy/mosquitto/

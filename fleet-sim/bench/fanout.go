@@ -19,7 +19,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
 	"github.com/edgefleet/edgefleet/fleet-sim/scenario"
 	"github.com/edgefleet/edgefleet/fleet-sim/sim"
@@ -215,7 +215,7 @@ func fanoutOne(ctx context.Context, o FanoutOptions, n int, rt *infer.Runtime, s
 	pubBefore := chunkPublishes(f)
 	t0 := time.Now()
 	phases := watchPhases(f, "fraud", "2", t0)
-	if _, err := cp.Deploy(ctx, controlplane.DeployRequest{Model: "fraud", Version: "2", Devices: all}); err != nil {
+	if _, err := cp.Deploy(ctx, api.DeployRequest{Model: "fraud", Version: "2", Devices: all}); err != nil {
 		return r, err
 	}
 	times, err := waitServingTimes(ctx, f, "fraud", "2", t0, 10*time.Minute)
@@ -294,7 +294,7 @@ func deployAll(ctx context.Context, f *sim.Fleet, version string, art *fraud.Art
 	if _, err := cp.AddModelVersion(ctx, "fraud", version, art.ONNX, art.Metadata(), false); err != nil {
 		return err
 	}
-	if _, err := cp.Deploy(ctx, controlplane.DeployRequest{Model: "fraud", Version: version, Devices: memberIDs(f)}); err != nil {
+	if _, err := cp.Deploy(ctx, api.DeployRequest{Model: "fraud", Version: version, Devices: memberIDs(f)}); err != nil {
 		return err
 	}
 	return waitServing(ctx, f, "fraud", version, timeout)

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/fleet-sim/sim"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/infer"
@@ -168,7 +168,7 @@ func scaleOne(ctx context.Context, o ScaleOptions, n int, rt *infer.Runtime, art
 		all[i] = d.ID
 	}
 	t0 = time.Now()
-	if _, err := cp.Deploy(ctx, controlplane.DeployRequest{Model: "fraud", Version: "1", Devices: all}); err != nil {
+	if _, err := cp.Deploy(ctx, api.DeployRequest{Model: "fraud", Version: "1", Devices: all}); err != nil {
 		return r, err
 	}
 	if err := waitServing(ctx, f, "fraud", "1", 15*time.Minute); err != nil {

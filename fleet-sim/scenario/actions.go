@@ -18,7 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgefleet/edgefleet/agent"
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/fleet-sim/sim"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/oip"
@@ -333,7 +333,7 @@ func (d *Deploy) Validate(*Scenario) error {
 
 // Run implements Action.
 func (d *Deploy) Run(ctx context.Context, env *Env) (string, error) {
-	req := controlplane.DeployRequest{Model: d.Model, Version: d.Version, Selector: d.Selector, Devices: d.Devices}
+	req := api.DeployRequest{Model: d.Model, Version: d.Version, Selector: d.Selector, Devices: d.Devices}
 	if req.Selector == "" && len(req.Devices) == 0 {
 		req.Devices = ids(env.Fleet.Members()) // the whole fleet
 	}

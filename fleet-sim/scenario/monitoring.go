@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane"
-	"github.com/edgefleet/edgefleet/controlplane/audit"
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
 )
 
@@ -104,7 +104,7 @@ func (a *Alerts) Check(env *Env) (bool, string) {
 	if a.Rule != "" {
 		action += a.Rule
 	}
-	entries, err := env.Fleet.ControlPlane().Audit(audit.Query{Action: action})
+	entries, err := env.Fleet.ControlPlane().Audit(api.AuditQuery{Action: action})
 	if err != nil {
 		return false, err.Error()
 	}

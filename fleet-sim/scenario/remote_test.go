@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/controlplane"
-	"github.com/edgefleet/edgefleet/controlplane/audit"
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/fleet-sim/sim"
 	"github.com/edgefleet/edgefleet/internal/infer"
 )
@@ -114,7 +114,7 @@ func TestScenarioAgainstRemoteControlPlane(t *testing.T) {
 			assert.Equal(t, -1, rep.Leak.BrokerConns, "not measured for a remote broker")
 
 			// The operator actions went through the API: its audit log has them.
-			entries, err := remote.Audit(audit.Query{Action: "rollout."})
+			entries, err := remote.Audit(api.AuditQuery{Action: "rollout."})
 			require.NoError(t, err)
 			var actions []string
 			for _, e := range entries {

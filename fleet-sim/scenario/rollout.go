@@ -12,9 +12,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/edgefleet/edgefleet/controlplane"
-	"github.com/edgefleet/edgefleet/controlplane/audit"
-	"github.com/edgefleet/edgefleet/controlplane/rollout"
+	"github.com/edgefleet/edgefleet/controlplane/api"
 )
 
 // Staged rollouts (controlplane/rollout), through the fleet's control
@@ -34,11 +32,11 @@ func registerRollouts(r *Registry) {
 	r.RegisterAssertion("refused_desired", func() Assertion { return &RefusedDesired{} })
 }
 
-// RolloutSpec is a rollout.Spec written in YAML: the same keys as the
+// RolloutSpec is a api.RolloutSpec written in YAML: the same keys as the
 // REST API's JSON (model, version, selector, stages, bake, gates,
 // on_breach, auto_promote, ...), checked strictly.
 type RolloutSpec struct {
-	spec rollout.Spec
+	spec api.RolloutSpec
 }
 
 // UnmarshalYAML decodes the mapping through JSON so the API's own field
@@ -112,7 +110,7 @@ func rolloutID(env *Env, name string) (string, error) {
 }
 
 // rolloutStatus is the named rollout's status (without its devices).
-func rolloutStatus(env *Env, name string) (*rollout.Status, error) {
+func rolloutStatus(env *Env, name string) (*api.Rollout, error) {
 	id, err := rolloutID(env, name)
 	if err != nil {
 		return nil, err
@@ -122,8 +120,8 @@ func rolloutStatus(env *Env, name string) (*rollout.Status, error) {
 
 // RolloutAction pauses, resumes, promotes, aborts or rolls back a rollout.
 type RolloutAction struct {
-	Rollout string `yaml:"rollout"`
-	Action  string `yaml:"action"`
+	Rollout string            `yaml:"rollout"`
+	Action  api.RolloutAction `yaml:"action"`
 	// Selector or Device narrow a rollback.
 	Selector string `yaml:"selector"`
 	Device   string `yaml:"device"`
@@ -135,11 +133,11 @@ func (r *RolloutAction) Validate(*Scenario) error {
 		return errors.New("rollout and action are required")
 	}
 	switch r.Action {
-	case controlplane.RolloutPause, controlplane.RolloutResume, controlplane.RolloutPromote, controlplane.RolloutAbort:
+	case api.ActionPause, api.ActionResume, api.ActionPromote, api.ActionAbort:
 		if r.Selector != "" || r.Device != "" {
 			return fmt.Errorf("selector and device narrow a rollback only, not %s", r.Action)
 		}
-	case controlplane.RolloutRollback:
+	case api.ActionRollback:
 	default:
 		return fmt.Errorf("action %q: want pause, resume, promote, abort or rollback", r.Action)
 	}
@@ -152,7 +150,7 @@ func (r *RolloutAction) Run(ctx context.Context, env *Env) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	st, err := env.Fleet.ControlPlane().RolloutAction(ctx, id, r.Action, rollout.RollbackRequest{Selector: r.Selector, Device: r.Device}, "fleet-sim")
+	st, err := env.Fleet.ControlPlane().RolloutAction(ctx, id, r.Action, api.RollbackRequest{Selector: r.Selector, Device: r.Device}, "fleet-sim")
 	if err != nil {
 		return "", err
 	}
@@ -322,7 +320,7 @@ func (r *RolloutStageTimes) Check(env *Env) (bool, string) {
 	}
 	// The audit log stamps an entry when it is written, just after the
 	// decision it records.
-	entries, err := env.Fleet.ControlPlane().Audit(audit.Query{Action: "rollout.stage_passed", Target: st.ID})
+	entries, err := env.Fleet.ControlPlane().Audit(api.AuditQuery{Action: "rollout.stage_passed", Target: st.ID})
 	if err != nil {
 		return false, err.Error()
 	}

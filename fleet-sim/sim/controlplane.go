@@ -4,12 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"mime/multipart"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,9 +14,9 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/edgefleet/edgefleet/controlplane"
-	"github.com/edgefleet/edgefleet/controlplane/audit"
+	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/client"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
-	"github.com/edgefleet/edgefleet/controlplane/rollout"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
@@ -30,20 +26,20 @@ import (
 // the in-process one can do (its broker, its alert rules) is not here;
 // Fleet.MonitorStats covers the monitoring counters of both.
 type ControlPlane interface {
-	RegisterDevice(id string, labels map[string]string) (controlplane.DeviceCredentials, error)
-	AddModelVersion(ctx context.Context, name, version string, model []byte, meta *efpb.Manifest, force bool) (controlplane.ModelVersion, error)
-	Deploy(ctx context.Context, req controlplane.DeployRequest) (*controlplane.DeployResult, error)
-	Devices(selector string) ([]controlplane.Device, error)
-	Device(id string) (controlplane.Device, error)
+	RegisterDevice(id string, labels map[string]string) (api.DeviceCredentials, error)
+	AddModelVersion(ctx context.Context, name, version string, model []byte, meta *efpb.Manifest, force bool) (api.ModelVersion, error)
+	Deploy(ctx context.Context, req api.DeployRequest) (*api.DeployResult, error)
+	Devices(selector string) ([]api.Device, error)
+	Device(id string) (api.Device, error)
 	// CreateRollout, Rollout and RolloutAction are the staged-rollout
 	// operations; actor names who acted in the audit log (an external
 	// control plane records the API token's name instead).
-	CreateRollout(ctx context.Context, spec rollout.Spec, actor string) (*rollout.Status, error)
-	Rollout(id string, withDevices bool) (*rollout.Status, error)
-	RolloutAction(ctx context.Context, id, action string, req rollout.RollbackRequest, actor string) (*rollout.Status, error)
+	CreateRollout(ctx context.Context, spec api.RolloutSpec, actor string) (*api.Rollout, error)
+	Rollout(id string, withDevices bool) (*api.Rollout, error)
+	RolloutAction(ctx context.Context, id string, action api.RolloutAction, req api.RollbackRequest, actor string) (*api.Rollout, error)
 	// Audit returns audit entries (operator actions, rollout decisions,
 	// monitoring alerts), oldest first.
-	Audit(q audit.Query) ([]audit.Entry, error)
+	Audit(q api.AuditQuery) ([]api.AuditEntry, error)
 }
 
 var _ ControlPlane = (*controlplane.Server)(nil)
@@ -58,195 +54,119 @@ type RemoteControlPlane struct {
 	HTTP *http.Client
 
 	once sync.Once
-	own  *http.Client
+	c    *client.Client
+	err  error
 }
 
-func (r *RemoteControlPlane) client() *http.Client {
-	if r.HTTP != nil {
-		return r.HTTP
-	}
+// client is the typed API client, made on first use.
+func (r *RemoteControlPlane) client() (*client.Client, error) {
 	r.once.Do(func() {
-		r.own = &http.Client{Timeout: 60 * time.Second, Transport: http.DefaultTransport.(*http.Transport).Clone()}
+		hc := r.HTTP
+		if hc == nil {
+			hc = &http.Client{Timeout: 60 * time.Second, Transport: http.DefaultTransport.(*http.Transport).Clone()}
+		}
+		r.c, r.err = client.New(r.APIURL, client.Options{Token: r.Token, HTTP: hc})
 	})
-	return r.own
+	return r.c, r.err
 }
 
 // CloseIdleConnections closes the client's idle keep-alive connections
 // (Fleet.Stop calls it, so the leak check sees no connection goroutines).
-func (r *RemoteControlPlane) CloseIdleConnections() { r.client().CloseIdleConnections() }
+func (r *RemoteControlPlane) CloseIdleConnections() {
+	if c, err := r.client(); err == nil {
+		c.CloseIdleConnections()
+	}
+}
 
 var _ ControlPlane = (*RemoteControlPlane)(nil)
 
-const maxAnswer = 64 << 20
-
-func (r *RemoteControlPlane) do(ctx context.Context, method, path string, body io.Reader, contentType string, out any) error {
-	hc := r.client()
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(r.APIURL, "/")+path, body)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	req.Header.Set("Authorization", "Bearer "+r.Token)
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
-	if err != nil {
-		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		var e controlplane.ErrorResponse
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return fmt.Errorf("%s %s: %s (HTTP %d)", method, path, e.Error, resp.StatusCode)
-		}
-		return fmt.Errorf("%s %s: HTTP %d", method, path, resp.StatusCode)
-	}
-	if out != nil {
-		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
-		}
-	}
-	return nil
-}
-
-func (r *RemoteControlPlane) doJSON(ctx context.Context, method, path string, in, out any) error {
-	b, err := json.Marshal(in)
-	if err != nil {
-		return err
-	}
-	return r.do(ctx, method, path, bytes.NewReader(b), "application/json", out)
-}
-
 // RegisterDevice implements ControlPlane.
-func (r *RemoteControlPlane) RegisterDevice(id string, labels map[string]string) (controlplane.DeviceCredentials, error) {
-	var c controlplane.DeviceCredentials
-	err := r.doJSON(context.Background(), "POST", "/api/v1/devices", controlplane.RegisterDeviceRequest{ID: id, Labels: labels}, &c)
-	return c, err
+func (r *RemoteControlPlane) RegisterDevice(id string, labels map[string]string) (api.DeviceCredentials, error) {
+	c, err := r.client()
+	if err != nil {
+		return api.DeviceCredentials{}, err
+	}
+	return c.RegisterDevice(context.Background(), id, labels)
 }
 
 // AddModelVersion implements ControlPlane.
-func (r *RemoteControlPlane) AddModelVersion(ctx context.Context, name, version string, model []byte, meta *efpb.Manifest, force bool) (controlplane.ModelVersion, error) {
-	var buf bytes.Buffer
-	mw := multipart.NewWriter(&buf)
-	fw, err := mw.CreateFormFile("model", name+".onnx")
+func (r *RemoteControlPlane) AddModelVersion(ctx context.Context, name, version string, model []byte, meta *efpb.Manifest, force bool) (api.ModelVersion, error) {
+	c, err := r.client()
 	if err != nil {
-		return controlplane.ModelVersion{}, err
+		return api.ModelVersion{}, err
 	}
-	_, _ = fw.Write(model)
+	var mj []byte
 	if meta != nil {
-		mj, err := protojson.Marshal(meta)
-		if err != nil {
-			return controlplane.ModelVersion{}, fmt.Errorf("encode metadata: %w", err)
-		}
-		if err := mw.WriteField("metadata", string(mj)); err != nil {
-			return controlplane.ModelVersion{}, err
+		if mj, err = protojson.Marshal(meta); err != nil {
+			return api.ModelVersion{}, fmt.Errorf("encode metadata: %w", err)
 		}
 	}
-	if err := mw.Close(); err != nil {
-		return controlplane.ModelVersion{}, err
-	}
-	path := "/api/v1/models/" + url.PathEscape(name) + "/versions/" + url.PathEscape(version)
-	if force {
-		path += "?force=true"
-	}
-	var mv controlplane.ModelVersion
-	err = r.do(ctx, "POST", path, &buf, mw.FormDataContentType(), &mv)
-	return mv, err
+	return c.UploadModel(ctx, client.Upload{Name: name, Version: version, Model: bytes.NewReader(model), Metadata: mj, Force: force})
 }
 
 // Deploy implements ControlPlane.
-func (r *RemoteControlPlane) Deploy(ctx context.Context, req controlplane.DeployRequest) (*controlplane.DeployResult, error) {
-	var res controlplane.DeployResult
-	if err := r.doJSON(ctx, "POST", "/api/v1/deployments", req, &res); err != nil {
+func (r *RemoteControlPlane) Deploy(ctx context.Context, req api.DeployRequest) (*api.DeployResult, error) {
+	c, err := r.client()
+	if err != nil {
 		return nil, err
 	}
-	return &res, nil
+	return c.Deploy(ctx, req)
 }
 
 // Devices implements ControlPlane.
-func (r *RemoteControlPlane) Devices(selector string) ([]controlplane.Device, error) {
-	var out []controlplane.Device
-	err := r.do(context.Background(), "GET", "/api/v1/devices?selector="+url.QueryEscape(selector), nil, "", &out)
-	return out, err
+func (r *RemoteControlPlane) Devices(selector string) ([]api.Device, error) {
+	c, err := r.client()
+	if err != nil {
+		return nil, err
+	}
+	return c.Devices(context.Background(), selector)
 }
 
 // Device implements ControlPlane.
-func (r *RemoteControlPlane) Device(id string) (controlplane.Device, error) {
-	var d controlplane.Device
-	err := r.do(context.Background(), "GET", "/api/v1/devices/"+url.PathEscape(id), nil, "", &d)
-	return d, err
+func (r *RemoteControlPlane) Device(id string) (api.Device, error) {
+	c, err := r.client()
+	if err != nil {
+		return api.Device{}, err
+	}
+	return c.Device(context.Background(), id)
 }
 
 // CreateRollout implements ControlPlane; the audit log names the API
 // token, not actor.
-func (r *RemoteControlPlane) CreateRollout(ctx context.Context, spec rollout.Spec, _ string) (*rollout.Status, error) {
-	var st rollout.Status
-	if err := r.doJSON(ctx, "POST", "/api/v1/rollouts", spec, &st); err != nil {
-		return nil, err
-	}
-	return &st, nil
-}
-
-// Rollout implements ControlPlane.
-func (r *RemoteControlPlane) Rollout(id string, withDevices bool) (*rollout.Status, error) {
-	path := "/api/v1/rollouts/" + url.PathEscape(id)
-	if withDevices {
-		path += "?devices=true"
-	}
-	var st rollout.Status
-	if err := r.do(context.Background(), "GET", path, nil, "", &st); err != nil {
-		return nil, err
-	}
-	return &st, nil
-}
-
-// RolloutAction implements ControlPlane: POST /api/v1/rollouts/{id}/{action}
-// (pause, resume, promote, abort or rollback); the audit log names the API
-// token, not actor.
-func (r *RemoteControlPlane) RolloutAction(ctx context.Context, id, action string, req rollout.RollbackRequest, _ string) (*rollout.Status, error) {
-	path := "/api/v1/rollouts/" + url.PathEscape(id) + "/" + url.PathEscape(action)
-	var st rollout.Status
-	var err error
-	if req == (rollout.RollbackRequest{}) {
-		err = r.do(ctx, "POST", path, nil, "", &st)
-	} else {
-		err = r.doJSON(ctx, "POST", path, req, &st)
-	}
+func (r *RemoteControlPlane) CreateRollout(ctx context.Context, spec api.RolloutSpec, _ string) (*api.Rollout, error) {
+	c, err := r.client()
 	if err != nil {
 		return nil, err
 	}
-	return &st, nil
+	return c.CreateRollout(ctx, spec)
 }
 
-// Audit implements ControlPlane: GET /api/v1/audit.
-func (r *RemoteControlPlane) Audit(q audit.Query) ([]audit.Entry, error) {
-	v := url.Values{}
-	if q.Action != "" {
-		v.Set("action", q.Action)
+// Rollout implements ControlPlane.
+func (r *RemoteControlPlane) Rollout(id string, withDevices bool) (*api.Rollout, error) {
+	c, err := r.client()
+	if err != nil {
+		return nil, err
 	}
-	if q.Target != "" {
-		v.Set("target", q.Target)
+	return c.Rollout(context.Background(), id, withDevices)
+}
+
+// RolloutAction implements ControlPlane; the audit log names the API
+// token, not actor.
+func (r *RemoteControlPlane) RolloutAction(ctx context.Context, id string, action api.RolloutAction, req api.RollbackRequest, _ string) (*api.Rollout, error) {
+	c, err := r.client()
+	if err != nil {
+		return nil, err
 	}
-	if !q.Since.IsZero() {
-		v.Set("since", q.Since.UTC().Format(time.RFC3339))
+	return c.RolloutAction(ctx, id, action, req)
+}
+
+// Audit implements ControlPlane.
+func (r *RemoteControlPlane) Audit(q api.AuditQuery) ([]api.AuditEntry, error) {
+	c, err := r.client()
+	if err != nil {
+		return nil, err
 	}
-	if q.Limit > 0 {
-		v.Set("limit", strconv.Itoa(q.Limit))
-	}
-	path := "/api/v1/audit"
-	if len(v) > 0 {
-		path += "?" + v.Encode()
-	}
-	var out []audit.Entry
-	err := r.do(context.Background(), "GET", path, nil, "", &out)
-	return out, err
+	return c.Audit(context.Background(), q)
 }
 
 // Prometheus series MonitorStats reads from an external control plane.
@@ -258,23 +178,17 @@ const (
 // MonitorStats returns the control plane's monitoring ingest counters
 // (since it started) from its Prometheus endpoint, GET /metrics.
 func (r *RemoteControlPlane) MonitorStats(ctx context.Context) (monitor.Stats, error) {
-	hc := r.client()
-	req, err := http.NewRequestWithContext(ctx, "GET", strings.TrimSuffix(r.APIURL, "/")+"/metrics", nil)
+	c, err := r.client()
 	if err != nil {
-		return monitor.Stats{}, fmt.Errorf("GET /metrics: %w", err)
+		return monitor.Stats{}, err
 	}
-	req.Header.Set("Authorization", "Bearer "+r.Token)
-	resp, err := hc.Do(req)
+	text, err := c.Metrics(ctx)
 	if err != nil {
-		return monitor.Stats{}, fmt.Errorf("GET /metrics: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		return monitor.Stats{}, fmt.Errorf("GET /metrics: HTTP %d", resp.StatusCode)
+		return monitor.Stats{}, err
 	}
 	var st monitor.Stats
 	var seen bool
-	sc := bufio.NewScanner(io.LimitReader(resp.Body, maxAnswer))
+	sc := bufio.NewScanner(strings.NewReader(text))
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
 		name, value, ok := strings.Cut(sc.Text(), " ")

@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/agent"
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/infer"
 )
@@ -38,7 +38,7 @@ func TestFleetInMemory(t *testing.T) {
 		ctx := context.Background()
 		_, err = f.ControlPlane().AddModelVersion(ctx, "fraud", "1.0.0", art.ONNX, art.Metadata(), false)
 		require.NoError(t, err)
-		_, err = f.ControlPlane().Deploy(ctx, controlplane.DeployRequest{Model: "fraud", Version: "1.0.0", Selector: "site=site-1"})
+		_, err = f.ControlPlane().Deploy(ctx, api.DeployRequest{Model: "fraud", Version: "1.0.0", Selector: "site=site-1"})
 		require.NoError(t, err)
 		require.Eventually(t, func() bool {
 			for _, m := range f.Members() {

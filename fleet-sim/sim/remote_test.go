@@ -10,8 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/controlplane"
-	"github.com/edgefleet/edgefleet/controlplane/audit"
-	"github.com/edgefleet/edgefleet/controlplane/rollout"
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/infer"
 )
@@ -63,7 +62,7 @@ func TestFleetAgainstRemoteControlPlane(t *testing.T) {
 
 	tr, err := f.StartTraffic(TrafficOptions{Model: "fraud", Rate: 20, Seed: 1})
 	require.NoError(t, err)
-	res, err := remote.Deploy(context.Background(), controlplane.DeployRequest{Model: "fraud", Version: "1.0.0", Selector: "site=site-1"})
+	res, err := remote.Deploy(context.Background(), api.DeployRequest{Model: "fraud", Version: "1.0.0", Selector: "site=site-1"})
 	require.NoError(t, err)
 	require.Len(t, res.Devices, 3)
 	require.Eventually(t, func() bool {
@@ -72,7 +71,7 @@ func TestFleetAgainstRemoteControlPlane(t *testing.T) {
 			return false
 		}
 		for _, d := range list {
-			if r := d.Reported["fraud"]; r == nil || r.ActiveVersion != "1.0.0" || r.State != "active" {
+			if r := d.Reported["fraud"]; r == nil || r.ActiveVersion != "1.0.0" || r.State != api.ModelActive {
 				return false
 			}
 		}
@@ -88,7 +87,7 @@ func TestFleetAgainstRemoteControlPlane(t *testing.T) {
 	assert.Equal(t, "site-1", d.Labels["site"])
 	_, err = remote.Device("dev-9-9")
 	assert.ErrorContains(t, err, "404")
-	entries, err := remote.Audit(audit.Query{Action: "api.POST /api/v1/deployments", Since: time.Now().Add(-time.Hour), Limit: 5})
+	entries, err := remote.Audit(api.AuditQuery{Action: "api.POST /api/v1/deployments", Since: time.Now().Add(-time.Hour), Limit: 5})
 	require.NoError(t, err)
 	require.Len(t, entries, 1)
 	assert.Equal(t, "ok", entries[0].Result)
@@ -115,21 +114,21 @@ func TestFleetAgainstRemoteControlPlane(t *testing.T) {
 	_, err = remote.AddModelVersion(context.Background(), "fraud", "2.0.0", art.ONNX, art.Metadata(), false)
 	require.NoError(t, err)
 	one := 1.0
-	ro, err := remote.CreateRollout(context.Background(), rollout.Spec{Model: "fraud", Version: "2.0.0", Selector: "site=site-1",
-		Stages: []rollout.Stage{{Canary: 1}, {Percent: 100}}, Gates: rollout.Gates{MaxFailureRate: &one}}, "ignored")
+	ro, err := remote.CreateRollout(context.Background(), api.RolloutSpec{Model: "fraud", Version: "2.0.0", Selector: "site=site-1",
+		Stages: []api.RolloutStage{{Canary: 1}, {Percent: 100}}, Gates: api.Gates{MaxFailureRate: &one}}, "ignored")
 	require.NoError(t, err)
-	_, err = remote.RolloutAction(context.Background(), ro.ID, "pause", rollout.RollbackRequest{}, "ignored")
+	_, err = remote.RolloutAction(context.Background(), ro.ID, "pause", api.RollbackRequest{}, "ignored")
 	require.NoError(t, err)
 	got, err := remote.Rollout(ro.ID, true)
 	require.NoError(t, err)
-	assert.Equal(t, rollout.StatePaused, got.State)
-	_, err = remote.RolloutAction(context.Background(), ro.ID, "promote", rollout.RollbackRequest{}, "ignored")
+	assert.Equal(t, api.RolloutPaused, got.State)
+	_, err = remote.RolloutAction(context.Background(), ro.ID, "promote", api.RollbackRequest{}, "ignored")
 	assert.ErrorContains(t, err, "409", "a paused rollout cannot be promoted")
-	_, err = remote.RolloutAction(context.Background(), ro.ID, "rollback", rollout.RollbackRequest{Device: "dev-9-9"}, "ignored")
+	_, err = remote.RolloutAction(context.Background(), ro.ID, "rollback", api.RollbackRequest{Device: "dev-9-9"}, "ignored")
 	assert.ErrorContains(t, err, `device "dev-9-9" was not assigned`, "the narrowing body reached the API")
-	got, err = remote.RolloutAction(context.Background(), ro.ID, "rollback", rollout.RollbackRequest{}, "ignored")
+	got, err = remote.RolloutAction(context.Background(), ro.ID, "rollback", api.RollbackRequest{}, "ignored")
 	require.NoError(t, err)
-	assert.Equal(t, rollout.StateRolledBack, got.State)
+	assert.Equal(t, api.RolloutRolledBack, got.State)
 
 	require.NoError(t, f.Stop())
 	rep, err := f.LeakCheck(10 * time.Second)

@@ -1,12 +1,9 @@
-package controlplane
+package api
 
 import (
 	"encoding/json"
 	"time"
 )
-
-// The REST API's JSON documents. The CLI decodes the same types, so the two
-// cannot drift apart; docs/openapi.yaml describes them.
 
 // RegisterDeviceRequest is the body of POST /api/v1/devices.
 type RegisterDeviceRequest struct {
@@ -14,9 +11,9 @@ type RegisterDeviceRequest struct {
 	Labels map[string]string `json:"labels,omitempty"`
 }
 
-// DeviceCredentials is the answer to a device registration: everything an
-// agent needs to connect. The password is shown once; only its salted hash
-// is stored.
+// DeviceCredentials is the answer to a device registration or enrollment:
+// everything an agent needs to connect. The password is shown once; only
+// its salted hash is stored.
 type DeviceCredentials struct {
 	ID            string `json:"id"`
 	Username      string `json:"username"`
@@ -35,11 +32,11 @@ type Device struct {
 	Desired *DesiredSummary `json:"desired,omitempty"`
 	// Reported is the latest status event per model name.
 	Reported map[string]*ModelStatus `json:"reported,omitempty"`
-	// Online is what the device's presence and traffic say since this
-	// control plane started (every device starts offline).
 	// LastRefusal is the newest device-level refusal the device reported
 	// (a desired state refused as replayed, expired or badly signed).
-	LastRefusal  *Refusal          `json:"last_refusal,omitempty"`
+	LastRefusal *Refusal `json:"last_refusal,omitempty"`
+	// Online is what the device's presence and traffic say since this
+	// control plane started (every device starts offline).
 	Online       bool              `json:"online"`
 	LastSeen     time.Time         `json:"last_seen,omitzero"`
 	AgentVersion string            `json:"agent_version,omitempty"`
@@ -63,6 +60,20 @@ type DesiredSummary struct {
 	Expires    time.Time    `json:"expires"`
 }
 
+// Version is the version of model name in the desired state ("" if the
+// state does not assign that model).
+func (d *DesiredSummary) Version(name string) string {
+	if d == nil {
+		return ""
+	}
+	for _, a := range d.Models {
+		if a.Name == name {
+			return a.Version
+		}
+	}
+	return ""
+}
+
 // Assignment names one model version a device should run.
 type Assignment struct {
 	Name    string `json:"name"`
@@ -71,9 +82,7 @@ type Assignment struct {
 
 // ModelStatus is a device's latest reported lifecycle state of one model.
 type ModelStatus struct {
-	// State is idle, downloading, verifying, staging, active, failed or
-	// rolled-back.
-	State string `json:"state"`
+	State ModelState `json:"state"`
 	// TargetVersion is the version the event is about; ActiveVersion is what
 	// serves inference after it.
 	TargetVersion string    `json:"target_version,omitempty"`
@@ -99,12 +108,20 @@ type TelemetrySummary struct {
 
 // ActiveModelStats are a device's counters for one loaded model.
 type ActiveModelStats struct {
-	Name       string `json:"name"`
-	Version    string `json:"version"`
-	State      string `json:"state"`
-	Inferences uint64 `json:"inferences"`
-	Errors     uint64 `json:"errors"`
-	Rejects    uint64 `json:"rejects"`
+	Name       string     `json:"name"`
+	Version    string     `json:"version"`
+	State      ModelState `json:"state"`
+	Inferences uint64     `json:"inferences"`
+	Errors     uint64     `json:"errors"`
+	Rejects    uint64     `json:"rejects"`
+}
+
+// RevokeResult is the answer to POST /api/v1/devices/{id}/revoke.
+type RevokeResult struct {
+	ID string `json:"id"`
+	// Disconnected reports that a live session was closed (embedded broker
+	// only; an external broker's ACL/password file must be updated there).
+	Disconnected bool `json:"disconnected"`
 }
 
 // ModelVersion describes an uploaded model version.
@@ -137,6 +154,16 @@ type UploadChecks struct {
 	Error string `json:"error,omitempty"`
 }
 
+// Upload multipart parts: POST /api/v1/models/{name}/versions/{version}
+// takes the ONNX bytes in PartModel and optional metadata (a protojson
+// manifest with only the fields the model's producer knows) in
+// PartMetadata; the query parameter force=true stores a model that fails
+// its checks.
+const (
+	PartModel    = "model"
+	PartMetadata = "metadata"
+)
+
 // DeployRequest is the body of POST /api/v1/deployments: a model version and
 // either explicit device ids or a label selector.
 type DeployRequest struct {
@@ -160,9 +187,4 @@ type DeployedDevice struct {
 	ID           string `json:"id"`
 	Generation   uint64 `json:"generation"`
 	PublishError string `json:"publish_error,omitempty"`
-}
-
-// ErrorResponse is the body of every 4xx and 5xx answer.
-type ErrorResponse struct {
-	Error string `json:"error"`
 }
