@@ -69,7 +69,7 @@ func TestRegisterDevice(t *testing.T) {
 	assert.Equal(t, "ef/v1", creds.TopicPrefix)
 	root, err := signing.ParsePublicKeyPEM([]byte(creds.RootPublicKey))
 	require.NoError(t, err)
-	assert.Equal(t, ts.keys.rootPub, root)
+	assert.Equal(t, ts.keys.RootPub, root)
 
 	code, body := ts.doJSON("POST", "/api/v1/devices", api.RegisterDeviceRequest{ID: "dev-1"}, nil)
 	assert.Equal(t, http.StatusConflict, code)

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/keys"
 	"github.com/edgefleet/edgefleet/internal/labels"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/internal/store"
@@ -155,11 +156,11 @@ func (s *Server) issueDesired(ids []string, change func([]*efpb.ModelAssignment)
 				IssuedUnix:      now.Unix(),
 				ExpiresUnix:     now.Add(s.opts.DesiredTTL).Unix(),
 			}
-			env, err := signing.SignMessage(efpb.PayloadTypeDesired, d, s.keys.control)
+			env, err := signing.SignMessage(efpb.PayloadTypeDesired, d, s.keys.Control)
 			if err != nil {
 				return err
 			}
-			if _, err := s.keys.verifier.VerifyDesired(env, now); err != nil {
+			if _, err := s.keys.Verifier.VerifyDesired(env, now); err != nil {
 				return fmt.Errorf("the signed desired state does not verify with the trust bundle: %w", err)
 			}
 			envBytes, err := proto.Marshal(env)
@@ -203,7 +204,7 @@ func desiredPayload(envBytes []byte) (*efpb.DesiredState, error) {
 // The embedded broker keeps retained messages in memory only, so this runs
 // at every start, and after every reconnect to an external broker.
 func (s *Server) publishRetained(ctx context.Context) error {
-	if err := s.bus.Publish(ctx, s.scheme.Trust(), s.keys.bundleBytes, true); err != nil {
+	if err := s.bus.Publish(ctx, s.scheme.Trust(), s.keys.BundleBytes, true); err != nil {
 		return fmt.Errorf("publish trust bundle: %w", err)
 	}
 	recs := s.models.all()
@@ -242,7 +243,7 @@ func (s *Server) publishRetained(ctx context.Context) error {
 func (s *Server) renew(ctx context.Context) error {
 	now := s.clock()
 	for _, rec := range s.models.all() {
-		if rec.Expires.Sub(now) >= s.opts.ManifestTTL/3 && signedBy(rec.Envelope, s.keys.release.ID) {
+		if rec.Expires.Sub(now) >= s.opts.ManifestTTL/3 && keys.SignedBy(rec.Envelope, s.keys.Release.ID) {
 			continue // re-signed when expiring or after a release-key rotation
 		}
 		if err := s.renewManifest(ctx, rec, now); err != nil {
@@ -280,7 +281,7 @@ func (s *Server) renewManifest(ctx context.Context, rec *modelRecord, now time.T
 		return fmt.Errorf("renew manifest: %w", err)
 	}
 	m.ExpiresUnix = now.Add(s.opts.ManifestTTL).Unix()
-	env, err := signing.SignMessage(efpb.PayloadTypeManifest, m, s.keys.release)
+	env, err := signing.SignMessage(efpb.PayloadTypeManifest, m, s.keys.Release)
 	if err != nil {
 		return fmt.Errorf("renew manifest %s %s: %w", rec.Name, rec.Version, err)
 	}
@@ -312,4 +313,14 @@ func issuedIDs(issued []issuedState) []string {
 		ids[i] = d.id
 	}
 	return ids
+}
+
+// desiredSignedByOldKey reports whether device id's stored desired state
+// was signed by a control key other than the current one.
+func (s *Server) desiredSignedByOldKey(id string) bool {
+	var rec desiredRecord
+	if err := s.kv.GetJSON(prefixDesired+id, &rec); err != nil {
+		return false
+	}
+	return !keys.SignedBy(rec.Envelope, s.keys.Control.ID)
 }

@@ -150,7 +150,7 @@ func (s *Server) credentials(id, password string) api.DeviceCredentials {
 		Password:      password,
 		BrokerURL:     s.BrokerURL(),
 		TopicPrefix:   s.scheme.Prefix,
-		RootPublicKey: s.keys.rootPEM,
+		RootPublicKey: s.keys.RootPEM,
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/keys"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -29,10 +30,10 @@ func TestRotatedKeysArePublishedAndDocumentsResigned(t *testing.T) {
 	c.Disconnect(50)
 	first.stop()
 
-	keys := filepath.Join(dir, "keys")
-	_, err := RotateKey(keys, efpb.Role_ROLE_RELEASE, time.Now(), time.Hour*24)
+	keyDir := filepath.Join(dir, "keys")
+	_, err := keys.Rotate(keyDir, efpb.Role_ROLE_RELEASE, time.Now(), time.Hour*24)
 	require.NoError(t, err)
-	b, err := RotateKey(keys, efpb.Role_ROLE_CONTROL, time.Now(), time.Hour*24)
+	b, err := keys.Rotate(keyDir, efpb.Role_ROLE_CONTROL, time.Now(), time.Hour*24)
 	require.NoError(t, err)
 	require.Equal(t, uint64(3), b.Version)
 

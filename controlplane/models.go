@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -271,11 +272,11 @@ func (s *Server) addModelVersion(ctx context.Context, name, version string, mode
 		s.log.Warn("model failed its checks; stored because force was set", "model", name, "version", version, "err", err)
 	}
 
-	env, err := signing.SignMessage(efpb.PayloadTypeManifest, m, s.keys.release)
+	env, err := signing.SignMessage(efpb.PayloadTypeManifest, m, s.keys.Release)
 	if err != nil {
 		return nil, fmt.Errorf("add model %s %s: %w", name, version, err)
 	}
-	if _, err := s.keys.verifier.VerifyManifest(env, now); err != nil {
+	if _, err := s.keys.Verifier.VerifyManifest(env, now); err != nil {
 		return nil, fmt.Errorf("add model %s %s: the signed manifest does not verify with the trust bundle: %w", name, version, err)
 	}
 	envBytes, err := proto.Marshal(env)
@@ -354,9 +355,14 @@ func (s *Server) writeBlob(sum string, model []byte) error {
 
 // readBlob reads a model file and checks it still hashes to its name.
 func (s *Server) readBlob(sum string, size uint64) ([]byte, error) {
-	data, err := readFileMax(s.blobPath(sum), int64(size))
+	f, err := os.Open(s.blobPath(sum))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("read model file: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, int64(size)+1))
+	if err != nil {
+		return nil, fmt.Errorf("read model file: %w", err)
 	}
 	got := sha256.Sum256(data)
 	if hex.EncodeToString(got[:]) != sum || uint64(len(data)) != size {

@@ -63,7 +63,7 @@ func TestManifestPublishedRetainedAndVerifies(t *testing.T) {
 	assert.InDelta(t, time.Now().Add(DefaultManifestTTL).Unix(), m.ExpiresUnix, 60)
 
 	// Signed with the control key instead, it must not verify as a manifest.
-	forged, err := signing.SignMessage(efpb.PayloadTypeManifest, m, ts.keys.control)
+	forged, err := signing.SignMessage(efpb.PayloadTypeManifest, m, ts.keys.Control)
 	require.NoError(t, err)
 	_, err = v.VerifyManifest(forged, time.Now())
 	assert.ErrorIs(t, err, signing.ErrThreshold)
@@ -213,7 +213,7 @@ func addRawModel(t *testing.T, ts *testServer, name, version string, model []byt
 	m := &efpb.Manifest{ProtocolVersion: efpb.ProtocolVersion, Name: name, Version: version,
 		CreatedUnix: time.Now().Unix(), ExpiresUnix: time.Now().Add(time.Hour).Unix()}
 	transfer.FillManifest(m, model, transfer.DefaultChunkSize)
-	env, err := signing.SignMessage(efpb.PayloadTypeManifest, m, ts.keys.release)
+	env, err := signing.SignMessage(efpb.PayloadTypeManifest, m, ts.keys.Release)
 	require.NoError(t, err)
 	envBytes, err := proto.Marshal(env)
 	require.NoError(t, err)
@@ -547,7 +547,7 @@ func TestRenewExtendsExpiringDocuments(t *testing.T) {
 	require.NoError(t, ts.renew(context.Background()))
 	after := ts.models.get("fraud", "v1")
 	assert.Equal(t, later.Add(DefaultManifestTTL).Unix(), after.Expires.Unix())
-	m, err := ts.keys.verifier.VerifyManifest(mustEnvelope(t, after.Envelope), later)
+	m, err := ts.keys.Verifier.VerifyManifest(mustEnvelope(t, after.Envelope), later)
 	require.NoError(t, err)
 	assert.Equal(t, before.SHA256, hex.EncodeToString(m.Sha256), "same model")
 	d, _ = ts.reg.get("dev-1")

@@ -43,7 +43,7 @@ func (s *Server) RegisterDevice(id string, lbls map[string]string) (api.DeviceCr
 		Password:      password,
 		BrokerURL:     s.BrokerURL(),
 		TopicPrefix:   s.scheme.Prefix,
-		RootPublicKey: s.keys.rootPEM,
+		RootPublicKey: s.keys.RootPEM,
 	}, nil
 }
 

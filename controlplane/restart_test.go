@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/keys"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -71,13 +72,13 @@ func TestRestartRestoresState(t *testing.T) {
 
 func TestServeWithoutRootPrivateKey(t *testing.T) {
 	dir := t.TempDir()
-	keys := filepath.Join(dir, "keys")
-	rootPub, err := InitKeys(keys, time.Now(), 0)
+	keyDir := filepath.Join(dir, "keys")
+	rootPub, err := keys.Init(keyDir, time.Now(), 0)
 	require.NoError(t, err)
-	_, err = InitKeys(keys, time.Now(), 0)
+	_, err = keys.Init(keyDir, time.Now(), 0)
 	require.ErrorContains(t, err, "refusing to replace keys")
 	// Production layout: root.key never reaches the control plane.
-	require.NoError(t, os.Rename(filepath.Join(keys, RootKeyFile), filepath.Join(t.TempDir(), RootKeyFile)))
+	require.NoError(t, os.Rename(filepath.Join(keyDir, keys.RootKeyFile), filepath.Join(t.TempDir(), keys.RootKeyFile)))
 
 	ts := newTestServer(t, func(o *Options) { o.DataDir = dir })
 	creds := ts.register("dev-1", nil)
@@ -91,33 +92,33 @@ func TestServeWithoutRootPrivateKey(t *testing.T) {
 func TestKeysMismatchIsRefused(t *testing.T) {
 	tests := []struct {
 		name   string
-		mutate func(t *testing.T, keys string)
+		mutate func(t *testing.T, keyDir string)
 		want   string
 	}{
-		{"control key not in bundle", func(t *testing.T, keys string) {
+		{"control key not in bundle", func(t *testing.T, keyDir string) {
 			k, err := signing.GenerateKey(nil)
 			require.NoError(t, err)
-			require.NoError(t, os.Remove(filepath.Join(keys, ControlKeyFile)))
-			require.NoError(t, signing.WritePrivateKeyFile(filepath.Join(keys, ControlKeyFile), k))
+			require.NoError(t, os.Remove(filepath.Join(keyDir, keys.ControlKeyFile)))
+			require.NoError(t, signing.WritePrivateKeyFile(filepath.Join(keyDir, keys.ControlKeyFile), k))
 		}, "control.key (key id"},
-		{"bundle signed by another root", func(t *testing.T, keys string) {
+		{"bundle signed by another root", func(t *testing.T, keyDir string) {
 			other, err := signing.GenerateKey(nil)
 			require.NoError(t, err)
-			require.NoError(t, os.Remove(filepath.Join(keys, RootKeyFile)))
-			require.NoError(t, signing.WritePublicKeyFile(filepath.Join(keys, RootPubFile), other.Public))
+			require.NoError(t, os.Remove(filepath.Join(keyDir, keys.RootKeyFile)))
+			require.NoError(t, signing.WritePublicKeyFile(filepath.Join(keyDir, keys.RootPubFile), other.Public))
 		}, "does not verify with the root public key"},
-		{"missing release key", func(t *testing.T, keys string) {
-			require.NoError(t, os.Remove(filepath.Join(keys, ReleaseKeyFile)))
+		{"missing release key", func(t *testing.T, keyDir string) {
+			require.NoError(t, os.Remove(filepath.Join(keyDir, keys.ReleaseKeyFile)))
 		}, "missing release.key"},
-		{"corrupt bundle", func(t *testing.T, keys string) {
-			require.NoError(t, os.WriteFile(filepath.Join(keys, TrustBundleFile), []byte("garbage"), 0o644))
+		{"corrupt bundle", func(t *testing.T, keyDir string) {
+			require.NoError(t, os.WriteFile(filepath.Join(keyDir, keys.TrustBundleFile), []byte("garbage"), 0o644))
 		}, "trust.bundle is not a trust bundle envelope"},
-		{"expired bundle", func(t *testing.T, keys string) {
-			root, err := signing.ReadPrivateKeyFile(filepath.Join(keys, RootKeyFile))
+		{"expired bundle", func(t *testing.T, keyDir string) {
+			root, err := signing.ReadPrivateKeyFile(filepath.Join(keyDir, keys.RootKeyFile))
 			require.NoError(t, err)
-			rel, err := signing.ReadPrivateKeyFile(filepath.Join(keys, ReleaseKeyFile))
+			rel, err := signing.ReadPrivateKeyFile(filepath.Join(keyDir, keys.ReleaseKeyFile))
 			require.NoError(t, err)
-			ctl, err := signing.ReadPrivateKeyFile(filepath.Join(keys, ControlKeyFile))
+			ctl, err := signing.ReadPrivateKeyFile(filepath.Join(keyDir, keys.ControlKeyFile))
 			require.NoError(t, err)
 			b := signing.NewTrustBundle(1, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour),
 				[]ed25519.PublicKey{root.Public}, []ed25519.PublicKey{rel.Public}, []ed25519.PublicKey{ctl.Public})
@@ -125,16 +126,16 @@ func TestKeysMismatchIsRefused(t *testing.T) {
 			require.NoError(t, err)
 			raw, err := proto.Marshal(env)
 			require.NoError(t, err)
-			require.NoError(t, os.WriteFile(filepath.Join(keys, TrustBundleFile), raw, 0o644))
+			require.NoError(t, os.WriteFile(filepath.Join(keyDir, keys.TrustBundleFile), raw, 0o644))
 		}, "expired"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			keys := filepath.Join(dir, "keys")
-			_, err := InitKeys(keys, time.Now(), 0)
+			keyDir := filepath.Join(dir, "keys")
+			_, err := keys.Init(keyDir, time.Now(), 0)
 			require.NoError(t, err)
-			tt.mutate(t, keys)
+			tt.mutate(t, keyDir)
 			_, err = New(Options{DataDir: dir})
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tt.want)
@@ -145,14 +146,14 @@ func TestKeysMismatchIsRefused(t *testing.T) {
 func TestInitKeysBundle(t *testing.T) {
 	dir := t.TempDir()
 	now := time.Now()
-	rootPub, err := InitKeys(dir, now, 24*time.Hour)
+	rootPub, err := keys.Init(dir, now, 24*time.Hour)
 	require.NoError(t, err)
-	for _, f := range []string{RootKeyFile, ReleaseKeyFile, ControlKeyFile} {
+	for _, f := range []string{keys.RootKeyFile, keys.ReleaseKeyFile, keys.ControlKeyFile} {
 		st, err := os.Stat(filepath.Join(dir, f))
 		require.NoError(t, err)
 		assert.Equal(t, os.FileMode(0o600), st.Mode().Perm(), f)
 	}
-	raw, err := os.ReadFile(filepath.Join(dir, TrustBundleFile))
+	raw, err := os.ReadFile(filepath.Join(dir, keys.TrustBundleFile))
 	require.NoError(t, err)
 	env := &efpb.Envelope{}
 	require.NoError(t, proto.Unmarshal(raw, env))

@@ -23,6 +23,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane/audit"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
+	"github.com/edgefleet/edgefleet/controlplane/keys"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
 	"github.com/edgefleet/edgefleet/internal/infer"
@@ -134,7 +135,7 @@ type Server struct {
 	log    *slog.Logger
 	scheme topics.Scheme
 	clock  func() time.Time
-	keys   *keySet
+	keys   *keys.Set
 
 	metrics  *metrics
 	dropped  atomic.Uint64
@@ -256,7 +257,7 @@ func New(opts Options) (*Server, error) {
 			return nil, fmt.Errorf("controlplane: %w", err)
 		}
 	}
-	keys, err := loadKeys(filepath.Join(opts.DataDir, "keys"), opts.Clock(), log)
+	keys, err := keys.Load(filepath.Join(opts.DataDir, "keys"), opts.Clock(), log)
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
@@ -363,7 +364,7 @@ func (s *Server) BrokerURL() string {
 
 // RootPublicKeyPEM is the fleet's root public key, the one key devices are
 // provisioned with.
-func (s *Server) RootPublicKeyPEM() string { return s.keys.rootPEM }
+func (s *Server) RootPublicKeyPEM() string { return s.keys.RootPEM }
 
 // Run starts everything, serves until ctx ends, then shuts down in order
 // and waits for every goroutine it started. It returns nil after a shutdown

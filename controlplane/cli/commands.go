@@ -19,9 +19,9 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/edgefleet/edgefleet/agent"
-	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/client"
+	"github.com/edgefleet/edgefleet/controlplane/keys"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/labels"
 	"github.com/edgefleet/edgefleet/internal/signing"
@@ -31,7 +31,7 @@ import (
 func (a *app) keysInit(args []string) error {
 	fs := a.flagSet("edgefleet keys init")
 	dir := fs.String("dir", "", "directory to create the keys in (required)")
-	ttl := fs.Duration("ttl", controlplane.DefaultTrustBundleTTL, "validity of the trust bundle")
+	ttl := fs.Duration("ttl", keys.DefaultTrustBundleTTL, "validity of the trust bundle")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -45,14 +45,14 @@ func (a *app) keysInit(args []string) error {
 	if *ttl <= 0 {
 		return usagef("--ttl must be positive")
 	}
-	root, err := controlplane.InitKeys(*dir, time.Now(), *ttl)
+	root, err := keys.Init(*dir, time.Now(), *ttl)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(a.stdout, "Created the fleet keys in %s.\n\n", *dir)
-	fmt.Fprintf(a.stdout, "Keep %s offline: it signs trust bundles and is needed only to change keys.\n", controlplane.RootKeyFile)
+	fmt.Fprintf(a.stdout, "Keep %s offline: it signs trust bundles and is needed only to change keys.\n", keys.RootKeyFile)
 	fmt.Fprintf(a.stdout, "Copy %s, %s, %s and %s to the control plane's <data-dir>/keys/.\n\n",
-		controlplane.ReleaseKeyFile, controlplane.ControlKeyFile, controlplane.RootPubFile, controlplane.TrustBundleFile)
+		keys.ReleaseKeyFile, keys.ControlKeyFile, keys.RootPubFile, keys.TrustBundleFile)
 	fmt.Fprintf(a.stdout, "Root public key (devices are provisioned with it):\n%s", signing.EncodePublicKeyPEM(root))
 	return nil
 }

@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/keys"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -16,7 +16,7 @@ func (a *app) keysRotate(args []string) error {
 	fs := a.flagSet("edgefleet keys rotate")
 	dir := fs.String("dir", "", "keys directory holding root.key and trust.bundle (required; run where root.key is kept)")
 	role := fs.String("role", "", "key to replace: release, control or root")
-	ttl := fs.Duration("ttl", controlplane.DefaultTrustBundleTTL, "validity of the new trust bundle")
+	ttl := fs.Duration("ttl", keys.DefaultTrustBundleTTL, "validity of the new trust bundle")
 	fs.Usage = func() {
 		fmt.Fprintln(a.stderr, "Usage: edgefleet keys rotate --role release|control|root --dir KEYS [--ttl D]\n\nReplaces one key and writes trust bundle version N+1, signed by the current root (and by the\nnew root when the root rotates). The replaced private key is kept as <file>.v<N>. Copy the new\nkey and trust.bundle to the control plane's <data-dir>/keys and restart it: it publishes the\nbundle and agents follow it; the old key's signatures are refused afterwards.\n\nFlags:")
 		fs.PrintDefaults()
@@ -45,7 +45,7 @@ func (a *app) keysRotate(args []string) error {
 	if *ttl <= 0 {
 		return usagef("--ttl must be positive")
 	}
-	b, err := controlplane.RotateKey(*dir, r, time.Now(), *ttl)
+	b, err := keys.Rotate(*dir, r, time.Now(), *ttl)
 	if err != nil {
 		return err
 	}
@@ -53,7 +53,7 @@ func (a *app) keysRotate(args []string) error {
 		b.Version, time.Unix(b.ExpiresUnix, 0).UTC().Format(time.RFC3339))
 	if r == efpb.Role_ROLE_ROOT {
 		fmt.Fprintf(a.stdout, "New root public key (provision new devices with it; existing devices follow the bundle):\n%s",
-			signing.EncodePublicKeyPEM(mustReadPub(filepath.Join(*dir, controlplane.RootPubFile))))
+			signing.EncodePublicKeyPEM(mustReadPub(filepath.Join(*dir, keys.RootPubFile))))
 	}
 	return nil
 }

@@ -12,13 +12,14 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/keys"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
 func readBundle(t *testing.T, dir string) *efpb.Envelope {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, controlplane.TrustBundleFile))
+	b, err := os.ReadFile(filepath.Join(dir, keys.TrustBundleFile))
 	require.NoError(t, err)
 	env := &efpb.Envelope{}
 	require.NoError(t, proto.Unmarshal(b, env))
@@ -48,12 +49,12 @@ func TestKeysRotate(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "keys")
 	code, _, stderr := cli(t, "keys", "init", "--dir", dir)
 	require.Equal(t, 0, code, stderr)
-	rootPub, err := signing.ReadPublicKeyFile(filepath.Join(dir, controlplane.RootPubFile))
+	rootPub, err := signing.ReadPublicKeyFile(filepath.Join(dir, keys.RootPubFile))
 	require.NoError(t, err)
 	agent := signing.NewVerifier(rootPub)
 	_, err = agent.UpdateTrustBundle(readBundle(t, dir), time.Now())
 	require.NoError(t, err)
-	oldRelease := readKey(t, filepath.Join(dir, controlplane.ReleaseKeyFile))
+	oldRelease := readKey(t, filepath.Join(dir, keys.ReleaseKeyFile))
 	oldManifest := signedManifest(t, oldRelease)
 	_, err = agent.VerifyManifest(oldManifest, time.Now())
 	require.NoError(t, err)
@@ -67,13 +68,13 @@ func TestKeysRotate(t *testing.T) {
 	assert.Equal(t, uint64(2), b.Version)
 	_, err = agent.VerifyManifest(oldManifest, time.Now())
 	assert.Error(t, err, "manifests signed by the rotated-out release key are refused")
-	newRelease := readKey(t, filepath.Join(dir, controlplane.ReleaseKeyFile))
+	newRelease := readKey(t, filepath.Join(dir, keys.ReleaseKeyFile))
 	_, err = agent.VerifyManifest(signedManifest(t, newRelease), time.Now())
 	assert.NoError(t, err)
-	assert.FileExists(t, filepath.Join(dir, controlplane.ReleaseKeyFile+".v1"), "the old key is kept")
+	assert.FileExists(t, filepath.Join(dir, keys.ReleaseKeyFile+".v1"), "the old key is kept")
 
 	// Root: signed by the old and the new root.
-	oldRoot := readKey(t, filepath.Join(dir, controlplane.RootKeyFile))
+	oldRoot := readKey(t, filepath.Join(dir, keys.RootKeyFile))
 	code, out, stderr = cli(t, "keys", "rotate", "--role", "root", "--dir", dir)
 	require.Equal(t, 0, code, stderr)
 	assert.Contains(t, out, "New root public key")
@@ -81,7 +82,7 @@ func TestKeysRotate(t *testing.T) {
 	assert.Len(t, env.Signatures, 2)
 	_, err = agent.UpdateTrustBundle(env, time.Now())
 	require.NoError(t, err)
-	newRootPub, err := signing.ReadPublicKeyFile(filepath.Join(dir, controlplane.RootPubFile))
+	newRootPub, err := signing.ReadPublicKeyFile(filepath.Join(dir, keys.RootPubFile))
 	require.NoError(t, err)
 	assert.NotEqual(t, oldRoot.Public, newRootPub)
 
@@ -118,7 +119,7 @@ func TestKeysRotateErrors(t *testing.T) {
 	code, _, _ = cli(t, "keys", "rotate", "--role", "release")
 	assert.Equal(t, 2, code)
 
-	require.NoError(t, os.Remove(filepath.Join(dir, controlplane.RootKeyFile)))
+	require.NoError(t, os.Remove(filepath.Join(dir, keys.RootKeyFile)))
 	code, _, stderr = cli(t, "keys", "rotate", "--role", "release", "--dir", dir)
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stderr, "offline")

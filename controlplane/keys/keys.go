@@ -1,4 +1,8 @@
-package controlplane
+// Package keys manages the fleet's signing keys on disk: it creates them
+// (Init), rotates one role's key into the next root-signed trust bundle
+// (Rotate), and loads the set the control plane signs and publishes with
+// (Load). The control plane and the CLI's keys commands import it.
+package keys
 
 import (
 	"crypto/ed25519"
@@ -36,13 +40,13 @@ const DefaultTrustBundleTTL = 2 * 365 * 24 * time.Hour
 // maxTrustBundleFile bounds the trust bundle file read at start.
 const maxTrustBundleFile = 1 << 20
 
-// InitKeys creates a fleet's keys in dir: root, release and control key
+// Init creates a fleet's keys in dir: root, release and control key
 // pairs, root.pub, and trust.bundle (version 1, signed by root, valid from
 // now for ttl; ttl <= 0 means DefaultTrustBundleTTL). It refuses to replace
 // any existing key file. In production run it on an offline machine and
 // copy only release.key, control.key, root.pub and trust.bundle to the
 // control plane's DataDir/keys; root.key stays offline.
-func InitKeys(dir string, now time.Time, ttl time.Duration) (rootPub ed25519.PublicKey, err error) {
+func Init(dir string, now time.Time, ttl time.Duration) (rootPub ed25519.PublicKey, err error) {
 	if ttl <= 0 {
 		ttl = DefaultTrustBundleTTL
 	}
@@ -89,23 +93,25 @@ func InitKeys(dir string, now time.Time, ttl time.Duration) (rootPub ed25519.Pub
 	return root.Public, nil
 }
 
-// keySet is what the control plane signs and publishes with. Immutable
-// after loadKeys.
-type keySet struct {
-	rootPub     ed25519.PublicKey
-	rootPEM     string
-	release     *signing.KeyPair
-	control     *signing.KeyPair
-	bundleBytes []byte            // the trust bundle envelope as published
-	bundle      *efpb.TrustBundle // decoded, for expiry warnings
-	// verifier trusts rootPub and the bundle; the control plane checks what
+// Set is what the control plane signs and publishes with. Immutable after
+// Load.
+type Set struct {
+	RootPub ed25519.PublicKey
+	RootPEM string
+	Release *signing.KeyPair
+	Control *signing.KeyPair
+	// BundleBytes is the trust bundle envelope as published; Bundle is its
+	// payload.
+	BundleBytes []byte
+	Bundle      *efpb.TrustBundle
+	// Verifier trusts RootPub and the bundle; the control plane checks what
 	// it signs with it before publishing, as an agent would.
-	verifier *signing.Verifier
+	Verifier *signing.Verifier
 }
 
-// loadKeys reads dir, generating a complete key set first when dir holds
-// no keys at all.
-func loadKeys(dir string, now time.Time, log *slog.Logger) (*keySet, error) {
+// Load reads dir, generating a complete key set first when dir holds no
+// keys at all (and warning that root.key belongs offline).
+func Load(dir string, now time.Time, log *slog.Logger) (*Set, error) {
 	present := map[string]bool{}
 	for _, name := range []string{RootKeyFile, RootPubFile, ReleaseKeyFile, ControlKeyFile, TrustBundleFile} {
 		_, err := os.Lstat(filepath.Join(dir, name))
@@ -117,7 +123,7 @@ func loadKeys(dir string, now time.Time, log *slog.Logger) (*keySet, error) {
 		}
 	}
 	if len(present) == 0 {
-		if _, err := InitKeys(dir, now, DefaultTrustBundleTTL); err != nil {
+		if _, err := Init(dir, now, DefaultTrustBundleTTL); err != nil {
 			return nil, fmt.Errorf("load keys: %w", err)
 		}
 		log.Warn("generated a new fleet key set; root.key belongs offline: move it off this machine once devices are provisioned (edgefleet keys init creates keys on another machine)",
@@ -137,52 +143,52 @@ func loadKeys(dir string, now time.Time, log *slog.Logger) (*keySet, error) {
 		}
 	}
 
-	ks := &keySet{}
+	ks := &Set{}
 	var err error
 	if present[RootKeyFile] || len(present) == 0 {
 		root, err := signing.ReadPrivateKeyFile(filepath.Join(dir, RootKeyFile))
 		if err != nil {
 			return nil, fmt.Errorf("load keys: %w", err)
 		}
-		ks.rootPub = root.Public
-	} else if ks.rootPub, err = signing.ReadPublicKeyFile(filepath.Join(dir, RootPubFile)); err != nil {
+		ks.RootPub = root.Public
+	} else if ks.RootPub, err = signing.ReadPublicKeyFile(filepath.Join(dir, RootPubFile)); err != nil {
 		return nil, fmt.Errorf("load keys: %w", err)
 	}
-	ks.rootPEM = string(signing.EncodePublicKeyPEM(ks.rootPub))
-	if ks.release, err = signing.ReadPrivateKeyFile(filepath.Join(dir, ReleaseKeyFile)); err != nil {
+	ks.RootPEM = string(signing.EncodePublicKeyPEM(ks.RootPub))
+	if ks.Release, err = signing.ReadPrivateKeyFile(filepath.Join(dir, ReleaseKeyFile)); err != nil {
 		return nil, fmt.Errorf("load keys: %w", err)
 	}
-	if ks.control, err = signing.ReadPrivateKeyFile(filepath.Join(dir, ControlKeyFile)); err != nil {
+	if ks.Control, err = signing.ReadPrivateKeyFile(filepath.Join(dir, ControlKeyFile)); err != nil {
 		return nil, fmt.Errorf("load keys: %w", err)
 	}
-	if ks.bundleBytes, err = readFileMax(filepath.Join(dir, TrustBundleFile), maxTrustBundleFile); err != nil {
+	if ks.BundleBytes, err = readFileMax(filepath.Join(dir, TrustBundleFile), maxTrustBundleFile); err != nil {
 		return nil, fmt.Errorf("load keys: %w", err)
 	}
 	env := &efpb.Envelope{}
-	if err := proto.Unmarshal(ks.bundleBytes, env); err != nil {
+	if err := proto.Unmarshal(ks.BundleBytes, env); err != nil {
 		return nil, fmt.Errorf("load keys: %s is not a trust bundle envelope: %w", TrustBundleFile, err)
 	}
-	ks.verifier = signing.NewVerifier(ks.rootPub)
-	if ks.bundle, err = ks.verifier.UpdateTrustBundle(env, now); err != nil {
+	ks.Verifier = signing.NewVerifier(ks.RootPub)
+	if ks.Bundle, err = ks.Verifier.UpdateTrustBundle(env, now); err != nil {
 		return nil, fmt.Errorf("load keys: %s does not verify with the root public key: %w", TrustBundleFile, err)
 	}
-	if err := ks.checkRole(efpb.Role_ROLE_RELEASE, ks.release, ReleaseKeyFile); err != nil {
+	if err := ks.checkRole(efpb.Role_ROLE_RELEASE, ks.Release, ReleaseKeyFile); err != nil {
 		return nil, err
 	}
-	if err := ks.checkRole(efpb.Role_ROLE_CONTROL, ks.control, ControlKeyFile); err != nil {
+	if err := ks.checkRole(efpb.Role_ROLE_CONTROL, ks.Control, ControlKeyFile); err != nil {
 		return nil, err
 	}
-	if left := time.Unix(ks.bundle.ExpiresUnix, 0).Sub(now); left < 30*24*time.Hour {
+	if left := time.Unix(ks.Bundle.ExpiresUnix, 0).Sub(now); left < 30*24*time.Hour {
 		log.Warn("trust bundle expires soon; devices will refuse new manifests and desired states after that",
-			"expires", time.Unix(ks.bundle.ExpiresUnix, 0).UTC(), "left", left.Round(time.Hour))
+			"expires", time.Unix(ks.Bundle.ExpiresUnix, 0).UTC(), "left", left.Round(time.Hour))
 	}
 	return ks, nil
 }
 
 // checkRole makes sure the trust bundle lists key under role: otherwise
 // every agent would refuse what the control plane signs.
-func (ks *keySet) checkRole(role efpb.Role, key *signing.KeyPair, file string) error {
-	for _, r := range ks.bundle.Roles {
+func (ks *Set) checkRole(role efpb.Role, key *signing.KeyPair, file string) error {
+	for _, r := range ks.Bundle.Roles {
 		if r.Role == role && slices.Contains(r.Keyids, key.ID) {
 			if r.Threshold > 1 {
 				return fmt.Errorf("load keys: the trust bundle requires %d %s signatures; the control plane signs with one key", r.Threshold, role)

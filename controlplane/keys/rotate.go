@@ -1,4 +1,4 @@
-package controlplane
+package keys
 
 import (
 	"crypto/ed25519"
@@ -16,13 +16,13 @@ import (
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
-// RotateKey replaces the key of role in a keys directory (as written by
-// InitKeys) and writes the next trust bundle version, valid
+// Rotate replaces the key of role in a keys directory (as written by
+// Init) and writes the next trust bundle version, valid
 // from now for ttl, signed by the current root key (and the new one when
 // role is root). It checks that an agent trusting the current bundle
 // accepts the new one before anything is replaced. The old private key is
 // kept as <file>.v<old version>.
-func RotateKey(dir string, role efpb.Role, now time.Time, ttl time.Duration) (*efpb.TrustBundle, error) {
+func Rotate(dir string, role efpb.Role, now time.Time, ttl time.Duration) (*efpb.TrustBundle, error) {
 	const op = "rotate keys"
 	rootPath := filepath.Join(dir, RootKeyFile)
 	root, err := signing.ReadPrivateKeyFile(rootPath)
@@ -126,10 +126,10 @@ func RotateKey(dir string, role efpb.Role, now time.Time, ttl time.Duration) (*e
 	return next, nil
 }
 
-// signedBy reports whether a stored envelope carries a signature by keyID.
+// SignedBy reports whether a stored envelope carries a signature by keyID.
 // After a key rotation, documents signed by the rotated-out key are
 // re-signed (see renew): agents following the new trust bundle refuse them.
-func signedBy(envBytes []byte, keyID string) bool {
+func SignedBy(envBytes []byte, keyID string) bool {
 	env := &efpb.Envelope{}
 	if proto.Unmarshal(envBytes, env) != nil {
 		return false
@@ -142,12 +142,3 @@ func signedBy(envBytes []byte, keyID string) bool {
 	return false
 }
 
-// desiredSignedByOldKey reports whether device id's stored desired state
-// was signed by a control key other than the current one.
-func (s *Server) desiredSignedByOldKey(id string) bool {
-	var rec desiredRecord
-	if err := s.kv.GetJSON(prefixDesired+id, &rec); err != nil {
-		return false
-	}
-	return !signedBy(rec.Envelope, s.keys.control.ID)
-}
