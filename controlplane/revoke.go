@@ -7,6 +7,7 @@ import (
 	"net/http"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/bus"
 	"github.com/edgefleet/edgefleet/internal/store"
 )
 
@@ -55,8 +56,8 @@ func (r *registry) revokeCredential(id string) error {
 
 // disconnectDevice closes a device's broker session (embedded broker only).
 func (s *Server) disconnectDevice(id string) bool {
-	if eb, ok := s.bus.(*embeddedBus); ok {
-		return eb.b.Disconnect(id)
+	if d, ok := s.bus.(bus.Disconnecter); ok {
+		return d.Disconnect(id)
 	}
 	return false
 }

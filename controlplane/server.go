@@ -23,6 +23,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane/audit"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
+	"github.com/edgefleet/edgefleet/controlplane/bus"
 	"github.com/edgefleet/edgefleet/controlplane/keys"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
@@ -158,7 +159,7 @@ type Server struct {
 	kv         *store.KV
 	reg        *registry
 	models     *modelIndex
-	bus        bus
+	bus        bus.Bus
 	runtime    *infer.Runtime
 	runtimeErr error
 	tokenHash  []byte
@@ -232,8 +233,8 @@ func New(opts Options) (*Server, error) {
 		return nil, errors.New("controlplane: Username is for an external broker (MQTTURL); the embedded broker needs none")
 	}
 	switch n := opts.IngestConnections; {
-	case n < 0 || n > maxIngestConnections:
-		return nil, fmt.Errorf("controlplane: IngestConnections %d: want 0 to %d", n, maxIngestConnections)
+	case n < 0 || n > bus.MaxIngestConnections:
+		return nil, fmt.Errorf("controlplane: IngestConnections %d: want 0 to %d", n, bus.MaxIngestConnections)
 	case n > 1 && opts.MQTTURL == "":
 		return nil, errors.New("controlplane: IngestConnections is for an external broker (MQTTURL); the embedded broker delivers in process")
 	}
@@ -456,6 +457,9 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		defer wg.Done()
 		s.runRenew(ctx)
 	}()
+	if eb, ok := s.bus.(*bus.External); ok {
+		wg.Go(func() { s.republishOnReconnect(ctx, eb) })
+	}
 	s.runRollouts(ctx, &wg)
 	s.runMonitoring(ctx, &wg)
 
@@ -531,16 +535,7 @@ func (s *Server) startBus(ctx context.Context) error {
 			QueueSize: 4096,
 			Logger:    s.opts.Logger,
 		}
-		eb, err := dialExternal(ctx, mo, func(ctx context.Context) {
-			select { // before Ready, startBus publishes itself
-			case <-s.ready:
-			case <-ctx.Done():
-				return
-			}
-			if err := s.publishRetained(ctx); err != nil && ctx.Err() == nil {
-				s.log.Error("republish retained state after reconnect failed", "err", err)
-			}
-		})
+		eb, err := bus.Dial(ctx, mo)
 		if err != nil {
 			return err
 		}
@@ -554,7 +549,7 @@ func (s *Server) startBus(ctx context.Context) error {
 			return err
 		}
 		if n := s.opts.IngestConnections; n > 1 {
-			if err := eb.addIngest(ctx, mo, n, s.scheme.AllTelemetry(), s.onTelemetry); err != nil {
+			if err := eb.AddIngest(ctx, mo, n, s.scheme.AllTelemetry(), s.onTelemetry); err != nil {
 				_ = eb.Close()
 				return err
 			}
@@ -573,7 +568,7 @@ func (s *Server) startBus(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.bus = &embeddedBus{b: b}
+	s.bus = bus.NewEmbedded(b)
 	s.addrMu.Lock()
 	s.embedded = b
 	s.addrMu.Unlock()
@@ -592,6 +587,21 @@ func (s *Server) startBus(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// republishOnReconnect publishes the retained state again each time the
+// connection to an external broker comes back, until ctx ends.
+func (s *Server) republishOnReconnect(ctx context.Context, eb *bus.External) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-eb.Reconnected():
+		}
+		if err := s.publishRetained(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("republish retained state after reconnect failed", "err", err)
+		}
+	}
 }
 
 func (s *Server) subscribe(ctx context.Context) error {
