@@ -141,4 +141,3 @@ func SignedBy(envBytes []byte, keyID string) bool {
 	}
 	return false
 }
-
