@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/oip"
+	"github.com/edgefleet/edgefleet/internal/onnxbuild"
 	"github.com/edgefleet/edgefleet/internal/transfer"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -272,7 +273,7 @@ func TestAgentFetchesLargeModelInWindows(t *testing.T) {
 	v1, _ := testModels(t)
 	h := newHarness(t)
 	a := h.startAgent(t, h.agentOptions(t, "dev-1", t.TempDir()))
-	model := padded(v1.ONNX, 200*transfer.DefaultChunkSize)
+	model := onnxbuild.Pad(v1.ONNX, 200*transfer.DefaultChunkSize)
 	m := h.publishModel("fraud", "1.0.0", v1, model, nil, nil)
 	require.Greater(t, len(m.ChunkSha256), 200)
 	h.desire("dev-1", assign(m))

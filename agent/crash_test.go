@@ -17,9 +17,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/edgefleet/edgefleet/internal/oip"
+	"github.com/edgefleet/edgefleet/internal/onnxbuild"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -163,17 +163,10 @@ func (h *harness) waitReported(t *testing.T, dev string, state efpb.ModelState, 
 	}, 30*time.Second, 20*time.Millisecond, "want %s with %s active; last status %v", state, active, h.lastStatus(dev, "fraud"))
 }
 
-// padded makes a valid, larger model: ONNX ModelProto field 6 (doc_string)
-// appended to the serialised model, so the download spans several chunks.
-func padded(model []byte, n int) []byte {
-	out := protowire.AppendTag(append([]byte(nil), model...), 6, protowire.BytesType)
-	return protowire.AppendString(out, strings.Repeat("x", n))
-}
-
 func TestAgentResumesDownloadAfterKill(t *testing.T) {
 	v1, _ := testModels(t)
 	h := newHarness(t)
-	model := padded(v1.ONNX, 200_000) // 4 chunks of 64 KiB
+	model := onnxbuild.Pad(v1.ONNX, 200_000) // 4 chunks of 64 KiB
 	m := h.manifestFor("fraud", "1.0.0", v1, model)
 	require.Len(t, m.ChunkSha256, 4)
 

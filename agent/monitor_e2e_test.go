@@ -82,7 +82,7 @@ func startMonitoredFleet(t *testing.T, hookURL string, secret []byte) *fleet {
 		MQTTListen:     "127.0.0.1:0",
 		Runtime:        rt,
 		OnInitialToken: func(tok string) { tokenCh <- tok },
-		Monitor: controlplane.MonitorOptions{
+		Monitor: monitor.Config{
 			Interval:      100 * time.Millisecond,
 			Rules:         monitor.Rules{Window: 10 * time.Minute, MaxPSI: 0.25, MinRows: 200, MinAccuracy: 0.5, MinLabels: 50},
 			WebhookURL:    hookURL,

@@ -16,6 +16,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/internal/mqttc"
 	"github.com/edgefleet/edgefleet/internal/store"
+	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/internal/transfer"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -413,7 +414,7 @@ func (a *Agent) handleDesired(ctx context.Context, payload []byte) {
 		return
 	}
 	for _, as := range ds.GetModels() {
-		if err := transfer.ValidName(as.GetName()); err != nil {
+		if err := topics.ValidModelName(as.GetName()); err != nil {
 			a.refuse(ctx, "", fmt.Sprintf("desired state refused: %v", err))
 			return
 		}

@@ -1,4 +1,4 @@
-package controlplane
+package controlplane_test
 
 import (
 	"context"
@@ -14,7 +14,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/fleet"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 )
 
 func (ts *testServer) enrollment(req api.EnrollmentRequest) api.Enrollment {
@@ -38,8 +41,8 @@ func (ts *testServer) exchange(token string) (int, api.DeviceCredentials, string
 }
 
 func TestEnrollmentIsOneTimeAndExpires(t *testing.T) {
-	clock := newTestClock(time.Now())
-	ts := newTestServer(t, func(o *Options) { o.Clock = clock.Now })
+	clock := testkit.NewClock(time.Now())
+	ts := newTestServer(t, func(o *controlplane.Options) { o.Clock = clock.Now })
 
 	e := ts.enrollment(api.EnrollmentRequest{DeviceID: "cam-1", Labels: map[string]string{"site": "berlin"}, TTL: "30m"})
 	assert.True(t, strings.HasPrefix(e.Token, api.EnrollTokenPrefix))
@@ -64,7 +67,7 @@ func TestEnrollmentIsOneTimeAndExpires(t *testing.T) {
 	code, _, msg = ts.exchange(late.Token)
 	assert.Equal(t, http.StatusGone, code)
 	assert.Contains(t, msg, "expired")
-	assert.False(t, ts.reg.exists("cam-2"))
+	assert.False(t, ts.internals().Registry.Exists("cam-2"))
 
 	code, _, msg = ts.exchange(api.EnrollTokenPrefix + strings.Repeat("a", 64))
 	assert.Equal(t, http.StatusUnauthorized, code)
@@ -104,7 +107,7 @@ func TestRevokeDisconnectsAndReenrollRestores(t *testing.T) {
 	assert.Equal(t, http.StatusNotFound, code)
 
 	// Revocation survives a restart of the registry.
-	reg, err := loadRegistry(ts.kv, ts.clock)
+	reg, err := fleet.OpenRegistry(ts.internals().KV, nil)
 	require.NoError(t, err)
 	assert.False(t, reg.AuthenticateDevice("dev-1", []byte(creds.Password)))
 

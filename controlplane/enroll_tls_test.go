@@ -1,4 +1,4 @@
-package controlplane
+package controlplane_test
 
 import (
 	"context"
@@ -20,8 +20,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 )
 
 // pki is a throwaway CA writing PEM files into dir.
@@ -83,7 +85,7 @@ func TestEnrolledAgentOverMutualTLS(t *testing.T) {
 	srvCert, srvKey := p.issue("broker", true)
 	tlsCfg, err := broker.TLSConfig(srvCert, srvKey, p.caFile())
 	require.NoError(t, err)
-	ts := newTestServer(t, func(o *Options) { o.MQTTTLS = tlsCfg })
+	ts := newTestServer(t, func(o *controlplane.Options) { o.MQTTTLS = tlsCfg })
 	require.Regexp(t, `^tls://`, ts.BrokerURL())
 
 	e := ts.enrollment(api.EnrollmentRequest{DeviceID: "tls-1"})
@@ -100,7 +102,7 @@ func TestEnrolledAgentOverMutualTLS(t *testing.T) {
 	opts, err := loaded.Options()
 	require.NoError(t, err)
 	opts.Runtime = testRuntime
-	opts.Logger = testLogger()
+	opts.Logger = fleettest.Logger()
 
 	a, err := agent.New(opts)
 	require.NoError(t, err)

@@ -1,4 +1,4 @@
-package controlplane
+package controlplane_test
 
 import (
 	"crypto/sha256"
@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -92,7 +93,7 @@ func (m *mosquitto) stop() {
 
 func TestExternalBroker(t *testing.T) {
 	mq := startMosquitto(t)
-	ts := newTestServer(t, func(o *Options) { o.MQTTURL = mq.url() })
+	ts := newTestServer(t, func(o *controlplane.Options) { o.MQTTURL = mq.url() })
 	assert.Equal(t, mq.url(), ts.BrokerURL())
 	creds := ts.register("dev-1", nil)
 	assert.Equal(t, mq.url(), creds.BrokerURL)
@@ -120,7 +121,7 @@ func TestExternalBroker(t *testing.T) {
 	require.NoError(t, err)
 	publish(t, c, sc.Status("dev-1"), st)
 	require.Eventually(t, func() bool {
-		dev, _ := ts.reg.get("dev-1")
+		dev, _ := ts.internals().Registry.Get("dev-1")
 		return dev.Reported["fraud"] != nil && dev.Reported["fraud"].State == api.ModelActive
 	}, 10*time.Second, 5*time.Millisecond)
 
@@ -149,7 +150,7 @@ func TestExternalBroker(t *testing.T) {
 // once (three plain subscriptions would each get every report).
 func TestExternalBrokerSharedIngest(t *testing.T) {
 	mq := startMosquitto(t)
-	ts := newTestServer(t, func(o *Options) { o.MQTTURL = mq.url(); o.IngestConnections = 3 })
+	ts := newTestServer(t, func(o *controlplane.Options) { o.MQTTURL = mq.url(); o.IngestConnections = 3 })
 	creds := ts.register("dev-1", nil)
 	ts.mustUpload("fraud", "v1", trainedModel(t, 1))
 	c := deviceClient(t, creds)
@@ -166,6 +167,6 @@ func TestExternalBrokerSharedIngest(t *testing.T) {
 		"ingested %+v", ts.Monitor().Stats())
 	assert.Zero(t, ts.Monitor().Stats().Duplicates, "each report reached exactly one ingest connection")
 
-	_, err := New(Options{DataDir: t.TempDir(), IngestConnections: 2})
+	_, err := controlplane.New(controlplane.Options{DataDir: t.TempDir(), IngestConnections: 2})
 	assert.ErrorContains(t, err, "IngestConnections is for an external broker")
 }

@@ -1,11 +1,10 @@
-package controlplane
+package controlplane_test
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"mime/multipart"
 	"net/http"
 	"os"
@@ -17,7 +16,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -42,85 +43,29 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// testLogger discards logs unless EDGEFLEET_TEST_LOG is set.
-func testLogger() *slog.Logger {
-	if os.Getenv("EDGEFLEET_TEST_LOG") == "" {
-		return nil
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
+// testServer is a control plane from internal/fleettest with the
+// request helpers these tests share.
 type testServer struct {
-	*Server
-	t     testing.TB
-	dir   string
-	token string
-
-	stopOnce sync.Once
-	cancel   context.CancelFunc
-	done     chan error
+	*fleettest.ControlPlane
+	t testing.TB
 }
 
 // newTestServer runs a real control plane (badger, embedded broker,
-// onnxruntime) on 127.0.0.1 ports chosen by the kernel, waits until it is
-// ready, and stops it at cleanup. mod adjusts the options.
-func newTestServer(t testing.TB, mod func(*Options)) *testServer {
+// onnxruntime) on 127.0.0.1 ports chosen by the kernel until the test
+// ends; mod adjusts the options.
+func newTestServer(t testing.TB, mod func(*controlplane.Options)) *testServer {
 	t.Helper()
-	opts := Options{
-		DataDir:    t.TempDir(),
-		APIListen:  "127.0.0.1:0",
-		MQTTListen: "127.0.0.1:0",
-		Runtime:    testRuntime,
-		Logger:     testLogger(),
-	}
-	if mod != nil {
-		mod(&opts)
-	}
-	ts := &testServer{t: t, dir: opts.DataDir, done: make(chan error, 1)}
-	prev := opts.OnInitialToken
-	opts.OnInitialToken = func(tok string) {
-		ts.token = tok
-		if prev != nil {
-			prev(tok)
-		}
-	}
-	s, err := New(opts)
-	require.NoError(t, err)
-	ts.Server = s
-	ctx, cancel := context.WithCancel(context.Background())
-	ts.cancel = cancel
-	go func() { ts.done <- s.Run(ctx) }()
-	select {
-	case <-s.Ready():
-	case err := <-ts.done:
-		cancel()
-		require.FailNow(t, "control plane stopped before it was ready", "%v", err)
-	case <-time.After(30 * time.Second):
-		cancel()
-		require.FailNow(t, "control plane not ready after 30s")
-	}
-	t.Cleanup(ts.stop)
-	return ts
+	return &testServer{ControlPlane: fleettest.StartControlPlane(t, testRuntime, mod), t: t}
 }
 
-// stop shuts the server down and checks Run returned nil. Idempotent.
-func (ts *testServer) stop() {
-	ts.stopOnce.Do(func() {
-		ts.cancel()
-		select {
-		case err := <-ts.done:
-			require.NoError(ts.t, err, "Run")
-		case <-time.After(30 * time.Second):
-			require.FailNow(ts.t, "Run did not return 30s after cancel")
-		}
-	})
-}
+// internals are the parts of the control plane (export_test.go).
+func (ts *testServer) internals() controlplane.Internals { return ts.Internals() }
 
 // do sends an API request with the server's token and returns the status
 // and body.
 func (ts *testServer) do(method, path string, body io.Reader, header ...string) (int, []byte) {
 	ts.t.Helper()
-	return ts.doToken(ts.token, method, path, body, header...)
+	return ts.doToken(ts.Token, method, path, body, header...)
 }
 
 func (ts *testServer) doToken(token, method, path string, body io.Reader, header ...string) (int, []byte) {

@@ -1,4 +1,4 @@
-package controlplane
+package controlplane_test
 
 import (
 	"path/filepath"
@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/keys"
 	"github.com/edgefleet/edgefleet/internal/topics"
@@ -20,7 +21,7 @@ import (
 // the old keys, so a device that follows the bundle accepts them.
 func TestRotatedKeysArePublishedAndDocumentsResigned(t *testing.T) {
 	dir := t.TempDir()
-	first := newTestServer(t, func(o *Options) { o.DataDir = dir })
+	first := newTestServer(t, func(o *controlplane.Options) { o.DataDir = dir })
 	creds := first.register("dev-1", nil)
 	first.mustUpload("fraud", "v1", trainedModel(t, 1))
 	first.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
@@ -28,7 +29,7 @@ func TestRotatedKeysArePublishedAndDocumentsResigned(t *testing.T) {
 	sc := topics.Scheme{Prefix: creds.TopicPrefix}
 	device := agentVerifier(t, creds, receive(t, subscribe(t, c, sc.Trust()), "trust bundle v1"))
 	c.Disconnect(50)
-	first.stop()
+	first.Stop()
 
 	keyDir := filepath.Join(dir, "keys")
 	_, err := keys.Rotate(keyDir, efpb.Role_ROLE_RELEASE, time.Now(), time.Hour*24)
@@ -37,7 +38,7 @@ func TestRotatedKeysArePublishedAndDocumentsResigned(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, uint64(3), b.Version)
 
-	second := newTestServer(t, func(o *Options) { o.DataDir = dir })
+	second := newTestServer(t, func(o *controlplane.Options) { o.DataDir = dir })
 	creds.BrokerURL = second.BrokerURL()
 	c = deviceClient(t, creds)
 	trust := receive(t, subscribe(t, c, sc.Trust()), "trust bundle v3")

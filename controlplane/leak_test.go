@@ -1,4 +1,4 @@
-package controlplane
+package controlplane_test
 
 import (
 	"net/http"
@@ -34,7 +34,7 @@ func TestRunLeavesNoGoroutines(t *testing.T) {
 	publish(t, c, sc.Fetch("dev-1"), req)
 	receive(t, chunks, "chunk")
 	c.Disconnect(50)
-	ts.stop()
+	ts.Stop()
 	http.DefaultClient.CloseIdleConnections()
 
 	deadline := time.Now().Add(10 * time.Second)

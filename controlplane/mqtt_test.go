@@ -1,21 +1,25 @@
-package controlplane
+package controlplane_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"net/http"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/fleet"
+	"github.com/edgefleet/edgefleet/controlplane/ingest"
+	"github.com/edgefleet/edgefleet/internal/onnxbuild"
 	"github.com/edgefleet/edgefleet/internal/signing"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/internal/transfer"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -60,10 +64,10 @@ func TestManifestPublishedRetainedAndVerifies(t *testing.T) {
 	assert.Equal(t, uint32(efpb.ProtocolVersion), m.ProtocolVersion)
 	assert.True(t, proto.Equal(a.Training, m.Training), "training metadata is carried over")
 	assert.Len(t, m.TestVectors, len(a.TestVectors))
-	assert.InDelta(t, time.Now().Add(DefaultManifestTTL).Unix(), m.ExpiresUnix, 60)
+	assert.InDelta(t, time.Now().Add(controlplane.DefaultManifestTTL).Unix(), m.ExpiresUnix, 60)
 
 	// Signed with the control key instead, it must not verify as a manifest.
-	forged, err := signing.SignMessage(efpb.PayloadTypeManifest, m, ts.keys.Control)
+	forged, err := signing.SignMessage(efpb.PayloadTypeManifest, m, ts.internals().Keys.Control)
 	require.NoError(t, err)
 	_, err = v.VerifyManifest(forged, time.Now())
 	assert.ErrorIs(t, err, signing.ErrThreshold)
@@ -91,7 +95,7 @@ func TestDeployPublishesSignedDesiredState(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, "dev-1", d.DeviceId)
 		assert.Equal(t, wantGen, d.Generation)
-		assert.InDelta(t, time.Now().Add(DefaultDesiredTTL).Unix(), d.ExpiresUnix, 60)
+		assert.InDelta(t, time.Now().Add(controlplane.DefaultDesiredTTL).Unix(), d.ExpiresUnix, 60)
 		return d
 	}
 
@@ -123,14 +127,14 @@ func TestDeployPublishesSignedDesiredState(t *testing.T) {
 	d = next(4)
 	assert.Equal(t, "v1", d.Models[0].Version)
 
-	dev, ok := ts.reg.get("dev-1")
+	dev, ok := ts.internals().Registry.Get("dev-1")
 	require.True(t, ok)
 	require.NotNil(t, dev.Desired)
 	assert.Equal(t, uint64(4), dev.Desired.Generation)
 	assert.Equal(t, []api.Assignment{{Name: "fraud", Version: "v1"}, {Name: "scorer", Version: "v1"}}, dev.Desired.Models)
-	dev2, _ := ts.reg.get("dev-2")
+	dev2, _ := ts.internals().Registry.Get("dev-2")
 	assert.Equal(t, uint64(1), dev2.Desired.Generation)
-	dev3, _ := ts.reg.get("dev-3")
+	dev3, _ := ts.internals().Registry.Get("dev-3")
 	assert.Nil(t, dev3.Desired)
 }
 
@@ -170,18 +174,22 @@ func TestFetchRequestsPublishChunks(t *testing.T) {
 	assert.Equal(t, a.ONNX, model)
 	// The counter moves after the publish returns, which may be after the
 	// subscriber already holds the chunk.
-	assert.Eventually(t, func() bool { return counterValue(t, ts.metrics.chunks) == float64(len(m.ChunkSha256)) },
+	assert.Eventually(t, func() bool {
+		return metricValue(t, ts, "edgefleet_chunk_publishes_total") == float64(len(m.ChunkSha256))
+	},
 		10*time.Second, 5*time.Millisecond, "one publish per chunk")
 }
 
 func TestFetchLargeModelResumes(t *testing.T) {
-	// Chunk distribution is independent of the model's content, so serve a
-	// multi-chunk version straight from the index: only the manifest's
-	// layout and the blob matter.
+	// A real model padded to 300 kB: 5 chunks.
 	ts := newTestServer(t, nil)
 	creds := ts.register("dev-1", nil)
-	model := bytes.Repeat([]byte("edgefleet-"), 30_000) // 300 kB: 5 chunks
-	rec := addRawModel(t, ts, "big", "v1", model)
+	a := trainedModel(t, 1)
+	model := onnxbuild.Pad(a.ONNX, 300_000-len(a.ONNX)-8)
+	code, body := ts.upload("big", "v1", model, a.Metadata(), false)
+	require.Equal(t, http.StatusCreated, code, "%s", body)
+	var rec api.ModelVersion
+	require.NoError(t, json.Unmarshal(body, &rec))
 	require.Equal(t, uint32(5), rec.ChunkCount)
 
 	c := deviceClient(t, creds)
@@ -206,163 +214,6 @@ func TestFetchLargeModelResumes(t *testing.T) {
 	}
 }
 
-// addRawModel stores a version whose bytes are not a real model (only chunk
-// distribution looks at it), signed like any other.
-func addRawModel(t *testing.T, ts *testServer, name, version string, model []byte) *modelRecord {
-	t.Helper()
-	m := &efpb.Manifest{ProtocolVersion: efpb.ProtocolVersion, Name: name, Version: version,
-		CreatedUnix: time.Now().Unix(), ExpiresUnix: time.Now().Add(time.Hour).Unix()}
-	transfer.FillManifest(m, model, transfer.DefaultChunkSize)
-	env, err := signing.SignMessage(efpb.PayloadTypeManifest, m, ts.keys.Release)
-	require.NoError(t, err)
-	envBytes, err := proto.Marshal(env)
-	require.NoError(t, err)
-	sum := hex.EncodeToString(m.Sha256)
-	require.NoError(t, ts.writeBlob(sum, model))
-	rec := &modelRecord{ModelVersion: api.ModelVersion{Name: name, Version: version, SHA256: sum, Size: m.Size,
-		ChunkSize: m.ChunkSize, ChunkCount: uint32(len(m.ChunkSha256)), Created: time.Now()}, Envelope: envBytes}
-	require.NoError(t, ts.kv.SetJSON(modelKey(name, version), rec, true))
-	ts.models.put(rec)
-	return rec
-}
-
-func TestChunkQueueCoalesces(t *testing.T) {
-	q := newChunkQueue(0, 0)
-	now := time.Now()
-	a, b := chunkKey{"fraud", "v1"}, chunkKey{"fraud", "v2"}
-	assert.Equal(t, 3, q.enqueue(a, "dev", []uint32{0, 1, 2}, now))
-	assert.Equal(t, 1, q.enqueue(a, "dev", []uint32{2, 1, 3}, now), "queued chunks coalesce")
-	assert.Equal(t, 2, q.enqueue(b, "dev", []uint32{0, 0, 1}, now))
-	assert.Equal(t, 6, q.queued())
-
-	type item struct {
-		k chunkKey
-		i uint32
-	}
-	var order []item
-	for {
-		k, i, ok, _ := q.next(now)
-		if !ok {
-			break
-		}
-		order = append(order, item{k, i})
-		if len(order) == 1 {
-			// Asked again after dequeue: queued anew (the publish may be
-			// past the asker).
-			assert.Equal(t, 1, q.enqueue(a, "dev", []uint32{0}, now))
-		}
-	}
-	assert.Equal(t, []item{{a, 0}, {b, 0}, {a, 1}, {b, 1}, {a, 2}, {a, 3}, {a, 0}}, order, "versions are served round-robin")
-	assert.Equal(t, 0, q.enqueue(a, "dev", nil, now))
-	assert.Equal(t, 0, q.queued())
-}
-
-func TestChunkQueueCollectsBeforeTheFirstPublish(t *testing.T) {
-	q := newChunkQueue(200*time.Millisecond, time.Second)
-	t0 := time.Now()
-	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
-	a, b := chunkKey{"fraud", "v1"}, chunkKey{"fraud", "v2"}
-	q.enqueue(a, "dev", []uint32{0, 1}, t0)
-	_, _, ok, wait := q.next(at(50))
-	assert.False(t, ok, "inside the window nothing goes out")
-	assert.Equal(t, 150*time.Millisecond, wait)
-	// Requests inside the window join the same round and keep it open
-	// until the requests settle.
-	assert.Equal(t, 1, q.enqueue(a, "dev", []uint32{1, 2}, at(100)))
-	q.enqueue(b, "dev", []uint32{0}, at(150))
-	_, _, ok, wait = q.next(at(250))
-	assert.False(t, ok, "v1's round was extended to 300 ms by the request at 100 ms")
-	assert.Equal(t, 50*time.Millisecond, wait)
-
-	var got []uint32
-	for {
-		k, i, ok, _ := q.next(at(300))
-		if !ok {
-			break
-		}
-		assert.Equal(t, a, k, "v2's window is still open")
-		got = append(got, i)
-	}
-	assert.Equal(t, []uint32{0, 1, 2}, got)
-	k, i, ok, _ := q.next(at(350))
-	require.True(t, ok)
-	assert.Equal(t, b, k)
-	assert.Equal(t, uint32(0), i)
-	_, _, ok, wait = q.next(at(1000))
-	assert.False(t, ok)
-	assert.Zero(t, wait, "nothing queued: wait for a wake-up")
-}
-
-func TestChunkQueueWaitsAtMostMaxWait(t *testing.T) {
-	q := newChunkQueue(200*time.Millisecond, time.Second)
-	t0 := time.Now()
-	k := chunkKey{"fraud", "v1"}
-	// A request every 100 ms would keep the window open forever.
-	for ms := 0; ms <= 1500; ms += 100 {
-		now := t0.Add(time.Duration(ms) * time.Millisecond)
-		q.enqueue(k, "dev", []uint32{uint32(ms / 100)}, now)
-		if _, _, ok, _ := q.next(now); ok {
-			assert.Equal(t, 1000, ms, "the round goes out maxWait after its first request")
-			// A round going out is not held up by requests arriving now.
-			q.enqueue(k, "dev", []uint32{99}, now.Add(time.Millisecond))
-			_, _, ok, _ := q.next(now.Add(2 * time.Millisecond))
-			assert.True(t, ok)
-			return
-		}
-	}
-	t.Fatal("the round never went out")
-}
-
-// A deploy says how many devices will ask: the round waits for them all
-// (not for a quiet moment, which a gap in their requests would fake), and
-// goes out the moment the last one asks.
-func TestChunkQueueWaitsForTheExpectedDevices(t *testing.T) {
-	q := newChunkQueue(100*time.Millisecond, 2*time.Second)
-	t0 := time.Now()
-	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
-	k := chunkKey{"fraud", "v2"}
-	q.expect(k, 3, t0)
-	q.enqueue(k, "dev-1", []uint32{0, 1}, at(10))
-	_, _, ok, _ := q.next(at(600))
-	assert.False(t, ok, "a 500 ms gap is not the end of the round: two devices have not asked")
-	q.enqueue(k, "dev-1", []uint32{0, 1}, at(700)) // a retry counts once
-	q.enqueue(k, "dev-2", []uint32{0, 1}, at(800))
-	_, _, ok, _ = q.next(at(850))
-	assert.False(t, ok)
-	select { // drain: the worker has seen the earlier requests
-	case <-q.wake:
-	default:
-	}
-	q.enqueue(k, "dev-3", []uint32{0, 1}, at(900))
-	select {
-	case <-q.wake:
-	default:
-		t.Fatal("the worker is not woken: the last device's request adds no chunk but makes the round due")
-	}
-	_, i, ok, _ := q.next(at(900))
-	require.True(t, ok, "the last expected device asked: out at once")
-	assert.Equal(t, uint32(0), i)
-
-	// Fulfilled: a straggler's round uses the quiet window again.
-	_, _, ok, _ = q.next(at(900))
-	require.True(t, ok)
-	q.enqueue(k, "dev-4", []uint32{1}, at(1000))
-	_, _, ok, wait := q.next(at(1000))
-	assert.False(t, ok)
-	assert.Equal(t, 100*time.Millisecond, wait)
-	_, _, ok, _ = q.next(at(1100))
-	require.True(t, ok)
-
-	// Devices that never ask hold a round for maxWait at most.
-	k3 := chunkKey{"fraud", "v3"}
-	q.expect(k3, 5, at(2000))
-	q.enqueue(k3, "dev-1", []uint32{0}, at(2000))
-	_, _, ok, _ = q.next(at(3999))
-	assert.False(t, ok)
-	_, _, ok, _ = q.next(at(4000))
-	assert.True(t, ok)
-}
-
 func TestMalformedPayloadsAreDropped(t *testing.T) {
 	ts := newTestServer(t, nil)
 	creds := ts.register("dev-1", nil)
@@ -383,44 +234,45 @@ func TestMalformedPayloadsAreDropped(t *testing.T) {
 		kind    string
 		reason  string
 	}{
-		{sc.Status("dev-1"), garbage, "status", dropDecode},
-		{sc.Telemetry("dev-1"), garbage, "telemetry", dropDecode},
-		{sc.Presence("dev-1"), garbage, "presence", dropDecode},
-		{sc.Fetch("dev-1"), garbage, "fetch", dropDecode},
-		{sc.Status("dev-1"), enc(&efpb.StatusEvent{DeviceId: "dev-2", ModelName: "fraud"}), "status", dropDeviceMismatch},
-		{sc.Telemetry("dev-1"), enc(&efpb.Telemetry{DeviceId: "dev-2"}), "telemetry", dropDeviceMismatch},
-		{sc.Presence("dev-1"), enc(&efpb.Presence{DeviceId: ""}), "presence", dropDeviceMismatch},
-		{sc.Status("dev-1"), enc(&efpb.StatusEvent{DeviceId: "dev-1", ModelName: "a/b"}), "status", dropInvalid},
-		{sc.Status("dev-1"), enc(&efpb.StatusEvent{DeviceId: "dev-1", ProtocolVersion: 99, ModelName: "fraud"}), "status", dropProtocolVersion},
-		{sc.Fetch("dev-1"), enc(&efpb.FetchRequest{DeviceId: "dev-1", Name: "fraud", Version: "v9"}), "fetch", dropUnknownModel},
-		{sc.Fetch("dev-1"), enc(&efpb.FetchRequest{DeviceId: "dev-1", Name: "fraud", Version: "v1", Missing: []uint32{1 << 20}}), "fetch", dropInvalid},
-		{sc.Fetch("dev-1"), enc(&efpb.FetchRequest{DeviceId: "dev-1", Name: "fraud", Version: "v1", Missing: make([]uint32, 1000)}), "fetch", dropInvalid},
+		{sc.Status("dev-1"), garbage, "status", ingest.Decode},
+		{sc.Telemetry("dev-1"), garbage, "telemetry", ingest.Decode},
+		{sc.Presence("dev-1"), garbage, "presence", ingest.Decode},
+		{sc.Fetch("dev-1"), garbage, "fetch", ingest.Decode},
+		{sc.Status("dev-1"), enc(&efpb.StatusEvent{DeviceId: "dev-2", ModelName: "fraud"}), "status", ingest.DeviceMismatch},
+		{sc.Telemetry("dev-1"), enc(&efpb.Telemetry{DeviceId: "dev-2"}), "telemetry", ingest.DeviceMismatch},
+		{sc.Presence("dev-1"), enc(&efpb.Presence{DeviceId: ""}), "presence", ingest.DeviceMismatch},
+		{sc.Status("dev-1"), enc(&efpb.StatusEvent{DeviceId: "dev-1", ModelName: "a/b"}), "status", ingest.Invalid},
+		{sc.Status("dev-1"), enc(&efpb.StatusEvent{DeviceId: "dev-1", ProtocolVersion: 99, ModelName: "fraud"}), "status", ingest.ProtocolVersion},
+		{sc.Fetch("dev-1"), enc(&efpb.FetchRequest{DeviceId: "dev-1", Name: "fraud", Version: "v9"}), "fetch", ingest.UnknownModel},
+		{sc.Fetch("dev-1"), enc(&efpb.FetchRequest{DeviceId: "dev-1", Name: "fraud", Version: "v1", Missing: []uint32{1 << 20}}), "fetch", ingest.Invalid},
+		{sc.Fetch("dev-1"), enc(&efpb.FetchRequest{DeviceId: "dev-1", Name: "fraud", Version: "v1", Missing: make([]uint32, 1000)}), "fetch", ingest.Invalid},
 	}
 	for i, tt := range tests {
 		publish(t, c, tt.topic, tt.payload)
 		require.Eventually(t, func() bool { return ts.Dropped() == uint64(i+1) }, 10*time.Second, 5*time.Millisecond,
 			"payload %d on %s: dropped = %d", i, tt.topic, ts.Dropped())
-		assert.Equal(t, 1.0, counterValue(t, ts.metrics.dropped.WithLabelValues(tt.kind, tt.reason))-
+		assert.Equal(t, 1.0, metricValue(t, ts, "edgefleet_mqtt_payloads_dropped_total", "topic_kind", tt.kind, "reason", tt.reason)-
 			float64(countBefore(tests[:i], tt.kind, tt.reason)), "payload %d: %s/%s", i, tt.kind, tt.reason)
 	}
 	// Payloads that reach the handlers without the broker's checks: an
 	// unregistered device, a topic outside the scheme, an oversized payload.
-	ts.onStatus(sc.Status("ghost"), enc(&efpb.StatusEvent{DeviceId: "ghost", ModelName: "fraud"}))
-	ts.onTelemetry(sc.Telemetry("ghost"), enc(&efpb.Telemetry{DeviceId: "ghost"}))
-	ts.onPresence(sc.Presence("ghost"), enc(&efpb.Presence{DeviceId: "ghost"}))
-	ts.onFetch(sc.Fetch("ghost"), enc(&efpb.FetchRequest{DeviceId: "ghost", Name: "fraud", Version: "v1"}))
-	ts.onStatus("elsewhere/dev/dev-1/status", enc(&efpb.StatusEvent{DeviceId: "dev-1", ModelName: "fraud"}))
-	ts.onTelemetry(sc.Telemetry("dev-1"), make([]byte, maxIngestPayload+1))
-	assert.Equal(t, 4.0, sumDropped(t, ts, dropUnknownDevice))
-	assert.Equal(t, 1.0, counterValue(t, ts.metrics.dropped.WithLabelValues("status", dropBadTopic)))
-	assert.Equal(t, 1.0, counterValue(t, ts.metrics.dropped.WithLabelValues("telemetry", dropTooLarge)))
+	in := ts.internals()
+	in.OnStatus(sc.Status("ghost"), enc(&efpb.StatusEvent{DeviceId: "ghost", ModelName: "fraud"}))
+	in.OnTelemetry(sc.Telemetry("ghost"), enc(&efpb.Telemetry{DeviceId: "ghost"}))
+	in.OnPresence(sc.Presence("ghost"), enc(&efpb.Presence{DeviceId: "ghost"}))
+	in.OnFetch(sc.Fetch("ghost"), enc(&efpb.FetchRequest{DeviceId: "ghost", Name: "fraud", Version: "v1"}))
+	in.OnStatus("elsewhere/dev/dev-1/status", enc(&efpb.StatusEvent{DeviceId: "dev-1", ModelName: "fraud"}))
+	in.OnTelemetry(sc.Telemetry("dev-1"), make([]byte, ingest.MaxPayload+1))
+	assert.Equal(t, 4.0, sumDropped(t, ts, ingest.UnknownDevice))
+	assert.Equal(t, 1.0, metricValue(t, ts, "edgefleet_mqtt_payloads_dropped_total", "topic_kind", "status", "reason", ingest.BadTopic))
+	assert.Equal(t, 1.0, metricValue(t, ts, "edgefleet_mqtt_payloads_dropped_total", "topic_kind", "telemetry", "reason", ingest.TooLarge))
 	assert.Equal(t, uint64(len(tests)+6), ts.Dropped())
 
 	// Nothing was applied, and the control plane still serves.
-	d, _ := ts.reg.get("dev-1")
+	d, _ := ts.internals().Registry.Get("dev-1")
 	assert.Empty(t, d.Reported)
 	assert.Nil(t, d.Telemetry)
-	assert.Zero(t, ts.chunks.queued())
+	assert.Zero(t, in.Models.Queued())
 	code, _ := ts.do("GET", "/healthz", nil)
 	assert.Equal(t, 200, code)
 	assert.True(t, c.IsConnected(), "a malformed payload does not cost the device its connection")
@@ -444,17 +296,39 @@ func countBefore(tests []struct {
 func sumDropped(t *testing.T, ts *testServer, reason string) float64 {
 	total := 0.0
 	for _, k := range []string{"status", "telemetry", "presence", "fetch"} {
-		total += counterValue(t, ts.metrics.dropped.WithLabelValues(k, reason))
+		total += metricValue(t, ts, "edgefleet_mqtt_payloads_dropped_total", "topic_kind", k, "reason", reason)
 	}
 	return total
 }
 
-// counterValue reads a counter's current value.
-func counterValue(t *testing.T, c prometheus.Metric) float64 {
+// metricValue reads a counter or gauge of the control plane's metrics by
+// name and label pairs (0 when the series does not exist yet).
+func metricValue(t *testing.T, ts *testServer, name string, labels ...string) float64 {
 	t.Helper()
-	var m dto.Metric
-	require.NoError(t, c.Write(&m))
-	return m.GetCounter().GetValue()
+	fams, err := ts.internals().Metrics.Gather()
+	require.NoError(t, err)
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range f.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for i := 0; i+1 < len(labels); i += 2 {
+				if have[labels[i]] != labels[i+1] {
+					continue series
+				}
+			}
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return 0
 }
 
 func TestDeviceReportsAreRecorded(t *testing.T) {
@@ -469,7 +343,7 @@ func TestDeviceReportsAreRecorded(t *testing.T) {
 	}
 
 	publish(t, c, sc.Presence("dev-1"), enc(&efpb.Presence{DeviceId: "dev-1", Online: true, AgentVersion: "0.1.0"}))
-	require.Eventually(t, func() bool { d, _ := ts.reg.get("dev-1"); return d.Online }, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { d, _ := ts.internals().Registry.Get("dev-1"); return d.Online }, 10*time.Second, 5*time.Millisecond)
 
 	publish(t, c, sc.Status("dev-1"), enc(&efpb.StatusEvent{
 		ProtocolVersion: 1, DeviceId: "dev-1", Seq: 7, Generation: 2, ModelName: "fraud", ModelVersion: "v2",
@@ -480,7 +354,7 @@ func TestDeviceReportsAreRecorded(t *testing.T) {
 		Models: []*efpb.ActiveModel{{Name: "fraud", Version: "v1", State: efpb.ModelState_MODEL_STATE_ACTIVE, Inferences: 42}},
 	}))
 	require.Eventually(t, func() bool {
-		d, _ := ts.reg.get("dev-1")
+		d, _ := ts.internals().Registry.Get("dev-1")
 		return d.Telemetry != nil && d.Reported["fraud"] != nil
 	}, 10*time.Second, 5*time.Millisecond)
 
@@ -499,9 +373,11 @@ func TestDeviceReportsAreRecorded(t *testing.T) {
 	assert.Equal(t, api.ModelActive, d.Telemetry.Models[0].State)
 	assert.False(t, d.LastSeen.IsZero())
 
-	// The status was written through to the store.
-	var stored api.Device
-	require.NoError(t, ts.kv.GetJSON(prefixDevices+"dev-1", &stored))
+	// The status was written through to the store: a registry loaded from
+	// it now has it.
+	reloaded, err := fleet.OpenRegistry(ts.internals().KV, nil)
+	require.NoError(t, err)
+	stored, _ := reloaded.Get("dev-1")
 	assert.Equal(t, api.ModelRolledBack, stored.Reported["fraud"].State)
 
 	// An older event arriving late does not undo the newer one.
@@ -511,7 +387,7 @@ func TestDeviceReportsAreRecorded(t *testing.T) {
 		State: efpb.ModelState_MODEL_STATE_DOWNLOADING, ActiveVersion: "v1",
 	}))
 	require.Eventually(t, func() bool { return ts.Dropped() > dropped }, 10*time.Second, 5*time.Millisecond)
-	d, _ = ts.reg.get("dev-1")
+	d, _ = ts.internals().Registry.Get("dev-1")
 	assert.Equal(t, api.ModelRolledBack, d.Reported["fraud"].State, "a stale event is dropped")
 
 	// A device-level refusal (no model) is recorded, not dropped.
@@ -519,39 +395,46 @@ func TestDeviceReportsAreRecorded(t *testing.T) {
 		ProtocolVersion: 1, DeviceId: "dev-1", Seq: 8, Generation: 2,
 		State: efpb.ModelState_MODEL_STATE_FAILED, Reason: "desired state refused: generation 1 is older than the accepted generation 2 (replay)",
 	}))
-	require.Eventually(t, func() bool { d, _ := ts.reg.get("dev-1"); return d.LastRefusal != nil }, 10*time.Second, 5*time.Millisecond)
-	d, _ = ts.reg.get("dev-1")
+	require.Eventually(t, func() bool { d, _ := ts.internals().Registry.Get("dev-1"); return d.LastRefusal != nil }, 10*time.Second, 5*time.Millisecond)
+	d, _ = ts.internals().Registry.Get("dev-1")
 	assert.Contains(t, d.LastRefusal.Reason, "replay")
 
 	publish(t, c, sc.Presence("dev-1"), enc(&efpb.Presence{DeviceId: "dev-1", Online: false}))
-	require.Eventually(t, func() bool { d, _ := ts.reg.get("dev-1"); return !d.Online }, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { d, _ := ts.internals().Registry.Get("dev-1"); return !d.Online }, 10*time.Second, 5*time.Millisecond)
 }
 
 func TestRenewExtendsExpiringDocuments(t *testing.T) {
 	now := time.Now()
-	clock := newTestClock(now)
-	ts := newTestServer(t, func(o *Options) { o.Clock = clock.Now })
+	clock := testkit.NewClock(now)
+	ts := newTestServer(t, func(o *controlplane.Options) { o.Clock = clock.Now })
 	ts.register("dev-1", nil)
 	ts.mustUpload("fraud", "v1", trainedModel(t, 1))
 	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
-	before := ts.models.get("fraud", "v1")
+	in := ts.internals()
+	before, err := in.Models.Get("fraud", "v1")
+	require.NoError(t, err)
 
 	// Nothing is due yet.
-	require.NoError(t, ts.renew(context.Background()))
-	assert.Equal(t, before.Expires, ts.models.get("fraud", "v1").Expires)
-	d, _ := ts.reg.get("dev-1")
+	require.NoError(t, in.Renew(context.Background()))
+	same, err := in.Models.Get("fraud", "v1")
+	require.NoError(t, err)
+	assert.Equal(t, before.Expires, same.Expires)
+	d, _ := ts.internals().Registry.Get("dev-1")
 	assert.Equal(t, uint64(1), d.Desired.Generation)
 
 	later := now.Add(70 * 24 * time.Hour)
 	clock.Set(later)
-	require.NoError(t, ts.renew(context.Background()))
-	after := ts.models.get("fraud", "v1")
-	assert.Equal(t, later.Add(DefaultManifestTTL).Unix(), after.Expires.Unix())
-	m, err := ts.keys.Verifier.VerifyManifest(mustEnvelope(t, after.Envelope), later)
+	require.NoError(t, in.Renew(context.Background()))
+	after, err := in.Models.Get("fraud", "v1")
+	require.NoError(t, err)
+	assert.Equal(t, later.Add(controlplane.DefaultManifestTTL).Unix(), after.Expires.Unix())
+	env, err := in.Models.Envelope("fraud", "v1")
+	require.NoError(t, err)
+	m, err := in.Keys.Verifier.VerifyManifest(mustEnvelope(t, env), later)
 	require.NoError(t, err)
 	assert.Equal(t, before.SHA256, hex.EncodeToString(m.Sha256), "same model")
-	d, _ = ts.reg.get("dev-1")
+	d, _ = ts.internals().Registry.Get("dev-1")
 	assert.Equal(t, uint64(2), d.Desired.Generation, "re-issued with the next generation")
 	assert.Equal(t, []api.Assignment{{Name: "fraud", Version: "v1"}}, d.Desired.Models)
-	assert.Equal(t, later.Add(DefaultDesiredTTL).Unix(), d.Desired.Expires.Unix())
+	assert.Equal(t, later.Add(controlplane.DefaultDesiredTTL).Unix(), d.Desired.Expires.Unix())
 }

@@ -6,129 +6,157 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/audit"
-
-	"github.com/edgefleet/edgefleet/internal/labels"
+	"github.com/edgefleet/edgefleet/controlplane/monitor"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
-// The operations behind the REST API, for in-process callers such as
-// fleet-sim. They may be called once Ready is closed; errors wrap the
-// package's sentinels (api.ErrInvalid, api.ErrNotFound, api.ErrExists, ...).
+// The control plane's operations for in-process callers such as fleet-sim:
+// the same components the REST API calls, with the same errors (api
+// kinds). They may be called once Ready is closed; before, they return
+// errNotReady.
 
-var errNotReady = errors.New("controlplane: not ready (wait for Ready)")
+var errNotReady = &api.Error{Kind: api.ErrUnavailable, Msg: "controlplane: not ready (wait for Ready)"}
 
-func (s *Server) isReady() bool {
+// ready returns the components once Run built them.
+func (s *Server) components() (*components, error) {
 	select {
 	case <-s.ready:
-		return true
+		return s.c, nil
 	default:
-		return false
+		return nil, errNotReady
 	}
 }
 
 // RegisterDevice registers a device and returns its credentials; the
 // password is not stored and cannot be shown again.
 func (s *Server) RegisterDevice(id string, lbls map[string]string) (api.DeviceCredentials, error) {
-	if !s.isReady() {
-		return api.DeviceCredentials{}, errNotReady
-	}
-	password, err := s.reg.register(id, lbls)
+	c, err := s.components()
 	if err != nil {
 		return api.DeviceCredentials{}, err
 	}
-	s.log.Info("device registered", "device", id, "labels", lbls)
-	return api.DeviceCredentials{
-		ID:            id,
-		Username:      id,
-		Password:      password,
-		BrokerURL:     s.BrokerURL(),
-		TopicPrefix:   s.scheme.Prefix,
-		RootPublicKey: s.keys.RootPEM,
-	}, nil
+	return c.fleet.Register(id, lbls)
 }
 
-// api.Device returns one device.
+// Device returns one device.
 func (s *Server) Device(id string) (api.Device, error) {
-	if !s.isReady() {
-		return api.Device{}, errNotReady
+	c, err := s.components()
+	if err != nil {
+		return api.Device{}, err
 	}
-	d, ok := s.reg.get(id)
-	if !ok {
-		return api.Device{}, newErr(api.ErrNotFound, "device %q is not registered", id)
-	}
-	return d, nil
+	return c.fleet.Device(id)
 }
 
 // Devices returns the devices matching selector ("" for all), by id.
 func (s *Server) Devices(selector string) ([]api.Device, error) {
-	if !s.isReady() {
-		return nil, errNotReady
-	}
-	if selector == "" {
-		return s.reg.list(nil), nil
-	}
-	sel, err := labels.Parse(selector)
+	c, err := s.components()
 	if err != nil {
-		return nil, newErr(api.ErrInvalid, "%v", err)
+		return nil, err
 	}
-	return s.reg.list(&sel), nil
+	return c.fleet.Devices(selector)
 }
 
 // AddModelVersion checks, signs, stores and publishes a model version, as
 // the upload endpoint does. meta holds only metadata fields (see the API).
 func (s *Server) AddModelVersion(ctx context.Context, name, version string, model []byte, meta *efpb.Manifest, force bool) (api.ModelVersion, error) {
-	if !s.isReady() {
-		return api.ModelVersion{}, errNotReady
-	}
-	if meta != nil {
-		// The same rules as the API's metadata part.
-		if err := checkMetadataFields(meta); err != nil {
-			return api.ModelVersion{}, err
-		}
-	}
-	rec, err := s.addModelVersion(ctx, name, version, model, meta, force)
+	c, err := s.components()
 	if err != nil {
-		s.metrics.uploads.WithLabelValues("rejected").Inc()
 		return api.ModelVersion{}, err
 	}
-	s.countUpload(rec)
-	return rec.ModelVersion, nil
+	mv, err := c.models.Add(ctx, name, version, model, meta, force)
+	mv.Manifest = nil // as in the list; Model returns it
+	return mv, err
 }
 
 // Deploy issues desired states, as POST /api/v1/deployments does.
 func (s *Server) Deploy(ctx context.Context, req api.DeployRequest) (*api.DeployResult, error) {
-	if !s.isReady() {
-		return nil, errNotReady
+	c, err := s.components()
+	if err != nil {
+		return nil, err
 	}
-	return s.deploy(ctx, req)
+	return c.fleet.Deploy(ctx, req)
 }
 
-func (s *Server) countUpload(rec *modelRecord) {
-	result := "accepted"
-	if rec.Checks.Forced {
-		result = "forced"
+// CreateRollout checks and starts a rollout, as POST /api/v1/rollouts does.
+// actor is who asked (for the audit log).
+func (s *Server) CreateRollout(ctx context.Context, spec api.RolloutSpec, actor string) (*api.Rollout, error) {
+	c, err := s.components()
+	if err != nil {
+		return nil, err
 	}
-	s.metrics.uploads.WithLabelValues(result).Inc()
+	return c.rollouts.Create(ctx, spec, actor)
+}
+
+// Rollout returns one rollout; withDevices adds per-device records.
+func (s *Server) Rollout(id string, withDevices bool) (*api.Rollout, error) {
+	c, err := s.components()
+	if err != nil {
+		return nil, err
+	}
+	return c.rollouts.Get(id, withDevices)
+}
+
+// Rollouts lists every rollout, oldest first.
+func (s *Server) Rollouts() ([]*api.Rollout, error) {
+	c, err := s.components()
+	if err != nil {
+		return nil, err
+	}
+	return c.rollouts.List(), nil
+}
+
+// RolloutAction pauses, resumes, promotes, aborts or rolls back a rollout;
+// req narrows a rollback to a label group or one device.
+func (s *Server) RolloutAction(ctx context.Context, id string, action api.RolloutAction, req api.RollbackRequest, actor string) (*api.Rollout, error) {
+	c, err := s.components()
+	if err != nil {
+		return nil, err
+	}
+	return c.rollouts.Act(ctx, id, action, req, actor)
 }
 
 // Audit returns the audit entries matching q, oldest first: operator
 // actions, rollout decisions and monitoring alerts with their figures.
 func (s *Server) Audit(q api.AuditQuery) ([]api.AuditEntry, error) {
-	if !s.isReady() {
-		return nil, errNotReady
-	}
-	list, err := s.audit.List(audit.Query(q))
+	c, err := s.components()
 	if err != nil {
 		return nil, err
 	}
-	return auditViews(list), nil
-}
-
-// auditViews turns stored audit entries into the API's view.
-func auditViews(list []audit.Entry) []api.AuditEntry {
+	list, err := c.audit.List(audit.Query(q))
+	if err != nil {
+		return nil, err
+	}
 	out := make([]api.AuditEntry, len(list))
 	for i, e := range list {
 		out[i] = api.AuditEntry(e)
 	}
-	return out
+	return out, nil
+}
+
+// Dropped is the number of device payloads dropped since start:
+// undecodable, oversized, from unknown devices, or naming another device
+// than their topic.
+func (s *Server) Dropped() uint64 {
+	c, err := s.components()
+	if err != nil {
+		return 0
+	}
+	return c.ingest.Dropped()
+}
+
+// Monitor is the monitoring aggregator (nil before Ready).
+func (s *Server) Monitor() *monitor.Aggregator {
+	c, err := s.components()
+	if err != nil {
+		return nil
+	}
+	return c.monitor.Aggregator()
+}
+
+// EvaluateAlerts runs the alert rules now (tests, and `edgefleet` tools).
+func (s *Server) EvaluateAlerts() ([]monitor.Alert, error) {
+	c, err := s.components()
+	if err != nil {
+		return nil, errors.New("controlplane: monitoring is not running")
+	}
+	return c.monitor.Evaluate()
 }

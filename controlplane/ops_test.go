@@ -1,8 +1,7 @@
-package controlplane
+package controlplane_test
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -10,17 +9,20 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/fleet"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
-	"github.com/edgefleet/edgefleet/internal/topics"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
 func TestInProcessOperations(t *testing.T) {
-	notReady, err := New(Options{DataDir: t.TempDir()})
+	notReady, err := controlplane.New(controlplane.Options{DataDir: t.TempDir()})
 	require.NoError(t, err)
 	_, err = notReady.Devices("")
-	assert.ErrorIs(t, err, errNotReady)
+	assert.ErrorIs(t, err, api.ErrUnavailable)
+	assert.ErrorContains(t, err, "not ready")
 
 	ts := newTestServer(t, nil)
 	ctx := context.Background()
@@ -57,74 +59,48 @@ func TestInProcessOperations(t *testing.T) {
 }
 
 func TestTelemetryLastSeenPersistenceIsThrottled(t *testing.T) {
-	clock := newTestClock(time.Now())
-	ts := newTestServer(t, func(o *Options) { o.Clock = clock.Now })
+	clock := testkit.NewClock(time.Now())
+	ts := newTestServer(t, func(o *controlplane.Options) { o.Clock = clock.Now })
 	ts.register("dev-1", nil)
-	sc := topics.Scheme{Prefix: ts.scheme.Prefix}
+	in := ts.internals()
+	sc := in.Scheme
 	tel, err := proto.Marshal(&efpb.Telemetry{DeviceId: "dev-1", Seq: 1})
 	require.NoError(t, err)
-	stored := func() time.Time {
+	stored := func() time.Time { // what a registry loaded from the store has
 		t.Helper()
-		var d api.Device
-		require.NoError(t, ts.kv.GetJSON(prefixDevices+"dev-1", &d))
+		reg, err := fleet.OpenRegistry(in.KV, nil)
+		require.NoError(t, err)
+		d, _ := reg.Get("dev-1")
 		return d.LastSeen
 	}
 
 	// Registration wrote the record just now: the first telemetry is within
 	// the window, so only memory changes.
 	t0 := clock.Add(time.Second)
-	ts.onTelemetry(sc.Telemetry("dev-1"), tel)
-	d, _ := ts.reg.get("dev-1")
+	in.OnTelemetry(sc.Telemetry("dev-1"), tel)
+	d, _ := ts.internals().Registry.Get("dev-1")
 	assert.True(t, d.LastSeen.Equal(t0), "in memory last_seen is always current")
 	assert.True(t, stored().IsZero())
 
-	t1 := clock.Add(lastSeenPersistEvery)
-	ts.onTelemetry(sc.Telemetry("dev-1"), tel)
+	t1 := clock.Add(30 * time.Second) // fleet persists last_seen at most every 30s
+	in.OnTelemetry(sc.Telemetry("dev-1"), tel)
 	assert.True(t, stored().Equal(t1), "persisted once the window passed")
 
 	clock.Add(10 * time.Second)
-	ts.onTelemetry(sc.Telemetry("dev-1"), tel)
+	in.OnTelemetry(sc.Telemetry("dev-1"), tel)
 	assert.True(t, stored().Equal(t1), "not again within the window")
 
 	// A status event is a change: written through at once.
 	t3 := clock.Add(time.Second)
 	st, err := proto.Marshal(&efpb.StatusEvent{DeviceId: "dev-1", ModelName: "fraud", State: efpb.ModelState_MODEL_STATE_ACTIVE})
 	require.NoError(t, err)
-	ts.onStatus(sc.Status("dev-1"), st)
+	in.OnStatus(sc.Status("dev-1"), st)
 	assert.True(t, stored().Equal(t3))
 }
 
-// testClock is a settable clock safe for concurrent use.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newTestClock(t time.Time) *testClock { return &testClock{now: t.UTC()} }
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-// Add moves the clock forward and returns the new time.
-func (c *testClock) Add(d time.Duration) time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	return c.now
-}
-
-func (c *testClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = t.UTC()
-}
-
 func TestAlertWindowShorterThanTheBucketsIsRefused(t *testing.T) {
-	_, err := New(Options{DataDir: t.TempDir(), Monitor: MonitorOptions{Rules: monitor.Rules{Window: 20 * time.Second}}})
+	_, err := controlplane.New(controlplane.Options{DataDir: t.TempDir(), Monitor: monitor.Config{Rules: monitor.Rules{Window: 20 * time.Second}}})
 	assert.ErrorContains(t, err, "alert window 20s is shorter than the 1m0s resolution")
-	_, err = New(Options{DataDir: t.TempDir(), Monitor: MonitorOptions{Rules: monitor.Rules{Window: time.Minute}}})
+	_, err = controlplane.New(controlplane.Options{DataDir: t.TempDir(), Monitor: monitor.Config{Rules: monitor.Rules{Window: time.Minute}}})
 	assert.NoError(t, err)
 }

@@ -1,4 +1,4 @@
-package controlplane
+package controlplane_test
 
 import (
 	"crypto/ed25519"
@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/keys"
 	"github.com/edgefleet/edgefleet/internal/signing"
@@ -21,20 +22,20 @@ import (
 
 func TestRestartRestoresState(t *testing.T) {
 	dir := t.TempDir()
-	first := newTestServer(t, func(o *Options) { o.DataDir = dir })
-	token := first.token
+	first := newTestServer(t, func(o *controlplane.Options) { o.DataDir = dir })
+	token := first.Token
 	creds := first.register("dev-1", map[string]string{"site": "berlin"})
 	first.mustUpload("fraud", "v1", trainedModel(t, 1))
 	first.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Selector: "site=berlin"})
-	first.stop()
+	first.Stop()
 
 	calls := 0
-	second := newTestServer(t, func(o *Options) {
+	second := newTestServer(t, func(o *controlplane.Options) {
 		o.DataDir = dir
 		o.OnInitialToken = func(string) { calls++ }
 	})
 	assert.Zero(t, calls, "the admin token is generated once, at the first start")
-	second.token = token
+	second.Token = token
 	code, body := second.do("GET", "/api/v1/devices/dev-1", nil)
 	require.Equal(t, http.StatusOK, code, "the first token still works: %s", body)
 
@@ -55,7 +56,7 @@ func TestRestartRestoresState(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, uint64(1), d.Generation)
 
-	dev, ok := second.reg.get("dev-1")
+	dev, ok := second.internals().Registry.Get("dev-1")
 	require.True(t, ok)
 	assert.Equal(t, map[string]string{"site": "berlin"}, dev.Labels)
 	require.NotNil(t, dev.Desired)
@@ -80,7 +81,7 @@ func TestServeWithoutRootPrivateKey(t *testing.T) {
 	// Production layout: root.key never reaches the control plane.
 	require.NoError(t, os.Rename(filepath.Join(keyDir, keys.RootKeyFile), filepath.Join(t.TempDir(), keys.RootKeyFile)))
 
-	ts := newTestServer(t, func(o *Options) { o.DataDir = dir })
+	ts := newTestServer(t, func(o *controlplane.Options) { o.DataDir = dir })
 	creds := ts.register("dev-1", nil)
 	got, err := signing.ParsePublicKeyPEM([]byte(creds.RootPublicKey))
 	require.NoError(t, err)
@@ -136,7 +137,7 @@ func TestKeysMismatchIsRefused(t *testing.T) {
 			_, err := keys.Init(keyDir, time.Now(), 0)
 			require.NoError(t, err)
 			tt.mutate(t, keyDir)
-			_, err = New(Options{DataDir: dir})
+			_, err = controlplane.New(controlplane.Options{DataDir: dir})
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tt.want)
 		})

@@ -1,8 +1,10 @@
-// Package controlplane is edgefleet's control plane as a library: device
-// registry and credentials, model registry (upload checks, signed
-// manifests, chunk distribution), deployments (signed desired states), the
-// embedded MQTT broker or a client of an external one, and the REST API.
-// The edgefleet binary (controlplane/cmd/edgefleet) and fleet-sim run it.
+// Package controlplane is edgefleet's control plane as a library: New
+// checks Options, Run builds the components in dependency order (store,
+// keys, audit log, device registry, MQTT bus, model registry, fleet,
+// monitoring, rollout engine, REST API), wires them, serves until its
+// context ends and stops them in reverse order. The edgefleet binary
+// (controlplane/cmd/edgefleet), fleet-sim and the tests run it;
+// docs/architecture.md draws the components and their lock order.
 package controlplane
 
 import (
@@ -20,11 +22,17 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/edgefleet/edgefleet/controlplane/audit"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
 	"github.com/edgefleet/edgefleet/controlplane/bus"
+	"github.com/edgefleet/edgefleet/controlplane/fleet"
+	"github.com/edgefleet/edgefleet/controlplane/httpapi"
+	"github.com/edgefleet/edgefleet/controlplane/ingest"
 	"github.com/edgefleet/edgefleet/controlplane/keys"
+	"github.com/edgefleet/edgefleet/controlplane/models"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
 	"github.com/edgefleet/edgefleet/internal/infer"
@@ -39,15 +47,13 @@ const (
 	DefaultAPIListen   = "127.0.0.1:8080"
 	DefaultMQTTListen  = broker.DefaultAddr
 	DefaultManifestTTL = 90 * 24 * time.Hour
-	DefaultDesiredTTL  = 30 * 24 * time.Hour
-	// DefaultChunkBatchWindow and DefaultChunkBatchMax: see
-	// Options.ChunkBatchWindow.
-	DefaultChunkBatchWindow = 150 * time.Millisecond
-	DefaultChunkBatchMax    = 2 * time.Second
+	DefaultDesiredTTL  = fleet.DefaultDesiredTTL
 	// DefaultMQTTClientID is the control plane's client id on an external broker.
 	DefaultMQTTClientID = "edgefleet-control-plane"
+	// DefaultRolloutInterval is how often rollouts are evaluated when
+	// nothing else (a device status event) triggers it.
+	DefaultRolloutInterval = time.Second
 
-	blobCacheBytes  = 256 << 20
 	renewInterval   = time.Hour
 	shutdownTimeout = 5 * time.Second
 )
@@ -72,8 +78,8 @@ type Options struct {
 	// collected before its chunks are published, so that devices starting
 	// a download together share one publish of each chunk: the chunks go
 	// out once no new request came for ChunkBatchWindow, and at the latest
-	// ChunkBatchMax after the first. Defaults DefaultChunkBatchWindow and
-	// DefaultChunkBatchMax; a negative window publishes at once.
+	// ChunkBatchMax after the first. Defaults models.DefaultChunkBatchWindow
+	// and models.DefaultChunkBatchMax; a negative window publishes at once.
 	ChunkBatchWindow time.Duration
 	ChunkBatchMax    time.Duration
 	// IngestConnections, with MQTTURL, receives telemetry over this many
@@ -119,11 +125,11 @@ type Options struct {
 	// each device status event; default DefaultRolloutInterval.
 	RolloutInterval time.Duration
 	// RolloutMetrics feeds the rollouts' quality gates (accuracy, drift);
-	// nil leaves those gates waiting for figures.
+	// nil means the control plane's own monitoring figures.
 	RolloutMetrics rollout.Metrics
 	// Monitor configures model monitoring: alert rules, the retrain
-	// webhook, history retention (monitoring.go).
-	Monitor MonitorOptions
+	// webhook, history retention.
+	Monitor monitor.Config
 	// OnInitialToken is called once, during Run, when the admin API token
 	// was generated (the first start on an empty DataDir). The token is
 	// never shown again; only its hash is stored.
@@ -132,58 +138,43 @@ type Options struct {
 
 // Server is one control plane. Create it with New and run it with Run.
 type Server struct {
-	opts   Options
-	log    *slog.Logger
-	scheme topics.Scheme
-	clock  func() time.Time
-	keys   *keys.Set
-
-	metrics  *metrics
-	dropped  atomic.Uint64
-	chunks   *chunkQueue
-	blobs    *blobCache
+	opts     Options
+	log      *slog.Logger
+	scheme   topics.Scheme
+	keys     *keys.Set
+	metrics  *prometheus.Registry
 	ready    chan struct{}
 	started  atomic.Bool
 	runStart time.Time // when New ran: devices not seen since have an unknown presence
 
-	// deployMu serialises desired-state issuing and publishing (see
-	// issueDesired). Lock order: deployMu, then registry.mu.
-	deployMu sync.Mutex
-	// uploadMu serialises the final existence check and write of a model
-	// version, and manifest renewals.
-	uploadMu sync.Mutex
+	// c holds the components; Run sets it before ready is closed, and it
+	// is read-only afterwards (the close orders the write before every
+	// reader that waited for Ready).
+	c *components
 
-	// Set by Run before ready is closed, read-only afterwards (the close
-	// orders the writes before every reader that waited for Ready).
-	db         *store.DB
-	kv         *store.KV
-	reg        *registry
-	models     *modelIndex
-	bus        bus.Bus
-	runtime    *infer.Runtime
-	runtimeErr error
-	tokenHash  []byte
-	// audit records every mutating API call and automatic decision;
-	// security holds API tokens, enrollments and the auth-failure limiter
-	// (auth.go).
-	audit    *audit.Log
-	security *security
-	// rollouts is the rollout engine; rolloutKick wakes its goroutine
-	// (rollouts.go).
-	rollouts    *rollout.Engine
-	rolloutKick chan struct{}
-	// monitor aggregates device monitoring reports; alerter and webhook
-	// raise alerts from it (monitoring.go).
-	monitor    *monitor.Aggregator
-	alerter    *monitor.Alerter
-	webhook    *monitor.Webhook
-	monMetrics *monitorMetrics
-
-	// addrMu guards apiURL and brokerURL, which tests may poll before Ready.
+	// addrMu guards apiURL, brokerURL and embedded, which tests and
+	// metrics may read before Ready.
 	addrMu    sync.Mutex
 	apiURL    string
 	brokerURL string
 	embedded  *broker.Broker // nil with an external broker
+}
+
+// components are what Run builds, in this order: each takes the ones
+// before it.
+type components struct {
+	db       *store.DB
+	audit    *audit.Log
+	ingest   *ingest.Checker
+	registry *fleet.Registry
+	bus      bus.Bus
+	models   *models.Registry
+	fleet    *fleet.Fleet
+	monitor  *monitor.Service
+	rollouts *rollout.Engine
+	api      *httpapi.API
+	// kick wakes the rollout loop after a device status event.
+	kick chan struct{}
 }
 
 // New checks opts, applies defaults and loads (or, on an empty DataDir,
@@ -213,14 +204,8 @@ func New(opts Options) (*Server, error) {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
-	switch {
-	case opts.ChunkBatchWindow == 0:
-		opts.ChunkBatchWindow = DefaultChunkBatchWindow
-	case opts.ChunkBatchWindow < 0:
-		opts.ChunkBatchWindow = 0
-	}
-	if opts.ChunkBatchMax == 0 {
-		opts.ChunkBatchMax = DefaultChunkBatchMax
+	if opts.RolloutInterval <= 0 {
+		opts.RolloutInterval = DefaultRolloutInterval
 	}
 	// Metrics are stored in one-minute buckets and a window counts the
 	// buckets that start inside it: a shorter window would see the current
@@ -248,46 +233,30 @@ func New(opts Options) (*Server, error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+		opts.Logger = log
 	}
-	log = log.With("component", "controlplane")
-	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(opts.DataDir, "keys"), 0o700); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
-	for _, sub := range []string{"keys", "blobs"} {
-		if err := os.MkdirAll(filepath.Join(opts.DataDir, sub), 0o700); err != nil {
-			return nil, fmt.Errorf("controlplane: %w", err)
-		}
-	}
-	keys, err := keys.Load(filepath.Join(opts.DataDir, "keys"), opts.Clock(), log)
+	ks, err := keys.Load(filepath.Join(opts.DataDir, "keys"), opts.Clock(), log.With("component", "keys"))
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
 	s := &Server{
 		opts:     opts,
-		log:      log,
+		log:      log.With("component", "controlplane"),
 		scheme:   scheme,
-		clock:    opts.Clock,
-		runStart: opts.Clock(),
-		keys:     keys,
-		chunks:   newChunkQueue(opts.ChunkBatchWindow, opts.ChunkBatchMax),
-		blobs:    newBlobCache(blobCacheBytes),
+		keys:     ks,
+		metrics:  prometheus.NewRegistry(),
 		ready:    make(chan struct{}),
+		runStart: opts.Clock(),
 	}
-	s.metrics = newMetrics(
-		func() float64 { t, _ := s.deviceCounts(); return float64(t) },
-		func() float64 { _, o := s.deviceCounts(); return float64(o) },
-		func() float64 {
-			if s.models == nil {
-				return 0
-			}
-			return float64(s.models.count())
-		},
-	)
-	s.monMetrics = newMonitorMetrics(s.metrics.reg)
-	s.metrics.reg.MustRegister(
+	s.metrics.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "edgefleet_broker_subscription_dropped_total",
-			Help: "api.Device messages the embedded broker dropped because a control-plane subscription's queue was full (ingest falling behind).",
+			Help: "Device messages the embedded broker dropped because a control-plane subscription's queue was full (ingest falling behind).",
 		}, func() float64 { return s.brokerDrops(func(b *broker.Broker) uint64 { return b.Dropped() }) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "edgefleet_broker_client_dropped_total",
@@ -313,15 +282,6 @@ func (s *Server) brokerDrops(count func(*broker.Broker) uint64) float64 {
 		return 0
 	}
 	return float64(count(b))
-}
-
-func (s *Server) deviceCounts() (total, online int) {
-	select {
-	case <-s.ready:
-		return s.reg.counts()
-	default:
-		return 0, 0
-	}
 }
 
 // Ready is closed once the server serves: API listening, broker up,
@@ -367,9 +327,10 @@ func (s *Server) BrokerURL() string {
 // provisioned with.
 func (s *Server) RootPublicKeyPEM() string { return s.keys.RootPEM }
 
-// Run starts everything, serves until ctx ends, then shuts down in order
-// and waits for every goroutine it started. It returns nil after a shutdown
-// caused by ctx, or the error that stopped it. Run may be called once.
+// Run builds the components, starts everything, serves until ctx ends,
+// then shuts down in reverse order and waits for every goroutine it
+// started. It returns nil after a shutdown caused by ctx, or the error
+// that stopped it. Run may be called once.
 func (s *Server) Run(ctx context.Context) (err error) {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("controlplane: Run called twice")
@@ -385,85 +346,38 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		}
 	}()
 
-	s.db, err = store.Open(store.Options{
-		Dir:     filepath.Join(s.opts.DataDir, "db"),
-		Profile: store.ProfileServer,
-		Logger:  s.opts.Logger,
-	})
+	c, err := s.build(ctx, &closers)
 	if err != nil {
 		return fmt.Errorf("controlplane: %w", err)
 	}
-	closers = append(closers, func() {
-		if err := s.db.Close(); err != nil {
-			s.log.Error("close store", "err", err)
-		}
-	})
-	s.kv = s.db.Namespace("cp")
-
-	var token string
-	if s.tokenHash, token, err = ensureAdminToken(s.kv); err != nil {
+	// Retained state and subscriptions go in before the embedded broker's
+	// listener opens, so the first device to connect finds everything.
+	if err := s.publishRetained(ctx, c); err != nil {
 		return fmt.Errorf("controlplane: %w", err)
 	}
-	if s.reg, err = loadRegistry(s.kv, s.clock); err != nil {
+	if err := s.subscribe(ctx, c); err != nil {
 		return fmt.Errorf("controlplane: %w", err)
 	}
-	if s.models, err = loadModels(s.kv); err != nil {
-		return fmt.Errorf("controlplane: %w", err)
-	}
-	if err := s.openSecurity(); err != nil {
-		return fmt.Errorf("controlplane: %w", err)
-	}
-
-	s.runtime = s.opts.Runtime
-	if s.runtime == nil {
-		s.runtime, s.runtimeErr = infer.NewRuntime(s.opts.ORTLibrary, s.opts.Logger)
-		if s.runtimeErr != nil {
-			s.log.Warn("onnxruntime unavailable: model uploads will be refused", "err", s.runtimeErr)
-		} else {
-			rt := s.runtime
-			closers = append(closers, func() { _ = rt.Close() })
+	if b := s.embeddedBroker(); b != nil {
+		if err := b.Start(); err != nil {
+			return fmt.Errorf("controlplane: %w", err)
 		}
 	}
-
-	if err := s.openMonitoring(); err != nil {
-		return fmt.Errorf("controlplane: %w", err)
-	}
-	closers = append(closers, s.flushMonitoring) // after the bus stopped delivering
-	if err := s.openRollouts(); err != nil {
-		return fmt.Errorf("controlplane: %w", err)
-	}
-	if err := s.startBus(ctx); err != nil {
-		return fmt.Errorf("controlplane: %w", err)
-	}
-	closers = append(closers, func() {
-		// Waits for running ingest handlers, which use the store.
-		if err := s.bus.Close(); err != nil {
-			s.log.Error("close broker", "err", err)
-		}
-	})
 
 	// Shutdown: stop the API, cancel the workers, wait for them, then
-	// close the bus, the runtime and the store (closers run in reverse).
+	// close the bus, flush monitoring, close the runtime and the store
+	// (closers run in reverse).
 	var wg sync.WaitGroup // every goroutine Run starts
 	closers = append(closers, wg.Wait, cancel)
-
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		s.runChunks(ctx)
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		s.runRenew(ctx)
-	}()
-	if eb, ok := s.bus.(*bus.External); ok {
-		wg.Go(func() { s.republishOnReconnect(ctx, eb) })
+	wg.Go(func() { c.models.Run(ctx) })
+	wg.Go(func() { s.renewLoop(ctx, c) })
+	wg.Go(func() { s.rolloutLoop(ctx, c) })
+	wg.Go(func() { c.monitor.Run(ctx) })
+	if eb, ok := c.bus.(*bus.External); ok {
+		wg.Go(func() { s.republishOnReconnect(ctx, c, eb) })
 	}
-	s.runRollouts(ctx, &wg)
-	s.runMonitoring(ctx, &wg)
 
-	handler, err := s.handler()
+	handler, err := c.api.Handler()
 	if err != nil {
 		return fmt.Errorf("controlplane: %w", err)
 	}
@@ -490,25 +404,25 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	s.apiURL = "http://" + ln.Addr().String()
 	s.brokerURL = s.opts.PublicMQTTURL
 	if s.brokerURL == "" {
-		s.brokerURL = s.bus.URL()
+		s.brokerURL = c.bus.URL()
 	}
 	s.addrMu.Unlock()
 
 	// The initial token is handed out before the API answers anything: a
 	// client that sees /healthz can rely on the token file being written.
-	if token != "" && s.opts.OnInitialToken != nil {
-		s.opts.OnInitialToken(token)
+	if tok := c.api.InitialToken(); tok != "" && s.opts.OnInitialToken != nil {
+		s.opts.OnInitialToken(tok)
 	}
 	serveErr := make(chan error, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			serveErr <- err
 		}
-	}()
+	})
+	s.c = c
 	close(s.ready)
-	s.log.Info("control plane ready", "api", s.APIURL(), "broker", s.bus.URL(), "devices", len(s.reg.list(nil)), "model_versions", s.models.count())
+	total, _ := c.registry.Counts()
+	s.log.Info("control plane ready", "api", s.APIURL(), "broker", c.bus.URL(), "devices", total, "model_versions", c.models.Count())
 
 	select {
 	case <-ctx.Done():
@@ -519,126 +433,259 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	}
 }
 
-// startBus starts the embedded broker or connects to the external one,
-// publishes the retained state and subscribes to the device topics.
-func (s *Server) startBus(ctx context.Context) error {
-	if s.opts.MQTTURL != "" {
-		clientID := s.opts.Username
-		if clientID == "" {
-			clientID = DefaultMQTTClientID
+// build opens the store and builds every component in dependency order;
+// closers receives what must be released, in order of acquisition.
+func (s *Server) build(ctx context.Context, closers *[]func()) (*components, error) {
+	o := s.opts
+	c := &components{kick: make(chan struct{}, 1)}
+	var err error
+	if c.db, err = store.Open(store.Options{Dir: filepath.Join(o.DataDir, "db"), Profile: store.ProfileServer, Logger: o.Logger}); err != nil {
+		return nil, err
+	}
+	*closers = append(*closers, func() {
+		if err := c.db.Close(); err != nil {
+			s.log.Error("close store", "err", err)
 		}
-		mo := mqttc.Options{
-			BrokerURL: s.opts.MQTTURL,
-			ClientID:  clientID,
-			Username:  s.opts.Username,
-			Password:  s.opts.Password,
-			QueueSize: 4096,
-			Logger:    s.opts.Logger,
-		}
-		eb, err := bus.Dial(ctx, mo)
-		if err != nil {
-			return err
-		}
-		s.bus = eb
-		if err := s.publishRetained(ctx); err != nil {
-			_ = eb.Close()
-			return err
-		}
-		if err := s.subscribe(ctx); err != nil {
-			_ = eb.Close()
-			return err
-		}
-		if n := s.opts.IngestConnections; n > 1 {
-			if err := eb.AddIngest(ctx, mo, n, s.scheme.AllTelemetry(), s.onTelemetry); err != nil {
-				_ = eb.Close()
-				return err
-			}
-		}
-		return nil
+	})
+	kv := c.db.Namespace("cp")
+	if c.audit, err = audit.Open(c.db.Namespace("audit"), o.Clock); err != nil {
+		return nil, err
+	}
+	c.ingest = ingest.New(s.scheme, s.metrics, o.Logger)
+	if c.registry, err = fleet.OpenRegistry(kv, o.Clock); err != nil {
+		return nil, err
 	}
 
-	b, err := broker.New(broker.Options{
-		Addr:     s.opts.MQTTListen,
-		Scheme:   s.scheme,
-		Auth:     s.reg,
-		TLS:      s.opts.MQTTTLS,
-		InMemory: s.opts.MQTTInMemory,
-		Logger:   s.opts.Logger,
+	rt, rtErr := o.Runtime, error(nil)
+	if rt == nil {
+		if rt, rtErr = infer.NewRuntime(o.ORTLibrary, o.Logger); rtErr != nil {
+			s.log.Warn("onnxruntime unavailable: model uploads will be refused", "err", rtErr)
+		} else {
+			*closers = append(*closers, func() { _ = rt.Close() })
+		}
+	}
+
+	if c.bus, err = s.openBus(ctx, c.registry); err != nil {
+		return nil, err
+	}
+	c.models, err = models.New(models.Options{
+		KV: kv, BlobDir: filepath.Join(o.DataDir, "blobs"), Keys: s.keys,
+		Runtime: rt, RuntimeErr: rtErr, Bus: c.bus, Scheme: s.scheme, Devices: c.registry, Ingest: c.ingest,
+		ManifestTTL: o.ManifestTTL, MaxModelSize: o.MaxModelSize,
+		ChunkBatchWindow: o.ChunkBatchWindow, ChunkBatchMax: o.ChunkBatchMax,
+		Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger,
 	})
+	if err != nil {
+		_ = c.bus.Close()
+		return nil, err
+	}
+	c.fleet = fleet.New(fleet.Options{
+		KV: kv, Sync: c.db.Sync, Registry: c.registry, Keys: s.keys, Bus: c.bus, Scheme: s.scheme,
+		Models: c.models, Ingest: c.ingest, BrokerURL: o.PublicMQTTURL, DesiredTTL: o.DesiredTTL,
+		Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger,
+	})
+	c.monitor, err = monitor.NewService(monitor.ServiceOptions{
+		Config: o.Monitor, KV: c.db.Namespace("monitor"), Models: c.models, Devices: c.registry,
+		Audit: c.audit, Ingest: c.ingest, Registerer: s.metrics, Clock: o.Clock, Logger: o.Logger,
+	})
+	if err != nil {
+		_ = c.bus.Close()
+		return nil, err
+	}
+	// After the bus stopped delivering (closers run in reverse).
+	*closers = append(*closers, func() {
+		if err := c.monitor.Flush(); err != nil {
+			s.log.Error("monitoring flush at shutdown failed", "err", err)
+		}
+	})
+	// Waits for running handlers, which use the store.
+	*closers = append(*closers, func() {
+		if err := c.bus.Close(); err != nil {
+			s.log.Error("close broker", "err", err)
+		}
+	})
+	gates := o.RolloutMetrics
+	if gates == nil {
+		gates = c.monitor.Aggregator()
+	}
+	c.rollouts, err = rollout.New(rollout.Options{
+		KV: c.db.Namespace("rollouts"), Issuer: c.fleet, Fleet: rolloutFleet{c.registry, s.runStart},
+		Models: c.models, Metrics: gates, Audit: c.audit, Clock: o.Clock, Logger: o.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.api, err = httpapi.New(httpapi.Options{
+		Fleet: c.fleet, Models: c.models, Rollouts: c.rollouts, Metrics: c.monitor.Aggregator(), Audit: c.audit,
+		KV: kv, Prometheus: promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}), Registerer: s.metrics,
+		Clock: o.Clock, Logger: o.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// openBus creates the embedded broker (not listening yet; Run starts it
+// once the retained state is in) or connects to the external one.
+func (s *Server) openBus(ctx context.Context, auth broker.Authenticator) (bus.Bus, error) {
+	o := s.opts
+	if o.MQTTURL == "" {
+		b, err := broker.New(broker.Options{Addr: o.MQTTListen, Scheme: s.scheme, Auth: auth, TLS: o.MQTTTLS, InMemory: o.MQTTInMemory, Logger: o.Logger})
+		if err != nil {
+			return nil, err
+		}
+		s.addrMu.Lock()
+		s.embedded = b
+		s.addrMu.Unlock()
+		return bus.NewEmbedded(b), nil
+	}
+	eb, err := bus.Dial(ctx, s.externalOptions())
+	if err != nil {
+		return nil, err
+	}
+	return eb, nil
+}
+
+// externalOptions are the client options of the control plane's
+// connection(s) to an external broker.
+func (s *Server) externalOptions() mqttc.Options {
+	clientID := s.opts.Username
+	if clientID == "" {
+		clientID = DefaultMQTTClientID
+	}
+	return mqttc.Options{
+		BrokerURL: s.opts.MQTTURL,
+		ClientID:  clientID,
+		Username:  s.opts.Username,
+		Password:  s.opts.Password,
+		QueueSize: 4096,
+		Logger:    s.opts.Logger,
+	}
+}
+
+// publishRetained (re)publishes everything devices expect to find
+// retained: the trust bundle, every manifest and every device's newest
+// desired state. The embedded broker keeps retained messages in memory
+// only, so this runs at every start, and after every reconnect to an
+// external broker.
+func (s *Server) publishRetained(ctx context.Context, c *components) error {
+	if err := c.bus.Publish(ctx, s.scheme.Trust(), s.keys.BundleBytes, true); err != nil {
+		return fmt.Errorf("publish trust bundle: %w", err)
+	}
+	manifests, err := c.models.PublishRetained(ctx)
 	if err != nil {
 		return err
 	}
-	s.bus = bus.NewEmbedded(b)
-	s.addrMu.Lock()
-	s.embedded = b
-	s.addrMu.Unlock()
-	// Retained state and subscriptions go in before the listener opens, so
-	// the first device to connect already finds everything.
-	if err := s.publishRetained(ctx); err != nil {
-		_ = b.Close()
+	desired, err := c.fleet.PublishRetained(ctx)
+	if err != nil {
 		return err
 	}
-	if err := s.subscribe(ctx); err != nil {
-		_ = b.Close()
-		return err
+	s.log.Info("retained state published", "manifests", manifests, "desired_states", desired)
+	return nil
+}
+
+// handlers are the device topics' handlers: each routes a message to
+// the components that act on it.
+type handlers struct {
+	status, fetch, presence, telemetry func(topic string, payload []byte)
+}
+
+func (c *components) handlers() handlers {
+	return handlers{
+		status: func(topic string, payload []byte) {
+			c.fleet.OnStatus(topic, payload)
+			select { // wake the rollout engine
+			case c.kick <- struct{}{}:
+			default:
+			}
+		},
+		fetch:    c.models.OnFetch,
+		presence: c.fleet.OnPresence,
+		telemetry: func(topic string, payload []byte) {
+			dev, t, ok := c.fleet.OnTelemetry(topic, payload)
+			if ok {
+				c.monitor.Ingest(topic, dev, t, func(model, version string) string { return c.rollouts.Cohort(dev, model, version) })
+			}
+		},
 	}
-	if err := b.Start(); err != nil {
-		_ = b.Close()
-		return err
+}
+
+// subscribe routes the device topics to the components.
+func (s *Server) subscribe(ctx context.Context, c *components) error {
+	h := c.handlers()
+	type sub struct {
+		filter string
+		h      func(string, []byte)
+	}
+	subs := []sub{
+		{s.scheme.AllStatus(), h.status},
+		{s.scheme.AllFetch(), h.fetch},
+		{s.scheme.AllPresence(), h.presence},
+	}
+	eb, external := c.bus.(*bus.External)
+	shared := external && s.opts.IngestConnections > 1
+	if !shared {
+		subs = append(subs, sub{s.scheme.AllTelemetry(), h.telemetry})
+	}
+	for _, sub := range subs {
+		if err := c.bus.Subscribe(ctx, sub.filter, sub.h); err != nil {
+			return fmt.Errorf("subscribe %s: %w", sub.filter, err)
+		}
+	}
+	if shared { // telemetry arrives on the shared ingest connections
+		return eb.AddIngest(ctx, s.externalOptions(), s.opts.IngestConnections, s.scheme.AllTelemetry(), h.telemetry)
 	}
 	return nil
 }
 
 // republishOnReconnect publishes the retained state again each time the
 // connection to an external broker comes back, until ctx ends.
-func (s *Server) republishOnReconnect(ctx context.Context, eb *bus.External) {
+func (s *Server) republishOnReconnect(ctx context.Context, c *components, eb *bus.External) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-eb.Reconnected():
 		}
-		if err := s.publishRetained(ctx); err != nil && ctx.Err() == nil {
+		if err := s.publishRetained(ctx, c); err != nil && ctx.Err() == nil {
 			s.log.Error("republish retained state after reconnect failed", "err", err)
 		}
 	}
 }
 
-func (s *Server) subscribe(ctx context.Context) error {
-	for _, sub := range []struct {
-		filter string
-		h      func(string, []byte)
-	}{
-		{s.scheme.AllStatus(), s.onStatusRollouts},
-		{s.scheme.AllFetch(), s.onFetch},
-		{s.scheme.AllPresence(), s.onPresence},
-	} {
-		if err := s.bus.Subscribe(ctx, sub.filter, sub.h); err != nil {
-			return fmt.Errorf("subscribe %s: %w", sub.filter, err)
-		}
-	}
-	if s.opts.MQTTURL != "" && s.opts.IngestConnections > 1 {
-		return nil // telemetry arrives on the shared ingest connections
-	}
-	if err := s.bus.Subscribe(ctx, s.scheme.AllTelemetry(), s.onTelemetry); err != nil {
-		return fmt.Errorf("subscribe %s: %w", s.scheme.AllTelemetry(), err)
-	}
-	return nil
-}
-
-// runRenew re-signs expiring manifests and desired states, at start and
+// renewLoop re-signs expiring manifests and desired states, at start and
 // then every renewInterval, until ctx ends.
-func (s *Server) runRenew(ctx context.Context) {
+func (s *Server) renewLoop(ctx context.Context, c *components) {
 	t := time.NewTicker(renewInterval)
 	defer t.Stop()
 	for {
-		if err := s.renew(ctx); err != nil && ctx.Err() == nil {
-			s.log.Error("renew signed documents failed", "err", err)
+		if err := c.models.Renew(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("renew manifests failed", "err", err)
+		}
+		if err := c.fleet.Renew(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("renew desired states failed", "err", err)
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+	}
+}
+
+// rolloutLoop drives the rollout engine every RolloutInterval and after
+// each device status event, until ctx ends.
+func (s *Server) rolloutLoop(ctx context.Context, c *components) {
+	t := time.NewTicker(s.opts.RolloutInterval)
+	defer t.Stop()
+	for {
+		c.rollouts.Tick(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-c.kick:
 		}
 	}
 }

@@ -3,11 +3,14 @@ package api
 import (
 	"errors"
 	"net/http"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.yaml.in/yaml/v2"
 
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -147,4 +150,30 @@ func TestSpecValidation(t *testing.T) {
 	assert.Equal(t, Duration(DefaultBake), s.Bake)
 	assert.Equal(t, OnBreachPause, s.OnBreach)
 	assert.Equal(t, "stage 1", s.Stages[0].Name)
+}
+
+func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
+	raw, err := os.ReadFile("../../docs/openapi.yaml")
+	require.NoError(t, err)
+	var doc struct {
+		OpenAPI string                    `yaml:"openapi"`
+		Paths   map[string]map[string]any `yaml:"paths"`
+	}
+	require.NoError(t, yaml.Unmarshal(raw, &doc))
+	assert.True(t, strings.HasPrefix(doc.OpenAPI, "3.0"), "openapi version %q", doc.OpenAPI)
+
+	documented := map[string]bool{}
+	for path, item := range doc.Paths {
+		for method := range item {
+			if method == "parameters" {
+				continue
+			}
+			documented[strings.ToUpper(method)+" "+path] = true
+		}
+	}
+	served := map[string]bool{}
+	for _, r := range Routes() {
+		served[r.Key()] = true
+	}
+	assert.Equal(t, served, documented, "docs/openapi.yaml and api.Routes differ")
 }

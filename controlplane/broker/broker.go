@@ -217,7 +217,6 @@ func (b *Broker) Addr() string {
 	return b.addr
 }
 
-// URL is the broker URL for MQTT clients: tcp://addr, or tls://addr with TLS.
 // DialInMemory connects to the in-memory listener (Options.InMemory); the
 // connection then speaks MQTT like a TCP one, starting with CONNECT.
 func (b *Broker) DialInMemory(ctx context.Context) (net.Conn, error) {
@@ -248,6 +247,8 @@ func (b *Broker) InMemoryConns() int64 {
 	return b.mem.Open()
 }
 
+// URL is the broker URL for MQTT clients: tcp://addr, or tls://addr with TLS
+// ("tcp://" before Start).
 func (b *Broker) URL() string {
 	scheme := "tcp://"
 	if b.opts.TLS != nil {

@@ -33,11 +33,10 @@ func BenchmarkIngest(b *testing.B) {
 		devs[i] = fmt.Sprintf("dev-%03d", i)
 	}
 	tm := &efpb.Telemetry{Monitoring: []*efpb.MonitorReport{r}}
-	valid := func(string, string) error { return nil }
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		r.WindowEndUnixMs = agg.opts.Clock().UnixMilli()
-		if _, err := agg.Ingest(devs[i%len(devs)], uint64(i/len(devs)+1), tm, valid); err != nil {
+		if _, err := agg.Ingest(devs[i%len(devs)], uint64(i/len(devs)+1), tm, nil); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/internal/store"
+	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
@@ -69,9 +70,6 @@ type Options struct {
 	Site func(device string) string
 	// Labels returns a device's labels now, for queries grouped by label.
 	Labels func(device string) map[string]string
-	// Cohort returns the rollout cohort (stage) a device is in for a model
-	// version ("" if none); nil means none.
-	Cohort func(device, model, version string) string
 }
 
 // Aggregator ingests and answers monitoring data. Safe for concurrent use.
@@ -281,13 +279,18 @@ func countsOf(r *efpb.MonitorReport) (*Counts, error) {
 // Ingest adds the monitoring reports of one telemetry message from device.
 // A message whose seq is not above the device's last one is a duplicate
 // (the agent resends what was not acknowledged): it is counted and
-// ignored, and Ingest returns dup = true. validName checks model names and
-// versions (they become key parts).
-func (a *Aggregator) Ingest(device string, seq uint64, t *efpb.Telemetry, validName func(model, version string) error) (dup bool, err error) {
+// ignored, and Ingest returns dup = true. cohort names the rollout cohort
+// (stage) the device is in for a model version ("" none; a nil cohort
+// means none for every version). Model names and versions become key
+// parts: an invalid one refuses the message (ErrInvalidReport).
+func (a *Aggregator) Ingest(device string, seq uint64, t *efpb.Telemetry, cohort func(model, version string) string) (dup bool, err error) {
 	cells := map[string]*cell{}
 	now := a.opts.Clock()
 	for _, r := range t.GetMonitoring() {
-		if err := validName(r.ModelName, r.ModelVersion); err != nil {
+		if err := topics.ValidModelName(r.ModelName); err != nil {
+			return false, fmt.Errorf("%w: %v", ErrInvalidReport, err)
+		}
+		if err := topics.ValidModelVersion(r.ModelVersion); err != nil {
 			return false, fmt.Errorf("%w: %v", ErrInvalidReport, err)
 		}
 		c, err := countsOf(r)
@@ -304,8 +307,8 @@ func (a *Aggregator) Ingest(device string, seq uint64, t *efpb.Telemetry, validN
 		ce := cells[key]
 		if ce == nil {
 			ce = &cell{Site: a.opts.Site(device)}
-			if a.opts.Cohort != nil {
-				ce.Cohort = a.opts.Cohort(device, r.ModelName, r.ModelVersion)
+			if cohort != nil {
+				ce.Cohort = cohort(r.ModelName, r.ModelVersion)
 			}
 			cells[key] = ce
 		}

@@ -3,7 +3,6 @@ package monitor
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -75,13 +74,6 @@ func (f *fixture) open(t *testing.T) {
 	require.NoError(t, err)
 }
 
-func validName(m, v string) error {
-	if m == "" || v == "" {
-		return errors.New("empty model name or version")
-	}
-	return nil
-}
-
 // report is one window: amounts counted in the reference bins, labels.
 func report(f *fixture, amount []uint64, labelled, correct uint64) *efpb.Telemetry {
 	var rows uint64
@@ -105,7 +97,7 @@ func TestIngestDedupQueryBySite(t *testing.T) {
 	f := newFixture(t)
 	ingest := func(dev string, seq uint64, tm *efpb.Telemetry) bool {
 		t.Helper()
-		dup, err := f.agg.Ingest(dev, seq, tm, validName)
+		dup, err := f.agg.Ingest(dev, seq, tm, nil)
 		require.NoError(t, err)
 		return dup
 	}
@@ -118,7 +110,7 @@ func TestIngestDedupQueryBySite(t *testing.T) {
 	// (An older seq never seen before is a late report, not a duplicate:
 	// see TestIngestAcceptsLateReportsOnce.)
 
-	_, err := f.agg.Ingest("b1", 9, &efpb.Telemetry{Monitoring: []*efpb.MonitorReport{{ModelName: "fraud", ModelVersion: "1.0.0", Labelled: 1, Correct: 2}}}, validName)
+	_, err := f.agg.Ingest("b1", 9, &efpb.Telemetry{Monitoring: []*efpb.MonitorReport{{ModelName: "fraud", ModelVersion: "1.0.0", Labelled: 1, Correct: 2}}}, nil)
 	assert.ErrorIs(t, err, ErrInvalidReport)
 
 	res, err := f.agg.Query(Query{Model: "fraud", Version: "1.0.0", By: BySite, To: f.clk.Now().Add(time.Minute)})
@@ -163,7 +155,7 @@ func TestIngestDedupQueryBySite(t *testing.T) {
 	// Sequence numbers survive a restart: a resent report stays a duplicate.
 	require.NoError(t, f.db.Close())
 	f.open(t)
-	dup, err := f.agg.Ingest("b1", 3, report(f, []uint64{5, 25, 70}, 100, 60), validName)
+	dup, err := f.agg.Ingest("b1", 3, report(f, []uint64{5, 25, 70}, 100, 60), nil)
 	require.NoError(t, err)
 	assert.True(t, dup)
 }
@@ -172,7 +164,7 @@ func TestSweepRollsUpAndExpires(t *testing.T) {
 	f := newFixture(t)
 	start := f.clk.Now()
 	for i := range 6 { // one report every 10 minutes in one hour
-		_, err := f.agg.Ingest("a1", uint64(i+1), report(f, []uint64{1, 2, 1}, 4, 3), validName)
+		_, err := f.agg.Ingest("a1", uint64(i+1), report(f, []uint64{1, 2, 1}, 4, 3), nil)
 		require.NoError(t, err)
 		f.clk.Add(10 * time.Minute)
 	}
@@ -253,9 +245,9 @@ func TestAlertsAuditAndSignedWebhookWithRetries(t *testing.T) {
 	al := NewAlerter(f.agg, Rules{Window: 10 * time.Minute, MaxPSI: 0.2, MinRows: 50, MinAccuracy: 0.7, MaxAccuracyDrop: 0.1, MinLabels: 20}, log, hook)
 
 	// Previous window: both sites fine.
-	_, err = f.agg.Ingest("a1", 1, report(f, []uint64{25, 50, 25}, 100, 90), validName)
+	_, err = f.agg.Ingest("a1", 1, report(f, []uint64{25, 50, 25}, 100, 90), nil)
 	require.NoError(t, err)
-	_, err = f.agg.Ingest("b1", 1, report(f, []uint64{25, 50, 25}, 100, 90), validName)
+	_, err = f.agg.Ingest("b1", 1, report(f, []uint64{25, 50, 25}, 100, 90), nil)
 	require.NoError(t, err)
 	f.clk.Add(10 * time.Minute)
 	raised, err := al.Evaluate()
@@ -265,13 +257,13 @@ func TestAlertsAuditAndSignedWebhookWithRetries(t *testing.T) {
 	// Current window: beta drifts and loses accuracy; alpha stays fine;
 	// a third site has too few rows to judge.
 	f.clk.Add(time.Minute)
-	_, err = f.agg.Ingest("a1", 2, report(f, []uint64{25, 50, 25}, 100, 88), validName)
+	_, err = f.agg.Ingest("a1", 2, report(f, []uint64{25, 50, 25}, 100, 88), nil)
 	require.NoError(t, err)
-	_, err = f.agg.Ingest("b1", 2, report(f, []uint64{5, 25, 70}, 100, 60), validName)
+	_, err = f.agg.Ingest("b1", 2, report(f, []uint64{5, 25, 70}, 100, 60), nil)
 	require.NoError(t, err)
 	sites["c1"] = "gamma"
 	defer delete(sites, "c1")
-	_, err = f.agg.Ingest("c1", 1, report(f, []uint64{0, 0, 10}, 10, 1), validName)
+	_, err = f.agg.Ingest("c1", 1, report(f, []uint64{0, 0, 10}, 10, 1), nil)
 	require.NoError(t, err)
 
 	raised, err = al.Evaluate()
@@ -336,12 +328,12 @@ func TestWebhookGivesUpAfterAttempts(t *testing.T) {
 func TestIngestAcceptsLateReportsOnce(t *testing.T) {
 	f := newFixture(t)
 	for _, seq := range []uint64{5, 3, 4, 1, 2} { // out of order, as parallel ingest delivers them
-		dup, err := f.agg.Ingest("a1", seq, report(f, []uint64{25, 50, 25}, 10, 9), validName)
+		dup, err := f.agg.Ingest("a1", seq, report(f, []uint64{25, 50, 25}, 10, 9), nil)
 		require.NoError(t, err)
 		assert.False(t, dup, "seq %d arrives for the first time", seq)
 	}
 	for _, seq := range []uint64{4, 5, 1} {
-		dup, err := f.agg.Ingest("a1", seq, report(f, []uint64{25, 50, 25}, 10, 9), validName)
+		dup, err := f.agg.Ingest("a1", seq, report(f, []uint64{25, 50, 25}, 10, 9), nil)
 		require.NoError(t, err)
 		assert.True(t, dup, "seq %d again", seq)
 	}
@@ -351,10 +343,10 @@ func TestIngestAcceptsLateReportsOnce(t *testing.T) {
 	require.NoError(t, f.agg.Flush())
 	again, err := Open(f.agg.opts)
 	require.NoError(t, err)
-	dup, err := again.Ingest("a1", 3, report(f, []uint64{25, 50, 25}, 10, 9), validName)
+	dup, err := again.Ingest("a1", 3, report(f, []uint64{25, 50, 25}, 10, 9), nil)
 	require.NoError(t, err)
 	assert.True(t, dup, "seen before the restart")
-	dup, err = again.Ingest("a1", 6, report(f, []uint64{25, 50, 25}, 10, 9), validName)
+	dup, err = again.Ingest("a1", 6, report(f, []uint64{25, 50, 25}, 10, 9), nil)
 	require.NoError(t, err)
 	assert.False(t, dup)
 }
@@ -362,7 +354,7 @@ func TestIngestAcceptsLateReportsOnce(t *testing.T) {
 func TestQueryByLabel(t *testing.T) {
 	f := newFixture(t)
 	for i, dev := range []string{"a1", "a2", "b1"} {
-		_, err := f.agg.Ingest(dev, uint64(i+1), report(f, []uint64{25, 50, 25}, 100, 90), validName)
+		_, err := f.agg.Ingest(dev, uint64(i+1), report(f, []uint64{25, 50, 25}, 100, 90), nil)
 		require.NoError(t, err)
 	}
 	res, err := f.agg.Query(Query{Model: "fraud", Version: "1.0.0", By: "label:hw", To: f.clk.Now().Add(time.Minute)})

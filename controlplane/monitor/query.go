@@ -36,6 +36,16 @@ func ValidBy(by string) error {
 	return fmt.Errorf("monitor: cannot group by %q (use site, cohort, device or label:<key>)", by)
 }
 
+// ModelMetrics answers the model metrics endpoint: Query with the API's
+// parameters; an invalid one is api.ErrInvalid.
+func (a *Aggregator) ModelMetrics(model, version string, q api.MetricsQuery) (*api.ModelMetrics, error) {
+	res, err := a.Query(Query{Model: model, Version: version, From: q.From, To: q.To, By: q.By, Points: q.Points})
+	if err != nil {
+		return nil, api.Errorf(api.ErrInvalid, "invalid request: %v", err)
+	}
+	return res, nil
+}
+
 // Query selects the data of one model version.
 type Query struct {
 	Model, Version string

@@ -61,6 +61,11 @@ type Report struct {
 	Generation    uint64
 }
 
+// Models tells whether a model version exists.
+type Models interface {
+	Has(name, version string) bool
+}
+
 // Metrics gives field-quality figures of a model version over a set of
 // devices; the monitoring work implements it. ok is false when there are
 // no figures yet.
@@ -89,6 +94,8 @@ type Options struct {
 	KV     *store.KV
 	Issuer Issuer // required
 	Fleet  Fleet  // required
+	// Models, if set, refuses a rollout of a version that does not exist.
+	Models Models
 	// Metrics feeds the quality gates; nil leaves them waiting.
 	Metrics Metrics
 	// Audit receives every operator action and decision; nil drops them.
@@ -174,11 +181,22 @@ func newID() string {
 	return "r-" + hex.EncodeToString(b)
 }
 
-// Create validates spec, stores a new rollout and starts it. A model may
-// have one unfinished rollout at a time.
-func (e *Engine) Create(ctx context.Context, spec api.RolloutSpec, actor string) (*Rollout, error) {
+// Create validates spec, stores a new rollout and starts it. The version
+// must exist and the selector match a device; a model may have one
+// unfinished rollout at a time. actor is who asked (for the audit log).
+func (e *Engine) Create(ctx context.Context, spec api.RolloutSpec, actor string) (*api.Rollout, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
+	}
+	if e.opts.Models != nil && !e.opts.Models.Has(spec.Model, spec.Version) {
+		return nil, api.Errorf(api.ErrNotFound, "model %s version %s does not exist; upload it first", spec.Model, spec.Version)
+	}
+	sel, err := labels.Parse(spec.Selector) // validated above
+	if err != nil {
+		return nil, invalidf("selector: %v", err)
+	}
+	if !slices.ContainsFunc(e.opts.Fleet.Devices(spec.Model), func(d Device) bool { return sel.Match(d.Labels) }) {
+		return nil, invalidf("selector %q matches no registered device", sel.String())
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -203,7 +221,8 @@ func (e *Engine) Create(ctx context.Context, spec api.RolloutSpec, actor string)
 	e.rollouts[r.ID] = r
 	e.record(actor, "rollout.create", r, "ok", map[string]any{"spec": spec})
 	e.advance(ctx, r)
-	return r.clone(), nil
+	e.log.Info("rollout created", "rollout", r.ID, "model", spec.Model, "version", spec.Version, "actor", actor)
+	return e.status(r, false), nil
 }
 
 // Tick advances every rollout: assigns devices of the current stage

@@ -222,3 +222,32 @@ func (e *Engine) Cohort(device, model, version string) string {
 	}
 	return ""
 }
+
+// Act runs one of the rollout actions: pause, resume, promote, abort, or
+// rollback (narrowed by req, which other actions refuse).
+func (e *Engine) Act(ctx context.Context, id string, action api.RolloutAction, req api.RollbackRequest, actor string) (*api.Rollout, error) {
+	if action != api.ActionRollback && (req.Selector != "" || req.Device != "") {
+		return nil, invalidf("selector and device apply to rollback only")
+	}
+	var st *api.Rollout
+	var err error
+	switch action {
+	case api.ActionPause:
+		st, err = e.Pause(ctx, id, actor)
+	case api.ActionResume:
+		st, err = e.Resume(ctx, id, actor)
+	case api.ActionPromote:
+		st, err = e.Promote(ctx, id, actor)
+	case api.ActionAbort:
+		st, err = e.Abort(ctx, id, actor)
+	case api.ActionRollback:
+		st, err = e.Rollback(ctx, id, req, actor)
+	default:
+		return nil, invalidf("unknown rollout action %q (want pause, resume, promote, abort or rollback)", action)
+	}
+	if err != nil {
+		return nil, err
+	}
+	e.log.Info("rollout "+string(action), "rollout", id, "actor", actor, "state", st.State)
+	return st, nil
+}

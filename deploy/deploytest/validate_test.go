@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"os/exec"
@@ -537,11 +538,18 @@ func TestPrometheusConfig(t *testing.T) {
 
 var metricName = regexp.MustCompile(`\b((?:edgefleet|go|process)_[a-z0-9_]+)\b`)
 
-// declaredMetrics are the metric names the control plane's code registers
+// declaredMetrics are the metric names the control plane's code (all its
+// packages) registers
 // (Name: "edgefleet_…"): vectors without children do not show in a scrape.
 func declaredMetrics(t *testing.T) map[string]bool {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join(repoRoot(t), "controlplane", "*.go"))
+	var files []string
+	err := filepath.WalkDir(filepath.Join(repoRoot(t), "controlplane"), func(path string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(path, ".go") {
+			files = append(files, path)
+		}
+		return err
+	})
 	require.NoError(t, err)
 	// Metric names as declared: a Name: field of *Opts, or the first
 	// argument of prometheus.NewDesc (collectors that build their own).

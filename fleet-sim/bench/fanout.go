@@ -25,6 +25,7 @@ import (
 	"github.com/edgefleet/edgefleet/fleet-sim/sim"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/infer"
+	"github.com/edgefleet/edgefleet/internal/onnxbuild"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/internal/transfer"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -148,7 +149,7 @@ func Fanout(ctx context.Context, o FanoutOptions) ([]FanoutResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	model := scenario.PadONNX(big.ONNX, max(o.ModelBytes-len(big.ONNX)-8, 0))
+	model := onnxbuild.Pad(big.ONNX, max(o.ModelBytes-len(big.ONNX)-8, 0))
 	fmt.Fprintf(o.Progress, "| N | model bytes | chunks | rollout s (first / median / p90 / all) | raw baseline s | ratio | chunk publishes | wire bytes per agent / model |\n|---|---|---|---|---|---|---|---|\n")
 	var out []FanoutResult
 	for _, n := range o.Sizes {

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgefleet/edgefleet/agent"
@@ -22,6 +21,7 @@ import (
 	"github.com/edgefleet/edgefleet/fleet-sim/sim"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/oip"
+	"github.com/edgefleet/edgefleet/internal/onnxbuild"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
@@ -257,7 +257,7 @@ func (p *PushModel) Run(ctx context.Context, env *Env) (string, error) {
 	}
 	model := art.ONNX
 	if p.PadBytes > 0 {
-		model = PadONNX(model, p.PadBytes)
+		model = onnxbuild.Pad(model, p.PadBytes)
 	}
 	meta := art.Metadata()
 	if p.BadTestVectors {
@@ -290,7 +290,7 @@ func (p *PushModel) runFile(ctx context.Context, env *Env) (string, error) {
 	}
 	model := p.onnx
 	if p.PadBytes > 0 {
-		model = PadONNX(model, p.PadBytes)
+		model = onnxbuild.Pad(model, p.PadBytes)
 	}
 	var meta *efpb.Manifest
 	if p.meta != nil {
@@ -305,13 +305,6 @@ func (p *PushModel) runFile(ctx context.Context, env *Env) (string, error) {
 		checks = "checks failed (forced): " + mv.Checks.Error
 	}
 	return fmt.Sprintf("%s@%s from %s: %d bytes, %d chunks; %s", p.Model, p.Version, p.File, mv.Size, mv.ChunkCount, checks), nil
-}
-
-// PadONNX returns model with an ONNX ModelProto doc_string (field 6) of n
-// bytes appended: a valid model of about len(model)+n bytes.
-func PadONNX(model []byte, n int) []byte {
-	out := protowire.AppendTag(append([]byte(nil), model...), 6, protowire.BytesType)
-	return protowire.AppendString(out, strings.Repeat("x", n))
 }
 
 // Deploy issues desired states for a model version to a selector or to

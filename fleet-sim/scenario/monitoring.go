@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
 )
@@ -30,11 +29,11 @@ type MonitorSpec struct {
 	MinLabels       uint64        `yaml:"min_labels"`
 }
 
-func (m *MonitorSpec) options() controlplane.MonitorOptions {
+func (m *MonitorSpec) options() monitor.Config {
 	if m == nil {
-		return controlplane.MonitorOptions{}
+		return monitor.Config{}
 	}
-	o := controlplane.MonitorOptions{Interval: m.Interval, Rules: monitor.Rules{
+	o := monitor.Config{Interval: m.Interval, Rules: monitor.Rules{
 		Window: m.Window, MaxPSI: m.MaxPSI, MinAccuracy: m.MinAccuracy, MaxAccuracyDrop: m.MaxAccuracyDrop,
 		MinRows: m.MinRows, MinLabels: m.MinLabels,
 	}}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/controlplane/monitor"
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/internal/store"
@@ -60,7 +61,7 @@ type Options struct {
 	StartParallel int
 	// Monitor configures the in-process control plane's alert rules and
 	// how often it evaluates them.
-	Monitor controlplane.MonitorOptions
+	Monitor monitor.Config
 	// Clock is the in-process control plane's and every agent's time
 	// source (an agent adds its skew, see Member.SkewClock); nil is real
 	// time. An external control plane keeps its own clock.

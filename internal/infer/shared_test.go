@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/internal/fraud"
+	"github.com/edgefleet/edgefleet/internal/onnxbuild"
 )
 
 func TestLoadSharedSharesOneSessionPerModel(t *testing.T) {
@@ -56,7 +57,7 @@ func TestLoadSharedSharesOneSessionPerModel(t *testing.T) {
 	assert.NotSame(t, core, again.core)
 
 	// Other bytes, or a plain Load, get sessions of their own.
-	other := padded(a.ONNX)
+	other := onnxbuild.Pad(a.ONNX, 1)
 	s2, err := r.LoadShared(other, in, out)
 	require.NoError(t, err)
 	defer s2.Close()
@@ -69,9 +70,4 @@ func TestLoadSharedSharesOneSessionPerModel(t *testing.T) {
 	require.NoError(t, err)
 	defer joined.Close()
 	assert.Same(t, again.core, joined.core)
-}
-
-// padded is the same model with a different doc string (ONNX field 6).
-func padded(model []byte) []byte {
-	return append(append([]byte(nil), model...), 0x32, 0x01, 'x')
 }

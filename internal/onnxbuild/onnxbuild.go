@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -462,4 +463,12 @@ func appendVarintField(b []byte, num protowire.Number, v uint64) []byte {
 func appendStringField(b []byte, num protowire.Number, s string) []byte {
 	b = protowire.AppendTag(b, num, protowire.BytesType)
 	return protowire.AppendString(b, s)
+}
+
+// Pad returns model with an ONNX ModelProto doc_string (field 6) of n
+// bytes appended: a valid model of about len(model)+n bytes that computes
+// the same, for larger downloads or a different digest.
+func Pad(model []byte, n int) []byte {
+	out := protowire.AppendTag(append([]byte(nil), model...), fModelDocString, protowire.BytesType)
+	return protowire.AppendString(out, strings.Repeat("x", n))
 }

@@ -66,7 +66,7 @@ func (s Scheme) prefix() string {
 // name characters (so it holds no wildcard and does not start with '$').
 func (s Scheme) Validate() error {
 	for _, level := range strings.Split(s.prefix(), "/") {
-		if err := validName("prefix level", level); err != nil {
+		if err := validName("prefix level", level, false); err != nil {
 			return fmt.Errorf("topics: prefix %q: %w", s.Prefix, err)
 		}
 	}
@@ -212,17 +212,24 @@ func (s Scheme) Parse(topic string) (Topic, error) {
 
 // ValidDeviceID checks a device id: 1..64 characters of [A-Za-z0-9._-], not
 // starting with '.'. The id is also the MQTT username and client id.
-func ValidDeviceID(id string) error { return validName("device id", id) }
+func ValidDeviceID(id string) error { return validName("device id", id, false) }
 
-// ValidModelName checks a model name (same rules as a device id).
-func ValidModelName(name string) error { return validName("model name", name) }
+// ValidModelName checks a model name: 1..64 characters of [A-Za-z0-9._-],
+// starting with a letter or digit, so it is a safe MQTT topic level and
+// file name (never "." or "..", never an option). It is the one check of
+// model names everywhere: uploads, manifests, device messages.
+func ValidModelName(name string) error { return validName("model name", name, true) }
 
-// ValidModelVersion checks a model version (same rules as a device id).
-func ValidModelVersion(v string) error { return validName("model version", v) }
+// ValidModelVersion checks a model version with the rules of
+// ValidModelName.
+func ValidModelVersion(v string) error { return validName("model version", v, true) }
 
-func validName(what, s string) error {
+func validName(what, s string, alnumFirst bool) error {
 	if s == "" || len(s) > MaxNameLen {
 		return fmt.Errorf("%s %q: length %d, want 1..%d: %w", what, s, len(s), MaxNameLen, ErrInvalidName)
+	}
+	if alnumFirst && !alnum(s[0]) {
+		return fmt.Errorf("%s %q: must start with a letter or digit: %w", what, s, ErrInvalidName)
 	}
 	if s[0] == '.' {
 		return fmt.Errorf("%s %q: must not start with '.': %w", what, s, ErrInvalidName)
@@ -235,6 +242,6 @@ func validName(what, s string) error {
 	return nil
 }
 
-func nameByte(c byte) bool {
-	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
-}
+func alnum(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' }
+
+func nameByte(c byte) bool { return alnum(c) || c == '.' || c == '_' || c == '-' }

@@ -89,30 +89,42 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
+func ptr[T any](v T) *T { return &v }
+
 func TestValidNames(t *testing.T) {
 	tests := []struct {
 		id string
 		ok bool
+		// modelOK differs from ok where model names are stricter: they
+		// start with a letter or digit.
+		modelOK *bool
 	}{
-		{"d1", true},
-		{"A.b_c-9", true},
-		{strings.Repeat("x", 64), true},
-		{"", false},
-		{strings.Repeat("x", 65), false},
-		{".d1", false},
-		{"d1.", true},
-		{"d+1", false},
-		{"d#", false},
-		{"d/1", false},
-		{"d 1", false},
-		{"$d", false},
-		{"d\x00", false},
-		{"dé", false},
+		{"d1", true, nil},
+		{"A.b_c-9", true, nil},
+		{strings.Repeat("x", 64), true, nil},
+		{"", false, nil},
+		{strings.Repeat("x", 65), false, nil},
+		{".d1", false, nil},
+		{"d1.", true, nil},
+		{"d+1", false, nil},
+		{"d#", false, nil},
+		{"d/1", false, nil},
+		{"d 1", false, nil},
+		{"$d", false, nil},
+		{"d\x00", false, nil},
+		{"dé", false, nil},
+		{"-d1", true, ptr(false)},
+		{"_d1", true, ptr(false)},
+		{"..", false, nil},
 	}
 	for _, tt := range tests {
 		for name, f := range map[string]func(string) error{"ValidDeviceID": ValidDeviceID, "ValidModelName": ValidModelName, "ValidModelVersion": ValidModelVersion} {
 			err := f(tt.id)
-			if tt.ok {
+			ok := tt.ok
+			if name != "ValidDeviceID" && tt.modelOK != nil {
+				ok = *tt.modelOK
+			}
+			if ok {
 				assert.NoError(t, err, "%s(%q)", name, tt.id)
 			} else {
 				assert.ErrorIs(t, err, ErrInvalidName, "%s(%q) = nil, want ErrInvalidName", name, tt.id)

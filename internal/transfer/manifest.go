@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 
+	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
@@ -44,10 +45,6 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
-// maxNameLen bounds model names and versions; both appear in MQTT topics and
-// file names.
-const maxNameLen = 64
-
 // maxTensorNameLen bounds tensor names in the schema and test vectors.
 const maxTensorNameLen = 256
 
@@ -69,46 +66,8 @@ func fieldErr(field, format string, args ...any) error {
 	return &ManifestError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }
 
-// ValidName checks a model name: 1 to 64 characters from letters, digits,
-// '.', '_' and '-', starting with a letter or digit (so it is a safe MQTT
-// topic level and file name, never "." or "..").
-func ValidName(s string) error {
-	if err := validToken(s); err != nil {
-		return fmt.Errorf("model name %q: %w", s, err)
-	}
-	return nil
-}
-
-// ValidVersion checks a model version with the same rules as ValidName.
-func ValidVersion(s string) error {
-	if err := validToken(s); err != nil {
-		return fmt.Errorf("model version %q: %w", s, err)
-	}
-	return nil
-}
-
-func validToken(s string) error {
-	if s == "" {
-		return fmt.Errorf("is empty")
-	}
-	if len(s) > maxNameLen {
-		return fmt.Errorf("has %d characters, at most %d allowed", len(s), maxNameLen)
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
-		if i == 0 && !alnum {
-			return fmt.Errorf("must start with a letter or digit")
-		}
-		if !alnum && c != '.' && c != '_' && c != '-' {
-			return fmt.Errorf("has %q at byte %d; only letters, digits, '.', '_' and '-' are allowed", c, i)
-		}
-	}
-	return nil
-}
-
 // ValidateManifest checks the layout a manifest declares against l before
-// anything is downloaded: name and version (ValidName, ValidVersion), size in
+// anything is downloaded: name and version (topics.ValidModelName, ValidModelVersion), size in
 // 1..MaxModelSize, chunk_size in MinChunkSize..MaxChunkSize, at most
 // MaxChunks chunks, one 32-byte chunk_sha256 per chunk, a 32-byte sha256,
 // named inputs and outputs, and at least one test vector whose tensors are
@@ -120,10 +79,10 @@ func ValidateManifest(m *efpb.Manifest, l Limits) error {
 		return fieldErr("manifest", "is nil")
 	}
 	l = l.withDefaults()
-	if err := ValidName(m.Name); err != nil {
+	if err := topics.ValidModelName(m.Name); err != nil {
 		return fieldErr("name", "%v", err)
 	}
-	if err := ValidVersion(m.Version); err != nil {
+	if err := topics.ValidModelVersion(m.Version); err != nil {
 		return fieldErr("version", "%v", err)
 	}
 	if len(m.Sha256) != sha256.Size {

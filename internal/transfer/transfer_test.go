@@ -94,38 +94,6 @@ func TestChunkHashesAndData(t *testing.T) {
 	assert.Equal(t, hashes, m.ChunkSha256)
 }
 
-func TestValidName(t *testing.T) {
-	tests := []struct {
-		in     string
-		wantOK bool
-	}{
-		{"fraud", true},
-		{"Fraud-Detector_v2.1", true},
-		{"1.0.0-rc.1", true},
-		{strings.Repeat("a", 64), true},
-		{"", false},
-		{strings.Repeat("a", 65), false},
-		{".", false},
-		{"..", false},
-		{".hidden", false},
-		{"-flag", false},
-		{"a/b", false},
-		{"a+b", false},
-		{"a#", false},
-		{"a b", false},
-		{"ümlaut", false},
-		{"a\x00", false},
-	}
-	for _, tt := range tests {
-		err := transfer.ValidName(tt.in)
-		assert.Equal(t, tt.wantOK, err == nil, "ValidName(%q) = %v", tt.in, err)
-		err = transfer.ValidVersion(tt.in)
-		assert.Equal(t, tt.wantOK, err == nil, "ValidVersion(%q) = %v", tt.in, err)
-	}
-	assert.ErrorContains(t, transfer.ValidName("a/b"), `model name "a/b"`)
-	assert.ErrorContains(t, transfer.ValidVersion(""), `model version "": is empty`)
-}
-
 func TestValidateManifest(t *testing.T) {
 	model := testModel(10*1024 + 7)
 	require.NoError(t, transfer.ValidateManifest(validManifest(model, 1024), transfer.Limits{}))

@@ -1,4 +1,4 @@
-package controlplane
+package httpapi
 
 import (
 	"context"
@@ -27,32 +27,6 @@ const (
 	maxAuditErrBody = 1 << 10
 )
 
-// security is the API's authentication state, created by openSecurity.
-type security struct {
-	tokens  *tokenStore
-	enrolls *enrollStore
-	limiter *failLimiter
-}
-
-// openSecurity opens the audit log, the token store (turning the
-// first-start admin token into the admin token "initial") and the
-// enrollment store. Called by Run once the store is open.
-func (s *Server) openSecurity() error {
-	var err error
-	if s.audit == nil {
-		if s.audit, err = audit.Open(s.db.Namespace("audit"), s.clock); err != nil {
-			return err
-		}
-	}
-	sec := &security{limiter: newFailLimiter(s.clock, authBurst, authRefill)}
-	if sec.tokens, err = loadTokens(s.kv, s.tokenHash, s.clock); err != nil {
-		return err
-	}
-	sec.enrolls = &enrollStore{kv: s.kv, clock: s.clock}
-	s.security = sec
-	return nil
-}
-
 type principalKey struct{}
 
 // PrincipalFrom returns the API token a request authenticated with.
@@ -73,10 +47,10 @@ func Actor(ctx context.Context) string {
 // authenticated resolves the bearer token to an API token and puts it in
 // the request's context before calling next; failures are rate limited
 // per remote address.
-func (s *Server) authenticated(next http.Handler) http.Handler {
+func (a *API) authenticated(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		remote := remoteHost(r)
-		if wait := s.security.limiter.blocked(remote); wait > 0 {
+		if wait := a.limiter.blocked(remote); wait > 0 {
 			tooManyFailures(w, wait)
 			return
 		}
@@ -84,10 +58,10 @@ func (s *Server) authenticated(next http.Handler) http.Handler {
 		secret, ok := strings.CutPrefix(auth, "Bearer ")
 		var tok api.APIToken
 		if ok {
-			tok, ok = s.security.tokens.lookup(strings.TrimSpace(secret))
+			tok, ok = a.tokens.lookup(strings.TrimSpace(secret))
 		}
 		if !ok {
-			s.security.limiter.fail(remote)
+			a.limiter.fail(remote)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="edgefleet"`)
 			msg := "invalid API token"
 			if auth == "" {
@@ -110,18 +84,18 @@ func tooManyFailures(w http.ResponseWriter, wait time.Duration) {
 // authenticates the token, checks its role against the route's and writes
 // an audit entry for every call that may change state (who, what, when,
 // result).
-func (s *Server) authorize(rt api.Route, h http.Handler) http.Handler {
+func (a *API) authorize(rt api.Route, h http.Handler) http.Handler {
 	if rt.Public {
 		return h
 	}
 	method, pattern, need := rt.Method, rt.Pattern, rt.Role
 	mutating := method != http.MethodGet && method != http.MethodHead
-	return s.authenticated(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return a.authenticated(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, ok := PrincipalFrom(r.Context())
 		if !ok || !p.Role.Allows(need) {
 			msg := fmt.Sprintf("token %q has role %s; %s %s needs %s", p.Name, p.Role, method, pattern, need)
 			if mutating {
-				s.record(r, method, pattern, http.StatusForbidden, msg)
+				a.record(r, method, pattern, http.StatusForbidden, msg)
 			}
 			writeJSON(w, http.StatusForbidden, api.ErrorResponse{Error: msg})
 			return
@@ -139,13 +113,13 @@ func (s *Server) authorize(rt api.Route, h http.Handler) http.Handler {
 				msg = e.Error
 			}
 		}
-		s.record(r, method, pattern, aw.code, msg)
+		a.record(r, method, pattern, aw.code, msg)
 	}))
 }
 
 // record writes one API call to the audit log. A failure to audit is
 // logged: the call already happened.
-func (s *Server) record(r *http.Request, method, pattern string, code int, errMsg string) {
+func (a *API) record(r *http.Request, method, pattern string, code int, errMsg string) {
 	result := "ok"
 	if code >= 400 {
 		result = fmt.Sprintf("HTTP %d: %s", code, errMsg)
@@ -160,8 +134,8 @@ func (s *Server) record(r *http.Request, method, pattern string, code int, errMs
 	if p, ok := PrincipalFrom(r.Context()); ok {
 		e.Details["token_id"] = p.ID
 	}
-	if _, err := s.audit.Record(e); err != nil {
-		s.log.Error("audit record failed", "action", e.Action, "err", err)
+	if _, err := a.opts.Audit.Record(e); err != nil {
+		a.log.Error("audit record failed", "action", e.Action, "err", err)
 	}
 }
 
@@ -279,7 +253,7 @@ func (l *failLimiter) evict(now time.Time) {
 
 // Token and audit endpoints.
 
-func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
+func (a *API) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 	var req api.CreateTokenRequest
 	if err := decodeJSON(w, r, maxRegisterBody, &req); err != nil {
 		writeError(w, err)
@@ -290,9 +264,9 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	tok, err := s.security.tokens.create(req.Name, role, Actor(r.Context()))
+	tok, err := a.tokens.create(req.Name, role, Actor(r.Context()))
 	if err != nil {
-		s.logIfInternal(err, "create token")
+		a.logIfInternal(err, "create token")
 		writeError(w, err)
 		return
 	}
@@ -300,27 +274,27 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, tok)
 }
 
-func (s *Server) handleListTokens(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, s.security.tokens.list())
+func (a *API) handleListTokens(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, a.tokens.list())
 }
 
-func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
-	tok, err := s.security.tokens.revoke(r.PathValue("id"))
+func (a *API) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
+	tok, err := a.tokens.revoke(r.PathValue("id"))
 	if err != nil {
-		s.logIfInternal(err, "revoke token")
+		a.logIfInternal(err, "revoke token")
 		writeError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, tok)
 }
 
-func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
+func (a *API) handleAudit(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	aq := audit.Query{Action: q.Get("action"), Target: q.Get("target")}
 	if v := q.Get("since"); v != "" {
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {
-			writeError(w, newErr(api.ErrInvalid, "query parameter since=%q: want an RFC 3339 time such as 2026-01-02T15:04:05Z", v))
+			writeError(w, api.Errorf(api.ErrInvalid, "query parameter since=%q: want an RFC 3339 time such as 2026-01-02T15:04:05Z", v))
 			return
 		}
 		aq.Since = t
@@ -328,16 +302,20 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 10000 {
-			writeError(w, newErr(api.ErrInvalid, "query parameter limit=%q: want 1..10000", v))
+			writeError(w, api.Errorf(api.ErrInvalid, "query parameter limit=%q: want 1..10000", v))
 			return
 		}
 		aq.Limit = n
 	}
-	list, err := s.audit.List(aq)
+	list, err := a.opts.Audit.List(aq)
 	if err != nil {
-		s.logIfInternal(err, "list audit")
+		a.logIfInternal(err, "list audit")
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, auditViews(list))
+	views := make([]api.AuditEntry, len(list))
+	for i, e := range list {
+		views[i] = api.AuditEntry(e)
+	}
+	writeJSON(w, http.StatusOK, views)
 }

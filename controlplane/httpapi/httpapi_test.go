@@ -1,11 +1,15 @@
-package controlplane
+package httpapi
 
 import (
 	"bytes"
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
 )
@@ -39,9 +43,35 @@ func FuzzAPIJSONBodies(f *testing.F) {
 			if !errors.As(err, &oe) || oe.Msg == "" {
 				t.Fatalf("decode %T: error %v is not a user-facing error", v, err)
 			}
-			if code := httpStatus(err); code/100 != 4 {
+			if code := api.HTTPStatus(err); code/100 != 4 {
 				t.Fatalf("decode %T: status %d for %v", v, code, err)
 			}
 		}
 	})
+}
+
+func TestFailLimiterBoundsMemory(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	l := newFailLimiter(func() time.Time { return now }, 3, 1)
+	for i := range maxLimitBuckets + 10 {
+		l.fail("10.0." + strings.Repeat("x", i%7) + string(rune('a'+i%26)) + "." + time.Duration(i).String())
+	}
+	assert.LessOrEqual(t, len(l.buckets), maxLimitBuckets)
+}
+
+// TestServesExactlyTheRouteTable: the API has a handler for every route of
+// api.Routes and none besides (Handler refuses to build otherwise).
+func TestServesExactlyTheRouteTable(t *testing.T) {
+	a := &API{}
+	handlers := map[string]bool{}
+	for key := range a.handlers() {
+		handlers[key] = true
+	}
+	routes := map[string]bool{}
+	for _, r := range api.Routes() {
+		routes[r.Key()] = true
+	}
+	assert.Equal(t, routes, handlers, "api.Routes and API.handlers differ")
+	_, err := a.Handler()
+	assert.NoError(t, err)
 }

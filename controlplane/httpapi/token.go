@@ -1,4 +1,4 @@
-package controlplane
+package httpapi
 
 import (
 	"crypto/rand"

@@ -1,16 +1,14 @@
-package controlplane
+package monitor
 
 import (
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/edgefleet/edgefleet/controlplane/monitor"
 )
 
-// monitorMetrics are the monitoring series on the control plane's registry.
-type monitorMetrics struct {
+// serviceMetrics are the monitoring series on the control plane's registry.
+type serviceMetrics struct {
 	ingested   prometheus.Counter
 	duplicates prometheus.Counter
 	gauges     *versionGauges
@@ -19,8 +17,8 @@ type monitorMetrics struct {
 // gaugeWindow is the time range the per-version gauges summarise.
 const gaugeWindow = 15 * time.Minute
 
-func newMonitorMetrics(reg *prometheus.Registry) *monitorMetrics {
-	m := &monitorMetrics{
+func newServiceMetrics(reg prometheus.Registerer) *serviceMetrics {
+	m := &serviceMetrics{
 		ingested: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "edgefleet_monitor_reports_ingested_total",
 			Help: "Telemetry messages with monitoring reports aggregated and stored.",
@@ -76,21 +74,21 @@ func (g *versionGauges) set(snap []prometheus.Metric) {
 	g.mu.Unlock()
 }
 
-// refreshMonitorGauges recomputes the per-version gauges.
-func (s *Server) refreshMonitorGauges() {
-	now := s.clock()
-	vs, err := s.monitor.Versions(now.Add(-gaugeWindow))
+// refreshGauges recomputes the per-version gauges.
+func (s *Service) refreshGauges() {
+	now := s.opts.Clock()
+	vs, err := s.agg.Versions(now.Add(-gaugeWindow))
 	if err != nil {
 		s.log.Error("monitoring gauges", "err", err)
 		return
 	}
-	g := s.monMetrics.gauges
+	g := s.metrics.gauges
 	var snap []prometheus.Metric
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		snap = append(snap, prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...))
 	}
 	for _, v := range vs {
-		res, err := s.monitor.Query(monitor.Query{Model: v[0], Version: v[1], From: now.Add(-gaugeWindow), To: now.Add(time.Nanosecond), By: monitor.BySite, Points: 1})
+		res, err := s.agg.Query(Query{Model: v[0], Version: v[1], From: now.Add(-gaugeWindow), To: now.Add(time.Nanosecond), By: BySite, Points: 1})
 		if err != nil {
 			continue
 		}

@@ -1,4 +1,4 @@
-package controlplane
+package fleet
 
 import (
 	"crypto/rand"
@@ -23,7 +23,7 @@ import (
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
-// Store layout of the registry, in the "cp" namespace:
+// Store layout of the registry, in the fleet's store namespace:
 //
 //	devices/{id}  api.Device as JSON (without Desired and Online)
 //	creds/{id}    credential: salt and sha256(salt || password)
@@ -73,24 +73,29 @@ type deviceEntry struct {
 	lastPersist time.Time // when dev was last written to the store
 }
 
-// registry is the set of registered devices: kept in memory (every lookup
+// Registry is the set of registered devices: kept in memory (every lookup
 // the broker and the ingest path make is a map read) and written through to
-// the store.
-type registry struct {
+// the store. It is opened before the broker, which checks device passwords
+// with it.
+type Registry struct {
 	kv    *store.KV
 	clock func() time.Time
 
 	// mu guards devices and every field of the entries. It is held across
 	// the write-through to the store so that the stored order of a device's
-	// updates is the order they were applied in. Lock order: Server.deployMu
-	// before registry.mu.
+	// updates is the order they were applied in. Lock order: Fleet.issueMu
+	// before Registry.mu (docs/architecture.md).
 	mu      sync.RWMutex
 	devices map[string]*deviceEntry
 }
 
-// loadRegistry reads every device, credential and desired state.
-func loadRegistry(kv *store.KV, clock func() time.Time) (*registry, error) {
-	r := &registry{kv: kv, clock: clock, devices: map[string]*deviceEntry{}}
+// OpenRegistry reads every device, credential and desired state in kv
+// (clock nil: time.Now).
+func OpenRegistry(kv *store.KV, clock func() time.Time) (*Registry, error) {
+	if clock == nil {
+		clock = time.Now
+	}
+	r := &Registry{kv: kv, clock: clock, devices: map[string]*deviceEntry{}}
 	err := kv.Scan(prefixDevices, func(key string, val []byte) error {
 		var d api.Device
 		if err := json.Unmarshal(val, &d); err != nil {
@@ -166,12 +171,12 @@ func desiredSummary(d *efpb.DesiredState) *api.DesiredSummary {
 }
 
 // register creates a device with a fresh random password and returns it.
-func (r *registry) register(id string, lbls map[string]string) (password string, err error) {
+func (r *Registry) register(id string, lbls map[string]string) (password string, err error) {
 	if err := topics.ValidDeviceID(id); err != nil {
-		return "", newErr(api.ErrInvalid, "%v", err)
+		return "", api.Errorf(api.ErrInvalid, "%v", err)
 	}
 	if err := labels.ValidLabels(lbls); err != nil {
-		return "", newErr(api.ErrInvalid, "labels: %v", err)
+		return "", api.Errorf(api.ErrInvalid, "labels: %v", err)
 	}
 	raw := make([]byte, 32)
 	salt := make([]byte, 16)
@@ -188,11 +193,11 @@ func (r *registry) register(id string, lbls map[string]string) (password string,
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, ok := r.devices[id]; ok {
-		return "", newErr(api.ErrExists, "device %q is already registered", id)
+		return "", api.Errorf(api.ErrExists, "device %q is already registered", id)
 	}
 	err = r.kv.Update(func(tx *store.Tx) error {
 		if _, err := tx.Get(prefixDevices + id); err == nil {
-			return newErr(api.ErrExists, "device %q is already registered", id)
+			return api.Errorf(api.ErrExists, "device %q is already registered", id)
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
@@ -210,7 +215,7 @@ func (r *registry) register(id string, lbls map[string]string) (password string,
 
 // AuthenticateDevice implements broker.Authenticator: username is the
 // device id, password the one generated at registration.
-func (r *registry) AuthenticateDevice(username string, password []byte) bool {
+func (r *Registry) AuthenticateDevice(username string, password []byte) bool {
 	r.mu.RLock()
 	e := r.devices[username]
 	var cred credential
@@ -224,8 +229,8 @@ func (r *registry) AuthenticateDevice(username string, password []byte) bool {
 	return subtle.ConstantTimeCompare(hashPassword(cred.Salt, password), cred.Hash) == 1
 }
 
-// get returns a copy of one device.
-func (r *registry) get(id string) (api.Device, bool) {
+// Get returns a copy of one device.
+func (r *Registry) Get(id string) (api.Device, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	e := r.devices[id]
@@ -235,14 +240,15 @@ func (r *registry) get(id string) (api.Device, bool) {
 	return cloneDevice(&e.dev), true
 }
 
-func (r *registry) exists(id string) bool {
+// Exists reports whether device id is registered.
+func (r *Registry) Exists(id string) bool {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	return r.devices[id] != nil
 }
 
-// list returns copies of the devices matching sel (nil: all), by id.
-func (r *registry) list(sel *labels.Selector) []api.Device {
+// List returns copies of the devices matching sel (nil: all), by id.
+func (r *Registry) List(sel *labels.Selector) []api.Device {
 	r.mu.RLock()
 	out := make([]api.Device, 0, len(r.devices))
 	for _, e := range r.devices {
@@ -255,8 +261,8 @@ func (r *registry) list(sel *labels.Selector) []api.Device {
 	return out
 }
 
-// ids returns the ids of the devices matching sel, sorted.
-func (r *registry) ids(sel labels.Selector) []string {
+// IDs returns the ids of the devices matching sel, sorted.
+func (r *Registry) IDs(sel labels.Selector) []string {
 	r.mu.RLock()
 	var out []string
 	for id, e := range r.devices {
@@ -269,7 +275,8 @@ func (r *registry) ids(sel labels.Selector) []string {
 	return out
 }
 
-func (r *registry) counts() (total, online int) {
+// Counts returns how many devices are registered and how many online.
+func (r *Registry) Counts() (total, online int) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	for _, e := range r.devices {
@@ -308,7 +315,7 @@ func cloneDevice(d *api.Device) api.Device {
 }
 
 // setDesired records the summary of a newly issued desired state.
-func (r *registry) setDesired(id string, sum *api.DesiredSummary) {
+func (r *Registry) setDesired(id string, sum *api.DesiredSummary) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if e := r.devices[id]; e != nil {
@@ -319,7 +326,7 @@ func (r *registry) setDesired(id string, sum *api.DesiredSummary) {
 // update applies fn to a device under the lock and writes the device
 // through when fn asks for it (persist) or when lastSeenPersistEvery has
 // passed since the last write. It reports false when the device is unknown.
-func (r *registry) update(id string, fn func(d *api.Device, now time.Time) (persist bool)) (bool, error) {
+func (r *Registry) update(id string, fn func(d *api.Device, now time.Time) (persist bool)) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := r.devices[id]
@@ -345,4 +352,14 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return strings.ToValidUTF8(s[:n], "")
+}
+
+// Labels returns a device's labels (nil for an unknown device).
+func (r *Registry) Labels(id string) map[string]string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if e := r.devices[id]; e != nil {
+		return maps.Clone(e.dev.Labels)
+	}
+	return nil
 }

@@ -1,4 +1,4 @@
-package controlplane
+package httpapi
 
 import (
 	"crypto/rand"
@@ -18,7 +18,7 @@ import (
 	"github.com/edgefleet/edgefleet/internal/store"
 )
 
-// Store layout of the tokens, in the "cp" namespace:
+// Store layout of the tokens, in the API's store namespace:
 //
 //	tokens/{id}       api.APIToken as JSON, with the sha256 of the secret
 //	tokens_migrated   present once the first-start admin token became a record
@@ -108,10 +108,10 @@ func (ts *tokenStore) lookup(secret string) (api.APIToken, bool) {
 // create makes a token and returns it with its secret.
 func (ts *tokenStore) create(name string, role api.Role, by string) (api.CreatedToken, error) {
 	if !validTokenName.MatchString(name) {
-		return api.CreatedToken{}, newErr(api.ErrInvalid, "token name %q: want 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
+		return api.CreatedToken{}, api.Errorf(api.ErrInvalid, "token name %q: want 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
 	}
 	if !role.Valid() {
-		return api.CreatedToken{}, newErr(api.ErrInvalid, "role %q: want viewer, operator or admin", role)
+		return api.CreatedToken{}, api.Errorf(api.ErrInvalid, "role %q: want viewer, operator or admin", role)
 	}
 	raw := make([]byte, 32)
 	idRaw := make([]byte, 6)
@@ -130,11 +130,11 @@ func (ts *tokenStore) create(name string, role api.Role, by string) (api.Created
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	if len(ts.byID) >= maxTokens {
-		return api.CreatedToken{}, newErr(api.ErrInvalid, "there are already %d tokens; revoke unused ones first", maxTokens)
+		return api.CreatedToken{}, api.Errorf(api.ErrInvalid, "there are already %d tokens; revoke unused ones first", maxTokens)
 	}
 	for _, r := range ts.byID {
 		if r.Name == name {
-			return api.CreatedToken{}, newErr(api.ErrExists, "a token named %q already exists (id %s)", name, r.ID)
+			return api.CreatedToken{}, api.Errorf(api.ErrExists, "a token named %q already exists (id %s)", name, r.ID)
 		}
 	}
 	if err := ts.kv.SetJSON(prefixTokens+rec.ID, rec, true); err != nil {
@@ -163,7 +163,7 @@ func (ts *tokenStore) revoke(id string) (api.APIToken, error) {
 	defer ts.mu.Unlock()
 	rec := ts.byID[id]
 	if rec == nil {
-		return api.APIToken{}, newErr(api.ErrNotFound, "token %q does not exist (edgefleet token list shows the ids)", id)
+		return api.APIToken{}, api.Errorf(api.ErrNotFound, "token %q does not exist (edgefleet token list shows the ids)", id)
 	}
 	if rec.Role == api.RoleAdmin {
 		admins := 0
@@ -173,7 +173,7 @@ func (ts *tokenStore) revoke(id string) (api.APIToken, error) {
 			}
 		}
 		if admins == 1 {
-			return api.APIToken{}, newErr(api.ErrInvalid, "token %q is the last admin token; create another admin token before revoking it", id)
+			return api.APIToken{}, api.Errorf(api.ErrInvalid, "token %q is the last admin token; create another admin token before revoking it", id)
 		}
 	}
 	if err := ts.kv.Update(func(tx *store.Tx) error { return tx.Delete(prefixTokens + id) }, true); err != nil {

@@ -1,10 +1,9 @@
-package controlplane
+package fleet
 
 import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
-	"net/http"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/bus"
@@ -13,7 +12,7 @@ import (
 
 // setPassword gives a registered device a new random password, replacing
 // the old one, and returns it.
-func (r *registry) setPassword(id string) (string, error) {
+func (r *Registry) setPassword(id string) (string, error) {
 	raw := make([]byte, 32)
 	salt := make([]byte, 16)
 	if _, err := rand.Read(raw); err != nil {
@@ -28,7 +27,7 @@ func (r *registry) setPassword(id string) (string, error) {
 	defer r.mu.Unlock()
 	e := r.devices[id]
 	if e == nil {
-		return "", newErr(api.ErrNotFound, "device %q is not registered", id)
+		return "", api.Errorf(api.ErrNotFound, "device %q is not registered", id)
 	}
 	if err := r.kv.SetJSON(prefixCreds+id, &cred, true); err != nil {
 		return "", fmt.Errorf("set password %s: %w", id, err)
@@ -40,12 +39,12 @@ func (r *registry) setPassword(id string) (string, error) {
 // revokeCredential deletes a device's password: AuthenticateDevice refuses
 // it from now on (also after a restart). The device record stays, so its
 // history remains and it can be enrolled again.
-func (r *registry) revokeCredential(id string) error {
+func (r *Registry) revokeCredential(id string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := r.devices[id]
 	if e == nil {
-		return newErr(api.ErrNotFound, "device %q is not registered", id)
+		return api.Errorf(api.ErrNotFound, "device %q is not registered", id)
 	}
 	if err := r.kv.Update(func(tx *store.Tx) error { return tx.Delete(prefixCreds + id) }, true); err != nil {
 		return fmt.Errorf("revoke %s: %w", id, err)
@@ -54,34 +53,22 @@ func (r *registry) revokeCredential(id string) error {
 	return nil
 }
 
-// disconnectDevice closes a device's broker session (embedded broker only).
-func (s *Server) disconnectDevice(id string) bool {
-	if d, ok := s.bus.(bus.Disconnecter); ok {
+// disconnect closes a device's broker session, when the bus can (the
+// embedded broker).
+func (f *Fleet) disconnect(id string) bool {
+	if d, ok := f.opts.Bus.(bus.Disconnecter); ok {
 		return d.Disconnect(id)
 	}
 	return false
 }
 
-// RevokeDevice revokes a device's credentials and disconnects it: it
-// cannot reconnect until it is enrolled again.
-func (s *Server) RevokeDevice(id string) (api.RevokeResult, error) {
-	if !s.isReady() {
-		return api.RevokeResult{}, errNotReady
-	}
-	if err := s.reg.revokeCredential(id); err != nil {
+// Revoke revokes a device's credentials and disconnects it: it cannot
+// reconnect until it is enrolled again.
+func (f *Fleet) Revoke(id string) (api.RevokeResult, error) {
+	if err := f.reg.revokeCredential(id); err != nil {
 		return api.RevokeResult{}, err
 	}
-	res := api.RevokeResult{ID: id, Disconnected: s.disconnectDevice(id)}
-	s.log.Info("device credentials revoked", "device", id, "disconnected", res.Disconnected)
+	res := api.RevokeResult{ID: id, Disconnected: f.disconnect(id)}
+	f.log.Info("device credentials revoked", "device", id, "disconnected", res.Disconnected)
 	return res, nil
-}
-
-func (s *Server) handleRevokeDevice(w http.ResponseWriter, r *http.Request) {
-	res, err := s.RevokeDevice(r.PathValue("id"))
-	if err != nil {
-		s.logIfInternal(err, "revoke device")
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
 }

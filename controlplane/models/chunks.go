@@ -1,13 +1,16 @@
-package controlplane
+package models
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/controlplane/ingest"
+	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/internal/transfer"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -199,11 +202,11 @@ func (q *chunkQueue) queued() int {
 	return n
 }
 
-// runChunks is the one worker that publishes queued chunks until ctx ends.
-func (s *Server) runChunks(ctx context.Context) {
+// Run is the one worker that publishes queued chunks, until ctx ends.
+func (r *Registry) Run(ctx context.Context) {
 	for {
-		// Real time, not s.clock(): batching is about network arrivals.
-		k, idx, ok, wait := s.chunks.next(time.Now())
+		// Real time, not the clock: batching is about network arrivals.
+		k, idx, ok, wait := r.chunks.next(time.Now())
 		if !ok {
 			var later <-chan time.Time
 			var timer *time.Timer
@@ -213,7 +216,7 @@ func (s *Server) runChunks(ctx context.Context) {
 			}
 			select {
 			case <-ctx.Done():
-			case <-s.chunks.wake:
+			case <-r.chunks.wake:
 			case <-later:
 			}
 			if timer != nil {
@@ -227,54 +230,91 @@ func (s *Server) runChunks(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		s.publishChunk(ctx, k, idx)
+		r.publishChunk(ctx, k, idx)
 	}
 }
 
-func (s *Server) publishChunk(ctx context.Context, k chunkKey, idx uint32) {
-	rec := s.models.get(k.name, k.version)
+func (r *Registry) publishChunk(ctx context.Context, k chunkKey, idx uint32) {
+	rec := r.get(k.name, k.version)
 	if rec == nil {
 		return // validated at enqueue; versions are never deleted
 	}
-	model, err := s.modelBytes(rec)
+	model, err := r.modelBytes(rec)
 	if err != nil {
-		s.log.Error("read model for chunk publish failed", "model", k.name, "version", k.version, "err", err)
+		r.log.Error("read model for chunk publish failed", "model", k.name, "version", k.version, "err", err)
 		return
 	}
 	data, err := transfer.ChunkData(model, rec.ChunkSize, idx)
 	if err != nil {
-		s.log.Error("chunk data failed", "model", k.name, "version", k.version, "index", idx, "err", err)
+		r.log.Error("chunk data failed", "model", k.name, "version", k.version, "index", idx, "err", err)
 		return
 	}
 	payload, err := proto.Marshal(&efpb.Chunk{Name: k.name, Version: k.version, Index: idx, Data: data})
 	if err != nil {
-		s.log.Error("encode chunk failed", "model", k.name, "version", k.version, "index", idx, "err", err)
+		r.log.Error("encode chunk failed", "model", k.name, "version", k.version, "index", idx, "err", err)
 		return
 	}
-	if err := s.bus.Publish(ctx, s.scheme.Chunks(k.name, k.version), payload, false); err != nil {
+	if err := r.opts.Bus.Publish(ctx, r.opts.Scheme.Chunks(k.name, k.version), payload, false); err != nil {
 		if ctx.Err() == nil {
-			s.log.Warn("publish chunk failed", "model", k.name, "version", k.version, "index", idx, "err", err)
+			r.log.Warn("publish chunk failed", "model", k.name, "version", k.version, "index", idx, "err", err)
 		}
 		return
 	}
-	s.metrics.chunks.Inc()
-	s.metrics.chunkBytes.Add(float64(len(data)))
+	r.metrics.chunks.Inc()
+	r.metrics.chunkBytes.Add(float64(len(data)))
 }
 
-// expectFetches tells the chunk queue how many of the devices just given
-// model@version will ask for its chunks: those online that do not already
-// serve it (offline ones ask when they come back, in a round of their own).
-func (s *Server) expectFetches(model, version string, ids []string) {
-	n := 0
-	for _, id := range ids {
-		d, ok := s.reg.get(id)
-		if !ok || !d.Online {
-			continue
-		}
-		if r := d.Reported[model]; r != nil && r.ActiveVersion == version {
-			continue
-		}
-		n++
+// ExpectFetches tells the chunk queue that devices devices were just told
+// to download model@version (a deploy or a rollout wave): the version's
+// next round waits, within ChunkBatchMax, until that many asked.
+func (r *Registry) ExpectFetches(model, version string, devices int) {
+	r.chunks.expect(chunkKey{model, version}, devices, time.Now())
+}
+
+// Queued is the number of chunks waiting to be published.
+func (r *Registry) Queued() int { return r.chunks.queued() }
+
+// OnFetch handles a device's fetch request (topic .../dev/{id}/fetch):
+// the chunks it lists (all when none) join the version's next round.
+func (r *Registry) OnFetch(topic string, payload []byte) {
+	const kind = topics.KindFetch
+	in := r.opts.Ingest
+	req := &efpb.FetchRequest{}
+	dev, ok := in.Decode(kind, topic, payload, req)
+	if !ok {
+		return
 	}
-	s.chunks.expect(chunkKey{model, version}, n, time.Now())
+	if !r.opts.Devices.Exists(dev) {
+		in.Drop(kind, ingest.UnknownDevice, topic, nil)
+		return
+	}
+	if topics.ValidModelName(req.Name) != nil || topics.ValidModelVersion(req.Version) != nil {
+		in.Drop(kind, ingest.Invalid, topic, fmt.Errorf("model %q version %q", req.Name, req.Version))
+		return
+	}
+	rec := r.get(req.Name, req.Version)
+	if rec == nil {
+		in.Drop(kind, ingest.UnknownModel, topic, fmt.Errorf("model %s version %s does not exist", req.Name, req.Version))
+		return
+	}
+	n := rec.ChunkCount
+	if uint64(len(req.Missing)) > uint64(n) {
+		in.Drop(kind, ingest.Invalid, topic, fmt.Errorf("%d indexes asked for, the model has %d chunks", len(req.Missing), n))
+		return
+	}
+	missing := req.Missing
+	if len(missing) == 0 {
+		missing = make([]uint32, n)
+		for i := range missing {
+			missing[i] = uint32(i)
+		}
+	}
+	for _, i := range missing {
+		if i >= n {
+			in.Drop(kind, ingest.Invalid, topic, fmt.Errorf("chunk index %d, the model has %d chunks", i, n))
+			return
+		}
+	}
+	added := r.chunks.enqueue(chunkKey{req.Name, req.Version}, dev, missing, time.Now())
+	r.log.Debug("fetch request", "device", dev, "model", req.Name, "version", req.Version, "asked", len(missing), "queued", added)
 }

@@ -1,0 +1,163 @@
+// Package fleet is the control plane's view of the devices: the registry
+// (devices, labels, credentials the broker checks), enrollment and
+// revocation, desired-state issuance (signed, generation-numbered, one
+// Assign for deployments and rollouts alike), and what devices report
+// (status, refusals, presence, telemetry). Only the control plane's root
+// package imports it; it reaches the model registry through the Models
+// interface it declares.
+package fleet
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/ingest"
+	"github.com/edgefleet/edgefleet/controlplane/keys"
+	"github.com/edgefleet/edgefleet/internal/labels"
+	"github.com/edgefleet/edgefleet/internal/store"
+	"github.com/edgefleet/edgefleet/internal/topics"
+)
+
+// DefaultDesiredTTL is how long a signed desired state is valid by
+// default.
+const DefaultDesiredTTL = 30 * 24 * time.Hour
+
+// Bus publishes on the MQTT bus (QoS 1) and names the broker devices use.
+type Bus interface {
+	Publish(ctx context.Context, topic string, payload []byte, retain bool) error
+	URL() string
+}
+
+// Models is what the fleet needs of the model registry: the digest a
+// desired state names, and a word that devices were just told to fetch a
+// version (its chunks then go out in one round for all of them).
+type Models interface {
+	SHA256(name, version string) ([]byte, error)
+	ExpectFetches(name, version string, devices int)
+}
+
+// Options configure a Fleet. Fields without a documented default are
+// required.
+type Options struct {
+	// KV is the store namespace of the registry and desired states; Sync
+	// makes the store's writes durable (a generation is synced before it
+	// is published).
+	KV       *store.KV
+	Sync     func() error
+	Registry *Registry
+	// Keys sign desired states (control key) and check them (verifier);
+	// RootPEM goes into device credentials.
+	Keys   *keys.Set
+	Bus    Bus
+	Scheme topics.Scheme
+	Models Models
+	// Ingest checks and counts what devices publish.
+	Ingest *ingest.Checker
+	// BrokerURL is the broker devices are told at registration; default
+	// Bus.URL().
+	BrokerURL string
+	// DesiredTTL is how long a signed desired state is valid; default
+	// DefaultDesiredTTL.
+	DesiredTTL time.Duration
+	// Clock is the time source; default time.Now.
+	Clock func() time.Time
+	// Registerer receives the fleet's metrics.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+}
+
+// Fleet is the devices and what they were told and report.
+type Fleet struct {
+	opts    Options
+	reg     *Registry
+	log     *slog.Logger
+	enrolls *enrollStore
+	deploys prometheus.Counter // desired states issued
+
+	// issueMu serialises desired-state issuing and publishing (see
+	// issue). It comes after the rollout engine's lock and before the
+	// registry's: docs/architecture.md has the whole lock order.
+	issueMu sync.Mutex
+}
+
+// New returns the fleet of o.Registry.
+func New(o Options) *Fleet {
+	if o.DesiredTTL == 0 {
+		o.DesiredTTL = DefaultDesiredTTL
+	}
+	if o.Clock == nil {
+		o.Clock = time.Now
+	}
+	f := &Fleet{
+		opts:    o,
+		reg:     o.Registry,
+		log:     o.Logger.With("component", "fleet"),
+		enrolls: &enrollStore{kv: o.KV, clock: o.Clock},
+		deploys: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgefleet_desired_states_issued_total",
+			Help: "Signed desired-state documents issued to devices.",
+		}),
+	}
+	o.Registerer.MustRegister(f.deploys,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "edgefleet_devices", Help: "Registered devices."},
+			func() float64 { t, _ := f.reg.Counts(); return float64(t) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "edgefleet_devices_online", Help: "Devices currently online."},
+			func() float64 { _, on := f.reg.Counts(); return float64(on) }),
+	)
+	return f
+}
+
+// Registry is the fleet's device registry.
+func (f *Fleet) Registry() *Registry { return f.reg }
+
+// Register registers a device and returns its credentials; the password
+// is not stored and cannot be shown again.
+func (f *Fleet) Register(id string, lbls map[string]string) (api.DeviceCredentials, error) {
+	password, err := f.reg.register(id, lbls)
+	if err != nil {
+		return api.DeviceCredentials{}, err
+	}
+	f.log.Info("device registered", "device", id, "labels", lbls)
+	return f.credentials(id, password), nil
+}
+
+func (f *Fleet) credentials(id, password string) api.DeviceCredentials {
+	url := f.opts.BrokerURL
+	if url == "" {
+		url = f.opts.Bus.URL()
+	}
+	return api.DeviceCredentials{
+		ID:            id,
+		Username:      id,
+		Password:      password,
+		BrokerURL:     url,
+		TopicPrefix:   f.opts.Scheme.Prefix,
+		RootPublicKey: f.opts.Keys.RootPEM,
+	}
+}
+
+// Device returns one device.
+func (f *Fleet) Device(id string) (api.Device, error) {
+	d, ok := f.reg.Get(id)
+	if !ok {
+		return api.Device{}, api.Errorf(api.ErrNotFound, "device %q is not registered", id)
+	}
+	return d, nil
+}
+
+// Devices returns the devices matching selector ("" for all), by id.
+func (f *Fleet) Devices(selector string) ([]api.Device, error) {
+	if selector == "" {
+		return f.reg.List(nil), nil
+	}
+	sel, err := labels.Parse(selector)
+	if err != nil {
+		return nil, api.Errorf(api.ErrInvalid, "%v", err)
+	}
+	return f.reg.List(&sel), nil
+}

@@ -1,0 +1,195 @@
+package fleet
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/ingest"
+	"github.com/edgefleet/edgefleet/internal/topics"
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+// OnStatus handles a device's status event (topic .../dev/{id}/status):
+// the latest lifecycle state per model, or a device-level refusal.
+func (f *Fleet) OnStatus(topic string, payload []byte) {
+	const kind = topics.KindStatus
+	ev := &efpb.StatusEvent{}
+	dev, ok := f.opts.Ingest.Decode(kind, topic, payload, ev)
+	if !ok {
+		return
+	}
+	if ev.ProtocolVersion > efpb.ProtocolVersion {
+		f.opts.Ingest.Drop(kind, ingest.ProtocolVersion, topic, fmt.Errorf("protocol_version %d", ev.ProtocolVersion))
+		return
+	}
+	if ev.ModelName == "" {
+		f.onRefusal(kind, topic, dev, ev)
+		return
+	}
+	if err := topics.ValidModelName(ev.ModelName); err != nil {
+		f.opts.Ingest.Drop(kind, ingest.Invalid, topic, err)
+		return
+	}
+	for _, v := range []string{ev.ModelVersion, ev.ActiveVersion} {
+		if v == "" {
+			continue
+		}
+		if err := topics.ValidModelVersion(v); err != nil {
+			f.opts.Ingest.Drop(kind, ingest.Invalid, topic, err)
+			return
+		}
+	}
+	tooMany, stale := false, false
+	known, err := f.reg.update(dev, func(d *api.Device, now time.Time) bool {
+		d.Online, d.LastSeen = true, now
+		st := d.Reported[ev.ModelName]
+		if st != nil && ev.Seq != 0 && ev.Seq <= st.Seq {
+			// Sequence numbers only grow on a device (across restarts
+			// too): an older event arriving late must not undo a newer one.
+			stale = true
+			return false
+		}
+		if st == nil {
+			if len(d.Reported) >= maxReportedModels {
+				tooMany = true
+				return false
+			}
+			if d.Reported == nil {
+				d.Reported = map[string]*api.ModelStatus{}
+			}
+			st = &api.ModelStatus{}
+			d.Reported[ev.ModelName] = st
+		}
+		*st = api.ModelStatus{
+			State:         api.ModelStateOf(ev.State),
+			TargetVersion: ev.ModelVersion,
+			ActiveVersion: ev.ActiveVersion,
+			Reason:        truncate(ev.Reason, maxReasonLen),
+			ChunksHave:    ev.ChunksHave,
+			ChunksTotal:   ev.ChunksTotal,
+			Generation:    ev.Generation,
+			Seq:           ev.Seq,
+			Updated:       now,
+		}
+		return true
+	})
+	switch {
+	case !known:
+		f.opts.Ingest.Drop(kind, ingest.UnknownDevice, topic, nil)
+	case tooMany:
+		f.opts.Ingest.Drop(kind, ingest.Invalid, topic, fmt.Errorf("device reports more than %d models", maxReportedModels))
+	case stale:
+		f.opts.Ingest.Drop(kind, ingest.Stale, topic, fmt.Errorf("seq %d is not newer than the recorded one", ev.Seq))
+	case err != nil:
+		f.opts.Ingest.Drop(kind, ingest.Store, topic, err)
+		f.log.Error("store device status failed", "device", dev, "err", err)
+	default:
+		f.log.Debug("device status", "device", dev, "model", ev.ModelName, "version", ev.ModelVersion, "state", api.ModelStateOf(ev.State), "reason", ev.Reason)
+	}
+}
+
+// onRefusal records a status event that names no model: the device
+// refused something device-wide (a desired state) and says why.
+func (f *Fleet) onRefusal(kind topics.Kind, topic, dev string, ev *efpb.StatusEvent) {
+	stale := false
+	known, err := f.reg.update(dev, func(d *api.Device, now time.Time) bool {
+		d.Online, d.LastSeen = true, now
+		if r := d.LastRefusal; r != nil && ev.Seq != 0 && ev.Seq <= r.Seq {
+			stale = true
+			return false
+		}
+		d.LastRefusal = &api.Refusal{Reason: truncate(ev.Reason, maxReasonLen), Generation: ev.Generation, Seq: ev.Seq, Time: now}
+		return true
+	})
+	switch {
+	case !known:
+		f.opts.Ingest.Drop(kind, ingest.UnknownDevice, topic, nil)
+	case stale:
+		f.opts.Ingest.Drop(kind, ingest.Stale, topic, fmt.Errorf("seq %d is not newer than the recorded one", ev.Seq))
+	case err != nil:
+		f.opts.Ingest.Drop(kind, ingest.Store, topic, err)
+		f.log.Error("store device refusal failed", "device", dev, "err", err)
+	default:
+		f.log.Warn("device refused a document", "device", dev, "reason", ev.Reason, "generation", ev.Generation)
+	}
+}
+
+// OnTelemetry handles a device's telemetry report (topic
+// .../dev/{id}/telemetry): its summary is kept on the device. It returns
+// the decoded report for monitoring, with ok false when it was dropped.
+func (f *Fleet) OnTelemetry(topic string, payload []byte) (dev string, t *efpb.Telemetry, ok bool) {
+	const kind = topics.KindTelemetry
+	t = &efpb.Telemetry{}
+	if dev, ok = f.opts.Ingest.Decode(kind, topic, payload, t); !ok {
+		return "", nil, false
+	}
+	if t.ProtocolVersion > efpb.ProtocolVersion {
+		f.opts.Ingest.Drop(kind, ingest.ProtocolVersion, topic, fmt.Errorf("protocol_version %d", t.ProtocolVersion))
+		return "", nil, false
+	}
+	sum := &api.TelemetrySummary{
+		Seq:             t.Seq,
+		Generation:      t.Generation,
+		UptimeSeconds:   t.UptimeSeconds,
+		RSSBytes:        t.RssBytes,
+		DroppedPayloads: t.DroppedPayloads,
+	}
+	for i, m := range t.Models {
+		if i == maxReportedModels {
+			break
+		}
+		sum.Models = append(sum.Models, api.ActiveModelStats{
+			Name:       truncate(m.Name, topics.MaxNameLen),
+			Version:    truncate(m.Version, topics.MaxNameLen),
+			State:      api.ModelStateOf(m.State),
+			Inferences: m.Inferences,
+			Errors:     m.Errors,
+			Rejects:    m.Rejects,
+		})
+	}
+	known, err := f.reg.update(dev, func(d *api.Device, now time.Time) bool {
+		d.Online, d.LastSeen = true, now
+		if t.AgentVersion != "" {
+			d.AgentVersion = truncate(t.AgentVersion, maxAgentVersion)
+		}
+		sum.Received = now
+		d.Telemetry = sum
+		return false // persisted at most every lastSeenPersistEvery
+	})
+	switch {
+	case !known:
+		f.opts.Ingest.Drop(kind, ingest.UnknownDevice, topic, nil)
+		return "", nil, false
+	case err != nil:
+		f.log.Error("store device telemetry failed", "device", dev, "err", err)
+	}
+	return dev, t, true
+}
+
+// OnPresence handles a device's presence message (retained, also its
+// last will): online or offline.
+func (f *Fleet) OnPresence(topic string, payload []byte) {
+	const kind = topics.KindPresence
+	p := &efpb.Presence{}
+	dev, ok := f.opts.Ingest.Decode(kind, topic, payload, p)
+	if !ok {
+		return
+	}
+	known, err := f.reg.update(dev, func(d *api.Device, now time.Time) bool {
+		changed := d.Online != p.Online
+		d.Online, d.LastSeen = p.Online, now
+		if p.AgentVersion != "" {
+			d.AgentVersion = truncate(p.AgentVersion, maxAgentVersion)
+		}
+		return changed
+	})
+	switch {
+	case !known:
+		f.opts.Ingest.Drop(kind, ingest.UnknownDevice, topic, nil)
+	case err != nil:
+		f.log.Error("store device presence failed", "device", dev, "err", err)
+	default:
+		f.log.Debug("device presence", "device", dev, "online", p.Online)
+	}
+}

@@ -1,0 +1,146 @@
+package models
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestChunkQueueCoalesces(t *testing.T) {
+	q := newChunkQueue(0, 0)
+	now := time.Now()
+	a, b := chunkKey{"fraud", "v1"}, chunkKey{"fraud", "v2"}
+	assert.Equal(t, 3, q.enqueue(a, "dev", []uint32{0, 1, 2}, now))
+	assert.Equal(t, 1, q.enqueue(a, "dev", []uint32{2, 1, 3}, now), "queued chunks coalesce")
+	assert.Equal(t, 2, q.enqueue(b, "dev", []uint32{0, 0, 1}, now))
+	assert.Equal(t, 6, q.queued())
+
+	type item struct {
+		k chunkKey
+		i uint32
+	}
+	var order []item
+	for {
+		k, i, ok, _ := q.next(now)
+		if !ok {
+			break
+		}
+		order = append(order, item{k, i})
+		if len(order) == 1 {
+			// Asked again after dequeue: queued anew (the publish may be
+			// past the asker).
+			assert.Equal(t, 1, q.enqueue(a, "dev", []uint32{0}, now))
+		}
+	}
+	assert.Equal(t, []item{{a, 0}, {b, 0}, {a, 1}, {b, 1}, {a, 2}, {a, 3}, {a, 0}}, order, "versions are served round-robin")
+	assert.Equal(t, 0, q.enqueue(a, "dev", nil, now))
+	assert.Equal(t, 0, q.queued())
+}
+
+func TestChunkQueueCollectsBeforeTheFirstPublish(t *testing.T) {
+	q := newChunkQueue(200*time.Millisecond, time.Second)
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	a, b := chunkKey{"fraud", "v1"}, chunkKey{"fraud", "v2"}
+	q.enqueue(a, "dev", []uint32{0, 1}, t0)
+	_, _, ok, wait := q.next(at(50))
+	assert.False(t, ok, "inside the window nothing goes out")
+	assert.Equal(t, 150*time.Millisecond, wait)
+	// Requests inside the window join the same round and keep it open
+	// until the requests settle.
+	assert.Equal(t, 1, q.enqueue(a, "dev", []uint32{1, 2}, at(100)))
+	q.enqueue(b, "dev", []uint32{0}, at(150))
+	_, _, ok, wait = q.next(at(250))
+	assert.False(t, ok, "v1's round was extended to 300 ms by the request at 100 ms")
+	assert.Equal(t, 50*time.Millisecond, wait)
+
+	var got []uint32
+	for {
+		k, i, ok, _ := q.next(at(300))
+		if !ok {
+			break
+		}
+		assert.Equal(t, a, k, "v2's window is still open")
+		got = append(got, i)
+	}
+	assert.Equal(t, []uint32{0, 1, 2}, got)
+	k, i, ok, _ := q.next(at(350))
+	require.True(t, ok)
+	assert.Equal(t, b, k)
+	assert.Equal(t, uint32(0), i)
+	_, _, ok, wait = q.next(at(1000))
+	assert.False(t, ok)
+	assert.Zero(t, wait, "nothing queued: wait for a wake-up")
+}
+
+func TestChunkQueueWaitsAtMostMaxWait(t *testing.T) {
+	q := newChunkQueue(200*time.Millisecond, time.Second)
+	t0 := time.Now()
+	k := chunkKey{"fraud", "v1"}
+	// A request every 100 ms would keep the window open forever.
+	for ms := 0; ms <= 1500; ms += 100 {
+		now := t0.Add(time.Duration(ms) * time.Millisecond)
+		q.enqueue(k, "dev", []uint32{uint32(ms / 100)}, now)
+		if _, _, ok, _ := q.next(now); ok {
+			assert.Equal(t, 1000, ms, "the round goes out maxWait after its first request")
+			// A round going out is not held up by requests arriving now.
+			q.enqueue(k, "dev", []uint32{99}, now.Add(time.Millisecond))
+			_, _, ok, _ := q.next(now.Add(2 * time.Millisecond))
+			assert.True(t, ok)
+			return
+		}
+	}
+	t.Fatal("the round never went out")
+}
+
+// A deploy says how many devices will ask: the round waits for them all
+// (not for a quiet moment, which a gap in their requests would fake), and
+// goes out the moment the last one asks.
+func TestChunkQueueWaitsForTheExpectedDevices(t *testing.T) {
+	q := newChunkQueue(100*time.Millisecond, 2*time.Second)
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	k := chunkKey{"fraud", "v2"}
+	q.expect(k, 3, t0)
+	q.enqueue(k, "dev-1", []uint32{0, 1}, at(10))
+	_, _, ok, _ := q.next(at(600))
+	assert.False(t, ok, "a 500 ms gap is not the end of the round: two devices have not asked")
+	q.enqueue(k, "dev-1", []uint32{0, 1}, at(700)) // a retry counts once
+	q.enqueue(k, "dev-2", []uint32{0, 1}, at(800))
+	_, _, ok, _ = q.next(at(850))
+	assert.False(t, ok)
+	select { // drain: the worker has seen the earlier requests
+	case <-q.wake:
+	default:
+	}
+	q.enqueue(k, "dev-3", []uint32{0, 1}, at(900))
+	select {
+	case <-q.wake:
+	default:
+		t.Fatal("the worker is not woken: the last device's request adds no chunk but makes the round due")
+	}
+	_, i, ok, _ := q.next(at(900))
+	require.True(t, ok, "the last expected device asked: out at once")
+	assert.Equal(t, uint32(0), i)
+
+	// Fulfilled: a straggler's round uses the quiet window again.
+	_, _, ok, _ = q.next(at(900))
+	require.True(t, ok)
+	q.enqueue(k, "dev-4", []uint32{1}, at(1000))
+	_, _, ok, wait := q.next(at(1000))
+	assert.False(t, ok)
+	assert.Equal(t, 100*time.Millisecond, wait)
+	_, _, ok, _ = q.next(at(1100))
+	require.True(t, ok)
+
+	// Devices that never ask hold a round for maxWait at most.
+	k3 := chunkKey{"fraud", "v3"}
+	q.expect(k3, 5, at(2000))
+	q.enqueue(k3, "dev-1", []uint32{0}, at(2000))
+	_, _, ok, _ = q.next(at(3999))
+	assert.False(t, ok)
+	_, _, ok, _ = q.next(at(4000))
+	assert.True(t, ok)
+}

@@ -1,0 +1,43 @@
+package models
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the registry's Prometheus series.
+type metrics struct {
+	uploads    *prometheus.CounterVec // result: accepted, forced, rejected
+	chunks     prometheus.Counter
+	chunkBytes prometheus.Counter
+}
+
+// Upload results (the result label of edgefleet_model_uploads_total).
+const (
+	uploadAccepted = "accepted"
+	uploadForced   = "forced"
+	uploadRejected = "rejected"
+)
+
+func newMetrics(reg prometheus.Registerer, versions func() float64) *metrics {
+	m := &metrics{
+		uploads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgefleet_model_uploads_total",
+			Help: "Model version uploads by result (accepted, forced, rejected).",
+		}, []string{"result"}),
+		chunks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgefleet_chunk_publishes_total",
+			Help: "Model chunks published on chunk topics.",
+		}),
+		chunkBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgefleet_chunk_publish_bytes_total",
+			Help: "Model bytes published on chunk topics.",
+		}),
+	}
+	reg.MustRegister(m.uploads, m.chunks, m.chunkBytes,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgefleet_model_versions", Help: "Uploaded model versions.",
+		}, versions))
+	return m
+}
+
+// CountRejected counts an upload refused before it reached Add (a
+// malformed request body).
+func (r *Registry) CountRejected() { r.metrics.uploads.WithLabelValues(uploadRejected).Inc() }
