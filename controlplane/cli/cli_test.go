@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -281,16 +282,18 @@ func TestKeysInit(t *testing.T) {
 }
 
 func TestParseInterleaved(t *testing.T) {
-	a := &app{stderr: &bytes.Buffer{}, getenv: noEnv}
-	fs := a.flagSet("t")
+	a := &app{stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}, getenv: noEnv}
 	var l stringList
-	fs.Var(&l, "label", "")
-	x := fs.Bool("x", false, "")
-	pos, err := parse(fs, []string{"dev-1", "--label", "a=b", "-x", "more", "--label=c=d", "--", "--label"})
+	var x bool
+	var pos []string
+	c := &cobra.Command{Use: "t", RunE: func(_ *cobra.Command, args []string) error { pos = args; return nil }}
+	c.Flags().Var(&l, "label", "")
+	c.Flags().BoolVar(&x, "x", false, "")
+	_, err := a.execute(context.Background(), c, []string{"dev-1", "--label", "a=b", "-x", "more", "--label=c=d", "--", "--label"})
 	require.NoError(t, err)
 	assert.Equal(t, []string{"dev-1", "more", "--label"}, pos)
 	assert.Equal(t, stringList{"a=b", "c=d"}, l)
-	assert.True(t, *x)
+	assert.True(t, x)
 }
 
 func TestParseDrift(t *testing.T) {

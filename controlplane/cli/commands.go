@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -28,76 +28,120 @@ import (
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
-func (a *app) keysInit(args []string) error {
-	fs := a.flagSet("edgefleet keys init")
-	dir := fs.String("dir", "", "directory to create the keys in (required)")
-	ttl := fs.Duration("ttl", keys.DefaultTrustBundleTTL, "validity of the trust bundle")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return usagef("keys init takes no arguments, got %q", pos)
-	}
-	if *dir == "" {
-		return usagef("keys init needs --dir")
-	}
-	if *ttl <= 0 {
-		return usagef("--ttl must be positive")
-	}
-	root, err := keys.Init(*dir, time.Now(), *ttl)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(a.stdout, "Created the fleet keys in %s.\n\n", *dir)
-	fmt.Fprintf(a.stdout, "Keep %s offline: it signs trust bundles and is needed only to change keys.\n", keys.RootKeyFile)
-	fmt.Fprintf(a.stdout, "Copy %s, %s, %s and %s to the control plane's <data-dir>/keys/.\n\n",
-		keys.ReleaseKeyFile, keys.ControlKeyFile, keys.RootPubFile, keys.TrustBundleFile)
-	fmt.Fprintf(a.stdout, "Root public key (devices are provisioned with it):\n%s", signing.EncodePublicKeyPEM(root))
-	return nil
+func (a *app) keysCmd() *cobra.Command {
+	return group(&cobra.Command{
+		Use:   "keys <command>",
+		Short: "create and rotate the fleet's signing keys",
+		Long: `Creates and rotates the fleet's keys: an offline root key that signs trust bundles, a
+release key that signs model manifests and a control key that signs desired states.`,
+	}, a.keysInitCmd(), a.keysRotateCmd())
 }
 
-func (a *app) modelTrain(args []string) error {
-	fs := a.flagSet("edgefleet model train")
-	out := fs.String("out", "", "output ONNX file (required); metadata goes to <out>.meta.json")
-	seed := fs.Uint64("seed", 1, "data generator seed")
-	rows := fs.Int("rows", 0, "generated rows, train and test (default 20000)")
-	drift := fs.String("drift", "", "data shift, comma-separated: pattern=classic|card-testing, amount_scale=F,\nhour_shift=N, distance_scale=F, foreign_rate=F, fraud_rate=F, label_noise=F")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
+func (a *app) keysInitCmd() *cobra.Command {
+	var (
+		dir string
+		ttl time.Duration
+	)
+	c := &cobra.Command{
+		Use:   "init --dir DIR",
+		Short: "create root, release and control keys and a trust bundle",
+		Long: `Creates the fleet's root, release and control keys and the first root-signed trust bundle
+in DIR (which must not hold keys yet), and prints the root public key that devices are
+provisioned with.
+
+Run it where the root key is to be kept (offline), and copy everything but root.key to the
+control plane's <data-dir>/keys/. "edgefleet serve" creates keys itself at its first start
+when it finds none; use this to keep the root key off the server.`,
+		Example: `  edgefleet keys init --dir ./keys
+  edgefleet keys init --dir ./keys --ttl 8760h`,
+		Args: noArgs,
+		RunE: a.runE(func(*cobra.Command, []string) error {
+			if dir == "" {
+				return usagef("keys init needs --dir")
+			}
+			if ttl <= 0 {
+				return usagef("--ttl must be positive")
+			}
+			root, err := keys.Init(dir, time.Now(), ttl)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "Created the fleet keys in %s.\n\n", dir)
+			fmt.Fprintf(a.stdout, "Keep %s offline: it signs trust bundles and is needed only to change keys.\n", keys.RootKeyFile)
+			fmt.Fprintf(a.stdout, "Copy %s, %s, %s and %s to the control plane's <data-dir>/keys/.\n\n",
+				keys.ReleaseKeyFile, keys.ControlKeyFile, keys.RootPubFile, keys.TrustBundleFile)
+			fmt.Fprintf(a.stdout, "Root public key (devices are provisioned with it):\n%s", signing.EncodePublicKeyPEM(root))
+			return nil
+		}),
 	}
-	if len(pos) > 0 {
-		return usagef("model train takes no arguments, got %q", pos)
+	c.Flags().StringVar(&dir, "dir", "", "`DIR` to create the keys in (required)")
+	c.Flags().DurationVar(&ttl, "ttl", keys.DefaultTrustBundleTTL, "validity of the trust bundle (`DURATION`)")
+	return c
+}
+
+func (a *app) modelCmd() *cobra.Command {
+	return group(&cobra.Command{
+		Use:   "model <command>",
+		Short: "train and upload model versions",
+	}, a.modelTrainCmd(), a.modelPushCmd())
+}
+
+func (a *app) modelTrainCmd() *cobra.Command {
+	var (
+		out, drift string
+		seed       uint64
+		rows       int
+	)
+	c := &cobra.Command{
+		Use:   "train --out FILE",
+		Short: "train the fraud example model (writes FILE and FILE.meta.json)",
+		Long: `Trains the fraud example model on generated card transactions and writes the ONNX model to
+FILE and its metadata to FILE.meta.json: input schema, reference statistics for drift
+monitoring, test vectors and training metadata. Prints the test set's accuracy, precision,
+recall and AUC.
+
+--drift shifts the generated data, for a model (or a comparison) trained on a changed world.`,
+		Example: `  edgefleet model train --out fraud.onnx
+  edgefleet model train --out fraud-v2.onnx --seed 2 --rows 40000
+  edgefleet model train --out shifted.onnx --drift pattern=card-testing,amount_scale=2`,
+		Args: noArgs,
+		RunE: a.runE(func(*cobra.Command, []string) error {
+			if out == "" {
+				return usagef("model train needs --out FILE")
+			}
+			params, err := parseDrift(drift)
+			if err != nil {
+				return err
+			}
+			art, err := fraud.TrainArtifact(fraud.TrainConfig{Seed: seed, Rows: rows, Params: params})
+			if err != nil {
+				return err
+			}
+			meta, err := protojson.MarshalOptions{Multiline: true, UseProtoNames: true}.Marshal(art.Metadata())
+			if err != nil {
+				return fmt.Errorf("encode metadata: %w", err)
+			}
+			metaPath := out + ".meta.json"
+			if err := os.WriteFile(out, art.ONNX, 0o644); err != nil {
+				return err
+			}
+			if err := os.WriteFile(metaPath, append(meta, '\n'), 0o644); err != nil {
+				return err
+			}
+			sum := sha256.Sum256(art.ONNX)
+			fmt.Fprintf(a.stdout, "wrote %s (%d bytes, sha256 %s) and %s\n", out, len(art.ONNX), hex.EncodeToString(sum[:6]), metaPath)
+			t := art.Test
+			fmt.Fprintf(a.stdout, "test set (%d rows): accuracy %.4f  precision %.4f  recall %.4f  AUC %.4f  (majority baseline %.4f)\n",
+				t.Rows, t.Accuracy, t.Precision, t.Recall, t.AUC, t.BaselineAccuracy)
+			return nil
+		}),
 	}
-	if *out == "" {
-		return usagef("model train needs --out FILE")
-	}
-	params, err := parseDrift(*drift)
-	if err != nil {
-		return err
-	}
-	art, err := fraud.TrainArtifact(fraud.TrainConfig{Seed: *seed, Rows: *rows, Params: params})
-	if err != nil {
-		return err
-	}
-	meta, err := protojson.MarshalOptions{Multiline: true, UseProtoNames: true}.Marshal(art.Metadata())
-	if err != nil {
-		return fmt.Errorf("encode metadata: %w", err)
-	}
-	metaPath := *out + ".meta.json"
-	if err := os.WriteFile(*out, art.ONNX, 0o644); err != nil {
-		return err
-	}
-	if err := os.WriteFile(metaPath, append(meta, '\n'), 0o644); err != nil {
-		return err
-	}
-	sum := sha256.Sum256(art.ONNX)
-	fmt.Fprintf(a.stdout, "wrote %s (%d bytes, sha256 %s) and %s\n", *out, len(art.ONNX), hex.EncodeToString(sum[:6]), metaPath)
-	t := art.Test
-	fmt.Fprintf(a.stdout, "test set (%d rows): accuracy %.4f  precision %.4f  recall %.4f  AUC %.4f  (majority baseline %.4f)\n",
-		t.Rows, t.Accuracy, t.Precision, t.Recall, t.AUC, t.BaselineAccuracy)
-	return nil
+	f := c.Flags()
+	f.StringVar(&out, "out", "", "output ONNX `FILE` (required); metadata goes to <out>.meta.json")
+	f.Uint64Var(&seed, "seed", 1, "data generator `SEED`")
+	f.IntVar(&rows, "rows", 0, "`N` generated rows, train and test (default 20000)")
+	f.StringVar(&drift, "drift", "", "data shift, comma-separated `TERMS`: pattern=classic|card-testing, amount_scale=F,\nhour_shift=N, distance_scale=F, foreign_rate=F, fraud_rate=F, label_noise=F")
+	return c
 }
 
 // parseDrift parses the --drift list into generator parameters.
@@ -157,158 +201,197 @@ func parseDrift(s string) (fraud.Params, error) {
 	return p, nil
 }
 
-func (a *app) modelPush(ctx context.Context, args []string) error {
-	fs := a.flagSet("edgefleet model push")
-	a.globalFlags(fs)
-	name := fs.String("name", "", "model name (required)")
-	version := fs.String("version", "", "model version (required; versions are immutable)")
-	file := fs.String("file", "", "ONNX file (required)")
-	meta := fs.String("meta", "", "metadata JSON (default <file>.meta.json when it exists)")
-	force := fs.Bool("force", false, "store the version even if its test vectors fail (agents will refuse it)")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return usagef("model push takes no arguments, got %q", pos)
-	}
-	if *name == "" || *version == "" || *file == "" {
-		return usagef("model push needs --name, --version and --file")
-	}
-	metaPath := *meta
-	if metaPath == "" {
-		if _, err := os.Stat(*file + ".meta.json"); err == nil {
-			metaPath = *file + ".meta.json"
-		}
-	}
-	c, err := a.client()
-	if err != nil {
-		return err
-	}
-	model, err := os.Open(*file)
-	if err != nil {
-		return err
-	}
-	defer model.Close()
-	var metaData []byte
-	if metaPath != "" {
-		if metaData, err = os.ReadFile(metaPath); err != nil {
-			return err
-		}
-	}
+func (a *app) modelPushCmd() *cobra.Command {
+	var (
+		name, version, file, meta string
+		force                     bool
+	)
+	c := &cobra.Command{
+		Use:   "push --name NAME --version VERSION --file FILE",
+		Short: "upload a model version",
+		Long: `Uploads an ONNX model and its metadata (FILE.meta.json, written by model train, unless
+--meta names another file). The control plane checks that the model loads and passes its
+test vectors, signs the manifest and stores the version; versions are immutable.
 
-	// The client streams the model: it can be hundreds of MiB.
-	mv, err := c.UploadModel(ctx, client.Upload{Name: *name, Version: *version, Model: model,
-		Filename: filepath.Base(*file), Metadata: metaData, Force: *force})
-	if err != nil {
-		return fmt.Errorf("push %s@%s: %w", *name, *version, err)
+--force stores a version that fails its checks; agents refuse it, which is how to test that.`,
+		Example: `  edgefleet model push --name fraud --version 1.0.0 --file fraud.onnx
+  edgefleet model push --name fraud --version 2.0.0 --file fraud-v2.onnx --meta fraud-v2.onnx.meta.json`,
+		Args: noArgs,
+		RunE: a.runE(func(cmd *cobra.Command, _ []string) error {
+			if name == "" || version == "" || file == "" {
+				return usagef("model push needs --name, --version and --file")
+			}
+			metaPath := meta
+			if metaPath == "" {
+				if _, err := os.Stat(file + ".meta.json"); err == nil {
+					metaPath = file + ".meta.json"
+				}
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			model, err := os.Open(file)
+			if err != nil {
+				return err
+			}
+			defer model.Close()
+			var metaData []byte
+			if metaPath != "" {
+				if metaData, err = os.ReadFile(metaPath); err != nil {
+					return err
+				}
+			}
+
+			// The client streams the model: it can be hundreds of MiB.
+			mv, err := c.UploadModel(cmd.Context(), client.Upload{Name: name, Version: version, Model: model,
+				Filename: filepath.Base(file), Metadata: metaData, Force: force})
+			if err != nil {
+				return fmt.Errorf("push %s@%s: %w", name, version, err)
+			}
+			fmt.Fprintf(a.stdout, "pushed %s@%s: %d bytes, %d chunks, sha256 %s\n", mv.Name, mv.Version, mv.Size, mv.ChunkCount, mv.SHA256)
+			if metaPath != "" {
+				fmt.Fprintf(a.stdout, "metadata from %s\n", metaPath)
+			}
+			if mv.Checks.Passed {
+				fmt.Fprintf(a.stdout, "checks passed: %d test vectors\n", mv.Checks.TestVectors)
+			} else {
+				fmt.Fprintf(a.stdout, "checks FAILED (stored because of --force; agents will refuse it): %s\n", mv.Checks.Error)
+			}
+			return nil
+		}),
 	}
-	fmt.Fprintf(a.stdout, "pushed %s@%s: %d bytes, %d chunks, sha256 %s\n", mv.Name, mv.Version, mv.Size, mv.ChunkCount, mv.SHA256)
-	if metaPath != "" {
-		fmt.Fprintf(a.stdout, "metadata from %s\n", metaPath)
-	}
-	if mv.Checks.Passed {
-		fmt.Fprintf(a.stdout, "checks passed: %d test vectors\n", mv.Checks.TestVectors)
-	} else {
-		fmt.Fprintf(a.stdout, "checks FAILED (stored because of --force; agents will refuse it): %s\n", mv.Checks.Error)
-	}
-	return nil
+	f := c.Flags()
+	f.StringVar(&name, "name", "", "model `NAME` (required)")
+	f.StringVar(&version, "version", "", "model `VERSION` (required; versions are immutable)")
+	f.StringVar(&file, "file", "", "ONNX `FILE` (required)")
+	f.StringVar(&meta, "meta", "", "metadata JSON `FILE` (default <file>.meta.json when it exists)")
+	f.BoolVar(&force, "force", false, "store the version even if its test vectors fail (agents will refuse it)")
+	return c
 }
 
-func (a *app) models(ctx context.Context, args []string) error {
-	fs := a.flagSet("edgefleet models")
-	a.globalFlags(fs)
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
+func (a *app) modelsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "models",
+		Short:   "list model versions",
+		Long:    "Lists the model versions the control plane stores, with their size, digest and check result.",
+		Example: "  edgefleet models",
+		Args:    noArgs,
+		RunE: a.runE(func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			list, err := c.Models(cmd.Context())
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tVERSION\tSIZE\tCHUNKS\tSHA256\tCHECKS\tCREATED")
+			for _, m := range list {
+				checks := fmt.Sprintf("passed (%d vectors)", m.Checks.TestVectors)
+				if !m.Checks.Passed {
+					checks = "FAILED (forced)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", m.Name, m.Version, m.Size, m.ChunkCount, short(m.SHA256), checks, m.Created.Local().Format(time.DateTime))
+			}
+			return tw.Flush()
+		}),
 	}
-	if len(pos) > 0 {
-		return usagef("models takes no arguments, got %q", pos)
-	}
-	c, err := a.client()
-	if err != nil {
-		return err
-	}
-	list, err := c.Models(ctx)
-	if err != nil {
-		return err
-	}
-	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tVERSION\tSIZE\tCHUNKS\tSHA256\tCHECKS\tCREATED")
-	for _, m := range list {
-		checks := fmt.Sprintf("passed (%d vectors)", m.Checks.TestVectors)
-		if !m.Checks.Passed {
-			checks = "FAILED (forced)"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", m.Name, m.Version, m.Size, m.ChunkCount, short(m.SHA256), checks, m.Created.Local().Format(time.DateTime))
-	}
-	return tw.Flush()
 }
 
-func (a *app) deviceAdd(ctx context.Context, args []string) error {
-	fs := a.flagSet("edgefleet device add")
-	a.globalFlags(fs)
-	var lbls stringList
-	fs.Var(&lbls, "label", "label key=value (repeatable)")
-	configOut := fs.String("config-out", "", "write a ready agent config (YAML, mode 0600) to this file")
-	dataDir := fs.String("data-dir", "/var/lib/edgefleet-agent", "the agent's data_dir in the config")
-	inference := fs.String("inference-listen", "127.0.0.1:8081", "the agent's inference_listen in the config (empty disables the local API)")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
+func (a *app) deviceCmd() *cobra.Command {
+	return group(&cobra.Command{
+		Use:   "device <command>",
+		Short: "register, enroll and revoke devices",
+		Long: `Admits devices to the fleet, either registered here with their credentials handed over by
+you (device add) or enrolled by the device itself with a one-time token (device enroll),
+and shuts them out again (device revoke).`,
+	}, a.deviceAddCmd(), a.deviceEnrollCmd(), a.deviceRevokeCmd())
+}
+
+func (a *app) deviceAddCmd() *cobra.Command {
+	var (
+		lbls                          stringList
+		configOut, dataDir, inference string
+	)
+	c := &cobra.Command{
+		Use:   "add ID",
+		Short: "register a device and print its credentials once",
+		Long: `Registers device ID with its labels and prints its MQTT credentials; the password is shown
+only this once. With --config-out it also writes a ready agent config (YAML, mode 0600) for
+"edgefleet-agent --config"; the file must not exist yet, and nothing is registered when it
+cannot be created.`,
+		Example: `  edgefleet device add dev-1 --label site=berlin --label hw=arm64
+  edgefleet device add dev-17 --label site=plant-1 --config-out dev-17.yaml`,
+		Args: oneArg("device id"),
+		RunE: a.runE(func(cmd *cobra.Command, pos []string) error {
+			id := pos[0]
+			m, err := parseLabels(lbls)
+			if err != nil {
+				return err
+			}
+			// Check the config can be written before registering: the password is
+			// shown once and must not be lost to a typo in a path.
+			var cfgFile *os.File
+			if configOut != "" {
+				if cfgFile, err = os.OpenFile(configOut, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
+					return fmt.Errorf("--config-out: %w (nothing was registered)", err)
+				}
+				defer cfgFile.Close()
+			}
+			c, err := a.client()
+			if err != nil {
+				removeEmpty(cfgFile)
+				return err
+			}
+			creds, err := c.RegisterDevice(cmd.Context(), id, m)
+			if err != nil {
+				removeEmpty(cfgFile)
+				return fmt.Errorf("add device %s: %w", id, err)
+			}
+			fmt.Fprintf(a.stdout, "device %s registered. Credentials (the password is shown only this once):\n", creds.ID)
+			fmt.Fprintf(a.stdout, "  username:     %s\n  password:     %s\n  broker_url:   %s\n  topic_prefix: %s\n", creds.Username, creds.Password, creds.BrokerURL, creds.TopicPrefix)
+			if cfgFile == nil {
+				fmt.Fprintf(a.stdout, "  root_public_key:\n%s", indent(creds.RootPublicKey, "    "))
+				return nil
+			}
+			cfg, err := yaml.Marshal(agent.ConfigFor(creds, dataDir, inference))
+			if err == nil {
+				_, err = cfgFile.Write(cfg)
+			}
+			if err == nil {
+				err = cfgFile.Sync()
+			}
+			if err != nil {
+				return fmt.Errorf("device %s is registered, but writing %s failed: %w; use the credentials above", id, configOut, err)
+			}
+			fmt.Fprintf(a.stdout, "agent config written to %s (it holds the password: keep it private)\n", configOut)
+			return nil
+		}),
 	}
-	if len(pos) != 1 {
-		return usagef("device add takes one device id, got %d arguments", len(pos))
-	}
-	id := pos[0]
+	f := c.Flags()
+	f.Var(&lbls, "label", "label `key=value` (repeatable)")
+	f.StringVar(&configOut, "config-out", "", "write a ready agent config (YAML, mode 0600) to this `FILE`")
+	f.StringVar(&dataDir, "data-dir", "/var/lib/edgefleet-agent", "the agent's data_dir in the config (`DIR`)")
+	f.StringVar(&inference, "inference-listen", "127.0.0.1:8081", "the agent's inference_listen in the config (`ADDR`; empty disables the local API)")
+	return c
+}
+
+// parseLabels reads repeated --label key=value flags.
+func parseLabels(lbls []string) (map[string]string, error) {
 	m := map[string]string{}
 	for _, l := range lbls {
 		k, v, err := labels.ParseLabel(l)
 		if err != nil {
-			return usagef("--label: %v", err)
+			return nil, usagef("--label: %v", err)
 		}
 		if _, dup := m[k]; dup {
-			return usagef("--label %s given twice", k)
+			return nil, usagef("--label %s given twice", k)
 		}
 		m[k] = v
 	}
-	// Check the config can be written before registering: the password is
-	// shown once and must not be lost to a typo in a path.
-	var cfgFile *os.File
-	if *configOut != "" {
-		if cfgFile, err = os.OpenFile(*configOut, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
-			return fmt.Errorf("--config-out: %w (nothing was registered)", err)
-		}
-		defer cfgFile.Close()
-	}
-	c, err := a.client()
-	if err != nil {
-		removeEmpty(cfgFile)
-		return err
-	}
-	creds, err := c.RegisterDevice(ctx, id, m)
-	if err != nil {
-		removeEmpty(cfgFile)
-		return fmt.Errorf("add device %s: %w", id, err)
-	}
-	fmt.Fprintf(a.stdout, "device %s registered. Credentials (the password is shown only this once):\n", creds.ID)
-	fmt.Fprintf(a.stdout, "  username:     %s\n  password:     %s\n  broker_url:   %s\n  topic_prefix: %s\n", creds.Username, creds.Password, creds.BrokerURL, creds.TopicPrefix)
-	if cfgFile == nil {
-		fmt.Fprintf(a.stdout, "  root_public_key:\n%s", indent(creds.RootPublicKey, "    "))
-		return nil
-	}
-	cfg, err := yaml.Marshal(agent.ConfigFor(creds, *dataDir, *inference))
-	if err == nil {
-		_, err = cfgFile.Write(cfg)
-	}
-	if err == nil {
-		err = cfgFile.Sync()
-	}
-	if err != nil {
-		return fmt.Errorf("device %s is registered, but writing %s failed: %w; use the credentials above", id, *configOut, err)
-	}
-	fmt.Fprintf(a.stdout, "agent config written to %s (it holds the password: keep it private)\n", *configOut)
-	return nil
+	return m, nil
 }
 
 // removeEmpty removes a config file created for a registration that failed.
@@ -319,38 +402,42 @@ func removeEmpty(f *os.File) {
 	}
 }
 
-func (a *app) devices(ctx context.Context, args []string) error {
-	fs := a.flagSet("edgefleet devices")
-	a.globalFlags(fs)
-	selector := fs.String("selector", "", "only devices matching this label selector (k=v,k!=v)")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
+func (a *app) devicesCmd() *cobra.Command {
+	var selector string
+	c := &cobra.Command{
+		Use:   "devices",
+		Short: "list devices and their state",
+		Long: `Lists the registered devices: labels, whether they are online, the desired model versions
+and generation, what each device runs (ACTIVE) and what it is doing (STATE), last seen.`,
+		Example: `  edgefleet devices
+  edgefleet devices --selector site=berlin,hw!=x86`,
+		Args: noArgs,
+		RunE: a.runE(func(cmd *cobra.Command, _ []string) error {
+			if selector != "" {
+				if _, err := labels.Parse(selector); err != nil {
+					return usagef("--selector: %v", err)
+				}
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			list, err := c.Devices(cmd.Context(), selector)
+			if err != nil {
+				return err
+			}
+			now := time.Now()
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tLABELS\tONLINE\tDESIRED\tACTIVE\tSTATE\tLAST SEEN")
+			for _, d := range list {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, formatLabels(d.Labels), yesNo(d.Online),
+					formatDesired(d.Desired), formatActive(d.Reported), formatState(d.Reported), formatAgo(now, d.LastSeen))
+			}
+			return tw.Flush()
+		}),
 	}
-	if len(pos) > 0 {
-		return usagef("devices takes no arguments, got %q", pos)
-	}
-	if *selector != "" {
-		if _, err := labels.Parse(*selector); err != nil {
-			return usagef("--selector: %v", err)
-		}
-	}
-	c, err := a.client()
-	if err != nil {
-		return err
-	}
-	list, err := c.Devices(ctx, *selector)
-	if err != nil {
-		return err
-	}
-	now := time.Now()
-	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tLABELS\tONLINE\tDESIRED\tACTIVE\tSTATE\tLAST SEEN")
-	for _, d := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, formatLabels(d.Labels), yesNo(d.Online),
-			formatDesired(d.Desired), formatActive(d.Reported), formatState(d.Reported), formatAgo(now, d.LastSeen))
-	}
-	return tw.Flush()
+	c.Flags().StringVar(&selector, "selector", "", "only devices matching this label `SELECTOR` (k=v,k!=v)")
+	return c
 }
 
 func formatLabels(m map[string]string) string {
@@ -446,81 +533,90 @@ func yesNo(b bool) string {
 	return "no"
 }
 
-func (a *app) deploy(ctx context.Context, args []string) error {
-	fs := a.flagSet("edgefleet deploy")
-	a.globalFlags(fs)
-	var devices stringList
-	fs.Var(&devices, "device", "target device id (repeatable)")
-	selector := fs.String("selector", "", "target devices by label selector (k=v,k!=v)")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
+func (a *app) deployCmd() *cobra.Command {
+	var (
+		devices  stringList
+		selector string
+	)
+	c := &cobra.Command{
+		Use:   "deploy NAME@VERSION (--device ID ... | --selector SELECTOR)",
+		Short: "give devices a signed desired state naming a model version",
+		Long: `Gives each target device a signed desired state naming NAME@VERSION, with the device's next
+generation; the agent downloads, checks and activates the version. Target devices by id
+(--device, repeatable) or by label selector. For staged delivery with health gates use
+"edgefleet rollout create".`,
+		Example: `  edgefleet deploy fraud@1.0.0 --selector site=berlin
+  edgefleet deploy fraud@1.0.0 --device dev-1 --device dev-2`,
+		Args: oneArg("NAME@VERSION"),
+		RunE: a.runE(func(cmd *cobra.Command, pos []string) error {
+			name, version, ok := strings.Cut(pos[0], "@")
+			if !ok || name == "" || version == "" {
+				return usagef("deploy %q: want NAME@VERSION, e.g. fraud@v2", pos[0])
+			}
+			switch {
+			case len(devices) == 0 && selector == "":
+				return usagef("deploy needs --device ID (repeatable) or --selector k=v")
+			case len(devices) > 0 && selector != "":
+				return usagef("give --device or --selector, not both")
+			}
+			if selector != "" {
+				if _, err := labels.Parse(selector); err != nil {
+					return usagef("--selector: %v", err)
+				}
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			req := api.DeployRequest{Model: name, Version: version, Devices: devices, Selector: selector}
+			res, err := c.Deploy(cmd.Context(), req)
+			if err != nil {
+				return fmt.Errorf("deploy %s@%s: %w", name, version, err)
+			}
+			fmt.Fprintf(a.stdout, "deployed %s@%s to %d device(s):\n", res.Model, res.Version, len(res.Devices))
+			failed := 0
+			for _, d := range res.Devices {
+				if d.PublishError != "" {
+					failed++
+					fmt.Fprintf(a.stdout, "  %s  generation %d  (stored; publish failed: %s)\n", d.ID, d.Generation, d.PublishError)
+					continue
+				}
+				fmt.Fprintf(a.stdout, "  %s  generation %d\n", d.ID, d.Generation)
+			}
+			if failed > 0 {
+				return fmt.Errorf("%d desired state(s) stored but not yet published; they are sent again when the broker connection is back", failed)
+			}
+			return nil
+		}),
 	}
-	if len(pos) != 1 {
-		return usagef("deploy takes one NAME@VERSION, got %d arguments", len(pos))
-	}
-	name, version, ok := strings.Cut(pos[0], "@")
-	if !ok || name == "" || version == "" {
-		return usagef("deploy %q: want NAME@VERSION, e.g. fraud@v2", pos[0])
-	}
-	switch {
-	case len(devices) == 0 && *selector == "":
-		return usagef("deploy needs --device ID (repeatable) or --selector k=v")
-	case len(devices) > 0 && *selector != "":
-		return usagef("give --device or --selector, not both")
-	}
-	if *selector != "" {
-		if _, err := labels.Parse(*selector); err != nil {
-			return usagef("--selector: %v", err)
-		}
-	}
-	c, err := a.client()
-	if err != nil {
-		return err
-	}
-	req := api.DeployRequest{Model: name, Version: version, Devices: devices, Selector: *selector}
-	res, err := c.Deploy(ctx, req)
-	if err != nil {
-		return fmt.Errorf("deploy %s@%s: %w", name, version, err)
-	}
-	fmt.Fprintf(a.stdout, "deployed %s@%s to %d device(s):\n", res.Model, res.Version, len(res.Devices))
-	failed := 0
-	for _, d := range res.Devices {
-		if d.PublishError != "" {
-			failed++
-			fmt.Fprintf(a.stdout, "  %s  generation %d  (stored; publish failed: %s)\n", d.ID, d.Generation, d.PublishError)
-			continue
-		}
-		fmt.Fprintf(a.stdout, "  %s  generation %d\n", d.ID, d.Generation)
-	}
-	if failed > 0 {
-		return fmt.Errorf("%d desired state(s) stored but not yet published; they are sent again when the broker connection is back", failed)
-	}
-	return nil
+	c.Flags().Var(&devices, "device", "target device `ID` (repeatable)")
+	c.Flags().StringVar(&selector, "selector", "", "target devices by label `SELECTOR` (k=v,k!=v)")
+	return c
 }
 
-func (a *app) version(args []string) error {
-	fs := a.flagSet("edgefleet version")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return usagef("version takes no arguments")
-	}
-	v, rev := "devel", ""
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-			v = bi.Main.Version
-		}
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-				rev = " " + s.Value[:12]
+func (a *app) versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "version",
+		Short:   "print the version",
+		Long:    "Prints edgefleet's version and commit, the device protocol version it speaks and the Go runtime.",
+		Example: "  edgefleet version",
+		Args:    noArgs,
+		RunE: a.runE(func(*cobra.Command, []string) error {
+			v, rev := "devel", ""
+			if bi, ok := debug.ReadBuildInfo(); ok {
+				if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+					v = bi.Main.Version
+				}
+				for _, s := range bi.Settings {
+					if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+						rev = " " + s.Value[:12]
+					}
+				}
 			}
-		}
+			fmt.Fprintf(a.stdout, "edgefleet %s%s (protocol %d, %s %s/%s)\n", v, rev, efpb.ProtocolVersion, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			return nil
+		}),
 	}
-	fmt.Fprintf(a.stdout, "edgefleet %s%s (protocol %d, %s %s/%s)\n", v, rev, efpb.ProtocolVersion, runtime.Version(), runtime.GOOS, runtime.GOARCH)
-	return nil
 }
 
 func short(hexSum string) string {

@@ -6,56 +6,67 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/edgefleet/edgefleet/controlplane/keys"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
-// keysRotate runs `keys rotate --role release|control|root --dir KEYS`.
-func (a *app) keysRotate(args []string) error {
-	fs := a.flagSet("edgefleet keys rotate")
-	dir := fs.String("dir", "", "keys directory holding root.key and trust.bundle (required; run where root.key is kept)")
-	role := fs.String("role", "", "key to replace: release, control or root")
-	ttl := fs.Duration("ttl", keys.DefaultTrustBundleTTL, "validity of the new trust bundle")
-	fs.Usage = func() {
-		fmt.Fprintln(a.stderr, "Usage: edgefleet keys rotate --role release|control|root --dir KEYS [--ttl D]\n\nReplaces one key and writes trust bundle version N+1, signed by the current root (and by the\nnew root when the root rotates). The replaced private key is kept as <file>.v<N>. Copy the new\nkey and trust.bundle to the control plane's <data-dir>/keys and restart it: it publishes the\nbundle and agents follow it; the old key's signatures are refused afterwards.\n\nFlags:")
-		fs.PrintDefaults()
+func (a *app) keysRotateCmd() *cobra.Command {
+	var (
+		dir, role string
+		ttl       time.Duration
+	)
+	c := &cobra.Command{
+		Use:   "rotate --role release|control|root --dir DIR",
+		Short: "replace a key; writes the next root-signed trust bundle",
+		Long: `Replaces one key and writes trust bundle version N+1, signed by the current root (and by the
+new root when the root rotates). The replaced private key is kept as <file>.v<N>. Copy the new
+key and trust.bundle to the control plane's <data-dir>/keys and restart it: it publishes the
+bundle and agents follow it; the old key's signatures are refused afterwards.
+
+Run it where root.key is kept.`,
+		Example: `  edgefleet keys rotate --role release --dir ./keys
+  edgefleet keys rotate --role root --dir ./keys --ttl 8760h`,
+		Args: noArgs,
+		RunE: a.runE(func(*cobra.Command, []string) error {
+			if dir == "" {
+				return usagef("keys rotate needs --dir")
+			}
+			var r efpb.Role
+			switch role {
+			case "release":
+				r = efpb.Role_ROLE_RELEASE
+			case "control":
+				r = efpb.Role_ROLE_CONTROL
+			case "root":
+				r = efpb.Role_ROLE_ROOT
+			default:
+				return usagef("--role %q: want release, control or root", role)
+			}
+			if ttl <= 0 {
+				return usagef("--ttl must be positive")
+			}
+			b, err := keys.Rotate(dir, r, time.Now(), ttl)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "rotated the %s key in %s: trust bundle version %d, valid until %s\n", role, dir,
+				b.Version, time.Unix(b.ExpiresUnix, 0).UTC().Format(time.RFC3339))
+			if r == efpb.Role_ROLE_ROOT {
+				fmt.Fprintf(a.stdout, "New root public key (provision new devices with it; existing devices follow the bundle):\n%s",
+					signing.EncodePublicKeyPEM(mustReadPub(filepath.Join(dir, keys.RootPubFile))))
+			}
+			return nil
+		}),
 	}
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return usagef("keys rotate takes no arguments, got %q", pos)
-	}
-	if *dir == "" {
-		return usagef("keys rotate needs --dir")
-	}
-	var r efpb.Role
-	switch *role {
-	case "release":
-		r = efpb.Role_ROLE_RELEASE
-	case "control":
-		r = efpb.Role_ROLE_CONTROL
-	case "root":
-		r = efpb.Role_ROLE_ROOT
-	default:
-		return usagef("--role %q: want release, control or root", *role)
-	}
-	if *ttl <= 0 {
-		return usagef("--ttl must be positive")
-	}
-	b, err := keys.Rotate(*dir, r, time.Now(), *ttl)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(a.stdout, "rotated the %s key in %s: trust bundle version %d, valid until %s\n", *role, *dir,
-		b.Version, time.Unix(b.ExpiresUnix, 0).UTC().Format(time.RFC3339))
-	if r == efpb.Role_ROLE_ROOT {
-		fmt.Fprintf(a.stdout, "New root public key (provision new devices with it; existing devices follow the bundle):\n%s",
-			signing.EncodePublicKeyPEM(mustReadPub(filepath.Join(*dir, keys.RootPubFile))))
-	}
-	return nil
+	f := c.Flags()
+	f.StringVar(&dir, "dir", "", "keys `DIR` holding root.key and trust.bundle (required; run where root.key is kept)")
+	f.StringVar(&role, "role", "", "`ROLE` of the key to replace: release, control or root")
+	f.DurationVar(&ttl, "ttl", keys.DefaultTrustBundleTTL, "validity of the new trust bundle (`DURATION`)")
+	enumFlag(c, "role", "release", "control", "root")
+	return c
 }
 
 func mustReadPub(path string) ed25519.PublicKey {

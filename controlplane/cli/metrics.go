@@ -1,12 +1,13 @@
 package cli
 
 import (
-	"context"
 	"fmt"
 	"math"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
@@ -14,43 +15,56 @@ import (
 
 // metricsCmd prints a model version's field metrics: a table per group
 // (or per device) and sparklines of accuracy and drift over time.
-func (a *app) metricsCmd(ctx context.Context, args []string) error {
-	fs := a.flagSet("edgefleet metrics")
-	a.globalFlags(fs)
-	by := fs.String("by", "", "group by site, cohort or device (default: one row per device)")
-	since := fs.Duration("since", 24*time.Hour, "time range ending now")
-	points := fs.Int("points", 24, "points of the sparklines")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
+func (a *app) metricsCmd() *cobra.Command {
+	var (
+		by     string
+		since  time.Duration
+		points int
+	)
+	c := &cobra.Command{
+		Use:   "metrics NAME@VERSION",
+		Short: "accuracy, drift and latency in the field, with sparklines",
+		Long: `Prints what the devices running NAME@VERSION reported over --since: rows served, labelled
+predictions, accuracy and F1, drift (PSI of each feature and of the predictions) and
+latency, one row per device or per group (--by), then the drift of each feature and
+sparklines of accuracy and drift over time.`,
+		Example: `  edgefleet metrics fraud@1.0.0
+  edgefleet metrics fraud@1.0.0 --by site --since 6h
+  edgefleet metrics fraud@1.0.0 --by label:hw`,
+		Args: oneArg("NAME@VERSION"),
+		RunE: a.runE(func(cmd *cobra.Command, pos []string) error {
+			name, version, ok := strings.Cut(pos[0], "@")
+			if !ok || name == "" || version == "" {
+				return usagef("metrics %q: want NAME@VERSION, e.g. fraud@1.0.0", pos[0])
+			}
+			if err := monitor.ValidBy(by); err != nil {
+				return usagef("--by %q: want site, cohort, device or label:<key>", by)
+			}
+			if since <= 0 {
+				return usagef("--since %v: want a positive duration", since)
+			}
+			if points < 1 || points > 200 {
+				return usagef("--points %d: want 1..200", points)
+			}
+			now := time.Now().UTC()
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			res, err := c.ModelMetrics(cmd.Context(), name, version, api.MetricsQuery{From: now.Add(-since), To: now.Add(time.Minute), By: by, Points: points})
+			if err != nil {
+				return err
+			}
+			writeMetrics(a, res)
+			return nil
+		}),
 	}
-	if len(pos) != 1 {
-		return usagef("metrics takes one NAME@VERSION, got %d arguments", len(pos))
-	}
-	name, version, ok := strings.Cut(pos[0], "@")
-	if !ok || name == "" || version == "" {
-		return usagef("metrics %q: want NAME@VERSION, e.g. fraud@1.0.0", pos[0])
-	}
-	if err := monitor.ValidBy(*by); err != nil {
-		return usagef("--by %q: want site, cohort, device or label:<key>", *by)
-	}
-	if *since <= 0 {
-		return usagef("--since %v: want a positive duration", *since)
-	}
-	if *points < 1 || *points > 200 {
-		return usagef("--points %d: want 1..200", *points)
-	}
-	now := time.Now().UTC()
-	c, err := a.client()
-	if err != nil {
-		return err
-	}
-	res, err := c.ModelMetrics(ctx, name, version, api.MetricsQuery{From: now.Add(-*since), To: now.Add(time.Minute), By: *by, Points: *points})
-	if err != nil {
-		return err
-	}
-	writeMetrics(a, res)
-	return nil
+	f := c.Flags()
+	f.StringVar(&by, "by", "", "`GROUP` rows by site, cohort, device or label:<key> (default: one row per device)")
+	f.DurationVar(&since, "since", 24*time.Hour, "`DURATION` of the time range ending now")
+	f.IntVar(&points, "points", 24, "`N` points of the sparklines")
+	enumFlag(c, "by", "site", "cohort", "device")
+	return c
 }
 
 func writeMetrics(a *app, res *api.ModelMetrics) {

@@ -1,34 +1,35 @@
 package cli
 
 import (
-	"context"
 	"fmt"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/labels"
 )
 
-// rollout dispatches "rollout <sub>".
-func (a *app) rollout(ctx context.Context, args []string) error {
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return usagef("rollout needs a subcommand: create, get, list, pause, resume, promote, abort or rollback")
+func (a *app) rolloutCmd() *cobra.Command {
+	subs := []*cobra.Command{a.rolloutCreateCmd(), a.rolloutGetCmd(), a.rolloutListCmd()}
+	for _, action := range api.RolloutActions() {
+		subs = append(subs, a.rolloutActionCmd(action))
 	}
-	sub, rest := args[0], args[1:]
-	switch sub {
-	case "create":
-		return a.rolloutCreate(ctx, rest)
-	case "get":
-		return a.rolloutGet(ctx, rest)
-	case "list":
-		return a.rolloutList(ctx, rest)
-	case "pause", "resume", "promote", "abort", "rollback":
-		return a.rolloutAction(ctx, api.RolloutAction(sub), rest)
-	}
-	return usagef("unknown command \"rollout %s\" (want create, get, list, pause, resume, promote, abort or rollback)", sub)
+	return group(&cobra.Command{
+		Use:   "rollout <command>",
+		Short: "staged rollouts with health gates",
+		Long: `A rollout moves a model version through ordered stages of the devices matching a selector,
+and pauses or rolls back by itself when a stage's gates are breached: install failures,
+devices offline, accuracy drop against the replaced version, drift. Rollouts survive a
+control plane restart; every operator action and automatic decision is in the audit log.`,
+		Example: `  edgefleet rollout create fraud@2.0.0 --selector fleet=demo --stage canary:1 --stage percent:100
+  edgefleet rollout list
+  edgefleet rollout get r-3f9c01a2b4c5
+  edgefleet rollout promote r-3f9c01a2b4c5`,
+	}, subs...)
 }
 
 // parseStage reads --stage: canary:N, percent:P, devices:a,b or group:k=v,
@@ -104,102 +105,130 @@ func (f *optFloat) Set(s string) error {
 	return nil
 }
 
-func (a *app) rolloutCreate(ctx context.Context, args []string) error {
-	fs := a.flagSet("edgefleet rollout create")
-	a.globalFlags(fs)
-	selector := fs.String("selector", "", "target devices by label selector (required)")
-	var stages stringList
-	fs.Var(&stages, "stage", "a stage, in order (repeatable): canary:N, percent:P, devices:ID,ID or group:k=v; add /bake=DUR or /min=N")
-	bake := fs.Duration("bake", 0, "bake time of each stage before its gates are judged (default 5m)")
-	var failRate, offline, accDrop, drift optFloat
-	fs.Var(&failRate, "max-failure-rate", "gate: highest fraction of reporting devices that failed to install (0..1)")
-	fs.Var(&offline, "max-offline", "gate: highest fraction of the cohort offline (0..1)")
-	fs.Var(&accDrop, "max-accuracy-drop", "gate: how much lower than the replaced version's the accuracy may be")
-	fs.Var(&drift, "max-drift", "gate: highest drift score")
-	minLabelled := fs.Int("min-labelled", 0, "labelled predictions the quality gates need (default 100)")
-	onBreach := fs.String("on-breach", "pause", "what a breached gate does: pause or rollback")
-	auto := fs.Bool("auto-promote", false, "promote to the next stage when one passes (default: wait for rollout promote)")
-	startAt := fs.String("start-at", "", "start time (RFC 3339, e.g. 2026-11-26T02:00:00Z); default now")
-	var windows stringList
-	fs.Var(&windows, "window", "daily maintenance window in UTC, HH:MM-HH:MM (repeatable); waves advance only inside one")
-	perMinute := fs.Int("max-per-minute", 0, "assign at most N devices per minute (0: no limit)")
-	sites := fs.String("sites", "", "site-aware waves: spread (every wave across the sites) or one-at-a-time (site by site)")
-	siteLabel := fs.String("site-label", "", "the device label naming the site (default site)")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
+func (f *optFloat) Type() string { return "float" }
+
+func (a *app) rolloutCreateCmd() *cobra.Command {
+	var (
+		selector, onBreach, startAt, sites, siteLabel string
+		stages, windows                               stringList
+		bake                                          time.Duration
+		failRate, offline, accDrop, drift             optFloat
+		minLabelled, perMinute                        int
+		auto                                          bool
+	)
+	c := &cobra.Command{
+		Use:   "create NAME@VERSION --selector SELECTOR --stage STAGE...",
+		Short: "start a staged rollout",
+		Long: `Starts a rollout of NAME@VERSION to the devices matching SELECTOR, through the stages in the
+order given. A stage is canary:N (N devices), percent:P (P% of the devices), devices:ID,ID
+or group:k=v (a label group); cohorts are cumulative and drawn in a stable random order.
+Append /bake=DURATION or /min=N to a stage for its own bake time and minimum of reporting
+devices.
+
+After its bake time, once enough devices reported, a stage's gates are judged. A passed
+stage promotes (--auto-promote) or waits for "rollout promote"; a breach pauses the rollout
+or rolls its devices back (--on-breach). --start-at, --window and --max-per-minute schedule
+and pace the waves: devices are assigned and stages pass only inside a window (breaches are
+acted on at any time).`,
+		Example: `  edgefleet rollout create fraud@2.0.0 --selector fleet=demo \
+      --stage canary:1 --stage percent:50 --stage percent:100 \
+      --bake 30s --max-failure-rate 0.2 --on-breach rollback --auto-promote
+
+  # Nightly waves, site by site, at most 20 devices a minute.
+  edgefleet rollout create fraud@2.0.0 --selector hw=arm64 --stage group:site=north/bake=1h \
+      --stage percent:100 --window 22:00-04:00 --sites one-at-a-time --max-per-minute 20`,
+		Args: oneArg("NAME@VERSION"),
+		RunE: a.runE(func(cmd *cobra.Command, pos []string) error {
+			name, version, ok := strings.Cut(pos[0], "@")
+			if !ok || name == "" || version == "" {
+				return usagef("rollout create %q: want NAME@VERSION, e.g. fraud@2.0.0", pos[0])
+			}
+			spec := api.RolloutSpec{
+				Model: name, Version: version, Selector: selector,
+				Bake:     api.Duration(bake),
+				OnBreach: onBreach,
+				Gates: api.Gates{MaxFailureRate: failRate.v, MaxOfflineFraction: offline.v,
+					MaxAccuracyDrop: accDrop.v, MaxDriftScore: drift.v, MinLabelled: minLabelled},
+				AutoPromote:  auto,
+				Windows:      windows,
+				MaxPerMinute: perMinute,
+				Sites:        sites,
+				SiteLabel:    siteLabel,
+			}
+			if startAt != "" {
+				t, err := time.Parse(time.RFC3339, startAt)
+				if err != nil {
+					return usagef("--start-at %q: want an RFC 3339 time such as 2026-11-26T02:00:00Z", startAt)
+				}
+				spec.StartAt = t
+			}
+			if len(stages) == 0 {
+				return usagef("rollout create needs at least one --stage (e.g. --stage canary:1 --stage percent:100)")
+			}
+			for _, s := range stages {
+				st, err := parseStage(s)
+				if err != nil {
+					return usagef("%v", err)
+				}
+				spec.Stages = append(spec.Stages, st)
+			}
+			if err := spec.Validate(); err != nil {
+				return usagef("%v", err)
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			st, err := c.CreateRollout(cmd.Context(), spec)
+			if err != nil {
+				return fmt.Errorf("rollout create %s@%s: %w", name, version, err)
+			}
+			fmt.Fprintf(a.stdout, "rollout %s created: %s@%s to %s, %d stage(s), state %s\n", st.ID, name, version, spec.Selector, len(spec.Stages), st.State)
+			return nil
+		}),
 	}
-	if len(pos) != 1 {
-		return usagef("rollout create takes one NAME@VERSION, got %d arguments", len(pos))
-	}
-	name, version, ok := strings.Cut(pos[0], "@")
-	if !ok || name == "" || version == "" {
-		return usagef("rollout create %q: want NAME@VERSION, e.g. fraud@2.0.0", pos[0])
-	}
-	spec := api.RolloutSpec{
-		Model: name, Version: version, Selector: *selector,
-		Bake:     api.Duration(*bake),
-		OnBreach: *onBreach,
-		Gates: api.Gates{MaxFailureRate: failRate.v, MaxOfflineFraction: offline.v,
-			MaxAccuracyDrop: accDrop.v, MaxDriftScore: drift.v, MinLabelled: *minLabelled},
-		AutoPromote:  *auto,
-		Windows:      windows,
-		MaxPerMinute: *perMinute,
-		Sites:        *sites,
-		SiteLabel:    *siteLabel,
-	}
-	if *startAt != "" {
-		t, err := time.Parse(time.RFC3339, *startAt)
-		if err != nil {
-			return usagef("--start-at %q: want an RFC 3339 time such as 2026-11-26T02:00:00Z", *startAt)
-		}
-		spec.StartAt = t
-	}
-	if len(stages) == 0 {
-		return usagef("rollout create needs at least one --stage (e.g. --stage canary:1 --stage percent:100)")
-	}
-	for _, s := range stages {
-		st, err := parseStage(s)
-		if err != nil {
-			return usagef("%v", err)
-		}
-		spec.Stages = append(spec.Stages, st)
-	}
-	if err := spec.Validate(); err != nil {
-		return usagef("%v", err)
-	}
-	c, err := a.client()
-	if err != nil {
-		return err
-	}
-	st, err := c.CreateRollout(ctx, spec)
-	if err != nil {
-		return fmt.Errorf("rollout create %s@%s: %w", name, version, err)
-	}
-	fmt.Fprintf(a.stdout, "rollout %s created: %s@%s to %s, %d stage(s), state %s\n", st.ID, name, version, spec.Selector, len(spec.Stages), st.State)
-	return nil
+	f := c.Flags()
+	f.StringVar(&selector, "selector", "", "target devices by label `SELECTOR` (required)")
+	f.Var(&stages, "stage", "a `STAGE`, in order (repeatable): canary:N, percent:P, devices:ID,ID or group:k=v; add /bake=DUR or /min=N")
+	f.DurationVar(&bake, "bake", 0, "bake time (`DURATION`) of each stage before its gates are judged (default 5m)")
+	f.Var(&failRate, "max-failure-rate", "gate: highest `FRACTION` of reporting devices that failed to install (0..1)")
+	f.Var(&offline, "max-offline", "gate: highest `FRACTION` of the cohort offline (0..1)")
+	f.Var(&accDrop, "max-accuracy-drop", "gate: how much lower than the replaced version's the accuracy may be (`DROP`, 0..1)")
+	f.Var(&drift, "max-drift", "gate: highest drift `SCORE`")
+	f.IntVar(&minLabelled, "min-labelled", 0, "`N` labelled predictions the quality gates need (default 100)")
+	f.StringVar(&onBreach, "on-breach", api.OnBreachPause, "`ACTION` on a breached gate: pause or rollback")
+	f.BoolVar(&auto, "auto-promote", false, "promote to the next stage when one passes (default: wait for rollout promote)")
+	f.StringVar(&startAt, "start-at", "", "start `TIME` (RFC 3339, e.g. 2026-11-26T02:00:00Z); default now")
+	f.Var(&windows, "window", "daily maintenance `WINDOW` in UTC, HH:MM-HH:MM (repeatable); waves advance only inside one")
+	f.IntVar(&perMinute, "max-per-minute", 0, "assign at most `N` devices per minute (0: no limit)")
+	f.StringVar(&sites, "sites", "", "site-aware waves (`ORDER`): spread (every wave across the sites) or one-at-a-time (site by site)")
+	f.StringVar(&siteLabel, "site-label", "", "the device `LABEL` naming the site (default site)")
+	enumFlag(c, "on-breach", api.OnBreachPause, api.OnBreachRollback)
+	enumFlag(c, "sites", api.SitesSpread, api.SitesOneAtATime)
+	return c
 }
 
-func (a *app) rolloutGet(ctx context.Context, args []string) error {
-	fs := a.flagSet("edgefleet rollout get")
-	a.globalFlags(fs)
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
+func (a *app) rolloutGetCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "get ID",
+		Short: "show a rollout's per-stage progress and gate figures",
+		Long: `Prints a rollout's state and policy, its stages with their devices (pending, downloading,
+active, failed, rolled back, offline) and result, and the figures of each stage's gates.`,
+		Example: "  edgefleet rollout get r-3f9c01a2b4c5",
+		Args:    oneArg("rollout id"),
+		RunE: a.runE(func(cmd *cobra.Command, pos []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			st, err := c.Rollout(cmd.Context(), pos[0], false)
+			if err != nil {
+				return fmt.Errorf("rollout get %s: %w", pos[0], err)
+			}
+			a.printRollout(st)
+			return nil
+		}),
 	}
-	if len(pos) != 1 {
-		return usagef("rollout get takes one rollout id")
-	}
-	c, err := a.client()
-	if err != nil {
-		return err
-	}
-	st, err := c.Rollout(ctx, pos[0], false)
-	if err != nil {
-		return fmt.Errorf("rollout get %s: %w", pos[0], err)
-	}
-	a.printRollout(st)
-	return nil
 }
 
 func (a *app) printRollout(st *api.Rollout) {
@@ -249,106 +278,142 @@ func stageLabel(s api.StageStatus) string {
 	return fmt.Sprintf("%d (%s)", s.Index, s.Name)
 }
 
-func (a *app) rolloutList(ctx context.Context, args []string) error {
-	fs := a.flagSet("edgefleet rollout list")
-	a.globalFlags(fs)
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 0 {
-		return usagef("rollout list takes no arguments")
-	}
-	c, err := a.client()
-	if err != nil {
-		return err
-	}
-	list, err := c.Rollouts(ctx)
-	if err != nil {
-		return fmt.Errorf("rollout list: %w", err)
-	}
-	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tMODEL\tSELECTOR\tSTATE\tSTAGE\tACTIVE\tFAILED\tCREATED")
-	for _, st := range list {
-		active, failed := 0, 0
-		for _, s := range st.Stages {
-			active += s.Devices.Active
-			failed += s.Devices.Failed
-		}
-		fmt.Fprintf(tw, "%s\t%s@%s\t%s\t%s\t%d/%d\t%d\t%d\t%s\n", st.ID, st.Spec.Model, st.Spec.Version, st.Spec.Selector,
-			st.State, st.Stage+1, len(st.Stages), active, failed, st.Created.Format(time.RFC3339))
-	}
-	return tw.Flush()
-}
-
-func (a *app) rolloutAction(ctx context.Context, action api.RolloutAction, args []string) error {
-	fs := a.flagSet("edgefleet rollout " + string(action))
-	a.globalFlags(fs)
-	var selector, device *string
-	if action == api.ActionRollback {
-		selector = fs.String("selector", "", "roll back only the rollout's devices matching this label selector")
-		device = fs.String("device", "", "roll back only this device")
-	}
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return usagef("rollout %s takes one rollout id", action)
-	}
-	var req api.RollbackRequest
-	if action == api.ActionRollback {
-		if *selector != "" && *device != "" {
-			return usagef("give --selector or --device, not both")
-		}
-		if *selector != "" {
-			if _, err := labels.Parse(*selector); err != nil {
-				return usagef("--selector: %v", err)
+func (a *app) rolloutListCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "list",
+		Short:   "list rollouts",
+		Long:    "Lists every rollout, oldest first, with its state, current stage and device counts.",
+		Example: "  edgefleet rollout list",
+		Args:    noArgs,
+		RunE: a.runE(func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
 			}
-		}
-		req = api.RollbackRequest{Selector: *selector, Device: *device}
+			list, err := c.Rollouts(cmd.Context())
+			if err != nil {
+				return fmt.Errorf("rollout list: %w", err)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tMODEL\tSELECTOR\tSTATE\tSTAGE\tACTIVE\tFAILED\tCREATED")
+			for _, st := range list {
+				active, failed := 0, 0
+				for _, s := range st.Stages {
+					active += s.Devices.Active
+					failed += s.Devices.Failed
+				}
+				fmt.Fprintf(tw, "%s\t%s@%s\t%s\t%s\t%d/%d\t%d\t%d\t%s\n", st.ID, st.Spec.Model, st.Spec.Version, st.Spec.Selector,
+					st.State, st.Stage+1, len(st.Stages), active, failed, st.Created.Format(time.RFC3339))
+			}
+			return tw.Flush()
+		}),
 	}
-	c, err := a.client()
-	if err != nil {
-		return err
-	}
-	st, err := c.RolloutAction(ctx, pos[0], action, req)
-	if err != nil {
-		return fmt.Errorf("rollout %s %s: %w", action, pos[0], err)
-	}
-	fmt.Fprintf(a.stdout, "rollout %s: %s, stage %d of %d\n", st.ID, st.State, st.Stage+1, len(st.Stages))
-	return nil
 }
 
-// auditCmd prints the audit log.
-func (a *app) auditCmd(ctx context.Context, args []string) error {
-	fs := a.flagSet("edgefleet audit")
-	a.globalFlags(fs)
-	action := fs.String("action", "", "only this action, or a prefix ending in \".\" (e.g. rollout.)")
-	target := fs.String("target", "", "only entries about this target (e.g. a rollout id)")
-	limit := fs.Int("limit", 100, "newest N entries")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
+// rolloutActionDocs describes each rollout action for its help.
+func rolloutActionDocs(action api.RolloutAction) (short, long, example string) {
+	const id = "r-3f9c01a2b4c5"
+	switch action {
+	case api.ActionPause:
+		return "pause a rollout", "Stops a rollout from assigning devices and advancing stages; devices keep what they were given.",
+			"  edgefleet rollout pause " + id
+	case api.ActionResume:
+		return "resume a paused rollout", "Continues a paused rollout; the current stage's bake time starts again, so its gates are\njudged on fresh figures.",
+			"  edgefleet rollout resume " + id
+	case api.ActionPromote:
+		return "move a rollout to its next stage now", "Moves a rollout to its next stage (or completes it after the last), whether or not the\ncurrent stage's gates passed; the audit log records the gate figures at that moment.",
+			"  edgefleet rollout promote " + id
+	case api.ActionAbort:
+		return "stop a rollout for good", "Stops a rollout for good; devices keep what they were given (roll back to undo that).",
+			"  edgefleet rollout abort " + id
+	default:
+		return "roll back a rollout, one label group or one device",
+			`Sends the rollout's devices back to the version each had before (a new desired-state
+generation; the agent reactivates it from disk). Rolling back the whole rollout ends it
+(rolled-back); with --selector or --device only those devices leave it, and it goes on.`,
+			"  edgefleet rollout rollback " + id + "\n  edgefleet rollout rollback " + id + " --selector site=b\n  edgefleet rollout rollback " + id + " --device dev-7"
 	}
-	if len(pos) != 0 {
-		return usagef("audit takes no arguments")
+}
+
+func (a *app) rolloutActionCmd(action api.RolloutAction) *cobra.Command {
+	var selector, device string
+	short, long, example := rolloutActionDocs(action)
+	c := &cobra.Command{
+		Use:     string(action) + " ID",
+		Short:   short,
+		Long:    long,
+		Example: example,
+		Args:    oneArg("rollout id"),
+		RunE: a.runE(func(cmd *cobra.Command, pos []string) error {
+			var req api.RollbackRequest
+			if action == api.ActionRollback {
+				if selector != "" && device != "" {
+					return usagef("give --selector or --device, not both")
+				}
+				if selector != "" {
+					if _, err := labels.Parse(selector); err != nil {
+						return usagef("--selector: %v", err)
+					}
+				}
+				req = api.RollbackRequest{Selector: selector, Device: device}
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			st, err := c.RolloutAction(cmd.Context(), pos[0], action, req)
+			if err != nil {
+				return fmt.Errorf("rollout %s %s: %w", action, pos[0], err)
+			}
+			fmt.Fprintf(a.stdout, "rollout %s: %s, stage %d of %d\n", st.ID, st.State, st.Stage+1, len(st.Stages))
+			return nil
+		}),
 	}
-	if *limit < 1 || *limit > 10000 {
-		return usagef("--limit %d: want 1..10000", *limit)
+	if action == api.ActionRollback {
+		c.Use = "rollback ID [--selector SELECTOR | --device ID]"
+		c.Flags().StringVar(&selector, "selector", "", "roll back only the rollout's devices matching this label `SELECTOR`")
+		c.Flags().StringVar(&device, "device", "", "roll back only this device (`ID`)")
 	}
-	c, err := a.client()
-	if err != nil {
-		return err
+	return c
+}
+
+func (a *app) auditCmd() *cobra.Command {
+	var (
+		action, target string
+		limit          int
+	)
+	c := &cobra.Command{
+		Use:   "audit",
+		Short: "read the audit log",
+		Long: `Prints the newest entries of the audit log: who did what to which target, and the
+result. Operator actions and the control plane's own decisions (a rollout's automatic
+promotion, pause or rollback) are both there.`,
+		Example: `  edgefleet audit --action rollout.
+  edgefleet audit --target r-3f9c01a2b4c5 --limit 20`,
+		Args: noArgs,
+		RunE: a.runE(func(cmd *cobra.Command, _ []string) error {
+			if limit < 1 || limit > 10000 {
+				return usagef("--limit %d: want 1..10000", limit)
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			list, err := c.Audit(cmd.Context(), api.AuditQuery{Action: action, Target: target, Limit: limit})
+			if err != nil {
+				return fmt.Errorf("audit: %w", err)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tTARGET\tRESULT")
+			for _, e := range list {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Format(time.RFC3339), e.Actor, e.Action, e.Target, oneLine(e.Result))
+			}
+			return tw.Flush()
+		}),
 	}
-	list, err := c.Audit(ctx, api.AuditQuery{Action: *action, Target: *target, Limit: *limit})
-	if err != nil {
-		return fmt.Errorf("audit: %w", err)
-	}
-	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tTARGET\tRESULT")
-	for _, e := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Format(time.RFC3339), e.Actor, e.Action, e.Target, oneLine(e.Result))
-	}
-	return tw.Flush()
+	f := c.Flags()
+	f.StringVar(&action, "action", "", "only this `ACTION`, or a prefix ending in \".\" (e.g. rollout.)")
+	f.StringVar(&target, "target", "", "only entries about this `TARGET` (e.g. a rollout id)")
+	f.IntVar(&limit, "limit", 100, "newest `N` entries")
+	return c
 }

@@ -9,60 +9,93 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/spf13/cobra"
+
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
 	"github.com/edgefleet/edgefleet/internal/atomicfile"
 )
 
-func (a *app) serve(ctx context.Context, args []string) error {
-	fs := a.flagSet("edgefleet serve")
+func (a *app) serveCmd() *cobra.Command {
 	var (
-		opts      controlplane.Options
-		logLevel  string
-		logFormat string
+		opts controlplane.Options
+		sf   serveFlags
 	)
-	a.globalFlags(fs)
-	fs.StringVar(&opts.DataDir, "data-dir", "./edgefleet-data", "directory for keys, database and model files")
-	fs.StringVar(&opts.APIListen, "listen", controlplane.DefaultAPIListen, "REST API listen address")
-	fs.StringVar(&opts.MQTTListen, "mqtt-listen", controlplane.DefaultMQTTListen, "embedded MQTT broker listen address")
-	fs.StringVar(&opts.MQTTURL, "mqtt-url", "", "external MQTT broker (tcp://host:1883) instead of the embedded one")
-	fs.StringVar(&opts.Username, "mqtt-username", "", "the control plane's username on the external broker")
-	fs.StringVar(&opts.Password, "mqtt-password", a.getenv(EnvMQTTPassword), "its password (env "+EnvMQTTPassword+")")
-	fs.IntVar(&opts.IngestConnections, "ingest-connections", 0, "with --mqtt-url: receive telemetry over N connections sharing one MQTT shared subscription (mosquitto 2, EMQX)")
-	fs.StringVar(&opts.PublicMQTTURL, "public-mqtt-url", "", "broker URL devices are told (default: the broker's own URL)")
-	fs.StringVar(&opts.TopicPrefix, "topic-prefix", "", "MQTT topic prefix (default ef/v1)")
-	fs.StringVar(&opts.ORTLibrary, "ort-lib", "", "path of libonnxruntime.so.1 (default: search; env EDGEFLEET_ORT_LIB)")
-	var tlsCert, tlsKey, clientCA string
-	fs.StringVar(&tlsCert, "mqtt-tls-cert", "", "PEM certificate (chain) for the embedded broker: serve MQTT over TLS")
-	fs.StringVar(&tlsKey, "mqtt-tls-key", "", "PEM private key of --mqtt-tls-cert")
-	fs.StringVar(&clientCA, "mqtt-client-ca", "", "PEM CA bundle: require device client certificates whose common name is the device id (mutual TLS)")
-	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.StringVar(&logFormat, "log-format", "text", "text or json")
+	c := &cobra.Command{
+		Use:   "serve",
+		Short: "run the control plane (API, embedded MQTT broker)",
+		Long: `Runs the control plane until interrupted: the REST API, the embedded MQTT broker (or a
+connection to an external one, --mqtt-url), the state store in --data-dir, drift and
+accuracy alerts and the retrain webhook.
+
+At the first start it generates the fleet's keys and an admin API token, printed once (and
+written to --token-file if given).`,
+		Example: `  # First start: creates the keys and prints the admin token, also written to a file.
+  edgefleet serve --data-dir /var/lib/edgefleet --token-file /var/lib/edgefleet/admin.token
+
+  # With mosquitto (see edgefleet broker acl); devices are told the public TLS address.
+  EDGEFLEET_MQTT_PASSWORD="$(cat /etc/edgefleet/mqtt.pass)" edgefleet serve \
+      --mqtt-url tcp://127.0.0.1:1883 --mqtt-username edgefleet-cp --public-mqtt-url tls://mqtt.example.com:8883
+
+  # Embedded broker over mutual TLS; alert on drift and call the retrain webhook.
+  edgefleet serve --mqtt-tls-cert server.crt --mqtt-tls-key server.key --mqtt-client-ca devices-ca.pem \
+      --alert-max-psi 0.25 --webhook-url https://ci.example.com/retrain --webhook-secret-file webhook.key`,
+		Args: noArgs,
+	}
+	f := c.Flags()
+	f.StringVar(&opts.DataDir, "data-dir", "./edgefleet-data", "`DIR` for keys, database and model files")
+	f.StringVar(&opts.APIListen, "listen", controlplane.DefaultAPIListen, "REST API listen address (`HOST:PORT`)")
+	f.StringVar(&opts.MQTTListen, "mqtt-listen", controlplane.DefaultMQTTListen, "embedded MQTT broker listen address (`HOST:PORT`)")
+	f.StringVar(&opts.MQTTURL, "mqtt-url", "", "external MQTT broker (`URL`, e.g. tcp://host:1883) instead of the embedded one")
+	f.StringVar(&opts.Username, "mqtt-username", "", "the control plane's username (`USER`) on the external broker")
+	f.StringVar(&opts.Password, "mqtt-password", "", "the `PASSWORD` of --mqtt-username (env "+EnvMQTTPassword+")")
+	f.IntVar(&opts.IngestConnections, "ingest-connections", 0, "with --mqtt-url: receive telemetry over `N` connections sharing one MQTT shared subscription (mosquitto 2, EMQX)")
+	f.StringVar(&opts.PublicMQTTURL, "public-mqtt-url", "", "broker `URL` devices are told (default: the broker's own URL)")
+	f.StringVar(&opts.TopicPrefix, "topic-prefix", "", "MQTT topic `PREFIX` (default ef/v1)")
+	f.StringVar(&opts.ORTLibrary, "ort-lib", "", "`PATH` of libonnxruntime.so.1 (default: search; env EDGEFLEET_ORT_LIB)")
+	f.StringVar(&sf.tlsCert, "mqtt-tls-cert", "", "PEM certificate (chain) `FILE` for the embedded broker: serve MQTT over TLS")
+	f.StringVar(&sf.tlsKey, "mqtt-tls-key", "", "PEM private key `FILE` of --mqtt-tls-cert")
+	f.StringVar(&sf.clientCA, "mqtt-client-ca", "", "PEM CA bundle `FILE`: require device client certificates whose common name is the device id (mutual TLS)")
+	f.StringVar(&sf.logLevel, "log-level", "info", "log `LEVEL`: debug, info, warn or error")
+	f.StringVar(&sf.logFormat, "log-format", "text", "log `FORMAT`: text or json")
 	rules := &opts.Monitor.Rules
-	fs.Float64Var(&rules.MaxPSI, "alert-max-psi", 0, "alert when a feature's PSI exceeds this (e.g. 0.25; 0: off)")
-	fs.Float64Var(&rules.MinAccuracy, "alert-min-accuracy", 0, "alert when accuracy falls below this (0: off)")
-	fs.Float64Var(&rules.MaxAccuracyDrop, "alert-max-accuracy-drop", 0, "alert when accuracy drops by more than this vs the previous window (0: off)")
-	fs.DurationVar(&rules.Window, "alert-window", 0, "time window the alert rules evaluate, at least 1m (default 15m)")
-	fs.StringVar(&opts.Monitor.WebhookURL, "webhook-url", "", "POST every alert here as signed JSON (the retrain hook)")
-	var webhookSecretFile string
-	fs.StringVar(&webhookSecretFile, "webhook-secret-file", a.getenv(EnvWebhookSecretFile),
-		"file holding the webhook's HMAC-SHA256 key (env "+EnvWebhookSecretFile+")")
-	fs.Usage = func() {
-		fmt.Fprintln(a.stderr, "Usage: edgefleet serve [flags]\n\nRuns the control plane until interrupted. At the first start it generates the fleet's keys\nand an admin API token, printed once (and written to --token-file if given).\n\nFlags:")
-		fs.PrintDefaults()
-	}
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return usagef("serve takes no arguments, got %q", pos)
-	}
-	if tlsCert != "" || tlsKey != "" || clientCA != "" {
+	f.Float64Var(&rules.MaxPSI, "alert-max-psi", 0, "alert when a feature's `PSI` exceeds this (e.g. 0.25; 0: off)")
+	f.Float64Var(&rules.MinAccuracy, "alert-min-accuracy", 0, "alert when accuracy falls below this `FRACTION` (0: off)")
+	f.Float64Var(&rules.MaxAccuracyDrop, "alert-max-accuracy-drop", 0, "alert when accuracy drops by more than this `FRACTION` vs the previous window (0: off)")
+	f.DurationVar(&rules.Window, "alert-window", 0, "time window the alert rules evaluate (`DURATION`, at least 1m; default 15m)")
+	f.StringVar(&opts.Monitor.WebhookURL, "webhook-url", "", "POST every alert here (`URL`) as signed JSON (the retrain hook)")
+	f.StringVar(&sf.webhookSecretFile, "webhook-secret-file", "", "`FILE` holding the webhook's HMAC-SHA256 key (env "+EnvWebhookSecretFile+")")
+	enumFlag(c, "log-level", "debug", "info", "warn", "error")
+	enumFlag(c, "log-format", "text", "json")
+	c.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
+		// The environment fills what the command line left out.
+		if !cmd.Flags().Changed("mqtt-password") {
+			opts.Password = a.getenv(EnvMQTTPassword)
+		}
+		if !cmd.Flags().Changed("webhook-secret-file") {
+			sf.webhookSecretFile = a.getenv(EnvWebhookSecretFile)
+		}
+		return a.serve(cmd.Context(), opts, sf)
+	})
+	return c
+}
+
+// serveFlags are serve's flags that are not Options fields.
+type serveFlags struct {
+	logLevel, logFormat       string
+	tlsCert, tlsKey, clientCA string
+	webhookSecretFile         string
+}
+
+// serve runs the control plane until ctx ends.
+func (a *app) serve(ctx context.Context, opts controlplane.Options, sf serveFlags) error {
+	var err error
+	rules := &opts.Monitor.Rules
+	if sf.tlsCert != "" || sf.tlsKey != "" || sf.clientCA != "" {
 		if opts.MQTTURL != "" {
 			return usagef("--mqtt-tls-* configure the embedded broker; with --mqtt-url configure TLS on that broker")
 		}
-		if opts.MQTTTLS, err = broker.TLSConfig(tlsCert, tlsKey, clientCA); err != nil {
+		if opts.MQTTTLS, err = broker.TLSConfig(sf.tlsCert, sf.tlsKey, sf.clientCA); err != nil {
 			return usagef("%v", err)
 		}
 	}
@@ -71,30 +104,30 @@ func (a *app) serve(ctx context.Context, args []string) error {
 			return usagef("--alert-* thresholds must not be negative, got %v", v)
 		}
 	}
-	if webhookSecretFile != "" {
+	if sf.webhookSecretFile != "" {
 		if opts.Monitor.WebhookURL == "" {
 			return usagef("--webhook-secret-file needs --webhook-url")
 		}
-		secret, err := os.ReadFile(webhookSecretFile)
+		secret, err := os.ReadFile(sf.webhookSecretFile)
 		if err != nil {
 			return fmt.Errorf("webhook secret: %w", err)
 		}
 		if opts.Monitor.WebhookSecret = bytes.TrimSpace(secret); len(opts.Monitor.WebhookSecret) == 0 {
-			return fmt.Errorf("webhook secret file %s is empty", webhookSecretFile)
+			return fmt.Errorf("webhook secret file %s is empty", sf.webhookSecretFile)
 		}
 	}
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-		return usagef("--log-level %q: want debug, info, warn or error", logLevel)
+	if err := level.UnmarshalText([]byte(sf.logLevel)); err != nil {
+		return usagef("--log-level %q: want debug, info, warn or error", sf.logLevel)
 	}
 	hopts := &slog.HandlerOptions{Level: level}
-	switch logFormat {
+	switch sf.logFormat {
 	case "text":
 		opts.Logger = slog.New(slog.NewTextHandler(a.stderr, hopts))
 	case "json":
 		opts.Logger = slog.New(slog.NewJSONHandler(a.stderr, hopts))
 	default:
-		return usagef("--log-format %q: want text or json", logFormat)
+		return usagef("--log-format %q: want text or json", sf.logFormat)
 	}
 	tokenFile := a.tokenFile
 	if tokenFile == "" {
