@@ -433,14 +433,15 @@ func (a *Agent) send(ctx context.Context, ev event) {
 }
 
 // PhaseHook is called by the update loop each time an update of model to
-// version enters phase "downloading" (its manifest was accepted),
-// "verifying" (every chunk is in) or "staging" (the file is complete: next
-// come loading, test vectors, warm-up and the commit), after the phase is
-// persisted and before the agent acts on it. The update loop waits for it.
-// If ctx ends while it runs (the agent is being stopped), the agent goes no
-// further, as if the process had been killed right there, and the next
-// agent on the same state resumes that phase. It is for fault injection:
-// fleet-sim holds agents at a phase and restarts them there.
+// version enters a phase: phase is one of HookPhases, as a string —
+// PhaseDownloading (its manifest was accepted), PhaseVerifying (every
+// chunk is in) or PhaseStaging (the file is complete: next come loading,
+// test vectors, warm-up and the commit). It runs after the phase is
+// persisted and before the agent acts on it. The update loop
+// waits for it. If ctx ends while it runs (the agent is being stopped), the
+// agent goes no further, as if the process had been killed right there,
+// and the next agent on the same state resumes that phase. It is for fault
+// injection: fleet-sim holds agents at a phase and restarts them there.
 type PhaseHook func(ctx context.Context, model, version, phase string)
 
 // SetPhaseHook sets the hook called as updates enter a phase (nil removes

@@ -35,9 +35,9 @@ func (a *Agent) reportSlot(ctx context.Context, s *slot) {
 	if t := s.st.Target; t != nil {
 		st := efpb.ModelState_MODEL_STATE_DOWNLOADING
 		switch t.Phase {
-		case phaseVerifying:
+		case PhaseVerifying:
 			st = efpb.ModelState_MODEL_STATE_VERIFYING
-		case phaseStaging:
+		case PhaseStaging:
 			st = efpb.ModelState_MODEL_STATE_STAGING
 		}
 		a.report(ctx, s, st, t.Version, "")

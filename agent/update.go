@@ -288,19 +288,19 @@ func (a *Agent) resume(ctx context.Context, s *slot) {
 	}
 	a.log.Info("resuming update", "model", s.name, "version", t.Version, "phase", t.Phase)
 	switch t.Phase {
-	case phaseManifest:
+	case PhaseManifest:
 		// Subscribed on connect.
-	case phaseDownloading:
+	case PhaseDownloading:
 		a.openDownload(ctx, s)
-	case phaseVerifying:
+	case PhaseVerifying:
 		if fileExists(a.modelPath(s.name, t.SHA256)) {
-			t.Phase = phaseStaging
+			t.Phase = PhaseStaging
 			a.commitSlot(s)
 			a.stage(ctx, s)
 			return
 		}
 		a.openDownload(ctx, s)
-	case phaseStaging:
+	case PhaseStaging:
 		a.stage(ctx, s)
 	}
 }
@@ -315,9 +315,9 @@ func (a *Agent) onConnected(ctx context.Context) {
 	for _, s := range a.slotList() {
 		if t := s.st.Target; t != nil {
 			switch t.Phase {
-			case phaseManifest:
+			case PhaseManifest:
 				a.ensureSub(ctx, a.topics.Manifest(s.name, t.Version), evManifest)
-			case phaseDownloading:
+			case PhaseDownloading:
 				if s.asm != nil {
 					a.ensureSub(ctx, a.topics.Chunks(s.name, t.Version), evChunk)
 					a.requestMissing(ctx, s, true)
@@ -450,13 +450,13 @@ func (a *Agent) apply(ctx context.Context, ds *efpb.DesiredState) {
 			a.commitSlot(s)
 		case s.st.Previous != nil && s.st.Previous.SHA256 == sha:
 			a.dropTarget(ctx, s)
-			s.st.Target = &target{modelRef: *s.st.Previous, Generation: ds.GetGeneration(), Phase: phaseStaging, Rollback: true}
+			s.st.Target = &target{modelRef: *s.st.Previous, Generation: ds.GetGeneration(), Phase: PhaseStaging, Rollback: true}
 			a.commitSlot(s)
 			a.stage(ctx, s)
 		default:
 			a.dropTarget(ctx, s)
 			s.st.Target = &target{modelRef: modelRef{Version: as.GetVersion(), SHA256: sha},
-				Generation: ds.GetGeneration(), Phase: phaseManifest}
+				Generation: ds.GetGeneration(), Phase: PhaseManifest}
 			a.commitSlot(s)
 			a.ensureSub(ctx, a.topics.Manifest(s.name, as.GetVersion()), evManifest)
 		}
@@ -486,7 +486,7 @@ func (a *Agent) handleManifest(ctx context.Context, topic string, payload []byte
 		return
 	}
 	s := a.slot(tp.Model)
-	if s == nil || s.st.Target == nil || s.st.Target.Phase != phaseManifest || s.st.Target.Version != tp.Version {
+	if s == nil || s.st.Target == nil || s.st.Target.Phase != PhaseManifest || s.st.Target.Version != tp.Version {
 		return // not (or no longer) wanted
 	}
 	env, err := decodeEnvelope(payload)
@@ -501,7 +501,7 @@ func (a *Agent) handleManifest(ctx context.Context, topic string, payload []byte
 	}
 	a.unsub(ctx, topic)
 	s.st.Target.Manifest = payload
-	s.st.Target.Phase = phaseDownloading
+	s.st.Target.Phase = PhaseDownloading
 	s.manifest = m
 	a.commitSlot(s)
 	if a.enterPhase(ctx, s) {
@@ -556,7 +556,7 @@ func (a *Agent) openDownload(ctx context.Context, s *slot) {
 		s.manifest = m
 	}
 	if fileExists(a.modelPath(s.name, t.SHA256)) {
-		t.Phase = phaseStaging
+		t.Phase = PhaseStaging
 		a.commitSlot(s)
 		a.stage(ctx, s)
 		return
@@ -674,7 +674,7 @@ func (a *Agent) retryStalled(ctx context.Context) {
 func (a *Agent) finishDownload(ctx context.Context, s *slot) {
 	t := s.st.Target
 	a.unsub(ctx, a.topics.Chunks(s.name, t.Version))
-	t.Phase = phaseVerifying
+	t.Phase = PhaseVerifying
 	a.commitSlot(s)
 	a.reportSlot(ctx, s)
 	if a.enterPhase(ctx, s) {
@@ -700,7 +700,7 @@ func (a *Agent) finishDownload(ctx context.Context, s *slot) {
 		return
 	}
 	a.crashPoint("verified")
-	t.Phase = phaseStaging
+	t.Phase = PhaseStaging
 	a.commitSlot(s)
 	s.verified = verified
 	a.stage(ctx, s)
