@@ -190,6 +190,10 @@ type Agent struct {
 	// so a test can kill the process exactly there.
 	crashAt func(point string)
 
+	// logLimit rate-limits the log lines a flood of bad input would
+	// repeat (loglimit.go).
+	logLimit *logLimiter
+
 	// phaseHook is the PhaseHook set by SetPhaseHook (nil: none).
 	phaseHook atomic.Pointer[PhaseHook]
 
@@ -210,13 +214,14 @@ func New(opts Options) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{
-		opts:   opts,
-		log:    opts.Logger.With("component", "agent", "device", opts.DeviceID),
-		topics: topics.Scheme{Prefix: opts.TopicPrefix},
-		verify: signing.NewVerifier(opts.RootPublicKey),
-		slots:  map[string]*slot{},
-		events: make(chan event, eventQueue),
-		ready:  make(chan struct{}),
+		opts:     opts,
+		log:      opts.Logger.With("component", "agent", "device", opts.DeviceID),
+		topics:   topics.Scheme{Prefix: opts.TopicPrefix},
+		verify:   signing.NewVerifier(opts.RootPublicKey),
+		slots:    map[string]*slot{},
+		events:   make(chan event, eventQueue),
+		ready:    make(chan struct{}),
+		logLimit: newLogLimiter(logEvery, time.Now),
 	}
 	a.u.subs = map[string]bool{}
 	if !opts.DisableMonitoring {

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -636,7 +637,7 @@ func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
 	if err != nil {
 		a.refused.Add(1)
 		s.badChunks++
-		a.log.Warn("chunk refused", "model", s.name, "version", c.Version, "index", c.Index, "err", err)
+		a.logLimited(slog.LevelWarn, logKindChunkRefused, "chunk refused", "model", s.name, "version", c.Version, "index", c.Index, "err", err)
 		if limit := max(16, 2*s.asm.Total()); s.badChunks > limit {
 			a.failTarget(ctx, s, fmt.Sprintf("download refused: %d chunks did not match the signed manifest (last: %v)", s.badChunks, err))
 		}
@@ -845,14 +846,18 @@ func (a *Agent) commitSlot(s *slot) {
 	}
 }
 
+// drop counts a payload that could not be decoded; what names its topic
+// kind (one of a few literals: it is part of the log limiter's kind).
 func (a *Agent) drop(what string, err error) {
 	a.dropped.Add(1)
-	a.log.Warn("malformed payload dropped", "topic_kind", what, "err", err)
+	a.logLimited(slog.LevelWarn, "drop/"+what, "malformed payload dropped", "topic_kind", what, "err", err)
 }
 
+// refuse counts, logs (rate-limited) and reports a signed document that
+// failed a check.
 func (a *Agent) refuse(ctx context.Context, model, reason string) {
 	a.refused.Add(1)
-	a.log.Warn("refused", "model", model, "reason", reason)
+	a.logLimited(slog.LevelWarn, logKindRefused, "refused", "model", model, "reason", reason)
 	a.reportEvent(ctx, &efpb.StatusEvent{ModelName: model, State: efpb.ModelState_MODEL_STATE_FAILED, Reason: reason})
 }
 
