@@ -19,6 +19,7 @@ const logEvery = time.Minute
 const (
 	logKindChunkRefused = "chunk-refused"
 	logKindRefused      = "refused"
+	logKindNotPersisted = "not-persisted"
 )
 
 // logLimiter decides which lines of a kind are written: the first one,

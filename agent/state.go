@@ -102,14 +102,26 @@ type slotState struct {
 
 func slotKey(name string) string { return keySlotPrefix + name }
 
-func (a *Agent) saveSlot(name string, st *slotState) error {
-	if s := a.slot(name); s != nil {
-		s.snapshot()
+// clone returns a copy of st that shares nothing a transition changes: the
+// next state is built on a clone, so the current one stays what is on disk
+// until the write succeeded. (Manifest bytes are shared: never changed in
+// place.)
+func (st slotState) clone() slotState {
+	c := st
+	c.Active = clonePtr(st.Active)
+	c.Previous = clonePtr(st.Previous)
+	c.Target = clonePtr(st.Target)
+	c.Trial = clonePtr(st.Trial)
+	c.LastFailure = clonePtr(st.LastFailure)
+	return c
+}
+
+func clonePtr[T any](p *T) *T {
+	if p == nil {
+		return nil
 	}
-	if err := a.kv.SetJSON(slotKey(name), st, true); err != nil {
-		return fmt.Errorf("persist slot %s: %w", name, err)
-	}
-	return nil
+	v := *p
+	return &v
 }
 
 func (a *Agent) loadSlots() (map[string]*slotState, error) {
