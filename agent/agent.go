@@ -189,19 +189,28 @@ type Agent struct {
 	// crashAt, when set by tests, is called at named points of an update
 	// so a test can kill the process exactly there.
 	crashAt func(point string)
+	// failWrite, when set by tests before Run, is asked before each write
+	// of persisted state, with the step's name (see step); an error fails
+	// the write as a failing disk would.
+	failWrite func(step string) error
+
+	// logLimit rate-limits the log lines a flood of bad input would
+	// repeat (loglimit.go).
+	logLimit *logLimiter
 
 	// phaseHook is the PhaseHook set by SetPhaseHook (nil: none).
 	phaseHook atomic.Pointer[PhaseHook]
 
-	gen      atomic.Uint64 // mirror of u.generation for Generation()
-	dropped  atomic.Uint64 // malformed or unexpected MQTT payloads
-	refused  atomic.Uint64 // well-formed documents refused by a check
-	ready    chan struct{}
-	runOnce  atomic.Bool
-	infAddr  atomic.Value // string
-	statusMu sync.Mutex   // serialises seq allocation with its reservation
-	seq      uint64       // guarded by statusMu
-	seqLimit uint64       // guarded by statusMu: reserved on disk
+	gen           atomic.Uint64 // mirror of u.generation for Generation()
+	dropped       atomic.Uint64 // malformed or unexpected MQTT payloads
+	refused       atomic.Uint64 // well-formed documents refused by a check
+	writeFailures atomic.Uint64 // writes of persisted state that failed
+	ready         chan struct{}
+	runOnce       atomic.Bool
+	infAddr       atomic.Value // string
+	statusMu      sync.Mutex   // serialises seq allocation with its reservation
+	seq           uint64       // guarded by statusMu
+	seqLimit      uint64       // guarded by statusMu: reserved on disk
 }
 
 // New checks the options and returns an agent ready to Run.
@@ -210,13 +219,14 @@ func New(opts Options) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{
-		opts:   opts,
-		log:    opts.Logger.With("component", "agent", "device", opts.DeviceID),
-		topics: topics.Scheme{Prefix: opts.TopicPrefix},
-		verify: signing.NewVerifier(opts.RootPublicKey),
-		slots:  map[string]*slot{},
-		events: make(chan event, eventQueue),
-		ready:  make(chan struct{}),
+		opts:     opts,
+		log:      opts.Logger.With("component", "agent", "device", opts.DeviceID),
+		topics:   topics.Scheme{Prefix: opts.TopicPrefix},
+		verify:   signing.NewVerifier(opts.RootPublicKey),
+		slots:    map[string]*slot{},
+		events:   make(chan event, eventQueue),
+		ready:    make(chan struct{}),
+		logLimit: newLogLimiter(logEvery, time.Now),
 	}
 	a.u.subs = map[string]bool{}
 	if !opts.DisableMonitoring {
@@ -433,14 +443,16 @@ func (a *Agent) send(ctx context.Context, ev event) {
 }
 
 // PhaseHook is called by the update loop each time an update of model to
-// version enters phase "downloading" (its manifest was accepted),
-// "verifying" (every chunk is in) or "staging" (the file is complete: next
-// come loading, test vectors, warm-up and the commit), after the phase is
-// persisted and before the agent acts on it. The update loop waits for it.
-// If ctx ends while it runs (the agent is being stopped), the agent goes no
-// further, as if the process had been killed right there, and the next
-// agent on the same state resumes that phase. It is for fault injection:
-// fleet-sim holds agents at a phase and restarts them there.
+// version enters a phase: phase is one of HookPhases, as a string —
+// PhaseDownloading (its manifest was accepted), PhaseVerifying (every
+// chunk is in) or PhaseStaging (the file is complete: next come loading,
+// test vectors, warm-up and the commit). It runs after the phase is
+// persisted and reported, and before the agent acts on it (see
+// transition). The update loop waits for it. If ctx ends while it runs
+// (the agent is being stopped), the agent goes no further, as if the
+// process had been killed right there, and the next agent on the same
+// state resumes that phase. It is for fault injection: fleet-sim holds
+// agents at a phase and restarts them there.
 type PhaseHook func(ctx context.Context, model, version, phase string)
 
 // SetPhaseHook sets the hook called as updates enter a phase (nil removes

@@ -32,34 +32,36 @@ func (a *Agent) publish(ctx context.Context, topic string, payload []byte) {
 // reportSlot reports where a slot stands now: the update in progress, the
 // last failure of the current generation, or the active version.
 func (a *Agent) reportSlot(ctx context.Context, s *slot) {
+	state, version, reason := a.slotReport(s)
+	a.report(ctx, s, state, version, reason)
+}
+
+// slotReport is what reportSlot reports for s.
+func (a *Agent) slotReport(s *slot) (state efpb.ModelState, version, reason string) {
 	if t := s.st.Target; t != nil {
 		st := efpb.ModelState_MODEL_STATE_DOWNLOADING
 		switch t.Phase {
-		case phaseVerifying:
+		case PhaseVerifying:
 			st = efpb.ModelState_MODEL_STATE_VERIFYING
-		case phaseStaging:
+		case PhaseStaging:
 			st = efpb.ModelState_MODEL_STATE_STAGING
 		}
-		a.report(ctx, s, st, t.Version, "")
-		return
+		return st, t.Version, ""
 	}
 	if s.st.Trial != nil && s.st.Active != nil {
-		a.report(ctx, s, efpb.ModelState_MODEL_STATE_PENDING, s.st.Active.Version, "serving on trial (health period)")
-		return
+		return efpb.ModelState_MODEL_STATE_PENDING, s.st.Active.Version, "serving on trial (health period)"
 	}
 	if f := s.st.LastFailure; f != nil && f.Generation == a.u.generation {
 		st := efpb.ModelState_MODEL_STATE_FAILED
 		if f.RolledBack {
 			st = efpb.ModelState_MODEL_STATE_ROLLED_BACK
 		}
-		a.report(ctx, s, st, f.Version, f.Reason)
-		return
+		return st, f.Version, f.Reason
 	}
 	if s.st.Active != nil {
-		a.report(ctx, s, efpb.ModelState_MODEL_STATE_ACTIVE, s.st.Active.Version, "")
-		return
+		return efpb.ModelState_MODEL_STATE_ACTIVE, s.st.Active.Version, ""
 	}
-	a.report(ctx, s, efpb.ModelState_MODEL_STATE_IDLE, "", "")
+	return efpb.ModelState_MODEL_STATE_IDLE, "", ""
 }
 
 func (a *Agent) report(ctx context.Context, s *slot, state efpb.ModelState, version, reason string) {

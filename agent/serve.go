@@ -61,6 +61,23 @@ type slot struct {
 	// nil otherwise (stage after a restart reads and checks the file).
 	verified []byte
 	inflight map[uint32]bool
+
+	// After a failed write (see transition). retry: resume the slot from
+	// its recorded state at retryAt (real time); failedStep: the step that
+	// failed last; retryWait: the back-off after the next failure, reset
+	// once failedStep succeeds.
+	retry      bool
+	retryAt    time.Time
+	failedStep step
+	retryWait  time.Duration
+	// attemptEnded is set when a staging attempt at the target, counted on
+	// disk, ended in this process without activating it (a write failed):
+	// the next attempt reuses its count, so only attempts a crash may have
+	// ended are counted against MaxActivationAttempts.
+	attemptEnded bool
+	// abandon is why the trial version is to be given up, set at restore
+	// when that could not be recorded; checkTrials tries again.
+	abandon string
 }
 
 func (s *slot) closeDownload() {

@@ -21,16 +21,33 @@ const (
 	keySlotPrefix = "slot/"      // slot/<model name> → slotState JSON
 )
 
-// phase is where an update of one slot stands. Every phase is persisted
-// before the agent acts on it, so a restart resumes it.
-type phase string
+// Phase is where an update of one model stands. Every phase is persisted
+// before the agent acts on it, so a restart resumes it. It is the contract
+// other packages use: ModelStatus.Phase and the phase a PhaseHook is given
+// hold Phase values (as strings, for now).
+type Phase string
 
+// The update phases, in the order an update passes them.
 const (
-	phaseManifest    phase = "manifest"    // waiting for the signed manifest
-	phaseDownloading phase = "downloading" // fetching chunks into <sha>.part
-	phaseVerifying   phase = "verifying"   // whole-file hash, then rename to <sha>.onnx
-	phaseStaging     phase = "staging"     // load, test vectors, warm, then commit
+	PhaseManifest    Phase = "manifest"    // waiting for the signed manifest
+	PhaseDownloading Phase = "downloading" // fetching chunks into <sha>.part
+	PhaseVerifying   Phase = "verifying"   // whole-file hash, then rename to <sha>.onnx
+	PhaseStaging     Phase = "staging"     // load, test vectors, warm, then commit
 )
+
+// Phases returns every update phase in the order an update passes them.
+// The slice is the caller's to keep or change.
+func Phases() []Phase {
+	return []Phase{PhaseManifest, PhaseDownloading, PhaseVerifying, PhaseStaging}
+}
+
+// HookPhases returns the phases a PhaseHook is called for, in order: every
+// phase but PhaseManifest, which an update enters as its desired state is
+// applied. These are the phases fleet-sim can hold an agent at. The slice is
+// the caller's.
+func HookPhases() []Phase {
+	return []Phase{PhaseDownloading, PhaseVerifying, PhaseStaging}
+}
 
 // modelRef names one version on disk together with its signed manifest.
 type modelRef struct {
@@ -42,7 +59,7 @@ type modelRef struct {
 type target struct {
 	modelRef
 	Generation uint64 `json:"generation"`
-	Phase      phase  `json:"phase"`
+	Phase      Phase  `json:"phase"`
 	// Attempts counts staging attempts across restarts (crash-loop cap).
 	Attempts int `json:"attempts"`
 	// Rollback is set when the target is the previous version reactivated
@@ -85,14 +102,26 @@ type slotState struct {
 
 func slotKey(name string) string { return keySlotPrefix + name }
 
-func (a *Agent) saveSlot(name string, st *slotState) error {
-	if s := a.slot(name); s != nil {
-		s.snapshot()
+// clone returns a copy of st that shares nothing a transition changes: the
+// next state is built on a clone, so the current one stays what is on disk
+// until the write succeeded. (Manifest bytes are shared: never changed in
+// place.)
+func (st slotState) clone() slotState {
+	c := st
+	c.Active = clonePtr(st.Active)
+	c.Previous = clonePtr(st.Previous)
+	c.Target = clonePtr(st.Target)
+	c.Trial = clonePtr(st.Trial)
+	c.LastFailure = clonePtr(st.LastFailure)
+	return c
+}
+
+func clonePtr[T any](p *T) *T {
+	if p == nil {
+		return nil
 	}
-	if err := a.kv.SetJSON(slotKey(name), st, true); err != nil {
-		return fmt.Errorf("persist slot %s: %w", name, err)
-	}
-	return nil
+	v := *p
+	return &v
 }
 
 func (a *Agent) loadSlots() (map[string]*slotState, error) {

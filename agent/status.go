@@ -10,7 +10,10 @@ type ModelStatus struct {
 	Active   string // committed version
 	Previous string // kept on disk for rollback
 	Target   string // update in progress
-	Phase    string
+	// Phase is where the update to Target stands: a Phase value
+	// (PhaseManifest … PhaseStaging), "" when no update is in progress.
+	// Compare it with those constants, e.g. string(agent.PhaseStaging).
+	Phase string
 	// OnTrial is set while Active serves during its health period.
 	OnTrial bool
 	// FailedVersion and FailureReason describe the last refused update.

@@ -10,11 +10,18 @@ import (
 
 // checkTrials commits versions whose health period passed without an
 // inference error, and returns to the previous version when one failed.
+// It decides again on every tick, so a decision whose write failed is
+// simply made again (see transition).
 func (a *Agent) checkTrials(ctx context.Context) {
 	now := a.opts.Clock().UnixNano()
+	elapsed := time.Now() // for the back-off after failed writes: real time
 	for _, s := range a.slotList() {
 		tr := s.st.Trial
-		if tr == nil {
+		if tr == nil || elapsed.Before(s.retryAt) {
+			continue
+		}
+		if s.abandon != "" {
+			a.revertTrial(ctx, s, s.abandon)
 			continue
 		}
 		if m := s.serving.Load(); m != nil {
@@ -24,8 +31,11 @@ func (a *Agent) checkTrials(ctx context.Context) {
 			}
 		}
 		if time.Duration(now-tr.Since) >= a.opts.HealthPeriod {
-			s.st.Trial = nil
-			a.commitSlot(s)
+			next := s.st.clone()
+			next.Trial = nil
+			if a.transition(ctx, s, stepTrialEnd, next) != nil {
+				continue
+			}
 			a.log.Info("model committed after its health period", "model", s.name, "version", s.st.Active.Version)
 			a.report(ctx, s, efpb.ModelState_MODEL_STATE_ACTIVE, s.st.Active.Version, "committed after the health period")
 		}
@@ -35,7 +45,12 @@ func (a *Agent) checkTrials(ctx context.Context) {
 // revertTrial returns a slot to its previous version while the agent runs.
 func (a *Agent) revertTrial(ctx context.Context, s *slot, reason string) {
 	bad := s.st.Active
-	if !a.returnToPrevious(s, reason) {
+	back, err := a.returnToPrevious(ctx, s, reason)
+	if err != nil {
+		return // the trial is as recorded: decided again on a later tick
+	}
+	s.abandon = ""
+	if !back {
 		a.report(ctx, s, efpb.ModelState_MODEL_STATE_ACTIVE, bad.Version, reason+"; no previous version to return to")
 		return
 	}
@@ -44,46 +59,51 @@ func (a *Agent) revertTrial(ctx context.Context, s *slot, reason string) {
 }
 
 // endTrialAtStart handles a trial that crashed the agent too often; it runs
-// during restore, before anything is reported (the failure is reported on
-// connect).
-func (a *Agent) endTrialAtStart(s *slot, reason string) {
+// during restore, before anything is reported (the outcome is reported on
+// connect). If that cannot be recorded, the version serves as recorded, on
+// trial, and checkTrials gives it up once the write succeeds.
+func (a *Agent) endTrialAtStart(ctx context.Context, s *slot, reason string) {
 	bad := s.st.Active
-	if a.returnToPrevious(s, reason) {
+	back, err := a.returnToPrevious(ctx, s, reason)
+	switch {
+	case err != nil:
+		s.abandon = reason
+	case back:
 		a.log.Warn("returned to the previous version", "model", s.name, "bad", bad.Version, "reason", reason)
 		return
 	}
-	// Nothing to return to: keep serving what we have.
-	if m, err := a.loadModel(s.name, s.st.Active); err == nil {
-		s.serving.Store(m)
-	}
+	a.serveActive(ctx, s)
 }
 
-// returnToPrevious loads the previous version, swaps it in and records the
-// trial version as failed. It reports false when there is no usable
-// previous version; the trial then ends and the version stays.
-func (a *Agent) returnToPrevious(s *slot, reason string) bool {
+// returnToPrevious ends the trial of the active version: it loads the
+// previous version, records the trial version as failed and the previous
+// one as active, and only then swaps it in. Without a usable previous
+// version the trial just ends and the version stays (back is false). An
+// error means the change could not be recorded: nothing changed.
+func (a *Agent) returnToPrevious(ctx context.Context, s *slot, reason string) (back bool, err error) {
 	bad, prev := s.st.Active, s.st.Previous
-	if prev == nil {
-		s.st.Trial = nil
-		a.commitSlot(s)
-		return false
+	var m *servedModel
+	if prev != nil {
+		if m, err = a.loadModel(s.name, prev); err != nil {
+			a.log.Error("previous version does not load", "model", s.name, "version", prev.Version, "err", err)
+			m = nil
+		}
 	}
-	m, err := a.loadModel(s.name, prev)
-	if err != nil {
-		a.log.Error("previous version does not load", "model", s.name, "version", prev.Version, "err", err)
-		s.st.Trial = nil
-		a.commitSlot(s)
-		return false
+	next := s.st.clone()
+	next.Trial = nil
+	if m == nil {
+		return false, a.transition(ctx, s, stepTrialEnd, next)
 	}
-	s.st = slotState{
-		Active: prev,
-		LastFailure: &failure{Version: bad.Version, SHA256: bad.SHA256, Generation: s.st.Trial.Generation,
-			Reason: reason, RolledBack: true},
+	next.Active, next.Previous = prev, nil
+	next.LastFailure = &failure{Version: bad.Version, SHA256: bad.SHA256, Generation: s.st.Trial.Generation,
+		Reason: reason, RolledBack: true}
+	if err := a.transition(ctx, s, stepTrialRevert, next); err != nil {
+		m.close()
+		return false, err
 	}
-	a.commitSlot(s)
 	if old := s.serving.Swap(m); old != nil {
 		old.close()
 	}
 	a.cleanFiles(s)
-	return true
+	return true, nil
 }

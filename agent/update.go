@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -43,6 +44,15 @@ type updater struct {
 	desired        []byte          // its envelope bytes
 	pendingDesired []byte          // received before any trust bundle
 	subs           map[string]bool // filters currently subscribed
+
+	// After failed writes (see transition): the desired state last applied,
+	// to apply again at reapplyAt when one of its writes failed; and a
+	// desired state whose generation could not be recorded, to handle again.
+	applied      *efpb.DesiredState
+	reapply      bool
+	reapplyAt    time.Time
+	reapplyWait  time.Duration // back-off while applying keeps failing
+	retryDesired []byte
 }
 
 // fetchWindow bounds the chunks a download has asked for and not yet
@@ -92,42 +102,63 @@ func (a *Agent) restore() error {
 	return nil
 }
 
-// loadCommitted starts serving a slot's committed version, falling back to
-// the previous one if the active one no longer loads.
+// loadCommitted starts serving a slot's committed version at restore: a
+// trial restarts, and is counted; a version that no longer loads falls
+// back to the previous one. Nothing is reported yet (that happens on
+// connect).
 func (a *Agent) loadCommitted(s *slot) {
 	if s.st.Active == nil {
 		return
 	}
+	ctx := context.Background() // no connection yet: nothing to report to
 	if tr := s.st.Trial; tr != nil {
-		tr.Starts++
-		if tr.Starts > a.opts.MaxActivationAttempts {
-			a.endTrialAtStart(s, fmt.Sprintf("abandoned after %d restarts during its health period", tr.Starts-1))
+		if tr.Starts >= a.opts.MaxActivationAttempts {
+			a.endTrialAtStart(ctx, s, fmt.Sprintf("abandoned after %d restarts during its health period", tr.Starts))
 			return
 		}
-		tr.Since = a.opts.Clock().UnixNano()
-		if err := a.saveSlot(s.name, &s.st); err != nil {
-			a.log.Error("persist trial restart", "err", err)
+		next := s.st.clone()
+		next.Trial.Starts++
+		next.Trial.Since = a.opts.Clock().UnixNano()
+		if err := a.transition(ctx, s, stepTrialRestart, next); err == nil {
+			a.crashPoint("trial")
 		}
-		a.crashPoint("trial")
 	}
+	a.serveActive(ctx, s)
+}
+
+// serveActive loads the committed version and serves it. If it no longer
+// loads, the previous version takes its place, recorded first: until that
+// is recorded the slot serves nothing (and is resumed on the next tick).
+func (a *Agent) serveActive(ctx context.Context, s *slot) {
 	m, err := a.loadModel(s.name, s.st.Active)
 	if err == nil {
 		s.serving.Store(m)
 		return
 	}
-	a.log.Error("committed model does not load", "model", s.name, "version", s.st.Active.Version, "err", err)
 	failed, prev := s.st.Active, s.st.Previous
-	s.st.Active, s.st.Previous = nil, nil
+	a.log.Error("committed model does not load", "model", s.name, "version", failed.Version, "err", err)
+	next := s.st.clone()
+	next.Active, next.Previous, next.Trial = nil, nil, nil
+	var pm *servedModel
 	if prev != nil {
-		if pm, perr := a.loadModel(s.name, prev); perr == nil {
-			s.serving.Store(pm)
-			s.st.Active = prev
+		var perr error
+		if pm, perr = a.loadModel(s.name, prev); perr != nil {
+			a.log.Error("previous model does not load either", "model", s.name, "version", prev.Version, "err", perr)
+			pm = nil
+		} else {
+			next.Active = prev
 		}
 	}
-	s.st.LastFailure = &failure{Version: failed.Version, SHA256: failed.SHA256, Generation: a.u.generation,
+	next.LastFailure = &failure{Version: failed.Version, SHA256: failed.SHA256, Generation: a.u.generation,
 		Reason: fmt.Sprintf("committed version no longer loads: %v", err)}
-	if err := a.saveSlot(s.name, &s.st); err != nil {
-		a.log.Error("persist fallback", "err", err)
+	if err := a.transition(ctx, s, stepFallback, next); err != nil {
+		if pm != nil {
+			pm.close()
+		}
+		return
+	}
+	if pm != nil {
+		s.serving.Store(pm)
 	}
 }
 
@@ -239,6 +270,7 @@ func (a *Agent) updateLoop(ctx context.Context) {
 		case <-hb.C:
 			a.sendTelemetry(ctx)
 		case <-retry.C:
+			a.retryTransitions(ctx)
 			a.retryStalled(ctx)
 			a.checkTrials(ctx)
 		}
@@ -281,27 +313,38 @@ func cmpString(x, y string) int {
 	return 0
 }
 
-// resume continues an update interrupted by a restart.
+// resume continues from the recorded state of s: after a restart, and on
+// the tick after a write of s failed (see transition). It is the same path
+// on purpose: a failed write is recovered from as a crash just before it.
 func (a *Agent) resume(ctx context.Context, s *slot) {
+	if s.st.Active != nil && s.serving.Load() == nil {
+		a.serveActive(ctx, s) // a fallback that could not be recorded
+		if s.st.Active != nil && s.serving.Load() == nil {
+			return // still not recorded: resumed on a later tick
+		}
+	}
 	t := s.st.Target
 	if t == nil {
 		return
 	}
 	a.log.Info("resuming update", "model", s.name, "version", t.Version, "phase", t.Phase)
 	switch t.Phase {
-	case phaseManifest:
-		// Subscribed on connect.
-	case phaseDownloading:
+	case PhaseManifest:
+		// Subscribed anew, the broker sends the retained manifest again.
+		// (At start, before the connection, this waits for onConnected.)
+		a.unsub(ctx, a.topics.Manifest(s.name, t.Version))
+		a.ensureSub(ctx, a.topics.Manifest(s.name, t.Version), evManifest)
+	case PhaseDownloading:
+		s.closeDownload() // reopened: the assembler rescans the file
 		a.openDownload(ctx, s)
-	case phaseVerifying:
+	case PhaseVerifying:
+		s.closeDownload()
 		if fileExists(a.modelPath(s.name, t.SHA256)) {
-			t.Phase = phaseStaging
-			a.commitSlot(s)
 			a.stage(ctx, s)
 			return
 		}
 		a.openDownload(ctx, s)
-	case phaseStaging:
+	case PhaseStaging:
 		a.stage(ctx, s)
 	}
 }
@@ -316,9 +359,9 @@ func (a *Agent) onConnected(ctx context.Context) {
 	for _, s := range a.slotList() {
 		if t := s.st.Target; t != nil {
 			switch t.Phase {
-			case phaseManifest:
+			case PhaseManifest:
 				a.ensureSub(ctx, a.topics.Manifest(s.name, t.Version), evManifest)
-			case phaseDownloading:
+			case PhaseDownloading:
 				if s.asm != nil {
 					a.ensureSub(ctx, a.topics.Chunks(s.name, t.Version), evChunk)
 					a.requestMissing(ctx, s, true)
@@ -423,42 +466,70 @@ func (a *Agent) handleDesired(ctx context.Context, payload []byte) {
 			return
 		}
 	}
-	if err := a.saveGeneration(ds.GetGeneration(), payload); err != nil {
-		a.log.Error("persist desired state", "err", err)
-		return // not acted on: it would not survive a restart
+	err = a.persist(stepGeneration, func() error { return a.saveGeneration(ds.GetGeneration(), payload) })
+	if err != nil {
+		// Not acted on: it would not survive a restart. Handled again on
+		// the next tick (a newer desired state replaces it).
+		a.writeFailures.Add(1)
+		a.logLimited(slog.LevelError, logKindNotPersisted, "state not persisted; not acted on",
+			"step", stepGeneration, "generation", ds.GetGeneration(), "retry", "handle the desired state again", "err", err)
+		a.u.retryDesired = payload
+		return
 	}
+	a.u.retryDesired = nil
 	a.u.generation, a.u.desired = ds.GetGeneration(), payload
 	a.gen.Store(ds.GetGeneration())
 	a.apply(ctx, ds)
 }
 
-// apply moves every slot towards the desired assignments.
+// apply moves every slot towards the desired assignments. A slot whose
+// write fails stays as it is; the others go on, and the desired state is
+// applied again on the next tick (see transition).
 func (a *Agent) apply(ctx context.Context, ds *efpb.DesiredState) {
+	a.u.applied, a.u.reapply = ds, false
 	want := map[string]bool{}
 	for _, as := range ds.GetModels() {
 		want[as.GetName()] = true
-		s := a.slotFor(as.GetName())
+		s, created := a.slotFor(as.GetName())
 		sha := hex.EncodeToString(as.GetSha256())
+		old := s.st.Target
+		next := s.st.clone()
 		switch {
 		case s.st.Active != nil && s.st.Active.SHA256 == sha:
-			if s.st.Target != nil {
-				a.dropTarget(ctx, s)
-				a.commitSlot(s)
+			if old != nil {
+				next.Target = nil
+				if a.transition(ctx, s, stepDrop, next) != nil {
+					continue
+				}
+				a.releaseTarget(ctx, s, old)
 			}
 			a.reportSlot(ctx, s)
-		case s.st.Target != nil && s.st.Target.SHA256 == sha:
-			s.st.Target.Generation = ds.GetGeneration()
-			a.commitSlot(s)
+		case old != nil && old.SHA256 == sha:
+			if old.Generation != ds.GetGeneration() {
+				next.Target.Generation = ds.GetGeneration()
+				_ = a.transition(ctx, s, stepRetarget, next) // the update goes on either way
+			}
 		case s.st.Previous != nil && s.st.Previous.SHA256 == sha:
-			a.dropTarget(ctx, s)
-			s.st.Target = &target{modelRef: *s.st.Previous, Generation: ds.GetGeneration(), Phase: phaseStaging, Rollback: true}
-			a.commitSlot(s)
+			next.Target = &target{modelRef: *s.st.Previous, Generation: ds.GetGeneration(), Phase: PhaseStaging, Rollback: true}
+			if a.transition(ctx, s, stepRollback, next) != nil {
+				continue
+			}
+			if old != nil {
+				a.releaseTarget(ctx, s, old)
+			}
 			a.stage(ctx, s)
 		default:
-			a.dropTarget(ctx, s)
-			s.st.Target = &target{modelRef: modelRef{Version: as.GetVersion(), SHA256: sha},
-				Generation: ds.GetGeneration(), Phase: phaseManifest}
-			a.commitSlot(s)
+			next.Target = &target{modelRef: modelRef{Version: as.GetVersion(), SHA256: sha},
+				Generation: ds.GetGeneration(), Phase: PhaseManifest}
+			if a.transition(ctx, s, stepManifest, next) != nil {
+				if created {
+					a.forgetSlot(s) // nothing of it was recorded
+				}
+				continue
+			}
+			if old != nil {
+				a.releaseTarget(ctx, s, old)
+			}
 			a.ensureSub(ctx, a.topics.Manifest(s.name, as.GetVersion()), evManifest)
 		}
 	}
@@ -467,17 +538,30 @@ func (a *Agent) apply(ctx context.Context, ds *efpb.DesiredState) {
 			a.removeSlot(ctx, s)
 		}
 	}
+	if !a.u.reapply {
+		a.u.reapplyWait = 0 // every write succeeded
+	}
 }
 
-func (a *Agent) slotFor(name string) *slot {
+// slotFor returns the slot of model name, creating it (in memory) if there
+// is none yet.
+func (a *Agent) slotFor(name string) (s *slot, created bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	s := a.slots[name]
+	s = a.slots[name]
 	if s == nil {
 		s = &slot{name: name}
 		a.slots[name] = s
+		created = true
 	}
-	return s
+	return s, created
+}
+
+// forgetSlot drops a slot from memory only (removeSlot removes one).
+func (a *Agent) forgetSlot(s *slot) {
+	a.mu.Lock()
+	delete(a.slots, s.name)
+	a.mu.Unlock()
 }
 
 func (a *Agent) handleManifest(ctx context.Context, topic string, payload []byte) {
@@ -487,7 +571,7 @@ func (a *Agent) handleManifest(ctx context.Context, topic string, payload []byte
 		return
 	}
 	s := a.slot(tp.Model)
-	if s == nil || s.st.Target == nil || s.st.Target.Phase != phaseManifest || s.st.Target.Version != tp.Version {
+	if s == nil || s.st.Target == nil || s.st.Target.Phase != PhaseManifest || s.st.Target.Version != tp.Version {
 		return // not (or no longer) wanted
 	}
 	env, err := decodeEnvelope(payload)
@@ -501,13 +585,13 @@ func (a *Agent) handleManifest(ctx context.Context, topic string, payload []byte
 		return
 	}
 	a.unsub(ctx, topic)
-	s.st.Target.Manifest = payload
-	s.st.Target.Phase = phaseDownloading
-	s.manifest = m
-	a.commitSlot(s)
-	if a.enterPhase(ctx, s) {
-		return
+	next := s.st.clone()
+	next.Target.Manifest = payload
+	next.Target.Phase = PhaseDownloading
+	if a.transition(ctx, s, stepDownloading, next) != nil {
+		return // the manifest is fetched again when the slot is resumed
 	}
+	s.manifest = m
 	a.openDownload(ctx, s)
 }
 
@@ -557,8 +641,6 @@ func (a *Agent) openDownload(ctx context.Context, s *slot) {
 		s.manifest = m
 	}
 	if fileExists(a.modelPath(s.name, t.SHA256)) {
-		t.Phase = phaseStaging
-		a.commitSlot(s)
 		a.stage(ctx, s)
 		return
 	}
@@ -637,7 +719,7 @@ func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
 	if err != nil {
 		a.refused.Add(1)
 		s.badChunks++
-		a.log.Warn("chunk refused", "model", s.name, "version", c.Version, "index", c.Index, "err", err)
+		a.logLimited(slog.LevelWarn, logKindChunkRefused, "chunk refused", "model", s.name, "version", c.Version, "index", c.Index, "err", err)
 		if limit := max(16, 2*s.asm.Total()); s.badChunks > limit {
 			a.failTarget(ctx, s, fmt.Sprintf("download refused: %d chunks did not match the signed manifest (last: %v)", s.badChunks, err))
 		}
@@ -662,8 +744,8 @@ func (a *Agent) retryStalled(ctx context.Context) {
 	// an injected skew, fleet-sim's sped-up clock) must not make a download
 	// that is progressing look stalled, nor a stalled one look fresh.
 	for _, s := range a.slotList() {
-		if s.asm == nil || s.st.Target == nil {
-			continue
+		if s.asm == nil || s.st.Target == nil || s.asm.Complete() {
+			continue // a complete download waits to be verified, not for chunks
 		}
 		if time.Since(s.lastProgress) >= a.opts.FetchRetryInterval {
 			a.ensureSub(ctx, a.topics.Chunks(s.name, s.st.Target.Version), evChunk)
@@ -673,14 +755,13 @@ func (a *Agent) retryStalled(ctx context.Context) {
 }
 
 func (a *Agent) finishDownload(ctx context.Context, s *slot) {
-	t := s.st.Target
-	a.unsub(ctx, a.topics.Chunks(s.name, t.Version))
-	t.Phase = phaseVerifying
-	a.commitSlot(s)
-	a.reportSlot(ctx, s)
-	if a.enterPhase(ctx, s) {
-		return // the download stays open until the agent closes it
+	a.unsub(ctx, a.topics.Chunks(s.name, s.st.Target.Version))
+	next := s.st.clone()
+	next.Target.Phase = PhaseVerifying
+	if a.transition(ctx, s, stepVerifying, next) != nil {
+		return // the download stays open until the agent closes or resumes it
 	}
+	t := s.st.Target
 	verified, err := s.asm.ReadVerified()
 	if err != nil {
 		s.closeDownload()
@@ -701,8 +782,6 @@ func (a *Agent) finishDownload(ctx context.Context, s *slot) {
 		return
 	}
 	a.crashPoint("verified")
-	t.Phase = phaseStaging
-	a.commitSlot(s)
 	s.verified = verified
 	a.stage(ctx, s)
 }
@@ -710,19 +789,24 @@ func (a *Agent) finishDownload(ctx context.Context, s *slot) {
 // stage loads the target next to the serving model, checks it, commits it
 // and only then swaps it in: requests in flight finish on the old session.
 func (a *Agent) stage(ctx context.Context, s *slot) {
-	t := s.st.Target
 	verified := s.verified // set by finishDownload only; never kept past here
 	s.verified = nil
-	t.Attempts++
-	a.commitSlot(s) // persisted before acting: a crash loop is counted
-	if t.Attempts > a.opts.MaxActivationAttempts {
-		a.failTarget(ctx, s, fmt.Sprintf("abandoned after %d activation attempts: the agent restarted while activating it", t.Attempts-1))
+	next := s.st.clone()
+	next.Target.Phase = PhaseStaging
+	if !s.attemptEnded {
+		next.Target.Attempts++
+	}
+	if n := next.Target.Attempts; n > a.opts.MaxActivationAttempts {
+		a.failTarget(ctx, s, fmt.Sprintf("abandoned after %d activation attempts: the agent restarted while activating it", n-1))
 		return
 	}
-	a.reportSlot(ctx, s)
-	if a.enterPhase(ctx, s) {
+	// Counted before acting: a crash loop is counted.
+	if a.transition(ctx, s, stepStaging, next) != nil {
 		return
 	}
+	s.attemptEnded = false
+	defer func() { s.attemptEnded = s.st.Target != nil }() // ended here, not by a crash
+	t := s.st.Target
 	m, err := a.loadModelBytes(s.name, &t.modelRef, verified)
 	if err != nil {
 		a.failTarget(ctx, s, err.Error())
@@ -739,15 +823,12 @@ func (a *Agent) stage(ctx context.Context, s *slot) {
 		newState.Trial = &trial{Since: a.opts.Clock().UnixNano(), Generation: t.Generation, Starts: 1}
 	}
 	a.crashPoint("staged")
-	prevState := s.st
-	s.st = newState
-	if err := a.saveSlot(s.name, &s.st); err != nil {
-		s.st = prevState
+	if a.transition(ctx, s, stepActivate, newState) != nil {
 		m.close()
-		a.log.Error("commit failed; keeping the current version", "model", s.name, "err", err)
-		return
+		return // resumed on the next tick: staged again from the file on disk
 	}
 	a.crashPoint("committed")
+	s.abandon = ""
 	if old := s.serving.Swap(m); old != nil {
 		old.close()
 	}
@@ -767,48 +848,59 @@ func (a *Agent) stage(ctx context.Context, s *slot) {
 	a.report(ctx, s, efpb.ModelState_MODEL_STATE_ACTIVE, t.Version, reason)
 }
 
-// failTarget abandons the update in progress, records why, and leaves the
-// committed version serving.
+// failTarget gives up the update in progress, records why, and leaves the
+// committed version serving. If the record cannot be written the target
+// stays as recorded and is resumed on the next tick, where the check that
+// failed runs again.
 func (a *Agent) failTarget(ctx context.Context, s *slot, reason string) {
 	t := s.st.Target
 	if t == nil {
 		return
 	}
 	a.refused.Add(1)
-	a.dropTarget(ctx, s)
-	s.st.LastFailure = &failure{Version: t.Version, SHA256: t.SHA256, Generation: t.Generation, Reason: reason}
-	a.commitSlot(s)
 	a.log.Warn("update refused; current version keeps serving", "model", s.name, "version", t.Version, "reason", reason)
+	next := s.st.clone()
+	next.Target = nil
+	next.LastFailure = &failure{Version: t.Version, SHA256: t.SHA256, Generation: t.Generation, Reason: reason}
+	if a.transition(ctx, s, stepFailure, next) != nil {
+		return
+	}
+	a.releaseTarget(ctx, s, t)
 	a.report(ctx, s, efpb.ModelState_MODEL_STATE_FAILED, t.Version, reason)
 }
 
-// dropTarget stops the update in progress (without persisting) and removes
-// its files unless they belong to a committed version.
-func (a *Agent) dropTarget(ctx context.Context, s *slot) {
-	t := s.st.Target
-	if t == nil {
-		return
-	}
+// releaseTarget lets go of what the update to t held: its download, its
+// subscriptions and its files, except those of the versions now recorded.
+// It runs once a state without t is persisted.
+func (a *Agent) releaseTarget(ctx context.Context, s *slot, t *target) {
 	s.closeDownload()
 	s.manifest = nil
+	s.verified = nil
+	s.attemptEnded = false
+	s.failedStep, s.retryWait = "", 0 // what failed belonged to this update
 	a.unsub(ctx, a.topics.Manifest(s.name, t.Version))
 	a.unsub(ctx, a.topics.Chunks(s.name, t.Version))
-	s.st.Target = nil
 	a.cleanFiles(s)
 }
 
+// removeSlot removes a model no longer assigned: its record first (synced),
+// then its session and files.
 func (a *Agent) removeSlot(ctx context.Context, s *slot) {
-	a.dropTarget(ctx, s)
+	err := a.persist(stepRemove, func() error {
+		return a.kv.Update(func(tx *store.Tx) error { return tx.Delete(slotKey(s.name)) }, true)
+	})
+	if err != nil {
+		a.notPersisted(ctx, s, stepRemove, fmt.Errorf("remove slot %s: %w", s.name, err))
+		return
+	}
+	if t := s.st.Target; t != nil {
+		a.releaseTarget(ctx, s, t)
+	}
 	if m := s.serving.Swap(nil); m != nil {
 		m.close()
 	}
-	if err := a.kv.Delete(slotKey(s.name)); err != nil {
-		a.log.Error("remove slot", "model", s.name, "err", err)
-	}
 	_ = os.RemoveAll(a.modelDir(s.name))
-	a.mu.Lock()
-	delete(a.slots, s.name)
-	a.mu.Unlock()
+	a.forgetSlot(s)
 	a.log.Info("model removed", "model", s.name)
 	a.report(ctx, s, efpb.ModelState_MODEL_STATE_IDLE, "", "no longer assigned")
 }
@@ -838,22 +930,18 @@ func (a *Agent) cleanFiles(s *slot) {
 	}
 }
 
-// commitSlot persists a slot's state (synced). Failing to persist is logged:
-// the next transition tries again, and a restart resumes from what is on disk.
-func (a *Agent) commitSlot(s *slot) {
-	if err := a.saveSlot(s.name, &s.st); err != nil {
-		a.log.Error("persist slot", "model", s.name, "err", err)
-	}
-}
-
+// drop counts a payload that could not be decoded; what names its topic
+// kind (one of a few literals: it is part of the log limiter's kind).
 func (a *Agent) drop(what string, err error) {
 	a.dropped.Add(1)
-	a.log.Warn("malformed payload dropped", "topic_kind", what, "err", err)
+	a.logLimited(slog.LevelWarn, "drop/"+what, "malformed payload dropped", "topic_kind", what, "err", err)
 }
 
+// refuse counts, logs (rate-limited) and reports a signed document that
+// failed a check.
 func (a *Agent) refuse(ctx context.Context, model, reason string) {
 	a.refused.Add(1)
-	a.log.Warn("refused", "model", model, "reason", reason)
+	a.logLimited(slog.LevelWarn, logKindRefused, "refused", "model", model, "reason", reason)
 	a.reportEvent(ctx, &efpb.StatusEvent{ModelName: model, State: efpb.ModelState_MODEL_STATE_FAILED, Reason: reason})
 }
 
