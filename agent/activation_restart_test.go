@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/internal/oip"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
@@ -96,7 +97,7 @@ func TestAgentStoppedAtPhaseResumes(t *testing.T) {
 				entered = append(entered, phase)
 				mu.Unlock()
 			})
-			RunInTest(t, "second agent", second.Run, second.Ready())
+			testkit.Run(t, "second agent", second.Run, second.Ready())
 			waitServing(t, second, "fraud", "2.0.0")
 			h.waitReported(t, "dev-1", efpb.ModelState_MODEL_STATE_ACTIVE, "2.0.0")
 			st = second.Status()

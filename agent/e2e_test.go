@@ -5,7 +5,6 @@ import (
 	"context"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,9 +15,11 @@ import (
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/cli"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
 	"github.com/edgefleet/edgefleet/internal/oip"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -29,7 +30,7 @@ import (
 
 type fleet struct {
 	t     *testing.T
-	cp    *controlplane.Server
+	cp    *fleettest.ControlPlane
 	token string
 	rt    *infer.Runtime
 	dir   string
@@ -44,18 +45,8 @@ func startFleet(t *testing.T) *fleet {
 	t.Cleanup(func() { _ = rt.Close() })
 
 	f := &fleet{t: t, rt: rt, dir: t.TempDir()}
-	var tokenOnce sync.Once
-	tokenCh := make(chan string, 1)
-	cp, err := controlplane.New(controlplane.Options{
-		DataDir:        filepath.Join(f.dir, "cp"),
-		APIListen:      "127.0.0.1:0",
-		MQTTListen:     "127.0.0.1:0",
-		Runtime:        rt,
-		OnInitialToken: func(tok string) { tokenOnce.Do(func() { tokenCh <- tok }) },
-	})
-	require.NoError(t, err)
-	agent.RunInTest(t, "control plane", cp.Run, cp.Ready())
-	f.cp, f.token = cp, <-tokenCh
+	f.cp = fleettest.StartControlPlane(t, rt, func(o *controlplane.Options) { o.DataDir = filepath.Join(f.dir, "cp") })
+	f.token = f.cp.Token
 	return f
 }
 
@@ -90,7 +81,7 @@ func (f *fleet) addAgent(id string, labels ...string) *agent.Agent {
 	opts.FetchRetryInterval = 300 * time.Millisecond
 	a, err := agent.New(opts)
 	require.NoError(t, err)
-	agent.RunInTest(t, "agent "+id, a.Run, a.Ready())
+	testkit.Run(t, "agent "+id, a.Run, a.Ready())
 	return a
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/oip"
 	"github.com/edgefleet/edgefleet/internal/signing"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/internal/transfer"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -237,7 +238,7 @@ func (h *harness) startAgent(t *testing.T, opts Options) *Agent {
 	t.Helper()
 	a, err := New(opts)
 	require.NoError(t, err)
-	RunInTest(t, "agent "+opts.DeviceID, a.Run, a.Ready())
+	testkit.Run(t, "agent "+opts.DeviceID, a.Run, a.Ready())
 	return a
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/internal/onnxbuild"
 	"github.com/edgefleet/edgefleet/internal/transfer"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -141,7 +142,7 @@ func TestAgentFloodIsCountedNotLogged(t *testing.T) {
 	// A v2 download held open (no chunk is served), so the agent listens
 	// on its chunk topic. It has enough chunks that the flood of bad ones
 	// stays under the count at which the agent gives the download up.
-	model := padded(art2.ONNX, 100*transfer.DefaultChunkSize)
+	model := onnxbuild.Pad(art2.ONNX, 100*transfer.DefaultChunkSize)
 	h.mu.Lock()
 	h.serveOnly = func(uint32) bool { return false }
 	h.mu.Unlock()

@@ -21,6 +21,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/oip"
@@ -75,23 +76,16 @@ func startMonitoredFleet(t *testing.T, hookURL string, secret []byte) *fleet {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = rt.Close() })
 	f := &fleet{t: t, rt: rt, dir: t.TempDir()}
-	tokenCh := make(chan string, 1)
-	cp, err := controlplane.New(controlplane.Options{
-		DataDir:        filepath.Join(f.dir, "cp"),
-		APIListen:      "127.0.0.1:0",
-		MQTTListen:     "127.0.0.1:0",
-		Runtime:        rt,
-		OnInitialToken: func(tok string) { tokenCh <- tok },
-		Monitor: monitor.Config{
+	f.cp = fleettest.StartControlPlane(t, rt, func(o *controlplane.Options) {
+		o.DataDir = filepath.Join(f.dir, "cp")
+		o.Monitor = monitor.Config{
 			Interval:      100 * time.Millisecond,
 			Rules:         monitor.Rules{Window: 10 * time.Minute, MaxPSI: 0.25, MinRows: 200, MinAccuracy: 0.5, MinLabels: 50},
 			WebhookURL:    hookURL,
 			WebhookSecret: secret,
-		},
+		}
 	})
-	require.NoError(t, err)
-	agent.RunInTest(t, "control plane", cp.Run, cp.Ready())
-	f.cp, f.token = cp, <-tokenCh
+	f.token = f.cp.Token
 	return f
 }
 
@@ -247,30 +241,13 @@ func TestMonitoringReportsSurviveControlPlaneOutage(t *testing.T) {
 	mqttAddr := ln.Addr().String()
 	require.NoError(t, ln.Close())
 
-	tokenCh := make(chan string, 1)
-	startCP := func() (*controlplane.Server, func()) {
-		cp, err := controlplane.New(controlplane.Options{
-			DataDir: filepath.Join(dir, "cp"), APIListen: "127.0.0.1:0", MQTTListen: mqttAddr, Runtime: rt,
-			OnInitialToken: func(tok string) { tokenCh <- tok },
+	startCP := func() *fleettest.ControlPlane {
+		return fleettest.StartControlPlane(t, rt, func(o *controlplane.Options) {
+			o.DataDir, o.MQTTListen = filepath.Join(dir, "cp"), mqttAddr // the same broker address again
 		})
-		require.NoError(t, err)
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- cp.Run(ctx) }()
-		select {
-		case <-cp.Ready():
-		case err := <-done:
-			t.Fatalf("control plane stopped: %v", err)
-		case <-time.After(30 * time.Second):
-			t.Fatal("control plane not ready")
-		}
-		return cp, func() {
-			cancel()
-			require.NoError(t, <-done)
-		}
 	}
-	cp, stop := startCP()
-	f := &fleet{t: t, rt: rt, dir: dir, cp: cp, token: <-tokenCh}
+	cp := startCP()
+	f := &fleet{t: t, rt: rt, dir: dir, cp: cp, token: cp.Token}
 	a := f.addAgent("d-1", "site=x")
 	v1 := f.train("fraud-v1.onnx", "1")
 	f.cli("model", "push", "--name", "fraud", "--version", "1.0.0", "--file", v1)
@@ -285,15 +262,14 @@ func TestMonitoringReportsSurviveControlPlaneOutage(t *testing.T) {
 		return err == nil && r.Total.Rows == 100
 	}, 20*time.Second, 50*time.Millisecond)
 
-	stop()        // the broker is gone
+	cp.Stop()     // the broker is gone
 	for range 5 { // several heartbeats' worth of reports queue on the agent
 		feed(t, a, g, 40, 10)
 	}
 	require.Eventually(t, func() bool { return a.QueuedReports() >= 2 }, 20*time.Second, 50*time.Millisecond,
 		"reports queue while the broker is unreachable")
 
-	cp, stop = startCP()
-	defer stop()
+	cp = startCP()
 	require.Eventually(t, func() bool {
 		r, err := cp.Monitor().Query(monitor.Query{Model: "fraud", Version: "1.0.0", To: time.Now().Add(time.Minute)})
 		return err == nil && r.Total.Rows == 300 && a.QueuedReports() == 0

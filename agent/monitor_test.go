@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,34 +12,17 @@ import (
 	"github.com/edgefleet/edgefleet/internal/drift"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/oip"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
-
-// testClock is a settable clock.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
 
 func lbl(id string, row int, v int64) oip.Label { return oip.Label{ID: id, Row: row, Label: &v} }
 
 // monitorFixture is a monitor set with one binary model "m" whose reference
 // has one feature with bins (-inf,0) [0,1) [1,inf).
-func monitorFixture(t *testing.T, capacity int, ttl time.Duration) (*monitors, *modelMonitor, *testClock) {
+func monitorFixture(t *testing.T, capacity int, ttl time.Duration) (*monitors, *modelMonitor, *testkit.Clock) {
 	t.Helper()
-	clk := &testClock{now: time.Unix(1_800_000_000, 0)}
+	clk := testkit.NewClock(time.Unix(1_800_000_000, 0))
 	o := Options{Clock: clk.Now, LabelCapacity: capacity, LabelTTL: ttl}
 	ms := newMonitors(&o)
 	man := &efpb.Manifest{Name: "m", Version: "1.0.0", Reference: []*efpb.FeatureStats{
@@ -50,7 +32,7 @@ func monitorFixture(t *testing.T, capacity int, ttl time.Duration) (*monitors, *
 }
 
 // infer records one single-row inference with input x and output p.
-func recordOne(ms *monitors, mm *modelMonitor, clk *testClock, id string, x, p float32) {
+func recordOne(ms *monitors, mm *modelMonitor, clk *testkit.Clock, id string, x, p float32) {
 	in := []oip.Tensor{{Name: "x", Shape: []int64{1, 1}, Data: []float32{x}}}
 	out := []oip.Tensor{{Name: "y", Shape: []int64{1, 1}, Data: []float32{p}}}
 	rows, width := mm.record(in, out, 300*time.Microsecond)
@@ -124,7 +106,7 @@ func TestMonitorLabelExpiryAndEviction(t *testing.T) {
 }
 
 func TestMonitorBatchRowsAndMulticlass(t *testing.T) {
-	clk := &testClock{now: time.Unix(1_800_000_000, 0)}
+	clk := testkit.NewClock(time.Unix(1_800_000_000, 0))
 	o := Options{Clock: clk.Now}
 	ms := newMonitors(&o)
 	mm := ms.get("c", &efpb.Manifest{Version: "2"})

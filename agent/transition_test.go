@@ -18,6 +18,7 @@ import (
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/oip"
 	"github.com/edgefleet/edgefleet/internal/store"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
@@ -98,7 +99,7 @@ func (e *faultEnv) start(mutate func(*Options)) {
 		e.entered = append(e.entered, version+" "+phase)
 		e.mu.Unlock()
 	})
-	e.a, e.stop = a, runUntilStopped(e.t, a)
+	e.a, e.stop = a, testkit.Start(e.t, "agent", a.Run, a.Ready())
 }
 
 // restart stops the agent and starts a new one on the same state, as a
@@ -212,38 +213,6 @@ func (h *harness) reported(dev string, state efpb.ModelState, active string) boo
 		}
 	}
 	return false
-}
-
-// runUntilStopped runs a until the returned stop is called (or the test
-// ends), and waits until it is ready.
-func runUntilStopped(t *testing.T, a *Agent) (stop func()) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("agent stopped with %v", err)
-				}
-			case <-time.After(20 * time.Second):
-				t.Errorf("agent did not stop within 20s")
-			}
-		})
-	}
-	t.Cleanup(stop)
-	select {
-	case <-a.Ready():
-	case err := <-done:
-		t.Fatalf("agent stopped before it was ready: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("agent not ready within 30s")
-	}
-	return stop
 }
 
 // faultCase fails every write of one step while fraud moves from 1.0.0

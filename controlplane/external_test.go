@@ -2,12 +2,6 @@ package controlplane_test
 
 import (
 	"crypto/sha256"
-	"fmt"
-	"math/rand/v2"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -17,86 +11,17 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
-// mosquitto runs a real mosquitto (the external broker edgefleet supports)
-// on a free 127.0.0.1 port. mosquitto cannot listen on port 0 and report
-// the port, so the port is reserved by binding :0 first and released just
-// before mosquitto binds it.
-type mosquitto struct {
-	t         *testing.T
-	bin, conf string
-	port      int
-	cmd       *exec.Cmd
-}
-
-func startMosquitto(t *testing.T) *mosquitto {
-	t.Helper()
-	bin, err := exec.LookPath("mosquitto")
-	if err != nil {
-		if _, err = os.Stat("/usr/sbin/mosquitto"); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatal("mosquitto is not installed, and CI must run the external-broker tests (.ci/run installs it)")
-			}
-			t.Skip("mosquitto is not installed (Debian package mosquitto)")
-		}
-		bin = "/usr/sbin/mosquitto"
-	}
-	// A port below the kernel's ephemeral range: one from ":0" may still
-	// be in TIME_WAIT from an outgoing connection, which mosquitto's bind
-	// refuses ("Address already in use").
-	port := 0
-	for tries := 0; port == 0; tries++ {
-		require.Less(t, tries, 1000, "no free port below the ephemeral range")
-		p := 20000 + rand.IntN(12000)
-		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
-			require.NoError(t, l.Close())
-			port = p
-		}
-	}
-	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
-	require.NoError(t, os.WriteFile(conf, fmt.Appendf(nil,
-		"listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n", port), 0o644))
-	m := &mosquitto{t: t, bin: bin, conf: conf, port: port}
-	m.start()
-	t.Cleanup(m.stop)
-	return m
-}
-
-func (m *mosquitto) url() string { return fmt.Sprintf("tcp://127.0.0.1:%d", m.port) }
-
-func (m *mosquitto) start() {
-	m.t.Helper()
-	m.cmd = exec.Command(m.bin, "-c", m.conf)
-	require.NoError(m.t, m.cmd.Start())
-	require.Eventually(m.t, func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", m.port))
-		if err != nil {
-			return false
-		}
-		_ = c.Close()
-		return true
-	}, 10*time.Second, 10*time.Millisecond, "mosquitto did not start listening")
-}
-
-// stop ends the mosquitto process this test started (by its pid) and waits.
-func (m *mosquitto) stop() {
-	if m.cmd == nil {
-		return
-	}
-	_ = m.cmd.Process.Kill()
-	_ = m.cmd.Wait()
-	m.cmd = nil
-}
-
 func TestExternalBroker(t *testing.T) {
-	mq := startMosquitto(t)
-	ts := newTestServer(t, func(o *controlplane.Options) { o.MQTTURL = mq.url() })
-	assert.Equal(t, mq.url(), ts.BrokerURL())
+	mq := testkit.StartMosquitto(t)
+	ts := newTestServer(t, func(o *controlplane.Options) { o.MQTTURL = mq.URL() })
+	assert.Equal(t, mq.URL(), ts.BrokerURL())
 	creds := ts.register("dev-1", nil)
-	assert.Equal(t, mq.url(), creds.BrokerURL)
+	assert.Equal(t, mq.URL(), creds.BrokerURL)
 	a := trainedModel(t, 1)
 	ts.mustUpload("fraud", "v1", a)
 	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
@@ -127,9 +52,8 @@ func TestExternalBroker(t *testing.T) {
 
 	// mosquitto restarts without persistence: its retained store is empty
 	// until the control plane reconnects and publishes everything again.
-	mq.stop()
-	mq.start()
-	c2, err := dialDevice(mq.url(), "dev-1b", "")
+	mq.Restart()
+	c2, err := dialDevice(mq.URL(), "dev-1b", "")
 	require.NoError(t, err)
 	defer c2.Disconnect(50)
 	manifests := subscribe(t, c2, sc.Manifest("fraud", "v1"))
@@ -149,8 +73,8 @@ func TestExternalBroker(t *testing.T) {
 // split over a shared subscription: every report is aggregated exactly
 // once (three plain subscriptions would each get every report).
 func TestExternalBrokerSharedIngest(t *testing.T) {
-	mq := startMosquitto(t)
-	ts := newTestServer(t, func(o *controlplane.Options) { o.MQTTURL = mq.url(); o.IngestConnections = 3 })
+	mq := testkit.StartMosquitto(t)
+	ts := newTestServer(t, func(o *controlplane.Options) { o.MQTTURL = mq.URL(); o.IngestConnections = 3 })
 	creds := ts.register("dev-1", nil)
 	ts.mustUpload("fraud", "v1", trainedModel(t, 1))
 	c := deviceClient(t, creds)

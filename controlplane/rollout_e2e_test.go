@@ -19,7 +19,9 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/cli"
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/infer"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 )
 
 // Rollouts with real agents: the real control plane (REST API, embedded
@@ -69,44 +71,14 @@ func startRolloutFleet(t *testing.T) *rolloutFleet {
 func (f *rolloutFleet) startCP() {
 	t := f.t
 	t.Helper()
-	var once sync.Once
-	tokenCh := make(chan string, 1)
-	cp, err := controlplane.New(controlplane.Options{
-		DataDir:         filepath.Join(f.dir, "cp"),
-		APIListen:       "127.0.0.1:0",
-		MQTTListen:      f.mqtt,
-		Runtime:         f.rt,
-		RolloutInterval: 50 * time.Millisecond,
-		RolloutMetrics:  f.metrics,
-		OnInitialToken:  func(tok string) { once.Do(func() { tokenCh <- tok }) },
+	cp := fleettest.StartControlPlane(t, f.rt, func(o *controlplane.Options) {
+		o.DataDir, o.MQTTListen = filepath.Join(f.dir, "cp"), f.mqtt
+		o.RolloutInterval = 50 * time.Millisecond
+		o.RolloutMetrics = f.metrics
 	})
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cp.Run(ctx) }()
-	var stopOnce sync.Once
-	f.stop = func() {
-		stopOnce.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				assert.NoError(t, err)
-			case <-time.After(20 * time.Second):
-				t.Error("control plane did not stop within 20s")
-			}
-		})
-	}
-	t.Cleanup(f.stop)
-	select {
-	case <-cp.Ready():
-	case err := <-done:
-		t.Fatalf("control plane stopped: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("control plane not ready within 30s")
-	}
-	f.cp = cp
+	f.cp, f.stop = cp.Server, cp.Stop
 	if f.token == "" {
-		f.token = <-tokenCh
+		f.token = cp.Token
 		f.mqtt = strings.TrimPrefix(cp.BrokerURL(), "tcp://")
 	}
 }
@@ -147,27 +119,7 @@ func (f *rolloutFleet) addAgent(id string, labels ...string) (toggle func()) {
 	start := func() {
 		a, err := agent.New(opts)
 		require.NoError(t, err)
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- a.Run(ctx) }()
-		var once sync.Once
-		stop = func() {
-			once.Do(func() {
-				cancel()
-				select {
-				case err := <-done:
-					assert.NoError(t, err)
-				case <-time.After(20 * time.Second):
-					t.Error("agent did not stop within 20s")
-				}
-			})
-		}
-		t.Cleanup(stop)
-		select {
-		case <-a.Ready():
-		case err := <-done:
-			t.Fatalf("agent stopped: %v", err)
-		}
+		stop = testkit.Start(t, "agent "+id, a.Run, a.Ready())
 	}
 	start()
 	running := true

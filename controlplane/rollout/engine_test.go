@@ -16,6 +16,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/audit"
 	"github.com/edgefleet/edgefleet/internal/store"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 )
 
 // fakeFleet is the devices' side: desired states the fake issuer wrote and
@@ -116,23 +117,6 @@ func (f *fakeFleet) on(v string) []string {
 	return out
 }
 
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 type fakeMetrics struct {
 	mu  sync.Mutex
 	fig map[string]Figures
@@ -155,7 +139,7 @@ type env struct {
 	t       *testing.T
 	kv      *store.KV
 	fleet   *fakeFleet
-	clock   *fakeClock
+	clock   *testkit.Clock
 	metrics *fakeMetrics
 	audit   *audit.Log
 	e       *Engine
@@ -166,7 +150,7 @@ func newEnv(t *testing.T) *env {
 	db, err := store.Open(store.Options{Dir: t.TempDir(), Profile: store.ProfileServer})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = db.Close() })
-	clock := &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	clock := testkit.NewClock(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
 	al, err := audit.Open(db.Namespace("audit"), clock.Now)
 	require.NoError(t, err)
 	v := &env{t: t, kv: db.Namespace("rollouts"), fleet: newFakeFleet(), clock: clock,
@@ -232,13 +216,13 @@ func TestPromotionThroughStagesRespectsBakeTime(t *testing.T) {
 	assert.Len(t, v.fleet.on("2.0.0"), 1, "the canary stage assigns one device")
 
 	v.fleet.settle(nil)
-	v.clock.Advance(29 * time.Second)
+	v.clock.Add(29 * time.Second)
 	v.e.Tick(ctx)
 	st := v.get(r.ID)
 	assert.Equal(t, 0, st.Stage, "bake time not over: still the canary")
 	assert.Contains(t, st.Stages[0].Waiting, "bake time")
 
-	v.clock.Advance(time.Second)
+	v.clock.Add(time.Second)
 	v.e.Tick(ctx)
 	st = v.get(r.ID)
 	assert.Equal(t, 1, st.Stage)
@@ -248,11 +232,11 @@ func TestPromotionThroughStagesRespectsBakeTime(t *testing.T) {
 	assert.Len(t, v.fleet.on("2.0.0"), 5, "50% of 10")
 
 	v.fleet.settle(nil)
-	v.clock.Advance(30 * time.Second)
+	v.clock.Add(30 * time.Second)
 	v.e.Tick(ctx)
 	assert.Len(t, v.fleet.on("2.0.0"), 10)
 	v.fleet.settle(nil)
-	v.clock.Advance(30 * time.Second)
+	v.clock.Add(30 * time.Second)
 	v.e.Tick(ctx)
 	st = v.get(r.ID)
 	assert.Equal(t, api.RolloutCompleted, st.State)
@@ -287,7 +271,7 @@ func TestMinDevicesAndManualPromotion(t *testing.T) {
 		v.fleet.devs[id].Report = Report{State: "downloading", TargetVersion: "2.0.0", ActiveVersion: "1.0.0", Generation: v.fleet.gen[id]}
 		v.fleet.mu.Unlock()
 	}
-	v.clock.Advance(time.Minute)
+	v.clock.Add(time.Minute)
 	v.e.Tick(ctx)
 	st := v.get(r.ID)
 	assert.Equal(t, api.RolloutRunning, st.State)
@@ -298,7 +282,7 @@ func TestMinDevicesAndManualPromotion(t *testing.T) {
 	v.e.Tick(ctx)
 	st = v.get(r.ID)
 	assert.Equal(t, api.RolloutWaitingPromotion, st.State, "no auto-promote: waits for an operator")
-	v.clock.Advance(time.Hour)
+	v.clock.Add(time.Hour)
 	v.e.Tick(ctx)
 	assert.Len(t, v.fleet.on("2.0.0"), 5, "nothing more assigned without promote")
 
@@ -326,7 +310,7 @@ func TestFailureRateBreach(t *testing.T) {
 			require.Len(t, canary, 2)
 			// One of two canaries fails: 0.5 > 0.2.
 			v.fleet.settle(func(id, version string) bool { return id == canary[0] && version == "2.0.0" })
-			v.clock.Advance(10 * time.Second)
+			v.clock.Add(10 * time.Second)
 			v.e.Tick(ctx)
 			v.e.Tick(ctx)
 			st := v.get(r.ID)
@@ -377,7 +361,7 @@ func TestAccuracyDropRollsBack(t *testing.T) {
 	v.fleet.settle(nil)
 	v.metrics.set("1.0.0", Figures{Accuracy: 0.95, Labelled: 5000})
 	v.metrics.set("2.0.0", Figures{Accuracy: 0.80, Labelled: 150, DriftScore: 0.1})
-	v.clock.Advance(time.Minute)
+	v.clock.Add(time.Minute)
 	v.e.Tick(ctx)
 	st := v.get(r.ID)
 	assert.Equal(t, api.RolloutRunning, st.State, "too few labelled predictions to judge")
@@ -404,7 +388,7 @@ func TestDriftAndGoodQualityPass(t *testing.T) {
 	v.fleet.settle(nil)
 	v.metrics.set("1.0.0", Figures{Accuracy: 0.90, Labelled: 50})
 	v.metrics.set("2.0.0", Figures{Accuracy: 0.89, Labelled: 50, DriftScore: 0.7})
-	v.clock.Advance(time.Minute)
+	v.clock.Add(time.Minute)
 	v.e.Tick(ctx)
 	st := v.get(r.ID)
 	assert.Equal(t, api.RolloutPaused, st.State, "drift 0.7 > 0.5 pauses (default on_breach)")
@@ -415,7 +399,7 @@ func TestDriftAndGoodQualityPass(t *testing.T) {
 	require.NoError(t, err)
 	v.e.Tick(ctx)
 	assert.Equal(t, api.RolloutRunning, v.get(r.ID).State, "resume restarts the bake time")
-	v.clock.Advance(time.Minute)
+	v.clock.Add(time.Minute)
 	v.e.Tick(ctx)
 	st = v.get(r.ID)
 	assert.Equal(t, api.RolloutCompleted, st.State)
@@ -434,7 +418,7 @@ func TestPauseResumeAbort(t *testing.T) {
 	assert.Equal(t, api.RolloutPaused, st.State)
 	assert.Equal(t, "paused by alice", st.Reason)
 	v.fleet.settle(nil)
-	v.clock.Advance(time.Hour)
+	v.clock.Add(time.Hour)
 	v.e.Tick(ctx)
 	assert.Len(t, v.fleet.on("2.0.0"), 1, "paused: no promotion")
 	_, err = v.e.Pause(ctx, r.ID, "alice")
@@ -444,7 +428,7 @@ func TestPauseResumeAbort(t *testing.T) {
 	require.NoError(t, err)
 	v.e.Tick(ctx)
 	assert.Len(t, v.fleet.on("2.0.0"), 1, "resume restarts the bake time")
-	v.clock.Advance(time.Second)
+	v.clock.Add(time.Second)
 	v.e.Tick(ctx)
 	assert.Len(t, v.fleet.on("2.0.0"), 5)
 
@@ -452,7 +436,7 @@ func TestPauseResumeAbort(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, api.RolloutAborted, st.State)
 	v.fleet.settle(nil)
-	v.clock.Advance(time.Hour)
+	v.clock.Add(time.Hour)
 	v.e.Tick(ctx)
 	assert.Len(t, v.fleet.on("2.0.0"), 5, "aborted: devices keep what they got, nothing more")
 	_, err = v.e.Resume(ctx, r.ID, "alice")
@@ -480,7 +464,7 @@ func TestManualRollbackOfOneGroupAndDevice(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, a, v.fleet.on("2.0.0"), "stage 1 is the site=a group")
 	v.fleet.settle(nil)
-	v.clock.Advance(time.Second)
+	v.clock.Add(time.Second)
 	v.e.Tick(ctx)
 	require.Len(t, v.fleet.on("2.0.0"), 8)
 	v.fleet.settle(nil)
@@ -491,7 +475,7 @@ func TestManualRollbackOfOneGroupAndDevice(t *testing.T) {
 	assert.Equal(t, a, v.fleet.on("2.0.0"))
 	assert.Equal(t, b, v.fleet.on("1.0.0"))
 	v.fleet.settle(nil)
-	v.clock.Advance(time.Second)
+	v.clock.Add(time.Second)
 	v.e.Tick(ctx)
 	st = v.get(r.ID)
 	assert.Equal(t, api.RolloutCompleted, st.State)
@@ -525,7 +509,7 @@ func TestDynamicTargetsAndOfflineDevices(t *testing.T) {
 	r, err := v.e.Create(ctx, spec, "admin")
 	require.NoError(t, err)
 	v.fleet.settle(nil)
-	v.clock.Advance(time.Second)
+	v.clock.Add(time.Second)
 	v.e.Tick(ctx)
 	require.Len(t, v.fleet.on("2.0.0"), 4)
 
@@ -546,7 +530,7 @@ func TestDynamicTargetsAndOfflineDevices(t *testing.T) {
 	st := v.get(r.ID)
 	assert.Equal(t, api.RolloutRunning, st.State, "late has not reported yet")
 	v.fleet.settle(nil)
-	v.clock.Advance(time.Second)
+	v.clock.Add(time.Second)
 	v.e.Tick(ctx)
 	st = v.get(r.ID)
 	assert.Equal(t, api.RolloutCompleted, st.State, st.Stages[1].Waiting)
@@ -562,7 +546,7 @@ func TestRestartContinuesWhereItWas(t *testing.T) {
 	r, err := v.e.Create(ctx, threeStages(10*time.Second), "admin")
 	require.NoError(t, err)
 	v.fleet.settle(nil)
-	v.clock.Advance(10 * time.Second)
+	v.clock.Add(10 * time.Second)
 	v.e.Tick(ctx)
 	before := v.get(r.ID)
 	require.Equal(t, 1, before.Stage)
@@ -574,10 +558,10 @@ func TestRestartContinuesWhereItWas(t *testing.T) {
 	assert.Equal(t, before.Stages, after.Stages)
 	v.e.Tick(ctx)
 	v.fleet.settle(nil)
-	v.clock.Advance(10 * time.Second)
+	v.clock.Add(10 * time.Second)
 	v.e.Tick(ctx)
 	v.fleet.settle(nil)
-	v.clock.Advance(10 * time.Second)
+	v.clock.Add(10 * time.Second)
 	v.e.Tick(ctx)
 	assert.Equal(t, api.RolloutCompleted, v.get(r.ID).State)
 	for _, id := range ids {
@@ -642,30 +626,30 @@ func TestScheduleStartWindowAndRate(t *testing.T) {
 	assert.Equal(t, api.RolloutPending, v.get(r.ID).State)
 	assert.Empty(t, v.fleet.on("2.0.0"), "before start_at")
 
-	v.clock.Advance(time.Hour) // 13:00: started, outside the windows
+	v.clock.Add(time.Hour) // 13:00: started, outside the windows
 	v.e.Tick(ctx)
 	assert.Equal(t, api.RolloutRunning, v.get(r.ID).State)
 	assert.Empty(t, v.fleet.on("2.0.0"), "outside the maintenance windows")
 
-	v.clock.Advance(30 * time.Minute) // 13:30: inside
+	v.clock.Add(30 * time.Minute) // 13:30: inside
 	v.e.Tick(ctx)
 	assert.Len(t, v.fleet.on("2.0.0"), 4, "at most 4 per minute")
 	v.fleet.settle(nil)
-	v.clock.Advance(30 * time.Second)
+	v.clock.Add(30 * time.Second)
 	v.e.Tick(ctx)
 	st := v.get(r.ID)
 	assert.Equal(t, api.RolloutRunning, st.State, "not every device of the stage is assigned yet")
 	assert.Contains(t, st.Stages[0].Waiting, "at most 4 per minute")
-	v.clock.Advance(30 * time.Second)
+	v.clock.Add(30 * time.Second)
 	v.e.Tick(ctx)
 	assert.Len(t, v.fleet.on("2.0.0"), 6)
 	v.fleet.settle(nil)
-	v.clock.Advance(29 * time.Minute) // 14:29: outside again
+	v.clock.Add(29 * time.Minute) // 14:29: outside again
 	v.e.Tick(ctx)
 	st = v.get(r.ID)
 	assert.Equal(t, api.RolloutRunning, st.State)
 	assert.Contains(t, st.Stages[0].Waiting, "outside the maintenance windows")
-	v.clock.Advance(9 * time.Hour) // 23:29: inside the window that wraps midnight
+	v.clock.Add(9 * time.Hour) // 23:29: inside the window that wraps midnight
 	v.e.Tick(ctx)
 	assert.Equal(t, api.RolloutCompleted, v.get(r.ID).State)
 
@@ -759,7 +743,7 @@ func TestStageWaitsForDevicesAfterARestart(t *testing.T) {
 		v.fleet.settle(nil) // only d-1 is connected: it alone gets there
 
 		// The restart, past the bake time.
-		v.clock.Advance(2 * time.Second)
+		v.clock.Add(2 * time.Second)
 		v.e = v.engine()
 		v.e.Tick(ctx)
 		st := v.get(r.ID)
@@ -779,7 +763,7 @@ func TestStageWaitsForDevicesAfterARestart(t *testing.T) {
 			assert.Equal(t, 4, st.Stages[0].Devices.Active, "the stage passed on all four")
 			continue
 		}
-		v.clock.Advance(DefaultPresenceGrace)
+		v.clock.Add(DefaultPresenceGrace)
 		v.e.Tick(ctx)
 		st = v.get(r.ID)
 		assert.Equal(t, api.RolloutCompleted, st.State, "after the grace the offline devices keep their assignment and do not block")

@@ -22,6 +22,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/cli"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/oip"
 )
@@ -60,39 +61,13 @@ func startControlPlane(t *testing.T, adjust func(*controlplane.Options)) *contro
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = rt.Close() })
 	dir := t.TempDir()
-	tokenCh := make(chan string, 1)
-	opts := controlplane.Options{
-		DataDir:        filepath.Join(dir, "cp"),
-		APIListen:      "127.0.0.1:0",
-		MQTTListen:     "127.0.0.1:0",
-		Runtime:        rt,
-		OnInitialToken: func(tok string) { tokenCh <- tok },
-	}
-	if adjust != nil {
-		adjust(&opts)
-	}
-	srv, err := controlplane.New(opts)
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			assert.NoError(t, err)
-		case <-time.After(20 * time.Second):
-			t.Error("control plane did not stop within 20s")
+	cp := fleettest.StartControlPlane(t, rt, func(o *controlplane.Options) {
+		o.DataDir = filepath.Join(dir, "cp")
+		if adjust != nil {
+			adjust(o)
 		}
 	})
-	select {
-	case <-srv.Ready():
-	case err := <-done:
-		t.Fatalf("control plane stopped: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("control plane not ready within 30s")
-	}
-	return &controlPlane{t: t, srv: srv, rt: rt, token: <-tokenCh, dir: dir}
+	return &controlPlane{t: t, srv: cp.Server, rt: rt, token: cp.Token, dir: dir}
 }
 
 // cli runs an edgefleet command against the control plane.

@@ -3,16 +3,15 @@ package scenario
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/fleet-sim/sim"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/infer"
 )
 
@@ -21,22 +20,8 @@ import (
 // `fleet-sim run --api` does.
 func startExternalControlPlane(t *testing.T, rt *infer.Runtime) *sim.RemoteControlPlane {
 	t.Helper()
-	tokens := make(chan string, 1)
-	cp, err := controlplane.New(controlplane.Options{
-		DataDir: filepath.Join(t.TempDir(), "cp"), APIListen: "127.0.0.1:0", MQTTListen: "127.0.0.1:0", Runtime: rt,
-		OnInitialToken: func(tok string) { tokens <- tok },
-	})
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cp.Run(ctx) }()
-	t.Cleanup(func() { cancel(); assert.NoError(t, <-done) })
-	select {
-	case <-cp.Ready():
-	case err := <-done:
-		t.Fatalf("control plane stopped: %v", err)
-	}
-	return &sim.RemoteControlPlane{APIURL: cp.APIURL(), Token: <-tokens}
+	cp := fleettest.StartControlPlane(t, rt, nil)
+	return &sim.RemoteControlPlane{APIURL: cp.APIURL(), Token: cp.Token}
 }
 
 const remoteRollout = `name: remote-rollout

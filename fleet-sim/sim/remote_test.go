@@ -2,15 +2,14 @@ package sim
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/infer"
 )
@@ -26,22 +25,8 @@ func TestFleetAgainstRemoteControlPlane(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = rt.Close() })
 
-	tokens := make(chan string, 1)
-	cp, err := controlplane.New(controlplane.Options{
-		DataDir: filepath.Join(t.TempDir(), "cp"), APIListen: "127.0.0.1:0", MQTTListen: "127.0.0.1:0", Runtime: rt,
-		OnInitialToken: func(tok string) { tokens <- tok },
-	})
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cp.Run(ctx) }()
-	t.Cleanup(func() { cancel(); assert.NoError(t, <-done) })
-	select {
-	case <-cp.Ready():
-	case err := <-done:
-		t.Fatalf("control plane stopped: %v", err)
-	}
-	remote := &RemoteControlPlane{APIURL: cp.APIURL(), Token: <-tokens}
+	cp := fleettest.StartControlPlane(t, rt, nil)
+	remote := &RemoteControlPlane{APIURL: cp.APIURL(), Token: cp.Token}
 
 	devs, err := FleetSpec{Sites: 1, DevicesPerSite: 3}.Expand()
 	require.NoError(t, err)
