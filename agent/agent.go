@@ -196,6 +196,7 @@ type Agent struct {
 	gen      atomic.Uint64 // mirror of u.generation for Generation()
 	dropped  atomic.Uint64 // malformed or unexpected MQTT payloads
 	refused  atomic.Uint64 // well-formed documents refused by a check
+	chunks   atomic.Uint64 // chunks accepted into a download (ChunksReceived)
 	ready    chan struct{}
 	runOnce  atomic.Bool
 	infAddr  atomic.Value // string
@@ -442,6 +443,12 @@ func (a *Agent) send(ctx context.Context, ev event) {
 // agent on the same state resumes that phase. It is for fault injection:
 // fleet-sim holds agents at a phase and restarts them there.
 type PhaseHook func(ctx context.Context, model, version, phase string)
+
+// ChunksReceived is how many chunks this agent has accepted into its
+// downloads since it was made: each matched the signed manifest and was not
+// a duplicate. It only grows; fleet-sim reads it to tell a slow download
+// from a stalled one.
+func (a *Agent) ChunksReceived() uint64 { return a.chunks.Load() }
 
 // SetPhaseHook sets the hook called as updates enter a phase (nil removes
 // it). It may be called on a running agent.

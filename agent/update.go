@@ -645,6 +645,7 @@ func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
 	if !added {
 		return
 	}
+	a.chunks.Add(1)
 	s.lastProgress = time.Now()
 	delete(s.inflight, c.Index)
 	a.crashPoint("chunk")
