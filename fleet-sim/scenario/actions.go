@@ -800,11 +800,9 @@ func (h *HoldAtPhase) Run(_ context.Context, env *Env) (string, error) {
 	rec := &heldAgents{model: h.Model, version: h.Version, phase: h.Phase, armed: ms,
 		held: map[string]time.Time{}, interrupted: map[string]bool{}}
 	for _, m := range ms {
-		a := m.Agent()
-		if a == nil {
-			return "", fmt.Errorf("%s has no running agent", m.Device.ID)
+		if err := m.SetPhaseHook(rec.hook(m.Device.ID)); err != nil {
+			return "", err
 		}
-		a.SetPhaseHook(rec.hook(m.Device.ID))
 	}
 	h.held = rec
 	return fmt.Sprintf("%d agents will stop as they enter %s of %s", len(ms), h.Phase, h.target()), nil

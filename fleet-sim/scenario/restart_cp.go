@@ -35,7 +35,7 @@ func (r *RestartControlPlane) CheckTarget(_ *Scenario, remote bool) error {
 // Run implements Action.
 func (r *RestartControlPlane) Run(ctx context.Context, env *Env) (string, error) {
 	t0 := time.Now()
-	if err := env.Fleet.RestartControlPlane(ctx, env.Real(r.Down)); err != nil {
+	if err := env.Fleet.RestartControlPlane(ctx, env.Real(r.Down), nil); err != nil {
 		return "", err
 	}
 	return fmt.Sprintf("control plane and broker down for %v, serving again after %v", r.Down, time.Since(t0).Round(time.Millisecond)), nil
