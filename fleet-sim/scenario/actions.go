@@ -344,12 +344,13 @@ func (d *Deploy) Run(ctx context.Context, env *Env) (string, error) {
 	return fmt.Sprintf("%s@%s issued to %d devices", d.Model, d.Version, len(res.Devices)), nil
 }
 
-// WaitActive waits until every selected device serves model@version.
+// WaitActive waits until every selected device serves model@version. Its
+// timeout and max_timeout work as every wait's (see WaitLimits).
 type WaitActive struct {
-	Model    string        `yaml:"model"`
-	Version  string        `yaml:"version"`
-	Selector string        `yaml:"selector"`
-	Timeout  time.Duration `yaml:"timeout"`
+	Model      string `yaml:"model"`
+	Version    string `yaml:"version"`
+	Selector   string `yaml:"selector"`
+	WaitLimits `yaml:",inline"`
 }
 
 // Validate implements the optional validation.
@@ -357,7 +358,7 @@ func (w *WaitActive) Validate(*Scenario) error {
 	if w.Model == "" || w.Version == "" {
 		return errors.New("model and version are required")
 	}
-	return nil
+	return w.WaitLimits.validate()
 }
 
 // Run implements Action.
@@ -365,33 +366,40 @@ func (w *WaitActive) Run(ctx context.Context, env *Env) (string, error) {
 	start := env.Since()
 	check := &AllActive{Model: w.Model, Version: w.Version, Selector: w.Selector}
 	var why string
-	bound, named := env.waitBound(w.Timeout)
-	err := poll(ctx, bound, func() bool {
+	res, err := env.wait(ctx, waitSpec{limits: w.WaitLimits}, func() bool {
 		var ok bool
 		ok, why = check.Check(env)
 		return ok
 	})
 	if err != nil {
-		return "", fmt.Errorf("not every device active on %s@%s after %s: %s", w.Model, w.Version, named, why)
+		return "", fmt.Errorf("not every device active on %s@%s: %s; %w", w.Model, w.Version, why, err)
 	}
 	ms, _ := env.Select(w.Selector)
-	return fmt.Sprintf("%d devices active on %s@%s after %.2fs", len(ms), w.Model, w.Version, (env.Since() - start).Seconds()), nil
+	return fmt.Sprintf("%d devices active on %s@%s after %.2fs%s", len(ms), w.Model, w.Version, (env.Since() - start).Seconds(), res.note()), nil
 }
 
 // WaitPhase waits until enough selected devices are in an update phase
-// (manifest, downloading, verifying, staging) of model (and version).
+// (manifest, downloading, verifying, staging) of model (and version) at
+// the same moment, as polled every 25ms. A phase shorter than that may
+// never be seen: when the wait fails it says how many devices entered the
+// phase (as their agents report it, see sim.Member.PhaseEntries) and left
+// it unseen. Its timeout and max_timeout work as every wait's (see
+// WaitLimits).
 type WaitPhase struct {
-	Model   string        `yaml:"model"`
-	Version string        `yaml:"version"`
-	Phase   string        `yaml:"phase"`
-	Pick    Pick          `yaml:",inline"`
-	Timeout time.Duration `yaml:"timeout"`
+	Model      string `yaml:"model"`
+	Version    string `yaml:"version"`
+	Phase      string `yaml:"phase"`
+	Pick       Pick   `yaml:",inline"`
+	WaitLimits `yaml:",inline"`
 }
 
 // Validate implements the optional validation.
 func (w *WaitPhase) Validate(*Scenario) error {
 	if w.Model == "" || w.Phase == "" {
 		return errors.New("model and phase are required")
+	}
+	if err := w.WaitLimits.validate(); err != nil {
+		return err
 	}
 	return w.Pick.validate()
 }
@@ -409,22 +417,46 @@ func (w *WaitPhase) Run(ctx context.Context, env *Env) (string, error) {
 	case w.Pick.Fraction > 0:
 		want = int(float64(len(all))*w.Pick.Fraction + 0.5)
 	}
-	var have int
-	bound, named := env.waitBound(w.Timeout)
-	err = poll(ctx, bound, func() bool {
+	entered := make([]uint64, len(all)) // phase entries before the step
+	for i, m := range all {
+		entered[i] = m.PhaseEntries(w.Model, w.Version, w.Phase)
+	}
+	seen := make([]bool, len(all)) // seen in the phase by a poll
+	var have, most int
+	res, err := env.wait(ctx, waitSpec{limits: w.WaitLimits}, func() bool {
 		have = 0
-		for _, m := range all {
+		for i, m := range all {
 			s := Status(m, w.Model)
 			if s.Phase == w.Phase && (w.Version == "" || s.Target == w.Version) {
 				have++
+				seen[i] = true
 			}
 		}
+		most = max(most, have)
 		return have >= want
 	})
 	if err != nil {
-		return "", fmt.Errorf("only %d of the %d wanted devices reached phase %s of %s after %s", have, want, w.Phase, w.Model, named)
+		target := w.Model
+		if w.Version != "" {
+			target += "@" + w.Version
+		}
+		msg := fmt.Sprintf("only %d of the %d wanted devices were in phase %s of %s at the same moment (at most %d)", have, want, w.Phase, target, most)
+		unseen := 0
+		for i, m := range all {
+			if !seen[i] && m.PhaseEntries(w.Model, w.Version, w.Phase) > entered[i] {
+				unseen++
+			}
+		}
+		if unseen > 0 {
+			hint := "hold_at_phase holds devices there"
+			if w.Phase == "downloading" {
+				hint = "throttle the download (network: {proxy: true} and a throttle step) to hold devices there"
+			}
+			msg += fmt.Sprintf("; %d devices entered %s and left it between polls: the phase is too short to catch; %s", unseen, w.Phase, hint)
+		}
+		return "", fmt.Errorf("%s; %w", msg, err)
 	}
-	return fmt.Sprintf("%d devices in phase %s", have, w.Phase), nil
+	return fmt.Sprintf("%d devices in phase %s%s", have, w.Phase, res.note()), nil
 }
 
 // Restart stops agents and starts them again on the same state (as after a
@@ -655,30 +687,6 @@ func (s *Sleep) Run(ctx context.Context, env *Env) (string, error) {
 	}
 }
 
-// pollInterval is how often waits re-check the fleet.
-const pollInterval = 25 * time.Millisecond
-
-// poll calls cond until it is true, timeout (real time: convert a
-// scenario's with Env.Real or Env.waitBound) passes or ctx ends.
-func poll(ctx context.Context, timeout time.Duration, cond func() bool) error {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(pollInterval)
-	defer tick.Stop()
-	for {
-		if cond() {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-deadline.C:
-			return errors.New("timed out")
-		case <-tick.C:
-		}
-	}
-}
-
 // SkewClock sets the picked devices' clocks off by By (negative: behind).
 type SkewClock struct {
 	Pick Pick          `yaml:",inline"`
@@ -835,11 +843,11 @@ func holdsBefore(sc *Scenario, a Action) []*HoldAtPhase {
 // committed version and reports that phase, restarts them all (as a crash
 // would: the new agent resumes from the persisted phase), and checks that
 // each held agent was stopped right there. Agents that never reach their
-// phase within Timeout (default 1m) make it fail, after the held ones are
-// restarted. The report's figures get interrupted_<phase>: how many agents
-// were interrupted in that phase.
+// phase within its wait (timeout and max_timeout, see WaitLimits) make it
+// fail, after the held ones are restarted. The report's figures get
+// interrupted_<phase>: how many agents were interrupted in that phase.
 type RestartHeld struct {
-	Timeout time.Duration `yaml:"timeout"`
+	WaitLimits `yaml:",inline"`
 }
 
 // Validate implements the optional validation.
@@ -847,7 +855,7 @@ func (r *RestartHeld) Validate(sc *Scenario) error {
 	if len(holdsBefore(sc, r)) == 0 {
 		return errors.New("needs a hold_at_phase step above it")
 	}
-	return nil
+	return r.WaitLimits.validate()
 }
 
 // Run implements Action.
@@ -863,8 +871,7 @@ func (r *RestartHeld) Run(ctx context.Context, env *Env) (string, error) {
 	if total == 0 {
 		return "", errors.New("no agent is armed")
 	}
-	bound, _ := env.waitBound(r.Timeout)
-	waitErr := poll(ctx, bound, func() bool {
+	_, waitErr := env.wait(ctx, waitSpec{limits: r.WaitLimits}, func() bool {
 		for _, rec := range recs {
 			for _, m := range rec.armed {
 				if _, ok := rec.isHeld(m.Device.ID); !ok {
@@ -937,7 +944,7 @@ func (r *RestartHeld) Run(ctx context.Context, env *Env) (string, error) {
 		errs = append(errs, fmt.Errorf("%d held agents did not show their phase with the committed version answering: %s", wrong.n, wrong.String()))
 	}
 	if missed.n > 0 {
-		errs = append(errs, fmt.Errorf("%d of %d armed agents never reached their phase (%v): %s", missed.n, total, waitErr, missed.String()))
+		errs = append(errs, fmt.Errorf("%d of %d armed agents never reached their phase: %s; %v", missed.n, total, missed.String(), waitErr))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return "", err

@@ -34,6 +34,10 @@ type Env struct {
 	Models map[string]*fraud.Artifact
 
 	rec *recorder
+	// progress reads the fleet's progress count for waits (Run sets it to
+	// the fleet's Progress; nil: none); waits tunes them (zero: defaults).
+	progress func() uint64
+	waits    waitTuning
 	// rollouts maps scenario rollout names to ids; only the Run goroutine
 	// (timeline, then assertions) touches it.
 	rollouts map[string]string
@@ -47,22 +51,6 @@ func (e *Env) Since() time.Duration { return e.Clock.Simulated(time.Since(e.Star
 
 // Real is the real time a simulated duration d takes.
 func (e *Env) Real(d time.Duration) time.Duration { return e.Clock.Real(d) }
-
-// defaultWait bounds a wait whose step gives no timeout: a minute of real
-// time, whatever the clock's speed (a simulated minute may be a blink).
-const defaultWait = time.Minute
-
-// waitBound is the real time a wait with timeout (simulated; 0: the
-// default) may take, and the timeout as an error message names it.
-func (e *Env) waitBound(timeout time.Duration) (time.Duration, string) {
-	if timeout <= 0 {
-		if e.Clock.Speed() != 1 {
-			return defaultWait, defaultWait.String() + " of real time"
-		}
-		return defaultWait, defaultWait.String()
-	}
-	return e.Real(timeout), timeout.String()
-}
 
 // SetFigure records a named figure for the report.
 func (e *Env) SetFigure(name string, v any) {

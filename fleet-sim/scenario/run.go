@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/fleet-sim/sim"
 	"github.com/edgefleet/edgefleet/internal/fraud"
+	"github.com/edgefleet/edgefleet/internal/hostload"
 	"github.com/edgefleet/edgefleet/internal/infer"
 )
 
@@ -105,7 +106,9 @@ func Run(ctx context.Context, sc *Scenario, opts RunOptions) (*Report, error) {
 	fmt.Fprintf(progress, "fleet-sim: %d agents ready in %.2fs\n", len(devices), rep.StartSeconds)
 
 	env := &Env{Fleet: f, Scenario: sc, Start: time.Now(), Clock: clock, Progress: progress,
-		Models: map[string]*fraud.Artifact{}, figures: map[string]any{}, rollouts: map[string]string{}}
+		Models: map[string]*fraud.Artifact{}, figures: map[string]any{}, rollouts: map[string]string{},
+		progress: func() uint64 { return f.Progress().Total() }}
+	loadStart := hostload.Read()
 	env.rec = newRecorder(env.Start, clock)
 	if t := sc.Traffic; t != nil {
 		tp, _ := t.Params.Fraud() // validated at load
@@ -181,6 +184,8 @@ func Run(ctx context.Context, sc *Scenario, opts RunOptions) (*Report, error) {
 		rep.Network = &NetworkFigures{BytesToDevices: in, BytesFromDevices: out, Connections: p.Accepted(), CorruptedChunks: p.Corrupted()}
 	}
 	rep.DurationSeconds = env.Since().Seconds()
+	load := hostload.Since(loadStart)
+	rep.Load = &load
 	if clock != nil {
 		rep.RealSeconds = time.Since(env.Start).Seconds()
 	}
@@ -260,7 +265,14 @@ func runAssertions(ctx context.Context, env *Env, progress io.Writer) []Assertio
 		r.Passed = check()
 		if !r.Passed {
 			if rest := c.Assertion.Deadline() - env.Since(); rest > 0 {
-				r.Passed = poll(ctx, env.Real(rest), check) == nil
+				// Its cap is 3× within, from the start of the run too.
+				d := c.Assertion.Deadline()
+				limits := WaitLimits{Timeout: rest, MaxTimeout: capFactor*d - (d - rest)}
+				named := fmt.Sprintf("%v (within, from the start of the run)", d)
+				_, err := env.wait(ctx, waitSpec{limits: limits, named: named}, check)
+				if r.Passed = err == nil; !r.Passed {
+					why += "; " + err.Error()
+				}
 			}
 		}
 		if !r.Passed {
