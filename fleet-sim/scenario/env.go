@@ -59,6 +59,19 @@ func (e *Env) SetFigure(name string, v any) {
 	e.figures[name] = v
 }
 
+// freeFigure is name, or name_2, name_3 ... when name is taken.
+func (e *Env) freeFigure(name string) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	free := name
+	for i := 2; ; i++ {
+		if _, taken := e.figures[free]; !taken {
+			return free
+		}
+		free = fmt.Sprintf("%s_%d", name, i)
+	}
+}
+
 // Select returns the members whose labels match selector ("" is all).
 func (e *Env) Select(selector string) ([]*sim.Member, error) {
 	if selector == "" {
