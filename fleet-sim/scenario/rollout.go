@@ -253,7 +253,11 @@ func (r *RolloutState) Check(env *Env) (bool, string) {
 	}
 	var stages []string
 	for _, s := range st.Stages {
-		stages = append(stages, fmt.Sprintf("%s %+v", s.Name, s.Devices))
+		stage := fmt.Sprintf("%s %+v", s.Name, s.Devices)
+		if s.Waiting != "" {
+			stage += " waiting for " + s.Waiting
+		}
+		stages = append(stages, stage)
 	}
 	why := fmt.Sprintf("rollout %s is %s, want one of %v", r.Rollout, st.State, r.States)
 	if st.Reason != "" {
