@@ -30,6 +30,7 @@ func registerBuiltins(r *Registry) {
 	r.RegisterAction("deploy", func() Action { return &Deploy{} })
 	r.RegisterAction("wait_active", func() Action { return &WaitActive{} })
 	r.RegisterAction("wait_phase", func() Action { return &WaitPhase{} })
+	r.RegisterAction("wait_labelled", func() Action { return &WaitLabelled{} })
 	r.RegisterAction("restart", func() Action { return &Restart{} })
 	r.RegisterAction("disconnect", func() Action { return &Disconnect{} })
 	r.RegisterAction("restart_control_plane", func() Action { return &RestartControlPlane{} })

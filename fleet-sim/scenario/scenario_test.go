@@ -47,6 +47,8 @@ func TestParseRejectsBadFiles(t *testing.T) {
 		{"cap under the timeout", minimal + "timeline:\n  - wait_active: {model: fraud, version: 1, timeout: 10s, max_timeout: 5s}\n", "line 4: wait_active: max_timeout 5s is shorter than timeout 10s"},
 		{"restart at a phase agents do not report", minimal + "timeline:\n  - restart_control_plane: {down: 1s, phase: active}\n", `line 4: restart_control_plane: phase "active": want one of manifest, downloading, verifying, staging`},
 		{"restart min without a phase", minimal + "timeline:\n  - restart_control_plane: {down: 1s, min: 2}\n", "line 4: restart_control_plane: min needs a phase"},
+		{"wait_labelled without labels", minimal + "traffic: {model: fraud, rate: 1}\ntimeline:\n  - wait_labelled: {model: fraud, version: 1, min: 10}\n", "line 5: wait_labelled: needs traffic with a label_fraction"},
+		{"wait_labelled without min", minimal + "timeline:\n  - wait_labelled: {model: fraud, version: 1}\n", "line 4: wait_labelled: model, version and min"},
 		{"alert window under a bucket", minimal + "monitor: {window: 20s, max_psi: 0.2}\n", "window 20s is shorter than the control plane's 1m0s metric buckets"},
 	}
 	for _, tt := range tests {

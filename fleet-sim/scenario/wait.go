@@ -9,10 +9,10 @@ import (
 	"github.com/edgefleet/edgefleet/internal/hostload"
 )
 
-// Waits. Every wait of a scenario (wait_active, wait_phase, wait_rollout,
-// restart_held, and the retry of an assertion until its within) goes
-// through Env.wait, which tells a fleet that makes no progress from one
-// that is slow but progressing, as on a busy CI runner:
+// Waits. Every wait of a scenario (wait_active, wait_phase, wait_labelled,
+// wait_rollout, restart_held, and the retry of an assertion until its
+// within) goes through Env.wait, which tells a fleet that makes no
+// progress from one that is slow but progressing, as on a busy CI runner:
 //
 //   - The step's timeout (simulated, converted to real time; default a
 //     minute of real time) is the nominal bound. A wait whose condition
@@ -29,7 +29,7 @@ import (
 //     by agents, chunks accepted into downloads, agent restarts (read every
 //     250ms without asking agents for their status), plus what the wait
 //     itself counts (wait_rollout: a change of the rollout's state or of a
-//     stage's device counts).
+//     stage's device counts; wait_labelled: new labels).
 //   - The scenario's timeout still bounds the whole run.
 //
 // A failed wait says how long it really waited, whether and why it was
@@ -163,6 +163,9 @@ type waitSpec struct {
 	// named, if set, is how messages name the timeout (and the cap is
 	// named relative to it).
 	named string
+	// every, if set, is how often the condition is checked (default the
+	// tuning's Poll): longer for a condition that asks the control plane.
+	every time.Duration
 	// progress, if set, is what this wait counts as progress besides the
 	// fleet's: any change of it is progress.
 	progress func() uint64
@@ -194,7 +197,11 @@ func (e *Env) wait(ctx context.Context, w waitSpec, cond func() bool) (waited, e
 	var lastProgress time.Time // zero: none since the wait began
 	nextRead := start.Add(tune.ProgressEvery)
 	extended := false
-	tick := time.NewTicker(tune.Poll)
+	every := tune.Poll
+	if w.every > 0 {
+		every = w.every
+	}
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	fail := func(cause error) (waited, error) {
 		now := time.Now()

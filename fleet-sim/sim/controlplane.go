@@ -304,3 +304,15 @@ func (r *RemoteControlPlane) MonitorStats(ctx context.Context) (monitor.Stats, e
 	}
 	return st, nil
 }
+
+// ModelMetrics returns the control plane's monitoring figures of
+// model@version over the last day: GET
+// /api/v1/models/{name}/versions/{version}/metrics.
+func (r *RemoteControlPlane) ModelMetrics(ctx context.Context, model, version string) (*monitor.Result, error) {
+	var out monitor.Result
+	path := "/api/v1/models/" + url.PathEscape(model) + "/versions/" + url.PathEscape(version) + "/metrics?points=1"
+	if err := r.do(ctx, "GET", path, nil, "", &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
