@@ -9,17 +9,20 @@ import (
 )
 
 // Progress counts what the fleet's agents have done since it started:
-// update phases entered, chunks accepted into downloads, agent restarts.
-// Each count only grows. Whoever waits on the fleet compares two readings
-// to tell a fleet that is slow but progressing from one that is stuck.
+// update phases entered, chunks accepted into downloads, agent restarts,
+// and the desired states they accepted (the sum of each agent's latest
+// generation: a rollout moving or rolling back shows there first). Each
+// count only grows. Whoever waits on the fleet compares two readings to
+// tell a fleet that is slow but progressing from one that is stuck.
 type Progress struct {
 	PhaseEntries uint64 `json:"phase_entries"`
 	Chunks       uint64 `json:"chunks"`
 	Restarts     uint64 `json:"restarts"`
+	Desired      uint64 `json:"desired_generations"`
 }
 
 // Total is the sum of the counts: it changes whenever any of them does.
-func (p Progress) Total() uint64 { return p.PhaseEntries + p.Chunks + p.Restarts }
+func (p Progress) Total() uint64 { return p.PhaseEntries + p.Chunks + p.Restarts + p.Desired }
 
 // Progress reads the fleet's progress counts. It takes one lock and a few
 // atomic loads per member and asks no agent for its status, so it may be
@@ -27,7 +30,13 @@ func (p Progress) Total() uint64 { return p.PhaseEntries + p.Chunks + p.Restarts
 func (f *Fleet) Progress() Progress {
 	p := Progress{PhaseEntries: f.counts.phases.Load(), Restarts: f.counts.restarts.Load()}
 	for _, m := range f.members {
-		p.Chunks += m.ChunksReceived()
+		m.mu.Lock()
+		p.Chunks += m.chunksBefore
+		if m.cur != nil {
+			p.Chunks += m.cur.ChunksReceived()
+			p.Desired += m.cur.Generation()
+		}
+		m.mu.Unlock()
 	}
 	return p
 }

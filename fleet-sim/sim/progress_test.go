@@ -77,11 +77,13 @@ func TestMemberCountsPhasesAndHooksOneAgent(t *testing.T) {
 	assert.Equal(t, uint64(6), p1.PhaseEntries)
 	assert.Positive(t, p1.Chunks)
 	assert.Zero(t, p1.Restarts)
+	assert.Positive(t, p1.Desired, "each agent accepted a desired state")
 
 	require.NoError(t, f.Restart(ctx, "dev-1-1"))
 	p2 := f.Progress()
 	assert.Equal(t, uint64(1), p2.Restarts)
 	assert.Equal(t, p1.Chunks, p2.Chunks, "the stopped agent's chunks still count")
+	assert.Equal(t, p1.Desired, p2.Desired, "the restarted agent resumes its generation")
 
 	deploy("2.0.0", 2)
 	assert.Len(t, hooked(), 3, "the hook was for the agent before the restart")
@@ -90,5 +92,6 @@ func TestMemberCountsPhasesAndHooksOneAgent(t *testing.T) {
 	p3 := f.Progress()
 	assert.Equal(t, uint64(12), p3.PhaseEntries)
 	assert.Greater(t, p3.Chunks, p2.Chunks)
+	assert.Greater(t, p3.Desired, p2.Desired)
 	assert.Greater(t, p3.Total(), p2.Total())
 }
