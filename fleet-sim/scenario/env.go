@@ -38,6 +38,13 @@ type Env struct {
 	// the fleet's Progress; nil: none); waits tunes them (zero: defaults).
 	progress func() uint64
 	waits    waitTuning
+	// progressMu guards what watchProgress saw: the fleet's progress count
+	// at its last reading, when (real) it last changed (zero: not since
+	// the run began), and whether it runs.
+	progressMu      sync.Mutex
+	progressLast    uint64
+	progressAt      time.Time
+	progressWatched bool
 	// rollouts maps scenario rollout names to ids; only the Run goroutine
 	// (timeline, then assertions) touches it.
 	rollouts map[string]string

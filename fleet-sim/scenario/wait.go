@@ -18,8 +18,8 @@ import (
 //     minute of real time) is the nominal bound. A wait whose condition
 //     holds before it succeeds at once.
 //   - When the timeout passes and the fleet made no progress in the last
-//     stall window, or none since the wait began, the wait fails right
-//     there.
+//     stall window, the wait fails right there. An assertion reached after
+//     its within (a run slowed by a busy machine) is judged so at once.
 //   - When it passes while the fleet is still progressing, the wait goes
 //     on, and fails once the fleet made no progress for a whole stall
 //     window, or at its cap: max_timeout, default 3× the timeout.
@@ -130,7 +130,7 @@ type waitError struct {
 func (e *waitError) Unwrap() error { return e.cause }
 
 func (e *waitError) Error() string {
-	last := "no progress since the wait began"
+	last := "no progress seen"
 	if e.sinceProgress >= 0 {
 		last = "no progress for the last " + roundDur(e.sinceProgress).String()
 	}
@@ -160,6 +160,10 @@ func roundDur(d time.Duration) time.Duration {
 // waitSpec is one wait.
 type waitSpec struct {
 	limits WaitLimits // simulated
+	// bounds, if set, replaces limits with real times from the wait's
+	// start; a nominal bound of 0 has passed already (an assertion checked
+	// after its within): the wait goes on only while the fleet progresses.
+	bounds *realBounds
 	// named, if set, is how messages name the timeout (and the cap is
 	// named relative to it).
 	named string
@@ -178,23 +182,33 @@ func (e *Env) wait(ctx context.Context, w waitSpec, cond func() bool) (waited, e
 	start := time.Now()
 	nominal, named := e.waitBound(w.limits.Timeout)
 	limit, capNamed := e.waitCap(w.limits, nominal)
+	timeout := nominal
+	if b := w.bounds; b != nil {
+		nominal, limit, timeout = max(b.nominal, 0), max(b.limit, 0), b.timeout
+	}
 	if w.named != "" {
 		named, capNamed = w.named, fmt.Sprintf("%d× that", capFactor)
 	}
-	stall := min(max(nominal/2, tune.MinStall), tune.MaxStall)
-	read := func() uint64 {
-		var n uint64
+	stall := min(max(timeout/2, tune.MinStall), tune.MaxStall)
+	// The counts: the fleet's and the wait's own (0 when absent).
+	read := func() [2]uint64 {
+		var n [2]uint64
 		if e.progress != nil {
-			n = e.progress()
+			n[0] = e.progress()
 		}
 		if w.progress != nil {
-			n += w.progress()
+			n[1] = w.progress()
 		}
 		return n
 	}
 	loadStart := hostload.Read()
 	last := read()
-	var lastProgress time.Time // zero: none since the wait began
+	// When the fleet last progressed (zero: not seen). With watchProgress
+	// running, from its last reading: what changed since counts as fresh.
+	var lastProgress time.Time
+	if seen, at, ok := e.progressSeen(); ok {
+		last[0], lastProgress = seen, at
+	}
 	nextRead := start.Add(tune.ProgressEvery)
 	extended := false
 	every := tune.Poll
@@ -240,6 +254,46 @@ func (e *Env) wait(ctx context.Context, w waitSpec, cond func() bool) (waited, e
 		case <-ctx.Done():
 			return fail(ctx.Err())
 		case <-tick.C:
+		}
+	}
+}
+
+// progressSeen is watchProgress's last reading of the fleet's progress
+// count and when it last changed (zero: not since the run began); ok is
+// false when it is not running.
+func (e *Env) progressSeen() (seen uint64, at time.Time, ok bool) {
+	e.progressMu.Lock()
+	defer e.progressMu.Unlock()
+	return e.progressLast, e.progressAt, e.progressWatched
+}
+
+// realBounds are a wait's nominal bound and cap, from its start, and the
+// whole timeout they derive from (it sets the stall window), in real time.
+type realBounds struct{ nominal, limit, timeout time.Duration }
+
+// watchProgress notes when the fleet progresses, until ctx ends, so a wait
+// that begins after its nominal bound (an assertion checked after its
+// within) knows whether the fleet is still moving.
+func (e *Env) watchProgress(ctx context.Context) {
+	if e.progress == nil {
+		return
+	}
+	tick := time.NewTicker(e.waits.withDefaults().ProgressEvery)
+	defer tick.Stop()
+	e.progressMu.Lock()
+	e.progressLast, e.progressWatched = e.progress(), true
+	e.progressMu.Unlock()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			p := e.progress()
+			e.progressMu.Lock()
+			if p != e.progressLast {
+				e.progressLast, e.progressAt = p, time.Now()
+			}
+			e.progressMu.Unlock()
 		}
 	}
 }

@@ -65,7 +65,7 @@ func TestWaitRules(t *testing.T) {
 			progress: func(*time.Time) func() uint64 { return always() }, holdAfter: 2 * timeout, wantExtended: true, minWaited: 2 * timeout},
 		{name: "no progress fails at the timeout", limits: WaitLimits{Timeout: timeout},
 			progress: func(*time.Time) func() uint64 { return never() }, wantErr: errNoProgress, minWaited: timeout,
-			wantText: []string{"gave up after ", ": its timeout of 100ms passed with no progress since the wait began; load during the wait: ", " CPUs"}},
+			wantText: []string{"gave up after ", ": its timeout of 100ms passed with no progress seen; load during the wait: ", " CPUs"}},
 		{name: "progress that stops after the timeout fails once it stalled", limits: WaitLimits{Timeout: timeout},
 			progress: untilAfter, wantErr: errNoProgress, wantExtended: true, minWaited: timeout + 50*time.Millisecond,
 			wantText: []string{"extended past its timeout of 100ms while the fleet progressed, then no progress for the last ", "load during the wait: "}},
@@ -148,4 +148,27 @@ func TestWaitLimitsValidate(t *testing.T) {
 			assert.EqualError(t, got, tt.want.Error(), "%+v.validate()", tt.in)
 		}
 	}
+}
+
+// TestWaitAfterItsTimeout: an assertion checked after its within (nominal
+// bound 0) is retried only while the fleet is moving, as watchProgress saw
+// it before the wait began.
+func TestWaitAfterItsTimeout(t *testing.T) {
+	b := &realBounds{nominal: 0, limit: time.Minute, timeout: 20 * time.Millisecond}
+
+	stuck := waitEnv(func() uint64 { return 1 })
+	_, err := stuck.wait(context.Background(), waitSpec{bounds: b, named: "20s (within, from the start of the run)"}, func() bool { return false })
+	require.ErrorIs(t, err, errNoProgress)
+	assert.Contains(t, err.Error(), "its timeout of 20s (within, from the start of the run) passed with no progress seen")
+
+	// The fleet moved before the wait began, after watchProgress's last
+	// reading: that counts, and the wait goes on to its next check.
+	var n atomic.Uint64
+	moving := waitEnv(func() uint64 { return n.Load() })
+	moving.progressWatched = true
+	n.Store(1)
+	checks := 0
+	res, err := moving.wait(context.Background(), waitSpec{bounds: b}, func() bool { checks++; return checks == 2 })
+	require.NoError(t, err)
+	assert.True(t, res.extended)
 }
