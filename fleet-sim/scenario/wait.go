@@ -26,8 +26,9 @@ import (
 //   - The stall window is half the timeout in real time, at least 2s and
 //     at most 30s.
 //   - Progress is a fleet-wide count that only grows: update phases entered
-//     by agents, chunks accepted into downloads, agent restarts (read every
-//     250ms without asking agents for their status), plus what the wait
+//     by agents, chunks accepted into downloads, agent restarts, desired
+//     states accepted (sim.Progress, read every 250ms without asking
+//     agents for their status), plus what the wait
 //     itself counts (wait_rollout: a change of the rollout's state or of a
 //     stage's device counts; wait_labelled: new labels).
 //   - The scenario's timeout still bounds the whole run.
@@ -122,7 +123,7 @@ type waitError struct {
 	waited   time.Duration // real
 	extended bool
 	// sinceProgress is the real time since the fleet last progressed; -1:
-	// not since the wait began.
+	// no progress seen.
 	sinceProgress time.Duration
 	load          hostload.Load
 }
