@@ -25,21 +25,21 @@ import (
 func TestAgentStoppedAtPhaseResumes(t *testing.T) {
 	v1, v2 := testModels(t)
 	for _, tt := range []struct {
-		phase   string
+		phase   Phase
 		resumed []string // phases the second agent enters
 	}{
-		{"downloading", []string{"verifying", "staging"}},
-		{"verifying", []string{"verifying", "staging"}},
-		{"staging", []string{"staging"}},
+		{PhaseDownloading, []string{"verifying", "staging"}},
+		{PhaseVerifying, []string{"verifying", "staging"}},
+		{PhaseStaging, []string{"staging"}},
 	} {
-		t.Run(tt.phase, func(t *testing.T) {
+		t.Run(string(tt.phase), func(t *testing.T) {
 			h := newHarness(t)
 			dir := t.TempDir()
 			first, err := New(h.agentOptions(t, "dev-1", dir))
 			require.NoError(t, err)
 			held := make(chan struct{})
 			released := make(chan error, 1)
-			first.SetPhaseHook(func(ctx context.Context, model, version, phase string) {
+			first.SetPhaseHook(func(ctx context.Context, model, version string, phase Phase) {
 				if model != "fraud" || version != "2.0.0" || phase != tt.phase {
 					return
 				}
@@ -92,9 +92,9 @@ func TestAgentStoppedAtPhaseResumes(t *testing.T) {
 			require.NoError(t, err)
 			var mu sync.Mutex
 			var entered []string
-			second.SetPhaseHook(func(_ context.Context, _, _, phase string) {
+			second.SetPhaseHook(func(_ context.Context, _, _ string, phase Phase) {
 				mu.Lock()
-				entered = append(entered, phase)
+				entered = append(entered, string(phase))
 				mu.Unlock()
 			})
 			testkit.Run(t, "second agent", second.Run, second.Ready())

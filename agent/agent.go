@@ -205,6 +205,7 @@ type Agent struct {
 	dropped       atomic.Uint64 // malformed or unexpected MQTT payloads
 	refused       atomic.Uint64 // well-formed documents refused by a check
 	writeFailures atomic.Uint64 // writes of persisted state that failed
+	chunks        atomic.Uint64 // chunks accepted into a download (ChunksReceived)
 	ready         chan struct{}
 	runOnce       atomic.Bool
 	infAddr       atomic.Value // string
@@ -453,7 +454,13 @@ func (a *Agent) send(ctx context.Context, ev event) {
 // process had been killed right there, and the next agent on the same
 // state resumes that phase. It is for fault injection: fleet-sim holds
 // agents at a phase and restarts them there.
-type PhaseHook func(ctx context.Context, model, version, phase string)
+type PhaseHook func(ctx context.Context, model, version string, phase Phase)
+
+// ChunksReceived is how many chunks this agent has accepted into its
+// downloads since it was made: each matched the signed manifest and was not
+// a duplicate. It only grows; fleet-sim reads it to tell a slow download
+// from a stalled one.
+func (a *Agent) ChunksReceived() uint64 { return a.chunks.Load() }
 
 // SetPhaseHook sets the hook called as updates enter a phase (nil removes
 // it). It may be called on a running agent.

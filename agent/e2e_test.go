@@ -137,6 +137,8 @@ func TestEndToEndUploadDeployInfer(t *testing.T) {
 	assert.Less(t, resp.Outputs[0].Data[0], float32(0.5), "a coffee is not fraud")
 	assert.Greater(t, resp.Outputs[0].Data[1], float32(0.5), "3am electronics abroad is")
 	assert.Empty(t, a2.Status(), "dev-2 got nothing")
+	assert.Positive(t, a1.ChunksReceived(), "dev-1 counted the chunks it accepted")
+	assert.Zero(t, a2.ChunksReceived(), "dev-2 accepted none")
 
 	f.cli("deploy", "fraud@1.0.0", "--device", "dev-2")
 	f.waitReported("fraud", "1.0.0", "dev-1", "dev-2")

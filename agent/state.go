@@ -23,8 +23,7 @@ const (
 
 // Phase is where an update of one model stands. Every phase is persisted
 // before the agent acts on it, so a restart resumes it. It is the contract
-// other packages use: ModelStatus.Phase and the phase a PhaseHook is given
-// hold Phase values (as strings, for now).
+// other packages use: ModelStatus.Phase and the phase a PhaseHook is given.
 type Phase string
 
 // The update phases, in the order an update passes them.

@@ -12,8 +12,7 @@ type ModelStatus struct {
 	Target   string // update in progress
 	// Phase is where the update to Target stands: a Phase value
 	// (PhaseManifest … PhaseStaging), "" when no update is in progress.
-	// Compare it with those constants, e.g. string(agent.PhaseStaging).
-	Phase string
+	Phase Phase
 	// OnTrial is set while Active serves during its health period.
 	OnTrial bool
 	// FailedVersion and FailureReason describe the last refused update.
@@ -52,7 +51,7 @@ func (s *slot) snapshot() {
 		ms.Previous = r.Version
 	}
 	if t := s.st.Target; t != nil {
-		ms.Target, ms.Phase = t.Version, string(t.Phase)
+		ms.Target, ms.Phase = t.Version, t.Phase
 	}
 	ms.OnTrial = s.st.Trial != nil
 	if f := s.st.LastFailure; f != nil {

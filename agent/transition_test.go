@@ -94,9 +94,9 @@ func (e *faultEnv) start(mutate func(*Options)) {
 	a, err := New(opts)
 	require.NoError(e.t, err)
 	a.failWrite = e.fault.fail
-	a.SetPhaseHook(func(_ context.Context, model, version, phase string) {
+	a.SetPhaseHook(func(_ context.Context, model, version string, phase Phase) {
 		e.mu.Lock()
-		e.entered = append(e.entered, version+" "+phase)
+		e.entered = append(e.entered, version+" "+string(phase))
 		e.mu.Unlock()
 	})
 	e.a, e.stop = a, testkit.Start(e.t, "agent", a.Run, a.Ready())
@@ -283,7 +283,7 @@ func TestAgentStoreWriteFailsAtEachStep(t *testing.T) {
 			serving: "1.0.0",
 			held: func(e *faultEnv) {
 				s, _ := e.status()
-				assert.Equal(e.t, string(PhaseManifest), s.Phase)
+				assert.Equal(e.t, PhaseManifest, s.Phase)
 				assert.Zero(e.t, e.fetchesOf("2.0.0"), "no chunk asked for")
 				assert.False(e.t, e.hasEntered("2.0.0", PhaseDownloading))
 			},
@@ -295,7 +295,7 @@ func TestAgentStoreWriteFailsAtEachStep(t *testing.T) {
 			serving: "1.0.0",
 			held: func(e *faultEnv) {
 				s, _ := e.status()
-				assert.Equal(e.t, string(PhaseDownloading), s.Phase)
+				assert.Equal(e.t, PhaseDownloading, s.Phase)
 				assert.NoFileExists(e.t, e.a.modelPath("fraud", sha256hex(e.v2.ONNX)), "not verified and renamed")
 				assert.False(e.t, e.hasEntered("2.0.0", PhaseVerifying))
 			},
@@ -307,7 +307,7 @@ func TestAgentStoreWriteFailsAtEachStep(t *testing.T) {
 			serving: "1.0.0",
 			held: func(e *faultEnv) {
 				s, _ := e.status()
-				assert.Equal(e.t, string(PhaseVerifying), s.Phase)
+				assert.Equal(e.t, PhaseVerifying, s.Phase)
 				assert.FileExists(e.t, e.a.modelPath("fraud", sha256hex(e.v2.ONNX)))
 				assert.False(e.t, e.hasEntered("2.0.0", PhaseStaging), "not loaded")
 			},
@@ -319,7 +319,7 @@ func TestAgentStoreWriteFailsAtEachStep(t *testing.T) {
 			serving: "1.0.0",
 			held: func(e *faultEnv) {
 				s, _ := e.status()
-				assert.Equal(e.t, string(PhaseStaging), s.Phase)
+				assert.Equal(e.t, PhaseStaging, s.Phase)
 				assert.Equal(e.t, "1.0.0", s.Active)
 				st, _ := e.recorded()
 				require.NotNil(e.t, st.Target)
@@ -337,7 +337,7 @@ func TestAgentStoreWriteFailsAtEachStep(t *testing.T) {
 			serving: "1.0.0",
 			held: func(e *faultEnv) {
 				s, _ := e.status()
-				assert.Equal(e.t, string(PhaseStaging), s.Phase)
+				assert.Equal(e.t, PhaseStaging, s.Phase)
 				assert.Equal(e.t, "1.0.0", s.Active, "the trial of 2.0.0 did not start")
 			},
 			end: func(e *faultEnv) {

@@ -728,6 +728,7 @@ func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
 	if !added {
 		return
 	}
+	a.chunks.Add(1)
 	s.lastProgress = time.Now()
 	delete(s.inflight, c.Index)
 	a.crashPoint("chunk")
@@ -954,7 +955,7 @@ func (a *Agent) enterPhase(ctx context.Context, s *slot) (stop bool) {
 		return false
 	}
 	t := s.st.Target
-	(*h)(ctx, s.name, t.Version, string(t.Phase))
+	(*h)(ctx, s.name, t.Version, t.Phase)
 	return ctx.Err() != nil
 }
 

@@ -19,6 +19,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
 	"github.com/edgefleet/edgefleet/fleet-sim/scenario"
@@ -96,16 +97,14 @@ type phaseClock struct {
 func watchPhases(f *sim.Fleet, model, version string, t0 time.Time) *phaseClock {
 	pc := &phaseClock{t0: t0, at: map[string][]float64{}}
 	for _, m := range f.Members() {
-		if a := m.Agent(); a != nil {
-			a.SetPhaseHook(func(_ context.Context, mod, ver, phase string) {
-				if mod != model || ver != version {
-					return
-				}
-				pc.mu.Lock()
-				pc.at[phase] = append(pc.at[phase], time.Since(pc.t0).Seconds())
-				pc.mu.Unlock()
-			})
-		}
+		_ = m.SetPhaseHook(func(_ context.Context, mod, ver string, phase agent.Phase) { // fails only for an agent not started: nothing to time
+			if mod != model || ver != version {
+				return
+			}
+			pc.mu.Lock()
+			pc.at[string(phase)] = append(pc.at[string(phase)], time.Since(pc.t0).Seconds())
+			pc.mu.Unlock()
+		})
 	}
 	return pc
 }

@@ -30,6 +30,7 @@ func registerBuiltins(r *Registry) {
 	r.RegisterAction("deploy", func() Action { return &Deploy{} })
 	r.RegisterAction("wait_active", func() Action { return &WaitActive{} })
 	r.RegisterAction("wait_phase", func() Action { return &WaitPhase{} })
+	r.RegisterAction("wait_labelled", func() Action { return &WaitLabelled{} })
 	r.RegisterAction("restart", func() Action { return &Restart{} })
 	r.RegisterAction("disconnect", func() Action { return &Disconnect{} })
 	r.RegisterAction("restart_control_plane", func() Action { return &RestartControlPlane{} })
@@ -337,12 +338,13 @@ func (d *Deploy) Run(ctx context.Context, env *Env) (string, error) {
 	return fmt.Sprintf("%s@%s issued to %d devices", d.Model, d.Version, len(res.Devices)), nil
 }
 
-// WaitActive waits until every selected device serves model@version.
+// WaitActive waits until every selected device serves model@version. Its
+// timeout and max_timeout work as every wait's (see WaitLimits).
 type WaitActive struct {
-	Model    string        `yaml:"model"`
-	Version  string        `yaml:"version"`
-	Selector string        `yaml:"selector"`
-	Timeout  time.Duration `yaml:"timeout"`
+	Model      string `yaml:"model"`
+	Version    string `yaml:"version"`
+	Selector   string `yaml:"selector"`
+	WaitLimits `yaml:",inline"`
 }
 
 // Validate implements the optional validation.
@@ -350,7 +352,7 @@ func (w *WaitActive) Validate(*Scenario) error {
 	if w.Model == "" || w.Version == "" {
 		return errors.New("model and version are required")
 	}
-	return nil
+	return w.WaitLimits.validate()
 }
 
 // Run implements Action.
@@ -358,33 +360,40 @@ func (w *WaitActive) Run(ctx context.Context, env *Env) (string, error) {
 	start := env.Since()
 	check := &AllActive{Model: w.Model, Version: w.Version, Selector: w.Selector}
 	var why string
-	bound, named := env.waitBound(w.Timeout)
-	err := poll(ctx, bound, func() bool {
+	res, err := env.wait(ctx, waitSpec{limits: w.WaitLimits}, func() bool {
 		var ok bool
 		ok, why = check.Check(env)
 		return ok
 	})
 	if err != nil {
-		return "", fmt.Errorf("not every device active on %s@%s after %s: %s", w.Model, w.Version, named, why)
+		return "", fmt.Errorf("not every device active on %s@%s: %s; %w", w.Model, w.Version, why, err)
 	}
 	ms, _ := env.Select(w.Selector)
-	return fmt.Sprintf("%d devices active on %s@%s after %.2fs", len(ms), w.Model, w.Version, (env.Since() - start).Seconds()), nil
+	return fmt.Sprintf("%d devices active on %s@%s after %.2fs%s", len(ms), w.Model, w.Version, (env.Since() - start).Seconds(), res.note()), nil
 }
 
 // WaitPhase waits until enough selected devices are in an update phase
-// (manifest, downloading, verifying, staging) of model (and version).
+// (manifest, downloading, verifying, staging) of model (and version) at
+// the same moment, as polled every 25ms. A phase shorter than that may
+// never be seen: when the wait fails it says how many devices entered the
+// phase (as their agents report it, see sim.Member.PhaseEntries) and left
+// it unseen. Its timeout and max_timeout work as every wait's (see
+// WaitLimits).
 type WaitPhase struct {
-	Model   string        `yaml:"model"`
-	Version string        `yaml:"version"`
-	Phase   string        `yaml:"phase"`
-	Pick    Pick          `yaml:",inline"`
-	Timeout time.Duration `yaml:"timeout"`
+	Model      string      `yaml:"model"`
+	Version    string      `yaml:"version"`
+	Phase      agent.Phase `yaml:"phase"`
+	Pick       Pick        `yaml:",inline"`
+	WaitLimits `yaml:",inline"`
 }
 
 // Validate implements the optional validation.
 func (w *WaitPhase) Validate(*Scenario) error {
 	if w.Model == "" || w.Phase == "" {
 		return errors.New("model and phase are required")
+	}
+	if err := w.WaitLimits.validate(); err != nil {
+		return err
 	}
 	return w.Pick.validate()
 }
@@ -402,31 +411,55 @@ func (w *WaitPhase) Run(ctx context.Context, env *Env) (string, error) {
 	case w.Pick.Fraction > 0:
 		want = int(float64(len(all))*w.Pick.Fraction + 0.5)
 	}
-	var have int
-	bound, named := env.waitBound(w.Timeout)
-	err = poll(ctx, bound, func() bool {
+	entered := make([]uint64, len(all)) // phase entries before the step
+	for i, m := range all {
+		entered[i] = m.PhaseEntries(w.Model, w.Version, w.Phase)
+	}
+	seen := make([]bool, len(all)) // seen in the phase by a poll
+	var have, most int
+	res, err := env.wait(ctx, waitSpec{limits: w.WaitLimits}, func() bool {
 		have = 0
-		for _, m := range all {
+		for i, m := range all {
 			s := Status(m, w.Model)
 			if s.Phase == w.Phase && (w.Version == "" || s.Target == w.Version) {
 				have++
+				seen[i] = true
 			}
 		}
+		most = max(most, have)
 		return have >= want
 	})
 	if err != nil {
-		return "", fmt.Errorf("only %d of the %d wanted devices reached phase %s of %s after %s", have, want, w.Phase, w.Model, named)
+		target := w.Model
+		if w.Version != "" {
+			target += "@" + w.Version
+		}
+		msg := fmt.Sprintf("only %d of the %d wanted devices were in phase %s of %s at the same moment (at most %d)", have, want, w.Phase, target, most)
+		unseen := 0
+		for i, m := range all {
+			if !seen[i] && m.PhaseEntries(w.Model, w.Version, w.Phase) > entered[i] {
+				unseen++
+			}
+		}
+		if unseen > 0 {
+			hint := "hold_at_phase holds devices there"
+			if w.Phase == "downloading" {
+				hint = "throttle the download (network: {proxy: true} and a throttle step) to hold devices there"
+			}
+			msg += fmt.Sprintf("; %d devices entered %s and left it between polls: the phase is too short to catch; %s", unseen, w.Phase, hint)
+		}
+		return "", fmt.Errorf("%s; %w", msg, err)
 	}
-	return fmt.Sprintf("%d devices in phase %s", have, w.Phase), nil
+	return fmt.Sprintf("%d devices in phase %s%s", have, w.Phase, res.note()), nil
 }
 
 // Restart stops agents and starts them again on the same state (as after a
 // crash or a reboot). With Phase set, only devices in that update phase of
 // Model are picked: "restart mid-download".
 type Restart struct {
-	Pick  Pick   `yaml:",inline"`
-	Model string `yaml:"model"`
-	Phase string `yaml:"phase"`
+	Pick  Pick        `yaml:",inline"`
+	Model string      `yaml:"model"`
+	Phase agent.Phase `yaml:"phase"`
 }
 
 // Validate implements the optional validation.
@@ -466,7 +499,7 @@ func (r *Restart) Run(ctx context.Context, env *Env) (string, error) {
 	}
 	what := ""
 	if r.Phase != "" {
-		what = " while " + r.Phase
+		what = " while " + string(r.Phase)
 	}
 	return fmt.Sprintf("restarted %d agents%s", len(ms), what), nil
 }
@@ -648,30 +681,6 @@ func (s *Sleep) Run(ctx context.Context, env *Env) (string, error) {
 	}
 }
 
-// pollInterval is how often waits re-check the fleet.
-const pollInterval = 25 * time.Millisecond
-
-// poll calls cond until it is true, timeout (real time: convert a
-// scenario's with Env.Real or Env.waitBound) passes or ctx ends.
-func poll(ctx context.Context, timeout time.Duration, cond func() bool) error {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(pollInterval)
-	defer tick.Stop()
-	for {
-		if cond() {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-deadline.C:
-			return errors.New("timed out")
-		case <-tick.C:
-		}
-	}
-}
-
 // SkewClock sets the picked devices' clocks off by By (negative: behind).
 type SkewClock struct {
 	Pick Pick          `yaml:",inline"`
@@ -698,10 +707,6 @@ func (s *SkewClock) Run(_ context.Context, env *Env) (string, error) {
 	return fmt.Sprintf("clocks of %d devices set %v off", len(ms), s.By), nil
 }
 
-// holdPhases are the update phases an agent can be held at: the ones it
-// enters through agent.PhaseHook.
-var holdPhases = []string{"downloading", "verifying", "staging"}
-
 // HoldAtPhase arms the picked devices' current agents: as an agent's update
 // of Model (to Version, if set) enters Phase, it stops right there (the
 // phase persisted, nothing of it done yet, its committed version still
@@ -711,10 +716,10 @@ var holdPhases = []string{"downloading", "verifying", "staging"}
 // milliseconds. "Restart mid-activation" is hold_at_phase with phase
 // staging, then restart_held. A device restarted in between loses the arm.
 type HoldAtPhase struct {
-	Pick    Pick   `yaml:",inline"`
-	Model   string `yaml:"model"`
-	Version string `yaml:"version"`
-	Phase   string `yaml:"phase"`
+	Pick    Pick        `yaml:",inline"`
+	Model   string      `yaml:"model"`
+	Version string      `yaml:"version"`
+	Phase   agent.Phase `yaml:"phase"`
 
 	// held is this run's record, set by Run.
 	held *heldAgents
@@ -722,8 +727,9 @@ type HoldAtPhase struct {
 
 // heldAgents records what the hooks of one hold_at_phase step saw.
 type heldAgents struct {
-	model, version, phase string
-	armed                 []*sim.Member
+	model, version string
+	phase          agent.Phase
+	armed          []*sim.Member
 
 	// mu guards held and interrupted.
 	mu          sync.Mutex
@@ -733,7 +739,7 @@ type heldAgents struct {
 
 // hook is the agent.PhaseHook of device id's agent.
 func (h *heldAgents) hook(id string) agent.PhaseHook {
-	return func(ctx context.Context, model, version, phase string) {
+	return func(ctx context.Context, model, version string, phase agent.Phase) {
 		if model != h.model || (h.version != "" && version != h.version) || phase != h.phase {
 			return
 		}
@@ -774,8 +780,8 @@ func (h *heldAgents) interruptedCount() int {
 
 // Validate implements the optional validation.
 func (h *HoldAtPhase) Validate(*Scenario) error {
-	if h.Model == "" || !slices.Contains(holdPhases, h.Phase) {
-		return fmt.Errorf("model and a phase (one of %s) are required", strings.Join(holdPhases, ", "))
+	if h.Model == "" || !slices.Contains(agent.HookPhases(), h.Phase) {
+		return fmt.Errorf("model and a phase (one of %s) are required", phaseList(agent.HookPhases()))
 	}
 	return h.Pick.validate()
 }
@@ -793,11 +799,9 @@ func (h *HoldAtPhase) Run(_ context.Context, env *Env) (string, error) {
 	rec := &heldAgents{model: h.Model, version: h.Version, phase: h.Phase, armed: ms,
 		held: map[string]time.Time{}, interrupted: map[string]bool{}}
 	for _, m := range ms {
-		a := m.Agent()
-		if a == nil {
-			return "", fmt.Errorf("%s has no running agent", m.Device.ID)
+		if err := m.SetPhaseHook(rec.hook(m.Device.ID)); err != nil {
+			return "", err
 		}
-		a.SetPhaseHook(rec.hook(m.Device.ID))
 	}
 	h.held = rec
 	return fmt.Sprintf("%d agents will stop as they enter %s of %s", len(ms), h.Phase, h.target()), nil
@@ -830,11 +834,11 @@ func holdsBefore(sc *Scenario, a Action) []*HoldAtPhase {
 // committed version and reports that phase, restarts them all (as a crash
 // would: the new agent resumes from the persisted phase), and checks that
 // each held agent was stopped right there. Agents that never reach their
-// phase within Timeout (default 1m) make it fail, after the held ones are
-// restarted. The report's figures get interrupted_<phase>: how many agents
-// were interrupted in that phase.
+// phase within its wait (timeout and max_timeout, see WaitLimits) make it
+// fail, after the held ones are restarted. The report's figures get
+// interrupted_<phase>: how many agents were interrupted in that phase.
 type RestartHeld struct {
-	Timeout time.Duration `yaml:"timeout"`
+	WaitLimits `yaml:",inline"`
 }
 
 // Validate implements the optional validation.
@@ -842,7 +846,7 @@ func (r *RestartHeld) Validate(sc *Scenario) error {
 	if len(holdsBefore(sc, r)) == 0 {
 		return errors.New("needs a hold_at_phase step above it")
 	}
-	return nil
+	return r.WaitLimits.validate()
 }
 
 // Run implements Action.
@@ -858,8 +862,7 @@ func (r *RestartHeld) Run(ctx context.Context, env *Env) (string, error) {
 	if total == 0 {
 		return "", errors.New("no agent is armed")
 	}
-	bound, _ := env.waitBound(r.Timeout)
-	waitErr := poll(ctx, bound, func() bool {
+	_, waitErr := env.wait(ctx, waitSpec{limits: r.WaitLimits}, func() bool {
 		for _, rec := range recs {
 			for _, m := range rec.armed {
 				if _, ok := rec.isHeld(m.Device.ID); !ok {
@@ -923,7 +926,7 @@ func (r *RestartHeld) Run(ctx context.Context, env *Env) (string, error) {
 	}
 	wg.Wait()
 	for _, rec := range recs {
-		byPhase[rec.phase] += rec.interruptedCount()
+		byPhase[string(rec.phase)] += rec.interruptedCount()
 	}
 	for _, p := range slices.Sorted(maps.Keys(byPhase)) {
 		env.SetFigure("interrupted_"+p, byPhase[p])
@@ -932,7 +935,7 @@ func (r *RestartHeld) Run(ctx context.Context, env *Env) (string, error) {
 		errs = append(errs, fmt.Errorf("%d held agents did not show their phase with the committed version answering: %s", wrong.n, wrong.String()))
 	}
 	if missed.n > 0 {
-		errs = append(errs, fmt.Errorf("%d of %d armed agents never reached their phase (%v): %s", missed.n, total, waitErr, missed.String()))
+		errs = append(errs, fmt.Errorf("%d of %d armed agents never reached their phase: %s; %v", missed.n, total, missed.String(), waitErr))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return "", err
@@ -959,14 +962,14 @@ func inferOnce(ctx context.Context, m *sim.Member, model string) (string, error)
 // Interrupted: at least Min agents were restarted while held at Phase (by
 // hold_at_phase and restart_held), so the fault really hit.
 type Interrupted struct {
-	Phase string `yaml:"phase"`
-	Min   int    `yaml:"min"`
+	Phase agent.Phase `yaml:"phase"`
+	Min   int         `yaml:"min"`
 }
 
 // Validate implements the optional validation.
 func (i *Interrupted) Validate(sc *Scenario) error {
-	if !slices.Contains(holdPhases, i.Phase) || i.Min < 1 {
-		return fmt.Errorf("a phase (one of %s) and min ≥ 1 are required", strings.Join(holdPhases, ", "))
+	if !slices.Contains(agent.HookPhases(), i.Phase) || i.Min < 1 {
+		return fmt.Errorf("a phase (one of %s) and min ≥ 1 are required", phaseList(agent.HookPhases()))
 	}
 	for _, h := range holdsBefore(sc, nil) {
 		if h.Phase == i.Phase {
@@ -992,4 +995,13 @@ func (i *Interrupted) Check(env *Env) (bool, string) {
 		return false, fmt.Sprintf("only %d agents (of %d armed) were interrupted in %s, want at least %d", n, armed, i.Phase, i.Min)
 	}
 	return true, ""
+}
+
+// phaseList names phases for a message: "downloading, verifying, staging".
+func phaseList(ps []agent.Phase) string {
+	names := make([]string, len(ps))
+	for i, p := range ps {
+		names[i] = string(p)
+	}
+	return strings.Join(names, ", ")
 }

@@ -34,6 +34,17 @@ type Env struct {
 	Models map[string]*fraud.Artifact
 
 	rec *recorder
+	// progress reads the fleet's progress count for waits (Run sets it to
+	// the fleet's Progress; nil: none); waits tunes them (zero: defaults).
+	progress func() uint64
+	waits    waitTuning
+	// progressMu guards what watchProgress saw: the fleet's progress count
+	// at its last reading, when (real) it last changed (zero: not since
+	// the run began), and whether it runs.
+	progressMu      sync.Mutex
+	progressLast    uint64
+	progressAt      time.Time
+	progressWatched bool
 	// rollouts maps scenario rollout names to ids; only the Run goroutine
 	// (timeline, then assertions) touches it.
 	rollouts map[string]string
@@ -48,27 +59,24 @@ func (e *Env) Since() time.Duration { return e.Clock.Simulated(time.Since(e.Star
 // Real is the real time a simulated duration d takes.
 func (e *Env) Real(d time.Duration) time.Duration { return e.Clock.Real(d) }
 
-// defaultWait bounds a wait whose step gives no timeout: a minute of real
-// time, whatever the clock's speed (a simulated minute may be a blink).
-const defaultWait = time.Minute
-
-// waitBound is the real time a wait with timeout (simulated; 0: the
-// default) may take, and the timeout as an error message names it.
-func (e *Env) waitBound(timeout time.Duration) (time.Duration, string) {
-	if timeout <= 0 {
-		if e.Clock.Speed() != 1 {
-			return defaultWait, defaultWait.String() + " of real time"
-		}
-		return defaultWait, defaultWait.String()
-	}
-	return e.Real(timeout), timeout.String()
-}
-
 // SetFigure records a named figure for the report.
 func (e *Env) SetFigure(name string, v any) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.figures[name] = v
+}
+
+// freeFigure is name, or name_2, name_3 ... when name is taken.
+func (e *Env) freeFigure(name string) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	free := name
+	for i := 2; ; i++ {
+		if _, taken := e.figures[free]; !taken {
+			return free
+		}
+		free = fmt.Sprintf("%s_%d", name, i)
+	}
 }
 
 // Select returns the members whose labels match selector ("" is all).
@@ -166,7 +174,7 @@ func (r *recorder) sample(f *sim.Fleet, trafficModel string) {
 			}
 			s.Serving[key]++
 			if ms.Phase != "" {
-				s.Phases[ms.Phase]++
+				s.Phases[string(ms.Phase)]++
 			}
 			for _, v := range []string{ms.Serving, ms.Active, ms.Target, ms.FailedVersion} {
 				if v == "" {

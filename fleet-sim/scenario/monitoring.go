@@ -242,3 +242,76 @@ func (a *RefusedDesired) Check(env *Env) (bool, string) {
 	}
 	return true, ""
 }
+
+// WaitLabelled waits until every selected device has at least Min
+// labelled predictions of model@version in the control plane's monitoring,
+// as a rollout's quality gates count them. A gate comparing the canary's
+// accuracy with the version it replaces needs the replaced version's labels
+// from the canary devices, gathered before they switch: waiting for them,
+// rather than sleeping, holds however slowly a busy machine sends traffic.
+// Its timeout and max_timeout work as every wait's (see WaitLimits); new
+// labels are progress.
+type WaitLabelled struct {
+	Model      string `yaml:"model"`
+	Version    string `yaml:"version"`
+	Selector   string `yaml:"selector"`
+	Min        uint64 `yaml:"min"`
+	WaitLimits `yaml:",inline"`
+}
+
+// Validate implements the optional validation.
+func (w *WaitLabelled) Validate(sc *Scenario) error {
+	if w.Model == "" || w.Version == "" || w.Min == 0 {
+		return errors.New("model, version and min (labelled predictions per device) are required")
+	}
+	if sc.Traffic == nil || sc.Traffic.LabelFraction <= 0 {
+		return errors.New("needs traffic with a label_fraction: without labels it cannot end")
+	}
+	return w.WaitLimits.validate()
+}
+
+// labelledPoll is how often wait_labelled asks the control plane.
+const labelledPoll = 250 * time.Millisecond
+
+// Run implements Action.
+func (w *WaitLabelled) Run(ctx context.Context, env *Env) (string, error) {
+	ms, err := env.Select(w.Selector)
+	if err != nil {
+		return "", err
+	}
+	start := env.Since()
+	var why string
+	var total uint64
+	check := func() bool {
+		res, err := env.Fleet.ModelMetrics(ctx, w.Model, w.Version)
+		if err != nil {
+			why = fmt.Sprintf("monitoring figures: %v", err)
+			return false
+		}
+		have := map[string]uint64{}
+		for _, d := range res.Devices {
+			have[d.Key] = d.Labelled
+		}
+		var short offenders
+		total = 0
+		for _, m := range ms {
+			n := have[m.Device.ID]
+			total += n
+			if n < w.Min {
+				short.add("%s has %d", m.Device.ID, n)
+			}
+		}
+		if short.n > 0 {
+			why = fmt.Sprintf("%d of %d devices have fewer than %d labelled predictions of %s@%s at the control plane: %s",
+				short.n, len(ms), w.Min, w.Model, w.Version, &short)
+			return false
+		}
+		return true
+	}
+	res, err := env.wait(ctx, waitSpec{limits: w.WaitLimits, every: labelledPoll, progress: func() uint64 { return total }}, check)
+	if err != nil {
+		return "", fmt.Errorf("%s; %w", why, err)
+	}
+	return fmt.Sprintf("%d devices have at least %d labelled predictions of %s@%s (%d in all) after %.2fs%s",
+		len(ms), w.Min, w.Model, w.Version, total, (env.Since() - start).Seconds(), res.note()), nil
+}

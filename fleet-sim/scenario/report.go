@@ -13,12 +13,14 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/fleet-sim/sim"
+	"github.com/edgefleet/edgefleet/internal/hostload"
 )
 
 // Report is the outcome of one run, written as report.json. Its times
 // are simulated (see ClockSpec) except fleet_start_seconds and those named
 // real; ClockSpeed and RealSeconds (the run in real time) are set only
-// when the clock was sped up.
+// when the clock was sped up. Load is how loaded the process and host were
+// over the run (timeline and assertions), to read a failure against.
 type Report struct {
 	Scenario        string            `json:"scenario"`
 	File            string            `json:"file,omitempty"`
@@ -36,6 +38,7 @@ type Report struct {
 	Restarts        int               `json:"restarts"`
 	Figures         map[string]any    `json:"figures,omitempty"`
 	Leak            *sim.LeakReport   `json:"leak,omitempty"`
+	Load            *hostload.Load    `json:"load,omitempty"`
 	Errors          []string          `json:"errors,omitempty"`
 	Samples         []Sample          `json:"samples"`
 }
@@ -125,6 +128,9 @@ func (r *Report) Summary(w io.Writer) {
 	}
 	if r.Inference != nil {
 		fmt.Fprintf(w, "  inferences: %d ok, %d failed, %d before a model was active\n", r.Inference.OK, r.Inference.Failed, r.Inference.NotServing)
+	}
+	if r.Load != nil {
+		fmt.Fprintf(w, "  load over the run (%.1fs real): %s\n", r.Load.Seconds, r.Load)
 	}
 	for _, e := range r.Errors {
 		fmt.Fprintf(w, "  error: %s\n", e)

@@ -157,11 +157,14 @@ func (r *RolloutAction) Run(ctx context.Context, env *Env) (string, error) {
 	return fmt.Sprintf("rollout %s: %s → %s", r.Rollout, r.Action, st.State), nil
 }
 
-// WaitRollout waits until a rollout is in one of States.
+// WaitRollout waits until a rollout is in one of States. Its timeout and
+// max_timeout work as every wait's (see WaitLimits); besides the fleet's
+// progress, a change of the rollout's state, stage or stage device counts
+// is progress.
 type WaitRollout struct {
-	Rollout string        `yaml:"rollout"`
-	States  []string      `yaml:"states"`
-	Timeout time.Duration `yaml:"timeout"`
+	Rollout    string   `yaml:"rollout"`
+	States     []string `yaml:"states"`
+	WaitLimits `yaml:",inline"`
 }
 
 // Validate implements the optional validation.
@@ -169,7 +172,7 @@ func (w *WaitRollout) Validate(*Scenario) error {
 	if w.Rollout == "" || len(w.States) == 0 {
 		return errors.New("rollout and states are required")
 	}
-	return nil
+	return w.WaitLimits.validate()
 }
 
 // Run implements Action.
@@ -177,16 +180,40 @@ func (w *WaitRollout) Run(ctx context.Context, env *Env) (string, error) {
 	check := &RolloutState{Rollout: w.Rollout, States: w.States}
 	var why string
 	start := env.Since()
-	bound, named := env.waitBound(w.Timeout)
-	err := poll(ctx, bound, func() bool {
+	res, err := env.wait(ctx, waitSpec{limits: w.WaitLimits, progress: rolloutProgress(env, w.Rollout)}, func() bool {
 		var ok bool
 		ok, why = check.Check(env)
 		return ok
 	})
 	if err != nil {
-		return "", fmt.Errorf("after %s: %s", named, why)
+		return "", fmt.Errorf("%s; %w", why, err)
 	}
-	return fmt.Sprintf("rollout %s reached %v after %.2fs", w.Rollout, w.States, (env.Since() - start).Seconds()), nil
+	return fmt.Sprintf("rollout %s reached %v after %.2fs%s", w.Rollout, w.States, (env.Since() - start).Seconds(), res.note()), nil
+}
+
+// rolloutProgress counts changes of the named rollout's state, current
+// stage, and each stage's result and device counts (except offline: a
+// device dropping out is not progress).
+func rolloutProgress(env *Env, name string) func() uint64 {
+	var last string
+	var changes uint64
+	return func() uint64 {
+		st, err := rolloutStatus(env, name)
+		if err != nil {
+			return changes
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "%s %d", st.State, st.Stage)
+		for _, s := range st.Stages {
+			d := s.Devices
+			fmt.Fprintf(&b, "|%s %d %d %d %d %d %d", s.Result, d.Assigned, d.Pending, d.Downloading, d.Active, d.Failed, d.RolledBack)
+		}
+		if fp := b.String(); fp != last {
+			last = fp
+			changes++
+		}
+		return changes
+	}
 }
 
 // RolloutState: the rollout is (eventually, with Within) in one of States.
@@ -224,7 +251,11 @@ func (r *RolloutState) Check(env *Env) (bool, string) {
 	}
 	var stages []string
 	for _, s := range st.Stages {
-		stages = append(stages, fmt.Sprintf("%s %+v", s.Name, s.Devices))
+		stage := fmt.Sprintf("%s %+v", s.Name, s.Devices)
+		if s.Waiting != "" {
+			stage += " waiting for " + s.Waiting
+		}
+		stages = append(stages, stage)
 	}
 	why := fmt.Sprintf("rollout %s is %s, want one of %v", r.Rollout, st.State, r.States)
 	if st.Reason != "" {

@@ -44,6 +44,11 @@ func TestParseRejectsBadFiles(t *testing.T) {
 		{"unknown create_rollout key", minimal + "timeline:\n  - create_rollout: {name: r, spek: {}}\n", `unknown key "spek"`},
 		{"inference assertion without traffic", minimal + "assertions:\n  - no_failed_inference: {}\n", "needs a traffic section"},
 		{"unknown transport", minimal + "network: {transport: udp}\n", `network: transport "udp", want tcp or memory`},
+		{"cap under the timeout", minimal + "timeline:\n  - wait_active: {model: fraud, version: 1, timeout: 10s, max_timeout: 5s}\n", "line 4: wait_active: max_timeout 5s is shorter than timeout 10s"},
+		{"restart at a phase agents do not report", minimal + "timeline:\n  - restart_control_plane: {down: 1s, phase: active}\n", `line 4: restart_control_plane: phase "active": want one of manifest, downloading, verifying, staging`},
+		{"restart min without a phase", minimal + "timeline:\n  - restart_control_plane: {down: 1s, min: 2}\n", "line 4: restart_control_plane: min needs a phase"},
+		{"wait_labelled without labels", minimal + "traffic: {model: fraud, rate: 1}\ntimeline:\n  - wait_labelled: {model: fraud, version: 1, min: 10}\n", "line 5: wait_labelled: needs traffic with a label_fraction"},
+		{"wait_labelled without min", minimal + "timeline:\n  - wait_labelled: {model: fraud, version: 1}\n", "line 4: wait_labelled: model, version and min"},
 		{"alert window under a bucket", minimal + "monitor: {window: 20s, max_psi: 0.2}\n", "window 20s is shorter than the control plane's 1m0s metric buckets"},
 	}
 	for _, tt := range tests {
@@ -60,6 +65,7 @@ func TestParseDecodesSteps(t *testing.T) {
 	sc, err := Parse([]byte(minimal+`network: {proxy: true}
 timeline:
   - push_model: {model: fraud, version: 1.0.0, seed: 3, pad_bytes: 100, params: {amount_scale: 2}}
+  - wait_rollout: {rollout: r, states: [completed], timeout: 20s, max_timeout: 1m}
   - at: 1.5s
     name: storm
     disconnect: {selector: site=site-1, fraction: 0.5, down: 2s}
@@ -67,11 +73,12 @@ assertions:
   - all_active: {model: fraud, version: 1.0.0, within: 30s}
 `), NewRegistry())
 	require.NoError(t, err)
-	require.Len(t, sc.Timeline, 2)
+	require.Len(t, sc.Timeline, 3)
 	push := sc.Timeline[0].Action.(*PushModel)
 	assert.Equal(t, 100, push.PadBytes)
 	assert.Equal(t, 2.0, push.Params.AmountScale)
-	d := sc.Timeline[1]
+	assert.Equal(t, WaitLimits{Timeout: 20 * time.Second, MaxTimeout: time.Minute}, sc.Timeline[1].Action.(*WaitRollout).WaitLimits)
+	d := sc.Timeline[2]
 	assert.Equal(t, 1500*time.Millisecond, d.At)
 	assert.Equal(t, "storm", d.Name)
 	dis := d.Action.(*Disconnect)

@@ -218,3 +218,14 @@ func (r *RemoteControlPlane) MonitorStats(ctx context.Context) (monitor.Stats, e
 	}
 	return st, nil
 }
+
+// ModelMetrics returns the control plane's monitoring figures of
+// model@version over the last day: GET
+// /api/v1/models/{name}/versions/{version}/metrics.
+func (r *RemoteControlPlane) ModelMetrics(ctx context.Context, model, version string) (*api.ModelMetrics, error) {
+	c, err := r.client()
+	if err != nil {
+		return nil, err
+	}
+	return c.ModelMetrics(ctx, model, version, api.MetricsQuery{Points: 1})
+}

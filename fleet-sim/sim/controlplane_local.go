@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
 )
 
@@ -29,4 +30,24 @@ func (f *Fleet) MonitorStats(ctx context.Context) (monitor.Stats, error) {
 		return f.opts.Remote.MonitorStats(ctx)
 	}
 	return monitor.Stats{}, errors.New("sim: the fleet has not started")
+}
+
+// ModelMetrics returns what the control plane's monitoring has aggregated
+// for model@version over the last day, in total and per device (labelled
+// predictions, accuracy, drift): the in-process aggregator's answer, or an
+// external control plane's GET /api/v1/models/{name}/versions/{version}/metrics.
+// It fails while the in-process control plane is down (a restart).
+func (f *Fleet) ModelMetrics(ctx context.Context, model, version string) (*api.ModelMetrics, error) {
+	if f.opts.Remote != nil {
+		return f.opts.Remote.ModelMetrics(ctx, model, version)
+	}
+	srv := f.Server()
+	if srv == nil {
+		return nil, errors.New("sim: the control plane is down")
+	}
+	m := srv.Monitor()
+	if m == nil {
+		return nil, errors.New("sim: the control plane's monitoring is not running")
+	}
+	return m.Query(monitor.Query{Model: model, Version: version, Points: 1})
 }

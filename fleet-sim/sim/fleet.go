@@ -100,6 +100,7 @@ type Fleet struct {
 	proxy   *Proxy
 	members []*Member
 	byID    map[string]*Member
+	counts  fleetCounts
 
 	baseline        int // goroutines before Start
 	brokerPort      int
@@ -115,13 +116,24 @@ type Member struct {
 	opts   agent.Options
 	skew   atomic.Int64 // clock skew in nanoseconds (SkewClock)
 	clock  *Clock       // Options.Clock
+	counts *fleetCounts // the fleet's
 
-	// mu guards cur, cancel, done and restarts.
+	// hook is the user phase hook and the agent it is for (SetPhaseHook).
+	hook atomic.Pointer[boundHook]
+
+	// mu guards cur, cancel, done, restarts and chunksBefore.
 	mu       sync.Mutex
 	cur      *agent.Agent
 	cancel   context.CancelFunc
 	done     chan error
 	restarts int
+	// chunksBefore is the chunks accepted by the agents before cur.
+	chunksBefore uint64
+
+	// phaseMu guards phases: how often each phase of each update was
+	// entered (see observe).
+	phaseMu sync.Mutex
+	phases  map[phaseKey]uint64
 }
 
 // Agent is the member's current agent: the last one that became ready
@@ -182,7 +194,7 @@ func New(opts Options) (*Fleet, error) {
 		if _, dup := f.byID[d.ID]; dup {
 			return nil, fmt.Errorf("sim: device %q twice", d.ID)
 		}
-		m := &Member{Device: d, clock: opts.Clock}
+		m := &Member{Device: d, clock: opts.Clock, counts: &f.counts, phases: map[phaseKey]uint64{}}
 		f.members = append(f.members, m)
 		f.byID[d.ID] = m
 	}
@@ -358,8 +370,10 @@ func (f *Fleet) stopControlPlane() error {
 // embedded broker, keeps it down for down, and starts it again on the same
 // data and the same API and broker addresses, as an operator's restart or
 // a crash would. Agents lose their connection and reconnect; everything
-// the control plane knows comes back from its store.
-func (f *Fleet) RestartControlPlane(ctx context.Context, down time.Duration) error {
+// the control plane knows comes back from its store. stopped, if not nil,
+// is called once the control plane has stopped, before the down time: it
+// sees the fleet as the restart caught it.
+func (f *Fleet) RestartControlPlane(ctx context.Context, down time.Duration, stopped func()) error {
 	srv := f.Server()
 	if srv == nil {
 		return errors.New("sim: no in-process control plane to restart")
@@ -371,6 +385,9 @@ func (f *Fleet) RestartControlPlane(ctx context.Context, down time.Duration) err
 	f.cpMu.Lock()
 	f.server = nil // DialBroker fails while it is down, as a dial would
 	f.cpMu.Unlock()
+	if stopped != nil {
+		stopped()
+	}
 	// The same addresses: agents reconnect where they were.
 	f.cpOpts.APIListen = strings.TrimPrefix(api, "http://")
 	if u, err := url.Parse(broker); err == nil && u.Host != "" {
@@ -516,6 +533,7 @@ func (m *Member) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("sim: agent %s: %w", m.Device.ID, err)
 	}
+	a.SetPhaseHook(m.observe(a)) // before Run: no entry goes uncounted
 	actx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(actx) }() // owned by stop, which waits on done
@@ -525,8 +543,12 @@ func (m *Member) start(ctx context.Context) error {
 	select {
 	case <-a.Ready():
 		// Published only now: Agent.Status races with the agent's restore
-		// before Ready.
+		// before Ready. The agent it replaces has stopped: its count of
+		// chunks is final.
 		m.mu.Lock()
+		if m.cur != nil {
+			m.chunksBefore += m.cur.ChunksReceived()
+		}
 		m.cur = a
 		m.mu.Unlock()
 		return nil
@@ -576,6 +598,7 @@ func (f *Fleet) Restart(ctx context.Context, id string) error {
 	m.mu.Lock()
 	m.restarts++
 	m.mu.Unlock()
+	f.counts.restarts.Add(1)
 	return m.start(ctx)
 }
 

@@ -80,6 +80,12 @@ func TestFleetAgainstRemoteControlPlane(t *testing.T) {
 		st, err := f.MonitorStats(context.Background())
 		return err == nil && st.Ingested > 0
 	}, 30*time.Second, 50*time.Millisecond, "the agents' monitoring reports reach the control plane")
+	require.Eventually(t, func() bool {
+		res, err := f.ModelMetrics(context.Background(), "fraud", "1.0.0")
+		return err == nil && res.Total.Rows > 0 && len(res.Devices) == 3
+	}, 30*time.Second, 50*time.Millisecond, "the version's figures, per device, over the API")
+	_, err = f.ModelMetrics(context.Background(), "fraud", "9.9.9")
+	assert.ErrorContains(t, err, "404")
 
 	// A cut link with refused reconnects for a moment: the device comes back.
 	before := f.Proxy().Accepted()
