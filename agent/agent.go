@@ -1,8 +1,9 @@
 // Package agent is the edgefleet device agent as a library: it follows the
 // signed desired state from the control plane, downloads and verifies model
 // versions, activates them only after they pass their checks, serves local
-// inference and reports back. cmd/edgefleet-agent is its thin main; fleet-sim
-// runs many agents in one process through this same package.
+// inference and reports back. Imported by agent/cmd/edgefleet-agent (its thin
+// main), fleet-sim/... (many agents in one process), controlplane/cli (it
+// writes agent configs) and internal/fleettest.
 package agent
 
 import (

@@ -1,10 +1,9 @@
-// Package controlplane is edgefleet's control plane as a library: New
-// checks Options, Run builds the components in dependency order (store,
-// keys, audit log, device registry, MQTT bus, model registry, fleet,
-// monitoring, rollout engine, REST API), wires them, serves until its
-// context ends and stops them in reverse order. The edgefleet binary
-// (controlplane/cmd/edgefleet), fleet-sim and the tests run it;
-// docs/architecture.md draws the components and their lock order.
+// Package controlplane is edgefleet's control plane as a library: New checks
+// Options, Run builds the components in dependency order (store, keys, audit
+// log, device registry, MQTT bus, model registry, fleet, monitoring, rollout
+// engine, REST API), wires them, serves until its context ends and stops them
+// in reverse order (docs/architecture.md). Imported by controlplane/cli
+// (serve), fleet-sim/... and internal/fleettest.
 package controlplane
 
 import (

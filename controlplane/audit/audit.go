@@ -1,6 +1,7 @@
 // Package audit is the control plane's append-only record of every operator
-// action and every automatic decision, with the figures behind it. The
-// control plane and its rollout engine write to it; the API reads it.
+// action and every automatic decision, with the figures behind it. Imported
+// by controlplane, controlplane/httpapi, controlplane/monitor and
+// controlplane/rollout.
 package audit
 
 import (

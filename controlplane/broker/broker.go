@@ -1,8 +1,9 @@
 // Package broker runs the control plane's embedded MQTT broker (mochi-mqtt):
 // devices authenticate as themselves (username = client id = device id) and
 // are held to the deny-by-default ACL of internal/topics; the control plane
-// publishes and subscribes in-process through the inline client. Imported by
-// the control plane and by tests and fleet-sim that need a real broker.
+// publishes and subscribes in process through the inline client. Imported by
+// controlplane, controlplane/bus, controlplane/cli (broker files) and
+// fleet-sim/bench (its raw baseline).
 package broker
 
 import (

@@ -1,8 +1,8 @@
 // Package bus is how the control plane talks MQTT: in process on the
 // embedded broker, or as a client of an external one (mosquitto, EMQX,
-// NATS), optionally with extra ingest connections sharing one
-// subscription. Only the control plane's root package imports it; the
-// components it wires take a Bus.
+// NATS), optionally with extra ingest connections sharing one subscription.
+// Imported by controlplane (which wires it) and controlplane/fleet (which
+// disconnects revoked devices through it).
 package bus
 
 import (

@@ -1,8 +1,7 @@
 // Package cli is the edgefleet command line: `serve` runs the control plane
 // in the foreground; the other commands are offline tools (keys, model
 // train, broker acl) or clients of its REST API. The command tree is built
-// with cobra for each invocation. Only controlplane/cmd/edgefleet imports
-// it; tests drive Main directly.
+// with cobra for each invocation. Imported by controlplane/cmd/edgefleet.
 package cli
 
 import (

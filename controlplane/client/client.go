@@ -1,9 +1,9 @@
-// Package client is the typed Go client of the control plane's REST API:
-// one method per route of api.Routes, a context on every call, answers
-// decoded into the api types and errors that wrap the api kinds (so
-// errors.Is(err, api.ErrNotFound) works as it does in process). The CLI,
-// fleet-sim's remote control plane, the demo and the agent's enrollment
-// use it; it imports nothing of the server.
+// Package client is the typed Go client of the control plane's REST API: one
+// method per route of api.Routes, a context on every call, answers decoded
+// into the api types and errors that wrap the api kinds (errors.Is works as
+// in process). It imports nothing of the server. Imported by agent
+// (enrollment), controlplane/cli, controlplane/demo, fleet-sim/sim and
+// internal/fleettest.
 package client
 
 import (

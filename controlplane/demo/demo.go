@@ -1,7 +1,7 @@
 // Package demo runs edgefleet's main job end to end with the real binaries:
 // a control plane with its embedded broker, three agent processes, two
 // trained fraud-model versions pushed and deployed, and live inference.
-// `edgefleet demo` (and so `make demo`) calls Run.
+// Imported by controlplane/cli (`edgefleet demo`, `make demo`).
 package demo
 
 import (

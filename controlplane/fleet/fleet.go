@@ -1,10 +1,8 @@
 // Package fleet is the control plane's view of the devices: the registry
-// (devices, labels, credentials the broker checks), enrollment and
-// revocation, desired-state issuance (signed, generation-numbered, one
-// Assign for deployments and rollouts alike), and what devices report
-// (status, refusals, presence, telemetry). Only the control plane's root
-// package imports it; it reaches the model registry through the Models
-// interface it declares.
+// (devices, labels, the credentials the broker checks), enrollment and
+// revocation, desired-state issuance (signed, generation-numbered, one Assign
+// for deployments and rollouts alike), and what devices report (status,
+// refusals, presence, telemetry). Imported by controlplane.
 package fleet
 
 import (

@@ -1,10 +1,9 @@
 // Package httpapi is the control plane's REST API: it serves exactly the
-// routes of api.Routes, authenticates bearer tokens (API tokens kept
-// hashed in the store, failures rate limited per address), enforces each
-// route's role, writes every call that may change state to the audit log,
-// and translates between JSON and the components behind it, which it
-// reaches through the small interfaces below. Only the control plane's
-// root package imports it.
+// routes of api.Routes, authenticates bearer tokens (kept hashed, failures
+// rate limited per address), enforces each route's role, audits every call
+// that may change state, and translates between JSON and the components
+// behind it, reached through small interfaces it declares. Imported by
+// controlplane.
 package httpapi
 
 import (

@@ -1,9 +1,8 @@
 // Package ingest checks what devices publish before the control plane acts
 // on it: the topic names a device and the expected kind, the payload is
 // within bounds, decodes, and names the device of its topic. What fails is
-// counted by reason and dropped, never acted on. The control plane's
-// components that handle device messages (fleet, models, monitoring)
-// share one Checker.
+// counted by reason and dropped, never acted on. Imported by controlplane,
+// controlplane/fleet, controlplane/models and controlplane/monitor.
 package ingest
 
 import (

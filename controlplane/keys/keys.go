@@ -1,7 +1,8 @@
 // Package keys manages the fleet's signing keys on disk: it creates them
 // (Init), rotates one role's key into the next root-signed trust bundle
 // (Rotate), and loads the set the control plane signs and publishes with
-// (Load). The control plane and the CLI's keys commands import it.
+// (Load). Imported by controlplane, controlplane/cli (keys commands),
+// controlplane/fleet and controlplane/models.
 package keys
 
 import (

@@ -1,11 +1,9 @@
 // Package models is the control plane's model registry: it checks an
-// uploaded ONNX model (it loads in onnxruntime and passes its test
-// vectors), signs its manifest with the release key, stores the record and
-// the content-addressed model file, publishes the manifest retained,
-// re-signs manifests before they expire or after a release-key rotation,
-// and serves the chunks devices ask for, coalesced into rounds on each
-// version's chunk topic. Only the control plane's root package imports it;
-// the fleet reaches it through small interfaces of its own.
+// uploaded ONNX model (it loads, it passes its test vectors), signs its
+// manifest, stores the record and the content-addressed file, publishes the
+// manifest retained, re-signs manifests when due, and serves the chunks
+// devices ask for in coalesced rounds. Imported by controlplane and
+// controlplane/httpapi (upload parsing limits).
 package models
 
 import (

@@ -1,11 +1,10 @@
-// Package monitor is the control plane's model-monitoring store: it ingests
-// the agents' monitoring reports (deduplicated by device and sequence
-// number), aggregates them per model version × site × cohort × device in
-// time buckets kept in badger (raw minutes for a day, hourly rollups for a
-// month), answers metric queries (accuracy, PSI/KS per feature, prediction
-// drift, latency quantiles), and evaluates alert rules that write audit
-// events and call a signed retrain webhook. The controlplane package owns
-// one Aggregator; the rollout engine reads it through VersionMetrics.
+// Package monitor is the control plane's model monitoring: a store that
+// ingests the agents' reports (deduplicated by device and sequence number),
+// aggregates them per version × site × cohort × device in time buckets,
+// answers metric queries (accuracy, PSI/KS, prediction drift, latency), and
+// a Service that evaluates alert rules, calls a signed retrain webhook and
+// keeps Prometheus gauges. Imported by controlplane, controlplane/cli and
+// fleet-sim/... (configuration and figures).
 package monitor
 
 import (

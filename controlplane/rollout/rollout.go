@@ -1,10 +1,9 @@
 // Package rollout is the control plane's staged-rollout engine: it moves a
 // model version through ordered stages of a label-selected fleet, gates each
 // stage on install results and field quality, and pauses or rolls back on a
-// breach. State is persisted in a store namespace and every decision is
-// audited. Only the controlplane package imports it; it reaches devices
-// through the Issuer and Fleet interfaces it declares. Specs and answers
-// are the api package's types (api.RolloutSpec, api.Rollout).
+// breach; state is persisted and every decision audited. It reaches devices
+// through the Issuer and Fleet interfaces it declares. Imported by
+// controlplane and controlplane/monitor (the gate figures' type).
 package rollout
 
 import (

@@ -1,6 +1,7 @@
 // Package bench runs fleet-sim's benchmarks: rollout fan-out against a raw
-// MQTT baseline through a broker of the same code and settings, and
-// per-agent memory and goroutines at scale. fleet-sim's main imports it.
+// MQTT baseline through a broker of the same code and settings, per-agent
+// memory and goroutines at scale, and telemetry ingest against raw
+// publishers. Imported by fleet-sim.
 package bench
 
 import (

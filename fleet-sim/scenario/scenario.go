@@ -1,8 +1,8 @@
 // Package scenario loads fleet-sim scenario files (YAML, strictly decoded),
-// runs their timeline of actions against a sim.Fleet, checks their
-// assertions and writes a JSON report with an SVG chart of the versions
-// active over time. Actions and assertions come from a Registry, so new
-// features (rollouts, drift) add their own. fleet-sim's main imports it.
+// runs their timeline of actions against a sim.Fleet with waits that tell a
+// slow fleet from a stuck one, checks their assertions and writes a JSON
+// report with an SVG chart. Actions and assertions come from a Registry, so
+// features add their own. Imported by fleet-sim and fleet-sim/bench.
 package scenario
 
 import (

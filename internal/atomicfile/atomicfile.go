@@ -1,6 +1,7 @@
 // Package atomicfile writes a file so that a crash leaves either the old
-// content or the new one, never a torn file. The control plane (keys,
-// blobs), the CLI (token files) and the agent (its enrolled config) use it.
+// content or the new one, never a torn file. Imported by agent (its enrolled
+// config), controlplane/cli (token files), controlplane/keys and
+// controlplane/models (model files).
 package atomicfile
 
 import (

@@ -1,7 +1,8 @@
 // Package drift provides small, mergeable fixed-bin sketches and the
 // distances that compare a live distribution with a reference one: the
 // population stability index (PSI) and a Kolmogorov–Smirnov-style distance.
-// The agent fills sketches per inference; the control plane merges them.
+// Imported by agent (which fills sketches per inference) and
+// controlplane/monitor (which merges them).
 package drift
 
 import (

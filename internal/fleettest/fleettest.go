@@ -1,9 +1,8 @@
 // Package fleettest starts the real parts of a fleet for tests: a control
-// plane on 127.0.0.1 port 0 with its admin token and typed client, and
-// agents provisioned against it, each run until the test ends. It builds
-// on internal/testkit (daemons, clock, CA, mosquitto). Only tests import
-// it; a package's own in-package tests cannot (import cycle) and use
-// testkit.
+// plane on 127.0.0.1 port 0 with its admin token and typed client, and agents
+// provisioned against it, each run until the test ends. It builds on
+// internal/testkit; a package's own in-package tests cannot import it (a
+// cycle) and use testkit. Imported by tests only.
 package fleettest
 
 import (

@@ -1,8 +1,8 @@
 // Package hostload reads how busy this process and its machine are: the CPU
 // time the process used against the CPUs it may use, the load average, CPU
-// pressure and how long goroutines waited to be scheduled. fleet-sim's
-// scenario runner imports it, so that a wait that gives up says how loaded
-// the run was; it has no dependencies and anything may import it.
+// pressure and how long goroutines waited to be scheduled. It has no
+// dependencies. Imported by fleet-sim/scenario (a wait that gives up says how
+// loaded the run was).
 package hostload
 
 import (

@@ -1,8 +1,9 @@
 // Package infer runs ONNX models locally with onnxruntime (through
-// github.com/yalue/onnxruntime_go, ORT API 24, libonnxruntime 1.24.x): it finds
-// the shared library, inspects uploaded models, loads sessions, runs FP32
-// tensors with shape checks, and checks manifest test vectors. Imported by the
-// agent (serving), the control plane (upload validation) and fleet-sim.
+// github.com/yalue/onnxruntime_go, ORT API 24, libonnxruntime 1.24.x): it
+// finds the shared library, inspects models, loads sessions, runs tensors
+// with shape checks, and checks manifest test vectors. Imported by agent,
+// controlplane (the shared runtime), controlplane/models (upload checks),
+// fleet-sim/... and internal/fleettest.
 package infer
 
 import (

@@ -1,7 +1,7 @@
 // Package labels validates device labels and parses and matches label
-// selectors such as "site=berlin,hw!=arm64". The control plane uses it to
-// store device labels and to pick deployment targets; the CLI uses it to
-// check --label and --selector flags before calling the API.
+// selectors such as "site=berlin,hw!=arm64". Imported by controlplane/api,
+// controlplane/cli, controlplane/fleet, controlplane/rollout and
+// fleet-sim/scenario.
 package labels
 
 import (

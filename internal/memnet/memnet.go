@@ -1,9 +1,8 @@
-// Package memnet is an in-process network: a net.Listener whose
-// connections are in-memory pipes. fleet-sim runs thousands of agents in
-// one process; over loopback TCP each costs two sockets (the hard limit
-// here is 20,000 descriptors) and a system call per read and write. Over
-// memnet the agents and the embedded broker exchange the same MQTT bytes
-// through the same client and broker code, without the kernel.
+// Package memnet is an in-process network: a net.Listener whose connections
+// are in-memory buffers. fleet-sim runs thousands of agents in one process;
+// over memnet they and the embedded broker exchange the same MQTT bytes
+// through the same code, without sockets. Imported by controlplane/broker
+// and fleet-sim/sim.
 package memnet
 
 import (

@@ -2,8 +2,8 @@
 // paho's sharp edges safe: handlers never block paho, subscriptions are
 // re-made on every reconnect, publishes are checked (size, topic, local ACL)
 // before a broker can refuse them, and nothing is queued silently while
-// disconnected. Imported by the agent, fleet-sim, and the control plane
-// when it talks to an external broker.
+// disconnected. Imported by agent, controlplane and controlplane/bus (an
+// external broker).
 package mqttc
 
 import (

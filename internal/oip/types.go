@@ -1,7 +1,8 @@
 // Package oip implements the Open Inference Protocol (KServe v2) REST API:
 // wire types, an http.Handler that validates requests against a model's
-// schema before handing FP32 tensors to a Backend, and a small client.
-// Imported by the agent (local inference server), the demo and fleet-sim.
+// schema before handing tensors to a Backend, and a small client. Imported
+// by agent (its local inference server), controlplane/demo,
+// fleet-sim/scenario and fleet-sim/sim.
 package oip
 
 import (

@@ -1,8 +1,8 @@
 // Package onnxbuild encodes small ONNX models (ModelProto) directly with
-// protowire, so edgefleet can build real models in Go without Python or an
-// ONNX Go module. It covers float32 initializers, plain nodes with
-// int/float/string attributes, and tensor graph inputs/outputs with fixed or
-// symbolic dims. Imported by internal/fraud and by tests that need models.
+// protowire, so edgefleet builds real models in Go without Python: float32
+// initializers, plain nodes with attributes, tensor inputs and outputs with
+// fixed or symbolic dims, and padding (Pad). Imported by internal/fraud,
+// fleet-sim/... (padded models) and tests.
 package onnxbuild
 
 import (

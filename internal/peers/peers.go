@@ -1,7 +1,8 @@
 // Package peers shares model chunks between agents at one site over a
 // hashicorp/memberlist cluster: nodes gossip which chunks they hold and fetch
-// missing chunks from each other. Peers are untrusted; callers must verify
-// every fetched chunk (the agent feeds them to transfer.Assembler). Imported by agent.
+// missing chunks from each other. Peers are untrusted; callers verify every
+// fetched chunk against the signed manifest. The agent does not use it yet.
+// Imported by nothing yet.
 package peers
 
 import (

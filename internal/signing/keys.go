@@ -1,7 +1,8 @@
 // Package signing is edgefleet's trust model: ed25519 keys, DSSE envelopes,
 // trust bundles that name the root, release and control keys, and the
-// Verifier an agent uses to accept bundles, manifests and desired state.
-// Imported by the control plane (signing), the agent and fleet-sim (verifying).
+// Verifier an agent uses to accept bundles, manifests and desired states.
+// Imported by agent, controlplane/cli, controlplane/fleet, controlplane/keys,
+// controlplane/models and fleet-sim/sim.
 package signing
 
 import (

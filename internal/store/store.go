@@ -1,8 +1,8 @@
-// Package store is edgefleet's durable key-value state store, a thin layer over
-// badger tuned for small devices (ProfileDevice) or servers (ProfileServer).
-// It offers prefix namespaces so many agents can share one DB (fleet-sim),
-// atomic multi-key updates, and explicit sync at commit points.
-// Imported by the agent, the control plane and fleet-sim.
+// Package store is edgefleet's durable key-value state, a thin layer over
+// badger tuned for small devices (ProfileDevice) or servers (ProfileServer),
+// with prefix namespaces so many agents share one DB, atomic multi-key
+// updates and explicit sync at commit points. Imported by agent,
+// controlplane/... and fleet-sim/sim.
 package store
 
 import (

@@ -1,8 +1,7 @@
-// Package testkit holds the parts of the test harness that import nothing
-// of edgefleet, so any package's own tests can use them: Run (a daemon
-// until the test ends), a settable Clock, a throwaway CA, and a real
-// mosquitto process on a free port. internal/fleettest builds control
-// planes and agents on it. Only tests import it.
+// Package testkit holds the parts of the test harness that import nothing of
+// edgefleet, so any package's own tests can use them: Run and Start (a daemon
+// until the test ends), a settable Clock, a throwaway CA, and a real mosquitto
+// on free ports. Imported by internal/fleettest and tests.
 package testkit
 
 import (

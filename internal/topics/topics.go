@@ -1,7 +1,8 @@
-// Package topics defines edgefleet's MQTT topic scheme, the per-device ACL
-// (for the embedded broker and as a mosquitto ACL file), and MQTT topic name
-// and filter syntax checks. It is imported by the agent, the control plane,
-// the embedded broker and the MQTT client wrapper; it has no dependencies.
+// Package topics defines edgefleet's MQTT topic scheme, the names it allows
+// (device ids, model names and versions), the per-device deny-by-default ACL
+// (for the embedded broker and as a mosquitto ACL file), and MQTT topic and
+// filter syntax checks; it has no dependencies. Imported by agent,
+// controlplane/..., fleet-sim/..., internal/mqttc and internal/transfer.
 package topics
 
 import (

@@ -1,8 +1,7 @@
 // Package transfer splits a model into hashed chunks for the manifest, checks
 // a manifest's declared layout against limits, and reassembles chunks into a
-// file on the agent, resuming from whatever survived a crash. Imported by the
-// control plane (publishing), the agent and fleet-sim (fetching), and the
-// site-local peer exchange (which checks untrusted chunks with it).
+// file on the agent, resuming from whatever survived a crash. Imported by
+// agent, controlplane, controlplane/models and fleet-sim/bench.
 package transfer
 
 import (

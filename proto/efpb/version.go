@@ -1,6 +1,7 @@
 // Package efpb holds edgefleet's wire messages, generated from
-// proto/edgefleet.proto, and the protocol version. Every package that reads or
-// writes MQTT payloads imports it; nothing here depends on the rest of the tree.
+// proto/edgefleet.proto, and the protocol version; nothing here depends on
+// the rest of the tree. Imported by agent, controlplane/..., fleet-sim/... and
+// internal/....
 package efpb
 
 // ProtocolVersion is the wire protocol version this build speaks. Messages
