@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -155,7 +157,7 @@ func TestCloseWakesBlockedCalls(t *testing.T) {
 	errs := make(chan error, 2)
 	go func() { _, err := c.Read(make([]byte, 1)); errs <- err }()
 	go func() { _, err := c.Write([]byte("x")); errs <- err }()
-	time.Sleep(20 * time.Millisecond) // let both block
+	waitParked(t, "memnet.(*conn).Read", "memnet.(*conn).Write")
 	require.NoError(t, c.Close())
 	for range 2 {
 		select {
@@ -231,4 +233,28 @@ func TestBufferReuse(t *testing.T) {
 		}
 	}
 	assert.Nil(t, b.buf, "a drained large buffer is released")
+}
+
+// waitParked polls the goroutine dump until, for each of funcs, a parked
+// goroutine (waiting in a select or on a channel) runs it.
+func waitParked(t *testing.T, funcs ...string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		buf := make([]byte, 1<<20)
+		dump := string(buf[:runtime.Stack(buf, true)])
+		for _, f := range funcs {
+			found := false
+			for _, g := range strings.Split(dump, "\n\n") {
+				head, _, _ := strings.Cut(g, "\n")
+				if strings.Contains(g, f) && (strings.Contains(head, "[select") || strings.Contains(head, "[chan ")) {
+					found = true
+					break
+				}
+			}
+			if !found {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, time.Millisecond, "goroutines parked in %v", funcs)
 }
