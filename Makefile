@@ -7,8 +7,16 @@ GO          ?= go
 GOARCH      := $(shell $(GO) env GOARCH)
 ORT_ARCH    := $(if $(filter arm64,$(GOARCH)),arm64,x64)
 ORT_LIB     := $(CURDIR)/third_party/onnxruntime/linux-$(ORT_ARCH)/libonnxruntime.so.1
-VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS     := -X main.version=$(VERSION)
+# Releases are git tags: VERSION is `git describe` (v1.2.0, or
+# v1.2.0-3-gabc1234 between tags, with -dirty for a changed tree); COMMIT
+# the full hash. Both are stamped into every binary (internal/buildinfo).
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+COMMIT      ?= $(shell git rev-parse HEAD 2>/dev/null)
+BUILDINFO   := github.com/edgefleet/edgefleet/internal/buildinfo
+LDFLAGS     := -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).commit=$(COMMIT)
+# Archives are reproducible: every file's time is the commit's.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+export SOURCE_DATE_EPOCH
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 BIN         := $(CURDIR)/bin
 TEST_FLAGS  ?= -race -count=1 -timeout 12m
@@ -107,6 +115,14 @@ bench-fleet: build
 	$(BIN)/fleet-sim bench scale --n $(FLEET_SCALE_N)
 	$(BIN)/fleet-sim bench telemetry --n 100,1000
 
+## image: the control plane container image $(IMAGE):$(VERSION) (needs a
+## Docker engine; deploy/image/Dockerfile, context the repository)
+IMAGE ?= edgefleet/edgefleet
+.PHONY: image
+image:
+	docker build -f deploy/image/Dockerfile --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) \
+		-t $(IMAGE):$(VERSION) .
+
 clean:
 	rm -rf $(BIN) .demo
 
@@ -114,7 +130,7 @@ clean:
 ## compilers) with onnxruntime, config example, unit, install.sh; dist/SHA256SUMS
 DIST        := $(CURDIR)/dist
 CROSS_ARCHS ?= amd64 arm64
-CROSS_FLAGS := -trimpath -ldflags "-s -w $(LDFLAGS)"
+CROSS_FLAGS := -trimpath -buildvcs=false -ldflags "-s -w -buildid= $(LDFLAGS)"
 .PHONY: cross test-cross test-deploy dist
 cross: deps
 	@command -v aarch64-linux-gnu-gcc >/dev/null || sh scripts/install-cross.sh
@@ -150,6 +166,6 @@ dist: cross
 		CGO_ENABLED=1 GOOS=linux GOARCH=$$arch CC=$$cc $(GO) build $(CROSS_FLAGS) -o $$d/bin/edgefleet ./controlplane/cmd/edgefleet; \
 		cp third_party/onnxruntime/linux-$$ort/libonnxruntime.so.1 $$d/lib/; \
 		cp deploy/systemd/edgefleet.service $$d/systemd/; cp -r deploy/mosquitto $$d/; \
-		tar --owner=0 --group=0 --numeric-owner --sort=name -C $(DIST)/.build -czf $(DIST)/edgefleet-$(VERSION)-linux-$$arch.tar.gz edgefleet-$(VERSION)-linux-$$arch; \
+		sh scripts/reproducible-tar.sh $(DIST)/edgefleet-$(VERSION)-linux-$$arch.tar.gz $(DIST)/.build edgefleet-$(VERSION)-linux-$$arch; \
 	done
 	@cd $(DIST) && sha256sum edgefleet-*.tar.gz > SHA256SUMS && cat SHA256SUMS

@@ -21,7 +21,7 @@ install -m 0644 "$here/deploy/agent/agent.yaml.example" "$d/etc/agent.yaml.examp
 install -m 0644 "$here/deploy/systemd/edgefleet-agent.service" "$d/systemd/edgefleet-agent.service"
 install -m 0755 "$here/deploy/agent/install.sh" "$d/install.sh"
 printf 'name=edgefleet-agent\nversion=%s\narch=%s\n' "$version" "$arch" >"$d/PACKAGE"
-# Reproducible-ish: fixed owner and sorted entries.
-tar --owner=0 --group=0 --numeric-owner --sort=name -C "$stage" -czf "$out/$name.tar.gz.tmp" "$name"
-mv -f "$out/$name.tar.gz.tmp" "$out/$name.tar.gz"
+chmod 0644 "$d/PACKAGE"
+# Byte-reproducible: the same inputs give the same archive.
+sh "$here/scripts/reproducible-tar.sh" "$out/$name.tar.gz" "$stage" "$name"
 echo "$out/$name.tar.gz"

@@ -220,6 +220,11 @@ func TestCLIEndToEnd(t *testing.T) {
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stderr, "no API token")
 
+	// health needs no token.
+	code, stdout, stderr = cli(t, "health", "--api", sv.api)
+	assert.Equal(t, 0, code, stderr)
+	assert.Equal(t, "ok\n", stdout)
+
 	// Global flags before the command and the environment work too.
 	code, stdout, stderr = cli(t, "--api", sv.api, "--token", sv.token, "devices")
 	require.Equal(t, 0, code, stderr)
@@ -248,6 +253,7 @@ func TestCLIUsageAndOfflineCommands(t *testing.T) {
 		{"bad drift", []string{"model", "train", "--out", "x.onnx", "--drift", "pattern=weird"}, 2, "want classic or card-testing"},
 		{"bad api", []string{"devices", "--api", "ftp://x", "--token", "t"}, 2, "want an http:// or https:// URL"},
 		{"unreachable", []string{"devices", "--api", "http://127.0.0.1:1", "--token", "t"}, 1, "cannot reach the control plane"},
+		{"health of nothing", []string{"health", "--api", "http://127.0.0.1:1"}, 1, "cannot reach the control plane"},
 		{"both token flags", []string{"devices", "--token", "a", "--token-file", "b"}, 2, "not both"},
 		{"bad log level", []string{"serve", "--log-level", "loud"}, 2, "--log-level"},
 		{"negative alert threshold", []string{"serve", "--alert-max-psi", "-1"}, 2, "must not be negative"},

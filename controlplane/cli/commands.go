@@ -1,13 +1,13 @@
 package cli
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,6 +22,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/client"
 	"github.com/edgefleet/edgefleet/controlplane/keys"
+	"github.com/edgefleet/edgefleet/internal/buildinfo"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/labels"
 	"github.com/edgefleet/edgefleet/internal/signing"
@@ -594,6 +595,30 @@ generation; the agent downloads, checks and activates the version. Target device
 	return c
 }
 
+func (a *app) healthCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "health",
+		Short: "check that a control plane answers (for container health checks)",
+		Long: `Asks the control plane's GET /healthz, which needs no token, and exits 0 when it answers,
+1 otherwise: the container image's HEALTHCHECK runs it.`,
+		Example: "  edgefleet health --api http://127.0.0.1:8080",
+		Args:    noArgs,
+		RunE: a.runE(func(cmd *cobra.Command, _ []string) error {
+			c, err := client.New(a.api, client.Options{})
+			if err != nil {
+				return usagef("--api %q: want an http:// or https:// URL", a.api)
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Second)
+			defer cancel()
+			if err := c.Health(ctx); err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, "ok")
+			return nil
+		}),
+	}
+}
+
 func (a *app) versionCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:     "version",
@@ -602,18 +627,7 @@ func (a *app) versionCmd() *cobra.Command {
 		Example: "  edgefleet version",
 		Args:    noArgs,
 		RunE: a.runE(func(*cobra.Command, []string) error {
-			v, rev := "devel", ""
-			if bi, ok := debug.ReadBuildInfo(); ok {
-				if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-					v = bi.Main.Version
-				}
-				for _, s := range bi.Settings {
-					if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-						rev = " " + s.Value[:12]
-					}
-				}
-			}
-			fmt.Fprintf(a.stdout, "edgefleet %s%s (protocol %d, %s %s/%s)\n", v, rev, efpb.ProtocolVersion, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			fmt.Fprintf(a.stdout, "edgefleet %s (protocol %d, %s %s/%s)\n", buildinfo.String(), efpb.ProtocolVersion, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 			return nil
 		}),
 	}

@@ -262,7 +262,7 @@ func buildAgentTarball(t *testing.T) string {
 			return
 		}
 		bin := filepath.Join(o.dir, "edgefleet-agent")
-		args := []string{"build", "-o", bin, "-ldflags", "-X main.version=" + tarballVersion}
+		args := []string{"build", "-o", bin, "-ldflags", "-X github.com/edgefleet/edgefleet/internal/buildinfo.version=" + tarballVersion}
 		if raceEnabled {
 			args = append(args, "-race")
 		}

@@ -136,8 +136,9 @@ type composeFile struct {
 type composeService struct {
 	Image string `yaml:"image"`
 	Build *struct {
-		Context    string `yaml:"context"`
-		Dockerfile string `yaml:"dockerfile"`
+		Context    string            `yaml:"context"`
+		Dockerfile string            `yaml:"dockerfile"`
+		Args       map[string]string `yaml:"args"`
 	} `yaml:"build"`
 	Restart     string            `yaml:"restart"`
 	DependsOn   yaml.Node         `yaml:"depends_on"`
@@ -274,9 +275,13 @@ type k8sService struct {
 }
 
 type k8sProbe struct {
-	TCPSocket struct {
+	TCPSocket *struct {
 		Port string `yaml:"port"`
 	} `yaml:"tcpSocket"`
+	HTTPGet *struct {
+		Path string `yaml:"path"`
+		Port string `yaml:"port"`
+	} `yaml:"httpGet"`
 	InitialDelaySeconds int `yaml:"initialDelaySeconds"`
 	PeriodSeconds       int `yaml:"periodSeconds"`
 }
@@ -391,6 +396,10 @@ func TestKubernetesManifests(t *testing.T) {
 		Kind       string   `yaml:"kind"`
 		Namespace  string   `yaml:"namespace"`
 		Resources  []string `yaml:"resources"`
+		Images     []struct {
+			Name   string `yaml:"name"`
+			NewTag string `yaml:"newTag"`
+		} `yaml:"images"`
 	}
 	require.NoError(t, decodeStrict(deployFile(t, "k8s/kustomization.yaml"), &kust))
 	assert.Equal(t, "Kustomization", kust.Kind)
@@ -466,8 +475,15 @@ func TestKubernetesManifests(t *testing.T) {
 				}
 			}
 			for _, p := range []*k8sProbe{c.ReadinessProbe, c.LivenessProbe} {
-				if p != nil {
+				switch {
+				case p == nil:
+				case p.HTTPGet != nil:
+					assert.True(t, ports[name][p.HTTPGet.Port], "%s: probe port %s is a named port", name, p.HTTPGet.Port)
+					assert.Equal(t, "/healthz", p.HTTPGet.Path, "%s: HTTP probes ask the health endpoint, which needs no token", name)
+				case p.TCPSocket != nil:
 					assert.True(t, ports[name][p.TCPSocket.Port], "%s: probe port %s is a named port", name, p.TCPSocket.Port)
+				default:
+					t.Errorf("%s: a probe without httpGet or tcpSocket", name)
 				}
 			}
 			assert.False(t, *c.SecurityContext.AllowPrivilegeEscalation, "%s: no privilege escalation", name)

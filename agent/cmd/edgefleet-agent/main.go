@@ -13,10 +13,8 @@ import (
 	"syscall"
 
 	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/internal/buildinfo"
 )
-
-// version is stamped at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 func main() {
 	os.Exit(run())
@@ -33,7 +31,7 @@ func run() int {
 		return 2
 	}
 	if *showVersion {
-		fmt.Println("edgefleet-agent", version)
+		fmt.Println("edgefleet-agent", buildinfo.String())
 		return 0
 	}
 	cfg, err := agent.LoadConfig(*configPath)
@@ -54,7 +52,7 @@ func run() int {
 		}
 	}
 	opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	opts.Version = version
+	opts.Version = buildinfo.Version()
 
 	a, err := agent.New(opts)
 	if err != nil {
