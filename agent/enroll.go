@@ -50,6 +50,12 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Config, error) {
 	if o.DataDir == "" {
 		return nil, errors.New("enroll: DataDir is required")
 	}
+	// Every local input is checked before the token is spent: a typo in a
+	// certificate path must not cost the operator a new token.
+	local := Config{TLSCAFile: o.TLSCAFile, TLSCertFile: o.TLSCertFile, TLSKeyFile: o.TLSKeyFile}
+	if _, err := local.tlsConfig(); err != nil {
+		return nil, fmt.Errorf("enroll: %w (the enrollment token was not used)", err)
+	}
 	hc := o.HTTPClient
 	if hc == nil {
 		hc = &http.Client{Timeout: 30 * time.Second}

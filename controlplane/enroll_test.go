@@ -155,3 +155,28 @@ func TestAgentEnrollWritesWorkingConfig(t *testing.T) {
 	_, err = agent.Enroll(ctx, agent.EnrollOptions{ControlPlane: "ftp://x", Token: e.Token, DataDir: "/x"})
 	assert.ErrorContains(t, err, "want an http")
 }
+
+// TestEnrollChecksLocalInputsFirst: a certificate path that does not
+// exist or does not parse is refused before the token is exchanged, so
+// the same token works once the typo is fixed.
+func TestEnrollChecksLocalInputsFirst(t *testing.T) {
+	ts := newTestServer(t, nil)
+	e := ts.enrollment(api.EnrollmentRequest{DeviceID: "edge-8"})
+	ctx := context.Background()
+	notPEM := filepath.Join(t.TempDir(), "ca.crt")
+	require.NoError(t, os.WriteFile(notPEM, []byte("not a certificate"), 0o600))
+	for _, o := range []agent.EnrollOptions{
+		{TLSCAFile: "/nonexistent/ca.crt"},
+		{TLSCAFile: notPEM},
+		{TLSCertFile: "/nonexistent/edge-8.crt"},
+	} {
+		o.ControlPlane, o.Token, o.DataDir = ts.APIURL(), e.Token, "/var/lib/x"
+		_, err := agent.Enroll(ctx, o)
+		require.Error(t, err)
+		assert.ErrorContains(t, err, "the enrollment token was not used")
+		assert.NotErrorIs(t, err, agent.ErrEnrollRefused)
+	}
+	cfg, err := agent.Enroll(ctx, agent.EnrollOptions{ControlPlane: ts.APIURL(), Token: e.Token, DataDir: "/var/lib/x"})
+	require.NoError(t, err, "the token is still good")
+	assert.Equal(t, "edge-8", cfg.DeviceID)
+}

@@ -159,6 +159,7 @@ func TestCLIEndToEnd(t *testing.T) {
 	require.Equal(t, 0, code, stderr)
 	assert.Contains(t, stdout, "BEGIN PUBLIC KEY", "without --config-out the root key is printed")
 
+
 	code, stdout, stderr = c("deploy", "fraud@v1", "--selector", "site=berlin")
 	require.Equal(t, 0, code, stderr)
 	assert.Contains(t, stdout, "deployed fraud@v1 to 1 device(s)")
@@ -325,4 +326,30 @@ func TestBrokerACLMatchesTheShippedFile(t *testing.T) {
 	code, _, stderr = cli(t, "broker", "passwords")
 	assert.Equal(t, 2, code)
 	assert.Contains(t, stderr, "want broker acl")
+}
+
+// TestCLIDeviceTLSFlags: a private CA and a client certificate go into the
+// written config, as paths on the device; half a certificate is refused
+// before anything is registered.
+func TestCLIDeviceTLSFlags(t *testing.T) {
+	sv := startServe(t)
+	c := func(args ...string) (int, string, string) {
+		t.Helper()
+		return cli(t, append(args, "--api", sv.api, "--token-file", sv.tokenFile)...)
+	}
+	tlsCfg := filepath.Join(t.TempDir(), "tls.yaml")
+	code, _, stderr := c("device", "add", "dev-4", "--config-out", tlsCfg, "--tls-cert-file", "/etc/edgefleet/tls/dev-4.crt")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, "--tls-cert-file and --tls-key-file go together")
+	assert.NoFileExists(t, tlsCfg)
+	code, _, stderr = c("device", "add", "dev-4", "--config-out", tlsCfg, "--tls-ca-file", "/etc/edgefleet/tls/ca.crt",
+		"--tls-cert-file", "/etc/edgefleet/tls/dev-4.crt", "--tls-key-file", "/etc/edgefleet/tls/dev-4.key")
+	require.Equal(t, 0, code, stderr)
+	written, err := agent.LoadConfig(tlsCfg)
+	require.NoError(t, err)
+	assert.Equal(t, "/etc/edgefleet/tls/ca.crt", written.TLSCAFile)
+	assert.Equal(t, "/etc/edgefleet/tls/dev-4.crt", written.TLSCertFile)
+	assert.Equal(t, "/etc/edgefleet/tls/dev-4.key", written.TLSKeyFile)
+	code, _, _ = c("device", "add", "dev-4")
+	assert.Equal(t, 1, code, "the refused call registered nothing; the second one did")
 }

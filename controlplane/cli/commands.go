@@ -315,6 +315,7 @@ func (a *app) deviceAddCmd() *cobra.Command {
 	var (
 		lbls                          stringList
 		configOut, dataDir, inference string
+		tlsFiles                      deviceTLS
 	)
 	c := &cobra.Command{
 		Use:   "add ID",
@@ -324,12 +325,16 @@ only this once. With --config-out it also writes a ready agent config (YAML, mod
 "edgefleet-agent --config"; the file must not exist yet, and nothing is registered when it
 cannot be created.`,
 		Example: `  edgefleet device add dev-1 --label site=berlin --label hw=arm64
-  edgefleet device add dev-17 --label site=plant-1 --config-out dev-17.yaml`,
+  edgefleet device add dev-17 --label site=plant-1 --config-out dev-17.yaml
+  edgefleet device add dev-18 --config-out dev-18.yaml --tls-ca-file /etc/edgefleet/tls/ca.crt`,
 		Args: oneArg("device id"),
 		RunE: a.runE(func(cmd *cobra.Command, pos []string) error {
 			id := pos[0]
 			m, err := parseLabels(lbls)
 			if err != nil {
+				return err
+			}
+			if err := tlsFiles.check(); err != nil {
 				return err
 			}
 			// Check the config can be written before registering: the password is
@@ -357,7 +362,9 @@ cannot be created.`,
 				fmt.Fprintf(a.stdout, "  root_public_key:\n%s", indent(creds.RootPublicKey, "    "))
 				return nil
 			}
-			cfg, err := yaml.Marshal(agent.ConfigFor(creds, dataDir, inference))
+			ac := agent.ConfigFor(creds, dataDir, inference)
+			ac.TLSCAFile, ac.TLSCertFile, ac.TLSKeyFile = tlsFiles.ca, tlsFiles.cert, tlsFiles.key
+			cfg, err := yaml.Marshal(ac)
 			if err == nil {
 				_, err = cfgFile.Write(cfg)
 			}
@@ -376,7 +383,38 @@ cannot be created.`,
 	f.StringVar(&configOut, "config-out", "", "write a ready agent config (YAML, mode 0600) to this `FILE`")
 	f.StringVar(&dataDir, "data-dir", "/var/lib/edgefleet-agent", "the agent's data_dir in the config (`DIR`)")
 	f.StringVar(&inference, "inference-listen", "127.0.0.1:8081", "the agent's inference_listen in the config (`ADDR`; empty disables the local API)")
+	tlsFiles.flags(c)
 	return c
+}
+
+// deviceTLS are the paths, as on the device, of a TLS broker's CA and the
+// device's client certificate and key: they go into the agent config.
+type deviceTLS struct{ ca, cert, key string }
+
+func (d *deviceTLS) flags(c *cobra.Command) {
+	f := c.Flags()
+	f.StringVar(&d.ca, "tls-ca-file", "", "the broker's CA bundle, as a `PATH` on the device (the config's tls_ca_file)")
+	f.StringVar(&d.cert, "tls-cert-file", "", "the device's client certificate for mutual TLS, as a `PATH` on the device (tls_cert_file)")
+	f.StringVar(&d.key, "tls-key-file", "", "its private key, as a `PATH` on the device (tls_key_file)")
+}
+
+// check refuses half a client certificate, before anything is registered.
+func (d deviceTLS) check() error {
+	if (d.cert == "") != (d.key == "") {
+		return usagef("--tls-cert-file and --tls-key-file go together")
+	}
+	return nil
+}
+
+// args are the flags that pass the same paths to edgefleet-agent enroll.
+func (d deviceTLS) args() string {
+	var out string
+	for _, f := range []struct{ flag, v string }{{"--tls-ca-file", d.ca}, {"--tls-cert-file", d.cert}, {"--tls-key-file", d.key}} {
+		if f.v != "" {
+			out += " " + f.flag + " " + f.v
+		}
+	}
+	return out
 }
 
 // parseLabels reads repeated --label key=value flags.

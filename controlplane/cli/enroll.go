@@ -10,8 +10,9 @@ import (
 
 func (a *app) deviceEnrollCmd() *cobra.Command {
 	var (
-		lbls stringList
-		ttl  string
+		lbls     stringList
+		ttl      string
+		tlsFiles deviceTLS
 	)
 	c := &cobra.Command{
 		Use:   "enroll ID",
@@ -21,11 +22,15 @@ the device: "edgefleet-agent enroll" fetches the device's credentials and writes
 there, so no password is copied by hand. The token is valid once, until --ttl passes. For a
 device that exists already, the exchange replaces its credentials (re-admits a revoked one).`,
 		Example: `  edgefleet device enroll dev-17 --label site=plant-1
-  edgefleet device enroll cam-1 --label site=oslo --ttl 24h`,
+  edgefleet device enroll cam-1 --label site=oslo --ttl 24h
+  edgefleet device enroll cam-2 --tls-ca-file /etc/edgefleet/tls/ca.crt`,
 		Args: oneArg("device id"),
 		RunE: a.runE(func(cmd *cobra.Command, pos []string) error {
 			m, err := parseLabels(lbls)
 			if err != nil {
+				return err
+			}
+			if err := tlsFiles.check(); err != nil {
 				return err
 			}
 			c, err := a.client()
@@ -41,12 +46,13 @@ device that exists already, the exchange replaces its credentials (re-admits a r
 				what = "existing device: the exchange replaces its credentials"
 			}
 			fmt.Fprintf(a.stdout, "enrollment token for %s (%s), valid once until %s:\n\n    %s\n\n", e.DeviceID, what, e.Expires.Format("2006-01-02 15:04:05 MST"), e.Token)
-			fmt.Fprintf(a.stdout, "On the device:\n    edgefleet-agent enroll --token %s --control-plane %s --config-out /etc/edgefleet/agent.yaml\n", e.Token, a.api)
+			fmt.Fprintf(a.stdout, "On the device:\n    edgefleet-agent enroll --token %s --control-plane %s --config-out /etc/edgefleet/agent.yaml%s\n", e.Token, a.api, tlsFiles.args())
 			return nil
 		}),
 	}
 	c.Flags().Var(&lbls, "label", "label `key=value` (repeatable; new devices only)")
 	c.Flags().StringVar(&ttl, "ttl", "1h", "how long the enrollment token may be used (`DURATION`, 1m..168h)")
+	tlsFiles.flags(c)
 	return c
 }
 

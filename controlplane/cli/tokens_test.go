@@ -46,6 +46,10 @@ func TestCLITokensEnrollRevoke(t *testing.T) {
 	require.Equal(t, 0, code, stderr)
 	assert.Regexp(t, `efe_[0-9a-f]{64}`, out)
 	assert.Contains(t, out, "edgefleet-agent enroll --token efe_")
+	assert.NotContains(t, out, "--tls-ca-file")
+	code, out, stderr = c("device", "enroll", "cam-2", "--tls-ca-file", "/etc/edgefleet/tls/ca.crt")
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, out, "--config-out /etc/edgefleet/agent.yaml --tls-ca-file /etc/edgefleet/tls/ca.crt\n", "the device's enroll command carries the CA")
 
 	code, out, stderr = c("token", "revoke", id[1])
 	require.Equal(t, 0, code, stderr)

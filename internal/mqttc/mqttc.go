@@ -254,10 +254,19 @@ func Connect(ctx context.Context, opts Options) (*Client, error) {
 	return c, nil
 }
 
+// connectWarnAfter and connectWarnEvery: failed connection attempts are
+// logged at WARN from the connectWarnAfter-th on, at most once per
+// connectWarnEvery.
+const (
+	connectWarnAfter = 3
+	connectWarnEvery = time.Minute
+)
+
 // connectFirst makes connection attempts until one succeeds, the broker
 // refuses, or ctx ends.
 func (c *Client) connectFirst(ctx context.Context) error {
 	backoff := 100 * time.Millisecond
+	var warned time.Time // when a failed attempt was last logged at WARN
 	for attempt := 1; ; attempt++ {
 		tok := c.pc.Connect()
 		select {
@@ -280,7 +289,16 @@ func (c *Client) connectFirst(ctx context.Context) error {
 			return fmt.Errorf("mqttc: connect %s as %q: broker says %q (check the device id and credentials): %w",
 				c.opts.BrokerURL, c.opts.ClientID, err.Error(), ErrRefused)
 		}
-		c.log.Debug("connect attempt failed", "broker", c.opts.BrokerURL, "attempt", attempt, "error", err)
+		// A broker that is briefly away is normal (debug); one that stays
+		// unreachable (a wrong CA, a wrong host, a firewall) is what an
+		// operator must see: WARN from the third attempt on, at most once
+		// a minute, with the error.
+		if attempt >= connectWarnAfter && time.Since(warned) >= connectWarnEvery {
+			warned = time.Now()
+			c.log.Warn("cannot connect to the broker; retrying", "broker", c.opts.BrokerURL, "attempts", attempt, "error", err)
+		} else {
+			c.log.Debug("connect attempt failed", "broker", c.opts.BrokerURL, "attempt", attempt, "error", err)
+		}
 		t := time.NewTimer(backoff)
 		select {
 		case <-t.C:

@@ -1,12 +1,16 @@
 package mqttc
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/controlplane/broker"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/internal/topics"
 )
 
@@ -525,4 +530,58 @@ func TestDialInMemoryAndReconnect(t *testing.T) {
 	c.Close()
 	require.Eventually(t, func() bool { return b.InMemoryConns() == 0 }, waitFor, 5*time.Millisecond,
 		"in-memory connections left: %d", b.InMemoryConns())
+}
+
+// syncBuffer is a log sink safe for the client's goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestUnreachableBrokerIsLoggedAtWarn: a broker whose certificate the
+// client does not trust fails every attempt; after a few the failure,
+// with its cause, is logged at WARN (not only at debug, where an operator
+// never looks), and not on every attempt.
+func TestUnreachableBrokerIsLoggedAtWarn(t *testing.T) {
+	ca, other := testkit.NewCA(t, "broker CA"), testkit.NewCA(t, "another CA")
+	cert, key := ca.IssueFiles(t, "broker", true)
+	tlsCfg, err := broker.TLSConfig(cert, key, "")
+	require.NoError(t, err)
+	b, err := broker.New(broker.Options{Addr: "127.0.0.1:0", Auth: devices, TLS: tlsCfg})
+	require.NoError(t, err)
+	require.NoError(t, b.Start())
+	t.Cleanup(func() { assert.NoError(t, b.Close()) })
+
+	var logs syncBuffer
+	opts := deviceOptions(b.URL(), "d1")
+	opts.TLS = &tls.Config{RootCAs: other.Pool, MinVersion: tls.VersionTLS12}
+	opts.MaxReconnectInterval = 50 * time.Millisecond
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := Connect(ctx, opts)
+		done <- err
+	}()
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "level=WARN") }, waitFor, 10*time.Millisecond,
+		"a broker that stays unreachable is logged at WARN")
+	line := logs.String()
+	assert.Contains(t, line, "cannot connect to the broker")
+	assert.Contains(t, line, "certificate", "the cause is in the line")
+	assert.Contains(t, line, "attempts=3")
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+	assert.Equal(t, 1, strings.Count(logs.String(), "level=WARN"), "at most one WARN a minute:\n%s", logs.String())
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/edgefleet/edgefleet/agent"
@@ -37,6 +38,10 @@ func runEnroll(args []string) int {
 			return 1
 		}
 	}
+	if err := checkWritable(filepath.Dir(*out)); err != nil {
+		fmt.Fprintf(os.Stderr, "edgefleet-agent enroll: cannot write %s: %v (the token was not used)\n", *out, err)
+		return 1
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	cfg, err := agent.Enroll(ctx, agent.EnrollOptions{ControlPlane: *cp, Token: *token, DataDir: *dataDir, InferenceListen: *inference,
@@ -51,4 +56,16 @@ func runEnroll(args []string) int {
 	}
 	fmt.Printf("enrolled as %s; config written to %s (it holds the password: keep it private)\n", cfg.DeviceID, *out)
 	return 0
+}
+
+// checkWritable makes sure a file can be created in dir, before a
+// single-use token is spent on a config that could not be written.
+func checkWritable(dir string) error {
+	f, err := os.CreateTemp(dir, ".enroll-check-*")
+	if err != nil {
+		return err
+	}
+	name := f.Name()
+	_ = f.Close()
+	return os.Remove(name)
 }
