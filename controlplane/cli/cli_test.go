@@ -159,7 +159,6 @@ func TestCLIEndToEnd(t *testing.T) {
 	require.Equal(t, 0, code, stderr)
 	assert.Contains(t, stdout, "BEGIN PUBLIC KEY", "without --config-out the root key is printed")
 
-
 	code, stdout, stderr = c("deploy", "fraud@v1", "--selector", "site=berlin")
 	require.Equal(t, 0, code, stderr)
 	assert.Contains(t, stdout, "deployed fraud@v1 to 1 device(s)")
