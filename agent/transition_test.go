@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"slices"
 	"strings"
@@ -428,8 +429,15 @@ func TestAgentStoreWriteFailsAtEachStep(t *testing.T) {
 				assert.Equal(e.t, "2.0.0", s.Target, "the dropped target stays as recorded")
 			},
 			end: func(e *faultEnv) {
-				waitServing(e.t, e.a, "fraud", "1.0.0")
-				assert.NoFileExists(e.t, e.a.partPath("fraud", sha256hex(e.v2.ONNX)), "its download is removed")
+				// 1.0.0 served all along: wait for the drop itself (the target
+				// gone, then its download), not for 1.0.0.
+				part := e.a.partPath("fraud", sha256hex(e.v2.ONNX))
+				require.Eventually(e.t, func() bool {
+					s, _ := e.status()
+					_, err := os.Stat(part)
+					return s.Target == "" && errors.Is(err, fs.ErrNotExist)
+				}, 30*time.Second, 10*time.Millisecond, "the target is dropped and its download removed")
+				assert.Equal(e.t, "1.0.0", e.serving())
 			},
 		},
 		{
@@ -463,8 +471,10 @@ func TestAgentStoreWriteFailsAtEachStep(t *testing.T) {
 				assert.DirExists(e.t, e.a.modelDir("fraud"))
 			},
 			end: func(e *faultEnv) {
-				require.Eventually(e.t, func() bool { return len(e.a.Status()) == 0 }, 30*time.Second, 10*time.Millisecond)
-				assert.NoDirExists(e.t, e.a.modelDir("fraud"))
+				require.Eventually(e.t, func() bool {
+					_, err := os.Stat(e.a.modelDir("fraud"))
+					return len(e.a.Status()) == 0 && errors.Is(err, fs.ErrNotExist)
+				}, 30*time.Second, 10*time.Millisecond, "the model is removed: its slot and its files")
 			},
 		},
 
