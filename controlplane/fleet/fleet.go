@@ -2,7 +2,8 @@
 // (devices, labels, the credentials the broker checks), enrollment and
 // revocation, desired-state issuance (signed, generation-numbered, one Assign
 // for deployments and rollouts alike), and what devices report (status,
-// refusals, presence, telemetry). Imported by controlplane.
+// refusals, presence, telemetry). Imported by controlplane and
+// controlplane/brokerauth (device passwords for an external mosquitto).
 package fleet
 
 import (

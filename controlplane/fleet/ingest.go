@@ -41,7 +41,7 @@ func (f *Fleet) OnStatus(topic string, payload []byte) {
 		}
 	}
 	tooMany, stale := false, false
-	known, err := f.reg.update(dev, func(d *api.Device, now time.Time) bool {
+	drop, err := f.reg.update(dev, func(d *api.Device, now time.Time) bool {
 		d.Online, d.LastSeen = true, now
 		st := d.Reported[ev.ModelName]
 		if st != nil && ev.Seq != 0 && ev.Seq <= st.Seq {
@@ -75,8 +75,8 @@ func (f *Fleet) OnStatus(topic string, payload []byte) {
 		return true
 	})
 	switch {
-	case !known:
-		f.opts.Ingest.Drop(kind, ingest.UnknownDevice, topic, nil)
+	case drop != "":
+		f.opts.Ingest.Drop(kind, drop, topic, nil)
 	case tooMany:
 		f.opts.Ingest.Drop(kind, ingest.Invalid, topic, fmt.Errorf("device reports more than %d models", maxReportedModels))
 	case stale:
@@ -93,7 +93,7 @@ func (f *Fleet) OnStatus(topic string, payload []byte) {
 // refused something device-wide (a desired state) and says why.
 func (f *Fleet) onRefusal(kind topics.Kind, topic, dev string, ev *efpb.StatusEvent) {
 	stale := false
-	known, err := f.reg.update(dev, func(d *api.Device, now time.Time) bool {
+	drop, err := f.reg.update(dev, func(d *api.Device, now time.Time) bool {
 		d.Online, d.LastSeen = true, now
 		if r := d.LastRefusal; r != nil && ev.Seq != 0 && ev.Seq <= r.Seq {
 			stale = true
@@ -103,8 +103,8 @@ func (f *Fleet) onRefusal(kind topics.Kind, topic, dev string, ev *efpb.StatusEv
 		return true
 	})
 	switch {
-	case !known:
-		f.opts.Ingest.Drop(kind, ingest.UnknownDevice, topic, nil)
+	case drop != "":
+		f.opts.Ingest.Drop(kind, drop, topic, nil)
 	case stale:
 		f.opts.Ingest.Drop(kind, ingest.Stale, topic, fmt.Errorf("seq %d is not newer than the recorded one", ev.Seq))
 	case err != nil:
@@ -148,7 +148,7 @@ func (f *Fleet) OnTelemetry(topic string, payload []byte) (dev string, t *efpb.T
 			Rejects:    m.Rejects,
 		})
 	}
-	known, err := f.reg.update(dev, func(d *api.Device, now time.Time) bool {
+	drop, err := f.reg.update(dev, func(d *api.Device, now time.Time) bool {
 		d.Online, d.LastSeen = true, now
 		if t.AgentVersion != "" {
 			d.AgentVersion = truncate(t.AgentVersion, maxAgentVersion)
@@ -158,8 +158,8 @@ func (f *Fleet) OnTelemetry(topic string, payload []byte) (dev string, t *efpb.T
 		return false // persisted at most every lastSeenPersistEvery
 	})
 	switch {
-	case !known:
-		f.opts.Ingest.Drop(kind, ingest.UnknownDevice, topic, nil)
+	case drop != "":
+		f.opts.Ingest.Drop(kind, drop, topic, nil)
 		return "", nil, false
 	case err != nil:
 		f.log.Error("store device telemetry failed", "device", dev, "err", err)
@@ -176,7 +176,7 @@ func (f *Fleet) OnPresence(topic string, payload []byte) {
 	if !ok {
 		return
 	}
-	known, err := f.reg.update(dev, func(d *api.Device, now time.Time) bool {
+	drop, err := f.reg.update(dev, func(d *api.Device, now time.Time) bool {
 		changed := d.Online != p.Online
 		d.Online, d.LastSeen = p.Online, now
 		if p.AgentVersion != "" {
@@ -185,8 +185,8 @@ func (f *Fleet) OnPresence(topic string, payload []byte) {
 		return changed
 	})
 	switch {
-	case !known:
-		f.opts.Ingest.Drop(kind, ingest.UnknownDevice, topic, nil)
+	case drop != "":
+		f.opts.Ingest.Drop(kind, drop, topic, nil)
 	case err != nil:
 		f.log.Error("store device presence failed", "device", dev, "err", err)
 	default:

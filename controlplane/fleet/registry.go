@@ -17,7 +17,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/ingest"
 	"github.com/edgefleet/edgefleet/internal/labels"
+	"github.com/edgefleet/edgefleet/internal/mosquitto"
 	"github.com/edgefleet/edgefleet/internal/store"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -26,7 +28,8 @@ import (
 // Store layout of the registry, in the fleet's store namespace:
 //
 //	devices/{id}  api.Device as JSON (without Desired and Online)
-//	creds/{id}    credential: salt and sha256(salt || password)
+//	creds/{id}    credential: salt and sha256(salt || password), and the
+//	              password hashed for mosquitto's password file
 //	desired/{id}  desiredRecord: newest generation and its signed envelope
 const (
 	prefixDevices = "devices/"
@@ -45,12 +48,34 @@ const (
 )
 
 // credential is a device's MQTT password, hashed. The password is 32 random
-// bytes the control plane generated, so one salted sha256 is enough: there
-// is nothing to brute-force that a slow KDF would protect (KDFs exist for
-// low-entropy human passwords) and the broker checks it on every connect.
+// bytes the control plane generated, so one salted sha256 is enough for
+// the embedded broker, which checks it on every connect: there is nothing
+// to brute-force that a slow KDF would protect (KDFs exist for low-entropy
+// human passwords). Mosquitto is the password hashed as mosquitto_passwd
+// does, for the password file an external mosquitto reads (broker sync);
+// credentials made before it existed lack it.
 type credential struct {
-	Salt []byte `json:"salt"`
-	Hash []byte `json:"hash"`
+	Salt      []byte `json:"salt"`
+	Hash      []byte `json:"hash"`
+	Mosquitto string `json:"mosquitto,omitempty"`
+}
+
+// newCredential generates a device password and its credential.
+func newCredential() (password string, cred credential, err error) {
+	raw := make([]byte, 32)
+	salt := make([]byte, 16)
+	if _, err := rand.Read(raw); err != nil {
+		return "", credential{}, fmt.Errorf("generate password: %w", err)
+	}
+	if _, err := rand.Read(salt); err != nil {
+		return "", credential{}, fmt.Errorf("generate password: %w", err)
+	}
+	password = base64.RawURLEncoding.EncodeToString(raw)
+	mq, err := mosquitto.Hash(password)
+	if err != nil {
+		return "", credential{}, err
+	}
+	return password, credential{Salt: salt, Hash: hashPassword(salt, []byte(password)), Mosquitto: mq}, nil
 }
 
 func hashPassword(salt, password []byte) []byte {
@@ -87,6 +112,10 @@ type Registry struct {
 	// before Registry.mu (docs/architecture.md).
 	mu      sync.RWMutex
 	devices map[string]*deviceEntry
+	// credGen counts credential changes; credChanged is closed and
+	// replaced at each (see Credentials).
+	credGen     uint64
+	credChanged chan struct{}
 }
 
 // OpenRegistry reads every device, credential and desired state in kv
@@ -95,7 +124,7 @@ func OpenRegistry(kv *store.KV, clock func() time.Time) (*Registry, error) {
 	if clock == nil {
 		clock = time.Now
 	}
-	r := &Registry{kv: kv, clock: clock, devices: map[string]*deviceEntry{}}
+	r := &Registry{kv: kv, clock: clock, devices: map[string]*deviceEntry{}, credChanged: make(chan struct{})}
 	err := kv.Scan(prefixDevices, func(key string, val []byte) error {
 		var d api.Device
 		if err := json.Unmarshal(val, &d); err != nil {
@@ -178,16 +207,10 @@ func (r *Registry) register(id string, lbls map[string]string) (password string,
 	if err := labels.ValidLabels(lbls); err != nil {
 		return "", api.Errorf(api.ErrInvalid, "labels: %v", err)
 	}
-	raw := make([]byte, 32)
-	salt := make([]byte, 16)
-	if _, err := rand.Read(raw); err != nil {
+	password, cred, err := newCredential()
+	if err != nil {
 		return "", fmt.Errorf("register device: %w", err)
 	}
-	if _, err := rand.Read(salt); err != nil {
-		return "", fmt.Errorf("register device: %w", err)
-	}
-	password = base64.RawURLEncoding.EncodeToString(raw)
-	cred := credential{Salt: salt, Hash: hashPassword(salt, []byte(password))}
 	dev := api.Device{ID: id, Labels: maps.Clone(lbls), Created: r.clock().UTC()}
 
 	r.mu.Lock()
@@ -210,6 +233,7 @@ func (r *Registry) register(id string, lbls map[string]string) (password string,
 		return "", fmt.Errorf("register device %s: %w", id, err)
 	}
 	r.devices[id] = &deviceEntry{dev: dev, cred: cred, lastPersist: dev.Created}
+	r.credentialsChanged()
 	return password, nil
 }
 
@@ -325,26 +349,32 @@ func (r *Registry) setDesired(id string, sum *api.DesiredSummary) {
 
 // update applies fn to a device under the lock and writes the device
 // through when fn asks for it (persist) or when lastSeenPersistEvery has
-// passed since the last write. It reports false when the device is unknown.
-func (r *Registry) update(id string, fn func(d *api.Device, now time.Time) (persist bool)) (bool, error) {
+// passed since the last write. For a device that is unknown or revoked it
+// does nothing and returns the ingest drop reason.
+func (r *Registry) update(id string, fn func(d *api.Device, now time.Time) (persist bool)) (drop string, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := r.devices[id]
-	if e == nil {
-		return false, nil
+	switch {
+	case e == nil:
+		return ingest.UnknownDevice, nil
+	case len(e.cred.Hash) == 0:
+		// Revoked: an external broker may let a message through until
+		// broker sync has reloaded it; it must not bring the device back.
+		return ingest.Revoked, nil
 	}
 	now := r.clock().UTC()
 	persist := fn(&e.dev, now)
 	if !persist && now.Sub(e.lastPersist) < lastSeenPersistEvery {
-		return true, nil
+		return "", nil
 	}
 	stored := e.dev
 	stored.Online, stored.Desired = false, nil // not persisted: see loadRegistry
 	if err := r.kv.SetJSON(prefixDevices+id, &stored, false); err != nil {
-		return true, fmt.Errorf("persist device %s: %w", id, err)
+		return "", fmt.Errorf("persist device %s: %w", id, err)
 	}
 	e.lastPersist = now
-	return true, nil
+	return "", nil
 }
 
 func truncate(s string, n int) string {

@@ -1,8 +1,6 @@
 package fleet
 
 import (
-	"crypto/rand"
-	"encoding/base64"
 	"fmt"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
@@ -13,16 +11,10 @@ import (
 // setPassword gives a registered device a new random password, replacing
 // the old one, and returns it.
 func (r *Registry) setPassword(id string) (string, error) {
-	raw := make([]byte, 32)
-	salt := make([]byte, 16)
-	if _, err := rand.Read(raw); err != nil {
+	password, cred, err := newCredential()
+	if err != nil {
 		return "", fmt.Errorf("set password: %w", err)
 	}
-	if _, err := rand.Read(salt); err != nil {
-		return "", fmt.Errorf("set password: %w", err)
-	}
-	password := base64.RawURLEncoding.EncodeToString(raw)
-	cred := credential{Salt: salt, Hash: hashPassword(salt, []byte(password))}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := r.devices[id]
@@ -33,12 +25,15 @@ func (r *Registry) setPassword(id string) (string, error) {
 		return "", fmt.Errorf("set password %s: %w", id, err)
 	}
 	e.cred = cred
+	r.credentialsChanged()
 	return password, nil
 }
 
 // revokeCredential deletes a device's password: AuthenticateDevice refuses
-// it from now on (also after a restart). The device record stays, so its
-// history remains and it can be enrolled again.
+// it from now on (also after a restart), and the device is offline: what
+// it may still send through an external broker that has not reloaded yet
+// is dropped. The device record stays, so its history remains and it can
+// be enrolled again.
 func (r *Registry) revokeCredential(id string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -50,6 +45,8 @@ func (r *Registry) revokeCredential(id string) error {
 		return fmt.Errorf("revoke %s: %w", id, err)
 	}
 	e.cred = credential{}
+	e.dev.Online = false
+	r.credentialsChanged()
 	return nil
 }
 

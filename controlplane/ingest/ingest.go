@@ -27,6 +27,7 @@ const (
 	Decode          = "decode"
 	DeviceMismatch  = "device_mismatch"
 	UnknownDevice   = "unknown_device"
+	Revoked         = "revoked" // the device's credentials were revoked
 	ProtocolVersion = "protocol_version"
 	Invalid         = "invalid"
 	UnknownModel    = "unknown_model"
