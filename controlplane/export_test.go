@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/edgefleet/edgefleet/controlplane/bus"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
 	"github.com/edgefleet/edgefleet/controlplane/ingest"
 	"github.com/edgefleet/edgefleet/controlplane/keys"
@@ -24,6 +25,7 @@ type Internals struct {
 	Keys     *keys.Set
 	Scheme   topics.Scheme
 	Metrics  *prometheus.Registry
+	Bus      bus.Bus
 	// The device topics' handlers, callable without the broker's checks.
 	OnStatus, OnFetch, OnPresence, OnTelemetry func(topic string, payload []byte)
 	// Renew re-signs what is due, as the hourly renewal does.
@@ -36,7 +38,7 @@ func (s *Server) Internals() Internals {
 	h := c.handlers()
 	return Internals{
 		Registry: c.registry, Fleet: c.fleet, Models: c.models, Ingest: c.ingest,
-		KV: c.db.Namespace("cp"), Keys: s.keys, Scheme: s.scheme, Metrics: s.metrics,
+		KV: c.db.Namespace("cp"), Keys: s.keys, Scheme: s.scheme, Metrics: s.metrics, Bus: c.bus,
 		OnStatus: h.status, OnFetch: h.fetch, OnPresence: h.presence, OnTelemetry: h.telemetry,
 		Renew: func(ctx context.Context) error {
 			if err := c.models.Renew(ctx); err != nil {

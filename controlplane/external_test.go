@@ -11,6 +11,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/bus"
 	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -75,6 +76,8 @@ func TestExternalBroker(t *testing.T) {
 func TestExternalBrokerSharedIngest(t *testing.T) {
 	mq := testkit.StartMosquitto(t)
 	ts := newTestServer(t, func(o *controlplane.Options) { o.MQTTURL = mq.URL(); o.IngestConnections = 3 })
+	eb := ts.internals().Bus.(*bus.External)
+	require.Eventually(t, eb.IngestReady, 30*time.Second, 10*time.Millisecond, "the ingest connections never came up")
 	creds := ts.register("dev-1", nil)
 	ts.mustUpload("fraud", "v1", trainedModel(t, 1))
 	c := deviceClient(t, creds)

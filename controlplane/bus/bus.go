@@ -8,10 +8,13 @@ package bus
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/broker"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
+	"github.com/edgefleet/edgefleet/internal/topics"
 )
 
 // Bus publishes (QoS 1) and subscribes. Handlers run on the bus's delivery
@@ -70,15 +73,22 @@ type External struct {
 	c           *mqttc.Client
 	reconnected chan struct{} // capacity 1: "the connection came back"
 
-	// mu guards first and ingest.
-	mu     sync.Mutex
-	first  bool
-	ingest []*mqttc.Client // shared-subscription ingest connections
+	// ctx ends at Close; bg runs the ingest connector.
+	ctx    context.Context
+	cancel context.CancelFunc
+	bg     sync.WaitGroup
+
+	// mu guards first, ingest and handedOver.
+	mu         sync.Mutex
+	first      bool
+	ingest     []*mqttc.Client // shared-subscription ingest connections
+	handedOver bool            // the main connection stopped receiving telemetry
 }
 
 // Dial connects to the broker o names.
 func Dial(ctx context.Context, o mqttc.Options) (*External, error) {
 	e := &External{url: o.BrokerURL, first: true, reconnected: make(chan struct{}, 1)}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
 	o.OnConnect = func(context.Context, *mqttc.Client) {
 		e.mu.Lock()
 		first := e.first
@@ -93,6 +103,7 @@ func Dial(ctx context.Context, o mqttc.Options) (*External, error) {
 	}
 	c, err := mqttc.Connect(ctx, o)
 	if err != nil {
+		e.cancel()
 		return nil, fmt.Errorf("connect to broker %s: %w", o.BrokerURL, err)
 	}
 	e.c = c
@@ -124,33 +135,105 @@ const (
 	MaxIngestConnections = 64
 )
 
-// AddIngest opens n more connections that share one subscription of
-// filter ("$share/edgefleet-ingest/<filter>"): the broker hands each
+// AddIngest receives filter over n more connections that share one
+// subscription ("$share/edgefleet-ingest/<filter>"): the broker hands each
 // message to one of them, so ingest runs on n connections and n handler
 // goroutines instead of one. The broker must support MQTT shared
 // subscriptions (mosquitto 2, EMQX).
+//
+// The ingest connections are made in the background, retried until the
+// broker lets them in: at the first start its password file may not know
+// their logins yet (broker sync adds them once the control plane's API
+// answers). Until all are up the main connection subscribes to filter
+// itself, so nothing is lost; a report both receive meanwhile reaches h
+// twice, which the monitor drops as a duplicate (same device and seq).
 func (e *External) AddIngest(ctx context.Context, o mqttc.Options, n int, filter string, h func(topic string, payload []byte)) error {
-	base := o.ClientID
+	if err := e.c.Subscribe(ctx, filter, 1, func(m mqttc.Message) { h(m.Topic, m.Payload) }); err != nil {
+		return fmt.Errorf("subscribe %s until the ingest connections are up: %w", filter, err)
+	}
+	e.bg.Go(func() { e.connectIngest(o, n, filter, h) })
+	return nil
+}
+
+// Pacing of ingest connection attempts, and of the warnings they log.
+const (
+	ingestRetryMin = 250 * time.Millisecond
+	ingestRetryMax = 30 * time.Second
+	ingestWarnGap  = time.Minute
+)
+
+// connectIngest makes the n ingest connections, then hands filter over to
+// them. It stops when Close cancels e.ctx.
+func (e *External) connectIngest(o mqttc.Options, n int, filter string, h func(topic string, payload []byte)) {
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	base, user := o.ClientID, o.Username
+	shared := "$share/" + IngestGroup + "/" + filter
+	o.OnConnect = nil
 	for i := range n {
-		o.ClientID = fmt.Sprintf("%s-ingest-%d", base, i)
-		o.OnConnect = nil
-		c, err := mqttc.Connect(ctx, o)
-		if err != nil {
-			return fmt.Errorf("ingest connection %d to %s: %w", i, o.BrokerURL, err)
+		// Each connection logs in under its own name (with the control
+		// plane's password): a broker that takes the client id from the
+		// username would otherwise make them push each other off. The
+		// broker's ACL lets these names read telemetry only
+		// (topics.MosquittoACL); broker sync puts them in its password file.
+		o.ClientID = topics.IngestUsername(base, i)
+		if user != "" {
+			o.ClientID = topics.IngestUsername(user, i)
+			o.Username = o.ClientID
 		}
-		e.mu.Lock()
-		e.ingest = append(e.ingest, c)
-		e.mu.Unlock()
-		shared := "$share/" + IngestGroup + "/" + filter
-		if err := c.Subscribe(ctx, shared, 1, func(m mqttc.Message) { h(m.Topic, m.Payload) }); err != nil {
-			return fmt.Errorf("ingest connection %d: subscribe %s: %w", i, shared, err)
+		retry, lastWarn := ingestRetryMin, time.Time{}
+		for {
+			c, err := mqttc.Connect(e.ctx, o)
+			if err == nil {
+				if err = c.Subscribe(e.ctx, shared, 1, func(m mqttc.Message) { h(m.Topic, m.Payload) }); err == nil {
+					e.mu.Lock()
+					e.ingest = append(e.ingest, c)
+					e.mu.Unlock()
+					break
+				}
+				c.Close()
+			}
+			if e.ctx.Err() != nil {
+				return
+			}
+			if time.Since(lastWarn) >= ingestWarnGap {
+				log.Warn("ingest connection refused; the main connection receives telemetry meanwhile (broker sync adds the ingest logins, or see edgefleet broker acl --ingest-connections)",
+					"connection", i, "login", o.Username, "broker", o.BrokerURL, "err", err)
+				lastWarn = time.Now()
+			}
+			select {
+			case <-e.ctx.Done():
+				return
+			case <-time.After(retry):
+			}
+			retry = min(2*retry, ingestRetryMax)
 		}
 	}
-	return nil
+	if err := e.c.Unsubscribe(e.ctx, filter); err != nil && e.ctx.Err() == nil {
+		// Harmless: telemetry keeps arriving twice and is deduplicated.
+		log.Warn("the main connection could not hand telemetry over to the ingest connections", "filter", filter, "err", err)
+		return
+	}
+	e.mu.Lock()
+	e.handedOver = true
+	e.mu.Unlock()
+	log.Info("ingest connections up", "connections", n, "subscription", shared)
+}
+
+// IngestReady reports whether every ingest connection is up and the main
+// connection handed telemetry over to them.
+func (e *External) IngestReady() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.handedOver
 }
 
 // Close implements Bus.
 func (e *External) Close() error {
+	e.cancel()
+	e.bg.Wait()
 	e.mu.Lock()
 	ingest := e.ingest
 	e.ingest = nil

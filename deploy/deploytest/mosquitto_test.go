@@ -49,7 +49,7 @@ func startMosquitto(t *testing.T, controlPassword string) *mosquittoProc {
 	t.Helper()
 	mosquittoBin(t)
 	m := &mosquittoProc{Mosquitto: testkit.NewMosquitto(t), t: t}
-	acl, err := topics.MosquittoACL(topics.Scheme{}, controlUser)
+	acl, err := topics.MosquittoACL(topics.Scheme{}, controlUser, 0)
 	require.NoError(t, err)
 	aclPath := filepath.Join(m.Dir, "edgefleet.acl")
 	require.NoError(t, os.WriteFile(aclPath, []byte(acl), 0o644))

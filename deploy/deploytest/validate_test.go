@@ -82,7 +82,7 @@ func TestSystemdUnits(t *testing.T) {
 }
 
 func TestMosquittoACLIsGenerated(t *testing.T) {
-	want, err := topics.MosquittoACL(topics.Scheme{}, controlUser)
+	want, err := topics.MosquittoACL(topics.Scheme{}, controlUser, 0)
 	require.NoError(t, err)
 	assert.Equal(t, want, string(deployFile(t, "mosquitto/acl.conf")),
 		"deploy/mosquitto/acl.conf must be topics.MosquittoACL(Scheme{}, %q): regenerate it", controlUser)

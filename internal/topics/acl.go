@@ -63,7 +63,11 @@ func (s Scheme) DeviceMaySubscribe(dev, filter string) bool {
 // device cannot take over another's session) and an auth plugin or password
 // file for the credentials. A mosquitto ACL also cannot forbid retained
 // publishes; a device can at most retain a message on its own outbound topics.
-func MosquittoACL(s Scheme, controlUser string) (string, error) {
+//
+// ingest is the control plane's number of ingest connections (serve
+// --ingest-connections): each logs in as IngestUsername(controlUser, i) and
+// may only read telemetry.
+func MosquittoACL(s Scheme, controlUser string, ingest int) (string, error) {
 	if err := s.Validate(); err != nil {
 		return "", fmt.Errorf("topics: mosquitto acl: %w", err)
 	}
@@ -85,5 +89,20 @@ func MosquittoACL(s Scheme, controlUser string) (string, error) {
 	b.WriteString("\n# Control plane: full access to the prefix.\n")
 	fmt.Fprintf(&b, "user %s\n", controlUser)
 	fmt.Fprintf(&b, "topic readwrite %s/#\n", p)
+	if ingest > 0 {
+		b.WriteString("\n# Control plane ingest connections: read telemetry only.\n")
+	}
+	for i := range ingest {
+		fmt.Fprintf(&b, "user %s\n", IngestUsername(controlUser, i))
+		fmt.Fprintf(&b, "topic read %s\n", s.AllTelemetry())
+	}
 	return b.String(), nil
+}
+
+// IngestUsername is the login of the control plane's ingest connection i
+// (serve --ingest-connections) on an external broker. A broker that makes
+// the username the client id (mosquitto's use_username_as_clientid) gives
+// each connection its own session only if each has its own username.
+func IngestUsername(controlUser string, i int) string {
+	return fmt.Sprintf("%s-ingest-%d", controlUser, i)
 }

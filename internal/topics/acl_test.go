@@ -172,8 +172,9 @@ func TestDeviceMaySubscribeNeverLeaks(t *testing.T) {
 }
 
 func TestMosquittoACL(t *testing.T) {
-	acl, err := MosquittoACL(Scheme{}, "edgefleet-cp")
+	acl, err := MosquittoACL(Scheme{}, "edgefleet-cp", 0)
 	require.NoError(t, err)
+	assert.NotContains(t, acl, "ingest")
 	for _, line := range []string{
 		"pattern write ef/v1/dev/%u/status\n",
 		"pattern write ef/v1/dev/%u/telemetry\n",
@@ -190,16 +191,19 @@ func TestMosquittoACL(t *testing.T) {
 	assert.Greater(t, strings.Index(acl, "user edgefleet-cp"), strings.LastIndex(acl, "pattern "))
 	assert.NotContains(t, acl, "readwrite ef/v1/dev/%u")
 
-	custom, err := MosquittoACL(Scheme{Prefix: "acme/ef"}, "cp")
+	custom, err := MosquittoACL(Scheme{Prefix: "acme/ef"}, "cp", 2)
 	require.NoError(t, err)
 	assert.Contains(t, custom, "pattern read acme/ef/dev/%u/desired\n")
-	assert.Contains(t, custom, "topic readwrite acme/ef/#\n")
+	assert.Contains(t, custom, "user cp\ntopic readwrite acme/ef/#\n")
+	assert.Contains(t, custom, "user cp-ingest-0\ntopic read acme/ef/dev/+/telemetry\n")
+	assert.Contains(t, custom, "user cp-ingest-1\ntopic read acme/ef/dev/+/telemetry\n")
+	assert.NotContains(t, custom, "cp-ingest-2")
 
 	for _, u := range []string{"", "a b", "a\nuser x", "#", "a/b"} {
-		_, err := MosquittoACL(Scheme{}, u)
+		_, err := MosquittoACL(Scheme{}, u, 0)
 		assert.ErrorIs(t, err, ErrInvalidName, "MosquittoACL(user=%q)", u)
 	}
-	_, err = MosquittoACL(Scheme{Prefix: "ef/+"}, "cp")
+	_, err = MosquittoACL(Scheme{Prefix: "ef/+"}, "cp", 0)
 	assert.ErrorIs(t, err, ErrInvalidName)
 }
 
