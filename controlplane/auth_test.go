@@ -178,7 +178,7 @@ func TestEveryRouteEnforcesItsRole(t *testing.T) {
 	clock := testkit.NewClock(time.Now()) // moved on after each refused call: the failure limit refills
 	ts := newTestServer(t, func(o *controlplane.Options) { o.Clock = clock.Now })
 	tokens := map[api.Role]string{api.RoleAdmin: ts.Token}
-	for _, r := range []api.Role{api.RoleViewer, api.RoleOperator} {
+	for _, r := range []api.Role{api.RoleViewer, api.RoleOperator, api.RoleBroker} {
 		tokens[r] = ts.createToken("role-"+string(r), r).Token
 	}
 	fill := strings.NewReplacer("{id}", "nope", "{name}", "nope", "{version}", "v0")
@@ -203,7 +203,7 @@ func TestEveryRouteEnforcesItsRole(t *testing.T) {
 			code, body := call("")
 			assert.Equal(t, http.StatusUnauthorized, code, "no token")
 			assert.Contains(t, body, "missing API token")
-			for _, role := range []api.Role{api.RoleViewer, api.RoleOperator, api.RoleAdmin} {
+			for _, role := range api.Roles() {
 				code, _ := call(tokens[role])
 				if role.Allows(rt.Role) {
 					assert.NotContains(t, []int{http.StatusUnauthorized, http.StatusForbidden}, code, "role %s", role)

@@ -26,6 +26,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane/audit"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
+	"github.com/edgefleet/edgefleet/controlplane/brokerauth"
 	"github.com/edgefleet/edgefleet/controlplane/bus"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
 	"github.com/edgefleet/edgefleet/controlplane/httpapi"
@@ -393,6 +394,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	closers = append(closers, func() {
 		sctx, scancel := context.WithTimeout(context.Background(), shutdownTimeout)
 		defer scancel()
+		c.api.StopWaiting()
 		if err := srv.Shutdown(sctx); err != nil {
 			s.log.Warn("api shutdown", "err", err)
 			_ = srv.Close()
@@ -514,15 +516,47 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 	if err != nil {
 		return nil, err
 	}
-	c.api, err = httpapi.New(httpapi.Options{
+	ao := httpapi.Options{
 		Fleet: c.fleet, Models: c.models, Rollouts: c.rollouts, Metrics: c.monitor.Aggregator(), Audit: c.audit,
 		KV: kv, Prometheus: promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}), Registerer: s.metrics,
 		Clock: o.Clock, Logger: o.Logger,
-	})
+	}
+	if ao.Broker, ao.NoBroker, err = s.brokerAuth(c.registry); err != nil {
+		return nil, err
+	}
+	c.api, err = httpapi.New(ao)
 	if err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// brokerAuth is what `edgefleet broker sync` fetches for an external
+// mosquitto, or why there is nothing to fetch.
+func (s *Server) brokerAuth(reg *fleet.Registry) (httpapi.Broker, string, error) {
+	o := s.opts
+	switch {
+	case o.MQTTURL == "":
+		return nil, "the control plane runs the embedded broker, which checks device passwords itself: broker sync is for an external mosquitto", nil
+	case o.Username == "":
+		return nil, "the control plane logs in to the external broker without a username (serve --mqtt-username), which mosquitto's ACL cannot name", nil
+	}
+	ingest := 0
+	if o.IngestConnections > 1 { // see subscribe: one is the main connection
+		ingest = o.IngestConnections
+	}
+	src, err := brokerauth.New(brokerauth.Options{
+		Credentials: reg, Scheme: s.scheme, ControlUser: o.Username, ControlPassword: o.Password,
+		IngestConnections: ingest, Logger: o.Logger,
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	if n := reg.BrokerCredentials().Legacy; n > 0 {
+		s.log.Warn("devices with passwords from before mosquitto hashes were kept cannot log in to an external mosquitto kept by broker sync: enroll them again",
+			"devices", n)
+	}
+	return src, "", nil
 }
 
 // openBus creates the embedded broker (not listening yet; Run starts it
@@ -633,6 +667,18 @@ func (s *Server) subscribe(ctx context.Context, c *components) error {
 		}
 	}
 	if shared { // telemetry arrives on the shared ingest connections
+		err := s.metrics.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgefleet_mqtt_ingest_ready",
+			Help: "1 when every ingest connection (serve --ingest-connections) is up and receives telemetry; 0 while the main connection stands in.",
+		}, func() float64 {
+			if eb.IngestReady() {
+				return 1
+			}
+			return 0
+		}))
+		if err != nil {
+			return fmt.Errorf("ingest metric: %w", err)
+		}
 		return eb.AddIngest(ctx, s.externalOptions(), s.opts.IngestConnections, s.scheme.AllTelemetry(), h.telemetry)
 	}
 	return nil

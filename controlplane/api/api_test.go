@@ -49,6 +49,7 @@ func TestRouteRoles(t *testing.T) {
 		"POST /api/v1/rollouts/{id}/promote":                   RoleOperator,
 		"POST /api/v1/rollouts/{id}/abort":                     RoleOperator,
 		"POST /api/v1/rollouts/{id}/rollback":                  RoleOperator,
+		"GET /api/v1/broker/mosquitto":                         RoleBroker,
 	}
 	seen := map[string]bool{}
 	for _, r := range Routes() {
@@ -176,4 +177,29 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 		served[r.Key()] = true
 	}
 	assert.Equal(t, served, documented, "docs/openapi.yaml and api.Routes differ")
+}
+
+// TestRoleAllows: the ranked roles include the ones below; broker is a
+// role apart that only admin includes.
+func TestRoleAllows(t *testing.T) {
+	need := []Role{RoleViewer, RoleOperator, RoleAdmin, RoleBroker}
+	want := map[Role][]bool{
+		RoleViewer:   {true, false, false, false},
+		RoleOperator: {true, true, false, false},
+		RoleAdmin:    {true, true, true, true},
+		RoleBroker:   {false, false, false, true},
+		Role("root"): {false, false, false, false},
+	}
+	for have, row := range want {
+		for i, n := range need {
+			assert.Equal(t, row[i], have.Allows(n), "%s.Allows(%s)", have, n)
+		}
+	}
+	for _, r := range Roles() {
+		got, err := ParseRole(string(r))
+		require.NoError(t, err)
+		assert.Equal(t, r, got)
+	}
+	_, err := ParseRole("root")
+	assert.ErrorIs(t, err, ErrInvalid)
 }

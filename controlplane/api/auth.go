@@ -15,6 +15,10 @@ const (
 	RoleOperator Role = "operator"
 	// RoleAdmin also manages devices, enrollments, credentials, tokens and keys.
 	RoleAdmin Role = "admin"
+	// RoleBroker reads only what an external broker needs to let devices
+	// in (the token of `edgefleet broker sync`, which runs next to the
+	// broker). It is outside the ranking: only admin includes it.
+	RoleBroker Role = "broker"
 )
 
 func (r Role) rank() int {
@@ -29,20 +33,29 @@ func (r Role) rank() int {
 	return 0
 }
 
+// Roles lists every role, the ranked ones in rank order.
+func Roles() []Role { return []Role{RoleViewer, RoleOperator, RoleAdmin, RoleBroker} }
+
 // ParseRole checks a role name.
 func ParseRole(s string) (Role, error) {
 	r := Role(s)
-	if r.rank() == 0 {
-		return "", Errorf(ErrInvalid, "role %q: want viewer, operator or admin", s)
+	if !r.Valid() {
+		return "", Errorf(ErrInvalid, "role %q: want viewer, operator, admin or broker", s)
 	}
 	return r, nil
 }
 
 // Valid reports whether r is one of the roles.
-func (r Role) Valid() bool { return r.rank() > 0 }
+func (r Role) Valid() bool { return r.rank() > 0 || r == RoleBroker }
 
 // Allows reports whether a token of role r may act where need is required.
-func (r Role) Allows(need Role) bool { return r.rank() >= need.rank() && r.rank() > 0 }
+// A broker token may only do what needs broker; admin may do that too.
+func (r Role) Allows(need Role) bool {
+	if r == RoleBroker || need == RoleBroker {
+		return need == RoleBroker && (r == RoleBroker || r == RoleAdmin)
+	}
+	return r.rank() >= need.rank() && r.rank() > 0
+}
 
 // TokenPrefix starts every API token, so a leaked token is easy to
 // recognise in logs and secret scanners.

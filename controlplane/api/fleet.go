@@ -119,10 +119,33 @@ type ActiveModelStats struct {
 // RevokeResult is the answer to POST /api/v1/devices/{id}/revoke.
 type RevokeResult struct {
 	ID string `json:"id"`
-	// Disconnected reports that a live session was closed (embedded broker
-	// only; an external broker's ACL/password file must be updated there).
+	// Disconnected reports that the embedded broker closed a live session.
+	// An external mosquitto closes it when `edgefleet broker sync` has
+	// written the new password file and reloaded it.
 	Disconnected bool `json:"disconnected"`
 }
+
+// MosquittoAuth is the answer to GET /api/v1/broker/mosquitto: the files
+// an external mosquitto needs to let exactly the enrolled devices in.
+type MosquittoAuth struct {
+	// Generation identifies this content; it is also the ETag, and a
+	// request with If-None-Match and ?wait= waits for the next one.
+	Generation string `json:"generation"`
+	// Passwd is the password file's lines for every device with a
+	// password and for the control plane's ingest logins (not its main
+	// login, which the broker needs before the control plane can start).
+	Passwd string `json:"passwd"`
+	// ACL is the ACL file for the control plane's topic scheme and logins.
+	ACL string `json:"acl"`
+	// Devices counts the device lines in Passwd.
+	Devices int `json:"devices"`
+	// LegacyDevices have passwords from before mosquitto hashes were kept:
+	// they must be enrolled again to log in to an external mosquitto.
+	LegacyDevices int `json:"legacy_devices"`
+}
+
+// MaxBrokerWait bounds ?wait= on GET /api/v1/broker/mosquitto.
+const MaxBrokerWait = time.Minute
 
 // ModelVersion describes an uploaded model version.
 type ModelVersion struct {

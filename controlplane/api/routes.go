@@ -24,6 +24,7 @@ const (
 	PathAudit         = "/api/v1/audit"
 	PathRollouts      = "/api/v1/rollouts"
 	PathRollout       = "/api/v1/rollouts/{id}"
+	PathBrokerMosq    = "/api/v1/broker/mosquitto"
 	pathRolloutAction = "/api/v1/rollouts/{id}/"
 )
 
@@ -96,6 +97,7 @@ func Routes() []Route {
 		{Method: "POST", Pattern: PathRollouts, Role: RoleOperator, Summary: "create a rollout"},
 		{Method: "GET", Pattern: PathRollouts, Role: RoleViewer, Summary: "list rollouts"},
 		{Method: "GET", Pattern: PathRollout, Role: RoleViewer, Summary: "get a rollout"},
+		{Method: "GET", Pattern: PathBrokerMosq, Role: RoleBroker, Summary: "mosquitto's password file and ACL"},
 	}
 	for _, a := range RolloutActions() {
 		rs = append(rs, Route{Method: "POST", Pattern: PathRolloutAction(a), Role: RoleOperator, Summary: string(a) + " a rollout"})

@@ -14,13 +14,14 @@ func (a *app) brokerCmd() *cobra.Command {
 	return group(&cobra.Command{
 		Use:   "broker <command>",
 		Short: "configure an external MQTT broker",
-	}, a.brokerACLCmd())
+	}, a.brokerACLCmd(), a.brokerSyncCmd())
 }
 
 // brokerACLCmd writes the mosquitto ACL for the topic scheme: the same
 // deny-by-default rules the embedded broker enforces.
 func (a *app) brokerACLCmd() *cobra.Command {
 	var prefix, controlUser, out string
+	var ingest int
 	c := &cobra.Command{
 		Use:   "acl",
 		Short: "print the deny-by-default mosquitto ACL for an external broker",
@@ -31,7 +32,7 @@ shipped as deploy/mosquitto/acl.conf is its output for --control-user edgefleet-
   edgefleet broker acl --control-user edgefleet-cp --topic-prefix acme/ef`,
 		Args: noArgs,
 		RunE: a.runE(func(*cobra.Command, []string) error {
-			acl, err := topics.MosquittoACL(topics.Scheme{Prefix: prefix}, controlUser)
+			acl, err := topics.MosquittoACL(topics.Scheme{Prefix: prefix}, controlUser, ingest)
 			if err != nil {
 				return usagef("%v", err)
 			}
@@ -50,5 +51,6 @@ shipped as deploy/mosquitto/acl.conf is its output for --control-user edgefleet-
 	f.StringVar(&prefix, "topic-prefix", "", "MQTT topic `PREFIX` (default ef/v1)")
 	f.StringVar(&controlUser, "control-user", controlplane.DefaultMQTTClientID, "the control plane's `USER` on the broker (serve --mqtt-username)")
 	f.StringVar(&out, "out", "", "write the ACL to this `FILE` (default: standard output)")
+	f.IntVar(&ingest, "ingest-connections", 0, "serve's --ingest-connections `N`: one read-only telemetry login each (USER-ingest-0 …)")
 	return c
 }

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,45 +16,27 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/internal/fraud"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 )
-
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of serve.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 type served struct {
 	api, tokenFile, token, dir string
-	stdout                     *syncBuffer
+	stdout                     *testkit.Buffer
 }
 
-// startServe runs `edgefleet serve` through Main on kernel-chosen ports and
-// stops it at cleanup, checking it exits 0.
-func startServe(t *testing.T) *served {
+// startServe runs `edgefleet serve` through Main on kernel-chosen ports,
+// with extra flags, and stops it at cleanup, checking it exits 0.
+func startServe(t *testing.T, extra ...string) *served {
 	t.Helper()
 	dir := t.TempDir()
-	sv := &served{dir: dir, tokenFile: filepath.Join(dir, "token"), stdout: &syncBuffer{}}
-	stderr := &syncBuffer{}
+	sv := &served{dir: dir, tokenFile: filepath.Join(dir, "token"), stdout: &testkit.Buffer{}}
+	stderr := &testkit.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
-	go func() {
-		done <- run(ctx, []string{"--token-file", sv.tokenFile, "serve",
-			"--data-dir", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0",
-			"--log-level", "warn"}, noEnv, sv.stdout, stderr)
-	}()
+	args := append([]string{"--token-file", sv.tokenFile, "serve",
+		"--data-dir", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0",
+		"--log-level", "warn"}, extra...)
+	go func() { done <- run(ctx, args, noEnv, sv.stdout, stderr) }()
 	t.Cleanup(func() {
 		cancel()
 		select {

@@ -66,7 +66,7 @@ func TestCompletionWords(t *testing.T) {
 	assert.Subset(t, words("rollout", ""), []string{"create", "get", "list", "pause", "resume", "promote", "abort", "rollback"})
 	assert.Subset(t, words("device", ""), []string{"add", "enroll", "revoke"})
 	assert.Subset(t, words("rollout", "create", "--"), []string{"--selector", "--stage", "--on-breach", "--api", "--token"})
-	assert.Equal(t, []string{"viewer", "operator", "admin"}, words("token", "create", "--role", ""))
+	assert.Equal(t, []string{"viewer", "operator", "admin", "broker"}, words("token", "create", "--role", ""))
 	assert.Equal(t, []string{"pause", "rollback"}, words("rollout", "create", "--on-breach", ""))
 	assert.Equal(t, []string{"bash", "zsh", "fish"}, words("completion", ""))
 }

@@ -116,18 +116,8 @@ func (a *app) serve(ctx context.Context, opts controlplane.Options, sf serveFlag
 			return fmt.Errorf("webhook secret file %s is empty", sf.webhookSecretFile)
 		}
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(sf.logLevel)); err != nil {
-		return usagef("--log-level %q: want debug, info, warn or error", sf.logLevel)
-	}
-	hopts := &slog.HandlerOptions{Level: level}
-	switch sf.logFormat {
-	case "text":
-		opts.Logger = slog.New(slog.NewTextHandler(a.stderr, hopts))
-	case "json":
-		opts.Logger = slog.New(slog.NewJSONHandler(a.stderr, hopts))
-	default:
-		return usagef("--log-format %q: want text or json", sf.logFormat)
+	if opts.Logger, err = a.logger(sf.logLevel, sf.logFormat); err != nil {
+		return err
 	}
 	tokenFile := a.tokenFile
 	if tokenFile == "" {
@@ -181,4 +171,21 @@ func writeSecret(path, content string) error {
 func indent(s, prefix string) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return prefix + strings.Join(lines, "\n"+prefix) + "\n"
+}
+
+// logger logs to stderr at level ("debug", "info", "warn", "error") in
+// format ("text" or "json").
+func (a *app) logger(level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("--log-level %q: want debug, info, warn or error", level)
+	}
+	hopts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(a.stderr, hopts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(a.stderr, hopts)), nil
+	}
+	return nil, usagef("--log-format %q: want text or json", format)
 }

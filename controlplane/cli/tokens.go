@@ -16,7 +16,8 @@ func (a *app) tokenCmd() *cobra.Command {
 		Long: `Manages the control plane's API tokens. A token has a role, each including the ones before
 it: viewer reads (not tokens, enrollments or the audit log); operator also uploads models,
 deploys, runs rollouts and reads the audit log; admin also manages devices, enrollments,
-tokens and keys.
+tokens and keys. broker stands apart: it only reads what "edgefleet broker sync" writes for
+an external mosquitto (password file and ACL).
 "edgefleet serve" prints the first admin token at its first start.`,
 	}, a.tokenCreateCmd(), a.tokenListCmd(), a.tokenRevokeCmd())
 }
@@ -24,7 +25,7 @@ tokens and keys.
 func (a *app) tokenCreateCmd() *cobra.Command {
 	var name, role string
 	c := &cobra.Command{
-		Use:   "create --name NAME --role viewer|operator|admin",
+		Use:   "create --name NAME --role viewer|operator|admin|broker",
 		Short: "create an API token (shown once)",
 		Long:  "Creates an API token and prints its secret, only this once. NAME says who uses it; the audit\nlog names it.",
 		Example: `  edgefleet token create --name dashboard --role viewer
@@ -32,7 +33,7 @@ func (a *app) tokenCreateCmd() *cobra.Command {
 		Args: noArgs,
 		RunE: a.runE(func(cmd *cobra.Command, _ []string) error {
 			if name == "" || role == "" {
-				return usagef("token create needs --name and --role (viewer, operator or admin)")
+				return usagef("token create needs --name and --role (viewer, operator, admin or broker)")
 			}
 			if _, err := api.ParseRole(role); err != nil {
 				return usagef("--role: %v", err)
@@ -50,8 +51,8 @@ func (a *app) tokenCreateCmd() *cobra.Command {
 		}),
 	}
 	c.Flags().StringVar(&name, "name", "", "token `NAME` (who uses it; shown in the audit log)")
-	c.Flags().StringVar(&role, "role", "", "the token's `ROLE`: viewer, operator or admin")
-	enumFlag(c, "role", string(api.RoleViewer), string(api.RoleOperator), string(api.RoleAdmin))
+	c.Flags().StringVar(&role, "role", "", "the token's `ROLE`: viewer, operator, admin or broker")
+	enumFlag(c, "role", string(api.RoleViewer), string(api.RoleOperator), string(api.RoleAdmin), string(api.RoleBroker))
 	return c
 }
 

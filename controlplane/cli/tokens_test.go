@@ -40,7 +40,7 @@ func TestCLITokensEnrollRevoke(t *testing.T) {
 
 	code, _, stderr = c("token", "create", "--name", "x", "--role", "god")
 	assert.Equal(t, 2, code)
-	assert.Contains(t, stderr, "viewer, operator or admin")
+	assert.Contains(t, stderr, "viewer, operator, admin or broker")
 
 	code, out, stderr = c("device", "enroll", "cam-1", "--label", "site=oslo", "--ttl", "10m")
 	require.Equal(t, 0, code, stderr)

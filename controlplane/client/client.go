@@ -85,32 +85,47 @@ func (e *StatusError) Unwrap() error { return e.Kind }
 
 // call sends a request and decodes a 2xx JSON answer into out (if non-nil).
 func (c *Client) call(ctx context.Context, method, path string, body io.Reader, contentType string, out any) error {
+	hdr := http.Header{}
+	if contentType != "" {
+		hdr.Set("Content-Type", contentType)
+	}
+	_, err := c.do(ctx, method, path, body, hdr, out)
+	return err
+}
+
+// do sends a request with extra headers and decodes a 2xx JSON answer into
+// out (if non-nil); 304 Not Modified is an answer without a body. It
+// returns the answer's headers.
+func (c *Client) do(ctx context.Context, method, path string, body io.Reader, hdr http.Header, out any) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	req.Header.Set("Accept", "application/json")
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		var op *net.OpError
 		if errors.As(err, &op) && op.Op == "dial" {
-			return fmt.Errorf("%w at %s: %w", ErrUnreachable, c.base, err)
+			return nil, fmt.Errorf("%w at %s: %w", ErrUnreachable, c.base, err)
 		}
-		return fmt.Errorf("%s %s: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxAnswer+1))
 	if err != nil {
-		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: read answer: %w", method, path, err)
 	}
 	if len(data) > MaxAnswer {
-		return fmt.Errorf("%s %s: answer larger than %d bytes", method, path, MaxAnswer)
+		return nil, fmt.Errorf("%s %s: answer larger than %d bytes", method, path, MaxAnswer)
+	}
+	if resp.StatusCode == http.StatusNotModified {
+		return resp, nil
 	}
 	if resp.StatusCode/100 != 2 {
 		se := &StatusError{Method: method, Path: path, Status: resp.StatusCode, Kind: api.KindOf(resp.StatusCode)}
@@ -120,14 +135,14 @@ func (c *Client) call(ctx context.Context, method, path string, body io.Reader, 
 		} else {
 			se.Message = fmt.Sprintf("%s %s: %s", method, path, bytes.TrimSpace(data))
 		}
-		return se
+		return nil, se
 	}
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+			return nil, fmt.Errorf("%s %s: decode answer: %w", method, path, err)
 		}
 	}
-	return nil
+	return resp, nil
 }
 
 // callJSON sends in (nil: no body) as JSON.
@@ -413,4 +428,24 @@ func (c *Client) RolloutAction(ctx context.Context, id string, action api.Rollou
 		return nil, err
 	}
 	return &out, nil
+}
+
+// BrokerMosquitto gets an external mosquitto's password file and ACL
+// (GET /api/v1/broker/mosquitto). With have, the generation the caller
+// holds, and wait > 0 it long-polls: changed is false when nothing changed
+// within wait.
+func (c *Client) BrokerMosquitto(ctx context.Context, have string, wait time.Duration) (auth api.MosquittoAuth, changed bool, err error) {
+	path := api.PathBrokerMosq
+	hdr := http.Header{}
+	if have != "" {
+		hdr.Set("If-None-Match", `"`+have+`"`)
+		if wait > 0 {
+			path += "?wait=" + url.QueryEscape(wait.String())
+		}
+	}
+	resp, err := c.do(ctx, "GET", path, nil, hdr, &auth)
+	if err != nil {
+		return api.MosquittoAuth{}, false, err
+	}
+	return auth, resp.StatusCode != http.StatusNotModified, nil
 }

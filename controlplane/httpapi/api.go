@@ -48,6 +48,7 @@ func (a *API) handlers() map[string]http.Handler {
 		"POST " + api.PathRollouts:     http.HandlerFunc(a.handleCreateRollout),
 		"GET " + api.PathRollouts:      http.HandlerFunc(a.handleListRollouts),
 		"GET " + api.PathRollout:       http.HandlerFunc(a.handleGetRollout),
+		"GET " + api.PathBrokerMosq:    http.HandlerFunc(a.handleBrokerMosquitto),
 	}
 	for _, act := range api.RolloutActions() {
 		hs["POST "+api.PathRolloutAction(act)] = a.rolloutActionHandler(act)

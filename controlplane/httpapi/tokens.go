@@ -111,7 +111,7 @@ func (ts *tokenStore) create(name string, role api.Role, by string) (api.Created
 		return api.CreatedToken{}, api.Errorf(api.ErrInvalid, "token name %q: want 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
 	}
 	if !role.Valid() {
-		return api.CreatedToken{}, api.Errorf(api.ErrInvalid, "role %q: want viewer, operator or admin", role)
+		return api.CreatedToken{}, api.Errorf(api.ErrInvalid, "role %q: want viewer, operator, admin or broker", role)
 	}
 	raw := make([]byte, 32)
 	idRaw := make([]byte, 6)

@@ -1,7 +1,6 @@
 package mqttc
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -532,24 +531,6 @@ func TestDialInMemoryAndReconnect(t *testing.T) {
 		"in-memory connections left: %d", b.InMemoryConns())
 }
 
-// syncBuffer is a log sink safe for the client's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // TestUnreachableBrokerIsLoggedAtWarn: a broker whose certificate the
 // client does not trust fails every attempt; after a few the failure,
 // with its cause, is logged at WARN (not only at debug, where an operator
@@ -564,7 +545,7 @@ func TestUnreachableBrokerIsLoggedAtWarn(t *testing.T) {
 	require.NoError(t, b.Start())
 	t.Cleanup(func() { assert.NoError(t, b.Close()) })
 
-	var logs syncBuffer
+	var logs testkit.Buffer
 	opts := deviceOptions(b.URL(), "d1")
 	opts.TLS = &tls.Config{RootCAs: other.Pool, MinVersion: tls.VersionTLS12}
 	opts.MaxReconnectInterval = 50 * time.Millisecond

@@ -1,0 +1,138 @@
+// Package brokerauth is what an external mosquitto needs from the control
+// plane to let exactly the enrolled devices in: a password file in
+// mosquitto's own format (every device with a password, and the control
+// plane's ingest logins) and the ACL for the topic scheme. `edgefleet
+// broker sync` fetches it over the API, long-polling, writes the files next
+// to mosquitto and reloads it; mosquitto then also closes the sessions of
+// revoked devices. Imported by controlplane.
+package brokerauth
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/fleet"
+	"github.com/edgefleet/edgefleet/internal/mosquitto"
+	"github.com/edgefleet/edgefleet/internal/topics"
+)
+
+// Credentials is the device registry's side.
+type Credentials interface {
+	BrokerCredentials() fleet.BrokerCredentials
+}
+
+// Options configure a Source. Fields without a documented default are
+// required.
+type Options struct {
+	Credentials Credentials
+	Scheme      topics.Scheme
+	// ControlUser and ControlPassword are the control plane's login on the
+	// broker (serve --mqtt-username, --mqtt-password).
+	ControlUser     string
+	ControlPassword string
+	// IngestConnections is serve --ingest-connections: each logs in as
+	// topics.IngestUsername with ControlPassword.
+	IngestConnections int
+	Logger            *slog.Logger
+}
+
+// Source renders the mosquitto files.
+type Source struct {
+	creds Credentials
+	log   *slog.Logger
+	// epoch tells this process's generations from another's: a client
+	// holding an ETag from before a restart gets the content at once.
+	epoch    string
+	reserved map[string]bool // logins no device may have
+	ingest   []mosquitto.Entry
+	acl      string
+}
+
+// New hashes the ingest logins and renders the ACL.
+func New(o Options) (*Source, error) {
+	if o.ControlUser == "" {
+		return nil, errors.New("brokerauth: the control plane logs in to the broker without a username (serve --mqtt-username), which mosquitto's ACL cannot name")
+	}
+	acl, err := topics.MosquittoACL(o.Scheme, o.ControlUser, o.IngestConnections)
+	if err != nil {
+		return nil, fmt.Errorf("brokerauth: %w", err)
+	}
+	epoch := make([]byte, 4)
+	if _, err := rand.Read(epoch); err != nil {
+		return nil, fmt.Errorf("brokerauth: %w", err)
+	}
+	s := &Source{creds: o.Credentials, log: o.Logger, epoch: hex.EncodeToString(epoch), acl: acl,
+		reserved: map[string]bool{o.ControlUser: true}}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	for i := range o.IngestConnections {
+		user := topics.IngestUsername(o.ControlUser, i)
+		h, err := mosquitto.Hash(o.ControlPassword)
+		if err != nil {
+			return nil, fmt.Errorf("brokerauth: %w", err)
+		}
+		s.ingest = append(s.ingest, mosquitto.Entry{User: user, Hash: h})
+		s.reserved[user] = true
+	}
+	return s, nil
+}
+
+// Mosquitto returns the files. With ifNoneMatch equal to the current
+// generation it waits up to wait (or until ctx or stop end) for the next
+// one, and reports false when nothing changed.
+func (s *Source) Mosquitto(ctx context.Context, ifNoneMatch string, wait time.Duration, stop <-chan struct{}) (api.MosquittoAuth, bool, error) {
+	bc := s.creds.BrokerCredentials()
+	if ifNoneMatch == s.generation(bc.Generation) {
+		if wait <= 0 {
+			return api.MosquittoAuth{}, false, nil
+		}
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-bc.Changed:
+			bc = s.creds.BrokerCredentials()
+		case <-t.C:
+			return api.MosquittoAuth{}, false, nil
+		case <-ctx.Done():
+			return api.MosquittoAuth{}, false, ctx.Err()
+		case <-stop:
+			return api.MosquittoAuth{}, false, nil
+		}
+	}
+	entries := make([]mosquitto.Entry, 0, len(s.ingest)+len(bc.Entries))
+	entries = append(entries, s.ingest...)
+	devices := 0
+	for _, e := range bc.Entries {
+		if s.reserved[e.User] {
+			// A device named like the control plane's login must not get
+			// its rights (ACL "user" sections) with its own password.
+			s.log.Warn("device left out of the broker's password file: its id is a control-plane login", "device", e.User)
+			continue
+		}
+		entries = append(entries, e)
+		devices++
+	}
+	passwd, err := mosquitto.WritePasswd(entries)
+	if err != nil {
+		return api.MosquittoAuth{}, false, fmt.Errorf("brokerauth: %w", err)
+	}
+	return api.MosquittoAuth{
+		Generation:    s.generation(bc.Generation),
+		Passwd:        string(passwd),
+		ACL:           s.acl,
+		Devices:       devices,
+		LegacyDevices: bc.Legacy,
+	}, true, nil
+}
+
+func (s *Source) generation(n uint64) string {
+	return s.epoch + "-" + strconv.FormatUint(n, 10)
+}
