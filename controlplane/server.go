@@ -597,9 +597,18 @@ func (s *Server) externalOptions() mqttc.Options {
 // newest desired state. The embedded broker keeps retained messages in
 // memory only, so this runs at every start, and after every reconnect to an
 // external broker.
+//
+// The order matters to agents that stay connected (external broker): the
+// chain goes first, so a document signed by a new key never reaches an agent
+// before the bundle that lists the key; then what a rotated-out key signed
+// (or what expires soon) is re-signed, so that no agent that follows the
+// chain is handed a document it must refuse; then the documents.
 func (s *Server) publishRetained(ctx context.Context, c *components) error {
 	if err := c.bus.Publish(ctx, s.scheme.Trust(), s.keys.ChainBytes, true); err != nil {
 		return fmt.Errorf("publish trust bundle chain: %w", err)
+	}
+	if err := s.renew(ctx, c); err != nil {
+		return err
 	}
 	manifests, err := c.models.PublishRetained(ctx)
 	if err != nil {
@@ -682,22 +691,31 @@ func (s *Server) republishOnReconnect(ctx context.Context, c *components, eb *bu
 	}
 }
 
-// renewLoop re-signs expiring manifests and desired states, at start and
-// then every renewInterval, until ctx ends.
+// renew re-signs the manifests and desired states that expire soon or were
+// signed by a key the trust bundle no longer lists, and publishes them.
+func (s *Server) renew(ctx context.Context, c *components) error {
+	if err := c.models.Renew(ctx); err != nil {
+		return fmt.Errorf("renew manifests: %w", err)
+	}
+	if err := c.fleet.Renew(ctx); err != nil {
+		return fmt.Errorf("renew desired states: %w", err)
+	}
+	return nil
+}
+
+// renewLoop re-signs expiring manifests and desired states every
+// renewInterval (publishRetained did at start), until ctx ends.
 func (s *Server) renewLoop(ctx context.Context, c *components) {
 	t := time.NewTicker(renewInterval)
 	defer t.Stop()
 	for {
-		if err := c.models.Renew(ctx); err != nil && ctx.Err() == nil {
-			s.log.Error("renew manifests failed", "err", err)
-		}
-		if err := c.fleet.Renew(ctx); err != nil && ctx.Err() == nil {
-			s.log.Error("renew desired states failed", "err", err)
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if err := s.renew(ctx, c); err != nil && ctx.Err() == nil {
+			s.log.Error("renewal failed", "err", err)
 		}
 	}
 }
