@@ -103,3 +103,29 @@ func waitTrust(t *testing.T, a *Agent, version uint64) {
 	require.Eventually(t, func() bool { return a.TrustVersion() == version }, 30*time.Second, 10*time.Millisecond,
 		"the agent trusts bundle version %d, want %d", a.TrustVersion(), version)
 }
+
+// TestAgentRetriesDesiredStateAfterNewerBundle: a desired state signed by a
+// control key that only the next bundle lists is refused, and accepted once
+// that bundle arrives, without being published again.
+func TestAgentRetriesDesiredStateAfterNewerBundle(t *testing.T) {
+	art1, _ := testModels(t)
+	h := newHarness(t)
+	a := h.startAgent(t, h.agentOptions(t, "dev-1", t.TempDir()))
+	waitTrust(t, a, 1)
+	m1 := h.publishModel("fraud", "1.0.0", art1, art1.ONNX, nil, nil)
+
+	control2, err := signing.GenerateKey(nil)
+	require.NoError(t, err)
+	h.desireGen("dev-1", 1, control2, assign(m1))
+	require.Eventually(t, func() bool { return h.failure("dev-1", "desired state refused") != nil }, 30*time.Second, 10*time.Millisecond,
+		"statuses: %v", h.reasons("dev-1"))
+
+	now := time.Now()
+	b := signing.NewTrustBundle(2, now, now.Add(24*time.Hour), []ed25519.PublicKey{h.root.Public},
+		[]ed25519.PublicKey{h.release.Public}, []ed25519.PublicKey{control2.Public})
+	env, err := signing.SignTrustBundle(b, h.root)
+	require.NoError(t, err)
+	h.publishRetained(h.scheme.Trust(), env)
+	waitServing(t, a, "fraud", "1.0.0")
+	assert.EqualValues(t, 1, a.Generation())
+}

@@ -41,10 +41,15 @@ type event struct {
 
 // updater is the state of the update loop; only the Run goroutine touches it.
 type updater struct {
-	generation     uint64          // highest accepted desired-state generation
-	desired        []byte          // its envelope bytes
-	pendingDesired []byte          // received before any trust bundle
-	subs           map[string]bool // filters currently subscribed
+	generation uint64          // highest accepted desired-state generation
+	desired    []byte          // its envelope bytes
+	subs       map[string]bool // filters currently subscribed
+
+	// pendingDesired is the newest desired state, if it could not be
+	// verified yet: received before any trust bundle, or signed by a key
+	// the trusted bundle does not list (a newer bundle may). It is handled
+	// again when a newer bundle is accepted.
+	pendingDesired []byte
 
 	// After failed writes (see transition): the desired state last applied,
 	// to apply again at reapplyAt when one of its writes failed; and a
@@ -435,10 +440,10 @@ func (a *Agent) handleTrust(ctx context.Context, payload []byte) {
 		}
 		a.log.Info("trust bundle accepted", "version", b.GetVersion(), "previous", before, "chain", len(chain))
 		a.sendTelemetry(ctx) // the control plane sees the new trust version now
-	}
-	if p := a.u.pendingDesired; p != nil {
-		a.u.pendingDesired = nil
-		a.handleDesired(ctx, p)
+		if p := a.u.pendingDesired; p != nil {
+			a.u.pendingDesired = nil
+			a.handleDesired(ctx, p)
+		}
 	}
 }
 
@@ -448,6 +453,7 @@ func (a *Agent) handleDesired(ctx context.Context, payload []byte) {
 		a.drop("desired", err)
 		return
 	}
+	a.u.pendingDesired = nil // a newer message replaces one held
 	if a.verify.Bundle() == nil {
 		a.u.pendingDesired = payload
 		return
@@ -455,6 +461,12 @@ func (a *Agent) handleDesired(ctx context.Context, payload []byte) {
 	ds, err := a.verify.VerifyDesired(env, a.opts.Clock())
 	if err != nil {
 		a.refuse(ctx, "", efpb.Refusal_REFUSAL_DESIRED_STATE, fmt.Sprintf("desired state refused: %v", err))
+		if errors.Is(err, signing.ErrThreshold) {
+			// Perhaps signed by a control key of a bundle not seen yet
+			// (it should arrive first, but brokers differ): tried again
+			// once a newer bundle is accepted.
+			a.u.pendingDesired = payload
+		}
 		return
 	}
 	if ds.GetDeviceId() != a.opts.DeviceID {
