@@ -525,11 +525,11 @@ func (x *TrustBundle) GetRoles() []*RoleKeys {
 // TrustChain is what the control plane retains on the trust topic: the
 // newest trust bundle's envelope and the bundles before it, so that an agent
 // trusting any older bundle walks from it to the newest, each bundle signed
-// by its predecessor's root (added 2026-11-26).
+// by its predecessor's root (added 2026-12-06).
 //
 // Fields 1-3 are the newest bundle's envelope, numbered and typed exactly as
 // Envelope's: a reader that decodes the message as an Envelope (agents
-// before 2026-11-26) sees the newest bundle and ignores previous, and an
+// before 2026-12-06) sees the newest bundle and ignores previous, and an
 // Envelope published by an older control plane decodes as a chain without
 // previous bundles.
 type TrustChain struct {
@@ -1574,7 +1574,7 @@ type StatusEvent struct {
 	// active_version is what serves inference after this event.
 	ActiveVersion string `protobuf:"bytes,12,opt,name=active_version,json=activeVersion,proto3" json:"active_version,omitempty"`
 	// refused is set on the event that reports a signed document the device
-	// just refused, and says which kind (added 2026-11-26). Events that repeat
+	// just refused, and says which kind (added 2026-12-06). Events that repeat
 	// a state (after a reconnect) leave it unspecified.
 	Refused       Refusal `protobuf:"varint,13,opt,name=refused,proto3,enum=edgefleet.v1.Refusal" json:"refused,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1807,7 +1807,7 @@ type Telemetry struct {
 	// outbox dropped (oldest first) because it was full; cumulative.
 	ReportsDropped uint64 `protobuf:"varint,12,opt,name=reports_dropped,json=reportsDropped,proto3" json:"reports_dropped,omitempty"`
 	// trust_version is the version of the trust bundle the agent trusts, 0
-	// before it accepted one (added 2026-11-26).
+	// before it accepted one (added 2026-12-06).
 	TrustVersion  uint64 `protobuf:"varint,13,opt,name=trust_version,json=trustVersion,proto3" json:"trust_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

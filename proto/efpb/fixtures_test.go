@@ -66,7 +66,7 @@ var fixtures = []struct {
 			"120462623032",
 	},
 	{
-		// The trust topic's message (added 2026-11-26): fields 1-3 are the
+		// The trust topic's message (added 2026-12-06): fields 1-3 are the
 		// newest bundle's envelope, previous the bundles before it.
 		name: "TrustChain",
 		msg: &efpb.TrustChain{
@@ -183,7 +183,7 @@ var fixtures = []struct {
 			"666665727320627920302e35500258026205312e312e30",
 	},
 	{
-		// A second StatusEvent: a refusal as it happens (added 2026-11-26).
+		// A second StatusEvent: a refusal as it happens (added 2026-12-06).
 		name: "StatusEvent",
 		msg: &efpb.StatusEvent{
 			ProtocolVersion: 1,
@@ -249,7 +249,7 @@ var fixtures = []struct {
 			"01066007",
 	},
 	{
-		// A third Telemetry: the trust bundle version (added 2026-11-26).
+		// A third Telemetry: the trust bundle version (added 2026-12-06).
 		name: "Telemetry",
 		msg:  &efpb.Telemetry{ProtocolVersion: 1, DeviceId: "dev-003", Seq: 101, TimeUnixMs: 1795608060123, TrustVersion: 7},
 		hex:  "080112076465762d303033186520dbc1d294a1346807",
@@ -352,7 +352,7 @@ func TestFixturesCoverEveryField(t *testing.T) {
 }
 
 // TestTrustChainReadsAsEnvelope pins the compatibility of the trust topic
-// (proto/HISTORY.md, 2026-11-26): a TrustChain decoded as an Envelope, as
+// (proto/HISTORY.md, 2026-12-06): a TrustChain decoded as an Envelope, as
 // agents before it do, is its newest bundle; an Envelope, as control planes
 // before it publish, decodes as a chain of that bundle alone.
 func TestTrustChainReadsAsEnvelope(t *testing.T) {
