@@ -265,6 +265,10 @@ func (a *Agent) Dropped() uint64 { return a.dropped.Load() }
 // replay, hash, test vectors ...).
 func (a *Agent) Refused() uint64 { return a.refused.Load() }
 
+// TrustVersion is the version of the trust bundle the agent trusts, 0
+// before it accepted one.
+func (a *Agent) TrustVersion() uint64 { return a.verify.Version() }
+
 // Run restores state, serves inference, keeps the broker connection and
 // follows the desired state until ctx ends. It returns nil after a clean
 // shutdown; a second Run on the same Agent is an error.

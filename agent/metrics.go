@@ -32,6 +32,8 @@ var (
 		"MQTT payloads that could not be decoded or were not for this agent.", nil, nil)
 	descRefused = prometheus.NewDesc("edgefleet_agent_documents_refused_total",
 		"Signed documents, chunks and updates refused by a check.", nil, nil)
+	descTrust = prometheus.NewDesc("edgefleet_agent_trust_version",
+		"Version of the trust bundle the agent trusts (0: none accepted yet).", nil, nil)
 	descWriteFailures = prometheus.NewDesc("edgefleet_agent_state_write_failures_total",
 		"Writes of the agent's persisted state that failed; the step was not acted on and is retried.", nil, nil)
 	descQueued = prometheus.NewDesc("edgefleet_agent_telemetry_queued",
@@ -47,7 +49,7 @@ type metricsCollector struct{ a *Agent }
 
 func (c metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInferences, descErrors, descRejects, descModel, descGeneration,
-		descDropped, descRefused, descWriteFailures, descQueued, descReportsDropped, descUp} {
+		descDropped, descRefused, descTrust, descWriteFailures, descQueued, descReportsDropped, descUp} {
 		ch <- d
 	}
 }
@@ -73,6 +75,7 @@ func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descGeneration, prometheus.GaugeValue, float64(a.Generation()))
 	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(a.Dropped()))
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(a.Refused()))
+	ch <- prometheus.MustNewConstMetric(descTrust, prometheus.GaugeValue, float64(a.TrustVersion()))
 	ch <- prometheus.MustNewConstMetric(descWriteFailures, prometheus.CounterValue, float64(a.StateWriteFailures()))
 	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(a.QueuedReports()))
 	ch <- prometheus.MustNewConstMetric(descReportsDropped, prometheus.CounterValue, float64(a.ReportsDropped()))

@@ -35,6 +35,7 @@ func TestAgentMetricsEndpoint(t *testing.T) {
 	assert.Contains(t, text, `edgefleet_agent_inference_errors_total{model="fraud",version="1.0.0"} 0`)
 	assert.Contains(t, text, `edgefleet_agent_model_info{active="1.0.0",model="fraud",on_trial="false",previous="",serving="1.0.0",target=""} 1`)
 	assert.Contains(t, text, "edgefleet_agent_desired_generation 1")
+	assert.Contains(t, text, "edgefleet_agent_trust_version 1")
 	assert.Contains(t, text, "edgefleet_agent_state_write_failures_total 0")
 
 	if path, err := exec.LookPath("promtool"); err == nil {

@@ -65,6 +65,11 @@ func (a *Agent) slotReport(s *slot) (state efpb.ModelState, version, reason stri
 }
 
 func (a *Agent) report(ctx context.Context, s *slot, state efpb.ModelState, version, reason string) {
+	a.reportEvent(ctx, a.statusEvent(s, state, version, reason))
+}
+
+// statusEvent is the status event of slot s in state about version.
+func (a *Agent) statusEvent(s *slot, state efpb.ModelState, version, reason string) *efpb.StatusEvent {
 	ev := &efpb.StatusEvent{ModelName: s.name, ModelVersion: version, State: state, Reason: reason}
 	if s.asm != nil {
 		ev.ChunksHave, ev.ChunksTotal = uint32(s.asm.Have()), uint32(s.asm.Total())
@@ -72,7 +77,7 @@ func (a *Agent) report(ctx context.Context, s *slot, state efpb.ModelState, vers
 	if s.st.Active != nil {
 		ev.ActiveVersion = s.st.Active.Version
 	}
-	a.reportEvent(ctx, ev)
+	return ev
 }
 
 // reportEvent fills the envelope fields common to every status event.
@@ -101,6 +106,7 @@ func (a *Agent) sendTelemetry(ctx context.Context) {
 		UptimeSeconds:   uint64(a.opts.Clock().Sub(a.started).Seconds()),
 		RssBytes:        readRSS(),
 		DroppedPayloads: a.dropped.Load(),
+		TrustVersion:    a.verify.Version(),
 	}
 	for _, s := range a.slotList() {
 		am := &efpb.ActiveModel{Name: s.name, State: efpb.ModelState_MODEL_STATE_IDLE, Rejects: s.rejects.Load()}

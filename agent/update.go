@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgefleet/edgefleet/internal/mqttc"
+	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/internal/store"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/internal/transfer"
@@ -40,10 +41,15 @@ type event struct {
 
 // updater is the state of the update loop; only the Run goroutine touches it.
 type updater struct {
-	generation     uint64          // highest accepted desired-state generation
-	desired        []byte          // its envelope bytes
-	pendingDesired []byte          // received before any trust bundle
-	subs           map[string]bool // filters currently subscribed
+	generation uint64          // highest accepted desired-state generation
+	desired    []byte          // its envelope bytes
+	subs       map[string]bool // filters currently subscribed
+
+	// pendingDesired is the newest desired state, if it could not be
+	// verified yet: received before any trust bundle, or signed by a key
+	// the trusted bundle does not list (a newer bundle may). It is handled
+	// again when a newer bundle is accepted.
+	pendingDesired []byte
 
 	// After failed writes (see transition): the desired state last applied,
 	// to apply again at reapplyAt when one of its writes failed; and a
@@ -407,22 +413,37 @@ func (a *Agent) unsub(ctx context.Context, filter string) {
 	}
 }
 
+// handleTrust follows the trust topic's chain of bundles (bounded; see
+// signing.DecodeTrustChain) from the bundle the agent trusts to the newest,
+// and persists the newest it accepted.
 func (a *Agent) handleTrust(ctx context.Context, payload []byte) {
-	env, err := decodeEnvelope(payload)
+	chain, err := signing.DecodeTrustChain(payload)
 	if err != nil {
 		a.drop("trust", err)
 		return
 	}
-	if _, err := a.verify.UpdateTrustBundle(env, a.opts.Clock()); err != nil {
-		a.refuse(ctx, "", fmt.Sprintf("trust bundle refused: %v", err))
+	before := a.verify.Version()
+	b, err := a.verify.UpdateTrustChain(chain, a.opts.Clock())
+	if err != nil {
+		a.refuse(ctx, "", efpb.Refusal_REFUSAL_TRUST_BUNDLE, fmt.Sprintf("trust bundle refused: %v", err))
 		return
 	}
-	if err := a.kv.SetSync(keyTrust, payload); err != nil {
-		a.log.Error("persist trust bundle", "err", err)
-	}
-	if p := a.u.pendingDesired; p != nil {
-		a.u.pendingDesired = nil
-		a.handleDesired(ctx, p)
+	if b.GetVersion() != before {
+		// The newest envelope alone: RestoreTrustBundle takes it back after
+		// a restart, and the chain is published again anyway.
+		env, err := proto.Marshal(a.verify.BundleEnvelope())
+		if err == nil {
+			err = a.kv.SetSync(keyTrust, env)
+		}
+		if err != nil {
+			a.log.Error("persist trust bundle", "err", err)
+		}
+		a.log.Info("trust bundle accepted", "version", b.GetVersion(), "previous", before, "chain", len(chain))
+		a.sendTelemetry(ctx) // the control plane sees the new trust version now
+		if p := a.u.pendingDesired; p != nil {
+			a.u.pendingDesired = nil
+			a.handleDesired(ctx, p)
+		}
 	}
 }
 
@@ -432,37 +453,44 @@ func (a *Agent) handleDesired(ctx context.Context, payload []byte) {
 		a.drop("desired", err)
 		return
 	}
+	a.u.pendingDesired = nil // a newer message replaces one held
 	if a.verify.Bundle() == nil {
 		a.u.pendingDesired = payload
 		return
 	}
 	ds, err := a.verify.VerifyDesired(env, a.opts.Clock())
 	if err != nil {
-		a.refuse(ctx, "", fmt.Sprintf("desired state refused: %v", err))
+		a.refuse(ctx, "", efpb.Refusal_REFUSAL_DESIRED_STATE, fmt.Sprintf("desired state refused: %v", err))
+		if errors.Is(err, signing.ErrThreshold) {
+			// Perhaps signed by a control key of a bundle not seen yet
+			// (it should arrive first, but brokers differ): tried again
+			// once a newer bundle is accepted.
+			a.u.pendingDesired = payload
+		}
 		return
 	}
 	if ds.GetDeviceId() != a.opts.DeviceID {
-		a.refuse(ctx, "", fmt.Sprintf("desired state refused: it is for device %q", ds.GetDeviceId()))
+		a.refuse(ctx, "", efpb.Refusal_REFUSAL_DESIRED_STATE, fmt.Sprintf("desired state refused: it is for device %q", ds.GetDeviceId()))
 		return
 	}
 	switch gen := ds.GetGeneration(); {
 	case gen < a.u.generation:
-		a.refuse(ctx, "", fmt.Sprintf("desired state refused: generation %d is older than the accepted generation %d (replay)", gen, a.u.generation))
+		a.refuse(ctx, "", efpb.Refusal_REFUSAL_DESIRED_STATE, fmt.Sprintf("desired state refused: generation %d is older than the accepted generation %d (replay)", gen, a.u.generation))
 		return
 	case gen == a.u.generation:
 		if bytes.Equal(payload, a.u.desired) {
 			return // the retained copy, redelivered on reconnect
 		}
-		a.refuse(ctx, "", fmt.Sprintf("desired state refused: generation %d was already accepted with different content", gen))
+		a.refuse(ctx, "", efpb.Refusal_REFUSAL_DESIRED_STATE, fmt.Sprintf("desired state refused: generation %d was already accepted with different content", gen))
 		return
 	}
 	for _, as := range ds.GetModels() {
 		if err := topics.ValidModelName(as.GetName()); err != nil {
-			a.refuse(ctx, "", fmt.Sprintf("desired state refused: %v", err))
+			a.refuse(ctx, "", efpb.Refusal_REFUSAL_DESIRED_STATE, fmt.Sprintf("desired state refused: %v", err))
 			return
 		}
 		if len(as.GetSha256()) != sha256.Size {
-			a.refuse(ctx, as.GetName(), "desired state refused: assignment has no sha256")
+			a.refuse(ctx, as.GetName(), efpb.Refusal_REFUSAL_DESIRED_STATE, "desired state refused: assignment has no sha256")
 			return
 		}
 	}
@@ -581,7 +609,7 @@ func (a *Agent) handleManifest(ctx context.Context, topic string, payload []byte
 	}
 	m, err := a.checkManifest(env, tp.Model, s.st.Target)
 	if err != nil {
-		a.failTarget(ctx, s, err.Error())
+		a.failTargetRefused(ctx, s, efpb.Refusal_REFUSAL_MANIFEST, err.Error())
 		return
 	}
 	a.unsub(ctx, topic)
@@ -854,6 +882,13 @@ func (a *Agent) stage(ctx context.Context, s *slot) {
 // stays as recorded and is resumed on the next tick, where the check that
 // failed runs again.
 func (a *Agent) failTarget(ctx context.Context, s *slot, reason string) {
+	a.failTargetRefused(ctx, s, efpb.Refusal_REFUSAL_UNSPECIFIED, reason)
+}
+
+// failTargetRefused is failTarget for a signed document the agent refused:
+// the status event says which kind (efpb.Refusal; unspecified for other
+// failures).
+func (a *Agent) failTargetRefused(ctx context.Context, s *slot, kind efpb.Refusal, reason string) {
 	t := s.st.Target
 	if t == nil {
 		return
@@ -867,7 +902,9 @@ func (a *Agent) failTarget(ctx context.Context, s *slot, reason string) {
 		return
 	}
 	a.releaseTarget(ctx, s, t)
-	a.report(ctx, s, efpb.ModelState_MODEL_STATE_FAILED, t.Version, reason)
+	ev := a.statusEvent(s, efpb.ModelState_MODEL_STATE_FAILED, t.Version, reason)
+	ev.Refused = kind
+	a.reportEvent(ctx, ev)
 }
 
 // releaseTarget lets go of what the update to t held: its download, its
@@ -938,12 +975,12 @@ func (a *Agent) drop(what string, err error) {
 	a.logLimited(slog.LevelWarn, "drop/"+what, "malformed payload dropped", "topic_kind", what, "err", err)
 }
 
-// refuse counts, logs (rate-limited) and reports a signed document that
-// failed a check.
-func (a *Agent) refuse(ctx context.Context, model, reason string) {
+// refuse counts, logs (rate-limited) and reports a signed document of kind
+// that failed a check.
+func (a *Agent) refuse(ctx context.Context, model string, kind efpb.Refusal, reason string) {
 	a.refused.Add(1)
 	a.logLimited(slog.LevelWarn, logKindRefused, "refused", "model", model, "reason", reason)
-	a.reportEvent(ctx, &efpb.StatusEvent{ModelName: model, State: efpb.ModelState_MODEL_STATE_FAILED, Reason: reason})
+	a.reportEvent(ctx, &efpb.StatusEvent{ModelName: model, State: efpb.ModelState_MODEL_STATE_FAILED, Reason: reason, Refused: kind})
 }
 
 // enterPhase calls the PhaseHook, if any, for the phase the update of s has

@@ -107,7 +107,7 @@ func TestKeysMismatchIsRefused(t *testing.T) {
 			require.NoError(t, err)
 			require.NoError(t, os.Remove(filepath.Join(keyDir, keys.RootKeyFile)))
 			require.NoError(t, signing.WritePublicKeyFile(filepath.Join(keyDir, keys.RootPubFile), other.Public))
-		}, "does not verify with the root public key"},
+		}, "root.pub (key id"},
 		{"missing release key", func(t *testing.T, keyDir string) {
 			require.NoError(t, os.Remove(filepath.Join(keyDir, keys.ReleaseKeyFile)))
 		}, "missing release.key"},

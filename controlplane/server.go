@@ -56,6 +56,11 @@ const (
 
 	renewInterval   = time.Hour
 	shutdownTimeout = 5 * time.Second
+
+	// keyPublishedTrust (store namespace "cp") holds the newest trust
+	// bundle envelope this control plane published: the next start's
+	// bundle chain must continue from it.
+	keyPublishedTrust = "trust/published"
 )
 
 // Options configure a Server. The zero value of every field but DataDir is
@@ -355,6 +360,9 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if err := s.publishRetained(ctx, c); err != nil {
 		return fmt.Errorf("controlplane: %w", err)
 	}
+	if err := c.db.Namespace("cp").SetSync(keyPublishedTrust, s.keys.BundleBytes); err != nil {
+		return fmt.Errorf("controlplane: record the published trust bundle: %w", err)
+	}
 	if err := s.subscribe(ctx, c); err != nil {
 		return fmt.Errorf("controlplane: %w", err)
 	}
@@ -449,6 +457,9 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 		}
 	})
 	kv := c.db.Namespace("cp")
+	if err := s.checkTrustChain(kv); err != nil {
+		return nil, err
+	}
 	if c.audit, err = audit.Open(c.db.Namespace("audit"), o.Clock); err != nil {
 		return nil, err
 	}
@@ -559,6 +570,23 @@ func (s *Server) brokerAuth(reg *fleet.Registry) (httpapi.Broker, string, error)
 	return src, "", nil
 }
 
+// checkTrustChain refuses a bundle chain that does not continue from the
+// newest bundle this control plane published before: every agent that
+// accepted that one would refuse what is published now.
+func (s *Server) checkTrustChain(kv *store.KV) error {
+	prev, err := kv.Get(keyPublishedTrust)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		prev = nil
+	case err != nil:
+		return fmt.Errorf("read the last published trust bundle: %w", err)
+	}
+	if err := s.keys.ContinuesFrom(prev, s.opts.Clock()); err != nil {
+		return fmt.Errorf("keys: %w", err)
+	}
+	return nil
+}
+
 // openBus creates the embedded broker (not listening yet; Run starts it
 // once the retained state is in) or connects to the external one.
 func (s *Server) openBus(ctx context.Context, auth broker.Authenticator) (bus.Bus, error) {
@@ -598,13 +626,22 @@ func (s *Server) externalOptions() mqttc.Options {
 }
 
 // publishRetained (re)publishes everything devices expect to find
-// retained: the trust bundle, every manifest and every device's newest
-// desired state. The embedded broker keeps retained messages in memory
-// only, so this runs at every start, and after every reconnect to an
+// retained: the trust bundle chain, every manifest and every device's
+// newest desired state. The embedded broker keeps retained messages in
+// memory only, so this runs at every start, and after every reconnect to an
 // external broker.
+//
+// The order matters to agents that stay connected (external broker): the
+// chain goes first, so a document signed by a new key never reaches an agent
+// before the bundle that lists the key; then what a rotated-out key signed
+// (or what expires soon) is re-signed, so that no agent that follows the
+// chain is handed a document it must refuse; then the documents.
 func (s *Server) publishRetained(ctx context.Context, c *components) error {
-	if err := c.bus.Publish(ctx, s.scheme.Trust(), s.keys.BundleBytes, true); err != nil {
-		return fmt.Errorf("publish trust bundle: %w", err)
+	if err := c.bus.Publish(ctx, s.scheme.Trust(), s.keys.ChainBytes, true); err != nil {
+		return fmt.Errorf("publish trust bundle chain: %w", err)
+	}
+	if err := s.renew(ctx, c); err != nil {
+		return err
 	}
 	manifests, err := c.models.PublishRetained(ctx)
 	if err != nil {
@@ -699,22 +736,31 @@ func (s *Server) republishOnReconnect(ctx context.Context, c *components, eb *bu
 	}
 }
 
-// renewLoop re-signs expiring manifests and desired states, at start and
-// then every renewInterval, until ctx ends.
+// renew re-signs the manifests and desired states that expire soon or were
+// signed by a key the trust bundle no longer lists, and publishes them.
+func (s *Server) renew(ctx context.Context, c *components) error {
+	if err := c.models.Renew(ctx); err != nil {
+		return fmt.Errorf("renew manifests: %w", err)
+	}
+	if err := c.fleet.Renew(ctx); err != nil {
+		return fmt.Errorf("renew desired states: %w", err)
+	}
+	return nil
+}
+
+// renewLoop re-signs expiring manifests and desired states every
+// renewInterval (publishRetained did at start), until ctx ends.
 func (s *Server) renewLoop(ctx context.Context, c *components) {
 	t := time.NewTicker(renewInterval)
 	defer t.Stop()
 	for {
-		if err := c.models.Renew(ctx); err != nil && ctx.Err() == nil {
-			s.log.Error("renew manifests failed", "err", err)
-		}
-		if err := c.fleet.Renew(ctx); err != nil && ctx.Err() == nil {
-			s.log.Error("renew desired states failed", "err", err)
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if err := s.renew(ctx, c); err != nil && ctx.Err() == nil {
+			s.log.Error("renewal failed", "err", err)
 		}
 	}
 }

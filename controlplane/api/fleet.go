@@ -32,9 +32,13 @@ type Device struct {
 	Desired *DesiredSummary `json:"desired,omitempty"`
 	// Reported is the latest status event per model name.
 	Reported map[string]*ModelStatus `json:"reported,omitempty"`
-	// LastRefusal is the newest device-level refusal the device reported
-	// (a desired state refused as replayed, expired or badly signed).
+	// LastRefusal is the newest signed document the device refused: a
+	// trust bundle, a manifest or a desired state (replayed, expired,
+	// badly signed ...), with the reason it gave.
 	LastRefusal *Refusal `json:"last_refusal,omitempty"`
+	// TrustVersion is the version of the trust bundle the device trusts,
+	// as its telemetry last said (0: not reported yet).
+	TrustVersion uint64 `json:"trust_version,omitempty"`
 	// Online is what the device's presence and traffic say since this
 	// control plane started (every device starts offline).
 	Online       bool              `json:"online"`
@@ -43,13 +47,16 @@ type Device struct {
 	Telemetry    *TelemetrySummary `json:"telemetry,omitempty"`
 }
 
-// Refusal is a device-level refusal: something the device was sent and
-// would not act on, with its reason.
+// Refusal is something the device was sent and would not act on, with its
+// reason.
 type Refusal struct {
-	Reason     string    `json:"reason"`
-	Generation uint64    `json:"generation"`
-	Seq        uint64    `json:"seq"`
-	Time       time.Time `json:"time"`
+	// Kind is what was refused; Model is set for a manifest.
+	Kind       RefusalKind `json:"kind,omitempty"`
+	Model      string      `json:"model,omitempty"`
+	Reason     string      `json:"reason"`
+	Generation uint64      `json:"generation"`
+	Seq        uint64      `json:"seq"`
+	Time       time.Time   `json:"time"`
 }
 
 // DesiredSummary is the decoded content of a device's newest desired state.

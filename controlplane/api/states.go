@@ -42,3 +42,32 @@ func ModelStateOf(s efpb.ModelState) ModelState {
 	}
 	return ModelState(strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(name, "MODEL_STATE_")), "_", "-"))
 }
+
+// RefusalKind is the kind of signed document a device refused
+// (Refusal.Kind, and the kind label of edgefleet_device_refusals_total).
+type RefusalKind string
+
+// The kinds of refusal. Unknown is a refusal an older agent reported
+// without its kind, or a kind this control plane does not know.
+const (
+	RefusedTrustBundle  RefusalKind = "trust-bundle"
+	RefusedManifest     RefusalKind = "manifest"
+	RefusedDesiredState RefusalKind = "desired-state"
+	RefusedUnknown      RefusalKind = "unknown"
+)
+
+// RefusalKindOf names a wire refusal kind; ok is false for
+// REFUSAL_UNSPECIFIED (not a refusal).
+func RefusalKindOf(r efpb.Refusal) (kind RefusalKind, ok bool) {
+	switch r {
+	case efpb.Refusal_REFUSAL_UNSPECIFIED:
+		return "", false
+	case efpb.Refusal_REFUSAL_TRUST_BUNDLE:
+		return RefusedTrustBundle, true
+	case efpb.Refusal_REFUSAL_MANIFEST:
+		return RefusedManifest, true
+	case efpb.Refusal_REFUSAL_DESIRED_STATE:
+		return RefusedDesiredState, true
+	}
+	return RefusedUnknown, true
+}

@@ -447,7 +447,9 @@ func (a *app) devicesCmd() *cobra.Command {
 		Use:   "devices",
 		Short: "list devices and their state",
 		Long: `Lists the registered devices: labels, whether they are online, the desired model versions
-and generation, what each device runs (ACTIVE) and what it is doing (STATE), last seen.`,
+and generation, what each device runs (ACTIVE) and what it is doing (STATE), the version of the
+trust bundle it trusts (TRUST), last seen, and the last signed document it refused and why
+(LAST REFUSAL: a trust bundle, a manifest or a desired state).`,
 		Example: `  edgefleet devices
   edgefleet devices --selector site=berlin,hw!=x86`,
 		Args: noArgs,
@@ -467,10 +469,11 @@ and generation, what each device runs (ACTIVE) and what it is doing (STATE), las
 			}
 			now := time.Now()
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tLABELS\tONLINE\tDESIRED\tACTIVE\tSTATE\tLAST SEEN")
+			fmt.Fprintln(tw, "ID\tLABELS\tONLINE\tDESIRED\tACTIVE\tSTATE\tTRUST\tLAST SEEN\tLAST REFUSAL")
 			for _, d := range list {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, formatLabels(d.Labels), yesNo(d.Online),
-					formatDesired(d.Desired), formatActive(d.Reported), formatState(d.Reported), formatAgo(now, d.LastSeen))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, formatLabels(d.Labels), yesNo(d.Online),
+					formatDesired(d.Desired), formatActive(d.Reported), formatState(d.Reported), formatTrust(d.TrustVersion),
+					formatAgo(now, d.LastSeen), formatRefusal(now, d.LastRefusal))
 			}
 			return tw.Flush()
 		}),
@@ -545,6 +548,36 @@ func formatState(r map[string]*api.ModelStatus) string {
 		return "-"
 	}
 	return strings.Join(parts, ",")
+}
+
+func formatTrust(v uint64) string {
+	if v == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("v%d", v)
+}
+
+// maxRefusalReason bounds the reason shown in the devices table; the API
+// (GET /api/v1/devices/{id}) has all of it.
+const maxRefusalReason = 200
+
+// formatRefusal is "kind[ model] (when): reason", the reason shortened.
+func formatRefusal(now time.Time, r *api.Refusal) string {
+	if r == nil {
+		return "-"
+	}
+	kind := string(r.Kind)
+	if kind == "" {
+		kind = string(api.RefusedUnknown)
+	}
+	if r.Model != "" {
+		kind += " " + r.Model
+	}
+	reason := strings.Join(strings.Fields(r.Reason), " ")
+	if len(reason) > maxRefusalReason {
+		reason = strings.ToValidUTF8(reason[:maxRefusalReason], "") + "…"
+	}
+	return fmt.Sprintf("%s (%s): %s", kind, formatAgo(now, r.Time), reason)
 }
 
 func formatAgo(now, t time.Time) string {

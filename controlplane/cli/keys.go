@@ -22,9 +22,12 @@ func (a *app) keysRotateCmd() *cobra.Command {
 		Use:   "rotate --role release|control|root --dir DIR",
 		Short: "replace a key; writes the next root-signed trust bundle",
 		Long: `Replaces one key and writes trust bundle version N+1, signed by the current root (and by the
-new root when the root rotates). The replaced private key is kept as <file>.v<N>. Copy the new
-key and trust.bundle to the control plane's <data-dir>/keys and restart it: it publishes the
-bundle and agents follow it; the old key's signatures are refused afterwards.
+new root when the root rotates). The replaced private key is kept as <file>.v<N> and bundle N as
+trust.bundle.v<N>: the bundles form the chain that a device which missed rotations walks to the
+newest. Copy the new key (release.key or control.key; root.pub for the root, never root.key),
+trust.bundle and every trust.bundle.v<N> to the control plane's <data-dir>/keys and restart it:
+it publishes the chain and agents follow it; the old key's signatures are refused afterwards.
+Several rotations may happen between two restarts.
 
 Run it where root.key is kept.`,
 		Example: `  edgefleet keys rotate --role release --dir ./keys
@@ -54,6 +57,10 @@ Run it where root.key is kept.`,
 			}
 			fmt.Fprintf(a.stdout, "rotated the %s key in %s: trust bundle version %d, valid until %s\n", role, dir,
 				b.Version, time.Unix(b.ExpiresUnix, 0).UTC().Format(time.RFC3339))
+			copyKey := map[efpb.Role]string{efpb.Role_ROLE_RELEASE: keys.ReleaseKeyFile, efpb.Role_ROLE_CONTROL: keys.ControlKeyFile,
+				efpb.Role_ROLE_ROOT: keys.RootPubFile}[r]
+			fmt.Fprintf(a.stdout, "Copy %s, %s and %s.v* to the control plane's <data-dir>/keys/ and restart it (never %s).\n",
+				copyKey, keys.TrustBundleFile, keys.TrustBundleFile, keys.RootKeyFile)
 			if r == efpb.Role_ROLE_ROOT {
 				fmt.Fprintf(a.stdout, "New root public key (provision new devices with it; existing devices follow the bundle):\n%s",
 					signing.EncodePublicKeyPEM(mustReadPub(filepath.Join(dir, keys.RootPubFile))))

@@ -77,6 +77,9 @@ type Fleet struct {
 	log     *slog.Logger
 	enrolls *enrollStore
 	deploys prometheus.Counter // desired states issued
+	// refusals counts the signed documents devices reported refusing, by
+	// api.RefusalKind.
+	refusals *prometheus.CounterVec
 
 	// issueMu serialises desired-state issuing and publishing (see
 	// issue). It comes after the rollout engine's lock and before the
@@ -101,8 +104,19 @@ func New(o Options) *Fleet {
 			Name: "edgefleet_desired_states_issued_total",
 			Help: "Signed desired-state documents issued to devices.",
 		}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgefleet_device_refusals_total",
+			Help: "Signed documents devices reported refusing (a bad signature, an expiry, a replay, a broken trust chain ...), by kind: trust-bundle, manifest, desired-state, unknown (an older agent).",
+		}, []string{"kind"}),
 	}
-	o.Registerer.MustRegister(f.deploys,
+	for _, k := range []api.RefusalKind{api.RefusedTrustBundle, api.RefusedManifest, api.RefusedDesiredState, api.RefusedUnknown} {
+		f.refusals.WithLabelValues(string(k)) // every kind shows, at 0
+	}
+	o.Registerer.MustRegister(f.deploys, f.refusals,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgefleet_devices_trust_behind",
+			Help: "Devices whose reported trust bundle version is older than the newest one the control plane publishes.",
+		}, func() float64 { return float64(f.reg.trustBehind(o.Keys.Bundle.GetVersion())) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "edgefleet_devices", Help: "Registered devices."},
 			func() float64 { t, _ := f.reg.Counts(); return float64(t) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "edgefleet_devices_online", Help: "Devices currently online."},

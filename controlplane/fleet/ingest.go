@@ -11,7 +11,9 @@ import (
 )
 
 // OnStatus handles a device's status event (topic .../dev/{id}/status):
-// the latest lifecycle state per model, or a device-level refusal.
+// the latest lifecycle state per model, or a device-level refusal. An event
+// that reports a refusal as it happens (StatusEvent.refused) is also the
+// device's LastRefusal and counted in edgefleet_device_refusals_total.
 func (f *Fleet) OnStatus(topic string, payload []byte) {
 	const kind = topics.KindStatus
 	ev := &efpb.StatusEvent{}
@@ -23,8 +25,12 @@ func (f *Fleet) OnStatus(topic string, payload []byte) {
 		f.opts.Ingest.Drop(kind, ingest.ProtocolVersion, topic, fmt.Errorf("protocol_version %d", ev.ProtocolVersion))
 		return
 	}
+	refusal, refused := api.RefusalKindOf(ev.Refused)
 	if ev.ModelName == "" {
-		f.onRefusal(kind, topic, dev, ev)
+		if !refused {
+			refusal = api.RefusedUnknown // an older agent: every event without a model is a refusal
+		}
+		f.onRefusal(kind, topic, dev, refusal, ev)
 		return
 	}
 	if err := topics.ValidModelName(ev.ModelName); err != nil {
@@ -72,6 +78,9 @@ func (f *Fleet) OnStatus(topic string, payload []byte) {
 			Seq:           ev.Seq,
 			Updated:       now,
 		}
+		if refused {
+			d.LastRefusal = &api.Refusal{Kind: refusal, Model: ev.ModelName, Reason: st.Reason, Generation: ev.Generation, Seq: ev.Seq, Time: now}
+		}
 		return true
 	})
 	switch {
@@ -85,13 +94,19 @@ func (f *Fleet) OnStatus(topic string, payload []byte) {
 		f.opts.Ingest.Drop(kind, ingest.Store, topic, err)
 		f.log.Error("store device status failed", "device", dev, "err", err)
 	default:
+		if refused {
+			f.refusals.WithLabelValues(string(refusal)).Inc()
+			f.log.Warn("device refused a document", "device", dev, "kind", refusal, "model", ev.ModelName, "version", ev.ModelVersion, "reason", ev.Reason)
+			return
+		}
 		f.log.Debug("device status", "device", dev, "model", ev.ModelName, "version", ev.ModelVersion, "state", api.ModelStateOf(ev.State), "reason", ev.Reason)
 	}
 }
 
 // onRefusal records a status event that names no model: the device
-// refused something device-wide (a desired state) and says why.
-func (f *Fleet) onRefusal(kind topics.Kind, topic, dev string, ev *efpb.StatusEvent) {
+// refused something device-wide (a trust bundle or a desired state) and
+// says why.
+func (f *Fleet) onRefusal(kind topics.Kind, topic, dev string, refusal api.RefusalKind, ev *efpb.StatusEvent) {
 	stale := false
 	drop, err := f.reg.update(dev, func(d *api.Device, now time.Time) bool {
 		d.Online, d.LastSeen = true, now
@@ -99,7 +114,7 @@ func (f *Fleet) onRefusal(kind topics.Kind, topic, dev string, ev *efpb.StatusEv
 			stale = true
 			return false
 		}
-		d.LastRefusal = &api.Refusal{Reason: truncate(ev.Reason, maxReasonLen), Generation: ev.Generation, Seq: ev.Seq, Time: now}
+		d.LastRefusal = &api.Refusal{Kind: refusal, Reason: truncate(ev.Reason, maxReasonLen), Generation: ev.Generation, Seq: ev.Seq, Time: now}
 		return true
 	})
 	switch {
@@ -111,7 +126,8 @@ func (f *Fleet) onRefusal(kind topics.Kind, topic, dev string, ev *efpb.StatusEv
 		f.opts.Ingest.Drop(kind, ingest.Store, topic, err)
 		f.log.Error("store device refusal failed", "device", dev, "err", err)
 	default:
-		f.log.Warn("device refused a document", "device", dev, "reason", ev.Reason, "generation", ev.Generation)
+		f.refusals.WithLabelValues(string(refusal)).Inc()
+		f.log.Warn("device refused a document", "device", dev, "kind", refusal, "reason", ev.Reason, "generation", ev.Generation)
 	}
 }
 
@@ -155,7 +171,12 @@ func (f *Fleet) OnTelemetry(topic string, payload []byte) (dev string, t *efpb.T
 		}
 		sum.Received = now
 		d.Telemetry = sum
-		return false // persisted at most every lastSeenPersistEvery
+		// Otherwise persisted at most every lastSeenPersistEvery.
+		changed := t.TrustVersion != 0 && t.TrustVersion != d.TrustVersion
+		if t.TrustVersion != 0 {
+			d.TrustVersion = t.TrustVersion
+		}
+		return changed
 	})
 	switch {
 	case drop != "":

@@ -311,6 +311,20 @@ func (r *Registry) Counts() (total, online int) {
 	return len(r.devices), online
 }
 
+// trustBehind counts the devices that reported a trust bundle version
+// older than newest.
+func (r *Registry) trustBehind(newest uint64) int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	n := 0
+	for _, e := range r.devices {
+		if v := e.dev.TrustVersion; v != 0 && v < newest {
+			n++
+		}
+	}
+	return n
+}
+
 func cloneDevice(d *api.Device) api.Device {
 	c := *d
 	c.Labels = maps.Clone(d.Labels)

@@ -1,6 +1,7 @@
 package keys
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
@@ -21,7 +22,9 @@ import (
 // from now for ttl, signed by the current root key (and the new one when
 // role is root). It checks that an agent trusting the current bundle
 // accepts the new one before anything is replaced. The old private key is
-// kept as <file>.v<old version>.
+// kept as <file>.v<old version>, and the old bundle as
+// trust.bundle.v<old version> (ArchivedBundleFile): the bundles form the
+// chain a device that missed some rotations walks to the newest.
 func Rotate(dir string, role efpb.Role, now time.Time, ttl time.Duration) (*efpb.TrustBundle, error) {
 	const op = "rotate keys"
 	rootPath := filepath.Join(dir, RootKeyFile)
@@ -99,6 +102,21 @@ func Rotate(dir string, role efpb.Role, now time.Time, ttl time.Duration) (*efpb
 	archived := fmt.Sprintf("%s.v%d", keyPath, old.Version)
 	if _, err := os.Lstat(archived); err == nil {
 		return nil, fmt.Errorf("%s: %s exists; move it away first", op, archived)
+	}
+	// The old bundle is kept first: it is a link of the chain, and a crash
+	// after this leaves the directory as it was plus a copy (an identical
+	// copy from an interrupted run is fine).
+	bundleArchive := filepath.Join(dir, ArchivedBundleFile(old.Version))
+	switch prev, err := readFileMax(bundleArchive, maxTrustBundleFile); {
+	case err == nil && !bytes.Equal(prev, raw):
+		return nil, fmt.Errorf("%s: %s exists with other content than %s version %d; move it away first", op, bundleArchive, TrustBundleFile, old.Version)
+	case err == nil:
+	case errors.Is(err, fs.ErrNotExist):
+		if err := atomicfile.Write(bundleArchive, raw, 0o644); err != nil {
+			return nil, fmt.Errorf("%s: %w", op, err)
+		}
+	default:
+		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	// New files first under temporary names, then renames: a crash leaves
 	// either the old set or the new one usable (the bundle goes last).

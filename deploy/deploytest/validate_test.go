@@ -544,7 +544,7 @@ func TestPrometheusConfig(t *testing.T) {
 	require.NoError(t, os.WriteFile(path, []byte(conf), 0o644))
 	code, out := runCode(t, promtool, "check", "config", path)
 	assert.Equal(t, 0, code, "promtool check config:\n%s", out)
-	assert.Contains(t, out, "5 rules found", "the alert rules were checked too")
+	assert.Contains(t, out, "6 rules found", "the alert rules were checked too")
 
 	bad := filepath.Join(dir, "bad.yml")
 	require.NoError(t, os.WriteFile(bad, []byte(strings.Replace(conf, "scrape_interval", "scrape_intervall", 1)), 0o644))
@@ -662,7 +662,8 @@ func TestDashboardAndAlertMetricsExist(t *testing.T) {
 	for m, where := range used {
 		assert.True(t, scraped[m] || declared[m], "%s (used by %v) is not a metric the control plane exports", m, where)
 	}
-	for _, fleet := range []string{"edgefleet_devices", "edgefleet_devices_online", "edgefleet_desired_states_issued_total", "edgefleet_model_site_max_psi"} {
+	for _, fleet := range []string{"edgefleet_devices", "edgefleet_devices_online", "edgefleet_desired_states_issued_total", "edgefleet_model_site_max_psi",
+		"edgefleet_device_refusals_total", "edgefleet_devices_trust_behind"} {
 		assert.Contains(t, used, fleet, "the dashboard covers %s", fleet)
 	}
 }

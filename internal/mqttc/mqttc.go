@@ -7,6 +7,7 @@
 package mqttc
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -160,8 +162,9 @@ type Client struct {
 	dropped atomic.Uint64      // inbound messages dropped on a full queue
 	closing sync.Once
 
-	mu         sync.Mutex               // guards subs, lost, lostClosed
-	subs       map[string]*subscription // by filter; re-made on every connect
+	mu         sync.Mutex               // guards subs, subOrder, lost, lostClosed
+	subs       map[string]*subscription // by filter; re-made on every connect, in order
+	subOrder   uint64                   // order of the newest filter subscribed
 	lost       chan struct{}            // closed when the current connection ends; nil before the first
 	lostClosed bool
 }
@@ -170,6 +173,11 @@ type subscription struct {
 	filter string
 	qos    byte
 	h      func(Message)
+	// order is when the filter was first subscribed: subscriptions are
+	// re-made in that order, so retained messages arrive after a reconnect
+	// in the order they did at the first connect (the agent needs the
+	// trust bundle before the desired state it verifies).
+	order uint64
 }
 
 type delivery struct {
@@ -369,7 +377,9 @@ func (c *Client) manage() {
 	}
 }
 
-// resubscribe re-makes every recorded subscription.
+// resubscribe re-makes every recorded subscription, in the order the
+// filters were first subscribed (one SUBSCRIBE at a time: a broker sends a
+// filter's retained messages before it answers the next).
 func (c *Client) resubscribe(ctx context.Context) {
 	c.mu.Lock()
 	subs := make([]*subscription, 0, len(c.subs))
@@ -377,6 +387,7 @@ func (c *Client) resubscribe(ctx context.Context) {
 		subs = append(subs, s)
 	}
 	c.mu.Unlock()
+	slices.SortFunc(subs, func(a, b *subscription) int { return cmp.Compare(a.order, b.order) })
 	for _, s := range subs {
 		code, err := c.subscribe(ctx, s.filter, s.qos)
 		switch {
@@ -504,6 +515,12 @@ func (c *Client) Subscribe(ctx context.Context, filter string, qos byte, h func(
 	s := &subscription{filter: filter, qos: qos, h: h}
 	c.mu.Lock()
 	prev := c.subs[filter]
+	if prev != nil {
+		s.order = prev.order // a new handler keeps the filter's place
+	} else {
+		c.subOrder++
+		s.order = c.subOrder
+	}
 	c.subs[filter] = s
 	c.mu.Unlock()
 	undo := func() {

@@ -566,3 +566,62 @@ func TestUnreachableBrokerIsLoggedAtWarn(t *testing.T) {
 	require.ErrorIs(t, <-done, context.Canceled)
 	assert.Equal(t, 1, strings.Count(logs.String(), "level=WARN"), "at most one WARN a minute:\n%s", logs.String())
 }
+
+// TestResubscribeInSubscribeOrder: after a reconnect the subscriptions are
+// re-made in the order they were first made, so retained messages arrive
+// in that order again (an agent must see the trust bundle before the
+// desired state signed by a key the bundle introduces).
+func TestResubscribeInSubscribeOrder(t *testing.T) {
+	filters := []string{scheme.Trust(), scheme.Desired("d1")}
+	for _, m := range []string{"f", "e", "d", "c", "b", "a"} {
+		filters = append(filters, scheme.Manifest(m, "1"))
+	}
+	retain := func(b *broker.Broker) {
+		for _, f := range filters {
+			require.NoError(t, b.Publish(f, []byte(f), true, 1))
+		}
+	}
+	// A broker with the retained messages in place before it listens.
+	start := func(addr string) *broker.Broker {
+		b, err := broker.New(broker.Options{Addr: addr, Auth: devices})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = b.Close() }) // Close is idempotent
+		retain(b)
+		require.NoError(t, b.Start())
+		return b
+	}
+	b1 := start("127.0.0.1:0")
+	addr := b1.Addr()
+	connects := make(chan struct{}, 10)
+	opts := deviceOptions(b1.URL(), "d1")
+	opts.OnConnect = func(context.Context, *Client) { connects <- struct{}{} }
+	c := connect(t, opts)
+	<-connects
+	var in inbox
+	for _, f := range filters {
+		require.NoError(t, c.Subscribe(context.Background(), f, 1, in.handle))
+	}
+	in.waitLen(t, len(filters))
+	// Replacing a handler keeps the filter's place.
+	require.NoError(t, c.Subscribe(context.Background(), filters[0], 1, in.handle))
+	in.waitLen(t, len(filters)+1)
+
+	for round := range 3 {
+		require.NoError(t, b1.Close())
+		require.Eventually(t, func() bool { return !c.IsConnected() }, waitFor, 5*time.Millisecond)
+		before := len(in.get())
+		b2 := start(addr)
+		select {
+		case <-connects:
+		case <-time.After(waitFor):
+			t.Fatal("no reconnect")
+		}
+		got := in.waitLen(t, before+len(filters))[before:]
+		var order []string
+		for _, m := range got {
+			order = append(order, m.Topic)
+		}
+		assert.Equal(t, filters, order, "round %d: retained messages after the reconnect, in subscribe order", round)
+		b1 = b2
+	}
+}

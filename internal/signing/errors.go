@@ -24,6 +24,10 @@ var (
 	// ErrRollback: a trust bundle whose version is not newer than the
 	// trusted one.
 	ErrRollback = errors.New("trust bundle version is not newer")
+	// ErrMissingLink: a trust chain lacks the bundle versions between two
+	// bundles (or between the trusted one and the first it carries), so
+	// the newest cannot be reached by signatures; the error names them.
+	ErrMissingLink = errors.New("trust chain link missing")
 	// ErrNoTrust: no trust bundle has been accepted yet.
 	ErrNoTrust = errors.New("no trust bundle accepted yet")
 	// ErrMalformed: the envelope, document or key does not decode or breaks

@@ -63,6 +63,10 @@ func (v *Verifier) Bundle() *efpb.TrustBundle {
 	return proto.Clone(st.bundle).(*efpb.TrustBundle)
 }
 
+// Version is the version of the newest accepted trust bundle, 0 before one
+// is accepted.
+func (v *Verifier) Version() uint64 { return v.state().bundle.GetVersion() }
+
 // BundleEnvelope returns a copy of the signed envelope of the newest accepted
 // trust bundle, or nil, so the caller can persist it and hand it to
 // RestoreTrustBundle after a restart.

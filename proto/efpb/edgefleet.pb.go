@@ -146,6 +146,60 @@ func (ModelState) EnumDescriptor() ([]byte, []int) {
 	return file_proto_edgefleet_proto_rawDescGZIP(), []int{1}
 }
 
+// Refusal is the kind of signed document a device refused. A receiver that
+// does not know a value counts it as a refusal of an unknown kind.
+type Refusal int32
+
+const (
+	Refusal_REFUSAL_UNSPECIFIED   Refusal = 0 // not a refusal
+	Refusal_REFUSAL_TRUST_BUNDLE  Refusal = 1
+	Refusal_REFUSAL_MANIFEST      Refusal = 2
+	Refusal_REFUSAL_DESIRED_STATE Refusal = 3
+)
+
+// Enum value maps for Refusal.
+var (
+	Refusal_name = map[int32]string{
+		0: "REFUSAL_UNSPECIFIED",
+		1: "REFUSAL_TRUST_BUNDLE",
+		2: "REFUSAL_MANIFEST",
+		3: "REFUSAL_DESIRED_STATE",
+	}
+	Refusal_value = map[string]int32{
+		"REFUSAL_UNSPECIFIED":   0,
+		"REFUSAL_TRUST_BUNDLE":  1,
+		"REFUSAL_MANIFEST":      2,
+		"REFUSAL_DESIRED_STATE": 3,
+	}
+)
+
+func (x Refusal) Enum() *Refusal {
+	p := new(Refusal)
+	*p = x
+	return p
+}
+
+func (x Refusal) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Refusal) Descriptor() protoreflect.EnumDescriptor {
+	return file_proto_edgefleet_proto_enumTypes[2].Descriptor()
+}
+
+func (Refusal) Type() protoreflect.EnumType {
+	return &file_proto_edgefleet_proto_enumTypes[2]
+}
+
+func (x Refusal) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Refusal.Descriptor instead.
+func (Refusal) EnumDescriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{2}
+}
+
 // Envelope is a DSSE envelope: the signatures cover
 // PAE(payload_type, payload), never the decoded message.
 type Envelope struct {
@@ -468,6 +522,86 @@ func (x *TrustBundle) GetRoles() []*RoleKeys {
 	return nil
 }
 
+// TrustChain is what the control plane retains on the trust topic: the
+// newest trust bundle's envelope and the bundles before it, so that an agent
+// trusting any older bundle walks from it to the newest, each bundle signed
+// by its predecessor's root (added 2026-12-06).
+//
+// Fields 1-3 are the newest bundle's envelope, numbered and typed exactly as
+// Envelope's: a reader that decodes the message as an Envelope (agents
+// before 2026-12-06) sees the newest bundle and ignores previous, and an
+// Envelope published by an older control plane decodes as a chain without
+// previous bundles.
+type TrustChain struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	PayloadType string                 `protobuf:"bytes,1,opt,name=payload_type,json=payloadType,proto3" json:"payload_type,omitempty"`
+	Payload     []byte                 `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	Signatures  []*Signature           `protobuf:"bytes,3,rep,name=signatures,proto3" json:"signatures,omitempty"`
+	// previous are the bundle envelopes before the newest, oldest first, with
+	// versions increasing by one up to the newest's.
+	Previous      []*Envelope `protobuf:"bytes,4,rep,name=previous,proto3" json:"previous,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrustChain) Reset() {
+	*x = TrustChain{}
+	mi := &file_proto_edgefleet_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrustChain) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrustChain) ProtoMessage() {}
+
+func (x *TrustChain) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrustChain.ProtoReflect.Descriptor instead.
+func (*TrustChain) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TrustChain) GetPayloadType() string {
+	if x != nil {
+		return x.PayloadType
+	}
+	return ""
+}
+
+func (x *TrustChain) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *TrustChain) GetSignatures() []*Signature {
+	if x != nil {
+		return x.Signatures
+	}
+	return nil
+}
+
+func (x *TrustChain) GetPrevious() []*Envelope {
+	if x != nil {
+		return x.Previous
+	}
+	return nil
+}
+
 // TensorSpec describes one model input or output. datatype uses the Open
 // Inference Protocol names (FP32, INT64, ...); -1 in shape is a dynamic axis.
 type TensorSpec struct {
@@ -481,7 +615,7 @@ type TensorSpec struct {
 
 func (x *TensorSpec) Reset() {
 	*x = TensorSpec{}
-	mi := &file_proto_edgefleet_proto_msgTypes[5]
+	mi := &file_proto_edgefleet_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -493,7 +627,7 @@ func (x *TensorSpec) String() string {
 func (*TensorSpec) ProtoMessage() {}
 
 func (x *TensorSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[5]
+	mi := &file_proto_edgefleet_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -506,7 +640,7 @@ func (x *TensorSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TensorSpec.ProtoReflect.Descriptor instead.
 func (*TensorSpec) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{5}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TensorSpec) GetName() string {
@@ -542,7 +676,7 @@ type Tensor struct {
 
 func (x *Tensor) Reset() {
 	*x = Tensor{}
-	mi := &file_proto_edgefleet_proto_msgTypes[6]
+	mi := &file_proto_edgefleet_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -554,7 +688,7 @@ func (x *Tensor) String() string {
 func (*Tensor) ProtoMessage() {}
 
 func (x *Tensor) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[6]
+	mi := &file_proto_edgefleet_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -567,7 +701,7 @@ func (x *Tensor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tensor.ProtoReflect.Descriptor instead.
 func (*Tensor) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{6}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Tensor) GetName() string {
@@ -601,7 +735,7 @@ type TestVector struct {
 
 func (x *TestVector) Reset() {
 	*x = TestVector{}
-	mi := &file_proto_edgefleet_proto_msgTypes[7]
+	mi := &file_proto_edgefleet_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -613,7 +747,7 @@ func (x *TestVector) String() string {
 func (*TestVector) ProtoMessage() {}
 
 func (x *TestVector) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[7]
+	mi := &file_proto_edgefleet_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -626,7 +760,7 @@ func (x *TestVector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TestVector.ProtoReflect.Descriptor instead.
 func (*TestVector) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{7}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TestVector) GetInputs() []*Tensor {
@@ -662,7 +796,7 @@ type FeatureStats struct {
 
 func (x *FeatureStats) Reset() {
 	*x = FeatureStats{}
-	mi := &file_proto_edgefleet_proto_msgTypes[8]
+	mi := &file_proto_edgefleet_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +808,7 @@ func (x *FeatureStats) String() string {
 func (*FeatureStats) ProtoMessage() {}
 
 func (x *FeatureStats) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[8]
+	mi := &file_proto_edgefleet_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +821,7 @@ func (x *FeatureStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeatureStats.ProtoReflect.Descriptor instead.
 func (*FeatureStats) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{8}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *FeatureStats) GetName() string {
@@ -749,7 +883,7 @@ type KeyValue struct {
 
 func (x *KeyValue) Reset() {
 	*x = KeyValue{}
-	mi := &file_proto_edgefleet_proto_msgTypes[9]
+	mi := &file_proto_edgefleet_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -761,7 +895,7 @@ func (x *KeyValue) String() string {
 func (*KeyValue) ProtoMessage() {}
 
 func (x *KeyValue) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[9]
+	mi := &file_proto_edgefleet_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -774,7 +908,7 @@ func (x *KeyValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyValue.ProtoReflect.Descriptor instead.
 func (*KeyValue) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{9}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *KeyValue) GetKey() string {
@@ -801,7 +935,7 @@ type Metric struct {
 
 func (x *Metric) Reset() {
 	*x = Metric{}
-	mi := &file_proto_edgefleet_proto_msgTypes[10]
+	mi := &file_proto_edgefleet_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -813,7 +947,7 @@ func (x *Metric) String() string {
 func (*Metric) ProtoMessage() {}
 
 func (x *Metric) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[10]
+	mi := &file_proto_edgefleet_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -826,7 +960,7 @@ func (x *Metric) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Metric.ProtoReflect.Descriptor instead.
 func (*Metric) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{10}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Metric) GetName() string {
@@ -858,7 +992,7 @@ type TrainingInfo struct {
 
 func (x *TrainingInfo) Reset() {
 	*x = TrainingInfo{}
-	mi := &file_proto_edgefleet_proto_msgTypes[11]
+	mi := &file_proto_edgefleet_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +1004,7 @@ func (x *TrainingInfo) String() string {
 func (*TrainingInfo) ProtoMessage() {}
 
 func (x *TrainingInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[11]
+	mi := &file_proto_edgefleet_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +1017,7 @@ func (x *TrainingInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrainingInfo.ProtoReflect.Descriptor instead.
 func (*TrainingInfo) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{11}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TrainingInfo) GetAlgorithm() string {
@@ -967,7 +1101,7 @@ type Manifest struct {
 
 func (x *Manifest) Reset() {
 	*x = Manifest{}
-	mi := &file_proto_edgefleet_proto_msgTypes[12]
+	mi := &file_proto_edgefleet_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +1113,7 @@ func (x *Manifest) String() string {
 func (*Manifest) ProtoMessage() {}
 
 func (x *Manifest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[12]
+	mi := &file_proto_edgefleet_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +1126,7 @@ func (x *Manifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Manifest.ProtoReflect.Descriptor instead.
 func (*Manifest) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{12}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Manifest) GetProtocolVersion() uint32 {
@@ -1140,7 +1274,7 @@ type ModelAssignment struct {
 
 func (x *ModelAssignment) Reset() {
 	*x = ModelAssignment{}
-	mi := &file_proto_edgefleet_proto_msgTypes[13]
+	mi := &file_proto_edgefleet_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1152,7 +1286,7 @@ func (x *ModelAssignment) String() string {
 func (*ModelAssignment) ProtoMessage() {}
 
 func (x *ModelAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[13]
+	mi := &file_proto_edgefleet_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1165,7 +1299,7 @@ func (x *ModelAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelAssignment.ProtoReflect.Descriptor instead.
 func (*ModelAssignment) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{13}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ModelAssignment) GetName() string {
@@ -1207,7 +1341,7 @@ type DesiredState struct {
 
 func (x *DesiredState) Reset() {
 	*x = DesiredState{}
-	mi := &file_proto_edgefleet_proto_msgTypes[14]
+	mi := &file_proto_edgefleet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1219,7 +1353,7 @@ func (x *DesiredState) String() string {
 func (*DesiredState) ProtoMessage() {}
 
 func (x *DesiredState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[14]
+	mi := &file_proto_edgefleet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1232,7 +1366,7 @@ func (x *DesiredState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DesiredState.ProtoReflect.Descriptor instead.
 func (*DesiredState) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{14}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DesiredState) GetProtocolVersion() uint32 {
@@ -1298,7 +1432,7 @@ type Chunk struct {
 
 func (x *Chunk) Reset() {
 	*x = Chunk{}
-	mi := &file_proto_edgefleet_proto_msgTypes[15]
+	mi := &file_proto_edgefleet_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1310,7 +1444,7 @@ func (x *Chunk) String() string {
 func (*Chunk) ProtoMessage() {}
 
 func (x *Chunk) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[15]
+	mi := &file_proto_edgefleet_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1323,7 +1457,7 @@ func (x *Chunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
 func (*Chunk) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{15}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Chunk) GetName() string {
@@ -1367,7 +1501,7 @@ type FetchRequest struct {
 
 func (x *FetchRequest) Reset() {
 	*x = FetchRequest{}
-	mi := &file_proto_edgefleet_proto_msgTypes[16]
+	mi := &file_proto_edgefleet_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1379,7 +1513,7 @@ func (x *FetchRequest) String() string {
 func (*FetchRequest) ProtoMessage() {}
 
 func (x *FetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[16]
+	mi := &file_proto_edgefleet_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1392,7 +1526,7 @@ func (x *FetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchRequest.ProtoReflect.Descriptor instead.
 func (*FetchRequest) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{16}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FetchRequest) GetDeviceId() string {
@@ -1439,13 +1573,17 @@ type StatusEvent struct {
 	ChunksTotal     uint32                 `protobuf:"varint,11,opt,name=chunks_total,json=chunksTotal,proto3" json:"chunks_total,omitempty"`
 	// active_version is what serves inference after this event.
 	ActiveVersion string `protobuf:"bytes,12,opt,name=active_version,json=activeVersion,proto3" json:"active_version,omitempty"`
+	// refused is set on the event that reports a signed document the device
+	// just refused, and says which kind (added 2026-12-06). Events that repeat
+	// a state (after a reconnect) leave it unspecified.
+	Refused       Refusal `protobuf:"varint,13,opt,name=refused,proto3,enum=edgefleet.v1.Refusal" json:"refused,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusEvent) Reset() {
 	*x = StatusEvent{}
-	mi := &file_proto_edgefleet_proto_msgTypes[17]
+	mi := &file_proto_edgefleet_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1595,7 @@ func (x *StatusEvent) String() string {
 func (*StatusEvent) ProtoMessage() {}
 
 func (x *StatusEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[17]
+	mi := &file_proto_edgefleet_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1608,7 @@ func (x *StatusEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusEvent.ProtoReflect.Descriptor instead.
 func (*StatusEvent) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{17}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StatusEvent) GetProtocolVersion() uint32 {
@@ -1557,6 +1695,13 @@ func (x *StatusEvent) GetActiveVersion() string {
 	return ""
 }
 
+func (x *StatusEvent) GetRefused() Refusal {
+	if x != nil {
+		return x.Refused
+	}
+	return Refusal_REFUSAL_UNSPECIFIED
+}
+
 type ActiveModel struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1571,7 +1716,7 @@ type ActiveModel struct {
 
 func (x *ActiveModel) Reset() {
 	*x = ActiveModel{}
-	mi := &file_proto_edgefleet_proto_msgTypes[18]
+	mi := &file_proto_edgefleet_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1583,7 +1728,7 @@ func (x *ActiveModel) String() string {
 func (*ActiveModel) ProtoMessage() {}
 
 func (x *ActiveModel) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[18]
+	mi := &file_proto_edgefleet_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1596,7 +1741,7 @@ func (x *ActiveModel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActiveModel.ProtoReflect.Descriptor instead.
 func (*ActiveModel) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{18}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ActiveModel) GetName() string {
@@ -1661,13 +1806,16 @@ type Telemetry struct {
 	// reports_dropped counts telemetry messages the agent's store-and-forward
 	// outbox dropped (oldest first) because it was full; cumulative.
 	ReportsDropped uint64 `protobuf:"varint,12,opt,name=reports_dropped,json=reportsDropped,proto3" json:"reports_dropped,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// trust_version is the version of the trust bundle the agent trusts, 0
+	// before it accepted one (added 2026-12-06).
+	TrustVersion  uint64 `protobuf:"varint,13,opt,name=trust_version,json=trustVersion,proto3" json:"trust_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Telemetry) Reset() {
 	*x = Telemetry{}
-	mi := &file_proto_edgefleet_proto_msgTypes[19]
+	mi := &file_proto_edgefleet_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1679,7 +1827,7 @@ func (x *Telemetry) String() string {
 func (*Telemetry) ProtoMessage() {}
 
 func (x *Telemetry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[19]
+	mi := &file_proto_edgefleet_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1692,7 +1840,7 @@ func (x *Telemetry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Telemetry.ProtoReflect.Descriptor instead.
 func (*Telemetry) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{19}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Telemetry) GetProtocolVersion() uint32 {
@@ -1779,6 +1927,13 @@ func (x *Telemetry) GetReportsDropped() uint64 {
 	return 0
 }
 
+func (x *Telemetry) GetTrustVersion() uint64 {
+	if x != nil {
+		return x.TrustVersion
+	}
+	return 0
+}
+
 // MonitorReport is what one model version saw on a device in one window:
 // mergeable counts only, so the control plane can add reports of many
 // devices and windows. Sketch bins are those of the manifest's reference
@@ -1820,7 +1975,7 @@ type MonitorReport struct {
 
 func (x *MonitorReport) Reset() {
 	*x = MonitorReport{}
-	mi := &file_proto_edgefleet_proto_msgTypes[20]
+	mi := &file_proto_edgefleet_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1832,7 +1987,7 @@ func (x *MonitorReport) String() string {
 func (*MonitorReport) ProtoMessage() {}
 
 func (x *MonitorReport) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[20]
+	mi := &file_proto_edgefleet_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1845,7 +2000,7 @@ func (x *MonitorReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MonitorReport.ProtoReflect.Descriptor instead.
 func (*MonitorReport) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{20}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *MonitorReport) GetModelName() string {
@@ -2008,7 +2163,7 @@ type FeatureSketch struct {
 
 func (x *FeatureSketch) Reset() {
 	*x = FeatureSketch{}
-	mi := &file_proto_edgefleet_proto_msgTypes[21]
+	mi := &file_proto_edgefleet_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2020,7 +2175,7 @@ func (x *FeatureSketch) String() string {
 func (*FeatureSketch) ProtoMessage() {}
 
 func (x *FeatureSketch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[21]
+	mi := &file_proto_edgefleet_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2033,7 +2188,7 @@ func (x *FeatureSketch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeatureSketch.ProtoReflect.Descriptor instead.
 func (*FeatureSketch) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{21}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *FeatureSketch) GetName() string {
@@ -2070,7 +2225,7 @@ type Presence struct {
 
 func (x *Presence) Reset() {
 	*x = Presence{}
-	mi := &file_proto_edgefleet_proto_msgTypes[22]
+	mi := &file_proto_edgefleet_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2082,7 +2237,7 @@ func (x *Presence) String() string {
 func (*Presence) ProtoMessage() {}
 
 func (x *Presence) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[22]
+	mi := &file_proto_edgefleet_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2095,7 +2250,7 @@ func (x *Presence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Presence.ProtoReflect.Descriptor instead.
 func (*Presence) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{22}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Presence) GetDeviceId() string {
@@ -2155,7 +2310,15 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\fcreated_unix\x18\x03 \x01(\x03R\vcreatedUnix\x12!\n" +
 	"\fexpires_unix\x18\x04 \x01(\x03R\vexpiresUnix\x12+\n" +
 	"\x04keys\x18\x05 \x03(\v2\x17.edgefleet.v1.PublicKeyR\x04keys\x12,\n" +
-	"\x05roles\x18\x06 \x03(\v2\x16.edgefleet.v1.RoleKeysR\x05roles\"R\n" +
+	"\x05roles\x18\x06 \x03(\v2\x16.edgefleet.v1.RoleKeysR\x05roles\"\xb6\x01\n" +
+	"\n" +
+	"TrustChain\x12!\n" +
+	"\fpayload_type\x18\x01 \x01(\tR\vpayloadType\x12\x18\n" +
+	"\apayload\x18\x02 \x01(\fR\apayload\x127\n" +
+	"\n" +
+	"signatures\x18\x03 \x03(\v2\x17.edgefleet.v1.SignatureR\n" +
+	"signatures\x122\n" +
+	"\bprevious\x18\x04 \x03(\v2\x16.edgefleet.v1.EnvelopeR\bprevious\"R\n" +
 	"\n" +
 	"TensorSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
@@ -2238,7 +2401,7 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12\x18\n" +
-	"\amissing\x18\x04 \x03(\rR\amissing\"\xa0\x03\n" +
+	"\amissing\x18\x04 \x03(\rR\amissing\"\xd1\x03\n" +
 	"\vStatusEvent\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x10\n" +
@@ -2257,7 +2420,8 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	" \x01(\rR\n" +
 	"chunksHave\x12!\n" +
 	"\fchunks_total\x18\v \x01(\rR\vchunksTotal\x12%\n" +
-	"\x0eactive_version\x18\f \x01(\tR\ractiveVersion\"\xbd\x01\n" +
+	"\x0eactive_version\x18\f \x01(\tR\ractiveVersion\x12/\n" +
+	"\arefused\x18\r \x01(\x0e2\x15.edgefleet.v1.RefusalR\arefused\"\xbd\x01\n" +
 	"\vActiveModel\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12.\n" +
@@ -2266,7 +2430,7 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"inferences\x18\x04 \x01(\x04R\n" +
 	"inferences\x12\x16\n" +
 	"\x06errors\x18\x05 \x01(\x04R\x06errors\x12\x18\n" +
-	"\arejects\x18\x06 \x01(\x04R\arejects\"\xd4\x03\n" +
+	"\arejects\x18\x06 \x01(\x04R\arejects\"\xf9\x03\n" +
 	"\tTelemetry\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x10\n" +
@@ -2285,7 +2449,8 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\n" +
 	"monitoring\x18\v \x03(\v2\x1b.edgefleet.v1.MonitorReportR\n" +
 	"monitoring\x12'\n" +
-	"\x0freports_dropped\x18\f \x01(\x04R\x0ereportsDropped\"\xd8\x05\n" +
+	"\x0freports_dropped\x18\f \x01(\x04R\x0ereportsDropped\x12#\n" +
+	"\rtrust_version\x18\r \x01(\x04R\ftrustVersion\"\xd8\x05\n" +
 	"\rMonitorReport\x12\x1d\n" +
 	"\n" +
 	"model_name\x18\x01 \x01(\tR\tmodelName\x12#\n" +
@@ -2335,7 +2500,12 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x12MODEL_STATE_ACTIVE\x10\x05\x12\x16\n" +
 	"\x12MODEL_STATE_FAILED\x10\x06\x12\x1b\n" +
 	"\x17MODEL_STATE_ROLLED_BACK\x10\a\x12\x17\n" +
-	"\x13MODEL_STATE_PENDING\x10\bB0Z.github.com/edgefleet/edgefleet/proto/efpb;efpbb\x06proto3"
+	"\x13MODEL_STATE_PENDING\x10\b*m\n" +
+	"\aRefusal\x12\x17\n" +
+	"\x13REFUSAL_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14REFUSAL_TRUST_BUNDLE\x10\x01\x12\x14\n" +
+	"\x10REFUSAL_MANIFEST\x10\x02\x12\x19\n" +
+	"\x15REFUSAL_DESIRED_STATE\x10\x03B0Z.github.com/edgefleet/edgefleet/proto/efpb;efpbb\x06proto3"
 
 var (
 	file_proto_edgefleet_proto_rawDescOnce sync.Once
@@ -2349,60 +2519,65 @@ func file_proto_edgefleet_proto_rawDescGZIP() []byte {
 	return file_proto_edgefleet_proto_rawDescData
 }
 
-var file_proto_edgefleet_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_proto_edgefleet_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_proto_edgefleet_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_proto_edgefleet_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_proto_edgefleet_proto_goTypes = []any{
 	(Role)(0),               // 0: edgefleet.v1.Role
 	(ModelState)(0),         // 1: edgefleet.v1.ModelState
-	(*Envelope)(nil),        // 2: edgefleet.v1.Envelope
-	(*Signature)(nil),       // 3: edgefleet.v1.Signature
-	(*PublicKey)(nil),       // 4: edgefleet.v1.PublicKey
-	(*RoleKeys)(nil),        // 5: edgefleet.v1.RoleKeys
-	(*TrustBundle)(nil),     // 6: edgefleet.v1.TrustBundle
-	(*TensorSpec)(nil),      // 7: edgefleet.v1.TensorSpec
-	(*Tensor)(nil),          // 8: edgefleet.v1.Tensor
-	(*TestVector)(nil),      // 9: edgefleet.v1.TestVector
-	(*FeatureStats)(nil),    // 10: edgefleet.v1.FeatureStats
-	(*KeyValue)(nil),        // 11: edgefleet.v1.KeyValue
-	(*Metric)(nil),          // 12: edgefleet.v1.Metric
-	(*TrainingInfo)(nil),    // 13: edgefleet.v1.TrainingInfo
-	(*Manifest)(nil),        // 14: edgefleet.v1.Manifest
-	(*ModelAssignment)(nil), // 15: edgefleet.v1.ModelAssignment
-	(*DesiredState)(nil),    // 16: edgefleet.v1.DesiredState
-	(*Chunk)(nil),           // 17: edgefleet.v1.Chunk
-	(*FetchRequest)(nil),    // 18: edgefleet.v1.FetchRequest
-	(*StatusEvent)(nil),     // 19: edgefleet.v1.StatusEvent
-	(*ActiveModel)(nil),     // 20: edgefleet.v1.ActiveModel
-	(*Telemetry)(nil),       // 21: edgefleet.v1.Telemetry
-	(*MonitorReport)(nil),   // 22: edgefleet.v1.MonitorReport
-	(*FeatureSketch)(nil),   // 23: edgefleet.v1.FeatureSketch
-	(*Presence)(nil),        // 24: edgefleet.v1.Presence
+	(Refusal)(0),            // 2: edgefleet.v1.Refusal
+	(*Envelope)(nil),        // 3: edgefleet.v1.Envelope
+	(*Signature)(nil),       // 4: edgefleet.v1.Signature
+	(*PublicKey)(nil),       // 5: edgefleet.v1.PublicKey
+	(*RoleKeys)(nil),        // 6: edgefleet.v1.RoleKeys
+	(*TrustBundle)(nil),     // 7: edgefleet.v1.TrustBundle
+	(*TrustChain)(nil),      // 8: edgefleet.v1.TrustChain
+	(*TensorSpec)(nil),      // 9: edgefleet.v1.TensorSpec
+	(*Tensor)(nil),          // 10: edgefleet.v1.Tensor
+	(*TestVector)(nil),      // 11: edgefleet.v1.TestVector
+	(*FeatureStats)(nil),    // 12: edgefleet.v1.FeatureStats
+	(*KeyValue)(nil),        // 13: edgefleet.v1.KeyValue
+	(*Metric)(nil),          // 14: edgefleet.v1.Metric
+	(*TrainingInfo)(nil),    // 15: edgefleet.v1.TrainingInfo
+	(*Manifest)(nil),        // 16: edgefleet.v1.Manifest
+	(*ModelAssignment)(nil), // 17: edgefleet.v1.ModelAssignment
+	(*DesiredState)(nil),    // 18: edgefleet.v1.DesiredState
+	(*Chunk)(nil),           // 19: edgefleet.v1.Chunk
+	(*FetchRequest)(nil),    // 20: edgefleet.v1.FetchRequest
+	(*StatusEvent)(nil),     // 21: edgefleet.v1.StatusEvent
+	(*ActiveModel)(nil),     // 22: edgefleet.v1.ActiveModel
+	(*Telemetry)(nil),       // 23: edgefleet.v1.Telemetry
+	(*MonitorReport)(nil),   // 24: edgefleet.v1.MonitorReport
+	(*FeatureSketch)(nil),   // 25: edgefleet.v1.FeatureSketch
+	(*Presence)(nil),        // 26: edgefleet.v1.Presence
 }
 var file_proto_edgefleet_proto_depIdxs = []int32{
-	3,  // 0: edgefleet.v1.Envelope.signatures:type_name -> edgefleet.v1.Signature
+	4,  // 0: edgefleet.v1.Envelope.signatures:type_name -> edgefleet.v1.Signature
 	0,  // 1: edgefleet.v1.RoleKeys.role:type_name -> edgefleet.v1.Role
-	4,  // 2: edgefleet.v1.TrustBundle.keys:type_name -> edgefleet.v1.PublicKey
-	5,  // 3: edgefleet.v1.TrustBundle.roles:type_name -> edgefleet.v1.RoleKeys
-	8,  // 4: edgefleet.v1.TestVector.inputs:type_name -> edgefleet.v1.Tensor
-	8,  // 5: edgefleet.v1.TestVector.expected:type_name -> edgefleet.v1.Tensor
-	11, // 6: edgefleet.v1.TrainingInfo.params:type_name -> edgefleet.v1.KeyValue
-	12, // 7: edgefleet.v1.TrainingInfo.metrics:type_name -> edgefleet.v1.Metric
-	7,  // 8: edgefleet.v1.Manifest.inputs:type_name -> edgefleet.v1.TensorSpec
-	7,  // 9: edgefleet.v1.Manifest.outputs:type_name -> edgefleet.v1.TensorSpec
-	10, // 10: edgefleet.v1.Manifest.reference:type_name -> edgefleet.v1.FeatureStats
-	9,  // 11: edgefleet.v1.Manifest.test_vectors:type_name -> edgefleet.v1.TestVector
-	13, // 12: edgefleet.v1.Manifest.training:type_name -> edgefleet.v1.TrainingInfo
-	15, // 13: edgefleet.v1.DesiredState.models:type_name -> edgefleet.v1.ModelAssignment
-	1,  // 14: edgefleet.v1.StatusEvent.state:type_name -> edgefleet.v1.ModelState
-	1,  // 15: edgefleet.v1.ActiveModel.state:type_name -> edgefleet.v1.ModelState
-	20, // 16: edgefleet.v1.Telemetry.models:type_name -> edgefleet.v1.ActiveModel
-	22, // 17: edgefleet.v1.Telemetry.monitoring:type_name -> edgefleet.v1.MonitorReport
-	23, // 18: edgefleet.v1.MonitorReport.features:type_name -> edgefleet.v1.FeatureSketch
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	5,  // 2: edgefleet.v1.TrustBundle.keys:type_name -> edgefleet.v1.PublicKey
+	6,  // 3: edgefleet.v1.TrustBundle.roles:type_name -> edgefleet.v1.RoleKeys
+	4,  // 4: edgefleet.v1.TrustChain.signatures:type_name -> edgefleet.v1.Signature
+	3,  // 5: edgefleet.v1.TrustChain.previous:type_name -> edgefleet.v1.Envelope
+	10, // 6: edgefleet.v1.TestVector.inputs:type_name -> edgefleet.v1.Tensor
+	10, // 7: edgefleet.v1.TestVector.expected:type_name -> edgefleet.v1.Tensor
+	13, // 8: edgefleet.v1.TrainingInfo.params:type_name -> edgefleet.v1.KeyValue
+	14, // 9: edgefleet.v1.TrainingInfo.metrics:type_name -> edgefleet.v1.Metric
+	9,  // 10: edgefleet.v1.Manifest.inputs:type_name -> edgefleet.v1.TensorSpec
+	9,  // 11: edgefleet.v1.Manifest.outputs:type_name -> edgefleet.v1.TensorSpec
+	12, // 12: edgefleet.v1.Manifest.reference:type_name -> edgefleet.v1.FeatureStats
+	11, // 13: edgefleet.v1.Manifest.test_vectors:type_name -> edgefleet.v1.TestVector
+	15, // 14: edgefleet.v1.Manifest.training:type_name -> edgefleet.v1.TrainingInfo
+	17, // 15: edgefleet.v1.DesiredState.models:type_name -> edgefleet.v1.ModelAssignment
+	1,  // 16: edgefleet.v1.StatusEvent.state:type_name -> edgefleet.v1.ModelState
+	2,  // 17: edgefleet.v1.StatusEvent.refused:type_name -> edgefleet.v1.Refusal
+	1,  // 18: edgefleet.v1.ActiveModel.state:type_name -> edgefleet.v1.ModelState
+	22, // 19: edgefleet.v1.Telemetry.models:type_name -> edgefleet.v1.ActiveModel
+	24, // 20: edgefleet.v1.Telemetry.monitoring:type_name -> edgefleet.v1.MonitorReport
+	25, // 21: edgefleet.v1.MonitorReport.features:type_name -> edgefleet.v1.FeatureSketch
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_proto_edgefleet_proto_init() }
@@ -2415,8 +2590,8 @@ func file_proto_edgefleet_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_edgefleet_proto_rawDesc), len(file_proto_edgefleet_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   23,
+			NumEnums:      3,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

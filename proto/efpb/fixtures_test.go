@@ -66,6 +66,29 @@ var fixtures = []struct {
 			"120462623032",
 	},
 	{
+		// The trust topic's message (added 2026-12-06): fields 1-3 are the
+		// newest bundle's envelope, previous the bundles before it.
+		name: "TrustChain",
+		msg: &efpb.TrustChain{
+			PayloadType: efpb.PayloadTypeTrustBundle,
+			Payload:     []byte{0x10, 0x03},
+			Signatures:  []*efpb.Signature{{Keyid: "bb02", Sig: []byte{0x03}}},
+			Previous: []*efpb.Envelope{
+				{PayloadType: efpb.PayloadTypeTrustBundle, Payload: []byte{0x10, 0x01}, Signatures: []*efpb.Signature{{Keyid: "aa01", Sig: []byte{0x01}}}},
+				{PayloadType: efpb.PayloadTypeTrustBundle, Payload: []byte{0x10, 0x02}, Signatures: []*efpb.Signature{
+					{Keyid: "aa01", Sig: []byte{0x02}}, {Keyid: "bb02", Sig: []byte{0x02}},
+				}},
+			},
+		},
+		hex: "0a2e6170706c69636174696f6e2f766e642e65646765666c6565742e74727573" +
+			"7462756e646c652b70726f746f627566120210031a090a046262303212010322" +
+			"3f0a2e6170706c69636174696f6e2f766e642e65646765666c6565742e747275" +
+			"737462756e646c652b70726f746f627566120210011a090a0461613031120101" +
+			"224a0a2e6170706c69636174696f6e2f766e642e65646765666c6565742e7472" +
+			"75737462756e646c652b70726f746f627566120210021a090a04616130311201" +
+			"021a090a0462623032120102",
+	},
+	{
 		name: "Manifest",
 		msg: &efpb.Manifest{
 			ProtocolVersion: 1,
@@ -160,6 +183,23 @@ var fixtures = []struct {
 			"666665727320627920302e35500258026205312e312e30",
 	},
 	{
+		// A second StatusEvent: a refusal as it happens (added 2026-12-06).
+		name: "StatusEvent",
+		msg: &efpb.StatusEvent{
+			ProtocolVersion: 1,
+			DeviceId:        "dev-001",
+			Seq:             6,
+			TimeUnixMs:      1795608000456,
+			Generation:      12,
+			State:           efpb.ModelState_MODEL_STATE_FAILED,
+			Reason:          "trust bundle refused: version 3: link version 2 is missing",
+			Refused:         efpb.Refusal_REFUSAL_TRUST_BUNDLE,
+		},
+		hex: "080112076465762d303031180620c8efce94a134280c40064a3a747275737420" +
+			"62756e646c6520726566757365643a2076657273696f6e20333a206c696e6b20" +
+			"76657273696f6e2032206973206d697373696e676801",
+	},
+	{
 		name: "Telemetry",
 		msg: &efpb.Telemetry{
 			ProtocolVersion: 1,
@@ -207,6 +247,12 @@ var fixtures = []struct {
 			"0a140a18013a021e0a421000000000000059400000000000408f404a03051e05" +
 			"5014581260016802700178018001108a010211039201020102980104a00105a8" +
 			"01066007",
+	},
+	{
+		// A third Telemetry: the trust bundle version (added 2026-12-06).
+		name: "Telemetry",
+		msg:  &efpb.Telemetry{ProtocolVersion: 1, DeviceId: "dev-003", Seq: 101, TimeUnixMs: 1795608060123, TrustVersion: 7},
+		hex:  "080112076465762d303033186520dbc1d294a1346807",
 	},
 	{
 		name: "Presence",
@@ -259,7 +305,8 @@ func TestFixturesDecode(t *testing.T) {
 // TestFixturesNamedForTheirType keeps the table honest: one entry per wire
 // message type, named for it.
 func TestFixturesNamedForTheirType(t *testing.T) {
-	want := []string{"Envelope", "TrustBundle", "Manifest", "DesiredState", "Chunk", "FetchRequest", "StatusEvent", "Telemetry", "Telemetry", "Presence"}
+	want := []string{"Envelope", "TrustBundle", "TrustChain", "Manifest", "DesiredState", "Chunk", "FetchRequest",
+		"StatusEvent", "StatusEvent", "Telemetry", "Telemetry", "Telemetry", "Presence"}
 	var got []string
 	for _, fx := range fixtures {
 		assert.Equal(t, fx.name, string(fx.msg.ProtoReflect().Descriptor().Name()))
@@ -302,6 +349,26 @@ func TestFixturesCoverEveryField(t *testing.T) {
 			assert.True(t, covered[fd.FullName()], "no fixture sets %s (field %d); add it to fixtures", fd.FullName(), fd.Number())
 		}
 	}
+}
+
+// TestTrustChainReadsAsEnvelope pins the compatibility of the trust topic
+// (proto/HISTORY.md, 2026-12-06): a TrustChain decoded as an Envelope, as
+// agents before it do, is its newest bundle; an Envelope, as control planes
+// before it publish, decodes as a chain of that bundle alone.
+func TestTrustChainReadsAsEnvelope(t *testing.T) {
+	chain := fixtureOf(t, "TrustChain")
+	env := &efpb.Envelope{}
+	// previous is an unknown field to such a reader: kept, never read.
+	require.NoError(t, proto.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(chain, env))
+	want := &efpb.Envelope{PayloadType: efpb.PayloadTypeTrustBundle, Payload: []byte{0x10, 0x03},
+		Signatures: []*efpb.Signature{{Keyid: "bb02", Sig: []byte{0x03}}}}
+	assert.True(t, proto.Equal(want, env), "TrustChain read as an Envelope = %v, want %v", env, want)
+
+	tc := &efpb.TrustChain{}
+	require.NoError(t, proto.Unmarshal(fixtureOf(t, "Envelope"), tc))
+	assert.Empty(t, tc.Previous)
+	assert.Empty(t, tc.ProtoReflect().GetUnknown(), "an Envelope's fields are a TrustChain's")
+	assert.Equal(t, efpb.PayloadTypeManifest, tc.PayloadType)
 }
 
 // TestFixturesIgnoreUnknownFields is the forward-compatibility rule: a

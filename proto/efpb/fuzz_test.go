@@ -41,6 +41,10 @@ func FuzzDecodeTrustBundle(f *testing.F) {
 	fuzzDecode(f, "TrustBundle", func() proto.Message { return &efpb.TrustBundle{} })
 }
 
+func FuzzDecodeTrustChain(f *testing.F) {
+	fuzzDecode(f, "TrustChain", func() proto.Message { return &efpb.TrustChain{} })
+}
+
 func FuzzDecodeManifest(f *testing.F) {
 	fuzzDecode(f, "Manifest", func() proto.Message { return &efpb.Manifest{} })
 }
