@@ -163,3 +163,82 @@ func TestBrokerMosquittoLongPollEndsAtShutdown(t *testing.T) {
 	// for the poll, then cuts the connection.
 	assert.Less(t, time.Since(start), 4*time.Second, "the poll was ended, not cut off at the shutdown deadline")
 }
+
+// TestBrokerHTTPChecks: the login and ACL checks EMQX makes over HTTP get
+// the embedded broker's answers, and none is written to the audit log.
+func TestBrokerHTTPChecks(t *testing.T) {
+	mq := testkit.StartMosquitto(t)
+	const cpPassword = "cp-password"
+	ts := newTestServer(t, func(o *controlplane.Options) {
+		o.MQTTURL, o.Username, o.Password, o.IngestConnections = mq.URL(), "edgefleet-cp", cpPassword, 2
+	})
+	dev1 := ts.register("dev-1", nil)
+	dev2 := ts.register("dev-2", nil)
+	_, body := ts.doJSON("POST", api.Path(api.PathDeviceRevoke, "dev-2"), nil, nil)
+	broker := ts.createToken("emqx", api.RoleBroker).Token
+	check := func(path string, req any) string {
+		t.Helper()
+		b, err := json.Marshal(req)
+		require.NoError(t, err)
+		code, out := ts.doToken(broker, "POST", path, strings.NewReader(string(b)), "Content-Type", "application/json")
+		require.Equal(t, http.StatusOK, code, "%s", out)
+		var d api.BrokerDecision
+		require.NoError(t, json.Unmarshal(out, &d))
+		assert.False(t, d.IsSuperuser, "no login bypasses the ACL")
+		return d.Result
+	}
+	auditBefore, err := ts.Client.Audit(context.Background(), api.AuditQuery{Action: "api.POST " + api.PathBrokerAuthn})
+	require.NoError(t, err)
+
+	for _, tt := range []struct {
+		name string
+		req  api.BrokerAuthnRequest
+		want string
+	}{
+		{"device", api.BrokerAuthnRequest{Username: "dev-1", Password: dev1.Password, ClientID: "dev-1"}, "allow"},
+		{"wrong password", api.BrokerAuthnRequest{Username: "dev-1", Password: dev2.Password, ClientID: "dev-1"}, "deny"},
+		{"another client id", api.BrokerAuthnRequest{Username: "dev-1", Password: dev1.Password, ClientID: "dev-9"}, "deny"},
+		{"revoked", api.BrokerAuthnRequest{Username: "dev-2", Password: dev2.Password, ClientID: "dev-2"}, "deny"},
+		{"unknown", api.BrokerAuthnRequest{Username: "dev-7", Password: "x", ClientID: "dev-7"}, "deny"},
+		{"control plane", api.BrokerAuthnRequest{Username: "edgefleet-cp", Password: cpPassword, ClientID: "edgefleet-cp"}, "allow"},
+		{"control plane, wrong password", api.BrokerAuthnRequest{Username: "edgefleet-cp", Password: dev1.Password, ClientID: "edgefleet-cp"}, "deny"},
+		{"ingest login", api.BrokerAuthnRequest{Username: "edgefleet-cp-ingest-1", Password: cpPassword, ClientID: "edgefleet-cp-ingest-1"}, "allow"},
+		{"no such ingest login", api.BrokerAuthnRequest{Username: "edgefleet-cp-ingest-2", Password: cpPassword, ClientID: "edgefleet-cp-ingest-2"}, "deny"},
+	} {
+		assert.Equal(t, tt.want, check(api.PathBrokerAuthn, tt.req), tt.name)
+	}
+
+	sc := topics.Scheme{}
+	for _, tt := range []struct {
+		name string
+		req  api.BrokerAuthzRequest
+		want string
+	}{
+		{"own status", api.BrokerAuthzRequest{Username: "dev-1", ClientID: "dev-1", Topic: sc.Status("dev-1"), Action: "publish", Retain: "false"}, "allow"},
+		{"own status retained", api.BrokerAuthzRequest{Username: "dev-1", ClientID: "dev-1", Topic: sc.Status("dev-1"), Action: "publish", Retain: "true"}, "deny"},
+		{"another's status", api.BrokerAuthzRequest{Username: "dev-1", ClientID: "dev-1", Topic: sc.Status("dev-2"), Action: "publish"}, "deny"},
+		{"own desired", api.BrokerAuthzRequest{Username: "dev-1", ClientID: "dev-1", Topic: sc.Desired("dev-1"), Action: "subscribe"}, "allow"},
+		{"another's desired", api.BrokerAuthzRequest{Username: "dev-1", ClientID: "dev-1", Topic: sc.Desired("dev-2"), Action: "subscribe"}, "deny"},
+		{"publish desired", api.BrokerAuthzRequest{Username: "dev-1", ClientID: "dev-1", Topic: sc.Desired("dev-1"), Action: "publish"}, "deny"},
+		{"trust", api.BrokerAuthzRequest{Username: "dev-1", ClientID: "dev-1", Topic: sc.Trust(), Action: "subscribe"}, "allow"},
+		{"everything", api.BrokerAuthzRequest{Username: "dev-1", ClientID: "dev-1", Topic: "#", Action: "subscribe"}, "deny"},
+		{"client id differs", api.BrokerAuthzRequest{Username: "dev-1", ClientID: "dev-2", Topic: sc.Trust(), Action: "subscribe"}, "deny"},
+		{"control plane", api.BrokerAuthzRequest{Username: "edgefleet-cp", ClientID: "edgefleet-cp", Topic: sc.Desired("dev-1"), Action: "publish", Retain: "true"}, "allow"},
+		{"control plane, outside its prefix", api.BrokerAuthzRequest{Username: "edgefleet-cp", ClientID: "edgefleet-cp", Topic: "other/x", Action: "publish"}, "deny"},
+		{"ingest, shared telemetry", api.BrokerAuthzRequest{Username: "edgefleet-cp-ingest-0", ClientID: "edgefleet-cp-ingest-0", Topic: "$share/edgefleet-ingest/" + sc.AllTelemetry(), Action: "subscribe"}, "allow"},
+		{"ingest, status", api.BrokerAuthzRequest{Username: "edgefleet-cp-ingest-0", ClientID: "edgefleet-cp-ingest-0", Topic: sc.AllStatus(), Action: "subscribe"}, "deny"},
+		{"ingest, publish", api.BrokerAuthzRequest{Username: "edgefleet-cp-ingest-0", ClientID: "edgefleet-cp-ingest-0", Topic: sc.Desired("dev-1"), Action: "publish"}, "deny"},
+	} {
+		assert.Equal(t, tt.want, check(api.PathBrokerAuthz, tt.req), tt.name)
+	}
+
+	code, out := ts.doToken(broker, "POST", api.PathBrokerAuthz, strings.NewReader(`{"username":"dev-1","topic":"x","action":"delete"}`), "Content-Type", "application/json")
+	assert.Equal(t, http.StatusBadRequest, code)
+	assert.Contains(t, string(out), "want publish or subscribe")
+	code, _ = ts.doToken(ts.createToken("viewer", api.RoleViewer).Token, "POST", api.PathBrokerAuthn, strings.NewReader(`{}`), "Content-Type", "application/json")
+	assert.Equal(t, http.StatusForbidden, code)
+
+	auditAfter, err := ts.Client.Audit(context.Background(), api.AuditQuery{Action: "api.POST " + api.PathBrokerAuthn})
+	require.NoError(t, err)
+	assert.Len(t, auditAfter, len(auditBefore), "login checks are not audited (%s)", body)
+}

@@ -50,6 +50,8 @@ func TestRouteRoles(t *testing.T) {
 		"POST /api/v1/rollouts/{id}/abort":                     RoleOperator,
 		"POST /api/v1/rollouts/{id}/rollback":                  RoleOperator,
 		"GET /api/v1/broker/mosquitto":                         RoleBroker,
+		"POST /api/v1/broker/authenticate":                     RoleBroker,
+		"POST /api/v1/broker/authorize":                        RoleBroker,
 	}
 	seen := map[string]bool{}
 	for _, r := range Routes() {

@@ -151,6 +151,31 @@ type MosquittoAuth struct {
 	LegacyDevices int `json:"legacy_devices"`
 }
 
+// BrokerAuthnRequest is the body of POST /api/v1/broker/authenticate, as
+// EMQX's HTTP authentication sends it (deploy/emqx/emqx.conf).
+type BrokerAuthnRequest struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+	ClientID string `json:"clientid"`
+}
+
+// BrokerAuthzRequest is the body of POST /api/v1/broker/authorize, as
+// EMQX's HTTP authorization sends it. Action is "publish" or "subscribe";
+// Retain is "true" or "false" (EMQX's ${retain} placeholder is a string).
+type BrokerAuthzRequest struct {
+	Username string `json:"username"`
+	ClientID string `json:"clientid"`
+	Topic    string `json:"topic"`
+	Action   string `json:"action"`
+	Retain   string `json:"retain,omitempty"`
+}
+
+// BrokerDecision answers both: Result is "allow" or "deny".
+type BrokerDecision struct {
+	Result      string `json:"result"`
+	IsSuperuser bool   `json:"is_superuser"`
+}
+
 // MaxBrokerWait bounds ?wait= on GET /api/v1/broker/mosquitto.
 const MaxBrokerWait = time.Minute
 

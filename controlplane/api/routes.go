@@ -25,6 +25,8 @@ const (
 	PathRollouts      = "/api/v1/rollouts"
 	PathRollout       = "/api/v1/rollouts/{id}"
 	PathBrokerMosq    = "/api/v1/broker/mosquitto"
+	PathBrokerAuthn   = "/api/v1/broker/authenticate"
+	PathBrokerAuthz   = "/api/v1/broker/authorize"
 	pathRolloutAction = "/api/v1/rollouts/{id}/"
 )
 
@@ -64,6 +66,9 @@ type Route struct {
 	// Public routes take no API token: the health check, and the
 	// enrollment exchange (its one-time token is the credential).
 	Public bool
+	// Query marks a POST that changes nothing (a broker's login and ACL
+	// checks, one per connection): it is not written to the audit log.
+	Query bool
 	// Summary says what the route does, in a few words.
 	Summary string
 }
@@ -98,6 +103,8 @@ func Routes() []Route {
 		{Method: "GET", Pattern: PathRollouts, Role: RoleViewer, Summary: "list rollouts"},
 		{Method: "GET", Pattern: PathRollout, Role: RoleViewer, Summary: "get a rollout"},
 		{Method: "GET", Pattern: PathBrokerMosq, Role: RoleBroker, Summary: "mosquitto's password file and ACL"},
+		{Method: "POST", Pattern: PathBrokerAuthn, Role: RoleBroker, Query: true, Summary: "a broker's login check (EMQX HTTP authentication)"},
+		{Method: "POST", Pattern: PathBrokerAuthz, Role: RoleBroker, Query: true, Summary: "a broker's ACL check (EMQX HTTP authorization)"},
 	}
 	for _, a := range RolloutActions() {
 		rs = append(rs, Route{Method: "POST", Pattern: PathRolloutAction(a), Role: RoleOperator, Summary: string(a) + " a rollout"})

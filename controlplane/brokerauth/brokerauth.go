@@ -10,11 +10,13 @@ package brokerauth
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
@@ -26,6 +28,7 @@ import (
 // Credentials is the device registry's side.
 type Credentials interface {
 	BrokerCredentials() fleet.BrokerCredentials
+	AuthenticateDevice(username string, password []byte) bool
 }
 
 // Options configure a Source. Fields without a documented default are
@@ -43,10 +46,17 @@ type Options struct {
 	Logger            *slog.Logger
 }
 
-// Source renders the mosquitto files.
+// Source renders the mosquitto files and answers the login and ACL checks
+// of a broker that asks over HTTP (EMQX).
 type Source struct {
-	creds Credentials
-	log   *slog.Logger
+	creds  Credentials
+	log    *slog.Logger
+	scheme topics.Scheme
+	// controlUser and controlPassword are the control plane's login;
+	// ingestUsers its ingest logins (same password, telemetry only).
+	controlUser     string
+	controlPassword []byte
+	ingestUsers     map[string]bool
 	// epoch tells this process's generations from another's: a client
 	// holding an ETag from before a restart gets the content at once.
 	epoch    string
@@ -69,7 +79,8 @@ func New(o Options) (*Source, error) {
 		return nil, fmt.Errorf("brokerauth: %w", err)
 	}
 	s := &Source{creds: o.Credentials, log: o.Logger, epoch: hex.EncodeToString(epoch), acl: acl,
-		reserved: map[string]bool{o.ControlUser: true}}
+		scheme: o.Scheme, controlUser: o.ControlUser, controlPassword: []byte(o.ControlPassword),
+		ingestUsers: map[string]bool{}, reserved: map[string]bool{o.ControlUser: true}}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -81,6 +92,7 @@ func New(o Options) (*Source, error) {
 		}
 		s.ingest = append(s.ingest, mosquitto.Entry{User: user, Hash: h})
 		s.reserved[user] = true
+		s.ingestUsers[user] = true
 	}
 	return s, nil
 }
@@ -135,4 +147,57 @@ func (s *Source) Mosquitto(ctx context.Context, ifNoneMatch string, wait time.Du
 
 func (s *Source) generation(n uint64) string {
 	return s.epoch + "-" + strconv.FormatUint(n, 10)
+}
+
+// Authenticate answers a broker's login check: a device by its password,
+// with the client id equal to the username (so no device can take over
+// another's session); the control plane's logins by its password.
+func (s *Source) Authenticate(user, clientID string, password []byte) bool {
+	if s.reserved[user] {
+		return clientID == user && len(s.controlPassword) > 0 &&
+			subtle.ConstantTimeCompare(password, s.controlPassword) == 1
+	}
+	if clientID != user || topics.ValidDeviceID(user) != nil {
+		return false
+	}
+	return s.creds.AuthenticateDevice(user, password)
+}
+
+// Authorize answers a broker's ACL check with the rules the embedded
+// broker enforces: a device its own topics (topics.Scheme), the control
+// plane's login its whole prefix, an ingest login a (shared) subscription
+// to telemetry. topic is a filter for subscribes. A shared subscription's
+// "$share/<group>/" is stripped first.
+func (s *Source) Authorize(user, clientID, topic string, publish, retain bool) bool {
+	if clientID != user {
+		return false
+	}
+	if !publish {
+		topic = stripShare(topic)
+	}
+	switch {
+	case user == s.controlUser:
+		p := s.scheme.Prefix
+		if p == "" {
+			p = topics.DefaultPrefix
+		}
+		return strings.HasPrefix(topic, p+"/")
+	case s.ingestUsers[user]:
+		return !publish && topic == s.scheme.AllTelemetry()
+	case publish:
+		return s.scheme.DeviceMayPublish(user, topic, retain)
+	}
+	return s.scheme.DeviceMaySubscribe(user, topic)
+}
+
+// stripShare turns "$share/group/filter" into "filter".
+func stripShare(filter string) string {
+	rest, ok := strings.CutPrefix(filter, "$share/")
+	if !ok {
+		return filter
+	}
+	if _, f, ok := strings.Cut(rest, "/"); ok {
+		return f
+	}
+	return filter
 }

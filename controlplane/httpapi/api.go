@@ -49,6 +49,8 @@ func (a *API) handlers() map[string]http.Handler {
 		"GET " + api.PathRollouts:      http.HandlerFunc(a.handleListRollouts),
 		"GET " + api.PathRollout:       http.HandlerFunc(a.handleGetRollout),
 		"GET " + api.PathBrokerMosq:    http.HandlerFunc(a.handleBrokerMosquitto),
+		"POST " + api.PathBrokerAuthn:  http.HandlerFunc(a.handleBrokerAuthn),
+		"POST " + api.PathBrokerAuthz:  http.HandlerFunc(a.handleBrokerAuthz),
 	}
 	for _, act := range api.RolloutActions() {
 		hs["POST "+api.PathRolloutAction(act)] = a.rolloutActionHandler(act)

@@ -89,7 +89,7 @@ func (a *API) authorize(rt api.Route, h http.Handler) http.Handler {
 		return h
 	}
 	method, pattern, need := rt.Method, rt.Pattern, rt.Role
-	mutating := method != http.MethodGet && method != http.MethodHead
+	mutating := method != http.MethodGet && method != http.MethodHead && !rt.Query
 	return a.authenticated(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, ok := PrincipalFrom(r.Context())
 		if !ok || !p.Role.Allows(need) {

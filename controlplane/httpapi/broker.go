@@ -43,6 +43,71 @@ func (a *API) handleBrokerMosquitto(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, auth)
 }
 
+// maxBrokerCheckBody bounds a broker's login or ACL check.
+const maxBrokerCheckBody = 16 << 10
+
+// handleBrokerAuthn answers a broker's login check. The answer is 200 with
+// allow or deny either way: a refused device is not an API error.
+func (a *API) handleBrokerAuthn(w http.ResponseWriter, r *http.Request) {
+	if a.opts.Broker == nil {
+		writeJSON(w, http.StatusConflict, api.ErrorResponse{Error: a.opts.NoBroker})
+		return
+	}
+	var req api.BrokerAuthnRequest
+	if err := decodeJSON(w, r, maxBrokerCheckBody, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	ok := a.opts.Broker.Authenticate(req.Username, req.ClientID, []byte(req.Password))
+	if !ok {
+		a.log.Info("broker login refused", "username", req.Username, "client", req.ClientID)
+	}
+	writeJSON(w, http.StatusOK, decision(ok))
+}
+
+// handleBrokerAuthz answers a broker's ACL check.
+func (a *API) handleBrokerAuthz(w http.ResponseWriter, r *http.Request) {
+	if a.opts.Broker == nil {
+		writeJSON(w, http.StatusConflict, api.ErrorResponse{Error: a.opts.NoBroker})
+		return
+	}
+	var req api.BrokerAuthzRequest
+	if err := decodeJSON(w, r, maxBrokerCheckBody, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	var publish bool
+	switch req.Action {
+	case "publish":
+		publish = true
+	case "subscribe":
+	default:
+		writeError(w, api.Errorf(api.ErrInvalid, "action %q: want publish or subscribe", req.Action))
+		return
+	}
+	var retain bool
+	switch req.Retain {
+	case "true", "1":
+		retain = true
+	case "", "false", "0":
+	default:
+		writeError(w, api.Errorf(api.ErrInvalid, "retain %q: want true or false", req.Retain))
+		return
+	}
+	ok := a.opts.Broker.Authorize(req.Username, req.ClientID, req.Topic, publish, retain)
+	if !ok {
+		a.log.Debug("broker acl refused", "username", req.Username, "topic", req.Topic, "action", req.Action)
+	}
+	writeJSON(w, http.StatusOK, decision(ok))
+}
+
+func decision(ok bool) api.BrokerDecision {
+	if ok {
+		return api.BrokerDecision{Result: "allow"}
+	}
+	return api.BrokerDecision{Result: "deny"}
+}
+
 // etag quotes a generation as an HTTP entity tag; parseETag undoes it ("",
 // for anything else).
 func etag(generation string) string { return `"` + generation + `"` }

@@ -68,8 +68,13 @@ type Audit interface {
 // Broker renders an external mosquitto's password file and ACL; with
 // ifNoneMatch equal to the current generation it waits for the next one
 // (up to wait, or until ctx or stop end) and reports false if none came.
+//
+// Authenticate and Authorize answer the login and ACL checks of a broker
+// that asks over HTTP (EMQX).
 type Broker interface {
 	Mosquitto(ctx context.Context, ifNoneMatch string, wait time.Duration, stop <-chan struct{}) (api.MosquittoAuth, bool, error)
+	Authenticate(user, clientID string, password []byte) bool
+	Authorize(user, clientID, topic string, publish, retain bool) bool
 }
 
 // Options configure an API. Fields without a documented default are
@@ -80,7 +85,7 @@ type Options struct {
 	Rollouts Rollouts
 	Metrics  Metrics
 	Audit    Audit
-	// Broker serves GET /api/v1/broker/mosquitto; nil answers 409 with
+	// Broker serves the /api/v1/broker/ routes; nil answers 409 with
 	// NoBroker as the reason.
 	Broker   Broker
 	NoBroker string
