@@ -123,7 +123,15 @@ func (f *fakeMetrics) Query(q monitor.Query) (*api.ModelMetrics, error) {
 	return res, nil
 }
 
-func (f *fakeMetrics) SeriesBy(monitor.Query) ([]monitor.Series, error) { return f.series, nil }
+func (f *fakeMetrics) SeriesBy(monitor.Query) ([]monitor.Series, error) {
+	out := make([]monitor.Series, len(f.series))
+	for i, s := range f.series {
+		acc := 0.9
+		s.Figures = api.MetricsFigures{Devices: 1, Rows: 10, Accuracy: &acc, MaxPSIFeature: s.Key}
+		out[i] = s
+	}
+	return out, nil
+}
 
 type fakeAudit struct {
 	mu      sync.Mutex

@@ -115,7 +115,8 @@ func (c *Console) fleet(f fleetFilter) *fleetData {
 	}
 	search := strings.ToLower(f.Q)
 	from := (f.Page - 1) * pageSize
-	sites, versions := map[string]bool{}, map[string]bool{}
+	type nameVersion struct{ name, version string }
+	sites, versions := map[string]bool{}, map[nameVersion]bool{}
 	c.opts.Fleet.Visit(func(dev *api.Device) bool {
 		d.Total++
 		if dev.Online {
@@ -126,7 +127,7 @@ func (c *Console) fleet(f fleetFilter) *fleetData {
 		}
 		for name, st := range dev.Reported {
 			if st.ActiveVersion != "" && len(versions) < maxFacets {
-				versions[name+"@"+st.ActiveVersion] = true
+				versions[nameVersion{name, st.ActiveVersion}] = true
 			}
 		}
 		if d.SelectorErr != "" || !matchDevice(dev, f, sel, search) {
@@ -139,7 +140,10 @@ func (c *Console) fleet(f fleetFilter) *fleetData {
 		return true
 	})
 	d.Sites = slices.Sorted(maps.Keys(sites))
-	d.Versions = slices.Sorted(maps.Keys(versions))
+	for nv := range versions {
+		d.Versions = append(d.Versions, nv.name+"@"+nv.version)
+	}
+	slices.Sort(d.Versions)
 	d.Pages = max(1, (d.Matched+pageSize-1)/pageSize)
 	d.Page = min(f.Page, d.Pages)
 	if d.Page > 1 {
@@ -193,12 +197,26 @@ func matchState(dev *api.Device, state string) bool {
 	return false
 }
 
+// matchSearch reports whether search (lower case) is part of the
+// device's id or of a label value, or is one of its labels as key=value;
+// without allocating, as it runs for every device of the fleet.
 func matchSearch(dev *api.Device, search string) bool {
-	if strings.Contains(strings.ToLower(dev.ID), search) {
+	if containsFold(dev.ID, search) {
 		return true
 	}
+	key, value, isLabel := strings.Cut(search, "=")
 	for k, v := range dev.Labels {
-		if strings.Contains(strings.ToLower(v), search) || strings.ToLower(k+"="+v) == search {
+		if containsFold(v, search) || isLabel && strings.EqualFold(k, key) && strings.EqualFold(v, value) {
+			return true
+		}
+	}
+	return false
+}
+
+// containsFold is strings.Contains ignoring case, for a lower-case sub.
+func containsFold(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if strings.EqualFold(s[i:i+len(sub)], sub) {
 			return true
 		}
 	}

@@ -133,19 +133,15 @@ func (c *Console) monitoringPage(w http.ResponseWriter, r *http.Request, req *re
 		name, version, _ := strings.Cut(mv, "@")
 		d.To = c.opts.Clock().UTC().Truncate(time.Minute).Add(time.Minute)
 		d.From = d.To.Add(-rng.Span)
-		mq := monitor.Query{Model: name, Version: version, From: d.From, To: d.To, By: by, Points: rng.Points}
-		res, err := c.opts.Metrics.Query(mq)
-		if err == nil {
-			d.Groups = res.Groups
-			var series []monitor.Series
-			if series, err = c.opts.Metrics.SeriesBy(mq); err == nil {
-				d.Accuracy = accuracyChart(series, d.From, d.To, c.opts.Rules.MinAccuracy, d.ByName)
-				d.Drift = driftChart(series, d.From, d.To, c.opts.Rules.MaxPSI, d.ByName)
-			}
-		}
+		series, err := c.opts.Metrics.SeriesBy(monitor.Query{Model: name, Version: version, From: d.From, To: d.To, By: by, Points: rng.Points})
 		if err != nil {
 			d.Err = err.Error()
 		}
+		for _, s := range series {
+			d.Groups = append(d.Groups, api.MetricsGroup{Key: s.Key, MetricsFigures: s.Figures})
+		}
+		d.Accuracy = accuracyChart(series, d.From, d.To, c.opts.Rules.MinAccuracy, d.ByName)
+		d.Drift = driftChart(series, d.From, d.To, c.opts.Rules.MaxPSI, d.ByName)
 	}
 	if v.Can.Audit {
 		entries, err := c.audits.list(audit.Query{Action: "monitor.alert.", Limit: maxAlerts})

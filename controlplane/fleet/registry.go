@@ -262,7 +262,10 @@ func (r *Registry) Get(id string) (api.Device, bool) {
 // Visit calls fn with every device in id order until fn returns false,
 // under the registry's read lock: fn must not keep or change d, nor call
 // the registry. It lets a caller filter and count a large fleet without
-// copying it (the console's fleet pages); Get copies one device.
+// copying it (the console's fleet pages, the rollout engine's view); Get
+// copies one device. One exception to "not keep": a device's Labels map
+// is never changed once registered (a change would replace it), so a
+// reader may keep it, read-only.
 func (r *Registry) Visit(fn func(d *api.Device) bool) {
 	r.mu.RLock()
 	if !r.idsSorted {

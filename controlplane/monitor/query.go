@@ -221,15 +221,18 @@ func points(series []Counts, from time.Time, step time.Duration, ref []*efpb.Fea
 	return out
 }
 
-// Series is the time series of one group of a query.
+// Series is the time series of one group of a query, with the group's
+// figures over the whole range.
 type Series struct {
-	Key    string
-	Points []api.MetricsPoint
+	Key     string
+	Points  []api.MetricsPoint
+	Figures api.MetricsFigures
 }
 
 // SeriesBy returns the time series of every group of q (q.By: site,
 // cohort, device or label:<key>), by key: accuracy and largest feature PSI
-// per step, as the web console charts them per site or label.
+// per step, as the web console charts them per site or label, and each
+// group's figures as Query gives them, from one scan.
 func (a *Aggregator) SeriesBy(q Query) ([]Series, error) {
 	if err := a.normalize(&q); err != nil {
 		return nil, err
@@ -250,19 +253,35 @@ func (a *Aggregator) SeriesBy(q Query) ([]Series, error) {
 	if step <= 0 {
 		step = time.Minute
 	}
-	groups := map[string][]Counts{}
+	type group struct {
+		steps   []Counts
+		total   Counts
+		reports uint64
+		devices map[string]bool
+	}
+	var all Counts
+	groups := map[string]*group{}
 	for _, bc := range cells {
 		key := groupKey(&bc)
-		if groups[key] == nil {
-			groups[key] = make([]Counts, q.Points)
+		g := groups[key]
+		if g == nil {
+			g = &group{steps: make([]Counts, q.Points), devices: map[string]bool{}}
+			groups[key] = g
 		}
 		if i := int(bc.at.Sub(q.From) / step); i >= 0 && i < q.Points {
-			groups[key][i].Add(&bc.c.Counts)
+			g.steps[i].Add(&bc.c.Counts)
 		}
+		g.total.Add(&bc.c.Counts)
+		all.Add(&bc.c.Counts)
+		g.reports += bc.c.Reports
+		g.devices[bc.device] = true
 	}
 	out := make([]Series, 0, len(groups))
 	for _, k := range sortedKeys(groups) {
-		out = append(out, Series{Key: k, Points: points(groups[k], q.From, step, ref)})
+		g := groups[k]
+		f := figures(&g.total, ref, all.Pred)
+		f.Reports, f.Devices = g.reports, len(g.devices)
+		out = append(out, Series{Key: k, Points: points(g.steps, q.From, step, ref), Figures: f})
 	}
 	return out, nil
 }
