@@ -130,7 +130,21 @@ func (tb *tab) open(path string) {
 // next (a CSS selector on it).
 func (tb *tab) click(sel, next string) {
 	tb.t.Helper()
-	tb.do("click "+sel, chromedp.WaitVisible(chromedp.CSS(sel)), chromedp.Click(chromedp.CSS(sel)))
+	tb.do("wait for "+sel, chromedp.WaitVisible(chromedp.CSS(sel)))
+	// A live region may replace the element between finding it and
+	// clicking it: find it again.
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithTimeout(tb.ctx, browserWait)
+		err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(sel)))
+		cancel()
+		if err == nil {
+			break
+		}
+		if attempt == 10 {
+			tb.t.Fatalf("%s: click %s: %v", tb.name, sel, err)
+		}
+		time.Sleep(pollEvery)
+	}
 	if next != "" {
 		tb.do("wait for "+next, chromedp.WaitVisible(chromedp.CSS(next)))
 	}
@@ -397,7 +411,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	// Log out: the session is gone, the pages ask for a login again.
 	op.open("/ui/fleet")
 	op.click("#logout", "#login-form")
-	assert.Contains(t, op.text(`document.querySelector('main')`), "You are logged out.")
+	op.waitFor(`document.querySelector('main').textContent.includes('You are logged out.')`, "the login page says the operator logged out")
 	op.screenshot("login", 1280, 800)
 	op.open("/ui/fleet")
 	op.waitFor(`document.getElementById('login-form')`, "a logged-out browser is sent to the login")

@@ -178,8 +178,12 @@ type gateRow struct {
 
 type stageRow struct {
 	api.StageStatus
-	Bake  string
-	Gates []gateRow
+	Bake string
+	// BakeUntil is set while the current stage bakes: the engine's
+	// waiting text counts the time left down, which would change the live
+	// region on every poll; the end time does not.
+	BakeUntil time.Time
+	Gates     []gateRow
 }
 
 type rolloutData struct {
@@ -207,6 +211,9 @@ func (c *Console) rolloutPage(w http.ResponseWriter, r *http.Request, req *reque
 			bake = ro.Spec.Stages[i].Bake
 		}
 		row := stageRow{StageStatus: s, Bake: time.Duration(bake).String()}
+		if end := s.Started.Add(time.Duration(bake)); s.Current && ro.State == api.RolloutRunning && s.Result == "" && !s.Started.IsZero() && c.opts.Clock().Before(end) {
+			row.BakeUntil = end
+		}
 		for _, g := range s.Gates {
 			row.Gates = append(row.Gates, gateRow{GateResult: g, Value: gateFigure(g.Gate, g.Value), Limit: gateFigure(g.Gate, g.Limit)})
 		}

@@ -16,16 +16,23 @@
   // (If-None-Match: a 304 costs the server one render and no bytes), and
   // swap it in when it did. Hidden tabs do not poll.
   var every = parseInt(document.body.getAttribute('data-poll'), 10) || 2000;
+  // Once a form is sent (a logout, an action) or the page goes away, stop
+  // polling: a poll answered 401 after a logout must not send the browser
+  // to another page than the one the form leads to.
+  var leaving = false;
+  document.addEventListener('submit', function () { leaving = true; });
+  window.addEventListener('pagehide', function () { leaving = true; });
   document.querySelectorAll('[data-live]').forEach(function (el) {
     var url = el.getAttribute('data-live');
     var etag = el.getAttribute('data-etag') || '';
     var stopped = false;
     function tick() {
-      if (stopped) { return; }
+      if (stopped || leaving) { return; }
       if (document.hidden) { setTimeout(tick, every); return; }
       var headers = {};
       if (etag) { headers['If-None-Match'] = etag; }
       fetch(url, { headers: headers, cache: 'no-store', credentials: 'same-origin' }).then(function (res) {
+        if (leaving) { return; }
         if (res.status === 200) {
           etag = res.headers.get('ETag') || '';
           return res.text().then(function (html) {
