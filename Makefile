@@ -22,7 +22,7 @@ BIN         := $(CURDIR)/bin
 TEST_FLAGS  ?= -race -count=1 -timeout 12m
 export EDGEFLEET_ORT_LIB := $(ORT_LIB)
 
-.PHONY: all deps build proto proto-check demo test test-stress test-short lint fmt fuzz bench clean
+.PHONY: all deps build proto proto-check demo test test-stress test-short lint fmt fuzz bench clean screenshots
 
 all: build
 
@@ -52,9 +52,11 @@ proto:
 proto-check: proto
 	@git diff --exit-code -- proto/efpb || { echo "generated code is stale: run make proto and commit"; exit 1; }
 
-## demo: the main job end to end on the embedded defaults
+## demo: the main job end to end on the embedded defaults; it prints the web
+## console's URL and a login link (make demo DEMO_FLAGS=--keep keeps it up)
+DEMO_FLAGS ?=
 demo: build
-	$(BIN)/edgefleet demo --bin $(BIN) --work-dir $(CURDIR)/.demo
+	$(BIN)/edgefleet demo --bin $(BIN) --work-dir $(CURDIR)/.demo $(DEMO_FLAGS)
 
 ## test: lint, then every test with the race detector (real broker, badger, onnxruntime)
 # The deploy tests start real mosquitto processes on ports handed over by
@@ -95,6 +97,11 @@ fuzz: deps
 			echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 		done; \
 	done
+
+## screenshots: the console's main pages, taken by its browser test in
+## headless Chromium (apt-get install chromium), into docs/screenshots/
+screenshots: deps
+	EDGEFLEET_SCREENSHOTS=$(CURDIR)/docs/screenshots $(GO) test -count=1 -run '^TestConsoleInBrowser$$' -v ./controlplane/console/
 
 ## bench: benchmarks (figures go to docs/benchmarks.md)
 bench: deps

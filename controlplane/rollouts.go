@@ -3,6 +3,7 @@ package controlplane
 import (
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
 )
@@ -16,9 +17,12 @@ type rolloutFleet struct {
 }
 
 func (f rolloutFleet) Devices(model string) []rollout.Device {
-	list := f.reg.List(nil)
-	out := make([]rollout.Device, len(list))
-	for i, d := range list {
+	// Visit, not List: the engine needs a few fields of every device on
+	// every tick and status, not a copy of each whole device. Labels are
+	// shared, not copied: the registry never changes a device's labels
+	// map (see Registry.Visit), and the engine only reads it.
+	var out []rollout.Device
+	f.reg.Visit(func(d *api.Device) bool {
 		rd := rollout.Device{ID: d.ID, Labels: d.Labels, Online: d.Online, Unknown: !d.Online && d.LastSeen.Before(f.started),
 			Desired: d.Desired.Version(model)}
 		if rep := d.Reported[model]; rep != nil {
@@ -30,7 +34,8 @@ func (f rolloutFleet) Devices(model string) []rollout.Device {
 				Generation:    rep.Generation,
 			}
 		}
-		out[i] = rd
-	}
+		out = append(out, rd)
+		return true
+	})
 	return out
 }

@@ -1,9 +1,9 @@
 // Package controlplane is edgefleet's control plane as a library: New checks
 // Options, Run builds the components in dependency order (store, keys, audit
 // log, device registry, MQTT bus, model registry, fleet, monitoring, rollout
-// engine, REST API), wires them, serves until its context ends and stops them
-// in reverse order (docs/architecture.md). Imported by controlplane/cli
-// (serve), fleet-sim/... and internal/fleettest.
+// engine, REST API, web console), wires them, serves until its context ends
+// and stops them in reverse order (docs/architecture.md). Imported by
+// controlplane/cli (serve), fleet-sim/... and internal/fleettest.
 package controlplane
 
 import (
@@ -28,6 +28,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/broker"
 	"github.com/edgefleet/edgefleet/controlplane/brokerauth"
 	"github.com/edgefleet/edgefleet/controlplane/bus"
+	"github.com/edgefleet/edgefleet/controlplane/console"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
 	"github.com/edgefleet/edgefleet/controlplane/httpapi"
 	"github.com/edgefleet/edgefleet/controlplane/ingest"
@@ -135,6 +136,9 @@ type Options struct {
 	// Monitor configures model monitoring: alert rules, the retrain
 	// webhook, history retention.
 	Monitor monitor.Config
+	// Console configures the web console under /ui/ (sessions, live
+	// updates); the zero value takes its documented defaults.
+	Console console.Config
 	// OnInitialToken is called once, during Run, when the admin API token
 	// was generated (the first start on an empty DataDir). The token is
 	// never shown again; only its hash is stored.
@@ -178,6 +182,7 @@ type components struct {
 	monitor  *monitor.Service
 	rollouts *rollout.Engine
 	api      *httpapi.API
+	console  *console.Console
 	// kick wakes the rollout loop after a device status event.
 	kick chan struct{}
 }
@@ -385,7 +390,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		wg.Go(func() { s.republishOnReconnect(ctx, c, eb) })
 	}
 
-	handler, err := c.api.Handler()
+	handler, err := c.handler()
 	if err != nil {
 		return fmt.Errorf("controlplane: %w", err)
 	}
@@ -539,6 +544,13 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 	if err != nil {
 		return nil, err
 	}
+	c.console, err = console.New(console.Options{
+		Config: o.Console, API: c.api, Fleet: c.registry, Models: c.models, Rollouts: c.rollouts,
+		Metrics: c.monitor.Aggregator(), Audit: c.audit, Rules: o.Monitor.Rules, Clock: o.Clock, Logger: o.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 
@@ -585,6 +597,20 @@ func (s *Server) checkTrustChain(kv *store.KV) error {
 		return fmt.Errorf("keys: %w", err)
 	}
 	return nil
+}
+
+// handler is everything the API listener serves: the REST API, the web
+// console under console.Prefix, and a redirect from / to the console.
+func (c *components) handler() (http.Handler, error) {
+	apiHandler, err := c.api.Handler()
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/", apiHandler)
+	mux.Handle(console.Prefix, c.console.Handler())
+	mux.Handle("GET /{$}", http.RedirectHandler(console.Prefix, http.StatusFound))
+	return mux, nil
 }
 
 // openBus creates the embedded broker (not listening yet; Run starts it

@@ -45,6 +45,19 @@ type Device struct {
 	LastSeen     time.Time         `json:"last_seen,omitzero"`
 	AgentVersion string            `json:"agent_version,omitempty"`
 	Telemetry    *TelemetrySummary `json:"telemetry,omitempty"`
+	// Recent are the device's latest status events, newest first, as this
+	// control plane received them since it started (at most
+	// MaxRecentStatus); only in the answer for a single device.
+	Recent []StatusRecord `json:"recent,omitempty"`
+}
+
+// MaxRecentStatus is how many status events Device.Recent keeps.
+const MaxRecentStatus = 10
+
+// StatusRecord is one status event of a device about one model.
+type StatusRecord struct {
+	Model string `json:"model"`
+	ModelStatus
 }
 
 // Refusal is something the device was sent and would not act on, with its
@@ -92,14 +105,17 @@ type ModelStatus struct {
 	State ModelState `json:"state"`
 	// TargetVersion is the version the event is about; ActiveVersion is what
 	// serves inference after it.
-	TargetVersion string    `json:"target_version,omitempty"`
-	ActiveVersion string    `json:"active_version,omitempty"`
-	Reason        string    `json:"reason,omitempty"`
-	ChunksHave    uint32    `json:"chunks_have,omitempty"`
-	ChunksTotal   uint32    `json:"chunks_total,omitempty"`
-	Generation    uint64    `json:"generation"`
-	Seq           uint64    `json:"seq"`
-	Updated       time.Time `json:"updated"`
+	TargetVersion string `json:"target_version,omitempty"`
+	ActiveVersion string `json:"active_version,omitempty"`
+	// PreviousVersion is the version that served before ActiveVersion (the
+	// one a rollback returns to), once the device switched.
+	PreviousVersion string    `json:"previous_version,omitempty"`
+	Reason          string    `json:"reason,omitempty"`
+	ChunksHave      uint32    `json:"chunks_have,omitempty"`
+	ChunksTotal     uint32    `json:"chunks_total,omitempty"`
+	Generation      uint64    `json:"generation"`
+	Seq             uint64    `json:"seq"`
+	Updated         time.Time `json:"updated"`
 }
 
 // TelemetrySummary is the latest telemetry report of a device.

@@ -54,6 +54,28 @@ const (
 	ActionRollback RolloutAction = "rollback"
 )
 
+// Allows reports whether action may be applied to a rollout in state s:
+// pause before the rollout ends, resume when paused, promote while it
+// runs or waits for promotion, abort before it ends, and roll back unless
+// it was rolled back already (a rollback narrowed to a group or a device
+// also needs devices still on the version). The engine enforces this; the
+// console shows only the actions it allows.
+func (s RolloutState) Allows(action RolloutAction) bool {
+	switch action {
+	case ActionPause:
+		return s == RolloutPending || s == RolloutRunning || s == RolloutWaitingPromotion
+	case ActionResume:
+		return s == RolloutPaused
+	case ActionPromote:
+		return s == RolloutRunning || s == RolloutWaitingPromotion
+	case ActionAbort:
+		return !s.Terminal()
+	case ActionRollback:
+		return s != RolloutRolledBack
+	}
+	return false
+}
+
 // RolloutActions lists every action.
 func RolloutActions() []RolloutAction {
 	return []RolloutAction{ActionPause, ActionResume, ActionPromote, ActionAbort, ActionRollback}

@@ -1,7 +1,7 @@
 // Package audit is the control plane's append-only record of every operator
 // action and every automatic decision, with the figures behind it. Imported
-// by controlplane, controlplane/httpapi, controlplane/monitor and
-// controlplane/rollout.
+// by controlplane, controlplane/console, controlplane/httpapi,
+// controlplane/monitor and controlplane/rollout.
 package audit
 
 import (
@@ -99,6 +99,14 @@ func (l *Log) Record(e Entry) (Entry, error) {
 	}
 	l.seq = e.Seq
 	return e, nil
+}
+
+// Seq is the sequence number of the newest entry (0 for an empty log): a
+// reader that cached an answer may keep it while Seq does not move.
+func (l *Log) Seq() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.seq
 }
 
 // List returns the matching entries, oldest first (at most the newest Limit).

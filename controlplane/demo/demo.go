@@ -33,7 +33,10 @@ type Options struct {
 	WorkDir string
 	// Devices is the number of agent processes; default 3.
 	Devices int
-	Out     io.Writer
+	// Keep leaves the control plane and the agents running after the
+	// demo, for the web console, until ctx ends.
+	Keep bool
+	Out  io.Writer
 }
 
 type run struct {
@@ -103,9 +106,15 @@ func Run(ctx context.Context, opts Options) (err error) {
 			err = stopErr
 		}
 	}()
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	steps, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	return r.main(ctx)
+	if err := r.main(steps); err != nil || !opts.Keep {
+		return err
+	}
+	r.say("\nThe control plane and the agents keep running: web console %s/ui/ (login link above). Interrupt (Ctrl-C) to stop them.", r.api)
+	<-ctx.Done()
+	r.step("Shutting everything down")
+	return nil
 }
 
 func (r *run) main(ctx context.Context) error {
@@ -185,6 +194,9 @@ func (r *run) main(ctx context.Context) error {
 	if err := r.cli(ctx, "devices"); err != nil {
 		return err
 	}
+	if r.opts.Keep {
+		return nil
+	}
 	r.step("Shutting everything down")
 	if err := r.stopAll(); err != nil {
 		return err
@@ -255,6 +267,9 @@ func (r *run) startControlPlane(ctx context.Context) error {
 		return fmt.Errorf("demo: %w", err)
 	}
 	r.say("   API %s, MQTT %s, admin token written to %s (shown once, stored hashed)", r.api, r.mqtt, tokenFile)
+	// The token travels in the fragment, which the browser keeps to
+	// itself: the login page's script puts it into the form.
+	r.say("   Web console %s/ui/ — log in with the admin token, or open this login link:\n     %s/ui/login#token=%s", r.api, r.api, r.token)
 	return nil
 }
 

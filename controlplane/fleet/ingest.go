@@ -67,22 +67,33 @@ func (f *Fleet) OnStatus(topic string, payload []byte) {
 			st = &api.ModelStatus{}
 			d.Reported[ev.ModelName] = st
 		}
+		previous := st.PreviousVersion
+		if st.ActiveVersion != "" && ev.ActiveVersion != "" && ev.ActiveVersion != st.ActiveVersion {
+			previous = st.ActiveVersion
+		}
 		*st = api.ModelStatus{
-			State:         api.ModelStateOf(ev.State),
-			TargetVersion: ev.ModelVersion,
-			ActiveVersion: ev.ActiveVersion,
-			Reason:        truncate(ev.Reason, maxReasonLen),
-			ChunksHave:    ev.ChunksHave,
-			ChunksTotal:   ev.ChunksTotal,
-			Generation:    ev.Generation,
-			Seq:           ev.Seq,
-			Updated:       now,
+			State:           api.ModelStateOf(ev.State),
+			TargetVersion:   ev.ModelVersion,
+			ActiveVersion:   ev.ActiveVersion,
+			PreviousVersion: previous,
+			Reason:          truncate(ev.Reason, maxReasonLen),
+			ChunksHave:      ev.ChunksHave,
+			ChunksTotal:     ev.ChunksTotal,
+			Generation:      ev.Generation,
+			Seq:             ev.Seq,
+			Updated:         now,
 		}
 		if refused {
 			d.LastRefusal = &api.Refusal{Kind: refusal, Model: ev.ModelName, Reason: st.Reason, Generation: ev.Generation, Seq: ev.Seq, Time: now}
 		}
 		return true
 	})
+	if drop == "" && !tooMany && !stale {
+		f.reg.addRecent(dev, api.StatusRecord{Model: ev.ModelName, ModelStatus: api.ModelStatus{
+			State: api.ModelStateOf(ev.State), TargetVersion: ev.ModelVersion, ActiveVersion: ev.ActiveVersion,
+			Reason: truncate(ev.Reason, maxReasonLen), Generation: ev.Generation, Seq: ev.Seq, Updated: f.opts.Clock().UTC(),
+		}})
+	}
 	switch {
 	case drop != "":
 		f.opts.Ingest.Drop(kind, drop, topic, nil)

@@ -96,6 +96,9 @@ type deviceEntry struct {
 	dev         api.Device
 	cred        credential
 	lastPersist time.Time // when dev was last written to the store
+	// recent are the latest status events, oldest first (in memory only;
+	// at most api.MaxRecentStatus).
+	recent []api.StatusRecord
 }
 
 // Registry is the set of registered devices: kept in memory (every lookup
@@ -116,6 +119,10 @@ type Registry struct {
 	// replaced at each (see Credentials).
 	credGen     uint64
 	credChanged chan struct{}
+	// ids are the devices' ids, sorted when idsSorted (Visit sorts them
+	// when a registration appended one).
+	ids       []string
+	idsSorted bool
 }
 
 // OpenRegistry reads every device, credential and desired state in kv
@@ -124,7 +131,7 @@ func OpenRegistry(kv *store.KV, clock func() time.Time) (*Registry, error) {
 	if clock == nil {
 		clock = time.Now
 	}
-	r := &Registry{kv: kv, clock: clock, devices: map[string]*deviceEntry{}, credChanged: make(chan struct{})}
+	r := &Registry{kv: kv, clock: clock, devices: map[string]*deviceEntry{}, idsSorted: true, credChanged: make(chan struct{})}
 	err := kv.Scan(prefixDevices, func(key string, val []byte) error {
 		var d api.Device
 		if err := json.Unmarshal(val, &d); err != nil {
@@ -138,6 +145,11 @@ func OpenRegistry(kv *store.KV, clock func() time.Time) (*Registry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load devices: %w", err)
 	}
+	for id := range r.devices {
+		r.ids = append(r.ids, id)
+	}
+	slices.Sort(r.ids)
+	r.idsSorted = true
 	err = kv.Scan(prefixCreds, func(key string, val []byte) error {
 		e := r.devices[strings.TrimPrefix(key, prefixCreds)]
 		if e == nil {
@@ -234,6 +246,8 @@ func (r *Registry) register(id string, lbls map[string]string) (password string,
 	}
 	r.devices[id] = &deviceEntry{dev: dev, cred: cred, lastPersist: dev.Created}
 	r.credentialsChanged()
+	r.idsSorted = r.idsSorted && (len(r.ids) == 0 || r.ids[len(r.ids)-1] < id)
+	r.ids = append(r.ids, id)
 	return password, nil
 }
 
@@ -253,7 +267,7 @@ func (r *Registry) AuthenticateDevice(username string, password []byte) bool {
 	return subtle.ConstantTimeCompare(hashPassword(cred.Salt, password), cred.Hash) == 1
 }
 
-// Get returns a copy of one device.
+// Get returns a copy of one device, with its recent status events.
 func (r *Registry) Get(id string) (api.Device, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
@@ -261,7 +275,54 @@ func (r *Registry) Get(id string) (api.Device, bool) {
 	if e == nil {
 		return api.Device{}, false
 	}
-	return cloneDevice(&e.dev), true
+	d := cloneDevice(&e.dev)
+	d.Recent = make([]api.StatusRecord, len(e.recent))
+	for i, rec := range e.recent {
+		d.Recent[len(e.recent)-1-i] = rec
+	}
+	return d, true
+}
+
+// Visit calls fn with every device in id order until fn returns false,
+// under the registry's read lock: fn must not keep or change d, nor call
+// the registry. It lets a caller filter and count a large fleet without
+// copying it (the console's fleet pages, the rollout engine's view); Get
+// copies one device. One exception to "not keep": a device's Labels map
+// is never changed once registered (a change would replace it), so a
+// reader may keep it, read-only.
+func (r *Registry) Visit(fn func(d *api.Device) bool) {
+	r.mu.RLock()
+	if !r.idsSorted {
+		r.mu.RUnlock()
+		r.mu.Lock()
+		if !r.idsSorted {
+			slices.Sort(r.ids)
+			r.idsSorted = true
+		}
+		r.mu.Unlock()
+		r.mu.RLock()
+	}
+	defer r.mu.RUnlock()
+	for _, id := range r.ids {
+		if e := r.devices[id]; e != nil && !fn(&e.dev) {
+			return
+		}
+	}
+}
+
+// addRecent remembers a status event of device id (the newest
+// api.MaxRecentStatus are kept).
+func (r *Registry) addRecent(id string, rec api.StatusRecord) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.devices[id]
+	if e == nil {
+		return
+	}
+	if len(e.recent) >= api.MaxRecentStatus {
+		e.recent = slices.Delete(e.recent, 0, len(e.recent)-api.MaxRecentStatus+1)
+	}
+	e.recent = append(e.recent, rec)
 }
 
 // Exists reports whether device id is registered.

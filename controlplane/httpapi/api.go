@@ -63,6 +63,17 @@ func (a *API) handlers() map[string]http.Handler {
 // without a handler, or a handler without a route, is an error: the table
 // and the server cannot drift apart.
 func (a *API) Handler() (http.Handler, error) {
+	mux, err := a.mux(false)
+	if err != nil {
+		return nil, err
+	}
+	return a.instrument(mux), nil
+}
+
+// mux routes api.Routes to their handlers. The REST mux authenticates
+// bearer tokens; the in-process one (Do) finds the principal in the
+// request's context, put there by Do.
+func (a *API) mux(inproc bool) (*http.ServeMux, error) {
 	hs := a.handlers()
 	mux := http.NewServeMux()
 	for _, rt := range api.Routes() {
@@ -71,15 +82,26 @@ func (a *API) Handler() (http.Handler, error) {
 			return nil, fmt.Errorf("api: route %s has no handler", rt.Key())
 		}
 		delete(hs, rt.Key())
-		mux.Handle(rt.Key(), a.authorize(rt, h))
+		switch {
+		case rt.Public:
+			mux.Handle(rt.Key(), h)
+		case inproc:
+			mux.Handle(rt.Key(), a.permit(rt, h))
+		default:
+			mux.Handle(rt.Key(), a.authenticated(a.permit(rt, h)))
+		}
 	}
 	for key := range hs {
 		return nil, fmt.Errorf("api: handler %s is not in api.Routes", key)
 	}
-	mux.Handle("/", a.authenticated(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	notFound := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.ErrNotFound, "no endpoint %s %s (see docs/openapi.yaml)", r.Method, r.URL.Path))
-	})))
-	return a.instrument(mux), nil
+	}))
+	if !inproc {
+		notFound = a.authenticated(notFound)
+	}
+	mux.Handle("/", notFound)
+	return mux, nil
 }
 
 // instrument counts requests by route pattern and status code.

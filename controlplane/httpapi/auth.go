@@ -80,17 +80,13 @@ func tooManyFailures(w http.ResponseWriter, wait time.Duration) {
 	writeJSON(w, http.StatusTooManyRequests, api.ErrorResponse{Error: fmt.Sprintf("too many failed authentication attempts from this address; retry in %d s", secs)})
 }
 
-// authorize wraps one route: a public route runs as it is; any other
-// authenticates the token, checks its role against the route's and writes
-// an audit entry for every call that may change state (who, what, when,
-// result).
-func (a *API) authorize(rt api.Route, h http.Handler) http.Handler {
-	if rt.Public {
-		return h
-	}
+// permit wraps one authenticated route: it checks the principal's role
+// against the route's and writes an audit entry for every call that may
+// change state (who, what, when, result).
+func (a *API) permit(rt api.Route, h http.Handler) http.Handler {
 	method, pattern, need := rt.Method, rt.Pattern, rt.Role
 	mutating := method != http.MethodGet && method != http.MethodHead && !rt.Query
-	return a.authenticated(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, ok := PrincipalFrom(r.Context())
 		if !ok || !p.Role.Allows(need) {
 			msg := fmt.Sprintf("token %q has role %s; %s %s needs %s", p.Name, p.Role, method, pattern, need)
@@ -114,7 +110,7 @@ func (a *API) authorize(rt api.Route, h http.Handler) http.Handler {
 			}
 		}
 		a.record(r, method, pattern, aw.code, msg)
-	}))
+	})
 }
 
 // record writes one API call to the audit log. A failure to audit is
@@ -133,6 +129,9 @@ func (a *API) record(r *http.Request, method, pattern string, code int, errMsg s
 	}
 	if p, ok := PrincipalFrom(r.Context()); ok {
 		e.Details["token_id"] = p.ID
+	}
+	if via, ok := r.Context().Value(viaKey{}).(string); ok && via != "" {
+		e.Details["via"] = via
 	}
 	if _, err := a.opts.Audit.Record(e); err != nil {
 		a.log.Error("audit record failed", "action", e.Action, "err", err)

@@ -105,6 +105,17 @@ func (ts *tokenStore) lookup(secret string) (api.APIToken, bool) {
 	return rec.APIToken, true
 }
 
+// get returns the token with id, or false.
+func (ts *tokenStore) get(id string) (api.APIToken, bool) {
+	ts.mu.RLock()
+	defer ts.mu.RUnlock()
+	rec := ts.byID[id]
+	if rec == nil {
+		return api.APIToken{}, false
+	}
+	return rec.APIToken, true
+}
+
 // create makes a token and returns it with its secret.
 func (ts *tokenStore) create(name string, role api.Role, by string) (api.CreatedToken, error) {
 	if !validTokenName.MatchString(name) {

@@ -3,8 +3,9 @@
 // aggregates them per version × site × cohort × device in time buckets,
 // answers metric queries (accuracy, PSI/KS, prediction drift, latency), and
 // a Service that evaluates alert rules, calls a signed retrain webhook and
-// keeps Prometheus gauges. Imported by controlplane, controlplane/cli and
-// fleet-sim/... (configuration and figures).
+// keeps Prometheus gauges. Imported by controlplane, controlplane/cli,
+// controlplane/console (charts) and fleet-sim/... (configuration and
+// figures).
 package monitor
 
 import (

@@ -98,22 +98,10 @@ func (a *Aggregator) cells(model, version string, from, to time.Time, devices []
 
 // Query computes the figures of q.
 func (a *Aggregator) Query(q Query) (*api.ModelMetrics, error) {
-	if err := ValidBy(q.By); err != nil {
+	if err := a.normalize(&q); err != nil {
 		return nil, err
 	}
-	labelKey, byLabel := strings.CutPrefix(q.By, ByLabelPrefix)
-	if q.To.IsZero() {
-		q.To = a.opts.Clock()
-	}
-	if q.From.IsZero() {
-		q.From = q.To.Add(-24 * time.Hour)
-	}
-	if !q.From.Before(q.To) {
-		return nil, fmt.Errorf("monitor: from %s is not before to %s", q.From.Format(time.RFC3339), q.To.Format(time.RFC3339))
-	}
-	if q.Points <= 0 {
-		q.Points = 24
-	}
+	groupKey := a.groupKey(q.By)
 	cells, err := a.cells(q.Model, q.Version, q.From, q.To, q.Devices)
 	if err != nil {
 		return nil, err
@@ -147,18 +135,7 @@ func (a *Aggregator) Query(q Query) (*api.ModelMetrics, error) {
 		perDev[bc.device].Add(&bc.c.Counts)
 		devReports[bc.device] += bc.c.Reports
 		if q.By != "" {
-			key := bc.device
-			switch {
-			case q.By == BySite:
-				key = bc.c.Site
-			case q.By == ByCohort:
-				key = bc.c.Cohort
-			case byLabel:
-				key = ""
-				if a.opts.Labels != nil {
-					key = a.opts.Labels(bc.device)[labelKey]
-				}
-			}
+			key := groupKey(&bc)
 			if groups[key] == nil {
 				groups[key] = &Counts{}
 				groupDevices[key] = map[string]bool{}
@@ -183,8 +160,54 @@ func (a *Aggregator) Query(q Query) (*api.ModelMetrics, error) {
 		f.Reports, f.Devices = devReports[k], 1
 		res.Devices = append(res.Devices, api.MetricsGroup{Key: k, MetricsFigures: f})
 	}
+	res.Series = points(series, q.From, step, ref)
+	return res, nil
+}
+
+// normalize checks q and fills its defaults.
+func (a *Aggregator) normalize(q *Query) error {
+	if err := ValidBy(q.By); err != nil {
+		return err
+	}
+	if q.To.IsZero() {
+		q.To = a.opts.Clock()
+	}
+	if q.From.IsZero() {
+		q.From = q.To.Add(-24 * time.Hour)
+	}
+	if !q.From.Before(q.To) {
+		return fmt.Errorf("monitor: from %s is not before to %s", q.From.Format(time.RFC3339), q.To.Format(time.RFC3339))
+	}
+	if q.Points <= 0 {
+		q.Points = 24
+	}
+	return nil
+}
+
+// groupKey returns the function naming a cell's group under by.
+func (a *Aggregator) groupKey(by string) func(bc *bucketCell) string {
+	labelKey, byLabel := strings.CutPrefix(by, ByLabelPrefix)
+	return func(bc *bucketCell) string {
+		switch {
+		case by == BySite:
+			return bc.c.Site
+		case by == ByCohort:
+			return bc.c.Cohort
+		case byLabel:
+			if a.opts.Labels != nil {
+				return a.opts.Labels(bc.device)[labelKey]
+			}
+			return ""
+		}
+		return bc.device
+	}
+}
+
+// points turns the counts of each step into a time series.
+func points(series []Counts, from time.Time, step time.Duration, ref []*efpb.FeatureStats) []api.MetricsPoint {
+	out := make([]api.MetricsPoint, 0, len(series))
 	for i := range series {
-		p := api.MetricsPoint{Time: q.From.Add(time.Duration(i) * step), Rows: series[i].Rows}
+		p := api.MetricsPoint{Time: from.Add(time.Duration(i) * step), Rows: series[i].Rows}
 		if series[i].Labelled > 0 {
 			v := float64(series[i].Correct) / float64(series[i].Labelled)
 			p.Accuracy = &v
@@ -193,9 +216,74 @@ func (a *Aggregator) Query(q Query) (*api.ModelMetrics, error) {
 			f := figures(&series[i], ref, nil)
 			p.MaxPSI = &f.MaxPSI
 		}
-		res.Series = append(res.Series, p)
+		out = append(out, p)
 	}
-	return res, nil
+	return out
+}
+
+// Series is the time series of one group of a query, with the group's
+// figures over the whole range.
+type Series struct {
+	Key     string
+	Points  []api.MetricsPoint
+	Figures api.MetricsFigures
+}
+
+// SeriesBy returns the time series of every group of q (q.By: site,
+// cohort, device or label:<key>), by key: accuracy and largest feature PSI
+// per step, as the web console charts them per site or label, and each
+// group's figures as Query gives them, from one scan.
+func (a *Aggregator) SeriesBy(q Query) ([]Series, error) {
+	if err := a.normalize(&q); err != nil {
+		return nil, err
+	}
+	if q.By == "" {
+		return nil, fmt.Errorf("monitor: series by what? (site, cohort, device or label:<key>)")
+	}
+	groupKey := a.groupKey(q.By)
+	cells, err := a.cells(q.Model, q.Version, q.From, q.To, q.Devices)
+	if err != nil {
+		return nil, err
+	}
+	var ref []*efpb.FeatureStats
+	if a.opts.Reference != nil {
+		ref, _ = a.opts.Reference(q.Model, q.Version)
+	}
+	step := q.To.Sub(q.From) / time.Duration(q.Points)
+	if step <= 0 {
+		step = time.Minute
+	}
+	type group struct {
+		steps   []Counts
+		total   Counts
+		reports uint64
+		devices map[string]bool
+	}
+	var all Counts
+	groups := map[string]*group{}
+	for _, bc := range cells {
+		key := groupKey(&bc)
+		g := groups[key]
+		if g == nil {
+			g = &group{steps: make([]Counts, q.Points), devices: map[string]bool{}}
+			groups[key] = g
+		}
+		if i := int(bc.at.Sub(q.From) / step); i >= 0 && i < q.Points {
+			g.steps[i].Add(&bc.c.Counts)
+		}
+		g.total.Add(&bc.c.Counts)
+		all.Add(&bc.c.Counts)
+		g.reports += bc.c.Reports
+		g.devices[bc.device] = true
+	}
+	out := make([]Series, 0, len(groups))
+	for _, k := range sortedKeys(groups) {
+		g := groups[k]
+		f := figures(&g.total, ref, all.Pred)
+		f.Reports, f.Devices = g.reports, len(g.devices)
+		out = append(out, Series{Key: k, Points: points(g.steps, q.From, step, ref), Figures: f})
+	}
+	return out, nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -27,15 +27,25 @@ func (e *Engine) List() []*api.Rollout {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var out []*api.Rollout
+	fleets := map[string]map[string]Device{} // one fleet view per model, not per rollout
 	for _, r := range e.sorted() {
-		out = append(out, e.status(r, false))
+		devs, ok := fleets[r.Spec.Model]
+		if !ok {
+			devs = e.modelFleet(r.Spec.Model)
+			fleets[r.Spec.Model] = devs
+		}
+		out = append(out, e.statusIn(r, false, devs))
 	}
 	return out
 }
 
 // status is the API's view of r; callers hold mu.
 func (e *Engine) status(r *Rollout, withDevices bool) *api.Rollout {
-	devs := e.modelFleet(r.Spec.Model)
+	return e.statusIn(r, withDevices, e.modelFleet(r.Spec.Model))
+}
+
+// statusIn is status with the fleet view of r's model; callers hold mu.
+func (e *Engine) statusIn(r *Rollout, withDevices bool, devs map[string]Device) *api.Rollout {
 	c := r.clone()
 	st := &api.Rollout{ID: c.ID, Spec: c.Spec, State: c.State, Reason: c.Reason, Stage: c.Stage,
 		Created: c.Created, Updated: c.Updated, Stages: make([]api.StageStatus, len(r.Spec.Stages))}
@@ -86,9 +96,7 @@ func stateErr(r *Rollout, op string) error {
 // devices keep what they were given.
 func (e *Engine) Pause(ctx context.Context, id, actor string) (*api.Rollout, error) {
 	return e.op(ctx, id, func(r *Rollout) error {
-		switch r.State {
-		case api.RolloutPending, api.RolloutRunning, api.RolloutWaitingPromotion:
-		default:
+		if !r.State.Allows(api.ActionPause) {
 			return stateErr(r, "pause")
 		}
 		r.State, r.Reason = api.RolloutPaused, "paused by "+actor
@@ -101,7 +109,7 @@ func (e *Engine) Pause(ctx context.Context, id, actor string) (*api.Rollout, err
 // again, so its gates are judged on fresh figures.
 func (e *Engine) Resume(ctx context.Context, id, actor string) (*api.Rollout, error) {
 	return e.op(ctx, id, func(r *Rollout) error {
-		if r.State != api.RolloutPaused {
+		if !r.State.Allows(api.ActionResume) {
 			return stateErr(r, "resume")
 		}
 		now := e.opts.Clock().UTC()
@@ -118,9 +126,7 @@ func (e *Engine) Resume(ctx context.Context, id, actor string) (*api.Rollout, er
 // records the gate figures at that moment.
 func (e *Engine) Promote(ctx context.Context, id, actor string) (*api.Rollout, error) {
 	return e.op(ctx, id, func(r *Rollout) error {
-		switch r.State {
-		case api.RolloutRunning, api.RolloutWaitingPromotion:
-		default:
+		if !r.State.Allows(api.ActionPromote) {
 			return stateErr(r, "promote")
 		}
 		now := e.opts.Clock().UTC()
@@ -138,7 +144,7 @@ func (e *Engine) Promote(ctx context.Context, id, actor string) (*api.Rollout, e
 // Abort stops a rollout for good; devices keep what they were given.
 func (e *Engine) Abort(ctx context.Context, id, actor string) (*api.Rollout, error) {
 	return e.op(ctx, id, func(r *Rollout) error {
-		if r.State.Terminal() {
+		if !r.State.Allows(api.ActionAbort) {
 			return stateErr(r, "abort")
 		}
 		r.State, r.Reason = api.RolloutAborted, "aborted by "+actor
@@ -189,7 +195,7 @@ func (e *Engine) Rollback(ctx context.Context, id string, req api.RollbackReques
 			return invalidf("no device of rollout %s matches %s (or all are rolled back already)", r.ID, scope)
 		}
 		if req.Selector == "" && req.Device == "" {
-			if r.State == api.RolloutRolledBack {
+			if !r.State.Allows(api.ActionRollback) {
 				return stateErr(r, "roll back")
 			}
 			r.State, r.Reason = api.RolloutRolledBack, "rolled back by "+actor

@@ -1,7 +1,7 @@
 // Package labels validates device labels and parses and matches label
 // selectors such as "site=berlin,hw!=arm64". Imported by controlplane/api,
-// controlplane/cli, controlplane/fleet, controlplane/rollout and
-// fleet-sim/scenario.
+// controlplane/cli, controlplane/console, controlplane/fleet,
+// controlplane/rollout and fleet-sim/scenario.
 package labels
 
 import (

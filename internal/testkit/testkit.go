@@ -1,7 +1,8 @@
 // Package testkit holds the parts of the test harness that import nothing of
 // edgefleet, so any package's own tests can use them: Run and Start (a daemon
-// until the test ends), a settable Clock, a throwaway CA, and a real mosquitto
-// on free ports. Imported by internal/fleettest and tests.
+// until the test ends), a settable Clock, a throwaway CA, a real mosquitto on
+// free ports, and the Chromium the browser tests drive. Imported by
+// internal/fleettest and tests.
 package testkit
 
 import (
