@@ -2,7 +2,7 @@
 // wire types, an http.Handler that validates requests against a model's
 // schema before handing tensors to a Backend, and a small client. Imported
 // by agent (its local inference server), controlplane/demo,
-// fleet-sim/scenario and fleet-sim/sim.
+// fleet-sim/scenario, fleet-sim/sim and internal/fleettest.
 package oip
 
 import (
