@@ -41,7 +41,10 @@ type Device struct {
 	TrustVersion uint64 `json:"trust_version,omitempty"`
 	// Online is what the device's presence and traffic say since this
 	// control plane started (every device starts offline).
-	Online       bool              `json:"online"`
+	Online bool `json:"online"`
+	// Revoked: the device's credentials were revoked; it cannot connect
+	// until it is enrolled again.
+	Revoked      bool              `json:"revoked,omitempty"`
 	LastSeen     time.Time         `json:"last_seen,omitzero"`
 	AgentVersion string            `json:"agent_version,omitempty"`
 	Telemetry    *TelemetrySummary `json:"telemetry,omitempty"`

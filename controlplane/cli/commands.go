@@ -447,7 +447,8 @@ func (a *app) devicesCmd() *cobra.Command {
 		Use:   "devices",
 		Short: "list devices and their state",
 		Long: `Lists the registered devices: labels, whether they are online, the desired model versions
-and generation, what each device runs (ACTIVE) and what it is doing (STATE), the version of the
+and generation, what each device runs (ACTIVE) and what it is doing (STATE; "revoked" for a
+device whose credentials were revoked until it is enrolled again), the version of the
 trust bundle it trusts (TRUST), last seen, and the last signed document it refused and why
 (LAST REFUSAL: a trust bundle, a manifest or a desired state).`,
 		Example: `  edgefleet devices
@@ -471,8 +472,12 @@ trust bundle it trusts (TRUST), last seen, and the last signed document it refus
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tLABELS\tONLINE\tDESIRED\tACTIVE\tSTATE\tTRUST\tLAST SEEN\tLAST REFUSAL")
 			for _, d := range list {
+				state := formatState(d.Reported)
+				if d.Revoked {
+					state = "revoked"
+				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, formatLabels(d.Labels), yesNo(d.Online),
-					formatDesired(d.Desired), formatActive(d.Reported), formatState(d.Reported), formatTrust(d.TrustVersion),
+					formatDesired(d.Desired), formatActive(d.Reported), state, formatTrust(d.TrustVersion),
 					formatAgo(now, d.LastSeen), formatRefusal(now, d.LastRefusal))
 			}
 			return tw.Flush()

@@ -66,6 +66,7 @@ var fleetStates = []string{stateOn, stateOff, stateBusy, string(api.ModelActive)
 type deviceRow struct {
 	ID       string
 	Online   bool
+	Revoked  bool
 	LastSeen time.Time
 	Labels   []kv
 	Models   []modelCell
@@ -225,7 +226,7 @@ func containsFold(s, sub string) bool {
 
 // row copies what the fleet table shows of dev.
 func row(dev *api.Device) deviceRow {
-	r := deviceRow{ID: dev.ID, Online: dev.Online, LastSeen: dev.LastSeen, Agent: dev.AgentVersion}
+	r := deviceRow{ID: dev.ID, Online: dev.Online, Revoked: dev.Revoked, LastSeen: dev.LastSeen, Agent: dev.AgentVersion}
 	for _, k := range slices.Sorted(maps.Keys(dev.Labels)) {
 		r.Labels = append(r.Labels, kv{k, dev.Labels[k]})
 	}

@@ -163,6 +163,11 @@ func OpenRegistry(kv *store.KV, clock func() time.Time) (*Registry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load devices: %w", err)
 	}
+	for _, e := range r.devices {
+		// Registration writes the device and its credential together:
+		// one without a credential was revoked.
+		e.dev.Revoked = len(e.cred.Hash) == 0
+	}
 	err = kv.Scan(prefixDesired, func(key string, val []byte) error {
 		e := r.devices[strings.TrimPrefix(key, prefixDesired)]
 		if e == nil {
