@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/internal/topics"
 )
 
@@ -566,4 +569,28 @@ func TestInMemoryListener(t *testing.T) {
 	plain := newTestBroker(t, nil)
 	_, err = plain.DialInMemory(context.Background())
 	assert.ErrorContains(t, err, "InMemory")
+}
+
+// TestRefusedPublishesDoNotFloodTheLog: a device credential that sends a
+// large refused publish again and again (mochi logs the packet it could
+// not process) writes a few short lines a minute, never the payload.
+func TestRefusedPublishesDoNotFloodTheLog(t *testing.T) {
+	var logs testkit.Buffer
+	b := newTestBroker(t, func(o *Options) {
+		o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	var s topics.Scheme
+	payload := bytes.Repeat([]byte{0xAB}, 256<<10)
+	const attempts = 8
+	for i := range attempts {
+		d := mustDial(t, b, "d1")
+		d.publish(t, s.Status("d2"), 1, false, payload)
+		d.waitLost(t, fmt.Sprintf("refused publish %d", i))
+	}
+	out := logs.String()
+	assert.Less(t, len(out), 64<<10, "the log holds no payloads (%d bytes for %d refused publishes of %d bytes)", len(out), attempts, len(payload))
+	assert.False(t, strings.Contains(out, "171 171 171"), "no payload bytes (0xAB) in the log")
+	warns := strings.Count(out, "level=WARN")
+	assert.LessOrEqual(t, warns, mochiLogBurst, "at most %d warnings a minute per client", mochiLogBurst)
+	assert.Positive(t, b.LogsSuppressed(), "the lines over the limit are counted")
 }
