@@ -324,6 +324,7 @@ func TestMetrics(t *testing.T) {
 		// The embedded broker's drops are visible (none here).
 		"edgefleet_broker_subscription_dropped_total 0",
 		"edgefleet_broker_client_dropped_total 0",
+		"edgefleet_broker_log_lines_suppressed_total 0",
 	} {
 		assert.Contains(t, text, want)
 	}
