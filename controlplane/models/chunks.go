@@ -284,7 +284,8 @@ func (r *Registry) OnFetch(topic string, payload []byte) {
 	if !ok {
 		return
 	}
-	if !r.opts.Devices.Exists(dev) {
+	registered, assigned := r.opts.Devices.MayFetch(dev, req.Name, req.Version)
+	if !registered {
 		in.Drop(kind, ingest.UnknownDevice, topic, nil)
 		return
 	}
@@ -314,6 +315,15 @@ func (r *Registry) OnFetch(topic string, payload []byte) {
 			in.Drop(kind, ingest.Invalid, topic, fmt.Errorf("chunk index %d, the model has %d chunks", i, n))
 			return
 		}
+	}
+	if !assigned {
+		in.Drop(kind, ingest.NotAssigned, topic, fmt.Errorf("device %s asked for %s@%s, which it was not assigned", dev, req.Name, req.Version))
+		return
+	}
+	if !r.fetch.allow(dev, req.Name, req.Version, uint32(len(missing)), n, r.opts.Clock()) {
+		in.Drop(kind, ingest.RateLimited, topic, fmt.Errorf("device %s asked for %s@%s's chunks more than %d times over within %s",
+			dev, req.Name, req.Version, r.opts.FetchBudget, r.opts.FetchWindow))
+		return
 	}
 	added := r.chunks.enqueue(chunkKey{req.Name, req.Version}, dev, missing, time.Now())
 	r.log.Debug("fetch request", "device", dev, "model", req.Name, "version", req.Version, "asked", len(missing), "queued", added)

@@ -48,6 +48,8 @@ const prefixModels = "models/"
 const (
 	DefaultChunkBatchWindow = 150 * time.Millisecond
 	DefaultChunkBatchMax    = 2 * time.Second
+	DefaultFetchBudget      = 4
+	DefaultFetchWindow      = 10 * time.Minute
 	blobCacheBytes          = 256 << 20
 )
 
@@ -56,10 +58,11 @@ type Publisher interface {
 	Publish(ctx context.Context, topic string, payload []byte, retain bool) error
 }
 
-// Devices tells whether a device is registered (fetch requests from
-// others are dropped).
+// Devices tells whether a device is registered and whether it may
+// download a model version (fetch requests from others, and for other
+// versions, are dropped).
 type Devices interface {
-	Exists(id string) bool
+	MayFetch(id, model, version string) (registered, allowed bool)
 }
 
 // Options configure a Registry. Fields without a documented default are
@@ -90,6 +93,13 @@ type Options struct {
 	// publishes at once).
 	ChunkBatchWindow time.Duration
 	ChunkBatchMax    time.Duration
+	// FetchBudget is how many times over a device may ask for a version's
+	// chunks within FetchWindow (defaults DefaultFetchBudget,
+	// DefaultFetchWindow): enough for a download and its retries, while
+	// one stolen credential cannot make the control plane publish a model
+	// again and again.
+	FetchBudget int
+	FetchWindow time.Duration
 	// Clock is the time source; default time.Now.
 	Clock func() time.Time
 	// Registerer receives the registry's metrics.
@@ -112,6 +122,7 @@ type Registry struct {
 	opts    Options
 	log     *slog.Logger
 	chunks  *chunkQueue
+	fetch   *fetchLimit
 	blobs   *blobCache
 	metrics *metrics
 
@@ -137,6 +148,12 @@ func New(o Options) (*Registry, error) {
 	if o.ChunkBatchMax == 0 {
 		o.ChunkBatchMax = DefaultChunkBatchMax
 	}
+	if o.FetchBudget <= 0 {
+		o.FetchBudget = DefaultFetchBudget
+	}
+	if o.FetchWindow <= 0 {
+		o.FetchWindow = DefaultFetchWindow
+	}
 	if err := os.MkdirAll(o.BlobDir, 0o700); err != nil {
 		return nil, fmt.Errorf("models: %w", err)
 	}
@@ -144,6 +161,7 @@ func New(o Options) (*Registry, error) {
 		opts:   o,
 		log:    o.Logger.With("component", "models"),
 		chunks: newChunkQueue(o.ChunkBatchWindow, o.ChunkBatchMax),
+		fetch:  newFetchLimit(o.FetchBudget, o.FetchWindow),
 		blobs:  newBlobCache(blobCacheBytes),
 		recs:   map[string]*record{},
 	}
