@@ -42,6 +42,9 @@ type Device struct {
 	// Online is what the device's presence and traffic say since this
 	// control plane started (every device starts offline).
 	Online bool `json:"online"`
+	// Blocked says why the device cannot get what it was assigned (a
+	// version whose stored file on the control plane is corrupt).
+	Blocked string `json:"blocked,omitempty"`
 	// Revoked: the device's credentials were revoked; it cannot connect
 	// until it is enrolled again.
 	Revoked      bool              `json:"revoked,omitempty"`
@@ -210,6 +213,10 @@ type ModelVersion struct {
 	Created    time.Time    `json:"created"`
 	Expires    time.Time    `json:"expires"`
 	Checks     UploadChecks `json:"checks"`
+	// Corrupt says why the control plane cannot serve the version's stored
+	// file (it no longer matches SHA256): it cannot be deployed, and
+	// devices assigned to it wait. Upload the model again as a new version.
+	Corrupt string `json:"corrupt,omitempty"`
 	// Manifest is the signed manifest's payload as protojson; only in the
 	// answer for a single version.
 	Manifest json.RawMessage `json:"manifest,omitempty"`

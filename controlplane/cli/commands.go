@@ -294,6 +294,9 @@ func (a *app) modelsCmd() *cobra.Command {
 				if !m.Checks.Passed {
 					checks = "FAILED (forced)"
 				}
+				if m.Corrupt != "" {
+					checks = "CORRUPT: " + m.Corrupt
+				}
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", m.Name, m.Version, m.Size, m.ChunkCount, short(m.SHA256), checks, m.Created.Local().Format(time.DateTime))
 			}
 			return tw.Flush()
@@ -473,8 +476,11 @@ trust bundle it trusts (TRUST), last seen, and the last signed document it refus
 			fmt.Fprintln(tw, "ID\tLABELS\tONLINE\tDESIRED\tACTIVE\tSTATE\tTRUST\tLAST SEEN\tLAST REFUSAL")
 			for _, d := range list {
 				state := formatState(d.Reported)
-				if d.Revoked {
+				switch {
+				case d.Revoked:
 					state = "revoked"
+				case d.Blocked != "":
+					state = "blocked: " + d.Blocked
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, formatLabels(d.Labels), yesNo(d.Online),
 					formatDesired(d.Desired), formatActive(d.Reported), state, formatTrust(d.TrustVersion),

@@ -202,8 +202,12 @@ func (q *chunkQueue) queued() int {
 	return n
 }
 
-// Run is the one worker that publishes queued chunks, until ctx ends.
+// Run is the one worker that publishes queued chunks, until ctx ends. It
+// first checks the stored model files (VerifyFiles).
 func (r *Registry) Run(ctx context.Context) {
+	if bad := r.VerifyFiles(ctx); bad > 0 {
+		r.log.Error("corrupt model files found at start", "versions", bad)
+	}
 	for {
 		// Real time, not the clock: batching is about network arrivals.
 		k, idx, ok, wait := r.chunks.next(time.Now())

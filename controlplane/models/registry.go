@@ -126,9 +126,11 @@ type Registry struct {
 	blobs   *blobCache
 	metrics *metrics
 
-	// mu guards recs. Records are replaced, never modified in place.
-	mu   sync.RWMutex
-	recs map[string]*record // by name + "/" + version
+	// mu guards recs and corrupt. Records are replaced, never modified
+	// in place.
+	mu      sync.RWMutex
+	recs    map[string]*record // by name + "/" + version
+	corrupt map[string]string  // by name + "/" + version: why its file cannot be served
 	// writeMu serialises the final existence check and write of a model
 	// version, and manifest renewals.
 	writeMu sync.Mutex
@@ -158,12 +160,13 @@ func New(o Options) (*Registry, error) {
 		return nil, fmt.Errorf("models: %w", err)
 	}
 	r := &Registry{
-		opts:   o,
-		log:    o.Logger.With("component", "models"),
-		chunks: newChunkQueue(o.ChunkBatchWindow, o.ChunkBatchMax),
-		fetch:  newFetchLimit(o.FetchBudget, o.FetchWindow),
-		blobs:  newBlobCache(blobCacheBytes),
-		recs:   map[string]*record{},
+		opts:    o,
+		log:     o.Logger.With("component", "models"),
+		chunks:  newChunkQueue(o.ChunkBatchWindow, o.ChunkBatchMax),
+		fetch:   newFetchLimit(o.FetchBudget, o.FetchWindow),
+		blobs:   newBlobCache(blobCacheBytes),
+		recs:    map[string]*record{},
+		corrupt: map[string]string{},
 	}
 	err := o.KV.Scan(prefixModels, func(key string, val []byte) error {
 		rec := &record{}
@@ -176,7 +179,7 @@ func New(o Options) (*Registry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load models: %w", err)
 	}
-	r.metrics = newMetrics(o.Registerer, func() float64 { return float64(r.Count()) })
+	r.metrics = newMetrics(o.Registerer, func() float64 { return float64(r.Count()) }, func() float64 { return float64(r.corruptCount()) })
 	return r, nil
 }
 
@@ -190,6 +193,20 @@ func (r *Registry) put(rec *record) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.recs[rec.Name+"/"+rec.Version] = rec
+}
+
+// corruptCount is the number of versions whose file is corrupt.
+func (r *Registry) corruptCount() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.corrupt)
+}
+
+// view is rec's API view, with the reason its file is corrupt if it is.
+func (r *Registry) view(rec *record) api.ModelVersion {
+	mv := rec.ModelVersion
+	mv.Corrupt = r.Corrupt(rec.Name, rec.Version)
+	return mv
 }
 
 // Count is the number of model versions.
@@ -227,7 +244,7 @@ func (r *Registry) List() []api.ModelVersion {
 	recs := r.all()
 	out := make([]api.ModelVersion, len(recs))
 	for i, rec := range recs {
-		out[i] = rec.ModelVersion
+		out[i] = r.view(rec)
 	}
 	return out
 }
@@ -238,13 +255,13 @@ func (r *Registry) Get(name, version string) (api.ModelVersion, error) {
 	if rec == nil {
 		return api.ModelVersion{}, api.Errorf(api.ErrNotFound, "model %s version %s does not exist", name, version)
 	}
-	return withManifest(rec)
+	return r.withManifest(rec)
 }
 
 // withManifest returns the record's view with its manifest payload as
 // protojson.
-func withManifest(rec *record) (api.ModelVersion, error) {
-	mv := rec.ModelVersion
+func (r *Registry) withManifest(rec *record) (api.ModelVersion, error) {
+	mv := r.view(rec)
 	m, err := decodeManifest(rec)
 	if err != nil {
 		return mv, err
@@ -262,6 +279,9 @@ func (r *Registry) SHA256(name, version string) ([]byte, error) {
 	rec := r.get(name, version)
 	if rec == nil {
 		return nil, api.Errorf(api.ErrNotFound, "model %s version %s does not exist; upload it first", name, version)
+	}
+	if reason := r.Corrupt(name, version); reason != "" {
+		return nil, errCorrupt(name, version, reason)
 	}
 	sum, err := hex.DecodeString(rec.SHA256)
 	if err != nil {

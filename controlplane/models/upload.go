@@ -140,7 +140,7 @@ func (r *Registry) Add(ctx context.Context, name, version string, model []byte, 
 		result = uploadForced
 	}
 	r.metrics.uploads.WithLabelValues(result).Inc()
-	return withManifest(rec)
+	return r.withManifest(rec)
 }
 
 // CheckNew refuses a version that exists or is badly named: the cheap
