@@ -203,7 +203,7 @@ func (f *Fleet) issue(ids []string, change func([]*efpb.ModelAssignment) []*efpb
 				return err
 			}
 			d := &efpb.DesiredState{
-				ProtocolVersion: efpb.ProtocolVersion,
+				ProtocolVersion: efpb.ProtocolVersion1,
 				DeviceId:        id,
 				Generation:      prev.Generation + 1,
 				Models:          change(cur),

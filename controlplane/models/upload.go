@@ -194,7 +194,7 @@ func (r *Registry) add(ctx context.Context, name, version string, model []byte, 
 		m.Runtime = "onnxruntime"
 	}
 	now := r.opts.Clock()
-	m.ProtocolVersion = efpb.ProtocolVersion
+	m.ProtocolVersion = efpb.ManifestVersion(m)
 	m.Name, m.Version = name, version
 	m.CreatedUnix = now.Unix()
 	m.ExpiresUnix = now.Add(r.opts.ManifestTTL).Unix()
