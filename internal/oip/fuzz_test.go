@@ -27,13 +27,16 @@ func FuzzInferRequestJSON(f *testing.F) {
 		`{"inputs":[{"name":"x","shape":[1,1,1],"datatype":"FP32","data":[[[-0.5e-3]]]}]}`,
 		`{"inputs":[]}`, `{}`, `null`, `[]`, ``, `{"inputs":[{"name":"x"}]}`,
 		`{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,"2",null]}]} {}`,
+		typedReq(`[1,2]`, `["a","日本"]`, `[true,false]`, `[0.5,1]`),
+		typedReq(`[1.5,2]`, `["a\u0000b","x"]`, `[1,false]`, `[1e9,1]`),
+		typedReq(`[[1],[2]]`, `[["a"],["b"]]`, `[[true],[false]]`, `[[1],[2]]`),
 	}
 	for i, s := range seeds {
 		f.Add(s, uint8(i))
 	}
 	b := newTestBackend()
 	h := NewHandler(b, HandlerOptions{MaxBodyBytes: 64 << 10, NewID: func() string { return "fuzz-id" }})
-	models := []string{"fraud", "pair", "free"}
+	models := []string{"fraud", "pair", "free", "typed"}
 
 	f.Fuzz(func(t *testing.T, body string, m uint8) {
 		model := models[int(m)%len(models)]

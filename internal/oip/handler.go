@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/edgefleet/edgefleet/internal/tensor"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
@@ -221,7 +222,7 @@ func (h *handler) infer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp := InferResponse{ModelName: info.Name, ModelVersion: version, ID: id}
-	resp.Outputs, err = responseOutputs(outs, want)
+	resp.Outputs, err = responseOutputs(outs, want, info)
 	if err != nil {
 		h.log.Warn("backend returned bad outputs", "model", info.Name, "version", version, "id", id, "err", err)
 		writeError(w, http.StatusInternalServerError, err.Error())
@@ -331,7 +332,7 @@ func (h *handler) validate(req *InferRequest, info ModelInfo) ([]Tensor, []strin
 	if len(req.ID) > MaxIDBytes {
 		return nil, nil, badRequest("id is %d bytes long; at most %d are allowed", len(req.ID), MaxIDBytes)
 	}
-	if v, ok := req.Parameters["binary_data_output"].(bool); ok && v {
+	if v, ok := req.Parameters[ParamBinaryDataOutput].(bool); ok && v {
 		return nil, nil, badRequest("parameter binary_data_output: the binary tensor data extension is not supported; request JSON data")
 	}
 	if len(req.Inputs) == 0 {
@@ -374,10 +375,14 @@ func (h *handler) validate(req *InferRequest, info ModelInfo) ([]Tensor, []strin
 }
 
 func (h *handler) validateInput(in RequestInput, spec *efpb.TensorSpec) (Tensor, *httpError) {
-	if in.Datatype != DatatypeFP32 {
-		return Tensor{}, badRequest("input %q: datatype %q is not supported; only FP32 is supported", in.Name, in.Datatype)
+	d, err := tensor.Parse(in.Datatype)
+	if err != nil {
+		return Tensor{}, badRequest("input %q: %v", in.Name, err)
 	}
-	if _, ok := in.Parameters["binary_data_size"]; ok {
+	if want := spec.GetDatatype(); want != "" && string(d) != want {
+		return Tensor{}, badRequest("input %q: datatype is %s, but the model's input is %s", in.Name, d, want)
+	}
+	if _, ok := in.Parameters[ParamBinaryDataSize]; ok {
 		return Tensor{}, badRequest("input %q: the binary tensor data extension is not supported; send data as a JSON array", in.Name)
 	}
 	if in.Shape == nil {
@@ -388,7 +393,8 @@ func (h *handler) validateInput(in RequestInput, spec *efpb.TensorSpec) (Tensor,
 			return Tensor{}, badRequest("input %q: shape %s has negative dimension %d; request shapes must be concrete", in.Name, fmtShape(in.Shape), i)
 		}
 	}
-	if ms := spec.GetShape(); len(ms) > 0 {
+	ms := spec.GetShape()
+	if len(ms) > 0 {
 		if len(in.Shape) != len(ms) {
 			return Tensor{}, badRequest("input %q: shape %s has rank %d but the model wants rank %d (model shape %s, -1 = any size)",
 				in.Name, fmtShape(in.Shape), len(in.Shape), len(ms), fmtShape(ms))
@@ -400,7 +406,9 @@ func (h *handler) validateInput(in RequestInput, spec *efpb.TensorSpec) (Tensor,
 			}
 		}
 	}
-	if len(in.Shape) > 0 && in.Shape[0] > int64(h.opts.MaxBatch) {
+	// The batch limit applies to a dynamic first dimension only: a fixed
+	// one is what the model takes.
+	if len(in.Shape) > 0 && (len(ms) == 0 || ms[0] < 0) && in.Shape[0] > int64(h.opts.MaxBatch) {
 		return Tensor{}, badRequest("input %q: batch size %d (shape[0]) exceeds the limit of %d", in.Name, in.Shape[0], h.opts.MaxBatch)
 	}
 	product, ok := elementCount(in.Shape, h.opts.MaxBodyBytes)
@@ -411,11 +419,11 @@ func (h *handler) validateInput(in RequestInput, spec *efpb.TensorSpec) (Tensor,
 	if len(in.Data) == 0 || string(in.Data) == "null" {
 		return Tensor{}, badRequest("input %q has no data", in.Name)
 	}
-	data, err := decodeFP32(in.Data, in.Shape, product)
+	data, err := decodeData(in.Data, d, in.Shape, product)
 	if err != nil {
 		return Tensor{}, badRequest("input %q: %v", in.Name, err)
 	}
-	return Tensor{Name: in.Name, Shape: in.Shape, Data: data}, nil
+	return Tensor{Name: in.Name, Datatype: d, Shape: in.Shape, Data: data}, nil
 }
 
 func requestedOutputs(outs []RequestOutput, info ModelInfo) ([]string, *httpError) {
@@ -437,7 +445,7 @@ func requestedOutputs(outs []RequestOutput, info ModelInfo) ([]string, *httpErro
 		case seen[o.Name]:
 			return nil, badRequest("output %q is requested more than once", o.Name)
 		}
-		if v, ok := o.Parameters["binary_data"].(bool); ok && v {
+		if v, ok := o.Parameters[ParamBinaryData].(bool); ok && v {
 			return nil, badRequest("output %q: the binary tensor data extension is not supported; request JSON data", o.Name)
 		}
 		seen[o.Name] = true
@@ -447,8 +455,9 @@ func requestedOutputs(outs []RequestOutput, info ModelInfo) ([]string, *httpErro
 }
 
 // responseOutputs converts the backend's outputs, keeping only want (in its
-// order) when given, and checks they can be sent.
-func responseOutputs(outs []Tensor, want []string) ([]ResponseOutput, error) {
+// order) when given, and checks they can be sent. A class-map output gets
+// its class labels in its parameters.
+func responseOutputs(outs []Tensor, want []string, info ModelInfo) ([]ResponseOutput, error) {
 	if want != nil {
 		byName := make(map[string]Tensor, len(outs))
 		for _, o := range outs {
@@ -464,30 +473,44 @@ func responseOutputs(outs []Tensor, want []string) ([]ResponseOutput, error) {
 		}
 		outs = sel
 	}
+	specs := make(map[string]*efpb.TensorSpec, len(info.Outputs))
+	for _, s := range info.Outputs {
+		specs[s.GetName()] = s
+	}
 	res := make([]ResponseOutput, 0, len(outs))
 	for _, o := range outs {
 		n, ok := elementCount(o.Shape, math.MaxInt64)
-		for _, d := range o.Shape {
-			ok = ok && d >= 0
+		if !ok || n != int64(o.Len()) {
+			return nil, fmt.Errorf("model returned output %q with %d values for shape %s", o.Name, o.Len(), fmtShape(o.Shape))
 		}
-		if !ok || n != int64(len(o.Data)) {
-			return nil, fmt.Errorf("model returned output %q with %d values for shape %s", o.Name, len(o.Data), fmtShape(o.Shape))
+		d := o.DT()
+		if !d.Valid() {
+			return nil, fmt.Errorf("model returned output %q of Go type %T, which is no tensor datatype", o.Name, o.Data)
 		}
-		for _, v := range o.Data {
-			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-				return nil, fmt.Errorf("model produced a non-finite value (%v) in output %q", v, o.Name)
-			}
+		data, err := appendData(nil, &o)
+		if err != nil {
+			return nil, fmt.Errorf("model produced output %q that JSON cannot carry: %v", o.Name, err)
 		}
-		shape, data := o.Shape, o.Data
+		shape := o.Shape
 		if shape == nil {
 			shape = []int64{}
 		}
-		if data == nil {
-			data = []float32{}
-		}
-		res = append(res, ResponseOutput{Name: o.Name, Shape: shape, Datatype: DatatypeFP32, Data: data})
+		res = append(res, ResponseOutput{Name: o.Name, Shape: shape, Datatype: string(d), Data: data, Parameters: outputParams(specs[o.Name])})
 	}
 	return res, nil
+}
+
+// outputParams returns the parameters of a class-map output (its kind and
+// class labels), or nil.
+func outputParams(spec *efpb.TensorSpec) map[string]any {
+	if spec.GetKind() != efpb.TensorKind_TENSOR_KIND_CLASS_MAP {
+		return nil
+	}
+	p := map[string]any{ParamKind: KindClassMap}
+	if c, err := tensor.FromProto(spec.GetClasses()); err == nil {
+		p[ParamClasses] = c.Data
+	}
+	return p
 }
 
 // specNames lists tensor names for messages: "x", "y".
@@ -509,7 +532,7 @@ func tensorMetadata(specs []*efpb.TensorSpec) []TensorMetadata {
 		if shape == nil {
 			shape = []int64{}
 		}
-		md[i] = TensorMetadata{Name: s.GetName(), Datatype: s.GetDatatype(), Shape: shape}
+		md[i] = TensorMetadata{Name: s.GetName(), Datatype: s.GetDatatype(), Shape: shape, Parameters: outputParams(s)}
 	}
 	return md
 }

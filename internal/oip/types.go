@@ -1,17 +1,30 @@
 // Package oip implements the Open Inference Protocol (KServe v2) REST API:
 // wire types, an http.Handler that validates requests against a model's
-// schema before handing FP32 tensors to a Backend, and a small client.
-// Imported by the agent (local inference server), the demo and fleet-sim.
+// schema before handing typed tensors (every OIP datatype) to a Backend,
+// and a client. Imported by the agent (local inference server), the demo
+// and fleet-sim.
 package oip
 
 import (
 	"encoding/json"
 	"fmt"
 	"math"
+
+	"github.com/edgefleet/edgefleet/internal/tensor"
 )
 
-// DatatypeFP32 is the only tensor datatype served for now.
+// DatatypeFP32 is the datatype of NewFP32Input.
 const DatatypeFP32 = "FP32"
+
+// Parameters of class-map outputs (a ZipMap's probabilities served as a
+// [rows, classes] tensor): ParamClasses holds the class labels, one per
+// column (numbers or strings), in model metadata and in every response;
+// ParamKind is KindClassMap.
+const (
+	ParamClasses = "classes"
+	ParamKind    = "edgefleet_kind"
+	KindClassMap = "class_map"
+)
 
 // InferRequest is the body of POST /v2/models/{name}/infer.
 type InferRequest struct {
@@ -23,7 +36,7 @@ type InferRequest struct {
 
 // RequestInput is one input tensor. Data holds the JSON array as sent: flat
 // in row-major order, or nested to match Shape; the handler accepts both.
-// Build one from Go values with NewFP32Input.
+// Build one from Go values with NewInput or NewFP32Input.
 type RequestInput struct {
 	Name       string          `json:"name"`
 	Shape      []int64         `json:"shape"`
@@ -50,6 +63,23 @@ func NewFP32Input(name string, shape []int64, data []float32) (RequestInput, err
 	return RequestInput{Name: name, Shape: shape, Datatype: DatatypeFP32, Data: raw}, nil
 }
 
+// NewInput returns the input for t with flat JSON data. It fails on NaN or
+// infinite values, which JSON cannot carry.
+func NewInput(t Tensor) (RequestInput, error) {
+	if err := t.Check(); err != nil {
+		return RequestInput{}, fmt.Errorf("oip: input %q: %w", t.Name, err)
+	}
+	raw, err := appendData(nil, &t)
+	if err != nil {
+		return RequestInput{}, fmt.Errorf("oip: input %q: %w", t.Name, err)
+	}
+	shape := t.Shape
+	if shape == nil {
+		shape = []int64{}
+	}
+	return RequestInput{Name: t.Name, Shape: shape, Datatype: string(t.DT()), Data: raw}, nil
+}
+
 // RequestOutput names an output the client wants; when a request lists
 // none, every output is returned.
 type RequestOutput struct {
@@ -67,13 +97,51 @@ type InferResponse struct {
 	Outputs      []ResponseOutput `json:"outputs"`
 }
 
-// ResponseOutput is one output tensor, data flat in row-major order.
+// ResponseOutput is one output tensor, data flat in row-major order (see
+// Tensor to decode it).
 type ResponseOutput struct {
-	Name       string         `json:"name"`
-	Shape      []int64        `json:"shape"`
-	Datatype   string         `json:"datatype"`
-	Parameters map[string]any `json:"parameters,omitempty"`
-	Data       []float32      `json:"data"`
+	Name       string          `json:"name"`
+	Shape      []int64         `json:"shape"`
+	Datatype   string          `json:"datatype"`
+	Parameters map[string]any  `json:"parameters,omitempty"`
+	Data       json.RawMessage `json:"data,omitempty"`
+
+	binary []byte // set by the client from a binary data part
+}
+
+// Tensor decodes the output's data (JSON or binary) as its datatype.
+func (o *ResponseOutput) Tensor() (Tensor, error) {
+	d, err := tensor.Parse(o.Datatype)
+	if err != nil {
+		return Tensor{}, fmt.Errorf("oip: output %q: %w", o.Name, err)
+	}
+	n, err := tensor.Elements(o.Shape, math.MaxInt32)
+	if err != nil {
+		return Tensor{}, fmt.Errorf("oip: output %q: %w", o.Name, err)
+	}
+	t := Tensor{Name: o.Name, Datatype: d, Shape: o.Shape}
+	if o.binary != nil {
+		t.Data, err = decodeBinary(o.binary, d, n)
+	} else {
+		t.Data, err = decodeData(o.Data, d, o.Shape, n)
+	}
+	if err != nil {
+		return Tensor{}, fmt.Errorf("oip: output %q: %w", o.Name, err)
+	}
+	return t, nil
+}
+
+// FP32 returns the data of an FP32 (or FP16, BF16) output.
+func (o *ResponseOutput) FP32() ([]float32, error) {
+	t, err := o.Tensor()
+	if err != nil {
+		return nil, err
+	}
+	v, ok := t.Data.([]float32)
+	if !ok {
+		return nil, fmt.Errorf("oip: output %q is %s, not FP32", o.Name, o.Datatype)
+	}
+	return v, nil
 }
 
 // Output returns the output named name, or false.
@@ -103,11 +171,13 @@ type ModelMetadata struct {
 }
 
 // TensorMetadata describes one model input or output; -1 in Shape is a
-// dynamic axis.
+// dynamic axis. A class-map output has ParamKind and ParamClasses in
+// Parameters.
 type TensorMetadata struct {
-	Name     string  `json:"name"`
-	Datatype string  `json:"datatype"`
-	Shape    []int64 `json:"shape"`
+	Name       string         `json:"name"`
+	Datatype   string         `json:"datatype"`
+	Shape      []int64        `json:"shape"`
+	Parameters map[string]any `json:"parameters,omitempty"`
 }
 
 // ErrorResponse is the body of every non-2xx response.
