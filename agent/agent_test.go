@@ -31,7 +31,9 @@ func score(t *testing.T, a *Agent, rows []fraud.Row) ([]float32, string) {
 	require.NoError(t, err)
 	require.Len(t, resp.Outputs, 1)
 	require.NotEmpty(t, resp.ID, "every inference gets an id")
-	return resp.Outputs[0].Data, resp.ModelVersion
+	probs, err := resp.Outputs[0].FP32()
+	require.NoError(t, err)
+	return probs, resp.ModelVersion
 }
 
 func sampleRows(t *testing.T, n int) []fraud.Row {

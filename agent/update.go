@@ -15,6 +15,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
 	"github.com/edgefleet/edgefleet/internal/store"
 	"github.com/edgefleet/edgefleet/internal/topics"
@@ -201,7 +202,7 @@ func (a *Agent) loadModelBytes(name string, ref *modelRef, verified []byte) (*se
 	if err != nil {
 		return nil, fmt.Errorf("load model: %w", err)
 	}
-	if err := sess.Check(m.GetTestVectors(), m.GetTolerance()); err != nil {
+	if err := sess.Check(m.GetTestVectors(), infer.ManifestTolerance(m)); err != nil {
 		_ = sess.Close()
 		return nil, fmt.Errorf("test vectors: %w", err)
 	}

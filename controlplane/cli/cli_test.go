@@ -243,7 +243,7 @@ func TestCLIUsageAndOfflineCommands(t *testing.T) {
 		{"help", []string{"-h"}, 0, ""},
 		{"keys without init", []string{"keys"}, 2, "keys needs a subcommand"},
 		{"model unknown", []string{"model", "fly"}, 2, `unknown command "model fly"`},
-		{"version", []string{"version"}, 0, "protocol 1"},
+		{"version", []string{"version"}, 0, "protocol 2"},
 		{"train without out", []string{"model", "train"}, 2, "needs --out"},
 		{"bad drift", []string{"model", "train", "--out", "x.onnx", "--drift", "pattern=weird"}, 2, "want classic or card-testing"},
 		{"bad api", []string{"devices", "--api", "ftp://x", "--token", "t"}, 2, "want an http:// or https:// URL"},

@@ -17,6 +17,7 @@ import (
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/internal/store"
+	"github.com/edgefleet/edgefleet/internal/tensor"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/internal/transfer"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -73,14 +74,15 @@ func checkMetadataFields(m *efpb.Manifest) error {
 	return nil
 }
 
-// reconcileSchema checks declared tensor specs against what onnxruntime
-// reports, or returns the reported ones when none were declared.
+// reconcileSchema checks declared tensor specs against what the model
+// serves, and returns the model's (which carry class-map kinds and class
+// labels the metadata need not repeat).
 func reconcileSchema(what string, declared, actual []*efpb.TensorSpec) ([]*efpb.TensorSpec, error) {
 	if len(declared) == 0 {
 		return actual, nil
 	}
 	if len(declared) != len(actual) {
-		return nil, api.Errorf(api.ErrInvalid, "metadata declares %d %ss, the model has %d (%s)", len(declared), what, len(actual), specNames(actual))
+		return nil, api.Errorf(api.ErrInvalid, "metadata declares %d %ss, the model has %d (%s); remove %ss from the metadata to take the model's", len(declared), what, len(actual), specNames(actual), what)
 	}
 	for i, d := range declared {
 		a := actual[i]
@@ -91,9 +93,125 @@ func reconcileSchema(what string, declared, actual []*efpb.TensorSpec) ([]*efpb.
 			return nil, api.Errorf(api.ErrInvalid, "metadata %s %q has datatype %q, the model's is %q", what, d.Name, d.Datatype, a.Datatype)
 		case !slices.Equal(d.Shape, a.Shape):
 			return nil, api.Errorf(api.ErrInvalid, "metadata %s %q has shape %v, the model's is %v (-1 is a dynamic dimension)", what, d.Name, d.Shape, a.Shape)
+		case d.Kind != efpb.TensorKind_TENSOR_KIND_TENSOR && d.Kind != a.Kind:
+			return nil, api.Errorf(api.ErrInvalid, "metadata %s %q has kind %s, the model's is %s", what, d.Name, d.Kind, a.Kind)
 		}
 	}
-	return declared, nil
+	return actual, nil
+}
+
+// isLabelSpec reports an output that can hold one class label per row: an
+// integer or BYTES tensor of shape [rows] or [rows, 1].
+func isLabelSpec(s *efpb.TensorSpec) bool {
+	d := tensor.Datatype(s.GetDatatype())
+	if s.GetKind() != efpb.TensorKind_TENSOR_KIND_TENSOR || !(d.IsInteger() || d == tensor.Bytes) {
+		return false
+	}
+	sh := s.GetShape()
+	return len(sh) == 1 || (len(sh) == 2 && sh[1] == 1)
+}
+
+// isScoreSpec reports an output holding class scores per row: a class map,
+// or a floating-point [rows, classes] tensor.
+func isScoreSpec(s *efpb.TensorSpec) bool {
+	if s.GetKind() == efpb.TensorKind_TENSOR_KIND_CLASS_MAP {
+		return true
+	}
+	sh := s.GetShape()
+	return tensor.Datatype(s.GetDatatype()).IsFloat() && len(sh) == 2 && (sh[1] >= 2 || sh[1] < 0)
+}
+
+// monitoredOutputs checks the label and score outputs the metadata names,
+// or, when it names none, picks them for a classifier: one label output
+// next to class scores (what scikit-learn, XGBoost and LightGBM
+// converters make). Accuracy monitoring then compares ground truth with
+// the label output.
+func monitoredOutputs(m *efpb.Manifest) error {
+	has := func(n string) *efpb.TensorSpec {
+		for _, o := range m.Outputs {
+			if o.GetName() == n {
+				return o
+			}
+		}
+		return nil
+	}
+	if n := m.LabelOutput; n != "" {
+		o := has(n)
+		if o == nil {
+			return api.Errorf(api.ErrInvalid, "metadata label_output %q is not an output of the model (outputs: %s)", n, specNames(m.Outputs))
+		}
+		if !isLabelSpec(o) {
+			return api.Errorf(api.ErrInvalid, "metadata label_output %q is %s %v; a label output holds one integer or BYTES class label per row", n, o.Datatype, o.Shape)
+		}
+	}
+	if n := m.ScoreOutput; n != "" {
+		o := has(n)
+		if o == nil {
+			return api.Errorf(api.ErrInvalid, "metadata score_output %q is not an output of the model (outputs: %s)", n, specNames(m.Outputs))
+		}
+		if !tensor.Datatype(o.Datatype).IsNumeric() {
+			return api.Errorf(api.ErrInvalid, "metadata score_output %q is %s; scores are numbers", n, o.Datatype)
+		}
+	}
+	if m.LabelOutput != "" || m.ScoreOutput != "" {
+		return nil
+	}
+	var labels, scores []*efpb.TensorSpec
+	for _, o := range m.Outputs {
+		switch {
+		case isLabelSpec(o):
+			labels = append(labels, o)
+		case isScoreSpec(o):
+			scores = append(scores, o)
+		}
+	}
+	if len(labels) == 1 && len(scores) >= 1 {
+		m.LabelOutput, m.ScoreOutput = labels[0].Name, scores[0].Name
+	}
+	return nil
+}
+
+// checkReference refuses reference statistics drift cannot use: an input
+// the model does not have, or one that is not numeric.
+func checkReference(m *efpb.Manifest) error {
+	for i, fs := range m.Reference {
+		in := fs.GetInput()
+		if in == "" {
+			if len(m.Inputs) == 0 {
+				continue
+			}
+			in = m.Inputs[0].Name
+		}
+		var spec *efpb.TensorSpec
+		for _, s := range m.Inputs {
+			if s.Name == in {
+				spec = s
+			}
+		}
+		switch {
+		case spec == nil:
+			return api.Errorf(api.ErrInvalid, "metadata reference[%d] (%q) reads input %q, which the model does not have (inputs: %s)", i, fs.GetName(), in, specNames(m.Inputs))
+		case !tensor.Datatype(spec.Datatype).IsNumeric():
+			return api.Errorf(api.ErrInvalid, "metadata reference[%d] (%q) reads input %q, which is %s; drift is computed for numeric inputs only: remove it", i, fs.GetName(), in, spec.Datatype)
+		}
+	}
+	return nil
+}
+
+// errText is err's message without the packages' "infer: ...:" prefixes.
+func errText(err error) string {
+	msg := err.Error()
+	for {
+		rest, ok := strings.CutPrefix(msg, "infer: ")
+		if !ok {
+			return msg
+		}
+		_, after, found := strings.Cut(rest, ": ")
+		if !found {
+			return msg
+		}
+		msg = after
+	}
 }
 
 func specNames(specs []*efpb.TensorSpec) string {
@@ -111,7 +229,7 @@ func runChecks(rt *infer.Runtime, model []byte, m *efpb.Manifest) error {
 		return fmt.Errorf("model does not load: %w", err)
 	}
 	defer sess.Close()
-	if err := sess.Check(m.TestVectors, m.Tolerance); err != nil {
+	if err := sess.Check(m.TestVectors, infer.ManifestTolerance(m)); err != nil {
 		return fmt.Errorf("test vectors: %w", err)
 	}
 	return nil
@@ -180,15 +298,29 @@ func (r *Registry) add(ctx context.Context, name, version string, model []byte, 
 		return nil, err
 	}
 	m := proto.CloneOf(meta)
-	ins, outs, err := r.opts.Runtime.Inspect(model)
+	desc, err := r.opts.Runtime.Describe(model)
 	if err != nil {
 		return nil, api.Errorf(api.ErrInvalid, "model is not a loadable ONNX model: %v", err)
 	}
+	if err := desc.Err(); err != nil {
+		return nil, api.Errorf(api.ErrInvalid, "model %s %s cannot be served: %s (run `edgefleet model inspect` on it to see every input and output)",
+			name, version, strings.TrimPrefix(errText(err), infer.ErrUnsupported.Error()+": "))
+	}
+	ins, outs := desc.Specs()
 	if m.Inputs, err = reconcileSchema("input", m.Inputs, ins); err != nil {
 		return nil, err
 	}
 	if m.Outputs, err = reconcileSchema("output", m.Outputs, outs); err != nil {
 		return nil, err
+	}
+	if err := monitoredOutputs(m); err != nil {
+		return nil, err
+	}
+	if err := checkReference(m); err != nil {
+		return nil, err
+	}
+	if m.Opset == 0 {
+		m.Opset = desc.Model.Opset("")
 	}
 	if m.Runtime == "" {
 		m.Runtime = "onnxruntime"
