@@ -15,8 +15,11 @@ import (
 //
 //	BOOL                      true / false
 //	UINT8..UINT64, INT8..INT64  integers (no fraction, no exponent), in range
-//	FP16, BF16, FP32, FP64    finite numbers; FP16 and BF16 are rounded to
-//	                          the nearest value of the type, FP32 to float32
+//	FP16, BF16, FP32, FP64    numbers; FP16 and BF16 are rounded to the
+//	                          nearest value of the type, FP32 to float32.
+//	                          JSON has no NaN or infinity: they travel as
+//	                          the strings "NaN", "Infinity" and "-Infinity"
+//	                          (tree models read NaN as a missing value)
 //	BYTES                     strings (JSON strings hold Unicode text; the
 //	                          binary data extension carries any bytes)
 //
@@ -149,6 +152,9 @@ type sink struct {
 var errNotInteger = errors.New("is not an integer")
 
 func kindError(tok []byte, d tensor.Datatype) error {
+	if d.IsFloat() {
+		return fmt.Errorf(`is %s; %s data must contain only numbers (and "NaN", "Infinity", "-Infinity")`, describeJSON(tok[0]), d)
+	}
 	return fmt.Errorf("is %s; %s data must contain only %s", describeJSON(tok[0]), d, elementWord(d))
 }
 
@@ -227,7 +233,7 @@ func newSink(d tensor.Datatype, capacity int) sink {
 			return err
 		}
 		f := round(v)
-		if math.IsInf(float64(f), 0) {
+		if math.IsInf(float64(f), 0) && !math.IsInf(v, 0) {
 			return fmt.Errorf("is beyond the %s range", d)
 		}
 		out = append(out, f)
@@ -247,7 +253,22 @@ func intError(tok []byte, d tensor.Datatype, err error) error {
 	return fmt.Errorf("is out of %s range", d)
 }
 
+// Non-finite floats as JSON strings.
+const (
+	jsonNaN    = `"NaN"`
+	jsonPosInf = `"Infinity"`
+	jsonNegInf = `"-Infinity"`
+)
+
 func parseFloat(tok []byte, d tensor.Datatype, bits int) (float64, error) {
+	switch string(tok) {
+	case jsonNaN:
+		return math.NaN(), nil
+	case jsonPosInf:
+		return math.Inf(1), nil
+	case jsonNegInf:
+		return math.Inf(-1), nil
+	}
 	if !isNumberStart(tok[0]) {
 		return 0, kindError(tok, d)
 	}
@@ -291,7 +312,7 @@ func mapSlice[S, T any](s []S, f func(S) T) []T {
 
 // appendData appends t's elements as a flat JSON array. Floats are written
 // in their shortest form for their type (FP16 and BF16 values as the
-// float32 they are); a NaN or infinity is an error (JSON has none).
+// float32 they are); NaN and infinities as the strings JSON needs.
 func appendData(b []byte, t *Tensor) ([]byte, error) {
 	b = append(b, '[')
 	n := t.Len()
@@ -301,16 +322,9 @@ func appendData(b []byte, t *Tensor) ([]byte, error) {
 		}
 		switch v := t.Data.(type) {
 		case []float32:
-			f := float64(v[i])
-			if math.IsNaN(f) || math.IsInf(f, 0) {
-				return nil, fmt.Errorf("element %d is %v, which JSON cannot carry", i, v[i])
-			}
-			b = strconv.AppendFloat(b, f, 'g', -1, 32)
+			b = appendFloat(b, float64(v[i]), 32)
 		case []float64:
-			if math.IsNaN(v[i]) || math.IsInf(v[i], 0) {
-				return nil, fmt.Errorf("element %d is %v, which JSON cannot carry", i, v[i])
-			}
-			b = strconv.AppendFloat(b, v[i], 'g', -1, 64)
+			b = appendFloat(b, v[i], 64)
 		case []int64:
 			b = strconv.AppendInt(b, v[i], 10)
 		case []uint64:
@@ -326,6 +340,18 @@ func appendData(b []byte, t *Tensor) ([]byte, error) {
 		}
 	}
 	return append(b, ']'), nil
+}
+
+func appendFloat(b []byte, f float64, bits int) []byte {
+	switch {
+	case math.IsNaN(f):
+		return append(b, jsonNaN...)
+	case math.IsInf(f, 1):
+		return append(b, jsonPosInf...)
+	case math.IsInf(f, -1):
+		return append(b, jsonNegInf...)
+	}
+	return strconv.AppendFloat(b, f, 'g', -1, bits)
 }
 
 func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }

@@ -169,7 +169,6 @@ func TestBackendFailures(t *testing.T) {
 		msg    string
 	}{
 		{"666", 500, "inference failed: runtime exploded"},
-		{"777", 500, `model produced output "sum" that JSON cannot carry: element 0 is NaN`},
 		{"444", 500, `model returned output "sum" with 1 values for shape [2,1]`},
 	}
 	for _, tt := range tests {
@@ -180,6 +179,15 @@ func TestBackendFailures(t *testing.T) {
 		assert.Contains(t, msg, tt.msg)
 		assert.NotContains(t, msg, "goroutine", "no stack traces")
 	}
+	// A NaN output is an answer, not a failure: JSON carries it as a string.
+	r := send(t, c, "POST", "/v2/models/fraud/infer", fraudReq(`[1,3]`, "[777,0,0]"))
+	require.Equal(t, 200, r.status, r.body)
+	assert.Contains(t, r.body, `"data":["NaN"]`)
+	var resp InferResponse
+	require.NoError(t, json.Unmarshal([]byte(r.body), &resp))
+	got, err := resp.Outputs[0].FP32()
+	require.NoError(t, err)
+	assert.True(t, math.IsNaN(float64(got[0])))
 }
 
 func TestInferFlatAndNested(t *testing.T) {
@@ -412,9 +420,11 @@ func TestClientErrors(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "request is nil")
 
-	_, err = NewFP32Input("x", []int64{1}, []float32{float32(math.Inf(1))})
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), `input "x": element 0 is +Inf`)
+	in, err := NewFP32Input("x", []int64{2}, []float32{float32(math.Inf(1)), float32(math.NaN())})
+	require.NoError(t, err)
+	assert.JSONEq(t, `["Infinity","NaN"]`, string(in.Data), "JSON has no infinity or NaN: they travel as strings")
+	_, err = NewFP32Input("x", []int64{2}, []float32{1})
+	assert.ErrorContains(t, err, `tensor "x" has 1 values, shape [2] needs 2`)
 
 	// A server that is gone: a transport error, not a StatusError.
 	srv := httptest.NewServer(http.NotFoundHandler())

@@ -45,26 +45,16 @@ type RequestInput struct {
 	Data       json.RawMessage `json:"data"`
 }
 
-// NewFP32Input returns an FP32 input with flat data. It fails on NaN or
-// infinite values, which JSON cannot carry.
+// NewFP32Input returns an FP32 input with flat data.
 func NewFP32Input(name string, shape []int64, data []float32) (RequestInput, error) {
-	for i, v := range data {
-		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-			return RequestInput{}, fmt.Errorf("oip: input %q: element %d is %v; only finite values can be sent", name, i, v)
-		}
-	}
 	if data == nil {
 		data = []float32{}
 	}
-	raw, err := json.Marshal(data)
-	if err != nil {
-		return RequestInput{}, fmt.Errorf("oip: input %q: %w", name, err)
-	}
-	return RequestInput{Name: name, Shape: shape, Datatype: DatatypeFP32, Data: raw}, nil
+	return NewInput(Tensor{Name: name, Datatype: DatatypeFP32, Shape: shape, Data: data})
 }
 
-// NewInput returns the input for t with flat JSON data. It fails on NaN or
-// infinite values, which JSON cannot carry.
+// NewInput returns the input for t with flat JSON data (NaN and
+// infinities as the strings "NaN", "Infinity", "-Infinity").
 func NewInput(t Tensor) (RequestInput, error) {
 	if err := t.Check(); err != nil {
 		return RequestInput{}, fmt.Errorf("oip: input %q: %w", t.Name, err)
