@@ -158,22 +158,14 @@ func (b backend) Infer(ctx context.Context, name string, in []oip.Tensor) (strin
 		return "", nil, fmt.Errorf("model %q: %w", name, errNoModel)
 	}
 	defer m.mu.RUnlock()
-	inputs := make([]infer.Tensor, len(in))
-	for i, t := range in {
-		inputs[i] = infer.Tensor{Name: t.Name, Shape: t.Shape, Data: t.Data}
-	}
 	start := time.Now()
-	outs, err := m.sess.Run(inputs)
+	res, err := m.sess.Run(in)
 	if err != nil {
 		m.errors.Add(1)
 		b.a.observeError(name, m)
 		return m.version, nil, err
 	}
 	m.inferences.Add(1)
-	res := make([]oip.Tensor, len(outs))
-	for i, t := range outs {
-		res[i] = oip.Tensor{Name: t.Name, Shape: t.Shape, Data: t.Data}
-	}
 	b.a.observe(ctx, name, m, in, res, time.Since(start))
 	return m.version, res, nil
 }

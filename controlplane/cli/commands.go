@@ -82,8 +82,8 @@ when it finds none; use this to keep the root key off the server.`,
 func (a *app) modelCmd() *cobra.Command {
 	return group(&cobra.Command{
 		Use:   "model <command>",
-		Short: "train and upload model versions",
-	}, a.modelTrainCmd(), a.modelPushCmd())
+		Short: "train, inspect and upload model versions",
+	}, a.modelTrainCmd(), a.modelInspectCmd(), a.modelPushCmd())
 }
 
 func (a *app) modelTrainCmd() *cobra.Command {
@@ -204,18 +204,32 @@ func parseDrift(s string) (fraud.Params, error) {
 func (a *app) modelPushCmd() *cobra.Command {
 	var (
 		name, version, file, meta string
+		samples, reference        string
 		force                     bool
 	)
 	c := &cobra.Command{
 		Use:   "push --name NAME --version VERSION --file FILE",
 		Short: "upload a model version",
-		Long: `Uploads an ONNX model and its metadata (FILE.meta.json, written by model train, unless
---meta names another file). The control plane checks that the model loads and passes its
-test vectors, signs the manifest and stores the version; versions are immutable.
+		Long: `Uploads an ONNX model. The control plane reads its inputs and outputs from the model, checks
+that it loads and passes its test vectors, signs the manifest and stores the version;
+versions are immutable.
+
+Test vectors (inputs with the outputs every agent must reproduce before it serves the
+version) come from --sample-inputs FILE: an OIP inference request JSON (one request or a
+JSON array of them), or a CSV for a model with one tabular input. The control plane runs
+the model on them and records the outputs, with a default tolerance for floats (1e-5 +
+1e-4·|expected|; 1e-3 + 1e-2·|expected| with an FP16 or BF16 output; integers, BOOL and
+strings exactly). Without samples, synthetic inputs made from the schema are tried.
+
+--reference-data FILE (a CSV of training rows) gives the reference statistics that drift
+monitoring compares live inputs with. Metadata written by hand (--meta, default
+FILE.meta.json when it exists, as model train writes) is merged with what is derived.
+"edgefleet model inspect FILE" shows what a model needs before you push it.
 
 --force stores a version that fails its checks; agents refuse it, which is how to test that.`,
-		Example: `  edgefleet model push --name fraud --version 1.0.0 --file fraud.onnx
-  edgefleet model push --name fraud --version 2.0.0 --file fraud-v2.onnx --meta fraud-v2.onnx.meta.json`,
+		Example: `  edgefleet model push --name churn --version 1 --file churn.onnx --sample-inputs requests.json
+  edgefleet model push --name fraud --version 3 --file clf.onnx --sample-inputs rows.csv --reference-data train.csv
+  edgefleet model push --name fraud --version 1.0.0 --file fraud.onnx     # with fraud.onnx.meta.json from model train`,
 		Args: noArgs,
 		RunE: a.runE(func(cmd *cobra.Command, _ []string) error {
 			if name == "" || version == "" || file == "" {
@@ -227,6 +241,28 @@ test vectors, signs the manifest and stores the version; versions are immutable.
 					metaPath = file + ".meta.json"
 				}
 			}
+			read := func(flag, path string) ([]byte, error) {
+				if path == "" {
+					return nil, nil
+				}
+				b, err := os.ReadFile(path)
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", flag, err)
+				}
+				return b, nil
+			}
+			metaData, err := read("--meta", metaPath)
+			if err != nil {
+				return err
+			}
+			sampleData, err := read("--sample-inputs", samples)
+			if err != nil {
+				return err
+			}
+			refData, err := read("--reference-data", reference)
+			if err != nil {
+				return err
+			}
 			c, err := a.client()
 			if err != nil {
 				return err
@@ -236,22 +272,19 @@ test vectors, signs the manifest and stores the version; versions are immutable.
 				return err
 			}
 			defer model.Close()
-			var metaData []byte
-			if metaPath != "" {
-				if metaData, err = os.ReadFile(metaPath); err != nil {
-					return err
-				}
-			}
 
 			// The client streams the model: it can be hundreds of MiB.
 			mv, err := c.UploadModel(cmd.Context(), client.Upload{Name: name, Version: version, Model: model,
-				Filename: filepath.Base(file), Metadata: metaData, Force: force})
+				Filename: filepath.Base(file), Metadata: metaData, Samples: sampleData, Reference: refData, Force: force})
 			if err != nil {
 				return fmt.Errorf("push %s@%s: %w", name, version, err)
 			}
 			fmt.Fprintf(a.stdout, "pushed %s@%s: %d bytes, %d chunks, sha256 %s\n", mv.Name, mv.Version, mv.Size, mv.ChunkCount, mv.SHA256)
 			if metaPath != "" {
 				fmt.Fprintf(a.stdout, "metadata from %s\n", metaPath)
+			}
+			for _, n := range mv.Checks.Notes {
+				fmt.Fprintf(a.stdout, "%s\n", n)
 			}
 			if mv.Checks.Passed {
 				fmt.Fprintf(a.stdout, "checks passed: %d test vectors\n", mv.Checks.TestVectors)
@@ -265,6 +298,8 @@ test vectors, signs the manifest and stores the version; versions are immutable.
 	f.StringVar(&name, "name", "", "model `NAME` (required)")
 	f.StringVar(&version, "version", "", "model `VERSION` (required; versions are immutable)")
 	f.StringVar(&file, "file", "", "ONNX `FILE` (required)")
+	f.StringVar(&samples, "sample-inputs", "", "sample inputs `FILE` to record test vectors from: OIP request JSON (one or an array), or CSV")
+	f.StringVar(&reference, "reference-data", "", "training data CSV `FILE` for drift reference statistics")
 	f.StringVar(&meta, "meta", "", "metadata JSON `FILE` (default <file>.meta.json when it exists)")
 	f.BoolVar(&force, "force", false, "store the version even if its test vectors fail (agents will refuse it)")
 	return c

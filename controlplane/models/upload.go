@@ -23,8 +23,15 @@ import (
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
-// MaxMetadataSize bounds the metadata part of an upload.
-const MaxMetadataSize = 8 << 20
+// Bounds of an upload's parts besides the model.
+const (
+	// MaxMetadataSize bounds the metadata part.
+	MaxMetadataSize = 8 << 20
+	// MaxSamplesSize bounds the sample inputs.
+	MaxSamplesSize = 16 << 20
+	// MaxReferenceSize bounds the reference data (a CSV of training rows).
+	MaxReferenceSize = 64 << 20
+)
 
 // ParseMetadata decodes the upload's metadata: a protojson efpb.Manifest
 // holding only the fields the model's producer knows. Unknown fields are
@@ -35,7 +42,7 @@ func ParseMetadata(data []byte) (*efpb.Manifest, error) {
 		return m, nil
 	}
 	if err := (protojson.UnmarshalOptions{}).Unmarshal(data, m); err != nil {
-		return nil, api.Errorf(api.ErrInvalid, "metadata is not a valid manifest JSON document: %v", err)
+		return nil, api.Errorf(api.ErrInvalid, "metadata (`--meta FILE` of edgefleet model push) is not a valid manifest JSON document: %v", err)
 	}
 	if err := checkMetadataFields(m); err != nil {
 		return nil, err
@@ -156,8 +163,18 @@ func monitoredOutputs(m *efpb.Manifest) error {
 	if m.LabelOutput != "" || m.ScoreOutput != "" {
 		return nil
 	}
+	m.LabelOutput, m.ScoreOutput = ClassifierOutputs(m.Outputs)
+	return nil
+}
+
+// ClassifierOutputs returns the label and score outputs of a classifier:
+// one output holding a class label per row next to class scores (what
+// scikit-learn, XGBoost and LightGBM converters make), or "", "" for other
+// models (whose first output is then taken as a probability or class
+// scores).
+func ClassifierOutputs(outputs []*efpb.TensorSpec) (label, score string) {
 	var labels, scores []*efpb.TensorSpec
-	for _, o := range m.Outputs {
+	for _, o := range outputs {
 		switch {
 		case isLabelSpec(o):
 			labels = append(labels, o)
@@ -166,9 +183,9 @@ func monitoredOutputs(m *efpb.Manifest) error {
 		}
 	}
 	if len(labels) == 1 && len(scores) >= 1 {
-		m.LabelOutput, m.ScoreOutput = labels[0].Name, scores[0].Name
+		return labels[0].Name, scores[0].Name
 	}
-	return nil
+	return "", ""
 }
 
 // checkReference refuses reference statistics drift cannot use: an input
@@ -198,20 +215,14 @@ func checkReference(m *efpb.Manifest) error {
 	return nil
 }
 
-// errText is err's message without the packages' "infer: ...:" prefixes.
+// errText is err's message without the infer package's operation
+// prefixes, which say nothing to a user.
 func errText(err error) string {
 	msg := err.Error()
-	for {
-		rest, ok := strings.CutPrefix(msg, "infer: ")
-		if !ok {
-			return msg
-		}
-		_, after, found := strings.Cut(rest, ": ")
-		if !found {
-			return msg
-		}
-		msg = after
+	for _, p := range []string{"infer: run: ", "infer: load: ", "infer: describe: ", "infer: inspect: ", "Error running network: "} {
+		msg = strings.ReplaceAll(msg, p, "")
 	}
+	return msg
 }
 
 func specNames(specs []*efpb.TensorSpec) string {
@@ -220,6 +231,50 @@ func specNames(specs []*efpb.TensorSpec) string {
 		names[i] = s.Name
 	}
 	return strings.Join(names, ", ")
+}
+
+// deriveVectors appends test vectors recorded from samples, or, when there
+// are none and m has no test vectors either, from synthetic inputs. It
+// reports whether it recorded any, and what it did.
+func (r *Registry) deriveVectors(model []byte, m *efpb.Manifest, samples []byte) (derived bool, note string, err error) {
+	rt := r.opts.Runtime
+	if samples != nil {
+		ins, err := parseSamples(samples, m.Name, m.Inputs)
+		if err != nil {
+			return false, "", err
+		}
+		vs, err := recordVectors(rt, model, m, ins)
+		if err != nil {
+			if _, ok := errors.AsType[*api.Error](err); ok {
+				return false, "", err
+			}
+			return false, "", api.Errorf(api.ErrInvalid, "the model fails on the sample inputs: %s; fix the samples (they must fit the model's inputs: %s)", errText(err), specList(m.Inputs))
+		}
+		m.TestVectors = append(m.TestVectors, vs...)
+		return true, fmt.Sprintf("test vectors: %d recorded by running the model on the sample inputs (onnxruntime %s)", len(vs), rt.Version()), nil
+	}
+	if len(m.TestVectors) > 0 {
+		return false, "", nil
+	}
+	in, err := SyntheticInputs(m.Inputs)
+	if err == nil {
+		var vs []*efpb.TestVector
+		if vs, err = recordVectors(rt, model, m, [][]tensor.Tensor{in}); err == nil {
+			m.TestVectors = vs
+			return true, fmt.Sprintf("test vectors: 1 recorded by running the model on synthetic inputs (onnxruntime %s); pass real sample inputs for a stronger check", rt.Version()), nil
+		}
+	}
+	return false, "", api.Errorf(api.ErrInvalid, "model %s %s has no test vectors, and it fails on synthetic inputs made from its schema (%s): %s, or give test vectors in the metadata (`--meta FILE`)",
+		m.Name, m.Version, errText(err), hintSamples)
+}
+
+// specList describes specs for messages: x FP32 [-1,3], ids INT64 [-1].
+func specList(specs []*efpb.TensorSpec) string {
+	parts := make([]string, len(specs))
+	for i, s := range specs {
+		parts[i] = fmt.Sprintf("%s %s %s", s.Name, s.Datatype, tensor.FormatShape(s.Shape))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // runChecks loads the model and runs its test vectors.
@@ -243,12 +298,39 @@ func tensorNames(specs []*efpb.TensorSpec) []string {
 	return names
 }
 
+// Upload is a model version to add: the ONNX bytes and what the user
+// gives besides them.
+type Upload struct {
+	Name, Version string
+	Model         []byte
+	// Meta holds only the fields the model's producer knows (see
+	// ParseMetadata); nil is none. What the model declares (inputs,
+	// outputs, opset) need not be in it.
+	Meta *efpb.Manifest
+	// Samples are sample inputs: the control plane runs the model on them
+	// and records the outputs as test vectors (an OIP request body, a JSON
+	// array of them, or a CSV for a model with one tabular input). Without
+	// samples and without test vectors in Meta, deterministic synthetic
+	// inputs are tried.
+	Samples []byte
+	// Reference is a CSV of training data; its reference statistics are
+	// what agents compare live inputs with for drift.
+	Reference []byte
+	// Force stores a model that fails its checks (to test refusal).
+	Force bool
+}
+
 // Add validates, checks, signs, stores and publishes a new model version.
 // meta holds only the fields the model's producer knows (see
 // ParseMetadata); nil is no metadata. force stores a model that fails its
 // checks (to test refusal). Errors are api kinds written for the user.
 func (r *Registry) Add(ctx context.Context, name, version string, model []byte, meta *efpb.Manifest, force bool) (api.ModelVersion, error) {
-	rec, err := r.add(ctx, name, version, model, meta, force)
+	return r.AddUpload(ctx, Upload{Name: name, Version: version, Model: model, Meta: meta, Force: force})
+}
+
+// AddUpload is Add with everything an upload may carry (see Upload).
+func (r *Registry) AddUpload(ctx context.Context, u Upload) (api.ModelVersion, error) {
+	rec, err := r.add(ctx, u)
 	if err != nil {
 		r.metrics.uploads.WithLabelValues(uploadRejected).Inc()
 		return api.ModelVersion{}, err
@@ -279,7 +361,8 @@ func (r *Registry) CheckNew(name, version string) error {
 // MaxModelSize bounds the model bytes of an upload.
 func (r *Registry) MaxModelSize() uint64 { return r.opts.MaxModelSize }
 
-func (r *Registry) add(ctx context.Context, name, version string, model []byte, meta *efpb.Manifest, force bool) (*record, error) {
+func (r *Registry) add(ctx context.Context, u Upload) (*record, error) {
+	name, version, model, meta, force := u.Name, u.Version, u.Model, u.Meta, u.Force
 	if err := r.CheckNew(name, version); err != nil {
 		return nil, err
 	}
@@ -316,11 +399,46 @@ func (r *Registry) add(ctx context.Context, name, version string, model []byte, 
 	if err := monitoredOutputs(m); err != nil {
 		return nil, err
 	}
+	if m.Opset == 0 {
+		m.Opset = desc.Model.Opset("")
+	}
+	var notes []string
+	if u.Reference != nil {
+		stats, ignored, err := referenceStats(u.Reference, m.Inputs)
+		if err != nil {
+			return nil, err
+		}
+		have := map[string]bool{}
+		for _, fs := range m.Reference {
+			have[fs.GetName()] = true
+		}
+		added := 0
+		for _, fs := range stats {
+			if !have[fs.GetName()] {
+				m.Reference = append(m.Reference, fs)
+				added++
+			}
+		}
+		note := fmt.Sprintf("reference statistics: %d features from the reference data", added)
+		if len(ignored) > 0 {
+			note += fmt.Sprintf(" (columns left out: %s)", strings.Join(ignored, ", "))
+		}
+		notes = append(notes, note)
+	}
 	if err := checkReference(m); err != nil {
 		return nil, err
 	}
-	if m.Opset == 0 {
-		m.Opset = desc.Model.Opset("")
+	m.Name, m.Version = name, version
+	derived, note, err := r.deriveVectors(model, m, u.Samples)
+	if err != nil {
+		return nil, err
+	}
+	if note != "" {
+		notes = append(notes, note)
+	}
+	if derived && m.Tolerance == 0 && m.RelativeTolerance == 0 {
+		tol := defaultTolerance(m)
+		notes = append(notes, fmt.Sprintf("tolerance: floats within %g + %g·|expected| (integers, BOOL and BYTES exactly)", tol.Abs, tol.Rel))
 	}
 	if m.Runtime == "" {
 		m.Runtime = "onnxruntime"
@@ -335,7 +453,7 @@ func (r *Registry) add(ctx context.Context, name, version string, model []byte, 
 		return nil, api.Errorf(api.ErrInvalid, "%v", err)
 	}
 
-	checks := api.UploadChecks{TestVectors: len(m.TestVectors), Passed: true}
+	checks := api.UploadChecks{TestVectors: len(m.TestVectors), Passed: true, Notes: notes}
 	if err := runChecks(r.opts.Runtime, model, m); err != nil {
 		if !force {
 			return nil, api.Errorf(api.ErrChecksFailed, "model %s %s failed its checks: %v (upload with force=true, or `edgefleet model push --force`, to store it anyway)", name, version, err)

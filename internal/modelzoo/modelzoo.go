@@ -227,3 +227,16 @@ func MapInput() []byte {
 		},
 	})
 }
+
+// Lookup returns "value" = table[ids] for "ids" INT64 [N, 3] and a table of
+// two values (0.25, 0.75): ids other than 0 and 1 make onnxruntime fail
+// (Gather out of bounds), as a model that needs real inputs does.
+func Lookup() []byte {
+	return marshal(&ob.Model{Graph: ob.Graph{
+		Name:         "lookup",
+		Initializers: []ob.Tensor{{Name: "table", Dims: []int64{2}, Data: []float32{0.25, 0.75}}},
+		Nodes:        []ob.Node{{OpType: "Gather", Inputs: []string{"table", "ids"}, Outputs: []string{"value"}}},
+		Inputs:       []ob.ValueInfo{{Name: "ids", ElemType: ob.Int64, Shape: []ob.Dim{batch, ob.Fixed(3)}}},
+		Outputs:      []ob.ValueInfo{{Name: "value", Shape: []ob.Dim{batch, ob.Fixed(3)}}},
+	}})
+}

@@ -1,0 +1,169 @@
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/monitor"
+	"github.com/edgefleet/edgefleet/internal/infer"
+	"github.com/edgefleet/edgefleet/internal/modelzoo"
+	"github.com/edgefleet/edgefleet/internal/oip"
+	"github.com/edgefleet/edgefleet/internal/tensor"
+)
+
+// writeFile writes data under the fleet's directory and returns the path.
+func (f *fleet) writeFile(name string, data []byte) string {
+	f.t.Helper()
+	p := filepath.Join(f.dir, name)
+	require.NoError(f.t, os.WriteFile(p, data, 0o644))
+	return p
+}
+
+// direct runs model in onnxruntime itself: what the agent must answer.
+func (f *fleet) direct(model []byte, in []infer.Tensor) []infer.Tensor {
+	f.t.Helper()
+	s, err := f.rt.Load(model, nil, nil)
+	require.NoError(f.t, err)
+	defer s.Close()
+	out, err := s.Run(in)
+	require.NoError(f.t, err)
+	return out
+}
+
+// inferTyped sends inputs to model over the OIP JSON API.
+func inferTyped(t *testing.T, a *agent.Agent, model string, inputs []infer.Tensor, outputs ...string) *oip.InferResponse {
+	t.Helper()
+	req := &oip.InferRequest{}
+	for _, in := range inputs {
+		ri, err := oip.NewInput(in)
+		require.NoError(t, err)
+		req.Inputs = append(req.Inputs, ri)
+	}
+	for _, o := range outputs {
+		req.Outputs = append(req.Outputs, oip.RequestOutput{Name: o})
+	}
+	c := &oip.Client{BaseURL: "http://" + a.InferenceAddr()}
+	resp, err := c.Infer(context.Background(), model, req)
+	require.NoError(t, err)
+	return resp
+}
+
+// TestAnyONNXModelEndToEnd: models a user brings, with mixed datatypes and
+// a converted classifier, are inspected, pushed with sample inputs and no
+// hand-written metadata, deployed to a real agent, and answer over the
+// Open Inference Protocol exactly what onnxruntime computes; the
+// classifier's accuracy is monitored on its label output.
+func TestAnyONNXModelEndToEnd(t *testing.T) {
+	f := startFleet(t)
+	a := f.addAgent("dev-1", "site=a")
+
+	mixed := modelzoo.Mixed()
+	mixedPath := f.writeFile("mixed.onnx", mixed)
+	out := f.cli("model", "inspect", mixedPath)
+	assert.Contains(t, out, "country  tensor(string)  [N]    BYTES [-1]")
+	assert.Contains(t, out, "drift: numeric inputs only; country not monitored")
+	samples := f.writeFile("mixed.json", []byte(`{"inputs": [
+		{"name": "amount", "shape": [2, 1], "datatype": "FP64", "data": [[1.5], [2.25]]},
+		{"name": "count", "shape": [2, 1], "datatype": "INT32", "data": [3, -4]},
+		{"name": "country", "shape": [2], "datatype": "BYTES", "data": ["de", "日本"]},
+		{"name": "flag", "shape": [2], "datatype": "BOOL", "data": [true, false]}]}`))
+	out = f.cli("model", "push", "--name", "mixed", "--version", "1", "--file", mixedPath, "--sample-inputs", samples)
+	assert.Contains(t, out, "test vectors: 1 recorded by running the model on the sample inputs")
+	assert.Contains(t, out, "checks passed: 1 test vectors")
+
+	clf := modelzoo.Classifier(false)
+	clfPath := f.writeFile("clf.onnx", clf)
+	out = f.cli("model", "inspect", clfPath)
+	assert.Contains(t, out, "class map of classes 0, 1")
+	var rows, train strings.Builder
+	train.WriteString("x0,x1,label\n")
+	for i := range 40 {
+		x0, x1 := float64(i%7)/6, float64(i%4)/3
+		fmt.Fprintf(&rows, "%g,%g\n", x0, x1)
+		fmt.Fprintf(&train, "%g,%g,%d\n", x0, x1, i%2)
+	}
+	out = f.cli("model", "push", "--name", "clf", "--version", "1", "--file", clfPath,
+		"--sample-inputs", f.writeFile("rows.csv", []byte(rows.String())), "--reference-data", f.writeFile("train.csv", []byte(train.String())))
+	assert.Contains(t, out, "reference statistics: 2 features from the reference data (columns left out: label)")
+
+	f.cli("deploy", "mixed@1", "--device", "dev-1")
+	f.cli("deploy", "clf@1", "--device", "dev-1")
+	f.waitReported("mixed", "1", "dev-1")
+	f.waitReported("clf", "1", "dev-1")
+
+	// Mixed datatypes over JSON, compared with onnxruntime itself.
+	in := []infer.Tensor{
+		{Name: "amount", Shape: []int64{3, 1}, Data: []float64{0.1, -7, 1e10}},
+		{Name: "count", Shape: []int64{3, 1}, Data: []int32{1, 2, -2147483648}},
+		{Name: "country", Shape: []int64{3}, Data: []string{"fr", "", "ünïcødé"}},
+		{Name: "flag", Shape: []int64{3}, Data: []bool{false, true, true}},
+	}
+	want := f.direct(mixed, in)
+	resp := inferTyped(t, a, "mixed", in)
+	require.Len(t, resp.Outputs, len(want))
+	for i, w := range want {
+		got, err := resp.Outputs[i].Tensor() // half holds +Inf (1e10 is beyond FP16): "Infinity" in JSON
+		require.NoError(t, err, w.Name)
+		assert.Equal(t, w.Name, got.Name)
+		assert.Equal(t, w.DT(), got.DT(), w.Name)
+		assert.Equal(t, w.Shape, got.Shape, w.Name)
+		assert.Equal(t, w.Data, got.Data, "output %s over OIP JSON equals onnxruntime's", w.Name)
+	}
+	// Only some outputs, FP16 among them.
+	small := []infer.Tensor{
+		{Name: "amount", Shape: []int64{1, 1}, Data: []float64{0.1}}, {Name: "count", Shape: []int64{1, 1}, Data: []int32{1}},
+		{Name: "country", Shape: []int64{1}, Data: []string{"x"}}, {Name: "flag", Shape: []int64{1}, Data: []bool{true}},
+	}
+	resp = inferTyped(t, a, "mixed", small, "half", "country_out")
+	require.Len(t, resp.Outputs, 2)
+	half, err := resp.Outputs[0].Tensor()
+	require.NoError(t, err)
+	assert.Equal(t, tensor.FP16, half.Datatype)
+	assert.Equal(t, []float32{tensor.RoundFP16(0.1)}, half.Data)
+
+	// The classifier: class map with its classes, label output monitored.
+	x := infer.Tensor{Name: "float_input", Shape: []int64{4, 2}, Data: []float32{1, 1, 0, 0, 0.9, 0.1, 0.1, 0.6}}
+	want = f.direct(clf, []infer.Tensor{x})
+	resp = inferTyped(t, a, "clf", []infer.Tensor{x})
+	labels, err := resp.Outputs[0].Tensor()
+	require.NoError(t, err)
+	assert.Equal(t, want[0].Data, labels.Data)
+	probs, err := resp.Outputs[1].Tensor()
+	require.NoError(t, err)
+	assert.Equal(t, want[1].Data, probs.Data)
+	assert.Equal(t, []int64{4, 2}, probs.Shape)
+	assert.Equal(t, oip.KindClassMap, resp.Outputs[1].Parameters[oip.ParamKind])
+	assert.Equal(t, []any{float64(0), float64(1)}, resp.Outputs[1].Parameters[oip.ParamClasses])
+
+	predicted := labels.Data.([]int64) // [1 0 1 1]: x0 + 2·x1 > 1
+	truth := []int64{1, 0, 0, 1}
+	var fb []oip.Label
+	for r, l := range truth {
+		fb = append(fb, oip.Label{ID: resp.ID, Row: r, Label: &l})
+	}
+	res, err := (&oip.Client{BaseURL: "http://" + a.InferenceAddr()}).Feedback(context.Background(), "clf", &oip.FeedbackRequest{Labels: fb})
+	require.NoError(t, err)
+	assert.Equal(t, 4, res.Accepted)
+	correct := 0
+	for r := range truth {
+		if predicted[r] == truth[r] {
+			correct++
+		}
+	}
+	var got *api.ModelMetrics
+	require.Eventually(t, func() bool {
+		got, err = f.cp.Monitor().Query(monitor.Query{Model: "clf", Version: "1", To: time.Now().Add(time.Minute)})
+		return err == nil && got.Total.Labelled == 4
+	}, 30*time.Second, 50*time.Millisecond, "labels reach the control plane")
+	assert.EqualValues(t, correct, got.Total.Correct, "accuracy compares the labels with the label output")
+}
