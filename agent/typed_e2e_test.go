@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -166,4 +167,71 @@ func TestAnyONNXModelEndToEnd(t *testing.T) {
 		return err == nil && got.Total.Labelled == 4
 	}, 30*time.Second, 50*time.Millisecond, "labels reach the control plane")
 	assert.EqualValues(t, correct, got.Total.Correct, "accuracy compares the labels with the label output")
+}
+
+// TestSameBytesNewMetadataActivates: a version with the same ONNX bytes as
+// the active one but new metadata (here: new test vectors) activates, and
+// the old version can be reactivated.
+func TestSameBytesNewMetadataActivates(t *testing.T) {
+	f := startFleet(t)
+	a := f.addAgent("dev-1")
+	v1 := f.train("fraud.onnx", "1")
+	f.cli("model", "push", "--name", "fraud", "--version", "1", "--file", v1)
+	f.cli("deploy", "fraud@1", "--device", "dev-1")
+	f.waitReported("fraud", "1", "dev-1")
+
+	// Same bytes, no .meta.json beside them: other test vectors.
+	same := f.writeFile("same.onnx", mustRead(t, v1))
+	out := f.cli("model", "push", "--name", "fraud", "--version", "2", "--file", same,
+		"--sample-inputs", f.writeFile("rows.csv", []byte("10,3,0.9,800,5,1,3\n")))
+	assert.Contains(t, out, "test vectors: 1 recorded")
+	f.cli("deploy", "fraud@2", "--device", "dev-1")
+	f.waitReported("fraud", "2", "dev-1")
+	assert.Equal(t, "2", infer1(t, a).ModelVersion)
+	st := a.Status()[0]
+	assert.Equal(t, "1", st.Previous, "the first version stays as the one to roll back to")
+
+	f.cli("deploy", "fraud@1", "--device", "dev-1")
+	f.waitReported("fraud", "1", "dev-1")
+	assert.Equal(t, "1", infer1(t, a).ModelVersion)
+
+	c := &oip.Client{BaseURL: "http://" + a.InferenceAddr()}
+	require.NoError(t, c.Ready(context.Background()))
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return b
+}
+
+// TestReadyMeansEveryAssignedModelServes: readiness is false (a 4xx, with
+// the reason) while an assigned model has no version serving, even though
+// another model serves; inference on the serving model goes on.
+func TestReadyMeansEveryAssignedModelServes(t *testing.T) {
+	f := startFleet(t)
+	a := f.addAgent("dev-1")
+	c := &oip.Client{BaseURL: "http://" + a.InferenceAddr()}
+	err := c.Ready(context.Background())
+	var se *oip.StatusError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, 400, se.StatusCode)
+	assert.Contains(t, se.Message, "no model is assigned")
+
+	v1 := f.train("fraud.onnx", "1")
+	f.cli("model", "push", "--name", "fraud", "--version", "1", "--file", v1)
+	// A second model whose only version is refused (its test vectors lie).
+	f.cli("model", "push", "--name", "other", "--version", "1", "--file", f.train("other.onnx", "2"), "--meta", v1+".meta.json", "--force")
+	f.cli("deploy", "fraud@1", "--device", "dev-1")
+	f.waitReported("fraud", "1", "dev-1")
+	require.NoError(t, c.Ready(context.Background()))
+
+	f.cli("deploy", "other@1", "--device", "dev-1")
+	require.Eventually(t, func() bool {
+		err := c.Ready(context.Background())
+		return errors.As(err, &se) && strings.Contains(se.Message, `model "other" has no version serving: version 1 was refused: test vectors`)
+	}, 30*time.Second, 20*time.Millisecond, "not ready while other has nothing serving")
+	assert.Equal(t, 400, se.StatusCode)
+	assert.Equal(t, "1", infer1(t, a).ModelVersion, "fraud keeps serving")
 }
