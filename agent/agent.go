@@ -287,7 +287,8 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	if a.infLn != nil {
 		a.serveHTTP(ctx, &wg, "inference", a.infLn,
-			oip.NewHandler(backend{a}, oip.HandlerOptions{Logger: a.log, Extensions: []string{oip.FeedbackExtension}}))
+			oip.NewHandler(backend{a}, oip.HandlerOptions{Logger: a.log, ServerVersion: a.opts.Version,
+				Extensions: []string{oip.FeedbackExtension}}))
 	}
 	if a.metricsLn != nil {
 		a.serveHTTP(ctx, &wg, "metrics", a.metricsLn, a.metricsHandler())

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -117,15 +118,33 @@ type backend struct{ a *Agent }
 
 var _ oip.Backend = backend{}
 
-func (b backend) Ready() bool {
-	b.a.mu.RLock()
-	defer b.a.mu.RUnlock()
-	for _, s := range b.a.slots {
-		if s.serving.Load() != nil {
-			return true
+// Ready is true when every model the desired state assigns has a version
+// serving (an older one counts while an update is on its way or after one
+// was refused); otherwise the reason names each model that has none and
+// why (its refused version and the reason).
+func (b backend) Ready() (bool, string) {
+	st := b.a.Status()
+	if len(st) == 0 {
+		return false, "no model is assigned to this device yet"
+	}
+	var why []string
+	for _, ms := range st {
+		if ms.Serving != "" {
+			continue
+		}
+		switch {
+		case ms.FailedVersion != "" && ms.Target == "":
+			why = append(why, fmt.Sprintf("model %q has no version serving: version %s was refused: %s", ms.Name, ms.FailedVersion, ms.FailureReason))
+		case ms.Target != "":
+			why = append(why, fmt.Sprintf("model %q has no version serving yet: version %s is %s", ms.Name, ms.Target, ms.Phase))
+		default:
+			why = append(why, fmt.Sprintf("model %q has no version serving", ms.Name))
 		}
 	}
-	return false
+	if len(why) > 0 {
+		return false, strings.Join(why, "; ")
+	}
+	return true, ""
 }
 
 func (b backend) Model(name string) (oip.ModelInfo, bool) {

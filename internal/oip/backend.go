@@ -10,8 +10,9 @@ import (
 
 // Backend runs the models behind the handler; the agent implements it.
 type Backend interface {
-	// Ready reports whether the server can serve inference.
-	Ready() bool
+	// Ready reports whether the server serves every model it should; when
+	// not, why (e.g. which model has no version serving and what failed).
+	Ready() (ready bool, reason string)
 	// Model returns the active version of the named model, or false.
 	Model(name string) (ModelInfo, bool)
 	// Infer runs the active version of model name on inputs, which the

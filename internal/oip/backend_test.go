@@ -42,9 +42,17 @@ func spec(name string, shape ...int64) *efpb.TensorSpec {
 
 var _ Backend = (*testBackend)(nil)
 
-func (b *testBackend) Ready() bool { return b.ready.Load() }
+func (b *testBackend) Ready() (bool, string) {
+	if !b.ready.Load() {
+		return false, `model "fraud" has no version serving`
+	}
+	return true, ""
+}
 
 func (b *testBackend) Model(name string) (ModelInfo, bool) {
+	if !b.ready.Load() {
+		return ModelInfo{}, false // nothing serves
+	}
 	switch name {
 	case "fraud":
 		return ModelInfo{Name: "fraud", Version: "3", Platform: "onnxruntime_onnx",

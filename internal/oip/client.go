@@ -34,7 +34,8 @@ func (e *StatusError) Error() string {
 }
 
 // Ready returns nil if the server reports ready, else an error (a
-// *StatusError with 503 when the server is up but not ready).
+// *StatusError with 400 and the server's reason when it is up but not
+// ready).
 func (c *Client) Ready(ctx context.Context) error {
 	return c.do(ctx, http.MethodGet, "/v2/health/ready", nil, nil)
 }

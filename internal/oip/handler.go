@@ -62,8 +62,8 @@ type handler struct {
 
 // NewHandler returns the Open Inference Protocol REST API over b:
 //
-//	GET  /v2                                          server metadata
-//	GET  /v2/health/live, /v2/health/ready            liveness, readiness (503 when not ready)
+//	GET  /v2, /v2/                                    server metadata
+//	GET  /v2/health/live, /v2/health/ready            liveness, readiness (400 {"ready": false} when not ready)
 //	GET  /v2/models/{name}[/versions/{version}]       model metadata
 //	GET  /v2/models/{name}[/versions/{version}]/ready model readiness
 //	POST /v2/models/{name}[/versions/{version}]/infer inference
@@ -95,6 +95,7 @@ func NewHandler(b Backend, opts HandlerOptions) http.Handler {
 		fn           http.HandlerFunc
 	}{
 		{"GET", "/v2", h.serverMetadata},
+		{"GET", "/v2/{$}", h.serverMetadata},
 		{"GET", "/v2/health/live", h.live},
 		{"GET", "/v2/health/ready", h.ready},
 		{"GET", "/v2/models/{name}", h.modelMetadata},
@@ -137,9 +138,13 @@ func (h *handler) live(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, healthResponse{Live: &t})
 }
 
+// The Open Inference Protocol's health answers are booleans in the
+// status: 200 is true, a 4xx false. Not ready is 400 with {"ready":
+// false} and the reason in "error".
 func (h *handler) ready(w http.ResponseWriter, _ *http.Request) {
-	if !h.b.Ready() {
-		writeError(w, http.StatusServiceUnavailable, "server is not ready")
+	if ok, why := h.b.Ready(); !ok {
+		f := false
+		writeJSON(w, http.StatusBadRequest, healthResponse{Ready: &f, Error: "server is not ready: " + why})
 		return
 	}
 	t := true
@@ -147,15 +152,17 @@ func (h *handler) ready(w http.ResponseWriter, _ *http.Request) {
 }
 
 // lookup resolves the {name} and optional {version} path values to the
-// active model, writing the error response when there is none.
+// active model, writing the error response when there is none: 404 for a
+// model the server does not have, 503 while it is not ready (the model may
+// be on its way).
 func (h *handler) lookup(w http.ResponseWriter, r *http.Request) (ModelInfo, bool) {
 	name := r.PathValue("name")
-	if !h.b.Ready() {
-		writeError(w, http.StatusServiceUnavailable, "server is not ready")
-		return ModelInfo{}, false
-	}
 	info, ok := h.b.Model(name)
 	if !ok {
+		if ready, why := h.b.Ready(); !ready {
+			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("model %q is not being served; server is not ready: %s", name, why))
+			return ModelInfo{}, false
+		}
 		writeError(w, http.StatusNotFound, fmt.Sprintf("model %q not found", name))
 		return ModelInfo{}, false
 	}
@@ -184,6 +191,14 @@ func (h *handler) modelMetadata(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) modelReady(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, ok := h.b.Model(name); !ok {
+		if ready, why := h.b.Ready(); !ready {
+			f := false
+			writeJSON(w, http.StatusBadRequest, healthResponse{Ready: &f, Error: fmt.Sprintf("model %q is not ready: %s", name, why)})
+			return
+		}
+	}
 	if _, ok := h.lookup(w, r); !ok {
 		return
 	}

@@ -323,9 +323,11 @@ func TestHealthAndMetadata(t *testing.T) {
 	r = send(t, c, "GET", "/v2/health/ready", "")
 	assert.Equal(t, 200, r.status)
 	assert.JSONEq(t, `{"ready":true}`, r.body)
-	r = send(t, c, "GET", "/v2", "")
-	assert.Equal(t, 200, r.status)
-	assert.JSONEq(t, `{"name":"edgefleet-agent","version":"1.2.3","extensions":["feedback"]}`, r.body)
+	for _, p := range []string{"/v2", "/v2/"} {
+		r = send(t, c, "GET", p, "")
+		assert.Equal(t, 200, r.status, p)
+		assert.JSONEq(t, `{"name":"edgefleet-agent","version":"1.2.3","extensions":["feedback"]}`, r.body, p)
+	}
 	r = send(t, c, "GET", "/v2/models/fraud/ready", "")
 	assert.Equal(t, 200, r.status)
 	r = send(t, c, "HEAD", "/v2/health/ready", "")
@@ -357,13 +359,16 @@ func TestNotReady(t *testing.T) {
 	err := c.Ready(t.Context())
 	se, ok := errors.AsType[*StatusError](err)
 	require.True(t, ok, "err = %v", err)
-	assert.Equal(t, 503, se.StatusCode)
-	assert.Equal(t, "server is not ready", se.Message)
+	assert.Equal(t, 400, se.StatusCode, "the protocol's health answers: 4xx is false")
+	assert.Equal(t, `server is not ready: model "fraud" has no version serving`, se.Message)
+	r := send(t, c, "GET", "/v2/health/ready", "")
+	assert.JSONEq(t, `{"ready":false,"error":"server is not ready: model \"fraud\" has no version serving"}`, r.body)
 
 	assert.Equal(t, 200, send(t, c, "GET", "/v2/health/live", "").status, "live while not ready")
-	for _, p := range []string{"/v2/models/fraud", "/v2/models/fraud/ready"} {
-		assert.Equal(t, 503, send(t, c, "GET", p, "").status, p)
-	}
+	assert.Equal(t, 503, send(t, c, "GET", "/v2/models/fraud", "").status)
+	r = send(t, c, "GET", "/v2/models/fraud/ready", "")
+	assert.Equal(t, 400, r.status)
+	assert.Contains(t, r.body, `"ready":false`)
 	x, err := NewFP32Input("x", []int64{1, 3}, []float32{1, 2, 3})
 	require.NoError(t, err)
 	_, err = c.Infer(t.Context(), "fraud", &InferRequest{Inputs: []RequestInput{x}})

@@ -175,8 +175,10 @@ type ErrorResponse struct {
 	Error string `json:"error"`
 }
 
-// healthResponse is the body of the health and model-ready endpoints.
+// healthResponse is the body of the health and model-ready endpoints;
+// Error says why a check is false.
 type healthResponse struct {
-	Live  *bool `json:"live,omitempty"`
-	Ready *bool `json:"ready,omitempty"`
+	Live  *bool  `json:"live,omitempty"`
+	Ready *bool  `json:"ready,omitempty"`
+	Error string `json:"error,omitempty"`
 }
