@@ -168,6 +168,11 @@ func TestEndToEndUploadDeployInfer(t *testing.T) {
 			strings.Contains(rep.Reason, "test vectors") && rep.ActiveVersion == "2.0.0"
 	}, 30*time.Second, 20*time.Millisecond)
 	assert.Equal(t, "2.0.0", infer1(t, a1).ModelVersion)
+	// Operators see why, in the device and model lists.
+	assert.Regexp(t, `(?m)^dev-1 failed fraud@3\.0\.0: test vectors: .*output "fraud_probability"`, f.cli("devices"))
+	models := f.cli("models")
+	assert.Regexp(t, `3\.0\.0\s.*FAILED \(forced\)\s+1 device\(s\)`, models)
+	assert.Regexp(t, `(?m)^fraud@3\.0\.0 refused by dev-1: test vectors: `, models)
 }
 
 // TestDeviceCredentialsStayInTheirSubtree uses one device's real credentials

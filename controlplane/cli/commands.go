@@ -307,9 +307,10 @@ FILE.meta.json when it exists, as model train writes) is merged with what is der
 
 func (a *app) modelsCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:     "models",
-		Short:   "list model versions",
-		Long:    "Lists the model versions the control plane stores, with their size, digest and check result.",
+		Use:   "models",
+		Short: "list model versions",
+		Long: `Lists the model versions the control plane stores, with their size, digest, check result
+and how many devices refused each (the reasons follow the table).`,
 		Example: "  edgefleet models",
 		Args:    noArgs,
 		RunE: a.runE(func(cmd *cobra.Command, _ []string) error {
@@ -321,18 +322,63 @@ func (a *app) modelsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			devices, err := c.Devices(cmd.Context(), "")
+			if err != nil {
+				return err
+			}
+			refusals := refusalsByVersion(devices)
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tVERSION\tSIZE\tCHUNKS\tSHA256\tCHECKS\tCREATED")
+			fmt.Fprintln(tw, "NAME\tVERSION\tSIZE\tCHUNKS\tSHA256\tCHECKS\tREFUSED BY\tCREATED")
 			for _, m := range list {
 				checks := fmt.Sprintf("passed (%d vectors)", m.Checks.TestVectors)
 				if !m.Checks.Passed {
 					checks = "FAILED (forced)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", m.Name, m.Version, m.Size, m.ChunkCount, short(m.SHA256), checks, m.Created.Local().Format(time.DateTime))
+				refused := "-"
+				if n := len(refusals[m.Name+"@"+m.Version]); n > 0 {
+					refused = fmt.Sprintf("%d device(s)", n)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", m.Name, m.Version, m.Size, m.ChunkCount, short(m.SHA256), checks, refused, m.Created.Local().Format(time.DateTime))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			for _, m := range list {
+				key := m.Name + "@" + m.Version
+				byReason := map[string][]string{}
+				var reasons []string
+				for _, r := range refusals[key] {
+					if byReason[r.reason] == nil {
+						reasons = append(reasons, r.reason)
+					}
+					byReason[r.reason] = append(byReason[r.reason], r.device)
+				}
+				for _, why := range reasons {
+					fmt.Fprintf(a.stdout, "%s refused by %s: %s\n", key, strings.Join(byReason[why], ", "), why)
+				}
+			}
+			return nil
 		}),
 	}
+}
+
+// refusal is one device's refusal of a model version.
+type refusal struct{ device, reason string }
+
+// refusalsByVersion collects, per name@version, the devices whose latest
+// report refused it (failed or rolled back) and why.
+func refusalsByVersion(devices []api.Device) map[string][]refusal {
+	out := map[string][]refusal{}
+	for _, d := range devices {
+		for _, n := range reportedNames(d.Reported) {
+			st := d.Reported[n]
+			if st.State.Refused() && st.TargetVersion != "" {
+				key := n + "@" + st.TargetVersion
+				out[key] = append(out[key], refusal{device: d.ID, reason: st.Reason})
+			}
+		}
+	}
+	return out
 }
 
 func (a *app) deviceCmd() *cobra.Command {
@@ -443,7 +489,8 @@ func (a *app) devicesCmd() *cobra.Command {
 		Use:   "devices",
 		Short: "list devices and their state",
 		Long: `Lists the registered devices: labels, whether they are online, the desired model versions
-and generation, what each device runs (ACTIVE) and what it is doing (STATE), last seen.`,
+and generation, what each device runs (ACTIVE) and what it is doing (STATE), last seen.
+Below the table, why a device refused (failed or rolled back) a version or a desired state.`,
 		Example: `  edgefleet devices
   edgefleet devices --selector site=berlin,hw!=x86`,
 		Args: noArgs,
@@ -468,7 +515,22 @@ and generation, what each device runs (ACTIVE) and what it is doing (STATE), las
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, formatLabels(d.Labels), yesNo(d.Online),
 					formatDesired(d.Desired), formatActive(d.Reported), formatState(d.Reported), formatAgo(now, d.LastSeen))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			// Why a device refused what it was sent, below the table: a
+			// reason is too long for a column.
+			for _, d := range list {
+				for _, n := range reportedNames(d.Reported) {
+					if st := d.Reported[n]; st.State.Refused() && st.Reason != "" {
+						fmt.Fprintf(a.stdout, "%s %s %s@%s: %s\n", d.ID, st.State, n, st.TargetVersion, st.Reason)
+					}
+				}
+				if r := d.LastRefusal; r != nil {
+					fmt.Fprintf(a.stdout, "%s refused desired state generation %d: %s\n", d.ID, r.Generation, r.Reason)
+				}
+			}
+			return nil
 		}),
 	}
 	c.Flags().StringVar(&selector, "selector", "", "only devices matching this label `SELECTOR` (k=v,k!=v)")
