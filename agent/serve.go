@@ -179,6 +179,13 @@ func (b backend) Infer(ctx context.Context, name string, in []oip.Tensor) (strin
 	defer m.mu.RUnlock()
 	start := time.Now()
 	res, err := m.sess.Run(in)
+	if errors.Is(err, infer.ErrBadInput) {
+		// The request's fault (a shape or value onnxruntime refuses, an
+		// empty batch the model cannot take): a 400 that says nothing
+		// about the version, so it never counts against one on trial.
+		s.rejects.Add(1)
+		return m.version, nil, fmt.Errorf("model %q: %w: %v", name, oip.ErrInvalidInput, err)
+	}
 	if err != nil {
 		m.errors.Add(1)
 		b.a.observeError(name, m)

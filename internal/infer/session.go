@@ -138,6 +138,13 @@ func (c *sessionCore) runRaw(ordered []Tensor) ([]ort.Value, error) {
 		}
 	}
 	if err := c.dyn.Run(values, outs); err != nil {
+		for _, in := range ordered {
+			if in.Len() == 0 {
+				// The model cannot run on an empty tensor: the input's
+				// limit, not a fault of the model.
+				return outs, fmt.Errorf("%w: input %q is empty (shape %s) and the model cannot run on it: %v", ErrBadInput, in.Name, tensor.FormatShape(in.Shape), err)
+			}
+		}
 		return outs, runError(err)
 	}
 	return outs, nil

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgefleet/edgefleet/internal/modelzoo"
+	"github.com/edgefleet/edgefleet/internal/onnxbuild"
 	"github.com/edgefleet/edgefleet/internal/tensor"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -254,4 +255,27 @@ func TestOnnxruntimeRefusalIsBadInput(t *testing.T) {
 	got := mustRun(t, s, Tensor{Name: "x", Shape: []int64{4, 1}, Data: []float32{1, 2, 3, 4}})
 	assert.Equal(t, []float32{2, 4, 6, 8}, got[0].Data)
 	assert.True(t, slices.Equal([]int64{4, 1}, got[0].Shape))
+}
+
+// TestEmptyInputTheModelCannotTakeIsBadInput: a model that cannot run on
+// an empty batch (ArgMax over the batch axis) fails the request, not the
+// model: ErrBadInput.
+func TestEmptyInputTheModelCannotTakeIsBadInput(t *testing.T) {
+	r := newRuntime(t)
+	m := &onnxbuild.Model{Graph: onnxbuild.Graph{
+		Name:    "argmax",
+		Nodes:   []onnxbuild.Node{{OpType: "ArgMax", Inputs: []string{"x"}, Outputs: []string{"i"}, Attributes: []onnxbuild.Attribute{onnxbuild.IntAttr("axis", 0)}}},
+		Inputs:  []onnxbuild.ValueInfo{{Name: "x", Shape: []onnxbuild.Dim{onnxbuild.Symbolic("N"), onnxbuild.Fixed(2)}}},
+		Outputs: []onnxbuild.ValueInfo{{Name: "i", ElemType: onnxbuild.Int64, Shape: []onnxbuild.Dim{onnxbuild.Fixed(1), onnxbuild.Fixed(2)}}},
+	}}
+	b, err := m.Marshal()
+	require.NoError(t, err)
+	s, err := r.Load(b, nil, nil)
+	require.NoError(t, err)
+	defer s.Close()
+	got := mustRun(t, s, Tensor{Name: "x", Shape: []int64{2, 2}, Data: []float32{1, 5, 3, 2}})
+	assert.Equal(t, []int64{1, 0}, got[0].Data)
+	_, err = s.Run([]Tensor{{Name: "x", Shape: []int64{0, 2}, Data: []float32{}}})
+	require.ErrorIs(t, err, ErrBadInput)
+	assert.Contains(t, err.Error(), `input "x" is empty (shape [0,2]) and the model cannot run on it`)
 }
