@@ -22,6 +22,8 @@ import (
 type testBackend struct {
 	ready atomic.Bool
 	calls atomic.Int64
+	// gate, when set, holds every Infer call until it is closed.
+	gate chan struct{}
 
 	mu         sync.Mutex // guards violations
 	violations []string   // inputs that should never have passed validation
@@ -150,6 +152,12 @@ func (b *testBackend) Infer(ctx context.Context, name string, inputs []Tensor) (
 		return "", nil, fmt.Errorf("infer %q: %w", name, ErrModelNotFound)
 	}
 	b.checkInputs(info, inputs)
+	if b.gate != nil {
+		select {
+		case <-b.gate:
+		case <-ctx.Done():
+		}
+	}
 	if err := ctx.Err(); err != nil {
 		return "", nil, err
 	}

@@ -118,7 +118,7 @@ func tokenEnd(raw []byte, i int) int {
 		return min(j+1, len(raw))
 	}
 	j := i + 1
-	for j < len(raw) && !isSpace(raw[j]) && raw[j] != ',' && raw[j] != ']' {
+	for j < len(raw) && !isSpace(raw[j]) && raw[j] != ',' && raw[j] != ']' && raw[j] != '}' {
 		j++
 	}
 	return j

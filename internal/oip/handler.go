@@ -13,6 +13,7 @@ import (
 	"math"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/edgefleet/edgefleet/internal/tensor"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -23,8 +24,9 @@ const ServerName = "edgefleet-agent"
 
 // Limits and defaults of HandlerOptions.
 const (
-	DefaultMaxBodyBytes = 4 << 20
-	DefaultMaxBatch     = 1024
+	DefaultMaxBodyBytes     = 4 << 20
+	DefaultMaxBatch         = 1024
+	DefaultMaxInflightBytes = 4 * DefaultMaxBodyBytes
 	// MaxIDBytes bounds a client-supplied request id.
 	MaxIDBytes = 256
 )
@@ -33,8 +35,17 @@ const (
 type HandlerOptions struct {
 	// MaxBodyBytes bounds an inference request body (413 above). Default 4 MiB.
 	MaxBodyBytes int64
-	// MaxBatch bounds the first dimension of every input. Default 1024.
+	// MaxBatch bounds the first dimension of inputs whose first dimension
+	// is dynamic (a fixed one is what the model takes). Default 1024.
 	MaxBatch int
+	// MaxInflightBytes bounds the bytes of inference and feedback bodies
+	// being read, decoded and run at once (a body counts its
+	// Content-Length, or MaxBodyBytes when it has none); a request beyond
+	// it gets 503 with Retry-After, its body drained through a small
+	// buffer and never held, so parallel large requests cannot grow memory
+	// without bound. Default 4 × MaxBodyBytes; it is raised to
+	// MaxBodyBytes when lower.
+	MaxInflightBytes int64
 	// NewID makes the id of a request that has none. Default: 16 random
 	// bytes in hex.
 	NewID func() string
@@ -58,6 +69,46 @@ type handler struct {
 	opts HandlerOptions
 	log  *slog.Logger
 	mux  *http.ServeMux
+
+	mu       sync.Mutex // guards inflight
+	inflight int64      // bytes of bodies being handled
+}
+
+// admit reserves n bytes of the in-flight budget, or reports false when
+// they do not fit now.
+func (h *handler) admit(n int64) (inflight int64, ok bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.inflight+n > h.opts.MaxInflightBytes {
+		return h.inflight, false
+	}
+	h.inflight += n
+	return h.inflight, true
+}
+
+func (h *handler) release(n int64) {
+	h.mu.Lock()
+	h.inflight -= n
+	h.mu.Unlock()
+}
+
+// budget admits r's body into the in-flight budget, answering 503 with
+// Retry-After when it does not fit; the caller releases the returned
+// bytes when done.
+func (h *handler) budget(w http.ResponseWriter, r *http.Request) (int64, bool) {
+	n := r.ContentLength
+	if n < 0 || n > h.opts.MaxBodyBytes {
+		n = h.opts.MaxBodyBytes // unknown length: the most it may be (413 above)
+	}
+	if busy, ok := h.admit(n); !ok {
+		// Drain the body through a small buffer (memory stays bounded) so
+		// the client reads the 503 rather than a reset connection.
+		_, _ = io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, h.opts.MaxBodyBytes))
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("busy: requests of %d bytes are being handled and this one would pass the limit of %d; retry later", busy, h.opts.MaxInflightBytes))
+		return 0, false
+	}
+	return n, true
 }
 
 // NewHandler returns the Open Inference Protocol REST API over b:
@@ -79,6 +130,10 @@ func NewHandler(b Backend, opts HandlerOptions) http.Handler {
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = DefaultMaxBatch
 	}
+	if opts.MaxInflightBytes <= 0 {
+		opts.MaxInflightBytes = 4 * opts.MaxBodyBytes
+	}
+	opts.MaxInflightBytes = max(opts.MaxInflightBytes, opts.MaxBodyBytes)
 	if opts.NewID == nil {
 		opts.NewID = randomID
 	}
@@ -211,6 +266,15 @@ func (h *handler) infer(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if r.ContentLength > h.opts.MaxBodyBytes {
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds the limit of %d bytes", h.opts.MaxBodyBytes))
+		return
+	}
+	n, ok := h.budget(w, r)
+	if !ok {
+		return
+	}
+	defer h.release(n)
 	req, herr := h.readRequest(w, r)
 	if herr != nil {
 		writeError(w, herr.status, herr.msg)
@@ -281,7 +345,7 @@ func (h *handler) readRequest(w http.ResponseWriter, r *http.Request) (*InferReq
 	if r.ContentLength > h.opts.MaxBodyBytes {
 		return nil, tooBig
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.MaxBodyBytes))
+	body, err := readBody(w, r, h.opts.MaxBodyBytes)
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return nil, tooBig
@@ -291,22 +355,188 @@ func (h *handler) readRequest(w http.ResponseWriter, r *http.Request) (*InferReq
 	return decodeRequest(body)
 }
 
+// readBody reads at most limit bytes of r's body into a buffer sized by
+// its Content-Length when it has one (io.ReadAll would grow it to twice
+// that).
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	rd := http.MaxBytesReader(w, r.Body, limit)
+	if n := r.ContentLength; n >= 0 && n <= limit {
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(rd, buf); err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				return nil, fmt.Errorf("body ends after fewer than the %d bytes of its Content-Length", n)
+			}
+			return nil, err
+		}
+		return buf, nil
+	}
+	return io.ReadAll(rd)
+}
+
 // decodeRequest decodes an InferRequest, rejecting unknown fields and
 // trailing data.
+//
+// It decodes with json.Unmarshal, so the inputs' RawData alias body (a
+// json.Decoder would copy the body into its own buffer, and reuse it), and
+// then walks body once for fields the request does not have.
 func decodeRequest(body []byte) (*InferRequest, *httpError) {
-	if len(bytes.TrimSpace(body)) == 0 {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
 		return nil, badRequest("request body is empty; send an inference request JSON object")
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
+	if !json.Valid(trimmed) {
+		// Distinguish a second value after the object from broken JSON.
+		dec := json.NewDecoder(bytes.NewReader(trimmed))
+		var first json.RawMessage
+		if dec.Decode(&first) == nil {
+			return nil, badRequest("invalid JSON: unexpected data after the request object")
+		}
+	}
 	var req InferRequest
-	if err := dec.Decode(&req); err != nil {
+	if err := json.Unmarshal(trimmed, &req); err != nil {
 		return nil, badRequest("%s", describeJSONError(err))
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, badRequest("invalid JSON: unexpected data after the request object")
+	if name, ok := unknownField(trimmed); !ok {
+		return nil, badRequest("invalid request: unknown field %q", name)
 	}
 	return &req, nil
+}
+
+// Fields of an inference request, by where they are.
+var (
+	requestFields = map[string]bool{"id": true, "parameters": true, "inputs": true, "outputs": true}
+	inputFields   = map[string]bool{"name": true, "shape": true, "datatype": true, "parameters": true, "data": true}
+	outputFields  = map[string]bool{"name": true, "parameters": true}
+)
+
+// unknownField walks a valid JSON inference request and returns the
+// first field the request type does not have (ok false), without
+// allocating for the values it skips.
+func unknownField(b []byte) (name string, ok bool) {
+	w := jsonWalker{b: b}
+	return w.object(requestFields, func(key string) (string, bool) {
+		switch key {
+		case "inputs":
+			return w.objects(inputFields)
+		case "outputs":
+			return w.objects(outputFields)
+		}
+		w.skip()
+		return "", true
+	})
+}
+
+// jsonWalker steps through valid JSON.
+type jsonWalker struct {
+	b []byte
+	i int
+}
+
+func (w *jsonWalker) space() {
+	for w.i < len(w.b) && isSpace(w.b[w.i]) {
+		w.i++
+	}
+}
+
+// object walks an object whose keys must be in fields, calling value for
+// each value (which must consume it); a non-object is skipped.
+func (w *jsonWalker) object(fields map[string]bool, value func(key string) (string, bool)) (string, bool) {
+	w.space()
+	if w.i >= len(w.b) || w.b[w.i] != '{' {
+		w.skip()
+		return "", true
+	}
+	w.i++
+	for {
+		w.space()
+		if w.b[w.i] == '}' {
+			w.i++
+			return "", true
+		}
+		if w.b[w.i] == ',' {
+			w.i++
+			w.space()
+		}
+		start := w.i
+		w.str()
+		var key string
+		if err := json.Unmarshal(w.b[start:w.i], &key); err != nil {
+			return "", true // valid JSON: cannot happen
+		}
+		w.space()
+		w.i++ // ':'
+		if !fields[key] {
+			return key, false
+		}
+		if name, ok := value(key); !ok {
+			return name, false
+		}
+	}
+}
+
+// objects walks an array of objects whose keys must be in fields; other
+// values are skipped.
+func (w *jsonWalker) objects(fields map[string]bool) (string, bool) {
+	w.space()
+	if w.b[w.i] != '[' {
+		w.skip()
+		return "", true
+	}
+	w.i++
+	for {
+		w.space()
+		switch w.b[w.i] {
+		case ']':
+			w.i++
+			return "", true
+		case ',':
+			w.i++
+			continue
+		}
+		if name, ok := w.object(fields, func(string) (string, bool) { w.skip(); return "", true }); !ok {
+			return name, false
+		}
+	}
+}
+
+// str steps over a string.
+func (w *jsonWalker) str() {
+	w.i++ // opening quote
+	for w.b[w.i] != '"' {
+		if w.b[w.i] == '\\' {
+			w.i++
+		}
+		w.i++
+	}
+	w.i++
+}
+
+// skip steps over one value.
+func (w *jsonWalker) skip() {
+	w.space()
+	switch w.b[w.i] {
+	case '"':
+		w.str()
+	case '{', '[':
+		depth := 0
+		for {
+			switch w.b[w.i] {
+			case '"':
+				w.str()
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+			}
+			w.i++
+			if depth == 0 {
+				return
+			}
+		}
+	default:
+		w.i = tokenEnd(w.b, w.i)
+	}
 }
 
 func describeJSONError(err error) string {

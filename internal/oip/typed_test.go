@@ -3,7 +3,10 @@ package oip
 import (
 	"encoding/json"
 	"math"
+	"net/http"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -175,4 +178,63 @@ func TestBinaryEncodingRoundTrips(t *testing.T) {
 	assert.ErrorContains(t, err, "BOOL element 0 is 2")
 	_, err = decodeBinary([]byte{5, 0, 0, 0, 'a'}, tensor.Bytes, 1)
 	assert.ErrorContains(t, err, "says 5 bytes, 1 are left")
+}
+
+// TestInflightBytesAreBounded: a request whose body does not fit the
+// in-flight budget next to the ones being handled gets 503 with
+// Retry-After before its body is read; once they finish it goes through.
+func TestInflightBytesAreBounded(t *testing.T) {
+	b := newTestBackend()
+	b.gate = make(chan struct{})
+	c := newTestServer(t, b, func(o *HandlerOptions) { o.MaxBodyBytes = 1000; o.MaxInflightBytes = 1000 })
+	body := fraudReq(`[1,3]`, `[1,2,3]`)
+	body += strings.Repeat(" ", 600-len(body)) // 600 bytes: one fits, two do not
+
+	first := make(chan rawResponse)
+	go func() { first <- send(t, c, "POST", "/v2/models/fraud/infer", body) }()
+	require.Eventually(t, func() bool { return b.calls.Load() == 1 }, 10*time.Second, time.Millisecond)
+
+	req, err := http.NewRequestWithContext(t.Context(), "POST", c.BaseURL+"/v2/models/fraud/infer", strings.NewReader(body))
+	require.NoError(t, err)
+	resp, err := c.HTTP.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	assert.Equal(t, "1", resp.Header.Get("Retry-After"))
+	assert.EqualValues(t, 1, b.calls.Load(), "the second request never reached the backend")
+
+	close(b.gate)
+	assert.Equal(t, 200, (<-first).status)
+	assert.Equal(t, 200, send(t, c, "POST", "/v2/models/fraud/infer", body).status, "the budget was released")
+}
+
+func TestUnknownFieldWalker(t *testing.T) {
+	tests := []struct {
+		body string
+		want string // "" when every field is known
+	}{
+		{`{"inputs":[{"name":"x","shape":[1],"datatype":"BYTES","data":["}{\"","]"]}],"parameters":{"anything":{"goes":[1,{"x":2}]}}}`, ""},
+		{`{"id":"a","inputs":[],"outputs":[{"name":"y","parameters":{"binary_data":false}}]}`, ""},
+		{`{"inputs":[{"name":"x","data":[1],"dtype":"FP32"}]}`, "dtype"},
+		{`{"inputs":[],"outputs":[{"name":"y","shape":[1]}]}`, "shape"},
+		{` { "inputs" : [ ] , "extra" : null } `, "extra"},
+		{`{"inputs":[{"name":"\u0078","data":[[1,2],[3,4]]}],"model":"m"}`, "model"},
+	}
+	for _, tt := range tests {
+		name, ok := unknownField([]byte(tt.body))
+		assert.Equal(t, tt.want == "", ok, tt.body)
+		assert.Equal(t, tt.want, name, tt.body)
+	}
+}
+
+// TestInputDataAliasesTheBody: decoding a request does not copy the
+// inputs' data; it stays a view of the body until it is decoded.
+func TestInputDataAliasesTheBody(t *testing.T) {
+	body := []byte(fraudReq(`[1,3]`, `[1,2,3]`))
+	req, herr := decodeRequest(body)
+	require.Nil(t, herr)
+	data := req.Inputs[0].Data
+	require.Equal(t, "[1,2,3]", string(data))
+	off := strings.Index(string(body), "[1,2,3]")
+	assert.Same(t, &body[off], &data[0], "no copy")
 }

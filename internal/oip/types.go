@@ -38,11 +38,33 @@ type InferRequest struct {
 // in row-major order, or nested to match Shape; the handler accepts both.
 // Build one from Go values with NewInput or NewFP32Input.
 type RequestInput struct {
-	Name       string          `json:"name"`
-	Shape      []int64         `json:"shape"`
-	Datatype   string          `json:"datatype"`
-	Parameters map[string]any  `json:"parameters,omitempty"`
-	Data       json.RawMessage `json:"data"`
+	Name       string         `json:"name"`
+	Shape      []int64        `json:"shape"`
+	Datatype   string         `json:"datatype"`
+	Parameters map[string]any `json:"parameters,omitempty"`
+	Data       RawData        `json:"data"`
+}
+
+// RawData is JSON kept as it was sent, like json.RawMessage, except that
+// decoding does not copy it: it aliases the buffer being decoded. The
+// server reads a request body once into a buffer that lives as long as
+// the request, checks every input's name, datatype and shape against the
+// model, and only then decodes the data — so a large body costs its own
+// size once, not twice.
+type RawData []byte
+
+// MarshalJSON returns d as it is ("null" when empty).
+func (d RawData) MarshalJSON() ([]byte, error) {
+	if len(d) == 0 {
+		return []byte("null"), nil
+	}
+	return d, nil
+}
+
+// UnmarshalJSON keeps b without copying it.
+func (d *RawData) UnmarshalJSON(b []byte) error {
+	*d = b
+	return nil
 }
 
 // NewFP32Input returns an FP32 input with flat data.
