@@ -7,6 +7,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/edgefleet/edgefleet/internal/tensor"
 )
@@ -196,14 +197,14 @@ func newSink(d tensor.Datatype, capacity int) sink {
 				return kindError(tok, d)
 			}
 			if signed {
-				v, err := strconv.ParseInt(string(tok), 10, 64)
+				v, err := strconv.ParseInt(view(tok), 10, 64)
 				if err != nil || v < lo || v > hi {
 					return intError(tok, d, err)
 				}
 				ints = append(ints, v)
 				return nil
 			}
-			v, err := strconv.ParseUint(string(tok), 10, 64)
+			v, err := strconv.ParseUint(view(tok), 10, 64)
 			if err != nil || v > uhi {
 				return intError(tok, d, err)
 			}
@@ -241,6 +242,11 @@ func newSink(d tensor.Datatype, capacity int) sink {
 	}, func() any { return out }}
 }
 
+// view is tok as a string without a copy, for the strconv parsers; their
+// errors, which keep it, are never kept beyond the call (the messages
+// quote tok themselves).
+func view(tok []byte) string { return unsafe.String(unsafe.SliceData(tok), len(tok)) }
+
 func isNumberStart(c byte) bool { return c == '-' || (c >= '0' && c <= '9') }
 
 func intError(tok []byte, d tensor.Datatype, err error) error {
@@ -272,7 +278,7 @@ func parseFloat(tok []byte, d tensor.Datatype, bits int) (float64, error) {
 	if !isNumberStart(tok[0]) {
 		return 0, kindError(tok, d)
 	}
-	v, err := strconv.ParseFloat(string(tok), bits)
+	v, err := strconv.ParseFloat(view(tok), bits)
 	if math.IsInf(v, 0) || math.IsNaN(v) {
 		return 0, fmt.Errorf("is not a finite %s number", d)
 	}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -181,10 +182,7 @@ func NewHandler(b Backend, opts HandlerOptions) http.Handler {
 }
 
 func (h *handler) serverMetadata(w http.ResponseWriter, _ *http.Request) {
-	ext := h.opts.Extensions
-	if ext == nil {
-		ext = []string{}
-	}
+	ext := append([]string{BinaryExtension}, h.opts.Extensions...)
 	writeJSON(w, http.StatusOK, ServerMetadata{Name: ServerName, Version: h.opts.ServerVersion, Extensions: ext})
 }
 
@@ -301,13 +299,17 @@ func (h *handler) infer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp := InferResponse{ModelName: info.Name, ModelVersion: version, ID: id}
-	resp.Outputs, err = responseOutputs(outs, want, info)
+	resp.Outputs, err = responseOutputs(outs, want, info, binaryOutputs(req))
 	if err != nil {
 		h.log.Warn("backend returned bad outputs", "model", info.Name, "version", version, "id", id, "err", err)
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, resp)
+	if hasBinary(resp.Outputs) {
+		writeBinary(w, &resp)
+		return
+	}
+	writeResponse(w, &resp)
 }
 
 func (h *handler) inferFailed(w http.ResponseWriter, r *http.Request, info ModelInfo, id string, err error) {
@@ -352,7 +354,48 @@ func (h *handler) readRequest(w http.ResponseWriter, r *http.Request) (*InferReq
 		}
 		return nil, badRequest("reading request body: %v", err)
 	}
-	return decodeRequest(body)
+	hdr := r.Header.Get(HeaderContentLength)
+	if hdr == "" {
+		return decodeRequest(body)
+	}
+	n, err := strconv.ParseInt(hdr, 10, 64)
+	if err != nil || n < 0 || n > int64(len(body)) {
+		return nil, badRequest("header %s is %q; want the length of the JSON part, 0..%d (the body's length)", HeaderContentLength, hdr, len(body))
+	}
+	req, herr := decodeRequest(body[:n])
+	if herr != nil {
+		return nil, herr
+	}
+	if herr := attachBinary(req, body[n:]); herr != nil {
+		return nil, herr
+	}
+	return req, nil
+}
+
+// attachBinary hands each input with a binary_data_size parameter its
+// slice of the binary part, in the order of the inputs; every byte must
+// belong to one.
+func attachBinary(req *InferRequest, bin []byte) *httpError {
+	for i := range req.Inputs {
+		in := &req.Inputs[i]
+		v, ok := in.Parameters[ParamBinaryDataSize]
+		if !ok {
+			continue
+		}
+		size, ok := v.(float64)
+		if !ok || size < 0 || size != math.Trunc(size) {
+			return badRequest("input %q: parameter %s is %v; want a byte count", in.Name, ParamBinaryDataSize, v)
+		}
+		if size > float64(len(bin)) {
+			return badRequest("input %q: parameter %s is %v but only %d bytes of binary data are left", in.Name, ParamBinaryDataSize, size, len(bin))
+		}
+		in.binary = bin[:int(size):int(size)]
+		bin = bin[int(size):]
+	}
+	if len(bin) > 0 {
+		return badRequest("the binary part has %d bytes no input's %s accounts for", len(bin), ParamBinaryDataSize)
+	}
+	return nil
 }
 
 // readBody reads at most limit bytes of r's body into a buffer sized by
@@ -384,16 +427,14 @@ func decodeRequest(body []byte) (*InferRequest, *httpError) {
 	if len(trimmed) == 0 {
 		return nil, badRequest("request body is empty; send an inference request JSON object")
 	}
-	if !json.Valid(trimmed) {
+	var req InferRequest
+	if err := json.Unmarshal(trimmed, &req); err != nil {
 		// Distinguish a second value after the object from broken JSON.
 		dec := json.NewDecoder(bytes.NewReader(trimmed))
 		var first json.RawMessage
-		if dec.Decode(&first) == nil {
+		if _, ok := errors.AsType[*json.SyntaxError](err); ok && dec.Decode(&first) == nil {
 			return nil, badRequest("invalid JSON: unexpected data after the request object")
 		}
-	}
-	var req InferRequest
-	if err := json.Unmarshal(trimmed, &req); err != nil {
 		return nil, badRequest("%s", describeJSONError(err))
 	}
 	if name, ok := unknownField(trimmed); !ok {
@@ -577,9 +618,6 @@ func (h *handler) validate(req *InferRequest, info ModelInfo) ([]Tensor, []strin
 	if len(req.ID) > MaxIDBytes {
 		return nil, nil, badRequest("id is %d bytes long; at most %d are allowed", len(req.ID), MaxIDBytes)
 	}
-	if v, ok := req.Parameters[ParamBinaryDataOutput].(bool); ok && v {
-		return nil, nil, badRequest("parameter binary_data_output: the binary tensor data extension is not supported; request JSON data")
-	}
 	if len(req.Inputs) == 0 {
 		return nil, nil, badRequest("request has no inputs; model %q needs %s", info.Name, specNames(info.Inputs))
 	}
@@ -627,8 +665,8 @@ func (h *handler) validateInput(in RequestInput, spec *efpb.TensorSpec) (Tensor,
 	if want := spec.GetDatatype(); want != "" && string(d) != want {
 		return Tensor{}, badRequest("input %q: datatype is %s, but the model's input is %s", in.Name, d, want)
 	}
-	if _, ok := in.Parameters[ParamBinaryDataSize]; ok {
-		return Tensor{}, badRequest("input %q: the binary tensor data extension is not supported; send data as a JSON array", in.Name)
+	if _, ok := in.Parameters[ParamBinaryDataSize]; ok && in.binary == nil {
+		return Tensor{}, badRequest("input %q has parameter %s but the request has no %s header (the JSON part's length)", in.Name, ParamBinaryDataSize, HeaderContentLength)
 	}
 	if in.Shape == nil {
 		return Tensor{}, badRequest("input %q has no shape", in.Name)
@@ -661,6 +699,16 @@ func (h *handler) validateInput(in RequestInput, spec *efpb.TensorSpec) (Tensor,
 		return Tensor{}, badRequest("input %q: shape %s has more elements than a request of at most %d bytes can carry",
 			in.Name, fmtShape(in.Shape), h.opts.MaxBodyBytes)
 	}
+	if in.binary != nil {
+		if len(in.Data) > 0 {
+			return Tensor{}, badRequest("input %q has both JSON data and binary data; send one", in.Name)
+		}
+		data, err := decodeBinary(in.binary, d, product)
+		if err != nil {
+			return Tensor{}, badRequest("input %q: %v", in.Name, err)
+		}
+		return Tensor{Name: in.Name, Datatype: d, Shape: in.Shape, Data: data}, nil
+	}
 	if len(in.Data) == 0 || string(in.Data) == "null" {
 		return Tensor{}, badRequest("input %q has no data", in.Name)
 	}
@@ -690,19 +738,63 @@ func requestedOutputs(outs []RequestOutput, info ModelInfo) ([]string, *httpErro
 		case seen[o.Name]:
 			return nil, badRequest("output %q is requested more than once", o.Name)
 		}
-		if v, ok := o.Parameters[ParamBinaryData].(bool); ok && v {
-			return nil, badRequest("output %q: the binary tensor data extension is not supported; request JSON data", o.Name)
-		}
 		seen[o.Name] = true
 		want = append(want, o.Name)
 	}
 	return want, nil
 }
 
+// binaryOutputs says which outputs go as binary data: all with the
+// request parameter binary_data_output, else those with binary_data.
+func binaryOutputs(req *InferRequest) func(name string) bool {
+	all, _ := req.Parameters[ParamBinaryDataOutput].(bool)
+	named := map[string]bool{}
+	for _, o := range req.Outputs {
+		if v, ok := o.Parameters[ParamBinaryData].(bool); ok {
+			named[o.Name] = v
+		}
+	}
+	return func(name string) bool {
+		if v, ok := named[name]; ok {
+			return v
+		}
+		return all
+	}
+}
+
+func hasBinary(outs []ResponseOutput) bool {
+	for _, o := range outs {
+		if o.binary != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// writeBinary writes a response whose binary outputs follow the JSON part.
+func writeBinary(w http.ResponseWriter, resp *InferResponse) {
+	head := appendResponse(nil, resp)
+	size := len(head)
+	for _, o := range resp.Outputs {
+		size += len(o.binary)
+	}
+	body := make([]byte, 0, size)
+	body = append(body, head...)
+	for _, o := range resp.Outputs {
+		body = append(body, o.binary...)
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set(HeaderContentLength, strconv.Itoa(len(head)))
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+}
+
 // responseOutputs converts the backend's outputs, keeping only want (in its
 // order) when given, and checks they can be sent. A class-map output gets
-// its class labels in its parameters.
-func responseOutputs(outs []Tensor, want []string, info ModelInfo) ([]ResponseOutput, error) {
+// its class labels in its parameters; binary(name) outputs carry their
+// data in binary form.
+func responseOutputs(outs []Tensor, want []string, info ModelInfo, binary func(name string) bool) ([]ResponseOutput, error) {
 	if want != nil {
 		byName := make(map[string]Tensor, len(outs))
 		for _, o := range outs {
@@ -732,15 +824,25 @@ func responseOutputs(outs []Tensor, want []string, info ModelInfo) ([]ResponseOu
 		if !d.Valid() {
 			return nil, fmt.Errorf("model returned output %q of Go type %T, which is no tensor datatype", o.Name, o.Data)
 		}
-		data, err := appendData(nil, &o)
-		if err != nil {
-			return nil, fmt.Errorf("model produced output %q that JSON cannot carry: %v", o.Name, err)
-		}
 		shape := o.Shape
 		if shape == nil {
 			shape = []int64{}
 		}
-		res = append(res, ResponseOutput{Name: o.Name, Shape: shape, Datatype: string(d), Data: data, Parameters: outputParams(specs[o.Name])})
+		out := ResponseOutput{Name: o.Name, Shape: shape, Datatype: string(d), Parameters: outputParams(specs[o.Name])}
+		if binary != nil && binary(o.Name) {
+			out.binary = appendBinary(make([]byte, 0, binarySize(&o)), &o)
+			if out.Parameters == nil {
+				out.Parameters = map[string]any{}
+			}
+			out.Parameters[ParamBinaryDataSize] = len(out.binary)
+		} else {
+			data, err := appendData(nil, &o)
+			if err != nil {
+				return nil, fmt.Errorf("model produced output %q that JSON cannot carry: %v", o.Name, err)
+			}
+			out.Data = data
+		}
+		res = append(res, out)
 	}
 	return res, nil
 }

@@ -134,8 +134,8 @@ func TestBadRequests(t *testing.T) {
 		{"irregular array", c, "POST", infer, fraudReq(`[2,3]`, `[1,2,3,[4,5,6]]`), 400, "an array appears where values 3.. are expected"},
 		{"unknown output", c, "POST", infer, `{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}],"outputs":[{"name":"nope"}]}`, 400, `requested output "nope" is not an output of model "fraud" (outputs: "sum", "double")`},
 		{"duplicate output", c, "POST", infer, `{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}],"outputs":[{"name":"sum"},{"name":"sum"}]}`, 400, `output "sum" is requested more than once`},
-		{"binary output", c, "POST", infer, `{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}],"outputs":[{"name":"sum","parameters":{"binary_data":true}}]}`, 400, "binary tensor data extension is not supported"},
-		{"binary input", c, "POST", infer, `{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","parameters":{"binary_data_size":12},"data":[1,2,3]}]}`, 400, "binary tensor data extension is not supported"},
+		{"binary input without header", c, "POST", infer, `{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","parameters":{"binary_data_size":12},"data":[1,2,3]}]}`, 400,
+			"has parameter binary_data_size but the request has no Inference-Header-Content-Length header"},
 		{"id too long", c, "POST", infer, `{"id":"` + strings.Repeat("i", MaxIDBytes+1) + `","inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}`, 400, "id is 257 bytes long; at most 256"},
 		{"body too big", small, "POST", infer, fraudReq(`[1,3]`, `[1,2,3]`) + strings.Repeat(" ", 200), 413, "request body exceeds the limit of 200 bytes"},
 		{"unknown model", c, "POST", "/v2/models/nope/infer", fraudReq(`[1,3]`, `[1,2,3]`), 404, `model "nope" not found`},
@@ -326,7 +326,7 @@ func TestHealthAndMetadata(t *testing.T) {
 	for _, p := range []string{"/v2", "/v2/"} {
 		r = send(t, c, "GET", p, "")
 		assert.Equal(t, 200, r.status, p)
-		assert.JSONEq(t, `{"name":"edgefleet-agent","version":"1.2.3","extensions":["feedback"]}`, r.body, p)
+		assert.JSONEq(t, `{"name":"edgefleet-agent","version":"1.2.3","extensions":["binary_tensor_data","feedback"]}`, r.body, p)
 	}
 	r = send(t, c, "GET", "/v2/models/fraud/ready", "")
 	assert.Equal(t, 200, r.status)

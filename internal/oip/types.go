@@ -42,7 +42,9 @@ type RequestInput struct {
 	Shape      []int64        `json:"shape"`
 	Datatype   string         `json:"datatype"`
 	Parameters map[string]any `json:"parameters,omitempty"`
-	Data       RawData        `json:"data"`
+	Data       RawData        `json:"data,omitempty"`
+
+	binary []byte // this input's slice of the binary part, if any
 }
 
 // RawData is JSON kept as it was sent, like json.RawMessage, except that
