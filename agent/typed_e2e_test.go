@@ -235,3 +235,63 @@ func TestReadyMeansEveryAssignedModelServes(t *testing.T) {
 	assert.Equal(t, 400, se.StatusCode)
 	assert.Equal(t, "1", infer1(t, a).ModelVersion, "fraud keeps serving")
 }
+
+// TestCorpusEndToEnd pushes every model of testdata/models with its
+// sample inputs (no metadata), deploys them all to one real agent, and
+// checks that its answers over OIP, as JSON and with the binary
+// extension, equal what onnxruntime computes directly.
+func TestCorpusEndToEnd(t *testing.T) {
+	f := startFleet(t)
+	a := f.addAgent("dev-1")
+	const dir = "../testdata/models"
+	corpus := modelzoo.Corpus()
+	for _, e := range corpus {
+		out := f.cli("model", "push", "--name", e.Name, "--version", "1", "--file", filepath.Join(dir, e.Name+".onnx"),
+			"--sample-inputs", filepath.Join(dir, e.Name+".samples.json"))
+		require.Contains(t, out, "checks passed", e.Name)
+		f.cli("deploy", e.Name+"@1", "--device", "dev-1")
+	}
+	for _, e := range corpus {
+		if !assert.Eventually(t, func() bool {
+			d, err := f.cp.Device("dev-1")
+			return err == nil && d.Reported[e.Name] != nil && d.Reported[e.Name].State == "active"
+		}, 30*time.Second, 20*time.Millisecond) {
+			d, _ := f.cp.Device("dev-1")
+			t.Fatalf("%s: %+v; desired %+v; agent %+v", e.Name, d.Reported[e.Name], d.Desired, a.Status())
+		}
+	}
+	c := &oip.Client{BaseURL: "http://" + a.InferenceAddr()}
+	for _, e := range corpus {
+		reqs, err := oip.ParseRequests(mustRead(t, filepath.Join(dir, e.Name+".samples.json")))
+		require.NoError(t, err)
+		md, err := c.Metadata(context.Background(), e.Name)
+		require.NoError(t, err, e.Name)
+		sess, err := f.rt.Load(e.Model, nil, nil)
+		require.NoError(t, err, e.Name)
+		for i, req := range reqs {
+			in, err := oip.DecodeInputs(req, e.Name, sess.Inputs(), 1<<20)
+			require.NoError(t, err, "%s request %d", e.Name, i)
+			want, err := sess.Run(in)
+			require.NoError(t, err, "%s request %d", e.Name, i)
+
+			viaJSON, err := c.Infer(context.Background(), e.Name, req)
+			require.NoError(t, err, "%s request %d over JSON", e.Name, i)
+			viaBinary, err := c.InferBinary(context.Background(), e.Name, in)
+			require.NoError(t, err, "%s request %d over binary", e.Name, i)
+			for how, resp := range map[string]*oip.InferResponse{"JSON": viaJSON, "binary": viaBinary} {
+				require.Len(t, resp.Outputs, len(want), "%s %s", e.Name, how)
+				for k, w := range want {
+					got, err := resp.Outputs[k].Tensor()
+					require.NoError(t, err, "%s %s output %s", e.Name, how, w.Name)
+					assert.Equal(t, w.Name, got.Name)
+					assert.Equal(t, w.DT(), got.DT(), "%s %s output %s", e.Name, how, w.Name)
+					assert.Equal(t, w.Shape, got.Shape, "%s %s output %s", e.Name, how, w.Name)
+					assert.Equal(t, w.Data, got.Data, "%s %s output %s equals onnxruntime's", e.Name, how, w.Name)
+					assert.Equal(t, md.Outputs[k].Datatype, string(got.DT()), "%s metadata", e.Name)
+				}
+			}
+		}
+		require.NoError(t, sess.Close())
+	}
+	require.NoError(t, c.Ready(context.Background()), "every assigned model serves")
+}
