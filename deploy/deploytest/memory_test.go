@@ -52,7 +52,7 @@ func rssBytes(t *testing.T, pid int) int64 {
 	return 0
 }
 
-// largeFraudBody is a valid inference request of about size bytes: rows
+// largeFraudBody is a valid inference request of about size bytes (3.9 MB: 131 752 rows): rows
 // of the fraud model's seven features.
 func largeFraudBody(size int) []byte {
 	var data bytes.Buffer
