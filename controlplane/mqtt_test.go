@@ -62,7 +62,7 @@ func TestManifestPublishedRetainedAndVerifies(t *testing.T) {
 	assert.Equal(t, uint64(len(a.ONNX)), m.Size)
 	assert.Equal(t, "fraud", m.Name)
 	assert.Equal(t, "v1", m.Version)
-	assert.Equal(t, uint32(efpb.ProtocolVersion), m.ProtocolVersion)
+	assert.Equal(t, uint32(efpb.ProtocolVersion1), m.ProtocolVersion, "an FP32 model needs only version 1: old agents can take it")
 	assert.True(t, proto.Equal(a.Training, m.Training), "training metadata is carried over")
 	assert.Len(t, m.TestVectors, len(a.TestVectors))
 	assert.InDelta(t, time.Now().Add(controlplane.DefaultManifestTTL).Unix(), m.ExpiresUnix, 60)

@@ -233,16 +233,25 @@ type UploadChecks struct {
 	Forced bool `json:"forced,omitempty"`
 	// Error is why the checks failed.
 	Error string `json:"error,omitempty"`
+	// Notes say what the control plane derived for the manifest: test
+	// vectors recorded from sample or synthetic inputs and their
+	// tolerance, reference statistics from reference data.
+	Notes []string `json:"notes,omitempty"`
 }
 
 // Upload multipart parts: POST /api/v1/models/{name}/versions/{version}
-// takes the ONNX bytes in PartModel and optional metadata (a protojson
+// takes the ONNX bytes in PartModel and, optionally: metadata (a protojson
 // manifest with only the fields the model's producer knows) in
-// PartMetadata; the query parameter force=true stores a model that fails
-// its checks.
+// PartMetadata; sample inputs the control plane runs the model on to
+// record test vectors (an OIP inference request JSON, a JSON array of
+// them, or a CSV for a model with one tabular input) in PartSamples; and a
+// CSV of training data for drift reference statistics in PartReference.
+// The query parameter force=true stores a model that fails its checks.
 const (
-	PartModel    = "model"
-	PartMetadata = "metadata"
+	PartModel     = "model"
+	PartMetadata  = "metadata"
+	PartSamples   = "samples"
+	PartReference = "reference"
 )
 
 // DeployRequest is the body of POST /api/v1/deployments: a model version and

@@ -39,7 +39,7 @@ const (
 
 // Bounds on what a device can make the control plane remember.
 const (
-	maxReportedModels = 16  // model names per device in Reported/Telemetry
+	maxReportedModels = 64  // models per device: in its desired state, Reported and Telemetry
 	maxReasonLen      = 512 // bytes of a status reason kept
 	maxAgentVersion   = 64  // bytes of an agent version kept
 	// lastSeenPersistEvery bounds badger writes caused by telemetry: the

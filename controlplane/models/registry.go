@@ -2,8 +2,9 @@
 // uploaded ONNX model (it loads, it passes its test vectors), signs its
 // manifest, stores the record and the content-addressed file, publishes the
 // manifest retained, re-signs manifests when due, and serves the chunks
-// devices ask for in coalesced rounds. Imported by controlplane and
-// controlplane/httpapi (upload parsing limits).
+// devices ask for in coalesced rounds. Imported by controlplane,
+// controlplane/httpapi (upload parsing limits), controlplane/cli (model
+// inspect), fleet-sim/scenario and fleet-sim/sim (the same upload checks).
 package models
 
 import (

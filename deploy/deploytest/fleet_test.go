@@ -125,9 +125,11 @@ func inferFraud(t *testing.T, addr, version string) {
 	require.NoError(t, err)
 	assert.Equal(t, version, resp.ModelVersion)
 	require.Len(t, resp.Outputs, 1)
-	require.Len(t, resp.Outputs[0].Data, 2)
-	assert.Less(t, resp.Outputs[0].Data[0], float32(0.5), "a coffee is not fraud")
-	assert.Greater(t, resp.Outputs[0].Data[1], float32(0.5), "3am electronics abroad is")
+	probs, err := resp.Outputs[0].FP32()
+	require.NoError(t, err)
+	require.Len(t, probs, 2)
+	assert.Less(t, probs[0], float32(0.5), "a coffee is not fraud")
+	assert.Greater(t, probs[1], float32(0.5), "3am electronics abroad is")
 }
 
 // agentProc is an edgefleet-agent process started by a test.
