@@ -16,8 +16,8 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/internal/fraud"
-	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/internal/modelzoo"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 )
 
 type served struct {
