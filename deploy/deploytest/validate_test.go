@@ -104,10 +104,30 @@ func TestMosquittoACLIsGenerated(t *testing.T) {
 			assert.Contains(t, lines, d, "%s sets %s", conf, d)
 		}
 		if conf != "mosquitto/mosquitto-test.conf" {
-			for _, d := range []string{"persistence true", "max_queued_messages 1000", "tls_version tlsv1.2"} {
+			for _, d := range []string{"max_queued_messages 1000", "tls_version tlsv1.2"} {
 				assert.Contains(t, lines, d, "%s sets %s", conf, d)
 			}
 		}
+		if conf == "compose/mosquitto.conf" {
+			assert.Contains(t, lines, "persistence true", "%s keeps retained messages and queues", conf)
+		}
+	}
+}
+
+// TestMosquittoDropInLeavesDebianAlone: deploy/mosquitto/mosquitto.conf is
+// a drop-in for Debian's /etc/mosquitto/conf.d; it sets no option that
+// Debian's main file sets (mosquitto exits 3 on a repeated pid_file or
+// persistence_location, and a second log_dest would log everything twice).
+// TestMosquittoProductionConfig starts the two together.
+func TestMosquittoDropInLeavesDebianAlone(t *testing.T) {
+	main := map[string]bool{}
+	for _, l := range confLines(debianMainConf) {
+		main[strings.Fields(l)[0]] = true
+	}
+	require.True(t, main["persistence_location"], "Debian's main file as the test knows it")
+	for _, l := range confLines(string(deployFile(t, "mosquitto/mosquitto.conf"))) {
+		opt := strings.Fields(l)[0]
+		assert.False(t, main[opt], "deploy/mosquitto/mosquitto.conf sets %q, which Debian's main mosquitto.conf sets already", opt)
 	}
 }
 
