@@ -59,13 +59,27 @@ func TestSystemdUnits(t *testing.T) {
 			"Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/var/lib/edgefleet",
 			"User=edgefleet", "ExecStart=/usr/local/bin/edgefleet serve",
 		},
+		// As mosquitto's user (to signal it), writing only the directory of
+		// the files it keeps; the token from a file, never argv.
+		"edgefleet-broker-sync.service": {
+			"User=mosquitto", "Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=\n",
+			"ReadWritePaths=/etc/mosquitto/edgefleet\n", "Environment=EDGEFLEET_TOKEN_FILE=/etc/mosquitto/edgefleet.token",
+			"ExecStart=/usr/local/bin/edgefleet broker sync", "--pid-file /run/mosquitto/mosquitto.pid",
+			"--passwd-file /etc/mosquitto/edgefleet/passwd", "--acl-file /etc/mosquitto/edgefleet/acl",
+			"After=network-online.target mosquitto.service edgefleet.service",
+		},
 	}
 	for name, want := range units {
 		t.Run(name, func(t *testing.T) {
 			unit := string(deployFile(t, "systemd/"+name))
 			for _, w := range want {
+				if strings.HasPrefix(w, "--") {
+					assert.Contains(t, unit, " "+w+" ", "%s passes %s", name, w)
+					continue
+				}
 				assert.Contains(t, unit, "\n"+w, "%s sets %s", name, w)
 			}
+			assert.NotContains(t, unit, "--token ", "%s: no token in argv", name)
 			verifyUnit(t, root, name, unit)
 		})
 	}
