@@ -26,9 +26,9 @@ import (
 func TestBrokerSyncWritesMosquittoFiles(t *testing.T) {
 	mq := testkit.StartMosquitto(t) // anonymous: the control plane's login is not checked here
 	sv := startServe(t, "--mqtt-url", mq.URL(), "--mqtt-username", "edgefleet-cp", "--mqtt-password", "cp-pw")
-	code, out, stderr := cli(t, "--api", sv.api, "--token", sv.token, "device", "add", "dev-1")
+	code, _, stderr := cli(t, "--api", sv.api, "--token", sv.token, "device", "add", "dev-1")
 	require.Equal(t, 0, code, stderr)
-	code, out, stderr = cli(t, "--api", sv.api, "--token", sv.token, "token", "create", "--name", "mosquitto", "--role", "broker")
+	code, out, stderr := cli(t, "--api", sv.api, "--token", sv.token, "token", "create", "--name", "mosquitto", "--role", "broker")
 	require.Equal(t, 0, code, stderr)
 	tok := regexp.MustCompile(`\n\s+(ef_\S+)\n`).FindStringSubmatch(out)
 	require.NotNil(t, tok, out)
