@@ -391,3 +391,30 @@ func TestMosquittoProductionConfig(t *testing.T) {
 	assert.Equal(t, 3, ee.ExitCode(), "%s", out)
 	assert.Contains(t, string(out), "Duplicate persistence_location")
 }
+
+// TestMosquittoRetainedFromDevice pins what docs/security.md says of
+// mosquitto: its ACL file has no rule for the retain flag, so a device's
+// retained publish on its own status topic is kept (the embedded broker
+// refuses it), while one on another device's topic is dropped.
+func TestMosquittoRetainedFromDevice(t *testing.T) {
+	t.Parallel()
+	cpPassword := fmt.Sprintf("cp-%d", time.Now().UnixNano())
+	mq := startMosquitto(t, cpPassword)
+	run(t, "", "mosquitto_passwd", "-b", mq.passwd, "dev-1", "pw-1")
+	require.NoError(t, os.Chmod(mq.passwd, 0o644))
+	mq.Reload()
+	sc := topics.Scheme{}
+	retain := func(topic string) bool {
+		code, _ := runCode(t, "mosquitto_pub", "-h", "127.0.0.1", "-p", fmt.Sprint(mq.Ports[0]),
+			"-u", "dev-1", "-P", "pw-1", "-t", topic, "-m", "retained by dev-1", "-q", "1", "-r")
+		return code == 0 // a denied publish is dropped silently; a refused login fails
+	}
+	require.Eventually(t, func() bool { return retain(sc.Status("dev-1")) }, 15*time.Second, 100*time.Millisecond,
+		"mosquitto never let dev-1 in after the reload")
+	require.True(t, retain(sc.Status("dev-2")))
+	code, out := mq.sub(controlUser, cpPassword, sc.Status("dev-1"), 5)
+	assert.Equal(t, 0, code, "a device's retained status is kept on mosquitto: %s", out)
+	assert.Contains(t, out, "retained by dev-1")
+	code, out = mq.sub(controlUser, cpPassword, sc.Status("dev-2"), 2)
+	assert.Equal(t, 27, code, "nothing retained on another device's topic: %s", out)
+}
