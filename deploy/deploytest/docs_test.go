@@ -23,6 +23,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/cli"
 	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/internal/topics"
@@ -720,4 +721,94 @@ func TestDeployDocServerDrift(t *testing.T) {
 	out, err := d.run(bad)
 	assert.Error(t, err, "a misspelt flag fails the docs' steps:\n%s", out)
 	assert.Contains(t, out, "flag provided but not defined: -control-usr")
+}
+
+// docBlockAfter is the first ```sh block after heading in doc.
+func docBlockAfter(t *testing.T, doc, heading string) string {
+	t.Helper()
+	i := strings.Index(doc, heading)
+	require.GreaterOrEqual(t, i, 0, "docs/deploy.md has %q", heading)
+	rest := doc[i:]
+	j := strings.Index(rest, "```sh\n")
+	require.GreaterOrEqual(t, j, 0)
+	rest = rest[j+len("```sh\n"):]
+	return rest[:strings.Index(rest, "\n```\n")+1]
+}
+
+// TestDeployDocContainerRunbooks checks the compose and Kubernetes
+// runbooks of docs/deploy.md, which cannot run here, against the files
+// they set up: every secret file and Secret the kit mounts is made, owned
+// by the uid of the container that reads it, and the tokens are created
+// after the first start; and the broker acl default the docs warn about is
+// the real one.
+func TestDeployDocContainerRunbooks(t *testing.T) {
+	doc := readFile(t, filepath.Join(repoRoot(t), "docs/deploy.md"))
+	assert.Contains(t, doc, "`"+controlplane.DefaultMQTTClientID+"`", "the docs name broker acl's --control-user default")
+	assert.NotEqual(t, controlUser, controlplane.DefaultMQTTClientID, "the default the docs warn about differs from the shipped files' user")
+
+	compose := docBlockAfter(t, doc, "### docker compose\n")
+	var c composeFile
+	require.NoError(t, decodeStrict(deployFile(t, "compose/compose.yaml"), &c))
+	uid := func(service string) string {
+		u := c.Services[service].User
+		if u == "" { // the image's USER
+			m := regexp.MustCompile(`(?m)^USER ([0-9]+:[0-9]+)$`).FindStringSubmatch(string(deployFile(t, "image/Dockerfile")))
+			require.NotNil(t, m)
+			u = m[1]
+		}
+		return u
+	}
+	readers := map[string]string{} // secret file → the uid:gid reading it
+	for name, svc := range c.Services {
+		for _, sec := range svc.Secrets {
+			readers[strings.TrimPrefix(c.Secrets[sec].File, "./")] = uid(name)
+		}
+	}
+	readers["certs/server.key"] = uid("mosquitto")
+	readers["keys"] = uid("edgefleet")
+	readers["secrets/metrics.token"] = "65534:65534" // prom/prometheus runs as nobody
+	for file, owner := range readers {
+		assert.Regexp(t, `(?m)^chown (-R )?`+regexp.QuoteMeta(owner)+` .*\b`+regexp.QuoteMeta(file)+`\b`, compose,
+			"the compose runbook gives %s to %s, the container user reading it", file, owner)
+		if strings.HasPrefix(file, "secrets/") {
+			assert.Contains(t, compose, file, "the compose runbook makes %s", file)
+		}
+	}
+	up := strings.Index(compose, "docker compose up")
+	require.Greater(t, up, 0)
+	for _, tok := range []string{"secrets/broker.token", "secrets/metrics.token"} {
+		assert.Contains(t, compose[:up], ": > "+tok, "%s exists (empty) before up: compose refuses a missing secret file", tok)
+		assert.Contains(t, compose[up:], "> "+tok, "%s is written after the first start, in place", tok)
+	}
+
+	k8s := docBlockAfter(t, doc, "### Kubernetes\n")
+	made := map[string]bool{}
+	for _, m := range regexp.MustCompile(`create secret (?:generic|tls) ([a-z0-9-]+)`).FindAllStringSubmatch(k8s, -1) {
+		made[m[1]] = true
+	}
+	for _, file := range []string{"mosquitto.yaml", "edgefleet.yaml"} {
+		for _, obj := range k8sObjects(t, file) {
+			if obj.Kind != "StatefulSet" {
+				continue
+			}
+			var s k8sStatefulSet
+			require.NoError(t, decodeStrict(obj.raw, &s))
+			for _, v := range s.Spec.Template.Spec.Volumes {
+				if v.Secret != nil {
+					assert.True(t, made[v.Secret.SecretName], "the Kubernetes runbook creates Secret %s (%s)", v.Secret.SecretName, file)
+				}
+			}
+			for _, c := range s.Spec.Template.Spec.Containers {
+				for _, e := range c.Env {
+					if e.ValueFrom != nil {
+						assert.True(t, made[e.ValueFrom.SecretKeyRef.Name], "the Kubernetes runbook creates Secret %s", e.ValueFrom.SecretKeyRef.Name)
+					}
+				}
+			}
+		}
+	}
+	apply := strings.Index(k8s, "kubectl apply -k")
+	require.Greater(t, apply, 0)
+	assert.Greater(t, strings.Index(k8s, "create secret generic edgefleet-broker-token"), apply,
+		"broker sync's token is created once the control plane runs")
 }
