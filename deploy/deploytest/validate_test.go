@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/controlplane/cli"
 	"github.com/edgefleet/edgefleet/internal/topics"
 )
@@ -859,5 +861,18 @@ func TestMosquittoListenerOptionsFollowAListener(t *testing.T) {
 				t.Errorf("deploy/%s:%d: %q comes before any listener line (mosquitto would open 0.0.0.0:1883)", file, i+1, f[0])
 			}
 		}
+	}
+}
+
+// TestAgentConfigExample: deploy/agent/agent.yaml.example, which "shows
+// every key", is a config the agent accepts and names every key it has.
+func TestAgentConfigExample(t *testing.T) {
+	example := deployFile(t, "agent/agent.yaml.example")
+	_, err := agent.ParseConfig(example)
+	require.NoError(t, err, "the agent accepts its example config")
+	typ := reflect.TypeFor[agent.Config]()
+	for i := range typ.NumField() {
+		key, _, _ := strings.Cut(typ.Field(i).Tag.Get("yaml"), ",")
+		assert.Regexp(t, `(?m)^`+regexp.QuoteMeta(key)+`:`, string(example), "agent.yaml.example shows %s", key)
 	}
 }
