@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -239,10 +240,24 @@ var tarballOnce struct {
 	err  error
 }
 
+// envRunCLI makes this test binary the edgefleet CLI (cli.Main with its
+// arguments) instead of running tests: the stand-in for bin/edgefleet in
+// the control plane tarball the docs test installs, so shell steps run
+// the real CLI without building another binary.
+const envRunCLI = "EDGEFLEET_DEPLOYTEST_RUN_CLI"
+
 func TestMain(m *testing.M) {
+	if os.Getenv(envRunCLI) == "1" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
+	}
 	code := m.Run()
-	if tarballOnce.dir != "" {
-		_ = os.RemoveAll(tarballOnce.dir)
+	for _, dir := range []string{tarballOnce.dir, docTarballOnce.dir} {
+		if dir != "" {
+			_ = os.RemoveAll(dir)
+		}
 	}
 	os.Exit(code)
 }
