@@ -73,6 +73,14 @@ func FuzzDecodePresence(f *testing.F) {
 	fuzzDecode(f, "Presence", func() proto.Message { return &efpb.Presence{} })
 }
 
+func FuzzDecodeCaptureBatch(f *testing.F) {
+	fuzzDecode(f, "CaptureBatch", func() proto.Message { return &efpb.CaptureBatch{} })
+}
+
+func FuzzDecodeCaptureAck(f *testing.F) {
+	fuzzDecode(f, "CaptureAck", func() proto.Message { return &efpb.CaptureAck{} })
+}
+
 // DecodeChunkView must agree with proto.Unmarshal on every input: the same
 // bytes are accepted or refused, and decode to the same fields.
 func FuzzDecodeChunkView(f *testing.F) {
