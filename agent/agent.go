@@ -116,6 +116,9 @@ type Options struct {
 	// DefaultOutboxMaxBytes.
 	OutboxMaxReports int
 	OutboxMaxBytes   int64
+	// Capture bounds field data capture (capture.go); whether a model is
+	// captured at all is its policy in the signed desired state.
+	Capture CaptureOptions
 
 	// Version is the agent's own version, reported in telemetry.
 	Version string
@@ -194,6 +197,8 @@ type Agent struct {
 
 	mon    *monitors // nil when monitoring is disabled; see monitor.go
 	outbox *outbox   // set in open; see outbox.go
+	// capture is the field data capture queue; set in open (capture.go).
+	capture *capturer
 
 	// u is the update state: touched only by the Run goroutine.
 	u updater
@@ -316,6 +321,9 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	wg.Go(func() { a.connectLoop(ctx) })
 	wg.Go(func() { a.outbox.run(ctx, time.Second, a.sendQueued) })
+	wg.Go(func() {
+		a.capture.run(ctx, a.mqtt, a.topics.Capture(a.opts.DeviceID), a.topics.CaptureAck(a.opts.DeviceID))
+	})
 	a.updateLoop(ctx)
 	return nil
 }
@@ -353,6 +361,18 @@ func (a *Agent) open() error {
 		return fmt.Errorf("agent: %w", err)
 	}
 	a.outbox = ob
+	ttl := a.opts.LabelTTL
+	if ttl <= 0 {
+		ttl = DefaultLabelTTL
+	}
+	cq, err := openCapture(a.kv.Namespace("capture"), a.opts.Capture, a.opts.DeviceID, a.opts.Clock, ttl, a.log, a.crashPoint)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.capture = cq
+	if ds := desiredOf(a.u.desired); ds != nil {
+		a.capture.setPolicies(ds)
+	}
 	if a.opts.InferenceListen != "" {
 		ln, err := net.Listen("tcp", a.opts.InferenceListen)
 		if err != nil {
