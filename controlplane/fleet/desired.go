@@ -203,6 +203,7 @@ func (f *Fleet) issue(ids []string, change func([]*efpb.ModelAssignment) []*efpb
 				return err
 			}
 			models := change(cur)
+			f.withCapture(models)
 			if len(models) > maxReportedModels {
 				return api.Errorf(api.ErrInvalid, "device %s would run %d models; a device runs at most %d (the control plane tracks no more)", id, len(models), maxReportedModels)
 			}
