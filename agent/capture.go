@@ -278,6 +278,9 @@ func openCapture(kv *store.KV, opts CaptureOptions, dev string, clock func() tim
 
 // setPolicies takes the capture policies of an accepted desired state.
 func (c *capturer) setPolicies(ds *efpb.DesiredState) {
+	if c == nil {
+		return
+	}
 	m := map[string]*efpb.CapturePolicy{}
 	for _, as := range ds.GetModels() {
 		if p := as.GetCapture(); p.GetSampleRate() > 0 {
@@ -288,6 +291,9 @@ func (c *capturer) setPolicies(ds *efpb.DesiredState) {
 }
 
 func (c *capturer) policy(model string) *efpb.CapturePolicy {
+	if c == nil {
+		return nil // an agent assembled without Run (benchmarks)
+	}
 	if m := c.policies.Load(); m != nil {
 		return (*m)[model]
 	}
