@@ -17,6 +17,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -150,7 +151,7 @@ func TestMalformedRequests(t *testing.T) {
 func TestDeployErrors(t *testing.T) {
 	ts := newTestServer(t, nil)
 	ts.register("dev-1", map[string]string{"site": "berlin"})
-	ts.mustUpload("fraud", "v1", trainedModel(t, 1))
+	ts.mustUpload("fraud", "v1", fleettest.TrainedModel(t, 1))
 	tests := []struct {
 		name string
 		req  api.DeployRequest
@@ -181,7 +182,7 @@ func TestDeployErrors(t *testing.T) {
 
 func TestUploadRejections(t *testing.T) {
 	ts := newTestServer(t, func(o *controlplane.Options) { o.MaxModelSize = 64 << 10 })
-	a := trainedModel(t, 1)
+	a := fleettest.TrainedModel(t, 1)
 
 	code, body := ts.upload("fraud", "v1", []byte("this is not an onnx model"), a.Metadata(), false)
 	assert.Equal(t, http.StatusBadRequest, code, "%s", body)
@@ -244,7 +245,7 @@ func (ts *testServer) uploadRaw(name, version string, model []byte, metadata str
 
 func TestUploadFailingTestVectors(t *testing.T) {
 	ts := newTestServer(t, nil)
-	a := trainedModel(t, 1)
+	a := fleettest.TrainedModel(t, 1)
 	bad := a.Metadata()
 	bad.TestVectors[0].Expected[0].Data[0] += 0.5
 
@@ -277,7 +278,7 @@ func TestUploadFailingTestVectors(t *testing.T) {
 
 func TestUploadAndGetModel(t *testing.T) {
 	ts := newTestServer(t, nil)
-	a := trainedModel(t, 1)
+	a := fleettest.TrainedModel(t, 1)
 	mv := ts.mustUpload("fraud", "v1", a)
 	assert.True(t, mv.Checks.Passed)
 	assert.Equal(t, len(a.TestVectors), mv.Checks.TestVectors)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/client"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/modelzoo"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -91,7 +92,7 @@ func TestPushClassifierWithCSV(t *testing.T) {
 
 func TestPushFP32ModelStaysVersion1(t *testing.T) {
 	ts := newTestServer(t, nil)
-	a := trainedModel(t, 1)
+	a := fleettest.TrainedModel(t, 1)
 	_, m, err := ts.push(client.Upload{Name: "fraud", Version: "1", Model: bytes.NewReader(a.ONNX),
 		Samples: []byte("1,2,0.5,3,1,0,100\n40,3,0.9,900,6,1,5\n")})
 	require.NoError(t, err)
