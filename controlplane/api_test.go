@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -331,4 +332,27 @@ func mustEnvelope(t *testing.T, b []byte) *efpb.Envelope {
 	env := &efpb.Envelope{}
 	require.NoError(t, proto.Unmarshal(b, env))
 	return env
+}
+
+// TestDeployRefusesMoreModelsThanADeviceRuns: a device runs at most 64
+// models (its desired state, reports and telemetry are bounded by it); the
+// 65th deploy to it is refused with the reason, and the device keeps the
+// 64 it has.
+func TestDeployRefusesMoreModelsThanADeviceRuns(t *testing.T) {
+	ts := newTestServer(t, nil)
+	ts.register("dev-1", nil)
+	art := fleettest.TrainedModel(t, 1)
+	for i := range 65 {
+		ts.mustUpload(fmt.Sprintf("m%02d", i), "v1", art)
+	}
+	for i := range 64 {
+		ts.deploy(api.DeployRequest{Model: fmt.Sprintf("m%02d", i), Version: "v1", Devices: []string{"dev-1"}})
+	}
+	code, body := ts.doJSON("POST", "/api/v1/deployments", api.DeployRequest{Model: "m64", Version: "v1", Devices: []string{"dev-1"}}, nil)
+	assert.Equal(t, http.StatusBadRequest, code, "%s", body)
+	assert.Contains(t, string(body), "device dev-1 would run 65 models; a device runs at most 64")
+	dev, err := ts.Client.Device(context.Background(), "dev-1")
+	require.NoError(t, err)
+	require.NotNil(t, dev.Desired)
+	assert.Len(t, dev.Desired.Models, 64, "the refused deploy changed nothing")
 }
