@@ -2,6 +2,7 @@ package controlplane_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -62,6 +63,10 @@ func TestPushMixedModelWithSampleRequests(t *testing.T) {
 	assert.InDelta(t, 1e-2, m.RelativeTolerance, 1e-9)
 	assert.Contains(t, strings.Join(mv.Checks.Notes, "\n"), "test vectors: 2 recorded by running the model on the sample inputs")
 	assert.EqualValues(t, 15, m.Opset, "taken from the model")
+	assert.Contains(t, mv.Checks.Notes, "drift: numeric inputs only; country (BYTES) not monitored")
+	metrics, err := ts.Client.ModelMetrics(context.Background(), "mixed", "1", api.MetricsQuery{})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"country (BYTES)"}, metrics.UnmonitoredInputs, "the metrics say which inputs drift skips")
 }
 
 func TestPushClassifierWithCSV(t *testing.T) {
