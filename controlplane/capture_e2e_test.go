@@ -61,7 +61,7 @@ func TestCaptureEndToEnd(t *testing.T) {
 	ts := newTestServer(t, func(o *controlplane.Options) { o.DataDir = dir })
 	token := ts.Token
 	ctx := context.Background()
-	ts.mustUpload("fraud", "v1", trainedModel(t, 1))
+	ts.mustUpload("fraud", "v1", fleettest.TrainedModel(t, 1))
 	a := ts.StartAgent(t, testRuntime, "dev-1", map[string]string{"site": "berlin"}, fastCapture)
 	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"},
 		Capture: &api.CapturePolicy{SampleRate: 1}})
