@@ -622,12 +622,20 @@ func (c *capturer) onAck(m mqttc.Message) {
 	}
 }
 
+// busy reports whether anything waits to be written or acknowledged.
+func (c *capturer) busy() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.buffer) > 0 || c.rows > 0
+}
+
 // run writes buffered rows, and sends batches one at a time until each is
 // acknowledged, until ctx ends. Before it returns it writes the buffer a
-// last time (a clean stop loses nothing).
+// last time (a clean stop loses nothing). With nothing to do it waits
+// without a timer (fleet-sim runs thousands of agents, most never capture).
 func (c *capturer) run(ctx context.Context, client func() *mqttc.Client, topic, ackTopic string) {
-	flushT := time.NewTicker(c.opts.FlushInterval)
-	defer flushT.Stop()
+	timer := time.NewTimer(c.opts.FlushInterval)
+	defer timer.Stop()
 	defer func() {
 		if err := c.flush(); err != nil {
 			c.log.Error("capture flush at stop failed", "err", err)
@@ -640,8 +648,9 @@ func (c *capturer) run(ctx context.Context, client func() *mqttc.Client, topic, 
 		if err := c.flush(); err != nil {
 			c.log.Error("capture flush failed", "err", err)
 		}
+		busy := inflight != nil || c.busy()
 		cl := client()
-		if cl != nil && subscribed != cl {
+		if busy && cl != nil && subscribed != cl {
 			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			err := cl.Subscribe(sctx, ackTopic, 1, c.onAck) // re-made by mqttc on every reconnect
 			cancel()
@@ -651,7 +660,7 @@ func (c *capturer) run(ctx context.Context, client func() *mqttc.Client, topic, 
 				c.log.Debug("capture ack subscribe failed", "err", err)
 			}
 		}
-		if inflight == nil && subscribed != nil {
+		if busy && inflight == nil && subscribed != nil {
 			b, ok, err := c.nextToSend()
 			if err != nil {
 				c.log.Error("capture batch not recorded", "err", err)
@@ -680,7 +689,14 @@ func (c *capturer) run(ctx context.Context, client func() *mqttc.Client, topic, 
 				inflight, sentAt = nil, time.Time{}
 			}
 		case <-c.wake:
-		case <-flushT.C:
+		case <-timer.C:
+		}
+		// Re-armed only while busy (Go 1.23 timers: Reset and Stop leave
+		// no stale tick behind).
+		if busy || c.busy() {
+			timer.Reset(c.opts.FlushInterval)
+		} else {
+			timer.Stop()
 		}
 	}
 }
