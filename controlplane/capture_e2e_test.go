@@ -151,6 +151,13 @@ func TestCaptureEndToEnd(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, off.Enabled)
 	require.Eventually(t, func() bool { return a.Generation() > gen }, 30*time.Second, 20*time.Millisecond)
+	entries, err := c2.Audit(ctx, api.AuditQuery{})
+	require.NoError(t, err)
+	audited := false
+	for _, e := range entries {
+		audited = audited || e.Action == "api.PUT "+api.PathModelCapture && e.Result == "ok"
+	}
+	assert.True(t, audited, "changing a capture policy is in the audit log")
 	before := a.CaptureStats()
 	fleettest.InferFraud(t, a.InferenceAddr(), g, 8, 4)
 	after := a.CaptureStats()

@@ -76,7 +76,7 @@ type env struct {
 	now   time.Time
 }
 
-func newEnv(t *testing.T, mod func(*Options)) *env {
+func newEnv(t testing.TB, mod func(*Options)) *env {
 	t.Helper()
 	db, err := store.Open(store.Options{Dir: t.TempDir(), Profile: store.ProfileServer})
 	require.NoError(t, err)
