@@ -478,3 +478,28 @@ func TestCaptureSamplingBudgetsAndLabelledOnly(t *testing.T) {
 	assert.Equal(t, uint32(1), batch.Rows[0].Row)
 	assert.Empty(t, batch.Labels)
 }
+
+// A large buffer goes to the device profile's small badger in several
+// transactions (one would exceed badger's per-transaction limit), and a
+// request never waits for the write.
+func TestCaptureFlushesLargeBufferOnDeviceProfile(t *testing.T) {
+	db, err := store.Open(store.Options{Dir: t.TempDir(), Profile: store.ProfileDevice})
+	require.NoError(t, err)
+	defer db.Close()
+	c, err := openCapture(db.Namespace("capture"), CaptureOptions{RowsPerHour: 1 << 20, BytesPerHour: 1 << 30}, "dev-1", time.Now, time.Hour, testLogger(t), func(string) {})
+	require.NoError(t, err)
+	c.setPolicies(&efpb.DesiredState{Models: []*efpb.ModelAssignment{{Name: "m", Capture: &efpb.CapturePolicy{SampleRate: 1}}}})
+	flat := make([]float32, 4*64)
+	in := []oip.Tensor{{Name: "x", Shape: []int64{4, 64}, Data: flat}}
+	out := []oip.Tensor{{Name: "p", Shape: []int64{4, 1}, Data: []float32{0.1, 0.2, 0.3, 0.4}}}
+	for i := range 1000 {
+		c.record(oip.WithInferenceID(context.Background(), fmt.Sprintf("inf-%d", i)), "m", "1", in, out)
+	}
+	require.Equal(t, 4000, c.stats().Buffered)
+	require.NoError(t, c.flush())
+	st := c.stats()
+	assert.Equal(t, 4000, st.Queued)
+	assert.Zero(t, st.Buffered)
+	assert.Greater(t, st.QueuedBytes, int64(1<<20), "more than a device-profile transaction holds")
+	assert.Zero(t, st.Dropped)
+}
