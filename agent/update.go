@@ -360,6 +360,8 @@ func (a *Agent) onConnected(ctx context.Context) {
 	if a.mqtt() == nil {
 		return
 	}
+	a.ensureAckSub(ctx)
+	a.outbox.connected()
 	a.ensureSub(ctx, a.topics.Trust(), evTrust)
 	a.ensureSub(ctx, a.topics.Desired(a.opts.DeviceID), evDesired)
 	a.publishPresence(true)
@@ -394,6 +396,28 @@ func (a *Agent) ensureSub(ctx context.Context, filter string, kind evKind) {
 		a.send(ctx, event{kind: kind, topic: m.Topic, payload: m.Payload})
 	})
 	if err != nil {
+		a.log.Warn("subscribe failed", "filter", filter, "err", err)
+		return
+	}
+	a.u.subs[filter] = true
+}
+
+// ensureAckSub subscribes to the device's ack topic (handled on the MQTT
+// client's goroutine, not the update loop: acknowledgements must not wait
+// for a model to load). A broker whose ACL predates the topic refuses it;
+// the outbox then finds that no acknowledgement comes (outbox.go).
+func (a *Agent) ensureAckSub(ctx context.Context) {
+	filter := a.topics.Ack(a.opts.DeviceID)
+	if a.u.subs[filter] {
+		return
+	}
+	c := a.mqtt()
+	if c == nil {
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := c.Subscribe(sctx, filter, 1, func(m mqttc.Message) { a.onAck(m.Payload) }); err != nil {
 		a.log.Warn("subscribe failed", "filter", filter, "err", err)
 		return
 	}
