@@ -49,14 +49,8 @@ func (e *attackEnv) desired(gen uint64, ttl time.Duration, as ...*efpb.ModelAssi
 		IssuedUnix: time.Now().Unix(), ExpiresUnix: time.Now().Add(ttl).Unix()}
 }
 
-// chunk publishes one chunk of fraud@2.0.0 as the attacker wrote it.
-func (e *attackEnv) chunk(idx uint32, data []byte) {
-	b, err := proto.Marshal(&efpb.Chunk{Name: "fraud", Version: "2.0.0", Index: idx, Data: data})
-	require.NoError(e.h.t, err)
-	require.NoError(e.h.t, e.h.broker.Publish(e.h.scheme.Chunks("fraud", "2.0.0"), b, false, 1))
-}
-
-// junk is chunk for a goroutine other than the test's: errors ignored.
+// junk publishes one chunk of fraud@2.0.0 as the attacker wrote it; it
+// runs on flood's goroutine, so errors are ignored.
 func (e *attackEnv) junk(idx uint32, data []byte) {
 	b, _ := proto.Marshal(&efpb.Chunk{Name: "fraud", Version: "2.0.0", Index: idx, Data: data})
 	_ = e.h.broker.Publish(e.h.scheme.Chunks("fraud", "2.0.0"), b, false, 1)
