@@ -116,6 +116,11 @@ type Options struct {
 	// DefaultOutboxMaxBytes.
 	OutboxMaxReports int
 	OutboxMaxBytes   int64
+	// ReportAckTimeout is how long a report (telemetry or status event)
+	// the broker accepted waits for the control plane's acknowledgement
+	// before it is sent again (then with doubling back-off, at most ten
+	// minutes apart). Default 30s.
+	ReportAckTimeout time.Duration
 	// Capture bounds field data capture (capture.go); whether a model is
 	// captured at all is its policy in the signed desired state.
 	Capture CaptureOptions
@@ -223,6 +228,7 @@ type Agent struct {
 	refused       atomic.Uint64 // well-formed documents refused by a check
 	writeFailures atomic.Uint64 // writes of persisted state that failed
 	chunks        atomic.Uint64 // chunks accepted into a download (ChunksReceived)
+	telemetryMade atomic.Uint64 // telemetry reports queued (TelemetryReports)
 	ready         chan struct{}
 	runOnce       atomic.Bool
 	infAddr       atomic.Value // string
@@ -320,7 +326,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent started", "inference", a.InferenceAddr(), "broker", a.opts.BrokerURL)
 
 	wg.Go(func() { a.connectLoop(ctx) })
-	wg.Go(func() { a.outbox.run(ctx, time.Second, a.sendQueued) })
+	wg.Go(func() { a.outbox.run(ctx, a.sendQueued, a.connected) })
 	wg.Go(func() {
 		a.capture.run(ctx, a.mqtt, a.topics.Capture(a.opts.DeviceID), a.topics.CaptureAck(a.opts.DeviceID))
 	})
@@ -353,14 +359,14 @@ func (a *Agent) open() error {
 		}
 		a.rt, a.ownRT = rt, true
 	}
-	if err := a.restore(); err != nil {
-		return err
-	}
-	ob, err := openOutbox(a.kv.Namespace("outbox"), a.opts.OutboxMaxReports, a.opts.OutboxMaxBytes, a.log)
+	ob, err := openOutbox(a.kv.Namespace("outbox"), a.opts.OutboxMaxReports, a.opts.OutboxMaxBytes, a.opts.ReportAckTimeout, a.log)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
 	a.outbox = ob
+	if err := a.restore(); err != nil {
+		return err
+	}
 	ttl := a.opts.LabelTTL
 	if ttl <= 0 {
 		ttl = DefaultLabelTTL

@@ -2472,6 +2472,141 @@ func (x *Presence) GetAgentVersion() string {
 	return ""
 }
 
+// Ack is the control plane's end-to-end acknowledgement of a device's reports
+// (added 2026-12-06; messages Ack and SeqRange are new, so their field numbers
+// 1-4 and 1-2 take nothing from any other message). Published by the control
+// plane on <prefix>/dev/{id}/ack, QoS 1, not retained; only the device reads
+// it (the ACL lets no device publish there). ranges name, by seq, the status
+// events and telemetry reports of that device the control plane has made
+// durable in its store (or refused for good and counted): the agent deletes
+// exactly those from its outbox and resends the others. There is no
+// high-water mark on purpose: a report lost between broker and control plane
+// leaves a gap below newer reports that were acknowledged. An older agent
+// never subscribes to the topic and deletes reports on the broker's PUBACK as
+// before; a newer agent that hears no Ack (an older control plane) falls back
+// to that too (docs/architecture.md, "End-to-end acknowledgement").
+type Ack struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ProtocolVersion uint32                 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	DeviceId        string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// ranges are inclusive, in any order; at most efpb.MaxAckRanges.
+	Ranges        []*SeqRange `protobuf:"bytes,3,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	TimeUnixMs    int64       `protobuf:"varint,4,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Ack) Reset() {
+	*x = Ack{}
+	mi := &file_proto_edgefleet_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Ack) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Ack) ProtoMessage() {}
+
+func (x *Ack) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Ack.ProtoReflect.Descriptor instead.
+func (*Ack) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *Ack) GetProtocolVersion() uint32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
+}
+
+func (x *Ack) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *Ack) GetRanges() []*SeqRange {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+func (x *Ack) GetTimeUnixMs() int64 {
+	if x != nil {
+		return x.TimeUnixMs
+	}
+	return 0
+}
+
+// SeqRange is the inclusive range first..last of report sequence numbers.
+type SeqRange struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	First         uint64                 `protobuf:"varint,1,opt,name=first,proto3" json:"first,omitempty"`
+	Last          uint64                 `protobuf:"varint,2,opt,name=last,proto3" json:"last,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SeqRange) Reset() {
+	*x = SeqRange{}
+	mi := &file_proto_edgefleet_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SeqRange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SeqRange) ProtoMessage() {}
+
+func (x *SeqRange) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SeqRange.ProtoReflect.Descriptor instead.
+func (*SeqRange) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *SeqRange) GetFirst() uint64 {
+	if x != nil {
+		return x.First
+	}
+	return 0
+}
+
+func (x *SeqRange) GetLast() uint64 {
+	if x != nil {
+		return x.Last
+	}
+	return 0
+}
+
 // CapturePolicy says which inferences of one model a device keeps for the
 // control plane's datasets. It travels in ModelAssignment.capture, so it is
 // signed by the control role with the rest of the desired state.
@@ -2501,7 +2636,7 @@ type CapturePolicy struct {
 
 func (x *CapturePolicy) Reset() {
 	*x = CapturePolicy{}
-	mi := &file_proto_edgefleet_proto_msgTypes[24]
+	mi := &file_proto_edgefleet_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2513,7 +2648,7 @@ func (x *CapturePolicy) String() string {
 func (*CapturePolicy) ProtoMessage() {}
 
 func (x *CapturePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[24]
+	mi := &file_proto_edgefleet_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2526,7 +2661,7 @@ func (x *CapturePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CapturePolicy.ProtoReflect.Descriptor instead.
 func (*CapturePolicy) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{24}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CapturePolicy) GetSampleRate() float64 {
@@ -2599,7 +2734,7 @@ type CaptureRow struct {
 
 func (x *CaptureRow) Reset() {
 	*x = CaptureRow{}
-	mi := &file_proto_edgefleet_proto_msgTypes[25]
+	mi := &file_proto_edgefleet_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2611,7 +2746,7 @@ func (x *CaptureRow) String() string {
 func (*CaptureRow) ProtoMessage() {}
 
 func (x *CaptureRow) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[25]
+	mi := &file_proto_edgefleet_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2624,7 +2759,7 @@ func (x *CaptureRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaptureRow.ProtoReflect.Descriptor instead.
 func (*CaptureRow) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{25}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CaptureRow) GetModelName() string {
@@ -2705,7 +2840,7 @@ type CaptureLabel struct {
 
 func (x *CaptureLabel) Reset() {
 	*x = CaptureLabel{}
-	mi := &file_proto_edgefleet_proto_msgTypes[26]
+	mi := &file_proto_edgefleet_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2717,7 +2852,7 @@ func (x *CaptureLabel) String() string {
 func (*CaptureLabel) ProtoMessage() {}
 
 func (x *CaptureLabel) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[26]
+	mi := &file_proto_edgefleet_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2730,7 +2865,7 @@ func (x *CaptureLabel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaptureLabel.ProtoReflect.Descriptor instead.
 func (*CaptureLabel) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{26}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CaptureLabel) GetModelName() string {
@@ -2791,7 +2926,7 @@ type CaptureBatch struct {
 
 func (x *CaptureBatch) Reset() {
 	*x = CaptureBatch{}
-	mi := &file_proto_edgefleet_proto_msgTypes[27]
+	mi := &file_proto_edgefleet_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2803,7 +2938,7 @@ func (x *CaptureBatch) String() string {
 func (*CaptureBatch) ProtoMessage() {}
 
 func (x *CaptureBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[27]
+	mi := &file_proto_edgefleet_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2816,7 +2951,7 @@ func (x *CaptureBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaptureBatch.ProtoReflect.Descriptor instead.
 func (*CaptureBatch) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{27}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CaptureBatch) GetProtocolVersion() uint32 {
@@ -2890,7 +3025,7 @@ type CaptureAck struct {
 
 func (x *CaptureAck) Reset() {
 	*x = CaptureAck{}
-	mi := &file_proto_edgefleet_proto_msgTypes[28]
+	mi := &file_proto_edgefleet_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2902,7 +3037,7 @@ func (x *CaptureAck) String() string {
 func (*CaptureAck) ProtoMessage() {}
 
 func (x *CaptureAck) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[28]
+	mi := &file_proto_edgefleet_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2915,7 +3050,7 @@ func (x *CaptureAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaptureAck.ProtoReflect.Descriptor instead.
 func (*CaptureAck) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{28}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CaptureAck) GetProtocolVersion() uint32 {
@@ -3164,7 +3299,16 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x06online\x18\x02 \x01(\bR\x06online\x12 \n" +
 	"\ftime_unix_ms\x18\x03 \x01(\x03R\n" +
 	"timeUnixMs\x12#\n" +
-	"\ragent_version\x18\x04 \x01(\tR\fagentVersion\"\x8c\x02\n" +
+	"\ragent_version\x18\x04 \x01(\tR\fagentVersion\"\x9f\x01\n" +
+	"\x03Ack\x12)\n" +
+	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12.\n" +
+	"\x06ranges\x18\x03 \x03(\v2\x16.edgefleet.v1.SeqRangeR\x06ranges\x12 \n" +
+	"\ftime_unix_ms\x18\x04 \x01(\x03R\n" +
+	"timeUnixMs\"4\n" +
+	"\bSeqRange\x12\x14\n" +
+	"\x05first\x18\x01 \x01(\x04R\x05first\x12\x12\n" +
+	"\x04last\x18\x02 \x01(\x04R\x04last\"\x8c\x02\n" +
 	"\rCapturePolicy\x12\x1f\n" +
 	"\vsample_rate\x18\x01 \x01(\x01R\n" +
 	"sampleRate\x12)\n" +
@@ -3252,7 +3396,7 @@ func file_proto_edgefleet_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_edgefleet_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_proto_edgefleet_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_proto_edgefleet_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_proto_edgefleet_proto_goTypes = []any{
 	(Role)(0),               // 0: edgefleet.v1.Role
 	(TensorKind)(0),         // 1: edgefleet.v1.TensorKind
@@ -3282,11 +3426,13 @@ var file_proto_edgefleet_proto_goTypes = []any{
 	(*MonitorReport)(nil),   // 25: edgefleet.v1.MonitorReport
 	(*FeatureSketch)(nil),   // 26: edgefleet.v1.FeatureSketch
 	(*Presence)(nil),        // 27: edgefleet.v1.Presence
-	(*CapturePolicy)(nil),   // 28: edgefleet.v1.CapturePolicy
-	(*CaptureRow)(nil),      // 29: edgefleet.v1.CaptureRow
-	(*CaptureLabel)(nil),    // 30: edgefleet.v1.CaptureLabel
-	(*CaptureBatch)(nil),    // 31: edgefleet.v1.CaptureBatch
-	(*CaptureAck)(nil),      // 32: edgefleet.v1.CaptureAck
+	(*Ack)(nil),             // 28: edgefleet.v1.Ack
+	(*SeqRange)(nil),        // 29: edgefleet.v1.SeqRange
+	(*CapturePolicy)(nil),   // 30: edgefleet.v1.CapturePolicy
+	(*CaptureRow)(nil),      // 31: edgefleet.v1.CaptureRow
+	(*CaptureLabel)(nil),    // 32: edgefleet.v1.CaptureLabel
+	(*CaptureBatch)(nil),    // 33: edgefleet.v1.CaptureBatch
+	(*CaptureAck)(nil),      // 34: edgefleet.v1.CaptureAck
 }
 var file_proto_edgefleet_proto_depIdxs = []int32{
 	5,  // 0: edgefleet.v1.Envelope.signatures:type_name -> edgefleet.v1.Signature
@@ -3306,7 +3452,7 @@ var file_proto_edgefleet_proto_depIdxs = []int32{
 	13, // 14: edgefleet.v1.Manifest.reference:type_name -> edgefleet.v1.FeatureStats
 	12, // 15: edgefleet.v1.Manifest.test_vectors:type_name -> edgefleet.v1.TestVector
 	16, // 16: edgefleet.v1.Manifest.training:type_name -> edgefleet.v1.TrainingInfo
-	28, // 17: edgefleet.v1.ModelAssignment.capture:type_name -> edgefleet.v1.CapturePolicy
+	30, // 17: edgefleet.v1.ModelAssignment.capture:type_name -> edgefleet.v1.CapturePolicy
 	18, // 18: edgefleet.v1.DesiredState.models:type_name -> edgefleet.v1.ModelAssignment
 	2,  // 19: edgefleet.v1.StatusEvent.state:type_name -> edgefleet.v1.ModelState
 	3,  // 20: edgefleet.v1.StatusEvent.refused:type_name -> edgefleet.v1.Refusal
@@ -3314,15 +3460,16 @@ var file_proto_edgefleet_proto_depIdxs = []int32{
 	23, // 22: edgefleet.v1.Telemetry.models:type_name -> edgefleet.v1.ActiveModel
 	25, // 23: edgefleet.v1.Telemetry.monitoring:type_name -> edgefleet.v1.MonitorReport
 	26, // 24: edgefleet.v1.MonitorReport.features:type_name -> edgefleet.v1.FeatureSketch
-	11, // 25: edgefleet.v1.CaptureRow.inputs:type_name -> edgefleet.v1.Tensor
-	11, // 26: edgefleet.v1.CaptureRow.outputs:type_name -> edgefleet.v1.Tensor
-	29, // 27: edgefleet.v1.CaptureBatch.rows:type_name -> edgefleet.v1.CaptureRow
-	30, // 28: edgefleet.v1.CaptureBatch.labels:type_name -> edgefleet.v1.CaptureLabel
-	29, // [29:29] is the sub-list for method output_type
-	29, // [29:29] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	29, // 25: edgefleet.v1.Ack.ranges:type_name -> edgefleet.v1.SeqRange
+	11, // 26: edgefleet.v1.CaptureRow.inputs:type_name -> edgefleet.v1.Tensor
+	11, // 27: edgefleet.v1.CaptureRow.outputs:type_name -> edgefleet.v1.Tensor
+	31, // 28: edgefleet.v1.CaptureBatch.rows:type_name -> edgefleet.v1.CaptureRow
+	32, // 29: edgefleet.v1.CaptureBatch.labels:type_name -> edgefleet.v1.CaptureLabel
+	30, // [30:30] is the sub-list for method output_type
+	30, // [30:30] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_proto_edgefleet_proto_init() }
@@ -3336,7 +3483,7 @@ func file_proto_edgefleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_edgefleet_proto_rawDesc), len(file_proto_edgefleet_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   29,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
