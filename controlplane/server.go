@@ -473,7 +473,7 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 		return nil, err
 	}
 	c.ingest = ingest.New(s.scheme, s.metrics, o.Logger)
-	if c.registry, err = fleet.OpenRegistry(kv, o.Clock); err != nil {
+	if c.registry, err = fleet.OpenRegistryWith(kv, fleet.RegistryOptions{Clock: o.Clock, Bcrypt: o.MQTTURL != ""}); err != nil {
 		return nil, err
 	}
 
