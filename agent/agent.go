@@ -37,7 +37,9 @@ const eventQueue = 64
 
 // Options configure an Agent. Zero values take the documented defaults.
 type Options struct {
-	DeviceID  string
+	DeviceID string
+	// BrokerURL is the broker, or a comma-separated list of a cluster's
+	// nodes to fail over between (mqttc.Options.BrokerURL).
 	BrokerURL string
 	// Username defaults to DeviceID; the broker requires them equal.
 	Username string

@@ -9,6 +9,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/edgefleet/edgefleet/internal/mqttc"
 	"github.com/edgefleet/edgefleet/internal/signing"
 )
 
@@ -19,7 +20,9 @@ import (
 // what a missing key decodes to.
 type Config struct {
 	DeviceID string `yaml:"device_id,omitempty"`
-	// BrokerURL is the MQTT broker, e.g. tcp://cp.example:1883.
+	// BrokerURL is the MQTT broker, e.g. tcp://cp.example:1883; a
+	// comma-separated list names the nodes of a clustered broker (NATS),
+	// and the agent reconnects to another node when its node dies.
 	BrokerURL string `yaml:"broker_url,omitempty"`
 	// Username defaults to DeviceID.
 	Username string `yaml:"username,omitempty"`
@@ -111,6 +114,9 @@ func (c *Config) Options() (Options, error) {
 	}
 	if c.BrokerURL == "" {
 		return o, errors.New("agent config: broker_url is required (e.g. tcp://control-plane:1883)")
+	}
+	if _, err := mqttc.BrokerURLs(c.BrokerURL, c.DeviceID); err != nil {
+		return o, fmt.Errorf("agent config: broker_url: %w", err)
 	}
 	if c.RootPublicKey == "" {
 		return o, errors.New("agent config: root_public_key is required: paste the PEM of the fleet's root public key from the provisioning bundle")

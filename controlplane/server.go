@@ -77,6 +77,8 @@ type Options struct {
 	MQTTListen string
 	// MQTTURL, if set, is an external broker (tcp://host:1883) used instead
 	// of the embedded one; the control plane connects as Username/Password.
+	// A comma-separated list names the nodes of a clustered broker (NATS):
+	// the control plane fails over between them (mqttc.Options.BrokerURL).
 	MQTTURL  string
 	Username string
 	Password string

@@ -12,6 +12,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net"
 	"net/url"
@@ -69,6 +70,9 @@ type Message struct {
 // Options configures Connect. Zero values take the documented defaults.
 type Options struct {
 	// BrokerURL is tcp://host:port, or tls:// (ssl://, mqtts://) for TLS.
+	// A comma-separated list names the nodes of one clustered broker
+	// (NATS): the client connects to one of them and, when that node
+	// dies, reconnects to another (see BrokerURLs for the order).
 	BrokerURL string
 	// ClientID is required; with edgefleet brokers it equals Username (the device id).
 	ClientID string
@@ -105,21 +109,46 @@ type Options struct {
 	MaxReconnectInterval time.Duration
 }
 
+// BrokerURLs splits a BrokerURL list and checks every URL. The order is
+// the list's rotated by a hash of clientID, so that the clients of a
+// cluster spread over its nodes, and each client tries the same node
+// first after every reconnect (paho tries the list in order).
+func BrokerURLs(list, clientID string) ([]string, error) {
+	var urls []string
+	for _, s := range strings.Split(list, ",") {
+		s = strings.TrimSpace(s)
+		u, err := url.Parse(s)
+		if err != nil {
+			return nil, fmt.Errorf("broker url %q: %w", s, err)
+		}
+		switch u.Scheme {
+		case "tcp", "mqtt", "tls", "ssl", "mqtts", "tcps", "ws", "wss":
+		default:
+			return nil, fmt.Errorf("broker url %q: scheme %q, want tcp:// or tls://", s, u.Scheme)
+		}
+		if u.Host == "" {
+			return nil, fmt.Errorf("broker url %q: no host", s)
+		}
+		if slices.Contains(urls, s) {
+			return nil, fmt.Errorf("broker url %q: listed twice", s)
+		}
+		urls = append(urls, s)
+	}
+	if len(urls) > 1 {
+		h := fnv.New32a()
+		h.Write([]byte(clientID))
+		k := int(h.Sum32() % uint32(len(urls)))
+		urls = append(urls[k:], urls[:k]...)
+	}
+	return urls, nil
+}
+
 func (o Options) withDefaults() (Options, error) {
 	if o.Dial != nil && o.BrokerURL == "" {
 		o.BrokerURL = "tcp://in-process"
 	}
-	u, err := url.Parse(o.BrokerURL)
-	if err != nil {
-		return o, fmt.Errorf("broker url %q: %w", o.BrokerURL, err)
-	}
-	switch u.Scheme {
-	case "tcp", "mqtt", "tls", "ssl", "mqtts", "tcps", "ws", "wss":
-	default:
-		return o, fmt.Errorf("broker url %q: scheme %q, want tcp:// or tls://", o.BrokerURL, u.Scheme)
-	}
-	if u.Host == "" {
-		return o, fmt.Errorf("broker url %q: no host", o.BrokerURL)
+	if _, err := BrokerURLs(o.BrokerURL, o.ClientID); err != nil {
+		return o, err
 	}
 	if o.ClientID == "" || len(o.ClientID) > 65535 || strings.ContainsRune(o.ClientID, 0) {
 		return o, fmt.Errorf("client id %q: want 1..65535 bytes without NUL", o.ClientID)
@@ -215,9 +244,12 @@ func Connect(ctx context.Context, opts Options) (*Client, error) {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 
-	po := paho.NewClientOptions().
-		AddBroker(opts.BrokerURL).
-		SetClientID(opts.ClientID).
+	po := paho.NewClientOptions()
+	urls, _ := BrokerURLs(opts.BrokerURL, opts.ClientID) // checked by withDefaults
+	for _, u := range urls {
+		po.AddBroker(u)
+	}
+	po.SetClientID(opts.ClientID).
 		SetUsername(opts.Username).
 		SetPassword(opts.Password).
 		SetTLSConfig(opts.TLS).
