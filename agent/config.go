@@ -24,6 +24,11 @@ type Config struct {
 	// comma-separated list names the nodes of a clustered broker (NATS),
 	// and the agent reconnects to another node when its node dies.
 	BrokerURL string `yaml:"broker_url,omitempty"`
+	// MQTTQoS0Subscriptions subscribes at QoS 0: set it on a NATS
+	// cluster, where each QoS 1 subscription costs a replicated JetStream
+	// consumer (docs/deploy.md, "A NATS cluster"). Nothing is lost: what
+	// the agent subscribes to is retained or fetched again.
+	MQTTQoS0Subscriptions bool `yaml:"mqtt_qos0_subscriptions,omitempty"`
 	// Username defaults to DeviceID.
 	Username string `yaml:"username,omitempty"`
 	Password string `yaml:"password,omitempty"`
@@ -159,6 +164,7 @@ func (c *Config) Options() (Options, error) {
 		HealthPeriod:              health,
 		DeviceID:                  c.DeviceID,
 		BrokerURL:                 c.BrokerURL,
+		QoS0Subscriptions:         c.MQTTQoS0Subscriptions,
 		Username:                  c.Username,
 		Password:                  c.Password,
 		RootPublicKey:             root,

@@ -49,6 +49,7 @@ written to --token-file if given).`,
 	f.StringVar(&opts.MQTTURL, "mqtt-url", "", "external MQTT broker (`URL`, e.g. tcp://host:1883; a comma-separated list: the nodes of a NATS cluster) instead of the embedded one")
 	f.StringVar(&opts.Username, "mqtt-username", "", "the control plane's username (`USER`) on the external broker")
 	f.StringVar(&opts.Password, "mqtt-password", "", "the `PASSWORD` of --mqtt-username (env "+EnvMQTTPassword+")")
+	f.BoolVar(&opts.MQTTPersistentSession, "mqtt-persistent-session", false, "with --mqtt-url: keep the control plane's session on the broker while it is away (a NATS cluster delivers what devices sent during a failover)")
 	f.IntVar(&opts.IngestConnections, "ingest-connections", 0, "with --mqtt-url: receive telemetry over `N` connections sharing one MQTT shared subscription (mosquitto 2, EMQX)")
 	f.StringVar(&opts.PublicMQTTURL, "public-mqtt-url", "", "broker `URL` devices are told, or a comma-separated list of a cluster's nodes (default: the broker's own URL)")
 	f.StringVar(&opts.TopicPrefix, "topic-prefix", "", "MQTT topic `PREFIX` (default ef/v1)")

@@ -107,6 +107,22 @@ type Options struct {
 	KeepAlive time.Duration
 	// MaxReconnectInterval caps the reconnect backoff; default DefaultMaxReconnectInterval.
 	MaxReconnectInterval time.Duration
+	// PersistentSession asks the broker to keep the session while the
+	// client is away (clean session off): its subscriptions stay, and QoS 1
+	// messages published meanwhile are delivered when it is back. On a
+	// NATS cluster the session lives in replicated JetStream streams, so a
+	// client whose node died resumes it on another node and loses nothing.
+	// The client id must be one no other client uses. Default: clean
+	// sessions (subscriptions are re-made on every connect either way).
+	PersistentSession bool
+	// QoS0Subscriptions subscribes at QoS 0 whatever Subscribe is asked.
+	// On NATS each QoS 1 subscription of a clean session is a JetStream
+	// consumer made at every connect (a replicated group per subscription
+	// and device), which costs the cluster dearly for a large fleet and
+	// was seen to stop delivering after a node was killed; QoS 0 is plain
+	// NATS routing. For a client whose topics are retained or asked for
+	// again (an agent) nothing is lost.
+	QoS0Subscriptions bool
 }
 
 // BrokerURLs splits a BrokerURL list and checks every URL. The order is
@@ -222,7 +238,8 @@ type connEvent struct {
 // Connect connects and returns once the first connection is up. Network
 // errors are retried with backoff until ctx ends; a refusal by the broker
 // returns an error wrapping ErrRefused at once. Afterwards the client
-// reconnects by itself (clean session; subscriptions are re-made).
+// reconnects by itself (a clean session unless PersistentSession;
+// subscriptions are re-made either way).
 // Abandoning an attempt in progress when ctx ends can take up to
 // ConnectTimeout.
 func Connect(ctx context.Context, opts Options) (*Client, error) {
@@ -254,7 +271,7 @@ func Connect(ctx context.Context, opts Options) (*Client, error) {
 		SetPassword(opts.Password).
 		SetTLSConfig(opts.TLS).
 		SetProtocolVersion(4).
-		SetCleanSession(true).
+		SetCleanSession(!opts.PersistentSession).
 		SetResumeSubs(false).
 		SetStore(newCopyStore()). // see store.go: avoids a paho data race on reconnect
 		// Our paho callbacks only do a non-blocking enqueue, so ordered
@@ -444,6 +461,9 @@ const codeIDInUse = 0x91
 // subscribe sends one SUBSCRIBE and returns the SUBACK code, retrying
 // transient packet-id collisions.
 func (c *Client) subscribe(ctx context.Context, filter string, qos byte) (byte, error) {
+	if c.opts.QoS0Subscriptions {
+		qos = 0
+	}
 	for attempt := 1; ; attempt++ {
 		tok := c.pc.Subscribe(filter, qos, nil)
 		if err := c.wait(ctx, tok); err != nil {

@@ -138,18 +138,18 @@ func (m *mqttClient) next() paho.Message {
 func TestClusterACL(t *testing.T) {
 	t.Parallel()
 	s := topics.Scheme{}
-	pw := map[string]string{"edgefleet-cp": "cp-secret", "dev-1": "pw-1", "dev-2": "pw-2"}
+	pw := map[string]string{"edgefleet-cp": "cp-secret", "dev-1": "pw-1", "dev-2": "pw-2", "dev-3": "pw-3"}
 	hashes := map[string]string{}
 	for u, p := range pw {
 		hashes[u] = hash(t, p)
 	}
-	revoked := false
+	revoked, enrolled := false, false
 	users := func() []natsconf.User {
 		cp, err := natsconf.ControlUser(s, "edgefleet-cp", hashes["edgefleet-cp"])
 		require.NoError(t, err)
 		out := []natsconf.User{cp}
-		for _, id := range []string{"dev-1", "dev-2"} {
-			if id == "dev-2" && revoked {
+		for _, id := range []string{"dev-1", "dev-2", "dev-3"} {
+			if id == "dev-2" && revoked || id == "dev-3" && !enrolled {
 				continue
 			}
 			u, err := natsconf.DeviceUser(s, id, hashes[id])
@@ -168,6 +168,18 @@ func TestClusterACL(t *testing.T) {
 	cp.pub(s.Desired("dev-1"), true, "desired-1")
 	cp.pub(s.Desired("dev-2"), true, "desired-2")
 	require.Equal(t, byte(1), cp.sub(s.AllStatus()))
+
+	// A device enrolled while the control plane is subscribed: a reload
+	// lets it in, and the control plane's subscriptions keep delivering.
+	_, err = connect(t, c.MQTTURL(1), "dev-3", pw["dev-3"])
+	assert.Error(t, err, "dev-3 is not enrolled yet")
+	enrolled = true
+	c.writeAuth(t, users())
+	c.Reload()
+	d3 := connectEventually(t, c.MQTTURL(1), "dev-3", pw["dev-3"])
+	d3.pub(s.Status("dev-3"), false, "status-3")
+	msg := cp.next()
+	assert.Equal(t, s.Status("dev-3"), msg.Topic())
 
 	_, err = connect(t, c.MQTTURL(1), "dev-1", "wrong")
 	assert.Error(t, err, "a wrong password is refused")
@@ -199,7 +211,7 @@ func TestClusterACL(t *testing.T) {
 	d1.pub(s.Trust(), true, "forged-trust")
 	d1.pub(s.Status("dev-2"), false, "forged-status")
 	d1.pub(s.Status("dev-1"), false, "status-1")
-	msg := cp.next()
+	msg = cp.next()
 	assert.Equal(t, s.Status("dev-1"), msg.Topic(), "the control plane gets dev-1's own status, and nothing forged before it")
 	assert.Equal(t, "status-1", string(msg.Payload()))
 

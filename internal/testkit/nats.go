@@ -56,7 +56,9 @@ type NATSPorts struct {
 
 // NATSCluster is a cluster of real nats-server processes on 127.0.0.1
 // that the test started and stops at cleanup. Ports are free ports handed
-// over in the config (routes must be known before the nodes start).
+// over in the config (routes must be known before the nodes start). With
+// $EDGEFLEET_KEEP_NATS_LOGS set to a directory, the nodes' configs, logs
+// and stores are copied there at cleanup (for a failure to study).
 type NATSCluster struct {
 	// Dir holds each node's config, store and log.
 	Dir   string
@@ -85,6 +87,9 @@ func StartNATSCluster(t testing.TB, n int, config func(dir string, i int, ports 
 	t.Cleanup(func() {
 		for i := range c.nodes {
 			c.Kill(i)
+		}
+		if keep := os.Getenv("EDGEFLEET_KEEP_NATS_LOGS"); keep != "" {
+			_ = exec.Command("cp", "-r", c.Dir, keep).Run()
 		}
 		if t.Failed() {
 			for i := range c.nodes {
