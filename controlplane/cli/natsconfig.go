@@ -24,13 +24,14 @@ func (a *app) brokerNATSConfigCmd() *cobra.Command {
 	var (
 		nodes                          []string
 		prefix, controlUser, pwFile    string
+		routePwFile                    string
 		outDir, storeDir, pidFile      string
 		tlsCert, tlsKey, host          string
 		mqttPort, clusterPort, monPort int
 		replicas                       int
 	)
 	c := &cobra.Command{
-		Use:   "nats-config --node NAME=HOST ... --control-password-file FILE --out-dir DIR",
+		Use:   "nats-config --node NAME=HOST ... --control-password-file FILE --route-password-file FILE --out-dir DIR",
 		Short: "write the configuration of a NATS cluster (MQTT + JetStream) for the fleet",
 		Long: `Writes one nats-server configuration per --node (NAME.conf: JetStream, the MQTT listener with
 streams replicated on --replicas nodes, routes to the other nodes) and the authorization file
@@ -40,7 +41,9 @@ are added and removed by broker sync --nats-auth-file, running next to each node
 rewrites that file from the control plane and reloads the node; NATS then closes the
 connections of revoked devices. Each device may only publish its own status, telemetry, fetch
 and presence and read its own desired state, the trust bundle and models (the same rules as
-broker acl), with MQTT topics mapped to NATS subjects ('/' to '.', '.' to '//').`,
+broker acl), with MQTT topics mapped to NATS subjects ('/' to '.', '.' to '//'). The nodes
+log in to each other's cluster port with the secret in --route-password-file, which each node's
+file holds in plain text (NATS dials its routes with it): keep the files 0600.`,
 		Example: `  edgefleet broker nats-config --node nats-0=nats-0.nats --node nats-1=nats-1.nats --node nats-2=nats-2.nats \
       --control-user edgefleet-cp --control-password-file mqtt-password --out-dir deploy/nats`,
 		Args: noArgs,
@@ -48,16 +51,16 @@ broker acl), with MQTT topics mapped to NATS subjects ('/' to '.', '.' to '//').
 			if len(nodes) == 0 {
 				return usagef("give every node of the cluster with --node NAME=HOST")
 			}
-			if pwFile == "" || outDir == "" {
-				return usagef("nats-config needs --control-password-file and --out-dir")
+			if pwFile == "" || routePwFile == "" || outDir == "" {
+				return usagef("nats-config needs --control-password-file, --route-password-file and --out-dir")
 			}
-			pw, err := os.ReadFile(pwFile)
+			password, err := readSecret(pwFile, "--control-password-file")
 			if err != nil {
-				return fmt.Errorf("control password: %w", err)
+				return err
 			}
-			password := strings.TrimRight(string(pw), "\r\n")
-			if password == "" {
-				return usagef("--control-password-file %s is empty", pwFile)
+			routePassword, err := readSecret(routePwFile, "--route-password-file")
+			if err != nil {
+				return err
 			}
 			scheme := topics.Scheme{Prefix: prefix}
 			if err := scheme.Validate(); err != nil {
@@ -106,7 +109,7 @@ broker acl), with MQTT topics mapped to NATS subjects ('/' to '.', '.' to '//').
 				conf, err := natsconf.NodeConfig(natsconf.Node{
 					Name: n.name, Host: host, MQTTPort: mqttPort, ClusterPort: clusterPort, MonitorPort: monPort,
 					Routes: routes, StoreDir: storeDir, AuthFile: NATSAuthFile, Replicas: replicas,
-					MQTTTLSCert: tlsCert, MQTTTLSKey: tlsKey, PidFile: pidFile,
+					MQTTTLSCert: tlsCert, MQTTTLSKey: tlsKey, PidFile: pidFile, RoutePassword: routePassword,
 				})
 				if err != nil {
 					return usagef("%v", err)
@@ -114,11 +117,9 @@ broker acl), with MQTT topics mapped to NATS subjects ('/' to '.', '.' to '//').
 				files[n.name+".conf"] = conf
 			}
 			for name, text := range files {
-				mode := os.FileMode(0o644)
-				if name == NATSAuthFile {
-					mode = 0o640 // bcrypt hashes
-				}
-				if err := os.WriteFile(filepath.Join(outDir, name), []byte(text), mode); err != nil {
+				// The node files hold the route password, the
+				// authorization file the bcrypt hashes.
+				if err := os.WriteFile(filepath.Join(outDir, name), []byte(text), 0o600); err != nil {
 					return fmt.Errorf("write %s: %w", name, err)
 				}
 			}
@@ -132,6 +133,7 @@ broker acl), with MQTT topics mapped to NATS subjects ('/' to '.', '.' to '//').
 	f.StringVar(&prefix, "topic-prefix", "", "MQTT topic `PREFIX` (default ef/v1)")
 	f.StringVar(&controlUser, "control-user", controlplane.DefaultMQTTClientID, "the control plane's `USER` on the broker (serve --mqtt-username)")
 	f.StringVar(&pwFile, "control-password-file", "", "`FILE` holding the control plane's broker password (serve's "+EnvMQTTPassword+")")
+	f.StringVar(&routePwFile, "route-password-file", "", "`FILE` holding the secret the nodes log in to each other's cluster port with (letters, digits, -._~)")
 	f.StringVar(&outDir, "out-dir", "", "write the files into this `DIR`")
 	f.StringVar(&storeDir, "store-dir", "/data/jetstream", "JetStream's `DIR` on each node")
 	f.StringVar(&pidFile, "pid-file", "/var/run/nats/nats.pid", "where each node writes its pid (`FILE`; broker sync --pid-file)")
@@ -143,4 +145,17 @@ broker acl), with MQTT topics mapped to NATS subjects ('/' to '.', '.' to '//').
 	f.StringVar(&tlsCert, "mqtt-tls-cert", "", "MQTT TLS certificate `FILE` on the nodes (default: plain MQTT)")
 	f.StringVar(&tlsKey, "mqtt-tls-key", "", "MQTT TLS key `FILE` on the nodes")
 	return c
+}
+
+// readSecret reads a one-line secret file.
+func readSecret(path, flag string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", flag, err)
+	}
+	s := strings.TrimRight(string(b), "\r\n")
+	if s == "" {
+		return "", usagef("%s %s is empty", flag, path)
+	}
+	return s, nil
 }

@@ -44,10 +44,15 @@ func startNATS(t *testing.T, cpPassword string) *testkit.NATSCluster {
 	out := t.TempDir()
 	pw := filepath.Join(out, "mqtt-password")
 	require.NoError(t, os.WriteFile(pw, []byte(cpPassword+"\n"), 0o600))
+	// A cluster's own route password: no node of another test's cluster
+	// dialling a port this one took again can join it.
+	routePassword := fmt.Sprintf("route-%d", time.Now().UnixNano())
+	rpw := filepath.Join(out, "route-password")
+	require.NoError(t, os.WriteFile(rpw, []byte(routePassword), 0o600))
 	var buf testkit.Buffer
 	code := cli.Main(context.Background(), []string{"broker", "nats-config",
 		"--node", "n0=nats-0.nats", "--node", "n1=nats-1.nats", "--node", "n2=nats-2.nats",
-		"--control-user", controlUser, "--control-password-file", pw, "--out-dir", out,
+		"--control-user", controlUser, "--control-password-file", pw, "--route-password-file", rpw, "--out-dir", out,
 		"--store-dir", filepath.Join(out, "js"), "--pid-file", filepath.Join(out, "nats.pid")}, &buf, &buf)
 	require.Equal(t, 0, code, "broker nats-config: %s", buf.String())
 	for i := range 3 {
@@ -68,7 +73,7 @@ func startNATS(t *testing.T, cpPassword string) *testkit.NATSCluster {
 			Name: fmt.Sprintf("n%d", i), Host: "127.0.0.1",
 			MQTTPort: ports[i].MQTT, ClusterPort: ports[i].Cluster, MonitorPort: ports[i].Monitor,
 			Routes: routes, StoreDir: filepath.Join(dir, fmt.Sprintf("js%d", i)), AuthFile: cli.NATSAuthFile,
-			PidFile: filepath.Join(dir, fmt.Sprintf("n%d.pid", i)),
+			PidFile: filepath.Join(dir, fmt.Sprintf("n%d.pid", i)), RoutePassword: routePassword,
 		})
 		require.NoError(t, err)
 		return conf

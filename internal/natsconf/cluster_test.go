@@ -27,6 +27,7 @@ type cluster struct {
 func startCluster(t *testing.T, users func() []natsconf.User) *cluster {
 	t.Helper()
 	c := &cluster{}
+	routePassword := fmt.Sprintf("route-%d", time.Now().UnixNano())
 	c.NATSCluster = testkit.StartNATSCluster(t, 3, func(dir string, i int, ports []testkit.NATSPorts) string {
 		if c.auth == "" {
 			c.auth = filepath.Join(dir, "auth.conf")
@@ -41,7 +42,7 @@ func startCluster(t *testing.T, users func() []natsconf.User) *cluster {
 		conf, err := natsconf.NodeConfig(natsconf.Node{
 			Name: fmt.Sprintf("n%d", i), Host: "127.0.0.1",
 			MQTTPort: ports[i].MQTT, ClusterPort: ports[i].Cluster, MonitorPort: ports[i].Monitor,
-			Routes: routes, StoreDir: filepath.Join(dir, fmt.Sprintf("js%d", i)), AuthFile: "auth.conf",
+			Routes: routes, StoreDir: filepath.Join(dir, fmt.Sprintf("js%d", i)), AuthFile: "auth.conf", RoutePassword: routePassword,
 		})
 		require.NoError(t, err)
 		return conf

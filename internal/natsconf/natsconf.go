@@ -11,6 +11,7 @@ package natsconf
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -41,6 +42,12 @@ type Node struct {
 	ClientPort, MQTTPort, ClusterPort, MonitorPort int
 	// Routes are the other nodes' cluster listeners, host:port.
 	Routes []string
+	// RoutePassword is the secret the nodes log in to each other's
+	// cluster port with (user "route"): without it anyone who reaches
+	// that port joins the cluster. Required; NATS needs it in plain text
+	// to dial the routes, so the node's file is as secret as the
+	// password.
+	RoutePassword string
 	// StoreDir is JetStream's directory. Required.
 	StoreDir string
 	// AuthFile is the authorization file the node includes (Authorization's
@@ -66,8 +73,11 @@ type Node struct {
 
 // NodeConfig renders n as a nats-server configuration file.
 func NodeConfig(n Node) (string, error) {
-	if n.Name == "" || n.StoreDir == "" || n.AuthFile == "" || n.MQTTPort <= 0 || n.ClusterPort <= 0 {
-		return "", fmt.Errorf("%w: a node needs a name, a store dir, an auth file, an MQTT port and a cluster port", ErrConfig)
+	if n.Name == "" || n.StoreDir == "" || n.AuthFile == "" || n.MQTTPort <= 0 || n.ClusterPort <= 0 || n.RoutePassword == "" {
+		return "", fmt.Errorf("%w: a node needs a name, a store dir, an auth file, an MQTT port, a cluster port and a route password", ErrConfig)
+	}
+	if strings.ContainsAny(n.RoutePassword, "@:/ ") || url.PathEscape(n.RoutePassword) != n.RoutePassword {
+		return "", fmt.Errorf("%w: the route password goes into route URLs: use letters, digits and -._~ only", ErrConfig)
 	}
 	if filepath.IsAbs(n.AuthFile) {
 		return "", fmt.Errorf("%w: auth file %q: NATS reads an include relative to the node's config file, so give a relative path", ErrConfig, n.AuthFile)
@@ -108,11 +118,12 @@ func NodeConfig(n Node) (string, error) {
 	}
 	w("max_payload: %d\n", n.MaxPayload)
 	w("jetstream {\n  store_dir: %s\n}\n", q(n.StoreDir))
-	w("cluster {\n  name: %s\n  listen: %s\n  routes: [\n", q(n.ClusterName), q(fmt.Sprintf("%s:%d", n.Host, n.ClusterPort)))
+	w("cluster {\n  name: %s\n  listen: %s\n", q(n.ClusterName), q(fmt.Sprintf("%s:%d", n.Host, n.ClusterPort)))
+	w("  authorization {\n    user: \"route\"\n    password: %s\n  }\n  routes: [\n", q(n.RoutePassword))
 	routes := slices.Clone(n.Routes)
 	slices.Sort(routes)
 	for _, r := range routes {
-		w("    %s\n", q("nats-route://"+r))
+		w("    %s\n", q("nats-route://route:"+n.RoutePassword+"@"+r))
 	}
 	w("  ]\n}\n")
 	w("mqtt {\n  listen: %s\n", q(fmt.Sprintf("%s:%d", n.Host, n.MQTTPort)))

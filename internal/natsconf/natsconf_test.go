@@ -11,7 +11,7 @@ import (
 )
 
 func TestNodeConfigRefuses(t *testing.T) {
-	ok := Node{Name: "n0", MQTTPort: 1883, ClusterPort: 6222, StoreDir: "/data", AuthFile: "auth.conf"}
+	ok := Node{Name: "n0", MQTTPort: 1883, ClusterPort: 6222, StoreDir: "/data", AuthFile: "auth.conf", RoutePassword: "s3cret"}
 	_, err := NodeConfig(ok)
 	require.NoError(t, err)
 	for name, mod := range map[string]func(*Node){
@@ -19,6 +19,8 @@ func TestNodeConfigRefuses(t *testing.T) {
 		"absolute auth file": func(n *Node) { n.AuthFile = "/etc/nats/auth.conf" },
 		"no mqtt port":       func(n *Node) { n.MQTTPort = 0 },
 		"newline in name":    func(n *Node) { n.Name = "n0\ninclude x" },
+		"no route password":  func(n *Node) { n.RoutePassword = "" },
+		"@ in password":      func(n *Node) { n.RoutePassword = "a@b" },
 	} {
 		n := ok
 		mod(&n)

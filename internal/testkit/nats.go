@@ -73,7 +73,6 @@ type NATSCluster struct {
 type natsNode struct {
 	cmd  *exec.Cmd
 	done chan struct{}
-	log  string
 }
 
 // StartNATSCluster starts n nodes with the configs config returns (node i
@@ -148,6 +147,9 @@ func (c *NATSCluster) start(i int) bool {
 	defer logf.Close()
 	cmd := exec.Command(c.bin, "-c", conf)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// A test binary killed by -timeout runs no cleanup: the node must not
+	// outlive it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	require.NoError(c.t, cmd.Start())
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
