@@ -116,6 +116,12 @@ type Options struct {
 	// DefaultOutboxMaxBytes.
 	OutboxMaxReports int
 	OutboxMaxBytes   int64
+	// ShadowQueue and ShadowQueueBytes bound the requests waiting to be
+	// scored by a challenger in shadow (shadow.go); a request beyond them
+	// is not shadowed (counted as skipped). Defaults DefaultShadowQueue and
+	// DefaultShadowQueueBytes.
+	ShadowQueue      int
+	ShadowQueueBytes int64
 
 	// Version is the agent's own version, reported in telemetry.
 	Version string
@@ -192,8 +198,9 @@ type Agent struct {
 	slots  map[string]*slot
 	client *mqttc.Client
 
-	mon    *monitors // nil when monitoring is disabled; see monitor.go
-	outbox *outbox   // set in open; see outbox.go
+	mon    *monitors  // nil when monitoring is disabled; see monitor.go
+	outbox *outbox    // set in open; see outbox.go
+	shadow *shadowSet // challengers scored in shadow; see shadow.go
 
 	// u is the update state: touched only by the Run goroutine.
 	u updater
@@ -245,6 +252,7 @@ func New(opts Options) (*Agent, error) {
 	if !opts.DisableMonitoring {
 		a.mon = newMonitors(&a.opts)
 	}
+	a.shadow = newShadowSet(&a.opts)
 	return a, nil
 }
 
@@ -316,6 +324,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	wg.Go(func() { a.connectLoop(ctx) })
 	wg.Go(func() { a.outbox.run(ctx, time.Second, a.sendQueued) })
+	wg.Go(func() { a.shadowWorker(ctx) })
 	a.updateLoop(ctx)
 	return nil
 }
@@ -381,6 +390,7 @@ func (a *Agent) close() {
 	if c != nil {
 		c.Close()
 	}
+	a.closeShadows()
 	for _, s := range slots {
 		s.closeDownload()
 		if m := s.serving.Swap(nil); m != nil {
