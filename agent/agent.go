@@ -486,8 +486,8 @@ func (a *Agent) send(ctx context.Context, ev event) {
 type PhaseHook func(ctx context.Context, model, version string, phase Phase)
 
 // ChunksReceived is how many chunks this agent has accepted into its
-// downloads since it was made: each matched the signed manifest and was not
-// a duplicate. It only grows; fleet-sim reads it to tell a slow download
+// downloads (a challenger's too) since it was made: each matched the signed
+// manifest and was not a duplicate. It only grows; fleet-sim reads it to tell a slow download
 // from a stalled one.
 func (a *Agent) ChunksReceived() uint64 { return a.chunks.Load() }
 

@@ -477,8 +477,10 @@ func (a *Agent) dropShadows(ctx context.Context, ds *efpb.DesiredState) {
 		served[as.GetName()] = hex.EncodeToString(as.GetSha256())
 	}
 	for name, sh := range a.shadow.byName {
-		if w := wantedShadow(ds, name); w != nil && w.GetVersion() == sh.version && hex.EncodeToString(w.GetSha256()) == sh.sha && served[name] != sh.sha {
-			continue
+		champ, assigned := served[name]
+		if w := wantedShadow(ds, name); w != nil && assigned && champ != sh.sha &&
+			w.GetVersion() == sh.version && hex.EncodeToString(w.GetSha256()) == sh.sha {
+			continue // still wanted
 		}
 		if served[name] == sh.sha && sh.run != nil {
 			a.handOver(sh)
@@ -568,8 +570,14 @@ func (a *Agent) loadShadowFromDisk(sh *shadow) bool {
 		return false
 	}
 	sh.manifestEnv, sh.manifest = env, m
-	a.loadShadow(sh, nil)
-	return true
+	if a.loadShadow(sh, nil) {
+		return true
+	}
+	// Fetched and checked again: the file may be what broke.
+	a.log.Warn("stored challenger does not load; fetching it again", "model", sh.name, "version", sh.version, "err", sh.failure)
+	sh.failure, sh.manifestEnv, sh.manifest = "", nil, nil
+	_ = os.RemoveAll(a.shadowDir(sh.name))
+	return false
 }
 
 // restoreShadows starts the challengers of the accepted desired state
@@ -711,6 +719,7 @@ func (a *Agent) handleShadowChunk(ctx context.Context, payload []byte) {
 	if !added {
 		return
 	}
+	a.chunks.Add(1)
 	sh.lastProgress = time.Now()
 	delete(sh.inflight, c.Index)
 	if sh.asm.Complete() {

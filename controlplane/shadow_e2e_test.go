@@ -17,6 +17,7 @@ import (
 	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/oip"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 )
 
 // Shadow stages with real agents, onnxruntime, badger and the embedded
@@ -69,9 +70,9 @@ func TestShadowStageGatesOnLabelledAccuracy(t *testing.T) {
 	}, 2*time.Minute, 20*time.Millisecond, "rollout of the better challenger: %s", rolloutText{&final})
 	waitServing(t, agents, "v2")
 	for id, a := range agents {
-		// Served-version downloads took v1's one chunk only: the promoted
-		// challenger was staged from the file checked for the shadow.
-		assert.Equal(t, uint64(1), a.ChunksReceived(), "%s downloaded v2 twice", id)
+		// One chunk of v1, one of v2 for the shadow, none after: the
+		// promoted challenger was staged from the file checked for it.
+		assert.Equal(t, uint64(2), a.ChunksReceived(), "%s downloaded v2 twice", id)
 	}
 	sh := final.Stages[0].Shadow
 	require.NotNil(t, sh, "the shadow stage keeps its figures")
@@ -192,4 +193,82 @@ func (r rolloutText) String() string {
 	}
 	b, _ := json.Marshal(*r.r)
 	return string(b)
+}
+
+// TestShadowAfterRestartAndRefusal: a challenger loaded before the agent
+// restarts scores again after it from the checked file on disk (no chunk
+// fetched), and a challenger a device refuses is reported with the reason
+// and breaches the failure-rate gate; the served version never changes.
+func TestShadowAfterRestartAndRefusal(t *testing.T) {
+	ts := newTestServer(t, func(o *controlplane.Options) { o.RolloutInterval = 50 * time.Millisecond })
+	ctx := context.Background()
+	ts.mustUpload("fraud", "v1", fleettest.TrainedModel(t, 1))
+	ts.mustUpload("fraud", "v2", trainFraud(t, 2, fraud.PatternCardTesting))
+	riscv := trainFraud(t, 4, fraud.PatternCardTesting)
+	meta := riscv.Metadata()
+	meta.Hardware = []string{"riscv64"}
+	code, body := ts.upload("fraud", "v9", riscv.ONNX, meta, false)
+	require.Equal(t, 201, code, "upload: %s", body)
+
+	creds, err := ts.RegisterDevice("shadow-r", map[string]string{"fleet": "restart"})
+	require.NoError(t, err)
+	opts := fleettest.AgentOptions(t, creds, testRuntime)
+	opts.Hardware = "amd64"
+	start := func() (*agent.Agent, func()) {
+		a, err := agent.New(opts)
+		require.NoError(t, err)
+		return a, testkit.Start(t, "agent", a.Run, a.Ready())
+	}
+	a, stop := start()
+	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Selector: "fleet=restart"})
+	waitServing(t, map[string]*agent.Agent{"r": a}, "v1")
+
+	g, err := fraud.NewGenerator(9, fraud.Params{Pattern: fraud.PatternCardTesting})
+	require.NoError(t, err)
+	spec := api.RolloutSpec{Model: "fraud", Version: "v2", Selector: "fleet=restart", Bake: api.Duration(time.Millisecond),
+		Gates:  api.Gates{MinLabelled: 1 << 30}, // held: this test is about the shadow, not the promotion
+		Stages: []api.RolloutStage{{Name: "shadow", Canary: 1, Shadow: true}, {Name: "all", Percent: 100}}}
+	ro, err := ts.Client.CreateRollout(ctx, spec)
+	require.NoError(t, err)
+	rows := func() uint64 {
+		st, err := ts.Client.Rollout(ctx, ro.ID, false)
+		require.NoError(t, err)
+		if st.Stages[0].Shadow == nil {
+			return 0
+		}
+		return st.Stages[0].Shadow.Rows
+	}
+	require.Eventually(t, func() bool {
+		sendLabelled(t, map[string]*agent.Agent{"r": a}, g, "v1", "v1")
+		return rows() > 0
+	}, time.Minute, 20*time.Millisecond)
+
+	stop()
+	a, stop = start()
+	defer stop()
+	waitServing(t, map[string]*agent.Agent{"r": a}, "v1")
+	before := rows()
+	require.Eventually(t, func() bool {
+		sendLabelled(t, map[string]*agent.Agent{"r": a}, g, "v1", "v1")
+		return rows() > before
+	}, time.Minute, 20*time.Millisecond, "the challenger scores after the restart")
+	assert.Zero(t, a.ChunksReceived(), "it was loaded from the file checked before the restart")
+
+	_, err = ts.Client.RolloutAction(ctx, ro.ID, api.ActionAbort, api.RollbackRequest{})
+	require.NoError(t, err)
+	zero := 0.0
+	spec.Version, spec.Gates = "v9", api.Gates{MaxFailureRate: &zero}
+	ro, err = ts.Client.CreateRollout(ctx, spec)
+	require.NoError(t, err)
+	var st *api.Rollout
+	require.Eventually(t, func() bool {
+		st, err = ts.Client.Rollout(ctx, ro.ID, false)
+		require.NoError(t, err)
+		return st.State == api.RolloutPaused
+	}, time.Minute, 20*time.Millisecond, "rollout of a challenger the device refuses: %s", rolloutText{&st})
+	assert.Contains(t, st.Reason, "gate failure_rate breached: 1 of 1 reporting devices refused the challenger")
+	require.NotNil(t, st.Stages[0].Shadow)
+	require.Len(t, st.Stages[0].Shadow.Failures, 1)
+	assert.Contains(t, st.Stages[0].Shadow.Failures[0], "shadow-r: manifest refused: model is built for [riscv64], this device is amd64")
+	waitServing(t, map[string]*agent.Agent{"r": a}, "v1")
 }
