@@ -122,6 +122,11 @@ type Options struct {
 	// DefaultShadowQueueBytes.
 	ShadowQueue      int
 	ShadowQueueBytes int64
+	// ReportAckTimeout is how long a report (telemetry or status event)
+	// the broker accepted waits for the control plane's acknowledgement
+	// before it is sent again (then with doubling back-off, at most ten
+	// minutes apart). Default 30s.
+	ReportAckTimeout time.Duration
 
 	// Version is the agent's own version, reported in telemetry.
 	Version string
@@ -225,6 +230,7 @@ type Agent struct {
 	refused       atomic.Uint64 // well-formed documents refused by a check
 	writeFailures atomic.Uint64 // writes of persisted state that failed
 	chunks        atomic.Uint64 // chunks accepted into a download (ChunksReceived)
+	telemetryMade atomic.Uint64 // telemetry reports queued (TelemetryReports)
 	ready         chan struct{}
 	runOnce       atomic.Bool
 	infAddr       atomic.Value // string
@@ -323,7 +329,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent started", "inference", a.InferenceAddr(), "broker", a.opts.BrokerURL)
 
 	wg.Go(func() { a.connectLoop(ctx) })
-	wg.Go(func() { a.outbox.run(ctx, time.Second, a.sendQueued) })
+	wg.Go(func() { a.outbox.run(ctx, a.sendQueued, a.connected) })
 	wg.Go(func() { a.shadowWorker(ctx) })
 	a.updateLoop(ctx)
 	return nil
@@ -354,14 +360,14 @@ func (a *Agent) open() error {
 		}
 		a.rt, a.ownRT = rt, true
 	}
-	if err := a.restore(); err != nil {
-		return err
-	}
-	ob, err := openOutbox(a.kv.Namespace("outbox"), a.opts.OutboxMaxReports, a.opts.OutboxMaxBytes, a.log)
+	ob, err := openOutbox(a.kv.Namespace("outbox"), a.opts.OutboxMaxReports, a.opts.OutboxMaxBytes, a.opts.ReportAckTimeout, a.log)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
 	a.outbox = ob
+	if err := a.restore(); err != nil {
+		return err
+	}
 	if a.opts.InferenceListen != "" {
 		ln, err := net.Listen("tcp", a.opts.InferenceListen)
 		if err != nil {
