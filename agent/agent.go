@@ -37,8 +37,13 @@ const eventQueue = 64
 
 // Options configure an Agent. Zero values take the documented defaults.
 type Options struct {
-	DeviceID  string
+	DeviceID string
+	// BrokerURL is the broker, or a comma-separated list of a cluster's
+	// nodes to fail over between (mqttc.Options.BrokerURL).
 	BrokerURL string
+	// QoS0Subscriptions subscribes at QoS 0 (for a NATS cluster:
+	// mqttc.Options.QoS0Subscriptions).
+	QoS0Subscriptions bool
 	// Username defaults to DeviceID; the broker requires them equal.
 	Username string
 	Password string
@@ -116,6 +121,12 @@ type Options struct {
 	// DefaultOutboxMaxBytes.
 	OutboxMaxReports int
 	OutboxMaxBytes   int64
+	// ShadowQueue and ShadowQueueBytes bound the requests waiting to be
+	// scored by a challenger in shadow (shadow.go); a request beyond them
+	// is not shadowed (counted as skipped). Defaults DefaultShadowQueue and
+	// DefaultShadowQueueBytes.
+	ShadowQueue      int
+	ShadowQueueBytes int64
 	// ReportAckTimeout is how long a report (telemetry or status event)
 	// the broker accepted waits for the control plane's acknowledgement
 	// before it is sent again (then with doubling back-off, at most ten
@@ -200,8 +211,9 @@ type Agent struct {
 	slots  map[string]*slot
 	client *mqttc.Client
 
-	mon    *monitors // nil when monitoring is disabled; see monitor.go
-	outbox *outbox   // set in open; see outbox.go
+	mon    *monitors  // nil when monitoring is disabled; see monitor.go
+	outbox *outbox    // set in open; see outbox.go
+	shadow *shadowSet // challengers scored in shadow; see shadow.go
 	// capture is the field data capture queue; set in open (capture.go).
 	capture *capturer
 
@@ -256,6 +268,7 @@ func New(opts Options) (*Agent, error) {
 	if !opts.DisableMonitoring {
 		a.mon = newMonitors(&a.opts)
 	}
+	a.shadow = newShadowSet(&a.opts)
 	return a, nil
 }
 
@@ -327,6 +340,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	wg.Go(func() { a.connectLoop(ctx) })
 	wg.Go(func() { a.outbox.run(ctx, a.sendQueued, a.connected) })
+	wg.Go(func() { a.shadowWorker(ctx) })
 	wg.Go(func() {
 		a.capture.run(ctx, a.mqtt, a.topics.Capture(a.opts.DeviceID), a.topics.CaptureAck(a.opts.DeviceID))
 	})
@@ -407,6 +421,7 @@ func (a *Agent) close() {
 	if c != nil {
 		c.Close()
 	}
+	a.closeShadows()
 	for _, s := range slots {
 		s.closeDownload()
 		if m := s.serving.Swap(nil); m != nil {
@@ -440,6 +455,8 @@ func (a *Agent) connectLoop(ctx context.Context) {
 			TLS:       a.opts.TLS,
 			Dial:      a.opts.MQTTDial,
 			Will:      a.presenceMessage(false),
+			// What the agent subscribes to is retained or asked for again.
+			QoS0Subscriptions: a.opts.QoS0Subscriptions,
 			MayPublish: func(topic string, retained bool) bool {
 				return a.topics.DeviceMayPublish(a.opts.DeviceID, topic, retained)
 			},
@@ -502,8 +519,8 @@ func (a *Agent) send(ctx context.Context, ev event) {
 type PhaseHook func(ctx context.Context, model, version string, phase Phase)
 
 // ChunksReceived is how many chunks this agent has accepted into its
-// downloads since it was made: each matched the signed manifest and was not
-// a duplicate. It only grows; fleet-sim reads it to tell a slow download
+// downloads (a challenger's too) since it was made: each matched the signed
+// manifest and was not a duplicate. It only grows; fleet-sim reads it to tell a slow download
 // from a stalled one.
 func (a *Agent) ChunksReceived() uint64 { return a.chunks.Load() }
 

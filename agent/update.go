@@ -32,6 +32,8 @@ const (
 	evDesired
 	evManifest
 	evChunk
+	evShadowManifest // shadow.go
+	evShadowChunk
 )
 
 type event struct {
@@ -260,6 +262,7 @@ func (a *Agent) updateLoop(ctx context.Context) {
 		a.resume(ctx, s)
 	}
 	a.retryTransient(ctx)
+	a.restoreShadows(ctx)
 	hb := time.NewTicker(a.opts.HeartbeatInterval)
 	defer hb.Stop()
 	tick := a.opts.FetchRetryInterval
@@ -280,6 +283,7 @@ func (a *Agent) updateLoop(ctx context.Context) {
 		case <-retry.C:
 			a.retryTransitions(ctx)
 			a.retryStalled(ctx)
+			a.retryShadows(ctx)
 			a.checkTrials(ctx)
 		}
 	}
@@ -297,6 +301,10 @@ func (a *Agent) handle(ctx context.Context, ev event) {
 		a.handleManifest(ctx, ev.topic, ev.payload)
 	case evChunk:
 		a.handleChunk(ctx, ev.payload)
+	case evShadowManifest:
+		a.handleShadowManifest(ctx, ev.topic, ev.payload)
+	case evShadowChunk:
+		a.handleShadowChunk(ctx, ev.payload)
 	}
 }
 
@@ -409,6 +417,7 @@ func (a *Agent) onConnected(ctx context.Context) {
 		}
 		a.reportSlot(ctx, s)
 	}
+	a.shadowsConnected(ctx)
 	a.sendTelemetry(ctx)
 }
 
@@ -563,7 +572,9 @@ func (a *Agent) handleDesired(ctx context.Context, payload []byte) {
 	a.u.generation, a.u.desired = ds.GetGeneration(), payload
 	a.gen.Store(ds.GetGeneration())
 	a.capture.setPolicies(ds)
+	a.dropShadows(ctx, ds) // before apply: see dropShadows
 	a.apply(ctx, ds)
+	a.startShadows(ctx, ds)
 }
 
 // apply moves every slot towards the desired assignments. A slot whose

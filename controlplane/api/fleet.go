@@ -83,8 +83,10 @@ type Refusal struct {
 type DesiredSummary struct {
 	Generation uint64       `json:"generation"`
 	Models     []Assignment `json:"models"`
-	Issued     time.Time    `json:"issued"`
-	Expires    time.Time    `json:"expires"`
+	// Shadows are challengers scored in shadow beside Models.
+	Shadows []Assignment `json:"shadows,omitempty"`
+	Issued  time.Time    `json:"issued"`
+	Expires time.Time    `json:"expires"`
 }
 
 // Version is the version of model name in the desired state ("" if the
@@ -172,6 +174,23 @@ type MosquittoAuth struct {
 	// LegacyDevices have passwords from before mosquitto hashes were kept:
 	// they must be enrolled again to log in to an external mosquitto.
 	LegacyDevices int `json:"legacy_devices"`
+}
+
+// NATSAuth is the answer to GET /api/v1/broker/nats: the authorization
+// file every node of a NATS cluster includes (internal/natsconf), with the
+// control plane's logins and every device that can use NATS.
+type NATSAuth struct {
+	// Generation identifies this content, as MosquittoAuth's does.
+	Generation string `json:"generation"`
+	// Auth is the authorization file: bcrypt hashes and deny-by-default
+	// permissions per login.
+	Auth string `json:"auth"`
+	// Devices counts the devices in Auth.
+	Devices int `json:"devices"`
+	// Excluded are devices left out with the reason: no bcrypt hash (made
+	// while the control plane ran the embedded broker: enroll again), or
+	// an id NATS refuses as an MQTT client id (one with a '.').
+	Excluded map[string]string `json:"excluded,omitempty"`
 }
 
 // BrokerAuthnRequest is the body of POST /api/v1/broker/authenticate, as
