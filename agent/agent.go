@@ -132,6 +132,9 @@ type Options struct {
 	// before it is sent again (then with doubling back-off, at most ten
 	// minutes apart). Default 30s.
 	ReportAckTimeout time.Duration
+	// Capture bounds field data capture (capture.go); whether a model is
+	// captured at all is its policy in the signed desired state.
+	Capture CaptureOptions
 
 	// Version is the agent's own version, reported in telemetry.
 	Version string
@@ -211,6 +214,8 @@ type Agent struct {
 	mon    *monitors  // nil when monitoring is disabled; see monitor.go
 	outbox *outbox    // set in open; see outbox.go
 	shadow *shadowSet // challengers scored in shadow; see shadow.go
+	// capture is the field data capture queue; set in open (capture.go).
+	capture *capturer
 
 	// u is the update state: touched only by the Run goroutine.
 	u updater
@@ -336,6 +341,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { a.connectLoop(ctx) })
 	wg.Go(func() { a.outbox.run(ctx, a.sendQueued, a.connected) })
 	wg.Go(func() { a.shadowWorker(ctx) })
+	wg.Go(func() {
+		a.capture.run(ctx, a.mqtt, a.topics.Capture(a.opts.DeviceID), a.topics.CaptureAck(a.opts.DeviceID))
+	})
 	a.updateLoop(ctx)
 	return nil
 }
@@ -372,6 +380,18 @@ func (a *Agent) open() error {
 	a.outbox = ob
 	if err := a.restore(); err != nil {
 		return err
+	}
+	ttl := a.opts.LabelTTL
+	if ttl <= 0 {
+		ttl = DefaultLabelTTL
+	}
+	cq, err := openCapture(a.kv.Namespace("capture"), a.opts.Capture, a.opts.DeviceID, a.opts.Clock, ttl, a.log, a.crashPoint)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.capture = cq
+	if ds := desiredOf(a.u.desired); ds != nil {
+		a.capture.setPolicies(ds)
 	}
 	if a.opts.InferenceListen != "" {
 		ln, err := net.Listen("tcp", a.opts.InferenceListen)

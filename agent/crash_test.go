@@ -51,6 +51,7 @@ func agentChild(cfgPath string) int {
 		return 1
 	}
 	opts.FetchRetryInterval = 200 * time.Millisecond
+	fastCapture(&opts)
 	a, err := New(opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

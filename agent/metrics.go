@@ -85,7 +85,7 @@ func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
 // metricsHandler serves the agent's metrics from a registry of its own.
 func (a *Agent) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(metricsCollector{a})
+	reg.MustRegister(metricsCollector{a}, captureCollector{a})
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return mux

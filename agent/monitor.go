@@ -568,7 +568,8 @@ func (b backend) Feedback(_ context.Context, name string, labels []oip.Label) (o
 			return oip.FeedbackResult{}, fmt.Errorf("label for id %q: no label value", l.ID)
 		}
 	}
-	b.a.shadowLabels(name, labels) // the challenger's join (shadow.go)
+	b.a.shadowLabels(name, labels)  // the challenger's join (shadow.go)
+	b.a.capture.label(name, labels) // capture.go
 	if b.a.mon == nil {
 		return oip.FeedbackResult{Unknown: len(labels)}, nil
 	}

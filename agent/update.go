@@ -571,6 +571,7 @@ func (a *Agent) handleDesired(ctx context.Context, payload []byte) {
 	a.u.retryDesired = nil
 	a.u.generation, a.u.desired = ds.GetGeneration(), payload
 	a.gen.Store(ds.GetGeneration())
+	a.capture.setPolicies(ds)
 	a.dropShadows(ctx, ds) // before apply: see dropShadows
 	a.apply(ctx, ds)
 	a.startShadows(ctx, ds)

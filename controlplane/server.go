@@ -30,6 +30,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/brokerauth"
 	"github.com/edgefleet/edgefleet/controlplane/bus"
 	"github.com/edgefleet/edgefleet/controlplane/console"
+	"github.com/edgefleet/edgefleet/controlplane/data"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
 	"github.com/edgefleet/edgefleet/controlplane/httpapi"
 	"github.com/edgefleet/edgefleet/controlplane/ingest"
@@ -151,6 +152,9 @@ type Options struct {
 	// Monitor configures model monitoring: alert rules, the retrain
 	// webhook, history retention.
 	Monitor monitor.Config
+	// Data configures field data capture: retention of captured rows and
+	// datasets.
+	Data DataConfig
 	// Console configures the web console under /ui/ (sessions, live
 	// updates); the zero value takes its documented defaults.
 	Console console.Config
@@ -194,6 +198,7 @@ type components struct {
 	bus      bus.Bus
 	acks     *acks.Acker
 	models   *models.Registry
+	data     *data.Service // field data capture and datasets
 	fleet    *fleet.Fleet
 	monitor  *monitor.Service
 	rollouts *rollout.Engine
@@ -406,6 +411,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	wg.Go(func() { s.renewLoop(ctx, c) })
 	wg.Go(func() { s.rolloutLoop(ctx, c) })
 	wg.Go(func() { c.monitor.Run(ctx) })
+	wg.Go(func() { c.data.Run(ctx) })
 	wg.Go(func() { c.acks.Run(ctx) })
 	if eb, ok := c.bus.(*bus.External); ok {
 		wg.Go(func() { s.republishOnReconnect(ctx, c, eb) })
@@ -522,9 +528,18 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 		_ = c.bus.Close()
 		return nil, err
 	}
+	c.data, err = data.New(data.Options{
+		KV: c.db.Namespace("data"), Bus: c.bus, Scheme: s.scheme, Devices: c.registry, Models: c.models,
+		Ingest: c.ingest, DatasetDir: filepath.Join(o.DataDir, "datasets"), RowRetention: o.Data.RowRetention,
+		DatasetsKept: o.Data.DatasetsKept, Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger,
+	})
+	if err != nil {
+		_ = c.bus.Close()
+		return nil, err
+	}
 	c.fleet = fleet.New(fleet.Options{
 		KV: kv, Sync: c.db.Sync, Registry: c.registry, Keys: s.keys, Bus: c.bus, Scheme: s.scheme,
-		Models: c.models, Ingest: c.ingest, BrokerURL: o.PublicMQTTURL, DesiredTTL: o.DesiredTTL,
+		Models: c.models, Ingest: c.ingest, Capture: c.data, BrokerURL: o.PublicMQTTURL, DesiredTTL: o.DesiredTTL,
 		Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger, Acker: c.acks,
 	})
 	c.monitor, err = monitor.NewService(monitor.ServiceOptions{
@@ -560,7 +575,7 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 	}
 	ao := httpapi.Options{
 		Fleet: c.fleet, Models: c.models, Rollouts: c.rollouts, Metrics: c.monitor.Aggregator(), Audit: c.audit,
-		KV: kv, Prometheus: promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}), Registerer: s.metrics,
+		Data: dataAPI{c.data, c.fleet}, KV: kv, Prometheus: promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}), Registerer: s.metrics,
 		Clock: o.Clock, Logger: o.Logger,
 	}
 	if ao.Broker, ao.NoBroker, err = s.brokerAuth(c.registry); err != nil {
@@ -715,6 +730,7 @@ func (s *Server) publishRetained(ctx context.Context, c *components) error {
 // the components that act on it.
 type handlers struct {
 	status, fetch, presence, telemetry func(topic string, payload []byte)
+	capture                            func(topic string, payload []byte) // field data capture
 }
 
 func (c *components) handlers() handlers {
@@ -727,6 +743,7 @@ func (c *components) handlers() handlers {
 			}
 		},
 		fetch:    c.models.OnFetch,
+		capture:  c.data.OnCapture,
 		presence: c.fleet.OnPresence,
 		telemetry: func(topic string, payload []byte) {
 			dev, t, ok := c.fleet.OnTelemetry(topic, payload)
@@ -748,6 +765,7 @@ func (s *Server) subscribe(ctx context.Context, c *components) error {
 		{s.scheme.AllStatus(), h.status},
 		{s.scheme.AllFetch(), h.fetch},
 		{s.scheme.AllPresence(), h.presence},
+		{s.scheme.AllCapture(), h.capture},
 	}
 	eb, external := c.bus.(*bus.External)
 	shared := external && s.opts.IngestConnections > 1

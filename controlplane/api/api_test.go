@@ -54,6 +54,13 @@ func TestRouteRoles(t *testing.T) {
 		"GET /api/v1/broker/nats":                              RoleBroker,
 		"POST /api/v1/broker/authenticate":                     RoleBroker,
 		"POST /api/v1/broker/authorize":                        RoleBroker,
+		// Field data capture and datasets.
+		"GET /api/v1/models/{name}/capture":                   RoleViewer,
+		"PUT /api/v1/models/{name}/capture":                   RoleOperator,
+		"GET /api/v1/models/{name}/datasets":                  RoleViewer,
+		"POST /api/v1/models/{name}/datasets":                 RoleOperator,
+		"GET /api/v1/models/{name}/datasets/{version}":        RoleViewer,
+		"GET /api/v1/models/{name}/datasets/{version}/export": RoleViewer,
 	}
 	seen := map[string]bool{}
 	for _, r := range Routes() {

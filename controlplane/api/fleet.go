@@ -281,6 +281,9 @@ type DeployRequest struct {
 	Version  string   `json:"version"`
 	Devices  []string `json:"devices,omitempty"`
 	Selector string   `json:"selector,omitempty"`
+	// Capture, if set, becomes the model's capture policy before the
+	// deployment is issued (field data capture; see CapturePolicy).
+	Capture *CapturePolicy `json:"capture,omitempty"`
 }
 
 // DeployResult lists the devices a deployment issued desired states to.

@@ -217,6 +217,9 @@ type RolloutSpec struct {
 	Version  string         `json:"version"`
 	Selector string         `json:"selector"`
 	Stages   []RolloutStage `json:"stages"`
+	// Capture, if set, becomes the model's capture policy when the
+	// rollout is created (field data capture; see CapturePolicy).
+	Capture *CapturePolicy `json:"capture,omitempty"`
 	// Bake is the default bake time of a stage; default DefaultBake.
 	Bake  Duration `json:"bake,omitempty"`
 	Gates Gates    `json:"gates"`

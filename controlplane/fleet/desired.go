@@ -219,6 +219,7 @@ func (f *Fleet) issueShadows(ids []string, change func([]*efpb.ModelAssignment) 
 				shadows = changeShadows(shadows)
 			}
 			shadows = servedShadows(models, shadows)
+			f.withCapture(models)
 			if len(models) > maxReportedModels {
 				return api.Errorf(api.ErrInvalid, "device %s would run %d models; a device runs at most %d (the control plane tracks no more)", id, len(models), maxReportedModels)
 			}

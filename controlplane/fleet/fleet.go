@@ -59,6 +59,9 @@ type Options struct {
 	Models Models
 	// Ingest checks and counts what devices publish.
 	Ingest *ingest.Checker
+	// Capture, if set, gives the capture policy each assignment carries
+	// (field data capture; capture.go).
+	Capture CapturePolicies
 	// BrokerURL is the broker devices are told at registration; default
 	// Bus.URL().
 	BrokerURL string

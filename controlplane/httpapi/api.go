@@ -55,6 +55,7 @@ func (a *API) handlers() map[string]http.Handler {
 	for _, act := range api.RolloutActions() {
 		hs["POST "+api.PathRolloutAction(act)] = a.rolloutActionHandler(act)
 	}
+	a.dataHandlers(hs) // field data capture and datasets (data.go)
 	return hs
 }
 
@@ -381,6 +382,15 @@ func multipartError(err error, limit int64) error {
 func (a *API) handleDeploy(w http.ResponseWriter, r *http.Request) {
 	var req api.DeployRequest
 	if err := decodeJSON(w, r, maxDeployBody, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	if req.Capture != nil && !a.opts.Models.Has(req.Model, req.Version) {
+		writeError(w, api.Errorf(api.ErrNotFound, "model %s version %s is not uploaded", req.Model, req.Version))
+		return
+	}
+	if err := a.setCapture(r.Context(), req.Model, req.Capture); err != nil {
+		a.logIfInternal(err, "deploy: capture policy")
 		writeError(w, err)
 		return
 	}

@@ -90,6 +90,9 @@ type Options struct {
 	Rollouts Rollouts
 	Metrics  Metrics
 	Audit    Audit
+	// Data serves field data capture and datasets; nil answers those
+	// routes 503.
+	Data Data
 	// Broker serves the /api/v1/broker/ routes; nil answers 409 with
 	// NoBroker as the reason.
 	Broker   Broker

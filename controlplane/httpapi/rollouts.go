@@ -18,9 +18,22 @@ func (a *API) handleCreateRollout(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	if spec.Capture != nil {
+		if err := spec.Capture.Check(); err != nil {
+			writeError(w, err)
+			return
+		}
+	}
 	st, err := a.opts.Rollouts.Create(r.Context(), spec, Actor(r.Context()))
 	if err != nil {
 		a.logIfInternal(err, "create rollout")
+		writeError(w, err)
+		return
+	}
+	// Set once the rollout is accepted; devices it already assigned get
+	// the policy in a re-issued desired state.
+	if err := a.setCapture(r.Context(), spec.Model, spec.Capture); err != nil {
+		a.logIfInternal(err, "create rollout: capture policy")
 		writeError(w, err)
 		return
 	}

@@ -2,7 +2,8 @@
 // on it: the topic names a device and the expected kind, the payload is
 // within bounds, decodes, and names the device of its topic. What fails is
 // counted by reason and dropped, never acted on. Imported by controlplane,
-// controlplane/fleet, controlplane/models and controlplane/monitor.
+// controlplane/data, controlplane/fleet, controlplane/models and
+// controlplane/monitor.
 package ingest
 
 import (

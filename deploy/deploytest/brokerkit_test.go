@@ -313,9 +313,10 @@ func runKit(t *testing.T, k containerKit) {
 			<-exited
 		}
 	})
-	require.Eventually(t, func() bool { _, err := os.Stat(host(acl)); return err == nil }, 10*time.Second, 20*time.Millisecond,
+	// The script copies the seed: the file may exist before its bytes are in.
+	want := string(deployFile(t, "mosquitto/acl.conf"))
+	require.Eventually(t, func() bool { b, err := os.ReadFile(host(acl)); return err == nil && string(b) == want }, 10*time.Second, 20*time.Millisecond,
 		"the start script seeds the ACL: %s", scriptOut)
-	assert.Equal(t, string(deployFile(t, "mosquitto/acl.conf")), readFile(t, host(acl)))
 	assert.NoFileExists(t, calls, "mosquitto is not started without a password file")
 	select {
 	case <-exited:

@@ -7,7 +7,8 @@ import (
 
 // DeviceMayPublish is the deny-by-default publish ACL for a device
 // authenticated as dev: only its own status, telemetry, fetch and presence
-// topics, never retained (only the control plane publishes retained messages).
+// topics, never retained (only the control plane publishes retained
+// messages), and its own capture topic (field data capture).
 func (s Scheme) DeviceMayPublish(dev, topic string, retained bool) bool {
 	if retained || ValidDeviceID(dev) != nil || s.Validate() != nil {
 		return false
@@ -15,13 +16,15 @@ func (s Scheme) DeviceMayPublish(dev, topic string, retained bool) bool {
 	switch topic {
 	case s.Status(dev), s.Telemetry(dev), s.Fetch(dev), s.Presence(dev):
 		return true
+	case s.Capture(dev): // field data capture
+		return true
 	}
 	return false
 }
 
 // DeviceMaySubscribe is the deny-by-default subscribe/read ACL for a device
 // authenticated as dev. It accepts concrete topics and filters. Allowed: the
-// device's own desired and ack topics, the trust topic, and model topics
+// device's own desired, ack and capture-ack topics, the trust topic, and model topics
 // <prefix>/models/<name|+>/<version|+>/<manifest|chunks|+>. Everything
 // else is refused: any '#', '+' outside those three model levels (in the
 // prefix, in place of a device id, or of a fixed level), other devices,
@@ -31,6 +34,9 @@ func (s Scheme) DeviceMaySubscribe(dev, filter string) bool {
 		return false
 	}
 	if filter == s.Desired(dev) || filter == s.Ack(dev) || filter == s.Trust() {
+		return true
+	}
+	if filter == s.CaptureAck(dev) { // field data capture
 		return true
 	}
 	rest, ok := strings.CutPrefix(filter, s.prefix()+"/"+levelModels+"/")
@@ -88,6 +94,9 @@ func (s Scheme) DeviceACL(dev string) []ACLRule {
 		{Read, s.Ack(dev)},
 		{Read, s.Trust()},
 		{Read, s.model("+", "+", "+")},
+		// Field data capture: uploads, and the control plane's acknowledgements.
+		{Write, s.Capture(dev)},
+		{Read, s.CaptureAck(dev)},
 	}
 }
 

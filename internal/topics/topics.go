@@ -54,6 +54,7 @@ const (
 //	<prefix>/models/{name}/{version}/manifest      cp → agents, QoS 1, retained
 //	<prefix>/models/{name}/{version}/chunks        cp → agents, QoS 1
 //	<prefix>/trust                                 cp → agents, QoS 1, retained (root-signed trust bundle)
+//	<prefix>/dev/{id}/capture, capture-ack         field data capture (capture.go)
 type Scheme struct {
 	// Prefix is one or more topic levels, each a valid name; "" means DefaultPrefix.
 	Prefix string
@@ -154,6 +155,9 @@ var kindNames = [...]string{
 }
 
 func (k Kind) String() string {
+	if n := captureKindName(k); n != "" {
+		return n
+	}
 	if k <= 0 || int(k) >= len(kindNames) {
 		return fmt.Sprintf("Kind(%d)", int(k))
 	}
@@ -193,6 +197,9 @@ func (s Scheme) Parse(topic string) (Topic, error) {
 		return Topic{Kind: KindTrust}, nil
 	case len(levels) == 3 && levels[0] == levelDev:
 		kind, ok := devLeaves[levels[2]]
+		if !ok {
+			kind, ok = captureKind(levels[2])
+		}
 		if !ok {
 			return Topic{}, fmt.Errorf("topics: parse %q: unknown device topic %q: %w", topic, levels[2], ErrInvalidTopic)
 		}

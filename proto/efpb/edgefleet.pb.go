@@ -1445,7 +1445,13 @@ type ModelAssignment struct {
 	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Version string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
 	// sha256 of the model bytes; must equal the manifest's.
-	Sha256        []byte `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Sha256 []byte `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// --- Field data capture (issue 13; added 2026-12-06). Numbers from 40
+	// up are kept for capture so parallel additions below 40 do not collide.
+	// capture is the model's capture policy on this device; absent (or a
+	// sample_rate of 0) means capture is off, which is what an older control
+	// plane sends and what an older agent does with it.
+	Capture       *CapturePolicy `protobuf:"bytes,40,opt,name=capture,proto3" json:"capture,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1497,6 +1503,13 @@ func (x *ModelAssignment) GetVersion() string {
 func (x *ModelAssignment) GetSha256() []byte {
 	if x != nil {
 		return x.Sha256
+	}
+	return nil
+}
+
+func (x *ModelAssignment) GetCapture() *CapturePolicy {
+	if x != nil {
+		return x.Capture
 	}
 	return nil
 }
@@ -2850,6 +2863,480 @@ func (x *SeqRange) GetLast() uint64 {
 	return 0
 }
 
+// CapturePolicy says which inferences of one model a device keeps for the
+// control plane's datasets. It travels in ModelAssignment.capture, so it is
+// signed by the control role with the rest of the desired state.
+type CapturePolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sample_rate in (0, 1] is the fraction of inference requests captured,
+	// chosen by a hash of the inference id (every row of a chosen request is
+	// captured). 0 means capture is off.
+	SampleRate float64 `protobuf:"fixed64,1,opt,name=sample_rate,json=sampleRate,proto3" json:"sample_rate,omitempty"`
+	// max_rows_per_hour and max_bytes_per_hour bound what one device captures
+	// of this model per clock hour; rows beyond are dropped and counted.
+	// 0 means the agent's default.
+	MaxRowsPerHour  uint32 `protobuf:"varint,2,opt,name=max_rows_per_hour,json=maxRowsPerHour,proto3" json:"max_rows_per_hour,omitempty"`
+	MaxBytesPerHour uint64 `protobuf:"varint,3,opt,name=max_bytes_per_hour,json=maxBytesPerHour,proto3" json:"max_bytes_per_hour,omitempty"`
+	// drop_inputs name inputs never captured; hash_inputs name inputs whose
+	// elements are replaced by HMAC-SHA256(hash_salt, element) (hex, first 16
+	// bytes) as BYTES. hash_salt is per model, made by the control plane.
+	DropInputs []string `protobuf:"bytes,4,rep,name=drop_inputs,json=dropInputs,proto3" json:"drop_inputs,omitempty"`
+	HashInputs []string `protobuf:"bytes,5,rep,name=hash_inputs,json=hashInputs,proto3" json:"hash_inputs,omitempty"`
+	HashSalt   []byte   `protobuf:"bytes,6,opt,name=hash_salt,json=hashSalt,proto3" json:"hash_salt,omitempty"`
+	// labelled_only keeps a row only once feedback labels it; unlabelled
+	// rows are never written to disk.
+	LabelledOnly  bool `protobuf:"varint,7,opt,name=labelled_only,json=labelledOnly,proto3" json:"labelled_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CapturePolicy) Reset() {
+	*x = CapturePolicy{}
+	mi := &file_proto_edgefleet_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CapturePolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CapturePolicy) ProtoMessage() {}
+
+func (x *CapturePolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CapturePolicy.ProtoReflect.Descriptor instead.
+func (*CapturePolicy) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CapturePolicy) GetSampleRate() float64 {
+	if x != nil {
+		return x.SampleRate
+	}
+	return 0
+}
+
+func (x *CapturePolicy) GetMaxRowsPerHour() uint32 {
+	if x != nil {
+		return x.MaxRowsPerHour
+	}
+	return 0
+}
+
+func (x *CapturePolicy) GetMaxBytesPerHour() uint64 {
+	if x != nil {
+		return x.MaxBytesPerHour
+	}
+	return 0
+}
+
+func (x *CapturePolicy) GetDropInputs() []string {
+	if x != nil {
+		return x.DropInputs
+	}
+	return nil
+}
+
+func (x *CapturePolicy) GetHashInputs() []string {
+	if x != nil {
+		return x.HashInputs
+	}
+	return nil
+}
+
+func (x *CapturePolicy) GetHashSalt() []byte {
+	if x != nil {
+		return x.HashSalt
+	}
+	return nil
+}
+
+func (x *CapturePolicy) GetLabelledOnly() bool {
+	if x != nil {
+		return x.LabelledOnly
+	}
+	return false
+}
+
+// CaptureRow is one captured input row of one inference: the row's slice of
+// every captured input and of every output, and its label when feedback
+// arrived before the row was queued.
+type CaptureRow struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ModelName    string                 `protobuf:"bytes,1,opt,name=model_name,json=modelName,proto3" json:"model_name,omitempty"`
+	ModelVersion string                 `protobuf:"bytes,2,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
+	InferenceId  string                 `protobuf:"bytes,3,opt,name=inference_id,json=inferenceId,proto3" json:"inference_id,omitempty"`
+	Row          uint32                 `protobuf:"varint,4,opt,name=row,proto3" json:"row,omitempty"`
+	TimeUnixMs   int64                  `protobuf:"varint,5,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	// inputs and outputs hold this row only (first dimension 1).
+	Inputs        []*Tensor `protobuf:"bytes,6,rep,name=inputs,proto3" json:"inputs,omitempty"`
+	Outputs       []*Tensor `protobuf:"bytes,7,rep,name=outputs,proto3" json:"outputs,omitempty"`
+	Labelled      bool      `protobuf:"varint,8,opt,name=labelled,proto3" json:"labelled,omitempty"`
+	Label         int64     `protobuf:"zigzag64,9,opt,name=label,proto3" json:"label,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureRow) Reset() {
+	*x = CaptureRow{}
+	mi := &file_proto_edgefleet_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureRow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureRow) ProtoMessage() {}
+
+func (x *CaptureRow) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureRow.ProtoReflect.Descriptor instead.
+func (*CaptureRow) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *CaptureRow) GetModelName() string {
+	if x != nil {
+		return x.ModelName
+	}
+	return ""
+}
+
+func (x *CaptureRow) GetModelVersion() string {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return ""
+}
+
+func (x *CaptureRow) GetInferenceId() string {
+	if x != nil {
+		return x.InferenceId
+	}
+	return ""
+}
+
+func (x *CaptureRow) GetRow() uint32 {
+	if x != nil {
+		return x.Row
+	}
+	return 0
+}
+
+func (x *CaptureRow) GetTimeUnixMs() int64 {
+	if x != nil {
+		return x.TimeUnixMs
+	}
+	return 0
+}
+
+func (x *CaptureRow) GetInputs() []*Tensor {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
+}
+
+func (x *CaptureRow) GetOutputs() []*Tensor {
+	if x != nil {
+		return x.Outputs
+	}
+	return nil
+}
+
+func (x *CaptureRow) GetLabelled() bool {
+	if x != nil {
+		return x.Labelled
+	}
+	return false
+}
+
+func (x *CaptureRow) GetLabel() int64 {
+	if x != nil {
+		return x.Label
+	}
+	return 0
+}
+
+// CaptureLabel is ground truth that arrived for a row already queued or
+// uploaded; the control plane joins it by (device, model, inference id, row).
+type CaptureLabel struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ModelName     string                 `protobuf:"bytes,1,opt,name=model_name,json=modelName,proto3" json:"model_name,omitempty"`
+	InferenceId   string                 `protobuf:"bytes,2,opt,name=inference_id,json=inferenceId,proto3" json:"inference_id,omitempty"`
+	Row           uint32                 `protobuf:"varint,3,opt,name=row,proto3" json:"row,omitempty"`
+	Label         int64                  `protobuf:"zigzag64,4,opt,name=label,proto3" json:"label,omitempty"`
+	TimeUnixMs    int64                  `protobuf:"varint,5,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureLabel) Reset() {
+	*x = CaptureLabel{}
+	mi := &file_proto_edgefleet_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureLabel) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureLabel) ProtoMessage() {}
+
+func (x *CaptureLabel) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureLabel.ProtoReflect.Descriptor instead.
+func (*CaptureLabel) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *CaptureLabel) GetModelName() string {
+	if x != nil {
+		return x.ModelName
+	}
+	return ""
+}
+
+func (x *CaptureLabel) GetInferenceId() string {
+	if x != nil {
+		return x.InferenceId
+	}
+	return ""
+}
+
+func (x *CaptureLabel) GetRow() uint32 {
+	if x != nil {
+		return x.Row
+	}
+	return 0
+}
+
+func (x *CaptureLabel) GetLabel() int64 {
+	if x != nil {
+		return x.Label
+	}
+	return 0
+}
+
+func (x *CaptureLabel) GetTimeUnixMs() int64 {
+	if x != nil {
+		return x.TimeUnixMs
+	}
+	return 0
+}
+
+// CaptureBatch is one upload of captured rows and labels (agent → control
+// plane, on the device's capture topic). (device_id, stream, batch) names
+// it: stream is a random id of the agent's capture queue, batch increases by
+// one per batch in it; a batch sent again after a crash or a lost ack has
+// the same name and content, so the control plane keeps it once.
+type CaptureBatch struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ProtocolVersion uint32                 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	DeviceId        string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Stream          uint64                 `protobuf:"fixed64,3,opt,name=stream,proto3" json:"stream,omitempty"`
+	Batch           uint64                 `protobuf:"varint,4,opt,name=batch,proto3" json:"batch,omitempty"`
+	Rows            []*CaptureRow          `protobuf:"bytes,5,rep,name=rows,proto3" json:"rows,omitempty"`
+	Labels          []*CaptureLabel        `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty"`
+	// rows_dropped counts rows the agent did not keep (hourly budget, full
+	// queue); cumulative.
+	RowsDropped   uint64 `protobuf:"varint,7,opt,name=rows_dropped,json=rowsDropped,proto3" json:"rows_dropped,omitempty"`
+	TimeUnixMs    int64  `protobuf:"varint,8,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureBatch) Reset() {
+	*x = CaptureBatch{}
+	mi := &file_proto_edgefleet_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureBatch) ProtoMessage() {}
+
+func (x *CaptureBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureBatch.ProtoReflect.Descriptor instead.
+func (*CaptureBatch) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *CaptureBatch) GetProtocolVersion() uint32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
+}
+
+func (x *CaptureBatch) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *CaptureBatch) GetStream() uint64 {
+	if x != nil {
+		return x.Stream
+	}
+	return 0
+}
+
+func (x *CaptureBatch) GetBatch() uint64 {
+	if x != nil {
+		return x.Batch
+	}
+	return 0
+}
+
+func (x *CaptureBatch) GetRows() []*CaptureRow {
+	if x != nil {
+		return x.Rows
+	}
+	return nil
+}
+
+func (x *CaptureBatch) GetLabels() []*CaptureLabel {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *CaptureBatch) GetRowsDropped() uint64 {
+	if x != nil {
+		return x.RowsDropped
+	}
+	return 0
+}
+
+func (x *CaptureBatch) GetTimeUnixMs() int64 {
+	if x != nil {
+		return x.TimeUnixMs
+	}
+	return 0
+}
+
+// CaptureAck tells a device that the control plane stored its batches
+// durably (control plane → agent, on the device's capture-ack topic); only
+// then does the agent delete them.
+type CaptureAck struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ProtocolVersion uint32                 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	DeviceId        string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Stream          uint64                 `protobuf:"fixed64,3,opt,name=stream,proto3" json:"stream,omitempty"`
+	Batches         []uint64               `protobuf:"varint,4,rep,packed,name=batches,proto3" json:"batches,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *CaptureAck) Reset() {
+	*x = CaptureAck{}
+	mi := &file_proto_edgefleet_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureAck) ProtoMessage() {}
+
+func (x *CaptureAck) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureAck.ProtoReflect.Descriptor instead.
+func (*CaptureAck) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *CaptureAck) GetProtocolVersion() uint32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
+}
+
+func (x *CaptureAck) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *CaptureAck) GetStream() uint64 {
+	if x != nil {
+		return x.Stream
+	}
+	return 0
+}
+
+func (x *CaptureAck) GetBatches() []uint64 {
+	if x != nil {
+		return x.Batches
+	}
+	return nil
+}
+
 var File_proto_edgefleet_proto protoreflect.FileDescriptor
 
 const file_proto_edgefleet_proto_rawDesc = "" +
@@ -2958,11 +3445,12 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\vdescription\x18\x13 \x01(\tR\vdescription\x12-\n" +
 	"\x12relative_tolerance\x18\x14 \x01(\x02R\x11relativeTolerance\x12!\n" +
 	"\flabel_output\x18\x15 \x01(\tR\vlabelOutput\x12!\n" +
-	"\fscore_output\x18\x16 \x01(\tR\vscoreOutput\"W\n" +
+	"\fscore_output\x18\x16 \x01(\tR\vscoreOutput\"\x8e\x01\n" +
 	"\x0fModelAssignment\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x16\n" +
-	"\x06sha256\x18\x03 \x01(\fR\x06sha256\"\xca\x02\n" +
+	"\x06sha256\x18\x03 \x01(\fR\x06sha256\x125\n" +
+	"\acapture\x18( \x01(\v2\x1b.edgefleet.v1.CapturePolicyR\acapture\"\xca\x02\n" +
 	"\fDesiredState\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x1e\n" +
@@ -3100,7 +3588,55 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"timeUnixMs\"4\n" +
 	"\bSeqRange\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x04R\x05first\x12\x12\n" +
-	"\x04last\x18\x02 \x01(\x04R\x04last*O\n" +
+	"\x04last\x18\x02 \x01(\x04R\x04last\"\x8c\x02\n" +
+	"\rCapturePolicy\x12\x1f\n" +
+	"\vsample_rate\x18\x01 \x01(\x01R\n" +
+	"sampleRate\x12)\n" +
+	"\x11max_rows_per_hour\x18\x02 \x01(\rR\x0emaxRowsPerHour\x12+\n" +
+	"\x12max_bytes_per_hour\x18\x03 \x01(\x04R\x0fmaxBytesPerHour\x12\x1f\n" +
+	"\vdrop_inputs\x18\x04 \x03(\tR\n" +
+	"dropInputs\x12\x1f\n" +
+	"\vhash_inputs\x18\x05 \x03(\tR\n" +
+	"hashInputs\x12\x1b\n" +
+	"\thash_salt\x18\x06 \x01(\fR\bhashSalt\x12#\n" +
+	"\rlabelled_only\x18\a \x01(\bR\flabelledOnly\"\xb7\x02\n" +
+	"\n" +
+	"CaptureRow\x12\x1d\n" +
+	"\n" +
+	"model_name\x18\x01 \x01(\tR\tmodelName\x12#\n" +
+	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\x12!\n" +
+	"\finference_id\x18\x03 \x01(\tR\vinferenceId\x12\x10\n" +
+	"\x03row\x18\x04 \x01(\rR\x03row\x12 \n" +
+	"\ftime_unix_ms\x18\x05 \x01(\x03R\n" +
+	"timeUnixMs\x12,\n" +
+	"\x06inputs\x18\x06 \x03(\v2\x14.edgefleet.v1.TensorR\x06inputs\x12.\n" +
+	"\aoutputs\x18\a \x03(\v2\x14.edgefleet.v1.TensorR\aoutputs\x12\x1a\n" +
+	"\blabelled\x18\b \x01(\bR\blabelled\x12\x14\n" +
+	"\x05label\x18\t \x01(\x12R\x05label\"\x9a\x01\n" +
+	"\fCaptureLabel\x12\x1d\n" +
+	"\n" +
+	"model_name\x18\x01 \x01(\tR\tmodelName\x12!\n" +
+	"\finference_id\x18\x02 \x01(\tR\vinferenceId\x12\x10\n" +
+	"\x03row\x18\x03 \x01(\rR\x03row\x12\x14\n" +
+	"\x05label\x18\x04 \x01(\x12R\x05label\x12 \n" +
+	"\ftime_unix_ms\x18\x05 \x01(\x03R\n" +
+	"timeUnixMs\"\xab\x02\n" +
+	"\fCaptureBatch\x12)\n" +
+	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x16\n" +
+	"\x06stream\x18\x03 \x01(\x06R\x06stream\x12\x14\n" +
+	"\x05batch\x18\x04 \x01(\x04R\x05batch\x12,\n" +
+	"\x04rows\x18\x05 \x03(\v2\x18.edgefleet.v1.CaptureRowR\x04rows\x122\n" +
+	"\x06labels\x18\x06 \x03(\v2\x1a.edgefleet.v1.CaptureLabelR\x06labels\x12!\n" +
+	"\frows_dropped\x18\a \x01(\x04R\vrowsDropped\x12 \n" +
+	"\ftime_unix_ms\x18\b \x01(\x03R\n" +
+	"timeUnixMs\"\x86\x01\n" +
+	"\n" +
+	"CaptureAck\x12)\n" +
+	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x16\n" +
+	"\x06stream\x18\x03 \x01(\x06R\x06stream\x12\x18\n" +
+	"\abatches\x18\x04 \x03(\x04R\abatches*O\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tROLE_ROOT\x10\x01\x12\x10\n" +
@@ -3140,7 +3676,7 @@ func file_proto_edgefleet_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_edgefleet_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_proto_edgefleet_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_proto_edgefleet_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_proto_edgefleet_proto_goTypes = []any{
 	(Role)(0),                // 0: edgefleet.v1.Role
 	(TensorKind)(0),          // 1: edgefleet.v1.TensorKind
@@ -3174,6 +3710,11 @@ var file_proto_edgefleet_proto_goTypes = []any{
 	(*Presence)(nil),         // 29: edgefleet.v1.Presence
 	(*Ack)(nil),              // 30: edgefleet.v1.Ack
 	(*SeqRange)(nil),         // 31: edgefleet.v1.SeqRange
+	(*CapturePolicy)(nil),    // 32: edgefleet.v1.CapturePolicy
+	(*CaptureRow)(nil),       // 33: edgefleet.v1.CaptureRow
+	(*CaptureLabel)(nil),     // 34: edgefleet.v1.CaptureLabel
+	(*CaptureBatch)(nil),     // 35: edgefleet.v1.CaptureBatch
+	(*CaptureAck)(nil),       // 36: edgefleet.v1.CaptureAck
 }
 var file_proto_edgefleet_proto_depIdxs = []int32{
 	5,  // 0: edgefleet.v1.Envelope.signatures:type_name -> edgefleet.v1.Signature
@@ -3193,21 +3734,26 @@ var file_proto_edgefleet_proto_depIdxs = []int32{
 	13, // 14: edgefleet.v1.Manifest.reference:type_name -> edgefleet.v1.FeatureStats
 	12, // 15: edgefleet.v1.Manifest.test_vectors:type_name -> edgefleet.v1.TestVector
 	16, // 16: edgefleet.v1.Manifest.training:type_name -> edgefleet.v1.TrainingInfo
-	18, // 17: edgefleet.v1.DesiredState.models:type_name -> edgefleet.v1.ModelAssignment
-	20, // 18: edgefleet.v1.DesiredState.shadows:type_name -> edgefleet.v1.ShadowAssignment
-	2,  // 19: edgefleet.v1.StatusEvent.state:type_name -> edgefleet.v1.ModelState
-	3,  // 20: edgefleet.v1.StatusEvent.refused:type_name -> edgefleet.v1.Refusal
-	2,  // 21: edgefleet.v1.ActiveModel.state:type_name -> edgefleet.v1.ModelState
-	24, // 22: edgefleet.v1.Telemetry.models:type_name -> edgefleet.v1.ActiveModel
-	27, // 23: edgefleet.v1.Telemetry.monitoring:type_name -> edgefleet.v1.MonitorReport
-	26, // 24: edgefleet.v1.Telemetry.shadow:type_name -> edgefleet.v1.ShadowReport
-	28, // 25: edgefleet.v1.MonitorReport.features:type_name -> edgefleet.v1.FeatureSketch
-	31, // 26: edgefleet.v1.Ack.ranges:type_name -> edgefleet.v1.SeqRange
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	32, // 17: edgefleet.v1.ModelAssignment.capture:type_name -> edgefleet.v1.CapturePolicy
+	18, // 18: edgefleet.v1.DesiredState.models:type_name -> edgefleet.v1.ModelAssignment
+	20, // 19: edgefleet.v1.DesiredState.shadows:type_name -> edgefleet.v1.ShadowAssignment
+	2,  // 20: edgefleet.v1.StatusEvent.state:type_name -> edgefleet.v1.ModelState
+	3,  // 21: edgefleet.v1.StatusEvent.refused:type_name -> edgefleet.v1.Refusal
+	2,  // 22: edgefleet.v1.ActiveModel.state:type_name -> edgefleet.v1.ModelState
+	24, // 23: edgefleet.v1.Telemetry.models:type_name -> edgefleet.v1.ActiveModel
+	27, // 24: edgefleet.v1.Telemetry.monitoring:type_name -> edgefleet.v1.MonitorReport
+	26, // 25: edgefleet.v1.Telemetry.shadow:type_name -> edgefleet.v1.ShadowReport
+	28, // 26: edgefleet.v1.MonitorReport.features:type_name -> edgefleet.v1.FeatureSketch
+	31, // 27: edgefleet.v1.Ack.ranges:type_name -> edgefleet.v1.SeqRange
+	11, // 28: edgefleet.v1.CaptureRow.inputs:type_name -> edgefleet.v1.Tensor
+	11, // 29: edgefleet.v1.CaptureRow.outputs:type_name -> edgefleet.v1.Tensor
+	33, // 30: edgefleet.v1.CaptureBatch.rows:type_name -> edgefleet.v1.CaptureRow
+	34, // 31: edgefleet.v1.CaptureBatch.labels:type_name -> edgefleet.v1.CaptureLabel
+	32, // [32:32] is the sub-list for method output_type
+	32, // [32:32] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_proto_edgefleet_proto_init() }
@@ -3221,7 +3767,7 @@ func file_proto_edgefleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_edgefleet_proto_rawDesc), len(file_proto_edgefleet_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   28,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

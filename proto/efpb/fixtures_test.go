@@ -216,6 +216,37 @@ var fixtures = []struct {
 			"cd28c09b9bd80630c0bea0d8063a04726f2d37",
 	},
 	{
+		// Field data capture (issue 13): a desired state whose assignment
+		// carries a capture policy.
+		name: "DesiredState",
+		msg: &efpb.DesiredState{ProtocolVersion: 1, DeviceId: "dev-001", Generation: 13,
+			Models: []*efpb.ModelAssignment{{Name: "fraud", Version: "1.1.0", Sha256: []byte{0xab, 0xcd},
+				Capture: &efpb.CapturePolicy{SampleRate: 0.25, MaxRowsPerHour: 600, MaxBytesPerHour: 1 << 20,
+					DropInputs: []string{"card"}, HashInputs: []string{"merchant"}, HashSalt: []byte{0x5a, 0x17}, LabelledOnly: true}}}},
+		hex: "080112076465762d303031180d223b0a0566726175641205312e312e301a02ab" +
+			"cdc2022609000000000000d03f10d804188080402204636172642a086d657263" +
+			"68616e7432025a173801",
+	},
+	{
+		name: "CaptureBatch",
+		msg: &efpb.CaptureBatch{ProtocolVersion: 1, DeviceId: "dev-001", Stream: 0x1122334455667788, Batch: 42,
+			Rows: []*efpb.CaptureRow{{ModelName: "fraud", ModelVersion: "1.1.0", InferenceId: "inf-9", Row: 2, TimeUnixMs: 1795608000123,
+				Inputs:   []*efpb.Tensor{{Name: "x", Shape: []int64{1, 2}, Data: []float32{0.5, -1}}},
+				Outputs:  []*efpb.Tensor{{Name: "p", Shape: []int64{1, 1}, Data: []float32{0.75}}},
+				Labelled: true, Label: 1}},
+			Labels:      []*efpb.CaptureLabel{{ModelName: "fraud", InferenceId: "inf-8", Row: 1, Label: -1, TimeUnixMs: 1795608000456}},
+			RowsDropped: 3, TimeUnixMs: 1795608001000},
+		hex: "080112076465762d303031198877665544332211202a2a440a05667261756412" +
+			"05312e312e301a05696e662d39200228fbecce94a13432110a0178120201021a" +
+			"080000003f000080bf3a0d0a0170120201011a040000403f4001480232190a05" +
+			"66726175641205696e662d381801200128c8efce94a134380340e8f3ce94a134",
+	},
+	{
+		name: "CaptureAck",
+		msg:  &efpb.CaptureAck{ProtocolVersion: 1, DeviceId: "dev-001", Stream: 0x1122334455667788, Batches: []uint64{41, 42}},
+		hex:  "080112076465762d3030311988776655443322112202292a",
+	},
+	{
 		// A second DesiredState: a challenger in shadow (added 2026-12-06).
 		name: "DesiredState",
 		msg: &efpb.DesiredState{
@@ -416,7 +447,9 @@ func TestFixturesDecode(t *testing.T) {
 // message type, named for it.
 func TestFixturesNamedForTheirType(t *testing.T) {
 	want := []string{"Envelope", "TrustBundle", "TrustChain", "Manifest", "Manifest", "DesiredState", "DesiredState", "Chunk", "FetchRequest",
-		"StatusEvent", "StatusEvent", "Telemetry", "Telemetry", "Telemetry", "Telemetry", "Telemetry", "Presence", "Ack"}
+		"StatusEvent", "StatusEvent", "Telemetry", "Telemetry", "Telemetry", "Telemetry", "Telemetry", "Presence", "Ack",
+		// Field data capture (issue 13).
+		"DesiredState", "CaptureBatch", "CaptureAck"}
 	var got []string
 	for _, fx := range fixtures {
 		assert.Equal(t, fx.name, string(fx.msg.ProtoReflect().Descriptor().Name()))

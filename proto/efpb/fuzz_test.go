@@ -73,6 +73,14 @@ func FuzzDecodePresence(f *testing.F) {
 	fuzzDecode(f, "Presence", func() proto.Message { return &efpb.Presence{} })
 }
 
+func FuzzDecodeCaptureBatch(f *testing.F) {
+	fuzzDecode(f, "CaptureBatch", func() proto.Message { return &efpb.CaptureBatch{} })
+}
+
+func FuzzDecodeCaptureAck(f *testing.F) {
+	fuzzDecode(f, "CaptureAck", func() proto.Message { return &efpb.CaptureAck{} })
+}
+
 func FuzzDecodeAck(f *testing.F) {
 	fuzzDecode(f, "Ack", func() proto.Message { return &efpb.Ack{} })
 }
