@@ -173,6 +173,14 @@ func (o *outbox) Len() int {
 	return len(o.queue)
 }
 
+// LenUpTo is the number of queued reports whose sequence number is at
+// most seq.
+func (o *outbox) LenUpTo(seq uint64) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return sort.Search(len(o.queue), func(i int) bool { return o.queue[i].seq > seq })
+}
+
 func (o *outbox) poke() {
 	select {
 	case o.wake <- struct{}{}:
@@ -490,6 +498,15 @@ var errNotConnected = errors.New("not connected to the broker")
 func (a *Agent) QueuedReports() int {
 	if ob := a.outboxRef(); ob != nil {
 		return ob.Len()
+	}
+	return 0
+}
+
+// QueuedReportsUpTo is the number of reports numbered at most seq (see
+// ReportSeq) that are still waiting to be delivered and acknowledged.
+func (a *Agent) QueuedReportsUpTo(seq uint64) int {
+	if ob := a.outboxRef(); ob != nil {
+		return ob.LenUpTo(seq)
 	}
 	return 0
 }

@@ -191,6 +191,14 @@ func decodeEnvelope(b []byte) (*efpb.Envelope, error) {
 // skips numbers but never repeats one.
 const seqBlock = 1024
 
+// ReportSeq is the sequence number of the newest status event or telemetry
+// report the agent made (they share one sequence).
+func (a *Agent) ReportSeq() uint64 {
+	a.statusMu.Lock()
+	defer a.statusMu.Unlock()
+	return a.seq
+}
+
 func (a *Agent) nextSeq() uint64 {
 	a.statusMu.Lock()
 	defer a.statusMu.Unlock()
