@@ -24,6 +24,8 @@ func TestDeviceMayPublish(t *testing.T) {
 		{"d1", "ef/v1/dev/d1/presence", true, false},
 		// not its own outbound topics
 		{"d1", "ef/v1/dev/d1/desired", false, false},
+		{"d1", "ef/v1/dev/d1/site", false, false},
+		{"d1", "ef/v1/dev/d1/chunks", false, false},
 		{"d1", "ef/v1/dev/d2/status", false, false},
 		{"d1", "ef/v1/dev/d10/status", false, false},
 		{"d1", "ef/v1/trust", false, false},
@@ -60,6 +62,8 @@ func TestDeviceMaySubscribe(t *testing.T) {
 	}{
 		// allowed
 		{"d1", "ef/v1/dev/d1/desired", true},
+		{"d1", "ef/v1/dev/d1/site", true},
+		{"d1", "ef/v1/dev/d1/chunks", true},
 		{"d1", "ef/v1/trust", true},
 		{"d1", "ef/v1/models/fraud/1.0/manifest", true},
 		{"d1", "ef/v1/models/fraud/1.0/chunks", true},
@@ -70,6 +74,9 @@ func TestDeviceMaySubscribe(t *testing.T) {
 		{"d1", "ef/v1/models/+/+/+", true},
 		// other devices and wildcards in the device position
 		{"d1", "ef/v1/dev/d2/desired", false},
+		{"d1", "ef/v1/dev/d2/site", false},
+		{"d1", "ef/v1/dev/d2/chunks", false},
+		{"d1", "ef/v1/dev/+/site", false},
 		{"d1", "ef/v1/dev/+/desired", false},
 		{"d1", "ef/v1/dev/d1/+", false},
 		{"d1", "ef/v1/dev/d1/#", false},
@@ -135,10 +142,11 @@ func TestDeviceMaySubscribeNeverLeaks(t *testing.T) {
 	var s Scheme
 	otherTopics := []string{
 		s.Desired("d2"), s.Status("d2"), s.Telemetry("d2"), s.Fetch("d2"), s.Presence("d2"),
+		s.Site("d2"), s.DeviceChunks("d2"),
 		s.Status("d1"), s.Telemetry("d1"), s.Fetch("d1"), s.Presence("d1"),
 		"ef/v1/other", "ef/v1/dev/d1", "xx/v1/trust", "$SYS/broker/clients",
 	}
-	levels := []string{"ef", "v1", "dev", "d1", "desired", "models", "trust", "status", "+", "#", ""}
+	levels := []string{"ef", "v1", "dev", "d1", "desired", "site", "models", "trust", "status", "+", "#", ""}
 	// All filters of up to 6 levels over the vocabulary above.
 	var filters []string
 	var gen func(prefix string, depth int)
@@ -181,6 +189,8 @@ func TestMosquittoACL(t *testing.T) {
 		"pattern write ef/v1/dev/%u/fetch\n",
 		"pattern write ef/v1/dev/%u/presence\n",
 		"pattern read ef/v1/dev/%u/desired\n",
+		"pattern read ef/v1/dev/%u/site\n",
+		"pattern read ef/v1/dev/%u/chunks\n",
 		"pattern read ef/v1/trust\n",
 		"pattern read ef/v1/models/+/+/+\n",
 		"user edgefleet-cp\ntopic readwrite ef/v1/#\n",

@@ -36,6 +36,7 @@ const (
 	leafPresence  = "presence"
 	leafManifest  = "manifest"
 	leafChunks    = "chunks"
+	leafSite      = "site"
 	levelDev      = "dev"
 	levelModels   = "models"
 	levelTrust    = "trust"
@@ -47,6 +48,8 @@ const (
 // ValidDeviceID, ValidModelName and ValidModelVersion.
 //
 //	<prefix>/dev/{id}/desired                      cp → agent, QoS 1, retained
+//	<prefix>/dev/{id}/site                         cp → agent, QoS 1, retained (signed site document)
+//	<prefix>/dev/{id}/chunks                       cp → agent, QoS 1 (chunks the device asked for directly)
 //	<prefix>/dev/{id}/fetch|status|telemetry|presence  agent → cp, QoS 1
 //	<prefix>/models/{name}/{version}/manifest      cp → agents, QoS 1, retained
 //	<prefix>/models/{name}/{version}/chunks        cp → agents, QoS 1
@@ -84,6 +87,14 @@ func (s Scheme) model(name, version, leaf string) string {
 
 // Desired is the device's signed desired-state topic (cp → agent, retained).
 func (s Scheme) Desired(dev string) string { return s.dev(dev, leafDesired) }
+
+// Site is the device's signed site document: gossip keys, member ticket,
+// peers (cp → agent, retained).
+func (s Scheme) Site(dev string) string { return s.dev(dev, leafSite) }
+
+// DeviceChunks carries the chunks a device asked for directly (cp →
+// agent): a device sharing its site's download receives only its part.
+func (s Scheme) DeviceChunks(dev string) string { return s.dev(dev, leafChunks) }
 
 // Fetch is where the device asks for the chunks it lacks (agent → cp).
 func (s Scheme) Fetch(dev string) string { return s.dev(dev, leafFetch) }
@@ -131,6 +142,8 @@ const (
 	KindManifest
 	KindChunks
 	KindTrust
+	KindSite
+	KindDeviceChunks
 )
 
 var kindNames = [...]string{
@@ -142,6 +155,10 @@ var kindNames = [...]string{
 	KindManifest:  leafManifest,
 	KindChunks:    leafChunks,
 	KindTrust:     levelTrust,
+	// Both are dev/{id}/ leaves; "device chunks" tells them from the
+	// model chunk topic.
+	KindSite:         leafSite,
+	KindDeviceChunks: "device chunks",
 }
 
 func (k Kind) String() string {
@@ -166,6 +183,8 @@ var devLeaves = map[string]Kind{
 	leafStatus:    KindStatus,
 	leafTelemetry: KindTelemetry,
 	leafPresence:  KindPresence,
+	leafSite:      KindSite,
+	leafChunks:    KindDeviceChunks,
 }
 
 // Parse splits a concrete topic name of the scheme into its parts. Topics
