@@ -155,6 +155,9 @@ const (
 	Refusal_REFUSAL_TRUST_BUNDLE  Refusal = 1
 	Refusal_REFUSAL_MANIFEST      Refusal = 2
 	Refusal_REFUSAL_DESIRED_STATE Refusal = 3
+	// A SitePeers document (added 2026-12-06); an older control plane counts
+	// it as unknown.
+	Refusal_REFUSAL_SITE_DOCUMENT Refusal = 4
 )
 
 // Enum value maps for Refusal.
@@ -164,12 +167,14 @@ var (
 		1: "REFUSAL_TRUST_BUNDLE",
 		2: "REFUSAL_MANIFEST",
 		3: "REFUSAL_DESIRED_STATE",
+		4: "REFUSAL_SITE_DOCUMENT",
 	}
 	Refusal_value = map[string]int32{
 		"REFUSAL_UNSPECIFIED":   0,
 		"REFUSAL_TRUST_BUNDLE":  1,
 		"REFUSAL_MANIFEST":      2,
 		"REFUSAL_DESIRED_STATE": 3,
+		"REFUSAL_SITE_DOCUMENT": 4,
 	}
 )
 
@@ -2965,12 +2970,13 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x12MODEL_STATE_ACTIVE\x10\x05\x12\x16\n" +
 	"\x12MODEL_STATE_FAILED\x10\x06\x12\x1b\n" +
 	"\x17MODEL_STATE_ROLLED_BACK\x10\a\x12\x17\n" +
-	"\x13MODEL_STATE_PENDING\x10\b*m\n" +
+	"\x13MODEL_STATE_PENDING\x10\b*\x88\x01\n" +
 	"\aRefusal\x12\x17\n" +
 	"\x13REFUSAL_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14REFUSAL_TRUST_BUNDLE\x10\x01\x12\x14\n" +
 	"\x10REFUSAL_MANIFEST\x10\x02\x12\x19\n" +
-	"\x15REFUSAL_DESIRED_STATE\x10\x03B0Z.github.com/edgefleet/edgefleet/proto/efpb;efpbb\x06proto3"
+	"\x15REFUSAL_DESIRED_STATE\x10\x03\x12\x19\n" +
+	"\x15REFUSAL_SITE_DOCUMENT\x10\x04B0Z.github.com/edgefleet/edgefleet/proto/efpb;efpbb\x06proto3"
 
 var (
 	file_proto_edgefleet_proto_rawDescOnce sync.Once
