@@ -4,7 +4,7 @@
 // which chunks they hold, and a Download fetches missing chunks from peers
 // with one member per model fetching from the broker for the site. Peers are
 // untrusted: callers verify every chunk against the signed manifest.
-// Imported by nothing yet.
+// Imported by agent.
 package peers
 
 import (
@@ -123,19 +123,23 @@ type Options struct {
 
 // Stats are counters of a Node; they only grow.
 type Stats struct {
-	Malformed  uint64 // undecodable or out-of-bounds messages dropped
-	Foreign    uint64 // members and messages of another site refused
-	Unknown    uint64 // members whose credential did not check, refused
-	Replayed   uint64 // requests seen before (or too old to tell) dropped
-	Relayed    uint64 // announcements relayed on
-	Served     uint64 // chunks sent to peers
-	ServedB    uint64 // bytes of them
-	Busy       uint64 // requests answered busy (serve queue or waiters full)
-	Unanswered uint64 // requests from a sender that is not (yet) a member
-	Late       uint64 // responses to no pending request (late or forged)
-	Fetched    uint64 // chunks received from peers (before the caller's check)
-	FetchedB   uint64 // bytes of them
-	Rejected   uint64 // chunks from peers that failed the caller's check
+	Malformed uint64 // undecodable or out-of-bounds messages dropped
+	Foreign   uint64 // members and messages of another site refused
+	Unknown   uint64 // members whose credential did not check, refused
+	// Undecryptable are packets and streams no installed key decrypts: a
+	// member of another site (another key), an outsider, or a member
+	// still on a retired key.
+	Undecryptable uint64
+	Replayed      uint64 // requests seen before (or too old to tell) dropped
+	Relayed       uint64 // announcements relayed on
+	Served        uint64 // chunks sent to peers
+	ServedB       uint64 // bytes of them
+	Busy          uint64 // requests answered busy (serve queue or waiters full)
+	Unanswered    uint64 // requests from a sender that is not (yet) a member
+	Late          uint64 // responses to no pending request (late or forged)
+	Fetched       uint64 // chunks received from peers (before the caller's check)
+	FetchedB      uint64 // bytes of them
+	Rejected      uint64 // chunks from peers that failed the caller's check
 }
 
 // holding is what one peer last announced for one model.
@@ -220,7 +224,7 @@ type Node struct {
 	nextID  atomic.Uint64
 	crashed atomic.Bool // set by tests: memberlist stopped without leaving
 
-	malformed, foreign, unknown, replayed, relayed, served, servedB, busy,
+	malformed, foreign, unknown, undecryptable, replayed, relayed, served, servedB, busy,
 	unanswered, late, fetched, fetchedB, rejected atomic.Uint64
 
 	// metaMu guards meta (SetMeta replaces it while memberlist reads it).
@@ -332,11 +336,11 @@ func New(opts Options) (*Node, error) {
 	cfg.Alive = (*delegate)(n)
 	cfg.Merge = (*delegate)(n)
 	cfg.Events = (*delegate)(n)
+	var fwd io.Writer = io.Discard
 	if opts.Logger != nil {
-		cfg.Logger = slog.NewLogLogger(lg.Handler(), slog.LevelDebug)
-	} else {
-		cfg.Logger = log.New(io.Discard, "", 0)
+		fwd = slog.NewLogLogger(lg.Handler(), slog.LevelDebug).Writer()
 	}
+	cfg.Logger = log.New(&logCounter{n: n, next: fwd}, "", 0)
 	if opts.Tune != nil {
 		opts.Tune(cfg)
 	}
@@ -475,19 +479,20 @@ func (n *Node) SetMeta(meta []byte) error {
 // Stats returns the node's counters.
 func (n *Node) Stats() Stats {
 	return Stats{
-		Malformed:  n.malformed.Load(),
-		Foreign:    n.foreign.Load(),
-		Unknown:    n.unknown.Load(),
-		Replayed:   n.replayed.Load(),
-		Relayed:    n.relayed.Load(),
-		Served:     n.served.Load(),
-		ServedB:    n.servedB.Load(),
-		Busy:       n.busy.Load(),
-		Unanswered: n.unanswered.Load(),
-		Late:       n.late.Load(),
-		Fetched:    n.fetched.Load(),
-		FetchedB:   n.fetchedB.Load(),
-		Rejected:   n.rejected.Load(),
+		Malformed:     n.malformed.Load(),
+		Foreign:       n.foreign.Load(),
+		Unknown:       n.unknown.Load(),
+		Undecryptable: n.undecryptable.Load(),
+		Replayed:      n.replayed.Load(),
+		Relayed:       n.relayed.Load(),
+		Served:        n.served.Load(),
+		ServedB:       n.servedB.Load(),
+		Busy:          n.busy.Load(),
+		Unanswered:    n.unanswered.Load(),
+		Late:          n.late.Load(),
+		Fetched:       n.fetched.Load(),
+		FetchedB:      n.fetchedB.Load(),
+		Rejected:      n.rejected.Load(),
 	}
 }
 
@@ -920,6 +925,21 @@ func (n *Node) mergeState(buf []byte) {
 		}
 		buf = rest
 	}
+}
+
+// logCounter passes memberlist's log on and counts what no key decrypted:
+// memberlist reports that only in its log.
+type logCounter struct {
+	n    *Node
+	next io.Writer
+}
+
+func (l *logCounter) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte("Decrypt packet failed")) || bytes.Contains(p, []byte("could decrypt")) ||
+		bytes.Contains(p, []byte("remote state is not encrypted")) {
+		l.n.undecryptable.Add(1)
+	}
+	return l.next.Write(p)
 }
 
 // broadcast is one queued announcement; a newer one of the same origin

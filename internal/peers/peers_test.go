@@ -344,6 +344,8 @@ func TestKeyRotation(t *testing.T) {
 	outsider := newNode(t, "o", "s1", nil, func(o *Options) { o.Keys = [][]byte{k2} })
 	assert.Error(t, outsider.Join([]string{a.Addr()}), "a member with another key joined")
 	assert.Equal(t, []string{"b"}, a.Members())
+	require.Eventually(t, func() bool { return a.Stats().Undecryptable > 0 }, 20*time.Second, 10*time.Millisecond,
+		"the outsider's join was not counted")
 
 	// Rotate: both install k2 first (k1 kept), a member holding only k2 joins.
 	require.NoError(t, a.SetKeys([][]byte{k2, k1}))
