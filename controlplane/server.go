@@ -36,6 +36,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/models"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
+	"github.com/edgefleet/edgefleet/controlplane/sites"
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
 	"github.com/edgefleet/edgefleet/internal/store"
@@ -179,6 +180,7 @@ type components struct {
 	bus      bus.Bus
 	models   *models.Registry
 	fleet    *fleet.Fleet
+	sites    *sites.Service
 	monitor  *monitor.Service
 	rollouts *rollout.Engine
 	api      *httpapi.API
@@ -386,6 +388,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	wg.Go(func() { s.renewLoop(ctx, c) })
 	wg.Go(func() { s.rolloutLoop(ctx, c) })
 	wg.Go(func() { c.monitor.Run(ctx) })
+	wg.Go(func() { c.sites.Run(ctx) })
 	if eb, ok := c.bus.(*bus.External); ok {
 		wg.Go(func() { s.republishOnReconnect(ctx, c, eb) })
 	}
@@ -501,6 +504,14 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 		Models: c.models, Ingest: c.ingest, BrokerURL: o.PublicMQTTURL, DesiredTTL: o.DesiredTTL,
 		Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger,
 	})
+	c.sites, err = sites.New(sites.Options{
+		KV: c.db.Namespace("sites"), Keys: s.keys, Bus: c.bus, Scheme: s.scheme, Devices: c.registry,
+		TTL: o.DesiredTTL, Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger,
+	})
+	if err != nil {
+		_ = c.bus.Close()
+		return nil, err
+	}
 	c.monitor, err = monitor.NewService(monitor.ServiceOptions{
 		Config: o.Monitor, KV: c.db.Namespace("monitor"), Models: c.models, Devices: c.registry,
 		Audit: c.audit, Ingest: c.ingest, Registerer: s.metrics, Clock: o.Clock, Logger: o.Logger,
@@ -677,7 +688,11 @@ func (s *Server) publishRetained(ctx context.Context, c *components) error {
 	if err != nil {
 		return err
 	}
-	s.log.Info("retained state published", "manifests", manifests, "desired_states", desired)
+	siteDocs, err := c.sites.PublishRetained(ctx)
+	if err != nil {
+		return err
+	}
+	s.log.Info("retained state published", "manifests", manifests, "desired_states", desired, "site_documents", siteDocs)
 	return nil
 }
 
@@ -701,6 +716,7 @@ func (c *components) handlers() handlers {
 		telemetry: func(topic string, payload []byte) {
 			dev, t, ok := c.fleet.OnTelemetry(topic, payload)
 			if ok {
+				c.sites.OnTelemetry(dev, t)
 				c.monitor.Ingest(topic, dev, t, func(model, version string) string { return c.rollouts.Cohort(dev, model, version) })
 			}
 		},
