@@ -165,14 +165,14 @@ test-cross:
 test-deploy: deps
 	$(GO) test $(TEST_FLAGS) ./deploy/...
 
-## dist: cross tarballs plus the control plane (linux/amd64 + arm64) with its unit and broker configs
+## dist: cross tarballs plus the control plane (linux/amd64 + arm64) with its
+## units (serve, broker sync) and broker configs (scripts/package-controlplane.sh)
 dist: cross
 	@set -e; for arch in $(CROSS_ARCHS); do \
 		case $$arch in amd64) cc=x86_64-linux-gnu-gcc; ort=x64;; arm64) cc=aarch64-linux-gnu-gcc; ort=arm64;; esac; \
-		d=$(DIST)/.build/edgefleet-$(VERSION)-linux-$$arch; rm -rf $$d; mkdir -p $$d/bin $$d/lib $$d/systemd; \
-		CGO_ENABLED=1 GOOS=linux GOARCH=$$arch CC=$$cc $(GO) build $(CROSS_FLAGS) -o $$d/bin/edgefleet ./controlplane/cmd/edgefleet; \
-		cp third_party/onnxruntime/linux-$$ort/libonnxruntime.so.1 $$d/lib/; \
-		cp deploy/systemd/edgefleet.service $$d/systemd/; cp -r deploy/mosquitto $$d/; \
-		sh scripts/reproducible-tar.sh $(DIST)/edgefleet-$(VERSION)-linux-$$arch.tar.gz $(DIST)/.build edgefleet-$(VERSION)-linux-$$arch; \
+		CGO_ENABLED=1 GOOS=linux GOARCH=$$arch CC=$$cc $(GO) build $(CROSS_FLAGS) \
+			-o $(DIST)/.build/$$arch/edgefleet ./controlplane/cmd/edgefleet; \
+		sh scripts/package-controlplane.sh $(VERSION) $$arch $(DIST)/.build/$$arch/edgefleet \
+			third_party/onnxruntime/linux-$$ort/libonnxruntime.so.1 $(DIST); \
 	done
 	@cd $(DIST) && sha256sum edgefleet-*.tar.gz > SHA256SUMS && cat SHA256SUMS

@@ -69,6 +69,17 @@ type Options struct {
 	// InferenceListen is the address of the local Open Inference Protocol
 	// API, e.g. 127.0.0.1:8081; empty disables it.
 	InferenceListen string
+	// InferenceMaxBodyBytes bounds one inference or feedback request body
+	// (413 above). Default oip.DefaultMaxBodyBytes (4 MiB).
+	InferenceMaxBodyBytes int64
+	// InferenceMaxBatch bounds a dynamic first dimension of an input (400
+	// above); a fixed one is what the model takes. Default
+	// oip.DefaultMaxBatch (1024).
+	InferenceMaxBatch int
+	// InferenceMaxInflightBytes bounds the bytes of request bodies being
+	// read, decoded and run at once; a request beyond it gets 503 with
+	// Retry-After before its body is read. Default 4 × the body limit.
+	InferenceMaxInflightBytes int64
 
 	// Peers turns on sharing downloads with the devices of the same site
 	// (docs/architecture.md, "Site-local distribution"); zero: off.
@@ -302,7 +313,10 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	if a.infLn != nil {
 		a.serveHTTP(ctx, &wg, "inference", a.infLn,
-			oip.NewHandler(backend{a}, oip.HandlerOptions{Logger: a.log, Extensions: []string{oip.FeedbackExtension}}))
+			oip.NewHandler(backend{a}, oip.HandlerOptions{Logger: a.log, ServerVersion: a.opts.Version,
+				MaxBodyBytes: a.opts.InferenceMaxBodyBytes, MaxBatch: a.opts.InferenceMaxBatch,
+				MaxInflightBytes: a.opts.InferenceMaxInflightBytes,
+				Extensions:       []string{oip.FeedbackExtension}}))
 	}
 	if a.metricsLn != nil {
 		a.serveHTTP(ctx, &wg, "metrics", a.metricsLn, a.metricsHandler())

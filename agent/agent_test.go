@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,7 +33,9 @@ func score(t *testing.T, a *Agent, rows []fraud.Row) ([]float32, string) {
 	require.NoError(t, err)
 	require.Len(t, resp.Outputs, 1)
 	require.NotEmpty(t, resp.ID, "every inference gets an id")
-	return resp.Outputs[0].Data, resp.ModelVersion
+	probs, err := resp.Outputs[0].FP32()
+	require.NoError(t, err)
+	return probs, resp.ModelVersion
 }
 
 func sampleRows(t *testing.T, n int) []fraud.Row {
@@ -286,4 +290,19 @@ func TestAgentFetchesLargeModelInWindows(t *testing.T) {
 	}
 	t.Logf("%d chunks, %d fetch requests asking for %d chunks", len(m.ChunkSha256), len(h.fetchesFor("dev-1")), requested)
 	assert.GreaterOrEqual(t, requested, len(m.ChunkSha256))
+}
+
+func TestServerMetadataReportsAgentVersion(t *testing.T) {
+	h := newHarness(t)
+	opts := h.agentOptions(t, "dev-1", t.TempDir())
+	opts.Version = "1.4.2"
+	a := h.startAgent(t, opts)
+	for _, p := range []string{"/v2", "/v2/"} {
+		resp, err := http.Get("http://" + a.InferenceAddr() + p)
+		require.NoError(t, err)
+		var md oip.ServerMetadata
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&md))
+		resp.Body.Close()
+		assert.Equal(t, "1.4.2", md.Version, p)
+	}
 }

@@ -32,6 +32,13 @@ type Config struct {
 	DataDir string `yaml:"data_dir,omitempty"`
 	// InferenceListen is the local inference API address; empty disables it.
 	InferenceListen string `yaml:"inference_listen,omitempty"`
+	// InferenceMaxBodyBytes bounds one request body (default 4 MiB);
+	// InferenceMaxBatch a dynamic first dimension (default 1024);
+	// InferenceMaxInflightBytes the request bytes handled at once, beyond
+	// which requests get 503 with Retry-After (default 4 × the body limit).
+	InferenceMaxBodyBytes     int64 `yaml:"inference_max_body_bytes,omitempty"`
+	InferenceMaxBatch         int   `yaml:"inference_max_batch,omitempty"`
+	InferenceMaxInflightBytes int64 `yaml:"inference_max_inflight_bytes,omitempty"`
 	// MetricsListen is an optional Prometheus endpoint address; empty
 	// disables it.
 	MetricsListen string `yaml:"metrics_listen,omitempty"`
@@ -150,6 +157,13 @@ func (c *Config) Options() (Options, error) {
 	if c.LabelCapacity < 0 || c.OutboxMaxReports < 0 || c.OutboxMaxBytes < 0 {
 		return o, errors.New("agent config: label_capacity, outbox_max_reports and outbox_max_bytes must not be negative")
 	}
+	if c.InferenceMaxBodyBytes < 0 || c.InferenceMaxBatch < 0 || c.InferenceMaxInflightBytes < 0 {
+		return o, errors.New("agent config: inference_max_body_bytes, inference_max_batch and inference_max_inflight_bytes must not be negative")
+	}
+	if c.InferenceMaxInflightBytes > 0 && c.InferenceMaxInflightBytes < c.InferenceMaxBodyBytes {
+		return o, fmt.Errorf("agent config: inference_max_inflight_bytes %d is below inference_max_body_bytes %d: a largest request could never be handled",
+			c.InferenceMaxInflightBytes, c.InferenceMaxBodyBytes)
+	}
 	tlsCfg, err := c.tlsConfig()
 	if err != nil {
 		return o, err
@@ -179,26 +193,29 @@ func (c *Config) Options() (Options, error) {
 			ServeWorkers: p.ServeWorkers, ServeBytesPerSec: p.ServeBytesPerSec}
 	}
 	return Options{
-		TLS:               tlsCfg,
-		HealthPeriod:      health,
-		DeviceID:          c.DeviceID,
-		BrokerURL:         c.BrokerURL,
-		Username:          c.Username,
-		Password:          c.Password,
-		RootPublicKey:     root,
-		DataDir:           c.DataDir,
-		InferenceListen:   c.InferenceListen,
-		MetricsListen:     c.MetricsListen,
-		TopicPrefix:       c.TopicPrefix,
-		Hardware:          c.Hardware,
-		ORTLibrary:        c.ONNXRuntimeLibrary,
-		HeartbeatInterval: hb,
-		DisableMonitoring: c.DisableMonitoring,
-		LabelCapacity:     c.LabelCapacity,
-		LabelTTL:          labelTTL,
-		OutboxMaxReports:  c.OutboxMaxReports,
-		OutboxMaxBytes:    c.OutboxMaxBytes,
-		Peers:             peerOpts,
+		TLS:                       tlsCfg,
+		HealthPeriod:              health,
+		DeviceID:                  c.DeviceID,
+		BrokerURL:                 c.BrokerURL,
+		Username:                  c.Username,
+		Password:                  c.Password,
+		RootPublicKey:             root,
+		DataDir:                   c.DataDir,
+		InferenceListen:           c.InferenceListen,
+		InferenceMaxBodyBytes:     c.InferenceMaxBodyBytes,
+		InferenceMaxBatch:         c.InferenceMaxBatch,
+		InferenceMaxInflightBytes: c.InferenceMaxInflightBytes,
+		MetricsListen:             c.MetricsListen,
+		TopicPrefix:               c.TopicPrefix,
+		Hardware:                  c.Hardware,
+		ORTLibrary:                c.ONNXRuntimeLibrary,
+		HeartbeatInterval:         hb,
+		DisableMonitoring:         c.DisableMonitoring,
+		LabelCapacity:             c.LabelCapacity,
+		LabelTTL:                  labelTTL,
+		OutboxMaxReports:          c.OutboxMaxReports,
+		OutboxMaxBytes:            c.OutboxMaxBytes,
+		Peers:                     peerOpts,
 	}, nil
 }
 

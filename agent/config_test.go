@@ -18,7 +18,8 @@ func TestConfigOptions(t *testing.T) {
 		indent(string(signing.EncodePublicKeyPEM(root.Public))))
 
 	cfg, err := ParseConfig([]byte(base + "heartbeat_interval: 10s\nhealth_period: 30s\nlabel_ttl: 2h\nlabel_capacity: 500\n" +
-		"outbox_max_reports: 20\noutbox_max_bytes: 65536\ndisable_monitoring: true\n"))
+		"outbox_max_reports: 20\noutbox_max_bytes: 65536\ndisable_monitoring: true\n" +
+		"inference_max_body_bytes: 8388608\ninference_max_batch: 4096\ninference_max_inflight_bytes: 16777216\n"))
 	require.NoError(t, err)
 	o, err := cfg.Options()
 	require.NoError(t, err)
@@ -29,16 +30,21 @@ func TestConfigOptions(t *testing.T) {
 	assert.Equal(t, 20, o.OutboxMaxReports)
 	assert.Equal(t, int64(65536), o.OutboxMaxBytes)
 	assert.True(t, o.DisableMonitoring)
+	assert.Equal(t, int64(8<<20), o.InferenceMaxBodyBytes)
+	assert.Equal(t, 4096, o.InferenceMaxBatch)
+	assert.Equal(t, int64(16<<20), o.InferenceMaxInflightBytes)
 	assert.Equal(t, root.Public, o.RootPublicKey)
 
 	for line, want := range map[string]string{
-		"health_period: soon\n":    "health_period \"soon\" is not a duration",
-		"label_ttl: -1h\n":         "label_ttl \"-1h\" is not a duration",
-		"heartbeat_interval: 1x\n": "heartbeat_interval",
-		"outbox_max_reports: -3\n": "must not be negative",
-		"label_capacity: lots\n":   "cannot unmarshal",
-		"device_id: d2\n":          "already defined",
-		"unknown_key: 1\n":         "field unknown_key not found",
+		"health_period: soon\n":     "health_period \"soon\" is not a duration",
+		"label_ttl: -1h\n":          "label_ttl \"-1h\" is not a duration",
+		"heartbeat_interval: 1x\n":  "heartbeat_interval",
+		"outbox_max_reports: -3\n":  "must not be negative",
+		"inference_max_batch: -1\n": "must not be negative",
+		"inference_max_body_bytes: 2000\ninference_max_inflight_bytes: 1000\n": "inference_max_inflight_bytes 1000 is below inference_max_body_bytes 2000",
+		"label_capacity: lots\n": "cannot unmarshal",
+		"device_id: d2\n":        "already defined",
+		"unknown_key: 1\n":       "field unknown_key not found",
 	} {
 		cfg, err := ParseConfig([]byte(base + line))
 		if err == nil {

@@ -133,9 +133,11 @@ func TestEndToEndUploadDeployInfer(t *testing.T) {
 	f.waitReported("fraud", "1.0.0", "dev-1")
 	resp := infer1(t, a1)
 	assert.Equal(t, "1.0.0", resp.ModelVersion)
-	require.Len(t, resp.Outputs[0].Data, 2)
-	assert.Less(t, resp.Outputs[0].Data[0], float32(0.5), "a coffee is not fraud")
-	assert.Greater(t, resp.Outputs[0].Data[1], float32(0.5), "3am electronics abroad is")
+	probs, err := resp.Outputs[0].FP32()
+	require.NoError(t, err)
+	require.Len(t, probs, 2)
+	assert.Less(t, probs[0], float32(0.5), "a coffee is not fraud")
+	assert.Greater(t, probs[1], float32(0.5), "3am electronics abroad is")
 	assert.Empty(t, a2.Status(), "dev-2 got nothing")
 	assert.Positive(t, a1.ChunksReceived(), "dev-1 counted the chunks it accepted")
 	assert.Zero(t, a2.ChunksReceived(), "dev-2 accepted none")
@@ -166,6 +168,11 @@ func TestEndToEndUploadDeployInfer(t *testing.T) {
 			strings.Contains(rep.Reason, "test vectors") && rep.ActiveVersion == "2.0.0"
 	}, 30*time.Second, 20*time.Millisecond)
 	assert.Equal(t, "2.0.0", infer1(t, a1).ModelVersion)
+	// Operators see why, in the device and model lists.
+	assert.Regexp(t, `(?m)^dev-1 failed fraud@3\.0\.0: test vectors: .*output "fraud_probability"`, f.cli("devices"))
+	models := f.cli("models")
+	assert.Regexp(t, `3\.0\.0\s.*FAILED \(forced\)\s+1 device\(s\)`, models)
+	assert.Regexp(t, `(?m)^fraud@3\.0\.0 refused by dev-1: test vectors: `, models)
 }
 
 // TestDeviceCredentialsStayInTheirSubtree uses one device's real credentials

@@ -33,7 +33,9 @@ func TestInferInProcessMatchesHTTP(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "1.0.0", version)
 	require.Len(t, outs, 1)
-	assert.Equal(t, viaHTTP.Outputs[0].Data, outs[0].Data)
+	httpOut, err := viaHTTP.Outputs[0].Tensor()
+	require.NoError(t, err)
+	assert.Equal(t, httpOut.Data, outs[0].Data)
 
 	_, _, err = a.Infer(context.Background(), "other", nil)
 	assert.Error(t, err, "unknown model")

@@ -8,12 +8,14 @@ import (
 
 	"github.com/edgefleet/edgefleet/internal/drift"
 	"github.com/edgefleet/edgefleet/internal/oip"
+	"github.com/edgefleet/edgefleet/internal/tensor"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
-// Model monitoring on the device: every inference adds its input features
-// to per-feature sketches over the manifest's reference bins, its output to
-// a prediction sketch and its latency to a histogram; its predictions are
+// Model monitoring on the device: every inference adds its numeric input
+// features to per-feature sketches over the manifest's reference bins
+// (features of BYTES inputs are skipped), its predicted score to a
+// prediction sketch and its latency to a histogram; its predictions are
 // kept by inference id for a while so that ground-truth labels arriving
 // later (POST /v2/models/{name}/feedback) can be joined to them. Each
 // telemetry message carries the counts of the window since the previous
@@ -116,7 +118,10 @@ func (ms *monitors) collect(now time.Time) []*efpb.MonitorReport {
 type modelMonitor struct {
 	name, version string
 	featNames     []string
+	featInputs    []string // the input each feature is read from
+	featCols      []int    // its column in that input
 	predEdges     []float64
+	preds         predictor
 	store         *predStore // of this model name, shared by its versions
 
 	mu        sync.Mutex // guards everything below
@@ -138,86 +143,205 @@ type modelMonitor struct {
 }
 
 func newModelMonitor(name string, man *efpb.Manifest, now time.Time) *modelMonitor {
-	mm := &modelMonitor{name: name, version: man.GetVersion(), start: now, lastUsed: now, predEdges: drift.PredictionEdges()}
+	mm := &modelMonitor{name: name, version: man.GetVersion(), start: now, lastUsed: now, predEdges: drift.PredictionEdges(),
+		preds: newPredictor(man)}
 	mm.pred, _ = drift.NewSketch(mm.predEdges)
 	mm.lat, _ = drift.NewSketch(drift.LatencyEdgesMicros())
+	first := ""
+	if ins := man.GetInputs(); len(ins) > 0 {
+		first = ins[0].GetName()
+	}
+	cols := map[string]int{}
 	for _, fs := range man.GetReference() {
 		s, err := drift.FromStats(fs)
 		if err != nil {
 			// A manifest with unusable reference statistics still serves;
 			// it only has no input drift.
-			mm.feats, mm.featNames = nil, nil
+			mm.feats, mm.featNames, mm.featInputs, mm.featCols = nil, nil, nil, nil
 			break
+		}
+		in := fs.GetInput()
+		if in == "" {
+			in = first
 		}
 		mm.feats = append(mm.feats, s)
 		mm.featNames = append(mm.featNames, fs.GetName())
+		mm.featInputs = append(mm.featInputs, in)
+		mm.featCols = append(mm.featCols, cols[in])
+		cols[in]++
 	}
 	return mm
 }
 
 // rowCount is the number of rows of a tensor: its first dimension, or 1
-// for a tensor of rank 0 or 1.
-func rowCount(t oip.Tensor) int {
-	if len(t.Shape) < 2 {
+// for a tensor of rank 0.
+func rowCount(t *oip.Tensor) int {
+	if len(t.Shape) == 0 {
 		return 1
 	}
 	return int(t.Shape[0])
 }
 
-// rowPrediction is the predicted class and its score for row r of out,
-// which holds width values per row: a binary model (width 1) predicts
-// class 1 when the probability is at least 0.5; otherwise the class is the
-// argmax.
-func rowPrediction(data []float32, width, r int) (class int32, score float32) {
-	row := data[r*width : (r+1)*width]
-	if width == 1 {
-		if row[0] >= 0.5 {
-			return 1, row[0]
-		}
-		return 0, row[0]
+// findTensor returns the tensor named name in ts, trying index hint first;
+// "" names the first.
+func findTensor(ts []oip.Tensor, name string, hint int) *oip.Tensor {
+	if name == "" && len(ts) > 0 {
+		return &ts[0]
 	}
-	best := 0
-	for i, v := range row {
-		if v > row[best] {
-			best = i
+	if hint >= 0 && hint < len(ts) && ts[hint].Name == name {
+		return &ts[hint]
+	}
+	for i := range ts {
+		if ts[i].Name == name {
+			return &ts[i]
 		}
 	}
-	return int32(best), row[best]
+	return nil
 }
 
-// record adds one successful inference. It returns the output width per
-// row (0 when the output cannot be read as one value or a score vector per
-// row, then no predictions are stored).
-func (mm *modelMonitor) record(in, out []oip.Tensor, latency time.Duration) (rows, width int) {
+// predictor says where a row's predicted class and score are read from
+// an inference's outputs: the score output (a probability per row, or a
+// score per class — a class map's columns), and, when the manifest names
+// one, the label output (the predicted class label per row; BYTES labels
+// count as their index in the score output's classes).
+type predictor struct {
+	score, label string
+	scoreHint    int
+	labelHint    int
+	stringClass  map[string]int32 // BYTES label -> class index
+}
+
+func newPredictor(man *efpb.Manifest) predictor {
+	outs := man.GetOutputs()
+	p := predictor{score: man.GetScoreOutput(), label: man.GetLabelOutput(), scoreHint: -1, labelHint: -1}
+	if p.score == "" && len(outs) > 0 {
+		p.score = outs[0].GetName()
+	}
+	for i, o := range outs {
+		switch o.GetName() {
+		case p.score:
+			p.scoreHint = i
+			if c, err := tensor.FromProto(o.GetClasses()); err == nil && c.Datatype == tensor.Bytes {
+				p.stringClass = map[string]int32{}
+				for j, s := range c.Data.([]string) {
+					p.stringClass[s] = int32(j)
+				}
+			}
+		case p.label:
+			p.labelHint = i
+		}
+	}
+	return p
+}
+
+// source is one inference's outputs as predictions: width score values
+// per row, and optionally a label per row.
+type source struct {
+	p            *predictor
+	score, label *oip.Tensor
+	width        int
+}
+
+// sourceOf finds the prediction outputs among out for rows rows; ok is
+// false when they cannot be read as predictions (then none are stored).
+func (p *predictor) sourceOf(out []oip.Tensor, rows int) (src source, ok bool) {
+	if rows <= 0 {
+		return source{}, false
+	}
+	score := findTensor(out, p.score, p.scoreHint)
+	if score == nil || !score.DT().IsNumeric() || score.Len() == 0 || score.Len()%rows != 0 {
+		return source{}, false
+	}
+	src = source{p: p, score: score, width: score.Len() / rows}
+	if p.label != "" {
+		if src.label = findTensor(out, p.label, p.labelHint); src.label == nil || src.label.Len() != rows {
+			return source{}, false
+		}
+	}
+	return src, true
+}
+
+// binary reports a model with one probability per row, or two classes.
+func (s source) binary() bool { return s.width == 1 || s.width == 2 }
+
+// row returns row r's predicted class and its score: for a binary model
+// the probability of class 1 (the second column of two), else the
+// highest score. The class is the label output's when there is one, else
+// 1 for a probability >= 0.5, else the argmax.
+func (s source) row(r int) (class int32, score float32) {
+	best, bestV := 0, 0.0
+	for i := range s.width {
+		v, _ := s.score.Float64(r*s.width + i)
+		if i == 0 || v > bestV {
+			best, bestV = i, v
+		}
+	}
+	switch s.width {
+	case 1:
+		score = float32(bestV)
+		if score >= 0.5 {
+			class = 1
+		}
+	case 2:
+		v, _ := s.score.Float64(r*2 + 1)
+		score, class = float32(v), int32(best)
+	default:
+		score, class = float32(bestV), int32(best)
+	}
+	if s.label == nil {
+		return class, score
+	}
+	if strs, ok := s.label.Data.([]string); ok {
+		c, known := s.p.stringClass[strs[r]]
+		if !known {
+			return -1, score // never matches a label
+		}
+		return c, score
+	}
+	v, _ := s.label.Float64(r)
+	return int32(v), score
+}
+
+// record adds one successful inference and returns where its row
+// predictions are (ok false when the outputs cannot be read as
+// predictions, then none are stored). Features of a non-numeric input
+// (BYTES) are not sketched.
+func (mm *modelMonitor) record(in, out []oip.Tensor, latency time.Duration) (rows int, src source, ok bool) {
 	mm.mu.Lock()
 	defer mm.mu.Unlock()
 	mm.lat.Add(float64(latency.Microseconds()))
 	if len(in) == 0 {
-		return 0, 0
+		return 0, source{}, false
 	}
-	rows = rowCount(in[0])
+	rows = rowCount(&in[0])
 	if rows <= 0 {
-		return 0, 0
+		return 0, source{}, false
 	}
 	mm.rows += uint64(rows)
-	if nf := len(mm.feats); nf > 0 && len(in[0].Data) == rows*nf {
-		d := in[0].Data
+	for j, s := range mm.feats {
+		t := findTensor(in, mm.featInputs[j], -1)
+		if t == nil || !t.DT().IsNumeric() || rowCount(t) != rows || t.Len()%rows != 0 {
+			continue
+		}
+		width, col := t.Len()/rows, mm.featCols[j]
+		if col >= width {
+			continue
+		}
 		for r := range rows {
-			for j, s := range mm.feats {
-				s.Add(float64(d[r*nf+j]))
-			}
+			v, _ := t.Float64(r*width + col)
+			s.Add(v)
 		}
 	}
-	if len(out) == 0 || len(out[0].Data) == 0 || len(out[0].Data)%rows != 0 {
-		return rows, 0
+	src, ok = mm.preds.sourceOf(out, rows)
+	if !ok {
+		return rows, source{}, false
 	}
-	width = len(out[0].Data) / rows
-	mm.binary = width == 1
+	mm.binary = src.binary()
 	for r := range rows {
-		_, score := rowPrediction(out[0].Data, width, r)
+		_, score := src.row(r)
 		mm.pred.Add(float64(score))
 	}
-	return rows, width
+	return rows, src, true
 }
 
 func (mm *modelMonitor) recordError() {
@@ -237,7 +361,7 @@ func (mm *modelMonitor) addLabel(p *prediction, label int64) {
 	if !p.binary {
 		return
 	}
-	predPos, pos := p.score >= 0.5, label == 1
+	predPos, pos := p.class == 1, label == 1
 	switch {
 	case predPos && pos:
 		mm.tp++
@@ -336,13 +460,14 @@ type predStore struct {
 	lastMon *modelMonitor // receives unknown/duplicate counts
 }
 
-func (ps *predStore) put(id string, mm *modelMonitor, out []float32, rows, width int, now int64) {
+func (ps *predStore) put(id string, mm *modelMonitor, src source, rows int, now int64) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	ps.lastMon = mm
+	binary := src.binary()
 	for r := range rows {
-		class, score := rowPrediction(out, width, r)
-		p := prediction{key: predKey{id: id, row: int32(r)}, mon: mm, at: now, score: score, class: class, binary: width == 1}
+		class, score := src.row(r)
+		p := prediction{key: predKey{id: id, row: int32(r)}, mon: mm, at: now, score: score, class: class, binary: binary}
 		if len(ps.ring) < ps.capacity {
 			ps.ring = append(ps.ring, p)
 			ps.byKey[p.key] = int32(len(ps.ring) - 1)
@@ -399,12 +524,12 @@ func (a *Agent) observe(ctx context.Context, name string, m *servedModel, in, ou
 		return
 	}
 	mm := m.monitor(a.mon, name)
-	rows, width := mm.record(in, out, latency)
-	if width == 0 {
+	rows, src, ok := mm.record(in, out, latency)
+	if !ok {
 		return
 	}
 	if id := oip.InferenceID(ctx); id != "" {
-		mm.store.put(id, mm, out[0].Data, rows, width, a.opts.Clock().UnixNano())
+		mm.store.put(id, mm, src, rows, a.opts.Clock().UnixNano())
 	}
 }
 

@@ -93,27 +93,7 @@ func startMonitoredFleet(t *testing.T, hookURL string, secret []byte) *fleet {
 // returns the labels (1 = fraud) keyed by inference id and row.
 func feed(t *testing.T, a *agent.Agent, g *fraud.Generator, n, batch int) []oip.Label {
 	t.Helper()
-	c := &oip.Client{BaseURL: "http://" + a.InferenceAddr()}
-	var labels []oip.Label
-	for sent := 0; sent < n; sent += batch {
-		flat := make([]float32, 0, batch*fraud.NumFeatures)
-		truth := make([]int64, batch)
-		for i := range batch {
-			row, isFraud := g.Next()
-			flat = append(flat, row[:]...)
-			if isFraud {
-				truth[i] = 1
-			}
-		}
-		in, err := oip.NewFP32Input(fraud.InputName, []int64{int64(batch), fraud.NumFeatures}, flat)
-		require.NoError(t, err)
-		resp, err := c.Infer(context.Background(), "fraud", &oip.InferRequest{Inputs: []oip.RequestInput{in}})
-		require.NoError(t, err)
-		for i := range batch {
-			labels = append(labels, oip.Label{ID: resp.ID, Row: i, Label: &truth[i]})
-		}
-	}
-	return labels
+	return fleettest.InferFraud(t, a.InferenceAddr(), g, n, batch)
 }
 
 func TestMonitoringDriftAtOneSiteRaisesAlertAndWebhook(t *testing.T) {

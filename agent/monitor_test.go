@@ -35,8 +35,10 @@ func monitorFixture(t *testing.T, capacity int, ttl time.Duration) (*monitors, *
 func recordOne(ms *monitors, mm *modelMonitor, clk *testkit.Clock, id string, x, p float32) {
 	in := []oip.Tensor{{Name: "x", Shape: []int64{1, 1}, Data: []float32{x}}}
 	out := []oip.Tensor{{Name: "y", Shape: []int64{1, 1}, Data: []float32{p}}}
-	rows, width := mm.record(in, out, 300*time.Microsecond)
-	ms.store("m", true).put(id, mm, out[0].Data, rows, width, clk.Now().UnixNano())
+	rows, src, ok := mm.record(in, out, 300*time.Microsecond)
+	if ok {
+		ms.store("m", true).put(id, mm, src, rows, clk.Now().UnixNano())
+	}
 }
 
 func TestMonitorLabelsJoinDelayedOutOfOrderUnknownDuplicate(t *testing.T) {
@@ -113,10 +115,11 @@ func TestMonitorBatchRowsAndMulticlass(t *testing.T) {
 	// Three rows, three class scores each.
 	in := []oip.Tensor{{Shape: []int64{3, 2}, Data: make([]float32, 6)}}
 	out := []oip.Tensor{{Shape: []int64{3, 3}, Data: []float32{0.1, 0.7, 0.2, 0.8, 0.1, 0.1, 0.3, 0.3, 0.4}}}
-	rows, width := mm.record(in, out, time.Millisecond)
+	rows, src, ok := mm.record(in, out, time.Millisecond)
+	require.True(t, ok)
 	require.Equal(t, 3, rows)
-	require.Equal(t, 3, width)
-	ms.store("c", true).put("batch", mm, out[0].Data, rows, width, clk.Now().UnixNano())
+	require.Equal(t, 3, src.width)
+	ms.store("c", true).put("batch", mm, src, rows, clk.Now().UnixNano())
 	res := ms.store("c", false).label([]oip.Label{lbl("batch", 0, 1), lbl("batch", 1, 2), lbl("batch", 2, 2)}, clk.Now())
 	assert.Equal(t, 3, res.Accepted)
 	r, _ := mm.report(clk.Now())
@@ -198,4 +201,57 @@ func TestFeedbackOverHTTP(t *testing.T) {
 	for _, f := range r.Features {
 		assert.EqualValues(t, 40, sum(f.Counts), f.Name)
 	}
+}
+
+// TestMonitorClassifierUsesLabelOutput: a converted classifier (label
+// output + ZipMap class map) is judged by its label output, and its drift
+// sketches read the numeric input the reference names, skipping a BYTES
+// one.
+func TestMonitorClassifierUsesLabelOutput(t *testing.T) {
+	clk := testkit.NewClock(time.Unix(1_800_000_000, 0))
+	ms := newMonitors(&Options{Clock: clk.Now})
+	man := &efpb.Manifest{
+		Version: "1",
+		Inputs: []*efpb.TensorSpec{
+			{Name: "country", Datatype: "BYTES", Shape: []int64{-1}},
+			{Name: "amount", Datatype: "FP64", Shape: []int64{-1, 2}},
+		},
+		Outputs: []*efpb.TensorSpec{
+			{Name: "label", Datatype: "BYTES", Shape: []int64{-1}},
+			{Name: "probs", Datatype: "FP32", Shape: []int64{-1, 2}, Kind: efpb.TensorKind_TENSOR_KIND_CLASS_MAP,
+				Classes: &efpb.Tensor{Datatype: "BYTES", Shape: []int64{2}, BytesData: [][]byte{[]byte("legit"), []byte("fraud")}}},
+		},
+		LabelOutput: "label", ScoreOutput: "probs",
+		Reference: []*efpb.FeatureStats{
+			{Name: "country", Input: "country", BinEdges: []float64{0}, BinFractions: []float64{0.5, 0.5}},
+			{Name: "amount", Input: "amount", BinEdges: []float64{10}, BinFractions: []float64{0.5, 0.5}},
+			{Name: "age", Input: "amount", BinEdges: []float64{30}, BinFractions: []float64{0.5, 0.5}},
+		},
+	}
+	mm := ms.get("clf", man)
+	in := []oip.Tensor{
+		{Name: "amount", Datatype: "FP64", Shape: []int64{3, 2}, Data: []float64{5, 40, 50, 20, 7, 31}},
+		{Name: "country", Datatype: "BYTES", Shape: []int64{3}, Data: []string{"de", "fr", "it"}},
+	}
+	out := []oip.Tensor{
+		{Name: "label", Shape: []int64{3}, Data: []string{"fraud", "legit", "nope"}},
+		{Name: "probs", Shape: []int64{3, 2}, Data: []float32{0.4, 0.6, 0.9, 0.1, 0.25, 0.75}},
+	}
+	rows, src, ok := mm.record(in, out, time.Millisecond)
+	require.True(t, ok)
+	require.Equal(t, 3, rows)
+	ms.store("clf", true).put("r", mm, src, rows, clk.Now().UnixNano())
+	// Labels are class indexes: 1 is "fraud".
+	res := ms.store("clf", false).label([]oip.Label{lbl("r", 0, 1), lbl("r", 1, 1), lbl("r", 2, 1)}, clk.Now())
+	assert.Equal(t, 3, res.Accepted)
+	r, _ := mm.report(clk.Now())
+	assert.True(t, r.Binary)
+	assert.EqualValues(t, 1, r.Correct, "row 0 predicted fraud (label output), row 1 legit, row 2 an unknown label")
+	assert.Equal(t, [4]uint64{1, 0, 2, 0}, [4]uint64{r.Tp, r.Fp, r.Fn, r.Tn})
+	// The prediction sketch holds P(fraud): 0.6, 0.1, 0.75.
+	assert.Equal(t, []uint64{0, 1, 0, 0, 0, 0, 1, 1, 0, 0}, r.PredictionCounts)
+	require.Len(t, r.Features, 3)
+	assert.Zero(t, sum(r.Features[0].Counts), "a BYTES input is not sketched")
+	assert.Equal(t, []uint64{2, 1}, r.Features[1].Counts, "amount is column 0 of input amount: 5, 50, 7")
+	assert.Equal(t, []uint64{1, 2}, r.Features[2].Counts, "age is column 1: 40, 20, 31")
 }

@@ -82,7 +82,7 @@ func (a *Agent) statusEvent(s *slot, state efpb.ModelState, version, reason stri
 
 // reportEvent fills the envelope fields common to every status event.
 func (a *Agent) reportEvent(ctx context.Context, ev *efpb.StatusEvent) {
-	ev.ProtocolVersion = efpb.ProtocolVersion
+	ev.ProtocolVersion = efpb.ProtocolVersion1
 	ev.DeviceId = a.opts.DeviceID
 	ev.Seq = a.nextSeq()
 	ev.TimeUnixMs = a.opts.Clock().UnixMilli()
@@ -97,7 +97,7 @@ func (a *Agent) reportEvent(ctx context.Context, ev *efpb.StatusEvent) {
 
 func (a *Agent) sendTelemetry(ctx context.Context) {
 	t := &efpb.Telemetry{
-		ProtocolVersion: efpb.ProtocolVersion,
+		ProtocolVersion: efpb.ProtocolVersion1,
 		DeviceId:        a.opts.DeviceID,
 		Seq:             a.nextSeq(),
 		TimeUnixMs:      a.opts.Clock().UnixMilli(),

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -124,15 +125,33 @@ type backend struct{ a *Agent }
 
 var _ oip.Backend = backend{}
 
-func (b backend) Ready() bool {
-	b.a.mu.RLock()
-	defer b.a.mu.RUnlock()
-	for _, s := range b.a.slots {
-		if s.serving.Load() != nil {
-			return true
+// Ready is true when every model the desired state assigns has a version
+// serving (an older one counts while an update is on its way or after one
+// was refused); otherwise the reason names each model that has none and
+// why (its refused version and the reason).
+func (b backend) Ready() (bool, string) {
+	st := b.a.Status()
+	if len(st) == 0 {
+		return false, "no model is assigned to this device yet"
+	}
+	var why []string
+	for _, ms := range st {
+		if ms.Serving != "" {
+			continue
+		}
+		switch {
+		case ms.FailedVersion != "" && ms.Target == "":
+			why = append(why, fmt.Sprintf("model %q has no version serving: version %s was refused: %s", ms.Name, ms.FailedVersion, ms.FailureReason))
+		case ms.Target != "":
+			why = append(why, fmt.Sprintf("model %q has no version serving yet: version %s is %s", ms.Name, ms.Target, ms.Phase))
+		default:
+			why = append(why, fmt.Sprintf("model %q has no version serving", ms.Name))
 		}
 	}
-	return false
+	if len(why) > 0 {
+		return false, strings.Join(why, "; ")
+	}
+	return true, ""
 }
 
 func (b backend) Model(name string) (oip.ModelInfo, bool) {
@@ -165,22 +184,21 @@ func (b backend) Infer(ctx context.Context, name string, in []oip.Tensor) (strin
 		return "", nil, fmt.Errorf("model %q: %w", name, errNoModel)
 	}
 	defer m.mu.RUnlock()
-	inputs := make([]infer.Tensor, len(in))
-	for i, t := range in {
-		inputs[i] = infer.Tensor{Name: t.Name, Shape: t.Shape, Data: t.Data}
-	}
 	start := time.Now()
-	outs, err := m.sess.Run(inputs)
+	res, err := m.sess.Run(in)
+	if errors.Is(err, infer.ErrBadInput) {
+		// The request's fault (a shape or value onnxruntime refuses, an
+		// empty batch the model cannot take): a 400 that says nothing
+		// about the version, so it never counts against one on trial.
+		s.rejects.Add(1)
+		return m.version, nil, fmt.Errorf("model %q: %w: %v", name, oip.ErrInvalidInput, err)
+	}
 	if err != nil {
 		m.errors.Add(1)
 		b.a.observeError(name, m)
 		return m.version, nil, err
 	}
 	m.inferences.Add(1)
-	res := make([]oip.Tensor, len(outs))
-	for i, t := range outs {
-		res[i] = oip.Tensor{Name: t.Name, Shape: t.Shape, Data: t.Data}
-	}
 	b.a.observe(ctx, name, m, in, res, time.Since(start))
 	return m.version, res, nil
 }

@@ -55,6 +55,12 @@ type modelRef struct {
 	Manifest []byte `json:"manifest,omitempty"` // signed envelope, proto bytes
 }
 
+// is reports whether r (possibly nil) is the version o names: the same
+// version and the same bytes.
+func (r *modelRef) is(o modelRef) bool {
+	return r != nil && r.Version == o.Version && r.SHA256 == o.SHA256
+}
+
 type target struct {
 	modelRef
 	Generation uint64 `json:"generation"`

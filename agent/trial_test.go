@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"context"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/edgefleet/edgefleet/internal/oip"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
@@ -75,4 +77,34 @@ func TestAgentAbandonsVersionThatCrashesDuringTrial(t *testing.T) {
 	h.waitReported(t, "dev-1", efpb.ModelState_MODEL_STATE_ROLLED_BACK, "1.0.0")
 	assert.Contains(t, h.lastStatus("dev-1", "fraud").Reason, "abandoned after 3 restarts during its health period")
 	c.stop(t)
+}
+
+// TestBadRequestsDoNotCountAgainstATrial: inputs the model refuses (a
+// shape onnxruntime will not take, an empty tensor) are the caller's
+// fault: 400s that leave a version on trial alone.
+func TestBadRequestsDoNotCountAgainstATrial(t *testing.T) {
+	v1, v2 := testModels(t)
+	h := newHarness(t)
+	opts := h.agentOptions(t, "dev-1", t.TempDir())
+	a := h.startAgent(t, opts)
+	h.desire("dev-1", assign(h.publishModel("fraud", "1.0.0", v1, v1.ONNX, nil, nil)))
+	h.waitReported(t, "dev-1", efpb.ModelState_MODEL_STATE_ACTIVE, "1.0.0")
+
+	a.opts.HealthPeriod = 300 * time.Millisecond // read only by the update loop's checks; set before v2 arrives
+	h.desire("dev-1", assign(h.publishModel("fraud", "2.0.0", v2, v2.ONNX, nil, nil)))
+	require.Eventually(t, func() bool {
+		st := a.Status()
+		return len(st) == 1 && st[0].Serving == "2.0.0" && st[0].OnTrial
+	}, 10*time.Second, 10*time.Millisecond)
+	for _, in := range [][]oip.Tensor{
+		{{Name: "features", Shape: []int64{1, 3}, Data: []float32{1, 2, 3}}},
+		{{Name: "features", Shape: []int64{2, 7}, Data: make([]int64, 14)}},
+	} {
+		_, _, err := a.Infer(context.Background(), "fraud", in)
+		require.ErrorIs(t, err, oip.ErrInvalidInput)
+	}
+	h.waitReported(t, "dev-1", efpb.ModelState_MODEL_STATE_ACTIVE, "2.0.0")
+	assert.Equal(t, "2.0.0", a.Status()[0].Active)
+	assert.Zero(t, a.slot("fraud").serving.Load().errors.Load())
+	assert.EqualValues(t, 2, a.slot("fraud").rejects.Load())
 }

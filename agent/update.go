@@ -15,6 +15,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
 	"github.com/edgefleet/edgefleet/internal/peers"
 	"github.com/edgefleet/edgefleet/internal/signing"
@@ -215,7 +216,7 @@ func (a *Agent) loadModelBytes(name string, ref *modelRef, verified []byte) (*se
 	if err != nil {
 		return nil, fmt.Errorf("load model: %w", err)
 	}
-	if err := sess.Check(m.GetTestVectors(), m.GetTolerance()); err != nil {
+	if err := sess.Check(m.GetTestVectors(), infer.ManifestTolerance(m)); err != nil {
 		_ = sess.Close()
 		return nil, fmt.Errorf("test vectors: %w", err)
 	}
@@ -544,8 +545,12 @@ func (a *Agent) apply(ctx context.Context, ds *efpb.DesiredState) {
 		sha := hex.EncodeToString(as.GetSha256())
 		old := s.st.Target
 		next := s.st.clone()
+		// A version is its name and bytes: two versions may share the ONNX
+		// bytes and differ in their manifests (new test vectors, new
+		// reference statistics), and the new one must still activate.
+		want := modelRef{Version: as.GetVersion(), SHA256: sha}
 		switch {
-		case s.st.Active != nil && s.st.Active.SHA256 == sha:
+		case s.st.Active.is(want):
 			if old != nil {
 				next.Target = nil
 				if a.transition(ctx, s, stepDrop, next) != nil {
@@ -554,12 +559,12 @@ func (a *Agent) apply(ctx context.Context, ds *efpb.DesiredState) {
 				a.releaseTarget(ctx, s, old)
 			}
 			a.reportSlot(ctx, s)
-		case old != nil && old.SHA256 == sha:
+		case old != nil && old.modelRef.is(want):
 			if old.Generation != ds.GetGeneration() {
 				next.Target.Generation = ds.GetGeneration()
 				_ = a.transition(ctx, s, stepRetarget, next) // the update goes on either way
 			}
-		case s.st.Previous != nil && s.st.Previous.SHA256 == sha:
+		case s.st.Previous.is(want):
 			next.Target = &target{modelRef: *s.st.Previous, Generation: ds.GetGeneration(), Phase: PhaseStaging, Rollback: true}
 			if a.transition(ctx, s, stepRollback, next) != nil {
 				continue
@@ -892,10 +897,10 @@ func (a *Agent) stage(ctx context.Context, s *slot) {
 		return
 	}
 	newState := slotState{Active: &modelRef{Version: t.Version, SHA256: t.SHA256, Manifest: t.Manifest}, Previous: s.st.Previous}
-	if old := s.st.Active; old != nil && old.SHA256 != t.SHA256 {
+	if old := s.st.Active; old != nil && !old.is(t.modelRef) {
 		newState.Previous = old
 	}
-	if newState.Previous != nil && newState.Previous.SHA256 == t.SHA256 {
+	if newState.Previous.is(t.modelRef) {
 		newState.Previous = nil
 	}
 	if a.opts.HealthPeriod > 0 {

@@ -204,12 +204,6 @@ func TestUploadRejections(t *testing.T) {
 	assert.Equal(t, http.StatusBadRequest, code, "%s", body)
 	assert.Contains(t, errorMessage(t, body), `metadata input "features" has shape [-1 8], the model's is [-1 7]`)
 
-	noVectors := a.Metadata()
-	noVectors.TestVectors = nil
-	code, body = ts.upload("fraud", "v1", a.ONNX, noVectors, false)
-	assert.Equal(t, http.StatusBadRequest, code, "%s", body)
-	assert.Contains(t, errorMessage(t, body), "test_vectors")
-
 	// Strict metadata: unknown fields are refused.
 	code, body = ts.uploadRaw("fraud", "v1", a.ONNX, `{"tolerance": 0.001, "tolerence": 1}`)
 	assert.Equal(t, http.StatusBadRequest, code, "%s", body)
@@ -231,11 +225,11 @@ func TestUploadRejections(t *testing.T) {
 	ts.doJSON("GET", "/api/v1/models", nil, &models)
 	assert.Empty(t, models, "no rejected upload may be stored")
 
-	// Without metadata the schema comes from the model, but a model needs
-	// test vectors to prove itself.
+	// Without metadata the schema comes from the model, and test vectors
+	// are recorded from synthetic inputs (see upload_derive_test.go).
 	code, body = ts.upload("fraud", "v1", a.ONNX, nil, false)
-	assert.Equal(t, http.StatusBadRequest, code, "%s", body)
-	assert.Contains(t, errorMessage(t, body), "test_vectors")
+	assert.Equal(t, http.StatusCreated, code, "%s", body)
+	assert.Contains(t, string(body), "synthetic inputs")
 }
 
 // uploadRaw uploads with a metadata part given as raw JSON.
@@ -324,6 +318,7 @@ func TestMetrics(t *testing.T) {
 		// The embedded broker's drops are visible (none here).
 		"edgefleet_broker_subscription_dropped_total 0",
 		"edgefleet_broker_client_dropped_total 0",
+		"edgefleet_broker_log_lines_suppressed_total 0",
 	} {
 		assert.Contains(t, text, want)
 	}

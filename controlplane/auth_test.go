@@ -148,19 +148,29 @@ func TestAuthFailuresAreRateLimited(t *testing.T) {
 	}
 	req, err := http.NewRequest("GET", ts.APIURL()+"/api/v1/devices", nil)
 	require.NoError(t, err)
-	req.Header.Set("Authorization", "Bearer "+ts.Token)
+	req.Header.Set("Authorization", "Bearer "+bad)
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	resp.Body.Close()
-	assert.Equal(t, http.StatusTooManyRequests, resp.StatusCode, "even a good token waits once the address is blocked")
+	assert.Equal(t, http.StatusTooManyRequests, resp.StatusCode, "a failure over the limit waits")
 	assert.Equal(t, "6", resp.Header.Get("Retry-After"))
-	// api.Enrollment exchanges share the limit.
-	code, _ := ts.doToken("", "POST", "/api/v1/enroll", strings.NewReader(`{"token":"x"}`))
+	// A valid token from the same address (an admin behind the proxy the
+	// failing client shares) is not locked out; nor is a lower-case scheme.
+	code, _ := ts.do("GET", "/api/v1/devices", nil)
+	assert.Equal(t, http.StatusOK, code, "a valid token passes while its address is over the failure limit")
+	code, _ = ts.doToken("", "GET", "/api/v1/devices", nil, "Authorization", "bearer "+ts.Token)
+	assert.Equal(t, http.StatusOK, code, "the scheme name is case-insensitive")
+	code, _ = ts.doToken("", "GET", "/api/v1/devices", nil)
+	assert.Equal(t, http.StatusTooManyRequests, code, "no token is a failure too")
+	// api.Enrollment exchanges share the limit; a valid enrollment token
+	// from the same address passes.
+	code, _ = ts.doToken("", "POST", "/api/v1/enroll", strings.NewReader(`{"token":"x"}`))
 	assert.Equal(t, http.StatusTooManyRequests, code)
+	e := ts.enrollment(api.EnrollmentRequest{DeviceID: "behind-the-proxy"})
+	code, _, msg := ts.exchange(e.Token)
+	assert.Equal(t, http.StatusOK, code, "a valid enrollment token passes: %s", msg)
 
 	clock.Add(6 * time.Second) // one failure refilled
-	code, _ = ts.do("GET", "/api/v1/devices", nil)
-	assert.Equal(t, http.StatusOK, code)
 	code, _ = ts.doToken(bad, "GET", "/api/v1/devices", nil)
 	assert.Equal(t, http.StatusUnauthorized, code)
 	code, _ = ts.doToken(bad, "GET", "/api/v1/devices", nil)

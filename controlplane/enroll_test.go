@@ -106,10 +106,19 @@ func TestRevokeDisconnectsAndReenrollRestores(t *testing.T) {
 	code, _ = ts.doJSON("POST", "/api/v1/devices/nope/revoke", nil, nil)
 	assert.Equal(t, http.StatusNotFound, code)
 
+	var dev api.Device
+	code, body = ts.doJSON("GET", "/api/v1/devices/dev-1", nil, &dev)
+	require.Equal(t, http.StatusOK, code, "%s", body)
+	assert.True(t, dev.Revoked, "the API shows the revocation")
+	assert.False(t, dev.Online)
+
 	// Revocation survives a restart of the registry.
 	reg, err := fleet.OpenRegistry(ts.internals().KV, nil)
 	require.NoError(t, err)
 	assert.False(t, reg.AuthenticateDevice("dev-1", []byte(creds.Password)))
+	reloaded, ok := reg.Get("dev-1")
+	require.True(t, ok)
+	assert.True(t, reloaded.Revoked)
 
 	// Enrolling the device again issues new credentials; the old ones stay dead.
 	e := ts.enrollment(api.EnrollmentRequest{DeviceID: "dev-1"})
@@ -120,6 +129,10 @@ func TestRevokeDisconnectsAndReenrollRestores(t *testing.T) {
 	deviceClient(t, fresh)
 	_, err = dialDevice(creds.BrokerURL, creds.Username, creds.Password)
 	assert.Error(t, err)
+	var again api.Device
+	code, body = ts.doJSON("GET", "/api/v1/devices/dev-1", nil, &again)
+	require.Equal(t, http.StatusOK, code, "%s", body)
+	assert.False(t, again.Revoked, "enrolled again")
 }
 
 // TestAgentEnrollWritesWorkingConfig runs the agent's side of enrollment

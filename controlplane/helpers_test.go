@@ -28,20 +28,7 @@ import (
 // (onnxruntime's environment is process-wide anyway).
 var testRuntime *infer.Runtime
 
-func TestMain(m *testing.M) {
-	path, err := infer.FindLibrary("")
-	if err == nil {
-		testRuntime, err = infer.NewRuntime(path, nil)
-	}
-	if err != nil {
-		// Fail loudly: these tests need the real onnxruntime (make deps).
-		_, _ = os.Stderr.WriteString("controlplane tests: onnxruntime: " + err.Error() + "\n")
-		os.Exit(1)
-	}
-	code := m.Run()
-	_ = testRuntime.Close()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(fleettest.Main(m, &testRuntime)) }
 
 // testServer is a control plane from internal/fleettest with the
 // request helpers these tests share.

@@ -17,6 +17,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
 	"github.com/edgefleet/edgefleet/controlplane/ingest"
+	"github.com/edgefleet/edgefleet/controlplane/models"
 	"github.com/edgefleet/edgefleet/internal/onnxbuild"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/internal/testkit"
@@ -61,7 +62,7 @@ func TestManifestPublishedRetainedAndVerifies(t *testing.T) {
 	assert.Equal(t, uint64(len(a.ONNX)), m.Size)
 	assert.Equal(t, "fraud", m.Name)
 	assert.Equal(t, "v1", m.Version)
-	assert.Equal(t, uint32(efpb.ProtocolVersion), m.ProtocolVersion)
+	assert.Equal(t, uint32(efpb.ProtocolVersion1), m.ProtocolVersion, "an FP32 model needs only version 1: old agents can take it")
 	assert.True(t, proto.Equal(a.Training, m.Training), "training metadata is carried over")
 	assert.Len(t, m.TestVectors, len(a.TestVectors))
 	assert.InDelta(t, time.Now().Add(controlplane.DefaultManifestTTL).Unix(), m.ExpiresUnix, 60)
@@ -144,6 +145,7 @@ func TestFetchRequestsPublishChunks(t *testing.T) {
 	a := trainedModel(t, 1)
 	mv := ts.mustUpload("fraud", "v1", a)
 	require.GreaterOrEqual(t, mv.ChunkCount, uint32(1))
+	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
 
 	c := deviceClient(t, creds)
 	sc := topics.Scheme{Prefix: creds.TopicPrefix}
@@ -191,6 +193,7 @@ func TestFetchLargeModelResumes(t *testing.T) {
 	var rec api.ModelVersion
 	require.NoError(t, json.Unmarshal(body, &rec))
 	require.Equal(t, uint32(5), rec.ChunkCount)
+	ts.deploy(api.DeployRequest{Model: "big", Version: "v1", Devices: []string{"dev-1"}})
 
 	c := deviceClient(t, creds)
 	sc := topics.Scheme{Prefix: creds.TopicPrefix}
@@ -437,4 +440,46 @@ func TestRenewExtendsExpiringDocuments(t *testing.T) {
 	assert.Equal(t, uint64(2), d.Desired.Generation, "re-issued with the next generation")
 	assert.Equal(t, []api.Assignment{{Name: "fraud", Version: "v1"}}, d.Desired.Models)
 	assert.Equal(t, later.Add(controlplane.DefaultDesiredTTL).Unix(), d.Desired.Expires.Unix())
+}
+
+// TestFetchOnlyAssignedVersionsWithinABudget: one device credential cannot
+// make the control plane publish models for nothing. A fetch for a version
+// the device was not assigned is dropped (not_assigned) and nothing is
+// published; an assigned version may be asked for a few times over within
+// the window, then further requests are dropped (rate_limited).
+func TestFetchOnlyAssignedVersionsWithinABudget(t *testing.T) {
+	ts := newTestServer(t, func(o *controlplane.Options) { o.ChunkBatchWindow = -1 })
+	creds := ts.register("dev-1", nil)
+	ts.register("dev-2", nil)
+	a := trainedModel(t, 1)
+	mv := ts.mustUpload("fraud", "v1", a)
+	ts.mustUpload("fraud", "v2", trainedModel(t, 2))
+	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
+	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v2", Devices: []string{"dev-2"}})
+	c := deviceClient(t, creds)
+	sc := topics.Scheme{Prefix: creds.TopicPrefix}
+	fetch := func(version string) {
+		t.Helper()
+		req, err := proto.Marshal(&efpb.FetchRequest{DeviceId: "dev-1", Name: "fraud", Version: version})
+		require.NoError(t, err)
+		publish(t, c, sc.Fetch("dev-1"), req)
+	}
+	published := func() float64 { return metricValue(t, ts, "edgefleet_chunk_publishes_total") }
+
+	// v2 is dev-2's, not dev-1's.
+	for range 5 {
+		fetch("v2")
+	}
+	require.Eventually(t, func() bool { return sumDropped(t, ts, ingest.NotAssigned) == 5 }, 10*time.Second, 5*time.Millisecond)
+	assert.Zero(t, published(), "nothing published for a version the device was not assigned")
+
+	// v1 is dev-1's: DefaultFetchBudget downloads are served, the next is not.
+	for i := range models.DefaultFetchBudget {
+		fetch("v1")
+		want := float64((i + 1) * int(mv.ChunkCount))
+		require.Eventually(t, func() bool { return published() == want }, 10*time.Second, 5*time.Millisecond, "download %d", i+1)
+	}
+	fetch("v1")
+	require.Eventually(t, func() bool { return sumDropped(t, ts, ingest.RateLimited) == 1 }, 10*time.Second, 5*time.Millisecond)
+	assert.Equal(t, float64(models.DefaultFetchBudget*int(mv.ChunkCount)), published())
 }

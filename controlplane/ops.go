@@ -6,6 +6,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/audit"
+	"github.com/edgefleet/edgefleet/controlplane/models"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -63,6 +64,19 @@ func (s *Server) AddModelVersion(ctx context.Context, name, version string, mode
 		return api.ModelVersion{}, err
 	}
 	mv, err := c.models.Add(ctx, name, version, model, meta, force)
+	mv.Manifest = nil // as in the list; Model returns it
+	return mv, err
+}
+
+// AddModelUpload is AddModelVersion with everything an upload may carry:
+// sample inputs to record test vectors from, reference data (see
+// models.Upload).
+func (s *Server) AddModelUpload(ctx context.Context, u models.Upload) (api.ModelVersion, error) {
+	c, err := s.components()
+	if err != nil {
+		return api.ModelVersion{}, err
+	}
+	mv, err := c.models.AddUpload(ctx, u)
 	mv.Manifest = nil // as in the list; Model returns it
 	return mv, err
 }

@@ -274,6 +274,10 @@ func New(opts Options) (*Server, error) {
 			Name: "edgefleet_broker_client_dropped_total",
 			Help: "Messages the embedded broker dropped instead of sending them to a device whose outbound queue was full.",
 		}, func() float64 { return s.brokerDrops(func(b *broker.Broker) uint64 { return b.ClientDropped() }) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "edgefleet_broker_log_lines_suppressed_total",
+			Help: "Log lines about a client (refused packets, protocol errors) the embedded broker did not write: over a few a minute per client.",
+		}, func() float64 { return s.brokerDrops(func(b *broker.Broker) uint64 { return b.LogsSuppressed() }) }),
 	)
 	return s, nil
 }

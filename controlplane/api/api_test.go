@@ -2,6 +2,7 @@ package api
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"strings"
@@ -204,4 +205,30 @@ func TestRoleAllows(t *testing.T) {
 	}
 	_, err := ParseRole("root")
 	assert.ErrorIs(t, err, ErrInvalid)
+}
+
+// TestOpenAPIDocumentsUploadParts keeps the upload's multipart parts in
+// docs/openapi.yaml and the Part constants the server and client use in
+// step.
+func TestOpenAPIDocumentsUploadParts(t *testing.T) {
+	raw, err := os.ReadFile("../../docs/openapi.yaml")
+	require.NoError(t, err)
+	var doc struct {
+		Paths map[string]map[string]any `yaml:"paths"`
+	}
+	require.NoError(t, yaml.Unmarshal(raw, &doc))
+	var node any = doc.Paths[PathModelVersion]["post"]
+	for _, key := range []string{"requestBody", "content", "multipart/form-data", "schema", "properties"} {
+		m, ok := node.(map[any]any) // yaml.v2's maps
+		require.True(t, ok, "docs/openapi.yaml: POST %s has no %s", PathModelVersion, key)
+		node = m[key]
+	}
+	props, ok := node.(map[any]any)
+	require.True(t, ok, "docs/openapi.yaml: the upload's multipart properties")
+	var documented []string
+	for p := range props {
+		documented = append(documented, fmt.Sprint(p))
+	}
+	assert.ElementsMatch(t, []string{PartModel, PartMetadata, PartSamples, PartReference}, documented,
+		"the upload parts in docs/openapi.yaml and the api.Part constants differ")
 }

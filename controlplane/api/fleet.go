@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"fmt"
 	"time"
 )
 
@@ -41,7 +42,13 @@ type Device struct {
 	TrustVersion uint64 `json:"trust_version,omitempty"`
 	// Online is what the device's presence and traffic say since this
 	// control plane started (every device starts offline).
-	Online       bool              `json:"online"`
+	Online bool `json:"online"`
+	// Blocked says why the device cannot get what it was assigned (a
+	// version whose stored file on the control plane is corrupt).
+	Blocked string `json:"blocked,omitempty"`
+	// Revoked: the device's credentials were revoked; it cannot connect
+	// until it is enrolled again.
+	Revoked      bool              `json:"revoked,omitempty"`
 	LastSeen     time.Time         `json:"last_seen,omitzero"`
 	AgentVersion string            `json:"agent_version,omitempty"`
 	Telemetry    *TelemetrySummary `json:"telemetry,omitempty"`
@@ -207,6 +214,10 @@ type ModelVersion struct {
 	Created    time.Time    `json:"created"`
 	Expires    time.Time    `json:"expires"`
 	Checks     UploadChecks `json:"checks"`
+	// Corrupt says why the control plane cannot serve the version's stored
+	// file (it no longer matches SHA256): it cannot be deployed, and
+	// devices assigned to it wait. Upload the model again as a new version.
+	Corrupt string `json:"corrupt,omitempty"`
 	// Manifest is the signed manifest's payload as protojson; only in the
 	// answer for a single version.
 	Manifest json.RawMessage `json:"manifest,omitempty"`
@@ -223,16 +234,25 @@ type UploadChecks struct {
 	Forced bool `json:"forced,omitempty"`
 	// Error is why the checks failed.
 	Error string `json:"error,omitempty"`
+	// Notes say what the control plane derived for the manifest: test
+	// vectors recorded from sample or synthetic inputs and their
+	// tolerance, reference statistics from reference data.
+	Notes []string `json:"notes,omitempty"`
 }
 
 // Upload multipart parts: POST /api/v1/models/{name}/versions/{version}
-// takes the ONNX bytes in PartModel and optional metadata (a protojson
+// takes the ONNX bytes in PartModel and, optionally: metadata (a protojson
 // manifest with only the fields the model's producer knows) in
-// PartMetadata; the query parameter force=true stores a model that fails
-// its checks.
+// PartMetadata; sample inputs the control plane runs the model on to
+// record test vectors (an OIP inference request JSON, a JSON array of
+// them, or a CSV for a model with one tabular input) in PartSamples; and a
+// CSV of training data for drift reference statistics in PartReference.
+// The query parameter force=true stores a model that fails its checks.
 const (
-	PartModel    = "model"
-	PartMetadata = "metadata"
+	PartModel     = "model"
+	PartMetadata  = "metadata"
+	PartSamples   = "samples"
+	PartReference = "reference"
 )
 
 // DeployRequest is the body of POST /api/v1/deployments: a model version and
@@ -258,4 +278,23 @@ type DeployedDevice struct {
 	ID           string `json:"id"`
 	Generation   uint64 `json:"generation"`
 	PublishError string `json:"publish_error,omitempty"`
+}
+
+// BlockedBy is why the device cannot get what it was assigned: the first
+// desired version it does not run yet for which corrupt gives a reason
+// (the control plane's stored file of that version is corrupt); "" when
+// nothing blocks it.
+func (d *Device) BlockedBy(corrupt func(model, version string) string) string {
+	if d.Desired == nil {
+		return ""
+	}
+	for _, m := range d.Desired.Models {
+		if st := d.Reported[m.Name]; st != nil && st.ActiveVersion == m.Version {
+			continue // it has it
+		}
+		if reason := corrupt(m.Name, m.Version); reason != "" {
+			return fmt.Sprintf("waits for %s@%s, whose stored file is corrupt: %s", m.Name, m.Version, reason)
+		}
+	}
+	return ""
 }

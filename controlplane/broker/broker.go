@@ -94,12 +94,13 @@ type Options struct {
 // shares one packet-id space for both directions; mqttc retries it); when a
 // client's outbound queue is full, messages to it are dropped (ClientDropped).
 type Broker struct {
-	opts   Options
-	log    *slog.Logger
-	srv    *mqtt.Server
-	subWG  sync.WaitGroup // inline subscription delivery goroutines
-	dropQ  atomic.Uint64  // messages dropped by full subscription queues
-	closed chan struct{}  // closed by Close
+	opts           Options
+	log            *slog.Logger
+	srv            *mqtt.Server
+	subWG          sync.WaitGroup // inline subscription delivery goroutines
+	dropQ          atomic.Uint64  // messages dropped by full subscription queues
+	logsSuppressed atomic.Uint64  // mochi log lines over the per-client limit
+	closed         chan struct{}  // closed by Close
 
 	mem *memnet.Listener // Options.InMemory, else nil
 
@@ -174,7 +175,7 @@ func New(opts Options) (*Broker, error) {
 	b.srv = mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		InlineClient: true,
-		Logger:       log.With("mochi", true),
+		Logger:       slog.New(newMochiHandler(log.Handler(), &b.logsSuppressed)).With("mochi", true),
 	})
 	if err := b.srv.AddHook(&hook{scheme: opts.Scheme, auth: opts.Auth, log: log}, nil); err != nil {
 		return nil, fmt.Errorf("broker: new: add hook: %w", err)
@@ -447,3 +448,7 @@ func (b *Broker) Disconnect(clientID string) bool {
 	b.log.Info("client disconnected by control plane", "client", clientID)
 	return true
 }
+
+// LogsSuppressed counts the broker's log lines about clients that were
+// over their limit (a few a minute per client) and not written.
+func (b *Broker) LogsSuppressed() uint64 { return b.logsSuppressed.Load() }

@@ -5,18 +5,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	pahopackets "github.com/eclipse/paho.mqtt.golang/packets"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/internal/topics"
 )
 
@@ -283,6 +288,10 @@ func TestDeniedPublishes(t *testing.T) {
 		{"qos1 to a manifest", s.Manifest("fraud", "1"), 1, false, true},
 		{"qos1 retained to own status", s.Status("d1"), 1, true, true},
 		{"qos0 retained to own presence", s.Presence("d1"), 0, true, true},
+		// mochi drops a $SYS publish with neither PUBACK nor disconnect:
+		// the client would wait for its PUBACK forever.
+		{"qos1 to $SYS", "$SYS/broker/uptime", 1, false, true},
+		{"qos0 to $SYS", "$SYS/broker/uptime", 0, false, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -308,6 +317,9 @@ func TestDeniedPublishes(t *testing.T) {
 			got := rec.waitLen(t, 1)
 			assert.Equal(t, "marker", got[0].payload, "refused publish was delivered: %v", got)
 
+			if strings.HasPrefix(tt.topic, "$") {
+				return // nobody publishes there, so nothing could be retained
+			}
 			// Nothing was retained: a new subscriber sees only new messages.
 			late := record(t, b, tt.topic)
 			require.NoError(t, b.Publish(tt.topic, []byte("after"), false, 1))
@@ -566,4 +578,56 @@ func TestInMemoryListener(t *testing.T) {
 	plain := newTestBroker(t, nil)
 	_, err = plain.DialInMemory(context.Background())
 	assert.ErrorContains(t, err, "InMemory")
+}
+
+// TestRefusedPublishesDoNotFloodTheLog: a device credential that sends a
+// large refused publish again and again (mochi logs the packet it could
+// not process) writes a few short lines a minute, never the payload.
+func TestRefusedPublishesDoNotFloodTheLog(t *testing.T) {
+	var logs testkit.Buffer
+	b := newTestBroker(t, func(o *Options) {
+		o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	var s topics.Scheme
+	payload := bytes.Repeat([]byte{0xAB}, 256<<10)
+	const attempts = 8
+	for i := range attempts {
+		d := mustDial(t, b, "d1")
+		d.publish(t, s.Status("d2"), 1, false, payload)
+		d.waitLost(t, fmt.Sprintf("refused publish %d", i))
+	}
+	out := logs.String()
+	assert.Less(t, len(out), 64<<10, "the log holds no payloads (%d bytes for %d refused publishes of %d bytes)", len(out), attempts, len(payload))
+	assert.False(t, strings.Contains(out, "171 171 171"), "no payload bytes (0xAB) in the log")
+	warns := strings.Count(out, "level=WARN")
+	assert.LessOrEqual(t, warns, mochiLogBurst, "at most %d warnings a minute per client", mochiLogBurst)
+	assert.Positive(t, b.LogsSuppressed(), "the lines over the limit are counted")
+}
+
+// TestEmptyPasswordOverMQTT311: a CONNECT with the password flag and a
+// zero-length password is refused with a return code MQTT 3.1.1 defines
+// (5, not authorized), not with mochi's v5 code 130.
+func TestEmptyPasswordOverMQTT311(t *testing.T) {
+	b := newTestBroker(t, nil)
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(b.URL(), "tcp://"), waitFor)
+	require.NoError(t, err)
+	defer conn.Close()
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 4,
+		Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: "d1",
+			UsernameFlag: true, Username: []byte("d1"), PasswordFlag: true, Password: []byte{},
+		},
+	}
+	var buf bytes.Buffer
+	require.NoError(t, pk.ConnectEncode(&buf))
+	_, err = conn.Write(buf.Bytes())
+	require.NoError(t, err)
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(waitFor)))
+	ack := make([]byte, 4)
+	_, err = io.ReadFull(conn, ack)
+	require.NoError(t, err)
+	assert.Equal(t, byte(packets.Connack<<4), ack[0], "a CONNACK")
+	assert.Equal(t, byte(0x05), ack[3], "return code 5, not authorized (3.1.1 has codes 0 to 5)")
 }

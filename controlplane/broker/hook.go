@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"log/slog"
+	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -83,12 +84,34 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 }
 
 // OnPacketRead refuses retained publishes from devices (only the control
-// plane retains). Rejecting the packet here ends the connection, the same
-// outcome as an ACL refusal, and nothing is retained or delivered.
+// plane retains) and publishes to $-topics ($SYS): mochi would drop those
+// without a PUBACK or a disconnect, and a QoS 1 client would wait forever.
+// Rejecting the packet here ends the connection, the same outcome as an
+// ACL refusal, and nothing is retained or delivered.
+//
+// It also answers MQTT 3.1.1's empty password as 3.1.1 defines: a CONNECT
+// with the password flag and a zero-length password is legal there, but
+// mochi refuses it with CONNACK 130, a code 3.1.1 does not have. Without
+// the flag the login goes to OnConnectAuthenticate, which refuses it as a
+// bad password (CONNACK 5, not authorized).
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Retain && !cl.Net.Inline {
-		h.log.Info("retained publish refused, disconnecting", "device", cl.ID, "topic", pk.TopicName)
-		return pk, packets.ErrRejectPacket
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		if pk.ProtocolVersion < 5 && pk.Connect.PasswordFlag && len(pk.Connect.Password) == 0 {
+			pk.Connect.PasswordFlag = false
+		}
+	case packets.Publish:
+		if cl.Net.Inline {
+			break
+		}
+		if pk.FixedHeader.Retain {
+			h.log.Info("retained publish refused, disconnecting", "device", cl.ID, "topic", pk.TopicName)
+			return pk, packets.ErrRejectPacket
+		}
+		if strings.HasPrefix(pk.TopicName, "$") {
+			h.log.Info("publish to a $-topic refused, disconnecting", "device", cl.ID, "topic", pk.TopicName)
+			return pk, packets.ErrRejectPacket
+		}
 	}
 	return pk, nil
 }

@@ -39,9 +39,11 @@ atomically (only when they change) and makes mosquitto reread them (SIGHUP to th
 gone. The control plane's own login (serve --mqtt-username) is not served: mosquitto needs it
 before the control plane can connect, so keep it in the --include file, with any logins of
 your own; they come first and win over a served line of the same name. When the control plane
-cannot be reached and the password file does not exist yet, the include file alone is written,
-so mosquitto and then the control plane can start. Never edit the written files: run
-mosquitto_passwd on the include file instead.`,
+cannot be reached, or the token cannot be read yet, and the password file does not exist, the
+include file alone is written, so mosquitto and then the control plane can start; the token
+(file) is read again on every retry and after the control plane refused it, so broker sync may
+start before its token is created. Never edit the written files: run mosquitto_passwd on the
+include file instead.`,
 		Example: `  edgefleet token create --name mosquitto --role broker      # once, on the control plane
   EDGEFLEET_TOKEN_FILE=/etc/mosquitto/edgefleet.token edgefleet broker sync \
       --api https://edgefleet.example.com:8080 \
@@ -81,8 +83,15 @@ mosquitto_passwd on the include file instead.`,
 		if s.log, err = a.logger(logLevel, logFormat); err != nil {
 			return err
 		}
+		// A token that cannot be read yet is no reason to stop: broker sync
+		// may start before its token exists (the control plane that makes
+		// it needs mosquitto, which needs the bootstrap file), so it writes
+		// the include file alone and reads the token again on every retry.
+		s.newClient = a.client
 		if s.c, err = a.client(); err != nil {
-			return err
+			if _, ok := errors.AsType[*usageError](err); ok {
+				return err
+			}
 		}
 		if s.pidFile == "" && s.reloadCmd == "" {
 			s.log.Warn("no --pid-file or --reload-command: mosquitto rereads the files only when it is reloaded")
@@ -99,8 +108,12 @@ type mosquittoSync struct {
 	mode                         fs.FileMode
 	wait                         time.Duration
 	once                         bool
-	c                            *client.Client
 	log                          *slog.Logger
+
+	// c is the API client, nil while the token cannot be read (or after
+	// it was refused); newClient makes another, reading the token again.
+	c         *client.Client
+	newClient func() (*client.Client, error)
 
 	served     *api.MosquittoAuth // the newest answer, nil before the first
 	warned     map[string]bool    // include logins a served line collided with
@@ -120,7 +133,7 @@ func (s *mosquittoSync) run(ctx context.Context) error {
 		if s.served != nil {
 			have = s.served.Generation
 		}
-		auth, changed, err := s.c.BrokerMosquitto(ctx, have, s.wait)
+		auth, changed, err := s.fetch(ctx, have)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -153,6 +166,24 @@ func (s *mosquittoSync) run(ctx context.Context) error {
 	}
 }
 
+// fetch asks the control plane for the files, making a client first if
+// there is none. A refused token is dropped, so the next try reads the
+// token file again (an operator replaced a revoked token).
+func (s *mosquittoSync) fetch(ctx context.Context, have string) (api.MosquittoAuth, bool, error) {
+	if s.c == nil {
+		c, err := s.newClient()
+		if err != nil {
+			return api.MosquittoAuth{}, false, fmt.Errorf("no broker token yet (edgefleet token create --name mosquitto --role broker): %w", err)
+		}
+		s.c = c
+	}
+	auth, changed, err := s.c.BrokerMosquitto(ctx, have, s.wait)
+	if errors.Is(err, api.ErrUnauthorized) {
+		s.c = nil
+	}
+	return auth, changed, err
+}
+
 // fetchFailed handles a request that failed. Before any answer, a missing
 // password file is created from the include file alone: mosquitto does not
 // start without it, and the control plane cannot start without mosquitto.
@@ -166,7 +197,7 @@ func (s *mosquittoSync) fetchFailed(err error) error {
 	if aerr := s.apply(); aerr != nil {
 		return errors.Join(err, aerr)
 	}
-	s.log.Warn("control plane unreachable: wrote the include file's logins alone, so mosquitto and the control plane can start", "file", s.passwdFile)
+	s.log.Warn("no answer from the control plane yet: wrote the include file's logins alone, so mosquitto and the control plane can start", "file", s.passwdFile)
 	return err
 }
 

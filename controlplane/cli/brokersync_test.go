@@ -1,9 +1,11 @@
 package cli
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -138,4 +140,75 @@ func TestBrokerSyncUsage(t *testing.T) {
 		assert.Equal(t, 2, code, "%v: %s", tt.args, stderr)
 		assert.Contains(t, stderr, tt.want, "%v", tt.args)
 	}
+}
+
+// TestBrokerSyncWaitsForItsToken: broker sync started before its token
+// exists (the control plane that creates it needs mosquitto, which needs
+// the password file) writes the include file alone and keeps running; it
+// reads the token file once it is written, and again after the control
+// plane refused the token it had (a revoked token replaced in the file).
+func TestBrokerSyncWaitsForItsToken(t *testing.T) {
+	mq := testkit.StartMosquitto(t)
+	sv := startServe(t, "--mqtt-url", mq.URL(), "--mqtt-username", "edgefleet-cp", "--mqtt-password", "cp-pw")
+	dir := t.TempDir()
+	include, passwd, tokenFile := filepath.Join(dir, "local"), filepath.Join(dir, "passwd"), filepath.Join(dir, "token")
+	cpHash, err := mosquitto.Hash("cp-pw")
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(include, []byte("edgefleet-cp:"+cpHash+"\n"), 0o600))
+	args := []string{"--api", sv.api, "--token-file", tokenFile, "broker", "sync",
+		"--include", include, "--passwd-file", passwd, "--poll", "1s"}
+	users := func() []string {
+		b, err := os.ReadFile(passwd)
+		require.NoError(t, err)
+		entries, err := mosquitto.ParsePasswd(b)
+		require.NoError(t, err)
+		var out []string
+		for _, e := range entries {
+			out = append(out, e.User)
+		}
+		return out
+	}
+
+	code, _, stderr := cli(t, append(args, "--once")...)
+	assert.Equal(t, 1, code, "no token, no answer: %s", stderr)
+	assert.Contains(t, stderr, "no broker token yet")
+	assert.Equal(t, []string{"edgefleet-cp"}, users(), "the include file alone, so mosquitto can start")
+
+	out := &testkit.Buffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, args, noEnv, out, out) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case code := <-done:
+			assert.Equal(t, 0, code, "broker sync exits 0 when stopped: %s", out)
+		case <-time.After(30 * time.Second):
+			t.Error("broker sync did not stop")
+		}
+	})
+	admin := func(args ...string) string {
+		t.Helper()
+		code, stdout, stderr := cli(t, append([]string{"--api", sv.api, "--token", sv.token}, args...)...)
+		require.Equal(t, 0, code, stderr)
+		return stdout
+	}
+	newToken := func() (id string) {
+		t.Helper()
+		m := regexp.MustCompile(`\(id (\S+),[^\n]*\n\s+(ef_\S+)\n`).FindStringSubmatch(admin("token", "create", "--name", "mosquitto", "--role", "broker"))
+		require.NotNil(t, m)
+		require.NoError(t, os.WriteFile(tokenFile, []byte(m[2]+"\n"), 0o600))
+		return m[1]
+	}
+	admin("device", "add", "dev-1")
+	id := newToken()
+	require.Eventually(t, func() bool { return slices.Contains(users(), "dev-1") }, 30*time.Second, 50*time.Millisecond,
+		"the token file written after the start was never read: %s", out)
+
+	admin("token", "revoke", id)
+	newToken()
+	admin("device", "add", "dev-2")
+	require.Eventually(t, func() bool { return slices.Contains(users(), "dev-2") }, 30*time.Second, 50*time.Millisecond,
+		"a refused token was not replaced by the token file's new one: %s", out)
+	assert.Equal(t, "edgefleet-cp", users()[0])
 }

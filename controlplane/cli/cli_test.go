@@ -16,6 +16,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/internal/fraud"
+	"github.com/edgefleet/edgefleet/internal/modelzoo"
 	"github.com/edgefleet/edgefleet/internal/testkit"
 )
 
@@ -229,7 +230,7 @@ func TestCLIUsageAndOfflineCommands(t *testing.T) {
 		{"help", []string{"-h"}, 0, ""},
 		{"keys without init", []string{"keys"}, 2, "keys needs a subcommand"},
 		{"model unknown", []string{"model", "fly"}, 2, `unknown command "model fly"`},
-		{"version", []string{"version"}, 0, "protocol 1"},
+		{"version", []string{"version"}, 0, "protocol 2"},
 		{"train without out", []string{"model", "train"}, 2, "needs --out"},
 		{"bad drift", []string{"model", "train", "--out", "x.onnx", "--drift", "pattern=weird"}, 2, "want classic or card-testing"},
 		{"bad api", []string{"devices", "--api", "ftp://x", "--token", "t"}, 2, "want an http:// or https:// URL"},
@@ -332,4 +333,42 @@ func TestCLIDeviceTLSFlags(t *testing.T) {
 	assert.Equal(t, "/etc/edgefleet/tls/dev-4.key", written.TLSKeyFile)
 	code, _, _ = c("device", "add", "dev-4")
 	assert.Equal(t, 1, code, "the refused call registered nothing; the second one did")
+}
+
+func TestModelInspect(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, b, 0o644))
+		return p
+	}
+	tests := []struct {
+		name  string
+		model []byte
+		want  []string
+	}{
+		{"classifier", modelzoo.Classifier(true), []string{
+			"producer skl2onnx 1.17.0, IR version 8, opsets ai.onnx 15, ai.onnx.ml 1",
+			"output_probability  seq(map(string,tensor(float)))  -      FP32 [-1,2], class map of classes \"legit\", \"fraud\"",
+			`monitoring: a classifier; accuracy compares ground truth with "output_label", scores from "output_probability"`,
+			"push needs: nothing more: it runs on synthetic inputs",
+			"may be CSV files (one row per sample, 2 numeric columns)",
+		}},
+		{"needs samples", modelzoo.Lookup(), []string{"push needs: --sample-inputs FILE", "the model fails on synthetic inputs"}},
+		{"not servable", modelzoo.SequenceOutput(), []string{
+			"NOT SERVED: output \"parts\" is a seq(tensor(float))",
+			"push would be refused: output \"parts\" is a seq(tensor(float))",
+		}},
+		{"fixed and unicode", modelzoo.Unicode(), []string{"entrée", "résultat_分数", "FP32 [-1,1]"}},
+	}
+	for _, tt := range tests {
+		code, stdout, stderr := cli(t, "model", "inspect", write(tt.name+".onnx", tt.model))
+		require.Equal(t, 0, code, "%s: %s", tt.name, stderr)
+		for _, w := range tt.want {
+			assert.Contains(t, stdout, w, "%s", tt.name)
+		}
+	}
+	code, _, stderr := cli(t, "model", "inspect", write("junk.onnx", []byte("not a model")))
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "not an ONNX model")
 }

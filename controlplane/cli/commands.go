@@ -83,8 +83,8 @@ when it finds none; use this to keep the root key off the server.`,
 func (a *app) modelCmd() *cobra.Command {
 	return group(&cobra.Command{
 		Use:   "model <command>",
-		Short: "train and upload model versions",
-	}, a.modelTrainCmd(), a.modelPushCmd())
+		Short: "train, inspect and upload model versions",
+	}, a.modelTrainCmd(), a.modelInspectCmd(), a.modelPushCmd())
 }
 
 func (a *app) modelTrainCmd() *cobra.Command {
@@ -205,18 +205,32 @@ func parseDrift(s string) (fraud.Params, error) {
 func (a *app) modelPushCmd() *cobra.Command {
 	var (
 		name, version, file, meta string
+		samples, reference        string
 		force                     bool
 	)
 	c := &cobra.Command{
 		Use:   "push --name NAME --version VERSION --file FILE",
 		Short: "upload a model version",
-		Long: `Uploads an ONNX model and its metadata (FILE.meta.json, written by model train, unless
---meta names another file). The control plane checks that the model loads and passes its
-test vectors, signs the manifest and stores the version; versions are immutable.
+		Long: `Uploads an ONNX model. The control plane reads its inputs and outputs from the model, checks
+that it loads and passes its test vectors, signs the manifest and stores the version;
+versions are immutable.
+
+Test vectors (inputs with the outputs every agent must reproduce before it serves the
+version) come from --sample-inputs FILE: an OIP inference request JSON (one request or a
+JSON array of them), or a CSV for a model with one tabular input. The control plane runs
+the model on them and records the outputs, with a default tolerance for floats (1e-5 +
+1e-4·|expected|; 1e-3 + 1e-2·|expected| with an FP16 or BF16 output; integers, BOOL and
+strings exactly). Without samples, synthetic inputs made from the schema are tried.
+
+--reference-data FILE (a CSV of training rows) gives the reference statistics that drift
+monitoring compares live inputs with. Metadata written by hand (--meta, default
+FILE.meta.json when it exists, as model train writes) is merged with what is derived.
+"edgefleet model inspect FILE" shows what a model needs before you push it.
 
 --force stores a version that fails its checks; agents refuse it, which is how to test that.`,
-		Example: `  edgefleet model push --name fraud --version 1.0.0 --file fraud.onnx
-  edgefleet model push --name fraud --version 2.0.0 --file fraud-v2.onnx --meta fraud-v2.onnx.meta.json`,
+		Example: `  edgefleet model push --name churn --version 1 --file churn.onnx --sample-inputs requests.json
+  edgefleet model push --name fraud --version 3 --file clf.onnx --sample-inputs rows.csv --reference-data train.csv
+  edgefleet model push --name fraud --version 1.0.0 --file fraud.onnx     # with fraud.onnx.meta.json from model train`,
 		Args: noArgs,
 		RunE: a.runE(func(cmd *cobra.Command, _ []string) error {
 			if name == "" || version == "" || file == "" {
@@ -228,6 +242,28 @@ test vectors, signs the manifest and stores the version; versions are immutable.
 					metaPath = file + ".meta.json"
 				}
 			}
+			read := func(flag, path string) ([]byte, error) {
+				if path == "" {
+					return nil, nil
+				}
+				b, err := os.ReadFile(path)
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", flag, err)
+				}
+				return b, nil
+			}
+			metaData, err := read("--meta", metaPath)
+			if err != nil {
+				return err
+			}
+			sampleData, err := read("--sample-inputs", samples)
+			if err != nil {
+				return err
+			}
+			refData, err := read("--reference-data", reference)
+			if err != nil {
+				return err
+			}
 			c, err := a.client()
 			if err != nil {
 				return err
@@ -237,22 +273,19 @@ test vectors, signs the manifest and stores the version; versions are immutable.
 				return err
 			}
 			defer model.Close()
-			var metaData []byte
-			if metaPath != "" {
-				if metaData, err = os.ReadFile(metaPath); err != nil {
-					return err
-				}
-			}
 
 			// The client streams the model: it can be hundreds of MiB.
 			mv, err := c.UploadModel(cmd.Context(), client.Upload{Name: name, Version: version, Model: model,
-				Filename: filepath.Base(file), Metadata: metaData, Force: force})
+				Filename: filepath.Base(file), Metadata: metaData, Samples: sampleData, Reference: refData, Force: force})
 			if err != nil {
 				return fmt.Errorf("push %s@%s: %w", name, version, err)
 			}
 			fmt.Fprintf(a.stdout, "pushed %s@%s: %d bytes, %d chunks, sha256 %s\n", mv.Name, mv.Version, mv.Size, mv.ChunkCount, mv.SHA256)
 			if metaPath != "" {
 				fmt.Fprintf(a.stdout, "metadata from %s\n", metaPath)
+			}
+			for _, n := range mv.Checks.Notes {
+				fmt.Fprintf(a.stdout, "%s\n", n)
 			}
 			if mv.Checks.Passed {
 				fmt.Fprintf(a.stdout, "checks passed: %d test vectors\n", mv.Checks.TestVectors)
@@ -266,6 +299,8 @@ test vectors, signs the manifest and stores the version; versions are immutable.
 	f.StringVar(&name, "name", "", "model `NAME` (required)")
 	f.StringVar(&version, "version", "", "model `VERSION` (required; versions are immutable)")
 	f.StringVar(&file, "file", "", "ONNX `FILE` (required)")
+	f.StringVar(&samples, "sample-inputs", "", "sample inputs `FILE` to record test vectors from: OIP request JSON (one or an array), or CSV")
+	f.StringVar(&reference, "reference-data", "", "training data CSV `FILE` for drift reference statistics")
 	f.StringVar(&meta, "meta", "", "metadata JSON `FILE` (default <file>.meta.json when it exists)")
 	f.BoolVar(&force, "force", false, "store the version even if its test vectors fail (agents will refuse it)")
 	return c
@@ -273,9 +308,10 @@ test vectors, signs the manifest and stores the version; versions are immutable.
 
 func (a *app) modelsCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:     "models",
-		Short:   "list model versions",
-		Long:    "Lists the model versions the control plane stores, with their size, digest and check result.",
+		Use:   "models",
+		Short: "list model versions",
+		Long: `Lists the model versions the control plane stores, with their size, digest, check result
+and how many devices refused each (the reasons follow the table).`,
 		Example: "  edgefleet models",
 		Args:    noArgs,
 		RunE: a.runE(func(cmd *cobra.Command, _ []string) error {
@@ -287,18 +323,66 @@ func (a *app) modelsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			devices, err := c.Devices(cmd.Context(), "")
+			if err != nil {
+				return err
+			}
+			refusals := refusalsByVersion(devices)
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tVERSION\tSIZE\tCHUNKS\tSHA256\tCHECKS\tCREATED")
+			fmt.Fprintln(tw, "NAME\tVERSION\tSIZE\tCHUNKS\tSHA256\tCHECKS\tREFUSED BY\tCREATED")
 			for _, m := range list {
 				checks := fmt.Sprintf("passed (%d vectors)", m.Checks.TestVectors)
 				if !m.Checks.Passed {
 					checks = "FAILED (forced)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", m.Name, m.Version, m.Size, m.ChunkCount, short(m.SHA256), checks, m.Created.Local().Format(time.DateTime))
+				if m.Corrupt != "" {
+					checks = "CORRUPT: " + m.Corrupt
+				}
+				refused := "-"
+				if n := len(refusals[m.Name+"@"+m.Version]); n > 0 {
+					refused = fmt.Sprintf("%d device(s)", n)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", m.Name, m.Version, m.Size, m.ChunkCount, short(m.SHA256), checks, refused, m.Created.Local().Format(time.DateTime))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			for _, m := range list {
+				key := m.Name + "@" + m.Version
+				byReason := map[string][]string{}
+				var reasons []string
+				for _, r := range refusals[key] {
+					if byReason[r.reason] == nil {
+						reasons = append(reasons, r.reason)
+					}
+					byReason[r.reason] = append(byReason[r.reason], r.device)
+				}
+				for _, why := range reasons {
+					fmt.Fprintf(a.stdout, "%s refused by %s: %s\n", key, strings.Join(byReason[why], ", "), why)
+				}
+			}
+			return nil
 		}),
 	}
+}
+
+// refusal is one device's refusal of a model version.
+type refusal struct{ device, reason string }
+
+// refusalsByVersion collects, per name@version, the devices whose latest
+// report refused it (failed or rolled back) and why.
+func refusalsByVersion(devices []api.Device) map[string][]refusal {
+	out := map[string][]refusal{}
+	for _, d := range devices {
+		for _, n := range reportedNames(d.Reported) {
+			st := d.Reported[n]
+			if st.State.Refused() && st.TargetVersion != "" {
+				key := n + "@" + st.TargetVersion
+				out[key] = append(out[key], refusal{device: d.ID, reason: st.Reason})
+			}
+		}
+	}
+	return out
 }
 
 func (a *app) deviceCmd() *cobra.Command {
@@ -447,9 +531,12 @@ func (a *app) devicesCmd() *cobra.Command {
 		Use:   "devices",
 		Short: "list devices and their state",
 		Long: `Lists the registered devices: labels, whether they are online, the desired model versions
-and generation, what each device runs (ACTIVE) and what it is doing (STATE), the version of the
-trust bundle it trusts (TRUST), last seen, and the last signed document it refused and why
-(LAST REFUSAL: a trust bundle, a manifest or a desired state).`,
+and generation, what each device runs (ACTIVE) and what it is doing (STATE; "revoked" for a
+device whose credentials were revoked until it is enrolled again, "blocked: ..." for one
+assigned a version whose stored file is corrupt), the version of the trust bundle it trusts
+(TRUST), last seen, and the last signed document it refused and why (LAST REFUSAL: a trust
+bundle, a manifest or a desired state). Below the table, why a device refused (failed or
+rolled back) a version or a desired state.`,
 		Example: `  edgefleet devices
   edgefleet devices --selector site=berlin,hw!=x86`,
 		Args: noArgs,
@@ -471,11 +558,33 @@ trust bundle it trusts (TRUST), last seen, and the last signed document it refus
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tLABELS\tONLINE\tDESIRED\tACTIVE\tSTATE\tTRUST\tLAST SEEN\tLAST REFUSAL")
 			for _, d := range list {
+				state := formatState(d.Reported)
+				switch {
+				case d.Revoked:
+					state = "revoked"
+				case d.Blocked != "":
+					state = "blocked: " + d.Blocked
+				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, formatLabels(d.Labels), yesNo(d.Online),
-					formatDesired(d.Desired), formatActive(d.Reported), formatState(d.Reported), formatTrust(d.TrustVersion),
+					formatDesired(d.Desired), formatActive(d.Reported), state, formatTrust(d.TrustVersion),
 					formatAgo(now, d.LastSeen), formatRefusal(now, d.LastRefusal))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			// Why a device refused what it was sent, below the table: a
+			// reason is too long for a column.
+			for _, d := range list {
+				for _, n := range reportedNames(d.Reported) {
+					if st := d.Reported[n]; st.State.Refused() && st.Reason != "" {
+						fmt.Fprintf(a.stdout, "%s %s %s@%s: %s\n", d.ID, st.State, n, st.TargetVersion, st.Reason)
+					}
+				}
+				if r := d.LastRefusal; r != nil {
+					fmt.Fprintf(a.stdout, "%s refused desired state generation %d: %s\n", d.ID, r.Generation, r.Reason)
+				}
+			}
+			return nil
 		}),
 	}
 	c.Flags().StringVar(&selector, "selector", "", "only devices matching this label `SELECTOR` (k=v,k!=v)")

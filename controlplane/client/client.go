@@ -242,8 +242,17 @@ type Upload struct {
 	Model    io.Reader
 	Filename string
 	// Metadata is the optional protojson manifest metadata (schema,
-	// reference statistics, test vectors, training metadata).
+	// reference statistics, test vectors, training metadata); what is
+	// derived is merged with it.
 	Metadata []byte
+	// Samples are optional sample inputs (an OIP inference request JSON, a
+	// JSON array of them, or a CSV for a model with one tabular input): the
+	// control plane runs the model on them and records the outputs as the
+	// test vectors every agent checks.
+	Samples []byte
+	// Reference is an optional CSV of training data for the drift
+	// reference statistics.
+	Reference []byte
 	// Force stores a model that fails its checks (to test refusal).
 	Force bool
 }
@@ -259,7 +268,8 @@ func (c *Client) UploadModel(ctx context.Context, u Upload) (api.ModelVersion, e
 	mw := multipart.NewWriter(pw)
 	written := make(chan error, 1)
 	go func() { // ends when the body is written or the reader is closed below
-		err := writeUpload(mw, u.Model, filename, u.Metadata)
+		err := writeUpload(mw, u.Model, filename, map[string][]byte{
+			api.PartMetadata: u.Metadata, api.PartSamples: u.Samples, api.PartReference: u.Reference})
 		_ = pw.CloseWithError(err)
 		written <- err
 	}()
@@ -276,7 +286,7 @@ func (c *Client) UploadModel(ctx context.Context, u Upload) (api.ModelVersion, e
 	return out, err
 }
 
-func writeUpload(mw *multipart.Writer, model io.Reader, filename string, meta []byte) error {
+func writeUpload(mw *multipart.Writer, model io.Reader, filename string, parts map[string][]byte) error {
 	fw, err := mw.CreateFormFile(api.PartModel, filename)
 	if err != nil {
 		return err
@@ -284,9 +294,11 @@ func writeUpload(mw *multipart.Writer, model io.Reader, filename string, meta []
 	if _, err := io.Copy(fw, model); err != nil {
 		return err
 	}
-	if len(meta) > 0 {
-		if err := mw.WriteField(api.PartMetadata, string(meta)); err != nil {
-			return err
+	for _, name := range []string{api.PartMetadata, api.PartSamples, api.PartReference} {
+		if data := parts[name]; len(data) > 0 {
+			if err := mw.WriteField(name, string(data)); err != nil {
+				return err
+			}
 		}
 	}
 	return mw.Close()

@@ -20,7 +20,6 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
 	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/fraud"
-	"github.com/edgefleet/edgefleet/internal/oip"
 	"github.com/edgefleet/edgefleet/internal/testkit"
 )
 
@@ -216,26 +215,7 @@ func (f *fleet) waitActive(version string, ids ...string) {
 // true labels through its feedback API.
 func feed(t *testing.T, a *agent.Agent, g *fraud.Generator, n, batch int) {
 	t.Helper()
-	c := &oip.Client{BaseURL: "http://" + a.InferenceAddr()}
-	var labels []oip.Label
-	for sent := 0; sent < n; sent += batch {
-		flat := make([]float32, 0, batch*fraud.NumFeatures)
-		truth := make([]int64, batch)
-		for i := range batch {
-			row, isFraud := g.Next()
-			flat = append(flat, row[:]...)
-			if isFraud {
-				truth[i] = 1
-			}
-		}
-		in, err := oip.NewFP32Input(fraud.InputName, []int64{int64(batch), fraud.NumFeatures}, flat)
-		require.NoError(t, err)
-		resp, err := c.Infer(context.Background(), "fraud", &oip.InferRequest{Inputs: []oip.RequestInput{in}})
-		require.NoError(t, err)
-		for i := range batch {
-			labels = append(labels, oip.Label{ID: resp.ID, Row: i, Label: &truth[i]})
-		}
-	}
+	labels := fleettest.InferFraud(t, a.InferenceAddr(), g, n, batch)
 	res, err := a.Feedback(context.Background(), "fraud", labels)
 	require.NoError(t, err)
 	require.Equal(t, n, res.Accepted)

@@ -25,20 +25,7 @@ import (
 // testRuntime is one onnxruntime handle shared by the package's tests.
 var testRuntime *infer.Runtime
 
-func TestMain(m *testing.M) {
-	path, err := infer.FindLibrary("")
-	if err == nil {
-		testRuntime, err = infer.NewRuntime(path, nil)
-	}
-	if err != nil {
-		// Fail loudly: the control planes and agents need the real onnxruntime (make deps).
-		_, _ = os.Stderr.WriteString("console tests: onnxruntime: " + err.Error() + "\n")
-		os.Exit(1)
-	}
-	code := m.Run()
-	_ = testRuntime.Close()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(fleettest.Main(m, &testRuntime)) }
 
 // env is a real control plane with an operator and a viewer token.
 type env struct {

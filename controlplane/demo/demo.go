@@ -450,12 +450,16 @@ func (r *run) score(ctx context.Context, d device) error {
 	if err != nil {
 		return fmt.Errorf("demo: inference on %s: %w", d.id, err)
 	}
-	if len(resp.Outputs) == 0 || len(resp.Outputs[0].Data) != len(transactions) {
-		return fmt.Errorf("demo: inference on %s returned %d outputs", d.id, len(resp.Outputs))
+	if len(resp.Outputs) == 0 {
+		return fmt.Errorf("demo: inference on %s returned no outputs", d.id)
+	}
+	probs, err := resp.Outputs[0].FP32()
+	if err != nil || len(probs) != len(transactions) {
+		return fmt.Errorf("demo: inference on %s returned %d values for %d transactions (%v)", d.id, len(probs), len(transactions), err)
 	}
 	r.say("   POST %s/v2/models/fraud/infer → model_version %s, id %s", d.inference, resp.ModelVersion, resp.ID)
 	for i, t := range transactions {
-		p := resp.Outputs[0].Data[i]
+		p := probs[i]
 		verdict := "ok"
 		if p >= 0.5 {
 			verdict = "FRAUD"

@@ -202,11 +202,15 @@ func (f *Fleet) issue(ids []string, change func([]*efpb.ModelAssignment) []*efpb
 			case !errors.Is(err, store.ErrNotFound):
 				return err
 			}
+			models := change(cur)
+			if len(models) > maxReportedModels {
+				return api.Errorf(api.ErrInvalid, "device %s would run %d models; a device runs at most %d (the control plane tracks no more)", id, len(models), maxReportedModels)
+			}
 			d := &efpb.DesiredState{
-				ProtocolVersion: efpb.ProtocolVersion,
+				ProtocolVersion: efpb.ProtocolVersion1,
 				DeviceId:        id,
 				Generation:      prev.Generation + 1,
-				Models:          change(cur),
+				Models:          models,
 				IssuedUnix:      now.Unix(),
 				ExpiresUnix:     now.Add(f.opts.DesiredTTL).Unix(),
 			}

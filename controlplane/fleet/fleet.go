@@ -38,6 +38,8 @@ type Bus interface {
 type Models interface {
 	SHA256(name, version string) ([]byte, error)
 	ExpectFetches(name, version string, devices int)
+	// Corrupt is why a version's stored file cannot be served ("" when it can).
+	Corrupt(name, version string) string
 }
 
 // Options configure a Fleet. Fields without a documented default are
@@ -160,17 +162,28 @@ func (f *Fleet) Device(id string) (api.Device, error) {
 	if !ok {
 		return api.Device{}, api.Errorf(api.ErrNotFound, "device %q is not registered", id)
 	}
+	f.markBlocked(&d)
 	return d, nil
 }
 
+// markBlocked sets d.Blocked when the device waits for a version the
+// control plane cannot serve (its stored file is corrupt).
+func (f *Fleet) markBlocked(d *api.Device) { d.Blocked = d.BlockedBy(f.opts.Models.Corrupt) }
+
 // Devices returns the devices matching selector ("" for all), by id.
 func (f *Fleet) Devices(selector string) ([]api.Device, error) {
+	var list []api.Device
 	if selector == "" {
-		return f.reg.List(nil), nil
+		list = f.reg.List(nil)
+	} else {
+		sel, err := labels.Parse(selector)
+		if err != nil {
+			return nil, api.Errorf(api.ErrInvalid, "%v", err)
+		}
+		list = f.reg.List(&sel)
 	}
-	sel, err := labels.Parse(selector)
-	if err != nil {
-		return nil, api.Errorf(api.ErrInvalid, "%v", err)
+	for i := range list {
+		f.markBlocked(&list[i])
 	}
-	return f.reg.List(&sel), nil
+	return list, nil
 }

@@ -39,7 +39,7 @@ const (
 
 // Bounds on what a device can make the control plane remember.
 const (
-	maxReportedModels = 16  // model names per device in Reported/Telemetry
+	maxReportedModels = 64  // models per device: in its desired state, Reported and Telemetry
 	maxReasonLen      = 512 // bytes of a status reason kept
 	maxAgentVersion   = 64  // bytes of an agent version kept
 	// lastSeenPersistEvery bounds badger writes caused by telemetry: the
@@ -94,6 +94,7 @@ type desiredRecord struct {
 
 type deviceEntry struct {
 	dev         api.Device
+	prevDesired *api.DesiredSummary // the desired state before dev.Desired (this process only)
 	cred        credential
 	lastPersist time.Time // when dev was last written to the store
 	// recent are the latest status events, oldest first (in memory only;
@@ -162,6 +163,11 @@ func OpenRegistry(kv *store.KV, clock func() time.Time) (*Registry, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load devices: %w", err)
+	}
+	for _, e := range r.devices {
+		// Registration writes the device and its credential together:
+		// one without a credential was revoked.
+		e.dev.Revoked = len(e.cred.Hash) == 0
 	}
 	err = kv.Scan(prefixDesired, func(key string, val []byte) error {
 		e := r.devices[strings.TrimPrefix(key, prefixDesired)]
@@ -413,13 +419,43 @@ func cloneDevice(d *api.Device) api.Device {
 	return c
 }
 
-// setDesired records the summary of a newly issued desired state.
+// setDesired records the summary of a newly issued desired state; the one
+// it replaces stays as the previous (MayFetch).
 func (r *Registry) setDesired(id string, sum *api.DesiredSummary) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if e := r.devices[id]; e != nil {
+		e.prevDesired = e.dev.Desired
 		e.dev.Desired = sum
 	}
+}
+
+// MayFetch tells whether device id is registered and, if so, whether it may
+// download model@version: a version of its current or previous desired
+// state, or one it reports running or having run before (a device asks only
+// for those; anything else would make the control plane publish models for
+// nothing, on one stolen credential).
+func (r *Registry) MayFetch(id, model, version string) (registered, allowed bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	e := r.devices[id]
+	if e == nil {
+		return false, false
+	}
+	for _, d := range []*api.DesiredSummary{e.dev.Desired, e.prevDesired} {
+		if d == nil {
+			continue
+		}
+		for _, m := range d.Models {
+			if m.Name == model && m.Version == version {
+				return true, true
+			}
+		}
+	}
+	if st := e.dev.Reported[model]; st != nil && (st.ActiveVersion == version || st.PreviousVersion == version) {
+		return true, true
+	}
+	return true, false
 }
 
 // update applies fn to a device under the lock and writes the device

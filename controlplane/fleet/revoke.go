@@ -25,6 +25,7 @@ func (r *Registry) setPassword(id string) (string, error) {
 		return "", fmt.Errorf("set password %s: %w", id, err)
 	}
 	e.cred = cred
+	e.dev.Revoked = false
 	r.credentialsChanged()
 	return password, nil
 }
@@ -45,7 +46,7 @@ func (r *Registry) revokeCredential(id string) error {
 		return fmt.Errorf("revoke %s: %w", id, err)
 	}
 	e.cred = credential{}
-	e.dev.Online = false
+	e.dev.Online, e.dev.Revoked = false, true
 	r.credentialsChanged()
 	return nil
 }

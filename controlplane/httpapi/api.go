@@ -12,7 +12,6 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/models"
-	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
 // Body limits of the JSON endpoints.
@@ -281,73 +280,82 @@ func (a *API) handleUploadModel(w http.ResponseWriter, r *http.Request) {
 
 // upload reads the multipart body and adds the model version. Cheap checks
 // (names, existence, force flag) come before the body is read; a request
-// refused before it reaches Models.Add is counted as rejected here.
+// refused before it reaches Models.AddUpload is counted as rejected here.
 func (a *API) upload(w http.ResponseWriter, r *http.Request, name, version string) (api.ModelVersion, error) {
-	model, meta, force, err := a.readUpload(w, r, name, version)
+	u, err := a.readUpload(w, r, name, version)
 	if err != nil {
 		a.opts.Models.CountRejected()
 		return api.ModelVersion{}, err
 	}
-	return a.opts.Models.Add(r.Context(), name, version, model, meta, force)
+	return a.opts.Models.AddUpload(r.Context(), u)
 }
 
-func (a *API) readUpload(w http.ResponseWriter, r *http.Request, name, version string) ([]byte, *efpb.Manifest, bool, error) {
-	if err := a.opts.Models.CheckNew(name, version); err != nil {
-		return nil, nil, false, err
+// uploadParts are the parts an upload takes, with their size limits.
+func (a *API) uploadParts() map[string]int64 {
+	return map[string]int64{
+		api.PartModel:     int64(a.opts.Models.MaxModelSize()),
+		api.PartMetadata:  models.MaxMetadataSize,
+		api.PartSamples:   models.MaxSamplesSize,
+		api.PartReference: models.MaxReferenceSize,
 	}
-	force := false
+}
+
+func (a *API) readUpload(w http.ResponseWriter, r *http.Request, name, version string) (models.Upload, error) {
+	if err := a.opts.Models.CheckNew(name, version); err != nil {
+		return models.Upload{}, err
+	}
+	u := models.Upload{Name: name, Version: version}
 	if q := r.URL.Query().Get("force"); q != "" {
 		var err error
-		if force, err = strconv.ParseBool(q); err != nil {
-			return nil, nil, false, api.Errorf(api.ErrInvalid, "query parameter force=%q: want true or false", q)
+		if u.Force, err = strconv.ParseBool(q); err != nil {
+			return models.Upload{}, api.Errorf(api.ErrInvalid, "query parameter force=%q: want true or false", q)
 		}
 	}
-	maxModel := int64(a.opts.Models.MaxModelSize())
-	limit := maxModel + models.MaxMetadataSize + multipartOverhead
+	parts := a.uploadParts()
+	limit := int64(multipartOverhead)
+	for _, max := range parts {
+		limit += max
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, limit)
 	mr, err := r.MultipartReader()
 	if err != nil {
-		return nil, nil, false, api.Errorf(api.ErrInvalid, "request must be multipart/form-data with a %q part (ONNX bytes) and an optional %q part (JSON): %v", api.PartModel, api.PartMetadata, err)
+		return models.Upload{}, api.Errorf(api.ErrInvalid, "request must be multipart/form-data with a %q part (ONNX bytes) and optional %q (JSON), %q (OIP request JSON or CSV) and %q (CSV) parts: %v",
+			api.PartModel, api.PartMetadata, api.PartSamples, api.PartReference, err)
 	}
-	var model, metadata []byte
-	var haveModel, haveMeta bool
+	got := map[string][]byte{}
 	for {
 		p, err := mr.NextPart()
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			return nil, nil, false, multipartError(err, limit)
+			return models.Upload{}, multipartError(err, limit)
 		}
-		switch p.FormName() {
-		case api.PartModel:
-			if haveModel {
-				return nil, nil, false, api.Errorf(api.ErrInvalid, "the %q part appears twice", api.PartModel)
-			}
-			haveModel = true
-			if model, err = readPart(p, maxModel, "model", limit); err != nil {
-				return nil, nil, false, err
-			}
-		case api.PartMetadata:
-			if haveMeta {
-				return nil, nil, false, api.Errorf(api.ErrInvalid, "the %q part appears twice", api.PartMetadata)
-			}
-			haveMeta = true
-			if metadata, err = readPart(p, models.MaxMetadataSize, "metadata", limit); err != nil {
-				return nil, nil, false, err
-			}
-		default:
-			return nil, nil, false, api.Errorf(api.ErrInvalid, "unknown multipart part %q; want %q and optionally %q", p.FormName(), api.PartModel, api.PartMetadata)
+		part := p.FormName()
+		max, known := parts[part]
+		if !known {
+			return models.Upload{}, api.Errorf(api.ErrInvalid, "unknown multipart part %q; want %q and optionally %q, %q, %q", part, api.PartModel, api.PartMetadata, api.PartSamples, api.PartReference)
 		}
+		if _, dup := got[part]; dup {
+			return models.Upload{}, api.Errorf(api.ErrInvalid, "the %q part appears twice", part)
+		}
+		data, err := readPart(p, max, part, limit)
+		if err != nil {
+			return models.Upload{}, err
+		}
+		if data == nil {
+			data = []byte{}
+		}
+		got[part] = data
 	}
-	if !haveModel {
-		return nil, nil, false, api.Errorf(api.ErrInvalid, "the %q part (ONNX bytes) is missing", api.PartModel)
+	if _, ok := got[api.PartModel]; !ok {
+		return models.Upload{}, api.Errorf(api.ErrInvalid, "the %q part (ONNX bytes) is missing", api.PartModel)
 	}
-	meta, err := models.ParseMetadata(metadata)
-	if err != nil {
-		return nil, nil, false, err
+	u.Model, u.Samples, u.Reference = got[api.PartModel], got[api.PartSamples], got[api.PartReference]
+	if u.Meta, err = models.ParseMetadata(got[api.PartMetadata]); err != nil {
+		return models.Upload{}, err
 	}
-	return model, meta, force, nil
+	return u, nil
 }
 
 func readPart(p *multipart.Part, max int64, what string, bodyLimit int64) ([]byte, error) {

@@ -18,8 +18,12 @@ import (
 
 // Auth-failure rate limit per remote address: a bucket of authBurst
 // failures refilled at authRefill per second. Successful requests cost
-// nothing; a client whose bucket is empty gets 429 with Retry-After before
-// its token is even looked at.
+// nothing, and a valid token passes even from an address over its limit
+// (one misconfigured client behind a proxy must not lock out the admins
+// behind the same proxy); a failure from an address over its limit gets
+// 429 with Retry-After. Tokens are 256 random bits, so guessing is
+// hopeless whatever the rate: the limit bounds what a failing client
+// costs (log lines, audit entries) and tells it to back off.
 const (
 	authBurst       = 10
 	authRefill      = 1.0 / 6 // one failure every 6 s in the long run
@@ -49,19 +53,20 @@ func Actor(ctx context.Context) string {
 // per remote address.
 func (a *API) authenticated(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		remote := remoteHost(r)
-		if wait := a.limiter.blocked(remote); wait > 0 {
+		auth := r.Header.Get("Authorization")
+		secret, ok := bearer(auth)
+		var tok api.APIToken
+		var wait time.Duration
+		if ok {
+			tok, wait, ok = a.checkToken(remoteHost(r), secret)
+		} else {
+			wait = a.failed(remoteHost(r))
+		}
+		if wait > 0 {
 			tooManyFailures(w, wait)
 			return
 		}
-		auth := r.Header.Get("Authorization")
-		secret, ok := strings.CutPrefix(auth, "Bearer ")
-		var tok api.APIToken
-		if ok {
-			tok, ok = a.tokens.lookup(strings.TrimSpace(secret))
-		}
 		if !ok {
-			a.limiter.fail(remote)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="edgefleet"`)
 			msg := "invalid API token"
 			if auth == "" {
@@ -72,6 +77,38 @@ func (a *API) authenticated(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, tok)))
 	})
+}
+
+// bearer takes the credentials of an Authorization header with the Bearer
+// scheme, whose name is case-insensitive (RFC 9110, 11.1).
+func bearer(auth string) (string, bool) {
+	scheme, cred, ok := strings.Cut(strings.TrimSpace(auth), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	cred = strings.TrimSpace(cred)
+	return cred, cred != ""
+}
+
+// checkToken looks secret up. A valid token passes whatever remote's
+// failure count; a failure spends one of remote's allowed failures, or,
+// over the limit, returns how long remote must wait.
+func (a *API) checkToken(remote, secret string) (api.APIToken, time.Duration, bool) {
+	if tok, ok := a.tokens.lookup(secret); ok {
+		return tok, 0, true
+	}
+	return api.APIToken{}, a.failed(remote), false
+}
+
+// failed records a failed authentication from remote: it returns how long
+// remote must wait when it is over its limit (the failure is then not
+// counted again), or 0 after spending one allowed failure.
+func (a *API) failed(remote string) time.Duration {
+	if wait := a.limiter.blocked(remote); wait > 0 {
+		return wait
+	}
+	a.limiter.fail(remote)
+	return 0
 }
 
 func tooManyFailures(w http.ResponseWriter, wait time.Duration) {

@@ -27,16 +27,18 @@ func (a *API) handleCreateEnrollment(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleEnroll is the agent's exchange; it needs no API token, so its
-// failures count against the same per-address limit as bad API tokens.
+// failures count against the same per-address limit as bad API tokens (a
+// valid enrollment token passes whatever the address's count, as a valid
+// API token does: devices enrolling behind one NAT must not lock each
+// other out).
 func (a *API) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	remote := remoteHost(r)
-	if wait := a.limiter.blocked(remote); wait > 0 {
-		tooManyFailures(w, wait)
-		return
-	}
 	var req api.EnrollRequest
 	if err := decodeJSON(w, r, maxEnrollBody, &req); err != nil {
-		a.limiter.fail(remote)
+		if wait := a.failed(remote); wait > 0 {
+			tooManyFailures(w, wait)
+			return
+		}
 		writeError(w, err)
 		return
 	}
@@ -45,7 +47,10 @@ func (a *API) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	case err == nil:
 		writeJSON(w, http.StatusOK, creds)
 	case errors.Is(err, api.ErrUnauthorized), errors.Is(err, api.ErrGone):
-		a.limiter.fail(remote)
+		if wait := a.failed(remote); wait > 0 {
+			tooManyFailures(w, wait)
+			return
+		}
 		writeJSON(w, api.HTTPStatus(err), api.ErrorResponse{Error: strings.TrimPrefix(err.Error(), "enroll: ")})
 	default:
 		a.logIfInternal(err, "enroll")

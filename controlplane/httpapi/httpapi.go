@@ -19,8 +19,8 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/audit"
+	"github.com/edgefleet/edgefleet/controlplane/models"
 	"github.com/edgefleet/edgefleet/internal/store"
-	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
 // Fleet is the devices: registration, enrollment, revocation, deployment.
@@ -42,8 +42,8 @@ type Models interface {
 	// CheckNew makes the cheap checks of an upload before its body is read.
 	CheckNew(name, version string) error
 	MaxModelSize() uint64
-	Add(ctx context.Context, name, version string, model []byte, meta *efpb.Manifest, force bool) (api.ModelVersion, error)
-	// CountRejected counts an upload refused before it reached Add.
+	AddUpload(ctx context.Context, u models.Upload) (api.ModelVersion, error)
+	// CountRejected counts an upload refused before it reached AddUpload.
 	CountRejected()
 }
 

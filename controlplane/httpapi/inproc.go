@@ -22,13 +22,11 @@ type viaKey struct{}
 // secret is looked at. Errors wrap api.ErrUnauthorized, or
 // api.ErrRateLimited with the wait.
 func (a *API) Authenticate(r *http.Request, secret string) (api.APIToken, time.Duration, error) {
-	remote := remoteHost(r)
-	if wait := a.limiter.blocked(remote); wait > 0 {
+	tok, wait, ok := a.checkToken(remoteHost(r), secret)
+	switch {
+	case wait > 0:
 		return api.APIToken{}, wait, api.Errorf(api.ErrRateLimited, "too many failed authentication attempts from this address")
-	}
-	tok, ok := a.tokens.lookup(secret)
-	if !ok {
-		a.limiter.fail(remote)
+	case !ok:
 		return api.APIToken{}, 0, api.Errorf(api.ErrUnauthorized, "invalid API token")
 	}
 	return tok, 0, nil

@@ -27,7 +27,9 @@ const (
 	Decode          = "decode"
 	DeviceMismatch  = "device_mismatch"
 	UnknownDevice   = "unknown_device"
-	Revoked         = "revoked" // the device's credentials were revoked
+	Revoked         = "revoked"      // the device's credentials were revoked
+	NotAssigned     = "not_assigned" // a fetch for a version the device was not assigned
+	RateLimited     = "rate_limited" // a device over its fetch budget
 	ProtocolVersion = "protocol_version"
 	Invalid         = "invalid"
 	UnknownModel    = "unknown_model"

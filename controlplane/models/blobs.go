@@ -100,6 +100,7 @@ func (r *Registry) modelBytes(rec *record) ([]byte, error) {
 		return data, nil
 	}
 	data, err := r.readBlob(rec.SHA256, rec.Size)
+	r.markCorrupt(rec, err)
 	if err != nil {
 		return nil, err
 	}

@@ -224,8 +224,12 @@ func (q *chunkQueue) queued() int {
 	return n
 }
 
-// Run is the one worker that publishes queued chunks, until ctx ends.
+// Run is the one worker that publishes queued chunks, until ctx ends. It
+// first checks the stored model files (VerifyFiles).
 func (r *Registry) Run(ctx context.Context) {
+	if bad := r.VerifyFiles(ctx); bad > 0 {
+		r.log.Error("corrupt model files found at start", "versions", bad)
+	}
 	for {
 		// Real time, not the clock: batching is about network arrivals.
 		k, idx, ok, wait := r.chunks.next(time.Now())
@@ -314,7 +318,8 @@ func (r *Registry) OnFetch(topic string, payload []byte) {
 	if !ok {
 		return
 	}
-	if !r.opts.Devices.Exists(dev) {
+	registered, assigned := r.opts.Devices.MayFetch(dev, req.Name, req.Version)
+	if !registered {
 		in.Drop(kind, ingest.UnknownDevice, topic, nil)
 		return
 	}
@@ -344,6 +349,15 @@ func (r *Registry) OnFetch(topic string, payload []byte) {
 			in.Drop(kind, ingest.Invalid, topic, fmt.Errorf("chunk index %d, the model has %d chunks", i, n))
 			return
 		}
+	}
+	if !assigned {
+		in.Drop(kind, ingest.NotAssigned, topic, fmt.Errorf("device %s asked for %s@%s, which it was not assigned", dev, req.Name, req.Version))
+		return
+	}
+	if !r.fetch.allow(dev, req.Name, req.Version, uint32(len(missing)), n, r.opts.Clock()) {
+		in.Drop(kind, ingest.RateLimited, topic, fmt.Errorf("device %s asked for %s@%s's chunks more than %d times over within %s",
+			dev, req.Name, req.Version, r.opts.FetchBudget, r.opts.FetchWindow))
+		return
 	}
 	k := chunkKey{req.Name, req.Version, ""}
 	if req.Direct {

@@ -19,7 +19,7 @@ const (
 	uploadRejected = "rejected"
 )
 
-func newMetrics(reg prometheus.Registerer, versions func() float64) *metrics {
+func newMetrics(reg prometheus.Registerer, versions, corrupt func() float64) *metrics {
 	m := &metrics{
 		uploads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgefleet_model_uploads_total",
@@ -41,7 +41,11 @@ func newMetrics(reg prometheus.Registerer, versions func() float64) *metrics {
 	reg.MustRegister(m.uploads, m.chunks, m.chunkBytes, m.directChunks,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgefleet_model_versions", Help: "Uploaded model versions.",
-		}, versions))
+		}, versions),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgefleet_model_versions_corrupt",
+			Help: "Model versions whose stored file no longer matches its sha256: they cannot be served or deployed.",
+		}, corrupt))
 	return m
 }
 

@@ -2,8 +2,9 @@
 // uploaded ONNX model (it loads, it passes its test vectors), signs its
 // manifest, stores the record and the content-addressed file, publishes the
 // manifest retained, re-signs manifests when due, and serves the chunks
-// devices ask for in coalesced rounds. Imported by controlplane and
-// controlplane/httpapi (upload parsing limits).
+// devices ask for in coalesced rounds. Imported by controlplane,
+// controlplane/httpapi (upload parsing limits), controlplane/cli (model
+// inspect), fleet-sim/scenario and fleet-sim/sim (the same upload checks).
 package models
 
 import (
@@ -48,6 +49,8 @@ const prefixModels = "models/"
 const (
 	DefaultChunkBatchWindow = 150 * time.Millisecond
 	DefaultChunkBatchMax    = 2 * time.Second
+	DefaultFetchBudget      = 4
+	DefaultFetchWindow      = 10 * time.Minute
 	blobCacheBytes          = 256 << 20
 )
 
@@ -56,10 +59,11 @@ type Publisher interface {
 	Publish(ctx context.Context, topic string, payload []byte, retain bool) error
 }
 
-// Devices tells whether a device is registered (fetch requests from
-// others are dropped).
+// Devices tells whether a device is registered and whether it may
+// download a model version (fetch requests from others, and for other
+// versions, are dropped).
 type Devices interface {
-	Exists(id string) bool
+	MayFetch(id, model, version string) (registered, allowed bool)
 }
 
 // Options configure a Registry. Fields without a documented default are
@@ -90,6 +94,13 @@ type Options struct {
 	// publishes at once).
 	ChunkBatchWindow time.Duration
 	ChunkBatchMax    time.Duration
+	// FetchBudget is how many times over a device may ask for a version's
+	// chunks within FetchWindow (defaults DefaultFetchBudget,
+	// DefaultFetchWindow): enough for a download and its retries, while
+	// one stolen credential cannot make the control plane publish a model
+	// again and again.
+	FetchBudget int
+	FetchWindow time.Duration
 	// Clock is the time source; default time.Now.
 	Clock func() time.Time
 	// Registerer receives the registry's metrics.
@@ -112,12 +123,15 @@ type Registry struct {
 	opts    Options
 	log     *slog.Logger
 	chunks  *chunkQueue
+	fetch   *fetchLimit
 	blobs   *blobCache
 	metrics *metrics
 
-	// mu guards recs. Records are replaced, never modified in place.
-	mu   sync.RWMutex
-	recs map[string]*record // by name + "/" + version
+	// mu guards recs and corrupt. Records are replaced, never modified
+	// in place.
+	mu      sync.RWMutex
+	recs    map[string]*record // by name + "/" + version
+	corrupt map[string]string  // by name + "/" + version: why its file cannot be served
 	// writeMu serialises the final existence check and write of a model
 	// version, and manifest renewals.
 	writeMu sync.Mutex
@@ -137,15 +151,23 @@ func New(o Options) (*Registry, error) {
 	if o.ChunkBatchMax == 0 {
 		o.ChunkBatchMax = DefaultChunkBatchMax
 	}
+	if o.FetchBudget <= 0 {
+		o.FetchBudget = DefaultFetchBudget
+	}
+	if o.FetchWindow <= 0 {
+		o.FetchWindow = DefaultFetchWindow
+	}
 	if err := os.MkdirAll(o.BlobDir, 0o700); err != nil {
 		return nil, fmt.Errorf("models: %w", err)
 	}
 	r := &Registry{
-		opts:   o,
-		log:    o.Logger.With("component", "models"),
-		chunks: newChunkQueue(o.ChunkBatchWindow, o.ChunkBatchMax),
-		blobs:  newBlobCache(blobCacheBytes),
-		recs:   map[string]*record{},
+		opts:    o,
+		log:     o.Logger.With("component", "models"),
+		chunks:  newChunkQueue(o.ChunkBatchWindow, o.ChunkBatchMax),
+		fetch:   newFetchLimit(o.FetchBudget, o.FetchWindow),
+		blobs:   newBlobCache(blobCacheBytes),
+		recs:    map[string]*record{},
+		corrupt: map[string]string{},
 	}
 	err := o.KV.Scan(prefixModels, func(key string, val []byte) error {
 		rec := &record{}
@@ -158,7 +180,7 @@ func New(o Options) (*Registry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load models: %w", err)
 	}
-	r.metrics = newMetrics(o.Registerer, func() float64 { return float64(r.Count()) })
+	r.metrics = newMetrics(o.Registerer, func() float64 { return float64(r.Count()) }, func() float64 { return float64(r.corruptCount()) })
 	return r, nil
 }
 
@@ -172,6 +194,20 @@ func (r *Registry) put(rec *record) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.recs[rec.Name+"/"+rec.Version] = rec
+}
+
+// corruptCount is the number of versions whose file is corrupt.
+func (r *Registry) corruptCount() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.corrupt)
+}
+
+// view is rec's API view, with the reason its file is corrupt if it is.
+func (r *Registry) view(rec *record) api.ModelVersion {
+	mv := rec.ModelVersion
+	mv.Corrupt = r.Corrupt(rec.Name, rec.Version)
+	return mv
 }
 
 // Count is the number of model versions.
@@ -209,7 +245,7 @@ func (r *Registry) List() []api.ModelVersion {
 	recs := r.all()
 	out := make([]api.ModelVersion, len(recs))
 	for i, rec := range recs {
-		out[i] = rec.ModelVersion
+		out[i] = r.view(rec)
 	}
 	return out
 }
@@ -220,13 +256,13 @@ func (r *Registry) Get(name, version string) (api.ModelVersion, error) {
 	if rec == nil {
 		return api.ModelVersion{}, api.Errorf(api.ErrNotFound, "model %s version %s does not exist", name, version)
 	}
-	return withManifest(rec)
+	return r.withManifest(rec)
 }
 
 // withManifest returns the record's view with its manifest payload as
 // protojson.
-func withManifest(rec *record) (api.ModelVersion, error) {
-	mv := rec.ModelVersion
+func (r *Registry) withManifest(rec *record) (api.ModelVersion, error) {
+	mv := r.view(rec)
 	m, err := decodeManifest(rec)
 	if err != nil {
 		return mv, err
@@ -244,6 +280,9 @@ func (r *Registry) SHA256(name, version string) ([]byte, error) {
 	rec := r.get(name, version)
 	if rec == nil {
 		return nil, api.Errorf(api.ErrNotFound, "model %s version %s does not exist; upload it first", name, version)
+	}
+	if reason := r.Corrupt(name, version); reason != "" {
+		return nil, errCorrupt(name, version, reason)
 	}
 	sum, err := hex.DecodeString(rec.SHA256)
 	if err != nil {

@@ -17,13 +17,21 @@ import (
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/internal/store"
+	"github.com/edgefleet/edgefleet/internal/tensor"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/internal/transfer"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
-// MaxMetadataSize bounds the metadata part of an upload.
-const MaxMetadataSize = 8 << 20
+// Bounds of an upload's parts besides the model.
+const (
+	// MaxMetadataSize bounds the metadata part.
+	MaxMetadataSize = 8 << 20
+	// MaxSamplesSize bounds the sample inputs.
+	MaxSamplesSize = 16 << 20
+	// MaxReferenceSize bounds the reference data (a CSV of training rows).
+	MaxReferenceSize = 64 << 20
+)
 
 // ParseMetadata decodes the upload's metadata: a protojson efpb.Manifest
 // holding only the fields the model's producer knows. Unknown fields are
@@ -34,7 +42,7 @@ func ParseMetadata(data []byte) (*efpb.Manifest, error) {
 		return m, nil
 	}
 	if err := (protojson.UnmarshalOptions{}).Unmarshal(data, m); err != nil {
-		return nil, api.Errorf(api.ErrInvalid, "metadata is not a valid manifest JSON document: %v", err)
+		return nil, api.Errorf(api.ErrInvalid, "metadata (`--meta FILE` of edgefleet model push) is not a valid manifest JSON document: %v", err)
 	}
 	if err := checkMetadataFields(m); err != nil {
 		return nil, err
@@ -73,14 +81,15 @@ func checkMetadataFields(m *efpb.Manifest) error {
 	return nil
 }
 
-// reconcileSchema checks declared tensor specs against what onnxruntime
-// reports, or returns the reported ones when none were declared.
+// reconcileSchema checks declared tensor specs against what the model
+// serves, and returns the model's (which carry class-map kinds and class
+// labels the metadata need not repeat).
 func reconcileSchema(what string, declared, actual []*efpb.TensorSpec) ([]*efpb.TensorSpec, error) {
 	if len(declared) == 0 {
 		return actual, nil
 	}
 	if len(declared) != len(actual) {
-		return nil, api.Errorf(api.ErrInvalid, "metadata declares %d %ss, the model has %d (%s)", len(declared), what, len(actual), specNames(actual))
+		return nil, api.Errorf(api.ErrInvalid, "metadata declares %d %ss, the model has %d (%s); remove %ss from the metadata to take the model's", len(declared), what, len(actual), specNames(actual), what)
 	}
 	for i, d := range declared {
 		a := actual[i]
@@ -91,9 +100,129 @@ func reconcileSchema(what string, declared, actual []*efpb.TensorSpec) ([]*efpb.
 			return nil, api.Errorf(api.ErrInvalid, "metadata %s %q has datatype %q, the model's is %q", what, d.Name, d.Datatype, a.Datatype)
 		case !slices.Equal(d.Shape, a.Shape):
 			return nil, api.Errorf(api.ErrInvalid, "metadata %s %q has shape %v, the model's is %v (-1 is a dynamic dimension)", what, d.Name, d.Shape, a.Shape)
+		case d.Kind != efpb.TensorKind_TENSOR_KIND_TENSOR && d.Kind != a.Kind:
+			return nil, api.Errorf(api.ErrInvalid, "metadata %s %q has kind %s, the model's is %s", what, d.Name, d.Kind, a.Kind)
 		}
 	}
-	return declared, nil
+	return actual, nil
+}
+
+// isLabelSpec reports an output that can hold one class label per row: an
+// integer or BYTES tensor of shape [rows] or [rows, 1].
+func isLabelSpec(s *efpb.TensorSpec) bool {
+	d := tensor.Datatype(s.GetDatatype())
+	if s.GetKind() != efpb.TensorKind_TENSOR_KIND_TENSOR || !(d.IsInteger() || d == tensor.Bytes) {
+		return false
+	}
+	sh := s.GetShape()
+	return len(sh) == 1 || (len(sh) == 2 && sh[1] == 1)
+}
+
+// isScoreSpec reports an output holding class scores per row: a class map,
+// or a floating-point [rows, classes] tensor.
+func isScoreSpec(s *efpb.TensorSpec) bool {
+	if s.GetKind() == efpb.TensorKind_TENSOR_KIND_CLASS_MAP {
+		return true
+	}
+	sh := s.GetShape()
+	return tensor.Datatype(s.GetDatatype()).IsFloat() && len(sh) == 2 && (sh[1] >= 2 || sh[1] < 0)
+}
+
+// monitoredOutputs checks the label and score outputs the metadata names,
+// or, when it names none, picks them for a classifier: one label output
+// next to class scores (what scikit-learn, XGBoost and LightGBM
+// converters make). Accuracy monitoring then compares ground truth with
+// the label output.
+func monitoredOutputs(m *efpb.Manifest) error {
+	has := func(n string) *efpb.TensorSpec {
+		for _, o := range m.Outputs {
+			if o.GetName() == n {
+				return o
+			}
+		}
+		return nil
+	}
+	if n := m.LabelOutput; n != "" {
+		o := has(n)
+		if o == nil {
+			return api.Errorf(api.ErrInvalid, "metadata label_output %q is not an output of the model (outputs: %s)", n, specNames(m.Outputs))
+		}
+		if !isLabelSpec(o) {
+			return api.Errorf(api.ErrInvalid, "metadata label_output %q is %s %v; a label output holds one integer or BYTES class label per row", n, o.Datatype, o.Shape)
+		}
+	}
+	if n := m.ScoreOutput; n != "" {
+		o := has(n)
+		if o == nil {
+			return api.Errorf(api.ErrInvalid, "metadata score_output %q is not an output of the model (outputs: %s)", n, specNames(m.Outputs))
+		}
+		if !tensor.Datatype(o.Datatype).IsNumeric() {
+			return api.Errorf(api.ErrInvalid, "metadata score_output %q is %s; scores are numbers", n, o.Datatype)
+		}
+	}
+	if m.LabelOutput != "" || m.ScoreOutput != "" {
+		return nil
+	}
+	m.LabelOutput, m.ScoreOutput = ClassifierOutputs(m.Outputs)
+	return nil
+}
+
+// ClassifierOutputs returns the label and score outputs of a classifier:
+// one output holding a class label per row next to class scores (what
+// scikit-learn, XGBoost and LightGBM converters make), or "", "" for other
+// models (whose first output is then taken as a probability or class
+// scores).
+func ClassifierOutputs(outputs []*efpb.TensorSpec) (label, score string) {
+	var labels, scores []*efpb.TensorSpec
+	for _, o := range outputs {
+		switch {
+		case isLabelSpec(o):
+			labels = append(labels, o)
+		case isScoreSpec(o):
+			scores = append(scores, o)
+		}
+	}
+	if len(labels) == 1 && len(scores) >= 1 {
+		return labels[0].Name, scores[0].Name
+	}
+	return "", ""
+}
+
+// checkReference refuses reference statistics drift cannot use: an input
+// the model does not have, or one that is not numeric.
+func checkReference(m *efpb.Manifest) error {
+	for i, fs := range m.Reference {
+		in := fs.GetInput()
+		if in == "" {
+			if len(m.Inputs) == 0 {
+				continue
+			}
+			in = m.Inputs[0].Name
+		}
+		var spec *efpb.TensorSpec
+		for _, s := range m.Inputs {
+			if s.Name == in {
+				spec = s
+			}
+		}
+		switch {
+		case spec == nil:
+			return api.Errorf(api.ErrInvalid, "metadata reference[%d] (%q) reads input %q, which the model does not have (inputs: %s)", i, fs.GetName(), in, specNames(m.Inputs))
+		case !tensor.Datatype(spec.Datatype).IsNumeric():
+			return api.Errorf(api.ErrInvalid, "metadata reference[%d] (%q) reads input %q, which is %s; drift is computed for numeric inputs only: remove it", i, fs.GetName(), in, spec.Datatype)
+		}
+	}
+	return nil
+}
+
+// errText is err's message without the infer package's operation
+// prefixes, which say nothing to a user.
+func errText(err error) string {
+	msg := err.Error()
+	for _, p := range []string{"infer: run: ", "infer: load: ", "infer: describe: ", "infer: inspect: ", "Error running network: "} {
+		msg = strings.ReplaceAll(msg, p, "")
+	}
+	return msg
 }
 
 func specNames(specs []*efpb.TensorSpec) string {
@@ -104,6 +233,50 @@ func specNames(specs []*efpb.TensorSpec) string {
 	return strings.Join(names, ", ")
 }
 
+// deriveVectors appends test vectors recorded from samples, or, when there
+// are none and m has no test vectors either, from synthetic inputs. It
+// reports whether it recorded any, and what it did.
+func (r *Registry) deriveVectors(model []byte, m *efpb.Manifest, samples []byte) (derived bool, note string, err error) {
+	rt := r.opts.Runtime
+	if samples != nil {
+		ins, err := parseSamples(samples, m.Name, m.Inputs)
+		if err != nil {
+			return false, "", err
+		}
+		vs, err := recordVectors(rt, model, m, ins)
+		if err != nil {
+			if _, ok := errors.AsType[*api.Error](err); ok {
+				return false, "", err
+			}
+			return false, "", api.Errorf(api.ErrInvalid, "the model fails on the sample inputs: %s; fix the samples (they must fit the model's inputs: %s)", errText(err), specList(m.Inputs))
+		}
+		m.TestVectors = append(m.TestVectors, vs...)
+		return true, fmt.Sprintf("test vectors: %d recorded by running the model on the sample inputs (onnxruntime %s)", len(vs), rt.Version()), nil
+	}
+	if len(m.TestVectors) > 0 {
+		return false, "", nil
+	}
+	in, err := SyntheticInputs(m.Inputs)
+	if err == nil {
+		var vs []*efpb.TestVector
+		if vs, err = recordVectors(rt, model, m, [][]tensor.Tensor{in}); err == nil {
+			m.TestVectors = vs
+			return true, fmt.Sprintf("test vectors: 1 recorded by running the model on synthetic inputs (onnxruntime %s); pass real sample inputs for a stronger check", rt.Version()), nil
+		}
+	}
+	return false, "", api.Errorf(api.ErrInvalid, "model %s %s has no test vectors, and it fails on synthetic inputs made from its schema (%s): %s, or give test vectors in the metadata (`--meta FILE`)",
+		m.Name, m.Version, errText(err), hintSamples)
+}
+
+// specList describes specs for messages: x FP32 [-1,3], ids INT64 [-1].
+func specList(specs []*efpb.TensorSpec) string {
+	parts := make([]string, len(specs))
+	for i, s := range specs {
+		parts[i] = fmt.Sprintf("%s %s %s", s.Name, s.Datatype, tensor.FormatShape(s.Shape))
+	}
+	return strings.Join(parts, ", ")
+}
+
 // runChecks loads the model and runs its test vectors.
 func runChecks(rt *infer.Runtime, model []byte, m *efpb.Manifest) error {
 	sess, err := rt.Load(model, tensorNames(m.Inputs), tensorNames(m.Outputs))
@@ -111,7 +284,7 @@ func runChecks(rt *infer.Runtime, model []byte, m *efpb.Manifest) error {
 		return fmt.Errorf("model does not load: %w", err)
 	}
 	defer sess.Close()
-	if err := sess.Check(m.TestVectors, m.Tolerance); err != nil {
+	if err := sess.Check(m.TestVectors, infer.ManifestTolerance(m)); err != nil {
 		return fmt.Errorf("test vectors: %w", err)
 	}
 	return nil
@@ -125,12 +298,39 @@ func tensorNames(specs []*efpb.TensorSpec) []string {
 	return names
 }
 
+// Upload is a model version to add: the ONNX bytes and what the user
+// gives besides them.
+type Upload struct {
+	Name, Version string
+	Model         []byte
+	// Meta holds only the fields the model's producer knows (see
+	// ParseMetadata); nil is none. What the model declares (inputs,
+	// outputs, opset) need not be in it.
+	Meta *efpb.Manifest
+	// Samples are sample inputs: the control plane runs the model on them
+	// and records the outputs as test vectors (an OIP request body, a JSON
+	// array of them, or a CSV for a model with one tabular input). Without
+	// samples and without test vectors in Meta, deterministic synthetic
+	// inputs are tried.
+	Samples []byte
+	// Reference is a CSV of training data; its reference statistics are
+	// what agents compare live inputs with for drift.
+	Reference []byte
+	// Force stores a model that fails its checks (to test refusal).
+	Force bool
+}
+
 // Add validates, checks, signs, stores and publishes a new model version.
 // meta holds only the fields the model's producer knows (see
 // ParseMetadata); nil is no metadata. force stores a model that fails its
 // checks (to test refusal). Errors are api kinds written for the user.
 func (r *Registry) Add(ctx context.Context, name, version string, model []byte, meta *efpb.Manifest, force bool) (api.ModelVersion, error) {
-	rec, err := r.add(ctx, name, version, model, meta, force)
+	return r.AddUpload(ctx, Upload{Name: name, Version: version, Model: model, Meta: meta, Force: force})
+}
+
+// AddUpload is Add with everything an upload may carry (see Upload).
+func (r *Registry) AddUpload(ctx context.Context, u Upload) (api.ModelVersion, error) {
+	rec, err := r.add(ctx, u)
 	if err != nil {
 		r.metrics.uploads.WithLabelValues(uploadRejected).Inc()
 		return api.ModelVersion{}, err
@@ -140,7 +340,7 @@ func (r *Registry) Add(ctx context.Context, name, version string, model []byte, 
 		result = uploadForced
 	}
 	r.metrics.uploads.WithLabelValues(result).Inc()
-	return withManifest(rec)
+	return r.withManifest(rec)
 }
 
 // CheckNew refuses a version that exists or is badly named: the cheap
@@ -161,7 +361,8 @@ func (r *Registry) CheckNew(name, version string) error {
 // MaxModelSize bounds the model bytes of an upload.
 func (r *Registry) MaxModelSize() uint64 { return r.opts.MaxModelSize }
 
-func (r *Registry) add(ctx context.Context, name, version string, model []byte, meta *efpb.Manifest, force bool) (*record, error) {
+func (r *Registry) add(ctx context.Context, u Upload) (*record, error) {
+	name, version, model, meta, force := u.Name, u.Version, u.Model, u.Meta, u.Force
 	if err := r.CheckNew(name, version); err != nil {
 		return nil, err
 	}
@@ -180,21 +381,70 @@ func (r *Registry) add(ctx context.Context, name, version string, model []byte, 
 		return nil, err
 	}
 	m := proto.CloneOf(meta)
-	ins, outs, err := r.opts.Runtime.Inspect(model)
+	desc, err := r.opts.Runtime.Describe(model)
 	if err != nil {
 		return nil, api.Errorf(api.ErrInvalid, "model is not a loadable ONNX model: %v", err)
 	}
+	if err := desc.Err(); err != nil {
+		return nil, api.Errorf(api.ErrInvalid, "model %s %s cannot be served: %s (run `edgefleet model inspect` on it to see every input and output)",
+			name, version, strings.TrimPrefix(errText(err), infer.ErrUnsupported.Error()+": "))
+	}
+	ins, outs := desc.Specs()
 	if m.Inputs, err = reconcileSchema("input", m.Inputs, ins); err != nil {
 		return nil, err
 	}
 	if m.Outputs, err = reconcileSchema("output", m.Outputs, outs); err != nil {
 		return nil, err
 	}
+	if err := monitoredOutputs(m); err != nil {
+		return nil, err
+	}
+	if m.Opset == 0 {
+		m.Opset = desc.Model.Opset("")
+	}
+	var notes []string
+	if u.Reference != nil {
+		stats, ignored, err := referenceStats(u.Reference, m.Inputs)
+		if err != nil {
+			return nil, err
+		}
+		have := map[string]bool{}
+		for _, fs := range m.Reference {
+			have[fs.GetName()] = true
+		}
+		added := 0
+		for _, fs := range stats {
+			if !have[fs.GetName()] {
+				m.Reference = append(m.Reference, fs)
+				added++
+			}
+		}
+		note := fmt.Sprintf("reference statistics: %d features from the reference data", added)
+		if len(ignored) > 0 {
+			note += fmt.Sprintf(" (columns left out: %s)", strings.Join(ignored, ", "))
+		}
+		notes = append(notes, note)
+	}
+	if err := checkReference(m); err != nil {
+		return nil, err
+	}
+	m.Name, m.Version = name, version
+	derived, note, err := r.deriveVectors(model, m, u.Samples)
+	if err != nil {
+		return nil, err
+	}
+	if note != "" {
+		notes = append(notes, note)
+	}
+	if derived && m.Tolerance == 0 && m.RelativeTolerance == 0 {
+		tol := defaultTolerance(m)
+		notes = append(notes, fmt.Sprintf("tolerance: floats within %g + %g·|expected| (integers, BOOL and BYTES exactly)", tol.Abs, tol.Rel))
+	}
 	if m.Runtime == "" {
 		m.Runtime = "onnxruntime"
 	}
 	now := r.opts.Clock()
-	m.ProtocolVersion = efpb.ProtocolVersion
+	m.ProtocolVersion = efpb.ManifestVersion(m)
 	m.Name, m.Version = name, version
 	m.CreatedUnix = now.Unix()
 	m.ExpiresUnix = now.Add(r.opts.ManifestTTL).Unix()
@@ -203,7 +453,7 @@ func (r *Registry) add(ctx context.Context, name, version string, model []byte, 
 		return nil, api.Errorf(api.ErrInvalid, "%v", err)
 	}
 
-	checks := api.UploadChecks{TestVectors: len(m.TestVectors), Passed: true}
+	checks := api.UploadChecks{TestVectors: len(m.TestVectors), Passed: true, Notes: notes}
 	if err := runChecks(r.opts.Runtime, model, m); err != nil {
 		if !force {
 			return nil, api.Errorf(api.ErrChecksFailed, "model %s %s failed its checks: %v (upload with force=true, or `edgefleet model push --force`, to store it anyway)", name, version, err)

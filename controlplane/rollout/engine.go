@@ -61,9 +61,11 @@ type Report struct {
 	Generation    uint64
 }
 
-// Models tells whether a model version exists.
+// Models tells whether a model version can be rolled out.
 type Models interface {
-	Has(name, version string) bool
+	// Deployable is nil when the version exists and can be served; else
+	// an api error (not found, or its stored file is corrupt).
+	Deployable(name, version string) error
 }
 
 // Metrics gives field-quality figures of a model version over a set of
@@ -188,8 +190,10 @@ func (e *Engine) Create(ctx context.Context, spec api.RolloutSpec, actor string)
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
-	if e.opts.Models != nil && !e.opts.Models.Has(spec.Model, spec.Version) {
-		return nil, api.Errorf(api.ErrNotFound, "model %s version %s does not exist; upload it first", spec.Model, spec.Version)
+	if e.opts.Models != nil {
+		if err := e.opts.Models.Deployable(spec.Model, spec.Version); err != nil {
+			return nil, err
+		}
 	}
 	sel, err := labels.Parse(spec.Selector) // validated above
 	if err != nil {

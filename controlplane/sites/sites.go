@@ -522,7 +522,7 @@ func (s *Service) issue(ctx context.Context) (int, error) {
 // sign builds and signs one device's document.
 func (s *Service) sign(p planned, rec member, now time.Time) ([]byte, error) {
 	doc := &efpb.SitePeers{
-		ProtocolVersion: efpb.ProtocolVersion,
+		ProtocolVersion: efpb.ProtocolVersion1,
 		DeviceId:        p.dev,
 		Site:            p.site,
 		Version:         rec.Version,
@@ -533,7 +533,7 @@ func (s *Service) sign(p planned, rec member, now time.Time) ([]byte, error) {
 	}
 	if p.site != "" {
 		ticket, err := signing.SignMessage(efpb.PayloadTypeMemberTicket, &efpb.MemberTicket{
-			ProtocolVersion: efpb.ProtocolVersion, DeviceId: p.dev, Site: p.site, ExpiresUnix: rec.Expires.Unix(),
+			ProtocolVersion: efpb.ProtocolVersion1, DeviceId: p.dev, Site: p.site, ExpiresUnix: rec.Expires.Unix(),
 		}, s.o.Keys.Control)
 		if err != nil {
 			return nil, fmt.Errorf("sites: sign ticket of %s: %w", p.dev, err)

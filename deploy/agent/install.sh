@@ -7,6 +7,7 @@
 #   sh install.sh --enroll-token T --control-plane U  # one-time enrollment
 #   sh install.sh                                     # upgrade: keeps config and state
 #   sh install.sh --root /mnt/image --config agent.yaml   # "flash" an image root
+#   sh install.sh --config agent.yaml --tls-ca-file fleet-ca.pem  # private CA
 #   sh install.sh --uninstall [--purge]
 #
 # Exit status: 0 done, 2 usage error, 3 wrong architecture, 4 no systemd,
@@ -23,6 +24,9 @@ UNINSTALL=0
 PURGE=0
 NO_START=0
 ENROLL_ARGS=
+TLS_CA=
+TLS_CERT=
+TLS_KEY=
 
 # Where things go (relative to ROOT).
 PREFIX=/opt/edgefleet-agent
@@ -32,6 +36,12 @@ CONF_DIR=/etc/edgefleet
 CONF=$CONF_DIR/agent.yaml
 DATA_DIR=/var/lib/edgefleet-agent
 USER_NAME=edgefleet
+# Certificates given with --tls-*-file are installed here and the config
+# names these paths (the device's view, also under --root).
+TLS_DIR=$CONF_DIR/tls
+TLS_CA_DST=$TLS_DIR/ca.crt
+TLS_CERT_DST=$TLS_DIR/client.crt
+TLS_KEY_DST=$TLS_DIR/client.key
 
 say() { printf '%s: %s\n' "$PROG" "$*"; }
 warn() { printf '%s: warning: %s\n' "$PROG" "$*" >&2; }
@@ -45,6 +55,7 @@ die() {
 usage() {
 	cat <<'EOF'
 usage: install.sh [--root DIR] [--tarball FILE] [--config FILE | --enroll-token T --control-plane URL]
+                  [--tls-ca-file FILE] [--tls-cert-file FILE --tls-key-file FILE]
                   [--no-start] | --uninstall [--purge] [--root DIR]
 
   --root DIR            install into DIR instead of / (an image being built); systemctl is
@@ -55,6 +66,11 @@ usage: install.sh [--root DIR] [--tarball FILE] [--config FILE | --enroll-token 
   --enroll-token T      one-time enrollment token (`edgefleet device enroll`), with
   --control-plane URL   the control plane's API URL; `edgefleet-agent enroll` exchanges the
                         token for credentials (with --root: the agent must run on this machine)
+  --tls-ca-file FILE    the broker's CA bundle (a private CA): installed as
+                        /etc/edgefleet/tls/ca.crt (0644 root:edgefleet), the config's tls_ca_file
+  --tls-cert-file FILE  this device's client certificate for mutual TLS, with
+  --tls-key-file FILE   its key: installed as /etc/edgefleet/tls/client.crt (0644) and
+                        client.key (0640 root:edgefleet), the config's tls_cert_file/tls_key_file
   --no-start            install and enable, but do not start (or restart) the service
   -- ARGS...            passed to `edgefleet-agent enroll` (e.g. --tls-ca-file FILE)
   --uninstall           remove the agent; config and data stay unless --purge
@@ -77,6 +93,12 @@ while [ $# -gt 0 ]; do
 	--uninstall) UNINSTALL=1; shift ;;
 	--purge) PURGE=1; shift ;;
 	--no-start) NO_START=1; shift ;;
+	--tls-ca-file) [ $# -ge 2 ] || die 2 "--tls-ca-file needs a file"; TLS_CA=$2; shift 2 ;;
+	--tls-ca-file=*) TLS_CA=${1#*=}; shift ;;
+	--tls-cert-file) [ $# -ge 2 ] || die 2 "--tls-cert-file needs a file"; TLS_CERT=$2; shift 2 ;;
+	--tls-cert-file=*) TLS_CERT=${1#*=}; shift ;;
+	--tls-key-file) [ $# -ge 2 ] || die 2 "--tls-key-file needs a file"; TLS_KEY=$2; shift 2 ;;
+	--tls-key-file=*) TLS_KEY=${1#*=}; shift ;;
 	-h | --help) usage; exit 0 ;;
 	--) shift; ENROLL_ARGS=$*; break ;;
 	*) usage >&2; die 2 "unknown argument: $1" ;;
@@ -95,6 +117,12 @@ if [ -n "$CONTROL_PLANE" ] && [ -z "$TOKEN" ]; then
 fi
 if [ -n "$CONFIG" ] && [ -n "$TOKEN" ]; then
 	die 2 "give either --config (provisioning bundle) or --enroll-token, not both"
+fi
+if { [ -n "$TLS_CERT" ] && [ -z "$TLS_KEY" ]; } || { [ -z "$TLS_CERT" ] && [ -n "$TLS_KEY" ]; }; then
+	die 2 "--tls-cert-file and --tls-key-file go together (a client certificate and its key)"
+fi
+if [ "$UNINSTALL" = 1 ] && [ -n "$TLS_CA$TLS_CERT" ]; then
+	die 2 "--tls-*-file install certificates; they do not go with --uninstall"
 fi
 
 # systemd_live: is this the running system, under systemd?
@@ -191,6 +219,18 @@ if [ -n "$CONFIG" ]; then
 	grep -q '^root_public_key:' "$CONFIG" || die 5 "--config $CONFIG: no root_public_key; the agent trusts nothing without the fleet's root key"
 	grep -q '^broker_url: *[^ ]' "$CONFIG" || die 5 "--config $CONFIG: no broker_url"
 fi
+# Certificate files are checked now, before a token is spent on them: each
+# must be readable and hold what its flag says.
+check_pem() { # check_pem FLAG FILE WHAT PATTERN
+	[ -r "$2" ] || die 5 "$1 $2: cannot read it"
+	grep -q -- "$4" "$2" || die 5 "$1 $2: no $3 in it (want a PEM file)"
+}
+[ -z "$TLS_CA" ] || check_pem --tls-ca-file "$TLS_CA" "PEM certificate" "-----BEGIN CERTIFICATE-----"
+[ -z "$TLS_CERT" ] || check_pem --tls-cert-file "$TLS_CERT" "PEM certificate" "-----BEGIN CERTIFICATE-----"
+[ -z "$TLS_KEY" ] || check_pem --tls-key-file "$TLS_KEY" "PEM private key" "PRIVATE KEY-----"
+if [ -n "$TLS_CA$TLS_CERT" ] && [ -z "$CONFIG" ] && [ -z "$TOKEN" ] && [ "$UPGRADE" = 0 ]; then
+	die 5 "--tls-*-file need a config: give --config FILE or --enroll-token T --control-plane URL"
+fi
 if [ -n "$TOKEN" ]; then
 	# Look for the enroll command without running the binary (it may be
 	# for another architecture, and an old one would start the agent).
@@ -221,8 +261,12 @@ fi
 if [ -n "$TOKEN" ]; then
 	[ -n "$WORK" ] || WORK=$(mktemp -d)
 	set +e
-	"$PKG/bin/edgefleet-agent" enroll --token "$TOKEN" --control-plane "$CONTROL_PLANE" \
-		--config-out "$WORK/enrolled.yaml" --data-dir "$DATA_DIR" $ENROLL_ARGS
+	# enroll checks the certificate files as given; the config it writes
+	# names them where they are installed (below).
+	set -- --token "$TOKEN" --control-plane "$CONTROL_PLANE" --config-out "$WORK/enrolled.yaml" --data-dir "$DATA_DIR"
+	[ -z "$TLS_CA" ] || set -- "$@" --tls-ca-file "$TLS_CA"
+	[ -z "$TLS_CERT" ] || set -- "$@" --tls-cert-file "$TLS_CERT" --tls-key-file "$TLS_KEY"
+	"$PKG/bin/edgefleet-agent" enroll "$@" $ENROLL_ARGS
 	rc=$?
 	set -e
 	case $rc in
@@ -238,7 +282,11 @@ fi
 # boot even when it could not be created now (an image root without /etc/passwd).
 mkdir -p "$R/usr/lib/sysusers.d" "$R/usr/lib/tmpfiles.d"
 printf 'u %s - "edgefleet agent" %s /usr/sbin/nologin\n' "$USER_NAME" "$DATA_DIR" >"$R/usr/lib/sysusers.d/edgefleet-agent.conf"
-printf 'd %s 0750 %s %s -\nz %s 0640 root %s -\n' "$DATA_DIR" "$USER_NAME" "$USER_NAME" "$CONF" "$USER_NAME" >"$R/usr/lib/tmpfiles.d/edgefleet-agent.conf"
+{
+	printf 'd %s 0750 %s %s -\nz %s 0640 root %s -\n' "$DATA_DIR" "$USER_NAME" "$USER_NAME" "$CONF" "$USER_NAME"
+	printf 'z %s 0750 root %s -\nz %s 0644 root %s -\nz %s 0644 root %s -\nz %s 0640 root %s -\n' \
+		"$TLS_DIR" "$USER_NAME" "$TLS_CA_DST" "$USER_NAME" "$TLS_CERT_DST" "$USER_NAME" "$TLS_KEY_DST" "$USER_NAME"
+} >"$R/usr/lib/tmpfiles.d/edgefleet-agent.conf"
 chmod 0644 "$R/usr/lib/sysusers.d/edgefleet-agent.conf" "$R/usr/lib/tmpfiles.d/edgefleet-agent.conf"
 if [ -z "$(uid_of "$USER_NAME")" ]; then
 	if [ -n "$R" ] && [ ! -f "$R/etc/passwd" ]; then
@@ -290,11 +338,42 @@ mkdir -p "$R$DATA_DIR"
 chmod 0750 "$R$DATA_DIR"
 [ -z "$UID_N" ] || chown "$UID_N:$GID_N" "$R$DATA_DIR"
 
-if [ -n "$CONFIG" ]; then
-	if [ "$UPGRADE" = 1 ] && ! cmp -s "$CONFIG" "$R$CONF"; then
-		cp -p "$R$CONF" "$R$CONF.previous"
-		say "replaced $CONF (the old one is $CONF.previous)"
+# Certificates: readable by the agent's group, the key by nobody else.
+put_tls() { # put_tls SRC DST MODE
+	put "$1" "$R$2" "$3"
+	[ -z "$GID_N" ] || chown "0:$GID_N" "$R$2"
+}
+if [ -n "$TLS_CA$TLS_CERT" ]; then
+	mkdir -p "$R$TLS_DIR"
+	chmod 0750 "$R$TLS_DIR"
+	[ -z "$GID_N" ] || chown "0:$GID_N" "$R$TLS_DIR"
+	[ -z "$TLS_CA" ] || put_tls "$TLS_CA" "$TLS_CA_DST" 0644
+	if [ -n "$TLS_CERT" ]; then
+		put_tls "$TLS_CERT" "$TLS_CERT_DST" 0644
+		put_tls "$TLS_KEY" "$TLS_KEY_DST" 0640
 	fi
+fi
+
+# tls_config FILE: the config's tls_* keys name the installed certificates
+# (only those given now; others stay as they are).
+tls_config() {
+	[ -n "$TLS_CA$TLS_CERT" ] || return 0
+	pat=
+	[ -z "$TLS_CA" ] || pat='^tls_ca_file:'
+	[ -z "$TLS_CERT" ] || pat="${pat:+$pat|}^tls_cert_file:|^tls_key_file:"
+	grep -Ev "$pat" "$1" >"$1.tls" || true
+	[ -z "$TLS_CA" ] || echo "tls_ca_file: $TLS_CA_DST" >>"$1.tls"
+	[ -z "$TLS_CERT" ] || printf 'tls_cert_file: %s\ntls_key_file: %s\n' "$TLS_CERT_DST" "$TLS_KEY_DST" >>"$1.tls"
+	mv -f "$1.tls" "$1"
+}
+
+if [ -z "$CONFIG" ] && [ -n "$TLS_CA$TLS_CERT" ]; then
+	# An upgrade with new certificates: the installed config, pointed at them.
+	[ -n "$WORK" ] || WORK=$(mktemp -d)
+	cp "$R$CONF" "$WORK/installed.yaml"
+	CONFIG=$WORK/installed.yaml
+fi
+if [ -n "$CONFIG" ]; then
 	# The unit lets the agent write only $DATA_DIR (ProtectSystem=strict).
 	sed "s|^data_dir:.*|data_dir: $DATA_DIR|" "$CONFIG" >"$R$CONF.new.$$"
 	if ! grep -q '^data_dir:' "$R$CONF.new.$$"; then
@@ -302,6 +381,11 @@ if [ -n "$CONFIG" ]; then
 	fi
 	if ! cmp -s "$CONFIG" "$R$CONF.new.$$" && grep -q '^data_dir:' "$CONFIG"; then
 		grep -q "^data_dir: *$DATA_DIR *\$" "$CONFIG" || warn "data_dir set to $DATA_DIR (the only directory the service may write)"
+	fi
+	tls_config "$R$CONF.new.$$"
+	if [ "$UPGRADE" = 1 ] && ! cmp -s "$R$CONF.new.$$" "$R$CONF"; then
+		cp -p "$R$CONF" "$R$CONF.previous"
+		say "replaced $CONF (the old one is $CONF.previous)"
 	fi
 	chmod 0640 "$R$CONF.new.$$"
 	[ -z "$GID_N" ] || chown "0:$GID_N" "$R$CONF.new.$$"

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,26 +24,62 @@ import (
 	"github.com/edgefleet/edgefleet/internal/topics"
 )
 
+// cliDaemon is an edgefleet command that runs until stopped (serve, broker
+// sync), in this process: until Stop or the end of the test, when it must
+// exit 0.
+type cliDaemon struct {
+	t      *testing.T
+	out    *testkit.Buffer // stdout and stderr
+	cancel context.CancelFunc
+	done   chan struct{}
+	code   int // set before done is closed
+	stop   sync.Once
+}
+
+// startCLI runs `edgefleet args…` in this process until Stop or the end of
+// the test.
+func startCLI(t *testing.T, args ...string) *cliDaemon {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &cliDaemon{t: t, out: &testkit.Buffer{}, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		d.code = cli.Main(ctx, args, d.out, d.out)
+		close(d.done)
+	}()
+	t.Cleanup(d.Stop)
+	return d
+}
+
+// Exited reports whether the command has ended (by itself or stopped).
+func (d *cliDaemon) Exited() bool {
+	select {
+	case <-d.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Stop cancels the command and waits for it; it must exit 0.
+func (d *cliDaemon) Stop() {
+	d.stop.Do(func() {
+		d.cancel()
+		select {
+		case <-d.done:
+			assert.Equal(d.t, 0, d.code, "edgefleet exits 0 when stopped: %s", d.out)
+		case <-time.After(30 * time.Second):
+			d.t.Error("edgefleet did not stop 30s after it was cancelled")
+		}
+		if d.t.Failed() {
+			d.t.Logf("edgefleet output:\n%s", d.out)
+		}
+	})
+}
+
 // brokerSync runs `edgefleet broker sync` in process until the test ends.
 func brokerSync(t *testing.T, args ...string) *testkit.Buffer {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	out := &testkit.Buffer{}
-	done := make(chan int, 1)
-	go func() { done <- cli.Main(ctx, append(args, "--log-level", "debug"), out, out) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case code := <-done:
-			assert.Equal(t, 0, code, "broker sync exits 0 when stopped: %s", out)
-		case <-time.After(30 * time.Second):
-			t.Error("broker sync did not stop")
-		}
-		if t.Failed() {
-			t.Logf("broker sync output:\n%s", out)
-		}
-	})
-	return out
+	return startCLI(t, append(args, "--log-level", "debug")...).out
 }
 
 // TestMosquittoZeroTouch follows docs/deploy.md's external-mosquitto path

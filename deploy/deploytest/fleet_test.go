@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -125,9 +126,11 @@ func inferFraud(t *testing.T, addr, version string) {
 	require.NoError(t, err)
 	assert.Equal(t, version, resp.ModelVersion)
 	require.Len(t, resp.Outputs, 1)
-	require.Len(t, resp.Outputs[0].Data, 2)
-	assert.Less(t, resp.Outputs[0].Data[0], float32(0.5), "a coffee is not fraud")
-	assert.Greater(t, resp.Outputs[0].Data[1], float32(0.5), "3am electronics abroad is")
+	probs, err := resp.Outputs[0].FP32()
+	require.NoError(t, err)
+	require.Len(t, probs, 2)
+	assert.Less(t, probs[0], float32(0.5), "a coffee is not fraud")
+	assert.Greater(t, probs[1], float32(0.5), "3am electronics abroad is")
 }
 
 // agentProc is an edgefleet-agent process started by a test.
@@ -237,10 +240,24 @@ var tarballOnce struct {
 	err  error
 }
 
+// envRunCLI makes this test binary the edgefleet CLI (cli.Main with its
+// arguments) instead of running tests: the stand-in for bin/edgefleet in
+// the control plane tarball the docs test installs, so shell steps run
+// the real CLI without building another binary.
+const envRunCLI = "EDGEFLEET_DEPLOYTEST_RUN_CLI"
+
 func TestMain(m *testing.M) {
+	if os.Getenv(envRunCLI) == "1" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
+	}
 	code := m.Run()
-	if tarballOnce.dir != "" {
-		_ = os.RemoveAll(tarballOnce.dir)
+	for _, dir := range []string{tarballOnce.dir, docTarballOnce.dir} {
+		if dir != "" {
+			_ = os.RemoveAll(dir)
+		}
 	}
 	os.Exit(code)
 }

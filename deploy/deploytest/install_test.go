@@ -365,3 +365,144 @@ func TestInstallEnroll(t *testing.T) {
 	cp.waitActive("dev-9", "1.0.0", time.Minute)
 	inferFraud(t, addr, "1.0.0")
 }
+
+// TestInstallTLSFiles: install.sh places the broker's CA and a client
+// certificate and key into the root — /etc/edgefleet/tls, certificates
+// 0644 and the key 0640, owned root:edgefleet — and the installed config
+// names them there, whether it came from a bundle or an enrollment. A
+// wrong path is refused before the enrollment token is spent, and an
+// upgrade can replace a certificate. As root, the edgefleet user can read
+// the key and another user cannot.
+func TestInstallTLSFiles(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("builds the agent")
+	}
+	tarball := buildAgentTarball(t)
+	src := t.TempDir()
+	ca, crt, key := filepath.Join(src, "fleet-ca.pem"), filepath.Join(src, "dev.crt"), filepath.Join(src, "dev.key")
+	selfSigned(t, ca, filepath.Join(src, "ca.key"))
+	selfSigned(t, crt, key)
+	require.NoError(t, os.Chmod(key, 0o600))
+	cp := startControlPlane(t, nil)
+	tlsArgs := []string{"--tls-ca-file", ca, "--tls-cert-file", crt, "--tls-key-file", key}
+	const dir = "/etc/edgefleet/tls"
+
+	// checkInstalled checks the files and the config of an install into root.
+	checkInstalled := func(t *testing.T, root, caSrc string) {
+		t.Helper()
+		gid := -1
+		if os.Geteuid() == 0 {
+			pw := passwdEntry(t, root)
+			require.NotNil(t, pw)
+			gid = atoi(t, pw[3])
+		}
+		for _, f := range []struct {
+			path, src string
+			mode      os.FileMode
+		}{
+			{dir, "", os.ModeDir | 0o750},
+			{dir + "/ca.crt", caSrc, 0o644},
+			{dir + "/client.crt", crt, 0o644},
+			{dir + "/client.key", key, 0o640},
+		} {
+			p := filepath.Join(root, f.path)
+			fi, err := os.Stat(p)
+			if !assert.NoError(t, err, "%s installed", f.path) {
+				continue
+			}
+			assert.Equal(t, f.mode, fi.Mode(), "mode of %s", f.path)
+			if gid >= 0 {
+				st := fi.Sys().(*syscall.Stat_t)
+				assert.Equal(t, []int{0, gid}, []int{int(st.Uid), int(st.Gid)}, "owner of %s: root:edgefleet", f.path)
+			}
+			if f.src != "" {
+				want, err := os.ReadFile(f.src)
+				require.NoError(t, err)
+				got, err := os.ReadFile(p)
+				require.NoError(t, err)
+				assert.Equal(t, string(want), string(got), "%s is a copy of %s", f.path, f.src)
+			}
+		}
+		installed := filepath.Join(root, "etc/edgefleet/agent.yaml")
+		cfg, err := agent.LoadConfig(installed)
+		require.NoError(t, err)
+		assert.Equal(t, []string{dir + "/ca.crt", dir + "/client.crt", dir + "/client.key"},
+			[]string{cfg.TLSCAFile, cfg.TLSCertFile, cfg.TLSKeyFile}, "the config names the installed files, as the device sees them")
+		// With the device's paths pointed into the root, the agent loads them.
+		cfg.TLSCAFile, cfg.TLSCertFile, cfg.TLSKeyFile = root+cfg.TLSCAFile, root+cfg.TLSCertFile, root+cfg.TLSKeyFile
+		cfg.DataDir = t.TempDir()
+		_, err = cfg.Options()
+		assert.NoError(t, err, "the installed certificates load")
+		if gid >= 0 {
+			pw := passwdEntry(t, root)
+			asUser := func(uid, gid int) error {
+				cmd := exec.Command("cat", filepath.Join(root, dir, "client.key"))
+				cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+				return cmd.Run()
+			}
+			assert.NoError(t, asUser(atoi(t, pw[2]), atoi(t, pw[3])), "the edgefleet user reads the key")
+			assert.Error(t, asUser(65534, 65534), "nobody else reads the key")
+		}
+	}
+
+	t.Run("bundle", func(t *testing.T) {
+		root := newRoot(t, true)
+		bundle := cp.provision("dev-tls-1", "/var/lib/edgefleet-agent")
+		code, out := installSh(t, append([]string{"--root", root, "--tarball", tarball, "--config", bundle}, tlsArgs...)...)
+		require.Equal(t, 0, code, out)
+		checkInstalled(t, root, ca)
+
+		// An upgrade that brings a new CA replaces it and keeps the rest.
+		ca2 := filepath.Join(t.TempDir(), "new-ca.pem")
+		selfSigned(t, ca2, filepath.Join(t.TempDir(), "new-ca.key"))
+		before, err := agent.LoadConfig(filepath.Join(root, "etc/edgefleet/agent.yaml"))
+		require.NoError(t, err)
+		code, out = installSh(t, "--root", root, "--tarball", tarball, "--tls-ca-file", ca2)
+		require.Equal(t, 0, code, out)
+		assert.Contains(t, out, "upgraded")
+		checkInstalled(t, root, ca2)
+		after, err := agent.LoadConfig(filepath.Join(root, "etc/edgefleet/agent.yaml"))
+		require.NoError(t, err)
+		assert.Equal(t, before, after, "the same config: the paths did not change")
+	})
+
+	t.Run("enrollment", func(t *testing.T) {
+		m := regexp.MustCompile(`--token (\S+)`).FindStringSubmatch(cp.cli("device", "enroll", "dev-tls-2"))
+		require.NotNil(t, m)
+		root := newRoot(t, true)
+		base := []string{"--root", root, "--tarball", tarball, "--enroll-token", m[1], "--control-plane", cp.srv.APIURL()}
+
+		code, out := installSh(t, append(base, "--tls-ca-file", filepath.Join(src, "typo.pem"), "--tls-cert-file", crt, "--tls-key-file", key)...)
+		assert.Equal(t, 5, code, out)
+		assert.Contains(t, out, "--tls-ca-file "+filepath.Join(src, "typo.pem")+": cannot read it")
+		code, out = installSh(t, append(base, "--tls-ca-file", ca, "--tls-cert-file", crt, "--tls-key-file", crt)...)
+		assert.Equal(t, 5, code, out)
+		assert.Contains(t, out, "no PEM private key")
+		assert.NoFileExists(t, filepath.Join(root, "opt/edgefleet-agent/bin/edgefleet-agent"), "a refused install writes nothing")
+
+		code, out = installSh(t, append(base, tlsArgs...)...)
+		require.Equal(t, 0, code, "the token survived the refused attempts: %s", out)
+		checkInstalled(t, root, ca)
+	})
+
+	t.Run("refusals", func(t *testing.T) {
+		root := newRoot(t, true)
+		bundle := cp.provision("dev-tls-3", "/var/lib/edgefleet-agent")
+		for _, tt := range []struct {
+			args []string
+			code int
+			want string
+		}{
+			{[]string{"--config", bundle, "--tls-cert-file", crt}, 2, "--tls-cert-file and --tls-key-file go together"},
+			{[]string{"--config", bundle, "--tls-key-file", key}, 2, "--tls-cert-file and --tls-key-file go together"},
+			{[]string{"--config", bundle, "--tls-ca-file", key}, 5, "no PEM certificate"},
+			{[]string{"--tls-ca-file", ca}, 5, "no provisioning"},
+		} {
+			code, out := installSh(t, append([]string{"--root", root, "--tarball", tarball}, tt.args...)...)
+			assert.Equal(t, tt.code, code, "install.sh %v: %s", tt.args, out)
+			assert.Contains(t, out, tt.want, "install.sh %v", tt.args)
+		}
+		assert.NoDirExists(t, filepath.Join(root, "etc/edgefleet"), "a refused install writes nothing")
+	})
+}

@@ -1,10 +1,14 @@
 package deploytest
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
+	osuser "os/user"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -176,52 +180,181 @@ func TestMosquittoEndToEnd(t *testing.T) {
 	assert.Equal(t, api.ModelActive, d1.Reported["fraud"].State)
 }
 
-// TestMosquittoProductionConfig starts mosquitto with deploy/mosquitto/
-// mosquitto.conf itself — TLS listener, persistence, limits — with only
-// its paths and ports pointed at a temporary directory and a self-signed
-// certificate, and checks that a TLS client with a device's password is
-// accepted while a wrong password and plain MQTT on the TLS port are not.
-func TestMosquittoProductionConfig(t *testing.T) {
-	t.Parallel()
+// debianMainConf is Debian's /etc/mosquitto/mosquitto.conf (package
+// mosquitto 2.0.11, bookworm), used where this machine has none.
+const debianMainConf = `# Place your local configuration in /etc/mosquitto/conf.d/
+#
+# A full description of the configuration file is at
+# /usr/share/doc/mosquitto/examples/mosquitto.conf.example
+
+pid_file /run/mosquitto/mosquitto.pid
+
+persistence true
+persistence_location /var/lib/mosquitto/
+
+log_dest file /var/log/mosquitto/mosquitto.log
+
+include_dir /etc/mosquitto/conf.d
+`
+
+// debianMosquittoRoot lays out root as Debian's mosquitto package and unit
+// leave / before mosquitto starts: etc/mosquitto/mosquitto.conf (this
+// machine's, else debianMainConf) with an empty conf.d and certs, and
+// var/lib/mosquitto (the package), run/mosquitto and var/log/mosquitto
+// (the unit's ExecStartPre) owned by the mosquitto user when the test runs
+// as root — a mosquitto started as root drops to that user before it
+// writes its pid file and reads keys, passwords and the ACL.
+func debianMosquittoRoot(t *testing.T, root string) {
+	t.Helper()
+	main, err := os.ReadFile("/etc/mosquitto/mosquitto.conf")
+	if err != nil {
+		main = []byte(debianMainConf)
+	}
+	for _, d := range []string{"etc/mosquitto/conf.d", "etc/mosquitto/certs"} {
+		require.NoError(t, os.MkdirAll(filepath.Join(root, d), 0o755))
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(root, "etc/mosquitto/mosquitto.conf"), main, 0o644))
+	for _, d := range []string{"var/lib/mosquitto", "run/mosquitto", "var/log/mosquitto"} {
+		p := filepath.Join(root, d)
+		require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
+		require.NoError(t, os.Mkdir(p, 0o750))
+		chownAsRoot(t, p, "mosquitto", "mosquitto")
+	}
+}
+
+// chownAsRoot gives path to user and group when the test runs as root;
+// otherwise every process the test starts runs as the test's user and
+// nothing needs changing.
+func chownAsRoot(t *testing.T, path, user, group string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		return
+	}
+	u, err := osuser.Lookup(user)
+	require.NoError(t, err, "user %s (the mosquitto package creates mosquitto)", user)
+	g, err := osuser.LookupGroup(group)
+	require.NoError(t, err, "group %s", group)
+	require.NoError(t, os.Chown(path, atoi(t, u.Uid), atoi(t, g.Gid)))
+}
+
+// debianConfig is the main config of a Debian mosquitto under root, ready
+// for mosquitto -c: every conf.d/*.conf is copied to dir/conf.d, and in
+// all of them absolute paths under /etc/mosquitto, /var/lib/mosquitto,
+// /run/mosquitto and /var/log/mosquitto point into root and the listeners,
+// in order, move to ports on 127.0.0.1.
+func debianConfig(t *testing.T, root, dir string, ports []int) string {
+	t.Helper()
+	next := 0
+	rewrite := func(conf string) string {
+		for _, p := range []string{"/etc/mosquitto/", "/var/lib/mosquitto/", "/run/mosquitto/", "/var/log/mosquitto/"} {
+			conf = strings.ReplaceAll(conf, " "+p, " "+root+p)
+		}
+		return listenerLine.ReplaceAllStringFunc(conf, func(string) string {
+			require.Less(t, next, len(ports), "more listeners than ports")
+			next++
+			return fmt.Sprintf("listener %d 127.0.0.1", ports[next-1])
+		})
+	}
+	main, err := os.ReadFile(filepath.Join(root, "etc/mosquitto/mosquitto.conf"))
+	require.NoError(t, err)
+	require.Contains(t, string(main), "include_dir /etc/mosquitto/conf.d\n", "Debian's main file includes conf.d")
+	confD := filepath.Join(dir, "conf.d")
+	require.NoError(t, os.RemoveAll(confD))
+	require.NoError(t, os.MkdirAll(confD, 0o755))
+	dropIns, err := filepath.Glob(filepath.Join(root, "etc/mosquitto/conf.d/*.conf"))
+	require.NoError(t, err)
+	mainConf := rewrite(strings.Replace(string(main), "include_dir /etc/mosquitto/conf.d\n", "include_dir "+confD+"\n", 1))
+	for _, f := range dropIns {
+		b, err := os.ReadFile(f)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(confD, filepath.Base(f)), []byte(rewrite(string(b))), 0o644))
+	}
+	require.Equal(t, len(ports), next, "every port went to a listener")
+	return mainConf
+}
+
+var listenerLine = regexp.MustCompile(`(?m)^listener [0-9]+( \S+)?$`)
+
+// countListeners counts the listener lines of root's conf.d.
+func countListeners(t *testing.T, root string) int {
+	t.Helper()
+	dropIns, err := filepath.Glob(filepath.Join(root, "etc/mosquitto/conf.d/*.conf"))
+	require.NoError(t, err)
+	n := 0
+	for _, f := range dropIns {
+		b, err := os.ReadFile(f)
+		require.NoError(t, err)
+		n += len(listenerLine.FindAll(b, -1))
+	}
+	return n
+}
+
+// startDebianMosquitto starts mosquitto as Debian's unit does (mosquitto
+// -c /etc/mosquitto/mosquitto.conf, as root where the test is root) with
+// root standing for /, after debianMosquittoRoot and the files the
+// drop-ins name are in place. Ports[i] is the i-th listener of conf.d.
+// mosquitto's own log file (Debian's log_dest) is shown when the test fails.
+func startDebianMosquitto(t *testing.T, root string) *mosquittoProc {
+	t.Helper()
 	mosquittoBin(t)
+	m := &mosquittoProc{Mosquitto: testkit.NewMosquitto(t), t: t}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(root, "var/log/mosquitto/mosquitto.log"))
+			t.Logf("mosquitto's log file:\n%s", b)
+		}
+	})
+	m.Start(countListeners(t, root), func(ports []int) string { return debianConfig(t, root, m.Dir, ports) })
+	return m
+}
+
+// selfSigned writes a self-signed certificate for 127.0.0.1 and its key.
+func selfSigned(t *testing.T, crt, key string) {
+	t.Helper()
 	if _, err := exec.LookPath("openssl"); err != nil {
 		t.Skip("openssl is needed for a test certificate")
 	}
-	mq := testkit.NewMosquitto(t)
-	dir := mq.Dir
-	key, crt := filepath.Join(dir, "server.key"), filepath.Join(dir, "server.crt")
 	run(t, "", "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
 		"-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
 		"-keyout", key, "-out", crt)
-	require.NoError(t, os.Chmod(key, 0o644))
-	passwd := filepath.Join(dir, "passwd")
-	run(t, "", "mosquitto_passwd", "-c", "-b", passwd, "dev-1", "pw-1")
-	require.NoError(t, os.Chmod(passwd, 0o644))
-	acl, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy/mosquitto/acl.conf"))
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "acl"), acl, 0o644))
-	require.NoError(t, os.MkdirAll(filepath.Join(dir, "data"), 0o777))
+}
 
-	prod, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy/mosquitto/mosquitto.conf"))
-	require.NoError(t, err)
-	mq.Start(2, func(ports []int) string {
-		conf := strings.NewReplacer(
-			"/etc/mosquitto/edgefleet.passwd", passwd,
-			"/etc/mosquitto/edgefleet.acl", filepath.Join(dir, "acl"),
-			"/etc/mosquitto/certs/server.crt", crt,
-			"/etc/mosquitto/certs/server.key", key,
-			"/etc/mosquitto/certs/ca.crt", crt,
-			"/var/lib/mosquitto/", filepath.Join(dir, "data")+"/",
-			"listener 8883\n", fmt.Sprintf("listener %d 127.0.0.1\n", ports[0]),
-			"listener 1883 127.0.0.1\n", fmt.Sprintf("listener %d 127.0.0.1\n", ports[1]),
-		).Replace(string(prod))
-		for _, want := range []string{passwd, crt, key, fmt.Sprint(ports[0]), fmt.Sprint(ports[1]), filepath.Join(dir, "data")} {
-			require.Contains(t, conf, want, "the production config changed shape: update this test's replacements")
-		}
-		return conf
-	})
+// TestMosquittoProductionConfig starts mosquitto the Debian way — Debian's
+// main mosquitto.conf including deploy/mosquitto/mosquitto.conf as a
+// conf.d drop-in, TLS listener, limits — with only paths and ports pointed
+// into a temporary root and a self-signed certificate whose key has the
+// owner and mode docs/deploy.md gives it, and checks that a TLS client with
+// a device's password is accepted while a wrong password and plain MQTT on
+// the TLS port are not. A drop-in that repeats an option of Debian's main
+// file makes mosquitto exit 3 (the check can fail).
+func TestMosquittoProductionConfig(t *testing.T) {
+	t.Parallel()
+	mosquittoBin(t)
+	root := newRoot(t, false)
+	debianMosquittoRoot(t, root)
+	etc := filepath.Join(root, "etc/mosquitto")
+	crt, key := filepath.Join(etc, "certs/server.crt"), filepath.Join(etc, "certs/server.key")
+	selfSigned(t, crt, key)
+	require.NoError(t, os.Chmod(key, 0o640))
+	chownAsRoot(t, key, "root", "mosquitto")
+	run(t, "", "cp", crt, filepath.Join(etc, "certs/ca.crt"))
+	synced := filepath.Join(etc, "edgefleet")
+	require.NoError(t, os.Mkdir(synced, 0o750))
+	chownAsRoot(t, synced, "mosquitto", "mosquitto")
+	run(t, "", "mosquitto_passwd", "-c", "-b", filepath.Join(synced, "passwd"), "dev-1", "pw-1")
+	require.NoError(t, os.WriteFile(filepath.Join(synced, "acl"), deployFile(t, "mosquitto/acl.conf"), 0o640))
+	for _, f := range []string{"passwd", "acl"} {
+		require.NoError(t, os.Chmod(filepath.Join(synced, f), 0o640))
+		chownAsRoot(t, filepath.Join(synced, f), "mosquitto", "mosquitto")
+	}
+	prod := deployFile(t, "mosquitto/mosquitto.conf")
+	require.NoError(t, os.WriteFile(filepath.Join(etc, "conf.d/edgefleet.conf"), prod, 0o644))
+	for _, p := range []string{"/etc/mosquitto/edgefleet/passwd", "/etc/mosquitto/edgefleet/acl", "/etc/mosquitto/certs/server.key"} {
+		require.Contains(t, string(prod), " "+p+"\n", "the production config changed shape: update this test's files")
+	}
+
+	mq := startDebianMosquitto(t, root)
 	tlsPort := mq.Ports[0]
-
 	// No control plane publishes here, so a subscription that was accepted
 	// times out (mosquitto_sub exits 27); a refused login or a TLS failure
 	// exits otherwise.
@@ -233,9 +366,55 @@ func TestMosquittoProductionConfig(t *testing.T) {
 	assert.NotEqual(t, 0, code)
 	code, o = runCode(t, "mosquitto_sub", "-h", "127.0.0.1", "-p", fmt.Sprint(tlsPort), "-u", "dev-1", "-P", "pw-1", "-t", "x", "-C", "1", "-W", "1")
 	assert.NotEqual(t, 27, code, "plain MQTT on the TLS listener fails: %s", o)
+	pid, err := os.ReadFile(filepath.Join(root, "run/mosquitto/mosquitto.pid"))
+	require.NoError(t, err, "mosquitto wrote Debian's pid file, which broker sync signals")
+	comm, err := os.ReadFile("/proc/" + strings.TrimSpace(string(pid)) + "/comm")
+	require.NoError(t, err, "the pid file names a running process")
+	assert.Equal(t, "mosquitto\n", string(comm))
 	select {
 	case <-mq.Exited():
 		t.Fatal("mosquitto exited with the production config (its log follows)")
 	default:
 	}
+
+	// The drop-in as it was: repeating Debian's persistence_location.
+	require.NoError(t, os.WriteFile(filepath.Join(etc, "conf.d/edgefleet.conf"),
+		append(slices.Clone(prod), "persistence_location /var/lib/mosquitto/\n"...), 0o644))
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "mosquitto.conf")
+	require.NoError(t, os.WriteFile(conf, []byte(debianConfig(t, root, dir, testkit.FreePorts(t, 2))), 0o644))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, mosquittoBin(t), "-c", conf).CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "mosquitto must refuse the repeated option: %s", out)
+	assert.Equal(t, 3, ee.ExitCode(), "%s", out)
+	assert.Contains(t, string(out), "Duplicate persistence_location")
+}
+
+// TestMosquittoRetainedFromDevice pins what docs/security.md says of
+// mosquitto: its ACL file has no rule for the retain flag, so a device's
+// retained publish on its own status topic is kept (the embedded broker
+// refuses it), while one on another device's topic is dropped.
+func TestMosquittoRetainedFromDevice(t *testing.T) {
+	t.Parallel()
+	cpPassword := fmt.Sprintf("cp-%d", time.Now().UnixNano())
+	mq := startMosquitto(t, cpPassword)
+	run(t, "", "mosquitto_passwd", "-b", mq.passwd, "dev-1", "pw-1")
+	require.NoError(t, os.Chmod(mq.passwd, 0o644))
+	mq.Reload()
+	sc := topics.Scheme{}
+	retain := func(topic string) bool {
+		code, _ := runCode(t, "mosquitto_pub", "-h", "127.0.0.1", "-p", fmt.Sprint(mq.Ports[0]),
+			"-u", "dev-1", "-P", "pw-1", "-t", topic, "-m", "retained by dev-1", "-q", "1", "-r")
+		return code == 0 // a denied publish is dropped silently; a refused login fails
+	}
+	require.Eventually(t, func() bool { return retain(sc.Status("dev-1")) }, 15*time.Second, 100*time.Millisecond,
+		"mosquitto never let dev-1 in after the reload")
+	require.True(t, retain(sc.Status("dev-2")))
+	code, out := mq.sub(controlUser, cpPassword, sc.Status("dev-1"), 5)
+	assert.Equal(t, 0, code, "a device's retained status is kept on mosquitto: %s", out)
+	assert.Contains(t, out, "retained by dev-1")
+	code, out = mq.sub(controlUser, cpPassword, sc.Status("dev-2"), 2)
+	assert.Equal(t, 27, code, "nothing retained on another device's topic: %s", out)
 }

@@ -100,3 +100,59 @@ func TestImageIsReferencedConsistently(t *testing.T) {
 	assert.Contains(t, string(compose), "image: "+image+":", "compose builds and tags the same image")
 	assert.Contains(t, string(compose), "dockerfile: deploy/image/Dockerfile")
 }
+
+// TestControlPlaneTarball packages the control plane as `make dist` does
+// (scripts/package-controlplane.sh) and checks it holds what
+// docs/deploy.md's server section installs — both units, the mosquitto
+// files — with modes that do not depend on the umask, byte-reproducibly.
+func TestControlPlaneTarball(t *testing.T) {
+	t.Parallel()
+	root := repoRoot(t)
+	mk, err := os.ReadFile(filepath.Join(root, "Makefile"))
+	require.NoError(t, err)
+	assert.Contains(t, string(mk), "sh scripts/package-controlplane.sh $(VERSION) $$arch", "make dist packages with the script this test runs")
+
+	in := t.TempDir()
+	bin, lib := filepath.Join(in, "edgefleet"), filepath.Join(in, "libonnxruntime.so.1")
+	require.NoError(t, os.WriteFile(bin, []byte("not really a binary"), 0o700))
+	require.NoError(t, os.WriteFile(lib, []byte("not really a library"), 0o600))
+	pack := func(umask string) string {
+		out := t.TempDir()
+		cmd := exec.Command("sh", "-c", "umask "+umask+" && exec sh scripts/package-controlplane.sh 9.9.9 arm64 \"$0\" \"$1\" \"$2\"", bin, lib, out)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=1700000000")
+		b, err := cmd.CombinedOutput()
+		require.NoError(t, err, "%s", b)
+		return strings.TrimSpace(string(b))
+	}
+	tarball := pack("022")
+	assert.Equal(t, "edgefleet-9.9.9-linux-arm64.tar.gz", filepath.Base(tarball))
+	assert.Equal(t, sha256File(t, tarball), sha256File(t, pack("077")), "the same inputs give the same archive")
+
+	listing := run(t, "", "tar", "-tvzf", tarball)
+	got := map[string]string{} // path → mode
+	for line := range strings.SplitSeq(strings.TrimSpace(listing), "\n") {
+		f := strings.Fields(line)
+		got[strings.TrimPrefix(f[len(f)-1], "edgefleet-9.9.9-linux-arm64/")] = f[0]
+	}
+	want := map[string]string{
+		"bin/edgefleet":                         "-rwxr-xr-x",
+		"lib/libonnxruntime.so.1":               "-rw-r--r--",
+		"systemd/edgefleet.service":             "-rw-r--r--",
+		"systemd/edgefleet-broker-sync.service": "-rw-r--r--",
+	}
+	mosq, err := filepath.Glob(filepath.Join(root, "deploy/mosquitto/*"))
+	require.NoError(t, err)
+	require.NotEmpty(t, mosq)
+	for _, f := range mosq {
+		want["mosquitto/"+filepath.Base(f)] = "-rw-r--r--"
+	}
+	for path, mode := range want {
+		assert.Equal(t, mode, got[path], "%s in the control plane tarball", path)
+	}
+	for path := range got {
+		if path != "" && !strings.HasSuffix(path, "/") {
+			assert.Contains(t, want, path, "only what the docs install is packaged")
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -20,6 +21,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/controlplane/cli"
 	"github.com/edgefleet/edgefleet/internal/topics"
 )
 
@@ -59,13 +62,27 @@ func TestSystemdUnits(t *testing.T) {
 			"Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/var/lib/edgefleet",
 			"User=edgefleet", "ExecStart=/usr/local/bin/edgefleet serve",
 		},
+		// As mosquitto's user (to signal it), writing only the directory of
+		// the files it keeps; the token from a file, never argv.
+		"edgefleet-broker-sync.service": {
+			"User=mosquitto", "Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=\n",
+			"ReadWritePaths=/etc/mosquitto/edgefleet\n", "Environment=EDGEFLEET_TOKEN_FILE=/etc/mosquitto/edgefleet.token",
+			"ExecStart=/usr/local/bin/edgefleet broker sync", "--pid-file /run/mosquitto/mosquitto.pid",
+			"--passwd-file /etc/mosquitto/edgefleet/passwd", "--acl-file /etc/mosquitto/edgefleet/acl",
+			"After=network-online.target mosquitto.service edgefleet.service",
+		},
 	}
 	for name, want := range units {
 		t.Run(name, func(t *testing.T) {
 			unit := string(deployFile(t, "systemd/"+name))
 			for _, w := range want {
+				if strings.HasPrefix(w, "--") {
+					assert.Contains(t, unit, " "+w+" ", "%s passes %s", name, w)
+					continue
+				}
 				assert.Contains(t, unit, "\n"+w, "%s sets %s", name, w)
 			}
+			assert.NotContains(t, unit, "--token ", "%s: no token in argv", name)
 			verifyUnit(t, root, name, unit)
 		})
 	}
@@ -104,10 +121,30 @@ func TestMosquittoACLIsGenerated(t *testing.T) {
 			assert.Contains(t, lines, d, "%s sets %s", conf, d)
 		}
 		if conf != "mosquitto/mosquitto-test.conf" {
-			for _, d := range []string{"persistence true", "max_queued_messages 1000", "tls_version tlsv1.2"} {
+			for _, d := range []string{"max_queued_messages 1000", "tls_version tlsv1.2"} {
 				assert.Contains(t, lines, d, "%s sets %s", conf, d)
 			}
 		}
+		if conf == "compose/mosquitto.conf" {
+			assert.Contains(t, lines, "persistence true", "%s keeps retained messages and queues", conf)
+		}
+	}
+}
+
+// TestMosquittoDropInLeavesDebianAlone: deploy/mosquitto/mosquitto.conf is
+// a drop-in for Debian's /etc/mosquitto/conf.d; it sets no option that
+// Debian's main file sets (mosquitto exits 3 on a repeated pid_file or
+// persistence_location, and a second log_dest would log everything twice).
+// TestMosquittoProductionConfig starts the two together.
+func TestMosquittoDropInLeavesDebianAlone(t *testing.T) {
+	main := map[string]bool{}
+	for _, l := range confLines(debianMainConf) {
+		main[strings.Fields(l)[0]] = true
+	}
+	require.True(t, main["persistence_location"], "Debian's main file as the test knows it")
+	for _, l := range confLines(string(deployFile(t, "mosquitto/mosquitto.conf"))) {
+		opt := strings.Fields(l)[0]
+		assert.False(t, main[opt], "deploy/mosquitto/mosquitto.conf sets %q, which Debian's main mosquitto.conf sets already", opt)
 	}
 }
 
@@ -130,7 +167,10 @@ type composeFile struct {
 	Secrets  map[string]struct {
 		File string `yaml:"file"`
 	} `yaml:"secrets"`
-	Volumes map[string]struct{} `yaml:"volumes"`
+	Volumes map[string]struct {
+		Driver     string            `yaml:"driver"`
+		DriverOpts map[string]string `yaml:"driver_opts"`
+	} `yaml:"volumes"`
 }
 
 type composeService struct {
@@ -141,6 +181,8 @@ type composeService struct {
 		Args       map[string]string `yaml:"args"`
 	} `yaml:"build"`
 	Restart     string            `yaml:"restart"`
+	User        string            `yaml:"user"`
+	Pid         string            `yaml:"pid"`
 	DependsOn   yaml.Node         `yaml:"depends_on"`
 	Command     []string          `yaml:"command"`
 	Entrypoint  []string          `yaml:"entrypoint"`
@@ -153,6 +195,7 @@ type composeService struct {
 		Interval string   `yaml:"interval"`
 		Timeout  string   `yaml:"timeout"`
 		Retries  int      `yaml:"retries"`
+		Disable  bool     `yaml:"disable"`
 	} `yaml:"healthcheck"`
 }
 
@@ -163,7 +206,10 @@ func TestComposeFile(t *testing.T) {
 	dir := filepath.Join(repoRoot(t), "deploy/compose")
 	var c composeFile
 	require.NoError(t, decodeStrict(deployFile(t, "compose/compose.yaml"), &c))
-	require.ElementsMatch(t, []string{"mosquitto", "edgefleet", "prometheus", "grafana"}, keys(c.Services))
+	require.ElementsMatch(t, []string{"mosquitto", "broker-sync", "edgefleet", "prometheus", "grafana"}, keys(c.Services))
+	for name, sec := range c.Secrets {
+		assert.True(t, strings.HasPrefix(sec.File, "./secrets/"), "secret %s is a file the operator makes in ./secrets", name)
+	}
 	for name, s := range c.Services {
 		assert.True(t, s.Image != "" || s.Build != nil, "service %s has an image or a build", name)
 		if s.Build != nil {
@@ -190,9 +236,35 @@ func TestComposeFile(t *testing.T) {
 			}
 		}
 	}
+	// compose builds with the repository as context: the operator's
+	// secrets beside compose.yaml must stay out of it.
+	ignore, err := os.ReadFile(filepath.Join(repoRoot(t), ".dockerignore"))
+	require.NoError(t, err)
+	for _, f := range operatorFiles {
+		p := "deploy/compose/" + strings.TrimSuffix(strings.TrimPrefix(f, "./"), "/") + "/"
+		assert.Contains(t, confLines(string(ignore)), p, ".dockerignore leaves out the operator's %s", f)
+	}
+
 	cp := c.Services["edgefleet"]
 	assert.Contains(t, cp.Command, "--mqtt-url=tcp://mosquitto:1883", "the control plane uses the compose mosquitto")
 	assert.Contains(t, cp.Command, "--mqtt-username="+controlUser, "the ACL's control user")
+	assert.Contains(t, cp.Command, "--listen=0.0.0.0:8080", "broker-sync reaches the API on the compose network")
+
+	// broker-sync: beside mosquitto, as its uid, in its pid namespace.
+	bs, mq := c.Services["broker-sync"], c.Services["mosquitto"]
+	assert.Equal(t, "service:mosquitto", bs.Pid, "broker-sync sees mosquitto's process to signal it")
+	assert.Equal(t, mq.User, bs.User, "broker-sync runs as mosquitto's uid, so it may signal it")
+	assert.Equal(t, "1883:1883", mq.User, "the eclipse-mosquitto image's mosquitto user")
+	assert.Equal(t, cp.Image, bs.Image, "broker-sync is the edgefleet image")
+	assert.Equal(t, cp.Build, bs.Build, "built like the control plane's (compose would pull an image nothing pushed)")
+	if assert.NotNil(t, bs.Healthcheck) {
+		assert.True(t, bs.Healthcheck.Disable, "the image's health check asks an API broker-sync does not serve")
+	}
+	assert.Empty(t, bs.DependsOn.Content, "broker-sync must not wait for the control plane: mosquitto waits for it")
+	kit := composeKit(t)
+	sync := c.Volumes[kit.syncVolume]
+	assert.Equal(t, "tmpfs", sync.DriverOpts["type"], "the sync volume is a tmpfs")
+	assert.Contains(t, sync.DriverOpts["o"], "uid=1883,gid=1883", "owned by mosquitto's uid: broker-sync starts first, a plain volume would be root's")
 }
 
 func dependsOn(t *testing.T, n yaml.Node) []string {
@@ -266,12 +338,14 @@ type k8sService struct {
 	Spec       struct {
 		Type     string            `yaml:"type"`
 		Selector map[string]string `yaml:"selector"`
-		Ports    []struct {
-			Name       string `yaml:"name"`
-			Port       int    `yaml:"port"`
-			TargetPort string `yaml:"targetPort"`
-		} `yaml:"ports"`
+		Ports    []k8sServicePort  `yaml:"ports"`
 	} `yaml:"spec"`
+}
+
+type k8sServicePort struct {
+	Name       string `yaml:"name"`
+	Port       int    `yaml:"port"`
+	TargetPort string `yaml:"targetPort"`
 }
 
 type k8sProbe struct {
@@ -287,10 +361,11 @@ type k8sProbe struct {
 }
 
 type k8sContainer struct {
-	Name  string   `yaml:"name"`
-	Image string   `yaml:"image"`
-	Args  []string `yaml:"args"`
-	Env   []struct {
+	Name    string   `yaml:"name"`
+	Image   string   `yaml:"image"`
+	Command []string `yaml:"command"`
+	Args    []string `yaml:"args"`
+	Env     []struct {
 		Name      string `yaml:"name"`
 		Value     string `yaml:"value"`
 		ValueFrom *struct {
@@ -343,18 +418,10 @@ type k8sStatefulSet struct {
 					FSGroup      int  `yaml:"fsGroup"`
 					RunAsNonRoot bool `yaml:"runAsNonRoot"`
 				} `yaml:"securityContext"`
+				ShareProcessNamespace         bool           `yaml:"shareProcessNamespace"`
 				TerminationGracePeriodSeconds int            `yaml:"terminationGracePeriodSeconds"`
 				Containers                    []k8sContainer `yaml:"containers"`
-				Volumes                       []struct {
-					Name      string `yaml:"name"`
-					ConfigMap *struct {
-						Name string `yaml:"name"`
-					} `yaml:"configMap"`
-					Secret *struct {
-						SecretName  string `yaml:"secretName"`
-						DefaultMode int    `yaml:"defaultMode"`
-					} `yaml:"secret"`
-				} `yaml:"volumes"`
+				Volumes                       []k8sVolume    `yaml:"volumes"`
 			} `yaml:"spec"`
 		} `yaml:"template"`
 		VolumeClaimTemplates []struct {
@@ -366,6 +433,45 @@ type k8sStatefulSet struct {
 				} `yaml:"resources"`
 			} `yaml:"spec"`
 		} `yaml:"volumeClaimTemplates"`
+	} `yaml:"spec"`
+}
+
+type k8sVolume struct {
+	Name      string `yaml:"name"`
+	ConfigMap *struct {
+		Name string `yaml:"name"`
+	} `yaml:"configMap"`
+	Secret *struct {
+		SecretName  string `yaml:"secretName"`
+		DefaultMode int    `yaml:"defaultMode"`
+		Optional    bool   `yaml:"optional"`
+	} `yaml:"secret"`
+	EmptyDir *struct {
+		Medium    string `yaml:"medium"`
+		SizeLimit string `yaml:"sizeLimit"`
+	} `yaml:"emptyDir"`
+}
+
+type k8sLabelSelector struct {
+	MatchLabels map[string]string `yaml:"matchLabels"`
+}
+
+type k8sNetworkPolicy struct {
+	APIVersion string  `yaml:"apiVersion"`
+	Kind       string  `yaml:"kind"`
+	Metadata   k8sMeta `yaml:"metadata"`
+	Spec       struct {
+		PodSelector k8sLabelSelector `yaml:"podSelector"`
+		PolicyTypes []string         `yaml:"policyTypes"`
+		Ingress     []struct {
+			From []struct {
+				PodSelector       *k8sLabelSelector `yaml:"podSelector"`
+				NamespaceSelector *k8sLabelSelector `yaml:"namespaceSelector"`
+			} `yaml:"from"`
+			Ports []struct {
+				Port string `yaml:"port"`
+			} `yaml:"ports"`
+		} `yaml:"ingress"`
 	} `yaml:"spec"`
 }
 
@@ -404,10 +510,12 @@ func TestKubernetesManifests(t *testing.T) {
 	require.NoError(t, decodeStrict(deployFile(t, "k8s/kustomization.yaml"), &kust))
 	assert.Equal(t, "Kustomization", kust.Kind)
 
-	apis := map[string]string{"Namespace": "v1", "Secret": "v1", "ConfigMap": "v1", "Service": "v1", "StatefulSet": "apps/v1"}
+	apis := map[string]string{"Namespace": "v1", "Secret": "v1", "ConfigMap": "v1", "Service": "v1", "StatefulSet": "apps/v1",
+		"NetworkPolicy": "networking.k8s.io/v1"}
 	secrets := map[string]k8sSecret{}
 	var sets []k8sStatefulSet
 	var services []k8sService
+	var policies []k8sNetworkPolicy
 	for _, file := range append(slices.Clone(kust.Resources), "secrets.example.yaml") {
 		for _, obj := range k8sObjects(t, file) {
 			where := fmt.Sprintf("%s: %s %s", file, obj.Kind, obj.Metadata.Name)
@@ -438,6 +546,10 @@ func TestKubernetesManifests(t *testing.T) {
 				var s k8sStatefulSet
 				err = decodeStrict(obj.raw, &s)
 				sets = append(sets, s)
+			case "NetworkPolicy":
+				var p k8sNetworkPolicy
+				err = decodeStrict(obj.raw, &p)
+				policies = append(policies, p)
 			}
 			assert.NoError(t, err, "%s: strict decode", where)
 		}
@@ -513,6 +625,66 @@ func TestKubernetesManifests(t *testing.T) {
 			assert.True(t, ports[target][p.TargetPort], "service %s: targetPort %s is a port of %s", svc.Metadata.Name, p.TargetPort, target)
 		}
 	}
+
+	// broker sync beside mosquitto reaches the control plane's Service.
+	kit := k8sKit(t)
+	api := regexp.MustCompile(`^http://([a-z0-9-]+):([0-9]+)$`).FindStringSubmatch(kit.env[cli.EnvAPI])
+	if assert.NotNil(t, api, "broker-sync's %s names a Service: %q", cli.EnvAPI, kit.env[cli.EnvAPI]) {
+		i := slices.IndexFunc(services, func(s k8sService) bool { return s.Metadata.Name == api[1] })
+		if assert.GreaterOrEqual(t, i, 0, "broker-sync's API Service %s exists", api[1]) {
+			svc := services[i]
+			assert.Equal(t, map[string]string{"app.kubernetes.io/name": "edgefleet"}, svc.Spec.Selector, "it selects the control plane")
+			assert.True(t, slices.ContainsFunc(svc.Spec.Ports, func(p k8sServicePort) bool {
+				return fmt.Sprint(p.Port) == api[2] && p.TargetPort == "api"
+			}), "Service %s serves the API on port %s", api[1], api[2])
+		}
+	}
+
+	// NetworkPolicies: each selects a workload, admits only its named ports,
+	// and from workloads that exist (or pods labelled as API clients).
+	require.Len(t, policies, 2, "a NetworkPolicy for mosquitto and one for the control plane")
+	workload := func(sel map[string]string) string {
+		for _, s := range sets {
+			if maps(s.Spec.Template.Metadata.Labels, sel) {
+				return s.Metadata.Name
+			}
+		}
+		return ""
+	}
+	admits := map[string]map[string][]string{} // workload → port → sources ("*" anyone)
+	for _, p := range policies {
+		target := workload(p.Spec.PodSelector.MatchLabels)
+		if !assert.NotEmpty(t, target, "NetworkPolicy %s selects a workload", p.Metadata.Name) {
+			continue
+		}
+		assert.Equal(t, []string{"Ingress"}, p.Spec.PolicyTypes, "NetworkPolicy %s", p.Metadata.Name)
+		admits[target] = map[string][]string{}
+		for _, in := range p.Spec.Ingress {
+			var from []string
+			for _, f := range in.From {
+				require.NotNil(t, f.PodSelector, "NetworkPolicy %s: sources are pods", p.Metadata.Name)
+				src := workload(f.PodSelector.MatchLabels)
+				if f.NamespaceSelector != nil {
+					src = "label:" + fmt.Sprint(f.PodSelector.MatchLabels)
+				}
+				assert.NotEmpty(t, src, "NetworkPolicy %s: a source selects a workload", p.Metadata.Name)
+				from = append(from, src)
+			}
+			if len(in.From) == 0 {
+				from = []string{"*"}
+			}
+			require.NotEmpty(t, in.Ports, "NetworkPolicy %s: every rule names ports", p.Metadata.Name)
+			for _, port := range in.Ports {
+				assert.True(t, ports[target][port.Port], "NetworkPolicy %s: port %s is a named port of %s", p.Metadata.Name, port.Port, target)
+				admits[target][port.Port] = append(admits[target][port.Port], from...)
+			}
+		}
+	}
+	assert.Equal(t, map[string][]string{"mqtt": {"edgefleet"}, "mqtts": {"*"}}, admits["mosquitto"],
+		"mosquitto's plain listener only from the control plane, TLS from anywhere")
+	assert.Equal(t, []string{"mosquitto", `label:map[edgefleet.io/api-client:true]`}, admits["edgefleet"]["api"],
+		"the API from broker sync and labelled clients only")
+	assert.Len(t, admits["edgefleet"], 1, "the control plane admits nothing but the API")
 }
 
 // maps reports whether sel is a non-empty subset of labels.
@@ -689,5 +861,18 @@ func TestMosquittoListenerOptionsFollowAListener(t *testing.T) {
 				t.Errorf("deploy/%s:%d: %q comes before any listener line (mosquitto would open 0.0.0.0:1883)", file, i+1, f[0])
 			}
 		}
+	}
+}
+
+// TestAgentConfigExample: deploy/agent/agent.yaml.example, which "shows
+// every key", is a config the agent accepts and names every key it has.
+func TestAgentConfigExample(t *testing.T) {
+	example := deployFile(t, "agent/agent.yaml.example")
+	_, err := agent.ParseConfig(example)
+	require.NoError(t, err, "the agent accepts its example config")
+	typ := reflect.TypeFor[agent.Config]()
+	for i := range typ.NumField() {
+		key, _, _ := strings.Cut(typ.Field(i).Tag.Get("yaml"), ",")
+		assert.Regexp(t, `(?m)^`+regexp.QuoteMeta(key)+`:`, string(example), "agent.yaml.example shows %s", key)
 	}
 }

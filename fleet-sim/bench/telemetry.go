@@ -396,7 +396,7 @@ func probeTelemetry(seq uint64, size int) []byte {
 	for i := range fraud.NumFeatures {
 		r.Features = append(r.Features, &efpb.FeatureSketch{Name: fmt.Sprintf("f%d", i), Counts: make([]uint64, 10)})
 	}
-	t := &efpb.Telemetry{ProtocolVersion: efpb.ProtocolVersion, DeviceId: probeID, Seq: seq, TimeUnixMs: time.Now().UnixMilli(),
+	t := &efpb.Telemetry{ProtocolVersion: efpb.ProtocolVersion1, DeviceId: probeID, Seq: seq, TimeUnixMs: time.Now().UnixMilli(),
 		AgentVersion: "probe", Monitoring: []*efpb.MonitorReport{r}}
 	p, _ := proto.Marshal(t)
 	for range 3 { // pad the agent version until the report is the agents' size

@@ -1,7 +1,9 @@
 package scenario
 
 import (
+	"bytes"
 	"context"
+	"encoding/csv"
 	"errors"
 	"fmt"
 	"io"
@@ -18,10 +20,13 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/models"
 	"github.com/edgefleet/edgefleet/fleet-sim/sim"
 	"github.com/edgefleet/edgefleet/internal/fraud"
+	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/oip"
 	"github.com/edgefleet/edgefleet/internal/onnxbuild"
+	"github.com/edgefleet/edgefleet/internal/onnxmodel"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
@@ -133,10 +138,19 @@ type PushModel struct {
 	// edgefleet model push --meta uploads and edgefleet model train writes.
 	// Default: <file>.meta.json when it exists, else none.
 	Meta string `yaml:"meta"`
+	// SampleInputs are File's sample inputs (an OIP request JSON, or a CSV
+	// for a model with one tabular input): the control plane records test
+	// vectors from them, as edgefleet model push --sample-inputs does.
+	SampleInputs string `yaml:"sample_inputs"`
+	// ReferenceData is a CSV of training rows for File's drift reference
+	// statistics (edgefleet model push --reference-data); its header names
+	// the features of csv traffic when there is no metadata.
+	ReferenceData string `yaml:"reference_data"`
 
-	// onnx and meta are File's and Meta's content, read at load.
-	onnx []byte
-	meta *efpb.Manifest
+	// onnx, meta, samples and reference are the files' content, read at
+	// load.
+	onnx, samples, reference []byte
+	meta                     *efpb.Manifest
 }
 
 const (
@@ -155,8 +169,11 @@ func (p *PushModel) Validate(sc *Scenario) error {
 		return fmt.Errorf("pad_bytes %d is outside [0, 256 MiB]", p.PadBytes)
 	}
 	if p.File == "" {
-		if p.Meta != "" {
+		switch {
+		case p.Meta != "":
 			return errors.New("meta needs file")
+		case p.SampleInputs != "" || p.ReferenceData != "":
+			return errors.New("sample_inputs and reference_data need file")
 		}
 		_, err := p.Params.Fraud()
 		return err
@@ -173,6 +190,16 @@ func (p *PushModel) load(sc *Scenario) error {
 	model, err := readBounded(path, maxModelFile)
 	if err != nil {
 		return fmt.Errorf("file: %w", err)
+	}
+	if p.SampleInputs != "" {
+		if p.samples, err = readBounded(sc.path(p.SampleInputs), models.MaxSamplesSize); err != nil {
+			return fmt.Errorf("sample_inputs: %w", err)
+		}
+	}
+	if p.ReferenceData != "" {
+		if p.reference, err = readBounded(sc.path(p.ReferenceData), models.MaxReferenceSize); err != nil {
+			return fmt.Errorf("reference_data: %w", err)
+		}
 	}
 	metaPath := sc.path(p.Meta)
 	if p.Meta == "" {
@@ -218,10 +245,19 @@ func (p *PushModel) input() (*efpb.TensorSpec, []string, error) {
 	if p.File == "" {
 		return &efpb.TensorSpec{Name: fraud.InputName, Datatype: "FP32", Shape: []int64{-1, fraud.NumFeatures}}, fraud.FeatureNames(), nil
 	}
-	if p.meta == nil {
-		return nil, nil, fmt.Errorf("%s has no metadata (no meta given and no %s.meta.json); csv traffic needs its input declared there (FP32, shape [-1, features])", p.File, p.File)
-	}
 	ins := p.meta.GetInputs()
+	if len(ins) == 0 {
+		// No metadata: the model says what it takes.
+		m, err := onnxmodel.Read(p.onnx)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", p.File, err)
+		}
+		d := infer.DescribeModel(m)
+		if err := d.Err(); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", p.File, err)
+		}
+		ins, _ = d.Specs()
+	}
 	if len(ins) != 1 {
 		return nil, nil, fmt.Errorf("the metadata of %s declares %d inputs; csv traffic needs exactly one (FP32, shape [N, features])", p.File, len(ins))
 	}
@@ -232,6 +268,17 @@ func (p *PushModel) input() (*efpb.TensorSpec, []string, error) {
 	var names []string
 	for _, ref := range p.meta.GetReference() {
 		names = append(names, ref.GetName())
+	}
+	if names == nil && p.reference != nil {
+		// The reference data's header names the features, in input order.
+		if header, err := csv.NewReader(bytes.NewReader(p.reference)).Read(); err == nil {
+			for _, h := range header {
+				names = append(names, strings.TrimSpace(h))
+			}
+			if w := in.GetShape()[1]; w > 0 && int64(len(names)) > w {
+				names = names[:w]
+			}
+		}
 	}
 	if w := in.GetShape()[1]; len(names) == 0 || (w > 0 && int64(len(names)) != w) || slices.Contains(names, "") {
 		names = nil // unnamed: the csv's columns, in order
@@ -297,7 +344,8 @@ func (p *PushModel) runFile(ctx context.Context, env *Env) (string, error) {
 	if p.meta != nil {
 		meta = proto.CloneOf(p.meta)
 	}
-	mv, err := env.Fleet.ControlPlane().AddModelVersion(ctx, p.Model, p.Version, model, meta, p.Force)
+	mv, err := env.Fleet.ControlPlane().AddModelUpload(ctx, models.Upload{Name: p.Model, Version: p.Version, Model: model, Meta: meta,
+		Samples: p.samples, Reference: p.reference, Force: p.Force})
 	if err != nil {
 		return "", err
 	}

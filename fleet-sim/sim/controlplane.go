@@ -16,6 +16,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/client"
+	"github.com/edgefleet/edgefleet/controlplane/models"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -28,6 +29,9 @@ import (
 type ControlPlane interface {
 	RegisterDevice(id string, labels map[string]string) (api.DeviceCredentials, error)
 	AddModelVersion(ctx context.Context, name, version string, model []byte, meta *efpb.Manifest, force bool) (api.ModelVersion, error)
+	// AddModelUpload adds a version with sample inputs and reference data
+	// (the control plane derives test vectors and drift statistics).
+	AddModelUpload(ctx context.Context, u models.Upload) (api.ModelVersion, error)
 	Deploy(ctx context.Context, req api.DeployRequest) (*api.DeployResult, error)
 	Devices(selector string) ([]api.Device, error)
 	Device(id string) (api.Device, error)
@@ -102,6 +106,22 @@ func (r *RemoteControlPlane) AddModelVersion(ctx context.Context, name, version 
 		}
 	}
 	return c.UploadModel(ctx, client.Upload{Name: name, Version: version, Model: bytes.NewReader(model), Metadata: mj, Force: force})
+}
+
+// AddModelUpload implements ControlPlane.
+func (r *RemoteControlPlane) AddModelUpload(ctx context.Context, u models.Upload) (api.ModelVersion, error) {
+	c, err := r.client()
+	if err != nil {
+		return api.ModelVersion{}, err
+	}
+	var mj []byte
+	if u.Meta != nil {
+		if mj, err = protojson.Marshal(u.Meta); err != nil {
+			return api.ModelVersion{}, fmt.Errorf("encode metadata: %w", err)
+		}
+	}
+	return c.UploadModel(ctx, client.Upload{Name: u.Name, Version: u.Version, Model: bytes.NewReader(u.Model), Metadata: mj,
+		Samples: u.Samples, Reference: u.Reference, Force: u.Force})
 }
 
 // Deploy implements ControlPlane.

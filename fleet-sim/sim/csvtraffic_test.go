@@ -91,11 +91,11 @@ func TestCSVSourceReplaysInOrder(t *testing.T) {
 	for i := range mine {
 		in, _, labelled := src.next(i)
 		assert.False(t, labelled, "no label column")
-		first := in[0].Data[0]
+		first := in[0].Data.([]float32)[0]
 		starts[first] = true
 		for k := 1; k <= 60; k++ {
 			in, _, _ = src.next(i)
-			assert.Equal(t, float32((int(first)+k)%50), in[0].Data[0], "device %d, request %d", i, k)
+			assert.Equal(t, float32((int(first)+k)%50), in[0].Data.([]float32)[0], "device %d, request %d", i, k)
 		}
 	}
 	assert.Len(t, starts, 3, "every device starts at its own offset")
@@ -107,7 +107,7 @@ func TestCSVSourceReplaysInOrder(t *testing.T) {
 	for range 4 {
 		in, label, labelled := src.next(1)
 		require.True(t, labelled)
-		seen[in[0].Data[0]] = label
+		seen[in[0].Data.([]float32)[0]] = label
 	}
 	assert.Equal(t, map[float32]int64{100: 1, 101: 0}, seen)
 	assert.Error(t, tr.ShiftParams([]string{"dev-1"}, tr.opts.Params), "csv traffic takes no fraud parameters")

@@ -313,7 +313,7 @@ func (t *Traffic) infer(ctx context.Context, m *Member, in []oip.Tensor) (ok boo
 			t.firstFailure = fmt.Sprintf("%s: %v", m.Device.ID, err)
 		}
 		t.mu.Unlock()
-	case t.opts.CSV == nil && (len(outs) != 1 || len(outs[0].Data) != 1 || !(outs[0].Data[0] >= 0 && outs[0].Data[0] <= 1)),
+	case t.opts.CSV == nil && !isProbability(outs),
 		t.opts.CSV != nil && len(outs) == 0:
 		t.failed.Add(1)
 		t.mu.Lock()
@@ -337,4 +337,14 @@ func (t *Traffic) wantOutput() string {
 		return "an output"
 	}
 	return "one probability"
+}
+
+// isProbability reports outputs holding one FP32 value in [0, 1]: the
+// fraud model's answer for one row.
+func isProbability(outs []oip.Tensor) bool {
+	if len(outs) != 1 {
+		return false
+	}
+	p, ok := outs[0].Data.([]float32)
+	return ok && len(p) == 1 && p[0] >= 0 && p[0] <= 1
 }

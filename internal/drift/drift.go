@@ -1,8 +1,9 @@
 // Package drift provides small, mergeable fixed-bin sketches and the
 // distances that compare a live distribution with a reference one: the
 // population stability index (PSI) and a Kolmogorov–Smirnov-style distance.
-// Imported by agent (which fills sketches per inference) and
-// controlplane/monitor (which merges them).
+// Imported by agent (which fills sketches per inference),
+// controlplane/monitor (which merges them), controlplane/models and
+// internal/fraud (reference statistics).
 package drift
 
 import (

@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/internal/drift"
 	"github.com/edgefleet/edgefleet/internal/onnxbuild"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -26,7 +27,7 @@ const (
 	Tolerance = 1e-4
 	// ReferenceBins is the number of quantile bins in the reference
 	// statistics of a continuous feature.
-	ReferenceBins = 10
+	ReferenceBins = drift.ReferenceBins
 )
 
 // Defaults for zero fields of TrainConfig.
@@ -260,63 +261,17 @@ func BuildONNX(m *Model) ([]byte, error) {
 	return out, nil
 }
 
-// ReferenceStats returns per-feature statistics of d for drift detection.
-// Bins: a feature with at most ReferenceBins distinct values gets one bin per
-// value (edges at the midpoints between them); any other feature gets
-// ReferenceBins quantile bins, with duplicate edges merged. Bin i holds the
-// values v with edges[i-1] <= v < edges[i]; the first and last bins are
-// open-ended, so len(bin_fractions) == len(bin_edges)+1.
+// ReferenceStats returns per-feature statistics of d for drift detection
+// (drift.Reference for each feature).
 func ReferenceStats(d *Dataset) []*efpb.FeatureStats {
 	names := FeatureNames()
-	n := d.Len()
 	out := make([]*efpb.FeatureStats, NumFeatures)
-	vals := make([]float64, n)
+	vals := make([]float64, d.Len())
 	for j := range NumFeatures {
 		for i := range vals {
 			vals[i] = float64(d.Rows[i][j])
 		}
-		fs := &efpb.FeatureStats{Name: names[j]}
-		out[j] = fs
-		if n == 0 {
-			continue
-		}
-		var sum float64
-		for _, v := range vals {
-			sum += v
-		}
-		fs.Mean = sum / float64(n)
-		var ss float64
-		for _, v := range vals {
-			ss += (v - fs.Mean) * (v - fs.Mean)
-		}
-		fs.Stddev = math.Sqrt(ss / float64(n))
-		sorted := slices.Clone(vals)
-		slices.Sort(sorted)
-		fs.Min, fs.Max = sorted[0], sorted[n-1]
-
-		distinct := slices.Compact(slices.Clone(sorted))
-		var edges []float64
-		if len(distinct) <= ReferenceBins {
-			for i := 1; i < len(distinct); i++ {
-				edges = append(edges, (distinct[i-1]+distinct[i])/2)
-			}
-		} else {
-			for q := 1; q < ReferenceBins; q++ {
-				e := sorted[q*n/ReferenceBins]
-				if len(edges) == 0 || e > edges[len(edges)-1] {
-					edges = append(edges, e)
-				}
-			}
-		}
-		fs.BinEdges = edges
-		counts := make([]int, len(edges)+1)
-		for _, v := range sorted {
-			counts[binIndex(edges, v)]++
-		}
-		fs.BinFractions = make([]float64, len(counts))
-		for i, c := range counts {
-			fs.BinFractions[i] = float64(c) / float64(n)
-		}
+		out[j] = drift.Reference(names[j], vals)
 	}
 	return out
 }

@@ -1,8 +1,8 @@
 // Package fraud is edgefleet's worked example: synthetic card transactions
 // with a hidden, drift-able fraud rule, a logistic-regression trainer, and
 // the export of a trained model as an ONNX artifact with the manifest
-// metadata agents check. Imported by controlplane/cli (model train) and
-// fleet-sim/....
+// metadata agents check. Imported by controlplane/cli (model train),
+// fleet-sim/... and internal/fleettest.
 package fraud
 
 import (

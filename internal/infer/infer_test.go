@@ -79,13 +79,16 @@ func TestCheckFraudTestVectors(t *testing.T) {
 	s := loadFraud(t, r)
 	require.NoError(t, s.Warm())
 	m := a.Metadata()
-	require.NoError(t, s.Check(m.TestVectors, m.Tolerance))
+	require.NoError(t, s.Check(m.TestVectors, ManifestTolerance(m)))
 	// Also with nil names: all inputs and outputs.
 	s2, err := r.Load(a.ONNX, nil, nil)
 	require.NoError(t, err)
-	require.NoError(t, s2.Check(m.TestVectors, m.Tolerance))
+	require.NoError(t, s2.Check(m.TestVectors, ManifestTolerance(m)))
 	assert.Equal(t, []string{fraud.OutputName}, outputNames(mustRun(t, s2, rowsTensor(make([]fraud.Row, 2)))))
 }
+
+// f32 returns the float32 data of t.
+func f32(t Tensor) []float32 { return t.Data.([]float32) }
 
 func mustRun(t *testing.T, s *Session, in ...Tensor) []Tensor {
 	t.Helper()
@@ -103,7 +106,7 @@ func TestCheckDetectsFailures(t *testing.T) {
 	t.Run("altered expected value", func(t *testing.T) {
 		m := proto.CloneOf(base)
 		m.TestVectors[3].Expected[0].Data[0] += 0.01
-		err := s.Check(m.TestVectors, m.Tolerance)
+		err := s.Check(m.TestVectors, ManifestTolerance(m))
 		require.Error(t, err)
 		assert.ErrorIs(t, err, ErrCheckFailed)
 		var mm *MismatchError
@@ -111,7 +114,9 @@ func TestCheckDetectsFailures(t *testing.T) {
 		assert.Equal(t, 3, mm.Vector)
 		assert.Equal(t, fraud.OutputName, mm.Output)
 		assert.Equal(t, 0, mm.Element)
-		assert.InDelta(t, mm.Want-0.01, mm.Got, 1e-4)
+		want, _ := strconv.ParseFloat(mm.Want, 32)
+		got, _ := strconv.ParseFloat(mm.Got, 32)
+		assert.InDelta(t, want-0.01, got, 1e-4)
 		assert.Contains(t, err.Error(), `test vector 3: output "fraud_probability" element 0: got`)
 	})
 	t.Run("altered element in the batch vector", func(t *testing.T) {
@@ -119,10 +124,10 @@ func TestCheckDetectsFailures(t *testing.T) {
 		last := len(m.TestVectors) - 1
 		m.TestVectors[last].Expected[0].Data[5] = 2 // a probability cannot be 2
 		var mm *MismatchError
-		require.ErrorAs(t, s.Check(m.TestVectors, m.Tolerance), &mm)
+		require.ErrorAs(t, s.Check(m.TestVectors, ManifestTolerance(m)), &mm)
 		assert.Equal(t, last, mm.Vector)
 		assert.Equal(t, 5, mm.Element)
-		assert.Equal(t, float32(2), mm.Want)
+		assert.Equal(t, "2", mm.Want)
 	})
 
 	tests := []struct {
@@ -131,21 +136,22 @@ func TestCheckDetectsFailures(t *testing.T) {
 		want   string
 	}{
 		{"no vectors", func(m *efpb.Manifest) { m.TestVectors = nil }, "no test vectors"},
-		{"negative tolerance", func(m *efpb.Manifest) { m.Tolerance = -1 }, "tolerance -1"},
+		{"negative tolerance", func(m *efpb.Manifest) { m.Tolerance = -1 }, "tolerance -1 + 0"},
+		{"negative relative tolerance", func(m *efpb.Manifest) { m.RelativeTolerance = -1 }, "+ -1·|want| is not finite"},
 		{"no expected outputs", func(m *efpb.Manifest) { m.TestVectors[2].Expected = nil }, "test vector 2 has no expected outputs"},
 		{"unknown output", func(m *efpb.Manifest) { m.TestVectors[1].Expected[0].Name = "score" },
 			`test vector 1 expects output "score"`},
 		{"wrong expected shape", func(m *efpb.Manifest) { m.TestVectors[0].Expected[0].Shape = []int64{1} },
-			`test vector 0: output "fraud_probability" has shape [1 1], expected [1]`},
+			`test vector 0: output "fraud_probability" has shape [1,1], expected [1]`},
 		{"bad input shape", func(m *efpb.Manifest) { m.TestVectors[4].Inputs[0].Shape = []int64{1, 6} },
-			`test vector 4: infer: run: bad input: input "features" has shape [1 6]`},
+			`test vector 4 input 0: invalid tensor: tensor "features" has 7 values, shape [1,6] needs 6`},
 		{"NaN expected", func(m *efpb.Manifest) { m.TestVectors[0].Expected[0].Data[0] = float32(nan()) }, "want NaN"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m := proto.CloneOf(base)
 			tt.modify(m)
-			err := s.Check(m.TestVectors, m.Tolerance)
+			err := s.Check(m.TestVectors, ManifestTolerance(m))
 			require.Error(t, err)
 			assert.ErrorIs(t, err, ErrCheckFailed)
 			assert.Contains(t, err.Error(), tt.want)
@@ -210,25 +216,26 @@ func TestRunRejectsBadInputs(t *testing.T) {
 	r := newRuntime(t)
 	s := loadFraud(t, r)
 	ok := rowsTensor(make([]fraud.Row, 2))
+	okData := ok.Data.([]float32)
 	tests := []struct {
 		name   string
 		inputs []Tensor
 		want   string
 	}{
-		{"no inputs", nil, `got 0 input tensors, the model takes 1 (["features [-1 7]"])`},
+		{"no inputs", nil, `got 0 input tensors, the model takes 1 (["features FP32 [-1 7]"])`},
 		{"two inputs", []Tensor{ok, ok}, "got 2 input tensors"},
 		{"unknown name", []Tensor{{Name: "x", Shape: ok.Shape, Data: ok.Data}}, `unknown input "x"`},
 		{"rank 1", []Tensor{{Name: "features", Shape: []int64{14}, Data: ok.Data}},
 			`input "features" has shape [14] (rank 1), the model wants rank 2 [-1 7]`},
 		{"rank 3", []Tensor{{Name: "features", Shape: []int64{1, 2, 7}, Data: ok.Data}}, "rank 3"},
-		{"wrong feature count", []Tensor{{Name: "features", Shape: []int64{2, 6}, Data: ok.Data[:12]}},
+		{"wrong feature count", []Tensor{{Name: "features", Shape: []int64{2, 6}, Data: okData[:12]}},
 			`input "features" has shape [2 6], the model wants dimension 1 = 7`},
-		{"short data", []Tensor{{Name: "features", Shape: []int64{2, 7}, Data: ok.Data[:13]}},
-			`input "features" has 13 values, shape [2 7] needs 14`},
-		{"long data", []Tensor{{Name: "features", Shape: []int64{1, 7}, Data: ok.Data}}, "has 14 values, shape [1 7] needs 7"},
-		{"zero batch", []Tensor{{Name: "features", Shape: []int64{0, 7}}}, "dimension 0 is 0, want >= 1"},
+		{"short data", []Tensor{{Name: "features", Shape: []int64{2, 7}, Data: okData[:13]}},
+			`tensor "features" has 13 values, shape [2,7] needs 14`},
+		{"long data", []Tensor{{Name: "features", Shape: []int64{1, 7}, Data: ok.Data}}, "has 14 values, shape [1,7] needs 7"},
 		{"negative batch", []Tensor{{Name: "features", Shape: []int64{-1, 7}}}, "dimension 0 is -1"},
 		{"huge batch", []Tensor{{Name: "features", Shape: []int64{1 << 40, 7}}}, "more than"},
+		{"other datatype", []Tensor{{Name: "features", Shape: []int64{1, 7}, Data: make([]float64, 7)}}, `input "features" is FP64, the model takes FP32`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -260,12 +267,12 @@ func TestMatchesGoPredict(t *testing.T) {
 		want := a.Predict(d.Rows)
 		var maxDiff float64
 		for i := range want {
-			diff := float64(out[0].Data[i]) - float64(want[i])
+			diff := float64(f32(out[0])[i]) - float64(want[i])
 			if diff < 0 {
 				diff = -diff
 			}
 			maxDiff = max(maxDiff, diff)
-			require.InDelta(t, want[i], out[0].Data[i], 1e-5, "row %d %v (params %+v)", i, d.Rows[i], p)
+			require.InDelta(t, want[i], f32(out[0])[i], 1e-5, "row %d %v (params %+v)", i, d.Rows[i], p)
 		}
 		t.Logf("params %+v: max |onnxruntime - Go| = %.3g over %d rows", p, maxDiff, d.Len())
 	}
@@ -293,7 +300,7 @@ func TestConcurrentRun(t *testing.T) {
 					errs <- fmt.Errorf("worker %d run %d: %w", w, i, err)
 					return
 				}
-				for k, got := range out[0].Data {
+				for k, got := range f32(out[0]) {
 					if diff := got - want[from+k]; diff > 1e-5 || diff < -1e-5 {
 						errs <- fmt.Errorf("worker %d run %d row %d: got %v, want %v", w, i, from+k, got, want[from+k])
 						return
@@ -328,7 +335,7 @@ func TestCloseSemantics(t *testing.T) {
 	require.NoError(t, r.Close(), "runtime Close is idempotent")
 	_, err = s2.Run([]Tensor{rowsTensor(make([]fraud.Row, 1))})
 	assert.ErrorIs(t, err, ErrClosed, "runtime Close closes its sessions")
-	assert.ErrorIs(t, s2.Check(a.Metadata().TestVectors, a.Tolerance), ErrClosed)
+	assert.ErrorIs(t, s2.Check(a.Metadata().TestVectors, ManifestTolerance(a.Metadata())), ErrClosed)
 	_, err = r.Load(a.ONNX, nil, nil)
 	assert.ErrorIs(t, err, ErrClosed)
 	_, _, err = r.Inspect(a.ONNX)
@@ -355,7 +362,7 @@ func TestSharedEnvironment(t *testing.T) {
 
 	// Closing one Runtime leaves the shared environment to the other.
 	require.NoError(t, r1.Close())
-	require.NoError(t, s2.Check(a.Metadata().TestVectors, a.Tolerance))
+	require.NoError(t, s2.Check(a.Metadata().TestVectors, ManifestTolerance(a.Metadata())))
 	require.NoError(t, r2.Close())
 
 	// Once every Runtime is closed, the environment can start again, even
@@ -364,7 +371,7 @@ func TestSharedEnvironment(t *testing.T) {
 	require.NoError(t, err)
 	s3, err := r3.Load(a.ONNX, nil, nil)
 	require.NoError(t, err)
-	require.NoError(t, s3.Check(a.Metadata().TestVectors, a.Tolerance))
+	require.NoError(t, s3.Check(a.Metadata().TestVectors, ManifestTolerance(a.Metadata())))
 	assert.Equal(t, other, r3.LibraryPath())
 	require.NoError(t, r3.Close())
 }
@@ -423,7 +430,7 @@ func TestAttributesAndTypes(t *testing.T) {
 	assert.Equal(t, []float32{17, 10, 21, 14}, out[0].Data)
 	assert.Equal(t, []int64{2, 2}, out[0].Shape)
 
-	// INT64 input through Cast(to=FLOAT): Inspect describes it, Load refuses it.
+	// INT64 input through Cast(to=FLOAT): described and served.
 	cast := &onnxbuild.Model{Graph: onnxbuild.Graph{
 		Name:    "cast",
 		Nodes:   []onnxbuild.Node{{OpType: "Cast", Inputs: []string{"ids"}, Outputs: []string{"f"}, Attributes: []onnxbuild.Attribute{onnxbuild.IntAttr("to", 1)}}},
@@ -436,9 +443,11 @@ func TestAttributesAndTypes(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, proto.Equal(&efpb.TensorSpec{Name: "ids", Datatype: "INT64", Shape: []int64{-1}}, ins[0]), "got %v", ins[0])
 	assert.True(t, proto.Equal(&efpb.TensorSpec{Name: "f", Datatype: "FP32", Shape: []int64{-1}}, outs[0]), "got %v", outs[0])
-	_, err = r.Load(b, nil, nil)
-	require.ErrorIs(t, err, ErrUnsupported)
-	assert.Contains(t, err.Error(), `input "ids" is INT64; only FP32 inputs and outputs are supported`)
+	s, err = r.Load(b, nil, nil)
+	require.NoError(t, err)
+	out, err = s.Run([]Tensor{{Name: "ids", Shape: []int64{3}, Data: []int64{-1, 0, 1 << 40}}})
+	require.NoError(t, err)
+	assert.Equal(t, []float32{-1, 0, 1 << 40}, out[0].Data)
 }
 
 // vmRSS returns this process's resident set size in bytes.
@@ -498,7 +507,7 @@ func TestSessionMemory(t *testing.T) {
 }
 
 func TestErrorsAreDistinct(t *testing.T) {
-	all := []error{ErrInvalidModel, ErrUnsupported, ErrBadInput, ErrCheckFailed, ErrClosed, ErrLibraryConflict, ErrLibraryNotFound}
+	all := []error{ErrInvalidModel, ErrUnsupported, ErrBadInput, ErrRunFailed, ErrCheckFailed, ErrClosed, ErrLibraryConflict, ErrLibraryNotFound}
 	for i, a := range all {
 		for j, b := range all {
 			assert.Equal(t, i == j, errors.Is(a, b), "%v vs %v", a, b)

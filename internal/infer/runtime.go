@@ -1,9 +1,11 @@
 // Package infer runs ONNX models locally with onnxruntime (through
-// github.com/yalue/onnxruntime_go, ORT API 24, libonnxruntime 1.24.x): it
-// finds the shared library, inspects models, loads sessions, runs tensors
-// with shape checks, and checks manifest test vectors. Imported by agent,
+// github.com/yalue/onnxruntime_go, ORT API 24, libonnxruntime 1.24.x): it finds
+// the shared library, describes uploaded models (what each input and output
+// is served as, or why not), loads sessions, runs typed tensors (every Open
+// Inference Protocol datatype, and ZipMap class maps as tensors) with shape
+// checks, and checks manifest test vectors. Imported by agent (serving),
 // controlplane (the shared runtime), controlplane/models (upload checks),
-// fleet-sim/... and internal/fleettest.
+// controlplane/cli (model inspect), fleet-sim/... and internal/fleettest.
 package infer
 
 import (
@@ -18,7 +20,10 @@ import (
 	"sync"
 
 	ort "github.com/yalue/onnxruntime_go"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/internal/onnxmodel"
+	"github.com/edgefleet/edgefleet/internal/tensor"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
@@ -26,12 +31,15 @@ import (
 var (
 	// ErrInvalidModel: the bytes are not an ONNX model onnxruntime can load.
 	ErrInvalidModel = errors.New("not a valid ONNX model")
-	// ErrUnsupported: a valid model this package cannot serve (for now:
-	// non-FP32 inputs or outputs, non-tensor values).
+	// ErrUnsupported: a valid model this package cannot serve; the error
+	// names the value, its ONNX type and why (see Describe).
 	ErrUnsupported = errors.New("unsupported model")
-	// ErrBadInput: Run was given tensors that do not fit the model. Serving
-	// layers map it to HTTP 400.
+	// ErrBadInput: Run was given tensors that do not fit the model, or
+	// onnxruntime refused them before computing. Serving layers map it to
+	// HTTP 400; it says nothing about the model's health.
 	ErrBadInput = errors.New("bad input")
+	// ErrRunFailed: onnxruntime failed while computing.
+	ErrRunFailed = errors.New("inference failed")
 	// ErrCheckFailed: a model failed its test vectors.
 	ErrCheckFailed = errors.New("test vector check failed")
 	// ErrClosed: the Runtime or Session was closed.
@@ -174,35 +182,165 @@ func (r *Runtime) Close() error {
 	return errors.Join(errs...)
 }
 
-// Inspect returns the inputs and outputs of an ONNX model as TensorSpecs
-// (Open Inference Protocol datatypes; -1 marks a dynamic dimension). The
-// control plane uses it to validate uploads. Bytes that are not a model
-// onnxruntime can load give ErrInvalidModel. Inspect builds a temporary
-// session with onnxruntime's default options.
+// ValueDescription is one model input or output as serving sees it.
+type ValueDescription struct {
+	Name string
+	// Type is the ONNX type (tensor(float), seq(map(int64,tensor(float))));
+	// Shape the declared shape ([N,3], [?,3], unknown rank), for tensors.
+	Type, Shape string
+	// Spec is what the value is served as; nil when Problem says why it
+	// cannot be (an error wrapping ErrUnsupported).
+	Spec    *efpb.TensorSpec
+	Problem error
+	// Scalar is set for a rank-0 tensor (its Spec's empty shape cannot
+	// tell it from a tensor of unknown rank).
+	Scalar bool
+}
+
+// Description is what a model declares and how each of its values is
+// served.
+type Description struct {
+	Model           *onnxmodel.Model
+	Inputs, Outputs []ValueDescription
+}
+
+// Err returns the first value's problem, or nil when every value is served.
+func (d *Description) Err() error {
+	for _, v := range append(slices.Clone(d.Inputs), d.Outputs...) {
+		if v.Problem != nil {
+			return v.Problem
+		}
+	}
+	return nil
+}
+
+// Specs returns the served inputs and outputs; Err must be nil.
+func (d *Description) Specs() (inputs, outputs []*efpb.TensorSpec) {
+	for _, v := range d.Inputs {
+		inputs = append(inputs, proto.CloneOf(v.Spec))
+	}
+	for _, v := range d.Outputs {
+		outputs = append(outputs, proto.CloneOf(v.Spec))
+	}
+	return inputs, outputs
+}
+
+// DescribeModel says, without onnxruntime, how each value m declares is
+// served (see Describe).
+func DescribeModel(m *onnxmodel.Model) *Description {
+	d := &Description{Model: m}
+	for _, set := range []struct {
+		what string
+		vals []onnxmodel.Value
+		dst  *[]ValueDescription
+	}{{"input", m.Inputs, &d.Inputs}, {"output", m.Outputs, &d.Outputs}} {
+		for _, v := range set.vals {
+			vd := ValueDescription{Name: v.Name, Type: v.Type.String()}
+			if v.Type.Kind == onnxmodel.KindTensor || v.Type.Kind == onnxmodel.KindSparseTensor {
+				vd.Shape = v.Type.ShapeString()
+				vd.Scalar = v.Type.Kind == onnxmodel.KindTensor && v.Type.HasShape && len(v.Type.Shape) == 0
+			}
+			var labels *tensor.Tensor
+			if l, ok := m.ClassLabels(v.Name); ok {
+				labels = &l
+			}
+			vd.Spec, vd.Problem = Describe(set.what, v, labels)
+			*set.dst = append(*set.dst, vd)
+		}
+	}
+	return d
+}
+
+// Describe checks that onnxruntime loads model and says how each of its
+// inputs and outputs is served. Bytes onnxruntime cannot load give
+// ErrInvalidModel; a model it loads is always described, problems and all.
+func (r *Runtime) Describe(model []byte) (*Description, error) {
+	r.life.RLock()
+	defer r.life.RUnlock()
+	if r.closed {
+		return nil, fmt.Errorf("infer: describe: runtime %w", ErrClosed)
+	}
+	d, err := r.describe(model)
+	if err != nil {
+		return nil, fmt.Errorf("infer: describe: %w", err)
+	}
+	return d, nil
+}
+
+// describe is Describe for callers holding r.life shared.
+func (r *Runtime) describe(model []byte) (*Description, error) {
+	ins, outs, err := r.inspect(model)
+	if err != nil {
+		return nil, err
+	}
+	m, err := onnxmodel.Read(model)
+	if err != nil {
+		// onnxruntime loaded it: describe what it reports.
+		m = &onnxmodel.Model{}
+	}
+	// onnxruntime decides which values there are, in which order; the
+	// model's declarations give their full types.
+	declared := map[string]onnxmodel.Value{}
+	for _, v := range append(slices.Clone(m.Inputs), m.Outputs...) {
+		declared[v.Name] = v
+	}
+	values := func(infos []ort.InputOutputInfo) []onnxmodel.Value {
+		vals := make([]onnxmodel.Value, len(infos))
+		for i, info := range infos {
+			if v, ok := declared[info.Name]; ok && v.Type.Kind != onnxmodel.KindUnknown {
+				vals[i] = v
+				continue
+			}
+			vals[i] = valueFromORT(info)
+		}
+		return vals
+	}
+	m.Inputs, m.Outputs = values(ins), values(outs)
+	return DescribeModel(m), nil
+}
+
+// valueFromORT builds a declared value from onnxruntime's description
+// (tensors only; other kinds without their inner types).
+func valueFromORT(info ort.InputOutputInfo) onnxmodel.Value {
+	v := onnxmodel.Value{Name: info.Name}
+	switch info.OrtValueType {
+	case ort.ONNXTypeTensor:
+		v.Type = onnxmodel.Type{Kind: onnxmodel.KindTensor, Elem: onnxmodel.ElemType(info.DataType), HasShape: true}
+		for _, d := range info.Dimensions {
+			v.Type.Shape = append(v.Type.Shape, onnxmodel.Dim{Value: d, Known: d >= 0})
+		}
+	case ort.ONNXTypeSequence:
+		v.Type = onnxmodel.Type{Kind: onnxmodel.KindSequence, Inner: &onnxmodel.Type{}}
+	case ort.ONNXTypeMap:
+		v.Type = onnxmodel.Type{Kind: onnxmodel.KindMap, Inner: &onnxmodel.Type{}}
+	case ort.ONNXTypeOptional:
+		v.Type = onnxmodel.Type{Kind: onnxmodel.KindOptional, Inner: &onnxmodel.Type{}}
+	case ort.ONNXTypeSparseTensor:
+		v.Type = onnxmodel.Type{Kind: onnxmodel.KindSparseTensor, Elem: onnxmodel.ElemType(info.DataType)}
+	}
+	return v
+}
+
+// Inspect returns the inputs and outputs of an ONNX model as they are
+// served (TensorSpecs with Open Inference Protocol datatypes; -1 marks a
+// dynamic dimension; class maps as [rows, classes] tensors). Bytes that
+// are not a model onnxruntime can load give ErrInvalidModel; a value that
+// cannot be served gives ErrUnsupported naming it (see Describe for all of
+// them at once).
 func (r *Runtime) Inspect(model []byte) (inputs, outputs []*efpb.TensorSpec, err error) {
 	r.life.RLock()
 	defer r.life.RUnlock()
 	if r.closed {
 		return nil, nil, fmt.Errorf("infer: inspect: runtime %w", ErrClosed)
 	}
-	ins, outs, err := r.inspect(model)
+	d, err := r.describe(model)
 	if err != nil {
 		return nil, nil, fmt.Errorf("infer: inspect: %w", err)
 	}
-	for _, in := range ins {
-		spec, err := tensorSpec("input", in)
-		if err != nil {
-			return nil, nil, fmt.Errorf("infer: inspect: %w", err)
-		}
-		inputs = append(inputs, spec)
+	if err := d.Err(); err != nil {
+		return nil, nil, fmt.Errorf("infer: inspect: %w", err)
 	}
-	for _, out := range outs {
-		spec, err := tensorSpec("output", out)
-		if err != nil {
-			return nil, nil, fmt.Errorf("infer: inspect: %w", err)
-		}
-		outputs = append(outputs, spec)
-	}
+	inputs, outputs = d.Specs()
 	return inputs, outputs, nil
 }
 
@@ -221,8 +359,8 @@ func (r *Runtime) inspect(model []byte) (ins, outs []ort.InputOutputInfo, err er
 
 // Load creates a session for model that feeds the named inputs and fetches
 // the named outputs (nil means all of the model's, in model order). Every
-// model input must be fed. For now only FP32 inputs and outputs are
-// supported. Sessions run with one intra-op and one inter-op thread and no
+// model input must be fed, and every named value must be servable (see
+// Describe). Sessions run with one intra-op and one inter-op thread and no
 // spinning: each Run computes on its caller's goroutine, so concurrency is
 // the caller's (concurrent Run calls are safe).
 func (r *Runtime) Load(model []byte, inputs, outputs []string) (*Session, error) {
@@ -272,17 +410,38 @@ func (r *Runtime) load(model []byte, inputs, outputs []string, key string) (*Ses
 	if r.closed {
 		return nil, fmt.Errorf("infer: load: runtime %w", ErrClosed)
 	}
-	ins, outs, err := r.inspect(model)
+	desc, err := r.describe(model)
 	if err != nil {
 		return nil, fmt.Errorf("infer: load: %w", err)
 	}
-	inSpecs, err := pick("input", ins, inputs, true)
+	inSpecs, err := pick("input", desc.Inputs, inputs, true)
 	if err != nil {
 		return nil, fmt.Errorf("infer: load: %w", err)
 	}
-	outSpecs, err := pick("output", outs, outputs, false)
+	outSpecs, err := pick("output", desc.Outputs, outputs, false)
 	if err != nil {
 		return nil, fmt.Errorf("infer: load: %w", err)
+	}
+	// onnxruntime_go cannot return half-precision outputs: fetch them
+	// widened to float32 (exact) instead.
+	var half []string
+	for _, sp := range outSpecs {
+		if d := tensor.Datatype(sp.Datatype); d == tensor.FP16 || d == tensor.BF16 {
+			half = append(half, sp.Name)
+		}
+	}
+	fetch := names(outSpecs)
+	if len(half) > 0 {
+		widened, renamed, err := onnxmodel.WidenOutputs(model, half)
+		if err != nil {
+			return nil, fmt.Errorf("infer: load: %w: %v", ErrUnsupported, err)
+		}
+		model = widened
+		for i, n := range fetch {
+			if alt, ok := renamed[n]; ok {
+				fetch[i] = alt
+			}
+		}
 	}
 
 	opts, err := ort.NewSessionOptions()
@@ -304,18 +463,22 @@ func (r *Runtime) load(model []byte, inputs, outputs []string, key string) (*Ses
 		}
 	}
 
-	names := func(specs []*efpb.TensorSpec) []string {
-		out := make([]string, len(specs))
-		for i, s := range specs {
-			out[i] = s.Name
-		}
-		return out
-	}
-	dyn, err := ort.NewDynamicAdvancedSessionWithONNXData(model, names(inSpecs), names(outSpecs), opts)
+	dyn, err := ort.NewDynamicAdvancedSessionWithONNXData(model, names(inSpecs), fetch, opts)
 	if err != nil {
 		return nil, fmt.Errorf("infer: load: %w: %v", ErrInvalidModel, err)
 	}
-	c := &sessionCore{key: key, dyn: dyn, inputs: inSpecs, outputs: outSpecs}
+	c := &sessionCore{key: key, dyn: dyn, inputs: inSpecs, outputs: outSpecs, scalarOut: make([]bool, len(outSpecs))}
+	for i, sp := range outSpecs {
+		for _, v := range desc.Outputs {
+			if v.Name == sp.Name {
+				c.scalarOut[i] = v.Scalar
+			}
+		}
+	}
+	if err := c.learnClasses(); err != nil {
+		_ = dyn.Destroy()
+		return nil, fmt.Errorf("infer: load: %w", err)
+	}
 	r.mu.Lock()
 	if key != "" {
 		if other := r.shared[key]; other != nil {
@@ -353,14 +516,53 @@ func (r *Runtime) release(s *Session) bool {
 	return true
 }
 
+func names(specs []*efpb.TensorSpec) []string {
+	out := make([]string, len(specs))
+	for i, s := range specs {
+		out[i] = s.Name
+	}
+	return out
+}
+
+// learnClasses runs the model once on zero inputs to read the class
+// labels of class-map outputs the model does not name (no ZipMap node
+// declares them). Nothing shares c yet.
+func (c *sessionCore) learnClasses() error {
+	var unknown []int
+	for i, sp := range c.outputs {
+		if sp.GetKind() == efpb.TensorKind_TENSOR_KIND_CLASS_MAP && sp.GetClasses() == nil {
+			unknown = append(unknown, i)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	inputs, err := zeroInputs(c.inputs)
+	if err != nil {
+		return err
+	}
+	outs, err := c.runRaw(inputs)
+	defer destroyAll(outs)
+	if err != nil {
+		return fmt.Errorf("%w: reading the class labels of output %q needs a run on zero inputs, which failed: %v",
+			ErrUnsupported, c.outputs[unknown[0]].GetName(), err)
+	}
+	for _, i := range unknown {
+		if err := discoverClasses(c.outputs[i], outs[i]); err != nil {
+			return fmt.Errorf("%w: %v", ErrUnsupported, err)
+		}
+	}
+	return nil
+}
+
 // pick selects the named values (all when names is empty) and checks they
-// are FP32 tensors. With requireAll, every model value must be named.
-func pick(what string, infos []ort.InputOutputInfo, names []string, requireAll bool) ([]*efpb.TensorSpec, error) {
-	all := make([]string, len(infos))
-	byName := map[string]ort.InputOutputInfo{}
-	for i, info := range infos {
-		all[i] = info.Name
-		byName[info.Name] = info
+// are served. With requireAll, every model value must be named.
+func pick(what string, vals []ValueDescription, names []string, requireAll bool) ([]*efpb.TensorSpec, error) {
+	all := make([]string, len(vals))
+	byName := map[string]ValueDescription{}
+	for i, v := range vals {
+		all[i] = v.Name
+		byName[v.Name] = v
 	}
 	if len(names) == 0 {
 		names = all
@@ -371,7 +573,7 @@ func pick(what string, infos []ort.InputOutputInfo, names []string, requireAll b
 	seen := map[string]bool{}
 	var specs []*efpb.TensorSpec
 	for _, n := range names {
-		info, ok := byName[n]
+		v, ok := byName[n]
 		if !ok {
 			return nil, fmt.Errorf("%w: model has no %s %q (it has %q)", ErrUnsupported, what, n, all)
 		}
@@ -379,15 +581,10 @@ func pick(what string, infos []ort.InputOutputInfo, names []string, requireAll b
 			return nil, fmt.Errorf("%w: %s %q requested twice", ErrUnsupported, what, n)
 		}
 		seen[n] = true
-		spec, err := tensorSpec(what, info)
-		if err != nil {
-			return nil, err
+		if v.Problem != nil {
+			return nil, v.Problem
 		}
-		if spec.Datatype != "FP32" {
-			return nil, fmt.Errorf("%w: %s %q is %s; only FP32 inputs and outputs are supported",
-				ErrUnsupported, what, n, spec.Datatype)
-		}
-		specs = append(specs, spec)
+		specs = append(specs, proto.CloneOf(v.Spec))
 	}
 	if requireAll {
 		for _, n := range all {
@@ -397,61 +594,4 @@ func pick(what string, infos []ort.InputOutputInfo, names []string, requireAll b
 		}
 	}
 	return specs, nil
-}
-
-// tensorSpec converts onnxruntime's description of a value.
-func tensorSpec(what string, info ort.InputOutputInfo) (*efpb.TensorSpec, error) {
-	if info.OrtValueType != ort.ONNXTypeTensor {
-		return nil, fmt.Errorf("%w: %s %q is a %s; only tensors are supported",
-			ErrUnsupported, what, info.Name, info.OrtValueType)
-	}
-	dt, ok := datatypeName(info.DataType)
-	if !ok {
-		return nil, fmt.Errorf("%w: %s %q has element type %s, which has no Open Inference Protocol name",
-			ErrUnsupported, what, info.Name, info.DataType)
-	}
-	shape := slices.Clone([]int64(info.Dimensions))
-	for i, d := range shape {
-		if d < 0 {
-			shape[i] = -1
-		}
-	}
-	return &efpb.TensorSpec{Name: info.Name, Datatype: dt, Shape: shape}, nil
-}
-
-// datatypeName maps an onnxruntime element type to its Open Inference
-// Protocol datatype name.
-func datatypeName(t ort.TensorElementDataType) (string, bool) {
-	switch t {
-	case ort.TensorElementDataTypeFloat:
-		return "FP32", true
-	case ort.TensorElementDataTypeDouble:
-		return "FP64", true
-	case ort.TensorElementDataTypeFloat16:
-		return "FP16", true
-	case ort.TensorElementDataTypeBFloat16:
-		return "BF16", true
-	case ort.TensorElementDataTypeInt8:
-		return "INT8", true
-	case ort.TensorElementDataTypeInt16:
-		return "INT16", true
-	case ort.TensorElementDataTypeInt32:
-		return "INT32", true
-	case ort.TensorElementDataTypeInt64:
-		return "INT64", true
-	case ort.TensorElementDataTypeUint8:
-		return "UINT8", true
-	case ort.TensorElementDataTypeUint16:
-		return "UINT16", true
-	case ort.TensorElementDataTypeUint32:
-		return "UINT32", true
-	case ort.TensorElementDataTypeUint64:
-		return "UINT64", true
-	case ort.TensorElementDataTypeBool:
-		return "BOOL", true
-	case ort.TensorElementDataTypeString:
-		return "BYTES", true
-	default:
-		return "", false
-	}
 }

@@ -3,27 +3,24 @@ package infer
 import (
 	"errors"
 	"fmt"
-	"math"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
 	ort "github.com/yalue/onnxruntime_go"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edgefleet/edgefleet/internal/tensor"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
-// MaxTensorElements bounds the element count of one input tensor (1 GiB of
-// float32), so a bad shape cannot make Run allocate without limit.
+// MaxTensorElements bounds the element count of one input tensor, so a
+// bad shape cannot make Run allocate without limit.
 const MaxTensorElements = 1 << 28
 
-// Tensor is a dense row-major float32 tensor. Only FP32 is supported for now.
-type Tensor struct {
-	Name  string
-	Shape []int64
-	Data  []float32
-}
+// Tensor is a dense typed tensor (see package tensor).
+type Tensor = tensor.Tensor
 
 // Session is a loaded model. Run, Check and Warm are safe for concurrent
 // use; Close waits for runs in flight.
@@ -46,12 +43,15 @@ type sessionCore struct {
 	refs int // open Sessions on this core; guarded by the Runtime's mu
 
 	inputs, outputs []*efpb.TensorSpec // shared by its Sessions; never modified
+	scalarOut       []bool             // outputs of rank 0, by index; never modified
 }
 
 // Inputs returns the session's inputs (copies).
 func (s *Session) Inputs() []*efpb.TensorSpec { return cloneSpecs(s.inputs) }
 
-// Outputs returns the session's outputs (copies), in the order Run returns them.
+// Outputs returns the session's outputs (copies), in the order Run returns
+// them. A class-map output (TENSOR_KIND_CLASS_MAP) is described as the
+// [rows, classes] tensor Run returns, with its class labels.
 func (s *Session) Outputs() []*efpb.TensorSpec { return cloneSpecs(s.outputs) }
 
 func cloneSpecs(specs []*efpb.TensorSpec) []*efpb.TensorSpec {
@@ -64,10 +64,11 @@ func cloneSpecs(specs []*efpb.TensorSpec) []*efpb.TensorSpec {
 
 // Run feeds one tensor per model input (matched by name, any order) and
 // returns the outputs in Outputs order. Inputs that do not fit the model
-// (unknown or missing name, wrong rank, a fixed dimension that differs, a
-// dimension below 1, data length not the product of the shape) give an error
-// wrapping ErrBadInput that names the problem. Run does not keep or modify
-// the input data.
+// (unknown or missing name, another datatype, wrong rank, a fixed
+// dimension that differs, data length not the product of the shape) give
+// an error wrapping ErrBadInput that names the problem; so does an input
+// onnxruntime refuses before computing (ErrBadInput too). Run does not
+// keep or modify the input data.
 func (s *Session) Run(inputs []Tensor) ([]Tensor, error) {
 	if s.closed.Load() {
 		return nil, fmt.Errorf("infer: run: session %w", ErrClosed)
@@ -82,45 +83,92 @@ func (s *Session) Run(inputs []Tensor) ([]Tensor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("infer: run: %w", err)
 	}
-
-	values := make([]ort.Value, len(ordered))
-	defer func() {
-		for _, v := range values {
-			if v != nil {
-				v.Destroy()
-			}
-		}
-	}()
-	for i, in := range ordered {
-		t, err := ort.NewTensor(ort.NewShape(in.Shape...), in.Data)
-		if err != nil {
-			return nil, fmt.Errorf("infer: run: input %q: %w", in.Name, err)
-		}
-		values[i] = t
-	}
-	outs := make([]ort.Value, len(s.outputs))
-	defer func() {
-		for _, v := range outs {
-			if v != nil {
-				v.Destroy()
-			}
-		}
-	}()
-	if err := c.dyn.Run(values, outs); err != nil {
+	outs, err := c.run(ordered)
+	if err != nil {
 		return nil, fmt.Errorf("infer: run: %w", err)
+	}
+	return outs, nil
+}
+
+// run feeds ordered inputs to c; c.mu is held shared (or c is not yet
+// shared).
+func (c *sessionCore) run(ordered []Tensor) ([]Tensor, error) {
+	outs, err := c.runRaw(ordered)
+	defer destroyAll(outs)
+	if err != nil {
+		return nil, err
 	}
 	result := make([]Tensor, len(outs))
 	for i, v := range outs {
-		t, ok := v.(*ort.Tensor[float32])
-		if !ok {
-			return nil, fmt.Errorf("infer: run: output %q: %w: got %T, want a float32 tensor",
-				s.outputs[i].Name, ErrUnsupported, v)
+		if v == nil {
+			return nil, fmt.Errorf("output %q: onnxruntime returned nothing", c.outputs[i].GetName())
 		}
-		// GetData is already a Go copy of onnxruntime's buffer; it stays
-		// valid after Destroy releases the OrtValue.
-		result[i] = Tensor{Name: s.outputs[i].Name, Shape: []int64(t.GetShape()), Data: t.GetData()}
+		t, err := fromValue(c.outputs[i], v)
+		if err != nil {
+			return nil, err
+		}
+		result[i] = t
 	}
 	return result, nil
+}
+
+// runRaw runs c and returns onnxruntime's outputs, which the caller
+// destroys (also on error).
+func (c *sessionCore) runRaw(ordered []Tensor) ([]ort.Value, error) {
+	values := make([]ort.Value, len(ordered))
+	defer destroyAll(values)
+	for i := range ordered {
+		v, err := newValue(&ordered[i])
+		if err != nil {
+			if errors.Is(err, ErrBadInput) || errors.Is(err, ErrUnsupported) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("input %q: %w", ordered[i].Name, err)
+		}
+		values[i] = v
+	}
+	outs := make([]ort.Value, len(c.outputs))
+	for i, sp := range c.outputs {
+		if c.scalarOut[i] {
+			v, err := newEmptyScalar(tensor.Datatype(sp.GetDatatype()))
+			if err != nil {
+				return outs, fmt.Errorf("output %q: %w", sp.GetName(), err)
+			}
+			outs[i] = v
+		}
+	}
+	if err := c.dyn.Run(values, outs); err != nil {
+		for _, in := range ordered {
+			if in.Len() == 0 {
+				// The model cannot run on an empty tensor: the input's
+				// limit, not a fault of the model.
+				return outs, fmt.Errorf("%w: input %q is empty (shape %s) and the model cannot run on it: %v", ErrBadInput, in.Name, tensor.FormatShape(in.Shape), err)
+			}
+		}
+		return outs, runError(err)
+	}
+	return outs, nil
+}
+
+func destroyAll(vs []ort.Value) {
+	for _, v := range vs {
+		if v != nil {
+			_ = v.Destroy()
+		}
+	}
+}
+
+// runError classifies an onnxruntime run failure: inputs it refuses before
+// computing (a dimension or type the graph does not take) are the
+// caller's, ErrBadInput; the rest are the model's.
+func runError(err error) error {
+	msg := err.Error()
+	for _, p := range []string{"Got invalid dimensions for input", "Unexpected input data type", "invalid rank for input", "Invalid rank for input"} {
+		if strings.Contains(msg, p) {
+			return fmt.Errorf("%w: onnxruntime refused the input: %v", ErrBadInput, err)
+		}
+	}
+	return fmt.Errorf("%w: %v", ErrRunFailed, err)
 }
 
 // order matches inputs to the session's feed order and validates them.
@@ -139,8 +187,11 @@ func (s *Session) order(inputs []Tensor) ([]Tensor, error) {
 		if filled[i] {
 			return nil, fmt.Errorf("%w: input %q given twice", ErrBadInput, in.Name)
 		}
-		if err := checkShape(s.inputs[i], in); err != nil {
+		if err := checkInput(s.inputs[i], &in); err != nil {
 			return nil, err
+		}
+		if in.Datatype == "" {
+			in.Datatype = in.DT()
 		}
 		ordered[i], filled[i] = in, true
 	}
@@ -150,86 +201,95 @@ func (s *Session) order(inputs []Tensor) ([]Tensor, error) {
 func (s *Session) inputNames() string {
 	names := make([]string, len(s.inputs))
 	for i, sp := range s.inputs {
-		names[i] = fmt.Sprintf("%s %v", sp.Name, sp.Shape)
+		names[i] = fmt.Sprintf("%s %s %v", sp.Name, sp.Datatype, sp.Shape)
 	}
 	return fmt.Sprintf("%q", names)
 }
 
-// checkShape validates one input tensor against the model's spec.
-func checkShape(spec *efpb.TensorSpec, in Tensor) error {
-	if len(in.Shape) != len(spec.Shape) {
+// checkInput validates one input tensor against the model's spec.
+func checkInput(spec *efpb.TensorSpec, in *Tensor) error {
+	if spec.Shape != nil && len(in.Shape) != len(spec.Shape) {
 		return fmt.Errorf("%w: input %q has shape %v (rank %d), the model wants rank %d %v",
 			ErrBadInput, in.Name, in.Shape, len(in.Shape), len(spec.Shape), spec.Shape)
 	}
-	n := int64(1)
 	for i, d := range in.Shape {
-		if d < 1 {
-			return fmt.Errorf("%w: input %q dimension %d is %d, want >= 1", ErrBadInput, in.Name, i, d)
+		if d < 0 {
+			return fmt.Errorf("%w: input %q dimension %d is %d, want >= 0", ErrBadInput, in.Name, i, d)
 		}
-		if want := spec.Shape[i]; want >= 0 && d != want {
-			return fmt.Errorf("%w: input %q has shape %v, the model wants dimension %d = %d (%v, -1 is any)",
-				ErrBadInput, in.Name, in.Shape, i, want, spec.Shape)
+		if spec.Shape != nil {
+			if want := spec.Shape[i]; want >= 0 && d != want {
+				return fmt.Errorf("%w: input %q has shape %v, the model wants dimension %d = %d (%v, -1 is any)",
+					ErrBadInput, in.Name, in.Shape, i, want, spec.Shape)
+			}
 		}
-		if d > MaxTensorElements/n {
-			return fmt.Errorf("%w: input %q shape %v has more than %d elements", ErrBadInput, in.Name, in.Shape, MaxTensorElements)
-		}
-		n *= d
 	}
-	if int64(len(in.Data)) != n {
-		return fmt.Errorf("%w: input %q has %d values, shape %v needs %d", ErrBadInput, in.Name, len(in.Data), in.Shape, n)
+	if _, err := tensor.Elements(in.Shape, MaxTensorElements); err != nil {
+		return fmt.Errorf("%w: input %q: %v", ErrBadInput, in.Name, err)
+	}
+	want := tensor.Datatype(spec.GetDatatype())
+	switch got := in.DT(); {
+	case got == "" && in.Data == nil:
+		return fmt.Errorf("%w: input %q has no data", ErrBadInput, in.Name)
+	case got != want:
+		return fmt.Errorf("%w: input %q is %s, the model takes %s", ErrBadInput, in.Name, got, want)
+	}
+	if err := in.Check(); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadInput, err)
 	}
 	return nil
 }
 
-// MismatchError reports the first output element of a test vector outside
-// the tolerance. It wraps ErrCheckFailed.
+// MismatchError reports the first test vector output outside the
+// tolerance. It wraps ErrCheckFailed.
 type MismatchError struct {
-	Vector    int
-	Output    string
-	Element   int
-	Got, Want float32
-	Tolerance float32
+	Vector int
+	*tensor.Mismatch
 }
 
 func (e *MismatchError) Error() string {
-	return fmt.Sprintf("test vector %d: output %q element %d: got %g, want %g (tolerance %g)",
-		e.Vector, e.Output, e.Element, e.Got, e.Want, e.Tolerance)
+	return fmt.Sprintf("test vector %d: %s", e.Vector, e.Mismatch.Error())
 }
 
 // Unwrap makes errors.Is(err, ErrCheckFailed) true.
 func (e *MismatchError) Unwrap() error { return ErrCheckFailed }
 
-// Check runs every test vector and compares each expected output element
-// with the computed one: |got-want| must be <= tolerance (NaN never passes).
-// Any failure wraps ErrCheckFailed; a value mismatch is a *MismatchError
-// naming the vector index, output, element, got and want. No vectors is a
-// failure too: a model must prove itself before it serves.
-func (s *Session) Check(vectors []*efpb.TestVector, tolerance float32) error {
-	tol := float64(tolerance)
-	if !(tol >= 0) || math.IsInf(tol, 0) {
-		return fmt.Errorf("infer: check: %w: tolerance %v is not a finite non-negative number", ErrCheckFailed, tolerance)
+// ManifestTolerance returns the tolerance a manifest sets for its test
+// vectors.
+func ManifestTolerance(m *efpb.Manifest) tensor.Tolerance {
+	return tensor.Tolerance{Abs: float64(m.GetTolerance()), Rel: float64(m.GetRelativeTolerance())}
+}
+
+// Check runs every test vector and compares its expected outputs with the
+// computed ones (tensor.Compare: floats within tol, integers, BOOL and
+// BYTES exactly). Any failure wraps ErrCheckFailed; a value mismatch is a
+// *MismatchError naming the vector, output, element, got and want. No
+// vectors is a failure too: a model must prove itself before it serves.
+func (s *Session) Check(vectors []*efpb.TestVector, tol tensor.Tolerance) error {
+	if !tol.Valid() {
+		return fmt.Errorf("infer: check: %w: tolerance %g + %g·|want| is not finite and non-negative", ErrCheckFailed, tol.Abs, tol.Rel)
 	}
 	if len(vectors) == 0 {
 		return fmt.Errorf("infer: check: %w: no test vectors", ErrCheckFailed)
 	}
 	for i, v := range vectors {
-		if err := s.checkVector(i, v, tolerance); err != nil {
+		if err := s.checkVector(i, v, tol); err != nil {
 			return fmt.Errorf("infer: check: %w", err)
 		}
 	}
 	return nil
 }
 
-func (s *Session) checkVector(i int, v *efpb.TestVector, tolerance float32) error {
+func (s *Session) checkVector(i int, v *efpb.TestVector, tol tensor.Tolerance) error {
 	if v == nil || len(v.Expected) == 0 {
 		return fmt.Errorf("%w: test vector %d has no expected outputs", ErrCheckFailed, i)
 	}
 	inputs := make([]Tensor, len(v.Inputs))
 	for j, in := range v.Inputs {
-		if in == nil {
-			return fmt.Errorf("%w: test vector %d input %d is empty", ErrCheckFailed, i, j)
+		t, err := tensor.FromProto(in)
+		if err != nil {
+			return fmt.Errorf("%w: test vector %d input %d: %w", ErrCheckFailed, i, j, err)
 		}
-		inputs[j] = Tensor{Name: in.Name, Shape: in.Shape, Data: in.Data}
+		inputs[j] = t
 	}
 	outs, err := s.Run(inputs)
 	if err != nil {
@@ -238,29 +298,18 @@ func (s *Session) checkVector(i int, v *efpb.TestVector, tolerance float32) erro
 		}
 		return fmt.Errorf("%w: test vector %d: %w", ErrCheckFailed, i, err)
 	}
-	for _, exp := range v.Expected {
-		if exp == nil {
-			return fmt.Errorf("%w: test vector %d has an empty expected output", ErrCheckFailed, i)
+	for j, exp := range v.Expected {
+		want, err := tensor.FromProto(exp)
+		if err != nil {
+			return fmt.Errorf("%w: test vector %d expected output %d: %w", ErrCheckFailed, i, j, err)
 		}
-		k := slices.IndexFunc(outs, func(t Tensor) bool { return t.Name == exp.Name })
+		k := slices.IndexFunc(outs, func(t Tensor) bool { return t.Name == want.Name })
 		if k < 0 {
 			return fmt.Errorf("%w: test vector %d expects output %q, the session fetches %q",
-				ErrCheckFailed, i, exp.Name, outputNames(outs))
+				ErrCheckFailed, i, want.Name, outputNames(outs))
 		}
-		got := outs[k]
-		if !slices.Equal(got.Shape, exp.Shape) {
-			return fmt.Errorf("%w: test vector %d: output %q has shape %v, expected %v",
-				ErrCheckFailed, i, exp.Name, got.Shape, exp.Shape)
-		}
-		if len(got.Data) != len(exp.Data) {
-			return fmt.Errorf("%w: test vector %d: output %q has %d values, expected %d",
-				ErrCheckFailed, i, exp.Name, len(got.Data), len(exp.Data))
-		}
-		for e, want := range exp.Data {
-			g := got.Data[e]
-			if !(math.Abs(float64(g)-float64(want)) <= float64(tolerance)) {
-				return &MismatchError{Vector: i, Output: exp.Name, Element: e, Got: g, Want: want, Tolerance: tolerance}
-			}
+		if m := tensor.Compare(&outs[k], &want, tol); m != nil {
+			return &MismatchError{Vector: i, Mismatch: m}
 		}
 	}
 	return nil
@@ -274,30 +323,42 @@ func outputNames(ts []Tensor) []string {
 	return names
 }
 
-// Warm runs one batch of zeros (dynamic dimensions set to 1) so the first
-// real request does not pay for onnxruntime's lazy initialisation.
+// Warm runs one batch of zeros (dynamic dimensions set to 1, "" for
+// BYTES) so the first real request does not pay for onnxruntime's lazy
+// initialisation.
 func (s *Session) Warm() error {
-	inputs := make([]Tensor, len(s.inputs))
-	for i, sp := range s.inputs {
-		shape := make([]int64, len(sp.Shape))
-		n := int64(1)
-		for j, d := range sp.Shape {
-			if d < 1 {
-				d = 1
-			}
-			if d > MaxTensorElements/n {
-				return fmt.Errorf("infer: warm: %w: input %q shape %v has more than %d elements",
-					ErrUnsupported, sp.Name, sp.Shape, MaxTensorElements)
-			}
-			shape[j] = d
-			n *= d
-		}
-		inputs[i] = Tensor{Name: sp.Name, Shape: shape, Data: make([]float32, n)}
+	inputs, err := zeroInputs(s.inputs)
+	if err != nil {
+		return fmt.Errorf("infer: warm: %w", err)
 	}
 	if _, err := s.Run(inputs); err != nil {
 		return fmt.Errorf("infer: warm: %w", err)
 	}
 	return nil
+}
+
+// zeroInputs returns a zero tensor per spec, dynamic dimensions 1 (an
+// unknown rank becomes [1]).
+func zeroInputs(specs []*efpb.TensorSpec) ([]Tensor, error) {
+	inputs := make([]Tensor, len(specs))
+	for i, sp := range specs {
+		shape := []int64{1}
+		if sp.Shape != nil {
+			shape = make([]int64, len(sp.Shape))
+			for j, d := range sp.Shape {
+				shape[j] = max(d, 1)
+			}
+		}
+		if _, err := tensor.Elements(shape, MaxTensorElements); err != nil {
+			return nil, fmt.Errorf("%w: input %q: %v", ErrUnsupported, sp.Name, err)
+		}
+		t, err := tensor.Zeros(sp.Name, tensor.Datatype(sp.Datatype), shape)
+		if err != nil {
+			return nil, fmt.Errorf("%w: input %q: %v", ErrUnsupported, sp.Name, err)
+		}
+		inputs[i] = t
+	}
+	return inputs, nil
 }
 
 // Close releases the session. The onnxruntime session behind it is

@@ -125,6 +125,11 @@ func (h *handler) feedback(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds the limit of %d bytes", h.opts.MaxBodyBytes))
 		return
 	}
+	n, ok := h.budget(w, r)
+	if !ok {
+		return
+	}
+	defer h.release(n)
 	var req FeedbackRequest
 	if herr := decodeStrict(w, r, h.opts.MaxBodyBytes, &req); herr != nil {
 		writeError(w, herr.status, herr.msg)
@@ -150,7 +155,7 @@ func (h *handler) feedback(w http.ResponseWriter, r *http.Request) {
 // decodeStrict reads at most limit bytes of r's body into v, refusing
 // unknown fields and trailing data.
 func decodeStrict(w http.ResponseWriter, r *http.Request, limit int64, v any) *httpError {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	body, err := readBody(w, r, limit)
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return &httpError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("request body exceeds the limit of %d bytes", limit)}

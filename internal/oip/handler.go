@@ -12,8 +12,11 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
 
+	"github.com/edgefleet/edgefleet/internal/tensor"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
@@ -22,8 +25,9 @@ const ServerName = "edgefleet-agent"
 
 // Limits and defaults of HandlerOptions.
 const (
-	DefaultMaxBodyBytes = 4 << 20
-	DefaultMaxBatch     = 1024
+	DefaultMaxBodyBytes     = 4 << 20
+	DefaultMaxBatch         = 1024
+	DefaultMaxInflightBytes = 4 * DefaultMaxBodyBytes
 	// MaxIDBytes bounds a client-supplied request id.
 	MaxIDBytes = 256
 )
@@ -32,8 +36,17 @@ const (
 type HandlerOptions struct {
 	// MaxBodyBytes bounds an inference request body (413 above). Default 4 MiB.
 	MaxBodyBytes int64
-	// MaxBatch bounds the first dimension of every input. Default 1024.
+	// MaxBatch bounds the first dimension of inputs whose first dimension
+	// is dynamic (a fixed one is what the model takes). Default 1024.
 	MaxBatch int
+	// MaxInflightBytes bounds the bytes of inference and feedback bodies
+	// being read, decoded and run at once (a body counts its
+	// Content-Length, or MaxBodyBytes when it has none); a request beyond
+	// it gets 503 with Retry-After, its body drained through a small
+	// buffer and never held, so parallel large requests cannot grow memory
+	// without bound. Default 4 × MaxBodyBytes; it is raised to
+	// MaxBodyBytes when lower.
+	MaxInflightBytes int64
 	// NewID makes the id of a request that has none. Default: 16 random
 	// bytes in hex.
 	NewID func() string
@@ -57,12 +70,52 @@ type handler struct {
 	opts HandlerOptions
 	log  *slog.Logger
 	mux  *http.ServeMux
+
+	mu       sync.Mutex // guards inflight
+	inflight int64      // bytes of bodies being handled
+}
+
+// admit reserves n bytes of the in-flight budget, or reports false when
+// they do not fit now.
+func (h *handler) admit(n int64) (inflight int64, ok bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.inflight+n > h.opts.MaxInflightBytes {
+		return h.inflight, false
+	}
+	h.inflight += n
+	return h.inflight, true
+}
+
+func (h *handler) release(n int64) {
+	h.mu.Lock()
+	h.inflight -= n
+	h.mu.Unlock()
+}
+
+// budget admits r's body into the in-flight budget, answering 503 with
+// Retry-After when it does not fit; the caller releases the returned
+// bytes when done.
+func (h *handler) budget(w http.ResponseWriter, r *http.Request) (int64, bool) {
+	n := r.ContentLength
+	if n < 0 || n > h.opts.MaxBodyBytes {
+		n = h.opts.MaxBodyBytes // unknown length: the most it may be (413 above)
+	}
+	if busy, ok := h.admit(n); !ok {
+		// Drain the body through a small buffer (memory stays bounded) so
+		// the client reads the 503 rather than a reset connection.
+		_, _ = io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, h.opts.MaxBodyBytes))
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("busy: requests of %d bytes are being handled and this one would pass the limit of %d; retry later", busy, h.opts.MaxInflightBytes))
+		return 0, false
+	}
+	return n, true
 }
 
 // NewHandler returns the Open Inference Protocol REST API over b:
 //
-//	GET  /v2                                          server metadata
-//	GET  /v2/health/live, /v2/health/ready            liveness, readiness (503 when not ready)
+//	GET  /v2, /v2/                                    server metadata
+//	GET  /v2/health/live, /v2/health/ready            liveness, readiness (400 {"ready": false} when not ready)
 //	GET  /v2/models/{name}[/versions/{version}]       model metadata
 //	GET  /v2/models/{name}[/versions/{version}]/ready model readiness
 //	POST /v2/models/{name}[/versions/{version}]/infer inference
@@ -78,6 +131,10 @@ func NewHandler(b Backend, opts HandlerOptions) http.Handler {
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = DefaultMaxBatch
 	}
+	if opts.MaxInflightBytes <= 0 {
+		opts.MaxInflightBytes = 4 * opts.MaxBodyBytes
+	}
+	opts.MaxInflightBytes = max(opts.MaxInflightBytes, opts.MaxBodyBytes)
 	if opts.NewID == nil {
 		opts.NewID = randomID
 	}
@@ -94,6 +151,7 @@ func NewHandler(b Backend, opts HandlerOptions) http.Handler {
 		fn           http.HandlerFunc
 	}{
 		{"GET", "/v2", h.serverMetadata},
+		{"GET", "/v2/{$}", h.serverMetadata},
 		{"GET", "/v2/health/live", h.live},
 		{"GET", "/v2/health/ready", h.ready},
 		{"GET", "/v2/models/{name}", h.modelMetadata},
@@ -124,10 +182,7 @@ func NewHandler(b Backend, opts HandlerOptions) http.Handler {
 }
 
 func (h *handler) serverMetadata(w http.ResponseWriter, _ *http.Request) {
-	ext := h.opts.Extensions
-	if ext == nil {
-		ext = []string{}
-	}
+	ext := append([]string{BinaryExtension}, h.opts.Extensions...)
 	writeJSON(w, http.StatusOK, ServerMetadata{Name: ServerName, Version: h.opts.ServerVersion, Extensions: ext})
 }
 
@@ -136,9 +191,13 @@ func (h *handler) live(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, healthResponse{Live: &t})
 }
 
+// The Open Inference Protocol's health answers are booleans in the
+// status: 200 is true, a 4xx false. Not ready is 400 with {"ready":
+// false} and the reason in "error".
 func (h *handler) ready(w http.ResponseWriter, _ *http.Request) {
-	if !h.b.Ready() {
-		writeError(w, http.StatusServiceUnavailable, "server is not ready")
+	if ok, why := h.b.Ready(); !ok {
+		f := false
+		writeJSON(w, http.StatusBadRequest, healthResponse{Ready: &f, Error: "server is not ready: " + why})
 		return
 	}
 	t := true
@@ -146,15 +205,17 @@ func (h *handler) ready(w http.ResponseWriter, _ *http.Request) {
 }
 
 // lookup resolves the {name} and optional {version} path values to the
-// active model, writing the error response when there is none.
+// active model, writing the error response when there is none: 404 for a
+// model the server does not have, 503 while it is not ready (the model may
+// be on its way).
 func (h *handler) lookup(w http.ResponseWriter, r *http.Request) (ModelInfo, bool) {
 	name := r.PathValue("name")
-	if !h.b.Ready() {
-		writeError(w, http.StatusServiceUnavailable, "server is not ready")
-		return ModelInfo{}, false
-	}
 	info, ok := h.b.Model(name)
 	if !ok {
+		if ready, why := h.b.Ready(); !ready {
+			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("model %q is not being served; server is not ready: %s", name, why))
+			return ModelInfo{}, false
+		}
 		writeError(w, http.StatusNotFound, fmt.Sprintf("model %q not found", name))
 		return ModelInfo{}, false
 	}
@@ -183,6 +244,14 @@ func (h *handler) modelMetadata(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) modelReady(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, ok := h.b.Model(name); !ok {
+		if ready, why := h.b.Ready(); !ready {
+			f := false
+			writeJSON(w, http.StatusBadRequest, healthResponse{Ready: &f, Error: fmt.Sprintf("model %q is not ready: %s", name, why)})
+			return
+		}
+	}
 	if _, ok := h.lookup(w, r); !ok {
 		return
 	}
@@ -195,6 +264,15 @@ func (h *handler) infer(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if r.ContentLength > h.opts.MaxBodyBytes {
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds the limit of %d bytes", h.opts.MaxBodyBytes))
+		return
+	}
+	n, ok := h.budget(w, r)
+	if !ok {
+		return
+	}
+	defer h.release(n)
 	req, herr := h.readRequest(w, r)
 	if herr != nil {
 		writeError(w, herr.status, herr.msg)
@@ -221,13 +299,17 @@ func (h *handler) infer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp := InferResponse{ModelName: info.Name, ModelVersion: version, ID: id}
-	resp.Outputs, err = responseOutputs(outs, want)
+	resp.Outputs, err = responseOutputs(outs, want, info, binaryOutputs(req))
 	if err != nil {
 		h.log.Warn("backend returned bad outputs", "model", info.Name, "version", version, "id", id, "err", err)
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, resp)
+	if hasBinary(resp.Outputs) {
+		writeBinary(w, &resp)
+		return
+	}
+	writeResponse(w, &resp)
 }
 
 func (h *handler) inferFailed(w http.ResponseWriter, r *http.Request, info ModelInfo, id string, err error) {
@@ -265,32 +347,237 @@ func (h *handler) readRequest(w http.ResponseWriter, r *http.Request) (*InferReq
 	if r.ContentLength > h.opts.MaxBodyBytes {
 		return nil, tooBig
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.MaxBodyBytes))
+	body, err := readBody(w, r, h.opts.MaxBodyBytes)
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return nil, tooBig
 		}
 		return nil, badRequest("reading request body: %v", err)
 	}
-	return decodeRequest(body)
+	hdr := r.Header.Get(HeaderContentLength)
+	if hdr == "" {
+		return decodeRequest(body)
+	}
+	n, err := strconv.ParseInt(hdr, 10, 64)
+	if err != nil || n < 0 || n > int64(len(body)) {
+		return nil, badRequest("header %s is %q; want the length of the JSON part, 0..%d (the body's length)", HeaderContentLength, hdr, len(body))
+	}
+	req, herr := decodeRequest(body[:n])
+	if herr != nil {
+		return nil, herr
+	}
+	if herr := attachBinary(req, body[n:]); herr != nil {
+		return nil, herr
+	}
+	return req, nil
+}
+
+// attachBinary hands each input with a binary_data_size parameter its
+// slice of the binary part, in the order of the inputs; every byte must
+// belong to one.
+func attachBinary(req *InferRequest, bin []byte) *httpError {
+	for i := range req.Inputs {
+		in := &req.Inputs[i]
+		v, ok := in.Parameters[ParamBinaryDataSize]
+		if !ok {
+			continue
+		}
+		size, ok := v.(float64)
+		if !ok || size < 0 || size != math.Trunc(size) {
+			return badRequest("input %q: parameter %s is %v; want a byte count", in.Name, ParamBinaryDataSize, v)
+		}
+		if size > float64(len(bin)) {
+			return badRequest("input %q: parameter %s is %v but only %d bytes of binary data are left", in.Name, ParamBinaryDataSize, size, len(bin))
+		}
+		in.binary = bin[:int(size):int(size)]
+		bin = bin[int(size):]
+	}
+	if len(bin) > 0 {
+		return badRequest("the binary part has %d bytes no input's %s accounts for", len(bin), ParamBinaryDataSize)
+	}
+	return nil
+}
+
+// readBody reads at most limit bytes of r's body into a buffer sized by
+// its Content-Length when it has one (io.ReadAll would grow it to twice
+// that).
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	rd := http.MaxBytesReader(w, r.Body, limit)
+	if n := r.ContentLength; n >= 0 && n <= limit {
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(rd, buf); err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				return nil, fmt.Errorf("body ends after fewer than the %d bytes of its Content-Length", n)
+			}
+			return nil, err
+		}
+		return buf, nil
+	}
+	return io.ReadAll(rd)
 }
 
 // decodeRequest decodes an InferRequest, rejecting unknown fields and
 // trailing data.
+//
+// It decodes with json.Unmarshal, so the inputs' RawData alias body (a
+// json.Decoder would copy the body into its own buffer, and reuse it), and
+// then walks body once for fields the request does not have.
 func decodeRequest(body []byte) (*InferRequest, *httpError) {
-	if len(bytes.TrimSpace(body)) == 0 {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
 		return nil, badRequest("request body is empty; send an inference request JSON object")
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
 	var req InferRequest
-	if err := dec.Decode(&req); err != nil {
+	if err := json.Unmarshal(trimmed, &req); err != nil {
+		// Distinguish a second value after the object from broken JSON.
+		dec := json.NewDecoder(bytes.NewReader(trimmed))
+		var first json.RawMessage
+		if _, ok := errors.AsType[*json.SyntaxError](err); ok && dec.Decode(&first) == nil {
+			return nil, badRequest("invalid JSON: unexpected data after the request object")
+		}
 		return nil, badRequest("%s", describeJSONError(err))
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, badRequest("invalid JSON: unexpected data after the request object")
+	if name, ok := unknownField(trimmed); !ok {
+		return nil, badRequest("invalid request: unknown field %q", name)
 	}
 	return &req, nil
+}
+
+// Fields of an inference request, by where they are.
+var (
+	requestFields = map[string]bool{"id": true, "parameters": true, "inputs": true, "outputs": true}
+	inputFields   = map[string]bool{"name": true, "shape": true, "datatype": true, "parameters": true, "data": true}
+	outputFields  = map[string]bool{"name": true, "parameters": true}
+)
+
+// unknownField walks a valid JSON inference request and returns the
+// first field the request type does not have (ok false), without
+// allocating for the values it skips.
+func unknownField(b []byte) (name string, ok bool) {
+	w := jsonWalker{b: b}
+	return w.object(requestFields, func(key string) (string, bool) {
+		switch key {
+		case "inputs":
+			return w.objects(inputFields)
+		case "outputs":
+			return w.objects(outputFields)
+		}
+		w.skip()
+		return "", true
+	})
+}
+
+// jsonWalker steps through valid JSON.
+type jsonWalker struct {
+	b []byte
+	i int
+}
+
+func (w *jsonWalker) space() {
+	for w.i < len(w.b) && isSpace(w.b[w.i]) {
+		w.i++
+	}
+}
+
+// object walks an object whose keys must be in fields, calling value for
+// each value (which must consume it); a non-object is skipped.
+func (w *jsonWalker) object(fields map[string]bool, value func(key string) (string, bool)) (string, bool) {
+	w.space()
+	if w.i >= len(w.b) || w.b[w.i] != '{' {
+		w.skip()
+		return "", true
+	}
+	w.i++
+	for {
+		w.space()
+		if w.b[w.i] == '}' {
+			w.i++
+			return "", true
+		}
+		if w.b[w.i] == ',' {
+			w.i++
+			w.space()
+		}
+		start := w.i
+		w.str()
+		var key string
+		if err := json.Unmarshal(w.b[start:w.i], &key); err != nil {
+			return "", true // valid JSON: cannot happen
+		}
+		w.space()
+		w.i++ // ':'
+		if !fields[key] {
+			return key, false
+		}
+		if name, ok := value(key); !ok {
+			return name, false
+		}
+	}
+}
+
+// objects walks an array of objects whose keys must be in fields; other
+// values are skipped.
+func (w *jsonWalker) objects(fields map[string]bool) (string, bool) {
+	w.space()
+	if w.b[w.i] != '[' {
+		w.skip()
+		return "", true
+	}
+	w.i++
+	for {
+		w.space()
+		switch w.b[w.i] {
+		case ']':
+			w.i++
+			return "", true
+		case ',':
+			w.i++
+			continue
+		}
+		if name, ok := w.object(fields, func(string) (string, bool) { w.skip(); return "", true }); !ok {
+			return name, false
+		}
+	}
+}
+
+// str steps over a string.
+func (w *jsonWalker) str() {
+	w.i++ // opening quote
+	for w.b[w.i] != '"' {
+		if w.b[w.i] == '\\' {
+			w.i++
+		}
+		w.i++
+	}
+	w.i++
+}
+
+// skip steps over one value.
+func (w *jsonWalker) skip() {
+	w.space()
+	switch w.b[w.i] {
+	case '"':
+		w.str()
+	case '{', '[':
+		depth := 0
+		for {
+			switch w.b[w.i] {
+			case '"':
+				w.str()
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+			}
+			w.i++
+			if depth == 0 {
+				return
+			}
+		}
+	default:
+		w.i = tokenEnd(w.b, w.i)
+	}
 }
 
 func describeJSONError(err error) string {
@@ -330,9 +617,6 @@ func jsonKind(goType string) string {
 func (h *handler) validate(req *InferRequest, info ModelInfo) ([]Tensor, []string, *httpError) {
 	if len(req.ID) > MaxIDBytes {
 		return nil, nil, badRequest("id is %d bytes long; at most %d are allowed", len(req.ID), MaxIDBytes)
-	}
-	if v, ok := req.Parameters["binary_data_output"].(bool); ok && v {
-		return nil, nil, badRequest("parameter binary_data_output: the binary tensor data extension is not supported; request JSON data")
 	}
 	if len(req.Inputs) == 0 {
 		return nil, nil, badRequest("request has no inputs; model %q needs %s", info.Name, specNames(info.Inputs))
@@ -374,11 +658,15 @@ func (h *handler) validate(req *InferRequest, info ModelInfo) ([]Tensor, []strin
 }
 
 func (h *handler) validateInput(in RequestInput, spec *efpb.TensorSpec) (Tensor, *httpError) {
-	if in.Datatype != DatatypeFP32 {
-		return Tensor{}, badRequest("input %q: datatype %q is not supported; only FP32 is supported", in.Name, in.Datatype)
+	d, err := tensor.Parse(in.Datatype)
+	if err != nil {
+		return Tensor{}, badRequest("input %q: %v", in.Name, err)
 	}
-	if _, ok := in.Parameters["binary_data_size"]; ok {
-		return Tensor{}, badRequest("input %q: the binary tensor data extension is not supported; send data as a JSON array", in.Name)
+	if want := spec.GetDatatype(); want != "" && string(d) != want {
+		return Tensor{}, badRequest("input %q: datatype is %s, but the model's input is %s", in.Name, d, want)
+	}
+	if _, ok := in.Parameters[ParamBinaryDataSize]; ok && in.binary == nil {
+		return Tensor{}, badRequest("input %q has parameter %s but the request has no %s header (the JSON part's length)", in.Name, ParamBinaryDataSize, HeaderContentLength)
 	}
 	if in.Shape == nil {
 		return Tensor{}, badRequest("input %q has no shape", in.Name)
@@ -388,7 +676,8 @@ func (h *handler) validateInput(in RequestInput, spec *efpb.TensorSpec) (Tensor,
 			return Tensor{}, badRequest("input %q: shape %s has negative dimension %d; request shapes must be concrete", in.Name, fmtShape(in.Shape), i)
 		}
 	}
-	if ms := spec.GetShape(); len(ms) > 0 {
+	ms := spec.GetShape()
+	if len(ms) > 0 {
 		if len(in.Shape) != len(ms) {
 			return Tensor{}, badRequest("input %q: shape %s has rank %d but the model wants rank %d (model shape %s, -1 = any size)",
 				in.Name, fmtShape(in.Shape), len(in.Shape), len(ms), fmtShape(ms))
@@ -400,7 +689,9 @@ func (h *handler) validateInput(in RequestInput, spec *efpb.TensorSpec) (Tensor,
 			}
 		}
 	}
-	if len(in.Shape) > 0 && in.Shape[0] > int64(h.opts.MaxBatch) {
+	// The batch limit applies to a dynamic first dimension only: a fixed
+	// one is what the model takes.
+	if len(in.Shape) > 0 && (len(ms) == 0 || ms[0] < 0) && in.Shape[0] > int64(h.opts.MaxBatch) {
 		return Tensor{}, badRequest("input %q: batch size %d (shape[0]) exceeds the limit of %d", in.Name, in.Shape[0], h.opts.MaxBatch)
 	}
 	product, ok := elementCount(in.Shape, h.opts.MaxBodyBytes)
@@ -408,14 +699,24 @@ func (h *handler) validateInput(in RequestInput, spec *efpb.TensorSpec) (Tensor,
 		return Tensor{}, badRequest("input %q: shape %s has more elements than a request of at most %d bytes can carry",
 			in.Name, fmtShape(in.Shape), h.opts.MaxBodyBytes)
 	}
+	if in.binary != nil {
+		if len(in.Data) > 0 {
+			return Tensor{}, badRequest("input %q has both JSON data and binary data; send one", in.Name)
+		}
+		data, err := decodeBinary(in.binary, d, product)
+		if err != nil {
+			return Tensor{}, badRequest("input %q: %v", in.Name, err)
+		}
+		return Tensor{Name: in.Name, Datatype: d, Shape: in.Shape, Data: data}, nil
+	}
 	if len(in.Data) == 0 || string(in.Data) == "null" {
 		return Tensor{}, badRequest("input %q has no data", in.Name)
 	}
-	data, err := decodeFP32(in.Data, in.Shape, product)
+	data, err := decodeData(in.Data, d, in.Shape, product)
 	if err != nil {
 		return Tensor{}, badRequest("input %q: %v", in.Name, err)
 	}
-	return Tensor{Name: in.Name, Shape: in.Shape, Data: data}, nil
+	return Tensor{Name: in.Name, Datatype: d, Shape: in.Shape, Data: data}, nil
 }
 
 func requestedOutputs(outs []RequestOutput, info ModelInfo) ([]string, *httpError) {
@@ -437,18 +738,63 @@ func requestedOutputs(outs []RequestOutput, info ModelInfo) ([]string, *httpErro
 		case seen[o.Name]:
 			return nil, badRequest("output %q is requested more than once", o.Name)
 		}
-		if v, ok := o.Parameters["binary_data"].(bool); ok && v {
-			return nil, badRequest("output %q: the binary tensor data extension is not supported; request JSON data", o.Name)
-		}
 		seen[o.Name] = true
 		want = append(want, o.Name)
 	}
 	return want, nil
 }
 
+// binaryOutputs says which outputs go as binary data: all with the
+// request parameter binary_data_output, else those with binary_data.
+func binaryOutputs(req *InferRequest) func(name string) bool {
+	all, _ := req.Parameters[ParamBinaryDataOutput].(bool)
+	named := map[string]bool{}
+	for _, o := range req.Outputs {
+		if v, ok := o.Parameters[ParamBinaryData].(bool); ok {
+			named[o.Name] = v
+		}
+	}
+	return func(name string) bool {
+		if v, ok := named[name]; ok {
+			return v
+		}
+		return all
+	}
+}
+
+func hasBinary(outs []ResponseOutput) bool {
+	for _, o := range outs {
+		if o.binary != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// writeBinary writes a response whose binary outputs follow the JSON part.
+func writeBinary(w http.ResponseWriter, resp *InferResponse) {
+	head := appendResponse(nil, resp)
+	size := len(head)
+	for _, o := range resp.Outputs {
+		size += len(o.binary)
+	}
+	body := make([]byte, 0, size)
+	body = append(body, head...)
+	for _, o := range resp.Outputs {
+		body = append(body, o.binary...)
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set(HeaderContentLength, strconv.Itoa(len(head)))
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+}
+
 // responseOutputs converts the backend's outputs, keeping only want (in its
-// order) when given, and checks they can be sent.
-func responseOutputs(outs []Tensor, want []string) ([]ResponseOutput, error) {
+// order) when given, and checks they can be sent. A class-map output gets
+// its class labels in its parameters; binary(name) outputs carry their
+// data in binary form.
+func responseOutputs(outs []Tensor, want []string, info ModelInfo, binary func(name string) bool) ([]ResponseOutput, error) {
 	if want != nil {
 		byName := make(map[string]Tensor, len(outs))
 		for _, o := range outs {
@@ -464,30 +810,54 @@ func responseOutputs(outs []Tensor, want []string) ([]ResponseOutput, error) {
 		}
 		outs = sel
 	}
+	specs := make(map[string]*efpb.TensorSpec, len(info.Outputs))
+	for _, s := range info.Outputs {
+		specs[s.GetName()] = s
+	}
 	res := make([]ResponseOutput, 0, len(outs))
 	for _, o := range outs {
 		n, ok := elementCount(o.Shape, math.MaxInt64)
-		for _, d := range o.Shape {
-			ok = ok && d >= 0
+		if !ok || n != int64(o.Len()) {
+			return nil, fmt.Errorf("model returned output %q with %d values for shape %s", o.Name, o.Len(), fmtShape(o.Shape))
 		}
-		if !ok || n != int64(len(o.Data)) {
-			return nil, fmt.Errorf("model returned output %q with %d values for shape %s", o.Name, len(o.Data), fmtShape(o.Shape))
+		d := o.DT()
+		if !d.Valid() {
+			return nil, fmt.Errorf("model returned output %q of Go type %T, which is no tensor datatype", o.Name, o.Data)
 		}
-		for _, v := range o.Data {
-			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-				return nil, fmt.Errorf("model produced a non-finite value (%v) in output %q", v, o.Name)
-			}
-		}
-		shape, data := o.Shape, o.Data
+		shape := o.Shape
 		if shape == nil {
 			shape = []int64{}
 		}
-		if data == nil {
-			data = []float32{}
+		out := ResponseOutput{Name: o.Name, Shape: shape, Datatype: string(d), Parameters: outputParams(specs[o.Name])}
+		if binary != nil && binary(o.Name) {
+			out.binary = appendBinary(make([]byte, 0, binarySize(&o)), &o)
+			if out.Parameters == nil {
+				out.Parameters = map[string]any{}
+			}
+			out.Parameters[ParamBinaryDataSize] = len(out.binary)
+		} else {
+			data, err := appendData(nil, &o)
+			if err != nil {
+				return nil, fmt.Errorf("model produced output %q that JSON cannot carry: %v", o.Name, err)
+			}
+			out.Data = data
 		}
-		res = append(res, ResponseOutput{Name: o.Name, Shape: shape, Datatype: DatatypeFP32, Data: data})
+		res = append(res, out)
 	}
 	return res, nil
+}
+
+// outputParams returns the parameters of a class-map output (its kind and
+// class labels), or nil.
+func outputParams(spec *efpb.TensorSpec) map[string]any {
+	if spec.GetKind() != efpb.TensorKind_TENSOR_KIND_CLASS_MAP {
+		return nil
+	}
+	p := map[string]any{ParamKind: KindClassMap}
+	if c, err := tensor.FromProto(spec.GetClasses()); err == nil {
+		p[ParamClasses] = c.Data
+	}
+	return p
 }
 
 // specNames lists tensor names for messages: "x", "y".
@@ -509,7 +879,7 @@ func tensorMetadata(specs []*efpb.TensorSpec) []TensorMetadata {
 		if shape == nil {
 			shape = []int64{}
 		}
-		md[i] = TensorMetadata{Name: s.GetName(), Datatype: s.GetDatatype(), Shape: shape}
+		md[i] = TensorMetadata{Name: s.GetName(), Datatype: s.GetDatatype(), Shape: shape, Parameters: outputParams(s)}
 	}
 	return md
 }

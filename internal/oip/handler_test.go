@@ -61,6 +61,14 @@ func errorMessage(t *testing.T, r rawResponse) string {
 	return e.Error
 }
 
+// outFP32 decodes an FP32 output.
+func outFP32(t *testing.T, o ResponseOutput) []float32 {
+	t.Helper()
+	v, err := o.FP32()
+	require.NoError(t, err)
+	return v
+}
+
 // fraudReq builds a fraud-model request body with one input x.
 func fraudReq(shape, data string) string {
 	return fmt.Sprintf(`{"inputs":[{"name":"x","shape":%s,"datatype":"FP32","data":%s}]}`, shape, data)
@@ -102,7 +110,8 @@ func TestBadRequests(t *testing.T) {
 		{"unknown input", c, "POST", infer, `{"inputs":[{"name":"y","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}`, 400, `input "y" is not an input of model "fraud" (inputs: "x")`},
 		{"duplicate input", c, "POST", infer, `{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]},{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}`, 400, `input "x" is given more than once`},
 		{"missing input", c, "POST", "/v2/models/pair/infer", `{"inputs":[{"name":"a","shape":[1,2],"datatype":"FP32","data":[1,2]}]}`, 400, `missing input "b"`},
-		{"datatype", c, "POST", infer, `{"inputs":[{"name":"x","shape":[1,3],"datatype":"INT64","data":[1,2,3]}]}`, 400, `datatype "INT64" is not supported; only FP32 is supported`},
+		{"datatype", c, "POST", infer, `{"inputs":[{"name":"x","shape":[1,3],"datatype":"INT64","data":[1,2,3]}]}`, 400, `input "x": datatype is INT64, but the model's input is FP32`},
+		{"unknown datatype", c, "POST", infer, `{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP8","data":[1,2,3]}]}`, 400, `input "x": datatype "FP8" is not one of BOOL, UINT8`},
 		{"no shape", c, "POST", infer, `{"inputs":[{"name":"x","datatype":"FP32","data":[1,2,3]}]}`, 400, `input "x" has no shape`},
 		{"negative dim", c, "POST", infer, fraudReq(`[-1,3]`, `[1,2,3]`), 400, "negative dimension 0"},
 		{"rank", c, "POST", infer, fraudReq(`[3]`, `[1,2,3]`), 400, "shape [3] has rank 1 but the model wants rank 2 (model shape [-1,3]"},
@@ -114,19 +123,19 @@ func TestBadRequests(t *testing.T) {
 		{"no data", c, "POST", infer, `{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32"}]}`, 400, `input "x" has no data`},
 		{"null data", c, "POST", infer, fraudReq(`[1,3]`, `null`), 400, `input "x" has no data`},
 		{"data not array", c, "POST", infer, fraudReq(`[1,3]`, `5`), 400, "data must be a JSON array"},
-		{"string value", c, "POST", infer, fraudReq(`[1,3]`, `[1,"2",3]`), 400, "data value 1 is a string; FP32 data must contain only numbers"},
-		{"null value", c, "POST", infer, fraudReq(`[1,3]`, `[1,null,3]`), 400, "data value 1 is null"},
+		{"string value", c, "POST", infer, fraudReq(`[1,3]`, `[1,"2",3]`), 400, `data value 1 ("2") is a string; FP32 data must contain only numbers`},
+		{"null value", c, "POST", infer, fraudReq(`[1,3]`, `[1,null,3]`), 400, "data value 1 (null) is null"},
 		{"infinite value", c, "POST", infer, fraudReq(`[1,3]`, `[1,1e39,3]`), 400, "data value 1 (1e39) is not a finite FP32 number"},
 		{"huge value", c, "POST", infer, fraudReq(`[1,3]`, `[1,2,-1e400]`), 400, "data value 2 (-1e400) is not a finite FP32 number"},
 		{"nested row length", c, "POST", infer, fraudReq(`[2,3]`, `[[1,2],[3,4]]`), 400, "array of 2 elements at nesting depth 2, but shape [2,3] wants 3"},
 		{"nested row count", c, "POST", infer, fraudReq(`[2,3]`, `[[1,2,3]]`), 400, "array of 1 elements at nesting depth 1, but shape [2,3] wants 2"},
 		{"nested too deep", c, "POST", infer, fraudReq(`[1,3]`, `[[[1,2,3]]]`), 400, "data is nested 3 deep but shape [1,3] has rank 2"},
-		{"irregular number", c, "POST", infer, fraudReq(`[2,3]`, `[[1,2,3],4]`), 400, "a number appears at depth 1 where arrays are expected"},
+		{"irregular number", c, "POST", infer, fraudReq(`[2,3]`, `[[1,2,3],4]`), 400, "a value appears at depth 1 where arrays are expected"},
 		{"irregular array", c, "POST", infer, fraudReq(`[2,3]`, `[1,2,3,[4,5,6]]`), 400, "an array appears where values 3.. are expected"},
 		{"unknown output", c, "POST", infer, `{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}],"outputs":[{"name":"nope"}]}`, 400, `requested output "nope" is not an output of model "fraud" (outputs: "sum", "double")`},
 		{"duplicate output", c, "POST", infer, `{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}],"outputs":[{"name":"sum"},{"name":"sum"}]}`, 400, `output "sum" is requested more than once`},
-		{"binary output", c, "POST", infer, `{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}],"outputs":[{"name":"sum","parameters":{"binary_data":true}}]}`, 400, "binary tensor data extension is not supported"},
-		{"binary input", c, "POST", infer, `{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","parameters":{"binary_data_size":12},"data":[1,2,3]}]}`, 400, "binary tensor data extension is not supported"},
+		{"binary input without header", c, "POST", infer, `{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","parameters":{"binary_data_size":12},"data":[1,2,3]}]}`, 400,
+			"has parameter binary_data_size but the request has no Inference-Header-Content-Length header"},
 		{"id too long", c, "POST", infer, `{"id":"` + strings.Repeat("i", MaxIDBytes+1) + `","inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}`, 400, "id is 257 bytes long; at most 256"},
 		{"body too big", small, "POST", infer, fraudReq(`[1,3]`, `[1,2,3]`) + strings.Repeat(" ", 200), 413, "request body exceeds the limit of 200 bytes"},
 		{"unknown model", c, "POST", "/v2/models/nope/infer", fraudReq(`[1,3]`, `[1,2,3]`), 404, `model "nope" not found`},
@@ -160,7 +169,6 @@ func TestBackendFailures(t *testing.T) {
 		msg    string
 	}{
 		{"666", 500, "inference failed: runtime exploded"},
-		{"777", 500, `model produced a non-finite value (NaN) in output "sum"`},
 		{"444", 500, `model returned output "sum" with 1 values for shape [2,1]`},
 	}
 	for _, tt := range tests {
@@ -171,6 +179,15 @@ func TestBackendFailures(t *testing.T) {
 		assert.Contains(t, msg, tt.msg)
 		assert.NotContains(t, msg, "goroutine", "no stack traces")
 	}
+	// A NaN output is an answer, not a failure: JSON carries it as a string.
+	r := send(t, c, "POST", "/v2/models/fraud/infer", fraudReq(`[1,3]`, "[777,0,0]"))
+	require.Equal(t, 200, r.status, r.body)
+	assert.Contains(t, r.body, `"data":["NaN"]`)
+	var resp InferResponse
+	require.NoError(t, json.Unmarshal([]byte(r.body), &resp))
+	got, err := resp.Outputs[0].FP32()
+	require.NoError(t, err)
+	assert.True(t, math.IsNaN(float64(got[0])))
 }
 
 func TestInferFlatAndNested(t *testing.T) {
@@ -191,10 +208,10 @@ func TestInferFlatAndNested(t *testing.T) {
 			assert.Equal(t, "3", resp.ModelVersion)
 			sum, ok := resp.Output("sum")
 			require.True(t, ok)
-			assert.Equal(t, ResponseOutput{Name: "sum", Shape: []int64{2, 1}, Datatype: "FP32", Data: []float32{6, 15.5}}, sum)
+			assert.Equal(t, ResponseOutput{Name: "sum", Shape: []int64{2, 1}, Datatype: "FP32", Data: json.RawMessage(`[6,15.5]`)}, sum)
 			double, ok := resp.Output("double")
 			require.True(t, ok)
-			assert.Equal(t, []float32{2, 4, 6, 8, 10, 13}, double.Data)
+			assert.Equal(t, []float32{2, 4, 6, 8, 10, 13}, outFP32(t, double))
 		})
 	}
 }
@@ -216,9 +233,7 @@ func TestInferEdgeShapes(t *testing.T) {
 		require.Equal(t, 200, r.status, "shape %s data %s: %s", tt.shape, tt.data, r.body)
 		var resp InferResponse
 		require.NoError(t, json.Unmarshal([]byte(r.body), &resp))
-		got, err := json.Marshal(resp.Outputs[0].Data)
-		require.NoError(t, err)
-		assert.JSONEq(t, tt.want, string(got), "shape %s data %s", tt.shape, tt.data)
+		assert.JSONEq(t, tt.want, string(resp.Outputs[0].Data), "shape %s data %s", tt.shape, tt.data)
 	}
 }
 
@@ -233,7 +248,7 @@ func TestInputsReachBackendInModelOrder(t *testing.T) {
 	require.NoError(t, err)
 	diff, ok := resp.Output("diff")
 	require.True(t, ok)
-	assert.Equal(t, []float32{9, 18}, diff.Data)
+	assert.Equal(t, []float32{9, 18}, outFP32(t, diff))
 }
 
 func TestRequestedOutputs(t *testing.T) {
@@ -245,7 +260,7 @@ func TestRequestedOutputs(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, resp.Outputs, 1)
 	assert.Equal(t, "double", resp.Outputs[0].Name)
-	assert.Equal(t, []float32{2, 4, 6}, resp.Outputs[0].Data)
+	assert.Equal(t, []float32{2, 4, 6}, outFP32(t, resp.Outputs[0]))
 }
 
 func TestIDPropagationAndGeneration(t *testing.T) {
@@ -308,9 +323,11 @@ func TestHealthAndMetadata(t *testing.T) {
 	r = send(t, c, "GET", "/v2/health/ready", "")
 	assert.Equal(t, 200, r.status)
 	assert.JSONEq(t, `{"ready":true}`, r.body)
-	r = send(t, c, "GET", "/v2", "")
-	assert.Equal(t, 200, r.status)
-	assert.JSONEq(t, `{"name":"edgefleet-agent","version":"1.2.3","extensions":["feedback"]}`, r.body)
+	for _, p := range []string{"/v2", "/v2/"} {
+		r = send(t, c, "GET", p, "")
+		assert.Equal(t, 200, r.status, p)
+		assert.JSONEq(t, `{"name":"edgefleet-agent","version":"1.2.3","extensions":["binary_tensor_data","feedback"]}`, r.body, p)
+	}
 	r = send(t, c, "GET", "/v2/models/fraud/ready", "")
 	assert.Equal(t, 200, r.status)
 	r = send(t, c, "HEAD", "/v2/health/ready", "")
@@ -342,13 +359,16 @@ func TestNotReady(t *testing.T) {
 	err := c.Ready(t.Context())
 	se, ok := errors.AsType[*StatusError](err)
 	require.True(t, ok, "err = %v", err)
-	assert.Equal(t, 503, se.StatusCode)
-	assert.Equal(t, "server is not ready", se.Message)
+	assert.Equal(t, 400, se.StatusCode, "the protocol's health answers: 4xx is false")
+	assert.Equal(t, `server is not ready: model "fraud" has no version serving`, se.Message)
+	r := send(t, c, "GET", "/v2/health/ready", "")
+	assert.JSONEq(t, `{"ready":false,"error":"server is not ready: model \"fraud\" has no version serving"}`, r.body)
 
 	assert.Equal(t, 200, send(t, c, "GET", "/v2/health/live", "").status, "live while not ready")
-	for _, p := range []string{"/v2/models/fraud", "/v2/models/fraud/ready"} {
-		assert.Equal(t, 503, send(t, c, "GET", p, "").status, p)
-	}
+	assert.Equal(t, 503, send(t, c, "GET", "/v2/models/fraud", "").status)
+	r = send(t, c, "GET", "/v2/models/fraud/ready", "")
+	assert.Equal(t, 400, r.status)
+	assert.Contains(t, r.body, `"ready":false`)
 	x, err := NewFP32Input("x", []int64{1, 3}, []float32{1, 2, 3})
 	require.NoError(t, err)
 	_, err = c.Infer(t.Context(), "fraud", &InferRequest{Inputs: []RequestInput{x}})
@@ -383,7 +403,9 @@ func TestConcurrentInference(t *testing.T) {
 					return
 				}
 				sum, _ := resp.Output("sum")
-				assert.Equal(t, []float32{v + 3, -v + 0.5}, sum.Data)
+				got, err := sum.FP32()
+				assert.NoError(t, err)
+				assert.Equal(t, []float32{v + 3, -v + 0.5}, got)
 				mu.Lock()
 				assert.False(t, ids[resp.ID], "duplicate id %s", resp.ID)
 				ids[resp.ID] = true
@@ -403,9 +425,11 @@ func TestClientErrors(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "request is nil")
 
-	_, err = NewFP32Input("x", []int64{1}, []float32{float32(math.Inf(1))})
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), `input "x": element 0 is +Inf`)
+	in, err := NewFP32Input("x", []int64{2}, []float32{float32(math.Inf(1)), float32(math.NaN())})
+	require.NoError(t, err)
+	assert.JSONEq(t, `["Infinity","NaN"]`, string(in.Data), "JSON has no infinity or NaN: they travel as strings")
+	_, err = NewFP32Input("x", []int64{2}, []float32{1})
+	assert.ErrorContains(t, err, `tensor "x" has 1 values, shape [2] needs 2`)
 
 	// A server that is gone: a transport error, not a StatusError.
 	srv := httptest.NewServer(http.NotFoundHandler())

@@ -280,7 +280,7 @@ func TestMarshalRejects(t *testing.T) {
 		{"unnamed attribute", func(m *Model) { m.Graph.Nodes[2].Attributes[0].Name = "" },
 			"has an attribute with no name"},
 		{"unnamed input", func(m *Model) { m.Graph.Inputs[0].Name = "" }, "graph input 0 has no name"},
-		{"unsupported elem type", func(m *Model) { m.Graph.Inputs[0].ElemType = 3 }, `graph input "x" has elem_type 3`},
+		{"unsupported elem type", func(m *Model) { m.Graph.Inputs[0].ElemType = 42 }, `graph input "x" has elem_type 42`},
 		{"negative shape dim", func(m *Model) { m.Graph.Outputs[0].Shape[1] = Fixed(-2) },
 			`graph output "y" dim 1 is -2`},
 	}
@@ -294,5 +294,80 @@ func TestMarshalRejects(t *testing.T) {
 			assert.ErrorIs(t, err, ErrInvalid)
 			assert.Contains(t, err.Error(), tt.want)
 		})
+	}
+}
+
+func TestMarshalTypedTensorsAndTypes(t *testing.T) {
+	m := linearModel()
+	m.Graph.Initializers = append(m.Graph.Initializers,
+		Int64Tensor("ints", []int64{2}, 7, -1),
+		StringTensor("names", []int64{2}, "a", "日本"),
+	)
+	m.Graph.Nodes = append(m.Graph.Nodes, Node{OpType: "Constant", Outputs: []string{"c"},
+		Attributes: []Attribute{TensorAttr("value", Int64Tensor("", []int64{1}, 5)), StringsAttr("labels", "x", "y")}})
+	m.Graph.Outputs = append(m.Graph.Outputs, ValueInfo{Name: "seq", Type: SequenceOf(MapOf(Int64, TensorOf(Float)))},
+		ValueInfo{Name: "u", Type: &Type{Elem: Uint8, UnknownRank: true}})
+	b, err := m.Marshal()
+	require.NoError(t, err)
+
+	graph := decode(t, b).sub(t, fModelGraph)
+	inits := graph.subs(t, fGraphInitializer)
+	require.Len(t, inits, 4)
+	assert.EqualValues(t, Int64, inits[2].varint(t, fTensorDataType))
+	raw := []byte(inits[2].str(t, fTensorRawData))
+	assert.Equal(t, uint64(7), binary.LittleEndian.Uint64(raw))
+	assert.Equal(t, int64(-1), int64(binary.LittleEndian.Uint64(raw[8:])))
+	assert.EqualValues(t, String, inits[3].varint(t, fTensorDataType))
+	assert.Equal(t, []string{"a", "日本"}, inits[3].strs(t, fTensorStringData))
+	assert.Empty(t, inits[3][fTensorRawData])
+
+	nodes := graph.subs(t, fGraphNode)
+	attrs := nodes[len(nodes)-1].subs(t, fNodeAttribute)
+	require.Len(t, attrs, 2)
+	assert.EqualValues(t, AttrTensor, attrs[0].varint(t, fAttrType))
+	assert.EqualValues(t, Int64, attrs[0].sub(t, fAttrT).varint(t, fTensorDataType))
+	assert.Equal(t, []string{"x", "y"}, attrs[1].strs(t, fAttrStrings))
+
+	outs := graph.subs(t, fGraphOutput)
+	seq := outs[1].sub(t, fValueInfoType).sub(t, fTypeSequenceType).sub(t, fSequenceElemType).sub(t, fTypeMapType)
+	assert.EqualValues(t, Int64, seq.varint(t, fMapKeyType))
+	assert.EqualValues(t, Float, seq.sub(t, fMapValueType).sub(t, fTypeTensorType).varint(t, fTensorElemType))
+	u := outs[2].sub(t, fValueInfoType).sub(t, fTypeTensorType)
+	assert.EqualValues(t, Uint8, u.varint(t, fTensorElemType))
+	assert.Empty(t, u[fTensorShape], "unknown rank: no shape")
+}
+
+func TestMarshalRejectsTyped(t *testing.T) {
+	tests := []struct {
+		name   string
+		modify func(m *Model)
+		want   string
+	}{
+		{"raw length", func(m *Model) {
+			m.Graph.Initializers = append(m.Graph.Initializers, RawTensor("r", Int32, []int64{2}, []byte{1, 2, 3}))
+		}, `initializer "r" has 3 raw bytes, not a multiple of 4`},
+		{"count", func(m *Model) {
+			m.Graph.Initializers = append(m.Graph.Initializers, Int64Tensor("r", []int64{3}, 1))
+		}, `initializer "r" has 1 values, dims [3] need 3`},
+		{"float data on int", func(m *Model) {
+			m.Graph.Initializers = append(m.Graph.Initializers, Tensor{Name: "r", ElemType: Int64, Data: []float32{1}})
+		}, "holds float32 Data"},
+		{"two kinds", func(m *Model) {
+			m.Graph.Outputs[0].Type = &Type{Sequence: TensorOf(Float), Optional: TensorOf(Float)}
+		}, "more than one of sequence, map and optional"},
+		{"map key", func(m *Model) {
+			m.Graph.Outputs[0].Type = MapOf(99, TensorOf(Float))
+		}, "map key type 99"},
+		{"tensor attr", func(m *Model) {
+			m.Graph.Nodes[0].Attributes = []Attribute{{Name: "value", Type: AttrTensor}}
+		}, `tensor attribute "value" has no tensor`},
+	}
+	for _, tt := range tests {
+		m := linearModel()
+		tt.modify(m)
+		_, err := m.Marshal()
+		require.Error(t, err, tt.name)
+		assert.ErrorIs(t, err, ErrInvalid, tt.name)
+		assert.Contains(t, err.Error(), tt.want, tt.name)
 	}
 }

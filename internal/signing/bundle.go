@@ -31,7 +31,7 @@ func WithThreshold(role efpb.Role, k uint32) BundleOption {
 // appear in several roles; it is listed once in Keys.
 func NewTrustBundle(version uint64, created, expires time.Time, root, release, control []ed25519.PublicKey, opts ...BundleOption) *efpb.TrustBundle {
 	b := &efpb.TrustBundle{
-		ProtocolVersion: efpb.ProtocolVersion,
+		ProtocolVersion: efpb.ProtocolVersion1, // the bundle is unchanged since version 1: old agents read it
 		Version:         version,
 		CreatedUnix:     created.Unix(),
 		ExpiresUnix:     expires.Unix(),

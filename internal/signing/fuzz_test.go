@@ -75,7 +75,7 @@ func TestFuzzSeedsReachPastSignatures(t *testing.T) {
 		{"valid_duplicate_sig", nil},
 		{"expired_manifest", signing.ErrExpired},
 		{"no_expiry", signing.ErrMalformed},
-		{"protocol_v2", signing.ErrProtocolVersion},
+		{"protocol_v3", signing.ErrProtocolVersion},
 		{"signed_garbage", signing.ErrMalformed},
 		{"signed_by_control", signing.ErrThreshold},
 		{"too_many_signatures", signing.ErrMalformed},

@@ -412,7 +412,7 @@ func TestUpdateTrustBundleRefusals(t *testing.T) {
 			require.NoError(t, err)
 			return env
 		}, want: signing.ErrMalformed, wantMsg: "decode trust bundle"},
-		{name: "newer protocol", env: mutated(func(b *efpb.TrustBundle) { b.ProtocolVersion = 2 }), want: signing.ErrProtocolVersion},
+		{name: "newer protocol", env: mutated(func(b *efpb.TrustBundle) { b.ProtocolVersion = efpb.ProtocolVersion + 1 }), want: signing.ErrProtocolVersion},
 		{name: "no expiry", env: mutated(func(b *efpb.TrustBundle) { b.ExpiresUnix = 0 }), want: signing.ErrMalformed, wantMsg: "expires_unix is not set"},
 		{name: "expires before created", env: mutated(func(b *efpb.TrustBundle) { b.CreatedUnix = b.ExpiresUnix + 1 }), want: signing.ErrMalformed, wantMsg: "before created_unix"},
 		{name: "other algorithm", env: mutated(func(b *efpb.TrustBundle) { b.Keys[1].Algorithm = "rsa" }), want: signing.ErrMalformed, wantMsg: `keys[1]: algorithm "rsa"`},
@@ -461,7 +461,7 @@ func TestNewTrustBundle(t *testing.T) {
 	// The root key doubles as a control key: listed once in Keys.
 	b := signing.NewTrustBundle(5, testNow, testNow.Add(time.Hour), pubs(root), pubs(release), pubs(control, root),
 		signing.WithThreshold(efpb.Role_ROLE_CONTROL, 2))
-	assert.EqualValues(t, efpb.ProtocolVersion, b.ProtocolVersion)
+	assert.EqualValues(t, efpb.ProtocolVersion1, b.ProtocolVersion, "a trust bundle needs only version 1: old agents must read it")
 	assert.EqualValues(t, 5, b.Version)
 	assert.Equal(t, testNow.Unix(), b.CreatedUnix)
 	assert.Equal(t, testNow.Add(time.Hour).Unix(), b.ExpiresUnix)

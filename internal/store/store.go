@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -95,7 +96,14 @@ type Options struct {
 	// GCInterval is how often the value-log garbage collector runs.
 	// Zero means 10 minutes; negative disables it. Ignored when InMemory.
 	GCInterval time.Duration
+	// LockWait is how long Open waits for the directory lock another
+	// process holds (a previous instance killed a moment ago, still
+	// exiting) before it fails; zero means 10 s, negative not at all.
+	LockWait time.Duration
 }
+
+// defaultLockWait is Options.LockWait's default.
+const defaultLockWait = 10 * time.Second
 
 // DB is an open store. All methods are safe for concurrent use.
 type DB struct {
@@ -123,7 +131,7 @@ func Open(opts Options) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	bdb, err := badger.Open(bopts)
+	bdb, err := openWaiting(bopts, opts.LockWait, log)
 	if err != nil {
 		return nil, fmt.Errorf("store: open %q: %w", opts.Dir, err)
 	}
@@ -274,4 +282,34 @@ func (db *DB) Namespace(prefix string) *KV {
 	}
 	kv.prefix = prefix + "/"
 	return kv
+}
+
+// openWaiting opens badger, retrying while another process holds the
+// directory lock, for up to wait (0: defaultLockWait). A process killed
+// with SIGKILL holds its lock until the kernel has closed its files; a
+// supervisor that restarts it at once must not fail on that.
+func openWaiting(bopts badger.Options, wait time.Duration, log *slog.Logger) (*badger.DB, error) {
+	if wait == 0 {
+		wait = defaultLockWait
+	}
+	deadline := time.Now().Add(wait)
+	pause := 10 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		bdb, err := badger.Open(bopts)
+		if err == nil || bopts.InMemory || !isLocked(err) || time.Now().Add(pause).After(deadline) {
+			return bdb, err
+		}
+		if attempt == 1 {
+			log.Warn("the store's directory is locked by another process; waiting for it", "dir", bopts.Dir, "up_to", wait)
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, 500*time.Millisecond)
+	}
+}
+
+// isLocked reports whether badger.Open failed on the directory lock.
+// badger formats the flock error into its message instead of wrapping it,
+// so its text is all there is (TestOpenWaitsForTheDirectoryLock pins it).
+func isLocked(err error) bool {
+	return strings.Contains(err.Error(), "Cannot acquire directory lock")
 }

@@ -453,3 +453,38 @@ func BenchmarkGet(b *testing.B) {
 		})
 	}
 }
+
+// TestOpenWaitsForTheDirectoryLock: a store whose directory is still
+// locked (by an instance killed a moment ago, here one still open) is
+// opened once the lock is released, within LockWait; with no wait the
+// error names the lock.
+func TestOpenWaitsForTheDirectoryLock(t *testing.T) {
+	dir := t.TempDir()
+	first, err := Open(Options{Dir: dir, GCInterval: -1})
+	require.NoError(t, err)
+
+	_, err = Open(Options{Dir: dir, GCInterval: -1, LockWait: -1})
+	require.Error(t, err, "the directory is locked")
+	assert.Contains(t, err.Error(), "lock")
+
+	opened := make(chan error, 1)
+	go func() {
+		db, err := Open(Options{Dir: dir, GCInterval: -1, LockWait: time.Minute})
+		if err == nil {
+			err = db.Close()
+		}
+		opened <- err
+	}()
+	select {
+	case err := <-opened:
+		t.Fatalf("opened while the other instance held the lock: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	require.NoError(t, first.Close())
+	select {
+	case err := <-opened:
+		require.NoError(t, err, "opened once the lock was released")
+	case <-time.After(30 * time.Second):
+		t.Fatal("Open did not notice the released lock")
+	}
+}

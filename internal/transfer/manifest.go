@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 
+	"github.com/edgefleet/edgefleet/internal/tensor"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -156,8 +157,11 @@ func validTensors(field string, ts []*efpb.Tensor) error {
 		if err := validTensorName(f+".name", t.GetName()); err != nil {
 			return err
 		}
-		if err := validShape(f, t.GetShape(), len(t.GetData())); err != nil {
+		if err := validShape(f, t.GetShape(), tensorLen(t)); err != nil {
 			return err
+		}
+		if _, err := tensor.FromProto(t); err != nil {
+			return fieldErr(f, "%v", err)
 		}
 	}
 	return nil
@@ -193,6 +197,13 @@ func validShape(field string, shape []int64, n int) error {
 		return fieldErr(field+".data", "has %d values, shape %v needs %d", n, shape, want)
 	}
 	return nil
+}
+
+// tensorLen counts the elements of t in all its data fields (FromProto
+// then checks they are in the one its datatype names).
+func tensorLen(t *efpb.Tensor) int {
+	return len(t.GetData()) + len(t.GetIntData()) + len(t.GetUintData()) + len(t.GetDoubleData()) +
+		len(t.GetBoolData()) + len(t.GetBytesData())
 }
 
 func validTensorName(field, name string) error {

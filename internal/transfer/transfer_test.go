@@ -129,6 +129,15 @@ func TestValidateManifest(t *testing.T) {
 		{"unnamed test tensor", func(m *efpb.Manifest) { m.TestVectors[0].Inputs[0].Name = "" }, transfer.Limits{}, "test_vectors[0].inputs[0].name"},
 		{"dynamic test shape", func(m *efpb.Manifest) { m.TestVectors[0].Inputs[0].Shape = []int64{-1, 4} }, transfer.Limits{}, "test_vectors[0].inputs[0].shape[0]"},
 		{"data shorter than shape", func(m *efpb.Manifest) { m.TestVectors[0].Expected[0].Data = []float32{1} }, transfer.Limits{}, "test_vectors[0].expected[0].data"},
+		{"typed data in the wrong field", func(m *efpb.Manifest) {
+			m.TestVectors[0].Expected[0].Datatype = "INT64"
+		}, transfer.Limits{}, "test_vectors[0].expected[0]"},
+		{"int8 out of range", func(m *efpb.Manifest) {
+			m.TestVectors[0].Expected[0] = &efpb.Tensor{Name: "y", Datatype: "INT8", Shape: []int64{1}, IntData: []int64{300}}
+		}, transfer.Limits{}, "test_vectors[0].expected[0]"},
+		{"typed data shorter than shape", func(m *efpb.Manifest) {
+			m.TestVectors[0].Expected[0] = &efpb.Tensor{Name: "y", Datatype: "BYTES", Shape: []int64{2}, BytesData: [][]byte{{'a'}}}
+		}, transfer.Limits{}, "test_vectors[0].expected[0].data"},
 		{"overflowing shape", func(m *efpb.Manifest) {
 			m.TestVectors[0].Inputs[0].Shape = []int64{1 << 40, 1 << 40, 1 << 40}
 		}, transfer.Limits{}, "test_vectors[0].inputs[0].data"},
@@ -154,6 +163,11 @@ func TestValidateManifest(t *testing.T) {
 	m.TestVectors[0].Inputs[0].Data = nil
 	m.TestVectors[0].Expected[0].Shape = nil
 	m.TestVectors[0].Expected[0].Data = []float32{0.5}
+	assert.NoError(t, transfer.ValidateManifest(m, transfer.Limits{}))
+
+	// Typed test vectors (protocol version 2) count the field their datatype names.
+	m.TestVectors[0].Expected[0] = &efpb.Tensor{Name: "y", Datatype: "BYTES", Shape: []int64{2}, BytesData: [][]byte{[]byte("a"), nil}}
+	m.TestVectors[0].Inputs[0] = &efpb.Tensor{Name: "x", Datatype: "UINT8", Shape: []int64{1, 3}, UintData: []uint64{0, 7, 255}}
 	assert.NoError(t, transfer.ValidateManifest(m, transfer.Limits{}))
 }
 

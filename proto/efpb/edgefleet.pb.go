@@ -1,4 +1,4 @@
-// edgefleet wire protocol, version 1. See proto/HISTORY.md before changing
+// edgefleet wire protocol, version 2. See proto/HISTORY.md before changing
 // anything here: field numbers are forever, and every change needs a new
 // fixture in proto/efpb/fixtures_test.go.
 
@@ -77,6 +77,60 @@ func (Role) EnumDescriptor() ([]byte, []int) {
 	return file_proto_edgefleet_proto_rawDescGZIP(), []int{0}
 }
 
+// TensorKind is how an ONNX value is served over the Open Inference
+// Protocol. Only version 2 manifests use it; older agents refuse those by
+// their protocol_version before reading it.
+type TensorKind int32
+
+const (
+	// A tensor, served as it is.
+	TensorKind_TENSOR_KIND_TENSOR TensorKind = 0
+	// A sequence of maps from class label to score, one map per row (what
+	// ai.onnx.ml ZipMap makes of a classifier's probabilities), served as a
+	// [rows, classes] tensor of the map's value type; the class labels are
+	// TensorSpec.classes.
+	TensorKind_TENSOR_KIND_CLASS_MAP TensorKind = 1
+)
+
+// Enum value maps for TensorKind.
+var (
+	TensorKind_name = map[int32]string{
+		0: "TENSOR_KIND_TENSOR",
+		1: "TENSOR_KIND_CLASS_MAP",
+	}
+	TensorKind_value = map[string]int32{
+		"TENSOR_KIND_TENSOR":    0,
+		"TENSOR_KIND_CLASS_MAP": 1,
+	}
+)
+
+func (x TensorKind) Enum() *TensorKind {
+	p := new(TensorKind)
+	*p = x
+	return p
+}
+
+func (x TensorKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TensorKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_proto_edgefleet_proto_enumTypes[1].Descriptor()
+}
+
+func (TensorKind) Type() protoreflect.EnumType {
+	return &file_proto_edgefleet_proto_enumTypes[1]
+}
+
+func (x TensorKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TensorKind.Descriptor instead.
+func (TensorKind) EnumDescriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{1}
+}
+
 type ModelState int32
 
 const (
@@ -130,11 +184,11 @@ func (x ModelState) String() string {
 }
 
 func (ModelState) Descriptor() protoreflect.EnumDescriptor {
-	return file_proto_edgefleet_proto_enumTypes[1].Descriptor()
+	return file_proto_edgefleet_proto_enumTypes[2].Descriptor()
 }
 
 func (ModelState) Type() protoreflect.EnumType {
-	return &file_proto_edgefleet_proto_enumTypes[1]
+	return &file_proto_edgefleet_proto_enumTypes[2]
 }
 
 func (x ModelState) Number() protoreflect.EnumNumber {
@@ -143,7 +197,7 @@ func (x ModelState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ModelState.Descriptor instead.
 func (ModelState) EnumDescriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{1}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{2}
 }
 
 // Refusal is the kind of signed document a device refused. A receiver that
@@ -189,11 +243,11 @@ func (x Refusal) String() string {
 }
 
 func (Refusal) Descriptor() protoreflect.EnumDescriptor {
-	return file_proto_edgefleet_proto_enumTypes[2].Descriptor()
+	return file_proto_edgefleet_proto_enumTypes[3].Descriptor()
 }
 
 func (Refusal) Type() protoreflect.EnumType {
-	return &file_proto_edgefleet_proto_enumTypes[2]
+	return &file_proto_edgefleet_proto_enumTypes[3]
 }
 
 func (x Refusal) Number() protoreflect.EnumNumber {
@@ -202,7 +256,7 @@ func (x Refusal) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Refusal.Descriptor instead.
 func (Refusal) EnumDescriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{2}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{3}
 }
 
 // Envelope is a DSSE envelope: the signatures cover
@@ -608,12 +662,19 @@ func (x *TrustChain) GetPrevious() []*Envelope {
 }
 
 // TensorSpec describes one model input or output. datatype uses the Open
-// Inference Protocol names (FP32, INT64, ...); -1 in shape is a dynamic axis.
+// Inference Protocol names (BOOL, UINT8..UINT64, INT8..INT64, FP16, BF16,
+// FP32, FP64, BYTES); -1 in shape is a dynamic axis. A manifest using any
+// datatype but FP32, or kind or classes, has protocol_version 2.
 type TensorSpec struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Datatype      string                 `protobuf:"bytes,2,opt,name=datatype,proto3" json:"datatype,omitempty"`
-	Shape         []int64                `protobuf:"varint,3,rep,packed,name=shape,proto3" json:"shape,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Datatype string                 `protobuf:"bytes,2,opt,name=datatype,proto3" json:"datatype,omitempty"`
+	Shape    []int64                `protobuf:"varint,3,rep,packed,name=shape,proto3" json:"shape,omitempty"`
+	// kind says how the model's value becomes the served tensor (version 2).
+	Kind TensorKind `protobuf:"varint,4,opt,name=kind,proto3,enum=edgefleet.v1.TensorKind" json:"kind,omitempty"`
+	// classes are the class labels of a TENSOR_KIND_CLASS_MAP output, one
+	// per column, as a 1-D INT64 or BYTES tensor (version 2).
+	Classes       *Tensor `protobuf:"bytes,5,opt,name=classes,proto3" json:"classes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -669,12 +730,41 @@ func (x *TensorSpec) GetShape() []int64 {
 	return nil
 }
 
-// Tensor is a small dense tensor of float32 values, used for test vectors.
+func (x *TensorSpec) GetKind() TensorKind {
+	if x != nil {
+		return x.Kind
+	}
+	return TensorKind_TENSOR_KIND_TENSOR
+}
+
+func (x *TensorSpec) GetClasses() *Tensor {
+	if x != nil {
+		return x.Classes
+	}
+	return nil
+}
+
+// Tensor is a small dense tensor, used for test vectors. Its elements are
+// in the one field its datatype names; "" and FP32 mean float32 in data
+// (the only form version 1 knew). FP16 and BF16 values are also in data:
+// float32 holds every one of them exactly.
 type Tensor struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Shape         []int64                `protobuf:"varint,2,rep,packed,name=shape,proto3" json:"shape,omitempty"`
-	Data          []float32              `protobuf:"fixed32,3,rep,packed,name=data,proto3" json:"data,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Shape []int64                `protobuf:"varint,2,rep,packed,name=shape,proto3" json:"shape,omitempty"`
+	Data  []float32              `protobuf:"fixed32,3,rep,packed,name=data,proto3" json:"data,omitempty"`
+	// datatype is the Open Inference Protocol name (version 2).
+	Datatype string `protobuf:"bytes,4,opt,name=datatype,proto3" json:"datatype,omitempty"`
+	// INT8, INT16, INT32 and INT64 elements.
+	IntData []int64 `protobuf:"zigzag64,5,rep,packed,name=int_data,json=intData,proto3" json:"int_data,omitempty"`
+	// UINT8, UINT16, UINT32 and UINT64 elements.
+	UintData []uint64 `protobuf:"varint,6,rep,packed,name=uint_data,json=uintData,proto3" json:"uint_data,omitempty"`
+	// FP64 elements.
+	DoubleData []float64 `protobuf:"fixed64,7,rep,packed,name=double_data,json=doubleData,proto3" json:"double_data,omitempty"`
+	// BOOL elements.
+	BoolData []bool `protobuf:"varint,8,rep,packed,name=bool_data,json=boolData,proto3" json:"bool_data,omitempty"`
+	// BYTES elements (ONNX string tensors).
+	BytesData     [][]byte `protobuf:"bytes,9,rep,name=bytes_data,json=bytesData,proto3" json:"bytes_data,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -726,6 +816,48 @@ func (x *Tensor) GetShape() []int64 {
 func (x *Tensor) GetData() []float32 {
 	if x != nil {
 		return x.Data
+	}
+	return nil
+}
+
+func (x *Tensor) GetDatatype() string {
+	if x != nil {
+		return x.Datatype
+	}
+	return ""
+}
+
+func (x *Tensor) GetIntData() []int64 {
+	if x != nil {
+		return x.IntData
+	}
+	return nil
+}
+
+func (x *Tensor) GetUintData() []uint64 {
+	if x != nil {
+		return x.UintData
+	}
+	return nil
+}
+
+func (x *Tensor) GetDoubleData() []float64 {
+	if x != nil {
+		return x.DoubleData
+	}
+	return nil
+}
+
+func (x *Tensor) GetBoolData() []bool {
+	if x != nil {
+		return x.BoolData
+	}
+	return nil
+}
+
+func (x *Tensor) GetBytesData() [][]byte {
+	if x != nil {
+		return x.BytesData
 	}
 	return nil
 }
@@ -785,16 +917,21 @@ func (x *TestVector) GetExpected() []*Tensor {
 // FeatureStats are the reference statistics of one input feature in the
 // training data; the agent compares live inputs with them for drift.
 type FeatureStats struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Mean   float64                `protobuf:"fixed64,2,opt,name=mean,proto3" json:"mean,omitempty"`
-	Stddev float64                `protobuf:"fixed64,3,opt,name=stddev,proto3" json:"stddev,omitempty"`
-	Min    float64                `protobuf:"fixed64,4,opt,name=min,proto3" json:"min,omitempty"`
-	Max    float64                `protobuf:"fixed64,5,opt,name=max,proto3" json:"max,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the feature; with input set, the features listed for one
+	// input are its columns in order (a [rows] or [rows, 1] input has one).
+	Name   string  `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Mean   float64 `protobuf:"fixed64,2,opt,name=mean,proto3" json:"mean,omitempty"`
+	Stddev float64 `protobuf:"fixed64,3,opt,name=stddev,proto3" json:"stddev,omitempty"`
+	Min    float64 `protobuf:"fixed64,4,opt,name=min,proto3" json:"min,omitempty"`
+	Max    float64 `protobuf:"fixed64,5,opt,name=max,proto3" json:"max,omitempty"`
 	// bin_edges has len(bin_fractions)-1 interior edges; the first and last
 	// bins are open-ended.
-	BinEdges      []float64 `protobuf:"fixed64,6,rep,packed,name=bin_edges,json=binEdges,proto3" json:"bin_edges,omitempty"`
-	BinFractions  []float64 `protobuf:"fixed64,7,rep,packed,name=bin_fractions,json=binFractions,proto3" json:"bin_fractions,omitempty"`
+	BinEdges     []float64 `protobuf:"fixed64,6,rep,packed,name=bin_edges,json=binEdges,proto3" json:"bin_edges,omitempty"`
+	BinFractions []float64 `protobuf:"fixed64,7,rep,packed,name=bin_fractions,json=binFractions,proto3" json:"bin_fractions,omitempty"`
+	// input is the model input the feature is read from; "" is the first
+	// input (version 1). Version 2.
+	Input         string `protobuf:"bytes,8,opt,name=input,proto3" json:"input,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -876,6 +1013,13 @@ func (x *FeatureStats) GetBinFractions() []float64 {
 		return x.BinFractions
 	}
 	return nil
+}
+
+func (x *FeatureStats) GetInput() string {
+	if x != nil {
+		return x.Input
+	}
+	return ""
 }
 
 type KeyValue struct {
@@ -1090,7 +1234,9 @@ type Manifest struct {
 	Reference       []*FeatureStats        `protobuf:"bytes,10,rep,name=reference,proto3" json:"reference,omitempty"`
 	TestVectors     []*TestVector          `protobuf:"bytes,11,rep,name=test_vectors,json=testVectors,proto3" json:"test_vectors,omitempty"`
 	// tolerance is the largest absolute difference allowed between a test
-	// vector's expected and computed outputs.
+	// vector's expected and computed floating-point outputs; with
+	// relative_tolerance, |got - want| <= tolerance + relative_tolerance *
+	// |want|. Integer, BOOL and BYTES outputs must match exactly.
 	Tolerance   float32       `protobuf:"fixed32,12,opt,name=tolerance,proto3" json:"tolerance,omitempty"`
 	Training    *TrainingInfo `protobuf:"bytes,13,opt,name=training,proto3" json:"training,omitempty"`
 	CreatedUnix int64         `protobuf:"varint,14,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
@@ -1098,8 +1244,19 @@ type Manifest struct {
 	Runtime     string        `protobuf:"bytes,16,opt,name=runtime,proto3" json:"runtime,omitempty"` // "onnxruntime"
 	Opset       int64         `protobuf:"varint,17,opt,name=opset,proto3" json:"opset,omitempty"`
 	// hardware lists the device classes the model is built for; empty means any.
-	Hardware      []string `protobuf:"bytes,18,rep,name=hardware,proto3" json:"hardware,omitempty"`
-	Description   string   `protobuf:"bytes,19,opt,name=description,proto3" json:"description,omitempty"`
+	Hardware    []string `protobuf:"bytes,18,rep,name=hardware,proto3" json:"hardware,omitempty"`
+	Description string   `protobuf:"bytes,19,opt,name=description,proto3" json:"description,omitempty"`
+	// relative_tolerance: see tolerance (version 2).
+	RelativeTolerance float32 `protobuf:"fixed32,20,opt,name=relative_tolerance,json=relativeTolerance,proto3" json:"relative_tolerance,omitempty"`
+	// label_output names the output holding each row's predicted class
+	// label: accuracy monitoring compares ground truth with it. "" means the
+	// first output is a probability (one value per row) or a score per class
+	// (version 1). Version 2.
+	LabelOutput string `protobuf:"bytes,21,opt,name=label_output,json=labelOutput,proto3" json:"label_output,omitempty"`
+	// score_output names the output holding each row's class scores or
+	// probability, for the prediction sketch and calibration; "" means the
+	// first output. Version 2.
+	ScoreOutput   string `protobuf:"bytes,22,opt,name=score_output,json=scoreOutput,proto3" json:"score_output,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1263,6 +1420,27 @@ func (x *Manifest) GetHardware() []string {
 func (x *Manifest) GetDescription() string {
 	if x != nil {
 		return x.Description
+	}
+	return ""
+}
+
+func (x *Manifest) GetRelativeTolerance() float32 {
+	if x != nil {
+		return x.RelativeTolerance
+	}
+	return 0
+}
+
+func (x *Manifest) GetLabelOutput() string {
+	if x != nil {
+		return x.LabelOutput
+	}
+	return ""
+}
+
+func (x *Manifest) GetScoreOutput() string {
+	if x != nil {
+		return x.ScoreOutput
 	}
 	return ""
 }
@@ -2748,20 +2926,30 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\n" +
 	"signatures\x18\x03 \x03(\v2\x17.edgefleet.v1.SignatureR\n" +
 	"signatures\x122\n" +
-	"\bprevious\x18\x04 \x03(\v2\x16.edgefleet.v1.EnvelopeR\bprevious\"R\n" +
+	"\bprevious\x18\x04 \x03(\v2\x16.edgefleet.v1.EnvelopeR\bprevious\"\xb0\x01\n" +
 	"\n" +
 	"TensorSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bdatatype\x18\x02 \x01(\tR\bdatatype\x12\x14\n" +
-	"\x05shape\x18\x03 \x03(\x03R\x05shape\"F\n" +
+	"\x05shape\x18\x03 \x03(\x03R\x05shape\x12,\n" +
+	"\x04kind\x18\x04 \x01(\x0e2\x18.edgefleet.v1.TensorKindR\x04kind\x12.\n" +
+	"\aclasses\x18\x05 \x01(\v2\x14.edgefleet.v1.TensorR\aclasses\"\xf7\x01\n" +
 	"\x06Tensor\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05shape\x18\x02 \x03(\x03R\x05shape\x12\x12\n" +
-	"\x04data\x18\x03 \x03(\x02R\x04data\"l\n" +
+	"\x04data\x18\x03 \x03(\x02R\x04data\x12\x1a\n" +
+	"\bdatatype\x18\x04 \x01(\tR\bdatatype\x12\x19\n" +
+	"\bint_data\x18\x05 \x03(\x12R\aintData\x12\x1b\n" +
+	"\tuint_data\x18\x06 \x03(\x04R\buintData\x12\x1f\n" +
+	"\vdouble_data\x18\a \x03(\x01R\n" +
+	"doubleData\x12\x1b\n" +
+	"\tbool_data\x18\b \x03(\bR\bboolData\x12\x1d\n" +
+	"\n" +
+	"bytes_data\x18\t \x03(\fR\tbytesData\"l\n" +
 	"\n" +
 	"TestVector\x12,\n" +
 	"\x06inputs\x18\x01 \x03(\v2\x14.edgefleet.v1.TensorR\x06inputs\x120\n" +
-	"\bexpected\x18\x02 \x03(\v2\x14.edgefleet.v1.TensorR\bexpected\"\xb4\x01\n" +
+	"\bexpected\x18\x02 \x03(\v2\x14.edgefleet.v1.TensorR\bexpected\"\xca\x01\n" +
 	"\fFeatureStats\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04mean\x18\x02 \x01(\x01R\x04mean\x12\x16\n" +
@@ -2769,7 +2957,8 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x03min\x18\x04 \x01(\x01R\x03min\x12\x10\n" +
 	"\x03max\x18\x05 \x01(\x01R\x03max\x12\x1b\n" +
 	"\tbin_edges\x18\x06 \x03(\x01R\bbinEdges\x12#\n" +
-	"\rbin_fractions\x18\a \x03(\x01R\fbinFractions\"2\n" +
+	"\rbin_fractions\x18\a \x03(\x01R\fbinFractions\x12\x14\n" +
+	"\x05input\x18\b \x01(\tR\x05input\"2\n" +
 	"\bKeyValue\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"2\n" +
@@ -2783,7 +2972,7 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x0edataset_sha256\x18\x04 \x01(\tR\rdatasetSha256\x12!\n" +
 	"\fdataset_rows\x18\x05 \x01(\x04R\vdatasetRows\x12.\n" +
 	"\ametrics\x18\x06 \x03(\v2\x14.edgefleet.v1.MetricR\ametrics\x12!\n" +
-	"\ftrained_unix\x18\a \x01(\x03R\vtrainedUnix\"\xb8\x05\n" +
+	"\ftrained_unix\x18\a \x01(\x03R\vtrainedUnix\"\xad\x06\n" +
 	"\bManifest\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -2805,7 +2994,10 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\aruntime\x18\x10 \x01(\tR\aruntime\x12\x14\n" +
 	"\x05opset\x18\x11 \x01(\x03R\x05opset\x12\x1a\n" +
 	"\bhardware\x18\x12 \x03(\tR\bhardware\x12 \n" +
-	"\vdescription\x18\x13 \x01(\tR\vdescription\"W\n" +
+	"\vdescription\x18\x13 \x01(\tR\vdescription\x12-\n" +
+	"\x12relative_tolerance\x18\x14 \x01(\x02R\x11relativeTolerance\x12!\n" +
+	"\flabel_output\x18\x15 \x01(\tR\vlabelOutput\x12!\n" +
+	"\fscore_output\x18\x16 \x01(\tR\vscoreOutput\"W\n" +
 	"\x0fModelAssignment\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x16\n" +
@@ -2959,7 +3151,11 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tROLE_ROOT\x10\x01\x12\x10\n" +
 	"\fROLE_RELEASE\x10\x02\x12\x10\n" +
-	"\fROLE_CONTROL\x10\x03*\xf6\x01\n" +
+	"\fROLE_CONTROL\x10\x03*?\n" +
+	"\n" +
+	"TensorKind\x12\x16\n" +
+	"\x12TENSOR_KIND_TENSOR\x10\x00\x12\x19\n" +
+	"\x15TENSOR_KIND_CLASS_MAP\x10\x01*\xf6\x01\n" +
 	"\n" +
 	"ModelState\x12\x1b\n" +
 	"\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
@@ -2990,72 +3186,75 @@ func file_proto_edgefleet_proto_rawDescGZIP() []byte {
 	return file_proto_edgefleet_proto_rawDescData
 }
 
-var file_proto_edgefleet_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_proto_edgefleet_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_proto_edgefleet_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_proto_edgefleet_proto_goTypes = []any{
 	(Role)(0),               // 0: edgefleet.v1.Role
-	(ModelState)(0),         // 1: edgefleet.v1.ModelState
-	(Refusal)(0),            // 2: edgefleet.v1.Refusal
-	(*Envelope)(nil),        // 3: edgefleet.v1.Envelope
-	(*Signature)(nil),       // 4: edgefleet.v1.Signature
-	(*PublicKey)(nil),       // 5: edgefleet.v1.PublicKey
-	(*RoleKeys)(nil),        // 6: edgefleet.v1.RoleKeys
-	(*TrustBundle)(nil),     // 7: edgefleet.v1.TrustBundle
-	(*TrustChain)(nil),      // 8: edgefleet.v1.TrustChain
-	(*TensorSpec)(nil),      // 9: edgefleet.v1.TensorSpec
-	(*Tensor)(nil),          // 10: edgefleet.v1.Tensor
-	(*TestVector)(nil),      // 11: edgefleet.v1.TestVector
-	(*FeatureStats)(nil),    // 12: edgefleet.v1.FeatureStats
-	(*KeyValue)(nil),        // 13: edgefleet.v1.KeyValue
-	(*Metric)(nil),          // 14: edgefleet.v1.Metric
-	(*TrainingInfo)(nil),    // 15: edgefleet.v1.TrainingInfo
-	(*Manifest)(nil),        // 16: edgefleet.v1.Manifest
-	(*ModelAssignment)(nil), // 17: edgefleet.v1.ModelAssignment
-	(*DesiredState)(nil),    // 18: edgefleet.v1.DesiredState
-	(*Chunk)(nil),           // 19: edgefleet.v1.Chunk
-	(*FetchRequest)(nil),    // 20: edgefleet.v1.FetchRequest
-	(*StatusEvent)(nil),     // 21: edgefleet.v1.StatusEvent
-	(*ActiveModel)(nil),     // 22: edgefleet.v1.ActiveModel
-	(*Telemetry)(nil),       // 23: edgefleet.v1.Telemetry
-	(*PeerStats)(nil),       // 24: edgefleet.v1.PeerStats
-	(*TransferStats)(nil),   // 25: edgefleet.v1.TransferStats
-	(*SitePeers)(nil),       // 26: edgefleet.v1.SitePeers
-	(*MemberTicket)(nil),    // 27: edgefleet.v1.MemberTicket
-	(*MonitorReport)(nil),   // 28: edgefleet.v1.MonitorReport
-	(*FeatureSketch)(nil),   // 29: edgefleet.v1.FeatureSketch
-	(*Presence)(nil),        // 30: edgefleet.v1.Presence
+	(TensorKind)(0),         // 1: edgefleet.v1.TensorKind
+	(ModelState)(0),         // 2: edgefleet.v1.ModelState
+	(Refusal)(0),            // 3: edgefleet.v1.Refusal
+	(*Envelope)(nil),        // 4: edgefleet.v1.Envelope
+	(*Signature)(nil),       // 5: edgefleet.v1.Signature
+	(*PublicKey)(nil),       // 6: edgefleet.v1.PublicKey
+	(*RoleKeys)(nil),        // 7: edgefleet.v1.RoleKeys
+	(*TrustBundle)(nil),     // 8: edgefleet.v1.TrustBundle
+	(*TrustChain)(nil),      // 9: edgefleet.v1.TrustChain
+	(*TensorSpec)(nil),      // 10: edgefleet.v1.TensorSpec
+	(*Tensor)(nil),          // 11: edgefleet.v1.Tensor
+	(*TestVector)(nil),      // 12: edgefleet.v1.TestVector
+	(*FeatureStats)(nil),    // 13: edgefleet.v1.FeatureStats
+	(*KeyValue)(nil),        // 14: edgefleet.v1.KeyValue
+	(*Metric)(nil),          // 15: edgefleet.v1.Metric
+	(*TrainingInfo)(nil),    // 16: edgefleet.v1.TrainingInfo
+	(*Manifest)(nil),        // 17: edgefleet.v1.Manifest
+	(*ModelAssignment)(nil), // 18: edgefleet.v1.ModelAssignment
+	(*DesiredState)(nil),    // 19: edgefleet.v1.DesiredState
+	(*Chunk)(nil),           // 20: edgefleet.v1.Chunk
+	(*FetchRequest)(nil),    // 21: edgefleet.v1.FetchRequest
+	(*StatusEvent)(nil),     // 22: edgefleet.v1.StatusEvent
+	(*ActiveModel)(nil),     // 23: edgefleet.v1.ActiveModel
+	(*Telemetry)(nil),       // 24: edgefleet.v1.Telemetry
+	(*PeerStats)(nil),       // 25: edgefleet.v1.PeerStats
+	(*TransferStats)(nil),   // 26: edgefleet.v1.TransferStats
+	(*SitePeers)(nil),       // 27: edgefleet.v1.SitePeers
+	(*MemberTicket)(nil),    // 28: edgefleet.v1.MemberTicket
+	(*MonitorReport)(nil),   // 29: edgefleet.v1.MonitorReport
+	(*FeatureSketch)(nil),   // 30: edgefleet.v1.FeatureSketch
+	(*Presence)(nil),        // 31: edgefleet.v1.Presence
 }
 var file_proto_edgefleet_proto_depIdxs = []int32{
-	4,  // 0: edgefleet.v1.Envelope.signatures:type_name -> edgefleet.v1.Signature
+	5,  // 0: edgefleet.v1.Envelope.signatures:type_name -> edgefleet.v1.Signature
 	0,  // 1: edgefleet.v1.RoleKeys.role:type_name -> edgefleet.v1.Role
-	5,  // 2: edgefleet.v1.TrustBundle.keys:type_name -> edgefleet.v1.PublicKey
-	6,  // 3: edgefleet.v1.TrustBundle.roles:type_name -> edgefleet.v1.RoleKeys
-	4,  // 4: edgefleet.v1.TrustChain.signatures:type_name -> edgefleet.v1.Signature
-	3,  // 5: edgefleet.v1.TrustChain.previous:type_name -> edgefleet.v1.Envelope
-	10, // 6: edgefleet.v1.TestVector.inputs:type_name -> edgefleet.v1.Tensor
-	10, // 7: edgefleet.v1.TestVector.expected:type_name -> edgefleet.v1.Tensor
-	13, // 8: edgefleet.v1.TrainingInfo.params:type_name -> edgefleet.v1.KeyValue
-	14, // 9: edgefleet.v1.TrainingInfo.metrics:type_name -> edgefleet.v1.Metric
-	9,  // 10: edgefleet.v1.Manifest.inputs:type_name -> edgefleet.v1.TensorSpec
-	9,  // 11: edgefleet.v1.Manifest.outputs:type_name -> edgefleet.v1.TensorSpec
-	12, // 12: edgefleet.v1.Manifest.reference:type_name -> edgefleet.v1.FeatureStats
-	11, // 13: edgefleet.v1.Manifest.test_vectors:type_name -> edgefleet.v1.TestVector
-	15, // 14: edgefleet.v1.Manifest.training:type_name -> edgefleet.v1.TrainingInfo
-	17, // 15: edgefleet.v1.DesiredState.models:type_name -> edgefleet.v1.ModelAssignment
-	1,  // 16: edgefleet.v1.StatusEvent.state:type_name -> edgefleet.v1.ModelState
-	2,  // 17: edgefleet.v1.StatusEvent.refused:type_name -> edgefleet.v1.Refusal
-	1,  // 18: edgefleet.v1.ActiveModel.state:type_name -> edgefleet.v1.ModelState
-	22, // 19: edgefleet.v1.Telemetry.models:type_name -> edgefleet.v1.ActiveModel
-	28, // 20: edgefleet.v1.Telemetry.monitoring:type_name -> edgefleet.v1.MonitorReport
-	24, // 21: edgefleet.v1.Telemetry.peers:type_name -> edgefleet.v1.PeerStats
-	25, // 22: edgefleet.v1.Telemetry.transfers:type_name -> edgefleet.v1.TransferStats
-	3,  // 23: edgefleet.v1.SitePeers.ticket:type_name -> edgefleet.v1.Envelope
-	29, // 24: edgefleet.v1.MonitorReport.features:type_name -> edgefleet.v1.FeatureSketch
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	6,  // 2: edgefleet.v1.TrustBundle.keys:type_name -> edgefleet.v1.PublicKey
+	7,  // 3: edgefleet.v1.TrustBundle.roles:type_name -> edgefleet.v1.RoleKeys
+	5,  // 4: edgefleet.v1.TrustChain.signatures:type_name -> edgefleet.v1.Signature
+	4,  // 5: edgefleet.v1.TrustChain.previous:type_name -> edgefleet.v1.Envelope
+	1,  // 6: edgefleet.v1.TensorSpec.kind:type_name -> edgefleet.v1.TensorKind
+	11, // 7: edgefleet.v1.TensorSpec.classes:type_name -> edgefleet.v1.Tensor
+	11, // 8: edgefleet.v1.TestVector.inputs:type_name -> edgefleet.v1.Tensor
+	11, // 9: edgefleet.v1.TestVector.expected:type_name -> edgefleet.v1.Tensor
+	14, // 10: edgefleet.v1.TrainingInfo.params:type_name -> edgefleet.v1.KeyValue
+	15, // 11: edgefleet.v1.TrainingInfo.metrics:type_name -> edgefleet.v1.Metric
+	10, // 12: edgefleet.v1.Manifest.inputs:type_name -> edgefleet.v1.TensorSpec
+	10, // 13: edgefleet.v1.Manifest.outputs:type_name -> edgefleet.v1.TensorSpec
+	13, // 14: edgefleet.v1.Manifest.reference:type_name -> edgefleet.v1.FeatureStats
+	12, // 15: edgefleet.v1.Manifest.test_vectors:type_name -> edgefleet.v1.TestVector
+	16, // 16: edgefleet.v1.Manifest.training:type_name -> edgefleet.v1.TrainingInfo
+	18, // 17: edgefleet.v1.DesiredState.models:type_name -> edgefleet.v1.ModelAssignment
+	2,  // 18: edgefleet.v1.StatusEvent.state:type_name -> edgefleet.v1.ModelState
+	3,  // 19: edgefleet.v1.StatusEvent.refused:type_name -> edgefleet.v1.Refusal
+	2,  // 20: edgefleet.v1.ActiveModel.state:type_name -> edgefleet.v1.ModelState
+	23, // 21: edgefleet.v1.Telemetry.models:type_name -> edgefleet.v1.ActiveModel
+	29, // 22: edgefleet.v1.Telemetry.monitoring:type_name -> edgefleet.v1.MonitorReport
+	25, // 23: edgefleet.v1.Telemetry.peers:type_name -> edgefleet.v1.PeerStats
+	26, // 24: edgefleet.v1.Telemetry.transfers:type_name -> edgefleet.v1.TransferStats
+	4,  // 25: edgefleet.v1.SitePeers.ticket:type_name -> edgefleet.v1.Envelope
+	30, // 26: edgefleet.v1.MonitorReport.features:type_name -> edgefleet.v1.FeatureSketch
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_proto_edgefleet_proto_init() }
@@ -3068,7 +3267,7 @@ func file_proto_edgefleet_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_edgefleet_proto_rawDesc), len(file_proto_edgefleet_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   0,

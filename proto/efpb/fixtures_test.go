@@ -139,6 +139,69 @@ var fixtures = []struct {
 			"04727069349201067838365f36349a010e6672617564206465746563746f72",
 	},
 	{
+		// A second Manifest: the version 2 fields (added 2026-12-06): typed
+		// tensors in the schema and test vectors, a class-map output with its
+		// classes, a relative tolerance, label and score outputs, reference
+		// statistics tied to an input.
+		name: "Manifest",
+		msg: &efpb.Manifest{
+			ProtocolVersion: 2,
+			Name:            "churn",
+			Version:         "2.0.0",
+			Sha256:          []byte{0xab, 0xcd},
+			Size:            3000,
+			ChunkSize:       65536,
+			ChunkSha256:     [][]byte{{0x05, 0x06}},
+			Inputs: []*efpb.TensorSpec{
+				{Name: "amount", Datatype: "FP64", Shape: []int64{-1, 1}},
+				{Name: "country", Datatype: "BYTES", Shape: []int64{-1}},
+			},
+			Outputs: []*efpb.TensorSpec{
+				{Name: "label", Datatype: "INT64", Shape: []int64{-1}},
+				{Name: "probabilities", Datatype: "FP32", Shape: []int64{-1, 2}, Kind: efpb.TensorKind_TENSOR_KIND_CLASS_MAP,
+					Classes: &efpb.Tensor{Name: "classes", Datatype: "INT64", Shape: []int64{2}, IntData: []int64{0, 1}}},
+			},
+			Reference: []*efpb.FeatureStats{{Name: "amount", Input: "amount", Mean: 3, Stddev: 1, Min: 0, Max: 9,
+				BinEdges: []float64{3}, BinFractions: []float64{0.5, 0.5}}},
+			TestVectors: []*efpb.TestVector{{
+				Inputs: []*efpb.Tensor{
+					{Name: "amount", Datatype: "FP64", Shape: []int64{2, 1}, DoubleData: []float64{1.5, -2}},
+					{Name: "country", Datatype: "BYTES", Shape: []int64{2}, BytesData: [][]byte{[]byte("de"), []byte("日本")}},
+				},
+				Expected: []*efpb.Tensor{
+					{Name: "label", Datatype: "INT64", Shape: []int64{2}, IntData: []int64{1, -1}},
+					{Name: "mask", Datatype: "BOOL", Shape: []int64{2}, BoolData: []bool{true, false}},
+					{Name: "counts", Datatype: "UINT16", Shape: []int64{2}, UintData: []uint64{7, 65535}},
+					{Name: "half", Datatype: "FP16", Shape: []int64{1}, Data: []float32{0.5}},
+				},
+			}},
+			Tolerance:         0.0001,
+			RelativeTolerance: 0.001,
+			LabelOutput:       "label",
+			ScoreOutput:       "probabilities",
+			CreatedUnix:       1795608000,
+			ExpiresUnix:       1827144000,
+			Runtime:           "onnxruntime",
+			Opset:             15,
+		},
+		hex: "08021205636875726e1a05322e302e302202abcd28b817308080043a02050642" +
+			"1b0a06616d6f756e741204465036341a0bffffffffffffffffff0101421c0a07" +
+			"636f756e747279120542595445531a0affffffffffffffffff014a1a0a056c61" +
+			"62656c1205494e5436341a0affffffffffffffffff014a3d0a0d70726f626162" +
+			"696c69746965731204465033321a0bffffffffffffffffff010220012a170a07" +
+			"636c61737365731201022205494e5436342a02000252470a06616d6f756e7411" +
+			"000000000000084019000000000000f03f290000000000002240320800000000" +
+			"000008403a10000000000000e03f000000000000e03f4206616d6f756e745aa5" +
+			"010a240a06616d6f756e74120202012204465036343a10000000000000f83f00" +
+			"000000000000c00a1f0a07636f756e747279120102220542595445534a026465" +
+			"4a06e697a5e69cac12150a056c6162656c1201022205494e5436342a02020112" +
+			"130a046d61736b1201022204424f4f4c4202010012190a06636f756e74731201" +
+			"02220655494e543136320407ffff0312150a0468616c661201011a040000003f" +
+			"2204465031366517b7d13870c09b9bd80678c082a0e70682010b6f6e6e787275" +
+			"6e74696d6588010fa5016f12833aaa01056c6162656cb2010d70726f62616269" +
+			"6c6974696573",
+	},
+	{
 		name: "DesiredState",
 		msg: &efpb.DesiredState{
 			ProtocolVersion: 1,
@@ -340,7 +403,7 @@ func TestFixturesDecode(t *testing.T) {
 // TestFixturesNamedForTheirType keeps the table honest: one entry per wire
 // message type, named for it.
 func TestFixturesNamedForTheirType(t *testing.T) {
-	want := []string{"Envelope", "TrustBundle", "TrustChain", "Manifest", "DesiredState", "Chunk", "FetchRequest", "FetchRequest",
+	want := []string{"Envelope", "TrustBundle", "TrustChain", "Manifest", "Manifest", "DesiredState", "Chunk", "FetchRequest", "FetchRequest",
 		"StatusEvent", "StatusEvent", "Telemetry", "Telemetry", "Telemetry", "Telemetry", "SitePeers", "MemberTicket", "Presence"}
 	var got []string
 	for _, fx := range fixtures {

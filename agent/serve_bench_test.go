@@ -1,0 +1,188 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/edgefleet/edgefleet/internal/fraud"
+	"github.com/edgefleet/edgefleet/internal/infer"
+	"github.com/edgefleet/edgefleet/internal/oip"
+)
+
+// minimalServer is the baseline: a plain net/http + encoding/json server
+// that decodes the same request into []float32, runs the same session and
+// encodes the answer, with no validation, monitoring or ids.
+func minimalServer(sess *infer.Session) http.Handler {
+	type input struct {
+		Name     string    `json:"name"`
+		Shape    []int64   `json:"shape"`
+		Datatype string    `json:"datatype"`
+		Data     []float32 `json:"data"`
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Inputs []input `json:"inputs"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || len(req.Inputs) != 1 {
+			http.Error(w, "bad request", http.StatusBadRequest)
+			return
+		}
+		in := req.Inputs[0]
+		outs, err := sess.Run([]infer.Tensor{{Name: in.Name, Shape: in.Shape, Data: in.Data}})
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		resp := struct {
+			Outputs []input `json:"outputs"`
+		}{Outputs: []input{{Name: outs[0].Name, Shape: outs[0].Shape, Datatype: "FP32", Data: outs[0].Data.([]float32)}}}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(resp)
+	})
+}
+
+// BenchmarkServe measures, in one run with the cases interleaved (so a
+// shared machine's load falls on all of them alike), the p50 latency of:
+// a single-row fraud inference through the agent's OIP server (validation,
+// ids, monitoring on) against the minimal JSON server running the same
+// session; and a 20 KB and a 1 MB FP32 input sent as JSON against the
+// binary tensor data extension. It reports the p50s and their ratios.
+//
+//	go test ./agent -run '^$' -bench BenchmarkServe -benchtime 2000x
+func BenchmarkServe(b *testing.B) {
+	art, err := fraud.TrainArtifact(fraud.TrainConfig{Seed: 1, Rows: 4000})
+	require.NoError(b, err)
+	lib, err := infer.FindLibrary("")
+	require.NoError(b, err)
+	rt, err := infer.NewRuntime(lib, nil)
+	require.NoError(b, err)
+	b.Cleanup(func() { _ = rt.Close() })
+	sess, err := rt.Load(art.ONNX, nil, nil)
+	require.NoError(b, err)
+	man := art.Metadata()
+	man.Version = "1.0.0"
+	a := &Agent{opts: Options{Clock: time.Now}, slots: map[string]*slot{}}
+	a.mon = newMonitors(&a.opts)
+	s := &slot{name: "fraud"}
+	m := &servedModel{version: "1.0.0", manifest: man, sess: sess}
+	s.serving.Store(m)
+	a.slots["fraud"] = s
+	b.Cleanup(m.close)
+	agentSrv := httptest.NewServer(oip.NewHandler(backend{a}, oip.HandlerOptions{MaxBatch: 1 << 20, MaxBodyBytes: 16 << 20}))
+	b.Cleanup(agentSrv.Close)
+	minSrv := httptest.NewServer(minimalServer(sess))
+	b.Cleanup(minSrv.Close)
+	ac := &oip.Client{BaseURL: agentSrv.URL, HTTP: agentSrv.Client()}
+
+	g, err := fraud.NewGenerator(7, fraud.Params{})
+	require.NoError(b, err)
+	rowsOf := func(n int) infer.Tensor {
+		data := make([]float32, 0, n*fraud.NumFeatures)
+		for _, r := range g.Generate(n).Rows {
+			data = append(data, r[:]...)
+		}
+		return infer.Tensor{Name: fraud.InputName, Shape: []int64{int64(n), fraud.NumFeatures}, Data: data}
+	}
+	one := rowsOf(1)
+	small := rowsOf(20 << 10 / (4 * fraud.NumFeatures)) // 20 KB of FP32
+	large := rowsOf(1 << 20 / (4 * fraud.NumFeatures))  // 1 MB of FP32
+	oneBody, err := json.Marshal(oip.InferRequest{Inputs: []oip.RequestInput{mustInput(b, one)}})
+	require.NoError(b, err)
+
+	ctx := context.Background()
+	cases := []struct {
+		name string
+		run  func() error
+	}{
+		{"agent-1row", func() error {
+			_, err := ac.Infer(ctx, "fraud", &oip.InferRequest{Inputs: []oip.RequestInput{mustInput(b, one)}})
+			return err
+		}},
+		{"minimal-1row", func() error {
+			resp, err := minSrv.Client().Post(minSrv.URL+"/v2/models/fraud/infer", "application/json", bytes.NewReader(oneBody))
+			if err == nil {
+				var out struct{ Outputs []struct{ Data []float32 } }
+				err = json.NewDecoder(resp.Body).Decode(&out)
+				resp.Body.Close()
+			}
+			return err
+		}},
+		{"json-20KB", func() error {
+			resp, err := ac.Infer(ctx, "fraud", &oip.InferRequest{Inputs: []oip.RequestInput{mustInput(b, small)}})
+			if err == nil {
+				_, err = resp.Outputs[0].Tensor()
+			}
+			return err
+		}},
+		{"binary-20KB", func() error {
+			resp, err := ac.InferBinary(ctx, "fraud", []infer.Tensor{small})
+			if err == nil {
+				_, err = resp.Outputs[0].Tensor()
+			}
+			return err
+		}},
+		{"json-1MB", func() error {
+			resp, err := ac.Infer(ctx, "fraud", &oip.InferRequest{Inputs: []oip.RequestInput{mustInput(b, large)}})
+			if err == nil {
+				_, err = resp.Outputs[0].Tensor()
+			}
+			return err
+		}},
+		{"binary-1MB", func() error {
+			resp, err := ac.InferBinary(ctx, "fraud", []infer.Tensor{large})
+			if err == nil {
+				_, err = resp.Outputs[0].Tensor()
+			}
+			return err
+		}},
+	}
+	lat := make([][]time.Duration, len(cases))
+	for _, c := range cases { // warm every path once
+		require.NoError(b, c.run(), c.name)
+	}
+	timed := func(i int) {
+		start := time.Now()
+		if err := cases[i].run(); err != nil {
+			b.Fatalf("%s: %v", cases[i].name, err)
+		}
+		lat[i] = append(lat[i], time.Since(start))
+	}
+	// The single-row pair alternates on its own (a large request's garbage
+	// collection must not land on one of them); the payload cases follow,
+	// one round per ten single-row rounds.
+	b.ResetTimer()
+	for n := 0; b.Loop(); n++ {
+		timed(n % 2)
+		timed(1 - n%2)
+		if n%10 == 0 {
+			for i := 2; i < len(cases); i++ {
+				timed(i)
+			}
+		}
+	}
+	p50 := make([]float64, len(cases))
+	for i, l := range lat {
+		slices.Sort(l)
+		p50[i] = float64(l[len(l)/2].Microseconds())
+		b.ReportMetric(p50[i], "µs-p50-"+cases[i].name)
+	}
+	b.ReportMetric(p50[0]/p50[1], "agent/minimal")
+	b.ReportMetric(p50[2]/p50[3], "json/binary-20KB")
+	b.ReportMetric(p50[4]/p50[5], "json/binary-1MB")
+}
+
+func mustInput(b *testing.B, t infer.Tensor) oip.RequestInput {
+	in, err := oip.NewInput(t)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return in
+}
