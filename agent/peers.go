@@ -54,6 +54,10 @@ type PeerOptions struct {
 	Settle       time.Duration
 	PeerTimeout  time.Duration
 	StallTimeout time.Duration
+	// ServeFilter, when set, may change a chunk the device is about to
+	// send a peer: fault injection for tests and fleet-sim (a lying peer).
+	// Nil on a real device.
+	ServeFilter func(key string, index uint32, data []byte) []byte
 }
 
 func (o PeerOptions) enabled() bool { return o.Listen != "" }
@@ -62,7 +66,8 @@ func (o PeerOptions) enabled() bool { return o.Listen != "" }
 // the member it runs, and what it holds for peers. The update loop owns
 // doc and node changes; mu guards what peers' requests read.
 type sharing struct {
-	a *Agent
+	a      *Agent
+	filter func(key string, index uint32, data []byte) []byte
 
 	// Owned by the update loop.
 	doc     *efpb.SitePeers
@@ -95,11 +100,8 @@ type share struct {
 }
 
 func newSharing(a *Agent) *sharing {
-	return &sharing{a: a, wake: make(chan struct{}, 1), shares: map[string]share{}}
+	return &sharing{a: a, filter: a.opts.Peers.ServeFilter, wake: make(chan struct{}, 1), shares: map[string]share{}}
 }
-
-// active reports whether downloads go through the site.
-func (p *sharing) active() bool { return p.node != nil }
 
 // restoreSite starts sharing with the stored site document, if it still
 // checks: the device shares with its site while the broker is away.
@@ -416,6 +418,9 @@ func (p *sharing) chunk(key string, index uint32) ([]byte, bool) {
 	b := make([]byte, n)
 	if _, err := f.ReadAt(b, int64(start)); err != nil {
 		return nil, false
+	}
+	if p.filter != nil {
+		b = p.filter(key, index, b)
 	}
 	return b, true
 }

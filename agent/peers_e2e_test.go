@@ -3,6 +3,8 @@ package agent_test
 import (
 	"context"
 	"fmt"
+	"regexp"
+	"slices"
 	"testing"
 	"time"
 
@@ -109,4 +111,119 @@ func TestSiteSharesOneDownload(t *testing.T) {
 		assert.Zero(t, ps.BadChunks, "no peer sent a bad chunk")
 		assert.Zero(t, ps.Unknown, "no unknown member tried to join")
 	}
+
+	// Visible: per site in the API (and `edgefleet sites`), per device in
+	// the fleet table.
+	var site api.Site
+	require.Eventually(t, func() bool {
+		sites, err := f.cp.Sites()
+		require.NoError(t, err)
+		for _, st := range sites {
+			if st.Name == "s1" && len(st.Transfers) == 1 && st.Transfers[0].WANBytes+st.Transfers[0].PeerBytes == 3*mv.Size {
+				site = st
+				return true
+			}
+		}
+		return false
+	}, 20*time.Second, 50*time.Millisecond, "site s1 never reported its download")
+	assert.Equal(t, 4, site.Devices, "s1 has four devices")
+	assert.Equal(t, 3, site.Sharing, "three of them share")
+	assert.Equal(t, 3, site.Members)
+	tr := site.Transfers[0]
+	assert.Equal(t, "fraud", tr.Model)
+	assert.Equal(t, mv.Size, tr.ModelBytes)
+	assert.InDelta(t, float64(siteBroker)/float64(mv.Size), tr.WANRatio, 0.01)
+	out := f.cli("sites")
+	assert.Regexp(t, `(?m)^s1\s+4\s+3\s+3\s+0\s+fraud@1.0.0\s`, out)
+	assert.Regexp(t, `(?m)^s2\s+1\s+1\s+1\s+0\s+fraud@1.0.0\s+1\.0 MiB\s+0 B\s+1\.00$`, out)
+	require.Eventually(t, func() bool {
+		return regexp.MustCompile(`(?m)^s1-0\s.*\s(v\d+|-)\s+2\s`).MatchString(f.cli("devices"))
+	}, 10*time.Second, 50*time.Millisecond, "the fleet table shows s1-0 with 2 peers")
+	assert.Regexp(t, `(?m)^s1-plain\s.*\s(v\d+|-)\s+-\s`, f.cli("devices"), "a device that does not share shows no peers")
+}
+
+// TestSiteKeyRotation: a site's gossip key rotated from the control plane
+// reaches its members in new site documents; they stay one cluster and
+// keep sharing.
+func TestSiteKeyRotation(t *testing.T) {
+	f := startFleet(t)
+	a := f.sharer("r-0", "r", nil)
+	b := f.sharer("r-1", "r", nil)
+	waitPeers(t, a, 1)
+	waitPeers(t, b, 1)
+	v0 := a.PeerStats().SiteVersion
+	out := f.cli("site", "rotate-key", "r")
+	assert.Regexp(t, `^site r: new gossip key [0-9a-f]{16}\n$`, out)
+	require.Eventually(t, func() bool {
+		return a.PeerStats().SiteVersion > v0 && b.PeerStats().SiteVersion > v0
+	}, 20*time.Second, 20*time.Millisecond, "the rotated key never reached both members")
+	waitPeers(t, a, 1)
+
+	mv := f.pushPadded("1.0.0", 1, 512<<10)
+	_, err := f.cp.Deploy(context.Background(), api.DeployRequest{Model: "fraud", Version: "1.0.0", Selector: "site=r"})
+	require.NoError(t, err)
+	f.waitReported("fraud", "1.0.0", "r-0", "r-1")
+	var broker, peer uint64
+	for _, x := range []*agent.Agent{a, b} {
+		bb, pb := transferOf(x, "1.0.0")
+		broker, peer = broker+bb, peer+pb
+	}
+	assert.Positive(t, peer, "after the rotation the members still share")
+	assert.Less(t, broker, 2*mv.Size)
+	_, err = f.cp.RotateSiteKey(context.Background(), "not a site!")
+	assert.ErrorIs(t, err, api.ErrInvalid)
+}
+
+// TestSiteLyingPeerIsBlocked: a member that sends bytes that do not match
+// the signed manifest is blocked by the others after a few bad chunks and
+// reported in telemetry; they get the model from elsewhere all the same.
+func TestSiteLyingPeerIsBlocked(t *testing.T) {
+	f := startFleet(t)
+	liar := f.sharer("l-liar", "l", func(o *agent.Options) {
+		o.Peers.ServeFilter = func(_ string, _ uint32, b []byte) []byte {
+			c := append([]byte(nil), b...)
+			c[len(c)/2] ^= 0xff
+			return c
+		}
+	})
+	waitPeers(t, liar, 0)
+	mv := f.pushPadded("1.0.0", 1, 512<<10)
+	// The liar holds the version first: the others ask it, the one holder.
+	_, err := f.cp.Deploy(context.Background(), api.DeployRequest{Model: "fraud", Version: "1.0.0", Devices: []string{"l-liar"}})
+	require.NoError(t, err)
+	f.waitReported("fraud", "1.0.0", "l-liar")
+
+	honest := []*agent.Agent{f.sharer("l-0", "l", nil), f.sharer("l-1", "l", nil)}
+	for _, a := range honest {
+		waitPeers(t, a, 2)
+	}
+	_, err = f.cp.Deploy(context.Background(), api.DeployRequest{Model: "fraud", Version: "1.0.0", Devices: []string{"l-0", "l-1"}})
+	require.NoError(t, err)
+	f.waitReported("fraud", "1.0.0", "l-0", "l-1")
+	for _, a := range honest {
+		b, p := transferOf(a, "1.0.0")
+		assert.Equal(t, mv.Size, b+p, "every byte came from the broker or an honest peer")
+	}
+	var bad uint64
+	blocked := false
+	for _, a := range honest {
+		ps := a.PeerStats()
+		bad += ps.BadChunks
+		if slices.Contains(ps.Blocked, "l-liar") {
+			blocked = true
+			assert.GreaterOrEqual(t, ps.BadChunks, uint64(3), "blocked after three bad chunks")
+		}
+	}
+	assert.True(t, blocked, "an honest member blocked the liar")
+	require.Eventually(t, func() bool {
+		sites, err := f.cp.Sites()
+		require.NoError(t, err)
+		for _, st := range sites {
+			if st.Name == "l" {
+				return st.BadChunks == bad && st.Blocked > 0
+			}
+		}
+		return false
+	}, 10*time.Second, 50*time.Millisecond, "the control plane never heard of the bad chunks")
+	assert.Contains(t, f.cli("devices"), "blocked)")
 }

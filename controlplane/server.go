@@ -511,6 +511,10 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 	c.sites, err = sites.New(sites.Options{
 		KV: c.db.Namespace("sites"), Keys: s.keys, Bus: c.bus, Scheme: s.scheme, Devices: c.registry,
 		TTL: o.DesiredTTL, Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger,
+		ModelSize: func(model, version string) (uint64, bool) {
+			mv, err := c.models.Get(model, version)
+			return mv.Size, err == nil
+		},
 	})
 	if err != nil {
 		_ = c.bus.Close()
@@ -549,7 +553,7 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 	}
 	ao := httpapi.Options{
 		Fleet: c.fleet, Models: c.models, Rollouts: c.rollouts, Metrics: c.monitor.Aggregator(), Audit: c.audit,
-		KV: kv, Prometheus: promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}), Registerer: s.metrics,
+		Sites: c.sites, KV: kv, Prometheus: promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}), Registerer: s.metrics,
 		Clock: o.Clock, Logger: o.Logger,
 	}
 	if ao.Broker, ao.NoBroker, err = s.brokerAuth(c.registry); err != nil {

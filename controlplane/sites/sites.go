@@ -81,6 +81,9 @@ type Options struct {
 	// IssueDelay collects the changes of a site (devices coming up
 	// together) into one round of documents; default DefaultIssueDelay.
 	IssueDelay time.Duration
+	// ModelSize returns a model version's size, for Sites' WAN ratio;
+	// nil leaves the ratio out.
+	ModelSize func(model, version string) (uint64, bool)
 	// Clock is the time source; default time.Now.
 	Clock      func() time.Time
 	Registerer prometheus.Registerer
@@ -122,6 +125,10 @@ type Service struct {
 	members map[string]*member
 	keys    map[string]*siteKeys
 	dirty   bool
+
+	// repMu guards reports: every device's latest telemetry, for Sites.
+	repMu   sync.Mutex
+	reports map[string]report
 }
 
 // New loads what was issued before.
@@ -143,7 +150,7 @@ func New(o Options) (*Service, error) {
 	}
 	s := &Service{
 		o: o, log: o.Logger.With("component", "sites"), wake: make(chan struct{}, 1),
-		members: map[string]*member{}, keys: map[string]*siteKeys{},
+		members: map[string]*member{}, keys: map[string]*siteKeys{}, reports: map[string]report{},
 		issued: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "edgefleet_site_documents_issued_total",
 			Help: "Signed site documents (gossip keys, member ticket, peers) issued to devices that share their site's downloads.",
@@ -171,7 +178,7 @@ func New(o Options) (*Service, error) {
 		return nil, fmt.Errorf("sites: load: %w", err)
 	}
 	if o.Registerer != nil {
-		o.Registerer.MustRegister(s.issued)
+		o.Registerer.MustRegister(s.issued, newCollector(s))
 	}
 	return s, nil
 }
@@ -181,6 +188,13 @@ func New(o Options) (*Service, error) {
 // one that does not, does not. A change makes the next round issue
 // documents.
 func (s *Service) OnTelemetry(dev string, t *efpb.Telemetry) {
+	if site, ok := s.o.Devices.Site(dev); ok {
+		s.record(dev, site, t)
+	} else {
+		s.repMu.Lock()
+		delete(s.reports, dev) // revoked meanwhile
+		s.repMu.Unlock()
+	}
 	p := t.GetPeers()
 	s.mu.Lock()
 	m, known := s.members[dev]
@@ -567,4 +581,132 @@ func digest(site string, keys [][]byte, peers []string) string {
 		h.Write([]byte(p))
 	}
 	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// report is what a device's latest telemetry said that Sites adds up.
+type report struct {
+	site      string
+	sharing   bool
+	members   uint32
+	bad       uint64
+	blocked   int
+	transfers []*efpb.TransferStats
+}
+
+// record keeps what Sites needs of a device's telemetry.
+func (s *Service) record(dev, site string, t *efpb.Telemetry) {
+	r := report{site: site, transfers: t.GetTransfers()}
+	if len(r.transfers) > maxTransfers {
+		r.transfers = r.transfers[:maxTransfers]
+	}
+	if p := t.GetPeers(); p != nil {
+		r.sharing, r.members, r.bad, r.blocked = true, p.GetMembers(), p.GetBadChunks(), len(p.GetBlocked())
+	}
+	s.repMu.Lock()
+	s.reports[dev] = r
+	s.repMu.Unlock()
+}
+
+// maxTransfers bounds the transfers kept per device (an agent reports 8).
+const maxTransfers = 8
+
+// Sites adds up, per site label, what the devices reported since the
+// control plane started: who shares, how many members found each other,
+// and each model version's bytes from the broker (the site's WAN link) and
+// from peers. Devices without a site label are left out.
+func (s *Service) Sites() []api.Site {
+	type tkey struct{ model, version string }
+	type agg struct {
+		site api.Site
+		tr   map[tkey]*api.SiteTransfer
+	}
+	by := map[string]*agg{}
+	s.repMu.Lock()
+	for _, r := range s.reports {
+		if r.site == "" {
+			continue
+		}
+		a := by[r.site]
+		if a == nil {
+			a = &agg{site: api.Site{Name: r.site}, tr: map[tkey]*api.SiteTransfer{}}
+			by[r.site] = a
+		}
+		a.site.Devices++
+		if r.sharing {
+			a.site.Sharing++
+			a.site.Members = max(a.site.Members, int(r.members)+1)
+			a.site.BadChunks += r.bad
+			a.site.Blocked += r.blocked
+		}
+		for _, t := range r.transfers {
+			k := tkey{t.GetModelName(), t.GetModelVersion()}
+			st := a.tr[k]
+			if st == nil {
+				st = &api.SiteTransfer{Model: k.model, Version: k.version}
+				a.tr[k] = st
+			}
+			st.Devices++
+			st.WANBytes += t.GetBrokerBytes()
+			st.PeerBytes += t.GetPeerBytes()
+		}
+	}
+	s.repMu.Unlock()
+	out := make([]api.Site, 0, len(by))
+	for _, a := range by {
+		for _, t := range a.tr {
+			if s.o.ModelSize != nil {
+				if size, ok := s.o.ModelSize(t.Model, t.Version); ok && size > 0 {
+					t.ModelBytes = size
+					t.WANRatio = float64(t.WANBytes) / float64(size)
+				}
+			}
+			a.site.Transfers = append(a.site.Transfers, *t)
+		}
+		slices.SortFunc(a.site.Transfers, func(x, y api.SiteTransfer) int {
+			return strings.Compare(x.Model+"@"+x.Version, y.Model+"@"+y.Version)
+		})
+		out = append(out, a.site)
+	}
+	slices.SortFunc(out, func(x, y api.Site) int { return strings.Compare(x.Name, y.Name) })
+	return out
+}
+
+// collector exports Sites to Prometheus at scrape time.
+type collector struct {
+	s                           *Service
+	wan, peer, members, sharing *prometheus.Desc
+}
+
+func newCollector(s *Service) *collector {
+	return &collector{
+		s: s,
+		wan: prometheus.NewDesc("edgefleet_site_wan_bytes",
+			"Bytes of a model version the devices of a site fetched from the broker (the site's WAN link), as they last reported.",
+			[]string{"site", "model", "version"}, nil),
+		peer: prometheus.NewDesc("edgefleet_site_peer_bytes",
+			"Bytes of a model version the devices of a site fetched from their peers (the site's LAN), as they last reported.",
+			[]string{"site", "model", "version"}, nil),
+		members: prometheus.NewDesc("edgefleet_site_members",
+			"The largest number of a site's members one sharing device sees, itself included.", []string{"site"}, nil),
+		sharing: prometheus.NewDesc("edgefleet_site_sharing_devices",
+			"Devices of a site that share its downloads.", []string{"site"}, nil),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.wan
+	ch <- c.peer
+	ch <- c.members
+	ch <- c.sharing
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	for _, st := range c.s.Sites() {
+		ch <- prometheus.MustNewConstMetric(c.members, prometheus.GaugeValue, float64(st.Members), st.Name)
+		ch <- prometheus.MustNewConstMetric(c.sharing, prometheus.GaugeValue, float64(st.Sharing), st.Name)
+		for _, t := range st.Transfers {
+			ch <- prometheus.MustNewConstMetric(c.wan, prometheus.GaugeValue, float64(t.WANBytes), st.Name, t.Model, t.Version)
+			ch <- prometheus.MustNewConstMetric(c.peer, prometheus.GaugeValue, float64(t.PeerBytes), st.Name, t.Model, t.Version)
+		}
+	}
 }
