@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgefleet/edgefleet/internal/peers"
@@ -58,6 +59,10 @@ type PeerOptions struct {
 	// send a peer: fault injection for tests and fleet-sim (a lying peer).
 	// Nil on a real device.
 	ServeFilter func(key string, index uint32, data []byte) []byte
+	// Tune, when set, adjusts the member's memberlist configuration (see
+	// peers.Options.Tune): fleet-sim puts a transport there that can
+	// partition a site's LAN. Nil on a real device.
+	Tune func(*memberlist.Config)
 }
 
 func (o PeerOptions) enabled() bool { return o.Listen != "" }
@@ -228,7 +233,7 @@ func (a *Agent) applySite(ctx context.Context) {
 		Name: a.opts.DeviceID, Site: site, BindAddr: host, BindPort: port,
 		Keys: doc.GetGossipKeys(), Meta: meta, Admit: a.admitMember,
 		ChunkProvider: p.chunk, ServeWorkers: a.opts.Peers.ServeWorkers, ServeBytesPerSec: a.opts.Peers.ServeBytesPerSec,
-		Logger: a.opts.Logger,
+		Logger: a.opts.Logger, Tune: a.opts.Peers.Tune,
 	}
 	if adv := a.opts.Peers.Advertise; adv != "" {
 		if o.AdvertiseAddr, o.AdvertisePort, err = splitListen(adv); err != nil {
