@@ -331,6 +331,11 @@ func (w *WANBytesPerSite) Check(env *Env) (bool, string) {
 	if at, ok := env.Deployed(key); ok && last > at {
 		env.SetFigure(w.Figure+"_all_active_s", math.Round((last-at).Seconds()*100)/100)
 	}
+	if rate, _ := parseRate(env.Scenario.Network.WANPerSite); rate > 0 {
+		// The fluid-model bound: one device alone pulling the model over
+		// its site's link.
+		env.SetFigure("wan_one_copy_s", math.Round(float64(size)/float64(rate)*100)/100)
+	}
 	if over.n > 0 {
 		return false, fmt.Sprintf("%d of %d sites moved more than %.2f× %s over their WAN link: %s", over.n, len(sites), w.MaxRatio, key, &over)
 	}
