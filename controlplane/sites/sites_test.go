@@ -175,7 +175,7 @@ func TestSitesAddsUpTransfers(t *testing.T) {
 	r.svc.OnTelemetry("a1", sharing("10.0.0.1:7946", tr(1000, 0)))
 	r.svc.OnTelemetry("a2", sharing("10.0.0.2:7946", tr(0, 1000)))
 	r.svc.OnTelemetry("a3", &efpb.Telemetry{Transfers: []*efpb.TransferStats{tr(1000, 0)}}) // does not share
-	r.svc.OnTelemetry("n1", sharing("10.0.9.1:7946", tr(1000, 0)))                         // no site
+	r.svc.OnTelemetry("n1", sharing("10.0.9.1:7946", tr(1000, 0)))                          // no site
 	got := r.svc.Sites()
 	require.Len(t, got, 1)
 	assert.Equal(t, api.Site{Name: "s1", Devices: 3, Sharing: 2, Members: 2, Transfers: []api.SiteTransfer{
