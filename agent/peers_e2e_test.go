@@ -119,7 +119,8 @@ func TestSiteSharesOneDownload(t *testing.T) {
 		sites, err := f.cp.Sites()
 		require.NoError(t, err)
 		for _, st := range sites {
-			if st.Name == "s1" && len(st.Transfers) == 1 && st.Transfers[0].WANBytes+st.Transfers[0].PeerBytes == 3*mv.Size {
+			// Four devices' downloads: three shared, s1-plain's from the broker.
+			if st.Name == "s1" && len(st.Transfers) == 1 && st.Transfers[0].WANBytes+st.Transfers[0].PeerBytes == 4*mv.Size {
 				site = st
 				return true
 			}
@@ -132,7 +133,9 @@ func TestSiteSharesOneDownload(t *testing.T) {
 	tr := site.Transfers[0]
 	assert.Equal(t, "fraud", tr.Model)
 	assert.Equal(t, mv.Size, tr.ModelBytes)
-	assert.InDelta(t, float64(siteBroker)/float64(mv.Size), tr.WANRatio, 0.01)
+	assert.Equal(t, 4, tr.Devices)
+	assert.Equal(t, siteBroker+mv.Size, tr.WANBytes, "the sharing devices' WAN bytes and s1-plain's whole copy")
+	assert.InDelta(t, float64(siteBroker+mv.Size)/float64(mv.Size), tr.WANRatio, 0.01)
 	out := f.cli("sites")
 	assert.Regexp(t, `(?m)^s1\s+4\s+3\s+3\s+0\s+fraud@1.0.0\s`, out)
 	assert.Regexp(t, `(?m)^s2\s+1\s+1\s+1\s+0\s+fraud@1.0.0\s+1\.0 MiB\s+0 B\s+1\.00$`, out)

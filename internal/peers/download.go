@@ -539,12 +539,19 @@ func (d *Download) fetch(index uint32, peer string, wait bool) {
 	// Waiting for a chunk that has not reached the site is no failure of
 	// the peer asked; waiting for one others already hold is.
 	count := err != nil && d.ctx.Err() == nil && (!errors.Is(err, ErrNotYet) || d.n.siteHolds(d.o.Key, index))
+	// A peer that left (a source stopped or restarted mid-transfer) is out
+	// of the site's view already: the chunk goes to the next member, and
+	// the departure uses none of its attempts, or every member it had
+	// asked would fetch it from the broker.
+	gone := errors.Is(err, ErrPeerLeft) || errors.Is(err, ErrUnknownPeer)
 	d.mu.Lock()
 	if d.inflight[index] == peer {
 		delete(d.inflight, index)
 	}
 	if count {
-		d.attempts[index]++
+		if !gone {
+			d.attempts[index]++
+		}
 		d.failed[index] = append(d.failed[index], peer)
 		d.failedAt[index] = time.Now()
 	}
