@@ -203,9 +203,11 @@ func (k *KillSource) Run(ctx context.Context, env *Env) (string, error) {
 }
 
 // PartitionLAN cuts the picked sharing devices off from the other devices
-// on the LAN (the broker stays reachable), until heal_lan.
+// on the LAN (the broker stays reachable), until heal_lan, and waits until
+// the members of their sites see the cut.
 type PartitionLAN struct {
-	Pick Pick `yaml:",inline"`
+	Pick       Pick `yaml:",inline"`
+	WaitLimits `yaml:",inline"`
 }
 
 // Validate implements the optional validation.
@@ -213,21 +215,53 @@ func (p *PartitionLAN) Validate(sc *Scenario) error {
 	if err := needPeers(sc); err != nil {
 		return err
 	}
+	if err := p.WaitLimits.validate(); err != nil {
+		return err
+	}
 	return p.Pick.validate()
 }
 
 // Run implements Action.
-func (p *PartitionLAN) Run(_ context.Context, env *Env) (string, error) {
+func (p *PartitionLAN) Run(ctx context.Context, env *Env) (string, error) {
 	ms, err := p.Pick.pick(env, func(m *sim.Member) bool { return m.Sharing() })
 	if err != nil {
 		return "", err
 	}
 	groups := map[string]int{}
+	sites := map[string]bool{}
 	for _, m := range ms {
 		groups[m.Device.ID] = 1
+		sites[m.Device.Labels["site"]] = true
 	}
 	env.Fleet.LAN().Partition(groups)
-	return fmt.Sprintf("%d devices cut off from the rest of the LAN", len(ms)), nil
+	// Wait until the members see the cut: each side of each site sees
+	// only its own (memberlist declares the others dead).
+	side := map[string]int{} // "site/group" → sharing members
+	var members []*sim.Member
+	for _, m := range env.Fleet.Members() {
+		if m.Sharing() && sites[m.Device.Labels["site"]] {
+			side[fmt.Sprintf("%s/%d", m.Device.Labels["site"], groups[m.Device.ID])]++
+			members = append(members, m)
+		}
+	}
+	start := env.Since()
+	var behind offenders
+	_, err = env.wait(ctx, waitSpec{limits: p.WaitLimits}, func() bool {
+		behind = offenders{}
+		for _, m := range members {
+			want := side[fmt.Sprintf("%s/%d", m.Device.Labels["site"], groups[m.Device.ID])] - 1
+			if a := m.Agent(); a != nil {
+				if ps := a.PeerStats(); ps == nil || int(ps.GetMembers()) != want {
+					behind.add("%s sees %d peers, want %d", m.Device.ID, ps.GetMembers(), want)
+				}
+			}
+		}
+		return behind.n == 0
+	})
+	if err != nil {
+		return "", fmt.Errorf("the members never saw the partition: %s; %w", &behind, err)
+	}
+	return fmt.Sprintf("%d devices cut off from the rest of the LAN; the members saw it after %.2fs", len(ms), (env.Since() - start).Seconds()), nil
 }
 
 // HealLAN ends every LAN partition.
