@@ -36,9 +36,10 @@ const (
 	DefaultTTL        = 30 * 24 * time.Hour
 	DefaultKeyOverlap = time.Hour
 	DefaultIssueDelay = 500 * time.Millisecond
-	// MaxPeers bounds the addresses in one site document: enough to join
-	// (memberlist finds the rest), small enough to stay one MQTT message.
-	MaxPeers = 32
+	// JoinPeers is how many addresses a site document lists: those of
+	// the site's first members by id (enough to join: memberlist finds
+	// the rest).
+	JoinPeers = 8
 	// KeySize is the size of a site's gossip keys (AES-256).
 	KeySize = 32
 
@@ -436,9 +437,14 @@ func (s *Service) issue(ctx context.Context) (int, error) {
 				newKeys = append(newKeys, site)
 			}
 			p.keys = sk.Keys
+			// The site's first JoinPeers members (by id) are every
+			// member's contacts: enough to join, memberlist finds the
+			// rest, and a member that comes later changes nobody's
+			// document but its own (no round of the whole site's
+			// documents per member).
 			for _, e := range addrs[site] {
 				peerID, addr, _ := strings.Cut(e, " ")
-				if peerID != id && len(p.peers) < MaxPeers {
+				if peerID != id && len(p.peers) < JoinPeers {
 					p.peers = append(p.peers, addr)
 				}
 			}

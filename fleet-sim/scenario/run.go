@@ -81,6 +81,7 @@ func Run(ctx context.Context, sc *Scenario, opts RunOptions) (*Report, error) {
 		Proxy:              sc.Network.Proxy,
 		Transport:          sc.Network.Transport,
 		Peers:              sc.Agent.Peers.pick(),
+		InMemoryStore:      sc.Agent.Store == "memory",
 		WANPerSite:         wan,
 		HeartbeatInterval:  sc.Agent.Heartbeat,
 		FetchRetryInterval: sc.Agent.FetchRetry,

@@ -120,6 +120,10 @@ type AgentSpec struct {
 	// Peers makes the agents share their site's downloads over real
 	// memberlist on loopback (see PeersSpec); absent: none shares.
 	Peers *PeersSpec `yaml:"peers"`
+	// Store is where the agents' shared state lives: disk (default: one
+	// badger, synced commits) or memory (large fleets, where a thousand
+	// agents' synced commits queue on one disk).
+	Store string `yaml:"store"`
 }
 
 // NetworkSpec configures the simulated network.
@@ -308,6 +312,11 @@ func (sc *Scenario) validate() error {
 		return bad(1, "network: wan_per_site %v", err)
 	} else if rate > 0 && !sc.Network.Proxy {
 		return bad(1, "network: wan_per_site needs proxy: true")
+	}
+	switch sc.Agent.Store {
+	case "", "disk", "memory":
+	default:
+		return bad(1, "agent: store %q, want disk or memory", sc.Agent.Store)
 	}
 	if err := sc.Agent.Peers.validate(); err != nil {
 		return bad(1, "%v", err)

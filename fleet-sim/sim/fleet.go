@@ -427,6 +427,7 @@ func (f *Fleet) dialBroker(ctx context.Context) (net.Conn, error) {
 // register registers every device and prepares its agent options.
 func (f *Fleet) register(ctx context.Context) error {
 	var root []byte
+	sharing := 0
 	for i, m := range f.members {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -479,8 +480,10 @@ func (f *Fleet) register(ctx context.Context) error {
 		}
 		if f.opts.Peers != nil && f.opts.Peers(m.Device) {
 			m.opts.Peers = agent.PeerOptions{Listen: "127.0.0.1:0", ServeFilter: m.serveFilter, Tune: f.lan.Tune(m.Device.ID)}
+			sharing++
 		}
 	}
+	f.lan.crowded = sharing > crowdedLAN
 	if f.proxy != nil {
 		sites := make(map[string]string, len(f.members))
 		for _, m := range f.members {
@@ -492,6 +495,10 @@ func (f *Fleet) register(ctx context.Context) error {
 	}
 	return nil
 }
+
+// crowdedLAN is the number of sharing agents in one process above which
+// their memberlist failure detection is relaxed (LAN.crowded).
+const crowdedLAN = 200
 
 // LAN is the sharing agents' local network (partitions).
 func (f *Fleet) LAN() *LAN { return f.lan }

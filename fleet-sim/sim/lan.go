@@ -16,6 +16,12 @@ import (
 // member on the other side of a partition and fails its dials there; both
 // sides filter, so a partition cuts both ways.
 type LAN struct {
+	// crowded relaxes memberlist's failure detection (set before the
+	// agents start): hundreds of members in one process on a few cores
+	// answer probes late, where devices on a real LAN, each with its own
+	// CPU, would not.
+	crowded bool
+
 	mu     sync.Mutex
 	device map[string]string // member address → device id
 	group  map[string]int    // device id → partition group (0: none)
@@ -73,6 +79,11 @@ func (l *LAN) Tune(device string) func(*memberlist.Config) {
 		})
 		if err != nil {
 			return // memberlist makes its own: no partitions for this member
+		}
+		if l.crowded {
+			cfg.ProbeInterval = 3 * time.Second
+			cfg.ProbeTimeout = 2 * time.Second
+			cfg.SuspicionMult = 6
 		}
 		port := nt.GetAutoBindPort()
 		cfg.BindPort = port
