@@ -498,7 +498,7 @@ func (f *Fleet) register(ctx context.Context) error {
 
 // crowdedLAN is the number of sharing agents in one process above which
 // their memberlist failure detection is relaxed (LAN.crowded).
-const crowdedLAN = 200
+const crowdedLAN = 50
 
 // LAN is the sharing agents' local network (partitions).
 func (f *Fleet) LAN() *LAN { return f.lan }
