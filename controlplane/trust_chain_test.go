@@ -522,5 +522,5 @@ func TestRefusalsAreShownAndCounted(t *testing.T) {
 	}, metricLines(f.metrics(), "edgefleet_device_refusals_total{"))
 
 	table := f.devicesTable()
-	assert.Regexp(t, `(?m)^dev-1\s.*\sv1\s+(just now|\d+s ago)\s+manifest fraud \((just now|\d+s ago)\): manifest refused: verify manifest: release role needs 1 valid signature\(s\), got 0$`, table)
+	assert.Regexp(t, `(?m)^dev-1\s.*\sv1\s+-\s+(just now|\d+s ago)\s+manifest fraud \((just now|\d+s ago)\): manifest refused: verify manifest: release role needs 1 valid signature\(s\), got 0$`, table)
 }
