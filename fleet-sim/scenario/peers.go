@@ -288,6 +288,12 @@ type WANBytesPerSite struct {
 	Selector string  `yaml:"selector"`
 	MaxRatio float64 `yaml:"max_ratio"`
 	MinRatio float64 `yaml:"min_ratio"`
+	// Baseline selects devices on the broker-only path in the same run:
+	// each site's ratio must be at most BaselineFraction of the mean of
+	// theirs. A ratio against a baseline measured alongside holds on a
+	// loaded machine, where retries inflate both.
+	Baseline         string  `yaml:"baseline"`
+	BaselineFraction float64 `yaml:"baseline_fraction"`
 	// Figure names the recorded figures; default wan.
 	Figure string `yaml:"figure"`
 }
@@ -306,7 +312,28 @@ func (w *WANBytesPerSite) Validate(sc *Scenario) error {
 	if w.Figure == "" {
 		w.Figure = "wan"
 	}
+	if (w.Baseline == "") != (w.BaselineFraction == 0) || w.BaselineFraction < 0 {
+		return errors.New("baseline and a positive baseline_fraction go together")
+	}
 	return nil
+}
+
+// siteRatios returns the WAN ratio of each site of the selected devices.
+func siteRatios(env *Env, selector, key string, size uint64) (map[string]float64, error) {
+	ms, err := env.Select(selector)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]float64{}
+	for _, m := range ms {
+		if s := m.Device.Labels["site"]; s != "" {
+			if _, done := out[s]; !done {
+				_, chunks := env.Fleet.Proxy().SiteBytes(s, key)
+				out[s] = float64(chunks) / float64(size)
+			}
+		}
+	}
+	return out, nil
 }
 
 // Deadline implements Assertion.
@@ -372,6 +399,26 @@ func (w *WANBytesPerSite) Check(env *Env) (bool, string) {
 	}
 	if over.n > 0 {
 		return false, fmt.Sprintf("%d of %d sites moved more than %.2f× %s over their WAN link: %s", over.n, len(sites), w.MaxRatio, key, &over)
+	}
+	if w.Baseline != "" {
+		base, err := siteRatios(env, w.Baseline, key, size)
+		if err != nil || len(base) == 0 {
+			return false, fmt.Sprintf("baseline %q: no site (%v)", w.Baseline, err)
+		}
+		mean := 0.0
+		for _, r := range base {
+			mean += r / float64(len(base))
+		}
+		env.SetFigure(w.Figure+"_baseline_ratio", math.Round(mean*1000)/1000)
+		var worse offenders
+		for _, s := range sites {
+			if r := float64(ratios[s]); r > w.BaselineFraction*mean {
+				worse.add("%s %.2f", s, r)
+			}
+		}
+		if worse.n > 0 {
+			return false, fmt.Sprintf("%d of %d sites moved more than %.2f of the broker-only sites' %.2f× %s: %s", worse.n, len(sites), w.BaselineFraction, mean, key, &worse)
+		}
 	}
 	if under.n > 0 {
 		return false, fmt.Sprintf("%d of %d sites moved less than %.2f× %s over their WAN link: %s", under.n, len(sites), w.MinRatio, key, &under)
