@@ -21,7 +21,7 @@ func (s Scheme) DeviceMayPublish(dev, topic string, retained bool) bool {
 
 // DeviceMaySubscribe is the deny-by-default subscribe/read ACL for a device
 // authenticated as dev. It accepts concrete topics and filters. Allowed: the
-// device's own desired, site and chunks topics, the trust topic, and model topics
+// device's own desired, ack, site and chunks topics, the trust topic, and model topics
 // <prefix>/models/<name|+>/<version|+>/<manifest|chunks|+>. Everything
 // else is refused: any '#', '+' outside those three model levels (in the
 // prefix, in place of a device id, or of a fixed level), other devices,
@@ -31,7 +31,7 @@ func (s Scheme) DeviceMaySubscribe(dev, filter string) bool {
 		return false
 	}
 	switch filter {
-	case s.Desired(dev), s.Site(dev), s.DeviceChunks(dev), s.Trust():
+	case s.Desired(dev), s.Ack(dev), s.Site(dev), s.DeviceChunks(dev), s.Trust():
 		return true
 	}
 	rest, ok := strings.CutPrefix(filter, s.prefix()+"/"+levelModels+"/")
@@ -85,6 +85,7 @@ func MosquittoACL(s Scheme, controlUser string, ingest int) (string, error) {
 	fmt.Fprintf(&b, "pattern write %s\n", s.Fetch("%u"))
 	fmt.Fprintf(&b, "pattern write %s\n", s.Presence("%u"))
 	fmt.Fprintf(&b, "pattern read %s\n", s.Desired("%u"))
+	fmt.Fprintf(&b, "pattern read %s\n", s.Ack("%u"))
 	fmt.Fprintf(&b, "pattern read %s\n", s.Site("%u"))
 	fmt.Fprintf(&b, "pattern read %s\n", s.DeviceChunks("%u"))
 	fmt.Fprintf(&b, "pattern read %s\n", s.Trust())

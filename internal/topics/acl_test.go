@@ -24,6 +24,7 @@ func TestDeviceMayPublish(t *testing.T) {
 		{"d1", "ef/v1/dev/d1/presence", true, false},
 		// not its own outbound topics
 		{"d1", "ef/v1/dev/d1/desired", false, false},
+		{"d1", "ef/v1/dev/d1/ack", false, false}, // only the control plane acknowledges
 		{"d1", "ef/v1/dev/d1/site", false, false},
 		{"d1", "ef/v1/dev/d1/chunks", false, false},
 		{"d1", "ef/v1/dev/d2/status", false, false},
@@ -62,6 +63,7 @@ func TestDeviceMaySubscribe(t *testing.T) {
 	}{
 		// allowed
 		{"d1", "ef/v1/dev/d1/desired", true},
+		{"d1", "ef/v1/dev/d1/ack", true},
 		{"d1", "ef/v1/dev/d1/site", true},
 		{"d1", "ef/v1/dev/d1/chunks", true},
 		{"d1", "ef/v1/trust", true},
@@ -74,6 +76,8 @@ func TestDeviceMaySubscribe(t *testing.T) {
 		{"d1", "ef/v1/models/+/+/+", true},
 		// other devices and wildcards in the device position
 		{"d1", "ef/v1/dev/d2/desired", false},
+		{"d1", "ef/v1/dev/d2/ack", false},
+		{"d1", "ef/v1/dev/+/ack", false},
 		{"d1", "ef/v1/dev/d2/site", false},
 		{"d1", "ef/v1/dev/d2/chunks", false},
 		{"d1", "ef/v1/dev/+/site", false},
@@ -141,6 +145,7 @@ func TestDeviceMaySubscribe(t *testing.T) {
 func TestDeviceMaySubscribeNeverLeaks(t *testing.T) {
 	var s Scheme
 	otherTopics := []string{
+		s.Desired("d2"), s.Ack("d2"), s.Status("d2"), s.Telemetry("d2"), s.Fetch("d2"), s.Presence("d2"),
 		s.Desired("d2"), s.Status("d2"), s.Telemetry("d2"), s.Fetch("d2"), s.Presence("d2"),
 		s.Site("d2"), s.DeviceChunks("d2"),
 		s.Status("d1"), s.Telemetry("d1"), s.Fetch("d1"), s.Presence("d1"),
@@ -189,6 +194,7 @@ func TestMosquittoACL(t *testing.T) {
 		"pattern write ef/v1/dev/%u/fetch\n",
 		"pattern write ef/v1/dev/%u/presence\n",
 		"pattern read ef/v1/dev/%u/desired\n",
+		"pattern read ef/v1/dev/%u/ack\n",
 		"pattern read ef/v1/dev/%u/site\n",
 		"pattern read ef/v1/dev/%u/chunks\n",
 		"pattern read ef/v1/trust\n",
