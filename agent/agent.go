@@ -86,6 +86,10 @@ type Options struct {
 	// Retry-After before its body is read. Default 4 × the body limit.
 	InferenceMaxInflightBytes int64
 
+	// Peers turns on sharing downloads with the devices of the same site
+	// (docs/architecture.md, "Site-local distribution"); zero: off.
+	Peers PeerOptions
+
 	// MetricsListen is the address of an optional Prometheus endpoint
 	// (GET /metrics), e.g. 127.0.0.1:9101; empty disables it.
 	MetricsListen string
@@ -220,6 +224,11 @@ type Agent struct {
 	// u is the update state: touched only by the Run goroutine.
 	u updater
 
+	// peers is the agent's part in its site's sharing (peers.go).
+	peers     *sharing
+	peerBad   atomic.Uint64 // chunks from peers that failed their check
+	transfers transferLog
+
 	// crashAt, when set by tests, is called at named points of an update
 	// so a test can kill the process exactly there.
 	crashAt func(point string)
@@ -265,6 +274,7 @@ func New(opts Options) (*Agent, error) {
 		logLimit: newLogLimiter(logEvery, time.Now),
 	}
 	a.u.subs = map[string]bool{}
+	a.peers = newSharing(a)
 	if !opts.DisableMonitoring {
 		a.mon = newMonitors(&a.opts)
 	}
@@ -413,6 +423,7 @@ func (a *Agent) open() error {
 
 // close releases what open acquired; safe after a partial open.
 func (a *Agent) close() {
+	a.stopSharing()
 	a.mu.Lock()
 	c := a.client
 	a.client = nil

@@ -74,6 +74,8 @@ type Config struct {
 	// the loss reported.
 	OutboxMaxReports int   `yaml:"outbox_max_reports,omitempty"`
 	OutboxMaxBytes   int64 `yaml:"outbox_max_bytes,omitempty"`
+	// Peers turns on sharing downloads with the devices of the same site.
+	Peers *PeersConfig `yaml:"peers,omitempty"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level,omitempty"`
 	// TLS to the broker (tls:// broker_url): TLSCAFile is the PEM CA bundle
@@ -83,6 +85,24 @@ type Config struct {
 	TLSCAFile   string `yaml:"tls_ca_file,omitempty"`
 	TLSCertFile string `yaml:"tls_cert_file,omitempty"`
 	TLSKeyFile  string `yaml:"tls_key_file,omitempty"`
+}
+
+// PeersConfig is the peers section of the config file (see PeerOptions).
+// Sharing is off unless listen is set: it opens a port on the LAN, which
+// is the operator's call (firewall, interface), not a default.
+type PeersConfig struct {
+	// Listen is host:port, e.g. 0.0.0.0:7946.
+	Listen string `yaml:"listen,omitempty"`
+	// Advertise is the host:port other devices dial, when the bound
+	// address is not reachable as it is (NAT, 0.0.0.0 on a multi-homed
+	// host).
+	Advertise string `yaml:"advertise,omitempty"`
+	// Join are devices to contact besides those the control plane lists.
+	Join []string `yaml:"join,omitempty"`
+	// ServeWorkers and ServeBytesPerSec bound what the device sends to
+	// its peers (defaults 2 and 8 MiB/s).
+	ServeWorkers     int   `yaml:"serve_workers,omitempty"`
+	ServeBytesPerSec int64 `yaml:"serve_bytes_per_sec,omitempty"`
 }
 
 // LoadConfig reads and strictly decodes a config file.
@@ -159,6 +179,30 @@ func (c *Config) Options() (Options, error) {
 	if err != nil {
 		return o, err
 	}
+	var peerOpts PeerOptions
+	if p := c.Peers; p != nil {
+		for key, v := range map[string]string{"peers.listen": p.Listen, "peers.advertise": p.Advertise} {
+			if v == "" {
+				continue
+			}
+			if _, _, err := splitListen(v); err != nil {
+				return o, fmt.Errorf("agent config: %s: want host:port: %w", key, err)
+			}
+		}
+		for _, j := range p.Join {
+			if _, _, err := splitListen(j); err != nil {
+				return o, fmt.Errorf("agent config: peers.join: want host:port: %w", err)
+			}
+		}
+		if p.Listen == "" && (p.Advertise != "" || len(p.Join) > 0) {
+			return o, errors.New("agent config: peers.listen is required to share with the site (advertise and join need it)")
+		}
+		if p.ServeWorkers < 0 {
+			return o, errors.New("agent config: peers.serve_workers must not be negative")
+		}
+		peerOpts = PeerOptions{Listen: p.Listen, Advertise: p.Advertise, Join: p.Join,
+			ServeWorkers: p.ServeWorkers, ServeBytesPerSec: p.ServeBytesPerSec}
+	}
 	return Options{
 		TLS:                       tlsCfg,
 		HealthPeriod:              health,
@@ -183,6 +227,7 @@ func (c *Config) Options() (Options, error) {
 		LabelTTL:                  labelTTL,
 		OutboxMaxReports:          c.OutboxMaxReports,
 		OutboxMaxBytes:            c.OutboxMaxBytes,
+		Peers:                     peerOpts,
 	}, nil
 }
 

@@ -34,6 +34,15 @@ func TestConfigOptions(t *testing.T) {
 	assert.Equal(t, 4096, o.InferenceMaxBatch)
 	assert.Equal(t, int64(16<<20), o.InferenceMaxInflightBytes)
 	assert.Equal(t, root.Public, o.RootPublicKey)
+	assert.False(t, o.Peers.enabled(), "sharing is off by default")
+
+	cfg, err = ParseConfig([]byte(base + "peers:\n  listen: 0.0.0.0:7946\n  advertise: 192.0.2.7:7946\n  join: [192.0.2.8:7946]\n  serve_workers: 3\n  serve_bytes_per_sec: 1048576\n"))
+	require.NoError(t, err)
+	o, err = cfg.Options()
+	require.NoError(t, err)
+	assert.Equal(t, PeerOptions{Listen: "0.0.0.0:7946", Advertise: "192.0.2.7:7946", Join: []string{"192.0.2.8:7946"},
+		ServeWorkers: 3, ServeBytesPerSec: 1 << 20}, o.Peers)
+	assert.True(t, o.Peers.enabled())
 
 	for line, want := range map[string]string{
 		"health_period: soon\n":     "health_period \"soon\" is not a duration",
@@ -42,9 +51,14 @@ func TestConfigOptions(t *testing.T) {
 		"outbox_max_reports: -3\n":  "must not be negative",
 		"inference_max_batch: -1\n": "must not be negative",
 		"inference_max_body_bytes: 2000\ninference_max_inflight_bytes: 1000\n": "inference_max_inflight_bytes 1000 is below inference_max_body_bytes 2000",
-		"label_capacity: lots\n": "cannot unmarshal",
-		"device_id: d2\n":        "already defined",
-		"unknown_key: 1\n":       "field unknown_key not found",
+		"label_capacity: lots\n":                             "cannot unmarshal",
+		"device_id: d2\n":                                    "already defined",
+		"unknown_key: 1\n":                                   "field unknown_key not found",
+		"peers: {listen: 7946}\n":                            "peers.listen: want host:port",
+		"peers: {join: [192.0.2.8:7946]}\n":                  "peers.listen is required",
+		"peers: {listen: \":7946\", join: [nowhere]}\n":      "peers.join: want host:port",
+		"peers: {listen: \":7946\", serve_workers: -1}\n":    "peers.serve_workers must not be negative",
+		"peers: {listen: \":7946\", advertise: \"a:b:c\"}\n": "peers.advertise: want host:port",
 	} {
 		cfg, err := ParseConfig([]byte(base + line))
 		if err == nil {

@@ -125,6 +125,8 @@ func (a *Agent) sendTelemetry(ctx context.Context) {
 	}
 	t.Shadow = a.collectShadows(a.opts.Clock())
 	t.ReportsDropped = a.outbox.Dropped()
+	t.Peers = a.PeerStats()
+	t.Transfers = a.transfers.snapshot()
 	b, err := proto.Marshal(t)
 	if err != nil {
 		a.log.Error("encode telemetry", "err", err)

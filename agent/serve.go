@@ -12,6 +12,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/oip"
+	"github.com/edgefleet/edgefleet/internal/peers"
 	"github.com/edgefleet/edgefleet/internal/transfer"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -71,6 +72,8 @@ type slot struct {
 	// nil otherwise (stage after a restart reads and checks the file).
 	verified []byte
 	inflight map[uint32]bool
+	// dl shares the download with the site (peers.go); nil: broker only.
+	dl *peers.Download
 
 	// After a failed write (see transition). retry: resume the slot from
 	// its recorded state at retryAt (real time); failedStep: the step that
@@ -91,6 +94,10 @@ type slot struct {
 }
 
 func (s *slot) closeDownload() {
+	if s.dl != nil {
+		s.dl.Close()
+		s.dl = nil
+	}
 	if s.file != nil {
 		_ = s.file.Close()
 		s.file = nil

@@ -36,8 +36,10 @@ const (
 	// Made at restore, or on the tick after it could not be recorded.
 	stepFallback step = "fallback" // the active version no longer loads: the previous one takes its place
 
-	// Not a slot's state: the accepted desired state (handleDesired).
+	// Not a slot's state: the accepted desired state (handleDesired) and
+	// site document (handleSite).
 	stepGeneration step = "generation"
+	stepSite       step = "site"
 )
 
 // enters reports whether st puts the target into a phase the PhaseHook

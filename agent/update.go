@@ -17,6 +17,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
+	"github.com/edgefleet/edgefleet/internal/peers"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/internal/store"
 	"github.com/edgefleet/edgefleet/internal/topics"
@@ -32,14 +33,21 @@ const (
 	evDesired
 	evManifest
 	evChunk
+	evSite
+	evPeerChunk
 	evShadowManifest // shadow.go
 	evShadowChunk
 )
 
 type event struct {
 	kind    evKind
-	topic   string
+	topic   string // for evPeerChunk: the model name
 	payload []byte
+	// evPeerChunk: the chunk's index, the peer it came from and the
+	// download that fetched it.
+	index uint32
+	from  string
+	dl    *peers.Download
 }
 
 // updater is the state of the update loop; only the Run goroutine touches it.
@@ -69,6 +77,12 @@ type updater struct {
 // the embedded broker): a larger burst would be dropped and wait for a
 // retry. The window is topped up as chunks arrive.
 const fetchWindow = 128
+
+// siteFetchWindow is the window of a member fetching from the broker for
+// its site (its own chunk topic). It is smaller: what one member has in
+// flight when it dies or steps down crossed the site's link for nothing
+// (16 chunks of 64 KiB: 2 s of a 4 Mbit/s link, enough to keep it busy).
+const siteFetchWindow = 16
 
 // restore loads the persisted state and the committed models. It runs
 // before the agent talks to anyone, so a device serves its last good model
@@ -258,6 +272,9 @@ func (a *Agent) partPath(name, sha string) string {
 
 // updateLoop owns every state transition. MQTT handlers only send events.
 func (a *Agent) updateLoop(ctx context.Context) {
+	if a.opts.Peers.enabled() {
+		a.restoreSite(ctx) // before resuming: downloads go through the site
+	}
 	for _, s := range a.slotList() {
 		a.resume(ctx, s)
 	}
@@ -278,6 +295,8 @@ func (a *Agent) updateLoop(ctx context.Context) {
 			return
 		case ev := <-a.events:
 			a.handle(ctx, ev)
+		case <-a.peers.wake:
+			a.onPeerWake(ctx)
 		case <-hb.C:
 			a.sendTelemetry(ctx)
 		case <-retry.C:
@@ -301,6 +320,10 @@ func (a *Agent) handle(ctx context.Context, ev event) {
 		a.handleManifest(ctx, ev.topic, ev.payload)
 	case evChunk:
 		a.handleChunk(ctx, ev.payload)
+	case evSite:
+		a.handleSite(ctx, ev.payload)
+	case evPeerChunk:
+		a.handlePeerChunk(ctx, ev)
 	case evShadowManifest:
 		a.handleShadowManifest(ctx, ev.topic, ev.payload)
 	case evShadowChunk:
@@ -401,6 +424,11 @@ func (a *Agent) onConnected(ctx context.Context) {
 	a.ensureAckSub(ctx)
 	a.outbox.connected()
 	a.ensureSub(ctx, a.topics.Trust(), evTrust)
+	if a.opts.Peers.enabled() {
+		// Before the desired state: a download it starts finds the site.
+		a.ensureSub(ctx, a.topics.Site(a.opts.DeviceID), evSite)
+		a.ensureSub(ctx, a.topics.DeviceChunks(a.opts.DeviceID), evChunk)
+	}
 	a.ensureSub(ctx, a.topics.Desired(a.opts.DeviceID), evDesired)
 	a.publishPresence(true)
 	for _, s := range a.slotList() {
@@ -410,7 +438,7 @@ func (a *Agent) onConnected(ctx context.Context) {
 				a.ensureSub(ctx, a.topics.Manifest(s.name, t.Version), evManifest)
 			case PhaseDownloading:
 				if s.asm != nil {
-					a.ensureSub(ctx, a.topics.Chunks(s.name, t.Version), evChunk)
+					a.ensureSub(ctx, a.chunkTopic(s), evChunk)
 					a.requestMissing(ctx, s, true)
 				}
 			}
@@ -768,8 +796,19 @@ func (a *Agent) openDownload(ctx context.Context, s *slot) {
 		return
 	}
 	a.reportSlot(ctx, s)
-	a.ensureSub(ctx, a.topics.Chunks(s.name, t.Version), evChunk)
+	a.startPeerDownload(ctx, s) // when the agent shares with its site
+	a.ensureSub(ctx, a.chunkTopic(s), evChunk)
 	a.requestMissing(ctx, s, true)
+}
+
+// chunkTopic is where the broker's chunks for s arrive: the device's own
+// topic when the site shares the download (only this member's part comes
+// from the broker), else the version's shared topic.
+func (a *Agent) chunkTopic(s *slot) string {
+	if s.dl != nil {
+		return a.topics.DeviceChunks(a.opts.DeviceID)
+	}
+	return a.topics.Chunks(s.name, s.st.Target.Version)
 }
 
 // requestMissing asks the control plane for missing chunks, keeping at most
@@ -777,17 +816,27 @@ func (a *Agent) openDownload(ctx context.Context, s *slot) {
 // a reconnect or a restart). The chunk subscription is in place before the
 // request goes out.
 func (a *Agent) requestMissing(ctx context.Context, s *slot, restart bool) {
-	if s.asm == nil || !a.u.subs[a.topics.Chunks(s.name, s.st.Target.Version)] {
+	if s.asm == nil || !a.u.subs[a.chunkTopic(s)] {
 		return
+	}
+	window := fetchWindow
+	if s.dl != nil {
+		window = siteFetchWindow
 	}
 	if restart || s.inflight == nil {
 		s.inflight = map[uint32]bool{}
-	} else if len(s.inflight) > fetchWindow/2 {
+	} else if len(s.inflight) > window/2 {
 		return // enough on the way
 	}
+	var candidates []uint32
+	if s.dl != nil {
+		candidates = s.dl.BrokerChunks() // the site's other chunks come from peers
+	} else {
+		candidates = s.asm.Missing(len(s.inflight) + window)
+	}
 	var missing []uint32
-	for _, idx := range s.asm.Missing(len(s.inflight) + fetchWindow) {
-		if !s.inflight[idx] && len(s.inflight) < fetchWindow {
+	for _, idx := range candidates {
+		if !s.inflight[idx] && len(s.inflight) < window {
 			s.inflight[idx] = true
 			missing = append(missing, idx)
 		}
@@ -795,7 +844,7 @@ func (a *Agent) requestMissing(ctx context.Context, s *slot, restart bool) {
 	if len(missing) == 0 {
 		return
 	}
-	req := &efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: s.name, Version: s.st.Target.Version, Missing: missing}
+	req := &efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: s.name, Version: s.st.Target.Version, Missing: missing, Direct: s.dl != nil}
 	b, err := proto.Marshal(req)
 	if err != nil {
 		a.log.Error("encode fetch request", "err", err)
@@ -825,9 +874,19 @@ func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
 	if !added {
 		return
 	}
+	if s.dl != nil {
+		s.dl.Added(c.Index)
+	}
+	a.transfers.add(s.name, c.Version, uint64(len(c.Data)), 0)
+	a.chunkAccepted(ctx, s, c.Index)
+}
+
+// chunkAccepted moves a download on after a chunk from any source was
+// added: completion, or more requests.
+func (a *Agent) chunkAccepted(ctx context.Context, s *slot, index uint32) {
 	a.chunks.Add(1)
 	s.lastProgress = time.Now()
-	delete(s.inflight, c.Index)
+	delete(s.inflight, index)
 	a.crashPoint("chunk")
 	if s.asm.Complete() {
 		a.finishDownload(ctx, s)
@@ -928,14 +987,14 @@ func (a *Agent) retryStalled(ctx context.Context) {
 			continue // a complete download waits to be verified, not for chunks
 		}
 		if time.Since(s.lastProgress) >= a.opts.FetchRetryInterval {
-			a.ensureSub(ctx, a.topics.Chunks(s.name, s.st.Target.Version), evChunk)
+			a.ensureSub(ctx, a.chunkTopic(s), evChunk)
 			a.requestMissing(ctx, s, true)
 		}
 	}
 }
 
 func (a *Agent) finishDownload(ctx context.Context, s *slot) {
-	a.unsub(ctx, a.topics.Chunks(s.name, s.st.Target.Version))
+	a.unsub(ctx, a.topics.Chunks(s.name, s.st.Target.Version)) // the device topic stays: other downloads use it
 	next := s.st.clone()
 	next.Target.Phase = PhaseVerifying
 	if a.transition(ctx, s, stepVerifying, next) != nil {
@@ -963,6 +1022,7 @@ func (a *Agent) finishDownload(ctx context.Context, s *slot) {
 	}
 	a.crashPoint("verified")
 	s.verified = verified
+	a.refreshShares() // the verified file serves peers while it stages
 	a.stage(ctx, s)
 }
 
@@ -1014,6 +1074,7 @@ func (a *Agent) stage(ctx context.Context, s *slot) {
 	}
 	s.manifest = nil
 	a.cleanFiles(s)
+	a.refreshShares()
 	reason := ""
 	if t.Rollback {
 		reason = "reactivated the previous version from disk"
@@ -1075,6 +1136,7 @@ func (a *Agent) releaseTarget(ctx context.Context, s *slot, t *target) {
 	a.unsub(ctx, a.topics.Manifest(s.name, t.Version))
 	a.unsub(ctx, a.topics.Chunks(s.name, t.Version))
 	a.cleanFiles(s)
+	a.refreshShares()
 }
 
 // removeSlot removes a model no longer assigned: its record first (synced),

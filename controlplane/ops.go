@@ -174,3 +174,22 @@ func (s *Server) EvaluateAlerts() ([]monitor.Alert, error) {
 	}
 	return c.monitor.Evaluate()
 }
+
+// Sites returns each site's sharing and the bytes each model version's
+// download took over its WAN link (GET /api/v1/sites).
+func (s *Server) Sites() ([]api.Site, error) {
+	c, err := s.components()
+	if err != nil {
+		return nil, err
+	}
+	return c.sites.Sites(), nil
+}
+
+// RotateSiteKey gives site a new gossip key and returns its id.
+func (s *Server) RotateSiteKey(ctx context.Context, site string) (string, error) {
+	c, err := s.components()
+	if err != nil {
+		return "", err
+	}
+	return c.sites.RotateKey(ctx, site)
+}

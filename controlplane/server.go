@@ -38,6 +38,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/models"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
+	"github.com/edgefleet/edgefleet/controlplane/sites"
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
 	"github.com/edgefleet/edgefleet/internal/store"
@@ -200,6 +201,7 @@ type components struct {
 	models   *models.Registry
 	data     *data.Service // field data capture and datasets
 	fleet    *fleet.Fleet
+	sites    *sites.Service
 	monitor  *monitor.Service
 	rollouts *rollout.Engine
 	api      *httpapi.API
@@ -412,6 +414,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	wg.Go(func() { s.rolloutLoop(ctx, c) })
 	wg.Go(func() { c.monitor.Run(ctx) })
 	wg.Go(func() { c.data.Run(ctx) })
+	wg.Go(func() { c.sites.Run(ctx) })
 	wg.Go(func() { c.acks.Run(ctx) })
 	if eb, ok := c.bus.(*bus.External); ok {
 		wg.Go(func() { s.republishOnReconnect(ctx, c, eb) })
@@ -542,6 +545,18 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 		Models: c.models, Ingest: c.ingest, Capture: c.data, BrokerURL: o.PublicMQTTURL, DesiredTTL: o.DesiredTTL,
 		Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger, Acker: c.acks,
 	})
+	c.sites, err = sites.New(sites.Options{
+		KV: c.db.Namespace("sites"), Keys: s.keys, Bus: c.bus, Scheme: s.scheme, Devices: c.registry,
+		TTL: o.DesiredTTL, Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger,
+		ModelSize: func(model, version string) (uint64, bool) {
+			mv, err := c.models.Get(model, version)
+			return mv.Size, err == nil
+		},
+	})
+	if err != nil {
+		_ = c.bus.Close()
+		return nil, err
+	}
 	c.monitor, err = monitor.NewService(monitor.ServiceOptions{
 		Config: o.Monitor, KV: c.db.Namespace("monitor"), Models: c.models, Devices: c.registry,
 		Audit: c.audit, Ingest: c.ingest, Acker: c.acks, Registerer: s.metrics, Clock: o.Clock, Logger: o.Logger,
@@ -575,7 +590,7 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 	}
 	ao := httpapi.Options{
 		Fleet: c.fleet, Models: c.models, Rollouts: c.rollouts, Metrics: c.monitor.Aggregator(), Audit: c.audit,
-		Data: dataAPI{c.data, c.fleet}, KV: kv, Prometheus: promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}), Registerer: s.metrics,
+		Data: dataAPI{c.data, c.fleet}, Sites: c.sites, KV: kv, Prometheus: promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}), Registerer: s.metrics,
 		Clock: o.Clock, Logger: o.Logger,
 	}
 	if ao.Broker, ao.NoBroker, err = s.brokerAuth(c.registry); err != nil {
@@ -722,7 +737,11 @@ func (s *Server) publishRetained(ctx context.Context, c *components) error {
 	if err != nil {
 		return err
 	}
-	s.log.Info("retained state published", "manifests", manifests, "desired_states", desired)
+	siteDocs, err := c.sites.PublishRetained(ctx)
+	if err != nil {
+		return err
+	}
+	s.log.Info("retained state published", "manifests", manifests, "desired_states", desired, "site_documents", siteDocs)
 	return nil
 }
 
@@ -748,6 +767,7 @@ func (c *components) handlers() handlers {
 		telemetry: func(topic string, payload []byte) {
 			dev, t, ok := c.fleet.OnTelemetry(topic, payload)
 			if ok {
+				c.sites.OnTelemetry(dev, t)
 				c.monitor.Ingest(topic, dev, t, func(model, version string) string { return c.rollouts.Cohort(dev, model, version) })
 			}
 		},

@@ -215,6 +215,7 @@ func (f *trustFleet) assertNothingRefused() {
 	assert.Equal(f.t, []string{
 		`edgefleet_device_refusals_total{kind="desired-state"} 0`,
 		`edgefleet_device_refusals_total{kind="manifest"} 0`,
+		`edgefleet_device_refusals_total{kind="site-document"} 0`,
 		`edgefleet_device_refusals_total{kind="trust-bundle"} 0`,
 		`edgefleet_device_refusals_total{kind="unknown"} 0`,
 	}, refusals, "no refusal counted")
@@ -515,10 +516,11 @@ func TestRefusalsAreShownAndCounted(t *testing.T) {
 	assert.Equal(t, []string{
 		`edgefleet_device_refusals_total{kind="desired-state"} 0`,
 		`edgefleet_device_refusals_total{kind="manifest"} 1`,
+		`edgefleet_device_refusals_total{kind="site-document"} 0`,
 		`edgefleet_device_refusals_total{kind="trust-bundle"} 1`,
 		`edgefleet_device_refusals_total{kind="unknown"} 0`,
 	}, metricLines(f.metrics(), "edgefleet_device_refusals_total{"))
 
 	table := f.devicesTable()
-	assert.Regexp(t, `(?m)^dev-1\s.*\sv1\s+(just now|\d+s ago)\s+manifest fraud \((just now|\d+s ago)\): manifest refused: verify manifest: release role needs 1 valid signature\(s\), got 0$`, table)
+	assert.Regexp(t, `(?m)^dev-1\s.*\sv1\s+-\s+(just now|\d+s ago)\s+manifest fraud \((just now|\d+s ago)\): manifest refused: verify manifest: release role needs 1 valid signature\(s\), got 0$`, table)
 }

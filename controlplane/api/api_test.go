@@ -21,7 +21,7 @@ func ptr[T any](v T) *T { return &v }
 // TestRouteRoles is the access policy, route by route: reading needs
 // viewer, except tokens and enrollments (admin) and the audit log
 // (operator); devices' identity (register, revoke) and everything under
-// enrollments and tokens needs admin; other changes need operator. A route
+// enrollments and tokens, and a site's gossip key, need admin; other changes need operator. A route
 // added to the table without a line here fails.
 func TestRouteRoles(t *testing.T) {
 	want := map[string]Role{
@@ -61,6 +61,8 @@ func TestRouteRoles(t *testing.T) {
 		"POST /api/v1/models/{name}/datasets":                 RoleOperator,
 		"GET /api/v1/models/{name}/datasets/{version}":        RoleViewer,
 		"GET /api/v1/models/{name}/datasets/{version}/export": RoleViewer,
+		"GET /api/v1/sites":                                   RoleViewer,
+		"POST /api/v1/sites/{site}/rotate-key":                RoleAdmin,
 	}
 	seen := map[string]bool{}
 	for _, r := range Routes() {

@@ -136,6 +136,76 @@ type TelemetrySummary struct {
 	RSSBytes        uint64             `json:"rss_bytes"`
 	DroppedPayloads uint64             `json:"dropped_payloads"`
 	Models          []ActiveModelStats `json:"models,omitempty"`
+	// Peers is the device's part in its site's sharing (nil: it does not
+	// share); Transfers the bytes of its recent downloads by source.
+	Peers     *PeerSummary      `json:"peers,omitempty"`
+	Transfers []TransferSummary `json:"transfers,omitempty"`
+}
+
+// PeerSummary is what a sharing device reports of its site's members.
+type PeerSummary struct {
+	// Addr is where its member listens ("" before it joined).
+	Addr string `json:"addr,omitempty"`
+	// Members is the number of other live members of its site.
+	Members      uint32 `json:"members"`
+	ServedChunks uint64 `json:"served_chunks"`
+	ServedBytes  uint64 `json:"served_bytes"`
+	// Refused members of another site and unknown ones (a ticket that
+	// does not check), and requests dropped as replayed.
+	Foreign  uint64 `json:"foreign"`
+	Unknown  uint64 `json:"unknown"`
+	Replayed uint64 `json:"replayed"`
+	// BadChunks came from peers and failed the manifest's check; Blocked
+	// are the peers blocked for it.
+	BadChunks uint64   `json:"bad_chunks"`
+	Blocked   []string `json:"blocked,omitempty"`
+}
+
+// TransferSummary is the bytes of one model version's download by source.
+type TransferSummary struct {
+	Model       string `json:"model"`
+	Version     string `json:"version"`
+	BrokerBytes uint64 `json:"broker_bytes"`
+	PeerBytes   uint64 `json:"peer_bytes"`
+}
+
+// Site is one site's sharing (GET /api/v1/sites): its devices, those that
+// share, and the bytes each model version's downloads took over the site's
+// WAN link (from the broker) and over its LAN (from peers), as the devices
+// last reported them.
+type Site struct {
+	Name    string `json:"name"`
+	Devices int    `json:"devices"`
+	Sharing int    `json:"sharing"`
+	// Members is the largest member count a sharing device reports
+	// (itself included): how many of them found each other.
+	Members int `json:"members"`
+	// BadChunks and Blocked add up what the site's devices report.
+	BadChunks uint64         `json:"bad_chunks"`
+	Blocked   int            `json:"blocked"`
+	Transfers []SiteTransfer `json:"transfers,omitempty"`
+}
+
+// SiteTransfer is one model version's download at a site.
+type SiteTransfer struct {
+	Model   string `json:"model"`
+	Version string `json:"version"`
+	// Devices reported bytes of it.
+	Devices    int    `json:"devices"`
+	WANBytes   uint64 `json:"wan_bytes"`
+	PeerBytes  uint64 `json:"peer_bytes"`
+	ModelBytes uint64 `json:"model_bytes,omitempty"`
+	// WANRatio is WANBytes over the model's size: 1 is one copy for the
+	// whole site; without sharing it is the number of devices.
+	WANRatio float64 `json:"wan_ratio,omitempty"`
+}
+
+// RotateKeyResult is the answer to POST /api/v1/sites/{site}/rotate-key.
+type RotateKeyResult struct {
+	Site string `json:"site"`
+	// KeyID names the new key (a digest; the key itself never leaves the
+	// control plane but to the site's devices).
+	KeyID string `json:"key_id"`
 }
 
 // ActiveModelStats are a device's counters for one loaded model.

@@ -28,6 +28,8 @@ const (
 	PathBrokerNATS    = "/api/v1/broker/nats"
 	PathBrokerAuthn   = "/api/v1/broker/authenticate"
 	PathBrokerAuthz   = "/api/v1/broker/authorize"
+	PathSites         = "/api/v1/sites"
+	PathSiteRotateKey = "/api/v1/sites/{site}/rotate-key"
 	pathRolloutAction = "/api/v1/rollouts/{id}/"
 )
 
@@ -107,6 +109,8 @@ func Routes() []Route {
 		{Method: "GET", Pattern: PathBrokerNATS, Role: RoleBroker, Summary: "a NATS cluster's authorization file"},
 		{Method: "POST", Pattern: PathBrokerAuthn, Role: RoleBroker, Query: true, Summary: "a broker's login check (EMQX HTTP authentication)"},
 		{Method: "POST", Pattern: PathBrokerAuthz, Role: RoleBroker, Query: true, Summary: "a broker's ACL check (EMQX HTTP authorization)"},
+		{Method: "GET", Pattern: PathSites, Role: RoleViewer, Summary: "sites: sharing devices and WAN bytes per model version"},
+		{Method: "POST", Pattern: PathSiteRotateKey, Role: RoleAdmin, Summary: "rotate a site's gossip key"},
 	}
 	for _, a := range RolloutActions() {
 		rs = append(rs, Route{Method: "POST", Pattern: PathRolloutAction(a), Role: RoleOperator, Summary: string(a) + " a rollout"})

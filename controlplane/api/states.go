@@ -53,6 +53,7 @@ const (
 	RefusedTrustBundle  RefusalKind = "trust-bundle"
 	RefusedManifest     RefusalKind = "manifest"
 	RefusedDesiredState RefusalKind = "desired-state"
+	RefusedSite         RefusalKind = "site-document"
 	RefusedUnknown      RefusalKind = "unknown"
 )
 
@@ -68,6 +69,8 @@ func RefusalKindOf(r efpb.Refusal) (kind RefusalKind, ok bool) {
 		return RefusedManifest, true
 	case efpb.Refusal_REFUSAL_DESIRED_STATE:
 		return RefusedDesiredState, true
+	case efpb.Refusal_REFUSAL_SITE_DOCUMENT:
+		return RefusedSite, true
 	}
 	return RefusedUnknown, true
 }

@@ -154,8 +154,8 @@ func TestCLIEndToEnd(t *testing.T) {
 	require.Equal(t, 0, code, stderr)
 	lines := strings.Split(strings.TrimSpace(stdout), "\n")
 	require.Len(t, lines, 3, stdout)
-	assert.Regexp(t, `^ID\s+LABELS\s+ONLINE\s+DESIRED\s+ACTIVE\s+STATE\s+TRUST\s+LAST SEEN\s+LAST REFUSAL$`, lines[0])
-	assert.Regexp(t, `^dev-1\s+hw=arm64,site=berlin\s+no\s+fraud@v1 \(2\)\s+-\s+-\s+-\s+never\s+-$`, lines[1])
+	assert.Regexp(t, `^ID\s+LABELS\s+ONLINE\s+DESIRED\s+ACTIVE\s+STATE\s+TRUST\s+PEERS\s+LAST SEEN\s+LAST REFUSAL$`, lines[0])
+	assert.Regexp(t, `^dev-1\s+hw=arm64,site=berlin\s+no\s+fraud@v1 \(2\)\s+-\s+-\s+-\s+-\s+never\s+-$`, lines[1])
 	assert.Regexp(t, `^dev-2\s+site=paris\s+no\s+fraud@v1 \(1\)`, lines[2])
 
 	code, stdout, stderr = c("devices", "--selector", "site!=berlin")

@@ -556,7 +556,7 @@ rolled back) a version or a desired state.`,
 			}
 			now := time.Now()
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tLABELS\tONLINE\tDESIRED\tACTIVE\tSTATE\tTRUST\tLAST SEEN\tLAST REFUSAL")
+			fmt.Fprintln(tw, "ID\tLABELS\tONLINE\tDESIRED\tACTIVE\tSTATE\tTRUST\tPEERS\tLAST SEEN\tLAST REFUSAL")
 			for _, d := range list {
 				state := formatState(d.Reported)
 				switch {
@@ -565,8 +565,8 @@ rolled back) a version or a desired state.`,
 				case d.Blocked != "":
 					state = "blocked: " + d.Blocked
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, formatLabels(d.Labels), yesNo(d.Online),
-					formatDesired(d.Desired), formatActive(d.Reported), state, formatTrust(d.TrustVersion),
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, formatLabels(d.Labels), yesNo(d.Online),
+					formatDesired(d.Desired), formatActive(d.Reported), state, formatTrust(d.TrustVersion), formatPeers(d.Telemetry),
 					formatAgo(now, d.LastSeen), formatRefusal(now, d.LastRefusal))
 			}
 			if err := tw.Flush(); err != nil {
@@ -657,6 +657,18 @@ func formatState(r map[string]*api.ModelStatus) string {
 		return "-"
 	}
 	return strings.Join(parts, ",")
+}
+
+// formatPeers is the number of live peers a sharing device sees, with the
+// peers it blocked; "-" when it does not share.
+func formatPeers(t *api.TelemetrySummary) string {
+	if t == nil || t.Peers == nil {
+		return "-"
+	}
+	if n := len(t.Peers.Blocked); n > 0 {
+		return fmt.Sprintf("%d (%d blocked)", t.Peers.Members, n)
+	}
+	return fmt.Sprint(t.Peers.Members)
 }
 
 func formatTrust(v uint64) string {

@@ -479,3 +479,17 @@ func (c *Client) BrokerMosquitto(ctx context.Context, have string, wait time.Dur
 	}
 	return auth, resp.StatusCode != http.StatusNotModified, nil
 }
+
+// Sites returns each site's sharing and WAN bytes per model version.
+func (c *Client) Sites(ctx context.Context) ([]api.Site, error) {
+	var out []api.Site
+	err := c.call(ctx, "GET", api.PathSites, nil, "", &out)
+	return out, err
+}
+
+// RotateSiteKey gives a site a new gossip key.
+func (c *Client) RotateSiteKey(ctx context.Context, site string) (api.RotateKeyResult, error) {
+	var out api.RotateKeyResult
+	err := c.call(ctx, "POST", api.Path(api.PathSiteRotateKey, site), nil, "", &out)
+	return out, err
+}

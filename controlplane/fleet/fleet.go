@@ -121,10 +121,10 @@ func New(o Options) *Fleet {
 		}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgefleet_device_refusals_total",
-			Help: "Signed documents devices reported refusing (a bad signature, an expiry, a replay, a broken trust chain ...), by kind: trust-bundle, manifest, desired-state, unknown (an older agent).",
+			Help: "Signed documents devices reported refusing (a bad signature, an expiry, a replay, a broken trust chain ...), by kind: trust-bundle, manifest, desired-state, site-document, unknown (an older agent).",
 		}, []string{"kind"}),
 	}
-	for _, k := range []api.RefusalKind{api.RefusedTrustBundle, api.RefusedManifest, api.RefusedDesiredState, api.RefusedUnknown} {
+	for _, k := range []api.RefusalKind{api.RefusedTrustBundle, api.RefusedManifest, api.RefusedDesiredState, api.RefusedSite, api.RefusedUnknown} {
 		f.refusals.WithLabelValues(string(k)) // every kind shows, at 0
 	}
 	o.Registerer.MustRegister(f.deploys, f.refusals,

@@ -184,6 +184,7 @@ func (f *Fleet) OnTelemetry(topic string, payload []byte) (dev string, t *efpb.T
 			Rejects:    m.Rejects,
 		})
 	}
+	sum.Peers, sum.Transfers = peerSummary(t)
 	drop, err := f.reg.update(dev, func(d *api.Device, now time.Time) bool {
 		d.Online, d.LastSeen = true, now
 		if t.AgentVersion != "" {
@@ -214,6 +215,39 @@ func (f *Fleet) ack(dev string, seq uint64) {
 	if f.opts.Acker != nil {
 		f.opts.Acker.Ack(dev, seq)
 	}
+}
+
+// Bounds of what a device's telemetry says of its sharing.
+const (
+	maxReportedTransfers = 8
+	maxReportedBlocked   = 16
+	maxPeerName          = 128
+)
+
+// peerSummary is what the telemetry says of the device's sharing, bounded.
+func peerSummary(t *efpb.Telemetry) (*api.PeerSummary, []api.TransferSummary) {
+	var ps *api.PeerSummary
+	if p := t.GetPeers(); p != nil {
+		ps = &api.PeerSummary{
+			Addr: truncate(p.Addr, maxPeerName), Members: p.Members, ServedChunks: p.ServedChunks, ServedBytes: p.ServedBytes,
+			Foreign: p.Foreign, Unknown: p.Unknown, Replayed: p.Replayed, BadChunks: p.BadChunks,
+		}
+		for i, b := range p.Blocked {
+			if i == maxReportedBlocked {
+				break
+			}
+			ps.Blocked = append(ps.Blocked, truncate(b, maxPeerName))
+		}
+	}
+	var ts []api.TransferSummary
+	for i, tr := range t.GetTransfers() {
+		if i == maxReportedTransfers {
+			break
+		}
+		ts = append(ts, api.TransferSummary{Model: truncate(tr.ModelName, topics.MaxNameLen), Version: truncate(tr.ModelVersion, topics.MaxNameLen),
+			BrokerBytes: tr.BrokerBytes, PeerBytes: tr.PeerBytes})
+	}
+	return ps, ts
 }
 
 // OnPresence handles a device's presence message (retained, also its

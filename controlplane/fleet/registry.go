@@ -530,6 +530,18 @@ func truncate(s string, n int) string {
 	return strings.ToValidUTF8(s[:n], "")
 }
 
+// Site returns a device's site label and whether the device is registered
+// with credentials: a revoked device has none, and shares with nobody.
+func (r *Registry) Site(id string) (site string, ok bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	e := r.devices[id]
+	if e == nil || len(e.cred.Hash) == 0 {
+		return "", false
+	}
+	return e.dev.Labels["site"], true
+}
+
 // Labels returns a device's labels (nil for an unknown device).
 func (r *Registry) Labels(id string) map[string]string {
 	r.mu.RLock()

@@ -97,6 +97,8 @@ type Options struct {
 	// NoBroker as the reason.
 	Broker   Broker
 	NoBroker string
+	// Sites serves /api/v1/sites; nil lists none.
+	Sites Sites
 	// KV is the store namespace of the API tokens.
 	KV *store.KV
 	// Prometheus serves GET /metrics.

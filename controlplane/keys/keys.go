@@ -2,8 +2,8 @@
 // (Init), rotates one role's key into the next root-signed trust bundle,
 // keeping every earlier bundle (Rotate), and loads the set the control plane
 // signs with and the bundle chain it publishes (Load). Imported by
-// controlplane, controlplane/cli (keys commands), controlplane/fleet and
-// controlplane/models.
+// controlplane, controlplane/cli (keys commands), controlplane/fleet,
+// controlplane/models and controlplane/sites.
 package keys
 
 import (

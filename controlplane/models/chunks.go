@@ -15,8 +15,10 @@ import (
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
-// chunkKey names a model version.
-type chunkKey struct{ name, version string }
+// chunkKey names a model version and, for chunks a device asked for
+// directly (FetchRequest.direct), that device: those go to its own chunk
+// topic, where no other device receives them.
+type chunkKey struct{ name, version, device string }
 
 // chunkQueue holds the chunks devices asked for and not yet published. A
 // chunk that is already queued is not queued twice: however many agents
@@ -49,6 +51,9 @@ type chunkQueue struct {
 type expectation struct {
 	devices int
 	until   time.Time // the expectation lapses then (maxWait after it was made)
+	// direct are devices that asked for the version directly: they count
+	// as having asked, or the shared round would wait for them in vain.
+	direct map[string]bool
 }
 
 type pendingChunks struct {
@@ -76,7 +81,7 @@ func (q *chunkQueue) expect(k chunkKey, devices int, now time.Time) {
 	defer q.mu.Unlock()
 	e := q.expected[k]
 	if e == nil || now.After(e.until) {
-		e = &expectation{}
+		e = &expectation{direct: map[string]bool{}}
 		q.expected[k] = e
 	}
 	e.devices += devices
@@ -92,6 +97,17 @@ func (q *chunkQueue) expect(k chunkKey, devices int, now time.Time) {
 // were new; the rest coalesced with queued requests.
 func (q *chunkQueue) enqueue(k chunkKey, device string, indexes []uint32, now time.Time) int {
 	q.mu.Lock()
+	if k.device != "" {
+		// Direct: no round to collect (nobody else receives these), but
+		// the device counts for the version's shared round.
+		shared := chunkKey{k.name, k.version, ""}
+		if e := q.expected[shared]; e != nil && !now.After(e.until) {
+			e.direct[device] = true
+		}
+		if p := q.pending[shared]; p != nil && now.Before(p.ready) {
+			p.ready = q.readyAt(shared, p, now)
+		}
+	}
 	p := q.pending[k]
 	collecting := p != nil && now.Before(p.ready) // a round already going out is not held up
 	if p == nil {
@@ -170,12 +186,18 @@ func (q *chunkQueue) next(now time.Time) (chunkKey, uint32, bool, time.Duration)
 // with an expectation, once every expected device asked (or maxWait after
 // the first request); without one, once requests paused for window.
 func (q *chunkQueue) readyAt(k chunkKey, p *pendingChunks, now time.Time) time.Time {
-	if q.window == 0 {
-		return now // batching off
+	if q.window == 0 || k.device != "" {
+		return now // batching off, or one device's own chunks
 	}
 	latest := p.first.Add(q.maxWait)
 	if e := q.expected[k]; e != nil && !now.After(e.until) {
-		if len(p.asked) >= e.devices {
+		asked := len(p.asked)
+		for d := range e.direct {
+			if !p.asked[d] {
+				asked++
+			}
+		}
+		if asked >= e.devices {
 			delete(q.expected, k) // fulfilled: later requests are stragglers
 			return now
 		}
@@ -258,7 +280,11 @@ func (r *Registry) publishChunk(ctx context.Context, k chunkKey, idx uint32) {
 		r.log.Error("encode chunk failed", "model", k.name, "version", k.version, "index", idx, "err", err)
 		return
 	}
-	if err := r.opts.Bus.Publish(ctx, r.opts.Scheme.Chunks(k.name, k.version), payload, false); err != nil {
+	topic := r.opts.Scheme.Chunks(k.name, k.version)
+	if k.device != "" {
+		topic = r.opts.Scheme.DeviceChunks(k.device)
+	}
+	if err := r.opts.Bus.Publish(ctx, topic, payload, false); err != nil {
 		if ctx.Err() == nil {
 			r.log.Warn("publish chunk failed", "model", k.name, "version", k.version, "index", idx, "err", err)
 		}
@@ -266,20 +292,24 @@ func (r *Registry) publishChunk(ctx context.Context, k chunkKey, idx uint32) {
 	}
 	r.metrics.chunks.Inc()
 	r.metrics.chunkBytes.Add(float64(len(data)))
+	if k.device != "" {
+		r.metrics.directChunks.Inc()
+	}
 }
 
 // ExpectFetches tells the chunk queue that devices devices were just told
 // to download model@version (a deploy or a rollout wave): the version's
 // next round waits, within ChunkBatchMax, until that many asked.
 func (r *Registry) ExpectFetches(model, version string, devices int) {
-	r.chunks.expect(chunkKey{model, version}, devices, time.Now())
+	r.chunks.expect(chunkKey{model, version, ""}, devices, time.Now())
 }
 
 // Queued is the number of chunks waiting to be published.
 func (r *Registry) Queued() int { return r.chunks.queued() }
 
 // OnFetch handles a device's fetch request (topic .../dev/{id}/fetch):
-// the chunks it lists (all when none) join the version's next round.
+// the chunks it lists (all when none) join the version's next round, or,
+// asked for directly, go to the device's own chunk topic.
 func (r *Registry) OnFetch(topic string, payload []byte) {
 	const kind = topics.KindFetch
 	in := r.opts.Ingest
@@ -329,6 +359,10 @@ func (r *Registry) OnFetch(topic string, payload []byte) {
 			dev, req.Name, req.Version, r.opts.FetchBudget, r.opts.FetchWindow))
 		return
 	}
-	added := r.chunks.enqueue(chunkKey{req.Name, req.Version}, dev, missing, time.Now())
-	r.log.Debug("fetch request", "device", dev, "model", req.Name, "version", req.Version, "asked", len(missing), "queued", added)
+	k := chunkKey{req.Name, req.Version, ""}
+	if req.Direct {
+		k.device = dev
+	}
+	added := r.chunks.enqueue(k, dev, missing, time.Now())
+	r.log.Debug("fetch request", "device", dev, "model", req.Name, "version", req.Version, "direct", req.Direct, "asked", len(missing), "queued", added)
 }

@@ -11,7 +11,7 @@ import (
 func TestChunkQueueCoalesces(t *testing.T) {
 	q := newChunkQueue(0, 0)
 	now := time.Now()
-	a, b := chunkKey{"fraud", "v1"}, chunkKey{"fraud", "v2"}
+	a, b := chunkKey{"fraud", "v1", ""}, chunkKey{"fraud", "v2", ""}
 	assert.Equal(t, 3, q.enqueue(a, "dev", []uint32{0, 1, 2}, now))
 	assert.Equal(t, 1, q.enqueue(a, "dev", []uint32{2, 1, 3}, now), "queued chunks coalesce")
 	assert.Equal(t, 2, q.enqueue(b, "dev", []uint32{0, 0, 1}, now))
@@ -43,7 +43,7 @@ func TestChunkQueueCollectsBeforeTheFirstPublish(t *testing.T) {
 	q := newChunkQueue(200*time.Millisecond, time.Second)
 	t0 := time.Now()
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
-	a, b := chunkKey{"fraud", "v1"}, chunkKey{"fraud", "v2"}
+	a, b := chunkKey{"fraud", "v1", ""}, chunkKey{"fraud", "v2", ""}
 	q.enqueue(a, "dev", []uint32{0, 1}, t0)
 	_, _, ok, wait := q.next(at(50))
 	assert.False(t, ok, "inside the window nothing goes out")
@@ -78,7 +78,7 @@ func TestChunkQueueCollectsBeforeTheFirstPublish(t *testing.T) {
 func TestChunkQueueWaitsAtMostMaxWait(t *testing.T) {
 	q := newChunkQueue(200*time.Millisecond, time.Second)
 	t0 := time.Now()
-	k := chunkKey{"fraud", "v1"}
+	k := chunkKey{"fraud", "v1", ""}
 	// A request every 100 ms would keep the window open forever.
 	for ms := 0; ms <= 1500; ms += 100 {
 		now := t0.Add(time.Duration(ms) * time.Millisecond)
@@ -102,7 +102,7 @@ func TestChunkQueueWaitsForTheExpectedDevices(t *testing.T) {
 	q := newChunkQueue(100*time.Millisecond, 2*time.Second)
 	t0 := time.Now()
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
-	k := chunkKey{"fraud", "v2"}
+	k := chunkKey{"fraud", "v2", ""}
 	q.expect(k, 3, t0)
 	q.enqueue(k, "dev-1", []uint32{0, 1}, at(10))
 	_, _, ok, _ := q.next(at(600))
@@ -136,11 +136,44 @@ func TestChunkQueueWaitsForTheExpectedDevices(t *testing.T) {
 	require.True(t, ok)
 
 	// Devices that never ask hold a round for maxWait at most.
-	k3 := chunkKey{"fraud", "v3"}
+	k3 := chunkKey{"fraud", "v3", ""}
 	q.expect(k3, 5, at(2000))
 	q.enqueue(k3, "dev-1", []uint32{0}, at(2000))
 	_, _, ok, _ = q.next(at(3999))
 	assert.False(t, ok)
 	_, _, ok, _ = q.next(at(4000))
 	assert.True(t, ok)
+}
+
+// Chunks a device asks for directly go out at once, to that device alone
+// (its key names it), and the device counts for the shared round a deploy
+// expects: the devices that share their site's download never ask on the
+// shared topic, and the round must not wait for them.
+func TestChunkQueueDirect(t *testing.T) {
+	q := newChunkQueue(100*time.Millisecond, 2*time.Second)
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	shared := chunkKey{"fraud", "v1", ""}
+	q.expect(shared, 3, t0)
+	d1 := chunkKey{"fraud", "v1", "dev-1"}
+	assert.Equal(t, 2, q.enqueue(d1, "dev-1", []uint32{0, 1}, at(10)))
+	k, i, ok, _ := q.next(at(10))
+	require.True(t, ok, "a direct request collects no round")
+	assert.Equal(t, d1, k)
+	assert.Equal(t, uint32(0), i)
+	// Another device's direct request for the same chunk is its own publish.
+	d2 := chunkKey{"fraud", "v1", "dev-2"}
+	assert.Equal(t, 1, q.enqueue(d2, "dev-2", []uint32{0}, at(20)))
+
+	q.enqueue(shared, "dev-3", []uint32{0}, at(30))
+	var keys []chunkKey
+	for {
+		k, _, ok, _ := q.next(at(30))
+		if !ok {
+			break
+		}
+		keys = append(keys, k)
+	}
+	assert.ElementsMatch(t, []chunkKey{d1, d2, shared}, keys,
+		"the shared round went out at once: dev-1 and dev-2 asked directly, dev-3 was the last expected")
 }

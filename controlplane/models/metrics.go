@@ -7,6 +7,9 @@ type metrics struct {
 	uploads    *prometheus.CounterVec // result: accepted, forced, rejected
 	chunks     prometheus.Counter
 	chunkBytes prometheus.Counter
+	// directChunks are the chunks published to one device's
+	// own topic (a download its site shares).
+	directChunks prometheus.Counter
 }
 
 // Upload results (the result label of edgefleet_model_uploads_total).
@@ -30,8 +33,12 @@ func newMetrics(reg prometheus.Registerer, versions, corrupt func() float64) *me
 			Name: "edgefleet_chunk_publish_bytes_total",
 			Help: "Model bytes published on chunk topics.",
 		}),
+		directChunks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgefleet_chunk_publishes_direct_total",
+			Help: "Of edgefleet_chunk_publishes_total, the chunks published on one device's own chunk topic: its part of a download its site shares.",
+		}),
 	}
-	reg.MustRegister(m.uploads, m.chunks, m.chunkBytes,
+	reg.MustRegister(m.uploads, m.chunks, m.chunkBytes, m.directChunks,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgefleet_model_versions", Help: "Uploaded model versions.",
 		}, versions),

@@ -54,6 +54,7 @@ func registerBuiltins(r *Registry) {
 	r.RegisterAssertion("all_refused", func() Assertion { return &AllRefused{} })
 	r.RegisterAssertion("interrupted", func() Assertion { return &Interrupted{} })
 	registerRollouts(r)
+	registerPeers(r)
 }
 
 // Pick chooses devices: those matching Selector ("" all), then Count of
@@ -322,6 +323,7 @@ func (p *PushModel) Run(ctx context.Context, env *Env) (string, error) {
 		return "", err
 	}
 	env.Models[p.Model+"@"+p.Version] = art
+	env.setModelSize(p.Model+"@"+p.Version, mv.Size)
 	checks := "checks passed"
 	if !mv.Checks.Passed {
 		checks = "checks failed (forced): " + mv.Checks.Error
@@ -349,6 +351,7 @@ func (p *PushModel) runFile(ctx context.Context, env *Env) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	env.setModelSize(p.Model+"@"+p.Version, mv.Size)
 	checks := "checks passed"
 	if !mv.Checks.Passed {
 		checks = "checks failed (forced): " + mv.Checks.Error
@@ -383,6 +386,7 @@ func (d *Deploy) Run(ctx context.Context, env *Env) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	env.markDeployed(d.Model+"@"+d.Version, env.Since())
 	return fmt.Sprintf("%s@%s issued to %d devices", d.Model, d.Version, len(res.Devices)), nil
 }
 

@@ -48,9 +48,49 @@ type Env struct {
 	// rollouts maps scenario rollout names to ids; only the Run goroutine
 	// (timeline, then assertions) touches it.
 	rollouts map[string]string
-	// mu guards figures.
+	// mu guards figures, sizes and deployed.
 	mu      sync.Mutex
 	figures map[string]any
+	// sizes are the pushed versions' sizes by "model@version"; deployed
+	// when each was first deployed (simulated, since Start).
+	sizes    map[string]uint64
+	deployed map[string]time.Duration
+}
+
+func (e *Env) setModelSize(key string, size uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.sizes == nil {
+		e.sizes = map[string]uint64{}
+	}
+	e.sizes[key] = size
+}
+
+// ModelSize is the size of a version pushed in this run ("model@version").
+func (e *Env) ModelSize(key string) (uint64, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n, ok := e.sizes[key]
+	return n, ok
+}
+
+func (e *Env) markDeployed(key string, at time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.deployed == nil {
+		e.deployed = map[string]time.Duration{}
+	}
+	if _, ok := e.deployed[key]; !ok {
+		e.deployed[key] = at
+	}
+}
+
+// Deployed is when "model@version" was first deployed in this run.
+func (e *Env) Deployed(key string) (time.Duration, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	t, ok := e.deployed[key]
+	return t, ok
 }
 
 // Since is the simulated time since the timeline started.
@@ -79,7 +119,21 @@ func (e *Env) freeFigure(name string) string {
 	}
 }
 
-// Select returns the members whose labels match selector ("" is all).
+// withID is the member's labels with its device id as label id, so a
+// selector can name one device (id=dev-1-1).
+func withID(m *sim.Member) map[string]string {
+	l := make(map[string]string, len(m.Device.Labels)+1)
+	for k, v := range m.Device.Labels {
+		l[k] = v
+	}
+	if _, ok := l["id"]; !ok {
+		l["id"] = m.Device.ID
+	}
+	return l
+}
+
+// Select returns the members whose labels match selector ("" is all; the
+// label id matches a device's id).
 func (e *Env) Select(selector string) ([]*sim.Member, error) {
 	if selector == "" {
 		return e.Fleet.Members(), nil
@@ -90,7 +144,7 @@ func (e *Env) Select(selector string) ([]*sim.Member, error) {
 	}
 	var out []*sim.Member
 	for _, m := range e.Fleet.Members() {
-		if sel.Match(m.Device.Labels) {
+		if sel.Match(m.Device.Labels) || sel.Match(withID(m)) {
 			out = append(out, m)
 		}
 	}

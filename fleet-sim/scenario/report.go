@@ -129,6 +129,13 @@ func (r *Report) Summary(w io.Writer) {
 	if r.Inference != nil {
 		fmt.Fprintf(w, "  inferences: %d ok, %d failed, %d before a model was active\n", r.Inference.OK, r.Inference.Failed, r.Inference.NotServing)
 	}
+	for _, k := range slices.Sorted(maps.Keys(r.Figures)) {
+		b, err := json.Marshal(r.Figures[k])
+		if err != nil {
+			b = []byte(fmt.Sprint(r.Figures[k]))
+		}
+		fmt.Fprintf(w, "  %s: %s\n", k, b)
+	}
 	if r.Load != nil {
 		fmt.Fprintf(w, "  load over the run (%.1fs real): %s\n", r.Load.Seconds, r.Load)
 	}

@@ -71,6 +71,7 @@ func Run(ctx context.Context, sc *Scenario, opts RunOptions) (*Report, error) {
 			return nil, fmt.Errorf("scenario: %w", err)
 		}
 	}
+	wan, _ := parseRate(sc.Network.WANPerSite) // validated
 	f, err := sim.New(sim.Options{
 		Dir:                filepath.Join(dir, "fleet"),
 		Devices:            devices,
@@ -79,6 +80,9 @@ func Run(ctx context.Context, sc *Scenario, opts RunOptions) (*Report, error) {
 		ORTLibrary:         opts.ORTLibrary,
 		Proxy:              sc.Network.Proxy,
 		Transport:          sc.Network.Transport,
+		Peers:              sc.Agent.Peers.pick(),
+		InMemoryStore:      sc.Agent.Store == "memory",
+		WANPerSite:         wan,
 		HeartbeatInterval:  sc.Agent.Heartbeat,
 		FetchRetryInterval: sc.Agent.FetchRetry,
 		Monitor:            sc.Monitor.options(),

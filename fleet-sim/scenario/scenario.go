@@ -117,6 +117,13 @@ func (sc *Scenario) applyClock() error {
 type AgentSpec struct {
 	Heartbeat  time.Duration `yaml:"heartbeat"`
 	FetchRetry time.Duration `yaml:"fetch_retry"`
+	// Peers makes the agents share their site's downloads over real
+	// memberlist on loopback (see PeersSpec); absent: none shares.
+	Peers *PeersSpec `yaml:"peers"`
+	// Store is where the agents' shared state lives: disk (default: one
+	// badger, synced commits) or memory (large fleets, where a thousand
+	// agents' synced commits queue on one disk).
+	Store string `yaml:"store"`
 }
 
 // NetworkSpec configures the simulated network.
@@ -128,6 +135,10 @@ type NetworkSpec struct {
 	// loopback sockets) or memory (in-memory connections carrying the same
 	// MQTT, no descriptors: for fleets of thousands; see sim.Options).
 	Transport string `yaml:"transport"`
+	// WANPerSite is each site's WAN link from the broker, shared by its
+	// devices and throttled by the proxy, e.g. 4Mbit (bit, kbit, Mbit,
+	// Gbit, B, KiB, MiB per second); absent: unlimited. Needs proxy.
+	WANPerSite string `yaml:"wan_per_site"`
 }
 
 // TrafficSpec is synthetic inference traffic: fraud transactions from the
@@ -296,6 +307,19 @@ func (sc *Scenario) validate() error {
 	case "", sim.TransportTCP, sim.TransportMemory:
 	default:
 		return bad(1, "network: transport %q, want %s or %s", sc.Network.Transport, sim.TransportTCP, sim.TransportMemory)
+	}
+	if rate, err := parseRate(sc.Network.WANPerSite); err != nil {
+		return bad(1, "network: wan_per_site %v", err)
+	} else if rate > 0 && !sc.Network.Proxy {
+		return bad(1, "network: wan_per_site needs proxy: true")
+	}
+	switch sc.Agent.Store {
+	case "", "disk", "memory":
+	default:
+		return bad(1, "agent: store %q, want disk or memory", sc.Agent.Store)
+	}
+	if err := sc.Agent.Peers.validate(); err != nil {
+		return bad(1, "%v", err)
 	}
 	if sc.SampleInterval == 0 {
 		sc.SampleInterval = 100 * time.Millisecond

@@ -49,6 +49,10 @@ func TestParseRejectsBadFiles(t *testing.T) {
 		{"restart min without a phase", minimal + "timeline:\n  - restart_control_plane: {down: 1s, min: 2}\n", "line 4: restart_control_plane: min needs a phase"},
 		{"wait_labelled without labels", minimal + "traffic: {model: fraud, rate: 1}\ntimeline:\n  - wait_labelled: {model: fraud, version: 1, min: 10}\n", "line 5: wait_labelled: needs traffic with a label_fraction"},
 		{"wait_labelled without min", minimal + "timeline:\n  - wait_labelled: {model: fraud, version: 1}\n", "line 4: wait_labelled: model, version and min"},
+		{"wan link without the proxy", minimal + "network: {wan_per_site: 4Mbit}\n", "wan_per_site needs proxy: true"},
+		{"bad wan rate", minimal + "network: {proxy: true, wan_per_site: 4 furlongs}\n", `wan_per_site "4 furlongs": want a number`},
+		{"lie without peers", minimal + "timeline:\n  - lie: {count: 1}\n", "line 4: lie: needs agent: {peers: {}}"},
+		{"bad peers selector", minimal + "agent: {peers: {selector: \"a==\"}}\n", "agent: peers: selector"},
 		{"alert window under a bucket", minimal + "monitor: {window: 20s, max_psi: 0.2}\n", "window 20s is shorter than the control plane's 1m0s metric buckets"},
 	}
 	for _, tt := range tests {

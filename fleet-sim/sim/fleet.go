@@ -57,6 +57,13 @@ type Options struct {
 	// defaults 5s and 1s.
 	HeartbeatInterval  time.Duration
 	FetchRetryInterval time.Duration
+	// Peers picks the devices whose agents share their site's downloads
+	// (real memberlist on loopback, through the fleet's LAN); nil: none.
+	Peers func(Device) bool
+	// WANPerSite is each site's WAN link from the broker, in bytes per
+	// second, shared by the site's devices (0: unlimited). Needs Proxy;
+	// the proxy counts each site's bytes either way.
+	WANPerSite int
 	// StartParallel is how many agents start at once; default 32.
 	StartParallel int
 	// Monitor configures the in-process control plane's alert rules and
@@ -98,6 +105,7 @@ type Fleet struct {
 	rt      *infer.Runtime
 	ownRT   bool
 	proxy   *Proxy
+	lan     *LAN
 	members []*Member
 	byID    map[string]*Member
 	counts  fleetCounts
@@ -117,6 +125,9 @@ type Member struct {
 	skew   atomic.Int64 // clock skew in nanoseconds (SkewClock)
 	clock  *Clock       // Options.Clock
 	counts *fleetCounts // the fleet's
+
+	// lying makes the member's agent corrupt the chunks it serves peers.
+	lying atomic.Bool
 
 	// hook is the user phase hook and the agent it is for (SetPhaseHook).
 	hook atomic.Pointer[boundHook]
@@ -185,11 +196,14 @@ func New(opts Options) (*Fleet, error) {
 	default:
 		return nil, fmt.Errorf("sim: transport %q, want %q or %q", opts.Transport, TransportTCP, TransportMemory)
 	}
+	if opts.WANPerSite < 0 || (opts.WANPerSite > 0 && !opts.Proxy) {
+		return nil, errors.New("sim: WANPerSite must be ≥ 0 and needs the proxy")
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	f := &Fleet{opts: opts, log: log.With("component", "sim"), byID: map[string]*Member{}, brokerConnsLeft: -1, token: make(chan string, 1)}
+	f := &Fleet{opts: opts, log: log.With("component", "sim"), byID: map[string]*Member{}, brokerConnsLeft: -1, token: make(chan string, 1), lan: NewLAN()}
 	for _, d := range opts.Devices {
 		if _, dup := f.byID[d.ID]; dup {
 			return nil, fmt.Errorf("sim: device %q twice", d.ID)
@@ -413,6 +427,7 @@ func (f *Fleet) dialBroker(ctx context.Context) (net.Conn, error) {
 // register registers every device and prepares its agent options.
 func (f *Fleet) register(ctx context.Context) error {
 	var root []byte
+	sharing := 0
 	for i, m := range f.members {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -463,8 +478,46 @@ func (f *Fleet) register(ctx context.Context) error {
 			Logger:             f.opts.AgentLogger,
 			Clock:              m.now,
 		}
+		if f.opts.Peers != nil && f.opts.Peers(m.Device) {
+			m.opts.Peers = agent.PeerOptions{Listen: "127.0.0.1:0", ServeFilter: m.serveFilter, Tune: f.lan.Tune(m.Device.ID)}
+			sharing++
+		}
+	}
+	f.lan.crowded = sharing > crowdedLAN
+	if f.proxy != nil {
+		sites := make(map[string]string, len(f.members))
+		for _, m := range f.members {
+			if s := m.Device.Labels["site"]; s != "" {
+				sites[m.Device.ID] = s
+			}
+		}
+		f.proxy.SetSites(sites, f.opts.WANPerSite)
 	}
 	return nil
+}
+
+// crowdedLAN is the number of sharing agents in one process above which
+// their memberlist failure detection is relaxed (LAN.crowded).
+const crowdedLAN = 50
+
+// LAN is the sharing agents' local network (partitions).
+func (f *Fleet) LAN() *LAN { return f.lan }
+
+// SetLying makes the member's agent corrupt every chunk it serves its
+// peers (true) or serve them as they are (false); it takes effect at once.
+func (m *Member) SetLying(on bool) { m.lying.Store(on) }
+
+// Sharing reports whether the member's agent shares with its site.
+func (m *Member) Sharing() bool { return m.opts.Peers.Listen != "" }
+
+// serveFilter is the member's agent's PeerOptions.ServeFilter.
+func (m *Member) serveFilter(_ string, _ uint32, b []byte) []byte {
+	if !m.lying.Load() || len(b) == 0 {
+		return b
+	}
+	c := append([]byte(nil), b...)
+	c[len(c)/2] ^= 0xff
+	return c
 }
 
 // now is the member's clock: the fleet's (Options.Clock) plus its injected
@@ -588,6 +641,12 @@ func (m *Member) stop() error {
 // Restart stops the device's agent (as a process kill would, without a
 // final report) and starts a fresh one on the same state and files.
 func (f *Fleet) Restart(ctx context.Context, id string) error {
+	return f.RestartAfter(ctx, id, 0)
+}
+
+// RestartAfter is Restart with the device down for down (real time)
+// between the stop and the start.
+func (f *Fleet) RestartAfter(ctx context.Context, id string, down time.Duration) error {
 	m := f.byID[id]
 	if m == nil {
 		return fmt.Errorf("sim: restart: no device %q", id)
@@ -599,6 +658,13 @@ func (f *Fleet) Restart(ctx context.Context, id string) error {
 	m.restarts++
 	m.mu.Unlock()
 	f.counts.restarts.Add(1)
+	if down > 0 {
+		select {
+		case <-time.After(down):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	return m.start(ctx)
 }
 

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/internal/memnet"
+	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
 // Proxy is a proxy (TCP or in-memory) between agents and the MQTT broker that understands
@@ -34,6 +35,8 @@ type Proxy struct {
 	down    map[string]time.Time // device → refuse connections until
 	corrupt map[string]int       // device → chunk publishes still to corrupt
 	rate    map[string]int       // device → bandwidth cap, bytes/s, broker → device
+	site    map[string]*siteLink // device → its site's shared WAN link
+	links   map[string]*siteLink // site → its WAN link
 
 	bytesIn   sync.Map // device → *atomic.Uint64 (broker → device)
 	bytesOut  sync.Map // device → *atomic.Uint64 (device → broker)
@@ -92,6 +95,8 @@ func newProxy(ln net.Listener, dial func(ctx context.Context) (net.Conn, error),
 		down:    map[string]time.Time{},
 		corrupt: map[string]int{},
 		rate:    map[string]int{},
+		site:    map[string]*siteLink{},
+		links:   map[string]*siteLink{},
 	}
 	p.wg.Add(1)
 	go p.accept()
@@ -287,6 +292,10 @@ func (p *Proxy) serve(pc *proxyConn) {
 		if pkt[0]>>4 == 3 {
 			p.maybeCorrupt(device, pkt)
 		}
+		link := p.siteOf(device)
+		if link != nil && !link.carry(pc, pkt) {
+			break
+		}
 		if _, err := pc.client.Write(pkt); err != nil {
 			break
 		}
@@ -298,6 +307,124 @@ func (p *Proxy) serve(pc *proxyConn) {
 	pc.close()
 	<-done
 	<-cut
+}
+
+// siteLink is one site's WAN link from the broker: every device of the
+// site shares it (bytesPerSec, 0 unlimited), and it counts what crossed it.
+type siteLink struct {
+	rate int
+	// mu guards free and chunks.
+	mu     sync.Mutex
+	free   time.Time         // when the link has sent what it was given
+	chunks map[string]uint64 // "model@version" → bytes of its chunk publishes
+	bytes  atomic.Uint64     // every byte to the site's devices
+}
+
+// carry sends pkt over the link: it waits until the link has carried the
+// packets before it, at the link's rate; false means the connection was
+// cut meanwhile.
+func (l *siteLink) carry(pc *proxyConn, pkt []byte) bool {
+	l.bytes.Add(uint64(len(pkt)))
+	key := ""
+	if pkt[0]>>4 == 3 {
+		key = chunkVersion(pkt)
+	}
+	l.mu.Lock()
+	if key != "" {
+		l.chunks[key] += uint64(len(pkt))
+	}
+	var wait time.Duration
+	if l.rate > 0 {
+		now := time.Now()
+		start := l.free
+		if start.Before(now) {
+			start = now
+		}
+		l.free = start.Add(time.Duration(float64(len(pkt)) / float64(l.rate) * float64(time.Second)))
+		wait = l.free.Sub(now)
+	}
+	l.mu.Unlock()
+	if wait <= 0 {
+		return true
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-pc.closed:
+		return false
+	}
+}
+
+// chunkVersion is "model@version" of a chunk PUBLISH, or "".
+func chunkVersion(pkt []byte) string {
+	topic, payload, ok := publishParts(pkt)
+	if !ok || !strings.HasSuffix(topic, "/chunks") {
+		return ""
+	}
+	c, err := efpb.DecodeChunkView(payload)
+	if err != nil {
+		return ""
+	}
+	return c.Name + "@" + c.Version
+}
+
+// publishParts splits a PUBLISH into its topic and payload.
+func publishParts(pkt []byte) (topic string, payload []byte, ok bool) {
+	b := body(pkt)
+	if len(b) < 2 {
+		return "", nil, false
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	if len(b) < 2+n {
+		return "", nil, false
+	}
+	off := 2 + n
+	if (pkt[0]>>1)&3 > 0 {
+		off += 2 // packet id
+	}
+	if len(b) < off {
+		return "", nil, false
+	}
+	return string(b[2 : 2+n]), b[off:], true
+}
+
+// SetSites puts each device (id → site) behind its site's WAN link, which
+// carries bytesPerSec (0: unlimited) from the broker to all of the site's
+// devices together, and counts what crosses it (SiteBytes).
+func (p *Proxy) SetSites(sites map[string]string, bytesPerSec int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for dev, site := range sites {
+		l := p.links[site]
+		if l == nil {
+			l = &siteLink{rate: bytesPerSec, chunks: map[string]uint64{}}
+			p.links[site] = l
+		}
+		p.site[dev] = l
+	}
+}
+
+func (p *Proxy) siteOf(device string) *siteLink {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.site[device]
+}
+
+// SiteBytes returns what crossed site's WAN link to its devices: every
+// byte, and the bytes of model@version's chunk publishes (MQTT framing
+// included).
+func (p *Proxy) SiteBytes(site, modelVersion string) (all, chunks uint64) {
+	p.mu.Lock()
+	l := p.links[site]
+	p.mu.Unlock()
+	if l == nil {
+		return 0, 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.bytes.Load(), l.chunks[modelVersion]
 }
 
 // Throttle caps the bandwidth from the broker to each of the devices at

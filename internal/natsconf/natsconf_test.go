@@ -35,7 +35,7 @@ func TestAuthorization(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []string{"ef.v1.dev.dev-1.status", "ef.v1.dev.dev-1.telemetry", "ef.v1.dev.dev-1.fetch", "ef.v1.dev.dev-1.presence",
 		"ef.v1.dev.dev-1.capture"}, dev.Publish)
-	assert.Equal(t, []string{"ef.v1.dev.dev-1.desired", "ef.v1.dev.dev-1.ack", "ef.v1.trust", "ef.v1.models.*.*.*",
+	assert.Equal(t, []string{"ef.v1.dev.dev-1.desired", "ef.v1.dev.dev-1.ack", "ef.v1.dev.dev-1.site", "ef.v1.dev.dev-1.chunks", "ef.v1.trust", "ef.v1.models.*.*.*",
 		"ef.v1.dev.dev-1.capture-ack"}, dev.Subscribe)
 	ing, err := IngestUser(s, "cp-ingest-0", "$2a$10$y")
 	require.NoError(t, err)

@@ -2,7 +2,7 @@
 // trust bundles that name the root, release and control keys, and the
 // Verifier an agent uses to accept bundles, manifests and desired states.
 // Imported by agent, controlplane/cli, controlplane/fleet, controlplane/keys,
-// controlplane/models and fleet-sim/sim.
+// controlplane/models, controlplane/sites and fleet-sim/sim.
 package signing
 
 import (

@@ -224,6 +224,37 @@ func (v *Verifier) VerifyDesired(env *efpb.Envelope, now time.Time) (*efpb.Desir
 	return d, nil
 }
 
+// VerifySitePeers checks a signed site document (payload type
+// efpb.PayloadTypeSitePeers, control role) like VerifyDesired. The version
+// (replay) check is the caller's, as is the device id.
+func (v *Verifier) VerifySitePeers(env *efpb.Envelope, now time.Time) (*efpb.SitePeers, error) {
+	const op = "verify site document"
+	d := &efpb.SitePeers{}
+	if err := v.verifyDocument(env, now, efpb.PayloadTypeSitePeers, efpb.Role_ROLE_CONTROL, d); err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	if err := checkDocument("site document", d.ProtocolVersion, d.ExpiresUnix, now); err != nil {
+		return nil, fmt.Errorf("%s: device %s version %d: %w", op, d.DeviceId, d.Version, err)
+	}
+	return d, nil
+}
+
+// VerifyMemberTicket checks a member ticket (payload type
+// efpb.PayloadTypeMemberTicket, control role) like VerifyDesired. Whether
+// it names the member that shows it and the right site is the caller's
+// check.
+func (v *Verifier) VerifyMemberTicket(env *efpb.Envelope, now time.Time) (*efpb.MemberTicket, error) {
+	const op = "verify member ticket"
+	m := &efpb.MemberTicket{}
+	if err := v.verifyDocument(env, now, efpb.PayloadTypeMemberTicket, efpb.Role_ROLE_CONTROL, m); err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	if err := checkDocument("member ticket", m.ProtocolVersion, m.ExpiresUnix, now); err != nil {
+		return nil, fmt.Errorf("%s: device %s: %w", op, m.DeviceId, err)
+	}
+	return m, nil
+}
+
 // verifyDocument checks env against role of the trusted bundle and decodes
 // its payload into m. The payload is decoded only after the signatures check.
 func (v *Verifier) verifyDocument(env *efpb.Envelope, now time.Time, payloadType string, role efpb.Role, m proto.Message) error {

@@ -1,6 +1,7 @@
 package signing_test
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"sync"
@@ -680,4 +681,53 @@ func TestVerifierConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 	assert.EqualValues(t, 21, f.v.Bundle().Version)
+}
+
+// TestVerifySiteDocuments: the site document and the member ticket are
+// control-role documents: checked like a desired state, each under its own
+// payload type, so one cannot stand in for another.
+func TestVerifySiteDocuments(t *testing.T) {
+	f := newFleet(t)
+	exp := testNow.Add(time.Hour).Unix()
+	ticket := &efpb.MemberTicket{ProtocolVersion: 1, DeviceId: "dev-1", Site: "s1", ExpiresUnix: exp}
+	doc := &efpb.SitePeers{ProtocolVersion: 1, DeviceId: "dev-1", Site: "s1", Version: 3, ExpiresUnix: exp,
+		GossipKeys: [][]byte{bytes.Repeat([]byte{1}, 32)}, Ticket: signMsg(t, efpb.PayloadTypeMemberTicket, ticket, f.control)}
+
+	gotDoc, err := f.v.VerifySitePeers(signMsg(t, efpb.PayloadTypeSitePeers, doc, f.control), testNow)
+	require.NoError(t, err)
+	assert.True(t, proto.Equal(doc, gotDoc))
+	gotTicket, err := f.v.VerifyMemberTicket(gotDoc.Ticket, testNow)
+	require.NoError(t, err)
+	assert.True(t, proto.Equal(ticket, gotTicket))
+
+	for _, tc := range []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"ticket signed by the release key", func() error {
+			_, err := f.v.VerifyMemberTicket(signMsg(t, efpb.PayloadTypeMemberTicket, ticket, f.release), testNow)
+			return err
+		}(), signing.ErrThreshold},
+		{"a desired state's signature as a ticket", func() error {
+			_, err := f.v.VerifyMemberTicket(signMsg(t, efpb.PayloadTypeDesired, ticket, f.control), testNow)
+			return err
+		}(), signing.ErrWrongPayloadType},
+		{"a ticket as a site document", func() error {
+			_, err := f.v.VerifySitePeers(signMsg(t, efpb.PayloadTypeMemberTicket, doc, f.control), testNow)
+			return err
+		}(), signing.ErrWrongPayloadType},
+		{"expired ticket", func() error {
+			_, err := f.v.VerifyMemberTicket(gotDoc.Ticket, testNow.Add(2*time.Hour))
+			return err
+		}(), signing.ErrExpired},
+		{"site document without expiry", func() error {
+			d := proto.Clone(doc).(*efpb.SitePeers)
+			d.ExpiresUnix = 0
+			_, err := f.v.VerifySitePeers(signMsg(t, efpb.PayloadTypeSitePeers, d, f.control), testNow)
+			return err
+		}(), signing.ErrMalformed},
+	} {
+		assert.ErrorIs(t, tc.err, tc.want, tc.name)
+	}
 }

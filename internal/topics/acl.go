@@ -24,7 +24,7 @@ func (s Scheme) DeviceMayPublish(dev, topic string, retained bool) bool {
 
 // DeviceMaySubscribe is the deny-by-default subscribe/read ACL for a device
 // authenticated as dev. It accepts concrete topics and filters. Allowed: the
-// device's own desired, ack and capture-ack topics, the trust topic, and model topics
+// device's own desired, ack, capture-ack, site and chunks topics, the trust topic, and model topics
 // <prefix>/models/<name|+>/<version|+>/<manifest|chunks|+>. Everything
 // else is refused: any '#', '+' outside those three model levels (in the
 // prefix, in place of a device id, or of a fixed level), other devices,
@@ -33,7 +33,8 @@ func (s Scheme) DeviceMaySubscribe(dev, filter string) bool {
 	if ValidDeviceID(dev) != nil || s.Validate() != nil {
 		return false
 	}
-	if filter == s.Desired(dev) || filter == s.Ack(dev) || filter == s.Trust() {
+	switch filter {
+	case s.Desired(dev), s.Ack(dev), s.Site(dev), s.DeviceChunks(dev), s.Trust():
 		return true
 	}
 	if filter == s.CaptureAck(dev) { // field data capture
@@ -92,6 +93,9 @@ func (s Scheme) DeviceACL(dev string) []ACLRule {
 		{Write, s.Presence(dev)},
 		{Read, s.Desired(dev)},
 		{Read, s.Ack(dev)},
+		// Site sharing: its site document, and the chunks it asked for.
+		{Read, s.Site(dev)},
+		{Read, s.DeviceChunks(dev)},
 		{Read, s.Trust()},
 		{Read, s.model("+", "+", "+")},
 		// Field data capture: uploads, and the control plane's acknowledgements.

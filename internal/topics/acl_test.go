@@ -26,6 +26,8 @@ func TestDeviceMayPublish(t *testing.T) {
 		// not its own outbound topics
 		{"d1", "ef/v1/dev/d1/desired", false, false},
 		{"d1", "ef/v1/dev/d1/ack", false, false}, // only the control plane acknowledges
+		{"d1", "ef/v1/dev/d1/site", false, false},
+		{"d1", "ef/v1/dev/d1/chunks", false, false},
 		{"d1", "ef/v1/dev/d2/status", false, false},
 		{"d1", "ef/v1/dev/d10/status", false, false},
 		{"d1", "ef/v1/trust", false, false},
@@ -63,6 +65,8 @@ func TestDeviceMaySubscribe(t *testing.T) {
 		// allowed
 		{"d1", "ef/v1/dev/d1/desired", true},
 		{"d1", "ef/v1/dev/d1/ack", true},
+		{"d1", "ef/v1/dev/d1/site", true},
+		{"d1", "ef/v1/dev/d1/chunks", true},
 		{"d1", "ef/v1/trust", true},
 		{"d1", "ef/v1/models/fraud/1.0/manifest", true},
 		{"d1", "ef/v1/models/fraud/1.0/chunks", true},
@@ -75,6 +79,9 @@ func TestDeviceMaySubscribe(t *testing.T) {
 		{"d1", "ef/v1/dev/d2/desired", false},
 		{"d1", "ef/v1/dev/d2/ack", false},
 		{"d1", "ef/v1/dev/+/ack", false},
+		{"d1", "ef/v1/dev/d2/site", false},
+		{"d1", "ef/v1/dev/d2/chunks", false},
+		{"d1", "ef/v1/dev/+/site", false},
 		{"d1", "ef/v1/dev/+/desired", false},
 		{"d1", "ef/v1/dev/d1/+", false},
 		{"d1", "ef/v1/dev/d1/#", false},
@@ -140,10 +147,12 @@ func TestDeviceMaySubscribeNeverLeaks(t *testing.T) {
 	var s Scheme
 	otherTopics := []string{
 		s.Desired("d2"), s.Ack("d2"), s.Status("d2"), s.Telemetry("d2"), s.Fetch("d2"), s.Presence("d2"),
+		s.Desired("d2"), s.Status("d2"), s.Telemetry("d2"), s.Fetch("d2"), s.Presence("d2"),
+		s.Site("d2"), s.DeviceChunks("d2"),
 		s.Status("d1"), s.Telemetry("d1"), s.Fetch("d1"), s.Presence("d1"),
 		"ef/v1/other", "ef/v1/dev/d1", "xx/v1/trust", "$SYS/broker/clients",
 	}
-	levels := []string{"ef", "v1", "dev", "d1", "desired", "models", "trust", "status", "+", "#", ""}
+	levels := []string{"ef", "v1", "dev", "d1", "desired", "site", "models", "trust", "status", "+", "#", ""}
 	// All filters of up to 6 levels over the vocabulary above.
 	var filters []string
 	var gen func(prefix string, depth int)
@@ -187,6 +196,8 @@ func TestMosquittoACL(t *testing.T) {
 		"pattern write ef/v1/dev/%u/presence\n",
 		"pattern read ef/v1/dev/%u/desired\n",
 		"pattern read ef/v1/dev/%u/ack\n",
+		"pattern read ef/v1/dev/%u/site\n",
+		"pattern read ef/v1/dev/%u/chunks\n",
 		"pattern read ef/v1/trust\n",
 		"pattern read ef/v1/models/+/+/+\n",
 		"user edgefleet-cp\ntopic readwrite ef/v1/#\n",
@@ -237,12 +248,18 @@ func TestDeviceACLCoversEveryKind(t *testing.T) {
 			}
 			return false
 		}
+		kinds := []Kind{KindCapture, KindCaptureAck} // numbered apart
 		for k := Kind(1); k.String() != fmt.Sprintf("Kind(%d)", int(k)); k++ {
+			kinds = append(kinds, k)
+		}
+		for _, k := range kinds {
 			var topic, othersTopic string
 			switch k {
-			case KindDesired, KindAck, KindFetch, KindStatus, KindTelemetry, KindPresence:
+			case KindDesired, KindAck, KindFetch, KindStatus, KindTelemetry, KindPresence, KindSite, KindCapture, KindCaptureAck:
 				topic = s.dev(dev, k.String())
 				othersTopic = s.dev(other, k.String())
+			case KindDeviceChunks:
+				topic, othersTopic = s.DeviceChunks(dev), s.DeviceChunks(other)
 			case KindManifest, KindChunks:
 				topic = s.model("fraud", "1.2.0", k.String())
 			case KindTrust:

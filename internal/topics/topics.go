@@ -38,6 +38,7 @@ const (
 	leafAck       = "ack"
 	leafManifest  = "manifest"
 	leafChunks    = "chunks"
+	leafSite      = "site"
 	levelDev      = "dev"
 	levelModels   = "models"
 	levelTrust    = "trust"
@@ -49,6 +50,8 @@ const (
 // ValidDeviceID, ValidModelName and ValidModelVersion.
 //
 //	<prefix>/dev/{id}/desired                      cp → agent, QoS 1, retained
+//	<prefix>/dev/{id}/site                         cp → agent, QoS 1, retained (signed site document)
+//	<prefix>/dev/{id}/chunks                       cp → agent, QoS 1 (chunks the device asked for directly)
 //	<prefix>/dev/{id}/fetch|status|telemetry|presence  agent → cp, QoS 1
 //	<prefix>/dev/{id}/ack                          cp → agent, QoS 1 (reports the control plane persisted)
 //	<prefix>/models/{name}/{version}/manifest      cp → agents, QoS 1, retained
@@ -88,6 +91,14 @@ func (s Scheme) model(name, version, leaf string) string {
 
 // Desired is the device's signed desired-state topic (cp → agent, retained).
 func (s Scheme) Desired(dev string) string { return s.dev(dev, leafDesired) }
+
+// Site is the device's signed site document: gossip keys, member ticket,
+// peers (cp → agent, retained).
+func (s Scheme) Site(dev string) string { return s.dev(dev, leafSite) }
+
+// DeviceChunks carries the chunks a device asked for directly (cp →
+// agent): a device sharing its site's download receives only its part.
+func (s Scheme) DeviceChunks(dev string) string { return s.dev(dev, leafChunks) }
 
 // Fetch is where the device asks for the chunks it lacks (agent → cp).
 func (s Scheme) Fetch(dev string) string { return s.dev(dev, leafFetch) }
@@ -140,6 +151,8 @@ const (
 	KindChunks
 	KindTrust
 	KindAck
+	KindSite
+	KindDeviceChunks
 )
 
 var kindNames = [...]string{
@@ -152,6 +165,10 @@ var kindNames = [...]string{
 	KindChunks:    leafChunks,
 	KindTrust:     levelTrust,
 	KindAck:       leafAck,
+	// Both are dev/{id}/ leaves; "device chunks" tells them from the
+	// model chunk topic.
+	KindSite:         leafSite,
+	KindDeviceChunks: "device chunks",
 }
 
 func (k Kind) String() string {
@@ -180,6 +197,8 @@ var devLeaves = map[string]Kind{
 	leafTelemetry: KindTelemetry,
 	leafPresence:  KindPresence,
 	leafAck:       KindAck,
+	leafSite:      KindSite,
+	leafChunks:    KindDeviceChunks,
 }
 
 // Parse splits a concrete topic name of the scheme into its parts. Topics

@@ -48,6 +48,8 @@ func TestParseRoundTrip(t *testing.T) {
 			{s.Manifest("fraud", "v2"), Topic{Kind: KindManifest, Model: "fraud", Version: "v2"}},
 			{s.Chunks("fraud", "1.0.0-rc.1"), Topic{Kind: KindChunks, Model: "fraud", Version: "1.0.0-rc.1"}},
 			{s.Trust(), Topic{Kind: KindTrust}},
+			{s.Site("d-1"), Topic{Kind: KindSite, Device: "d-1"}},
+			{s.DeviceChunks("d-1"), Topic{Kind: KindDeviceChunks, Device: "d-1"}},
 		}
 		for _, tt := range tests {
 			got, err := s.Parse(tt.topic)

@@ -209,6 +209,9 @@ const (
 	Refusal_REFUSAL_TRUST_BUNDLE  Refusal = 1
 	Refusal_REFUSAL_MANIFEST      Refusal = 2
 	Refusal_REFUSAL_DESIRED_STATE Refusal = 3
+	// A SitePeers document (added 2026-12-06); an older control plane counts
+	// it as unknown.
+	Refusal_REFUSAL_SITE_DOCUMENT Refusal = 4
 )
 
 // Enum value maps for Refusal.
@@ -218,12 +221,14 @@ var (
 		1: "REFUSAL_TRUST_BUNDLE",
 		2: "REFUSAL_MANIFEST",
 		3: "REFUSAL_DESIRED_STATE",
+		4: "REFUSAL_SITE_DOCUMENT",
 	}
 	Refusal_value = map[string]int32{
 		"REFUSAL_UNSPECIFIED":   0,
 		"REFUSAL_TRUST_BUNDLE":  1,
 		"REFUSAL_MANIFEST":      2,
 		"REFUSAL_DESIRED_STATE": 3,
+		"REFUSAL_SITE_DOCUMENT": 4,
 	}
 )
 
@@ -1760,11 +1765,19 @@ func (x *Chunk) GetData() []byte {
 
 // FetchRequest asks the control plane to (re)publish chunks a device lacks.
 type FetchRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Version       string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
-	Missing       []uint32               `protobuf:"varint,4,rep,packed,name=missing,proto3" json:"missing,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Name     string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Version  string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	Missing  []uint32               `protobuf:"varint,4,rep,packed,name=missing,proto3" json:"missing,omitempty"`
+	// direct asks for the chunks on the device's own chunk topic
+	// (dev/{id}/chunks) instead of the version's shared one: a device that
+	// shares a site's download fetches only its part from the broker, and
+	// only it receives that part (added 2026-12-06). An older control plane
+	// ignores it and publishes on the shared topic, which such a device does
+	// not subscribe to: agents ask directly only of a control plane that sent
+	// them a SitePeers document.
+	Direct        bool `protobuf:"varint,5,opt,name=direct,proto3" json:"direct,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1825,6 +1838,13 @@ func (x *FetchRequest) GetMissing() []uint32 {
 		return x.Missing
 	}
 	return nil
+}
+
+func (x *FetchRequest) GetDirect() bool {
+	if x != nil {
+		return x.Direct
+	}
+	return false
 }
 
 // StatusEvent reports one lifecycle transition of one model on a device.
@@ -2079,6 +2099,13 @@ type Telemetry struct {
 	// trust_version is the version of the trust bundle the agent trusts, 0
 	// before it accepted one (added 2026-12-06).
 	TrustVersion uint64 `protobuf:"varint,13,opt,name=trust_version,json=trustVersion,proto3" json:"trust_version,omitempty"`
+	// peers is the device's part in its site's chunk sharing; unset when
+	// the agent does not share (added 2026-12-06).
+	Peers *PeerStats `protobuf:"bytes,14,opt,name=peers,proto3" json:"peers,omitempty"`
+	// transfers are the bytes of recent downloads by where they came from,
+	// cumulative since the agent started, newest first, at most 8 (added
+	// 2026-12-06).
+	Transfers []*TransferStats `protobuf:"bytes,15,rep,name=transfers,proto3" json:"transfers,omitempty"`
 	// shadow has one report per challenger the agent runs in shadow (added
 	// 2026-12-06); older receivers ignore it.
 	Shadow        []*ShadowReport `protobuf:"bytes,50,rep,name=shadow,proto3" json:"shadow,omitempty"`
@@ -2207,11 +2234,415 @@ func (x *Telemetry) GetTrustVersion() uint64 {
 	return 0
 }
 
+func (x *Telemetry) GetPeers() *PeerStats {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+func (x *Telemetry) GetTransfers() []*TransferStats {
+	if x != nil {
+		return x.Transfers
+	}
+	return nil
+}
+
 func (x *Telemetry) GetShadow() []*ShadowReport {
 	if x != nil {
 		return x.Shadow
 	}
 	return nil
+}
+
+// PeerStats is a sharing device's view of its site (counters cumulative
+// since the agent started).
+type PeerStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// addr is where the device's member listens for its site (host:port);
+	// "" until it has joined.
+	Addr string `protobuf:"bytes,1,opt,name=addr,proto3" json:"addr,omitempty"`
+	// site_version is the version of the SitePeers document the agent
+	// accepted, 0 before one.
+	SiteVersion uint64 `protobuf:"varint,2,opt,name=site_version,json=siteVersion,proto3" json:"site_version,omitempty"`
+	// members is the number of other live members of the site.
+	Members uint32 `protobuf:"varint,3,opt,name=members,proto3" json:"members,omitempty"`
+	// served_chunks and served_bytes are what the device sent to peers.
+	ServedChunks uint64 `protobuf:"varint,5,opt,name=served_chunks,json=servedChunks,proto3" json:"served_chunks,omitempty"`
+	ServedBytes  uint64 `protobuf:"varint,6,opt,name=served_bytes,json=servedBytes,proto3" json:"served_bytes,omitempty"`
+	// Members refused: another site's, and unknown (a ticket that does not
+	// check); requests dropped as replayed.
+	Foreign  uint64 `protobuf:"varint,7,opt,name=foreign,proto3" json:"foreign,omitempty"`
+	Unknown  uint64 `protobuf:"varint,8,opt,name=unknown,proto3" json:"unknown,omitempty"`
+	Replayed uint64 `protobuf:"varint,9,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	// bad_chunks are chunks from peers that failed the manifest's check;
+	// blocked the peers blocked for sending them (at most 16).
+	BadChunks     uint64   `protobuf:"varint,10,opt,name=bad_chunks,json=badChunks,proto3" json:"bad_chunks,omitempty"`
+	Blocked       []string `protobuf:"bytes,11,rep,name=blocked,proto3" json:"blocked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeerStats) Reset() {
+	*x = PeerStats{}
+	mi := &file_proto_edgefleet_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeerStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeerStats) ProtoMessage() {}
+
+func (x *PeerStats) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeerStats.ProtoReflect.Descriptor instead.
+func (*PeerStats) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PeerStats) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *PeerStats) GetSiteVersion() uint64 {
+	if x != nil {
+		return x.SiteVersion
+	}
+	return 0
+}
+
+func (x *PeerStats) GetMembers() uint32 {
+	if x != nil {
+		return x.Members
+	}
+	return 0
+}
+
+func (x *PeerStats) GetServedChunks() uint64 {
+	if x != nil {
+		return x.ServedChunks
+	}
+	return 0
+}
+
+func (x *PeerStats) GetServedBytes() uint64 {
+	if x != nil {
+		return x.ServedBytes
+	}
+	return 0
+}
+
+func (x *PeerStats) GetForeign() uint64 {
+	if x != nil {
+		return x.Foreign
+	}
+	return 0
+}
+
+func (x *PeerStats) GetUnknown() uint64 {
+	if x != nil {
+		return x.Unknown
+	}
+	return 0
+}
+
+func (x *PeerStats) GetReplayed() uint64 {
+	if x != nil {
+		return x.Replayed
+	}
+	return 0
+}
+
+func (x *PeerStats) GetBadChunks() uint64 {
+	if x != nil {
+		return x.BadChunks
+	}
+	return 0
+}
+
+func (x *PeerStats) GetBlocked() []string {
+	if x != nil {
+		return x.Blocked
+	}
+	return nil
+}
+
+// TransferStats are the bytes of one model version's download by source.
+type TransferStats struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ModelName     string                 `protobuf:"bytes,1,opt,name=model_name,json=modelName,proto3" json:"model_name,omitempty"`
+	ModelVersion  string                 `protobuf:"bytes,2,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
+	BrokerBytes   uint64                 `protobuf:"varint,3,opt,name=broker_bytes,json=brokerBytes,proto3" json:"broker_bytes,omitempty"`
+	PeerBytes     uint64                 `protobuf:"varint,4,opt,name=peer_bytes,json=peerBytes,proto3" json:"peer_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferStats) Reset() {
+	*x = TransferStats{}
+	mi := &file_proto_edgefleet_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferStats) ProtoMessage() {}
+
+func (x *TransferStats) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferStats.ProtoReflect.Descriptor instead.
+func (*TransferStats) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *TransferStats) GetModelName() string {
+	if x != nil {
+		return x.ModelName
+	}
+	return ""
+}
+
+func (x *TransferStats) GetModelVersion() string {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return ""
+}
+
+func (x *TransferStats) GetBrokerBytes() uint64 {
+	if x != nil {
+		return x.BrokerBytes
+	}
+	return 0
+}
+
+func (x *TransferStats) GetPeerBytes() uint64 {
+	if x != nil {
+		return x.PeerBytes
+	}
+	return 0
+}
+
+// SitePeers is what a device needs to share downloads with its site: the
+// site's gossip keys, the device's member ticket and the addresses of other
+// members to join. Signed by the control role, retained on the device's own
+// topic dev/{id}/site, so only that device reads its keys (added 2026-12-06).
+type SitePeers struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ProtocolVersion uint32                 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	DeviceId        string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// site is the device's site label; "" tells the agent to stop sharing.
+	Site string `protobuf:"bytes,3,opt,name=site,proto3" json:"site,omitempty"`
+	// version only increases for a device; the agent keeps the highest it
+	// accepted and refuses a lower one (a replay), and an equal one with
+	// other content.
+	Version     uint64 `protobuf:"varint,4,opt,name=version,proto3" json:"version,omitempty"`
+	IssuedUnix  int64  `protobuf:"varint,5,opt,name=issued_unix,json=issuedUnix,proto3" json:"issued_unix,omitempty"`
+	ExpiresUnix int64  `protobuf:"varint,6,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	// peers are host:port addresses of other members of the site: its first
+	// members by id, at most 32 (the control plane lists 8).
+	Peers []string `protobuf:"bytes,7,rep,name=peers,proto3" json:"peers,omitempty"`
+	// gossip_keys are AES-256 keys for the site's gossip: the first
+	// encrypts, every one decrypts (two during a rotation).
+	GossipKeys [][]byte `protobuf:"bytes,8,rep,name=gossip_keys,json=gossipKeys,proto3" json:"gossip_keys,omitempty"`
+	// ticket is the device's member ticket: an Envelope of MemberTicket,
+	// signed by the control role, that it shows other members.
+	Ticket        *Envelope `protobuf:"bytes,9,opt,name=ticket,proto3" json:"ticket,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SitePeers) Reset() {
+	*x = SitePeers{}
+	mi := &file_proto_edgefleet_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SitePeers) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SitePeers) ProtoMessage() {}
+
+func (x *SitePeers) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SitePeers.ProtoReflect.Descriptor instead.
+func (*SitePeers) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *SitePeers) GetProtocolVersion() uint32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
+}
+
+func (x *SitePeers) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *SitePeers) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *SitePeers) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *SitePeers) GetIssuedUnix() int64 {
+	if x != nil {
+		return x.IssuedUnix
+	}
+	return 0
+}
+
+func (x *SitePeers) GetExpiresUnix() int64 {
+	if x != nil {
+		return x.ExpiresUnix
+	}
+	return 0
+}
+
+func (x *SitePeers) GetPeers() []string {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+func (x *SitePeers) GetGossipKeys() [][]byte {
+	if x != nil {
+		return x.GossipKeys
+	}
+	return nil
+}
+
+func (x *SitePeers) GetTicket() *Envelope {
+	if x != nil {
+		return x.Ticket
+	}
+	return nil
+}
+
+// MemberTicket admits a device to its site's gossip: members check it
+// against the trust bundle's control keys before they let a member in.
+// Signed by the control role (added 2026-12-06).
+type MemberTicket struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ProtocolVersion uint32                 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	DeviceId        string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Site            string                 `protobuf:"bytes,3,opt,name=site,proto3" json:"site,omitempty"`
+	ExpiresUnix     int64                  `protobuf:"varint,4,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *MemberTicket) Reset() {
+	*x = MemberTicket{}
+	mi := &file_proto_edgefleet_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberTicket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberTicket) ProtoMessage() {}
+
+func (x *MemberTicket) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberTicket.ProtoReflect.Descriptor instead.
+func (*MemberTicket) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *MemberTicket) GetProtocolVersion() uint32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
+}
+
+func (x *MemberTicket) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *MemberTicket) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *MemberTicket) GetExpiresUnix() int64 {
+	if x != nil {
+		return x.ExpiresUnix
+	}
+	return 0
 }
 
 // ShadowReport compares a challenger with the champion on the requests of
@@ -2248,7 +2679,7 @@ type ShadowReport struct {
 
 func (x *ShadowReport) Reset() {
 	*x = ShadowReport{}
-	mi := &file_proto_edgefleet_proto_msgTypes[22]
+	mi := &file_proto_edgefleet_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2260,7 +2691,7 @@ func (x *ShadowReport) String() string {
 func (*ShadowReport) ProtoMessage() {}
 
 func (x *ShadowReport) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[22]
+	mi := &file_proto_edgefleet_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2273,7 +2704,7 @@ func (x *ShadowReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShadowReport.ProtoReflect.Descriptor instead.
 func (*ShadowReport) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{22}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ShadowReport) GetModelName() string {
@@ -2422,7 +2853,7 @@ type MonitorReport struct {
 
 func (x *MonitorReport) Reset() {
 	*x = MonitorReport{}
-	mi := &file_proto_edgefleet_proto_msgTypes[23]
+	mi := &file_proto_edgefleet_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2434,7 +2865,7 @@ func (x *MonitorReport) String() string {
 func (*MonitorReport) ProtoMessage() {}
 
 func (x *MonitorReport) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[23]
+	mi := &file_proto_edgefleet_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2447,7 +2878,7 @@ func (x *MonitorReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MonitorReport.ProtoReflect.Descriptor instead.
 func (*MonitorReport) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{23}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *MonitorReport) GetModelName() string {
@@ -2610,7 +3041,7 @@ type FeatureSketch struct {
 
 func (x *FeatureSketch) Reset() {
 	*x = FeatureSketch{}
-	mi := &file_proto_edgefleet_proto_msgTypes[24]
+	mi := &file_proto_edgefleet_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2622,7 +3053,7 @@ func (x *FeatureSketch) String() string {
 func (*FeatureSketch) ProtoMessage() {}
 
 func (x *FeatureSketch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[24]
+	mi := &file_proto_edgefleet_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2635,7 +3066,7 @@ func (x *FeatureSketch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeatureSketch.ProtoReflect.Descriptor instead.
 func (*FeatureSketch) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{24}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *FeatureSketch) GetName() string {
@@ -2672,7 +3103,7 @@ type Presence struct {
 
 func (x *Presence) Reset() {
 	*x = Presence{}
-	mi := &file_proto_edgefleet_proto_msgTypes[25]
+	mi := &file_proto_edgefleet_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2684,7 +3115,7 @@ func (x *Presence) String() string {
 func (*Presence) ProtoMessage() {}
 
 func (x *Presence) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[25]
+	mi := &file_proto_edgefleet_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2697,7 +3128,7 @@ func (x *Presence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Presence.ProtoReflect.Descriptor instead.
 func (*Presence) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{25}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Presence) GetDeviceId() string {
@@ -2754,7 +3185,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_proto_edgefleet_proto_msgTypes[26]
+	mi := &file_proto_edgefleet_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2766,7 +3197,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[26]
+	mi := &file_proto_edgefleet_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2779,7 +3210,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{26}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Ack) GetProtocolVersion() uint32 {
@@ -2821,7 +3252,7 @@ type SeqRange struct {
 
 func (x *SeqRange) Reset() {
 	*x = SeqRange{}
-	mi := &file_proto_edgefleet_proto_msgTypes[27]
+	mi := &file_proto_edgefleet_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2833,7 +3264,7 @@ func (x *SeqRange) String() string {
 func (*SeqRange) ProtoMessage() {}
 
 func (x *SeqRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[27]
+	mi := &file_proto_edgefleet_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2846,7 +3277,7 @@ func (x *SeqRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeqRange.ProtoReflect.Descriptor instead.
 func (*SeqRange) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{27}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SeqRange) GetFirst() uint64 {
@@ -2892,7 +3323,7 @@ type CapturePolicy struct {
 
 func (x *CapturePolicy) Reset() {
 	*x = CapturePolicy{}
-	mi := &file_proto_edgefleet_proto_msgTypes[28]
+	mi := &file_proto_edgefleet_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2904,7 +3335,7 @@ func (x *CapturePolicy) String() string {
 func (*CapturePolicy) ProtoMessage() {}
 
 func (x *CapturePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[28]
+	mi := &file_proto_edgefleet_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2917,7 +3348,7 @@ func (x *CapturePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CapturePolicy.ProtoReflect.Descriptor instead.
 func (*CapturePolicy) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{28}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CapturePolicy) GetSampleRate() float64 {
@@ -2990,7 +3421,7 @@ type CaptureRow struct {
 
 func (x *CaptureRow) Reset() {
 	*x = CaptureRow{}
-	mi := &file_proto_edgefleet_proto_msgTypes[29]
+	mi := &file_proto_edgefleet_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3002,7 +3433,7 @@ func (x *CaptureRow) String() string {
 func (*CaptureRow) ProtoMessage() {}
 
 func (x *CaptureRow) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[29]
+	mi := &file_proto_edgefleet_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3015,7 +3446,7 @@ func (x *CaptureRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaptureRow.ProtoReflect.Descriptor instead.
 func (*CaptureRow) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{29}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CaptureRow) GetModelName() string {
@@ -3096,7 +3527,7 @@ type CaptureLabel struct {
 
 func (x *CaptureLabel) Reset() {
 	*x = CaptureLabel{}
-	mi := &file_proto_edgefleet_proto_msgTypes[30]
+	mi := &file_proto_edgefleet_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3108,7 +3539,7 @@ func (x *CaptureLabel) String() string {
 func (*CaptureLabel) ProtoMessage() {}
 
 func (x *CaptureLabel) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[30]
+	mi := &file_proto_edgefleet_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3121,7 +3552,7 @@ func (x *CaptureLabel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaptureLabel.ProtoReflect.Descriptor instead.
 func (*CaptureLabel) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{30}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CaptureLabel) GetModelName() string {
@@ -3182,7 +3613,7 @@ type CaptureBatch struct {
 
 func (x *CaptureBatch) Reset() {
 	*x = CaptureBatch{}
-	mi := &file_proto_edgefleet_proto_msgTypes[31]
+	mi := &file_proto_edgefleet_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3194,7 +3625,7 @@ func (x *CaptureBatch) String() string {
 func (*CaptureBatch) ProtoMessage() {}
 
 func (x *CaptureBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[31]
+	mi := &file_proto_edgefleet_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3207,7 +3638,7 @@ func (x *CaptureBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaptureBatch.ProtoReflect.Descriptor instead.
 func (*CaptureBatch) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{31}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CaptureBatch) GetProtocolVersion() uint32 {
@@ -3281,7 +3712,7 @@ type CaptureAck struct {
 
 func (x *CaptureAck) Reset() {
 	*x = CaptureAck{}
-	mi := &file_proto_edgefleet_proto_msgTypes[32]
+	mi := &file_proto_edgefleet_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3293,7 +3724,7 @@ func (x *CaptureAck) String() string {
 func (*CaptureAck) ProtoMessage() {}
 
 func (x *CaptureAck) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[32]
+	mi := &file_proto_edgefleet_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3306,7 +3737,7 @@ func (x *CaptureAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaptureAck.ProtoReflect.Descriptor instead.
 func (*CaptureAck) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{32}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CaptureAck) GetProtocolVersion() uint32 {
@@ -3472,12 +3903,13 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
 	"\x05index\x18\x03 \x01(\rR\x05index\x12\x12\n" +
-	"\x04data\x18\x04 \x01(\fR\x04data\"s\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\"\x8b\x01\n" +
 	"\fFetchRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12\x18\n" +
-	"\amissing\x18\x04 \x03(\rR\amissing\"\xd1\x03\n" +
+	"\amissing\x18\x04 \x03(\rR\amissing\x12\x16\n" +
+	"\x06direct\x18\x05 \x01(\bR\x06direct\"\xd1\x03\n" +
 	"\vStatusEvent\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x10\n" +
@@ -3506,7 +3938,7 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"inferences\x18\x04 \x01(\x04R\n" +
 	"inferences\x12\x16\n" +
 	"\x06errors\x18\x05 \x01(\x04R\x06errors\x12\x18\n" +
-	"\arejects\x18\x06 \x01(\x04R\arejects\"\xad\x04\n" +
+	"\arejects\x18\x06 \x01(\x04R\arejects\"\x97\x05\n" +
 	"\tTelemetry\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x10\n" +
@@ -3526,8 +3958,47 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"monitoring\x18\v \x03(\v2\x1b.edgefleet.v1.MonitorReportR\n" +
 	"monitoring\x12'\n" +
 	"\x0freports_dropped\x18\f \x01(\x04R\x0ereportsDropped\x12#\n" +
-	"\rtrust_version\x18\r \x01(\x04R\ftrustVersion\x122\n" +
-	"\x06shadow\x182 \x03(\v2\x1a.edgefleet.v1.ShadowReportR\x06shadow\"\x8d\x04\n" +
+	"\rtrust_version\x18\r \x01(\x04R\ftrustVersion\x12-\n" +
+	"\x05peers\x18\x0e \x01(\v2\x17.edgefleet.v1.PeerStatsR\x05peers\x129\n" +
+	"\ttransfers\x18\x0f \x03(\v2\x1b.edgefleet.v1.TransferStatsR\ttransfers\x122\n" +
+	"\x06shadow\x182 \x03(\v2\x1a.edgefleet.v1.ShadowReportR\x06shadow\"\xb3\x02\n" +
+	"\tPeerStats\x12\x12\n" +
+	"\x04addr\x18\x01 \x01(\tR\x04addr\x12!\n" +
+	"\fsite_version\x18\x02 \x01(\x04R\vsiteVersion\x12\x18\n" +
+	"\amembers\x18\x03 \x01(\rR\amembers\x12#\n" +
+	"\rserved_chunks\x18\x05 \x01(\x04R\fservedChunks\x12!\n" +
+	"\fserved_bytes\x18\x06 \x01(\x04R\vservedBytes\x12\x18\n" +
+	"\aforeign\x18\a \x01(\x04R\aforeign\x12\x18\n" +
+	"\aunknown\x18\b \x01(\x04R\aunknown\x12\x1a\n" +
+	"\breplayed\x18\t \x01(\x04R\breplayed\x12\x1d\n" +
+	"\n" +
+	"bad_chunks\x18\n" +
+	" \x01(\x04R\tbadChunks\x12\x18\n" +
+	"\ablocked\x18\v \x03(\tR\ablockedJ\x04\b\x04\x10\x05\"\x95\x01\n" +
+	"\rTransferStats\x12\x1d\n" +
+	"\n" +
+	"model_name\x18\x01 \x01(\tR\tmodelName\x12#\n" +
+	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\x12!\n" +
+	"\fbroker_bytes\x18\x03 \x01(\x04R\vbrokerBytes\x12\x1d\n" +
+	"\n" +
+	"peer_bytes\x18\x04 \x01(\x04R\tpeerBytes\"\xac\x02\n" +
+	"\tSitePeers\x12)\n" +
+	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x12\n" +
+	"\x04site\x18\x03 \x01(\tR\x04site\x12\x18\n" +
+	"\aversion\x18\x04 \x01(\x04R\aversion\x12\x1f\n" +
+	"\vissued_unix\x18\x05 \x01(\x03R\n" +
+	"issuedUnix\x12!\n" +
+	"\fexpires_unix\x18\x06 \x01(\x03R\vexpiresUnix\x12\x14\n" +
+	"\x05peers\x18\a \x03(\tR\x05peers\x12\x1f\n" +
+	"\vgossip_keys\x18\b \x03(\fR\n" +
+	"gossipKeys\x12.\n" +
+	"\x06ticket\x18\t \x01(\v2\x16.edgefleet.v1.EnvelopeR\x06ticket\"\x8d\x01\n" +
+	"\fMemberTicket\x12)\n" +
+	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x12\n" +
+	"\x04site\x18\x03 \x01(\tR\x04site\x12!\n" +
+	"\fexpires_unix\x18\x04 \x01(\x03R\vexpiresUnix\"\x8d\x04\n" +
 	"\fShadowReport\x12\x1d\n" +
 	"\n" +
 	"model_name\x18\x01 \x01(\tR\tmodelName\x12)\n" +
@@ -3656,12 +4127,13 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x12MODEL_STATE_ACTIVE\x10\x05\x12\x16\n" +
 	"\x12MODEL_STATE_FAILED\x10\x06\x12\x1b\n" +
 	"\x17MODEL_STATE_ROLLED_BACK\x10\a\x12\x17\n" +
-	"\x13MODEL_STATE_PENDING\x10\b*m\n" +
+	"\x13MODEL_STATE_PENDING\x10\b*\x88\x01\n" +
 	"\aRefusal\x12\x17\n" +
 	"\x13REFUSAL_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14REFUSAL_TRUST_BUNDLE\x10\x01\x12\x14\n" +
 	"\x10REFUSAL_MANIFEST\x10\x02\x12\x19\n" +
-	"\x15REFUSAL_DESIRED_STATE\x10\x03B0Z.github.com/edgefleet/edgefleet/proto/efpb;efpbb\x06proto3"
+	"\x15REFUSAL_DESIRED_STATE\x10\x03\x12\x19\n" +
+	"\x15REFUSAL_SITE_DOCUMENT\x10\x04B0Z.github.com/edgefleet/edgefleet/proto/efpb;efpbb\x06proto3"
 
 var (
 	file_proto_edgefleet_proto_rawDescOnce sync.Once
@@ -3676,7 +4148,7 @@ func file_proto_edgefleet_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_edgefleet_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_proto_edgefleet_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_proto_edgefleet_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_proto_edgefleet_proto_goTypes = []any{
 	(Role)(0),                // 0: edgefleet.v1.Role
 	(TensorKind)(0),          // 1: edgefleet.v1.TensorKind
@@ -3704,17 +4176,21 @@ var file_proto_edgefleet_proto_goTypes = []any{
 	(*StatusEvent)(nil),      // 23: edgefleet.v1.StatusEvent
 	(*ActiveModel)(nil),      // 24: edgefleet.v1.ActiveModel
 	(*Telemetry)(nil),        // 25: edgefleet.v1.Telemetry
-	(*ShadowReport)(nil),     // 26: edgefleet.v1.ShadowReport
-	(*MonitorReport)(nil),    // 27: edgefleet.v1.MonitorReport
-	(*FeatureSketch)(nil),    // 28: edgefleet.v1.FeatureSketch
-	(*Presence)(nil),         // 29: edgefleet.v1.Presence
-	(*Ack)(nil),              // 30: edgefleet.v1.Ack
-	(*SeqRange)(nil),         // 31: edgefleet.v1.SeqRange
-	(*CapturePolicy)(nil),    // 32: edgefleet.v1.CapturePolicy
-	(*CaptureRow)(nil),       // 33: edgefleet.v1.CaptureRow
-	(*CaptureLabel)(nil),     // 34: edgefleet.v1.CaptureLabel
-	(*CaptureBatch)(nil),     // 35: edgefleet.v1.CaptureBatch
-	(*CaptureAck)(nil),       // 36: edgefleet.v1.CaptureAck
+	(*PeerStats)(nil),        // 26: edgefleet.v1.PeerStats
+	(*TransferStats)(nil),    // 27: edgefleet.v1.TransferStats
+	(*SitePeers)(nil),        // 28: edgefleet.v1.SitePeers
+	(*MemberTicket)(nil),     // 29: edgefleet.v1.MemberTicket
+	(*ShadowReport)(nil),     // 30: edgefleet.v1.ShadowReport
+	(*MonitorReport)(nil),    // 31: edgefleet.v1.MonitorReport
+	(*FeatureSketch)(nil),    // 32: edgefleet.v1.FeatureSketch
+	(*Presence)(nil),         // 33: edgefleet.v1.Presence
+	(*Ack)(nil),              // 34: edgefleet.v1.Ack
+	(*SeqRange)(nil),         // 35: edgefleet.v1.SeqRange
+	(*CapturePolicy)(nil),    // 36: edgefleet.v1.CapturePolicy
+	(*CaptureRow)(nil),       // 37: edgefleet.v1.CaptureRow
+	(*CaptureLabel)(nil),     // 38: edgefleet.v1.CaptureLabel
+	(*CaptureBatch)(nil),     // 39: edgefleet.v1.CaptureBatch
+	(*CaptureAck)(nil),       // 40: edgefleet.v1.CaptureAck
 }
 var file_proto_edgefleet_proto_depIdxs = []int32{
 	5,  // 0: edgefleet.v1.Envelope.signatures:type_name -> edgefleet.v1.Signature
@@ -3734,26 +4210,29 @@ var file_proto_edgefleet_proto_depIdxs = []int32{
 	13, // 14: edgefleet.v1.Manifest.reference:type_name -> edgefleet.v1.FeatureStats
 	12, // 15: edgefleet.v1.Manifest.test_vectors:type_name -> edgefleet.v1.TestVector
 	16, // 16: edgefleet.v1.Manifest.training:type_name -> edgefleet.v1.TrainingInfo
-	32, // 17: edgefleet.v1.ModelAssignment.capture:type_name -> edgefleet.v1.CapturePolicy
+	36, // 17: edgefleet.v1.ModelAssignment.capture:type_name -> edgefleet.v1.CapturePolicy
 	18, // 18: edgefleet.v1.DesiredState.models:type_name -> edgefleet.v1.ModelAssignment
 	20, // 19: edgefleet.v1.DesiredState.shadows:type_name -> edgefleet.v1.ShadowAssignment
 	2,  // 20: edgefleet.v1.StatusEvent.state:type_name -> edgefleet.v1.ModelState
 	3,  // 21: edgefleet.v1.StatusEvent.refused:type_name -> edgefleet.v1.Refusal
 	2,  // 22: edgefleet.v1.ActiveModel.state:type_name -> edgefleet.v1.ModelState
 	24, // 23: edgefleet.v1.Telemetry.models:type_name -> edgefleet.v1.ActiveModel
-	27, // 24: edgefleet.v1.Telemetry.monitoring:type_name -> edgefleet.v1.MonitorReport
-	26, // 25: edgefleet.v1.Telemetry.shadow:type_name -> edgefleet.v1.ShadowReport
-	28, // 26: edgefleet.v1.MonitorReport.features:type_name -> edgefleet.v1.FeatureSketch
-	31, // 27: edgefleet.v1.Ack.ranges:type_name -> edgefleet.v1.SeqRange
-	11, // 28: edgefleet.v1.CaptureRow.inputs:type_name -> edgefleet.v1.Tensor
-	11, // 29: edgefleet.v1.CaptureRow.outputs:type_name -> edgefleet.v1.Tensor
-	33, // 30: edgefleet.v1.CaptureBatch.rows:type_name -> edgefleet.v1.CaptureRow
-	34, // 31: edgefleet.v1.CaptureBatch.labels:type_name -> edgefleet.v1.CaptureLabel
-	32, // [32:32] is the sub-list for method output_type
-	32, // [32:32] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	31, // 24: edgefleet.v1.Telemetry.monitoring:type_name -> edgefleet.v1.MonitorReport
+	26, // 25: edgefleet.v1.Telemetry.peers:type_name -> edgefleet.v1.PeerStats
+	27, // 26: edgefleet.v1.Telemetry.transfers:type_name -> edgefleet.v1.TransferStats
+	30, // 27: edgefleet.v1.Telemetry.shadow:type_name -> edgefleet.v1.ShadowReport
+	4,  // 28: edgefleet.v1.SitePeers.ticket:type_name -> edgefleet.v1.Envelope
+	32, // 29: edgefleet.v1.MonitorReport.features:type_name -> edgefleet.v1.FeatureSketch
+	35, // 30: edgefleet.v1.Ack.ranges:type_name -> edgefleet.v1.SeqRange
+	11, // 31: edgefleet.v1.CaptureRow.inputs:type_name -> edgefleet.v1.Tensor
+	11, // 32: edgefleet.v1.CaptureRow.outputs:type_name -> edgefleet.v1.Tensor
+	37, // 33: edgefleet.v1.CaptureBatch.rows:type_name -> edgefleet.v1.CaptureRow
+	38, // 34: edgefleet.v1.CaptureBatch.labels:type_name -> edgefleet.v1.CaptureLabel
+	35, // [35:35] is the sub-list for method output_type
+	35, // [35:35] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_proto_edgefleet_proto_init() }
@@ -3767,7 +4246,7 @@ func file_proto_edgefleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_edgefleet_proto_rawDesc), len(file_proto_edgefleet_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   33,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

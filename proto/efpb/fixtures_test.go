@@ -274,6 +274,13 @@ var fixtures = []struct {
 		hex:  "0a076465762d303031120566726175641a05312e322e3022040001c801",
 	},
 	{
+		// A second FetchRequest: chunks on the device's own topic (added
+		// 2026-12-06).
+		name: "FetchRequest",
+		msg:  &efpb.FetchRequest{DeviceId: "dev-004", Name: "fraud", Version: "1.2.0", Missing: []uint32{7}, Direct: true},
+		hex:  "0a076465762d303034120566726175641a05312e322e302201072801",
+	},
+	{
 		name: "StatusEvent",
 		msg: &efpb.StatusEvent{
 			ProtocolVersion: 1,
@@ -387,6 +394,34 @@ var fixtures = []struct {
 			"6f7220303a206f7574707574206469666665727320627920302e35",
 	},
 	{
+		// A sixth Telemetry: site sharing (added 2026-12-06).
+		name: "Telemetry",
+		msg: &efpb.Telemetry{ProtocolVersion: 1, DeviceId: "dev-004", Seq: 102, TimeUnixMs: 1795608090123,
+			Peers: &efpb.PeerStats{Addr: "10.0.0.4:7946", SiteVersion: 3, Members: 49, ServedChunks: 40, ServedBytes: 2621440,
+				Foreign: 1, Unknown: 2, Replayed: 3, BadChunks: 4, Blocked: []string{"dev-009"}},
+			Transfers: []*efpb.TransferStats{{ModelName: "fraud", ModelVersion: "1.2.0", BrokerBytes: 65536, PeerBytes: 10420224}}},
+		hex: "080112076465762d3030341866208bacd494a134722b0a0d31302e302e302e34" +
+			"3a37393436100318312828308080a00138014002480350045a076465762d3030" +
+			"397a170a0566726175641205312e322e3018808004208080fc04",
+	},
+	{
+		// The site document (added 2026-12-06).
+		name: "SitePeers",
+		msg: &efpb.SitePeers{ProtocolVersion: 1, DeviceId: "dev-004", Site: "store-12", Version: 5, IssuedUnix: 1795608000, ExpiresUnix: 1798200000,
+			Peers: []string{"10.0.0.3:7946", "10.0.0.5:7946"}, GossipKeys: [][]byte{{0x01, 0x02}, {0x03}},
+			Ticket: &efpb.Envelope{PayloadType: efpb.PayloadTypeMemberTicket, Payload: []byte{0x08, 0x01}, Signatures: []*efpb.Signature{{Keyid: "bb02", Sig: []byte{0x05}}}}},
+		hex: "080112076465762d3030341a0873746f72652d3132200528c09b9bd80630c0b5" +
+			"b9d9063a0d31302e302e302e333a373934363a0d31302e302e302e353a373934" +
+			"36420201024201034a3a0a296170706c69636174696f6e2f766e642e65646765" +
+			"666c6565742e6d656d6265722b70726f746f627566120208011a090a04626230" +
+			"32120105",
+	},
+	{
+		name: "MemberTicket",
+		msg:  &efpb.MemberTicket{ProtocolVersion: 1, DeviceId: "dev-004", Site: "store-12", ExpiresUnix: 1798200000},
+		hex:  "080112076465762d3030341a0873746f72652d313220c0b5b9d906",
+	},
+	{
 		name: "Presence",
 		msg:  &efpb.Presence{DeviceId: "dev-001", Online: true, TimeUnixMs: 1795608000123, AgentVersion: "0.1.0"},
 		hex:  "0a076465762d303031100118fbecce94a1342205302e312e30",
@@ -446,8 +481,10 @@ func TestFixturesDecode(t *testing.T) {
 // TestFixturesNamedForTheirType keeps the table honest: one entry per wire
 // message type, named for it.
 func TestFixturesNamedForTheirType(t *testing.T) {
-	want := []string{"Envelope", "TrustBundle", "TrustChain", "Manifest", "Manifest", "DesiredState", "DesiredState", "Chunk", "FetchRequest",
-		"StatusEvent", "StatusEvent", "Telemetry", "Telemetry", "Telemetry", "Telemetry", "Telemetry", "Presence", "Ack",
+	want := []string{"Envelope", "TrustBundle", "TrustChain", "Manifest", "Manifest", "DesiredState", "DesiredState", "Chunk", "FetchRequest", "FetchRequest",
+		"StatusEvent", "StatusEvent", "Telemetry", "Telemetry", "Telemetry", "Telemetry", "Telemetry", "Telemetry", "Presence", "Ack",
+		// Site sharing (issue 12).
+		"SitePeers", "MemberTicket",
 		// Field data capture (issue 13).
 		"DesiredState", "CaptureBatch", "CaptureAck"}
 	var got []string

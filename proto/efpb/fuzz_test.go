@@ -69,6 +69,14 @@ func FuzzDecodeTelemetry(f *testing.F) {
 	fuzzDecode(f, "Telemetry", func() proto.Message { return &efpb.Telemetry{} })
 }
 
+func FuzzDecodeSitePeers(f *testing.F) {
+	fuzzDecode(f, "SitePeers", func() proto.Message { return &efpb.SitePeers{} })
+}
+
+func FuzzDecodeMemberTicket(f *testing.F) {
+	fuzzDecode(f, "MemberTicket", func() proto.Message { return &efpb.MemberTicket{} })
+}
+
 func FuzzDecodePresence(f *testing.F) {
 	fuzzDecode(f, "Presence", func() proto.Message { return &efpb.Presence{} })
 }

@@ -21,6 +21,10 @@ const (
 	PayloadTypeTrustBundle = "application/vnd.edgefleet.trustbundle+protobuf"
 	PayloadTypeManifest    = "application/vnd.edgefleet.manifest+protobuf"
 	PayloadTypeDesired     = "application/vnd.edgefleet.desired+protobuf"
+	// PayloadTypeSitePeers and PayloadTypeMemberTicket were added on
+	// 2026-12-06 (site-local sharing); older agents never see them.
+	PayloadTypeSitePeers    = "application/vnd.edgefleet.sitepeers+protobuf"
+	PayloadTypeMemberTicket = "application/vnd.edgefleet.member+protobuf"
 )
 
 // ManifestVersion returns the lowest protocol version whose readers check m

@@ -1,0 +1,328 @@
+package peers
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// A site of fake devices: each holds its chunks in a map, checks what peers
+// send against the expected bytes (the signed manifest's role), and
+// "fetches from the broker" by copying the expected bytes, counted per
+// chunk. The broker link is slow enough (brokerDelay per chunk) that a
+// download takes a while, as over a WAN.
+
+const brokerDelay = 5 * time.Millisecond
+
+func chunkData(i uint32) []byte {
+	return bytes.Repeat([]byte(fmt.Sprintf("chunk %04d;", i)), 100)
+}
+
+type site struct {
+	t      *testing.T
+	key    string
+	chunks uint32
+	delay  time.Duration  // per chunk from the broker
+	broker []atomic.Int64 // fetches from the broker per chunk
+}
+
+type device struct {
+	s     *site
+	node  *Node
+	store chunkStore
+	dl    *Download
+	wake  chan struct{}
+	stop  chan struct{}
+	done  chan struct{}
+	// corrupt makes this device serve bad bytes.
+	corrupt bool
+
+	mu        sync.Mutex
+	fromPeers map[string]int // chunks accepted, by peer
+	rejected  int
+}
+
+func newSite(t *testing.T, chunks uint32) *site {
+	return &site{t: t, key: key, chunks: chunks, delay: brokerDelay, broker: make([]atomic.Int64, chunks)}
+}
+
+func (s *site) device(name string, join ...string) *device {
+	t := s.t
+	d := &device{s: s, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}), fromPeers: map[string]int{}}
+	d.node = newNode(t, name, "s1", nil, func(o *Options) {
+		o.ChunkProvider = func(k string, i uint32) ([]byte, bool) {
+			b, ok := d.store.get(k, i)
+			if ok && d.corrupt {
+				b = bytes.Clone(b)
+				b[0] ^= 0xff
+			}
+			return b, ok
+		}
+	}, join...)
+	return d
+}
+
+func (s *site) brokerTotal() int64 {
+	var n int64
+	for i := range s.broker {
+		n += s.broker[i].Load()
+	}
+	return n
+}
+
+// start begins the device's download and its broker loop.
+func (d *device) start(mod func(*DownloadOptions)) {
+	t := d.s.t
+	o := DownloadOptions{
+		Key: d.s.key, Chunks: d.s.chunks,
+		Has: func(i uint32) bool { _, ok := d.store.get(d.s.key, i); return ok },
+		Deliver: func(ctx context.Context, i uint32, data []byte, from string) bool {
+			if !bytes.Equal(data, chunkData(i)) {
+				d.mu.Lock()
+				d.rejected++
+				d.mu.Unlock()
+				d.dl.Rejected(i, from)
+				return true
+			}
+			d.store.put(d.s.key, i, data)
+			d.mu.Lock()
+			d.fromPeers[from]++
+			d.mu.Unlock()
+			d.dl.Added(i)
+			return true
+		},
+		Wake:   func() { d.kickBroker() },
+		Settle: 500 * time.Millisecond,
+	}
+	if mod != nil {
+		mod(&o)
+	}
+	dl, err := d.node.StartDownload(o)
+	require.NoError(t, err)
+	d.dl = dl
+	go d.brokerLoop()
+	t.Cleanup(d.close)
+}
+
+func (d *device) kickBroker() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// brokerLoop fetches BrokerChunks one at a time, as the broker path would.
+func (d *device) brokerLoop() {
+	defer close(d.done)
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		for _, i := range d.dl.BrokerChunks() {
+			select {
+			case <-d.stop:
+				return
+			case <-time.After(d.s.delay):
+			}
+			if _, ok := d.store.get(d.s.key, i); ok {
+				continue
+			}
+			d.s.broker[i].Add(1)
+			d.store.put(d.s.key, i, chunkData(i))
+			d.dl.Added(i)
+		}
+		select {
+		case <-d.stop:
+			return
+		case <-d.wake:
+		case <-t.C:
+		}
+	}
+}
+
+func (d *device) close() {
+	select {
+	case <-d.stop:
+		return
+	default:
+	}
+	close(d.stop)
+	<-d.done
+	d.dl.Close()
+}
+
+func (d *device) complete() bool {
+	for i := range d.s.chunks {
+		if _, ok := d.store.get(d.s.key, i); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func (d *device) have() int {
+	n := 0
+	for i := range d.s.chunks {
+		if _, ok := d.store.get(d.s.key, i); ok {
+			n++
+		}
+	}
+	return n
+}
+
+func startSite(t *testing.T, s *site, n int) []*device {
+	t.Helper()
+	devs := []*device{s.device("d0")}
+	for i := 1; i < n; i++ {
+		devs = append(devs, s.device(fmt.Sprintf("d%d", i), devs[0].node.Addr()))
+	}
+	for _, d := range devs {
+		waitMembers(t, d.node, n-1)
+	}
+	return devs
+}
+
+func waitComplete(t *testing.T, devs []*device) {
+	t.Helper()
+	for _, d := range devs {
+		require.Eventually(t, d.complete, 120*time.Second, 20*time.Millisecond,
+			"%s has %d of %d chunks", d.node.Name(), d.have(), d.s.chunks)
+	}
+}
+
+// TestDownloadSharesOneBrokerCopy: five members download a model together;
+// one fetches from the broker, the rest get the chunks from peers.
+func TestDownloadSharesOneBrokerCopy(t *testing.T) {
+	s := newSite(t, 40)
+	devs := startSite(t, s, 5)
+	for _, d := range devs {
+		d.start(nil)
+	}
+	waitComplete(t, devs)
+	total := s.brokerTotal()
+	t.Logf("broker chunk fetches: %d for %d chunks on %d devices", total, s.chunks, len(devs))
+	// Without sharing it would be 200; two sources elected at once (a
+	// slow gossip under load) may double a few chunks.
+	assert.LessOrEqual(t, total, int64(2*s.chunks), "the site fetched %d chunks from the broker", total)
+	fromPeers := 0
+	for _, d := range devs {
+		d.mu.Lock()
+		for _, n := range d.fromPeers {
+			fromPeers += n
+		}
+		d.mu.Unlock()
+	}
+	assert.GreaterOrEqual(t, fromPeers, int(4*s.chunks)-int(total), "chunks from peers")
+	// Done: every member holds the model and says so.
+	for _, d := range devs {
+		d.close()
+	}
+	require.Eventually(t, func() bool { return len(devs[0].node.Holders(key, s.chunks-1)) == 4 }, 20*time.Second, 20*time.Millisecond)
+}
+
+// TestDownloadAlone: a member without peers fetches everything from the
+// broker once, at once (no settling).
+func TestDownloadAlone(t *testing.T) {
+	s := newSite(t, 20)
+	d := s.device("solo")
+	d.start(func(o *DownloadOptions) { o.Settle = time.Hour })
+	waitComplete(t, []*device{d})
+	assert.Equal(t, int64(s.chunks), s.brokerTotal())
+	self, leader := d.dl.Source()
+	assert.True(t, self)
+	assert.Equal(t, "solo", leader)
+}
+
+// TestDownloadSourceDies: the member fetching from the broker dies
+// mid-download, without leaving (its memberlist stops answering); another
+// takes over once it stalls and everyone finishes.
+func TestDownloadSourceDies(t *testing.T) {
+	s := newSite(t, 60)
+	s.delay = 50 * time.Millisecond // three seconds for the source alone
+	devs := startSite(t, s, 4)
+	for _, d := range devs {
+		d.start(func(o *DownloadOptions) { o.StallTimeout = 2 * time.Second })
+	}
+	var src *device
+	require.Eventually(t, func() bool {
+		for _, d := range devs {
+			if self, _ := d.dl.Source(); self && d.have() >= 5 {
+				src = d
+				return true
+			}
+		}
+		return false
+	}, 60*time.Second, 5*time.Millisecond, "no source made progress")
+	require.Less(t, src.have(), int(s.chunks), "the source finished before it could be killed")
+	src.close()
+	src.node.crashed.Store(true)
+	require.NoError(t, src.node.ml.Shutdown()) // a crash: no leave message
+	var rest []*device
+	for _, d := range devs {
+		if d != src {
+			rest = append(rest, d)
+		}
+	}
+	waitComplete(t, rest)
+	t.Logf("broker chunk fetches: %d for %d chunks", s.brokerTotal(), s.chunks)
+}
+
+// TestDownloadCorruptPeer: a member holds the model but serves chunks that
+// fail the check; the others refuse them, block it after BlockAfter bad
+// chunks, and finish from the broker and each other.
+func TestDownloadCorruptPeer(t *testing.T) {
+	s := newSite(t, 40)
+	devs := startSite(t, s, 4)
+	bad := devs[0]
+	bad.corrupt = true
+	for i := range s.chunks {
+		bad.store.put(key, i, chunkData(i))
+	}
+	bad.node.Hold(key, s.chunks)
+	rest := devs[1:]
+	for _, d := range rest {
+		require.Eventually(t, func() bool { return len(d.node.Holders(key, 0)) == 1 }, 20*time.Second, 10*time.Millisecond)
+	}
+	for _, d := range rest {
+		d.start(nil)
+	}
+	waitComplete(t, rest)
+	blockedBy := 0
+	for _, d := range rest {
+		d.mu.Lock()
+		assert.Zero(t, d.fromPeers[bad.node.Name()], "%s took chunks from the corrupt peer", d.node.Name())
+		d.mu.Unlock()
+		if slices.Contains(d.node.Blocked(), bad.node.Name()) {
+			blockedBy++
+			assert.GreaterOrEqual(t, d.node.Stats().Rejected, uint64(3))
+		}
+	}
+	assert.Positive(t, blockedBy, "nobody blocked the corrupt peer")
+	t.Logf("broker chunk fetches: %d for %d chunks; blocked by %d", s.brokerTotal(), s.chunks, blockedBy)
+}
+
+// TestDownloadPartition: two halves of a site that cannot reach each other
+// (different keys) each fetch from the broker: nothing waits on the other.
+func TestDownloadPartition(t *testing.T) {
+	s := newSite(t, 30)
+	a := s.device("a")
+	b := s.device("b", a.node.Addr())
+	c := newNode(t, "c", "s1", nil, func(o *Options) { o.Keys = [][]byte{k2} })
+	waitMembers(t, a.node, 1)
+	_ = c
+	// b is cut off from a: its key changes (a partition as far as gossip
+	// goes); the members drop each other.
+	require.NoError(t, b.node.SetKeys([][]byte{k2}))
+	require.Eventually(t, func() bool { return len(a.node.Members()) == 0 && len(b.node.Members()) <= 1 },
+		60*time.Second, 20*time.Millisecond, "a=%v b=%v", a.node.Members(), b.node.Members())
+	a.start(nil)
+	b.start(nil)
+	waitComplete(t, []*device{a, b})
+}
