@@ -46,6 +46,10 @@ func TestNoReportLostWhenTheBrokerQueueOverflows(t *testing.T) {
 		require.NoError(t, err)
 		d := &device{opts: fleettest.AgentOptions(t, creds, testRuntime)}
 		d.opts.HeartbeatInterval = time.Millisecond // a burst
+		// The outbox's bound is not under test: on a busy machine the burst
+		// outruns the acknowledgements for seconds, and a full outbox drops
+		// its oldest reports by design.
+		d.opts.OutboxMaxReports, d.opts.OutboxMaxBytes = 1_000_000, 1<<30
 		d.opts.ReportAckTimeout = 250 * time.Millisecond
 		d.opts.InferenceListen = ""
 		run(d)
