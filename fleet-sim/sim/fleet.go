@@ -602,6 +602,45 @@ func (f *Fleet) Restart(ctx context.Context, id string) error {
 	return m.start(ctx)
 }
 
+// Kill ends the device's agent as kill -9 would, as far as one process
+// can, and starts a fresh one on the same state and files. Its link to
+// the broker is cut first and its reconnects refused, so nothing it does
+// on its way out reaches the broker: no DISCONNECT (the broker publishes
+// its will), no last report or acknowledgement; whatever it was doing is
+// dropped where it stood (a phase hook returns as at a kill, see
+// agent.PhaseHook), and what it had persisted is all the next agent
+// finds. A write torn half-way is beyond it: the agent's own crash tests
+// kill a real process for that. It needs the proxy (Options.Proxy).
+func (f *Fleet) Kill(ctx context.Context, id string) error {
+	m := f.byID[id]
+	if m == nil {
+		return fmt.Errorf("sim: kill: no device %q", id)
+	}
+	if f.proxy == nil {
+		return errors.New("sim: kill needs the proxy (Options.Proxy) to cut the link first")
+	}
+	release := f.proxy.hold(id)
+	err := m.stop()
+	release()
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.restarts++
+	m.mu.Unlock()
+	f.counts.restarts.Add(1)
+	return m.start(ctx)
+}
+
+// ControlPlaneDir is the in-process control plane's data directory (its
+// store is DataDir/db); "" with a remote one.
+func (f *Fleet) ControlPlaneDir() string {
+	if f.opts.Remote != nil {
+		return ""
+	}
+	return filepath.Join(f.opts.Dir, "cp")
+}
+
 // StopAgents stops every agent and waits for them, leaving the control
 // plane running (benchmarks measure a baseline after the agents).
 func (f *Fleet) StopAgents() error {
