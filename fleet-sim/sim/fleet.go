@@ -619,17 +619,21 @@ func (f *Fleet) Kill(ctx context.Context, id string) error {
 	if f.proxy == nil {
 		return errors.New("sim: kill needs the proxy (Options.Proxy) to cut the link first")
 	}
+	t0 := time.Now()
 	release := f.proxy.hold(id)
 	err := m.stop()
 	release()
 	if err != nil {
 		return err
 	}
+	stopped := time.Since(t0)
 	m.mu.Lock()
 	m.restarts++
 	m.mu.Unlock()
 	f.counts.restarts.Add(1)
-	return m.start(ctx)
+	err = m.start(ctx)
+	f.log.Info("agent killed and restarted", "device", id, "stop", stopped, "start", time.Since(t0)-stopped, "err", err)
+	return err
 }
 
 // ControlPlaneDir is the in-process control plane's data directory (its

@@ -142,3 +142,26 @@ edgefleet_other_total 9
 	assert.Equal(t, Drops{BrokerSubscription: 3, BrokerClient: 1, Ingest: 7}, d)
 	assert.Error(t, parseDrops("edgefleet_broker_client_dropped_total x\n", &d))
 }
+
+// The heap swings by hundreds of MiB with the work in flight; its trend is
+// fitted through the floor under the swings, so a slow leak shows and the
+// swings do not.
+func TestHeapTrendFollowsTheFloor(t *testing.T) {
+	var b Bounds
+	b.setDefaults()
+	heap := func(leakPerMin float64) []Resource {
+		rs := readings(600, func(int, float64) int { return 3000 })
+		for i := range rs {
+			swing := float64((i*7919)%300) * (1 << 20) // 0..300 MiB, scattered
+			rs[i].HeapLive = uint64(500<<20 + swing + leakPerMin*rs[i].At/60)
+		}
+		return rs
+	}
+	flat := trendOf(trends(heap(0), 0, 100, b), "heap")
+	assert.True(t, flat.OK, "%s", flat)
+	assert.Less(t, math.Abs(flat.SlopePerMin), float64(1<<20), "%s", flat)
+
+	leak := trendOf(trends(heap(20<<20), 0, 100, b), "heap")
+	assert.False(t, leak.OK, "%s", leak)
+	assert.InDelta(t, 20<<20, leak.SlopePerMin, 2<<20, "%s", leak)
+}

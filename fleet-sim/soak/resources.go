@@ -141,7 +141,7 @@ type Bounds struct {
 	GoroutineFrac   float64 // default 0.005
 	FDFloor         float64 // per min; default 2
 	FDFraction      float64 // default 0.01
-	StorePerAgent   float64 // bytes per agent per min; default 8 KiB
+	StorePerAgent   float64 // bytes per agent per min; default 16 KiB
 	StoreFloor      float64 // bytes/min; default 4 MiB
 	DisableResource bool    // report the trends, enforce none
 }
@@ -154,7 +154,7 @@ const (
 	DefaultGoroutineFrac  = 0.005
 	DefaultFDFloor        = 2
 	DefaultFDFraction     = 0.01
-	DefaultStorePerAgent  = 8 << 10
+	DefaultStorePerAgent  = 16 << 10
 	DefaultStoreFloor     = 4 << 20
 )
 
@@ -188,8 +188,9 @@ func trends(rs []Resource, warmup float64, agents int, b Bounds) []Trend {
 		fds = append(fds, float64(r.FDs))
 		st = append(st, float64(r.StoreBytes))
 	}
+	hx, hy := floors(xs, heap, trendWindows)
 	out := []Trend{
-		fitTrend("heap", "bytes", xs, heap),
+		fitTrend("heap", "bytes", hx, hy),
 		fitTrend("goroutines", "", xs, gor),
 		fitTrend("fds", "", xs, fds),
 		fitTrend("store", "bytes", xs, st),
@@ -216,7 +217,8 @@ func trends(rs []Resource, warmup float64, agents int, b Bounds) []Trend {
 	return out
 }
 
-// minTrendSamples is the fewest readings a trend is judged on.
+// minTrendSamples is the fewest readings (floors for the heap) a trend is
+// judged on.
 const minTrendSamples = 10
 
 // maxPairs bounds the pairs theilSen looks at: beyond it, readings are
@@ -254,4 +256,32 @@ func median(vs []float64) float64 {
 		return (vs[m-1] + vs[m]) / 2
 	}
 	return vs[m]
+}
+
+// trendWindows is how many windows the heap readings are cut into.
+const trendWindows = 15
+
+// floors cuts the readings into n windows of equal time and keeps the
+// lowest reading of each (at its time). The live heap swings by hundreds
+// of megabytes with the downloads and rollouts in flight; a leak raises
+// the floor under the swings, so the heap's trend is fitted through the
+// floors.
+func floors(xs, ys []float64, n int) (fx, fy []float64) {
+	if len(xs) < 2*n {
+		return xs, ys
+	}
+	span := (xs[len(xs)-1] - xs[0]) / float64(n)
+	for w := range n {
+		lo, hi := xs[0]+span*float64(w), xs[0]+span*float64(w+1)
+		best := -1
+		for i, x := range xs {
+			if x >= lo && (x < hi || w == n-1) && (best < 0 || ys[i] < ys[best]) {
+				best = i
+			}
+		}
+		if best >= 0 {
+			fx, fy = append(fx, xs[best]), append(fy, ys[best])
+		}
+	}
+	return fx, fy
 }

@@ -92,7 +92,7 @@ type Faults struct {
 	BrokerEvery time.Duration
 	BrokerDown  time.Duration
 	// Control plane restart, its embedded broker with it, down for
-	// ControlPlaneDown; default every 4m, down 2s. Each restart is also a
+	// ControlPlaneDown; default every 2m, down 2s. Each restart is also a
 	// telemetry check (the stopped control plane's store is read).
 	ControlPlaneEvery time.Duration
 	ControlPlaneDown  time.Duration
@@ -156,7 +156,7 @@ func (o *Options) setDefaults() error {
 	}
 	def(&f.BrokerEvery, 3*time.Minute)
 	def(&f.BrokerDown, 3*time.Second)
-	def(&f.ControlPlaneEvery, 4*time.Minute)
+	def(&f.ControlPlaneEvery, 2*time.Minute)
 	def(&f.ControlPlaneDown, 2*time.Second)
 	def(&f.PartitionEvery, time.Minute)
 	def(&f.PartitionDown, 15*time.Second)
