@@ -33,8 +33,11 @@ type Report struct {
 	Passed     bool        `json:"passed"`
 	Invariants []Invariant `json:"invariants"`
 
-	Faults   []Fault       `json:"faults"`
-	Rollouts RolloutCounts `json:"rollouts"`
+	Faults []Fault `json:"faults"`
+	// FaultsSkipped counts planned faults skipped because the schedule ran
+	// late past the end of the chaos.
+	FaultsSkipped int           `json:"faults_skipped"`
+	Rollouts      RolloutCounts `json:"rollouts"`
 
 	// ServedChecks is how many inference answers were checked against the
 	// devices' histories; DesiredStates how many desired states the wire
@@ -127,7 +130,7 @@ func (r *Report) judge() {
 	for _, k := range FaultKinds {
 		allKinds = allKinds && counts[k] > 0
 	}
-	add("chaos-injected", allKinds && failed == 0, "%s; %d failed to inject", strings.Join(kinds, ", "), failed)
+	add("chaos-injected", allKinds && failed == 0, "%s; %d failed to inject, %d skipped (the schedule ran late)", strings.Join(kinds, ", "), failed, r.FaultsSkipped)
 
 	ro := r.Rollouts
 	add("rollouts-end", ro.Started > 0 && len(ro.Stuck) == 0,

@@ -208,7 +208,9 @@ type soak struct {
 	resources  []Resource
 	rollouts   RolloutCounts
 	drops      Drops
-	errs       []string // harness errors worth reporting (not invariants)
+	killing    map[string]bool // devices a kill is working on
+	skipped    int             // planned faults skipped at the end of the chaos
+	errs       []string        // harness errors worth reporting (not invariants)
 
 	violationCount atomic.Uint64
 	servedChecks   atomic.Uint64
@@ -243,7 +245,8 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("soak: %w", err)
 	}
-	s := &soak{opts: opts, hist: newHistory(), led: newLedger(), rng: rand.New(rand.NewPCG(opts.Seed, 0x50a4)), out: opts.Progress}
+	s := &soak{opts: opts, hist: newHistory(), led: newLedger(), rng: rand.New(rand.NewPCG(opts.Seed, 0x50a4)), out: opts.Progress,
+		killing: map[string]bool{}}
 	f, err := sim.New(sim.Options{
 		Dir:               opts.Dir,
 		Devices:           devices,
@@ -598,6 +601,7 @@ func (s *soak) finish(rep *Report, stopErr error) {
 	rep.Resources = s.resources
 	rep.Rollouts = s.rollouts
 	rep.Drops = s.drops
+	rep.FaultsSkipped = s.skipped
 	rep.HarnessErrors = s.errs
 	s.mu.Unlock()
 	rep.ViolationCount = s.violationCount.Load()
