@@ -23,6 +23,7 @@ func runSoak(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	reportDir := fs.String("report", "", "directory for report.json, report.txt and chart.svg (default soak-report/<UTC time>)")
 	workDir := fs.String("work-dir", "", "fleet state directory (default: a temporary one, removed afterwards)")
 	ortLib := fs.String("ort-lib", "", "path of libonnxruntime.so.1 (default: searched)")
+	onDisk := fs.Bool("agent-store-on-disk", false, "keep the agents' shared state in a badger on disk with synced commits (default: in memory)")
 	quiet := fs.Bool("quiet", false, "no progress output")
 	logLevel := fs.String("log-level", "", "log the simulator and control plane at this level to stderr (debug, info, warn, error)")
 	if err := fs.Parse(args); err != nil {
@@ -46,7 +47,8 @@ func runSoak(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if out == "" {
 		out = filepath.Join("soak-report", time.Now().UTC().Format("20060102T150405Z"))
 	}
-	opts := soak.Options{Agents: *agents, Duration: *duration, Seed: *seed, Dir: dir, ReportDir: out, ORTLibrary: *ortLib, Progress: stdout}
+	opts := soak.Options{Agents: *agents, Duration: *duration, Seed: *seed, Dir: dir, ReportDir: out, ORTLibrary: *ortLib, Progress: stdout,
+		AgentStoreOnDisk: *onDisk}
 	if *quiet {
 		opts.Progress = nil
 	}

@@ -18,13 +18,17 @@ import (
 // Report is what a soak found. Times in it are seconds since the chaos
 // started (the initial deployment comes before).
 type Report struct {
-	Agents   int       `json:"agents"`
-	Sites    int       `json:"sites"`
-	Duration string    `json:"chaos_duration"`
-	Seed     uint64    `json:"seed"`
-	Started  time.Time `json:"started"`
-	Ended    time.Time `json:"ended"`
-	Bounds   Bounds    `json:"bounds"`
+	Agents   int    `json:"agents"`
+	Sites    int    `json:"sites"`
+	Duration string `json:"chaos_duration"`
+	Seed     uint64 `json:"seed"`
+	// Heartbeat is the agents' telemetry interval; AgentStore "memory"
+	// or "disk" (Options.AgentStoreOnDisk).
+	Heartbeat  string    `json:"heartbeat"`
+	AgentStore string    `json:"agent_store"`
+	Started    time.Time `json:"started"`
+	Ended      time.Time `json:"ended"`
+	Bounds     Bounds    `json:"bounds"`
 	// LastFault is when the chaos phase ended; Warmup when the resource
 	// trends begin.
 	LastFault float64 `json:"last_fault_s"`
@@ -167,8 +171,8 @@ func (r *Report) WriteText(w io.Writer) {
 	if !r.Passed {
 		verdict = "FAILED"
 	}
-	fmt.Fprintf(w, "soak %s: %d agents in %d sites, chaos %s (last fault at %.0fs), seed %d, %s → %s\n",
-		verdict, r.Agents, r.Sites, r.Duration, r.LastFault, r.Seed, r.Started.Format(time.RFC3339), r.Ended.Format(time.RFC3339))
+	fmt.Fprintf(w, "soak %s: %d agents in %d sites (heartbeat %s, agent store in %s), chaos %s (last fault at %.0fs), seed %d, %s → %s\n",
+		verdict, r.Agents, r.Sites, r.Heartbeat, r.AgentStore, r.Duration, r.LastFault, r.Seed, r.Started.Format(time.RFC3339), r.Ended.Format(time.RFC3339))
 	for _, inv := range r.Invariants {
 		mark := "ok  "
 		if !inv.OK {

@@ -44,8 +44,16 @@ type Options struct {
 	ReportDir string
 	// Seed makes the schedule, the picks and the traffic repeatable.
 	Seed uint64
-	// Heartbeat is the agents' telemetry interval; default 2s.
+	// Heartbeat is the agents' telemetry interval; default 3s.
 	Heartbeat time.Duration
+	// AgentStoreOnDisk keeps the agents' shared state in a badger on disk
+	// with synced commits. By default it is in memory: the store outlives
+	// every agent (a killed agent's successor finds what it wrote, as
+	// after kill -9, where the page cache survives too), and a thousand
+	// agents' synced writes through one shared badger — an msync of its
+	// 2 GiB value log each — saturate a 2-core machine long before the
+	// control plane (a device has a small badger of its own).
+	AgentStoreOnDisk bool
 	// TrafficRate is inferences per device per second; default 1. A
 	// LabelFraction of them get their label 2s later; default 0.2.
 	TrafficRate   float64
@@ -136,7 +144,7 @@ func (o *Options) setDefaults() error {
 	}
 	def(&o.Duration, 3*time.Minute)
 	def(&o.Warmup, o.Duration/4)
-	def(&o.Heartbeat, 2*time.Second)
+	def(&o.Heartbeat, 3*time.Second)
 	if o.TrafficRate <= 0 {
 		o.TrafficRate = 1
 	}
@@ -254,6 +262,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		ORTLibrary:        opts.ORTLibrary,
 		Proxy:             true,
 		Transport:         sim.TransportMemory,
+		InMemoryStore:     !opts.AgentStoreOnDisk,
 		HeartbeatInterval: opts.Heartbeat,
 		Logger:            opts.Logger,
 		AgentLogger:       opts.AgentLogger,
@@ -282,7 +291,10 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 func (s *soak) run(ctx context.Context) (*Report, error) {
 	o := s.opts
 	rep := &Report{Agents: len(s.fleet.Members()), Sites: o.Sites, Duration: o.Duration.String(), Seed: o.Seed,
-		Started: time.Now().UTC(), Bounds: o.Bounds}
+		Started: time.Now().UTC(), Bounds: o.Bounds, Heartbeat: o.Heartbeat.String(), AgentStore: "memory"}
+	if o.AgentStoreOnDisk {
+		rep.AgentStore = "disk"
+	}
 	s.progress("preparing %d agents in %d sites", rep.Agents, o.Sites)
 	if err := s.fleet.Prepare(ctx); err != nil {
 		return nil, fmt.Errorf("soak: %w", err)
