@@ -560,12 +560,21 @@ func (m *Member) start(ctx context.Context) error {
 	}
 }
 
-// agentStopTimeout bounds how long one agent may take to stop.
-const agentStopTimeout = 30 * time.Second
+// agentStopTimeout bounds how long one agent may take to stop;
+// killStopTimeout how long a killed one may (Kill is a chaos tool, and a
+// soak on a machine with a load average of 20 saw a stop take 19 s: a
+// kill that gives up leaves the device without an agent).
+const (
+	agentStopTimeout = 30 * time.Second
+	killStopTimeout  = 3 * time.Minute
+)
 
 // stop stops the member's agent and waits for it; it is a no-op when the
 // agent is not running.
-func (m *Member) stop() error {
+func (m *Member) stop() error { return m.stopWithin(agentStopTimeout) }
+
+// stopWithin is stop with its own bound.
+func (m *Member) stopWithin(limit time.Duration) error {
 	m.mu.Lock()
 	cancel, done := m.cancel, m.done
 	m.cancel, m.done = nil, nil
@@ -580,8 +589,8 @@ func (m *Member) stop() error {
 			return fmt.Errorf("sim: agent %s: %w", m.Device.ID, err)
 		}
 		return nil
-	case <-time.After(agentStopTimeout):
-		return fmt.Errorf("sim: agent %s did not stop within %v", m.Device.ID, agentStopTimeout)
+	case <-time.After(limit):
+		return fmt.Errorf("sim: agent %s did not stop within %v", m.Device.ID, limit)
 	}
 }
 
@@ -621,7 +630,7 @@ func (f *Fleet) Kill(ctx context.Context, id string) error {
 	}
 	t0 := time.Now()
 	release := f.proxy.hold(id)
-	err := m.stop()
+	err := m.stopWithin(killStopTimeout)
 	release()
 	if err != nil {
 		return err
