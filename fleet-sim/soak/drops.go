@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -95,4 +98,61 @@ func parseDrops(text string, d *Drops) error {
 		*field(d) += uint64(v)
 	}
 	return sc.Err()
+}
+
+// dropWatch reads the running control plane's drop counters now and then;
+// when the broker's subscription drops grow (reports acknowledged and lost
+// today), it writes a goroutine profile into the report directory, so the
+// report says where the control plane's ingest was stuck. At most
+// maxDumps profiles per soak.
+type dropWatch struct {
+	srv  any    // the control plane the last reading was of
+	last uint64 // its subscription drops then
+	// dumps are the profiles written.
+	dumps []string
+}
+
+const maxDumps = 3
+
+// watchDrops is called by the sampler.
+func (s *soak) watchDrops(ctx context.Context, w *dropWatch) {
+	srv := s.fleet.Server()
+	if srv == nil || s.opts.ReportDir == "" || len(w.dumps) >= maxDumps {
+		return
+	}
+	c, err := client.New(srv.APIURL(), client.Options{Token: s.fleet.APIToken()})
+	if err != nil {
+		return
+	}
+	defer c.CloseIdleConnections()
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	text, err := c.Metrics(cctx)
+	if err != nil {
+		return
+	}
+	var d Drops
+	if parseDrops(text, &d) != nil {
+		return
+	}
+	if any(srv) != w.srv {
+		w.srv, w.last = srv, 0
+	}
+	if d.BrokerSubscription <= w.last {
+		return
+	}
+	w.last = d.BrokerSubscription
+	name := filepath.Join(s.opts.ReportDir, fmt.Sprintf("goroutines-at-%.0fs.txt", s.since()))
+	if err := os.MkdirAll(s.opts.ReportDir, 0o755); err != nil {
+		return
+	}
+	f, err := os.Create(name)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "the embedded broker had dropped %d acknowledged messages from full subscription queues\n\n", d.BrokerSubscription)
+	_ = pprof.Lookup("goroutine").WriteTo(f, 1)
+	w.dumps = append(w.dumps, name)
+	s.progress("broker subscription drops at %d: goroutine profile in %s", d.BrokerSubscription, name)
 }

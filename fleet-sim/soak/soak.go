@@ -411,8 +411,13 @@ func (s *soak) sampleLoop(ctx context.Context) {
 	t := time.NewTicker(s.opts.SampleEvery)
 	defer t.Stop()
 	cpDir := s.fleet.ControlPlaneDir()
-	last := time.Now()
+	last, lastWatch := time.Now(), time.Now()
+	var watch dropWatch
 	for {
+		if time.Since(lastWatch) >= 5*time.Second {
+			lastWatch = time.Now()
+			s.watchDrops(ctx, &watch)
+		}
 		s.sampleDevices()
 		r := readResource(s.since(), cpDir)
 		s.mu.Lock()
