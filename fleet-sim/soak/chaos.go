@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -329,12 +330,17 @@ func (s *soak) follow(ctx context.Context, id string, rollback bool) api.Rollout
 				rolledBack = true
 			}
 		case time.Since(t0) > rolloutBound:
+			why := ro.Reason
+			if ro.Stage >= 0 && ro.Stage < len(ro.Stages) && ro.Stages[ro.Stage].Waiting != "" {
+				why = "waiting for " + ro.Stages[ro.Stage].Waiting
+			}
+			why += "; devices on the way to " + ro.Spec.Version + ": " + s.updating(ro.Spec.Version)
 			s.mu.Lock()
 			if len(s.rollouts.Stuck) < 10 {
-				s.rollouts.Stuck = append(s.rollouts.Stuck, fmt.Sprintf("%s to %s at %.0fs: %s stage %d (%s)", id, ro.Spec.Version, s.since(), ro.State, ro.Stage, ro.Reason))
+				s.rollouts.Stuck = append(s.rollouts.Stuck, fmt.Sprintf("%s to %s at %.0fs: %s stage %d (%s)", id, ro.Spec.Version, s.since(), ro.State, ro.Stage, why))
 			}
 			s.mu.Unlock()
-			s.noteErr("rollout %s to %s did not end within %v (%s, stage %d: %s); aborting it", id, ro.Spec.Version, rolloutBound, ro.State, ro.Stage, ro.Reason)
+			s.noteErr("rollout %s to %s did not end within %v (%s, stage %d: %s); aborting it", id, ro.Spec.Version, rolloutBound, ro.State, ro.Stage, why)
 			if _, err := s.fleet.ControlPlane().RolloutAction(ctx, id, api.ActionAbort, api.RollbackRequest{}, "soak"); err != nil {
 				s.noteErr("abort %s: %v", id, err)
 			}
@@ -383,4 +389,25 @@ func (s *soak) majorityVersion(def string) string {
 		}
 	}
 	return best
+}
+
+// updating says where the devices updating to version are: how many in
+// each phase, and a few that refused it with their reason.
+func (s *soak) updating(version string) string {
+	phases := map[string]int{}
+	var refused []string
+	for _, m := range s.fleet.Members() {
+		st := status(m)
+		switch {
+		case st.Target == version:
+			phases[string(st.Phase)]++
+		case st.FailedVersion == version && len(refused) < 3:
+			refused = append(refused, fmt.Sprintf("%s refused it: %s", m.Device.ID, st.FailureReason))
+		}
+	}
+	out := fmt.Sprintf("%v", phases)
+	if len(refused) > 0 {
+		out += "; " + strings.Join(refused, "; ")
+	}
+	return out
 }
