@@ -138,7 +138,9 @@ type ledger struct {
 }
 
 type deviceLedger struct {
-	pending map[uint64]bool // acknowledged, not yet found persisted
+	// pending holds the acknowledged seqs not yet found persisted; true
+	// once a check found one missing inside the control plane's window.
+	pending map[uint64]bool
 	// done holds the recent seqs already confirmed or given up (pruned to
 	// doneSpan below high): a resend acknowledged again is not counted
 	// twice, and the ledger stays bounded (the soak's own heap is
@@ -195,10 +197,10 @@ func (l *ledger) acked(conn uint64, device string, id uint16) {
 		d = &deviceLedger{pending: map[uint64]bool{}, done: map[uint64]bool{}}
 		l.devices[device] = d
 	}
-	if d.pending[seq] || d.done[seq] || (d.high > doneSpan && seq < d.high-doneSpan) {
+	if _, ok := d.pending[seq]; ok || d.done[seq] || (d.high > doneSpan && seq < d.high-doneSpan) {
 		return
 	}
-	d.pending[seq] = true
+	d.pending[seq] = false
 	d.acked++
 	d.high = max(d.high, seq)
 }
@@ -219,21 +221,24 @@ type TelemetryCheck struct {
 	Why string  `json:"why"`
 	// Acked is the distinct reports acknowledged so far, Confirmed those
 	// found persisted so far, Missing those acknowledged and inside the
-	// control plane's window but not persisted now, Unverifiable those
-	// that left the window before they were found.
+	// control plane's window but not persisted now, Lost those a check
+	// found missing that then left the window unseen (so far),
+	// Unverifiable those that left the window before any check saw them
+	// (a killed agent's successor skips up to 1,024 seqs).
 	Acked        uint64 `json:"acked"`
 	Confirmed    uint64 `json:"confirmed"`
 	Missing      uint64 `json:"missing"`
+	Lost         uint64 `json:"lost"`
 	Unverifiable uint64 `json:"unverifiable"`
 	// MissingDevices names a few devices with missing reports.
 	MissingDevices []string `json:"missing_devices,omitempty"`
 }
 
 // check compares the pending reports with the persisted windows: a report
-// found is confirmed and forgotten; one below a window can no longer be
-// told apart and counts as unverifiable; one inside a window but not seen
-// stays pending (a later check may find it: a resend) and is counted
-// missing in this check.
+// found is confirmed and forgotten; one inside a window but not seen stays
+// pending (a later check may find it: a resend) and is counted missing in
+// this check; one below a window can no longer be looked up: lost if an
+// earlier check found it missing, unverifiable if none had looked.
 func (l *ledger) check(persisted map[string]seqWindow, at float64, why string, tot *TelemetryCheck) TelemetryCheck {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -248,7 +253,7 @@ func (l *ledger) check(persisted map[string]seqWindow, at float64, why string, t
 		c.Acked += d.acked
 		w, ok := persisted[id]
 		missing := false
-		for seq := range d.pending {
+		for seq, seenMissing := range d.pending {
 			if !ok {
 				missing = true
 				c.Missing++
@@ -260,12 +265,17 @@ func (l *ledger) check(persisted map[string]seqWindow, at float64, why string, t
 				delete(d.pending, seq)
 				d.done[seq] = true
 			case seqBelow:
-				tot.Unverifiable++
+				if seenMissing {
+					tot.Lost++
+				} else {
+					tot.Unverifiable++
+				}
 				delete(d.pending, seq)
 				d.done[seq] = true
 			default:
 				missing = true
 				c.Missing++
+				d.pending[seq] = true
 			}
 		}
 		for seq := range d.done {
@@ -277,7 +287,7 @@ func (l *ledger) check(persisted map[string]seqWindow, at float64, why string, t
 			c.MissingDevices = append(c.MissingDevices, id)
 		}
 	}
-	c.Confirmed, c.Unverifiable = tot.Confirmed, tot.Unverifiable
+	c.Confirmed, c.Lost, c.Unverifiable = tot.Confirmed, tot.Lost, tot.Unverifiable
 	return c
 }
 

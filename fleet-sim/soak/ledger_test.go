@@ -129,9 +129,11 @@ func TestLedgerCheck(t *testing.T) {
 	assert.Equal(t, uint64(3), c.Confirmed, "11 arrived since")
 	assert.Equal(t, uint64(1), c.Missing, "12 still missing")
 
+	ack(3, 14) // acknowledged after the last check, never looked up in a window
 	c = l.check(map[string]seqWindow{"dev-1": win(13+2000, 2013)}, 3, "final", &tot)
 	assert.Equal(t, uint64(0), c.Missing)
-	assert.Equal(t, uint64(1), c.Unverifiable, "12 fell out of the window unseen")
+	assert.Equal(t, uint64(1), c.Lost, "12 was missing at a check and left the window unseen")
+	assert.Equal(t, uint64(1), c.Unverifiable, "14 left the window before any check could look")
 	assert.Equal(t, uint64(3), c.Confirmed)
 }
 

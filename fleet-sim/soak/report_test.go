@@ -85,20 +85,21 @@ func TestJudge(t *testing.T) {
 	require.True(t, r.Passed, "%+v", r.Failed())
 
 	for name, spoil := range map[string]func(*Report){
-		"served-only-assigned":    func(r *Report) { r.ViolationCount = 1 },
-		"converged":               func(r *Report) { r.Convergence.Converged = false },
-		"no-acked-telemetry-lost": func(r *Report) { r.TelemetryChecks[0].Missing = 1 },
-		"chaos-injected":          func(r *Report) { r.Faults = r.Faults[1:] },
-		"rollouts-end":            func(r *Report) { r.Rollouts.Stuck = []string{"r1"} },
-		"no-failed-inference":     func(r *Report) { r.Traffic.Failed = 1 },
-		"no-leak-after-stop":      func(r *Report) { r.LeakError = "leak" },
+		"served-only-assigned":     func(r *Report) { r.ViolationCount = 1 },
+		"converged":                func(r *Report) { r.Convergence.Converged = false },
+		"no-acked-telemetry-lost":  func(r *Report) { r.TelemetryChecks[0].Missing = 1 },
+		"no-acked-telemetry-lost ": func(r *Report) { r.TelemetryChecks[0].Lost = 1 },
+		"chaos-injected":           func(r *Report) { r.Faults = r.Faults[1:] },
+		"rollouts-end":             func(r *Report) { r.Rollouts.Stuck = []string{"r1"} },
+		"no-failed-inference":      func(r *Report) { r.Traffic.Failed = 1 },
+		"no-leak-after-stop":       func(r *Report) { r.LeakError = "leak" },
 	} {
 		r := good()
 		spoil(r)
 		r.judge()
 		assert.False(t, r.Passed, name)
 		require.Len(t, r.Failed(), 1, name)
-		assert.Equal(t, name, r.Failed()[0].Name)
+		assert.Equal(t, strings.TrimSpace(name), r.Failed()[0].Name)
 	}
 	r = good()
 	r.TelemetryChecks = nil

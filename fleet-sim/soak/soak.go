@@ -643,8 +643,8 @@ func (s *soak) telemetryCheck(why string) {
 	c := s.led.check(persisted, s.since(), why, &s.totals)
 	s.checks = append(s.checks, c)
 	s.mu.Unlock()
-	s.progress("telemetry check (%s): %d acknowledged, %d confirmed persisted, %d missing now, %d unverifiable",
-		why, c.Acked, c.Confirmed, c.Missing, c.Unverifiable)
+	s.progress("telemetry check (%s): %d acknowledged, %d confirmed persisted, %d missing now, %d lost, %d unverifiable",
+		why, c.Acked, c.Confirmed, c.Missing, c.Lost, c.Unverifiable)
 }
 
 // status is the member's status of the soak's model.
