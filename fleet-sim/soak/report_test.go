@@ -13,11 +13,11 @@ import (
 	"github.com/edgefleet/edgefleet/fleet-sim/sim"
 )
 
-// readings makes n readings every 2 s with goroutines from f.
+// readings makes n readings every 3 s with goroutines from f.
 func readings(n int, f func(i int, at float64) int) []Resource {
 	out := make([]Resource, n)
 	for i := range out {
-		at := float64(i) * 2
+		at := float64(i) * 3
 		out[i] = Resource{At: at, HeapLive: 100 << 20, Goroutines: f(i, at), FDs: 30, StoreBytes: 1 << 20}
 	}
 	return out
@@ -55,9 +55,13 @@ func TestTrendsCatchALeakAndIgnoreOutageDips(t *testing.T) {
 	assert.True(t, g.OK, "%s", g)
 	assert.InDelta(t, 0, g.SlopePerMin, 1)
 
-	// Too few readings are not judged; a negative bound turns a check off.
+	// Too few readings, or too short a stretch, are not judged; a negative
+	// bound turns a check off.
 	few := trends(readings(5, func(_ int, at float64) int { return int(at * 100) }), 0, 100, b)
 	assert.True(t, trendOf(few, "goroutines").OK)
+	short := trendOf(trends(readings(100, func(_ int, at float64) int { return int(at * 100) }), 0, 100, b), "goroutines")
+	assert.True(t, short.OK, "%s", short)
+	assert.Contains(t, short.NotJudged, "less than 10m0s")
 	b.GoroutineFloor = -1
 	off := trends(readings(300, func(_ int, at float64) int { return int(at * 100) }), 0, 100, b)
 	assert.True(t, trendOf(off, "goroutines").OK)

@@ -10,6 +10,7 @@ import (
 	"runtime/metrics"
 	"slices"
 	"syscall"
+	"time"
 )
 
 // Resource is one reading of the process (control plane, broker and every
@@ -88,11 +89,15 @@ type Trend struct {
 	Intercept float64 `json:"intercept"`
 	Bound     float64 `json:"bound_per_min"`
 	OK        bool    `json:"ok"`
+	// NotJudged says why the trend was reported but not judged.
+	NotJudged string `json:"not_judged,omitempty"`
 }
 
 func (t Trend) String() string {
 	verdict := "ok"
 	switch {
+	case t.NotJudged != "":
+		verdict = "not judged: " + t.NotJudged
 	case t.Bound == 0:
 		verdict = "not enforced"
 	case !t.OK:
@@ -144,6 +149,11 @@ type Bounds struct {
 	StorePerAgent   float64 // bytes per agent per min; default 16 KiB
 	StoreFloor      float64 // bytes/min; default 4 MiB
 	DisableResource bool    // report the trends, enforce none
+	// MinWindow is the shortest stretch after the warm-up a trend is
+	// judged on; default 10 minutes. Over a shorter one the swings of the
+	// work in flight (hundreds of MiB of heap, a rollout's records in the
+	// store) outweigh any leak, so a short soak reports its trends only.
+	MinWindow time.Duration
 }
 
 // The default bounds (docs/testing.md explains them).
@@ -156,6 +166,7 @@ const (
 	DefaultFDFraction     = 0.01
 	DefaultStorePerAgent  = 16 << 10
 	DefaultStoreFloor     = 4 << 20
+	DefaultMinWindow      = 10 * time.Minute
 )
 
 func (b *Bounds) setDefaults() {
@@ -172,6 +183,9 @@ func (b *Bounds) setDefaults() {
 	def(&b.FDFraction, DefaultFDFraction)
 	def(&b.StorePerAgent, DefaultStorePerAgent)
 	def(&b.StoreFloor, DefaultStoreFloor)
+	if b.MinWindow == 0 {
+		b.MinWindow = DefaultMinWindow
+	}
 }
 
 // trends fits every resource after warmup seconds and judges each against
@@ -207,9 +221,19 @@ func trends(rs []Resource, warmup float64, agents int, b Bounds) []Trend {
 	if b.StoreFloor >= 0 && b.StorePerAgent >= 0 {
 		out[3].Bound = math.Max(b.StoreFloor, b.StorePerAgent*float64(agents))
 	}
+	short := ""
+	if len(xs) > 0 {
+		if span := time.Duration((xs[len(xs)-1] - xs[0]) * float64(time.Second)); span < b.MinWindow {
+			short = fmt.Sprintf("%v after the warm-up, less than %v", span.Round(time.Second), b.MinWindow)
+		}
+	}
 	for i := range out {
 		if b.DisableResource {
 			out[i].Bound = 0
+		}
+		if short != "" && out[i].Bound != 0 {
+			out[i].NotJudged = short
+			continue
 		}
 		// Too few readings to fit a line say nothing: not judged.
 		out[i].OK = out[i].Bound == 0 || out[i].Samples < minTrendSamples || out[i].SlopePerMin <= out[i].Bound
