@@ -559,36 +559,60 @@ func (s *soak) settled() (Convergence, int) {
 type Drain struct {
 	Drained bool    `json:"drained"`
 	Seconds float64 `json:"seconds"`
-	Queued  int     `json:"queued_left"`
+	Queued  int     `json:"queued_left"` // -1: could not be read
 	Dropped uint64  `json:"dropped_by_outboxes"`
 }
 
 // drain waits until every agent's outbox was seen empty once (new reports
-// keep coming), at most ConvergeStall.
+// keep coming), at most ConvergeStall. An outbox's length waits for its
+// store, which a thousand agents sharing one badger on a starved machine
+// held for minutes: each pass runs aside, and a pass that does not end in
+// time ends the drain (Drained false, Queued -1), not the soak.
 func (s *soak) drain(ctx context.Context) Drain {
+	type passResult struct {
+		empty   []string
+		queued  int
+		dropped uint64
+	}
 	t0 := time.Now()
 	empty := map[string]bool{}
 	for {
-		d := Drain{Seconds: time.Since(t0).Seconds()}
-		for _, m := range s.fleet.Members() {
-			a := m.Agent()
-			if a == nil {
-				continue
+		pass := make(chan passResult, 1)
+		go func() { // may outlive the drain when the store is stuck; it ends with the store
+			var r passResult
+			for _, m := range s.fleet.Members() {
+				a := m.Agent()
+				if a == nil {
+					continue
+				}
+				q := a.QueuedReports()
+				r.dropped += a.ReportsDropped()
+				if q == 0 {
+					r.empty = append(r.empty, m.Device.ID)
+				} else {
+					r.queued += q
+				}
 			}
-			q := a.QueuedReports()
-			d.Dropped += a.ReportsDropped()
-			if q == 0 {
-				empty[m.Device.ID] = true
-			} else if !empty[m.Device.ID] {
-				d.Queued += q
+			pass <- r
+		}()
+		select {
+		case r := <-pass:
+			for _, id := range r.empty {
+				empty[id] = true
 			}
-		}
-		if len(empty) == len(s.fleet.Members()) {
-			d.Drained, d.Queued = true, 0
-			return d
-		}
-		if time.Since(t0) > s.opts.ConvergeStall || ctx.Err() != nil {
-			return d
+			d := Drain{Seconds: time.Since(t0).Seconds(), Queued: r.queued, Dropped: r.dropped}
+			if len(empty) == len(s.fleet.Members()) {
+				d.Drained, d.Queued = true, 0
+				return d
+			}
+			if time.Since(t0) > s.opts.ConvergeStall || ctx.Err() != nil {
+				return d
+			}
+		case <-time.After(max(s.opts.ConvergeStall-time.Since(t0), time.Second)):
+			s.noteErr("drain: the agents' outbox lengths could not be read within %v (their shared store is stuck)", s.opts.ConvergeStall)
+			return Drain{Seconds: time.Since(t0).Seconds(), Queued: -1}
+		case <-ctx.Done():
+			return Drain{Seconds: time.Since(t0).Seconds(), Queued: -1}
 		}
 		select {
 		case <-ctx.Done():
