@@ -116,6 +116,17 @@ type Options struct {
 	// DefaultOutboxMaxBytes.
 	OutboxMaxReports int
 	OutboxMaxBytes   int64
+	// ShadowQueue and ShadowQueueBytes bound the requests waiting to be
+	// scored by a challenger in shadow (shadow.go); a request beyond them
+	// is not shadowed (counted as skipped). Defaults DefaultShadowQueue and
+	// DefaultShadowQueueBytes.
+	ShadowQueue      int
+	ShadowQueueBytes int64
+	// ReportAckTimeout is how long a report (telemetry or status event)
+	// the broker accepted waits for the control plane's acknowledgement
+	// before it is sent again (then with doubling back-off, at most ten
+	// minutes apart). Default 30s.
+	ReportAckTimeout time.Duration
 
 	// Version is the agent's own version, reported in telemetry.
 	Version string
@@ -192,8 +203,9 @@ type Agent struct {
 	slots  map[string]*slot
 	client *mqttc.Client
 
-	mon    *monitors // nil when monitoring is disabled; see monitor.go
-	outbox *outbox   // set in open; see outbox.go
+	mon    *monitors  // nil when monitoring is disabled; see monitor.go
+	outbox *outbox    // set in open; see outbox.go
+	shadow *shadowSet // challengers scored in shadow; see shadow.go
 
 	// u is the update state: touched only by the Run goroutine.
 	u updater
@@ -218,6 +230,7 @@ type Agent struct {
 	refused       atomic.Uint64 // well-formed documents refused by a check
 	writeFailures atomic.Uint64 // writes of persisted state that failed
 	chunks        atomic.Uint64 // chunks accepted into a download (ChunksReceived)
+	telemetryMade atomic.Uint64 // telemetry reports queued (TelemetryReports)
 	ready         chan struct{}
 	runOnce       atomic.Bool
 	infAddr       atomic.Value // string
@@ -245,6 +258,7 @@ func New(opts Options) (*Agent, error) {
 	if !opts.DisableMonitoring {
 		a.mon = newMonitors(&a.opts)
 	}
+	a.shadow = newShadowSet(&a.opts)
 	return a, nil
 }
 
@@ -315,7 +329,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent started", "inference", a.InferenceAddr(), "broker", a.opts.BrokerURL)
 
 	wg.Go(func() { a.connectLoop(ctx) })
-	wg.Go(func() { a.outbox.run(ctx, time.Second, a.sendQueued) })
+	wg.Go(func() { a.outbox.run(ctx, a.sendQueued, a.connected) })
+	wg.Go(func() { a.shadowWorker(ctx) })
 	a.updateLoop(ctx)
 	return nil
 }
@@ -345,14 +360,14 @@ func (a *Agent) open() error {
 		}
 		a.rt, a.ownRT = rt, true
 	}
-	if err := a.restore(); err != nil {
-		return err
-	}
-	ob, err := openOutbox(a.kv.Namespace("outbox"), a.opts.OutboxMaxReports, a.opts.OutboxMaxBytes, a.log)
+	ob, err := openOutbox(a.kv.Namespace("outbox"), a.opts.OutboxMaxReports, a.opts.OutboxMaxBytes, a.opts.ReportAckTimeout, a.log)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
 	a.outbox = ob
+	if err := a.restore(); err != nil {
+		return err
+	}
 	if a.opts.InferenceListen != "" {
 		ln, err := net.Listen("tcp", a.opts.InferenceListen)
 		if err != nil {
@@ -381,6 +396,7 @@ func (a *Agent) close() {
 	if c != nil {
 		c.Close()
 	}
+	a.closeShadows()
 	for _, s := range slots {
 		s.closeDownload()
 		if m := s.serving.Swap(nil); m != nil {
@@ -476,8 +492,8 @@ func (a *Agent) send(ctx context.Context, ev event) {
 type PhaseHook func(ctx context.Context, model, version string, phase Phase)
 
 // ChunksReceived is how many chunks this agent has accepted into its
-// downloads since it was made: each matched the signed manifest and was not
-// a duplicate. It only grows; fleet-sim reads it to tell a slow download
+// downloads (a challenger's too) since it was made: each matched the signed
+// manifest and was not a duplicate. It only grows; fleet-sim reads it to tell a slow download
 // from a stalled one.
 func (a *Agent) ChunksReceived() uint64 { return a.chunks.Load() }
 
