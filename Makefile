@@ -21,6 +21,12 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 BIN         := $(CURDIR)/bin
 TEST_FLAGS  ?= -race -count=1 -timeout 12m
 export EDGEFLEET_ORT_LIB := $(ORT_LIB)
+# The clustered MQTT engine the NATS tests run as real processes: built from
+# its Go module at a pinned version into bin/ (not a dependency of the main
+# module: the agent and control plane never link it).
+NATS_VERSION := v2.15.3
+NATS_SERVER  := $(BIN)/nats-server
+export EDGEFLEET_NATS_SERVER := $(NATS_SERVER)
 
 .PHONY: all deps build proto proto-check demo test test-stress test-short lint fmt fuzz bench clean screenshots
 
@@ -31,6 +37,15 @@ deps: $(ORT_LIB)
 
 $(ORT_LIB): scripts/fetch-onnxruntime.sh
 	sh scripts/fetch-onnxruntime.sh
+
+## nats-server: bin/nats-server $(NATS_VERSION) (MQTT + JetStream), for the NATS cluster tests
+.PHONY: nats-server
+nats-server: $(NATS_SERVER)
+
+$(NATS_SERVER):
+	@mkdir -p $(BIN)
+	GOBIN=$(BIN) GOFLAGS=-buildvcs=false $(GO) install github.com/nats-io/nats-server/v2@$(NATS_VERSION)
+	@$(NATS_SERVER) --version | grep -q '$(patsubst v%,%,$(NATS_VERSION))' || { echo "$(NATS_SERVER) is not $(NATS_VERSION): make clean nats-server"; exit 1; }
 
 ## build: bin/edgefleet (control plane + CLI), bin/edgefleet-agent, bin/fleet-sim
 build: deps
@@ -63,7 +78,7 @@ demo: build
 # the test (mosquitto cannot bind port 0); they run after the other packages
 # so those cannot race them for ports (seen once as "Address already in use"
 # in a full parallel run).
-test: deps lint
+test: deps nats-server lint
 	$(GO) test $(TEST_FLAGS) $$($(GO) list ./... | grep -v /deploy/)
 	$(GO) test $(TEST_FLAGS) ./deploy/...
 
@@ -189,7 +204,7 @@ test-cross:
 		$(GO) test -count=1 -timeout 10m -run 'TestCross' -v ./deploy/deploytest/
 
 ## test-deploy: the deployment kit's tests (also part of make test)
-test-deploy: deps
+test-deploy: deps nats-server
 	$(GO) test $(TEST_FLAGS) ./deploy/...
 
 ## dist: cross tarballs plus the control plane (linux/amd64 + arm64) with its

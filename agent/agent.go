@@ -37,8 +37,13 @@ const eventQueue = 64
 
 // Options configure an Agent. Zero values take the documented defaults.
 type Options struct {
-	DeviceID  string
+	DeviceID string
+	// BrokerURL is the broker, or a comma-separated list of a cluster's
+	// nodes to fail over between (mqttc.Options.BrokerURL).
 	BrokerURL string
+	// QoS0Subscriptions subscribes at QoS 0 (for a NATS cluster:
+	// mqttc.Options.QoS0Subscriptions).
+	QoS0Subscriptions bool
 	// Username defaults to DeviceID; the broker requires them equal.
 	Username string
 	Password string
@@ -430,6 +435,8 @@ func (a *Agent) connectLoop(ctx context.Context) {
 			TLS:       a.opts.TLS,
 			Dial:      a.opts.MQTTDial,
 			Will:      a.presenceMessage(false),
+			// What the agent subscribes to is retained or asked for again.
+			QoS0Subscriptions: a.opts.QoS0Subscriptions,
 			MayPublish: func(topic string, retained bool) bool {
 				return a.topics.DeviceMayPublish(a.opts.DeviceID, topic, retained)
 			},

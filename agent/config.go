@@ -9,6 +9,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/edgefleet/edgefleet/internal/mqttc"
 	"github.com/edgefleet/edgefleet/internal/signing"
 )
 
@@ -19,8 +20,15 @@ import (
 // what a missing key decodes to.
 type Config struct {
 	DeviceID string `yaml:"device_id,omitempty"`
-	// BrokerURL is the MQTT broker, e.g. tcp://cp.example:1883.
+	// BrokerURL is the MQTT broker, e.g. tcp://cp.example:1883; a
+	// comma-separated list names the nodes of a clustered broker (NATS),
+	// and the agent reconnects to another node when its node dies.
 	BrokerURL string `yaml:"broker_url,omitempty"`
+	// MQTTQoS0Subscriptions subscribes at QoS 0: set it on a NATS
+	// cluster, where each QoS 1 subscription costs a replicated JetStream
+	// consumer (docs/deploy.md, "A NATS cluster"). Nothing is lost: what
+	// the agent subscribes to is retained or fetched again.
+	MQTTQoS0Subscriptions bool `yaml:"mqtt_qos0_subscriptions,omitempty"`
 	// Username defaults to DeviceID.
 	Username string `yaml:"username,omitempty"`
 	Password string `yaml:"password,omitempty"`
@@ -112,6 +120,9 @@ func (c *Config) Options() (Options, error) {
 	if c.BrokerURL == "" {
 		return o, errors.New("agent config: broker_url is required (e.g. tcp://control-plane:1883)")
 	}
+	if _, err := mqttc.BrokerURLs(c.BrokerURL, c.DeviceID); err != nil {
+		return o, fmt.Errorf("agent config: broker_url: %w", err)
+	}
 	if c.RootPublicKey == "" {
 		return o, errors.New("agent config: root_public_key is required: paste the PEM of the fleet's root public key from the provisioning bundle")
 	}
@@ -153,6 +164,7 @@ func (c *Config) Options() (Options, error) {
 		HealthPeriod:              health,
 		DeviceID:                  c.DeviceID,
 		BrokerURL:                 c.BrokerURL,
+		QoS0Subscriptions:         c.MQTTQoS0Subscriptions,
 		Username:                  c.Username,
 		Password:                  c.Password,
 		RootPublicKey:             root,

@@ -78,9 +78,17 @@ type Options struct {
 	MQTTListen string
 	// MQTTURL, if set, is an external broker (tcp://host:1883) used instead
 	// of the embedded one; the control plane connects as Username/Password.
+	// A comma-separated list names the nodes of a clustered broker (NATS):
+	// the control plane fails over between them (mqttc.Options.BrokerURL).
 	MQTTURL  string
 	Username string
 	Password string
+	// MQTTPersistentSession, with MQTTURL, keeps the control plane's
+	// session on the broker while it is away (mqttc.Options.
+	// PersistentSession): on a NATS cluster, what devices sent while the
+	// control plane failed over to another node is delivered when it is
+	// back. Its client id (Username) must then be used by nothing else.
+	MQTTPersistentSession bool
 	// ChunkBatchWindow is how long fetch requests for a version are
 	// collected before its chunks are published, so that devices starting
 	// a download together share one publish of each chunk: the chunks go
@@ -232,8 +240,8 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("controlplane: alert window %v is shorter than the %v resolution of the stored metrics; use at least %v",
 			w, monitor.DefaultRawBucket, monitor.DefaultRawBucket)
 	}
-	if opts.MQTTURL == "" && opts.Username != "" {
-		return nil, errors.New("controlplane: Username is for an external broker (MQTTURL); the embedded broker needs none")
+	if opts.MQTTURL == "" && (opts.Username != "" || opts.MQTTPersistentSession) {
+		return nil, errors.New("controlplane: Username and MQTTPersistentSession are for an external broker (MQTTURL); the embedded broker needs neither")
 	}
 	switch n := opts.IngestConnections; {
 	case n < 0 || n > bus.MaxIngestConnections:
@@ -482,7 +490,7 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 		return nil, err
 	}
 	c.ingest = ingest.New(s.scheme, s.metrics, o.Logger)
-	if c.registry, err = fleet.OpenRegistry(kv, o.Clock); err != nil {
+	if c.registry, err = fleet.OpenRegistryWith(kv, fleet.RegistryOptions{Clock: o.Clock, Bcrypt: o.MQTTURL != ""}); err != nil {
 		return nil, err
 	}
 
@@ -666,7 +674,10 @@ func (s *Server) externalOptions() mqttc.Options {
 		Username:  s.opts.Username,
 		Password:  s.opts.Password,
 		QueueSize: 4096,
-		Logger:    s.opts.Logger,
+		// The main connection only: the ingest connections (bus.AddIngest)
+		// are made with clean sessions.
+		PersistentSession: s.opts.MQTTPersistentSession,
+		Logger:            s.opts.Logger,
 	}
 }
 

@@ -51,6 +51,7 @@ func TestRouteRoles(t *testing.T) {
 		"POST /api/v1/rollouts/{id}/abort":                     RoleOperator,
 		"POST /api/v1/rollouts/{id}/rollback":                  RoleOperator,
 		"GET /api/v1/broker/mosquitto":                         RoleBroker,
+		"GET /api/v1/broker/nats":                              RoleBroker,
 		"POST /api/v1/broker/authenticate":                     RoleBroker,
 		"POST /api/v1/broker/authorize":                        RoleBroker,
 	}

@@ -176,6 +176,23 @@ type MosquittoAuth struct {
 	LegacyDevices int `json:"legacy_devices"`
 }
 
+// NATSAuth is the answer to GET /api/v1/broker/nats: the authorization
+// file every node of a NATS cluster includes (internal/natsconf), with the
+// control plane's logins and every device that can use NATS.
+type NATSAuth struct {
+	// Generation identifies this content, as MosquittoAuth's does.
+	Generation string `json:"generation"`
+	// Auth is the authorization file: bcrypt hashes and deny-by-default
+	// permissions per login.
+	Auth string `json:"auth"`
+	// Devices counts the devices in Auth.
+	Devices int `json:"devices"`
+	// Excluded are devices left out with the reason: no bcrypt hash (made
+	// while the control plane ran the embedded broker: enroll again), or
+	// an id NATS refuses as an MQTT client id (one with a '.').
+	Excluded map[string]string `json:"excluded,omitempty"`
+}
+
 // BrokerAuthnRequest is the body of POST /api/v1/broker/authenticate, as
 // EMQX's HTTP authentication sends it (deploy/emqx/emqx.conf).
 type BrokerAuthnRequest struct {

@@ -25,6 +25,7 @@ const (
 	PathRollouts      = "/api/v1/rollouts"
 	PathRollout       = "/api/v1/rollouts/{id}"
 	PathBrokerMosq    = "/api/v1/broker/mosquitto"
+	PathBrokerNATS    = "/api/v1/broker/nats"
 	PathBrokerAuthn   = "/api/v1/broker/authenticate"
 	PathBrokerAuthz   = "/api/v1/broker/authorize"
 	pathRolloutAction = "/api/v1/rollouts/{id}/"
@@ -103,6 +104,7 @@ func Routes() []Route {
 		{Method: "GET", Pattern: PathRollouts, Role: RoleViewer, Summary: "list rollouts"},
 		{Method: "GET", Pattern: PathRollout, Role: RoleViewer, Summary: "get a rollout"},
 		{Method: "GET", Pattern: PathBrokerMosq, Role: RoleBroker, Summary: "mosquitto's password file and ACL"},
+		{Method: "GET", Pattern: PathBrokerNATS, Role: RoleBroker, Summary: "a NATS cluster's authorization file"},
 		{Method: "POST", Pattern: PathBrokerAuthn, Role: RoleBroker, Query: true, Summary: "a broker's login check (EMQX HTTP authentication)"},
 		{Method: "POST", Pattern: PathBrokerAuthz, Role: RoleBroker, Query: true, Summary: "a broker's ACL check (EMQX HTTP authorization)"},
 	}

@@ -1,10 +1,12 @@
-// Package brokerauth is what an external mosquitto needs from the control
-// plane to let exactly the enrolled devices in: a password file in
-// mosquitto's own format (every device with a password, and the control
-// plane's ingest logins) and the ACL for the topic scheme. `edgefleet
-// broker sync` fetches it over the API, long-polling, writes the files next
-// to mosquitto and reloads it; mosquitto then also closes the sessions of
-// revoked devices. Imported by controlplane.
+// Package brokerauth is what an external mosquitto or a NATS cluster needs
+// from the control plane to let exactly the enrolled devices in: for
+// mosquitto a password file in its own format (every device with a
+// password, and the control plane's ingest logins) and the ACL for the
+// topic scheme; for NATS the authorization file every node includes
+// (bcrypt hashes and per-login permissions, internal/natsconf). `edgefleet
+// broker sync` fetches them over the API, long-polling, writes the files
+// next to the broker and reloads it; the broker then also closes the
+// sessions of revoked devices. Imported by controlplane.
 package brokerauth
 
 import (
@@ -15,13 +17,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
 	"github.com/edgefleet/edgefleet/internal/mosquitto"
+	"github.com/edgefleet/edgefleet/internal/natsconf"
 	"github.com/edgefleet/edgefleet/internal/topics"
 )
 
@@ -63,6 +69,9 @@ type Source struct {
 	reserved map[string]bool // logins no device may have
 	ingest   []mosquitto.Entry
 	acl      string
+	// natsUsers are the control plane's NATS logins (bcrypt hashes of
+	// its password), first in every authorization file.
+	natsUsers []natsconf.User
 }
 
 // New hashes the ingest logins and renders the ACL.
@@ -94,6 +103,26 @@ func New(o Options) (*Source, error) {
 		s.reserved[user] = true
 		s.ingestUsers[user] = true
 	}
+	if o.ControlPassword != "" {
+		// One hash at the default cost: the control plane's password may
+		// be one a person chose.
+		h, err := bcrypt.GenerateFromPassword([]byte(o.ControlPassword), bcrypt.DefaultCost)
+		if err != nil {
+			return nil, fmt.Errorf("brokerauth: %w", err)
+		}
+		u, err := natsconf.ControlUser(o.Scheme, o.ControlUser, string(h))
+		if err != nil {
+			return nil, fmt.Errorf("brokerauth: %w", err)
+		}
+		s.natsUsers = append(s.natsUsers, u)
+		for _, e := range s.ingest {
+			u, err := natsconf.IngestUser(o.Scheme, e.User, string(h))
+			if err != nil {
+				return nil, fmt.Errorf("brokerauth: %w", err)
+			}
+			s.natsUsers = append(s.natsUsers, u)
+		}
+	}
 	return s, nil
 }
 
@@ -101,23 +130,9 @@ func New(o Options) (*Source, error) {
 // generation it waits up to wait (or until ctx or stop end) for the next
 // one, and reports false when nothing changed.
 func (s *Source) Mosquitto(ctx context.Context, ifNoneMatch string, wait time.Duration, stop <-chan struct{}) (api.MosquittoAuth, bool, error) {
-	bc := s.creds.BrokerCredentials()
-	if ifNoneMatch == s.generation(bc.Generation) {
-		if wait <= 0 {
-			return api.MosquittoAuth{}, false, nil
-		}
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		select {
-		case <-bc.Changed:
-			bc = s.creds.BrokerCredentials()
-		case <-t.C:
-			return api.MosquittoAuth{}, false, nil
-		case <-ctx.Done():
-			return api.MosquittoAuth{}, false, ctx.Err()
-		case <-stop:
-			return api.MosquittoAuth{}, false, nil
-		}
+	bc, changed, err := s.await(ctx, ifNoneMatch, wait, stop)
+	if !changed || err != nil {
+		return api.MosquittoAuth{}, false, err
 	}
 	entries := make([]mosquitto.Entry, 0, len(s.ingest)+len(bc.Entries))
 	entries = append(entries, s.ingest...)
@@ -143,6 +158,76 @@ func (s *Source) Mosquitto(ctx context.Context, ifNoneMatch string, wait time.Du
 		Devices:       devices,
 		LegacyDevices: bc.Legacy,
 	}, true, nil
+}
+
+// await returns the credentials, or with ifNoneMatch equal to the current
+// generation waits up to wait (or until ctx or stop end) for the next
+// ones and reports false when nothing changed.
+func (s *Source) await(ctx context.Context, ifNoneMatch string, wait time.Duration, stop <-chan struct{}) (fleet.BrokerCredentials, bool, error) {
+	bc := s.creds.BrokerCredentials()
+	if ifNoneMatch != s.generation(bc.Generation) {
+		return bc, true, nil
+	}
+	if wait <= 0 {
+		return bc, false, nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-bc.Changed:
+		return s.creds.BrokerCredentials(), true, nil
+	case <-t.C:
+		return bc, false, nil
+	case <-ctx.Done():
+		return bc, false, ctx.Err()
+	case <-stop:
+		return bc, false, nil
+	}
+}
+
+// NATS returns the authorization file of a NATS cluster, long-polled like
+// Mosquitto: the control plane's logins, then every device that has a
+// bcrypt hash and an id NATS accepts as an MQTT client id. The others are
+// listed in Excluded with the reason.
+func (s *Source) NATS(ctx context.Context, ifNoneMatch string, wait time.Duration, stop <-chan struct{}) (api.NATSAuth, bool, error) {
+	if len(s.natsUsers) == 0 {
+		return api.NATSAuth{}, false, api.Errorf(api.ErrExists, "the control plane logs in to the broker without a password (serve --mqtt-password), which a NATS authorization file cannot hold")
+	}
+	bc, changed, err := s.await(ctx, ifNoneMatch, wait, stop)
+	if !changed || err != nil {
+		return api.NATSAuth{}, false, err
+	}
+	out := api.NATSAuth{Generation: s.generation(bc.Generation)}
+	exclude := func(id, why string) {
+		if out.Excluded == nil {
+			out.Excluded = map[string]string{}
+		}
+		out.Excluded[id] = why
+	}
+	users := slices.Clone(s.natsUsers)
+	for _, e := range bc.Bcrypt {
+		if s.reserved[e.User] {
+			exclude(e.User, "its id is a control-plane login")
+			continue
+		}
+		u, err := natsconf.DeviceUser(s.scheme, e.User, e.Hash)
+		if errors.Is(err, natsconf.ErrDeviceID) {
+			exclude(e.User, "NATS refuses MQTT client ids with '.': register the device under another id")
+			continue
+		}
+		if err != nil {
+			return api.NATSAuth{}, false, fmt.Errorf("brokerauth: %w", err)
+		}
+		users = append(users, u)
+	}
+	for _, id := range bc.NoBcrypt {
+		exclude(id, "no bcrypt hash of its password (registered while the control plane ran the embedded broker): enroll it again")
+	}
+	out.Devices = len(users) - len(s.natsUsers)
+	if out.Auth, err = natsconf.Authorization(users); err != nil {
+		return api.NATSAuth{}, false, fmt.Errorf("brokerauth: %w", err)
+	}
+	return out, true, nil
 }
 
 func (s *Source) generation(n uint64) string {

@@ -172,6 +172,7 @@ func (e *External) connectIngest(o mqttc.Options, n int, filter string, h func(t
 	base, user := o.ClientID, o.Username
 	shared := "$share/" + IngestGroup + "/" + filter
 	o.OnConnect = nil
+	o.PersistentSession = false
 	for i := range n {
 		// Each connection logs in under its own name (with the control
 		// plane's password): a broker that takes the client id from the

@@ -14,7 +14,7 @@ func (a *app) brokerCmd() *cobra.Command {
 	return group(&cobra.Command{
 		Use:   "broker <command>",
 		Short: "configure an external MQTT broker",
-	}, a.brokerACLCmd(), a.brokerSyncCmd())
+	}, a.brokerACLCmd(), a.brokerNATSConfigCmd(), a.brokerSyncCmd())
 }
 
 // brokerACLCmd writes the mosquitto ACL for the topic scheme: the same

@@ -29,8 +29,8 @@ func (a *app) brokerSyncCmd() *cobra.Command {
 	var s mosquittoSync
 	var mode, logLevel, logFormat string
 	c := &cobra.Command{
-		Use:   "sync --passwd-file FILE [--acl-file FILE] [--include FILE] [--pid-file FILE | --reload-command CMD]",
-		Short: "keep an external mosquitto's password file and ACL in step with the control plane",
+		Use:   "sync (--passwd-file FILE [--acl-file FILE] [--include FILE] | --nats-auth-file FILE) [--pid-file FILE | --reload-command CMD]",
+		Short: "keep an external mosquitto's password file and ACL, or a NATS node's logins, in step with the control plane",
 		Long: `Runs next to mosquitto (as its user) and keeps its password file equal to the control plane's
 devices: a device enrolled or added can log in within a second, a revoked one is disconnected.
 It long-polls GET /api/v1/broker/mosquitto with a token of role broker, writes the files
@@ -43,17 +43,26 @@ cannot be reached, or the token cannot be read yet, and the password file does n
 include file alone is written, so mosquitto and then the control plane can start; the token
 (file) is read again on every retry and after the control plane refused it, so broker sync may
 start before its token is created. Never edit the written files: run mosquitto_passwd on the
-include file instead.`,
+include file instead.
+
+With --nats-auth-file it keeps a NATS node's authorization file instead (GET
+/api/v1/broker/nats: bcrypt hashes and deny-by-default permissions for the control plane's
+logins and every device) and reloads that node (SIGHUP to the pid in --pid-file, NATS's
+pid_file); NATS then closes the connections of logins that are gone. Run one next to every
+node of the cluster. The first file comes from edgefleet broker nats-config.`,
 		Example: `  edgefleet token create --name mosquitto --role broker      # once, on the control plane
   EDGEFLEET_TOKEN_FILE=/etc/mosquitto/edgefleet.token edgefleet broker sync \
       --api https://edgefleet.example.com:8080 \
       --include /etc/mosquitto/edgefleet-local.passwd \
       --passwd-file /etc/mosquitto/edgefleet.passwd --acl-file /etc/mosquitto/edgefleet.acl \
-      --pid-file /run/mosquitto/mosquitto.pid`,
+      --pid-file /run/mosquitto/mosquitto.pid
+  EDGEFLEET_TOKEN_FILE=/etc/nats/edgefleet.token edgefleet broker sync \
+      --nats-auth-file /etc/nats/edgefleet-auth.conf --pid-file /run/nats/nats.pid`,
 		Args: noArgs,
 	}
 	f := c.Flags()
 	f.StringVar(&s.passwdFile, "passwd-file", "", "write mosquitto's password file (its password_file) here (`FILE`)")
+	f.StringVar(&s.natsFile, "nats-auth-file", "", "keep a NATS node's authorization file (`FILE`, the one its config includes) instead of mosquitto's files")
 	f.StringVar(&s.aclFile, "acl-file", "", "write mosquitto's ACL (its acl_file) here (`FILE`; default: leave the ACL alone)")
 	f.StringVar(&s.include, "include", "", "password `FILE` of your own logins (at least the control plane's), copied in first")
 	f.StringVar(&s.pidFile, "pid-file", "", "mosquitto's pid_file: send SIGHUP to that process after writing (`FILE`)")
@@ -66,8 +75,11 @@ include file instead.`,
 	enumFlag(c, "log-level", "debug", "info", "warn", "error")
 	enumFlag(c, "log-format", "text", "json")
 	c.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
-		if s.passwdFile == "" {
-			return usagef("broker sync needs --passwd-file (mosquitto's password_file)")
+		switch {
+		case s.passwdFile == "" && s.natsFile == "":
+			return usagef("broker sync needs --passwd-file (mosquitto's password_file) or --nats-auth-file (a NATS node's authorization file)")
+		case s.natsFile != "" && (s.passwdFile != "" || s.aclFile != "" || s.include != ""):
+			return usagef("--nats-auth-file keeps a NATS node's logins: --passwd-file, --acl-file and --include are mosquitto's")
 		}
 		if s.pidFile != "" && s.reloadCmd != "" {
 			return usagef("--pid-file and --reload-command both reload mosquitto: give one")
@@ -94,7 +106,7 @@ include file instead.`,
 			}
 		}
 		if s.pidFile == "" && s.reloadCmd == "" {
-			s.log.Warn("no --pid-file or --reload-command: mosquitto rereads the files only when it is reloaded")
+			s.log.Warn("no --pid-file or --reload-command: the broker rereads the files only when it is reloaded")
 		}
 		return s.run(cmd.Context())
 	})
@@ -104,6 +116,7 @@ include file instead.`,
 // mosquittoSync is one run of broker sync.
 type mosquittoSync struct {
 	passwdFile, aclFile, include string
+	natsFile                     string // --nats-auth-file: NATS instead of mosquitto
 	pidFile, reloadCmd           string
 	mode                         fs.FileMode
 	wait                         time.Duration
@@ -116,6 +129,7 @@ type mosquittoSync struct {
 	newClient func() (*client.Client, error)
 
 	served     *api.MosquittoAuth // the newest answer, nil before the first
+	natsServed *api.NATSAuth      // the newest NATS answer (--nats-auth-file)
 	warned     map[string]bool    // include logins a served line collided with
 	needReload bool               // files were written; mosquitto not yet reloaded
 }
@@ -128,6 +142,9 @@ const (
 
 func (s *mosquittoSync) run(ctx context.Context) error {
 	retry := syncRetryMin
+	if s.natsFile != "" {
+		return s.runNATS(ctx)
+	}
 	for {
 		have := ""
 		if s.served != nil {
@@ -164,6 +181,88 @@ func (s *mosquittoSync) run(ctx context.Context) error {
 		}
 		retry = min(2*retry, syncRetryMax)
 	}
+}
+
+// runNATS is run for --nats-auth-file: fetch the authorization file,
+// write it when it changed, reload the node.
+func (s *mosquittoSync) runNATS(ctx context.Context) error {
+	retry := syncRetryMin
+	for {
+		have := ""
+		if s.natsServed != nil {
+			have = s.natsServed.Generation
+		}
+		err := s.ensureClient()
+		var auth api.NATSAuth
+		changed := false
+		if err == nil {
+			auth, changed, err = s.c.BrokerNATS(ctx, have, s.wait)
+			if errors.Is(err, api.ErrUnauthorized) {
+				s.c = nil
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err == nil {
+			retry = syncRetryMin
+			if changed {
+				if s.natsServed == nil || s.natsServed.Generation != auth.Generation {
+					s.log.Info("NATS logins received", "generation", auth.Generation, "devices", auth.Devices, "excluded", len(auth.Excluded))
+					for id, why := range auth.Excluded {
+						s.log.Warn("device left out of the NATS logins", "device", id, "reason", why)
+					}
+				}
+				s.natsServed = &auth
+			}
+			err = s.applyNATS()
+		}
+		if s.once {
+			return err
+		}
+		if err == nil {
+			continue
+		}
+		s.log.Error("broker sync", "err", err, "retry_in", retry)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(retry):
+		}
+		retry = min(2*retry, syncRetryMax)
+	}
+}
+
+// applyNATS writes the authorization file if it changed and reloads the
+// node if it did (or an earlier reload failed).
+func (s *mosquittoSync) applyNATS() error {
+	wrote, err := writeIfChanged(s.natsFile, []byte(s.natsServed.Auth), s.mode)
+	if err != nil {
+		return err
+	}
+	if s.needReload = s.needReload || wrote; !s.needReload {
+		return nil
+	}
+	if err := s.reload(); err != nil {
+		return fmt.Errorf("NATS logins written, but the node was not reloaded: %w", err)
+	}
+	s.needReload = false
+	s.log.Info("NATS logins written and reloaded", "file", s.natsFile, "devices", s.natsServed.Devices)
+	return nil
+}
+
+// ensureClient makes an API client if there is none (reading the token
+// file again).
+func (s *mosquittoSync) ensureClient() error {
+	if s.c != nil {
+		return nil
+	}
+	c, err := s.newClient()
+	if err != nil {
+		return fmt.Errorf("no broker token yet (edgefleet token create --name nats --role broker): %w", err)
+	}
+	s.c = c
+	return nil
 }
 
 // fetch asks the control plane for the files, making a client first if
@@ -313,14 +412,14 @@ func (s *mosquittoSync) reload() error {
 	case s.pidFile != "":
 		b, err := os.ReadFile(s.pidFile)
 		if err != nil {
-			return fmt.Errorf("mosquitto pid file: %w", err)
+			return fmt.Errorf("broker pid file: %w", err)
 		}
 		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 		if err != nil || pid <= 1 {
-			return fmt.Errorf("mosquitto pid file %s: %q is not a process id", s.pidFile, bytes.TrimSpace(b))
+			return fmt.Errorf("broker pid file %s: %q is not a process id", s.pidFile, bytes.TrimSpace(b))
 		}
 		if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
-			return fmt.Errorf("SIGHUP to mosquitto (pid %d from %s): %w", pid, s.pidFile, err)
+			return fmt.Errorf("SIGHUP to the broker (pid %d from %s): %w", pid, s.pidFile, err)
 		}
 	case s.reloadCmd != "":
 		out, err := exec.Command("/bin/sh", "-c", s.reloadCmd).CombinedOutput()

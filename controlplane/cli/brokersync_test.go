@@ -135,6 +135,8 @@ func TestBrokerSyncUsage(t *testing.T) {
 		{[]string{"--passwd-file", "p", "--file-mode", "999"}, "--file-mode"},
 		{[]string{"--passwd-file", "p", "--file-mode", "01777"}, "--file-mode"},
 		{[]string{"--passwd-file", "p", "--poll", "2m"}, "--poll"},
+		{[]string{"--nats-auth-file", "a", "--passwd-file", "p"}, "mosquitto's"},
+		{[]string{"--nats-auth-file", "a", "--include", "i"}, "mosquitto's"},
 	} {
 		code, _, stderr := cli(t, append([]string{"--api", "http://127.0.0.1:1", "--token", "ef_x", "broker", "sync"}, tt.args...)...)
 		assert.Equal(t, 2, code, "%v: %s", tt.args, stderr)
@@ -211,4 +213,36 @@ func TestBrokerSyncWaitsForItsToken(t *testing.T) {
 	require.Eventually(t, func() bool { return slices.Contains(users(), "dev-2") }, 30*time.Second, 50*time.Millisecond,
 		"a refused token was not replaced by the token file's new one: %s", out)
 	assert.Equal(t, "edgefleet-cp", users()[0])
+}
+
+func TestBrokerNATSConfigUsage(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	require.NoError(t, os.WriteFile(pw, []byte("secret\n"), 0o600))
+	bad := filepath.Join(dir, "bad")
+	require.NoError(t, os.WriteFile(bad, []byte("a@b"), 0o600))
+	base := []string{"broker", "nats-config", "--control-password-file", pw, "--route-password-file", pw, "--out-dir", dir}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{base, "--node NAME=HOST"},
+		{append(base, "--node", "n0"), "want NAME=HOST"},
+		{append(base, "--node", "n0=a", "--node", "n0=b"), "each name once"},
+		{append(base, "--node", "n0=a", "--replicas", "3"), "has 1 nodes"},
+		{[]string{"broker", "nats-config", "--node", "n0=a", "--out-dir", dir}, "--control-password-file"},
+		{append(base, "--node", "n0=a", "--route-password-file", bad), "route password"},
+	} {
+		code, _, stderr := cli(t, tt.args...)
+		assert.Equal(t, 2, code, "%v: %s", tt.args, stderr)
+		assert.Contains(t, stderr, tt.want, "%v", tt.args)
+	}
+	code, stdout, stderr := cli(t, append(base, "--node", "n0=a", "--node", "n1=b")...)
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, stdout, "wrote 2 node configs")
+	for _, f := range []string{"n0.conf", "n1.conf", NATSAuthFile} {
+		st, err := os.Stat(filepath.Join(dir, f))
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o600), st.Mode().Perm(), "%s holds secrets", f)
+	}
 }

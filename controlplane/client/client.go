@@ -442,6 +442,24 @@ func (c *Client) RolloutAction(ctx context.Context, id string, action api.Rollou
 	return &out, nil
 }
 
+// BrokerNATS gets a NATS cluster's authorization file (GET
+// /api/v1/broker/nats), long-polled like BrokerMosquitto.
+func (c *Client) BrokerNATS(ctx context.Context, have string, wait time.Duration) (auth api.NATSAuth, changed bool, err error) {
+	path := api.PathBrokerNATS
+	hdr := http.Header{}
+	if have != "" {
+		hdr.Set("If-None-Match", `"`+have+`"`)
+		if wait > 0 {
+			path += "?wait=" + url.QueryEscape(wait.String())
+		}
+	}
+	resp, err := c.do(ctx, "GET", path, nil, hdr, &auth)
+	if err != nil {
+		return api.NATSAuth{}, false, err
+	}
+	return auth, resp.StatusCode != http.StatusNotModified, nil
+}
+
 // BrokerMosquitto gets an external mosquitto's password file and ACL
 // (GET /api/v1/broker/mosquitto). With have, the generation the caller
 // holds, and wait > 0 it long-polls: changed is false when nothing changed

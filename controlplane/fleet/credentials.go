@@ -26,6 +26,12 @@ type BrokerCredentials struct {
 	// Legacy counts devices whose credential predates mosquitto hashes:
 	// they cannot log in to an external mosquitto until enrolled again.
 	Legacy int
+	// Bcrypt are the devices with a bcrypt hash (for NATS), by id;
+	// NoBcrypt are those with a password but none (registered while
+	// the control plane ran the embedded broker, or before bcrypt hashes
+	// were kept): they cannot log in to NATS until enrolled again.
+	Bcrypt   []mosquitto.Entry
+	NoBcrypt []string
 }
 
 // BrokerCredentials returns every device password in mosquitto's format.
@@ -40,7 +46,14 @@ func (r *Registry) BrokerCredentials() BrokerCredentials {
 		case len(e.cred.Hash) > 0:
 			bc.Legacy++
 		}
+		switch {
+		case e.cred.Bcrypt != "":
+			bc.Bcrypt = append(bc.Bcrypt, mosquitto.Entry{User: id, Hash: e.cred.Bcrypt})
+		case len(e.cred.Hash) > 0:
+			bc.NoBcrypt = append(bc.NoBcrypt, id)
+		}
 	}
 	slices.SortFunc(bc.Entries, func(a, b mosquitto.Entry) int { return strings.Compare(a.User, b.User) })
+	slices.SortFunc(bc.Bcrypt, func(a, b mosquitto.Entry) int { return strings.Compare(a.User, b.User) })
 	return bc
 }

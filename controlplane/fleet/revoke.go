@@ -11,7 +11,7 @@ import (
 // setPassword gives a registered device a new random password, replacing
 // the old one, and returns it.
 func (r *Registry) setPassword(id string) (string, error) {
-	password, cred, err := newCredential()
+	password, cred, err := r.newCredential()
 	if err != nil {
 		return "", fmt.Errorf("set password: %w", err)
 	}

@@ -48,6 +48,7 @@ func (a *API) handlers() map[string]http.Handler {
 		"GET " + api.PathRollouts:      http.HandlerFunc(a.handleListRollouts),
 		"GET " + api.PathRollout:       http.HandlerFunc(a.handleGetRollout),
 		"GET " + api.PathBrokerMosq:    http.HandlerFunc(a.handleBrokerMosquitto),
+		"GET " + api.PathBrokerNATS:    http.HandlerFunc(a.handleBrokerNATS),
 		"POST " + api.PathBrokerAuthn:  http.HandlerFunc(a.handleBrokerAuthn),
 		"POST " + api.PathBrokerAuthz:  http.HandlerFunc(a.handleBrokerAuthz),
 	}

@@ -11,6 +11,24 @@ import (
 // handleBrokerMosquitto serves an external mosquitto's password file and
 // ACL. The ETag is the generation; If-None-Match with ?wait= long-polls.
 func (a *API) handleBrokerMosquitto(w http.ResponseWriter, r *http.Request) {
+	serveBrokerFiles(a, w, r, func(have string, wait time.Duration) (api.MosquittoAuth, string, bool, error) {
+		auth, changed, err := a.opts.Broker.Mosquitto(r.Context(), have, wait, a.stopWaiting)
+		return auth, auth.Generation, changed, err
+	})
+}
+
+// handleBrokerNATS serves a NATS cluster's authorization file, long-polled
+// like handleBrokerMosquitto.
+func (a *API) handleBrokerNATS(w http.ResponseWriter, r *http.Request) {
+	serveBrokerFiles(a, w, r, func(have string, wait time.Duration) (api.NATSAuth, string, bool, error) {
+		auth, changed, err := a.opts.Broker.NATS(r.Context(), have, wait, a.stopWaiting)
+		return auth, auth.Generation, changed, err
+	})
+}
+
+// serveBrokerFiles answers a long-polled request for a broker's files:
+// get returns them, their generation and whether they differ from have.
+func serveBrokerFiles[T any](a *API, w http.ResponseWriter, r *http.Request, get func(have string, wait time.Duration) (T, string, bool, error)) {
 	if a.opts.Broker == nil {
 		writeJSON(w, http.StatusConflict, api.ErrorResponse{Error: a.opts.NoBroker})
 		return
@@ -25,7 +43,7 @@ func (a *API) handleBrokerMosquitto(w http.ResponseWriter, r *http.Request) {
 		wait = d
 	}
 	have := parseETag(r.Header.Get("If-None-Match"))
-	auth, changed, err := a.opts.Broker.Mosquitto(r.Context(), have, wait, a.stopWaiting)
+	auth, generation, changed, err := get(have, wait)
 	if err != nil {
 		if r.Context().Err() != nil {
 			return // the caller went away
@@ -38,7 +56,7 @@ func (a *API) handleBrokerMosquitto(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
-	w.Header().Set("ETag", etag(auth.Generation))
+	w.Header().Set("ETag", etag(generation))
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, auth)
 }

@@ -68,7 +68,8 @@ type Audit interface {
 	List(audit.Query) ([]audit.Entry, error)
 }
 
-// Broker renders an external mosquitto's password file and ACL; with
+// Broker renders an external mosquitto's password file and ACL, or a NATS
+// cluster's authorization file; with
 // ifNoneMatch equal to the current generation it waits for the next one
 // (up to wait, or until ctx or stop end) and reports false if none came.
 //
@@ -76,6 +77,7 @@ type Audit interface {
 // that asks over HTTP (EMQX).
 type Broker interface {
 	Mosquitto(ctx context.Context, ifNoneMatch string, wait time.Duration, stop <-chan struct{}) (api.MosquittoAuth, bool, error)
+	NATS(ctx context.Context, ifNoneMatch string, wait time.Duration, stop <-chan struct{}) (api.NATSAuth, bool, error)
 	Authenticate(user, clientID string, password []byte) bool
 	Authorize(user, clientID, topic string, publish, retain bool) bool
 }

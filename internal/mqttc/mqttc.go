@@ -12,6 +12,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net"
 	"net/url"
@@ -69,6 +70,9 @@ type Message struct {
 // Options configures Connect. Zero values take the documented defaults.
 type Options struct {
 	// BrokerURL is tcp://host:port, or tls:// (ssl://, mqtts://) for TLS.
+	// A comma-separated list names the nodes of one clustered broker
+	// (NATS): the client connects to one of them and, when that node
+	// dies, reconnects to another (see BrokerURLs for the order).
 	BrokerURL string
 	// ClientID is required; with edgefleet brokers it equals Username (the device id).
 	ClientID string
@@ -103,23 +107,64 @@ type Options struct {
 	KeepAlive time.Duration
 	// MaxReconnectInterval caps the reconnect backoff; default DefaultMaxReconnectInterval.
 	MaxReconnectInterval time.Duration
+	// PersistentSession asks the broker to keep the session while the
+	// client is away (clean session off): its subscriptions stay, and QoS 1
+	// messages published meanwhile are delivered when it is back. On a
+	// NATS cluster the session lives in replicated JetStream streams, so a
+	// client whose node died resumes it on another node and loses nothing.
+	// The client id must be one no other client uses. Default: clean
+	// sessions (subscriptions are re-made on every connect either way).
+	PersistentSession bool
+	// QoS0Subscriptions subscribes at QoS 0 whatever Subscribe is asked.
+	// On NATS each QoS 1 subscription of a clean session is a JetStream
+	// consumer made at every connect (a replicated group per subscription
+	// and device), which costs the cluster dearly for a large fleet and
+	// was seen to stop delivering after a node was killed; QoS 0 is plain
+	// NATS routing. For a client whose topics are retained or asked for
+	// again (an agent) nothing is lost.
+	QoS0Subscriptions bool
+}
+
+// BrokerURLs splits a BrokerURL list and checks every URL. The order is
+// the list's rotated by a hash of clientID, so that the clients of a
+// cluster spread over its nodes, and each client tries the same node
+// first after every reconnect (paho tries the list in order).
+func BrokerURLs(list, clientID string) ([]string, error) {
+	var urls []string
+	for _, s := range strings.Split(list, ",") {
+		s = strings.TrimSpace(s)
+		u, err := url.Parse(s)
+		if err != nil {
+			return nil, fmt.Errorf("broker url %q: %w", s, err)
+		}
+		switch u.Scheme {
+		case "tcp", "mqtt", "tls", "ssl", "mqtts", "tcps", "ws", "wss":
+		default:
+			return nil, fmt.Errorf("broker url %q: scheme %q, want tcp:// or tls://", s, u.Scheme)
+		}
+		if u.Host == "" {
+			return nil, fmt.Errorf("broker url %q: no host", s)
+		}
+		if slices.Contains(urls, s) {
+			return nil, fmt.Errorf("broker url %q: listed twice", s)
+		}
+		urls = append(urls, s)
+	}
+	if len(urls) > 1 {
+		h := fnv.New32a()
+		h.Write([]byte(clientID))
+		k := int(h.Sum32() % uint32(len(urls)))
+		urls = append(urls[k:], urls[:k]...)
+	}
+	return urls, nil
 }
 
 func (o Options) withDefaults() (Options, error) {
 	if o.Dial != nil && o.BrokerURL == "" {
 		o.BrokerURL = "tcp://in-process"
 	}
-	u, err := url.Parse(o.BrokerURL)
-	if err != nil {
-		return o, fmt.Errorf("broker url %q: %w", o.BrokerURL, err)
-	}
-	switch u.Scheme {
-	case "tcp", "mqtt", "tls", "ssl", "mqtts", "tcps", "ws", "wss":
-	default:
-		return o, fmt.Errorf("broker url %q: scheme %q, want tcp:// or tls://", o.BrokerURL, u.Scheme)
-	}
-	if u.Host == "" {
-		return o, fmt.Errorf("broker url %q: no host", o.BrokerURL)
+	if _, err := BrokerURLs(o.BrokerURL, o.ClientID); err != nil {
+		return o, err
 	}
 	if o.ClientID == "" || len(o.ClientID) > 65535 || strings.ContainsRune(o.ClientID, 0) {
 		return o, fmt.Errorf("client id %q: want 1..65535 bytes without NUL", o.ClientID)
@@ -193,7 +238,8 @@ type connEvent struct {
 // Connect connects and returns once the first connection is up. Network
 // errors are retried with backoff until ctx ends; a refusal by the broker
 // returns an error wrapping ErrRefused at once. Afterwards the client
-// reconnects by itself (clean session; subscriptions are re-made).
+// reconnects by itself (a clean session unless PersistentSession;
+// subscriptions are re-made either way).
 // Abandoning an attempt in progress when ctx ends can take up to
 // ConnectTimeout.
 func Connect(ctx context.Context, opts Options) (*Client, error) {
@@ -215,14 +261,17 @@ func Connect(ctx context.Context, opts Options) (*Client, error) {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 
-	po := paho.NewClientOptions().
-		AddBroker(opts.BrokerURL).
-		SetClientID(opts.ClientID).
+	po := paho.NewClientOptions()
+	urls, _ := BrokerURLs(opts.BrokerURL, opts.ClientID) // checked by withDefaults
+	for _, u := range urls {
+		po.AddBroker(u)
+	}
+	po.SetClientID(opts.ClientID).
 		SetUsername(opts.Username).
 		SetPassword(opts.Password).
 		SetTLSConfig(opts.TLS).
 		SetProtocolVersion(4).
-		SetCleanSession(true).
+		SetCleanSession(!opts.PersistentSession).
 		SetResumeSubs(false).
 		SetStore(newCopyStore()). // see store.go: avoids a paho data race on reconnect
 		// Our paho callbacks only do a non-blocking enqueue, so ordered
@@ -412,6 +461,9 @@ const codeIDInUse = 0x91
 // subscribe sends one SUBSCRIBE and returns the SUBACK code, retrying
 // transient packet-id collisions.
 func (c *Client) subscribe(ctx context.Context, filter string, qos byte) (byte, error) {
+	if c.opts.QoS0Subscriptions {
+		qos = 0
+	}
 	for attempt := 1; ; attempt++ {
 		tok := c.pc.Subscribe(filter, qos, nil)
 		if err := c.wait(ctx, tok); err != nil {

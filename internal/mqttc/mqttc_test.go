@@ -333,11 +333,69 @@ func TestConnectGivesUpWithContext(t *testing.T) {
 	assert.NotErrorIs(t, err, ErrRefused)
 }
 
+// TestFailoverToAnotherNode gives the client two brokers (the nodes of
+// one cluster): when the node it is connected to dies, it connects to the
+// other and re-makes its subscriptions there.
+func TestFailoverToAnotherNode(t *testing.T) {
+	b1, err := broker.New(broker.Options{Addr: "127.0.0.1:0", Auth: devices})
+	require.NoError(t, err)
+	require.NoError(t, b1.Start())
+	t.Cleanup(func() { _ = b1.Close() })
+	b2 := startBroker(t, "127.0.0.1:0")
+	// The order of the list is rotated by the client id: find the one
+	// that puts b1 first for d1.
+	list := b1.URL() + "," + b2.URL()
+	if urls, err := BrokerURLs(list, "d1"); assert.NoError(t, err) && urls[0] != b1.URL() {
+		list = b2.URL() + "," + b1.URL()
+	}
+	connects := make(chan struct{}, 10)
+	opts := deviceOptions(list, "d1")
+	opts.OnConnect = func(context.Context, *Client) { connects <- struct{}{} }
+	c := connect(t, opts)
+	<-connects
+	ctx := context.Background()
+	var in inbox
+	require.NoError(t, c.Subscribe(ctx, scheme.Desired("d1"), 1, in.handle))
+	require.NoError(t, b1.Publish(scheme.Desired("d1"), []byte("on b1"), false, 1))
+	in.waitLen(t, 1)
+
+	require.NoError(t, b1.Close())
+	select {
+	case <-connects:
+	case <-time.After(waitFor):
+		t.Fatal("no reconnect to the other node")
+	}
+	require.NoError(t, b2.Publish(scheme.Desired("d1"), []byte("on b2"), false, 1))
+	got := in.waitLen(t, 2)
+	assert.Equal(t, "on b2", string(got[1].Payload))
+	require.NoError(t, c.Publish(ctx, scheme.Status("d1"), 1, false, []byte("ok")))
+}
+
+func TestBrokerURLsSpreadClients(t *testing.T) {
+	list := "tcp://a:1883, tcp://b:1883,tcp://c:1883"
+	first := map[string]int{}
+	for i := range 300 {
+		urls, err := BrokerURLs(list, fmt.Sprintf("dev-%d", i))
+		require.NoError(t, err)
+		require.Len(t, urls, 3)
+		assert.ElementsMatch(t, []string{"tcp://a:1883", "tcp://b:1883", "tcp://c:1883"}, urls)
+		again, _ := BrokerURLs(list, fmt.Sprintf("dev-%d", i))
+		assert.Equal(t, urls, again, "the same client always tries the same node first")
+		first[urls[0]]++
+	}
+	for u, n := range first {
+		assert.Greater(t, n, 50, "%s is first for %d of 300 clients", u, n)
+	}
+}
+
 func TestConnectValidatesOptions(t *testing.T) {
 	ctx := context.Background()
 	bad := map[string]Options{
 		"no url":        {ClientID: "d1"},
 		"bad scheme":    {BrokerURL: "http://x:1", ClientID: "d1"},
+		"bad list":      {BrokerURL: "tcp://x:1,http://y:1", ClientID: "d1"},
+		"empty in list": {BrokerURL: "tcp://x:1,", ClientID: "d1"},
+		"twice":         {BrokerURL: "tcp://x:1,tcp://x:1", ClientID: "d1"},
 		"no client id":  {BrokerURL: "tcp://127.0.0.1:1"},
 		"short alive":   {BrokerURL: "tcp://127.0.0.1:1", ClientID: "d1", KeepAlive: time.Millisecond},
 		"negative size": {BrokerURL: "tcp://127.0.0.1:1", ClientID: "d1", MaxPayload: -1},

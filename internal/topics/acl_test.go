@@ -1,6 +1,7 @@
 package topics
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -217,4 +218,68 @@ func TestACLWithInvalidPrefixDeniesAll(t *testing.T) {
 	assert.False(t, s.DeviceMaySubscribe("d1", "+/trust"))
 	assert.False(t, s.DeviceMaySubscribe("d1", "+/dev/d1/desired"))
 	assert.False(t, s.DeviceMayPublish("d1", "+/dev/d1/status", false))
+}
+
+// TestDeviceACLCoversEveryKind builds every kind of topic of the scheme
+// for a device and checks DeviceACL (which every external broker's ACL is
+// rendered from) grants exactly what DeviceMayPublish and
+// DeviceMaySubscribe grant on the embedded broker: a kind added to the
+// scheme fails here until both agree.
+func TestDeviceACLCoversEveryKind(t *testing.T) {
+	for _, s := range []Scheme{{}, {Prefix: "acme.co/ef"}} {
+		dev, other := "dev.1", "dev.2"
+		rules := s.DeviceACL(dev)
+		grants := func(access Access, topic string) bool {
+			for _, r := range rules {
+				if r.Access == access && Match(r.Topic, topic) {
+					return true
+				}
+			}
+			return false
+		}
+		for k := Kind(1); k.String() != fmt.Sprintf("Kind(%d)", int(k)); k++ {
+			var topic, othersTopic string
+			switch k {
+			case KindDesired, KindAck, KindFetch, KindStatus, KindTelemetry, KindPresence:
+				topic = s.dev(dev, k.String())
+				othersTopic = s.dev(other, k.String())
+			case KindManifest, KindChunks:
+				topic = s.model("fraud", "1.2.0", k.String())
+			case KindTrust:
+				topic = s.Trust()
+			default:
+				t.Fatalf("kind %v: build its topic here", k)
+			}
+			parsed, err := s.Parse(topic)
+			require.NoError(t, err)
+			require.Equal(t, k, parsed.Kind)
+			assert.Equal(t, s.DeviceMayPublish(dev, topic, false), grants(Write, topic), "publish %s", topic)
+			assert.Equal(t, s.DeviceMaySubscribe(dev, topic), grants(Read, topic), "subscribe %s", topic)
+			if othersTopic != "" {
+				assert.False(t, grants(Write, othersTopic) || grants(Read, othersTopic), "%s reaches %s", dev, othersTopic)
+			}
+			subject, err := NATSSubject(topic)
+			require.NoError(t, err)
+			assert.NotContains(t, subject, "/.", "no level of %s is empty", topic)
+		}
+	}
+}
+
+func TestNATSSubject(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"ef/v1/dev/dev-1/desired", "ef.v1.dev.dev-1.desired"},
+		{"ef/v1/models/fraud/1.2.0/manifest", "ef.v1.models.fraud.1//2//0.manifest"},
+		{"ef/v1/dev/a.b/status", "ef.v1.dev.a//b.status"},
+		{"ef/v1/models/+/+/+", "ef.v1.models.*.*.*"},
+		{"ef/v1/#", "ef.v1.>"},
+		{"acme.co/ef/trust", "acme//co.ef.trust"},
+	} {
+		got, err := NATSSubject(tc.in)
+		require.NoError(t, err, tc.in)
+		assert.Equal(t, tc.want, got, "NATSSubject(%q)", tc.in)
+	}
+	for _, bad := range []string{"", "a//b", "/a", "a/", "a/b c", "a/#/b", "a/b+"} {
+		_, err := NATSSubject(bad)
+		assert.ErrorIs(t, err, ErrInvalidTopic, "NATSSubject(%q)", bad)
+	}
 }

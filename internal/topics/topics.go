@@ -2,7 +2,8 @@
 // (device ids, model names and versions), the per-device deny-by-default ACL
 // (for the embedded broker and as a mosquitto ACL file), and MQTT topic and
 // filter syntax checks; it has no dependencies. Imported by agent,
-// controlplane/..., fleet-sim/..., internal/mqttc and internal/transfer.
+// controlplane/..., fleet-sim/..., internal/mqttc, internal/natsconf and
+// internal/transfer.
 package topics
 
 import (
