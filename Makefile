@@ -142,6 +142,20 @@ sim: build
 		echo "== $$f"; $(BIN)/fleet-sim run $$f --quiet --report .sim/$$(basename $$f .yaml) || exit 1; \
 	done
 
+## soak: the chaos soak (not part of make test): SOAK_AGENTS agents for
+## SOAK_DURATION of agent kills, broker outages, control plane restarts, site
+## partitions, corrupted chunks and skewed clocks while rollouts and rollbacks
+## run under traffic; fails when an invariant breaks (docs/testing.md).
+## Report and chart in .soak/<UTC time>/. The issue's full run:
+## make soak SOAK_DURATION=30m SOAK_AGENTS=1000
+SOAK_DURATION ?= 3m
+SOAK_AGENTS   ?= 200
+SOAK_SEED     ?= 1
+.PHONY: soak
+soak: build
+	$(BIN)/fleet-sim soak --agents $(SOAK_AGENTS) --duration $(SOAK_DURATION) --seed $(SOAK_SEED) \
+		--report .soak/$$(date -u +%Y%m%dT%H%M%SZ)
+
 ## bench-fleet: fleet-sim rollout fan-out and scale benchmarks (figures in docs/benchmarks.md)
 FLEET_FANOUT_N ?= 100,1000
 FLEET_SCALE_N  ?= 100,1000,5000

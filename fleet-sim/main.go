@@ -1,8 +1,8 @@
 // Command fleet-sim runs many real edgefleet agents in one process against
 // a real control plane: `fleet-sim run scenario.yaml` runs a scenario file
 // and exits non-zero when an assertion fails; `fleet-sim bench fanout|scale`
-// runs the fleet benchmarks. The work is done by packages sim, scenario
-// and bench.
+// runs the fleet benchmarks; `fleet-sim soak` runs the chaos soak. The work
+// is done by packages sim, scenario, bench and soak.
 package main
 
 import (
@@ -27,6 +27,7 @@ const usage = `usage:
   fleet-sim bench fanout [--n 100,1000] [--model-bytes 1048576] [--report FILE]
   fleet-sim bench scale  [--n 100,1000] [--report FILE]
   fleet-sim bench telemetry [--n 100,1000] [--duration 30s] [--rate 2] [--agent-store-on-disk] [--report FILE]
+  fleet-sim soak [--agents 200] [--duration 3m] [--seed 1] [--report DIR] [--work-dir DIR] [--agent-store-on-disk] [--quiet]
   fleet-sim actions      (lists scenario actions and assertions)
 exit codes: 0 passed, 1 a step or assertion failed, 2 usage or setup error`
 
@@ -47,6 +48,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runScenario(ctx, args[1:], stdout, stderr)
 	case "bench":
 		return bench.Main(ctx, args[1:], stdout, stderr)
+	case "soak":
+		return runSoak(ctx, args[1:], stdout, stderr)
 	case "actions":
 		reg := scenario.NewRegistry()
 		fmt.Fprintf(stdout, "actions: %s\nassertions: %s\n", strings.Join(reg.ActionNames(), ", "), strings.Join(reg.AssertionNames(), ", "))

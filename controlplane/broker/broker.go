@@ -260,7 +260,8 @@ func (b *Broker) URL() string {
 }
 
 // Close disconnects every client, stops the listener and the subscription
-// goroutines, and waits for them. It is idempotent.
+// goroutines, and waits for them: each first delivers what its queue still
+// holds (it was acknowledged to the publisher). It is idempotent.
 func (b *Broker) Close() error {
 	b.mu.Lock()
 	if b.state == stateClosed {
@@ -340,12 +341,27 @@ type subscription struct {
 
 func (s *subscription) stop() { s.stopOnce.Do(func() { close(s.done) }) }
 
+// drain hands h what is still queued. Close calls it through the
+// delivery goroutine once no client can publish any more: a queued
+// message was acknowledged to its publisher (a device deletes a QoS 1
+// report on its PUBACK), so dropping it at a restart would lose it.
+func (s *subscription) drain(h Handler) {
+	for {
+		select {
+		case m := <-s.queue:
+			h(m.topic, m.payload, m.origin)
+		default:
+			return
+		}
+	}
+}
+
 // Subscribe registers an in-process subscription on filter (wildcards
 // allowed; retained messages matching it are delivered first). The broker
 // never waits for h: messages go through a queue of Options.SubscriptionQueue
 // entries drained by one goroutine per subscription, so h sees messages in
 // order; when the queue is full, messages are dropped and counted in Dropped.
-// unsubscribe stops delivery (a handler call in progress may finish; Close
+// Close delivers what is queued before it returns; unsubscribe stops delivery (a handler call in progress may finish; Close
 // waits for it) and may be called more than once, including from h.
 func (b *Broker) Subscribe(filter string, h Handler) (unsubscribe func(), err error) {
 	if err := topics.ValidFilter(filter); err != nil {
@@ -375,10 +391,17 @@ func (b *Broker) Subscribe(filter string, h Handler) (unsubscribe func(), err er
 		for {
 			select {
 			case <-s.done:
+				if b.isClosed() {
+					s.drain(h)
+				}
 				return
 			case m := <-s.queue:
 				select {
-				case <-s.done: // unsubscribed while queued
+				case <-s.done: // unsubscribed or closed while queued
+					if b.isClosed() {
+						h(m.topic, m.payload, m.origin)
+						s.drain(h)
+					}
 					return
 				default:
 				}

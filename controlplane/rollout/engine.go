@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
@@ -131,6 +132,10 @@ type Engine struct {
 	mu       sync.Mutex
 	rollouts map[string]*Rollout
 	saved    map[string][]byte // last stored JSON per rollout
+
+	// cohorts is what Cohort reads without mu: per rollout, the cohort of
+	// each device as last saved (indexCohorts, copy-on-write under mu).
+	cohorts atomic.Pointer[map[string]cohortIndex]
 }
 
 const keyPrefix = "r/"
@@ -160,6 +165,7 @@ func New(opts Options) (*Engine, error) {
 		rollouts: map[string]*Rollout{},
 		saved:    map[string][]byte{},
 	}
+	e.cohorts.Store(&map[string]cohortIndex{})
 	err := opts.KV.Scan(keyPrefix, func(key string, val []byte) error {
 		r := &Rollout{}
 		if err := json.Unmarshal(val, r); err != nil {
@@ -169,6 +175,7 @@ func New(opts Options) (*Engine, error) {
 			r.Devices = map[string]*DeviceRecord{}
 		}
 		e.rollouts[r.ID] = r
+		e.indexCohorts(r)
 		return nil
 	})
 	if err != nil {
@@ -840,6 +847,7 @@ func (e *Engine) save(r *Rollout) error {
 		return fmt.Errorf("rollout: save %s: %w", r.ID, err)
 	}
 	e.saved[r.ID] = cmp
+	e.indexCohorts(r)
 	return nil
 }
 

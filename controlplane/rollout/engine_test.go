@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -769,4 +770,78 @@ func TestStageWaitsForDevicesAfterARestart(t *testing.T) {
 		assert.Equal(t, api.RolloutCompleted, st.State, "after the grace the offline devices keep their assignment and do not block")
 		assert.Equal(t, 3, st.Stages[0].Devices.Offline)
 	}
+}
+
+// stallingIssuer holds an Assign until released, once armed: a stage's
+// desired states being issued to hundreds of devices on a busy control
+// plane.
+type stallingIssuer struct {
+	*fakeFleet
+	armed   atomic.Bool
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s *stallingIssuer) Assign(ctx context.Context, model, version string, ids []string) (map[string]uint64, error) {
+	if s.armed.CompareAndSwap(true, false) {
+		close(s.entered)
+		<-s.release
+	}
+	return s.fakeFleet.Assign(ctx, model, version, ids)
+}
+
+// Cohort is asked by the telemetry ingest for every monitoring report; it
+// must answer while the engine issues a stage (the engine holds its lock
+// across Assign). It used to take that lock: the chaos soak saw the single
+// ingest goroutine stall behind a stage's issuance at 1,000 devices until
+// the broker's queue overflowed and dropped acknowledged reports.
+func TestCohortAnswersWhileAStageIsIssued(t *testing.T) {
+	v := newEnv(t)
+	iss := &stallingIssuer{fakeFleet: v.fleet, entered: make(chan struct{}), release: make(chan struct{})}
+	e, err := New(Options{KV: v.kv, Issuer: iss, Fleet: v.fleet, Metrics: v.metrics, Audit: v.audit, Clock: v.clock.Now})
+	require.NoError(t, err)
+	v.e = e
+	v.fleet.add("1.0.0", map[string]string{"fleet": "demo"}, devIDs("d", 4)...)
+	spec := threeStages(time.Second)
+	spec.Stages[0].Name = "canary"
+	spec.Stages[1].Name = "half"
+	ctx := context.Background()
+	r, err := e.Create(ctx, spec, "ops")
+	require.NoError(t, err)
+	canary := v.fleet.on("2.0.0")
+	require.Len(t, canary, 1)
+
+	v.fleet.settle(nil)
+	v.clock.Add(time.Second)
+	iss.armed.Store(true)
+	ticked := make(chan struct{})
+	go func() { defer close(ticked); e.Tick(ctx) }() // waited on below
+	<-iss.entered
+
+	answered := make(chan string, 1)
+	go func() { answered <- e.Cohort(canary[0], "fraud", "2.0.0") }() // waited on below
+	select {
+	case got := <-answered:
+		assert.Equal(t, r.ID+"/canary", got)
+	case <-time.After(30 * time.Second): // a hang guard: the answer needs no lock the tick holds
+		close(iss.release)
+		<-ticked
+		t.Fatal("Cohort waited for the stage being issued")
+	}
+	close(iss.release)
+	<-ticked
+	half := v.fleet.on("2.0.0")
+	require.Len(t, half, 2)
+	for _, id := range half {
+		want := r.ID + "/half"
+		if id == canary[0] {
+			want = r.ID + "/canary"
+		}
+		assert.Equal(t, want, e.Cohort(id, "fraud", "2.0.0"), id)
+	}
+
+	// A restarted engine answers from what it loaded.
+	v.e = v.engine()
+	assert.Equal(t, r.ID+"/canary", v.e.Cohort(canary[0], "fraud", "2.0.0"))
+	assert.Empty(t, v.e.Cohort(canary[0], "fraud", "1.0.0"))
 }

@@ -214,15 +214,35 @@ func (e *Engine) Rollback(ctx context.Context, id string, req api.RollbackReques
 // Cohort names the rollout stage that put device on model@version, as
 // "<rollout id>/<stage name>", or "" when no rollout did (or the device was
 // rolled back). Monitoring groups figures by it, so the quality of a
-// canary can be told apart from the rest of the fleet.
+// canary can be told apart from the rest of the fleet. It answers from the
+// rollouts as last saved, without the engine's lock: the telemetry ingest
+// asks for every report, and the engine holds its lock while it issues a
+// stage's desired states, which takes seconds for a large stage on a busy
+// control plane.
 func (e *Engine) Cohort(device, model, version string) string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for _, r := range e.rollouts {
-		if r.Spec.Model != model || r.Spec.Version != version {
+	for _, c := range *e.cohorts.Load() {
+		if c.model != model || c.version != version {
 			continue
 		}
-		rec := r.Devices[device]
+		if name, ok := c.names[device]; ok {
+			return name
+		}
+	}
+	return ""
+}
+
+// cohortIndex is one rollout's answer to Cohort: the cohort name of each of
+// its devices on model@version.
+type cohortIndex struct {
+	model, version string
+	names          map[string]string
+}
+
+// indexCohorts publishes r's cohorts for Cohort. Callers hold mu (save and
+// New), which orders the copy-on-write updates.
+func (e *Engine) indexCohorts(r *Rollout) {
+	idx := cohortIndex{model: r.Spec.Model, version: r.Spec.Version, names: make(map[string]string, len(r.Devices))}
+	for id, rec := range r.Devices {
 		if rec == nil || rec.RolledBack || rec.Stage < 0 || rec.Stage >= len(r.Spec.Stages) {
 			continue
 		}
@@ -230,9 +250,15 @@ func (e *Engine) Cohort(device, model, version string) string {
 		if name == "" {
 			name = fmt.Sprintf("stage %d", rec.Stage+1)
 		}
-		return r.ID + "/" + name
+		idx.names[id] = r.ID + "/" + name
 	}
-	return ""
+	old := *e.cohorts.Load()
+	next := make(map[string]cohortIndex, len(old)+1)
+	for id, c := range old {
+		next[id] = c
+	}
+	next[r.ID] = idx
+	e.cohorts.Store(&next)
 }
 
 // Act runs one of the rollout actions: pause, resume, promote, abort, or

@@ -42,12 +42,17 @@ type Proxy struct {
 	bytesOut  sync.Map // device → *atomic.Uint64 (device → broker)
 	corrupted atomic.Uint64
 	accepted  atomic.Uint64
+	connSeq   atomic.Uint64
+
+	// tap sees every forwarded packet (SetTap); nil: none.
+	tap atomic.Pointer[Tap]
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 }
 
 type proxyConn struct {
+	id        uint64 // unique per proxy, for Tap
 	client    net.Conn
 	device    string // set once the CONNECT was read; guarded by Proxy.mu
 	closed    chan struct{}
@@ -203,7 +208,7 @@ func (p *Proxy) accept() {
 			return
 		}
 		p.accepted.Add(1)
-		pc := &proxyConn{client: c, closed: make(chan struct{})}
+		pc := &proxyConn{id: p.connSeq.Add(1), client: c, closed: make(chan struct{})}
 		p.mu.Lock()
 		p.conns[pc] = struct{}{}
 		p.mu.Unlock()
@@ -228,7 +233,11 @@ func (p *Proxy) serve(pc *proxyConn) {
 		pc.close()
 		p.mu.Lock()
 		delete(p.conns, pc)
+		device := pc.device
 		p.mu.Unlock()
+		if device != "" {
+			p.tapPacket(pc, device, false, nil) // the end of the connection
+		}
 	}()
 	cr := bufio.NewReaderSize(pc.client, 16<<10)
 	_ = pc.client.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -271,10 +280,11 @@ func (p *Proxy) serve(pc *proxyConn) {
 	}
 	out.Add(uint64(len(first)))
 
+	p.tapPacket(pc, device, false, first)
 	done := make(chan struct{})
 	go func() { // client → broker; owned by serve, which waits on done
 		defer close(done)
-		_, _ = io.Copy(countingWriter{server, out}, cr)
+		p.copyToBroker(pc, device, cr, countingWriter{server, out})
 		pc.close()
 	}()
 	cut := make(chan struct{})
@@ -296,6 +306,7 @@ func (p *Proxy) serve(pc *proxyConn) {
 		if link != nil && !link.carry(pc, pkt) {
 			break
 		}
+		p.tapPacket(pc, device, true, pkt)
 		if _, err := pc.client.Write(pkt); err != nil {
 			break
 		}
@@ -571,4 +582,64 @@ func corruptChunk(pkt []byte) bool {
 	}
 	b[len(b)-1] ^= 0xff
 	return true
+}
+
+// Tap sees one MQTT packet the proxy forwards (fixed header included):
+// conn identifies the proxied connection (unique per proxy), device is its
+// CONNECT client id, toDevice the direction (broker → device). A packet
+// from the broker is tapped after any corruption and before the device
+// gets it; one from the device before the broker gets it. The tap runs on
+// the connection's copy loop: it must be quick, and must neither keep nor
+// change pkt. When a connection whose CONNECT was read ends, the tap is
+// called once more with pkt nil.
+type Tap func(conn uint64, device string, toDevice bool, pkt []byte)
+
+// SetTap installs tap (nil removes it). Install it before agents connect
+// to see every packet.
+func (p *Proxy) SetTap(tap Tap) {
+	if tap == nil {
+		p.tap.Store(nil)
+		return
+	}
+	p.tap.Store(&tap)
+}
+
+func (p *Proxy) tapPacket(pc *proxyConn, device string, toDevice bool, pkt []byte) {
+	if t := p.tap.Load(); t != nil {
+		(*t)(pc.id, device, toDevice, pkt)
+	}
+}
+
+// copyToBroker forwards the device's packets one by one (so the tap sees
+// each) until either side fails.
+func (p *Proxy) copyToBroker(pc *proxyConn, device string, r *bufio.Reader, w io.Writer) {
+	for {
+		pkt, err := readPacket(r)
+		if err != nil {
+			return
+		}
+		p.tapPacket(pc, device, false, pkt)
+		if _, err := w.Write(pkt); err != nil {
+			return
+		}
+	}
+}
+
+// hold drops the device's connections and refuses its reconnects until
+// the returned release is called, which puts back the refusal it had
+// before (a partition still running), if any.
+func (p *Proxy) hold(device string) (release func()) {
+	p.mu.Lock()
+	prev, had := p.down[device]
+	p.mu.Unlock()
+	p.Disconnect([]string{device}, 24*time.Hour)
+	return func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if had && time.Now().Before(prev) {
+			p.down[device] = prev
+		} else {
+			delete(p.down, device)
+		}
+	}
 }

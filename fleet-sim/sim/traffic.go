@@ -36,6 +36,11 @@ type TrafficOptions struct {
 	// the fleet's clock (Options.Clock): it is simulated time.
 	LabelFraction float64
 	LabelDelay    time.Duration
+	// Served, if set, is called after every successful inference with the
+	// device and the version that answered (the soak checks each against
+	// the versions the device was assigned). It runs on a traffic worker:
+	// it must be quick.
+	Served func(device, version string)
 	// CSV, when set, replaces the fraud transactions: every device replays
 	// its rows in order, looped, from its own offset (seeded by Seed), and
 	// labels come from its label column (none without one). Params and
@@ -323,6 +328,9 @@ func (t *Traffic) infer(ctx context.Context, m *Member, in []oip.Tensor) (ok boo
 		t.mu.Unlock()
 	default:
 		t.ok.Add(1)
+		if t.opts.Served != nil {
+			t.opts.Served(m.Device.ID, version)
+		}
 		t.mu.Lock()
 		t.byVersion[version]++
 		t.mu.Unlock()

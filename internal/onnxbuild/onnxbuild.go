@@ -5,7 +5,8 @@
 // ZipMap too) with int/float/string/tensor attributes and their lists, and
 // graph inputs/outputs typed as tensors (fixed, symbolic or unknown dims),
 // sequences, maps and optionals. Imported by internal/fraud,
-// internal/modelzoo, fleet-sim/bench, fleet-sim/scenario and tests.
+// internal/modelzoo, fleet-sim/bench, fleet-sim/scenario, fleet-sim/soak
+// and tests.
 package onnxbuild
 
 import (

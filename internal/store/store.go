@@ -2,7 +2,8 @@
 // badger tuned for small devices (ProfileDevice) or servers (ProfileServer),
 // with prefix namespaces so many agents share one DB, atomic multi-key
 // updates and explicit sync at commit points. Imported by agent,
-// controlplane/... and fleet-sim/sim.
+// controlplane/..., fleet-sim/sim and fleet-sim/soak (it reads a stopped
+// control plane's persisted report seqs).
 package store
 
 import (
