@@ -355,7 +355,7 @@ func (r *Registry) OnFetch(topic string, payload []byte) {
 		return
 	}
 	if !r.fetch.allow(dev, req.Name, req.Version, uint32(len(missing)), n, r.opts.Clock()) {
-		in.Drop(kind, ingest.RateLimited, topic, fmt.Errorf("device %s asked for %s@%s's chunks more than %d times over within %s",
+		in.Drop(kind, ingest.RateLimited, topic, fmt.Errorf("device %s asked for %s@%s's chunks beyond its budget (%d times over, refilled over %s)",
 			dev, req.Name, req.Version, r.opts.FetchBudget, r.opts.FetchWindow))
 		return
 	}

@@ -5,53 +5,65 @@ import (
 	"time"
 )
 
-// fetchLimit counts, per device and model version, the chunks a device
-// asked for within a window; a request that would take it past budget
-// times the version's chunk count is refused. Windows are fixed (they
-// start at a device's first request for the version); counts of windows
-// that ended are dropped as new requests come in.
+// fetchLimit is, per device and model version, a bucket of chunks a
+// device may ask for: it holds budget times the version's chunk count,
+// starts full, and refills at that many per window, continuously. A request
+// for more chunks than the bucket holds is refused (and takes nothing).
+// Over any long stretch a device gets at most budget copies per window; a
+// device that spent its bucket on retries waits only until the few chunks
+// it still lacks have refilled, not for a whole window to end. Full
+// buckets are forgotten as new requests come in.
 type fetchLimit struct {
 	budget int
 	window time.Duration
 
-	mu     sync.Mutex
-	counts map[fetchKey]*fetchCount
-	swept  time.Time
+	mu      sync.Mutex
+	buckets map[fetchKey]*fetchBucket
+	swept   time.Time
 }
 
 type fetchKey struct{ device, model, version string }
 
-type fetchCount struct {
-	start  time.Time
-	chunks uint64
+type fetchBucket struct {
+	chunks float64 // what it holds at last
+	last   time.Time
 }
 
 func newFetchLimit(budget int, window time.Duration) *fetchLimit {
-	return &fetchLimit{budget: budget, window: window, counts: map[fetchKey]*fetchCount{}}
+	return &fetchLimit{budget: budget, window: window, buckets: map[fetchKey]*fetchBucket{}}
 }
 
-// allow records a request for asked chunks of a version with total
-// chunks; false when it is over the budget (and then it is not counted).
+// allow takes asked chunks of a version with total chunks from the
+// device's bucket; false when the bucket holds fewer (then nothing is
+// taken).
 func (l *fetchLimit) allow(device, model, version string, asked, total uint32, now time.Time) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	capacity := float64(l.budget) * float64(total)
+	refill := func(b *fetchBucket) {
+		if d := now.Sub(b.last); d > 0 {
+			b.chunks = min(capacity, b.chunks+capacity*d.Seconds()/l.window.Seconds())
+			b.last = now
+		}
+	}
 	if now.Sub(l.swept) >= l.window {
-		for k, c := range l.counts {
-			if now.Sub(c.start) >= l.window {
-				delete(l.counts, k)
+		for k, b := range l.buckets {
+			if now.Sub(b.last) >= l.window { // refilled: as good as new
+				delete(l.buckets, k)
 			}
 		}
 		l.swept = now
 	}
 	k := fetchKey{device, model, version}
-	c := l.counts[k]
-	if c == nil || now.Sub(c.start) >= l.window {
-		c = &fetchCount{start: now}
-		l.counts[k] = c
+	b := l.buckets[k]
+	if b == nil {
+		b = &fetchBucket{chunks: capacity, last: now}
+		l.buckets[k] = b
 	}
-	if c.chunks+uint64(asked) > uint64(l.budget)*uint64(total) {
+	refill(b)
+	if float64(asked) > b.chunks {
 		return false
 	}
-	c.chunks += uint64(asked)
+	b.chunks -= float64(asked)
 	return true
 }

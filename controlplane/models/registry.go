@@ -95,10 +95,10 @@ type Options struct {
 	ChunkBatchWindow time.Duration
 	ChunkBatchMax    time.Duration
 	// FetchBudget is how many times over a device may ask for a version's
-	// chunks within FetchWindow (defaults DefaultFetchBudget,
-	// DefaultFetchWindow): enough for a download and its retries, while
-	// one stolen credential cannot make the control plane publish a model
-	// again and again.
+	// chunks at once, refilled over FetchWindow (defaults
+	// DefaultFetchBudget, DefaultFetchWindow): enough for a download and
+	// its retries, while one stolen credential cannot make the control
+	// plane publish a model again and again.
 	FetchBudget int
 	FetchWindow time.Duration
 	// Clock is the time source; default time.Now.
