@@ -29,9 +29,11 @@ type Model struct {
 	ProducerVersion string
 	Domain          string
 	ModelVersion    int64
-	DocString       string
-	GraphName       string
-	Opsets          []Opset
+	// DocString is the model's doc_string, its first MaxDocString bytes
+	// when longer (a model may carry megabytes of it).
+	DocString string
+	GraphName string
+	Opsets    []Opset
 	// Metadata are the metadata_props, in file order.
 	Metadata []KeyValue
 	// Inputs are the graph inputs that are not initializers (what a caller
@@ -263,12 +265,15 @@ const (
 	fMapValueType = 2
 )
 
+// MaxDocString bounds the doc_string Read keeps.
+const MaxDocString = 4 << 10
+
 // maxTypeDepth bounds nested types (a hostile model could nest without end).
 const maxTypeDepth = 16
 
 // Read decodes what model declares. It reads only the fields it needs and
-// skips the rest (initializer data is never copied), so it is cheap for
-// large models. Bytes that are not a ModelProto give ErrMalformed.
+// skips the rest (initializer data and all but the start of a long
+// doc_string are never copied), so it is cheap for large models. Bytes that are not a ModelProto give ErrMalformed.
 func Read(model []byte) (*Model, error) {
 	if len(model) == 0 {
 		return nil, fmt.Errorf("%w: model is empty", ErrMalformed)
@@ -289,7 +294,7 @@ func Read(model []byte) (*Model, error) {
 		case num == fModelModelVersion && typ == protowire.VarintType:
 			m.ModelVersion = int64(u)
 		case num == fModelDocString && typ == protowire.BytesType:
-			m.DocString = string(v)
+			m.DocString = string(v[:min(len(v), MaxDocString)])
 		case num == fModelGraph && typ == protowire.BytesType:
 			graph, haveGraph = v, true
 		case num == fModelOpsetImport && typ == protowire.BytesType:
