@@ -57,10 +57,10 @@ type slot struct {
 	manifest     *efpb.Manifest // the target's verified manifest
 	lastProgress time.Time      // last chunk added (monotonic: for stall detection, not the wall clock)
 	badChunks    int            // chunks refused in this download
-	// verified holds the target's bytes between finishDownload, which read
-	// and hashed them, and stage, which loads them without a second pass;
-	// nil otherwise (stage after a restart reads and checks the file).
-	verified []byte
+	// verified holds the target's file, mapped, between finishDownload,
+	// which hashed it, and stage, which loads it without a second pass; nil
+	// otherwise (stage after a restart maps and checks the file).
+	verified *modelFile
 	inflight map[uint32]bool
 
 	// After a failed write (see transition). retry: resume the slot from
