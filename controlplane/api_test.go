@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -150,7 +152,7 @@ func TestMalformedRequests(t *testing.T) {
 func TestDeployErrors(t *testing.T) {
 	ts := newTestServer(t, nil)
 	ts.register("dev-1", map[string]string{"site": "berlin"})
-	ts.mustUpload("fraud", "v1", trainedModel(t, 1))
+	ts.mustUpload("fraud", "v1", fleettest.TrainedModel(t, 1))
 	tests := []struct {
 		name string
 		req  api.DeployRequest
@@ -181,7 +183,7 @@ func TestDeployErrors(t *testing.T) {
 
 func TestUploadRejections(t *testing.T) {
 	ts := newTestServer(t, func(o *controlplane.Options) { o.MaxModelSize = 64 << 10 })
-	a := trainedModel(t, 1)
+	a := fleettest.TrainedModel(t, 1)
 
 	code, body := ts.upload("fraud", "v1", []byte("this is not an onnx model"), a.Metadata(), false)
 	assert.Equal(t, http.StatusBadRequest, code, "%s", body)
@@ -244,7 +246,7 @@ func (ts *testServer) uploadRaw(name, version string, model []byte, metadata str
 
 func TestUploadFailingTestVectors(t *testing.T) {
 	ts := newTestServer(t, nil)
-	a := trainedModel(t, 1)
+	a := fleettest.TrainedModel(t, 1)
 	bad := a.Metadata()
 	bad.TestVectors[0].Expected[0].Data[0] += 0.5
 
@@ -277,7 +279,7 @@ func TestUploadFailingTestVectors(t *testing.T) {
 
 func TestUploadAndGetModel(t *testing.T) {
 	ts := newTestServer(t, nil)
-	a := trainedModel(t, 1)
+	a := fleettest.TrainedModel(t, 1)
 	mv := ts.mustUpload("fraud", "v1", a)
 	assert.True(t, mv.Checks.Passed)
 	assert.Equal(t, len(a.TestVectors), mv.Checks.TestVectors)
@@ -330,4 +332,27 @@ func mustEnvelope(t *testing.T, b []byte) *efpb.Envelope {
 	env := &efpb.Envelope{}
 	require.NoError(t, proto.Unmarshal(b, env))
 	return env
+}
+
+// TestDeployRefusesMoreModelsThanADeviceRuns: a device runs at most 64
+// models (its desired state, reports and telemetry are bounded by it); the
+// 65th deploy to it is refused with the reason, and the device keeps the
+// 64 it has.
+func TestDeployRefusesMoreModelsThanADeviceRuns(t *testing.T) {
+	ts := newTestServer(t, nil)
+	ts.register("dev-1", nil)
+	art := fleettest.TrainedModel(t, 1)
+	for i := range 65 {
+		ts.mustUpload(fmt.Sprintf("m%02d", i), "v1", art)
+	}
+	for i := range 64 {
+		ts.deploy(api.DeployRequest{Model: fmt.Sprintf("m%02d", i), Version: "v1", Devices: []string{"dev-1"}})
+	}
+	code, body := ts.doJSON("POST", "/api/v1/deployments", api.DeployRequest{Model: "m64", Version: "v1", Devices: []string{"dev-1"}}, nil)
+	assert.Equal(t, http.StatusBadRequest, code, "%s", body)
+	assert.Contains(t, string(body), "device dev-1 would run 65 models; a device runs at most 64")
+	dev, err := ts.Client.Device(context.Background(), "dev-1")
+	require.NoError(t, err)
+	require.NotNil(t, dev.Desired)
+	assert.Len(t, dev.Desired.Models, 64, "the refused deploy changed nothing")
 }

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -77,8 +78,8 @@ func BenchmarkConsolePages(b *testing.B) {
 
 	// Models and rollouts: each rollout takes a canary of five devices of
 	// its group; all but the last are aborted.
-	ts.mustUpload("fraud", "1.0.0", trainedModel(b, 1))
-	ts.mustUpload("fraud", "2.0.0", trainedModel(b, 2))
+	ts.mustUpload("fraud", "1.0.0", fleettest.TrainedModel(b, 1))
+	ts.mustUpload("fraud", "2.0.0", fleettest.TrainedModel(b, 2))
 	var last *api.Rollout
 	maxFailures := 0.1
 	for g := range rollouts {

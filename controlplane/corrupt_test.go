@@ -15,6 +15,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 )
 
 // TestCorruptModelFileIsVisible: a stored model file whose bytes no longer
@@ -26,8 +27,8 @@ func TestCorruptModelFileIsVisible(t *testing.T) {
 	mod := func(o *controlplane.Options) { o.DataDir = dir }
 	first := newTestServer(t, mod)
 	first.register("dev-1", nil)
-	v1 := first.mustUpload("fraud", "v1", trainedModel(t, 1))
-	first.mustUpload("fraud", "v2", trainedModel(t, 2))
+	v1 := first.mustUpload("fraud", "v1", fleettest.TrainedModel(t, 1))
+	first.mustUpload("fraud", "v2", fleettest.TrainedModel(t, 2))
 	first.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
 	first.Stop()
 

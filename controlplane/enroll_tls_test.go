@@ -47,7 +47,7 @@ func TestEnrolledAgentOverMutualTLS(t *testing.T) {
 
 	fleettest.RunAgent(t, opts)
 
-	ts.mustUpload("fraud", "v1", trainedModel(t, 1))
+	ts.mustUpload("fraud", "v1", fleettest.TrainedModel(t, 1))
 	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"tls-1"}})
 	require.Eventually(t, func() bool {
 		d, err := ts.Device("tls-1")

@@ -12,6 +12,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/bus"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -23,7 +24,7 @@ func TestExternalBroker(t *testing.T) {
 	assert.Equal(t, mq.URL(), ts.BrokerURL())
 	creds := ts.register("dev-1", nil)
 	assert.Equal(t, mq.URL(), creds.BrokerURL)
-	a := trainedModel(t, 1)
+	a := fleettest.TrainedModel(t, 1)
 	ts.mustUpload("fraud", "v1", a)
 	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
 
@@ -79,7 +80,7 @@ func TestExternalBrokerSharedIngest(t *testing.T) {
 	eb := ts.internals().Bus.(*bus.External)
 	require.Eventually(t, eb.IngestReady, 30*time.Second, 10*time.Millisecond, "the ingest connections never came up")
 	creds := ts.register("dev-1", nil)
-	ts.mustUpload("fraud", "v1", trainedModel(t, 1))
+	ts.mustUpload("fraud", "v1", fleettest.TrainedModel(t, 1))
 	c := deviceClient(t, creds)
 	sc := topics.Scheme{Prefix: creds.TopicPrefix}
 

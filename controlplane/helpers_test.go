@@ -8,7 +8,6 @@ import (
 	"mime/multipart"
 	"net/http"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -136,24 +135,6 @@ func (ts *testServer) deploy(req api.DeployRequest) api.DeployResult {
 	return res
 }
 
-// artifacts are trained once per test binary: training is deterministic.
-var artifacts = struct {
-	sync.Mutex
-	m map[uint64]*fraud.Artifact
-}{m: map[uint64]*fraud.Artifact{}}
-
-func trainedModel(t testing.TB, seed uint64) *fraud.Artifact {
-	t.Helper()
-	artifacts.Lock()
-	defer artifacts.Unlock()
-	if a := artifacts.m[seed]; a != nil {
-		return a
-	}
-	a, err := fraud.TrainArtifact(fraud.TrainConfig{Seed: seed, Rows: 2000, Now: func() time.Time { return time.Unix(1_700_000_000, 0) }})
-	require.NoError(t, err)
-	artifacts.m[seed] = a
-	return a
-}
 
 // deviceClient connects to the broker as a registered device.
 func deviceClient(t testing.TB, creds api.DeviceCredentials) paho.Client {

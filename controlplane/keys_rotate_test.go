@@ -11,6 +11,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/keys"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -23,7 +24,7 @@ func TestRotatedKeysArePublishedAndDocumentsResigned(t *testing.T) {
 	dir := t.TempDir()
 	first := newTestServer(t, func(o *controlplane.Options) { o.DataDir = dir })
 	creds := first.register("dev-1", nil)
-	first.mustUpload("fraud", "v1", trainedModel(t, 1))
+	first.mustUpload("fraud", "v1", fleettest.TrainedModel(t, 1))
 	first.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
 	c := deviceClient(t, creds)
 	sc := topics.Scheme{Prefix: creds.TopicPrefix}

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -23,7 +24,7 @@ func TestRunLeavesNoGoroutines(t *testing.T) {
 
 	ts := newTestServer(t, nil)
 	creds := ts.register("dev-1", nil)
-	ts.mustUpload("fraud", "v1", trainedModel(t, 1))
+	ts.mustUpload("fraud", "v1", fleettest.TrainedModel(t, 1))
 	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
 	c, err := dialDevice(creds.BrokerURL, creds.Username, creds.Password)
 	require.NoError(t, err)

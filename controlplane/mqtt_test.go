@@ -18,6 +18,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
 	"github.com/edgefleet/edgefleet/controlplane/ingest"
 	"github.com/edgefleet/edgefleet/controlplane/models"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/onnxbuild"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/internal/testkit"
@@ -41,7 +42,7 @@ func agentVerifier(t *testing.T, creds api.DeviceCredentials, trust message) *si
 func TestManifestPublishedRetainedAndVerifies(t *testing.T) {
 	ts := newTestServer(t, nil)
 	creds := ts.register("dev-1", nil)
-	a := trainedModel(t, 1)
+	a := fleettest.TrainedModel(t, 1)
 	mv := ts.mustUpload("fraud", "v1", a)
 
 	// A device connecting after the upload finds both retained.
@@ -79,7 +80,7 @@ func TestDeployPublishesSignedDesiredState(t *testing.T) {
 	creds := ts.register("dev-1", map[string]string{"site": "berlin", "hw": "arm64"})
 	ts.register("dev-2", map[string]string{"site": "berlin", "hw": "x86_64"})
 	ts.register("dev-3", map[string]string{"site": "paris", "hw": "arm64"})
-	a1, a2 := trainedModel(t, 1), trainedModel(t, 2)
+	a1, a2 := fleettest.TrainedModel(t, 1), fleettest.TrainedModel(t, 2)
 	ts.mustUpload("fraud", "v1", a1)
 	ts.mustUpload("fraud", "v2", a2)
 	ts.mustUpload("scorer", "v1", a1)
@@ -142,7 +143,7 @@ func TestDeployPublishesSignedDesiredState(t *testing.T) {
 func TestFetchRequestsPublishChunks(t *testing.T) {
 	ts := newTestServer(t, nil)
 	creds := ts.register("dev-1", nil)
-	a := trainedModel(t, 1)
+	a := fleettest.TrainedModel(t, 1)
 	mv := ts.mustUpload("fraud", "v1", a)
 	require.GreaterOrEqual(t, mv.ChunkCount, uint32(1))
 	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
@@ -186,7 +187,7 @@ func TestFetchLargeModelResumes(t *testing.T) {
 	// A real model padded to 300 kB: 5 chunks.
 	ts := newTestServer(t, nil)
 	creds := ts.register("dev-1", nil)
-	a := trainedModel(t, 1)
+	a := fleettest.TrainedModel(t, 1)
 	model := onnxbuild.Pad(a.ONNX, 300_000-len(a.ONNX)-8)
 	code, body := ts.upload("big", "v1", model, a.Metadata(), false)
 	require.Equal(t, http.StatusCreated, code, "%s", body)
@@ -221,7 +222,7 @@ func TestMalformedPayloadsAreDropped(t *testing.T) {
 	ts := newTestServer(t, nil)
 	creds := ts.register("dev-1", nil)
 	ts.register("dev-2", nil)
-	ts.mustUpload("fraud", "v1", trainedModel(t, 1))
+	ts.mustUpload("fraud", "v1", fleettest.TrainedModel(t, 1))
 	c := deviceClient(t, creds)
 	sc := topics.Scheme{Prefix: creds.TopicPrefix}
 
@@ -411,7 +412,7 @@ func TestRenewExtendsExpiringDocuments(t *testing.T) {
 	clock := testkit.NewClock(now)
 	ts := newTestServer(t, func(o *controlplane.Options) { o.Clock = clock.Now })
 	ts.register("dev-1", nil)
-	ts.mustUpload("fraud", "v1", trainedModel(t, 1))
+	ts.mustUpload("fraud", "v1", fleettest.TrainedModel(t, 1))
 	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
 	in := ts.internals()
 	before, err := in.Models.Get("fraud", "v1")
@@ -451,9 +452,9 @@ func TestFetchOnlyAssignedVersionsWithinABudget(t *testing.T) {
 	ts := newTestServer(t, func(o *controlplane.Options) { o.ChunkBatchWindow = -1 })
 	creds := ts.register("dev-1", nil)
 	ts.register("dev-2", nil)
-	a := trainedModel(t, 1)
+	a := fleettest.TrainedModel(t, 1)
 	mv := ts.mustUpload("fraud", "v1", a)
-	ts.mustUpload("fraud", "v2", trainedModel(t, 2))
+	ts.mustUpload("fraud", "v2", fleettest.TrainedModel(t, 2))
 	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
 	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v2", Devices: []string{"dev-2"}})
 	c := deviceClient(t, creds)

@@ -13,6 +13,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -34,7 +35,7 @@ func TestInProcessOperations(t *testing.T) {
 	_, err = ts.RegisterDevice("dev 2", nil)
 	assert.ErrorIs(t, err, api.ErrInvalid)
 
-	a := trainedModel(t, 1)
+	a := fleettest.TrainedModel(t, 1)
 	bad := a.Metadata()
 	bad.Size = 1
 	_, err = ts.AddModelVersion(ctx, "fraud", "v1", a.ONNX, bad, false)

@@ -15,6 +15,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/keys"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/internal/topics"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -25,7 +26,7 @@ func TestRestartRestoresState(t *testing.T) {
 	first := newTestServer(t, func(o *controlplane.Options) { o.DataDir = dir })
 	token := first.Token
 	creds := first.register("dev-1", map[string]string{"site": "berlin"})
-	first.mustUpload("fraud", "v1", trainedModel(t, 1))
+	first.mustUpload("fraud", "v1", fleettest.TrainedModel(t, 1))
 	first.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Selector: "site=berlin"})
 	first.Stop()
 
@@ -67,7 +68,7 @@ func TestRestartRestoresState(t *testing.T) {
 	assert.Equal(t, uint64(2), res.Devices[0].Generation)
 
 	// Versions stay immutable across restarts.
-	code, _ = second.upload("fraud", "v1", trainedModel(t, 1).ONNX, trainedModel(t, 1).Metadata(), false)
+	code, _ = second.upload("fraud", "v1", fleettest.TrainedModel(t, 1).ONNX, fleettest.TrainedModel(t, 1).Metadata(), false)
 	assert.Equal(t, http.StatusConflict, code)
 }
 
@@ -86,7 +87,7 @@ func TestServeWithoutRootPrivateKey(t *testing.T) {
 	got, err := signing.ParsePublicKeyPEM([]byte(creds.RootPublicKey))
 	require.NoError(t, err)
 	assert.Equal(t, rootPub, got)
-	ts.mustUpload("fraud", "v1", trainedModel(t, 1))
+	ts.mustUpload("fraud", "v1", fleettest.TrainedModel(t, 1))
 	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
 }
 

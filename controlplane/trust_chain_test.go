@@ -176,7 +176,7 @@ func (f *trustFleet) waitTrust(v uint64, ids ...string) {
 // then waits until every one of them serves it.
 func (f *trustFleet) deploy(version string, seed uint64, ids ...string) {
 	f.t.Helper()
-	a := trainedModel(f.t, seed)
+	a := fleettest.TrainedModel(f.t, seed)
 	_, err := f.cp.AddModelVersion(context.Background(), "fraud", version, a.ONNX, a.Metadata(), false)
 	require.NoError(f.t, err)
 	_, err = f.cp.Deploy(context.Background(), api.DeployRequest{Model: "fraud", Version: version, Devices: ids})

@@ -2,6 +2,7 @@ package controlplane_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/client"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/modelzoo"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -61,6 +63,10 @@ func TestPushMixedModelWithSampleRequests(t *testing.T) {
 	assert.InDelta(t, 1e-2, m.RelativeTolerance, 1e-9)
 	assert.Contains(t, strings.Join(mv.Checks.Notes, "\n"), "test vectors: 2 recorded by running the model on the sample inputs")
 	assert.EqualValues(t, 15, m.Opset, "taken from the model")
+	assert.Contains(t, mv.Checks.Notes, "drift: numeric inputs only; country (BYTES) not monitored")
+	metrics, err := ts.Client.ModelMetrics(context.Background(), "mixed", "1", api.MetricsQuery{})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"country (BYTES)"}, metrics.UnmonitoredInputs, "the metrics say which inputs drift skips")
 }
 
 func TestPushClassifierWithCSV(t *testing.T) {
@@ -91,7 +97,7 @@ func TestPushClassifierWithCSV(t *testing.T) {
 
 func TestPushFP32ModelStaysVersion1(t *testing.T) {
 	ts := newTestServer(t, nil)
-	a := trainedModel(t, 1)
+	a := fleettest.TrainedModel(t, 1)
 	_, m, err := ts.push(client.Upload{Name: "fraud", Version: "1", Model: bytes.NewReader(a.ONNX),
 		Samples: []byte("1,2,0.5,3,1,0,100\n40,3,0.9,900,6,1,5\n")})
 	require.NoError(t, err)

@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"fmt"
 	"time"
 )
 
@@ -277,4 +278,23 @@ type DeployedDevice struct {
 	ID           string `json:"id"`
 	Generation   uint64 `json:"generation"`
 	PublishError string `json:"publish_error,omitempty"`
+}
+
+// BlockedBy is why the device cannot get what it was assigned: the first
+// desired version it does not run yet for which corrupt gives a reason
+// (the control plane's stored file of that version is corrupt); "" when
+// nothing blocks it.
+func (d *Device) BlockedBy(corrupt func(model, version string) string) string {
+	if d.Desired == nil {
+		return ""
+	}
+	for _, m := range d.Desired.Models {
+		if st := d.Reported[m.Name]; st != nil && st.ActiveVersion == m.Version {
+			continue // it has it
+		}
+		if reason := corrupt(m.Name, m.Version); reason != "" {
+			return fmt.Sprintf("waits for %s@%s, whose stored file is corrupt: %s", m.Name, m.Version, reason)
+		}
+	}
+	return ""
 }

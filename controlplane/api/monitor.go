@@ -40,6 +40,9 @@ type ModelMetrics struct {
 	Devices []MetricsGroup `json:"devices"`
 	// Series is the version's accuracy and drift over time.
 	Series []MetricsPoint `json:"series"`
+	// UnmonitoredInputs are the version's inputs drift monitoring skips
+	// (non-numeric: BYTES), each with its datatype.
+	UnmonitoredInputs []string `json:"unmonitored_inputs,omitempty"`
 }
 
 // MetricsGroup is the figures of one group.

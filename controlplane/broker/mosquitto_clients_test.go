@@ -94,17 +94,19 @@ func TestMosquittoClientsCannotEscapeACL(t *testing.T) {
 			}
 		}
 		// The control run: an allowed publish arrives, and it is the only
-		// message from d1 (the inline marker orders everything before it).
+		// message from d1. The broker acknowledges a QoS 1 publish before it
+		// fans it out, so wait for the allowed message itself as well as for
+		// the marker published after it: every attempt before them has been
+		// handled by then (each ran on a connection that had ended).
 		code, out := mosquittoClient(t, b, "mosquitto_pub", "-t", s.Status("d1"), "-q", "1", "-m", "allowed")
 		require.Zero(t, code, out)
 		require.NoError(t, b.Publish(s.Trust(), []byte("marker"), false, 1))
 		require.Eventually(t, func() bool {
+			seen := map[string]bool{}
 			for _, m := range rec.get() {
-				if m.payload == "marker" {
-					return true
-				}
+				seen[m.payload] = true
 			}
-			return false
+			return seen["marker"] && seen["allowed"]
 		}, waitFor, 5*time.Millisecond)
 		var fromD1 []string
 		for _, m := range rec.get() {

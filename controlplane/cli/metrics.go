@@ -102,6 +102,9 @@ func writeMetrics(a *app, res *api.ModelMetrics) {
 		}
 		_ = tw.Flush()
 	}
+	if len(res.UnmonitoredInputs) > 0 {
+		fmt.Fprintf(a.stdout, "not monitored for drift (non-numeric): %s\n", strings.Join(res.UnmonitoredInputs, ", "))
+	}
 	acc := make([]float64, len(res.Series))
 	psi := make([]float64, len(res.Series))
 	for i, p := range res.Series {

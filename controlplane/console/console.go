@@ -77,6 +77,9 @@ type Fleet interface {
 // Models is the model registry.
 type Models interface {
 	List() []api.ModelVersion
+	// Corrupt is why a version's stored file cannot be served ("" when
+	// it can).
+	Corrupt(name, version string) string
 }
 
 // Rollouts is the rollout engine.

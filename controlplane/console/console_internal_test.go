@@ -95,9 +95,15 @@ func (f *fakeFleet) Visit(fn func(*api.Device) bool) {
 	}
 }
 
-type fakeModels struct{ list []api.ModelVersion }
+type fakeModels struct {
+	list    []api.ModelVersion
+	corrupt map[string]string // by name + "@" + version
+}
 
 func (f *fakeModels) List() []api.ModelVersion { return f.list }
+func (f *fakeModels) Corrupt(name, version string) string {
+	return f.corrupt[name+"@"+version]
+}
 
 type fakeRollouts struct{ list []*api.Rollout }
 
@@ -605,7 +611,7 @@ func TestPagesEscapeHostileValues(t *testing.T) {
 	series := []monitor.Series{{Key: hostile, Points: []api.MetricsPoint{{Time: at, Accuracy: &acc, MaxPSI: &psi}}}}
 	f := newFixture(t, func(o *Options) {
 		o.Fleet = &fakeFleet{devs: []api.Device{dev}}
-		o.Models = &fakeModels{list: []api.ModelVersion{{Name: hostile, Version: hostile, Checks: api.UploadChecks{Error: hostile}}}}
+		o.Models = &fakeModels{list: []api.ModelVersion{{Name: hostile, Version: hostile, Checks: api.UploadChecks{Error: hostile}}, {Name: hostile, Version: "v2", Corrupt: hostile}}}
 		o.Rollouts = &fakeRollouts{list: []*api.Rollout{ro}}
 		o.Metrics = &fakeMetrics{series: series}
 		o.Rules = monitor.Rules{MaxPSI: 0.25, MinAccuracy: 0.8}
@@ -647,4 +653,30 @@ func TestPagesEscapeHostileValues(t *testing.T) {
 func TestStateClassIsSafe(t *testing.T) {
 	assert.Equal(t, "state state-rolled-back", stateClass("rolled-back"))
 	assert.Equal(t, "state state-scriptalertscriptx", stateClass(`"><script>alert(1)</script>x`))
+}
+
+// TestCorruptVersionsAndBlockedDevicesShown: a version whose stored file
+// is corrupt says so on the models page, and a device assigned to it shows
+// why it is blocked on the fleet and device pages; a device that already
+// runs the version it was assigned is not blocked.
+func TestCorruptVersionsAndBlockedDevicesShown(t *testing.T) {
+	const reason = "model file blobs/ab12 does not match its sha256"
+	waiting := api.Device{ID: "dev-1", Desired: &api.DesiredSummary{Generation: 2, Models: []api.Assignment{{Name: "fraud", Version: "v9"}}}}
+	running := api.Device{ID: "dev-2", Desired: &api.DesiredSummary{Generation: 2, Models: []api.Assignment{{Name: "fraud", Version: "v9"}}},
+		Reported: map[string]*api.ModelStatus{"fraud": {State: api.ModelActive, ActiveVersion: "v9"}}}
+	f := newFixture(t, func(o *Options) {
+		o.Fleet = &fakeFleet{devs: []api.Device{waiting, running}}
+		o.Models = &fakeModels{list: []api.ModelVersion{{Name: "fraud", Version: "v9", Corrupt: reason}},
+			corrupt: map[string]string{"fraud@v9": reason}}
+	})
+	cl := f.client()
+	cl.login(operatorSecret)
+	_, body, _ := cl.get("/ui/models")
+	assert.Contains(t, body, "corrupt</span> <span class=\"reason\">"+reason)
+	_, body, _ = cl.get("/ui/devices/dev-1")
+	assert.Contains(t, body, "Blocked: <span class=\"reason\">waits for fraud@v9, whose stored file is corrupt: "+reason)
+	_, body, _ = cl.get("/ui/devices/dev-2")
+	assert.NotContains(t, body, "Blocked:")
+	_, body, _ = cl.get("/ui/fleet")
+	assert.Equal(t, 1, strings.Count(body, "blocked: waits for fraud@v9"), "only dev-1 is blocked")
 }

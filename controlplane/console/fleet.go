@@ -72,6 +72,7 @@ type deviceRow struct {
 	Models   []modelCell
 	Agent    string
 	Refusal  string
+	Blocked  string
 }
 
 type modelCell struct {
@@ -135,7 +136,7 @@ func (c *Console) fleet(f fleetFilter) *fleetData {
 			return true
 		}
 		if d.Matched >= from && d.Matched < from+pageSize {
-			d.Devices = append(d.Devices, row(dev))
+			d.Devices = append(d.Devices, row(dev, c.opts.Models.Corrupt))
 		}
 		d.Matched++
 		return true
@@ -224,9 +225,10 @@ func containsFold(s, sub string) bool {
 	return false
 }
 
-// row copies what the fleet table shows of dev.
-func row(dev *api.Device) deviceRow {
-	r := deviceRow{ID: dev.ID, Online: dev.Online, Revoked: dev.Revoked, LastSeen: dev.LastSeen, Agent: dev.AgentVersion}
+// row copies what the fleet table shows of dev; corrupt says which
+// versions the control plane cannot serve.
+func row(dev *api.Device, corrupt func(model, version string) string) deviceRow {
+	r := deviceRow{ID: dev.ID, Online: dev.Online, Revoked: dev.Revoked, LastSeen: dev.LastSeen, Agent: dev.AgentVersion, Blocked: dev.BlockedBy(corrupt)}
 	for _, k := range slices.Sorted(maps.Keys(dev.Labels)) {
 		r.Labels = append(r.Labels, kv{k, dev.Labels[k]})
 	}

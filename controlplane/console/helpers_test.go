@@ -9,7 +9,6 @@ import (
 	"os"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,7 +17,6 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/fleettest"
-	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/infer"
 )
 
@@ -47,28 +45,9 @@ func startEnv(t testing.TB, mod func(*controlplane.Options)) *env {
 	return e
 }
 
-// artifacts are trained once per test binary: training is deterministic.
-var artifacts = struct {
-	sync.Mutex
-	m map[uint64]*fraud.Artifact
-}{m: map[uint64]*fraud.Artifact{}}
-
-func trainedModel(t testing.TB, seed uint64) *fraud.Artifact {
-	t.Helper()
-	artifacts.Lock()
-	defer artifacts.Unlock()
-	if a := artifacts.m[seed]; a != nil {
-		return a
-	}
-	a, err := fraud.TrainArtifact(fraud.TrainConfig{Seed: seed, Rows: 2000, Now: func() time.Time { return time.Unix(1_700_000_000, 0) }})
-	require.NoError(t, err)
-	artifacts.m[seed] = a
-	return a
-}
-
 func (e *env) upload(version string, seed uint64) {
 	e.t.Helper()
-	a := trainedModel(e.t, seed)
+	a := fleettest.TrainedModel(e.t, seed)
 	_, err := e.cp.AddModelVersion(context.Background(), "fraud", version, a.ONNX, a.Metadata(), false)
 	require.NoError(e.t, err)
 }

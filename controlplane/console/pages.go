@@ -40,6 +40,7 @@ func (c *Console) devicePage(w http.ResponseWriter, r *http.Request, req *reques
 		c.renderError(w, r, req, http.StatusNotFound, fmt.Sprintf("Device %q is not registered.", r.PathValue("id")))
 		return
 	}
+	dev.Blocked = dev.BlockedBy(c.opts.Models.Corrupt)
 	d := &deviceData{D: dev}
 	for _, k := range slices.Sorted(maps.Keys(dev.Labels)) {
 		d.Labels = append(d.Labels, kv{k, dev.Labels[k]})

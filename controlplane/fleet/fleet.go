@@ -8,7 +8,6 @@ package fleet
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -169,20 +168,7 @@ func (f *Fleet) Device(id string) (api.Device, error) {
 
 // markBlocked sets d.Blocked when the device waits for a version the
 // control plane cannot serve (its stored file is corrupt).
-func (f *Fleet) markBlocked(d *api.Device) {
-	if d.Desired == nil {
-		return
-	}
-	for _, m := range d.Desired.Models {
-		if st := d.Reported[m.Name]; st != nil && st.ActiveVersion == m.Version {
-			continue // it has it
-		}
-		if reason := f.opts.Models.Corrupt(m.Name, m.Version); reason != "" {
-			d.Blocked = fmt.Sprintf("waits for %s@%s, whose stored file is corrupt: %s", m.Name, m.Version, reason)
-			return
-		}
-	}
-}
+func (f *Fleet) markBlocked(d *api.Device) { d.Blocked = d.BlockedBy(f.opts.Models.Corrupt) }
 
 // Devices returns the devices matching selector ("" for all), by id.
 func (f *Fleet) Devices(selector string) ([]api.Device, error) {

@@ -39,6 +39,8 @@ type Models interface {
 	List() []api.ModelVersion
 	Get(name, version string) (api.ModelVersion, error)
 	Has(name, version string) bool
+	// UnmonitoredInputs names the inputs drift monitoring skips.
+	UnmonitoredInputs(name, version string) []string
 	// CheckNew makes the cheap checks of an upload before its body is read.
 	CheckNew(name, version string) error
 	MaxModelSize() uint64

@@ -114,5 +114,6 @@ func (a *API) handleModelMetrics(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	res.UnmonitoredInputs = a.opts.Models.UnmonitoredInputs(name, version)
 	writeJSON(w, http.StatusOK, res)
 }

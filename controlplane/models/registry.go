@@ -387,3 +387,18 @@ func (r *Registry) Envelope(name, version string) ([]byte, error) {
 	}
 	return rec.Envelope, nil
 }
+
+// UnmonitoredInputs names the inputs of model@version that drift
+// monitoring skips (non-numeric), each with its datatype; nil when every
+// input is monitored or the version is unknown.
+func (r *Registry) UnmonitoredInputs(name, version string) []string {
+	rec := r.get(name, version)
+	if rec == nil {
+		return nil
+	}
+	m, err := decodeManifest(rec)
+	if err != nil {
+		return nil
+	}
+	return unmonitoredInputs(m)
+}

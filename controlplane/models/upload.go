@@ -428,6 +428,9 @@ func (r *Registry) add(ctx context.Context, u Upload) (*record, error) {
 	if err := checkReference(m); err != nil {
 		return nil, err
 	}
+	if skipped := unmonitoredInputs(m); len(skipped) > 0 {
+		notes = append(notes, fmt.Sprintf("drift: numeric inputs only; %s not monitored", strings.Join(skipped, ", ")))
+	}
 	m.Name, m.Version = name, version
 	derived, note, err := r.deriveVectors(model, m, u.Samples)
 	if err != nil {
@@ -516,4 +519,16 @@ func (r *Registry) add(ctx context.Context, u Upload) (*record, error) {
 	}
 	r.log.Info("model version added", "model", name, "version", version, "size", m.Size, "chunks", rec.ChunkCount, "checks_passed", checks.Passed)
 	return rec, nil
+}
+
+// unmonitoredInputs names m's inputs that drift monitoring skips (the
+// non-numeric ones, BYTES), each with its datatype.
+func unmonitoredInputs(m *efpb.Manifest) []string {
+	var out []string
+	for _, in := range m.GetInputs() {
+		if dt := tensor.Datatype(in.GetDatatype()); dt != "" && !dt.IsNumeric() {
+			out = append(out, fmt.Sprintf("%s (%s)", in.GetName(), dt))
+		}
+	}
+	return out
 }
