@@ -197,7 +197,7 @@ func Agent(ctx context.Context, o AgentOptions) (*AgentResult, error) {
 	fmt.Fprintf(o.Progress, "  RSS by mapping (MiB): %s\n", p.breakdown())
 
 	// Serving the fraud model.
-	if err := b.deploy(ctx, p, "fraud", "1.0.0", art.ONNX); err != nil {
+	if err := b.deploy(ctx, p, "1.0.0", art.ONNX); err != nil {
 		return nil, err
 	}
 	if err := b.inferN(ctx, o.Inferences, 4); err != nil {
@@ -227,8 +227,6 @@ type agentBench struct {
 	done chan error
 
 	id, dir, cfg, infURL string
-	// version is the one the agent serves (for waitActive).
-	version string
 }
 
 func (b *agentBench) startControlPlane(ctx context.Context, rt *infer.Runtime) error {
@@ -494,7 +492,7 @@ func (b *agentBench) assign(ctx context.Context, version string) error {
 	return nil
 }
 
-func (b *agentBench) deploy(ctx context.Context, p *agentProc, _ string, version string, model []byte) error {
+func (b *agentBench) deploy(ctx context.Context, p *agentProc, version string, model []byte) error {
 	if err := b.upload(ctx, version, model); err != nil {
 		return err
 	}
@@ -652,7 +650,7 @@ func (b *agentBench) swap(ctx context.Context, p *agentProc, smallRSS uint64) (*
 	if err != nil {
 		return nil, err
 	}
-	if err := b.deploy(ctx, p, "fraud", "2.0.0", oldModel); err != nil {
+	if err := b.deploy(ctx, p, "2.0.0", oldModel); err != nil {
 		return nil, err
 	}
 	oldModel = nil
