@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 )
 
@@ -19,9 +20,10 @@ type modelFile struct {
 	sum   [sha256.Size]byte
 }
 
-// openVerified maps the model file at path and checks it is exactly size
-// bytes with sha256 sum (hex): the bytes that are loaded are the bytes
-// that were checked.
+// openVerified checks that the model file at path is exactly size bytes
+// with sha256 sum (hex) and maps it. The agent alone writes its data
+// directory and never rewrites a model file, so what onnxruntime then
+// reads is what was checked.
 func openVerified(path, sum string, size uint64) (*modelFile, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -35,11 +37,18 @@ func openVerified(path, sum string, size uint64) (*modelFile, error) {
 	if uint64(fi.Size()) != size {
 		return nil, fmt.Errorf("model file %s is corrupt: %d bytes, the manifest says %d", sum, fi.Size(), size)
 	}
+	// Hashed by reading, not through the mapping: read pages stay in the
+	// page cache, outside this process's resident set, where mapped ones
+	// would count against it until dropped.
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return nil, fmt.Errorf("read model: %w", err)
+	}
 	mf, err := mapFile(f, fi.Size())
 	if err != nil {
 		return nil, fmt.Errorf("read model: %w", err)
 	}
-	mf.sum = sha256.Sum256(mf.b)
+	h.Sum(mf.sum[:0])
 	if hex.EncodeToString(mf.sum[:]) != sum {
 		mf.close()
 		return nil, fmt.Errorf("model file %s is corrupt: sha256 differs from the manifest", sum)

@@ -407,11 +407,12 @@ func (r *Runtime) LoadSharedSum(model []byte, sum [sha256.Size]byte, inputs, out
 
 // LoadSharedFile is LoadSharedSum for a model stored in the file at path
 // whose content is model (mapped, typically): onnxruntime reads the file
-// itself, so the caller's copy need not stay resident while onnxruntime
-// builds its own (for a large model that is the difference between two
-// and three times its size at the peak of a load). model is still read
-// to describe the model, which touches little beyond its graph header.
-// Empty path is LoadSharedSum.
+// itself and maps its large initializers from it (see loadFromFile), so
+// neither the caller's copy nor a parsed copy of the weights needs to be
+// resident while the session is built. model is still read to describe
+// the model, which touches little beyond its graph structure. The file
+// must not change while the session is open. Empty path is
+// LoadSharedSum.
 func (r *Runtime) LoadSharedFile(path string, model []byte, sum [sha256.Size]byte, inputs, outputs []string) (*Session, error) {
 	key := hex.EncodeToString(sum[:]) + "|" + strings.Join(inputs, ",") + "|" + strings.Join(outputs, ",")
 	r.mu.Lock()
@@ -503,15 +504,16 @@ func (r *Runtime) load(model []byte, path string, inputs, outputs []string, key 
 	}
 
 	var dyn *ort.DynamicAdvancedSession
+	mapped := 0
 	if path != "" {
-		dyn, err = ort.NewDynamicAdvancedSession(path, names(inSpecs), fetch, opts)
+		dyn, mapped, err = loadFromFile(opts, path, model, names(inSpecs), fetch)
 	} else {
 		dyn, err = ort.NewDynamicAdvancedSessionWithONNXData(model, names(inSpecs), fetch, opts)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("infer: load: %w: %v", ErrInvalidModel, err)
 	}
-	c := &sessionCore{key: key, dyn: dyn, inputs: inSpecs, outputs: outSpecs, scalarOut: make([]bool, len(outSpecs))}
+	c := &sessionCore{key: key, dyn: dyn, inputs: inSpecs, outputs: outSpecs, scalarOut: make([]bool, len(outSpecs)), mapped: mapped}
 	for i, sp := range outSpecs {
 		for _, v := range desc.Outputs {
 			if v.Name == sp.Name {
@@ -539,8 +541,35 @@ func (r *Runtime) load(model []byte, path string, inputs, outputs []string, key 
 	s := &Session{rt: r, inputs: inSpecs, outputs: outSpecs, core: c}
 	r.sessions[s] = struct{}{}
 	r.mu.Unlock()
-	r.logger.Debug("session loaded", "inputs", names(inSpecs), "outputs", names(outSpecs), "model_bytes", len(model))
+	r.logger.Debug("session loaded", "inputs", names(inSpecs), "outputs", names(outSpecs), "model_bytes", len(model),
+		"mapped_initializers", mapped)
 	return s, nil
+}
+
+// externalMinBytes is the smallest initializer loadFromFile leaves in
+// the model file for onnxruntime to map: smaller ones cost little to copy.
+const externalMinBytes = 1 << 20
+
+// loadFromFile creates a session for the model stored at path (whose
+// content is model). Its large initializers are pointed at their own bytes
+// in that file as ONNX external data (onnxmodel.Externalize), which
+// onnxruntime maps: the weights stay pages of the file, shared with the
+// page cache, instead of a parsed protobuf copied into tensors (a load
+// then peaks at about the model's size, not twice it). Should onnxruntime
+// refuse that form, the file is loaded as it is. mapped counts the
+// initializers left in the file.
+func loadFromFile(opts *ort.SessionOptions, path string, model []byte, inputs, outputs []string) (dyn *ort.DynamicAdvancedSession, mapped int, err error) {
+	slim, n, err := onnxmodel.Externalize(model, filepath.Base(path), externalMinBytes)
+	if err == nil && n > 0 {
+		err = opts.AddSessionConfigEntry("session.model_external_initializers_file_folder_path", filepath.Dir(path))
+		if err == nil {
+			if dyn, err = ort.NewDynamicAdvancedSessionWithONNXData(slim, inputs, outputs, opts); err == nil {
+				return dyn, n, nil
+			}
+		}
+	}
+	dyn, err = ort.NewDynamicAdvancedSession(path, inputs, outputs, opts)
+	return dyn, 0, err
 }
 
 // release drops a closed Session from r's set and reports whether it was

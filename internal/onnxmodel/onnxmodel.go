@@ -2,8 +2,10 @@
 // IR version, producer, opset imports, metadata, and the graph's inputs and
 // outputs with their full types (tensors with fixed, symbolic or unknown
 // dimensions; sequences, maps, optionals), plus the class labels of
-// ai.onnx.ml ZipMap outputs. It also makes the one edit serving needs:
-// widening half-precision outputs to float (WidenOutputs). It depends only
+// ai.onnx.ml ZipMap outputs. It also makes the edits serving needs:
+// widening half-precision outputs to float (WidenOutputs), and pointing
+// large initializers at their bytes in the model file as external data
+// (Externalize), so onnxruntime maps them instead of copying. It depends only
 // on protowire and internal/tensor. Imported by internal/infer,
 // controlplane/cli (model inspect) and fleet-sim/scenario.
 package onnxmodel
