@@ -142,8 +142,11 @@ type SwapResult struct {
 	SmallRSS uint64 `json:"small_rss_bytes"`
 	OldRSS   uint64 `json:"old_rss_bytes"`
 	PeakRSS  uint64 `json:"peak_rss_bytes"`
-	AfterRSS uint64 `json:"after_rss_bytes"`
-	NewRSS   uint64 `json:"new_rss_bytes"`
+	// PeakPhase is the state the agent last reported when the largest
+	// sample was taken (downloading, verifying, staging, swapped, after).
+	PeakPhase string `json:"peak_phase"`
+	AfterRSS  uint64 `json:"after_rss_bytes"`
+	NewRSS    uint64 `json:"new_rss_bytes"`
 	// PeakLimit is 1.1 × (OldRSS + ModelBytes): the agent serving the old
 	// model plus the new model's size, plus 10 %.
 	PeakLimit uint64 `json:"peak_limit_bytes"`
@@ -676,12 +679,19 @@ func (b *agentBench) swap(ctx context.Context, p *agentProc, smallRSS uint64) (*
 	}
 	// The swap window opens when the download is complete.
 	var verifyingAt time.Time
+	var phaseMu sync.Mutex
+	phase := "assigned" // guarded by phaseMu: the last state reported
 	var peak atomic.Uint64
 	sampling, stopSampling := context.WithCancel(ctx)
 	var sampler sync.WaitGroup
 	sampler.Go(func() {
 		for sampling.Err() == nil {
-			peak.Store(max(peak.Load(), p.rss()))
+			if v := p.rss(); v > peak.Load() {
+				peak.Store(v)
+				phaseMu.Lock()
+				r.PeakPhase = phase
+				phaseMu.Unlock()
+			}
 			sleepCtx(sampling, 10*time.Millisecond)
 		}
 	})
@@ -690,6 +700,14 @@ func (b *agentBench) swap(ctx context.Context, p *agentProc, smallRSS uint64) (*
 		if err != nil || st == nil {
 			return false, err
 		}
+		phaseMu.Lock()
+		if st.TargetVersion == "3.0.0" {
+			phase = string(st.State)
+		}
+		if l.firstNew.Load() != nil {
+			phase = "swapped"
+		}
+		phaseMu.Unlock()
 		if verifyingAt.IsZero() && st.TargetVersion == "3.0.0" && (st.State == api.ModelVerifying || st.State == api.ModelStaging || st.State == api.ModelActive) {
 			verifyingAt = time.Now()
 		}
@@ -706,6 +724,9 @@ func (b *agentBench) swap(ctx context.Context, p *agentProc, smallRSS uint64) (*
 	}
 	swapTo := l.firstNew.Load().Add(time.Second)
 	sleepCtx(ctx, time.Until(swapTo))
+	phaseMu.Lock()
+	phase = "after"
+	phaseMu.Unlock()
 	r.AfterRSS = p.maxRSS(ctx, o.Steady)
 	stopSampling()
 	sampler.Wait()
@@ -744,8 +765,8 @@ func (b *agentBench) swap(ctx context.Context, p *agentProc, smallRSS uint64) (*
 	r.PeakLimit = uint64(1.1 * float64(r.OldRSS+uint64(r.ModelBytes)))
 	fmt.Fprintf(o.Progress, "swap: %d requests, %d failed; p99 steady %.1f ms, during the swap %.1f ms (%.2f×, %d requests in %.1fs)\n",
 		r.Requests, r.Failed, r.SteadyP99Ms, r.SwapP99Ms, r.SwapP99Ms/math.Max(r.SteadyP99Ms, 1e-9), r.SwapSamples, r.SwapWindowS)
-	fmt.Fprintf(o.Progress, "swap: RSS old steady %s, peak %s (limit %s), after %s, new steady %s (after/new %.2f)\n",
-		mib(r.OldRSS), mib(r.PeakRSS), mib(r.PeakLimit), mib(r.AfterRSS), mib(r.NewRSS), float64(r.AfterRSS)/float64(max(r.NewRSS, 1)))
+	fmt.Fprintf(o.Progress, "swap: RSS old steady %s, peak %s (limit %s; sampled at %s), after %s, new steady %s (after/new %.2f)\n",
+		mib(r.OldRSS), mib(r.PeakRSS), mib(r.PeakLimit), r.PeakPhase, mib(r.AfterRSS), mib(r.NewRSS), float64(r.AfterRSS)/float64(max(r.NewRSS, 1)))
 	return r, p2.stop()
 }
 
