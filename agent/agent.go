@@ -117,6 +117,11 @@ type Options struct {
 	// DefaultOutboxMaxBytes.
 	OutboxMaxReports int
 	OutboxMaxBytes   int64
+	// ReportAckTimeout is how long a report (telemetry or status event)
+	// the broker accepted waits for the control plane's acknowledgement
+	// before it is sent again (then with doubling back-off, at most ten
+	// minutes apart). Default 30s.
+	ReportAckTimeout time.Duration
 
 	// Version is the agent's own version, reported in telemetry.
 	Version string
@@ -223,6 +228,7 @@ type Agent struct {
 	refused       atomic.Uint64 // well-formed documents refused by a check
 	writeFailures atomic.Uint64 // writes of persisted state that failed
 	chunks        atomic.Uint64 // chunks accepted into a download (ChunksReceived)
+	telemetryMade atomic.Uint64 // telemetry reports queued (TelemetryReports)
 	ready         chan struct{}
 	runOnce       atomic.Bool
 	infAddr       atomic.Value // string
@@ -320,7 +326,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent started", "inference", a.InferenceAddr(), "broker", a.opts.BrokerURL)
 
 	wg.Go(func() { a.connectLoop(ctx) })
-	wg.Go(func() { a.outbox.run(ctx, time.Second, a.sendQueued) })
+	wg.Go(func() { a.outbox.run(ctx, a.sendQueued, a.connected) })
 	a.updateLoop(ctx)
 	return nil
 }
@@ -348,14 +354,14 @@ func (a *Agent) open() error {
 			return fmt.Errorf("agent: %w", err)
 		}
 	}
-	if err := a.restore(); err != nil {
-		return err
-	}
-	ob, err := openOutbox(a.kv.Namespace("outbox"), a.opts.OutboxMaxReports, a.opts.OutboxMaxBytes, a.log)
+	ob, err := openOutbox(a.kv.Namespace("outbox"), a.opts.OutboxMaxReports, a.opts.OutboxMaxBytes, a.opts.ReportAckTimeout, a.log)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
 	a.outbox = ob
+	if err := a.restore(); err != nil {
+		return err
+	}
 	if a.opts.InferenceListen != "" {
 		ln, err := net.Listen("tcp", a.opts.InferenceListen)
 		if err != nil {

@@ -49,11 +49,30 @@ func (e *attackEnv) desired(gen uint64, ttl time.Duration, as ...*efpb.ModelAssi
 		IssuedUnix: time.Now().Unix(), ExpiresUnix: time.Now().Add(ttl).Unix()}
 }
 
-// chunk publishes one chunk of fraud@2.0.0 as the attacker wrote it.
-func (e *attackEnv) chunk(idx uint32, data []byte) {
-	b, err := proto.Marshal(&efpb.Chunk{Name: "fraud", Version: "2.0.0", Index: idx, Data: data})
-	require.NoError(e.h.t, err)
-	require.NoError(e.h.t, e.h.broker.Publish(e.h.scheme.Chunks("fraud", "2.0.0"), b, false, 1))
+// junk publishes one chunk of fraud@2.0.0 as the attacker wrote it; it
+// runs on flood's goroutine, so errors are ignored.
+func (e *attackEnv) junk(idx uint32, data []byte) {
+	b, _ := proto.Marshal(&efpb.Chunk{Name: "fraud", Version: "2.0.0", Index: idx, Data: data})
+	_ = e.h.broker.Publish(e.h.scheme.Chunks("fraud", "2.0.0"), b, false, 1)
+}
+
+// flood calls publish over and over until the test ends (an attacker who
+// keeps sending).
+func (e *attackEnv) flood(publish func()) {
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			publish()
+			time.Sleep(time.Millisecond) // pacing the attacker, not waiting for a result
+		}
+	}()
+	e.h.t.Cleanup(func() { close(stop); <-done })
 }
 
 // waitFetching waits until the agent asks for fraud@2.0.0's chunks.
@@ -192,19 +211,19 @@ func TestAttacksAreRefused(t *testing.T) {
 		{"endless data: declared size beyond the device's limit", func(e *attackEnv) {
 			v2With(e, func(m *efpb.Manifest) { m.Size = 1 << 40 }, nil)
 		}, "manifest refused"},
+		// A burst of junk ends one download attempt; the update fails
+		// (for this generation, until a restart) only when the junk keeps
+		// coming through every retry.
 		{"endless data: chunks longer than the signed chunk size", func(e *attackEnv) {
 			withheld(e)
 			big := make([]byte, 1<<20) // the manifest's chunk size is smaller
-			for range 20 {
-				e.chunk(0, big)
-			}
-		}, "download refused"},
+			e.flood(func() { e.junk(0, big) })
+		}, "download refused after 3 attempts"},
 		{"endless data: more chunks than the manifest lists", func(e *attackEnv) {
 			withheld(e)
-			for i := range uint32(20) {
-				e.chunk(1000+i, []byte("extra"))
-			}
-		}, "download refused"},
+			var i uint32
+			e.flood(func() { i++; e.junk(1000+i%64, []byte("extra")) })
+		}, "download refused after 3 attempts"},
 
 		// Wrong target.
 		{"wrong hardware", func(e *attackEnv) {

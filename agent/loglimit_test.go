@@ -141,8 +141,10 @@ func TestAgentFloodIsCountedNotLogged(t *testing.T) {
 
 	// A v2 download held open (no chunk is served), so the agent listens
 	// on its chunk topic. It has enough chunks that the flood of bad ones
-	// stays under the count at which the agent gives the download up.
-	model := onnxbuild.Pad(art2.ONNX, 100*transfer.DefaultChunkSize)
+	// stays under the count at which the agent gives the download attempt
+	// up, and each bad chunk has its own index (the same chunk refused
+	// twice from one source ends the attempt too).
+	model := onnxbuild.Pad(art2.ONNX, 160*transfer.DefaultChunkSize)
 	h.mu.Lock()
 	h.serveOnly = func(uint32) bool { return false }
 	h.mu.Unlock()
@@ -158,15 +160,18 @@ func TestAgentFloodIsCountedNotLogged(t *testing.T) {
 	}, 30*time.Second, 10*time.Millisecond, "the agent never fetched 2.0.0")
 
 	garbage := []byte{0xff, 0xff, 0xff, 0x0f, 0x01} // not protobuf
-	badChunk, err := proto.Marshal(&efpb.Chunk{Name: "fraud", Version: "2.0.0", Index: 3, Data: []byte("not the chunk the manifest signed")})
-	require.NoError(t, err)
+	badChunk := func(idx int) []byte {
+		b, err := proto.Marshal(&efpb.Chunk{Name: "fraud", Version: "2.0.0", Index: uint32(idx), Data: []byte("not the chunk the manifest signed")})
+		require.NoError(t, err)
+		return b
+	}
 	const rounds, perRound = 6, 25 // per kind; the broker's queue to one client holds far more
 	dropped0, refused0 := a.Dropped(), a.Refused()
 	for r := 1; r <= rounds; r++ {
-		for range perRound {
+		for i := range perRound {
 			require.NoError(t, h.broker.Publish(h.scheme.Chunks("fraud", "2.0.0"), garbage, false, 1))
 			require.NoError(t, h.broker.Publish(h.scheme.Desired("dev-1"), garbage, false, 1))
-			require.NoError(t, h.broker.Publish(h.scheme.Chunks("fraud", "2.0.0"), badChunk, false, 1))
+			require.NoError(t, h.broker.Publish(h.scheme.Chunks("fraud", "2.0.0"), badChunk((r-1)*perRound+i), false, 1))
 		}
 		// In rounds, each counted before the next: the agent's inbound
 		// queue is bounded, and a message it never read is not the

@@ -14,9 +14,9 @@ import (
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
-// publish sends one QoS 1 report. Status reports made while disconnected
-// are not queued: the agent reports its full state again on every connect.
-// Telemetry is queued instead (outbox.go).
+// publish sends one QoS 1 message that is not kept when it cannot be sent
+// (fetch requests and presence). Reports (status events and telemetry) go
+// through the outbox instead (outbox.go).
 func (a *Agent) publish(ctx context.Context, topic string, payload []byte) {
 	c := a.mqtt()
 	if c == nil || !c.IsConnected() {
@@ -92,7 +92,11 @@ func (a *Agent) reportEvent(ctx context.Context, ev *efpb.StatusEvent) {
 		a.log.Error("encode status", "err", err)
 		return
 	}
-	a.publish(ctx, a.topics.Status(a.opts.DeviceID), b)
+	// Store and forward, kept until the control plane acknowledged it
+	// (outbox.go), like telemetry.
+	if err := a.outbox.push(ev.Seq, kindStatus, b); err != nil {
+		a.log.Error("queue status event", "err", err)
+	}
 }
 
 func (a *Agent) sendTelemetry(ctx context.Context) {
@@ -126,10 +130,18 @@ func (a *Agent) sendTelemetry(ctx context.Context) {
 		return
 	}
 	// Store and forward (outbox.go): queued on disk, sent in order.
-	if err := a.outbox.push(t.Seq, b); err != nil {
+	if err := a.outbox.push(t.Seq, kindTelemetry, b); err != nil {
 		a.log.Error("queue telemetry", "err", err)
+		return
 	}
+	a.telemetryMade.Add(1)
 }
+
+// TelemetryReports is the number of telemetry reports this agent made and
+// queued for the control plane since it was created. Each one is
+// delivered (the control plane acknowledged it), still queued
+// (QueuedReports) or counted as dropped (ReportsDropped).
+func (a *Agent) TelemetryReports() uint64 { return a.telemetryMade.Load() }
 
 func (a *Agent) presenceMessage(online bool) *mqttc.Message {
 	b, _ := proto.Marshal(&efpb.Presence{

@@ -57,6 +57,15 @@ type slot struct {
 	manifest     *efpb.Manifest // the target's verified manifest
 	lastProgress time.Time      // last chunk added (monotonic: for stall detection, not the wall clock)
 	badChunks    int            // chunks refused in this download
+	// badFrom counts the refused copies of each chunk by the source that
+	// sent it, in this download attempt: the same chunk refused twice from
+	// one source ends the attempt.
+	badFrom map[chunkFrom]int
+	// downloadAttempts counts the download attempts of the target that
+	// ended on refused chunks, in this process; retryDownloadAt (real time)
+	// is when the next one starts (zero: none scheduled).
+	downloadAttempts int
+	retryDownloadAt  time.Time
 	// verified holds the target's file, mapped, between finishDownload,
 	// which hashed it, and stage, which loads it without a second pass; nil
 	// otherwise (stage after a restart maps and checks the file).
@@ -88,7 +97,15 @@ func (s *slot) closeDownload() {
 	}
 	s.asm = nil
 	s.badChunks = 0
+	s.badFrom = nil
 	s.inflight = nil
+}
+
+// chunkFrom is one chunk of a download from one source ("broker", or a
+// peer's name).
+type chunkFrom struct {
+	index  uint32
+	source string
 }
 
 // acquire returns the serving model with its read lock held; the caller

@@ -80,6 +80,10 @@ type failure struct {
 	// RolledBack is set when the version had been serving (on trial) and
 	// the agent returned to the previous one.
 	RolledBack bool `json:"rolled_back,omitempty"`
+	// Transient is set when the update failed on the way (chunks corrupted
+	// in transit, every retry used up), not on what was signed: a restarted
+	// agent tries the same generation again.
+	Transient bool `json:"transient,omitempty"`
 }
 
 // trial marks the active version as serving on probation: committed to

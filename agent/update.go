@@ -269,6 +269,7 @@ func (a *Agent) updateLoop(ctx context.Context) {
 	for _, s := range a.slotList() {
 		a.resume(ctx, s)
 	}
+	a.retryTransient(ctx)
 	hb := time.NewTicker(a.opts.HeartbeatInterval)
 	defer hb.Stop()
 	tick := a.opts.FetchRetryInterval
@@ -330,6 +331,35 @@ func cmpString(x, y string) int {
 	return 0
 }
 
+// retryTransient applies the accepted desired state again at start when
+// an update of its generation failed on the way (failure.Transient: chunks
+// corrupted in transit until the retries ran out), so that a restarted
+// agent tries it again. An update refused for what was signed (a manifest
+// or model that does not check out) is not retried: it would fail the same
+// way; a newer generation is needed.
+func (a *Agent) retryTransient(ctx context.Context) {
+	retry := false
+	for _, s := range a.slotList() {
+		if f := s.st.LastFailure; f != nil && f.Transient && f.Generation == a.u.generation && s.st.Target == nil {
+			retry = true
+		}
+	}
+	if !retry || a.u.desired == nil {
+		return
+	}
+	env, err := decodeEnvelope(a.u.desired)
+	var ds *efpb.DesiredState
+	if err == nil {
+		ds, err = a.verify.VerifyDesired(env, a.opts.Clock())
+	}
+	if err != nil {
+		a.log.Warn("cannot retry an update that failed on the way: the stored desired state does not verify now (the control plane will renew it)", "err", err)
+		return
+	}
+	a.log.Info("retrying updates that failed on the way before the restart", "generation", ds.GetGeneration())
+	a.apply(ctx, ds)
+}
+
 // resume continues from the recorded state of s: after a restart, and on
 // the tick after a write of s failed (see transition). It is the same path
 // on purpose: a failed write is recovered from as a crash just before it.
@@ -370,6 +400,8 @@ func (a *Agent) onConnected(ctx context.Context) {
 	if a.mqtt() == nil {
 		return
 	}
+	a.ensureAckSub(ctx)
+	a.outbox.connected()
 	a.ensureSub(ctx, a.topics.Trust(), evTrust)
 	a.ensureSub(ctx, a.topics.Desired(a.opts.DeviceID), evDesired)
 	a.publishPresence(true)
@@ -404,6 +436,28 @@ func (a *Agent) ensureSub(ctx context.Context, filter string, kind evKind) {
 		a.send(ctx, event{kind: kind, topic: m.Topic, payload: m.Payload})
 	})
 	if err != nil {
+		a.log.Warn("subscribe failed", "filter", filter, "err", err)
+		return
+	}
+	a.u.subs[filter] = true
+}
+
+// ensureAckSub subscribes to the device's ack topic (handled on the MQTT
+// client's goroutine, not the update loop: acknowledgements must not wait
+// for a model to load). A broker whose ACL predates the topic refuses it;
+// the outbox then finds that no acknowledgement comes (outbox.go).
+func (a *Agent) ensureAckSub(ctx context.Context) {
+	filter := a.topics.Ack(a.opts.DeviceID)
+	if a.u.subs[filter] {
+		return
+	}
+	c := a.mqtt()
+	if c == nil {
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := c.Subscribe(sctx, filter, 1, func(m mqttc.Message) { a.onAck(m.Payload) }); err != nil {
 		a.log.Warn("subscribe failed", "filter", filter, "err", err)
 		return
 	}
@@ -562,6 +616,9 @@ func (a *Agent) apply(ctx context.Context, ds *efpb.DesiredState) {
 			}
 			a.stage(ctx, s)
 		default:
+			if f := s.st.LastFailure; f != nil && f.Generation == ds.GetGeneration() && !f.Transient && want.is(modelRef{Version: f.Version, SHA256: f.SHA256}) {
+				continue // refused for good in this generation (applied again at restart: see retryTransient)
+			}
 			next.Target = &target{modelRef: modelRef{Version: as.GetVersion(), SHA256: sha},
 				Generation: ds.GetGeneration(), Phase: PhaseManifest}
 			if a.transition(ctx, s, stepManifest, next) != nil {
@@ -760,13 +817,8 @@ func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
 	}
 	added, err := s.asm.Add(c.Index, c.Data)
 	if err != nil {
-		a.refused.Add(1)
-		s.badChunks++
-		a.logLimited(slog.LevelWarn, logKindChunkRefused, "chunk refused", "model", s.name, "version", c.Version, "index", c.Index, "err", err)
-		if limit := max(16, 2*s.asm.Total()); s.badChunks > limit {
-			a.failTarget(ctx, s, fmt.Sprintf("download refused: %d chunks did not match the signed manifest (last: %v)", s.badChunks, err))
-		}
-		return // fetched again on the next retry
+		a.badChunk(ctx, s, c.Index, sourceBroker, err)
+		return
 	}
 	if !added {
 		return
@@ -782,12 +834,94 @@ func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
 	a.requestMissing(ctx, s, false)
 }
 
-// retryStalled asks again for chunks of downloads that made no progress.
+// sourceBroker names the broker as the source of a chunk.
+const sourceBroker = "broker"
+
+// maxDownloadAttempts bounds the download attempts of one target that end
+// on refused chunks, in one process; then the update fails (transient: a
+// restarted agent tries again).
+const maxDownloadAttempts = 3
+
+// badChunk handles a chunk from source that does not match the signed
+// manifest. It is asked for again at once; the same chunk refused twice
+// from the same source (a corrupting link or store, not a flipped bit) ends
+// the download attempt, as do more refused chunks than the download has
+// twice over. Verified chunks are kept on disk for the next attempt.
+func (a *Agent) badChunk(ctx context.Context, s *slot, idx uint32, source string, err error) {
+	a.refused.Add(1)
+	s.badChunks++
+	a.logLimited(slog.LevelWarn, logKindChunkRefused, "chunk refused", "model", s.name, "version", s.st.Target.Version, "index", idx, "source", source, "err", err)
+	if s.badFrom == nil {
+		s.badFrom = map[chunkFrom]int{}
+	}
+	k := chunkFrom{idx, source}
+	s.badFrom[k]++
+	switch {
+	case s.badFrom[k] >= 2:
+		a.downloadFailed(ctx, s, fmt.Sprintf("chunk %d from the %s did not match the signed manifest twice (last: %v)", idx, source, err))
+	case s.badChunks > max(16, 2*s.asm.Total()):
+		a.downloadFailed(ctx, s, fmt.Sprintf("%d chunks did not match the signed manifest (last: %v)", s.badChunks, err))
+	default:
+		delete(s.inflight, idx)
+		a.refetch(ctx, s, idx)
+	}
+}
+
+// refetch asks for one chunk again now, outside the fetch window's
+// accounting (the refused copy was in it).
+func (a *Agent) refetch(ctx context.Context, s *slot, idx uint32) {
+	if s.inflight != nil {
+		s.inflight[idx] = true
+	}
+	b, err := proto.Marshal(&efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: s.name, Version: s.st.Target.Version, Missing: []uint32{idx}})
+	if err != nil {
+		a.log.Error("encode fetch request", "err", err)
+		return
+	}
+	a.publish(ctx, a.topics.Fetch(a.opts.DeviceID), b)
+}
+
+// downloadFailed ends a download attempt that chunks corrupted on the way
+// spoiled: it is tried again with back-off (FetchRetryInterval, doubling,
+// at most a minute) up to maxDownloadAttempts times, then the update fails
+// as transient.
+func (a *Agent) downloadFailed(ctx context.Context, s *slot, why string) {
+	s.downloadAttempts++
+	if s.downloadAttempts >= maxDownloadAttempts {
+		n := s.downloadAttempts
+		s.downloadAttempts = 0
+		a.failTransient(ctx, s, fmt.Sprintf("download refused after %d attempts: %s", n, why))
+		return
+	}
+	wait := min(a.opts.FetchRetryInterval<<(s.downloadAttempts-1), time.Minute)
+	a.unsub(ctx, a.topics.Chunks(s.name, s.st.Target.Version))
+	s.closeDownload() // the verified chunks stay in the part file
+	s.retryDownloadAt = time.Now().Add(wait)
+	reason := fmt.Sprintf("download attempt %d of %d failed: %s; retrying in %v", s.downloadAttempts, maxDownloadAttempts, why, wait)
+	a.logLimited(slog.LevelWarn, logKindChunkRefused, "download attempt failed", "model", s.name, "version", s.st.Target.Version, "reason", reason)
+	a.report(ctx, s, efpb.ModelState_MODEL_STATE_DOWNLOADING, s.st.Target.Version, reason)
+}
+
+// failTransient is failTarget for a failure on the way (see
+// failure.Transient).
+func (a *Agent) failTransient(ctx context.Context, s *slot, reason string) {
+	a.failTargetWith(ctx, s, efpb.Refusal_REFUSAL_UNSPECIFIED, reason, true)
+}
+
+// retryStalled asks again for chunks of downloads that made no progress,
+// and starts the download attempts whose back-off is over.
 func (a *Agent) retryStalled(ctx context.Context) {
 	// Real elapsed time, not Options.Clock: a wall clock that jumps (NTP,
 	// an injected skew, fleet-sim's sped-up clock) must not make a download
 	// that is progressing look stalled, nor a stalled one look fresh.
 	for _, s := range a.slotList() {
+		if t := s.st.Target; t != nil && s.asm == nil && t.Phase == PhaseDownloading &&
+			!s.retryDownloadAt.IsZero() && !time.Now().Before(s.retryDownloadAt) {
+			s.retryDownloadAt = time.Time{}
+			a.log.Info("retrying download", "model", s.name, "version", t.Version, "attempt", s.downloadAttempts+1)
+			a.openDownload(ctx, s)
+			continue
+		}
 		if s.asm == nil || s.st.Target == nil || s.asm.Complete() {
 			continue // a complete download waits to be verified, not for chunks
 		}
@@ -806,7 +940,8 @@ func (a *Agent) finishDownload(ctx context.Context, s *slot) {
 		return // the download stays open until the agent closes or resumes it
 	}
 	t := s.st.Target
-	// Mapped, not read: the Go heap never holds the model (modelfile.go).
+	// Hashed by reading, then mapped: the Go heap never holds the model
+	// (modelfile.go).
 	man, err := manifestOf(t.Manifest)
 	var verified *modelFile
 	if err == nil {
@@ -911,6 +1046,10 @@ func (a *Agent) failTarget(ctx context.Context, s *slot, reason string) {
 // the status event says which kind (efpb.Refusal; unspecified for other
 // failures).
 func (a *Agent) failTargetRefused(ctx context.Context, s *slot, kind efpb.Refusal, reason string) {
+	a.failTargetWith(ctx, s, kind, reason, false)
+}
+
+func (a *Agent) failTargetWith(ctx context.Context, s *slot, kind efpb.Refusal, reason string, transient bool) {
 	t := s.st.Target
 	if t == nil {
 		return
@@ -919,7 +1058,7 @@ func (a *Agent) failTargetRefused(ctx context.Context, s *slot, kind efpb.Refusa
 	a.log.Warn("update refused; current version keeps serving", "model", s.name, "version", t.Version, "reason", reason)
 	next := s.st.clone()
 	next.Target = nil
-	next.LastFailure = &failure{Version: t.Version, SHA256: t.SHA256, Generation: t.Generation, Reason: reason}
+	next.LastFailure = &failure{Version: t.Version, SHA256: t.SHA256, Generation: t.Generation, Reason: reason, Transient: transient}
 	if a.transition(ctx, s, stepFailure, next) != nil {
 		return
 	}
@@ -939,6 +1078,7 @@ func (a *Agent) releaseTarget(ctx context.Context, s *slot, t *target) {
 	s.verified = nil
 	s.attemptEnded = false
 	s.failedStep, s.retryWait = "", 0 // what failed belonged to this update
+	s.downloadAttempts, s.retryDownloadAt = 0, time.Time{}
 	a.unsub(ctx, a.topics.Manifest(s.name, t.Version))
 	a.unsub(ctx, a.topics.Chunks(s.name, t.Version))
 	a.cleanFiles(s)

@@ -135,7 +135,6 @@ func (ts *testServer) deploy(req api.DeployRequest) api.DeployResult {
 	return res
 }
 
-
 // deviceClient connects to the broker as a registered device.
 func deviceClient(t testing.TB, creds api.DeviceCredentials) paho.Client {
 	t.Helper()

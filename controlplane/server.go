@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/edgefleet/edgefleet/controlplane/acks"
 	"github.com/edgefleet/edgefleet/controlplane/audit"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
 	"github.com/edgefleet/edgefleet/controlplane/brokerauth"
@@ -119,6 +120,12 @@ type Options struct {
 	// it requires client certificates: see broker.TLSConfig). Devices are
 	// then told a tls:// broker URL.
 	MQTTTLS *tls.Config
+	// MQTTSubscriptionQueue bounds the queue of each of the control
+	// plane's subscriptions on the embedded broker; default
+	// broker.DefaultSubscriptionQueue. A report dropped on a full queue is
+	// not lost: it is never acknowledged, and the agent resends it. No
+	// effect with MQTTURL.
+	MQTTSubscriptionQueue int
 	// MQTTInMemory also serves the embedded broker inside the process
 	// (DialBroker): fleet-sim connects thousands of in-process agents that
 	// way, past the process's descriptor limit. No effect with MQTTURL.
@@ -177,6 +184,7 @@ type components struct {
 	ingest   *ingest.Checker
 	registry *fleet.Registry
 	bus      bus.Bus
+	acks     *acks.Acker
 	models   *models.Registry
 	fleet    *fleet.Fleet
 	monitor  *monitor.Service
@@ -390,6 +398,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	wg.Go(func() { s.renewLoop(ctx, c) })
 	wg.Go(func() { s.rolloutLoop(ctx, c) })
 	wg.Go(func() { c.monitor.Run(ctx) })
+	wg.Go(func() { c.acks.Run(ctx) })
 	if eb, ok := c.bus.(*bus.External); ok {
 		wg.Go(func() { s.republishOnReconnect(ctx, c, eb) })
 	}
@@ -489,6 +498,11 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 	if c.bus, err = s.openBus(ctx, c.registry); err != nil {
 		return nil, err
 	}
+	// Reports are acknowledged once the store synced what holds them.
+	if c.acks, err = acks.New(acks.Options{Bus: c.bus, Scheme: s.scheme, Sync: c.db.Sync, Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger}); err != nil {
+		_ = c.bus.Close()
+		return nil, err
+	}
 	c.models, err = models.New(models.Options{
 		KV: kv, BlobDir: filepath.Join(o.DataDir, "blobs"), Keys: s.keys,
 		Runtime: rt, RuntimeErr: rtErr, Bus: c.bus, Scheme: s.scheme, Devices: c.registry, Ingest: c.ingest,
@@ -503,11 +517,11 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 	c.fleet = fleet.New(fleet.Options{
 		KV: kv, Sync: c.db.Sync, Registry: c.registry, Keys: s.keys, Bus: c.bus, Scheme: s.scheme,
 		Models: c.models, Ingest: c.ingest, BrokerURL: o.PublicMQTTURL, DesiredTTL: o.DesiredTTL,
-		Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger,
+		Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger, Acker: c.acks,
 	})
 	c.monitor, err = monitor.NewService(monitor.ServiceOptions{
 		Config: o.Monitor, KV: c.db.Namespace("monitor"), Models: c.models, Devices: c.registry,
-		Audit: c.audit, Ingest: c.ingest, Registerer: s.metrics, Clock: o.Clock, Logger: o.Logger,
+		Audit: c.audit, Ingest: c.ingest, Acker: c.acks, Registerer: s.metrics, Clock: o.Clock, Logger: o.Logger,
 	})
 	if err != nil {
 		_ = c.bus.Close()
@@ -622,7 +636,8 @@ func (c *components) handler() (http.Handler, error) {
 func (s *Server) openBus(ctx context.Context, auth broker.Authenticator) (bus.Bus, error) {
 	o := s.opts
 	if o.MQTTURL == "" {
-		b, err := broker.New(broker.Options{Addr: o.MQTTListen, Scheme: s.scheme, Auth: auth, TLS: o.MQTTTLS, InMemory: o.MQTTInMemory, Logger: o.Logger})
+		b, err := broker.New(broker.Options{Addr: o.MQTTListen, Scheme: s.scheme, Auth: auth, TLS: o.MQTTTLS, InMemory: o.MQTTInMemory,
+			SubscriptionQueue: o.MQTTSubscriptionQueue, Logger: o.Logger})
 		if err != nil {
 			return nil, err
 		}

@@ -232,3 +232,17 @@ func TestOpenAPIDocumentsUploadParts(t *testing.T) {
 	assert.ElementsMatch(t, []string{PartModel, PartMetadata, PartSamples, PartReference}, documented,
 		"the upload parts in docs/openapi.yaml and the api.Part constants differ")
 }
+
+// FuzzParseWindow: rollout windows come from the API. No panic; an
+// accepted window is two minute-of-day values.
+func FuzzParseWindow(f *testing.F) {
+	for _, s := range []string{"09:00-17:30", "22:00-06:00", "24:00-01:00", "9-5", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		from, to, err := ParseWindow(s)
+		if err == nil && (from < 0 || from >= 24*60 || to < 0 || to >= 24*60) {
+			t.Fatalf("ParseWindow(%q) = %d, %d", s, from, to)
+		}
+	})
+}

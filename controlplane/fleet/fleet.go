@@ -70,6 +70,16 @@ type Options struct {
 	// Registerer receives the fleet's metrics.
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
+	// Acker, if set, is told the (device, seq) of each status event once
+	// it is persisted or refused for good, and of each telemetry report
+	// refused for good here (the monitor acknowledges the others).
+	Acker Acker
+}
+
+// Acker is told which device reports are persisted or refused for good
+// (the control plane's controlplane/acks). Ack must not block.
+type Acker interface {
+	Ack(device string, seqs ...uint64)
 }
 
 // Fleet is the devices and what they were told and report.

@@ -23,6 +23,7 @@ func (f *Fleet) OnStatus(topic string, payload []byte) {
 	}
 	if ev.ProtocolVersion > efpb.ProtocolVersion {
 		f.opts.Ingest.Drop(kind, ingest.ProtocolVersion, topic, fmt.Errorf("protocol_version %d", ev.ProtocolVersion))
+		f.ack(dev, ev.Seq)
 		return
 	}
 	refusal, refused := api.RefusalKindOf(ev.Refused)
@@ -35,6 +36,7 @@ func (f *Fleet) OnStatus(topic string, payload []byte) {
 	}
 	if err := topics.ValidModelName(ev.ModelName); err != nil {
 		f.opts.Ingest.Drop(kind, ingest.Invalid, topic, err)
+		f.ack(dev, ev.Seq)
 		return
 	}
 	for _, v := range []string{ev.ModelVersion, ev.ActiveVersion} {
@@ -43,6 +45,7 @@ func (f *Fleet) OnStatus(topic string, payload []byte) {
 		}
 		if err := topics.ValidModelVersion(v); err != nil {
 			f.opts.Ingest.Drop(kind, ingest.Invalid, topic, err)
+			f.ack(dev, ev.Seq)
 			return
 		}
 	}
@@ -99,12 +102,15 @@ func (f *Fleet) OnStatus(topic string, payload []byte) {
 		f.opts.Ingest.Drop(kind, drop, topic, nil)
 	case tooMany:
 		f.opts.Ingest.Drop(kind, ingest.Invalid, topic, fmt.Errorf("device reports more than %d models", maxReportedModels))
+		f.ack(dev, ev.Seq)
 	case stale:
 		f.opts.Ingest.Drop(kind, ingest.Stale, topic, fmt.Errorf("seq %d is not newer than the recorded one", ev.Seq))
+		f.ack(dev, ev.Seq) // a newer event is recorded
 	case err != nil:
 		f.opts.Ingest.Drop(kind, ingest.Store, topic, err)
 		f.log.Error("store device status failed", "device", dev, "err", err)
 	default:
+		f.ack(dev, ev.Seq)
 		if refused {
 			f.refusals.WithLabelValues(string(refusal)).Inc()
 			f.log.Warn("device refused a document", "device", dev, "kind", refusal, "model", ev.ModelName, "version", ev.ModelVersion, "reason", ev.Reason)
@@ -133,10 +139,12 @@ func (f *Fleet) onRefusal(kind topics.Kind, topic, dev string, refusal api.Refus
 		f.opts.Ingest.Drop(kind, drop, topic, nil)
 	case stale:
 		f.opts.Ingest.Drop(kind, ingest.Stale, topic, fmt.Errorf("seq %d is not newer than the recorded one", ev.Seq))
+		f.ack(dev, ev.Seq)
 	case err != nil:
 		f.opts.Ingest.Drop(kind, ingest.Store, topic, err)
 		f.log.Error("store device refusal failed", "device", dev, "err", err)
 	default:
+		f.ack(dev, ev.Seq)
 		f.refusals.WithLabelValues(string(refusal)).Inc()
 		f.log.Warn("device refused a document", "device", dev, "kind", refusal, "reason", ev.Reason, "generation", ev.Generation)
 	}
@@ -153,6 +161,7 @@ func (f *Fleet) OnTelemetry(topic string, payload []byte) (dev string, t *efpb.T
 	}
 	if t.ProtocolVersion > efpb.ProtocolVersion {
 		f.opts.Ingest.Drop(kind, ingest.ProtocolVersion, topic, fmt.Errorf("protocol_version %d", t.ProtocolVersion))
+		f.ack(dev, t.Seq)
 		return "", nil, false
 	}
 	sum := &api.TelemetrySummary{
@@ -197,6 +206,14 @@ func (f *Fleet) OnTelemetry(topic string, payload []byte) (dev string, t *efpb.T
 		f.log.Error("store device telemetry failed", "device", dev, "err", err)
 	}
 	return dev, t, true
+}
+
+// ack tells the device that its report seq is persisted or refused for
+// good: either way, resending it would change nothing.
+func (f *Fleet) ack(dev string, seq uint64) {
+	if f.opts.Acker != nil {
+		f.opts.Acker.Ack(dev, seq)
+	}
 }
 
 // OnPresence handles a device's presence message (retained, also its

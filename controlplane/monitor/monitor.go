@@ -70,6 +70,16 @@ type Options struct {
 	Site func(device string) string
 	// Labels returns a device's labels now, for queries grouped by label.
 	Labels func(device string) map[string]string
+	// Acker, if set, is told the (device, seq) of every telemetry message
+	// once the write that holds it (or, for a duplicate, a later write)
+	// committed: the control plane acknowledges those to the device.
+	Acker Acker
+}
+
+// Acker is told which reports are persisted (the control plane's
+// controlplane/acks). Ack must not block.
+type Acker interface {
+	Ack(device string, seqs ...uint64)
 }
 
 // Aggregator ingests and answers monitoring data. Safe for concurrent use.
@@ -83,7 +93,8 @@ type Aggregator struct {
 	seqs     map[string]*seqWindow // device → telemetry seqs ingested
 	pending  map[string]*cell      // cell key → counts not yet written
 	pendSeq  map[string]bool       // devices whose window to write with pending
-	pendN    int                   // telemetry messages in pending
+	pendN    int                   // telemetry messages in pending (duplicates too)
+	pendAck  map[string][]uint64   // device → seqs to acknowledge once written
 	flushed  time.Time             // last write
 	ingested uint64
 	dups     uint64
@@ -125,7 +136,7 @@ func Open(opts Options) (*Aggregator, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	a := &Aggregator{opts: opts, log: log.With("component", "monitor"), seqs: map[string]*seqWindow{}, dropped: map[string]uint64{},
-		pending: map[string]*cell{}, pendSeq: map[string]bool{}, flushed: opts.Clock()}
+		pending: map[string]*cell{}, pendSeq: map[string]bool{}, pendAck: map[string][]uint64{}, flushed: opts.Clock()}
 	err := opts.KV.Scan(seqPrefix, func(key string, val []byte) error {
 		if w, ok := unmarshalSeqWindow(val); ok {
 			a.seqs[key[len(seqPrefix):]] = &w
@@ -323,9 +334,14 @@ func (a *Aggregator) Ingest(device string, seq uint64, t *efpb.Telemetry, cohort
 		w = &seqWindow{}
 		a.seqs[device] = w
 	}
+	// Acknowledged after the next write, duplicates too: the device
+	// resends what it was not told about, and the resent copy may be the
+	// only one it will hear of.
+	a.pendAck[device] = append(a.pendAck[device], seq)
+	a.pendN++
 	if !w.add(seq) {
 		a.dups++
-		return true, nil
+		return true, a.maybeFlushLocked(now)
 	}
 	a.dropped[device] = t.GetReportsDropped()
 	for key, ce := range cells {
@@ -337,14 +353,17 @@ func (a *Aggregator) Ingest(device string, seq uint64, t *efpb.Telemetry, cohort
 		}
 	}
 	a.pendSeq[device] = true
-	a.pendN++
 	a.ingested++
+	return false, a.maybeFlushLocked(now)
+}
+
+// maybeFlushLocked writes what is pending when FlushEvery messages are or
+// FlushInterval passed. a.mu is held.
+func (a *Aggregator) maybeFlushLocked(now time.Time) error {
 	if a.pendN >= a.opts.FlushEvery || now.Sub(a.flushed) >= a.opts.FlushInterval {
-		if err := a.flushLocked(now); err != nil {
-			return false, err
-		}
+		return a.flushLocked(now)
 	}
-	return false, nil
+	return nil
 }
 
 // Flush writes the pending reports.
@@ -360,6 +379,10 @@ func (a *Aggregator) Flush() error {
 func (a *Aggregator) flushLocked(now time.Time) error {
 	a.flushed = now
 	if a.pendN == 0 {
+		return nil
+	}
+	if len(a.pendSeq) == 0 && len(a.pending) == 0 {
+		a.ackLocked() // duplicates only: what they repeat was written before
 		return nil
 	}
 	err := a.opts.KV.Update(func(tx *store.Tx) error {
@@ -393,8 +416,19 @@ func (a *Aggregator) flushLocked(now time.Time) error {
 	}
 	clear(a.pending)
 	clear(a.pendSeq)
-	a.pendN = 0
+	a.ackLocked()
 	return nil
+}
+
+// ackLocked hands the written messages' seqs to the Acker. a.mu is held.
+func (a *Aggregator) ackLocked() {
+	if a.opts.Acker != nil {
+		for dev, seqs := range a.pendAck {
+			a.opts.Acker.Ack(dev, seqs...)
+		}
+	}
+	clear(a.pendAck)
+	a.pendN = 0
 }
 
 // Stats are ingest counters since start.

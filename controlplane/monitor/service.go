@@ -67,7 +67,10 @@ type ServiceOptions struct {
 	// Audit receives the alerts.
 	Audit Auditor
 	// Ingest counts the monitoring reports dropped as invalid.
-	Ingest     *ingest.Checker
+	Ingest *ingest.Checker
+	// Acker, if set, is told each telemetry message's (device, seq) once it
+	// is persisted or refused for good (Options.Acker).
+	Acker      Acker
 	Registerer prometheus.Registerer
 	// Clock is the time source; default time.Now.
 	Clock  func() time.Time
@@ -106,6 +109,7 @@ func NewService(o ServiceOptions) (*Service, error) {
 		Reference:       o.Models.Reference,
 		Site:            func(dev string) string { return o.Devices.Labels(dev)[o.SiteLabel] },
 		Labels:          o.Devices.Labels,
+		Acker:           o.Acker,
 	})
 	if err != nil {
 		return nil, err
@@ -123,17 +127,23 @@ func NewService(o ServiceOptions) (*Service, error) {
 // Aggregator is the monitoring store (the rollout gates read it).
 func (s *Service) Aggregator() *Aggregator { return s.agg }
 
-// Ingest passes the monitoring part of a device's telemetry to the
-// aggregator, which drops resent reports by (device, seq). cohort names
-// the rollout stage the device is in for a model version.
+// Ingest passes a device's telemetry to the aggregator, which records its
+// seq (even without monitoring reports: that is what the device's
+// acknowledgement waits for) and drops resent reports by (device, seq).
+// cohort names the rollout stage the device is in for a model version. A
+// malformed report is refused for good: counted, and acknowledged so that
+// the device stops resending it.
 func (s *Service) Ingest(topic, dev string, t *efpb.Telemetry, cohort func(model, version string) string) {
-	if len(t.Monitoring) == 0 || !s.opts.Devices.Exists(dev) {
+	if !s.opts.Devices.Exists(dev) {
 		return
 	}
 	dup, err := s.agg.Ingest(dev, t.Seq, t, cohort)
 	switch {
 	case errors.Is(err, ErrInvalidReport):
 		s.opts.Ingest.Drop(topics.KindTelemetry, ingest.Invalid, topic, err)
+		if s.opts.Acker != nil {
+			s.opts.Acker.Ack(dev, t.Seq)
+		}
 	case err != nil:
 		s.opts.Ingest.Drop(topics.KindTelemetry, ingest.Store, topic, err)
 		s.log.Error("store monitoring report failed", "device", dev, "err", err)
@@ -159,11 +169,20 @@ func (s *Service) Run(ctx context.Context) {
 	defer wg.Wait()
 	t := time.NewTicker(s.opts.Interval)
 	defer t.Stop()
+	// Pending reports are written at least every FlushInterval, so a
+	// device hears its acknowledgement even when no more reports come.
+	ft := time.NewTicker(s.agg.opts.FlushInterval)
+	defer ft.Stop()
 	var lastSweep time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-ft.C:
+			if err := s.agg.Flush(); err != nil {
+				s.log.Error("monitoring flush failed", "err", err)
+			}
+			continue
 		case <-t.C:
 		}
 		if err := s.agg.Flush(); err != nil {

@@ -65,11 +65,12 @@ type TelemetryResult struct {
 	IngestedPerSec float64 `json:"ingested_reports_per_second"`
 	// Delivered is how many reports reached the control plane in the window
 	// (the advance of the last report seq it recorded per device; an agent
-	// sends its reports in seq order), Ingested how many with monitoring
-	// content it aggregated (monitor.Stats().Ingested) and Lost the
-	// difference: reports dropped on the way, or that carried no
-	// monitoring report. Produced is Delivered plus the growth of the
-	// agents' outbox queues: the reports the agents made.
+	// sends its reports in seq order), Ingested how many it aggregated
+	// (monitor.Stats().Ingested: every telemetry message, with or without
+	// monitoring content) and Lost the difference: reports dropped on the
+	// way and not yet resent (agents resend what the control plane did not
+	// acknowledge). Produced is Delivered plus the growth of the agents'
+	// outbox queues (reports waiting for their acknowledgement).
 	Produced   uint64 `json:"produced_reports"`
 	Delivered  uint64 `json:"delivered_reports"`
 	Ingested   uint64 `json:"ingested_reports"`

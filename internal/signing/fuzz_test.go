@@ -109,3 +109,59 @@ func readCorpusBytes(t *testing.T, path string) []byte {
 	require.NoError(t, err, "%s", path)
 	return []byte(s)
 }
+
+// FuzzVerifyDesired is FuzzVerifyEnvelope for desired states, the other
+// document an agent verifies: no panic, every refusal wraps a sentinel, an
+// accepted desired state is unexpired and names a device.
+func FuzzVerifyDesired(f *testing.F) {
+	fl := newFleet(f)
+	for _, env := range []*efpb.Envelope{
+		signMsg(f, efpb.PayloadTypeDesired, testDesired(), fl.control),
+		signMsg(f, efpb.PayloadTypeDesired, testDesired(), fl.release),
+		signMsg(f, efpb.PayloadTypeManifest, testManifest(), fl.release),
+		{PayloadType: efpb.PayloadTypeDesired},
+	} {
+		b, err := proto.Marshal(env)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	sentinels := []error{
+		signing.ErrUnsigned, signing.ErrWrongPayloadType, signing.ErrThreshold, signing.ErrExpired,
+		signing.ErrMalformed, signing.ErrProtocolVersion,
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		env := &efpb.Envelope{}
+		if err := proto.Unmarshal(data, env); err != nil {
+			return
+		}
+		got, err := fl.v.VerifyDesired(env, testNow)
+		if err != nil {
+			for _, s := range sentinels {
+				if errors.Is(err, s) {
+					return
+				}
+			}
+			t.Fatalf("VerifyDesired error %q wraps no sentinel", err)
+		}
+		if got == nil || got.ExpiresUnix <= testNow.Unix() {
+			t.Fatalf("VerifyDesired accepted %v", got)
+		}
+	})
+}
+
+// FuzzParsePublicKeyPEM: a root key file is operator input; anything
+// accepted is an ed25519 public key.
+func FuzzParsePublicKeyPEM(f *testing.F) {
+	fl := newFleet(f)
+	f.Add(signing.EncodePublicKeyPEM(fl.root.Public))
+	f.Add([]byte("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		k, err := signing.ParsePublicKeyPEM(data)
+		if err == nil && len(k) != 32 {
+			t.Fatalf("ParsePublicKeyPEM accepted a %d-byte key", len(k))
+		}
+	})
+}

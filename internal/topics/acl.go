@@ -21,7 +21,7 @@ func (s Scheme) DeviceMayPublish(dev, topic string, retained bool) bool {
 
 // DeviceMaySubscribe is the deny-by-default subscribe/read ACL for a device
 // authenticated as dev. It accepts concrete topics and filters. Allowed: the
-// device's own desired topic, the trust topic, and model topics
+// device's own desired and ack topics, the trust topic, and model topics
 // <prefix>/models/<name|+>/<version|+>/<manifest|chunks|+>. Everything
 // else is refused: any '#', '+' outside those three model levels (in the
 // prefix, in place of a device id, or of a fixed level), other devices,
@@ -30,7 +30,7 @@ func (s Scheme) DeviceMaySubscribe(dev, filter string) bool {
 	if ValidDeviceID(dev) != nil || s.Validate() != nil {
 		return false
 	}
-	if filter == s.Desired(dev) || filter == s.Trust() {
+	if filter == s.Desired(dev) || filter == s.Ack(dev) || filter == s.Trust() {
 		return true
 	}
 	rest, ok := strings.CutPrefix(filter, s.prefix()+"/"+levelModels+"/")
@@ -84,6 +84,7 @@ func MosquittoACL(s Scheme, controlUser string, ingest int) (string, error) {
 	fmt.Fprintf(&b, "pattern write %s\n", s.Fetch("%u"))
 	fmt.Fprintf(&b, "pattern write %s\n", s.Presence("%u"))
 	fmt.Fprintf(&b, "pattern read %s\n", s.Desired("%u"))
+	fmt.Fprintf(&b, "pattern read %s\n", s.Ack("%u"))
 	fmt.Fprintf(&b, "pattern read %s\n", s.Trust())
 	fmt.Fprintf(&b, "pattern read %s\n", s.model("+", "+", "+"))
 	b.WriteString("\n# Control plane: full access to the prefix.\n")

@@ -24,6 +24,7 @@ func TestDeviceMayPublish(t *testing.T) {
 		{"d1", "ef/v1/dev/d1/presence", true, false},
 		// not its own outbound topics
 		{"d1", "ef/v1/dev/d1/desired", false, false},
+		{"d1", "ef/v1/dev/d1/ack", false, false}, // only the control plane acknowledges
 		{"d1", "ef/v1/dev/d2/status", false, false},
 		{"d1", "ef/v1/dev/d10/status", false, false},
 		{"d1", "ef/v1/trust", false, false},
@@ -60,6 +61,7 @@ func TestDeviceMaySubscribe(t *testing.T) {
 	}{
 		// allowed
 		{"d1", "ef/v1/dev/d1/desired", true},
+		{"d1", "ef/v1/dev/d1/ack", true},
 		{"d1", "ef/v1/trust", true},
 		{"d1", "ef/v1/models/fraud/1.0/manifest", true},
 		{"d1", "ef/v1/models/fraud/1.0/chunks", true},
@@ -70,6 +72,8 @@ func TestDeviceMaySubscribe(t *testing.T) {
 		{"d1", "ef/v1/models/+/+/+", true},
 		// other devices and wildcards in the device position
 		{"d1", "ef/v1/dev/d2/desired", false},
+		{"d1", "ef/v1/dev/d2/ack", false},
+		{"d1", "ef/v1/dev/+/ack", false},
 		{"d1", "ef/v1/dev/+/desired", false},
 		{"d1", "ef/v1/dev/d1/+", false},
 		{"d1", "ef/v1/dev/d1/#", false},
@@ -134,7 +138,7 @@ func TestDeviceMaySubscribe(t *testing.T) {
 func TestDeviceMaySubscribeNeverLeaks(t *testing.T) {
 	var s Scheme
 	otherTopics := []string{
-		s.Desired("d2"), s.Status("d2"), s.Telemetry("d2"), s.Fetch("d2"), s.Presence("d2"),
+		s.Desired("d2"), s.Ack("d2"), s.Status("d2"), s.Telemetry("d2"), s.Fetch("d2"), s.Presence("d2"),
 		s.Status("d1"), s.Telemetry("d1"), s.Fetch("d1"), s.Presence("d1"),
 		"ef/v1/other", "ef/v1/dev/d1", "xx/v1/trust", "$SYS/broker/clients",
 	}
@@ -181,6 +185,7 @@ func TestMosquittoACL(t *testing.T) {
 		"pattern write ef/v1/dev/%u/fetch\n",
 		"pattern write ef/v1/dev/%u/presence\n",
 		"pattern read ef/v1/dev/%u/desired\n",
+		"pattern read ef/v1/dev/%u/ack\n",
 		"pattern read ef/v1/trust\n",
 		"pattern read ef/v1/models/+/+/+\n",
 		"user edgefleet-cp\ntopic readwrite ef/v1/#\n",

@@ -34,6 +34,7 @@ const (
 	leafStatus    = "status"
 	leafTelemetry = "telemetry"
 	leafPresence  = "presence"
+	leafAck       = "ack"
 	leafManifest  = "manifest"
 	leafChunks    = "chunks"
 	levelDev      = "dev"
@@ -48,6 +49,7 @@ const (
 //
 //	<prefix>/dev/{id}/desired                      cp → agent, QoS 1, retained
 //	<prefix>/dev/{id}/fetch|status|telemetry|presence  agent → cp, QoS 1
+//	<prefix>/dev/{id}/ack                          cp → agent, QoS 1 (reports the control plane persisted)
 //	<prefix>/models/{name}/{version}/manifest      cp → agents, QoS 1, retained
 //	<prefix>/models/{name}/{version}/chunks        cp → agents, QoS 1
 //	<prefix>/trust                                 cp → agents, QoS 1, retained (root-signed trust bundle)
@@ -97,6 +99,10 @@ func (s Scheme) Telemetry(dev string) string { return s.dev(dev, leafTelemetry) 
 // Presence carries the device's online/offline state, also its LWT (agent → cp).
 func (s Scheme) Presence(dev string) string { return s.dev(dev, leafPresence) }
 
+// Ack carries the control plane's acknowledgements of the device's status
+// events and telemetry, by seq, once persisted (cp → agent, not retained).
+func (s Scheme) Ack(dev string) string { return s.dev(dev, leafAck) }
+
 // Manifest is the signed manifest of a model version (cp → agents, retained).
 func (s Scheme) Manifest(name, version string) string { return s.model(name, version, leafManifest) }
 
@@ -131,6 +137,7 @@ const (
 	KindManifest
 	KindChunks
 	KindTrust
+	KindAck
 )
 
 var kindNames = [...]string{
@@ -142,6 +149,7 @@ var kindNames = [...]string{
 	KindManifest:  leafManifest,
 	KindChunks:    leafChunks,
 	KindTrust:     levelTrust,
+	KindAck:       leafAck,
 }
 
 func (k Kind) String() string {
@@ -166,6 +174,7 @@ var devLeaves = map[string]Kind{
 	leafStatus:    KindStatus,
 	leafTelemetry: KindTelemetry,
 	leafPresence:  KindPresence,
+	leafAck:       KindAck,
 }
 
 // Parse splits a concrete topic name of the scheme into its parts. Topics

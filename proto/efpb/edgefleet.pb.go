@@ -2459,6 +2459,141 @@ func (x *Presence) GetAgentVersion() string {
 	return ""
 }
 
+// Ack is the control plane's end-to-end acknowledgement of a device's reports
+// (added 2026-12-06; messages Ack and SeqRange are new, so their field numbers
+// 1-4 and 1-2 take nothing from any other message). Published by the control
+// plane on <prefix>/dev/{id}/ack, QoS 1, not retained; only the device reads
+// it (the ACL lets no device publish there). ranges name, by seq, the status
+// events and telemetry reports of that device the control plane has made
+// durable in its store (or refused for good and counted): the agent deletes
+// exactly those from its outbox and resends the others. There is no
+// high-water mark on purpose: a report lost between broker and control plane
+// leaves a gap below newer reports that were acknowledged. An older agent
+// never subscribes to the topic and deletes reports on the broker's PUBACK as
+// before; a newer agent that hears no Ack (an older control plane) falls back
+// to that too (docs/architecture.md, "End-to-end acknowledgement").
+type Ack struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ProtocolVersion uint32                 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	DeviceId        string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// ranges are inclusive, in any order; at most efpb.MaxAckRanges.
+	Ranges        []*SeqRange `protobuf:"bytes,3,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	TimeUnixMs    int64       `protobuf:"varint,4,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Ack) Reset() {
+	*x = Ack{}
+	mi := &file_proto_edgefleet_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Ack) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Ack) ProtoMessage() {}
+
+func (x *Ack) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Ack.ProtoReflect.Descriptor instead.
+func (*Ack) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *Ack) GetProtocolVersion() uint32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
+}
+
+func (x *Ack) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *Ack) GetRanges() []*SeqRange {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+func (x *Ack) GetTimeUnixMs() int64 {
+	if x != nil {
+		return x.TimeUnixMs
+	}
+	return 0
+}
+
+// SeqRange is the inclusive range first..last of report sequence numbers.
+type SeqRange struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	First         uint64                 `protobuf:"varint,1,opt,name=first,proto3" json:"first,omitempty"`
+	Last          uint64                 `protobuf:"varint,2,opt,name=last,proto3" json:"last,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SeqRange) Reset() {
+	*x = SeqRange{}
+	mi := &file_proto_edgefleet_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SeqRange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SeqRange) ProtoMessage() {}
+
+func (x *SeqRange) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SeqRange.ProtoReflect.Descriptor instead.
+func (*SeqRange) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *SeqRange) GetFirst() uint64 {
+	if x != nil {
+		return x.First
+	}
+	return 0
+}
+
+func (x *SeqRange) GetLast() uint64 {
+	if x != nil {
+		return x.Last
+	}
+	return 0
+}
+
 var File_proto_edgefleet_proto protoreflect.FileDescriptor
 
 const file_proto_edgefleet_proto_rawDesc = "" +
@@ -2676,7 +2811,16 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x06online\x18\x02 \x01(\bR\x06online\x12 \n" +
 	"\ftime_unix_ms\x18\x03 \x01(\x03R\n" +
 	"timeUnixMs\x12#\n" +
-	"\ragent_version\x18\x04 \x01(\tR\fagentVersion*O\n" +
+	"\ragent_version\x18\x04 \x01(\tR\fagentVersion\"\x9f\x01\n" +
+	"\x03Ack\x12)\n" +
+	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12.\n" +
+	"\x06ranges\x18\x03 \x03(\v2\x16.edgefleet.v1.SeqRangeR\x06ranges\x12 \n" +
+	"\ftime_unix_ms\x18\x04 \x01(\x03R\n" +
+	"timeUnixMs\"4\n" +
+	"\bSeqRange\x12\x14\n" +
+	"\x05first\x18\x01 \x01(\x04R\x05first\x12\x12\n" +
+	"\x04last\x18\x02 \x01(\x04R\x04last*O\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tROLE_ROOT\x10\x01\x12\x10\n" +
@@ -2716,7 +2860,7 @@ func file_proto_edgefleet_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_edgefleet_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_proto_edgefleet_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_proto_edgefleet_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_proto_edgefleet_proto_goTypes = []any{
 	(Role)(0),               // 0: edgefleet.v1.Role
 	(TensorKind)(0),         // 1: edgefleet.v1.TensorKind
@@ -2746,6 +2890,8 @@ var file_proto_edgefleet_proto_goTypes = []any{
 	(*MonitorReport)(nil),   // 25: edgefleet.v1.MonitorReport
 	(*FeatureSketch)(nil),   // 26: edgefleet.v1.FeatureSketch
 	(*Presence)(nil),        // 27: edgefleet.v1.Presence
+	(*Ack)(nil),             // 28: edgefleet.v1.Ack
+	(*SeqRange)(nil),        // 29: edgefleet.v1.SeqRange
 }
 var file_proto_edgefleet_proto_depIdxs = []int32{
 	5,  // 0: edgefleet.v1.Envelope.signatures:type_name -> edgefleet.v1.Signature
@@ -2772,11 +2918,12 @@ var file_proto_edgefleet_proto_depIdxs = []int32{
 	23, // 21: edgefleet.v1.Telemetry.models:type_name -> edgefleet.v1.ActiveModel
 	25, // 22: edgefleet.v1.Telemetry.monitoring:type_name -> edgefleet.v1.MonitorReport
 	26, // 23: edgefleet.v1.MonitorReport.features:type_name -> edgefleet.v1.FeatureSketch
-	24, // [24:24] is the sub-list for method output_type
-	24, // [24:24] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	29, // 24: edgefleet.v1.Ack.ranges:type_name -> edgefleet.v1.SeqRange
+	25, // [25:25] is the sub-list for method output_type
+	25, // [25:25] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_proto_edgefleet_proto_init() }
@@ -2790,7 +2937,7 @@ func file_proto_edgefleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_edgefleet_proto_rawDesc), len(file_proto_edgefleet_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -322,6 +322,15 @@ var fixtures = []struct {
 		msg:  &efpb.Presence{DeviceId: "dev-001", Online: true, TimeUnixMs: 1795608000123, AgentVersion: "0.1.0"},
 		hex:  "0a076465762d303031100118fbecce94a1342205302e312e30",
 	},
+	{
+		// The control plane's end-to-end acknowledgement (added
+		// 2026-12-06): reports 1-40, 42 and 300-301 are persisted; 41 is
+		// a gap the agent resends.
+		name: "Ack",
+		msg: &efpb.Ack{ProtocolVersion: 1, DeviceId: "dev-001", TimeUnixMs: 1795608000123,
+			Ranges: []*efpb.SeqRange{{First: 1, Last: 40}, {First: 42, Last: 42}, {First: 300, Last: 301}}},
+		hex: "080112076465762d3030311a04080110281a04082a102a1a0608ac0210ad0220fbecce94a134",
+	},
 }
 
 // fixtureBytes decodes a fixture's hex.
@@ -369,7 +378,7 @@ func TestFixturesDecode(t *testing.T) {
 // message type, named for it.
 func TestFixturesNamedForTheirType(t *testing.T) {
 	want := []string{"Envelope", "TrustBundle", "TrustChain", "Manifest", "Manifest", "DesiredState", "Chunk", "FetchRequest",
-		"StatusEvent", "StatusEvent", "Telemetry", "Telemetry", "Telemetry", "Presence"}
+		"StatusEvent", "StatusEvent", "Telemetry", "Telemetry", "Telemetry", "Presence", "Ack"}
 	var got []string
 	for _, fx := range fixtures {
 		assert.Equal(t, fx.name, string(fx.msg.ProtoReflect().Descriptor().Name()))

@@ -73,6 +73,60 @@ func FuzzDecodePresence(f *testing.F) {
 	fuzzDecode(f, "Presence", func() proto.Message { return &efpb.Presence{} })
 }
 
+func FuzzDecodeAck(f *testing.F) {
+	fuzzDecode(f, "Ack", func() proto.Message { return &efpb.Ack{} })
+}
+
+// DecodeAck accepts only what proto.Unmarshal accepts, within its bounds,
+// and AckRanges of what it accepted covers exactly the acknowledged seqs.
+func FuzzCheckAck(f *testing.F) {
+	f.Add(fixtureOf(f, "Ack"))
+	f.Add([]byte{})
+	f.Add([]byte{0x1a, 0x04, 0x08, 0x05, 0x10, 0x02}) // first > last
+	f.Fuzz(func(t *testing.T, data []byte) {
+		a, err := efpb.DecodeAck(data)
+		if err != nil {
+			return
+		}
+		if len(data) > efpb.MaxAckSize || len(a.Ranges) > efpb.MaxAckRanges {
+			t.Fatalf("DecodeAck accepted %d bytes with %d ranges", len(data), len(a.Ranges))
+		}
+		var seqs []uint64
+		want := map[uint64]bool{}
+		for _, r := range a.Ranges {
+			if r.First == 0 || r.First > r.Last {
+				t.Fatalf("DecodeAck accepted range %d..%d", r.First, r.Last)
+			}
+			for s := r.First; s <= r.Last && s-r.First < 64; s++ {
+				seqs = append(seqs, s)
+				want[s] = true
+			}
+		}
+		got := map[uint64]bool{}
+		for _, group := range efpb.AckRanges(seqs) {
+			if len(group) > efpb.MaxAckRanges {
+				t.Fatalf("AckRanges made a group of %d ranges", len(group))
+			}
+			for i, r := range group {
+				if i > 0 && r.First <= group[i-1].Last+1 {
+					t.Fatalf("AckRanges left ranges %v and %v unmerged or unsorted", group[i-1], r)
+				}
+				for s := r.First; s <= r.Last; s++ {
+					got[s] = true
+				}
+			}
+		}
+		if len(got) != len(want) {
+			t.Fatalf("AckRanges covers %d seqs, want %d", len(got), len(want))
+		}
+		for s := range want {
+			if !got[s] {
+				t.Fatalf("AckRanges lost seq %d", s)
+			}
+		}
+	})
+}
+
 // DecodeChunkView must agree with proto.Unmarshal on every input: the same
 // bytes are accepted or refused, and decode to the same fields.
 func FuzzDecodeChunkView(f *testing.F) {
