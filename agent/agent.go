@@ -117,6 +117,12 @@ type Options struct {
 	// DefaultOutboxMaxBytes.
 	OutboxMaxReports int
 	OutboxMaxBytes   int64
+	// ShadowQueue and ShadowQueueBytes bound the requests waiting to be
+	// scored by a challenger in shadow (shadow.go); a request beyond them
+	// is not shadowed (counted as skipped). Defaults DefaultShadowQueue and
+	// DefaultShadowQueueBytes.
+	ShadowQueue      int
+	ShadowQueueBytes int64
 	// ReportAckTimeout is how long a report (telemetry or status event)
 	// the broker accepted waits for the control plane's acknowledgement
 	// before it is sent again (then with doubling back-off, at most ten
@@ -202,8 +208,9 @@ type Agent struct {
 	slots  map[string]*slot
 	client *mqttc.Client
 
-	mon    *monitors // nil when monitoring is disabled; see monitor.go
-	outbox *outbox   // set in open; see outbox.go
+	mon    *monitors  // nil when monitoring is disabled; see monitor.go
+	outbox *outbox    // set in open; see outbox.go
+	shadow *shadowSet // challengers scored in shadow; see shadow.go
 
 	// u is the update state: touched only by the Run goroutine.
 	u updater
@@ -256,6 +263,7 @@ func New(opts Options) (*Agent, error) {
 	if !opts.DisableMonitoring {
 		a.mon = newMonitors(&a.opts)
 	}
+	a.shadow = newShadowSet(&a.opts)
 	return a, nil
 }
 
@@ -327,6 +335,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	wg.Go(func() { a.connectLoop(ctx) })
 	wg.Go(func() { a.outbox.run(ctx, a.sendQueued, a.connected) })
+	wg.Go(func() { a.shadowWorker(ctx) })
 	a.updateLoop(ctx)
 	return nil
 }
@@ -390,6 +399,7 @@ func (a *Agent) close() {
 	if c != nil {
 		c.Close()
 	}
+	a.closeShadows()
 	for _, s := range slots {
 		s.closeDownload()
 		if m := s.serving.Swap(nil); m != nil {
@@ -488,8 +498,8 @@ func (a *Agent) send(ctx context.Context, ev event) {
 type PhaseHook func(ctx context.Context, model, version string, phase Phase)
 
 // ChunksReceived is how many chunks this agent has accepted into its
-// downloads since it was made: each matched the signed manifest and was not
-// a duplicate. It only grows; fleet-sim reads it to tell a slow download
+// downloads (a challenger's too) since it was made: each matched the signed
+// manifest and was not a duplicate. It only grows; fleet-sim reads it to tell a slow download
 // from a stalled one.
 func (a *Agent) ChunksReceived() uint64 { return a.chunks.Load() }
 

@@ -563,13 +563,14 @@ func (b backend) Feedback(_ context.Context, name string, labels []oip.Label) (o
 	if b.a.slot(name) == nil {
 		return oip.FeedbackResult{}, fmt.Errorf("model %q: %w", name, oip.ErrModelNotFound)
 	}
-	if b.a.mon == nil {
-		return oip.FeedbackResult{Unknown: len(labels)}, nil
-	}
 	for _, l := range labels {
 		if l.Label == nil {
 			return oip.FeedbackResult{}, fmt.Errorf("label for id %q: no label value", l.ID)
 		}
+	}
+	b.a.shadowLabels(name, labels) // the challenger's join (shadow.go)
+	if b.a.mon == nil {
+		return oip.FeedbackResult{Unknown: len(labels)}, nil
 	}
 	ps := b.a.mon.store(name, false)
 	if ps == nil {

@@ -123,6 +123,7 @@ func (a *Agent) sendTelemetry(ctx context.Context) {
 	if a.mon != nil {
 		t.Monitoring = a.mon.collect(a.opts.Clock())
 	}
+	t.Shadow = a.collectShadows(a.opts.Clock())
 	t.ReportsDropped = a.outbox.Dropped()
 	b, err := proto.Marshal(t)
 	if err != nil {

@@ -32,6 +32,8 @@ const (
 	evDesired
 	evManifest
 	evChunk
+	evShadowManifest // shadow.go
+	evShadowChunk
 )
 
 type event struct {
@@ -270,6 +272,7 @@ func (a *Agent) updateLoop(ctx context.Context) {
 		a.resume(ctx, s)
 	}
 	a.retryTransient(ctx)
+	a.restoreShadows(ctx)
 	hb := time.NewTicker(a.opts.HeartbeatInterval)
 	defer hb.Stop()
 	tick := a.opts.FetchRetryInterval
@@ -290,6 +293,7 @@ func (a *Agent) updateLoop(ctx context.Context) {
 		case <-retry.C:
 			a.retryTransitions(ctx)
 			a.retryStalled(ctx)
+			a.retryShadows(ctx)
 			a.checkTrials(ctx)
 		}
 	}
@@ -307,6 +311,10 @@ func (a *Agent) handle(ctx context.Context, ev event) {
 		a.handleManifest(ctx, ev.topic, ev.payload)
 	case evChunk:
 		a.handleChunk(ctx, ev.payload)
+	case evShadowManifest:
+		a.handleShadowManifest(ctx, ev.topic, ev.payload)
+	case evShadowChunk:
+		a.handleShadowChunk(ctx, ev.payload)
 	}
 }
 
@@ -419,6 +427,7 @@ func (a *Agent) onConnected(ctx context.Context) {
 		}
 		a.reportSlot(ctx, s)
 	}
+	a.shadowsConnected(ctx)
 	a.sendTelemetry(ctx)
 }
 
@@ -572,7 +581,9 @@ func (a *Agent) handleDesired(ctx context.Context, payload []byte) {
 	a.u.retryDesired = nil
 	a.u.generation, a.u.desired = ds.GetGeneration(), payload
 	a.gen.Store(ds.GetGeneration())
+	a.dropShadows(ctx, ds) // before apply: see dropShadows
 	a.apply(ctx, ds)
+	a.startShadows(ctx, ds)
 }
 
 // apply moves every slot towards the desired assignments. A slot whose

@@ -83,8 +83,10 @@ type Refusal struct {
 type DesiredSummary struct {
 	Generation uint64       `json:"generation"`
 	Models     []Assignment `json:"models"`
-	Issued     time.Time    `json:"issued"`
-	Expires    time.Time    `json:"expires"`
+	// Shadows are challengers scored in shadow beside Models.
+	Shadows []Assignment `json:"shadows,omitempty"`
+	Issued  time.Time    `json:"issued"`
+	Expires time.Time    `json:"expires"`
 }
 
 // Version is the version of model name in the desired state ("" if the

@@ -155,6 +155,14 @@ type RolloutStage struct {
 	MinDevices int `json:"min_devices,omitempty"`
 	// Gates override the rollout's gates for this stage.
 	Gates *Gates `json:"gates,omitempty"`
+	// Shadow runs the version in shadow on the stage's devices: they keep
+	// serving their version (the champion) and score every request with
+	// this one too (the challenger), reporting agreement and, from labels,
+	// both versions' accuracy. The stage passes only on the shadow gate
+	// (Gates.ShadowMargin over MinLabelled rows); the next stage serves
+	// the version on them. Shadow stages come first, and the last stage is
+	// not one.
+	Shadow bool `json:"shadow,omitempty"`
 }
 
 // Kind describes what a stage adds, for display: "canary 1", "percent 50",
@@ -171,6 +179,14 @@ func (s RolloutStage) Kind() string {
 	return "group " + s.Selector
 }
 
+// KindShadow is Kind with " (shadow)" for a shadow stage.
+func (s RolloutStage) KindShadow() string {
+	if s.Shadow {
+		return s.Kind() + " (shadow)"
+	}
+	return s.Kind()
+}
+
 // Gates are the checks a stage must pass. Nil limits are not checked.
 type Gates struct {
 	// MaxFailureRate is the highest allowed fraction of reporting devices
@@ -184,8 +200,14 @@ type Gates struct {
 	// MaxDriftScore is the highest allowed drift score of the new version.
 	MaxDriftScore *float64 `json:"max_drift_score,omitempty"`
 	// MinLabelled is how many labelled predictions the quality gates need
-	// (for each of the two versions compared); 0 means 100.
+	// (for each of the two versions compared); 0 means 100. A shadow stage
+	// needs as many labelled rows scored by both versions.
 	MinLabelled int `json:"min_labelled,omitempty"`
+	// ShadowMargin is how much higher than the champion's the challenger's
+	// accuracy must be, on the same labelled rows, for a shadow stage to
+	// pass (0.01 = one point; negative allows it to be that much lower);
+	// nil means 0: at least as good.
+	ShadowMargin *float64 `json:"shadow_margin,omitempty"`
 }
 
 // RolloutSpec is what an operator asks for: the body of POST
@@ -323,6 +345,14 @@ func (s *RolloutSpec) Validate() error {
 	if err := s.Gates.validate("gates"); err != nil {
 		return err
 	}
+	for i, st := range s.Stages {
+		switch {
+		case st.Shadow && i == len(s.Stages)-1:
+			return invalidf("stage %d: the last stage cannot be a shadow stage: a later stage must serve the version", i+1)
+		case st.Shadow && i > 0 && !s.Stages[i-1].Shadow:
+			return invalidf("stage %d: a shadow stage cannot follow a stage that serves the version", i+1)
+		}
+	}
 	for i := range s.Stages {
 		st := &s.Stages[i]
 		where := fmt.Sprintf("stage %d", i+1)
@@ -395,6 +425,9 @@ func (g *Gates) validate(where string) error {
 	if g.MinLabelled < 0 {
 		return invalidf("%s: min_labelled %d is negative", where, g.MinLabelled)
 	}
+	if v := g.ShadowMargin; v != nil && (math.IsNaN(*v) || *v < -1 || *v > 1) {
+		return invalidf("%s: shadow_margin %v must be in [-1, 1]", where, *v)
+	}
 	return nil
 }
 
@@ -434,6 +467,32 @@ type StageProgress struct {
 	Gates []GateResult `json:"gates,omitempty"`
 	// Waiting says what the stage waits for, if anything.
 	Waiting string `json:"waiting,omitempty"`
+	// Shadow are a shadow stage's comparison figures (last evaluation).
+	Shadow *ShadowFigures `json:"shadow,omitempty"`
+}
+
+// ShadowFigures compare a challenger scored in shadow with the champions
+// serving on a stage's devices, since the stage started.
+type ShadowFigures struct {
+	// DevicesReady have the challenger loaded and scoring; DevicesFailed
+	// refused it (Failures holds a few of their reasons).
+	DevicesReady  int      `json:"devices_ready"`
+	DevicesFailed int      `json:"devices_failed"`
+	Failures      []string `json:"failures,omitempty"`
+	// Rows scored by both versions, and the fraction whose predicted
+	// class agrees; MeanScoreDiff is the mean |champion - challenger|
+	// score per row.
+	Rows          uint64  `json:"rows"`
+	Agreement     float64 `json:"agreement"`
+	MeanScoreDiff float64 `json:"mean_score_diff"`
+	// Skipped requests were not scored in shadow (the device's shadow
+	// queue was full); Errors are failed challenger inferences.
+	Skipped uint64 `json:"skipped"`
+	Errors  uint64 `json:"errors"`
+	// Labelled rows scored by both, and each version's accuracy on them.
+	Labelled           uint64  `json:"labelled"`
+	ChampionAccuracy   float64 `json:"champion_accuracy"`
+	ChallengerAccuracy float64 `json:"challenger_accuracy"`
 }
 
 // DeviceCounts are a stage's devices by where they stand with the version.
@@ -474,6 +533,9 @@ type RolloutDevice struct {
 	// RolledBack: the device was sent back to Previous and is out of the
 	// rollout.
 	RolledBack bool `json:"rolled_back,omitempty"`
+	// Shadow: the device scores Want in shadow and serves Previous (a
+	// shadow stage); Want "" withdraws the shadow.
+	Shadow bool `json:"shadow,omitempty"`
 }
 
 // Rollout is a rollout as the API shows it: its spec, state and per-stage

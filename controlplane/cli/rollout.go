@@ -73,6 +73,8 @@ func parseStage(s string) (api.RolloutStage, error) {
 				return st, fmt.Errorf("--stage %q: bake=%q: want a duration such as 30s", s, v)
 			}
 			st.Bake = api.Duration(d)
+		case "shadow":
+			st.Shadow = true
 		case "min":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 0 {
@@ -80,7 +82,7 @@ func parseStage(s string) (api.RolloutStage, error) {
 			}
 			st.MinDevices = n
 		default:
-			return st, fmt.Errorf("--stage %q: unknown option %q (want bake=DUR or min=N)", s, k)
+			return st, fmt.Errorf("--stage %q: unknown option %q (want bake=DUR, min=N or shadow)", s, k)
 		}
 	}
 	return st, nil
@@ -112,7 +114,7 @@ func (a *app) rolloutCreateCmd() *cobra.Command {
 		selector, onBreach, startAt, sites, siteLabel string
 		stages, windows                               stringList
 		bake                                          time.Duration
-		failRate, offline, accDrop, drift             optFloat
+		failRate, offline, accDrop, drift, margin     optFloat
 		minLabelled, perMinute                        int
 		auto                                          bool
 	)
@@ -123,7 +125,10 @@ func (a *app) rolloutCreateCmd() *cobra.Command {
 order given. A stage is canary:N (N devices), percent:P (P% of the devices), devices:ID,ID
 or group:k=v (a label group); cohorts are cumulative and drawn in a stable random order.
 Append /bake=DURATION or /min=N to a stage for its own bake time and minimum of reporting
-devices.
+devices, and /shadow to run the version in shadow there: the stage's devices keep serving
+their version and score every request with this one too; the stage passes only when, over
+--min-labelled labelled rows scored by both, the challenger's accuracy is at least the
+champion's plus --shadow-margin. Shadow stages come first; a later stage serves the version.
 
 After its bake time, once enough devices reported, a stage's gates are judged. A passed
 stage promotes (--auto-promote) or waits for "rollout promote"; a breach pauses the rollout
@@ -133,6 +138,11 @@ acted on at any time).`,
 		Example: `  edgefleet rollout create fraud@2.0.0 --selector fleet=demo \
       --stage canary:1 --stage percent:50 --stage percent:100 \
       --bake 30s --max-failure-rate 0.2 --on-breach rollback --auto-promote
+
+  # Champion/challenger: two canaries score 2.0.0 in shadow; it serves only if it is
+  # at least one point more accurate than what they serve, over 500 labelled rows.
+  edgefleet rollout create fraud@2.0.0 --selector fleet=demo --stage canary:2/shadow \
+      --stage percent:100 --min-labelled 500 --shadow-margin 0.01 --auto-promote
 
   # Nightly waves, site by site, at most 20 devices a minute.
   edgefleet rollout create fraud@2.0.0 --selector hw=arm64 --stage group:site=north/bake=1h \
@@ -148,7 +158,7 @@ acted on at any time).`,
 				Bake:     api.Duration(bake),
 				OnBreach: onBreach,
 				Gates: api.Gates{MaxFailureRate: failRate.v, MaxOfflineFraction: offline.v,
-					MaxAccuracyDrop: accDrop.v, MaxDriftScore: drift.v, MinLabelled: minLabelled},
+					MaxAccuracyDrop: accDrop.v, MaxDriftScore: drift.v, MinLabelled: minLabelled, ShadowMargin: margin.v},
 				AutoPromote:  auto,
 				Windows:      windows,
 				MaxPerMinute: perMinute,
@@ -189,13 +199,14 @@ acted on at any time).`,
 	}
 	f := c.Flags()
 	f.StringVar(&selector, "selector", "", "target devices by label `SELECTOR` (required)")
-	f.Var(&stages, "stage", "a `STAGE`, in order (repeatable): canary:N, percent:P, devices:ID,ID or group:k=v; add /bake=DUR or /min=N")
+	f.Var(&stages, "stage", "a `STAGE`, in order (repeatable): canary:N, percent:P, devices:ID,ID or group:k=v; add /bake=DUR, /min=N or /shadow")
 	f.DurationVar(&bake, "bake", 0, "bake time (`DURATION`) of each stage before its gates are judged (default 5m)")
 	f.Var(&failRate, "max-failure-rate", "gate: highest `FRACTION` of reporting devices that failed to install (0..1)")
 	f.Var(&offline, "max-offline", "gate: highest `FRACTION` of the cohort offline (0..1)")
 	f.Var(&accDrop, "max-accuracy-drop", "gate: how much lower than the replaced version's the accuracy may be (`DROP`, 0..1)")
 	f.Var(&drift, "max-drift", "gate: highest drift `SCORE`")
 	f.IntVar(&minLabelled, "min-labelled", 0, "`N` labelled predictions the quality gates need (default 100)")
+	f.Var(&margin, "shadow-margin", "shadow gate: how much higher than the champion's the challenger's accuracy must be (`MARGIN`, default 0)")
 	f.StringVar(&onBreach, "on-breach", api.OnBreachPause, "`ACTION` on a breached gate: pause or rollback")
 	f.BoolVar(&auto, "auto-promote", false, "promote to the next stage when one passes (default: wait for rollout promote)")
 	f.StringVar(&startAt, "start-at", "", "start `TIME` (RFC 3339, e.g. 2026-11-26T02:00:00Z); default now")
@@ -266,6 +277,16 @@ func (a *app) printRollout(st *api.Rollout) {
 		fmt.Fprintf(w, "gates of stage %s:\n", stageLabel(s))
 		for _, g := range s.Gates {
 			fmt.Fprintf(w, "  %-17s %-7s value %.4g  limit %.4g  %s\n", g.Gate, g.Status, g.Value, g.Limit, g.Detail)
+		}
+	}
+	for _, s := range st.Stages {
+		if f := s.Shadow; f != nil {
+			fmt.Fprintf(w, "shadow of stage %s: %d devices scoring, %d refused; %d rows, agreement %.4f, mean score difference %.4f, %d skipped, %d errors\n",
+				stageLabel(s), f.DevicesReady, f.DevicesFailed, f.Rows, f.Agreement, f.MeanScoreDiff, f.Skipped, f.Errors)
+			fmt.Fprintf(w, "  labelled %d: champion accuracy %.4f, challenger accuracy %.4f\n", f.Labelled, f.ChampionAccuracy, f.ChallengerAccuracy)
+			for _, why := range f.Failures {
+				fmt.Fprintf(w, "  refused: %s\n", why)
+			}
 		}
 	}
 }

@@ -22,6 +22,7 @@ func TestParseStage(t *testing.T) {
 		{"percent:12.5%", api.RolloutStage{Percent: 12.5}, ""},
 		{"devices:d1,d2", api.RolloutStage{Devices: []string{"d1", "d2"}}, ""},
 		{"group:site=b/bake=10m/min=3", api.RolloutStage{Selector: "site=b", Bake: api.Duration(10 * time.Minute), MinDevices: 3}, ""},
+		{"canary:2/shadow", api.RolloutStage{Canary: 2, Shadow: true}, ""},
 		{"canary:0", api.RolloutStage{}, "canary wants a device count"},
 		{"percent:101", api.RolloutStage{}, "percent wants a number"},
 		{"group:site==b", api.RolloutStage{}, "group:site==b"},

@@ -84,9 +84,13 @@ func (f *Fleet) assign(ctx context.Context, model, version string, ids []string)
 		slices.SortFunc(out, func(a, b *efpb.ModelAssignment) int { return strings.Compare(a.Name, b.Name) })
 		return out
 	}
+	// Serving the version ends its shadow (a challenger promoted).
+	dropShadow := func(cur []*efpb.ShadowAssignment) []*efpb.ShadowAssignment {
+		return slices.DeleteFunc(cur, func(s *efpb.ShadowAssignment) bool { return s.Name == model && s.Version == version })
+	}
 	f.issueMu.Lock()
 	defer f.issueMu.Unlock()
-	issued, err := f.issue(ids, change)
+	issued, err := f.issueShadows(ids, change, dropShadow)
 	if err != nil {
 		return nil, err
 	}
@@ -183,6 +187,13 @@ type issuedState struct {
 // serialises generation allocation and publishing: a newer state can never
 // be overtaken on the retained topic by an older one.
 func (f *Fleet) issue(ids []string, change func([]*efpb.ModelAssignment) []*efpb.ModelAssignment) ([]issuedState, error) {
+	return f.issueShadows(ids, change, nil)
+}
+
+// issueShadows is issue that also changes the shadow assignments (nil:
+// they are carried over); see shadow.go.
+func (f *Fleet) issueShadows(ids []string, change func([]*efpb.ModelAssignment) []*efpb.ModelAssignment,
+	changeShadows func([]*efpb.ShadowAssignment) []*efpb.ShadowAssignment) ([]issuedState, error) {
 	now := f.opts.Clock()
 	out := make([]issuedState, 0, len(ids))
 	sums := make([]*api.DesiredSummary, 0, len(ids))
@@ -192,17 +203,22 @@ func (f *Fleet) issue(ids []string, change func([]*efpb.ModelAssignment) []*efpb
 		err := f.opts.KV.Update(func(tx *store.Tx) error {
 			var prev desiredRecord
 			var cur []*efpb.ModelAssignment
+			var shadows []*efpb.ShadowAssignment
 			switch err := tx.GetJSON(prefixDesired+id, &prev); {
 			case err == nil:
 				d, err := desiredPayload(prev.Envelope)
 				if err != nil {
 					return err
 				}
-				cur = d.Models
+				cur, shadows = d.Models, d.Shadows
 			case !errors.Is(err, store.ErrNotFound):
 				return err
 			}
 			models := change(cur)
+			if changeShadows != nil {
+				shadows = changeShadows(shadows)
+			}
+			shadows = servedShadows(models, shadows)
 			if len(models) > maxReportedModels {
 				return api.Errorf(api.ErrInvalid, "device %s would run %d models; a device runs at most %d (the control plane tracks no more)", id, len(models), maxReportedModels)
 			}
@@ -213,6 +229,7 @@ func (f *Fleet) issue(ids []string, change func([]*efpb.ModelAssignment) []*efpb
 				Models:          models,
 				IssuedUnix:      now.Unix(),
 				ExpiresUnix:     now.Add(f.opts.DesiredTTL).Unix(),
+				Shadows:         shadows,
 			}
 			env, err := signing.SignMessage(efpb.PayloadTypeDesired, d, f.opts.Keys.Control)
 			if err != nil {

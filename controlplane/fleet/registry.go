@@ -214,6 +214,9 @@ func desiredSummary(d *efpb.DesiredState) *api.DesiredSummary {
 	for _, m := range d.Models {
 		s.Models = append(s.Models, api.Assignment{Name: m.Name, Version: m.Version})
 	}
+	for _, m := range d.Shadows {
+		s.Shadows = append(s.Shadows, api.Assignment{Name: m.Name, Version: m.Version})
+	}
 	return s
 }
 
@@ -446,7 +449,7 @@ func (r *Registry) MayFetch(id, model, version string) (registered, allowed bool
 		if d == nil {
 			continue
 		}
-		for _, m := range d.Models {
+		for _, m := range slices.Concat(d.Models, d.Shadows) { // a challenger is fetched too
 			if m.Name == model && m.Version == version {
 				return true, true
 			}

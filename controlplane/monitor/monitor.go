@@ -207,6 +207,8 @@ type Counts struct {
 	Lat       []uint64            `json:"lat,omitempty"`
 	CalN      []uint64            `json:"cal_n,omitempty"`
 	CalPos    []uint64            `json:"cal_pos,omitempty"`
+	// Shadow: a challenger's shadow counts (shadow.go).
+	Shadow *ShadowCounts `json:"shadow,omitempty"`
 }
 
 func addSlice(dst []uint64, src []uint64) []uint64 {
@@ -251,6 +253,12 @@ func (c *Counts) Add(o *Counts) {
 	c.Lat = addSlice(c.Lat, o.Lat)
 	c.CalN = addSlice(c.CalN, o.CalN)
 	c.CalPos = addSlice(c.CalPos, o.CalPos)
+	if o.Shadow != nil {
+		if c.Shadow == nil {
+			c.Shadow = &ShadowCounts{}
+		}
+		c.Shadow.Add(o.Shadow)
+	}
 }
 
 // countsOf checks a report and converts it.
@@ -325,6 +333,26 @@ func (a *Aggregator) Ingest(device string, seq uint64, t *efpb.Telemetry, cohort
 		}
 		ce.Reports++
 		ce.Add(c)
+	}
+	for _, r := range t.GetShadow() {
+		s, err := shadowCountsOf(r)
+		if err != nil {
+			return false, err
+		}
+		at := time.UnixMilli(r.WindowEndUnixMs)
+		if at.After(now) || at.Before(now.Add(-a.opts.RawRetention)) {
+			at = now
+		}
+		key := cellKey(rawPrefix, r.ModelName, r.ChallengerVersion, at.Truncate(a.opts.RawBucket), device)
+		ce := cells[key]
+		if ce == nil {
+			ce = &cell{Site: a.opts.Site(device)}
+			if cohort != nil {
+				ce.Cohort = cohort(r.ModelName, r.ChallengerVersion)
+			}
+			cells[key] = ce
+		}
+		ce.Add(&Counts{Shadow: s})
 	}
 
 	a.mu.Lock()

@@ -190,6 +190,9 @@ func (e *Engine) Create(ctx context.Context, spec api.RolloutSpec, actor string)
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
+	if err := e.checkShadow(spec); err != nil {
+		return nil, err
+	}
 	if e.opts.Models != nil {
 		if err := e.opts.Models.Deployable(spec.Model, spec.Version); err != nil {
 			return nil, err
@@ -420,7 +423,7 @@ func (e *Engine) assign(r *Rollout, devs map[string]Device, now time.Time) (comp
 		if prev == "" {
 			prev = d.Report.ActiveVersion
 		}
-		r.Devices[id] = &DeviceRecord{Stage: stage, Previous: prev, Want: r.Spec.Version}
+		r.Devices[id] = &DeviceRecord{Stage: stage, Previous: prev, Want: r.Spec.Version, Shadow: r.Spec.Stages[stage].Shadow}
 		return true
 	}
 	for i := 0; i <= r.Stage && i < len(r.Spec.Stages); i++ {
@@ -489,8 +492,13 @@ func (e *Engine) assign(r *Rollout, devs map[string]Device, now time.Time) (comp
 // (an issue that happened before a crash) is not sent a second one.
 func (e *Engine) deliver(ctx context.Context, r *Rollout, devs map[string]Device) {
 	byVersion := map[string][]string{}
+	shadows := map[string][]string{} // shadow.go
 	for id, rec := range r.Devices {
 		if rec.Issued == rec.Want {
+			continue
+		}
+		if rec.Shadow {
+			shadows[rec.Want] = append(shadows[rec.Want], id)
 			continue
 		}
 		if d, ok := devs[id]; ok && d.Desired == rec.Want && rec.Want != "" {
@@ -499,7 +507,7 @@ func (e *Engine) deliver(ctx context.Context, r *Rollout, devs map[string]Device
 		}
 		byVersion[rec.Want] = append(byVersion[rec.Want], id)
 	}
-	if len(byVersion) == 0 {
+	if len(byVersion) == 0 && len(shadows) == 0 {
 		return
 	}
 	// The intent is durable before anything is issued.
@@ -507,6 +515,7 @@ func (e *Engine) deliver(ctx context.Context, r *Rollout, devs map[string]Device
 		e.log.Error("save rollout failed", "rollout", r.ID, "err", err)
 		return
 	}
+	e.deliverShadows(ctx, r, shadows)
 	versions := make([]string, 0, len(byVersion))
 	for v := range byVersion {
 		versions = append(versions, v)
@@ -616,6 +625,10 @@ func (e *Engine) next(r *Rollout, now time.Time, actor string) {
 		r.Progress[r.Stage].Waiting = "promote"
 		return
 	}
+	if r.Spec.Stages[r.Stage].Shadow && !r.Spec.Stages[r.Stage+1].Shadow {
+		n := r.serveShadowed()
+		e.record(actor, "rollout.shadow_promoted", r, "ok", map[string]any{"stage": r.Stage + 1, "devices": n})
+	}
 	r.Stage++
 	r.State, r.Reason = api.RolloutRunning, ""
 	r.Progress[r.Stage].Started = now
@@ -654,6 +667,10 @@ func (e *Engine) rollBack(r *Rollout, match func(id string, rec *DeviceRecord) b
 		}
 		rec.RolledBack = true
 		n++
+		if rec.Shadow {
+			rec.Want = "" // withdraw the shadow: the device serves Previous already
+			continue
+		}
 		if rec.Previous == "" || rec.Previous == rec.Want {
 			withoutPrevious = append(withoutPrevious, id)
 			continue
@@ -667,6 +684,9 @@ func (e *Engine) rollBack(r *Rollout, match func(id string, rec *DeviceRecord) b
 // evaluate returns the current stage's gate results, what it still waits
 // for ("" nothing) and the first breached gate.
 func (e *Engine) evaluate(r *Rollout, devs map[string]Device, now time.Time) ([]api.GateResult, string, *api.GateResult) {
+	if r.Spec.Stages[r.Stage].Shadow {
+		return e.evaluateShadow(r, devs, now)
+	}
 	var c api.DeviceCounts
 	var cohort, active []string
 	prevCount := map[string]int{}

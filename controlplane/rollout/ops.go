@@ -59,7 +59,7 @@ func (e *Engine) statusIn(r *Rollout, withDevices bool, devs map[string]Device) 
 		st.Stages[i] = api.StageStatus{
 			Index:         i + 1,
 			Name:          s.Name,
-			Kind:          s.Kind(),
+			Kind:          s.KindShadow(),
 			Current:       i == r.Stage && !r.State.Terminal(),
 			StageProgress: r.Progress[i],
 		}
@@ -68,6 +68,11 @@ func (e *Engine) statusIn(r *Rollout, withDevices bool, devs map[string]Device) 
 		if rec.Stage < len(st.Stages) {
 			d := devs[id]
 			count(&st.Stages[rec.Stage].Devices, classify(rec, d), d.Online)
+		}
+	}
+	for i, s := range r.Spec.Stages {
+		if s.Shadow {
+			shadowCounts(&st.Stages[i])
 		}
 	}
 	return st
@@ -148,6 +153,7 @@ func (e *Engine) Abort(ctx context.Context, id, actor string) (*api.Rollout, err
 			return stateErr(r, "abort")
 		}
 		r.State, r.Reason = api.RolloutAborted, "aborted by "+actor
+		r.withdrawShadows() // a challenger is not left scoring
 		e.record(actor, "rollout.abort", r, "ok", map[string]any{"stage": r.Stage + 1})
 		return nil
 	})

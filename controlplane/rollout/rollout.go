@@ -41,6 +41,9 @@ type DeviceRecord struct {
 	// RolledBack: the device was sent back to Previous and is out of the
 	// rollout.
 	RolledBack bool `json:"rolled_back,omitempty"`
+	// Shadow: the device scores Want in shadow and serves Previous (a
+	// shadow stage); Want "" withdraws the shadow (see shadow.go).
+	Shadow bool `json:"shadow,omitempty"`
 }
 
 // Rollout is a rollout's persisted state.

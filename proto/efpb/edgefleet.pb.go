@@ -1513,8 +1513,14 @@ type DesiredState struct {
 	IssuedUnix      int64                  `protobuf:"varint,5,opt,name=issued_unix,json=issuedUnix,proto3" json:"issued_unix,omitempty"`
 	ExpiresUnix     int64                  `protobuf:"varint,6,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
 	RolloutId       string                 `protobuf:"bytes,7,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// shadows name versions to run in shadow next to the served one (added
+	// 2026-12-06): the agent scores each request with both, serves the
+	// served version's answer and reports how they compare
+	// (Telemetry.shadow). An older agent ignores the field and keeps serving
+	// models, which is the safe reading.
+	Shadows       []*ShadowAssignment `protobuf:"bytes,50,rep,name=shadows,proto3" json:"shadows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DesiredState) Reset() {
@@ -1596,6 +1602,79 @@ func (x *DesiredState) GetRolloutId() string {
 	return ""
 }
 
+func (x *DesiredState) GetShadows() []*ShadowAssignment {
+	if x != nil {
+		return x.Shadows
+	}
+	return nil
+}
+
+// ShadowAssignment is a challenger: a version of model name scored in
+// shadow beside the version the device serves (the champion). It is
+// downloaded and checked like any version (signed manifest, sha256, test
+// vectors) but never answers a request. One per model name; a shadow naming
+// the version the device serves is ignored.
+type ShadowAssignment struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Version string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	// sha256 of the model bytes; must equal the manifest's.
+	Sha256        []byte `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShadowAssignment) Reset() {
+	*x = ShadowAssignment{}
+	mi := &file_proto_edgefleet_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShadowAssignment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShadowAssignment) ProtoMessage() {}
+
+func (x *ShadowAssignment) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShadowAssignment.ProtoReflect.Descriptor instead.
+func (*ShadowAssignment) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ShadowAssignment) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ShadowAssignment) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *ShadowAssignment) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
 // Chunk is one slice of a model's bytes. One publish on the model's chunk
 // topic serves every agent fetching that version.
 type Chunk struct {
@@ -1610,7 +1689,7 @@ type Chunk struct {
 
 func (x *Chunk) Reset() {
 	*x = Chunk{}
-	mi := &file_proto_edgefleet_proto_msgTypes[16]
+	mi := &file_proto_edgefleet_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1622,7 +1701,7 @@ func (x *Chunk) String() string {
 func (*Chunk) ProtoMessage() {}
 
 func (x *Chunk) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[16]
+	mi := &file_proto_edgefleet_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1635,7 +1714,7 @@ func (x *Chunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
 func (*Chunk) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{16}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Chunk) GetName() string {
@@ -1679,7 +1758,7 @@ type FetchRequest struct {
 
 func (x *FetchRequest) Reset() {
 	*x = FetchRequest{}
-	mi := &file_proto_edgefleet_proto_msgTypes[17]
+	mi := &file_proto_edgefleet_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1691,7 +1770,7 @@ func (x *FetchRequest) String() string {
 func (*FetchRequest) ProtoMessage() {}
 
 func (x *FetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[17]
+	mi := &file_proto_edgefleet_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1704,7 +1783,7 @@ func (x *FetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchRequest.ProtoReflect.Descriptor instead.
 func (*FetchRequest) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{17}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *FetchRequest) GetDeviceId() string {
@@ -1761,7 +1840,7 @@ type StatusEvent struct {
 
 func (x *StatusEvent) Reset() {
 	*x = StatusEvent{}
-	mi := &file_proto_edgefleet_proto_msgTypes[18]
+	mi := &file_proto_edgefleet_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1773,7 +1852,7 @@ func (x *StatusEvent) String() string {
 func (*StatusEvent) ProtoMessage() {}
 
 func (x *StatusEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[18]
+	mi := &file_proto_edgefleet_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1786,7 +1865,7 @@ func (x *StatusEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusEvent.ProtoReflect.Descriptor instead.
 func (*StatusEvent) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{18}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StatusEvent) GetProtocolVersion() uint32 {
@@ -1894,7 +1973,7 @@ type ActiveModel struct {
 
 func (x *ActiveModel) Reset() {
 	*x = ActiveModel{}
-	mi := &file_proto_edgefleet_proto_msgTypes[19]
+	mi := &file_proto_edgefleet_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1906,7 +1985,7 @@ func (x *ActiveModel) String() string {
 func (*ActiveModel) ProtoMessage() {}
 
 func (x *ActiveModel) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[19]
+	mi := &file_proto_edgefleet_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1919,7 +1998,7 @@ func (x *ActiveModel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActiveModel.ProtoReflect.Descriptor instead.
 func (*ActiveModel) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{19}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ActiveModel) GetName() string {
@@ -1986,14 +2065,17 @@ type Telemetry struct {
 	ReportsDropped uint64 `protobuf:"varint,12,opt,name=reports_dropped,json=reportsDropped,proto3" json:"reports_dropped,omitempty"`
 	// trust_version is the version of the trust bundle the agent trusts, 0
 	// before it accepted one (added 2026-12-06).
-	TrustVersion  uint64 `protobuf:"varint,13,opt,name=trust_version,json=trustVersion,proto3" json:"trust_version,omitempty"`
+	TrustVersion uint64 `protobuf:"varint,13,opt,name=trust_version,json=trustVersion,proto3" json:"trust_version,omitempty"`
+	// shadow has one report per challenger the agent runs in shadow (added
+	// 2026-12-06); older receivers ignore it.
+	Shadow        []*ShadowReport `protobuf:"bytes,50,rep,name=shadow,proto3" json:"shadow,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Telemetry) Reset() {
 	*x = Telemetry{}
-	mi := &file_proto_edgefleet_proto_msgTypes[20]
+	mi := &file_proto_edgefleet_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2005,7 +2087,7 @@ func (x *Telemetry) String() string {
 func (*Telemetry) ProtoMessage() {}
 
 func (x *Telemetry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[20]
+	mi := &file_proto_edgefleet_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2018,7 +2100,7 @@ func (x *Telemetry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Telemetry.ProtoReflect.Descriptor instead.
 func (*Telemetry) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{20}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Telemetry) GetProtocolVersion() uint32 {
@@ -2112,6 +2194,180 @@ func (x *Telemetry) GetTrustVersion() uint64 {
 	return 0
 }
 
+func (x *Telemetry) GetShadow() []*ShadowReport {
+	if x != nil {
+		return x.Shadow
+	}
+	return nil
+}
+
+// ShadowReport compares a challenger with the champion on the requests of
+// one window: mergeable counts only. Rows are rows scored by both; the
+// label counts are over rows scored by both whose ground truth arrived.
+type ShadowReport struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	ModelName         string                 `protobuf:"bytes,1,opt,name=model_name,json=modelName,proto3" json:"model_name,omitempty"`
+	ChampionVersion   string                 `protobuf:"bytes,2,opt,name=champion_version,json=championVersion,proto3" json:"champion_version,omitempty"`
+	ChallengerVersion string                 `protobuf:"bytes,3,opt,name=challenger_version,json=challengerVersion,proto3" json:"challenger_version,omitempty"`
+	WindowStartUnixMs int64                  `protobuf:"varint,4,opt,name=window_start_unix_ms,json=windowStartUnixMs,proto3" json:"window_start_unix_ms,omitempty"`
+	WindowEndUnixMs   int64                  `protobuf:"varint,5,opt,name=window_end_unix_ms,json=windowEndUnixMs,proto3" json:"window_end_unix_ms,omitempty"`
+	// ready is true while the challenger is loaded and scoring; failure says
+	// why it is not (its manifest or bytes were refused, it does not load).
+	Ready   bool   `protobuf:"varint,6,opt,name=ready,proto3" json:"ready,omitempty"`
+	Failure string `protobuf:"bytes,7,opt,name=failure,proto3" json:"failure,omitempty"`
+	Rows    uint64 `protobuf:"varint,8,opt,name=rows,proto3" json:"rows,omitempty"`
+	// agree counts rows whose predicted class is the same in both versions;
+	// score_abs_diff is the sum over rows of |champion score - challenger
+	// score| (the class-1 probability of a binary model, else the top score).
+	Agree        uint64  `protobuf:"varint,9,opt,name=agree,proto3" json:"agree,omitempty"`
+	ScoreAbsDiff float64 `protobuf:"fixed64,10,opt,name=score_abs_diff,json=scoreAbsDiff,proto3" json:"score_abs_diff,omitempty"`
+	// skipped counts requests not scored in shadow because the shadow queue
+	// was full (the served answer is never delayed for the challenger);
+	// errors counts challenger inferences that failed.
+	Skipped           uint64 `protobuf:"varint,11,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	Errors            uint64 `protobuf:"varint,12,opt,name=errors,proto3" json:"errors,omitempty"`
+	Labelled          uint64 `protobuf:"varint,13,opt,name=labelled,proto3" json:"labelled,omitempty"`
+	ChampionCorrect   uint64 `protobuf:"varint,14,opt,name=champion_correct,json=championCorrect,proto3" json:"champion_correct,omitempty"`
+	ChallengerCorrect uint64 `protobuf:"varint,15,opt,name=challenger_correct,json=challengerCorrect,proto3" json:"challenger_correct,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *ShadowReport) Reset() {
+	*x = ShadowReport{}
+	mi := &file_proto_edgefleet_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShadowReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShadowReport) ProtoMessage() {}
+
+func (x *ShadowReport) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShadowReport.ProtoReflect.Descriptor instead.
+func (*ShadowReport) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ShadowReport) GetModelName() string {
+	if x != nil {
+		return x.ModelName
+	}
+	return ""
+}
+
+func (x *ShadowReport) GetChampionVersion() string {
+	if x != nil {
+		return x.ChampionVersion
+	}
+	return ""
+}
+
+func (x *ShadowReport) GetChallengerVersion() string {
+	if x != nil {
+		return x.ChallengerVersion
+	}
+	return ""
+}
+
+func (x *ShadowReport) GetWindowStartUnixMs() int64 {
+	if x != nil {
+		return x.WindowStartUnixMs
+	}
+	return 0
+}
+
+func (x *ShadowReport) GetWindowEndUnixMs() int64 {
+	if x != nil {
+		return x.WindowEndUnixMs
+	}
+	return 0
+}
+
+func (x *ShadowReport) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
+}
+
+func (x *ShadowReport) GetFailure() string {
+	if x != nil {
+		return x.Failure
+	}
+	return ""
+}
+
+func (x *ShadowReport) GetRows() uint64 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *ShadowReport) GetAgree() uint64 {
+	if x != nil {
+		return x.Agree
+	}
+	return 0
+}
+
+func (x *ShadowReport) GetScoreAbsDiff() float64 {
+	if x != nil {
+		return x.ScoreAbsDiff
+	}
+	return 0
+}
+
+func (x *ShadowReport) GetSkipped() uint64 {
+	if x != nil {
+		return x.Skipped
+	}
+	return 0
+}
+
+func (x *ShadowReport) GetErrors() uint64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *ShadowReport) GetLabelled() uint64 {
+	if x != nil {
+		return x.Labelled
+	}
+	return 0
+}
+
+func (x *ShadowReport) GetChampionCorrect() uint64 {
+	if x != nil {
+		return x.ChampionCorrect
+	}
+	return 0
+}
+
+func (x *ShadowReport) GetChallengerCorrect() uint64 {
+	if x != nil {
+		return x.ChallengerCorrect
+	}
+	return 0
+}
+
 // MonitorReport is what one model version saw on a device in one window:
 // mergeable counts only, so the control plane can add reports of many
 // devices and windows. Sketch bins are those of the manifest's reference
@@ -2153,7 +2409,7 @@ type MonitorReport struct {
 
 func (x *MonitorReport) Reset() {
 	*x = MonitorReport{}
-	mi := &file_proto_edgefleet_proto_msgTypes[21]
+	mi := &file_proto_edgefleet_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2165,7 +2421,7 @@ func (x *MonitorReport) String() string {
 func (*MonitorReport) ProtoMessage() {}
 
 func (x *MonitorReport) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[21]
+	mi := &file_proto_edgefleet_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2178,7 +2434,7 @@ func (x *MonitorReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MonitorReport.ProtoReflect.Descriptor instead.
 func (*MonitorReport) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{21}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *MonitorReport) GetModelName() string {
@@ -2341,7 +2597,7 @@ type FeatureSketch struct {
 
 func (x *FeatureSketch) Reset() {
 	*x = FeatureSketch{}
-	mi := &file_proto_edgefleet_proto_msgTypes[22]
+	mi := &file_proto_edgefleet_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2353,7 +2609,7 @@ func (x *FeatureSketch) String() string {
 func (*FeatureSketch) ProtoMessage() {}
 
 func (x *FeatureSketch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[22]
+	mi := &file_proto_edgefleet_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2366,7 +2622,7 @@ func (x *FeatureSketch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeatureSketch.ProtoReflect.Descriptor instead.
 func (*FeatureSketch) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{22}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *FeatureSketch) GetName() string {
@@ -2403,7 +2659,7 @@ type Presence struct {
 
 func (x *Presence) Reset() {
 	*x = Presence{}
-	mi := &file_proto_edgefleet_proto_msgTypes[23]
+	mi := &file_proto_edgefleet_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2415,7 +2671,7 @@ func (x *Presence) String() string {
 func (*Presence) ProtoMessage() {}
 
 func (x *Presence) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[23]
+	mi := &file_proto_edgefleet_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2428,7 +2684,7 @@ func (x *Presence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Presence.ProtoReflect.Descriptor instead.
 func (*Presence) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{23}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Presence) GetDeviceId() string {
@@ -2485,7 +2741,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_proto_edgefleet_proto_msgTypes[24]
+	mi := &file_proto_edgefleet_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2497,7 +2753,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[24]
+	mi := &file_proto_edgefleet_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2510,7 +2766,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{24}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Ack) GetProtocolVersion() uint32 {
@@ -2552,7 +2808,7 @@ type SeqRange struct {
 
 func (x *SeqRange) Reset() {
 	*x = SeqRange{}
-	mi := &file_proto_edgefleet_proto_msgTypes[25]
+	mi := &file_proto_edgefleet_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2564,7 +2820,7 @@ func (x *SeqRange) String() string {
 func (*SeqRange) ProtoMessage() {}
 
 func (x *SeqRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[25]
+	mi := &file_proto_edgefleet_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2577,7 +2833,7 @@ func (x *SeqRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeqRange.ProtoReflect.Descriptor instead.
 func (*SeqRange) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{25}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SeqRange) GetFirst() uint64 {
@@ -2706,7 +2962,7 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x0fModelAssignment\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x16\n" +
-	"\x06sha256\x18\x03 \x01(\fR\x06sha256\"\x90\x02\n" +
+	"\x06sha256\x18\x03 \x01(\fR\x06sha256\"\xca\x02\n" +
 	"\fDesiredState\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x1e\n" +
@@ -2718,7 +2974,12 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"issuedUnix\x12!\n" +
 	"\fexpires_unix\x18\x06 \x01(\x03R\vexpiresUnix\x12\x1d\n" +
 	"\n" +
-	"rollout_id\x18\a \x01(\tR\trolloutId\"_\n" +
+	"rollout_id\x18\a \x01(\tR\trolloutId\x128\n" +
+	"\ashadows\x182 \x03(\v2\x1e.edgefleet.v1.ShadowAssignmentR\ashadows\"X\n" +
+	"\x10ShadowAssignment\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\fR\x06sha256\"_\n" +
 	"\x05Chunk\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
@@ -2757,7 +3018,7 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"inferences\x18\x04 \x01(\x04R\n" +
 	"inferences\x12\x16\n" +
 	"\x06errors\x18\x05 \x01(\x04R\x06errors\x12\x18\n" +
-	"\arejects\x18\x06 \x01(\x04R\arejects\"\xf9\x03\n" +
+	"\arejects\x18\x06 \x01(\x04R\arejects\"\xad\x04\n" +
 	"\tTelemetry\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x10\n" +
@@ -2777,7 +3038,26 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"monitoring\x18\v \x03(\v2\x1b.edgefleet.v1.MonitorReportR\n" +
 	"monitoring\x12'\n" +
 	"\x0freports_dropped\x18\f \x01(\x04R\x0ereportsDropped\x12#\n" +
-	"\rtrust_version\x18\r \x01(\x04R\ftrustVersion\"\xd8\x05\n" +
+	"\rtrust_version\x18\r \x01(\x04R\ftrustVersion\x122\n" +
+	"\x06shadow\x182 \x03(\v2\x1a.edgefleet.v1.ShadowReportR\x06shadow\"\x8d\x04\n" +
+	"\fShadowReport\x12\x1d\n" +
+	"\n" +
+	"model_name\x18\x01 \x01(\tR\tmodelName\x12)\n" +
+	"\x10champion_version\x18\x02 \x01(\tR\x0fchampionVersion\x12-\n" +
+	"\x12challenger_version\x18\x03 \x01(\tR\x11challengerVersion\x12/\n" +
+	"\x14window_start_unix_ms\x18\x04 \x01(\x03R\x11windowStartUnixMs\x12+\n" +
+	"\x12window_end_unix_ms\x18\x05 \x01(\x03R\x0fwindowEndUnixMs\x12\x14\n" +
+	"\x05ready\x18\x06 \x01(\bR\x05ready\x12\x18\n" +
+	"\afailure\x18\a \x01(\tR\afailure\x12\x12\n" +
+	"\x04rows\x18\b \x01(\x04R\x04rows\x12\x14\n" +
+	"\x05agree\x18\t \x01(\x04R\x05agree\x12$\n" +
+	"\x0escore_abs_diff\x18\n" +
+	" \x01(\x01R\fscoreAbsDiff\x12\x18\n" +
+	"\askipped\x18\v \x01(\x04R\askipped\x12\x16\n" +
+	"\x06errors\x18\f \x01(\x04R\x06errors\x12\x1a\n" +
+	"\blabelled\x18\r \x01(\x04R\blabelled\x12)\n" +
+	"\x10champion_correct\x18\x0e \x01(\x04R\x0fchampionCorrect\x12-\n" +
+	"\x12challenger_correct\x18\x0f \x01(\x04R\x11challengerCorrect\"\xd8\x05\n" +
 	"\rMonitorReport\x12\x1d\n" +
 	"\n" +
 	"model_name\x18\x01 \x01(\tR\tmodelName\x12#\n" +
@@ -2860,38 +3140,40 @@ func file_proto_edgefleet_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_edgefleet_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_proto_edgefleet_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_proto_edgefleet_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_proto_edgefleet_proto_goTypes = []any{
-	(Role)(0),               // 0: edgefleet.v1.Role
-	(TensorKind)(0),         // 1: edgefleet.v1.TensorKind
-	(ModelState)(0),         // 2: edgefleet.v1.ModelState
-	(Refusal)(0),            // 3: edgefleet.v1.Refusal
-	(*Envelope)(nil),        // 4: edgefleet.v1.Envelope
-	(*Signature)(nil),       // 5: edgefleet.v1.Signature
-	(*PublicKey)(nil),       // 6: edgefleet.v1.PublicKey
-	(*RoleKeys)(nil),        // 7: edgefleet.v1.RoleKeys
-	(*TrustBundle)(nil),     // 8: edgefleet.v1.TrustBundle
-	(*TrustChain)(nil),      // 9: edgefleet.v1.TrustChain
-	(*TensorSpec)(nil),      // 10: edgefleet.v1.TensorSpec
-	(*Tensor)(nil),          // 11: edgefleet.v1.Tensor
-	(*TestVector)(nil),      // 12: edgefleet.v1.TestVector
-	(*FeatureStats)(nil),    // 13: edgefleet.v1.FeatureStats
-	(*KeyValue)(nil),        // 14: edgefleet.v1.KeyValue
-	(*Metric)(nil),          // 15: edgefleet.v1.Metric
-	(*TrainingInfo)(nil),    // 16: edgefleet.v1.TrainingInfo
-	(*Manifest)(nil),        // 17: edgefleet.v1.Manifest
-	(*ModelAssignment)(nil), // 18: edgefleet.v1.ModelAssignment
-	(*DesiredState)(nil),    // 19: edgefleet.v1.DesiredState
-	(*Chunk)(nil),           // 20: edgefleet.v1.Chunk
-	(*FetchRequest)(nil),    // 21: edgefleet.v1.FetchRequest
-	(*StatusEvent)(nil),     // 22: edgefleet.v1.StatusEvent
-	(*ActiveModel)(nil),     // 23: edgefleet.v1.ActiveModel
-	(*Telemetry)(nil),       // 24: edgefleet.v1.Telemetry
-	(*MonitorReport)(nil),   // 25: edgefleet.v1.MonitorReport
-	(*FeatureSketch)(nil),   // 26: edgefleet.v1.FeatureSketch
-	(*Presence)(nil),        // 27: edgefleet.v1.Presence
-	(*Ack)(nil),             // 28: edgefleet.v1.Ack
-	(*SeqRange)(nil),        // 29: edgefleet.v1.SeqRange
+	(Role)(0),                // 0: edgefleet.v1.Role
+	(TensorKind)(0),          // 1: edgefleet.v1.TensorKind
+	(ModelState)(0),          // 2: edgefleet.v1.ModelState
+	(Refusal)(0),             // 3: edgefleet.v1.Refusal
+	(*Envelope)(nil),         // 4: edgefleet.v1.Envelope
+	(*Signature)(nil),        // 5: edgefleet.v1.Signature
+	(*PublicKey)(nil),        // 6: edgefleet.v1.PublicKey
+	(*RoleKeys)(nil),         // 7: edgefleet.v1.RoleKeys
+	(*TrustBundle)(nil),      // 8: edgefleet.v1.TrustBundle
+	(*TrustChain)(nil),       // 9: edgefleet.v1.TrustChain
+	(*TensorSpec)(nil),       // 10: edgefleet.v1.TensorSpec
+	(*Tensor)(nil),           // 11: edgefleet.v1.Tensor
+	(*TestVector)(nil),       // 12: edgefleet.v1.TestVector
+	(*FeatureStats)(nil),     // 13: edgefleet.v1.FeatureStats
+	(*KeyValue)(nil),         // 14: edgefleet.v1.KeyValue
+	(*Metric)(nil),           // 15: edgefleet.v1.Metric
+	(*TrainingInfo)(nil),     // 16: edgefleet.v1.TrainingInfo
+	(*Manifest)(nil),         // 17: edgefleet.v1.Manifest
+	(*ModelAssignment)(nil),  // 18: edgefleet.v1.ModelAssignment
+	(*DesiredState)(nil),     // 19: edgefleet.v1.DesiredState
+	(*ShadowAssignment)(nil), // 20: edgefleet.v1.ShadowAssignment
+	(*Chunk)(nil),            // 21: edgefleet.v1.Chunk
+	(*FetchRequest)(nil),     // 22: edgefleet.v1.FetchRequest
+	(*StatusEvent)(nil),      // 23: edgefleet.v1.StatusEvent
+	(*ActiveModel)(nil),      // 24: edgefleet.v1.ActiveModel
+	(*Telemetry)(nil),        // 25: edgefleet.v1.Telemetry
+	(*ShadowReport)(nil),     // 26: edgefleet.v1.ShadowReport
+	(*MonitorReport)(nil),    // 27: edgefleet.v1.MonitorReport
+	(*FeatureSketch)(nil),    // 28: edgefleet.v1.FeatureSketch
+	(*Presence)(nil),         // 29: edgefleet.v1.Presence
+	(*Ack)(nil),              // 30: edgefleet.v1.Ack
+	(*SeqRange)(nil),         // 31: edgefleet.v1.SeqRange
 }
 var file_proto_edgefleet_proto_depIdxs = []int32{
 	5,  // 0: edgefleet.v1.Envelope.signatures:type_name -> edgefleet.v1.Signature
@@ -2912,18 +3194,20 @@ var file_proto_edgefleet_proto_depIdxs = []int32{
 	12, // 15: edgefleet.v1.Manifest.test_vectors:type_name -> edgefleet.v1.TestVector
 	16, // 16: edgefleet.v1.Manifest.training:type_name -> edgefleet.v1.TrainingInfo
 	18, // 17: edgefleet.v1.DesiredState.models:type_name -> edgefleet.v1.ModelAssignment
-	2,  // 18: edgefleet.v1.StatusEvent.state:type_name -> edgefleet.v1.ModelState
-	3,  // 19: edgefleet.v1.StatusEvent.refused:type_name -> edgefleet.v1.Refusal
-	2,  // 20: edgefleet.v1.ActiveModel.state:type_name -> edgefleet.v1.ModelState
-	23, // 21: edgefleet.v1.Telemetry.models:type_name -> edgefleet.v1.ActiveModel
-	25, // 22: edgefleet.v1.Telemetry.monitoring:type_name -> edgefleet.v1.MonitorReport
-	26, // 23: edgefleet.v1.MonitorReport.features:type_name -> edgefleet.v1.FeatureSketch
-	29, // 24: edgefleet.v1.Ack.ranges:type_name -> edgefleet.v1.SeqRange
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	20, // 18: edgefleet.v1.DesiredState.shadows:type_name -> edgefleet.v1.ShadowAssignment
+	2,  // 19: edgefleet.v1.StatusEvent.state:type_name -> edgefleet.v1.ModelState
+	3,  // 20: edgefleet.v1.StatusEvent.refused:type_name -> edgefleet.v1.Refusal
+	2,  // 21: edgefleet.v1.ActiveModel.state:type_name -> edgefleet.v1.ModelState
+	24, // 22: edgefleet.v1.Telemetry.models:type_name -> edgefleet.v1.ActiveModel
+	27, // 23: edgefleet.v1.Telemetry.monitoring:type_name -> edgefleet.v1.MonitorReport
+	26, // 24: edgefleet.v1.Telemetry.shadow:type_name -> edgefleet.v1.ShadowReport
+	28, // 25: edgefleet.v1.MonitorReport.features:type_name -> edgefleet.v1.FeatureSketch
+	31, // 26: edgefleet.v1.Ack.ranges:type_name -> edgefleet.v1.SeqRange
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_proto_edgefleet_proto_init() }
@@ -2937,7 +3221,7 @@ func file_proto_edgefleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_edgefleet_proto_rawDesc), len(file_proto_edgefleet_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   26,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

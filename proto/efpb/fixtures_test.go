@@ -216,6 +216,23 @@ var fixtures = []struct {
 			"cd28c09b9bd80630c0bea0d8063a04726f2d37",
 	},
 	{
+		// A second DesiredState: a challenger in shadow (added 2026-12-06).
+		name: "DesiredState",
+		msg: &efpb.DesiredState{
+			ProtocolVersion: 1,
+			DeviceId:        "dev-001",
+			Generation:      13,
+			Models:          []*efpb.ModelAssignment{{Name: "fraud", Version: "1.1.0", Sha256: []byte{0xab, 0xcd}}},
+			IssuedUnix:      1795608000,
+			ExpiresUnix:     1795694400,
+			RolloutId:       "ro-8",
+			Shadows:         []*efpb.ShadowAssignment{{Name: "fraud", Version: "1.2.0", Sha256: []byte{0xef, 0x01}}},
+		},
+		hex: "080112076465762d303031180d22120a0566726175641205312e312e301a02ab" +
+			"cd28c09b9bd80630c0bea0d8063a04726f2d389203120a056672617564120531" +
+			"2e322e301a02ef01",
+	},
+	{
 		name: "Chunk",
 		msg:  &efpb.Chunk{Name: "fraud", Version: "1.2.0", Index: 300, Data: []byte{0x00, 0xff, 0x10}},
 		hex:  "0a0566726175641205312e322e3018ac02220300ff10",
@@ -318,6 +335,27 @@ var fixtures = []struct {
 		hex:  "080112076465762d303033186520dbc1d294a1346807",
 	},
 	{
+		// A fourth Telemetry: a challenger scored in shadow (added 2026-12-06).
+		name: "Telemetry",
+		msg: &efpb.Telemetry{ProtocolVersion: 1, DeviceId: "dev-004", Seq: 102, TimeUnixMs: 1795608090123,
+			Shadow: []*efpb.ShadowReport{{ModelName: "fraud", ChampionVersion: "1.1.0", ChallengerVersion: "1.2.0",
+				WindowStartUnixMs: 1795608060123, WindowEndUnixMs: 1795608090123, Ready: true,
+				Rows: 40, Agree: 36, ScoreAbsDiff: 2.5, Skipped: 3, Errors: 1, Labelled: 20, ChampionCorrect: 15, ChallengerCorrect: 18}}},
+		hex: "080112076465762d3030341866208bacd494a13492033c0a0566726175641205" +
+			"312e312e301a05312e322e3020dbc1d294a134288bacd494a134300140284824" +
+			"510000000000000440580360016814700f7812",
+	},
+	{
+		// A fifth Telemetry: a challenger that was refused.
+		name: "Telemetry",
+		msg: &efpb.Telemetry{ProtocolVersion: 1, DeviceId: "dev-005", Seq: 103, TimeUnixMs: 1795608090456,
+			Shadow: []*efpb.ShadowReport{{ModelName: "fraud", ChampionVersion: "1.1.0", ChallengerVersion: "1.3.0",
+				Failure: "test vectors: vector 0: output differs by 0.5"}}},
+		hex: "080112076465762d303035186720d8aed494a1349203440a0566726175641205" +
+			"312e312e301a05312e332e303a2d7465737420766563746f72733a2076656374" +
+			"6f7220303a206f7574707574206469666665727320627920302e35",
+	},
+	{
 		name: "Presence",
 		msg:  &efpb.Presence{DeviceId: "dev-001", Online: true, TimeUnixMs: 1795608000123, AgentVersion: "0.1.0"},
 		hex:  "0a076465762d303031100118fbecce94a1342205302e312e30",
@@ -377,8 +415,8 @@ func TestFixturesDecode(t *testing.T) {
 // TestFixturesNamedForTheirType keeps the table honest: one entry per wire
 // message type, named for it.
 func TestFixturesNamedForTheirType(t *testing.T) {
-	want := []string{"Envelope", "TrustBundle", "TrustChain", "Manifest", "Manifest", "DesiredState", "Chunk", "FetchRequest",
-		"StatusEvent", "StatusEvent", "Telemetry", "Telemetry", "Telemetry", "Presence", "Ack"}
+	want := []string{"Envelope", "TrustBundle", "TrustChain", "Manifest", "Manifest", "DesiredState", "DesiredState", "Chunk", "FetchRequest",
+		"StatusEvent", "StatusEvent", "Telemetry", "Telemetry", "Telemetry", "Telemetry", "Telemetry", "Presence", "Ack"}
 	var got []string
 	for _, fx := range fixtures {
 		assert.Equal(t, fx.name, string(fx.msg.ProtoReflect().Descriptor().Name()))
