@@ -15,6 +15,7 @@ import (
 // that memory from the rest of the device until the runtime returned it.
 // close releases them; onnxruntime keeps nothing of them after a load.
 type modelFile struct {
+	path  string // the file's path, for onnxruntime to read
 	b     []byte
 	unmap func([]byte) error // nil: b is an ordinary slice
 	sum   [sha256.Size]byte
@@ -48,6 +49,7 @@ func openVerified(path, sum string, size uint64) (*modelFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read model: %w", err)
 	}
+	mf.path = path
 	h.Sum(mf.sum[:0])
 	if hex.EncodeToString(mf.sum[:]) != sum {
 		mf.close()

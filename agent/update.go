@@ -215,7 +215,7 @@ func (a *Agent) loadModelBytes(name string, ref *modelRef, verified *modelFile) 
 	// The file cannot change under it: the agent alone writes its data
 	// directory, and never a model file once it is renamed into place.
 	f.dropResident()
-	sess, err := rt.LoadSharedFile(a.modelPath(name, ref.SHA256), f.b, f.sum, tensorNames(m.GetInputs()), tensorNames(m.GetOutputs()))
+	sess, err := rt.LoadSharedFile(f.path, f.b, f.sum, tensorNames(m.GetInputs()), tensorNames(m.GetOutputs()))
 	f.close() // onnxruntime keeps nothing of the file
 	if err != nil {
 		return nil, fmt.Errorf("load model: %w", err)
@@ -978,6 +978,7 @@ func (a *Agent) finishDownload(ctx context.Context, s *slot) {
 		return
 	}
 	a.crashPoint("verified")
+	verified.path = a.modelPath(s.name, t.SHA256) // renamed into place
 	s.verified = verified
 	a.stage(ctx, s)
 }
