@@ -67,7 +67,8 @@ type Options struct {
 	// (fleet-sim shares one badger between agents through namespaces).
 	Store *store.KV
 	// Runtime, if set, is a shared onnxruntime; else the agent opens one
-	// from ORTLibrary (empty: searched, see infer.FindLibrary).
+	// from ORTLibrary (empty: searched, see infer.FindLibrary) when it
+	// loads its first model, so an idle agent does not map the library.
 	Runtime    *infer.Runtime
 	ORTLibrary string
 
@@ -204,11 +205,15 @@ type Agent struct {
 	// Set in open, released in close; owned by Run.
 	kv        *store.KV
 	ownDB     *store.DB
-	rt        *infer.Runtime
-	ownRT     bool
 	infLn     net.Listener
 	metricsLn net.Listener
 	events    chan event
+
+	// rtMu guards rt and ownRT: onnxruntime, opened at the first model
+	// load (runtime.go) and closed by close.
+	rtMu  sync.Mutex
+	rt    *infer.Runtime
+	ownRT bool
 
 	// mu guards slots (the map, not the slot contents) and client.
 	mu     sync.RWMutex
@@ -374,14 +379,12 @@ func (a *Agent) open() error {
 		a.ownDB = db
 		a.kv = db.Namespace("agent")
 	}
-	if a.opts.Runtime != nil {
-		a.rt = a.opts.Runtime
-	} else {
-		rt, err := infer.NewRuntime(a.opts.ORTLibrary, a.opts.Logger)
-		if err != nil {
+	if a.opts.Runtime == nil {
+		// Loaded at the first model (runtime.go), but a device without the
+		// library is told now, not when its first model arrives.
+		if _, err := infer.FindLibrary(a.opts.ORTLibrary); err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}
-		a.rt, a.ownRT = rt, true
 	}
 	ob, err := openOutbox(a.kv.Namespace("outbox"), a.opts.OutboxMaxReports, a.opts.OutboxMaxBytes, a.opts.ReportAckTimeout, a.log)
 	if err != nil {
@@ -444,9 +447,12 @@ func (a *Agent) close() {
 			_ = ln.Close() // already closed by Shutdown when it served
 		}
 	}
+	a.rtMu.Lock()
 	if a.ownRT && a.rt != nil {
 		_ = a.rt.Close()
 	}
+	a.rt, a.ownRT = nil, false
+	a.rtMu.Unlock()
 	if a.ownDB != nil {
 		_ = a.ownDB.Close()
 	}

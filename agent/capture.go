@@ -20,8 +20,6 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/edgefleet/edgefleet/internal/mqttc"
 	"github.com/edgefleet/edgefleet/internal/oip"
 	"github.com/edgefleet/edgefleet/internal/store"
@@ -870,29 +868,21 @@ func desiredOf(env []byte) *efpb.DesiredState {
 }
 
 var (
-	descCaptureQueued = prometheus.NewDesc("edgefleet_agent_capture_queued_rows",
-		"Captured rows and labels not yet acknowledged by the control plane (on disk and in the memory buffer).", nil, nil)
-	descCaptureBytes = prometheus.NewDesc("edgefleet_agent_capture_queued_bytes",
-		"Bytes of captured rows on disk waiting for acknowledgement.", nil, nil)
-	descCaptureUploaded = prometheus.NewDesc("edgefleet_agent_capture_uploaded_total",
-		"Captured rows and labels the control plane acknowledged since the agent started.", nil, nil)
-	descCaptureDropped = prometheus.NewDesc("edgefleet_agent_capture_dropped_total",
-		"Captured rows dropped by a limit (hourly budget, queue full, row too large).", nil, nil)
+	descCaptureQueued = metricDesc{"edgefleet_agent_capture_queued_rows",
+		"Captured rows and labels not yet acknowledged by the control plane (on disk and in the memory buffer).", "gauge", nil}
+	descCaptureBytes = metricDesc{"edgefleet_agent_capture_queued_bytes",
+		"Bytes of captured rows on disk waiting for acknowledgement.", "gauge", nil}
+	descCaptureUploaded = metricDesc{"edgefleet_agent_capture_uploaded_total",
+		"Captured rows and labels the control plane acknowledged since the agent started.", "counter", nil}
+	descCaptureDropped = metricDesc{"edgefleet_agent_capture_dropped_total",
+		"Captured rows dropped by a limit (hourly budget, queue full, row too large).", "counter", nil}
 )
 
-// captureCollector reads the capture queue at scrape time.
-type captureCollector struct{ a *Agent }
-
-func (c captureCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCaptureQueued, descCaptureBytes, descCaptureUploaded, descCaptureDropped} {
-		ch <- d
-	}
-}
-
-func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
-	st := c.a.CaptureStats()
-	ch <- prometheus.MustNewConstMetric(descCaptureQueued, prometheus.GaugeValue, float64(st.Queued+st.Buffered))
-	ch <- prometheus.MustNewConstMetric(descCaptureBytes, prometheus.GaugeValue, float64(st.QueuedBytes))
-	ch <- prometheus.MustNewConstMetric(descCaptureUploaded, prometheus.CounterValue, float64(st.Uploaded))
-	ch <- prometheus.MustNewConstMetric(descCaptureDropped, prometheus.CounterValue, float64(st.Dropped))
+// captureMetrics reads the capture queue at scrape time.
+func (a *Agent) captureMetrics(add func(d *metricDesc, v float64, values ...string)) {
+	st := a.CaptureStats()
+	add(&descCaptureQueued, float64(st.Queued+st.Buffered))
+	add(&descCaptureBytes, float64(st.QueuedBytes))
+	add(&descCaptureUploaded, float64(st.Uploaded))
+	add(&descCaptureDropped, float64(st.Dropped))
 }

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -76,6 +79,12 @@ type Config struct {
 	OutboxMaxBytes   int64 `yaml:"outbox_max_bytes,omitempty"`
 	// Peers turns on sharing downloads with the devices of the same site.
 	Peers *PeersConfig `yaml:"peers,omitempty"`
+	// MemoryLimit is the Go runtime's soft memory limit for the agent
+	// process (runtime/debug.SetMemoryLimit), e.g. "32MiB": the collector
+	// works harder as the Go heap nears it. Empty leaves the runtime's
+	// default ($GOMEMLIMIT, else none). It covers Go's memory only, not
+	// onnxruntime's.
+	MemoryLimit string `yaml:"memory_limit,omitempty"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level,omitempty"`
 	// TLS to the broker (tls:// broker_url): TLSCAFile is the PEM CA bundle
@@ -175,6 +184,9 @@ func (c *Config) Options() (Options, error) {
 		return o, fmt.Errorf("agent config: inference_max_inflight_bytes %d is below inference_max_body_bytes %d: a largest request could never be handled",
 			c.InferenceMaxInflightBytes, c.InferenceMaxBodyBytes)
 	}
+	if _, err := c.GoMemoryLimit(); err != nil {
+		return o, err
+	}
 	tlsCfg, err := c.tlsConfig()
 	if err != nil {
 		return o, err
@@ -242,4 +254,46 @@ func configDuration(key, v string) (time.Duration, error) {
 		return 0, fmt.Errorf("agent config: %s %q is not a duration (e.g. 30s)", key, v)
 	}
 	return d, nil
+}
+
+// minMemoryLimit is the smallest memory_limit accepted: below it the
+// collector would run all the time for an agent's ordinary heap.
+const minMemoryLimit = 16 << 20
+
+// GoMemoryLimit returns memory_limit in bytes (0 when unset). The limit is
+// process-wide, so the agent's main applies it, not Run: fleet-sim runs
+// many agents in one process.
+func (c *Config) GoMemoryLimit() (int64, error) {
+	if c.MemoryLimit == "" {
+		return 0, nil
+	}
+	n, err := parseBytes(c.MemoryLimit)
+	if err != nil {
+		return 0, fmt.Errorf("agent config: memory_limit %q: %w", c.MemoryLimit, err)
+	}
+	if n < minMemoryLimit {
+		return 0, fmt.Errorf("agent config: memory_limit %q is below %d MiB: the collector would run without pause", c.MemoryLimit, minMemoryLimit>>20)
+	}
+	return n, nil
+}
+
+// parseBytes reads a size: a whole number of bytes, or one with a unit
+// (KiB, MiB, GiB, or kB, MB, GB).
+func parseBytes(v string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"kB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
+	num, mult := strings.TrimSpace(v), int64(1)
+	for _, u := range units {
+		if n, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, mult = strings.TrimSpace(n), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return 0, errors.New("not a size (e.g. 32MiB, 40MB or a number of bytes)")
+	}
+	return n * mult, nil
 }

@@ -44,7 +44,21 @@ func TestConfigOptions(t *testing.T) {
 		ServeWorkers: 3, ServeBytesPerSec: 1 << 20}, o.Peers)
 	assert.True(t, o.Peers.enabled())
 
+	for line, want := range map[string]int64{"": 0, "memory_limit: 40MiB\n": 40 << 20, "memory_limit: 48000000\n": 48e6,
+		"memory_limit: 1 GB\n": 1e9} {
+		cfg, err := ParseConfig([]byte(base + line))
+		require.NoError(t, err)
+		_, err = cfg.Options()
+		require.NoError(t, err)
+		got, err := cfg.GoMemoryLimit()
+		require.NoError(t, err)
+		assert.Equal(t, want, got, "GoMemoryLimit with %q", line)
+	}
+
 	for line, want := range map[string]string{
+		"memory_limit: 8MiB\n":      "memory_limit \"8MiB\" is below 16 MiB",
+		"memory_limit: lots\n":      "memory_limit \"lots\": not a size",
+		"memory_limit: -5MiB\n":     "not a size",
 		"health_period: soon\n":     "health_period \"soon\" is not a duration",
 		"label_ttl: -1h\n":          "label_ttl \"-1h\" is not a duration",
 		"heartbeat_interval: 1x\n":  "heartbeat_interval",

@@ -1,93 +1,153 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"net"
 	"net/http"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // The agent's optional Prometheus endpoint (Options.MetricsListen). Values
 // are read from the agent's own counters when scraped, so serving metrics
-// adds nothing to an inference.
+// adds nothing to an inference. The text exposition format (0.0.4) is
+// written here rather than with the Prometheus client library: a dozen
+// gauges and counters do not justify the library's weight in a device
+// binary (docs/benchmarks.md, the agent's size).
 
-var (
-	descInferences = prometheus.NewDesc("edgefleet_agent_inferences_total",
-		"Inferences answered by the serving version of a model.", []string{"model", "version"}, nil)
-	descErrors = prometheus.NewDesc("edgefleet_agent_inference_errors_total",
-		"Inferences the runtime failed, by model and serving version.", []string{"model", "version"}, nil)
-	descRejects = prometheus.NewDesc("edgefleet_agent_inference_rejects_total",
-		"Inference requests refused before the runtime (bad input), by model.", []string{"model"}, nil)
-	descModel = prometheus.NewDesc("edgefleet_agent_model_info",
-		"1 for each model slot: the serving version, the committed one and the update in progress.",
-		[]string{"model", "serving", "active", "previous", "target", "on_trial"}, nil)
-	descGeneration = prometheus.NewDesc("edgefleet_agent_desired_generation",
-		"Highest desired-state generation the agent accepted.", nil, nil)
-	descDropped = prometheus.NewDesc("edgefleet_agent_mqtt_payloads_dropped_total",
-		"MQTT payloads that could not be decoded or were not for this agent.", nil, nil)
-	descRefused = prometheus.NewDesc("edgefleet_agent_documents_refused_total",
-		"Signed documents, chunks and updates refused by a check.", nil, nil)
-	descTrust = prometheus.NewDesc("edgefleet_agent_trust_version",
-		"Version of the trust bundle the agent trusts (0: none accepted yet).", nil, nil)
-	descWriteFailures = prometheus.NewDesc("edgefleet_agent_state_write_failures_total",
-		"Writes of the agent's persisted state that failed; the step was not acted on and is retried.", nil, nil)
-	descQueued = prometheus.NewDesc("edgefleet_agent_telemetry_queued",
-		"Telemetry reports waiting in the store-and-forward outbox.", nil, nil)
-	descReportsDropped = prometheus.NewDesc("edgefleet_agent_telemetry_dropped_total",
-		"Telemetry reports dropped because the outbox was full.", nil, nil)
-	descUp = prometheus.NewDesc("edgefleet_agent_uptime_seconds",
-		"Seconds since the agent started.", nil, nil)
-)
-
-// metricsCollector reads the agent at scrape time.
-type metricsCollector struct{ a *Agent }
-
-func (c metricsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descInferences, descErrors, descRejects, descModel, descGeneration,
-		descDropped, descRefused, descTrust, descWriteFailures, descQueued, descReportsDropped, descUp} {
-		ch <- d
-	}
+// metricDesc is one metric family.
+type metricDesc struct {
+	name, help, typ string
+	labels          []string
 }
 
-func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
-	a := c.a
+var (
+	descInferences = metricDesc{"edgefleet_agent_inferences_total",
+		"Inferences answered by the serving version of a model.", "counter", []string{"model", "version"}}
+	descErrors = metricDesc{"edgefleet_agent_inference_errors_total",
+		"Inferences the runtime failed, by model and serving version.", "counter", []string{"model", "version"}}
+	descRejects = metricDesc{"edgefleet_agent_inference_rejects_total",
+		"Inference requests refused before the runtime (bad input), by model.", "counter", []string{"model"}}
+	descModel = metricDesc{"edgefleet_agent_model_info",
+		"1 for each model slot: the serving version, the committed one and the update in progress.", "gauge",
+		[]string{"model", "serving", "active", "previous", "target", "on_trial"}}
+	descGeneration = metricDesc{"edgefleet_agent_desired_generation",
+		"Highest desired-state generation the agent accepted.", "gauge", nil}
+	descDropped = metricDesc{"edgefleet_agent_mqtt_payloads_dropped_total",
+		"MQTT payloads that could not be decoded or were not for this agent.", "counter", nil}
+	descRefused = metricDesc{"edgefleet_agent_documents_refused_total",
+		"Signed documents, chunks and updates refused by a check.", "counter", nil}
+	descTrust = metricDesc{"edgefleet_agent_trust_version",
+		"Version of the trust bundle the agent trusts (0: none accepted yet).", "gauge", nil}
+	descWriteFailures = metricDesc{"edgefleet_agent_state_write_failures_total",
+		"Writes of the agent's persisted state that failed; the step was not acted on and is retried.", "counter", nil}
+	descQueued = metricDesc{"edgefleet_agent_telemetry_queued",
+		"Reports waiting in the store-and-forward outbox until the control plane acknowledges them.", "gauge", nil}
+	descReportsDropped = metricDesc{"edgefleet_agent_telemetry_dropped_total",
+		"Reports dropped because the outbox was full or the control plane never acknowledged them.", "counter", nil}
+	descUp = metricDesc{"edgefleet_agent_uptime_seconds",
+		"Seconds since the agent started.", "gauge", nil}
+)
+
+// metricSample is one value of a family, its label values in the
+// family's label order.
+type metricSample struct {
+	desc   *metricDesc
+	values []string
+	v      float64
+}
+
+// collect reads the agent at scrape time.
+func (a *Agent) collectMetrics() []metricSample {
+	var out []metricSample
+	add := func(d *metricDesc, v float64, values ...string) {
+		out = append(out, metricSample{desc: d, values: values, v: v})
+	}
 	for _, st := range a.Status() {
 		s := a.slot(st.Name)
 		if s == nil {
 			continue
 		}
 		if m := s.serving.Load(); m != nil {
-			ch <- prometheus.MustNewConstMetric(descInferences, prometheus.CounterValue, float64(m.inferences.Load()), st.Name, m.version)
-			ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(m.errors.Load()), st.Name, m.version)
+			add(&descInferences, float64(m.inferences.Load()), st.Name, m.version)
+			add(&descErrors, float64(m.errors.Load()), st.Name, m.version)
 		}
-		ch <- prometheus.MustNewConstMetric(descRejects, prometheus.CounterValue, float64(s.rejects.Load()), st.Name)
-		trial := "false"
-		if st.OnTrial {
-			trial = "true"
-		}
-		ch <- prometheus.MustNewConstMetric(descModel, prometheus.GaugeValue, 1, st.Name, st.Serving, st.Active, st.Previous, st.Target, trial)
+		add(&descRejects, float64(s.rejects.Load()), st.Name)
+		add(&descModel, 1, st.Name, st.Serving, st.Active, st.Previous, st.Target, strconv.FormatBool(st.OnTrial))
 	}
-	ch <- prometheus.MustNewConstMetric(descGeneration, prometheus.GaugeValue, float64(a.Generation()))
-	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(a.Dropped()))
-	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(a.Refused()))
-	ch <- prometheus.MustNewConstMetric(descTrust, prometheus.GaugeValue, float64(a.TrustVersion()))
-	ch <- prometheus.MustNewConstMetric(descWriteFailures, prometheus.CounterValue, float64(a.StateWriteFailures()))
-	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(a.QueuedReports()))
-	ch <- prometheus.MustNewConstMetric(descReportsDropped, prometheus.CounterValue, float64(a.ReportsDropped()))
-	ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, a.opts.Clock().Sub(a.started).Seconds())
+	add(&descGeneration, float64(a.Generation()))
+	add(&descDropped, float64(a.Dropped()))
+	add(&descRefused, float64(a.Refused()))
+	add(&descTrust, float64(a.TrustVersion()))
+	add(&descWriteFailures, float64(a.StateWriteFailures()))
+	add(&descQueued, float64(a.QueuedReports()))
+	add(&descReportsDropped, float64(a.ReportsDropped()))
+	add(&descUp, a.opts.Clock().Sub(a.started).Seconds())
+	a.captureMetrics(add)
+	return out
 }
 
-// metricsHandler serves the agent's metrics from a registry of its own.
+// families lists every family once, in the order served.
+var families = []*metricDesc{&descInferences, &descErrors, &descRejects, &descModel, &descGeneration,
+	&descDropped, &descRefused, &descTrust, &descWriteFailures, &descQueued, &descReportsDropped, &descUp,
+	&descCaptureQueued, &descCaptureBytes, &descCaptureUploaded, &descCaptureDropped}
+
+// writeMetrics writes samples in the Prometheus text format, families in
+// a fixed order and each family's samples sorted by their labels, labels by
+// name (as the client library does).
+func writeMetrics(w *bufio.Writer, samples []metricSample) {
+	for _, d := range families {
+		var lines []string
+		for _, s := range samples {
+			if s.desc != d {
+				continue
+			}
+			lines = append(lines, d.name+labelText(d.labels, s.values)+" "+strconv.FormatFloat(s.v, 'g', -1, 64))
+		}
+		if len(lines) == 0 {
+			continue
+		}
+		slices.Sort(lines)
+		w.WriteString("# HELP " + d.name + " " + d.help + "\n# TYPE " + d.name + " " + d.typ + "\n")
+		for _, l := range lines {
+			w.WriteString(l + "\n")
+		}
+	}
+}
+
+// labelText is {a="x",b="y"} with the labels sorted by name, or "".
+func labelText(names, values []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	order := make([]int, len(names))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(x, y int) int { return strings.Compare(names[x], names[y]) })
+	pairs := make([]string, len(names))
+	for i, j := range order {
+		pairs[i] = names[j] + `="` + labelEscaper.Replace(values[j]) + `"`
+	}
+	return "{" + strings.Join(pairs, ",") + "}"
+}
+
+var labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+
+// metricsHandler serves the agent's metrics.
 func (a *Agent) metricsHandler() http.Handler {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(metricsCollector{a}, captureCollector{a})
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		bw := bufio.NewWriter(w)
+		writeMetrics(bw, a.collectMetrics())
+		_ = bw.Flush()
+	})
 	return mux
 }
 

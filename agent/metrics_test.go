@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -37,6 +39,12 @@ func TestAgentMetricsEndpoint(t *testing.T) {
 	assert.Contains(t, text, "edgefleet_agent_desired_generation 1")
 	assert.Contains(t, text, "edgefleet_agent_trust_version 1")
 	assert.Contains(t, text, "edgefleet_agent_state_write_failures_total 0")
+
+	parser := expfmt.NewTextParser(model.LegacyValidation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(text))
+	require.NoError(t, err, "the exposition parses as Prometheus text")
+	assert.Len(t, families, 12, "every family once")
+	assert.Equal(t, "text/plain; version=0.0.4; charset=utf-8", resp.Header.Get("Content-Type"))
 
 	if path, err := exec.LookPath("promtool"); err == nil {
 		cmd := exec.Command(path, "check", "metrics")

@@ -67,10 +67,10 @@ type slot struct {
 	// is when the next one starts (zero: none scheduled).
 	downloadAttempts int
 	retryDownloadAt  time.Time
-	// verified holds the target's bytes between finishDownload, which read
-	// and hashed them, and stage, which loads them without a second pass;
-	// nil otherwise (stage after a restart reads and checks the file).
-	verified []byte
+	// verified holds the target's file, mapped, between finishDownload,
+	// which hashed it, and stage, which loads it without a second pass; nil
+	// otherwise (stage after a restart maps and checks the file).
+	verified *modelFile
 	inflight map[uint32]bool
 	// dl shares the download with the site (peers.go); nil: broker only.
 	dl *peers.Download

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -350,11 +349,10 @@ func (a *Agent) loadShadow(sh *shadow, verified []byte) bool {
 		m   *servedModel
 		err error
 	)
-	if verified != nil {
-		m, err = a.loadModelBytes(sh.name, ref, verified)
-	} else {
-		m, err = a.loadShadowFile(sh.name, ref)
-	}
+	// The file is checked and mapped again rather than loaded from the
+	// bytes just verified: the agent hands onnxruntime files, not copies.
+	_ = verified
+	m, err = a.loadShadowFile(sh.name, ref)
 	if err != nil {
 		sh.failure = err.Error()
 		return false
@@ -368,15 +366,15 @@ func (a *Agent) loadShadow(sh *shadow, verified []byte) bool {
 
 // loadShadowFile is loadModel for a file in the shadow directory.
 func (a *Agent) loadShadowFile(name string, ref *modelRef) (*servedModel, error) {
-	b, err := os.ReadFile(filepath.Join(a.shadowDir(name), ref.SHA256+".onnx"))
+	man, err := manifestOf(ref.Manifest)
 	if err != nil {
-		return nil, fmt.Errorf("read model: %w", err)
+		return nil, err
 	}
-	sum := sha256.Sum256(b)
-	if hex.EncodeToString(sum[:]) != ref.SHA256 {
-		return nil, errors.New("shadow model file is corrupt: sha256 differs from the manifest")
+	f, err := openVerified(filepath.Join(a.shadowDir(name), ref.SHA256+".onnx"), ref.SHA256, man.GetSize())
+	if err != nil {
+		return nil, fmt.Errorf("shadow %w", err)
 	}
-	return a.loadModelBytes(name, ref, b)
+	return a.loadModelBytes(name, ref, f)
 }
 
 // collectShadows returns a report per challenger and starts new windows.

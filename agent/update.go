@@ -191,36 +191,46 @@ func (a *Agent) loadModel(name string, ref *modelRef) (*servedModel, error) {
 	return a.loadModelBytes(name, ref, nil)
 }
 
-// loadModelBytes is loadModel for bytes the caller has just read from the
-// model file and checked against ref (verified non-nil), or nil to read and
-// check the file here.
-func (a *Agent) loadModelBytes(name string, ref *modelRef, verified []byte) (*servedModel, error) {
+// loadModelLow is loadModelBytes at a low CPU priority (lowPriority): the
+// work of activating a version yields to inference on the serving one.
+func (a *Agent) loadModelLow(name string, ref *modelRef, verified *modelFile) (m *servedModel, err error) {
+	lowPriority(func() { m, err = a.loadModelBytes(name, ref, verified) })
+	return m, err
+}
+
+// loadModelBytes is loadModel for the model file the caller has just mapped
+// and checked against ref (verified non-nil; loadModelBytes closes it), or
+// nil to map and check the file here.
+func (a *Agent) loadModelBytes(name string, ref *modelRef, verified *modelFile) (*servedModel, error) {
+	defer verified.close()
 	m, err := manifestOf(ref.Manifest)
 	if err != nil {
 		return nil, err
 	}
-	b := verified
-	var sum [sha256.Size]byte
-	if b != nil {
-		if _, err := hex.Decode(sum[:], []byte(ref.SHA256)); err != nil {
-			return nil, fmt.Errorf("model %s: bad sha256: %w", ref.Version, err)
+	f := verified
+	if f == nil {
+		if f, err = openVerified(a.modelPath(name, ref.SHA256), ref.SHA256, m.GetSize()); err != nil {
+			return nil, err
 		}
-	} else {
-		b, err = os.ReadFile(a.modelPath(name, ref.SHA256))
-		if err != nil {
-			return nil, fmt.Errorf("read model: %w", err)
-		}
-		sum = sha256.Sum256(b)
-		if hex.EncodeToString(sum[:]) != ref.SHA256 {
-			return nil, fmt.Errorf("model file %s is corrupt: sha256 differs from the manifest", ref.SHA256)
-		}
+		defer f.close()
 	}
-	if uint64(len(b)) != m.GetSize() {
-		return nil, fmt.Errorf("model file %s is corrupt: %d bytes, the manifest says %d", ref.SHA256, len(b), m.GetSize())
+	if uint64(len(f.b)) != m.GetSize() {
+		return nil, fmt.Errorf("model file %s is corrupt: %d bytes, the manifest says %d", ref.SHA256, len(f.b), m.GetSize())
+	}
+	rt, err := a.runtime()
+	if err != nil {
+		return nil, fmt.Errorf("load model: %w", err)
 	}
 	// Shared: agents in one process (fleet-sim) hold one onnxruntime
 	// session per version; on a device it is simply this agent's.
-	sess, err := a.rt.LoadSharedSum(b, sum, tensorNames(m.GetInputs()), tensorNames(m.GetOutputs()))
+	// onnxruntime reads the file itself: the hashed pages leave this
+	// process first, so a load holds one copy of the model besides
+	// onnxruntime's own.
+	// The file cannot change under it: the agent alone writes its data
+	// directory, and never a model file once it is renamed into place.
+	f.dropResident()
+	sess, err := rt.LoadSharedFile(f.path, f.b, f.sum, tensorNames(m.GetInputs()), tensorNames(m.GetOutputs()))
+	f.close() // onnxruntime keeps nothing of the file
 	if err != nil {
 		return nil, fmt.Errorf("load model: %w", err)
 	}
@@ -1001,7 +1011,13 @@ func (a *Agent) finishDownload(ctx context.Context, s *slot) {
 		return // the download stays open until the agent closes or resumes it
 	}
 	t := s.st.Target
-	verified, err := s.asm.ReadVerified()
+	// Hashed by reading, then mapped: the Go heap never holds the model
+	// (modelfile.go).
+	man, err := manifestOf(t.Manifest)
+	var verified *modelFile
+	if err == nil {
+		lowPriority(func() { verified, err = openVerified(a.partPath(s.name, t.SHA256), t.SHA256, man.GetSize()) })
+	}
 	if err != nil {
 		s.closeDownload()
 		_ = os.Remove(a.partPath(s.name, t.SHA256))
@@ -1017,10 +1033,12 @@ func (a *Agent) finishDownload(ctx context.Context, s *slot) {
 		err = syncDir(a.modelDir(s.name))
 	}
 	if err != nil {
+		verified.close()
 		a.failTarget(ctx, s, fmt.Sprintf("store model: %v", err))
 		return
 	}
 	a.crashPoint("verified")
+	verified.path = a.modelPath(s.name, t.SHA256) // renamed into place
 	s.verified = verified
 	a.refreshShares() // the verified file serves peers while it stages
 	a.stage(ctx, s)
@@ -1031,6 +1049,7 @@ func (a *Agent) finishDownload(ctx context.Context, s *slot) {
 func (a *Agent) stage(ctx context.Context, s *slot) {
 	verified := s.verified // set by finishDownload only; never kept past here
 	s.verified = nil
+	defer verified.close() // loadModelBytes closes it sooner
 	next := s.st.clone()
 	next.Target.Phase = PhaseStaging
 	if !s.attemptEnded {
@@ -1047,7 +1066,7 @@ func (a *Agent) stage(ctx context.Context, s *slot) {
 	s.attemptEnded = false
 	defer func() { s.attemptEnded = s.st.Target != nil }() // ended here, not by a crash
 	t := s.st.Target
-	m, err := a.loadModelBytes(s.name, &t.modelRef, verified)
+	m, err := a.loadModelLow(s.name, &t.modelRef, verified)
 	if err != nil {
 		a.failTarget(ctx, s, err.Error())
 		return
@@ -1129,6 +1148,7 @@ func (a *Agent) failTargetWith(ctx context.Context, s *slot, kind efpb.Refusal, 
 func (a *Agent) releaseTarget(ctx context.Context, s *slot, t *target) {
 	s.closeDownload()
 	s.manifest = nil
+	s.verified.close()
 	s.verified = nil
 	s.attemptEnded = false
 	s.failedStep, s.retryWait = "", 0 // what failed belonged to this update

@@ -1,7 +1,8 @@
 // Package bench runs fleet-sim's benchmarks: rollout fan-out against a raw
 // MQTT baseline through a broker of the same code and settings, per-agent
-// memory and goroutines at scale, and telemetry ingest against raw
-// publishers. Imported by fleet-sim.
+// memory and goroutines at scale, telemetry ingest against raw publishers,
+// and one real agent process's memory, binary size and a large model swap
+// under load (agent.go). Imported by fleet-sim.
 package bench
 
 import (
@@ -20,8 +21,8 @@ import (
 // Main runs `fleet-sim bench fanout|scale|telemetry [flags]` and returns
 // the exit code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || (args[0] != "fanout" && args[0] != "scale" && args[0] != "telemetry") {
-		fmt.Fprintln(stderr, "usage: fleet-sim bench fanout|scale|telemetry [--n 100,1000] [--model-bytes N] [--duration 30s] [--work-dir D] [--report FILE]")
+	if len(args) == 0 || (args[0] != "fanout" && args[0] != "scale" && args[0] != "telemetry" && args[0] != "agent") {
+		fmt.Fprintln(stderr, "usage: fleet-sim bench fanout|scale|telemetry|agent [--n 100,1000] [--model-bytes N] [--duration 30s] [--work-dir D] [--report FILE]")
 		return 2
 	}
 	fs := flag.NewFlagSet("fleet-sim bench "+args[0], flag.ContinueOnError)
@@ -39,6 +40,16 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	duration := fs.Duration("duration", 30*time.Second, "telemetry: measured window once every agent reports")
 	rate := fs.Float64("rate", 2, "telemetry: inferences per device per second (so reports carry monitoring)")
 	diskStore := fs.Bool("agent-store-on-disk", false, "telemetry: the agents' shared store (their outboxes) in badger on disk with synced commits, not in memory")
+	agentBin := fs.String("agent-bin", "", "agent: the edgefleet-agent binary to run and measure")
+	agentExec := fs.String("agent-exec", "", "agent: run the binary through this command, e.g. \"qemu-aarch64 -L /usr/aarch64-linux-gnu\"")
+	agentORT := fs.String("agent-ort-lib", "", "agent: the agent's onnxruntime_library (default: next to its binary, then $EDGEFLEET_ORT_LIB)")
+	memLimit := fs.String("memory-limit", "", "agent: the agent's memory_limit, e.g. 24MiB (empty: unset)")
+	inferences := fs.Int("inferences", 10000, "agent: inferences before the serving figure")
+	swapBytes := fs.Int("swap-model-bytes", 100<<20, "agent: size of the two large models swapped under load")
+	skipSwap := fs.Bool("skip-swap", false, "agent: measure idle and serving only")
+	clients := fs.Int("clients", 8, "agent: clients during the swap (one sends --big-batch rows a request)")
+	bigBatch := fs.Int("big-batch", 1024, "agent: rows in each request of the large-batch client")
+	steady := fs.Duration("steady", 10*time.Second, "agent: steady-state window before and after the swap")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -72,6 +83,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var results any
 	var err error
 	switch args[0] {
+	case "agent":
+		results, err = Agent(ctx, AgentOptions{AgentBin: *agentBin, ExecPrefix: strings.Fields(*agentExec), AgentORTLibrary: *agentORT, MemoryLimit: *memLimit,
+			ORTLibrary: *ortLib, Inferences: *inferences, SwapModelBytes: *swapBytes, SkipSwap: *skipSwap, Clients: *clients,
+			BigBatch: *bigBatch, Steady: *steady, Dir: dir, Progress: stdout})
 	case "fanout":
 		results, err = Fanout(ctx, FanoutOptions{Sizes: sizes, ModelBytes: *modelBytes, ProxyMax: *proxyMax, FetchRetry: *fetchRetry, Transport: *transport, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
 	case "scale":

@@ -299,6 +299,25 @@ func (r *Runtime) describe(model []byte) (*Description, error) {
 	return DescribeModel(m), nil
 }
 
+// describeForLoad is describe without onnxruntime when the model declares
+// the full type of every input and output (onnxmodel.Read): asking
+// onnxruntime means building a throwaway session, which for a large model
+// costs as much time and memory as the session Load then builds. The
+// session Load creates still checks that onnxruntime takes the model.
+// Callers hold r.life shared.
+func (r *Runtime) describeForLoad(model []byte) (*Description, error) {
+	m, err := onnxmodel.Read(model)
+	if err != nil || len(m.Inputs) == 0 || len(m.Outputs) == 0 {
+		return r.describe(model)
+	}
+	for _, v := range append(slices.Clone(m.Inputs), m.Outputs...) {
+		if v.Type.Kind == onnxmodel.KindUnknown {
+			return r.describe(model)
+		}
+	}
+	return DescribeModel(m), nil
+}
+
 // valueFromORT builds a declared value from onnxruntime's description
 // (tensors only; other kinds without their inner types).
 func valueFromORT(info ort.InputOutputInfo) onnxmodel.Value {
@@ -360,11 +379,13 @@ func (r *Runtime) inspect(model []byte) (ins, outs []ort.InputOutputInfo, err er
 // Load creates a session for model that feeds the named inputs and fetches
 // the named outputs (nil means all of the model's, in model order). Every
 // model input must be fed, and every named value must be servable (see
-// Describe). Sessions run with one intra-op and one inter-op thread and no
-// spinning: each Run computes on its caller's goroutine, so concurrency is
-// the caller's (concurrent Run calls are safe).
+// Describe). Sessions run with one intra-op and one inter-op thread, no
+// spinning and no CPU memory arena: each Run computes on its caller's
+// goroutine, so concurrency is the caller's (concurrent Run calls are
+// safe), and memory a run needed is given back when it ends. Load does not
+// keep model: the caller may release or unmap it once Load returns.
 func (r *Runtime) Load(model []byte, inputs, outputs []string) (*Session, error) {
-	return r.load(model, inputs, outputs, "")
+	return r.load(model, "", inputs, outputs, "")
 }
 
 // LoadShared is Load, except that every LoadShared of the same model bytes
@@ -381,6 +402,18 @@ func (r *Runtime) LoadShared(model []byte, inputs, outputs []string) (*Session, 
 // sum would hand out another model's session: never pass one from
 // elsewhere.
 func (r *Runtime) LoadSharedSum(model []byte, sum [sha256.Size]byte, inputs, outputs []string) (*Session, error) {
+	return r.LoadSharedFile("", model, sum, inputs, outputs)
+}
+
+// LoadSharedFile is LoadSharedSum for a model stored in the file at path
+// whose content is model (mapped, typically): onnxruntime reads the file
+// itself and maps its large initializers from it (see loadFromFile), so
+// neither the caller's copy nor a parsed copy of the weights needs to be
+// resident while the session is built. model is still read to describe
+// the model, which touches little beyond its graph structure. The file
+// must not change while the session is open. Empty path is
+// LoadSharedSum.
+func (r *Runtime) LoadSharedFile(path string, model []byte, sum [sha256.Size]byte, inputs, outputs []string) (*Session, error) {
 	key := hex.EncodeToString(sum[:]) + "|" + strings.Join(inputs, ",") + "|" + strings.Join(outputs, ",")
 	r.mu.Lock()
 	if c := r.shared[key]; c != nil && r.sessions != nil {
@@ -390,7 +423,7 @@ func (r *Runtime) LoadSharedSum(model []byte, sum [sha256.Size]byte, inputs, out
 		}
 	}
 	r.mu.Unlock()
-	return r.load(model, inputs, outputs, key)
+	return r.load(model, path, inputs, outputs, key)
 }
 
 // handleLocked opens one more Session on core c; r.mu is held.
@@ -404,13 +437,15 @@ func (r *Runtime) handleLocked(c *sessionCore) *Session {
 	return s
 }
 
-func (r *Runtime) load(model []byte, inputs, outputs []string, key string) (*Session, error) {
+// load creates the session from path when it is set (its content is
+// model), else from model.
+func (r *Runtime) load(model []byte, path string, inputs, outputs []string, key string) (*Session, error) {
 	r.life.RLock()
 	defer r.life.RUnlock()
 	if r.closed {
 		return nil, fmt.Errorf("infer: load: runtime %w", ErrClosed)
 	}
-	desc, err := r.describe(model)
+	desc, err := r.describeForLoad(model)
 	if err != nil {
 		return nil, fmt.Errorf("infer: load: %w", err)
 	}
@@ -436,7 +471,7 @@ func (r *Runtime) load(model []byte, inputs, outputs []string, key string) (*Ses
 		if err != nil {
 			return nil, fmt.Errorf("infer: load: %w: %v", ErrUnsupported, err)
 		}
-		model = widened
+		model, path = widened, "" // the widened model exists only in memory
 		for i, n := range fetch {
 			if alt, ok := renamed[n]; ok {
 				fetch[i] = alt
@@ -453,6 +488,11 @@ func (r *Runtime) load(model []byte, inputs, outputs []string, key string) (*Ses
 		what string
 		fn   func() error
 	}{
+		// No CPU arena: it keeps what a run's peak needed (rounded up) for
+		// the session's life, and places initializers in it too; small
+		// models on small devices are better served by malloc, which gives
+		// a large freed block back to the system at once.
+		{"CPU memory arena", func() error { return opts.SetCpuMemArena(false) }},
 		{"intra-op threads", func() error { return opts.SetIntraOpNumThreads(1) }},
 		{"inter-op threads", func() error { return opts.SetInterOpNumThreads(1) }},
 		{"intra-op spinning", func() error { return opts.AddSessionConfigEntry("session.intra_op.allow_spinning", "0") }},
@@ -463,11 +503,17 @@ func (r *Runtime) load(model []byte, inputs, outputs []string, key string) (*Ses
 		}
 	}
 
-	dyn, err := ort.NewDynamicAdvancedSessionWithONNXData(model, names(inSpecs), fetch, opts)
+	var dyn *ort.DynamicAdvancedSession
+	mapped := 0
+	if path != "" {
+		dyn, mapped, err = loadFromFile(opts, path, model, names(inSpecs), fetch)
+	} else {
+		dyn, err = ort.NewDynamicAdvancedSessionWithONNXData(model, names(inSpecs), fetch, opts)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("infer: load: %w: %v", ErrInvalidModel, err)
 	}
-	c := &sessionCore{key: key, dyn: dyn, inputs: inSpecs, outputs: outSpecs, scalarOut: make([]bool, len(outSpecs))}
+	c := &sessionCore{key: key, dyn: dyn, inputs: inSpecs, outputs: outSpecs, scalarOut: make([]bool, len(outSpecs)), mapped: mapped}
 	for i, sp := range outSpecs {
 		for _, v := range desc.Outputs {
 			if v.Name == sp.Name {
@@ -495,8 +541,35 @@ func (r *Runtime) load(model []byte, inputs, outputs []string, key string) (*Ses
 	s := &Session{rt: r, inputs: inSpecs, outputs: outSpecs, core: c}
 	r.sessions[s] = struct{}{}
 	r.mu.Unlock()
-	r.logger.Debug("session loaded", "inputs", names(inSpecs), "outputs", names(outSpecs), "model_bytes", len(model))
+	r.logger.Debug("session loaded", "inputs", names(inSpecs), "outputs", names(outSpecs), "model_bytes", len(model),
+		"mapped_initializers", mapped)
 	return s, nil
+}
+
+// externalMinBytes is the smallest initializer loadFromFile leaves in
+// the model file for onnxruntime to map: smaller ones cost little to copy.
+const externalMinBytes = 1 << 20
+
+// loadFromFile creates a session for the model stored at path (whose
+// content is model). Its large initializers are pointed at their own bytes
+// in that file as ONNX external data (onnxmodel.Externalize), which
+// onnxruntime maps: the weights stay pages of the file, shared with the
+// page cache, instead of a parsed protobuf copied into tensors (a load
+// then peaks at about the model's size, not twice it). Should onnxruntime
+// refuse that form, the file is loaded as it is. mapped counts the
+// initializers left in the file.
+func loadFromFile(opts *ort.SessionOptions, path string, model []byte, inputs, outputs []string) (dyn *ort.DynamicAdvancedSession, mapped int, err error) {
+	slim, n, err := onnxmodel.Externalize(model, filepath.Base(path), externalMinBytes)
+	if err == nil && n > 0 {
+		err = opts.AddSessionConfigEntry("session.model_external_initializers_file_folder_path", filepath.Dir(path))
+		if err == nil {
+			if dyn, err = ort.NewDynamicAdvancedSessionWithONNXData(slim, inputs, outputs, opts); err == nil {
+				return dyn, n, nil
+			}
+		}
+	}
+	dyn, err = ort.NewDynamicAdvancedSession(path, inputs, outputs, opts)
+	return dyn, 0, err
 }
 
 // release drops a closed Session from r's set and reports whether it was

@@ -44,6 +44,7 @@ type sessionCore struct {
 
 	inputs, outputs []*efpb.TensorSpec // shared by its Sessions; never modified
 	scalarOut       []bool             // outputs of rank 0, by index; never modified
+	mapped          int                // initializers onnxruntime maps from the model file
 }
 
 // Inputs returns the session's inputs (copies).

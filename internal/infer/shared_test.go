@@ -2,6 +2,9 @@ package infer
 
 import (
 	"crypto/sha256"
+	"os"
+	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 
@@ -10,6 +13,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/onnxbuild"
+	"github.com/edgefleet/edgefleet/internal/onnxmodel"
 )
 
 func TestLoadSharedSharesOneSessionPerModel(t *testing.T) {
@@ -70,4 +74,33 @@ func TestLoadSharedSharesOneSessionPerModel(t *testing.T) {
 	require.NoError(t, err)
 	defer joined.Close()
 	assert.Same(t, again.core, joined.core)
+}
+
+// TestLoadSharedFileMapsLargeWeights loads a model with a 4 MiB weight
+// from its file: onnxruntime gets the weight as external data in the same
+// file (onnxmodel.Externalize) and computes what the small model does;
+// the file's bytes need not stay with the caller.
+func TestLoadSharedFileMapsLargeWeights(t *testing.T) {
+	r := newRuntime(t)
+	a := testArtifact(t)
+	model, err := fraud.LargeONNX(a.Model, 4<<20, 1)
+	require.NoError(t, err)
+	slim, n, err := onnxmodel.Externalize(model, "m.onnx", externalMinBytes)
+	require.NoError(t, err)
+	require.Equal(t, 1, n, "the table is moved out")
+	assert.Less(t, len(slim), 4096)
+
+	path := filepath.Join(t.TempDir(), "m.onnx")
+	require.NoError(t, os.WriteFile(path, model, 0o600))
+	s, err := r.LoadSharedFile(path, slices.Clone(model), sha256.Sum256(model), []string{fraud.InputName}, []string{fraud.OutputName})
+	require.NoError(t, err)
+	defer s.Close()
+	assert.Equal(t, 1, s.core.mapped, "onnxruntime took the weight as external data")
+	g, err := fraud.NewGenerator(7, fraud.Params{})
+	require.NoError(t, err)
+	rows := g.Generate(16).Rows
+	got, err := s.Run([]Tensor{rowsTensor(rows)})
+	require.NoError(t, err)
+	assert.InDeltaSlice(t, a.Predict(rows), got[0].Data, 1e-5)
+	require.NoError(t, s.Check(a.Metadata().GetTestVectors(), ManifestTolerance(a.Metadata())))
 }

@@ -2,8 +2,9 @@
 // wire types, an http.Handler that validates requests against a model's
 // schema before handing typed tensors (every OIP datatype) to a Backend,
 // and a client. Imported by agent (its local inference server),
-// controlplane/demo, controlplane/models (sample inputs), fleet-sim/scenario,
-// fleet-sim/sim, internal/fleettest and internal/modelzoo.
+// controlplane/demo, controlplane/models (sample inputs), fleet-sim/bench
+// (the agent benchmark's load), fleet-sim/scenario, fleet-sim/sim,
+// internal/fleettest and internal/modelzoo.
 package oip
 
 import (

@@ -2,8 +2,10 @@
 // IR version, producer, opset imports, metadata, and the graph's inputs and
 // outputs with their full types (tensors with fixed, symbolic or unknown
 // dimensions; sequences, maps, optionals), plus the class labels of
-// ai.onnx.ml ZipMap outputs. It also makes the one edit serving needs:
-// widening half-precision outputs to float (WidenOutputs). It depends only
+// ai.onnx.ml ZipMap outputs. It also makes the edits serving needs:
+// widening half-precision outputs to float (WidenOutputs), and pointing
+// large initializers at their bytes in the model file as external data
+// (Externalize), so onnxruntime maps them instead of copying. It depends only
 // on protowire and internal/tensor. Imported by internal/infer,
 // controlplane/cli (model inspect) and fleet-sim/scenario.
 package onnxmodel
@@ -29,9 +31,11 @@ type Model struct {
 	ProducerVersion string
 	Domain          string
 	ModelVersion    int64
-	DocString       string
-	GraphName       string
-	Opsets          []Opset
+	// DocString is the model's doc_string, its first MaxDocString bytes
+	// when longer (a model may carry megabytes of it).
+	DocString string
+	GraphName string
+	Opsets    []Opset
 	// Metadata are the metadata_props, in file order.
 	Metadata []KeyValue
 	// Inputs are the graph inputs that are not initializers (what a caller
@@ -263,12 +267,15 @@ const (
 	fMapValueType = 2
 )
 
+// MaxDocString bounds the doc_string Read keeps.
+const MaxDocString = 4 << 10
+
 // maxTypeDepth bounds nested types (a hostile model could nest without end).
 const maxTypeDepth = 16
 
 // Read decodes what model declares. It reads only the fields it needs and
-// skips the rest (initializer data is never copied), so it is cheap for
-// large models. Bytes that are not a ModelProto give ErrMalformed.
+// skips the rest (initializer data and all but the start of a long
+// doc_string are never copied), so it is cheap for large models. Bytes that are not a ModelProto give ErrMalformed.
 func Read(model []byte) (*Model, error) {
 	if len(model) == 0 {
 		return nil, fmt.Errorf("%w: model is empty", ErrMalformed)
@@ -289,7 +296,7 @@ func Read(model []byte) (*Model, error) {
 		case num == fModelModelVersion && typ == protowire.VarintType:
 			m.ModelVersion = int64(u)
 		case num == fModelDocString && typ == protowire.BytesType:
-			m.DocString = string(v)
+			m.DocString = string(v[:min(len(v), MaxDocString)])
 		case num == fModelGraph && typ == protowire.BytesType:
 			graph, haveGraph = v, true
 		case num == fModelOpsetImport && typ == protowire.BytesType:

@@ -82,6 +82,16 @@ func TestReadClassifier(t *testing.T) {
 	assert.False(t, ok)
 }
 
+// TestReadKeepsTheStartOfALongDocString: a model padded with megabytes of
+// doc_string (as large test downloads are) costs Read MaxDocString bytes.
+func TestReadKeepsTheStartOfALongDocString(t *testing.T) {
+	model := classifier(t, onnxbuild.IntsAttr("classlabels_int64s", 0, 1), onnxbuild.Int64)
+	m, err := Read(onnxbuild.Pad(model, 1<<20))
+	require.NoError(t, err)
+	assert.Len(t, m.DocString, MaxDocString)
+	assert.Equal(t, 2, m.Nodes, "the rest is read as before")
+}
+
 func TestReadStringClassLabels(t *testing.T) {
 	m, err := Read(classifier(t, onnxbuild.StringsAttr("classlabels_strings", "ok", "fraud"), onnxbuild.String))
 	require.NoError(t, err)

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/edgefleet/edgefleet/agent"
@@ -43,6 +44,9 @@ func run() int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "edgefleet-agent:", err)
 		return 1
+	}
+	if limit, _ := cfg.GoMemoryLimit(); limit > 0 { // checked by Options
+		debug.SetMemoryLimit(limit)
 	}
 	var level slog.Level
 	if cfg.LogLevel != "" {

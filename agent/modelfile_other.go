@@ -1,0 +1,21 @@
+//go:build !unix
+
+package agent
+
+import (
+	"io"
+	"os"
+)
+
+// mapFile reads f: without mmap the bytes are a copy in the Go heap for the
+// duration of a load.
+func mapFile(f *os.File, size int64) (*modelFile, error) {
+	b := make([]byte, size)
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil, err
+	}
+	return &modelFile{b: b}, nil
+}
+
+// dropResident has nothing to drop: the bytes are an ordinary slice.
+func (m *modelFile) dropResident() {}
