@@ -204,7 +204,8 @@ type soak struct {
 	hist  *history
 	led   *ledger
 	rng   *rand.Rand // the chaos goroutine's only
-	out   io.Writer
+	out   io.Writer  // written under outMu: several goroutines report progress
+	outMu sync.Mutex
 
 	// mu guards the fields below it.
 	mu         sync.Mutex
@@ -228,7 +229,10 @@ type soak struct {
 func (s *soak) since() float64 { return time.Since(s.start).Seconds() }
 
 func (s *soak) progress(format string, args ...any) {
-	fmt.Fprintf(s.out, "soak %7.1fs: %s\n", s.since(), fmt.Sprintf(format, args...))
+	line := fmt.Sprintf("soak %7.1fs: %s\n", s.since(), fmt.Sprintf(format, args...))
+	s.outMu.Lock()
+	defer s.outMu.Unlock()
+	_, _ = io.WriteString(s.out, line)
 }
 
 func (s *soak) noteErr(format string, args ...any) {
