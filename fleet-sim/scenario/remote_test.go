@@ -28,7 +28,7 @@ const remoteRollout = `name: remote-rollout
 fleet: {sites: 2, devices_per_site: 2}
 agent: {heartbeat: 300ms, fetch_retry: 300ms}
 traffic: {model: fraud, rate: 5, seed: 5}
-timeout: 2m
+timeout: 4m
 timeline:
   - push_model: {model: fraud, version: 1.0.0, seed: 1, rows: 1000}
   - deploy: {model: fraud, version: 1.0.0}
@@ -57,7 +57,7 @@ assertions:
   - max_attempted: {model: fraud, version: 2.0.0, min: 4, max: 4}
   - all_committed: {model: fraud}
   - no_failed_inference: {min_ok: 20}
-  - no_telemetry_lost: {within: 30s}
+  - no_telemetry_lost: {within: 2m}
   - alerts: {model: fraud, quiet: [site-1, site-2]}
 `
 
