@@ -445,19 +445,8 @@ func (c *Client) RolloutAction(ctx context.Context, id string, action api.Rollou
 // BrokerNATS gets a NATS cluster's authorization file (GET
 // /api/v1/broker/nats), long-polled like BrokerMosquitto.
 func (c *Client) BrokerNATS(ctx context.Context, have string, wait time.Duration) (auth api.NATSAuth, changed bool, err error) {
-	path := api.PathBrokerNATS
-	hdr := http.Header{}
-	if have != "" {
-		hdr.Set("If-None-Match", `"`+have+`"`)
-		if wait > 0 {
-			path += "?wait=" + url.QueryEscape(wait.String())
-		}
-	}
-	resp, err := c.do(ctx, "GET", path, nil, hdr, &auth)
-	if err != nil {
-		return api.NATSAuth{}, false, err
-	}
-	return auth, resp.StatusCode != http.StatusNotModified, nil
+	changed, err = c.longPoll(ctx, api.PathBrokerNATS, have, wait, &auth)
+	return auth, changed, err
 }
 
 // BrokerMosquitto gets an external mosquitto's password file and ACL
@@ -465,7 +454,14 @@ func (c *Client) BrokerNATS(ctx context.Context, have string, wait time.Duration
 // holds, and wait > 0 it long-polls: changed is false when nothing changed
 // within wait.
 func (c *Client) BrokerMosquitto(ctx context.Context, have string, wait time.Duration) (auth api.MosquittoAuth, changed bool, err error) {
-	path := api.PathBrokerMosq
+	changed, err = c.longPoll(ctx, api.PathBrokerMosq, have, wait, &auth)
+	return auth, changed, err
+}
+
+// longPoll gets path into out unless its ETag is still have; with have
+// and wait > 0 the server holds the request up to wait for a change.
+// changed is false when the server answered 304 (out untouched).
+func (c *Client) longPoll(ctx context.Context, path, have string, wait time.Duration, out any) (changed bool, err error) {
 	hdr := http.Header{}
 	if have != "" {
 		hdr.Set("If-None-Match", `"`+have+`"`)
@@ -473,11 +469,11 @@ func (c *Client) BrokerMosquitto(ctx context.Context, have string, wait time.Dur
 			path += "?wait=" + url.QueryEscape(wait.String())
 		}
 	}
-	resp, err := c.do(ctx, "GET", path, nil, hdr, &auth)
+	resp, err := c.do(ctx, "GET", path, nil, hdr, out)
 	if err != nil {
-		return api.MosquittoAuth{}, false, err
+		return false, err
 	}
-	return auth, resp.StatusCode != http.StatusNotModified, nil
+	return resp.StatusCode != http.StatusNotModified, nil
 }
 
 // Sites returns each site's sharing and WAN bytes per model version.
