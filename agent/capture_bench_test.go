@@ -10,7 +10,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/internal/fraud"
-	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/oip"
 	"github.com/edgefleet/edgefleet/internal/store"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -26,19 +25,10 @@ import (
 //
 //	go test ./agent -run '^$' -bench BenchmarkInferCapture -benchtime 20000x -count 3
 func BenchmarkInferCapture(b *testing.B) {
-	art, err := fraud.TrainArtifact(fraud.TrainConfig{Seed: 1, Rows: 4000})
-	require.NoError(b, err)
-	lib, err := infer.FindLibrary("")
-	require.NoError(b, err)
-	rt, err := infer.NewRuntime(lib, nil)
-	require.NoError(b, err)
-	b.Cleanup(func() { _ = rt.Close() })
-	man := art.Metadata()
-	man.Version = "1.0.0"
+	art, rt, man := benchFraudModel(b)
 	sess, err := rt.Load(art.ONNX, []string{fraud.InputName}, []string{fraud.OutputName})
 	require.NoError(b, err)
-	a := &Agent{opts: Options{Clock: time.Now}, slots: map[string]*slot{}}
-	a.mon = newMonitors(&a.opts)
+	a := benchAgent(Options{})
 	s := &slot{name: "fraud"}
 	m := &servedModel{version: "1.0.0", manifest: man, sess: sess}
 	s.serving.Store(m)

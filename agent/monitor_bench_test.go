@@ -9,7 +9,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/internal/fraud"
-	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/oip"
 )
 
@@ -22,15 +21,7 @@ import (
 //
 //	go test ./agent -run '^$' -bench BenchmarkInferMonitoring -benchtime 2s -count 5
 func BenchmarkInferMonitoring(b *testing.B) {
-	art, err := fraud.TrainArtifact(fraud.TrainConfig{Seed: 1, Rows: 4000})
-	require.NoError(b, err)
-	lib, err := infer.FindLibrary("")
-	require.NoError(b, err)
-	rt, err := infer.NewRuntime(lib, nil)
-	require.NoError(b, err)
-	b.Cleanup(func() { _ = rt.Close() })
-	man := art.Metadata()
-	man.Version = "1.0.0"
+	art, rt, man := benchFraudModel(b)
 	g, err := fraud.NewGenerator(7, fraud.Params{})
 	require.NoError(b, err)
 	rows := g.Generate(1024).Rows
@@ -47,10 +38,7 @@ func BenchmarkInferMonitoring(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			sess, err := rt.Load(art.ONNX, []string{fraud.InputName}, []string{fraud.OutputName})
 			require.NoError(b, err)
-			a := &Agent{opts: Options{Clock: time.Now}, slots: map[string]*slot{}}
-			if on {
-				a.mon = newMonitors(&a.opts)
-			}
+			a := benchAgent(Options{DisableMonitoring: !on})
 			s := &slot{name: "fraud"}
 			m := &servedModel{version: "1.0.0", manifest: man, sess: sess}
 			s.serving.Store(m)
@@ -70,8 +58,7 @@ func BenchmarkInferMonitoring(b *testing.B) {
 		})
 	}
 	b.Run("observe", func(b *testing.B) {
-		a := &Agent{opts: Options{Clock: time.Now}}
-		a.mon = newMonitors(&a.opts)
+		a := benchAgent(Options{})
 		m := &servedModel{version: "1.0.0", manifest: man}
 		in := []oip.Tensor{{Name: fraud.InputName, Shape: []int64{1, fraud.NumFeatures}}}
 		out := []oip.Tensor{{Name: fraud.OutputName, Shape: []int64{1, 1}, Data: []float32{0.2}}}

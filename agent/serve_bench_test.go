@@ -16,6 +16,7 @@ import (
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/oip"
+	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
 // minimalServer is the baseline: a plain net/http + encoding/json server
@@ -59,19 +60,10 @@ func minimalServer(sess *infer.Session) http.Handler {
 //
 //	go test ./agent -run '^$' -bench BenchmarkServe -benchtime 2000x
 func BenchmarkServe(b *testing.B) {
-	art, err := fraud.TrainArtifact(fraud.TrainConfig{Seed: 1, Rows: 4000})
-	require.NoError(b, err)
-	lib, err := infer.FindLibrary("")
-	require.NoError(b, err)
-	rt, err := infer.NewRuntime(lib, nil)
-	require.NoError(b, err)
-	b.Cleanup(func() { _ = rt.Close() })
+	art, rt, man := benchFraudModel(b)
 	sess, err := rt.Load(art.ONNX, nil, nil)
 	require.NoError(b, err)
-	man := art.Metadata()
-	man.Version = "1.0.0"
-	a := &Agent{opts: Options{Clock: time.Now}, slots: map[string]*slot{}}
-	a.mon = newMonitors(&a.opts)
+	a := benchAgent(Options{})
 	s := &slot{name: "fraud"}
 	m := &servedModel{version: "1.0.0", manifest: man, sess: sess}
 	s.serving.Store(m)
@@ -195,4 +187,35 @@ func mustInput(b *testing.B, t infer.Tensor) oip.RequestInput {
 		b.Fatal(err)
 	}
 	return in
+}
+
+// benchFraudModel trains the fraud model the agent benchmarks serve, opens
+// onnxruntime (closed when b ends) and returns the model's manifest as
+// version 1.0.0.
+func benchFraudModel(b *testing.B) (*fraud.Artifact, *infer.Runtime, *efpb.Manifest) {
+	art, err := fraud.TrainArtifact(fraud.TrainConfig{Seed: 1, Rows: 4000})
+	require.NoError(b, err)
+	lib, err := infer.FindLibrary("")
+	require.NoError(b, err)
+	rt, err := infer.NewRuntime(lib, nil)
+	require.NoError(b, err)
+	b.Cleanup(func() { _ = rt.Close() })
+	man := art.Metadata()
+	man.Version = "1.0.0"
+	return art, rt, man
+}
+
+// benchAgent is an agent with only what the inference path reads (its
+// slots, monitoring unless disabled, the shadow set), for benchmarks
+// that drive the backend without connecting.
+func benchAgent(opts Options) *Agent {
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
+	a := &Agent{opts: opts, slots: map[string]*slot{}}
+	if !opts.DisableMonitoring {
+		a.mon = newMonitors(&a.opts)
+	}
+	a.shadow = newShadowSet(&a.opts)
+	return a
 }
