@@ -438,12 +438,23 @@ func (a *Agent) startPeerDownload(ctx context.Context, s *slot) {
 	}
 	t := s.st.Target
 	asm := s.asm
+	// The download's goroutines may deliver before StartDownload returns:
+	// they wait for dl (the events name it, so chunks of a download the
+	// loop has since closed are told apart).
 	var dl *peers.Download
+	started := make(chan struct{})
 	dl, err := p.node.StartDownload(peers.DownloadOptions{
 		Key:    t.SHA256,
 		Chunks: uint32(asm.Total()),
 		Has:    func(i uint32) bool { return asm.Has(i) },
 		Deliver: func(dctx context.Context, i uint32, data []byte, from string) bool {
+			select {
+			case <-started:
+			case <-dctx.Done():
+				return false
+			case <-ctx.Done():
+				return false
+			}
 			ev := event{kind: evPeerChunk, index: i, payload: data, from: from, dl: dl, topic: s.name}
 			select {
 			case a.events <- ev:
@@ -462,6 +473,7 @@ func (a *Agent) startPeerDownload(ctx context.Context, s *slot) {
 		},
 		Settle: a.opts.Peers.Settle, PeerTimeout: a.opts.Peers.PeerTimeout, StallTimeout: a.opts.Peers.StallTimeout,
 	})
+	close(started)
 	if err != nil {
 		a.log.Warn("download without the site", "model", s.name, "err", err)
 		return
