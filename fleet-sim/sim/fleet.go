@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -649,8 +650,24 @@ func (m *Member) stopWithin(limit time.Duration) error {
 		}
 		return nil
 	case <-time.After(limit):
-		return fmt.Errorf("sim: agent %s did not stop within %v", m.Device.ID, limit)
+		return fmt.Errorf("sim: agent %s did not stop within %v%s", m.Device.ID, limit, dumpGoroutines(m.opts.DataDir))
 	}
+}
+
+// dumpGoroutines writes every goroutine's stack to dir/stop-timeout.goroutines,
+// for an agent that did not stop: what it was waiting on is the diagnosis.
+// It returns a note naming the file, or why there is none.
+func dumpGoroutines(dir string) string {
+	path := filepath.Join(dir, "stop-timeout.goroutines")
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Sprintf(" (no goroutine dump: %v)", err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("goroutine").WriteTo(f, 2); err != nil {
+		return fmt.Sprintf(" (goroutine dump: %v)", err)
+	}
+	return "; goroutines: " + path
 }
 
 // Restart stops the device's agent (as a process kill would, without a
