@@ -111,6 +111,12 @@ type deviceEntry struct {
 	prevDesired *api.DesiredSummary // the desired state before dev.Desired (this process only)
 	cred        credential
 	lastPersist time.Time // when dev was last written to the store
+	// snapshots counts the encodings of dev taken for the store (under
+	// Registry.mu); persistMu orders their writes, which happen outside
+	// Registry.mu, and written is the newest one on disk.
+	snapshots uint64
+	persistMu sync.Mutex
+	written   uint64
 	// recent are the latest status events, oldest first (in memory only;
 	// at most api.MaxRecentStatus).
 	recent []api.StatusRecord
@@ -125,10 +131,12 @@ type Registry struct {
 	clock  func() time.Time
 	bcrypt bool // also keep bcrypt hashes (RegistryOptions.Bcrypt)
 
-	// mu guards devices and every field of the entries. It is held across
-	// the write-through to the store so that the stored order of a device's
-	// updates is the order they were applied in. Lock order: Fleet.issueMu
-	// before Registry.mu (docs/architecture.md).
+	// mu guards devices and every field of the entries but persistMu and
+	// written. The ingest's write-through to the store happens after mu
+	// is released (a slow store must not stall every lookup), ordered per
+	// device by deviceEntry.persistMu. Lock order: Fleet.issueMu before
+	// Registry.mu (docs/architecture.md); deviceEntry.persistMu is taken
+	// without Registry.mu.
 	mu      sync.RWMutex
 	devices map[string]*deviceEntry
 	// credGen counts credential changes; credChanged is closed and
@@ -497,29 +505,56 @@ func (r *Registry) MayFetch(id, model, version string) (registered, allowed bool
 // through when fn asks for it (persist) or when lastSeenPersistEvery has
 // passed since the last write. For a device that is unknown or revoked it
 // does nothing and returns the ingest drop reason.
+//
+// The device is encoded under the lock and written after it is released:
+// lookups and other devices' updates do not wait for the store. Writes of
+// one device are ordered by its persistMu, and an encoding older than the
+// one on disk is not written.
 func (r *Registry) update(id string, fn func(d *api.Device, now time.Time) (persist bool)) (drop string, err error) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	e := r.devices[id]
 	switch {
 	case e == nil:
+		r.mu.Unlock()
 		return ingest.UnknownDevice, nil
 	case len(e.cred.Hash) == 0:
 		// Revoked: an external broker may let a message through until
 		// broker sync has reloaded it; it must not bring the device back.
+		r.mu.Unlock()
 		return ingest.Revoked, nil
 	}
 	now := r.clock().UTC()
 	persist := fn(&e.dev, now)
 	if !persist && now.Sub(e.lastPersist) < lastSeenPersistEvery {
+		r.mu.Unlock()
 		return "", nil
 	}
 	stored := e.dev
 	stored.Online, stored.Desired = false, nil // not persisted: see loadRegistry
-	if err := r.kv.SetJSON(prefixDevices+id, &stored, false); err != nil {
+	b, err := json.Marshal(&stored)
+	if err != nil {
+		r.mu.Unlock()
 		return "", fmt.Errorf("persist device %s: %w", id, err)
 	}
+	e.snapshots++
+	snap, prevPersist := e.snapshots, e.lastPersist
 	e.lastPersist = now
+	r.mu.Unlock()
+
+	e.persistMu.Lock()
+	defer e.persistMu.Unlock()
+	if e.written > snap {
+		return "", nil // a newer encoding is on disk already
+	}
+	if err := r.kv.Set(prefixDevices+id, b); err != nil {
+		r.mu.Lock()
+		if e.lastPersist.Equal(now) {
+			e.lastPersist = prevPersist // the next update writes again
+		}
+		r.mu.Unlock()
+		return "", fmt.Errorf("persist device %s: %w", id, err)
+	}
+	e.written = snap
 	return "", nil
 }
 
