@@ -67,6 +67,9 @@ type waitTuning struct {
 	// MinStall and MaxStall bound the stall window (half the timeout);
 	// defaults 2s and 30s.
 	MinStall, MaxStall time.Duration
+	// Now is the wait's clock; default time.Now. Tests step it, so that a
+	// wait's rules play out the same however the machine schedules them.
+	Now func() time.Time
 }
 
 func (t waitTuning) withDefaults() waitTuning {
@@ -81,6 +84,9 @@ func (t waitTuning) withDefaults() waitTuning {
 	}
 	if t.MaxStall <= 0 {
 		t.MaxStall = 30 * time.Second
+	}
+	if t.Now == nil {
+		t.Now = time.Now
 	}
 	return t
 }
@@ -180,7 +186,7 @@ type waitSpec struct {
 // *waitError says why it gave up.
 func (e *Env) wait(ctx context.Context, w waitSpec, cond func() bool) (waited, error) {
 	tune := e.waits.withDefaults()
-	start := time.Now()
+	start := tune.Now()
 	nominal, named := e.waitBound(w.limits.Timeout)
 	limit, capNamed := e.waitCap(w.limits, nominal)
 	timeout := nominal
@@ -219,7 +225,7 @@ func (e *Env) wait(ctx context.Context, w waitSpec, cond func() bool) (waited, e
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	fail := func(cause error) (waited, error) {
-		now := time.Now()
+		now := tune.Now()
 		since := time.Duration(-1)
 		if !lastProgress.IsZero() {
 			since = now.Sub(lastProgress)
@@ -229,9 +235,9 @@ func (e *Env) wait(ctx context.Context, w waitSpec, cond func() bool) (waited, e
 	}
 	for {
 		if cond() {
-			return waited{took: time.Since(start), extended: extended, named: named}, nil
+			return waited{took: tune.Now().Sub(start), extended: extended, named: named}, nil
 		}
-		now := time.Now()
+		now := tune.Now()
 		elapsed := now.Sub(start)
 		// Read progress on its cadence, and fresh when the timeout is
 		// judged.
@@ -246,6 +252,9 @@ func (e *Env) wait(ctx context.Context, w waitSpec, cond func() bool) (waited, e
 			case lastProgress.IsZero() || now.Sub(lastProgress) >= stall:
 				return fail(errNoProgress)
 			case elapsed >= limit:
+				// Past the timeout and still progressing: extended to
+				// the cap, even when this check came late and saw both.
+				extended = limit > nominal
 				return fail(errWaitCap)
 			default:
 				extended = true

@@ -3,6 +3,7 @@ package scenario
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,11 +22,31 @@ func waitEnv(progress func() uint64) *Env {
 	return &Env{progress: progress, waits: fastWaits}
 }
 
+// stepClock is a clock that moves step at every reading: a wait on it
+// sees the same times however late the machine runs its loop.
+type stepClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newStepClock() *stepClock { return &stepClock{now: time.Unix(1e9, 0)} }
+
+func (c *stepClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(time.Millisecond)
+	return c.now
+}
+
+func (c *stepClock) Since(t time.Time) time.Duration { return c.Now().Sub(t) }
+
 // TestWaitRules: a wait that holds succeeds; the fleet making no progress
 // ends it at its timeout; progress past the timeout extends it until the
 // fleet stalls or the cap; every failure says how long it waited, why, and
-// how loaded the process was. Progress is driven by the reads themselves,
-// so no outcome depends on how fast this machine is.
+// how loaded the process was. Progress is driven by the reads themselves
+// and time by a clock that steps at each reading, so no outcome depends on
+// how fast this machine is (a loaded run once woke the loop after both the
+// timeout and the cap had passed).
 func TestWaitRules(t *testing.T) {
 	const timeout = 100 * time.Millisecond
 	always := func() func() uint64 { // progress at every read
@@ -35,10 +56,10 @@ func TestWaitRules(t *testing.T) {
 	never := func() func() uint64 { return func() uint64 { return 7 } }
 	// untilAfter progresses at every read until the reads made after the
 	// timeout (from the wait's start) number three.
-	untilAfter := func(start *time.Time) func() uint64 {
+	untilAfter := func(clock *stepClock, start *time.Time) func() uint64 {
 		var n, after uint64
 		return func() uint64 {
-			if time.Since(*start) >= timeout {
+			if clock.Since(*start) >= timeout {
 				after++
 				if after > 3 {
 					return n
@@ -51,7 +72,7 @@ func TestWaitRules(t *testing.T) {
 	tests := []struct {
 		name     string
 		limits   WaitLimits
-		progress func(start *time.Time) func() uint64
+		progress func(clock *stepClock, start *time.Time) func() uint64
 		// holdAfter makes the condition hold once this long has passed
 		// (0: never).
 		holdAfter    time.Duration
@@ -60,29 +81,31 @@ func TestWaitRules(t *testing.T) {
 		minWaited    time.Duration
 		wantText     []string
 	}{
-		{name: "holds at once", limits: WaitLimits{Timeout: timeout}, progress: func(*time.Time) func() uint64 { return never() }, holdAfter: time.Nanosecond},
+		{name: "holds at once", limits: WaitLimits{Timeout: timeout}, progress: func(*stepClock, *time.Time) func() uint64 { return never() }, holdAfter: time.Nanosecond},
 		{name: "progress past the timeout extends it until the condition holds", limits: WaitLimits{Timeout: timeout},
-			progress: func(*time.Time) func() uint64 { return always() }, holdAfter: 2 * timeout, wantExtended: true, minWaited: 2 * timeout},
+			progress: func(*stepClock, *time.Time) func() uint64 { return always() }, holdAfter: 2 * timeout, wantExtended: true, minWaited: 2 * timeout},
 		{name: "no progress fails at the timeout", limits: WaitLimits{Timeout: timeout},
-			progress: func(*time.Time) func() uint64 { return never() }, wantErr: errNoProgress, minWaited: timeout,
+			progress: func(*stepClock, *time.Time) func() uint64 { return never() }, wantErr: errNoProgress, minWaited: timeout,
 			wantText: []string{"gave up after ", ": its timeout of 100ms passed with no progress seen; load during the wait: ", " CPUs"}},
 		{name: "progress that stops after the timeout fails once it stalled", limits: WaitLimits{Timeout: timeout},
 			progress: untilAfter, wantErr: errNoProgress, wantExtended: true, minWaited: timeout + 50*time.Millisecond,
 			wantText: []string{"extended past its timeout of 100ms while the fleet progressed, then no progress for the last ", "load during the wait: "}},
 		{name: "progress that never stops hits the cap", limits: WaitLimits{Timeout: timeout},
-			progress: func(*time.Time) func() uint64 { return always() }, wantErr: errWaitCap, wantExtended: true, minWaited: 3 * timeout,
+			progress: func(*stepClock, *time.Time) func() uint64 { return always() }, wantErr: errWaitCap, wantExtended: true, minWaited: 3 * timeout,
 			wantText: []string{"up to its cap of 300ms (3× the timeout; max_timeout sets it); last progress ", "load during the wait: "}},
 		{name: "max_timeout sets the cap", limits: WaitLimits{Timeout: timeout, MaxTimeout: 150 * time.Millisecond},
-			progress: func(*time.Time) func() uint64 { return always() }, wantErr: errWaitCap, wantExtended: true, minWaited: 150 * time.Millisecond,
+			progress: func(*stepClock, *time.Time) func() uint64 { return always() }, wantErr: errWaitCap, wantExtended: true, minWaited: 150 * time.Millisecond,
 			wantText: []string{"up to its cap of 150ms (its max_timeout)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			start := time.Now()
-			env := waitEnv(tt.progress(&start))
-			cond := func() bool { return tt.holdAfter > 0 && time.Since(start) >= tt.holdAfter }
+			clock := newStepClock()
+			start := clock.Now()
+			env := waitEnv(tt.progress(clock, &start))
+			env.waits.Now = clock.Now
+			cond := func() bool { return tt.holdAfter > 0 && clock.Since(start) >= tt.holdAfter }
 			res, err := env.wait(context.Background(), waitSpec{limits: tt.limits}, cond)
-			waitedFor := time.Since(start)
+			waitedFor := clock.Since(start)
 			if tt.wantErr == nil {
 				require.NoError(t, err)
 				assert.Equal(t, tt.wantExtended, res.extended, "extended")
@@ -122,10 +145,12 @@ func TestWaitEndsWithTheScenario(t *testing.T) {
 // stages) extends it like the fleet's progress.
 func TestWaitCountsItsOwnProgress(t *testing.T) {
 	env := waitEnv(nil)
+	clock := newStepClock()
+	env.waits.Now = clock.Now
 	var n atomic.Uint64
-	start := time.Now()
+	start := clock.Now()
 	res, err := env.wait(context.Background(), waitSpec{limits: WaitLimits{Timeout: 50 * time.Millisecond}, progress: func() uint64 { return n.Add(1) }},
-		func() bool { return time.Since(start) >= 80*time.Millisecond })
+		func() bool { return clock.Since(start) >= 80*time.Millisecond })
 	require.NoError(t, err)
 	assert.True(t, res.extended)
 }
@@ -165,6 +190,7 @@ func TestWaitAfterItsTimeout(t *testing.T) {
 	// reading: that counts, and the wait goes on to its next check.
 	var n atomic.Uint64
 	moving := waitEnv(func() uint64 { return n.Load() })
+	moving.waits.Now = newStepClock().Now // the two checks within the stall window, however late the second runs
 	moving.progressWatched = true
 	n.Store(1)
 	checks := 0
