@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -148,11 +149,26 @@ func (c *NATSCluster) start(i int) bool {
 	cmd := exec.Command(c.bin, "-c", conf)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// A test binary killed by -timeout runs no cleanup: the node must not
-	// outlive it.
+	// outlive it. Linux sends Pdeathsig when the thread that started the
+	// child ends, not the process, and Go ends threads (the agent's
+	// low-priority staging thread is one), so the node is started and
+	// waited for on a thread locked for its lifetime: a node once died
+	// silently when agents staged a model, taking the cluster's quorum.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(c.t, cmd.Start())
+	started := make(chan error, 1)
 	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		_ = cmd.Wait()
+		close(done)
+	}()
+	require.NoError(c.t, <-started)
 	c.nodes[i] = &natsNode{cmd: cmd, done: done}
 	return listening(done, []int{c.Ports[i].MQTT, c.Ports[i].Cluster, c.Ports[i].Monitor})
 }
