@@ -864,6 +864,9 @@ func (b *agentBench) goMemory(ctx context.Context) (uint64, string) {
 			held += uint64(v)
 		}
 	}
+	if len(class) == 0 {
+		return 0, "not reported by this agent"
+	}
 	var meta uint64
 	for k, v := range class {
 		if strings.HasPrefix(k, "metadata_") {
