@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"runtime/metrics"
 	"slices"
 	"strconv"
 	"strings"
@@ -52,7 +53,29 @@ var (
 		"Reports dropped because the outbox was full or the control plane never acknowledged them.", "counter", nil}
 	descUp = metricDesc{"edgefleet_agent_uptime_seconds",
 		"Seconds since the agent started.", "gauge", nil}
+	descGoMemory = metricDesc{"edgefleet_agent_go_memory_bytes",
+		"Memory the Go runtime has mapped, by class (runtime/metrics /memory/classes: heap_objects, heap_free, " +
+			"heap_released, heap_stacks, metadata_*, os_stacks, other ...); all but heap_released count in the " +
+			"process's RSS once touched, and the rest of its anonymous memory is onnxruntime's and the C threads'.",
+		"gauge", []string{"class"}}
 )
+
+// goMemoryClasses are the runtime/metrics samples behind descGoMemory, read
+// at each scrape: the memory classes, each labelled by its path
+// ("/memory/classes/heap/free:bytes" is heap_free), without their total.
+func goMemoryClasses() ([]metrics.Sample, []string) {
+	var samples []metrics.Sample
+	var classes []string
+	for _, d := range metrics.All() {
+		name, ok := strings.CutPrefix(d.Name, "/memory/classes/")
+		if !ok || name == "total:bytes" {
+			continue
+		}
+		samples = append(samples, metrics.Sample{Name: d.Name})
+		classes = append(classes, strings.ReplaceAll(strings.TrimSuffix(name, ":bytes"), "/", "_"))
+	}
+	return samples, classes
+}
 
 // metricSample is one value of a family, its label values in the
 // family's label order.
@@ -88,13 +111,20 @@ func (a *Agent) collectMetrics() []metricSample {
 	add(&descQueued, float64(a.QueuedReports()))
 	add(&descReportsDropped, float64(a.ReportsDropped()))
 	add(&descUp, a.opts.Clock().Sub(a.started).Seconds())
+	samples, classes := goMemoryClasses()
+	metrics.Read(samples)
+	for i, smp := range samples {
+		if smp.Value.Kind() == metrics.KindUint64 {
+			add(&descGoMemory, float64(smp.Value.Uint64()), classes[i])
+		}
+	}
 	a.captureMetrics(add)
 	return out
 }
 
 // families lists every family once, in the order served.
 var families = []*metricDesc{&descInferences, &descErrors, &descRejects, &descModel, &descGeneration,
-	&descDropped, &descRefused, &descTrust, &descWriteFailures, &descQueued, &descReportsDropped, &descUp,
+	&descDropped, &descRefused, &descTrust, &descWriteFailures, &descQueued, &descReportsDropped, &descUp, &descGoMemory,
 	&descCaptureQueued, &descCaptureBytes, &descCaptureUploaded, &descCaptureDropped}
 
 // writeMetrics writes samples in the Prometheus text format, families in

@@ -46,6 +46,15 @@ func TestAgentMetricsEndpoint(t *testing.T) {
 	assert.Len(t, parsed, len(families), "every family once")
 	assert.Contains(t, parsed, "edgefleet_agent_capture_queued_rows", "the capture queue is read at scrape time")
 	assert.Equal(t, "text/plain; version=0.0.4; charset=utf-8", resp.Header.Get("Content-Type"))
+	goMem := map[string]float64{}
+	if f := parsed["edgefleet_agent_go_memory_bytes"]; assert.NotNil(t, f, "Go memory by class") {
+		for _, m := range f.GetMetric() {
+			goMem[m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+		}
+	}
+	assert.Positive(t, goMem["heap_objects"], "live heap objects")
+	assert.Positive(t, goMem["heap_stacks"], "goroutine stacks")
+	assert.NotContains(t, goMem, "total", "classes only: the total is their sum")
 
 	if path, err := exec.LookPath("promtool"); err == nil {
 		cmd := exec.Command(path, "check", "metrics")

@@ -107,6 +107,13 @@ type AgentResult struct {
 	IdleORTLoaded bool   `json:"idle_onnxruntime_loaded"`
 	// IdleReadyStatus is GET /v2/health/ready's status while idle.
 	IdleReadyStatus int `json:"idle_ready_status"`
+	// IdleGo and ServingGo are what the Go runtime accounts for and has not
+	// released (heap objects, free heap it keeps, stacks, its metadata),
+	// from the agent's edgefleet_agent_go_memory_bytes: mapped memory, an
+	// upper bound of Go's share of Anon (pages never written are not
+	// resident).
+	IdleGo    uint64 `json:"idle_go_bytes"`
+	ServingGo uint64 `json:"serving_go_bytes"`
 
 	// Serving the fraud model after Inferences single-row inferences.
 	Inferences       int    `json:"inferences"`
@@ -195,8 +202,11 @@ func Agent(ctx context.Context, o AgentOptions) (*AgentResult, error) {
 	res.IdleAnon = p.status("RssAnon")
 	res.IdleORTLoaded = p.mapsLibrary("libonnxruntime")
 	res.IdleReadyStatus = b.readyStatus(ctx)
+	var goDetail string
+	res.IdleGo, goDetail = b.goMemory(ctx)
 	fmt.Fprintf(o.Progress, "idle (connected, no model): RSS %s (anonymous %s), onnxruntime loaded %v, /v2/health/ready %d\n",
 		mib(res.IdleRSS), mib(res.IdleAnon), res.IdleORTLoaded, res.IdleReadyStatus)
+	fmt.Fprintf(o.Progress, "  Go runtime accounts for %s (%s; mapped, not all of it touched)\n", mib(res.IdleGo), goDetail)
 	fmt.Fprintf(o.Progress, "  RSS by mapping (MiB): %s\n", p.breakdown())
 
 	// Serving the fraud model.
@@ -209,7 +219,9 @@ func Agent(ctx context.Context, o AgentOptions) (*AgentResult, error) {
 	res.ServingRSS = p.maxRSS(ctx, o.Settle)
 	res.ServingAnon = p.status("RssAnon")
 	res.ServingORTLoaded = p.mapsLibrary("libonnxruntime")
+	res.ServingGo, goDetail = b.goMemory(ctx)
 	fmt.Fprintf(o.Progress, "serving fraud after %d inferences: RSS %s (anonymous %s)\n", o.Inferences, mib(res.ServingRSS), mib(res.ServingAnon))
+	fmt.Fprintf(o.Progress, "  Go runtime accounts for %s (%s; mapped, not all of it touched)\n", mib(res.ServingGo), goDetail)
 	fmt.Fprintf(o.Progress, "  RSS by mapping (MiB): %s\n", p.breakdown())
 	if o.SkipSwap {
 		return res, p.stop()
@@ -229,7 +241,7 @@ type agentBench struct {
 	stop context.CancelFunc
 	done chan error
 
-	id, dir, cfg, infURL string
+	id, dir, cfg, infURL, metricsURL string
 }
 
 func (b *agentBench) startControlPlane(ctx context.Context, rt *infer.Runtime) error {
@@ -280,6 +292,12 @@ func (b *agentBench) addDevice() error {
 	cfg.LogLevel = "warn"
 	cfg.MemoryLimit = b.o.MemoryLimit
 	cfg.InferenceMaxBatch = max(b.o.BigBatch, 1024)
+	maddr, err := freePort()
+	if err != nil {
+		return err
+	}
+	cfg.MetricsListen = maddr
+	b.metricsURL = "http://" + maddr + "/metrics"
 	raw, err := yaml.Marshal(cfg)
 	if err != nil {
 		return fmt.Errorf("bench agent: %w", err)
@@ -394,7 +412,11 @@ func (p *agentProc) maxRSS(ctx context.Context, d time.Duration) uint64 {
 }
 
 // breakdown is RSS by what is mapped: the largest files, anonymous
-// memory (Go heap, malloc, stacks), in MiB, for reading where memory went.
+// memory, in MiB, for reading where memory went. Anonymous memory is split
+// by who mapped it: glibc's malloc arenas (mapped MAP_NORESERVE, "nr" in
+// VmFlags, plus the brk [heap]) hold onnxruntime's and the other C
+// allocations; "[anon]" is the rest: the Go heap and runtime, thread stacks
+// and C allocations large enough for malloc to map them on their own.
 func (p *agentProc) breakdown() string {
 	b, err := os.ReadFile(p.procFile("smaps"))
 	if err != nil {
@@ -402,6 +424,14 @@ func (p *agentProc) breakdown() string {
 	}
 	by := map[string]uint64{}
 	cur := ""
+	var rss uint64
+	flush := func(flags string) {
+		if (cur == "[anon]" && strings.Contains(" "+flags+" ", " nr ")) || cur == "[heap]" {
+			cur = "[malloc arenas]"
+		}
+		by[cur] += rss
+		rss = 0
+	}
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
 		if len(f) >= 5 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":") {
@@ -413,7 +443,10 @@ func (p *agentProc) breakdown() string {
 		}
 		if len(f) >= 2 && f[0] == "Rss:" {
 			kb, _ := strconv.ParseUint(f[1], 10, 64)
-			by[cur] += kb << 10
+			rss = kb << 10
+		}
+		if len(f) >= 1 && f[0] == "VmFlags:" {
+			flush(strings.Join(f[1:], " "))
 		}
 	}
 	type kv struct {
@@ -793,6 +826,55 @@ func describeBinary(path string, r *AgentResult) error {
 	}
 	r.Stripped = f.Section(".symtab") == nil
 	return nil
+}
+
+// goMemory reads the agent's edgefleet_agent_go_memory_bytes: what the Go
+// runtime holds and has not released to the system, and its main parts.
+func (b *agentBench) goMemory(ctx context.Context) (uint64, string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.metricsURL, nil)
+	if err != nil {
+		return 0, err.Error()
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return 0, err.Error()
+	}
+	class := map[string]uint64{}
+	var held uint64
+	for _, line := range strings.Split(string(raw), "\n") {
+		rest, ok := strings.CutPrefix(line, `edgefleet_agent_go_memory_bytes{class="`)
+		if !ok {
+			continue
+		}
+		name, val, ok := strings.Cut(rest, `"} `)
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(val, 64)
+		if err != nil {
+			continue
+		}
+		class[name] = uint64(v)
+		if name != "heap_released" {
+			held += uint64(v)
+		}
+	}
+	if len(class) == 0 {
+		return 0, "not reported by this agent"
+	}
+	var meta uint64
+	for k, v := range class {
+		if strings.HasPrefix(k, "metadata_") {
+			meta += v
+		}
+	}
+	return held, fmt.Sprintf("heap objects %s, free heap kept %s, goroutine stacks %s, metadata %s",
+		mib(class["heap_objects"]), mib(class["heap_free"]+class["heap_unused"]), mib(class["heap_stacks"]), mib(meta))
 }
 
 func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }

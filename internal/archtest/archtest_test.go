@@ -176,3 +176,23 @@ func TestAgentLinksOnlyTheControlPlaneContract(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentBinaryLeavesOutWhatADeviceDoesNotNeed: packages that made the
+// agent binary larger (issue 17) and that it does not use must not come
+// back through a dependency: the Prometheus client (the agent writes its
+// metrics itself) and the profiling handlers.
+func TestAgentBinaryLeavesOutWhatADeviceDoesNotNeed(t *testing.T) {
+	root := module + "/agent/cmd/edgefleet-agent"
+	out, err := exec.Command("go", "list", "-deps", "-tags", "nethttpomithttp2", root).Output()
+	require.NoError(t, err)
+	deps := map[string]bool{}
+	for _, d := range strings.Fields(string(out)) {
+		deps[d] = true
+	}
+	for _, unwanted := range []string{
+		"github.com/prometheus/client_golang/prometheus",
+		"net/http/pprof",
+	} {
+		assert.False(t, deps[unwanted], "%s links %s", rel(root), unwanted)
+	}
+}

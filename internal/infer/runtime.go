@@ -493,6 +493,11 @@ func (r *Runtime) load(model []byte, path string, inputs, outputs []string, key 
 		// models on small devices are better served by malloc, which gives
 		// a large freed block back to the system at once.
 		{"CPU memory arena", func() error { return opts.SetCpuMemArena(false) }},
+		// No memory pattern: it plans one block per run for each input
+		// shape it sees and keeps the plan, so a model served with many
+		// batch sizes accumulates them; malloc per tensor is what the
+		// arena-less setting above asks for anyway.
+		{"memory pattern", func() error { return opts.SetMemPattern(false) }},
 		{"intra-op threads", func() error { return opts.SetIntraOpNumThreads(1) }},
 		{"inter-op threads", func() error { return opts.SetInterOpNumThreads(1) }},
 		{"intra-op spinning", func() error { return opts.AddSessionConfigEntry("session.intra_op.allow_spinning", "0") }},
