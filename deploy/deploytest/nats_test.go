@@ -90,15 +90,7 @@ func startNATS(t *testing.T, cpPassword string) *testkit.NATSCluster {
 // desired state naming 2.0.0, and every report the broker acknowledged
 // is counted exactly once. The node comes back, and a revoked device is
 // disconnected and refused without restarting a node.
-//
-// Not part of make test: a CI rehearsal at 32e56be saw 27 of the 34 stage
-// devices never receive their new desired state in 5 minutes after the
-// kill (the control plane's failover on NATS is not reliable yet, issue
-// 16). Run it with make test-nats (EDGEFLEET_NATS_FAILOVER=1).
 func TestNATSClusterRolloutFailover(t *testing.T) {
-	if os.Getenv("EDGEFLEET_NATS_FAILOVER") == "" {
-		t.Skip("the NATS failover rollout is not reliable yet (issue 16): make test-nats runs it")
-	}
 	cpPassword := fmt.Sprintf("cp-%d", time.Now().UnixNano())
 	nc := startNATS(t, cpPassword)
 	list := strings.Join(nc.MQTTURLs(), ",")
