@@ -2,11 +2,14 @@ package oip
 
 import (
 	"bytes"
+	"encoding/json"
 	"reflect"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/edgefleet/edgefleet/internal/tensor"
 )
 
 // scanSeeds are request bodies for TestScanRequest and FuzzScanRequest:
@@ -89,5 +92,29 @@ func FuzzScanRequest(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		checkScanMatchesJSON(t, body)
+	})
+}
+
+// FuzzDecodeFlatFP32: where the flat FP32 fast path decodes data, the
+// general decoder decodes the same values.
+func FuzzDecodeFlatFP32(f *testing.F) {
+	for _, s := range []string{`[1,2,3]`, `[ -0.5e-3 , 1E+2,0]`, `[]`, `[1e39]`, `[1e-50,3]`, `[1,"NaN"]`, `[1,2]`, `[[1]]`} {
+		f.Add([]byte(s), uint8(3))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte, n uint8) {
+		if !json.Valid(raw) {
+			return // the handler decodes only valid JSON
+		}
+		got, ok := decodeFlatFP32(bytes.TrimSpace(raw), int64(n))
+		if !ok {
+			return
+		}
+		want, err := decodeNested(raw, skipSpace(raw, 0), 1, tensor.FP32, []int64{int64(n)}, int64(n))
+		if err != nil {
+			t.Fatalf("decodeFlatFP32(%s) = %v, but the general decoder says %v", raw, got, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("decodeFlatFP32(%s) = %v, want %v", raw, got, want)
+		}
 	})
 }

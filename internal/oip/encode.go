@@ -135,9 +135,15 @@ func writeResponse(w http.ResponseWriter, resp *InferResponse, pool *bufferPool)
 	buf := pool.get(size)
 	b := append(appendResponse(buf.b[:0], resp), '\n')
 	h := w.Header()
+	// Canonical keys, set directly: Header.Set would canonicalise them
+	// on every request.
 	h["Content-Type"] = []string{"application/json"}
 	h["X-Content-Type-Options"] = []string{"nosniff"}
-	h["Content-Length"] = []string{strconv.Itoa(len(b))}
+	if len(b) > 2048 {
+		// Smaller bodies fit net/http's buffer, which sets the length
+		// itself; it would send larger ones chunked.
+		h["Content-Length"] = []string{strconv.Itoa(len(b))}
+	}
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(b)
 	buf.b = b
