@@ -2,11 +2,13 @@ package scenario
 
 import (
 	"bytes"
+	"context"
 	"flag"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -106,4 +108,56 @@ func TestMixedInputsExampleFiles(t *testing.T) {
 		countries[in[2].Data.([]string)[0]] = true
 	}
 	assert.Equal(t, map[string]bool{"de": true, "fr": true, "日本": true, "São Paulo, BR": true}, countries)
+}
+
+// TestINT64CSVTrafficRuns runs a fleet whose csv traffic feeds an INT64
+// input of three columns (modelzoo.Lookup, pushed with its sample inputs
+// and no metadata): every row reaches onnxruntime as INT64 ids ("1.0" is
+// read as 1), and none fails. A row read as any other datatype would be
+// refused by the agent's validation, an id out of the model's table by
+// onnxruntime.
+func TestINT64CSVTrafficRuns(t *testing.T) {
+	var samples []byte
+	for _, e := range modelzoo.Corpus() {
+		if e.Name == "lookup" {
+			samples = e.Samples
+		}
+	}
+	require.NotNil(t, samples)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"lookup.onnx":  string(modelzoo.Lookup()),
+		"samples.json": string(samples),
+		"ids.csv":      "a,b,c\n0,1,1\n1,0,0\n1.0,1,1\n0,0,1\n",
+		"s.yaml": `name: int64-traffic
+fleet: {sites: 1, devices_per_site: 2}
+agent: {heartbeat: 300ms, fetch_retry: 500ms}
+traffic: {model: lookup, rate: 20, seed: 1, csv: ids.csv}
+timeout: 2m
+timeline:
+  - push_model: {model: lookup, version: 1.0.0, file: lookup.onnx, sample_inputs: samples.json}
+  - deploy: {model: lookup, version: 1.0.0}
+  - wait_active: {model: lookup, version: 1.0.0, timeout: 30s}
+  - sleep: {for: 2s}
+assertions:
+  - all_active: {model: lookup, version: 1.0.0}
+  - no_failed_inference: {min_ok: 40}
+`,
+	})
+	sc, err := Load(filepath.Join(dir, "s.yaml"), NewRegistry())
+	require.NoError(t, err)
+	d := sc.Traffic.csv
+	require.Len(t, d.Inputs, 1)
+	assert.Equal(t, tensor.Int64, d.Inputs[0].Datatype, "from the model")
+	in, _, _ := d.Row(2)
+	assert.Equal(t, []int64{1, 1, 1}, in[0].Data)
+	assert.Equal(t, []int64{1, 3}, in[0].Shape)
+
+	rep, err := Run(context.Background(), sc, RunOptions{WorkDir: t.TempDir()})
+	require.NoError(t, err)
+	var sum strings.Builder
+	rep.Summary(&sum)
+	assert.True(t, rep.Passed, sum.String())
+	require.NotNil(t, rep.Inference)
+	assert.Zero(t, rep.Inference.Failed, rep.Inference.FirstFailure)
 }
