@@ -27,6 +27,7 @@ import (
 	"github.com/edgefleet/edgefleet/internal/oip"
 	"github.com/edgefleet/edgefleet/internal/onnxbuild"
 	"github.com/edgefleet/edgefleet/internal/onnxmodel"
+	"github.com/edgefleet/edgefleet/internal/tensor"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
@@ -239,12 +240,19 @@ func readBounded(path string, limit int64) ([]byte, error) {
 	return data, nil
 }
 
-// input returns the model's input tensor and its feature names (nil when
-// the metadata does not name them), for csv traffic: one FP32 input of
-// shape [N, k].
-func (p *PushModel) input() (*efpb.TensorSpec, []string, error) {
+// csvInputs returns the model's inputs as csv traffic feeds them, with
+// their columns, and each input's fixed number of columns (0: any). Every
+// input must be of shape [rows] or [rows, features] (rows dynamic or 1)
+// and of a datatype a cell holds (numbers, booleans, strings). Columns:
+//   - a single input takes the features its metadata's reference
+//     statistics name, else the reference data's header, else (nil) every
+//     csv column but the label;
+//   - of several inputs, each takes the features the reference statistics
+//     name for it, else one column named after the input (an input of one
+//     value per row), as the control plane names reference data columns.
+func (p *PushModel) csvInputs() ([]sim.CSVInput, []int64, error) {
 	if p.File == "" {
-		return &efpb.TensorSpec{Name: fraud.InputName, Datatype: "FP32", Shape: []int64{-1, fraud.NumFeatures}}, fraud.FeatureNames(), nil
+		return []sim.CSVInput{{Name: fraud.InputName, Datatype: tensor.FP32, Columns: fraud.FeatureNames()}}, []int64{fraud.NumFeatures}, nil
 	}
 	ins := p.meta.GetInputs()
 	if len(ins) == 0 {
@@ -259,32 +267,71 @@ func (p *PushModel) input() (*efpb.TensorSpec, []string, error) {
 		}
 		ins, _ = d.Specs()
 	}
-	if len(ins) != 1 {
-		return nil, nil, fmt.Errorf("the metadata of %s declares %d inputs; csv traffic needs exactly one (FP32, shape [N, features])", p.File, len(ins))
+	if len(ins) == 0 {
+		return nil, nil, fmt.Errorf("%s declares no inputs", p.File)
 	}
-	in := ins[0]
-	if in.GetDatatype() != "FP32" || len(in.GetShape()) != 2 || in.GetShape()[1] == 0 || in.GetShape()[1] < -1 || (in.GetShape()[0] != -1 && in.GetShape()[0] != 1) {
-		return nil, nil, fmt.Errorf("input %s of %s is %s %v; csv traffic needs FP32 of shape [-1, features] (or [1, features])", in.GetName(), p.File, in.GetDatatype(), in.GetShape())
+	out := make([]sim.CSVInput, len(ins))
+	widths := make([]int64, len(ins))
+	for i, in := range ins {
+		d, err := tensor.Parse(in.GetDatatype())
+		if err != nil {
+			return nil, nil, fmt.Errorf("input %s of %s: %w", in.GetName(), p.File, err)
+		}
+		shape := in.GetShape()
+		if len(shape) == 0 || len(shape) > 2 || (shape[0] != -1 && shape[0] != 1) || (len(shape) == 2 && (shape[1] == 0 || shape[1] < -1)) {
+			return nil, nil, fmt.Errorf("input %s of %s has shape %v; csv traffic feeds inputs of shape [-1] or [-1, features] (or 1 row)", in.GetName(), p.File, shape)
+		}
+		out[i] = sim.CSVInput{Name: in.GetName(), Datatype: d, Rank1: len(shape) == 1}
+		widths[i] = 1
+		if len(shape) == 2 {
+			widths[i] = max(shape[1], 0)
+		}
+		var names []string
+		for _, ref := range p.meta.GetReference() {
+			if ref.GetInput() == in.GetName() || (ref.GetInput() == "" && i == 0) {
+				names = append(names, ref.GetName())
+			}
+		}
+		if len(ins) == 1 {
+			out[i].Columns = p.singleInputColumns(names, widths[i])
+			continue
+		}
+		switch {
+		case names != nil:
+		case widths[i] == 1:
+			names = []string{in.GetName()}
+		default:
+			return nil, nil, fmt.Errorf("input %s of %s takes several values per row (shape %v); with %d inputs, csv traffic needs its columns named in the metadata's reference statistics (features with input %q)",
+				in.GetName(), p.File, shape, len(ins), in.GetName())
+		}
+		if w := widths[i]; (w > 0 && int64(len(names)) != w) || slices.Contains(names, "") {
+			return nil, nil, fmt.Errorf("input %s of %s takes %d values per row; the metadata's reference statistics name %d features for it (%s)", in.GetName(), p.File, w, len(names), strings.Join(names, ", "))
+		}
+		out[i].Columns = names
 	}
-	var names []string
-	for _, ref := range p.meta.GetReference() {
-		names = append(names, ref.GetName())
-	}
+	return out, widths, nil
+}
+
+// singleInputColumns returns the columns of a model's only input: the
+// features the reference statistics name, else the reference data's
+// header; nil (the csv's columns, in order) when neither names width
+// features.
+func (p *PushModel) singleInputColumns(names []string, width int64) []string {
 	if names == nil && p.reference != nil {
 		// The reference data's header names the features, in input order.
 		if header, err := csv.NewReader(bytes.NewReader(p.reference)).Read(); err == nil {
 			for _, h := range header {
 				names = append(names, strings.TrimSpace(h))
 			}
-			if w := in.GetShape()[1]; w > 0 && int64(len(names)) > w {
-				names = names[:w]
+			if width > 0 && int64(len(names)) > width {
+				names = names[:width]
 			}
 		}
 	}
-	if w := in.GetShape()[1]; len(names) == 0 || (w > 0 && int64(len(names)) != w) || slices.Contains(names, "") {
-		names = nil // unnamed: the csv's columns, in order
+	if len(names) == 0 || (width > 0 && int64(len(names)) != width) || slices.Contains(names, "") {
+		return nil // unnamed: the csv's columns, in order
 	}
-	return in, names, nil
+	return names
 }
 
 // Run implements Action.
@@ -682,8 +729,7 @@ func (s *ShiftTraffic) loadFiles(sc *Scenario) error {
 	if s.CSV == "" {
 		return nil
 	}
-	t := sc.Traffic.csv
-	d, err := sim.LoadCSV(sc.path(s.CSV), sim.CSVOptions{Input: t.Input, Features: t.Features, Label: sc.Traffic.LabelColumn})
+	d, err := sim.LoadCSV(sc.path(s.CSV), sim.CSVOptions{Inputs: sc.Traffic.csv.Inputs, Label: sc.Traffic.LabelColumn})
 	if err != nil {
 		return err
 	}

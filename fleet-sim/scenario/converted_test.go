@@ -76,8 +76,9 @@ func TestConvertedClassifierExampleFiles(t *testing.T) {
 	require.NoError(t, err)
 	d := sc.Traffic.csv
 	require.NotNil(t, d)
-	assert.Equal(t, "float_input", d.Input, "from the model itself")
-	assert.Equal(t, []string{"x0", "x1"}, d.Features, "from the reference data's header")
+	require.Len(t, d.Inputs, 1)
+	assert.Equal(t, "float_input", d.Inputs[0].Name, "from the model itself")
+	assert.Equal(t, []string{"x0", "x1"}, d.Inputs[0].Columns, "from the reference data's header")
 	assert.Len(t, d.Labels, 400)
 	assert.True(t, strings.HasSuffix(sc.Timeline[0].Action.(*PushModel).SampleInputs, "samples.csv"))
 }

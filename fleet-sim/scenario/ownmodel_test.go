@@ -71,8 +71,9 @@ func TestOwnModelExampleFiles(t *testing.T) {
 	assert.NotEmpty(t, push.meta.GetTestVectors())
 	d := sc.Traffic.csv
 	require.NotNil(t, d)
-	assert.Equal(t, fraud.FeatureNames(), d.Features, "named by the metadata's reference statistics")
-	assert.Equal(t, "features", d.Input)
+	require.Len(t, d.Inputs, 1)
+	assert.Equal(t, fraud.FeatureNames(), d.Inputs[0].Columns, "named by the metadata's reference statistics")
+	assert.Equal(t, "features", d.Inputs[0].Name)
 	assert.Equal(t, 500, d.Len())
 	assert.Len(t, d.Labels, 500)
 }
@@ -126,7 +127,7 @@ func TestParseOwnModelErrors(t *testing.T) {
 		{"missing label column", "traffic: {model: m, rate: 5, csv: d.csv, label_column: y}\ntimeline:\n  - push_model: {model: m, version: 1, file: model.onnx}\n",
 			map[string]string{"d.csv": good}, "missing columns y (label)"},
 		{"bad cell", "traffic: {model: m, rate: 5, csv: d.csv}\ntimeline:\n  - push_model: {model: m, version: 1, file: model.onnx}\n",
-			map[string]string{"d.csv": good + "1,2,3,4,5,6,7,0\n1,2,x3,4,5,6,7,0\n"}, `DIR/d.csv:5: column merchant_risk: "x3" is not a finite number`},
+			map[string]string{"d.csv": good + "1,2,3,4,5,6,7,0\n1,2,x3,4,5,6,7,0\n"}, `DIR/d.csv:5: column merchant_risk (input features, FP32): "x3" is not a finite number`},
 		{"bad label", "traffic: {model: m, rate: 5, csv: d.csv, label_column: is_fraud}\ntimeline:\n  - push_model: {model: m, version: 1, file: model.onnx}\n",
 			map[string]string{"d.csv": good + "1,2,3,4,5,6,7,0.5\n"}, `DIR/d.csv:4: label column is_fraud: "0.5" is not an integer class`},
 		{"short row", "traffic: {model: m, rate: 5, csv: d.csv}\ntimeline:\n  - push_model: {model: m, version: 1, file: model.onnx}\n",
@@ -150,7 +151,13 @@ func TestParseOwnModelErrors(t *testing.T) {
 			"line 4: push_model: sample_inputs: open DIR/nope.csv: no such file or directory"},
 		{"two inputs", "traffic: {model: m, rate: 5, csv: d.csv}\ntimeline:\n  - push_model: {model: m, version: 1, file: model.onnx, meta: two.json}\n",
 			map[string]string{"d.csv": good, "two.json": `{"inputs": [{"name": "a", "datatype": "FP32", "shape": [-1, 1]}, {"name": "b", "datatype": "FP32", "shape": [-1, 1]}]}`},
-			"declares 2 inputs; csv traffic needs exactly one"},
+			"DIR/d.csv:1: missing columns a, b (the header has"}, // one column per input, named after it
+		{"wide input among several", "traffic: {model: m, rate: 5, csv: d.csv}\ntimeline:\n  - push_model: {model: m, version: 1, file: model.onnx, meta: two.json}\n",
+			map[string]string{"d.csv": good, "two.json": `{"inputs": [{"name": "a", "datatype": "FP32", "shape": [-1, 3]}, {"name": "b", "datatype": "INT64", "shape": [-1]}]}`},
+			`input a of model.onnx takes several values per row (shape [-1 3]); with 2 inputs, csv traffic needs its columns named in the metadata's reference statistics (features with input "a")`},
+		{"image input", "traffic: {model: m, rate: 5, csv: d.csv}\ntimeline:\n  - push_model: {model: m, version: 1, file: model.onnx, meta: img.json}\n",
+			map[string]string{"d.csv": good, "img.json": `{"inputs": [{"name": "img", "datatype": "UINT8", "shape": [-1, 3, 8, 8]}]}`},
+			"input img of model.onnx has shape [-1 3 8 8]; csv traffic feeds inputs of shape [-1] or [-1, features]"},
 		{"width mismatch", "traffic: {model: m, rate: 5, csv: d.csv}\ntimeline:\n  - push_model: {model: m, version: 1, file: model.onnx, meta: w.json}\n",
 			map[string]string{"d.csv": "a,b\n1,2\n", "w.json": `{"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 7]}]}`},
 			"has 2 feature columns (a, b), model m's input features takes 7"},
@@ -186,8 +193,13 @@ func TestParseOwnModelResolvesPaths(t *testing.T) {
 	sc, err := Load(filepath.Join(dir, "s.yaml"), NewRegistry())
 	require.NoError(t, err)
 	d := sc.Traffic.csv
-	assert.Equal(t, fraud.FeatureNames(), d.Features)
-	assert.Equal(t, []float32{1, 2, 3, 4, 5, 6, 7, 10, 20, 30, 40, 50, 60, 70}, d.Rows, "in the model's input order")
+	assert.Equal(t, fraud.FeatureNames(), d.Inputs[0].Columns)
+	var rows []float32
+	for r := range d.Len() {
+		in, _, _ := d.Row(r)
+		rows = append(rows, in[0].Data.([]float32)...)
+	}
+	assert.Equal(t, []float32{1, 2, 3, 4, 5, 6, 7, 10, 20, 30, 40, 50, 60, 70}, rows, "in the model's input order")
 	assert.Equal(t, []int64{1, 0}, d.Labels)
 	p := sc.Timeline[0].Action.(*PushModel)
 	assert.True(t, p.Force)
@@ -262,5 +274,5 @@ func TestParseOwnModelReadmeExample(t *testing.T) {
 	writeFiles(t, dir, map[string]string{"data/inputs.csv": rows, "data/drifted.csv": rows, "my-model.yaml": doc.String()})
 	sc, err := Load(filepath.Join(dir, "my-model.yaml"), NewRegistry())
 	require.NoError(t, err, doc.String())
-	assert.Equal(t, fraud.FeatureNames(), sc.Traffic.csv.Features)
+	assert.Equal(t, fraud.FeatureNames(), sc.Traffic.csv.Inputs[0].Columns)
 }

@@ -18,11 +18,9 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/edgefleet/edgefleet/fleet-sim/sim"
 	"github.com/edgefleet/edgefleet/internal/fraud"
-	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
 // Scenario is one scenario file.
@@ -158,9 +156,13 @@ type TrafficSpec struct {
 	// instead of generating fraud transactions; it excludes params and
 	// sites. Its header names the columns: one per input feature of the
 	// model, named as in the reference statistics of the model's metadata
-	// (any order, other columns ignored). One row is one request; every
-	// device replays the rows in order, looped, from its own offset (seeded
-	// by seed). See sim.LoadCSV for the checks.
+	// (any order, other columns ignored); a model with several inputs
+	// takes, for an input its statistics name no features of, one column
+	// named after the input. Inputs of any datatype a cell holds (numbers,
+	// booleans, strings for BYTES) and of shape [rows] or [rows, features]
+	// are fed (PushModel.csvInputs). One row is one request; every device
+	// replays the rows in order, looped, from its own offset (seeded by
+	// seed). See sim.LoadCSV for the checks.
 	CSV string `yaml:"csv"`
 	// LabelColumn names the CSV column holding each row's true class (an
 	// integer), fed back for label_fraction of the inferences.
@@ -556,50 +558,52 @@ func (t *TrafficSpec) validateCSV() error {
 	return nil
 }
 
-// loadCSV reads the traffic's rows, with the columns of the model's input.
+// loadCSV reads the traffic's rows, with the columns of the model's inputs.
 func (t *TrafficSpec) loadCSV(sc *Scenario) error {
-	input, features, err := sc.modelInput(t.Model)
+	inputs, widths, err := sc.modelInputs(t.Model)
 	if err != nil {
 		return err
 	}
-	d, err := sim.LoadCSV(sc.path(t.CSV), sim.CSVOptions{Input: input.GetName(), Features: features, Label: t.LabelColumn})
+	d, err := sim.LoadCSV(sc.path(t.CSV), sim.CSVOptions{Inputs: inputs, Label: t.LabelColumn})
 	if err != nil {
 		return err
 	}
-	if w := input.GetShape()[1]; w > 0 && int64(len(d.Features)) != w {
-		return fmt.Errorf("csv %s has %d feature columns (%s), model %s's input %s takes %d; name the features in the metadata's reference statistics to pick columns",
-			d.File, len(d.Features), strings.Join(d.Features, ", "), t.Model, input.GetName(), w)
+	for i, in := range d.Inputs {
+		if w := widths[i]; w > 0 && int64(len(in.Columns)) != w {
+			return fmt.Errorf("csv %s has %d feature columns (%s), model %s's input %s takes %d; name the features in the metadata's reference statistics to pick columns",
+				d.File, len(in.Columns), strings.Join(in.Columns, ", "), t.Model, in.Name, w)
+		}
 	}
 	t.csv = d
 	return nil
 }
 
-// modelInput returns the input tensor of model, as the scenario's
-// push_model steps upload it, and its feature names (nil when the
-// metadata does not name them: the csv's columns are then the features).
-func (sc *Scenario) modelInput(model string) (*efpb.TensorSpec, []string, error) {
-	var input *efpb.TensorSpec
-	var features []string
+// modelInputs returns the inputs of model as csv traffic feeds them (see
+// PushModel.csvInputs), as the scenario's push_model steps upload it, and
+// each input's fixed number of columns (0: any).
+func (sc *Scenario) modelInputs(model string) ([]sim.CSVInput, []int64, error) {
+	var inputs []sim.CSVInput
+	var widths []int64
 	from := ""
 	for _, st := range sc.Timeline {
 		p, ok := st.Action.(*PushModel)
 		if !ok || p.Model != model {
 			continue
 		}
-		in, names, err := p.input()
+		ins, ws, err := p.csvInputs()
 		if err != nil {
 			return nil, nil, fmt.Errorf("csv traffic of model %s: push_model at line %d: %w", model, st.Line, err)
 		}
-		if input == nil {
-			input, features, from = in, names, fmt.Sprintf("line %d", st.Line)
+		if inputs == nil {
+			inputs, widths, from = ins, ws, fmt.Sprintf("line %d", st.Line)
 			continue
 		}
-		if !proto.Equal(in, input) || !slices.Equal(names, features) {
-			return nil, nil, fmt.Errorf("csv traffic of model %s: push_model at line %d has another input than the one at %s; one csv cannot feed both", model, st.Line, from)
+		if !reflect.DeepEqual(ins, inputs) || !slices.Equal(ws, widths) {
+			return nil, nil, fmt.Errorf("csv traffic of model %s: push_model at line %d has other inputs than the one at %s; one csv cannot feed both", model, st.Line, from)
 		}
 	}
-	if input == nil {
-		return nil, nil, fmt.Errorf("csv traffic of model %s needs a push_model step of that model (its metadata gives the input)", model)
+	if inputs == nil {
+		return nil, nil, fmt.Errorf("csv traffic of model %s needs a push_model step of that model (its metadata gives the inputs)", model)
 	}
-	return input, features, nil
+	return inputs, widths, nil
 }

@@ -42,7 +42,8 @@ type TrafficOptions struct {
 	// it must be quick.
 	Served func(device, version string)
 	// CSV, when set, replaces the fraud transactions: every device replays
-	// its rows in order, looped, from its own offset (seeded by Seed), and
+	// its rows (one tensor per model input, of its datatype) in order,
+	// looped, from its own offset (seeded by Seed), and
 	// labels come from its label column (none without one). Params and
 	// SiteParams are then unused, and any answer of the model counts as
 	// OK (the fraud traffic wants one probability).

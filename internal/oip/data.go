@@ -45,6 +45,19 @@ func decodeData(raw []byte, d tensor.Datatype, shape []int64, product int64) (an
 			break
 		}
 	}
+	if leaf == 1 && d == tensor.FP32 {
+		if out, ok := decodeFlatFP32(raw[i:], product); ok {
+			return out, nil
+		}
+		// Anything unusual (strings, too few or many values, a bad value)
+		// takes the general way, which says what is wrong.
+	}
+	return decodeNested(raw, i, leaf, d, shape, product)
+}
+
+// decodeNested is decodeData's general way: any datatype, flat (leaf 1)
+// or nested leaf deep, raw's array starting at i.
+func decodeNested(raw []byte, i, leaf int, d tensor.Datatype, shape []int64, product int64) (any, error) {
 	nested := leaf > 1
 	if nested && leaf != len(shape) {
 		return nil, fmt.Errorf("data is nested %d deep but shape %s has rank %d; send a flat array or arrays nested to the shape",
@@ -104,6 +117,49 @@ func decodeData(raw []byte, d tensor.Datatype, shape []int64, product int64) (an
 		return nil, fmt.Errorf("data has %d values but shape %s needs %d", n, fmtShape(shape), product)
 	}
 	return s.data(), nil
+}
+
+// decodeFlatFP32 decodes a flat array of exactly product plain numbers
+// (valid JSON starting at its '['), the form almost every FP32 request
+// has, without the general decoder's per-value dispatch; ok is false for
+// anything else.
+func decodeFlatFP32(raw []byte, product int64) ([]float32, bool) {
+	if product > int64(len(raw)/2+1) {
+		return nil, false // each value takes at least two bytes
+	}
+	out := make([]float32, 0, product)
+	i := 1 // after '['
+	for {
+		i = skipSpace(raw, i)
+		if i >= len(raw) {
+			return nil, false
+		}
+		if raw[i] == ']' && len(out) == 0 {
+			break
+		}
+		if !isNumberStart(raw[i]) || int64(len(out)) == product {
+			return nil, false
+		}
+		j := tokenEnd(raw, i)
+		v, err := strconv.ParseFloat(view(raw[i:j]), 32)
+		if err != nil { // out of FP32 range, among others
+			return nil, false
+		}
+		out = append(out, float32(v))
+		i = skipSpace(raw, j)
+		if i < len(raw) && raw[i] == ',' {
+			i++
+			continue
+		}
+		if i < len(raw) && raw[i] == ']' {
+			break
+		}
+		return nil, false
+	}
+	if int64(len(out)) != product {
+		return nil, false
+	}
+	return out, true
 }
 
 // tokenEnd returns the end of the JSON scalar starting at raw[i].

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"sync"
 )
 
 // Requests and responses are written by hand around their tensor data:
@@ -21,6 +22,18 @@ func appendJSON(b []byte, v any) []byte {
 	return append(b, out...)
 }
 
+// appendString appends s as a JSON string, as encoding/json writes it.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return appendJSON(b, s) // escapes and non-ASCII: the rare case
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
 func appendShape(b []byte, shape []int64) []byte {
 	b = append(b, '[')
 	for i, d := range shape {
@@ -35,13 +48,13 @@ func appendShape(b []byte, shape []int64) []byte {
 // appendResponse appends resp as JSON.
 func appendResponse(b []byte, resp *InferResponse) []byte {
 	b = append(b, `{"model_name":`...)
-	b = appendJSON(b, resp.ModelName)
+	b = appendString(b, resp.ModelName)
 	if resp.ModelVersion != "" {
 		b = append(b, `,"model_version":`...)
-		b = appendJSON(b, resp.ModelVersion)
+		b = appendString(b, resp.ModelVersion)
 	}
 	b = append(b, `,"id":`...)
-	b = appendJSON(b, resp.ID)
+	b = appendString(b, resp.ID)
 	if len(resp.Parameters) > 0 {
 		b = append(b, `,"parameters":`...)
 		b = appendJSON(b, resp.Parameters)
@@ -52,11 +65,11 @@ func appendResponse(b []byte, resp *InferResponse) []byte {
 			b = append(b, ',')
 		}
 		b = append(b, `{"name":`...)
-		b = appendJSON(b, o.Name)
+		b = appendString(b, o.Name)
 		b = append(b, `,"shape":`...)
 		b = appendShape(b, o.Shape)
 		b = append(b, `,"datatype":`...)
-		b = appendJSON(b, o.Datatype)
+		b = appendString(b, o.Datatype)
 		if len(o.Parameters) > 0 {
 			b = append(b, `,"parameters":`...)
 			b = appendJSON(b, o.Parameters)
@@ -75,7 +88,7 @@ func appendRequest(b []byte, req *InferRequest) []byte {
 	b = append(b, '{')
 	if req.ID != "" {
 		b = append(b, `"id":`...)
-		b = appendJSON(b, req.ID)
+		b = appendString(b, req.ID)
 		b = append(b, ',')
 	}
 	if len(req.Parameters) > 0 {
@@ -89,11 +102,11 @@ func appendRequest(b []byte, req *InferRequest) []byte {
 			b = append(b, ',')
 		}
 		b = append(b, `{"name":`...)
-		b = appendJSON(b, in.Name)
+		b = appendString(b, in.Name)
 		b = append(b, `,"shape":`...)
 		b = appendShape(b, in.Shape)
 		b = append(b, `,"datatype":`...)
-		b = appendJSON(b, in.Datatype)
+		b = appendString(b, in.Datatype)
 		if len(in.Parameters) > 0 {
 			b = append(b, `,"parameters":`...)
 			b = appendJSON(b, in.Parameters)
@@ -112,15 +125,52 @@ func appendRequest(b []byte, req *InferRequest) []byte {
 	return append(b, '}')
 }
 
-// writeResponse writes a successful JSON inference response.
-func writeResponse(w http.ResponseWriter, resp *InferResponse) {
+// writeResponse writes a successful JSON inference response, encoded into
+// a pooled buffer (net/http copies what is written).
+func writeResponse(w http.ResponseWriter, resp *InferResponse, pool *bufferPool) {
 	size := 256
 	for _, o := range resp.Outputs {
 		size += len(o.Data) + 128
 	}
-	b := appendResponse(make([]byte, 0, size), resp)
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
+	buf := pool.get(size)
+	b := append(appendResponse(buf.b[:0], resp), '\n')
+	h := w.Header()
+	// Canonical keys, set directly: Header.Set would canonicalise them
+	// on every request.
+	h["Content-Type"] = []string{"application/json"}
+	h["X-Content-Type-Options"] = []string{"nosniff"}
+	if len(b) > 2048 {
+		// Smaller bodies fit net/http's buffer, which sets the length
+		// itself; it would send larger ones chunked.
+		h["Content-Length"] = []string{strconv.Itoa(len(b))}
+	}
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(append(b, '\n'))
+	_, _ = w.Write(b)
+	buf.b = b
+	pool.put(buf)
+}
+
+// maxPooledBuffer bounds the buffers a bufferPool keeps: a large
+// response's buffer is left to the garbage collector rather than held.
+const maxPooledBuffer = 64 << 10
+
+// bufferPool reuses response buffers across requests.
+type bufferPool struct{ p sync.Pool }
+
+type buffer struct{ b []byte }
+
+func (p *bufferPool) get(size int) *buffer {
+	if v, ok := p.p.Get().(*buffer); ok {
+		if cap(v.b) >= size {
+			return v
+		}
+		p.p.Put(v)
+	}
+	return &buffer{b: make([]byte, 0, size)}
+}
+
+func (p *bufferPool) put(buf *buffer) {
+	if cap(buf.b) <= maxPooledBuffer {
+		p.p.Put(buf)
+	}
 }

@@ -71,6 +71,8 @@ type handler struct {
 	log  *slog.Logger
 	mux  *http.ServeMux
 
+	bufs bufferPool // response buffers
+
 	mu       sync.Mutex // guards inflight
 	inflight int64      // bytes of bodies being handled
 }
@@ -309,7 +311,7 @@ func (h *handler) infer(w http.ResponseWriter, r *http.Request) {
 		writeBinary(w, &resp)
 		return
 	}
-	writeResponse(w, &resp)
+	writeResponse(w, &resp, &h.bufs)
 }
 
 func (h *handler) inferFailed(w http.ResponseWriter, r *http.Request, info ModelInfo, id string, err error) {
@@ -342,15 +344,17 @@ func badRequest(format string, args ...any) *httpError {
 
 // readRequest reads and strictly decodes the body.
 func (h *handler) readRequest(w http.ResponseWriter, r *http.Request) (*InferRequest, *httpError) {
-	tooBig := &httpError{status: http.StatusRequestEntityTooLarge,
-		msg: fmt.Sprintf("request body exceeds the limit of %d bytes", h.opts.MaxBodyBytes)}
+	tooBig := func() *httpError {
+		return &httpError{status: http.StatusRequestEntityTooLarge,
+			msg: fmt.Sprintf("request body exceeds the limit of %d bytes", h.opts.MaxBodyBytes)}
+	}
 	if r.ContentLength > h.opts.MaxBodyBytes {
-		return nil, tooBig
+		return nil, tooBig()
 	}
 	body, err := readBody(w, r, h.opts.MaxBodyBytes)
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return nil, tooBig
+			return nil, tooBig()
 		}
 		return nil, badRequest("reading request body: %v", err)
 	}
@@ -417,16 +421,25 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 }
 
 // decodeRequest decodes an InferRequest, rejecting unknown fields and
-// trailing data.
-//
-// It decodes with json.Unmarshal, so the inputs' RawData alias body (a
-// json.Decoder would copy the body into its own buffer, and reuse it), and
-// then walks body once for fields the request does not have.
+// trailing data; the inputs' RawData alias body. The common form is
+// decoded in one pass (scanRequest); anything else, errors included, the
+// general way (decodeRequestJSON), which says what is wrong.
 func decodeRequest(body []byte) (*InferRequest, *httpError) {
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 {
 		return nil, badRequest("request body is empty; send an inference request JSON object")
 	}
+	if req, ok := scanRequest(trimmed); ok {
+		return req, nil
+	}
+	return decodeRequestJSON(trimmed)
+}
+
+// decodeRequestJSON decodes a trimmed, non-empty body with json.Unmarshal,
+// so the inputs' RawData alias body (a json.Decoder would copy the body
+// into its own buffer, and reuse it), and then walks body once for fields
+// the request does not have.
+func decodeRequestJSON(trimmed []byte) (*InferRequest, *httpError) {
 	var req InferRequest
 	if err := json.Unmarshal(trimmed, &req); err != nil {
 		// Distinguish a second value after the object from broken JSON.
@@ -621,9 +634,14 @@ func (h *handler) validate(req *InferRequest, info ModelInfo) ([]Tensor, []strin
 	if len(req.Inputs) == 0 {
 		return nil, nil, badRequest("request has no inputs; model %q needs %s", info.Name, specNames(info.Inputs))
 	}
-	specs := make(map[string]int, len(info.Inputs))
-	for i, s := range info.Inputs {
-		specs[s.GetName()] = i
+	// Models with many inputs (one per column, as some converters make
+	// them) get a map; a few inputs are found faster by a scan.
+	var byName map[string]int
+	if len(info.Inputs) > 16 {
+		byName = make(map[string]int, len(info.Inputs))
+		for i, s := range info.Inputs {
+			byName[s.GetName()] = i
+		}
 	}
 	tensors := make([]Tensor, len(info.Inputs))
 	given := make([]bool, len(info.Inputs))
@@ -631,7 +649,11 @@ func (h *handler) validate(req *InferRequest, info ModelInfo) ([]Tensor, []strin
 		if in.Name == "" {
 			return nil, nil, badRequest("inputs[%d] has no name", n)
 		}
-		idx, ok := specs[in.Name]
+		idx, ok := byName[in.Name]
+		if byName == nil {
+			idx = specIndex(info.Inputs, in.Name)
+			ok = idx >= 0
+		}
 		if !ok {
 			return nil, nil, badRequest("input %q is not an input of model %q (inputs: %s)", in.Name, info.Name, specNames(info.Inputs))
 		}
@@ -748,8 +770,11 @@ func requestedOutputs(outs []RequestOutput, info ModelInfo) ([]string, *httpErro
 // request parameter binary_data_output, else those with binary_data.
 func binaryOutputs(req *InferRequest) func(name string) bool {
 	all, _ := req.Parameters[ParamBinaryDataOutput].(bool)
-	named := map[string]bool{}
+	var named map[string]bool
 	for _, o := range req.Outputs {
+		if named == nil {
+			named = map[string]bool{}
+		}
 		if v, ok := o.Parameters[ParamBinaryData].(bool); ok {
 			named[o.Name] = v
 		}
@@ -810,10 +835,6 @@ func responseOutputs(outs []Tensor, want []string, info ModelInfo, binary func(n
 		}
 		outs = sel
 	}
-	specs := make(map[string]*efpb.TensorSpec, len(info.Outputs))
-	for _, s := range info.Outputs {
-		specs[s.GetName()] = s
-	}
 	res := make([]ResponseOutput, 0, len(outs))
 	for _, o := range outs {
 		n, ok := elementCount(o.Shape, math.MaxInt64)
@@ -828,7 +849,7 @@ func responseOutputs(outs []Tensor, want []string, info ModelInfo, binary func(n
 		if shape == nil {
 			shape = []int64{}
 		}
-		out := ResponseOutput{Name: o.Name, Shape: shape, Datatype: string(d), Parameters: outputParams(specs[o.Name])}
+		out := ResponseOutput{Name: o.Name, Shape: shape, Datatype: string(d), Parameters: outputParams(specOf(info.Outputs, o.Name))}
 		if binary != nil && binary(o.Name) {
 			out.binary = appendBinary(make([]byte, 0, binarySize(&o)), &o)
 			if out.Parameters == nil {
@@ -858,6 +879,26 @@ func outputParams(spec *efpb.TensorSpec) map[string]any {
 		p[ParamClasses] = c.Data
 	}
 	return p
+}
+
+// specIndex returns the index of the spec named name, or -1 (a linear
+// scan: models have a few inputs and outputs, and a map per request
+// would cost more).
+func specIndex(specs []*efpb.TensorSpec, name string) int {
+	for i, s := range specs {
+		if s.GetName() == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// specOf returns the spec named name, or nil.
+func specOf(specs []*efpb.TensorSpec, name string) *efpb.TensorSpec {
+	if i := specIndex(specs, name); i >= 0 {
+		return specs[i]
+	}
+	return nil
 }
 
 // specNames lists tensor names for messages: "x", "y".
