@@ -242,7 +242,7 @@ func TestAlertsAuditAndSignedWebhookWithRetries(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 	log, err := audit.Open(f.db.Namespace("audit"), f.clk.Now)
 	require.NoError(t, err)
-	al := NewAlerter(f.agg, Rules{Window: 10 * time.Minute, MaxPSI: 0.2, MinRows: 50, MinAccuracy: 0.7, MaxAccuracyDrop: 0.1, MinLabels: 20}, log, hook)
+	al := NewAlerter(f.agg, Rules{Window: 10 * time.Minute, MaxPSI: 0.2, MinRows: 50, MinAccuracy: 0.7, MaxAccuracyDrop: 0.1, MinLabels: 20}, log, hook, nil)
 
 	// Previous window: both sites fine.
 	_, err = f.agg.Ingest("a1", 1, report(f, []uint64{25, 50, 25}, 100, 90), nil)
@@ -283,7 +283,7 @@ func TestAlertsAuditAndSignedWebhookWithRetries(t *testing.T) {
 	again, err := al.Evaluate()
 	require.NoError(t, err)
 	assert.Empty(t, again)
-	restarted, err := NewAlerter(f.agg, al.rules, log, nil).Evaluate()
+	restarted, err := NewAlerter(f.agg, al.rules, log, nil, nil).Evaluate()
 	require.NoError(t, err)
 	assert.Empty(t, restarted, "alerts holding before the restart are not raised again")
 
