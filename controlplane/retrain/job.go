@@ -297,11 +297,11 @@ func (s *Service) readRows(ds api.Dataset) ([]labelledRow, error) {
 }
 
 // split puts a row in the held-out part when the hash of its inference
-// id falls under fraction: the same rows every time, and all rows of one
-// request on the same side.
+// id and row falls under fraction: the same rows every time (a batch
+// request's rows are independent rows, so they are split one by one).
 func split(rows []labelledRow, fraction float64) (train, holdout []labelledRow) {
 	for _, r := range rows {
-		if heldOut(r.InferenceID, fraction) {
+		if heldOut(r.InferenceID+"/"+strconv.FormatUint(uint64(r.Row), 10), fraction) {
 			holdout = append(holdout, r)
 		} else {
 			train = append(train, r)
@@ -310,7 +310,7 @@ func split(rows []labelledRow, fraction float64) (train, holdout []labelledRow) 
 	return train, holdout
 }
 
-func heldOut(inferenceID string, fraction float64) bool {
-	sum := sha256.Sum256([]byte("edgefleet-holdout/" + inferenceID))
+func heldOut(key string, fraction float64) bool {
+	sum := sha256.Sum256([]byte("edgefleet-holdout/" + key))
 	return float64(binary.BigEndian.Uint64(sum[:8]))/(1<<64) < fraction
 }
