@@ -109,7 +109,7 @@ func TestRetrainFromAlertPublishesAndRollsOut(t *testing.T) {
 		Trainer: api.TrainerBuiltinFraud, Triggers: []string{"low_accuracy"}, Window: api.Duration(time.Hour),
 		MinLabelled: 300, Margin: &margin,
 		Rollout: &api.RolloutSpec{Selector: "site=b", AutoPromote: true, Bake: api.Duration(time.Millisecond),
-			Gates: api.Gates{MinLabelled: 100, ShadowMargin: &shadowMargin},
+			Gates:  api.Gates{MinLabelled: 100, ShadowMargin: &shadowMargin},
 			Stages: []api.RolloutStage{{Name: "shadow", Percent: 100, Shadow: true}, {Name: "all", Percent: 100}}},
 	})
 	require.NoError(t, err)
@@ -400,4 +400,96 @@ func TestRetrainExternalTrainer(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return gone(pid) }, 30*time.Second, 20*time.Millisecond, "the trainer's child %d outlived the time limit", pid)
 	assert.False(t, f.Internals().Models.Has("fraud", "v3"))
+}
+
+// A job is stopped by an operator (its trainer killed), and a job
+// interrupted by a control-plane restart runs again from its dataset
+// after the restart, never publishing twice.
+func TestRetrainJobCancelAndRestart(t *testing.T) {
+	dir := t.TempDir()
+	work := t.TempDir()
+	candidate := filepath.Join(work, "candidate.onnx")
+	require.NoError(t, os.WriteFile(candidate, trainFraud(t, 2, fraud.PatternCardTesting).ONNX, 0o600))
+	pidFile := filepath.Join(work, "child.pid")
+	script, err := filepath.Abs("testdata/retrain-trainer.sh")
+	require.NoError(t, err)
+	f := newRetrainFleet(t, func(o *controlplane.Options) {
+		o.DataDir = dir
+		o.Retrain.Trainers = map[string][]string{"t": {"/bin/sh", script, "hang", pidFile}}
+	})
+	ctx := context.Background()
+	drifted, err := fraud.NewGenerator(13, fraud.Params{Pattern: fraud.PatternCardTesting})
+	require.NoError(t, err)
+	f.traffic(t, drifted, 200, 400)
+	margin := 0.05
+	_, err = f.Client.SetRetrainPolicy(ctx, "fraud", api.RetrainPolicy{Trainer: "command:t", MinLabelled: 200, Margin: &margin,
+		TimeLimit: api.Duration(10 * time.Minute)})
+	require.NoError(t, err)
+
+	training := func(c interface {
+		RetrainJob(context.Context, string) (*api.RetrainJob, error)
+	}, id string) int {
+		t.Helper()
+		require.Eventually(t, func() bool {
+			j, err := c.RetrainJob(ctx, id)
+			require.NoError(t, err)
+			require.False(t, j.State.Terminal(), "job: %s", jobText(j))
+			b, err := os.ReadFile(pidFile)
+			return j.State == api.RetrainTraining && err == nil && strings.HasSuffix(string(b), "\n")
+		}, time.Minute, 20*time.Millisecond)
+		b, err := os.ReadFile(pidFile)
+		require.NoError(t, err)
+		require.NoError(t, os.Remove(pidFile))
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		require.NoError(t, err)
+		return pid
+	}
+
+	// Cancel: the trainer's process group is killed, the job ends failed.
+	j, err := f.Client.Retrain(ctx, "fraud", api.RetrainRequest{})
+	require.NoError(t, err)
+	pid := training(f.Client, j.ID)
+	_, err = f.Client.CancelRetrainJob(ctx, j.ID)
+	require.NoError(t, err)
+	j = f.waitJob(t, j.ID)
+	require.Equal(t, api.RetrainFailed, j.State)
+	assert.Contains(t, j.Reason, "cancelled by ")
+	require.Eventually(t, func() bool { return gone(pid) }, 30*time.Second, 20*time.Millisecond, "the cancelled trainer's child lives on")
+	_, err = f.Client.CancelRetrainJob(ctx, j.ID)
+	require.ErrorIs(t, err, api.ErrExists, "a job that is over cannot be cancelled")
+
+	// Restart while training: the trainer dies with the control plane;
+	// the job resumes at the next start (here with a trainer that works)
+	// on the same dataset.
+	j, err = f.Client.Retrain(ctx, "fraud", api.RetrainRequest{})
+	require.NoError(t, err)
+	pid = training(f.Client, j.ID)
+	before, err := f.Client.RetrainJob(ctx, j.ID)
+	require.NoError(t, err)
+	require.NotNil(t, before.Dataset)
+	token := f.Token
+	f.Stop()
+	require.Eventually(t, func() bool { return gone(pid) }, 30*time.Second, 20*time.Millisecond, "the trainer outlived the control plane")
+	second := newTestServer(t, func(o *controlplane.Options) {
+		o.DataDir = dir
+		o.Retrain.Trainers = map[string][]string{"t": {"/bin/sh", script, "ok", candidate}}
+	})
+	c2 := second.WithToken(token)
+	var after *api.RetrainJob
+	require.Eventually(t, func() bool {
+		after, err = c2.RetrainJob(ctx, j.ID)
+		require.NoError(t, err)
+		return after.State.Terminal()
+	}, 2*time.Minute, 20*time.Millisecond)
+	require.Equal(t, api.RetrainPublished, after.State, "job: %s", jobText(after))
+	assert.Equal(t, before.Dataset.SHA256, after.Dataset.SHA256, "the same dataset after the restart")
+	assert.Equal(t, "v2", after.Candidate)
+	resumed := false
+	for _, l := range after.Log {
+		resumed = resumed || strings.Contains(l.Message, "interrupted in training by a control-plane restart")
+	}
+	assert.True(t, resumed, "the log says the job was resumed: %s", jobText(after))
+	mvs, err := c2.Models(ctx)
+	require.NoError(t, err)
+	assert.Len(t, mvs, 2, "v1 and one v2")
 }
