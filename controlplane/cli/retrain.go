@@ -235,7 +235,9 @@ func (a *app) retrainJobsCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "jobs [--model NAME]",
 		Short: "list retrain jobs, newest first",
-		Args:  noArgs,
+		Example: `  edgefleet retrain jobs
+  edgefleet retrain jobs --model fraud`,
+		Args: noArgs,
 		RunE: a.runE(func(cmd *cobra.Command, _ []string) error {
 			c, err := a.client()
 			if err != nil {
@@ -263,7 +265,9 @@ func (a *app) retrainShowCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "show ID",
 		Short: "a retrain job: its state, evaluation and log",
-		Args:  oneArg("job ID"),
+		Example: `  edgefleet retrain show j-6753a1c0-0a1b2c3d
+  edgefleet retrain show j-6753a1c0-0a1b2c3d --json`,
+		Args: oneArg("job ID"),
 		RunE: a.runE(func(cmd *cobra.Command, pos []string) error {
 			c, err := a.client()
 			if err != nil {
@@ -288,9 +292,10 @@ func (a *app) retrainShowCmd() *cobra.Command {
 
 func (a *app) retrainCancelCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "cancel ID",
-		Short: "stop a retrain job (a running trainer is killed)",
-		Args:  oneArg("job ID"),
+		Use:     "cancel ID",
+		Short:   "stop a retrain job (a running trainer is killed)",
+		Example: `  edgefleet retrain cancel j-6753a1c0-0a1b2c3d`,
+		Args:    oneArg("job ID"),
 		RunE: a.runE(func(cmd *cobra.Command, pos []string) error {
 			c, err := a.client()
 			if err != nil {
