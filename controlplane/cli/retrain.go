@@ -97,9 +97,9 @@ replace the whole policy; --trainer is required).
 --trainer is builtin:fraud (logistic regression on the fraud model's features) or
 command:NAME, an external trainer the control plane was started with
 (edgefleet serve --trainer NAME=PROGRAM). An external trainer is run as
-PROGRAM --data DIR --out DIR: DIR holds train.jsonl and holdout.jsonl (dataset rows as
-edgefleet data export writes them), schema.json, manifest.json (the current version's) and
-params.json; it writes OUT/model.onnx and optionally OUT/metadata.json (a manifest JSON
+PROGRAM --data DIR --out DIR: DIR holds train.jsonl (the training rows as edgefleet data
+export writes them; the held-out rows it is judged on are not given), schema.json,
+manifest.json (the current version's) and params.json; it writes OUT/model.onnx and optionally OUT/metadata.json (a manifest JSON
 document with the fields edgefleet model push --meta takes). Its exit status, stdout and
 stderr are kept in the job; past --time-limit its process group is killed.
 

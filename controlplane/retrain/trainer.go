@@ -48,7 +48,7 @@ func (s *Service) train(ctx context.Context, j *api.RetrainJob, ds api.Dataset, 
 	if !ok {
 		return nil, fail("trainer %q: this control plane has no trainer %q (serve --trainer %s=PROGRAM)", j.Policy.Trainer, name, name)
 	}
-	return s.trainCommand(ctx, j, ds, parent, argv, train, holdout)
+	return s.trainCommand(ctx, j, ds, parent, argv, train)
 }
 
 // trainFraud fits internal/fraud's logistic regression to the rows'
@@ -134,7 +134,7 @@ func asFloat(v api.Value) (float64, bool) {
 
 // trainCommand runs an external trainer: PROGRAM ARGS --data DIR --out
 // DIR in its own process group, killed with the group when ctx ends.
-func (s *Service) trainCommand(ctx context.Context, j *api.RetrainJob, ds api.Dataset, parent *efpb.Manifest, argv []string, train, holdout []labelledRow) (*trainResult, error) {
+func (s *Service) trainCommand(ctx context.Context, j *api.RetrainJob, ds api.Dataset, parent *efpb.Manifest, argv []string, train []labelledRow) (*trainResult, error) {
 	dir := filepath.Join(s.opts.WorkDir, j.ID)
 	dataDir, outDir := filepath.Join(dir, "data"), filepath.Join(dir, "out")
 	_ = os.RemoveAll(dir)
@@ -143,7 +143,7 @@ func (s *Service) trainCommand(ctx context.Context, j *api.RetrainJob, ds api.Da
 			return nil, fmt.Errorf("retrain: %w", err)
 		}
 	}
-	if err := writeInputs(dataDir, ds, parent, j.Policy.Params, train, holdout); err != nil {
+	if err := writeInputs(dataDir, ds, parent, j.Policy.Params, train); err != nil {
 		return nil, fmt.Errorf("retrain: write trainer inputs: %w", err)
 	}
 	args := append(slices.Clone(argv[1:]), "--data", dataDir, "--out", outDir)
@@ -192,20 +192,20 @@ func (s *Service) trainCommand(ctx context.Context, j *api.RetrainJob, ds api.Da
 }
 
 // writeInputs writes the external trainer contract's --data directory.
-func writeInputs(dir string, ds api.Dataset, parent *efpb.Manifest, params map[string]string, train, holdout []labelledRow) error {
-	for name, rows := range map[string][]labelledRow{"train.jsonl": train, "holdout.jsonl": holdout} {
-		var b bytes.Buffer
-		for _, r := range rows {
-			line, err := json.Marshal(r)
-			if err != nil {
-				return err
-			}
-			b.Write(line)
-			b.WriteByte('\n')
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), b.Bytes(), 0o600); err != nil {
+// The held-out rows are not in it: a trainer must not see the rows it is
+// judged on.
+func writeInputs(dir string, ds api.Dataset, parent *efpb.Manifest, params map[string]string, train []labelledRow) error {
+	var rows bytes.Buffer
+	for _, r := range train {
+		line, err := json.Marshal(r)
+		if err != nil {
 			return err
 		}
+		rows.Write(line)
+		rows.WriteByte('\n')
+	}
+	if err := os.WriteFile(filepath.Join(dir, "train.jsonl"), rows.Bytes(), 0o600); err != nil {
+		return err
 	}
 	schema, err := json.MarshalIndent(ds.Schema, "", "  ")
 	if err != nil {

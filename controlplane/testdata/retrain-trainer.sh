@@ -15,10 +15,11 @@ while [ $# -gt 0 ]; do
 	*) echo "unknown argument $1" >&2; exit 64 ;;
 	esac
 done
-for f in train.jsonl holdout.jsonl schema.json manifest.json params.json; do
+[ ! -e "$data/holdout.jsonl" ] || { echo "the held-out rows must not be given to a trainer" >&2; exit 66; }
+for f in train.jsonl schema.json manifest.json params.json; do
 	[ -f "$data/$f" ] || { echo "missing $data/$f" >&2; exit 65; }
 done
-echo "training on $(wc -l < "$data/train.jsonl") rows, $(wc -l < "$data/holdout.jsonl") held out"
+echo "training on $(wc -l < "$data/train.jsonl") rows"
 case $mode in
 ok) cp "$model" "$out/model.onnx" ;;
 fail) echo "diverged: loss is NaN" >&2; exit 3 ;;
