@@ -91,24 +91,32 @@ func jobText(j *api.RetrainJob) string {
 }
 
 // The loop closed, with real agents, badger and onnxruntime: site b's
-// fraud pattern changes, its accuracy falls below the rule, the alert
-// starts a retrain job that trains on the captured labelled rows, beats
-// v1 on held-out rows by the margin, is published as v2 with its lineage
-// and rolled out through a shadow stage until the agents serve it. The
-// audit log links alert → job → version → rollout.
+// fraud pattern changes, its accuracy falls below the rule (site a's does
+// not), the alert starts a retrain job that trains on site b's captured
+// labelled rows, beats v1 on held-out rows by the margin, is published as
+// v2 with its lineage and rolled out through a shadow stage to site b
+// until its agents serve it. The audit log links alert → job → version →
+// rollout.
 func TestRetrainFromAlertPublishesAndRollsOut(t *testing.T) {
 	f := newRetrainFleet(t, nil)
 	ctx := context.Background()
+	siteA := f.StartAgent(t, testRuntime, "a-1", map[string]string{"site": "a"}, fastCapture)
+	f.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"a-1"}})
+	waitServes(t, siteA, "fraud", "v1")
+	classic, err := fraud.NewGenerator(8, fraud.Params{})
+	require.NoError(t, err)
+	_, err = siteA.Feedback(ctx, "fraud", fleettest.InferFraud(t, siteA.InferenceAddr(), classic, 200, 20))
+	require.NoError(t, err)
 	drifted, err := fraud.NewGenerator(9, fraud.Params{Pattern: fraud.PatternCardTesting})
 	require.NoError(t, err)
-	f.traffic(t, drifted, 300, 600)
+	f.traffic(t, drifted, 300, 800)
 
 	margin := 0.05
 	shadowMargin := 0.0
 	st, err := f.Client.SetRetrainPolicy(ctx, "fraud", api.RetrainPolicy{
 		Trainer: api.TrainerBuiltinFraud, Triggers: []string{"low_accuracy"}, Window: api.Duration(time.Hour),
-		MinLabelled: 300, Margin: &margin,
-		Rollout: &api.RolloutSpec{Selector: "site=b", AutoPromote: true, Bake: api.Duration(time.Millisecond),
+		MinLabelled: 300, Margin: &margin, SiteScope: api.SiteScopeAlert,
+		Rollout: &api.RolloutSpec{Selector: "site!=none", AutoPromote: true, Bake: api.Duration(time.Millisecond),
 			Gates:  api.Gates{MinLabelled: 100, ShadowMargin: &shadowMargin},
 			Stages: []api.RolloutStage{{Name: "shadow", Percent: 100, Shadow: true}, {Name: "all", Percent: 100}}},
 	})
@@ -121,12 +129,12 @@ func TestRetrainFromAlertPublishesAndRollsOut(t *testing.T) {
 	require.Eventually(t, func() bool {
 		alerts, err := f.Internals().EvaluateAlerts()
 		require.NoError(t, err)
+		found := false
 		for _, a := range alerts {
-			if a.Rule == "low_accuracy" && a.Site == "b" && a.Version == "v1" {
-				return true
-			}
+			require.Equal(t, "b", a.Site, "only site b alerts: %+v", a)
+			found = found || a.Rule == "low_accuracy" && a.Version == "v1"
 		}
-		return false
+		return found
 	}, time.Minute, 50*time.Millisecond, "no low_accuracy alert for site b")
 	var jobs []*api.RetrainJob
 	require.Eventually(t, func() bool {
@@ -141,7 +149,9 @@ func TestRetrainFromAlertPublishesAndRollsOut(t *testing.T) {
 	assert.Equal(t, "v2", j.Candidate)
 	require.NotNil(t, j.Dataset)
 	assert.True(t, j.Dataset.Validation.Passed)
-	assert.Equal(t, 600, j.TrainRows+j.HoldoutRows)
+	assert.Equal(t, 800, j.Dataset.Labelled, "the dataset holds both sites' rows")
+	assert.Equal(t, "b", j.Site)
+	assert.Equal(t, 600, j.TrainRows+j.HoldoutRows, "the job trains on site b's rows")
 	assert.InDelta(t, 150, j.HoldoutRows, 60, "a quarter held out")
 	require.NotNil(t, j.Evaluation)
 	assert.True(t, j.Evaluation.Better)
@@ -154,6 +164,7 @@ func TestRetrainFromAlertPublishesAndRollsOut(t *testing.T) {
 	ro, err := f.Client.Rollout(ctx, j.Rollout, false)
 	require.NoError(t, err)
 	assert.Equal(t, "v2", ro.Spec.Version)
+	assert.Equal(t, "site!=none,site=b", ro.Spec.Selector, "narrowed to the alert's site")
 	assert.True(t, ro.Spec.Stages[0].Shadow)
 	var final *api.Rollout
 	require.Eventually(t, func() bool {
@@ -164,6 +175,7 @@ func TestRetrainFromAlertPublishesAndRollsOut(t *testing.T) {
 		return final.State == api.RolloutCompleted
 	}, 2*time.Minute, 20*time.Millisecond, "rollout: %s", rolloutText{&final})
 	waitServing(t, f.agents, "v2")
+	waitServes(t, siteA, "fraud", "v1")
 
 	// Lineage: v2 names v1, the dataset, the trainer, its figures and
 	// the alert; the API serves it and the CLI prints the chain.
@@ -174,6 +186,7 @@ func TestRetrainFromAlertPublishesAndRollsOut(t *testing.T) {
 	assert.Equal(t, "v2", v2.Version)
 	assert.Equal(t, "v1", v2.Parent)
 	assert.Equal(t, api.TrainerBuiltinFraud, v2.Trainer)
+	assert.Equal(t, "b", v2.Params["site"])
 	assert.Equal(t, "alert:low_accuracy site=b", v2.Trigger)
 	assert.Equal(t, j.ID, v2.Job)
 	require.Len(t, v2.Datasets, 1)

@@ -598,7 +598,7 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 	c.retrain, err = retrain.New(retrain.Options{
 		KV: c.db.Namespace("retrain"), Datasets: c.data, Models: retrainModels{c.models},
 		Fleet: retrainFleet{c.registry, c.models}, Rollouts: c.rollouts, Audit: c.audit, Runtime: rt,
-		WorkDir: filepath.Join(o.DataDir, "retrain"), Trainers: o.Retrain.Trainers, Alerts: alerts.ch,
+		WorkDir: filepath.Join(o.DataDir, "retrain"), Trainers: o.Retrain.Trainers, Alerts: alerts.ch, SiteLabel: o.Monitor.SiteLabel,
 		Clock: o.Clock, Logger: o.Logger,
 	})
 	if err != nil {

@@ -44,6 +44,12 @@ const (
 	TrainerCommandPrefix = "command:"
 )
 
+// Site scopes of a retrain policy.
+const (
+	SiteScopeAll   = "all"
+	SiteScopeAlert = "alert"
+)
+
 // Evaluation metrics a policy can compare on.
 const (
 	MetricAccuracy = "accuracy"
@@ -75,6 +81,11 @@ type RetrainPolicy struct {
 	// Window is the captured data a job trains on: rows of the last
 	// Window (default 7 days).
 	Window Duration `json:"window,omitempty"`
+	// SiteScope is SiteScopeAll (default: every site's rows) or
+	// SiteScopeAlert: a job an alert of one site starts trains and
+	// evaluates on that site's rows only, and its rollout is narrowed to
+	// that site's devices (a model fitted to one site's change goes there).
+	SiteScope string `json:"site_scope,omitempty"`
 	// Trainer is TrainerBuiltinFraud or "command:NAME".
 	Trainer string `json:"trainer"`
 	// Params are passed to the trainer: the builtin takes l2; an external
@@ -124,6 +135,9 @@ func (p RetrainPolicy) WithDefaults() RetrainPolicy {
 	if p.Metric == "" {
 		p.Metric = MetricAccuracy
 	}
+	if p.SiteScope == "" {
+		p.SiteScope = SiteScopeAll
+	}
 	if p.MinLabelled == 0 {
 		p.MinLabelled = DefaultMinLabelled
 	}
@@ -171,6 +185,9 @@ func (p RetrainPolicy) Check(model string) error {
 	}
 	if f := p.HoldoutFraction; math.IsNaN(f) || f < 0 || f > 0.9 {
 		return Errorf(ErrInvalid, "retrain policy: holdout_fraction %v: want (0, 0.9]", f)
+	}
+	if p.SiteScope != "" && p.SiteScope != SiteScopeAll && p.SiteScope != SiteScopeAlert {
+		return Errorf(ErrInvalid, "retrain policy: site_scope %q: want %s or %s", p.SiteScope, SiteScopeAll, SiteScopeAlert)
 	}
 	if p.Metric != "" && p.Metric != MetricAccuracy && p.Metric != MetricF1 {
 		return Errorf(ErrInvalid, "retrain policy: metric %q: want %s or %s", p.Metric, MetricAccuracy, MetricF1)
@@ -260,6 +277,9 @@ type RetrainJob struct {
 	Policy RetrainPolicy `json:"policy"`
 	// Parent is the version the candidate is to replace.
 	Parent string `json:"parent,omitempty"`
+	// Site, when set, is the one site whose rows the job trains and
+	// evaluates on (SiteScopeAlert), and where its rollout goes.
+	Site string `json:"site,omitempty"`
 	// Dataset is the field dataset built for the job, with its report.
 	Dataset *Dataset `json:"dataset,omitempty"`
 	// TrainRows and HoldoutRows split the dataset's labelled rows.

@@ -82,7 +82,7 @@ why. Alerts named in the policy's triggers, and its schedule, start jobs the sam
 
 func (a *app) retrainPolicyCmd() *cobra.Command {
 	var (
-		trainer, metric, rolloutFile          string
+		trainer, metric, rolloutFile, scope   string
 		triggers, params                      stringList
 		window, schedule, timeLimit, cooldown time.Duration
 		holdout, margin                       optFloat
@@ -108,7 +108,7 @@ POST /api/v1/rollouts), the template of the published candidate's rollout; shado
 work as in edgefleet rollout create.`,
 		Example: `  edgefleet retrain policy fraud
   edgefleet retrain policy fraud --trainer builtin:fraud --trigger low_accuracy --trigger accuracy_drop \
-      --window 24h --holdout 0.25 --margin 0.02 --rollout-file rollout.json
+      --window 24h --holdout 0.25 --margin 0.02 --site-scope alert --rollout-file rollout.json
   edgefleet retrain policy fraud --trainer command:xgb --param rounds=200 --time-limit 20m`,
 		Args: oneArg("model NAME"),
 		RunE: a.runE(func(cmd *cobra.Command, pos []string) error {
@@ -118,7 +118,7 @@ work as in edgefleet rollout create.`,
 			}
 			set := cmd.Flags().NFlag() > 0 && trainer != ""
 			if !set && cmd.Flags().NFlag() > 0 {
-				for _, f := range []string{"trigger", "param", "window", "schedule", "time-limit", "cooldown", "holdout", "margin", "min-labelled", "metric", "rollout-file"} {
+				for _, f := range []string{"trigger", "param", "window", "schedule", "time-limit", "cooldown", "holdout", "margin", "min-labelled", "metric", "rollout-file", "site-scope"} {
 					if cmd.Flags().Changed(f) {
 						return usagef("setting a retrain policy needs --trainer (builtin:fraud or command:NAME)")
 					}
@@ -127,7 +127,8 @@ work as in edgefleet rollout create.`,
 			var st api.RetrainStatus
 			if set {
 				p := api.RetrainPolicy{Trainer: trainer, Triggers: triggers, Window: api.Duration(window), Schedule: api.Duration(schedule),
-					TimeLimit: api.Duration(timeLimit), Cooldown: api.Duration(cooldown), MinLabelled: minLabelled, Metric: metric, Margin: margin.v}
+					TimeLimit: api.Duration(timeLimit), Cooldown: api.Duration(cooldown), MinLabelled: minLabelled, Metric: metric, Margin: margin.v,
+					SiteScope: scope}
 				if holdout.v != nil {
 					p.HoldoutFraction = *holdout.v
 				}
@@ -179,8 +180,10 @@ work as in edgefleet rollout create.`,
 	f.Var(&margin, "margin", "how much better (`DELTA` of the metric) the candidate must be (default 0.01)")
 	f.IntVar(&minLabelled, "min-labelled", 0, "labelled rows a job needs (`N`, default 100)")
 	f.StringVar(&metric, "metric", "", "`METRIC` compared: accuracy (default) or f1")
+	f.StringVar(&scope, "site-scope", "", "`SCOPE`: all (default) or alert: a job an alert of one site starts trains and evaluates on that site's rows and rolls out there")
 	f.StringVar(&rolloutFile, "rollout-file", "", "JSON rollout spec (`FILE`) without model and version: the candidate's rollout")
 	enumFlag(c, "metric", api.MetricAccuracy, api.MetricF1)
+	enumFlag(c, "site-scope", api.SiteScopeAll, api.SiteScopeAlert)
 	enumFlag(c, "trigger", api.AlertRules...)
 	return c
 }
@@ -201,6 +204,9 @@ func printRetrainPolicy(w io.Writer, st api.RetrainStatus) {
 		trig += fmt.Sprintf("; every %v (next %s)", time.Duration(p.Schedule), st.NextScheduled.Format(time.RFC3339))
 	}
 	fmt.Fprintf(w, "  triggers: %s (cooldown %v)\n", trig, time.Duration(p.Cooldown))
+	if p.SiteScope == api.SiteScopeAlert {
+		fmt.Fprintln(w, "  site scope: a job an alert of one site starts trains on that site's rows and rolls out there")
+	}
 	fmt.Fprintf(w, "  needs %d labelled rows; training limited to %v\n", p.MinLabelled, time.Duration(p.TimeLimit))
 	if len(p.Params) > 0 {
 		var kv []string
@@ -316,7 +322,11 @@ func printJob(w io.Writer, j *api.RetrainJob) {
 	if j.Reason != "" {
 		fmt.Fprintf(w, "  reason: %s\n", j.Reason)
 	}
-	fmt.Fprintf(w, "  trigger: %s; parent %s; trainer %s\n", j.Trigger, orNone(j.Parent), j.Policy.Trainer)
+	fmt.Fprintf(w, "  trigger: %s; parent %s; trainer %s", j.Trigger, orNone(j.Parent), j.Policy.Trainer)
+	if j.Site != "" {
+		fmt.Fprintf(w, "; rows of site %s only", j.Site)
+	}
+	fmt.Fprintln(w)
 	if ds := j.Dataset; ds != nil {
 		fmt.Fprintf(w, "  dataset %d (%s): %d rows, %d labelled, validation %s; %d train / %d held out\n",
 			ds.Version, ds.SHA256[:12], ds.Rows, ds.Labelled, passFail(ds.Validation.Passed), j.TrainRows, j.HoldoutRows)

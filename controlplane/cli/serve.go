@@ -64,6 +64,7 @@ written to --token-file if given).`,
 	f.Float64Var(&rules.MinAccuracy, "alert-min-accuracy", 0, "alert when accuracy falls below this `FRACTION` (0: off)")
 	f.Float64Var(&rules.MaxAccuracyDrop, "alert-max-accuracy-drop", 0, "alert when accuracy drops by more than this `FRACTION` vs the previous window (0: off)")
 	f.DurationVar(&rules.Window, "alert-window", 0, "time window the alert rules evaluate (`DURATION`, at least 1m; default 15m)")
+	f.DurationVar(&opts.Monitor.Interval, "alert-interval", 0, "evaluate the alert rules every `DURATION` (default 1m)")
 	f.StringVar(&opts.Monitor.WebhookURL, "webhook-url", "", "POST every alert here (`URL`) as signed JSON (the retrain hook)")
 	f.StringVar(&sf.webhookSecretFile, "webhook-secret-file", "", "`FILE` holding the webhook's HMAC-SHA256 key (env "+EnvWebhookSecretFile+")")
 	f.Var(&sf.trainers, "trainer", "external retrain trainer `NAME=PROGRAM` a retrain policy may name as command:NAME; run as PROGRAM --data DIR --out DIR (repeatable)")

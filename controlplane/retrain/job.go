@@ -120,6 +120,13 @@ func (s *Service) runJob(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	if j.Site != "" {
+		all := len(rows)
+		rows = slices.DeleteFunc(rows, func(r labelledRow) bool { return r.Site != j.Site })
+		if j, err = s.update(id, "", fmt.Sprintf("site scope: %d of the %d labelled rows are from site %s", len(rows), all, j.Site), nil); err != nil {
+			return err
+		}
+	}
 	train, holdout := split(rows, j.Policy.HoldoutFraction)
 	if n := len(train) + len(holdout); n < j.Policy.MinLabelled {
 		return fail("dataset %d has %d labelled rows; the policy needs %d (min_labelled)", ds.Version, n, j.Policy.MinLabelled)
@@ -182,8 +189,15 @@ func (s *Service) runJob(ctx context.Context, id string) error {
 	ti.Datasets = []*efpb.DatasetRef{{Model: ds.Model, Version: uint32(ds.Version), Sha256: ds.SHA256, Rows: uint64(ds.Rows)}}
 	ti.Trainer = j.Policy.Trainer
 	ti.TrainerParams = nil
-	for _, k := range slices.Sorted(maps.Keys(res.params)) {
-		ti.TrainerParams = append(ti.TrainerParams, &efpb.KeyValue{Key: k, Value: res.params[k]})
+	params := maps.Clone(res.params)
+	if j.Site != "" {
+		if params == nil {
+			params = map[string]string{}
+		}
+		params["site"] = j.Site
+	}
+	for _, k := range slices.Sorted(maps.Keys(params)) {
+		ti.TrainerParams = append(ti.TrainerParams, &efpb.KeyValue{Key: k, Value: params[k]})
 	}
 	ti.Evaluation = []*efpb.Metric{
 		{Name: "holdout_rows", Value: float64(ev.Rows)},
@@ -234,6 +248,9 @@ func (s *Service) rollout(ctx context.Context, j *api.RetrainJob) error {
 	spec := *tmpl
 	spec.Model, spec.Version = j.Model, j.Candidate
 	spec.Stages = slices.Clone(tmpl.Stages)
+	if j.Site != "" { // a model fitted to one site's rows goes to that site
+		spec.Selector = strings.TrimPrefix(spec.Selector+","+s.opts.SiteLabel+"="+j.Site, ",")
+	}
 	r, err := s.opts.Rollouts.Create(ctx, spec, "retrain/"+j.ID)
 	if err != nil {
 		return fail("published %s, but its rollout was refused: %v (start one by hand: edgefleet rollout create)", j.Candidate, err)

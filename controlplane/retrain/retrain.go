@@ -102,6 +102,9 @@ type Options struct {
 	Trainers map[string][]string
 	// Alerts are monitoring alerts; nil: none.
 	Alerts <-chan Alert
+	// SiteLabel is the device label naming a device's site (a rollout
+	// of a site-scoped job is narrowed with it); default "site".
+	SiteLabel string
 	// TickInterval is how often schedules are checked; default
 	// DefaultTickInterval.
 	TickInterval time.Duration
@@ -141,6 +144,9 @@ type policyRecord struct {
 func New(o Options) (*Service, error) {
 	if o.KV == nil || o.Datasets == nil || o.Models == nil || o.Fleet == nil || o.Rollouts == nil || o.WorkDir == "" {
 		return nil, errors.New("retrain: KV, Datasets, Models, Fleet, Rollouts and WorkDir are required")
+	}
+	if o.SiteLabel == "" {
+		o.SiteLabel = "site"
 	}
 	if o.TickInterval <= 0 {
 		o.TickInterval = DefaultTickInterval
@@ -292,18 +298,19 @@ func (s *Service) Start(model, actor string, req api.RetrainRequest) (*api.Retra
 	if req.Reason != "" {
 		details["reason"] = req.Reason
 	}
-	return s.enqueue(model, parent, "manual:"+actor, actor, rec.Policy, details)
+	return s.enqueue(model, parent, "", "manual:"+actor, actor, rec.Policy, details)
 }
 
 // enqueue records a new queued job, unless one of model is unfinished.
-func (s *Service) enqueue(model, parent, trigger, actor string, p api.RetrainPolicy, details map[string]any) (*api.RetrainJob, error) {
+// site, if set, scopes the job to one site's rows.
+func (s *Service) enqueue(model, parent, site, trigger, actor string, p api.RetrainPolicy, details map[string]any) (*api.RetrainJob, error) {
 	now := s.opts.Clock().UTC()
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	j := &api.RetrainJob{
 		ID:    fmt.Sprintf("j-%x-%s", now.Unix(), hex.EncodeToString(b)),
 		Model: model, State: api.RetrainQueued, Trigger: trigger, Created: now, Updated: now,
-		Policy: p.WithDefaults(), Parent: parent,
+		Policy: p.WithDefaults(), Parent: parent, Site: site,
 		Log: []api.RetrainLogEntry{{Time: now, State: api.RetrainQueued, Message: "queued by " + trigger}},
 	}
 	s.mu.Lock()
@@ -321,6 +328,9 @@ func (s *Service) enqueue(model, parent, trigger, actor string, p api.RetrainPol
 	out := clone(j)
 	s.mu.Unlock()
 	details["trigger"], details["parent"], details["trainer"] = trigger, parent, p.Trainer
+	if site != "" {
+		details["site"] = site
+	}
 	s.audit(actor, "retrain.start", j.ID, "ok", details)
 	s.log.Info("retrain job queued", "job", j.ID, "model", model, "trigger", trigger, "parent", parent)
 	s.poke()
@@ -556,7 +566,11 @@ func (s *Service) onAlert(a Alert) {
 	}
 	details := map[string]any{"alert": map[string]any{"rule": a.Rule, "version": a.Version, "site": a.Site, "feature": a.Feature,
 		"value": a.Value, "threshold": a.Threshold}}
-	if _, err := s.enqueue(a.Model, a.Version, trigger, "system", rec.Policy, details); err != nil {
+	site := ""
+	if rec.Policy.SiteScope == api.SiteScopeAlert {
+		site = a.Site
+	}
+	if _, err := s.enqueue(a.Model, a.Version, site, trigger, "system", rec.Policy, details); err != nil {
 		s.log.Info("alert did not start a retrain job", "model", a.Model, "rule", a.Rule, "err", err)
 	}
 }
@@ -619,7 +633,7 @@ func (s *Service) Tick() {
 			continue
 		}
 		parent, _ := s.opts.Fleet.Current(model)
-		if _, err := s.enqueue(model, parent, "schedule", "system", rec.Policy, map[string]any{}); err != nil {
+		if _, err := s.enqueue(model, parent, "", "schedule", "system", rec.Policy, map[string]any{}); err != nil {
 			s.log.Info("schedule did not start a retrain job", "model", model, "err", err)
 		}
 	}

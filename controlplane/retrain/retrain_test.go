@@ -110,6 +110,16 @@ func TestAlertsStartJobsPerPolicy(t *testing.T) {
 	m, err := s.Start("fraud", "alice", api.RetrainRequest{Reason: "new labels"})
 	require.NoError(t, err, "manual jobs ignore the cooldown")
 	assert.Equal(t, "manual:alice", m.Trigger)
+	assert.Empty(t, m.Site)
+	_, err = s.finish(m.ID, api.RetrainFailed, "test")
+	require.NoError(t, err)
+
+	// Site scope: an alert's job trains on its site's rows.
+	_, err = s.SetPolicy("fraud", api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud, Triggers: []string{"low_accuracy"}, SiteScope: api.SiteScopeAlert})
+	require.NoError(t, err)
+	clock.Add(2 * time.Hour)
+	s.onAlert(alert)
+	assert.Equal(t, "b", s.Jobs("")[0].Site)
 }
 
 func TestScheduleStartsJobs(t *testing.T) {
