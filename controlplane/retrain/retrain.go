@@ -36,6 +36,8 @@ const (
 	DefaultTickInterval = time.Minute
 	// DefaultAlertQueue bounds the alerts waiting for the worker.
 	DefaultAlertQueue = 64
+	// JobsKept is how many ended jobs are kept per model (the newest).
+	JobsKept = 50
 )
 
 // Datasets builds and reads the field datasets (controlplane/data).
@@ -118,6 +120,11 @@ type Service struct {
 	opts Options
 	log  *slog.Logger
 	wake chan struct{}
+
+	// policyMu serialises the read-modify-write of policy records (an
+	// operator's SetPolicy and the schedule's LastScheduled). Taken
+	// before mu, never while holding it.
+	policyMu sync.Mutex
 
 	// mu guards jobs, running and cancel. A leaf lock: nothing is called
 	// with it held but the store.
@@ -210,6 +217,8 @@ func (s *Service) SetPolicy(model string, p api.RetrainPolicy) (api.RetrainStatu
 	if p.Rollout != nil {
 		p.Rollout.Model, p.Rollout.Version = "", ""
 	}
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
 	rec, _, err := s.policy(model)
 	if err != nil {
 		return api.RetrainStatus{}, err
@@ -326,6 +335,7 @@ func (s *Service) enqueue(model, parent, site, trigger, actor string, p api.Retr
 	}
 	s.jobs[j.ID] = j
 	out := clone(j)
+	s.pruneLocked(model)
 	s.mu.Unlock()
 	details["trigger"], details["parent"], details["trainer"] = trigger, parent, p.Trainer
 	if site != "" {
@@ -335,6 +345,28 @@ func (s *Service) enqueue(model, parent, site, trigger, actor string, p api.Retr
 	s.log.Info("retrain job queued", "job", j.ID, "model", model, "trigger", trigger, "parent", parent)
 	s.poke()
 	return out, nil
+}
+
+// pruneLocked deletes model's oldest ended jobs beyond JobsKept; s.mu is
+// held.
+func (s *Service) pruneLocked(model string) {
+	var ended []*api.RetrainJob
+	for _, j := range s.jobs {
+		if j.Model == model && j.State.Terminal() {
+			ended = append(ended, j)
+		}
+	}
+	if len(ended) <= JobsKept {
+		return
+	}
+	slices.SortFunc(ended, func(a, b *api.RetrainJob) int { return a.Created.Compare(b.Created) })
+	for _, j := range ended[:len(ended)-JobsKept] {
+		if err := s.opts.KV.Delete(prefixJob + j.ID); err != nil {
+			s.log.Warn("retrain: delete an old job", "job", j.ID, "err", err)
+			continue
+		}
+		delete(s.jobs, j.ID)
+	}
 }
 
 func (s *Service) poke() {
@@ -404,9 +436,17 @@ func (s *Service) Cancel(id, actor string) (*api.RetrainJob, error) {
 		s.audit(actor, "retrain.cancel", id, "ok", map[string]any{"state": string(out.State)})
 		return out, nil
 	}
+	// Queued: it ends here, under the lock, so the worker cannot start it
+	// in between.
+	reason := "cancelled by " + actor + " before it started"
+	out, err := s.updateLocked(id, api.RetrainFailed, reason, func(j *api.RetrainJob) { j.Reason = reason })
 	s.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
 	s.audit(actor, "retrain.cancel", id, "ok", map[string]any{"state": string(api.RetrainQueued)})
-	return s.finish(id, api.RetrainFailed, "cancelled by "+actor+" before it started")
+	s.log.Info("retrain job ended", "job", id, "model", out.Model, "state", out.State, "reason", reason)
+	return out, nil
 }
 
 func (s *Service) audit(actor, action, target, result string, details map[string]any) {
@@ -423,6 +463,11 @@ func (s *Service) audit(actor, action, target, result string, details map[string
 func (s *Service) update(id string, state api.RetrainState, msg string, fn func(j *api.RetrainJob)) (*api.RetrainJob, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.updateLocked(id, state, msg, fn)
+}
+
+// updateLocked is update with s.mu held.
+func (s *Service) updateLocked(id string, state api.RetrainState, msg string, fn func(j *api.RetrainJob)) (*api.RetrainJob, error) {
 	j, ok := s.jobs[id]
 	if !ok {
 		return nil, fmt.Errorf("retrain: job %s vanished", id)
@@ -619,13 +664,17 @@ func (s *Service) Tick() {
 		return
 	}
 	for _, model := range due {
+		s.policyMu.Lock()
 		rec, ok, err := s.policy(model)
-		if err != nil || !ok {
-			continue
+		if err == nil && ok {
+			rec.LastScheduled = now
+			err = s.opts.KV.SetJSON(prefixPolicy+model, rec, true)
 		}
-		rec.LastScheduled = now
-		if err := s.opts.KV.SetJSON(prefixPolicy+model, rec, true); err != nil {
-			s.log.Error("retrain schedule", "err", err)
+		s.policyMu.Unlock()
+		if err != nil || !ok {
+			if err != nil {
+				s.log.Error("retrain schedule", "err", err)
+			}
 			continue
 		}
 		if why := s.blocked(model, rec.Policy.WithDefaults()); why != "" {
