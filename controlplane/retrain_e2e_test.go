@@ -270,10 +270,16 @@ func TestRetrainRejectedAndRefused(t *testing.T) {
 		require.NoError(t, err)
 	}
 	waitCaptured(t, f.Client, "fraud", 1000, 1000)
-	// Jobs from `edgefleet retrain` ignore the cooldown.
-	j, err = f.Client.Retrain(ctx, "fraud", api.RetrainRequest{})
+	// Jobs from `edgefleet retrain` ignore the cooldown; --wait prints
+	// the job and fails with its reason.
+	out, errOut, code = runCLI(f.testServer, "retrain", "fraud", "--wait", "2m")
+	require.Equal(t, 1, code, "stdout %s\nstderr %s", out, errOut)
+	assert.Contains(t, out, "queued")
+	assert.Contains(t, errOut, "failed validation")
+	jobs, err := f.Client.RetrainJobs(ctx, "fraud")
 	require.NoError(t, err)
-	j = f.waitJob(t, j.ID)
+	require.Len(t, jobs, 2)
+	j = f.waitJob(t, jobs[0].ID)
 	require.Equal(t, api.RetrainFailed, j.State, "job: %s", jobText(j))
 	assert.Contains(t, j.Reason, "failed validation")
 	assert.Contains(t, j.Reason, "duplicates")
