@@ -565,21 +565,16 @@ func (s *Service) runQueued(ctx context.Context) {
 // runs again from its dataset (which is content-addressed, so the same).
 func (s *Service) resume() {
 	s.mu.Lock()
-	var ids []string
+	interrupted := map[string]api.RetrainState{}
 	for id, j := range s.jobs {
 		if !j.State.Terminal() && j.State != api.RetrainQueued {
-			ids = append(ids, id)
+			interrupted[id] = j.State
 		}
 	}
 	s.mu.Unlock()
-	for _, id := range ids {
-		j, err := s.update(id, "", "", nil)
-		if err != nil {
-			s.log.Error("resume retrain job", "job", id, "err", err)
-			continue
-		}
-		msg := fmt.Sprintf("interrupted in %s by a control-plane restart; runs again from its dataset", j.State)
-		if j.State == api.RetrainPublishing {
+	for id, state := range interrupted {
+		msg := fmt.Sprintf("interrupted in %s by a control-plane restart; runs again from its dataset", state)
+		if state == api.RetrainPublishing {
 			msg = "interrupted while publishing by a control-plane restart; resumes from what was published"
 		}
 		if _, err := s.update(id, api.RetrainQueued, msg, nil); err != nil {
