@@ -10,6 +10,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/ingest"
 	"github.com/edgefleet/edgefleet/controlplane/keys"
 	"github.com/edgefleet/edgefleet/controlplane/models"
+	"github.com/edgefleet/edgefleet/controlplane/monitor"
 	"github.com/edgefleet/edgefleet/internal/store"
 	"github.com/edgefleet/edgefleet/internal/topics"
 )
@@ -30,6 +31,10 @@ type Internals struct {
 	OnStatus, OnFetch, OnPresence, OnTelemetry func(topic string, payload []byte)
 	// Renew re-signs what is due, as the hourly renewal does.
 	Renew func(ctx context.Context) error
+	// EvaluateAlerts runs the alert rules now, as the monitoring loop
+	// does every Monitor.Interval (raised alerts reach the webhook and
+	// retraining).
+	EvaluateAlerts func() ([]monitor.Alert, error)
 }
 
 // Internals returns the parts of a ready control plane.
@@ -40,6 +45,7 @@ func (s *Server) Internals() Internals {
 		Registry: c.registry, Fleet: c.fleet, Models: c.models, Ingest: c.ingest,
 		KV: c.db.Namespace("cp"), Keys: s.keys, Scheme: s.scheme, Metrics: s.metrics, Bus: c.bus,
 		OnStatus: h.status, OnFetch: h.fetch, OnPresence: h.presence, OnTelemetry: h.telemetry,
+		EvaluateAlerts: c.monitor.Evaluate,
 		Renew: func(ctx context.Context) error {
 			if err := c.models.Renew(ctx); err != nil {
 				return err

@@ -37,6 +37,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/keys"
 	"github.com/edgefleet/edgefleet/controlplane/models"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
+	"github.com/edgefleet/edgefleet/controlplane/retrain"
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
 	"github.com/edgefleet/edgefleet/controlplane/sites"
 	"github.com/edgefleet/edgefleet/internal/infer"
@@ -156,6 +157,9 @@ type Options struct {
 	// Data configures field data capture: retention of captured rows and
 	// datasets.
 	Data DataConfig
+	// Retrain configures retrain jobs: the external trainers policies may
+	// name.
+	Retrain RetrainConfig
 	// Console configures the web console under /ui/ (sessions, live
 	// updates); the zero value takes its documented defaults.
 	Console console.Config
@@ -204,6 +208,7 @@ type components struct {
 	sites    *sites.Service
 	monitor  *monitor.Service
 	rollouts *rollout.Engine
+	retrain  *retrain.Service // retrain policies and jobs
 	api      *httpapi.API
 	console  *console.Console
 	// kick wakes the rollout loop after a device status event.
@@ -414,6 +419,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	wg.Go(func() { s.rolloutLoop(ctx, c) })
 	wg.Go(func() { c.monitor.Run(ctx) })
 	wg.Go(func() { c.data.Run(ctx) })
+	wg.Go(func() { c.retrain.Run(ctx) })
 	wg.Go(func() { c.sites.Run(ctx) })
 	wg.Go(func() { c.acks.Run(ctx) })
 	if eb, ok := c.bus.(*bus.External); ok {
@@ -557,9 +563,10 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 		_ = c.bus.Close()
 		return nil, err
 	}
+	alerts := newAlertFeed(s.log)
 	c.monitor, err = monitor.NewService(monitor.ServiceOptions{
 		Config: o.Monitor, KV: c.db.Namespace("monitor"), Models: c.models, Devices: c.registry,
-		Audit: c.audit, Ingest: c.ingest, Acker: c.acks, Registerer: s.metrics, Clock: o.Clock, Logger: o.Logger,
+		Audit: c.audit, Retrainer: alerts, Ingest: c.ingest, Acker: c.acks, Registerer: s.metrics, Clock: o.Clock, Logger: o.Logger,
 	})
 	if err != nil {
 		_ = c.bus.Close()
@@ -588,9 +595,18 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 	if err != nil {
 		return nil, err
 	}
+	c.retrain, err = retrain.New(retrain.Options{
+		KV: c.db.Namespace("retrain"), Datasets: c.data, Models: retrainModels{c.models},
+		Fleet: retrainFleet{c.registry, c.models}, Rollouts: c.rollouts, Audit: c.audit, Runtime: rt,
+		WorkDir: filepath.Join(o.DataDir, "retrain"), Trainers: o.Retrain.Trainers, Alerts: alerts.ch, SiteLabel: o.Monitor.SiteLabel,
+		Clock: o.Clock, Logger: o.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
 	ao := httpapi.Options{
 		Fleet: c.fleet, Models: c.models, Rollouts: c.rollouts, Metrics: c.monitor.Aggregator(), Audit: c.audit,
-		Data: dataAPI{c.data, c.fleet}, Sites: c.sites, KV: kv, Prometheus: promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}), Registerer: s.metrics,
+		Data: dataAPI{c.data, c.fleet}, Retrain: retrainAPI{c.retrain, c.models}, Sites: c.sites, KV: kv, Prometheus: promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}), Registerer: s.metrics,
 		Clock: o.Clock, Logger: o.Logger,
 	}
 	if ao.Broker, ao.NoBroker, err = s.brokerAuth(c.registry); err != nil {

@@ -61,8 +61,16 @@ func TestRouteRoles(t *testing.T) {
 		"POST /api/v1/models/{name}/datasets":                 RoleOperator,
 		"GET /api/v1/models/{name}/datasets/{version}":        RoleViewer,
 		"GET /api/v1/models/{name}/datasets/{version}/export": RoleViewer,
-		"GET /api/v1/sites":                                   RoleViewer,
-		"POST /api/v1/sites/{site}/rotate-key":                RoleAdmin,
+		// Retraining and lineage.
+		"GET /api/v1/models/{name}/retrain":       RoleViewer,
+		"PUT /api/v1/models/{name}/retrain":       RoleOperator,
+		"POST /api/v1/models/{name}/retrain/jobs": RoleOperator,
+		"GET /api/v1/retrain/jobs":                RoleViewer,
+		"GET /api/v1/retrain/jobs/{id}":           RoleViewer,
+		"POST /api/v1/retrain/jobs/{id}/cancel":   RoleOperator,
+		"GET /api/v1/models/{name}/lineage":       RoleViewer,
+		"GET /api/v1/sites":                       RoleViewer,
+		"POST /api/v1/sites/{site}/rotate-key":    RoleAdmin,
 	}
 	seen := map[string]bool{}
 	for _, r := range Routes() {

@@ -115,6 +115,7 @@ func Routes() []Route {
 	for _, a := range RolloutActions() {
 		rs = append(rs, Route{Method: "POST", Pattern: PathRolloutAction(a), Role: RoleOperator, Summary: string(a) + " a rollout"})
 	}
-	rs = append(rs, dataRoutes()...) // field data capture and datasets (data.go)
+	rs = append(rs, dataRoutes()...)    // field data capture and datasets (data.go)
+	rs = append(rs, retrainRoutes()...) // retraining and lineage (retrain.go)
 	return rs
 }

@@ -1,7 +1,7 @@
 // Package audit is the control plane's append-only record of every operator
 // action and every automatic decision, with the figures behind it. Imported
 // by controlplane, controlplane/console, controlplane/httpapi,
-// controlplane/monitor and controlplane/rollout.
+// controlplane/monitor, controlplane/retrain and controlplane/rollout.
 package audit
 
 import (

@@ -84,7 +84,7 @@ func (a *app) modelCmd() *cobra.Command {
 	return group(&cobra.Command{
 		Use:   "model <command>",
 		Short: "train, inspect and upload model versions",
-	}, a.modelTrainCmd(), a.modelInspectCmd(), a.modelPushCmd())
+	}, a.modelTrainCmd(), a.modelInspectCmd(), a.modelPushCmd(), a.modelLineageCmd())
 }
 
 func (a *app) modelTrainCmd() *cobra.Command {

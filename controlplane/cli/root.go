@@ -70,7 +70,8 @@ authenticate with --token or --token-file.`,
 	add(groupControlPlane, a.serveCmd(), a.keysCmd(), a.tokenCmd(), a.brokerCmd())
 	add(groupFleet, a.modelCmd(), a.modelsCmd(), a.deviceCmd(), a.devicesCmd(), a.siteCmd(), a.sitesCmd(), a.deployCmd())
 	add(groupRollouts, a.rolloutCmd(), a.metricsCmd(), a.auditCmd())
-	add(groupRollouts, a.dataCmd()) // field data capture and datasets (data.go)
+	add(groupRollouts, a.dataCmd())    // field data capture and datasets (data.go)
+	add(groupRollouts, a.retrainCmd()) // retraining (retrain.go)
 	add(groupOther, a.demoCmd(), a.healthCmd(), a.completionCmd(), a.versionCmd())
 	help := helpCmd()
 	help.GroupID = groupOther

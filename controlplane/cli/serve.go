@@ -64,8 +64,10 @@ written to --token-file if given).`,
 	f.Float64Var(&rules.MinAccuracy, "alert-min-accuracy", 0, "alert when accuracy falls below this `FRACTION` (0: off)")
 	f.Float64Var(&rules.MaxAccuracyDrop, "alert-max-accuracy-drop", 0, "alert when accuracy drops by more than this `FRACTION` vs the previous window (0: off)")
 	f.DurationVar(&rules.Window, "alert-window", 0, "time window the alert rules evaluate (`DURATION`, at least 1m; default 15m)")
+	f.DurationVar(&opts.Monitor.Interval, "alert-interval", 0, "evaluate the alert rules every `DURATION` (default 1m)")
 	f.StringVar(&opts.Monitor.WebhookURL, "webhook-url", "", "POST every alert here (`URL`) as signed JSON (the retrain hook)")
 	f.StringVar(&sf.webhookSecretFile, "webhook-secret-file", "", "`FILE` holding the webhook's HMAC-SHA256 key (env "+EnvWebhookSecretFile+")")
+	f.Var(&sf.trainers, "trainer", "external retrain trainer `NAME=PROGRAM` a retrain policy may name as command:NAME; run as PROGRAM --data DIR --out DIR (repeatable)")
 	enumFlag(c, "log-level", "debug", "info", "warn", "error")
 	enumFlag(c, "log-format", "text", "json")
 	c.RunE = a.runE(func(cmd *cobra.Command, _ []string) error {
@@ -86,6 +88,7 @@ type serveFlags struct {
 	logLevel, logFormat       string
 	tlsCert, tlsKey, clientCA string
 	webhookSecretFile         string
+	trainers                  stringList
 }
 
 // serve runs the control plane until ctx ends.
@@ -116,6 +119,16 @@ func (a *app) serve(ctx context.Context, opts controlplane.Options, sf serveFlag
 		if opts.Monitor.WebhookSecret = bytes.TrimSpace(secret); len(opts.Monitor.WebhookSecret) == 0 {
 			return fmt.Errorf("webhook secret file %s is empty", sf.webhookSecretFile)
 		}
+	}
+	for _, t := range sf.trainers {
+		name, prog, ok := strings.Cut(t, "=")
+		if !ok || name == "" || prog == "" {
+			return usagef("--trainer %q: want NAME=PROGRAM", t)
+		}
+		if opts.Retrain.Trainers == nil {
+			opts.Retrain.Trainers = map[string][]string{}
+		}
+		opts.Retrain.Trainers[name] = []string{prog}
 	}
 	if opts.Logger, err = a.logger(sf.logLevel, sf.logFormat); err != nil {
 		return err

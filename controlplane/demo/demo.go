@@ -1,6 +1,8 @@
 // Package demo runs edgefleet's main job end to end with the real binaries:
 // a control plane with its embedded broker, three agent processes, two
-// trained fraud-model versions pushed and deployed, and live inference.
+// trained fraud-model versions pushed and deployed, live inference, and
+// the MLOps loop (capture, an accuracy alert at one site, a retrain job,
+// a shadow rollout, lineage).
 // Imported by controlplane/cli (`edgefleet demo`, `make demo`).
 package demo
 
@@ -53,8 +55,8 @@ type run struct {
 }
 
 type device struct {
-	id, dir, inference string
-	pid                int
+	id, dir, inference, site string
+	pid                      int
 }
 
 // agentRSS reports each agent process's resident memory.
@@ -106,7 +108,7 @@ func Run(ctx context.Context, opts Options) (err error) {
 			err = stopErr
 		}
 	}()
-	steps, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	steps, cancel := context.WithTimeout(ctx, 8*time.Minute)
 	defer cancel()
 	if err := r.main(steps); err != nil || !opts.Keep {
 		return err
@@ -190,6 +192,10 @@ func (r *run) main(ctx context.Context) error {
 		return err
 	}
 
+	if err := r.retrainLoop(ctx); err != nil {
+		return err
+	}
+
 	r.step("Fleet table")
 	if err := r.cli(ctx, "devices"); err != nil {
 		return err
@@ -247,7 +253,9 @@ func (r *run) startControlPlane(ctx context.Context) error {
 	tokenFile := r.path("admin.token")
 	p, err := r.spawn("control plane", r.path("controlplane.log"), filepath.Join(r.opts.BinDir, "edgefleet"),
 		"serve", "--data-dir", r.path("controlplane"), "--listen", apiAddr, "--mqtt-listen", mqttAddr,
-		"--token-file", tokenFile)
+		"--token-file", tokenFile,
+		// The MLOps loop's step: accuracy alerts, evaluated every 2s.
+		"--alert-min-accuracy", "0.85", "--alert-window", "1m", "--alert-interval", "2s")
 	if err != nil {
 		return err
 	}
@@ -274,7 +282,7 @@ func (r *run) startControlPlane(ctx context.Context) error {
 }
 
 func (r *run) addDevice(ctx context.Context, i int) error {
-	d := device{id: fmt.Sprintf("dev-%d", i), dir: r.path(fmt.Sprintf("dev-%d", i))}
+	d := device{id: fmt.Sprintf("dev-%d", i), dir: r.path(fmt.Sprintf("dev-%d", i)), site: fmt.Sprintf("plant-%d", (i+1)/2)}
 	addr, err := freeAddr()
 	if err != nil {
 		return err
@@ -284,8 +292,12 @@ func (r *run) addDevice(ctx context.Context, i int) error {
 		return fmt.Errorf("demo: %w", err)
 	}
 	cfg := filepath.Join(d.dir, "agent.yaml")
-	if err := r.cli(ctx, "device", "add", d.id, "--label", "fleet=demo", "--label", fmt.Sprintf("site=plant-%d", (i+1)/2),
+	if err := r.cli(ctx, "device", "add", d.id, "--label", "fleet=demo", "--label", "site="+d.site,
 		"--config-out", cfg, "--data-dir", d.dir, "--inference-listen", addr); err != nil {
+		return err
+	}
+	// Telemetry every 2s (default 30s), so the demo's alert comes soon.
+	if err := appendFile(cfg, "heartbeat_interval: 2s\n"); err != nil {
 		return err
 	}
 	p, err := r.spawn(d.id, filepath.Join(d.dir, "agent.log"), filepath.Join(r.opts.BinDir, "edgefleet-agent"), "--config", cfg)
@@ -358,7 +370,8 @@ func freeAddr() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-// waitFor polls cond until it holds, the process exits, or the time is up.
+// waitFor polls cond until it holds, the process p (if not nil) exits, or
+// the time is up.
 func waitFor(ctx context.Context, limit time.Duration, p *proc, cond func() bool) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
@@ -368,9 +381,13 @@ func waitFor(ctx context.Context, limit time.Duration, p *proc, cond func() bool
 		if cond() {
 			return nil
 		}
+		var done chan error // nil (never ready) without a process
+		if p != nil {
+			done = p.done
+		}
 		select {
-		case err := <-p.done:
-			p.done <- err
+		case err := <-done:
+			done <- err
 			return fmt.Errorf("%s exited: %v", p.name, err)
 		case <-ctx.Done():
 			return ctx.Err()

@@ -34,5 +34,14 @@ func TestDemo(t *testing.T) {
 	assert.Regexp(t, `\d+ inference requests during the switch, 0 failed`, text)
 	assert.Regexp(t, `electronics, 3am, risky merchant, abroad\s+fraud probability (0\.9\d\d|1\.000)\s+FRAUD`, text)
 	assert.Regexp(t, `coffee, 8am, local shop, old card\s+fraud probability 0\.0\d\d\s+ok`, text)
+	// The MLOps loop: the alert of the drifted site only, a job that
+	// publishes a better candidate, its shadow rollout, the lineage.
+	assert.Regexp(t, `monitor\.alert\.low_accuracy\s+fraud@2\.0\.0`, text)
+	assert.Contains(t, text, "trigger: alert:low_accuracy site=plant-2; parent 2.0.0; trainer builtin:fraud; rows of site plant-2 only")
+	assert.Contains(t, text, "published 2.0.1 and started rollout")
+	assert.Regexp(t, `rollout r-\w+\s+fraud@2\.0\.1\s+selector fleet=demo,site=plant-2\s+state:\s+completed`, text)
+	assert.Regexp(t, `plant-2 accuracy on new traffic: 2\.0\.0 0\.\d+ → 2\.0\.1 0\.\d+`, text)
+	assert.Contains(t, text, "fraud 2.0.1")
+	assert.Contains(t, text, "trigger: alert:low_accuracy site=plant-2 (job j-")
 	assert.Contains(t, text, "Demo finished in")
 }

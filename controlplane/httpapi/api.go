@@ -57,7 +57,8 @@ func (a *API) handlers() map[string]http.Handler {
 	for _, act := range api.RolloutActions() {
 		hs["POST "+api.PathRolloutAction(act)] = a.rolloutActionHandler(act)
 	}
-	a.dataHandlers(hs) // field data capture and datasets (data.go)
+	a.dataHandlers(hs)    // field data capture and datasets (data.go)
+	a.retrainHandlers(hs) // retraining and lineage (retrain.go)
 	return hs
 }
 

@@ -93,6 +93,9 @@ type Options struct {
 	// Data serves field data capture and datasets; nil answers those
 	// routes 503.
 	Data Data
+	// Retrain serves retrain policies, jobs and lineage; nil answers
+	// those routes 503.
+	Retrain Retrain
 	// Broker serves the /api/v1/broker/ routes; nil answers 409 with
 	// NoBroker as the reason.
 	Broker   Broker

@@ -305,6 +305,30 @@ func (r *Registry) Reference(name, version string) ([]*efpb.FeatureStats, bool) 
 	return m.GetReference(), true
 }
 
+// Manifest is a version's signed manifest payload (retrain jobs read the
+// schema, reference statistics and lineage from it).
+func (r *Registry) Manifest(name, version string) (*efpb.Manifest, error) {
+	rec := r.get(name, version)
+	if rec == nil {
+		return nil, api.Errorf(api.ErrNotFound, "model %s version %s does not exist", name, version)
+	}
+	return decodeManifest(rec)
+}
+
+// File is a version's ONNX bytes, checked against its sha256 (a retrain
+// job evaluates the current version with them).
+func (r *Registry) File(name, version string) ([]byte, error) {
+	rec := r.get(name, version)
+	if rec == nil {
+		return nil, api.Errorf(api.ErrNotFound, "model %s version %s does not exist", name, version)
+	}
+	data, err := r.modelBytes(rec)
+	if err != nil {
+		return nil, errCorrupt(name, version, err.Error())
+	}
+	return data, nil
+}
+
 // decodeManifest returns the manifest payload of a stored record.
 func decodeManifest(rec *record) (*efpb.Manifest, error) {
 	env := &efpb.Envelope{}

@@ -68,6 +68,13 @@ type Auditor interface {
 	Record(audit.Entry) (audit.Entry, error)
 }
 
+// Retrainer is offered every raised alert, next to the webhook: the
+// control plane's retrain jobs start from the alerts their policies name.
+// OfferAlert must not block (the alerter runs on the monitoring loop).
+type Retrainer interface {
+	OfferAlert(Alert)
+}
+
 // Alerter evaluates Rules over an Aggregator. An alert is raised once when
 // its condition starts to hold (per rule, model version, site and
 // feature) and again only after it cleared.
@@ -76,14 +83,15 @@ type Alerter struct {
 	rules Rules
 	audit Auditor
 	hook  *Webhook
+	retr  Retrainer
 	log   *slog.Logger
 
 	mu     sync.Mutex // guards active
 	active map[string]bool
 }
 
-// NewAlerter returns an alerter; auditor and hook may be nil.
-func NewAlerter(agg *Aggregator, rules Rules, auditor Auditor, hook *Webhook) *Alerter {
+// NewAlerter returns an alerter; auditor, hook and retrainer may be nil.
+func NewAlerter(agg *Aggregator, rules Rules, auditor Auditor, hook *Webhook, retrainer Retrainer) *Alerter {
 	if rules.Window <= 0 {
 		rules.Window = 15 * time.Minute
 	}
@@ -93,7 +101,7 @@ func NewAlerter(agg *Aggregator, rules Rules, auditor Auditor, hook *Webhook) *A
 	if rules.MinLabels == 0 {
 		rules.MinLabels = 50
 	}
-	al := &Alerter{agg: agg, rules: rules, audit: auditor, hook: hook, log: agg.log, active: map[string]bool{}}
+	al := &Alerter{agg: agg, rules: rules, audit: auditor, hook: hook, retr: retrainer, log: agg.log, active: map[string]bool{}}
 	// Alerts still holding when the control plane stopped are not raised
 	// (nor sent to the webhook) again after it restarts.
 	var keys []string
@@ -226,6 +234,9 @@ func (al *Alerter) Evaluate() ([]Alert, error) {
 		}
 		if al.hook != nil {
 			al.hook.Send(c)
+		}
+		if al.retr != nil {
+			al.retr.OfferAlert(c)
 		}
 	}
 	return raised, nil

@@ -242,7 +242,8 @@ func TestAlertsAuditAndSignedWebhookWithRetries(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 	log, err := audit.Open(f.db.Namespace("audit"), f.clk.Now)
 	require.NoError(t, err)
-	al := NewAlerter(f.agg, Rules{Window: 10 * time.Minute, MaxPSI: 0.2, MinRows: 50, MinAccuracy: 0.7, MaxAccuracyDrop: 0.1, MinLabels: 20}, log, hook)
+	retrainer := &offered{}
+	al := NewAlerter(f.agg, Rules{Window: 10 * time.Minute, MaxPSI: 0.2, MinRows: 50, MinAccuracy: 0.7, MaxAccuracyDrop: 0.1, MinLabels: 20}, log, hook, retrainer)
 
 	// Previous window: both sites fine.
 	_, err = f.agg.Ingest("a1", 1, report(f, []uint64{25, 50, 25}, 100, 90), nil)
@@ -278,12 +279,14 @@ func TestAlertsAuditAndSignedWebhookWithRetries(t *testing.T) {
 	assert.InDelta(t, 0.6, rules["low_accuracy"].Value, 1e-9)
 	assert.InDelta(t, 0.3, rules["accuracy_drop"].Value, 1e-9)
 
+	assert.ElementsMatch(t, raised, retrainer.alerts, "every raised alert is offered to retraining")
+
 	// Raised once while it holds, also by an alerter made after a
 	// control-plane restart.
 	again, err := al.Evaluate()
 	require.NoError(t, err)
 	assert.Empty(t, again)
-	restarted, err := NewAlerter(f.agg, al.rules, log, nil).Evaluate()
+	restarted, err := NewAlerter(f.agg, al.rules, log, nil, nil).Evaluate()
 	require.NoError(t, err)
 	assert.Empty(t, restarted, "alerts holding before the restart are not raised again")
 
@@ -424,4 +427,16 @@ func TestIngestAcknowledgesOnlyWhatIsWritten(t *testing.T) {
 	dup, err = agg.Ingest("a1", 1, report(f, []uint64{1, 1, 1}, 0, 0), nil)
 	require.NoError(t, err)
 	assert.True(t, dup)
+}
+
+// offered records the alerts offered to a Retrainer.
+type offered struct {
+	mu     sync.Mutex // guards alerts
+	alerts []Alert
+}
+
+func (o *offered) OfferAlert(a Alert) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.alerts = append(o.alerts, a)
 }

@@ -68,6 +68,8 @@ type ServiceOptions struct {
 	Audit Auditor
 	// Ingest counts the monitoring reports dropped as invalid.
 	Ingest *ingest.Checker
+	// Retrainer, if set, is offered every raised alert (retrain triggers).
+	Retrainer Retrainer
 	// Acker, if set, is told each telemetry message's (device, seq) once it
 	// is persisted or refused for good (Options.Acker).
 	Acker      Acker
@@ -120,7 +122,7 @@ func NewService(o ServiceOptions) (*Service, error) {
 			return nil, err
 		}
 	}
-	s.alerter = NewAlerter(agg, o.Rules, o.Audit, s.webhook)
+	s.alerter = NewAlerter(agg, o.Rules, o.Audit, s.webhook, o.Retrainer)
 	return s, nil
 }
 

@@ -328,3 +328,59 @@ func vector(rows []Row, probs []float32) *efpb.TestVector {
 func kv(k, v string) *efpb.KeyValue { return &efpb.KeyValue{Key: k, Value: v} }
 
 func fmtFloat(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+
+// ArtifactFromData trains on train, measures on test and exports: a
+// retrain on field data (controlplane/retrain) rather than generated data.
+// l2 as in TrainConfig (0 is DefaultL2, negative none). TrainingInfo
+// records the training rows' sha256 (Dataset.SHA256) and both metrics;
+// the caller adds the lineage.
+func ArtifactFromData(train, test *Dataset, l2 float64, now time.Time) (*Artifact, error) {
+	switch {
+	case l2 == 0:
+		l2 = DefaultL2
+	case l2 < 0:
+		l2 = 0
+	}
+	model, err := Train(train, l2)
+	if err != nil {
+		return nil, fmt.Errorf("fraud: artifact from data: %w", err)
+	}
+	onnx, err := BuildONNX(model)
+	if err != nil {
+		return nil, fmt.Errorf("fraud: artifact from data: %w", err)
+	}
+	a := &Artifact{
+		ONNX:        onnx,
+		Inputs:      []*efpb.TensorSpec{{Name: InputName, Datatype: "FP32", Shape: []int64{-1, NumFeatures}}},
+		Outputs:     []*efpb.TensorSpec{{Name: OutputName, Datatype: "FP32", Shape: []int64{-1, 1}}},
+		Reference:   ReferenceStats(train),
+		TestVectors: testVectors(model, test),
+		Tolerance:   Tolerance,
+		Model:       model,
+		Train:       model.Evaluate(train),
+		Test:        model.Evaluate(test),
+	}
+	if len(a.TestVectors) == 0 { // no held-out rows: vectors from training rows
+		a.TestVectors = testVectors(model, train)
+	}
+	a.Training = &efpb.TrainingInfo{
+		Algorithm: Algorithm,
+		Params: []*efpb.KeyValue{
+			kv("pattern", "field-data"),
+			kv("l2", fmtFloat(l2)),
+			kv("train_rows", strconv.Itoa(train.Len())),
+			kv("test_rows", strconv.Itoa(test.Len())),
+		},
+		DatasetSha256: train.SHA256(),
+		DatasetRows:   uint64(train.Len()),
+		Metrics: []*efpb.Metric{
+			{Name: "test_accuracy", Value: a.Test.Accuracy},
+			{Name: "test_f1", Value: a.Test.F1},
+			{Name: "test_auc", Value: a.Test.AUC},
+			{Name: "train_accuracy", Value: a.Train.Accuracy},
+			{Name: "train_auc", Value: a.Train.AUC},
+		},
+		TrainedUnix: now.Unix(),
+	}
+	return a, nil
+}

@@ -2,7 +2,8 @@
 // with a hidden, drift-able fraud rule, a logistic-regression trainer, and
 // the export of a trained model as an ONNX artifact with the manifest
 // metadata agents check. Imported by controlplane/cli (model train),
-// fleet-sim/... and internal/fleettest.
+// controlplane/demo (the MLOps loop's traffic), controlplane/retrain (the
+// builtin trainer), fleet-sim/... and internal/fleettest.
 package fraud
 
 import (

@@ -5,7 +5,8 @@
 // Inference Protocol datatype, and ZipMap class maps as tensors) with shape
 // checks, and checks manifest test vectors. Imported by agent (serving),
 // controlplane (the shared runtime), controlplane/models (upload checks),
-// controlplane/cli (model inspect), fleet-sim/... and internal/fleettest.
+// controlplane/cli (model inspect), controlplane/retrain (evaluation),
+// fleet-sim/... and internal/fleettest.
 package infer
 
 import (

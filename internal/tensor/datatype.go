@@ -4,8 +4,8 @@
 // conversion to and from manifest test vectors (efpb.Tensor), and the
 // comparison of outputs with a tolerance. It is the one tensor type of the
 // serving path. Imported by agent, controlplane/cli, controlplane/models,
-// fleet-sim/scenario, fleet-sim/sim (csv traffic), internal/infer,
-// internal/modelzoo, internal/oip, internal/onnxmodel and
+// controlplane/retrain, fleet-sim/scenario, fleet-sim/sim (csv traffic),
+// internal/infer, internal/modelzoo, internal/oip, internal/onnxmodel and
 // internal/transfer.
 package tensor
 

@@ -1135,6 +1135,27 @@ type TrainingInfo struct {
 	DatasetRows   uint64                 `protobuf:"varint,5,opt,name=dataset_rows,json=datasetRows,proto3" json:"dataset_rows,omitempty"`
 	Metrics       []*Metric              `protobuf:"bytes,6,rep,name=metrics,proto3" json:"metrics,omitempty"`
 	TrainedUnix   int64                  `protobuf:"varint,7,opt,name=trained_unix,json=trainedUnix,proto3" json:"trained_unix,omitempty"`
+	// Lineage (issue 13; additive, numbered from 40): why this version
+	// exists. Set by the control plane's retrain jobs; absent on versions
+	// uploaded by hand. Older readers ignore these fields.
+	//
+	// parent_version is the version of the same model this one was trained
+	// to replace ("" none).
+	ParentVersion string `protobuf:"bytes,40,opt,name=parent_version,json=parentVersion,proto3" json:"parent_version,omitempty"`
+	// datasets are the field datasets it was trained and evaluated on.
+	Datasets []*DatasetRef `protobuf:"bytes,41,rep,name=datasets,proto3" json:"datasets,omitempty"`
+	// trainer is "builtin:fraud" or "command:<program name>";
+	// trainer_params are its parameters.
+	Trainer       string      `protobuf:"bytes,42,opt,name=trainer,proto3" json:"trainer,omitempty"`
+	TrainerParams []*KeyValue `protobuf:"bytes,43,rep,name=trainer_params,json=trainerParams,proto3" json:"trainer_params,omitempty"`
+	// evaluation holds the held-out figures of this version and of its
+	// parent on the same rows (candidate_accuracy, parent_accuracy, ...).
+	Evaluation []*Metric `protobuf:"bytes,44,rep,name=evaluation,proto3" json:"evaluation,omitempty"`
+	// trigger says what started the job: "alert:<rule> site=<site>",
+	// "manual:<actor>" or "schedule".
+	Trigger string `protobuf:"bytes,45,opt,name=trigger,proto3" json:"trigger,omitempty"`
+	// retrain_job is the id of the job that produced it.
+	RetrainJob    string `protobuf:"bytes,46,opt,name=retrain_job,json=retrainJob,proto3" json:"retrain_job,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1218,6 +1239,125 @@ func (x *TrainingInfo) GetTrainedUnix() int64 {
 	return 0
 }
 
+func (x *TrainingInfo) GetParentVersion() string {
+	if x != nil {
+		return x.ParentVersion
+	}
+	return ""
+}
+
+func (x *TrainingInfo) GetDatasets() []*DatasetRef {
+	if x != nil {
+		return x.Datasets
+	}
+	return nil
+}
+
+func (x *TrainingInfo) GetTrainer() string {
+	if x != nil {
+		return x.Trainer
+	}
+	return ""
+}
+
+func (x *TrainingInfo) GetTrainerParams() []*KeyValue {
+	if x != nil {
+		return x.TrainerParams
+	}
+	return nil
+}
+
+func (x *TrainingInfo) GetEvaluation() []*Metric {
+	if x != nil {
+		return x.Evaluation
+	}
+	return nil
+}
+
+func (x *TrainingInfo) GetTrigger() string {
+	if x != nil {
+		return x.Trigger
+	}
+	return ""
+}
+
+func (x *TrainingInfo) GetRetrainJob() string {
+	if x != nil {
+		return x.RetrainJob
+	}
+	return ""
+}
+
+// DatasetRef names one version of a model's field dataset by its
+// content (the sha256 of its canonical JSON lines).
+type DatasetRef struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Model         string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	Version       uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Sha256        string                 `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Rows          uint64                 `protobuf:"varint,4,opt,name=rows,proto3" json:"rows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DatasetRef) Reset() {
+	*x = DatasetRef{}
+	mi := &file_proto_edgefleet_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DatasetRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DatasetRef) ProtoMessage() {}
+
+func (x *DatasetRef) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_edgefleet_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DatasetRef.ProtoReflect.Descriptor instead.
+func (*DatasetRef) Descriptor() ([]byte, []int) {
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *DatasetRef) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *DatasetRef) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *DatasetRef) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *DatasetRef) GetRows() uint64 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
 // Manifest binds a model version to its exact bytes and to everything an
 // agent checks before it serves the model. Signed by the release role.
 type Manifest struct {
@@ -1263,7 +1403,7 @@ type Manifest struct {
 
 func (x *Manifest) Reset() {
 	*x = Manifest{}
-	mi := &file_proto_edgefleet_proto_msgTypes[13]
+	mi := &file_proto_edgefleet_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1275,7 +1415,7 @@ func (x *Manifest) String() string {
 func (*Manifest) ProtoMessage() {}
 
 func (x *Manifest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[13]
+	mi := &file_proto_edgefleet_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1288,7 +1428,7 @@ func (x *Manifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Manifest.ProtoReflect.Descriptor instead.
 func (*Manifest) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{13}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Manifest) GetProtocolVersion() uint32 {
@@ -1463,7 +1603,7 @@ type ModelAssignment struct {
 
 func (x *ModelAssignment) Reset() {
 	*x = ModelAssignment{}
-	mi := &file_proto_edgefleet_proto_msgTypes[14]
+	mi := &file_proto_edgefleet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1475,7 +1615,7 @@ func (x *ModelAssignment) String() string {
 func (*ModelAssignment) ProtoMessage() {}
 
 func (x *ModelAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[14]
+	mi := &file_proto_edgefleet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1488,7 +1628,7 @@ func (x *ModelAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelAssignment.ProtoReflect.Descriptor instead.
 func (*ModelAssignment) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{14}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ModelAssignment) GetName() string {
@@ -1543,7 +1683,7 @@ type DesiredState struct {
 
 func (x *DesiredState) Reset() {
 	*x = DesiredState{}
-	mi := &file_proto_edgefleet_proto_msgTypes[15]
+	mi := &file_proto_edgefleet_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1555,7 +1695,7 @@ func (x *DesiredState) String() string {
 func (*DesiredState) ProtoMessage() {}
 
 func (x *DesiredState) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[15]
+	mi := &file_proto_edgefleet_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1568,7 +1708,7 @@ func (x *DesiredState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DesiredState.ProtoReflect.Descriptor instead.
 func (*DesiredState) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{15}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DesiredState) GetProtocolVersion() uint32 {
@@ -1644,7 +1784,7 @@ type ShadowAssignment struct {
 
 func (x *ShadowAssignment) Reset() {
 	*x = ShadowAssignment{}
-	mi := &file_proto_edgefleet_proto_msgTypes[16]
+	mi := &file_proto_edgefleet_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1656,7 +1796,7 @@ func (x *ShadowAssignment) String() string {
 func (*ShadowAssignment) ProtoMessage() {}
 
 func (x *ShadowAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[16]
+	mi := &file_proto_edgefleet_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1669,7 +1809,7 @@ func (x *ShadowAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShadowAssignment.ProtoReflect.Descriptor instead.
 func (*ShadowAssignment) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{16}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ShadowAssignment) GetName() string {
@@ -1707,7 +1847,7 @@ type Chunk struct {
 
 func (x *Chunk) Reset() {
 	*x = Chunk{}
-	mi := &file_proto_edgefleet_proto_msgTypes[17]
+	mi := &file_proto_edgefleet_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1719,7 +1859,7 @@ func (x *Chunk) String() string {
 func (*Chunk) ProtoMessage() {}
 
 func (x *Chunk) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[17]
+	mi := &file_proto_edgefleet_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1732,7 +1872,7 @@ func (x *Chunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
 func (*Chunk) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{17}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Chunk) GetName() string {
@@ -1784,7 +1924,7 @@ type FetchRequest struct {
 
 func (x *FetchRequest) Reset() {
 	*x = FetchRequest{}
-	mi := &file_proto_edgefleet_proto_msgTypes[18]
+	mi := &file_proto_edgefleet_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +1936,7 @@ func (x *FetchRequest) String() string {
 func (*FetchRequest) ProtoMessage() {}
 
 func (x *FetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[18]
+	mi := &file_proto_edgefleet_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +1949,7 @@ func (x *FetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchRequest.ProtoReflect.Descriptor instead.
 func (*FetchRequest) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{18}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *FetchRequest) GetDeviceId() string {
@@ -1873,7 +2013,7 @@ type StatusEvent struct {
 
 func (x *StatusEvent) Reset() {
 	*x = StatusEvent{}
-	mi := &file_proto_edgefleet_proto_msgTypes[19]
+	mi := &file_proto_edgefleet_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1885,7 +2025,7 @@ func (x *StatusEvent) String() string {
 func (*StatusEvent) ProtoMessage() {}
 
 func (x *StatusEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[19]
+	mi := &file_proto_edgefleet_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1898,7 +2038,7 @@ func (x *StatusEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusEvent.ProtoReflect.Descriptor instead.
 func (*StatusEvent) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{19}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StatusEvent) GetProtocolVersion() uint32 {
@@ -2006,7 +2146,7 @@ type ActiveModel struct {
 
 func (x *ActiveModel) Reset() {
 	*x = ActiveModel{}
-	mi := &file_proto_edgefleet_proto_msgTypes[20]
+	mi := &file_proto_edgefleet_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2018,7 +2158,7 @@ func (x *ActiveModel) String() string {
 func (*ActiveModel) ProtoMessage() {}
 
 func (x *ActiveModel) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[20]
+	mi := &file_proto_edgefleet_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2031,7 +2171,7 @@ func (x *ActiveModel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActiveModel.ProtoReflect.Descriptor instead.
 func (*ActiveModel) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{20}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ActiveModel) GetName() string {
@@ -2115,7 +2255,7 @@ type Telemetry struct {
 
 func (x *Telemetry) Reset() {
 	*x = Telemetry{}
-	mi := &file_proto_edgefleet_proto_msgTypes[21]
+	mi := &file_proto_edgefleet_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2127,7 +2267,7 @@ func (x *Telemetry) String() string {
 func (*Telemetry) ProtoMessage() {}
 
 func (x *Telemetry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[21]
+	mi := &file_proto_edgefleet_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2140,7 +2280,7 @@ func (x *Telemetry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Telemetry.ProtoReflect.Descriptor instead.
 func (*Telemetry) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{21}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Telemetry) GetProtocolVersion() uint32 {
@@ -2285,7 +2425,7 @@ type PeerStats struct {
 
 func (x *PeerStats) Reset() {
 	*x = PeerStats{}
-	mi := &file_proto_edgefleet_proto_msgTypes[22]
+	mi := &file_proto_edgefleet_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2297,7 +2437,7 @@ func (x *PeerStats) String() string {
 func (*PeerStats) ProtoMessage() {}
 
 func (x *PeerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[22]
+	mi := &file_proto_edgefleet_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2310,7 +2450,7 @@ func (x *PeerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerStats.ProtoReflect.Descriptor instead.
 func (*PeerStats) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{22}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PeerStats) GetAddr() string {
@@ -2396,7 +2536,7 @@ type TransferStats struct {
 
 func (x *TransferStats) Reset() {
 	*x = TransferStats{}
-	mi := &file_proto_edgefleet_proto_msgTypes[23]
+	mi := &file_proto_edgefleet_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2408,7 +2548,7 @@ func (x *TransferStats) String() string {
 func (*TransferStats) ProtoMessage() {}
 
 func (x *TransferStats) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[23]
+	mi := &file_proto_edgefleet_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2421,7 +2561,7 @@ func (x *TransferStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferStats.ProtoReflect.Descriptor instead.
 func (*TransferStats) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{23}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *TransferStats) GetModelName() string {
@@ -2483,7 +2623,7 @@ type SitePeers struct {
 
 func (x *SitePeers) Reset() {
 	*x = SitePeers{}
-	mi := &file_proto_edgefleet_proto_msgTypes[24]
+	mi := &file_proto_edgefleet_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2495,7 +2635,7 @@ func (x *SitePeers) String() string {
 func (*SitePeers) ProtoMessage() {}
 
 func (x *SitePeers) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[24]
+	mi := &file_proto_edgefleet_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2508,7 +2648,7 @@ func (x *SitePeers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SitePeers.ProtoReflect.Descriptor instead.
 func (*SitePeers) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{24}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SitePeers) GetProtocolVersion() uint32 {
@@ -2589,7 +2729,7 @@ type MemberTicket struct {
 
 func (x *MemberTicket) Reset() {
 	*x = MemberTicket{}
-	mi := &file_proto_edgefleet_proto_msgTypes[25]
+	mi := &file_proto_edgefleet_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2601,7 +2741,7 @@ func (x *MemberTicket) String() string {
 func (*MemberTicket) ProtoMessage() {}
 
 func (x *MemberTicket) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[25]
+	mi := &file_proto_edgefleet_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2614,7 +2754,7 @@ func (x *MemberTicket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberTicket.ProtoReflect.Descriptor instead.
 func (*MemberTicket) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{25}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *MemberTicket) GetProtocolVersion() uint32 {
@@ -2679,7 +2819,7 @@ type ShadowReport struct {
 
 func (x *ShadowReport) Reset() {
 	*x = ShadowReport{}
-	mi := &file_proto_edgefleet_proto_msgTypes[26]
+	mi := &file_proto_edgefleet_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2691,7 +2831,7 @@ func (x *ShadowReport) String() string {
 func (*ShadowReport) ProtoMessage() {}
 
 func (x *ShadowReport) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[26]
+	mi := &file_proto_edgefleet_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2704,7 +2844,7 @@ func (x *ShadowReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShadowReport.ProtoReflect.Descriptor instead.
 func (*ShadowReport) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{26}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ShadowReport) GetModelName() string {
@@ -2853,7 +2993,7 @@ type MonitorReport struct {
 
 func (x *MonitorReport) Reset() {
 	*x = MonitorReport{}
-	mi := &file_proto_edgefleet_proto_msgTypes[27]
+	mi := &file_proto_edgefleet_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2865,7 +3005,7 @@ func (x *MonitorReport) String() string {
 func (*MonitorReport) ProtoMessage() {}
 
 func (x *MonitorReport) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[27]
+	mi := &file_proto_edgefleet_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2878,7 +3018,7 @@ func (x *MonitorReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MonitorReport.ProtoReflect.Descriptor instead.
 func (*MonitorReport) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{27}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *MonitorReport) GetModelName() string {
@@ -3041,7 +3181,7 @@ type FeatureSketch struct {
 
 func (x *FeatureSketch) Reset() {
 	*x = FeatureSketch{}
-	mi := &file_proto_edgefleet_proto_msgTypes[28]
+	mi := &file_proto_edgefleet_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3053,7 +3193,7 @@ func (x *FeatureSketch) String() string {
 func (*FeatureSketch) ProtoMessage() {}
 
 func (x *FeatureSketch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[28]
+	mi := &file_proto_edgefleet_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3066,7 +3206,7 @@ func (x *FeatureSketch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeatureSketch.ProtoReflect.Descriptor instead.
 func (*FeatureSketch) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{28}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *FeatureSketch) GetName() string {
@@ -3103,7 +3243,7 @@ type Presence struct {
 
 func (x *Presence) Reset() {
 	*x = Presence{}
-	mi := &file_proto_edgefleet_proto_msgTypes[29]
+	mi := &file_proto_edgefleet_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3115,7 +3255,7 @@ func (x *Presence) String() string {
 func (*Presence) ProtoMessage() {}
 
 func (x *Presence) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[29]
+	mi := &file_proto_edgefleet_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3128,7 +3268,7 @@ func (x *Presence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Presence.ProtoReflect.Descriptor instead.
 func (*Presence) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{29}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Presence) GetDeviceId() string {
@@ -3185,7 +3325,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_proto_edgefleet_proto_msgTypes[30]
+	mi := &file_proto_edgefleet_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3197,7 +3337,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[30]
+	mi := &file_proto_edgefleet_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3210,7 +3350,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{30}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Ack) GetProtocolVersion() uint32 {
@@ -3252,7 +3392,7 @@ type SeqRange struct {
 
 func (x *SeqRange) Reset() {
 	*x = SeqRange{}
-	mi := &file_proto_edgefleet_proto_msgTypes[31]
+	mi := &file_proto_edgefleet_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3264,7 +3404,7 @@ func (x *SeqRange) String() string {
 func (*SeqRange) ProtoMessage() {}
 
 func (x *SeqRange) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[31]
+	mi := &file_proto_edgefleet_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3277,7 +3417,7 @@ func (x *SeqRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeqRange.ProtoReflect.Descriptor instead.
 func (*SeqRange) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{31}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SeqRange) GetFirst() uint64 {
@@ -3323,7 +3463,7 @@ type CapturePolicy struct {
 
 func (x *CapturePolicy) Reset() {
 	*x = CapturePolicy{}
-	mi := &file_proto_edgefleet_proto_msgTypes[32]
+	mi := &file_proto_edgefleet_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3335,7 +3475,7 @@ func (x *CapturePolicy) String() string {
 func (*CapturePolicy) ProtoMessage() {}
 
 func (x *CapturePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[32]
+	mi := &file_proto_edgefleet_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3348,7 +3488,7 @@ func (x *CapturePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CapturePolicy.ProtoReflect.Descriptor instead.
 func (*CapturePolicy) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{32}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CapturePolicy) GetSampleRate() float64 {
@@ -3421,7 +3561,7 @@ type CaptureRow struct {
 
 func (x *CaptureRow) Reset() {
 	*x = CaptureRow{}
-	mi := &file_proto_edgefleet_proto_msgTypes[33]
+	mi := &file_proto_edgefleet_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3433,7 +3573,7 @@ func (x *CaptureRow) String() string {
 func (*CaptureRow) ProtoMessage() {}
 
 func (x *CaptureRow) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[33]
+	mi := &file_proto_edgefleet_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3446,7 +3586,7 @@ func (x *CaptureRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaptureRow.ProtoReflect.Descriptor instead.
 func (*CaptureRow) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{33}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CaptureRow) GetModelName() string {
@@ -3527,7 +3667,7 @@ type CaptureLabel struct {
 
 func (x *CaptureLabel) Reset() {
 	*x = CaptureLabel{}
-	mi := &file_proto_edgefleet_proto_msgTypes[34]
+	mi := &file_proto_edgefleet_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3539,7 +3679,7 @@ func (x *CaptureLabel) String() string {
 func (*CaptureLabel) ProtoMessage() {}
 
 func (x *CaptureLabel) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[34]
+	mi := &file_proto_edgefleet_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3552,7 +3692,7 @@ func (x *CaptureLabel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaptureLabel.ProtoReflect.Descriptor instead.
 func (*CaptureLabel) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{34}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CaptureLabel) GetModelName() string {
@@ -3613,7 +3753,7 @@ type CaptureBatch struct {
 
 func (x *CaptureBatch) Reset() {
 	*x = CaptureBatch{}
-	mi := &file_proto_edgefleet_proto_msgTypes[35]
+	mi := &file_proto_edgefleet_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3625,7 +3765,7 @@ func (x *CaptureBatch) String() string {
 func (*CaptureBatch) ProtoMessage() {}
 
 func (x *CaptureBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[35]
+	mi := &file_proto_edgefleet_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3638,7 +3778,7 @@ func (x *CaptureBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaptureBatch.ProtoReflect.Descriptor instead.
 func (*CaptureBatch) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{35}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CaptureBatch) GetProtocolVersion() uint32 {
@@ -3712,7 +3852,7 @@ type CaptureAck struct {
 
 func (x *CaptureAck) Reset() {
 	*x = CaptureAck{}
-	mi := &file_proto_edgefleet_proto_msgTypes[36]
+	mi := &file_proto_edgefleet_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3724,7 +3864,7 @@ func (x *CaptureAck) String() string {
 func (*CaptureAck) ProtoMessage() {}
 
 func (x *CaptureAck) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_edgefleet_proto_msgTypes[36]
+	mi := &file_proto_edgefleet_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3737,7 +3877,7 @@ func (x *CaptureAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaptureAck.ProtoReflect.Descriptor instead.
 func (*CaptureAck) Descriptor() ([]byte, []int) {
-	return file_proto_edgefleet_proto_rawDescGZIP(), []int{36}
+	return file_proto_edgefleet_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CaptureAck) GetProtocolVersion() uint32 {
@@ -3843,7 +3983,7 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"2\n" +
 	"\x06Metric\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x01R\x05value\"\x8d\x02\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value\"\xb4\x04\n" +
 	"\fTrainingInfo\x12\x1c\n" +
 	"\talgorithm\x18\x01 \x01(\tR\talgorithm\x12\x12\n" +
 	"\x04seed\x18\x02 \x01(\x04R\x04seed\x12.\n" +
@@ -3851,7 +3991,23 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x0edataset_sha256\x18\x04 \x01(\tR\rdatasetSha256\x12!\n" +
 	"\fdataset_rows\x18\x05 \x01(\x04R\vdatasetRows\x12.\n" +
 	"\ametrics\x18\x06 \x03(\v2\x14.edgefleet.v1.MetricR\ametrics\x12!\n" +
-	"\ftrained_unix\x18\a \x01(\x03R\vtrainedUnix\"\xad\x06\n" +
+	"\ftrained_unix\x18\a \x01(\x03R\vtrainedUnix\x12%\n" +
+	"\x0eparent_version\x18( \x01(\tR\rparentVersion\x124\n" +
+	"\bdatasets\x18) \x03(\v2\x18.edgefleet.v1.DatasetRefR\bdatasets\x12\x18\n" +
+	"\atrainer\x18* \x01(\tR\atrainer\x12=\n" +
+	"\x0etrainer_params\x18+ \x03(\v2\x16.edgefleet.v1.KeyValueR\rtrainerParams\x124\n" +
+	"\n" +
+	"evaluation\x18, \x03(\v2\x14.edgefleet.v1.MetricR\n" +
+	"evaluation\x12\x18\n" +
+	"\atrigger\x18- \x01(\tR\atrigger\x12\x1f\n" +
+	"\vretrain_job\x18. \x01(\tR\n" +
+	"retrainJob\"h\n" +
+	"\n" +
+	"DatasetRef\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\rR\aversion\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\tR\x06sha256\x12\x12\n" +
+	"\x04rows\x18\x04 \x01(\x04R\x04rows\"\xad\x06\n" +
 	"\bManifest\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -4148,7 +4304,7 @@ func file_proto_edgefleet_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_edgefleet_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_proto_edgefleet_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_proto_edgefleet_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_proto_edgefleet_proto_goTypes = []any{
 	(Role)(0),                // 0: edgefleet.v1.Role
 	(TensorKind)(0),          // 1: edgefleet.v1.TensorKind
@@ -4167,30 +4323,31 @@ var file_proto_edgefleet_proto_goTypes = []any{
 	(*KeyValue)(nil),         // 14: edgefleet.v1.KeyValue
 	(*Metric)(nil),           // 15: edgefleet.v1.Metric
 	(*TrainingInfo)(nil),     // 16: edgefleet.v1.TrainingInfo
-	(*Manifest)(nil),         // 17: edgefleet.v1.Manifest
-	(*ModelAssignment)(nil),  // 18: edgefleet.v1.ModelAssignment
-	(*DesiredState)(nil),     // 19: edgefleet.v1.DesiredState
-	(*ShadowAssignment)(nil), // 20: edgefleet.v1.ShadowAssignment
-	(*Chunk)(nil),            // 21: edgefleet.v1.Chunk
-	(*FetchRequest)(nil),     // 22: edgefleet.v1.FetchRequest
-	(*StatusEvent)(nil),      // 23: edgefleet.v1.StatusEvent
-	(*ActiveModel)(nil),      // 24: edgefleet.v1.ActiveModel
-	(*Telemetry)(nil),        // 25: edgefleet.v1.Telemetry
-	(*PeerStats)(nil),        // 26: edgefleet.v1.PeerStats
-	(*TransferStats)(nil),    // 27: edgefleet.v1.TransferStats
-	(*SitePeers)(nil),        // 28: edgefleet.v1.SitePeers
-	(*MemberTicket)(nil),     // 29: edgefleet.v1.MemberTicket
-	(*ShadowReport)(nil),     // 30: edgefleet.v1.ShadowReport
-	(*MonitorReport)(nil),    // 31: edgefleet.v1.MonitorReport
-	(*FeatureSketch)(nil),    // 32: edgefleet.v1.FeatureSketch
-	(*Presence)(nil),         // 33: edgefleet.v1.Presence
-	(*Ack)(nil),              // 34: edgefleet.v1.Ack
-	(*SeqRange)(nil),         // 35: edgefleet.v1.SeqRange
-	(*CapturePolicy)(nil),    // 36: edgefleet.v1.CapturePolicy
-	(*CaptureRow)(nil),       // 37: edgefleet.v1.CaptureRow
-	(*CaptureLabel)(nil),     // 38: edgefleet.v1.CaptureLabel
-	(*CaptureBatch)(nil),     // 39: edgefleet.v1.CaptureBatch
-	(*CaptureAck)(nil),       // 40: edgefleet.v1.CaptureAck
+	(*DatasetRef)(nil),       // 17: edgefleet.v1.DatasetRef
+	(*Manifest)(nil),         // 18: edgefleet.v1.Manifest
+	(*ModelAssignment)(nil),  // 19: edgefleet.v1.ModelAssignment
+	(*DesiredState)(nil),     // 20: edgefleet.v1.DesiredState
+	(*ShadowAssignment)(nil), // 21: edgefleet.v1.ShadowAssignment
+	(*Chunk)(nil),            // 22: edgefleet.v1.Chunk
+	(*FetchRequest)(nil),     // 23: edgefleet.v1.FetchRequest
+	(*StatusEvent)(nil),      // 24: edgefleet.v1.StatusEvent
+	(*ActiveModel)(nil),      // 25: edgefleet.v1.ActiveModel
+	(*Telemetry)(nil),        // 26: edgefleet.v1.Telemetry
+	(*PeerStats)(nil),        // 27: edgefleet.v1.PeerStats
+	(*TransferStats)(nil),    // 28: edgefleet.v1.TransferStats
+	(*SitePeers)(nil),        // 29: edgefleet.v1.SitePeers
+	(*MemberTicket)(nil),     // 30: edgefleet.v1.MemberTicket
+	(*ShadowReport)(nil),     // 31: edgefleet.v1.ShadowReport
+	(*MonitorReport)(nil),    // 32: edgefleet.v1.MonitorReport
+	(*FeatureSketch)(nil),    // 33: edgefleet.v1.FeatureSketch
+	(*Presence)(nil),         // 34: edgefleet.v1.Presence
+	(*Ack)(nil),              // 35: edgefleet.v1.Ack
+	(*SeqRange)(nil),         // 36: edgefleet.v1.SeqRange
+	(*CapturePolicy)(nil),    // 37: edgefleet.v1.CapturePolicy
+	(*CaptureRow)(nil),       // 38: edgefleet.v1.CaptureRow
+	(*CaptureLabel)(nil),     // 39: edgefleet.v1.CaptureLabel
+	(*CaptureBatch)(nil),     // 40: edgefleet.v1.CaptureBatch
+	(*CaptureAck)(nil),       // 41: edgefleet.v1.CaptureAck
 }
 var file_proto_edgefleet_proto_depIdxs = []int32{
 	5,  // 0: edgefleet.v1.Envelope.signatures:type_name -> edgefleet.v1.Signature
@@ -4205,34 +4362,37 @@ var file_proto_edgefleet_proto_depIdxs = []int32{
 	11, // 9: edgefleet.v1.TestVector.expected:type_name -> edgefleet.v1.Tensor
 	14, // 10: edgefleet.v1.TrainingInfo.params:type_name -> edgefleet.v1.KeyValue
 	15, // 11: edgefleet.v1.TrainingInfo.metrics:type_name -> edgefleet.v1.Metric
-	10, // 12: edgefleet.v1.Manifest.inputs:type_name -> edgefleet.v1.TensorSpec
-	10, // 13: edgefleet.v1.Manifest.outputs:type_name -> edgefleet.v1.TensorSpec
-	13, // 14: edgefleet.v1.Manifest.reference:type_name -> edgefleet.v1.FeatureStats
-	12, // 15: edgefleet.v1.Manifest.test_vectors:type_name -> edgefleet.v1.TestVector
-	16, // 16: edgefleet.v1.Manifest.training:type_name -> edgefleet.v1.TrainingInfo
-	36, // 17: edgefleet.v1.ModelAssignment.capture:type_name -> edgefleet.v1.CapturePolicy
-	18, // 18: edgefleet.v1.DesiredState.models:type_name -> edgefleet.v1.ModelAssignment
-	20, // 19: edgefleet.v1.DesiredState.shadows:type_name -> edgefleet.v1.ShadowAssignment
-	2,  // 20: edgefleet.v1.StatusEvent.state:type_name -> edgefleet.v1.ModelState
-	3,  // 21: edgefleet.v1.StatusEvent.refused:type_name -> edgefleet.v1.Refusal
-	2,  // 22: edgefleet.v1.ActiveModel.state:type_name -> edgefleet.v1.ModelState
-	24, // 23: edgefleet.v1.Telemetry.models:type_name -> edgefleet.v1.ActiveModel
-	31, // 24: edgefleet.v1.Telemetry.monitoring:type_name -> edgefleet.v1.MonitorReport
-	26, // 25: edgefleet.v1.Telemetry.peers:type_name -> edgefleet.v1.PeerStats
-	27, // 26: edgefleet.v1.Telemetry.transfers:type_name -> edgefleet.v1.TransferStats
-	30, // 27: edgefleet.v1.Telemetry.shadow:type_name -> edgefleet.v1.ShadowReport
-	4,  // 28: edgefleet.v1.SitePeers.ticket:type_name -> edgefleet.v1.Envelope
-	32, // 29: edgefleet.v1.MonitorReport.features:type_name -> edgefleet.v1.FeatureSketch
-	35, // 30: edgefleet.v1.Ack.ranges:type_name -> edgefleet.v1.SeqRange
-	11, // 31: edgefleet.v1.CaptureRow.inputs:type_name -> edgefleet.v1.Tensor
-	11, // 32: edgefleet.v1.CaptureRow.outputs:type_name -> edgefleet.v1.Tensor
-	37, // 33: edgefleet.v1.CaptureBatch.rows:type_name -> edgefleet.v1.CaptureRow
-	38, // 34: edgefleet.v1.CaptureBatch.labels:type_name -> edgefleet.v1.CaptureLabel
-	35, // [35:35] is the sub-list for method output_type
-	35, // [35:35] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	17, // 12: edgefleet.v1.TrainingInfo.datasets:type_name -> edgefleet.v1.DatasetRef
+	14, // 13: edgefleet.v1.TrainingInfo.trainer_params:type_name -> edgefleet.v1.KeyValue
+	15, // 14: edgefleet.v1.TrainingInfo.evaluation:type_name -> edgefleet.v1.Metric
+	10, // 15: edgefleet.v1.Manifest.inputs:type_name -> edgefleet.v1.TensorSpec
+	10, // 16: edgefleet.v1.Manifest.outputs:type_name -> edgefleet.v1.TensorSpec
+	13, // 17: edgefleet.v1.Manifest.reference:type_name -> edgefleet.v1.FeatureStats
+	12, // 18: edgefleet.v1.Manifest.test_vectors:type_name -> edgefleet.v1.TestVector
+	16, // 19: edgefleet.v1.Manifest.training:type_name -> edgefleet.v1.TrainingInfo
+	37, // 20: edgefleet.v1.ModelAssignment.capture:type_name -> edgefleet.v1.CapturePolicy
+	19, // 21: edgefleet.v1.DesiredState.models:type_name -> edgefleet.v1.ModelAssignment
+	21, // 22: edgefleet.v1.DesiredState.shadows:type_name -> edgefleet.v1.ShadowAssignment
+	2,  // 23: edgefleet.v1.StatusEvent.state:type_name -> edgefleet.v1.ModelState
+	3,  // 24: edgefleet.v1.StatusEvent.refused:type_name -> edgefleet.v1.Refusal
+	2,  // 25: edgefleet.v1.ActiveModel.state:type_name -> edgefleet.v1.ModelState
+	25, // 26: edgefleet.v1.Telemetry.models:type_name -> edgefleet.v1.ActiveModel
+	32, // 27: edgefleet.v1.Telemetry.monitoring:type_name -> edgefleet.v1.MonitorReport
+	27, // 28: edgefleet.v1.Telemetry.peers:type_name -> edgefleet.v1.PeerStats
+	28, // 29: edgefleet.v1.Telemetry.transfers:type_name -> edgefleet.v1.TransferStats
+	31, // 30: edgefleet.v1.Telemetry.shadow:type_name -> edgefleet.v1.ShadowReport
+	4,  // 31: edgefleet.v1.SitePeers.ticket:type_name -> edgefleet.v1.Envelope
+	33, // 32: edgefleet.v1.MonitorReport.features:type_name -> edgefleet.v1.FeatureSketch
+	36, // 33: edgefleet.v1.Ack.ranges:type_name -> edgefleet.v1.SeqRange
+	11, // 34: edgefleet.v1.CaptureRow.inputs:type_name -> edgefleet.v1.Tensor
+	11, // 35: edgefleet.v1.CaptureRow.outputs:type_name -> edgefleet.v1.Tensor
+	38, // 36: edgefleet.v1.CaptureBatch.rows:type_name -> edgefleet.v1.CaptureRow
+	39, // 37: edgefleet.v1.CaptureBatch.labels:type_name -> edgefleet.v1.CaptureLabel
+	38, // [38:38] is the sub-list for method output_type
+	38, // [38:38] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_proto_edgefleet_proto_init() }
@@ -4246,7 +4406,7 @@ func file_proto_edgefleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_edgefleet_proto_rawDesc), len(file_proto_edgefleet_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   37,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

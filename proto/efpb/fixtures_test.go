@@ -435,6 +435,30 @@ var fixtures = []struct {
 			Ranges: []*efpb.SeqRange{{First: 1, Last: 40}, {First: 42, Last: 42}, {First: 300, Last: 301}}},
 		hex: "080112076465762d3030311a04080110281a04082a102a1a0608ac0210ad0220fbecce94a134",
 	},
+	{
+		// A retrained version's lineage (issue 13, added 2026-12-06):
+		// TrainingInfo fields 40-46 and DatasetRef.
+		name: "TrainingInfo",
+		msg: &efpb.TrainingInfo{
+			Algorithm:     "logistic-regression/newton-l2",
+			DatasetSha256: "9f86d081",
+			DatasetRows:   400,
+			ParentVersion: "v1",
+			Datasets:      []*efpb.DatasetRef{{Model: "fraud", Version: 3, Sha256: "9f86d081", Rows: 400}},
+			Trainer:       "builtin:fraud",
+			TrainerParams: []*efpb.KeyValue{{Key: "l2", Value: "1"}},
+			Evaluation:    []*efpb.Metric{{Name: "candidate_accuracy", Value: 0.9}, {Name: "parent_accuracy", Value: 0.75}},
+			Trigger:       "alert:low_accuracy site=b",
+			RetrainJob:    "j-0a0b0c",
+		},
+		hex: "0a1d6c6f6769737469632d72656772657373696f6e2f6e6577746f6e2d6c3222" +
+			"083966383664303831289003c202027631ca02160a05667261756410031a0839" +
+			"66383664303831209003d2020d6275696c74696e3a6672617564da02070a026c" +
+			"32120131e2021d0a1263616e6469646174655f616363757261637911cdcccccc" +
+			"ccccec3fe2021a0a0f706172656e745f616363757261637911000000000000e8" +
+			"3fea0219616c6572743a6c6f775f616363757261637920736974653d62f20208" +
+			"6a2d306130623063",
+	},
 }
 
 // fixtureBytes decodes a fixture's hex.
@@ -486,7 +510,9 @@ func TestFixturesNamedForTheirType(t *testing.T) {
 		// Site sharing (issue 12).
 		"SitePeers", "MemberTicket",
 		// Field data capture (issue 13).
-		"DesiredState", "CaptureBatch", "CaptureAck"}
+		"DesiredState", "CaptureBatch", "CaptureAck",
+		// Retraining lineage (issue 13), part of a Manifest.
+		"TrainingInfo"}
 	var got []string
 	for _, fx := range fixtures {
 		assert.Equal(t, fx.name, string(fx.msg.ProtoReflect().Descriptor().Name()))

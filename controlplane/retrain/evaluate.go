@@ -1,0 +1,224 @@
+package retrain
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/internal/tensor"
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+// evalBatch is how many held-out rows one run scores.
+const evalBatch = 256
+
+// evaluate scores the candidate and the parent on the same held-out rows
+// in the control plane's onnxruntime. A row's predicted class is read as
+// the agents' monitoring reads it: the label output when the manifest
+// names one, else 1 for a single probability >= 0.5, else the argmax of
+// the scores; it is correct when it equals the row's label.
+func (s *Service) evaluate(cand []byte, candMeta *efpb.Manifest, parent []byte, parentMan *efpb.Manifest, rows []labelledRow) (*api.Evaluation, error) {
+	if s.opts.Runtime == nil {
+		return nil, errors.New("onnxruntime is not loaded in this control plane")
+	}
+	desc, err := s.opts.Runtime.Describe(cand)
+	if err != nil {
+		return nil, fmt.Errorf("the candidate is not a loadable ONNX model: %w", err)
+	}
+	if err := desc.Err(); err != nil {
+		return nil, fmt.Errorf("the candidate cannot be served: %w", err)
+	}
+	ins, outs := desc.Specs()
+	candSpec := &efpb.Manifest{Inputs: ins, Outputs: outs, ScoreOutput: candMeta.GetScoreOutput(), LabelOutput: candMeta.GetLabelOutput()}
+	c, err := s.score(cand, candSpec, rows)
+	if err != nil {
+		return nil, fmt.Errorf("candidate: %w", err)
+	}
+	p, err := s.score(parent, parentMan, rows)
+	if err != nil {
+		return nil, fmt.Errorf("current version: %w", err)
+	}
+	return &api.Evaluation{Rows: len(rows), Candidate: c, Parent: p}, nil
+}
+
+// score runs model (described by m's inputs, outputs, score and label
+// outputs) on rows and returns its figures, class 1 positive.
+func (s *Service) score(model []byte, m *efpb.Manifest, rows []labelledRow) (api.EvaluationScore, error) {
+	var sc api.EvaluationScore
+	outs := m.GetOutputs()
+	if len(outs) == 0 {
+		return sc, errors.New("the model has no outputs")
+	}
+	scoreName := m.GetScoreOutput()
+	if scoreName == "" {
+		scoreName = outs[0].GetName()
+	}
+	names := []string{scoreName}
+	if l := m.GetLabelOutput(); l != "" && l != scoreName {
+		names = append(names, l)
+	}
+	var inNames []string
+	for _, in := range m.GetInputs() {
+		inNames = append(inNames, in.GetName())
+	}
+	sess, err := s.opts.Runtime.Load(model, inNames, names)
+	if err != nil {
+		return sc, fmt.Errorf("load: %w", err)
+	}
+	defer sess.Close()
+	var tp, fp, fn, tn int
+	for start := 0; start < len(rows); start += evalBatch {
+		batch := rows[start:min(start+evalBatch, len(rows))]
+		inputs, err := tensors(m.GetInputs(), batch)
+		if err != nil {
+			return sc, err
+		}
+		out, err := sess.Run(inputs)
+		if err != nil {
+			return sc, fmt.Errorf("run: %w", err)
+		}
+		for i, r := range batch {
+			class, err := predicted(out, len(names) > 1, i, len(batch))
+			if err != nil {
+				return sc, err
+			}
+			want := *r.Label
+			switch {
+			case class == want && want == 1:
+				tp++
+			case class == want:
+				tn++
+			case class == 1:
+				fp++
+			default:
+				fn++
+			}
+		}
+	}
+	n := tp + tn + fp + fn
+	if n > 0 {
+		sc.Accuracy = float64(tp+tn) / float64(n)
+	}
+	if tp+fp > 0 {
+		sc.Precision = float64(tp) / float64(tp+fp)
+	}
+	if tp+fn > 0 {
+		sc.Recall = float64(tp) / float64(tp+fn)
+	}
+	if sc.Precision+sc.Recall > 0 {
+		sc.F1 = 2 * sc.Precision * sc.Recall / (sc.Precision + sc.Recall)
+	}
+	return sc, nil
+}
+
+// predicted is row i's class of rows: from the label output (out[1]) when
+// hasLabel, else from the scores (out[0]).
+func predicted(out []tensor.Tensor, hasLabel bool, i, rows int) (int64, error) {
+	if hasLabel {
+		l := &out[1]
+		if l.Len() != rows {
+			return 0, fmt.Errorf("label output %q has %d values for %d rows", l.Name, l.Len(), rows)
+		}
+		v, ok := l.Float64(i)
+		if !ok {
+			return 0, fmt.Errorf("label output %q is %s; evaluation compares numeric labels", l.Name, l.DT())
+		}
+		return int64(v), nil
+	}
+	sc := &out[0]
+	if sc.Len() == 0 || sc.Len()%rows != 0 {
+		return 0, fmt.Errorf("score output %q has %d values for %d rows", sc.Name, sc.Len(), rows)
+	}
+	width := sc.Len() / rows
+	best, bestV := 0, 0.0
+	for k := range width {
+		v, ok := sc.Float64(i*width + k)
+		if !ok {
+			return 0, fmt.Errorf("score output %q is %s, not numeric", sc.Name, sc.DT())
+		}
+		if k == 0 || v > bestV {
+			best, bestV = k, v
+		}
+	}
+	if width == 1 {
+		if bestV >= 0.5 {
+			return 1, nil
+		}
+		return 0, nil
+	}
+	return int64(best), nil
+}
+
+// tensors builds one tensor per input of rows' captured values: rows
+// stacked along the first (batch) dimension.
+func tensors(specs []*efpb.TensorSpec, rows []labelledRow) ([]tensor.Tensor, error) {
+	var out []tensor.Tensor
+	for _, spec := range specs {
+		shape := append([]int64{int64(len(rows))}, spec.GetShape()[min(1, len(spec.GetShape())):]...)
+		if len(spec.GetShape()) == 0 {
+			return nil, fmt.Errorf("input %q is rank 0; evaluation batches rows along the first dimension", spec.GetName())
+		}
+		if d := spec.GetShape()[0]; d > 0 && d != int64(len(rows)) && len(rows) > 1 {
+			return nil, fmt.Errorf("input %q has a fixed batch of %d; evaluation needs a dynamic first dimension", spec.GetName(), d)
+		}
+		width := int64(1)
+		for _, d := range shape[1:] {
+			if d < 0 {
+				d = -1
+			}
+			width *= d
+		}
+		dt := tensor.Datatype(spec.GetDatatype())
+		if dt == "" {
+			dt = tensor.FP32
+		}
+		for _, r := range rows {
+			vals := r.Inputs[spec.GetName()]
+			if width < 0 { // a dynamic inner dimension: take it from the first row
+				width = int64(len(vals))
+				for k := 1; k < len(shape); k++ {
+					if shape[k] < 0 {
+						shape[k] = width
+					}
+				}
+			}
+			if int64(len(vals)) != width {
+				return nil, fmt.Errorf("row %s/%d has %d values of input %q, which takes %d per row (was it dropped or hashed by the capture policy?)",
+					r.InferenceID, r.Row, len(vals), spec.GetName(), width)
+			}
+		}
+		t, err := tensor.Zeros(spec.GetName(), dt, shape)
+		if err != nil {
+			return nil, err
+		}
+		for i, r := range rows {
+			for k, v := range r.Inputs[spec.GetName()] {
+				f, ok := asFloat(v)
+				if !ok {
+					return nil, fmt.Errorf("row %s/%d input %q element %d is %v, not a number", r.InferenceID, r.Row, spec.GetName(), k, v)
+				}
+				if err := set(&t, i*int(width)+k, f); err != nil {
+					return nil, fmt.Errorf("input %q: %w", spec.GetName(), err)
+				}
+			}
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+func set(t *tensor.Tensor, i int, v float64) error {
+	switch x := t.Data.(type) {
+	case []float32:
+		x[i] = float32(v)
+	case []float64:
+		x[i] = v
+	case []int64:
+		x[i] = int64(v)
+	case []int32:
+		x[i] = int32(v)
+	default:
+		return fmt.Errorf("datatype %s: evaluation feeds FP32, FP64, INT32 and INT64 inputs", t.DT())
+	}
+	return nil
+}

@@ -1,0 +1,9 @@
+//go:build !unix
+
+package retrain
+
+import "os/exec"
+
+// processGroup: without process groups, cancelling kills the trainer
+// process only.
+func processGroup(*exec.Cmd) {}

@@ -1,0 +1,192 @@
+package retrain
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/internal/store"
+	"github.com/edgefleet/edgefleet/internal/testkit"
+	"github.com/edgefleet/edgefleet/proto/efpb"
+)
+
+// The jobs' data, models and rollouts are tested end to end in
+// controlplane (retrain_e2e_test.go); these tests cover the decisions made
+// before a job runs: which trigger starts one, when, and names.
+
+type versions map[string]bool
+
+func (v versions) Has(_, version string) bool { return v[version] }
+func (versions) Manifest(string, string) (*efpb.Manifest, error) {
+	return nil, api.Errorf(api.ErrNotFound, "none")
+}
+func (versions) File(string, string) ([]byte, error) { return nil, api.Errorf(api.ErrNotFound, "none") }
+func (versions) Publish(context.Context, string, string, []byte, *efpb.Manifest, []byte) (api.ModelVersion, error) {
+	return api.ModelVersion{}, fmt.Errorf("not here")
+}
+
+type noData struct{}
+
+func (noData) Build(string, api.DatasetRequest) (api.Dataset, error) {
+	return api.Dataset{}, fmt.Errorf("no")
+}
+func (noData) Get(string, string) (api.Dataset, error)        { return api.Dataset{}, fmt.Errorf("no") }
+func (noData) Export(string, string, string, io.Writer) error { return fmt.Errorf("no") }
+
+type current string
+
+func (c current) Current(string) (string, bool) { return string(c), c != "" }
+
+type noRollouts struct{}
+
+func (noRollouts) Create(context.Context, api.RolloutSpec, string) (*api.Rollout, error) {
+	return nil, fmt.Errorf("no")
+}
+func (noRollouts) List() []*api.Rollout { return nil }
+
+func newService(t *testing.T, clock *testkit.Clock) *Service {
+	t.Helper()
+	db, err := store.Open(store.Options{InMemory: true, Profile: store.ProfileServer})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	s, err := New(Options{KV: db.Namespace("retrain"), Datasets: noData{}, Models: versions{"v1": true, "v2": true, "1.2.9": true},
+		Fleet: current("v1"), Rollouts: noRollouts{}, WorkDir: t.TempDir(), Clock: clock.Now,
+		Trainers: map[string][]string{"xgb": {"/usr/bin/true"}}})
+	require.NoError(t, err)
+	return s
+}
+
+func TestAlertsStartJobsPerPolicy(t *testing.T) {
+	clock := testkit.NewClock(time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC))
+	s := newService(t, clock)
+	alert := Alert{Rule: "low_accuracy", Model: "fraud", Version: "v1", Site: "b", Value: 0.7, Threshold: 0.85}
+
+	s.onAlert(alert)
+	assert.Empty(t, s.Jobs(""), "no policy: alerts start nothing")
+	_, err := s.SetPolicy("fraud", api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud, Triggers: []string{"accuracy_drop"}})
+	require.NoError(t, err)
+	s.onAlert(alert)
+	assert.Empty(t, s.Jobs(""), "the policy does not name low_accuracy")
+
+	_, err = s.SetPolicy("fraud", api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud, Triggers: []string{"low_accuracy"}})
+	require.NoError(t, err)
+	s.onAlert(alert)
+	jobs := s.Jobs("fraud")
+	require.Len(t, jobs, 1)
+	assert.Equal(t, "alert:low_accuracy site=b", jobs[0].Trigger)
+	assert.Equal(t, "v1", jobs[0].Parent)
+	assert.Equal(t, api.RetrainQueued, jobs[0].State)
+
+	// One job per model: another alert (another site) while it is queued
+	// starts nothing, nor does a manual start.
+	s.onAlert(Alert{Rule: "low_accuracy", Model: "fraud", Version: "v1", Site: "c"})
+	assert.Len(t, s.Jobs(""), 1)
+	_, err = s.Start("fraud", "alice", api.RetrainRequest{})
+	require.ErrorIs(t, err, api.ErrExists)
+
+	// Ended: the cooldown (default 1h) holds automatic jobs, not manual ones.
+	_, err = s.finish(jobs[0].ID, api.RetrainRejected, "not better")
+	require.NoError(t, err)
+	clock.Add(30 * time.Minute)
+	s.onAlert(alert)
+	assert.Len(t, s.Jobs(""), 1, "within the cooldown")
+	clock.Add(31 * time.Minute)
+	s.onAlert(alert)
+	assert.Len(t, s.Jobs(""), 2, "after the cooldown")
+	j := s.Jobs("")[0]
+	_, err = s.Cancel(j.ID, "bob")
+	require.NoError(t, err)
+	got, err := s.Job(j.ID)
+	require.NoError(t, err)
+	assert.Equal(t, api.RetrainFailed, got.State)
+	assert.Equal(t, "cancelled by bob before it started", got.Reason)
+	m, err := s.Start("fraud", "alice", api.RetrainRequest{Reason: "new labels"})
+	require.NoError(t, err, "manual jobs ignore the cooldown")
+	assert.Equal(t, "manual:alice", m.Trigger)
+	assert.Empty(t, m.Site)
+	_, err = s.finish(m.ID, api.RetrainFailed, "test")
+	require.NoError(t, err)
+
+	// Site scope: an alert's job trains on its site's rows.
+	_, err = s.SetPolicy("fraud", api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud, Triggers: []string{"low_accuracy"}, SiteScope: api.SiteScopeAlert})
+	require.NoError(t, err)
+	clock.Add(2 * time.Hour)
+	s.onAlert(alert)
+	assert.Equal(t, "b", s.Jobs("")[0].Site)
+}
+
+func TestScheduleStartsJobs(t *testing.T) {
+	clock := testkit.NewClock(time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC))
+	s := newService(t, clock)
+	_, err := s.SetPolicy("fraud", api.RetrainPolicy{Trainer: "command:xgb", Schedule: api.Duration(24 * time.Hour), Cooldown: api.Duration(time.Minute)})
+	require.NoError(t, err)
+	st, err := s.Policy("fraud")
+	require.NoError(t, err)
+	assert.Equal(t, clock.Now().Add(24*time.Hour), st.NextScheduled)
+	s.Tick()
+	assert.Empty(t, s.Jobs(""), "not due")
+	clock.Add(24 * time.Hour)
+	s.Tick()
+	jobs := s.Jobs("")
+	require.Len(t, jobs, 1)
+	assert.Equal(t, "schedule", jobs[0].Trigger)
+	s.Tick()
+	assert.Len(t, s.Jobs(""), 1, "the next one is a day later")
+	st, err = s.Policy("fraud")
+	require.NoError(t, err)
+	assert.Equal(t, clock.Now().Add(24*time.Hour), st.NextScheduled)
+	assert.Equal(t, jobs[0].ID, st.Running)
+}
+
+func TestPolicyRefusesUnknownTrainers(t *testing.T) {
+	s := newService(t, testkit.NewClock(time.Now()))
+	_, err := s.SetPolicy("fraud", api.RetrainPolicy{Trainer: "command:rm"})
+	require.ErrorIs(t, err, api.ErrInvalid)
+	assert.Contains(t, err.Error(), "it has: xgb")
+	_, err = s.SetPolicy("bad name!", api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud})
+	require.ErrorIs(t, err, api.ErrInvalid)
+	st, err := s.Policy("other")
+	require.NoError(t, err)
+	assert.False(t, st.Set)
+}
+
+func TestNextVersion(t *testing.T) {
+	s := newService(t, testkit.NewClock(time.Now()))
+	for _, tt := range []struct{ parent, want string }{
+		{"v1", "v3"}, // v2 exists
+		{"v9", "v10"},
+		{"1.2.0", "1.2.1"},
+		{"1.2.8", "1.2.10"}, // 1.2.9 exists
+		{"prod", "prod-r1"},
+	} {
+		assert.Equal(t, tt.want, s.nextVersion("fraud", tt.parent), "nextVersion(%q)", tt.parent)
+	}
+}
+
+func TestHeldOutIsStable(t *testing.T) {
+	var rows []labelledRow
+	for i := range 4000 {
+		rows = append(rows, labelledRow{InferenceID: fmt.Sprintf("id-%d", i/10), Row: uint32(i % 10)})
+	}
+	train, holdout := split(rows, 0.25)
+	assert.InDelta(t, 1000, len(holdout), 100, "about a quarter held out")
+	assert.Len(t, train, 3000+1000-len(holdout))
+	_, again := split(rows, 0.25)
+	assert.Equal(t, holdout, again, "the same rows every time")
+}
+
+func TestTailKeepsTheEnd(t *testing.T) {
+	tl := &tail{max: 8}
+	_, _ = tl.Write([]byte("0123456789"))
+	_, _ = tl.Write([]byte("ab"))
+	assert.Equal(t, "456789ab", tl.String())
+	assert.Equal(t, "last", lastLine("first\nlast\n"))
+	assert.True(t, strings.Contains(lastLine(""), "no output"))
+}
