@@ -61,15 +61,7 @@ func minimalServer(sess *infer.Session) http.Handler {
 //
 //	go test ./agent -run '^$' -bench BenchmarkServe -benchtime 2000x
 func BenchmarkServe(b *testing.B) {
-	art, rt, man := benchFraudModel(b)
-	sess, err := rt.Load(art.ONNX, nil, nil)
-	require.NoError(b, err)
-	a := benchAgent(Options{})
-	s := &slot{name: "fraud"}
-	m := &servedModel{version: "1.0.0", manifest: man, sess: sess}
-	s.serving.Store(m)
-	a.slots["fraud"] = s
-	b.Cleanup(m.close)
+	a, sess := benchServingAgent(b)
 	agentSrv := httptest.NewServer(oip.NewHandler(backend{a}, oip.HandlerOptions{MaxBatch: 1 << 20, MaxBodyBytes: 16 << 20}))
 	b.Cleanup(agentSrv.Close)
 	minSrv := httptest.NewServer(minimalServer(sess))
@@ -216,6 +208,21 @@ func benchFraudModel(b *testing.B) (*fraud.Artifact, *infer.Runtime, *efpb.Manif
 // benchAgent is an agent with only what the inference path reads (its
 // slots, monitoring unless disabled, the shadow set), for benchmarks
 // that drive the backend without connecting.
+// benchServingAgent is a bare agent serving the fraud model as fraud
+// 1.0.0, and the session it serves with.
+func benchServingAgent(b *testing.B) (*Agent, *infer.Session) {
+	art, rt, man := benchFraudModel(b)
+	sess, err := rt.Load(art.ONNX, nil, nil)
+	require.NoError(b, err)
+	a := benchAgent(Options{})
+	s := &slot{name: "fraud"}
+	m := &servedModel{version: "1.0.0", manifest: man, sess: sess}
+	s.serving.Store(m)
+	a.slots["fraud"] = s
+	b.Cleanup(m.close)
+	return a, sess
+}
+
 func benchAgent(opts Options) *Agent {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
@@ -237,15 +244,7 @@ func benchAgent(opts Options) *Agent {
 //
 //	go test ./agent -run '^$' -bench BenchmarkServeHandler -benchmem -count 4
 func BenchmarkServeHandler(b *testing.B) {
-	art, rt, man := benchFraudModel(b)
-	sess, err := rt.Load(art.ONNX, nil, nil)
-	require.NoError(b, err)
-	a := benchAgent(Options{})
-	s := &slot{name: "fraud"}
-	m := &servedModel{version: "1.0.0", manifest: man, sess: sess}
-	s.serving.Store(m)
-	a.slots["fraud"] = s
-	b.Cleanup(m.close)
+	a, sess := benchServingAgent(b)
 	g, err := fraud.NewGenerator(7, fraud.Params{})
 	require.NoError(b, err)
 	row := g.Generate(1).Rows[0]

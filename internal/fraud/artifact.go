@@ -115,25 +115,9 @@ func TrainArtifact(cfg TrainConfig) (*Artifact, error) {
 	nTest := int(math.Round(float64(rows) * testFrac))
 	train, test := all.Slice(0, rows-nTest), all.Slice(rows-nTest, rows)
 
-	model, err := Train(train, l2)
+	a, err := trainArtifact(train, test, l2)
 	if err != nil {
 		return nil, fmt.Errorf("fraud: train artifact: %w", err)
-	}
-	onnx, err := BuildONNX(model)
-	if err != nil {
-		return nil, fmt.Errorf("fraud: train artifact: %w", err)
-	}
-
-	a := &Artifact{
-		ONNX:        onnx,
-		Inputs:      []*efpb.TensorSpec{{Name: InputName, Datatype: "FP32", Shape: []int64{-1, NumFeatures}}},
-		Outputs:     []*efpb.TensorSpec{{Name: OutputName, Datatype: "FP32", Shape: []int64{-1, 1}}},
-		Reference:   ReferenceStats(train),
-		TestVectors: testVectors(model, test),
-		Tolerance:   Tolerance,
-		Model:       model,
-		Train:       model.Evaluate(train),
-		Test:        model.Evaluate(test),
 	}
 	p := gen.Params()
 	a.Training = &efpb.TrainingInfo{
@@ -329,6 +313,31 @@ func kv(k, v string) *efpb.KeyValue { return &efpb.KeyValue{Key: k, Value: v} }
 
 func fmtFloat(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
 
+// trainArtifact trains on train with l2 (already defaulted), measures on
+// both sets and builds the model's ONNX graph, specs, reference and test
+// vectors; callers add TrainingInfo.
+func trainArtifact(train, test *Dataset, l2 float64) (*Artifact, error) {
+	model, err := Train(train, l2)
+	if err != nil {
+		return nil, err
+	}
+	onnx, err := BuildONNX(model)
+	if err != nil {
+		return nil, err
+	}
+	return &Artifact{
+		ONNX:        onnx,
+		Inputs:      []*efpb.TensorSpec{{Name: InputName, Datatype: "FP32", Shape: []int64{-1, NumFeatures}}},
+		Outputs:     []*efpb.TensorSpec{{Name: OutputName, Datatype: "FP32", Shape: []int64{-1, 1}}},
+		Reference:   ReferenceStats(train),
+		TestVectors: testVectors(model, test),
+		Tolerance:   Tolerance,
+		Model:       model,
+		Train:       model.Evaluate(train),
+		Test:        model.Evaluate(test),
+	}, nil
+}
+
 // ArtifactFromData trains on train, measures on test and exports: a
 // retrain on field data (controlplane/retrain) rather than generated data.
 // l2 as in TrainConfig (0 is DefaultL2, negative none). TrainingInfo
@@ -341,27 +350,12 @@ func ArtifactFromData(train, test *Dataset, l2 float64, now time.Time) (*Artifac
 	case l2 < 0:
 		l2 = 0
 	}
-	model, err := Train(train, l2)
+	a, err := trainArtifact(train, test, l2)
 	if err != nil {
 		return nil, fmt.Errorf("fraud: artifact from data: %w", err)
-	}
-	onnx, err := BuildONNX(model)
-	if err != nil {
-		return nil, fmt.Errorf("fraud: artifact from data: %w", err)
-	}
-	a := &Artifact{
-		ONNX:        onnx,
-		Inputs:      []*efpb.TensorSpec{{Name: InputName, Datatype: "FP32", Shape: []int64{-1, NumFeatures}}},
-		Outputs:     []*efpb.TensorSpec{{Name: OutputName, Datatype: "FP32", Shape: []int64{-1, 1}}},
-		Reference:   ReferenceStats(train),
-		TestVectors: testVectors(model, test),
-		Tolerance:   Tolerance,
-		Model:       model,
-		Train:       model.Evaluate(train),
-		Test:        model.Evaluate(test),
 	}
 	if len(a.TestVectors) == 0 { // no held-out rows: vectors from training rows
-		a.TestVectors = testVectors(model, train)
+		a.TestVectors = testVectors(a.Model, train)
 	}
 	a.Training = &efpb.TrainingInfo{
 		Algorithm: Algorithm,
