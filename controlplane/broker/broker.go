@@ -177,7 +177,7 @@ func New(opts Options) (*Broker, error) {
 		InlineClient: true,
 		Logger:       slog.New(newMochiHandler(log.Handler(), &b.logsSuppressed)).With("mochi", true),
 	})
-	if err := b.srv.AddHook(&hook{scheme: opts.Scheme, auth: opts.Auth, log: log}, nil); err != nil {
+	if err := b.srv.AddHook(&hook{scheme: opts.Scheme, auth: opts.Auth, log: log, srv: b.srv, closed: b.closed}, nil); err != nil {
 		return nil, fmt.Errorf("broker: new: add hook: %w", err)
 	}
 	return b, nil

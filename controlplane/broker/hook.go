@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"log/slog"
 	"strings"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -19,12 +20,66 @@ type hook struct {
 	scheme topics.Scheme
 	auth   Authenticator
 	log    *slog.Logger
+	srv    *mqtt.Server
+	closed <-chan struct{} // the broker's: ends waits in hooks
 }
 
 func (h *hook) ID() string { return "edgefleet-auth" }
 
 func (h *hook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPacketRead}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnSessionEstablish, mqtt.OnACLCheck, mqtt.OnPacketRead}, []byte{b})
+}
+
+// takeoverWait bounds how long a reconnecting client waits for its previous
+// connection's clean-up.
+const takeoverWait = 5 * time.Second
+
+// OnSessionEstablish runs for an authenticated client just before mochi
+// takes over a previous connection with the same client id. When that
+// previous session ends with its connection (a clean session, as devices
+// use), it is disconnected here and the new client waits until mochi has
+// cleaned it up. mochi's own takeover races with that clean-up: the old
+// connection's goroutine checks "taken over?" and then, late on a loaded
+// machine, unsubscribes its filters by client id and deletes the id from
+// the client list — removing what the new connection had just subscribed
+// (a device that reconnected quickly then received nothing on a live
+// connection). Persistent sessions are left to mochi's takeover, which
+// hands them over.
+func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	old, ok := h.srv.Clients.Get(cl.ID)
+	if !ok || old == cl || !sessionEndsWithConnection(old) {
+		return
+	}
+	if !old.Closed() {
+		_ = h.srv.DisconnectClient(old, packets.ErrSessionTakenOver)
+	}
+	deadline := time.NewTimer(takeoverWait)
+	defer deadline.Stop()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for {
+		if cur, ok := h.srv.Clients.Get(cl.ID); !ok || cur != old {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			h.log.Warn("previous connection not cleaned up in time; taking it over", "client", cl.ID, "waited", takeoverWait)
+			return
+		case <-h.closed:
+			return
+		}
+	}
+}
+
+// sessionEndsWithConnection reports whether mochi deletes cl's session when
+// its connection ends: a clean MQTT 3.1.1 session, or an MQTT 5 session
+// with no expiry interval.
+func sessionEndsWithConnection(cl *mqtt.Client) bool {
+	if cl.Properties.ProtocolVersion < 5 {
+		return cl.Properties.Clean
+	}
+	return cl.Properties.Props.SessionExpiryInterval == 0
 }
 
 // OnConnectAuthenticate admits a device: username is a valid device id, the
