@@ -203,10 +203,41 @@ type composeService struct {
 var operatorFiles = []string{"./secrets/", "./certs", "./keys"}
 
 func TestComposeFile(t *testing.T) {
-	dir := filepath.Join(repoRoot(t), "deploy/compose")
 	var c composeFile
 	require.NoError(t, decodeStrict(deployFile(t, "compose/compose.yaml"), &c))
 	require.ElementsMatch(t, []string{"mosquitto", "broker-sync", "edgefleet", "prometheus", "grafana"}, keys(c.Services))
+	checkComposeRefs(t, "deploy/compose", c)
+
+	cp := c.Services["edgefleet"]
+	assert.Contains(t, cp.Command, "--mqtt-url=tcp://mosquitto:1883", "the control plane uses the compose mosquitto")
+	assert.Contains(t, cp.Command, "--mqtt-username="+controlUser, "the ACL's control user")
+	assert.Contains(t, cp.Command, "--listen=0.0.0.0:8080", "broker-sync reaches the API on the compose network")
+
+	// broker-sync: beside mosquitto, as its uid, in its pid namespace.
+	bs, mq := c.Services["broker-sync"], c.Services["mosquitto"]
+	assert.Equal(t, "service:mosquitto", bs.Pid, "broker-sync sees mosquitto's process to signal it")
+	assert.Equal(t, mq.User, bs.User, "broker-sync runs as mosquitto's uid, so it may signal it")
+	assert.Equal(t, "1883:1883", mq.User, "the eclipse-mosquitto image's mosquitto user")
+	assert.Equal(t, cp.Image, bs.Image, "broker-sync is the edgefleet image")
+	assert.Equal(t, cp.Build, bs.Build, "built like the control plane's (compose would pull an image nothing pushed)")
+	if assert.NotNil(t, bs.Healthcheck) {
+		assert.True(t, bs.Healthcheck.Disable, "the image's health check asks an API broker-sync does not serve")
+	}
+	assert.Empty(t, bs.DependsOn.Content, "broker-sync must not wait for the control plane: mosquitto waits for it")
+	kit := composeKit(t)
+	sync := c.Volumes[kit.syncVolume]
+	assert.Equal(t, "tmpfs", sync.DriverOpts["type"], "the sync volume is a tmpfs")
+	assert.Contains(t, sync.DriverOpts["o"], "uid=1883,gid=1883", "owned by mosquitto's uid: broker-sync starts first, a plain volume would be root's")
+}
+
+// checkComposeRefs checks what a compose file in dir (relative to the
+// repository) refers to: secrets are operator files in ./secrets, builds
+// have their Dockerfile, dependencies and secrets exist, bind mounts are
+// shipped files or the operator's, named volumes are declared, and the
+// operator's files stay out of the repository's build context.
+func checkComposeRefs(t *testing.T, rel string, c composeFile) {
+	t.Helper()
+	dir := filepath.Join(repoRoot(t), rel)
 	for name, sec := range c.Secrets {
 		assert.True(t, strings.HasPrefix(sec.File, "./secrets/"), "secret %s is a file the operator makes in ./secrets", name)
 	}
@@ -241,30 +272,9 @@ func TestComposeFile(t *testing.T) {
 	ignore, err := os.ReadFile(filepath.Join(repoRoot(t), ".dockerignore"))
 	require.NoError(t, err)
 	for _, f := range operatorFiles {
-		p := "deploy/compose/" + strings.TrimSuffix(strings.TrimPrefix(f, "./"), "/") + "/"
+		p := rel + "/" + strings.TrimSuffix(strings.TrimPrefix(f, "./"), "/") + "/"
 		assert.Contains(t, confLines(string(ignore)), p, ".dockerignore leaves out the operator's %s", f)
 	}
-
-	cp := c.Services["edgefleet"]
-	assert.Contains(t, cp.Command, "--mqtt-url=tcp://mosquitto:1883", "the control plane uses the compose mosquitto")
-	assert.Contains(t, cp.Command, "--mqtt-username="+controlUser, "the ACL's control user")
-	assert.Contains(t, cp.Command, "--listen=0.0.0.0:8080", "broker-sync reaches the API on the compose network")
-
-	// broker-sync: beside mosquitto, as its uid, in its pid namespace.
-	bs, mq := c.Services["broker-sync"], c.Services["mosquitto"]
-	assert.Equal(t, "service:mosquitto", bs.Pid, "broker-sync sees mosquitto's process to signal it")
-	assert.Equal(t, mq.User, bs.User, "broker-sync runs as mosquitto's uid, so it may signal it")
-	assert.Equal(t, "1883:1883", mq.User, "the eclipse-mosquitto image's mosquitto user")
-	assert.Equal(t, cp.Image, bs.Image, "broker-sync is the edgefleet image")
-	assert.Equal(t, cp.Build, bs.Build, "built like the control plane's (compose would pull an image nothing pushed)")
-	if assert.NotNil(t, bs.Healthcheck) {
-		assert.True(t, bs.Healthcheck.Disable, "the image's health check asks an API broker-sync does not serve")
-	}
-	assert.Empty(t, bs.DependsOn.Content, "broker-sync must not wait for the control plane: mosquitto waits for it")
-	kit := composeKit(t)
-	sync := c.Volumes[kit.syncVolume]
-	assert.Equal(t, "tmpfs", sync.DriverOpts["type"], "the sync volume is a tmpfs")
-	assert.Contains(t, sync.DriverOpts["o"], "uid=1883,gid=1883", "owned by mosquitto's uid: broker-sync starts first, a plain volume would be root's")
 }
 
 func dependsOn(t *testing.T, n yaml.Node) []string {
@@ -336,9 +346,11 @@ type k8sService struct {
 	Kind       string  `yaml:"kind"`
 	Metadata   k8sMeta `yaml:"metadata"`
 	Spec       struct {
-		Type     string            `yaml:"type"`
-		Selector map[string]string `yaml:"selector"`
-		Ports    []k8sServicePort  `yaml:"ports"`
+		Type                     string            `yaml:"type"`
+		ClusterIP                string            `yaml:"clusterIP"`
+		PublishNotReadyAddresses bool              `yaml:"publishNotReadyAddresses"`
+		Selector                 map[string]string `yaml:"selector"`
+		Ports                    []k8sServicePort  `yaml:"ports"`
 	} `yaml:"spec"`
 }
 
@@ -361,21 +373,12 @@ type k8sProbe struct {
 }
 
 type k8sContainer struct {
-	Name    string   `yaml:"name"`
-	Image   string   `yaml:"image"`
-	Command []string `yaml:"command"`
-	Args    []string `yaml:"args"`
-	Env     []struct {
-		Name      string `yaml:"name"`
-		Value     string `yaml:"value"`
-		ValueFrom *struct {
-			SecretKeyRef struct {
-				Name string `yaml:"name"`
-				Key  string `yaml:"key"`
-			} `yaml:"secretKeyRef"`
-		} `yaml:"valueFrom"`
-	} `yaml:"env"`
-	Ports []struct {
+	Name    string      `yaml:"name"`
+	Image   string      `yaml:"image"`
+	Command []string    `yaml:"command"`
+	Args    []string    `yaml:"args"`
+	Env     []k8sEnvVar `yaml:"env"`
+	Ports   []struct {
 		Name          string `yaml:"name"`
 		ContainerPort int    `yaml:"containerPort"`
 	} `yaml:"ports"`
@@ -392,11 +395,27 @@ type k8sContainer struct {
 			Drop []string `yaml:"drop"`
 		} `yaml:"capabilities"`
 	} `yaml:"securityContext"`
-	VolumeMounts []struct {
-		Name      string `yaml:"name"`
-		MountPath string `yaml:"mountPath"`
-		ReadOnly  bool   `yaml:"readOnly"`
-	} `yaml:"volumeMounts"`
+	VolumeMounts []k8sVolumeMount `yaml:"volumeMounts"`
+}
+
+type k8sEnvVar struct {
+	Name      string `yaml:"name"`
+	Value     string `yaml:"value"`
+	ValueFrom *struct {
+		SecretKeyRef *struct {
+			Name string `yaml:"name"`
+			Key  string `yaml:"key"`
+		} `yaml:"secretKeyRef"`
+		FieldRef *struct {
+			FieldPath string `yaml:"fieldPath"`
+		} `yaml:"fieldRef"`
+	} `yaml:"valueFrom"`
+}
+
+type k8sVolumeMount struct {
+	Name      string `yaml:"name"`
+	MountPath string `yaml:"mountPath"`
+	ReadOnly  bool   `yaml:"readOnly"`
 }
 
 type k8sStatefulSet struct {
@@ -404,9 +423,10 @@ type k8sStatefulSet struct {
 	Kind       string  `yaml:"kind"`
 	Metadata   k8sMeta `yaml:"metadata"`
 	Spec       struct {
-		ServiceName string `yaml:"serviceName"`
-		Replicas    int    `yaml:"replicas"`
-		Selector    struct {
+		ServiceName         string `yaml:"serviceName"`
+		Replicas            int    `yaml:"replicas"`
+		PodManagementPolicy string `yaml:"podManagementPolicy"`
+		Selector            struct {
 			MatchLabels map[string]string `yaml:"matchLabels"`
 		} `yaml:"selector"`
 		Template struct {
@@ -418,6 +438,7 @@ type k8sStatefulSet struct {
 					FSGroup      int  `yaml:"fsGroup"`
 					RunAsNonRoot bool `yaml:"runAsNonRoot"`
 				} `yaml:"securityContext"`
+				Affinity                      *k8sAffinity   `yaml:"affinity"`
 				ShareProcessNamespace         bool           `yaml:"shareProcessNamespace"`
 				TerminationGracePeriodSeconds int            `yaml:"terminationGracePeriodSeconds"`
 				Containers                    []k8sContainer `yaml:"containers"`
@@ -581,7 +602,7 @@ func TestKubernetesManifests(t *testing.T) {
 				assert.True(t, vols[m.Name], "%s: mount %s names a volume or claim", name, m.Name)
 			}
 			for _, e := range c.Env {
-				if e.ValueFrom != nil {
+				if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
 					ref := e.ValueFrom.SecretKeyRef
 					assert.Contains(t, secrets[ref.Name].StringData, ref.Key, "%s: env %s from secret %s key %s", name, e.Name, ref.Name, ref.Key)
 				}
