@@ -349,16 +349,19 @@ func TestRetrainExternalTrainer(t *testing.T) {
 	dir := t.TempDir()
 	candidate := filepath.Join(dir, "candidate.onnx")
 	require.NoError(t, os.WriteFile(candidate, trainFraud(t, 2, fraud.PatternCardTesting).ONNX, 0o600))
-	pidFile := filepath.Join(dir, "child.pid")
+	pidFile, orphanFile := filepath.Join(dir, "child.pid"), filepath.Join(dir, "orphan.pid")
 	script, err := filepath.Abs("testdata/retrain-trainer.sh")
 	require.NoError(t, err)
 	f := newRetrainFleet(t, func(o *controlplane.Options) {
 		o.Retrain.Trainers = map[string][]string{
-			"copy": {"/bin/sh", script, "ok", candidate},
-			"fail": {"/bin/sh", script, "fail", "-"},
-			"hang": {"/bin/sh", script, "hang", pidFile},
+			"copy":   {"/bin/sh", script, "ok", candidate},
+			"fail":   {"/bin/sh", script, "fail", "-"},
+			"hang":   {"/bin/sh", script, "hang", pidFile},
+			"orphan": {"/bin/sh", script, "orphan", orphanFile},
+			"env":    {"/bin/sh", script, "env", "-"},
 		}
 	})
+	t.Setenv("EDGEFLEET_MQTT_PASSWORD", "do-not-leak-7f3a") // what serve reads the broker password from
 	ctx := context.Background()
 	drifted, err := fraud.NewGenerator(11, fraud.Params{Pattern: fraud.PatternCardTesting})
 	require.NoError(t, err)
@@ -419,6 +422,23 @@ func TestRetrainExternalTrainer(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return gone(pid) }, 30*time.Second, 20*time.Millisecond, "the trainer's child %d outlived the time limit", pid)
 	assert.False(t, f.Internals().Models.Has("fraud", "v3"))
+
+	// A trainer that exits and leaves a child running: the child does not
+	// outlive the job.
+	j = run("command:orphan", time.Minute)
+	require.Equal(t, api.RetrainFailed, j.State, "job: %s", jobText(j))
+	b, err = os.ReadFile(orphanFile)
+	require.NoError(t, err)
+	pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return gone(pid) }, 30*time.Second, 20*time.Millisecond, "the trainer's background child %d outlived its job", pid)
+
+	// The trainer gets the locale and paths, not the control plane's secrets.
+	j = run("command:env", time.Minute)
+	require.Equal(t, api.RetrainFailed, j.State, "job: %s", jobText(j))
+	require.NotNil(t, j.Command)
+	assert.Contains(t, j.Command.Stdout, "PATH=")
+	assert.NotContains(t, j.Command.Stdout, "do-not-leak-7f3a", "the broker password reached the trainer")
 }
 
 // A job is stopped by an operator (its trainer killed), and a job

@@ -5,5 +5,5 @@ package retrain
 import "os/exec"
 
 // processGroup: without process groups, cancelling kills the trainer
-// process only.
-func processGroup(*exec.Cmd) {}
+// process only, and there is nothing more to reap.
+func processGroup(*exec.Cmd) (reap func()) { return func() {} }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -135,9 +136,19 @@ func asFloat(v api.Value) (float64, bool) {
 // trainCommand runs an external trainer: PROGRAM ARGS --data DIR --out
 // DIR in its own process group, killed with the group when ctx ends.
 func (s *Service) trainCommand(ctx context.Context, j *api.RetrainJob, ds api.Dataset, parent *efpb.Manifest, argv []string, train []labelledRow) (*trainResult, error) {
-	dir := filepath.Join(s.opts.WorkDir, j.ID)
+	// A directory of its own per attempt: what a previous attempt's
+	// stray process (a control plane that died mid-training) writes cannot
+	// become this attempt's model.
+	jobDir := filepath.Join(s.opts.WorkDir, j.ID)
+	_ = os.RemoveAll(jobDir)
+	if err := os.MkdirAll(jobDir, 0o700); err != nil {
+		return nil, fmt.Errorf("retrain: %w", err)
+	}
+	dir, err := os.MkdirTemp(jobDir, "run-")
+	if err != nil {
+		return nil, fmt.Errorf("retrain: %w", err)
+	}
 	dataDir, outDir := filepath.Join(dir, "data"), filepath.Join(dir, "out")
-	_ = os.RemoveAll(dir)
 	for _, d := range []string{dataDir, outDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("retrain: %w", err)
@@ -149,13 +160,19 @@ func (s *Service) trainCommand(ctx context.Context, j *api.RetrainJob, ds api.Da
 	args := append(slices.Clone(argv[1:]), "--data", dataDir, "--out", outDir)
 	cmd := exec.CommandContext(ctx, argv[0], args...)
 	cmd.Dir = dir
+	cmd.Env = trainerEnv(os.Environ())
 	stdout, stderr := &tail{max: api.MaxTrainerOutput}, &tail{max: api.MaxTrainerOutput}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
-	processGroup(cmd)
+	reap := processGroup(cmd)
 	// Grandchildren holding the output pipes must not keep Wait waiting.
 	cmd.WaitDelay = 2 * time.Second
 	start := time.Now()
+	// The trainer's parent-death signal is tied to the thread that starts
+	// it: that thread stays locked to this goroutine until it has exited.
+	runtime.LockOSThread()
 	runErr := cmd.Run()
+	runtime.UnlockOSThread()
+	reap()
 	run := &api.TrainerRun{Program: filepath.Base(argv[0]), Args: args, Duration: api.Duration(time.Since(start)),
 		Stdout: stdout.String(), Stderr: stderr.String(), ExitCode: -1}
 	if cmd.ProcessState != nil {
@@ -189,6 +206,21 @@ func (s *Service) trainCommand(ctx context.Context, j *api.RetrainJob, ds api.Da
 		res.reference = referenceCSV(ds.Schema, parent, train)
 	}
 	return res, nil
+}
+
+// trainerEnv is what of the control plane's environment env an external
+// trainer gets: the locale, paths and user, nothing else (the broker
+// password, tokens). A trainer that needs more sets it in a wrapper script.
+func trainerEnv(env []string) []string {
+	keep := []string{"PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"}
+	var out []string
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if slices.Contains(keep, k) {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 // writeInputs writes the external trainer contract's --data directory.

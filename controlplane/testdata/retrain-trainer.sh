@@ -5,6 +5,9 @@
 #   retrain-trainer.sh fail -      exits 3 with a reason on stderr
 #   retrain-trainer.sh hang PIDFILE a child that sleeps (killed with the
 #                                  group); its pid goes to PIDFILE
+#   retrain-trainer.sh orphan PIDFILE  leaves a child sleeping in the
+#                                  background and exits 3 at once
+#   retrain-trainer.sh env -       prints its environment, exits 3
 mode=$1
 model=$2
 shift 2
@@ -27,5 +30,15 @@ hang)
 	sleep 300 &
 	echo $! > "$model"
 	wait
+	;;
+orphan)
+	sleep 300 >/dev/null 2>&1 &
+	echo $! > "$model"
+	echo "left a child behind" >&2
+	exit 3
+	;;
+env)
+	env
+	exit 3
 	;;
 esac
