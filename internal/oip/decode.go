@@ -30,11 +30,17 @@ func scanRequest(body []byte) (req *InferRequest, ok bool) {
 			return s.once(&seen, 2) && s.params(&req.Parameters)
 		case "inputs":
 			return s.once(&seen, 4) && s.array(func() bool {
+				if len(req.Inputs) == MaxRequestTensors {
+					return false // the general way refuses it, before allocating
+				}
 				req.Inputs = append(req.Inputs, RequestInput{})
 				return s.input(&req.Inputs[len(req.Inputs)-1])
 			}, func() { req.Inputs = []RequestInput{} })
 		case "outputs":
 			return s.once(&seen, 8) && s.array(func() bool {
+				if len(req.Outputs) == MaxRequestTensors {
+					return false
+				}
 				req.Outputs = append(req.Outputs, RequestOutput{})
 				return s.output(&req.Outputs[len(req.Outputs)-1])
 			}, func() { req.Outputs = []RequestOutput{} })

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -117,4 +118,35 @@ func FuzzDecodeFlatFP32(f *testing.F) {
 			t.Fatalf("decodeFlatFP32(%s) = %v, want %v", raw, got, want)
 		}
 	})
+}
+
+// TestManyTensorsAreRefusedBeforeDecoding: a body of empty tensors, up to
+// the size limit, is refused with a reason by both decoders instead of
+// becoming millions of tensors; at the bound it is decoded.
+func TestManyTensorsAreRefusedBeforeDecoding(t *testing.T) {
+	body := func(field string, n int, extra string) []byte {
+		var b strings.Builder
+		b.WriteString(`{` + extra + `"` + field + `":[`)
+		for i := range n {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			b.WriteString(`{}`)
+		}
+		b.WriteString(`]}`)
+		return []byte(b.String())
+	}
+	for _, field := range []string{"inputs", "outputs"} {
+		for _, extra := range []string{"", `"id":"x\u0041",`} { // an escape takes the general way
+			_, herr := decodeRequest(body(field, MaxRequestTensors+1, extra))
+			require.NotNil(t, herr, "%s %q", field, extra)
+			assert.Contains(t, herr.msg, "at most 4096 of each", "%s %q", field, extra)
+
+			req, herr := decodeRequest(body(field, MaxRequestTensors, extra))
+			require.Nil(t, herr, "%s %q: %v", field, extra, herr)
+			assert.Equal(t, MaxRequestTensors, len(req.Inputs)+len(req.Outputs), "%s %q", field, extra)
+		}
+	}
+	allocs := testing.AllocsPerRun(1, func() { _, _ = decodeRequest(body("inputs", 500_000, "")) })
+	assert.Less(t, allocs, 1000.0, "refusing half a million tensors allocated per tensor")
 }

@@ -440,6 +440,14 @@ func decodeRequest(body []byte) (*InferRequest, *httpError) {
 // into its own buffer, and reuse it), and then walks body once for fields
 // the request does not have.
 func decodeRequestJSON(trimmed []byte) (*InferRequest, *httpError) {
+	// Counted before decoding: a few MiB of "{}," would otherwise become
+	// millions of tensors (hundreds of MiB) before anything looks at them.
+	if json.Valid(trimmed) {
+		w := jsonWalker{b: trimmed}
+		if in, out := w.tensorCounts(); in > MaxRequestTensors || out > MaxRequestTensors {
+			return nil, badRequest("invalid request: %d inputs and %d outputs; at most %d of each", in, out, MaxRequestTensors)
+		}
+	}
 	var req InferRequest
 	if err := json.Unmarshal(trimmed, &req); err != nil {
 		// Distinguish a second value after the object from broken JSON.
@@ -480,6 +488,53 @@ func unknownField(b []byte) (name string, ok bool) {
 	})
 }
 
+// MaxRequestTensors bounds the inputs, and the outputs, one inference
+// request may name: far above any model's, far below what a body of the
+// size limit could make the decoder allocate.
+const MaxRequestTensors = 4096
+
+// tensorCounts walks a valid JSON inference request and returns the
+// number of elements of its "inputs" and "outputs" arrays.
+func (w *jsonWalker) tensorCounts() (inputs, outputs int) {
+	w.object(nil, func(key string) (string, bool) {
+		switch key {
+		case "inputs":
+			inputs = w.count()
+		case "outputs":
+			outputs = w.count()
+		default:
+			w.skip()
+		}
+		return "", true
+	})
+	return inputs, outputs
+}
+
+// count steps over an array and returns its number of elements; any
+// other value is skipped and counts 0.
+func (w *jsonWalker) count() int {
+	w.space()
+	if w.b[w.i] != '[' {
+		w.skip()
+		return 0
+	}
+	w.i++
+	n := 0
+	for {
+		w.space()
+		switch w.b[w.i] {
+		case ']':
+			w.i++
+			return n
+		case ',':
+			w.i++
+			continue
+		}
+		w.skip()
+		n++
+	}
+}
+
 // jsonWalker steps through valid JSON.
 type jsonWalker struct {
 	b []byte
@@ -492,8 +547,9 @@ func (w *jsonWalker) space() {
 	}
 }
 
-// object walks an object whose keys must be in fields, calling value for
-// each value (which must consume it); a non-object is skipped.
+// object walks an object whose keys must be in fields (nil: any key),
+// calling value for each value (which must consume it); a non-object is
+// skipped.
 func (w *jsonWalker) object(fields map[string]bool, value func(key string) (string, bool)) (string, bool) {
 	w.space()
 	if w.i >= len(w.b) || w.b[w.i] != '{' {
@@ -519,7 +575,7 @@ func (w *jsonWalker) object(fields map[string]bool, value func(key string) (stri
 		}
 		w.space()
 		w.i++ // ':'
-		if !fields[key] {
+		if fields != nil && !fields[key] {
 			return key, false
 		}
 		if name, ok := value(key); !ok {
