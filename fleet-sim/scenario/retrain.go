@@ -332,7 +332,8 @@ func (r *RetrainLineage) Check(env *Env) (bool, string) {
 func auditChain(env *Env, j *api.RetrainJob) []string {
 	cp := env.Fleet.ControlPlane()
 	var why []string
-	if rule, ok := strings.CutPrefix(strings.Fields(j.Trigger + " ")[0], "alert:"); ok {
+	first, _, _ := strings.Cut(j.Trigger, " ")
+	if rule, ok := strings.CutPrefix(first, "alert:"); ok {
 		alerts, err := cp.Audit(api.AuditQuery{Action: "monitor.alert." + rule})
 		if err != nil {
 			return []string{err.Error()}
