@@ -1,6 +1,7 @@
 package scenario
 
 import (
+	"context"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -83,4 +84,41 @@ func TestParseRejectsBadRetrainSteps(t *testing.T) {
 			assert.ErrorContains(t, err, tt.want)
 		})
 	}
+}
+
+// A retrain job that ends outside the wanted states fails wait_retrain at
+// once with the job's own reason (here: too few labelled rows for the
+// policy), and the assertions that depend on it say no job was claimed.
+func TestWaitRetrainFailsWithTheJobsReason(t *testing.T) {
+	sc, err := Parse([]byte(`name: too-few-labels
+fleet: {sites: 2, devices_per_site: 2}
+agent: {heartbeat: 300ms, fetch_retry: 500ms}
+traffic: {model: fraud, rate: 40, seed: 13, label_fraction: 1, label_delay: 300ms}
+monitor: {interval: 500ms, window: 1m, min_accuracy: 0.85, min_labels: 300}
+timeline:
+  - push_model: {model: fraud, version: 1.0.0, seed: 1}
+  - deploy: {model: fraud, version: 1.0.0}
+  - wait_active: {model: fraud, version: 1.0.0, timeout: 30s}
+  - set_retrain_policy:
+      model: fraud
+      capture: {sample_rate: 1, labelled_only: true}
+      policy: {triggers: [low_accuracy], trainer: builtin:fraud, site_scope: alert, min_labelled: 1000000}
+  - shift_traffic: {selector: site=site-2, params: {pattern: card-testing}}
+  - wait_retrain: {name: r1, model: fraud, timeout: 90s}
+assertions:
+  - retrain_lineage: {job: r1, parent: 1.0.0}
+`), NewRegistry())
+	require.NoError(t, err)
+	rep, err := Run(context.Background(), sc, RunOptions{WorkDir: t.TempDir()})
+	require.NoError(t, err)
+	assert.False(t, rep.Passed)
+	require.Len(t, rep.Steps, 6)
+	assert.Contains(t, rep.Steps[5].Error, "(alert:low_accuracy site=site-2) ended failed, want one of [rolling-out]")
+	assert.Contains(t, rep.Steps[5].Error, "the policy needs 1000000 (min_labelled)")
+	require.Len(t, rep.Assertions, 1)
+	assert.Contains(t, rep.Assertions[0].Explanation, `no retrain job named "r1" was waited for`)
+	fig, ok := rep.Figures["retrain_r1"].(map[string]any)
+	require.True(t, ok, "the failed job's figures are reported: %v", rep.Figures)
+	assert.Equal(t, api.RetrainFailed, fig["state"])
+	assert.Equal(t, "site-2", fig["site"])
 }
