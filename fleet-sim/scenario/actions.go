@@ -55,6 +55,7 @@ func registerBuiltins(r *Registry) {
 	r.RegisterAssertion("all_refused", func() Assertion { return &AllRefused{} })
 	r.RegisterAssertion("interrupted", func() Assertion { return &Interrupted{} })
 	registerRollouts(r)
+	registerRetrain(r)
 	registerPeers(r)
 }
 
@@ -750,6 +751,7 @@ func (s *ShiftTraffic) Run(_ context.Context, env *Env) (string, error) {
 		if err := env.Traffic.ShiftCSV(ids(ms), s.csv); err != nil {
 			return "", err
 		}
+		env.markShifted(s.Pick.Selector, env.Clock.Now())
 		return fmt.Sprintf("%d devices now replay %s", len(ms), s.CSV), nil
 	}
 	p, err := s.Params.Fraud()
@@ -759,6 +761,7 @@ func (s *ShiftTraffic) Run(_ context.Context, env *Env) (string, error) {
 	if err := env.Traffic.ShiftParams(ids(ms), p); err != nil {
 		return "", err
 	}
+	env.markShifted(s.Pick.Selector, env.Clock.Now())
 	return fmt.Sprintf("traffic of %d devices shifted", len(ms)), nil
 }
 

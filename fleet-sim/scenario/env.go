@@ -48,8 +48,14 @@ type Env struct {
 	// rollouts maps scenario rollout names to ids; only the Run goroutine
 	// (timeline, then assertions) touches it.
 	rollouts map[string]string
-	// mu guards figures, sizes and deployed.
-	mu      sync.Mutex
+	// retrains maps scenario names of retrain jobs (wait_retrain) to
+	// their ids; only the Run goroutine touches it.
+	retrains map[string]string
+	// mu guards figures, sizes, deployed and shifted.
+	mu sync.Mutex
+	// shifted is when (control plane clock) traffic was last shifted, by
+	// the selector that shift_traffic picked with.
+	shifted map[string]time.Time
 	figures map[string]any
 	// sizes are the pushed versions' sizes by "model@version"; deployed
 	// when each was first deployed (simulated, since Start).
@@ -90,6 +96,24 @@ func (e *Env) Deployed(key string) (time.Duration, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	t, ok := e.deployed[key]
+	return t, ok
+}
+
+func (e *Env) markShifted(selector string, at time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.shifted == nil {
+		e.shifted = map[string]time.Time{}
+	}
+	e.shifted[selector] = at
+}
+
+// Shifted is when (on the control plane's clock) shift_traffic last shifted
+// the devices of selector.
+func (e *Env) Shifted(selector string) (time.Time, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	t, ok := e.shifted[selector]
 	return t, ok
 }
 

@@ -110,7 +110,7 @@ func Run(ctx context.Context, sc *Scenario, opts RunOptions) (*Report, error) {
 	fmt.Fprintf(progress, "fleet-sim: %d agents ready in %.2fs\n", len(devices), rep.StartSeconds)
 
 	env := &Env{Fleet: f, Scenario: sc, Start: time.Now(), Clock: clock, Progress: progress,
-		Models: map[string]*fraud.Artifact{}, figures: map[string]any{}, rollouts: map[string]string{},
+		Models: map[string]*fraud.Artifact{}, figures: map[string]any{}, rollouts: map[string]string{}, retrains: map[string]string{},
 		progress: func() uint64 { return f.Progress().Total() }}
 	loadStart := hostload.Read()
 	env.rec = newRecorder(env.Start, clock)

@@ -3,8 +3,12 @@ package sim
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
+	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/client"
 	"github.com/edgefleet/edgefleet/controlplane/monitor"
 )
 
@@ -50,4 +54,26 @@ func (f *Fleet) ModelMetrics(ctx context.Context, model, version string) (*api.M
 		return nil, errors.New("sim: the control plane's monitoring is not running")
 	}
 	return m.Query(monitor.Query{Model: model, Version: version, Points: 1})
+}
+
+// APIClient returns a client of the control plane's REST API: the
+// in-process one's with its admin token, or the external one's. Call done
+// when finished with it: it closes the idle connections of an in-process
+// client (the leak check counts their goroutines). It fails while the
+// in-process control plane is down (a restart).
+func (f *Fleet) APIClient() (c *client.Client, done func(), err error) {
+	if f.opts.Remote != nil {
+		c, err := f.opts.Remote.client()
+		return c, func() {}, err
+	}
+	srv := f.Server()
+	if srv == nil {
+		return nil, nil, errors.New("sim: the control plane is down")
+	}
+	hc := &http.Client{Timeout: time.Minute, Transport: http.DefaultTransport.(*http.Transport).Clone()}
+	c, err = client.New(srv.APIURL(), client.Options{Token: f.APIToken(), HTTP: hc})
+	if err != nil {
+		return nil, nil, fmt.Errorf("sim: %w", err)
+	}
+	return c, hc.CloseIdleConnections, nil
 }
