@@ -125,3 +125,39 @@ func TestResumeAfterPublishing(t *testing.T) {
 		})
 	}
 }
+
+// A job interrupted by restarts twice already is not run a third time: a
+// job that takes the control plane down would otherwise do so at every
+// start.
+func TestResumeGivesUpAfterRepeatedInterruptions(t *testing.T) {
+	db, err := store.Open(store.Options{InMemory: true, Profile: store.ProfileServer})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	kv := db.Namespace("retrain")
+	clock := testkit.NewClock(time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC))
+	var log []api.RetrainLogEntry
+	for range 2 {
+		log = append(log, api.RetrainLogEntry{Time: clock.Now(), State: api.RetrainQueued,
+			Message: "interrupted in training by a control-plane restart; runs again from its dataset"})
+	}
+	job := api.RetrainJob{ID: "j-1", Model: "fraud", State: api.RetrainTraining, Trigger: "manual:alice", Created: clock.Now(),
+		Parent: "v1", Log: log, Policy: api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud}.WithDefaults()}
+	require.NoError(t, kv.SetJSON(prefixJob+job.ID, job, true))
+
+	s, err := New(Options{KV: kv, Datasets: noData{}, Models: versions{"v1": true}, Fleet: current("v1"), Rollouts: noRollouts{},
+		WorkDir: t.TempDir(), Clock: clock.Now})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	var j *api.RetrainJob
+	require.Eventually(t, func() bool {
+		j, err = s.Job("j-1")
+		require.NoError(t, err)
+		return j.State.Terminal()
+	}, 30*time.Second, 5*time.Millisecond)
+	assert.Equal(t, api.RetrainFailed, j.State)
+	assert.Contains(t, j.Reason, "interrupted in training by a control-plane restart for the 3rd time; not run again")
+}

@@ -514,6 +514,21 @@ func (s *Service) finish(id string, state api.RetrainState, reason string) (*api
 // time, takes alerts, and checks schedules every TickInterval.
 func (s *Service) Run(ctx context.Context) {
 	s.resume()
+	// Alerts are taken while a job runs too: the alerter raises an alert
+	// once until it clears, so one dropped from a full channel would start
+	// no job. Queuing is safe beside the job runner.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case a := <-s.opts.Alerts:
+				s.onAlert(a)
+			}
+		}
+	})
 	t := time.NewTicker(s.opts.TickInterval)
 	defer t.Stop()
 	for {
@@ -522,8 +537,6 @@ func (s *Service) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-s.wake:
-		case a := <-s.opts.Alerts:
-			s.onAlert(a)
 		case <-t.C:
 			s.Tick()
 		}
@@ -573,6 +586,16 @@ func (s *Service) resume() {
 	}
 	s.mu.Unlock()
 	for id, state := range interrupted {
+		if n := s.interruptions(id); n >= maxResumes {
+			// A job that takes the control plane down (a candidate that
+			// crashes onnxruntime, a dataset too large for its memory)
+			// would otherwise do so at every start.
+			reason := fmt.Sprintf("interrupted in %s by a control-plane restart for the %s time; not run again (a job that ends the control plane would end it at every start)", state, ordinal(n+1))
+			if _, err := s.finish(id, api.RetrainFailed, reason); err != nil {
+				s.log.Error("end retrain job", "job", id, "err", err)
+			}
+			continue
+		}
 		msg := fmt.Sprintf("interrupted in %s by a control-plane restart; runs again from its dataset", state)
 		if state == api.RetrainPublishing {
 			msg = "interrupted while publishing by a control-plane restart; resumes from what was published"
@@ -582,6 +605,35 @@ func (s *Service) resume() {
 		}
 		s.log.Info("retrain job resumed after restart", "job", id)
 	}
+}
+
+// maxResumes is how often a job interrupted by a restart runs again.
+const maxResumes = 2
+
+// interruptions counts the restarts that interrupted job id so far (the
+// resumes its log records).
+func (s *Service) interruptions(id string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, e := range s.jobs[id].Log {
+		if e.State == api.RetrainQueued && strings.HasPrefix(e.Message, "interrupted ") {
+			n++
+		}
+	}
+	return n
+}
+
+func ordinal(n int) string {
+	switch n {
+	case 1:
+		return "1st"
+	case 2:
+		return "2nd"
+	case 3:
+		return "3rd"
+	}
+	return fmt.Sprintf("%dth", n)
 }
 
 // onAlert starts a job when a, an alert of a model with a policy naming

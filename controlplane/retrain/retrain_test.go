@@ -190,3 +190,56 @@ func TestTailKeepsTheEnd(t *testing.T) {
 	assert.Equal(t, "last", lastLine("first\nlast\n"))
 	assert.True(t, strings.Contains(lastLine(""), "no output"))
 }
+
+// blockingData's Build waits until release is closed, then fails: a job
+// that holds the worker in building-dataset.
+type blockingData struct {
+	noData
+	building chan string
+	release  chan struct{}
+}
+
+func (b blockingData) Build(model string, _ api.DatasetRequest) (api.Dataset, error) {
+	b.building <- model
+	<-b.release
+	return api.Dataset{}, fmt.Errorf("released")
+}
+
+// An alert that comes while another model's job runs starts its job: the
+// alerter raises an alert once until it clears, so one left in the
+// channel until the job ended could be dropped and never start anything.
+func TestAlertsAreTakenWhileAJobRuns(t *testing.T) {
+	db, err := store.Open(store.Options{InMemory: true, Profile: store.ProfileServer})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	alerts := make(chan Alert)
+	data := blockingData{building: make(chan string, 4), release: make(chan struct{})}
+	clock := testkit.NewClock(time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC))
+	s, err := New(Options{KV: db.Namespace("retrain"), Datasets: data, Models: &published{byJob: map[string]string{}},
+		Fleet: current("v1"), Rollouts: noRollouts{}, WorkDir: t.TempDir(), Clock: clock.Now, Alerts: alerts})
+	require.NoError(t, err)
+	for _, m := range []string{"fraud", "churn"} {
+		_, err = s.SetPolicy(m, api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud, Triggers: []string{"low_accuracy"}})
+		require.NoError(t, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); close(data.release); <-done })
+
+	_, err = s.Start("fraud", "alice", api.RetrainRequest{})
+	require.NoError(t, err)
+	select {
+	case m := <-data.building:
+		require.Equal(t, "fraud", m, "fraud's job holds the worker")
+	case <-time.After(time.Minute):
+		t.Fatalf("fraud's job never built its dataset: %s", s.Jobs("fraud")[0].Reason)
+	}
+	select {
+	case alerts <- Alert{Rule: "low_accuracy", Model: "churn", Version: "v1"}:
+	case <-time.After(time.Minute):
+		t.Fatal("the alert was not taken while fraud's job ran")
+	}
+	require.Eventually(t, func() bool { return len(s.Jobs("churn")) == 1 }, time.Minute, 5*time.Millisecond)
+	assert.Equal(t, api.RetrainQueued, s.Jobs("churn")[0].State)
+}
