@@ -355,37 +355,9 @@ func k8sNATSKit(t *testing.T) natsKit {
 			}
 		}
 	}
-	admits := map[string]map[string][]string{} // workload → port → sources ("*" anyone)
-	for _, p := range o.policies {
-		target := workload(p.Spec.PodSelector.MatchLabels)
-		if !assert.NotEmpty(t, target, "NetworkPolicy %s selects a workload", p.Metadata.Name) {
-			continue
-		}
-		assert.Equal(t, []string{"Ingress"}, p.Spec.PolicyTypes, "NetworkPolicy %s", p.Metadata.Name)
-		admits[target] = map[string][]string{}
-		for _, in := range p.Spec.Ingress {
-			var from []string
-			for _, f := range in.From {
-				require.NotNil(t, f.PodSelector, "NetworkPolicy %s: sources are pods", p.Metadata.Name)
-				src := workload(f.PodSelector.MatchLabels)
-				if f.NamespaceSelector != nil {
-					src = "label:" + fmt.Sprint(f.PodSelector.MatchLabels)
-				}
-				assert.NotEmpty(t, src, "NetworkPolicy %s: a source selects a workload", p.Metadata.Name)
-				from = append(from, src)
-			}
-			if len(in.From) == 0 {
-				from = []string{"*"}
-			}
-			require.NotEmpty(t, in.Ports, "NetworkPolicy %s: every rule names ports", p.Metadata.Name)
-			for _, port := range in.Ports {
-				assert.Contains(t, ports[target], port.Port, "NetworkPolicy %s: port %s is a named port of %s", p.Metadata.Name, port.Port, target)
-				admits[target][port.Port] = append(admits[target][port.Port], from...)
-				if target == "nats" {
-					k.exposed[ports[target][port.Port]] = true
-				}
-			}
-		}
+	admits := policyAdmits(t, o.policies, workload, func(target, port string) bool { _, ok := ports[target][port]; return ok })
+	for port := range admits["nats"] {
+		k.exposed[ports["nats"][port]] = true
 	}
 	assert.Equal(t, map[string][]string{"cluster": {"nats"}, "mqtts": {"*"}}, admits["nats"],
 		"the nodes: routes only from each other, MQTT over TLS from anywhere, nothing else (the monitoring port has no login)")

@@ -672,7 +672,22 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 		return ""
 	}
-	admits := map[string]map[string][]string{} // workload → port → sources ("*" anyone)
+	admits := policyAdmits(t, policies, workload, func(target, port string) bool { return ports[target][port] })
+	assert.Equal(t, map[string][]string{"mqtt": {"edgefleet"}, "mqtts": {"*"}}, admits["mosquitto"],
+		"mosquitto's plain listener only from the control plane, TLS from anywhere")
+	assert.Equal(t, []string{"mosquitto", `label:map[edgefleet.io/api-client:true]`}, admits["edgefleet"]["api"],
+		"the API from broker sync and labelled clients only")
+	assert.Len(t, admits["edgefleet"], 1, "the control plane admits nothing but the API")
+}
+
+// policyAdmits checks NetworkPolicies — each selects a workload, is
+// ingress only, names its ports (hasPort: a named port of the workload)
+// and admits pods of workloads that exist (or pods labelled in another
+// namespace) — and returns what they admit: workload → port → sources
+// ("*" anyone, "label:..." labelled pods).
+func policyAdmits(t *testing.T, policies []k8sNetworkPolicy, workload func(sel map[string]string) string, hasPort func(target, port string) bool) map[string]map[string][]string {
+	t.Helper()
+	admits := map[string]map[string][]string{}
 	for _, p := range policies {
 		target := workload(p.Spec.PodSelector.MatchLabels)
 		if !assert.NotEmpty(t, target, "NetworkPolicy %s selects a workload", p.Metadata.Name) {
@@ -696,16 +711,12 @@ func TestKubernetesManifests(t *testing.T) {
 			}
 			require.NotEmpty(t, in.Ports, "NetworkPolicy %s: every rule names ports", p.Metadata.Name)
 			for _, port := range in.Ports {
-				assert.True(t, ports[target][port.Port], "NetworkPolicy %s: port %s is a named port of %s", p.Metadata.Name, port.Port, target)
+				assert.True(t, hasPort(target, port.Port), "NetworkPolicy %s: port %s is a named port of %s", p.Metadata.Name, port.Port, target)
 				admits[target][port.Port] = append(admits[target][port.Port], from...)
 			}
 		}
 	}
-	assert.Equal(t, map[string][]string{"mqtt": {"edgefleet"}, "mqtts": {"*"}}, admits["mosquitto"],
-		"mosquitto's plain listener only from the control plane, TLS from anywhere")
-	assert.Equal(t, []string{"mosquitto", `label:map[edgefleet.io/api-client:true]`}, admits["edgefleet"]["api"],
-		"the API from broker sync and labelled clients only")
-	assert.Len(t, admits["edgefleet"], 1, "the control plane admits nothing but the API")
+	return admits
 }
 
 // maps reports whether sel is a non-empty subset of labels.
