@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -596,7 +598,11 @@ func (m *Member) start(ctx context.Context) error {
 	a.SetPhaseHook(m.observe(a)) // before Run: no entry goes uncounted
 	actx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- a.Run(actx) }() // owned by stop, which waits on done
+	go func() { // owned by stop, which waits on done
+		// Labelled: every goroutine the agent starts carries the label,
+		// so LeakCheck can count the agents' own (agentGoroutines).
+		pprof.Do(actx, pprof.Labels(agentLabel, "1"), func(ctx context.Context) { done <- a.Run(ctx) })
+	}()
 	m.mu.Lock()
 	m.cancel, m.done = cancel, done
 	m.mu.Unlock()
@@ -821,11 +827,39 @@ func waitMemoryConns(srv *controlplane.Server, timeout time.Duration) int {
 type LeakReport struct {
 	GoroutinesBefore int `json:"goroutines_before"`
 	GoroutinesAfter  int `json:"goroutines_after"`
+	// AgentGoroutines is the goroutines started by the agents (through
+	// their runs) still alive; with a remote control plane it is what is
+	// checked, since the process may hold that control plane too.
+	AgentGoroutines int `json:"agent_goroutines_after"`
 	// BrokerConns is the number of client connections the in-process
 	// broker still had once every agent stopped (-1: not measured).
 	BrokerConns int `json:"broker_connections_after_agents_stopped"`
 	// ProxyConns is the number of proxied connections still open.
 	ProxyConns int `json:"proxy_connections_open"`
+}
+
+// agentLabel is the pprof label on every goroutine an agent of the fleet
+// starts.
+const agentLabel = "edgefleet_sim_agent"
+
+// agentGoroutines counts the live goroutines carrying agentLabel, from the
+// goroutine profile (records of "N @ ..." with their labels).
+func agentGoroutines() int {
+	var b bytes.Buffer
+	if err := pprof.Lookup("goroutine").WriteTo(&b, 1); err != nil {
+		return 0
+	}
+	n, count := 0, 0
+	for line := range strings.Lines(b.String()) {
+		if c, _, ok := strings.Cut(line, " @ "); ok {
+			count, _ = strconv.Atoi(c)
+			continue
+		}
+		if strings.HasPrefix(line, "# labels: ") && strings.Contains(line, `"`+agentLabel+`":"1"`) {
+			n += count
+		}
+	}
+	return n
 }
 
 // ErrLeak is wrapped by LeakCheck's error.
@@ -839,16 +873,24 @@ func (f *Fleet) LeakCheck(timeout time.Duration) (LeakReport, error) {
 	if f.proxy != nil {
 		r.ProxyConns = f.proxy.Open()
 	}
+	// Remote: the process may also run the control plane (a test, an
+	// embedding program), whose goroutines come and go in the process's
+	// count; the agents' own are what this run owns.
+	remote := f.opts.Remote != nil
 	deadline := time.Now().Add(timeout)
 	for {
 		r.GoroutinesAfter = runtime.NumGoroutine()
-		if r.GoroutinesAfter <= r.GoroutinesBefore || time.Now().After(deadline) {
+		r.AgentGoroutines = agentGoroutines()
+		settled := r.AgentGoroutines == 0 && (remote || r.GoroutinesAfter <= r.GoroutinesBefore)
+		if settled || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond) // polling: nothing signals "goroutines exited"
 	}
 	var errs []error
-	if r.GoroutinesAfter > r.GoroutinesBefore {
+	if r.AgentGoroutines > 0 {
+		errs = append(errs, fmt.Errorf("%w: %d goroutines the agents started are still running", ErrLeak, r.AgentGoroutines))
+	} else if !remote && r.GoroutinesAfter > r.GoroutinesBefore {
 		errs = append(errs, fmt.Errorf("%w: %d goroutines after the run, %d before", ErrLeak, r.GoroutinesAfter, r.GoroutinesBefore))
 	}
 	if r.BrokerConns > 0 {
