@@ -17,6 +17,7 @@ import (
 	"net"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +36,9 @@ import (
 // thousands of agents and each one pays for it.
 const eventQueue = 64
 
+// DefaultRetainedRecheck is Options.RetainedRecheck on a clustered broker.
+const DefaultRetainedRecheck = 20 * time.Second
+
 // Options configure an Agent. Zero values take the documented defaults.
 type Options struct {
 	DeviceID string
@@ -44,6 +48,16 @@ type Options struct {
 	// QoS0Subscriptions subscribes at QoS 0 (for a NATS cluster:
 	// mqttc.Options.QoS0Subscriptions).
 	QoS0Subscriptions bool
+	// RetainedRecheck is how long after (re)connecting the agent asks once
+	// more for its retained documents (trust bundle, desired state, the
+	// manifest it waits for), and asks a second time three times as long
+	// after that. A node of a clustered broker (NATS) serves a new
+	// subscription only the retained messages it has replicated so far, and
+	// nothing is published again to a device that missed them. 0 takes the
+	// default: 20s when BrokerURL lists several nodes, off for one broker
+	// (mosquitto and the embedded broker serve retained messages at once);
+	// negative turns it off.
+	RetainedRecheck time.Duration
 	// Username defaults to DeviceID; the broker requires them equal.
 	Username string
 	Password string
@@ -181,6 +195,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.MaxActivationAttempts <= 0 {
 		o.MaxActivationAttempts = 3
+	}
+	if o.RetainedRecheck == 0 && strings.Contains(o.BrokerURL, ",") {
+		o.RetainedRecheck = DefaultRetainedRecheck
 	}
 	if o.Version == "" {
 		o.Version = "dev"

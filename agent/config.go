@@ -32,6 +32,10 @@ type Config struct {
 	// consumer (docs/deploy.md, "A NATS cluster"). Nothing is lost: what
 	// the agent subscribes to is retained or fetched again.
 	MQTTQoS0Subscriptions bool `yaml:"mqtt_qos0_subscriptions,omitempty"`
+	// RetainedRecheck is how long after connecting the agent asks again
+	// for its retained documents, e.g. "20s", or "off" (Options.RetainedRecheck;
+	// empty: 20s with several broker nodes, off with one).
+	RetainedRecheck string `yaml:"retained_recheck,omitempty"`
 	// Username defaults to DeviceID.
 	Username string `yaml:"username,omitempty"`
 	Password string `yaml:"password,omitempty"`
@@ -170,6 +174,12 @@ func (c *Config) Options() (Options, error) {
 	if err != nil {
 		return o, err
 	}
+	recheck := time.Duration(-1)
+	if c.RetainedRecheck != "off" {
+		if recheck, err = configDuration("retained_recheck", c.RetainedRecheck); err != nil {
+			return o, err
+		}
+	}
 	labelTTL, err := configDuration("label_ttl", c.LabelTTL)
 	if err != nil {
 		return o, err
@@ -221,6 +231,7 @@ func (c *Config) Options() (Options, error) {
 		DeviceID:                  c.DeviceID,
 		BrokerURL:                 c.BrokerURL,
 		QoS0Subscriptions:         c.MQTTQoS0Subscriptions,
+		RetainedRecheck:           recheck,
 		Username:                  c.Username,
 		Password:                  c.Password,
 		RootPublicKey:             root,

@@ -44,6 +44,14 @@ func TestConfigOptions(t *testing.T) {
 		ServeWorkers: 3, ServeBytesPerSec: 1 << 20}, o.Peers)
 	assert.True(t, o.Peers.enabled())
 
+	for line, want := range map[string]time.Duration{"": 0, "retained_recheck: 45s\n": 45 * time.Second, "retained_recheck: off\n": -1} {
+		cfg, err := ParseConfig([]byte(base + line))
+		require.NoError(t, err)
+		o, err := cfg.Options()
+		require.NoError(t, err)
+		assert.Equal(t, want, o.RetainedRecheck, "RetainedRecheck with %q", line)
+	}
+
 	for line, want := range map[string]int64{"": 0, "memory_limit: 40MiB\n": 40 << 20, "memory_limit: 48000000\n": 48e6,
 		"memory_limit: 1 GB\n": 1e9} {
 		cfg, err := ParseConfig([]byte(base + line))
@@ -61,6 +69,7 @@ func TestConfigOptions(t *testing.T) {
 		"memory_limit: -5MiB\n":     "not a size",
 		"health_period: soon\n":     "health_period \"soon\" is not a duration",
 		"label_ttl: -1h\n":          "label_ttl \"-1h\" is not a duration",
+		"retained_recheck: never\n": "retained_recheck \"never\" is not a duration",
 		"heartbeat_interval: 1x\n":  "heartbeat_interval",
 		"outbox_max_reports: -3\n":  "must not be negative",
 		"inference_max_batch: -1\n": "must not be negative",

@@ -72,6 +72,9 @@ type harness struct {
 	fetches   []*efpb.FetchRequest
 	statuses  []*efpb.StatusEvent
 	gen       map[string]uint64
+	// withhold, if set, plays a lagging broker node: retained messages
+	// are not sent for a subscription it returns true for.
+	withhold func(clientID, filter string) bool
 }
 
 func newHarness(t *testing.T) *harness {
@@ -82,7 +85,13 @@ func newHarness(t *testing.T) *harness {
 		*k, err = signing.GenerateKey(nil)
 		require.NoError(t, err)
 	}
-	h.broker, err = broker.New(broker.Options{Addr: "127.0.0.1:0", Scheme: h.scheme, Auth: h.creds})
+	h.broker, err = broker.New(broker.Options{Addr: "127.0.0.1:0", Scheme: h.scheme, Auth: h.creds,
+		WithholdRetained: func(clientID, filter string) bool {
+			h.mu.Lock()
+			w := h.withhold
+			h.mu.Unlock()
+			return w != nil && w(clientID, filter)
+		}})
 	require.NoError(t, err)
 	require.NoError(t, h.broker.Start())
 	t.Cleanup(func() { _ = h.broker.Close() })

@@ -70,6 +70,11 @@ type updater struct {
 	reapplyAt    time.Time
 	reapplyWait  time.Duration // back-off while applying keeps failing
 	retryDesired []byte
+
+	// The retained documents are asked for again recheckLeft more times,
+	// the next at recheckAt (Options.RetainedRecheck).
+	recheckAt   time.Time
+	recheckLeft int
 }
 
 // fetchWindow bounds the chunks a download has asked for and not yet
@@ -311,6 +316,7 @@ func (a *Agent) updateLoop(ctx context.Context) {
 			a.sendTelemetry(ctx)
 		case <-retry.C:
 			a.retryTransitions(ctx)
+			a.recheckRetained(ctx)
 			a.retryStalled(ctx)
 			a.retryShadows(ctx)
 			a.checkTrials(ctx)
@@ -440,6 +446,9 @@ func (a *Agent) onConnected(ctx context.Context) {
 		a.ensureSub(ctx, a.topics.DeviceChunks(a.opts.DeviceID), evChunk)
 	}
 	a.ensureSub(ctx, a.topics.Desired(a.opts.DeviceID), evDesired)
+	if d := a.opts.RetainedRecheck; d > 0 {
+		a.u.recheckAt, a.u.recheckLeft = a.opts.Clock().Add(d), 2
+	}
 	a.publishPresence(true)
 	for _, s := range a.slotList() {
 		if t := s.st.Target; t != nil {
@@ -457,6 +466,36 @@ func (a *Agent) onConnected(ctx context.Context) {
 	}
 	a.shadowsConnected(ctx)
 	a.sendTelemetry(ctx)
+}
+
+// recheckRetained asks again for the retained documents the agent
+// subscribed to when it connected (see Options.RetainedRecheck): it
+// subscribes again to the same filters, which replaces each subscription
+// without a gap and makes the broker's node send the retained messages it
+// holds now (MQTT 3.1.1, 3.8.4). Copies of
+// documents already accepted are recognised and ignored; an older desired
+// state a node still held is refused as a replay, as any would be.
+func (a *Agent) recheckRetained(ctx context.Context) {
+	if a.u.recheckLeft == 0 || a.opts.Clock().Before(a.u.recheckAt) || a.mqtt() == nil {
+		return
+	}
+	a.u.recheckLeft--
+	a.u.recheckAt = a.opts.Clock().Add(3 * a.opts.RetainedRecheck)
+	again := func(filter string, kind evKind) {
+		if !a.u.subs[filter] {
+			return // not subscribed (a failed subscribe is retried elsewhere)
+		}
+		delete(a.u.subs, filter)
+		a.ensureSub(ctx, filter, kind)
+	}
+	a.log.Debug("asking the broker again for retained documents", "left", a.u.recheckLeft)
+	again(a.topics.Trust(), evTrust)
+	again(a.topics.Desired(a.opts.DeviceID), evDesired)
+	for _, s := range a.slotList() {
+		if t := s.st.Target; t != nil && t.Phase == PhaseManifest {
+			again(a.topics.Manifest(s.name, t.Version), evManifest)
+		}
+	}
 }
 
 func (a *Agent) ensureSub(ctx context.Context, filter string, kind evKind) {

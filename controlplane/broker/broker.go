@@ -82,6 +82,13 @@ type Options struct {
 	InMemory bool
 	// Logger receives broker logs; nil discards them.
 	Logger *slog.Logger
+	// WithholdRetained, if set, is asked for each filter a client
+	// subscribes to; when it returns true the subscription is made but no
+	// retained message is sent for it. It plays a node of a clustered
+	// broker that has not replicated the retained messages yet (NATS keeps
+	// them in a stream its nodes catch up on), for tests and simulations;
+	// leave it nil in a real deployment.
+	WithholdRetained func(clientID, filter string) bool
 }
 
 // Broker is the embedded MQTT broker. Create it with New, then Start.
@@ -177,7 +184,7 @@ func New(opts Options) (*Broker, error) {
 		InlineClient: true,
 		Logger:       slog.New(newMochiHandler(log.Handler(), &b.logsSuppressed)).With("mochi", true),
 	})
-	if err := b.srv.AddHook(&hook{scheme: opts.Scheme, auth: opts.Auth, log: log, srv: b.srv, closed: b.closed}, nil); err != nil {
+	if err := b.srv.AddHook(&hook{scheme: opts.Scheme, auth: opts.Auth, log: log, srv: b.srv, closed: b.closed, withhold: opts.WithholdRetained}, nil); err != nil {
 		return nil, fmt.Errorf("broker: new: add hook: %w", err)
 	}
 	return b, nil

@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,12 +23,34 @@ type hook struct {
 	log    *slog.Logger
 	srv    *mqtt.Server
 	closed <-chan struct{} // the broker's: ends waits in hooks
+
+	withhold func(clientID, filter string) bool // Options.WithholdRetained
 }
 
 func (h *hook) ID() string { return "edgefleet-auth" }
 
 func (h *hook) Provides(b byte) bool {
+	if b == mqtt.OnSubscribe {
+		return h.withhold != nil
+	}
 	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnSessionEstablish, mqtt.OnACLCheck, mqtt.OnPacketRead}, []byte{b})
+}
+
+// OnSubscribe applies Options.WithholdRetained: retain handling 2 ("send
+// no retained messages"), which mochi honours whatever the protocol
+// version, on the filters it names.
+func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if cl.Net.Inline {
+		return pk
+	}
+	filters := slices.Clone(pk.Filters)
+	for i, sub := range filters {
+		if h.withhold(cl.ID, sub.Filter) {
+			filters[i].RetainHandling = 2
+		}
+	}
+	pk.Filters = filters
+	return pk
 }
 
 // takeoverWait bounds how long a reconnecting client waits for its previous
