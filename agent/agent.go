@@ -114,6 +114,11 @@ type Options struct {
 	// FetchRetryInterval is how long a download may make no progress before
 	// the agent asks for its missing chunks again. Default 5s.
 	FetchRetryInterval time.Duration
+	// TransientRetry is how long after an update failed on the way (chunks
+	// corrupted in transit, every download attempt used up) the agent tries
+	// the same desired state again; it doubles with each such failure of one
+	// generation, up to 10 times it. Default 30s.
+	TransientRetry time.Duration
 	// HealthPeriod is how long a newly activated version serves on trial
 	// before it is committed: an inference error or MaxActivationAttempts
 	// restarts during the period make the agent return to the previous
@@ -192,6 +197,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.FetchRetryInterval <= 0 {
 		o.FetchRetryInterval = 5 * time.Second
+	}
+	if o.TransientRetry <= 0 {
+		o.TransientRetry = 30 * time.Second
 	}
 	if o.MaxActivationAttempts <= 0 {
 		o.MaxActivationAttempts = 3

@@ -42,6 +42,7 @@ func TestAgentFailsFastOnPersistentCorruptionAndRetriesAfterRestart(t *testing.T
 	h := newHarness(t)
 	dir := t.TempDir()
 	opts := h.agentOptions(t, "dev-1", dir)
+	opts.TransientRetry = time.Hour // only the restart tries again here
 	a, err := New(opts)
 	require.NoError(t, err)
 	stop := testkit.Start(t, "agent dev-1", a.Run, a.Ready())
@@ -113,4 +114,41 @@ func (h *harness) sawStatus(dev, model string, ok func(*efpb.StatusEvent) bool) 
 		}
 	}
 	return false
+}
+
+// A running agent tries an update that failed on the way again after a
+// back-off that doubles while it keeps failing: a device whose link
+// corrupted chunks for a while converges once the link is fixed, without a
+// restart or a new generation (the chaos soak found one that never did).
+func TestAgentRetriesATransientFailureAfterABackOff(t *testing.T) {
+	v1, _ := testModels(t)
+	h := newHarness(t)
+	opts := h.agentOptions(t, "dev-1", t.TempDir())
+	opts.TransientRetry = 200 * time.Millisecond
+	a := h.startAgent(t, opts)
+	h.mu.Lock()
+	h.corrupt[0] = 1 << 20
+	h.mu.Unlock()
+	gen := h.desire("dev-1", assign(h.publishModel("fraud", "1.0.0", v1, v1.ONNX, nil, nil)))
+	failures := func() (n int) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		for _, s := range h.statuses {
+			if s.DeviceId == "dev-1" && s.State == efpb.ModelState_MODEL_STATE_FAILED && strings.Contains(s.Reason, "download refused after 3 attempts") {
+				n++
+			}
+		}
+		return n
+	}
+	require.Eventually(t, func() bool { return failures() >= 2 }, 60*time.Second, 20*time.Millisecond,
+		"the failed update is tried again, and fails again while the link corrupts chunk 0")
+	assert.True(t, h.sawStatus("dev-1", "fraud", func(s *efpb.StatusEvent) bool {
+		return s.State == efpb.ModelState_MODEL_STATE_FAILED && strings.Contains(s.Reason, "trying again in 400ms")
+	}), "the second failure of the generation doubles the wait")
+
+	h.mu.Lock()
+	h.corrupt[0] = 0 // the link is fixed
+	h.mu.Unlock()
+	waitServing(t, a, "fraud", "1.0.0")
+	assert.Equal(t, gen, a.Generation(), "the same generation, no restart")
 }

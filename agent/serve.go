@@ -67,6 +67,13 @@ type slot struct {
 	// is when the next one starts (zero: none scheduled).
 	downloadAttempts int
 	retryDownloadAt  time.Time
+	// After an update failed on the way (failure.Transient), the same
+	// generation is applied again at retryTransientAt (real time; zero:
+	// none scheduled); transientRetries counts those of transientGen, for
+	// the back-off.
+	retryTransientAt time.Time
+	transientRetries int
+	transientGen     uint64
 	// verified holds the target's file, mapped, between finishDownload,
 	// which hashed it, and stage, which loads it without a second pass; nil
 	// otherwise (stage after a restart maps and checks the file).

@@ -318,6 +318,7 @@ func (a *Agent) updateLoop(ctx context.Context) {
 			a.retryTransitions(ctx)
 			a.recheckRetained(ctx)
 			a.retryStalled(ctx)
+			a.retryTransientDue(ctx)
 			a.retryShadows(ctx)
 			a.checkTrials(ctx)
 		}
@@ -375,9 +376,27 @@ func cmpString(x, y string) int {
 // or model that does not check out) is not retried: it would fail the same
 // way; a newer generation is needed.
 func (a *Agent) retryTransient(ctx context.Context) {
+	a.retryTransientIf(ctx, func(*slot) bool { return true })
+}
+
+// retryTransientDue applies the accepted desired state again when the
+// back-off of an update that failed on the way is over (see
+// Options.TransientRetry).
+func (a *Agent) retryTransientDue(ctx context.Context) {
+	now := time.Now() // real time, as for downloads (see retryStalled)
+	a.retryTransientIf(ctx, func(s *slot) bool {
+		if s.retryTransientAt.IsZero() || now.Before(s.retryTransientAt) {
+			return false
+		}
+		s.retryTransientAt = time.Time{}
+		return true
+	})
+}
+
+func (a *Agent) retryTransientIf(ctx context.Context, due func(*slot) bool) {
 	retry := false
 	for _, s := range a.slotList() {
-		if f := s.st.LastFailure; f != nil && f.Transient && f.Generation == a.u.generation && s.st.Target == nil {
+		if f := s.st.LastFailure; f != nil && f.Transient && f.Generation == a.u.generation && s.st.Target == nil && due(s) {
 			retry = true
 		}
 	}
@@ -393,7 +412,7 @@ func (a *Agent) retryTransient(ctx context.Context) {
 		a.log.Warn("cannot retry an update that failed on the way: the stored desired state does not verify now (the control plane will renew it)", "err", err)
 		return
 	}
-	a.log.Info("retrying updates that failed on the way before the restart", "generation", ds.GetGeneration())
+	a.log.Info("retrying updates that failed on the way", "generation", ds.GetGeneration())
 	a.apply(ctx, ds)
 }
 
@@ -949,8 +968,15 @@ const sourceBroker = "broker"
 
 // maxDownloadAttempts bounds the download attempts of one target that end
 // on refused chunks, in one process; then the update fails (transient: a
-// restarted agent tries again).
+// restarted agent tries again, and a running one after a back-off).
 const maxDownloadAttempts = 3
+
+// An update that failed on the way is applied again after
+// Options.TransientRetry, doubling with each failure of the same generation
+// up to transientRetryCap times it: a link that corrupts chunks for a while
+// must not leave the device on the old version until the next generation,
+// nor make it download again and again while the link is bad.
+const transientRetryCap = 10
 
 // badChunk handles a chunk from source that does not match the signed
 // manifest. It is asked for again at once; the same chunk refused twice
@@ -1176,6 +1202,16 @@ func (a *Agent) failTargetWith(ctx context.Context, s *slot, kind efpb.Refusal, 
 		return
 	}
 	a.releaseTarget(ctx, s, t)
+	if transient {
+		if s.transientGen != t.Generation {
+			s.transientGen, s.transientRetries = t.Generation, 0
+		}
+		base := a.opts.TransientRetry
+		wait := min(base<<min(s.transientRetries, 8), transientRetryCap*base)
+		s.transientRetries++
+		s.retryTransientAt = time.Now().Add(wait)
+		reason = fmt.Sprintf("%s; trying again in %v", reason, wait)
+	}
 	ev := a.statusEvent(s, efpb.ModelState_MODEL_STATE_FAILED, t.Version, reason)
 	ev.Refused = kind
 	a.reportEvent(ctx, ev)

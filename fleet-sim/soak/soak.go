@@ -68,7 +68,9 @@ type Options struct {
 	SampleEvery time.Duration
 	// ConvergeTimeout bounds the wait for every device to converge after
 	// the last fault; the wait also gives up after ConvergeStall without
-	// a device converging. Defaults 10m and 2m.
+	// a device converging. Defaults 10m and 6m: the stall outlasts an
+	// agent's longest back-off before it tries again an update that failed
+	// on the way (10 × agent.Options.TransientRetry, 5m).
 	ConvergeTimeout time.Duration
 	ConvergeStall   time.Duration
 	// Bounds are the resource growth limits.
@@ -156,7 +158,7 @@ func (o *Options) setDefaults() error {
 	}
 	def(&o.SampleEvery, min(max(o.Duration/300, time.Second), 10*time.Second))
 	def(&o.ConvergeTimeout, 10*time.Minute)
-	def(&o.ConvergeStall, 2*time.Minute)
+	def(&o.ConvergeStall, 6*time.Minute)
 	f := &o.Faults
 	def(&f.KillEvery, 10*time.Second)
 	if f.KillBatch <= 0 {
