@@ -335,6 +335,9 @@ func (s *soak) follow(ctx context.Context, id string, rollback bool) api.Rollout
 				why = "waiting for " + ro.Stages[ro.Stage].Waiting
 			}
 			why += "; devices on the way to " + ro.Spec.Version + ": " + s.updating(ro.Spec.Version)
+			if full, err := s.fleet.ControlPlane().Rollout(id, true); err == nil {
+				why += "; " + s.stageSides(full)
+			}
 			s.mu.Lock()
 			if len(s.rollouts.Stuck) < 10 {
 				s.rollouts.Stuck = append(s.rollouts.Stuck, fmt.Sprintf("%s to %s at %.0fs: %s stage %d (%s)", id, ro.Spec.Version, s.since(), ro.State, ro.Stage, why))
@@ -393,6 +396,42 @@ func (s *soak) majorityVersion(def string) string {
 
 // updating says where the devices updating to version are: how many in
 // each phase, and a few that refused it with their reason.
+// stageSides compares, for the devices of a rollout's current stage, what
+// the control plane knows with what the agents say: a stage that waits for
+// devices that serve the version already waits for the control plane to
+// hear of it (its ingest is behind); one that waits for devices with an
+// older desired state waits for its publication to reach them.
+func (s *soak) stageSides(ro *api.Rollout) string {
+	members := map[string]*sim.Member{}
+	for _, m := range s.fleet.Members() {
+		members[m.Device.ID] = m
+	}
+	var serving, onTheWay, olderDesired, other, absent int
+	for id, rec := range ro.Devices {
+		if rec.Stage != ro.Stage || rec.RolledBack {
+			continue
+		}
+		m := members[id]
+		if m == nil || m.Agent() == nil {
+			absent++
+			continue
+		}
+		st := status(m)
+		switch {
+		case st.Serving == rec.Want && st.Target == "":
+			serving++
+		case st.Target == rec.Want:
+			onTheWay++
+		case m.Agent().Generation() < rec.Generation:
+			olderDesired++
+		default:
+			other++
+		}
+	}
+	return fmt.Sprintf("agents of the stage: %d serve it, %d on the way, %d hold an older desired state than the one issued, %d other, %d not running",
+		serving, onTheWay, olderDesired, other, absent)
+}
+
 func (s *soak) updating(version string) string {
 	phases := map[string]int{}
 	var refused []string

@@ -26,6 +26,10 @@ type Drops struct {
 	BrokerSubscription uint64 `json:"broker_subscription_dropped"`
 	BrokerClient       uint64 `json:"broker_client_dropped"`
 	Ingest             uint64 `json:"ingest_dropped"`
+	// IngestBy breaks Ingest down by the series' labels (the payload's
+	// kind and the reason), e.g. `kind="status",reason="stale"`: a stale
+	// resend is expected, an undecodable payload is not.
+	IngestBy map[string]uint64 `json:"ingest_dropped_by,omitempty"`
 	// Reads counts the readings summed; Errors the readings that failed.
 	Reads  int `json:"reads"`
 	Errors int `json:"errors"`
@@ -70,6 +74,12 @@ func (s *soak) readDrops(ctx context.Context) {
 	s.drops.BrokerSubscription += d.BrokerSubscription
 	s.drops.BrokerClient += d.BrokerClient
 	s.drops.Ingest += d.Ingest
+	for k, v := range d.IngestBy {
+		if s.drops.IngestBy == nil {
+			s.drops.IngestBy = map[string]uint64{}
+		}
+		s.drops.IngestBy[k] += v
+	}
 }
 
 // parseDrops sums the drop series of a Prometheus text exposition (every
@@ -96,6 +106,13 @@ func parseDrops(text string, d *Drops) error {
 			return fmt.Errorf("metrics: %s %q: %w", name, value, err)
 		}
 		*field(d) += uint64(v)
+		if base == "edgefleet_mqtt_payloads_dropped_total" && v > 0 {
+			if d.IngestBy == nil {
+				d.IngestBy = map[string]uint64{}
+			}
+			labels := strings.TrimSuffix(strings.TrimPrefix(name[len(base):], "{"), "}")
+			d.IngestBy[labels] += uint64(v)
+		}
 	}
 	return sc.Err()
 }

@@ -104,9 +104,9 @@ func (r *Report) judge() {
 		add("no-acked-telemetry-lost", false, "the final check did not run (see harness errors)")
 	} else {
 		add("no-acked-telemetry-lost", final.Missing == 0 && final.Lost == 0 && final.Confirmed > 0 && r.Drain.Dropped == 0,
-			"%d reports acknowledged by the broker: %d found in the control plane's persisted seqs, %d missing at the end (devices %v), %d lost (missing at a check, then out of the window unseen), %d unverifiable (left the 1024-seq window before a check); %d checks; outboxes dropped %d, drained: %v; control plane drops: %d subscription queue, %d client queue, %d ingest",
+			"%d reports acknowledged by the broker: %d found in the control plane's persisted seqs, %d missing at the end (devices %v), %d lost (missing at a check, then out of the window unseen), %d unverifiable (left the 1024-seq window before a check); %d checks; outboxes dropped %d, drained: %v; control plane drops: %d subscription queue, %d client queue, %d ingest %v",
 			final.Acked, final.Confirmed, final.Missing, final.MissingDevices, final.Lost, final.Unverifiable, len(r.TelemetryChecks), r.Drain.Dropped, r.Drain.Drained,
-			r.Drops.BrokerSubscription, r.Drops.BrokerClient, r.Drops.Ingest)
+			r.Drops.BrokerSubscription, r.Drops.BrokerClient, r.Drops.Ingest, r.Drops.IngestBy)
 	}
 
 	for _, t := range r.Trends {

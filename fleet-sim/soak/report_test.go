@@ -38,7 +38,7 @@ func TestTrendsCatchALeakAndIgnoreOutageDips(t *testing.T) {
 
 	// 3,000 goroutines growing by 50 a minute: over the bound (20, or
 	// 0.5% of the mean = 15).
-	leak := trends(readings(300, func(_ int, at float64) int { return 3000 + int(at/60*50) }), 60, 100, b)
+	leak := trends(readings(300, func(_ int, at float64) int { return 3000 + int(at/60*50) }), 60, 0, 100, b)
 	g := trendOf(leak, "goroutines")
 	assert.InDelta(t, 50, g.SlopePerMin, 1)
 	assert.False(t, g.OK, "%s", g)
@@ -50,20 +50,33 @@ func TestTrendsCatchALeakAndIgnoreOutageDips(t *testing.T) {
 			return 1000
 		}
 		return 3000
-	}), 60, 100, b)
+	}), 60, 0, 100, b)
 	g = trendOf(dips, "goroutines")
 	assert.True(t, g.OK, "%s", g)
 	assert.InDelta(t, 0, g.SlopePerMin, 1)
 
+	// The window ends at the last fault: a burst of work after it (the
+	// fleet converging) is not taken for growth, but inside it would be.
+	burst := func(_ int, at float64) int {
+		if at > 600 {
+			return 3000 + int((at-600)*20)
+		}
+		return 3000
+	}
+	g = trendOf(trends(readings(300, burst), 60, 600, 100, b), "goroutines")
+	assert.True(t, g.OK, "%s", g)
+	g = trendOf(trends(readings(300, burst), 60, 0, 100, b), "goroutines")
+	assert.False(t, g.OK, "%s", g)
+
 	// Too few readings, or too short a stretch, are not judged; a negative
 	// bound turns a check off.
-	few := trends(readings(5, func(_ int, at float64) int { return int(at * 100) }), 0, 100, b)
+	few := trends(readings(5, func(_ int, at float64) int { return int(at * 100) }), 0, 0, 100, b)
 	assert.True(t, trendOf(few, "goroutines").OK)
-	short := trendOf(trends(readings(100, func(_ int, at float64) int { return int(at * 100) }), 0, 100, b), "goroutines")
+	short := trendOf(trends(readings(100, func(_ int, at float64) int { return int(at * 100) }), 0, 0, 100, b), "goroutines")
 	assert.True(t, short.OK, "%s", short)
 	assert.Contains(t, short.NotJudged, "less than 10m0s")
 	b.GoroutineFloor = -1
-	off := trends(readings(300, func(_ int, at float64) int { return int(at * 100) }), 0, 100, b)
+	off := trends(readings(300, func(_ int, at float64) int { return int(at * 100) }), 0, 0, 100, b)
 	assert.True(t, trendOf(off, "goroutines").OK)
 	assert.Zero(t, trendOf(off, "goroutines").Bound)
 }
@@ -119,7 +132,7 @@ func TestChartIsWellFormedSVG(t *testing.T) {
 	}
 	var b Bounds
 	b.setDefaults()
-	r.Trends = trends(r.Resources, r.Warmup, r.Agents, b)
+	r.Trends = trends(r.Resources, r.Warmup, 0, r.Agents, b)
 	r.judge()
 	svg := r.Chart()
 	dec := xml.NewDecoder(strings.NewReader(svg))
@@ -144,7 +157,8 @@ edgefleet_mqtt_payloads_dropped_total{kind="telemetry",reason="invalid"} 2
 edgefleet_mqtt_payloads_dropped_total{kind="status",reason="decode"} 5
 edgefleet_other_total 9
 `, &d))
-	assert.Equal(t, Drops{BrokerSubscription: 3, BrokerClient: 1, Ingest: 7}, d)
+	assert.Equal(t, Drops{BrokerSubscription: 3, BrokerClient: 1, Ingest: 7,
+		IngestBy: map[string]uint64{`kind="telemetry",reason="invalid"`: 2, `kind="status",reason="decode"`: 5}}, d)
 	assert.Error(t, parseDrops("edgefleet_broker_client_dropped_total x\n", &d))
 }
 
@@ -162,11 +176,11 @@ func TestHeapTrendFollowsTheFloor(t *testing.T) {
 		}
 		return rs
 	}
-	flat := trendOf(trends(heap(0), 0, 100, b), "heap")
+	flat := trendOf(trends(heap(0), 0, 0, 100, b), "heap")
 	assert.True(t, flat.OK, "%s", flat)
 	assert.Less(t, math.Abs(flat.SlopePerMin), float64(1<<20), "%s", flat)
 
-	leak := trendOf(trends(heap(20<<20), 0, 100, b), "heap")
+	leak := trendOf(trends(heap(20<<20), 0, 0, 100, b), "heap")
 	assert.False(t, leak.OK, "%s", leak)
 	assert.InDelta(t, 20<<20, leak.SlopePerMin, 2<<20, "%s", leak)
 }

@@ -670,7 +670,7 @@ func (s *soak) finish(rep *Report, stopErr error) {
 	rep.ServedChecks = s.servedChecks.Load()
 	rep.DesiredStates, rep.DesiredUndecodable = s.hist.counts()
 	rep.Warmup = s.opts.Warmup.Seconds()
-	rep.Trends = trends(rep.Resources, rep.Warmup, rep.Agents, s.opts.Bounds)
+	rep.Trends = trends(rep.Resources, rep.Warmup, rep.LastFault, rep.Agents, s.opts.Bounds)
 	rep.judge()
 }
 
