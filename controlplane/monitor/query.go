@@ -71,6 +71,13 @@ func (a *Aggregator) cells(model, version string, from, to time.Time, devices []
 	if err := a.Flush(); err != nil {
 		return nil, err
 	}
+	var only map[string]bool // devices as a set, when there are many
+	if len(devices) > 16 {
+		only = make(map[string]bool, len(devices))
+		for _, d := range devices {
+			only[d] = true
+		}
+	}
 	var out []bucketCell
 	for _, p := range []string{hourlyPrefix, rawPrefix} {
 		prefix := p + model + "/" + version + "/"
@@ -79,7 +86,7 @@ func (a *Aggregator) cells(model, version string, from, to time.Time, devices []
 			if !ok || at.Before(from) || !at.Before(to) {
 				return nil
 			}
-			if devices != nil && !slices.Contains(devices, dev) {
+			if only != nil && !only[dev] || only == nil && devices != nil && !slices.Contains(devices, dev) {
 				return nil
 			}
 			bc := bucketCell{at: at, device: dev}
