@@ -42,14 +42,6 @@ func newJobRow(j *api.RetrainJob) jobRow {
 	return row
 }
 
-// datasetName names a job's dataset as the CLI does ("fraud dataset 3").
-func datasetName(d *api.Dataset) string {
-	if d == nil {
-		return ""
-	}
-	return fmt.Sprintf("%s dataset %d", d.Model, d.Version)
-}
-
 // Overview.
 
 type retrainModelRow struct {
