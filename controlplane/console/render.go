@@ -204,6 +204,13 @@ var funcs = template.FuncMap{
 	"add":        func(a, b int) int { return a + b },
 	// short is the start of a digest.
 	"short": func(s string) string { return s[:min(len(s), 12)] },
+	// ms is a time in milliseconds, to two significant figures below 10.
+	"ms": func(v float64) string {
+		if v < 10 {
+			return fmt.Sprintf("%.2g ms", v)
+		}
+		return fmt.Sprintf("%.0f ms", v)
+	},
 	// signed is a difference of two figures with its sign.
 	"signed": func(v float64) string { return fmt.Sprintf("%+.3f", v) },
 }

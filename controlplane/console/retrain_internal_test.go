@@ -125,10 +125,13 @@ func (m *shadowMetrics) Query(q monitor.Query) (*api.ModelMetrics, error) {
 	switch q.Version {
 	case "v2":
 		res.Groups = []api.MetricsGroup{{Key: m.site, MetricsFigures: api.MetricsFigures{Devices: 2, Shadow: &api.ShadowFigures{DevicesReady: 2, Rows: 640, Agreement: 0.91,
-			Labelled: 320, ChampionAccuracy: 0.781, ChallengerAccuracy: 0.934}}}}
+			Labelled: 320, ChampionAccuracy: 0.781, ChallengerAccuracy: 0.934, ChallengerLatencyP50Ms: 0.61, ChallengerLatencyP99Ms: 2.4}}}}
 	case "v1":
 		res.Groups = []api.MetricsGroup{{Key: m.site, MetricsFigures: api.MetricsFigures{Devices: 2, Reports: 4, Rows: 640, Labelled: 320, Accuracy: &acc,
 			LatencyP50Ms: 0.42, LatencyP99Ms: 1.9}}}
+	}
+	if len(res.Groups) == 1 {
+		res.Total = res.Groups[0].MetricsFigures
 	}
 	return res, nil
 }
@@ -330,7 +333,10 @@ func TestShadowPanel(t *testing.T) {
 		`<td colspan="2" class="agreement">91.0 %</td>`,
 		"2 / 1<div class=\"reason\">b-3: shadow</div>",
 		"4 / 1",
-		`<tr data-site="b">`, "<td>640</td><td>0.4 / 1.9 ms</td>",
+		`<td class="champion-latency">0.42 ms / 1.9 ms</td>
+      <td class="challenger-latency">0.61 ms / 2.4 ms</td>`,
+		`<tr data-site="b">`, `<td>640</td><td class="champion-latency">0.42 ms / 1.9 ms</td>
+    <td class="challenger-latency">0.61 ms / 2.4 ms</td>`,
 	} {
 		assert.Contains(t, body, want)
 	}

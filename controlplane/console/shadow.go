@@ -41,7 +41,12 @@ type shadowPanel struct {
 	MinLabelled int
 	Margin      float64
 	Devices     int
-	Sites       []shadowSite
+	// Served and Scored are the monitoring store's totals over the stage's
+	// devices: the champions' served figures and the challenger's shadow
+	// figures (which carry its latency).
+	Served *api.MetricsFigures
+	Scored *api.ShadowFigures
+	Sites  []shadowSite
 	// SitesErr says why the per-site figures are missing.
 	SitesErr string
 }
@@ -95,7 +100,9 @@ func (c *Console) shadowPanels(ro *api.Rollout) []shadowPanel {
 		p.Devices = len(devs)
 		p.Champions = slices.Sorted(maps.Keys(champions))
 		if len(devs) > 0 {
-			p.Sites, err = c.shadowSites(ro.Spec.Model, ro.Spec.Version, p.Champions, devs, st)
+			total := shadowSite{}
+			p.Sites, total, err = c.shadowSites(ro.Spec.Model, ro.Spec.Version, p.Champions, devs, st)
+			p.Served, p.Scored = total.Served, total.Shadow
 			if err != nil {
 				p.SitesErr = err.Error()
 			}
@@ -106,8 +113,9 @@ func (c *Console) shadowPanels(ro *api.Rollout) []shadowPanel {
 }
 
 // shadowSites queries the challenger's shadow figures and the champions'
-// served figures on devs since the stage started, per site.
-func (c *Console) shadowSites(model, challenger string, champions, devs []string, st api.StageStatus) ([]shadowSite, error) {
+// served figures on devs since the stage started, per site and in total.
+func (c *Console) shadowSites(model, challenger string, champions, devs []string, st api.StageStatus) ([]shadowSite, shadowSite, error) {
+	var total shadowSite
 	q := monitor.Query{Model: model, By: monitor.BySite, Devices: devs, From: st.Started.Truncate(monitor.DefaultRawBucket), Points: 1}
 	if !st.Finished.IsZero() {
 		q.To = st.Finished.Add(monitor.DefaultRawBucket)
@@ -115,8 +123,9 @@ func (c *Console) shadowSites(model, challenger string, champions, devs []string
 	q.Version = challenger
 	res, err := c.opts.Metrics.Query(q)
 	if err != nil {
-		return nil, fmt.Errorf("shadow figures of %s %s: %w", model, challenger, err)
+		return nil, total, fmt.Errorf("shadow figures of %s %s: %w", model, challenger, err)
 	}
+	total.Shadow = res.Total.Shadow
 	bySite := map[string]*shadowSite{}
 	site := func(k string) *shadowSite {
 		if bySite[k] == nil {
@@ -133,35 +142,41 @@ func (c *Console) shadowSites(model, challenger string, champions, devs []string
 		q.Version = champ
 		res, err := c.opts.Metrics.Query(q)
 		if err != nil {
-			return nil, fmt.Errorf("figures of %s %s: %w", model, champ, err)
+			return nil, total, fmt.Errorf("figures of %s %s: %w", model, champ, err)
 		}
+		total.Served = addServed(total.Served, res.Total)
 		for _, gr := range res.Groups {
-			if gr.Reports == 0 {
-				continue
-			}
 			s := site(gr.Key)
-			if s.Served == nil {
-				f := gr.MetricsFigures
-				s.Served = &f
-				continue
-			}
-			// Two champions at one site: add what adds up; the
-			// latencies are the larger of the two.
-			s.Served.Rows += gr.Rows
-			s.Served.Labelled += gr.Labelled
-			s.Served.Correct += gr.Correct
-			s.Served.Devices += gr.Devices
-			s.Served.LatencyP50Ms = max(s.Served.LatencyP50Ms, gr.LatencyP50Ms)
-			s.Served.LatencyP99Ms = max(s.Served.LatencyP99Ms, gr.LatencyP99Ms)
-			if s.Served.Labelled > 0 {
-				acc := float64(s.Served.Correct) / float64(s.Served.Labelled)
-				s.Served.Accuracy = &acc
-			}
+			s.Served = addServed(s.Served, gr.MetricsFigures)
 		}
 	}
 	out := make([]shadowSite, 0, len(bySite))
 	for _, k := range slices.Sorted(maps.Keys(bySite)) {
 		out = append(out, *bySite[k])
 	}
-	return out, nil
+	return out, total, nil
+}
+
+// addServed adds a champion's served figures f to sum (nil: none yet).
+// Two champions at one site add what adds up; the latencies are the
+// larger of the two.
+func addServed(sum *api.MetricsFigures, f api.MetricsFigures) *api.MetricsFigures {
+	if f.Reports == 0 {
+		return sum
+	}
+	if sum == nil {
+		return &f
+	}
+	sum.Rows += f.Rows
+	sum.Labelled += f.Labelled
+	sum.Correct += f.Correct
+	sum.Devices += f.Devices
+	sum.Reports += f.Reports
+	sum.LatencyP50Ms = max(sum.LatencyP50Ms, f.LatencyP50Ms)
+	sum.LatencyP99Ms = max(sum.LatencyP99Ms, f.LatencyP99Ms)
+	if sum.Labelled > 0 {
+		acc := float64(sum.Correct) / float64(sum.Labelled)
+		sum.Accuracy = &acc
+	}
+	return sum
 }

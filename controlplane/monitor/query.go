@@ -380,6 +380,10 @@ func figures(c *Counts, ref []*efpb.FeatureStats, basePred []uint64) api.Metrics
 			f.Shadow.ChampionAccuracy = float64(s.ChampionCorrect) / float64(s.Labelled)
 			f.Shadow.ChallengerAccuracy = float64(s.ChallengerCorrect) / float64(s.Labelled)
 		}
+		if len(s.Lat) > 0 {
+			f.Shadow.ChallengerLatencyP50Ms = nanToZero(drift.Quantile(s.LatEdges, s.Lat, 0.5) / 1000)
+			f.Shadow.ChallengerLatencyP99Ms = nanToZero(drift.Quantile(s.LatEdges, s.Lat, 0.99) / 1000)
+		}
 	}
 	if len(c.Lat) > 0 {
 		f.LatencyP50Ms = nanToZero(drift.Quantile(c.LatEdges, c.Lat, 0.5) / 1000)

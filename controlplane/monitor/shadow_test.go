@@ -69,6 +69,8 @@ func TestShadowReportRefused(t *testing.T) {
 		{&efpb.ShadowReport{Rows: 1, Agree: 2}, "2 rows agree of 1"},
 		{&efpb.ShadowReport{Labelled: 1, ChallengerCorrect: 2}, "more correct than the 1 labelled rows"},
 		{&efpb.ShadowReport{ScoreAbsDiff: -1}, "score difference -1"},
+		{&efpb.ShadowReport{LatencyEdgesUs: []float64{1, 2}, ChallengerLatencyCounts: []uint64{1, 2}}, "2 latency counts for 2 edges"},
+		{&efpb.ShadowReport{ChallengerLatencyCounts: make([]uint64, 2000)}, "2000 latency bins, at most 1024"},
 	} {
 		_, err := f.agg.Ingest("a1", 1, shadowTelemetry(f, 1, tc.r), nil)
 		require.ErrorIs(t, err, ErrInvalidReport)
@@ -90,7 +92,8 @@ func TestShadowFiguresPerGroup(t *testing.T) {
 		dev string
 		r   *efpb.ShadowReport
 	}{
-		{"a1", &efpb.ShadowReport{Ready: true, Rows: 100, Agree: 90, ScoreAbsDiff: 5, Labelled: 50, ChampionCorrect: 40, ChallengerCorrect: 45}},
+		{"a1", &efpb.ShadowReport{Ready: true, Rows: 100, Agree: 90, ScoreAbsDiff: 5, Labelled: 50, ChampionCorrect: 40, ChallengerCorrect: 45,
+			LatencyEdgesUs: []float64{1000, 2000, 4000}, ChallengerLatencyCounts: []uint64{0, 10, 0, 0}}},
 		{"a2", &efpb.ShadowReport{Failure: "does not load"}},
 		{"b1", &efpb.ShadowReport{Ready: true, Rows: 10, Agree: 10, Labelled: 10, ChampionCorrect: 10, ChallengerCorrect: 9, Skipped: 3}},
 	} {
@@ -119,6 +122,8 @@ func TestShadowFiguresPerGroup(t *testing.T) {
 	assert.InDelta(t, 0.9, a.ChallengerAccuracy, 1e-9)
 	assert.Equal(t, 1, a.DevicesReady)
 	assert.Equal(t, []string{"a2: does not load"}, a.Failures)
+	assert.InDelta(t, 1.5, a.ChallengerLatencyP50Ms, 1e-9, "ten requests between 1 and 2 ms")
+	assert.Zero(t, b.ChallengerLatencyP50Ms, "b1's agent reported no latency")
 	assert.InDelta(t, 0.9, b.ChallengerAccuracy, 1e-9)
 	assert.Equal(t, uint64(3), b.Skipped)
 	assert.Equal(t, 1, b.DevicesReady)
