@@ -123,6 +123,6 @@ func TestRetrainInBrowser(t *testing.T) {
 		}
 	}
 	assert.Contains(t, op.text(`document.querySelector('section.shadow h3')`), "challenger "+candidate+" in shadow of v1")
-	assert.Regexp(t, `^[0-9.]+ ms / [0-9.]+ ms$`, op.text(`document.querySelector('.shadow-figures .challenger-latency')`), "the challenger's inference time")
+	assert.Regexp(t, `^[0-9.]+ / [0-9.]+ ms$`, op.text(`document.querySelector('.shadow-figures .challenger-latency')`), "the challenger's inference time")
 	op.screenshot("rollout-shadow", 1280, 800)
 }

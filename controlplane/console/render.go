@@ -204,15 +204,18 @@ var funcs = template.FuncMap{
 	"add":        func(a, b int) int { return a + b },
 	// short is the start of a digest.
 	"short": func(s string) string { return s[:min(len(s), 12)] },
-	// ms is a time in milliseconds, to two significant figures below 10.
-	"ms": func(v float64) string {
-		if v < 10 {
-			return fmt.Sprintf("%.2g ms", v)
-		}
-		return fmt.Sprintf("%.0f ms", v)
-	},
+	// ms is a p50 and a p99 in milliseconds (two significant figures
+	// below 10).
+	"ms": func(p50, p99 float64) string { return msFigure(p50) + " / " + msFigure(p99) + " ms" },
 	// signed is a difference of two figures with its sign.
 	"signed": func(v float64) string { return fmt.Sprintf("%+.3f", v) },
+}
+
+func msFigure(v float64) string {
+	if v < 10 {
+		return fmt.Sprintf("%.2g", v)
+	}
+	return fmt.Sprintf("%.0f", v)
 }
 
 // stateClass is the CSS class of a state name (letters and '-' only).
