@@ -130,10 +130,10 @@ fuzz: deps
 	echo "fuzz: $$n targets, $(FUZZTIME) each"; \
 	if [ -n "$$failed" ]; then echo "fuzz: FAILED:$$failed (inputs in testdata/fuzz/)"; exit 1; fi
 
-## screenshots: the console's main pages, taken by its browser test in
+## screenshots: the console's main pages, taken by its browser tests in
 ## headless Chromium (apt-get install chromium), into docs/screenshots/
 screenshots: deps
-	EDGEFLEET_SCREENSHOTS=$(CURDIR)/docs/screenshots $(GO) test -count=1 -run '^TestConsoleInBrowser$$' -v ./controlplane/console/
+	EDGEFLEET_SCREENSHOTS=$(CURDIR)/docs/screenshots $(GO) test -count=1 -run '^Test(Console|Retrain)InBrowser$$' -v ./controlplane/console/
 
 ## bench: benchmarks (figures go to docs/benchmarks.md)
 bench: deps

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/edgefleet/edgefleet/internal/drift"
 	"github.com/edgefleet/edgefleet/internal/oip"
 	"github.com/edgefleet/edgefleet/internal/transfer"
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -130,6 +131,21 @@ type shadowStats struct {
 	scoreDiff              float64
 	skipped, errors        uint64
 	labelled, champ, chall uint64
+	// lat counts the challenger's inference time per request in the
+	// buckets of latEdges (microseconds), made with the first one.
+	latEdges []float64
+	lat      []uint64
+}
+
+// took counts one challenger inference's time; st.mu is held.
+func (st *shadowStats) took(d time.Duration) {
+	if st.latEdges == nil {
+		st.latEdges = drift.LatencyEdgesMicros()
+	}
+	if st.lat == nil {
+		st.lat = make([]uint64, len(st.latEdges)+1)
+	}
+	st.lat[drift.Bin(st.latEdges, float64(d.Microseconds()))]++
 }
 
 func (st *shadowStats) add(f func(st *shadowStats)) {
@@ -146,8 +162,11 @@ func (st *shadowStats) report(name, version string, now time.Time) *efpb.ShadowR
 		WindowStartUnixMs: st.start.UnixMilli(), WindowEndUnixMs: now.UnixMilli(),
 		Rows: st.rows, Agree: st.agree, ScoreAbsDiff: st.scoreDiff, Skipped: st.skipped, Errors: st.errors,
 		Labelled: st.labelled, ChampionCorrect: st.champ, ChallengerCorrect: st.chall}
+	if st.lat != nil {
+		r.LatencyEdgesUs, r.ChallengerLatencyCounts = st.latEdges, st.lat
+	}
 	st.start, st.rows, st.agree, st.scoreDiff, st.skipped, st.errors = now, 0, 0, 0, 0, 0
-	st.labelled, st.champ, st.chall = 0, 0, 0
+	st.labelled, st.champ, st.chall, st.lat = 0, 0, 0, nil
 	return r
 }
 
@@ -213,7 +232,9 @@ func (a *Agent) scoreShadow(j shadowJob) {
 		r.ring.skip(j.entry)
 		return
 	}
+	start := time.Now() // as the champion's serving time is measured (serve.go)
 	res, err := r.model.sess.Run(j.in)
+	took := time.Since(start)
 	r.model.mu.RUnlock()
 	if err != nil {
 		r.ring.skip(j.entry)
@@ -247,6 +268,7 @@ func (a *Agent) scoreShadow(j shadowJob) {
 	lab, cc, nc := r.ring.done(j.entry, champ, chall)
 	r.stats.add(func(st *shadowStats) {
 		st.champion = j.champ.GetVersion()
+		st.took(took)
 		st.rows += uint64(rows)
 		st.agree += agree
 		st.scoreDiff += diff

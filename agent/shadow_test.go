@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/edgefleet/edgefleet/internal/drift"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/oip"
@@ -171,9 +172,18 @@ func TestShadowScoresOffThePathAndJoinsLabels(t *testing.T) {
 	assert.Greater(t, rep.ChallengerCorrect, rep.ChampionCorrect, "the challenger knows the new pattern")
 	assert.Zero(t, rep.Skipped)
 	assert.Zero(t, rep.Errors)
+	// The challenger's time: one count per request scored (ten batches).
+	require.Equal(t, drift.LatencyEdgesMicros(), rep.LatencyEdgesUs)
+	require.Len(t, rep.ChallengerLatencyCounts, len(rep.LatencyEdgesUs)+1)
+	var timed uint64
+	for _, n := range rep.ChallengerLatencyCounts {
+		timed += n
+	}
+	assert.Equal(t, uint64(d.Len()/batch), timed)
 
 	next := r.report()
 	assert.Zero(t, next.Rows, "a report starts a new window")
+	assert.Empty(t, next.ChallengerLatencyCounts, "and a new histogram")
 	assert.True(t, next.Ready)
 }
 

@@ -83,8 +83,15 @@ func BenchmarkConsolePages(b *testing.B) {
 	var last *api.Rollout
 	maxFailures := 0.1
 	for g := range rollouts {
-		ro, err := ts.CreateRollout(ctx, api.RolloutSpec{Model: "fraud", Version: "2.0.0", Selector: fmt.Sprintf("group=g%02d", g%groups),
-			Stages: []api.RolloutStage{{Canary: 5}, {Percent: 100}}, Gates: api.Gates{MaxFailureRate: &maxFailures}}, "bench")
+		spec := api.RolloutSpec{Model: "fraud", Version: "2.0.0", Selector: fmt.Sprintf("group=g%02d", g%groups),
+			Stages: []api.RolloutStage{{Canary: 5}, {Percent: 100}}, Gates: api.Gates{MaxFailureRate: &maxFailures}}
+		if g == rollouts-1 {
+			// The running one scores 2.0.0 in shadow on a quarter of
+			// the fleet: its page has the shadow panel.
+			spec.Selector = "site=site-1"
+			spec.Stages = []api.RolloutStage{{Name: "shadow", Percent: 100, Shadow: true}, {Percent: 100}}
+		}
+		ro, err := ts.CreateRollout(ctx, spec, "bench")
 		require.NoError(b, err)
 		if g < rollouts-1 {
 			_, err = ts.RolloutAction(ctx, ro.ID, api.ActionAbort, api.RollbackRequest{}, "bench")
@@ -103,9 +110,27 @@ func BenchmarkConsolePages(b *testing.B) {
 		}
 		_, err := ts.Monitor().Ingest(fmt.Sprintf("dev-%05d", i), 1, &efpb.Telemetry{Seq: 1, Monitoring: []*efpb.MonitorReport{r}}, nil)
 		require.NoError(b, err)
+		if i%4 == 1 { // site-1: the shadow stage's devices
+			sr := &efpb.ShadowReport{ModelName: "fraud", ChampionVersion: "1.0.0", ChallengerVersion: "2.0.0", Ready: true,
+				Rows: 300, Agree: 280, Labelled: 200, ChampionCorrect: 170, ChallengerCorrect: 185, WindowEndUnixMs: time.Now().UnixMilli()}
+			_, err = ts.Monitor().Ingest(fmt.Sprintf("dev-%05d", i), 2, &efpb.Telemetry{Seq: 2, Shadow: []*efpb.ShadowReport{sr}}, nil)
+			require.NoError(b, err)
+		}
 	}
 
+	// Retraining: a policy and a job (which fails: nothing was captured).
+	_, err := ts.Client.SetRetrainPolicy(ctx, "fraud", api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud})
+	require.NoError(b, err)
+	job, err := ts.Client.Retrain(ctx, "fraud", api.RetrainRequest{Reason: "bench"})
+	require.NoError(b, err)
+
 	hc := consoleLogin(b, ts.APIURL(), ts.Token)
+	resp, err := hc.Get(ts.APIURL() + "/ui/rollouts/" + last.ID)
+	require.NoError(b, err)
+	page, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(b, err)
+	require.Contains(b, string(page), `<tr data-site="site-1">`, "the running rollout's page has the shadow panel by site")
 	pages := []struct{ name, path string }{
 		{"fleet", "/ui/fleet"},
 		{"fleet-page-100", "/ui/fleet?page=100"},
@@ -121,6 +146,9 @@ func BenchmarkConsolePages(b *testing.B) {
 		{"monitoring-by-label", "/ui/monitoring?by=label%3Ahw&range=24h"},
 		{"audit", "/ui/audit"},
 		{"audit-filtered", "/ui/audit?action=rollout.&actor=bench"},
+		{"retrain", "/ui/retrain"},
+		{"retrain-model", "/ui/models/fraud/retrain"},
+		{"retrain-job", "/ui/retrain/jobs/" + job.ID},
 	}
 	for _, p := range pages {
 		b.Run(p.name, func(b *testing.B) {

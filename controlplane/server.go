@@ -618,7 +618,8 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 	}
 	c.console, err = console.New(console.Options{
 		Config: o.Console, API: c.api, Fleet: c.registry, Models: c.models, Rollouts: c.rollouts,
-		Metrics: c.monitor.Aggregator(), Audit: c.audit, Rules: o.Monitor.Rules, Clock: o.Clock, Logger: o.Logger,
+		Metrics: c.monitor.Aggregator(), Audit: c.audit, Retrain: retrainAPI{c.retrain, c.models}, Rules: o.Monitor.Rules,
+		Clock: o.Clock, Logger: o.Logger,
 	})
 	if err != nil {
 		return nil, err

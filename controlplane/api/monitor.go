@@ -94,6 +94,10 @@ type MetricsFigures struct {
 	// Calibration is the observed positive rate per predicted-probability
 	// decile (binary models; -1 where a decile has no labels).
 	Calibration []float64 `json:"calibration,omitempty"`
+	// Shadow, on the figures of a version scored in shadow (a rollout's
+	// shadow stage), compares it with the champions that served the same
+	// requests; the served-version figures above are then empty.
+	Shadow *ShadowFigures `json:"shadow,omitempty"`
 }
 
 // FeatureDrift is one feature's distance from its reference.

@@ -496,6 +496,12 @@ type ShadowFigures struct {
 	Labelled           uint64  `json:"labelled"`
 	ChampionAccuracy   float64 `json:"champion_accuracy"`
 	ChallengerAccuracy float64 `json:"challenger_accuracy"`
+	// ChallengerLatencyP50Ms and P99Ms estimate the challenger's inference
+	// time per request from the agents' histograms: in a version's
+	// metrics only (the gate does not judge latency), and absent when the
+	// agents are older than the histogram.
+	ChallengerLatencyP50Ms float64 `json:"challenger_latency_p50_ms,omitempty"`
+	ChallengerLatencyP99Ms float64 `json:"challenger_latency_p99_ms,omitempty"`
 }
 
 // DeviceCounts are a stage's devices by where they stand with the version.

@@ -103,6 +103,19 @@ type Audit interface {
 	Seq() uint64
 }
 
+// Retrain is retraining (the API's view of *retrain.Service): policies,
+// jobs and lineage. Starting and cancelling a job go through the API.
+type Retrain interface {
+	Policy(model string) (api.RetrainStatus, error)
+	// Jobs lists the jobs of model ("" every model), newest first,
+	// without their logs.
+	Jobs(model string) []*api.RetrainJob
+	// Job returns one job with its log.
+	Job(id string) (*api.RetrainJob, error)
+	// Lineage of version of model ("" the newest) as its chain of parents.
+	Lineage(model, version string) (api.Lineage, error)
+}
+
 // Options configure a Console. Fields without a documented default are
 // required.
 type Options struct {
@@ -113,6 +126,9 @@ type Options struct {
 	Rollouts Rollouts
 	Metrics  Metrics
 	Audit    Audit
+	// Retrain serves the retraining pages; nil: they say retraining is
+	// not configured (503), like the API's routes.
+	Retrain Retrain
 	// Rules are the monitoring alert rules: their thresholds are drawn on
 	// the charts.
 	Rules monitor.Rules
@@ -136,6 +152,7 @@ type Console struct {
 	roles    map[string]api.Role           // API route key → role
 	static   map[string]staticFile         // by file name
 	audits   *auditCache
+	lineage  *lineageCache
 }
 
 type staticFile struct {
@@ -175,6 +192,7 @@ func New(o Options) (*Console, error) {
 		roles:    map[string]api.Role{},
 		static:   map[string]staticFile{},
 		audits:   newAuditCache(o.Audit),
+		lineage:  newLineageCache(),
 	}
 	for _, rt := range api.Routes() {
 		c.roles[rt.Key()] = rt.Role
@@ -272,6 +290,13 @@ func Routes() []Route {
 		{Method: "POST", Pattern: "/ui/rollouts/{id}/{action}", API: action, Summary: "pause, resume, promote, abort or roll back (through the API's route)"},
 		{Method: "GET", Pattern: "/ui/monitoring", API: "GET " + api.PathModelMetrics, Summary: "accuracy and drift charts per site or label, alerts; live"},
 		{Method: "GET", Pattern: "/ui/audit", API: "GET " + api.PathAudit, Summary: "the audit log, filtered"},
+		{Method: "GET", Pattern: "/ui/retrain", API: "GET " + api.PathRetrainJobs, Summary: "retraining: each model's policy and newest jobs; live"},
+		{Method: "GET", Pattern: "/ui/models/{name}/retrain", API: "GET " + api.PathModelRetrain, Summary: "a model's retrain policy, jobs and lineage; live"},
+		{Method: "GET", Pattern: "/ui/models/{name}/retrain/start", API: "POST " + api.PathModelRetrainJ, Summary: "confirm a retrain"},
+		{Method: "POST", Pattern: "/ui/models/{name}/retrain/start", API: "POST " + api.PathModelRetrainJ, Summary: "start a retrain job (through the API's route)"},
+		{Method: "GET", Pattern: "/ui/retrain/jobs/{id}", API: "GET " + api.PathRetrainJob, Summary: "one retrain job: held-out figures, dataset, trainer output, log; live"},
+		{Method: "GET", Pattern: "/ui/retrain/jobs/{id}/cancel", API: "POST " + api.PathRetrainCancel, Summary: "confirm cancelling a retrain job"},
+		{Method: "POST", Pattern: "/ui/retrain/jobs/{id}/cancel", API: "POST " + api.PathRetrainCancel, Summary: "cancel a retrain job (through the API's route)"},
 	}
 }
 
@@ -288,15 +313,22 @@ func (c *Console) Handler() http.Handler {
 		"GET /ui/static/{name}": http.HandlerFunc(c.handleStatic),
 	}
 	pages := map[string]func(w http.ResponseWriter, r *http.Request, s *request){
-		"GET /ui/fleet":                   c.fleetPage,
-		"GET /ui/devices/{id}":            c.devicePage,
-		"GET /ui/models":                  c.modelsPage,
-		"GET /ui/rollouts":                c.rolloutsPage,
-		"GET /ui/rollouts/{id}":           c.rolloutPage,
-		"GET /ui/monitoring":              c.monitoringPage,
-		"GET /ui/audit":                   c.auditPage,
-		"GET /ui/rollouts/{id}/{action}":  c.confirmPage,
-		"POST /ui/rollouts/{id}/{action}": c.rolloutAction,
+		"GET /ui/fleet":                        c.fleetPage,
+		"GET /ui/devices/{id}":                 c.devicePage,
+		"GET /ui/models":                       c.modelsPage,
+		"GET /ui/rollouts":                     c.rolloutsPage,
+		"GET /ui/rollouts/{id}":                c.rolloutPage,
+		"GET /ui/monitoring":                   c.monitoringPage,
+		"GET /ui/audit":                        c.auditPage,
+		"GET /ui/rollouts/{id}/{action}":       c.confirmPage,
+		"POST /ui/rollouts/{id}/{action}":      c.rolloutAction,
+		"GET /ui/retrain":                      c.retrainPage,
+		"GET /ui/models/{name}/retrain":        c.retrainModelPage,
+		"GET /ui/models/{name}/retrain/start":  c.retrainStartConfirm,
+		"POST /ui/models/{name}/retrain/start": c.retrainStart,
+		"GET /ui/retrain/jobs/{id}":            c.retrainJobPage,
+		"GET /ui/retrain/jobs/{id}/cancel":     c.retrainCancelConfirm,
+		"POST /ui/retrain/jobs/{id}/cancel":    c.retrainCancel,
 	}
 	for _, rt := range Routes() {
 		h, ok := hs[rt.Key()]

@@ -196,6 +196,8 @@ type rolloutData struct {
 	// Decisions come from the audit log (operators and up).
 	Decisions []decision
 	Done      string
+	// Shadow are the shadow stages' comparisons (shadow.go).
+	Shadow []shadowPanel
 }
 
 func (c *Console) rolloutPage(w http.ResponseWriter, r *http.Request, req *request) {
@@ -220,6 +222,7 @@ func (c *Console) rolloutPage(w http.ResponseWriter, r *http.Request, req *reque
 		}
 		d.Stages = append(d.Stages, row)
 	}
+	d.Shadow = c.shadowPanels(ro)
 	if v.Can.Act {
 		for _, a := range api.RolloutActions() {
 			if ro.State.Allows(a) {
@@ -360,11 +363,7 @@ func (c *Console) rolloutAction(w http.ResponseWriter, r *http.Request, req *req
 		http.Redirect(w, r, "/ui/rollouts/"+urlPath(ro.ID)+"?done="+string(act), http.StatusSeeOther)
 		return
 	}
-	var e api.ErrorResponse
-	if json.Unmarshal(resp, &e) != nil || e.Error == "" {
-		e.Error = http.StatusText(code)
-	}
-	d.Error = e.Error
+	d.Error = apiError(code, resp)
 	d.Allowed = code != http.StatusForbidden
 	c.confirm(w, r, req, code, d)
 }

@@ -21,12 +21,12 @@ func TestEveryPageOnARealControlPlane(t *testing.T) {
 	ro, err := e.cp.CreateRollout(context.Background(), api.RolloutSpec{Model: "fraud", Version: "1.0.0", Selector: "site=north", Stages: []api.RolloutStage{{Canary: 1}, {Percent: 100}}}, "test")
 	require.NoError(t, err)
 	s := e.login(e.operator)
-	for _, p := range []string{"/ui/fleet", "/ui/devices/dev-1", "/ui/models", "/ui/rollouts", "/ui/rollouts/" + ro.ID, "/ui/rollouts/" + ro.ID + "/pause", "/ui/monitoring", "/ui/audit"} {
+	for _, p := range []string{"/ui/fleet", "/ui/devices/dev-1", "/ui/models", "/ui/rollouts", "/ui/rollouts/" + ro.ID, "/ui/rollouts/" + ro.ID + "/pause", "/ui/monitoring", "/ui/audit", "/ui/retrain", "/ui/models/fraud/retrain", "/ui/models/fraud/retrain/start"} {
 		code, body, _ := s.get(p)
 		require.Equal(t, http.StatusOK, code, "%s: %s", p, body)
 	}
 	v := e.login(e.viewer)
-	for p, want := range map[string]int{"/ui/fleet": 200, "/ui/rollouts/" + ro.ID: 200, "/ui/audit": 403, "/ui/rollouts/" + ro.ID + "/pause": 403} {
+	for p, want := range map[string]int{"/ui/fleet": 200, "/ui/rollouts/" + ro.ID: 200, "/ui/audit": 403, "/ui/rollouts/" + ro.ID + "/pause": 403, "/ui/retrain": 200, "/ui/models/fraud/retrain": 200, "/ui/models/fraud/retrain/start": 403} {
 		code, body, _ := v.get(p)
 		require.Equal(t, want, code, "viewer %s: %s", p, body)
 	}

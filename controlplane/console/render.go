@@ -42,12 +42,16 @@ type perms struct {
 	Act bool
 	// Audit: read the audit log (the rollout decisions, the alerts).
 	Audit bool
+	// Retrain: start a retrain job; CancelJob: cancel one.
+	Retrain, CancelJob bool
 }
 
 func (c *Console) perms(tok api.APIToken) perms {
 	return perms{
-		Act:   tok.Role.Allows(c.roles["POST "+api.PathRolloutAction(api.ActionPause)]),
-		Audit: tok.Role.Allows(c.roles["GET "+api.PathAudit]),
+		Act:       tok.Role.Allows(c.roles["POST "+api.PathRolloutAction(api.ActionPause)]),
+		Audit:     tok.Role.Allows(c.roles["GET "+api.PathAudit]),
+		Retrain:   tok.Role.Allows(c.roles["POST "+api.PathModelRetrainJ]),
+		CancelJob: tok.Role.Allows(c.roles["POST "+api.PathRetrainCancel]),
 	}
 }
 
@@ -60,12 +64,19 @@ func (c *Console) view(req *request, title, nav string, data any) *view {
 	return v
 }
 
-var pageFiles = []string{"login.html", "error.html", "fleet.html", "device.html", "models.html", "rollouts.html", "rollout.html", "confirm.html", "monitoring.html", "audit.html"}
+var pageFiles = []string{"login.html", "error.html", "fleet.html", "device.html", "models.html", "rollouts.html", "rollout.html", "confirm.html", "monitoring.html", "audit.html", "retrain.html", "retrain_model.html", "retrain_job.html", "retrain_confirm.html"}
+
+// partFiles are parts of every page: the layout, the chart, the jobs table.
+var partFiles = []string{"layout.html", "chart.html", "jobs.html"}
 
 func (c *Console) parseTemplates() error {
 	c.pages = map[string]*template.Template{}
 	for _, p := range pageFiles {
-		t, err := template.New(p).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/chart.html", "templates/"+p)
+		files := []string{"templates/" + p}
+		for _, part := range partFiles {
+			files = append(files, "templates/"+part)
+		}
+		t, err := template.New(p).Funcs(funcs).ParseFS(templateFS, files...)
 		if err != nil {
 			return fmt.Errorf("console: templates: %w", err)
 		}
@@ -78,7 +89,7 @@ func (c *Console) parseTemplates() error {
 	}
 	for _, f := range files {
 		name := strings.TrimPrefix(f, "templates/")
-		if name != "layout.html" && name != "chart.html" && !slices.Contains(pageFiles, name) {
+		if !slices.Contains(partFiles, name) && !slices.Contains(pageFiles, name) {
 			return fmt.Errorf("console: template %s is not a page", name)
 		}
 	}
@@ -191,6 +202,20 @@ var funcs = template.FuncMap{
 	"stateClass": stateClass,
 	"dur":        func(d api.Duration) string { return time.Duration(d).String() },
 	"add":        func(a, b int) int { return a + b },
+	// short is the start of a digest.
+	"short": func(s string) string { return s[:min(len(s), 12)] },
+	// ms is a p50 and a p99 in milliseconds (two significant figures
+	// below 10).
+	"ms": func(p50, p99 float64) string { return msFigure(p50) + " / " + msFigure(p99) + " ms" },
+	// signed is a difference of two figures with its sign.
+	"signed": func(v float64) string { return fmt.Sprintf("%+.3f", v) },
+}
+
+func msFigure(v float64) string {
+	if v < 10 {
+		return fmt.Sprintf("%.2g", v)
+	}
+	return fmt.Sprintf("%.0f", v)
 }
 
 // stateClass is the CSS class of a state name (letters and '-' only).

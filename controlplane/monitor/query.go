@@ -71,6 +71,13 @@ func (a *Aggregator) cells(model, version string, from, to time.Time, devices []
 	if err := a.Flush(); err != nil {
 		return nil, err
 	}
+	var only map[string]bool // devices as a set, when there are many
+	if len(devices) > 16 {
+		only = make(map[string]bool, len(devices))
+		for _, d := range devices {
+			only[d] = true
+		}
+	}
 	var out []bucketCell
 	for _, p := range []string{hourlyPrefix, rawPrefix} {
 		prefix := p + model + "/" + version + "/"
@@ -79,7 +86,7 @@ func (a *Aggregator) cells(model, version string, from, to time.Time, devices []
 			if !ok || at.Before(from) || !at.Before(to) {
 				return nil
 			}
-			if devices != nil && !slices.Contains(devices, dev) {
+			if only != nil && !only[dev] || only == nil && devices != nil && !slices.Contains(devices, dev) {
 				return nil
 			}
 			bc := bucketCell{at: at, device: dev}
@@ -150,14 +157,17 @@ func (a *Aggregator) Query(q Query) (*api.ModelMetrics, error) {
 	}
 	res.Total = figures(&total, ref, total.Pred)
 	res.Total.Reports, res.Total.Devices = totalReports, len(allDevices)
+	shadowDevices(res.Total.Shadow, allDevices, perDev)
 	for _, k := range sortedKeys(groups) {
 		f := figures(groups[k], ref, total.Pred)
 		f.Reports, f.Devices = groupReports[k], len(groupDevices[k])
+		shadowDevices(f.Shadow, groupDevices[k], perDev)
 		res.Groups = append(res.Groups, api.MetricsGroup{Key: k, MetricsFigures: f})
 	}
 	for _, k := range sortedKeys(perDev) {
 		f := figures(perDev[k], ref, total.Pred)
 		f.Reports, f.Devices = devReports[k], 1
+		shadowDevices(f.Shadow, map[string]bool{k: true}, perDev)
 		res.Devices = append(res.Devices, api.MetricsGroup{Key: k, MetricsFigures: f})
 	}
 	res.Series = points(series, q.From, step, ref)
@@ -360,11 +370,48 @@ func figures(c *Counts, ref []*efpb.FeatureStats, basePred []uint64) api.Metrics
 			f.PredictionPSI, f.PredictionKS = drift.PSI(base, fr), drift.KS(base, fr)
 		}
 	}
+	if s := c.Shadow; s != nil {
+		f.Shadow = &api.ShadowFigures{Rows: s.Rows, Skipped: s.Skipped, Errors: s.Errors, Labelled: s.Labelled}
+		if s.Rows > 0 {
+			f.Shadow.Agreement = float64(s.Agree) / float64(s.Rows)
+			f.Shadow.MeanScoreDiff = s.ScoreDiff / float64(s.Rows)
+		}
+		if s.Labelled > 0 {
+			f.Shadow.ChampionAccuracy = float64(s.ChampionCorrect) / float64(s.Labelled)
+			f.Shadow.ChallengerAccuracy = float64(s.ChallengerCorrect) / float64(s.Labelled)
+		}
+		if len(s.Lat) > 0 {
+			f.Shadow.ChallengerLatencyP50Ms = nanToZero(drift.Quantile(s.LatEdges, s.Lat, 0.5) / 1000)
+			f.Shadow.ChallengerLatencyP99Ms = nanToZero(drift.Quantile(s.LatEdges, s.Lat, 0.99) / 1000)
+		}
+	}
 	if len(c.Lat) > 0 {
 		f.LatencyP50Ms = nanToZero(drift.Quantile(c.LatEdges, c.Lat, 0.5) / 1000)
 		f.LatencyP99Ms = nanToZero(drift.Quantile(c.LatEdges, c.Lat, 0.99) / 1000)
 	}
 	return f
+}
+
+// shadowDevices counts the devices of a group that scored the challenger
+// in shadow (a ready report in the range) and those whose last word was a
+// refusal, as ShadowFigures does for the gate.
+func shadowDevices(f *api.ShadowFigures, devices map[string]bool, perDev map[string]*Counts) {
+	if f == nil {
+		return
+	}
+	for _, id := range sortedKeys(devices) {
+		s := perDev[id].Shadow
+		switch {
+		case s == nil:
+		case s.ReadyReports > 0:
+			f.DevicesReady++
+		case s.Failure != "":
+			f.DevicesFailed++
+			if len(f.Failures) < 5 {
+				f.Failures = append(f.Failures, id+": "+s.Failure)
+			}
+		}
+	}
 }
 
 func nanToZero(v float64) float64 {

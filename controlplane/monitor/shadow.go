@@ -31,6 +31,10 @@ type ShadowCounts struct {
 	Labelled          uint64  `json:"labelled,omitempty"`
 	ChampionCorrect   uint64  `json:"champion_correct,omitempty"`
 	ChallengerCorrect uint64  `json:"challenger_correct,omitempty"`
+	// LatEdges and Lat are the challenger's inference times (as
+	// Counts.LatEdges and Lat are the served version's).
+	LatEdges []float64 `json:"lat_edges,omitempty"`
+	Lat      []uint64  `json:"lat,omitempty"`
 }
 
 // Add merges o into s.
@@ -48,6 +52,10 @@ func (s *ShadowCounts) Add(o *ShadowCounts) {
 	s.Labelled += o.Labelled
 	s.ChampionCorrect += o.ChampionCorrect
 	s.ChallengerCorrect += o.ChallengerCorrect
+	if len(s.LatEdges) == 0 {
+		s.LatEdges = o.LatEdges
+	}
+	s.Lat = addSlice(s.Lat, o.Lat)
 }
 
 // maxFailureLen bounds the refusal reason kept from a report.
@@ -68,9 +76,16 @@ func shadowCountsOf(r *efpb.ShadowReport) (*ShadowCounts, error) {
 		return nil, fmt.Errorf("%w: shadow: more correct than the %d labelled rows", ErrInvalidReport, r.Labelled)
 	case math.IsNaN(r.ScoreAbsDiff) || r.ScoreAbsDiff < 0 || math.IsInf(r.ScoreAbsDiff, 0):
 		return nil, fmt.Errorf("%w: shadow: score difference %v", ErrInvalidReport, r.ScoreAbsDiff)
+	case len(r.ChallengerLatencyCounts) > maxBins:
+		return nil, fmt.Errorf("%w: shadow: %d latency bins, at most %d", ErrInvalidReport, len(r.ChallengerLatencyCounts), maxBins)
+	case len(r.ChallengerLatencyCounts) != 0 && len(r.ChallengerLatencyCounts) != len(r.LatencyEdgesUs)+1:
+		return nil, fmt.Errorf("%w: shadow: %d latency counts for %d edges", ErrInvalidReport, len(r.ChallengerLatencyCounts), len(r.LatencyEdgesUs))
 	}
 	s := &ShadowCounts{Reports: 1, Failure: r.Failure, Rows: r.Rows, Agree: r.Agree, ScoreDiff: r.ScoreAbsDiff,
 		Skipped: r.Skipped, Errors: r.Errors, Labelled: r.Labelled, ChampionCorrect: r.ChampionCorrect, ChallengerCorrect: r.ChallengerCorrect}
+	if len(r.ChallengerLatencyCounts) > 0 {
+		s.LatEdges, s.Lat = r.LatencyEdgesUs, r.ChallengerLatencyCounts
+	}
 	if r.Ready {
 		s.ReadyReports = 1
 	}

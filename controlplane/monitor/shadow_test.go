@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
@@ -68,6 +69,8 @@ func TestShadowReportRefused(t *testing.T) {
 		{&efpb.ShadowReport{Rows: 1, Agree: 2}, "2 rows agree of 1"},
 		{&efpb.ShadowReport{Labelled: 1, ChallengerCorrect: 2}, "more correct than the 1 labelled rows"},
 		{&efpb.ShadowReport{ScoreAbsDiff: -1}, "score difference -1"},
+		{&efpb.ShadowReport{LatencyEdgesUs: []float64{1, 2}, ChallengerLatencyCounts: []uint64{1, 2}}, "2 latency counts for 2 edges"},
+		{&efpb.ShadowReport{ChallengerLatencyCounts: make([]uint64, 2000)}, "2000 latency bins, at most 1024"},
 	} {
 		_, err := f.agg.Ingest("a1", 1, shadowTelemetry(f, 1, tc.r), nil)
 		require.ErrorIs(t, err, ErrInvalidReport)
@@ -77,4 +80,56 @@ func TestShadowReportRefused(t *testing.T) {
 	bad.Shadow[0].ChallengerVersion = "../x"
 	_, err := f.agg.Ingest("a1", 1, bad, nil)
 	require.ErrorIs(t, err, ErrInvalidReport)
+}
+
+// The metrics of a challenger's version carry its shadow figures per site
+// and per device, which the console's shadow panel shows: each site's
+// rows, agreement and both accuracies, and its devices scoring or refusing.
+func TestShadowFiguresPerGroup(t *testing.T) {
+	f := newFixture(t)
+	start := f.clk.Now()
+	for _, in := range []struct {
+		dev string
+		r   *efpb.ShadowReport
+	}{
+		{"a1", &efpb.ShadowReport{Ready: true, Rows: 100, Agree: 90, ScoreAbsDiff: 5, Labelled: 50, ChampionCorrect: 40, ChallengerCorrect: 45,
+			LatencyEdgesUs: []float64{1000, 2000, 4000}, ChallengerLatencyCounts: []uint64{0, 10, 0, 0}}},
+		{"a2", &efpb.ShadowReport{Failure: "does not load"}},
+		{"b1", &efpb.ShadowReport{Ready: true, Rows: 10, Agree: 10, Labelled: 10, ChampionCorrect: 10, ChallengerCorrect: 9, Skipped: 3}},
+	} {
+		_, err := f.agg.Ingest(in.dev, 1, shadowTelemetry(f, 1, in.r), nil)
+		require.NoError(t, err)
+	}
+	res, err := f.agg.Query(Query{Model: "fraud", Version: "2.0.0", By: BySite, From: start.Add(-time.Minute), To: f.clk.Now().Add(time.Minute)})
+	require.NoError(t, err)
+	require.NotNil(t, res.Total.Shadow)
+	assert.Equal(t, uint64(110), res.Total.Shadow.Rows)
+	assert.Equal(t, 2, res.Total.Shadow.DevicesReady)
+	assert.Equal(t, 1, res.Total.Shadow.DevicesFailed)
+	assert.Zero(t, res.Total.Rows, "a challenger's served figures stay empty")
+	bySite := map[string]*api.ShadowFigures{}
+	for _, g := range res.Groups {
+		bySite[g.Key] = g.Shadow
+	}
+	require.Len(t, bySite, 2)
+	a, b := bySite[sites["a1"]], bySite[sites["b1"]]
+	require.NotNil(t, a)
+	require.NotNil(t, b)
+	assert.Equal(t, uint64(100), a.Rows)
+	assert.InDelta(t, 0.9, a.Agreement, 1e-9)
+	assert.InDelta(t, 0.05, a.MeanScoreDiff, 1e-9)
+	assert.InDelta(t, 0.8, a.ChampionAccuracy, 1e-9)
+	assert.InDelta(t, 0.9, a.ChallengerAccuracy, 1e-9)
+	assert.Equal(t, 1, a.DevicesReady)
+	assert.Equal(t, []string{"a2: does not load"}, a.Failures)
+	assert.InDelta(t, 1.5, a.ChallengerLatencyP50Ms, 1e-9, "ten requests between 1 and 2 ms")
+	assert.Zero(t, b.ChallengerLatencyP50Ms, "b1's agent reported no latency")
+	assert.InDelta(t, 0.9, b.ChallengerAccuracy, 1e-9)
+	assert.Equal(t, uint64(3), b.Skipped)
+	assert.Equal(t, 1, b.DevicesReady)
+	assert.Zero(t, b.DevicesFailed)
+
+	served, err := f.agg.Query(Query{Model: "fraud", Version: "1.0.0", From: start.Add(-time.Minute), To: f.clk.Now().Add(time.Minute)})
+	require.NoError(t, err)
+	assert.Nil(t, served.Total.Shadow, "a served version has no shadow figures")
 }

@@ -2813,8 +2813,15 @@ type ShadowReport struct {
 	Labelled          uint64 `protobuf:"varint,13,opt,name=labelled,proto3" json:"labelled,omitempty"`
 	ChampionCorrect   uint64 `protobuf:"varint,14,opt,name=champion_correct,json=championCorrect,proto3" json:"champion_correct,omitempty"`
 	ChallengerCorrect uint64 `protobuf:"varint,15,opt,name=challenger_correct,json=challengerCorrect,proto3" json:"challenger_correct,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// challenger_latency_counts is a histogram of the challenger's inference
+	// time per shadowed request (the session's run, as MonitorReport's
+	// latency is the champion's), in buckets with upper edges
+	// latency_edges_us (microseconds; one more count than edges). Added
+	// 2026-12-06: an older agent sends neither.
+	LatencyEdgesUs          []float64 `protobuf:"fixed64,16,rep,packed,name=latency_edges_us,json=latencyEdgesUs,proto3" json:"latency_edges_us,omitempty"`
+	ChallengerLatencyCounts []uint64  `protobuf:"varint,17,rep,packed,name=challenger_latency_counts,json=challengerLatencyCounts,proto3" json:"challenger_latency_counts,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *ShadowReport) Reset() {
@@ -2950,6 +2957,20 @@ func (x *ShadowReport) GetChallengerCorrect() uint64 {
 		return x.ChallengerCorrect
 	}
 	return 0
+}
+
+func (x *ShadowReport) GetLatencyEdgesUs() []float64 {
+	if x != nil {
+		return x.LatencyEdgesUs
+	}
+	return nil
+}
+
+func (x *ShadowReport) GetChallengerLatencyCounts() []uint64 {
+	if x != nil {
+		return x.ChallengerLatencyCounts
+	}
+	return nil
 }
 
 // MonitorReport is what one model version saw on a device in one window:
@@ -4154,7 +4175,7 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x12\n" +
 	"\x04site\x18\x03 \x01(\tR\x04site\x12!\n" +
-	"\fexpires_unix\x18\x04 \x01(\x03R\vexpiresUnix\"\x8d\x04\n" +
+	"\fexpires_unix\x18\x04 \x01(\x03R\vexpiresUnix\"\xf3\x04\n" +
 	"\fShadowReport\x12\x1d\n" +
 	"\n" +
 	"model_name\x18\x01 \x01(\tR\tmodelName\x12)\n" +
@@ -4172,7 +4193,9 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x06errors\x18\f \x01(\x04R\x06errors\x12\x1a\n" +
 	"\blabelled\x18\r \x01(\x04R\blabelled\x12)\n" +
 	"\x10champion_correct\x18\x0e \x01(\x04R\x0fchampionCorrect\x12-\n" +
-	"\x12challenger_correct\x18\x0f \x01(\x04R\x11challengerCorrect\"\xd8\x05\n" +
+	"\x12challenger_correct\x18\x0f \x01(\x04R\x11challengerCorrect\x12(\n" +
+	"\x10latency_edges_us\x18\x10 \x03(\x01R\x0elatencyEdgesUs\x12:\n" +
+	"\x19challenger_latency_counts\x18\x11 \x03(\x04R\x17challengerLatencyCounts\"\xd8\x05\n" +
 	"\rMonitorReport\x12\x1d\n" +
 	"\n" +
 	"model_name\x18\x01 \x01(\tR\tmodelName\x12#\n" +

@@ -384,6 +384,17 @@ var fixtures = []struct {
 			"510000000000000440580360016814700f7812",
 	},
 	{
+		// A seventh Telemetry: the challenger's inference time (added
+		// 2026-12-06).
+		name: "Telemetry",
+		msg: &efpb.Telemetry{ProtocolVersion: 1, DeviceId: "dev-006", Seq: 104, TimeUnixMs: 1795608120123,
+			Shadow: []*efpb.ShadowReport{{ModelName: "fraud", ChampionVersion: "1.1.0", ChallengerVersion: "1.2.0", Ready: true, Rows: 8, Agree: 8,
+				LatencyEdgesUs: []float64{100, 1000}, ChallengerLatencyCounts: []uint64{5, 2, 1}}}},
+		hex: "080112076465762d303036186820bb96d694a1349203340a0566726175641205" +
+			"312e312e301a05312e322e303001400848088201100000000000005940000000" +
+			"0000408f408a0103050201",
+	},
+	{
 		// A fifth Telemetry: a challenger that was refused.
 		name: "Telemetry",
 		msg: &efpb.Telemetry{ProtocolVersion: 1, DeviceId: "dev-005", Seq: 103, TimeUnixMs: 1795608090456,
@@ -512,7 +523,9 @@ func TestFixturesNamedForTheirType(t *testing.T) {
 		// Field data capture (issue 13).
 		"DesiredState", "CaptureBatch", "CaptureAck",
 		// Retraining lineage (issue 13), part of a Manifest.
-		"TrainingInfo"}
+		"TrainingInfo",
+		// The challenger's inference time in a shadow report (issue 13).
+		"Telemetry"}
 	var got []string
 	for _, fx := range fixtures {
 		assert.Equal(t, fx.name, string(fx.msg.ProtoReflect().Descriptor().Name()))
