@@ -177,3 +177,34 @@ func TestCaptureEndToEnd(t *testing.T) {
 	require.True(t, errors.As(err, &se))
 	assert.Equal(t, http.StatusUnauthorized, se.Status)
 }
+
+// The in-process operations (what fleet-sim and the demo call) apply a
+// deploy's or a rollout's capture policy as the API does: they once
+// dropped it without a word.
+func TestInProcessDeployAndRolloutSetTheCapturePolicy(t *testing.T) {
+	ts := newTestServer(t, nil)
+	ctx := context.Background()
+	ts.mustUpload("fraud", "v1", fleettest.TrainedModel(t, 1))
+	ts.mustUpload("other", "v1", fleettest.TrainedModel(t, 2))
+	_, err := ts.Client.RegisterDevice(ctx, "dev-1", map[string]string{"site": "x"})
+	require.NoError(t, err)
+
+	_, err = ts.Deploy(ctx, api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"},
+		Capture: &api.CapturePolicy{SampleRate: 0.5}})
+	require.NoError(t, err)
+	st, err := ts.Client.CapturePolicy(ctx, "fraud")
+	require.NoError(t, err)
+	assert.True(t, st.Enabled)
+	assert.InDelta(t, 0.5, st.Policy.SampleRate, 1e-9)
+
+	_, err = ts.CreateRollout(ctx, api.RolloutSpec{Model: "other", Version: "v1", Selector: "site=x",
+		Stages: []api.RolloutStage{{Percent: 100}}, Capture: &api.CapturePolicy{SampleRate: 0.25}}, "test")
+	require.NoError(t, err)
+	st, err = ts.Client.CapturePolicy(ctx, "other")
+	require.NoError(t, err)
+	assert.InDelta(t, 0.25, st.Policy.SampleRate, 1e-9)
+
+	_, err = ts.Deploy(ctx, api.DeployRequest{Model: "fraud", Version: "v9", Devices: []string{"dev-1"},
+		Capture: &api.CapturePolicy{SampleRate: 1}})
+	assert.True(t, errors.Is(err, api.ErrNotFound), "an unknown version: %v", err)
+}

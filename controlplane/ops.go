@@ -81,13 +81,33 @@ func (s *Server) AddModelUpload(ctx context.Context, u models.Upload) (api.Model
 	return mv, err
 }
 
-// Deploy issues desired states, as POST /api/v1/deployments does.
+// Deploy issues desired states, as POST /api/v1/deployments does (its
+// capture policy first).
 func (s *Server) Deploy(ctx context.Context, req api.DeployRequest) (*api.DeployResult, error) {
 	c, err := s.components()
 	if err != nil {
 		return nil, err
 	}
+	if err := c.setCapture(req.Model, req.Version, req.Capture); err != nil {
+		return nil, err
+	}
 	return c.fleet.Deploy(ctx, req)
+}
+
+// setCapture makes p, if set, model's capture policy before a deploy or
+// rollout of version issues it, as the API's handlers do.
+func (c *components) setCapture(model, version string, p *api.CapturePolicy) error {
+	if p == nil {
+		return nil
+	}
+	if c.data == nil {
+		return api.Errorf(api.ErrUnavailable, "field data capture is not configured in this control plane")
+	}
+	if !c.models.Has(model, version) {
+		return api.Errorf(api.ErrNotFound, "model %s version %s is not uploaded", model, version)
+	}
+	_, err := c.data.SetPolicy(model, *p)
+	return err
 }
 
 // CreateRollout checks and starts a rollout, as POST /api/v1/rollouts does.
@@ -95,6 +115,9 @@ func (s *Server) Deploy(ctx context.Context, req api.DeployRequest) (*api.Deploy
 func (s *Server) CreateRollout(ctx context.Context, spec api.RolloutSpec, actor string) (*api.Rollout, error) {
 	c, err := s.components()
 	if err != nil {
+		return nil, err
+	}
+	if err := c.setCapture(spec.Model, spec.Version, spec.Capture); err != nil {
 		return nil, err
 	}
 	return c.rollouts.Create(ctx, spec, actor)
