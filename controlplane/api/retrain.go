@@ -293,6 +293,9 @@ type RetrainJob struct {
 	Candidate string `json:"candidate,omitempty"`
 	// Rollout is the id of the candidate's rollout.
 	Rollout string `json:"rollout,omitempty"`
+	// CancelledBy names who cancelled the job (recorded before the job
+	// stops, so a restart in between does not undo the cancel).
+	CancelledBy string `json:"cancelled_by,omitempty"`
 	// Log is the job's steps, oldest first.
 	Log []RetrainLogEntry `json:"log"`
 }

@@ -15,7 +15,7 @@ import (
 type Data interface {
 	Policy(model string) (api.CaptureStatus, error)
 	SetPolicy(ctx context.Context, model string, p api.CapturePolicy) (api.CaptureStatus, error)
-	Build(model string, req api.DatasetRequest) (api.Dataset, error)
+	Build(ctx context.Context, model string, req api.DatasetRequest) (api.Dataset, error)
 	List(model string) ([]api.Dataset, error)
 	Get(model, ref string) (api.Dataset, error)
 	Export(model, ref, format string, w io.Writer) error
@@ -102,7 +102,7 @@ func (a *API) handleBuildDataset(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	ds, err := a.opts.Data.Build(r.PathValue("name"), req)
+	ds, err := a.opts.Data.Build(r.Context(), r.PathValue("name"), req)
 	if err != nil {
 		a.logIfInternal(err, "build dataset")
 		writeError(w, err)

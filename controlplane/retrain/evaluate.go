@@ -1,6 +1,7 @@
 package retrain
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -16,8 +17,10 @@ const evalBatch = 256
 // in the control plane's onnxruntime. A row's predicted class is read as
 // the agents' monitoring reads it: the label output when the manifest
 // names one, else 1 for a single probability >= 0.5, else the argmax of
-// the scores; it is correct when it equals the row's label.
-func (s *Service) evaluate(cand []byte, candMeta *efpb.Manifest, parent []byte, parentMan *efpb.Manifest, rows []labelledRow) (*api.Evaluation, error) {
+// the scores; it is correct when it equals the row's label. It stops when
+// ctx ends: between batches, and within a run (onnxruntime's terminate
+// flag).
+func (s *Service) evaluate(ctx context.Context, cand []byte, candMeta *efpb.Manifest, parent []byte, parentMan *efpb.Manifest, rows []labelledRow) (*api.Evaluation, error) {
 	if s.opts.Runtime == nil {
 		return nil, errors.New("onnxruntime is not loaded in this control plane")
 	}
@@ -30,11 +33,11 @@ func (s *Service) evaluate(cand []byte, candMeta *efpb.Manifest, parent []byte, 
 	}
 	ins, outs := desc.Specs()
 	candSpec := &efpb.Manifest{Inputs: ins, Outputs: outs, ScoreOutput: candMeta.GetScoreOutput(), LabelOutput: candMeta.GetLabelOutput()}
-	c, err := s.score(cand, candSpec, rows)
+	c, err := s.score(ctx, cand, candSpec, rows)
 	if err != nil {
 		return nil, fmt.Errorf("candidate: %w", err)
 	}
-	p, err := s.score(parent, parentMan, rows)
+	p, err := s.score(ctx, parent, parentMan, rows)
 	if err != nil {
 		return nil, fmt.Errorf("current version: %w", err)
 	}
@@ -43,7 +46,7 @@ func (s *Service) evaluate(cand []byte, candMeta *efpb.Manifest, parent []byte, 
 
 // score runs model (described by m's inputs, outputs, score and label
 // outputs) on rows and returns its figures, class 1 positive.
-func (s *Service) score(model []byte, m *efpb.Manifest, rows []labelledRow) (api.EvaluationScore, error) {
+func (s *Service) score(ctx context.Context, model []byte, m *efpb.Manifest, rows []labelledRow) (api.EvaluationScore, error) {
 	var sc api.EvaluationScore
 	outs := m.GetOutputs()
 	if len(outs) == 0 {
@@ -73,7 +76,7 @@ func (s *Service) score(model []byte, m *efpb.Manifest, rows []labelledRow) (api
 		if err != nil {
 			return sc, err
 		}
-		out, err := sess.Run(inputs)
+		out, err := sess.RunContext(ctx, inputs)
 		if err != nil {
 			return sc, fmt.Errorf("run: %w", err)
 		}

@@ -42,7 +42,8 @@ const (
 
 // Datasets builds and reads the field datasets (controlplane/data).
 type Datasets interface {
-	Build(model string, req api.DatasetRequest) (api.Dataset, error)
+	// Build stops with ctx's error when ctx ends.
+	Build(ctx context.Context, model string, req api.DatasetRequest) (api.Dataset, error)
 	Get(model, ref string) (api.Dataset, error)
 	// Export writes a dataset's rows; the job reads format jsonl.
 	Export(model, ref, format string, w io.Writer) error
@@ -127,12 +128,18 @@ type Service struct {
 	policyMu sync.Mutex
 
 	// mu guards jobs, running and cancel. A leaf lock: nothing is called
-	// with it held but the store.
+	// with it held but the store and cancel.
 	mu      sync.Mutex
 	jobs    map[string]*api.RetrainJob
 	running string             // id of the job the worker runs ("" none)
 	cancel  context.CancelFunc // cancels the running job
-	cancels map[string]string  // job id → who cancelled it
+
+	// phases are the goroutines of job phases (phase): one the worker
+	// stopped waiting for when its job's context ended is waited for
+	// by Run before it returns.
+	phases sync.WaitGroup
+	// evaluator is s.evaluate; tests replace it with one that hangs.
+	evaluator func(ctx context.Context, cand []byte, candMeta *efpb.Manifest, parent []byte, parentMan *efpb.Manifest, rows []labelledRow) (*api.Evaluation, error)
 }
 
 const (
@@ -173,7 +180,8 @@ func New(o Options) (*Service, error) {
 		return nil, fmt.Errorf("retrain: %w", err)
 	}
 	s := &Service{opts: o, log: o.Logger.With("component", "retrain"), wake: make(chan struct{}, 1),
-		jobs: map[string]*api.RetrainJob{}, cancels: map[string]string{}}
+		jobs: map[string]*api.RetrainJob{}}
+	s.evaluator = s.evaluate
 	err := o.KV.Scan(prefixJob, func(key string, val []byte) error {
 		j := &api.RetrainJob{}
 		if err := json.Unmarshal(val, j); err != nil {
@@ -416,7 +424,10 @@ func (s *Service) Job(id string) (*api.RetrainJob, error) {
 }
 
 // Cancel stops an unfinished job: a queued one ends at once, a running
-// one when its step notices (a trainer process is killed).
+// one as soon as its phase notices its context (a trainer process is
+// killed). The cancel is recorded (synced) before it answers: a job whose
+// cancel a control-plane restart interrupts ends cancelled at the next
+// start and never publishes.
 func (s *Service) Cancel(id, actor string) (*api.RetrainJob, error) {
 	s.mu.Lock()
 	j, ok := s.jobs[id]
@@ -428,10 +439,20 @@ func (s *Service) Cancel(id, actor string) (*api.RetrainJob, error) {
 		s.mu.Unlock()
 		return nil, api.Errorf(api.ErrExists, "retrain job %s is over (%s)", id, j.State)
 	}
-	s.cancels[id] = actor
-	if s.running == id {
-		s.cancel()
-		out := clone(j)
+	if j.State != api.RetrainQueued || s.running == id {
+		if j.CancelledBy != "" {
+			out := clone(j)
+			s.mu.Unlock()
+			return out, nil
+		}
+		out, err := s.updateLocked(id, "", "cancel requested by "+actor, func(j *api.RetrainJob) { j.CancelledBy = actor })
+		if err != nil {
+			s.mu.Unlock()
+			return nil, err
+		}
+		if s.running == id {
+			s.cancel()
+		}
 		s.mu.Unlock()
 		s.audit(actor, "retrain.cancel", id, "ok", map[string]any{"state": string(out.State)})
 		return out, nil
@@ -439,7 +460,7 @@ func (s *Service) Cancel(id, actor string) (*api.RetrainJob, error) {
 	// Queued: it ends here, under the lock, so the worker cannot start it
 	// in between.
 	reason := "cancelled by " + actor + " before it started"
-	out, err := s.updateLocked(id, api.RetrainFailed, reason, func(j *api.RetrainJob) { j.Reason = reason })
+	out, err := s.updateLocked(id, api.RetrainFailed, reason, func(j *api.RetrainJob) { j.Reason, j.CancelledBy = reason, actor })
 	s.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -513,6 +534,7 @@ func (s *Service) finish(id string, state api.RetrainState, reason string) (*api
 // control-plane restart interrupted, then runs queued jobs one at a
 // time, takes alerts, and checks schedules every TickInterval.
 func (s *Service) Run(ctx context.Context) {
+	defer s.phases.Wait()
 	s.resume()
 	// Alerts are taken while a job runs too: the alerter raises an alert
 	// once until it clears, so one dropped from a full channel would start
@@ -559,6 +581,9 @@ func (s *Service) runQueued(ctx context.Context) {
 			return
 		}
 		jctx, cancel := context.WithCancel(ctx)
+		if next.CancelledBy != "" {
+			cancel() // cancelled in the moment it was queued again
+		}
 		s.running, s.cancel = next.ID, cancel
 		id := next.ID
 		s.mu.Unlock()
@@ -567,7 +592,6 @@ func (s *Service) runQueued(ctx context.Context) {
 
 		s.mu.Lock()
 		s.running, s.cancel = "", nil
-		delete(s.cancels, id)
 		s.mu.Unlock()
 		cancel()
 	}
@@ -579,12 +603,28 @@ func (s *Service) runQueued(ctx context.Context) {
 func (s *Service) resume() {
 	s.mu.Lock()
 	interrupted := map[string]api.RetrainState{}
+	cancelled := map[string]*api.RetrainJob{}
 	for id, j := range s.jobs {
-		if !j.State.Terminal() && j.State != api.RetrainQueued {
+		switch {
+		case j.State.Terminal():
+		case j.CancelledBy != "":
+			cancelled[id] = clone(j)
+		case j.State != api.RetrainQueued:
 			interrupted[id] = j.State
 		}
 	}
 	s.mu.Unlock()
+	// A cancel recorded before the restart stands: the job ends here and
+	// does not go on (it never publishes, nor rolls out what it published).
+	for id, j := range cancelled {
+		reason := "cancelled by " + j.CancelledBy + " while " + string(j.State) + "; the control plane restarted before the job stopped"
+		if j.Candidate != "" && s.publishedBy(j) {
+			reason += fmt.Sprintf("; version %s was published before the cancel took effect and was not rolled out", j.Candidate)
+		}
+		if _, err := s.finish(id, api.RetrainFailed, reason); err != nil {
+			s.log.Error("end retrain job", "job", id, "err", err)
+		}
+	}
 	for id, state := range interrupted {
 		if n := s.interruptions(id); n >= maxResumes {
 			// A job that takes the control plane down (a candidate that

@@ -34,7 +34,7 @@ func (versions) Publish(context.Context, string, string, []byte, *efpb.Manifest,
 
 type noData struct{}
 
-func (noData) Build(string, api.DatasetRequest) (api.Dataset, error) {
+func (noData) Build(context.Context, string, api.DatasetRequest) (api.Dataset, error) {
 	return api.Dataset{}, fmt.Errorf("no")
 }
 func (noData) Get(string, string) (api.Dataset, error)        { return api.Dataset{}, fmt.Errorf("no") }
@@ -199,7 +199,7 @@ type blockingData struct {
 	release  chan struct{}
 }
 
-func (b blockingData) Build(model string, _ api.DatasetRequest) (api.Dataset, error) {
+func (b blockingData) Build(_ context.Context, model string, _ api.DatasetRequest) (api.Dataset, error) {
 	b.building <- model
 	<-b.release
 	return api.Dataset{}, fmt.Errorf("released")

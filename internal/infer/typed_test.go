@@ -1,6 +1,7 @@
 package infer
 
 import (
+	"context"
 	"math"
 	"slices"
 	"testing"
@@ -278,4 +279,29 @@ func TestEmptyInputTheModelCannotTakeIsBadInput(t *testing.T) {
 	_, err = s.Run([]Tensor{{Name: "x", Shape: []int64{0, 2}, Data: []float32{}}})
 	require.ErrorIs(t, err, ErrBadInput)
 	assert.Contains(t, err.Error(), `input "x" is empty (shape [0,2]) and the model cannot run on it`)
+}
+
+// RunContext runs like Run while its context lives, and a context that
+// has ended sets onnxruntime's terminate flag: the run fails with the
+// context's error instead of computing.
+func TestRunContextTerminates(t *testing.T) {
+	r := newRuntime(t)
+	s, err := r.Load(modelzoo.Identity(tensor.FP32), nil, nil)
+	require.NoError(t, err)
+	defer s.Close()
+	in := Tensor{Name: "x", Datatype: tensor.FP32, Shape: []int64{1, 2}, Data: []float32{1, 2}}
+
+	got, err := s.RunContext(context.Background(), []Tensor{in})
+	require.NoError(t, err)
+	assert.Equal(t, in.Data, got[0].Data)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = s.RunContext(ctx, []Tensor{in})
+	require.ErrorIs(t, err, context.Canceled)
+	assert.Contains(t, err.Error(), "terminate", "onnxruntime stopped on its terminate flag")
+
+	got, err = s.RunContext(context.Background(), []Tensor{in})
+	require.NoError(t, err, "a terminated run leaves the session usable")
+	assert.Equal(t, in.Data, got[0].Data)
 }
