@@ -599,7 +599,7 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 		KV: c.db.Namespace("retrain"), Datasets: c.data, Models: retrainModels{c.models},
 		Fleet: retrainFleet{c.registry, c.models}, Rollouts: c.rollouts, Audit: c.audit, Runtime: rt,
 		WorkDir: filepath.Join(o.DataDir, "retrain"), Trainers: o.Retrain.Trainers, Alerts: alerts.ch, SiteLabel: o.Monitor.SiteLabel,
-		Clock: o.Clock, Logger: o.Logger,
+		Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger,
 	})
 	if err != nil {
 		return nil, err

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/edgefleet/edgefleet/internal/cron"
 )
 
 // Retraining and lineage (issue 13). Kept in this file, with its routes,
@@ -78,6 +80,12 @@ type RetrainPolicy struct {
 	Triggers []string `json:"triggers,omitempty"`
 	// Schedule, if set, starts a job every Schedule (at least an hour).
 	Schedule Duration `json:"schedule,omitempty"`
+	// Cron, if set (instead of Schedule), starts a job at the times of a
+	// standard five-field cron expression (minute hour day-of-month month
+	// day-of-week, or @hourly, @daily, @weekly, @monthly, @yearly) in
+	// UTC, by the control plane's clock. It may name one minute of the
+	// hour only: at most one job an hour, as Schedule's minimum.
+	Cron string `json:"cron,omitempty"`
 	// Window is the captured data a job trains on: rows of the last
 	// Window (default 7 days).
 	Window Duration `json:"window,omitempty"`
@@ -180,6 +188,21 @@ func (p RetrainPolicy) Check(model string) error {
 	if s := time.Duration(p.Schedule); s != 0 && s < time.Hour {
 		return Errorf(ErrInvalid, "retrain policy: schedule %v: want at least 1h (or none)", s)
 	}
+	if p.Cron != "" {
+		if p.Schedule != 0 {
+			return Errorf(ErrInvalid, "retrain policy: schedule and cron both set; pick one")
+		}
+		if len(p.Cron) > 256 {
+			return Errorf(ErrInvalid, "retrain policy: cron: at most 256 bytes")
+		}
+		c, err := cron.Parse(p.Cron)
+		if err != nil {
+			return Errorf(ErrInvalid, "retrain policy: %v", err)
+		}
+		if n := c.PerHour(); n > 1 {
+			return Errorf(ErrInvalid, "retrain policy: cron %q fires %d times an hour; name one minute (at most one job an hour, like schedule's 1h minimum)", p.Cron, n)
+		}
+	}
 	if p.Window < 0 || p.TimeLimit < 0 || p.Cooldown < 0 || p.MinLabelled < 0 {
 		return Errorf(ErrInvalid, "retrain policy: window, time_limit, cooldown and min_labelled must not be negative")
 	}
@@ -220,8 +243,15 @@ type RetrainStatus struct {
 	// LastJob is the newest job's id; Running the unfinished one's.
 	LastJob string `json:"last_job,omitempty"`
 	Running string `json:"running,omitempty"`
-	// NextScheduled is when the schedule starts the next job.
+	// NextScheduled is when the schedule (or cron) starts the next job.
 	NextScheduled time.Time `json:"next_scheduled,omitzero"`
+	// ScheduleWaiting says why a job the schedule is due to start waits
+	// (a job of the model is unfinished, or the cooldown): it starts once,
+	// as soon as it may.
+	ScheduleWaiting string `json:"schedule_waiting,omitempty"`
+	// Error says why the stored policy cannot be used (it cannot be
+	// read); nothing triggers until a policy is set again.
+	Error string `json:"error,omitempty"`
 }
 
 // RetrainRequest is the optional body of POST .../retrain/jobs.

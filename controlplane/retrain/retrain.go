@@ -23,8 +23,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/audit"
+	"github.com/edgefleet/edgefleet/internal/cron"
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/store"
 	"github.com/edgefleet/edgefleet/internal/topics"
@@ -112,7 +115,10 @@ type Options struct {
 	// DefaultTickInterval.
 	TickInterval time.Duration
 	Clock        func() time.Time
-	Logger       *slog.Logger
+	// Registerer takes the service's metrics; default a registry of its
+	// own.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
 }
 
 // Service holds retrain policies and runs jobs, one at a time, on the
@@ -137,7 +143,8 @@ type Service struct {
 	// phases are the goroutines of job phases (phase): one the worker
 	// stopped waiting for when its job's context ended is waited for
 	// by Run before it returns.
-	phases sync.WaitGroup
+	phases           sync.WaitGroup
+	policyUnreadable prometheus.Counter
 	// evaluator is s.evaluate; tests replace it with one that hangs.
 	evaluator func(ctx context.Context, cand []byte, candMeta *efpb.Manifest, parent []byte, parentMan *efpb.Manifest, rows []labelledRow) (*api.Evaluation, error)
 }
@@ -171,6 +178,9 @@ func New(o Options) (*Service, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if o.Registerer == nil {
+		o.Registerer = prometheus.NewRegistry()
+	}
 	for name, argv := range o.Trainers {
 		if name == "" || len(argv) == 0 || argv[0] == "" {
 			return nil, fmt.Errorf("retrain: trainer %q: want NAME=PROGRAM", name)
@@ -180,8 +190,15 @@ func New(o Options) (*Service, error) {
 		return nil, fmt.Errorf("retrain: %w", err)
 	}
 	s := &Service{opts: o, log: o.Logger.With("component", "retrain"), wake: make(chan struct{}, 1),
-		jobs: map[string]*api.RetrainJob{}}
+		jobs: map[string]*api.RetrainJob{},
+		policyUnreadable: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgefleet_retrain_policy_unreadable_total",
+			Help: "Stored retrain policies skipped by the schedule check because they cannot be read.",
+		})}
 	s.evaluator = s.evaluate
+	if err := o.Registerer.Register(s.policyUnreadable); err != nil {
+		return nil, fmt.Errorf("retrain: metrics: %w", err)
+	}
 	err := o.KV.Scan(prefixJob, func(key string, val []byte) error {
 		j := &api.RetrainJob{}
 		if err := json.Unmarshal(val, j); err != nil {
@@ -196,16 +213,54 @@ func New(o Options) (*Service, error) {
 	return s, nil
 }
 
+// errUnreadable marks a stored policy that does not decode.
+var errUnreadable = errors.New("stored retrain policy cannot be read")
+
 func (s *Service) policy(model string) (policyRecord, bool, error) {
 	var rec policyRecord
-	err := s.opts.KV.GetJSON(prefixPolicy+model, &rec)
+	b, err := s.opts.KV.Get(prefixPolicy + model)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return rec, false, nil
 	case err != nil:
 		return rec, false, fmt.Errorf("retrain: read policy of %s: %w", model, err)
 	}
+	if err := decodePolicy(b, &rec); err != nil {
+		return rec, false, fmt.Errorf("retrain: policy of %s: %w", model, err)
+	}
 	return rec, true, nil
+}
+
+// decodePolicy decodes a stored policy record; an error wraps
+// errUnreadable.
+func decodePolicy(b []byte, rec *policyRecord) error {
+	if err := json.Unmarshal(b, rec); err != nil {
+		return fmt.Errorf("%w: %v", errUnreadable, err)
+	}
+	return nil
+}
+
+// nextScheduled is when rec's schedule or cron next starts a job, counted
+// from the last time it did (else from when the policy was set); false
+// when it has neither.
+func nextScheduled(rec policyRecord) (time.Time, bool) {
+	base := rec.LastScheduled
+	if base.IsZero() {
+		base = rec.UpdatedAt
+	}
+	if sch := time.Duration(rec.Policy.Schedule); sch > 0 {
+		return base.Add(sch), true
+	}
+	if rec.Policy.Cron != "" {
+		c, err := cron.Parse(rec.Policy.Cron)
+		if err != nil { // checked when it was set
+			return time.Time{}, false
+		}
+		if next := c.Next(base.UTC()); !next.IsZero() {
+			return next, true
+		}
+	}
+	return time.Time{}, false
 }
 
 // SetPolicy stores model's retrain policy.
@@ -228,6 +283,11 @@ func (s *Service) SetPolicy(model string, p api.RetrainPolicy) (api.RetrainStatu
 	s.policyMu.Lock()
 	defer s.policyMu.Unlock()
 	rec, _, err := s.policy(model)
+	if errors.Is(err, errUnreadable) {
+		// Setting a policy is how an operator repairs an unreadable one.
+		s.log.Warn("replacing an unreadable retrain policy", "model", model, "err", err)
+		rec, err = policyRecord{}, nil
+	}
 	if err != nil {
 		return api.RetrainStatus{}, err
 	}
@@ -257,6 +317,11 @@ func (s *Service) Policy(model string) (api.RetrainStatus, error) {
 		return api.RetrainStatus{}, api.Errorf(api.ErrInvalid, "model: %v", err)
 	}
 	rec, ok, err := s.policy(model)
+	if errors.Is(err, errUnreadable) {
+		st := s.status(model, policyRecord{}, false)
+		st.Error = err.Error() + "; nothing triggers retraining of " + model + " until a policy is set again (edgefleet retrain policy " + model + " --trainer ...)"
+		return st, nil
+	}
 	if err != nil {
 		return api.RetrainStatus{}, err
 	}
@@ -267,12 +332,11 @@ func (s *Service) status(model string, rec policyRecord, set bool) api.RetrainSt
 	st := api.RetrainStatus{Model: model, Set: set, UpdatedAt: rec.UpdatedAt}
 	if set {
 		st.Policy = rec.Policy.WithDefaults()
-		if sch := time.Duration(rec.Policy.Schedule); sch > 0 {
-			base := rec.LastScheduled
-			if base.IsZero() {
-				base = rec.UpdatedAt
+		if next, ok := nextScheduled(rec); ok {
+			st.NextScheduled = next
+			if !s.opts.Clock().Before(next) {
+				st.ScheduleWaiting = s.blocked(model, st.Policy)
 			}
-			st.NextScheduled = base.Add(sch)
 		}
 	}
 	s.mu.Lock()
@@ -727,50 +791,63 @@ func (s *Service) blocked(model string, p api.RetrainPolicy) string {
 	return ""
 }
 
-// Tick starts the jobs whose schedule is due.
+// Tick starts the jobs whose schedule (or cron) is due. A due job that
+// may not start yet (a job of the model is unfinished, or the cooldown)
+// stays due and starts once, at the first Tick it may: the trigger is
+// not lost, and the missed times do not start a burst. A policy that
+// cannot be read is skipped (logged and counted); the others run.
 func (s *Service) Tick() {
 	now := s.opts.Clock().UTC()
 	var due []string
 	err := s.opts.KV.Scan(prefixPolicy, func(key string, val []byte) error {
+		model := strings.TrimPrefix(key, prefixPolicy)
 		var rec policyRecord
-		if err := json.Unmarshal(val, &rec); err != nil {
-			return fmt.Errorf("decode %s: %w", key, err)
+		if err := decodePolicy(val, &rec); err != nil {
+			s.policyUnreadable.Inc()
+			s.log.Error("retrain policy unreadable; its schedule and triggers are skipped until it is set again", "model", model, "err", err)
+			return nil
 		}
-		sch := time.Duration(rec.Policy.Schedule)
-		base := rec.LastScheduled
-		if base.IsZero() {
-			base = rec.UpdatedAt
-		}
-		if sch > 0 && !now.Before(base.Add(sch)) {
-			due = append(due, strings.TrimPrefix(key, prefixPolicy))
+		if next, ok := nextScheduled(rec); ok && !now.Before(next) {
+			due = append(due, model)
 		}
 		return nil
 	})
 	if err != nil {
 		s.log.Error("retrain schedule", "err", err)
-		return
 	}
 	for _, model := range due {
-		s.policyMu.Lock()
-		rec, ok, err := s.policy(model)
-		if err == nil && ok {
-			rec.LastScheduled = now
-			err = s.opts.KV.SetJSON(prefixPolicy+model, rec, true)
+		s.startScheduled(model, now)
+	}
+}
+
+// startScheduled starts model's scheduled job if it still is due and may
+// start, and records when it did.
+func (s *Service) startScheduled(model string, now time.Time) {
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
+	rec, ok, err := s.policy(model)
+	if err != nil || !ok {
+		if err != nil {
+			s.log.Error("retrain schedule", "model", model, "err", err)
 		}
-		s.policyMu.Unlock()
-		if err != nil || !ok {
-			if err != nil {
-				s.log.Error("retrain schedule", "err", err)
-			}
-			continue
-		}
-		if why := s.blocked(model, rec.Policy.WithDefaults()); why != "" {
-			s.log.Info("schedule did not start a retrain job", "model", model, "why", why)
-			continue
-		}
-		parent, _ := s.opts.Fleet.Current(model)
-		if _, err := s.enqueue(model, parent, "", "schedule", "system", rec.Policy, map[string]any{}); err != nil {
-			s.log.Info("schedule did not start a retrain job", "model", model, "err", err)
-		}
+		return
+	}
+	if next, ok := nextScheduled(rec); !ok || now.Before(next) {
+		return
+	}
+	if why := s.blocked(model, rec.Policy.WithDefaults()); why != "" {
+		s.log.Debug("scheduled retrain job waits", "model", model, "why", why)
+		return
+	}
+	parent, _ := s.opts.Fleet.Current(model)
+	if _, err := s.enqueue(model, parent, "", "schedule", "system", rec.Policy, map[string]any{}); err != nil {
+		s.log.Info("schedule did not start a retrain job; it stays due", "model", model, "err", err)
+		return
+	}
+	rec.LastScheduled = now
+	if err := s.opts.KV.SetJSON(prefixPolicy+model, rec, true); err != nil {
+		// The job is queued; without the record the schedule stays due
+		// and waits behind the job (and the cooldown after it).
+		s.log.Error("retrain schedule: record the start", "model", model, "err", err)
 	}
 }
