@@ -363,7 +363,10 @@ func (s *Service) readRows(ds api.Dataset) ([]labelledRow, error) {
 	var out []labelledRow
 	for sc.Scan() {
 		var r api.DatasetRow
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+		// Numbers stay json.Number: a 64-bit integer input keeps every digit.
+		dec := json.NewDecoder(bytes.NewReader(sc.Bytes()))
+		dec.UseNumber()
+		if err := dec.Decode(&r); err != nil {
 			return nil, fail("read dataset %d: %v", ds.Version, err)
 		}
 		if r.Label != nil {
