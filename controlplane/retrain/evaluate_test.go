@@ -106,5 +106,3 @@ func TestEvaluationFeedsEveryDatatype(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "count")
 }
-
-

@@ -212,9 +212,14 @@ func TestHangingPhaseIsCancelled(t *testing.T) {
 				// Closed after Run's cleanup is registered, so it runs first:
 				// Run waits for the abandoned phases.
 				t.Cleanup(func() { close(release) })
+				// The limit must leave time to train before evaluation
+				// (tens of milliseconds idle): 3s is far above that.
 				limit := time.Hour
 				if stopBy == "time limit" {
 					limit = 300 * time.Millisecond
+					if phaseName == api.RetrainEvaluating {
+						limit = 3 * time.Second
+					}
 				}
 				for _, m := range []string{"fraud", "churn"} {
 					_, err := r.s.SetPolicy(m, api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud, TimeLimit: api.Duration(limit)})
@@ -235,7 +240,7 @@ func TestHangingPhaseIsCancelled(t *testing.T) {
 				if stopBy == "cancel" {
 					assert.Equal(t, "cancelled by bob while "+string(phaseName), got.Reason)
 				} else {
-					assert.Contains(t, got.Reason, "passed the job's time limit of 300ms while "+string(phaseName))
+					assert.Contains(t, got.Reason, fmt.Sprintf("passed the job's time limit of %v while %s", limit, phaseName))
 				}
 
 				// The worker is free: the next job runs (and reaches the
