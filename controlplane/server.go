@@ -540,7 +540,7 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 	c.data, err = data.New(data.Options{
 		KV: c.db.Namespace("data"), Bus: c.bus, Scheme: s.scheme, Devices: c.registry, Models: c.models,
 		Ingest: c.ingest, DatasetDir: filepath.Join(o.DataDir, "datasets"), RowRetention: o.Data.RowRetention,
-		DatasetsKept: o.Data.DatasetsKept, Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger,
+		DatasetsKept: o.Data.DatasetsKept, Schemas: dataSchemas{c.models}, Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger,
 	})
 	if err != nil {
 		_ = c.bus.Close()

@@ -89,6 +89,11 @@ type RetrainPolicy struct {
 	// Window is the captured data a job trains on: rows of the last
 	// Window (default 7 days).
 	Window Duration `json:"window,omitempty"`
+	// BaseDataset, if set, is the id (sha256, or 8+ hex digits of it) of
+	// an uploaded base dataset of the model joined to the training rows:
+	// training data = base ∪ the captured window's training part; the
+	// held-out rows still come from the captured (field) rows only.
+	BaseDataset string `json:"base_dataset,omitempty"`
 	// SiteScope is SiteScopeAll (default: every site's rows) or
 	// SiteScopeAlert: a job an alert of one site starts trains and
 	// evaluates on that site's rows only, and its rollout is narrowed to
@@ -112,8 +117,9 @@ type RetrainPolicy struct {
 	Margin *float64 `json:"margin,omitempty"`
 	// MinLabelled is the labelled rows a job needs (default 100).
 	MinLabelled int `json:"min_labelled,omitempty"`
-	// TimeLimit bounds training (default 10 minutes); an external
-	// command's process group is killed when it passes.
+	// TimeLimit bounds a job's work before publishing — building the
+	// dataset, training and evaluation — (default 10 minutes); an
+	// external command's process group is killed when it passes.
 	TimeLimit Duration `json:"time_limit,omitempty"`
 	// Cooldown is the least time between two jobs an alert or the
 	// schedule starts (default 1 hour); `edgefleet retrain` ignores it.
@@ -176,6 +182,9 @@ func (p RetrainPolicy) Check(model string) error {
 	default:
 		return Errorf(ErrInvalid, "retrain policy: trainer %q: want %s or %sNAME (a trainer the control plane was started with: serve --trainer NAME=PROGRAM)",
 			p.Trainer, TrainerBuiltinFraud, TrainerCommandPrefix)
+	}
+	if b := p.BaseDataset; b != "" && (len(b) < 8 || len(b) > 64 || strings.Trim(strings.ToLower(b), "0123456789abcdef") != "") {
+		return Errorf(ErrInvalid, "retrain policy: base_dataset %q: want the id of a base dataset (8 to 64 hex digits; edgefleet data bases NAME lists them)", b)
 	}
 	if len(p.Params) > 64 {
 		return Errorf(ErrInvalid, "retrain policy: at most 64 params")
@@ -312,7 +321,11 @@ type RetrainJob struct {
 	Site string `json:"site,omitempty"`
 	// Dataset is the field dataset built for the job, with its report.
 	Dataset *Dataset `json:"dataset,omitempty"`
-	// TrainRows and HoldoutRows split the dataset's labelled rows.
+	// Base is the base dataset joined to the training rows (the
+	// policy's base_dataset).
+	Base *BaseDataset `json:"base_dataset,omitempty"`
+	// TrainRows counts the rows trained on (a base dataset's too);
+	// HoldoutRows the dataset's labelled field rows held out.
 	TrainRows   int `json:"train_rows,omitempty"`
 	HoldoutRows int `json:"holdout_rows,omitempty"`
 	// Command is what an external trainer did.
@@ -409,8 +422,11 @@ type LineageEntry struct {
 
 // LineageDataset is one dataset a version was trained on.
 type LineageDataset struct {
-	Model   string `json:"model"`
+	Model string `json:"model"`
+	// Version is the captured dataset's version; 0 for an uploaded base
+	// dataset (Base), named by its sha256 (its id).
 	Version int    `json:"version"`
 	SHA256  string `json:"sha256"`
 	Rows    uint64 `json:"rows"`
+	Base    bool   `json:"base,omitempty"`
 }

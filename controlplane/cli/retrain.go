@@ -83,7 +83,7 @@ why. Alerts named in the policy's triggers, and its schedule, start jobs the sam
 func (a *app) retrainPolicyCmd() *cobra.Command {
 	var (
 		trainer, metric, rolloutFile, scope   string
-		cronSpec                              string
+		cronSpec, baseDataset                 string
 		triggers, params                      stringList
 		window, schedule, timeLimit, cooldown time.Duration
 		holdout, margin                       optFloat
@@ -120,7 +120,7 @@ work as in edgefleet rollout create.`,
 			}
 			set := cmd.Flags().NFlag() > 0 && trainer != ""
 			if !set && cmd.Flags().NFlag() > 0 {
-				for _, f := range []string{"trigger", "param", "window", "schedule", "cron", "time-limit", "cooldown", "holdout", "margin", "min-labelled", "metric", "rollout-file", "site-scope"} {
+				for _, f := range []string{"trigger", "param", "window", "schedule", "cron", "base-dataset", "time-limit", "cooldown", "holdout", "margin", "min-labelled", "metric", "rollout-file", "site-scope"} {
 					if cmd.Flags().Changed(f) {
 						return usagef("setting a retrain policy needs --trainer (builtin:fraud or command:NAME)")
 					}
@@ -128,7 +128,7 @@ work as in edgefleet rollout create.`,
 			}
 			var st api.RetrainStatus
 			if set {
-				p := api.RetrainPolicy{Trainer: trainer, Triggers: triggers, Window: api.Duration(window), Schedule: api.Duration(schedule), Cron: cronSpec,
+				p := api.RetrainPolicy{Trainer: trainer, Triggers: triggers, Window: api.Duration(window), Schedule: api.Duration(schedule), Cron: cronSpec, BaseDataset: baseDataset,
 					TimeLimit: api.Duration(timeLimit), Cooldown: api.Duration(cooldown), MinLabelled: minLabelled, Metric: metric, Margin: margin.v,
 					SiteScope: scope}
 				if holdout.v != nil {
@@ -175,6 +175,7 @@ work as in edgefleet rollout create.`,
 	f.Var(&triggers, "trigger", "alert `RULE` that starts a job: feature_drift, low_accuracy or accuracy_drop (repeatable)")
 	f.Var(&params, "param", "trainer parameter `KEY=VALUE` (repeatable)")
 	f.DurationVar(&window, "window", 0, "train on the captured rows of the last `DURATION` (default 168h)")
+	f.StringVar(&baseDataset, "base-dataset", "", "join the uploaded base dataset `ID` (edgefleet data upload) to the training rows; held-out rows stay field rows")
 	f.DurationVar(&schedule, "schedule", 0, "also start a job every `DURATION` (at least 1h)")
 	f.StringVar(&cronSpec, "cron", "", "also start a job at the times of a 5-field cron `EXPRESSION` in UTC (or @hourly, @daily, @weekly, @monthly, @yearly); one minute of the hour at most")
 	f.DurationVar(&timeLimit, "time-limit", 0, "kill training after `DURATION` (default 10m)")
@@ -220,7 +221,10 @@ func printRetrainPolicy(w io.Writer, st api.RetrainStatus) {
 	if p.SiteScope == api.SiteScopeAlert {
 		fmt.Fprintln(w, "  site scope: a job an alert of one site starts trains on that site's rows and rolls out there")
 	}
-	fmt.Fprintf(w, "  needs %d labelled rows; training limited to %v\n", p.MinLabelled, time.Duration(p.TimeLimit))
+	if p.BaseDataset != "" {
+		fmt.Fprintf(w, "  base dataset %s joined to the training rows (held-out rows are field rows only)\n", p.BaseDataset)
+	}
+	fmt.Fprintf(w, "  needs %d labelled rows; a job limited to %v\n", p.MinLabelled, time.Duration(p.TimeLimit))
 	if len(p.Params) > 0 {
 		var kv []string
 		for k, v := range p.Params {

@@ -190,6 +190,26 @@ func (s *Service) runJob(ctx context.Context, id string) error {
 	if len(holdout) == 0 || len(train) == 0 {
 		return fail("dataset %d: %d training and %d held-out rows; both need some (holdout_fraction %v)", ds.Version, len(train), len(holdout), j.Policy.HoldoutFraction)
 	}
+	// The base dataset joins the training rows only: the candidate is
+	// judged on field rows.
+	var base *api.BaseDataset
+	if ref := j.Policy.BaseDataset; ref != "" {
+		b, err := s.opts.Datasets.Base(j.Model, ref)
+		if err != nil {
+			return fail("base dataset %s of the policy: %v", ref[:min(12, len(ref))], err)
+		}
+		baseRows, err := s.readBase(b)
+		if err != nil {
+			return err
+		}
+		fieldRows := len(train)
+		train = append(baseRows, train...)
+		base = &b
+		if j, err = s.update(id, "", fmt.Sprintf("base dataset %s: %d rows joined to the %d captured training rows", b.ID[:12], len(baseRows), fieldRows),
+			func(j *api.RetrainJob) { j.Base = &b }); err != nil {
+			return err
+		}
+	}
 	if j, err = s.step(wctx, id, api.RetrainTraining, fmt.Sprintf("training with %s on %d rows (%d held out)", j.Policy.Trainer, len(train), len(holdout)),
 		func(j *api.RetrainJob) { j.TrainRows, j.HoldoutRows = len(train), len(holdout) }); err != nil {
 		return err
@@ -247,6 +267,9 @@ func (s *Service) runJob(ctx context.Context, id string) error {
 	ti := meta.Training
 	ti.ParentVersion = j.Parent
 	ti.Datasets = []*efpb.DatasetRef{{Model: ds.Model, Version: uint32(ds.Version), Sha256: ds.SHA256, Rows: uint64(ds.Rows)}}
+	if base != nil { // version 0: an uploaded base dataset, named by its sha256
+		ti.Datasets = append(ti.Datasets, &efpb.DatasetRef{Model: base.Model, Sha256: base.ID, Rows: uint64(base.Rows)})
+	}
 	ti.Trainer = j.Policy.Trainer
 	ti.TrainerParams = nil
 	params := maps.Clone(res.params)
@@ -277,8 +300,12 @@ func (s *Service) runJob(ctx context.Context, id string) error {
 		}
 		return fail("publish %s: %v", version, err)
 	}
-	s.audit("system", "retrain.version", j.ID, "ok", map[string]any{"model": j.Model, "version": version, "parent": j.Parent,
-		"dataset": ds.SHA256, "trigger": j.Trigger, "candidate": cand, "parent_figure": par, "metric": ev.Metric})
+	details := map[string]any{"model": j.Model, "version": version, "parent": j.Parent,
+		"dataset": ds.SHA256, "trigger": j.Trigger, "candidate": cand, "parent_figure": par, "metric": ev.Metric}
+	if base != nil {
+		details["base_dataset"] = base.ID
+	}
+	s.audit("system", "retrain.version", j.ID, "ok", details)
 	return s.rollout(ctx, j)
 }
 
@@ -358,7 +385,21 @@ func (s *Service) readRows(ds api.Dataset) ([]labelledRow, error) {
 	if err := s.opts.Datasets.Export(ds.Model, ds.SHA256, api.FormatJSONL, &buf); err != nil {
 		return nil, fail("read dataset %d: %v", ds.Version, err)
 	}
-	sc := bufio.NewScanner(&buf)
+	return labelled(&buf, fmt.Sprintf("dataset %d", ds.Version))
+}
+
+// readBase returns base dataset b's rows (every one is labelled).
+func (s *Service) readBase(b api.BaseDataset) ([]labelledRow, error) {
+	var buf bytes.Buffer
+	if err := s.opts.Datasets.ExportBase(b.Model, b.ID, &buf); err != nil {
+		return nil, fail("read base dataset %s: %v", b.ID[:12], err)
+	}
+	return labelled(&buf, "base dataset "+b.ID[:12])
+}
+
+// labelled decodes JSON lines of dataset rows and keeps the labelled ones.
+func labelled(buf *bytes.Buffer, what string) ([]labelledRow, error) {
+	sc := bufio.NewScanner(buf)
 	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
 	var out []labelledRow
 	for sc.Scan() {
@@ -367,14 +408,14 @@ func (s *Service) readRows(ds api.Dataset) ([]labelledRow, error) {
 		dec := json.NewDecoder(bytes.NewReader(sc.Bytes()))
 		dec.UseNumber()
 		if err := dec.Decode(&r); err != nil {
-			return nil, fail("read dataset %d: %v", ds.Version, err)
+			return nil, fail("read %s: %v", what, err)
 		}
 		if r.Label != nil {
 			out = append(out, r)
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fail("read dataset %d: %v", ds.Version, err)
+		return nil, fail("read %s: %v", what, err)
 	}
 	return out, nil
 }

@@ -25,6 +25,8 @@ import (
 // release is closed, or, with honour, until its context ends too.
 type fieldData struct {
 	rows    []api.DatasetRow
+	base    []api.DatasetRow // the base dataset baseID's rows
+	baseID  string
 	hang    bool
 	honour  bool
 	entered chan string
@@ -74,6 +76,23 @@ func (f *fieldData) Build(ctx context.Context, model string, _ api.DatasetReques
 }
 
 func (f *fieldData) Get(model, _ string) (api.Dataset, error) { return f.dataset(model), nil }
+
+func (f *fieldData) Base(model, ref string) (api.BaseDataset, error) {
+	if f.baseID == "" || len(ref) < 8 || !strings.HasPrefix(f.baseID, ref) {
+		return api.BaseDataset{}, api.Errorf(api.ErrNotFound, "model %s has no base dataset %q", model, ref)
+	}
+	return api.BaseDataset{Model: model, ID: f.baseID, Rows: len(f.base), Labelled: len(f.base)}, nil
+}
+
+func (f *fieldData) ExportBase(_, _ string, w io.Writer) error {
+	enc := json.NewEncoder(w)
+	for _, r := range f.base {
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 func (f *fieldData) Export(_, _, _ string, w io.Writer) error {
 	enc := json.NewEncoder(w)

@@ -50,6 +50,10 @@ type Datasets interface {
 	Get(model, ref string) (api.Dataset, error)
 	// Export writes a dataset's rows; the job reads format jsonl.
 	Export(model, ref, format string, w io.Writer) error
+	// Base is an uploaded base dataset (ref: its id or 8+ hex digits).
+	Base(model, ref string) (api.BaseDataset, error)
+	// ExportBase writes a base dataset's rows as JSON lines.
+	ExportBase(model, ref string, w io.Writer) error
 }
 
 // Models reads model versions and publishes new ones (controlplane/models
@@ -279,6 +283,13 @@ func (s *Service) SetPolicy(model string, p api.RetrainPolicy) (api.RetrainStatu
 	}
 	if p.Rollout != nil {
 		p.Rollout.Model, p.Rollout.Version = "", ""
+	}
+	if p.BaseDataset != "" {
+		b, err := s.opts.Datasets.Base(model, p.BaseDataset)
+		if err != nil {
+			return api.RetrainStatus{}, api.Errorf(api.ErrInvalid, "retrain policy: base_dataset: %v", err)
+		}
+		p.BaseDataset = b.ID
 	}
 	s.policyMu.Lock()
 	defer s.policyMu.Unlock()

@@ -40,6 +40,10 @@ func (noData) Build(context.Context, string, api.DatasetRequest) (api.Dataset, e
 }
 func (noData) Get(string, string) (api.Dataset, error)        { return api.Dataset{}, fmt.Errorf("no") }
 func (noData) Export(string, string, string, io.Writer) error { return fmt.Errorf("no") }
+func (noData) Base(string, string) (api.BaseDataset, error) {
+	return api.BaseDataset{}, api.Errorf(api.ErrNotFound, "no base datasets")
+}
+func (noData) ExportBase(string, string, io.Writer) error { return fmt.Errorf("no") }
 
 type current string
 
