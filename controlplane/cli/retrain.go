@@ -348,6 +348,12 @@ func printJob(w io.Writer, j *api.RetrainJob) {
 		fmt.Fprintf(w, "  dataset %d (%s): %d rows, %d labelled, validation %s; %d train / %d held out\n",
 			ds.Version, ds.SHA256[:12], ds.Rows, ds.Labelled, passFail(ds.Validation.Passed), j.TrainRows, j.HoldoutRows)
 	}
+	if b := j.Base; b != nil {
+		fmt.Fprintf(w, "  base dataset %s: %d rows joined to the training rows\n", b.ID[:12], b.Rows)
+	}
+	if j.CancelledBy != "" && !j.State.Terminal() {
+		fmt.Fprintf(w, "  cancel requested by %s; the job stops at its next check\n", j.CancelledBy)
+	}
 	if r := j.Command; r != nil {
 		fmt.Fprintf(w, "  trainer %s %s: exit %d after %v", r.Program, strings.Join(r.Args, " "), r.ExitCode, time.Duration(r.Duration).Round(time.Millisecond))
 		if r.TimedOut {
