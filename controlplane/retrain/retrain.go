@@ -832,10 +832,10 @@ func (s *Service) Tick() {
 }
 
 // startScheduled starts model's scheduled job if it still is due and may
-// start, and records when it did.
+// start, and records when it did. No lock is held while the job is
+// queued (which audits) or the fleet is asked for the parent: the
+// service's locks stay leaves.
 func (s *Service) startScheduled(model string, now time.Time) {
-	s.policyMu.Lock()
-	defer s.policyMu.Unlock()
 	rec, ok, err := s.policy(model)
 	if err != nil || !ok {
 		if err != nil {
@@ -855,8 +855,14 @@ func (s *Service) startScheduled(model string, now time.Time) {
 		s.log.Info("schedule did not start a retrain job; it stays due", "model", model, "err", err)
 		return
 	}
-	rec.LastScheduled = now
-	if err := s.opts.KV.SetJSON(prefixPolicy+model, rec, true); err != nil {
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
+	rec, ok, err = s.policy(model)
+	if err == nil && ok {
+		rec.LastScheduled = now
+		err = s.opts.KV.SetJSON(prefixPolicy+model, rec, true)
+	}
+	if err != nil {
 		// The job is queued; without the record the schedule stays due
 		// and waits behind the job (and the cooldown after it).
 		s.log.Error("retrain schedule: record the start", "model", model, "err", err)
