@@ -614,3 +614,62 @@ func TestRetrainWithBaseDataset(t *testing.T) {
 	require.Equal(t, api.RetrainFailed, j.State)
 	assert.Contains(t, j.Reason, "base dataset "+base.ID[:12]+" of the policy")
 }
+
+// A cancel the control plane answered, then a restart before (or while)
+// the job stops: at the next start the job is over, cancelled, and
+// nothing is published — even with a trainer that would now succeed.
+func TestRetrainCancelStandsAcrossRestart(t *testing.T) {
+	dir := t.TempDir()
+	work := t.TempDir()
+	candidate := filepath.Join(work, "candidate.onnx")
+	require.NoError(t, os.WriteFile(candidate, trainFraud(t, 2, fraud.PatternCardTesting).ONNX, 0o600))
+	pidFile := filepath.Join(work, "child.pid")
+	script, err := filepath.Abs("testdata/retrain-trainer.sh")
+	require.NoError(t, err)
+	f := newRetrainFleet(t, func(o *controlplane.Options) {
+		o.DataDir = dir
+		o.Retrain.Trainers = map[string][]string{"t": {"/bin/sh", script, "hang", pidFile}}
+	})
+	ctx := context.Background()
+	drifted, err := fraud.NewGenerator(17, fraud.Params{Pattern: fraud.PatternCardTesting})
+	require.NoError(t, err)
+	f.traffic(t, drifted, 200, 400)
+	margin := -1.0 // any candidate would be published
+	_, err = f.Client.SetRetrainPolicy(ctx, "fraud", api.RetrainPolicy{Trainer: "command:t", MinLabelled: 200, Margin: &margin})
+	require.NoError(t, err)
+	j, err := f.Client.Retrain(ctx, "fraud", api.RetrainRequest{})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		j, err = f.Client.RetrainJob(ctx, j.ID)
+		require.NoError(t, err)
+		require.False(t, j.State.Terminal(), "job: %s", jobText(j))
+		_, err := os.Stat(pidFile)
+		return j.State == api.RetrainTraining && err == nil
+	}, time.Minute, 20*time.Millisecond)
+
+	cancelled, err := f.Client.CancelRetrainJob(ctx, j.ID)
+	require.NoError(t, err)
+	assert.NotEmpty(t, cancelled.CancelledBy, "the answer records who cancelled")
+	token := f.Token
+	f.Stop() // at once: the worker may not have recorded the end
+
+	second := newTestServer(t, func(o *controlplane.Options) {
+		o.DataDir = dir
+		o.Retrain.Trainers = map[string][]string{"t": {"/bin/sh", script, "ok", candidate}}
+	})
+	c2 := second.WithToken(token)
+	var after *api.RetrainJob
+	require.Eventually(t, func() bool {
+		after, err = c2.RetrainJob(ctx, j.ID)
+		require.NoError(t, err)
+		return after.State.Terminal()
+	}, time.Minute, 20*time.Millisecond)
+	require.Equal(t, api.RetrainFailed, after.State, "job: %s", jobText(after))
+	assert.True(t, strings.HasPrefix(after.Reason, "cancelled by "), "reason %q", after.Reason)
+	mvs, err := c2.Models(ctx)
+	require.NoError(t, err)
+	assert.Len(t, mvs, 1, "nothing published after the cancel")
+	for _, l := range after.Log {
+		assert.NotContains(t, l.Message, "runs again", "the cancelled job resumed: %s", jobText(after))
+	}
+}
