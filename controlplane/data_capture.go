@@ -7,6 +7,8 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/data"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
+	"github.com/edgefleet/edgefleet/controlplane/models"
+	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
 // DataConfig configures field data capture. Zero values take the defaults
@@ -36,4 +38,21 @@ func (d dataAPI) SetPolicy(ctx context.Context, model string, p api.CapturePolic
 		return st, err
 	}
 	return st, nil
+}
+
+// dataSchemas checks uploaded base datasets against the newest version
+// of a model (its inputs and reference statistics).
+type dataSchemas struct{ models *models.Registry }
+
+func (d dataSchemas) InputSchema(model string) (string, []*efpb.TensorSpec, []*efpb.FeatureStats, bool) {
+	v := newestVersion(d.models, model)
+	if v == "" {
+		return "", nil, nil, false
+	}
+	m, err := d.models.Manifest(model, v)
+	if err != nil {
+		return "", nil, nil, false
+	}
+	ref, _ := d.models.Reference(model, v)
+	return v, m.GetInputs(), ref, true
 }

@@ -1,6 +1,7 @@
 package controlplane_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -534,4 +535,141 @@ func TestRetrainJobCancelAndRestart(t *testing.T) {
 	mvs, err := c2.Models(ctx)
 	require.NoError(t, err)
 	assert.Len(t, mvs, 2, "v1 and one v2")
+}
+
+// A base dataset uploaded through the API (here an exported CSV of
+// other captured rows, generated with another seed) joins a job's
+// training rows; the lineage names it beside the captured dataset. Bad
+// uploads are refused with a 400 and the reason, through the CLI too.
+func TestRetrainWithBaseDataset(t *testing.T) {
+	f := newRetrainFleet(t, nil)
+	ctx := context.Background()
+	classic, err := fraud.NewGenerator(21, fraud.Params{})
+	require.NoError(t, err)
+	f.traffic(t, classic, 200, 400)
+	first, err := f.Client.BuildDataset(ctx, "fraud", api.DatasetRequest{})
+	require.NoError(t, err)
+	var csvRows bytes.Buffer
+	_, err = f.Client.ExportDataset(ctx, "fraud", strconv.Itoa(first.Version), api.FormatCSV, &csvRows)
+	require.NoError(t, err)
+	base, err := f.Client.UploadBaseDataset(ctx, "fraud", "first-week", bytes.NewReader(csvRows.Bytes()))
+	require.NoError(t, err)
+	assert.Equal(t, first.Rows, base.Rows)
+	assert.Equal(t, "first-week", base.Name)
+
+	// Bad uploads: 400 with the reason.
+	_, err = f.Client.UploadBaseDataset(ctx, "fraud", "", strings.NewReader("amount,label\n1,0\n"))
+	require.ErrorIs(t, err, api.ErrInvalid)
+	assert.Contains(t, err.Error(), "header lacks")
+	_, err = f.Client.UploadBaseDataset(ctx, "fraud", "", strings.NewReader(""))
+	require.ErrorIs(t, err, api.ErrInvalid)
+	_, err = f.Client.UploadBaseDataset(ctx, "nope", "", bytes.NewReader(csvRows.Bytes()))
+	require.ErrorIs(t, err, api.ErrNotFound)
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.csv")
+	require.NoError(t, os.WriteFile(bad, []byte("nothing,here\n1,2\n"), 0o600))
+	_, errOut, code := runCLI(f.testServer, "data", "upload", "fraud", bad)
+	require.NotEqual(t, 0, code)
+	assert.Contains(t, errOut, "header lacks")
+	good := filepath.Join(dir, "good.csv")
+	require.NoError(t, os.WriteFile(good, csvRows.Bytes(), 0o600))
+	out, errOut, code := runCLI(f.testServer, "data", "upload", "fraud", good)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, base.ID, "the same rows are the same base dataset")
+	out, errOut, code = runCLI(f.testServer, "data", "bases", "fraud")
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, base.ID[:12])
+
+	// More field rows; a policy joining the base dataset, accepting any
+	// candidate.
+	f.traffic(t, classic, 200, 800)
+	margin := -1.0
+	_, err = f.Client.SetRetrainPolicy(ctx, "fraud", api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud, MinLabelled: 100, Margin: &margin,
+		BaseDataset: "0000000000"})
+	require.ErrorIs(t, err, api.ErrInvalid, "an unknown base dataset")
+	st, err := f.Client.SetRetrainPolicy(ctx, "fraud", api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud, MinLabelled: 100, Margin: &margin,
+		BaseDataset: base.ID[:10]})
+	require.NoError(t, err)
+	assert.Equal(t, base.ID, st.Policy.BaseDataset)
+	j, err := f.Client.Retrain(ctx, "fraud", api.RetrainRequest{})
+	require.NoError(t, err)
+	j = f.waitJob(t, j.ID)
+	require.Equal(t, api.RetrainPublished, j.State, "job: %s", jobText(j))
+	require.NotNil(t, j.Base)
+	assert.Equal(t, base.ID, j.Base.ID)
+	assert.Equal(t, j.Dataset.Labelled+base.Rows, j.TrainRows+j.HoldoutRows, "training = base ∪ field rows not held out")
+
+	l, err := f.Client.Lineage(ctx, "fraud", j.Candidate)
+	require.NoError(t, err)
+	require.NotEmpty(t, l.Chain)
+	require.Len(t, l.Chain[0].Datasets, 2)
+	assert.Equal(t, api.LineageDataset{Model: "fraud", SHA256: base.ID, Rows: uint64(base.Rows), Base: true}, l.Chain[0].Datasets[1])
+	assert.Equal(t, j.Dataset.SHA256, l.Chain[0].Datasets[0].SHA256)
+
+	_, err = f.Client.DeleteBaseDataset(ctx, "fraud", base.ID)
+	require.NoError(t, err)
+	j, err = f.Client.Retrain(ctx, "fraud", api.RetrainRequest{})
+	require.NoError(t, err)
+	j = f.waitJob(t, j.ID)
+	require.Equal(t, api.RetrainFailed, j.State)
+	assert.Contains(t, j.Reason, "base dataset "+base.ID[:12]+" of the policy")
+}
+
+// A cancel the control plane answered, then a restart before (or while)
+// the job stops: at the next start the job is over, cancelled, and
+// nothing is published — even with a trainer that would now succeed.
+func TestRetrainCancelStandsAcrossRestart(t *testing.T) {
+	dir := t.TempDir()
+	work := t.TempDir()
+	candidate := filepath.Join(work, "candidate.onnx")
+	require.NoError(t, os.WriteFile(candidate, trainFraud(t, 2, fraud.PatternCardTesting).ONNX, 0o600))
+	pidFile := filepath.Join(work, "child.pid")
+	script, err := filepath.Abs("testdata/retrain-trainer.sh")
+	require.NoError(t, err)
+	f := newRetrainFleet(t, func(o *controlplane.Options) {
+		o.DataDir = dir
+		o.Retrain.Trainers = map[string][]string{"t": {"/bin/sh", script, "hang", pidFile}}
+	})
+	ctx := context.Background()
+	drifted, err := fraud.NewGenerator(17, fraud.Params{Pattern: fraud.PatternCardTesting})
+	require.NoError(t, err)
+	f.traffic(t, drifted, 200, 400)
+	margin := -1.0 // any candidate would be published
+	_, err = f.Client.SetRetrainPolicy(ctx, "fraud", api.RetrainPolicy{Trainer: "command:t", MinLabelled: 200, Margin: &margin})
+	require.NoError(t, err)
+	j, err := f.Client.Retrain(ctx, "fraud", api.RetrainRequest{})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		j, err = f.Client.RetrainJob(ctx, j.ID)
+		require.NoError(t, err)
+		require.False(t, j.State.Terminal(), "job: %s", jobText(j))
+		_, err := os.Stat(pidFile)
+		return j.State == api.RetrainTraining && err == nil
+	}, time.Minute, 20*time.Millisecond)
+
+	cancelled, err := f.Client.CancelRetrainJob(ctx, j.ID)
+	require.NoError(t, err)
+	assert.NotEmpty(t, cancelled.CancelledBy, "the answer records who cancelled")
+	token := f.Token
+	f.Stop() // at once: the worker may not have recorded the end
+
+	second := newTestServer(t, func(o *controlplane.Options) {
+		o.DataDir = dir
+		o.Retrain.Trainers = map[string][]string{"t": {"/bin/sh", script, "ok", candidate}}
+	})
+	c2 := second.WithToken(token)
+	var after *api.RetrainJob
+	require.Eventually(t, func() bool {
+		after, err = c2.RetrainJob(ctx, j.ID)
+		require.NoError(t, err)
+		return after.State.Terminal()
+	}, time.Minute, 20*time.Millisecond)
+	require.Equal(t, api.RetrainFailed, after.State, "job: %s", jobText(after))
+	assert.True(t, strings.HasPrefix(after.Reason, "cancelled by "), "reason %q", after.Reason)
+	mvs, err := c2.Models(ctx)
+	require.NoError(t, err)
+	assert.Len(t, mvs, 1, "nothing published after the cancel")
+	for _, l := range after.Log {
+		assert.NotContains(t, l.Message, "runs again", "the cancelled job resumed: %s", jobText(after))
+	}
 }

@@ -540,7 +540,7 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 	c.data, err = data.New(data.Options{
 		KV: c.db.Namespace("data"), Bus: c.bus, Scheme: s.scheme, Devices: c.registry, Models: c.models,
 		Ingest: c.ingest, DatasetDir: filepath.Join(o.DataDir, "datasets"), RowRetention: o.Data.RowRetention,
-		DatasetsKept: o.Data.DatasetsKept, Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger,
+		DatasetsKept: o.Data.DatasetsKept, Schemas: dataSchemas{c.models}, Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger,
 	})
 	if err != nil {
 		_ = c.bus.Close()
@@ -599,7 +599,7 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 		KV: c.db.Namespace("retrain"), Datasets: c.data, Models: retrainModels{c.models},
 		Fleet: retrainFleet{c.registry, c.models}, Rollouts: c.rollouts, Audit: c.audit, Runtime: rt,
 		WorkDir: filepath.Join(o.DataDir, "retrain"), Trainers: o.Retrain.Trainers, Alerts: alerts.ch, SiteLabel: o.Monitor.SiteLabel,
-		Clock: o.Clock, Logger: o.Logger,
+		Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger,
 	})
 	if err != nil {
 		return nil, err

@@ -61,6 +61,10 @@ func TestRouteRoles(t *testing.T) {
 		"POST /api/v1/models/{name}/datasets":                 RoleOperator,
 		"GET /api/v1/models/{name}/datasets/{version}":        RoleViewer,
 		"GET /api/v1/models/{name}/datasets/{version}/export": RoleViewer,
+		"GET /api/v1/models/{name}/base-datasets":             RoleViewer,
+		"POST /api/v1/models/{name}/base-datasets":            RoleOperator,
+		"GET /api/v1/models/{name}/base-datasets/{id}":        RoleViewer,
+		"DELETE /api/v1/models/{name}/base-datasets/{id}":     RoleOperator,
 		// Retraining and lineage.
 		"GET /api/v1/models/{name}/retrain":       RoleViewer,
 		"PUT /api/v1/models/{name}/retrain":       RoleOperator,

@@ -16,6 +16,8 @@ const (
 	PathDatasets      = "/api/v1/models/{name}/datasets"
 	PathDataset       = "/api/v1/models/{name}/datasets/{version}"
 	PathDatasetExport = "/api/v1/models/{name}/datasets/{version}/export"
+	PathBaseDatasets  = "/api/v1/models/{name}/base-datasets"
+	PathBaseDataset   = "/api/v1/models/{name}/base-datasets/{id}"
 )
 
 // dataRoutes are the capture and dataset routes: reading needs viewer,
@@ -28,6 +30,10 @@ func dataRoutes() []Route {
 		{Method: "POST", Pattern: PathDatasets, Role: RoleOperator, Summary: "build a dataset from captured rows"},
 		{Method: "GET", Pattern: PathDataset, Role: RoleViewer, Summary: "a dataset with its validation report"},
 		{Method: "GET", Pattern: PathDatasetExport, Role: RoleViewer, Summary: "export a dataset's rows (csv or jsonl)"},
+		{Method: "GET", Pattern: PathBaseDatasets, Role: RoleViewer, Summary: "list a model's uploaded base datasets"},
+		{Method: "POST", Pattern: PathBaseDatasets, Role: RoleOperator, Summary: "upload a base dataset (CSV of the model's inputs and a label)"},
+		{Method: "GET", Pattern: PathBaseDataset, Role: RoleViewer, Summary: "a base dataset with its validation report"},
+		{Method: "DELETE", Pattern: PathBaseDataset, Role: RoleOperator, Summary: "delete a base dataset"},
 	}
 }
 
@@ -126,6 +132,30 @@ type Dataset struct {
 	Schema        []DatasetColumn `json:"schema"`
 	Validation    Validation      `json:"validation"`
 }
+
+// BaseDataset is a set of labelled rows a user uploaded for a model (a
+// CSV of its input columns and "label"), that a retrain policy can join
+// with the captured rows it trains on. Named, like a dataset, by the
+// sha256 of its canonical JSON lines (ID): the same rows are the same
+// base dataset.
+type BaseDataset struct {
+	Model string `json:"model"`
+	// ID is the sha256 of the rows as canonical JSON lines.
+	ID string `json:"id"`
+	// Name is what the uploader called it (optional).
+	Name     string    `json:"name,omitempty"`
+	Created  time.Time `json:"created"`
+	Rows     int       `json:"rows"`
+	Labelled int       `json:"labelled"`
+	Bytes    int64     `json:"bytes"`
+	// ModelVersion is the version whose inputs it was checked against.
+	ModelVersion string          `json:"model_version"`
+	Schema       []DatasetColumn `json:"schema"`
+	Validation   Validation      `json:"validation"`
+}
+
+// MaxBaseName bounds a base dataset's name.
+const MaxBaseName = 256
 
 // DatasetColumn is one column of a dataset: an input or output element,
 // or the label.

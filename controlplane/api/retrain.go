@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/edgefleet/edgefleet/internal/cron"
 )
 
 // Retraining and lineage (issue 13). Kept in this file, with its routes,
@@ -78,9 +80,20 @@ type RetrainPolicy struct {
 	Triggers []string `json:"triggers,omitempty"`
 	// Schedule, if set, starts a job every Schedule (at least an hour).
 	Schedule Duration `json:"schedule,omitempty"`
+	// Cron, if set (instead of Schedule), starts a job at the times of a
+	// standard five-field cron expression (minute hour day-of-month month
+	// day-of-week, or @hourly, @daily, @weekly, @monthly, @yearly) in
+	// UTC, by the control plane's clock. It may name one minute of the
+	// hour only: at most one job an hour, as Schedule's minimum.
+	Cron string `json:"cron,omitempty"`
 	// Window is the captured data a job trains on: rows of the last
 	// Window (default 7 days).
 	Window Duration `json:"window,omitempty"`
+	// BaseDataset, if set, is the id (sha256, or 8+ hex digits of it) of
+	// an uploaded base dataset of the model joined to the training rows:
+	// training data = base ∪ the captured window's training part; the
+	// held-out rows still come from the captured (field) rows only.
+	BaseDataset string `json:"base_dataset,omitempty"`
 	// SiteScope is SiteScopeAll (default: every site's rows) or
 	// SiteScopeAlert: a job an alert of one site starts trains and
 	// evaluates on that site's rows only, and its rollout is narrowed to
@@ -104,8 +117,9 @@ type RetrainPolicy struct {
 	Margin *float64 `json:"margin,omitempty"`
 	// MinLabelled is the labelled rows a job needs (default 100).
 	MinLabelled int `json:"min_labelled,omitempty"`
-	// TimeLimit bounds training (default 10 minutes); an external
-	// command's process group is killed when it passes.
+	// TimeLimit bounds a job's work before publishing — building the
+	// dataset, training and evaluation — (default 10 minutes); an
+	// external command's process group is killed when it passes.
 	TimeLimit Duration `json:"time_limit,omitempty"`
 	// Cooldown is the least time between two jobs an alert or the
 	// schedule starts (default 1 hour); `edgefleet retrain` ignores it.
@@ -169,6 +183,9 @@ func (p RetrainPolicy) Check(model string) error {
 		return Errorf(ErrInvalid, "retrain policy: trainer %q: want %s or %sNAME (a trainer the control plane was started with: serve --trainer NAME=PROGRAM)",
 			p.Trainer, TrainerBuiltinFraud, TrainerCommandPrefix)
 	}
+	if b := p.BaseDataset; b != "" && (len(b) < 8 || len(b) > 64 || strings.Trim(strings.ToLower(b), "0123456789abcdef") != "") {
+		return Errorf(ErrInvalid, "retrain policy: base_dataset %q: want the id of a base dataset (8 to 64 hex digits; edgefleet data bases NAME lists them)", b)
+	}
 	if len(p.Params) > 64 {
 		return Errorf(ErrInvalid, "retrain policy: at most 64 params")
 	}
@@ -179,6 +196,21 @@ func (p RetrainPolicy) Check(model string) error {
 	}
 	if s := time.Duration(p.Schedule); s != 0 && s < time.Hour {
 		return Errorf(ErrInvalid, "retrain policy: schedule %v: want at least 1h (or none)", s)
+	}
+	if p.Cron != "" {
+		if p.Schedule != 0 {
+			return Errorf(ErrInvalid, "retrain policy: schedule and cron both set; pick one")
+		}
+		if len(p.Cron) > 256 {
+			return Errorf(ErrInvalid, "retrain policy: cron: at most 256 bytes")
+		}
+		c, err := cron.Parse(p.Cron)
+		if err != nil {
+			return Errorf(ErrInvalid, "retrain policy: %v", err)
+		}
+		if n := c.PerHour(); n > 1 {
+			return Errorf(ErrInvalid, "retrain policy: cron %q fires %d times an hour; name one minute (at most one job an hour, like schedule's 1h minimum)", p.Cron, n)
+		}
 	}
 	if p.Window < 0 || p.TimeLimit < 0 || p.Cooldown < 0 || p.MinLabelled < 0 {
 		return Errorf(ErrInvalid, "retrain policy: window, time_limit, cooldown and min_labelled must not be negative")
@@ -220,8 +252,15 @@ type RetrainStatus struct {
 	// LastJob is the newest job's id; Running the unfinished one's.
 	LastJob string `json:"last_job,omitempty"`
 	Running string `json:"running,omitempty"`
-	// NextScheduled is when the schedule starts the next job.
+	// NextScheduled is when the schedule (or cron) starts the next job.
 	NextScheduled time.Time `json:"next_scheduled,omitzero"`
+	// ScheduleWaiting says why a job the schedule is due to start waits
+	// (a job of the model is unfinished, or the cooldown): it starts once,
+	// as soon as it may.
+	ScheduleWaiting string `json:"schedule_waiting,omitempty"`
+	// Error says why the stored policy cannot be used (it cannot be
+	// read); nothing triggers until a policy is set again.
+	Error string `json:"error,omitempty"`
 }
 
 // RetrainRequest is the optional body of POST .../retrain/jobs.
@@ -282,7 +321,11 @@ type RetrainJob struct {
 	Site string `json:"site,omitempty"`
 	// Dataset is the field dataset built for the job, with its report.
 	Dataset *Dataset `json:"dataset,omitempty"`
-	// TrainRows and HoldoutRows split the dataset's labelled rows.
+	// Base is the base dataset joined to the training rows (the
+	// policy's base_dataset).
+	Base *BaseDataset `json:"base_dataset,omitempty"`
+	// TrainRows counts the rows trained on (a base dataset's too);
+	// HoldoutRows the dataset's labelled field rows held out.
 	TrainRows   int `json:"train_rows,omitempty"`
 	HoldoutRows int `json:"holdout_rows,omitempty"`
 	// Command is what an external trainer did.
@@ -293,6 +336,9 @@ type RetrainJob struct {
 	Candidate string `json:"candidate,omitempty"`
 	// Rollout is the id of the candidate's rollout.
 	Rollout string `json:"rollout,omitempty"`
+	// CancelledBy names who cancelled the job (recorded before the job
+	// stops, so a restart in between does not undo the cancel).
+	CancelledBy string `json:"cancelled_by,omitempty"`
 	// Log is the job's steps, oldest first.
 	Log []RetrainLogEntry `json:"log"`
 }
@@ -376,8 +422,11 @@ type LineageEntry struct {
 
 // LineageDataset is one dataset a version was trained on.
 type LineageDataset struct {
-	Model   string `json:"model"`
+	Model string `json:"model"`
+	// Version is the captured dataset's version; 0 for an uploaded base
+	// dataset (Base), named by its sha256 (its id).
 	Version int    `json:"version"`
 	SHA256  string `json:"sha256"`
 	Rows    uint64 `json:"rows"`
+	Base    bool   `json:"base,omitempty"`
 }

@@ -29,8 +29,122 @@ manifest's reference statistics, label balance, duplicates).`,
   edgefleet data build fraud --since 24h
   edgefleet data list fraud
   edgefleet data show fraud latest
-  edgefleet data export fraud --since 24h --format csv --out fraud.csv`,
-	}, a.dataPolicyCmd(), a.dataBuildCmd(), a.dataListCmd(), a.dataShowCmd(), a.dataExportCmd())
+  edgefleet data export fraud --since 24h --format csv --out fraud.csv
+  edgefleet data upload fraud base.csv --name labelled-2025`,
+	}, a.dataPolicyCmd(), a.dataBuildCmd(), a.dataListCmd(), a.dataShowCmd(), a.dataExportCmd(),
+		a.dataUploadCmd(), a.dataBasesCmd(), a.dataDeleteBaseCmd())
+}
+
+func (a *app) dataUploadCmd() *cobra.Command {
+	var name string
+	c := &cobra.Command{
+		Use:   "upload NAME FILE [--name LABEL]",
+		Short: "upload a base dataset (CSV of labelled rows) for a model",
+		Long: `Uploads FILE, a CSV of labelled rows, as a base dataset of model NAME; a retrain policy can
+join it to the captured rows it trains on (edgefleet retrain policy NAME --base-dataset ID).
+The header names the model's input columns as a dataset's CSV export names them (the
+reference feature names, else input[i]) and "label"; other columns are ignored, so an
+exported dataset can be uploaded. Rows are checked like captured ones (each value of its
+input's datatype, labels, duplicates) against the newest version of the model; the same
+rows are the same base dataset (named by the sha256 of its rows).`,
+		Example: `  edgefleet data upload fraud base.csv
+  edgefleet data upload fraud labelled-2025.csv --name labelled-2025`,
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) != 2 {
+				return usagef("%s takes a model NAME and a CSV FILE, got %d arguments", cmdName(c), len(args))
+			}
+			return nil
+		},
+		RunE: a.runE(func(cmd *cobra.Command, pos []string) error {
+			f, err := os.Open(pos[1])
+			if err != nil {
+				return usagef("%v", err)
+			}
+			defer f.Close()
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			b, err := c.UploadBaseDataset(cmd.Context(), pos[0], name, f)
+			if err != nil {
+				return fmt.Errorf("data upload %s %s: %w", pos[0], pos[1], err)
+			}
+			printBase(a.stdout, b)
+			return nil
+		}),
+	}
+	c.Flags().StringVar(&name, "name", "", "a `LABEL` for the base dataset")
+	return c
+}
+
+func printBase(w io.Writer, b api.BaseDataset) {
+	label := ""
+	if b.Name != "" {
+		label = " (" + b.Name + ")"
+	}
+	fmt.Fprintf(w, "base dataset %s of %s%s: %d labelled rows, %d columns, checked against %s; validation %s\n",
+		b.ID, b.Model, label, b.Rows, len(b.Schema), b.ModelVersion, passFail(b.Validation.Passed))
+	for _, ch := range b.Validation.Checks {
+		if !ch.Passed {
+			fmt.Fprintf(w, "    %-4s %-11s %s\n", ch.Severity, ch.Name, ch.Detail)
+		}
+	}
+	fmt.Fprintf(w, "  use it: edgefleet retrain policy %s --trainer ... --base-dataset %s\n", b.Model, b.ID[:12])
+}
+
+func (a *app) dataBasesCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "bases NAME",
+		Short:   "list a model's base datasets",
+		Example: `  edgefleet data bases fraud`,
+		Args:    oneArg("model NAME"),
+		RunE: a.runE(func(cmd *cobra.Command, pos []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			list, err := c.BaseDatasets(cmd.Context(), pos[0])
+			if err != nil {
+				return fmt.Errorf("data bases %s: %w", pos[0], err)
+			}
+			if len(list) == 0 {
+				fmt.Fprintf(a.stdout, "no base datasets of %s (edgefleet data upload %s FILE)\n", pos[0], pos[0])
+				return nil
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tNAME\tROWS\tCHECKED AGAINST\tUPLOADED")
+			for _, b := range list {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", b.ID[:12], orNone(b.Name), b.Rows, b.ModelVersion, b.Created.UTC().Format(time.RFC3339))
+			}
+			return tw.Flush()
+		}),
+	}
+}
+
+func (a *app) dataDeleteBaseCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "delete-base NAME ID",
+		Short:   "delete a model's base dataset",
+		Example: `  edgefleet data delete-base fraud 3f9a0c1d2e4b`,
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) != 2 {
+				return usagef("%s takes a model NAME and a base dataset ID, got %d arguments", cmdName(c), len(args))
+			}
+			return nil
+		},
+		RunE: a.runE(func(cmd *cobra.Command, pos []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			b, err := c.DeleteBaseDataset(cmd.Context(), pos[0], pos[1])
+			if err != nil {
+				return fmt.Errorf("data delete-base %s %s: %w", pos[0], pos[1], err)
+			}
+			fmt.Fprintf(a.stdout, "base dataset %s of %s deleted\n", b.ID, b.Model)
+			return nil
+		}),
+	}
 }
 
 func (a *app) dataPolicyCmd() *cobra.Command {

@@ -83,6 +83,7 @@ why. Alerts named in the policy's triggers, and its schedule, start jobs the sam
 func (a *app) retrainPolicyCmd() *cobra.Command {
 	var (
 		trainer, metric, rolloutFile, scope   string
+		cronSpec, baseDataset                 string
 		triggers, params                      stringList
 		window, schedule, timeLimit, cooldown time.Duration
 		holdout, margin                       optFloat
@@ -109,7 +110,8 @@ work as in edgefleet rollout create.`,
 		Example: `  edgefleet retrain policy fraud
   edgefleet retrain policy fraud --trainer builtin:fraud --trigger low_accuracy --trigger accuracy_drop \
       --window 24h --holdout 0.25 --margin 0.02 --site-scope alert --rollout-file rollout.json
-  edgefleet retrain policy fraud --trainer command:xgb --param rounds=200 --time-limit 20m`,
+  edgefleet retrain policy fraud --trainer command:xgb --param rounds=200 --time-limit 20m
+  edgefleet retrain policy fraud --trainer builtin:fraud --cron @daily`,
 		Args: oneArg("model NAME"),
 		RunE: a.runE(func(cmd *cobra.Command, pos []string) error {
 			c, err := a.client()
@@ -118,7 +120,7 @@ work as in edgefleet rollout create.`,
 			}
 			set := cmd.Flags().NFlag() > 0 && trainer != ""
 			if !set && cmd.Flags().NFlag() > 0 {
-				for _, f := range []string{"trigger", "param", "window", "schedule", "time-limit", "cooldown", "holdout", "margin", "min-labelled", "metric", "rollout-file", "site-scope"} {
+				for _, f := range []string{"trigger", "param", "window", "schedule", "cron", "base-dataset", "time-limit", "cooldown", "holdout", "margin", "min-labelled", "metric", "rollout-file", "site-scope"} {
 					if cmd.Flags().Changed(f) {
 						return usagef("setting a retrain policy needs --trainer (builtin:fraud or command:NAME)")
 					}
@@ -126,7 +128,7 @@ work as in edgefleet rollout create.`,
 			}
 			var st api.RetrainStatus
 			if set {
-				p := api.RetrainPolicy{Trainer: trainer, Triggers: triggers, Window: api.Duration(window), Schedule: api.Duration(schedule),
+				p := api.RetrainPolicy{Trainer: trainer, Triggers: triggers, Window: api.Duration(window), Schedule: api.Duration(schedule), Cron: cronSpec, BaseDataset: baseDataset,
 					TimeLimit: api.Duration(timeLimit), Cooldown: api.Duration(cooldown), MinLabelled: minLabelled, Metric: metric, Margin: margin.v,
 					SiteScope: scope}
 				if holdout.v != nil {
@@ -173,7 +175,9 @@ work as in edgefleet rollout create.`,
 	f.Var(&triggers, "trigger", "alert `RULE` that starts a job: feature_drift, low_accuracy or accuracy_drop (repeatable)")
 	f.Var(&params, "param", "trainer parameter `KEY=VALUE` (repeatable)")
 	f.DurationVar(&window, "window", 0, "train on the captured rows of the last `DURATION` (default 168h)")
+	f.StringVar(&baseDataset, "base-dataset", "", "join the uploaded base dataset `ID` (edgefleet data upload) to the training rows; held-out rows stay field rows")
 	f.DurationVar(&schedule, "schedule", 0, "also start a job every `DURATION` (at least 1h)")
+	f.StringVar(&cronSpec, "cron", "", "also start a job at the times of a 5-field cron `EXPRESSION` in UTC (or @hourly, @daily, @weekly, @monthly, @yearly); one minute of the hour at most")
 	f.DurationVar(&timeLimit, "time-limit", 0, "kill training after `DURATION` (default 10m)")
 	f.DurationVar(&cooldown, "cooldown", 0, "least `DURATION` between automatic jobs (default 1h)")
 	f.Var(&holdout, "holdout", "`FRACTION` of labelled rows held out for evaluation (default 0.25)")
@@ -189,6 +193,10 @@ work as in edgefleet rollout create.`,
 }
 
 func printRetrainPolicy(w io.Writer, st api.RetrainStatus) {
+	if st.Error != "" {
+		fmt.Fprintf(w, "retrain policy of %s: %s\n", st.Model, st.Error)
+		return
+	}
 	if !st.Set {
 		fmt.Fprintf(w, "retrain policy of %s: none (edgefleet retrain policy %s --trainer %s ...)\n", st.Model, st.Model, api.TrainerBuiltinFraud)
 		return
@@ -203,11 +211,20 @@ func printRetrainPolicy(w io.Writer, st api.RetrainStatus) {
 	if p.Schedule > 0 {
 		trig += fmt.Sprintf("; every %v (next %s)", time.Duration(p.Schedule), st.NextScheduled.Format(time.RFC3339))
 	}
+	if p.Cron != "" {
+		trig += fmt.Sprintf("; cron %q UTC (next %s)", p.Cron, st.NextScheduled.Format(time.RFC3339))
+	}
 	fmt.Fprintf(w, "  triggers: %s (cooldown %v)\n", trig, time.Duration(p.Cooldown))
+	if st.ScheduleWaiting != "" {
+		fmt.Fprintf(w, "  scheduled job due, waiting: %s\n", st.ScheduleWaiting)
+	}
 	if p.SiteScope == api.SiteScopeAlert {
 		fmt.Fprintln(w, "  site scope: a job an alert of one site starts trains on that site's rows and rolls out there")
 	}
-	fmt.Fprintf(w, "  needs %d labelled rows; training limited to %v\n", p.MinLabelled, time.Duration(p.TimeLimit))
+	if p.BaseDataset != "" {
+		fmt.Fprintf(w, "  base dataset %s joined to the training rows (held-out rows are field rows only)\n", p.BaseDataset)
+	}
+	fmt.Fprintf(w, "  needs %d labelled rows; a job limited to %v\n", p.MinLabelled, time.Duration(p.TimeLimit))
 	if len(p.Params) > 0 {
 		var kv []string
 		for k, v := range p.Params {
@@ -330,6 +347,12 @@ func printJob(w io.Writer, j *api.RetrainJob) {
 	if ds := j.Dataset; ds != nil {
 		fmt.Fprintf(w, "  dataset %d (%s): %d rows, %d labelled, validation %s; %d train / %d held out\n",
 			ds.Version, ds.SHA256[:12], ds.Rows, ds.Labelled, passFail(ds.Validation.Passed), j.TrainRows, j.HoldoutRows)
+	}
+	if b := j.Base; b != nil {
+		fmt.Fprintf(w, "  base dataset %s: %d rows joined to the training rows\n", b.ID[:12], b.Rows)
+	}
+	if j.CancelledBy != "" && !j.State.Terminal() {
+		fmt.Fprintf(w, "  cancel requested by %s; the job stops at its next check\n", j.CancelledBy)
 	}
 	if r := j.Command; r != nil {
 		fmt.Fprintf(w, "  trainer %s %s: exit %d after %v", r.Program, strings.Join(r.Args, " "), r.ExitCode, time.Duration(r.Duration).Round(time.Millisecond))

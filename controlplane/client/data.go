@@ -85,3 +85,38 @@ func (c *Client) ExportDataset(ctx context.Context, model, ref, format string, w
 	}
 	return resp.Header.Get("X-Dataset-Sha256"), nil
 }
+
+// UploadBaseDataset uploads a CSV of labelled rows (the model's input
+// columns and "label") as one of model's base datasets; name is optional.
+// The same rows uploaded again return the existing one.
+func (c *Client) UploadBaseDataset(ctx context.Context, model, name string, csv io.Reader) (api.BaseDataset, error) {
+	var out api.BaseDataset
+	path := api.Path(api.PathBaseDatasets, model)
+	if name != "" {
+		path += "?name=" + url.QueryEscape(name)
+	}
+	err := c.call(ctx, "POST", path, csv, "text/csv", &out)
+	return out, err
+}
+
+// BaseDatasets lists model's base datasets, oldest first.
+func (c *Client) BaseDatasets(ctx context.Context, model string) ([]api.BaseDataset, error) {
+	var out []api.BaseDataset
+	err := c.callJSON(ctx, "GET", api.Path(api.PathBaseDatasets, model), nil, &out)
+	return out, err
+}
+
+// BaseDataset returns one of model's base datasets by its id (or 8+ hex
+// digits of it).
+func (c *Client) BaseDataset(ctx context.Context, model, id string) (api.BaseDataset, error) {
+	var out api.BaseDataset
+	err := c.callJSON(ctx, "GET", api.Path(api.PathBaseDataset, model, id), nil, &out)
+	return out, err
+}
+
+// DeleteBaseDataset deletes one of model's base datasets.
+func (c *Client) DeleteBaseDataset(ctx context.Context, model, id string) (api.BaseDataset, error) {
+	var out api.BaseDataset
+	err := c.callJSON(ctx, "DELETE", api.Path(api.PathBaseDataset, model, id), nil, &out)
+	return out, err
+}

@@ -3,7 +3,8 @@
 // carry to devices, the ingest of captured batches (stored once per
 // (device, stream, batch), then acknowledged), the captured rows, versioned
 // content-addressed datasets built from them with a validation report, and
-// retention. Imported by controlplane.
+// retention, and base datasets users upload (CSV) to join captured ones
+// in retraining. Imported by controlplane.
 package data
 
 import (
@@ -73,9 +74,17 @@ type Options struct {
 	// SweepInterval is how often Run applies retention; default
 	// DefaultSweepInterval.
 	SweepInterval time.Duration
-	Clock         func() time.Time
-	Registerer    prometheus.Registerer
-	Logger        *slog.Logger
+	// Schemas checks uploaded base datasets; nil refuses uploads.
+	Schemas Schemas
+	// MaxBaseBytes bounds an uploaded base dataset's CSV; default
+	// DefaultMaxBaseBytes.
+	MaxBaseBytes int64
+	// BasesKept is how many base datasets a model may have (an upload
+	// beyond is refused until one is deleted); default DefaultBasesKept.
+	BasesKept  int
+	Clock      func() time.Time
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
 }
 
 // Service holds captured data. Its methods are safe for concurrent use.
@@ -104,6 +113,12 @@ func New(o Options) (*Service, error) {
 	}
 	if o.SweepInterval <= 0 {
 		o.SweepInterval = DefaultSweepInterval
+	}
+	if o.MaxBaseBytes <= 0 {
+		o.MaxBaseBytes = DefaultMaxBaseBytes
+	}
+	if o.BasesKept <= 0 {
+		o.BasesKept = DefaultBasesKept
 	}
 	if o.Clock == nil {
 		o.Clock = time.Now

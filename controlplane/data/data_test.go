@@ -173,7 +173,7 @@ func TestOnCaptureBadInput(t *testing.T) {
 // Datasets: versioned, content-addressed, validated, exported, pruned.
 func TestBuildDataset(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.DatasetsKept = 2 })
-	_, err := e.s.Build("fraud", api.DatasetRequest{})
+	_, err := e.s.Build(context.Background(), "fraud", api.DatasetRequest{})
 	require.ErrorIs(t, err, api.ErrNotFound)
 	at := e.now.Add(-2 * time.Hour)
 	e.send(t, "dev-1", &efpb.CaptureBatch{Stream: 1, Batch: 1, Rows: []*efpb.CaptureRow{
@@ -183,7 +183,17 @@ func TestBuildDataset(t *testing.T) {
 	e.send(t, "dev-2", &efpb.CaptureBatch{Stream: 2, Batch: 1, Rows: []*efpb.CaptureRow{
 		row("c", 0, at.Add(3*time.Second), 40, 6, lbl(1)),
 	}})
-	ds, err := e.s.Build("fraud", api.DatasetRequest{})
+	// A build whose context ended (a retrain job cancelled) stops and
+	// records nothing.
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = e.s.Build(ended, "fraud", api.DatasetRequest{})
+	require.ErrorIs(t, err, context.Canceled)
+	list, err := e.s.List("fraud")
+	require.NoError(t, err)
+	assert.Empty(t, list, "a cancelled build records no dataset")
+
+	ds, err := e.s.Build(context.Background(), "fraud", api.DatasetRequest{})
 	require.NoError(t, err)
 	assert.Equal(t, 1, ds.Version)
 	assert.Equal(t, 4, ds.Rows)
@@ -198,7 +208,7 @@ func TestBuildDataset(t *testing.T) {
 	}
 	assert.Equal(t, []string{"amount", "hour", "out.p[0]", "label"}, cols, "named by the reference statistics")
 
-	same, err := e.s.Build("fraud", api.DatasetRequest{})
+	same, err := e.s.Build(context.Background(), "fraud", api.DatasetRequest{})
 	require.NoError(t, err)
 	assert.Equal(t, ds, same, "the same rows: the same dataset")
 
@@ -236,7 +246,7 @@ func TestBuildDataset(t *testing.T) {
 	assert.Equal(t, "paris", prow[3][colIdx["site"]].String())
 
 	// A window: only the rows in it; a new version.
-	part, err := e.s.Build("fraud", api.DatasetRequest{Since: at.Add(2 * time.Second)})
+	part, err := e.s.Build(context.Background(), "fraud", api.DatasetRequest{Since: at.Add(2 * time.Second)})
 	require.NoError(t, err)
 	assert.Equal(t, 2, part.Version)
 	assert.Equal(t, 2, part.Rows)
@@ -246,10 +256,10 @@ func TestBuildDataset(t *testing.T) {
 
 	// A third version prunes the first (DatasetsKept 2) and its file.
 	e.send(t, "dev-1", &efpb.CaptureBatch{Stream: 1, Batch: 2, Rows: []*efpb.CaptureRow{row("d", 0, at.Add(time.Minute), 50, 7, lbl(0))}})
-	third, err := e.s.Build("fraud", api.DatasetRequest{})
+	third, err := e.s.Build(context.Background(), "fraud", api.DatasetRequest{})
 	require.NoError(t, err)
 	assert.Equal(t, 3, third.Version)
-	list, err := e.s.List("fraud")
+	list, err = e.s.List("fraud")
 	require.NoError(t, err)
 	require.Len(t, list, 2)
 	assert.Equal(t, 2, list[0].Version)
@@ -270,7 +280,7 @@ func TestValidation(t *testing.T) {
 	rows[2].Inputs[0].Data = []float32{500, 0} // duplicate of rows[0]
 	rows[3].Inputs[0] = &efpb.Tensor{Name: "x", Shape: []int64{1, 1}, Data: []float32{5}}
 	e.send(t, "dev-1", &efpb.CaptureBatch{Stream: 1, Batch: 1, Rows: rows})
-	ds, err := e.s.Build("fraud", api.DatasetRequest{})
+	ds, err := e.s.Build(context.Background(), "fraud", api.DatasetRequest{})
 	require.NoError(t, err)
 	v := ds.Validation
 	assert.False(t, v.Passed)
@@ -298,7 +308,7 @@ func TestValidation(t *testing.T) {
 		dup = append(dup, row(fmt.Sprintf("d%d", i), 0, at, 10, 3, &l))
 	}
 	e2.send(t, "dev-1", &efpb.CaptureBatch{Stream: 1, Batch: 1, Rows: dup})
-	ds2, err := e2.s.Build("fraud", api.DatasetRequest{})
+	ds2, err := e2.s.Build(context.Background(), "fraud", api.DatasetRequest{})
 	require.NoError(t, err)
 	assert.False(t, ds2.Validation.Passed)
 	assert.Equal(t, 9, ds2.Validation.Duplicates)

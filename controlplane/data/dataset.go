@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"cmp"
+	"context"
 	"crypto/sha256"
 	"encoding/csv"
 	"encoding/hex"
@@ -32,7 +33,9 @@ import (
 // dataset: an existing version with that sha256 is returned as it is.
 // Otherwise it becomes the model's next version, with its validation
 // report, and versions beyond DatasetsKept (the oldest) are deleted.
-func (s *Service) Build(model string, req api.DatasetRequest) (api.Dataset, error) {
+// It stops with ctx's error when ctx ends (between rows, and before the
+// dataset is recorded).
+func (s *Service) Build(ctx context.Context, model string, req api.DatasetRequest) (api.Dataset, error) {
 	if err := topics.ValidModelName(model); err != nil {
 		return api.Dataset{}, api.Errorf(api.ErrInvalid, "model: %v", err)
 	}
@@ -44,7 +47,7 @@ func (s *Service) Build(model string, req api.DatasetRequest) (api.Dataset, erro
 	if !req.Since.IsZero() && !req.Since.Before(until) {
 		return api.Dataset{}, api.Errorf(api.ErrInvalid, "since %s is not before until %s", req.Since.Format(time.RFC3339), until.Format(time.RFC3339))
 	}
-	rows, err := s.rows(model, req.Since, until)
+	rows, err := s.rows(ctx, model, req.Since, until)
 	if err != nil {
 		return api.Dataset{}, err
 	}
@@ -91,6 +94,9 @@ func (s *Service) Build(model string, req api.DatasetRequest) (api.Dataset, erro
 	sum := sha256.Sum256(body.Bytes())
 	ds.SHA256, ds.Bytes = hex.EncodeToString(sum[:]), int64(body.Len())
 	ds.Validation = validate(rows, ds.Schema, ref)
+	if err := ctx.Err(); err != nil {
+		return api.Dataset{}, fmt.Errorf("data: build dataset: %w", err)
+	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -136,9 +142,12 @@ func keys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
 
 // rows returns model's captured rows with a time in [since, until), in
 // dataset order.
-func (s *Service) rows(model string, since, until time.Time) ([]api.DatasetRow, error) {
+func (s *Service) rows(ctx context.Context, model string, since, until time.Time) ([]api.DatasetRow, error) {
 	var out []api.DatasetRow
 	err := s.opts.KV.Scan(prefixRow+model+"/", func(key string, val []byte) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		sr, err := decodeStored(val)
 		if err != nil {
 			s.log.Warn("stored capture row unreadable; skipped", "key", key, "err", err)

@@ -15,10 +15,16 @@ import (
 type Data interface {
 	Policy(model string) (api.CaptureStatus, error)
 	SetPolicy(ctx context.Context, model string, p api.CapturePolicy) (api.CaptureStatus, error)
-	Build(model string, req api.DatasetRequest) (api.Dataset, error)
+	Build(ctx context.Context, model string, req api.DatasetRequest) (api.Dataset, error)
 	List(model string) ([]api.Dataset, error)
 	Get(model, ref string) (api.Dataset, error)
 	Export(model, ref, format string, w io.Writer) error
+	// UploadBase stores a base dataset's CSV; created is false when the
+	// same rows were uploaded before.
+	UploadBase(ctx context.Context, model, name string, r io.Reader) (b api.BaseDataset, created bool, err error)
+	Bases(model string) ([]api.BaseDataset, error)
+	Base(model, ref string) (api.BaseDataset, error)
+	DeleteBase(model, ref string) (api.BaseDataset, error)
 }
 
 const maxDataBody = 64 << 10
@@ -31,6 +37,47 @@ func (a *API) dataHandlers(hs map[string]http.Handler) {
 	hs["POST "+api.PathDatasets] = a.withData(a.handleBuildDataset)
 	hs["GET "+api.PathDataset] = a.withData(a.handleGetDataset)
 	hs["GET "+api.PathDatasetExport] = a.withData(a.handleExportDataset)
+	hs["GET "+api.PathBaseDatasets] = a.withData(a.handleListBases)
+	hs["POST "+api.PathBaseDatasets] = a.withData(a.handleUploadBase)
+	hs["GET "+api.PathBaseDataset] = a.withData(a.handleGetBase)
+	hs["DELETE "+api.PathBaseDataset] = a.withData(a.handleDeleteBase)
+}
+
+func (a *API) handleListBases(w http.ResponseWriter, r *http.Request) {
+	list, err := a.opts.Data.Bases(r.PathValue("name"))
+	if list == nil {
+		list = []api.BaseDataset{}
+	}
+	a.answer(w, "list base datasets", http.StatusOK, list, err)
+}
+
+// handleUploadBase takes the CSV as the body (its size is bounded by the
+// data service); ?name= names it.
+func (a *API) handleUploadBase(w http.ResponseWriter, r *http.Request) {
+	name := r.URL.Query().Get("name")
+	if len(name) > api.MaxBaseName {
+		writeError(w, api.Errorf(api.ErrInvalid, "name: at most %d bytes", api.MaxBaseName))
+		return
+	}
+	b, created, err := a.opts.Data.UploadBase(r.Context(), r.PathValue("name"), name, r.Body)
+	code := http.StatusOK
+	if err == nil {
+		w.Header().Set("Location", api.Path(api.PathBaseDataset, b.Model, b.ID))
+		if created {
+			code = http.StatusCreated
+		}
+	}
+	a.answer(w, "upload base dataset", code, b, err)
+}
+
+func (a *API) handleGetBase(w http.ResponseWriter, r *http.Request) {
+	b, err := a.opts.Data.Base(r.PathValue("name"), r.PathValue("id"))
+	a.answer(w, "get base dataset", http.StatusOK, b, err)
+}
+
+func (a *API) handleDeleteBase(w http.ResponseWriter, r *http.Request) {
+	b, err := a.opts.Data.DeleteBase(r.PathValue("name"), r.PathValue("id"))
+	a.answer(w, "delete base dataset", http.StatusOK, b, err)
 }
 
 // withData answers 503 when the control plane runs without the data
@@ -102,7 +149,7 @@ func (a *API) handleBuildDataset(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	ds, err := a.opts.Data.Build(r.PathValue("name"), req)
+	ds, err := a.opts.Data.Build(r.Context(), r.PathValue("name"), req)
 	if err != nil {
 		a.logIfInternal(err, "build dataset")
 		writeError(w, err)

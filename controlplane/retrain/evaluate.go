@@ -1,10 +1,14 @@
 package retrain
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/internal/infer"
+	"github.com/edgefleet/edgefleet/internal/oip"
 	"github.com/edgefleet/edgefleet/internal/tensor"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -16,8 +20,10 @@ const evalBatch = 256
 // in the control plane's onnxruntime. A row's predicted class is read as
 // the agents' monitoring reads it: the label output when the manifest
 // names one, else 1 for a single probability >= 0.5, else the argmax of
-// the scores; it is correct when it equals the row's label.
-func (s *Service) evaluate(cand []byte, candMeta *efpb.Manifest, parent []byte, parentMan *efpb.Manifest, rows []labelledRow) (*api.Evaluation, error) {
+// the scores; it is correct when it equals the row's label. It stops when
+// ctx ends: between batches, and within a run (onnxruntime's terminate
+// flag).
+func (s *Service) evaluate(ctx context.Context, cand []byte, candMeta *efpb.Manifest, parent []byte, parentMan *efpb.Manifest, rows []labelledRow) (*api.Evaluation, error) {
 	if s.opts.Runtime == nil {
 		return nil, errors.New("onnxruntime is not loaded in this control plane")
 	}
@@ -30,11 +36,11 @@ func (s *Service) evaluate(cand []byte, candMeta *efpb.Manifest, parent []byte, 
 	}
 	ins, outs := desc.Specs()
 	candSpec := &efpb.Manifest{Inputs: ins, Outputs: outs, ScoreOutput: candMeta.GetScoreOutput(), LabelOutput: candMeta.GetLabelOutput()}
-	c, err := s.score(cand, candSpec, rows)
+	c, err := s.score(ctx, cand, candSpec, rows)
 	if err != nil {
 		return nil, fmt.Errorf("candidate: %w", err)
 	}
-	p, err := s.score(parent, parentMan, rows)
+	p, err := s.score(ctx, parent, parentMan, rows)
 	if err != nil {
 		return nil, fmt.Errorf("current version: %w", err)
 	}
@@ -43,7 +49,7 @@ func (s *Service) evaluate(cand []byte, candMeta *efpb.Manifest, parent []byte, 
 
 // score runs model (described by m's inputs, outputs, score and label
 // outputs) on rows and returns its figures, class 1 positive.
-func (s *Service) score(model []byte, m *efpb.Manifest, rows []labelledRow) (api.EvaluationScore, error) {
+func (s *Service) score(ctx context.Context, model []byte, m *efpb.Manifest, rows []labelledRow) (api.EvaluationScore, error) {
 	var sc api.EvaluationScore
 	outs := m.GetOutputs()
 	if len(outs) == 0 {
@@ -73,7 +79,7 @@ func (s *Service) score(model []byte, m *efpb.Manifest, rows []labelledRow) (api
 		if err != nil {
 			return sc, err
 		}
-		out, err := sess.Run(inputs)
+		out, err := sess.RunContext(ctx, inputs)
 		if err != nil {
 			return sc, fmt.Errorf("run: %w", err)
 		}
@@ -149,76 +155,60 @@ func predicted(out []tensor.Tensor, hasLabel bool, i, rows int) (int64, error) {
 	return int64(best), nil
 }
 
-// tensors builds one tensor per input of rows' captured values: rows
-// stacked along the first (batch) dimension.
+// tensors builds one tensor per input of rows' captured values, rows
+// stacked along the first (batch) dimension, through the inference
+// route's own decoding (oip.DecodeInputs): every datatype the agent
+// serves is fed as the agent would take it.
 func tensors(specs []*efpb.TensorSpec, rows []labelledRow) ([]tensor.Tensor, error) {
-	var out []tensor.Tensor
+	req := &oip.InferRequest{}
 	for _, spec := range specs {
-		shape := append([]int64{int64(len(rows))}, spec.GetShape()[min(1, len(spec.GetShape())):]...)
 		if len(spec.GetShape()) == 0 {
 			return nil, fmt.Errorf("input %q is rank 0; evaluation batches rows along the first dimension", spec.GetName())
 		}
 		if d := spec.GetShape()[0]; d > 0 && d != int64(len(rows)) && len(rows) > 1 {
 			return nil, fmt.Errorf("input %q has a fixed batch of %d; evaluation needs a dynamic first dimension", spec.GetName(), d)
 		}
-		width := int64(1)
-		for _, d := range shape[1:] {
+		shape := append([]int64{int64(len(rows))}, spec.GetShape()[1:]...)
+		width, dynamic := int64(1), -1
+		for k, d := range shape[1:] {
 			if d < 0 {
-				d = -1
+				if dynamic >= 0 {
+					return nil, fmt.Errorf("input %q has more than one dynamic inner dimension; evaluation cannot tell a row's shape", spec.GetName())
+				}
+				dynamic = k + 1
+				continue
 			}
 			width *= d
 		}
-		dt := tensor.Datatype(spec.GetDatatype())
-		if dt == "" {
-			dt = tensor.FP32
+		if dynamic >= 0 { // a dynamic inner dimension: take it from the first row
+			n := int64(len(rows[0].Inputs[spec.GetName()]))
+			if width == 0 || n%width != 0 {
+				return nil, fmt.Errorf("input %q: row %s/%d has %d values, not a multiple of the fixed dimensions", spec.GetName(), rows[0].InferenceID, rows[0].Row, n)
+			}
+			shape[dynamic], width = n/width, n
 		}
+		flat := make([]api.Value, 0, int64(len(rows))*width)
 		for _, r := range rows {
 			vals := r.Inputs[spec.GetName()]
-			if width < 0 { // a dynamic inner dimension: take it from the first row
-				width = int64(len(vals))
-				for k := 1; k < len(shape); k++ {
-					if shape[k] < 0 {
-						shape[k] = width
-					}
-				}
-			}
 			if int64(len(vals)) != width {
 				return nil, fmt.Errorf("row %s/%d has %d values of input %q, which takes %d per row (was it dropped or hashed by the capture policy?)",
 					r.InferenceID, r.Row, len(vals), spec.GetName(), width)
 			}
+			flat = append(flat, vals...)
 		}
-		t, err := tensor.Zeros(spec.GetName(), dt, shape)
+		data, err := json.Marshal(flat)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("input %q: %w", spec.GetName(), err)
 		}
-		for i, r := range rows {
-			for k, v := range r.Inputs[spec.GetName()] {
-				f, ok := asFloat(v)
-				if !ok {
-					return nil, fmt.Errorf("row %s/%d input %q element %d is %v, not a number", r.InferenceID, r.Row, spec.GetName(), k, v)
-				}
-				if err := set(&t, i*int(width)+k, f); err != nil {
-					return nil, fmt.Errorf("input %q: %w", spec.GetName(), err)
-				}
-			}
+		dt := spec.GetDatatype()
+		if dt == "" {
+			dt = string(tensor.FP32)
 		}
-		out = append(out, t)
+		req.Inputs = append(req.Inputs, oip.RequestInput{Name: spec.GetName(), Shape: shape, Datatype: dt, Data: oip.RawData(data)})
 	}
-	return out, nil
-}
-
-func set(t *tensor.Tensor, i int, v float64) error {
-	switch x := t.Data.(type) {
-	case []float32:
-		x[i] = float32(v)
-	case []float64:
-		x[i] = v
-	case []int64:
-		x[i] = int64(v)
-	case []int32:
-		x[i] = int32(v)
-	default:
-		return fmt.Errorf("datatype %s: evaluation feeds FP32, FP64, INT32 and INT64 inputs", t.DT())
+	ts, err := oip.DecodeInputs(req, "evaluation", specs, infer.MaxTensorElements)
+	if err != nil {
+		return nil, fmt.Errorf("the held-out rows do not fit the model's inputs: %w", err)
 	}
-	return nil
+	return ts, nil
 }

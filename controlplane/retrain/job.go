@@ -43,30 +43,74 @@ func (s *Service) execute(ctx context.Context, id string) {
 	if errors.As(err, &stop) {
 		state, reason = stop.state, stop.reason
 	}
-	if ctx.Err() != nil {
-		s.mu.Lock()
-		who := s.cancels[id]
-		s.mu.Unlock()
-		if who != "" {
-			reason = "cancelled by " + who
-		} else {
-			// The control plane is stopping: the job stays where it is
-			// and resumes at the next start.
-			s.log.Info("retrain job interrupted by shutdown", "job", id)
-			return
+	j, jerr := s.Job(id)
+	if jerr != nil {
+		s.log.Error("retrain job: record its end", "job", id, "err", jerr)
+		return
+	}
+	switch {
+	case j.CancelledBy != "":
+		state, reason = api.RetrainFailed, "cancelled by "+j.CancelledBy+" while "+string(j.State)
+		if j.Candidate != "" && s.publishedBy(j) {
+			reason += fmt.Sprintf("; version %s was published before the cancel took effect and was not rolled out", j.Candidate)
 		}
+	case ctx.Err() != nil:
+		// The control plane is stopping: the job stays where it is
+		// and resumes at the next start.
+		s.log.Info("retrain job interrupted by shutdown", "job", id, "state", j.State)
+		return
+	case stop == nil && errors.Is(err, context.DeadlineExceeded):
+		reason = fmt.Sprintf("passed the job's time limit of %v while %s (time_limit bounds building the dataset, training and evaluation)",
+			time.Duration(j.Policy.TimeLimit), j.State)
 	}
 	if _, err := s.finish(id, state, reason); err != nil {
 		s.log.Error("retrain job: record its end", "job", id, "err", err)
 	}
 }
 
-// step moves job id into state with a log line, unless ctx ended.
+// step moves job id into state with a log line, unless ctx ended. The
+// check and the update are one step under s.mu, which Cancel holds while
+// it records a cancel and ends the job's context: a job cancelled before
+// a step never takes it (never starts publishing).
 func (s *Service) step(ctx context.Context, id string, state api.RetrainState, msg string, fn func(*api.RetrainJob)) (*api.RetrainJob, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return s.update(id, state, msg, fn)
+	if j := s.jobs[id]; j != nil && j.CancelledBy != "" {
+		return nil, context.Canceled
+	}
+	return s.updateLocked(id, state, msg, fn)
+}
+
+// phase runs fn on a goroutine of its own and returns its result, or
+// ctx's error as soon as ctx ends: a phase slow to notice its context
+// (onnxruntime loading a candidate, a long scan) cannot hold the worker
+// past a cancel, the time limit or shutdown. fn gets ctx and is expected
+// to end soon after it; Run waits for such abandoned phases before it
+// returns.
+func phase[T any](s *Service, ctx context.Context, fn func(context.Context) (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, 1)
+	s.phases.Go(func() {
+		v, err := fn(ctx)
+		ch <- result{v, err}
+	})
+	select {
+	case r := <-ch:
+		if ctx.Err() != nil {
+			var zero T
+			return zero, ctx.Err()
+		}
+		return r.v, r.err
+	case <-ctx.Done():
+		var zero T
+		return zero, ctx.Err()
+	}
 }
 
 func (s *Service) runJob(ctx context.Context, id string) error {
@@ -87,6 +131,12 @@ func (s *Service) runJob(ctx context.Context, id string) error {
 		return fail("current version %s of %s: %v", j.Parent, j.Model, err)
 	}
 
+	// The time limit bounds the work before publishing: building the
+	// dataset, training and evaluation (each attempt: a job a restart
+	// interrupted gets the whole limit again).
+	wctx, cancelLimit := context.WithTimeout(ctx, time.Duration(j.Policy.TimeLimit))
+	defer cancelLimit()
+
 	// Dataset: the one built before an interruption, or a new one of the
 	// policy's window.
 	var ds api.Dataset
@@ -95,15 +145,21 @@ func (s *Service) runJob(ctx context.Context, id string) error {
 			return fail("dataset %d of the interrupted run: %v", j.Dataset.Version, err)
 		}
 	} else {
-		if _, err := s.step(ctx, id, api.RetrainBuilding, fmt.Sprintf("building a dataset of the captured rows of the last %v", time.Duration(j.Policy.Window)), nil); err != nil {
+		if _, err := s.step(wctx, id, api.RetrainBuilding, fmt.Sprintf("building a dataset of the captured rows of the last %v", time.Duration(j.Policy.Window)), nil); err != nil {
 			return err
 		}
 		since := s.opts.Clock().UTC().Add(-time.Duration(j.Policy.Window))
-		if ds, err = s.opts.Datasets.Build(j.Model, api.DatasetRequest{Since: since}); err != nil {
+		ds, err = phase(s, wctx, func(ctx context.Context) (api.Dataset, error) {
+			return s.opts.Datasets.Build(ctx, j.Model, api.DatasetRequest{Since: since})
+		})
+		if err != nil {
+			if wctx.Err() != nil {
+				return wctx.Err()
+			}
 			return fail("build dataset: %v", err)
 		}
 	}
-	if j, err = s.step(ctx, id, api.RetrainValidating, fmt.Sprintf("dataset %d (%s): %d rows, %d labelled", ds.Version, ds.SHA256[:12], ds.Rows, ds.Labelled),
+	if j, err = s.step(wctx, id, api.RetrainValidating, fmt.Sprintf("dataset %d (%s): %d rows, %d labelled", ds.Version, ds.SHA256[:12], ds.Rows, ds.Labelled),
 		func(j *api.RetrainJob) { j.Dataset = &ds }); err != nil {
 		return err
 	}
@@ -134,13 +190,31 @@ func (s *Service) runJob(ctx context.Context, id string) error {
 	if len(holdout) == 0 || len(train) == 0 {
 		return fail("dataset %d: %d training and %d held-out rows; both need some (holdout_fraction %v)", ds.Version, len(train), len(holdout), j.Policy.HoldoutFraction)
 	}
-	if j, err = s.step(ctx, id, api.RetrainTraining, fmt.Sprintf("training with %s on %d rows (%d held out)", j.Policy.Trainer, len(train), len(holdout)),
+	// The base dataset joins the training rows only: the candidate is
+	// judged on field rows.
+	var base *api.BaseDataset
+	if ref := j.Policy.BaseDataset; ref != "" {
+		b, err := s.opts.Datasets.Base(j.Model, ref)
+		if err != nil {
+			return fail("base dataset %s of the policy: %v", ref[:min(12, len(ref))], err)
+		}
+		baseRows, err := s.readBase(b)
+		if err != nil {
+			return err
+		}
+		fieldRows := len(train)
+		train = append(baseRows, train...)
+		base = &b
+		if j, err = s.update(id, "", fmt.Sprintf("base dataset %s: %d rows joined to the %d captured training rows", b.ID[:12], len(baseRows), fieldRows),
+			func(j *api.RetrainJob) { j.Base = &b }); err != nil {
+			return err
+		}
+	}
+	if j, err = s.step(wctx, id, api.RetrainTraining, fmt.Sprintf("training with %s on %d rows (%d held out)", j.Policy.Trainer, len(train), len(holdout)),
 		func(j *api.RetrainJob) { j.TrainRows, j.HoldoutRows = len(train), len(holdout) }); err != nil {
 		return err
 	}
-	tctx, cancel := context.WithTimeout(ctx, time.Duration(j.Policy.TimeLimit))
-	res, err := s.train(tctx, j, ds, parentMan, train, holdout)
-	cancel()
+	res, err := s.train(wctx, j, ds, parentMan, train, holdout)
 	if res != nil && res.run != nil {
 		run := res.run
 		if _, uerr := s.update(id, "", fmt.Sprintf("trainer %s exited %d after %v", run.Program, run.ExitCode, time.Duration(run.Duration).Round(time.Millisecond)),
@@ -152,17 +226,23 @@ func (s *Service) runJob(ctx context.Context, id string) error {
 		return err
 	}
 
-	if _, err := s.step(ctx, id, api.RetrainEvaluating, fmt.Sprintf("evaluating the candidate against %s on %d held-out rows", j.Parent, len(holdout)), nil); err != nil {
+	if _, err := s.step(wctx, id, api.RetrainEvaluating, fmt.Sprintf("evaluating the candidate against %s on %d held-out rows", j.Parent, len(holdout)), nil); err != nil {
 		return err
 	}
 	parentONNX, err := s.opts.Models.File(j.Model, j.Parent)
 	if err != nil {
 		return fail("read %s %s: %v", j.Model, j.Parent, err)
 	}
-	ev, err := s.evaluate(res.onnx, res.meta, parentONNX, parentMan, holdout)
+	ev, err := phase(s, wctx, func(ctx context.Context) (*api.Evaluation, error) {
+		return s.evaluator(ctx, res.onnx, res.meta, parentONNX, parentMan, holdout)
+	})
 	if err != nil {
+		if wctx.Err() != nil {
+			return wctx.Err()
+		}
 		return fail("evaluate: %v", err)
 	}
+	cancelLimit()
 	ev.Metric, ev.Margin, ev.Parent.Version = j.Policy.Metric, j.Policy.MarginOrDefault(), j.Parent
 	cand, par := ev.Candidate.Value(ev.Metric), ev.Parent.Value(ev.Metric)
 	ev.Better = cand-par >= ev.Margin
@@ -187,6 +267,9 @@ func (s *Service) runJob(ctx context.Context, id string) error {
 	ti := meta.Training
 	ti.ParentVersion = j.Parent
 	ti.Datasets = []*efpb.DatasetRef{{Model: ds.Model, Version: uint32(ds.Version), Sha256: ds.SHA256, Rows: uint64(ds.Rows)}}
+	if base != nil { // version 0: an uploaded base dataset, named by its sha256
+		ti.Datasets = append(ti.Datasets, &efpb.DatasetRef{Model: base.Model, Sha256: base.ID, Rows: uint64(base.Rows)})
+	}
 	ti.Trainer = j.Policy.Trainer
 	ti.TrainerParams = nil
 	params := maps.Clone(res.params)
@@ -217,8 +300,12 @@ func (s *Service) runJob(ctx context.Context, id string) error {
 		}
 		return fail("publish %s: %v", version, err)
 	}
-	s.audit("system", "retrain.version", j.ID, "ok", map[string]any{"model": j.Model, "version": version, "parent": j.Parent,
-		"dataset": ds.SHA256, "trigger": j.Trigger, "candidate": cand, "parent_figure": par, "metric": ev.Metric})
+	details := map[string]any{"model": j.Model, "version": version, "parent": j.Parent,
+		"dataset": ds.SHA256, "trigger": j.Trigger, "candidate": cand, "parent_figure": par, "metric": ev.Metric}
+	if base != nil {
+		details["base_dataset"] = base.ID
+	}
+	s.audit("system", "retrain.version", j.ID, "ok", details)
 	return s.rollout(ctx, j)
 }
 
@@ -244,6 +331,9 @@ func (s *Service) rollout(ctx context.Context, j *api.RetrainJob) error {
 		if r.Spec.Model == j.Model && r.Spec.Version == j.Candidate {
 			return s.rolledOut(j, r.ID)
 		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	spec := *tmpl
 	spec.Model, spec.Version = j.Model, j.Candidate
@@ -295,20 +385,37 @@ func (s *Service) readRows(ds api.Dataset) ([]labelledRow, error) {
 	if err := s.opts.Datasets.Export(ds.Model, ds.SHA256, api.FormatJSONL, &buf); err != nil {
 		return nil, fail("read dataset %d: %v", ds.Version, err)
 	}
-	sc := bufio.NewScanner(&buf)
+	return labelled(&buf, fmt.Sprintf("dataset %d", ds.Version))
+}
+
+// readBase returns base dataset b's rows (every one is labelled).
+func (s *Service) readBase(b api.BaseDataset) ([]labelledRow, error) {
+	var buf bytes.Buffer
+	if err := s.opts.Datasets.ExportBase(b.Model, b.ID, &buf); err != nil {
+		return nil, fail("read base dataset %s: %v", b.ID[:12], err)
+	}
+	return labelled(&buf, "base dataset "+b.ID[:12])
+}
+
+// labelled decodes JSON lines of dataset rows and keeps the labelled ones.
+func labelled(buf *bytes.Buffer, what string) ([]labelledRow, error) {
+	sc := bufio.NewScanner(buf)
 	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
 	var out []labelledRow
 	for sc.Scan() {
 		var r api.DatasetRow
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-			return nil, fail("read dataset %d: %v", ds.Version, err)
+		// Numbers stay json.Number: a 64-bit integer input keeps every digit.
+		dec := json.NewDecoder(bytes.NewReader(sc.Bytes()))
+		dec.UseNumber()
+		if err := dec.Decode(&r); err != nil {
+			return nil, fail("read %s: %v", what, err)
 		}
 		if r.Label != nil {
 			out = append(out, r)
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fail("read dataset %d: %v", ds.Version, err)
+		return nil, fail("read %s: %v", what, err)
 	}
 	return out, nil
 }

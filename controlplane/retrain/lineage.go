@@ -41,7 +41,8 @@ func lineageEntry(m *efpb.Manifest) api.LineageEntry {
 		Parent: ti.GetParentVersion(), Trainer: ti.GetTrainer(), Trigger: ti.GetTrigger(), Job: ti.GetRetrainJob(),
 	}
 	for _, d := range ti.GetDatasets() {
-		e.Datasets = append(e.Datasets, api.LineageDataset{Model: d.GetModel(), Version: int(d.GetVersion()), SHA256: d.GetSha256(), Rows: d.GetRows()})
+		e.Datasets = append(e.Datasets, api.LineageDataset{Model: d.GetModel(), Version: int(d.GetVersion()), SHA256: d.GetSha256(), Rows: d.GetRows(),
+			Base: d.GetVersion() == 0})
 	}
 	if len(ti.GetTrainerParams()) > 0 {
 		e.Params = map[string]string{}

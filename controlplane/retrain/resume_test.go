@@ -3,6 +3,7 @@ package retrain
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -160,4 +161,70 @@ func TestResumeGivesUpAfterRepeatedInterruptions(t *testing.T) {
 	}, 30*time.Second, 5*time.Millisecond)
 	assert.Equal(t, api.RetrainFailed, j.State)
 	assert.Contains(t, j.Reason, "interrupted in training by a control-plane restart for the 3rd time; not run again")
+}
+
+// A cancel that was recorded before a control-plane restart stands: the
+// job does not resume, never publishes and never rolls out, whatever
+// step it was in (publishing included).
+func TestCancelSurvivesRestart(t *testing.T) {
+	for _, state := range []api.RetrainState{api.RetrainBuilding, api.RetrainTraining, api.RetrainPublishing} {
+		t.Run(string(state), func(t *testing.T) {
+			kv := newKV(t)
+			clock := testkit.NewClock(time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC))
+			job := api.RetrainJob{ID: "j-1", Model: "fraud", State: state, Trigger: "manual:alice", Created: clock.Now(), Parent: "v1",
+				CancelledBy: "bob", Dataset: &api.Dataset{Model: "fraud", Version: 1, SHA256: "0123456789abcdef0123"},
+				Policy: api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud, Rollout: &api.RolloutSpec{Stages: []api.RolloutStage{{Percent: 100}}}}.WithDefaults()}
+			if state == api.RetrainPublishing {
+				job.Candidate = "v2"
+			}
+			require.NoError(t, kv.SetJSON(prefixJob+job.ID, job, true))
+			p := &published{byJob: map[string]string{}}
+			r := startService(t, kv, &fieldData{rows: fraudDataset(t, 400)}, p, nil)
+			j := waitJob(t, r.s, "j-1", func(j *api.RetrainJob) bool { return j.State.Terminal() })
+			assert.Equal(t, api.RetrainFailed, j.State)
+			assert.Equal(t, "cancelled by bob while "+string(state)+"; the control plane restarted before the job stopped", j.Reason)
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			assert.Zero(t, p.uploads, "a cancelled job never publishes")
+			assert.Empty(t, p.creates, "nor rolls out")
+		})
+	}
+}
+
+// A cancel racing the control plane's shutdown: once Cancel answered,
+// the job ends cancelled — in this run or at the next start — and never
+// publishes.
+func TestCancelRacingShutdown(t *testing.T) {
+	rows := fraudDataset(t, 400)
+	for i := range 20 {
+		kv := newKV(t)
+		hangs := make(chan string, 4)
+		release := make(chan struct{})
+		data := &fieldData{rows: rows, hang: true, honour: true, entered: hangs, release: release}
+		models := &oneVersion{}
+		r := startService(t, kv, data, models, nil)
+		_, err := r.s.SetPolicy("fraud", api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud, MinLabelled: 10})
+		require.NoError(t, err)
+		a, err := r.s.Start("fraud", "alice", api.RetrainRequest{})
+		require.NoError(t, err)
+		entered(t, hangs, "building")
+		var wg sync.WaitGroup
+		var cancelErr error
+		wg.Go(func() { _, cancelErr = r.s.Cancel(a.ID, "bob") })
+		wg.Go(func() { r.stop(t) })
+		wg.Wait()
+		require.NoError(t, cancelErr, "round %d", i)
+
+		// The next start: the dataset no longer hangs, so a job that
+		// resumed would train, evaluate (and fail on the fake parent) —
+		// one that stays cancelled does nothing.
+		close(release)
+		data.hang = false
+		r2 := startService(t, kv, data, models, nil)
+		j := waitJob(t, r2.s, a.ID, func(j *api.RetrainJob) bool { return j.State.Terminal() })
+		require.Equal(t, api.RetrainFailed, j.State, "round %d", i)
+		require.True(t, strings.HasPrefix(j.Reason, "cancelled by bob while building-dataset"), "round %d: %s", i, j.Reason)
+		require.Zero(t, models.published())
+		r2.stop(t)
+	}
 }

@@ -23,8 +23,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/audit"
+	"github.com/edgefleet/edgefleet/internal/cron"
 	"github.com/edgefleet/edgefleet/internal/infer"
 	"github.com/edgefleet/edgefleet/internal/store"
 	"github.com/edgefleet/edgefleet/internal/topics"
@@ -42,10 +45,15 @@ const (
 
 // Datasets builds and reads the field datasets (controlplane/data).
 type Datasets interface {
-	Build(model string, req api.DatasetRequest) (api.Dataset, error)
+	// Build stops with ctx's error when ctx ends.
+	Build(ctx context.Context, model string, req api.DatasetRequest) (api.Dataset, error)
 	Get(model, ref string) (api.Dataset, error)
 	// Export writes a dataset's rows; the job reads format jsonl.
 	Export(model, ref, format string, w io.Writer) error
+	// Base is an uploaded base dataset (ref: its id or 8+ hex digits).
+	Base(model, ref string) (api.BaseDataset, error)
+	// ExportBase writes a base dataset's rows as JSON lines.
+	ExportBase(model, ref string, w io.Writer) error
 }
 
 // Models reads model versions and publishes new ones (controlplane/models
@@ -111,7 +119,10 @@ type Options struct {
 	// DefaultTickInterval.
 	TickInterval time.Duration
 	Clock        func() time.Time
-	Logger       *slog.Logger
+	// Registerer takes the service's metrics; default a registry of its
+	// own.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
 }
 
 // Service holds retrain policies and runs jobs, one at a time, on the
@@ -127,12 +138,19 @@ type Service struct {
 	policyMu sync.Mutex
 
 	// mu guards jobs, running and cancel. A leaf lock: nothing is called
-	// with it held but the store.
+	// with it held but the store and cancel.
 	mu      sync.Mutex
 	jobs    map[string]*api.RetrainJob
 	running string             // id of the job the worker runs ("" none)
 	cancel  context.CancelFunc // cancels the running job
-	cancels map[string]string  // job id → who cancelled it
+
+	// phases are the goroutines of job phases (phase): one the worker
+	// stopped waiting for when its job's context ended is waited for
+	// by Run before it returns.
+	phases           sync.WaitGroup
+	policyUnreadable prometheus.Counter
+	// evaluator is s.evaluate; tests replace it with one that hangs.
+	evaluator func(ctx context.Context, cand []byte, candMeta *efpb.Manifest, parent []byte, parentMan *efpb.Manifest, rows []labelledRow) (*api.Evaluation, error)
 }
 
 const (
@@ -164,6 +182,9 @@ func New(o Options) (*Service, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if o.Registerer == nil {
+		o.Registerer = prometheus.NewRegistry()
+	}
 	for name, argv := range o.Trainers {
 		if name == "" || len(argv) == 0 || argv[0] == "" {
 			return nil, fmt.Errorf("retrain: trainer %q: want NAME=PROGRAM", name)
@@ -173,7 +194,15 @@ func New(o Options) (*Service, error) {
 		return nil, fmt.Errorf("retrain: %w", err)
 	}
 	s := &Service{opts: o, log: o.Logger.With("component", "retrain"), wake: make(chan struct{}, 1),
-		jobs: map[string]*api.RetrainJob{}, cancels: map[string]string{}}
+		jobs: map[string]*api.RetrainJob{},
+		policyUnreadable: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgefleet_retrain_policy_unreadable_total",
+			Help: "Stored retrain policies skipped by the schedule check because they cannot be read.",
+		})}
+	s.evaluator = s.evaluate
+	if err := o.Registerer.Register(s.policyUnreadable); err != nil {
+		return nil, fmt.Errorf("retrain: metrics: %w", err)
+	}
 	err := o.KV.Scan(prefixJob, func(key string, val []byte) error {
 		j := &api.RetrainJob{}
 		if err := json.Unmarshal(val, j); err != nil {
@@ -188,16 +217,54 @@ func New(o Options) (*Service, error) {
 	return s, nil
 }
 
+// errUnreadable marks a stored policy that does not decode.
+var errUnreadable = errors.New("stored retrain policy cannot be read")
+
 func (s *Service) policy(model string) (policyRecord, bool, error) {
 	var rec policyRecord
-	err := s.opts.KV.GetJSON(prefixPolicy+model, &rec)
+	b, err := s.opts.KV.Get(prefixPolicy + model)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return rec, false, nil
 	case err != nil:
 		return rec, false, fmt.Errorf("retrain: read policy of %s: %w", model, err)
 	}
+	if err := decodePolicy(b, &rec); err != nil {
+		return rec, false, fmt.Errorf("retrain: policy of %s: %w", model, err)
+	}
 	return rec, true, nil
+}
+
+// decodePolicy decodes a stored policy record; an error wraps
+// errUnreadable.
+func decodePolicy(b []byte, rec *policyRecord) error {
+	if err := json.Unmarshal(b, rec); err != nil {
+		return fmt.Errorf("%w: %v", errUnreadable, err)
+	}
+	return nil
+}
+
+// nextScheduled is when rec's schedule or cron next starts a job, counted
+// from the last time it did (else from when the policy was set); false
+// when it has neither.
+func nextScheduled(rec policyRecord) (time.Time, bool) {
+	base := rec.LastScheduled
+	if base.IsZero() {
+		base = rec.UpdatedAt
+	}
+	if sch := time.Duration(rec.Policy.Schedule); sch > 0 {
+		return base.Add(sch), true
+	}
+	if rec.Policy.Cron != "" {
+		c, err := cron.Parse(rec.Policy.Cron)
+		if err != nil { // checked when it was set
+			return time.Time{}, false
+		}
+		if next := c.Next(base.UTC()); !next.IsZero() {
+			return next, true
+		}
+	}
+	return time.Time{}, false
 }
 
 // SetPolicy stores model's retrain policy.
@@ -217,9 +284,21 @@ func (s *Service) SetPolicy(model string, p api.RetrainPolicy) (api.RetrainStatu
 	if p.Rollout != nil {
 		p.Rollout.Model, p.Rollout.Version = "", ""
 	}
+	if p.BaseDataset != "" {
+		b, err := s.opts.Datasets.Base(model, p.BaseDataset)
+		if err != nil {
+			return api.RetrainStatus{}, api.Errorf(api.ErrInvalid, "retrain policy: base_dataset: %v", err)
+		}
+		p.BaseDataset = b.ID
+	}
 	s.policyMu.Lock()
 	defer s.policyMu.Unlock()
 	rec, _, err := s.policy(model)
+	if errors.Is(err, errUnreadable) {
+		// Setting a policy is how an operator repairs an unreadable one.
+		s.log.Warn("replacing an unreadable retrain policy", "model", model, "err", err)
+		rec, err = policyRecord{}, nil
+	}
 	if err != nil {
 		return api.RetrainStatus{}, err
 	}
@@ -249,6 +328,11 @@ func (s *Service) Policy(model string) (api.RetrainStatus, error) {
 		return api.RetrainStatus{}, api.Errorf(api.ErrInvalid, "model: %v", err)
 	}
 	rec, ok, err := s.policy(model)
+	if errors.Is(err, errUnreadable) {
+		st := s.status(model, policyRecord{}, false)
+		st.Error = err.Error() + "; nothing triggers retraining of " + model + " until a policy is set again (edgefleet retrain policy " + model + " --trainer ...)"
+		return st, nil
+	}
 	if err != nil {
 		return api.RetrainStatus{}, err
 	}
@@ -259,12 +343,11 @@ func (s *Service) status(model string, rec policyRecord, set bool) api.RetrainSt
 	st := api.RetrainStatus{Model: model, Set: set, UpdatedAt: rec.UpdatedAt}
 	if set {
 		st.Policy = rec.Policy.WithDefaults()
-		if sch := time.Duration(rec.Policy.Schedule); sch > 0 {
-			base := rec.LastScheduled
-			if base.IsZero() {
-				base = rec.UpdatedAt
+		if next, ok := nextScheduled(rec); ok {
+			st.NextScheduled = next
+			if !s.opts.Clock().Before(next) {
+				st.ScheduleWaiting = s.blocked(model, st.Policy)
 			}
-			st.NextScheduled = base.Add(sch)
 		}
 	}
 	s.mu.Lock()
@@ -416,7 +499,10 @@ func (s *Service) Job(id string) (*api.RetrainJob, error) {
 }
 
 // Cancel stops an unfinished job: a queued one ends at once, a running
-// one when its step notices (a trainer process is killed).
+// one as soon as its phase notices its context (a trainer process is
+// killed). The cancel is recorded (synced) before it answers: a job whose
+// cancel a control-plane restart interrupts ends cancelled at the next
+// start and never publishes.
 func (s *Service) Cancel(id, actor string) (*api.RetrainJob, error) {
 	s.mu.Lock()
 	j, ok := s.jobs[id]
@@ -428,10 +514,20 @@ func (s *Service) Cancel(id, actor string) (*api.RetrainJob, error) {
 		s.mu.Unlock()
 		return nil, api.Errorf(api.ErrExists, "retrain job %s is over (%s)", id, j.State)
 	}
-	s.cancels[id] = actor
-	if s.running == id {
-		s.cancel()
-		out := clone(j)
+	if j.State != api.RetrainQueued || s.running == id {
+		if j.CancelledBy != "" {
+			out := clone(j)
+			s.mu.Unlock()
+			return out, nil
+		}
+		out, err := s.updateLocked(id, "", "cancel requested by "+actor, func(j *api.RetrainJob) { j.CancelledBy = actor })
+		if err != nil {
+			s.mu.Unlock()
+			return nil, err
+		}
+		if s.running == id {
+			s.cancel()
+		}
 		s.mu.Unlock()
 		s.audit(actor, "retrain.cancel", id, "ok", map[string]any{"state": string(out.State)})
 		return out, nil
@@ -439,7 +535,7 @@ func (s *Service) Cancel(id, actor string) (*api.RetrainJob, error) {
 	// Queued: it ends here, under the lock, so the worker cannot start it
 	// in between.
 	reason := "cancelled by " + actor + " before it started"
-	out, err := s.updateLocked(id, api.RetrainFailed, reason, func(j *api.RetrainJob) { j.Reason = reason })
+	out, err := s.updateLocked(id, api.RetrainFailed, reason, func(j *api.RetrainJob) { j.Reason, j.CancelledBy = reason, actor })
 	s.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -513,6 +609,7 @@ func (s *Service) finish(id string, state api.RetrainState, reason string) (*api
 // control-plane restart interrupted, then runs queued jobs one at a
 // time, takes alerts, and checks schedules every TickInterval.
 func (s *Service) Run(ctx context.Context) {
+	defer s.phases.Wait()
 	s.resume()
 	// Alerts are taken while a job runs too: the alerter raises an alert
 	// once until it clears, so one dropped from a full channel would start
@@ -559,6 +656,9 @@ func (s *Service) runQueued(ctx context.Context) {
 			return
 		}
 		jctx, cancel := context.WithCancel(ctx)
+		if next.CancelledBy != "" {
+			cancel() // cancelled in the moment it was queued again
+		}
 		s.running, s.cancel = next.ID, cancel
 		id := next.ID
 		s.mu.Unlock()
@@ -567,7 +667,6 @@ func (s *Service) runQueued(ctx context.Context) {
 
 		s.mu.Lock()
 		s.running, s.cancel = "", nil
-		delete(s.cancels, id)
 		s.mu.Unlock()
 		cancel()
 	}
@@ -579,12 +678,28 @@ func (s *Service) runQueued(ctx context.Context) {
 func (s *Service) resume() {
 	s.mu.Lock()
 	interrupted := map[string]api.RetrainState{}
+	cancelled := map[string]*api.RetrainJob{}
 	for id, j := range s.jobs {
-		if !j.State.Terminal() && j.State != api.RetrainQueued {
+		switch {
+		case j.State.Terminal():
+		case j.CancelledBy != "":
+			cancelled[id] = clone(j)
+		case j.State != api.RetrainQueued:
 			interrupted[id] = j.State
 		}
 	}
 	s.mu.Unlock()
+	// A cancel recorded before the restart stands: the job ends here and
+	// does not go on (it never publishes, nor rolls out what it published).
+	for id, j := range cancelled {
+		reason := "cancelled by " + j.CancelledBy + " while " + string(j.State) + "; the control plane restarted before the job stopped"
+		if j.Candidate != "" && s.publishedBy(j) {
+			reason += fmt.Sprintf("; version %s was published before the cancel took effect and was not rolled out", j.Candidate)
+		}
+		if _, err := s.finish(id, api.RetrainFailed, reason); err != nil {
+			s.log.Error("end retrain job", "job", id, "err", err)
+		}
+	}
 	for id, state := range interrupted {
 		if n := s.interruptions(id); n >= maxResumes {
 			// A job that takes the control plane down (a candidate that
@@ -687,50 +802,69 @@ func (s *Service) blocked(model string, p api.RetrainPolicy) string {
 	return ""
 }
 
-// Tick starts the jobs whose schedule is due.
+// Tick starts the jobs whose schedule (or cron) is due. A due job that
+// may not start yet (a job of the model is unfinished, or the cooldown)
+// stays due and starts once, at the first Tick it may: the trigger is
+// not lost, and the missed times do not start a burst. A policy that
+// cannot be read is skipped (logged and counted); the others run.
 func (s *Service) Tick() {
 	now := s.opts.Clock().UTC()
 	var due []string
 	err := s.opts.KV.Scan(prefixPolicy, func(key string, val []byte) error {
+		model := strings.TrimPrefix(key, prefixPolicy)
 		var rec policyRecord
-		if err := json.Unmarshal(val, &rec); err != nil {
-			return fmt.Errorf("decode %s: %w", key, err)
+		if err := decodePolicy(val, &rec); err != nil {
+			s.policyUnreadable.Inc()
+			s.log.Error("retrain policy unreadable; its schedule and triggers are skipped until it is set again", "model", model, "err", err)
+			return nil
 		}
-		sch := time.Duration(rec.Policy.Schedule)
-		base := rec.LastScheduled
-		if base.IsZero() {
-			base = rec.UpdatedAt
-		}
-		if sch > 0 && !now.Before(base.Add(sch)) {
-			due = append(due, strings.TrimPrefix(key, prefixPolicy))
+		if next, ok := nextScheduled(rec); ok && !now.Before(next) {
+			due = append(due, model)
 		}
 		return nil
 	})
 	if err != nil {
 		s.log.Error("retrain schedule", "err", err)
-		return
 	}
 	for _, model := range due {
-		s.policyMu.Lock()
-		rec, ok, err := s.policy(model)
-		if err == nil && ok {
-			rec.LastScheduled = now
-			err = s.opts.KV.SetJSON(prefixPolicy+model, rec, true)
+		s.startScheduled(model, now)
+	}
+}
+
+// startScheduled starts model's scheduled job if it still is due and may
+// start, and records when it did. No lock is held while the job is
+// queued (which audits) or the fleet is asked for the parent: the
+// service's locks stay leaves.
+func (s *Service) startScheduled(model string, now time.Time) {
+	rec, ok, err := s.policy(model)
+	if err != nil || !ok {
+		if err != nil {
+			s.log.Error("retrain schedule", "model", model, "err", err)
 		}
-		s.policyMu.Unlock()
-		if err != nil || !ok {
-			if err != nil {
-				s.log.Error("retrain schedule", "err", err)
-			}
-			continue
-		}
-		if why := s.blocked(model, rec.Policy.WithDefaults()); why != "" {
-			s.log.Info("schedule did not start a retrain job", "model", model, "why", why)
-			continue
-		}
-		parent, _ := s.opts.Fleet.Current(model)
-		if _, err := s.enqueue(model, parent, "", "schedule", "system", rec.Policy, map[string]any{}); err != nil {
-			s.log.Info("schedule did not start a retrain job", "model", model, "err", err)
-		}
+		return
+	}
+	if next, ok := nextScheduled(rec); !ok || now.Before(next) {
+		return
+	}
+	if why := s.blocked(model, rec.Policy.WithDefaults()); why != "" {
+		s.log.Debug("scheduled retrain job waits", "model", model, "why", why)
+		return
+	}
+	parent, _ := s.opts.Fleet.Current(model)
+	if _, err := s.enqueue(model, parent, "", "schedule", "system", rec.Policy, map[string]any{}); err != nil {
+		s.log.Info("schedule did not start a retrain job; it stays due", "model", model, "err", err)
+		return
+	}
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
+	rec, ok, err = s.policy(model)
+	if err == nil && ok {
+		rec.LastScheduled = now
+		err = s.opts.KV.SetJSON(prefixPolicy+model, rec, true)
+	}
+	if err != nil {
+		// The job is queued; without the record the schedule stays due
+		// and waits behind the job (and the cooldown after it).
+		s.log.Error("retrain schedule: record the start", "model", model, "err", err)
 	}
 }

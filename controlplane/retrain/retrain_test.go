@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -34,11 +35,15 @@ func (versions) Publish(context.Context, string, string, []byte, *efpb.Manifest,
 
 type noData struct{}
 
-func (noData) Build(string, api.DatasetRequest) (api.Dataset, error) {
+func (noData) Build(context.Context, string, api.DatasetRequest) (api.Dataset, error) {
 	return api.Dataset{}, fmt.Errorf("no")
 }
 func (noData) Get(string, string) (api.Dataset, error)        { return api.Dataset{}, fmt.Errorf("no") }
 func (noData) Export(string, string, string, io.Writer) error { return fmt.Errorf("no") }
+func (noData) Base(string, string) (api.BaseDataset, error) {
+	return api.BaseDataset{}, api.Errorf(api.ErrNotFound, "no base datasets")
+}
+func (noData) ExportBase(string, string, io.Writer) error { return fmt.Errorf("no") }
 
 type current string
 
@@ -199,7 +204,7 @@ type blockingData struct {
 	release  chan struct{}
 }
 
-func (b blockingData) Build(model string, _ api.DatasetRequest) (api.Dataset, error) {
+func (b blockingData) Build(_ context.Context, model string, _ api.DatasetRequest) (api.Dataset, error) {
 	b.building <- model
 	<-b.release
 	return api.Dataset{}, fmt.Errorf("released")
@@ -242,4 +247,146 @@ func TestAlertsAreTakenWhileAJobRuns(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { return len(s.Jobs("churn")) == 1 }, time.Minute, 5*time.Millisecond)
 	assert.Equal(t, api.RetrainQueued, s.Jobs("churn")[0].State)
+}
+
+// A schedule that comes due while a job of the model runs (or within the
+// cooldown) is not lost: it starts one job as soon as it may, not one per
+// missed interval.
+func TestScheduleWaitsWhileBlocked(t *testing.T) {
+	clock := testkit.NewClock(time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC))
+	s := newService(t, clock)
+	_, err := s.SetPolicy("fraud", api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud, Schedule: api.Duration(time.Hour), Cooldown: api.Duration(90 * time.Minute)})
+	require.NoError(t, err)
+	manual, err := s.Start("fraud", "alice", api.RetrainRequest{})
+	require.NoError(t, err)
+
+	clock.Add(time.Hour)
+	s.Tick()
+	require.Len(t, s.Jobs("fraud"), 1, "the manual job is unfinished")
+	st, err := s.Policy("fraud")
+	require.NoError(t, err)
+	assert.Contains(t, st.ScheduleWaiting, manual.ID, "the status says why the due job waits")
+
+	// Three more intervals pass while the job runs.
+	clock.Add(3 * time.Hour)
+	s.Tick()
+	require.Len(t, s.Jobs("fraud"), 1)
+	_, err = s.finish(manual.ID, api.RetrainRejected, "not better")
+	require.NoError(t, err)
+	s.Tick()
+	jobs := s.Jobs("fraud")
+	require.Len(t, jobs, 2, "due since 11:00: starts once the manual job ended")
+	assert.Equal(t, "schedule", jobs[0].Trigger)
+	s.Tick()
+	assert.Len(t, s.Jobs("fraud"), 2, "one job for the missed intervals, not a burst")
+
+	// The scheduled job ends; the next interval comes within the
+	// cooldown (90 minutes after the scheduled job started): it waits for
+	// the cooldown, then starts once.
+	_, err = s.finish(jobs[0].ID, api.RetrainRejected, "not better")
+	require.NoError(t, err)
+	clock.Add(time.Hour)
+	s.Tick()
+	assert.Len(t, s.Jobs("fraud"), 2, "due, but within the cooldown")
+	st, err = s.Policy("fraud")
+	require.NoError(t, err)
+	assert.Contains(t, st.ScheduleWaiting, "cooldown")
+	clock.Add(31 * time.Minute)
+	s.Tick()
+	s.Tick()
+	assert.Len(t, s.Jobs("fraud"), 3, "started once the cooldown passed")
+	st, err = s.Policy("fraud")
+	require.NoError(t, err)
+	assert.Empty(t, st.ScheduleWaiting)
+	assert.Equal(t, clock.Now().Add(time.Hour), st.NextScheduled, "the next interval counts from the start")
+}
+
+// A cron schedule fires at its times by the control plane's clock (UTC).
+func TestCronStartsJobs(t *testing.T) {
+	clock := testkit.NewClock(time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC))
+	s := newService(t, clock)
+	_, err := s.SetPolicy("fraud", api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud, Cron: "30 3 * * *", Cooldown: api.Duration(time.Minute)})
+	require.NoError(t, err)
+	st, err := s.Policy("fraud")
+	require.NoError(t, err)
+	assert.Equal(t, time.Date(2026, 12, 7, 3, 30, 0, 0, time.UTC), st.NextScheduled)
+	assert.Equal(t, "30 3 * * *", st.Policy.Cron)
+
+	clock.Set(time.Date(2026, 12, 7, 3, 29, 0, 0, time.UTC))
+	s.Tick()
+	assert.Empty(t, s.Jobs(""), "not yet")
+	clock.Set(time.Date(2026, 12, 7, 3, 30, 20, 0, time.UTC))
+	s.Tick()
+	jobs := s.Jobs("")
+	require.Len(t, jobs, 1)
+	assert.Equal(t, "schedule", jobs[0].Trigger)
+	_, err = s.finish(jobs[0].ID, api.RetrainRejected, "not better")
+	require.NoError(t, err)
+	s.Tick()
+	assert.Len(t, s.Jobs(""), 1, "once per cron time")
+	st, err = s.Policy("fraud")
+	require.NoError(t, err)
+	assert.Equal(t, time.Date(2026, 12, 8, 3, 30, 0, 0, time.UTC), st.NextScheduled)
+
+	for _, tt := range []struct {
+		p    api.RetrainPolicy
+		want string
+	}{
+		{api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud, Cron: "*/10 * * * *"}, "fires 6 times an hour"},
+		{api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud, Cron: "0 3 * *"}, "want 5 fields"},
+		{api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud, Cron: "@every 1h"}, "unknown shorthand"},
+		{api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud, Cron: "@daily", Schedule: api.Duration(time.Hour)}, "pick one"},
+	} {
+		_, err := s.SetPolicy("fraud", tt.p)
+		require.ErrorIs(t, err, api.ErrInvalid, "cron %q", tt.p.Cron)
+		assert.Contains(t, err.Error(), tt.want)
+	}
+}
+
+// One stored policy that cannot be read does not stop the others'
+// schedules: it is skipped and counted, the API says what is wrong with
+// it, and setting it again repairs it.
+func TestUnreadablePolicyIsSkipped(t *testing.T) {
+	clock := testkit.NewClock(time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC))
+	reg := prometheus.NewRegistry()
+	s, err := New(Options{KV: newKV(t), Datasets: noData{}, Models: versions{"v1": true}, Fleet: current("v1"), Rollouts: noRollouts{},
+		WorkDir: t.TempDir(), Clock: clock.Now, Registerer: reg})
+	require.NoError(t, err)
+	for _, m := range []string{"aaa", "fraud", "zzz"} {
+		_, err := s.SetPolicy(m, api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud, Schedule: api.Duration(time.Hour)})
+		require.NoError(t, err)
+	}
+	require.NoError(t, s.opts.KV.SetSync(prefixPolicy+"fraud", []byte(`{"policy": {"trainer": 7`)))
+	clock.Add(time.Hour)
+	s.Tick()
+	var models []string
+	for _, j := range s.Jobs("") {
+		models = append(models, j.Model)
+	}
+	assert.ElementsMatch(t, []string{"aaa", "zzz"}, models, "the readable policies' schedules ran")
+	assert.Equal(t, 1.0, counter(t, reg, "edgefleet_retrain_policy_unreadable_total"))
+
+	st, err := s.Policy("fraud")
+	require.NoError(t, err, "the API answers for the unreadable policy")
+	assert.False(t, st.Set)
+	assert.Contains(t, st.Error, "stored retrain policy cannot be read")
+	s.onAlert(Alert{Rule: "low_accuracy", Model: "fraud", Version: "v1"}) // logged, nothing else
+
+	st, err = s.SetPolicy("fraud", api.RetrainPolicy{Trainer: api.TrainerBuiltinFraud})
+	require.NoError(t, err, "setting the policy again repairs it")
+	assert.True(t, st.Set)
+	assert.Empty(t, st.Error)
+}
+
+func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }

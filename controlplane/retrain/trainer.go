@@ -76,15 +76,14 @@ func (s *Service) trainFraud(ctx context.Context, j *api.RetrainJob, train, hold
 	if err != nil {
 		return nil, err
 	}
-	a, err := fraud.ArtifactFromData(tr, te, l2, s.opts.Clock())
+	a, err := phase(s, ctx, func(ctx context.Context) (*fraud.Artifact, error) {
+		return fraud.ArtifactFromData(ctx, tr, te, l2, s.opts.Clock())
+	})
 	if err != nil {
-		return nil, fail("builtin:fraud: %v", err)
-	}
-	if err := ctx.Err(); err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			return nil, fail("builtin:fraud passed the time limit of %v", time.Duration(j.Policy.TimeLimit))
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
 		}
-		return nil, err
+		return nil, fail("builtin:fraud: %v", err)
 	}
 	return &trainResult{onnx: a.ONNX, meta: a.Metadata(), params: map[string]string{"l2": strconv.FormatFloat(l2OrDefault(l2), 'g', -1, 64)}}, nil
 }
@@ -182,7 +181,7 @@ func (s *Service) trainCommand(ctx context.Context, j *api.RetrainJob, ds api.Da
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		run.TimedOut = true
-		return res, fail("trainer %s passed its time limit of %v and was killed with its process group", run.Program, time.Duration(j.Policy.TimeLimit))
+		return res, fail("trainer %s passed the job's time limit of %v and was killed with its process group", run.Program, time.Duration(j.Policy.TimeLimit))
 	case ctx.Err() != nil:
 		return res, ctx.Err()
 	case runErr != nil && cmd.ProcessState == nil:

@@ -1,6 +1,7 @@
 package fraud
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"slices"
@@ -115,7 +116,7 @@ func TrainArtifact(cfg TrainConfig) (*Artifact, error) {
 	nTest := int(math.Round(float64(rows) * testFrac))
 	train, test := all.Slice(0, rows-nTest), all.Slice(rows-nTest, rows)
 
-	a, err := trainArtifact(train, test, l2)
+	a, err := trainArtifact(context.Background(), train, test, l2)
 	if err != nil {
 		return nil, fmt.Errorf("fraud: train artifact: %w", err)
 	}
@@ -316,8 +317,8 @@ func fmtFloat(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
 // trainArtifact trains on train with l2 (already defaulted), measures on
 // both sets and builds the model's ONNX graph, specs, reference and test
 // vectors; callers add TrainingInfo.
-func trainArtifact(train, test *Dataset, l2 float64) (*Artifact, error) {
-	model, err := Train(train, l2)
+func trainArtifact(ctx context.Context, train, test *Dataset, l2 float64) (*Artifact, error) {
+	model, err := TrainContext(ctx, train, l2)
 	if err != nil {
 		return nil, err
 	}
@@ -342,15 +343,15 @@ func trainArtifact(train, test *Dataset, l2 float64) (*Artifact, error) {
 // retrain on field data (controlplane/retrain) rather than generated data.
 // l2 as in TrainConfig (0 is DefaultL2, negative none). TrainingInfo
 // records the training rows' sha256 (Dataset.SHA256) and both metrics;
-// the caller adds the lineage.
-func ArtifactFromData(train, test *Dataset, l2 float64, now time.Time) (*Artifact, error) {
+// the caller adds the lineage. It stops when ctx ends (TrainContext).
+func ArtifactFromData(ctx context.Context, train, test *Dataset, l2 float64, now time.Time) (*Artifact, error) {
 	switch {
 	case l2 == 0:
 		l2 = DefaultL2
 	case l2 < 0:
 		l2 = 0
 	}
-	a, err := trainArtifact(train, test, l2)
+	a, err := trainArtifact(ctx, train, test, l2)
 	if err != nil {
 		return nil, fmt.Errorf("fraud: artifact from data: %w", err)
 	}

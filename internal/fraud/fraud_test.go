@@ -1,6 +1,7 @@
 package fraud
 
 import (
+	"context"
 	"encoding/hex"
 	"math"
 	"testing"
@@ -404,4 +405,21 @@ func TestReferenceStatsBins(t *testing.T) {
 	assert.Empty(t, foreign.BinEdges)
 	assert.Equal(t, []float64{1}, foreign.BinFractions)
 	assert.Equal(t, 0.0, foreign.Stddev)
+}
+
+// A fit stops when its context ends (a retrain job's cancel or time
+// limit), with the context's error.
+func TestTrainContextStops(t *testing.T) {
+	g, err := NewGenerator(3, Params{})
+	require.NoError(t, err)
+	d := g.Generate(2000)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = TrainContext(ctx, d, DefaultL2)
+	require.ErrorIs(t, err, context.Canceled)
+	_, err = ArtifactFromData(ctx, d, d, DefaultL2, time.Now())
+	require.ErrorIs(t, err, context.Canceled)
+	m, err := TrainContext(context.Background(), d, DefaultL2)
+	require.NoError(t, err)
+	assert.Greater(t, m.Evaluate(d).Accuracy, 0.5)
 }

@@ -1,6 +1,7 @@
 package fraud
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -65,6 +66,17 @@ func (m *Model) probability(r *Row) float64 {
 // standardised features and an L2 penalty l2 on the coefficients (not the
 // intercept). It is deterministic: the same data gives the same model.
 func Train(d *Dataset, l2 float64) (*Model, error) {
+	return TrainContext(context.Background(), d, l2)
+}
+
+// ctxCheckRows is how many rows a pass over the data handles between two
+// looks at the context.
+const ctxCheckRows = 4096
+
+// TrainContext is Train that stops when ctx ends (between Newton
+// iterations, and every ctxCheckRows rows within one), returning ctx's
+// error: a retrain job's cancel or time limit reaches the fit.
+func TrainContext(ctx context.Context, d *Dataset, l2 float64) (*Model, error) {
 	n := d.Len()
 	if n == 0 || len(d.Rows) != len(d.Labels) {
 		return nil, fmt.Errorf("fraud: train: %w: %d rows and %d labels", ErrTraining, len(d.Rows), len(d.Labels))
@@ -114,9 +126,15 @@ func Train(d *Dataset, l2 float64) (*Model, error) {
 	beta[NumFeatures] = math.Log(pos / (1 - pos))
 	loss := penalisedLoss(x, y, &beta, l2)
 	for iter := 0; iter < 100; iter++ {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("fraud: train: %w", err)
+		}
 		var grad [k]float64
 		var hess [k][k]float64
 		for i := range x {
+			if i%ctxCheckRows == ctxCheckRows-1 && ctx.Err() != nil {
+				return nil, fmt.Errorf("fraud: train: %w", ctx.Err())
+			}
 			p := sigmoid(dot(&x[i], &beta))
 			r := p - y[i]
 			wt := p * (1 - p)

@@ -620,7 +620,7 @@ func (c *sessionCore) learnClasses() error {
 	if err != nil {
 		return err
 	}
-	outs, err := c.runRaw(inputs)
+	outs, err := c.runRaw(inputs, nil)
 	defer destroyAll(outs)
 	if err != nil {
 		return fmt.Errorf("%w: reading the class labels of output %q needs a run on zero inputs, which failed: %v",

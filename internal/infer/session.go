@@ -1,6 +1,7 @@
 package infer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -84,8 +85,54 @@ func (s *Session) Run(inputs []Tensor) ([]Tensor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("infer: run: %w", err)
 	}
-	outs, err := c.run(ordered)
+	outs, err := c.run(ordered, nil)
 	if err != nil {
+		return nil, fmt.Errorf("infer: run: %w", err)
+	}
+	return outs, nil
+}
+
+// RunContext is Run that ends when ctx does: onnxruntime's terminate flag
+// is set, so a run in progress stops at its next node, and the error
+// wraps ctx's. A ctx that has ended already terminates the run before it
+// computes anything.
+func (s *Session) RunContext(ctx context.Context, inputs []Tensor) ([]Tensor, error) {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("infer: run: session %w", ErrClosed)
+	}
+	c := s.core
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.dyn == nil {
+		return nil, fmt.Errorf("infer: run: session %w", ErrClosed)
+	}
+	ordered, err := s.order(inputs)
+	if err != nil {
+		return nil, fmt.Errorf("infer: run: %w", err)
+	}
+	ro, err := ort.NewRunOptions()
+	if err != nil {
+		return nil, fmt.Errorf("infer: run options: %w", err)
+	}
+	// The options are destroyed only once the terminating callback, if it
+	// started, is done with them.
+	terminated := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(terminated)
+		_ = ro.Terminate()
+	})
+	if ctx.Err() != nil {
+		_ = ro.Terminate()
+	}
+	outs, err := c.run(ordered, ro)
+	if !stop() && ctx.Err() != nil {
+		<-terminated
+	}
+	_ = ro.Destroy()
+	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, fmt.Errorf("infer: run: %w (%v)", cerr, err)
+		}
 		return nil, fmt.Errorf("infer: run: %w", err)
 	}
 	return outs, nil
@@ -93,8 +140,8 @@ func (s *Session) Run(inputs []Tensor) ([]Tensor, error) {
 
 // run feeds ordered inputs to c; c.mu is held shared (or c is not yet
 // shared).
-func (c *sessionCore) run(ordered []Tensor) ([]Tensor, error) {
-	outs, err := c.runRaw(ordered)
+func (c *sessionCore) run(ordered []Tensor, ro *ort.RunOptions) ([]Tensor, error) {
+	outs, err := c.runRaw(ordered, ro)
 	defer destroyAll(outs)
 	if err != nil {
 		return nil, err
@@ -114,8 +161,8 @@ func (c *sessionCore) run(ordered []Tensor) ([]Tensor, error) {
 }
 
 // runRaw runs c and returns onnxruntime's outputs, which the caller
-// destroys (also on error).
-func (c *sessionCore) runRaw(ordered []Tensor) ([]ort.Value, error) {
+// destroys (also on error). ro, if not nil, are the run's options.
+func (c *sessionCore) runRaw(ordered []Tensor, ro *ort.RunOptions) ([]ort.Value, error) {
 	values := make([]ort.Value, len(ordered))
 	defer destroyAll(values)
 	for i := range ordered {
@@ -138,7 +185,7 @@ func (c *sessionCore) runRaw(ordered []Tensor) ([]ort.Value, error) {
 			outs[i] = v
 		}
 	}
-	if err := c.dyn.Run(values, outs); err != nil {
+	if err := c.dyn.RunWithOptions(values, outs, ro); err != nil {
 		for _, in := range ordered {
 			if in.Len() == 0 {
 				// The model cannot run on an empty tensor: the input's

@@ -1,9 +1,12 @@
 package infer
 
 import (
+	"context"
+	"fmt"
 	"math"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -278,4 +281,86 @@ func TestEmptyInputTheModelCannotTakeIsBadInput(t *testing.T) {
 	_, err = s.Run([]Tensor{{Name: "x", Shape: []int64{0, 2}, Data: []float32{}}})
 	require.ErrorIs(t, err, ErrBadInput)
 	assert.Contains(t, err.Error(), `input "x" is empty (shape [0,2]) and the model cannot run on it`)
+}
+
+// RunContext runs like Run while its context lives, and a context that
+// has ended sets onnxruntime's terminate flag: the run fails with the
+// context's error instead of computing.
+func TestRunContextTerminates(t *testing.T) {
+	r := newRuntime(t)
+	s, err := r.Load(modelzoo.Identity(tensor.FP32), nil, nil)
+	require.NoError(t, err)
+	defer s.Close()
+	in := Tensor{Name: "x", Datatype: tensor.FP32, Shape: []int64{1, 2}, Data: []float32{1, 2}}
+
+	got, err := s.RunContext(context.Background(), []Tensor{in})
+	require.NoError(t, err)
+	assert.Equal(t, in.Data, got[0].Data)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = s.RunContext(ctx, []Tensor{in})
+	require.ErrorIs(t, err, context.Canceled)
+	assert.Contains(t, err.Error(), "terminate", "onnxruntime stopped on its terminate flag")
+
+	got, err = s.RunContext(context.Background(), []Tensor{in})
+	require.NoError(t, err, "a terminated run leaves the session usable")
+	assert.Equal(t, in.Data, got[0].Data)
+}
+
+// slowModel chains n MatMuls of its [N, 256] input with one 256×256
+// weight: seconds of work for a large N, in many nodes, so onnxruntime
+// checks its terminate flag between them.
+func slowModel(t *testing.T, n int) []byte {
+	t.Helper()
+	const k = 256
+	w := make([]float32, k*k)
+	for i := range k {
+		w[i*k+i] = 1 // identity: values stay finite
+	}
+	g := onnxbuild.Graph{Name: "slow", Initializers: []onnxbuild.Tensor{{Name: "w", Dims: []int64{k, k}, Data: w}},
+		Inputs:  []onnxbuild.ValueInfo{{Name: "x", Shape: []onnxbuild.Dim{onnxbuild.Symbolic("N"), onnxbuild.Fixed(k)}}},
+		Outputs: []onnxbuild.ValueInfo{{Name: "y", Shape: []onnxbuild.Dim{onnxbuild.Symbolic("N"), onnxbuild.Fixed(k)}}}}
+	prev := "x"
+	for i := range n {
+		out := fmt.Sprintf("h%d", i)
+		if i == n-1 {
+			out = "y"
+		}
+		g.Nodes = append(g.Nodes, onnxbuild.Node{OpType: "MatMul", Inputs: []string{prev, "w"}, Outputs: []string{out}})
+		prev = out
+	}
+	b, err := (&onnxbuild.Model{Graph: g}).Marshal()
+	require.NoError(t, err)
+	return b
+}
+
+// A context that ends while onnxruntime computes stops the run at its
+// next node: the run returns the context's error long before it would
+// have finished.
+func TestRunContextStopsARunInProgress(t *testing.T) {
+	r := newRuntime(t)
+	s, err := r.Load(slowModel(t, 400), nil, nil)
+	require.NoError(t, err)
+	defer s.Close()
+	in := Tensor{Name: "x", Datatype: tensor.FP32, Shape: []int64{1024, 256}, Data: make([]float32, 1024*256)}
+
+	_, err = s.Run([]Tensor{in}) // warm: the first run allocates
+	require.NoError(t, err)
+	start := time.Now()
+	_, err = s.Run([]Tensor{in})
+	require.NoError(t, err)
+	full := time.Since(start)
+
+	// Cancelled at a tenth of a whole run's time (measured just now, on
+	// this machine's load): a run that was not stopped would finish
+	// without an error.
+	ctx, cancel := context.WithTimeout(context.Background(), full/10)
+	defer cancel()
+	start = time.Now()
+	_, err = s.RunContext(ctx, []Tensor{in})
+	stopped := time.Since(start)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the run went on to the end (a whole run takes %v)", full)
+	assert.Contains(t, err.Error(), "terminate")
+	t.Logf("a whole run %v; stopped after %v", full, stopped)
 }

@@ -2,7 +2,8 @@
 // wire types, an http.Handler that validates requests against a model's
 // schema before handing typed tensors (every OIP datatype) to a Backend,
 // and a client. Imported by agent (its local inference server),
-// controlplane/demo, controlplane/models (sample inputs), fleet-sim/bench
+// controlplane/demo, controlplane/models (sample inputs),
+// controlplane/retrain (held-out rows as inputs), fleet-sim/bench
 // (the agent benchmark's load), fleet-sim/scenario, fleet-sim/sim,
 // internal/fleettest and internal/modelzoo.
 package oip

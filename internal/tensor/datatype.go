@@ -3,7 +3,8 @@
 // FP32, FP64, BYTES): their Go element slices, half-precision rounding,
 // conversion to and from manifest test vectors (efpb.Tensor), and the
 // comparison of outputs with a tolerance. It is the one tensor type of the
-// serving path. Imported by agent, controlplane/cli, controlplane/models,
+// serving path. Imported by agent, controlplane/cli, controlplane/data
+// (base dataset values), controlplane/models,
 // controlplane/retrain, fleet-sim/scenario, fleet-sim/sim (csv traffic),
 // internal/infer, internal/modelzoo, internal/oip, internal/onnxmodel and
 // internal/transfer.
