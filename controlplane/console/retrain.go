@@ -107,11 +107,13 @@ func (c *Console) retrainPage(w http.ResponseWriter, r *http.Request, req *reque
 
 // policyView is a retrain policy in words.
 type policyView struct {
-	Triggers  string
-	Schedule  string
-	Trainer   string
-	Params    []kv
-	Window    string
+	Triggers string
+	Schedule string
+	Trainer  string
+	Params   []kv
+	Window   string
+	// Base is the uploaded base dataset joined to the training rows ("" none).
+	Base      string
 	SiteScope string
 	Holdout   string
 	Metric    string
@@ -138,6 +140,10 @@ func newPolicyView(p api.RetrainPolicy) policyView {
 	if p.Schedule > 0 {
 		v.Schedule = "every " + time.Duration(p.Schedule).String()
 	}
+	if p.Cron != "" {
+		v.Schedule = "cron " + p.Cron + " (UTC)"
+	}
+	v.Base = p.BaseDataset
 	for _, k := range slices.Sorted(maps.Keys(p.Params)) {
 		v.Params = append(v.Params, kv{k, p.Params[k]})
 	}

@@ -341,3 +341,30 @@ func TestShadowPanel(t *testing.T) {
 		assert.Contains(t, body, want)
 	}
 }
+
+// A cron schedule, a base dataset, a schedule that waits and a stored
+// policy that cannot be read are shown on the model's retraining page.
+func TestRetrainPageShowsCronBaseAndWaits(t *testing.T) {
+	rt := retrainFixture("site-b")
+	st := rt.status["fraud"]
+	st.Policy.Cron, st.Policy.BaseDataset = "30 2 * * *", "0123abcd"
+	st.ScheduleWaiting = "job j-run of fraud is unfinished"
+	rt.status["fraud"] = st
+	rt.status["broken"] = api.RetrainStatus{Model: "broken", Error: "decode policy: unexpected EOF"}
+	f := newFixture(t, func(o *Options) {
+		o.Retrain = rt
+		o.Models = &fakeModels{list: append(retrainModels().list, api.ModelVersion{Name: "broken", Version: "v1"})}
+	})
+	cl := f.client()
+	cl.login(operatorSecret)
+	_, body, _ := cl.get("/ui/models/fraud/retrain")
+	for _, want := range []string{
+		`<dd id="policy-schedule">cron 30 2 * * * (UTC)`,
+		`<span class="notice" id="schedule-waiting">due, waiting: job j-run of fraud is unfinished</span>`,
+		"joined with the uploaded base dataset <code>0123abcd</code> (training rows only)",
+	} {
+		assert.Contains(t, body, want)
+	}
+	_, body, _ = cl.get("/ui/models/broken/retrain")
+	assert.Contains(t, body, `id="policy-error">The stored policy cannot be used: decode policy: unexpected EOF.`)
+}
