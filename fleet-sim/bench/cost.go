@@ -116,6 +116,11 @@ type RolloutCost struct {
 	// CPUPerDeviceMs is CPUSeconds per device, in milliseconds.
 	CPUPerDeviceMs float64 `json:"cpu_ms_per_device"`
 	ChunkPublishes float64 `json:"chunk_publishes"`
+	// ClientDropped is messages the control plane's broker dropped on full
+	// per-client queues during the rollout
+	// (edgefleet_broker_client_dropped_total): chunks an agent then asks for
+	// again.
+	ClientDropped float64 `json:"broker_client_dropped"`
 	// Baseline*: the raw broker process's CPU from the first chunk publish
 	// until N raw subscribers hold every chunk, and that time.
 	BaselineCPUSeconds float64 `json:"baseline_cpu_seconds"`
@@ -142,10 +147,16 @@ type TelemetryCost struct {
 	Published float64 `json:"published_per_second"`
 	Ingested  float64 `json:"ingested_per_second"`
 	// Lost is acknowledged reports never ingested (nor counted duplicate)
-	// once the clients stopped and the control plane drained.
-	Lost       int64   `json:"lost"`
-	Duplicates uint64  `json:"duplicates"`
-	CPU        float64 `json:"cpu_cores"`
+	// once the clients stopped and the control plane drained;
+	// SubscriptionDropped is how many of the reports the broker dropped on
+	// the control plane's full ingest queue
+	// (edgefleet_broker_subscription_dropped_total). The control plane
+	// never acknowledges a dropped report, and an agent resends it; these
+	// clients do not.
+	Lost                int64   `json:"lost"`
+	SubscriptionDropped float64 `json:"subscription_dropped"`
+	Duplicates          uint64  `json:"duplicates"`
+	CPU                 float64 `json:"cpu_cores"`
 	// CPUPer1000 is the control plane's CPU cores per 1,000 reports/s
 	// ingested (= CPU seconds per 1,000 reports).
 	CPUPer1000 float64 `json:"cpu_cores_per_1000_reports_per_second"`
@@ -199,9 +210,9 @@ func Cost(ctx context.Context, o CostOptions) (*CostResult, error) {
 			return res, fmt.Errorf("rollout: %w", err)
 		}
 		res.Rollout = r
-		fmt.Fprintf(o.Progress, "\n| N | model bytes | deploy → all active s | control plane CPU s (idle cores) | CPU ms / device | chunk publishes | raw fan-out CPU s (time s) | **ratio** | load avg start → end |\n|---|---|---|---|---|---|---|---|---|\n")
-		fmt.Fprintf(o.Progress, "| %d | %d | %.2f | %.2f (%.3f) | %.2f | %.0f | %.2f (%.2f) | **%.2f** | %.1f → %.1f |\n",
-			r.N, r.ModelBytes, r.Seconds, r.CPUSeconds, r.IdleCPU, r.CPUPerDeviceMs, r.ChunkPublishes, r.BaselineCPUSeconds, r.BaselineSeconds, r.Ratio, r.LoadStart, r.LoadEnd)
+		fmt.Fprintf(o.Progress, "\n| N | model bytes | deploy → all active s | control plane CPU s (idle cores) | CPU ms / device | chunk publishes (client queue drops) | raw fan-out CPU s (time s) | **ratio** | load avg start → end |\n|---|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(o.Progress, "| %d | %d | %.2f | %.2f (%.3f) | %.2f | %.0f (%.0f) | %.2f (%.2f) | **%.2f** | %.1f → %.1f |\n",
+			r.N, r.ModelBytes, r.Seconds, r.CPUSeconds, r.IdleCPU, r.CPUPerDeviceMs, r.ChunkPublishes, r.ClientDropped, r.BaselineCPUSeconds, r.BaselineSeconds, r.Ratio, r.LoadStart, r.LoadEnd)
 	}
 	if !o.SkipTelemetry {
 		t, err := telemetryCost(ctx, o, cp, raw, art)
@@ -209,9 +220,9 @@ func Cost(ctx context.Context, o CostOptions) (*CostResult, error) {
 			return res, fmt.Errorf("telemetry: %w", err)
 		}
 		res.Telemetry = t
-		fmt.Fprintf(o.Progress, "\n| reporters | offered /s | payload B | published /s | **ingested /s** | lost | CPU cores | **CPU cores per 1,000/s** | raw: published /s | raw received /s (lost, dropped) | raw CPU cores per 1,000/s | **rate ratio** | CPU ratio | load avg start → end |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-		fmt.Fprintf(o.Progress, "| %d | %.0f | %d | %.0f | **%.0f** | %d | %.2f | **%.3f** | %.0f | %.0f (%d, %d) | %.3f | **%.3f** | %.2f | %.1f → %.1f |\n",
-			t.Reporters, t.Offered, t.PayloadBytes, t.Published, t.Ingested, t.Lost, t.CPU, t.CPUPer1000, t.BaselinePublished, t.BaselineReceived,
+		fmt.Fprintf(o.Progress, "\n| reporters | offered /s | payload B | published /s | **ingested /s** | lost (ingest queue drops) | CPU cores | **CPU cores per 1,000/s** | raw: published /s | raw received /s (lost, dropped) | raw CPU cores per 1,000/s | **rate ratio** | CPU ratio | load avg start → end |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(o.Progress, "| %d | %.0f | %d | %.0f | **%.0f** | %d (%.0f) | %.2f | **%.3f** | %.0f | %.0f (%d, %d) | %.3f | **%.3f** | %.2f | %.1f → %.1f |\n",
+			t.Reporters, t.Offered, t.PayloadBytes, t.Published, t.Ingested, t.Lost, t.SubscriptionDropped, t.CPU, t.CPUPer1000, t.BaselinePublished, t.BaselineReceived,
 			t.BaselineLost, t.BaselineDropped, t.BaselineCPUPer1000, t.Ratio, t.CPURatio, t.LoadStart, t.LoadEnd)
 	}
 	return res, nil
@@ -300,6 +311,7 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 	r.IdleCPU = (i1 - i0) / time.Since(it).Seconds()
 
 	pub0, _ := metric(ctx, mc, "edgefleet_chunk_publishes_total")
+	drop0, _ := metric(ctx, mc, "edgefleet_broker_client_dropped_total")
 	c0, err := cp.cpu()
 	if err != nil {
 		return nil, err
@@ -345,6 +357,9 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 	r.CPUPerDeviceMs = r.CPUSeconds / float64(o.N) * 1000
 	if pub1, err := metric(ctx, mc, "edgefleet_chunk_publishes_total"); err == nil {
 		r.ChunkPublishes = pub1 - pub0
+	}
+	if drop1, err := metric(ctx, mc, "edgefleet_broker_client_dropped_total"); err == nil {
+		r.ClientDropped = drop1 - drop0
 	}
 	if err := f.Stop(); err != nil {
 		return nil, err
@@ -660,6 +675,7 @@ func telemetryCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBr
 		rc.close()
 		return nil, err
 	}
+	sd0, _ := metric(ctx, mc, "edgefleet_broker_subscription_dropped_total")
 	w, err := measureWindow(ctx, o, rc, src, counted, cp.cpu)
 	if err != nil {
 		rc.close()
@@ -682,6 +698,9 @@ func telemetryCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBr
 		}
 	}
 	rc.close()
+	if sd1, err := metric(ctx, mc, "edgefleet_broker_subscription_dropped_total"); err == nil {
+		t.SubscriptionDropped = sd1 - sd0
+	}
 	t.WindowSeconds, t.Published, t.Ingested, t.CPU = w.seconds, w.published, w.received, w.cpu
 	t.Lost = int64(w.acked) - int64(s1.Ingested+s1.Duplicates-s0.Ingested-s0.Duplicates)
 	t.Duplicates = s1.Duplicates - s0.Duplicates
