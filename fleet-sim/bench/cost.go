@@ -128,6 +128,11 @@ type RolloutCost struct {
 	BaselineMissing    uint64  `json:"baseline_missing_deliveries"`
 	// Ratio is CPUSeconds / BaselineCPUSeconds (goal ≤ 1.3).
 	Ratio float64 `json:"ratio"`
+	// RSSBefore is the control plane process's resident memory before the
+	// agents connected, RSSAfter after the rollout with the N agents still
+	// connected.
+	RSSBefore uint64 `json:"cp_rss_before_bytes"`
+	RSSAfter  uint64 `json:"cp_rss_after_bytes"`
 	// Load is the host's 1-minute load average at the start and the end.
 	LoadStart float64 `json:"load_avg_start"`
 	LoadEnd   float64 `json:"load_avg_end"`
@@ -210,9 +215,9 @@ func Cost(ctx context.Context, o CostOptions) (*CostResult, error) {
 			return res, fmt.Errorf("rollout: %w", err)
 		}
 		res.Rollout = r
-		fmt.Fprintf(o.Progress, "\n| N | model bytes | deploy → all active s | control plane CPU s (idle cores) | CPU ms / device | chunk publishes (client queue drops) | raw fan-out CPU s (time s) | **ratio** | load avg start → end |\n|---|---|---|---|---|---|---|---|---|\n")
-		fmt.Fprintf(o.Progress, "| %d | %d | %.2f | %.2f (%.3f) | %.2f | %.0f (%.0f) | %.2f (%.2f) | **%.2f** | %.1f → %.1f |\n",
-			r.N, r.ModelBytes, r.Seconds, r.CPUSeconds, r.IdleCPU, r.CPUPerDeviceMs, r.ChunkPublishes, r.ClientDropped, r.BaselineCPUSeconds, r.BaselineSeconds, r.Ratio, r.LoadStart, r.LoadEnd)
+		fmt.Fprintf(o.Progress, "\n| N | model bytes | deploy → all active s | control plane CPU s (idle cores) | CPU ms / device | chunk publishes (client queue drops) | raw fan-out CPU s (time s) | **ratio** | control plane RSS before → after MiB | load avg start → end |\n|---|---|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(o.Progress, "| %d | %d | %.2f | %.2f (%.3f) | %.2f | %.0f (%.0f) | %.2f (%.2f) | **%.2f** | %.0f → %.0f | %.1f → %.1f |\n",
+			r.N, r.ModelBytes, r.Seconds, r.CPUSeconds, r.IdleCPU, r.CPUPerDeviceMs, r.ChunkPublishes, r.ClientDropped, r.BaselineCPUSeconds, r.BaselineSeconds, r.Ratio, float64(r.RSSBefore)/(1<<20), float64(r.RSSAfter)/(1<<20), r.LoadStart, r.LoadEnd)
 	}
 	if !o.SkipTelemetry {
 		t, err := telemetryCost(ctx, o, cp, raw, art)
@@ -273,6 +278,7 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 		return nil, err
 	}
 	defer f.Stop()
+	r.RSSBefore = cp.rss()
 	t0 := time.Now()
 	if err := f.Start(ctx); err != nil {
 		return nil, err
@@ -352,6 +358,7 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 		return nil, err
 	}
 	r.Seconds = time.Since(start).Seconds()
+	r.RSSAfter = cp.rss()
 	r.CPUSeconds = c1 - c0
 	r.CPUNetSeconds = r.CPUSeconds - r.IdleCPU*r.Seconds
 	r.CPUPerDeviceMs = r.CPUSeconds / float64(o.N) * 1000

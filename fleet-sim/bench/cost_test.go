@@ -40,6 +40,8 @@ func TestCostSmall(t *testing.T) {
 	assert.Positive(t, ro.CPUSeconds, "the control plane process worked during the rollout")
 	assert.GreaterOrEqual(t, ro.CPUSeconds, ro.CPUNetSeconds)
 	assert.Zero(t, ro.BaselineMissing, "every raw subscriber got every chunk")
+	assert.Positive(t, ro.RSSBefore)
+	assert.Positive(t, ro.RSSAfter)
 	assert.Positive(t, ro.BaselineSeconds)
 	assert.InDelta(t, ro.CPUSeconds/max(ro.BaselineCPUSeconds, 1e-9), ro.Ratio, 1e-9*ro.Ratio+1e-9)
 

@@ -116,6 +116,21 @@ func (c *child) pid() int { return c.cmd.Process.Pid }
 
 func (c *child) cpu() (float64, error) { return procCPU(c.pid()) }
 
+// rss is the process's resident set size in bytes (0 if unknown).
+func (c *child) rss() uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.pid()))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
 // stop sends SIGTERM, then SIGKILL after 20 s, and waits for the process.
 func (c *child) stop() {
 	c.once.Do(func() {
