@@ -43,7 +43,11 @@ func TestCostSmall(t *testing.T) {
 	assert.Positive(t, ro.RSSBefore)
 	assert.Positive(t, ro.RSSAfter)
 	assert.Positive(t, ro.BaselineSeconds)
-	assert.InDelta(t, ro.CPUSeconds/max(ro.BaselineCPUSeconds, 1e-9), ro.Ratio, 1e-9*ro.Ratio+1e-9)
+	if ro.BaselineCPUSeconds > 0 { // /proc counts in 10 ms ticks: a tiny fan-out may show none
+		assert.InDelta(t, ro.CPUSeconds/ro.BaselineCPUSeconds, ro.Ratio, 1e-9)
+	} else {
+		assert.Zero(t, ro.Ratio, "no ratio without a measured baseline")
+	}
 
 	te := r.Telemetry
 	require.NotNil(t, te)
