@@ -34,6 +34,7 @@ const usage = `usage:
 exit codes: 0 passed, 1 a step or assertion failed, 2 usage or setup error`
 
 func main() {
+	sim.TuneGC()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
