@@ -34,7 +34,6 @@ const usage = `usage:
 exit codes: 0 passed, 1 a step or assertion failed, 2 usage or setup error`
 
 func main() {
-	sim.TuneGC()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -48,8 +47,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	switch args[0] {
 	case "run":
+		sim.TuneGC()
 		return runScenario(ctx, args[1:], stdout, stderr)
 	case "bench":
+		sim.TuneGC()
 		return bench.Main(ctx, args[1:], stdout, stderr)
 	case "soak":
 		return runSoak(ctx, args[1:], stdout, stderr)

@@ -17,7 +17,8 @@ const gcPercent = 400
 
 // TuneGC sets the process's collector for a fleet in one process, unless
 // GOGC is set: a gcPercent target, and a memory limit unless GOMEMLIMIT is
-// set. fleet-sim's main calls it once at start.
+// set. fleet-sim's main calls it for scenario runs and benchmarks, not for
+// the soak, whose resource-trend invariants were tuned with the default.
 func TuneGC() {
 	if os.Getenv("GOGC") != "" {
 		return
