@@ -138,6 +138,7 @@ screenshots: deps
 ## bench: benchmarks (figures go to docs/benchmarks.md)
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(MAKE) bench-cost
 
 .PHONY: sim bench-fleet
 ## sim: every committed fleet-sim scenario, short and large (reports in .sim/)
@@ -172,6 +173,20 @@ bench-fleet: build
 	$(BIN)/fleet-sim bench fanout --n $(FLEET_FANOUT_N)
 	$(BIN)/fleet-sim bench scale --n $(FLEET_SCALE_N)
 	$(BIN)/fleet-sim bench telemetry --n 100,1000
+
+## bench-cost: the control plane's cost per device, measured out of process:
+## `edgefleet serve` as its own process, its CPU (from /proc) for one rollout
+## of a 1 MiB model to COST_N agents and for telemetry ingest at
+## COST_REPORT_RATE reports/s, each against a raw broker process of the same
+## code in the same command (figures in docs/benchmarks.md)
+.PHONY: bench-cost
+COST_N           ?= 1000
+COST_REPORT_RATE ?= 10000
+COST_FLAGS       ?=
+bench-cost: build
+	@mkdir -p $(BIN)/bench
+	$(BIN)/fleet-sim bench cost --cp-bin $(BIN)/edgefleet --n $(COST_N) --report-rate $(COST_REPORT_RATE) \
+		--report $(BIN)/bench/cost.json $(COST_FLAGS)
 
 ## bench-agent: one real agent process, measured from outside: idle and
 ## serving RSS, a 100 MiB model swapped under load, the stripped binary on

@@ -96,7 +96,9 @@ type Options struct {
 	// collected before its chunks are published, so that devices starting
 	// a download together share one publish of each chunk: the chunks go
 	// out once no new request came for ChunkBatchWindow, and at the latest
-	// ChunkBatchMax after the first. Defaults models.DefaultChunkBatchWindow
+	// ChunkBatchMax after the first (a round a deploy expects: ChunkBatchMax
+	// after the last new device, at most 15 × ChunkBatchMax after the
+	// first). Defaults models.DefaultChunkBatchWindow
 	// and models.DefaultChunkBatchMax; a negative window publishes at once.
 	ChunkBatchWindow time.Duration
 	ChunkBatchMax    time.Duration

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"sync"
 
@@ -67,6 +68,7 @@ written to --token-file if given).`,
 	f.DurationVar(&opts.Monitor.Interval, "alert-interval", 0, "evaluate the alert rules every `DURATION` (default 1m)")
 	f.StringVar(&opts.Monitor.WebhookURL, "webhook-url", "", "POST every alert here (`URL`) as signed JSON (the retrain hook)")
 	f.StringVar(&sf.webhookSecretFile, "webhook-secret-file", "", "`FILE` holding the webhook's HMAC-SHA256 key (env "+EnvWebhookSecretFile+")")
+	f.StringVar(&sf.cpuProfile, "cpu-profile", "", "write a CPU profile of the whole run to `FILE` (diagnostics: fleet-sim bench cost uses it)")
 	f.Var(&sf.trainers, "trainer", "external retrain trainer `NAME=PROGRAM` a retrain policy may name as command:NAME; run as PROGRAM --data DIR --out DIR (repeatable)")
 	enumFlag(c, "log-level", "debug", "info", "warn", "error")
 	enumFlag(c, "log-format", "text", "json")
@@ -89,6 +91,7 @@ type serveFlags struct {
 	tlsCert, tlsKey, clientCA string
 	webhookSecretFile         string
 	trainers                  stringList
+	cpuProfile                string
 }
 
 // serve runs the control plane until ctx ends.
@@ -159,6 +162,13 @@ func (a *app) serve(ctx context.Context, opts controlplane.Options, sf serveFlag
 	if err != nil {
 		return err
 	}
+	if sf.cpuProfile != "" {
+		stop, err := startCPUProfile(sf.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
 	select {
@@ -173,6 +183,22 @@ func (a *app) serve(ctx context.Context, opts controlplane.Options, sf serveFlag
 	}
 	outMu.Unlock()
 	return <-done
+}
+
+// startCPUProfile profiles the process into path until the returned stop.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}, nil
 }
 
 // writeSecret writes a file readable only by its owner, replacing any

@@ -2,8 +2,8 @@
 // method per route of api.Routes, a context on every call, answers decoded
 // into the api types and errors that wrap the api kinds (errors.Is works as
 // in process). It imports nothing of the server. Imported by agent
-// (enrollment), controlplane/cli, controlplane/demo, fleet-sim/scenario,
-// fleet-sim/sim, fleet-sim/soak and internal/fleettest.
+// (enrollment), controlplane/cli, controlplane/demo, fleet-sim/bench,
+// fleet-sim/scenario, fleet-sim/sim, fleet-sim/soak and internal/fleettest.
 package client
 
 import (

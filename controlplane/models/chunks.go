@@ -34,8 +34,10 @@ type chunkQueue struct {
 	// window, and at the latest maxWait after the first: a deploy to
 	// thousands of devices brings their requests in over a second or two,
 	// and every chunk published too early is published again, to every
-	// subscriber, for the devices that asked after it.
-	window, maxWait time.Duration
+	// subscriber, for the devices that asked after it. A round a deploy
+	// expects goes out maxWait after the last new device asked, while
+	// devices keep coming, at the latest collectMax after the first.
+	window, maxWait, collectMax time.Duration
 
 	// mu guards pending, ring and expected.
 	mu      sync.Mutex
@@ -50,7 +52,14 @@ type chunkQueue struct {
 
 type expectation struct {
 	devices int
-	until   time.Time // the expectation lapses then (maxWait after it was made)
+	// until is when the expectation lapses: maxWait after it was made or
+	// after the last device that asked for the first time, at the latest
+	// collectMax after it was made (devices verifying thousands of
+	// documents on a few cores ask over tens of seconds, and every round
+	// published before the last of them is published again to every
+	// device still downloading).
+	until time.Time
+	made  time.Time
 	// direct are devices that asked for the version directly: they count
 	// as having asked, or the shared round would wait for them in vain.
 	direct map[string]bool
@@ -67,8 +76,19 @@ type pendingChunks struct {
 // newChunkQueue makes a queue whose rounds wait for a quiet window, at
 // most maxWait (at least window) after their first request.
 func newChunkQueue(window, maxWait time.Duration) *chunkQueue {
-	return &chunkQueue{wake: make(chan struct{}, 1), window: window, maxWait: max(window, maxWait),
+	maxWait = max(window, maxWait)
+	return &chunkQueue{wake: make(chan struct{}, 1), window: window, maxWait: maxWait, collectMax: collectFactor * maxWait,
 		pending: map[chunkKey]*pendingChunks{}, expected: map[chunkKey]*expectation{}}
+}
+
+// collectFactor is collectMax over maxWait: with the default ChunkBatchMax
+// a round a deploy expects is collected for at most 30 s.
+const collectFactor = 15
+
+// askedAgain extends e while devices it expects keep asking for the first
+// time. q.mu is held.
+func (q *chunkQueue) askedAgain(e *expectation, now time.Time) {
+	e.until = minTime(now.Add(q.maxWait), e.made.Add(q.collectMax))
 }
 
 // expect records that devices were just told to download k: the next round
@@ -81,11 +101,11 @@ func (q *chunkQueue) expect(k chunkKey, devices int, now time.Time) {
 	defer q.mu.Unlock()
 	e := q.expected[k]
 	if e == nil || now.After(e.until) {
-		e = &expectation{direct: map[string]bool{}}
+		e = &expectation{direct: map[string]bool{}, made: now}
 		q.expected[k] = e
 	}
 	e.devices += devices
-	e.until = now.Add(q.maxWait)
+	q.askedAgain(e, now)
 	for k, e := range q.expected { // forget lapsed ones
 		if now.After(e.until) {
 			delete(q.expected, k)
@@ -102,6 +122,9 @@ func (q *chunkQueue) enqueue(k chunkKey, device string, indexes []uint32, now ti
 		// the device counts for the version's shared round.
 		shared := chunkKey{k.name, k.version, ""}
 		if e := q.expected[shared]; e != nil && !now.After(e.until) {
+			if !e.direct[device] {
+				q.askedAgain(e, now)
+			}
 			e.direct[device] = true
 		}
 		if p := q.pending[shared]; p != nil && now.Before(p.ready) {
@@ -117,6 +140,9 @@ func (q *chunkQueue) enqueue(k chunkKey, device string, indexes []uint32, now ti
 		collecting = true
 	}
 	if collecting {
+		if e := q.expected[k]; e != nil && !now.After(e.until) && !p.asked[device] && !e.direct[device] {
+			q.askedAgain(e, now)
+		}
 		p.asked[device] = true
 		p.ready = q.readyAt(k, p, now)
 	}
@@ -183,8 +209,10 @@ func (q *chunkQueue) next(now time.Time) (chunkKey, uint32, bool, time.Duration)
 }
 
 // readyAt is when a collecting round of k goes out, given a request now:
-// with an expectation, once every expected device asked (or maxWait after
-// the first request); without one, once requests paused for window.
+// with an expectation, once every expected device asked, or maxWait after
+// the last new device asked (at most collectMax after the first request);
+// without one, once requests paused for window (at most maxWait after the
+// first).
 func (q *chunkQueue) readyAt(k chunkKey, p *pendingChunks, now time.Time) time.Time {
 	if q.window == 0 || k.device != "" {
 		return now // batching off, or one device's own chunks
@@ -201,7 +229,7 @@ func (q *chunkQueue) readyAt(k chunkKey, p *pendingChunks, now time.Time) time.T
 			delete(q.expected, k) // fulfilled: later requests are stragglers
 			return now
 		}
-		return minTime(latest, e.until)
+		return minTime(p.first.Add(q.collectMax), e.until)
 	}
 	return minTime(now.Add(q.window), latest)
 }

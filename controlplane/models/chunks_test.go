@@ -1,6 +1,7 @@
 package models
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -143,6 +144,48 @@ func TestChunkQueueWaitsForTheExpectedDevices(t *testing.T) {
 	assert.False(t, ok)
 	_, _, ok, _ = q.next(at(4000))
 	assert.True(t, ok)
+}
+
+// Devices a deploy expects that ask over tens of seconds (thousands of
+// devices verifying documents on a few cores) are collected into one
+// round while new ones keep asking; the round goes out maxWait after the
+// last new one, and at the latest collectMax after the first request.
+func TestChunkQueueCollectsWhileExpectedDevicesKeepAsking(t *testing.T) {
+	q := newChunkQueue(100*time.Millisecond, 2*time.Second)
+	require.Equal(t, 30*time.Second, q.collectMax)
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	k := chunkKey{"fraud", "v2", ""}
+	q.expect(k, 100, t0)
+	// A new device every 1.5 s for 12 s, one asking again in between.
+	for i := range 9 {
+		q.enqueue(k, fmt.Sprintf("dev-%d", i), []uint32{0, 1}, at(i*1500))
+		q.enqueue(k, "dev-0", []uint32{0, 1}, at(i*1500+1000))
+		_, _, ok, _ := q.next(at(i*1500 + 1400))
+		require.False(t, ok, "dev-%d asked 1.4 s ago: the round is still collecting", i)
+	}
+	_, _, ok, wait := q.next(at(12000 + 1999))
+	require.False(t, ok, "a retry is not a new device: it does not hold the round")
+	assert.Equal(t, time.Millisecond, wait)
+	_, _, ok, _ = q.next(at(14000))
+	require.True(t, ok, "2 s after the last new device the round goes out")
+	_, _, ok, _ = q.next(at(14000))
+	require.True(t, ok, "both chunks")
+	_, _, ok, _ = q.next(at(14000))
+	require.False(t, ok, "one round: each chunk once")
+
+	// Devices that keep coming hold a round collectMax at most.
+	k3 := chunkKey{"fraud", "v3", ""}
+	q.expect(k3, 1000, at(20000))
+	for i := 0; ; i++ {
+		now := at(20000 + i*1000)
+		q.enqueue(k3, fmt.Sprintf("dev-%d", i), []uint32{0}, now)
+		if _, _, ok, _ := q.next(now); ok {
+			assert.Equal(t, 30, i, "out collectMax after the first request")
+			break
+		}
+		require.Less(t, i, 40, "the round never went out")
+	}
 }
 
 // Chunks a device asks for directly go out at once, to that device alone

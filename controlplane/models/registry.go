@@ -89,7 +89,9 @@ type Options struct {
 	MaxModelSize uint64
 	// ChunkBatchWindow and ChunkBatchMax: a version's fetch requests are
 	// collected into a round that goes out once no request came for the
-	// window, at the latest ChunkBatchMax after the first (defaults
+	// window, at the latest ChunkBatchMax after the first (a round a deploy
+	// expects: ChunkBatchMax after the last new device, at most 15 ×
+	// ChunkBatchMax after the first; defaults
 	// DefaultChunkBatchWindow, DefaultChunkBatchMax; a negative window
 	// publishes at once).
 	ChunkBatchWindow time.Duration

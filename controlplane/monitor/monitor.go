@@ -99,7 +99,25 @@ type Aggregator struct {
 	ingested uint64
 	dups     uint64
 	dropped  map[string]uint64 // device → reports its outbox dropped (cumulative)
+	// written holds raw cells of recent buckets as the last flush wrote
+	// them, so that the next flush of the same cell (a device reports
+	// several times per bucket) merges into it without reading and
+	// decoding it back. Only the aggregator writes raw cells; Sweep, which
+	// deletes them, and a failed write clear it. At most maxWrittenCells;
+	// cells of buckets before the previous one are evicted.
+	written   map[string]writtenCell
+	evictedAt time.Time // last eviction pass
 }
+
+// writtenCell is a raw cell as stored, and its bucket.
+type writtenCell struct {
+	c      *cell
+	bucket time.Time
+}
+
+// maxWrittenCells bounds Aggregator.written (≈ 1–2 KiB per fraud-sized
+// cell): cells past it are read back from the store as before.
+const maxWrittenCells = 1 << 14
 
 // Open returns the aggregator over opts.KV, recovering the last sequence
 // number of every device.
@@ -136,7 +154,8 @@ func Open(opts Options) (*Aggregator, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	a := &Aggregator{opts: opts, log: log.With("component", "monitor"), seqs: map[string]*seqWindow{}, dropped: map[string]uint64{},
-		pending: map[string]*cell{}, pendSeq: map[string]bool{}, pendAck: map[string][]uint64{}, flushed: opts.Clock()}
+		pending: map[string]*cell{}, pendSeq: map[string]bool{}, pendAck: map[string][]uint64{}, flushed: opts.Clock(),
+		written: map[string]writtenCell{}}
 	err := opts.KV.Scan(seqPrefix, func(key string, val []byte) error {
 		if w, ok := unmarshalSeqWindow(val); ok {
 			a.seqs[key[len(seqPrefix):]] = &w
@@ -413,17 +432,32 @@ func (a *Aggregator) flushLocked(now time.Time) error {
 		a.ackLocked() // duplicates only: what they repeat was written before
 		return nil
 	}
+	// stored is what this write puts in each cell; it becomes a.written
+	// once committed (the function may run again on a conflict).
+	var stored map[string]*cell
 	err := a.opts.KV.Update(func(tx *store.Tx) error {
+		stored = make(map[string]*cell, len(a.pending))
 		for key, ce := range a.pending {
-			var old cell
-			err := tx.GetJSON(key, &old)
+			if w, ok := a.written[key]; ok {
+				merged := &cell{Site: w.c.Site, Cohort: w.c.Cohort, Reports: w.c.Reports + ce.Reports}
+				merged.Add(&w.c.Counts)
+				merged.Add(&ce.Counts)
+				if err := tx.SetJSON(key, merged); err != nil {
+					return err
+				}
+				stored[key] = merged
+				continue
+			}
+			old := &cell{}
+			err := tx.GetJSON(key, old)
 			switch {
 			case err == nil:
 				old.Reports += ce.Reports
 				old.Add(&ce.Counts)
-				if err := tx.SetJSON(key, &old); err != nil {
+				if err := tx.SetJSON(key, old); err != nil {
 					return err
 				}
+				stored[key] = old
 				continue
 			case !errors.Is(err, store.ErrNotFound):
 				return err
@@ -431,6 +465,7 @@ func (a *Aggregator) flushLocked(now time.Time) error {
 			if err := tx.SetJSON(key, ce); err != nil {
 				return err
 			}
+			stored[key] = ce
 		}
 		for dev := range a.pendSeq {
 			if err := tx.Set(seqPrefix+dev, a.seqs[dev].marshal()); err != nil {
@@ -440,12 +475,42 @@ func (a *Aggregator) flushLocked(now time.Time) error {
 		return nil
 	}, false)
 	if err != nil {
+		clear(a.written) // it may not match the store any more
 		return fmt.Errorf("monitor: ingest: %w", err)
 	}
+	a.rememberLocked(stored, now)
 	clear(a.pending)
 	clear(a.pendSeq)
 	a.ackLocked()
 	return nil
+}
+
+// rememberLocked keeps the cells a flush wrote in a.written and, once a
+// bucket, evicts the cells of buckets before the previous one. a.mu is
+// held.
+func (a *Aggregator) rememberLocked(stored map[string]*cell, now time.Time) {
+	oldest := now.Truncate(a.opts.RawBucket).Add(-a.opts.RawBucket)
+	if now.Sub(a.evictedAt) >= a.opts.RawBucket {
+		a.evictedAt = now
+		for k, w := range a.written {
+			if w.bucket.Before(oldest) {
+				delete(a.written, k)
+			}
+		}
+	}
+	for key, c := range stored {
+		if w, ok := a.written[key]; ok {
+			a.written[key] = writtenCell{c: c, bucket: w.bucket}
+			continue
+		}
+		if len(a.written) >= maxWrittenCells {
+			continue
+		}
+		_, _, bucket, _, ok := parseCellKey(key[len(rawPrefix):])
+		if ok && !bucket.Before(oldest) {
+			a.written[key] = writtenCell{c: c, bucket: bucket}
+		}
+	}
 }
 
 // ackLocked hands the written messages' seqs to the Acker. a.mu is held.
@@ -522,6 +587,7 @@ func (a *Aggregator) Sweep() error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	clear(a.written) // the cells below are deleted
 	const batch = 200
 	for len(moves) > 0 {
 		n := min(batch, len(moves))

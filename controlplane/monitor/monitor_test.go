@@ -440,3 +440,70 @@ func (o *offered) OfferAlert(a Alert) {
 	defer o.mu.Unlock()
 	o.alerts = append(o.alerts, a)
 }
+
+// TestFlushMergesIntoWrittenCells: a device reporting several times in one
+// bucket, each report flushed on its own, ends with one cell holding the
+// sum — merged into the cell the previous flush wrote (not read back) —
+// and the sum is what the store holds, across a restart, an old-bucket
+// report swept between flushes and the eviction of older buckets.
+func TestFlushMergesIntoWrittenCells(t *testing.T) {
+	f := newFixture(t)
+	f.agg.opts.FlushEvery = 1
+	f.clk.Add(10 * time.Second) // inside the 12:00 bucket, not at its edge
+	seq := uint64(0)
+	ingest := func(dev string) {
+		t.Helper()
+		seq++
+		_, err := f.agg.Ingest(dev, seq, report(f, []uint64{1, 2, 1}, 4, 3), nil)
+		require.NoError(t, err)
+	}
+	stored := func(dev string, at time.Time) cell {
+		t.Helper()
+		var c cell
+		require.NoError(t, f.agg.opts.KV.GetJSON(cellKey(rawPrefix, "fraud", "1.0.0", at.Truncate(f.agg.opts.RawBucket), dev), &c))
+		return c
+	}
+	bucket := f.clk.Now()
+	for range 5 {
+		ingest("a1")
+		f.clk.Add(time.Second)
+	}
+	c := stored("a1", bucket)
+	assert.EqualValues(t, 5, c.Reports)
+	assert.EqualValues(t, 20, c.Rows)
+	assert.Equal(t, []uint64{5, 10, 5}, c.Features["amount"])
+	assert.EqualValues(t, 15, c.Correct)
+	assert.Equal(t, "alpha", c.Site)
+	f.agg.mu.Lock()
+	assert.Len(t, f.agg.written, 1, "the cell is remembered as written")
+	f.agg.mu.Unlock()
+
+	// A restart forgets what was written: the next flush reads it back.
+	require.NoError(t, f.db.Close())
+	f.open(t)
+	f.agg.opts.FlushEvery = 1
+	ingest("a1")
+	assert.EqualValues(t, 6, stored("a1", bucket).Reports)
+
+	// Sweep deletes and rolls up old cells: a cell it moved is not written
+	// back from memory.
+	require.NoError(t, f.agg.Sweep())
+	f.agg.mu.Lock()
+	assert.Empty(t, f.agg.written, "a sweep forgets the written cells")
+	f.agg.mu.Unlock()
+	ingest("a1")
+	assert.EqualValues(t, 7, stored("a1", bucket).Reports)
+
+	// Two buckets later the old bucket's cell is evicted, the new one kept.
+	f.clk.Add(2 * f.agg.opts.RawBucket)
+	ingest("a2")
+	f.agg.mu.Lock()
+	var buckets []time.Time
+	for _, w := range f.agg.written {
+		buckets = append(buckets, w.bucket)
+	}
+	f.agg.mu.Unlock()
+	assert.Equal(t, []time.Time{f.clk.Now().Truncate(f.agg.opts.RawBucket)}, buckets)
+	assert.EqualValues(t, 1, stored("a2", f.clk.Now()).Reports)
+	assert.EqualValues(t, 7, stored("a1", bucket).Reports, "the old cell is as written")
+}

@@ -1,8 +1,10 @@
 // Package bench runs fleet-sim's benchmarks: rollout fan-out against a raw
 // MQTT baseline through a broker of the same code and settings, per-agent
 // memory and goroutines at scale, telemetry ingest against raw publishers,
-// and one real agent process's memory, binary size and a large model swap
-// under load (agent.go). Imported by fleet-sim.
+// the control plane's CPU per rollout and per report with the control
+// plane in its own process (cost.go), and one real agent process's memory,
+// binary size and a large model swap under load (agent.go). Imported by
+// fleet-sim.
 package bench
 
 import (
@@ -21,8 +23,16 @@ import (
 // Main runs `fleet-sim bench fanout|scale|telemetry [flags]` and returns
 // the exit code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || (args[0] != "fanout" && args[0] != "scale" && args[0] != "telemetry" && args[0] != "agent") {
-		fmt.Fprintln(stderr, "usage: fleet-sim bench fanout|scale|telemetry|agent [--n 100,1000] [--model-bytes N] [--duration 30s] [--work-dir D] [--report FILE]")
+	if len(args) > 0 && args[0] == "rawbroker" {
+		// The cost benchmark's baseline broker, a child of `bench cost`.
+		if err := RawBroker(ctx, os.Stdin, stdout); err != nil {
+			fmt.Fprintf(stderr, "fleet-sim bench rawbroker: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	if len(args) == 0 || (args[0] != "fanout" && args[0] != "scale" && args[0] != "telemetry" && args[0] != "agent" && args[0] != "cost") {
+		fmt.Fprintln(stderr, "usage: fleet-sim bench fanout|scale|telemetry|agent|cost [--n 100,1000] [--model-bytes N] [--duration 30s] [--work-dir D] [--report FILE]")
 		return 2
 	}
 	fs := flag.NewFlagSet("fleet-sim bench "+args[0], flag.ContinueOnError)
@@ -50,6 +60,13 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	clients := fs.Int("clients", 8, "agent: clients during the swap (one sends --big-batch rows a request)")
 	bigBatch := fs.Int("big-batch", 1024, "agent: rows in each request of the large-batch client")
 	steady := fs.Duration("steady", 10*time.Second, "agent: steady-state window before and after the swap")
+	cpBin := fs.String("cp-bin", "", "cost: the edgefleet binary, run as `edgefleet serve` in its own process")
+	simBin := fs.String("sim-bin", "", "cost: the fleet-sim binary run as the baseline broker (default: this one)")
+	reportRate := fs.Int("report-rate", 10000, "cost: telemetry reports per second offered")
+	reporters := fs.Int("reporters", 1000, "cost: raw device clients sending them")
+	cpProfile := fs.String("cp-cpu-profile", "", "cost: the control plane process writes a CPU profile of its run to this file")
+	skipRollout := fs.Bool("skip-rollout", false, "cost: measure telemetry ingest only")
+	skipTelemetry := fs.Bool("skip-telemetry", false, "cost: measure the rollout only")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -91,6 +108,20 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		results, err = Fanout(ctx, FanoutOptions{Sizes: sizes, ModelBytes: *modelBytes, ProxyMax: *proxyMax, FetchRetry: *fetchRetry, Transport: *transport, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
 	case "scale":
 		results, err = Scale(ctx, ScaleOptions{Sizes: sizes, Transport: *transport, HeapProfile: *heapProfile, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
+	case "cost":
+		if !flagSet(fs, "n") {
+			sizes = []int{1000}
+		}
+		if len(sizes) != 1 {
+			fmt.Fprintln(stderr, "fleet-sim bench cost: --n takes one fleet size")
+			return 2
+		}
+		d := *duration
+		if !flagSet(fs, "duration") {
+			d = 20 * time.Second
+		}
+		results, err = Cost(ctx, CostOptions{N: sizes[0], ModelBytes: *modelBytes, ReportRate: *reportRate, Reporters: *reporters, Duration: d,
+			ControlPlaneBin: *cpBin, ControlPlaneProfile: *cpProfile, SimBin: *simBin, SkipRollout: *skipRollout, SkipTelemetry: *skipTelemetry, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
 	case "telemetry":
 		results, err = Telemetry(ctx, TelemetryOptions{Sizes: sizes, Duration: *duration, Rate: *rate, StoreOnDisk: *diskStore, Transport: *transport,
 			Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
@@ -107,6 +138,13 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	return 0
+}
+
+// flagSet reports whether the command line set flag name.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // startCPUProfile profiles the process into path until the returned stop.

@@ -312,6 +312,7 @@ func waitServingTimes(ctx context.Context, f *sim.Fleet, model, version string, 
 	deadline := time.Now().Add(timeout)
 	seen := map[string]float64{}
 	for {
+		pass := time.Now()
 		done := 0
 		for _, m := range f.Members() {
 			if _, ok := seen[m.Device.ID]; ok {
@@ -336,7 +337,9 @@ func waitServingTimes(ctx context.Context, f *sim.Fleet, model, version string, 
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(20 * time.Millisecond): // polling (agents have no change feed); each poll costs N Status calls
+		// Polling (agents have no change feed): each pass costs N Status
+		// calls, so at 10,000 agents it waits as long as a pass took.
+		case <-time.After(max(20*time.Millisecond, time.Since(pass))):
 		}
 	}
 }

@@ -3,7 +3,8 @@
 // population stability index (PSI) and a Kolmogorov–Smirnov-style distance.
 // Imported by agent (which fills sketches per inference),
 // controlplane/monitor (which merges them), controlplane/models and
-// internal/fraud (reference statistics).
+// internal/fraud (reference statistics), and fleet-sim/bench (real reports
+// for its load generator).
 package drift
 
 import (

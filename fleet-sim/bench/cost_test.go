@@ -1,0 +1,132 @@
+package bench
+
+import (
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestCostSmall runs `fleet-sim bench cost` at a small size on freshly
+// built binaries: the control plane and the baseline broker are separate
+// processes whose CPU is read from /proc, the rollout reaches every agent,
+// every chunk reaches every raw subscriber, and no acknowledged report is
+// lost on either side at a rate both keep up with.
+func TestCostSmall(t *testing.T) {
+	dir := t.TempDir()
+	cpBin, simBin := filepath.Join(dir, "edgefleet"), filepath.Join(dir, "fleet-sim")
+	for bin, pkg := range map[string]string{cpBin: "github.com/edgefleet/edgefleet/controlplane/cmd/edgefleet", simBin: "github.com/edgefleet/edgefleet/fleet-sim"} {
+		out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput()
+		require.NoError(t, err, "go build %s: %s", pkg, out)
+	}
+	var progress strings.Builder
+	r, err := Cost(context.Background(), CostOptions{N: 12, ModelBytes: 256 << 10, ReportRate: 60, Reporters: 6,
+		Duration: 2 * time.Second, Warmup: time.Second, ControlPlaneBin: cpBin, SimBin: simBin,
+		ControlPlaneProfile: filepath.Join(dir, "cp.pprof"), Dir: filepath.Join(dir, "work"), Progress: &progress})
+	require.NoError(t, err, progress.String())
+
+	ro := r.Rollout
+	require.NotNil(t, ro)
+	assert.Equal(t, 12, ro.N)
+	assert.Positive(t, ro.Chunks)
+	assert.GreaterOrEqual(t, ro.ChunkPublishes, float64(ro.Chunks), "every chunk was published")
+	assert.Positive(t, ro.CPUSeconds, "the control plane process worked during the rollout")
+	assert.GreaterOrEqual(t, ro.CPUSeconds, ro.CPUNetSeconds)
+	assert.Zero(t, ro.BaselineMissing, "every raw subscriber got every chunk")
+	assert.Positive(t, ro.RSSBefore)
+	assert.Positive(t, ro.RSSAfter)
+	assert.Positive(t, ro.BaselineSeconds)
+	if ro.BaselineCPUSeconds > 0 { // /proc counts in 10 ms ticks: a tiny fan-out may show none
+		assert.InDelta(t, ro.CPUSeconds/ro.BaselineCPUSeconds, ro.Ratio, 1e-9)
+	} else {
+		assert.Zero(t, ro.Ratio, "no ratio without a measured baseline")
+	}
+
+	te := r.Telemetry
+	require.NotNil(t, te)
+	assert.Greater(t, te.PayloadBytes, 200, "a report with a fraud monitoring report")
+	assert.Positive(t, te.Ingested)
+	assert.Zero(t, te.Lost, "every acknowledged report was aggregated")
+	assert.Zero(t, te.Duplicates)
+	assert.Positive(t, te.AcksSeen, "the control plane acknowledged the reports to the devices")
+	assert.Positive(t, te.BaselineReceived)
+	assert.Zero(t, te.BaselineLost, "every acknowledged raw publish reached the counting subscriber")
+	assert.Positive(t, te.Ratio)
+	assert.Contains(t, progress.String(), "rate ratio")
+
+	// The control plane wrote its profile when it stopped.
+	st, err := os.Stat(filepath.Join(dir, "cp.pprof"))
+	require.NoError(t, err)
+	assert.Positive(t, st.Size())
+}
+
+func TestProcCPU(t *testing.T) {
+	v, err := procCPU(os.Getpid())
+	require.NoError(t, err)
+	assert.Positive(t, v, "this test process has used CPU")
+	_, err = procCPU(-1)
+	assert.Error(t, err)
+}
+
+func TestRawBrokerCommands(t *testing.T) {
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- RawBroker(context.Background(), inR, outW); _ = outW.Close() }()
+	lines := make(chan string, 8)
+	go func() {
+		buf := make([]byte, 4096)
+		var acc string
+		for {
+			n, err := outR.Read(buf)
+			acc += string(buf[:n])
+			for {
+				i := strings.IndexByte(acc, '\n')
+				if i < 0 {
+					break
+				}
+				lines <- acc[:i]
+				acc = acc[i+1:]
+			}
+			if err != nil {
+				close(lines)
+				return
+			}
+		}
+	}()
+	next := func() string {
+		select {
+		case l := <-lines:
+			return l
+		case <-time.After(30 * time.Second):
+			t.Fatal("no answer from RawBroker")
+			return ""
+		}
+	}
+	assert.True(t, strings.HasPrefix(next(), "ready tcp://127.0.0.1:"))
+	for _, tt := range []struct{ cmd, want string }{
+		{"count", "ok"},
+		{"stats", "ok 0 0"},
+		{"chunks /nonexistent 1024 fraud 2", "error: "},
+		{"chunks x 0", "error: chunks FILE"},
+		{"frobnicate", `error: unknown command "frobnicate"`},
+	} {
+		_, err := io.WriteString(inW, tt.cmd+"\n")
+		require.NoError(t, err)
+		assert.Contains(t, next(), tt.want, "RawBroker(%q)", tt.cmd)
+	}
+	require.NoError(t, inW.Close())
+	select {
+	case err := <-done:
+		assert.NoError(t, err, "EOF ends it")
+	case <-time.After(30 * time.Second):
+		t.Fatal("RawBroker did not return at EOF")
+	}
+}
