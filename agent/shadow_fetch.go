@@ -261,12 +261,8 @@ func (a *Agent) requestShadowChunks(ctx context.Context, sh *shadow, restart boo
 	if len(missing) == 0 {
 		return
 	}
-	b, err := proto.Marshal(&efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: sh.name, Version: sh.version, Missing: missing})
-	if err != nil {
-		return
-	}
 	sh.lastProgress = time.Now()
-	a.publish(ctx, a.topics.Fetch(a.opts.DeviceID), b)
+	a.requestChunks(&efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: sh.name, Version: sh.version, Missing: missing})
 }
 
 func (a *Agent) handleShadowChunk(ctx context.Context, payload []byte) {

@@ -854,14 +854,8 @@ func (a *Agent) requestMissing(ctx context.Context, s *slot, restart bool) {
 	if len(missing) == 0 {
 		return
 	}
-	req := &efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: s.name, Version: s.st.Target.Version, Missing: missing, Direct: s.dl != nil}
-	b, err := proto.Marshal(req)
-	if err != nil {
-		a.log.Error("encode fetch request", "err", err)
-		return
-	}
 	s.lastProgress = time.Now()
-	a.publish(ctx, a.topics.Fetch(a.opts.DeviceID), b)
+	a.requestChunks(&efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: s.name, Version: s.st.Target.Version, Missing: missing, Direct: s.dl != nil})
 }
 
 func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
@@ -944,12 +938,7 @@ func (a *Agent) refetch(ctx context.Context, s *slot, idx uint32) {
 	if s.inflight != nil {
 		s.inflight[idx] = true
 	}
-	b, err := proto.Marshal(&efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: s.name, Version: s.st.Target.Version, Missing: []uint32{idx}})
-	if err != nil {
-		a.log.Error("encode fetch request", "err", err)
-		return
-	}
-	a.publish(ctx, a.topics.Fetch(a.opts.DeviceID), b)
+	a.requestChunks(&efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: s.name, Version: s.st.Target.Version, Missing: []uint32{idx}})
 }
 
 // downloadFailed ends a download attempt that chunks corrupted on the way
