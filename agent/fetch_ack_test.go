@@ -12,9 +12,11 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/edgefleet/edgefleet/internal/onnxbuild"
 	"github.com/edgefleet/edgefleet/internal/transfer"
+	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
 // The broker's acknowledgement of a fetch request crosses the device's
@@ -169,4 +171,61 @@ func (c *ackDropper) Read(p []byte) (int, error) {
 	n := copy(p, c.out)
 	c.out = c.out[n:]
 	return n, nil
+}
+
+// On the version's shared chunk topic a device receives the chunks other
+// devices asked for too, and on a slow link its own queue behind them.
+// While chunks of the version keep arriving the link is busy, not lost: the
+// device does not ask again for what it has in flight (each chunk it asked
+// again would cross the link twice, to every subscriber). Once the topic
+// falls silent it asks again.
+func TestStallRetryWaitsWhileTheVersionsChunksArrive(t *testing.T) {
+	v1, _ := testModels(t)
+	h := newHarness(t)
+	h.mu.Lock()
+	h.serveOnly = func(uint32) bool { return false } // the test publishes
+	h.mu.Unlock()
+	opts := h.agentOptions(t, "dev-1", t.TempDir())
+	opts.FetchRetryInterval = 2 * time.Second
+	a := h.startAgent(t, opts)
+	model := onnxbuild.Pad(v1.ONNX, 3*transfer.DefaultChunkSize)
+	m := h.publishModel("fraud", "1.0.0", v1, model, nil, nil)
+	h.desire("dev-1", assign(m))
+	require.Eventually(t, func() bool { return len(h.fetchesFor("dev-1")) == 1 }, 30*time.Second, 10*time.Millisecond)
+
+	chunk := func(i uint32) []byte {
+		data, err := transfer.ChunkData(model, transfer.DefaultChunkSize, i)
+		require.NoError(t, err)
+		b, err := proto.Marshal(&efpb.Chunk{Name: "fraud", Version: "1.0.0", Index: i, Data: data})
+		require.NoError(t, err)
+		return b
+	}
+	topic := h.scheme.Chunks("fraud", "1.0.0")
+	require.NoError(t, h.broker.Publish(topic, chunk(0), false, 1))
+	require.Eventually(t, func() bool { return a.ChunksReceived() == 1 }, 30*time.Second, 10*time.Millisecond)
+	// Three retry intervals of chunk 0 again, as if for another device
+	// behind the same link.
+	busy := time.NewTicker(100 * time.Millisecond)
+	defer busy.Stop()
+	for end := time.Now().Add(3 * opts.FetchRetryInterval); time.Now().Before(end); <-busy.C {
+		require.NoError(t, h.broker.Publish(topic, chunk(0), false, 1))
+	}
+	assert.Len(t, h.fetchesFor("dev-1"), 1, "asked again while the version's chunks kept arriving")
+
+	// Silence: the device asks again for what it lacks.
+	require.Eventually(t, func() bool { return len(h.fetchesFor("dev-1")) >= 2 }, 30*time.Second, 10*time.Millisecond)
+	again := h.fetchesFor("dev-1")[1].Missing
+	assert.NotContains(t, again, uint32(0), "a chunk it holds is not asked again")
+	h.mu.Lock()
+	h.serveOnly = nil
+	h.mu.Unlock()
+	h.onFetch(mustMarshal(t, &efpb.FetchRequest{DeviceId: "dev-1", Name: "fraud", Version: "1.0.0", Missing: again}))
+	waitServing(t, a, "fraud", "1.0.0")
+}
+
+func mustMarshal(t *testing.T, m proto.Message) []byte {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	require.NoError(t, err)
+	return b
 }

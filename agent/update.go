@@ -870,6 +870,7 @@ func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
 	if s == nil || s.asm == nil || s.st.Target == nil || s.st.Target.Version != c.Version {
 		return // another agent's fetch, or a late duplicate
 	}
+	s.lastChunk = time.Now()
 	added, err := s.asm.Add(c.Index, c.Data)
 	if err != nil {
 		a.badChunk(ctx, s, c.Index, sourceBroker, err)
@@ -985,11 +986,29 @@ func (a *Agent) retryStalled(ctx context.Context) {
 		if s.asm == nil || s.st.Target == nil || s.asm.Complete() {
 			continue // a complete download waits to be verified, not for chunks
 		}
-		if time.Since(s.lastProgress) >= a.opts.FetchRetryInterval {
+		if a.stalled(s) {
 			a.ensureSub(ctx, a.chunkTopic(s), evChunk)
 			a.requestMissing(ctx, s, true)
 		}
 	}
+}
+
+// stallCap bounds how long chunks other devices asked for may keep a
+// download that makes no progress of its own from asking again, in
+// FetchRetryIntervals.
+const stallCap = 4
+
+// stalled reports whether a download should ask again for what it has in
+// flight: it added nothing for FetchRetryInterval and its link carried
+// none of its version's chunks either. What it has in flight may queue
+// behind chunks other devices asked for on the version's shared topic;
+// asked again, it would cross the link twice (and reach every subscriber
+// twice). A chunk lost while others keep arriving is asked again after
+// stallCap intervals at the latest.
+func (a *Agent) stalled(s *slot) bool {
+	r := a.opts.FetchRetryInterval
+	idle := time.Since(s.lastProgress)
+	return idle >= r && time.Since(s.lastChunk) >= r || idle >= stallCap*r
 }
 
 func (a *Agent) finishDownload(ctx context.Context, s *slot) {
