@@ -2,12 +2,16 @@ package agent_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"regexp"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -232,4 +236,70 @@ func TestSiteLyingPeerIsBlocked(t *testing.T) {
 		return false
 	}, 10*time.Second, 50*time.Millisecond, "the control plane never heard of the bad chunks")
 	assert.Contains(t, f.cli("devices"), "blocked)")
+}
+
+// TestSiteJoinIsRetried: a join that reached no member (a busy machine
+// whose dial timed out, members not up yet) is tried again. Site
+// documents are issued once and renewed after weeks: before, two members
+// whose first joins failed stayed alone for good.
+func TestSiteJoinIsRetried(t *testing.T) {
+	f := startFleet(t)
+	var down atomic.Bool // the LAN refuses every dial
+	down.Store(true)
+	var refused [2]atomic.Int64
+	var as []*agent.Agent
+	for i := range 2 {
+		as = append(as, f.sharer(fmt.Sprintf("j-%d", i), "j", func(o *agent.Options) {
+			o.Peers.Tune = refusingDials(&down, &refused[i])
+		}))
+	}
+	// Each was told of the other (its site document) and failed to reach it.
+	require.Eventually(t, func() bool { return refused[0].Load() > 0 && refused[1].Load() > 0 },
+		60*time.Second, 20*time.Millisecond, "both members tried to join")
+	down.Store(false)
+	for _, a := range as {
+		waitPeers(t, a, 1)
+	}
+}
+
+// refusingDials makes a member's transport refuse every dial while down
+// is set, counting them in refused.
+func refusingDials(down *atomic.Bool, refused *atomic.Int64) func(*memberlist.Config) {
+	return func(cfg *memberlist.Config) {
+		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+			BindAddrs: []string{cfg.BindAddr}, BindPort: cfg.BindPort, Logger: cfg.Logger,
+		})
+		if err != nil {
+			panic(err) // a loopback port: not expected to fail
+		}
+		cfg.BindPort = nt.GetAutoBindPort()
+		if cfg.AdvertisePort == 0 {
+			cfg.AdvertisePort = cfg.BindPort
+		}
+		cfg.Transport = &refusingTransport{NetTransport: nt, down: down, refused: refused}
+	}
+}
+
+type refusingTransport struct {
+	*memberlist.NetTransport
+	down    *atomic.Bool
+	refused *atomic.Int64
+}
+
+var errLANDown = errors.New("test: LAN down")
+
+func (t *refusingTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
+	if t.down.Load() {
+		t.refused.Add(1)
+		return nil, errLANDown
+	}
+	return t.NetTransport.DialTimeout(addr, timeout)
+}
+
+func (t *refusingTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	if t.down.Load() {
+		t.refused.Add(1)
+		return nil, errLANDown
+	}
+	return t.NetTransport.DialAddressTimeout(a, timeout)
 }

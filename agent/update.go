@@ -312,6 +312,7 @@ func (a *Agent) updateLoop(ctx context.Context) {
 		case <-retry.C:
 			a.retryTransitions(ctx)
 			a.retryStalled(ctx)
+			a.rejoinSite(ctx)
 			a.retryShadows(ctx)
 			a.checkTrials(ctx)
 		}

@@ -409,6 +409,26 @@ func (n *Node) Join(addrs []string) error {
 	return nil
 }
 
+// Unreached returns the addresses in addrs (host:port, as Addr and Join
+// take them) that are neither this node's nor a live member's: those a
+// join should try (again).
+func (n *Node) Unreached(addrs []string) []string {
+	self := n.Addr()
+	n.mu.Lock()
+	known := make(map[string]bool, len(n.members))
+	for _, m := range n.members {
+		known[net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port)))] = true
+	}
+	n.mu.Unlock()
+	var out []string
+	for _, a := range addrs {
+		if a != "" && a != self && !known[a] && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // Members returns the names of the other live members.
 func (n *Node) Members() []string {
 	n.mu.Lock()
