@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -279,6 +280,17 @@ func (a *Agent) moveDownloads(ctx context.Context) {
 		a.ensureSub(ctx, a.chunkTopic(s), evChunk)
 		a.requestMissing(ctx, s, true)
 	}
+	for _, sh := range a.shadow.byName {
+		if sh.asm == nil || sh.asm.Complete() {
+			continue
+		}
+		if a.peers.node != nil && sh.dl == nil {
+			a.unsub(ctx, a.topics.Chunks(sh.name, sh.version))
+			a.startShadowPeerDownload(ctx, sh)
+		}
+		a.ensureShadowSub(ctx, sh)
+		a.requestShadowChunks(ctx, sh, true)
+	}
 }
 
 // Back-off of rejoinSite: from joinRetryMin, doubling, at most
@@ -352,6 +364,13 @@ func (a *Agent) stopSharing() {
 			s.dl.Close()
 			s.dl = nil
 			s.inflight = nil // asked on the device topic: ask again on the shared one
+		}
+	}
+	for _, sh := range a.shadow.byName {
+		if sh.dl != nil {
+			sh.dl.Close()
+			sh.dl = nil
+			sh.inflight = nil
 		}
 	}
 	if p.node != nil {
@@ -437,6 +456,21 @@ func (a *Agent) refreshShares() {
 			next[t.SHA256] = share{path: a.modelPath(s.name, t.SHA256), size: s.manifest.GetSize(), chunkSize: s.manifest.GetChunkSize()}
 		}
 	}
+	for _, sh := range a.shadow.byName {
+		if sh.manifest == nil || sh.failure != "" {
+			continue
+		}
+		if _, done := next[sh.sha]; done {
+			continue
+		}
+		size, cs := sh.manifest.GetSize(), sh.manifest.GetChunkSize()
+		switch {
+		case sh.asm != nil:
+			next[sh.sha] = share{path: filepath.Join(a.shadowDir(sh.name), sh.sha+".part"), size: size, chunkSize: cs, asm: sh.asm}
+		case sh.run != nil:
+			next[sh.sha] = share{path: filepath.Join(a.shadowDir(sh.name), sh.sha+".onnx"), size: size, chunkSize: cs}
+		}
+	}
 	p.mu.Lock()
 	prev := p.shares
 	p.shares = next
@@ -484,19 +518,43 @@ func (p *sharing) chunk(key string, index uint32) ([]byte, bool) {
 
 // startPeerDownload puts a download in progress in the site's hands.
 func (a *Agent) startPeerDownload(ctx context.Context, s *slot) {
-	p := a.peers
-	if p.node == nil || s.asm == nil || s.dl != nil {
+	if a.peers.node == nil || s.asm == nil || s.dl != nil {
 		return
 	}
-	t := s.st.Target
-	asm := s.asm
+	if dl := a.startSiteDownload(ctx, s.name, s.st.Target.SHA256, s.asm); dl != nil {
+		s.dl = dl
+		s.inflight = nil
+		a.refreshShares()
+	}
+}
+
+// startShadowPeerDownload puts a challenger's download in the site's
+// hands: a challenger scored in shadow on a site's devices crosses its
+// link about once, like a served version.
+func (a *Agent) startShadowPeerDownload(ctx context.Context, sh *shadow) {
+	if a.peers.node == nil || sh.asm == nil || sh.dl != nil {
+		return
+	}
+	if dl := a.startSiteDownload(ctx, sh.name, sh.sha, sh.asm); dl != nil {
+		sh.dl = dl
+		sh.inflight = nil
+		a.refreshShares()
+	}
+}
+
+// startSiteDownload starts the site's download of the version of model
+// name whose sha256 is key into asm; nil when the node refuses it. The
+// chunks peers deliver come to the update loop as evPeerChunk events that
+// name the download.
+func (a *Agent) startSiteDownload(ctx context.Context, name, key string, asm *transfer.Assembler) *peers.Download {
+	p := a.peers
 	// The download's goroutines may deliver before StartDownload returns:
 	// they wait for dl (the events name it, so chunks of a download the
 	// loop has since closed are told apart).
 	var dl *peers.Download
 	started := make(chan struct{})
 	dl, err := p.node.StartDownload(peers.DownloadOptions{
-		Key:    t.SHA256,
+		Key:    key,
 		Chunks: uint32(asm.Total()),
 		Has:    func(i uint32) bool { return asm.Has(i) },
 		Deliver: func(dctx context.Context, i uint32, data []byte, from string) bool {
@@ -507,7 +565,7 @@ func (a *Agent) startPeerDownload(ctx context.Context, s *slot) {
 			case <-ctx.Done():
 				return false
 			}
-			ev := event{kind: evPeerChunk, index: i, payload: data, from: from, dl: dl, topic: s.name}
+			ev := event{kind: evPeerChunk, index: i, payload: data, from: from, dl: dl, topic: name}
 			select {
 			case a.events <- ev:
 				return true
@@ -527,28 +585,26 @@ func (a *Agent) startPeerDownload(ctx context.Context, s *slot) {
 	})
 	close(started)
 	if err != nil {
-		a.log.Warn("download without the site", "model", s.name, "err", err)
-		return
+		a.log.Warn("download without the site", "model", name, "err", err)
+		return nil
 	}
-	s.dl = dl
-	s.inflight = nil
-	a.refreshShares()
+	return dl
 }
 
 // handlePeerChunk takes a chunk a peer sent: checked like any chunk; one
 // that fails the check counts against the peer.
 func (a *Agent) handlePeerChunk(ctx context.Context, ev event) {
+	if sh := a.shadow.byName[ev.topic]; sh != nil && sh.dl != nil && sh.dl == ev.dl {
+		a.addShadowChunk(ctx, sh, ev.index, ev.payload, ev.from)
+		return
+	}
 	s := a.slot(ev.topic)
 	if s == nil || s.dl == nil || s.dl != ev.dl || s.asm == nil {
 		return // a download since closed or restarted
 	}
 	added, err := s.asm.Add(ev.index, ev.payload)
 	if err != nil {
-		a.refused.Add(1)
-		a.peerBad.Add(1)
-		blocked := s.dl.Rejected(ev.index, ev.from)
-		a.logLimited(slog.LevelWarn, logKindChunkRefused, "chunk from a peer refused", "model", s.name,
-			"index", ev.index, "peer", ev.from, "peer_blocked", blocked, "err", err)
+		a.peerChunkRefused(s.dl, s.name, ev, err)
 		return
 	}
 	s.dl.Added(ev.index)
@@ -559,11 +615,26 @@ func (a *Agent) handlePeerChunk(ctx context.Context, ev event) {
 	a.chunkAccepted(ctx, s, ev.index)
 }
 
+// peerChunkRefused counts a chunk from a peer that failed its check
+// against the peer.
+func (a *Agent) peerChunkRefused(dl *peers.Download, model string, ev event, err error) {
+	a.refused.Add(1)
+	a.peerBad.Add(1)
+	blocked := dl.Rejected(ev.index, ev.from)
+	a.logLimited(slog.LevelWarn, logKindChunkRefused, "chunk from a peer refused", "model", model,
+		"index", ev.index, "peer", ev.from, "peer_blocked", blocked, "err", err)
+}
+
 // onPeerWake asks the broker for chunks the site left to this member.
 func (a *Agent) onPeerWake(ctx context.Context) {
 	for _, s := range a.slotList() {
 		if s.dl != nil && s.asm != nil && !s.asm.Complete() {
 			a.requestMissing(ctx, s, false)
+		}
+	}
+	for _, sh := range a.shadow.byName {
+		if sh.dl != nil && sh.asm != nil && !sh.asm.Complete() {
+			a.requestShadowChunks(ctx, sh, false)
 		}
 	}
 }

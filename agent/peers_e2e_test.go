@@ -303,3 +303,59 @@ func (t *refusingTransport) DialAddressTimeout(a memberlist.Address, timeout tim
 	}
 	return t.NetTransport.DialAddressTimeout(a, timeout)
 }
+
+// TestSiteSharesAChallenger: a challenger scored in shadow on a site's
+// sharing devices is fetched through the site like a served version:
+// about once from the broker, the rest from peers, every chunk checked.
+func TestSiteSharesAChallenger(t *testing.T) {
+	f := startFleet(t)
+	var as []*agent.Agent
+	ids := []string{"c-0", "c-1", "c-2"}
+	for _, id := range ids {
+		as = append(as, f.sharer(id, "c", nil))
+	}
+	for _, a := range as {
+		waitPeers(t, a, 2)
+	}
+	f.pushPadded("1.0.0", 1, 0)
+	ctx := context.Background()
+	_, err := f.cp.Deploy(ctx, api.DeployRequest{Model: "fraud", Version: "1.0.0", Selector: "site=c"})
+	require.NoError(t, err)
+	f.waitReported("fraud", "1.0.0", ids...)
+
+	mv := f.pushPadded("2.0.0", 2, 1<<20)
+	require.Greater(t, mv.ChunkCount, uint32(8))
+	// A shadow stage whose gate no label will meet: the challenger stays
+	// in shadow.
+	_, err = f.cp.Client.CreateRollout(ctx, api.RolloutSpec{Model: "fraud", Version: "2.0.0", Selector: "site=c",
+		Gates:  api.Gates{MinLabelled: 1 << 30},
+		Stages: []api.RolloutStage{{Name: "shadow", Percent: 100, Shadow: true}, {Name: "all", Percent: 100}}})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		for _, a := range as {
+			if b, p := transferOf(a, "2.0.0"); b+p < mv.Size {
+				return false
+			}
+		}
+		return true
+	}, 60*time.Second, 20*time.Millisecond, "every device holds the challenger")
+
+	var siteBroker, sitePeer uint64
+	for _, a := range as {
+		b, p := transferOf(a, "2.0.0")
+		assert.Equal(t, mv.Size, b+p, "every byte of the challenger came from the broker or a peer")
+		siteBroker += b
+		sitePeer += p
+		assert.Zero(t, a.PeerStats().BadChunks)
+	}
+	t.Logf("challenger at site c: %d bytes from the broker, %d from peers, model %d bytes", siteBroker, sitePeer, mv.Size)
+	// As TestSiteSharesOneDownload: less than not sharing (one copy
+	// idle), with bytes from peers.
+	assert.Less(t, siteBroker, 3*mv.Size, "site c fetched %d bytes of the challenger from the broker", siteBroker)
+	assert.Positive(t, sitePeer, "peers served the challenger")
+	for _, a := range as {
+		st := a.Status()
+		require.Len(t, st, 1)
+		assert.Equal(t, "1.0.0", st[0].Serving, "the champion still serves")
+	}
+}

@@ -869,7 +869,14 @@ func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
 	}
 	s := a.slot(c.Name)
 	if s == nil || s.asm == nil || s.st.Target == nil || s.st.Target.Version != c.Version {
-		return // another agent's fetch, or a late duplicate
+		// A challenger's chunk on the device's own topic (its download
+		// goes through the site), another agent's fetch, or a late
+		// duplicate.
+		if sh := a.shadow.byName[c.Name]; sh != nil && sh.dl != nil && sh.asm != nil && sh.version == c.Version {
+			sh.lastChunk = time.Now()
+			a.addShadowChunk(ctx, sh, c.Index, c.Data, sourceBroker)
+		}
+		return
 	}
 	s.lastChunk = time.Now()
 	added, err := s.asm.Add(c.Index, c.Data)
@@ -987,7 +994,7 @@ func (a *Agent) retryStalled(ctx context.Context) {
 		if s.asm == nil || s.st.Target == nil || s.asm.Complete() {
 			continue // a complete download waits to be verified, not for chunks
 		}
-		if a.stalled(s) {
+		if a.stalled(s.lastProgress, s.lastChunk) {
 			a.ensureSub(ctx, a.chunkTopic(s), evChunk)
 			a.requestMissing(ctx, s, true)
 		}
@@ -1006,10 +1013,10 @@ const stallCap = 4
 // asked again, it would cross the link twice (and reach every subscriber
 // twice). A chunk lost while others keep arriving is asked again after
 // stallCap intervals at the latest.
-func (a *Agent) stalled(s *slot) bool {
+func (a *Agent) stalled(lastProgress, lastChunk time.Time) bool {
 	r := a.opts.FetchRetryInterval
-	idle := time.Since(s.lastProgress)
-	return idle >= r && time.Since(s.lastChunk) >= r || idle >= stallCap*r
+	idle := time.Since(lastProgress)
+	return idle >= r && time.Since(lastChunk) >= r || idle >= stallCap*r
 }
 
 func (a *Agent) finishDownload(ctx context.Context, s *slot) {
