@@ -7,6 +7,7 @@ import (
 	"net"
 	"regexp"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/onnxbuild"
@@ -358,4 +360,75 @@ func TestSiteSharesAChallenger(t *testing.T) {
 		require.Len(t, st, 1)
 		assert.Equal(t, "1.0.0", st[0].Serving, "the champion still serves")
 	}
+}
+
+// TestStuckDeviceDoesNotHoldUpOthersChunks: a device that stops reading
+// (behind a slow or dead link) must not hold up the chunks of every other
+// device. The control plane published chunks at QoS 1, and the embedded
+// broker takes each subscriber's session lock for a packet id, which that
+// subscriber's writer holds while its connection is full: one publish on
+// a stuck device's topic stopped the control plane's only chunk publisher
+// (with a broker-only site beside them, sharing sites fell back to the
+// broker for 1.9 copies; docs/benchmarks.md).
+func TestStuckDeviceDoesNotHoldUpOthersChunks(t *testing.T) {
+	f := startFleet(t, func(o *controlplane.Options) { o.MQTTInMemory = true })
+	var read atomic.Int64 // by the stuck device's connections
+	const limit = 512 << 10
+	f.cp.StartAgent(t, f.rt, "stuck-0", map[string]string{"site": "far"}, func(o *agent.Options) {
+		o.FetchRetryInterval = 200 * time.Millisecond // it asks again, and again
+		o.MQTTDial = func(ctx context.Context) (net.Conn, error) {
+			c, err := f.cp.DialBroker(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return &stuckAfter{Conn: c, read: &read, limit: limit, released: make(chan struct{})}, nil
+		}
+	})
+	var as []*agent.Agent
+	for _, id := range []string{"s-0", "s-1"} {
+		as = append(as, f.sharer(id, "s", nil))
+	}
+	for _, a := range as {
+		waitPeers(t, a, 1)
+	}
+	mv := f.pushPadded("1.0.0", 1, 4<<20)
+	_, err := f.cp.Deploy(context.Background(), api.DeployRequest{Model: "fraud", Version: "1.0.0", Selector: "site=far"})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return read.Load() >= limit }, 60*time.Second, 20*time.Millisecond,
+		"the stuck device got its first chunks (%d bytes read)", read.Load())
+	// The stuck device keeps asking for its chunks on the version's topic
+	// while the site downloads the same version.
+	_, err = f.cp.Deploy(context.Background(), api.DeployRequest{Model: "fraud", Version: "1.0.0", Selector: "site=s"})
+	require.NoError(t, err)
+	f.waitReported("fraud", "1.0.0", "s-0", "s-1")
+	for _, a := range as {
+		b, p := transferOf(a, "1.0.0")
+		assert.Equal(t, mv.Size, b+p)
+	}
+}
+
+// stuckAfter is a connection that stops reading once it has read limit
+// bytes, until it is closed: the broker's writes to it block once its
+// buffer is full.
+type stuckAfter struct {
+	net.Conn
+	limit    int64
+	read     *atomic.Int64 // shared by the device's connections
+	released chan struct{}
+	once     sync.Once
+}
+
+func (c *stuckAfter) Read(p []byte) (int, error) {
+	if c.read.Load() >= c.limit {
+		<-c.released
+		return 0, net.ErrClosed
+	}
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+func (c *stuckAfter) Close() error {
+	c.once.Do(func() { close(c.released) })
+	return c.Conn.Close()
 }

@@ -284,7 +284,15 @@ func (r *Registry) publishChunk(ctx context.Context, k chunkKey, idx uint32) {
 	if k.device != "" {
 		topic = r.opts.Scheme.DeviceChunks(k.device)
 	}
-	if err := r.opts.Bus.Publish(ctx, topic, payload, false); err != nil {
+	// At most once where the bus can: an agent asks again for what does
+	// not come, and a QoS 1 publish on the embedded broker waits for each
+	// subscriber whose connection is full (a device behind a slow link),
+	// which held every other device's chunks up behind it.
+	publish := func() error { return r.opts.Bus.Publish(ctx, topic, payload, false) }
+	if p, ok := r.opts.Bus.(atMostOncePublisher); ok {
+		publish = func() error { return p.PublishAtMostOnce(ctx, topic, payload) }
+	}
+	if err := publish(); err != nil {
 		if ctx.Err() == nil {
 			r.log.Warn("publish chunk failed", "model", k.name, "version", k.version, "index", idx, "err", err)
 		}
