@@ -337,9 +337,12 @@ func (d *Download) step(now time.Time) {
 		d.mu.Unlock()
 		return
 	}
-	wasSource := d.source
+	wasSource, wasLeader := d.source, d.leader
 	d.leader = d.elect(v, fetchers, settled)
 	d.source = d.leader == me
+	if d.leader != wasLeader {
+		d.n.log.Debug("site download source", "key", short(d.o.Key), "source", d.leader, "was", wasLeader, "have", d.have, "fetchers", len(fetchers))
+	}
 	wakeCaller := false
 	if !d.source && wasSource {
 		// Stepped down: another source leads; chunks not asked of the
@@ -361,6 +364,7 @@ func (d *Download) step(now time.Time) {
 			continue
 		}
 		if d.attempts[i] >= d.o.MaxAttempts {
+			d.n.log.Debug("chunk left to the broker", "key", short(d.o.Key), "index", i, "why", "attempts", "failed", d.failed[i])
 			d.broker[i] = true
 			wakeCaller = true
 			continue
@@ -398,6 +402,7 @@ func (d *Download) step(now time.Time) {
 			case now.Sub(d.progressAt) < d.o.StallTimeout:
 				delete(d.failed, i)
 			default:
+				d.n.log.Debug("chunk left to the broker", "key", short(d.o.Key), "index", i, "why", "site stalled", "failed", d.failed[i])
 				d.broker[i] = true
 				wakeCaller = true
 			}
