@@ -33,6 +33,9 @@ type site struct {
 	chunks uint32
 	delay  time.Duration  // per chunk from the broker
 	broker []atomic.Int64 // fetches from the broker per chunk
+	// gate, when set, holds every fetch from the broker until it is
+	// closed (a link that delivers nothing).
+	gate chan struct{}
 }
 
 type device struct {
@@ -136,6 +139,13 @@ func (d *device) brokerLoop() {
 	defer t.Stop()
 	for {
 		for _, i := range d.dl.BrokerChunks() {
+			if d.s.gate != nil {
+				select {
+				case <-d.stop:
+					return
+				case <-d.s.gate:
+				}
+			}
 			select {
 			case <-d.stop:
 				return
@@ -392,4 +402,48 @@ func TestDownloadSlowPeerIsAskedAgain(t *testing.T) {
 	// done and fetch from the broker. Counting the slow answers as
 	// failures fetched all 20 odd chunks there.
 	assert.LessOrEqual(t, fromBroker, int(s.chunks)/8, "chunks the slow peer answered late went to the broker")
+}
+
+// TestDownloadNewSourceGetsTime: when the source stalls (its link
+// delivered nothing for StallTimeout), the member that takes over is
+// judged by its progress since it took over, not by the site's stall:
+// before, it was passed over at once, then the next, until every member
+// fetched from the broker itself (5 copies per site of 10 in
+// site-sharing-200-large).
+func TestDownloadNewSourceGetsTime(t *testing.T) {
+	s := newSite(t, 40)
+	s.gate = make(chan struct{})
+	devs := startSite(t, s, 5)
+	for _, d := range devs {
+		// Long enough for the test to open the link once the first
+		// source is passed over, before the next one stalls too.
+		d.start(func(o *DownloadOptions) { o.StallTimeout = 3 * time.Second })
+	}
+	first := ""
+	require.Eventually(t, func() bool {
+		for _, d := range devs {
+			if self, _ := d.dl.Source(); self {
+				first = d.node.Name()
+				return true
+			}
+		}
+		return false
+	}, 30*time.Second, 10*time.Millisecond, "no source elected")
+	// The link delivers nothing: the source is passed over.
+	require.Eventually(t, func() bool {
+		for _, d := range devs {
+			if self, _ := d.dl.Source(); self && d.node.Name() != first {
+				return true
+			}
+		}
+		return false
+	}, 30*time.Second, 10*time.Millisecond, "%s never passed over", first)
+	close(s.gate) // the link works again
+	waitComplete(t, devs)
+	total := s.brokerTotal()
+	t.Logf("broker chunk fetches: %d for %d chunks on %d devices", total, s.chunks, len(devs))
+	// Two sources (the stalled one resumes with the link, until it sees
+	// the new one) may both fetch; every member fetching for itself was
+	// about five copies.
+	assert.LessOrEqual(t, total, int64(5*s.chunks/2), "the site fetched %d chunks from the broker", total)
 }

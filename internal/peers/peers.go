@@ -858,7 +858,12 @@ func (n *Node) onAnnounce(m announceMsg, bits, raw []byte, relay bool) {
 		}
 		h := &holding{bits: bits, have: m.Have, total: m.Total, fetching: m.Fetching, source: m.Source,
 			at: now, progressAt: now, raw: slices.Clone(raw)}
-		if old := byPeer[m.Origin]; old != nil && m.Have <= old.have {
+		// Progress is judged from when a member took up fetching for
+		// the site, not from its last chunk: a member that takes over
+		// from a stalled source made no progress during the stall
+		// either, and judged by that it was passed over at once, then
+		// the next, until every member fetched from the broker itself.
+		if old := byPeer[m.Origin]; old != nil && m.Have <= old.have && (old.source || !m.Source) {
 			h.progressAt = old.progressAt
 		}
 		if m.Have == 0 && !m.Fetching {
