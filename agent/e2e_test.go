@@ -36,7 +36,7 @@ type fleet struct {
 	dir   string
 }
 
-func startFleet(t *testing.T) *fleet {
+func startFleet(t *testing.T, mods ...func(*controlplane.Options)) *fleet {
 	t.Helper()
 	lib, err := infer.FindLibrary("")
 	require.NoError(t, err)
@@ -45,7 +45,12 @@ func startFleet(t *testing.T) *fleet {
 	t.Cleanup(func() { _ = rt.Close() })
 
 	f := &fleet{t: t, rt: rt, dir: t.TempDir()}
-	f.cp = fleettest.StartControlPlane(t, rt, func(o *controlplane.Options) { o.DataDir = filepath.Join(f.dir, "cp") })
+	f.cp = fleettest.StartControlPlane(t, rt, func(o *controlplane.Options) {
+		o.DataDir = filepath.Join(f.dir, "cp")
+		for _, m := range mods {
+			m(o)
+		}
+	})
 	f.token = f.cp.Token
 	return f
 }

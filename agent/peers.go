@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -79,6 +81,12 @@ type sharing struct {
 	docEnv  []byte // its envelope bytes, as persisted
 	node    *peers.Node
 	joining sync.WaitGroup // joins in flight (they can take a TCP timeout)
+	// A join that reached none of the listed members (a busy machine whose
+	// join timed out, members not up yet) is tried again (rejoinSite):
+	// joinAt is when, joinWait the back-off before it.
+	joinBusy atomic.Bool // a join is in flight
+	joinAt   time.Time
+	joinWait time.Duration
 
 	// Mirrors of node and the document's version for other goroutines
 	// (telemetry, metrics, PeerStats).
@@ -272,7 +280,25 @@ func (a *Agent) moveDownloads(ctx context.Context) {
 		a.ensureSub(ctx, a.chunkTopic(s), evChunk)
 		a.requestMissing(ctx, s, true)
 	}
+	for _, sh := range a.shadow.byName {
+		if sh.asm == nil || sh.asm.Complete() {
+			continue
+		}
+		if a.peers.node != nil && sh.dl == nil {
+			a.unsub(ctx, a.topics.Chunks(sh.name, sh.version))
+			a.startShadowPeerDownload(ctx, sh)
+		}
+		a.ensureShadowSub(ctx, sh)
+		a.requestShadowChunks(ctx, sh, true)
+	}
 }
+
+// Back-off of rejoinSite: from joinRetryMin, doubling, at most
+// joinRetryMax (a listed member that is gone costs a dial that often).
+const (
+	joinRetryMin = 2 * time.Second
+	joinRetryMax = time.Minute
+)
 
 // joinSite contacts the document's peers and the configured ones, in the
 // background: a join waits out TCP timeouts of members that are gone.
@@ -282,12 +308,50 @@ func (a *Agent) joinSite(ctx context.Context) {
 	if len(addrs) == 0 || node == nil {
 		return
 	}
+	a.peers.joinWait = 0
+	a.peers.joinAt = time.Now().Add(joinRetryMin)
+	a.peers.joinBusy.Store(true)
 	a.peers.joining.Go(func() {
+		defer a.peers.joinBusy.Store(false)
 		if ctx.Err() != nil {
 			return
 		}
 		if err := node.Join(addrs); err != nil {
 			a.log.Debug("join site members", "err", err)
+		}
+	})
+}
+
+// rejoinSite joins again the listed members that are not members of this
+// node's cluster, with back-off (it runs on the update loop's retry tick).
+// A document is issued once and renewed after weeks, so a join that
+// failed — a TCP timeout on a starved machine, members that were not up
+// yet — was never tried again: 252 of 1,100 agents of site-sharing-large
+// never joined their site beside a test run (docs/benchmarks.md). It also
+// merges a site that formed as two clusters.
+func (a *Agent) rejoinSite(ctx context.Context) {
+	p := a.peers
+	if p.node == nil || p.doc == nil || p.joinBusy.Load() || time.Now().Before(p.joinAt) {
+		return
+	}
+	addrs := p.node.Unreached(append(append([]string(nil), p.doc.GetPeers()...), a.opts.Peers.Join...))
+	if len(addrs) == 0 {
+		p.joinWait = 0
+		return
+	}
+	p.joinWait = min(max(2*p.joinWait, joinRetryMin), joinRetryMax)
+	// Spread: the members of a site that failed together do not retry
+	// together.
+	p.joinAt = time.Now().Add(p.joinWait/2 + rand.N(p.joinWait/2+1))
+	node := p.node
+	p.joinBusy.Store(true)
+	p.joining.Go(func() {
+		defer p.joinBusy.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		if err := node.Join(addrs); err != nil {
+			a.log.Debug("join site members again", "addrs", len(addrs), "err", err)
 		}
 	})
 }
@@ -300,6 +364,13 @@ func (a *Agent) stopSharing() {
 			s.dl.Close()
 			s.dl = nil
 			s.inflight = nil // asked on the device topic: ask again on the shared one
+		}
+	}
+	for _, sh := range a.shadow.byName {
+		if sh.dl != nil {
+			sh.dl.Close()
+			sh.dl = nil
+			sh.inflight = nil
 		}
 	}
 	if p.node != nil {
@@ -385,6 +456,21 @@ func (a *Agent) refreshShares() {
 			next[t.SHA256] = share{path: a.modelPath(s.name, t.SHA256), size: s.manifest.GetSize(), chunkSize: s.manifest.GetChunkSize()}
 		}
 	}
+	for _, sh := range a.shadow.byName {
+		if sh.manifest == nil || sh.failure != "" {
+			continue
+		}
+		if _, done := next[sh.sha]; done {
+			continue
+		}
+		size, cs := sh.manifest.GetSize(), sh.manifest.GetChunkSize()
+		switch {
+		case sh.asm != nil:
+			next[sh.sha] = share{path: filepath.Join(a.shadowDir(sh.name), sh.sha+".part"), size: size, chunkSize: cs, asm: sh.asm}
+		case sh.run != nil:
+			next[sh.sha] = share{path: filepath.Join(a.shadowDir(sh.name), sh.sha+".onnx"), size: size, chunkSize: cs}
+		}
+	}
 	p.mu.Lock()
 	prev := p.shares
 	p.shares = next
@@ -432,19 +518,43 @@ func (p *sharing) chunk(key string, index uint32) ([]byte, bool) {
 
 // startPeerDownload puts a download in progress in the site's hands.
 func (a *Agent) startPeerDownload(ctx context.Context, s *slot) {
-	p := a.peers
-	if p.node == nil || s.asm == nil || s.dl != nil {
+	if a.peers.node == nil || s.asm == nil || s.dl != nil {
 		return
 	}
-	t := s.st.Target
-	asm := s.asm
+	if dl := a.startSiteDownload(ctx, s.name, s.st.Target.SHA256, s.asm); dl != nil {
+		s.dl = dl
+		s.inflight = nil
+		a.refreshShares()
+	}
+}
+
+// startShadowPeerDownload puts a challenger's download in the site's
+// hands: a challenger scored in shadow on a site's devices crosses its
+// link about once, like a served version.
+func (a *Agent) startShadowPeerDownload(ctx context.Context, sh *shadow) {
+	if a.peers.node == nil || sh.asm == nil || sh.dl != nil {
+		return
+	}
+	if dl := a.startSiteDownload(ctx, sh.name, sh.sha, sh.asm); dl != nil {
+		sh.dl = dl
+		sh.inflight = nil
+		a.refreshShares()
+	}
+}
+
+// startSiteDownload starts the site's download of the version of model
+// name whose sha256 is key into asm; nil when the node refuses it. The
+// chunks peers deliver come to the update loop as evPeerChunk events that
+// name the download.
+func (a *Agent) startSiteDownload(ctx context.Context, name, key string, asm *transfer.Assembler) *peers.Download {
+	p := a.peers
 	// The download's goroutines may deliver before StartDownload returns:
 	// they wait for dl (the events name it, so chunks of a download the
 	// loop has since closed are told apart).
 	var dl *peers.Download
 	started := make(chan struct{})
 	dl, err := p.node.StartDownload(peers.DownloadOptions{
-		Key:    t.SHA256,
+		Key:    key,
 		Chunks: uint32(asm.Total()),
 		Has:    func(i uint32) bool { return asm.Has(i) },
 		Deliver: func(dctx context.Context, i uint32, data []byte, from string) bool {
@@ -455,7 +565,7 @@ func (a *Agent) startPeerDownload(ctx context.Context, s *slot) {
 			case <-ctx.Done():
 				return false
 			}
-			ev := event{kind: evPeerChunk, index: i, payload: data, from: from, dl: dl, topic: s.name}
+			ev := event{kind: evPeerChunk, index: i, payload: data, from: from, dl: dl, topic: name}
 			select {
 			case a.events <- ev:
 				return true
@@ -475,28 +585,26 @@ func (a *Agent) startPeerDownload(ctx context.Context, s *slot) {
 	})
 	close(started)
 	if err != nil {
-		a.log.Warn("download without the site", "model", s.name, "err", err)
-		return
+		a.log.Warn("download without the site", "model", name, "err", err)
+		return nil
 	}
-	s.dl = dl
-	s.inflight = nil
-	a.refreshShares()
+	return dl
 }
 
 // handlePeerChunk takes a chunk a peer sent: checked like any chunk; one
 // that fails the check counts against the peer.
 func (a *Agent) handlePeerChunk(ctx context.Context, ev event) {
+	if sh := a.shadow.byName[ev.topic]; sh != nil && sh.dl != nil && sh.dl == ev.dl {
+		a.addShadowChunk(ctx, sh, ev.index, ev.payload, ev.from)
+		return
+	}
 	s := a.slot(ev.topic)
 	if s == nil || s.dl == nil || s.dl != ev.dl || s.asm == nil {
 		return // a download since closed or restarted
 	}
 	added, err := s.asm.Add(ev.index, ev.payload)
 	if err != nil {
-		a.refused.Add(1)
-		a.peerBad.Add(1)
-		blocked := s.dl.Rejected(ev.index, ev.from)
-		a.logLimited(slog.LevelWarn, logKindChunkRefused, "chunk from a peer refused", "model", s.name,
-			"index", ev.index, "peer", ev.from, "peer_blocked", blocked, "err", err)
+		a.peerChunkRefused(s.dl, s.name, ev, err)
 		return
 	}
 	s.dl.Added(ev.index)
@@ -507,11 +615,26 @@ func (a *Agent) handlePeerChunk(ctx context.Context, ev event) {
 	a.chunkAccepted(ctx, s, ev.index)
 }
 
+// peerChunkRefused counts a chunk from a peer that failed its check
+// against the peer.
+func (a *Agent) peerChunkRefused(dl *peers.Download, model string, ev event, err error) {
+	a.refused.Add(1)
+	a.peerBad.Add(1)
+	blocked := dl.Rejected(ev.index, ev.from)
+	a.logLimited(slog.LevelWarn, logKindChunkRefused, "chunk from a peer refused", "model", model,
+		"index", ev.index, "peer", ev.from, "peer_blocked", blocked, "err", err)
+}
+
 // onPeerWake asks the broker for chunks the site left to this member.
 func (a *Agent) onPeerWake(ctx context.Context) {
 	for _, s := range a.slotList() {
 		if s.dl != nil && s.asm != nil && !s.asm.Complete() {
 			a.requestMissing(ctx, s, false)
+		}
+	}
+	for _, sh := range a.shadow.byName {
+		if sh.dl != nil && sh.asm != nil && !sh.asm.Complete() {
+			a.requestShadowChunks(ctx, sh, false)
 		}
 	}
 }

@@ -2,16 +2,22 @@ package agent_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"regexp"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/onnxbuild"
@@ -232,4 +238,197 @@ func TestSiteLyingPeerIsBlocked(t *testing.T) {
 		return false
 	}, 10*time.Second, 50*time.Millisecond, "the control plane never heard of the bad chunks")
 	assert.Contains(t, f.cli("devices"), "blocked)")
+}
+
+// TestSiteJoinIsRetried: a join that reached no member (a busy machine
+// whose dial timed out, members not up yet) is tried again. Site
+// documents are issued once and renewed after weeks: before, two members
+// whose first joins failed stayed alone for good.
+func TestSiteJoinIsRetried(t *testing.T) {
+	f := startFleet(t)
+	var down atomic.Bool // the LAN refuses every dial
+	down.Store(true)
+	var refused [2]atomic.Int64
+	var as []*agent.Agent
+	for i := range 2 {
+		as = append(as, f.sharer(fmt.Sprintf("j-%d", i), "j", func(o *agent.Options) {
+			o.Peers.Tune = refusingDials(&down, &refused[i])
+		}))
+	}
+	// Each was told of the other (its site document) and failed to reach it.
+	require.Eventually(t, func() bool { return refused[0].Load() > 0 && refused[1].Load() > 0 },
+		60*time.Second, 20*time.Millisecond, "both members tried to join")
+	down.Store(false)
+	for _, a := range as {
+		waitPeers(t, a, 1)
+	}
+}
+
+// refusingDials makes a member's transport refuse every dial while down
+// is set, counting them in refused.
+func refusingDials(down *atomic.Bool, refused *atomic.Int64) func(*memberlist.Config) {
+	return func(cfg *memberlist.Config) {
+		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+			BindAddrs: []string{cfg.BindAddr}, BindPort: cfg.BindPort, Logger: cfg.Logger,
+		})
+		if err != nil {
+			panic(err) // a loopback port: not expected to fail
+		}
+		cfg.BindPort = nt.GetAutoBindPort()
+		if cfg.AdvertisePort == 0 {
+			cfg.AdvertisePort = cfg.BindPort
+		}
+		cfg.Transport = &refusingTransport{NetTransport: nt, down: down, refused: refused}
+	}
+}
+
+type refusingTransport struct {
+	*memberlist.NetTransport
+	down    *atomic.Bool
+	refused *atomic.Int64
+}
+
+var errLANDown = errors.New("test: LAN down")
+
+func (t *refusingTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
+	if t.down.Load() {
+		t.refused.Add(1)
+		return nil, errLANDown
+	}
+	return t.NetTransport.DialTimeout(addr, timeout)
+}
+
+func (t *refusingTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	if t.down.Load() {
+		t.refused.Add(1)
+		return nil, errLANDown
+	}
+	return t.NetTransport.DialAddressTimeout(a, timeout)
+}
+
+// TestSiteSharesAChallenger: a challenger scored in shadow on a site's
+// sharing devices is fetched through the site like a served version:
+// about once from the broker, the rest from peers, every chunk checked.
+func TestSiteSharesAChallenger(t *testing.T) {
+	f := startFleet(t)
+	var as []*agent.Agent
+	ids := []string{"c-0", "c-1", "c-2"}
+	for _, id := range ids {
+		as = append(as, f.sharer(id, "c", nil))
+	}
+	for _, a := range as {
+		waitPeers(t, a, 2)
+	}
+	f.pushPadded("1.0.0", 1, 0)
+	ctx := context.Background()
+	_, err := f.cp.Deploy(ctx, api.DeployRequest{Model: "fraud", Version: "1.0.0", Selector: "site=c"})
+	require.NoError(t, err)
+	f.waitReported("fraud", "1.0.0", ids...)
+
+	mv := f.pushPadded("2.0.0", 2, 1<<20)
+	require.Greater(t, mv.ChunkCount, uint32(8))
+	// A shadow stage whose gate no label will meet: the challenger stays
+	// in shadow.
+	_, err = f.cp.Client.CreateRollout(ctx, api.RolloutSpec{Model: "fraud", Version: "2.0.0", Selector: "site=c",
+		Gates:  api.Gates{MinLabelled: 1 << 30},
+		Stages: []api.RolloutStage{{Name: "shadow", Percent: 100, Shadow: true}, {Name: "all", Percent: 100}}})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		for _, a := range as {
+			if b, p := transferOf(a, "2.0.0"); b+p < mv.Size {
+				return false
+			}
+		}
+		return true
+	}, 60*time.Second, 20*time.Millisecond, "every device holds the challenger")
+
+	var siteBroker, sitePeer uint64
+	for _, a := range as {
+		b, p := transferOf(a, "2.0.0")
+		assert.Equal(t, mv.Size, b+p, "every byte of the challenger came from the broker or a peer")
+		siteBroker += b
+		sitePeer += p
+		assert.Zero(t, a.PeerStats().BadChunks)
+	}
+	t.Logf("challenger at site c: %d bytes from the broker, %d from peers, model %d bytes", siteBroker, sitePeer, mv.Size)
+	// As TestSiteSharesOneDownload: less than not sharing (one copy
+	// idle), with bytes from peers.
+	assert.Less(t, siteBroker, 3*mv.Size, "site c fetched %d bytes of the challenger from the broker", siteBroker)
+	assert.Positive(t, sitePeer, "peers served the challenger")
+	for _, a := range as {
+		st := a.Status()
+		require.Len(t, st, 1)
+		assert.Equal(t, "1.0.0", st[0].Serving, "the champion still serves")
+	}
+}
+
+// TestStuckDeviceDoesNotHoldUpOthersChunks: a device that stops reading
+// (behind a slow or dead link) must not hold up the chunks of every other
+// device. The control plane published chunks at QoS 1, and the embedded
+// broker takes each subscriber's session lock for a packet id, which that
+// subscriber's writer holds while its connection is full: one publish on
+// a stuck device's topic stopped the control plane's only chunk publisher
+// (with a broker-only site beside them, sharing sites fell back to the
+// broker for 1.9 copies; docs/benchmarks.md).
+func TestStuckDeviceDoesNotHoldUpOthersChunks(t *testing.T) {
+	f := startFleet(t, func(o *controlplane.Options) { o.MQTTInMemory = true })
+	var read atomic.Int64 // by the stuck device's connections
+	const limit = 512 << 10
+	f.cp.StartAgent(t, f.rt, "stuck-0", map[string]string{"site": "far"}, func(o *agent.Options) {
+		o.FetchRetryInterval = 200 * time.Millisecond // it asks again, and again
+		o.MQTTDial = func(ctx context.Context) (net.Conn, error) {
+			c, err := f.cp.DialBroker(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return &stuckAfter{Conn: c, read: &read, limit: limit, released: make(chan struct{})}, nil
+		}
+	})
+	var as []*agent.Agent
+	for _, id := range []string{"s-0", "s-1"} {
+		as = append(as, f.sharer(id, "s", nil))
+	}
+	for _, a := range as {
+		waitPeers(t, a, 1)
+	}
+	mv := f.pushPadded("1.0.0", 1, 4<<20)
+	_, err := f.cp.Deploy(context.Background(), api.DeployRequest{Model: "fraud", Version: "1.0.0", Selector: "site=far"})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return read.Load() >= limit }, 60*time.Second, 20*time.Millisecond,
+		"the stuck device got its first chunks (%d bytes read)", read.Load())
+	// The stuck device keeps asking for its chunks on the version's topic
+	// while the site downloads the same version.
+	_, err = f.cp.Deploy(context.Background(), api.DeployRequest{Model: "fraud", Version: "1.0.0", Selector: "site=s"})
+	require.NoError(t, err)
+	f.waitReported("fraud", "1.0.0", "s-0", "s-1")
+	for _, a := range as {
+		b, p := transferOf(a, "1.0.0")
+		assert.Equal(t, mv.Size, b+p)
+	}
+}
+
+// stuckAfter is a connection that stops reading once it has read limit
+// bytes, until it is closed: the broker's writes to it block once its
+// buffer is full.
+type stuckAfter struct {
+	net.Conn
+	limit    int64
+	read     *atomic.Int64 // shared by the device's connections
+	released chan struct{}
+	once     sync.Once
+}
+
+func (c *stuckAfter) Read(p []byte) (int, error) {
+	if c.read.Load() >= c.limit {
+		<-c.released
+		return 0, net.ErrClosed
+	}
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+func (c *stuckAfter) Close() error {
+	c.once.Do(func() { close(c.released) })
+	return c.Conn.Close()
 }

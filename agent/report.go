@@ -15,7 +15,7 @@ import (
 )
 
 // publish sends one QoS 1 message that is not kept when it cannot be sent
-// (fetch requests and presence). Reports (status events and telemetry) go
+// (presence), and waits for the broker's acknowledgement. Reports (status events and telemetry) go
 // through the outbox instead (outbox.go).
 func (a *Agent) publish(ctx context.Context, topic string, payload []byte) {
 	c := a.mqtt()
@@ -26,6 +26,29 @@ func (a *Agent) publish(ctx context.Context, topic string, payload []byte) {
 	defer cancel()
 	if err := c.Publish(pctx, topic, 1, false, payload); err != nil {
 		a.log.Debug("publish failed", "topic", topic, "err", err)
+	}
+}
+
+// requestChunks publishes a fetch request without waiting for the
+// broker's acknowledgement (mqttc.PublishNoWait). The update loop must not
+// wait for it: the acknowledgement crosses the device's link behind the
+// chunks already queued for it, and while the loop waits it takes none of
+// them — on a 4 Mbit/s link with 64 chunks of 64 KiB queued, 8 s, after
+// which the download looked stalled and asked for its whole window again
+// (docs/architecture.md, "Distribution"). A lost request is asked again
+// when the download stalls.
+func (a *Agent) requestChunks(req *efpb.FetchRequest) {
+	b, err := proto.Marshal(req)
+	if err != nil {
+		a.log.Error("encode fetch request", "err", err)
+		return
+	}
+	c := a.mqtt()
+	if c == nil {
+		return
+	}
+	if err := c.PublishNoWait(a.topics.Fetch(a.opts.DeviceID), 1, false, b); err != nil {
+		a.log.Debug("fetch request not sent", "err", err)
 	}
 }
 

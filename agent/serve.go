@@ -56,8 +56,13 @@ type slot struct {
 	asm          *transfer.Assembler
 	file         *os.File
 	manifest     *efpb.Manifest // the target's verified manifest
-	lastProgress time.Time      // last chunk added (monotonic: for stall detection, not the wall clock)
-	badChunks    int            // chunks refused in this download
+	lastProgress time.Time      // last chunk added or request sent (monotonic: for stall detection, not the wall clock)
+	// lastChunk is when a chunk of the target last arrived from the
+	// broker, one this download already held included: on the version's
+	// shared topic the chunks other devices asked for come first, and
+	// while they arrive the link is busy, not lost (retryStalled).
+	lastChunk time.Time
+	badChunks int // chunks refused in this download
 	// badFrom counts the refused copies of each chunk by the source that
 	// sent it, in this download attempt: the same chunk refused twice from
 	// one source ends the attempt.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/internal/drift"
 	"github.com/edgefleet/edgefleet/internal/oip"
+	"github.com/edgefleet/edgefleet/internal/peers"
 	"github.com/edgefleet/edgefleet/internal/transfer"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
@@ -79,13 +80,20 @@ type shadow struct {
 	file         *os.File
 	inflight     map[uint32]bool
 	lastProgress time.Time
+	lastChunk    time.Time // as slot.lastChunk
 	badChunks    int
+	// dl shares the download with the site (peers.go); nil: broker only.
+	dl *peers.Download
 
 	run     *shadowRun // set once loaded
 	failure string     // why it will not score ("" while on its way)
 }
 
 func (sh *shadow) closeDownload() {
+	if sh.dl != nil {
+		sh.dl.Close()
+		sh.dl = nil
+	}
 	if sh.file != nil {
 		_ = sh.file.Close()
 		sh.file = nil

@@ -98,6 +98,7 @@ func (a *Agent) endShadow(ctx context.Context, sh *shadow) {
 	a.unsub(ctx, a.topics.Manifest(sh.name, sh.version))
 	a.unsub(ctx, a.topics.Chunks(sh.name, sh.version))
 	_ = os.RemoveAll(a.shadowDir(sh.name))
+	a.refreshShares()
 	a.log.Info("shadow ended", "model", sh.name, "version", sh.version)
 }
 
@@ -175,7 +176,7 @@ func (a *Agent) shadowsConnected(ctx context.Context) {
 		switch {
 		case sh.run != nil || sh.failure != "":
 		case sh.asm != nil:
-			a.ensureSub(ctx, a.topics.Chunks(sh.name, sh.version), evShadowChunk)
+			a.ensureShadowSub(ctx, sh)
 			a.requestShadowChunks(ctx, sh, true)
 		default:
 			a.ensureSub(ctx, a.topics.Manifest(sh.name, sh.version), evShadowManifest)
@@ -191,6 +192,7 @@ func (a *Agent) failShadow(ctx context.Context, sh *shadow, reason string) {
 	a.unsub(ctx, a.topics.Manifest(sh.name, sh.version))
 	a.unsub(ctx, a.topics.Chunks(sh.name, sh.version))
 	_ = os.RemoveAll(a.shadowDir(sh.name))
+	a.refreshShares()
 }
 
 func (a *Agent) handleShadowManifest(ctx context.Context, topic string, payload []byte) {
@@ -237,23 +239,55 @@ func (a *Agent) handleShadowManifest(ctx context.Context, topic string, payload 
 		a.finishShadow(ctx, sh)
 		return
 	}
-	a.ensureSub(ctx, a.topics.Chunks(sh.name, sh.version), evShadowChunk)
+	a.startShadowPeerDownload(ctx, sh) // when the agent shares with its site
+	a.ensureShadowSub(ctx, sh)
 	a.requestShadowChunks(ctx, sh, true)
+}
+
+// shadowChunkTopic is where the broker's chunks of a challenger arrive:
+// the device's own topic when the site shares its download, else the
+// version's shared topic (see chunkTopic).
+func (a *Agent) shadowChunkTopic(sh *shadow) string {
+	if sh.dl != nil {
+		return a.topics.DeviceChunks(a.opts.DeviceID)
+	}
+	return a.topics.Chunks(sh.name, sh.version)
+}
+
+// ensureShadowSub subscribes to the challenger's chunk topic. The
+// device's own topic is handled as the served versions' (handleChunk
+// passes a challenger's chunks on).
+func (a *Agent) ensureShadowSub(ctx context.Context, sh *shadow) {
+	if sh.dl != nil {
+		a.ensureSub(ctx, a.shadowChunkTopic(sh), evChunk)
+		return
+	}
+	a.ensureSub(ctx, a.shadowChunkTopic(sh), evShadowChunk)
 }
 
 // requestShadowChunks is requestMissing for a challenger's download.
 func (a *Agent) requestShadowChunks(ctx context.Context, sh *shadow, restart bool) {
-	if sh.asm == nil || !a.u.subs[a.topics.Chunks(sh.name, sh.version)] {
+	if sh.asm == nil || !a.u.subs[a.shadowChunkTopic(sh)] {
 		return
+	}
+	window := fetchWindow
+	if sh.dl != nil {
+		window = siteFetchWindow
 	}
 	if restart || sh.inflight == nil {
 		sh.inflight = map[uint32]bool{}
-	} else if len(sh.inflight) > fetchWindow/2 {
+	} else if len(sh.inflight) > window/2 {
 		return
 	}
+	var candidates []uint32
+	if sh.dl != nil {
+		candidates = sh.dl.BrokerChunks() // the site's other chunks come from peers
+	} else {
+		candidates = sh.asm.Missing(len(sh.inflight) + window)
+	}
 	var missing []uint32
-	for _, idx := range sh.asm.Missing(len(sh.inflight) + fetchWindow) {
-		if !sh.inflight[idx] && len(sh.inflight) < fetchWindow {
+	for _, idx := range candidates {
+		if !sh.inflight[idx] && len(sh.inflight) < window {
 			sh.inflight[idx] = true
 			missing = append(missing, idx)
 		}
@@ -261,12 +295,8 @@ func (a *Agent) requestShadowChunks(ctx context.Context, sh *shadow, restart boo
 	if len(missing) == 0 {
 		return
 	}
-	b, err := proto.Marshal(&efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: sh.name, Version: sh.version, Missing: missing})
-	if err != nil {
-		return
-	}
 	sh.lastProgress = time.Now()
-	a.publish(ctx, a.topics.Fetch(a.opts.DeviceID), b)
+	a.requestChunks(&efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: sh.name, Version: sh.version, Missing: missing, Direct: sh.dl != nil})
 }
 
 func (a *Agent) handleShadowChunk(ctx context.Context, payload []byte) {
@@ -279,8 +309,19 @@ func (a *Agent) handleShadowChunk(ctx context.Context, payload []byte) {
 	if sh == nil || sh.asm == nil || sh.version != c.Version {
 		return
 	}
-	added, err := sh.asm.Add(c.Index, c.Data)
+	sh.lastChunk = time.Now()
+	a.addShadowChunk(ctx, sh, c.Index, c.Data, sourceBroker)
+}
+
+// addShadowChunk adds a chunk of a challenger from the broker or (from
+// names it) a peer.
+func (a *Agent) addShadowChunk(ctx context.Context, sh *shadow, index uint32, data []byte, from string) {
+	added, err := sh.asm.Add(index, data)
 	if err != nil {
+		if from != sourceBroker && sh.dl != nil {
+			a.peerChunkRefused(sh.dl, sh.name, event{index: index, from: from}, err)
+			return
+		}
 		a.refused.Add(1)
 		sh.badChunks++
 		if limit := max(16, 2*sh.asm.Total()); sh.badChunks > limit {
@@ -288,12 +329,20 @@ func (a *Agent) handleShadowChunk(ctx context.Context, payload []byte) {
 		}
 		return
 	}
+	if sh.dl != nil {
+		sh.dl.Added(index)
+	}
 	if !added {
 		return
 	}
+	if from == sourceBroker {
+		a.transfers.add(sh.name, sh.version, uint64(len(data)), 0)
+	} else {
+		a.transfers.add(sh.name, sh.version, 0, uint64(len(data)))
+	}
 	a.chunks.Add(1)
 	sh.lastProgress = time.Now()
-	delete(sh.inflight, c.Index)
+	delete(sh.inflight, index)
 	if sh.asm.Complete() {
 		a.finishShadow(ctx, sh)
 		return
@@ -304,8 +353,8 @@ func (a *Agent) handleShadowChunk(ctx context.Context, payload []byte) {
 // retryShadows asks again for chunks of stalled challenger downloads.
 func (a *Agent) retryShadows(ctx context.Context) {
 	for _, sh := range a.shadow.byName {
-		if sh.asm != nil && !sh.asm.Complete() && time.Since(sh.lastProgress) >= a.opts.FetchRetryInterval {
-			a.ensureSub(ctx, a.topics.Chunks(sh.name, sh.version), evShadowChunk)
+		if sh.asm != nil && !sh.asm.Complete() && a.stalled(sh.lastProgress, sh.lastChunk) {
+			a.ensureShadowSub(ctx, sh)
 			a.requestShadowChunks(ctx, sh, true)
 		}
 	}
@@ -338,7 +387,9 @@ func (a *Agent) finishShadow(ctx context.Context, sh *shadow) {
 	}
 	if !a.loadShadow(sh, verified) {
 		a.failShadow(ctx, sh, sh.failure)
+		return
 	}
+	a.refreshShares() // the checked file serves the site's other members
 }
 
 // loadShadow loads a checked challenger (test vectors, warm-up, as a

@@ -319,6 +319,7 @@ func (a *Agent) updateLoop(ctx context.Context) {
 			a.recheckRetained(ctx)
 			a.retryStalled(ctx)
 			a.retryTransientDue(ctx)
+			a.rejoinSite(ctx)
 			a.retryShadows(ctx)
 			a.checkTrials(ctx)
 		}
@@ -912,14 +913,8 @@ func (a *Agent) requestMissing(ctx context.Context, s *slot, restart bool) {
 	if len(missing) == 0 {
 		return
 	}
-	req := &efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: s.name, Version: s.st.Target.Version, Missing: missing, Direct: s.dl != nil}
-	b, err := proto.Marshal(req)
-	if err != nil {
-		a.log.Error("encode fetch request", "err", err)
-		return
-	}
 	s.lastProgress = time.Now()
-	a.publish(ctx, a.topics.Fetch(a.opts.DeviceID), b)
+	a.requestChunks(&efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: s.name, Version: s.st.Target.Version, Missing: missing, Direct: s.dl != nil})
 }
 
 func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
@@ -932,8 +927,16 @@ func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
 	}
 	s := a.slot(c.Name)
 	if s == nil || s.asm == nil || s.st.Target == nil || s.st.Target.Version != c.Version {
-		return // another agent's fetch, or a late duplicate
+		// A challenger's chunk on the device's own topic (its download
+		// goes through the site), another agent's fetch, or a late
+		// duplicate.
+		if sh := a.shadow.byName[c.Name]; sh != nil && sh.dl != nil && sh.asm != nil && sh.version == c.Version {
+			sh.lastChunk = time.Now()
+			a.addShadowChunk(ctx, sh, c.Index, c.Data, sourceBroker)
+		}
+		return
 	}
+	s.lastChunk = time.Now()
 	added, err := s.asm.Add(c.Index, c.Data)
 	if err != nil {
 		a.badChunk(ctx, s, c.Index, sourceBroker, err)
@@ -1009,12 +1012,7 @@ func (a *Agent) refetch(ctx context.Context, s *slot, idx uint32) {
 	if s.inflight != nil {
 		s.inflight[idx] = true
 	}
-	b, err := proto.Marshal(&efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: s.name, Version: s.st.Target.Version, Missing: []uint32{idx}})
-	if err != nil {
-		a.log.Error("encode fetch request", "err", err)
-		return
-	}
-	a.publish(ctx, a.topics.Fetch(a.opts.DeviceID), b)
+	a.requestChunks(&efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: s.name, Version: s.st.Target.Version, Missing: []uint32{idx}})
 }
 
 // downloadFailed ends a download attempt that chunks corrupted on the way
@@ -1061,11 +1059,29 @@ func (a *Agent) retryStalled(ctx context.Context) {
 		if s.asm == nil || s.st.Target == nil || s.asm.Complete() {
 			continue // a complete download waits to be verified, not for chunks
 		}
-		if time.Since(s.lastProgress) >= a.opts.FetchRetryInterval {
+		if a.stalled(s.lastProgress, s.lastChunk) {
 			a.ensureSub(ctx, a.chunkTopic(s), evChunk)
 			a.requestMissing(ctx, s, true)
 		}
 	}
+}
+
+// stallCap bounds how long chunks other devices asked for may keep a
+// download that makes no progress of its own from asking again, in
+// FetchRetryIntervals.
+const stallCap = 4
+
+// stalled reports whether a download should ask again for what it has in
+// flight: it added nothing for FetchRetryInterval and its link carried
+// none of its version's chunks either. What it has in flight may queue
+// behind chunks other devices asked for on the version's shared topic;
+// asked again, it would cross the link twice (and reach every subscriber
+// twice). A chunk lost while others keep arriving is asked again after
+// stallCap intervals at the latest.
+func (a *Agent) stalled(lastProgress, lastChunk time.Time) bool {
+	r := a.opts.FetchRetryInterval
+	idle := time.Since(lastProgress)
+	return idle >= r && time.Since(lastChunk) >= r || idle >= stallCap*r
 }
 
 func (a *Agent) finishDownload(ctx context.Context, s *slot) {

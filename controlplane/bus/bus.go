@@ -29,6 +29,13 @@ type Bus interface {
 	Close() error
 }
 
+// AtMostOncePublisher is the optional ability to publish at QoS 0, for
+// messages the receiver asks for again when they do not come (model
+// chunks). Both buses have it.
+type AtMostOncePublisher interface {
+	PublishAtMostOnce(ctx context.Context, topic string, payload []byte) error
+}
+
 // Disconnecter is the optional ability to close a device's session (only
 // the embedded broker has it; an external broker's own tools do that).
 type Disconnecter interface {
@@ -47,6 +54,15 @@ func NewEmbedded(b *broker.Broker) *Embedded { return &Embedded{b: b} }
 // Publish implements Bus.
 func (e *Embedded) Publish(_ context.Context, topic string, payload []byte, retain bool) error {
 	return e.b.Publish(topic, payload, retain, 1)
+}
+
+// PublishAtMostOnce implements AtMostOncePublisher. It never waits for a
+// subscriber: a QoS 1 publish takes each subscriber's session lock for a
+// packet id, which that subscriber's writer holds while its connection
+// is full — a device behind a slow link held every publish up for as long
+// as its link needed to take one packet (docs/architecture.md).
+func (e *Embedded) PublishAtMostOnce(_ context.Context, topic string, payload []byte) error {
+	return e.b.Publish(topic, payload, false, 0)
 }
 
 // Subscribe implements Bus. Unsubscribing is left to Close, which stops
@@ -118,6 +134,11 @@ func (e *External) Reconnected() <-chan struct{} { return e.reconnected }
 // Publish implements Bus.
 func (e *External) Publish(ctx context.Context, topic string, payload []byte, retain bool) error {
 	return e.c.Publish(ctx, topic, 1, retain, payload)
+}
+
+// PublishAtMostOnce implements AtMostOncePublisher.
+func (e *External) PublishAtMostOnce(ctx context.Context, topic string, payload []byte) error {
+	return e.c.Publish(ctx, topic, 0, false, payload)
 }
 
 // Subscribe implements Bus.

@@ -26,7 +26,10 @@ type chunkKey struct{ name, version, device string }
 // serves them all. The worker serves versions round-robin, one chunk at a
 // time, so one large download does not starve another.
 type chunkQueue struct {
-	wake chan struct{} // capacity 1: "there may be work"
+	// Capacity 1: "there may be work" for the worker of the versions'
+	// shared topics (wake) and for the one of devices' own topics
+	// (wakeDirect); see Registry.Run.
+	wake, wakeDirect chan struct{}
 	// A version's first request waits for more before its chunks go out:
 	// agents that start a download together (a deploy to many devices)
 	// are then served by one publish of each chunk instead of one per
@@ -77,7 +80,7 @@ type pendingChunks struct {
 // most maxWait (at least window) after their first request.
 func newChunkQueue(window, maxWait time.Duration) *chunkQueue {
 	maxWait = max(window, maxWait)
-	return &chunkQueue{wake: make(chan struct{}, 1), window: window, maxWait: maxWait, collectMax: collectFactor * maxWait,
+	return &chunkQueue{wake: make(chan struct{}, 1), wakeDirect: make(chan struct{}, 1), window: window, maxWait: maxWait, collectMax: collectFactor * maxWait,
 		pending: map[chunkKey]*pendingChunks{}, expected: map[chunkKey]*expectation{}}
 }
 
@@ -163,13 +166,28 @@ func (q *chunkQueue) enqueue(k chunkKey, device string, indexes []uint32, now ti
 	// the last expected device asking for chunks already queued adds none
 	// but makes the round due now.
 	if added > 0 || collecting {
-		select {
-		case q.wake <- struct{}{}:
-		default:
+		// A direct request may also make the shared round due.
+		wake(q.wake)
+		if k.device != "" {
+			wake(q.wakeDirect)
 		}
 	}
 	return added
 }
+
+func wake(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// Kinds of chunks a worker takes from the queue (take).
+const (
+	anyChunks    = iota
+	sharedChunks // of the versions' shared topics
+	directChunks // of devices' own topics
+)
 
 // next dequeues the next chunk to publish: the first version in service
 // order whose collection window has passed. With none ready it returns how
@@ -177,11 +195,19 @@ func (q *chunkQueue) enqueue(k chunkKey, device string, indexes []uint32, now ti
 // after it was dequeued is queued anew: its publish may already be past
 // that asker.
 func (q *chunkQueue) next(now time.Time) (chunkKey, uint32, bool, time.Duration) {
+	return q.take(now, anyChunks)
+}
+
+// take is next for one kind of chunks.
+func (q *chunkQueue) take(now time.Time, kind int) (chunkKey, uint32, bool, time.Duration) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	at := -1
 	var wait time.Duration
 	for i, k := range q.ring {
+		if direct := k.device != ""; kind == sharedChunks && direct || kind == directChunks && !direct {
+			continue
+		}
 		d := q.pending[k].ready.Sub(now)
 		if d <= 0 {
 			at = i
@@ -252,15 +278,32 @@ func (q *chunkQueue) queued() int {
 	return n
 }
 
-// Run is the one worker that publishes queued chunks, until ctx ends. It
-// first checks the stored model files (VerifyFiles).
+// Run publishes queued chunks until ctx ends, after it checked the
+// stored model files (VerifyFiles). Two workers publish: one the chunks of
+// the versions' shared topics (QoS 1), one those devices asked for on
+// their own topics (QoS 0). A QoS 1 publish on the embedded broker takes
+// each subscriber's session lock for a packet id, and mochi holds that
+// lock while it writes to the subscriber's connection: a device behind a
+// full link holds the shared worker up for as long as its link needs to
+// take one packet. The members of sharing sites fetch on their own
+// topics, so they no longer wait behind it: with one worker, a broker-only
+// site beside sharing sites held their sources for seconds at a time, and
+// the sites fell back to the broker (1.9 copies each, idle).
 func (r *Registry) Run(ctx context.Context) {
 	if bad := r.VerifyFiles(ctx); bad > 0 {
 		r.log.Error("corrupt model files found at start", "versions", bad)
 	}
+	var wg sync.WaitGroup
+	wg.Go(func() { r.publishLoop(ctx, sharedChunks, r.chunks.wake) })
+	wg.Go(func() { r.publishLoop(ctx, directChunks, r.chunks.wakeDirect) })
+	wg.Wait()
+}
+
+// publishLoop publishes the queued chunks of one kind until ctx ends.
+func (r *Registry) publishLoop(ctx context.Context, kind int, wake <-chan struct{}) {
 	for {
 		// Real time, not the clock: batching is about network arrivals.
-		k, idx, ok, wait := r.chunks.next(time.Now())
+		k, idx, ok, wait := r.chunks.take(time.Now(), kind)
 		if !ok {
 			var later <-chan time.Time
 			var timer *time.Timer
@@ -270,7 +313,7 @@ func (r *Registry) Run(ctx context.Context) {
 			}
 			select {
 			case <-ctx.Done():
-			case <-r.chunks.wake:
+			case <-wake:
 			case <-later:
 			}
 			if timer != nil {
@@ -312,7 +355,18 @@ func (r *Registry) publishChunk(ctx context.Context, k chunkKey, idx uint32) {
 	if k.device != "" {
 		topic = r.opts.Scheme.DeviceChunks(k.device)
 	}
-	if err := r.opts.Bus.Publish(ctx, topic, payload, false); err != nil {
+	// A device's own chunks at most once where the bus can: the device
+	// asks again for what does not come, and a QoS 0 publish never waits
+	// for the device's connection. A version's shared topic stays at QoS
+	// 1: the broker's in-flight quota paces what it sends a slow device,
+	// where QoS 0 overflowed its queue of pending writes and the
+	// broker-only sites of site-sharing-200-large moved 31 copies instead
+	// of 10 (docs/benchmarks.md). A device's own window (16 chunks) fits.
+	publish := func() error { return r.opts.Bus.Publish(ctx, topic, payload, false) }
+	if p, ok := r.opts.Bus.(atMostOncePublisher); ok && k.device != "" {
+		publish = func() error { return p.PublishAtMostOnce(ctx, topic, payload) }
+	}
+	if err := publish(); err != nil {
 		if ctx.Err() == nil {
 			r.log.Warn("publish chunk failed", "model", k.name, "version", k.version, "index", idx, "err", err)
 		}

@@ -59,6 +59,12 @@ type Publisher interface {
 	Publish(ctx context.Context, topic string, payload []byte, retain bool) error
 }
 
+// atMostOncePublisher is a Publisher that can also publish at QoS 0
+// (bus.AtMostOncePublisher): chunks go out that way when it can.
+type atMostOncePublisher interface {
+	PublishAtMostOnce(ctx context.Context, topic string, payload []byte) error
+}
+
 // Devices tells whether a device is registered and whether it may
 // download a model version (fetch requests from others, and for other
 // versions, are dropped).

@@ -680,6 +680,29 @@ func (c *Client) Publish(ctx context.Context, topic string, qos byte, retained b
 	}
 }
 
+// PublishNoWait is Publish without the wait: it checks the message the
+// same way, hands it to paho and returns. paho sends it, and at QoS 1
+// resends it after a reconnect, on its own; nobody learns whether the
+// broker took it. It is for messages a caller repeats when nothing comes
+// of them (an agent's fetch requests), sent from a loop that must not
+// stop: a QoS 1 acknowledgement travels from the broker behind everything
+// queued for this client before it, on a slow link the very chunks a
+// fetch request asks for, so waiting for it stops the loop that takes
+// them for as long as the link needs to carry them.
+func (c *Client) PublishNoWait(topic string, qos byte, retained bool, payload []byte) error {
+	if c.isClosed() {
+		return fmt.Errorf("mqttc: publish %q: %w", topic, ErrClosed)
+	}
+	if err := checkPublish(c.opts, topic, qos, retained, payload); err != nil {
+		return fmt.Errorf("mqttc: publish: %w", err)
+	}
+	if !c.pc.IsConnectionOpen() {
+		return fmt.Errorf("mqttc: publish %q: %w", topic, ErrNotConnected)
+	}
+	c.pc.Publish(topic, qos, retained, payload)
+	return nil
+}
+
 // IsConnected reports whether the connection is up right now.
 func (c *Client) IsConnected() bool { return c.pc.IsConnectionOpen() }
 

@@ -282,10 +282,13 @@ func TestPublishLocalChecks(t *testing.T) {
 	}
 	for _, tt := range tests {
 		err := c.Publish(ctx, tt.topic, 1, tt.retained, make([]byte, tt.size))
+		errNoWait := c.PublishNoWait(tt.topic, 1, tt.retained, make([]byte, tt.size))
 		if tt.want == nil {
 			assert.NoError(t, err, tt.name)
+			assert.NoError(t, errNoWait, tt.name+" (no wait)")
 		} else {
 			assert.ErrorIs(t, err, tt.want, tt.name)
+			assert.ErrorIs(t, errNoWait, tt.want, tt.name+" (no wait)")
 		}
 	}
 	assert.Error(t, c.Publish(ctx, scheme.Status("d1"), 3, false, nil), "qos 3")

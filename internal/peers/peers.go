@@ -409,6 +409,26 @@ func (n *Node) Join(addrs []string) error {
 	return nil
 }
 
+// Unreached returns the addresses in addrs (host:port, as Addr and Join
+// take them) that are neither this node's nor a live member's: those a
+// join should try (again).
+func (n *Node) Unreached(addrs []string) []string {
+	self := n.Addr()
+	n.mu.Lock()
+	known := make(map[string]bool, len(n.members))
+	for _, m := range n.members {
+		known[net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port)))] = true
+	}
+	n.mu.Unlock()
+	var out []string
+	for _, a := range addrs {
+		if a != "" && a != self && !known[a] && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // Members returns the names of the other live members.
 func (n *Node) Members() []string {
 	n.mu.Lock()
@@ -838,7 +858,12 @@ func (n *Node) onAnnounce(m announceMsg, bits, raw []byte, relay bool) {
 		}
 		h := &holding{bits: bits, have: m.Have, total: m.Total, fetching: m.Fetching, source: m.Source,
 			at: now, progressAt: now, raw: slices.Clone(raw)}
-		if old := byPeer[m.Origin]; old != nil && m.Have <= old.have {
+		// Progress is judged from when a member took up fetching for
+		// the site, not from its last chunk: a member that takes over
+		// from a stalled source made no progress during the stall
+		// either, and judged by that it was passed over at once, then
+		// the next, until every member fetched from the broker itself.
+		if old := byPeer[m.Origin]; old != nil && m.Have <= old.have && (old.source || !m.Source) {
 			h.progressAt = old.progressAt
 		}
 		if m.Have == 0 && !m.Fetching {
