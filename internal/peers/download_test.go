@@ -94,10 +94,18 @@ func (s *site) brokerTotal() int64 {
 // start begins the device's download and its broker loop.
 func (d *device) start(mod func(*DownloadOptions)) {
 	t := d.s.t
+	// A delivery can come before StartDownload has returned the handle it
+	// reports to (the agent waits the same way: startPeerDownload).
+	started := make(chan struct{})
 	o := DownloadOptions{
 		Key: d.s.key, Chunks: d.s.chunks,
 		Has: func(i uint32) bool { _, ok := d.store.get(d.s.key, i); return ok },
 		Deliver: func(ctx context.Context, i uint32, data []byte, from string) bool {
+			select {
+			case <-started:
+			case <-ctx.Done():
+				return false
+			}
 			if !bytes.Equal(data, chunkData(i)) {
 				d.mu.Lock()
 				d.rejected++
@@ -121,6 +129,7 @@ func (d *device) start(mod func(*DownloadOptions)) {
 	dl, err := d.node.StartDownload(o)
 	require.NoError(t, err)
 	d.dl = dl
+	close(started)
 	go d.brokerLoop()
 	t.Cleanup(d.close)
 }
