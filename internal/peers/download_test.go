@@ -187,13 +187,21 @@ func (d *device) close() {
 	d.dl.Close()
 }
 
+// complete: every chunk is in the device's store and its download was
+// told so (Added follows the store write; a download closed between the
+// two would not announce that it holds the model).
 func (d *device) complete() bool {
 	for i := range d.s.chunks {
 		if _, ok := d.store.get(d.s.key, i); !ok {
 			return false
 		}
 	}
-	return true
+	if d.dl == nil {
+		return true
+	}
+	d.dl.mu.Lock()
+	defer d.dl.mu.Unlock()
+	return d.dl.have == d.s.chunks
 }
 
 func (d *device) have() int {
