@@ -95,29 +95,28 @@ func (s *site) brokerTotal() int64 {
 func (d *device) start(mod func(*DownloadOptions)) {
 	t := d.s.t
 	// A delivery can come before StartDownload has returned the handle it
-	// reports to (the agent waits the same way: startPeerDownload).
-	started := make(chan struct{})
+	// reports to: it is not taken then (false), and asked for again.
+	var handle atomic.Pointer[Download]
 	o := DownloadOptions{
 		Key: d.s.key, Chunks: d.s.chunks,
 		Has: func(i uint32) bool { _, ok := d.store.get(d.s.key, i); return ok },
 		Deliver: func(ctx context.Context, i uint32, data []byte, from string) bool {
-			select {
-			case <-started:
-			case <-ctx.Done():
+			dl := handle.Load()
+			if dl == nil {
 				return false
 			}
 			if !bytes.Equal(data, chunkData(i)) {
 				d.mu.Lock()
 				d.rejected++
 				d.mu.Unlock()
-				d.dl.Rejected(i, from)
+				dl.Rejected(i, from)
 				return true
 			}
 			d.store.put(d.s.key, i, data)
 			d.mu.Lock()
 			d.fromPeers[from]++
 			d.mu.Unlock()
-			d.dl.Added(i)
+			dl.Added(i)
 			return true
 		},
 		Wake:   func() { d.kickBroker() },
@@ -129,7 +128,7 @@ func (d *device) start(mod func(*DownloadOptions)) {
 	dl, err := d.node.StartDownload(o)
 	require.NoError(t, err)
 	d.dl = dl
-	close(started)
+	handle.Store(dl)
 	go d.brokerLoop()
 	t.Cleanup(d.close)
 }
@@ -261,7 +260,8 @@ func TestDownloadSharesOneBrokerCopy(t *testing.T) {
 	for _, d := range devs {
 		d.close()
 	}
-	require.Eventually(t, func() bool { return len(devs[0].node.Holders(key, s.chunks-1)) == 4 }, 20*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return len(devs[0].node.Holders(key, s.chunks-1)) == 4 }, 20*time.Second, 20*time.Millisecond,
+		"holders seen by d0: %v; members %d", devs[0].node.Holders(key, s.chunks-1), devs[0].node.NumMembers())
 }
 
 // TestDownloadAlone: a member without peers fetches everything from the
