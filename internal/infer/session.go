@@ -72,24 +72,30 @@ func cloneSpecs(specs []*efpb.TensorSpec) []*efpb.TensorSpec {
 // onnxruntime refuses before computing (ErrBadInput too). Run does not
 // keep or modify the input data.
 func (s *Session) Run(inputs []Tensor) ([]Tensor, error) {
+	outs, err := s.runWith(inputs, func(c *sessionCore, ordered []Tensor) ([]Tensor, error) { return c.run(ordered, nil) })
+	if err != nil {
+		return nil, fmt.Errorf("infer: run: %w", err)
+	}
+	return outs, nil
+}
+
+// runWith checks the session is open and inputs fit it, and calls run
+// with the inputs in the model's order while holding the session shared.
+func (s *Session) runWith(inputs []Tensor, run func(c *sessionCore, ordered []Tensor) ([]Tensor, error)) ([]Tensor, error) {
 	if s.closed.Load() {
-		return nil, fmt.Errorf("infer: run: session %w", ErrClosed)
+		return nil, fmt.Errorf("session %w", ErrClosed)
 	}
 	c := s.core
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if c.dyn == nil {
-		return nil, fmt.Errorf("infer: run: session %w", ErrClosed)
+		return nil, fmt.Errorf("session %w", ErrClosed)
 	}
 	ordered, err := s.order(inputs)
 	if err != nil {
-		return nil, fmt.Errorf("infer: run: %w", err)
+		return nil, err
 	}
-	outs, err := c.run(ordered, nil)
-	if err != nil {
-		return nil, fmt.Errorf("infer: run: %w", err)
-	}
-	return outs, nil
+	return run(c, ordered)
 }
 
 // RunContext is Run that ends when ctx does: onnxruntime's terminate flag
@@ -97,40 +103,30 @@ func (s *Session) Run(inputs []Tensor) ([]Tensor, error) {
 // wraps ctx's. A ctx that has ended already terminates the run before it
 // computes anything.
 func (s *Session) RunContext(ctx context.Context, inputs []Tensor) ([]Tensor, error) {
-	if s.closed.Load() {
-		return nil, fmt.Errorf("infer: run: session %w", ErrClosed)
-	}
-	c := s.core
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if c.dyn == nil {
-		return nil, fmt.Errorf("infer: run: session %w", ErrClosed)
-	}
-	ordered, err := s.order(inputs)
-	if err != nil {
-		return nil, fmt.Errorf("infer: run: %w", err)
-	}
-	ro, err := ort.NewRunOptions()
-	if err != nil {
-		return nil, fmt.Errorf("infer: run options: %w", err)
-	}
-	// The options are destroyed only once the terminating callback, if it
-	// started, is done with them.
-	terminated := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() {
-		defer close(terminated)
-		_ = ro.Terminate()
+	outs, err := s.runWith(inputs, func(c *sessionCore, ordered []Tensor) ([]Tensor, error) {
+		ro, err := ort.NewRunOptions()
+		if err != nil {
+			return nil, fmt.Errorf("run options: %w", err)
+		}
+		// The options are destroyed only once the terminating callback, if
+		// it started, is done with them.
+		terminated := make(chan struct{})
+		stop := context.AfterFunc(ctx, func() {
+			defer close(terminated)
+			_ = ro.Terminate()
+		})
+		if ctx.Err() != nil {
+			_ = ro.Terminate()
+		}
+		outs, err := c.run(ordered, ro)
+		if !stop() && ctx.Err() != nil {
+			<-terminated
+		}
+		_ = ro.Destroy()
+		return outs, err
 	})
-	if ctx.Err() != nil {
-		_ = ro.Terminate()
-	}
-	outs, err := c.run(ordered, ro)
-	if !stop() && ctx.Err() != nil {
-		<-terminated
-	}
-	_ = ro.Destroy()
 	if err != nil {
-		if cerr := ctx.Err(); cerr != nil {
+		if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
 			return nil, fmt.Errorf("infer: run: %w (%v)", cerr, err)
 		}
 		return nil, fmt.Errorf("infer: run: %w", err)
