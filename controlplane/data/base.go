@@ -161,7 +161,8 @@ func parseBase(raw []byte, inputs []*efpb.TensorSpec, ref []*efpb.FeatureStats) 
 		}
 	}
 
-	cr := csv.NewReader(bytes.NewReader(raw))
+	// A spreadsheet's CSV export often starts with a UTF-8 byte order mark.
+	cr := csv.NewReader(bytes.NewReader(bytes.TrimPrefix(raw, []byte("\xef\xbb\xbf"))))
 	cr.ReuseRecord = true
 	header, err := cr.Read()
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -171,4 +172,19 @@ type onlyX struct{}
 func (onlyX) InputSchema(string) (string, []*efpb.TensorSpec, []*efpb.FeatureStats, bool) {
 	return "v1", []*efpb.TensorSpec{{Name: "x", Datatype: "FP32", Shape: []int64{-1, 2}}},
 		[]*efpb.FeatureStats{{Name: "amount", Min: 0, Max: 100}, {Name: "hour", Min: 0, Max: 23}}, true
+}
+
+// A spreadsheet's export: a UTF-8 byte order mark, CRLF line ends and a
+// quoted header are read as any CSV (the mark once made the header
+// unreadable).
+func TestUploadBaseFromASpreadsheetExport(t *testing.T) {
+	e := baseEnv(t, nil)
+	raw, err := io.ReadAll(goodCSV(20))
+	require.NoError(t, err)
+	text := strings.ReplaceAll(string(raw), "\n", "\r\n")
+	text = strings.Replace(text, "time", `"time"`, 1) // the mark then stands before a quote
+	b, _, err := e.s.UploadBase(context.Background(), "fraud", "", strings.NewReader("\xef\xbb\xbf"+text))
+	require.NoError(t, err)
+	assert.Equal(t, 20, b.Rows)
+	assert.True(t, b.Validation.Passed)
 }
