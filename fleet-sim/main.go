@@ -23,7 +23,7 @@ import (
 )
 
 const usage = `usage:
-  fleet-sim run SCENARIO.yaml [--report DIR] [--work-dir DIR] [--api URL --token T] [--speed N] [--quiet] [--log-level L]
+  fleet-sim run SCENARIO.yaml [--report DIR] [--work-dir DIR] [--api URL --token T] [--speed N] [--quiet] [--log-level L] [--agent-log-level L]
   fleet-sim bench fanout [--n 100,1000] [--model-bytes 1048576] [--report FILE]
   fleet-sim bench scale  [--n 100,1000] [--report FILE]
   fleet-sim bench telemetry [--n 100,1000] [--duration 30s] [--rate 2] [--agent-store-on-disk] [--report FILE]
@@ -76,6 +76,7 @@ func runScenario(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	ortLib := fs.String("ort-lib", "", "path of libonnxruntime.so.1 (default: searched)")
 	quiet := fs.Bool("quiet", false, "no progress output")
 	logLevel := fs.String("log-level", "", "log the simulator and control plane at this level to stderr (debug, info, warn, error)")
+	agentLogLevel := fs.String("agent-log-level", "", "log every agent at this level to stderr, each line with its device (debug, info, warn, error)")
 	speed := fs.Float64("speed", 0, "simulated clock speed, 1 to 3600 simulated seconds per real second (default: the scenario's clock: {speed: N}, else 1)")
 	// Flags may follow the scenario file.
 	var file string
@@ -119,6 +120,14 @@ func runScenario(ctx context.Context, args []string, stdout, stderr io.Writer) i
 			return 2
 		}
 		opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	}
+	if *agentLogLevel != "" {
+		var lvl slog.Level
+		if err := lvl.UnmarshalText([]byte(*agentLogLevel)); err != nil {
+			fmt.Fprintf(stderr, "fleet-sim: --agent-log-level: %v\n", err)
+			return 2
+		}
+		opts.AgentLogger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 	}
 	if *api != "" {
 		if *token == "" {

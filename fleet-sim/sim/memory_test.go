@@ -1,7 +1,10 @@
 package sim
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,8 +30,10 @@ func TestFleetInMemory(t *testing.T) {
 	for _, proxy := range []bool{true, false} {
 		devs, err := FleetSpec{Sites: 1, DevicesPerSite: 3}.Expand()
 		require.NoError(t, err)
+		var logs lockedBuffer
 		f, err := New(Options{Dir: t.TempDir(), Devices: devs, Runtime: rt, Proxy: proxy, Transport: TransportMemory,
-			HeartbeatInterval: time.Second, FetchRetryInterval: 300 * time.Millisecond})
+			HeartbeatInterval: time.Second, FetchRetryInterval: 300 * time.Millisecond,
+			AgentLogger: slog.New(slog.NewTextHandler(&logs, nil))})
 		require.NoError(t, err)
 		require.NoError(t, f.Start(context.Background()))
 		t.Cleanup(func() { _ = f.Stop() })
@@ -58,6 +63,10 @@ func TestFleetInMemory(t *testing.T) {
 				30*time.Second, 20*time.Millisecond, "dev-1-2 is refused at least once, then reconnects")
 		}
 
+		for _, d := range devs { // fleet-sim run --agent-log-level
+			assert.Contains(t, logs.String(), `msg="model active" device=`+d.ID, "proxy=%v: %s's log names it", proxy, d.ID)
+		}
+
 		require.NoError(t, f.Stop())
 		rep, err := f.LeakCheck(10 * time.Second)
 		assert.NoError(t, err, "proxy=%v", proxy)
@@ -81,4 +90,22 @@ func serves(st []agent.ModelStatus, model, version string) bool {
 		}
 	}
 	return false
+}
+
+// lockedBuffer is a bytes.Buffer many goroutines may write to.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
