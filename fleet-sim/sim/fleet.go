@@ -484,7 +484,7 @@ func (f *Fleet) register(ctx context.Context) error {
 			HeartbeatInterval:  f.opts.HeartbeatInterval,
 			FetchRetryInterval: f.opts.FetchRetryInterval,
 			Version:            "fleet-sim",
-			Logger:             f.opts.AgentLogger,
+			Logger:             agentLogger(f.opts.AgentLogger, m.Device.ID),
 			Clock:              m.now,
 		}
 		if f.opts.Peers != nil && f.opts.Peers(m.Device) {
@@ -900,4 +900,13 @@ func (f *Fleet) LeakCheck(timeout time.Duration) (LeakReport, error) {
 		errs = append(errs, fmt.Errorf("%w: %d proxied connections still open", ErrLeak, r.ProxyConns))
 	}
 	return r, errors.Join(errs...)
+}
+
+// agentLogger is the logger of one simulated agent: every line names its
+// device. nil stays nil (the agent discards its logs).
+func agentLogger(l *slog.Logger, device string) *slog.Logger {
+	if l == nil {
+		return nil
+	}
+	return l.With("device", device)
 }
