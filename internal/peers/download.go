@@ -45,8 +45,11 @@ type DownloadOptions struct {
 	// block.
 	Wake func()
 	// Settle is how long a new download listens for the site's other
-	// downloads before it elects the member that fetches from the broker;
-	// default DefaultSettle (none when the node is alone).
+	// downloads before it elects the member that fetches from the broker,
+	// plus half a Settle for each member ranked above it (settleFor);
+	// default DefaultSettle (none when the node is alone). A member that
+	// elects itself asks the broker for probationChunks only until it has
+	// held the role for Settle.
 	Settle time.Duration
 	// PeerTimeout bounds one chunk transfer from a peer (on top of Wait);
 	// default DefaultPeerTimeout.
@@ -91,15 +94,17 @@ type Download struct {
 	mu       sync.Mutex
 	held     []bool
 	have     uint32
-	inflight map[uint32]string // chunk → peer asked
-	broker   map[uint32]bool   // chunks to fetch from the broker
-	failed   map[uint32][]string
+	inflight map[uint32]string    // chunk → peer asked
+	broker   map[uint32]bool      // chunks to fetch from the broker
+	failed   map[uint32][]string  // peers that failed a chunk, in any way
+	hard     map[uint32][]string  // of those, the ones whose failure counts (MaxAttempts)
 	failedAt map[uint32]time.Time // last failure of each chunk
 	attempts map[uint32]int       // failures that count towards MaxAttempts
 	// progressAt is when this download last added a chunk (from any
 	// source), or started.
 	progressAt time.Time
 	source     bool
+	claimedAt  time.Time // when this member last took up fetching for the site
 	leader     string
 	dirty      bool
 	announced  time.Time
@@ -146,7 +151,7 @@ func (n *Node) StartDownload(o DownloadOptions) (*Download, error) {
 	d := &Download{
 		n: n, o: o, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1), start: time.Now(), progressAt: time.Now(),
 		held: make([]bool, o.Chunks), inflight: map[uint32]string{}, broker: map[uint32]bool{},
-		failed: map[uint32][]string{}, failedAt: map[uint32]time.Time{}, attempts: map[uint32]int{}, dirty: true,
+		failed: map[uint32][]string{}, hard: map[uint32][]string{}, failedAt: map[uint32]time.Time{}, attempts: map[uint32]int{}, dirty: true,
 	}
 	for i := range o.Chunks {
 		if o.Has(i) {
@@ -197,6 +202,7 @@ func (d *Download) Rejected(index uint32, from string) bool {
 	delete(d.inflight, index)
 	d.attempts[index]++
 	d.failed[index] = append(d.failed[index], from)
+	d.hard[index] = append(d.hard[index], from)
 	d.failedAt[index] = time.Now()
 	d.mu.Unlock()
 	d.kick()
@@ -288,14 +294,20 @@ func (d *Download) run() {
 
 // peerView is what the node knows of the site for one model.
 type peerView struct {
-	hold  map[string]holding // alive, unblocked members that announced the model
-	alone bool               // no other member
+	hold    map[string]holding // alive, unblocked members that announced the model
+	members []string           // alive, unblocked members
+	alone   bool               // no other member
 }
 
 func (n *Node) view(key string) peerView {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	v := peerView{hold: map[string]holding{}, alone: len(n.members) == 0}
+	for name := range n.members {
+		if _, blocked := n.blocked[name]; !blocked {
+			v.members = append(v.members, name)
+		}
+	}
 	for name, h := range n.holders[key] {
 		if _, alive := n.members[name]; alive {
 			v.hold[name] = *h
@@ -330,7 +342,7 @@ func (d *Download) step(now time.Time) {
 		}
 	}
 	slices.Sort(fetchers)
-	settled := v.alone || now.Sub(d.start) >= d.o.Settle
+	settled := v.alone || now.Sub(d.start) >= d.settleFor(v)
 
 	d.mu.Lock()
 	if d.closed {
@@ -340,6 +352,9 @@ func (d *Download) step(now time.Time) {
 	wasSource, wasLeader := d.source, d.leader
 	d.leader = d.elect(v, fetchers, settled)
 	d.source = d.leader == me
+	if d.source && !wasSource {
+		d.claimedAt = now
+	}
 	if d.leader != wasLeader {
 		d.n.log.Debug("site download source", "key", short(d.o.Key), "source", d.leader, "was", wasLeader, "have", d.have, "fetchers", len(fetchers))
 	}
@@ -351,6 +366,22 @@ func (d *Download) step(now time.Time) {
 			if d.attempts[i] < d.o.MaxAttempts {
 				delete(d.broker, i)
 			}
+		}
+	}
+	// A member that has just taken up fetching may yet hear of another
+	// that did too: it asks the broker for a few chunks only, the most a
+	// second source wastes (its requests cannot be called back once they
+	// cross the link), until it has held the role for Settle and every
+	// download it knows of names it the source — or for probationCap.
+	limit := int(d.o.Chunks)
+	if d.source && !v.alone {
+		held := now.Sub(d.claimedAt)
+		named := true
+		for _, f := range fetchers {
+			named = named && v.hold[f].leader == me
+		}
+		if held < d.o.Settle || !named && held < probationCap*d.o.Settle {
+			limit = probationChunks
 		}
 	}
 	type task struct {
@@ -372,10 +403,11 @@ func (d *Download) step(now time.Time) {
 		failed := d.failed[i]
 		holders := holdersOf(v, d.o.Key, i, me, failed)
 		if d.source || d.leader == "" {
+			holder := d.holderFor(v, i, now)
 			switch {
-			case len(holders) > 0:
-				tasks = append(tasks, task{i, holders[0], false})
-			case d.source:
+			case holder != "":
+				tasks = append(tasks, task{i, holder, false})
+			case d.source && len(d.broker) < limit:
 				d.broker[i] = true
 				wakeCaller = true
 			}
@@ -413,8 +445,8 @@ func (d *Download) step(now time.Time) {
 	if d.source {
 		// The rest of what nobody holds goes to the broker too: the
 		// caller keeps its own window of requests.
-		for i := uint32(0); i < d.o.Chunks; i++ {
-			if !d.held[i] && !d.broker[i] && d.inflight[i] == "" && len(holdersOf(v, d.o.Key, i, me, d.failed[i])) == 0 {
+		for i := uint32(0); i < d.o.Chunks && len(d.broker) < limit; i++ {
+			if !d.held[i] && !d.broker[i] && d.inflight[i] == "" && d.holderFor(v, i, now) == "" {
 				d.broker[i] = true
 				wakeCaller = true
 			}
@@ -423,8 +455,14 @@ func (d *Download) step(now time.Time) {
 	for _, t := range tasks {
 		d.inflight[t.index] = t.peer
 	}
-	announce := d.dirty && now.Sub(d.announced) >= d.o.AnnounceEvery ||
-		now.Sub(d.announced) >= reannounceEvery || d.source != wasSource
+	// The site hears at once that a download starts and who fetches for
+	// it (direct); progress goes by gossip.
+	direct := d.announced.IsZero() || d.source != wasSource
+	if d.leader != wasLeader {
+		d.dirty = true // the source waits to be named (probation)
+	}
+	announce := direct || d.dirty && now.Sub(d.announced) >= d.o.AnnounceEvery ||
+		now.Sub(d.announced) >= reannounceEvery
 	var idx []uint32
 	if announce {
 		for i, ok := range d.held {
@@ -434,11 +472,11 @@ func (d *Download) step(now time.Time) {
 		}
 		d.dirty, d.announced = false, now
 	}
-	source := d.source
+	source, leader := d.source, d.leader
 	d.mu.Unlock()
 
 	if announce {
-		d.n.announceIndexes(d.o.Key, d.o.Chunks, idx, true, source)
+		d.n.announceIndexes(announceMsg{Key: d.o.Key, Total: d.o.Chunks, Fetching: true, Source: source, Leader: leader}, idx, direct)
 	}
 	for _, t := range tasks {
 		d.wg.Add(1)
@@ -447,6 +485,42 @@ func (d *Download) step(now time.Time) {
 	if wakeCaller {
 		d.o.Wake()
 	}
+}
+
+// probationChunks is what a member that has just taken up fetching for
+// its site asks of the broker at once, until it has held the role for
+// Settle and the site's downloads name it, or for probationCap Settles.
+// Under load, two members sometimes claimed the role a second apart (their
+// downloads started seconds apart, each claim crossed the site late), and
+// the one that stepped down had a full window (16 chunks) on the way.
+const (
+	probationChunks = 4
+	probationCap    = 4
+)
+
+// maxStagger bounds how many half-Settle steps a download waits beyond
+// Settle before it elects itself.
+const maxStagger = 4
+
+// settleFor is how long this download listens for the site's others
+// before it may elect itself: Settle, plus half a Settle for each live
+// member that ranks above it for the model (at most maxStagger). The
+// site's downloads of a deployment start together, and on a busy site
+// their announcements can take longer than Settle to cross: without
+// the stagger each member that had heard no one elected itself, and
+// each fetched a window from the broker before it stepped down. With it,
+// the highest-ranked member that downloads goes first and the others
+// hear it before their turn. A member that does not download only delays
+// the ones below it, by at most maxStagger half-Settles.
+func (d *Download) settleFor(v peerView) time.Duration {
+	rank := func(name string) uint64 { return score(d.o.Key, math.MaxUint32, name) }
+	mine, ahead := rank(d.n.opts.Name), 0
+	for _, m := range v.members {
+		if rank(m) > mine {
+			ahead++
+		}
+	}
+	return d.o.Settle + time.Duration(min(ahead, maxStagger))*d.o.Settle/2
 }
 
 // elect picks the member that fetches from the broker: a live source
@@ -539,6 +613,30 @@ func holdersOf(v peerView, key string, index uint32, me string, failed []string)
 	return out
 }
 
+// holderFor is the member to fetch chunk index from when the chunk is to
+// come from a holder (this member is the source, or none is elected yet),
+// "" for none: a holder that has not failed the chunk; else, while the
+// site still delivers to this download, one that was only slow (busy, not
+// there yet, no answer in time). Before, a source that took over from a
+// member it had waited on in vain (slow, on a starved machine) fetched
+// from the broker every chunk that member held by then, which was all of
+// them once it had finished: a few chunks per hand-over, 0.01–0.14 copies
+// per site in site-sharing-200-large. d.mu is held.
+func (d *Download) holderFor(v peerView, index uint32, now time.Time) string {
+	me := d.n.opts.Name
+	if h := holdersOf(v, d.o.Key, index, me, d.failed[index]); len(h) > 0 {
+		return h[0]
+	}
+	if now.Sub(d.progressAt) >= d.o.StallTimeout {
+		return ""
+	}
+	if h := holdersOf(v, d.o.Key, index, me, d.hard[index]); len(h) > 0 {
+		d.failed[index] = slices.Clone(d.hard[index]) // asked again: forget the slow ones
+		return h[0]
+	}
+	return ""
+}
+
 // fetch asks peer for chunk index and hands what it gets to the caller.
 func (d *Download) fetch(index uint32, peer string, wait bool) {
 	defer d.wg.Done()
@@ -573,6 +671,7 @@ func (d *Download) fetch(index uint32, peer string, wait bool) {
 	if count {
 		if !gone && !slow {
 			d.attempts[index]++
+			d.hard[index] = append(d.hard[index], peer)
 		}
 		d.failed[index] = append(d.failed[index], peer)
 		d.failedAt[index] = time.Now()

@@ -149,6 +149,7 @@ type holding struct {
 	total      uint32
 	fetching   bool
 	source     bool
+	leader     string    // the member it takes for the source
 	at         time.Time // when announced (received)
 	progressAt time.Time // when have last grew
 	raw        []byte    // the announcement, for push/pull
@@ -594,7 +595,7 @@ func (n *Node) Close() error {
 // Hold announces that this node holds every one of total chunks of
 // modelKey (a version it serves) until Release.
 func (n *Node) Hold(modelKey string, total uint32) {
-	n.announce(modelKey, total, total, []uint32{0, total}, nil, false, false)
+	n.announce(announceMsg{Key: modelKey, Total: total, Have: total, Runs: []uint32{0, total}}, false)
 }
 
 // Release withdraws what this node announced for modelKey.
@@ -603,7 +604,7 @@ func (n *Node) Release(modelKey string) {
 	_, ok := n.own[modelKey]
 	n.mu.Unlock()
 	if ok {
-		n.announce(modelKey, 0, 0, nil, nil, false, false)
+		n.announce(announceMsg{Key: modelKey}, false)
 		n.mu.Lock()
 		delete(n.own, modelKey)
 		n.mu.Unlock()
@@ -616,26 +617,35 @@ func (n *Node) Announce(modelKey string, have []uint32) {
 	idx := slices.Clone(have)
 	slices.Sort(idx)
 	idx = slices.Compact(idx)
-	n.announceIndexes(modelKey, 0, idx, false, false)
+	n.announceIndexes(announceMsg{Key: modelKey}, idx, false)
 }
 
-func (n *Node) announceIndexes(modelKey string, total uint32, idx []uint32, fetching, source bool) {
-	runs := runsOf(idx)
-	var bits []byte
+// announceIndexes announces m with the held indexes idx (sorted).
+func (n *Node) announceIndexes(m announceMsg, idx []uint32, direct bool) {
+	m.Have = uint32(len(idx))
+	m.Runs = runsOf(idx)
 	// Runs are short for a download that progresses in order; a bitmap
 	// is shorter for a scattered one.
-	if b := bitsOf(idx); len(runs) > maxRuns*2 || len(b)+8 < len(runs)*4 {
-		runs, bits = nil, b
+	if b := bitsOf(idx); len(m.Runs) > maxRuns*2 || len(b)+8 < len(m.Runs)*4 {
+		m.Runs, m.Bits = nil, b
 	}
-	n.announce(modelKey, total, uint32(len(idx)), runs, bits, fetching, source)
+	n.announce(m, direct)
 }
 
-func (n *Node) announce(modelKey string, total, have uint32, runs []uint32, bits []byte, fetching, source bool) {
-	if modelKey == "" || len(modelKey) > maxKeyLen {
+// maxDirect bounds an announcement sent to every member directly: one
+// datagram, well below memberlist's packet size once encrypted.
+const maxDirect = 1024
+
+// announce gossips m as this node's newest announcement of m.Key. direct
+// also sends it to every member at once, for news the site must hear
+// before gossip would carry it (a download starting, a member taking up
+// or giving up fetching for the site): on a busy site gossip reached
+// the others only after several of them had each elected itself.
+func (n *Node) announce(m announceMsg, direct bool) {
+	if m.Key == "" || len(m.Key) > maxKeyLen {
 		return
 	}
-	m := announceMsg{Origin: n.opts.Name, Site: n.opts.Site, Seq: n.seq.Add(1), Key: modelKey,
-		Total: total, Have: have, Runs: runs, Bits: bits, Fetching: fetching, Source: source}
+	m.Origin, m.Site, m.Seq = n.opts.Name, n.opts.Site, n.seq.Add(1)
 	buf, err := encode(kindAnnounce, m, nil)
 	if err != nil {
 		n.log.Warn("encode announce failed", "err", err)
@@ -643,9 +653,22 @@ func (n *Node) announce(modelKey string, total, have uint32, runs []uint32, bits
 	}
 	n.mu.Lock()
 	n.seen[m.Origin] = m.Seq
-	n.own[modelKey] = buf
+	n.own[m.Key] = buf
+	var to []memberlist.Node
+	if direct && len(buf) <= maxDirect && !n.closed {
+		to = make([]memberlist.Node, 0, len(n.members))
+		for _, mb := range n.members {
+			to = append(to, mb)
+		}
+	}
 	n.mu.Unlock()
-	n.bq.QueueBroadcast(&broadcast{origin: m.Origin, key: modelKey, msg: buf})
+	n.bq.QueueBroadcast(&broadcast{origin: m.Origin, key: m.Key, msg: buf})
+	for i := range to {
+		// Best effort: gossip carries it too.
+		if err := n.ml.SendBestEffort(&to[i], buf); err != nil {
+			n.log.Debug("direct announce failed", "peer", to[i].Name, "err", err)
+		}
+	}
 }
 
 // Holders returns the peers that announced holding chunk index of modelKey,
@@ -857,7 +880,7 @@ func (n *Node) onAnnounce(m announceMsg, bits, raw []byte, relay bool) {
 			n.holders[m.Key] = byPeer
 		}
 		h := &holding{bits: bits, have: m.Have, total: m.Total, fetching: m.Fetching, source: m.Source,
-			at: now, progressAt: now, raw: slices.Clone(raw)}
+			leader: m.Leader, at: now, progressAt: now, raw: slices.Clone(raw)}
 		// Progress is judged from when a member took up fetching for
 		// the site, not from its last chunk: a member that takes over
 		// from a stalled source made no progress during the stall

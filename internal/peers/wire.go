@@ -27,7 +27,9 @@ var errMalformed = errors.New("malformed peer message")
 
 // announceMsg says which chunks of a model Origin holds and whether it is
 // downloading the model (Fetching) and, if so, whether it fetches it from
-// the broker for the site (Source).
+// the broker for the site (Source), and which member it takes for the
+// site's source (Leader; a source holds its first requests back until the
+// site's downloads name it).
 type announceMsg struct {
 	Origin string `json:"o"`
 	Site   string `json:"s"`
@@ -43,6 +45,7 @@ type announceMsg struct {
 	Bits     []byte   `json:"b,omitempty"`
 	Fetching bool     `json:"f,omitempty"`
 	Source   bool     `json:"src,omitempty"`
+	Leader   string   `json:"l,omitempty"`
 }
 
 // request asks a peer for one chunk. Wait, in milliseconds, asks the peer
