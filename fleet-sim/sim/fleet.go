@@ -493,6 +493,14 @@ func (f *Fleet) register(ctx context.Context) error {
 		}
 	}
 	f.lan.crowded = sharing > crowdedLAN
+	if f.lan.crowded {
+		for _, m := range f.members {
+			if m.opts.Peers.Listen != "" {
+				m.opts.Peers.StallTimeout = crowdedStall
+				m.opts.Peers.PeerTimeout = crowdedPeerTimeout
+			}
+		}
+	}
 	if f.proxy != nil {
 		sites := make(map[string]string, len(f.members))
 		for _, m := range f.members {
@@ -506,8 +514,19 @@ func (f *Fleet) register(ctx context.Context) error {
 }
 
 // crowdedLAN is the number of sharing agents in one process above which
-// their memberlist failure detection is relaxed (LAN.crowded).
-const crowdedLAN = 50
+// their memberlist failure detection is relaxed (LAN.crowded), and their
+// downloads wait longer for a slow peer (crowdedPeerTimeout) or a site that
+// delivers nothing (crowdedStall) before they turn to the broker: hundreds
+// of agents sharing a few cores, each getting a fraction of a CPU, wait
+// seconds for the scheduler where a device with its own CPU does not. With
+// the device defaults (10 s each), 220 agents beside two test runs
+// (goroutine scheduling p99 1.6 s) left 228 chunks to the broker as "site
+// stalled" while their sites were delivering.
+const (
+	crowdedLAN         = 50
+	crowdedStall       = 30 * time.Second
+	crowdedPeerTimeout = 20 * time.Second
+)
 
 // LAN is the sharing agents' local network (partitions).
 func (f *Fleet) LAN() *LAN { return f.lan }

@@ -81,8 +81,8 @@ func (l *LAN) Tune(device string) func(*memberlist.Config) {
 			return // memberlist makes its own: no partitions for this member
 		}
 		if l.crowded {
-			cfg.ProbeInterval = 3 * time.Second
-			cfg.ProbeTimeout = 2 * time.Second
+			cfg.ProbeInterval = 5 * time.Second
+			cfg.ProbeTimeout = 4 * time.Second
 			cfg.SuspicionMult = 6
 		}
 		port := nt.GetAutoBindPort()
