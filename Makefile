@@ -174,6 +174,13 @@ bench-fleet: build
 	$(BIN)/fleet-sim bench scale --n $(FLEET_SCALE_N)
 	$(BIN)/fleet-sim bench telemetry --n 100,1000
 
+## bench-sharing: site-local sharing at 20 sites × 50 devices, a 10 MiB
+## model over 4 Mbit/s per site, against 2 broker-only sites in the same run
+## (about 20 minutes; figures in docs/benchmarks.md)
+.PHONY: bench-sharing
+bench-sharing: build
+	$(BIN)/fleet-sim run fleet-sim/scenarios/bench/site-sharing-large.yaml --report $(BIN)/bench/site-sharing-large
+
 ## bench-cost: the control plane's cost per device, measured out of process:
 ## `edgefleet serve` as its own process, its CPU (from /proc) for one rollout
 ## of a 1 MiB model to COST_N agents and for telemetry ingest at
