@@ -113,21 +113,12 @@ func runScenario(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	if *quiet {
 		opts.Progress = nil
 	}
-	if *logLevel != "" {
-		var lvl slog.Level
-		if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
-			fmt.Fprintf(stderr, "fleet-sim: --log-level: %v\n", err)
-			return 2
-		}
-		opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	var ok bool
+	if opts.Logger, ok = levelLogger("log-level", *logLevel, stderr); !ok {
+		return 2
 	}
-	if *agentLogLevel != "" {
-		var lvl slog.Level
-		if err := lvl.UnmarshalText([]byte(*agentLogLevel)); err != nil {
-			fmt.Fprintf(stderr, "fleet-sim: --agent-log-level: %v\n", err)
-			return 2
-		}
-		opts.AgentLogger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	if opts.AgentLogger, ok = levelLogger("agent-log-level", *agentLogLevel, stderr); !ok {
+		return 2
 	}
 	if *api != "" {
 		if *token == "" {
@@ -155,4 +146,18 @@ func runScenario(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		return 1
 	}
 	return 0
+}
+
+// levelLogger is a text logger to stderr at the level named by the value of
+// flag name, nil for none (""); false after telling stderr the level is bad.
+func levelLogger(name, level string, stderr io.Writer) (*slog.Logger, bool) {
+	if level == "" {
+		return nil, true
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		fmt.Fprintf(stderr, "fleet-sim: --%s: %v\n", name, err)
+		return nil, false
+	}
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})), true
 }

@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -52,13 +51,9 @@ func runSoak(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *quiet {
 		opts.Progress = nil
 	}
-	if *logLevel != "" {
-		var lvl slog.Level
-		if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
-			fmt.Fprintf(stderr, "fleet-sim: --log-level: %v\n", err)
-			return 2
-		}
-		opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	var ok bool
+	if opts.Logger, ok = levelLogger("log-level", *logLevel, stderr); !ok {
+		return 2
 	}
 	rep, err := soak.Run(ctx, opts)
 	if rep == nil {

@@ -1,10 +1,8 @@
 package sim
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +13,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/infer"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 )
 
 // TestFleetInMemory runs agents that reach the in-process broker through
@@ -30,7 +29,7 @@ func TestFleetInMemory(t *testing.T) {
 	for _, proxy := range []bool{true, false} {
 		devs, err := FleetSpec{Sites: 1, DevicesPerSite: 3}.Expand()
 		require.NoError(t, err)
-		var logs lockedBuffer
+		var logs testkit.Buffer
 		f, err := New(Options{Dir: t.TempDir(), Devices: devs, Runtime: rt, Proxy: proxy, Transport: TransportMemory,
 			HeartbeatInterval: time.Second, FetchRetryInterval: 300 * time.Millisecond,
 			AgentLogger: slog.New(slog.NewTextHandler(&logs, nil))})
@@ -90,22 +89,4 @@ func serves(st []agent.ModelStatus, model, version string) bool {
 		}
 	}
 	return false
-}
-
-// lockedBuffer is a bytes.Buffer many goroutines may write to.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
