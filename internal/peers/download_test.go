@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -261,8 +262,33 @@ func TestDownloadSharesOneBrokerCopy(t *testing.T) {
 	for _, d := range devs {
 		d.close()
 	}
-	require.Eventually(t, func() bool { return len(devs[0].node.Holders(key, s.chunks-1)) == 4 }, 20*time.Second, 20*time.Millisecond,
-		"holders seen by d0: %v; members %d", devs[0].node.Holders(key, s.chunks-1), devs[0].node.NumMembers())
+	d0 := devs[0].node
+	var seen string // what d0 saw last, for the failure message
+	if !assert.Eventually(t, func() bool {
+		holders := d0.Holders(key, s.chunks-1)
+		seen = fmt.Sprintf("holders %v, members %v; %s", holders, d0.Members(), announcementsSeen(d0, devs[1:]))
+		return len(holders) == 4
+	}, 20*time.Second, 20*time.Millisecond) {
+		t.Fatalf("d0 never saw four holders: %s", seen)
+	}
+}
+
+// announcementsSeen describes, for the failure message of a test waiting
+// for holders, how far n has heard each device's announcements.
+func announcementsSeen(n *Node, devs []*device) string {
+	var out []string
+	for _, d := range devs {
+		name := d.node.Name()
+		n.mu.Lock()
+		seq, h := n.seen[name], n.holders[key][name]
+		n.mu.Unlock()
+		desc := "no holding"
+		if h != nil {
+			desc = fmt.Sprintf("have %d/%d fetching %v", h.have, h.total, h.fetching)
+		}
+		out = append(out, fmt.Sprintf("%s: %d announcements behind, %s", name, d.node.seq.Load()-seq, desc))
+	}
+	return strings.Join(out, "; ")
 }
 
 // TestDownloadAlone: a member without peers fetches everything from the

@@ -242,6 +242,7 @@ type Node struct {
 	holders   map[string]map[string]*holding // modelKey → peer → holding
 	own       map[string][]byte              // modelKey → this node's latest announcement
 	seen      map[string]uint64              // origin → highest announcement seq seen
+	left      map[string]time.Time           // departed member → when (its holdings are kept: forgetMember)
 	pending   map[uint64]*pendingReq
 	replay    map[string]*window // member → its request ids
 	waiters   map[waitKey][]waiter
@@ -304,6 +305,7 @@ func New(opts Options) (*Node, error) {
 		holders:   map[string]map[string]*holding{},
 		own:       map[string][]byte{},
 		seen:      map[string]uint64{},
+		left:      map[string]time.Time{},
 		pending:   map[uint64]*pendingReq{},
 		replay:    map[string]*window{},
 		waiters:   map[waitKey][]waiter{},
@@ -593,9 +595,14 @@ func (n *Node) Close() error {
 }
 
 // Hold announces that this node holds every one of total chunks of
-// modelKey (a version it serves) until Release.
+// modelKey (a version it serves) until Release. Like Release, it is sent
+// to every member directly as well as gossiped: a holder announces nothing
+// more, and gossip alone (each message sent a few times to random members)
+// missed a member now and then, which then asked others, or the broker,
+// for a model its site held (TestDownloadSharesOneBrokerCopy: one member
+// had not heard a holder 20 s later, beside load).
 func (n *Node) Hold(modelKey string, total uint32) {
-	n.announce(announceMsg{Key: modelKey, Total: total, Have: total, Runs: []uint32{0, total}}, false)
+	n.announce(announceMsg{Key: modelKey, Total: total, Have: total, Runs: []uint32{0, total}}, true)
 }
 
 // Release withdraws what this node announced for modelKey.
@@ -604,7 +611,7 @@ func (n *Node) Release(modelKey string) {
 	_, ok := n.own[modelKey]
 	n.mu.Unlock()
 	if ok {
-		n.announce(announceMsg{Key: modelKey}, false)
+		n.announce(announceMsg{Key: modelKey}, true)
 		n.mu.Lock()
 		delete(n.own, modelKey)
 		n.mu.Unlock()
@@ -682,7 +689,7 @@ func (n *Node) Holders(modelKey string, index uint32) []string {
 	}
 	var cs []cand
 	for name, h := range n.holders[modelKey] {
-		if h.holds(index) {
+		if _, alive := n.members[name]; alive && h.holds(index) {
 			cs = append(cs, cand{name, h.at})
 		}
 	}
@@ -781,6 +788,7 @@ func (n *Node) setMember(m *memberlist.Node) {
 	c := memberlist.Node{Name: m.Name, Addr: slices.Clone(m.Addr), Port: m.Port}
 	n.mu.Lock()
 	n.members[m.Name] = c
+	delete(n.left, m.Name)
 	n.mu.Unlock()
 }
 
@@ -909,17 +917,18 @@ func (n *Node) onAnnounce(m announceMsg, bits, raw []byte, relay bool) {
 	}
 }
 
-// forget drops what a departed member announced and fails requests
-// waiting on it.
+// forget marks a member departed and fails requests waiting on it. What
+// it announced is kept (out of every view while it is away) until
+// purgeLeft: memberlist declares a member of a busy site dead and alive
+// again within seconds, and a holder that has finished announces nothing
+// more, so dropping its holdings left the site blind to them (its state
+// comes back only by a push/pull, 30 s later, which the seen sequence
+// then refused as old news: TestDownloadSharesOneBrokerCopy saw one
+// holder of four beside load).
 func (n *Node) forget(name string) {
 	n.mu.Lock()
 	delete(n.members, name)
-	for key, byPeer := range n.holders {
-		delete(byPeer, name)
-		if len(byPeer) == 0 {
-			delete(n.holders, key)
-		}
-	}
+	n.left[name] = time.Now()
 	for id, p := range n.pending {
 		if p.peer == name {
 			p.ch <- reply{err: ErrPeerLeft}
@@ -936,6 +945,30 @@ func (n *Node) forget(name string) {
 	}
 }
 
+// leftRetention is how long a departed member's announcements are kept
+// in case it comes back.
+const leftRetention = 10 * time.Minute
+
+// purgeLeft drops what members departed before cutoff announced, and
+// their announcement sequence: a member back after that starts afresh.
+func (n *Node) purgeLeft(cutoff time.Time) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for name, at := range n.left {
+		if at.After(cutoff) {
+			continue
+		}
+		delete(n.left, name)
+		delete(n.seen, name)
+		for key, byPeer := range n.holders {
+			delete(byPeer, name)
+			if len(byPeer) == 0 {
+				delete(n.holders, key)
+			}
+		}
+	}
+}
+
 // localState is this node's view for a joining member: the latest
 // announcement of each member it knows, its own included.
 func (n *Node) localState() []byte {
@@ -946,8 +979,8 @@ func (n *Node) localState() []byte {
 		msgs = append(msgs, raw)
 	}
 	for _, byPeer := range n.holders {
-		for _, h := range byPeer {
-			if len(msgs) < maxLocalState {
+		for name, h := range byPeer {
+			if _, alive := n.members[name]; alive && len(msgs) < maxLocalState {
 				msgs = append(msgs, h.raw)
 			}
 		}

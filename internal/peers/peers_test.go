@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -483,4 +484,32 @@ func TestRuns(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, bitsOf(tc.in), bits, "heldSet(runsOf(%v))", tc.in)
 	}
+}
+
+// TestHoldingsOfAMemberThatComesBack: a member declared dead and alive
+// again (a busy site's failure detector) is a holder again at once, not
+// after its next announcement: a holder that has finished announces
+// nothing more. Its holdings are out of every view while it is away, and
+// dropped once it has been away for leftRetention.
+func TestHoldingsOfAMemberThatComesBack(t *testing.T) {
+	a := newNode(t, "a", "s1", nil, nil)
+	b := newNode(t, "b", "s1", nil, nil, a.Addr())
+	waitMembers(t, a, 1)
+	b.Hold(key, 8)
+	require.Eventually(t, func() bool { return slices.Equal(a.Holders(key, 7), []string{"b"}) }, 20*time.Second, 10*time.Millisecond)
+
+	bn := *a.member("b")
+	(*delegate)(a).NotifyLeave(&bn)
+	assert.Empty(t, a.Holders(key, 7), "a departed member holds nothing")
+	(*delegate)(a).NotifyJoin(&bn)
+	assert.Equal(t, []string{"b"}, a.Holders(key, 7), "back: a holder again at once")
+
+	(*delegate)(a).NotifyLeave(&bn)
+	a.purgeLeft(time.Now().Add(time.Second))
+	(*delegate)(a).NotifyJoin(&bn)
+	assert.Empty(t, a.Holders(key, 7), "gone for longer than leftRetention: forgotten")
+	a.mu.Lock()
+	_, seen := a.seen["b"]
+	a.mu.Unlock()
+	assert.False(t, seen, "its announcements are taken afresh")
 }

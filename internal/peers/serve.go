@@ -187,7 +187,8 @@ func (n *Node) requeue(ws []waiter, expired bool) {
 	}()
 }
 
-// sweepLoop answers held requests whose wait ended.
+// sweepLoop answers held requests whose wait ended, and forgets members
+// that left long ago.
 func (n *Node) sweepLoop() {
 	defer n.wg.Done()
 	t := time.NewTicker(sweepEvery)
@@ -197,6 +198,7 @@ func (n *Node) sweepLoop() {
 		case <-n.stop:
 			return
 		case now := <-t.C:
+			n.purgeLeft(now.Add(-leftRetention))
 			var expired []waiter
 			n.mu.Lock()
 			for k, list := range n.waiters {
