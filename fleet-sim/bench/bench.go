@@ -65,6 +65,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	reportRate := fs.Int("report-rate", 10000, "cost: telemetry reports per second offered")
 	reporters := fs.Int("reporters", 1000, "cost: raw device clients sending them")
 	cpProfile := fs.String("cp-cpu-profile", "", "cost: the control plane process writes a CPU profile of its run to this file")
+	cpProfileWindow := fs.Bool("cp-cpu-profile-window", false, "cost: --cp-cpu-profile covers the rollout's measured window only")
 	skipRollout := fs.Bool("skip-rollout", false, "cost: measure telemetry ingest only")
 	skipTelemetry := fs.Bool("skip-telemetry", false, "cost: measure the rollout only")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -121,7 +122,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			d = 20 * time.Second
 		}
 		results, err = Cost(ctx, CostOptions{N: sizes[0], ModelBytes: *modelBytes, ReportRate: *reportRate, Reporters: *reporters, Duration: d,
-			ControlPlaneBin: *cpBin, ControlPlaneProfile: *cpProfile, SimBin: *simBin, SkipRollout: *skipRollout, SkipTelemetry: *skipTelemetry, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
+			ControlPlaneBin: *cpBin, ControlPlaneProfile: *cpProfile, ControlPlaneProfileWindow: *cpProfileWindow, SimBin: *simBin, SkipRollout: *skipRollout, SkipTelemetry: *skipTelemetry, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
 	case "telemetry":
 		results, err = Telemetry(ctx, TelemetryOptions{Sizes: sizes, Duration: *duration, Rate: *rate, StoreOnDisk: *diskStore, Transport: *transport,
 			Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
