@@ -436,6 +436,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	wg.Go(func() { c.retrain.Run(ctx) })
 	wg.Go(func() { c.sites.Run(ctx) })
 	wg.Go(func() { c.acks.Run(ctx) })
+	wg.Go(func() { c.fleet.Run(ctx) })
 	if eb, ok := c.bus.(*bus.External); ok {
 		wg.Go(func() { s.republishOnReconnect(ctx, c, eb) })
 	}
@@ -588,6 +589,7 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 	}
 	// After the bus stopped delivering (closers run in reverse).
 	*closers = append(*closers, func() {
+		c.fleet.Flush() // status events (their acknowledgements are not sent: the devices resend)
 		if err := c.monitor.Flush(); err != nil {
 			s.log.Error("monitoring flush at shutdown failed", "err", err)
 		}
