@@ -111,15 +111,13 @@ func (f *Fleet) OnStatus(topic string, payload []byte) {
 		f.opts.Ingest.Drop(kind, ingest.Store, topic, err)
 		f.log.Error("store device status failed", "device", dev, "err", err)
 	default:
-		f.enqueueStatus(pendingStatus{dev: dev, topic: topic, w: w, done: func() {
-			f.ack(dev, ev.Seq)
-			if refused {
-				f.refusals.WithLabelValues(string(refusal)).Inc()
-				f.log.Warn("device refused a document", "device", dev, "kind", refusal, "model", ev.ModelName, "version", ev.ModelVersion, "reason", ev.Reason)
-				return
-			}
-			f.log.Debug("device status", "device", dev, "model", ev.ModelName, "version", ev.ModelVersion, "state", api.ModelStateOf(ev.State), "reason", ev.Reason)
-		}})
+		f.enqueueStatus(pendingStatus{dev: dev, topic: topic, w: w, done: func() { f.ack(dev, ev.Seq) }})
+		if refused {
+			f.refusals.WithLabelValues(string(refusal)).Inc()
+			f.log.Warn("device refused a document", "device", dev, "kind", refusal, "model", ev.ModelName, "version", ev.ModelVersion, "reason", ev.Reason)
+			return
+		}
+		f.log.Debug("device status", "device", dev, "model", ev.ModelName, "version", ev.ModelVersion, "state", api.ModelStateOf(ev.State), "reason", ev.Reason)
 	}
 }
 
@@ -147,11 +145,9 @@ func (f *Fleet) onRefusal(kind topics.Kind, topic, dev string, refusal api.Refus
 		f.opts.Ingest.Drop(kind, ingest.Store, topic, err)
 		f.log.Error("store device refusal failed", "device", dev, "err", err)
 	default:
-		f.enqueueStatus(pendingStatus{dev: dev, topic: topic, w: w, done: func() {
-			f.ack(dev, ev.Seq)
-			f.refusals.WithLabelValues(string(refusal)).Inc()
-			f.log.Warn("device refused a document", "device", dev, "kind", refusal, "reason", ev.Reason, "generation", ev.Generation)
-		}})
+		f.enqueueStatus(pendingStatus{dev: dev, topic: topic, w: w, done: func() { f.ack(dev, ev.Seq) }})
+		f.refusals.WithLabelValues(string(refusal)).Inc()
+		f.log.Warn("device refused a document", "device", dev, "kind", refusal, "reason", ev.Reason, "generation", ev.Generation)
 	}
 }
 

@@ -11,9 +11,10 @@ import (
 // Status events are applied to the registry in memory as they arrive and
 // written to the store in batches: one transaction for every device whose
 // events arrived within StatusBatchDelay (a device's newest state only),
-// instead of one per event. An event is acknowledged (and counted, and
-// logged) only after the transaction holding it committed; when the write
-// fails it is not acknowledged and the device resends it. Run writes the
+// instead of one per event. An event is acknowledged only after the
+// transaction holding it committed; when the write fails it is not
+// acknowledged and the device resends it (a resent event is then stale in
+// memory: acknowledged after the next batch, and not counted again). Run writes the
 // batches; Flush writes what is pending.
 const (
 	// DefaultStatusBatchDelay is how long a batch of status events waits
@@ -30,7 +31,7 @@ type pendingStatus struct {
 	dev   string
 	topic string
 	w     *deviceWrite // nil: nothing to write, acknowledged after the batch
-	done  func()       // after the commit: acknowledge, count, log
+	done  func()       // after the commit: acknowledge
 }
 
 // enqueueStatus adds an event to the batch; Run writes it.
