@@ -40,7 +40,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	ns := fs.String("n", "100,1000", "fleet sizes, comma separated")
 	modelBytes := fs.Int("model-bytes", 1<<20, "fanout: model size in bytes (a fraud model padded with an ONNX doc_string)")
 	proxyMax := fs.Int("proxy-max", 2000, "fanout: count bytes on the wire through the proxy up to this N (it doubles the sockets)")
-	fetchRetry := fs.Duration("fetch-retry", 2*time.Second, "fanout: the agents' fetch retry interval")
+	fetchRetry := fs.Duration("fetch-retry", 2*time.Second, "fanout, cost: the agents' fetch retry interval")
 	transport := fs.String("transport", "memory", "how agents (and the baseline's subscribers) reach the broker: memory or tcp")
 	workDir := fs.String("work-dir", "", "state directory (default: a temporary one)")
 	ortLib := fs.String("ort-lib", "", "path of libonnxruntime.so.1")
@@ -121,7 +121,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if !flagSet(fs, "duration") {
 			d = 20 * time.Second
 		}
-		results, err = Cost(ctx, CostOptions{N: sizes[0], ModelBytes: *modelBytes, ReportRate: *reportRate, Reporters: *reporters, Duration: d,
+		results, err = Cost(ctx, CostOptions{N: sizes[0], ModelBytes: *modelBytes, FetchRetry: *fetchRetry, ReportRate: *reportRate, Reporters: *reporters, Duration: d,
 			ControlPlaneBin: *cpBin, ControlPlaneProfile: *cpProfile, ControlPlaneProfileWindow: *cpProfileWindow, SimBin: *simBin, SkipRollout: *skipRollout, SkipTelemetry: *skipTelemetry, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
 	case "telemetry":
 		results, err = Telemetry(ctx, TelemetryOptions{Sizes: sizes, Duration: *duration, Rate: *rate, StoreOnDisk: *diskStore, Transport: *transport,

@@ -40,6 +40,11 @@ type CostOptions struct {
 	// Duration is the telemetry window after Warmup; defaults 20s and 3s.
 	Duration time.Duration
 	Warmup   time.Duration
+	// FetchRetry is the agents' fetch retry interval in the rollout;
+	// default 2s. On a loaded machine agents ask again while a round is
+	// still being delivered and chunks go out again: a longer one measures
+	// the control plane's cost with each chunk published once.
+	FetchRetry time.Duration
 	// ControlPlaneBin is the edgefleet binary run as `serve`; required.
 	ControlPlaneBin string
 	// SimBin is the fleet-sim binary run as `bench rawbroker` for the
@@ -64,6 +69,9 @@ func (o *CostOptions) defaults() error {
 	}
 	if o.ModelBytes <= 0 {
 		o.ModelBytes = 1 << 20
+	}
+	if o.FetchRetry <= 0 {
+		o.FetchRetry = 2 * time.Second
 	}
 	if o.ReportRate <= 0 {
 		o.ReportRate = 10000
@@ -284,7 +292,7 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 		Remote:             cp.remote,
 		Transport:          sim.TransportTCP,
 		HeartbeatInterval:  time.Hour, // no telemetry during the rollout
-		FetchRetryInterval: 2 * time.Second,
+		FetchRetryInterval: o.FetchRetry,
 	})
 	if err != nil {
 		return nil, err
