@@ -377,12 +377,14 @@ func TestDeviceReportsAreRecorded(t *testing.T) {
 	assert.Equal(t, api.ModelActive, d.Telemetry.Models[0].State)
 	assert.False(t, d.LastSeen.IsZero())
 
-	// The status was written through to the store: a registry loaded from
-	// it now has it.
-	reloaded, err := fleet.OpenRegistry(ts.internals().KV, nil)
-	require.NoError(t, err)
-	stored, _ := reloaded.Get("dev-1")
-	assert.Equal(t, api.ModelRolledBack, stored.Reported["fraud"].State)
+	// The status is written through to the store (in the next batch of
+	// status events): a registry loaded from it then has it.
+	require.Eventually(t, func() bool {
+		reloaded, err := fleet.OpenRegistry(ts.internals().KV, nil)
+		require.NoError(t, err)
+		stored, _ := reloaded.Get("dev-1")
+		return stored.Reported["fraud"] != nil && stored.Reported["fraud"].State == api.ModelRolledBack
+	}, 10*time.Second, 5*time.Millisecond, "the status event is stored")
 
 	// An older event arriving late does not undo the newer one.
 	dropped := ts.Dropped()

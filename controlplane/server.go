@@ -297,15 +297,27 @@ func New(opts Options) (*Server, error) {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "edgefleet_broker_subscription_dropped_total",
 			Help: "Device messages the embedded broker dropped because a control-plane subscription's queue was full (ingest falling behind).",
-		}, func() float64 { return s.brokerDrops(func(b *broker.Broker) uint64 { return b.Dropped() }) }),
+		}, func() float64 { return s.brokerCount(func(b *broker.Broker) uint64 { return b.Dropped() }) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "edgefleet_broker_client_dropped_total",
 			Help: "Messages the embedded broker dropped instead of sending them to a device whose outbound queue was full.",
-		}, func() float64 { return s.brokerDrops(func(b *broker.Broker) uint64 { return b.ClientDropped() }) }),
+		}, func() float64 { return s.brokerCount(func(b *broker.Broker) uint64 { return b.ClientDropped() }) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "edgefleet_broker_packets_received_total",
+			Help: "MQTT packets of any type the embedded broker received from network clients.",
+		}, func() float64 {
+			return s.brokerCount(func(b *broker.Broker) uint64 { r, _ := b.Packets(); return r })
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "edgefleet_broker_packets_sent_total",
+			Help: "MQTT packets of any type the embedded broker sent to network clients.",
+		}, func() float64 {
+			return s.brokerCount(func(b *broker.Broker) uint64 { _, w := b.Packets(); return w })
+		}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "edgefleet_broker_log_lines_suppressed_total",
 			Help: "Log lines about a client (refused packets, protocol errors) the embedded broker did not write: over a few a minute per client.",
-		}, func() float64 { return s.brokerDrops(func(b *broker.Broker) uint64 { return b.LogsSuppressed() }) }),
+		}, func() float64 { return s.brokerCount(func(b *broker.Broker) uint64 { return b.LogsSuppressed() }) }),
 	)
 	return s, nil
 }
@@ -318,9 +330,9 @@ func (s *Server) embeddedBroker() *broker.Broker {
 	return s.embedded
 }
 
-// brokerDrops reads a drop counter of the embedded broker (0 with an
+// brokerCount reads a drop counter of the embedded broker (0 with an
 // external broker, or before it started).
-func (s *Server) brokerDrops(count func(*broker.Broker) uint64) float64 {
+func (s *Server) brokerCount(count func(*broker.Broker) uint64) float64 {
 	b := s.embeddedBroker()
 	if b == nil {
 		return 0
@@ -424,6 +436,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	wg.Go(func() { c.retrain.Run(ctx) })
 	wg.Go(func() { c.sites.Run(ctx) })
 	wg.Go(func() { c.acks.Run(ctx) })
+	wg.Go(func() { c.fleet.Run(ctx) })
 	if eb, ok := c.bus.(*bus.External); ok {
 		wg.Go(func() { s.republishOnReconnect(ctx, c, eb) })
 	}
@@ -576,6 +589,7 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 	}
 	// After the bus stopped delivering (closers run in reverse).
 	*closers = append(*closers, func() {
+		c.fleet.Flush() // status events (their acknowledgements are not sent: the devices resend)
 		if err := c.monitor.Flush(); err != nil {
 			s.log.Error("monitoring flush at shutdown failed", "err", err)
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
@@ -108,3 +109,14 @@ func ranges(a *efpb.Ack) []string {
 }
 
 func fmtRange(r *efpb.SeqRange) string { return fmt.Sprintf("%d-%d", r.First, r.Last) }
+
+// TestDefaultIntervalBatchesWithoutResends: the default interval collects
+// a device's reports for a second (a rollout's status events and a fast
+// reporter's telemetry share one message) and stays far below the agent's
+// default ReportAckTimeout (30 s), past which the agent resends.
+func TestDefaultIntervalBatchesWithoutResends(t *testing.T) {
+	a := newAcker(t, &bus{got: map[string][]*efpb.Ack{}}, nil)
+	assert.Equal(t, DefaultInterval, a.opts.Interval)
+	assert.GreaterOrEqual(t, a.opts.Interval, time.Second)
+	assert.LessOrEqual(t, 10*a.opts.Interval, 30*time.Second)
+}

@@ -458,6 +458,12 @@ func (b *Broker) ClientDropped() uint64 {
 	return uint64(atomic.LoadInt64(&b.srv.Info.MessagesDropped))
 }
 
+// Packets counts the MQTT packets of any type the broker received from and
+// sent to network clients (mochi's $SYS counters).
+func (b *Broker) Packets() (received, sent uint64) {
+	return uint64(atomic.LoadInt64(&b.srv.Info.PacketsReceived)), uint64(atomic.LoadInt64(&b.srv.Info.PacketsSent))
+}
+
 // Clients is the number of connected network clients.
 func (b *Broker) Clients() int {
 	return int(atomic.LoadInt64(&b.srv.Info.ClientsConnected))

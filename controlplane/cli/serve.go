@@ -69,6 +69,7 @@ written to --token-file if given).`,
 	f.StringVar(&opts.Monitor.WebhookURL, "webhook-url", "", "POST every alert here (`URL`) as signed JSON (the retrain hook)")
 	f.StringVar(&sf.webhookSecretFile, "webhook-secret-file", "", "`FILE` holding the webhook's HMAC-SHA256 key (env "+EnvWebhookSecretFile+")")
 	f.StringVar(&sf.cpuProfile, "cpu-profile", "", "write a CPU profile of the whole run to `FILE` (diagnostics: fleet-sim bench cost uses it)")
+	f.BoolVar(&sf.cpuProfileOnSignal, "cpu-profile-on-signal", false, "with --cpu-profile: profile from SIGUSR1 to SIGUSR2 only (each window overwrites the file)")
 	f.Var(&sf.trainers, "trainer", "external retrain trainer `NAME=PROGRAM` a retrain policy may name as command:NAME; run as PROGRAM --data DIR --out DIR (repeatable)")
 	enumFlag(c, "log-level", "debug", "info", "warn", "error")
 	enumFlag(c, "log-format", "text", "json")
@@ -92,6 +93,7 @@ type serveFlags struct {
 	webhookSecretFile         string
 	trainers                  stringList
 	cpuProfile                string
+	cpuProfileOnSignal        bool
 }
 
 // serve runs the control plane until ctx ends.
@@ -162,7 +164,11 @@ func (a *app) serve(ctx context.Context, opts controlplane.Options, sf serveFlag
 	if err != nil {
 		return err
 	}
-	if sf.cpuProfile != "" {
+	switch {
+	case sf.cpuProfile != "" && sf.cpuProfileOnSignal:
+		stop := profileOnSignal(ctx, sf.cpuProfile, opts.Logger)
+		defer stop()
+	case sf.cpuProfile != "":
 		stop, err := startCPUProfile(sf.cpuProfile)
 		if err != nil {
 			return err

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -197,61 +198,29 @@ func (f *Fleet) issueShadows(ids []string, change func([]*efpb.ModelAssignment) 
 	now := f.opts.Clock()
 	out := make([]issuedState, 0, len(ids))
 	sums := make([]*api.DesiredSummary, 0, len(ids))
-	for _, id := range ids {
-		var st issuedState
-		var sum *api.DesiredSummary
+	// One transaction per maxDevicesPerWrite devices; the first document
+	// signed is checked against the trust bundle (the others are signed
+	// by the same key: a control key the bundle does not list fails there).
+	verified := false
+	for part := range slices.Chunk(ids, maxDevicesPerWrite) {
+		var partOut []issuedState
+		var partSums []*api.DesiredSummary
 		err := f.opts.KV.Update(func(tx *store.Tx) error {
-			var prev desiredRecord
-			var cur []*efpb.ModelAssignment
-			var shadows []*efpb.ShadowAssignment
-			switch err := tx.GetJSON(prefixDesired+id, &prev); {
-			case err == nil:
-				d, err := desiredPayload(prev.Envelope)
+			partOut, partSums = partOut[:0], partSums[:0] // a retried transaction starts again
+			for _, id := range part {
+				st, sum, err := f.issueOne(tx, id, now, change, changeShadows, !verified)
 				if err != nil {
-					return err
+					return fmt.Errorf("issue desired state for %s: %w", id, err)
 				}
-				cur, shadows = d.Models, d.Shadows
-			case !errors.Is(err, store.ErrNotFound):
-				return err
+				verified = true
+				partOut, partSums = append(partOut, st), append(partSums, sum)
 			}
-			models := change(cur)
-			if changeShadows != nil {
-				shadows = changeShadows(shadows)
-			}
-			shadows = servedShadows(models, shadows)
-			f.withCapture(models)
-			if len(models) > maxReportedModels {
-				return api.Errorf(api.ErrInvalid, "device %s would run %d models; a device runs at most %d (the control plane tracks no more)", id, len(models), maxReportedModels)
-			}
-			d := &efpb.DesiredState{
-				ProtocolVersion: efpb.ProtocolVersion1,
-				DeviceId:        id,
-				Generation:      prev.Generation + 1,
-				Models:          models,
-				IssuedUnix:      now.Unix(),
-				ExpiresUnix:     now.Add(f.opts.DesiredTTL).Unix(),
-				Shadows:         shadows,
-			}
-			env, err := signing.SignMessage(efpb.PayloadTypeDesired, d, f.opts.Keys.Control)
-			if err != nil {
-				return err
-			}
-			if _, err := f.opts.Keys.Verifier.VerifyDesired(env, now); err != nil {
-				return fmt.Errorf("the signed desired state does not verify with the trust bundle: %w", err)
-			}
-			envBytes, err := proto.Marshal(env)
-			if err != nil {
-				return err
-			}
-			st = issuedState{id: id, gen: d.Generation, env: envBytes}
-			sum = desiredSummary(d)
-			return tx.SetJSON(prefixDesired+id, desiredRecord{Generation: d.Generation, Envelope: envBytes})
+			return nil
 		}, false)
 		if err != nil {
-			return nil, fmt.Errorf("issue desired state for %s: %w", id, err)
+			return nil, err
 		}
-		out = append(out, st)
-		sums = append(sums, sum)
+		out, sums = append(out, partOut...), append(sums, partSums...)
 	}
 	if err := f.opts.Sync(); err != nil {
 		return nil, fmt.Errorf("issue desired states: %w", err)
@@ -261,6 +230,60 @@ func (f *Fleet) issueShadows(ids []string, change func([]*efpb.ModelAssignment) 
 	}
 	f.deploys.Add(float64(len(out)))
 	return out, nil
+}
+
+// issueOne signs and writes in tx device id's next desired state; with
+// verify the signed document is checked against the trust bundle.
+func (f *Fleet) issueOne(tx *store.Tx, id string, now time.Time, change func([]*efpb.ModelAssignment) []*efpb.ModelAssignment,
+	changeShadows func([]*efpb.ShadowAssignment) []*efpb.ShadowAssignment, verify bool) (issuedState, *api.DesiredSummary, error) {
+	var prev desiredRecord
+	var cur []*efpb.ModelAssignment
+	var shadows []*efpb.ShadowAssignment
+	switch err := tx.GetJSON(prefixDesired+id, &prev); {
+	case err == nil:
+		d, err := desiredPayload(prev.Envelope)
+		if err != nil {
+			return issuedState{}, nil, err
+		}
+		cur, shadows = d.Models, d.Shadows
+	case !errors.Is(err, store.ErrNotFound):
+		return issuedState{}, nil, err
+	}
+	models := change(cur)
+	if changeShadows != nil {
+		shadows = changeShadows(shadows)
+	}
+	shadows = servedShadows(models, shadows)
+	f.withCapture(models)
+	if len(models) > maxReportedModels {
+		return issuedState{}, nil, api.Errorf(api.ErrInvalid, "device %s would run %d models; a device runs at most %d (the control plane tracks no more)", id, len(models), maxReportedModels)
+	}
+	d := &efpb.DesiredState{
+		ProtocolVersion: efpb.ProtocolVersion1,
+		DeviceId:        id,
+		Generation:      prev.Generation + 1,
+		Models:          models,
+		IssuedUnix:      now.Unix(),
+		ExpiresUnix:     now.Add(f.opts.DesiredTTL).Unix(),
+		Shadows:         shadows,
+	}
+	env, err := signing.SignMessage(efpb.PayloadTypeDesired, d, f.opts.Keys.Control)
+	if err != nil {
+		return issuedState{}, nil, err
+	}
+	if verify {
+		if _, err := f.opts.Keys.Verifier.VerifyDesired(env, now); err != nil {
+			return issuedState{}, nil, fmt.Errorf("the signed desired state does not verify with the trust bundle: %w", err)
+		}
+	}
+	envBytes, err := proto.Marshal(env)
+	if err != nil {
+		return issuedState{}, nil, err
+	}
+	if err := tx.SetJSON(prefixDesired+id, desiredRecord{Generation: d.Generation, Envelope: envBytes}); err != nil {
+		return issuedState{}, nil, err
+	}
+	return issuedState{id: id, gen: d.Generation, env: envBytes}, desiredSummary(d), nil
 }
 
 func desiredPayload(envBytes []byte) (*efpb.DesiredState, error) {

@@ -10,6 +10,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -77,6 +78,11 @@ type Options struct {
 	// it is persisted or refused for good, and of each telemetry report
 	// refused for good here (the monitor acknowledges the others).
 	Acker Acker
+	// StatusBatchDelay is how long status events wait for others to be
+	// written in one store transaction with them (statusbatch.go); default
+	// DefaultStatusBatchDelay, negative: no wait (what arrived during the
+	// previous write still shares one).
+	StatusBatchDelay time.Duration
 }
 
 // Acker is told which device reports are persisted or refused for good
@@ -95,11 +101,22 @@ type Fleet struct {
 	// refusals counts the signed documents devices reported refusing, by
 	// api.RefusalKind.
 	refusals *prometheus.CounterVec
+	// statusWrites counts the store transactions that wrote status events
+	// (edgefleet_device_status_writes_total).
+	statusWrites atomic.Uint64
 
 	// issueMu serialises desired-state issuing and publishing (see
 	// issue). It comes after the rollout engine's lock and before the
 	// registry's: docs/architecture.md has the whole lock order.
 	issueMu sync.Mutex
+
+	// Status events waiting for their batch (statusbatch.go): statusMu
+	// guards status, a leaf lock; flushMu serialises Flush.
+	statusMu   sync.Mutex
+	status     []pendingStatus
+	flushMu    sync.Mutex
+	statusWake chan struct{} // cap 1: an event is pending
+	statusFull chan struct{} // cap 1: maxStatusBatch are pending
 }
 
 // New returns the fleet of o.Registry.
@@ -110,11 +127,16 @@ func New(o Options) *Fleet {
 	if o.Clock == nil {
 		o.Clock = time.Now
 	}
+	if o.StatusBatchDelay == 0 {
+		o.StatusBatchDelay = DefaultStatusBatchDelay
+	}
 	f := &Fleet{
-		opts:    o,
-		reg:     o.Registry,
-		log:     o.Logger.With("component", "fleet"),
-		enrolls: &enrollStore{kv: o.KV, clock: o.Clock},
+		opts:       o,
+		statusWake: make(chan struct{}, 1),
+		statusFull: make(chan struct{}, 1),
+		reg:        o.Registry,
+		log:        o.Logger.With("component", "fleet"),
+		enrolls:    &enrollStore{kv: o.KV, clock: o.Clock},
 		deploys: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "edgefleet_desired_states_issued_total",
 			Help: "Signed desired-state documents issued to devices.",
@@ -128,6 +150,10 @@ func New(o Options) *Fleet {
 		f.refusals.WithLabelValues(string(k)) // every kind shows, at 0
 	}
 	o.Registerer.MustRegister(f.deploys, f.refusals,
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "edgefleet_device_status_writes_total",
+			Help: "Store transactions that wrote devices' status events (a batch of every event that arrived within a short delay).",
+		}, func() float64 { return float64(f.statusWrites.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgefleet_devices_trust_behind",
 			Help: "Devices whose reported trust bundle version is older than the newest one the control plane publishes.",

@@ -50,7 +50,7 @@ func (f *Fleet) OnStatus(topic string, payload []byte) {
 		}
 	}
 	tooMany, stale := false, false
-	drop, err := f.reg.update(dev, func(d *api.Device, now time.Time) bool {
+	drop, w, err := f.reg.apply(dev, func(d *api.Device, now time.Time) bool {
 		d.Online, d.LastSeen = true, now
 		st := d.Reported[ev.ModelName]
 		if st != nil && ev.Seq != 0 && ev.Seq <= st.Seq {
@@ -102,15 +102,16 @@ func (f *Fleet) OnStatus(topic string, payload []byte) {
 		f.opts.Ingest.Drop(kind, drop, topic, nil)
 	case tooMany:
 		f.opts.Ingest.Drop(kind, ingest.Invalid, topic, fmt.Errorf("device reports more than %d models", maxReportedModels))
-		f.ack(dev, ev.Seq)
+		f.enqueueStatus(pendingStatus{dev: dev, topic: topic, w: w, done: func() { f.ack(dev, ev.Seq) }})
 	case stale:
 		f.opts.Ingest.Drop(kind, ingest.Stale, topic, fmt.Errorf("seq %d is not newer than the recorded one", ev.Seq))
-		f.ack(dev, ev.Seq) // a newer event is recorded
+		// A newer event is recorded: acknowledged once it is written too.
+		f.enqueueStatus(pendingStatus{dev: dev, topic: topic, w: w, done: func() { f.ack(dev, ev.Seq) }})
 	case err != nil:
 		f.opts.Ingest.Drop(kind, ingest.Store, topic, err)
 		f.log.Error("store device status failed", "device", dev, "err", err)
 	default:
-		f.ack(dev, ev.Seq)
+		f.enqueueStatus(pendingStatus{dev: dev, topic: topic, w: w, done: func() { f.ack(dev, ev.Seq) }})
 		if refused {
 			f.refusals.WithLabelValues(string(refusal)).Inc()
 			f.log.Warn("device refused a document", "device", dev, "kind", refusal, "model", ev.ModelName, "version", ev.ModelVersion, "reason", ev.Reason)
@@ -125,7 +126,7 @@ func (f *Fleet) OnStatus(topic string, payload []byte) {
 // says why.
 func (f *Fleet) onRefusal(kind topics.Kind, topic, dev string, refusal api.RefusalKind, ev *efpb.StatusEvent) {
 	stale := false
-	drop, err := f.reg.update(dev, func(d *api.Device, now time.Time) bool {
+	drop, w, err := f.reg.apply(dev, func(d *api.Device, now time.Time) bool {
 		d.Online, d.LastSeen = true, now
 		if r := d.LastRefusal; r != nil && ev.Seq != 0 && ev.Seq <= r.Seq {
 			stale = true
@@ -139,12 +140,12 @@ func (f *Fleet) onRefusal(kind topics.Kind, topic, dev string, refusal api.Refus
 		f.opts.Ingest.Drop(kind, drop, topic, nil)
 	case stale:
 		f.opts.Ingest.Drop(kind, ingest.Stale, topic, fmt.Errorf("seq %d is not newer than the recorded one", ev.Seq))
-		f.ack(dev, ev.Seq)
+		f.enqueueStatus(pendingStatus{dev: dev, topic: topic, w: w, done: func() { f.ack(dev, ev.Seq) }})
 	case err != nil:
 		f.opts.Ingest.Drop(kind, ingest.Store, topic, err)
 		f.log.Error("store device refusal failed", "device", dev, "err", err)
 	default:
-		f.ack(dev, ev.Seq)
+		f.enqueueStatus(pendingStatus{dev: dev, topic: topic, w: w, done: func() { f.ack(dev, ev.Seq) }})
 		f.refusals.WithLabelValues(string(refusal)).Inc()
 		f.log.Warn("device refused a document", "device", dev, "kind", refusal, "reason", ev.Reason, "generation", ev.Generation)
 	}

@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -511,51 +512,125 @@ func (r *Registry) MayFetch(id, model, version string) (registered, allowed bool
 // one device are ordered by its persistMu, and an encoding older than the
 // one on disk is not written.
 func (r *Registry) update(id string, fn func(d *api.Device, now time.Time) (persist bool)) (drop string, err error) {
+	drop, w, err := r.apply(id, fn)
+	if drop != "" || err != nil || w == nil {
+		return drop, err
+	}
+	_, err = r.writeDevices([]*deviceWrite{w})
+	return "", err
+}
+
+// deviceWrite is one encoding of a device for the store, taken under
+// Registry.mu by apply and written by writeDevices after mu is released.
+type deviceWrite struct {
+	id   string
+	e    *deviceEntry
+	b    []byte
+	snap uint64    // the entry's snapshots count of this encoding
+	at   time.Time // lastPersist this encoding set
+	prev time.Time // lastPersist before it
+}
+
+// apply is update's part under the lock: fn applied in memory, and the
+// encoding to write (nil when nothing needs writing).
+func (r *Registry) apply(id string, fn func(d *api.Device, now time.Time) (persist bool)) (drop string, w *deviceWrite, err error) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	e := r.devices[id]
 	switch {
 	case e == nil:
-		r.mu.Unlock()
-		return ingest.UnknownDevice, nil
+		return ingest.UnknownDevice, nil, nil
 	case len(e.cred.Hash) == 0:
 		// Revoked: an external broker may let a message through until
 		// broker sync has reloaded it; it must not bring the device back.
-		r.mu.Unlock()
-		return ingest.Revoked, nil
+		return ingest.Revoked, nil, nil
 	}
 	now := r.clock().UTC()
 	persist := fn(&e.dev, now)
 	if !persist && now.Sub(e.lastPersist) < lastSeenPersistEvery {
-		r.mu.Unlock()
-		return "", nil
+		return "", nil, nil
 	}
 	stored := e.dev
 	stored.Online, stored.Desired = false, nil // not persisted: see loadRegistry
 	b, err := json.Marshal(&stored)
 	if err != nil {
-		r.mu.Unlock()
-		return "", fmt.Errorf("persist device %s: %w", id, err)
+		return "", nil, fmt.Errorf("persist device %s: %w", id, err)
 	}
 	e.snapshots++
-	snap, prevPersist := e.snapshots, e.lastPersist
+	w = &deviceWrite{id: id, e: e, b: b, snap: e.snapshots, at: now, prev: e.lastPersist}
 	e.lastPersist = now
-	r.mu.Unlock()
+	return "", w, nil
+}
 
-	e.persistMu.Lock()
-	defer e.persistMu.Unlock()
-	if e.written > snap {
-		return "", nil // a newer encoding is on disk already
+// maxDevicesPerWrite bounds the devices one store transaction writes
+// (badger refuses transactions past a size; a device is ~1-2 KiB).
+const maxDevicesPerWrite = 256
+
+// writeDevices writes encodings taken by apply in one store transaction
+// per maxDevicesPerWrite devices: the newest encoding of each device, and
+// none that is older than the one on disk already. It holds the devices'
+// persistMu (taken in id order) while it writes. On an error the devices
+// it did not write are written again by their next update. It returns the
+// transactions it committed.
+func (r *Registry) writeDevices(ws []*deviceWrite) (txns int, err error) {
+	newest := make(map[*deviceEntry]*deviceWrite, len(ws))
+	for _, w := range ws {
+		if cur := newest[w.e]; cur == nil || w.snap > cur.snap {
+			newest[w.e] = w
+		}
 	}
-	if err := r.kv.Set(prefixDevices+id, b); err != nil {
+	batch := make([]*deviceWrite, 0, len(newest))
+	for _, w := range newest {
+		batch = append(batch, w)
+	}
+	slices.SortFunc(batch, func(a, b *deviceWrite) int { return strings.Compare(a.id, b.id) })
+	for part := range slices.Chunk(batch, maxDevicesPerWrite) {
+		if perr := r.writePart(part); perr != nil {
+			err = cmp.Or(err, perr)
+			continue
+		}
+		txns++
+	}
+	return txns, err
+}
+
+func (r *Registry) writePart(part []*deviceWrite) error {
+	for _, w := range part {
+		w.e.persistMu.Lock()
+	}
+	defer func() {
+		for _, w := range part {
+			w.e.persistMu.Unlock()
+		}
+	}()
+	err := r.kv.Update(func(tx *store.Tx) error {
+		for _, w := range part {
+			if w.e.written > w.snap {
+				continue // a newer encoding is on disk already
+			}
+			if err := tx.Set(prefixDevices+w.id, w.b); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, false)
+	if err != nil {
 		r.mu.Lock()
-		if e.lastPersist.Equal(now) {
-			e.lastPersist = prevPersist // the next update writes again
+		for _, w := range part {
+			if w.e.lastPersist.Equal(w.at) {
+				w.e.lastPersist = w.prev // the next update writes again
+			}
 		}
 		r.mu.Unlock()
-		return "", fmt.Errorf("persist device %s: %w", id, err)
+		if len(part) == 1 {
+			return fmt.Errorf("persist device %s: %w", part[0].id, err)
+		}
+		return fmt.Errorf("persist %d devices: %w", len(part), err)
 	}
-	e.written = snap
-	return "", nil
+	for _, w := range part {
+		w.e.written = max(w.e.written, w.snap)
+	}
+	return nil
 }
 
 func truncate(s string, n int) string {

@@ -40,7 +40,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	ns := fs.String("n", "100,1000", "fleet sizes, comma separated")
 	modelBytes := fs.Int("model-bytes", 1<<20, "fanout: model size in bytes (a fraud model padded with an ONNX doc_string)")
 	proxyMax := fs.Int("proxy-max", 2000, "fanout: count bytes on the wire through the proxy up to this N (it doubles the sockets)")
-	fetchRetry := fs.Duration("fetch-retry", 2*time.Second, "fanout: the agents' fetch retry interval")
+	fetchRetry := fs.Duration("fetch-retry", 2*time.Second, "fanout, cost: the agents' fetch retry interval")
 	transport := fs.String("transport", "memory", "how agents (and the baseline's subscribers) reach the broker: memory or tcp")
 	workDir := fs.String("work-dir", "", "state directory (default: a temporary one)")
 	ortLib := fs.String("ort-lib", "", "path of libonnxruntime.so.1")
@@ -65,6 +65,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	reportRate := fs.Int("report-rate", 10000, "cost: telemetry reports per second offered")
 	reporters := fs.Int("reporters", 1000, "cost: raw device clients sending them")
 	cpProfile := fs.String("cp-cpu-profile", "", "cost: the control plane process writes a CPU profile of its run to this file")
+	cpProfileWindow := fs.Bool("cp-cpu-profile-window", false, "cost: --cp-cpu-profile covers the rollout's measured window only")
 	skipRollout := fs.Bool("skip-rollout", false, "cost: measure telemetry ingest only")
 	skipTelemetry := fs.Bool("skip-telemetry", false, "cost: measure the rollout only")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -120,8 +121,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if !flagSet(fs, "duration") {
 			d = 20 * time.Second
 		}
-		results, err = Cost(ctx, CostOptions{N: sizes[0], ModelBytes: *modelBytes, ReportRate: *reportRate, Reporters: *reporters, Duration: d,
-			ControlPlaneBin: *cpBin, ControlPlaneProfile: *cpProfile, SimBin: *simBin, SkipRollout: *skipRollout, SkipTelemetry: *skipTelemetry, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
+		results, err = Cost(ctx, CostOptions{N: sizes[0], ModelBytes: *modelBytes, FetchRetry: *fetchRetry, ReportRate: *reportRate, Reporters: *reporters, Duration: d,
+			ControlPlaneBin: *cpBin, ControlPlaneProfile: *cpProfile, ControlPlaneProfileWindow: *cpProfileWindow, SimBin: *simBin, SkipRollout: *skipRollout, SkipTelemetry: *skipTelemetry, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
 	case "telemetry":
 		results, err = Telemetry(ctx, TelemetryOptions{Sizes: sizes, Duration: *duration, Rate: *rate, StoreOnDisk: *diskStore, Transport: *transport,
 			Dir: dir, ORTLibrary: *ortLib, Progress: stdout})

@@ -40,14 +40,22 @@ type CostOptions struct {
 	// Duration is the telemetry window after Warmup; defaults 20s and 3s.
 	Duration time.Duration
 	Warmup   time.Duration
+	// FetchRetry is the agents' fetch retry interval in the rollout;
+	// default 2s. On a loaded machine agents ask again while a round is
+	// still being delivered and chunks go out again: a longer one measures
+	// the control plane's cost with each chunk published once.
+	FetchRetry time.Duration
 	// ControlPlaneBin is the edgefleet binary run as `serve`; required.
 	ControlPlaneBin string
 	// SimBin is the fleet-sim binary run as `bench rawbroker` for the
 	// baselines; default this process's executable.
 	SimBin string
 	// ControlPlaneProfile, if set, is where the control plane process
-	// writes a CPU profile of its whole run (serve --cpu-profile).
-	ControlPlaneProfile string
+	// writes a CPU profile of its whole run (serve --cpu-profile), or
+	// with ControlPlaneProfileWindow of the rollout's measured window only
+	// (serve --cpu-profile-on-signal; the telemetry part is not profiled).
+	ControlPlaneProfile       string
+	ControlPlaneProfileWindow bool
 	// SkipRollout and SkipTelemetry leave one part out.
 	SkipRollout, SkipTelemetry bool
 	Dir                        string
@@ -61,6 +69,9 @@ func (o *CostOptions) defaults() error {
 	}
 	if o.ModelBytes <= 0 {
 		o.ModelBytes = 1 << 20
+	}
+	if o.FetchRetry <= 0 {
+		o.FetchRetry = 2 * time.Second
 	}
 	if o.ReportRate <= 0 {
 		o.ReportRate = 10000
@@ -121,6 +132,13 @@ type RolloutCost struct {
 	// (edgefleet_broker_client_dropped_total): chunks an agent then asks for
 	// again.
 	ClientDropped float64 `json:"broker_client_dropped"`
+	// PacketsIn and PacketsOut are the MQTT packets of any type the control
+	// plane's broker received and sent per device during the rollout, and
+	// AcksPerDevice the acknowledgement messages it published per device
+	// (edgefleet_broker_packets_*_total, edgefleet_report_acks_published_total).
+	PacketsIn     float64 `json:"packets_in_per_device"`
+	PacketsOut    float64 `json:"packets_out_per_device"`
+	AcksPerDevice float64 `json:"acks_per_device"`
 	// Baseline*: the raw broker process's CPU from the first chunk publish
 	// until N raw subscribers hold every chunk, and that time.
 	BaselineCPUSeconds float64 `json:"baseline_cpu_seconds"`
@@ -199,7 +217,7 @@ func Cost(ctx context.Context, o CostOptions) (*CostResult, error) {
 		return nil, err
 	}
 	defer raw.close()
-	cp, err := startControlPlaneProcess(ctx, o.ControlPlaneBin, filepath.Join(o.Dir, "cp"), o.ORTLibrary, o.ControlPlaneProfile)
+	cp, err := startControlPlaneProcess(ctx, o.ControlPlaneBin, filepath.Join(o.Dir, "cp"), o.ORTLibrary, o.ControlPlaneProfile, o.ControlPlaneProfileWindow)
 	if err != nil {
 		return nil, err
 	}
@@ -218,6 +236,8 @@ func Cost(ctx context.Context, o CostOptions) (*CostResult, error) {
 		fmt.Fprintf(o.Progress, "\n| N | model bytes | deploy → all active s | control plane CPU s (idle cores) | CPU ms / device | chunk publishes (client queue drops) | raw fan-out CPU s (time s) | **ratio** | control plane RSS before → after MiB | load avg start → end |\n|---|---|---|---|---|---|---|---|---|---|\n")
 		fmt.Fprintf(o.Progress, "| %d | %d | %.2f | %.2f (%.3f) | %.2f | %.0f (%.0f) | %.2f (%.2f) | **%.2f** | %.0f → %.0f | %.1f → %.1f |\n",
 			r.N, r.ModelBytes, r.Seconds, r.CPUSeconds, r.IdleCPU, r.CPUPerDeviceMs, r.ChunkPublishes, r.ClientDropped, r.BaselineCPUSeconds, r.BaselineSeconds, r.Ratio, float64(r.RSSBefore)/(1<<20), float64(r.RSSAfter)/(1<<20), r.LoadStart, r.LoadEnd)
+		fmt.Fprintf(o.Progress, "\nper device during the rollout: %.1f MQTT packets received, %.1f sent by the control plane's broker; %.2f acknowledgement messages\n",
+			r.PacketsIn, r.PacketsOut, r.AcksPerDevice)
 	}
 	if !o.SkipTelemetry {
 		t, err := telemetryCost(ctx, o, cp, raw, art)
@@ -272,7 +292,7 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 		Remote:             cp.remote,
 		Transport:          sim.TransportTCP,
 		HeartbeatInterval:  time.Hour, // no telemetry during the rollout
-		FetchRetryInterval: 2 * time.Second,
+		FetchRetryInterval: o.FetchRetry,
 	})
 	if err != nil {
 		return nil, err
@@ -318,6 +338,14 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 
 	pub0, _ := metric(ctx, mc, "edgefleet_chunk_publishes_total")
 	drop0, _ := metric(ctx, mc, "edgefleet_broker_client_dropped_total")
+	in0, _ := metric(ctx, mc, "edgefleet_broker_packets_received_total")
+	out0, _ := metric(ctx, mc, "edgefleet_broker_packets_sent_total")
+	ack0, _ := metric(ctx, mc, "edgefleet_report_acks_published_total")
+	if o.ControlPlaneProfile != "" && o.ControlPlaneProfileWindow {
+		if err := cp.profileWindow(true); err != nil {
+			return nil, err
+		}
+	}
 	c0, err := cp.cpu()
 	if err != nil {
 		return nil, err
@@ -357,6 +385,11 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 	if err != nil {
 		return nil, err
 	}
+	if o.ControlPlaneProfile != "" && o.ControlPlaneProfileWindow {
+		if err := cp.profileWindow(false); err != nil {
+			return nil, err
+		}
+	}
 	r.Seconds = time.Since(start).Seconds()
 	r.RSSAfter = cp.rss()
 	r.CPUSeconds = c1 - c0
@@ -367,6 +400,15 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 	}
 	if drop1, err := metric(ctx, mc, "edgefleet_broker_client_dropped_total"); err == nil {
 		r.ClientDropped = drop1 - drop0
+	}
+	if in1, err := metric(ctx, mc, "edgefleet_broker_packets_received_total"); err == nil {
+		r.PacketsIn = (in1 - in0) / float64(o.N)
+	}
+	if out1, err := metric(ctx, mc, "edgefleet_broker_packets_sent_total"); err == nil {
+		r.PacketsOut = (out1 - out0) / float64(o.N)
+	}
+	if ack1, err := metric(ctx, mc, "edgefleet_report_acks_published_total"); err == nil {
+		r.AcksPerDevice = (ack1 - ack0) / float64(o.N)
 	}
 	if err := f.Stop(); err != nil {
 		return nil, err

@@ -29,7 +29,7 @@ func TestCostSmall(t *testing.T) {
 	var progress strings.Builder
 	r, err := Cost(context.Background(), CostOptions{N: 12, ModelBytes: 256 << 10, ReportRate: 60, Reporters: 6,
 		Duration: 2 * time.Second, Warmup: time.Second, ControlPlaneBin: cpBin, SimBin: simBin,
-		ControlPlaneProfile: filepath.Join(dir, "cp.pprof"), Dir: filepath.Join(dir, "work"), Progress: &progress})
+		ControlPlaneProfile: filepath.Join(dir, "cp.pprof"), ControlPlaneProfileWindow: true, Dir: filepath.Join(dir, "work"), Progress: &progress})
 	require.NoError(t, err, progress.String())
 
 	ro := r.Rollout
@@ -40,6 +40,11 @@ func TestCostSmall(t *testing.T) {
 	assert.Positive(t, ro.CPUSeconds, "the control plane process worked during the rollout")
 	assert.GreaterOrEqual(t, ro.CPUSeconds, ro.CPUNetSeconds)
 	assert.Zero(t, ro.BaselineMissing, "every raw subscriber got every chunk")
+	// Each device at least sent its fetch and status events and got its
+	// desired state, the manifest and the chunks; and acknowledgements.
+	assert.GreaterOrEqual(t, ro.PacketsIn, 3.0)
+	assert.GreaterOrEqual(t, ro.PacketsOut, 3.0)
+	assert.Positive(t, ro.AcksPerDevice)
 	assert.Positive(t, ro.RSSBefore)
 	assert.Positive(t, ro.RSSAfter)
 	assert.Positive(t, ro.BaselineSeconds)
@@ -61,7 +66,8 @@ func TestCostSmall(t *testing.T) {
 	assert.Positive(t, te.Ratio)
 	assert.Contains(t, progress.String(), "rate ratio")
 
-	// The control plane wrote its profile when it stopped.
+	// The control plane wrote the profile of the rollout's window (from
+	// SIGUSR1 to SIGUSR2).
 	st, err := os.Stat(filepath.Join(dir, "cp.pprof"))
 	require.NoError(t, err)
 	assert.Positive(t, st.Size())

@@ -116,6 +116,19 @@ func (c *child) pid() int { return c.cmd.Process.Pid }
 
 func (c *child) cpu() (float64, error) { return procCPU(c.pid()) }
 
+// profileWindow starts (SIGUSR1) or ends (SIGUSR2) the CPU profile of a
+// control plane started with --cpu-profile-on-signal.
+func (c *child) profileWindow(start bool) error {
+	sig := syscall.SIGUSR2
+	if start {
+		sig = syscall.SIGUSR1
+	}
+	if err := c.cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("%s: cpu profile window: %w", c.name, err)
+	}
+	return nil
+}
+
 // rss is the process's resident set size in bytes (0 if unknown).
 func (c *child) rss() uint64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.pid()))
@@ -154,7 +167,8 @@ type cpProcess struct {
 
 // startControlPlaneProcess runs `bin serve` with its state in dir and
 // waits until its API answers and its admin token is written.
-func startControlPlaneProcess(ctx context.Context, bin, dir, ortLib, cpuProfile string) (*cpProcess, error) {
+// With profileWindow the profile covers only what profileWindow brackets.
+func startControlPlaneProcess(ctx context.Context, bin, dir, ortLib, cpuProfile string, profileWindow bool) (*cpProcess, error) {
 	apiAddr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -174,6 +188,9 @@ func startControlPlaneProcess(ctx context.Context, bin, dir, ortLib, cpuProfile 
 	}
 	if cpuProfile != "" {
 		args = append(args, "--cpu-profile", cpuProfile)
+		if profileWindow {
+			args = append(args, "--cpu-profile-on-signal")
+		}
 	}
 	logPath := filepath.Join(dir, "controlplane.log")
 	c, err := startChild("control plane", logPath, nil, nil, bin, args...)

@@ -9,14 +9,21 @@ import (
 // authenticated as dev: only its own status, telemetry, fetch and presence
 // topics, never retained (only the control plane publishes retained
 // messages), and its own capture topic (field data capture).
+//
+// The embedded broker asks for every message a device sends or receives,
+// so both checks parse the topic in place and allocate nothing.
 func (s Scheme) DeviceMayPublish(dev, topic string, retained bool) bool {
-	if retained || ValidDeviceID(dev) != nil || s.Validate() != nil {
+	if retained || ValidDeviceID(dev) != nil || !s.validPrefix() {
 		return false
 	}
-	switch topic {
-	case s.Status(dev), s.Telemetry(dev), s.Fetch(dev), s.Presence(dev):
+	leaf, ok := s.ownLeaf(dev, topic)
+	if !ok {
+		return false
+	}
+	switch leaf {
+	case leafStatus, leafTelemetry, leafFetch, leafPresence:
 		return true
-	case s.Capture(dev): // field data capture
+	case leafCapture: // field data capture
 		return true
 	}
 	return false
@@ -30,35 +37,91 @@ func (s Scheme) DeviceMayPublish(dev, topic string, retained bool) bool {
 // prefix, in place of a device id, or of a fixed level), other devices,
 // trailing slashes, empty levels and shared subscriptions.
 func (s Scheme) DeviceMaySubscribe(dev, filter string) bool {
-	if ValidDeviceID(dev) != nil || s.Validate() != nil {
+	if ValidDeviceID(dev) != nil || !s.validPrefix() {
 		return false
 	}
-	switch filter {
-	case s.Desired(dev), s.Ack(dev), s.Site(dev), s.DeviceChunks(dev), s.Trust():
-		return true
+	if leaf, ok := s.ownLeaf(dev, filter); ok {
+		switch leaf {
+		case leafDesired, leafAck, leafSite, leafChunks:
+			return true
+		case leafCaptureAck: // field data capture
+			return true
+		}
+		return false
 	}
-	if filter == s.CaptureAck(dev) { // field data capture
-		return true
-	}
-	rest, ok := strings.CutPrefix(filter, s.prefix()+"/"+levelModels+"/")
+	rest, ok := s.cutPrefix(filter)
 	if !ok {
 		return false
 	}
-	levels := strings.Split(rest, "/")
-	if len(levels) != 3 {
+	if rest == levelTrust {
+		return true
+	}
+	rest, ok = strings.CutPrefix(rest, levelModels+"/")
+	if !ok {
 		return false
 	}
-	if levels[0] != "+" && ValidModelName(levels[0]) != nil {
+	name, rest, ok := strings.Cut(rest, "/")
+	if !ok {
 		return false
 	}
-	if levels[1] != "+" && ValidModelVersion(levels[1]) != nil {
+	version, leaf, ok := strings.Cut(rest, "/")
+	if !ok || strings.Contains(leaf, "/") {
 		return false
 	}
-	switch levels[2] {
+	if name != "+" && ValidModelName(name) != nil {
+		return false
+	}
+	if version != "+" && ValidModelVersion(version) != nil {
+		return false
+	}
+	switch leaf {
 	case "+", leafManifest, leafChunks:
 		return true
 	}
 	return false
+}
+
+// cutPrefix returns what follows "<prefix>/" in topic.
+func (s Scheme) cutPrefix(topic string) (rest string, ok bool) {
+	p := s.prefix()
+	if len(topic) <= len(p) || topic[len(p)] != '/' || topic[:len(p)] != p {
+		return "", false
+	}
+	return topic[len(p)+1:], true
+}
+
+// ownLeaf returns the leaf of topic when it is <prefix>/dev/<dev>/<leaf>
+// with a leaf of one level.
+func (s Scheme) ownLeaf(dev, topic string) (leaf string, ok bool) {
+	rest, ok := s.cutPrefix(topic)
+	if !ok {
+		return "", false
+	}
+	rest, ok = strings.CutPrefix(rest, levelDev+"/")
+	if !ok {
+		return "", false
+	}
+	rest, ok = strings.CutPrefix(rest, dev)
+	if !ok || len(rest) < 2 || rest[0] != '/' || strings.Contains(rest[1:], "/") {
+		return "", false
+	}
+	return rest[1:], true
+}
+
+// validPrefix is Validate() == nil without allocating.
+func (s Scheme) validPrefix() bool {
+	p := s.prefix()
+	for p != "" {
+		level, rest, found := strings.Cut(p, "/")
+		if validName("prefix level", level, false) != nil {
+			return false
+		}
+		if found && rest == "" {
+			return false // a trailing slash: an empty last level
+		}
+		p = rest
+	}
+	return true
 }
 
 // Access says what a device may do on a topic pattern.
