@@ -60,22 +60,7 @@ func TestACLDecidesAsTheReference(t *testing.T) {
 	levels := []string{"ef", "v1", "dev", "d1", "d10", "d", "desired", "ack", "site", "chunks", "capture", "capture-ack",
 		"status", "telemetry", "fetch", "presence", "models", "fraud", "1.0", ".x", "manifest", "trust", "+", "#", ""}
 	gen := func(depth int) []string {
-		var out []string
-		var rec func(prefix string, depth int)
-		rec = func(prefix string, depth int) {
-			if depth == 0 {
-				return
-			}
-			for _, l := range levels {
-				f := l
-				if prefix != "" {
-					f = prefix + "/" + l
-				}
-				out = append(out, f)
-				rec(f, depth-1)
-			}
-		}
-		rec("", depth)
+		out := topicsOver(levels, depth)
 		for _, tail := range [][]string{{"models", "fraud", "1.0", "manifest"}, {"models", "+", "+", "+"}, {"models", "fraud", "1.0", "chunks", "x"}} {
 			out = append(out, "ef/v1/"+strings.Join(tail, "/"), "ef/v1/"+strings.Join(tail, "/")+"/", "x/"+strings.Join(tail, "/"))
 		}

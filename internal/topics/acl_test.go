@@ -153,23 +153,7 @@ func TestDeviceMaySubscribeNeverLeaks(t *testing.T) {
 		"ef/v1/other", "ef/v1/dev/d1", "xx/v1/trust", "$SYS/broker/clients",
 	}
 	levels := []string{"ef", "v1", "dev", "d1", "desired", "site", "models", "trust", "status", "+", "#", ""}
-	// All filters of up to 6 levels over the vocabulary above.
-	var filters []string
-	var gen func(prefix string, depth int)
-	gen = func(prefix string, depth int) {
-		if depth == 0 {
-			return
-		}
-		for _, l := range levels {
-			f := l
-			if prefix != "" {
-				f = prefix + "/" + l
-			}
-			filters = append(filters, f)
-			gen(f, depth-1)
-		}
-	}
-	gen("", 6)
+	filters := topicsOver(levels, 6)
 	require.Greater(t, len(filters), 1000000)
 	allowed := 0
 	for _, f := range filters {
@@ -299,4 +283,26 @@ func TestNATSSubject(t *testing.T) {
 		_, err := NATSSubject(bad)
 		assert.ErrorIs(t, err, ErrInvalidTopic, "NATSSubject(%q)", bad)
 	}
+}
+
+// topicsOver returns every topic (or filter) of 1 to depth levels, each
+// level one of levels.
+func topicsOver(levels []string, depth int) []string {
+	var out []string
+	var rec func(prefix string, depth int)
+	rec = func(prefix string, depth int) {
+		if depth == 0 {
+			return
+		}
+		for _, l := range levels {
+			f := l
+			if prefix != "" {
+				f = prefix + "/" + l
+			}
+			out = append(out, f)
+			rec(f, depth-1)
+		}
+	}
+	rec("", depth)
+	return out
 }
