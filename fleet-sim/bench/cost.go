@@ -259,6 +259,32 @@ func mkdir(dir string) string {
 }
 
 // metric reads one unlabelled series from the control plane's /metrics.
+// settledMetric reads a counter once it has stopped growing for
+// settleFor (at most settleMax): the acknowledgements of a rollout's last
+// status events go out with the acker's next batch (every second), after
+// the rollout's window has closed; read at once they were sometimes none.
+func settledMetric(ctx context.Context, c *client.Client, name string) (float64, error) {
+	const settleFor, settleMax = 2500 * time.Millisecond, 15 * time.Second
+	v, err := metric(ctx, c, name)
+	if err != nil {
+		return 0, err
+	}
+	deadline, since := time.Now().Add(settleMax), time.Now()
+	for time.Since(since) < settleFor && time.Now().Before(deadline) {
+		if err := sleepCtx(ctx, 250*time.Millisecond); err != nil {
+			return 0, err
+		}
+		w, err := metric(ctx, c, name)
+		if err != nil {
+			return 0, err
+		}
+		if w != v {
+			v, since = w, time.Now()
+		}
+	}
+	return v, nil
+}
+
 func metric(ctx context.Context, c *client.Client, name string) (float64, error) {
 	text, err := c.Metrics(ctx)
 	if err != nil {
@@ -407,7 +433,7 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 	if out1, err := metric(ctx, mc, "edgefleet_broker_packets_sent_total"); err == nil {
 		r.PacketsOut = (out1 - out0) / float64(o.N)
 	}
-	if ack1, err := metric(ctx, mc, "edgefleet_report_acks_published_total"); err == nil {
+	if ack1, err := settledMetric(ctx, mc, "edgefleet_report_acks_published_total"); err == nil {
 		r.AcksPerDevice = (ack1 - ack0) / float64(o.N)
 	}
 	if err := f.Stop(); err != nil {
