@@ -220,3 +220,17 @@ assertions:
 	assert.Equal(t, "only 1 agents (of 2 armed) were interrupted in staging, want at least 2", rep.Assertions[0].Explanation)
 	assert.Empty(t, rep.Errors, "no leak: the agent still armed stops cleanly")
 }
+
+// TestBenchScenariosLoad: the benchmark scenarios (scenarios/bench, run by
+// make bench-sharing, too long for make test or make sim) load, so a
+// change of the scenario format cannot leave them broken unnoticed.
+func TestBenchScenariosLoad(t *testing.T) {
+	files, err := filepath.Glob("../scenarios/bench/*.yaml")
+	require.NoError(t, err)
+	require.NotEmpty(t, files)
+	for _, file := range files {
+		sc, err := Load(file, NewRegistry())
+		require.NoError(t, err, file)
+		assert.NotEmpty(t, sc.Assertions, "%s asserts nothing", file)
+	}
+}
