@@ -3,8 +3,10 @@ package demo
 import (
 	"bytes"
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -26,8 +28,9 @@ func TestDemo(t *testing.T) {
 		require.NoError(t, err, "go build %s: %s", pkg, out)
 	}
 	var out bytes.Buffer
-	err := Run(context.Background(), Options{BinDir: bin, WorkDir: filepath.Join(t.TempDir(), "demo"), Out: &out})
-	require.NoError(t, err, "demo output:\n%s", out.String())
+	work := filepath.Join(t.TempDir(), "demo")
+	err := Run(context.Background(), Options{BinDir: bin, WorkDir: work, Out: &out})
+	require.NoError(t, err, "demo output:\n%s\nthe control plane's log, last lines:\n%s", out.String(), tail(filepath.Join(work, "controlplane.log"), 80))
 	text := out.String()
 	assert.Contains(t, text, "all 3 devices report fraud@1.0.0 active")
 	assert.Contains(t, text, "all 3 devices report fraud@2.0.0 active")
@@ -44,4 +47,17 @@ func TestDemo(t *testing.T) {
 	assert.Contains(t, text, "fraud 2.0.1")
 	assert.Contains(t, text, "trigger: alert:low_accuracy site=plant-2 (job j-")
 	assert.Contains(t, text, "Demo finished in")
+}
+
+// tail is the last n lines of the file at path, or why there are none:
+// the demo's work directory goes with the test, and a failure (its retrain
+// step once waited 90 s in vain under heavy load) needs the control
+// plane's side.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

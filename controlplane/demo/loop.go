@@ -81,7 +81,11 @@ func (r *run) retrainLoop(ctx context.Context) error {
 		job = jobs[0]
 		return job.State.Terminal()
 	}); err != nil {
-		return fmt.Errorf("demo: no retrain job ended (see %s): %w", r.path("controlplane.log"), err)
+		last := "no job was started (no alert yet?)"
+		if job != nil {
+			last = fmt.Sprintf("job %s was %s %s", job.ID, job.State, job.Reason)
+		}
+		return fmt.Errorf("demo: no retrain job ended, %s (see %s): %w", last, r.path("controlplane.log"), err)
 	}
 	if err := r.cli(ctx, "audit", "--action", "monitor.", "--limit", "5"); err != nil {
 		return err
