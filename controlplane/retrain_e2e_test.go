@@ -457,21 +457,10 @@ func TestRetrainExternalTrainer(t *testing.T) {
 // interrupted by a control-plane restart runs again from its dataset
 // after the restart, never publishing twice.
 func TestRetrainJobCancelAndRestart(t *testing.T) {
-	dir := t.TempDir()
-	work := t.TempDir()
-	candidate := filepath.Join(work, "candidate.onnx")
-	require.NoError(t, os.WriteFile(candidate, trainFraud(t, 2, fraud.PatternCardTesting).ONNX, 0o600))
-	pidFile := filepath.Join(work, "child.pid")
-	script, err := filepath.Abs("testdata/retrain-trainer.sh")
-	require.NoError(t, err)
-	f := newRetrainFleet(t, func(o *controlplane.Options) {
-		o.DataDir = dir
-		o.Retrain.Trainers = map[string][]string{"t": {"/bin/sh", script, "hang", pidFile}}
-	})
+	h := newHangingRetrain(t, 13)
+	f, dir, candidate, pidFile, script := h.f, h.dir, h.candidate, h.pidFile, h.script
 	ctx := context.Background()
-	drifted, err := fraud.NewGenerator(13, fraud.Params{Pattern: fraud.PatternCardTesting})
-	require.NoError(t, err)
-	f.traffic(t, drifted, 200, 400)
+	var err error
 	margin := 0.05
 	_, err = f.Client.SetRetrainPolicy(ctx, "fraud", api.RetrainPolicy{Trainer: "command:t", MinLabelled: 200, Margin: &margin,
 		TimeLimit: api.Duration(10 * time.Minute)})
@@ -627,21 +616,10 @@ func TestRetrainWithBaseDataset(t *testing.T) {
 // the job stops: at the next start the job is over, cancelled, and
 // nothing is published — even with a trainer that would now succeed.
 func TestRetrainCancelStandsAcrossRestart(t *testing.T) {
-	dir := t.TempDir()
-	work := t.TempDir()
-	candidate := filepath.Join(work, "candidate.onnx")
-	require.NoError(t, os.WriteFile(candidate, trainFraud(t, 2, fraud.PatternCardTesting).ONNX, 0o600))
-	pidFile := filepath.Join(work, "child.pid")
-	script, err := filepath.Abs("testdata/retrain-trainer.sh")
-	require.NoError(t, err)
-	f := newRetrainFleet(t, func(o *controlplane.Options) {
-		o.DataDir = dir
-		o.Retrain.Trainers = map[string][]string{"t": {"/bin/sh", script, "hang", pidFile}}
-	})
+	h := newHangingRetrain(t, 17)
+	f, dir, candidate, pidFile, script := h.f, h.dir, h.candidate, h.pidFile, h.script
 	ctx := context.Background()
-	drifted, err := fraud.NewGenerator(17, fraud.Params{Pattern: fraud.PatternCardTesting})
-	require.NoError(t, err)
-	f.traffic(t, drifted, 200, 400)
+	var err error
 	margin := -1.0 // any candidate would be published
 	_, err = f.Client.SetRetrainPolicy(ctx, "fraud", api.RetrainPolicy{Trainer: "command:t", MinLabelled: 200, Margin: &margin})
 	require.NoError(t, err)
@@ -680,4 +658,33 @@ func TestRetrainCancelStandsAcrossRestart(t *testing.T) {
 	for _, l := range after.Log {
 		assert.NotContains(t, l.Message, "runs again", "the cancelled job resumed: %s", jobText(after))
 	}
+}
+
+// hangingRetrain is a retrain fleet on its own data directory whose trainer
+// "t" hangs (its pid in pidFile), with a better candidate model at
+// candidate for a trainer that would succeed, and 400 captured rows of the
+// card-testing pattern (generator seed).
+type hangingRetrain struct {
+	f                               *retrainFleet
+	dir, candidate, pidFile, script string
+}
+
+func newHangingRetrain(t *testing.T, seed uint64) hangingRetrain {
+	t.Helper()
+	h := hangingRetrain{dir: t.TempDir()}
+	work := t.TempDir()
+	h.candidate = filepath.Join(work, "candidate.onnx")
+	require.NoError(t, os.WriteFile(h.candidate, trainFraud(t, 2, fraud.PatternCardTesting).ONNX, 0o600))
+	h.pidFile = filepath.Join(work, "child.pid")
+	var err error
+	h.script, err = filepath.Abs("testdata/retrain-trainer.sh")
+	require.NoError(t, err)
+	h.f = newRetrainFleet(t, func(o *controlplane.Options) {
+		o.DataDir = h.dir
+		o.Retrain.Trainers = map[string][]string{"t": {"/bin/sh", h.script, "hang", h.pidFile}}
+	})
+	drifted, err := fraud.NewGenerator(seed, fraud.Params{Pattern: fraud.PatternCardTesting})
+	require.NoError(t, err)
+	h.f.traffic(t, drifted, 200, 400)
+	return h
 }
