@@ -251,15 +251,20 @@ func (h *harness) startAgent(t *testing.T, opts Options) *Agent {
 	return a
 }
 
+// lastStatus is the newest status of model on dev as the control plane
+// sees it: the highest sequence number, not the last to arrive. A restarted
+// agent sends its unacknowledged events again, older ones included (the
+// harness acknowledges none), and the control plane drops those by seq.
 func (h *harness) lastStatus(dev, model string) *efpb.StatusEvent {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for i := len(h.statuses) - 1; i >= 0; i-- {
-		if s := h.statuses[i]; s.DeviceId == dev && s.ModelName == model {
-			return s
+	var last *efpb.StatusEvent
+	for _, s := range h.statuses {
+		if s.DeviceId == dev && s.ModelName == model && (last == nil || s.Seq >= last.Seq) {
+			last = s
 		}
 	}
-	return nil
+	return last
 }
 
 func (h *harness) fetchesFor(dev string) []*efpb.FetchRequest {
