@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -84,6 +86,30 @@ type child struct {
 	cmd       *exec.Cmd
 	done      chan error
 	inference string
+	stderr    *tailBuffer // what the child printed, for failure messages
+}
+
+// tailBuffer keeps the last 4 KiB written to it; safe for the exec
+// package's copying goroutine and the test reading it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (b *tailBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf = append(b.buf, p...)
+	if over := len(b.buf) - 4096; over > 0 {
+		b.buf = append(b.buf[:0], b.buf[over:]...)
+	}
+	return len(p), nil
+}
+
+func (b *tailBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.buf)
 }
 
 // writeChildConfig writes the agent config file a child reads.
@@ -115,11 +141,12 @@ func startChild(t *testing.T, cfgPath, inference, crashAt string) *child {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childConfigEnv+"="+cfgPath, childCrashEnv+"="+crashAt)
+	c := &child{cmd: cmd, done: make(chan error, 1), inference: inference, stderr: &tailBuffer{}}
+	cmd.Stderr = c.stderr
 	if os.Getenv("EDGEFLEET_TEST_LOG") != "" {
-		cmd.Stderr = os.Stderr
+		cmd.Stderr = io.MultiWriter(os.Stderr, c.stderr)
 	}
 	require.NoError(t, cmd.Start())
-	c := &child{cmd: cmd, done: make(chan error, 1), inference: inference}
 	go func() { c.done <- cmd.Wait() }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
@@ -138,7 +165,7 @@ func (c *child) waitKilled(t *testing.T) {
 		var ee *exec.ExitError
 		require.ErrorAs(t, err, &ee)
 		ws := ee.Sys().(syscall.WaitStatus)
-		require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "child ended with %v, want SIGKILL", err)
+		require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "child ended with %v, want SIGKILL; its stderr:\n%s", err, c.stderr)
 	case <-time.After(30 * time.Second):
 		t.Fatal("child was not killed within 30s")
 	}
@@ -150,7 +177,7 @@ func (c *child) stop(t *testing.T) {
 	select {
 	case err := <-c.done:
 		c.done <- err
-		require.NoError(t, err, "clean stop")
+		require.NoError(t, err, "clean stop; the child's stderr:\n%s", c.stderr)
 	case <-time.After(20 * time.Second):
 		t.Fatal("child did not stop within 20s")
 	}
