@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"testing"
@@ -87,4 +88,37 @@ func crashChild(dir string) {
 		fail(err)
 	}
 	fail(errors.New("still alive after SIGKILL"))
+}
+
+// TestOpenAfterACrashLeftAnEmptyMemtable: killed between creating a
+// memtable file and sizing it, badger leaves an empty .mem file and its
+// next Open fails ("Create a new file"); an agent then never starts
+// again (seen in the agent's crash tests). Open removes it, under the
+// directory lock, and every committed write is still there.
+func TestOpenAfterACrashLeftAnEmptyMemtable(t *testing.T) {
+	dir := t.TempDir()
+	db, err := Open(Options{Dir: dir, GCInterval: -1})
+	require.NoError(t, err)
+	require.NoError(t, db.Namespace("agent").SetSync("generation", []byte("7")))
+	require.NoError(t, db.Close())
+	empty := filepath.Join(dir, "000099.mem")
+	require.NoError(t, os.WriteFile(empty, nil, 0o600))
+
+	db, err = Open(Options{Dir: dir, GCInterval: -1})
+	require.NoError(t, err, "reopen with an empty memtable file")
+	got, err := db.Namespace("agent").Get("generation")
+	require.NoError(t, err)
+	assert.Equal(t, "7", string(got))
+	assert.NoFileExists(t, empty)
+	require.NoError(t, db.Close())
+
+	// Not while another instance holds the directory: its files are its own.
+	db, err = Open(Options{Dir: dir, GCInterval: -1})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, db.Close()) }()
+	require.NoError(t, os.WriteFile(empty, nil, 0o600))
+	_, err = Open(Options{Dir: dir, GCInterval: -1, LockWait: -1})
+	require.Error(t, err, "the directory is locked")
+	assert.FileExists(t, empty, "a locked directory's files are left alone")
+	require.NoError(t, os.Remove(empty))
 }

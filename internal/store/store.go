@@ -296,6 +296,9 @@ func openWaiting(bopts badger.Options, wait time.Duration, log *slog.Logger) (*b
 	deadline := time.Now().Add(wait)
 	pause := 10 * time.Millisecond
 	for attempt := 1; ; attempt++ {
+		if !bopts.InMemory && !bopts.ReadOnly {
+			dropEmptyMemtables(bopts.Dir, log)
+		}
 		bdb, err := badger.Open(bopts)
 		if err == nil || bopts.InMemory || !isLocked(err) || time.Now().Add(pause).After(deadline) {
 			return bdb, err
