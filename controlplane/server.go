@@ -303,6 +303,10 @@ func New(opts Options) (*Server, error) {
 			Help: "Messages the embedded broker dropped instead of sending them to a device whose outbound queue was full.",
 		}, func() float64 { return s.brokerCount(func(b *broker.Broker) uint64 { return b.ClientDropped() }) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "edgefleet_broker_clients_stalled_total",
+			Help: "Device connections the embedded broker closed because a write to them accepted no byte for the write-stall time (a device that stopped reading).",
+		}, func() float64 { return s.brokerCount(func(b *broker.Broker) uint64 { return b.Stalled() }) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "edgefleet_broker_packets_received_total",
 			Help: "MQTT packets of any type the embedded broker received from network clients.",
 		}, func() float64 {

@@ -32,6 +32,9 @@ const (
 	DefaultMaxPacketSize          = 2 << 20
 	DefaultSessionExpiry          = time.Hour
 	DefaultMaxClientWritesPending = 256
+	// DefaultWriteStall is Options.WriteStall: twice the TCP retransmission
+	// back-offs a live link recovers from, well under a client's keep-alive.
+	DefaultWriteStall = 20 * time.Second
 	// DefaultSubscriptionQueue holds a few seconds of a large fleet's
 	// reports (at 2,500 reports/s a 1,024 queue overflowed on a half-second
 	// stall of the control plane's ingest); 56 bytes a slot up front.
@@ -80,6 +83,15 @@ type Options struct {
 	// the same MQTT, authentication and ACL without sockets. fleet-sim uses
 	// it to run more agents than the process may open descriptors.
 	InMemory bool
+	// WriteStall closes a client's connection when a write to it accepts
+	// no byte for this long: a device that stops reading (a frozen
+	// process, a link that died without closing) would otherwise hold
+	// mochi's per-client lock, and every publisher that delivers to it
+	// (the control plane's chunk rounds) waited with it until the keep-alive
+	// ran out — for ever if its pings still arrive. A slow link makes
+	// progress and is left alone. Default DefaultWriteStall; negative
+	// disables it.
+	WriteStall time.Duration
 	// Logger receives broker logs; nil discards them.
 	Logger *slog.Logger
 	// WithholdRetained, if set, is asked for each filter a client
@@ -107,6 +119,7 @@ type Broker struct {
 	subWG          sync.WaitGroup // inline subscription delivery goroutines
 	dropQ          atomic.Uint64  // messages dropped by full subscription queues
 	logsSuppressed atomic.Uint64  // mochi log lines over the per-client limit
+	stalled        atomic.Uint64  // connections closed by Options.WriteStall
 	closed         chan struct{}  // closed by Close
 
 	mem *memnet.Listener // Options.InMemory, else nil
@@ -155,6 +168,9 @@ func New(opts Options) (*Broker, error) {
 	if opts.MaxClientWritesPending < 0 || opts.MaxClientWritesPending > math.MaxInt32 {
 		return nil, fmt.Errorf("broker: new: MaxClientWritesPending %d out of range", opts.MaxClientWritesPending)
 	}
+	if opts.WriteStall == 0 {
+		opts.WriteStall = DefaultWriteStall
+	}
 	if opts.SubscriptionQueue == 0 {
 		opts.SubscriptionQueue = DefaultSubscriptionQueue
 	}
@@ -200,13 +216,13 @@ func (b *Broker) Start() error {
 	case stateClosed:
 		return fmt.Errorf("broker: start: %w", ErrClosed)
 	}
-	l := newConnListener("tcp", tcpListen(b.opts.Addr, b.opts.TLS))
+	l := newConnListener("tcp", tcpListen(b.opts.Addr, b.opts.TLS, b.watchStalls))
 	if err := b.srv.AddListener(l); err != nil {
 		return fmt.Errorf("broker: start: listen %s: %w", b.opts.Addr, err)
 	}
 	if b.opts.InMemory {
 		b.mem = memnet.Listen("embedded-broker")
-		if err := b.srv.AddListener(newConnListener("memory", func() (net.Listener, error) { return b.mem, nil })); err != nil {
+		if err := b.srv.AddListener(newConnListener("memory", func() (net.Listener, error) { return b.watchStalls(b.mem), nil })); err != nil {
 			return fmt.Errorf("broker: start: in-memory listener: %w", err)
 		}
 	}
@@ -456,6 +472,22 @@ func (b *Broker) Dropped() uint64 { return b.dropQ.Load() }
 // (chunks) must pace themselves or accept re-fetches.
 func (b *Broker) ClientDropped() uint64 {
 	return uint64(atomic.LoadInt64(&b.srv.Info.MessagesDropped))
+}
+
+// Stalled counts client connections the broker closed because a write to
+// them made no progress for Options.WriteStall.
+func (b *Broker) Stalled() uint64 { return b.stalled.Load() }
+
+// watchStalls wraps ln so that its connections close on a write stall
+// (Options.WriteStall); ln itself when that is disabled.
+func (b *Broker) watchStalls(ln net.Listener) net.Listener {
+	if b.opts.WriteStall < 0 {
+		return ln
+	}
+	return &stallListener{Listener: ln, stall: b.opts.WriteStall, stalled: func(c net.Conn) {
+		b.stalled.Add(1)
+		b.log.Warn("closed a client connection that took no data for the write-stall time", "remote", c.RemoteAddr().String(), "write_stall", b.opts.WriteStall)
+	}}
 }
 
 // Packets counts the MQTT packets of any type the broker received from and

@@ -688,3 +688,95 @@ func TestCloseDeliversWhatWasQueued(t *testing.T) {
 	defer mu.Unlock()
 	assert.Equal(t, want, got, "every acknowledged message was handled before Close returned")
 }
+
+// TestStuckSubscriberIsClosed: a device that stops reading (its link full,
+// its process frozen) holds mochi's per-client lock in the write, and a
+// QoS 1 publish to its topic waits for that lock: without the write-stall
+// watch every later publish on the topic, to every other subscriber,
+// waited until the keep-alive ran out. With it the stuck connection is
+// closed after Options.WriteStall and the others get every message.
+func TestStuckSubscriberIsClosed(t *testing.T) {
+	for _, listener := range []string{"tcp", "memory"} {
+		t.Run(listener, func(t *testing.T) {
+			b := newTestBroker(t, func(o *Options) { o.InMemory = true; o.WriteStall = 2 * time.Second })
+			var stuck *stopReading
+			stuckDial := func(o *paho.ClientOptions) {
+				o.SetCustomOpenConnectionFn(func(u *url.URL, _ paho.ClientOptions) (net.Conn, error) {
+					var c net.Conn
+					var err error
+					if listener == "memory" {
+						ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+						defer cancel()
+						c, err = b.DialInMemory(ctx)
+					} else {
+						c, err = net.DialTimeout("tcp", u.Host, waitFor)
+					}
+					if err != nil {
+						return nil, err
+					}
+					if tc, ok := c.(*net.TCPConn); ok {
+						_ = tc.SetReadBuffer(4 << 10) // a small window: the broker's writes block sooner
+					}
+					stuck = &stopReading{Conn: c, stop: make(chan struct{}), closed: make(chan struct{})}
+					return stuck, nil
+				})
+			}
+			var s topics.Scheme
+			topic := s.Chunks("fraud", "1.0.0")
+			d1, err := dial(t, b, "d1", "d1", testDevices["d1"], stuckDial)
+			require.NoError(t, err)
+			require.Equal(t, byte(1), d1.subscribe(t, topic), "granted QoS 1")
+			d2 := mustDial(t, b, "d2")
+			got := make(chan struct{}, 1000)
+			tok := d2.c.Subscribe(topic, 1, func(paho.Client, paho.Message) { got <- struct{}{} })
+			require.True(t, tok.WaitTimeout(waitFor))
+			require.NoError(t, tok.Error())
+
+			close(stuck.stop) // d1 reads nothing more
+			const n = 200     // 12.5 MiB: more than the socket buffers hold
+			published := make(chan error, 1)
+			go func() {
+				for range n {
+					if err := b.Publish(topic, make([]byte, 64<<10), false, 1); err != nil {
+						published <- err
+						return
+					}
+				}
+				published <- nil
+			}()
+			for i := range n {
+				select {
+				case <-got:
+				case <-time.After(waitFor):
+					t.Fatalf("d2 got %d of %d messages; the stuck subscriber holds the topic up (%d stalled connections closed)", i, n, b.Stalled())
+				}
+			}
+			require.NoError(t, <-published)
+			assert.Eventually(t, func() bool { return b.Stalled() == 1 }, waitFor, 10*time.Millisecond,
+				"the stuck subscriber's connection was closed")
+		})
+	}
+}
+
+// stopReading is a connection whose reads block, once stop is closed,
+// until it is closed.
+type stopReading struct {
+	net.Conn
+	stop, closed chan struct{}
+	once         sync.Once
+}
+
+func (c *stopReading) Read(p []byte) (int, error) {
+	select {
+	case <-c.stop:
+		<-c.closed
+		return 0, net.ErrClosed
+	default:
+		return c.Conn.Read(p)
+	}
+}
+
+func (c *stopReading) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}

@@ -2,9 +2,13 @@ package broker
 
 import (
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
+	"time"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
 )
@@ -43,13 +47,16 @@ func newConnListener(id string, listen func() (net.Listener, error)) *connListen
 	return &connListener{id: id, listen: listen, served: make(chan struct{}), conns: map[net.Conn]struct{}{}}
 }
 
-// tcpListen listens on addr, with TLS when conf is set.
-func tcpListen(addr string, conf *tls.Config) func() (net.Listener, error) {
+// tcpListen listens on addr, with TLS when conf is set; wrap (the stall
+// watch) goes below TLS, whose connections cannot go on after a write
+// deadline passed.
+func tcpListen(addr string, conf *tls.Config, wrap func(net.Listener) net.Listener) func() (net.Listener, error) {
 	return func() (net.Listener, error) {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			return nil, err
 		}
+		ln = wrap(ln)
 		if conf != nil {
 			ln = tls.NewListener(ln, conf)
 		}
@@ -154,4 +161,56 @@ func (l *connListener) Close(closeClients listeners.CloseFn) {
 	}
 	l.mu.Unlock()
 	l.wg.Wait()
+}
+
+// stallListener hands out stallConns.
+type stallListener struct {
+	net.Listener
+	stall   time.Duration
+	stalled func(net.Conn) // called once per connection closed for a stall
+}
+
+func (l *stallListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &stallConn{Conn: c, stall: l.stall, stalled: l.stalled}, nil
+}
+
+// errStalled is a write to a client that accepted no byte for the stall time.
+var errStalled = errors.New("broker: client stalled")
+
+// stallConn closes itself when a write accepts no byte for stall, and
+// gives a write that progresses, however slowly, all the time it needs.
+// mochi writes to a client holding that client's lock, which its
+// publishers take too; closed, the client's read loop ends and mochi
+// drops it (the device reconnects and resumes). Writes come from one
+// goroutine at a time (mochi's, under the lock).
+type stallConn struct {
+	net.Conn
+	stall   time.Duration
+	stalled func(net.Conn)
+}
+
+func (c *stallConn) Write(p []byte) (int, error) {
+	written := 0
+	for {
+		if err := c.Conn.SetWriteDeadline(time.Now().Add(c.stall)); err != nil {
+			return written, err
+		}
+		n, err := c.Conn.Write(p[written:])
+		written += n
+		switch {
+		case err == nil:
+			return written, nil
+		case !errors.Is(err, os.ErrDeadlineExceeded):
+			return written, err
+		case n > 0:
+			continue // slow, not stuck: the rest gets a new deadline
+		}
+		_ = c.Conn.Close()
+		c.stalled(c.Conn)
+		return written, fmt.Errorf("%w: no byte accepted in %v", errStalled, c.stall)
+	}
 }
