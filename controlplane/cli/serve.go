@@ -64,7 +64,7 @@ written to --token-file if given).`,
 	f.Float64Var(&rules.MaxPSI, "alert-max-psi", 0, "alert when a feature's `PSI` exceeds this (e.g. 0.25; 0: off)")
 	f.Float64Var(&rules.MinAccuracy, "alert-min-accuracy", 0, "alert when accuracy falls below this `FRACTION` (0: off)")
 	f.Float64Var(&rules.MaxAccuracyDrop, "alert-max-accuracy-drop", 0, "alert when accuracy drops by more than this `FRACTION` vs the previous window (0: off)")
-	f.DurationVar(&rules.Window, "alert-window", 0, "time window the alert rules evaluate (`DURATION`, at least 1m; default 15m)")
+	f.DurationVar(&rules.Window, "alert-window", 0, "time window the alert rules evaluate: the last `DURATION` from the start of the minute it begins in (at least 1m; default 15m)")
 	f.DurationVar(&opts.Monitor.Interval, "alert-interval", 0, "evaluate the alert rules every `DURATION` (default 1m)")
 	f.StringVar(&opts.Monitor.WebhookURL, "webhook-url", "", "POST every alert here (`URL`) as signed JSON (the retrain hook)")
 	f.StringVar(&sf.webhookSecretFile, "webhook-secret-file", "", "`FILE` holding the webhook's HMAC-SHA256 key (env "+EnvWebhookSecretFile+")")

@@ -254,8 +254,10 @@ func (r *run) startControlPlane(ctx context.Context) error {
 	p, err := r.spawn("control plane", r.path("controlplane.log"), filepath.Join(r.opts.BinDir, "edgefleet"),
 		"serve", "--data-dir", r.path("controlplane"), "--listen", apiAddr, "--mqtt-listen", mqttAddr,
 		"--token-file", tokenFile,
-		// The MLOps loop's step: accuracy alerts, evaluated every 2s.
-		"--alert-min-accuracy", "0.85", "--alert-window", "1m", "--alert-interval", "2s")
+		// The MLOps loop's step: accuracy alerts over the last 5 minutes
+		// (the labels come once, and on a busy machine their reports may be
+		// late), evaluated every 2s.
+		"--alert-min-accuracy", "0.85", "--alert-window", "5m", "--alert-interval", "2s")
 	if err != nil {
 		return err
 	}

@@ -151,7 +151,11 @@ func (a *Aggregator) versions(from time.Time) ([][2]string, error) {
 // and queued for the webhook).
 func (al *Alerter) Evaluate() ([]Alert, error) {
 	now := al.agg.opts.Clock()
-	from := now.Add(-al.rules.Window)
+	// From the start of the raw bucket the window starts in: a bucket is
+	// stored under its start, and a window from its middle left it out —
+	// with a one-minute window, labels that arrived a few seconds into the
+	// next minute were never judged (the demo's alert, on a loaded machine).
+	from := now.Add(-al.rules.Window).Truncate(al.agg.opts.RawBucket)
 	vs, err := al.agg.versions(from.Add(-al.rules.Window))
 	if err != nil {
 		return nil, fmt.Errorf("monitor: evaluate: %w", err)

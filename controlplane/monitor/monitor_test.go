@@ -311,6 +311,30 @@ func TestAlertsAuditAndSignedWebhookWithRetries(t *testing.T) {
 	}
 }
 
+// TestAlertWindowTakesTheBucketItStartsIn: data is stored per raw bucket
+// (a minute) under the bucket's start. An alert window that starts in the
+// middle of a bucket judges that bucket too: with a one-minute window,
+// labels of 12:00:58 that reached the control plane at 12:01:05 (a report
+// a few seconds late) were never judged, and the alert never came.
+func TestAlertWindowTakesTheBucketItStartsIn(t *testing.T) {
+	f := newFixture(t)
+	al := NewAlerter(f.agg, Rules{Window: time.Minute, MinAccuracy: 0.85, MinLabels: 20}, nil, nil, nil)
+	f.clk.Add(58 * time.Second)
+	_, err := f.agg.Ingest("b1", 1, report(f, []uint64{25, 50, 25}, 100, 60), nil)
+	require.NoError(t, err)
+	f.clk.Add(7 * time.Second)
+	raised, err := al.Evaluate()
+	require.NoError(t, err)
+	require.Len(t, raised, 1, "the labels of 12:00:58 are judged at 12:01:05")
+	assert.Equal(t, "low_accuracy", raised[0].Rule)
+	assert.Equal(t, "beta", raised[0].Site)
+
+	f.clk.Add(2 * time.Minute)
+	raised, err = al.Evaluate()
+	require.NoError(t, err)
+	assert.Empty(t, raised, "out of the window once its bucket is")
+}
+
 func TestWebhookGivesUpAfterAttempts(t *testing.T) {
 	h := &hookServer{failFirst: 100}
 	hook, err := NewWebhook(WebhookOptions{URL: startHook(t, h), Secret: []byte("k"), Attempts: 3, MinBackoff: time.Millisecond})
