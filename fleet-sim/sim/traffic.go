@@ -207,20 +207,27 @@ type fraudSource struct {
 	w    uint64
 	mine []*Member
 	gens []*fraud.Generator
+	// byParams keeps every generator across shifts: a stream goes on
+	// where it was, and a new one gets a seed no other had. (Made anew
+	// from the same seeds at each shift, the streams started over — the
+	// parameters change the labels, not the draws — and every device sent
+	// the inputs it had sent since the start again: a site's retrain
+	// dataset failed its duplicates check, 125 of 592 rows.)
+	byParams map[fraud.Params]*fraud.Generator
 }
 
 func (s *fraudSource) refresh() {
 	if s.gens == nil {
 		s.gens = make([]*fraud.Generator, len(s.mine))
+		s.byParams = map[fraud.Params]*fraud.Generator{}
 	}
-	byParams := map[fraud.Params]*fraud.Generator{}
 	for i, m := range s.mine {
 		p := s.t.paramsFor(m)
-		if byParams[p] == nil {
+		if s.byParams[p] == nil {
 			// Params were checked when they were set.
-			byParams[p], _ = fraud.NewGenerator(s.t.opts.Seed*1_000_003+s.w*10_007+uint64(len(byParams)), p)
+			s.byParams[p], _ = fraud.NewGenerator(s.t.opts.Seed*1_000_003+s.w*10_007+uint64(len(s.byParams)), p)
 		}
-		s.gens[i] = byParams[p]
+		s.gens[i] = s.byParams[p]
 	}
 }
 
