@@ -510,12 +510,17 @@ func slowGossip(o *Options) {
 // directly, and lower-ranked members wait longer before they claim.
 func TestDownloadSlowGossipElectsOneSource(t *testing.T) {
 	s := newSite(t, 40)
-	devs := []*device{s.deviceWith("d0", slowGossip)}
-	for i := 1; i < 6; i++ {
-		devs = append(devs, s.deviceWith(fmt.Sprintf("d%d", i), slowGossip, devs[0].node.Addr()))
+	// Each member joins every one before it: a join's push/pull is
+	// direct, so every member hears of every later one without gossip
+	// (with slow gossip, d4 once had not heard of d5 after 20 s).
+	var devs []*device
+	var addrs []string
+	for i := range 6 {
+		d := s.deviceWith(fmt.Sprintf("d%d", i), slowGossip, addrs...)
+		devs, addrs = append(devs, d), append(addrs, d.node.Addr())
 	}
 	for _, d := range devs {
-		waitMembers(t, d.node, len(devs)-1) // join's push/pull is direct
+		waitMembers(t, d.node, len(devs)-1)
 	}
 	for _, d := range devs {
 		d.start(nil)
