@@ -78,6 +78,7 @@ func runScenario(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	logLevel := fs.String("log-level", "", "log the simulator and control plane at this level to stderr (debug, info, warn, error)")
 	agentLogLevel := fs.String("agent-log-level", "", "log every agent at this level to stderr, each line with its device (debug, info, warn, error)")
 	speed := fs.Float64("speed", 0, "simulated clock speed, 1 to 3600 simulated seconds per real second (default: the scenario's clock: {speed: N}, else 1)")
+	cpuProfile := fs.String("cpu-profile", "", "write a CPU profile of the whole run (agents, control plane and broker) to this file")
 	// Flags may follow the scenario file.
 	var file string
 	rest := args
@@ -126,6 +127,18 @@ func runScenario(ctx context.Context, args []string, stdout, stderr io.Writer) i
 			return 2
 		}
 		opts.Remote = &sim.RemoteControlPlane{APIURL: *api, Token: *token}
+	}
+	if *cpuProfile != "" {
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(stderr, "fleet-sim: %v\n", err)
+			return 2
+		}
+		defer func() {
+			if err := stop(); err != nil {
+				fmt.Fprintf(stderr, "fleet-sim: %v\n", err)
+			}
+		}()
 	}
 	rep, err := scenario.Run(ctx, sc, opts)
 	if err != nil {
