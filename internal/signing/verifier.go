@@ -27,6 +27,10 @@ type Verifier struct {
 	// two updates cannot both pass against the same old state.
 	mu  sync.RWMutex
 	cur *trustState
+
+	// tickets remembers member tickets accepted under cur (see
+	// VerifyMemberTicket).
+	tickets ticketMemo
 }
 
 // trustState is one immutable generation of trust.
@@ -243,28 +247,50 @@ func (v *Verifier) VerifySitePeers(env *efpb.Envelope, now time.Time) (*efpb.Sit
 // efpb.PayloadTypeMemberTicket, control role) like VerifyDesired. Whether
 // it names the member that shows it and the right site is the caller's
 // check.
+//
+// Every member of a site shows its ticket in each alive message and each
+// push/pull of the site's gossip, so the same few tickets come back
+// constantly (at a site of 50, a member's push/pull carries 50). A ticket
+// whose exact signed bytes were accepted under the trust bundle still in
+// force is not checked against its signatures again; its expiry and the
+// bundle's are, on every call. A new trust bundle forgets them all.
 func (v *Verifier) VerifyMemberTicket(env *efpb.Envelope, now time.Time) (*efpb.MemberTicket, error) {
 	const op = "verify member ticket"
-	m := &efpb.MemberTicket{}
-	if err := v.verifyDocument(env, now, efpb.PayloadTypeMemberTicket, efpb.Role_ROLE_CONTROL, m); err != nil {
-		return nil, fmt.Errorf("%s: %w", op, err)
+	st := v.state()
+	key := ticketKey(env)
+	m := v.tickets.get(st, key)
+	remembered := m != nil
+	if !remembered {
+		m = &efpb.MemberTicket{}
+		if err := v.verifyDocumentIn(st, env, now, efpb.PayloadTypeMemberTicket, efpb.Role_ROLE_CONTROL, m); err != nil {
+			return nil, fmt.Errorf("%s: %w", op, err)
+		}
+	} else if expired(st.bundle.ExpiresUnix, now) {
+		return nil, fmt.Errorf("%s: %w: trust bundle version %d expired at %s", op, ErrExpired, st.bundle.Version, unixString(st.bundle.ExpiresUnix))
 	}
 	if err := checkDocument("member ticket", m.ProtocolVersion, m.ExpiresUnix, now); err != nil {
 		return nil, fmt.Errorf("%s: device %s: %w", op, m.DeviceId, err)
 	}
-	return m, nil
+	if !remembered {
+		v.tickets.put(st, key, m)
+	}
+	return proto.Clone(m).(*efpb.MemberTicket), nil
 }
 
 // verifyDocument checks env against role of the trusted bundle and decodes
 // its payload into m. The payload is decoded only after the signatures check.
 func (v *Verifier) verifyDocument(env *efpb.Envelope, now time.Time, payloadType string, role efpb.Role, m proto.Message) error {
+	return v.verifyDocumentIn(v.state(), env, now, payloadType, role, m)
+}
+
+// verifyDocumentIn is verifyDocument under the trust state st.
+func (v *Verifier) verifyDocumentIn(st *trustState, env *efpb.Envelope, now time.Time, payloadType string, role efpb.Role, m proto.Message) error {
 	if v.provisionErr != nil {
 		return v.provisionErr
 	}
 	if err := checkEnvelope(env, payloadType); err != nil {
 		return err
 	}
-	st := v.state()
 	if st.bundle == nil {
 		return ErrNoTrust
 	}
