@@ -129,7 +129,7 @@ func runScenario(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		opts.Remote = &sim.RemoteControlPlane{APIURL: *api, Token: *token}
 	}
 	if *cpuProfile != "" {
-		stop, err := startCPUProfile(*cpuProfile)
+		stop, err := bench.StartCPUProfile(*cpuProfile)
 		if err != nil {
 			fmt.Fprintf(stderr, "fleet-sim: %v\n", err)
 			return 2

@@ -72,12 +72,16 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if *cpuProfile != "" {
-		stop, err := startCPUProfile(*cpuProfile)
+		stop, err := StartCPUProfile(*cpuProfile)
 		if err != nil {
 			fmt.Fprintf(stderr, "fleet-sim bench: %v\n", err)
 			return 2
 		}
-		defer stop()
+		defer func() {
+			if err := stop(); err != nil {
+				fmt.Fprintf(stderr, "fleet-sim bench: %v\n", err)
+			}
+		}()
 	}
 	var sizes []int
 	for _, s := range strings.Split(*ns, ",") {
@@ -148,18 +152,23 @@ func flagSet(fs *flag.FlagSet, name string) bool {
 	return set
 }
 
-// startCPUProfile profiles the process into path until the returned stop.
-func startCPUProfile(path string) (stop func(), err error) {
+// StartCPUProfile profiles the process into path until the returned stop
+// is called; stop flushes and closes the file. fleet-sim's bench and run
+// commands share it (--cpu-profile).
+func StartCPUProfile(path string) (stop func() error, err error) {
 	f, err := os.Create(path)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cpu profile: %w", err)
 	}
 	if err := pprof.StartCPUProfile(f); err != nil {
 		_ = f.Close()
-		return nil, err
+		return nil, fmt.Errorf("cpu profile: %w", err)
 	}
-	return func() {
+	return func() error {
 		pprof.StopCPUProfile()
-		_ = f.Close()
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		return nil
 	}, nil
 }
