@@ -114,6 +114,11 @@ type Options struct {
 	// FetchRetryInterval is how long a download may make no progress before
 	// the agent asks for its missing chunks again. Default 5s.
 	FetchRetryInterval time.Duration
+	// StatusHold is how long the report of an update's progress
+	// (downloading, verifying, staging) waits for the next state, which
+	// replaces it: a fast update reports only its outcome (status_hold.go).
+	// Default DefaultStatusHold; negative: every state is reported at once.
+	StatusHold time.Duration
 	// TransientRetry is how long after an update failed on the way (chunks
 	// corrupted in transit, every download attempt used up) the agent tries
 	// the same desired state again; it doubles with each such failure of one
@@ -197,6 +202,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.FetchRetryInterval <= 0 {
 		o.FetchRetryInterval = 5 * time.Second
+	}
+	if o.StatusHold == 0 {
+		o.StatusHold = DefaultStatusHold
 	}
 	if o.TransientRetry <= 0 {
 		o.TransientRetry = 30 * time.Second
@@ -304,6 +312,7 @@ func New(opts Options) (*Agent, error) {
 		logLimit: newLogLimiter(logEvery, time.Now),
 	}
 	a.u.subs = map[string]bool{}
+	a.u.status.hold = a.opts.StatusHold
 	a.peers = newSharing(a)
 	if !opts.DisableMonitoring {
 		a.mon = newMonitors(&a.opts)

@@ -88,7 +88,7 @@ func (a *Agent) slotReport(s *slot) (state efpb.ModelState, version, reason stri
 }
 
 func (a *Agent) report(ctx context.Context, s *slot, state efpb.ModelState, version, reason string) {
-	a.reportEvent(ctx, a.statusEvent(s, state, version, reason))
+	a.emitStatus(ctx, a.statusEvent(s, state, version, reason))
 }
 
 // statusEvent is the status event of slot s in state about version.
@@ -103,20 +103,25 @@ func (a *Agent) statusEvent(s *slot, state efpb.ModelState, version, reason stri
 	return ev
 }
 
-// reportEvent fills the envelope fields common to every status event.
-func (a *Agent) reportEvent(ctx context.Context, ev *efpb.StatusEvent) {
+// fillStatus fills the envelope fields common to every status event but
+// its sequence number, which queueStatus gives it.
+func (a *Agent) fillStatus(ev *efpb.StatusEvent) {
 	ev.ProtocolVersion = efpb.ProtocolVersion1
 	ev.DeviceId = a.opts.DeviceID
-	ev.Seq = a.nextSeq()
 	ev.TimeUnixMs = a.opts.Clock().UnixMilli()
 	ev.Generation = a.u.generation
+}
+
+// queueStatus numbers ev and queues it in the outbox: stored and
+// forwarded, kept until the control plane acknowledged it (outbox.go),
+// like telemetry.
+func (a *Agent) queueStatus(ev *efpb.StatusEvent) {
+	ev.Seq = a.nextSeq()
 	b, err := proto.Marshal(ev)
 	if err != nil {
 		a.log.Error("encode status", "err", err)
 		return
 	}
-	// Store and forward, kept until the control plane acknowledged it
-	// (outbox.go), like telemetry.
 	if err := a.outbox.push(ev.Seq, kindStatus, b); err != nil {
 		a.log.Error("queue status event", "err", err)
 	}

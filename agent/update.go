@@ -75,6 +75,9 @@ type updater struct {
 	// the next at recheckAt (Options.RetainedRecheck).
 	recheckAt   time.Time
 	recheckLeft int
+
+	// status holds progress reports for a moment (status_hold.go).
+	status statusHold
 }
 
 // fetchWindow bounds the chunks a download has asked for and not yet
@@ -303,13 +306,17 @@ func (a *Agent) updateLoop(ctx context.Context) {
 	}
 	retry := time.NewTicker(tick)
 	defer retry.Stop()
+	defer a.u.status.stop()
 	for {
 		select {
 		case <-ctx.Done():
+			a.releaseDueStatus(true) // queued: sent after the next start
 			a.publishPresence(false)
 			return
 		case ev := <-a.events:
 			a.handle(ctx, ev)
+		case <-a.u.status.C():
+			a.releaseDueStatus(false)
 		case <-a.peers.wake:
 			a.onPeerWake(ctx)
 		case <-hb.C:
@@ -1230,7 +1237,7 @@ func (a *Agent) failTargetWith(ctx context.Context, s *slot, kind efpb.Refusal, 
 	}
 	ev := a.statusEvent(s, efpb.ModelState_MODEL_STATE_FAILED, t.Version, reason)
 	ev.Refused = kind
-	a.reportEvent(ctx, ev)
+	a.emitStatus(ctx, ev)
 }
 
 // releaseTarget lets go of what the update to t held: its download, its
@@ -1309,7 +1316,8 @@ func (a *Agent) drop(what string, err error) {
 func (a *Agent) refuse(ctx context.Context, model string, kind efpb.Refusal, reason string) {
 	a.refused.Add(1)
 	a.logLimited(slog.LevelWarn, logKindRefused, "refused", "model", model, "reason", reason)
-	a.reportEvent(ctx, &efpb.StatusEvent{ModelName: model, State: efpb.ModelState_MODEL_STATE_FAILED, Reason: reason, Refused: kind})
+	a.flushHeldBefore(model) // a refusal is not a state of the model: it follows what was held
+	a.emitStatus(ctx, &efpb.StatusEvent{ModelName: model, State: efpb.ModelState_MODEL_STATE_FAILED, Reason: reason, Refused: kind})
 }
 
 // enterPhase calls the PhaseHook, if any, for the phase the update of s has
