@@ -57,11 +57,9 @@ type slot struct {
 	file         *os.File
 	manifest     *efpb.Manifest // the target's verified manifest
 	lastProgress time.Time      // last chunk added or request sent (monotonic: for stall detection, not the wall clock)
-	// lastChunk is when a chunk of the target last arrived from the
-	// broker, one this download already held included: on the version's
-	// shared topic the chunks other devices asked for come first, and
-	// while they arrive the link is busy, not lost (retryStalled).
-	lastChunk time.Time
+	// pace is how the target's chunks arrive from the broker
+	// (retryStalled).
+	pace      chunkPace
 	badChunks int // chunks refused in this download
 	// badFrom counts the refused copies of each chunk by the source that
 	// sent it, in this download attempt: the same chunk refused twice from
@@ -118,6 +116,7 @@ func (s *slot) closeDownload() {
 	s.badChunks = 0
 	s.badFrom = nil
 	s.inflight = nil
+	s.pace = chunkPace{}
 }
 
 // chunkFrom is one chunk of a download from one source ("broker", or a

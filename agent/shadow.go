@@ -80,7 +80,7 @@ type shadow struct {
 	file         *os.File
 	inflight     map[uint32]bool
 	lastProgress time.Time
-	lastChunk    time.Time // as slot.lastChunk
+	pace         chunkPace // as slot.pace
 	badChunks    int
 	// dl shares the download with the site (peers.go); nil: broker only.
 	dl *peers.Download

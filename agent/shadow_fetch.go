@@ -309,7 +309,7 @@ func (a *Agent) handleShadowChunk(ctx context.Context, payload []byte) {
 	if sh == nil || sh.asm == nil || sh.version != c.Version {
 		return
 	}
-	sh.lastChunk = time.Now()
+	sh.pace.arrived(time.Now())
 	a.addShadowChunk(ctx, sh, c.Index, c.Data, sourceBroker)
 }
 
@@ -353,7 +353,7 @@ func (a *Agent) addShadowChunk(ctx context.Context, sh *shadow, index uint32, da
 // retryShadows asks again for chunks of stalled challenger downloads.
 func (a *Agent) retryShadows(ctx context.Context) {
 	for _, sh := range a.shadow.byName {
-		if sh.asm != nil && !sh.asm.Complete() && a.stalled(sh.lastProgress, sh.lastChunk) {
+		if sh.asm != nil && !sh.asm.Complete() && a.stalled(&sh.pace, sh.lastProgress) {
 			a.ensureShadowSub(ctx, sh)
 			a.requestShadowChunks(ctx, sh, true)
 		}

@@ -938,12 +938,12 @@ func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
 		// goes through the site), another agent's fetch, or a late
 		// duplicate.
 		if sh := a.shadow.byName[c.Name]; sh != nil && sh.dl != nil && sh.asm != nil && sh.version == c.Version {
-			sh.lastChunk = time.Now()
+			sh.pace.arrived(time.Now())
 			a.addShadowChunk(ctx, sh, c.Index, c.Data, sourceBroker)
 		}
 		return
 	}
-	s.lastChunk = time.Now()
+	s.pace.arrived(time.Now())
 	added, err := s.asm.Add(c.Index, c.Data)
 	if err != nil {
 		a.badChunk(ctx, s, c.Index, sourceBroker, err)
@@ -1066,29 +1066,21 @@ func (a *Agent) retryStalled(ctx context.Context) {
 		if s.asm == nil || s.st.Target == nil || s.asm.Complete() {
 			continue // a complete download waits to be verified, not for chunks
 		}
-		if a.stalled(s.lastProgress, s.lastChunk) {
+		if a.stalled(&s.pace, s.lastProgress) {
 			a.ensureSub(ctx, a.chunkTopic(s), evChunk)
 			a.requestMissing(ctx, s, true)
 		}
 	}
 }
 
-// stallCap bounds how long chunks other devices asked for may keep a
-// download that makes no progress of its own from asking again, in
-// FetchRetryIntervals.
-const stallCap = 4
-
 // stalled reports whether a download should ask again for what it has in
-// flight: it added nothing for FetchRetryInterval and its link carried
-// none of its version's chunks either. What it has in flight may queue
-// behind chunks other devices asked for on the version's shared topic;
-// asked again, it would cross the link twice (and reach every subscriber
-// twice). A chunk lost while others keep arriving is asked again after
-// stallCap intervals at the latest.
-func (a *Agent) stalled(lastProgress, lastChunk time.Time) bool {
-	r := a.opts.FetchRetryInterval
-	idle := time.Since(lastProgress)
-	return idle >= r && time.Since(lastChunk) >= r || idle >= stallCap*r
+// flight (chunkPace.stalled), and counts the retry if so.
+func (a *Agent) stalled(p *chunkPace, lastProgress time.Time) bool {
+	if !p.stalled(time.Now(), lastProgress, a.opts.FetchRetryInterval) {
+		return false
+	}
+	p.quiet++
+	return true
 }
 
 func (a *Agent) finishDownload(ctx context.Context, s *slot) {

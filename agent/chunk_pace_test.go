@@ -1,0 +1,69 @@
+package agent
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+)
+
+// A download asks again when its chunks stop coming at the pace they came
+// at, not when the next one is merely FetchRetryInterval late; while its
+// requests bring nothing it backs off; and chunks other devices asked for
+// keep it from asking for at most stallCap intervals.
+func TestChunkPaceStalled(t *testing.T) {
+	const r = 2 * time.Second
+	t0 := time.Unix(1_000_000, 0)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+
+	t.Run("no chunk yet: after r, then 2r, then 4r", func(t *testing.T) {
+		var p chunkPace
+		asked := at(0)
+		assert.False(t, p.stalled(at(r-time.Millisecond), asked, r))
+		assert.True(t, p.stalled(at(r), asked, r))
+		p.quiet++ // asked again at r
+		asked = at(r)
+		assert.False(t, p.stalled(asked.Add(2*r-time.Millisecond), asked, r), "the second retry waits 2r")
+		assert.True(t, p.stalled(asked.Add(2*r), asked, r))
+		p.quiet += 5
+		assert.False(t, p.stalled(asked.Add(4*r-time.Millisecond), asked, r), "at most 4r")
+		assert.True(t, p.stalled(asked.Add(4*r), asked, r))
+	})
+
+	t.Run("chunks arriving 3 s apart: waits 6 s, not 2", func(t *testing.T) {
+		var p chunkPace
+		p.arrived(at(0))
+		p.arrived(at(3 * time.Second))
+		last := at(3 * time.Second)
+		assert.False(t, p.stalled(last.Add(5*time.Second), last, r), "the next chunk is late by the fan-out's pace, not lost")
+		assert.True(t, p.stalled(last.Add(6*time.Second), last, r))
+	})
+
+	t.Run("a slow pace is believed up to stallCap intervals", func(t *testing.T) {
+		var p chunkPace
+		p.arrived(at(0))
+		p.arrived(at(time.Minute))
+		last := at(time.Minute)
+		assert.False(t, p.stalled(last.Add(stallCap*r-time.Millisecond), last, r))
+		assert.True(t, p.stalled(last.Add(stallCap*r), last, r))
+	})
+
+	t.Run("other devices' chunks keep arriving", func(t *testing.T) {
+		var p chunkPace
+		own := at(0)
+		for d := time.Duration(0); d < stallCap*r; d += 500 * time.Millisecond {
+			p.arrived(at(d))
+			assert.False(t, p.stalled(at(d), own, r), "at %v: the link is busy with the version's chunks", d)
+		}
+		p.arrived(at(stallCap * r))
+		assert.True(t, p.stalled(at(stallCap*r), own, r), "a chunk of its own lost among them is asked again")
+	})
+
+	t.Run("a chunk resets the back-off", func(t *testing.T) {
+		var p chunkPace
+		p.quiet = 2
+		p.arrived(at(0))
+		assert.Zero(t, p.quiet)
+		assert.True(t, p.stalled(at(r), at(0), r))
+	})
+}
