@@ -30,6 +30,17 @@ type chunkPace struct {
 	last  time.Time     // the last chunk of the version from the broker, one already held included
 	gap   time.Duration // the longest interval between two of them
 	quiet int           // requests sent again since the last chunk arrived
+	// asked is set once a request went out since the download opened or
+	// the connection came back: the first one is fresh (FetchRequest.fresh).
+	asked bool
+}
+
+// fresh says whether the request about to go out is the download's first
+// since it opened or the agent reconnected, and records that one went.
+func (p *chunkPace) fresh() bool {
+	f := !p.asked
+	p.asked = true
+	return f
 }
 
 // arrived records a chunk of the download's version arriving at now.

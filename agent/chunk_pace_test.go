@@ -5,6 +5,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/edgefleet/edgefleet/internal/testkit"
 )
 
 // A download asks again when its chunks stop coming at the pace they came
@@ -66,4 +69,33 @@ func TestChunkPaceStalled(t *testing.T) {
 		assert.Zero(t, p.quiet)
 		assert.True(t, p.stalled(at(r), at(0), r))
 	})
+}
+
+// The first fetch request of a download, and the first after the agent
+// started again, is fresh: the control plane then publishes again what it
+// published before (it may have been lost); the retries in between are
+// not, and a chunk whose publish is on its way is not published again.
+func TestFirstFetchRequestIsFresh(t *testing.T) {
+	v1, _ := testModels(t)
+	h := newHarness(t)
+	h.serveOnly = func(uint32) bool { return false } // nothing arrives: the agent asks again
+	dir := t.TempDir()
+	opts := h.agentOptions(t, "dev-1", dir)
+	a, err := New(opts)
+	require.NoError(t, err)
+	stop := testkit.Start(t, "agent dev-1", a.Run, a.Ready())
+	h.desire("dev-1", assign(h.publishModel("fraud", "1.0.0", v1, v1.ONNX, nil, nil)))
+	require.Eventually(t, func() bool { return len(h.fetchesFor("dev-1")) >= 3 }, 30*time.Second, 10*time.Millisecond,
+		"the agent never asked again")
+	stop()
+	before := h.fetchesFor("dev-1")
+	assert.True(t, before[0].GetFresh(), "the download's first request")
+	for i, f := range before[1:] {
+		assert.False(t, f.GetFresh(), "retry %d", i+1)
+	}
+
+	h.startAgent(t, opts)
+	require.Eventually(t, func() bool { return len(h.fetchesFor("dev-1")) > len(before) }, 30*time.Second, 10*time.Millisecond,
+		"the restarted agent never asked")
+	assert.True(t, h.fetchesFor("dev-1")[len(before)].GetFresh(), "the first request after the restart")
 }

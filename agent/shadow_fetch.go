@@ -177,6 +177,7 @@ func (a *Agent) shadowsConnected(ctx context.Context) {
 		case sh.run != nil || sh.failure != "":
 		case sh.asm != nil:
 			a.ensureShadowSub(ctx, sh)
+			sh.pace.asked = false // what was published while it was away is lost
 			a.requestShadowChunks(ctx, sh, true)
 		default:
 			a.ensureSub(ctx, a.topics.Manifest(sh.name, sh.version), evShadowManifest)
@@ -234,7 +235,7 @@ func (a *Agent) handleShadowManifest(ctx context.Context, topic string, payload 
 		a.failShadow(ctx, sh, fmt.Sprintf("open download: %v", err))
 		return
 	}
-	sh.file, sh.asm, sh.lastProgress = f, asm, time.Now()
+	sh.file, sh.asm, sh.lastProgress, sh.pace = f, asm, time.Now(), chunkPace{}
 	if asm.Complete() {
 		a.finishShadow(ctx, sh)
 		return
@@ -296,7 +297,8 @@ func (a *Agent) requestShadowChunks(ctx context.Context, sh *shadow, restart boo
 		return
 	}
 	sh.lastProgress = time.Now()
-	a.requestChunks(&efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: sh.name, Version: sh.version, Missing: missing, Direct: sh.dl != nil})
+	a.requestChunks(&efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: sh.name, Version: sh.version, Missing: missing,
+		Direct: sh.dl != nil, Fresh: sh.pace.fresh()})
 }
 
 func (a *Agent) handleShadowChunk(ctx context.Context, payload []byte) {

@@ -485,6 +485,7 @@ func (a *Agent) onConnected(ctx context.Context) {
 			case PhaseDownloading:
 				if s.asm != nil {
 					a.ensureSub(ctx, a.chunkTopic(s), evChunk)
+					s.pace.asked = false // what was published while it was away is lost
 					a.requestMissing(ctx, s, true)
 				}
 			}
@@ -865,7 +866,7 @@ func (a *Agent) openDownload(ctx context.Context, s *slot) {
 		a.failTarget(ctx, s, fmt.Sprintf("open download: %v", err))
 		return
 	}
-	s.file, s.asm = f, asm
+	s.file, s.asm, s.pace = f, asm, chunkPace{}
 	s.lastProgress = time.Now()
 	if asm.Complete() {
 		a.finishDownload(ctx, s)
@@ -921,7 +922,8 @@ func (a *Agent) requestMissing(ctx context.Context, s *slot, restart bool) {
 		return
 	}
 	s.lastProgress = time.Now()
-	a.requestChunks(&efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: s.name, Version: s.st.Target.Version, Missing: missing, Direct: s.dl != nil})
+	a.requestChunks(&efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: s.name, Version: s.st.Target.Version, Missing: missing,
+		Direct: s.dl != nil, Fresh: s.pace.fresh()})
 }
 
 func (a *Agent) handleChunk(ctx context.Context, payload []byte) {

@@ -42,7 +42,7 @@ type chunkQueue struct {
 	// devices keep coming, at the latest collectMax after the first.
 	window, maxWait, collectMax time.Duration
 
-	// mu guards pending, ring and expected.
+	// mu guards pending, ring, expected and sent.
 	mu      sync.Mutex
 	pending map[chunkKey]*pendingChunks
 	ring    []chunkKey // versions with queued chunks, in service order
@@ -51,6 +51,66 @@ type chunkQueue struct {
 	// have asked, instead of on a quiet window that a burst of requests
 	// with one gap in it would end too early.
 	expected map[chunkKey]*expectation
+	// sent is what the shared topic of a version recently carried, and
+	// to whom (sentChunks).
+	sent map[chunkKey]*sentChunks
+}
+
+// sentChunks remembers, for one version's shared topic, when each chunk
+// was last published and when each device asked first, so that a device
+// asking again for a chunk whose publish already went to it is not
+// answered with another publish — which would go to every device still
+// downloading the version. At 10,000 devices one publish takes seconds to
+// reach them all, and devices that ask again while it is on its way made
+// the control plane publish a 16-chunk model 100 times (docs/benchmarks.md).
+//
+// A device's request reached the control plane after its subscription to
+// the chunk topic was in place (an agent subscribes before it asks), so
+// every publish after its first request was delivered to its session. A
+// request for chunk i from a device that asked before i's last publish is
+// therefore held back for the grace: the round's length so far, between
+// minSentGrace and maxSentGrace. After it, the device is answered as any
+// (a broker that dropped the chunk on the device's full queue costs the
+// device the grace). A fresh request (FetchRequest.fresh: the first since
+// the agent started the download, restarted or reconnected) forgets the
+// device's earlier ones: what was published before it may be lost.
+type sentChunks struct {
+	asked     map[string]time.Time // device → its first request (since its last fresh one)
+	published map[uint32]time.Time // chunk → its last publish
+	// The round being published (or the last one): its first and latest
+	// publish.
+	roundStart, roundLast time.Time
+}
+
+// The grace of a chunk already on its way to a device (sentChunks).
+const (
+	minSentGrace = 5 * time.Second
+	maxSentGrace = time.Minute
+)
+
+// grace is how long a publish is taken to be on its way.
+func (s *sentChunks) grace() time.Duration {
+	return min(max(s.roundLast.Sub(s.roundStart), minSentGrace), maxSentGrace)
+}
+
+// onItsWay removes from indexes the chunks whose last publish went to
+// device (it asked before it) within the grace, recording the device's
+// request; it returns the rest and how many it removed.
+func (s *sentChunks) onItsWay(device string, fresh bool, indexes []uint32, now time.Time) ([]uint32, int) {
+	at, known := s.asked[device]
+	if fresh || !known {
+		s.asked[device] = now
+		return indexes, 0
+	}
+	grace := s.grace()
+	kept := indexes[:0:0]
+	for _, i := range indexes {
+		if pub, ok := s.published[i]; ok && at.Before(pub) && now.Sub(pub) < grace {
+			continue
+		}
+		kept = append(kept, i)
+	}
+	return kept, len(indexes) - len(kept)
 }
 
 type expectation struct {
@@ -74,6 +134,8 @@ type pendingChunks struct {
 	first  time.Time       // the round's first request
 	ready  time.Time       // not published before this
 	asked  map[string]bool // devices that asked in this round
+	// publishing is set once the round's first chunk was taken.
+	publishing bool
 }
 
 // newChunkQueue makes a queue whose rounds wait for a quiet window, at
@@ -81,7 +143,7 @@ type pendingChunks struct {
 func newChunkQueue(window, maxWait time.Duration) *chunkQueue {
 	maxWait = max(window, maxWait)
 	return &chunkQueue{wake: make(chan struct{}, 1), wakeDirect: make(chan struct{}, 1), window: window, maxWait: maxWait, collectMax: collectFactor * maxWait,
-		pending: map[chunkKey]*pendingChunks{}, expected: map[chunkKey]*expectation{}}
+		pending: map[chunkKey]*pendingChunks{}, expected: map[chunkKey]*expectation{}, sent: map[chunkKey]*sentChunks{}}
 }
 
 // collectFactor is collectMax over maxWait: with the default ChunkBatchMax
@@ -114,12 +176,27 @@ func (q *chunkQueue) expect(k chunkKey, devices int, now time.Time) {
 			delete(q.expected, k)
 		}
 	}
+	for k, s := range q.sent {
+		if q.pending[k] == nil && now.Sub(s.roundLast) > maxSentGrace {
+			delete(q.sent, k)
+		}
+	}
 }
 
 // enqueue queues indexes (all already validated) and reports how many
-// were new; the rest coalesced with queued requests.
-func (q *chunkQueue) enqueue(k chunkKey, device string, indexes []uint32, now time.Time) int {
+// were new and how many were held back as on their way to the device
+// (sentChunks; fresh: FetchRequest.fresh); the rest coalesced with queued
+// requests.
+func (q *chunkQueue) enqueue(k chunkKey, device string, fresh bool, indexes []uint32, now time.Time) (added, onItsWay int) {
 	q.mu.Lock()
+	if k.device == "" {
+		s := q.sent[k]
+		if s == nil || q.pending[k] == nil && now.Sub(s.roundLast) > maxSentGrace {
+			s = &sentChunks{asked: map[string]time.Time{}, published: map[uint32]time.Time{}}
+			q.sent[k] = s
+		}
+		indexes, onItsWay = s.onItsWay(device, fresh, indexes, now)
+	}
 	if k.device != "" {
 		// Direct: no round to collect (nobody else receives these), but
 		// the device counts for the version's shared round.
@@ -149,7 +226,6 @@ func (q *chunkQueue) enqueue(k chunkKey, device string, indexes []uint32, now ti
 		p.asked[device] = true
 		p.ready = q.readyAt(k, p, now)
 	}
-	added := 0
 	for _, i := range indexes {
 		if !p.queued[i] {
 			p.queued[i] = true
@@ -157,7 +233,7 @@ func (q *chunkQueue) enqueue(k chunkKey, device string, indexes []uint32, now ti
 			added++
 		}
 	}
-	if len(p.order) == 0 { // nothing asked for: do not keep an empty entry
+	if len(p.order) == 0 { // nothing asked for (or all on its way): do not keep an empty entry
 		delete(q.pending, k)
 		q.ring = q.ring[:len(q.ring)-1]
 	}
@@ -172,7 +248,7 @@ func (q *chunkQueue) enqueue(k chunkKey, device string, indexes []uint32, now ti
 			wake(q.wakeDirect)
 		}
 	}
-	return added
+	return added, onItsWay
 }
 
 func wake(c chan struct{}) {
@@ -224,6 +300,12 @@ func (q *chunkQueue) take(now time.Time, kind int) (chunkKey, uint32, bool, time
 	q.ring = slices.Delete(q.ring, at, at+1)
 	p := q.pending[k]
 	idx := p.order[0]
+	if s := q.sent[k]; s != nil {
+		if !p.publishing {
+			p.publishing, s.roundStart = true, now
+		}
+		s.published[idx], s.roundLast = now, now
+	}
 	p.order = p.order[1:]
 	delete(p.queued, idx)
 	if len(p.order) == 0 {
@@ -445,6 +527,8 @@ func (r *Registry) OnFetch(topic string, payload []byte) {
 	if req.Direct {
 		k.device = dev
 	}
-	added := r.chunks.enqueue(k, dev, missing, time.Now())
-	r.log.Debug("fetch request", "device", dev, "model", req.Name, "version", req.Version, "direct", req.Direct, "asked", len(missing), "queued", added)
+	added, onItsWay := r.chunks.enqueue(k, dev, req.Fresh, missing, time.Now())
+	r.metrics.onItsWay.Add(float64(onItsWay))
+	r.log.Debug("fetch request", "device", dev, "model", req.Name, "version", req.Version, "direct", req.Direct,
+		"asked", len(missing), "queued", added, "on_its_way", onItsWay)
 }

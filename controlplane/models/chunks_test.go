@@ -13,9 +13,9 @@ func TestChunkQueueCoalesces(t *testing.T) {
 	q := newChunkQueue(0, 0)
 	now := time.Now()
 	a, b := chunkKey{"fraud", "v1", ""}, chunkKey{"fraud", "v2", ""}
-	assert.Equal(t, 3, q.enqueue(a, "dev", []uint32{0, 1, 2}, now))
-	assert.Equal(t, 1, q.enqueue(a, "dev", []uint32{2, 1, 3}, now), "queued chunks coalesce")
-	assert.Equal(t, 2, q.enqueue(b, "dev", []uint32{0, 0, 1}, now))
+	assert.Equal(t, 3, q.add(a, "dev", []uint32{0, 1, 2}, now))
+	assert.Equal(t, 1, q.add(a, "dev", []uint32{2, 1, 3}, now), "queued chunks coalesce")
+	assert.Equal(t, 2, q.add(b, "dev", []uint32{0, 0, 1}, now))
 	assert.Equal(t, 6, q.queued())
 
 	type item struct {
@@ -30,13 +30,13 @@ func TestChunkQueueCoalesces(t *testing.T) {
 		}
 		order = append(order, item{k, i})
 		if len(order) == 1 {
-			// Asked again after dequeue: queued anew (the publish may be
-			// past the asker).
-			assert.Equal(t, 1, q.enqueue(a, "dev", []uint32{0}, now))
+			// Asked for after the dequeue by a device that had not
+			// asked before: queued anew (the publish may be past it).
+			assert.Equal(t, 1, q.add(a, "late", []uint32{0}, now))
 		}
 	}
 	assert.Equal(t, []item{{a, 0}, {b, 0}, {a, 1}, {b, 1}, {a, 2}, {a, 3}, {a, 0}}, order, "versions are served round-robin")
-	assert.Equal(t, 0, q.enqueue(a, "dev", nil, now))
+	assert.Equal(t, 0, q.add(a, "dev", nil, now))
 	assert.Equal(t, 0, q.queued())
 }
 
@@ -45,14 +45,14 @@ func TestChunkQueueCollectsBeforeTheFirstPublish(t *testing.T) {
 	t0 := time.Now()
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
 	a, b := chunkKey{"fraud", "v1", ""}, chunkKey{"fraud", "v2", ""}
-	q.enqueue(a, "dev", []uint32{0, 1}, t0)
+	q.add(a, "dev", []uint32{0, 1}, t0)
 	_, _, ok, wait := q.next(at(50))
 	assert.False(t, ok, "inside the window nothing goes out")
 	assert.Equal(t, 150*time.Millisecond, wait)
 	// Requests inside the window join the same round and keep it open
 	// until the requests settle.
-	assert.Equal(t, 1, q.enqueue(a, "dev", []uint32{1, 2}, at(100)))
-	q.enqueue(b, "dev", []uint32{0}, at(150))
+	assert.Equal(t, 1, q.add(a, "dev", []uint32{1, 2}, at(100)))
+	q.add(b, "dev", []uint32{0}, at(150))
 	_, _, ok, wait = q.next(at(250))
 	assert.False(t, ok, "v1's round was extended to 300 ms by the request at 100 ms")
 	assert.Equal(t, 50*time.Millisecond, wait)
@@ -83,11 +83,11 @@ func TestChunkQueueWaitsAtMostMaxWait(t *testing.T) {
 	// A request every 100 ms would keep the window open forever.
 	for ms := 0; ms <= 1500; ms += 100 {
 		now := t0.Add(time.Duration(ms) * time.Millisecond)
-		q.enqueue(k, "dev", []uint32{uint32(ms / 100)}, now)
+		q.add(k, "dev", []uint32{uint32(ms / 100)}, now)
 		if _, _, ok, _ := q.next(now); ok {
 			assert.Equal(t, 1000, ms, "the round goes out maxWait after its first request")
 			// A round going out is not held up by requests arriving now.
-			q.enqueue(k, "dev", []uint32{99}, now.Add(time.Millisecond))
+			q.add(k, "dev", []uint32{99}, now.Add(time.Millisecond))
 			_, _, ok, _ := q.next(now.Add(2 * time.Millisecond))
 			assert.True(t, ok)
 			return
@@ -105,18 +105,18 @@ func TestChunkQueueWaitsForTheExpectedDevices(t *testing.T) {
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
 	k := chunkKey{"fraud", "v2", ""}
 	q.expect(k, 3, t0)
-	q.enqueue(k, "dev-1", []uint32{0, 1}, at(10))
+	q.add(k, "dev-1", []uint32{0, 1}, at(10))
 	_, _, ok, _ := q.next(at(600))
 	assert.False(t, ok, "a 500 ms gap is not the end of the round: two devices have not asked")
-	q.enqueue(k, "dev-1", []uint32{0, 1}, at(700)) // a retry counts once
-	q.enqueue(k, "dev-2", []uint32{0, 1}, at(800))
+	q.add(k, "dev-1", []uint32{0, 1}, at(700)) // a retry counts once
+	q.add(k, "dev-2", []uint32{0, 1}, at(800))
 	_, _, ok, _ = q.next(at(850))
 	assert.False(t, ok)
 	select { // drain: the worker has seen the earlier requests
 	case <-q.wake:
 	default:
 	}
-	q.enqueue(k, "dev-3", []uint32{0, 1}, at(900))
+	q.add(k, "dev-3", []uint32{0, 1}, at(900))
 	select {
 	case <-q.wake:
 	default:
@@ -129,7 +129,7 @@ func TestChunkQueueWaitsForTheExpectedDevices(t *testing.T) {
 	// Fulfilled: a straggler's round uses the quiet window again.
 	_, _, ok, _ = q.next(at(900))
 	require.True(t, ok)
-	q.enqueue(k, "dev-4", []uint32{1}, at(1000))
+	q.add(k, "dev-4", []uint32{1}, at(1000))
 	_, _, ok, wait := q.next(at(1000))
 	assert.False(t, ok)
 	assert.Equal(t, 100*time.Millisecond, wait)
@@ -139,7 +139,7 @@ func TestChunkQueueWaitsForTheExpectedDevices(t *testing.T) {
 	// Devices that never ask hold a round for maxWait at most.
 	k3 := chunkKey{"fraud", "v3", ""}
 	q.expect(k3, 5, at(2000))
-	q.enqueue(k3, "dev-1", []uint32{0}, at(2000))
+	q.add(k3, "dev-1", []uint32{0}, at(2000))
 	_, _, ok, _ = q.next(at(3999))
 	assert.False(t, ok)
 	_, _, ok, _ = q.next(at(4000))
@@ -159,8 +159,8 @@ func TestChunkQueueCollectsWhileExpectedDevicesKeepAsking(t *testing.T) {
 	q.expect(k, 100, t0)
 	// A new device every 1.5 s for 12 s, one asking again in between.
 	for i := range 9 {
-		q.enqueue(k, fmt.Sprintf("dev-%d", i), []uint32{0, 1}, at(i*1500))
-		q.enqueue(k, "dev-0", []uint32{0, 1}, at(i*1500+1000))
+		q.add(k, fmt.Sprintf("dev-%d", i), []uint32{0, 1}, at(i*1500))
+		q.add(k, "dev-0", []uint32{0, 1}, at(i*1500+1000))
 		_, _, ok, _ := q.next(at(i*1500 + 1400))
 		require.False(t, ok, "dev-%d asked 1.4 s ago: the round is still collecting", i)
 	}
@@ -179,7 +179,7 @@ func TestChunkQueueCollectsWhileExpectedDevicesKeepAsking(t *testing.T) {
 	q.expect(k3, 1000, at(20000))
 	for i := 0; ; i++ {
 		now := at(20000 + i*1000)
-		q.enqueue(k3, fmt.Sprintf("dev-%d", i), []uint32{0}, now)
+		q.add(k3, fmt.Sprintf("dev-%d", i), []uint32{0}, now)
 		if _, _, ok, _ := q.next(now); ok {
 			assert.Equal(t, 30, i, "out collectMax after the first request")
 			break
@@ -199,16 +199,16 @@ func TestChunkQueueDirect(t *testing.T) {
 	shared := chunkKey{"fraud", "v1", ""}
 	q.expect(shared, 3, t0)
 	d1 := chunkKey{"fraud", "v1", "dev-1"}
-	assert.Equal(t, 2, q.enqueue(d1, "dev-1", []uint32{0, 1}, at(10)))
+	assert.Equal(t, 2, q.add(d1, "dev-1", []uint32{0, 1}, at(10)))
 	k, i, ok, _ := q.next(at(10))
 	require.True(t, ok, "a direct request collects no round")
 	assert.Equal(t, d1, k)
 	assert.Equal(t, uint32(0), i)
 	// Another device's direct request for the same chunk is its own publish.
 	d2 := chunkKey{"fraud", "v1", "dev-2"}
-	assert.Equal(t, 1, q.enqueue(d2, "dev-2", []uint32{0}, at(20)))
+	assert.Equal(t, 1, q.add(d2, "dev-2", []uint32{0}, at(20)))
 
-	q.enqueue(shared, "dev-3", []uint32{0}, at(30))
+	q.add(shared, "dev-3", []uint32{0}, at(30))
 	var keys []chunkKey
 	for {
 		k, _, ok, _ := q.next(at(30))
@@ -219,4 +219,81 @@ func TestChunkQueueDirect(t *testing.T) {
 	}
 	assert.ElementsMatch(t, []chunkKey{d1, d2, shared}, keys,
 		"the shared round went out at once: dev-1 and dev-2 asked directly, dev-3 was the last expected")
+}
+
+// add is enqueue for a request that is not fresh, returning how many
+// chunks were queued.
+func (q *chunkQueue) add(k chunkKey, device string, indexes []uint32, now time.Time) int {
+	n, _ := q.enqueue(k, device, false, indexes, now)
+	return n
+}
+
+// A device asking again for a chunk whose publish went to it (it had
+// asked before) is not answered with another publish to every device
+// downloading the version while that publish is on its way: for the
+// round's length, at least minSentGrace. A device that asked only after
+// the publish, a fresh request (a restarted or reconnected agent) and any
+// request after the grace are answered.
+func TestChunkQueueDoesNotRepublishWhatIsOnItsWay(t *testing.T) {
+	q := newChunkQueue(0, 0)
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	k := chunkKey{"fraud", "v1", ""}
+	require.Equal(t, 3, q.add(k, "early", []uint32{0, 1, 2}, at(0)))
+	take := func(now time.Time) uint32 {
+		t.Helper()
+		_, i, ok, _ := q.next(now)
+		require.True(t, ok)
+		return i
+	}
+	assert.Equal(t, uint32(0), take(at(10)))
+	assert.Equal(t, uint32(1), take(at(1000)))
+
+	added, onItsWay := q.enqueue(k, "early", false, []uint32{0, 1, 2}, at(1500))
+	assert.Equal(t, 0, added, "0 and 1 are on their way to it, 2 is still queued")
+	assert.Equal(t, 2, onItsWay)
+	added, onItsWay = q.enqueue(k, "late", false, []uint32{0, 1, 2}, at(1600))
+	assert.Equal(t, 2, added, "a device that asked after the publishes gets them again")
+	assert.Zero(t, onItsWay)
+	added, _ = q.enqueue(k, "early", true, []uint32{0}, at(1700))
+	assert.Zero(t, added, "queued again for late already")
+	for q.queued() > 0 {
+		take(at(2000))
+	}
+	added, onItsWay = q.enqueue(k, "restarted", false, []uint32{0}, at(2100))
+	require.Equal(t, 1, added)
+	take(at(2200))
+	added, onItsWay = q.enqueue(k, "restarted", true, []uint32{0}, at(2300))
+	assert.Equal(t, 1, added, "a fresh request forgets what was published before it")
+	assert.Zero(t, onItsWay)
+	take(at(2400))
+
+	// "late" asked at 1.6 s; 0 was published again at 2.4 s. Inside the
+	// grace (5 s at least) it is on its way, after it it is published.
+	added, onItsWay = q.enqueue(k, "late", false, []uint32{0}, at(2400+4900))
+	assert.Zero(t, added)
+	assert.Equal(t, 1, onItsWay)
+	added, onItsWay = q.enqueue(k, "late", false, []uint32{0}, at(2400+5000))
+	assert.Equal(t, 1, added, "after the grace it is asked for as if lost")
+	assert.Zero(t, onItsWay)
+}
+
+// The grace grows with the round: a round whose publishes took 30 s to
+// go out (a fan-out to thousands of devices) protects them for 30 s, at
+// most maxSentGrace.
+func TestChunkQueueGraceFollowsTheRound(t *testing.T) {
+	q := newChunkQueue(0, 0)
+	t0 := time.Now()
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	k := chunkKey{"fraud", "v1", ""}
+	q.add(k, "dev", []uint32{0, 1}, at(0))
+	q.next(at(0.1))
+	q.next(at(30.1))
+	added, onItsWay := q.enqueue(k, "dev", false, []uint32{0}, at(25))
+	assert.Equal(t, 0, added, "25 s after its publish, in a round that took 30 s")
+	assert.Equal(t, 1, onItsWay)
+	assert.Equal(t, 1, q.add(k, "dev", []uint32{0}, at(30.2)))
+
+	s := &sentChunks{roundStart: at(0), roundLast: at(3600)}
+	assert.Equal(t, maxSentGrace, s.grace())
 }

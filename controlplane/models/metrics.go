@@ -10,6 +10,9 @@ type metrics struct {
 	// directChunks are the chunks published to one device's
 	// own topic (a download its site shares).
 	directChunks prometheus.Counter
+	// onItsWay are chunks asked for again and not published again: their
+	// last publish was already on its way to the device (sentChunks).
+	onItsWay prometheus.Counter
 }
 
 // Upload results (the result label of edgefleet_model_uploads_total).
@@ -37,8 +40,12 @@ func newMetrics(reg prometheus.Registerer, versions, corrupt func() float64) *me
 			Name: "edgefleet_chunk_publishes_direct_total",
 			Help: "Of edgefleet_chunk_publishes_total, the chunks published on one device's own chunk topic: its part of a download its site shares.",
 		}),
+		onItsWay: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgefleet_chunk_requests_on_their_way_total",
+			Help: "Chunks devices asked for again within the grace of a publish that already went to them: not published again to every device downloading the version.",
+		}),
 	}
-	reg.MustRegister(m.uploads, m.chunks, m.chunkBytes, m.directChunks,
+	reg.MustRegister(m.uploads, m.chunks, m.chunkBytes, m.directChunks, m.onItsWay,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgefleet_model_versions", Help: "Uploaded model versions.",
 		}, versions),

@@ -1917,7 +1917,16 @@ type FetchRequest struct {
 	// ignores it and publishes on the shared topic, which such a device does
 	// not subscribe to: agents ask directly only of a control plane that sent
 	// them a SitePeers document.
-	Direct        bool `protobuf:"varint,5,opt,name=direct,proto3" json:"direct,omitempty"`
+	Direct bool `protobuf:"varint,5,opt,name=direct,proto3" json:"direct,omitempty"`
+	// fresh marks the first request since the device subscribed to the
+	// chunk topic: a new download, a restart, a reconnect (added
+	// 2026-12-07). The control plane does not publish again a chunk whose
+	// last publish went to a device that had asked before it, for a grace
+	// of seconds (the publish is on its way); a fresh request makes it
+	// forget the device's earlier requests, since what was published before
+	// may never have reached it. An older agent never sets it and waits out
+	// the grace after a restart; an older control plane ignores it.
+	Fresh         bool `protobuf:"varint,6,opt,name=fresh,proto3" json:"fresh,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1983,6 +1992,13 @@ func (x *FetchRequest) GetMissing() []uint32 {
 func (x *FetchRequest) GetDirect() bool {
 	if x != nil {
 		return x.Direct
+	}
+	return false
+}
+
+func (x *FetchRequest) GetFresh() bool {
+	if x != nil {
+		return x.Fresh
 	}
 	return false
 }
@@ -4080,13 +4096,14 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
 	"\x05index\x18\x03 \x01(\rR\x05index\x12\x12\n" +
-	"\x04data\x18\x04 \x01(\fR\x04data\"\x8b\x01\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\"\xa1\x01\n" +
 	"\fFetchRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12\x18\n" +
 	"\amissing\x18\x04 \x03(\rR\amissing\x12\x16\n" +
-	"\x06direct\x18\x05 \x01(\bR\x06direct\"\xd1\x03\n" +
+	"\x06direct\x18\x05 \x01(\bR\x06direct\x12\x14\n" +
+	"\x05fresh\x18\x06 \x01(\bR\x05fresh\"\xd1\x03\n" +
 	"\vStatusEvent\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x10\n" +

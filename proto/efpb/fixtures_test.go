@@ -281,6 +281,13 @@ var fixtures = []struct {
 		hex:  "0a076465762d303034120566726175641a05312e322e302201072801",
 	},
 	{
+		// A third: the first request since the device subscribed (added
+		// 2026-12-07).
+		name: "FetchRequest",
+		msg:  &efpb.FetchRequest{DeviceId: "dev-005", Name: "fraud", Version: "1.2.0", Missing: []uint32{0, 1}, Fresh: true},
+		hex:  "0a076465762d303035120566726175641a05312e322e30220200013001",
+	},
+	{
 		name: "StatusEvent",
 		msg: &efpb.StatusEvent{
 			ProtocolVersion: 1,
@@ -525,7 +532,9 @@ func TestFixturesNamedForTheirType(t *testing.T) {
 		// Retraining lineage (issue 13), part of a Manifest.
 		"TrainingInfo",
 		// The challenger's inference time in a shadow report (issue 13).
-		"Telemetry"}
+		"Telemetry",
+		// The first fetch request since the device subscribed.
+		"FetchRequest"}
 	var got []string
 	for _, fx := range fixtures {
 		assert.Equal(t, fx.name, string(fx.msg.ProtoReflect().Descriptor().Name()))
