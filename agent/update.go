@@ -737,7 +737,9 @@ func (a *Agent) apply(ctx context.Context, ds *efpb.DesiredState) {
 			if old != nil {
 				a.releaseTarget(ctx, s, old)
 			}
-			a.ensureSub(ctx, a.topics.Manifest(s.name, as.GetVersion()), evManifest)
+			if !a.inlineManifest(ctx, s, as.GetManifest()) {
+				a.ensureSub(ctx, a.topics.Manifest(s.name, as.GetVersion()), evManifest)
+			}
 		}
 	}
 	for _, s := range a.slotList() {
@@ -792,6 +794,34 @@ func (a *Agent) handleManifest(ctx context.Context, topic string, payload []byte
 		return
 	}
 	a.unsub(ctx, topic)
+	a.startDownload(ctx, s, payload, m)
+}
+
+// inlineManifest takes the target's manifest from its assignment in the
+// desired state (ModelAssignment.manifest), and reports whether it did.
+// One that does not pass checkManifest is not a refusal: the desired
+// state may have outlived the manifest's renewals, so the agent fetches
+// the one on the manifest topic, and judges that one.
+func (a *Agent) inlineManifest(ctx context.Context, s *slot, payload []byte) bool {
+	if len(payload) == 0 {
+		return false
+	}
+	env, err := decodeEnvelope(payload)
+	var m *efpb.Manifest
+	if err == nil {
+		m, err = a.checkManifest(env, s.name, s.st.Target)
+	}
+	if err != nil {
+		a.log.Info("manifest in the desired state not taken; fetching the published one", "model", s.name, "version", s.st.Target.Version, "err", err)
+		return false
+	}
+	a.startDownload(ctx, s, payload, m)
+	return true
+}
+
+// startDownload records the target's verified manifest m (payload: its
+// envelope) and starts downloading the model.
+func (a *Agent) startDownload(ctx context.Context, s *slot, payload []byte, m *efpb.Manifest) {
 	next := s.st.clone()
 	next.Target.Manifest = payload
 	next.Target.Phase = PhaseDownloading

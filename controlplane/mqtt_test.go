@@ -449,7 +449,10 @@ func TestRenewExtendsExpiringDocuments(t *testing.T) {
 // make the control plane publish models for nothing. A fetch for a version
 // the device was not assigned is dropped (not_assigned) and nothing is
 // published; an assigned version may be asked for a few times over within
-// the window, then further requests are dropped (rate_limited).
+// the window, then further requests are dropped (rate_limited). Asked
+// again without saying it started afresh (FetchRequest.fresh), chunks
+// whose publish already went to the device are not published again at
+// all (on their way) — and they count against the budget anyway.
 func TestFetchOnlyAssignedVersionsWithinABudget(t *testing.T) {
 	ts := newTestServer(t, func(o *controlplane.Options) { o.ChunkBatchWindow = -1 })
 	creds := ts.register("dev-1", nil)
@@ -463,7 +466,7 @@ func TestFetchOnlyAssignedVersionsWithinABudget(t *testing.T) {
 	sc := topics.Scheme{Prefix: creds.TopicPrefix}
 	fetch := func(version string) {
 		t.Helper()
-		req, err := proto.Marshal(&efpb.FetchRequest{DeviceId: "dev-1", Name: "fraud", Version: version})
+		req, err := proto.Marshal(&efpb.FetchRequest{DeviceId: "dev-1", Name: "fraud", Version: version, Fresh: true})
 		require.NoError(t, err)
 		publish(t, c, sc.Fetch("dev-1"), req)
 	}
@@ -477,12 +480,18 @@ func TestFetchOnlyAssignedVersionsWithinABudget(t *testing.T) {
 	assert.Zero(t, published(), "nothing published for a version the device was not assigned")
 
 	// v1 is dev-1's: DefaultFetchBudget downloads are served, the next is not.
-	for i := range models.DefaultFetchBudget {
+	for i := range models.DefaultFetchBudget - 1 {
 		fetch("v1")
 		want := float64((i + 1) * int(mv.ChunkCount))
 		require.Eventually(t, func() bool { return published() == want }, 10*time.Second, 5*time.Millisecond, "download %d", i+1)
 	}
+	again, err := proto.Marshal(&efpb.FetchRequest{DeviceId: "dev-1", Name: "fraud", Version: "v1"})
+	require.NoError(t, err)
+	publish(t, c, sc.Fetch("dev-1"), again) // the budget's last download, not fresh
+	onItsWay := func() float64 { return metricValue(t, ts, "edgefleet_chunk_requests_on_their_way_total") }
+	require.Eventually(t, func() bool { return onItsWay() == float64(mv.ChunkCount) }, 10*time.Second, 5*time.Millisecond)
+	assert.Equal(t, float64((models.DefaultFetchBudget-1)*int(mv.ChunkCount)), published(), "on its way: not published again")
 	fetch("v1")
 	require.Eventually(t, func() bool { return sumDropped(t, ts, ingest.RateLimited) == 1 }, 10*time.Second, 5*time.Millisecond)
-	assert.Equal(t, float64(models.DefaultFetchBudget*int(mv.ChunkCount)), published())
+	assert.Equal(t, float64((models.DefaultFetchBudget-1)*int(mv.ChunkCount)), published())
 }

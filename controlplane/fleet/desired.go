@@ -79,8 +79,18 @@ func (f *Fleet) assign(ctx context.Context, model, version string, ids []string)
 		return nil, err
 	}
 	want := &efpb.ModelAssignment{Name: model, Version: version, Sha256: sum}
+	if env, err := f.opts.Models.ManifestEnvelope(model, version); err == nil && len(env) <= f.opts.InlineManifestMax {
+		want.Manifest = env
+	}
 	change := func(cur []*efpb.ModelAssignment) []*efpb.ModelAssignment {
 		out := slices.DeleteFunc(cur, func(a *efpb.ModelAssignment) bool { return a.Name == want.Name })
+		for i, a := range out {
+			if a.Manifest != nil { // served already (or on its way): the topic has it
+				a = proto.CloneOf(a)
+				a.Manifest = nil
+				out[i] = a
+			}
+		}
 		out = append(out, proto.CloneOf(want))
 		slices.SortFunc(out, func(a, b *efpb.ModelAssignment) int { return strings.Compare(a.Name, b.Name) })
 		return out

@@ -44,7 +44,10 @@ type oneModel struct{}
 
 func (oneModel) SHA256(string, string) ([]byte, error) { return make([]byte, 32), nil }
 func (oneModel) ExpectFetches(string, string, int)     {}
-func (oneModel) Corrupt(string, string) string         { return "" }
+func (oneModel) ManifestEnvelope(name, version string) ([]byte, error) {
+	return []byte("the manifest of " + name + "@" + version), nil
+}
+func (oneModel) Corrupt(string, string) string { return "" }
 
 // TestDeployIssuesEachDeviceItsOwnSignedState: desired states are written
 // several devices to a transaction and only the first signature of a
@@ -102,4 +105,47 @@ func TestDeployRefusedWhenTheControlKeyIsNotTrusted(t *testing.T) {
 		var rec desiredRecord
 		assert.Error(t, tf.opts.KV.GetJSON(prefixDesired+id, &rec), "%s: nothing stored", id)
 	}
+}
+
+// The assignment a deployment changes carries the version's manifest when
+// it is small (the agent then needs no subscription to the manifest
+// topic); the assignments carried over from the device's previous state
+// drop theirs, so a device's retained state holds one manifest at most.
+// Beyond InlineManifestMax, or with it negative, none is carried.
+func TestDesiredStateCarriesASmallManifest(t *testing.T) {
+	tf := newTestFleet(t, t.TempDir(), time.Hour, "dev-a")
+	t.Cleanup(func() { _ = tf.db.Close() })
+	bus := &retainedBus{retained: map[string][]byte{}}
+	tf.opts.Bus, tf.opts.Models = bus, oneModel{}
+	desired := func() map[string][]byte {
+		t.Helper()
+		env := &efpb.Envelope{}
+		require.NoError(t, proto.Unmarshal(bus.get(tf.scheme.Desired("dev-a")), env))
+		d, err := tf.opts.Keys.Verifier.VerifyDesired(env, time.Now())
+		require.NoError(t, err)
+		out := map[string][]byte{}
+		for _, m := range d.Models {
+			out[m.Name+"@"+m.Version] = m.Manifest
+		}
+		return out
+	}
+	deploy := func(model, version string) {
+		t.Helper()
+		_, err := tf.Deploy(context.Background(), api.DeployRequest{Model: model, Version: version, Devices: []string{"dev-a"}})
+		require.NoError(t, err)
+	}
+
+	assert.Equal(t, DefaultInlineManifestMax, tf.opts.InlineManifestMax)
+	deploy("fraud", "1")
+	assert.Equal(t, map[string][]byte{"fraud@1": []byte("the manifest of fraud@1")}, desired())
+	deploy("churn", "7")
+	assert.Equal(t, map[string][]byte{"fraud@1": nil, "churn@7": []byte("the manifest of churn@7")}, desired(),
+		"the carried-over assignment drops its manifest")
+
+	tf.opts.InlineManifestMax = len("the manifest of fraud@2") - 1
+	deploy("fraud", "2")
+	assert.Equal(t, map[string][]byte{"fraud@2": nil, "churn@7": nil}, desired(), "one byte too large")
+	tf.opts.InlineManifestMax = -1
+	deploy("churn", "8")
+	assert.Equal(t, map[string][]byte{"fraud@2": nil, "churn@8": nil}, desired(), "negative: never")
 }

@@ -27,6 +27,13 @@ import (
 // default.
 const DefaultDesiredTTL = 30 * 24 * time.Hour
 
+// DefaultInlineManifestMax is Options.InlineManifestMax by default: the
+// fraud example's manifest for a 1 MiB model is 3.8 KiB; 8 KiB covers
+// models of up to ~150 chunks (about 9 MiB) with its schema, test vectors
+// and reference statistics. 10,000 devices' retained desired states grow
+// by at most 80 MiB in the broker and the store.
+const DefaultInlineManifestMax = 8 << 10
+
 // Bus publishes on the MQTT bus (QoS 1) and names the broker devices use.
 type Bus interface {
 	Publish(ctx context.Context, topic string, payload []byte, retain bool) error
@@ -38,6 +45,9 @@ type Bus interface {
 // version (its chunks then go out in one round for all of them).
 type Models interface {
 	SHA256(name, version string) ([]byte, error)
+	// ManifestEnvelope is the version's signed manifest as published; a
+	// small one travels in the desired state (Options.InlineManifestMax).
+	ManifestEnvelope(name, version string) ([]byte, error)
 	ExpectFetches(name, version string, devices int)
 	// Corrupt is why a version's stored file cannot be served ("" when it can).
 	Corrupt(name, version string) string
@@ -66,6 +76,12 @@ type Options struct {
 	// BrokerURL is the broker devices are told at registration; default
 	// Bus.URL().
 	BrokerURL string
+	// InlineManifestMax is the largest manifest envelope a desired state
+	// carries in the assignment it changes (ModelAssignment.manifest),
+	// sparing each device a subscription to the manifest topic; every
+	// device's retained desired state grows by it. Default
+	// DefaultInlineManifestMax; negative: never.
+	InlineManifestMax int
 	// DesiredTTL is how long a signed desired state is valid; default
 	// DefaultDesiredTTL.
 	DesiredTTL time.Duration
@@ -121,6 +137,9 @@ type Fleet struct {
 
 // New returns the fleet of o.Registry.
 func New(o Options) *Fleet {
+	if o.InlineManifestMax == 0 {
+		o.InlineManifestMax = DefaultInlineManifestMax
+	}
 	if o.DesiredTTL == 0 {
 		o.DesiredTTL = DefaultDesiredTTL
 	}

@@ -1591,6 +1591,16 @@ type ModelAssignment struct {
 	Version string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
 	// sha256 of the model bytes; must equal the manifest's.
 	Sha256 []byte `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// manifest is the version's release-signed manifest envelope, exactly as
+	// published on its manifest topic, when it is small (added 2026-12-07):
+	// the agent takes it from here instead of subscribing to the topic for
+	// the retained copy and unsubscribing again — six MQTT packets per
+	// device per rollout. It is checked exactly as the topic's copy; one
+	// that does not verify (e.g. expired: a desired state outlives a
+	// manifest's renewals) is ignored and the topic's copy fetched. Set
+	// only on the assignment a desired state changes. An older agent
+	// ignores it and subscribes, as before.
+	Manifest []byte `protobuf:"bytes,4,opt,name=manifest,proto3" json:"manifest,omitempty"`
 	// --- Field data capture (issue 13; added 2026-12-06). Numbers from 40
 	// up are kept for capture so parallel additions below 40 do not collide.
 	// capture is the model's capture policy on this device; absent (or a
@@ -1648,6 +1658,13 @@ func (x *ModelAssignment) GetVersion() string {
 func (x *ModelAssignment) GetSha256() []byte {
 	if x != nil {
 		return x.Sha256
+	}
+	return nil
+}
+
+func (x *ModelAssignment) GetManifest() []byte {
+	if x != nil {
+		return x.Manifest
 	}
 	return nil
 }
@@ -4069,11 +4086,12 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\vdescription\x18\x13 \x01(\tR\vdescription\x12-\n" +
 	"\x12relative_tolerance\x18\x14 \x01(\x02R\x11relativeTolerance\x12!\n" +
 	"\flabel_output\x18\x15 \x01(\tR\vlabelOutput\x12!\n" +
-	"\fscore_output\x18\x16 \x01(\tR\vscoreOutput\"\x8e\x01\n" +
+	"\fscore_output\x18\x16 \x01(\tR\vscoreOutput\"\xaa\x01\n" +
 	"\x0fModelAssignment\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x16\n" +
-	"\x06sha256\x18\x03 \x01(\fR\x06sha256\x125\n" +
+	"\x06sha256\x18\x03 \x01(\fR\x06sha256\x12\x1a\n" +
+	"\bmanifest\x18\x04 \x01(\fR\bmanifest\x125\n" +
 	"\acapture\x18( \x01(\v2\x1b.edgefleet.v1.CapturePolicyR\acapture\"\xca\x02\n" +
 	"\fDesiredState\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +

@@ -228,6 +228,15 @@ var fixtures = []struct {
 			"68616e7432025a173801",
 	},
 	{
+		// The version's manifest carried in the assignment (added
+		// 2026-12-07).
+		name: "DesiredState",
+		msg: &efpb.DesiredState{ProtocolVersion: 1, DeviceId: "dev-001", Generation: 14,
+			Models: []*efpb.ModelAssignment{{Name: "fraud", Version: "1.2.0", Sha256: []byte{0xab, 0xcd}, Manifest: []byte{0x0a, 0x01, 0x02}}}},
+		hex: "080112076465762d303031180e22170a0566726175641205312e322e301a02ab" +
+			"cd22030a0102",
+	},
+	{
 		name: "CaptureBatch",
 		msg: &efpb.CaptureBatch{ProtocolVersion: 1, DeviceId: "dev-001", Stream: 0x1122334455667788, Batch: 42,
 			Rows: []*efpb.CaptureRow{{ModelName: "fraud", ModelVersion: "1.1.0", InferenceId: "inf-9", Row: 2, TimeUnixMs: 1795608000123,
@@ -533,8 +542,9 @@ func TestFixturesNamedForTheirType(t *testing.T) {
 		"TrainingInfo",
 		// The challenger's inference time in a shadow report (issue 13).
 		"Telemetry",
-		// The first fetch request since the device subscribed.
-		"FetchRequest"}
+		// The first fetch request since the device subscribed, and a
+		// manifest carried in the desired state.
+		"FetchRequest", "DesiredState"}
 	var got []string
 	for _, fx := range fixtures {
 		assert.Equal(t, fx.name, string(fx.msg.ProtoReflect().Descriptor().Name()))
