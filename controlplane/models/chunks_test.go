@@ -260,9 +260,11 @@ func TestChunkQueueDoesNotRepublishWhatIsOnItsWay(t *testing.T) {
 	for q.queued() > 0 {
 		take(at(2000))
 	}
-	added, onItsWay = q.enqueue(k, "restarted", false, []uint32{0}, at(2100))
-	require.Equal(t, 1, added)
+	require.Equal(t, 1, q.add(k, "restarted", []uint32{0}, at(2100)))
 	take(at(2200))
+	added, onItsWay = q.enqueue(k, "restarted", false, []uint32{0}, at(2250))
+	require.Zero(t, added)
+	require.Equal(t, 1, onItsWay, "asked before the publish at 2.2 s: on its way")
 	added, onItsWay = q.enqueue(k, "restarted", true, []uint32{0}, at(2300))
 	assert.Equal(t, 1, added, "a fresh request forgets what was published before it")
 	assert.Zero(t, onItsWay)
