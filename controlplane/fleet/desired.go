@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -83,14 +82,7 @@ func (f *Fleet) assign(ctx context.Context, model, version string, ids []string)
 		want.Manifest = env
 	}
 	change := func(cur []*efpb.ModelAssignment) []*efpb.ModelAssignment {
-		out := slices.DeleteFunc(cur, func(a *efpb.ModelAssignment) bool { return a.Name == want.Name })
-		for i, a := range out {
-			if a.Manifest != nil { // served already (or on its way): the topic has it
-				a = proto.CloneOf(a)
-				a.Manifest = nil
-				out[i] = a
-			}
-		}
+		out := withoutManifests(slices.DeleteFunc(cur, func(a *efpb.ModelAssignment) bool { return a.Name == want.Name }))
 		out = append(out, proto.CloneOf(want))
 		slices.SortFunc(out, func(a, b *efpb.ModelAssignment) int { return strings.Compare(a.Name, b.Name) })
 		return out
@@ -108,6 +100,21 @@ func (f *Fleet) assign(ctx context.Context, model, version string, ids []string)
 	f.expectFetches(model, version, issued)
 	f.publish(ctx, issued)
 	return issued, nil
+}
+
+// withoutManifests drops the manifests of assignments a desired state
+// carries over (ModelAssignment.manifest travels only with the change that
+// brought the version: the topic has it, and a carried copy would outlive
+// its renewals).
+func withoutManifests(as []*efpb.ModelAssignment) []*efpb.ModelAssignment {
+	for i, a := range as {
+		if a.Manifest != nil {
+			a = proto.CloneOf(a)
+			a.Manifest = nil
+			as[i] = a
+		}
+	}
+	return as
 }
 
 // publish publishes issued desired states, retained, recording failures in
@@ -249,7 +256,11 @@ func (f *Fleet) issueOne(tx *store.Tx, id string, now time.Time, change func([]*
 	var prev desiredRecord
 	var cur []*efpb.ModelAssignment
 	var shadows []*efpb.ShadowAssignment
-	switch err := tx.GetJSON(prefixDesired+id, &prev); {
+	b, err := tx.Get(prefixDesired + id)
+	if err == nil {
+		prev, err = decodeDesiredRecord(b)
+	}
+	switch {
 	case err == nil:
 		d, err := desiredPayload(prev.Envelope)
 		if err != nil {
@@ -290,7 +301,7 @@ func (f *Fleet) issueOne(tx *store.Tx, id string, now time.Time, change func([]*
 	if err != nil {
 		return issuedState{}, nil, err
 	}
-	if err := tx.SetJSON(prefixDesired+id, desiredRecord{Generation: d.Generation, Envelope: envBytes}); err != nil {
+	if err := tx.Set(prefixDesired+id, desiredRecord{Generation: d.Generation, Envelope: envBytes}.encode()); err != nil {
 		return issuedState{}, nil, err
 	}
 	return issuedState{id: id, gen: d.Generation, env: envBytes}, desiredSummary(d), nil
@@ -316,8 +327,8 @@ func (f *Fleet) PublishRetained(ctx context.Context) (int, error) {
 	defer f.issueMu.Unlock()
 	n := 0
 	err := f.opts.KV.Scan(prefixDesired, func(key string, val []byte) error {
-		var rec desiredRecord
-		if err := json.Unmarshal(val, &rec); err != nil {
+		rec, err := decodeDesiredRecord(val)
+		if err != nil {
 			return fmt.Errorf("decode %s: %w", key, err)
 		}
 		id := strings.TrimPrefix(key, prefixDesired)
@@ -347,7 +358,7 @@ func (f *Fleet) Renew(ctx context.Context) error {
 	if len(due) == 0 {
 		return nil
 	}
-	issued, err := f.issue(due, func(cur []*efpb.ModelAssignment) []*efpb.ModelAssignment { return cur })
+	issued, err := f.issue(due, withoutManifests)
 	if err != nil {
 		return fmt.Errorf("renew desired states: %w", err)
 	}
@@ -359,8 +370,12 @@ func (f *Fleet) Renew(ctx context.Context) error {
 // signedByOldKey reports whether device id's stored desired state was
 // signed by a control key other than the current one.
 func (f *Fleet) signedByOldKey(id string) bool {
-	var rec desiredRecord
-	if err := f.opts.KV.GetJSON(prefixDesired+id, &rec); err != nil {
+	b, err := f.opts.KV.Get(prefixDesired + id)
+	if err != nil {
+		return false
+	}
+	rec, err := decodeDesiredRecord(b)
+	if err != nil {
 		return false
 	}
 	return !keys.SignedBy(rec.Envelope, f.opts.Keys.Control.ID)

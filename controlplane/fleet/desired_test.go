@@ -14,6 +14,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/signing"
+	"github.com/edgefleet/edgefleet/internal/store"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
@@ -102,8 +103,8 @@ func TestDeployRefusedWhenTheControlKeyIsNotTrusted(t *testing.T) {
 	require.ErrorContains(t, err, "does not verify with the trust bundle")
 	for _, id := range []string{"dev-a", "dev-b"} {
 		assert.Nil(t, bus.get(tf.scheme.Desired(id)), "%s: nothing published", id)
-		var rec desiredRecord
-		assert.Error(t, tf.opts.KV.GetJSON(prefixDesired+id, &rec), "%s: nothing stored", id)
+		_, err := tf.opts.KV.Get(prefixDesired + id)
+		assert.ErrorIs(t, err, store.ErrNotFound, "%s: nothing stored", id)
 	}
 }
 
@@ -148,4 +149,41 @@ func TestDesiredStateCarriesASmallManifest(t *testing.T) {
 	tf.opts.InlineManifestMax = -1
 	deploy("churn", "8")
 	assert.Equal(t, map[string][]byte{"fraud@2": nil, "churn@8": nil}, desired(), "negative: never")
+}
+
+// Desired-state records written as JSON by earlier versions are read: a
+// control plane upgraded over them republishes them at start, counts
+// their generations on, and writes the binary form from the next deploy.
+func TestDesiredRecordsWrittenAsJSONAreRead(t *testing.T) {
+	tf := newTestFleet(t, t.TempDir(), time.Hour, "dev-a", "dev-b")
+	t.Cleanup(func() { _ = tf.db.Close() })
+	bus := &retainedBus{retained: map[string][]byte{}}
+	tf.opts.Bus, tf.opts.Models = bus, oneModel{}
+	_, err := tf.Deploy(context.Background(), api.DeployRequest{Model: "fraud", Version: "1", Devices: []string{"dev-a", "dev-b"}})
+	require.NoError(t, err)
+	b, err := tf.opts.KV.Get(prefixDesired + "dev-a")
+	require.NoError(t, err)
+	require.Equal(t, byte(desiredRecordV1), b[0], "written in the binary form")
+	rec, err := decodeDesiredRecord(b)
+	require.NoError(t, err)
+	old := desiredRecord{Generation: 41, Envelope: rec.Envelope} // as an earlier version wrote it
+	require.NoError(t, tf.opts.KV.SetJSON(prefixDesired+"dev-a", old, true))
+
+	bus.retained = map[string][]byte{}
+	n, err := tf.PublishRetained(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, 2, n, "the JSON record and the binary one")
+	assert.Equal(t, rec.Envelope, bus.get(tf.scheme.Desired("dev-a")))
+
+	res, err := tf.Deploy(context.Background(), api.DeployRequest{Model: "fraud", Version: "2", Devices: []string{"dev-a"}})
+	require.NoError(t, err)
+	assert.Equal(t, uint64(42), res.Devices[0].Generation, "the JSON record's generation counted on")
+	b, err = tf.opts.KV.Get(prefixDesired + "dev-a")
+	require.NoError(t, err)
+	assert.Equal(t, byte(desiredRecordV1), b[0], "rewritten in the binary form")
+
+	for _, bad := range [][]byte{nil, {0x7f}, {desiredRecordV1}, []byte("{not json")} {
+		_, err := decodeDesiredRecord(bad)
+		assert.Error(t, err, "%q", bad)
+	}
 }
