@@ -88,7 +88,7 @@ func (a *Agent) slotReport(s *slot) (state efpb.ModelState, version, reason stri
 }
 
 func (a *Agent) report(ctx context.Context, s *slot, state efpb.ModelState, version, reason string) {
-	a.emitStatus(ctx, a.statusEvent(s, state, version, reason))
+	a.emitStatus(a.statusEvent(s, state, version, reason))
 }
 
 // statusEvent is the status event of slot s in state about version.

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"time"
 
 	"github.com/edgefleet/edgefleet/proto/efpb"
@@ -65,7 +64,7 @@ func (h *statusHold) C() <-chan time.Time {
 // emitStatus reports ev, a state of model ev.ModelName, through the hold.
 // ev's envelope fields are filled now (its time is when the state was
 // entered), its sequence number when it is queued.
-func (a *Agent) emitStatus(ctx context.Context, ev *efpb.StatusEvent) {
+func (a *Agent) emitStatus(ev *efpb.StatusEvent) {
 	a.fillStatus(ev)
 	h := &a.u.status
 	prev := h.held[ev.GetModelName()]

@@ -1261,7 +1261,7 @@ func (a *Agent) failTargetWith(ctx context.Context, s *slot, kind efpb.Refusal, 
 	}
 	ev := a.statusEvent(s, efpb.ModelState_MODEL_STATE_FAILED, t.Version, reason)
 	ev.Refused = kind
-	a.emitStatus(ctx, ev)
+	a.emitStatus(ev)
 }
 
 // releaseTarget lets go of what the update to t held: its download, its
@@ -1341,7 +1341,7 @@ func (a *Agent) refuse(ctx context.Context, model string, kind efpb.Refusal, rea
 	a.refused.Add(1)
 	a.logLimited(slog.LevelWarn, logKindRefused, "refused", "model", model, "reason", reason)
 	a.flushHeldBefore(model) // a refusal is not a state of the model: it follows what was held
-	a.emitStatus(ctx, &efpb.StatusEvent{ModelName: model, State: efpb.ModelState_MODEL_STATE_FAILED, Reason: reason, Refused: kind})
+	a.emitStatus(&efpb.StatusEvent{ModelName: model, State: efpb.ModelState_MODEL_STATE_FAILED, Reason: reason, Refused: kind})
 }
 
 // enterPhase calls the PhaseHook, if any, for the phase the update of s has
