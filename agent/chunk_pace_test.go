@@ -98,4 +98,19 @@ func TestFirstFetchRequestIsFresh(t *testing.T) {
 	require.Eventually(t, func() bool { return len(h.fetchesFor("dev-1")) > len(before) }, 30*time.Second, 10*time.Millisecond,
 		"the restarted agent never asked")
 	assert.True(t, h.fetchesFor("dev-1")[len(before)].GetFresh(), "the first request after the restart")
+
+	// A reconnect: what was published while the agent was away is lost.
+	// (A retry in flight at the disconnect may be delivered again first.)
+	require.Eventually(t, func() bool { return len(h.fetchesFor("dev-1")) > len(before)+1 }, 30*time.Second, 10*time.Millisecond,
+		"the restarted agent never asked again")
+	n := len(h.fetchesFor("dev-1"))
+	require.True(t, h.broker.Disconnect("dev-1"))
+	require.Eventually(t, func() bool {
+		for _, f := range h.fetchesFor("dev-1")[n:] {
+			if f.GetFresh() {
+				return true
+			}
+		}
+		return false
+	}, 30*time.Second, 10*time.Millisecond, "no fresh request after the reconnect")
 }
