@@ -495,3 +495,35 @@ func TestFetchOnlyAssignedVersionsWithinABudget(t *testing.T) {
 	require.Eventually(t, func() bool { return sumDropped(t, ts, ingest.RateLimited) == 1 }, 10*time.Second, 5*time.Millisecond)
 	assert.Equal(t, float64((models.DefaultFetchBudget-1)*int(mv.ChunkCount)), published())
 }
+
+// A device receives the version's signed manifest inside its desired
+// state, as published on the manifest topic, unless the control plane is
+// told never to (Options.InlineManifestMax, --inline-manifest-max).
+func TestDesiredStateCarriesTheManifest(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		max    int
+		inline bool
+	}{{"default", 0, true}, {"never", -1, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := newTestServer(t, func(o *controlplane.Options) { o.InlineManifestMax = tc.max })
+			creds := ts.register("dev-1", nil)
+			ts.mustUpload("fraud", "v1", fleettest.TrainedModel(t, 1))
+			ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: []string{"dev-1"}})
+			c := deviceClient(t, creds)
+			sc := topics.Scheme{Prefix: creds.TopicPrefix}
+			desired := receive(t, subscribe(t, c, sc.Desired("dev-1")), "desired state")
+			ds, err := ts.internals().Keys.Verifier.VerifyDesired(mustEnvelope(t, desired.payload), time.Now())
+			require.NoError(t, err)
+			require.Len(t, ds.Models, 1)
+			published := receive(t, subscribe(t, c, sc.Manifest("fraud", "v1")), "manifest")
+			if !tc.inline {
+				assert.Empty(t, ds.Models[0].Manifest)
+				return
+			}
+			assert.Equal(t, published.payload, ds.Models[0].Manifest, "the manifest as published")
+			_, err = ts.internals().Keys.Verifier.VerifyManifest(mustEnvelope(t, ds.Models[0].Manifest), time.Now())
+			assert.NoError(t, err)
+		})
+	}
+}

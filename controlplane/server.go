@@ -125,6 +125,11 @@ type Options struct {
 	// DesiredTTL is how long a signed desired state is valid; default
 	// DefaultDesiredTTL. Desired states are re-issued before they expire.
 	DesiredTTL time.Duration
+	// InlineManifestMax is the largest signed manifest a desired state
+	// carries to the device (no subscription to the manifest topic then);
+	// every device's retained desired state grows by it. Default
+	// fleet.DefaultInlineManifestMax (8 KiB); negative: never.
+	InlineManifestMax int
 	// MaxModelSize bounds uploaded models; default
 	// transfer.DefaultLimits().MaxModelSize (256 MiB). Agents enforce their
 	// own limit, so raising it here alone does not help.
@@ -568,7 +573,7 @@ func (s *Server) build(ctx context.Context, closers *[]func()) (*components, err
 	c.fleet = fleet.New(fleet.Options{
 		KV: kv, Sync: c.db.Sync, Registry: c.registry, Keys: s.keys, Bus: c.bus, Scheme: s.scheme,
 		Models: c.models, Ingest: c.ingest, Capture: c.data, BrokerURL: o.PublicMQTTURL, DesiredTTL: o.DesiredTTL,
-		Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger, Acker: c.acks,
+		InlineManifestMax: o.InlineManifestMax, Clock: o.Clock, Registerer: s.metrics, Logger: o.Logger, Acker: c.acks,
 	})
 	c.sites, err = sites.New(sites.Options{
 		KV: c.db.Namespace("sites"), Keys: s.keys, Bus: c.bus, Scheme: s.scheme, Devices: c.registry,

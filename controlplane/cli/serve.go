@@ -54,6 +54,7 @@ written to --token-file if given).`,
 	f.IntVar(&opts.IngestConnections, "ingest-connections", 0, "with --mqtt-url: receive telemetry over `N` connections sharing one MQTT shared subscription (mosquitto 2, EMQX)")
 	f.StringVar(&opts.PublicMQTTURL, "public-mqtt-url", "", "broker `URL` devices are told, or a comma-separated list of a cluster's nodes (default: the broker's own URL)")
 	f.StringVar(&opts.TopicPrefix, "topic-prefix", "", "MQTT topic `PREFIX` (default ef/v1)")
+	f.IntVar(&opts.InlineManifestMax, "inline-manifest-max", 0, "largest signed manifest (`BYTES`) a desired state carries to the device, sparing it a subscription; every device's retained desired state grows by it (default 8192; -1: never)")
 	f.StringVar(&opts.ORTLibrary, "ort-lib", "", "`PATH` of libonnxruntime.so.1 (default: search; env EDGEFLEET_ORT_LIB)")
 	f.StringVar(&sf.tlsCert, "mqtt-tls-cert", "", "PEM certificate (chain) `FILE` for the embedded broker: serve MQTT over TLS")
 	f.StringVar(&sf.tlsKey, "mqtt-tls-key", "", "PEM private key `FILE` of --mqtt-tls-cert")
