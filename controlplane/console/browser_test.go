@@ -45,7 +45,10 @@ type browser struct {
 func startBrowser(t *testing.T, base string) *browser {
 	t.Helper()
 	bin := testkit.ChromiumBin(t)
-	opts := []chromedp.ExecAllocatorOption{chromedp.ExecPath(bin), chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 800)}
+	// Its own TMPDIR too: Chromium puts its singleton socket in a
+	// directory of its own there, which it leaves behind.
+	opts := []chromedp.ExecAllocatorOption{chromedp.ExecPath(bin), chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 800),
+		chromedp.Env("TMPDIR=" + t.TempDir())}
 	for _, f := range testkit.ChromiumFlags {
 		opts = append(opts, chromedp.Flag(strings.TrimPrefix(f, "--"), true))
 	}
