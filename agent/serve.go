@@ -57,8 +57,8 @@ type slot struct {
 	file         *os.File
 	manifest     *efpb.Manifest // the target's verified manifest
 	lastProgress time.Time      // last chunk added or request sent (monotonic: for stall detection, not the wall clock)
-	// pace is how the target's chunks arrive from the broker
-	// (retryStalled).
+	// pace is how the open download's chunks arrive from the broker
+	// (retryStalled); reset by openDownload.
 	pace      chunkPace
 	badChunks int // chunks refused in this download
 	// badFrom counts the refused copies of each chunk by the source that
@@ -116,7 +116,6 @@ func (s *slot) closeDownload() {
 	s.badChunks = 0
 	s.badFrom = nil
 	s.inflight = nil
-	s.pace = chunkPace{}
 }
 
 // chunkFrom is one chunk of a download from one source ("broker", or a

@@ -118,7 +118,7 @@ func (a *Agent) releaseDueStatus(all bool) {
 	}
 }
 
-// arm makes the timer fire at due, or earlier if it already would.
+// arm makes the timer fire at due (callers arm for the earliest held report).
 func (h *statusHold) arm(due time.Time) {
 	d := max(time.Until(due), 0)
 	if h.timer == nil {

@@ -78,7 +78,7 @@ func (f *Fleet) assign(ctx context.Context, model, version string, ids []string)
 		return nil, err
 	}
 	want := &efpb.ModelAssignment{Name: model, Version: version, Sha256: sum}
-	if env, err := f.opts.Models.ManifestEnvelope(model, version); err == nil && len(env) <= f.opts.InlineManifestMax {
+	if env, err := f.opts.Models.Envelope(model, version); err == nil && len(env) <= f.opts.InlineManifestMax {
 		want.Manifest = env
 	}
 	change := func(cur []*efpb.ModelAssignment) []*efpb.ModelAssignment {

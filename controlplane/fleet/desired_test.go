@@ -45,7 +45,7 @@ type oneModel struct{}
 
 func (oneModel) SHA256(string, string) ([]byte, error) { return make([]byte, 32), nil }
 func (oneModel) ExpectFetches(string, string, int)     {}
-func (oneModel) ManifestEnvelope(name, version string) ([]byte, error) {
+func (oneModel) Envelope(name, version string) ([]byte, error) {
 	return []byte("the manifest of " + name + "@" + version), nil
 }
 func (oneModel) Corrupt(string, string) string { return "" }

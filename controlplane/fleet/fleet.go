@@ -45,9 +45,9 @@ type Bus interface {
 // version (its chunks then go out in one round for all of them).
 type Models interface {
 	SHA256(name, version string) ([]byte, error)
-	// ManifestEnvelope is the version's signed manifest as published; a
-	// small one travels in the desired state (Options.InlineManifestMax).
-	ManifestEnvelope(name, version string) ([]byte, error)
+	// Envelope is the version's signed manifest as published; a small one
+	// travels in the desired state (Options.InlineManifestMax).
+	Envelope(name, version string) ([]byte, error)
 	ExpectFetches(name, version string, devices int)
 	// Corrupt is why a version's stored file cannot be served ("" when it can).
 	Corrupt(name, version string) string

@@ -177,10 +177,16 @@ func (q *chunkQueue) expect(k chunkKey, devices int, now time.Time) {
 		}
 	}
 	for k, s := range q.sent {
-		if q.pending[k] == nil && now.Sub(s.roundLast) > maxSentGrace {
+		if q.sentLapsed(k, s, now) {
 			delete(q.sent, k)
 		}
 	}
+}
+
+// sentLapsed says whether what k's shared topic carried protects nothing
+// any more: no round of k is queued and every grace is over. q.mu is held.
+func (q *chunkQueue) sentLapsed(k chunkKey, s *sentChunks, now time.Time) bool {
+	return q.pending[k] == nil && now.Sub(s.roundLast) > maxSentGrace
 }
 
 // enqueue queues indexes (all already validated) and reports how many
@@ -191,13 +197,12 @@ func (q *chunkQueue) enqueue(k chunkKey, device string, fresh bool, indexes []ui
 	q.mu.Lock()
 	if k.device == "" {
 		s := q.sent[k]
-		if s == nil || q.pending[k] == nil && now.Sub(s.roundLast) > maxSentGrace {
+		if s == nil || q.sentLapsed(k, s, now) {
 			s = &sentChunks{asked: map[string]time.Time{}, published: map[uint32]time.Time{}}
 			q.sent[k] = s
 		}
 		indexes, onItsWay = s.onItsWay(device, fresh, indexes, now)
-	}
-	if k.device != "" {
+	} else {
 		// Direct: no round to collect (nobody else receives these), but
 		// the device counts for the version's shared round.
 		shared := chunkKey{k.name, k.version, ""}

@@ -313,16 +313,6 @@ func (r *Registry) Reference(name, version string) ([]*efpb.FeatureStats, bool) 
 	return m.GetReference(), true
 }
 
-// ManifestEnvelope is a version's release-signed manifest envelope, as
-// published on its manifest topic now (renewals included).
-func (r *Registry) ManifestEnvelope(name, version string) ([]byte, error) {
-	rec := r.get(name, version)
-	if rec == nil {
-		return nil, api.Errorf(api.ErrNotFound, "model %s version %s does not exist", name, version)
-	}
-	return rec.Envelope, nil
-}
-
 // Manifest is a version's signed manifest payload (retrain jobs read the
 // schema, reference statistics and lineage from it).
 func (r *Registry) Manifest(name, version string) (*efpb.Manifest, error) {
