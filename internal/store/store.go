@@ -119,6 +119,7 @@ type DB struct {
 	stopGC    chan struct{}  // closed by Close to stop the GC goroutine
 	gcDone    sync.WaitGroup // the GC goroutine
 	gcRuns    atomic.Int64   // completed GC ticks, observed by tests
+	syncs     *syncGroup     // Sync's group commit
 }
 
 // Open opens (creating if needed) the store described by opts.
@@ -142,6 +143,7 @@ func Open(opts Options) (*DB, error) {
 		dir:      opts.Dir,
 		inMemory: opts.InMemory,
 		stopGC:   make(chan struct{}),
+		syncs:    newSyncGroup(),
 	}
 	interval := opts.GCInterval
 	if interval == 0 {
@@ -249,12 +251,13 @@ func (db *DB) Close() error {
 	return db.closeErr
 }
 
-// Sync flushes committed writes to stable storage (fsync). A no-op in memory.
+// Sync flushes the writes committed before the call to stable storage
+// (fsync). Concurrent callers share one sync (syncGroup). A no-op in memory.
 func (db *DB) Sync() error {
 	if db.closed.Load() {
 		return fmt.Errorf("store: sync: %w", ErrClosed)
 	}
-	if err := db.bdb.Sync(); err != nil {
+	if err := db.syncs.do(db.bdb.Sync); err != nil {
 		return fmt.Errorf("store: sync: %w", err)
 	}
 	return nil
