@@ -26,7 +26,7 @@ import (
 //
 //	ready URL                              (once, when it listens)
 //	chunks FILE CHUNKSIZE NAME VERSION  →  ok COUNT   (load the model's chunks as efpb.Chunk payloads)
-//	publish                             →  ok         (publish them on the version's chunk topic, QoS 1, through the inline client)
+//	publish                             →  ok         (publish them on the version's chunk topic through the inline client at QoS 1, as the control plane publishes a version's shared chunks)
 //	count                               →  ok         (an inline subscription on every device's telemetry that only counts)
 //	stats                               →  ok RECEIVED DROPPED
 //
