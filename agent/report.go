@@ -29,14 +29,16 @@ func (a *Agent) publish(ctx context.Context, topic string, payload []byte) {
 	}
 }
 
-// requestChunks publishes a fetch request without waiting for the
-// broker's acknowledgement (mqttc.PublishNoWait). The update loop must not
-// wait for it: the acknowledgement crosses the device's link behind the
-// chunks already queued for it, and while the loop waits it takes none of
-// them — on a 4 Mbit/s link with 64 chunks of 64 KiB queued, 8 s, after
-// which the download looked stalled and asked for its whole window again
-// (docs/architecture.md, "Distribution"). A lost request is asked again
-// when the download stalls.
+// requestChunks publishes a fetch request at QoS 0 without waiting
+// (mqttc.PublishNoWait). The update loop must not wait for it: an
+// acknowledgement would cross the device's link behind the chunks already
+// queued for it, and while the loop waited it took none of them — on a
+// 4 Mbit/s link with 64 chunks of 64 KiB queued, 8 s, after which the
+// download looked stalled and asked for its whole window again
+// (docs/architecture.md, "Distribution"). Nor does it need one: a lost
+// request is asked again when the download stalls, and a request resent
+// after a reconnect (QoS 1) would only repeat the fresh one the agent sends
+// then. QoS 0 saves the broker's PUBACK to every device for every request.
 func (a *Agent) requestChunks(req *efpb.FetchRequest) {
 	b, err := proto.Marshal(req)
 	if err != nil {
@@ -47,7 +49,7 @@ func (a *Agent) requestChunks(req *efpb.FetchRequest) {
 	if c == nil {
 		return
 	}
-	if err := c.PublishNoWait(a.topics.Fetch(a.opts.DeviceID), 1, false, b); err != nil {
+	if err := c.PublishNoWait(a.topics.Fetch(a.opts.DeviceID), 0, false, b); err != nil {
 		a.log.Debug("fetch request not sent", "err", err)
 	}
 }

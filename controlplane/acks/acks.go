@@ -24,11 +24,10 @@ import (
 const (
 	// DefaultInterval is how long acknowledgements are collected before
 	// they are published: one store sync and one message per device per
-	// interval, whatever the report rate. Each message is a QoS 1 publish
-	// and its PUBACK per device: at 200 ms a rollout cost ~4.8 of them per
-	// device (one per status event, nearly), at 1 s ~3.9, and a device
-	// reporting 10 times a second gets one per 10 reports instead of one
-	// per 2. Agents resend what is not acknowledged after 30 s.
+	// interval, whatever the report rate: at 200 ms a rollout cost ~4.8 of
+	// them per device (one per status event, nearly), at 1 s ~3.9, and a
+	// device reporting 10 times a second gets one per 10 reports instead of
+	// one per 2. Agents resend what is not acknowledged after 30 s.
 	DefaultInterval = time.Second
 	// DefaultMaxPending bounds the sequence numbers waiting for the next
 	// batch (all devices); past it the batch goes out at once.
@@ -41,6 +40,15 @@ const (
 // Publisher publishes a QoS 1 message (the control plane's bus).
 type Publisher interface {
 	Publish(ctx context.Context, topic string, payload []byte, retain bool) error
+}
+
+// atMostOncePublisher is bus.AtMostOncePublisher. Acknowledgements go out
+// at QoS 0 where the bus can: one that does not arrive costs a resent
+// report (deduplicated here and acknowledged again), while QoS 1 costs
+// every device a PUBACK for every acknowledgement, and in-flight tracking
+// in the broker.
+type atMostOncePublisher interface {
+	PublishAtMostOnce(ctx context.Context, topic string, payload []byte) error
 }
 
 // Options configure an Acker. Bus is required.
@@ -171,6 +179,10 @@ func (a *Acker) Flush(ctx context.Context) error {
 		topic   string
 		payload []byte
 	}
+	publish := func(topic string, payload []byte) error { return a.opts.Bus.Publish(ctx, topic, payload, false) }
+	if p, ok := a.opts.Bus.(atMostOncePublisher); ok {
+		publish = func(topic string, payload []byte) error { return p.PublishAtMostOnce(ctx, topic, payload) }
+	}
 	work := make(chan msg)
 	var wg sync.WaitGroup
 	var errMu sync.Mutex
@@ -178,7 +190,7 @@ func (a *Acker) Flush(ctx context.Context) error {
 	for range min(publishers, len(batch)) {
 		wg.Go(func() {
 			for m := range work {
-				if err := a.opts.Bus.Publish(ctx, m.topic, m.payload, false); err != nil {
+				if err := publish(m.topic, m.payload); err != nil {
 					a.failed.Inc()
 					errMu.Lock()
 					if firstErr == nil {
