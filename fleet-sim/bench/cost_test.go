@@ -39,7 +39,9 @@ func TestCostSmall(t *testing.T) {
 	assert.GreaterOrEqual(t, ro.ChunkPublishes, float64(ro.Chunks), "every chunk was published")
 	assert.Positive(t, ro.CPUSeconds, "the control plane process worked during the rollout")
 	assert.GreaterOrEqual(t, ro.CPUSeconds, ro.CPUNetSeconds)
-	assert.Zero(t, ro.BaselineMissing, "every raw subscriber got every chunk")
+	assert.Zero(t, ro.BaselineMissing, "every raw subscriber got every chunk, in every run")
+	require.Len(t, ro.BaselineRunsCPU, 3, "the raw fan-out runs three times by default")
+	assert.Equal(t, median(ro.BaselineRunsCPU), ro.BaselineCPUSeconds, "the ratio divides by the runs' median")
 	// Each device at least sent its fetch and status events and got its
 	// desired state, the manifest and the chunks; and acknowledgements.
 	assert.GreaterOrEqual(t, ro.PacketsIn, 3.0)
@@ -71,6 +73,15 @@ func TestCostSmall(t *testing.T) {
 	st, err := os.Stat(filepath.Join(dir, "cp.pprof"))
 	require.NoError(t, err)
 	assert.Positive(t, st.Size())
+}
+
+func TestMedian(t *testing.T) {
+	assert.Zero(t, median(nil))
+	assert.Equal(t, 2.0, median([]float64{3.8, 1.6, 2.0}))
+	assert.Equal(t, 2.5, median([]float64{4, 1, 2, 3}))
+	v := []float64{3, 1, 2}
+	median(v)
+	assert.Equal(t, []float64{3, 1, 2}, v, "the input is not sorted in place")
 }
 
 func TestProcCPU(t *testing.T) {
