@@ -48,7 +48,7 @@ type CostOptions struct {
 	FetchRetry time.Duration
 	// BaselineRuns is how many times the raw fan-out runs after the
 	// rollout; its median is the ratio's denominator. Default 3: single
-	// runs ranged 1.6–3.8 CPU-s on one idle machine within minutes.
+	// runs ranged 1.2–3.8 CPU-s on one idle machine within minutes.
 	BaselineRuns int
 	// ControlPlaneBin is the edgefleet binary run as `serve`; required.
 	ControlPlaneBin string
