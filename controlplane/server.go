@@ -313,7 +313,7 @@ func New(opts Options) (*Server, error) {
 		}, func() float64 { return s.brokerCount(func(b *broker.Broker) uint64 { return b.Stalled() }) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "edgefleet_broker_packets_received_total",
-			Help: "MQTT packets of any type the embedded broker received from network clients.",
+			Help: "MQTT packets of any type the embedded broker received from network clients (not the control plane's own publishes).",
 		}, func() float64 {
 			return s.brokerCount(func(b *broker.Broker) uint64 { r, _ := b.Packets(); return r })
 		}),

@@ -120,6 +120,8 @@ type Broker struct {
 	dropQ          atomic.Uint64  // messages dropped by full subscription queues
 	logsSuppressed atomic.Uint64  // mochi log lines over the per-client limit
 	stalled        atomic.Uint64  // connections closed by Options.WriteStall
+	injected       atomic.Uint64  // Publish calls: mochi counts them as received packets
+	receivedHigh   atomic.Uint64  // the highest count Packets returned (it never goes back)
 	closed         chan struct{}  // closed by Close
 
 	mem *memnet.Listener // Options.InMemory, else nil
@@ -337,7 +339,9 @@ func (b *Broker) Publish(topic string, payload []byte, retain bool, qos byte) er
 	if size := 5 + 2 + len(topic) + 2 + len(payload); size > int(b.opts.MaxPacketSize) {
 		return fmt.Errorf("broker: publish %q: %d bytes, max %d: %w", topic, size, b.opts.MaxPacketSize, ErrTooLarge)
 	}
+	b.injected.Add(1) // before: mochi counts it once its fan-out is done
 	if err := b.srv.Publish(topic, payload, retain, qos); err != nil {
+		b.injected.Add(^uint64(0)) // not counted by mochi either
 		return fmt.Errorf("broker: publish %q: %w", topic, err)
 	}
 	return nil
@@ -491,9 +495,26 @@ func (b *Broker) watchStalls(ln net.Listener) net.Listener {
 }
 
 // Packets counts the MQTT packets of any type the broker received from and
-// sent to network clients (mochi's $SYS counters).
+// sent to network clients: mochi's $SYS counters, less the control plane's
+// own publishes, which mochi counts as received.
+// A publish under way is subtracted before mochi counts it (after its
+// fan-out), so the count may lag by the publishes under way; it never goes
+// below one returned before (a Prometheus counter that dips reads as a
+// reset).
 func (b *Broker) Packets() (received, sent uint64) {
-	return uint64(atomic.LoadInt64(&b.srv.Info.PacketsReceived)), uint64(atomic.LoadInt64(&b.srv.Info.PacketsSent))
+	r := uint64(atomic.LoadInt64(&b.srv.Info.PacketsReceived))
+	received = r - min(r, b.injected.Load())
+	for {
+		high := b.receivedHigh.Load()
+		if received <= high {
+			received = high
+			break
+		}
+		if b.receivedHigh.CompareAndSwap(high, received) {
+			break
+		}
+	}
+	return received, uint64(atomic.LoadInt64(&b.srv.Info.PacketsSent))
 }
 
 // Clients is the number of connected network clients.

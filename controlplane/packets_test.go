@@ -1,0 +1,82 @@
+package controlplane_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
+	"github.com/edgefleet/edgefleet/internal/testkit"
+)
+
+// A rollout of a one-chunk model costs each device 12 MQTT packets on the
+// broker: the desired state (carrying the manifest), SUBSCRIBE and
+// UNSUBSCRIBE of the version's chunk topic, one fetch request (QoS 0), the
+// chunk, one status event and one acknowledgement (QoS 0), with the
+// answers the protocol requires. Each packet is broker CPU per device per
+// rollout (docs/scaling.md); this guards the count, which is exact where a
+// timing would not be: progress reports are held past the outcome here, as
+// a fast update's are. The broker's counters leave out the control plane's
+// own publishes, which mochi counts as received packets.
+func TestRolloutPacketsPerDevice(t *testing.T) {
+	ts := newTestServer(t, nil)
+	ctx := context.Background()
+	const devices = 4
+	var agents []*agent.Agent
+	var ids []string
+	for i := range devices {
+		id := fmt.Sprintf("dev-%d", i)
+		creds, err := ts.RegisterDevice(id, nil)
+		require.NoError(t, err)
+		opts := fleettest.AgentOptions(t, creds, testRuntime)
+		opts.HeartbeatInterval = time.Hour // no telemetry in the window
+		opts.StatusHold = time.Hour        // only the outcome is reported
+		opts.InferenceListen = ""
+		a, err := agent.New(opts)
+		require.NoError(t, err)
+		testkit.Start(t, "agent "+id, a.Run, a.Ready())
+		agents, ids = append(agents, a), append(ids, id)
+	}
+	packets := func() float64 {
+		return metricValue(t, ts, "edgefleet_broker_packets_received_total") + metricValue(t, ts, "edgefleet_broker_packets_sent_total")
+	}
+	settled := func() {
+		t.Helper()
+		last := -1.0
+		require.Eventually(t, func() bool {
+			for _, a := range agents {
+				if a.QueuedReports() > 0 {
+					return false
+				}
+			}
+			n := packets()
+			quiet := n == last
+			last = n
+			return quiet
+		}, time.Minute, 500*time.Millisecond, "the agents' start settles")
+	}
+	settled()
+	mv := ts.mustUpload("fraud", "v1", fleettest.TrainedModel(t, 1))
+	require.EqualValues(t, 1, mv.ChunkCount)
+	before := packets()
+	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: ids})
+	require.Eventually(t, func() bool {
+		for _, id := range ids {
+			d, err := ts.Client.Device(ctx, id)
+			if err != nil || d.Reported["fraud"] == nil || d.Reported["fraud"].ActiveVersion != "v1" {
+				return false
+			}
+		}
+		return true
+	}, time.Minute, 50*time.Millisecond, "every device reports v1 active")
+	settled() // the acknowledgements delivered, the chunk topic left
+	perDevice := (packets() - before) / devices
+	t.Logf("%.2f MQTT packets per device", perDevice)
+	assert.Equal(t, 12.0, perDevice, "MQTT packets per device per rollout (the control plane's own publishes not counted)")
+}
