@@ -120,8 +120,7 @@ type Broker struct {
 	dropQ          atomic.Uint64  // messages dropped by full subscription queues
 	logsSuppressed atomic.Uint64  // mochi log lines over the per-client limit
 	stalled        atomic.Uint64  // connections closed by Options.WriteStall
-	injected       atomic.Uint64  // Publish calls: mochi counts them as received packets
-	receivedHigh   atomic.Uint64  // the highest count Packets returned (it never goes back)
+	received       atomic.Uint64  // packets read from network clients (hook.OnPacketRead)
 	closed         chan struct{}  // closed by Close
 
 	mem *memnet.Listener // Options.InMemory, else nil
@@ -202,7 +201,7 @@ func New(opts Options) (*Broker, error) {
 		InlineClient: true,
 		Logger:       slog.New(newMochiHandler(log.Handler(), &b.logsSuppressed)).With("mochi", true),
 	})
-	if err := b.srv.AddHook(&hook{scheme: opts.Scheme, auth: opts.Auth, log: log, srv: b.srv, closed: b.closed, withhold: opts.WithholdRetained}, nil); err != nil {
+	if err := b.srv.AddHook(&hook{scheme: opts.Scheme, auth: opts.Auth, log: log, srv: b.srv, closed: b.closed, withhold: opts.WithholdRetained, received: &b.received}, nil); err != nil {
 		return nil, fmt.Errorf("broker: new: add hook: %w", err)
 	}
 	return b, nil
@@ -339,9 +338,7 @@ func (b *Broker) Publish(topic string, payload []byte, retain bool, qos byte) er
 	if size := 5 + 2 + len(topic) + 2 + len(payload); size > int(b.opts.MaxPacketSize) {
 		return fmt.Errorf("broker: publish %q: %d bytes, max %d: %w", topic, size, b.opts.MaxPacketSize, ErrTooLarge)
 	}
-	b.injected.Add(1) // before: mochi counts it once its fan-out is done
 	if err := b.srv.Publish(topic, payload, retain, qos); err != nil {
-		b.injected.Add(^uint64(0)) // not counted by mochi either
 		return fmt.Errorf("broker: publish %q: %w", topic, err)
 	}
 	return nil
@@ -494,27 +491,11 @@ func (b *Broker) watchStalls(ln net.Listener) net.Listener {
 	}}
 }
 
-// Packets counts the MQTT packets of any type the broker received from and
-// sent to network clients: mochi's $SYS counters, less the control plane's
-// own publishes, which mochi counts as received.
-// A publish under way is subtracted before mochi counts it (after its
-// fan-out), so the count may lag by the publishes under way; it never goes
-// below one returned before (a Prometheus counter that dips reads as a
-// reset).
+// Packets counts the MQTT packets of any type the broker received from
+// network clients (counted by its hook: mochi's own count includes the
+// control plane's publishes) and sent to them (mochi's $SYS counter).
 func (b *Broker) Packets() (received, sent uint64) {
-	r := uint64(atomic.LoadInt64(&b.srv.Info.PacketsReceived))
-	received = r - min(r, b.injected.Load())
-	for {
-		high := b.receivedHigh.Load()
-		if received <= high {
-			received = high
-			break
-		}
-		if b.receivedHigh.CompareAndSwap(high, received) {
-			break
-		}
-	}
-	return received, uint64(atomic.LoadInt64(&b.srv.Info.PacketsSent))
+	return b.received.Load(), uint64(atomic.LoadInt64(&b.srv.Info.PacketsSent))
 }
 
 // Clients is the number of connected network clients.

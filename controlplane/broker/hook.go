@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -25,6 +26,7 @@ type hook struct {
 	closed <-chan struct{} // the broker's: ends waits in hooks
 
 	withhold func(clientID, filter string) bool // Options.WithholdRetained
+	received *atomic.Uint64                     // Broker.Packets: every packet read from a network client
 }
 
 func (h *hook) ID() string { return "edgefleet-auth" }
@@ -172,7 +174,10 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // mochi refuses it with CONNACK 130, a code 3.1.1 does not have. Without
 // the flag the login goes to OnConnectAuthenticate, which refuses it as a
 // bad password (CONNACK 5, not authorized).
+//
+// And it counts every packet (Broker.Packets).
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	h.received.Add(1) // only network clients' packets come here, not the inline client's
 	switch pk.FixedHeader.Type {
 	case packets.Connect:
 		if pk.ProtocolVersion < 5 && pk.Connect.PasswordFlag && len(pk.Connect.Password) == 0 {
