@@ -193,6 +193,7 @@ func newDocRun(t *testing.T, addUsers bool) (*docRun, string) {
 		d.users = usersMapped
 		if addUsers && os.Getenv("CI") != "" {
 			d.users = usersReal
+			lockHostUser(t)
 			if _, err := osuser.Lookup("edgefleet"); err == nil {
 				t.Log("user edgefleet exists already: useradd is not run")
 				d.userExists = true
@@ -812,4 +813,16 @@ func TestDeployDocContainerRunbooks(t *testing.T) {
 	require.Greater(t, apply, 0)
 	assert.Greater(t, strings.Index(k8s, "create secret generic edgefleet-broker-token"), apply,
 		"broker sync's token is created once the control plane runs")
+}
+
+// lockHostUser makes the tests that add the host's user edgefleet take
+// turns across processes until t ends: another `make test` on the same
+// machine (the load rehearsal runs two or three) found the user present,
+// skipped useradd, and lost it to the first run's userdel halfway through.
+func lockHostUser(t *testing.T) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "edgefleet-deploytest-user.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	require.NoError(t, err)
+	require.NoError(t, syscall.Flock(int(f.Fd()), syscall.LOCK_EX))
+	t.Cleanup(func() { _ = f.Close() }) // registered first: runs after the userdel
 }
