@@ -47,6 +47,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	heapProfile := fs.String("heap-profile", "", "scale: write a heap profile at the largest N to this file")
 	report := fs.String("report", "", "also write the results as JSON to this file")
 	cpuProfile := fs.String("cpu-profile", "", "write a CPU profile of the whole run to this file")
+	profileWindow := fs.Bool("cpu-profile-window", false, "fanout: --cpu-profile covers the last fleet size's rollout only (deploy to every agent serving)")
 	duration := fs.Duration("duration", 30*time.Second, "telemetry: measured window once every agent reports")
 	rate := fs.Float64("rate", 2, "telemetry: inferences per device per second (so reports carry monitoring)")
 	diskStore := fs.Bool("agent-store-on-disk", false, "telemetry: the agents' shared store (their outboxes) in badger on disk with synced commits, not in memory")
@@ -71,7 +72,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
-	if *cpuProfile != "" {
+	if *profileWindow && (args[0] != "fanout" || *cpuProfile == "") {
+		fmt.Fprintln(stderr, "fleet-sim bench: --cpu-profile-window needs fanout and --cpu-profile")
+		return 2
+	}
+	if *cpuProfile != "" && !*profileWindow {
 		stop, err := StartCPUProfile(*cpuProfile)
 		if err != nil {
 			fmt.Fprintf(stderr, "fleet-sim bench: %v\n", err)
@@ -110,7 +115,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			ORTLibrary: *ortLib, Inferences: *inferences, SwapModelBytes: *swapBytes, SkipSwap: *skipSwap, Clients: *clients,
 			BigBatch: *bigBatch, Steady: *steady, Dir: dir, Progress: stdout})
 	case "fanout":
-		results, err = Fanout(ctx, FanoutOptions{Sizes: sizes, ModelBytes: *modelBytes, ProxyMax: *proxyMax, FetchRetry: *fetchRetry, Transport: *transport, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
+		results, err = Fanout(ctx, FanoutOptions{Sizes: sizes, ModelBytes: *modelBytes, ProxyMax: *proxyMax, FetchRetry: *fetchRetry, Transport: *transport, Dir: dir, ORTLibrary: *ortLib, Progress: stdout}.
+			profileRollout(*profileWindow, *cpuProfile))
 	case "scale":
 		results, err = Scale(ctx, ScaleOptions{Sizes: sizes, Transport: *transport, HeapProfile: *heapProfile, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
 	case "cost":

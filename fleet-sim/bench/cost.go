@@ -390,7 +390,7 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 	if _, err := cp.remote.Deploy(ctx, api.DeployRequest{Model: "fraud", Version: "2", Devices: memberIDs(f)}); err != nil {
 		return nil, err
 	}
-	if _, err := waitServingTimes(ctx, f, "fraud", "2", start, 10*time.Minute); err != nil {
+	if _, err := waitServingTimes(ctx, f, "fraud", "2", start, 10*time.Minute, nil); err != nil {
 		return nil, err
 	}
 	// The control plane's part ends when it has recorded every device

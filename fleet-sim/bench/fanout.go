@@ -46,6 +46,18 @@ type FanoutOptions struct {
 	Dir        string
 	ORTLibrary string
 	Progress   io.Writer
+	// RolloutProfile, if set, is where a CPU profile of the last fleet
+	// size's rollout (deploy to every agent serving) is written: the
+	// fleet's start, the warm-up version and the baseline left out.
+	RolloutProfile string
+}
+
+// profileRollout sets RolloutProfile to path when on.
+func (o FanoutOptions) profileRollout(on bool, path string) FanoutOptions {
+	if on {
+		o.RolloutProfile = path
+	}
+	return o
 }
 
 // FanoutResult is one fleet size's rollout against its baseline.
@@ -55,6 +67,10 @@ type FanoutResult struct {
 	Chunks     uint32  `json:"chunks"`
 	ChunkSize  uint32  `json:"chunk_size"`
 	Rollout    float64 `json:"rollout_seconds"` // deploy → every agent serving the version
+	// RolloutCPU is the process's CPU-seconds (user and system) over the
+	// rollout: the control plane, the broker and every agent, in one
+	// process.
+	RolloutCPU float64 `json:"rollout_cpu_seconds"`
 	// FirstActive, MedianActive and P90Active are when the first, the
 	// median and the 90th-percentile agent served the version.
 	FirstActive  float64 `json:"first_active_seconds"`
@@ -89,24 +105,37 @@ type PhaseTimes struct {
 // phaseClock records when each agent enters each phase of one update,
 // through the agents' phase hook (no polling).
 type phaseClock struct {
-	t0 time.Time
-	mu sync.Mutex
-	at map[string][]float64 // phase → seconds since t0, one per agent
+	t0     time.Time
+	mu     sync.Mutex
+	at     map[string][]float64 // phase → seconds since t0, one per agent
+	staged map[string]bool      // devices that entered staging
 }
 
 func watchPhases(f *sim.Fleet, model, version string, t0 time.Time) *phaseClock {
-	pc := &phaseClock{t0: t0, at: map[string][]float64{}}
+	pc := &phaseClock{t0: t0, at: map[string][]float64{}, staged: map[string]bool{}}
 	for _, m := range f.Members() {
+		id := m.Device.ID
 		_ = m.SetPhaseHook(func(_ context.Context, mod, ver string, phase agent.Phase) { // fails only for an agent not started: nothing to time
 			if mod != model || ver != version {
 				return
 			}
 			pc.mu.Lock()
 			pc.at[string(phase)] = append(pc.at[string(phase)], time.Since(pc.t0).Seconds())
+			if phase == agent.PhaseStaging {
+				pc.staged[id] = true
+			}
 			pc.mu.Unlock()
 		})
 	}
 	return pc
+}
+
+// hasStaged reports whether device id has entered staging: an agent serves
+// a new version only after that (the wait polls no other).
+func (pc *phaseClock) hasStaged(id string) bool {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	return pc.staged[id]
 }
 
 func (pc *phaseClock) times(active []float64) map[string]PhaseTimes {
@@ -151,8 +180,12 @@ func Fanout(ctx context.Context, o FanoutOptions) ([]FanoutResult, error) {
 	model := onnxbuild.Pad(big.ONNX, max(o.ModelBytes-len(big.ONNX)-8, 0))
 	fmt.Fprintf(o.Progress, "| N | model bytes | chunks | rollout s (first / median / p90 / all) | raw baseline s | ratio | chunk publishes | wire bytes per agent / model |\n|---|---|---|---|---|---|---|---|\n")
 	var out []FanoutResult
-	for _, n := range o.Sizes {
-		r, err := fanoutOne(ctx, o, n, rt, small, big, model)
+	for i, n := range o.Sizes {
+		oi := o
+		if i < len(o.Sizes)-1 {
+			oi.RolloutProfile = ""
+		}
+		r, err := fanoutOne(ctx, oi, n, rt, small, big, model)
 		if err != nil {
 			return out, fmt.Errorf("fanout N=%d: %w", n, err)
 		}
@@ -168,7 +201,7 @@ func Fanout(ctx context.Context, o FanoutOptions) ([]FanoutResult, error) {
 				ph = append(ph, fmt.Sprintf("%s %.2f / %.2f", name, p.Median, p.Last))
 			}
 		}
-		fmt.Fprintf(o.Progress, "|   | phases entered, s since deploy (median / last): %s |\n", strings.Join(ph, "; "))
+		fmt.Fprintf(o.Progress, "|   | phases entered, s since deploy (median / last): %s; rollout CPU %.1f s |\n", strings.Join(ph, "; "), r.RolloutCPU)
 		out = append(out, r)
 	}
 	return out, nil
@@ -213,16 +246,22 @@ func fanoutOne(ctx context.Context, o FanoutOptions, n int, rt *infer.Runtime, s
 	r.ModelBytes, r.Chunks, r.ChunkSize = mv.Size, mv.ChunkCount, mv.ChunkSize
 	inBefore := proxyIn(f)
 	pubBefore := chunkPublishes(f)
-	t0 := time.Now()
+	stopProfile := func() error { return nil }
+	if o.RolloutProfile != "" {
+		if stopProfile, err = StartCPUProfile(o.RolloutProfile); err != nil {
+			return r, err
+		}
+	}
+	t0, cpu0 := time.Now(), cpuSeconds()
 	phases := watchPhases(f, "fraud", "2", t0)
 	if _, err := cp.Deploy(ctx, api.DeployRequest{Model: "fraud", Version: "2", Devices: all}); err != nil {
+		return r, errors.Join(err, stopProfile())
+	}
+	times, err := waitServingTimes(ctx, f, "fraud", "2", t0, 10*time.Minute, phases.hasStaged)
+	r.Rollout, r.RolloutCPU = time.Since(t0).Seconds(), cpuSeconds()-cpu0
+	if err := errors.Join(err, stopProfile()); err != nil {
 		return r, err
 	}
-	times, err := waitServingTimes(ctx, f, "fraud", "2", t0, 10*time.Minute)
-	if err != nil {
-		return r, err
-	}
-	r.Rollout = time.Since(t0).Seconds()
 	r.Phases = phases.times(times)
 	slices.Sort(times)
 	r.FirstActive, r.MedianActive, r.P90Active = times[0], times[len(times)/2], times[len(times)*9/10]
@@ -302,21 +341,36 @@ func deployAll(ctx context.Context, f *sim.Fleet, version string, art *fraud.Art
 
 // waitServing polls until every agent serves model@version.
 func waitServing(ctx context.Context, f *sim.Fleet, model, version string, timeout time.Duration) error {
-	_, err := waitServingTimes(ctx, f, model, version, time.Now(), timeout)
+	_, err := waitServingTimes(ctx, f, model, version, time.Now(), timeout, nil)
 	return err
 }
 
+// fullPassEvery is how often waitServingTimes asks every agent, not only
+// those its candidates filter names.
+const fullPassEvery = 5 * time.Second
+
 // waitServingTimes polls until every agent serves model@version and
-// returns when (seconds since t0) each was first seen serving it.
-func waitServingTimes(ctx context.Context, f *sim.Fleet, model, version string, t0 time.Time, timeout time.Duration) ([]float64, error) {
+// returns when (seconds since t0) each was first seen serving it. A non-nil
+// candidate says which agents can serve it by now (e.g. those whose update
+// reached staging): the others are asked only every fullPassEvery, so that
+// the wait costs little beside a large fleet it measures.
+func waitServingTimes(ctx context.Context, f *sim.Fleet, model, version string, t0 time.Time, timeout time.Duration, candidate func(id string) bool) ([]float64, error) {
 	deadline := time.Now().Add(timeout)
 	seen := map[string]float64{}
+	var lastFull time.Time
 	for {
 		pass := time.Now()
+		full := candidate == nil || pass.Sub(lastFull) >= fullPassEvery
+		if full {
+			lastFull = pass
+		}
 		done := 0
 		for _, m := range f.Members() {
 			if _, ok := seen[m.Device.ID]; ok {
 				done++
+				continue
+			}
+			if !full && !candidate(m.Device.ID) {
 				continue
 			}
 			if scenario.Status(m, model).Serving == version {
