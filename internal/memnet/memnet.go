@@ -39,6 +39,7 @@ type Listener struct {
 	once    sync.Once
 	dialled atomic.Uint64
 	open    atomic.Int64
+	bufs    sync.Pool // drained large buffers of its connections (pipe.go)
 }
 
 var _ net.Listener = (*Listener)(nil)
