@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -305,4 +306,31 @@ func TestServerMetadataReportsAgentVersion(t *testing.T) {
 		resp.Body.Close()
 		assert.Equal(t, "1.4.2", md.Version, p)
 	}
+}
+
+// A downloaded version is hashed chunk by chunk as it arrives, not whole
+// again (openDownloaded); the whole-file hash is what every later load from
+// disk checks. A version file damaged on disk after its activation is never
+// served by a rollback to it.
+func TestRollbackChecksTheModelFileOnDisk(t *testing.T) {
+	v1, v2 := testModels(t)
+	h := newHarness(t)
+	a := h.startAgent(t, h.agentOptions(t, "dev-1", t.TempDir()))
+	m1 := h.publishModel("fraud", "1.0.0", v1, v1.ONNX, nil, nil)
+	m2 := h.publishModel("fraud", "2.0.0", v2, v2.ONNX, nil, nil)
+	h.desire("dev-1", assign(m1))
+	waitServing(t, a, "fraud", "1.0.0")
+	h.desire("dev-1", assign(m2))
+	waitServing(t, a, "fraud", "2.0.0")
+
+	path := a.modelPath("fraud", sha256hex(v1.ONNX))
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	b[len(b)/2] ^= 0xff // a flipped bit in the ONNX doc, loadable as it is
+	require.NoError(t, os.WriteFile(path, b, 0o600))
+
+	h.desire("dev-1", assign(m1))
+	st := waitFailed(t, a, "fraud", "1.0.0")
+	assert.Contains(t, st.FailureReason, "sha256 differs from the manifest")
+	assert.Equal(t, "2.0.0", a.Status()[0].Serving, "the current version keeps serving")
 }

@@ -11,7 +11,7 @@ import (
 // duration of a load.
 func mapFile(f *os.File, size int64) (*modelFile, error) {
 	b := make([]byte, size)
-	if _, err := io.ReadFull(f, b); err != nil {
+	if _, err := io.ReadFull(io.NewSectionReader(f, 0, size), b); err != nil { // from the start, wherever a hash left the offset
 		return nil, err
 	}
 	return &modelFile{b: b}, nil

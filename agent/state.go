@@ -30,7 +30,7 @@ type Phase string
 const (
 	PhaseManifest    Phase = "manifest"    // waiting for the signed manifest
 	PhaseDownloading Phase = "downloading" // fetching chunks into <sha>.part
-	PhaseVerifying   Phase = "verifying"   // whole-file hash, then rename to <sha>.onnx
+	PhaseVerifying   Phase = "verifying"   // every chunk checked: size, sync, rename to <sha>.onnx
 	PhaseStaging     Phase = "staging"     // load, test vectors, warm, then commit
 )
 

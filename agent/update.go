@@ -1123,12 +1123,12 @@ func (a *Agent) finishDownload(ctx context.Context, s *slot) {
 		return // the download stays open until the agent closes or resumes it
 	}
 	t := s.st.Target
-	// Hashed by reading, then mapped: the Go heap never holds the model
-	// (modelfile.go).
+	// Every chunk was checked as it was written: mapped, not hashed again
+	// (openDownloaded); the Go heap never holds the model (modelfile.go).
 	man, err := manifestOf(t.Manifest)
 	var verified *modelFile
 	if err == nil {
-		lowPriority(func() { verified, err = openVerified(a.partPath(s.name, t.SHA256), t.SHA256, man.GetSize()) })
+		verified, err = openDownloaded(a.partPath(s.name, t.SHA256), t.SHA256, man.GetSize())
 	}
 	if err != nil {
 		s.closeDownload()
