@@ -417,17 +417,26 @@ func (o *outbox) skip(it outboxItem) {
 // run sends queued reports in order with send until ctx ends. send returns
 // an error when the report was not accepted by the broker; run then waits
 // for the next wake-up or tick and starts again from the same report.
-// connected reports whether the broker connection is up.
+// connected reports whether the broker connection is up. While reports are
+// queued it also wakes on a tick (resends, the fallback decision); an empty
+// outbox sleeps until a push wakes it, so an idle device does not wake for
+// it (at 10,000 simulated agents those empty ticks were 10,000 a second).
 func (o *outbox) run(ctx context.Context, send func(ctx context.Context, kind reportKind, payload []byte) error, connected func() bool) {
-	t := time.NewTicker(min(time.Second, max(o.ackTimeout/2, 10*time.Millisecond)))
+	tick := min(time.Second, max(o.ackTimeout/2, 10*time.Millisecond))
+	t := time.NewTimer(tick)
 	defer t.Stop()
 	for {
 		o.flush(ctx, send, connected)
+		var due <-chan time.Time // nil: no tick while the outbox is empty
+		if o.Len() > 0 {
+			t.Reset(tick)
+			due = t.C
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-o.wake:
-		case <-t.C:
+		case <-due:
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -106,6 +107,36 @@ func TestOutboxStoresAndForwardsInOrderAcrossRestart(t *testing.T) {
 	assert.Equal(t, []string{"r1", "r2", "r3", "r4", "r5", "r6"}, s.received())
 	assert.Zero(t, o.Len())
 	assert.Zero(t, o.Dropped())
+}
+
+// An empty outbox does not wake on its tick: a push wakes it, and it ticks
+// (to resend what goes unacknowledged) only while reports are queued.
+func TestOutboxSleepsWhileEmpty(t *testing.T) {
+	o, closeDB := openTestOutbox(t, t.TempDir(), 100, 1<<20)
+	defer closeDB()
+	o.ackTimeout = 20 * time.Millisecond // a tick every 10 ms
+	o.cpAcks = true
+	var looks atomic.Int64 // one per look at the queue (flush asks connected first)
+	connected := func() bool { looks.Add(1); return true }
+	s := &sink{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); o.run(ctx, s.send, connected) }()
+	defer func() { cancel(); <-done }()
+
+	require.Eventually(t, func() bool { return looks.Load() >= 1 }, 5*time.Second, time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // 30 ticks, were it ticking
+	assert.LessOrEqual(t, looks.Load(), int64(2), "the empty outbox woke on its tick")
+
+	require.NoError(t, o.push(1, kindTelemetry, []byte("r1")))
+	require.Eventually(t, func() bool { return len(s.received()) == 1 }, 5*time.Second, time.Millisecond, "a push wakes it")
+	// Unacknowledged, it is resent on the tick (after ackTimeout, doubling).
+	require.Eventually(t, func() bool { return len(s.received()) >= 3 }, 5*time.Second, time.Millisecond, "a queued report is resent on the tick")
+	o.acked(ackRange(1, 1))
+	require.Eventually(t, func() bool { return o.Len() == 0 }, 5*time.Second, time.Millisecond)
+	n := looks.Load()
+	time.Sleep(300 * time.Millisecond)
+	assert.LessOrEqual(t, looks.Load(), n+2, "emptied again, it stopped ticking")
 }
 
 // The broker acknowledged every report, the control plane only some: the
