@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,8 +16,9 @@ import (
 )
 
 func TestFanoutSmall(t *testing.T) {
+	profile := filepath.Join(t.TempDir(), "rollout.pprof")
 	res, err := Fanout(context.Background(), FanoutOptions{Sizes: []int{3}, ModelBytes: 200_000, ProxyMax: 10,
-		FetchRetry: 300 * time.Millisecond, Dir: t.TempDir(), Progress: io.Discard})
+		FetchRetry: 300 * time.Millisecond, Dir: t.TempDir(), Progress: io.Discard, RolloutProfile: profile})
 	require.NoError(t, err)
 	require.Len(t, res, 1)
 	r := res[0]
@@ -33,6 +36,11 @@ func TestFanoutSmall(t *testing.T) {
 	}
 	assert.Less(t, r.Phases["downloading"].Median, r.Phases["verifying"].Median)
 	assert.LessOrEqual(t, r.Phases["staging"].Last, r.Phases["active"].Last)
+	assert.Positive(t, r.RolloutCPU, "the rollout's CPU-seconds")
+	b, err := os.ReadFile(profile)
+	require.NoError(t, err, "the rollout's profile is written")
+	require.Greater(t, len(b), 2)
+	assert.Equal(t, []byte{0x1f, 0x8b}, b[:2], "a pprof profile is gzipped protobuf")
 }
 
 func TestScaleSmall(t *testing.T) {
@@ -45,7 +53,8 @@ func TestScaleSmall(t *testing.T) {
 }
 
 func TestMainUsage(t *testing.T) {
-	for _, args := range [][]string{nil, {"nope"}, {"fanout", "--n", "0"}, {"scale", "--n", "x"}} {
+	for _, args := range [][]string{nil, {"nope"}, {"fanout", "--n", "0"}, {"scale", "--n", "x"},
+		{"fanout", "--cpu-profile-window"}, {"scale", "--cpu-profile", "p", "--cpu-profile-window"}} {
 		var out, errOut bytes.Buffer
 		assert.Equal(t, 2, Main(context.Background(), args, &out, &errOut), "Main(%q)", args)
 		assert.NotEmpty(t, errOut.String())
