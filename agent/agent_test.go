@@ -100,16 +100,24 @@ func TestAgentActivatesAndSwitchesSignedModels(t *testing.T) {
 	assert.FileExists(t, a.modelPath("fraud", sha256hex(v1.ONNX)))
 }
 
-func TestAgentRollbackReactivatesPreviousWithoutDownload(t *testing.T) {
+// servingV2AfterV1 starts dev-1 and updates it from 1.0.0 to 2.0.0: it
+// serves v2 with v1 kept on disk as the previous version.
+func servingV2AfterV1(t *testing.T) (h *harness, a *Agent, v1 *fraud.Artifact, m1 *efpb.Manifest) {
+	t.Helper()
 	v1, v2 := testModels(t)
-	h := newHarness(t)
-	a := h.startAgent(t, h.agentOptions(t, "dev-1", t.TempDir()))
-	m1 := h.publishModel("fraud", "1.0.0", v1, v1.ONNX, nil, nil)
+	h = newHarness(t)
+	a = h.startAgent(t, h.agentOptions(t, "dev-1", t.TempDir()))
+	m1 = h.publishModel("fraud", "1.0.0", v1, v1.ONNX, nil, nil)
 	m2 := h.publishModel("fraud", "2.0.0", v2, v2.ONNX, nil, nil)
 	h.desire("dev-1", assign(m1))
 	waitServing(t, a, "fraud", "1.0.0")
 	h.desire("dev-1", assign(m2))
 	waitServing(t, a, "fraud", "2.0.0")
+	return h, a, v1, m1
+}
+
+func TestAgentRollbackReactivatesPreviousWithoutDownload(t *testing.T) {
+	h, a, _, m1 := servingV2AfterV1(t)
 	before := len(h.fetchesFor("dev-1"))
 
 	gen := h.desire("dev-1", assign(m1)) // a rollback is a newer generation
@@ -313,15 +321,7 @@ func TestServerMetadataReportsAgentVersion(t *testing.T) {
 // disk checks. A version file damaged on disk after its activation is never
 // served by a rollback to it.
 func TestRollbackChecksTheModelFileOnDisk(t *testing.T) {
-	v1, v2 := testModels(t)
-	h := newHarness(t)
-	a := h.startAgent(t, h.agentOptions(t, "dev-1", t.TempDir()))
-	m1 := h.publishModel("fraud", "1.0.0", v1, v1.ONNX, nil, nil)
-	m2 := h.publishModel("fraud", "2.0.0", v2, v2.ONNX, nil, nil)
-	h.desire("dev-1", assign(m1))
-	waitServing(t, a, "fraud", "1.0.0")
-	h.desire("dev-1", assign(m2))
-	waitServing(t, a, "fraud", "2.0.0")
+	h, a, v1, m1 := servingV2AfterV1(t)
 
 	path := a.modelPath("fraud", sha256hex(v1.ONNX))
 	b, err := os.ReadFile(path)
