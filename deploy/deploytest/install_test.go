@@ -188,8 +188,14 @@ func TestInstallRunUpgradeUninstall(t *testing.T) {
 	}
 }
 
+// inferenceListen is the installed config's local API address line.
+var inferenceListen = regexp.MustCompile(`(?m)^inference_listen:.*$`)
+
 // runConfig writes a copy of the installed config whose data_dir is inside
-// root, with the same mode and owner.
+// root and whose local API listens on a port of the system's choosing (the
+// installed one, 127.0.0.1:8081, is taken when two install tests run their
+// agents at once, in this process or another `make test`), with the same
+// mode and owner.
 func runConfig(t *testing.T, root, installed string) string {
 	t.Helper()
 	b, err := os.ReadFile(installed)
@@ -197,6 +203,8 @@ func runConfig(t *testing.T, root, installed string) string {
 	fi, err := os.Stat(installed)
 	require.NoError(t, err)
 	b = bytes.Replace(b, []byte("data_dir: /var/lib/edgefleet-agent"), []byte("data_dir: "+filepath.Join(root, "var/lib/edgefleet-agent")), 1)
+	require.True(t, inferenceListen.Match(b), "the installed config sets inference_listen")
+	b = inferenceListen.ReplaceAll(b, []byte("inference_listen: 127.0.0.1:0"))
 	path := filepath.Join(root, "etc/edgefleet/agent-test.yaml")
 	require.NoError(t, os.WriteFile(path, b, 0o640))
 	st := fi.Sys().(*syscall.Stat_t)
