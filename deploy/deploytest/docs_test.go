@@ -198,7 +198,14 @@ func newDocRun(t *testing.T, addUsers bool) (*docRun, string) {
 				t.Log("user edgefleet exists already: useradd is not run")
 				d.userExists = true
 			} else {
-				t.Cleanup(func() { _ = exec.Command("userdel", "edgefleet").Run() })
+				// --force: another `make test` beside this one may run an
+				// image root's agent under the same uid, and a plain userdel
+				// refuses a user with processes (it was left behind so).
+				t.Cleanup(func() {
+					if out, err := exec.Command("userdel", "--force", "edgefleet").CombinedOutput(); err != nil {
+						t.Logf("userdel edgefleet: %v: %s", err, out)
+					}
+				})
 			}
 		}
 	}
