@@ -88,6 +88,25 @@ func (ts *testServer) doJSON(method, path string, v, out any) (int, []byte) {
 	return code, b
 }
 
+// waitReportedActive waits until the control plane records every device
+// of ids with fraud@version active.
+func waitReportedActive(t testing.TB, cp *controlplane.Server, version string, timeout time.Duration, ids ...string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		for _, id := range ids {
+			d, err := cp.Device(id)
+			if err != nil {
+				return false
+			}
+			rep := d.Reported["fraud"]
+			if rep == nil || rep.State != api.ModelActive || rep.ActiveVersion != version {
+				return false
+			}
+		}
+		return true
+	}, timeout, 20*time.Millisecond, "devices %v never reported fraud@%s active", ids, version)
+}
+
 func (ts *testServer) register(id string, lbls map[string]string) api.DeviceCredentials {
 	ts.t.Helper()
 	var creds api.DeviceCredentials

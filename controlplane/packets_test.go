@@ -1,7 +1,6 @@
 package controlplane_test
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -26,15 +25,12 @@ import (
 // own publishes, which mochi counts as received packets.
 func TestRolloutPacketsPerDevice(t *testing.T) {
 	ts := newTestServer(t, nil)
-	ctx := context.Background()
 	const devices = 4
 	var agents []*agent.Agent
 	var ids []string
 	for i := range devices {
 		id := fmt.Sprintf("dev-%d", i)
-		creds, err := ts.RegisterDevice(id, nil)
-		require.NoError(t, err)
-		opts := fleettest.AgentOptions(t, creds, testRuntime)
+		opts := fleettest.AgentOptions(t, ts.register(id, nil), testRuntime)
 		opts.HeartbeatInterval = time.Hour // no telemetry in the window
 		opts.StatusHold = time.Hour        // only the outcome is reported
 		opts.InferenceListen = ""
@@ -66,15 +62,7 @@ func TestRolloutPacketsPerDevice(t *testing.T) {
 	require.EqualValues(t, 1, mv.ChunkCount)
 	before := packets()
 	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: ids})
-	require.Eventually(t, func() bool {
-		for _, id := range ids {
-			d, err := ts.Client.Device(ctx, id)
-			if err != nil || d.Reported["fraud"] == nil || d.Reported["fraud"].ActiveVersion != "v1" {
-				return false
-			}
-		}
-		return true
-	}, time.Minute, 50*time.Millisecond, "every device reports v1 active")
+	waitReportedActive(t, ts.Server, "v1", time.Minute, ids...)
 	settled() // the acknowledgements delivered, the chunk topic left
 	perDevice := (packets() - before) / devices
 	t.Logf("%.2f MQTT packets per device", perDevice)

@@ -145,19 +145,7 @@ func (f *rolloutFleet) push(version, seed string, extra ...string) string {
 
 func (f *rolloutFleet) waitActive(version string, ids ...string) {
 	f.t.Helper()
-	require.Eventually(f.t, func() bool {
-		for _, id := range ids {
-			d, err := f.cp.Device(id)
-			if err != nil {
-				return false
-			}
-			rep := d.Reported["fraud"]
-			if rep == nil || rep.State != api.ModelActive || rep.ActiveVersion != version {
-				return false
-			}
-		}
-		return true
-	}, 30*time.Second, 20*time.Millisecond, "devices %v never reported fraud@%s active", ids, version)
+	waitReportedActive(f.t, f.cp, version, 30*time.Second, ids...)
 }
 
 func (f *rolloutFleet) waitState(id string, want api.RolloutState) *api.Rollout {

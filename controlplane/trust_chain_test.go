@@ -186,19 +186,7 @@ func (f *trustFleet) deploy(version string, seed uint64, ids ...string) {
 
 func (f *trustFleet) waitServing(version string, ids ...string) {
 	f.t.Helper()
-	require.Eventually(f.t, func() bool {
-		for _, id := range ids {
-			d, err := f.cp.Device(id)
-			if err != nil {
-				return false
-			}
-			rep := d.Reported["fraud"]
-			if rep == nil || rep.State != api.ModelActive || rep.ActiveVersion != version {
-				return false
-			}
-		}
-		return true
-	}, chainTimeout, 20*time.Millisecond, "devices %v never served fraud@%s", ids, version)
+	waitReportedActive(f.t, f.cp.Server, version, chainTimeout, ids...)
 }
 
 // assertNothingRefused: no agent refused anything, and the control plane

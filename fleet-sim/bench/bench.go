@@ -115,8 +115,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			ORTLibrary: *ortLib, Inferences: *inferences, SwapModelBytes: *swapBytes, SkipSwap: *skipSwap, Clients: *clients,
 			BigBatch: *bigBatch, Steady: *steady, Dir: dir, Progress: stdout})
 	case "fanout":
-		results, err = Fanout(ctx, FanoutOptions{Sizes: sizes, ModelBytes: *modelBytes, ProxyMax: *proxyMax, FetchRetry: *fetchRetry, Transport: *transport, Dir: dir, ORTLibrary: *ortLib, Progress: stdout}.
-			profileRollout(*profileWindow, *cpuProfile))
+		o := FanoutOptions{Sizes: sizes, ModelBytes: *modelBytes, ProxyMax: *proxyMax, FetchRetry: *fetchRetry, Transport: *transport, Dir: dir, ORTLibrary: *ortLib, Progress: stdout}
+		if *profileWindow {
+			o.RolloutProfile = *cpuProfile
+		}
+		results, err = Fanout(ctx, o)
 	case "scale":
 		results, err = Scale(ctx, ScaleOptions{Sizes: sizes, Transport: *transport, HeapProfile: *heapProfile, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
 	case "cost":

@@ -52,14 +52,6 @@ type FanoutOptions struct {
 	RolloutProfile string
 }
 
-// profileRollout sets RolloutProfile to path when on.
-func (o FanoutOptions) profileRollout(on bool, path string) FanoutOptions {
-	if on {
-		o.RolloutProfile = path
-	}
-	return o
-}
-
 // FanoutResult is one fleet size's rollout against its baseline.
 type FanoutResult struct {
 	N          int     `json:"n"`

@@ -124,8 +124,7 @@ func (b *buffer) closeReader() {
 	b.mu.Lock()
 	b.gone = true
 	b.r = 0
-	b.buf = b.buf[:0] // unread bytes are dropped
-	b.release()
+	b.release() // unread bytes are dropped
 	b.mu.Unlock()
 	signal(b.writable)
 }
