@@ -69,9 +69,13 @@ type harness struct {
 	models    map[string][]byte // "name/version" → bytes; guarded by mu
 	corrupt   map[uint32]int    // chunk index → times still to corrupt; guarded by mu
 	serveOnly func(idx uint32) bool
-	fetches   []*efpb.FetchRequest
-	statuses  []*efpb.StatusEvent
-	gen       map[string]uint64
+	// ownTopic, if set, answers requests that say the device receives on
+	// its own chunk topic there, as a control plane answers a device that
+	// asked after the version's shared round went out.
+	ownTopic bool
+	fetches  []*efpb.FetchRequest
+	statuses []*efpb.StatusEvent
+	gen      map[string]uint64
 	// withhold, if set, plays a lagging broker node: retained messages
 	// are not sent for a subscription it returns true for.
 	withhold func(clientID, filter string) bool
@@ -141,6 +145,10 @@ func (h *harness) onFetch(payload []byte) {
 	h.fetches = append(h.fetches, req)
 	model := h.models[req.Name+"/"+req.Version]
 	serveOnly := h.serveOnly
+	topic := h.scheme.Chunks(req.Name, req.Version)
+	if h.ownTopic && req.OwnTopic {
+		topic = h.scheme.DeviceChunks(req.DeviceId)
+	}
 	h.mu.Unlock()
 	if model == nil {
 		return
@@ -161,7 +169,7 @@ func (h *harness) onFetch(payload []byte) {
 		}
 		h.mu.Unlock()
 		b, _ := proto.Marshal(&efpb.Chunk{Name: req.Name, Version: req.Version, Index: idx, Data: data})
-		_ = h.broker.Publish(h.scheme.Chunks(req.Name, req.Version), b, false, 1)
+		_ = h.broker.Publish(topic, b, false, 1)
 	}
 }
 

@@ -297,8 +297,7 @@ func (a *Agent) requestShadowChunks(ctx context.Context, sh *shadow, restart boo
 		return
 	}
 	sh.lastProgress = time.Now()
-	a.requestChunks(&efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: sh.name, Version: sh.version, Missing: missing,
-		Direct: sh.dl != nil, Fresh: sh.pace.fresh()})
+	a.requestChunks(a.fetchRequest(sh.name, sh.version, missing, sh.dl != nil, sh.pace.fresh()))
 }
 
 func (a *Agent) handleShadowChunk(ctx context.Context, payload []byte) {

@@ -470,8 +470,11 @@ func (a *Agent) onConnected(ctx context.Context) {
 	if a.opts.Peers.enabled() {
 		// Before the desired state: a download it starts finds the site.
 		a.ensureSub(ctx, a.topics.Site(a.opts.DeviceID), evSite)
-		a.ensureSub(ctx, a.topics.DeviceChunks(a.opts.DeviceID), evChunk)
 	}
+	// The device's own chunk topic: its part of a download its site
+	// shares, and what a shared round carried before it asked
+	// (FetchRequest.own_topic).
+	a.ensureSub(ctx, a.topics.DeviceChunks(a.opts.DeviceID), evChunk)
 	a.ensureSub(ctx, a.topics.Desired(a.opts.DeviceID), evDesired)
 	if d := a.opts.RetainedRecheck; d > 0 {
 		a.u.recheckAt, a.u.recheckLeft = a.opts.Clock().Add(d), 2
@@ -952,8 +955,16 @@ func (a *Agent) requestMissing(ctx context.Context, s *slot, restart bool) {
 		return
 	}
 	s.lastProgress = time.Now()
-	a.requestChunks(&efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: s.name, Version: s.st.Target.Version, Missing: missing,
-		Direct: s.dl != nil, Fresh: s.pace.fresh()})
+	a.requestChunks(a.fetchRequest(s.name, s.st.Target.Version, missing, s.dl != nil, s.pace.fresh()))
+}
+
+// fetchRequest asks for the missing chunks of name@version: on the
+// device's own topic (direct) when its site shares the download, else on
+// the version's shared topic, or on its own if the version's round went
+// out before it asked and it is subscribed there.
+func (a *Agent) fetchRequest(name, version string, missing []uint32, direct, fresh bool) *efpb.FetchRequest {
+	return &efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: name, Version: version, Missing: missing,
+		Direct: direct, Fresh: fresh, OwnTopic: a.u.subs[a.topics.DeviceChunks(a.opts.DeviceID)]}
 }
 
 func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
@@ -967,9 +978,9 @@ func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
 	s := a.slot(c.Name)
 	if s == nil || s.asm == nil || s.st.Target == nil || s.st.Target.Version != c.Version {
 		// A challenger's chunk on the device's own topic (its download
-		// goes through the site), another agent's fetch, or a late
-		// duplicate.
-		if sh := a.shadow.byName[c.Name]; sh != nil && sh.dl != nil && sh.asm != nil && sh.version == c.Version {
+		// goes through the site, or it asked after the version's round),
+		// another agent's fetch, or a late duplicate.
+		if sh := a.shadow.byName[c.Name]; sh != nil && sh.asm != nil && sh.version == c.Version {
 			sh.pace.arrived(time.Now())
 			a.addShadowChunk(ctx, sh, c.Index, c.Data, sourceBroker)
 		}

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/testkit"
@@ -67,4 +68,41 @@ func TestRolloutPacketsPerDevice(t *testing.T) {
 	perDevice := (packets() - before) / devices
 	t.Logf("%.2f MQTT packets per device", perDevice)
 	assert.Equal(t, 12.0, perDevice, "MQTT packets per device per rollout (the control plane's own publishes not counted)")
+}
+
+// A device that asks for a version after its shared round went out (it
+// was off, or slow to verify its desired state) is sent the chunks on its
+// own topic, to it alone: the devices that downloaded in the round do not
+// receive the version again.
+func TestLateAskerIsServedOnItsOwnTopic(t *testing.T) {
+	ts := newTestServer(t, func(o *controlplane.Options) { o.ChunkBatchMax = 300 * time.Millisecond })
+	ids := []string{"dev-0", "dev-1", "dev-late"}
+	creds := map[string]api.DeviceCredentials{}
+	for _, id := range ids {
+		creds[id] = ts.register(id, nil)
+	}
+	start := func(id string) {
+		t.Helper()
+		opts := fleettest.AgentOptions(t, creds[id], testRuntime)
+		opts.InferenceListen = ""
+		a, err := agent.New(opts)
+		require.NoError(t, err)
+		testkit.Start(t, "agent "+id, a.Run, a.Ready())
+	}
+	start("dev-0")
+	start("dev-1")
+	mv := ts.mustUpload("fraud", "v1", fleettest.TrainedModel(t, 1))
+	chunks := float64(mv.ChunkCount)
+	published := func() float64 { return metricValue(t, ts, "edgefleet_chunk_publishes_total") }
+	direct := func() float64 { return metricValue(t, ts, "edgefleet_chunk_publishes_direct_total") }
+
+	ts.deploy(api.DeployRequest{Model: "fraud", Version: "v1", Devices: ids})
+	waitReportedActive(t, ts.Server, "v1", time.Minute, "dev-0", "dev-1")
+	require.Equal(t, chunks, published(), "one round, without the device that was off")
+
+	start("dev-late")
+	waitReportedActive(t, ts.Server, "v1", time.Minute, "dev-late")
+	assert.Equal(t, chunks, direct(), "the late device's chunks went to its own topic")
+	assert.Equal(t, 2*chunks, published(), "and nowhere else: no second round")
+	assert.GreaterOrEqual(t, metricValue(t, ts, "edgefleet_chunk_requests_late_total"), 1.0)
 }

@@ -43,9 +43,10 @@ func (r *Registry) readBlob(sum string, size uint64) ([]byte, error) {
 	return data, nil
 }
 
-// blobCache keeps recently published models in memory by sha256, up to max
-// bytes; the most recently used model always stays, however large, so a
-// fetch of a big model reads its file once.
+// blobCache keeps recently used byte slices in memory by key, up to max
+// bytes: models by sha256 (the most recently used model always stays,
+// however large, so a fetch of a big model reads its file once) and
+// encoded chunks (Registry.chunkPayload).
 type blobCache struct {
 	max int64
 

@@ -189,11 +189,30 @@ func (q *chunkQueue) sentLapsed(k chunkKey, s *sentChunks, now time.Time) bool {
 	return q.pending[k] == nil && now.Sub(s.roundLast) > maxSentGrace
 }
 
-// enqueue queues indexes (all already validated) and reports how many
-// were new and how many were held back as on their way to the device
-// (sentChunks; fresh: FetchRequest.fresh); the rest coalesced with queued
-// requests.
-func (q *chunkQueue) enqueue(k chunkKey, device string, fresh bool, indexes []uint32, now time.Time) (added, onItsWay int) {
+// asker is the device behind a fetch request and what it said about
+// itself (efpb.FetchRequest).
+type asker struct {
+	device string
+	// fresh: the first request since it subscribed (sentChunks).
+	fresh bool
+	// ownTopic: it receives on its own chunk topic too (lateAsker).
+	ownTopic bool
+}
+
+// enqueued is what enqueue did with a request's chunks.
+type enqueued struct {
+	// added were queued anew; onItsWay were held back as on their way to
+	// the device (sentChunks); the rest coalesced with queued requests.
+	added, onItsWay int
+	// late: the request came after its version's shared round went out,
+	// and what the round had carried is queued on the device's own topic.
+	late bool
+}
+
+// enqueue queues indexes (all already validated) of k for a.
+func (q *chunkQueue) enqueue(k chunkKey, a asker, indexes []uint32, now time.Time) enqueued {
+	var r enqueued
+	device := a.device
 	q.mu.Lock()
 	if k.device == "" {
 		s := q.sent[k]
@@ -201,8 +220,17 @@ func (q *chunkQueue) enqueue(k chunkKey, device string, fresh bool, indexes []ui
 			s = &sentChunks{asked: map[string]time.Time{}, published: map[uint32]time.Time{}}
 			q.sent[k] = s
 		}
-		indexes, onItsWay = s.onItsWay(device, fresh, indexes, now)
-	} else {
+		indexes, r.onItsWay = s.onItsWay(device, a.fresh, indexes, now)
+		if a.ownTopic && q.lateAsker(k, s, now) {
+			// What the round still has queued reaches the device on the
+			// shared topic; the rest goes to it alone.
+			if p := q.pending[k]; p != nil {
+				indexes = slices.DeleteFunc(slices.Clone(indexes), func(i uint32) bool { return p.queued[i] })
+			}
+			k.device, r.late = device, true
+		}
+	}
+	if k.device != "" {
 		// Direct: no round to collect (nobody else receives these), but
 		// the device counts for the version's shared round.
 		shared := chunkKey{k.name, k.version, ""}
@@ -235,7 +263,7 @@ func (q *chunkQueue) enqueue(k chunkKey, device string, fresh bool, indexes []ui
 		if !p.queued[i] {
 			p.queued[i] = true
 			p.order = append(p.order, i)
-			added++
+			r.added++
 		}
 	}
 	if len(p.order) == 0 { // nothing asked for (or all on its way): do not keep an empty entry
@@ -246,14 +274,34 @@ func (q *chunkQueue) enqueue(k chunkKey, device string, fresh bool, indexes []ui
 	// Wake the worker for new chunks, and for a round whose time changed:
 	// the last expected device asking for chunks already queued adds none
 	// but makes the round due now.
-	if added > 0 || collecting {
+	if r.added > 0 || collecting {
 		// A direct request may also make the shared round due.
 		wake(q.wake)
 		if k.device != "" {
 			wake(q.wakeDirect)
 		}
 	}
-	return added, onItsWay
+	return r
+}
+
+// lateAsker says whether a request for k's chunks comes after k's last
+// shared round went out and belongs to no new round: no round of k is
+// being collected, and no devices were told to download k since that
+// round began (a rollout's next wave asks for a round of its own). Such a
+// device, if it receives on its own topic, is sent what the round carried
+// there: another round would go to every device still downloading the
+// version — at 10,000 devices, some of whose requests came in after a
+// pause longer than ChunkBatchMax, four more rounds of 16 chunks to
+// thousands of devices that had them (docs/benchmarks.md). q.mu is held.
+func (q *chunkQueue) lateAsker(k chunkKey, s *sentChunks, now time.Time) bool {
+	if s.roundStart.IsZero() {
+		return false // no round went out within maxSentGrace
+	}
+	if p := q.pending[k]; p != nil && !p.publishing {
+		return false // a round to join
+	}
+	e := q.expected[k]
+	return e == nil || now.After(e.until) || !e.made.After(s.roundStart)
 }
 
 func wake(c chan struct{}) {
@@ -423,19 +471,9 @@ func (r *Registry) publishChunk(ctx context.Context, k chunkKey, idx uint32) {
 	if rec == nil {
 		return // validated at enqueue; versions are never deleted
 	}
-	model, err := r.modelBytes(rec)
+	payload, size, err := r.chunkPayload(rec, idx)
 	if err != nil {
-		r.log.Error("read model for chunk publish failed", "model", k.name, "version", k.version, "err", err)
-		return
-	}
-	data, err := transfer.ChunkData(model, rec.ChunkSize, idx)
-	if err != nil {
-		r.log.Error("chunk data failed", "model", k.name, "version", k.version, "index", idx, "err", err)
-		return
-	}
-	payload, err := proto.Marshal(&efpb.Chunk{Name: k.name, Version: k.version, Index: idx, Data: data})
-	if err != nil {
-		r.log.Error("encode chunk failed", "model", k.name, "version", k.version, "index", idx, "err", err)
+		r.log.Error("chunk publish failed", "model", k.name, "version", k.version, "index", idx, "err", err)
 		return
 	}
 	topic := r.opts.Scheme.Chunks(k.name, k.version)
@@ -460,10 +498,35 @@ func (r *Registry) publishChunk(ctx context.Context, k chunkKey, idx uint32) {
 		return
 	}
 	r.metrics.chunks.Inc()
-	r.metrics.chunkBytes.Add(float64(len(data)))
+	r.metrics.chunkBytes.Add(float64(size))
 	if k.device != "" {
 		r.metrics.directChunks.Inc()
 	}
+}
+
+// chunkPayload is the encoded efpb.Chunk idx of rec and the size of its
+// data. The bus copies what it publishes, and nothing writes to a cached
+// payload, so one encoding serves every publish of the chunk.
+func (r *Registry) chunkPayload(rec *record, idx uint32) ([]byte, int, error) {
+	key := fmt.Sprintf("%s/%s/%d", rec.Name, rec.Version, idx)
+	if p := r.payloads.get(key); p != nil {
+		start := uint64(idx) * uint64(rec.ChunkSize) // idx was validated at enqueue
+		return p, int(min(start+uint64(rec.ChunkSize), rec.Size) - start), nil
+	}
+	model, err := r.modelBytes(rec)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read model: %w", err)
+	}
+	data, err := transfer.ChunkData(model, rec.ChunkSize, idx)
+	if err != nil {
+		return nil, 0, err
+	}
+	payload, err := proto.Marshal(&efpb.Chunk{Name: rec.Name, Version: rec.Version, Index: idx, Data: data})
+	if err != nil {
+		return nil, 0, fmt.Errorf("encode chunk: %w", err)
+	}
+	r.payloads.put(key, payload)
+	return payload, len(data), nil
 }
 
 // ExpectFetches tells the chunk queue that devices devices were just told
@@ -532,8 +595,11 @@ func (r *Registry) OnFetch(topic string, payload []byte) {
 	if req.Direct {
 		k.device = dev
 	}
-	added, onItsWay := r.chunks.enqueue(k, dev, req.Fresh, missing, time.Now())
-	r.metrics.onItsWay.Add(float64(onItsWay))
+	e := r.chunks.enqueue(k, asker{device: dev, fresh: req.Fresh, ownTopic: req.OwnTopic}, missing, time.Now())
+	r.metrics.onItsWay.Add(float64(e.onItsWay))
+	if e.late {
+		r.metrics.lateAskers.Inc()
+	}
 	r.log.Debug("fetch request", "device", dev, "model", req.Name, "version", req.Version, "direct", req.Direct,
-		"asked", len(missing), "queued", added, "on_its_way", onItsWay)
+		"late", e.late, "asked", len(missing), "queued", e.added, "on_its_way", e.onItsWay)
 }

@@ -224,8 +224,14 @@ func TestChunkQueueDirect(t *testing.T) {
 // add is enqueue for a request that is not fresh, returning how many
 // chunks were queued.
 func (q *chunkQueue) add(k chunkKey, device string, indexes []uint32, now time.Time) int {
-	n, _ := q.enqueue(k, device, false, indexes, now)
-	return n
+	return q.enqueue(k, asker{device: device}, indexes, now).added
+}
+
+// enqueueN is enqueue returning how many chunks were queued and how many
+// held back as on their way.
+func (q *chunkQueue) enqueueN(k chunkKey, a asker, indexes []uint32, now time.Time) (added, onItsWay int) {
+	e := q.enqueue(k, a, indexes, now)
+	return e.added, e.onItsWay
 }
 
 // A device asking again for a chunk whose publish went to it (it had
@@ -249,33 +255,33 @@ func TestChunkQueueDoesNotRepublishWhatIsOnItsWay(t *testing.T) {
 	assert.Equal(t, uint32(0), take(at(10)))
 	assert.Equal(t, uint32(1), take(at(1000)))
 
-	added, onItsWay := q.enqueue(k, "early", false, []uint32{0, 1, 2}, at(1500))
+	added, onItsWay := q.enqueueN(k, asker{device: "early"}, []uint32{0, 1, 2}, at(1500))
 	assert.Equal(t, 0, added, "0 and 1 are on their way to it, 2 is still queued")
 	assert.Equal(t, 2, onItsWay)
-	added, onItsWay = q.enqueue(k, "late", false, []uint32{0, 1, 2}, at(1600))
+	added, onItsWay = q.enqueueN(k, asker{device: "late"}, []uint32{0, 1, 2}, at(1600))
 	assert.Equal(t, 2, added, "a device that asked after the publishes gets them again")
 	assert.Zero(t, onItsWay)
-	added, _ = q.enqueue(k, "early", true, []uint32{0}, at(1700))
+	added, _ = q.enqueueN(k, asker{device: "early", fresh: true}, []uint32{0}, at(1700))
 	assert.Zero(t, added, "queued again for late already")
 	for q.queued() > 0 {
 		take(at(2000))
 	}
 	require.Equal(t, 1, q.add(k, "restarted", []uint32{0}, at(2100)))
 	take(at(2200))
-	added, onItsWay = q.enqueue(k, "restarted", false, []uint32{0}, at(2250))
+	added, onItsWay = q.enqueueN(k, asker{device: "restarted"}, []uint32{0}, at(2250))
 	require.Zero(t, added)
 	require.Equal(t, 1, onItsWay, "asked before the publish at 2.2 s: on its way")
-	added, onItsWay = q.enqueue(k, "restarted", true, []uint32{0}, at(2300))
+	added, onItsWay = q.enqueueN(k, asker{device: "restarted", fresh: true}, []uint32{0}, at(2300))
 	assert.Equal(t, 1, added, "a fresh request forgets what was published before it")
 	assert.Zero(t, onItsWay)
 	take(at(2400))
 
 	// "late" asked at 1.6 s; 0 was published again at 2.4 s. Inside the
 	// grace (5 s at least) it is on its way, after it it is published.
-	added, onItsWay = q.enqueue(k, "late", false, []uint32{0}, at(2400+4900))
+	added, onItsWay = q.enqueueN(k, asker{device: "late"}, []uint32{0}, at(2400+4900))
 	assert.Zero(t, added)
 	assert.Equal(t, 1, onItsWay)
-	added, onItsWay = q.enqueue(k, "late", false, []uint32{0}, at(2400+5000))
+	added, onItsWay = q.enqueueN(k, asker{device: "late"}, []uint32{0}, at(2400+5000))
 	assert.Equal(t, 1, added, "after the grace it is asked for as if lost")
 	assert.Zero(t, onItsWay)
 }
@@ -291,11 +297,81 @@ func TestChunkQueueGraceFollowsTheRound(t *testing.T) {
 	q.add(k, "dev", []uint32{0, 1}, at(0))
 	q.next(at(0.1))
 	q.next(at(30.1))
-	added, onItsWay := q.enqueue(k, "dev", false, []uint32{0}, at(25))
+	added, onItsWay := q.enqueueN(k, asker{device: "dev"}, []uint32{0}, at(25))
 	assert.Equal(t, 0, added, "25 s after its publish, in a round that took 30 s")
 	assert.Equal(t, 1, onItsWay)
 	assert.Equal(t, 1, q.add(k, "dev", []uint32{0}, at(30.2)))
 
 	s := &sentChunks{roundStart: at(0), roundLast: at(3600)}
 	assert.Equal(t, maxSentGrace, s.grace())
+}
+
+// A device that asks after its version's shared round went out, and
+// receives on its own topic, is sent what the round carried there, to it
+// alone; what the round still has queued reaches it on the shared topic.
+// An older agent (no own topic) gets another shared round, devices told
+// to download since the round began collect a round of their own, and
+// once the version's topic has been quiet for maxSentGrace a request
+// starts a new round.
+func TestChunkQueueServesLateAskersOnTheirOwnTopic(t *testing.T) {
+	q := newChunkQueue(100*time.Millisecond, time.Second)
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	k := chunkKey{"fraud", "v1", ""}
+	own := func(dev string) asker { return asker{device: dev, ownTopic: true} }
+	type item struct {
+		k chunkKey
+		i uint32
+	}
+	drain := func(now time.Time) []item {
+		var got []item
+		for {
+			k, i, ok, _ := q.next(now)
+			if !ok {
+				return got
+			}
+			got = append(got, item{k, i})
+		}
+	}
+
+	q.expect(k, 3, t0)
+	q.add(k, "dev-1", []uint32{0, 1, 2}, at(10))
+	q.add(k, "dev-2", []uint32{0, 1, 2}, at(20))
+	_, _, ok, _ := q.next(at(500))
+	require.False(t, ok, "the round waits for dev-3")
+	// dev-3 does not ask within a second of dev-2: the round goes out.
+	kk, i, ok, _ := q.next(at(1100))
+	require.True(t, ok)
+	require.Equal(t, item{k, 0}, item{kk, i})
+
+	e := q.enqueue(k, own("dev-3"), []uint32{0, 1, 2}, at(1150))
+	assert.True(t, e.late, "asked after the round went out")
+	assert.Equal(t, 1, e.added, "only chunk 0 is queued for it: 1 and 2 are still in the round")
+	dev3 := chunkKey{"fraud", "v1", "dev-3"}
+	assert.ElementsMatch(t, []item{{k, 1}, {k, 2}, {dev3, 0}}, drain(at(1200)))
+
+	e = q.enqueue(k, own("dev-4"), []uint32{0, 1, 2}, at(1300))
+	assert.True(t, e.late)
+	assert.Equal(t, 3, e.added)
+	dev4 := chunkKey{"fraud", "v1", "dev-4"}
+	assert.Equal(t, []item{{dev4, 0}, {dev4, 1}, {dev4, 2}}, drain(at(1300)), "all on its own topic, at once")
+
+	e = q.enqueue(k, asker{device: "old-agent"}, []uint32{0}, at(1400))
+	assert.False(t, e.late, "an agent that does not receive on its own topic")
+	assert.Empty(t, drain(at(1450)), "its round collects first")
+	assert.Equal(t, []item{{k, 0}}, drain(at(1600)))
+
+	// A rollout's next wave: told to download after the last round began.
+	q.expect(k, 2, at(5000))
+	e = q.enqueue(k, own("dev-5"), []uint32{0, 1, 2}, at(5010))
+	assert.False(t, e.late, "dev-5 was told to download after the last round: it collects a new one")
+	assert.Empty(t, drain(at(5020)))
+	e = q.enqueue(k, own("dev-6"), []uint32{0, 1, 2}, at(5030))
+	assert.False(t, e.late, "joins the round being collected")
+	assert.Equal(t, []item{{k, 0}, {k, 1}, {k, 2}}, drain(at(5030)), "both expected devices asked")
+
+	quiet := 5030 + int(maxSentGrace/time.Millisecond) + 1
+	e = q.enqueue(k, own("dev-7"), []uint32{0}, at(quiet))
+	assert.False(t, e.late, "nothing went out for maxSentGrace: a new round")
+	assert.Equal(t, []item{{k, 0}}, drain(at(quiet+200)))
 }

@@ -8,8 +8,11 @@ type metrics struct {
 	chunks     prometheus.Counter
 	chunkBytes prometheus.Counter
 	// directChunks are the chunks published to one device's
-	// own topic (a download its site shares).
+	// own topic (a download its site shares, or a late asker's).
 	directChunks prometheus.Counter
+	// lateAskers are fetch requests answered on the device's own topic
+	// because their version's shared round had gone out (lateAsker).
+	lateAskers prometheus.Counter
 	// onItsWay are chunks asked for again and not published again: their
 	// last publish was already on its way to the device (sentChunks).
 	onItsWay prometheus.Counter
@@ -38,14 +41,18 @@ func newMetrics(reg prometheus.Registerer, versions, corrupt func() float64) *me
 		}),
 		directChunks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "edgefleet_chunk_publishes_direct_total",
-			Help: "Of edgefleet_chunk_publishes_total, the chunks published on one device's own chunk topic: its part of a download its site shares.",
+			Help: "Of edgefleet_chunk_publishes_total, the chunks published on one device's own chunk topic: its part of a download its site shares, or what a shared round had carried before the device asked.",
+		}),
+		lateAskers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgefleet_chunk_requests_late_total",
+			Help: "Fetch requests that came after their version's shared round went out, answered on the device's own chunk topic instead of another round to every device downloading the version.",
 		}),
 		onItsWay: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "edgefleet_chunk_requests_on_their_way_total",
 			Help: "Chunks devices asked for again within the grace of a publish that already went to them: not published again to every device downloading the version.",
 		}),
 	}
-	reg.MustRegister(m.uploads, m.chunks, m.chunkBytes, m.directChunks, m.onItsWay,
+	reg.MustRegister(m.uploads, m.chunks, m.chunkBytes, m.directChunks, m.lateAskers, m.onItsWay,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgefleet_model_versions", Help: "Uploaded model versions.",
 		}, versions),

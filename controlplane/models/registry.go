@@ -52,6 +52,9 @@ const (
 	DefaultFetchBudget      = 4
 	DefaultFetchWindow      = 10 * time.Minute
 	blobCacheBytes          = 256 << 20
+	// payloadCacheBytes bounds the encoded chunks kept for publishing
+	// again (Registry.chunkPayload).
+	payloadCacheBytes = 32 << 20
 )
 
 // Publisher publishes on the MQTT bus (QoS 1).
@@ -128,12 +131,15 @@ func modelKey(name, version string) string { return prefixModels + name + "/" + 
 
 // Registry holds the model versions.
 type Registry struct {
-	opts    Options
-	log     *slog.Logger
-	chunks  *chunkQueue
-	fetch   *fetchLimit
-	blobs   *blobCache
-	metrics *metrics
+	opts   Options
+	log    *slog.Logger
+	chunks *chunkQueue
+	fetch  *fetchLimit
+	blobs  *blobCache
+	// payloads are encoded efpb.Chunk messages by version and index: a
+	// chunk sent to many devices' own topics is encoded once.
+	payloads *blobCache
+	metrics  *metrics
 
 	// mu guards recs and corrupt. Records are replaced, never modified
 	// in place.
@@ -169,13 +175,14 @@ func New(o Options) (*Registry, error) {
 		return nil, fmt.Errorf("models: %w", err)
 	}
 	r := &Registry{
-		opts:    o,
-		log:     o.Logger.With("component", "models"),
-		chunks:  newChunkQueue(o.ChunkBatchWindow, o.ChunkBatchMax),
-		fetch:   newFetchLimit(o.FetchBudget, o.FetchWindow),
-		blobs:   newBlobCache(blobCacheBytes),
-		recs:    map[string]*record{},
-		corrupt: map[string]string{},
+		opts:     o,
+		log:      o.Logger.With("component", "models"),
+		chunks:   newChunkQueue(o.ChunkBatchWindow, o.ChunkBatchMax),
+		fetch:    newFetchLimit(o.FetchBudget, o.FetchWindow),
+		blobs:    newBlobCache(blobCacheBytes),
+		payloads: newBlobCache(payloadCacheBytes),
+		recs:     map[string]*record{},
+		corrupt:  map[string]string{},
 	}
 	err := o.KV.Scan(prefixModels, func(key string, val []byte) error {
 		rec := &record{}

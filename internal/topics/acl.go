@@ -156,7 +156,8 @@ func (s Scheme) DeviceACL(dev string) []ACLRule {
 		{Write, s.Presence(dev)},
 		{Read, s.Desired(dev)},
 		{Read, s.Ack(dev)},
-		// Site sharing: its site document, and the chunks it asked for.
+		// Site sharing: its site document; the chunks it asked for on its
+		// own topic (its part of a site's download, or a late asker's).
 		{Read, s.Site(dev)},
 		{Read, s.DeviceChunks(dev)},
 		{Read, s.Trust()},

@@ -1943,7 +1943,15 @@ type FetchRequest struct {
 	// forget the device's earlier requests, since what was published before
 	// may never have reached it. An older agent never sets it and waits out
 	// the grace after a restart; an older control plane ignores it.
-	Fresh         bool `protobuf:"varint,6,opt,name=fresh,proto3" json:"fresh,omitempty"`
+	Fresh bool `protobuf:"varint,6,opt,name=fresh,proto3" json:"fresh,omitempty"`
+	// own_topic says the device is subscribed to its own chunk topic
+	// (dev/{id}/chunks) as well as the version's shared one (added
+	// 2026-12-07). A device that asks after the version's shared round went
+	// out is then sent what that round already carried on its own topic,
+	// to it alone, instead of in another round to every device still
+	// downloading the version. An older agent never sets it and is served
+	// by another shared round; an older control plane ignores it.
+	OwnTopic      bool `protobuf:"varint,7,opt,name=own_topic,json=ownTopic,proto3" json:"own_topic,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2016,6 +2024,13 @@ func (x *FetchRequest) GetDirect() bool {
 func (x *FetchRequest) GetFresh() bool {
 	if x != nil {
 		return x.Fresh
+	}
+	return false
+}
+
+func (x *FetchRequest) GetOwnTopic() bool {
+	if x != nil {
+		return x.OwnTopic
 	}
 	return false
 }
@@ -4114,14 +4129,15 @@ const file_proto_edgefleet_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
 	"\x05index\x18\x03 \x01(\rR\x05index\x12\x12\n" +
-	"\x04data\x18\x04 \x01(\fR\x04data\"\xa1\x01\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\"\xbe\x01\n" +
 	"\fFetchRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12\x18\n" +
 	"\amissing\x18\x04 \x03(\rR\amissing\x12\x16\n" +
 	"\x06direct\x18\x05 \x01(\bR\x06direct\x12\x14\n" +
-	"\x05fresh\x18\x06 \x01(\bR\x05fresh\"\xd1\x03\n" +
+	"\x05fresh\x18\x06 \x01(\bR\x05fresh\x12\x1b\n" +
+	"\town_topic\x18\a \x01(\bR\bownTopic\"\xd1\x03\n" +
 	"\vStatusEvent\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x10\n" +
