@@ -50,7 +50,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	profileWindow := fs.Bool("cpu-profile-window", false, "fanout: --cpu-profile covers the last fleet size's rollout only (deploy to every agent serving)")
 	duration := fs.Duration("duration", 30*time.Second, "telemetry: measured window once every agent reports")
 	rate := fs.Float64("rate", 2, "telemetry: inferences per device per second (so reports carry monitoring)")
-	diskStore := fs.Bool("agent-store-on-disk", false, "telemetry: the agents' shared store (their outboxes) in badger on disk with synced commits, not in memory")
+	agentDir := fs.String("agent-dir", "", "fanout: where the agents' model files go (default: under --work-dir), e.g. /dev/shm: one machine's disk otherwise takes every simulated device's downloads and fsyncs")
+	diskStore := fs.Bool("agent-store-on-disk", false, "telemetry, fanout: the agents' shared store (their state and outboxes) in badger on disk with synced commits, not in memory")
 	agentBin := fs.String("agent-bin", "", "agent: the edgefleet-agent binary to run and measure")
 	agentExec := fs.String("agent-exec", "", "agent: run the binary through this command, e.g. \"qemu-aarch64 -L /usr/aarch64-linux-gnu\"")
 	agentORT := fs.String("agent-ort-lib", "", "agent: the agent's onnxruntime_library (default: next to its binary, then $EDGEFLEET_ORT_LIB)")
@@ -115,7 +116,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			ORTLibrary: *ortLib, Inferences: *inferences, SwapModelBytes: *swapBytes, SkipSwap: *skipSwap, Clients: *clients,
 			BigBatch: *bigBatch, Steady: *steady, Dir: dir, Progress: stdout})
 	case "fanout":
-		o := FanoutOptions{Sizes: sizes, ModelBytes: *modelBytes, ProxyMax: *proxyMax, FetchRetry: *fetchRetry, Transport: *transport, Dir: dir, ORTLibrary: *ortLib, Progress: stdout}
+		o := FanoutOptions{Sizes: sizes, ModelBytes: *modelBytes, ProxyMax: *proxyMax, FetchRetry: *fetchRetry, StoreOnDisk: *diskStore, Transport: *transport,
+			AgentDir: *agentDir, Dir: dir, ORTLibrary: *ortLib, Progress: stdout}
 		if *profileWindow {
 			o.RolloutProfile = *cpuProfile
 		}

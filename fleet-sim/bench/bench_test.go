@@ -17,8 +17,10 @@ import (
 
 func TestFanoutSmall(t *testing.T) {
 	profile := filepath.Join(t.TempDir(), "rollout.pprof")
+	agentDir := t.TempDir()
+	var out bytes.Buffer
 	res, err := Fanout(context.Background(), FanoutOptions{Sizes: []int{3}, ModelBytes: 200_000, ProxyMax: 10,
-		FetchRetry: 300 * time.Millisecond, Dir: t.TempDir(), Progress: io.Discard, RolloutProfile: profile})
+		FetchRetry: 300 * time.Millisecond, AgentDir: agentDir, Dir: t.TempDir(), Progress: &out, RolloutProfile: profile})
 	require.NoError(t, err)
 	require.Len(t, res, 1)
 	r := res[0]
@@ -29,6 +31,12 @@ func TestFanoutSmall(t *testing.T) {
 	assert.Positive(t, r.Baseline)
 	assert.Zero(t, r.BaselineMissing, "every raw subscriber got every chunk")
 	assert.GreaterOrEqual(t, r.ChunkPublishes, float64(r.Chunks), "read from /metrics")
+	assert.GreaterOrEqual(t, r.DirectPublishes, 0.0, "read from /metrics")
+	assert.LessOrEqual(t, r.DirectPublishes, r.ChunkPublishes)
+	assert.Contains(t, out.String(), "agents' shared store: in memory; agents' model files: under "+agentDir)
+	left, err := os.ReadDir(agentDir)
+	require.NoError(t, err)
+	assert.Empty(t, left, "the agents' files are removed from --agent-dir")
 	assert.GreaterOrEqual(t, r.WireBytesPerAgent, 1.0, "each agent received at least the model")
 	assert.LessOrEqual(t, r.FirstActive, r.MedianActive)
 	for _, phase := range []string{"downloading", "verifying", "staging", "active"} {

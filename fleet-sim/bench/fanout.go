@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -46,6 +47,16 @@ type FanoutOptions struct {
 	Dir        string
 	ORTLibrary string
 	Progress   io.Writer
+	// AgentDir, if set, is where the agents' model files go (in a
+	// directory of their own, removed afterwards) instead of under Dir,
+	// e.g. a tmpfs: see sim.Options.AgentDir.
+	AgentDir string
+	// StoreOnDisk puts the agents' shared store in one badger on disk
+	// with synced commits; by default it is in memory, as for Telemetry:
+	// 10,000 agents' synced state changes through one store on one disk
+	// queued behind each other's fsyncs (a device has its own disk), and
+	// devices stalled there asked for the version seconds late.
+	StoreOnDisk bool
 	// RolloutProfile, if set, is where a CPU profile of the last fleet
 	// size's rollout (deploy to every agent serving) is written: the
 	// fleet's start, the warm-up version and the baseline left out.
@@ -69,10 +80,12 @@ type FanoutResult struct {
 	MedianActive float64 `json:"median_active_seconds"`
 	P90Active    float64 `json:"p90_active_seconds"`
 	// ChunkPublishes is how many chunk publishes the control plane made
-	// for the version (the model has Chunks chunks).
-	ChunkPublishes float64 `json:"chunk_publishes"`
-	Baseline       float64 `json:"baseline_seconds"` // first publish → every raw subscriber has every chunk
-	Ratio          float64 `json:"ratio"`
+	// for the version (the model has Chunks chunks); DirectPublishes of
+	// them went to one device's own topic (a late asker's).
+	ChunkPublishes  float64 `json:"chunk_publishes"`
+	DirectPublishes float64 `json:"direct_chunk_publishes"`
+	Baseline        float64 `json:"baseline_seconds"` // first publish → every raw subscriber has every chunk
+	Ratio           float64 `json:"ratio"`
 	// WireBytesPerAgent is the mean bytes each agent received from the
 	// broker during the rollout (MQTT framing and every message, measured
 	// by the proxy) divided by the model size; 0 when not measured.
@@ -170,6 +183,14 @@ func Fanout(ctx context.Context, o FanoutOptions) ([]FanoutResult, error) {
 		return nil, err
 	}
 	model := onnxbuild.Pad(big.ONNX, max(o.ModelBytes-len(big.ONNX)-8, 0))
+	store, files := "in memory", "under the work directory"
+	if o.StoreOnDisk {
+		store = "badger on disk, synced commits"
+	}
+	if o.AgentDir != "" {
+		files = "under " + o.AgentDir
+	}
+	fmt.Fprintf(o.Progress, "agents' shared store: %s; agents' model files: %s\n", store, files)
 	fmt.Fprintf(o.Progress, "| N | model bytes | chunks | rollout s (first / median / p90 / all) | raw baseline s | ratio | chunk publishes | wire bytes per agent / model |\n|---|---|---|---|---|---|---|---|\n")
 	var out []FanoutResult
 	for i, n := range o.Sizes {
@@ -185,8 +206,8 @@ func Fanout(ctx context.Context, o FanoutOptions) ([]FanoutResult, error) {
 		if r.WireBytesPerAgent > 0 {
 			wire = fmt.Sprintf("%.3f", r.WireBytesPerAgent)
 		}
-		fmt.Fprintf(o.Progress, "| %d | %d | %d | %.2f / %.2f / %.2f / %.2f | %.2f | %.2f | %.0f | %s |\n", r.N, r.ModelBytes, r.Chunks,
-			r.FirstActive, r.MedianActive, r.P90Active, r.Rollout, r.Baseline, r.Ratio, r.ChunkPublishes, wire)
+		fmt.Fprintf(o.Progress, "| %d | %d | %d | %.2f / %.2f / %.2f / %.2f | %.2f | %.2f | %.0f (%.0f direct) | %s |\n", r.N, r.ModelBytes, r.Chunks,
+			r.FirstActive, r.MedianActive, r.P90Active, r.Rollout, r.Baseline, r.Ratio, r.ChunkPublishes, r.DirectPublishes, wire)
 		var ph []string
 		for _, name := range []string{"downloading", "verifying", "staging", "active"} {
 			if p, ok := r.Phases[name]; ok {
@@ -209,14 +230,25 @@ func devicesFor(n int) []sim.Device {
 func fanoutOne(ctx context.Context, o FanoutOptions, n int, rt *infer.Runtime, small, big *fraud.Artifact, model []byte) (FanoutResult, error) {
 	r := FanoutResult{N: n}
 	devs := devicesFor(n)
+	agentDir := ""
+	if o.AgentDir != "" {
+		d, err := os.MkdirTemp(o.AgentDir, fmt.Sprintf("fleet-sim-fanout-%d-*", n))
+		if err != nil {
+			return r, err
+		}
+		defer os.RemoveAll(d)
+		agentDir = d
+	}
 	f, err := sim.New(sim.Options{
 		Dir:                filepath.Join(o.Dir, fmt.Sprintf("fanout-%d", n)),
+		AgentDir:           agentDir,
 		Devices:            devs,
 		Runtime:            rt,
 		Proxy:              n <= o.ProxyMax,
 		Transport:          o.Transport,
 		HeartbeatInterval:  time.Minute,
 		FetchRetryInterval: o.FetchRetry,
+		InMemoryStore:      !o.StoreOnDisk,
 	})
 	if err != nil {
 		return r, err
@@ -237,7 +269,7 @@ func fanoutOne(ctx context.Context, o FanoutOptions, n int, rt *infer.Runtime, s
 	}
 	r.ModelBytes, r.Chunks, r.ChunkSize = mv.Size, mv.ChunkCount, mv.ChunkSize
 	inBefore := proxyIn(f)
-	pubBefore := chunkPublishes(f)
+	pubBefore, directBefore := chunkMetric(f, "edgefleet_chunk_publishes_total"), chunkMetric(f, "edgefleet_chunk_publishes_direct_total")
 	stopProfile := func() error { return nil }
 	if o.RolloutProfile != "" {
 		if stopProfile, err = StartCPUProfile(o.RolloutProfile); err != nil {
@@ -257,7 +289,8 @@ func fanoutOne(ctx context.Context, o FanoutOptions, n int, rt *infer.Runtime, s
 	r.Phases = phases.times(times)
 	slices.Sort(times)
 	r.FirstActive, r.MedianActive, r.P90Active = times[0], times[len(times)/2], times[len(times)*9/10]
-	r.ChunkPublishes = chunkPublishes(f) - pubBefore
+	r.ChunkPublishes = chunkMetric(f, "edgefleet_chunk_publishes_total") - pubBefore
+	r.DirectPublishes = chunkMetric(f, "edgefleet_chunk_publishes_direct_total") - directBefore
 	if f.Proxy() != nil {
 		r.WireBytesPerAgent = float64(proxyIn(f)-inBefore) / float64(n) / float64(mv.Size)
 	}
@@ -393,9 +426,10 @@ func waitServingTimes(ctx context.Context, f *sim.Fleet, model, version string, 
 	}
 }
 
-// chunkPublishes reads edgefleet_chunk_publishes_total from the in-process
-// control plane's /metrics (-1 if unavailable).
-func chunkPublishes(f *sim.Fleet) float64 {
+// chunkMetric reads the counter name (edgefleet_chunk_publishes_total or
+// another without labels) from the in-process control plane's /metrics
+// (-1 if unavailable).
+func chunkMetric(f *sim.Fleet, name string) float64 {
 	srv := f.Server()
 	if srv == nil {
 		return -1
@@ -415,7 +449,7 @@ func chunkPublishes(f *sim.Fleet) float64 {
 		return -1
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "edgefleet_chunk_publishes_total "); ok {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
 			x, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 			if err == nil {
 				return x

@@ -31,6 +31,11 @@ type Options struct {
 	// Dir holds the control plane's data, the shared badger and each
 	// agent's model files (Dir/agents/<id>). Required.
 	Dir string
+	// AgentDir, if set, holds the agents' model files instead
+	// (AgentDir/<id>), e.g. on a tmpfs: on one machine every simulated
+	// device's downloads, and their fsyncs, go to one disk, where a fleet
+	// has a disk per device. fleet-sim does not remove it.
+	AgentDir string
 	// Devices to run. Required.
 	Devices []Device
 	// Remote, if set, is an external control plane; nil runs one in-process
@@ -300,6 +305,14 @@ func (f *Fleet) Prepare(ctx context.Context) error {
 	return f.register(ctx)
 }
 
+// agentDir is device id's data directory.
+func (f *Fleet) agentDir(id string) string {
+	if f.opts.AgentDir != "" {
+		return filepath.Join(f.opts.AgentDir, id)
+	}
+	return filepath.Join(f.opts.Dir, "agents", id)
+}
+
 func (f *Fleet) storeDir() string {
 	if f.opts.InMemoryStore {
 		return ""
@@ -478,7 +491,7 @@ func (f *Fleet) register(ctx context.Context) error {
 			TopicPrefix:        creds.TopicPrefix,
 			RootPublicKey:      pub,
 			Hardware:           m.Device.Labels["hw"],
-			DataDir:            filepath.Join(f.opts.Dir, "agents", m.Device.ID),
+			DataDir:            f.agentDir(m.Device.ID),
 			Store:              f.kv.Namespace(m.Device.ID),
 			Runtime:            f.rt,
 			HeartbeatInterval:  f.opts.HeartbeatInterval,

@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"log/slog"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -30,7 +31,11 @@ func TestFleetInMemory(t *testing.T) {
 		devs, err := FleetSpec{Sites: 1, DevicesPerSite: 3}.Expand()
 		require.NoError(t, err)
 		var logs testkit.Buffer
-		f, err := New(Options{Dir: t.TempDir(), Devices: devs, Runtime: rt, Proxy: proxy, Transport: TransportMemory,
+		dir, agentDir := t.TempDir(), ""
+		if !proxy {
+			agentDir = t.TempDir() // the agents' files elsewhere (fleet-sim bench fanout --agent-dir)
+		}
+		f, err := New(Options{Dir: dir, AgentDir: agentDir, Devices: devs, Runtime: rt, Proxy: proxy, Transport: TransportMemory,
 			HeartbeatInterval: time.Second, FetchRetryInterval: 300 * time.Millisecond,
 			AgentLogger: slog.New(slog.NewTextHandler(&logs, nil))})
 		require.NoError(t, err)
@@ -52,6 +57,17 @@ func TestFleetInMemory(t *testing.T) {
 			}
 			return true
 		}, 30*time.Second, 20*time.Millisecond, "proxy=%v: every agent serves 1.0.0", proxy)
+
+		filesDir := filepath.Join(dir, "agents")
+		if agentDir != "" {
+			filesDir = agentDir
+			assert.NoDirExists(t, filepath.Join(dir, "agents"), "nothing of the agents under Dir")
+		}
+		for _, d := range devs {
+			models, err := filepath.Glob(filepath.Join(filesDir, d.ID, "*", "*", "*.onnx"))
+			require.NoError(t, err)
+			assert.Len(t, models, 1, "proxy=%v: %s's model file under %s", proxy, d.ID, filesDir)
+		}
 
 		if proxy {
 			in, _ := f.Proxy().Bytes("dev-1-1")
