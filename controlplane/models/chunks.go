@@ -505,8 +505,9 @@ func (r *Registry) publishChunk(ctx context.Context, k chunkKey, idx uint32) {
 }
 
 // chunkPayload is the encoded efpb.Chunk idx of rec and the size of its
-// data. The bus copies what it publishes, and nothing writes to a cached
-// payload, so one encoding serves every publish of the chunk.
+// data. A bus only reads what it publishes and nothing writes to a cached
+// payload, so one encoding serves every publish of the chunk (a version's
+// bytes never change).
 func (r *Registry) chunkPayload(rec *record, idx uint32) ([]byte, int, error) {
 	key := fmt.Sprintf("%s/%s/%d", rec.Name, rec.Version, idx)
 	if p := r.payloads.get(key); p != nil {
