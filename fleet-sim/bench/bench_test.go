@@ -51,6 +51,18 @@ func TestFanoutSmall(t *testing.T) {
 	assert.Equal(t, []byte{0x1f, 0x8b}, b[:2], "a pprof profile is gzipped protobuf")
 }
 
+func TestFanoutNeedsRoomInTheAgentDir(t *testing.T) {
+	dir := t.TempDir()
+	free, ok := freeBytes(dir)
+	if !ok {
+		t.Skip("free space is not measured on this system")
+	}
+	assert.NoError(t, checkRoom(dir, 2, free/4))
+	err := checkRoom(dir, 2, free/2+1<<30)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "2 agents need about")
+}
+
 func TestScaleSmall(t *testing.T) {
 	// Over TCP here; TestFanoutSmall covers the in-memory transport.
 	res, err := Scale(context.Background(), ScaleOptions{Sizes: []int{3}, Transport: sim.TransportTCP, Dir: t.TempDir(), Progress: io.Discard})

@@ -232,6 +232,10 @@ func fanoutOne(ctx context.Context, o FanoutOptions, n int, rt *infer.Runtime, s
 	devs := devicesFor(n)
 	agentDir := ""
 	if o.AgentDir != "" {
+		// Every agent keeps both versions.
+		if err := checkRoom(o.AgentDir, n, uint64(len(model)+len(small.ONNX)+agentDirSlack)); err != nil {
+			return r, err
+		}
 		d, err := os.MkdirTemp(o.AgentDir, fmt.Sprintf("fleet-sim-fanout-%d-*", n))
 		if err != nil {
 			return r, err
@@ -424,6 +428,21 @@ func waitServingTimes(ctx context.Context, f *sim.Fleet, model, version string, 
 		case <-time.After(max(20*time.Millisecond, 3*time.Since(pass))):
 		}
 	}
+}
+
+// agentDirSlack is what an agent's directory holds beside its two model
+// versions (directories, a download's state), rounded up.
+const agentDirSlack = 16 << 10
+
+// checkRoom refuses a directory without room for n agents' perAgent bytes:
+// a tmpfs that filled up half-way would fail downloads and leave the run
+// waiting out its timeout.
+func checkRoom(dir string, n int, perAgent uint64) error {
+	need := uint64(n) * perAgent
+	if free, ok := freeBytes(dir); ok && free < need {
+		return fmt.Errorf("--agent-dir %s: %d MiB free, %d agents need about %d MiB", dir, free>>20, n, need>>20)
+	}
+	return nil
 }
 
 // chunkMetric reads the counter name (edgefleet_chunk_publishes_total or
