@@ -297,6 +297,13 @@ var fixtures = []struct {
 		hex:  "0a076465762d303035120566726175641a05312e322e30220200013001",
 	},
 	{
+		// A fourth: the device receives on its own chunk topic too, where
+		// a late asker is answered (added 2026-12-07).
+		name: "FetchRequest",
+		msg:  &efpb.FetchRequest{DeviceId: "dev-006", Name: "fraud", Version: "1.2.0", Missing: []uint32{3}, Fresh: true, OwnTopic: true},
+		hex:  "0a076465762d303036120566726175641a05312e322e3022010330013801",
+	},
+	{
 		name: "StatusEvent",
 		msg: &efpb.StatusEvent{
 			ProtocolVersion: 1,
@@ -544,7 +551,9 @@ func TestFixturesNamedForTheirType(t *testing.T) {
 		"Telemetry",
 		// The first fetch request since the device subscribed, and a
 		// manifest carried in the desired state.
-		"FetchRequest", "DesiredState"}
+		"FetchRequest", "DesiredState",
+		// A fetch request from a device that receives on its own topic.
+		"FetchRequest"}
 	var got []string
 	for _, fx := range fixtures {
 		assert.Equal(t, fx.name, string(fx.msg.ProtoReflect().Descriptor().Name()))
