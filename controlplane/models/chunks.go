@@ -207,27 +207,49 @@ type enqueued struct {
 	// late: the request came after its version's shared round went out,
 	// and what the round had carried is queued on the device's own topic.
 	late bool
+	// refused: afford refused the chunks it would have queued anew;
+	// nothing was queued.
+	refused bool
 }
 
-// enqueue queues indexes (all already validated) of k for a.
-func (q *chunkQueue) enqueue(k chunkKey, a asker, indexes []uint32, now time.Time) enqueued {
+// enqueue queues indexes (all already validated) of k for a. afford is
+// asked, before anything is queued, whether the device may have the
+// chunks that would be queued anew (what the request costs: chunks
+// coalesced with queued ones or on their way cost no publish); nil
+// affords all.
+func (q *chunkQueue) enqueue(k chunkKey, a asker, indexes []uint32, now time.Time, afford func(n int) bool) enqueued {
 	var r enqueued
 	device := a.device
 	q.mu.Lock()
 	if k.device == "" {
-		s := q.sent[k]
-		if s == nil || q.sentLapsed(k, s, now) {
-			s = &sentChunks{asked: map[string]time.Time{}, published: map[uint32]time.Time{}}
-			q.sent[k] = s
-		}
+		s := q.sentTo(k, now)
 		indexes, r.onItsWay = s.onItsWay(device, a.fresh, indexes, now)
 		if a.ownTopic && q.lateAsker(k, s, now) {
 			// What the round still has queued reaches the device on the
-			// shared topic; the rest goes to it alone.
+			// shared topic; the rest goes to it alone, where what was
+			// published to it after it asked is on its way as on the
+			// shared topic (a throttled link takes seconds for a model).
 			if p := q.pending[k]; p != nil {
 				indexes = slices.DeleteFunc(slices.Clone(indexes), func(i uint32) bool { return p.queued[i] })
 			}
 			k.device, r.late = device, true
+			var held int
+			indexes, held = q.sentTo(k, now).onItsWay(device, a.fresh, indexes, now)
+			r.onItsWay += held
+		}
+	}
+	if afford != nil {
+		n := 0
+		p := q.pending[k]
+		for _, i := range indexes {
+			if p == nil || !p.queued[i] {
+				n++
+			}
+		}
+		if n > 0 && !afford(n) {
+			q.mu.Unlock()
+			r.refused = true
+			return r
 		}
 	}
 	if k.device != "" {
@@ -282,6 +304,17 @@ func (q *chunkQueue) enqueue(k chunkKey, a asker, indexes []uint32, now time.Tim
 		}
 	}
 	return r
+}
+
+// sentTo is what k's topic recently carried, made anew when none is
+// recorded or it protects nothing any more. q.mu is held.
+func (q *chunkQueue) sentTo(k chunkKey, now time.Time) *sentChunks {
+	s := q.sent[k]
+	if s == nil || q.sentLapsed(k, s, now) {
+		s = &sentChunks{asked: map[string]time.Time{}, published: map[uint32]time.Time{}}
+		q.sent[k] = s
+	}
+	return s
 }
 
 // lateAsker says whether a request for k's chunks comes after k's last
@@ -587,16 +620,21 @@ func (r *Registry) OnFetch(topic string, payload []byte) {
 		in.Drop(kind, ingest.NotAssigned, topic, fmt.Errorf("device %s asked for %s@%s, which it was not assigned", dev, req.Name, req.Version))
 		return
 	}
-	if !r.fetch.allow(dev, req.Name, req.Version, uint32(len(missing)), n, r.opts.Clock()) {
-		in.Drop(kind, ingest.RateLimited, topic, fmt.Errorf("device %s asked for %s@%s's chunks beyond its budget (%d times over, refilled over %s)",
-			dev, req.Name, req.Version, r.opts.FetchBudget, r.opts.FetchWindow))
-		return
-	}
 	k := chunkKey{req.Name, req.Version, ""}
 	if req.Direct {
 		k.device = dev
 	}
-	e := r.chunks.enqueue(k, asker{device: dev, fresh: req.Fresh, ownTopic: req.OwnTopic}, missing, time.Now())
+	// The budget is charged for what the request costs: the chunks it has
+	// published anew.
+	afford := func(queued int) bool {
+		return r.fetch.allow(dev, req.Name, req.Version, uint32(queued), n, r.opts.Clock())
+	}
+	e := r.chunks.enqueue(k, asker{device: dev, fresh: req.Fresh, ownTopic: req.OwnTopic}, missing, time.Now(), afford)
+	if e.refused {
+		in.Drop(kind, ingest.RateLimited, topic, fmt.Errorf("device %s asked for %s@%s's chunks beyond its budget (%d times over, refilled over %s)",
+			dev, req.Name, req.Version, r.opts.FetchBudget, r.opts.FetchWindow))
+		return
+	}
 	r.metrics.onItsWay.Add(float64(e.onItsWay))
 	if e.late {
 		r.metrics.lateAskers.Inc()

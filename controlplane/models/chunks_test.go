@@ -224,13 +224,13 @@ func TestChunkQueueDirect(t *testing.T) {
 // add is enqueue for a request that is not fresh, returning how many
 // chunks were queued.
 func (q *chunkQueue) add(k chunkKey, device string, indexes []uint32, now time.Time) int {
-	return q.enqueue(k, asker{device: device}, indexes, now).added
+	return q.enqueue(k, asker{device: device}, indexes, now, nil).added
 }
 
 // enqueueN is enqueue returning how many chunks were queued and how many
 // held back as on their way.
 func (q *chunkQueue) enqueueN(k chunkKey, a asker, indexes []uint32, now time.Time) (added, onItsWay int) {
-	e := q.enqueue(k, a, indexes, now)
+	e := q.enqueue(k, a, indexes, now, nil)
 	return e.added, e.onItsWay
 }
 
@@ -344,34 +344,65 @@ func TestChunkQueueServesLateAskersOnTheirOwnTopic(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, item{k, 0}, item{kk, i})
 
-	e := q.enqueue(k, own("dev-3"), []uint32{0, 1, 2}, at(1150))
+	e := q.enqueue(k, own("dev-3"), []uint32{0, 1, 2}, at(1150), nil)
 	assert.True(t, e.late, "asked after the round went out")
 	assert.Equal(t, 1, e.added, "only chunk 0 is queued for it: 1 and 2 are still in the round")
 	dev3 := chunkKey{"fraud", "v1", "dev-3"}
 	assert.ElementsMatch(t, []item{{k, 1}, {k, 2}, {dev3, 0}}, drain(at(1200)))
 
-	e = q.enqueue(k, own("dev-4"), []uint32{0, 1, 2}, at(1300))
+	e = q.enqueue(k, own("dev-4"), []uint32{0, 1, 2}, at(1300), nil)
 	assert.True(t, e.late)
 	assert.Equal(t, 3, e.added)
 	dev4 := chunkKey{"fraud", "v1", "dev-4"}
-	assert.Equal(t, []item{{dev4, 0}, {dev4, 1}, {dev4, 2}}, drain(at(1300)), "all on its own topic, at once")
+	assert.Equal(t, []item{{dev4, 0}, {dev4, 1}, {dev4, 2}}, drain(at(1310)), "all on its own topic, at once")
+	e = q.enqueue(k, own("dev-4"), []uint32{0, 1, 2}, at(1350), nil)
+	assert.Zero(t, e.added, "published to it after it asked: on their way, as on the shared topic")
+	assert.Equal(t, 3, e.onItsWay)
+	e = q.enqueue(k, asker{device: "dev-4", fresh: true, ownTopic: true}, []uint32{0, 1, 2}, at(1360), nil)
+	assert.Equal(t, 3, e.added, "a fresh request (a reconnect: what went at most once may be lost) is answered")
+	assert.Len(t, drain(at(1370)), 3)
 
-	e = q.enqueue(k, asker{device: "old-agent"}, []uint32{0}, at(1400))
+	e = q.enqueue(k, asker{device: "old-agent"}, []uint32{0}, at(1400), nil)
 	assert.False(t, e.late, "an agent that does not receive on its own topic")
 	assert.Empty(t, drain(at(1450)), "its round collects first")
 	assert.Equal(t, []item{{k, 0}}, drain(at(1600)))
 
 	// A rollout's next wave: told to download after the last round began.
 	q.expect(k, 2, at(5000))
-	e = q.enqueue(k, own("dev-5"), []uint32{0, 1, 2}, at(5010))
+	e = q.enqueue(k, own("dev-5"), []uint32{0, 1, 2}, at(5010), nil)
 	assert.False(t, e.late, "dev-5 was told to download after the last round: it collects a new one")
 	assert.Empty(t, drain(at(5020)))
-	e = q.enqueue(k, own("dev-6"), []uint32{0, 1, 2}, at(5030))
+	e = q.enqueue(k, own("dev-6"), []uint32{0, 1, 2}, at(5030), nil)
 	assert.False(t, e.late, "joins the round being collected")
 	assert.Equal(t, []item{{k, 0}, {k, 1}, {k, 2}}, drain(at(5030)), "both expected devices asked")
 
 	quiet := 5030 + int(maxSentGrace/time.Millisecond) + 1
-	e = q.enqueue(k, own("dev-7"), []uint32{0}, at(quiet))
+	e = q.enqueue(k, own("dev-7"), []uint32{0}, at(quiet), nil)
 	assert.False(t, e.late, "nothing went out for maxSentGrace: a new round")
 	assert.Equal(t, []item{{k, 0}}, drain(at(quiet+200)))
+}
+
+// A request is charged what it costs: the chunks it queues anew. Chunks
+// coalesced with queued ones cost no publish; a request the budget cannot
+// cover queues nothing.
+func TestChunkQueueChargesWhatARequestCosts(t *testing.T) {
+	q := newChunkQueue(0, 0)
+	now := time.Now()
+	k := chunkKey{"fraud", "v1", ""}
+	var charged []int
+	budget := func(left int) func(int) bool {
+		return func(n int) bool {
+			charged = append(charged, n)
+			return n <= left
+		}
+	}
+	assert.Equal(t, 3, q.enqueue(k, asker{device: "a"}, []uint32{0, 1, 2}, now, budget(3)).added)
+	assert.Equal(t, 1, q.enqueue(k, asker{device: "b"}, []uint32{1, 2, 3}, now, budget(1)).added, "1 and 2 coalesce")
+	e := q.enqueue(k, asker{device: "c"}, []uint32{4, 5}, now, budget(1))
+	assert.True(t, e.refused)
+	assert.Zero(t, e.added)
+	assert.Equal(t, 4, q.queued(), "a refused request queues nothing")
+	e = q.enqueue(k, asker{device: "c"}, []uint32{0, 3}, now, budget(0))
+	assert.False(t, e.refused, "queued already: costs nothing")
+	assert.Equal(t, []int{3, 1, 2}, charged, "asked for what each request would queue anew")
 }
