@@ -6,7 +6,8 @@ import (
 )
 
 // fetchLimit is, per device and model version, a bucket of chunks a
-// device may ask for: it holds budget times the version's chunk count,
+// device may have published (a request is charged the chunks it queues
+// anew, see chunkQueue.enqueue): it holds budget times the version's chunk count,
 // starts full, and refills at that many per window, continuously. A request
 // for more chunks than the bucket holds is refused (and takes nothing).
 // Over any long stretch a device gets at most budget copies per window; a
