@@ -238,7 +238,7 @@ func fanoutOne(ctx context.Context, o FanoutOptions, n int, rt *infer.Runtime, s
 		}
 		d, err := os.MkdirTemp(o.AgentDir, fmt.Sprintf("fleet-sim-fanout-%d-*", n))
 		if err != nil {
-			return r, err
+			return r, fmt.Errorf("--agent-dir: %w", err)
 		}
 		defer os.RemoveAll(d)
 		agentDir = d
