@@ -511,17 +511,16 @@ func (a *Agent) connectLoop(ctx context.Context) {
 			MayPublish: func(topic string, retained bool) bool {
 				return a.topics.DeviceMayPublish(a.opts.DeviceID, topic, retained)
 			},
-			OnConnect: func(ctx context.Context, _ *mqttc.Client) {
+			// Every connection is announced once, here; the first fires
+			// before Connect returns, so the client is stored first.
+			OnConnect: func(ctx context.Context, c *mqttc.Client) {
+				a.setClient(c)
 				a.send(ctx, event{kind: evConnected})
 			},
 			Logger: a.opts.Logger,
 		})
 		if err == nil {
-			a.mu.Lock()
-			a.client = c
-			a.mu.Unlock()
-			// OnConnect may have fired before the client was stored.
-			a.send(ctx, event{kind: evConnected})
+			a.setClient(c)
 			return
 		}
 		if ctx.Err() != nil {
@@ -546,6 +545,13 @@ func (a *Agent) mqtt() *mqttc.Client {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	return a.client
+}
+
+// setClient records the connected broker client.
+func (a *Agent) setClient(c *mqttc.Client) {
+	a.mu.Lock()
+	a.client = c
+	a.mu.Unlock()
 }
 
 // send hands an event to the update loop, giving up when ctx ends.

@@ -1,35 +1,24 @@
 package agent
 
 import (
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"google.golang.org/protobuf/proto"
-
-	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
-// Each connection is handled once: the first is announced twice (by the
-// MQTT client's OnConnect and once the client is stored), and handling it
-// twice sent everything a connection sends twice — presence, a report per
-// model and a fresh fetch request for the whole of a download in progress,
-// which spent the device's fetch budget (the restarts scenario stranded a
-// device at "downloading" once a restart and a reconnect had spent it).
+// Each connection is handled once. The first was announced twice (by the
+// MQTT client's OnConnect and again once the client was stored), and
+// handling it twice sent everything a connection sends twice — presence, a
+// report per model and a fresh fetch request for the whole of a download
+// in progress, which spent the device's fetch budget (the restarts
+// scenario stranded a device at "downloading" once a restart and a
+// reconnect had spent it).
 func TestEachConnectionHandledOnce(t *testing.T) {
 	v1, _ := testModels(t)
 	h := newHarness(t)
-	var online atomic.Int64
-	unsub, err := h.broker.Subscribe(h.scheme.Presence("dev-1"), func(_ string, payload []byte, _ string) {
-		p := &efpb.Presence{}
-		if proto.Unmarshal(payload, p) == nil && p.Online {
-			online.Add(1)
-		}
-	})
-	require.NoError(t, err)
-	t.Cleanup(unsub)
+	online := h.onlinePresences(t, "dev-1")
 	h.mu.Lock()
 	h.serveOnly = func(uint32) bool { return false } // the download stays in progress
 	h.mu.Unlock()

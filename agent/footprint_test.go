@@ -11,7 +11,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/edgefleet/edgefleet/internal/fraud"
 	"github.com/edgefleet/edgefleet/internal/testkit"
@@ -40,26 +39,12 @@ func TestIdleAgentDoesNotLoadONNXRuntime(t *testing.T) {
 	}
 	v1, _ := testModels(t)
 	h := newHarness(t)
-	online := make(chan struct{}, 1)
-	unsub, err := h.broker.Subscribe(h.scheme.Presence("dev-1"), func(_ string, payload []byte, _ string) {
-		p := &efpb.Presence{}
-		if proto.Unmarshal(payload, p) == nil && p.Online {
-			select {
-			case online <- struct{}{}:
-			default:
-			}
-		}
-	})
-	require.NoError(t, err)
-	t.Cleanup(unsub)
+	online := h.onlinePresences(t, "dev-1")
 
 	cfg, inference := h.writeChildConfig(t, "dev-1", t.TempDir())
 	c := startChild(t, cfg, inference, "")
-	select {
-	case <-online:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the agent did not come online within 30s")
-	}
+	require.Eventually(t, func() bool { return online.Load() > 0 }, 30*time.Second, 10*time.Millisecond,
+		"the agent did not come online within 30s")
 	pid := c.cmd.Process.Pid
 	assert.False(t, mapsLibrary(t, pid, "libonnxruntime"), "an idle agent has not loaded onnxruntime")
 	// Not ready: no model serves (none is assigned yet).

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -173,6 +174,22 @@ func (h *harness) onFetch(payload []byte) {
 	}
 }
 
+// onlinePresences counts the online presences dev publishes from now
+// until the test ends.
+func (h *harness) onlinePresences(t *testing.T, dev string) *atomic.Int64 {
+	t.Helper()
+	var n atomic.Int64
+	unsub, err := h.broker.Subscribe(h.scheme.Presence(dev), func(_ string, payload []byte, _ string) {
+		p := &efpb.Presence{}
+		if proto.Unmarshal(payload, p) == nil && p.Online {
+			n.Add(1)
+		}
+	})
+	require.NoError(t, err)
+	t.Cleanup(unsub)
+	return &n
+}
+
 // manifestFor builds the manifest a release would sign for model bytes.
 func (h *harness) manifestFor(name, version string, art *fraud.Artifact, model []byte) *efpb.Manifest {
 	m := art.Metadata()
@@ -208,18 +225,32 @@ func (h *harness) publishModel(name, version string, art *fraud.Artifact, model 
 // desire publishes a signed desired state with the next generation.
 func (h *harness) desire(dev string, assignments ...*efpb.ModelAssignment) uint64 {
 	h.t.Helper()
+	return h.desireState(dev, &efpb.DesiredState{Models: assignments})
+}
+
+// desireState publishes ds (its models and shadows) for dev with the next
+// generation, signed by the control key.
+func (h *harness) desireState(dev string, ds *efpb.DesiredState) uint64 {
+	h.t.Helper()
 	h.mu.Lock()
 	h.gen[dev]++
 	gen := h.gen[dev]
 	h.mu.Unlock()
-	h.desireGen(dev, gen, h.control, assignments...)
+	h.signDesired(dev, gen, h.control, ds)
 	return gen
 }
 
 func (h *harness) desireGen(dev string, gen uint64, signer *signing.KeyPair, assignments ...*efpb.ModelAssignment) {
 	h.t.Helper()
-	ds := &efpb.DesiredState{ProtocolVersion: efpb.ProtocolVersion, DeviceId: dev, Generation: gen, Models: assignments,
-		IssuedUnix: time.Now().Unix(), ExpiresUnix: time.Now().Add(time.Hour).Unix()}
+	h.signDesired(dev, gen, signer, &efpb.DesiredState{Models: assignments})
+}
+
+// signDesired fills in ds for dev and gen, valid for an hour, and
+// publishes it signed by signer.
+func (h *harness) signDesired(dev string, gen uint64, signer *signing.KeyPair, ds *efpb.DesiredState) {
+	h.t.Helper()
+	ds.ProtocolVersion, ds.DeviceId, ds.Generation = efpb.ProtocolVersion, dev, gen
+	ds.IssuedUnix, ds.ExpiresUnix = time.Now().Unix(), time.Now().Add(time.Hour).Unix()
 	env, err := signing.SignMessage(efpb.PayloadTypeDesired, ds, signer)
 	require.NoError(h.t, err)
 	h.publishRetained(h.scheme.Desired(dev), env)

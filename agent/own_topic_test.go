@@ -7,7 +7,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/edgefleet/edgefleet/internal/signing"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
@@ -35,18 +34,8 @@ func TestChunksOnTheDeviceTopicFeedDownloads(t *testing.T) {
 
 	// A challenger, served on the device's topic as well.
 	m2 := h.publishModel("fraud", "2.0.0", v2, v2.ONNX, nil, nil)
-	h.mu.Lock()
-	h.gen["dev-1"]++
-	gen := h.gen["dev-1"]
-	h.mu.Unlock()
-	ds := &efpb.DesiredState{ProtocolVersion: efpb.ProtocolVersion, DeviceId: "dev-1", Generation: gen,
-		Models:      []*efpb.ModelAssignment{assign(m1)},
-		Shadows:     []*efpb.ShadowAssignment{{Name: "fraud", Version: "2.0.0", Sha256: m2.Sha256}},
-		IssuedUnix:  time.Now().Unix(),
-		ExpiresUnix: time.Now().Add(time.Hour).Unix()}
-	env, err := signing.SignMessage(efpb.PayloadTypeDesired, ds, h.control)
-	require.NoError(t, err)
-	h.publishRetained(h.scheme.Desired("dev-1"), env)
+	h.desireState("dev-1", &efpb.DesiredState{Models: []*efpb.ModelAssignment{assign(m1)},
+		Shadows: []*efpb.ShadowAssignment{{Name: "fraud", Version: "2.0.0", Sha256: m2.Sha256}}})
 	require.Eventually(t, func() bool {
 		for _, tr := range a.Transfers() {
 			if tr.ModelVersion == "2.0.0" && tr.BrokerBytes == uint64(len(v2.ONNX)) {

@@ -55,9 +55,6 @@ type updater struct {
 	generation uint64          // highest accepted desired-state generation
 	desired    []byte          // its envelope bytes
 	subs       map[string]bool // filters currently subscribed
-	// conn is the connection onConnected last handled
-	// (mqttc.Client.Connections): the first is announced twice.
-	conn uint64
 
 	// pendingDesired is the newest desired state, if it could not be
 	// verified yet: received before any trust bundle, or signed by a key
@@ -464,11 +461,9 @@ func (a *Agent) resume(ctx context.Context, s *slot) {
 }
 
 func (a *Agent) onConnected(ctx context.Context) {
-	c := a.mqtt()
-	if c == nil || c.Connections() == a.u.conn {
-		return // not stored yet, or this connection was handled
+	if a.mqtt() == nil {
+		return
 	}
-	a.u.conn = c.Connections()
 	a.ensureAckSub(ctx)
 	a.outbox.connected()
 	a.ensureSub(ctx, a.topics.Trust(), evTrust)

@@ -11,7 +11,6 @@ import (
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/fleettest"
-	"github.com/edgefleet/edgefleet/internal/testkit"
 )
 
 // A rollout of a one-chunk model costs each device 12 MQTT packets on the
@@ -34,10 +33,7 @@ func TestRolloutPacketsPerDevice(t *testing.T) {
 		opts.HeartbeatInterval = time.Hour // no telemetry in the window
 		opts.StatusHold = time.Hour        // only the outcome is reported
 		opts.InferenceListen = ""
-		a, err := agent.New(opts)
-		require.NoError(t, err)
-		testkit.Start(t, "agent "+id, a.Run, a.Ready())
-		agents, ids = append(agents, a), append(ids, id)
+		agents, ids = append(agents, fleettest.RunAgent(t, opts)), append(ids, id)
 	}
 	packets := func() float64 {
 		return metricValue(t, ts, "edgefleet_broker_packets_received_total") + metricValue(t, ts, "edgefleet_broker_packets_sent_total")
@@ -84,9 +80,7 @@ func TestLateAskerIsServedOnItsOwnTopic(t *testing.T) {
 		t.Helper()
 		opts := fleettest.AgentOptions(t, creds[id], testRuntime)
 		opts.InferenceListen = ""
-		a, err := agent.New(opts)
-		require.NoError(t, err)
-		testkit.Start(t, "agent "+id, a.Run, a.Ready())
+		fleettest.RunAgent(t, opts)
 	}
 	start("dev-0")
 	start("dev-1")

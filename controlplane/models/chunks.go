@@ -229,28 +229,18 @@ func (q *chunkQueue) enqueue(k chunkKey, a asker, indexes []uint32, now time.Tim
 			// shared topic; the rest goes to it alone, where what was
 			// published to it after it asked is on its way as on the
 			// shared topic (a throttled link takes seconds for a model).
-			if p := q.pending[k]; p != nil {
-				indexes = slices.DeleteFunc(slices.Clone(indexes), func(i uint32) bool { return p.queued[i] })
-			}
+			indexes = q.notQueued(k, indexes)
 			k.device, r.late = device, true
 			var held int
 			indexes, held = q.sentTo(k, now).onItsWay(device, a.fresh, indexes, now)
 			r.onItsWay += held
 		}
 	}
-	if afford != nil {
-		n := 0
-		p := q.pending[k]
-		for _, i := range indexes {
-			if p == nil || !p.queued[i] {
-				n++
-			}
-		}
-		if n > 0 && !afford(n) {
-			q.mu.Unlock()
-			r.refused = true
-			return r
-		}
+	queue := q.notQueued(k, indexes)
+	if afford != nil && len(queue) > 0 && !afford(len(queue)) {
+		q.mu.Unlock()
+		r.refused = true
+		return r
 	}
 	if k.device != "" {
 		// Direct: no round to collect (nobody else receives these), but
@@ -281,13 +271,11 @@ func (q *chunkQueue) enqueue(k chunkKey, a asker, indexes []uint32, now time.Tim
 		p.asked[device] = true
 		p.ready = q.readyAt(k, p, now)
 	}
-	for _, i := range indexes {
-		if !p.queued[i] {
-			p.queued[i] = true
-			p.order = append(p.order, i)
-			r.added++
-		}
+	for _, i := range queue {
+		p.queued[i] = true
 	}
+	p.order = append(p.order, queue...)
+	r.added = len(queue)
 	if len(p.order) == 0 { // nothing asked for (or all on its way): do not keep an empty entry
 		delete(q.pending, k)
 		q.ring = q.ring[:len(q.ring)-1]
@@ -304,6 +292,21 @@ func (q *chunkQueue) enqueue(k chunkKey, a asker, indexes []uint32, now time.Tim
 		}
 	}
 	return r
+}
+
+// notQueued is indexes without those k has queued, each once: what a
+// request queues anew. q.mu is held.
+func (q *chunkQueue) notQueued(k chunkKey, indexes []uint32) []uint32 {
+	p := q.pending[k]
+	out := make([]uint32, 0, len(indexes))
+	seen := make(map[uint32]bool, len(indexes))
+	for _, i := range indexes {
+		if !seen[i] && (p == nil || !p.queued[i]) {
+			seen[i] = true
+			out = append(out, i)
+		}
+	}
+	return out
 }
 
 // sentTo is what k's topic recently carried, made anew when none is

@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,6 +21,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
+	"github.com/edgefleet/edgefleet/controlplane/client"
 	"github.com/edgefleet/edgefleet/fleet-sim/scenario"
 	"github.com/edgefleet/edgefleet/fleet-sim/sim"
 	"github.com/edgefleet/edgefleet/internal/fraud"
@@ -273,7 +272,7 @@ func fanoutOne(ctx context.Context, o FanoutOptions, n int, rt *infer.Runtime, s
 	}
 	r.ModelBytes, r.Chunks, r.ChunkSize = mv.Size, mv.ChunkCount, mv.ChunkSize
 	inBefore := proxyIn(f)
-	pubBefore, directBefore := chunkMetric(f, "edgefleet_chunk_publishes_total"), chunkMetric(f, "edgefleet_chunk_publishes_direct_total")
+	pubBefore, directBefore := chunkMetric(ctx, f, "edgefleet_chunk_publishes_total"), chunkMetric(ctx, f, "edgefleet_chunk_publishes_direct_total")
 	stopProfile := func() error { return nil }
 	if o.RolloutProfile != "" {
 		if stopProfile, err = StartCPUProfile(o.RolloutProfile); err != nil {
@@ -293,8 +292,8 @@ func fanoutOne(ctx context.Context, o FanoutOptions, n int, rt *infer.Runtime, s
 	r.Phases = phases.times(times)
 	slices.Sort(times)
 	r.FirstActive, r.MedianActive, r.P90Active = times[0], times[len(times)/2], times[len(times)*9/10]
-	r.ChunkPublishes = chunkMetric(f, "edgefleet_chunk_publishes_total") - pubBefore
-	r.DirectPublishes = chunkMetric(f, "edgefleet_chunk_publishes_direct_total") - directBefore
+	r.ChunkPublishes = chunkMetric(ctx, f, "edgefleet_chunk_publishes_total") - pubBefore
+	r.DirectPublishes = chunkMetric(ctx, f, "edgefleet_chunk_publishes_direct_total") - directBefore
 	if f.Proxy() != nil {
 		r.WireBytesPerAgent = float64(proxyIn(f)-inBefore) / float64(n) / float64(mv.Size)
 	}
@@ -448,34 +447,20 @@ func checkRoom(dir string, n int, perAgent uint64) error {
 // chunkMetric reads the counter name (edgefleet_chunk_publishes_total or
 // another without labels) from the in-process control plane's /metrics
 // (-1 if unavailable).
-func chunkMetric(f *sim.Fleet, name string) float64 {
+func chunkMetric(ctx context.Context, f *sim.Fleet, name string) float64 {
 	srv := f.Server()
 	if srv == nil {
 		return -1
 	}
-	req, err := http.NewRequest("GET", srv.APIURL()+"/metrics", nil)
+	c, err := client.New(srv.APIURL(), client.Options{Token: f.APIToken()})
 	if err != nil {
 		return -1
 	}
-	req.Header.Set("Authorization", "Bearer "+f.APIToken())
-	resp, err := http.DefaultClient.Do(req)
+	v, err := metric(ctx, c, name)
 	if err != nil {
 		return -1
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return -1
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			x, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err == nil {
-				return x
-			}
-		}
-	}
-	return -1
+	return v
 }
 
 type allowAll struct{}

@@ -205,7 +205,6 @@ type Client struct {
 	events  chan connEvent     // paho connection callbacks → manage
 	inbound chan *delivery     // paho message callback → dispatch (pointers: an idle queue costs 8 bytes a slot)
 	dropped atomic.Uint64      // inbound messages dropped on a full queue
-	conns   atomic.Uint64      // connections that came up (Connections)
 	closing sync.Once
 
 	mu         sync.Mutex               // guards subs, subOrder, lost, lostClosed
@@ -410,7 +409,6 @@ func (c *Client) manage() {
 				c.log.Warn("connection lost", "error", ev.err)
 				continue
 			}
-			c.conns.Add(1)
 			connCtx, cancel := context.WithCancel(c.ctx)
 			connCancel = cancel
 			c.mu.Lock()
@@ -707,11 +705,6 @@ func (c *Client) PublishNoWait(topic string, qos byte, retained bool, payload []
 
 // IsConnected reports whether the connection is up right now.
 func (c *Client) IsConnected() bool { return c.pc.IsConnectionOpen() }
-
-// Connections is how many connections came up so far, counted before
-// their OnConnect runs: a caller told of a connection more than once
-// handles each number once.
-func (c *Client) Connections() uint64 { return c.conns.Load() }
 
 // Dropped counts inbound messages dropped because the queue was full.
 func (c *Client) Dropped() uint64 { return c.dropped.Load() }
