@@ -33,6 +33,20 @@ type chunkPace struct {
 	// asked is set once a request went out since the download opened or
 	// the connection came back: the first one is fresh (FetchRequest.fresh).
 	asked bool
+	// received is the index + 1 of the chunk that arrived last, 0 for
+	// none since the download opened or the connection came back
+	// (FetchRequest.last_received: a topic's chunks arrive in the order
+	// they were published, so the control plane can tell the chunks still
+	// on their way from the lost ones).
+	received uint32
+}
+
+// reconnected starts the pace of a download anew after the connection
+// came back: what was published while it was away is lost, so the next
+// request is fresh, and what arrived before tells nothing of what the new
+// connection carries.
+func (p *chunkPace) reconnected() {
+	p.asked, p.received = false, 0
 }
 
 // fresh says whether the request about to go out is the download's first
@@ -43,12 +57,12 @@ func (p *chunkPace) fresh() bool {
 	return f
 }
 
-// arrived records a chunk of the download's version arriving at now.
-func (p *chunkPace) arrived(now time.Time) {
+// arrived records chunk index of the download's version arriving at now.
+func (p *chunkPace) arrived(index uint32, now time.Time) {
 	if !p.last.IsZero() {
 		p.gap = max(p.gap, now.Sub(p.last))
 	}
-	p.last, p.quiet = now, 0
+	p.last, p.quiet, p.received = now, 0, index+1
 }
 
 // stalled reports whether a download whose own progress (a chunk added or

@@ -7,7 +7,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/edgefleet/edgefleet/internal/onnxbuild"
 	"github.com/edgefleet/edgefleet/internal/testkit"
+	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
 // A download asks again when its chunks stop coming at the pace they came
@@ -35,8 +37,8 @@ func TestChunkPaceStalled(t *testing.T) {
 
 	t.Run("chunks arriving 3 s apart: waits 6 s, not 2", func(t *testing.T) {
 		var p chunkPace
-		p.arrived(at(0))
-		p.arrived(at(3 * time.Second))
+		p.arrived(0, at(0))
+		p.arrived(0, at(3*time.Second))
 		last := at(3 * time.Second)
 		assert.False(t, p.stalled(last.Add(5*time.Second), last, r), "the next chunk is late by the fan-out's pace, not lost")
 		assert.True(t, p.stalled(last.Add(6*time.Second), last, r))
@@ -44,8 +46,8 @@ func TestChunkPaceStalled(t *testing.T) {
 
 	t.Run("a slow pace is believed up to stallCap intervals", func(t *testing.T) {
 		var p chunkPace
-		p.arrived(at(0))
-		p.arrived(at(time.Minute))
+		p.arrived(0, at(0))
+		p.arrived(0, at(time.Minute))
 		last := at(time.Minute)
 		assert.False(t, p.stalled(last.Add(stallCap*r-time.Millisecond), last, r))
 		assert.True(t, p.stalled(last.Add(stallCap*r), last, r))
@@ -55,17 +57,17 @@ func TestChunkPaceStalled(t *testing.T) {
 		var p chunkPace
 		own := at(0)
 		for d := time.Duration(0); d < stallCap*r; d += 500 * time.Millisecond {
-			p.arrived(at(d))
+			p.arrived(0, at(d))
 			assert.False(t, p.stalled(at(d), own, r), "at %v: the link is busy with the version's chunks", d)
 		}
-		p.arrived(at(stallCap * r))
+		p.arrived(0, at(stallCap*r))
 		assert.True(t, p.stalled(at(stallCap*r), own, r), "a chunk of its own lost among them is asked again")
 	})
 
 	t.Run("a chunk resets the back-off", func(t *testing.T) {
 		var p chunkPace
 		p.quiet = 2
-		p.arrived(at(0))
+		p.arrived(0, at(0))
 		assert.Zero(t, p.quiet)
 		assert.True(t, p.stalled(at(r), at(0), r))
 	})
@@ -108,6 +110,48 @@ func TestFirstFetchRequestIsFresh(t *testing.T) {
 	require.Eventually(t, func() bool {
 		for _, f := range h.fetchesFor("dev-1")[n:] {
 			if f.GetFresh() {
+				return true
+			}
+		}
+		return false
+	}, 30*time.Second, 10*time.Millisecond, "no fresh request after the reconnect")
+}
+
+// A fetch request says which chunk of the download arrived last
+// (FetchRequest.last_received, index + 1): the chunks of a topic arrive in
+// the order they were published, so the control plane tells what is still
+// on its way from what was lost. Nothing arrived: 0; after a reconnect
+// what arrived before tells nothing, and the count starts again.
+func TestFetchRequestsSayWhichChunkArrivedLast(t *testing.T) {
+	v1, _ := testModels(t)
+	h := newHarness(t)
+	model := onnxbuild.Pad(v1.ONNX, 200_000) // 4 chunks of 64 KiB
+	h.mu.Lock()
+	h.serveOnly = func(idx uint32) bool { return idx == 0 || idx == 2 } // 1 and 3 lost; 2 arrives last
+	h.mu.Unlock()
+	h.startAgent(t, h.agentOptions(t, "dev-1", t.TempDir()))
+	h.desire("dev-1", assign(h.publishModel("fraud", "1.0.0", v1, model, nil, nil)))
+
+	var again *efpb.FetchRequest
+	require.Eventually(t, func() bool {
+		fetches := h.fetchesFor("dev-1")
+		if len(fetches) < 2 {
+			return false
+		}
+		again = fetches[len(fetches)-1]
+		return true
+	}, 30*time.Second, 10*time.Millisecond, "the agent never asked again")
+	first := h.fetchesFor("dev-1")[0]
+	assert.Zero(t, first.GetLastReceived(), "nothing had arrived")
+	assert.Equal(t, []uint32{1, 3}, again.GetMissing())
+	assert.Equal(t, uint32(3), again.GetLastReceived(), "chunk 2 arrived last")
+
+	n := len(h.fetchesFor("dev-1"))
+	require.True(t, h.broker.Disconnect("dev-1"))
+	require.Eventually(t, func() bool {
+		for _, f := range h.fetchesFor("dev-1")[n:] {
+			if f.GetFresh() {
+				assert.Zero(t, f.GetLastReceived(), "what arrived on the old connection tells nothing of the new one")
 				return true
 			}
 		}

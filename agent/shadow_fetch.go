@@ -177,7 +177,7 @@ func (a *Agent) shadowsConnected(ctx context.Context) {
 		case sh.run != nil || sh.failure != "":
 		case sh.asm != nil:
 			a.ensureShadowSub(ctx, sh)
-			sh.pace.asked = false // what was published while it was away is lost
+			sh.pace.reconnected()
 			a.requestShadowChunks(ctx, sh, true)
 		default:
 			a.ensureSub(ctx, a.topics.Manifest(sh.name, sh.version), evShadowManifest)
@@ -297,7 +297,7 @@ func (a *Agent) requestShadowChunks(ctx context.Context, sh *shadow, restart boo
 		return
 	}
 	sh.lastProgress = time.Now()
-	a.requestChunks(a.fetchRequest(sh.name, sh.version, missing, sh.dl != nil, sh.pace.fresh()))
+	a.requestChunks(a.fetchRequest(sh.name, sh.version, missing, sh.dl != nil, &sh.pace))
 }
 
 func (a *Agent) handleShadowChunk(ctx context.Context, payload []byte) {
@@ -310,7 +310,7 @@ func (a *Agent) handleShadowChunk(ctx context.Context, payload []byte) {
 	if sh == nil || sh.asm == nil || sh.version != c.Version {
 		return
 	}
-	sh.pace.arrived(time.Now())
+	sh.pace.arrived(c.Index, time.Now())
 	a.addShadowChunk(ctx, sh, c.Index, c.Data, sourceBroker)
 }
 

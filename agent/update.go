@@ -488,7 +488,7 @@ func (a *Agent) onConnected(ctx context.Context) {
 			case PhaseDownloading:
 				if s.asm != nil {
 					a.ensureSub(ctx, a.chunkTopic(s), evChunk)
-					s.pace.asked = false // what was published while it was away is lost
+					s.pace.reconnected()
 					a.requestMissing(ctx, s, true)
 				}
 			}
@@ -955,16 +955,19 @@ func (a *Agent) requestMissing(ctx context.Context, s *slot, restart bool) {
 		return
 	}
 	s.lastProgress = time.Now()
-	a.requestChunks(a.fetchRequest(s.name, s.st.Target.Version, missing, s.dl != nil, s.pace.fresh()))
+	a.requestChunks(a.fetchRequest(s.name, s.st.Target.Version, missing, s.dl != nil, &s.pace))
 }
 
 // fetchRequest asks for the missing chunks of name@version: on the
 // device's own topic (direct) when its site shares the download, else on
 // the version's shared topic, or on its own if the version's round went
-// out before it asked and it is subscribed there.
-func (a *Agent) fetchRequest(name, version string, missing []uint32, direct, fresh bool) *efpb.FetchRequest {
+// out before it asked and it is subscribed there. pace is the download's:
+// the request says whether it is the first since the download opened or
+// the agent reconnected, and which chunk arrived last.
+func (a *Agent) fetchRequest(name, version string, missing []uint32, direct bool, pace *chunkPace) *efpb.FetchRequest {
 	return &efpb.FetchRequest{DeviceId: a.opts.DeviceID, Name: name, Version: version, Missing: missing,
-		Direct: direct, Fresh: fresh, OwnTopic: a.u.subs[a.topics.DeviceChunks(a.opts.DeviceID)]}
+		Direct: direct, Fresh: pace.fresh(), OwnTopic: a.u.subs[a.topics.DeviceChunks(a.opts.DeviceID)],
+		LastReceived: pace.received}
 }
 
 func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
@@ -981,12 +984,12 @@ func (a *Agent) handleChunk(ctx context.Context, payload []byte) {
 		// goes through the site, or it asked after the version's round),
 		// another agent's fetch, or a late duplicate.
 		if sh := a.shadow.byName[c.Name]; sh != nil && sh.asm != nil && sh.version == c.Version {
-			sh.pace.arrived(time.Now())
+			sh.pace.arrived(c.Index, time.Now())
 			a.addShadowChunk(ctx, sh, c.Index, c.Data, sourceBroker)
 		}
 		return
 	}
-	s.pace.arrived(time.Now())
+	s.pace.arrived(c.Index, time.Now())
 	added, err := s.asm.Add(c.Index, c.Data)
 	if err != nil {
 		a.badChunk(ctx, s, c.Index, sourceBroker, err)

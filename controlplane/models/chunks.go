@@ -56,24 +56,31 @@ type chunkQueue struct {
 	sent map[chunkKey]*sentChunks
 }
 
-// sentChunks remembers, for one version's shared topic, when each chunk
-// was last published and when each device asked first, so that a device
-// asking again for a chunk whose publish already went to it is not
-// answered with another publish — which would go to every device still
-// downloading the version. At 10,000 devices one publish takes seconds to
-// reach them all, and devices that ask again while it is on its way made
-// the control plane publish a 16-chunk model 100 times (docs/benchmarks.md).
+// sentChunks remembers, for one version's shared topic (or one device's
+// own), when each chunk was last published and when each device asked
+// first, so that a device asking again for a chunk whose publish already
+// went to it is not answered with another publish — which would go to
+// every device still downloading the version. At 10,000 devices one
+// publish takes seconds to reach them all, and devices that ask again
+// while it is on its way made the control plane publish a 16-chunk model
+// 100 times (docs/benchmarks.md).
 //
 // A device's request reached the control plane after its subscription to
 // the chunk topic was in place (an agent subscribes before it asks), so
 // every publish after its first request was delivered to its session. A
-// request for chunk i from a device that asked before i's last publish is
-// therefore held back for the grace: the round's length so far, between
-// minSentGrace and maxSentGrace. After it, the device is answered as any
-// (a broker that dropped the chunk on the device's full queue costs the
-// device the grace). A fresh request (FetchRequest.fresh: the first since
-// the agent started the download, restarted or reconnected) forgets the
-// device's earlier ones: what was published before it may be lost.
+// topic's messages reach a subscriber in the order they were published:
+// when the device says which chunk it received last
+// (FetchRequest.last_received) and that chunk's publish went to it, a
+// chunk published after that one is on its way, however long the round
+// takes to drain (at most maxSentGrace), and one published before it was
+// lost and goes out again at once. A device that says nothing (an older
+// agent, or nothing received yet) is answered on the clock: a chunk
+// published after its first request is held back for the grace, the
+// round's length so far between minSentGrace and maxSentGrace (a broker
+// that dropped the chunk on the device's full queue costs the device the
+// grace). A fresh request (FetchRequest.fresh: the first since the agent
+// started the download, restarted or reconnected) forgets the device's
+// earlier ones: what was published before it may be lost.
 type sentChunks struct {
 	asked     map[string]time.Time // device → its first request (since its last fresh one)
 	published map[uint32]time.Time // chunk → its last publish
@@ -88,27 +95,46 @@ const (
 	maxSentGrace = time.Minute
 )
 
-// grace is how long a publish is taken to be on its way.
+// grace is how long a publish is taken to be on its way when the device
+// does not say what it received.
 func (s *sentChunks) grace() time.Duration {
 	return min(max(s.roundLast.Sub(s.roundStart), minSentGrace), maxSentGrace)
 }
 
 // onItsWay removes from indexes the chunks whose last publish went to
-// device (it asked before it) within the grace, recording the device's
-// request; it returns the rest and how many it removed.
-func (s *sentChunks) onItsWay(device string, fresh bool, indexes []uint32, now time.Time) ([]uint32, int) {
+// device (it asked before it) and is still on its way (sentChunks), given
+// the chunk the device received last (index + 1, 0 for none), recording
+// the device's request; it returns the rest and how many it removed.
+func (s *sentChunks) onItsWay(device string, fresh bool, lastReceived uint32, indexes []uint32, now time.Time) ([]uint32, int) {
 	at, known := s.asked[device]
 	if fresh || !known {
 		s.asked[device] = now
 		return indexes, 0
 	}
+	// The publish the device's last chunk came from, if it came after the
+	// device asked: what was published after it has not reached it yet.
+	var reached time.Time
+	if lastReceived > 0 {
+		if pub, ok := s.published[lastReceived-1]; ok && at.Before(pub) {
+			reached = pub
+		}
+	}
 	grace := s.grace()
 	kept := indexes[:0:0]
 	for _, i := range indexes {
-		if pub, ok := s.published[i]; ok && at.Before(pub) && now.Sub(pub) < grace {
-			continue
+		pub, ok := s.published[i]
+		var coming bool
+		switch {
+		case !ok || !at.Before(pub):
+			// Never published to the device.
+		case !reached.IsZero():
+			coming = pub.After(reached) && now.Sub(pub) < maxSentGrace
+		default:
+			coming = now.Sub(pub) < grace
 		}
-		kept = append(kept, i)
+		if !coming {
+			kept = append(kept, i)
+		}
 	}
 	return kept, len(indexes) - len(kept)
 }
@@ -197,6 +223,8 @@ type asker struct {
 	fresh bool
 	// ownTopic: it receives on its own chunk topic too (lateAsker).
 	ownTopic bool
+	// lastReceived: the chunk it received last, index + 1 (0: none).
+	lastReceived uint32
 }
 
 // enqueued is what enqueue did with a request's chunks.
@@ -223,7 +251,7 @@ func (q *chunkQueue) enqueue(k chunkKey, a asker, indexes []uint32, now time.Tim
 	q.mu.Lock()
 	if k.device == "" {
 		s := q.sentTo(k, now)
-		indexes, r.onItsWay = s.onItsWay(device, a.fresh, indexes, now)
+		indexes, r.onItsWay = s.onItsWay(device, a.fresh, a.lastReceived, indexes, now)
 		if a.ownTopic && q.lateAsker(k, s, now) {
 			// What the round still has queued reaches the device on the
 			// shared topic; the rest goes to it alone, where what was
@@ -232,7 +260,7 @@ func (q *chunkQueue) enqueue(k chunkKey, a asker, indexes []uint32, now time.Tim
 			indexes = q.notQueued(k, indexes)
 			k.device, r.late = device, true
 			var held int
-			indexes, held = q.sentTo(k, now).onItsWay(device, a.fresh, indexes, now)
+			indexes, held = q.sentTo(k, now).onItsWay(device, a.fresh, a.lastReceived, indexes, now)
 			r.onItsWay += held
 		}
 	}
@@ -619,6 +647,10 @@ func (r *Registry) OnFetch(topic string, payload []byte) {
 			return
 		}
 	}
+	if req.LastReceived > n {
+		in.Drop(kind, ingest.Invalid, topic, fmt.Errorf("last chunk received %d, the model has %d chunks", req.LastReceived, n))
+		return
+	}
 	if !assigned {
 		in.Drop(kind, ingest.NotAssigned, topic, fmt.Errorf("device %s asked for %s@%s, which it was not assigned", dev, req.Name, req.Version))
 		return
@@ -632,7 +664,7 @@ func (r *Registry) OnFetch(topic string, payload []byte) {
 	afford := func(queued int) bool {
 		return r.fetch.allow(dev, req.Name, req.Version, uint32(queued), n, r.opts.Clock())
 	}
-	e := r.chunks.enqueue(k, asker{device: dev, fresh: req.Fresh, ownTopic: req.OwnTopic}, missing, time.Now(), afford)
+	e := r.chunks.enqueue(k, asker{device: dev, fresh: req.Fresh, ownTopic: req.OwnTopic, lastReceived: req.LastReceived}, missing, time.Now(), afford)
 	if e.refused {
 		in.Drop(kind, ingest.RateLimited, topic, fmt.Errorf("device %s asked for %s@%s's chunks beyond its budget (%d times over, refilled over %s)",
 			dev, req.Name, req.Version, r.opts.FetchBudget, r.opts.FetchWindow))

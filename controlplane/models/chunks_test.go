@@ -306,6 +306,58 @@ func TestChunkQueueGraceFollowsTheRound(t *testing.T) {
 	assert.Equal(t, maxSentGrace, s.grace())
 }
 
+// A device that says which chunk it received last is answered by the
+// order of the publishes, not by the clock: a chunk published after that
+// one is still on its way however long the round drains (at most
+// maxSentGrace), one published before it was lost and goes out again at
+// once, even inside the grace. A last chunk whose publish did not go to
+// the device (published before it asked) tells nothing: the clock rules.
+func TestChunkQueueKnowsWhatIsOnItsWayByOrder(t *testing.T) {
+	q := newChunkQueue(0, 0)
+	t0 := time.Now()
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	k := chunkKey{"fraud", "v1", ""}
+	require.Equal(t, 4, q.add(k, "dev", []uint32{0, 1, 2, 3}, at(0)))
+	for i := range 4 { // published at 0.1, 0.2, 0.3, 0.4 s
+		_, idx, ok, _ := q.next(at(0.1 * float64(i+1)))
+		require.True(t, ok)
+		require.Equal(t, uint32(i), idx)
+	}
+	ask := func(lastReceived uint32, now float64, indexes ...uint32) (added, onItsWay int) {
+		return q.enqueueN(k, asker{device: "dev", lastReceived: lastReceived}, indexes, at(now))
+	}
+
+	// 20 s on, far past the 5 s grace: it received 0 (last_received 1),
+	// so 1–3 are behind it in the topic.
+	added, onItsWay := ask(1, 20, 1, 2, 3)
+	assert.Zero(t, added, "published after the chunk it received last: on its way")
+	assert.Equal(t, 3, onItsWay)
+	// It received 2 but not 1: 1 was lost, 3 is on its way — inside the
+	// grace, where the clock alone would hold both back.
+	added, onItsWay = ask(3, 1, 1, 3)
+	assert.Equal(t, 1, added, "published before the chunk it received last: lost")
+	assert.Equal(t, 1, onItsWay)
+	_, idx, _, _ := q.next(at(1.1)) // 1 again, at 1.1 s
+	require.Equal(t, uint32(1), idx)
+	// At most maxSentGrace after its publish: 3 went out at 0.4 s.
+	added, onItsWay = ask(3, 0.4+maxSentGrace.Seconds(), 3)
+	assert.Equal(t, 1, added, "a chunk on its way for longer than maxSentGrace is taken to be lost")
+	assert.Zero(t, onItsWay)
+	_, idx, _, _ = q.next(at(61)) // 3 again, at 61 s
+	require.Equal(t, uint32(3), idx)
+
+	// "other" asked after every publish of 0: its last chunk (say, one
+	// received before a restart) tells nothing, so the clock rules.
+	require.Equal(t, 1, q.add(k, "other", []uint32{3}, at(61.5)))
+	_, idx, _, _ = q.next(at(62)) // 3 again, at 62 s, after "other" asked
+	require.Equal(t, uint32(3), idx)
+	added, onItsWay = q.enqueueN(k, asker{device: "other", lastReceived: 1}, []uint32{3}, at(66))
+	assert.Zero(t, added, "4 s after its publish, inside the grace")
+	assert.Equal(t, 1, onItsWay)
+	added, _ = q.enqueueN(k, asker{device: "other", lastReceived: 1}, []uint32{3}, at(67.5))
+	assert.Equal(t, 1, added, "after the grace")
+}
+
 // A device that asks after its version's shared round went out, and
 // receives on its own topic, is sent what the round carried there, to it
 // alone; what the round still has queued reaches it on the shared topic.

@@ -304,6 +304,13 @@ var fixtures = []struct {
 		hex:  "0a076465762d303036120566726175641a05312e322e3022010330013801",
 	},
 	{
+		// A fifth: the device says which chunk it received last, so the
+		// control plane knows what is still on its way (added 2026-12-07).
+		name: "FetchRequest",
+		msg:  &efpb.FetchRequest{DeviceId: "dev-007", Name: "fraud", Version: "1.2.0", Missing: []uint32{5, 6}, OwnTopic: true, LastReceived: 5},
+		hex:  "0a076465762d303037120566726175641a05312e322e302202050638014005",
+	},
+	{
 		name: "StatusEvent",
 		msg: &efpb.StatusEvent{
 			ProtocolVersion: 1,
@@ -552,8 +559,9 @@ func TestFixturesNamedForTheirType(t *testing.T) {
 		// The first fetch request since the device subscribed, and a
 		// manifest carried in the desired state.
 		"FetchRequest", "DesiredState",
-		// A fetch request from a device that receives on its own topic.
-		"FetchRequest"}
+		// A fetch request from a device that receives on its own topic,
+		// and one that says which chunk it received last.
+		"FetchRequest", "FetchRequest"}
 	var got []string
 	for _, fx := range fixtures {
 		assert.Equal(t, fx.name, string(fx.msg.ProtoReflect().Descriptor().Name()))
