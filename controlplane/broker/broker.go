@@ -503,6 +503,13 @@ func (b *Broker) Clients() int {
 	return int(atomic.LoadInt64(&b.srv.Info.ClientsConnected))
 }
 
+// Unacknowledged is the number of QoS 1 messages the broker holds for its
+// clients until their PUBACK, sent or still queued. Each holds a copy of
+// its payload: mochi copies a publish for every subscriber.
+func (b *Broker) Unacknowledged() int {
+	return int(atomic.LoadInt64(&b.srv.Info.Inflight))
+}
+
 // Disconnect closes the connection of clientID (a device id), e.g. after its
 // credentials were revoked; the Authenticator must already refuse it, or it
 // will reconnect. It reports whether a connected client was found.

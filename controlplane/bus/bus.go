@@ -81,6 +81,13 @@ func (e *Embedded) Close() error { return e.b.Close() }
 // Disconnect implements Disconnecter.
 func (e *Embedded) Disconnect(device string) bool { return e.b.Disconnect(device) }
 
+// Backlog is what the broker holds for its clients: QoS 1 messages not
+// yet acknowledged (broker.Broker.Unacknowledged), and the clients
+// connected.
+func (e *Embedded) Backlog() (unacknowledged, clients int) {
+	return e.b.Unacknowledged(), e.b.Clients()
+}
+
 // External is a client of an external broker. The broker must give the
 // control plane's user read/write access to the whole topic prefix
 // (topics.MosquittoACL writes such an ACL).

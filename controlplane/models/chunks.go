@@ -498,9 +498,66 @@ func (r *Registry) Run(ctx context.Context) {
 	wg.Wait()
 }
 
+// The pace of a version's shared round on the embedded broker
+// (awaitBroker): mochi copies a QoS 1 publish for each subscriber and
+// keeps the copy until the subscriber's PUBACK, so a round handed over
+// at once holds model size × devices downloading (up to the agents'
+// fetch window, 8 MiB, per device): 2.3–3.5 GiB for a 4 MiB model to
+// 1,000 agents, and the control plane spent its CPU faulting that memory
+// in (docs/benchmarks.md).
+const (
+	// roundDepth is how many messages per connected client the broker
+	// may hold unacknowledged before the next shared chunk waits: 1 MiB
+	// of chunks per device, far more than a socket buffer takes, so a
+	// device's link stays busy, and a whole 1 MiB model's round goes out
+	// unpaced (at 8, a 10,000-agent rollout of one took 59–70 s against
+	// 61–62 unpaced in alternating runs: no better, maybe worse).
+	roundDepth = 16
+	// roundPaceMax bounds the wait for one chunk: devices whose links
+	// died hold their messages until the broker gives up on them, and
+	// the round must not stop for them.
+	roundPaceMax  = time.Second
+	roundPacePoll = 5 * time.Millisecond
+)
+
+// awaitBroker waits, where the bus says what its broker holds, until it
+// holds fewer than roundDepth unacknowledged messages per connected
+// client, at most roundPaceMax, and counts the wait.
+func (r *Registry) awaitBroker(ctx context.Context) {
+	b, ok := r.opts.Bus.(backlogger)
+	if !ok {
+		return
+	}
+	full := func() bool {
+		unacked, clients := b.Backlog()
+		return unacked >= roundDepth*max(clients, 1)
+	}
+	if !full() {
+		return
+	}
+	start := time.Now()
+	defer func() { r.metrics.paced.Add(time.Since(start).Seconds()) }()
+	poll := time.NewTicker(roundPacePoll)
+	defer poll.Stop()
+	deadline := time.NewTimer(roundPaceMax)
+	defer deadline.Stop()
+	for full() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			return
+		case <-poll.C:
+		}
+	}
+}
+
 // publishLoop publishes the queued chunks of one kind until ctx ends.
 func (r *Registry) publishLoop(ctx context.Context, kind int, wake <-chan struct{}) {
 	for {
+		if kind == sharedChunks {
+			r.awaitBroker(ctx)
+		}
 		// Real time, not the clock: batching is about network arrivals.
 		k, idx, ok, wait := r.chunks.take(time.Now(), kind)
 		if !ok {

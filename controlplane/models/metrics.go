@@ -16,6 +16,9 @@ type metrics struct {
 	// onItsWay are chunks asked for again and not published again: their
 	// last publish was already on its way to the device (sentChunks).
 	onItsWay prometheus.Counter
+	// paced is the time the shared rounds waited for the broker to take
+	// more (awaitBroker).
+	paced prometheus.Counter
 }
 
 // Upload results (the result label of edgefleet_model_uploads_total).
@@ -49,10 +52,14 @@ func newMetrics(reg prometheus.Registerer, versions, corrupt func() float64) *me
 		}),
 		onItsWay: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "edgefleet_chunk_requests_on_their_way_total",
-			Help: "Chunks devices asked for again within the grace of a publish that already went to them: not published again to every device downloading the version.",
+			Help: "Chunks devices asked for again while a publish that already went to them was on its way: not published again to every device downloading the version.",
+		}),
+		paced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgefleet_chunk_rounds_paced_seconds_total",
+			Help: "Time the versions' shared chunk rounds waited for the embedded broker to have fewer than 16 unacknowledged messages per connected client: it keeps a copy of each chunk per subscriber until acknowledged.",
 		}),
 	}
-	reg.MustRegister(m.uploads, m.chunks, m.chunkBytes, m.directChunks, m.lateAskers, m.onItsWay,
+	reg.MustRegister(m.uploads, m.chunks, m.chunkBytes, m.directChunks, m.lateAskers, m.onItsWay, m.paced,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgefleet_model_versions", Help: "Uploaded model versions.",
 		}, versions),

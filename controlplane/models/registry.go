@@ -68,6 +68,13 @@ type atMostOncePublisher interface {
 	PublishAtMostOnce(ctx context.Context, topic string, payload []byte) error
 }
 
+// backlogger is a Publisher that says what its broker holds for its
+// clients (bus.Embedded): the worker of the versions' shared topics paces
+// its rounds by it (awaitBroker).
+type backlogger interface {
+	Backlog() (unacknowledged, clients int)
+}
+
 // Devices tells whether a device is registered and whether it may
 // download a model version (fetch requests from others, and for other
 // versions, are dropped).
