@@ -15,6 +15,7 @@ import (
 	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/onnxbuild"
 	"github.com/edgefleet/edgefleet/internal/topics"
+	"github.com/edgefleet/edgefleet/internal/transfer"
 	"github.com/edgefleet/edgefleet/proto/efpb"
 )
 
@@ -30,7 +31,7 @@ func TestSharedRoundsFollowTheAcknowledgements(t *testing.T) {
 	ts := newTestServer(t, nil)
 	a := fleettest.TrainedModel(t, 1)
 	const chunks = 80
-	model := onnxbuild.Pad(a.ONNX, chunks*65536-len(a.ONNX)-8-1000)
+	model := onnxbuild.Pad(a.ONNX, chunks*transfer.DefaultChunkSize-len(a.ONNX)-8-1000)
 	code, body := ts.upload("big", "v1", model, a.Metadata(), false)
 	require.Equal(t, http.StatusCreated, code, "%s", body)
 
@@ -65,20 +66,15 @@ func TestSharedRoundsFollowTheAcknowledgements(t *testing.T) {
 		require.NoError(t, err)
 		publish(t, c, sc.Fetch(id), req)
 	}
-	defer func() {
-		select {
-		case <-release:
-		default:
-			close(release)
-		}
-	}()
+	releaseAll := sync.OnceFunc(func() { close(release) })
+	defer releaseAll()
 
 	require.Eventually(t, func() bool { return published() >= 16 }, 30*time.Second, 5*time.Millisecond, "the round never went out")
 	time.Sleep(300 * time.Millisecond)
 	held := published()
 	assert.LessOrEqual(t, held, 19.0, "16 chunks to each of 4 devices unacknowledged: the round waits (one more a second at most)")
 
-	close(release)
+	releaseAll()
 	require.Eventually(t, func() bool {
 		mu.Lock()
 		defer mu.Unlock()

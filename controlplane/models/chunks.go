@@ -553,13 +553,18 @@ func (r *Registry) awaitBroker(ctx context.Context) {
 }
 
 // publishLoop publishes the queued chunks of one kind until ctx ends.
+// Between two publishes on the versions' shared topics it waits for the
+// broker (awaitBroker); a round's first chunk, after the worker found
+// nothing to publish, goes out at once.
 func (r *Registry) publishLoop(ctx context.Context, kind int, wake <-chan struct{}) {
+	midRound := false
 	for {
-		if kind == sharedChunks {
+		if midRound {
 			r.awaitBroker(ctx)
 		}
 		// Real time, not the clock: batching is about network arrivals.
 		k, idx, ok, wait := r.chunks.take(time.Now(), kind)
+		midRound = ok && kind == sharedChunks
 		if !ok {
 			var later <-chan time.Time
 			var timer *time.Timer
