@@ -67,7 +67,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	reportRate := fs.Int("report-rate", 10000, "cost: telemetry reports per second offered")
 	reporters := fs.Int("reporters", 1000, "cost: raw device clients sending them")
 	cpProfile := fs.String("cp-cpu-profile", "", "cost: the control plane process writes a CPU profile of its run to this file")
+	rawProfile := fs.String("raw-cpu-profile", "", "cost: the raw broker process writes a CPU profile of its fan-outs to this file")
 	cpProfileWindow := fs.Bool("cp-cpu-profile-window", false, "cost: --cp-cpu-profile covers the rollout's measured window only")
+	rollouts := fs.Int("rollouts", 3, "cost: rollouts of a new version, one after another; the ratio takes their median")
+	baselineRuns := fs.Int("baseline-runs", 3, "cost: raw fan-outs after them; the ratio divides by their median")
 	skipRollout := fs.Bool("skip-rollout", false, "cost: measure telemetry ingest only")
 	skipTelemetry := fs.Bool("skip-telemetry", false, "cost: measure the rollout only")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -137,7 +140,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			d = 20 * time.Second
 		}
 		results, err = Cost(ctx, CostOptions{N: sizes[0], ModelBytes: *modelBytes, FetchRetry: *fetchRetry, ReportRate: *reportRate, Reporters: *reporters, Duration: d,
-			ControlPlaneBin: *cpBin, ControlPlaneProfile: *cpProfile, ControlPlaneProfileWindow: *cpProfileWindow, SimBin: *simBin, SkipRollout: *skipRollout, SkipTelemetry: *skipTelemetry, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
+			Rollouts: *rollouts, BaselineRuns: *baselineRuns,
+			ControlPlaneBin: *cpBin, ControlPlaneProfile: *cpProfile, ControlPlaneProfileWindow: *cpProfileWindow, BaselineProfile: *rawProfile, SimBin: *simBin, SkipRollout: *skipRollout, SkipTelemetry: *skipTelemetry, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
 	case "telemetry":
 		results, err = Telemetry(ctx, TelemetryOptions{Sizes: sizes, Duration: *duration, Rate: *rate, StoreOnDisk: *diskStore, Transport: *transport,
 			Dir: dir, ORTLibrary: *ortLib, Progress: stdout})

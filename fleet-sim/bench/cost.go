@@ -46,9 +46,13 @@ type CostOptions struct {
 	// still being delivered and chunks go out again: a longer one measures
 	// the control plane's cost with each chunk published once.
 	FetchRetry time.Duration
-	// BaselineRuns is how many times the raw fan-out runs after the
-	// rollout; its median is the ratio's denominator. Default 3: single
-	// runs ranged 1.2–3.8 CPU-s on one idle machine within minutes.
+	// Rollouts is how many rollouts of a new version, each ModelBytes, go
+	// to the agents one after another; their median CPU is the ratio's
+	// numerator. BaselineRuns is how many times the raw fan-out runs after
+	// them; its median is the denominator. Defaults 3 and 3: single raw
+	// runs ranged 1.2–3.8 CPU-s on one idle machine within minutes, and a
+	// process's first run grows the heap the later ones reuse.
+	Rollouts     int
 	BaselineRuns int
 	// ControlPlaneBin is the edgefleet binary run as `serve`; required.
 	ControlPlaneBin string
@@ -61,6 +65,9 @@ type CostOptions struct {
 	// (serve --cpu-profile-on-signal; the telemetry part is not profiled).
 	ControlPlaneProfile       string
 	ControlPlaneProfileWindow bool
+	// BaselineProfile, if set, is where the raw broker process writes a
+	// CPU profile of its fan-outs.
+	BaselineProfile string
 	// SkipRollout and SkipTelemetry leave one part out.
 	SkipRollout, SkipTelemetry bool
 	Dir                        string
@@ -77,6 +84,9 @@ func (o *CostOptions) defaults() error {
 	}
 	if o.FetchRetry <= 0 {
 		o.FetchRetry = 2 * time.Second
+	}
+	if o.Rollouts <= 0 {
+		o.Rollouts = 3
 	}
 	if o.BaselineRuns <= 0 {
 		o.BaselineRuns = 3
@@ -115,38 +125,35 @@ type CostResult struct {
 	Telemetry *TelemetryCost `json:"telemetry,omitempty"`
 }
 
-// RolloutCost is one rollout's CPU in the control plane's process against
-// a raw fan-out of the same chunks through a broker process of the same
-// code.
+// RolloutCost is the control plane's CPU per rollout against a raw fan-out
+// of the same chunks through a broker process of the same code. Both sides
+// run several times in their processes and compare medians: the first run
+// of either grows its process's heap and pools, which a long-running
+// broker or control plane has done long before (FirstRatio compares the
+// two first runs).
 type RolloutCost struct {
 	N          int    `json:"n"`
 	ModelBytes uint64 `json:"model_bytes"`
 	Chunks     uint32 `json:"chunks"`
-	// Seconds is from the deploy until every agent serves the version and
-	// the control plane has recorded every device active.
-	Seconds float64 `json:"seconds"`
-	// CPUSeconds is the control plane process's user+system CPU in that
-	// span (its embedded broker included); IdleCPU its CPU per second with
-	// the same agents connected and idle, measured just before, and
+	// Runs are the rollouts, one new version each, one after another to
+	// the same agents.
+	Runs []RolloutRun `json:"runs"`
+	// Seconds, CPUSeconds, ChunkPublishes, ClientDropped, PacketsIn,
+	// PacketsOut and AcksPerDevice are the medians of Runs'.
+	Seconds        float64 `json:"seconds"`
+	CPUSeconds     float64 `json:"cpu_seconds"`
+	ChunkPublishes float64 `json:"chunk_publishes"`
+	ClientDropped  float64 `json:"broker_client_dropped"`
+	PacketsIn      float64 `json:"packets_in_per_device"`
+	PacketsOut     float64 `json:"packets_out_per_device"`
+	AcksPerDevice  float64 `json:"acks_per_device"`
+	// IdleCPU is the control plane's CPU per second with the same agents
+	// connected and idle, measured before the first rollout, and
 	// CPUNetSeconds CPUSeconds less IdleCPU × Seconds.
-	CPUSeconds    float64 `json:"cpu_seconds"`
 	IdleCPU       float64 `json:"idle_cpu_cores"`
 	CPUNetSeconds float64 `json:"cpu_net_seconds"`
 	// CPUPerDeviceMs is CPUSeconds per device, in milliseconds.
 	CPUPerDeviceMs float64 `json:"cpu_ms_per_device"`
-	ChunkPublishes float64 `json:"chunk_publishes"`
-	// ClientDropped is messages the control plane's broker dropped on full
-	// per-client queues during the rollout
-	// (edgefleet_broker_client_dropped_total): chunks an agent then asks for
-	// again.
-	ClientDropped float64 `json:"broker_client_dropped"`
-	// PacketsIn and PacketsOut are the MQTT packets of any type the control
-	// plane's broker received and sent per device during the rollout, and
-	// AcksPerDevice the acknowledgement messages it published per device
-	// (edgefleet_broker_packets_*_total, edgefleet_report_acks_published_total).
-	PacketsIn     float64 `json:"packets_in_per_device"`
-	PacketsOut    float64 `json:"packets_out_per_device"`
-	AcksPerDevice float64 `json:"acks_per_device"`
 	// Baseline*: the raw broker process's CPU from the first chunk publish
 	// until N raw subscribers hold every chunk, and that time: the median
 	// of BaselineRuns fan-outs (each run's CPU in BaselineRunsCPU).
@@ -154,16 +161,61 @@ type RolloutCost struct {
 	BaselineSeconds    float64   `json:"baseline_seconds"`
 	BaselineRunsCPU    []float64 `json:"baseline_runs_cpu_seconds"`
 	BaselineMissing    uint64    `json:"baseline_missing_deliveries"`
-	// Ratio is CPUSeconds / BaselineCPUSeconds (goal ≤ 1.3).
-	Ratio float64 `json:"ratio"`
+	// Ratio is CPUSeconds / BaselineCPUSeconds (goal ≤ 1.3), FirstRatio
+	// the first rollout's CPU over the first raw fan-out's.
+	Ratio      float64 `json:"ratio"`
+	FirstRatio float64 `json:"first_ratio"`
 	// RSSBefore is the control plane process's resident memory before the
-	// agents connected, RSSAfter after the rollout with the N agents still
-	// connected.
+	// agents connected, RSSAfter after the last rollout with the N agents
+	// still connected.
 	RSSBefore uint64 `json:"cp_rss_before_bytes"`
 	RSSAfter  uint64 `json:"cp_rss_after_bytes"`
 	// Load is the host's 1-minute load average at the start and the end.
 	LoadStart float64 `json:"load_avg_start"`
 	LoadEnd   float64 `json:"load_avg_end"`
+}
+
+// RolloutRun is one rollout: from the deploy until the control plane has
+// recorded every device active.
+type RolloutRun struct {
+	Seconds float64 `json:"seconds"`
+	// CPUSeconds is the control plane process's user+system CPU in that
+	// span, its embedded broker included.
+	CPUSeconds float64 `json:"cpu_seconds"`
+	// Writes is the write syscalls the process made in that span.
+	Writes         uint64  `json:"write_syscalls"`
+	ChunkPublishes float64 `json:"chunk_publishes"`
+	// ClientDropped is messages the control plane's broker dropped on full
+	// per-client queues (edgefleet_broker_client_dropped_total): chunks an
+	// agent then asks for again.
+	ClientDropped float64 `json:"broker_client_dropped"`
+	// PacketsIn and PacketsOut are the MQTT packets of any type the control
+	// plane's broker received and sent per device, and AcksPerDevice the
+	// acknowledgement messages it published per device
+	// (edgefleet_broker_packets_*_total, edgefleet_report_acks_published_total).
+	PacketsIn     float64 `json:"packets_in_per_device"`
+	PacketsOut    float64 `json:"packets_out_per_device"`
+	AcksPerDevice float64 `json:"acks_per_device"`
+}
+
+// summarize sets the medians of r.Runs for n devices.
+func (r *RolloutCost) summarize(n int) {
+	of := func(field func(RolloutRun) float64) float64 {
+		v := make([]float64, len(r.Runs))
+		for i, run := range r.Runs {
+			v[i] = field(run)
+		}
+		return median(v)
+	}
+	r.Seconds = of(func(x RolloutRun) float64 { return x.Seconds })
+	r.CPUSeconds = of(func(x RolloutRun) float64 { return x.CPUSeconds })
+	r.ChunkPublishes = of(func(x RolloutRun) float64 { return x.ChunkPublishes })
+	r.ClientDropped = of(func(x RolloutRun) float64 { return x.ClientDropped })
+	r.PacketsIn = of(func(x RolloutRun) float64 { return x.PacketsIn })
+	r.PacketsOut = of(func(x RolloutRun) float64 { return x.PacketsOut })
+	r.AcksPerDevice = of(func(x RolloutRun) float64 { return x.AcksPerDevice })
+	r.CPUNetSeconds = r.CPUSeconds - r.IdleCPU*r.Seconds
+	r.CPUPerDeviceMs = r.CPUSeconds / float64(n) * 1000
 }
 
 // TelemetryCost is telemetry ingest in the control plane's process against
@@ -243,9 +295,10 @@ func Cost(ctx context.Context, o CostOptions) (*CostResult, error) {
 			return res, fmt.Errorf("rollout: %w", err)
 		}
 		res.Rollout = r
-		fmt.Fprintf(o.Progress, "\n| N | model bytes | deploy → all active s | control plane CPU s (idle cores) | CPU ms / device | chunk publishes (client queue drops) | raw fan-out CPU s (time s) | **ratio** | control plane RSS before → after MiB | load avg start → end |\n|---|---|---|---|---|---|---|---|---|---|\n")
-		fmt.Fprintf(o.Progress, "| %d | %d | %.2f | %.2f (%.3f) | %.2f | %.0f (%.0f) | %.2f (%.2f) | **%.2f** | %.0f → %.0f | %.1f → %.1f |\n",
-			r.N, r.ModelBytes, r.Seconds, r.CPUSeconds, r.IdleCPU, r.CPUPerDeviceMs, r.ChunkPublishes, r.ClientDropped, r.BaselineCPUSeconds, r.BaselineSeconds, r.Ratio, float64(r.RSSBefore)/(1<<20), float64(r.RSSAfter)/(1<<20), r.LoadStart, r.LoadEnd)
+		fmt.Fprintf(o.Progress, "\n| N | model bytes | rollouts | deploy → all active s | control plane CPU s (idle cores) | CPU ms / device | chunk publishes (client queue drops) | raw fan-out CPU s (time s) | **ratio** | first runs' ratio | control plane RSS before → after MiB | load avg start → end |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(o.Progress, "| %d | %d | %d | %.2f | %.2f (%.3f) | %.2f | %.0f (%.0f) | %.2f (%.2f) | **%.2f** | %.2f | %.0f → %.0f | %.1f → %.1f |\n",
+			r.N, r.ModelBytes, len(r.Runs), r.Seconds, r.CPUSeconds, r.IdleCPU, r.CPUPerDeviceMs, r.ChunkPublishes, r.ClientDropped, r.BaselineCPUSeconds, r.BaselineSeconds, r.Ratio, r.FirstRatio, float64(r.RSSBefore)/(1<<20), float64(r.RSSAfter)/(1<<20), r.LoadStart, r.LoadEnd)
+		fmt.Fprintln(o.Progress, "\n(medians: of the control plane's rollouts and of the raw fan-outs; the first runs' ratio compares the first of each)")
 		fmt.Fprintf(o.Progress, "\nper device during the rollout: %.1f MQTT packets received, %.1f sent by the control plane's broker; %.2f acknowledgement messages\n",
 			r.PacketsIn, r.PacketsOut, r.AcksPerDevice)
 	}
@@ -348,6 +401,18 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 		return nil, err
 	}
 	r.ModelBytes, r.Chunks = mv.Size, mv.ChunkCount
+	versions := []string{"2"}
+	for k := 1; k < o.Rollouts; k++ { // each a byte shorter than the one before, so no two are the same model
+		version := strconv.Itoa(k + 2)
+		next, err := cp.remote.AddModelVersion(ctx, "fraud", version, onnxbuild.Pad(big.ONNX, max(o.ModelBytes-len(big.ONNX)-8-k, 0)), big.Metadata(), false)
+		if err != nil {
+			return nil, err
+		}
+		if next.ChunkCount != mv.ChunkCount {
+			return nil, fmt.Errorf("version %s has %d chunks, version 2 %d", version, next.ChunkCount, mv.ChunkCount)
+		}
+		versions = append(versions, version)
+	}
 	mc, err := client.New(cp.remote.APIURL, client.Options{Token: cp.remote.Token})
 	if err != nil {
 		return nil, err
@@ -372,80 +437,26 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 	}
 	r.IdleCPU = (i1 - i0) / time.Since(it).Seconds()
 
-	pub0, _ := metric(ctx, mc, "edgefleet_chunk_publishes_total")
-	drop0, _ := metric(ctx, mc, "edgefleet_broker_client_dropped_total")
-	in0, _ := metric(ctx, mc, "edgefleet_broker_packets_received_total")
-	out0, _ := metric(ctx, mc, "edgefleet_broker_packets_sent_total")
-	ack0, _ := metric(ctx, mc, "edgefleet_report_acks_published_total")
 	if o.ControlPlaneProfile != "" && o.ControlPlaneProfileWindow {
 		if err := cp.profileWindow(true); err != nil {
 			return nil, err
 		}
 	}
-	c0, err := cp.cpu()
-	if err != nil {
-		return nil, err
-	}
-	start := time.Now()
-	if _, err := cp.remote.Deploy(ctx, api.DeployRequest{Model: "fraud", Version: "2", Devices: memberIDs(f)}); err != nil {
-		return nil, err
-	}
-	if _, err := waitServingTimes(ctx, f, "fraud", "2", start, 10*time.Minute, nil); err != nil {
-		return nil, err
-	}
-	// The control plane's part ends when it has recorded every device
-	// active (their last status events): asked once a second, so the
-	// asking costs little.
-	for {
-		list, err := cp.remote.Devices("")
+	for k, version := range versions {
+		run, err := measureRollout(ctx, o, cp, mc, f, version)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("rollout %d of %d: %w", k+1, len(versions), err)
 		}
-		active := 0
-		for _, d := range list {
-			if m := d.Reported["fraud"]; m != nil && m.ActiveVersion == "2" && m.State == api.ModelActive {
-				active++
-			}
-		}
-		if active >= o.N {
-			break
-		}
-		if time.Since(start) > 10*time.Minute {
-			return nil, fmt.Errorf("the control plane recorded %d of %d devices active after 10m", active, o.N)
-		}
-		if err := sleepCtx(ctx, time.Second); err != nil {
-			return nil, err
-		}
-	}
-	c1, err := cp.cpu()
-	if err != nil {
-		return nil, err
+		fmt.Fprintf(o.Progress, "rollout %d of %d (version %s): %.2f CPU-s in %.2f s, %.0f chunk publishes, %d write syscalls\n", k+1, len(versions), version, run.CPUSeconds, run.Seconds, run.ChunkPublishes, run.Writes)
+		r.Runs = append(r.Runs, run)
 	}
 	if o.ControlPlaneProfile != "" && o.ControlPlaneProfileWindow {
 		if err := cp.profileWindow(false); err != nil {
 			return nil, err
 		}
 	}
-	r.Seconds = time.Since(start).Seconds()
 	r.RSSAfter = cp.rss()
-	r.CPUSeconds = c1 - c0
-	r.CPUNetSeconds = r.CPUSeconds - r.IdleCPU*r.Seconds
-	r.CPUPerDeviceMs = r.CPUSeconds / float64(o.N) * 1000
-	if pub1, err := metric(ctx, mc, "edgefleet_chunk_publishes_total"); err == nil {
-		r.ChunkPublishes = pub1 - pub0
-	}
-	if drop1, err := metric(ctx, mc, "edgefleet_broker_client_dropped_total"); err == nil {
-		r.ClientDropped = drop1 - drop0
-	}
-	if in1, err := metric(ctx, mc, "edgefleet_broker_packets_received_total"); err == nil {
-		r.PacketsIn = (in1 - in0) / float64(o.N)
-	}
-	if out1, err := metric(ctx, mc, "edgefleet_broker_packets_sent_total"); err == nil {
-		r.PacketsOut = (out1 - out0) / float64(o.N)
-	}
-	if ack1, err := settledMetric(ctx, mc, "edgefleet_report_acks_published_total"); err == nil {
-		r.AcksPerDevice = (ack1 - ack0) / float64(o.N)
-	}
+	r.summarize(o.N)
 	if err := f.Stop(); err != nil {
 		return nil, err
 	}
@@ -485,12 +496,21 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 	}); err != nil {
 		return nil, err
 	}
+	if o.BaselineProfile != "" {
+		if _, err := raw.do("profile " + o.BaselineProfile); err != nil {
+			return nil, err
+		}
+	}
 	var secs []float64
 	for run := range o.BaselineRuns {
 		mu.Lock()
 		got, target = 0, want
 		mu.Unlock()
 		b0, err := raw.cpu()
+		if err != nil {
+			return nil, err
+		}
+		bw0, err := raw.writes()
 		if err != nil {
 			return nil, err
 		}
@@ -509,13 +529,24 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 			return nil, ctx.Err()
 		}
 		secs = append(secs, time.Since(bt).Seconds())
+		// The control plane's window holds every PUBACK of its rollout;
+		// this one closes once the broker has had every chunk's.
+		if err := awaitRawAcks(ctx, raw); err != nil {
+			return nil, err
+		}
 		b1, err := raw.cpu()
 		if err != nil {
 			return nil, err
 		}
+		bw1, err := raw.writes()
+		if err != nil {
+			return nil, err
+		}
 		r.BaselineRunsCPU = append(r.BaselineRunsCPU, b1-b0)
-		fmt.Fprintf(o.Progress, "raw fan-out %d of %d: %.2f CPU-s in %.2f s\n", run+1, o.BaselineRuns, b1-b0, secs[len(secs)-1])
-		if err := sleepCtx(ctx, time.Second); err != nil { // the last run's stragglers
+		fmt.Fprintf(o.Progress, "raw fan-out %d of %d: %.2f CPU-s in %.2f s, %d write syscalls\n", run+1, o.BaselineRuns, b1-b0, secs[len(secs)-1], bw1-bw0)
+	}
+	if o.BaselineProfile != "" {
+		if _, err := raw.do("profile-stop"); err != nil {
 			return nil, err
 		}
 	}
@@ -523,8 +554,108 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 	if r.BaselineCPUSeconds > 0 {
 		r.Ratio = r.CPUSeconds / r.BaselineCPUSeconds
 	}
+	if len(r.Runs) > 0 && r.BaselineRunsCPU[0] > 0 {
+		r.FirstRatio = r.Runs[0].CPUSeconds / r.BaselineRunsCPU[0]
+	}
 	r.LoadEnd = loadAvg()
 	return r, nil
+}
+
+// measureRollout deploys version to every agent of f and measures the
+// control plane process from the deploy until it has recorded every device
+// active.
+func measureRollout(ctx context.Context, o CostOptions, cp *cpProcess, mc *client.Client, f *sim.Fleet, version string) (RolloutRun, error) {
+	var run RolloutRun
+	pub0, _ := metric(ctx, mc, "edgefleet_chunk_publishes_total")
+	drop0, _ := metric(ctx, mc, "edgefleet_broker_client_dropped_total")
+	in0, _ := metric(ctx, mc, "edgefleet_broker_packets_received_total")
+	out0, _ := metric(ctx, mc, "edgefleet_broker_packets_sent_total")
+	ack0, _ := metric(ctx, mc, "edgefleet_report_acks_published_total")
+	c0, err := cp.cpu()
+	if err != nil {
+		return run, err
+	}
+	w0, err := cp.writes()
+	if err != nil {
+		return run, err
+	}
+	start := time.Now()
+	if _, err := cp.remote.Deploy(ctx, api.DeployRequest{Model: "fraud", Version: version, Devices: memberIDs(f)}); err != nil {
+		return run, err
+	}
+	if _, err := waitServingTimes(ctx, f, "fraud", version, start, 10*time.Minute, nil); err != nil {
+		return run, err
+	}
+	// The control plane's part ends when it has recorded every device
+	// active (their last status events): asked once a second, so the
+	// asking costs little.
+	for {
+		list, err := cp.remote.Devices("")
+		if err != nil {
+			return run, err
+		}
+		active := 0
+		for _, d := range list {
+			if m := d.Reported["fraud"]; m != nil && m.ActiveVersion == version && m.State == api.ModelActive {
+				active++
+			}
+		}
+		if active >= o.N {
+			break
+		}
+		if time.Since(start) > 10*time.Minute {
+			return run, fmt.Errorf("the control plane recorded %d of %d devices active after 10m", active, o.N)
+		}
+		if err := sleepCtx(ctx, time.Second); err != nil {
+			return run, err
+		}
+	}
+	c1, err := cp.cpu()
+	if err != nil {
+		return run, err
+	}
+	w1, err := cp.writes()
+	if err != nil {
+		return run, err
+	}
+	run.Seconds = time.Since(start).Seconds()
+	run.CPUSeconds, run.Writes = c1-c0, w1-w0
+	if pub1, err := metric(ctx, mc, "edgefleet_chunk_publishes_total"); err == nil {
+		run.ChunkPublishes = pub1 - pub0
+	}
+	if drop1, err := metric(ctx, mc, "edgefleet_broker_client_dropped_total"); err == nil {
+		run.ClientDropped = drop1 - drop0
+	}
+	if in1, err := metric(ctx, mc, "edgefleet_broker_packets_received_total"); err == nil {
+		run.PacketsIn = (in1 - in0) / float64(o.N)
+	}
+	if out1, err := metric(ctx, mc, "edgefleet_broker_packets_sent_total"); err == nil {
+		run.PacketsOut = (out1 - out0) / float64(o.N)
+	}
+	// Read last: it waits for the acknowledgements to settle, which also
+	// keeps the next rollout's window clear of this one's tail.
+	if ack1, err := settledMetric(ctx, mc, "edgefleet_report_acks_published_total"); err == nil {
+		run.AcksPerDevice = (ack1 - ack0) / float64(o.N)
+	}
+	return run, nil
+}
+
+// awaitRawAcks waits until the raw broker holds no message unacknowledged,
+// at most 10 s (a subscriber that never answers leaves some).
+func awaitRawAcks(ctx context.Context, raw *rawBrokerProcess) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		f, err := raw.do("unacked")
+		if err != nil {
+			return err
+		}
+		if len(f) == 1 && f[0] == "0" || time.Now().After(deadline) {
+			return nil
+		}
+		if err := sleepCtx(ctx, 5*time.Millisecond); err != nil {
+			return err
+		}
+	}
 }
 
 // rawClients are plain paho clients, one per device id.

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"crypto/sha256"
 	"io"
 	"os"
 	"os/exec"
@@ -27,17 +28,25 @@ func TestCostSmall(t *testing.T) {
 		require.NoError(t, err, "go build %s: %s", pkg, out)
 	}
 	var progress strings.Builder
-	r, err := Cost(context.Background(), CostOptions{N: 12, ModelBytes: 256 << 10, ReportRate: 60, Reporters: 6,
+	r, err := Cost(context.Background(), CostOptions{N: 12, ModelBytes: 256 << 10, Rollouts: 2, ReportRate: 60, Reporters: 6,
 		Duration: 2 * time.Second, Warmup: time.Second, ControlPlaneBin: cpBin, SimBin: simBin,
-		ControlPlaneProfile: filepath.Join(dir, "cp.pprof"), ControlPlaneProfileWindow: true, Dir: filepath.Join(dir, "work"), Progress: &progress})
+		ControlPlaneProfile: filepath.Join(dir, "cp.pprof"), ControlPlaneProfileWindow: true, BaselineProfile: filepath.Join(dir, "raw.pprof"), Dir: filepath.Join(dir, "work"), Progress: &progress})
 	require.NoError(t, err, progress.String())
 
 	ro := r.Rollout
 	require.NotNil(t, ro)
 	assert.Equal(t, 12, ro.N)
 	assert.Positive(t, ro.Chunks)
-	assert.GreaterOrEqual(t, ro.ChunkPublishes, float64(ro.Chunks), "every chunk was published")
-	assert.Positive(t, ro.CPUSeconds, "the control plane process worked during the rollout")
+	require.Len(t, ro.Runs, 2, "two rollouts, one new version each")
+	cpu := make([]float64, len(ro.Runs))
+	for i, run := range ro.Runs {
+		assert.GreaterOrEqual(t, run.ChunkPublishes, float64(ro.Chunks), "rollout %d published every chunk", i+1)
+		assert.Positive(t, run.CPUSeconds, "the control plane process worked during rollout %d", i+1)
+		assert.Positive(t, run.AcksPerDevice, "rollout %d's status events were acknowledged", i+1)
+		cpu[i] = run.CPUSeconds
+	}
+	assert.Equal(t, median(cpu), ro.CPUSeconds, "the ratio's numerator is the rollouts' median")
+	assert.Contains(t, progress.String(), "rollout 2 of 2 (version 3)")
 	assert.GreaterOrEqual(t, ro.CPUSeconds, ro.CPUNetSeconds)
 	assert.Zero(t, ro.BaselineMissing, "every raw subscriber got every chunk, in every run")
 	require.Len(t, ro.BaselineRunsCPU, 3, "the raw fan-out runs three times by default")
@@ -52,6 +61,9 @@ func TestCostSmall(t *testing.T) {
 	assert.Positive(t, ro.BaselineSeconds)
 	if ro.BaselineCPUSeconds > 0 { // /proc counts in 10 ms ticks: a tiny fan-out may show none
 		assert.InDelta(t, ro.CPUSeconds/ro.BaselineCPUSeconds, ro.Ratio, 1e-9)
+	}
+	if ro.BaselineRunsCPU[0] > 0 {
+		assert.InDelta(t, ro.Runs[0].CPUSeconds/ro.BaselineRunsCPU[0], ro.FirstRatio, 1e-9, "the first runs' ratio")
 	} else {
 		assert.Zero(t, ro.Ratio, "no ratio without a measured baseline")
 	}
@@ -69,10 +81,12 @@ func TestCostSmall(t *testing.T) {
 	assert.Contains(t, progress.String(), "rate ratio")
 
 	// The control plane wrote the profile of the rollout's window (from
-	// SIGUSR1 to SIGUSR2).
-	st, err := os.Stat(filepath.Join(dir, "cp.pprof"))
-	require.NoError(t, err)
-	assert.Positive(t, st.Size())
+	// SIGUSR1 to SIGUSR2), the raw broker that of its fan-outs.
+	for _, name := range []string{"cp.pprof", "raw.pprof"} {
+		st, err := os.Stat(filepath.Join(dir, name))
+		require.NoError(t, err)
+		assert.Positive(t, st.Size(), name)
+	}
 }
 
 func TestMedian(t *testing.T) {
@@ -84,11 +98,37 @@ func TestMedian(t *testing.T) {
 	assert.Equal(t, []float64{3, 1, 2}, v, "the input is not sorted in place")
 }
 
+// TestProcCPU reads this process's CPU and write syscalls while it
+// spends some of each: /proc counts CPU in 10 ms ticks, and a test run
+// alone may not have used one yet (it failed so before).
 func TestProcCPU(t *testing.T) {
-	v, err := procCPU(os.Getpid())
+	v0, err := procCPU(os.Getpid())
 	require.NoError(t, err)
-	assert.Positive(t, v, "this test process has used CPU")
+	w0, err := procWrites(os.Getpid())
+	require.NoError(t, err)
+	sum := sha256.Sum256(nil)
+	v1 := v0
+	for start := time.Now(); v1 <= v0 && time.Since(start) < 30*time.Second; { // a busy machine may give this process little
+		for range 10000 {
+			sum = sha256.Sum256(sum[:])
+		}
+		v1, err = procCPU(os.Getpid())
+		require.NoError(t, err)
+	}
+	f, err := os.Create(filepath.Join(t.TempDir(), "w"))
+	require.NoError(t, err)
+	for range 3 {
+		_, err = f.Write(sum[:])
+		require.NoError(t, err)
+	}
+	require.NoError(t, f.Close())
+	w1, err := procWrites(os.Getpid())
+	require.NoError(t, err)
+	assert.Greater(t, v1, v0, "hashing shows as CPU")
+	assert.GreaterOrEqual(t, w1-w0, uint64(3), "three writes")
 	_, err = procCPU(-1)
+	assert.Error(t, err)
+	_, err = procWrites(-1)
 	assert.Error(t, err)
 }
 
@@ -131,6 +171,8 @@ func TestRawBrokerCommands(t *testing.T) {
 	for _, tt := range []struct{ cmd, want string }{
 		{"count", "ok"},
 		{"stats", "ok 0 0"},
+		{"unacked", "ok 0"},
+		{"profile-stop", "error: no profile running"},
 		{"chunks /nonexistent 1024 fraud 2", "error: "},
 		{"chunks x 0", "error: chunks FILE"},
 		{"frobnicate", `error: unknown command "frobnicate"`},

@@ -50,6 +50,22 @@ func procCPU(pid int) (float64, error) {
 	return float64(ut+st) / clockTicks, nil
 }
 
+// procWrites returns how many write syscalls a process made so far
+// (syscw in /proc/<pid>/io): a broker writing a message to a slow reader
+// takes several.
+func procWrites(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0, fmt.Errorf("writes of pid %d: %w", pid, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "syscw:"); ok {
+			return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("writes of pid %d: no syscw in /proc/%d/io", pid, pid)
+}
+
 // loadAvg is the host's 1-minute load average now (-1 if unknown).
 func loadAvg() float64 {
 	b, err := os.ReadFile("/proc/loadavg")
@@ -115,6 +131,8 @@ func startChild(name, logPath string, stdin io.Reader, stdout io.Writer, bin str
 func (c *child) pid() int { return c.cmd.Process.Pid }
 
 func (c *child) cpu() (float64, error) { return procCPU(c.pid()) }
+
+func (c *child) writes() (uint64, error) { return procWrites(c.pid()) }
 
 // profileWindow starts (SIGUSR1) or ends (SIGUSR2) the CPU profile of a
 // control plane started with --cpu-profile-on-signal.

@@ -29,6 +29,9 @@ import (
 //	publish                             →  ok         (publish them on the version's chunk topic through the inline client at QoS 1, as the control plane publishes a version's shared chunks)
 //	count                               →  ok         (an inline subscription on every device's telemetry that only counts)
 //	stats                               →  ok RECEIVED DROPPED
+//	unacked                             →  ok N       (QoS 1 messages held for subscribers until their PUBACK)
+//	profile FILE                        →  ok         (start a CPU profile of this process into FILE)
+//	profile-stop                        →  ok         (write it)
 //
 // It returns at EOF on in or when ctx ends.
 func RawBroker(ctx context.Context, in io.Reader, out io.Writer) error {
@@ -56,10 +59,14 @@ func RawBroker(ctx context.Context, in io.Reader, out io.Writer) error {
 		topic    string
 		received atomic.Uint64
 		unsub    func()
+		stopProf func() error
 	)
 	defer func() {
 		if unsub != nil {
 			unsub()
+		}
+		if stopProf != nil {
+			_ = stopProf()
 		}
 	}()
 	for {
@@ -130,6 +137,29 @@ func RawBroker(ctx context.Context, in io.Reader, out io.Writer) error {
 			fmt.Fprintln(out, "ok")
 		case "stats":
 			fmt.Fprintf(out, "ok %d %d\n", received.Load(), b.Dropped())
+		case "unacked":
+			fmt.Fprintf(out, "ok %d\n", b.Unacknowledged())
+		case "profile":
+			if len(f) != 2 || stopProf != nil {
+				fmt.Fprintln(out, "error: profile FILE, once until profile-stop")
+				continue
+			}
+			if stopProf, err = StartCPUProfile(f[1]); err != nil {
+				fmt.Fprintf(out, "error: %v\n", err)
+				continue
+			}
+			fmt.Fprintln(out, "ok")
+		case "profile-stop":
+			if stopProf == nil {
+				fmt.Fprintln(out, "error: no profile running")
+				continue
+			}
+			err, stopProf = stopProf(), nil
+			if err != nil {
+				fmt.Fprintf(out, "error: %v\n", err)
+				continue
+			}
+			fmt.Fprintln(out, "ok")
 		default:
 			fmt.Fprintf(out, "error: unknown command %q\n", f[0])
 		}
