@@ -186,7 +186,7 @@ bench-sharing-large: build
 	$(BIN)/fleet-sim run fleet-sim/scenarios/bench/site-sharing-large.yaml --report $(BIN)/bench/site-sharing-large
 
 ## bench-cost: the control plane's cost per device, measured out of process:
-## `edgefleet serve` as its own process, its CPU (from /proc) for one rollout
+## `edgefleet serve` as its own process, its CPU (from /proc) for rollouts
 ## of a 1 MiB model to COST_N agents and for telemetry ingest at
 ## COST_REPORT_RATE reports/s, each against a raw broker process of the same
 ## code in the same command (figures in docs/benchmarks.md)

@@ -28,7 +28,7 @@ const usage = `usage:
   fleet-sim bench scale  [--n 100,1000] [--report FILE]
   fleet-sim bench telemetry [--n 100,1000] [--duration 30s] [--rate 2] [--agent-store-on-disk] [--report FILE]
   fleet-sim soak [--agents 200] [--duration 3m] [--seed 1] [--report DIR] [--work-dir DIR] [--agent-store-on-disk] [--quiet]
-  fleet-sim bench cost --cp-bin bin/edgefleet [--n 1000] [--report-rate 10000] [--reporters 1000] [--duration 20s] [--rollouts 3] [--baseline-runs 3] [--cp-cpu-profile FILE] [--raw-cpu-profile FILE] [--skip-rollout|--skip-telemetry]
+  fleet-sim bench cost --cp-bin bin/edgefleet [--n 1000] [--report-rate 10000] [--reporters 1000] [--duration 20s] [--rollouts 3] [--baseline-runs 3] [--agent-dir DIR] [--cp-cpu-profile FILE] [--raw-cpu-profile FILE] [--skip-rollout|--skip-telemetry]
   fleet-sim bench agent --agent-bin bin/edgefleet-agent [--agent-exec "qemu-aarch64 -L /usr/aarch64-linux-gnu"] [--skip-swap] [--report FILE]
   fleet-sim actions      (lists scenario actions and assertions)
 exit codes: 0 passed, 1 a step or assertion failed, 2 usage or setup error`

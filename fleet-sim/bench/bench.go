@@ -50,7 +50,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	profileWindow := fs.Bool("cpu-profile-window", false, "fanout: --cpu-profile covers the last fleet size's rollout only (deploy to every agent serving)")
 	duration := fs.Duration("duration", 30*time.Second, "telemetry: measured window once every agent reports")
 	rate := fs.Float64("rate", 2, "telemetry: inferences per device per second (so reports carry monitoring)")
-	agentDir := fs.String("agent-dir", "", "fanout: where the agents' model files go (default: under --work-dir), e.g. /dev/shm: one machine's disk otherwise takes every simulated device's downloads and fsyncs")
+	agentDir := fs.String("agent-dir", "", "fanout, cost: where the agents' model files go (default: under --work-dir; removed after), e.g. /dev/shm: one machine's disk otherwise takes every simulated device's downloads and fsyncs")
 	diskStore := fs.Bool("agent-store-on-disk", false, "telemetry, fanout: the agents' shared store (their state and outboxes) in badger on disk with synced commits, not in memory")
 	agentBin := fs.String("agent-bin", "", "agent: the edgefleet-agent binary to run and measure")
 	agentExec := fs.String("agent-exec", "", "agent: run the binary through this command, e.g. \"qemu-aarch64 -L /usr/aarch64-linux-gnu\"")
@@ -140,7 +140,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			d = 20 * time.Second
 		}
 		results, err = Cost(ctx, CostOptions{N: sizes[0], ModelBytes: *modelBytes, FetchRetry: *fetchRetry, ReportRate: *reportRate, Reporters: *reporters, Duration: d,
-			Rollouts: *rollouts, BaselineRuns: *baselineRuns,
+			Rollouts: *rollouts, BaselineRuns: *baselineRuns, AgentDir: *agentDir,
 			ControlPlaneBin: *cpBin, ControlPlaneProfile: *cpProfile, ControlPlaneProfileWindow: *cpProfileWindow, BaselineProfile: *rawProfile, SimBin: *simBin, SkipRollout: *skipRollout, SkipTelemetry: *skipTelemetry, Dir: dir, ORTLibrary: *ortLib, Progress: stdout})
 	case "telemetry":
 		results, err = Telemetry(ctx, TelemetryOptions{Sizes: sizes, Duration: *duration, Rate: *rate, StoreOnDisk: *diskStore, Transport: *transport,

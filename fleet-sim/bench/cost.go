@@ -68,6 +68,12 @@ type CostOptions struct {
 	// BaselineProfile, if set, is where the raw broker process writes a
 	// CPU profile of its fan-outs.
 	BaselineProfile string
+	// AgentDir, if set, is where the agents' model files go during the
+	// rollouts (in a directory of their own, removed after), e.g. a tmpfs:
+	// 1,000 agents write a model each per rollout, and on this machine's
+	// one disk the writeback showed in the next run's load. Without it they
+	// go under Dir, and are removed after the rollouts too.
+	AgentDir string
 	// SkipRollout and SkipTelemetry leave one part out.
 	SkipRollout, SkipTelemetry bool
 	Dir                        string
@@ -374,8 +380,22 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 	}
 	model := onnxbuild.Pad(big.ONNX, max(o.ModelBytes-len(big.ONNX)-8, 0))
 	devs := devicesFor(o.N)
+	agentDir := filepath.Join(o.Dir, "fleet", "agents") // sim's own place for them
+	if o.AgentDir != "" {
+		// Every agent keeps two versions.
+		if err := checkRoom(o.AgentDir, o.N, uint64(2*len(model)+agentDirSlack)); err != nil {
+			return nil, err
+		}
+		if agentDir, err = os.MkdirTemp(o.AgentDir, "fleet-sim-cost-*"); err != nil {
+			return nil, fmt.Errorf("--agent-dir: %w", err)
+		}
+	}
+	// The models the agents wrote (gigabytes at 1,000 agents) are of no
+	// use once measured; logs and the control plane's data stay in Dir.
+	defer os.RemoveAll(agentDir)
 	f, err := sim.New(sim.Options{
 		Dir:                filepath.Join(o.Dir, "fleet"),
+		AgentDir:           agentDir,
 		Devices:            devs,
 		Runtime:            rt,
 		Remote:             cp.remote,
@@ -459,6 +479,9 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 	r.summarize(o.N)
 	if err := f.Stop(); err != nil {
 		return nil, err
+	}
+	if err := os.RemoveAll(agentDir); err != nil {
+		return nil, fmt.Errorf("the agents' files: %w", err)
 	}
 
 	// Baseline: the same chunk payloads to N raw subscribers.

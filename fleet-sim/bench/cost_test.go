@@ -35,6 +35,8 @@ func TestCostSmall(t *testing.T) {
 
 	ro := r.Rollout
 	require.NotNil(t, ro)
+	assert.NoDirExists(t, filepath.Join(dir, "work", "fleet", "agents"), "the agents' model files are removed once measured")
+	assert.FileExists(t, filepath.Join(dir, "work", "cp", "controlplane.log"), "the logs stay")
 	assert.Equal(t, 12, ro.N)
 	assert.Positive(t, ro.Chunks)
 	require.Len(t, ro.Runs, 2, "two rollouts, one new version each")
