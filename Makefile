@@ -189,15 +189,18 @@ bench-sharing-large: build
 ## `edgefleet serve` as its own process, its CPU (from /proc) for rollouts
 ## of a 1 MiB model to COST_N agents and for telemetry ingest at
 ## COST_REPORT_RATE reports/s, each against a raw broker process of the same
-## code in the same command (figures in docs/benchmarks.md)
+## code in the same command (figures in docs/benchmarks.md). The agents'
+## model files go to COST_AGENT_DIR (a tmpfs by default, where there is one:
+## on the one disk their writeback weighs on the measured processes).
 .PHONY: bench-cost
 COST_N           ?= 1000
 COST_REPORT_RATE ?= 10000
+COST_AGENT_DIR   ?= $(wildcard /dev/shm)
 COST_FLAGS       ?=
 bench-cost: build
 	@mkdir -p $(BIN)/bench
 	$(BIN)/fleet-sim bench cost --cp-bin $(BIN)/edgefleet --n $(COST_N) --report-rate $(COST_REPORT_RATE) \
-		--report $(BIN)/bench/cost.json $(COST_FLAGS)
+		$(if $(COST_AGENT_DIR),--agent-dir $(COST_AGENT_DIR)) --report $(BIN)/bench/cost.json $(COST_FLAGS)
 
 ## bench-agent: one real agent process, measured from outside: idle and
 ## serving RSS, a 100 MiB model swapped under load, the stripped binary on
