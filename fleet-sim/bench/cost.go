@@ -529,11 +529,7 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 		mu.Lock()
 		got, target = 0, want
 		mu.Unlock()
-		b0, err := raw.cpu()
-		if err != nil {
-			return nil, err
-		}
-		bw0, err := raw.writes()
+		b0, bw0, err := raw.usage()
 		if err != nil {
 			return nil, err
 		}
@@ -557,11 +553,7 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 		if err := awaitRawAcks(ctx, raw); err != nil {
 			return nil, err
 		}
-		b1, err := raw.cpu()
-		if err != nil {
-			return nil, err
-		}
-		bw1, err := raw.writes()
+		b1, bw1, err := raw.usage()
 		if err != nil {
 			return nil, err
 		}
@@ -594,11 +586,7 @@ func measureRollout(ctx context.Context, o CostOptions, cp *cpProcess, mc *clien
 	in0, _ := metric(ctx, mc, "edgefleet_broker_packets_received_total")
 	out0, _ := metric(ctx, mc, "edgefleet_broker_packets_sent_total")
 	ack0, _ := metric(ctx, mc, "edgefleet_report_acks_published_total")
-	c0, err := cp.cpu()
-	if err != nil {
-		return run, err
-	}
-	w0, err := cp.writes()
+	c0, w0, err := cp.usage()
 	if err != nil {
 		return run, err
 	}
@@ -617,11 +605,7 @@ func measureRollout(ctx context.Context, o CostOptions, cp *cpProcess, mc *clien
 	if err := awaitRecordedActive(ctx, cp, mc, version, o.N, start); err != nil {
 		return run, err
 	}
-	c1, err := cp.cpu()
-	if err != nil {
-		return run, err
-	}
-	w1, err := cp.writes()
+	c1, w1, err := cp.usage()
 	if err != nil {
 		return run, err
 	}

@@ -134,6 +134,15 @@ func (c *child) cpu() (float64, error) { return procCPU(c.pid()) }
 
 func (c *child) writes() (uint64, error) { return procWrites(c.pid()) }
 
+// usage is the process's CPU seconds and write syscalls so far.
+func (c *child) usage() (cpu float64, writes uint64, err error) {
+	if cpu, err = c.cpu(); err != nil {
+		return 0, 0, err
+	}
+	writes, err = c.writes()
+	return cpu, writes, err
+}
+
 // profileWindow starts (SIGUSR1) or ends (SIGUSR2) the CPU profile of a
 // control plane started with --cpu-profile-on-signal.
 func (c *child) profileWindow(start bool) error {
