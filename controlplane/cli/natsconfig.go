@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/crypto/bcrypt"
@@ -29,6 +30,7 @@ func (a *app) brokerNATSConfigCmd() *cobra.Command {
 		tlsCert, tlsKey, host          string
 		mqttPort, clusterPort, monPort int
 		replicas                       int
+		ackWait                        time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "nats-config --node NAME=HOST ... --control-password-file FILE --route-password-file FILE --out-dir DIR",
@@ -110,6 +112,7 @@ file holds in plain text (NATS dials its routes with it): keep the files 0600.`,
 					Name: n.name, Host: host, MQTTPort: mqttPort, ClusterPort: clusterPort, MonitorPort: monPort,
 					Routes: routes, StoreDir: storeDir, AuthFile: NATSAuthFile, Replicas: replicas,
 					MQTTTLSCert: tlsCert, MQTTTLSKey: tlsKey, PidFile: pidFile, RoutePassword: routePassword,
+					MQTTAckWait: ackWait,
 				})
 				if err != nil {
 					return usagef("%v", err)
@@ -144,6 +147,7 @@ file holds in plain text (NATS dials its routes with it): keep the files 0600.`,
 	f.IntVar(&replicas, "replicas", 0, "nodes holding each MQTT stream (`N`; default min(nodes, 3))")
 	f.StringVar(&tlsCert, "mqtt-tls-cert", "", "MQTT TLS certificate `FILE` on the nodes (default: plain MQTT)")
 	f.StringVar(&tlsKey, "mqtt-tls-key", "", "MQTT TLS key `FILE` on the nodes")
+	f.DurationVar(&ackWait, "mqtt-ack-wait", 0, "how long a QoS 1 delivery waits for its PUBACK before NATS delivers it again (`DURATION`, whole seconds; default NATS's 30s): bounds how long a delivery lost with a dead node takes to come again, and redelivers to links slower than it")
 	return c
 }
 

@@ -24,7 +24,7 @@ type cluster struct {
 	auth string
 }
 
-func startCluster(t *testing.T, users func() []natsconf.User) *cluster {
+func startCluster(t *testing.T, users func() []natsconf.User, mods ...func(*natsconf.Node)) *cluster {
 	t.Helper()
 	c := &cluster{}
 	routePassword := fmt.Sprintf("route-%d", time.Now().UnixNano())
@@ -39,11 +39,15 @@ func startCluster(t *testing.T, users func() []natsconf.User) *cluster {
 				routes = append(routes, fmt.Sprintf("127.0.0.1:%d", p.Cluster))
 			}
 		}
-		conf, err := natsconf.NodeConfig(natsconf.Node{
+		n := natsconf.Node{
 			Name: fmt.Sprintf("n%d", i), Host: "127.0.0.1",
 			MQTTPort: ports[i].MQTT, ClusterPort: ports[i].Cluster, MonitorPort: ports[i].Monitor,
 			Routes: routes, StoreDir: filepath.Join(dir, fmt.Sprintf("js%d", i)), AuthFile: "auth.conf", RoutePassword: routePassword,
-		})
+		}
+		for _, mod := range mods {
+			mod(&n)
+		}
+		conf, err := natsconf.NodeConfig(n)
 		require.NoError(t, err)
 		return conf
 	})
@@ -280,4 +284,53 @@ func TestClusterACL(t *testing.T) {
 	assert.True(t, d1b.c.IsConnectionOpen(), "dev-1 keeps its session")
 	d1b.pub(s.Status("dev-1"), false, "status-after-reload")
 	assert.Equal(t, "status-after-reload", string(cp.next().Payload()))
+}
+
+// TestClusterAckWait: a QoS 1 delivery the client does not acknowledge
+// comes again after Node.MQTTAckWait (NATS's ack_wait) — the wait after
+// which a delivery lost with a dead node is made again — and not before.
+func TestClusterAckWait(t *testing.T) {
+	const wait = 2 * time.Second
+	s := topics.Scheme{Prefix: topics.DefaultPrefix}
+	cpHash, devHash := hash(t, "cp-secret"), hash(t, "pw-1")
+	c := startCluster(t, func() []natsconf.User {
+		cp, err := natsconf.ControlUser(s, "edgefleet-cp", cpHash)
+		require.NoError(t, err)
+		dev, err := natsconf.DeviceUser(s, "dev-1", devHash)
+		require.NoError(t, err)
+		return []natsconf.User{cp, dev}
+	}, func(n *natsconf.Node) { n.MQTTAckWait = wait })
+
+	// The device takes its desired state at QoS 1 and never answers.
+	got := make(chan time.Time, 8)
+	o := paho.NewClientOptions().AddBroker(c.MQTTURL(1)).SetClientID("dev-1").SetUsername("dev-1").SetPassword("pw-1").
+		SetProtocolVersion(4).SetCleanSession(true).SetAutoReconnect(false).SetConnectTimeout(20 * time.Second).
+		SetAutoAckDisabled(true)
+	dev := paho.NewClient(o)
+	require.Eventually(t, func() bool {
+		tok := dev.Connect()
+		return tok.WaitTimeout(20*time.Second) && tok.Error() == nil
+	}, time.Minute, 200*time.Millisecond, "dev-1 cannot log in")
+	t.Cleanup(func() { dev.Disconnect(0) })
+	tok := dev.Subscribe(s.Desired("dev-1"), 1, func(_ paho.Client, _ paho.Message) { got <- time.Now() })
+	require.True(t, tok.WaitTimeout(20*time.Second))
+	require.NoError(t, tok.Error())
+	require.Equal(t, byte(1), tok.(*paho.SubscribeToken).Result()[s.Desired("dev-1")])
+
+	cp := connectEventually(t, c.MQTTURL(0), "edgefleet-cp", "cp-secret")
+	cp.pub(s.Desired("dev-1"), false, "generation 2")
+	var first time.Time
+	select {
+	case first = <-got:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the desired state never reached the device")
+	}
+	select {
+	case again := <-got:
+		gap := again.Sub(first)
+		assert.GreaterOrEqual(t, gap, wait-250*time.Millisecond, "delivered again before the ack wait")
+		assert.Less(t, gap, 10*wait, "delivered again long after the ack wait")
+	case <-time.After(20 * time.Second): // NATS's default would redeliver after 30 s
+		t.Fatalf("not delivered again within 20 s of the first delivery, with an ack wait of %v", wait)
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/edgefleet/edgefleet/internal/topics"
 )
@@ -69,6 +70,15 @@ type Node struct {
 	// MaxPayload bounds a message, NATS's max_payload; default 2 MiB (a
 	// chunk is 1 MiB at most, plus framing).
 	MaxPayload int
+	// MQTTAckWait, if set, is NATS's MQTT ack_wait: how long a QoS 1
+	// message delivered to a client waits for its PUBACK before it is
+	// delivered again (NATS's default, 30s). A delivery in flight through
+	// a node that dies is delivered again only then: with the default, a
+	// device on a surviving node waited 30–40 s for a desired state the
+	// control plane published just before the kill (docs/deploy.md). A
+	// shorter wait also redelivers to devices whose links take longer
+	// than it to take their queued chunks. Whole seconds, at least 1s.
+	MQTTAckWait time.Duration
 }
 
 // NodeConfig renders n as a nats-server configuration file.
@@ -93,6 +103,9 @@ func NodeConfig(n Node) (string, error) {
 	}
 	if n.MaxPayload == 0 {
 		n.MaxPayload = 2 << 20
+	}
+	if n.MQTTAckWait < 0 || n.MQTTAckWait%time.Second != 0 || n.MQTTAckWait > 0 && n.MQTTAckWait < time.Second {
+		return "", fmt.Errorf("%w: MQTT ack wait %v: whole seconds, at least 1s", ErrConfig, n.MQTTAckWait)
 	}
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
@@ -128,6 +141,9 @@ func NodeConfig(n Node) (string, error) {
 	w("  ]\n}\n")
 	w("mqtt {\n  listen: %s\n", q(fmt.Sprintf("%s:%d", n.Host, n.MQTTPort)))
 	w("  stream_replicas: %d\n", n.Replicas)
+	if n.MQTTAckWait > 0 {
+		w("  ack_wait: \"%ds\"\n", int(n.MQTTAckWait/time.Second))
+	}
 	if n.MQTTTLSCert != "" || n.MQTTTLSKey != "" {
 		w("  tls {\n    cert_file: %s\n    key_file: %s\n  }\n", q(n.MQTTTLSCert), q(n.MQTTTLSKey))
 	}

@@ -3,6 +3,7 @@ package natsconf
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -21,12 +22,27 @@ func TestNodeConfigRefuses(t *testing.T) {
 		"newline in name":    func(n *Node) { n.Name = "n0\ninclude x" },
 		"no route password":  func(n *Node) { n.RoutePassword = "" },
 		"@ in password":      func(n *Node) { n.RoutePassword = "a@b" },
+		"ack wait under 1s":  func(n *Node) { n.MQTTAckWait = 500 * time.Millisecond },
+		"fractional wait":    func(n *Node) { n.MQTTAckWait = 1500 * time.Millisecond },
+		"negative wait":      func(n *Node) { n.MQTTAckWait = -time.Second },
 	} {
 		n := ok
 		mod(&n)
 		_, err := NodeConfig(n)
 		assert.ErrorIs(t, err, ErrConfig, name)
 	}
+}
+
+func TestNodeConfigAckWait(t *testing.T) {
+	n := Node{Name: "n0", MQTTPort: 1883, ClusterPort: 6222, StoreDir: "/data", AuthFile: "auth.conf", RoutePassword: "s3cret"}
+	conf, err := NodeConfig(n)
+	require.NoError(t, err)
+	assert.NotContains(t, conf, "ack_wait", "NATS's default unless set")
+	n.MQTTAckWait = 5 * time.Second
+	conf, err = NodeConfig(n)
+	require.NoError(t, err)
+	mqtt := conf[strings.Index(conf, "mqtt {"):]
+	assert.Contains(t, mqtt[:strings.Index(mqtt, "}")], `ack_wait: "5s"`, "in the mqtt block")
 }
 
 func TestAuthorization(t *testing.T) {
