@@ -77,10 +77,15 @@ func newNode(t *testing.T, name, site string, store *chunkStore, mod func(*Optio
 	return n
 }
 
+// waitMembers waits until n sees want other members. On a machine running
+// the suite twice beside CI (scripts/test-stress.sh --load twin), a member
+// still saw one of four others after 20 s: gossip lost to the load is
+// repaired by memberlist's push-pull, every 30 s at this size, so the wait
+// covers one of those.
 func waitMembers(t *testing.T, n *Node, want int) {
 	t.Helper()
 	require.Eventually(t, func() bool { return len(n.Members()) == want },
-		20*time.Second, 20*time.Millisecond, "%s members = %v, want %d others", n.Name(), n.Members(), want)
+		time.Minute, 20*time.Millisecond, "%s members = %v, want %d others", n.Name(), n.Members(), want)
 }
 
 func TestAnnounceReachesPeersViaRelay(t *testing.T) {
