@@ -1,6 +1,10 @@
 package models
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // metrics are the registry's Prometheus series.
 type metrics struct {
@@ -56,7 +60,7 @@ func newMetrics(reg prometheus.Registerer, versions, corrupt func() float64) *me
 		}),
 		paced: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "edgefleet_chunk_rounds_paced_seconds_total",
-			Help: "Time the versions' shared chunk rounds waited for the embedded broker to have fewer than 16 unacknowledged messages per connected client: it keeps a copy of each chunk per subscriber until acknowledged.",
+			Help: fmt.Sprintf("Time the versions' shared chunk rounds waited for the embedded broker to have fewer than %d unacknowledged messages per connected client: it keeps a copy of each chunk per subscriber until acknowledged.", roundDepth),
 		}),
 	}
 	reg.MustRegister(m.uploads, m.chunks, m.chunkBytes, m.directChunks, m.lateAskers, m.onItsWay, m.paced,

@@ -355,17 +355,45 @@ func settledMetric(ctx context.Context, c *client.Client, name string) (float64,
 }
 
 func metric(ctx context.Context, c *client.Client, name string) (float64, error) {
-	text, err := c.Metrics(ctx)
+	m, err := metricsOf(ctx, c, name)
 	if err != nil {
 		return 0, err
 	}
+	v, ok := m[name]
+	if !ok {
+		return 0, fmt.Errorf("/metrics has no %s", name)
+	}
+	return v, nil
+}
+
+// metricsOf reads the unlabelled series names from one scrape of the
+// control plane's /metrics; a series it lacks is absent from the map.
+func metricsOf(ctx context.Context, c *client.Client, names ...string) (map[string]float64, error) {
+	text, err := c.Metrics(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]float64, len(names))
 	for _, line := range strings.Split(text, "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		for _, name := range names {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
+					out[name] = f
+				}
+			}
 		}
 	}
-	return 0, fmt.Errorf("/metrics has no %s", name)
+	return out, nil
 }
+
+// The control plane's counters a rollout is measured by.
+const (
+	chunkPublishes = "edgefleet_chunk_publishes_total"
+	clientDropped  = "edgefleet_broker_client_dropped_total"
+	packetsIn      = "edgefleet_broker_packets_received_total"
+	packetsOut     = "edgefleet_broker_packets_sent_total"
+	acksPublished  = "edgefleet_report_acks_published_total"
+)
 
 func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrokerProcess, art *fraud.Artifact) (*RolloutCost, error) {
 	r := &RolloutCost{N: o.N, LoadStart: loadAvg()}
@@ -581,11 +609,8 @@ func rolloutCost(ctx context.Context, o CostOptions, cp *cpProcess, raw *rawBrok
 // active.
 func measureRollout(ctx context.Context, o CostOptions, cp *cpProcess, mc *client.Client, f *sim.Fleet, version string) (RolloutRun, error) {
 	var run RolloutRun
-	pub0, _ := metric(ctx, mc, "edgefleet_chunk_publishes_total")
-	drop0, _ := metric(ctx, mc, "edgefleet_broker_client_dropped_total")
-	in0, _ := metric(ctx, mc, "edgefleet_broker_packets_received_total")
-	out0, _ := metric(ctx, mc, "edgefleet_broker_packets_sent_total")
-	ack0, _ := metric(ctx, mc, "edgefleet_report_acks_published_total")
+	counters := []string{chunkPublishes, clientDropped, packetsIn, packetsOut, acksPublished}
+	before, _ := metricsOf(ctx, mc, counters...) // a series missing reads as 0 on both sides
 	c0, w0, err := cp.usage()
 	if err != nil {
 		return run, err
@@ -611,22 +636,16 @@ func measureRollout(ctx context.Context, o CostOptions, cp *cpProcess, mc *clien
 	}
 	run.Seconds = time.Since(start).Seconds()
 	run.CPUSeconds, run.Writes = c1-c0, w1-w0
-	if pub1, err := metric(ctx, mc, "edgefleet_chunk_publishes_total"); err == nil {
-		run.ChunkPublishes = pub1 - pub0
-	}
-	if drop1, err := metric(ctx, mc, "edgefleet_broker_client_dropped_total"); err == nil {
-		run.ClientDropped = drop1 - drop0
-	}
-	if in1, err := metric(ctx, mc, "edgefleet_broker_packets_received_total"); err == nil {
-		run.PacketsIn = (in1 - in0) / float64(o.N)
-	}
-	if out1, err := metric(ctx, mc, "edgefleet_broker_packets_sent_total"); err == nil {
-		run.PacketsOut = (out1 - out0) / float64(o.N)
+	if after, err := metricsOf(ctx, mc, counters...); err == nil {
+		run.ChunkPublishes = after[chunkPublishes] - before[chunkPublishes]
+		run.ClientDropped = after[clientDropped] - before[clientDropped]
+		run.PacketsIn = (after[packetsIn] - before[packetsIn]) / float64(o.N)
+		run.PacketsOut = (after[packetsOut] - before[packetsOut]) / float64(o.N)
 	}
 	// Read last: it waits for the acknowledgements to settle, which also
 	// keeps the next rollout's window clear of this one's tail.
-	if ack1, err := settledMetric(ctx, mc, "edgefleet_report_acks_published_total"); err == nil {
-		run.AcksPerDevice = (ack1 - ack0) / float64(o.N)
+	if ack1, err := settledMetric(ctx, mc, acksPublished); err == nil {
+		run.AcksPerDevice = (ack1 - before[acksPublished]) / float64(o.N)
 	}
 	return run, nil
 }
@@ -660,37 +679,39 @@ func awaitRecordedActive(ctx context.Context, cp *cpProcess, mc *client.Client, 
 		m := d.Reported["fraud"]
 		return m != nil && m.ActiveVersion == version && m.State == api.ModelActive
 	}
-	var behind []string
-	for first := true; first || len(behind) > 0; first = false {
-		if !first {
-			if time.Since(start) > 10*time.Minute {
-				return fmt.Errorf("the control plane recorded %d of %d devices active after 10m", n-len(behind), n)
-			}
-			if err := sleepCtx(ctx, time.Second); err != nil {
-				return err
+	listBehind := func() ([]string, error) {
+		list, err := cp.remote.Devices("")
+		if err != nil {
+			return nil, err
+		}
+		if len(list) < n {
+			return nil, fmt.Errorf("the control plane lists %d devices, not %d", len(list), n)
+		}
+		var behind []string
+		for _, d := range list {
+			if !active(d) {
+				behind = append(behind, d.ID)
 			}
 		}
-		if first || len(behind) >= askEachBelow {
-			list, err := cp.remote.Devices("")
-			if err != nil {
-				return err
-			}
-			if len(list) < n {
-				return fmt.Errorf("the control plane lists %d devices, not %d", len(list), n)
-			}
-			behind = behind[:0]
-			for _, d := range list {
-				if !active(d) {
-					behind = append(behind, d.ID)
-				}
-			}
+		return behind, nil
+	}
+	behind, err := listBehind()
+	for err == nil && len(behind) > 0 {
+		if time.Since(start) > 10*time.Minute {
+			return fmt.Errorf("the control plane recorded %d of %d devices active after 10m", n-len(behind), n)
+		}
+		if err := sleepCtx(ctx, time.Second); err != nil {
+			return err
+		}
+		if len(behind) >= askEachBelow {
+			behind, err = listBehind()
 			continue
 		}
 		still := behind[:0]
 		for _, id := range behind {
-			d, err := mc.Device(ctx, id)
-			if err != nil {
-				return err
+			d, derr := mc.Device(ctx, id)
+			if derr != nil {
+				return derr
 			}
 			if !active(d) {
 				still = append(still, id)
@@ -698,7 +719,7 @@ func awaitRecordedActive(ctx context.Context, cp *cpProcess, mc *client.Client, 
 		}
 		behind = still
 	}
-	return nil
+	return err
 }
 
 // rawClients are plain paho clients, one per device id.

@@ -28,7 +28,8 @@ func TestCostSmall(t *testing.T) {
 		require.NoError(t, err, "go build %s: %s", pkg, out)
 	}
 	var progress strings.Builder
-	r, err := Cost(context.Background(), CostOptions{N: 12, ModelBytes: 256 << 10, Rollouts: 2, ReportRate: 60, Reporters: 6,
+	r, err := Cost(context.Background(), CostOptions{N: 12, ModelBytes: 1 << 20, Rollouts: 2, // 1 MiB: enough work that each rollout shows in /proc's 10 ms ticks
+		ReportRate: 60, Reporters: 6,
 		Duration: 2 * time.Second, Warmup: time.Second, ControlPlaneBin: cpBin, SimBin: simBin,
 		ControlPlaneProfile: filepath.Join(dir, "cp.pprof"), ControlPlaneProfileWindow: true, BaselineProfile: filepath.Join(dir, "raw.pprof"), Dir: filepath.Join(dir, "work"), Progress: &progress})
 	require.NoError(t, err, progress.String())

@@ -132,14 +132,12 @@ func (c *child) pid() int { return c.cmd.Process.Pid }
 
 func (c *child) cpu() (float64, error) { return procCPU(c.pid()) }
 
-func (c *child) writes() (uint64, error) { return procWrites(c.pid()) }
-
 // usage is the process's CPU seconds and write syscalls so far.
 func (c *child) usage() (cpu float64, writes uint64, err error) {
 	if cpu, err = c.cpu(); err != nil {
 		return 0, 0, err
 	}
-	writes, err = c.writes()
+	writes, err = procWrites(c.pid())
 	return cpu, writes, err
 }
 

@@ -104,7 +104,7 @@ func NodeConfig(n Node) (string, error) {
 	if n.MaxPayload == 0 {
 		n.MaxPayload = 2 << 20
 	}
-	if n.MQTTAckWait < 0 || n.MQTTAckWait%time.Second != 0 || n.MQTTAckWait > 0 && n.MQTTAckWait < time.Second {
+	if n.MQTTAckWait < 0 || n.MQTTAckWait%time.Second != 0 { // also refuses 0 < wait < 1s
 		return "", fmt.Errorf("%w: MQTT ack wait %v: whole seconds, at least 1s", ErrConfig, n.MQTTAckWait)
 	}
 	var b strings.Builder
